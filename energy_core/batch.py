@@ -1,0 +1,49 @@
+"""Counting samples and tokens in a batch, without synchronising the device.
+
+Batches are inspected by duck typing (anything with ``.shape``), so the core imports no
+framework. Token counts from an ``attention_mask`` stay a lazy tensor sum: adding it to a
+running total queues work on the device but never waits for it; the total is read once
+per logging window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def _first_dim(value: Any) -> int | None:
+    shape = getattr(value, "shape", None)
+    if shape is not None and len(shape) > 0:
+        return int(shape[0])
+    if isinstance(value, (list, tuple)) and value:
+        return _first_dim(value[0])
+    if isinstance(value, Mapping):
+        for item in value.values():
+            found = _first_dim(item)
+            if found is not None:
+                return found
+    return None
+
+
+def count_batch(batch: Any) -> tuple[int, Any]:
+    """(samples, tokens) of one (micro-)batch.
+
+    Samples are the first dimension of the first tensor found (a tensor, the first item
+    of a tuple/list, or of a dict). Tokens are ``attention_mask.sum()`` (padding excluded)
+    when the batch maps ``"attention_mask"``, else ``input_ids.numel()``, else 0. The
+    token count may be a lazy tensor: sum it with others and convert once with `int`.
+
+    Example:
+        >>> import torch
+        >>> count_batch({"input_ids": torch.ones(4, 8), "attention_mask": torch.ones(4, 8)})[0]
+        4
+    """
+    if isinstance(batch, Mapping):
+        mask = batch.get("attention_mask")
+        if mask is not None and hasattr(mask, "sum"):
+            return _first_dim(mask) or 0, mask.sum()
+        ids = batch.get("input_ids")
+        if ids is not None and hasattr(ids, "numel"):
+            return _first_dim(ids) or 0, int(ids.numel())
+    return _first_dim(batch) or 0, 0

@@ -1,0 +1,222 @@
+"""NVIDIA GPU energy through NVML (the ``nvidia-ml-py`` package, imported as ``pynvml``).
+
+Preferred reading: ``nvmlDeviceGetTotalEnergyConsumption`` (mJ since driver load,
+Volta and newer). Older GPUs raise ``NVMLError_NotSupported`` for it; they are measured
+by integrating ``nvmlDeviceGetPowerUsage`` (mW) with the trapezoid rule at every sample.
+
+Visible devices are mapped to NVML handles by UUID: NVML enumerates in PCI order and
+ignores ``CUDA_VISIBLE_DEVICES``, which may hold indices, ``GPU-`` UUIDs (or prefixes)
+or ``MIG-`` ids. MIG instances share the board's power, so energy is per physical GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pynvml
+
+from energy_core.source import EnergySource, Notice, SourceInfo
+
+
+@dataclass(frozen=True)
+class VisibleGpu:
+    """One physical GPU as the training process sees it.
+
+    Args:
+        cuda_index: Index among the process's visible CUDA devices.
+        handle: NVML handle of the physical board.
+        uuid: The board's ``GPU-...`` UUID.
+        mig: True when the process was given a MIG instance of this board.
+    """
+
+    cuda_index: int
+    handle: Any
+    uuid: str
+    mig: bool = False
+
+
+class NvidiaGpuSource(EnergySource):
+    """Cumulative energy of one NVIDIA GPU in joules.
+
+    Args:
+        gpu: The device to read.
+
+    Example:
+        >>> sources, notices = discover_gpus()   # doctest: +SKIP
+        >>> sources[0].read_j(time.perf_counter())  # doctest: +SKIP
+    """
+
+    def __init__(self, gpu: VisibleGpu) -> None:
+        self.gpu = gpu
+        self.errors = 0
+        name = _text(pynvml.nvmlDeviceGetName(gpu.handle))
+        self._base_mj: int | None = None
+        self._joules = 0.0
+        self._last_t: float | None = None
+        self._last_w = 0.0
+        try:
+            self._base_mj = int(pynvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle))
+            method = "nvml-energy-counter"
+        except pynvml.NVMLError_NotSupported:
+            method = "nvml-power-integration"
+        self.info = SourceInfo(
+            name=f"gpu{gpu.cuda_index}",
+            kind="gpu",
+            method=method,
+            detail=f"{name} {gpu.uuid}" + (" (MIG: board-level power)" if gpu.mig else ""),
+        )
+
+    @property
+    def uses_counter(self) -> bool:
+        return self._base_mj is not None
+
+    def read_j(self, now: float) -> float | None:
+        try:
+            if self._base_mj is not None:
+                mj = int(pynvml.nvmlDeviceGetTotalEnergyConsumption(self.gpu.handle))
+                return (mj - self._base_mj) / 1000.0
+            watts = pynvml.nvmlDeviceGetPowerUsage(self.gpu.handle) / 1000.0
+        except pynvml.NVMLError:
+            self.errors += 1
+            return None
+        if self._last_t is not None:
+            self._joules += 0.5 * (watts + self._last_w) * (now - self._last_t)
+        self._last_t, self._last_w = now, watts
+        return self._joules
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _torch_visible_uuids() -> list[str] | None:
+    """UUIDs of the visible CUDA devices, from torch if the process already uses it."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        if not torch.cuda.is_available():
+            return None
+        return ["GPU-" + str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - torch without CUDA, odd builds: fall back to the env var
+        return None
+
+
+def _board_of(entry: str, by_uuid: dict[str, Any]) -> tuple[str, bool] | None:
+    """Map one ``CUDA_VISIBLE_DEVICES`` entry to (board UUID, is_mig)."""
+    if entry.startswith("MIG-"):
+        try:
+            mig = pynvml.nvmlDeviceGetHandleByUUID(entry)
+            board = pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(mig)
+            return _text(pynvml.nvmlDeviceGetUUID(board)), True
+        except pynvml.NVMLError:
+            return None
+    if entry.startswith("GPU-"):
+        matches = [u for u in by_uuid if u.startswith(entry)]
+        return (matches[0], False) if len(matches) == 1 else None
+    if entry.isdigit():
+        index = int(entry)
+        uuids = list(by_uuid)
+        return (uuids[index], False) if index < len(uuids) else None
+    return None
+
+
+def visible_gpus() -> list[VisibleGpu]:
+    """The physical GPUs this process can use, in CUDA order, mapped by UUID.
+
+    Follows CUDA's rules for ``CUDA_VISIBLE_DEVICES``: entries are read up to the first
+    invalid one. Integer entries are taken in NVML (PCI) order, which matches CUDA when
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``; when torch has already initialised CUDA its UUIDs
+    are used instead, which is exact whatever the order. Several MIG instances of one
+    board yield that board once.
+    """
+    count = pynvml.nvmlDeviceGetCount()
+    handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+    by_uuid = {_text(pynvml.nvmlDeviceGetUUID(h)): h for h in handles}
+    entries = _torch_visible_uuids()
+    if entries is None or not all(e in by_uuid for e in entries):
+        env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        entries = list(by_uuid) if env is None else [e.strip() for e in env.split(",") if e.strip()]
+    result: list[VisibleGpu] = []
+    seen: set[str] = set()
+    for cuda_index, entry in enumerate(entries):
+        board = _board_of(entry, by_uuid)
+        if board is None:
+            break
+        uuid, mig = board
+        if uuid not in seen:
+            seen.add(uuid)
+            result.append(VisibleGpu(cuda_index, by_uuid[uuid], uuid, mig or _mig_enabled(by_uuid[uuid])))
+    return result
+
+
+def _mig_enabled(handle: Any) -> bool:
+    try:
+        current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
+    except pynvml.NVMLError:
+        return False
+    return bool(current == pynvml.NVML_DEVICE_MIG_ENABLE)
+
+
+def discover_gpus(cuda_indices: Sequence[int] | None = None) -> tuple[list[NvidiaGpuSource], list[Notice]]:
+    """Open an energy source for each visible NVIDIA GPU.
+
+    Args:
+        cuda_indices: Only these visible-device indices (e.g. the one GPU of a DDP rank);
+            None means every visible GPU.
+
+    Returns:
+        The sources and the notices to show the user once. No GPU, no driver or no
+        NVML library is not an error: the list is empty and a notice says why.
+    """
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as err:
+        return [], [Notice("info", f"No NVIDIA GPU measured (NVML: {err}); measuring CPU/DRAM only.")]
+    notices: list[Notice] = []
+    try:
+        gpus = visible_gpus()
+    except pynvml.NVMLError as err:
+        return [], [Notice("warn", f"NVML could not list GPUs ({err}); GPU energy is not measured.")]
+    if cuda_indices is not None:
+        gpus = [g for g in gpus if g.cuda_index in set(cuda_indices)]
+    if not gpus:
+        notices.append(Notice("info", "No NVIDIA GPU visible to this process; measuring CPU/DRAM only."))
+    sources = []
+    for gpu in gpus:
+        try:
+            source = NvidiaGpuSource(gpu)
+        except pynvml.NVMLError as err:
+            notices.append(Notice("warn", f"GPU {gpu.cuda_index} ({gpu.uuid}) cannot be read ({err}); skipped."))
+            continue
+        sources.append(source)
+        if not source.uses_counter:
+            notices.append(
+                Notice(
+                    "info",
+                    f"GPU {gpu.cuda_index} has no energy counter (older than Volta): "
+                    "integrating polled power instead.",
+                )
+            )
+        if gpu.mig:
+            notices.append(
+                Notice(
+                    "info",
+                    f"GPU {gpu.cuda_index} ({gpu.uuid}) is in MIG mode: NVML reports board-level "
+                    "power, so the energy logged is that of the whole physical GPU, all MIG "
+                    "instances together.",
+                )
+            )
+    return sources, notices
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver version, or None without NVML."""
+    try:
+        return _text(pynvml.nvmlSystemGetDriverVersion())
+    except pynvml.NVMLError:
+        return None

@@ -1,0 +1,72 @@
+"""The run record: a JSON-lines file written as training goes.
+
+Lines, each a JSON object with ``"type"``:
+
+* ``header``: hardware, software versions, carbon factor and its source, PUE, caps;
+* ``window``: one per logging window (the logged metrics, step, epoch, seconds, loss);
+* ``epoch``: one per epoch end; ``stage``: one per validation/test/predict run;
+* ``summary``: totals at the end, with how the run ended.
+
+Every line is flushed when written, so a crash loses at most the current window. A
+file may hold several runs (appended); each starts with a header.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+RECORD_VERSION = 1
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf become None, numpy/tensor scalars become floats."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (str, bool, int)) or value is None:
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return number if math.isfinite(number) else None
+
+
+class RunRecord:
+    """Appends run-record lines to a file, flushing each.
+
+    Args:
+        path: File to append to; its directory is created on first write.
+
+    Example:
+        >>> record = RunRecord("runs/energy.jsonl")   # doctest: +SKIP
+        >>> record.write("window", step=50, metrics={"energy/total_kwh": 0.01})   # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        if not isinstance(path, (str, os.PathLike)) or not str(path):
+            raise ValueError(f"record_path must be a file path (str or os.PathLike), got {path!r}")
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise ValueError(f"record_path must be a file, but {str(self.path)!r} is a directory")
+        self._file: TextIO | None = None
+
+    def write(self, kind: str, **fields: Any) -> None:
+        """Append one line ``{"type": kind, "time": unix time, **fields}`` and flush it."""
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+        line = {"type": kind, "time": time.time(), **_clean(fields)}
+        self._file.write(json.dumps(line, allow_nan=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,69 @@
+"""The one interface every energy reader implements.
+
+A *source* turns one piece of hardware (a GPU, a CPU package, a DRAM domain) into a
+single monotone number: joules consumed since the source was opened. Sources are read
+only by the background sampler thread (`energy_core.sampler`); nothing on the training
+thread ever calls `read_j`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+DEVICE_KINDS = ("gpu", "cpu", "dram")
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a source measures, for messages and the run record.
+
+    Args:
+        name: Short unique name used in metric keys, e.g. ``"gpu0"``, ``"cpu0"``.
+        kind: One of ``"gpu"``, ``"cpu"``, ``"dram"``.
+        method: How energy is obtained, e.g. ``"nvml-energy-counter"``, ``"rapl"``.
+        estimated: True when the figure is a model (TDP x utilisation), not a reading.
+        detail: Free text: device model, UUID, sysfs path.
+    """
+
+    name: str
+    kind: str
+    method: str
+    estimated: bool = False
+    detail: str = ""
+
+
+class EnergySource(ABC):
+    """Cumulative energy of one device, in joules, since the source was opened.
+
+    Implementations must make `read_j` monotone non-decreasing and cheap enough to call
+    every `sample_interval_s`. A failed read returns ``None`` (the sampler records a gap
+    and carries on); it must never raise.
+    """
+
+    info: SourceInfo
+
+    @abstractmethod
+    def read_j(self, now: float) -> float | None:
+        """Return joules consumed since opening, or None if this read failed.
+
+        Args:
+            now: The sampler's timestamp for this read (``time.perf_counter()`` clock),
+                used by sources that integrate power over time.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release handles. Default: nothing to release."""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A message discovery wants the user to see once (emitted by the adapter).
+
+    Args:
+        level: ``"info"`` or ``"warn"``.
+        text: The message.
+    """
+
+    level: str
+    text: str

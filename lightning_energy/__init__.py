@@ -1,0 +1,5 @@
+"""Lightning adapters over `energy_core`; each works with ``lightning.pytorch`` and ``pytorch_lightning``."""
+
+from lightning_energy.monitor import EnergyMonitor
+
+__all__ = ["EnergyMonitor"]

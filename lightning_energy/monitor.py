@@ -1,0 +1,204 @@
+"""EnergyMonitor: energy, power, throughput and CO2e in every Lightning logger."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from energy_core.tracker import EnergyTracker
+from lightning_energy._compat import CALLBACK_BASES, emit, override, rank_zero_info
+
+PROGRESS_BAR_KEYS = {"power/total_w": ("W", 1.0), "energy/total_kwh": ("Wh", 1000.0)}
+
+
+def _loss_values(trainer: Any) -> dict[str, float]:
+    """Scalar losses the module logged (for the run record's loss-vs-kWh plot)."""
+    found = {}
+    for key, value in trainer.callback_metrics.items():
+        if "loss" in key:
+            try:
+                found[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+    return found
+
+
+class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
+    """Logs energy, power, throughput, energy per sample/token and CO2e during training.
+
+    Works with both ``lightning.pytorch.Trainer`` and ``pytorch_lightning.Trainer``.
+    Figures are logged through ``trainer.loggers`` every ``log_every_n_steps`` optimizer
+    steps (the trainer's own setting unless given) and at every epoch end; the training
+    loop itself only pays for a timestamp and a few integer additions per batch.
+
+    Args:
+        devices: ``"auto"`` or a list drawn from ``"gpu"``, ``"cpu"``, ``"dram"``.
+        sample_interval_s: Seconds between hardware reads on the background thread.
+        country: ISO 3166 alpha-3 code for the grid intensity, e.g. ``"FRA"``.
+        region: Sub-national region (USA, CAN, CHN, SWE, NOR, FIN), with ``country``.
+        cloud_provider: Cloud provider, e.g. ``"gcp"``, with ``cloud_region``.
+        cloud_region: Cloud region, e.g. ``"europe-west9"``.
+        carbon_intensity_g_per_kwh: Use this grid intensity instead of a lookup.
+        pue: Power usage effectiveness of the data centre (>= 1), applied to CO2e.
+        record_path: Append a JSON-lines run record to this file (rank 0).
+        log_every_n_steps: Override the trainer's logging cadence (optimizer steps).
+        progress_bar: Show mean power (W) and total energy (kWh) in the progress bar.
+        summary: Print a short summary when fit ends.
+
+    Raises:
+        ValueError: naming the argument, for any invalid value (unknown country or
+            region, negative or non-finite PUE/intensity, non-positive interval,
+            unknown device name).
+
+    Logged metrics: ``energy/step_j``, ``energy/total_kwh``, ``energy/{gpu,cpu,dram}_kwh``,
+    ``power/total_w``, ``power/gpu{i}_w``, ``throughput/samples_per_s``,
+    ``throughput/tokens_per_s``, ``efficiency/j_per_sample``, ``efficiency/j_per_token``,
+    ``carbon/co2e_kg``, ``carbon/intensity_g_per_kwh``; at epoch end also
+    ``energy/epoch_kwh``; after validation/test/predict ``energy/val_kwh``,
+    ``energy/test_kwh``, ``energy/predict_kwh``.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_energy import EnergyMonitor
+        >>> trainer = Trainer(callbacks=[EnergyMonitor(country="FRA", pue=1.1)])
+    """
+
+    def __init__(
+        self,
+        devices: str | Sequence[str] = "auto",
+        sample_interval_s: float = 0.1,
+        country: str | None = None,
+        region: str | None = None,
+        cloud_provider: str | None = None,
+        cloud_region: str | None = None,
+        carbon_intensity_g_per_kwh: float | None = None,
+        pue: float = 1.0,
+        record_path: str | None = None,
+        log_every_n_steps: int | None = None,
+        progress_bar: bool = True,
+        summary: bool = True,
+    ) -> None:
+        if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int) or log_every_n_steps < 1):
+            raise ValueError(f"log_every_n_steps must be an integer >= 1 or None, got {log_every_n_steps!r}")
+        self.tracker = EnergyTracker(
+            devices=devices,
+            sample_interval_s=sample_interval_s,
+            country=country,
+            region=region,
+            cloud_provider=cloud_provider,
+            cloud_region=cloud_region,
+            carbon_intensity_g_per_kwh=carbon_intensity_g_per_kwh,
+            pue=pue,
+            record_path=record_path,
+        )
+        self.log_every_n_steps = log_every_n_steps
+        self.progress_bar = progress_bar
+        self.summary = summary
+        self.last_metrics: dict[str, float] = {}
+        self._every = 1
+        self._last_logged_step = -1
+
+    # ------------------------------------------------------------------ helpers
+    def _log(self, trainer: Any, metrics: dict[str, float]) -> None:
+        if not metrics:
+            return
+        self.last_metrics.update(metrics)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _extra(self, trainer: Any) -> dict[str, float] | None:
+        return _loss_values(trainer) if self.tracker.record is not None else None
+
+    # ------------------------------------------------------------------ fit
+    @override
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._every = self.log_every_n_steps or max(1, int(trainer.log_every_n_steps))
+        self._last_logged_step = trainer.global_step
+        if not trainer.is_global_zero:
+            self.tracker.record = None  # one record per job, written by rank 0
+        self.tracker.header_extra = {
+            "framework": type(trainer).__module__.split(".")[0],
+            "trainer": {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
+                        "log_every_n_steps": self._every, "world_size": trainer.world_size},
+        }  # fmt: skip
+        emit(self.tracker.start_fit(trainer.global_step))
+
+    @override
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self.tracker.start_epoch()
+
+    @override
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.tracker.add_batch(batch)
+        step = trainer.global_step
+        if step % self._every or step == self._last_logged_step:
+            return
+        self._last_logged_step = step
+        metrics = self.tracker.window(step, extra=self._extra(trainer))
+        self._log(trainer, metrics)
+        if self.progress_bar:
+            for key, (name, scale) in PROGRESS_BAR_KEYS.items():
+                if key in metrics and math.isfinite(metrics[key]):
+                    pl_module.log(name, metrics[key] * scale, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+
+    @override
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._last_logged_step = trainer.global_step
+        self._log(trainer, self.tracker.end_epoch(trainer.global_step, trainer.current_epoch, self._extra(trainer)))
+
+    @override
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        metrics = self.tracker.end_fit(trainer.global_step, status="interrupted" if trainer.interrupted else "completed")
+        if self.summary and metrics:
+            rank_zero_info(self.tracker.summary_text(metrics))
+
+    @override
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else f"exception: {type(exception).__name__}"
+        self.tracker.end_fit(trainer.global_step, status=status)
+        self.tracker.close()
+
+    @override
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self.tracker.close()
+
+    # ------------------------------------------------------------------ other stages
+    def _stage_start(self, stage: str) -> None:
+        emit(self.tracker.start_stage(stage))
+
+    def _stage_end(self, trainer: Any, stage: str) -> None:
+        self._log(trainer, self.tracker.end_stage(stage, trainer.global_step))
+
+    @override
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._stage_start("val")
+
+    @override
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self._stage_end(trainer, "val")
+
+    @override
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        self._stage_start("test")
+
+    @override
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+        self._stage_end(trainer, "test")
+
+    @override
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self._stage_start("predict")
+
+    @override
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+        self._stage_end(trainer, "predict")
+
+    # ------------------------------------------------------------------ checkpoints
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.tracker.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.tracker.load_state_dict(state_dict)

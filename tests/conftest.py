@@ -1,0 +1,42 @@
+"""Hermetic hardware for every test: no real GPU, no real RAPL, unless a test installs fakes."""
+
+from __future__ import annotations
+
+import pytest
+
+from energy_core import rapl
+from tests.fake_rapl import FakeRapl
+from tests.sim_nvml import SimGpu, SimNvml, install
+
+
+@pytest.fixture(autouse=True)
+def no_real_hardware(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """By default the machine has no NVML library and an empty powercap directory."""
+    install(monkeypatch, SimNvml([], library=False))
+    monkeypatch.setattr(rapl, "POWERCAP_ROOT", tmp_path_factory.mktemp("no-powercap"))
+
+
+@pytest.fixture
+def sim_gpus(monkeypatch: pytest.MonkeyPatch):
+    """Factory: ``sim_gpus(SimGpu(...), ...)`` installs a simulated NVML with those boards."""
+
+    def make(*gpus: SimGpu, **kwargs) -> SimNvml:
+        return install(monkeypatch, SimNvml(list(gpus), **kwargs))
+
+    return make
+
+
+@pytest.fixture
+def fake_rapl(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """Factory: ``fake_rapl(max_range_uj=..., dram=...)`` makes a powercap tree and points RAPL at it."""
+    made: list[FakeRapl] = []
+
+    def make(**kwargs) -> FakeRapl:
+        tree = FakeRapl(tmp_path / "powercap", **kwargs)
+        monkeypatch.setattr(rapl, "POWERCAP_ROOT", tree.root)
+        made.append(tree)
+        return tree
+
+    yield make
+    for tree in made:
+        tree.stop()

@@ -1,0 +1,164 @@
+"""A simulated NVML: the ``pynvml`` functions our meters call, driven by power traces.
+
+Faithful to the real API where our code depends on it:
+
+* ``nvmlDeviceGetTotalEnergyConsumption`` returns integer **mJ** since "driver load" and
+  advances only every ``counter_period_s`` (real boards: roughly 20-100 ms); it raises
+  ``NVMLError_NotSupported`` on boards older than Volta;
+* ``nvmlDeviceGetPowerUsage`` returns integer **mW**: a 1 s average on Ampere and newer
+  (except GA100), instantaneous on older boards;
+* errors are the real ``pynvml.NVMLError`` subclasses, built from the real codes;
+* MIG instances (``MIG-...`` UUIDs) map to their board; enumeration is PCI order.
+
+`install` swaps these functions into the real ``pynvml`` module with ``monkeypatch``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pynvml
+
+from tests.power_traces import Constant, Trace
+
+ARCH_PASCAL, ARCH_VOLTA, ARCH_AMPERE, ARCH_HOPPER = 4, 5, 7, 9
+
+
+@dataclass
+class SimGpu:
+    uuid: str
+    trace: Trace = field(default_factory=lambda: Constant(300.0))
+    name: str = "NVIDIA H100 80GB HBM3"
+    arch: int = ARCH_HOPPER
+    counter_period_s: float = 0.02
+    power_average_s: float = 1.0  # 0 means instantaneous readings
+    base_mj: int = 123_456_789  # energy since driver load before the test began
+    mig_uuids: tuple[str, ...] = ()
+    fail_between: tuple[float, float] | None = None  # seconds since start: reads raise GPU_IS_LOST
+    calls: int = 0
+
+
+class SimNvml:
+    """The simulated driver: a list of boards in PCI order and a clock.
+
+    Args:
+        gpus: The boards; an empty list behaves like a machine with the driver but no GPU.
+        library: False behaves like a machine without the NVML library.
+        clock: Seconds; defaults to ``time.perf_counter`` (the meters' clock).
+    """
+
+    def __init__(self, gpus: list[SimGpu], library: bool = True, clock: Callable[[], float] = time.perf_counter):
+        self.gpus = gpus
+        self.library = library
+        self.clock = clock
+        self.t0 = clock()
+        self.initialised = False
+
+    # -- helpers ------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.clock() - self.t0
+
+    def exact_joules(self, gpu: SimGpu, t0_abs: float, t1_abs: float) -> float:
+        """The true energy of a board between two clock readings."""
+        return gpu.trace.between(t0_abs - self.t0, t1_abs - self.t0)
+
+    def _check(self, gpu: SimGpu) -> None:
+        if not self.initialised:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+        gpu.calls += 1
+        if gpu.fail_between is not None and gpu.fail_between[0] <= self.elapsed() < gpu.fail_between[1]:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+
+    # -- the pynvml API -----------------------------------------------------
+    def nvmlInit(self) -> None:  # noqa: N802 - pynvml's names
+        if not self.library:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+        self.initialised = True
+
+    def nvmlShutdown(self) -> None:  # noqa: N802
+        self.initialised = False
+
+    def nvmlSystemGetDriverVersion(self) -> str:  # noqa: N802
+        return "580.159.04"
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        if not self.initialised:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> SimGpu:  # noqa: N802
+        if not 0 <= index < len(self.gpus):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return self.gpus[index]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> tuple[str, SimGpu] | SimGpu:  # noqa: N802
+        for gpu in self.gpus:
+            if gpu.uuid == uuid:
+                return gpu
+            if uuid in gpu.mig_uuids:
+                return ("mig", gpu)
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: tuple[str, SimGpu]) -> SimGpu:  # noqa: N802
+        if not isinstance(handle, tuple):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return handle[1]
+
+    def nvmlDeviceGetUUID(self, gpu: SimGpu) -> str:  # noqa: N802
+        return gpu.uuid
+
+    def nvmlDeviceGetName(self, gpu: SimGpu) -> str:  # noqa: N802
+        return gpu.name
+
+    def nvmlDeviceGetArchitecture(self, gpu: SimGpu) -> int:  # noqa: N802
+        return gpu.arch
+
+    def nvmlDeviceGetMigMode(self, gpu: SimGpu) -> list[int]:  # noqa: N802
+        if gpu.arch < ARCH_AMPERE:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        mode = pynvml.NVML_DEVICE_MIG_ENABLE if gpu.mig_uuids else pynvml.NVML_DEVICE_MIG_DISABLE
+        return [mode, mode]
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, gpu: SimGpu) -> int:  # noqa: N802
+        self._check(gpu)
+        if gpu.arch < ARCH_VOLTA:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        t = self.elapsed()
+        updated = math.floor(t / gpu.counter_period_s) * gpu.counter_period_s
+        return gpu.base_mj + int(1000.0 * gpu.trace.energy(updated))
+
+    def nvmlDeviceGetPowerUsage(self, gpu: SimGpu) -> int:  # noqa: N802
+        self._check(gpu)
+        t = self.elapsed()
+        if gpu.power_average_s > 0 and gpu.arch >= ARCH_AMPERE:
+            window = min(gpu.power_average_s, t) or 1e-9
+            watts = gpu.trace.between(t - window, t) / window
+        else:
+            watts = gpu.trace.power(t)
+        return int(round(watts * 1000.0))
+
+
+API = [name for name in dir(SimNvml) if name.startswith("nvml")]
+
+
+def install(monkeypatch, sim: SimNvml) -> SimNvml:  # noqa: ANN001 - pytest's MonkeyPatch
+    """Replace the real pynvml functions with the simulation's for one test."""
+    for name in API:
+        monkeypatch.setattr(pynvml, name, getattr(sim, name))
+    return sim
+
+
+class ManualClock:
+    """A clock the test advances by hand, for deterministic sampler tests."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -1,0 +1,207 @@
+"""EnergyMonitor in real Lightning Trainers (both flavours), read back from real loggers' files."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+from pathlib import Path
+
+import pytest
+
+from energy_core import J_PER_KWH
+from lightning_energy import EnergyMonitor
+from tests.lightning_models import FLAVOURS, TokenData, flavour, make_module, regression_data
+from tests.power_traces import Constant
+from tests.readback import csv_series, tensorboard_series
+from tests.sim_nvml import SimGpu
+
+GPU_W = 300.0
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def trainer_for(pl, tmp_path: Path, monitor: EnergyMonitor, **kwargs):  # noqa: ANN001, ANN201
+    loggers = [pl.loggers.CSVLogger(tmp_path / "csv"), pl.loggers.TensorBoardLogger(tmp_path / "tb")]
+    options = {
+        "max_epochs": 3,
+        "accelerator": "cpu",
+        "log_every_n_steps": 10,
+        "logger": loggers,
+        "callbacks": [monitor],
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "limit_val_batches": 2,
+    }
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+@pytest.mark.parametrize("name", FLAVOURS)
+def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None:
+    pl = flavour(name)
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, country="FRA", pue=1.2,
+                            record_path=tmp_path / "energy.jsonl")  # fmt: skip
+    trainer = trainer_for(pl, tmp_path, monitor)
+    trainer.fit(make_module(pl, step_sleep_s=0.03, val_sleep_s=0.1), regression_data(240), regression_data(32))
+
+    lines = records(tmp_path / "energy.jsonl")
+    assert [line["type"] for line in lines][0] == "header"
+    assert lines[-1]["type"] == "summary" and lines[-1]["status"] == "completed"
+    last_epoch = [line for line in lines if line["type"] == "epoch"][-1]
+    kwh = last_epoch["metrics"]["energy/gpu_kwh"]
+    # The logged total is the integral of the known power over the run, within 1%.
+    assert kwh == pytest.approx(GPU_W * last_epoch["elapsed_s"] / J_PER_KWH, rel=0.01)
+    assert last_epoch["metrics"]["energy/total_kwh"] == kwh
+    assert last_epoch["metrics"]["carbon/co2e_kg"] == pytest.approx(kwh * 1.2 * 56.039 / 1000, rel=1e-6)
+
+    # The same figures are in the CSV file and the TensorBoard event file on disk.
+    step = last_epoch["step"]
+    assert dict(csv_series(tmp_path / "csv", "energy/gpu_kwh"))[step] == pytest.approx(kwh, rel=1e-9)
+    assert dict(tensorboard_series(tmp_path / "tb", "energy/total_kwh"))[step] == pytest.approx(kwh, rel=1e-6)
+    epochs = csv_series(tmp_path / "csv", "energy/epoch_kwh")
+    epoch_lines = [line for line in lines if line["type"] == "epoch"]
+    assert [v for _, v in epochs] == pytest.approx([e["metrics"]["energy/epoch_kwh"] for e in epoch_lines])
+    for epoch_kwh, line in zip(epochs, epoch_lines):
+        assert epoch_kwh[1] * J_PER_KWH == pytest.approx(GPU_W * line["seconds"], rel=0.02)
+
+    # Window figures: mean GPU power, J per step with validation taken out, samples.
+    windows = [line for line in lines if line["type"] == "window"]
+    assert [w["step"] for w in windows if w["steps"] == 10] == list(range(10, 91, 10))
+    powers = [v for _, v in csv_series(tmp_path / "csv", "power/gpu0_w")]
+    assert statistics.median(powers) == pytest.approx(GPU_W, rel=0.03)
+    step_j = [w["metrics"]["energy/step_j"] for w in windows if w["steps"] == 10]
+    assert max(step_j) < 1.3 * statistics.median(step_j)  # validation runs are not charged to steps
+    for w in windows:
+        m = w["metrics"]
+        assert w["samples"] == 8 * w["steps"]
+        assert m["efficiency/j_per_sample"] == pytest.approx(m["energy/step_j"] * w["steps"] / w["samples"])
+        assert m["throughput/samples_per_s"] == pytest.approx(w["samples"] / w["seconds"])
+
+    # Validation energy is its own key: 4 runs (sanity check + 3 epochs) at 300 W.
+    stages = [line for line in lines if line["type"] == "stage"]
+    assert len(stages) == 4
+    val_kwh = csv_series(tmp_path / "csv", "energy/val_kwh")[-1][1]
+    assert val_kwh == pytest.approx(GPU_W * sum(s["seconds"] for s in stages) / J_PER_KWH, rel=0.15)
+    assert trainer.progress_bar_metrics["W"] == pytest.approx(GPU_W, rel=0.05)
+    assert not any(t.name == "energy-sampler" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("name", FLAVOURS)
+def test_resume_from_checkpoint_continues_the_totals(name, tmp_path, sim_gpus) -> None:
+    pl = flavour(name)
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    record = tmp_path / "energy.jsonl"
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, record_path=record)
+    trainer_for(pl, tmp_path, first, max_epochs=2, enable_checkpointing=True, callbacks=[first, checkpoint],
+                limit_val_batches=0).fit(make_module(pl, step_sleep_s=0.03), regression_data(240))  # fmt: skip
+    saved = records(record)[-1]["metrics"]["energy/gpu_kwh"]
+
+    second = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, record_path=record)
+    trainer = trainer_for(pl, tmp_path, second, max_epochs=4, limit_val_batches=0)
+    trainer.fit(make_module(pl, step_sleep_s=0.03), regression_data(240), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+
+    lines = records(record)
+    header, summary = [x for x in lines if x["type"] == "header"][-1], lines[-1]
+    resumed = header["resumed_from"]
+    assert resumed["energy_j"]["gpu"] / J_PER_KWH == pytest.approx(saved, rel=0.05)  # saved at the last epoch end
+    live_s = summary["seconds"] - resumed["fit_s"]
+    expected = (resumed["energy_j"]["gpu"] + GPU_W * live_s) / J_PER_KWH
+    assert summary["metrics"]["energy/gpu_kwh"] == pytest.approx(expected, rel=0.01)
+    assert summary["samples"] == 4 * 240
+    logged = csv_series(tmp_path / "csv", "energy/total_kwh")
+    assert logged[-1][1] > saved  # the logged series continues from the first run's total
+
+
+def test_tokens_and_gradient_accumulation(tmp_path, sim_gpus) -> None:
+    pl = flavour("lightning.pytorch")
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, record_path=tmp_path / "energy.jsonl")
+    data = TokenData(160)
+    loader = __import__("torch").utils.data.DataLoader(data, batch_size=8)
+    trainer = trainer_for(pl, tmp_path, monitor, max_epochs=1, accumulate_grad_batches=2, log_every_n_steps=5,
+                          limit_val_batches=0)  # fmt: skip
+    trainer.fit(make_module(pl, step_sleep_s=0.01, token_batches=True), loader)
+
+    windows = [x for x in records(tmp_path / "energy.jsonl") if x["type"] == "window"]
+    assert [(w["step"], w["steps"], w["samples"]) for w in windows] == [(5, 5, 80), (10, 5, 80)]
+    assert sum(w["tokens"] for w in windows) == data.tokens()  # padding excluded
+    for w in windows:
+        m = w["metrics"]
+        assert m["throughput/tokens_per_s"] == pytest.approx(w["tokens"] / w["seconds"])
+        assert m["efficiency/j_per_token"] == pytest.approx(m["energy/step_j"] * w["steps"] / w["tokens"])
+
+
+def test_test_stage_and_all_devices(tmp_path, sim_gpus, fake_rapl) -> None:
+    pl = flavour("lightning.pytorch")
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    rapl = fake_rapl()
+    rapl.run({"cpu": Constant(40.0), "dram": Constant(6.0)})
+    monitor = EnergyMonitor(sample_interval_s=0.02, record_path=tmp_path / "energy.jsonl")
+    trainer = trainer_for(pl, tmp_path, monitor, max_epochs=2, limit_val_batches=0)
+    module = make_module(pl, step_sleep_s=0.03, val_sleep_s=0.05)
+    trainer.fit(module, regression_data(240))
+    trainer.test(module, regression_data(64))
+
+    lines = records(tmp_path / "energy.jsonl")
+    last_epoch = [x for x in lines if x["type"] == "epoch"][-1]
+    m = last_epoch["metrics"]
+    seconds = last_epoch["elapsed_s"]
+    assert m["energy/cpu_kwh"] * J_PER_KWH == pytest.approx(40.0 * seconds, rel=0.02)
+    assert m["energy/dram_kwh"] * J_PER_KWH == pytest.approx(6.0 * seconds, rel=0.02)
+    assert m["energy/total_kwh"] == pytest.approx(m["energy/gpu_kwh"] + m["energy/cpu_kwh"] + m["energy/dram_kwh"])
+    assert lines[0]["estimated"] == []
+    (test_stage,) = [x for x in lines if x["type"] == "stage" and x["stage"] == "test"]
+    test_kwh = csv_series(tmp_path / "csv", "energy/test_kwh")[-1][1]
+    assert test_kwh == pytest.approx(test_stage["kwh"])
+    assert test_kwh * J_PER_KWH == pytest.approx(346.0 * test_stage["seconds"], rel=0.15)
+
+
+def test_estimated_cpu_is_flagged_in_warning_and_record(tmp_path) -> None:
+    pl = flavour("lightning.pytorch")
+    monitor = EnergyMonitor(record_path=tmp_path / "energy.jsonl")  # no GPU, no RAPL: estimate
+    with pytest.warns(UserWarning, match="ESTIMATED"):
+        trainer_for(pl, tmp_path, monitor, max_epochs=1, limit_val_batches=0).fit(make_module(pl), regression_data(64))
+    lines = records(tmp_path / "energy.jsonl")
+    assert lines[0]["estimated"] == ["cpu0"] and lines[-1]["estimated"] == ["cpu0"]
+    assert lines[0]["hardware"]["sources"][0]["method"] == "tdp-x-utilisation"
+
+
+def test_exception_in_training_ends_the_record_and_the_sampler(tmp_path, sim_gpus) -> None:
+    pl = flavour("lightning.pytorch")
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W)))
+
+    class Boom(RuntimeError):
+        pass
+
+    module = make_module(pl)
+    original = module.training_step
+
+    def failing_step(batch, batch_idx):  # noqa: ANN001, ANN202
+        if batch_idx == 5:
+            raise Boom("bad batch")
+        return original(batch, batch_idx)
+
+    module.training_step = failing_step
+    monitor = EnergyMonitor(devices=["gpu"], record_path=tmp_path / "energy.jsonl")
+    with pytest.raises(Boom):
+        trainer_for(pl, tmp_path, monitor, max_epochs=1, limit_val_batches=0).fit(module, regression_data(240))
+    summary = records(tmp_path / "energy.jsonl")[-1]
+    assert summary["type"] == "summary" and summary["status"] == "exception: Boom"
+    assert not any(t.name == "energy-sampler" for t in threading.enumerate())
+
+
+def test_nvml_failure_mid_run_does_not_stop_training(tmp_path, sim_gpus) -> None:
+    pl = flavour("lightning.pytorch")
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02, fail_between=(0.3, 0.8)))
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=tmp_path / "energy.jsonl")
+    trainer = trainer_for(pl, tmp_path, monitor, max_epochs=2, limit_val_batches=0)
+    trainer.fit(make_module(pl, step_sleep_s=0.02), regression_data(240))
+    summary = records(tmp_path / "energy.jsonl")[-1]
+    assert trainer.current_epoch == 2
+    assert summary["failed_reads"]["gpu0"] >= 10  # the gap is reported
+    assert summary["metrics"]["energy/gpu_kwh"] * J_PER_KWH == pytest.approx(GPU_W * summary["seconds"], rel=0.02)

@@ -1,0 +1,188 @@
+"""Meters against known integrals: simulated NVML, fake RAPL, the CPU estimate, the sampler."""
+
+from __future__ import annotations
+
+import pynvml
+import pytest
+
+from energy_core import cpu_estimate, nvidia, rapl
+from energy_core.meter import EnergyMeter
+from energy_core.sampler import SampleBuffer, Sampler
+from tests.power_traces import Constant, Noisy, Ramp, Square
+from tests.sim_nvml import ARCH_PASCAL, ManualClock, SimGpu, SimNvml
+
+
+def _run(sampler: Sampler, clock: ManualClock, seconds: float, interval: float) -> None:
+    for _ in range(round(seconds / interval)):
+        clock.advance(interval)
+        sampler.sample_once()
+
+
+def _manual_gpu_sampler(sim_gpus, gpu: SimGpu, interval: float = 0.1):
+    clock = ManualClock()
+    sim = sim_gpus(gpu, clock=clock)
+    sources, _ = nvidia.discover_gpus()
+    sampler = Sampler(sources, interval, clock=clock)
+    sampler.sample_once()
+    return sim, sampler, clock
+
+
+@pytest.mark.parametrize(
+    "trace",
+    [Constant(300.0), Square(80.0, 400.0, 0.3), Square(80.0, 400.0, 2.5), Ramp(60.0, 500.0, 7.0), Noisy(250.0, 120.0)],
+    ids=["constant", "square-0.3s", "square-2.5s", "ramp", "noisy"],
+)
+def test_energy_counter_total_matches_integral(sim_gpus, trace) -> None:
+    sim, sampler, clock = _manual_gpu_sampler(sim_gpus, SimGpu("GPU-a", trace, counter_period_s=0.1))
+    t0 = clock()
+    _run(sampler, clock, 20.0, 0.1)
+    (start, _), (end, _) = sampler.buffer.energy_at([t0, clock()])
+    exact = sim.exact_joules(sim.gpus[0], t0, clock())
+    assert end[0] - start[0] == pytest.approx(exact, rel=0.01)
+
+
+def test_window_error_is_bounded_by_the_counter_period(sim_gpus) -> None:
+    gpu = SimGpu("GPU-a", Square(100.0, 400.0, 1.3), counter_period_s=0.1)
+    sim, sampler, clock = _manual_gpu_sampler(sim_gpus, gpu, interval=0.05)
+    t0 = clock()
+    _run(sampler, clock, 12.0, 0.05)
+    for k in range(10):  # one-second windows
+        a, b = t0 + k + 0.013, t0 + k + 1.013
+        (ea, _), (eb, _) = sampler.buffer.energy_at([a, b])
+        # the counter lags by up to one period at each end: at most 2 x 0.1 s x 400 W
+        assert abs((eb - ea)[0] - sim.exact_joules(gpu, a, b)) <= 2 * 0.1 * 400.0 + 1e-6
+
+
+def test_power_integration_fallback_before_volta(sim_gpus) -> None:
+    gpu = SimGpu("GPU-p", Square(60.0, 250.0, 2.0), name="Tesla P100", arch=ARCH_PASCAL, power_average_s=0)
+    sim, sampler, clock = _manual_gpu_sampler(sim_gpus, gpu, interval=0.01)
+    assert sampler.sources[0].info.method == "nvml-power-integration"
+    t0 = clock()
+    _run(sampler, clock, 10.0, 0.01)
+    (start, _), (end, _) = sampler.buffer.energy_at([t0, clock()])
+    assert end[0] - start[0] == pytest.approx(sim.exact_joules(gpu, t0, clock()), rel=0.01)
+
+
+def test_nvml_error_mid_run_is_a_gap_not_a_loss(sim_gpus) -> None:
+    gpu = SimGpu("GPU-a", Constant(200.0), counter_period_s=0.02, fail_between=(2.0, 3.0))
+    sim, sampler, clock = _manual_gpu_sampler(sim_gpus, gpu)
+    t0 = clock()
+    _run(sampler, clock, 6.0, 0.1)
+    assert sampler.failed_reads[0] == pytest.approx(10, abs=1)
+    (start, _), (end, _) = sampler.buffer.energy_at([t0, clock()])
+    # the counter kept counting through the gap, so the total is still exact
+    assert end[0] - start[0] == pytest.approx(200.0 * 6.0, rel=0.01)
+
+
+def test_cuda_visible_devices_maps_by_uuid(sim_gpus, monkeypatch) -> None:
+    sim_gpus(SimGpu("GPU-aaaa-1111"), SimGpu("GPU-bbbb-2222"), SimGpu("GPU-cccc-3333"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
+    sources, _ = nvidia.discover_gpus()
+    assert [(s.info.name, s.gpu.uuid) for s in sources] == [("gpu0", "GPU-cccc-3333"), ("gpu1", "GPU-aaaa-1111")]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbbb,bogus,0")  # CUDA stops at the first invalid entry
+    sources, _ = nvidia.discover_gpus()
+    assert [s.gpu.uuid for s in sources] == ["GPU-bbbb-2222"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    sources, _ = nvidia.discover_gpus(cuda_indices=[1])
+    assert [(s.info.name, s.gpu.uuid) for s in sources] == [("gpu1", "GPU-bbbb-2222")]
+
+
+def test_mig_instances_count_their_board_once(sim_gpus, monkeypatch) -> None:
+    sim_gpus(SimGpu("GPU-x", mig_uuids=("MIG-1", "MIG-2")), SimGpu("GPU-y"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-1,MIG-2")
+    sources, notices = nvidia.discover_gpus()
+    assert [s.gpu.uuid for s in sources] == ["GPU-x"]
+    assert any("board-level" in n.text for n in notices)
+
+
+def test_no_gpu_is_one_info_line() -> None:
+    sources, notices = nvidia.discover_gpus()  # conftest: no NVML library
+    assert sources == []
+    assert [n.level for n in notices] == ["info"]
+    assert "CPU/DRAM only" in notices[0].text
+
+
+def test_rapl_wraparound_and_zones(fake_rapl) -> None:
+    tree = fake_rapl(max_range_uj=5_000_000)  # wraps every 5 J
+    sources, notices = rapl.discover_rapl({"cpu", "dram"})
+    assert notices == []
+    assert sorted(s.info.name for s in sources) == ["cpu0", "dram0"]  # core and psys are not counted
+    cpu = next(s for s in sources if s.info.kind == "cpu")
+    for k in range(1, 41):  # 40 reads, 1.7 J apart: the counter wraps 13 times
+        tree.set_energy("cpu", 1.7 * k)
+        value = cpu.read_j(float(k))
+    assert value == pytest.approx(1.7 * 40, abs=1e-5)
+    assert cpu.wraps == 13
+
+
+def test_rapl_permission_denied_falls_back_to_an_estimate(fake_rapl, monkeypatch) -> None:
+    tree = fake_rapl()
+    real_open = open
+
+    def kernel_5_10_open(path, *args, **kwargs):  # noqa: ANN001, ANN202 - mimics the kernel's 0400 mode
+        if str(path).startswith(str(tree.root)) and str(path).endswith("energy_uj"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", kernel_5_10_open)
+    meter = EnergyMeter(devices="auto")
+    meter.open()
+    meter.close()
+    texts = [n.text for n in meter.notices]
+    assert sum("readable only by root" in t for t in texts) == 1
+    assert any("chmod" in t for t in texts)
+    assert [s.info.name for s in meter.sources] == ["cpu0"]
+    assert meter.estimated == ["cpu0"]
+    assert any("ESTIMATED" in t for t in texts)
+
+
+def test_cpu_tdp_comes_from_codecarbons_table() -> None:
+    assert cpu_estimate.lookup_tdp("Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz") == 300.0
+    assert cpu_estimate.lookup_tdp("AMD EPYC 7763 64-Core Processor") == 280.0
+    assert cpu_estimate.lookup_tdp("Imaginary CPU 9000") is None
+
+
+def test_cpu_estimate_is_tdp_times_utilisation(monkeypatch) -> None:
+    from collections import namedtuple
+
+    Times = namedtuple("Times", "user system idle iowait")
+    ticks = iter([Times(0, 0, 0, 0), Times(0, 0, 0, 0), Times(30, 10, 60, 0), Times(30, 10, 160, 0)])
+    monkeypatch.setattr(cpu_estimate.psutil, "cpu_times", lambda: next(ticks))
+    source = cpu_estimate.EstimatedCpuSource(tdp_w=100.0, sockets=2, model="test")
+    assert source.read_j(0.0) == 0.0
+    assert source.read_j(2.0) == pytest.approx(100.0 * 2 * 0.4 * 2.0)  # 40% busy for 2 s
+    assert source.read_j(3.0) == pytest.approx(160.0)  # idle second: nothing added
+    assert source.info.estimated
+
+
+def test_ring_buffer_keeps_the_newest_rows_and_interpolates() -> None:
+    buffer = SampleBuffer(width=1, capacity=8)
+    for i in range(20):
+        buffer.append(float(i), [10.0 * i])
+    assert len(buffer) == 8
+    (mid, final), (old, _), (future, pending) = buffer.energy_at([15.5, 3.0, 21.0])
+    assert final and mid[0] == pytest.approx(155.0)
+    assert old[0] == pytest.approx(120.0)  # older than kept: clamped to the oldest row (t=12)
+    assert not pending and future[0] == pytest.approx(210.0)  # extrapolated at the last second's power
+
+
+def test_meter_marks_resolve_once_samples_arrive(sim_gpus) -> None:
+    import time
+
+    sim = sim_gpus(SimGpu("GPU-a", Constant(250.0), counter_period_s=0.02))
+    meter = EnergyMeter(devices=["gpu"], sample_interval_s=0.02)
+    meter.open()
+    start = meter.mark()
+    time.sleep(1.5)
+    end = meter.mark()
+    time.sleep(0.1)
+    joules = meter.joules(start, end)
+    meter.close()
+    assert start.joules is not None and end.joules is not None  # both resolved for good
+    assert (joules[1] - joules[0])[0] == pytest.approx(sim.exact_joules(sim.gpus[0], start.t, end.t), rel=0.02)
+
+
+def test_unknown_nvml_function_errors_are_real_pynvml_classes() -> None:
+    err = pynvml.NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+    assert isinstance(err, pynvml.NVMLError_NoPermission)
+    assert SimNvml([]).gpus == []

@@ -56,7 +56,7 @@ def main() -> None:
     trainer = L.Trainer(
         max_epochs=3,
         accelerator="cpu",
-        log_every_n_steps=20,
+        log_every_n_steps=50,
         logger=[CSVLogger(OUT, name="csv"), TensorBoardLogger(OUT, name="tb")],
         callbacks=[monitor],
         enable_checkpointing=False,

@@ -43,7 +43,7 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         pue: Power usage effectiveness of the data centre (>= 1), applied to CO2e.
         record_path: Append a JSON-lines run record to this file (rank 0).
         log_every_n_steps: Override the trainer's logging cadence (optimizer steps).
-        progress_bar: Show mean power (W) and total energy (kWh) in the progress bar.
+        progress_bar: Show mean power (``W``) and total energy (``Wh``) in the progress bar.
         summary: Print a short summary when fit ends.
 
     Raises:
@@ -96,6 +96,8 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         self.progress_bar = progress_bar
         self.summary = summary
         self.last_metrics: dict[str, float] = {}
+        self._bar_values: dict[str, float] = {}
+        self._bar: Any = None
         self._every = 1
         self._last_logged_step = -1
 
@@ -117,12 +119,40 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         self._last_logged_step = trainer.global_step
         if not trainer.is_global_zero:
             self.tracker.record = None  # one record per job, written by rank 0
+        if trainer.world_size > 1:  # each rank measures its own GPU; CPU/DRAM once per node
+            root = trainer.strategy.root_device
+            self.tracker.meter.cuda_indices = [root.index] if root.type == "cuda" else []
+            self.tracker.meter.node_devices = trainer.local_rank == 0
         self.tracker.header_extra = {
             "framework": type(trainer).__module__.split(".")[0],
             "trainer": {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
                         "log_every_n_steps": self._every, "world_size": trainer.world_size},
         }  # fmt: skip
         emit(self.tracker.start_fit(trainer.global_step))
+        self._attach_progress_bar(trainer)
+
+    def _attach_progress_bar(self, trainer: Any) -> None:
+        """Add our figures to the progress bar through its documented `get_metrics` hook.
+
+        (``pl_module.log(..., prog_bar=True)`` would make Lightning process the values
+        on every step; this costs one dict merge per bar refresh.)
+        """
+        bar = getattr(trainer, "progress_bar_callback", None)
+        if not self.progress_bar or bar is None or "get_metrics" in vars(bar):
+            return
+        original = bar.get_metrics
+
+        def get_metrics(trainer: Any, pl_module: Any) -> dict[str, Any]:
+            return {**original(trainer, pl_module), **self._bar_values}
+
+        bar.get_metrics = get_metrics
+        self._bar = bar
+
+    def _detach_progress_bar(self) -> None:
+        bar = self._bar
+        if bar is not None and "get_metrics" in vars(bar):
+            del bar.get_metrics
+        self._bar = None
 
     @override
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -137,10 +167,9 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         self._last_logged_step = step
         metrics = self.tracker.window(step, extra=self._extra(trainer))
         self._log(trainer, metrics)
-        if self.progress_bar:
-            for key, (name, scale) in PROGRESS_BAR_KEYS.items():
-                if key in metrics and math.isfinite(metrics[key]):
-                    pl_module.log(name, metrics[key] * scale, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        for key, (name, scale) in PROGRESS_BAR_KEYS.items():
+            if key in metrics and math.isfinite(metrics[key]):
+                self._bar_values[name] = round(metrics[key] * scale, 3)
 
     @override
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -157,10 +186,12 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         status = "interrupted" if isinstance(exception, KeyboardInterrupt) else f"exception: {type(exception).__name__}"
         self.tracker.end_fit(trainer.global_step, status=status)
+        self._detach_progress_bar()
         self.tracker.close()
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._detach_progress_bar()
         self.tracker.close()
 
     # ------------------------------------------------------------------ other stages

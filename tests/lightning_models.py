@@ -49,6 +49,11 @@ def make_module(pl: ModuleType, step_sleep_s: float = 0.0, val_sleep_s: float = 
                 time.sleep(val_sleep_s)
             self.log("test_loss", self._loss(batch))
 
+        def predict_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+            if val_sleep_s:
+                time.sleep(val_sleep_s)
+            return self.layer(batch[0])
+
         def configure_optimizers(self):  # noqa: ANN201
             return torch.optim.SGD(self.parameters(), lr=0.01)
 

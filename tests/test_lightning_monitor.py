@@ -45,7 +45,13 @@ def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
     monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, country="FRA", pue=1.2,
                             record_path=tmp_path / "energy.jsonl")  # fmt: skip
-    trainer = trainer_for(pl, tmp_path, monitor)
+    shown: list[dict] = []
+
+    class PeekAtProgressBar(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+            shown.append(trainer.progress_bar_callback.get_metrics(trainer, pl_module))
+
+    trainer = trainer_for(pl, tmp_path, monitor, callbacks=[monitor, PeekAtProgressBar()])
     trainer.fit(make_module(pl, step_sleep_s=0.03, val_sleep_s=0.1), regression_data(240), regression_data(32))
 
     lines = records(tmp_path / "energy.jsonl")
@@ -86,7 +92,9 @@ def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None
     assert len(stages) == 4
     val_kwh = csv_series(tmp_path / "csv", "energy/val_kwh")[-1][1]
     assert val_kwh == pytest.approx(GPU_W * sum(s["seconds"] for s in stages) / J_PER_KWH, rel=0.15)
-    assert trainer.progress_bar_metrics["W"] == pytest.approx(GPU_W, rel=0.05)
+    assert shown[-1]["W"] == pytest.approx(GPU_W, rel=0.05)  # what the progress bar displays
+    assert shown[-1]["Wh"] == pytest.approx(1000 * kwh, rel=0.1)
+    assert "get_metrics" not in vars(trainer.progress_bar_callback)  # detached at teardown
     assert not any(t.name == "energy-sampler" for t in threading.enumerate())
 
 
@@ -146,6 +154,7 @@ def test_test_stage_and_all_devices(tmp_path, sim_gpus, fake_rapl) -> None:
     module = make_module(pl, step_sleep_s=0.03, val_sleep_s=0.05)
     trainer.fit(module, regression_data(240))
     trainer.test(module, regression_data(64))
+    trainer.predict(module, regression_data(32))
 
     lines = records(tmp_path / "energy.jsonl")
     last_epoch = [x for x in lines if x["type"] == "epoch"][-1]
@@ -159,6 +168,9 @@ def test_test_stage_and_all_devices(tmp_path, sim_gpus, fake_rapl) -> None:
     test_kwh = csv_series(tmp_path / "csv", "energy/test_kwh")[-1][1]
     assert test_kwh == pytest.approx(test_stage["kwh"])
     assert test_kwh * J_PER_KWH == pytest.approx(346.0 * test_stage["seconds"], rel=0.15)
+    (predict_stage,) = [x for x in lines if x["type"] == "stage" and x["stage"] == "predict"]
+    assert monitor.last_metrics["energy/predict_kwh"] == pytest.approx(predict_stage["kwh"])
+    assert predict_stage["kwh"] * J_PER_KWH == pytest.approx(346.0 * predict_stage["seconds"], rel=0.15)
 
 
 def test_estimated_cpu_is_flagged_in_warning_and_record(tmp_path) -> None:

@@ -1,0 +1,156 @@
+"""Overhead of EnergyMonitor: the per-step hook, and end-to-end slowdown on CPU training.
+
+    python benchmarks/overhead.py                     # 5 ms steps, 11 interleaved pairs
+    python benchmarks/overhead.py --step-ms 1 5 50 --repeats 9
+
+1. Hook cost: `EnergyMonitor.on_train_batch_end` called directly on a real, started
+   monitor (sampler thread running), logging every 50 steps as Lightning's default
+   does; median and p99 in microseconds.
+2. Slowdown: the same Lightning fit (an MLP sized so one step takes about --step-ms)
+   with no callback and with EnergyMonitor, in --repeats interleaved pairs (the order
+   alternating); the median of the pairs' ratios of training-loop wall time.
+
+Targets (issue 2): hook median <= 20 us; slowdown <= 1.01 at 5 ms steps. The last line
+is the verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from types import SimpleNamespace
+
+import lightning.pytorch as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_energy import EnergyMonitor
+
+
+def hook_cost_us(n: int = 20000) -> tuple[float, float, float]:
+    """(median, p99, sampler CPU share) of the per-batch hook on a started monitor."""
+    monitor = EnergyMonitor(summary=False, progress_bar=False, carbon_intensity_g_per_kwh=400)
+    trainer = SimpleNamespace(global_step=0, loggers=[], log_every_n_steps=50, is_global_zero=True,
+                              max_epochs=1, max_steps=-1, world_size=1, callback_metrics={})  # fmt: skip
+    monitor.on_fit_start(trainer, None)
+    batch = (torch.randn(64, 32), torch.randn(64, 1))
+    times = []
+    clock = time.perf_counter_ns
+    start = time.perf_counter()
+    for i in range(n):
+        trainer.global_step = i + 1
+        t0 = clock()
+        monitor.on_train_batch_end(trainer, None, None, batch, i)
+        times.append(clock() - t0)
+    time.sleep(max(0.0, 3.0 - (time.perf_counter() - start)))  # let the sampler run a few seconds
+    wall = time.perf_counter() - start
+    sampler = monitor.tracker.meter.sampler
+    cpu_share = sampler.thread_cpu_s / wall if sampler else 0.0
+    monitor.tracker.end_fit(n)
+    times.sort()
+    return statistics.median(times) / 1000, times[int(0.99 * len(times))] / 1000, cpu_share
+
+
+class Mlp(L.LightningModule):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1))
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):  # noqa: ANN201
+        return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+
+def step_seconds(width: int, batch: int = 64, n: int = 30) -> float:
+    model = Mlp(width)
+    opt = model.configure_optimizers()
+    x, y = torch.randn(batch, width), torch.randn(batch, 1)
+    for _ in range(5):
+        nn.functional.mse_loss(model.net(x), y).backward()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        opt.zero_grad()
+        nn.functional.mse_loss(model.net(x), y).backward()
+        opt.step()
+    return (time.perf_counter() - t0) / n
+
+
+def calibrate(step_ms: float, loop_overhead_ms: float) -> int:
+    """Width of the MLP whose Lightning step (compute + the loop's own cost) is about step_ms."""
+    width = 8
+    while (step_seconds(width) * 1000 + loop_overhead_ms) < step_ms and width < 16384:
+        width = int(width * 1.1) + 1
+    return width
+
+
+class LoopTimer(L.Callback):
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.t0 = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.seconds = time.perf_counter() - self.t0
+
+
+def fit_seconds(width: int, steps: int, with_monitor: bool) -> float:
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(steps * 64, width), torch.randn(steps * 64, 1)), batch_size=64)
+    timer = LoopTimer()
+    callbacks: list = [timer]
+    if with_monitor:
+        callbacks.append(EnergyMonitor(summary=False, carbon_intensity_g_per_kwh=400))
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)  # fmt: skip
+    trainer.fit(Mlp(width), data)
+    return timer.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--step-ms", type=float, nargs="+", default=[5.0])
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--steps", type=int, default=400)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # steadier timings; the sampler thread shares the machine
+
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    median_us, p99_us, cpu_share = hook_cost_us()
+    print(f"hook: median {median_us:.2f} us, p99 {p99_us:.2f} us per batch (sampler thread CPU {100 * cpu_share:.2f}% of one core)")
+    fit_seconds(8, 50, True)  # warm-up: imports, data tables, first Trainer
+    loop_ms = 1000 * fit_seconds(8, args.steps, False) / args.steps - 1000 * step_seconds(8)
+    ratios = {}
+    for step_ms in args.step_ms:
+        width = calibrate(step_ms, loop_ms)
+        bare, ours, pairs = [], [], []
+        for i in range(args.repeats):  # interleaved pairs, alternating which runs first
+            if i % 2:
+                ours.append(fit_seconds(width, args.steps, True))
+                bare.append(fit_seconds(width, args.steps, False))
+            else:
+                bare.append(fit_seconds(width, args.steps, False))
+                ours.append(fit_seconds(width, args.steps, True))
+            pairs.append(ours[-1] / bare[-1])
+        ratio = statistics.median(pairs)
+        ratios[step_ms] = ratio
+        per_step = 1000 * statistics.median(bare) / args.steps
+        print(f"{step_ms:g} ms target (MLP width {width}, {per_step:.2f} ms/step measured): "
+              f"none {statistics.median(bare):.3f} s, EnergyMonitor {statistics.median(ours):.3f} s; "
+              f"median of {args.repeats} paired ratios {ratio:.4f} (range {min(pairs):.3f}-{max(pairs):.3f}); "
+              f"ratio of fastest runs {min(ours) / min(bare):.4f}")  # fmt: skip
+    target = ratios.get(5.0, next(iter(ratios.values())))
+    ok = median_us <= 20 and target <= 1.01
+    print(f"median slowdown ratio: {target:.4f} (target <= 1.01), hook median {median_us:.2f} us "
+          f"(target <= 20): {'PASS' if ok else 'FAIL'}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""The README's main example runs and reports non-zero energy and CO2e with their source."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_example(tmp_path) -> None:
+    env = {**os.environ, "QUICKSTART_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "examples/lightning_quickstart.py"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "Where the energy went" in out
+    assert "codecarbon global_energy_mix.json: France (FRA" in out
+    summary = json.loads((tmp_path / "energy.jsonl").read_text().splitlines()[-1])
+    assert summary["type"] == "summary"
+    assert summary["metrics"]["energy/total_kwh"] > 0
+    assert summary["metrics"]["carbon/co2e_kg"] > 0
+    assert (tmp_path / "csv").is_dir() and any((tmp_path / "tb").rglob("events.out.tfevents.*"))

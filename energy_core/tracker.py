@@ -231,10 +231,12 @@ class EnergyTracker:
         if self._win_start is None:
             return {}
         end = self.meter.mark() if end is None else end
+        steps = step - self._win_step
+        if steps <= 0 and self._win_samples == 0:  # nothing trained since the last window: keep it open
+            return self._cumulative(end)
         start_j, end_j = self.meter.joules(self._win_start, end)
         per_source = end_j - start_j - self._excluded_j
         seconds = end.t - self._win_start.t - self._excluded_s
-        steps = step - self._win_step
         samples = self._win_samples
         tokens = self._window_tokens()
         joules = float(per_source.sum())
@@ -256,7 +258,7 @@ class EnergyTracker:
             metrics["efficiency/j_per_token"] = joules / tokens
         self._samples += samples
         self._tokens += tokens
-        if self.record is not None and (steps > 0 or samples > 0):
+        if self.record is not None:
             self.record.write(
                 "window", step=step, steps=steps, samples=samples, tokens=tokens, seconds=seconds,
                 elapsed_s=self.fit_seconds(end), metrics=metrics, extra=extra or {},
@@ -288,20 +290,26 @@ class EnergyTracker:
         return metrics
 
     def start_stage(self, stage: str) -> list[Notice]:
-        """Begin a validation/test/predict run (``stage`` in `STAGES`)."""
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        """Begin a validation/test/predict run (``stage`` in `STAGES`, or a provisional name)."""
         notices = self._open()
         self._stage_start[stage] = self.meter.mark()
         return notices
 
-    def end_stage(self, stage: str, step: int) -> dict[str, float]:
+    def end_stage(self, stage: str, step: int, started_as: str | None = None) -> dict[str, float]:
         """End a stage; returns ``{"energy/<stage>_kwh": cumulative kWh of that stage}``.
 
         During a fit, the stage's energy and time are taken out of the current training
         window so that power and J/step describe training alone.
+
+        Args:
+            stage: The stage the energy is charged to.
+            step: The optimizer step, for the record.
+            started_as: The name given to `start_stage`, when it was not yet known which
+                stage an inference run was (the HF Trainer tells only at its end).
         """
-        start = self._stage_start.pop(stage, None)
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        start = self._stage_start.pop(started_as or stage, None)
         if start is None:
             return {}
         end = self.meter.mark()
@@ -317,6 +325,9 @@ class EnergyTracker:
             self.record.write("stage", stage=stage, step=step, seconds=end.t - start.t,
                               kwh=float(delta.sum()) / J_PER_KWH, metrics=metrics)  # fmt: skip
         return metrics
+
+    def in_stage(self, stage: str) -> bool:
+        return stage in self._stage_start
 
     def stage_kwh(self, stage: str) -> float:
         return (self._stage_j[stage] + self._offset["stage_j"].get(stage, 0.0)) / J_PER_KWH

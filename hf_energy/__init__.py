@@ -1,3 +1,5 @@
-"""Hugging Face Trainer adapters over `energy_core` (EnergyCallback and friends: to come)."""
+"""Hugging Face Trainer adapters over `energy_core`."""
 
-__all__: list[str] = []
+from hf_energy.callback import EnergyCallback, attach
+
+__all__ = ["EnergyCallback", "attach"]

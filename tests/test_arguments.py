@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from energy_core import EnergyTracker
+from hf_energy import EnergyCallback
 from lightning_energy import EnergyMonitor
 
 
-@pytest.mark.parametrize("cls", [EnergyTracker, EnergyMonitor])
+@pytest.mark.parametrize("cls", [EnergyTracker, EnergyMonitor, EnergyCallback])
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -36,6 +37,8 @@ def test_monitor_specific_arguments(tmp_path) -> None:
         EnergyMonitor(log_every_n_steps=0)
     with pytest.raises(ValueError, match="record_path must be a file"):
         EnergyMonitor(record_path=tmp_path)
+    with pytest.raises(ValueError, match="record_path must be a file"):
+        EnergyCallback(record_path=tmp_path)
 
 
 def test_valid_arguments_are_accepted() -> None:

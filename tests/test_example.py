@@ -24,3 +24,15 @@ def test_quickstart_example(tmp_path) -> None:
     assert summary["metrics"]["energy/total_kwh"] > 0
     assert summary["metrics"]["carbon/co2e_kg"] > 0
     assert (tmp_path / "csv").is_dir() and any((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_hf_example(tmp_path) -> None:
+    env = {**os.environ, "HF_EXAMPLE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "examples/hf_finetune.py"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "efficiency/j_per_token" in done.stdout
+    lines = [json.loads(line) for line in (tmp_path / "energy.jsonl").read_text().splitlines()]
+    assert lines[-1]["type"] == "summary" and lines[-1]["tokens"] > 0
+    assert lines[-1]["metrics"]["carbon/co2e_kg"] > 0
+    assert any(tmp_path.rglob("events.out.tfevents.*"))  # report_to=["tensorboard"]

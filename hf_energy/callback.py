@@ -1,0 +1,291 @@
+"""EnergyCallback: energy, power, throughput and CO2e for the Hugging Face Trainer."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState, TrainerControl, TrainerState
+from transformers.training_args import TrainingArguments
+from transformers.utils import logging
+
+from energy_core.source import Notice
+from energy_core.tracker import EnergyTracker
+
+logger = logging.get_logger(__name__)
+INFERENCE = "inference"  # provisional stage name: eval or predict is known only at the end
+
+
+class EnergyCallback(TrainerCallback, ExportableState):
+    """Logs energy, power, throughput, energy per sample/token and CO2e in HF Trainer runs.
+
+    Figures are added to the Trainer's own log calls (every ``logging_steps`` and at each
+    epoch end), so they reach ``trainer.state.log_history`` and every ``report_to``
+    integration (TensorBoard, W&B, MLflow, ...) **when the callback is attached with**
+    `hf_energy.attach` (the HF Trainer runs user callbacks after the integrations, so a
+    callback alone cannot add to what they log; without `attach` the figures reach
+    ``log_history`` only, and a warning says so).
+
+    Samples and tokens are counted per micro-batch by a forward pre-hook on the model
+    (``attention_mask.sum()`` without device synchronisation, else ``input_ids.numel()``);
+    a step is an optimizer update. Evaluation and prediction energy are kept apart.
+
+    Args:
+        devices: ``"auto"`` or a list drawn from ``"gpu"``, ``"cpu"``, ``"dram"``.
+        sample_interval_s: Seconds between hardware reads on the background thread.
+        country: ISO 3166 alpha-3 code for the grid intensity, e.g. ``"FRA"``.
+        region: Sub-national region (USA, CAN, CHN, SWE, NOR, FIN), with ``country``.
+        cloud_provider: Cloud provider, e.g. ``"gcp"``, with ``cloud_region``.
+        cloud_region: Cloud region, e.g. ``"europe-west9"``.
+        carbon_intensity_g_per_kwh: Use this grid intensity instead of a lookup.
+        pue: Power usage effectiveness of the data centre (>= 1), applied to CO2e.
+        record_path: Append a JSON-lines run record to this file (world process zero).
+        summary: Print a short summary when training ends.
+
+    Raises:
+        ValueError: naming the argument, for any invalid value.
+
+    Logged metrics: ``energy/step_j``, ``energy/total_kwh``, ``energy/{gpu,cpu,dram}_kwh``,
+    ``power/total_w``, ``power/gpu{i}_w``, ``throughput/samples_per_s``,
+    ``throughput/tokens_per_s``, ``efficiency/j_per_sample``, ``efficiency/j_per_token``,
+    ``carbon/co2e_kg``, ``carbon/intensity_g_per_kwh``; ``energy/epoch_kwh`` at epoch
+    ends; ``energy/val_kwh`` with the evaluation metrics; ``energy/predict_kwh`` after
+    ``trainer.predict``. W&B and TensorBoard show them under ``train/``.
+
+    Example:
+        >>> from transformers import Trainer
+        >>> from hf_energy import EnergyCallback, attach
+        >>> trainer = Trainer(model=model, args=args, train_dataset=data)   # doctest: +SKIP
+        >>> energy = attach(trainer, EnergyCallback(country="FRA"))         # doctest: +SKIP
+        >>> trainer.train()                                                 # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        devices: str | Sequence[str] = "auto",
+        sample_interval_s: float = 0.1,
+        country: str | None = None,
+        region: str | None = None,
+        cloud_provider: str | None = None,
+        cloud_region: str | None = None,
+        carbon_intensity_g_per_kwh: float | None = None,
+        pue: float = 1.0,
+        record_path: str | os.PathLike[str] | None = None,
+        summary: bool = True,
+    ) -> None:
+        self.tracker = EnergyTracker(
+            devices=devices,
+            sample_interval_s=sample_interval_s,
+            country=country,
+            region=region,
+            cloud_provider=cloud_provider,
+            cloud_region=cloud_region,
+            carbon_intensity_g_per_kwh=carbon_intensity_g_per_kwh,
+            pue=pue,
+            record_path=record_path,
+        )
+        self._args = {
+            "devices": devices if isinstance(devices, str) else list(devices),
+            "sample_interval_s": sample_interval_s,
+            "country": country,
+            "region": region,
+            "cloud_provider": cloud_provider,
+            "cloud_region": cloud_region,
+            "carbon_intensity_g_per_kwh": carbon_intensity_g_per_kwh,
+            "pue": pue,
+            "record_path": None if record_path is None else os.fspath(record_path),
+            "summary": summary,
+        }
+        self.summary = summary
+        self.last_metrics: dict[str, float] = {}
+        self.trainer: Any = None  # set by `attach`
+        self._hook: Any = None
+        self._pending: dict[str, float] = {}
+        self._last_logged_step = -1
+        self._warned_unattached = False
+        self._world_zero = True
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        """ExportableState: constructor args and the totals, stored in ``trainer_state.json``."""
+        return {"args": dict(self._args), "attributes": {"energy_state": self.tracker.state_dict()}}
+
+    @property
+    def energy_state(self) -> dict[str, Any]:
+        return self.tracker.state_dict()
+
+    @energy_state.setter
+    def energy_state(self, value: dict[str, Any]) -> None:  # called by HF's callback restore
+        self.tracker.load_state_dict(value)
+
+    def _restore_from(self, state: TrainerState) -> None:
+        """Continue the totals found in a resumed ``trainer_state.json``.
+
+        HF restores callback state only with ``restore_callback_states_from_checkpoint``;
+        the totals are restored here in either case, from the same JSON.
+        """
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if isinstance(saved, list):
+            saved = saved[0] if saved else None
+        if saved and saved.get("attributes", {}).get("energy_state"):
+            self.tracker.load_state_dict(saved["attributes"]["energy_state"])
+
+    # ------------------------------------------------------------------ messages
+    def _emit(self, notices: list[Notice]) -> None:
+        if not self._world_zero:
+            return
+        for notice in notices:
+            if notice.level == "warn":
+                warnings.warn(notice.text, stacklevel=3)
+            else:
+                logger.info(notice.text)
+
+    # ------------------------------------------------------------------ counting
+    def _on_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook: count a training micro-batch, or note that inference began."""
+        if module.training:
+            self.tracker.add_batch(kwargs if kwargs else args)
+        elif not self.tracker.in_stage(INFERENCE):
+            self._emit(self.tracker.start_stage(INFERENCE))
+
+    def _hook_model(self, model: Any) -> None:
+        if self._hook is None and model is not None and hasattr(model, "register_forward_pre_hook"):
+            self._hook = model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+
+    def _unhook_model(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    # ------------------------------------------------------------------ figures into logs
+    def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
+        """Add the energy figures due at this log call to ``logs`` (and return them)."""
+        metrics: dict[str, float] = {}
+        if any(k.startswith("eval_") for k in logs) and self.tracker.in_stage(INFERENCE):
+            metrics.update(self._end_inference("val", state))
+        if self.tracker.fitting:
+            metrics.update(self.tracker.window(state.global_step, extra=_losses(logs)))
+        metrics.update(self._pending)
+        self._pending = {}
+        self._last_logged_step = state.global_step
+        logs.update(metrics)
+        self.last_metrics.update(metrics)
+        return metrics
+
+    def _end_inference(self, stage: str, state: TrainerState) -> dict[str, float]:
+        figures = self.tracker.end_stage(stage, state.global_step, started_as=INFERENCE)
+        if not self.tracker.fitting:  # a standalone evaluate()/predict(): stop the sampler again
+            self.tracker.close()
+        return figures
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self._world_zero = state.is_world_process_zero
+        if not state.is_world_process_zero:
+            self.tracker.record = None
+        if args.world_size > 1:  # each rank measures its own GPU; CPU/DRAM once per node
+            device = args.device
+            self.tracker.meter.cuda_indices = [device.index or 0] if device.type == "cuda" else []
+            self.tracker.meter.node_devices = state.is_local_process_zero
+        self._restore_from(state)
+        self.tracker.header_extra = {
+            "framework": "transformers",
+            "trainer": {"max_steps": state.max_steps, "num_train_epochs": args.num_train_epochs,
+                        "logging_steps": args.logging_steps, "world_size": args.world_size,
+                        "gradient_accumulation_steps": args.gradient_accumulation_steps},
+        }  # fmt: skip
+        self._last_logged_step = state.global_step
+        self._emit(self.tracker.start_fit(state.global_step))
+        self._hook_model(kwargs.get("model"))
+        return control
+
+    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self.tracker.start_epoch()
+        return control
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        epoch = int(round(state.epoch or 0)) - 1
+        self._pending.update(self.tracker.end_epoch(state.global_step, epoch))
+        if state.global_step > self._last_logged_step:
+            control.should_log = True  # the Trainer logs right after this hook; we add to it
+        elif self.trainer is not None:
+            self.trainer.log({})  # this step was logged already: a log line of its own
+        return control
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs: Any):
+        if logs is None or "energy/total_kwh" in logs or "train/energy/total_kwh" in logs:
+            return control  # already added by the attached Trainer.log
+        added = self.contribute(logs, state)
+        if added and state.log_history:
+            state.log_history[-1].update(added)
+        if added and args.report_to and not self._warned_unattached and self._world_zero:
+            self._warned_unattached = True
+            warnings.warn(
+                "EnergyCallback runs after the report_to integrations, so they do not receive the energy metrics "
+                "(log_history does). Add it with `hf_energy.attach(trainer, callback)` instead of `callbacks=[...]`.",
+                stacklevel=2,
+            )
+        return control
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self.tracker.in_stage(INFERENCE):  # evaluation that logged no eval_ keys
+            self._pending.update(self._end_inference("val", state))
+        return control
+
+    def on_predict(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kwargs):
+        if self.tracker.in_stage(INFERENCE):
+            figures = self._end_inference("predict", state)
+            self.last_metrics.update(figures)
+            if self.trainer is not None:
+                self._pending.update(figures)
+                self.trainer.log({})
+        return control
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        metrics = self.tracker.end_fit(state.global_step, status="completed")
+        self.last_metrics.update(metrics)
+        if self.summary and metrics and self._world_zero:
+            print(self.tracker.summary_text(metrics))  # noqa: T201 - the end-of-run summary, like HF's own
+        self.tracker.close()
+        return control
+
+
+def _losses(logs: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in logs.items() if "loss" in k and isinstance(v, (int, float))}
+
+
+def attach(trainer: Any, *callbacks: EnergyCallback) -> EnergyCallback:
+    """Add energy callbacks to a Trainer so their figures reach every integration.
+
+    Wraps this Trainer instance's ``log`` (the method HF documents for overriding) so
+    that, before ``log_history`` and the ``report_to`` integrations see a log call, every
+    `EnergyCallback` in the trainer adds its figures. Works for any Trainer subclass,
+    and keeps working when HF re-creates the callback on resume
+    (``restore_callback_states_from_checkpoint=True``).
+
+    Returns:
+        The first callback given, for convenience.
+    """
+    if not callbacks:
+        raise ValueError("attach needs at least one EnergyCallback")
+    for callback in callbacks:
+        if not isinstance(callback, EnergyCallback):
+            raise ValueError(f"attach takes EnergyCallback instances, got {type(callback).__name__}")
+        trainer.add_callback(callback)
+        callback.trainer = trainer
+    if not getattr(trainer, "_energy_log_attached", False):
+        original = trainer.log
+
+        def log(logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            for callback in trainer.callback_handler.callbacks:
+                if isinstance(callback, EnergyCallback):
+                    callback.trainer = trainer
+                    callback.contribute(logs, trainer.state)
+            original(logs, *args, **kwargs)
+
+        trainer.log = log
+        trainer._energy_log_attached = True
+    return callbacks[0]

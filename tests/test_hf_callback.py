@@ -1,0 +1,151 @@
+"""EnergyCallback in the real HF Trainer: log_history, TensorBoard and MLflow read back from disk."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from energy_core import J_PER_KWH
+from hf_energy import EnergyCallback, attach
+from tests.hf_models import SeqData, make_trainer
+from tests.power_traces import Constant
+from tests.readback import tensorboard_series
+from tests.sim_nvml import SimGpu
+
+GPU_W = 300.0
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def mlflow_store(monkeypatch, tmp_path):
+    import mlflow
+
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "energy")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the local file store, no server
+    yield uri
+    mlflow.end_run()  # close HF's run while the store is still configured
+
+
+def mlflow_series(uri: str, key: str) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "energy"]
+    runs = client.search_runs([experiment.experiment_id])
+    return sorted((m.step, m.value) for run in runs for m in client.get_metric_history(run.info.run_id, key))
+
+
+def test_metrics_reach_log_history_tensorboard_and_mlflow(tmp_path, sim_gpus, mlflow_store) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    data = SeqData(96)
+    trainer = make_trainer(tmp_path / "out", data, sleep_s=0.05, eval_data=SeqData(16), eval_strategy="epoch",
+                           report_to=["tensorboard", "mlflow"])  # fmt: skip
+    energy = attach(trainer, EnergyCallback(devices=["gpu"], sample_interval_s=0.05, country="FRA",
+                                            record_path=tmp_path / "energy.jsonl"))  # fmt: skip
+    trainer.train()
+    trainer.predict(SeqData(16))
+
+    history = trainer.state.log_history
+    train_logs = [h for h in history if "loss" in h]
+    assert [h["step"] for h in train_logs] == [4, 8, 12, 16, 20, 24]
+    lines = records(tmp_path / "energy.jsonl")
+    windows = {w["step"]: w for w in lines if w["type"] == "window"}
+    for entry in train_logs:  # every logged step carries the window's figures, as recorded
+        window = windows[entry["step"]]
+        for key in ("energy/step_j", "power/gpu0_w", "energy/gpu_kwh", "throughput/tokens_per_s"):
+            assert entry[key] == pytest.approx(window["metrics"][key])
+        # a window's error is bounded by the counter's 20 ms update period at each end
+        bound = GPU_W * (2 * 0.02 / window["seconds"] + 0.01)
+        assert abs(entry["power/gpu0_w"] - GPU_W) <= bound
+    last = windows[24]
+    assert last["metrics"]["energy/gpu_kwh"] == pytest.approx(GPU_W * last["elapsed_s"] / J_PER_KWH, rel=0.01)
+    assert last["metrics"]["carbon/co2e_kg"] == pytest.approx(last["metrics"]["energy/total_kwh"] * 56.039 / 1000)
+
+    # tokens and samples are counted per micro-batch, padding excluded
+    assert sum(w["tokens"] for w in windows.values()) == 2 * data.tokens()
+    assert sum(w["samples"] for w in windows.values()) == 2 * 96
+
+    # epoch ends (steps 12 and 24, also logging steps) get their own log line with energy/epoch_kwh
+    epochs = [h for h in history if "energy/epoch_kwh" in h]
+    assert [h["step"] for h in epochs] == [12, 24]
+    evals = [h for h in history if "eval_loss" in h]
+    assert len(evals) == 2 and all(h["energy/val_kwh"] > 0 for h in evals)
+    assert evals[1]["energy/val_kwh"] > evals[0]["energy/val_kwh"]  # cumulative
+    predicts = [h for h in history if "energy/predict_kwh" in h]
+    assert len(predicts) == 1 and predicts[0]["energy/predict_kwh"] > 0
+
+    # The same values on disk: TensorBoard (HF prefixes train/) and the MLflow file store.
+    tb_24 = [v for step, v in tensorboard_series(tmp_path / "out", "train/energy/gpu_kwh") if step == 24]
+    assert last["metrics"]["energy/gpu_kwh"] == pytest.approx(tb_24[0], rel=1e-6)  # float32 in event files
+    assert dict(tensorboard_series(tmp_path / "out", "train/efficiency/j_per_token"))[8] == pytest.approx(
+        windows[8]["metrics"]["efficiency/j_per_token"], rel=1e-6
+    )
+    # MLflow keeps every value logged at a step (window, epoch, eval and end-of-train lines at step 24)
+    at_24 = [v for step, v in mlflow_series(mlflow_store, "energy/gpu_kwh") if step == 24]
+    assert last["metrics"]["energy/gpu_kwh"] in at_24
+    assert [v for step, v in mlflow_series(mlflow_store, "energy/val_kwh")] == [h["energy/val_kwh"] for h in evals]
+    assert energy.last_metrics["energy/predict_kwh"] == predicts[0]["energy/predict_kwh"]
+    assert not any(t.name == "energy-sampler" for t in threading.enumerate())
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    data = SeqData(96)
+    trainer = make_trainer(tmp_path / "out", data, gradient_accumulation_steps=2, logging_steps=3)
+    attach(trainer, EnergyCallback(devices=["gpu"], record_path=tmp_path / "energy.jsonl", summary=False))
+    trainer.train()
+    windows = [w for w in records(tmp_path / "energy.jsonl") if w["type"] == "window"]
+    assert [(w["step"], w["steps"], w["samples"]) for w in windows] == [(s, 3, 48) for s in (3, 6, 9, 12)]
+    assert sum(w["tokens"] for w in windows) == 2 * data.tokens()
+
+
+@pytest.mark.parametrize("restore_flag", [False, True])
+def test_resume_from_checkpoint_continues_the_totals(tmp_path, sim_gpus, restore_flag) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    record = tmp_path / "energy.jsonl"
+    out = tmp_path / "out"
+    first = make_trainer(out, SeqData(96), sleep_s=0.03, num_train_epochs=1, save_strategy="epoch")
+    attach(first, EnergyCallback(devices=["gpu"], record_path=record, summary=False))
+    first.train()
+    stored = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())["stateful_callbacks"]
+    saved_j = stored["EnergyCallback"]["attributes"]["energy_state"]["energy_j"]["gpu"]
+    assert saved_j > 0
+
+    second = make_trainer(out, SeqData(96), sleep_s=0.03, num_train_epochs=2,
+                          restore_callback_states_from_checkpoint=restore_flag)  # fmt: skip
+    attach(second, EnergyCallback(devices=["gpu"], record_path=record, summary=False))
+    second.train(resume_from_checkpoint=str(out / "checkpoint-12"))
+
+    lines = records(record)
+    header, summary = [x for x in lines if x["type"] == "header"][-1], lines[-1]
+    assert header["resumed_from"]["energy_j"]["gpu"] == pytest.approx(saved_j)
+    live_s = summary["seconds"] - header["resumed_from"]["fit_s"]
+    assert summary["metrics"]["energy/gpu_kwh"] * J_PER_KWH == pytest.approx(saved_j + GPU_W * live_s, rel=0.01)
+    assert summary["samples"] == 2 * 96
+    logged = [h["energy/gpu_kwh"] for h in second.state.log_history if "energy/gpu_kwh" in h]
+    assert logged[-1] * J_PER_KWH > saved_j  # the logged series continues from the first run
+
+
+def test_without_attach_log_history_still_gets_the_figures_with_a_warning(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W)))
+    trainer = make_trainer(tmp_path / "out", SeqData(32), report_to=["tensorboard"])
+    trainer.add_callback(EnergyCallback(devices=["gpu"], summary=False))
+    with pytest.warns(UserWarning, match="hf_energy.attach"):
+        trainer.train()
+    assert all("energy/total_kwh" in h for h in trainer.state.log_history if "loss" in h)
+
+
+def test_attach_rejects_other_objects(tmp_path) -> None:
+    trainer = make_trainer(tmp_path / "out", SeqData(8))
+    with pytest.raises(ValueError, match="EnergyCallback"):
+        attach(trainer, object())
+    with pytest.raises(ValueError, match="at least one"):
+        attach(trainer)

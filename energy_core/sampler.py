@@ -113,6 +113,9 @@ class Sampler:
         self.buffer = SampleBuffer(len(self.sources), capacity)
         self.failed_reads = [0] * len(self.sources)
         self.thread_cpu_s = 0.0  # CPU time the sampler thread has used, for benchmarks
+        # Called with (t, cumulative joules per source) after every reading, on the sampler
+        # thread: how budgets notice a crossed limit without any work on the training thread.
+        self.listeners: list[Callable[[float, Sequence[float]], None]] = []
         self._last = [0.0] * len(self.sources)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,6 +130,8 @@ class Sampler:
             else:
                 self._last[i] = value
         self.buffer.append(now, self._last)
+        for listener in self.listeners:
+            listener(now, self._last)
 
     def start(self) -> None:
         """Take a first reading now, then keep reading on a background thread."""

@@ -17,7 +17,7 @@ import importlib.metadata
 import platform
 import socket
 import sys
-import time
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -124,7 +124,12 @@ class EnergyTracker:
         return self._fit_start is not None
 
     def start_fit(self, step: int = 0) -> list[Notice]:
-        """Begin a training run at optimizer step ``step``; returns notices to show once."""
+        """Begin a training run at optimizer step ``step``; returns notices to show once.
+
+        Idempotent: when several callbacks share this tracker, the first one starts it.
+        """
+        if self.fitting:
+            return []
         notices = self._open()
         self._fit_start = self.meter.mark()
         self._epoch_start = self._fit_start
@@ -157,6 +162,36 @@ class EnergyTracker:
             **self.header_extra,
         }
 
+    def totals(self) -> dict[str, float]:
+        """Cumulative figures now (``energy/*_kwh``, ``carbon/*``), checkpoint offsets included."""
+        if self._fit_start is None:
+            kwh = sum(self._offset["energy_j"].values()) / J_PER_KWH
+            return {"energy/total_kwh": kwh, "carbon/co2e_kg": co2e_kg(kwh, self.pue, self.intensity.g_per_kwh)}
+        return self._cumulative(self.meter.mark())
+
+    def watch_total(self, limit_kwh: float) -> threading.Event:
+        """An event set by the sampler thread once the run's total reaches ``limit_kwh``.
+
+        Checked after every hardware reading, so the training thread only reads a flag.
+        Must be called while fitting; the watch ends with the sampler.
+        """
+        event = threading.Event()
+        sampler = self.meter.sampler
+        if not self.fitting or sampler is None:
+            raise RuntimeError("watch_total needs a started fit")
+        (base,) = self.meter.joules(self._fit_start)
+        base_j = float(base.sum()) - sum(self._offset["energy_j"].values())
+        limit_j = limit_kwh * J_PER_KWH
+
+        def listener(t: float, values: Sequence[float]) -> None:
+            if sum(values) - base_j >= limit_j:
+                event.set()
+
+        sampler.listeners.append(listener)
+        if sum(self._offset["energy_j"].values()) >= limit_j:
+            event.set()
+        return event
+
     def end_fit(self, step: int, status: str = "completed") -> dict[str, float]:
         """Finish the run: final cumulative metrics, summary line, sampler stopped.
 
@@ -167,6 +202,8 @@ class EnergyTracker:
         if self._fit_start is None:
             return {}
         self.meter.close()
+        if self.meter.sampler is not None:
+            self.meter.sampler.listeners.clear()
         metrics = self._cumulative(self.meter.mark())
         # Fold this run into the offsets: a later fit on the same tracker continues the totals.
         self._offset = self.state_dict()

@@ -1,5 +1,6 @@
 """Lightning adapters over `energy_core`; each works with ``lightning.pytorch`` and ``pytorch_lightning``."""
 
+from lightning_energy.budget import EnergyBudget
 from lightning_energy.monitor import EnergyMonitor
 
-__all__ = ["EnergyMonitor"]
+__all__ = ["EnergyBudget", "EnergyMonitor"]

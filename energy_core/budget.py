@@ -1,0 +1,200 @@
+"""Energy and carbon budgets: stop when spent, and forecast the whole run's total.
+
+`BudgetRule` holds the limits and validates them. `BudgetGuard` binds a rule to a
+running `EnergyTracker`:
+
+* crossing a limit is noticed by the sampler thread (a listener on every reading), so
+  the per-step check on the training thread is one flag read (`BudgetGuard.crossed`);
+* at every logging step and epoch end, `BudgetGuard.review` projects the total for the
+  whole run, ``spent + rate x steps left``, where the rate (kWh per optimizer step,
+  validation included) is measured from the first review on and so improves as the run
+  goes; once enough of the run has been seen (the first epoch; or, when the run has
+  fewer than two epochs, 10% of its steps and at least 10) it acts on the
+  projection per ``forecast``: ``"warn"``, ``"stop"`` or ``"off"``.
+
+Adapters turn the returned `BudgetAction` into the framework's stop and message.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from energy_core.tracker import J_PER_KWH, EnergyTracker
+
+FORECAST_MODES = ("warn", "stop", "off")
+MIN_FORECAST_STEPS = 10
+FORECAST_FRACTION = 0.1  # of the run's steps, before a forecast in a run of one long epoch
+LONG_EPOCH_FRACTION = 0.5  # an epoch at least this share of the run counts as long
+
+
+@dataclass(frozen=True)
+class BudgetAction:
+    """What an adapter must do: ``kind`` is ``"stop"`` or ``"warn"``; ``reason`` says why, with figures."""
+
+    kind: str
+    reason: str
+
+
+def _limit(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a finite number > 0 (or None), got {value!r}")
+    return number
+
+
+class BudgetRule:
+    """Limits of a run: energy in kWh, carbon in kg CO2e, or both.
+
+    Args:
+        max_kwh: Stop once the measured total (all devices, no PUE) reaches this.
+        max_co2e_kg: Stop once the estimated CO2e (total x PUE x intensity) reaches this.
+        forecast: ``"warn"``, ``"stop"`` or ``"off"``: what to do when the projected
+            total for the whole run exceeds a limit.
+
+    Raises:
+        ValueError: naming the argument, for a non-positive or non-finite limit, no limit
+            at all, or an unknown ``forecast``.
+    """
+
+    def __init__(self, max_kwh: float | None = None, max_co2e_kg: float | None = None, forecast: str = "warn"):
+        self.max_kwh = _limit("max_kwh", max_kwh)
+        self.max_co2e_kg = _limit("max_co2e_kg", max_co2e_kg)
+        if self.max_kwh is None and self.max_co2e_kg is None:
+            raise ValueError("EnergyBudget needs a limit: max_kwh and/or max_co2e_kg, each a finite number > 0")
+        if forecast not in FORECAST_MODES:
+            raise ValueError(f"forecast must be one of {', '.join(map(repr, FORECAST_MODES))}, got {forecast!r}")
+        self.forecast = forecast
+
+    def limit_kwh(self, pue: float, g_per_kwh: float) -> float:
+        """The binding limit expressed in kWh of measured energy."""
+        limits = [] if self.max_kwh is None else [self.max_kwh]
+        if self.max_co2e_kg is not None:
+            per_kwh = pue * g_per_kwh / 1000.0
+            limits.append(self.max_co2e_kg / per_kwh if per_kwh > 0 else math.inf)
+        return min(limits)
+
+    def describe(self) -> str:
+        parts = [f"{self.max_kwh:g} kWh"] if self.max_kwh is not None else []
+        if self.max_co2e_kg is not None:
+            parts.append(f"{self.max_co2e_kg:g} kg CO2e")
+        return " / ".join(parts)
+
+
+class BudgetGuard:
+    """A `BudgetRule` applied to a running tracker.
+
+    Args:
+        rule: The limits.
+        tracker: The running tracker (shared with a monitor, or the budget's own).
+        total_steps: Optimizer steps the run will take (None or inf: no forecast).
+        epoch_steps: Optimizer steps per epoch, if known: the forecast waits for the first
+            epoch unless an epoch is half the run or more.
+
+    Metrics (from `review`): ``budget/remaining_kwh`` (binding limit minus the total),
+    ``budget/forecast_kwh`` (projected total at the end of the run, once enough is seen).
+    """
+
+    def __init__(
+        self, rule: BudgetRule, tracker: EnergyTracker, total_steps: float | None, epoch_steps: float | None = None
+    ) -> None:
+        self.rule = rule
+        self.tracker = tracker
+        self.total_steps = total_steps if total_steps and math.isfinite(total_steps) else None
+        self.epoch_steps = epoch_steps
+        self.limit_kwh = rule.limit_kwh(tracker.pue, tracker.intensity.g_per_kwh)
+        self.stopped: BudgetAction | None = None
+        self.forecast_warned = False
+        self._event = tracker.watch_total(self.limit_kwh)
+        self._reference: tuple[int, float] | None = None  # (step, kWh) of the first review
+        self._first_step: int | None = None
+        self.forecast_kwh: float | None = None
+
+    def crossed(self) -> bool:
+        """True once the sampler has seen the total reach the limit (one flag read)."""
+        return self._event.is_set()
+
+    def _figures(self, totals: dict[str, float]) -> str:
+        kwh = totals.get("energy/total_kwh", 0.0)
+        co2 = totals.get("carbon/co2e_kg", 0.0)
+        return f"{kwh:.6g} kWh ({kwh * J_PER_KWH:,.0f} J), {co2 * 1000:.4g} g CO2e"
+
+    def begin(self, step: int) -> BudgetAction | None:
+        """At fit start: a run resumed after its budget was spent stops at once."""
+        self._first_step = step
+        if not self.crossed():
+            return None
+        totals = self.tracker.totals()
+        self.stopped = BudgetAction(
+            "stop",
+            f"Energy budget ({self.rule.describe()}) was already spent before this run started "
+            f"({self._figures(totals)} in the checkpoint): stopping at once.",
+        )
+        return self.stopped
+
+    def stop_now(self, step: int) -> BudgetAction:
+        """The action for a crossed limit (call when `crossed` turns True)."""
+        totals = self.tracker.totals()
+        self.stopped = BudgetAction(
+            "stop",
+            f"Energy budget spent at step {step}: {self._figures(totals)} reached the limit of "
+            f"{self.rule.describe()}. Stopping at the end of this step.",
+        )
+        self._record("stop", step, totals)
+        return self.stopped
+
+    def review(self, step: int, epochs_done: int) -> tuple[dict[str, float], BudgetAction | None]:
+        """Remaining budget and forecast at a logging step or epoch end, and what to do."""
+        totals = self.tracker.totals()
+        spent = totals.get("energy/total_kwh", 0.0)
+        metrics = {"budget/remaining_kwh": self.limit_kwh - spent}
+        if self._reference is None:
+            self._reference = (step, spent)
+        ref_step, ref_kwh = self._reference
+        seen = step - (self._first_step or 0)
+        long_epochs = self.epoch_steps is None or (
+            self.total_steps is not None and self.epoch_steps >= LONG_EPOCH_FRACTION * self.total_steps
+        )
+        enough = epochs_done >= 1 or (
+            long_epochs
+            and self.total_steps is not None
+            and seen >= max(MIN_FORECAST_STEPS, FORECAST_FRACTION * self.total_steps)
+        )
+        if self.total_steps is None or step <= ref_step or not enough:
+            return metrics, None
+        rate = (spent - ref_kwh) / (step - ref_step)
+        self.forecast_kwh = spent + rate * max(0.0, self.total_steps - step)
+        metrics["budget/forecast_kwh"] = self.forecast_kwh
+        if self.rule.forecast == "off" or self.forecast_kwh <= self.limit_kwh or self.stopped:
+            return metrics, None
+        reason = (
+            f"Energy forecast at step {step}: the whole run ({self.total_steps:g} steps) is projected to use "
+            f"{self.forecast_kwh:.6g} kWh, over the budget of {self.rule.describe()} "
+            f"(= {self.limit_kwh:.6g} kWh here); spent so far: {self._figures(totals)}."
+        )
+        if self.rule.forecast == "stop":
+            self.stopped = BudgetAction("stop", reason + " Stopping now (forecast='stop').")
+            self._record("forecast-stop", step, totals)
+            return metrics, self.stopped
+        if self.forecast_warned:
+            return metrics, None
+        self.forecast_warned = True
+        self._record("forecast-warn", step, totals)
+        return metrics, BudgetAction("warn", reason)
+
+    def _record(self, event: str, step: int, totals: dict[str, float]) -> None:
+        if self.tracker.record is not None:
+            self.tracker.record.write("budget", event=event, step=step, limit_kwh=self.limit_kwh,
+                                      forecast_kwh=self.forecast_kwh, metrics=totals)  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"forecast_warned": self.forecast_warned}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.forecast_warned = bool(state.get("forecast_warned", False))

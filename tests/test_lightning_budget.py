@@ -1,0 +1,146 @@
+"""EnergyBudget in real Lightning Trainers, against a simulated GPU at a known power."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from energy_core import J_PER_KWH
+from lightning_energy import EnergyBudget, EnergyMonitor
+from tests.lightning_models import flavour, make_module, regression_data
+from tests.power_traces import Constant
+from tests.readback import csv_series
+from tests.sim_nvml import SimGpu
+
+GPU_W = 300.0
+pl = flavour("lightning.pytorch")
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def fit(tmp_path: Path, callbacks: list, ckpt_path: str | None = None, **kwargs) -> object:
+    options = {"max_epochs": 3, "accelerator": "cpu", "log_every_n_steps": 1, "enable_checkpointing": False,
+               "enable_model_summary": False, "enable_progress_bar": False, "limit_val_batches": 0,
+               "logger": pl.loggers.CSVLogger(tmp_path / "csv"), "callbacks": callbacks}  # fmt: skip
+    options.update(kwargs)
+    trainer = pl.Trainer(**options)
+    trainer.fit(make_module(pl, step_sleep_s=0.03), regression_data(240), ckpt_path=ckpt_path)
+    return trainer
+
+
+@pytest.mark.parametrize("with_monitor", [True, False], ids=["beside-monitor", "alone"])
+def test_stop_lands_within_one_step_of_crossing(tmp_path, sim_gpus, with_monitor) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    limit_kwh = GPU_W * 1.2 / J_PER_KWH  # about 40 steps of 30 ms at 300 W
+    record = tmp_path / "energy.jsonl"
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=record)
+    budget = EnergyBudget(max_kwh=limit_kwh, forecast="off", devices=["gpu"], sample_interval_s=0.02,
+                          record_path=None if with_monitor else record)  # fmt: skip
+    with pytest.warns(UserWarning, match="Energy budget spent at step"):
+        trainer = fit(tmp_path, [monitor, budget] if with_monitor else [budget])
+    assert budget.guard.stopped is not None
+    stop_step = trainer.global_step
+    assert 20 < stop_step < 90  # stopped long before the 90 steps of 3 epochs
+    if with_monitor:  # the monitor logged the total at every step: find the step that crossed
+        totals = {w["step"]: w["metrics"]["energy/total_kwh"] for w in records(record) if w["type"] == "window"}
+        crossing = min(step for step, kwh in totals.items() if kwh >= limit_kwh)
+        assert stop_step - crossing in (0, 1)
+        assert monitor.tracker.meter.sampler is not None and len(monitor.tracker.meter.sampler.listeners) == 0
+    summary = records(record)[-1]
+    assert summary["type"] == "summary"
+    overshoot_j = (summary["metrics"]["energy/total_kwh"] - limit_kwh) * J_PER_KWH
+    assert -1.0 <= overshoot_j <= GPU_W * 0.15  # at most a step, a sample and the loop's end (1 J: interpolation)
+    assert any(line["type"] == "budget" and line["event"] == "stop" for line in records(record))
+    remaining = csv_series(tmp_path / "csv", "budget/remaining_kwh")
+    assert remaining[0][1] == pytest.approx(limit_kwh, rel=0.1) and remaining[-1][1] < remaining[0][1]
+
+
+def test_forecast_after_the_first_epoch_is_within_ten_percent(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    budget = EnergyBudget(max_kwh=1.0, forecast="warn", devices=["gpu"], sample_interval_s=0.02)
+    trainer = fit(tmp_path, [budget], log_every_n_steps=5)
+    assert trainer.global_step == 90
+    final_kwh = budget.tracker.totals()["energy/total_kwh"]
+    forecasts = csv_series(tmp_path / "csv", "budget/forecast_kwh")
+    assert forecasts[0][0] == 30  # made once the first epoch has been seen, not before
+    assert forecasts[0][1] == pytest.approx(final_kwh, rel=0.10)
+    assert forecasts[-2][1] == pytest.approx(final_kwh, rel=0.03)  # re-projected as the run goes
+    assert budget.guard.stopped is None and not budget.guard.forecast_warned
+
+
+def test_forecast_stop_ends_a_hopeless_run_early(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    projected_kwh = GPU_W * 90 * 0.03 / J_PER_KWH  # 90 steps of at least 30 ms
+    budget = EnergyBudget(max_kwh=0.6 * projected_kwh, forecast="stop", devices=["gpu"], sample_interval_s=0.02)
+    with pytest.warns(UserWarning, match="projected to use"):
+        trainer = fit(tmp_path, [budget], log_every_n_steps=5)
+    assert trainer.global_step == 30  # at the first epoch's review, long before the limit itself
+    assert budget.tracker.totals()["energy/total_kwh"] < 0.6 * projected_kwh
+
+
+def test_forecast_warn_warns_once_and_trains_on(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    projected_kwh = GPU_W * 90 * 0.03 / J_PER_KWH
+    budget = EnergyBudget(max_kwh=0.9 * projected_kwh, forecast="warn", devices=["gpu"], sample_interval_s=0.02)
+    with pytest.warns(UserWarning) as caught:
+        trainer = fit(tmp_path, [budget], log_every_n_steps=5)
+    texts = [str(w.message) for w in caught]
+    assert sum("projected to use" in t for t in texts) == 1
+    assert any("Energy budget spent" in t for t in texts)  # and the limit itself still stops it
+    assert 60 < trainer.global_step < 90
+
+
+def test_min_epochs_wins_and_the_warning_says_so(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    budget = EnergyBudget(max_kwh=GPU_W * 0.3 / J_PER_KWH, forecast="off", devices=["gpu"], sample_interval_s=0.02)
+    with pytest.warns(UserWarning, match="min_epochs=2 are reached"):
+        trainer = fit(tmp_path, [budget], min_epochs=2)
+    assert trainer.current_epoch == 2  # Lightning ran the minimum, then honoured the stop
+
+
+def test_resumed_run_keeps_the_spent_energy_and_stops_at_once(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02)
+    first = fit(tmp_path, [monitor, EnergyBudget(max_kwh=1.0), checkpoint], max_epochs=1, enable_checkpointing=True)
+    spent = monitor.tracker.totals()["energy/total_kwh"]
+    assert first.global_step == 30
+
+    budget = EnergyBudget(max_kwh=0.5 * spent)  # already spent in the checkpoint
+    monitor2 = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02)
+    with pytest.warns(UserWarning, match="already spent before this run started"):
+        second = fit(tmp_path, [monitor2, budget], ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert second.global_step == 30  # not a single step more
+    assert monitor2.tracker.totals()["energy/total_kwh"] == pytest.approx(spent, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "needs a limit"),
+        ({"max_kwh": 0}, "max_kwh must be a finite number > 0"),
+        ({"max_kwh": -1.0}, "max_kwh"),
+        ({"max_kwh": float("inf")}, "max_kwh"),
+        ({"max_co2e_kg": float("nan")}, "max_co2e_kg"),
+        ({"max_kwh": 1.0, "forecast": "maybe"}, "forecast must be one of 'warn', 'stop', 'off'"),
+        ({"max_kwh": 1.0, "pue": 0.2}, "pue"),
+    ],
+)
+def test_bad_budget_arguments(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        EnergyBudget(**kwargs)
+
+
+def test_carbon_limit_is_converted_with_the_monitors_factor(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, carbon_intensity_g_per_kwh=500.0, pue=1.5)
+    limit_kg = GPU_W * 1.0 / J_PER_KWH * 1.5 * 500.0 / 1000  # the CO2e of one second at 300 W
+    budget = EnergyBudget(max_co2e_kg=limit_kg, forecast="off")
+    with pytest.warns(UserWarning, match="Energy budget spent"):
+        fit(tmp_path, [monitor, budget])
+    assert budget.guard.limit_kwh == pytest.approx(GPU_W * 1.0 / J_PER_KWH)
+    assert monitor.tracker.totals()["carbon/co2e_kg"] == pytest.approx(limit_kg, rel=0.15)

@@ -19,7 +19,16 @@ logger = logging.get_logger(__name__)
 INFERENCE = "inference"  # provisional stage name: eval or predict is known only at the end
 
 
-class EnergyCallback(TrainerCallback, ExportableState):
+class LogContributor:
+    """A callback that adds figures to the Trainer's log calls (see `attach`)."""
+
+    trainer: Any = None
+
+    def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
     """Logs energy, power, throughput, energy per sample/token and CO2e in HF Trainer runs.
 
     Figures are added to the Trainer's own log calls (every ``logging_steps`` and at each
@@ -257,12 +266,12 @@ def _losses(logs: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in logs.items() if "loss" in k and isinstance(v, (int, float))}
 
 
-def attach(trainer: Any, *callbacks: EnergyCallback) -> EnergyCallback:
+def attach(trainer: Any, *callbacks: LogContributor) -> Any:
     """Add energy callbacks to a Trainer so their figures reach every integration.
 
     Wraps this Trainer instance's ``log`` (the method HF documents for overriding) so
     that, before ``log_history`` and the ``report_to`` integrations see a log call, every
-    `EnergyCallback` in the trainer adds its figures. Works for any Trainer subclass,
+    `EnergyCallback` and `EnergyBudgetCallback` in the trainer adds its figures. Works for any Trainer subclass,
     and keeps working when HF re-creates the callback on resume
     (``restore_callback_states_from_checkpoint=True``).
 
@@ -270,10 +279,12 @@ def attach(trainer: Any, *callbacks: EnergyCallback) -> EnergyCallback:
         The first callback given, for convenience.
     """
     if not callbacks:
-        raise ValueError("attach needs at least one EnergyCallback")
+        raise ValueError("attach needs at least one EnergyCallback or EnergyBudgetCallback")
     for callback in callbacks:
-        if not isinstance(callback, EnergyCallback):
-            raise ValueError(f"attach takes EnergyCallback instances, got {type(callback).__name__}")
+        if not isinstance(callback, LogContributor):
+            raise ValueError(
+                f"attach takes EnergyCallback or EnergyBudgetCallback instances, got {type(callback).__name__}"
+            )
         trainer.add_callback(callback)
         callback.trainer = trainer
     if not getattr(trainer, "_energy_log_attached", False):
@@ -281,7 +292,7 @@ def attach(trainer: Any, *callbacks: EnergyCallback) -> EnergyCallback:
 
         def log(logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
             for callback in trainer.callback_handler.callbacks:
-                if isinstance(callback, EnergyCallback):
+                if isinstance(callback, LogContributor):
                     callback.trainer = trainer
                     callback.contribute(logs, trainer.state)
             original(logs, *args, **kwargs)

@@ -108,7 +108,10 @@ class EnergyBudget(*CALLBACK_BASES):  # type: ignore[misc]
         per_epoch = total / trainer.max_epochs if trainer.max_steps == -1 and trainer.max_epochs else None
         self.guard = BudgetGuard(self.rule, self.tracker, total, per_epoch)
         self.guard.load_state_dict(self._saved.get("guard", {}))
-        self._act(trainer, self.guard.begin(trainer.global_step))
+        action = self.guard.begin(trainer.global_step)
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(action is not None, all=False):
+            action = action or self.guard.stop_now(trainer.global_step)  # another rank's total is spent
+        self._act(trainer, action)
 
     # ------------------------------------------------------------------ decisions
     def _act(self, trainer: Any, action: BudgetAction | None) -> None:

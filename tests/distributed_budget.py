@@ -1,0 +1,77 @@
+"""A 2-process CPU (gloo) training run with an energy budget, for test_distributed.py.
+
+    python tests/distributed_budget.py lightning OUT        # Lightning starts rank 1 itself
+    torchrun --nproc_per_node=2 tests/distributed_budget.py hf OUT
+
+Only local rank 0 measures the node's CPU (a fake RAPL tree at a known 60 W); rank 1
+measures nothing, so it would never stop on its own: both ranks must take rank 0's
+decision at the same step. Each rank writes OUT/rank<r>.json with its last step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pynvml  # noqa: E402
+
+from energy_core import J_PER_KWH, rapl  # noqa: E402
+from tests.fake_rapl import FakeRapl  # noqa: E402
+from tests.power_traces import Constant  # noqa: E402
+from tests.sim_nvml import API, SimNvml  # noqa: E402
+
+CPU_W = 60.0
+LIMIT_KWH = CPU_W * 1.5 / J_PER_KWH  # about 1.5 s of training
+SLEEP_S = 0.03
+
+
+def fake_hardware() -> None:
+    sim = SimNvml([], library=False)  # no GPU on this machine
+    for name in API:
+        setattr(pynvml, name, getattr(sim, name))
+    tree = FakeRapl(Path(tempfile.mkdtemp()) / "powercap", dram=False)
+    tree.run({"cpu": Constant(CPU_W)})
+    rapl.POWERCAP_ROOT = tree.root
+
+
+def run_lightning(out: Path) -> None:
+    import lightning.pytorch as pl
+
+    from lightning_energy import EnergyBudget
+    from tests.lightning_models import make_module, regression_data
+
+    budget = EnergyBudget(max_kwh=LIMIT_KWH, forecast="off", sample_interval_s=0.02)
+    trainer = pl.Trainer(max_epochs=20, accelerator="cpu", devices=2, strategy="ddp", log_every_n_steps=2,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[budget])  # fmt: skip
+    trainer.fit(make_module(pl, step_sleep_s=SLEEP_S), regression_data(160))
+    rank = trainer.global_rank
+    measured = budget.tracker.totals()["energy/total_kwh"]
+    (out / f"rank{rank}.json").write_text(json.dumps({"step": trainer.global_step, "kwh": measured,
+                                                      "stopped": budget.guard.stopped is not None}))  # fmt: skip
+
+
+def run_hf(out: Path) -> None:
+    from hf_energy import EnergyBudgetCallback, attach
+    from tests.hf_models import SeqData, make_trainer
+
+    trainer = make_trainer(out / "hf", SeqData(320), sleep_s=SLEEP_S, num_train_epochs=20, logging_steps=2)
+    budget = EnergyBudgetCallback(max_kwh=LIMIT_KWH, forecast="off", sample_interval_s=0.02)
+    attach(trainer, budget)
+    trainer.train()
+    rank = int(os.environ.get("RANK", "0"))
+    (out / f"rank{rank}.json").write_text(json.dumps({"step": trainer.state.global_step,
+                                                      "kwh": budget.tracker.totals()["energy/total_kwh"],
+                                                      "stopped": budget.guard.stopped is not None}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    framework, out_dir = sys.argv[1], Path(sys.argv[2])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fake_hardware()
+    run_lightning(out_dir) if framework == "lightning" else run_hf(out_dir)

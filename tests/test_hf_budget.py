@@ -1,0 +1,89 @@
+"""EnergyBudgetCallback in the real HF Trainer, against a simulated GPU at a known power."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from energy_core import J_PER_KWH
+from hf_energy import EnergyBudgetCallback, EnergyCallback, attach
+from tests.hf_models import SeqData, make_trainer
+from tests.power_traces import Constant
+from tests.sim_nvml import SimGpu
+
+GPU_W = 300.0
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_stop_lands_within_one_step_and_saves(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    record = tmp_path / "energy.jsonl"
+    limit_kwh = GPU_W * 1.0 / J_PER_KWH
+    trainer = make_trainer(tmp_path / "out", SeqData(96), sleep_s=0.04, num_train_epochs=3, logging_steps=1)
+    budget = EnergyBudgetCallback(max_kwh=limit_kwh, forecast="off")
+    attach(trainer, EnergyCallback(devices=["gpu"], sample_interval_s=0.02, record_path=record, summary=False),
+           budget)  # fmt: skip
+    trainer.train()
+
+    stop_step = trainer.state.global_step
+    assert 10 < stop_step < 36 and budget.guard.stopped is not None
+    totals = {w["step"]: w["metrics"]["energy/total_kwh"] for w in records(record) if w["type"] == "window"}
+    crossing = min(step for step, kwh in totals.items() if kwh >= limit_kwh)
+    assert stop_step - crossing in (0, 1)
+    assert (tmp_path / "out" / f"checkpoint-{stop_step}").is_dir()  # should_save: the last state is kept
+    last_log = [h for h in trainer.state.log_history if "loss" in h][-1]
+    assert last_log["step"] == stop_step and last_log["budget/remaining_kwh"] <= 0  # should_log, with figures
+    assert any(line["type"] == "budget" and line["event"] == "stop" for line in records(record))
+
+
+def test_forecast_after_the_first_epoch_is_within_ten_percent(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    trainer = make_trainer(tmp_path / "out", SeqData(96), sleep_s=0.04, num_train_epochs=3, logging_steps=4)
+    budget = EnergyBudgetCallback(max_kwh=1.0, devices=["gpu"], sample_interval_s=0.02)  # alone: measures itself
+    attach(trainer, budget)
+    trainer.train()
+    final_kwh = budget.tracker.totals()["energy/total_kwh"]
+    forecasts = [(h["step"], h["budget/forecast_kwh"]) for h in trainer.state.log_history if "budget/forecast_kwh" in h]
+    assert forecasts[0][0] == 12  # made once the first epoch has been seen
+    assert forecasts[0][1] == pytest.approx(final_kwh, rel=0.10)
+    assert forecasts[-1][1] == pytest.approx(final_kwh, rel=0.03)
+    assert all("budget/remaining_kwh" in h for h in trainer.state.log_history if "loss" in h)
+
+
+def test_one_long_epoch_forecasts_after_a_tenth_of_the_steps(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    trainer = make_trainer(tmp_path / "out", SeqData(800), sleep_s=0.0, num_train_epochs=1, logging_steps=5)
+    budget = EnergyBudgetCallback(max_kwh=1.0, devices=["gpu"], sample_interval_s=0.02)
+    attach(trainer, budget)
+    trainer.train()
+    steps = [h["step"] for h in trainer.state.log_history if "budget/forecast_kwh" in h]
+    assert steps[0] == 10  # 10% of the 100 steps, not the epoch's end
+
+
+def test_resumed_run_with_a_spent_budget_stops_after_its_first_step(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    out = tmp_path / "out"
+    first = make_trainer(out, SeqData(96), sleep_s=0.03, num_train_epochs=1, save_strategy="epoch")
+    energy = attach(first, EnergyCallback(devices=["gpu"], summary=False), EnergyBudgetCallback(max_kwh=1.0))
+    first.train()
+    spent = energy.tracker.totals()["energy/total_kwh"]
+
+    second = make_trainer(out, SeqData(96), sleep_s=0.03, num_train_epochs=2)
+    attach(second, EnergyCallback(devices=["gpu"], summary=False), EnergyBudgetCallback(max_kwh=0.5 * spent))
+    second.train(resume_from_checkpoint=str(out / "checkpoint-12"))
+    assert second.state.global_step == 13  # the HF Trainer checks for a stop only after a step
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({}, "needs a limit"), ({"max_kwh": -2}, "max_kwh"), ({"max_co2e_kg": 0}, "max_co2e_kg"),
+     ({"max_kwh": 1, "forecast": "never"}, "forecast must be one of")],
+)  # fmt: skip
+def test_bad_arguments(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        EnergyBudgetCallback(**kwargs)

@@ -7,8 +7,8 @@ running `EnergyTracker`:
   the per-step check on the training thread is one flag read (`BudgetGuard.crossed`);
 * at every logging step and epoch end, `BudgetGuard.review` projects the total for the
   whole run, ``spent + rate x steps left``, where the rate (kWh per optimizer step,
-  validation included) is measured from the first review on and so improves as the run
-  goes; once enough of the run has been seen (the first epoch; or, when the run has
+  validation, epoch boundaries and start-up included) is measured from the fit's start
+  and so improves as the run goes; once enough of the run has been seen (the first epoch; or, when the run has
   fewer than two epochs, 10% of its steps and at least 10) it acts on the
   projection per ``forecast``: ``"warn"``, ``"stop"`` or ``"off"``.
 
@@ -112,7 +112,7 @@ class BudgetGuard:
         self.stopped: BudgetAction | None = None
         self.forecast_warned = False
         self._event = tracker.watch_total(self.limit_kwh)
-        self._reference: tuple[int, float] | None = None  # (step, kWh) of the first review
+        self._reference: tuple[int, float] | None = None  # (first step, kWh spent before this fit)
         self._first_step: int | None = None
         self.forecast_kwh: float | None = None
 
@@ -128,6 +128,9 @@ class BudgetGuard:
     def begin(self, step: int) -> BudgetAction | None:
         """At fit start: a run resumed after its budget was spent stops at once."""
         self._first_step = step
+        # The rate is measured from the fit's start (start-up included: a slight, safe
+        # over-estimate), leaving out only what a resumed checkpoint had already spent.
+        self._reference = (step, self.tracker.resumed_kwh)
         if not self.crossed():
             return None
         totals = self.tracker.totals()

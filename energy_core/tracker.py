@@ -100,6 +100,8 @@ class EnergyTracker:
         self.record = RunRecord(record_path) if record_path is not None else None
         self._pending_notices: list[Notice] | None = carbon_notices
         self.header_extra: dict[str, Any] = {}
+        self.fixed_metrics: dict[str, float] = {}  # e.g. power/cap_w while a cap is in force
+        self.power_caps: list[dict[str, Any]] = []  # for the header, set by a power cap
         # Totals carried over from a checkpoint (see state_dict).
         self._offset: dict[str, Any] = {"energy_j": {}, "stage_j": {}, "samples": 0, "tokens": 0, "fit_s": 0.0}
         self._fit_start: Mark | None = None
@@ -156,11 +158,16 @@ class EnergyTracker:
             "estimated": self.meter.estimated,
             "sample_interval_s": self.meter.sample_interval_s,
             "carbon": {"g_per_kwh": self.intensity.g_per_kwh, "source": self.intensity.source, "pue": self.pue},
-            "power_caps": [],
+            "power_caps": self.power_caps,
             "resumed_from": self._offset if self._offset["energy_j"] else None,
             "notices": [vars(n) for n in notices],
             **self.header_extra,
         }
+
+    @property
+    def resumed_kwh(self) -> float:
+        """Energy carried over from a checkpoint (or earlier fits of this tracker), in kWh."""
+        return sum(self._offset["energy_j"].values()) / J_PER_KWH
 
     def totals(self) -> dict[str, float]:
         """Cumulative figures now (``energy/*_kwh``, ``carbon/*``), checkpoint offsets included."""
@@ -255,6 +262,7 @@ class EnergyTracker:
             metrics[f"energy/{kind}_kwh"] = by_kind[kind] / J_PER_KWH
         metrics["carbon/co2e_kg"] = co2e_kg(total_kwh, self.pue, self.intensity.g_per_kwh)
         metrics["carbon/intensity_g_per_kwh"] = self.intensity.g_per_kwh
+        metrics.update(self.fixed_metrics)
         return metrics
 
     def window(self, step: int, end: Mark | None = None, extra: dict[str, Any] | None = None) -> dict[str, float]:

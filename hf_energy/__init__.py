@@ -2,5 +2,6 @@
 
 from hf_energy.budget import EnergyBudgetCallback
 from hf_energy.callback import EnergyCallback, attach
+from hf_energy.power_cap import PowerCapCallback
 
-__all__ = ["EnergyBudgetCallback", "EnergyCallback", "attach"]
+__all__ = ["EnergyBudgetCallback", "EnergyCallback", "PowerCapCallback", "attach"]

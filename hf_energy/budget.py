@@ -12,19 +12,8 @@ from transformers.training_args import TrainingArguments
 
 from energy_core.budget import BudgetAction, BudgetGuard, BudgetRule
 from energy_core.tracker import EnergyTracker
+from hf_energy._distributed import all_ranks_agree
 from hf_energy.callback import EnergyCallback, LogContributor, logger
-
-
-def _all_ranks_agree(flag: bool, args: TrainingArguments) -> bool:
-    """True on every rank if it is True on any (an all-reduce every rank reaches)."""
-    import torch
-    import torch.distributed as dist
-
-    if args.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=args.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
 
 
 class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
@@ -147,7 +136,7 @@ class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
         assert self.guard is not None
         metrics, action = self.guard.review(state.global_step, epochs)
         stop = (action is not None and action.kind == "stop") or self.guard.crossed()
-        if _all_ranks_agree(stop, args) and action is None and not self.guard.stopped:
+        if all_ranks_agree(stop, args) and action is None and not self.guard.stopped:
             action = self.guard.stop_now(state.global_step)
         self._pending.update(metrics)
         self._act(action, control)
@@ -184,7 +173,7 @@ class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
             self.guard = BudgetGuard(self.rule, self.tracker, state.max_steps, per_epoch)
             self.guard.load_state_dict(self._saved.get("guard", {}))
             action = self.guard.begin(state.global_step)
-            if _all_ranks_agree(action is not None, args) and action is None:
+            if all_ranks_agree(action is not None, args) and action is None:
                 action = self.guard.stopped = self.guard.stop_now(state.global_step)
             self._act(action, control)
         return control

@@ -271,7 +271,8 @@ def attach(trainer: Any, *callbacks: LogContributor) -> Any:
 
     Wraps this Trainer instance's ``log`` (the method HF documents for overriding) so
     that, before ``log_history`` and the ``report_to`` integrations see a log call, every
-    `EnergyCallback` and `EnergyBudgetCallback` in the trainer adds its figures. Works for any Trainer subclass,
+    `EnergyCallback`, `EnergyBudgetCallback` and `PowerCapCallback` in the trainer adds its
+    figures. Works for any Trainer subclass,
     and keeps working when HF re-creates the callback on resume
     (``restore_callback_states_from_checkpoint=True``).
 
@@ -283,7 +284,7 @@ def attach(trainer: Any, *callbacks: LogContributor) -> Any:
     for callback in callbacks:
         if not isinstance(callback, LogContributor):
             raise ValueError(
-                f"attach takes EnergyCallback or EnergyBudgetCallback instances, got {type(callback).__name__}"
+                f"attach takes EnergyCallback, EnergyBudgetCallback or PowerCapCallback instances, got {type(callback).__name__}"
             )
         trainer.add_callback(callback)
         callback.trainer = trainer

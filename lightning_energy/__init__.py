@@ -2,5 +2,6 @@
 
 from lightning_energy.budget import EnergyBudget
 from lightning_energy.monitor import EnergyMonitor
+from lightning_energy.power_cap import PowerCap
 
-__all__ = ["EnergyBudget", "EnergyMonitor"]
+__all__ = ["EnergyBudget", "EnergyMonitor", "PowerCap"]

@@ -14,6 +14,8 @@ def no_real_hardware(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
     """By default the machine has no NVML library and an empty powercap directory."""
     install(monkeypatch, SimNvml([], library=False))
     monkeypatch.setattr(rapl, "POWERCAP_ROOT", tmp_path_factory.mktemp("no-powercap"))
+    journal = tmp_path_factory.mktemp("journal") / "power-limits.json"
+    monkeypatch.setenv("ENERGY_CALLBACKS_POWER_JOURNAL", str(journal))  # never /var/tmp in tests
 
 
 @pytest.fixture

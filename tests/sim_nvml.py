@@ -15,10 +15,12 @@ Faithful to the real API where our code depends on it:
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pynvml
 
@@ -39,6 +41,10 @@ class SimGpu:
     mig_uuids: tuple[str, ...] = ()
     fail_between: tuple[float, float] | None = None  # seconds since start: reads raise GPU_IS_LOST
     calls: int = 0
+    default_limit_mw: int = 700_000
+    min_limit_mw: int = 200_000
+    max_limit_mw: int = 700_000
+    limit_history: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, mW)
 
 
 class SimNvml:
@@ -50,12 +56,49 @@ class SimNvml:
         clock: Seconds; defaults to ``time.perf_counter`` (the meters' clock).
     """
 
-    def __init__(self, gpus: list[SimGpu], library: bool = True, clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        gpus: list[SimGpu],
+        library: bool = True,
+        clock: Callable[[], float] = time.perf_counter,
+        root: bool = True,
+        state_file: Path | None = None,
+    ):
         self.gpus = gpus
         self.library = library
         self.clock = clock
         self.t0 = clock()
         self.initialised = False
+        self.root = root  # False: setting limits raises NVML_ERROR_NO_PERMISSION, as for a normal user
+        self.state_file = state_file  # the driver's limits, shared by processes (persistence mode)
+        if state_file is not None and not state_file.exists():
+            state_file.write_text(json.dumps({g.uuid: g.default_limit_mw for g in gpus}))
+
+    # -- the driver's power limits, which outlive a process --------------------
+    def limit_mw(self, gpu: SimGpu) -> int:
+        if self.state_file is not None:
+            return int(json.loads(self.state_file.read_text())[gpu.uuid])
+        return gpu.limit_history[-1][1] if gpu.limit_history else gpu.default_limit_mw
+
+    def _store_limit(self, gpu: SimGpu, mw: int) -> None:
+        gpu.limit_history.append((self.elapsed(), mw))
+        if self.state_file is not None:
+            limits = json.loads(self.state_file.read_text())
+            limits[gpu.uuid] = mw
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(limits))
+            tmp.replace(self.state_file)
+
+    def _capped_energy(self, gpu: SimGpu, t: float) -> float:
+        """Joules from 0 to t: a constant demand is clipped by the limit in force."""
+        if not isinstance(gpu.trace, Constant) or not gpu.limit_history:
+            return gpu.trace.energy(t)
+        points = [(0.0, gpu.default_limit_mw), *gpu.limit_history, (t, 0)]
+        joules = 0.0
+        for (start, mw), (end, _) in zip(points, points[1:]):
+            if end > start and start < t:
+                joules += min(gpu.trace.watts, mw / 1000.0) * (min(end, t) - start)
+        return joules
 
     # -- helpers ------------------------------------------------------------
     def elapsed(self) -> float:
@@ -63,7 +106,7 @@ class SimNvml:
 
     def exact_joules(self, gpu: SimGpu, t0_abs: float, t1_abs: float) -> float:
         """The true energy of a board between two clock readings."""
-        return gpu.trace.between(t0_abs - self.t0, t1_abs - self.t0)
+        return self._capped_energy(gpu, t1_abs - self.t0) - self._capped_energy(gpu, t0_abs - self.t0)
 
     def _check(self, gpu: SimGpu) -> None:
         if not self.initialised:
@@ -128,7 +171,25 @@ class SimNvml:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         t = self.elapsed()
         updated = math.floor(t / gpu.counter_period_s) * gpu.counter_period_s
-        return gpu.base_mj + int(1000.0 * gpu.trace.energy(updated))
+        return gpu.base_mj + int(1000.0 * self._capped_energy(gpu, updated))
+
+    def nvmlDeviceGetPowerManagementLimit(self, gpu: SimGpu) -> int:  # noqa: N802
+        return self.limit_mw(gpu)
+
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, gpu: SimGpu) -> int:  # noqa: N802
+        return gpu.default_limit_mw
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, gpu: SimGpu) -> list[int]:  # noqa: N802
+        return [gpu.min_limit_mw, gpu.max_limit_mw]
+
+    def nvmlDeviceSetPowerManagementLimit(self, gpu: SimGpu, mw: int) -> None:  # noqa: N802
+        if not self.initialised:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+        if not self.root:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+        if not gpu.min_limit_mw <= mw <= gpu.max_limit_mw:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        self._store_limit(gpu, int(mw))
 
     def nvmlDeviceGetPowerUsage(self, gpu: SimGpu) -> int:  # noqa: N802
         self._check(gpu)

@@ -1,0 +1,124 @@
+"""PowerCapCallback: GPU power caps for an HF Trainer run, always restored."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import TrainerControl, TrainerState
+from transformers.training_args import TrainingArguments
+
+from energy_core.capping import PowerCapRun
+from energy_core.source import Notice
+from hf_energy._distributed import all_ranks_agree
+from hf_energy.callback import EnergyCallback, LogContributor, logger
+
+
+class PowerCapCallback(LogContributor, TrainerCallback):
+    """Caps GPU power at train start and restores the previous limits on every way out.
+
+    Same behaviour and arguments as `lightning_energy.PowerCap`: the node's local process
+    zero recovers limits left by a killed run, caps the selected GPUs (``watts``, or
+    ``fraction`` x each default limit, range-checked before any change) and reads them
+    back; every rank waits for it and agrees on errors. The previous limit is restored at
+    train end, on SIGTERM/SIGINT and at interpreter exit (the HF Trainer has no exception
+    hook: an exception ends the process, and ``atexit`` restores), and by the next run or
+    ``energy-report --restore-power-limits`` after a SIGKILL. ``watts="auto"`` searches
+    for the cap with least energy per step within ``max_slowdown`` (with the meter of an
+    `EnergyCallback` passed to the same `attach`, else its own).
+
+    Args:
+        watts: Cap in W per GPU, or ``"auto"``.
+        fraction: Cap as a fraction of each GPU's default limit, in (0, 1].
+        gpus: ``"all"`` or a list of visible GPU indices.
+        strict: Raise PermissionError before training when limits cannot be set.
+        max_slowdown: For ``watts="auto"``, the largest accepted rise in time per step.
+
+    Raises:
+        ValueError: naming the argument and the allowed range (see `PowerCap`).
+
+    Logged metrics: ``power/cap_w`` (with `attach`), also in `EnergyCallback`'s logs.
+
+    Example:
+        >>> from hf_energy import EnergyCallback, PowerCapCallback, attach
+        >>> attach(trainer, EnergyCallback(), PowerCapCallback(fraction=0.8))   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        watts: float | str | None = None,
+        fraction: float | None = None,
+        gpus: str | Sequence[int] = "all",
+        strict: bool = False,
+        max_slowdown: float = 0.1,
+    ) -> None:
+        self.run = PowerCapRun(watts, fraction, gpus, strict=strict, max_slowdown=max_slowdown)
+        self._leader = False
+        self._pending: dict[str, float] = {}
+
+    def _monitor(self) -> EnergyCallback | None:
+        callbacks = self.trainer.callback_handler.callbacks if self.trainer is not None else []
+        return next((cb for cb in callbacks if isinstance(cb, EnergyCallback)), None)
+
+    def _emit(self, notices: list[Notice]) -> None:
+        for notice in notices:
+            (logger.warning if notice.level == "warn" else logger.info)(notice.text)
+
+    def _publish(self) -> None:
+        cap = self.run.cap_w
+        monitor = self._monitor()
+        if monitor is not None:
+            monitor.tracker.power_caps = self.run.caps()
+            if cap is None:
+                monitor.tracker.fixed_metrics.pop("power/cap_w", None)
+            else:
+                monitor.tracker.fixed_metrics["power/cap_w"] = cap
+        if cap is not None:
+            self._pending["power/cap_w"] = cap
+
+    def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
+        added, self._pending = self._pending, {}
+        logs.update(added)
+        return added
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self._leader = state.is_local_process_zero
+        failure: Exception | None = None
+        if self._leader:
+            try:
+                self._emit(self.run.start())
+            except (ValueError, PermissionError) as err:
+                failure = err
+        for kind in (ValueError, PermissionError):  # every rank reaches both all-reduces
+            if all_ranks_agree(isinstance(failure, kind), args):
+                raise failure if isinstance(failure, kind) else kind("Setting the power cap failed on another node.")
+        self._publish()
+        return control
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self._leader and self.run.auto and self.run.finder is None:  # every on_train_begin has run
+            monitor = self._monitor()
+            self._emit(self.run.start_search(monitor.tracker.meter if monitor is not None else None))
+        return control
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self._leader and self.run.finder is not None and not self.run.finder.done:
+            if self.run.on_step(state.global_step):
+                self._publish()
+                if self.run.finder.done:
+                    logger.warning(self.run.finder.summary())
+                    monitor = self._monitor()
+                    if monitor is not None and monitor.tracker.record is not None:
+                        monitor.tracker.record.write("power_cap", event="chosen", caps=self.run.caps(),
+                                                     table=self.run.finder.table())  # fmt: skip
+        return control
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self._leader:
+            for message in self.run.finish():
+                logger.warning(message) if "failed" in message else logger.info(message)
+            monitor = self._monitor()
+            if monitor is not None:
+                monitor.tracker.fixed_metrics.pop("power/cap_w", None)
+        return control

@@ -1,0 +1,139 @@
+"""PowerCap: GPU power caps for a Lightning run, always restored."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from energy_core.capping import PowerCapRun
+from lightning_energy._compat import CALLBACK_BASES, emit, override, rank_zero_info, rank_zero_warn
+from lightning_energy.monitor import EnergyMonitor
+
+
+class PowerCap(*CALLBACK_BASES):  # type: ignore[misc]
+    """Caps GPU power at train start and restores the previous limits on every way out.
+
+    At fit start, the node's local rank 0 first restores limits that a killed run left
+    behind (journal on disk), then sets each selected GPU's limit to ``watts``, or to
+    ``fraction`` x its default limit, after checking the device's allowed range, and
+    reads it back; every rank waits until the caps are in force and takes the same
+    decision on errors. The previous limit (not the maximum) is put back at fit end, on an
+    exception (Lightning's ``on_exception``), on SIGTERM/SIGINT, at interpreter exit, and
+    by the next run or ``energy-report --restore-power-limits`` after a SIGKILL.
+
+    With ``watts="auto"``, a few caps are profiled on the real training steps after a
+    short warm-up and the one that uses least energy per step within ``max_slowdown``
+    is kept (see `energy_core.cap_finder.CapFinder`).
+
+    Args:
+        watts: Cap in W per GPU, or ``"auto"``.
+        fraction: Cap as a fraction of each GPU's default limit, in (0, 1].
+        gpus: ``"all"`` or a list of visible GPU indices (the node's GPUs).
+        strict: Raise PermissionError before training when limits cannot be set
+            (default: one message saying how to grant permission, then train uncapped).
+        max_slowdown: For ``watts="auto"``, the largest accepted rise in time per step.
+
+    Raises:
+        ValueError: naming the argument and the allowed range, for both or neither of
+            ``watts``/``fraction``, a fraction outside (0, 1], a cap outside a device's
+            range or an unknown GPU index (the last two at fit start, before anything is
+            changed).
+
+    Logged metrics: ``power/cap_w`` (sum of the caps in force on the node's capped GPUs),
+    also in every `EnergyMonitor` window while a cap is in force.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_energy import EnergyMonitor, PowerCap
+        >>> trainer = Trainer(callbacks=[EnergyMonitor(), PowerCap(fraction=0.8)])
+    """
+
+    def __init__(
+        self,
+        watts: float | str | None = None,
+        fraction: float | None = None,
+        gpus: str | Sequence[int] = "all",
+        strict: bool = False,
+        max_slowdown: float = 0.1,
+    ) -> None:
+        self.run = PowerCapRun(watts, fraction, gpus, strict=strict, max_slowdown=max_slowdown)
+        self._leader = False
+        self._monitor: EnergyMonitor | None = None
+
+    def _publish(self, trainer: Any, metrics: dict[str, float] | None) -> None:
+        cap = self.run.cap_w
+        if self._monitor is not None:
+            if cap is None:
+                self._monitor.tracker.fixed_metrics.pop("power/cap_w", None)
+            else:
+                self._monitor.tracker.fixed_metrics["power/cap_w"] = cap
+            self._monitor.tracker.power_caps = self.run.caps()
+        if metrics:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+
+    @override
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._leader = trainer.local_rank == 0
+        self._monitor = next((cb for cb in trainer.callbacks if isinstance(cb, EnergyMonitor)), None)
+        outcome, message = "ok", ""
+        if self._leader:
+            try:
+                emit(self.run.start())
+            except ValueError as err:
+                outcome, message = "invalid", str(err)
+            except PermissionError as err:
+                outcome, message = "permission", str(err)
+        if trainer.world_size > 1:  # every rank waits for the caps and agrees on the outcome
+            for kind in ("invalid", "permission"):
+                if trainer.strategy.reduce_boolean_decision(outcome == kind, all=False):
+                    outcome, message = kind, message or "Setting the power cap failed on another node."
+        if outcome == "invalid":
+            raise ValueError(message)
+        if outcome == "permission":
+            raise PermissionError(message)
+        self._publish(trainer, {"power/cap_w": self.run.cap_w} if self.run.cap_w is not None else None)
+        if self.run.cap_w is not None:
+            self._record("applied")
+
+    @override
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._leader and self.run.auto:  # every on_fit_start has run: a monitor's meter is running
+            emit(self.run.start_search(self._monitor.tracker.meter if self._monitor is not None else None))
+
+    @override
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._leader and self.run.finder is not None and not self.run.finder.done:
+            metrics = self.run.on_step(trainer.global_step)
+            if metrics:
+                self._publish(trainer, metrics)
+                if self.run.finder.done:
+                    rank_zero_info(self.run.finder.summary())
+                    self._record("chosen")
+
+    def _record(self, event: str) -> None:
+        """A ``power_cap`` line in the monitor's run record (the header may precede the cap)."""
+        tracker = self._monitor.tracker if self._monitor is not None else None
+        if tracker is not None and tracker.record is not None:
+            finder = self.run.finder
+            tracker.record.write("power_cap", event=event, caps=self.run.caps(),
+                                 table=finder.table() if finder else None)  # fmt: skip
+
+    def _restore(self) -> None:
+        if self._leader:
+            for message in self.run.finish():
+                (rank_zero_warn if "failed" in message else rank_zero_info)(message)
+            if self._monitor is not None:
+                self._monitor.tracker.fixed_metrics.pop("power/cap_w", None)
+
+    @override
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._restore()
+
+    @override
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._restore()
+
+    @override
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._restore()

@@ -1,0 +1,347 @@
+"""PowerCap with the simulated NVML: every way out restores the previous limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from energy_core.power_cap import PowerLimits, journal_path
+from lightning_energy import EnergyMonitor, PowerCap
+from tests.lightning_models import flavour, make_module, regression_data
+from tests.power_traces import Constant
+from tests.readback import csv_series
+from tests.sim_nvml import SimGpu
+
+ROOT = Path(__file__).resolve().parents[1]
+pl = flavour("lightning.pytorch")
+PREVIOUS_MW = 350_000  # an administrator's limit: neither the default (400 W) nor the maximum (450 W)
+
+
+def board(uuid: str = "GPU-1", watts: float = 400.0) -> SimGpu:
+    return SimGpu(uuid, Constant(watts), counter_period_s=0.02, default_limit_mw=400_000,
+                  min_limit_mw=100_000, max_limit_mw=450_000)  # fmt: skip
+
+
+def admin_limit(sim, mw: int = PREVIOUS_MW) -> None:
+    for gpu in sim.gpus:
+        sim._store_limit(gpu, mw)
+
+
+class SeeLimits(pl.Callback):
+    """Reads the simulated driver's limits in the middle of training."""
+
+    def __init__(self, sim) -> None:
+        self.sim, self.seen = sim, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if batch_idx == 3:
+            self.seen.append([self.sim.limit_mw(g) for g in self.sim.gpus])
+
+
+def fit(tmp_path: Path, callbacks: list, module=None, samples: int = 160, **kwargs):  # noqa: ANN001, ANN201
+    options = {"max_epochs": 1, "accelerator": "cpu", "log_every_n_steps": 5, "enable_checkpointing": False,
+               "enable_model_summary": False, "enable_progress_bar": False,
+               "logger": pl.loggers.CSVLogger(tmp_path / "csv"), "callbacks": callbacks}  # fmt: skip
+    options.update(kwargs)
+    trainer = pl.Trainer(**options)
+    trainer.fit(module or make_module(pl, step_sleep_s=0.01), regression_data(samples))
+    return trainer
+
+
+def journal_entries() -> dict:
+    path = journal_path()
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_cap_is_applied_logged_and_the_previous_limit_restored(tmp_path, sim_gpus) -> None:
+    sim = sim_gpus(board())
+    admin_limit(sim)
+    see = SeeLimits(sim)
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=tmp_path / "energy.jsonl")
+    fit(tmp_path, [monitor, PowerCap(watts=250), see])
+    assert see.seen == [[250_000]]
+    assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW  # the limit in force before, not default or max
+    assert journal_entries() == {}
+    lines = [json.loads(x) for x in (tmp_path / "energy.jsonl").read_text().splitlines()]
+    windows = [x for x in lines if x["type"] == "window"]
+    assert all(w["metrics"]["power/cap_w"] == 250.0 for w in windows)
+    (applied,) = [x for x in lines if x["type"] == "power_cap"]
+    assert applied["event"] == "applied"
+    assert applied["caps"] == [{"gpu": 0, "uuid": "GPU-1", "previous_w": 350.0, "cap_w": 250.0,
+                                "range_w": [100.0, 450.0]}]  # fmt: skip
+    # the capped board draws at most 250 W: the monitor's power figures show it
+    assert max(w["metrics"]["power/gpu0_w"] for w in windows[1:]) <= 250.0 * 1.05
+
+
+def test_fraction_is_of_the_default_limit(tmp_path, sim_gpus) -> None:
+    sim = sim_gpus(board(), board("GPU-2"))
+    admin_limit(sim)
+    see = SeeLimits(sim)
+    fit(tmp_path, [PowerCap(fraction=0.5), see])
+    assert see.seen == [[200_000, 200_000]]
+    assert [sim.limit_mw(g) for g in sim.gpus] == [PREVIOUS_MW, PREVIOUS_MW]
+
+
+def test_only_the_selected_gpus_are_capped(tmp_path, sim_gpus) -> None:
+    sim = sim_gpus(board(), board("GPU-2"))
+    see = SeeLimits(sim)
+    fit(tmp_path, [PowerCap(watts=300, gpus=[1]), see])
+    assert see.seen == [[400_000, 300_000]]
+    assert [sim.limit_mw(g) for g in sim.gpus] == [400_000, 400_000]
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_restored_after_an_exception_or_interrupt_in_training_step(tmp_path, sim_gpus, error) -> None:
+    sim = sim_gpus(board())
+    admin_limit(sim)
+    module = make_module(pl)
+    original = module.training_step
+
+    def step(batch, batch_idx):  # noqa: ANN001, ANN202
+        if batch_idx == 4:
+            assert sim.limit_mw(sim.gpus[0]) == 250_000
+            raise error("stop here")
+        return original(batch, batch_idx)
+
+    module.training_step = step
+    sigint = signal.getsignal(signal.SIGINT)
+    try:  # Lightning turns a KeyboardInterrupt into on_exception, teardown and sys.exit(1)
+        with pytest.raises(RuntimeError if error is RuntimeError else SystemExit):
+            fit(tmp_path, [PowerCap(watts=250)], module=module)
+    finally:
+        signal.signal(signal.SIGINT, sigint)  # Lightning ignores SIGINT during its shutdown
+    assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW
+    assert journal_entries() == {}
+
+
+def test_no_permission_is_one_message_then_uncapped_training(tmp_path, sim_gpus) -> None:
+    sim = sim_gpus(board(), root=False)
+    with pytest.warns(UserWarning) as caught:
+        trainer = fit(tmp_path, [PowerCap(watts=250)])
+    texts = [str(w.message) for w in caught if "power limits" in str(w.message)]
+    assert len(texts) == 1 and "CAP_SYS_ADMIN" in texts[0] and "nvidia-smi" in texts[0]
+    assert trainer.global_step == 20 and sim.limit_mw(sim.gpus[0]) == 400_000
+    assert journal_entries() == {}
+
+
+def test_strict_raises_before_training(tmp_path, sim_gpus) -> None:
+    sim_gpus(board(), root=False)
+    module = make_module(pl)
+    with pytest.raises(PermissionError, match="CAP_SYS_ADMIN"):
+        fit(tmp_path, [PowerCap(watts=250, strict=True)], module=module)
+    assert module.trainer.global_step == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"watts": 50}, r"watts=50 is outside the allowed range of GPU 0 \(GPU-1\): \[100, 450\] W"),
+        ({"watts": 500}, "watts=500 is outside"),
+        ({"fraction": 0.2}, r"fraction=0.2 gives 80 W, outside .* fraction in \[0.25, 1.12\]"),
+        ({"watts": 250, "gpus": [0, 3]}, r"gpus: no visible GPU with index \[3\]; visible indices are \[0\]"),
+    ],
+)
+def test_out_of_range_is_a_value_error_before_any_change(tmp_path, sim_gpus, kwargs, message) -> None:
+    sim = sim_gpus(board())
+    admin_limit(sim)
+    with pytest.raises(ValueError, match=message):
+        fit(tmp_path, [PowerCap(**kwargs)])
+    assert sim.gpus[0].limit_history == [(sim.gpus[0].limit_history[0][0], PREVIOUS_MW)]  # never touched
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "exactly one of watts"),
+        ({"watts": 200, "fraction": 0.5}, "exactly one of watts"),
+        ({"fraction": 0}, r"fraction must be in \(0, 1\]"),
+        ({"fraction": 1.5}, r"fraction must be in \(0, 1\]"),
+        ({"watts": -10}, "watts must be a positive"),
+        ({"watts": "max"}, "watts must be a positive number of watts or 'auto'"),
+        ({"watts": 200, "gpus": [-1]}, "gpus must be 'all' or a non-empty list"),
+        ({"watts": 200, "gpus": "some"}, "gpus must be 'all'"),
+        ({"watts": "auto", "max_slowdown": 0}, r"max_slowdown must be in \(0, 10\]"),
+    ],
+)
+def test_bad_arguments_at_construction(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        PowerCap(**kwargs)
+
+
+def _child(state: Path, *options: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the journal variable is inherited from conftest
+    command = [sys.executable, str(ROOT / "tests" / "power_cap_child.py"), str(state), *options]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_limit(state: Path, mw: int, child: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if state.exists() and json.loads(state.read_text())["GPU-child"] == mw:
+            time.sleep(0.3)  # let a few steps run under the cap
+            return
+        assert child.poll() is None, child.stdout.read()
+        time.sleep(0.05)
+    child.kill()
+    raise AssertionError("the child never set its cap")
+
+
+def _state_with_admin_limit(tmp_path: Path) -> Path:
+    state = tmp_path / "driver.json"
+    state.write_text(json.dumps({"GPU-child": PREVIOUS_MW}))
+    return state
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("framework", ["lightning", "hf"])
+def test_sigterm_to_a_training_process_restores(tmp_path, framework) -> None:
+    state = _state_with_admin_limit(tmp_path)
+    child = _child(state, framework)
+    _wait_for_limit(state, 250_000, child)
+    child.send_signal(signal.SIGTERM)
+    output, _ = child.communicate(timeout=60)
+    assert child.returncode != 0, output
+    assert json.loads(state.read_text())["GPU-child"] == PREVIOUS_MW, output
+    assert journal_entries() == {}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("framework", ["lightning", "hf"])
+def test_an_exception_ending_the_process_restores(tmp_path, framework) -> None:
+    state = _state_with_admin_limit(tmp_path)
+    child = _child(state, framework, "raise")
+    output, _ = child.communicate(timeout=90)
+    assert child.returncode != 0 and "boom" in output
+    assert json.loads(state.read_text())["GPU-child"] == PREVIOUS_MW, output
+    assert journal_entries() == {}
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_leaves_a_journal_that_the_next_run_restores(tmp_path, sim_gpus) -> None:
+    state = _state_with_admin_limit(tmp_path)
+    child = _child(state)
+    _wait_for_limit(state, 250_000, child)
+    child.kill()  # SIGKILL: no handler runs
+    child.wait(timeout=30)
+    assert json.loads(state.read_text())["GPU-child"] == 250_000  # left behind
+    assert journal_entries()["GPU-child"]["previous_mw"] == PREVIOUS_MW
+
+    sim = sim_gpus(SimGpu("GPU-child", default_limit_mw=400_000, min_limit_mw=100_000, max_limit_mw=450_000),
+                   state_file=state)  # fmt: skip
+    see = SeeLimits(sim)
+    with pytest.warns(UserWarning, match="Restored the power limit of GPU-child to 350 W"):
+        fit(tmp_path, [PowerCap(watts=300), see])  # the next run recovers first, then caps
+    assert see.seen == [[300_000]]
+    assert json.loads(state.read_text())["GPU-child"] == PREVIOUS_MW
+    assert journal_entries() == {}
+
+
+def test_recover_leaves_a_board_someone_else_changed(tmp_path, sim_gpus) -> None:
+    sim = sim_gpus(board())
+    journal_path().parent.mkdir(parents=True, exist_ok=True)
+    journal_path().write_text(json.dumps({"GPU-1": {"previous_mw": 300_000, "set_mw": 250_000, "pid": 2**22 + 7,
+                                                    "host": os.uname().nodename}}))  # fmt: skip
+    messages = PowerLimits().recover()
+    assert messages == ["GPU-1: limit changed since pid 4194311 set it; left as it is."]
+    assert sim.limit_mw(sim.gpus[0]) == 400_000 and journal_entries() == {}
+
+
+def test_auto_finds_the_cap_with_least_energy_within_the_slowdown(tmp_path, sim_gpus) -> None:
+    """A board that draws min(400 W, cap) and whose steps take 40 ms x sqrt(400 W / cap).
+
+    Energy per step falls as the cap falls, but at 80% of the limit a step is about 11%
+    slower (with the loop's own few ms): with max_slowdown=0.08 the right answer is 90%
+    (360 W, about 5% slower), some 5% less energy per step.
+    """
+    sim = sim_gpus(SimGpu("GPU-1", Constant(400.0), counter_period_s=0.02, default_limit_mw=400_000,
+                          min_limit_mw=150_000, max_limit_mw=400_000))  # fmt: skip
+    module = make_module(pl)
+    original = module.training_step
+
+    def step(batch, batch_idx):  # noqa: ANN001, ANN202
+        time.sleep(0.04 * (400_000 / sim.limit_mw(sim.gpus[0])) ** 0.5)
+        return original(batch, batch_idx)
+
+    module.training_step = step
+    cap = PowerCap(watts="auto", max_slowdown=0.08)
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=tmp_path / "energy.jsonl")
+    see = []
+
+    class SeeLimitLate(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+            see.append(sim.limit_mw(sim.gpus[0]))
+
+    fit(tmp_path, [monitor, cap, SeeLimitLate()], module=module, max_epochs=1, samples=8 * 200)
+    finder = cap.run.finder
+    assert finder.chosen is not None and finder.chosen.fraction == 0.9
+    assert [t.fraction for t in finder.trials] == [1.0, 0.9, 0.8]  # stopped at the first too-slow cap
+    assert see[-1] == 360_000  # the chosen cap stayed in force for the rest of training
+    assert sim.limit_mw(sim.gpus[0]) == 400_000  # and the limit at start came back
+    assert finder.trials[1].joules_per_step < finder.trials[0].joules_per_step
+    lines = [json.loads(x) for x in (tmp_path / "energy.jsonl").read_text().splitlines()]
+    (chosen,) = [x for x in lines if x["type"] == "power_cap" and x["event"] == "chosen"]
+    assert [row["cap_w"] for row in chosen["table"]] == [400.0, 360.0, 320.0]
+    assert [v for _, v in csv_series(tmp_path / "csv", "power/cap_w")][-1] == 360.0
+
+
+# ----------------------------------------------------------------------------- HF Trainer
+def hf_train(tmp_path: Path, *callbacks) -> object:  # noqa: ANN001
+    from hf_energy import attach
+    from tests.hf_models import SeqData, make_trainer
+
+    trainer = make_trainer(tmp_path / "out", SeqData(64), num_train_epochs=1, logging_steps=2)
+    attach(trainer, *callbacks)
+    trainer.train()
+    return trainer
+
+
+def test_hf_cap_is_applied_logged_and_restored(tmp_path, sim_gpus) -> None:
+    from transformers import TrainerCallback
+
+    from hf_energy import EnergyCallback, PowerCapCallback
+
+    sim = sim_gpus(board())
+    admin_limit(sim)
+    seen = []
+
+    class See(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            seen.append(sim.limit_mw(sim.gpus[0]))
+
+    from hf_energy import attach
+    from tests.hf_models import SeqData, make_trainer
+
+    trainer = make_trainer(tmp_path / "out", SeqData(64), num_train_epochs=1, logging_steps=2)
+    trainer.add_callback(See())
+    attach(trainer, EnergyCallback(devices=["gpu"], summary=False), PowerCapCallback(fraction=0.75))
+    trainer.train()
+    assert set(seen) == {300_000}
+    assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW and journal_entries() == {}
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and all(h["power/cap_w"] == 300.0 for h in logged)
+
+
+def test_hf_no_permission_and_strict(tmp_path, sim_gpus) -> None:
+    from hf_energy import PowerCapCallback
+
+    sim = sim_gpus(board(), root=False)
+    trainer = hf_train(tmp_path, PowerCapCallback(watts=250))  # one message, then uncapped
+    assert trainer.state.global_step == 8 and sim.limit_mw(sim.gpus[0]) == 400_000
+    with pytest.raises(PermissionError, match="CAP_SYS_ADMIN"):
+        hf_train(tmp_path / "strict", PowerCapCallback(watts=250, strict=True))
+
+
+def test_hf_out_of_range_raises_before_any_change(tmp_path, sim_gpus) -> None:
+    from hf_energy import PowerCapCallback
+
+    sim = sim_gpus(board())
+    with pytest.raises(ValueError, match=r"watts=460 is outside the allowed range"):
+        hf_train(tmp_path, PowerCapCallback(watts=460))
+    assert sim.gpus[0].limit_history == []

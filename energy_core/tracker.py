@@ -18,7 +18,8 @@ import platform
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from energy_core.carbon import check_finite, co2e_kg, resolve_intensity
 from energy_core.cpu_estimate import cpu_model
 from energy_core.meter import EnergyMeter, Mark
 from energy_core.record import RECORD_VERSION, RunRecord
-from energy_core.source import Notice
+from energy_core.source import DEVICE_KINDS, Notice
 
 J_PER_KWH = 3.6e6
 STAGES = ("val", "test", "predict")
@@ -46,6 +47,24 @@ def software_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return found
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """How this process takes part in a multi-process job.
+
+    Args:
+        rank: Global rank.
+        world_size: Number of processes.
+        reduce_sum: Element-wise sum of a list of floats over all ranks (a collective:
+            every rank calls it at the same logging boundaries).
+        gather: All-gather of a small picklable object (for the record header), or None.
+    """
+
+    rank: int
+    world_size: int
+    reduce_sum: Callable[[list[float]], list[float]]
+    gather: Callable[[Any], list[Any]] | None = None
 
 
 class EnergyTracker:
@@ -99,6 +118,9 @@ class EnergyTracker:
         )
         self.record = RunRecord(record_path) if record_path is not None else None
         self._pending_notices: list[Notice] | None = carbon_notices
+        self._dist: Distributed | None = None
+        self._global: dict[str, Any] | None = None  # the job's totals at the last reduction
+        self._stage_global: dict[str, float] = {}
         self.header_extra: dict[str, Any] = {}
         self.fixed_metrics: dict[str, float] = {}  # e.g. power/cap_w while a cap is in force
         self.power_caps: list[dict[str, Any]] = []  # for the header, set by a power cap
@@ -113,6 +135,15 @@ class EnergyTracker:
         self._epoch_start: Mark | None = None
 
     # ----------------------------------------------------------------- lifecycle
+    def set_distributed(self, dist: Distributed | None) -> None:
+        """Sum the figures over all ranks at every logging boundary (call before `start_fit`).
+
+        Each rank measures its own devices; windows and totals are reduced with
+        ``dist.reduce_sum`` when `window` and `end_fit` run (never per step), so every
+        rank holds the job's totals. GPU power keys become ``power/gpu{rank}_w``.
+        """
+        self._dist = dist if dist is not None and dist.world_size > 1 else None
+
     def _open(self) -> list[Notice]:
         """Start measuring; the notices are returned once per tracker, then []."""
         notices = self.meter.open()
@@ -136,8 +167,12 @@ class EnergyTracker:
         self._fit_start = self.meter.mark()
         self._epoch_start = self._fit_start
         self._reset_window(self._fit_start, step)
+        header = self.header(notices)
+        if self._dist is not None and self._dist.gather is not None:  # every rank takes part
+            mine = {"rank": self._dist.rank, "host": header["host"], "sources": header["hardware"]["sources"]}
+            header["ranks"] = self._dist.gather(mine)
         if self.record is not None:
-            self.record.write("header", **self.header(notices))
+            self.record.write("header", **header)
         return notices
 
     def header(self, notices: Sequence[Notice] = ()) -> dict[str, Any]:
@@ -176,6 +211,13 @@ class EnergyTracker:
             return {"energy/total_kwh": kwh, "carbon/co2e_kg": co2e_kg(kwh, self.pue, self.intensity.g_per_kwh)}
         return self._cumulative(self.meter.mark())
 
+    def reduce_totals(self) -> dict[str, float]:
+        """The job's totals now: a collective in a multi-process job (all ranks must call)."""
+        if self._dist is None or self._fit_start is None:
+            return self.totals()
+        self._reduce(self.meter.mark(), np.zeros(len(self.meter.sources)), 0, 0)
+        return self.totals()
+
     def watch_total(self, limit_kwh: float) -> threading.Event:
         """An event set by the sampler thread once the run's total reaches ``limit_kwh``.
 
@@ -211,9 +253,13 @@ class EnergyTracker:
         self.meter.close()
         if self.meter.sampler is not None:
             self.meter.sampler.listeners.clear()
-        metrics = self._cumulative(self.meter.mark())
+        end = self.meter.mark()
+        if self._dist is not None:
+            self._reduce(end, np.zeros(len(self.meter.sources)), 0, 0)
+        metrics = self._cumulative(end)
         # Fold this run into the offsets: a later fit on the same tracker continues the totals.
-        self._offset = self.state_dict()
+        self.load_state_dict(self.state_dict(), own_share=self._dist is None or self._dist.rank == 0)
+        self._global = None
         self._fit_start = None
         self._samples = self._tokens = 0
         self._stage_j = dict.fromkeys(STAGES, 0.0)
@@ -248,14 +294,51 @@ class EnergyTracker:
         self._excluded_j: np.ndarray | float = 0.0
         self._excluded_s = 0.0
 
-    def _cumulative(self, end: Mark) -> dict[str, float]:
-        """Totals since the first fit start (checkpoint offsets included) at ``end``."""
-        if self._fit_start is None:
-            return {}
+    def _local_by_kind(self, end: Mark) -> dict[str, float]:
+        """This process's joules per device kind since the first fit start, offsets included."""
         start_j, end_j = self.meter.joules(self._fit_start, end)
         by_kind = self.meter.by_kind(end_j - start_j)
         for kind, joules in self._offset["energy_j"].items():
             by_kind[kind] = by_kind.get(kind, 0.0) + joules
+        return by_kind
+
+    def _reduce(self, end: Mark, window_j: np.ndarray, samples: int, tokens: int) -> dict[str, Any]:
+        """Sum this rank's figures over all ranks (one collective) and keep the job's totals."""
+        assert self._dist is not None
+        rank, world = self._dist.rank, self._dist.world_size
+        cum = self._local_by_kind(end)
+        win = self.meter.by_kind(window_j)
+        gpu_j = sum(float(v) for s, v in zip(self.meter.sources, window_j) if s.info.kind == "gpu")
+        has_gpu = float(any(s.info.kind == "gpu" for s in self.meter.sources))
+        slots = np.zeros(3 * world)
+        slots[rank], slots[world + rank], slots[2 * world + rank] = float(window_j.sum()), gpu_j, has_gpu
+        mine = [cum.get(k, 0.0) for k in DEVICE_KINDS] + [float(k in cum) for k in DEVICE_KINDS]
+        mine += [win.get(k, 0.0) for k in DEVICE_KINDS]
+        mine += [samples, tokens, self._samples + samples + self._offset["samples"],
+                 self._tokens + tokens + self._offset["tokens"]]  # fmt: skip
+        total = self._dist.reduce_sum([*mine, *slots.tolist()])
+        n = len(DEVICE_KINDS)
+        self._global = {
+            "energy_j": {k: total[i] for i, k in enumerate(DEVICE_KINDS) if total[n + i] > 0},
+            "window_j": sum(total[2 * n : 3 * n]),
+            "samples": int(total[3 * n]),
+            "tokens": int(total[3 * n + 1]),
+            "cum_samples": int(total[3 * n + 2]),
+            "cum_tokens": int(total[3 * n + 3]),
+            "rank_j": total[3 * n + 4 : 3 * n + 4 + world],
+            "rank_gpu_j": total[3 * n + 4 + world : 3 * n + 4 + 2 * world],
+            "rank_has_gpu": total[3 * n + 4 + 2 * world :],
+        }
+        return self._global
+
+    def _cumulative(self, end: Mark) -> dict[str, float]:
+        """Totals since the first fit start (checkpoint offsets included) at ``end``.
+
+        In a multi-process job: the job's totals at the last reduction.
+        """
+        if self._fit_start is None:
+            return {}
+        by_kind = self._local_by_kind(end) if self._global is None else dict(self._global["energy_j"])
         total_kwh = sum(by_kind.values()) / J_PER_KWH
         metrics = {"energy/total_kwh": total_kwh}
         for kind in sorted(by_kind):
@@ -278,19 +361,27 @@ class EnergyTracker:
         end = self.meter.mark() if end is None else end
         steps = step - self._win_step
         if steps <= 0 and self._win_samples == 0:  # nothing trained since the last window: keep it open
+            if self._dist is not None:  # ranks reach this alike (same step): keep the collective aligned
+                self._reduce(end, np.zeros(len(self.meter.sources)), 0, 0)
             return self._cumulative(end)
         start_j, end_j = self.meter.joules(self._win_start, end)
         per_source = end_j - start_j - self._excluded_j
         seconds = end.t - self._win_start.t - self._excluded_s
-        samples = self._win_samples
-        tokens = self._window_tokens()
+        local_samples, local_tokens = self._win_samples, self._window_tokens()
+        samples, tokens = local_samples, local_tokens
         joules = float(per_source.sum())
+        gpu_power = {s.info.name: float(v) for s, v in zip(self.meter.sources, per_source) if s.info.kind == "gpu"}
+        breakdown = None
+        if self._dist is not None:
+            job = self._reduce(end, per_source, local_samples, local_tokens)
+            joules, samples, tokens = job["window_j"], job["samples"], job["tokens"]
+            gpu_power = {f"gpu{r}": j for r, (j, has) in enumerate(zip(job["rank_gpu_j"], job["rank_has_gpu"])) if has}
+            breakdown = {"rank_j": job["rank_j"], "rank_gpu_j": job["rank_gpu_j"]}
         metrics = self._cumulative(end)
         if seconds > 0:
             metrics["power/total_w"] = joules / seconds
-            for source, value in zip(self.meter.sources, per_source):
-                if source.info.kind == "gpu":
-                    metrics[f"power/{source.info.name}_w"] = float(value) / seconds
+            for name, value in gpu_power.items():
+                metrics[f"power/{name}_w"] = value / seconds
             if samples:
                 metrics["throughput/samples_per_s"] = samples / seconds
             if tokens:
@@ -301,12 +392,12 @@ class EnergyTracker:
             metrics["efficiency/j_per_sample"] = joules / samples
         if tokens:
             metrics["efficiency/j_per_token"] = joules / tokens
-        self._samples += samples
-        self._tokens += tokens
+        self._samples += local_samples
+        self._tokens += local_tokens
         if self.record is not None:
             self.record.write(
                 "window", step=step, steps=steps, samples=samples, tokens=tokens, seconds=seconds,
-                elapsed_s=self.fit_seconds(end), metrics=metrics, extra=extra or {},
+                elapsed_s=self.fit_seconds(end), metrics=metrics, extra=extra or {}, ranks=breakdown,
             )  # fmt: skip
         self._reset_window(end, step)
         return metrics
@@ -361,6 +452,8 @@ class EnergyTracker:
         start_j, end_j = self.meter.joules(start, end)
         delta = end_j - start_j
         self._stage_j[stage] += float(delta.sum())
+        if self._dist is not None:  # every rank ends the stage together: sum the stage's totals
+            self._stage_global = dict(zip(STAGES, self._dist.reduce_sum([self._local_stage_j(s) for s in STAGES])))
         if self.fitting and self._win_start is not None and start.t >= self._win_start.t:
             self._excluded_j = self._excluded_j + delta
             self._excluded_s += end.t - start.t
@@ -374,8 +467,14 @@ class EnergyTracker:
     def in_stage(self, stage: str) -> bool:
         return stage in self._stage_start
 
+    def _local_stage_j(self, stage: str) -> float:
+        return self._stage_j[stage] + self._offset["stage_j"].get(stage, 0.0)
+
     def stage_kwh(self, stage: str) -> float:
-        return (self._stage_j[stage] + self._offset["stage_j"].get(stage, 0.0)) / J_PER_KWH
+        """Energy of all runs of a stage so far (the job's, in a multi-process job), kWh."""
+        if self._dist is not None and stage in self._stage_global:
+            return self._stage_global[stage] / J_PER_KWH
+        return self._local_stage_j(stage) / J_PER_KWH
 
     def fit_seconds(self, end: Mark | None = None) -> float:
         """Training wall time since the first fit start, checkpoint offsets included."""
@@ -384,8 +483,7 @@ class EnergyTracker:
 
     # ------------------------------------------------------------ summary & state
     def summary_fields(self, metrics: dict[str, float]) -> dict[str, Any]:
-        samples = self._samples + self._offset["samples"]
-        tokens = self._tokens + self._offset["tokens"]
+        samples, tokens = self._work_totals()
         joules = metrics.get("energy/total_kwh", 0.0) * J_PER_KWH
         seconds = self.fit_seconds()
         return {
@@ -431,33 +529,51 @@ class EnergyTracker:
             lines.append(f"Gaps (failed reads): {fields['failed_reads']}")
         return "\n".join(lines)
 
+    def _work_totals(self) -> tuple[int, int]:
+        """(samples, tokens) since the first fit start: the job's, in a multi-process job."""
+        if self._global is not None:
+            return self._global["cum_samples"], self._global["cum_tokens"]
+        return self._offset["samples"] + self._samples, self._offset["tokens"] + self._tokens
+
     def state_dict(self) -> dict[str, Any]:
-        """Totals so far, to store in a checkpoint; a resumed run continues from them."""
+        """Totals so far, to store in a checkpoint; a resumed run continues from them.
+
+        In a multi-process job these are the job's totals at the last logging boundary
+        (a checkpoint can be written by rank 0 alone, so no collective runs here).
+        """
         now = self.meter.mark()
-        energy_j = dict(self._offset["energy_j"])
-        if self._fit_start is not None:
-            start_j, end_j = self.meter.joules(self._fit_start, now)
-            for kind, joules in self.meter.by_kind(end_j - start_j).items():
-                energy_j[kind] = energy_j.get(kind, 0.0) + joules
+        if self._global is not None:
+            energy_j = dict(self._global["energy_j"])
+            samples, tokens = self._work_totals()
+        else:
+            energy_j = self._local_by_kind(now) if self._fit_start is not None else dict(self._offset["energy_j"])
+            samples = self._offset["samples"] + self._samples + self._win_samples
+            tokens = self._offset["tokens"] + self._tokens + self._window_tokens()
         return {
             "version": STATE_VERSION,
             "energy_j": energy_j,
             "stage_j": {s: self.stage_kwh(s) * J_PER_KWH for s in STAGES},
-            "samples": self._offset["samples"] + self._samples + self._win_samples,
-            "tokens": self._offset["tokens"] + self._tokens + self._window_tokens(),
+            "samples": samples,
+            "tokens": tokens,
             "fit_s": self.fit_seconds(now),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the totals of a checkpointed run (replaces earlier offsets)."""
+    def load_state_dict(self, state: dict[str, Any], own_share: bool = True) -> None:
+        """Continue the totals of a checkpointed run (replaces earlier offsets).
+
+        Args:
+            state: From `state_dict` (the job's totals).
+            own_share: False on every rank but 0 of a multi-process job, so that the sum
+                over ranks counts the checkpoint's totals once.
+        """
         if not state:
             return
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"energy state version {state.get('version')!r} is not {STATE_VERSION}")
         self._offset = {
-            "energy_j": {str(k): float(v) for k, v in state["energy_j"].items()},
-            "stage_j": {str(k): float(v) for k, v in state["stage_j"].items()},
-            "samples": int(state["samples"]),
-            "tokens": int(state["tokens"]),
+            "energy_j": {str(k): float(v) for k, v in state["energy_j"].items()} if own_share else {},
+            "stage_j": {str(k): float(v) for k, v in state["stage_j"].items()} if own_share else {},
+            "samples": int(state["samples"]) if own_share else 0,
+            "tokens": int(state["tokens"]) if own_share else 0,
             "fit_s": float(state["fit_s"]),
         }

@@ -12,7 +12,7 @@ from transformers.training_args import TrainingArguments
 
 from energy_core.budget import BudgetAction, BudgetGuard, BudgetRule
 from energy_core.tracker import EnergyTracker
-from hf_energy._distributed import all_ranks_agree
+from hf_energy._distributed import all_ranks_agree, configure_ranks
 from hf_energy.callback import EnergyCallback, LogContributor, logger
 
 
@@ -133,7 +133,9 @@ class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
         return added
 
     def _review(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, epochs: int) -> None:
-        assert self.guard is not None
+        assert self.guard is not None and self.tracker is not None
+        if self._owns:  # the job's totals now (a collective every rank reaches at this step)
+            self.tracker.reduce_totals()
         metrics, action = self.guard.review(state.global_step, epochs)
         stop = (action is not None and action.kind == "stop") or self.guard.crossed()
         if all_ranks_agree(stop, args) and action is None and not self.guard.stopped:
@@ -153,13 +155,8 @@ class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
         if saved and not self._saved:
             self._saved = dict(saved.get("attributes", {}).get("budget_state", {}))
         if self._owns:
-            if not state.is_world_process_zero:
-                self.tracker.record = None
-            if args.world_size > 1:
-                device = args.device
-                self.tracker.meter.cuda_indices = [device.index or 0] if device.type == "cuda" else []
-                self.tracker.meter.node_devices = state.is_local_process_zero
-            self.tracker.load_state_dict(self._saved.get("tracker", {}))
+            configure_ranks(self.tracker, args, state)
+            self.tracker.load_state_dict(self._saved.get("tracker", {}), own_share=state.is_world_process_zero)
             for notice in self.tracker.start_fit(state.global_step):
                 if self._world_zero:
                     logger.warning(notice.text) if notice.level == "warn" else logger.info(notice.text)

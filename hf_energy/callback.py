@@ -14,6 +14,7 @@ from transformers.utils import logging
 
 from energy_core.source import Notice
 from energy_core.tracker import EnergyTracker
+from hf_energy._distributed import configure_ranks
 
 logger = logging.get_logger(__name__)
 INFERENCE = "inference"  # provisional stage name: eval or predict is known only at the end
@@ -140,7 +141,7 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         if isinstance(saved, list):
             saved = saved[0] if saved else None
         if saved and saved.get("attributes", {}).get("energy_state"):
-            self.tracker.load_state_dict(saved["attributes"]["energy_state"])
+            self.tracker.load_state_dict(saved["attributes"]["energy_state"], own_share=state.is_world_process_zero)
 
     # ------------------------------------------------------------------ messages
     def _emit(self, notices: list[Notice]) -> None:
@@ -193,12 +194,7 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self._world_zero = state.is_world_process_zero
-        if not state.is_world_process_zero:
-            self.tracker.record = None
-        if args.world_size > 1:  # each rank measures its own GPU; CPU/DRAM once per node
-            device = args.device
-            self.tracker.meter.cuda_indices = [device.index or 0] if device.type == "cuda" else []
-            self.tracker.meter.node_devices = state.is_local_process_zero
+        configure_ranks(self.tracker, args, state)
         self._restore_from(state)
         self.tracker.header_extra = {
             "framework": "transformers",

@@ -7,7 +7,7 @@ from typing import Any
 
 from energy_core.budget import BudgetAction, BudgetGuard, BudgetRule
 from energy_core.tracker import EnergyTracker
-from lightning_energy._compat import CALLBACK_BASES, emit, override, rank_zero_warn
+from lightning_energy._compat import CALLBACK_BASES, configure_ranks, emit, override, own_share, rank_zero_warn
 from lightning_energy.monitor import EnergyMonitor
 
 
@@ -88,13 +88,8 @@ class EnergyBudget(*CALLBACK_BASES):  # type: ignore[misc]
         self._owns = monitor is None
         self.tracker = self._own_tracker if self._owns else monitor.tracker
         if self._owns:  # alone: measure with our own tracker, started now so validation counts
-            if not trainer.is_global_zero:
-                self.tracker.record = None
-            if trainer.world_size > 1:
-                root = trainer.strategy.root_device
-                self.tracker.meter.cuda_indices = [root.index] if root.type == "cuda" else []
-                self.tracker.meter.node_devices = trainer.local_rank == 0
-            self.tracker.load_state_dict(self._saved.get("tracker", {}))
+            configure_ranks(self.tracker, trainer)
+            self.tracker.load_state_dict(self._saved.get("tracker", {}), own_share=own_share())
             emit(self.tracker.start_fit(trainer.global_step))
 
     @override
@@ -133,7 +128,9 @@ class EnergyBudget(*CALLBACK_BASES):  # type: ignore[misc]
         rank_zero_warn(message)
 
     def _review(self, trainer: Any, epochs_done: int) -> None:
-        assert self.guard is not None
+        assert self.guard is not None and self.tracker is not None
+        if self._owns:  # the job's totals now (a collective every rank reaches at this step)
+            self.tracker.reduce_totals()
         metrics, action = self.guard.review(trainer.global_step, epochs_done)
         if trainer.world_size > 1:  # same decision on every rank, from a collective all ranks reach
             stop = (action is not None and action.kind == "stop") or self.guard.crossed()
@@ -194,4 +191,4 @@ class EnergyBudget(*CALLBACK_BASES):  # type: ignore[misc]
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._saved = dict(state_dict)
         if self._owns and self.tracker is not None and "tracker" in state_dict:  # restored after fit start
-            self.tracker.load_state_dict(state_dict["tracker"])
+            self.tracker.load_state_dict(state_dict["tracker"], own_share=own_share())

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from energy_core.tracker import EnergyTracker
-from lightning_energy._compat import CALLBACK_BASES, emit, override, rank_zero_info
+from lightning_energy._compat import CALLBACK_BASES, configure_ranks, emit, override, own_share, rank_zero_info
 
 PROGRESS_BAR_KEYS = {"power/total_w": ("W", 1.0), "energy/total_kwh": ("Wh", 1000.0)}
 
@@ -117,12 +117,7 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self._every = self.log_every_n_steps or max(1, int(trainer.log_every_n_steps))
         self._last_logged_step = trainer.global_step
-        if not trainer.is_global_zero:
-            self.tracker.record = None  # one record per job, written by rank 0
-        if trainer.world_size > 1:  # each rank measures its own GPU; CPU/DRAM once per node
-            root = trainer.strategy.root_device
-            self.tracker.meter.cuda_indices = [root.index] if root.type == "cuda" else []
-            self.tracker.meter.node_devices = trainer.local_rank == 0
+        configure_ranks(self.tracker, trainer)
         self.tracker.header_extra = {
             "framework": type(trainer).__module__.split(".")[0],
             "trainer": {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
@@ -232,4 +227,4 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.tracker.load_state_dict(state_dict)
+        self.tracker.load_state_dict(state_dict, own_share=own_share())

@@ -14,25 +14,90 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "distributed_budget.py"
 
 
-def run(command: list[str], out: Path) -> list[dict]:
+def run_ranks(command: list[str], out: Path, world: int = 2) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
 @pytest.mark.timeout(300)
 def test_lightning_ddp_budget_stops_every_rank_at_the_same_step(tmp_path) -> None:
-    rank0, rank1 = run([sys.executable, str(SCRIPT), "lightning", str(tmp_path)], tmp_path)
+    rank0, rank1 = run_ranks([sys.executable, str(SCRIPT), "lightning", str(tmp_path)], tmp_path)
     assert rank0["stopped"] and rank1["stopped"]
     assert rank0["step"] == rank1["step"] < 20 * 40  # long before 20 epochs
-    assert rank0["kwh"] > 0 and rank1["kwh"] == 0  # rank 1 measured nothing: it followed rank 0
+    assert rank0["kwh"] > 0  # rank 1 measured nothing of its own: it followed the job's decision
 
 
 @pytest.mark.timeout(300)
 def test_hf_torchrun_budget_stops_every_rank_at_the_same_step(tmp_path) -> None:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
-    rank0, rank1 = run([*torchrun, str(SCRIPT), "hf", str(tmp_path)], tmp_path)
+    rank0, rank1 = run_ranks([*torchrun, str(SCRIPT), "hf", str(tmp_path)], tmp_path)
     assert rank0["stopped"] and rank1["stopped"]
     assert rank0["step"] == rank1["step"] < 20 * 20
-    assert rank0["kwh"] > 0 and rank1["kwh"] == 0
+    assert rank0["kwh"] > 0
+
+
+# ------------------------------------------------------------------ one total for the whole job
+TOTALS = ROOT / "tests" / "distributed_totals.py"
+CPU_W = 50.0
+
+
+def gpu_watts(rank: int) -> float:
+    return 200.0 + 100.0 * rank
+
+
+def check_job_totals(ranks: list[dict], nodes: int, record: Path) -> None:
+    from energy_core import J_PER_KWH
+
+    first = ranks[0]["metrics"]
+    for other in ranks[1:]:  # every rank holds the same, global figures
+        for key in ("energy/total_kwh", "energy/gpu_kwh", "energy/cpu_kwh"):
+            assert other["metrics"][key] == pytest.approx(first[key], rel=1e-9)
+    seconds = ranks[0]["seconds"]
+    gpu_w = sum(gpu_watts(r) for r in range(len(ranks)))
+    # each rank measured its own GPU, and the sum is exact within 1%
+    assert first["energy/gpu_kwh"] * J_PER_KWH == pytest.approx(gpu_w * seconds, rel=0.01)
+    # the CPU package is a node device: counted once per node, by local rank 0
+    assert first["energy/cpu_kwh"] * J_PER_KWH == pytest.approx(nodes * CPU_W * seconds, rel=0.02)
+    assert [len([s for s in r["sources"] if s.startswith("cpu")]) for r in ranks].count(1) == nodes
+    lines = [json.loads(x) for x in record.read_text().splitlines()]
+    header = lines[0]
+    assert [r["rank"] for r in header["ranks"]] == list(range(len(ranks)))
+    assert {s["detail"].split()[-1] for r in header["ranks"] for s in r["sources"] if s["kind"] == "gpu"} == {
+        f"GPU-rank{r}" for r in range(len(ranks))
+    }
+    window = [x for x in lines if x["type"] == "window"][-1]
+    per_rank = window["ranks"]["rank_gpu_j"]  # the per-rank breakdown is kept in the record
+    assert per_rank[1] / per_rank[0] == pytest.approx(gpu_watts(1) / gpu_watts(0), rel=0.1)
+    assert window["metrics"]["power/gpu1_w"] == pytest.approx(gpu_watts(1), rel=0.1)
+
+
+@pytest.mark.timeout(300)
+def test_lightning_ddp_totals_are_summed_once_across_ranks(tmp_path) -> None:
+    ranks = run_ranks([sys.executable, str(TOTALS), "lightning", str(tmp_path)], tmp_path, 2)
+    check_job_totals(ranks, nodes=1, record=tmp_path / "energy.jsonl")
+
+
+@pytest.mark.timeout(300)
+def test_hf_torchrun_totals_are_summed_once_across_ranks(tmp_path) -> None:
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519"]
+    ranks = run_ranks([*torchrun, str(TOTALS), "hf", str(tmp_path)], tmp_path, 2)
+    check_job_totals(ranks, nodes=1, record=tmp_path / "energy.jsonl")
+
+
+@pytest.mark.timeout(300)
+def test_two_nodes_on_loopback_count_node_energy_once_per_node(tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    nodes = []
+    for node_rank in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=2",
+                   f"--node_rank={node_rank}", "--master_addr=127.0.0.1", "--master_port=29521",
+                   str(TOTALS), "hf", str(tmp_path)]  # fmt: skip
+        nodes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    for node in nodes:
+        output, _ = node.communicate(timeout=240)
+        assert node.returncode == 0, output[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
+    check_job_totals(ranks, nodes=2, record=tmp_path / "energy.jsonl")

@@ -1,0 +1,83 @@
+"""A multi-process CPU (gloo) training run measured by the monitors, for test_distributed.py.
+
+    python tests/distributed_totals.py lightning OUT          # Lightning starts rank 1 itself
+    torchrun --nproc_per_node=2 tests/distributed_totals.py hf OUT
+
+Simulated hardware, as if each rank trained on a GPU of its own: global rank r sees one
+GPU drawing 200 + 100 r W (as with CUDA_VISIBLE_DEVICES=<its GPU>), and every node has a
+CPU package drawing 50 W (a fake RAPL tree) that only its local rank 0 may read. Each
+rank writes OUT/rank<r>.json with the totals it ended with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pynvml  # noqa: E402
+
+from energy_core import rapl  # noqa: E402
+from tests.fake_rapl import FakeRapl  # noqa: E402
+from tests.power_traces import Constant  # noqa: E402
+from tests.sim_nvml import API, SimGpu, SimNvml  # noqa: E402
+
+CPU_W = 50.0
+
+
+def gpu_watts(rank: int) -> float:
+    return 200.0 + 100.0 * rank
+
+
+def fake_hardware(rank: int) -> None:
+    sim = SimNvml([SimGpu(f"GPU-rank{rank}", Constant(gpu_watts(rank)), counter_period_s=0.02)])
+    for name in API:
+        setattr(pynvml, name, getattr(sim, name))
+    tree = FakeRapl(Path(tempfile.mkdtemp()) / "powercap", dram=False)
+    tree.run({"cpu": Constant(CPU_W)})
+    rapl.POWERCAP_ROOT = tree.root
+
+
+def report(out: Path, rank: int, tracker, metrics: dict) -> None:  # noqa: ANN001
+    (out / f"rank{rank}.json").write_text(json.dumps({"metrics": metrics, "seconds": tracker.fit_seconds(),
+                                                      "sources": [s.info.name for s in tracker.meter.sources]}))  # fmt: skip
+
+
+def run_lightning(out: Path) -> None:
+    import lightning.pytorch as pl
+
+    import lightning_energy._compat as compat
+    from lightning_energy import EnergyMonitor
+    from tests.lightning_models import make_module, regression_data
+
+    compat.rank_gpus = lambda trainer: [0]  # each rank "trains on" its one visible GPU
+    monitor = EnergyMonitor(sample_interval_s=0.02, record_path=out / "energy.jsonl")
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", log_every_n_steps=5,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[monitor])  # fmt: skip
+    trainer.fit(make_module(pl, step_sleep_s=0.03), regression_data(320))
+    report(out, trainer.global_rank, monitor.tracker, monitor.last_metrics)
+
+
+def run_hf(out: Path) -> None:
+    import hf_energy._distributed as dist_helpers
+    from hf_energy import EnergyCallback, attach
+    from tests.hf_models import SeqData, make_trainer
+
+    dist_helpers.rank_gpus = lambda args: [0]
+    trainer = make_trainer(out / "hf", SeqData(256), sleep_s=0.03, num_train_epochs=2, logging_steps=4)
+    energy = attach(trainer, EnergyCallback(sample_interval_s=0.02, record_path=out / "energy.jsonl"))
+    trainer.train()
+    report(out, int(os.environ["RANK"]), energy.tracker, energy.last_metrics)
+
+
+if __name__ == "__main__":
+    framework, out_dir = sys.argv[1], Path(sys.argv[2])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    fake_hardware(rank)
+    run_lightning(out_dir) if framework == "lightning" else run_hf(out_dir)

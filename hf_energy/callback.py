@@ -12,6 +12,7 @@ from transformers.trainer_callback import ExportableState, TrainerControl, Train
 from transformers.training_args import TrainingArguments
 from transformers.utils import logging
 
+from energy_core import wandb_setup
 from energy_core.source import Notice
 from energy_core.tracker import EnergyTracker
 from hf_energy._distributed import configure_ranks
@@ -205,7 +206,22 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         self._last_logged_step = state.global_step
         self._emit(self.tracker.start_fit(state.global_step))
         self._hook_model(kwargs.get("model"))
+        run = self._wandb_run(args, state)
+        if run is not None:  # HF's WandbCallback prefixes train/ and steps on train/global_step
+            wandb_setup.define_axes(run, wandb_setup.energy_keys(self.tracker, args.world_size),
+                                    "train/global_step", prefix="train/")  # fmt: skip
+            wandb_setup.write_config(run, self.tracker)
         return control
+
+    @staticmethod
+    def _wandb_run(args: TrainingArguments, state: TrainerState) -> Any:
+        """The active W&B run when ``report_to`` includes wandb, on world process zero."""
+        if not state.is_world_process_zero or "wandb" not in (args.report_to or []):
+            return None
+        import sys
+
+        wandb = sys.modules.get("wandb")
+        return getattr(wandb, "run", None) if wandb is not None else None
 
     def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.tracker.start_epoch()
@@ -252,6 +268,9 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         metrics = self.tracker.end_fit(state.global_step, status="completed")
         self.last_metrics.update(metrics)
+        run = self._wandb_run(args, state)
+        if run is not None:
+            wandb_setup.write_summary(run, metrics, prefix="train/")
         if self.summary and metrics and self._world_zero:
             print(self.tracker.summary_text(metrics))  # noqa: T201 - the end-of-run summary, like HF's own
         self.tracker.close()

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from energy_core import wandb_setup
 from energy_core.tracker import EnergyTracker
 from lightning_energy._compat import CALLBACK_BASES, configure_ranks, emit, override, own_share, rank_zero_info
 
@@ -125,6 +126,16 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         }  # fmt: skip
         emit(self.tracker.start_fit(trainer.global_step))
         self._attach_progress_bar(trainer)
+        for run in self._wandb_runs(trainer):  # exact keys, before the first energy log
+            wandb_setup.define_axes(run, wandb_setup.energy_keys(self.tracker, trainer.world_size), "trainer/global_step")
+            wandb_setup.write_config(run, self.tracker)
+
+    @staticmethod
+    def _wandb_runs(trainer: Any) -> list[Any]:
+        """The W&B runs of the trainer's WandbLoggers, on global rank 0 only."""
+        if not trainer.is_global_zero:
+            return []
+        return [lg.experiment for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
 
     def _attach_progress_bar(self, trainer: Any) -> None:
         """Add our figures to the progress bar through its documented `get_metrics` hook.
@@ -174,6 +185,9 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         metrics = self.tracker.end_fit(trainer.global_step, status="interrupted" if trainer.interrupted else "completed")
+        self.last_metrics.update(metrics)
+        for run in self._wandb_runs(trainer):
+            wandb_setup.write_summary(run, metrics)
         if self.summary and metrics:
             rank_zero_info(self.tracker.summary_text(metrics))
 

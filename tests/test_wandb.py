@@ -1,0 +1,83 @@
+"""W&B in offline mode, for both frameworks: exact metric definitions, values, summary and config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.power_traces import Constant
+from tests.sim_nvml import SimGpu
+
+wandb = pytest.importorskip("wandb")
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    yield tmp_path
+    wandb.finish()
+    wandb.teardown()  # the next test gets fresh settings (its own WANDB_DIR)
+
+
+def records(path) -> list[dict]:  # noqa: ANN001
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_lightning_wandb_logger(offline, sim_gpus) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_energy import EnergyMonitor
+    from tests.lightning_models import flavour, make_module, regression_data
+    from tests.wandb_file import read_run
+
+    pl = flavour("lightning.pytorch")
+    sim_gpus(SimGpu("GPU-1", Constant(300.0), counter_period_s=0.02))
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, country="SWE", region="SE3",
+                            record_path=offline / "energy.jsonl")  # fmt: skip
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", log_every_n_steps=5, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         logger=WandbLogger(project="energy", save_dir=str(offline)), callbacks=[monitor])  # fmt: skip
+    trainer.fit(make_module(pl, step_sleep_s=0.01), regression_data(160))
+    wandb.finish()
+
+    run = read_run(offline)
+    for key in ("energy/total_kwh", "energy/gpu_kwh", "power/gpu0_w", "energy/step_j", "carbon/co2e_kg"):
+        assert run["metrics"][key].step_metric == "trainer/global_step"  # defined by exact name
+        assert not run["metrics"][key].glob_name
+    windows = {w["step"]: w["metrics"] for w in records(offline / "energy.jsonl") if w["type"] == "window"}
+    rows = {row["trainer/global_step"]: row for row in run["history"] if "power/total_w" in row}
+    assert set(windows) <= set(rows)
+    for step, metrics in windows.items():
+        assert rows[step]["energy/total_kwh"] == pytest.approx(metrics["energy/total_kwh"])
+        assert rows[step]["power/gpu0_w"] == pytest.approx(metrics["power/gpu0_w"])
+    final = records(offline / "energy.jsonl")[-1]["metrics"]
+    assert run["summary"]["energy/total_kwh"] == pytest.approx(final["energy/total_kwh"])
+    assert run["config"]["energy/carbon_g_per_kwh"] == pytest.approx(27.0)
+    assert "nordic" in run["config"]["energy/carbon_source"]
+
+
+def test_hf_report_to_wandb(offline, sim_gpus) -> None:
+    from hf_energy import EnergyCallback, attach
+    from tests.hf_models import SeqData, make_trainer
+    from tests.wandb_file import read_run
+
+    sim_gpus(SimGpu("GPU-1", Constant(300.0), counter_period_s=0.02))
+    trainer = make_trainer(offline / "out", SeqData(64), sleep_s=0.01, report_to=["wandb"], logging_steps=2)
+    energy = attach(trainer, EnergyCallback(devices=["gpu"], country="FRA", record_path=offline / "energy.jsonl"))
+    trainer.train()
+    wandb.finish()
+
+    run = read_run(offline)
+    for key in ("train/energy/total_kwh", "train/power/gpu0_w", "train/efficiency/j_per_token"):
+        assert run["metrics"][key].step_metric == "train/global_step"
+    windows = {w["step"]: w["metrics"] for w in records(offline / "energy.jsonl") if w["type"] == "window"}
+    rows = {row["train/global_step"]: row for row in run["history"] if "train/energy/step_j" in row}
+    for step, metrics in windows.items():
+        assert rows[step]["train/energy/gpu_kwh"] == pytest.approx(metrics["energy/gpu_kwh"])
+        assert rows[step]["train/efficiency/j_per_token"] == pytest.approx(metrics["efficiency/j_per_token"])
+    assert run["summary"]["train/energy/total_kwh"] == pytest.approx(energy.last_metrics["energy/total_kwh"])
+    assert run["config"]["energy/pue"] == 1.0 and "France" in run["config"]["energy/carbon_source"]

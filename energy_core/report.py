@@ -1,11 +1,18 @@
-"""The ``energy-report`` command: summarise run records, restore power limits.
+"""The ``energy-report`` command: summarise and compare run records, restore power limits.
 
-    energy-report RECORD [RECORD ...]        # a summary of each run in the records
-    energy-report --restore-power-limits     # put back limits left by killed runs
+    energy-report RECORD [RECORD ...] [--out DIR]   # summary table, PNG plots, one HTML page
+    energy-report --restore-power-limits           # put back limits left by killed runs
+
+For each run in the records: total kWh, CO2e with its factor and source, mean power,
+J per sample/token, time, share by device, and what the same energy would emit in a few
+other grid regions (codecarbon's data) and at hyperscale vs average PUE. Plots: energy
+and power against step and against time, and loss against kWh where loss was logged;
+several runs are drawn together, so setups can be compared. The HTML page embeds the
+plots and tables (self-contained).
 
 Records that are missing, empty or foreign give a one-line error; a truncated record
-(a crashed run) is summarised as far as it goes, with a note. The exit status is non-zero
-only when nothing could be read. (Plots and the HTML page are not written yet.)
+(a crashed run) is reported as far as it goes, with a note. The exit status is non-zero
+only when nothing could be read.
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from energy_core.tracker import J_PER_KWH
 
 
 def read_runs(path: Path) -> tuple[list[list[dict[str, Any]]], list[str]]:
@@ -42,51 +48,114 @@ def read_runs(path: Path) -> tuple[list[list[dict[str, Any]]], list[str]]:
     return runs, notes
 
 
-def summarise(run: list[dict[str, Any]]) -> str:
-    """A few lines on one run: energy, CO2e with its factor, power, work, devices."""
+SUMMARY_HEAD = ["run", "status", "kWh", "CO2e (g)", "g/kWh x PUE", "mean W", "time (s)",
+                "J/sample", "J/token", "by device", "power cap", "carbon factor source"]  # fmt: skip
+
+
+def run_row(label: str, run: list[dict[str, Any]]) -> tuple[list[str], float]:
+    """One table row for a run, and its total kWh."""
     header = run[0]
     summary = next((x for x in reversed(run) if x["type"] == "summary"), None)
     last = summary or next((x for x in reversed(run) if "metrics" in x), header)
     metrics = last.get("metrics", {})
     kwh = metrics.get("energy/total_kwh", 0.0)
     carbon = header.get("carbon", {})
-    lines = [f"Run on {header.get('host', '?')} ({header.get('framework', '?')}), "
-             + ("completed" if summary and summary.get("status") == "completed"
-                else f"ended: {summary['status']}" if summary else "INCOMPLETE: no summary line (crashed or running)")]  # fmt: skip
-    lines.append(f"  energy   {kwh:.6g} kWh ({kwh * J_PER_KWH:,.0f} J)")
-    shares = {k.split("/")[1][:-4]: v for k, v in metrics.items()
-              if k.startswith("energy/") and k.endswith("_kwh") and k.split("/")[1][:-4] in ("gpu", "cpu", "dram")}  # fmt: skip
-    if kwh > 0 and shares:
-        estimated = header.get("estimated", [])
-        lines.append("  by device " + ", ".join(
-            f"{kind} {100 * v / kwh:.1f}%" + (" (estimated)" if any(e.startswith(kind) for e in estimated) else "")
-            for kind, v in shares.items()))  # fmt: skip
-    lines.append(f"  CO2e     {metrics.get('carbon/co2e_kg', 0.0) * 1000:.4g} g at {carbon.get('g_per_kwh', '?')} g/kWh "
-                 f"x PUE {carbon.get('pue', '?')} ({carbon.get('source', '?')})")  # fmt: skip
-    if summary:
-        if summary.get("mean_power_w") is not None:
-            lines.append(f"  power    {summary['mean_power_w']:.1f} W mean over {summary['seconds']:.1f} s")
-        if summary.get("j_per_sample") is not None:
-            lines.append(f"  work     {summary['samples']:,} samples, {summary['j_per_sample']:.4g} J/sample"
-                         + (f"; {summary['tokens']:,} tokens, {summary['j_per_token']:.4g} J/token"
-                            if summary.get("j_per_token") is not None else ""))  # fmt: skip
+    status = summary.get("status", "?") if summary else "INCOMPLETE (no summary: crashed or running)"
+    estimated = header.get("estimated", [])
+    shares = []
+    for kind in ("gpu", "cpu", "dram"):
+        value = metrics.get(f"energy/{kind}_kwh")
+        if value is not None and kwh > 0:
+            mark = " (estimated)" if any(e.startswith(kind) for e in estimated) else ""
+            shares.append(f"{kind} {100 * value / kwh:.1f}%{mark}")
     caps = [x for x in run if x["type"] == "power_cap"]
-    if caps:
-        lines.append("  power cap " + ", ".join(f"GPU {c['gpu']} {c['cap_w']:g} W" for c in caps[-1]["caps"]))
-    return "\n".join(lines)
+    cap = ", ".join(f"GPU {c['gpu']} {c['cap_w']:g} W" for c in caps[-1]["caps"]) if caps else "-"
+
+    def number(key: str, fmt: str) -> str:
+        value = summary.get(key) if summary else None
+        return format(value, fmt) if value is not None else "-"
+
+    row = [
+        label, status, f"{kwh:.6g}", f"{metrics.get('carbon/co2e_kg', 0.0) * 1000:.4g}",
+        f"{carbon.get('g_per_kwh', 0):.4g} x {carbon.get('pue', '?')}",
+        number("mean_power_w", ".1f"), number("seconds", ".1f"), number("j_per_sample", ".4g"),
+        number("j_per_token", ".4g"), ", ".join(shares) or "-", cap, str(carbon.get("source", "?")),
+    ]  # fmt: skip
+    return row, kwh
+
+
+def print_table(head: list[str], rows: list[list[str]], title: str) -> None:
+    """A rich table when rich is installed, else plain lines."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(title)
+        for row in rows:
+            print("  " + " | ".join(f"{h}: {c}" for h, c in zip(head, row)))
+        return
+    table = Table(title=title, title_justify="left")
+    for h in head:
+        table.add_column(h, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=200).print(table)
+
+
+def report(paths: list[Path], out_dir: Path | None) -> int:
+    """Summarise, plot and compare the runs in ``paths``; returns the exit status."""
+    from energy_core import report_plots
+
+    runs: list[tuple[str, list[dict[str, Any]]]] = []
+    notes: list[str] = []
+    for path in paths:
+        if not path.is_file():
+            print(f"energy-report: {path}: no such file", file=sys.stderr)
+            continue
+        found, file_notes = read_runs(path)
+        if not found:
+            print(f"energy-report: {path}: no run record in it (empty, or not written by energy-callbacks)",
+                  file=sys.stderr)  # fmt: skip
+            continue
+        notes += [f"{path.name}: {n}" for n in file_notes]
+        for i, run in enumerate(found):
+            name = f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
+            runs.append((name if len(found) == 1 else f"{name}#{i + 1}", run))
+    if not runs:
+        return 1
+    rows, elsewhere = [], []
+    for label, run in runs:
+        row, kwh = run_row(label, run)
+        rows.append(row)
+        elsewhere.append((label, report_plots.elsewhere_rows(kwh)))
+        if row[1].startswith("INCOMPLETE"):
+            notes.append(f"{label}: the record has no summary line; figures are those of its last window")
+    print_table(SUMMARY_HEAD, rows, "Energy report")
+    for label, table in elsewhere:
+        print_table(["grid", "g/kWh", *report_plots.PUES], table, f"{label}: the same energy elsewhere (g CO2e)")
+    for note in notes:
+        print(f"note: {note}")
+    out_dir = out_dir or paths[0].with_suffix(".report")
+    plots = report_plots.plot_runs(runs, out_dir)
+    page = out_dir / "report.html"
+    report_plots.write_html(page, SUMMARY_HEAD, rows, elsewhere, plots, notes)
+    print(f"plots and page: {page}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="energy-report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("records", nargs="*", type=Path, help="run-record files (JSON lines)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the PNG plots and report.html (default: RECORD.report/ beside the first)")  # fmt: skip
     parser.add_argument("--restore-power-limits", action="store_true",
                         help="restore GPU power limits left behind by killed runs (journal), then exit")  # fmt: skip
     args = parser.parse_args(argv)
     if args.restore_power_limits:
-        from energy_core.power_cap import PowerLimits, journal_path
-
         import pynvml
+
+        from energy_core.power_cap import PowerLimits, journal_path
 
         try:
             messages = PowerLimits().recover()
@@ -97,23 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.records:
         parser.error("give at least one RECORD, or --restore-power-limits")
-    readable = 0
-    for path in args.records:
-        if not path.is_file():
-            print(f"energy-report: {path}: no such file", file=sys.stderr)
-            continue
-        runs, notes = read_runs(path)
-        if not runs:
-            print(f"energy-report: {path}: no run record in it (empty, or not written by energy-callbacks)",
-                  file=sys.stderr)  # fmt: skip
-            continue
-        readable += 1
-        print(f"== {path}")
-        for run in runs:
-            print(summarise(run))
-        for note in notes:
-            print(f"  note: {note}")
-    return 0 if readable else 1
+    return report(args.records, args.out)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,8 @@ class EnergyTracker:
         self._dist: Distributed | None = None
         self._global: dict[str, Any] | None = None  # the job's totals at the last reduction
         self._stage_global: dict[str, float] = {}
+        self._resumed_job_kwh = 0.0  # the job's total in the checkpoint resumed from
+        self._epoch_base_kwh = 0.0
         self.header_extra: dict[str, Any] = {}
         self.fixed_metrics: dict[str, float] = {}  # e.g. power/cap_w while a cap is in force
         self.power_caps: list[dict[str, Any]] = []  # for the header, set by a power cap
@@ -166,6 +168,7 @@ class EnergyTracker:
         notices = self._open()
         self._fit_start = self.meter.mark()
         self._epoch_start = self._fit_start
+        self._epoch_base_kwh = self._resumed_job_kwh  # a multi-process job's epochs start here
         self._reset_window(self._fit_start, step)
         header = self.header(notices)
         if self._dist is not None and self._dist.gather is not None:  # every rank takes part
@@ -258,7 +261,7 @@ class EnergyTracker:
             self._reduce(end, np.zeros(len(self.meter.sources)), 0, 0)
         metrics = self._cumulative(end)
         # Fold this run into the offsets: a later fit on the same tracker continues the totals.
-        self.load_state_dict(self.state_dict(), own_share=self._dist is None or self._dist.rank == 0)
+        self.load_state_dict(self.state_dict(at=end), own_share=self._dist is None or self._dist.rank == 0)
         self._global = None
         self._fit_start = None
         self._samples = self._tokens = 0
@@ -415,8 +418,13 @@ class EnergyTracker:
         end = self.meter.mark()
         metrics = self.window(step, end, extra)
         if self._epoch_start is not None and self.fitting:
-            start_j, end_j = self.meter.joules(self._epoch_start, end)
-            metrics["energy/epoch_kwh"] = float((end_j - start_j).sum()) / J_PER_KWH
+            if self._global is not None:  # the job's epoch: difference of the job's totals
+                total = metrics["energy/total_kwh"]
+                metrics["energy/epoch_kwh"] = total - self._epoch_base_kwh
+                self._epoch_base_kwh = total
+            else:
+                start_j, end_j = self.meter.joules(self._epoch_start, end)
+                metrics["energy/epoch_kwh"] = float((end_j - start_j).sum()) / J_PER_KWH
             if self.record is not None:
                 self.record.write(
                     "epoch", step=step, epoch=epoch, seconds=end.t - self._epoch_start.t,
@@ -535,13 +543,13 @@ class EnergyTracker:
             return self._global["cum_samples"], self._global["cum_tokens"]
         return self._offset["samples"] + self._samples, self._offset["tokens"] + self._tokens
 
-    def state_dict(self) -> dict[str, Any]:
-        """Totals so far, to store in a checkpoint; a resumed run continues from them.
+    def state_dict(self, at: Mark | None = None) -> dict[str, Any]:
+        """Totals so far (or at mark ``at``), to store in a checkpoint; a resumed run continues.
 
         In a multi-process job these are the job's totals at the last logging boundary
         (a checkpoint can be written by rank 0 alone, so no collective runs here).
         """
-        now = self.meter.mark()
+        now = self.meter.mark() if at is None else at
         if self._global is not None:
             energy_j = dict(self._global["energy_j"])
             samples, tokens = self._work_totals()
@@ -570,6 +578,7 @@ class EnergyTracker:
             return
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"energy state version {state.get('version')!r} is not {STATE_VERSION}")
+        self._resumed_job_kwh = sum(float(v) for v in state["energy_j"].values()) / J_PER_KWH
         self._offset = {
             "energy_j": {str(k): float(v) for k, v in state["energy_j"].items()} if own_share else {},
             "stage_j": {str(k): float(v) for k, v in state["stage_j"].items()} if own_share else {},

@@ -18,12 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pynvml  # noqa: E402
-
 from energy_core import J_PER_KWH, rapl  # noqa: E402
 from tests.fake_rapl import FakeRapl  # noqa: E402
 from tests.power_traces import Constant  # noqa: E402
-from tests.sim_nvml import API, SimNvml  # noqa: E402
+from tests.sim_nvml import SimNvml, end_process_group, install_for_process  # noqa: E402
 
 CPU_W = 60.0
 LIMIT_KWH = CPU_W * 1.5 / J_PER_KWH  # about 1.5 s of training
@@ -32,8 +30,7 @@ SLEEP_S = 0.03
 
 def fake_hardware() -> None:
     sim = SimNvml([], library=False)  # no GPU on this machine
-    for name in API:
-        setattr(pynvml, name, getattr(sim, name))
+    install_for_process(sim)
     tree = FakeRapl(Path(tempfile.mkdtemp()) / "powercap", dram=False)
     tree.run({"cpu": Constant(CPU_W)})
     rapl.POWERCAP_ROOT = tree.root
@@ -75,3 +72,4 @@ if __name__ == "__main__":
     out_dir.mkdir(parents=True, exist_ok=True)
     fake_hardware()
     run_lightning(out_dir) if framework == "lightning" else run_hf(out_dir)
+    end_process_group()

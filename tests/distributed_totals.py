@@ -19,12 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pynvml  # noqa: E402
-
 from energy_core import rapl  # noqa: E402
 from tests.fake_rapl import FakeRapl  # noqa: E402
 from tests.power_traces import Constant  # noqa: E402
-from tests.sim_nvml import API, SimGpu, SimNvml  # noqa: E402
+from tests.sim_nvml import SimGpu, SimNvml, end_process_group, install_for_process  # noqa: E402
 
 CPU_W = 50.0
 
@@ -34,9 +32,9 @@ def gpu_watts(rank: int) -> float:
 
 
 def fake_hardware(rank: int) -> None:
-    sim = SimNvml([SimGpu(f"GPU-rank{rank}", Constant(gpu_watts(rank)), counter_period_s=0.02)])
-    for name in API:
-        setattr(pynvml, name, getattr(sim, name))
+    # a 5 ms counter period: these runs last about a second, and the test checks the sum to 1%
+    sim = SimNvml([SimGpu(f"GPU-rank{rank}", Constant(gpu_watts(rank)), counter_period_s=0.005)])
+    install_for_process(sim)
     tree = FakeRapl(Path(tempfile.mkdtemp()) / "powercap", dram=False)
     tree.run({"cpu": Constant(CPU_W)})
     rapl.POWERCAP_ROOT = tree.root
@@ -81,3 +79,4 @@ if __name__ == "__main__":
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
     fake_hardware(rank)
     run_lightning(out_dir) if framework == "lightning" else run_hf(out_dir)
+    end_process_group()

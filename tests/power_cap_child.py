@@ -14,9 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pynvml  # noqa: E402
-
-from tests.sim_nvml import API, SimGpu, SimNvml  # noqa: E402
+from tests.sim_nvml import SimGpu, SimNvml, install_for_process  # noqa: E402
 
 
 def lightning_run(fail: bool) -> None:
@@ -61,8 +59,7 @@ def hf_run(fail: bool) -> None:
 if __name__ == "__main__":
     sim = SimNvml([SimGpu("GPU-child", default_limit_mw=400_000, min_limit_mw=100_000, max_limit_mw=450_000)],
                   state_file=Path(sys.argv[1]))  # fmt: skip
-    for name in API:
-        setattr(pynvml, name, getattr(sim, name))
+    install_for_process(sim)
     framework = sys.argv[2] if len(sys.argv) > 2 else "lightning"
     fail = len(sys.argv) > 3 and sys.argv[3] == "raise"
     (lightning_run if framework == "lightning" else hf_run)(fail)

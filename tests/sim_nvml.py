@@ -212,6 +212,22 @@ def install(monkeypatch, sim: SimNvml) -> SimNvml:  # noqa: ANN001 - pytest's Mo
     return sim
 
 
+def install_for_process(sim: SimNvml) -> SimNvml:
+    """The same for a whole child process (the scripts the tests launch)."""
+    for name in API:
+        setattr(pynvml, name, getattr(sim, name))
+    return sim
+
+
+def end_process_group() -> None:
+    """End a launched script's process group on every rank together."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class ManualClock:
     """A clock the test advances by hand, for deterministic sampler tests."""
 

@@ -54,12 +54,13 @@ def check_job_totals(ranks: list[dict], nodes: int, record: Path) -> None:
     for other in ranks[1:]:  # every rank holds the same, global figures
         for key in ("energy/total_kwh", "energy/gpu_kwh", "energy/cpu_kwh"):
             assert other["metrics"][key] == pytest.approx(first[key], rel=1e-9)
-    seconds = ranks[0]["seconds"]
-    gpu_w = sum(gpu_watts(r) for r in range(len(ranks)))
-    # each rank measured its own GPU, and the sum is exact within 1%
-    assert first["energy/gpu_kwh"] * J_PER_KWH == pytest.approx(gpu_w * seconds, rel=0.01)
-    # the CPU package is a node device: counted once per node, by local rank 0
-    assert first["energy/cpu_kwh"] * J_PER_KWH == pytest.approx(nodes * CPU_W * seconds, rel=0.02)
+    # each rank measured its own GPU over its own fit, and the sum is exact within 1%
+    gpu_j = sum(gpu_watts(r) * rank["seconds"] for r, rank in enumerate(ranks))
+    assert first["energy/gpu_kwh"] * J_PER_KWH == pytest.approx(gpu_j, rel=0.01)
+    # the CPU package is a node device: counted once per node, by its local rank 0
+    per_node = len(ranks) // nodes
+    cpu_j = sum(CPU_W * ranks[n * per_node]["seconds"] for n in range(nodes))
+    assert first["energy/cpu_kwh"] * J_PER_KWH == pytest.approx(cpu_j, rel=0.02)
     assert [len([s for s in r["sources"] if s.startswith("cpu")]) for r in ranks].count(1) == nodes
     lines = [json.loads(x) for x in record.read_text().splitlines()]
     header = lines[0]
@@ -67,10 +68,12 @@ def check_job_totals(ranks: list[dict], nodes: int, record: Path) -> None:
     assert {s["detail"].split()[-1] for r in header["ranks"] for s in r["sources"] if s["kind"] == "gpu"} == {
         f"GPU-rank{r}" for r in range(len(ranks))
     }
-    window = [x for x in lines if x["type"] == "window"][-1]
-    per_rank = window["ranks"]["rank_gpu_j"]  # the per-rank breakdown is kept in the record
-    assert per_rank[1] / per_rank[0] == pytest.approx(gpu_watts(1) / gpu_watts(0), rel=0.1)
-    assert window["metrics"]["power/gpu1_w"] == pytest.approx(gpu_watts(1), rel=0.1)
+    windows = [x for x in lines if x["type"] == "window"]
+    # the per-rank breakdown is kept in the record (over the run: ranks' windows are not aligned to the ms)
+    per_rank = [sum(w["ranks"]["rank_gpu_j"][r] for w in windows) for r in range(len(ranks))]
+    assert per_rank[1] / per_rank[0] == pytest.approx(gpu_watts(1) / gpu_watts(0), rel=0.05)
+    powers = [w["metrics"]["power/gpu1_w"] for w in windows]
+    assert sum(powers) / len(powers) == pytest.approx(gpu_watts(1), rel=0.1)
 
 
 @pytest.mark.timeout(300)

@@ -36,3 +36,16 @@ def test_hf_example(tmp_path) -> None:
     assert lines[-1]["type"] == "summary" and lines[-1]["tokens"] > 0
     assert lines[-1]["metrics"]["carbon/co2e_kg"] > 0
     assert any(tmp_path.rglob("events.out.tfevents.*"))  # report_to=["tensorboard"]
+
+
+def test_lightning_cli_yaml_config(tmp_path) -> None:
+    config = (ROOT / "examples" / "lightning_cli.yaml").read_text().replace("runs/cli", str(tmp_path))
+    (tmp_path / "config.yaml").write_text(config)
+    done = subprocess.run([sys.executable, "examples/lightning_cli.py", "fit", "--config", str(tmp_path / "config.yaml")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in (tmp_path / "energy.jsonl").read_text().splitlines()]
+    assert lines[0]["carbon"]["pue"] == 1.2 and "Germany" in lines[0]["carbon"]["source"]
+    assert lines[-1]["type"] == "summary" and lines[-1]["metrics"]["energy/total_kwh"] > 0
+    assert any(x["type"] == "window" and "budget/remaining_kwh" not in x["metrics"] for x in lines)
+    assert any(tmp_path.rglob("metrics.csv"))

@@ -30,6 +30,8 @@ def mlflow_store(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "energy")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the local file store, no server
+    mlflow.set_tracking_uri(uri)  # mlflow's fluent state outlives a test
+    mlflow.set_experiment("energy")
     yield uri
     mlflow.end_run()  # close HF's run while the store is still configured
 

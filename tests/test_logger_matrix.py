@@ -1,0 +1,84 @@
+"""Every monitor against every file-based logger, read back from disk (CSV, TensorBoard, MLflow).
+
+W&B is in test_wandb.py (offline run files); the HF TensorBoard and MLflow integrations are
+also in test_hf_callback.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.power_traces import Constant
+from tests.readback import csv_series, tensorboard_series
+from tests.sim_nvml import SimGpu
+
+KEYS = ("energy/total_kwh", "power/gpu0_w", "energy/step_j", "carbon/co2e_kg")
+
+
+def mlflow_values(uri: str, key: str) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    return sorted((m.step, m.value) for r in runs for m in client.get_metric_history(r.info.run_id, key))
+
+
+@pytest.fixture
+def file_store(monkeypatch, tmp_path):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "energy")
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())  # mlflow's fluent state outlives a test
+    mlflow.set_experiment("energy")
+    yield (tmp_path / "mlruns").as_uri()
+    mlflow.end_run()
+
+
+@pytest.mark.parametrize("logger_kind", ["csv", "tensorboard", "mlflow"])
+@pytest.mark.parametrize("framework", ["lightning", "hf"])
+def test_monitor_x_logger(framework, logger_kind, tmp_path, sim_gpus, file_store) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(250.0), counter_period_s=0.02))
+    record = tmp_path / "energy.jsonl"
+    if framework == "lightning":
+        import lightning.pytorch as pl
+
+        from lightning_energy import EnergyMonitor
+        from tests.lightning_models import make_module, regression_data
+
+        logger = {"csv": lambda: pl.loggers.CSVLogger(tmp_path / "logs"),
+                  "tensorboard": lambda: pl.loggers.TensorBoardLogger(tmp_path / "logs"),
+                  "mlflow": lambda: pl.loggers.MLFlowLogger(experiment_name="energy", tracking_uri=file_store)}[logger_kind]()  # fmt: skip
+        trainer = pl.Trainer(max_epochs=1, accelerator="cpu", log_every_n_steps=5, logger=logger,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[EnergyMonitor(devices=["gpu"], record_path=record)])  # fmt: skip
+        trainer.fit(make_module(pl, step_sleep_s=0.01), regression_data(160))
+        prefix = ""
+    else:
+        if logger_kind == "csv":
+            pytest.skip("the HF Trainer has no CSV integration")
+        from hf_energy import EnergyCallback, attach
+        from tests.hf_models import SeqData, make_trainer
+
+        trainer = make_trainer(tmp_path / "logs", SeqData(80), sleep_s=0.01, num_train_epochs=1, logging_steps=5,
+                               report_to=[logger_kind])  # fmt: skip
+        attach(trainer, EnergyCallback(devices=["gpu"], record_path=record, summary=False))
+        trainer.train()
+        prefix = "train/" if logger_kind == "tensorboard" else ""
+
+    windows = [json.loads(x) for x in record.read_text().splitlines() if '"type": "window"' in x]
+    assert windows
+    for key in KEYS:
+        if logger_kind == "csv":
+            on_disk = csv_series(tmp_path / "logs", key)
+        elif logger_kind == "tensorboard":
+            on_disk = tensorboard_series(tmp_path / "logs", prefix + key)
+        else:
+            on_disk = mlflow_values(file_store, key)
+        for window in windows:
+            expected = window["metrics"][key]
+            found = [v for step, v in on_disk if step == window["step"]]
+            assert any(v == pytest.approx(expected, rel=1e-6) for v in found), (key, window["step"], on_disk, expected)

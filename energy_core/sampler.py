@@ -8,6 +8,7 @@ training thread never touches NVML or sysfs: it only takes timestamps.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from energy_core.source import EnergySource
 
 DEFAULT_CAPACITY = 16384  # rows: 27 minutes of history at 0.1 s, about 0.5 MB for 3 sources
 RATE_WINDOW_S = 1.0  # power used to extrapolate past the newest row is averaged over this
+JITTER = 0.2  # intervals vary by +-20% at random, so polling cannot alias with periodic load
 
 
 class SampleBuffer:
@@ -87,7 +89,7 @@ def _interpolate(times: np.ndarray, energy: np.ndarray, t: float) -> tuple[np.nd
 
 
 class Sampler:
-    """Reads all sources every `interval_s` on a daemon thread.
+    """Reads all sources every `interval_s` (dithered by +-20%) on a daemon thread.
 
     Args:
         sources: The devices to read.
@@ -117,6 +119,7 @@ class Sampler:
         # thread: how budgets notice a crossed limit without any work on the training thread.
         self.listeners: list[Callable[[float, Sequence[float]], None]] = []
         self._last = [0.0] * len(self.sources)
+        self._random = random.Random(0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -133,6 +136,14 @@ class Sampler:
         for listener in self.listeners:
             listener(now, self._last)
 
+    def next_interval(self) -> float:
+        """Seconds to the next reading: ``interval_s`` +-20% at random (dithering).
+
+        Polled power is sampled, not integrated by the hardware: a load that repeats at
+        the sampling period would otherwise be seen at the same phase every time.
+        """
+        return self.interval_s * (1.0 + JITTER * (2.0 * self._random.random() - 1.0))
+
     def start(self) -> None:
         """Take a first reading now, then keep reading on a background thread."""
         if self._thread is not None:
@@ -145,7 +156,7 @@ class Sampler:
     def _run(self) -> None:
         next_t = self.clock()
         while True:
-            next_t += self.interval_s
+            next_t += self.next_interval()
             delay = next_t - self.clock()
             if delay < 0:  # fell behind (slow read, suspended process): skip missed ticks
                 next_t = self.clock()

@@ -1,6 +1,6 @@
 """Overhead of the callbacks: the per-step hook, and end-to-end slowdown on CPU training.
 
-    python benchmarks/overhead.py                     # Lightning, 5 ms steps, 11 interleaved pairs
+    python benchmarks/overhead.py                     # Lightning, 5 ms steps, 9 interleaved rounds
     python benchmarks/overhead.py --step-ms 1 5 50 --repeats 9
     python benchmarks/overhead.py --framework hf      # HF Trainer, beside CodeCarbon
 
@@ -8,8 +8,11 @@
    monitor (sampler thread running), logging every 50 steps as Lightning's default
    does; median and p99 in microseconds.
 2. Slowdown: the same Lightning fit (an MLP sized so one step takes about --step-ms)
-   with no callback and with EnergyMonitor, in --repeats interleaved pairs (the order
-   alternating); the median of the pairs' ratios of training-loop wall time.
+   with no callback, with EnergyMonitor, and with the peers that can run here (CodeCarbon
+   with flush() at every logging step, CodeCarbon start/stop only, carbontracker's epoch
+   API, Zeus's ZeusMonitor windowed around every step; a peer that is not installed or
+   cannot measure this machine is skipped with its reason), in --repeats interleaved
+   rounds (the order rotating); the median of the paired ratios of training-loop time.
 
 3. ``--framework hf``: the same with the Hugging Face Trainer (a tiny GPT-2 built from a
    config, ~5 ms steps, logging every 50 steps), side by side in one run: no callback;
@@ -104,17 +107,92 @@ class LoopTimer(L.Callback):
         self.seconds = time.perf_counter() - self.t0
 
 
-def fit_seconds(width: int, steps: int, with_monitor: bool) -> float:
+class CodeCarbonFlush(L.Callback):
+    """CodeCarbon used for per-step figures: start/stop, plus flush() every logging step."""
+
+    def __init__(self, flush: bool) -> None:
+        from codecarbon import EmissionsTracker
+
+        self.flush, self.tracker = flush, EmissionsTracker(save_to_file=False, log_level="error")
+
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.tracker.start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if self.flush and trainer.global_step % trainer.log_every_n_steps == 0:
+            self.tracker.flush()
+
+    def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.tracker.stop()
+
+
+class CarbonTrackerEpochs(L.Callback):
+    """carbontracker's epoch API (it predicts after the first epoch and measures epochs)."""
+
+    def __init__(self) -> None:
+        from carbontracker.tracker import CarbonTracker
+
+        self.tracker = CarbonTracker(epochs=1, monitor_epochs=-1, verbose=0, log_dir=None)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.tracker.epoch_start()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.tracker.epoch_end()
+
+    def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.tracker.stop()
+
+
+class ZeusPerStep(L.Callback):
+    """Zeus's ZeusMonitor with a measurement window around every step."""
+
+    def __init__(self) -> None:
+        from zeus.monitor import ZeusMonitor
+
+        self.monitor = ZeusMonitor()
+        if not self.monitor.gpu_indices and not getattr(self.monitor, "cpu_indices", None):
+            raise RuntimeError("ZeusMonitor found no GPU and no readable RAPL CPU here: it would measure nothing")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        self.monitor.begin_window("step", sync_execution=False)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.monitor.end_window("step", sync_execution=False)
+
+
+LIGHTNING_VARIANTS = {
+    "none": lambda: [],
+    "EnergyMonitor": lambda: [EnergyMonitor(summary=False, carbon_intensity_g_per_kwh=400)],
+    "CodeCarbon flush() per log": lambda: [CodeCarbonFlush(flush=True)],
+    "CodeCarbon start/stop only": lambda: [CodeCarbonFlush(flush=False)],
+    "carbontracker epoch API": lambda: [CarbonTrackerEpochs()],
+    "Zeus window per step": lambda: [ZeusPerStep()],
+}
+
+
+def fit_seconds(width: int, steps: int, variant: str) -> float:
     torch.manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(steps * 64, width), torch.randn(steps * 64, 1)), batch_size=64)
     timer = LoopTimer()
-    callbacks: list = [timer]
-    if with_monitor:
-        callbacks.append(EnergyMonitor(summary=False, carbon_intensity_g_per_kwh=400))
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)  # fmt: skip
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[timer, *LIGHTNING_VARIANTS[variant]()])  # fmt: skip
     trainer.fit(Mlp(width), data)
     return timer.seconds
+
+
+def runnable_variants() -> list[str]:
+    """The variants that can run here; a peer that cannot is skipped with its reason."""
+    names = []
+    for name, make in LIGHTNING_VARIANTS.items():
+        try:
+            make()
+        except Exception as err:  # noqa: BLE001 - a peer missing or unable to measure this machine
+            print(f"skipped {name}: {type(err).__name__}: {str(err)[:120]}")
+            continue
+        names.append(name)
+    return names
 
 
 # ----------------------------------------------------------------------------- HF Trainer
@@ -245,7 +323,7 @@ def run_hf(step_ms: float, repeats: int, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--step-ms", type=float, nargs="+", default=[5.0])
-    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--framework", choices=["lightning", "hf"], default="lightning")
     args = parser.parse_args()
@@ -264,27 +342,25 @@ def main() -> None:
         return
     median_us, p99_us, cpu_share = hook_cost_us()
     print(f"hook: median {median_us:.2f} us, p99 {p99_us:.2f} us per batch (sampler thread CPU {100 * cpu_share:.2f}% of one core)")
-    fit_seconds(8, 50, True)  # warm-up: imports, data tables, first Trainer
-    loop_ms = 1000 * fit_seconds(8, args.steps, False) / args.steps - 1000 * step_seconds(8)
+    variants = runnable_variants()
+    fit_seconds(8, 50, "EnergyMonitor")  # warm-up: imports, data tables, first Trainer
+    loop_ms = 1000 * fit_seconds(8, args.steps, "none") / args.steps - 1000 * step_seconds(8)
     ratios = {}
     for step_ms in args.step_ms:
         width = calibrate(step_ms, loop_ms)
-        bare, ours, pairs = [], [], []
-        for i in range(args.repeats):  # interleaved pairs, alternating which runs first
-            if i % 2:
-                ours.append(fit_seconds(width, args.steps, True))
-                bare.append(fit_seconds(width, args.steps, False))
-            else:
-                bare.append(fit_seconds(width, args.steps, False))
-                ours.append(fit_seconds(width, args.steps, True))
-            pairs.append(ours[-1] / bare[-1])
-        ratio = statistics.median(pairs)
-        ratios[step_ms] = ratio
-        per_step = 1000 * statistics.median(bare) / args.steps
-        print(f"{step_ms:g} ms target (MLP width {width}, {per_step:.2f} ms/step measured): "
-              f"none {statistics.median(bare):.3f} s, EnergyMonitor {statistics.median(ours):.3f} s; "
-              f"median of {args.repeats} paired ratios {ratio:.4f} (range {min(pairs):.3f}-{max(pairs):.3f}); "
-              f"ratio of fastest runs {min(ours) / min(bare):.4f}")  # fmt: skip
+        steps = max(50, int(args.steps * 5 / max(step_ms, 5)))  # long steps: fewer of them
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for i in range(args.repeats):  # interleaved rounds, the order rotating
+            for name in variants[i % len(variants):] + variants[: i % len(variants)]:
+                times[name].append(fit_seconds(width, steps, name))
+        base = statistics.median(times["none"])
+        print(f"{step_ms:g} ms target (MLP width {width}, {1000 * base / steps:.2f} ms/step measured, {steps} steps, "
+              f"{args.repeats} interleaved rounds):")  # fmt: skip
+        for name in variants:
+            pairs = [a / b for a, b in zip(times[name], times["none"])]
+            print(f"  {name:<28} {statistics.median(times[name]):7.3f} s  median paired ratio {statistics.median(pairs):.4f} "
+                  f"(range {min(pairs):.3f}-{max(pairs):.3f}), fastest-run ratio {min(times[name]) / min(times['none']):.4f}")  # fmt: skip
+        ratios[step_ms] = statistics.median([a / b for a, b in zip(times["EnergyMonitor"], times["none"])])
     target = ratios.get(5.0, next(iter(ratios.values())))
     ok = median_us <= 20 and target <= 1.01
     print(f"median slowdown ratio: {target:.4f} (target <= 1.01), hook median {median_us:.2f} us "

@@ -18,6 +18,7 @@ Adapters turn the returned `BudgetAction` into the framework's stop and message.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,8 +126,20 @@ class BudgetGuard:
         co2 = totals.get("carbon/co2e_kg", 0.0)
         return f"{kwh:.6g} kWh ({kwh * J_PER_KWH:,.0f} J), {co2 * 1000:.4g} g CO2e"
 
-    def begin(self, step: int) -> BudgetAction | None:
-        """At fit start: a run resumed after its budget was spent stops at once."""
+    def begin(self, step: int, agree: Callable[[bool], bool] = bool) -> BudgetAction | None:
+        """At fit start: a run resumed after its budget was spent stops at once.
+
+        Args:
+            step: The optimizer step training starts at.
+            agree: In a multi-process job, True on every rank if the flag is True on any
+                (a collective all ranks reach); the identity in a single process.
+        """
+        action = self._begin(step)
+        if agree(action is not None) and action is None:  # another rank's total is spent
+            action = self.stop_now(step)
+        return action
+
+    def _begin(self, step: int) -> BudgetAction | None:
         self._first_step = step
         # The rate is measured from the fit's start (start-up included: a slight, safe
         # over-estimate), leaving out only what a resumed checkpoint had already spent.
@@ -152,8 +165,21 @@ class BudgetGuard:
         self._record("stop", step, totals)
         return self.stopped
 
-    def review(self, step: int, epochs_done: int) -> tuple[dict[str, float], BudgetAction | None]:
-        """Remaining budget and forecast at a logging step or epoch end, and what to do."""
+    def review(
+        self, step: int, epochs_done: int, agree: Callable[[bool], bool] = bool
+    ) -> tuple[dict[str, float], BudgetAction | None]:
+        """Remaining budget and forecast at a logging step or epoch end, and what to do.
+
+        A crossed limit or a forecast stop on any rank (through ``agree``, see `begin`)
+        stops every rank at this step.
+        """
+        metrics, action = self._review(step, epochs_done)
+        stop = (action is not None and action.kind == "stop") or self.crossed()
+        if agree(stop) and action is None and self.stopped is None:
+            action = self.stop_now(step)
+        return metrics, action
+
+    def _review(self, step: int, epochs_done: int) -> tuple[dict[str, float], BudgetAction | None]:
         totals = self.tracker.totals()
         spent = totals.get("energy/total_kwh", 0.0)
         metrics = {"budget/remaining_kwh": self.limit_kwh - spent}

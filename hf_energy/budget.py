@@ -136,10 +136,7 @@ class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
         assert self.guard is not None and self.tracker is not None
         if self._owns:  # the job's totals now (a collective every rank reaches at this step)
             self.tracker.reduce_totals()
-        metrics, action = self.guard.review(state.global_step, epochs)
-        stop = (action is not None and action.kind == "stop") or self.guard.crossed()
-        if all_ranks_agree(stop, args) and action is None and not self.guard.stopped:
-            action = self.guard.stop_now(state.global_step)
+        metrics, action = self.guard.review(state.global_step, epochs, lambda flag: all_ranks_agree(flag, args))
         self._pending.update(metrics)
         self._act(action, control)
 
@@ -169,10 +166,7 @@ class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
             per_epoch = state.max_steps / epochs if epochs else None
             self.guard = BudgetGuard(self.rule, self.tracker, state.max_steps, per_epoch)
             self.guard.load_state_dict(self._saved.get("guard", {}))
-            action = self.guard.begin(state.global_step)
-            if all_ranks_agree(action is not None, args) and action is None:
-                action = self.guard.stopped = self.guard.stop_now(state.global_step)
-            self._act(action, control)
+            self._act(self.guard.begin(state.global_step, lambda flag: all_ranks_agree(flag, args)), control)
         return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):

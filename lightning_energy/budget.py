@@ -103,12 +103,16 @@ class EnergyBudget(*CALLBACK_BASES):  # type: ignore[misc]
         per_epoch = total / trainer.max_epochs if trainer.max_steps == -1 and trainer.max_epochs else None
         self.guard = BudgetGuard(self.rule, self.tracker, total, per_epoch)
         self.guard.load_state_dict(self._saved.get("guard", {}))
-        action = self.guard.begin(trainer.global_step)
-        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(action is not None, all=False):
-            action = action or self.guard.stop_now(trainer.global_step)  # another rank's total is spent
-        self._act(trainer, action)
+        self._act(trainer, self.guard.begin(trainer.global_step, self._agree(trainer)))
 
     # ------------------------------------------------------------------ decisions
+    @staticmethod
+    def _agree(trainer: Any) -> Any:
+        """The same decision on every rank: the strategy's collective, the identity alone."""
+        if trainer.world_size <= 1:
+            return bool
+        return lambda flag: bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
+
     def _act(self, trainer: Any, action: BudgetAction | None) -> None:
         if action is None:
             return
@@ -131,13 +135,7 @@ class EnergyBudget(*CALLBACK_BASES):  # type: ignore[misc]
         assert self.guard is not None and self.tracker is not None
         if self._owns:  # the job's totals now (a collective every rank reaches at this step)
             self.tracker.reduce_totals()
-        metrics, action = self.guard.review(trainer.global_step, epochs_done)
-        if trainer.world_size > 1:  # same decision on every rank, from a collective all ranks reach
-            stop = (action is not None and action.kind == "stop") or self.guard.crossed()
-            if trainer.strategy.reduce_boolean_decision(stop, all=False) and action is None:
-                action = self.guard.stopped or self.guard.stop_now(trainer.global_step)
-        elif action is None and self.guard.crossed() and not self.guard.stopped:
-            action = self.guard.stop_now(trainer.global_step)
+        metrics, action = self.guard.review(trainer.global_step, epochs_done, self._agree(trainer))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         self._act(trainer, action)

@@ -80,7 +80,9 @@ def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None
     powers = [v for _, v in csv_series(tmp_path / "csv", "power/gpu0_w")]
     assert statistics.median(powers) == pytest.approx(GPU_W, rel=0.03)
     step_j = [w["metrics"]["energy/step_j"] for w in windows if w["steps"] == 10]
-    assert max(step_j) < 1.3 * statistics.median(step_j)  # validation runs are not charged to steps
+    # Validation runs are not charged to steps: one here (0.2 s at 300 W) would add about 65%
+    # to its window's J/step; the 20 ms counter period alone moves a 0.3 s window by up to 13%.
+    assert max(step_j) < 1.45 * statistics.median(step_j)
     for w in windows:
         m = w["metrics"]
         assert w["samples"] == 8 * w["steps"]

@@ -76,8 +76,12 @@ def test_cap_is_applied_logged_and_the_previous_limit_restored(tmp_path, sim_gpu
     assert applied["event"] == "applied"
     assert applied["caps"] == [{"gpu": 0, "uuid": "GPU-1", "previous_w": 350.0, "cap_w": 250.0,
                                 "range_w": [100.0, 450.0]}]  # fmt: skip
-    # the capped board draws at most 250 W: the monitor's power figures show it
-    assert max(w["metrics"]["power/gpu0_w"] for w in windows[1:]) <= 250.0 * 1.05
+    # the capped board (400 W uncapped) draws 250 W: the monitor's figures show it, within
+    # the error the 20 ms counter period allows over these short windows
+    capped = windows[1:]
+    seconds = sum(w["seconds"] for w in capped)
+    mean_w = sum(w["metrics"]["power/gpu0_w"] * w["seconds"] for w in capped) / seconds
+    assert mean_w == pytest.approx(250.0, abs=250.0 * 2 * 0.02 / seconds + 2.5)
 
 
 def test_fraction_is_of_the_default_limit(tmp_path, sim_gpus) -> None:

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -36,6 +37,18 @@ def _clean(value: Any) -> Any:
     except (TypeError, ValueError):
         return str(value)
     return number if math.isfinite(number) else None
+
+
+def scalar_losses(values: Mapping[str, Any]) -> dict[str, float]:
+    """The scalar losses among logged values (for the record's loss-vs-kWh plot)."""
+    found = {}
+    for key, value in values.items():
+        if "loss" in key:
+            try:
+                found[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+    return found
 
 
 class RunRecord:

@@ -55,10 +55,6 @@ class SampleBuffer:
             order = np.r_[start : self._capacity, 0:start]
             return self._t[order], self._e[order]
 
-    def newest_time(self) -> float | None:
-        with self._lock:
-            return None if self._count == 0 else float(self._t[(self._count - 1) % self._capacity])
-
     def energy_at(self, times_wanted: Sequence[float]) -> list[tuple[np.ndarray, bool]]:
         """Cumulative energy of every source at each of the given times.
 
@@ -174,7 +170,3 @@ class Sampler:
         self._thread.join()
         self._thread = None
         self.sample_once()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None

@@ -13,7 +13,7 @@ from transformers.training_args import TrainingArguments
 from energy_core.budget import BudgetAction, BudgetGuard, BudgetRule
 from energy_core.tracker import EnergyTracker
 from hf_energy._distributed import all_ranks_agree, configure_ranks
-from hf_energy.callback import EnergyCallback, LogContributor, logger
+from hf_energy.callback import LogContributor, emit, find_energy_callback, logger, stored_attributes
 
 
 class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
@@ -111,11 +111,6 @@ class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
         self._saved = dict(value or {})
 
     # ------------------------------------------------------------------ helpers
-    def _shared_tracker(self) -> EnergyTracker | None:
-        callbacks = self.trainer.callback_handler.callbacks if self.trainer is not None else []
-        monitor = next((cb for cb in callbacks if isinstance(cb, EnergyCallback)), None)
-        return monitor.tracker if monitor is not None else None
-
     def _act(self, action: BudgetAction | None, control: TrainerControl) -> None:
         if action is None:
             return
@@ -143,20 +138,15 @@ class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self._world_zero = state.is_world_process_zero
-        shared = self._shared_tracker()
-        self._owns = shared is None
-        self.tracker = self._own_tracker if self._owns else shared
-        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
-        if isinstance(saved, list):
-            saved = saved[0] if saved else None
-        if saved and not self._saved:
-            self._saved = dict(saved.get("attributes", {}).get("budget_state", {}))
+        monitor = find_energy_callback(self.trainer)
+        self._owns = monitor is None
+        self.tracker = self._own_tracker if monitor is None else monitor.tracker
+        if not self._saved:
+            self._saved = dict(stored_attributes(state, type(self).__name__).get("budget_state", {}))
         if self._owns:
             configure_ranks(self.tracker, args, state)
             self.tracker.load_state_dict(self._saved.get("tracker", {}), own_share=state.is_world_process_zero)
-            for notice in self.tracker.start_fit(state.global_step):
-                if self._world_zero:
-                    logger.warning(notice.text) if notice.level == "warn" else logger.info(notice.text)
+            emit(self.tracker.start_fit(state.global_step), self._world_zero)
         return control
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):

@@ -14,11 +14,37 @@ from transformers.utils import logging
 
 from energy_core import wandb_setup
 from energy_core.source import Notice
+from energy_core.record import scalar_losses
 from energy_core.tracker import EnergyTracker
 from hf_energy._distributed import configure_ranks
 
 logger = logging.get_logger(__name__)
 INFERENCE = "inference"  # provisional stage name: eval or predict is known only at the end
+
+
+def emit(notices: list[Notice], show: bool = True) -> None:
+    """Show discovery notices once: warnings as warnings, the rest on the transformers logger."""
+    if not show:
+        return
+    for notice in notices:
+        if notice.level == "warn":
+            warnings.warn(notice.text, stacklevel=3)
+        else:
+            logger.info(notice.text)
+
+
+def stored_attributes(state: TrainerState, name: str) -> dict[str, Any]:
+    """The ``attributes`` a callback class stored in ``trainer_state.json`` ({} if none)."""
+    saved = (state.stateful_callbacks or {}).get(name)
+    if isinstance(saved, list):
+        saved = saved[0] if saved else None
+    return dict(saved.get("attributes", {})) if saved else {}
+
+
+def find_energy_callback(trainer: Any) -> EnergyCallback | None:
+    """The `EnergyCallback` of a Trainer (callbacks added with `attach` know their trainer)."""
+    callbacks = trainer.callback_handler.callbacks if trainer is not None else []
+    return next((cb for cb in callbacks if isinstance(cb, EnergyCallback)), None)
 
 
 class LogContributor:
@@ -138,21 +164,9 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         HF restores callback state only with ``restore_callback_states_from_checkpoint``;
         the totals are restored here in either case, from the same JSON.
         """
-        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
-        if isinstance(saved, list):
-            saved = saved[0] if saved else None
-        if saved and saved.get("attributes", {}).get("energy_state"):
-            self.tracker.load_state_dict(saved["attributes"]["energy_state"], own_share=state.is_world_process_zero)
-
-    # ------------------------------------------------------------------ messages
-    def _emit(self, notices: list[Notice]) -> None:
-        if not self._world_zero:
-            return
-        for notice in notices:
-            if notice.level == "warn":
-                warnings.warn(notice.text, stacklevel=3)
-            else:
-                logger.info(notice.text)
+        saved = stored_attributes(state, type(self).__name__).get("energy_state")
+        if saved:
+            self.tracker.load_state_dict(saved, own_share=state.is_world_process_zero)
 
     # ------------------------------------------------------------------ counting
     def _on_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
@@ -160,7 +174,7 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         if module.training:
             self.tracker.add_batch(kwargs if kwargs else args)
         elif not self.tracker.in_stage(INFERENCE):
-            self._emit(self.tracker.start_stage(INFERENCE))
+            emit(self.tracker.start_stage(INFERENCE), self._world_zero)
 
     def _hook_model(self, model: Any) -> None:
         if self._hook is None and model is not None and hasattr(model, "register_forward_pre_hook"):
@@ -178,7 +192,7 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         if any(k.startswith("eval_") for k in logs) and self.tracker.in_stage(INFERENCE):
             metrics.update(self._end_inference("val", state))
         if self.tracker.fitting:
-            metrics.update(self.tracker.window(state.global_step, extra=_losses(logs)))
+            metrics.update(self.tracker.window(state.global_step, extra=scalar_losses(logs)))
         metrics.update(self._pending)
         self._pending = {}
         self._last_logged_step = state.global_step
@@ -204,7 +218,7 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
                         "gradient_accumulation_steps": args.gradient_accumulation_steps},
         }  # fmt: skip
         self._last_logged_step = state.global_step
-        self._emit(self.tracker.start_fit(state.global_step))
+        emit(self.tracker.start_fit(state.global_step), self._world_zero)
         self._hook_model(kwargs.get("model"))
         run = self._wandb_run(args, state)
         if run is not None:  # HF's WandbCallback prefixes train/ and steps on train/global_step
@@ -275,10 +289,6 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
             print(self.tracker.summary_text(metrics))  # noqa: T201 - the end-of-run summary, like HF's own
         self.tracker.close()
         return control
-
-
-def _losses(logs: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in logs.items() if "loss" in k and isinstance(v, (int, float))}
 
 
 def attach(trainer: Any, *callbacks: LogContributor) -> Any:

@@ -10,9 +10,8 @@ from transformers.trainer_callback import TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
 
 from energy_core.capping import PowerCapRun
-from energy_core.source import Notice
 from hf_energy._distributed import all_ranks_agree
-from hf_energy.callback import EnergyCallback, LogContributor, logger
+from hf_energy.callback import EnergyCallback, LogContributor, emit, find_energy_callback, logger
 
 
 class PowerCapCallback(LogContributor, TrainerCallback):
@@ -58,12 +57,7 @@ class PowerCapCallback(LogContributor, TrainerCallback):
         self._pending: dict[str, float] = {}
 
     def _monitor(self) -> EnergyCallback | None:
-        callbacks = self.trainer.callback_handler.callbacks if self.trainer is not None else []
-        return next((cb for cb in callbacks if isinstance(cb, EnergyCallback)), None)
-
-    def _emit(self, notices: list[Notice]) -> None:
-        for notice in notices:
-            (logger.warning if notice.level == "warn" else logger.info)(notice.text)
+        return find_energy_callback(self.trainer)
 
     def _publish(self) -> None:
         cap = self.run.cap_w
@@ -87,7 +81,7 @@ class PowerCapCallback(LogContributor, TrainerCallback):
         failure: Exception | None = None
         if self._leader:
             try:
-                self._emit(self.run.start())
+                emit(self.run.start())
             except (ValueError, PermissionError) as err:
                 failure = err
         for kind in (ValueError, PermissionError):  # every rank reaches both all-reduces
@@ -99,7 +93,7 @@ class PowerCapCallback(LogContributor, TrainerCallback):
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if self._leader and self.run.auto and self.run.finder is None:  # every on_train_begin has run
             monitor = self._monitor()
-            self._emit(self.run.start_search(monitor.tracker.meter if monitor is not None else None))
+            emit(self.run.start_search(monitor.tracker.meter if monitor is not None else None))
         return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):

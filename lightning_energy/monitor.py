@@ -7,22 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from energy_core import wandb_setup
+from energy_core.record import scalar_losses
 from energy_core.tracker import EnergyTracker
 from lightning_energy._compat import CALLBACK_BASES, configure_ranks, emit, override, own_share, rank_zero_info
 
 PROGRESS_BAR_KEYS = {"power/total_w": ("W", 1.0), "energy/total_kwh": ("Wh", 1000.0)}
-
-
-def _loss_values(trainer: Any) -> dict[str, float]:
-    """Scalar losses the module logged (for the run record's loss-vs-kWh plot)."""
-    found = {}
-    for key, value in trainer.callback_metrics.items():
-        if "loss" in key:
-            try:
-                found[key] = float(value)
-            except (TypeError, ValueError):
-                continue
-    return found
 
 
 class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
@@ -111,7 +100,7 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def _extra(self, trainer: Any) -> dict[str, float] | None:
-        return _loss_values(trainer) if self.tracker.record is not None else None
+        return scalar_losses(trainer.callback_metrics) if self.tracker.record is not None else None
 
     # ------------------------------------------------------------------ fit
     @override

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.power_traces import Constant
+from tests.sim_nvml import SimGpu
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "studies"))
 
@@ -27,4 +30,110 @@ def test_where_and_when(tmp_path) -> None:
             assert row[f"g_co2e_pue_{pue}"] == pytest.approx(result["kwh"] * pue * row["g_per_kwh"])
     assert json.loads((tmp_path / "report.json").read_text())["kwh"] == result["kwh"]
     assert "Patterson" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "energy-report" / "report.html").exists()
+
+
+def test_finetune_vs_inference(tmp_path) -> None:
+    import finetune_vs_inference as study
+    from study_kit import TextData, text_lines
+
+    result = study.main(["--epochs", "1", "--passes", "10", "--out", str(tmp_path)])
+    by = {(r["padding"], r["phase"]): r for r in result["rows"]}
+    lines = text_lines()
+    cut = len(lines) * 4 // 5
+    for padding in study.PADDINGS:
+        train, infer = by[padding, "fine-tune"], by[padding, "inference"]
+        # the callback counted every real token once (padding excluded), whatever the padding
+        assert train["samples"] == cut and train["tokens"] == TextData(lines[:cut]).tokens()
+        assert infer["tokens"] == 10 * TextData(lines[cut:]).tokens()
+        # inference costs less per sample and per token than fine-tuning (Wang et al.)
+        assert infer["j_per_sample"] < train["j_per_sample"]
+        assert infer["mj_per_token"] < train["mj_per_token"]
+    for phase in ("fine-tune", "inference"):
+        fixed, dynamic = by["fixed-128", phase], by["dynamic", phase]
+        assert fixed["positions"] == 128 * fixed["samples"] > 1.5 * dynamic["positions"]
+        # energy follows the positions computed, padding included: ~1.7x here
+        assert fixed["mj_per_token"] > 1.2 * dynamic["mj_per_token"]
+    assert result["train_over_inference_j_per_token"] > 1
+    assert "Wang" in (tmp_path / "report.md").read_text()
+    assert "fixed-128" in (tmp_path / "energy-report" / "report.html").read_text()
+
+
+def test_setup_sweep_stops_at_the_target_and_when_hopeless(tmp_path) -> None:
+    import setup_sweep as study
+
+    result = study.main(["--batch-sizes", "64", "--lrs", "0.003", "0.00001", "--target", "0.05", "--max-epochs", "30",
+                         "--hopeless", "2", "--out", str(tmp_path)])  # fmt: skip
+    good, slow = result["rows"]
+    assert (good["setup"], good["outcome"]) == ("bs64-lr0.003", "target")
+    assert good["val_loss"] <= 0.05 and good["epochs"] < 30
+    assert (slow["setup"], slow["outcome"]) == ("bs64-lr1e-05", "hopeless (budget)")
+    assert slow["val_loss"] > 0.05 and slow["epochs"] < 30
+    # the hopeless setup got 2x the best energy and stopped there, within one sampler
+    # interval (0.1 s) and a step of overshoot
+    budget_j = slow["budget_kwh"] * study.J_PER_KWH
+    assert budget_j == pytest.approx(2 * good["joules"])
+    watts = slow["joules"] / slow["seconds"]
+    assert budget_j <= slow["joules"] <= budget_j + 0.25 * watts
+    assert slow["x_best"] == pytest.approx(slow["joules"] / good["joules"])
+    assert result["reached"] == 1
+    assert (tmp_path / "energy-report" / "report.html").exists()
+
+
+def test_peft_vs_full(tmp_path) -> None:
+    import peft_vs_full as study
+
+    result = study.main(["--pretrain-epochs", "1", "--epochs", "1", "--out", str(tmp_path)])
+    by = {r["method"]: r for r in result["rows"]}
+    full, lora, bias = by["full"], by["lora"], by["bias-only"]
+    assert full["trainable_pct"] == 100.0
+    assert bias["trainable"] < lora["trainable"] < 0.1 * full["trainable"]
+    assert full["tokens"] == lora["tokens"] == bias["tokens"] > 0  # the same data, counted the same way
+    for row in (full, lora, bias):
+        assert row["joules"] > 0 and row["mj_per_token"] == pytest.approx(
+            1000 * row["joules"] / row["tokens"], rel=0.01
+        )
+    assert full["eval_loss"] < full["eval_loss_before"]  # fine-tuning did fine-tune
+    assert result["lora_energy_over_full"] == pytest.approx(lora["joules"] / full["joules"])
+    assert "LoRA" in (tmp_path / "report.md").read_text()
+
+
+def test_power_capping_without_a_gpu_says_what_it_would_do(tmp_path) -> None:
+    import power_capping as study
+
+    result = study.main(["--out", str(tmp_path)])
+    assert result["ran"] is False and "NVML" in result["reason"]
+    assert "100%, 90%, 80%, 70%, 60%, 50%" in result["plan"]
+    assert "not run" in (tmp_path / "report.md").read_text()
+
+
+def test_power_capping_without_permission_changes_nothing(tmp_path, sim_gpus) -> None:
+    import power_capping as study
+
+    sim = sim_gpus(SimGpu("GPU-1", Constant(400.0), default_limit_mw=400_000, min_limit_mw=100_000), root=False)
+    result = study.main(["--steps", "20", "--out", str(tmp_path)])
+    assert result["ran"] is False and "permission" in result["reason"]
+    assert sim.gpus[0].limit_history == []
+
+
+def test_power_capping_sweeps_caps_and_restores_the_limit(tmp_path, sim_gpus) -> None:
+    import power_capping as study
+
+    gpu = SimGpu("GPU-1", Constant(400.0), counter_period_s=0.02, default_limit_mw=400_000,
+                 min_limit_mw=150_000, max_limit_mw=450_000)  # fmt: skip
+    sim = sim_gpus(gpu)
+    result = study.main(["--fractions", "1", "0.5", "0.25", "--steps", "300", "--out", str(tmp_path)])
+    assert result["ran"] is True
+    full, half = result["rows"]  # 25% (100 W) is below the board's 150 W minimum: skipped
+    assert (full["cap_w"], half["cap_w"]) == (400.0, 200.0)
+    # the simulated board draws min(400 W, cap): the study's figures show it, within the
+    # counter period's error (2 x 20 ms x P) and, at the run's end, the sampler's
+    # interpolation across the restore to 400 W (at most 0.1 s x the 200 W step)
+    for row, watts in ((full, 400.0), (half, 200.0)):
+        run_s = row["ms_per_step"] * 270 / 1000
+        assert row["gpu_w"] == pytest.approx(watts, abs=(2 * 0.02 * watts + 0.1 * (400 - watts)) / run_s)
+    assert half["energy_vs_uncapped"] == pytest.approx(half["gpu_j_per_step"] / full["gpu_j_per_step"])
+    assert half["energy_vs_uncapped"] < 0.75
+    assert [mw for _, mw in gpu.limit_history] == [400_000, 400_000, 200_000, 400_000]  # set, restored, ...
+    assert sim.limit_mw(gpu) == 400_000
     assert (tmp_path / "energy-report" / "report.html").exists()

@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
              f"| place | g/kWh | g CO2e at PUE {PUES['hyperscale']} | g CO2e at PUE {PUES['industry average']} | source |",
              "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in rows:
-        lines.append(f"| {r['place']} | {r['g_per_kwh']:.0f} | {r['g_co2e_pue_1.1']:.4g} | {r['g_co2e_pue_1.58']:.4g} | {r['source']} |")
+        lines.append(
+            f"| {r['place']} | {r['g_per_kwh']:.0f} | {r['g_co2e_pue_1.1']:.4g} | {r['g_co2e_pue_1.58']:.4g} | {r['source']} |"
+        )
     lines += ["", f"Dirtiest / cleanest grid: {spread:.0f}x. Average / hyperscale PUE: {result['pue_ratio']:.2f}x.",
               f"Check (Patterson et al. 2021): {GPT3_MWH:,.0f} MWh x {GPT3_KG_PER_KWH} kg/kWh = {gpt3_t:.0f} tCO2e."]  # fmt: skip
     (args.out / "report.md").write_text("\n".join(lines) + "\n")

@@ -16,14 +16,12 @@ one `energy-report` page comparing the two runs.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
-from study_kit import PAD, Collator, TextData, markdown_table, quiet, read_record, text_lines
+from study_kit import PAD, Collator, TextData, markdown_table, quiet, read_record, text_lines, write_report
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
-from energy_core.report import main as energy_report
 from hf_energy import EnergyCallback, attach
 
 J_PER_KWH = 3.6e6
@@ -98,7 +96,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "padded_over_dynamic_train_positions": by["fixed-128", "fine-tune"]["positions"] / dyn_train["positions"],
     }
     result = {"rows": rows, **ratios}
-    (args.out / "report.json").write_text(json.dumps(result, indent=1))
     lines = ["# Fine-tuning vs inference energy, and what padding costs (Wang et al. 2023)", "",
              *markdown_table(rows, COLUMNS), "",
              f"Fine-tuning / inference: {ratios['train_over_inference_j_per_sample']:.1f}x per sample, "
@@ -107,9 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
              f"positions, {ratios['padded_over_dynamic_inference_j_per_token']:.2f}x J per real token; "
              f"fine-tuning: {ratios['padded_over_dynamic_train_positions']:.2f}x positions, "
              f"{ratios['padded_over_dynamic_train_j_per_token']:.2f}x J per real token."]  # fmt: skip
-    (args.out / "report.md").write_text("\n".join(lines) + "\n")
-    energy_report([str(args.out / f"{p}.jsonl") for p in PADDINGS] + ["--out", str(args.out / "energy-report")])
-    print("\n".join(lines))
+    write_report(args.out, result, lines, [args.out / f"{p}.jsonl" for p in PADDINGS])
     return result
 
 

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from pathlib import Path
 
 import torch
-from study_kit import PAD, Collator, TextData, markdown_table, quiet, read_record, text_lines
+from study_kit import PAD, Collator, TextData, markdown_table, quiet, read_record, text_lines, write_report
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-from energy_core.report import main as energy_report
 from hf_energy import EnergyCallback, attach
 
 J_PER_KWH = 3.6e6
@@ -112,13 +110,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         result.update(
             {f"{m}_energy_over_full": float(r["joules"]) / float(by["full"]["joules"]) for m, r in by.items()}
         )
-    (args.out / "report.json").write_text(json.dumps(result, indent=1))
     lines_md = ["# Full fine-tuning vs LoRA vs bias-only (Chen et al., DSEE)", "", *markdown_table(rows, COLUMNS), ""]
     lines_md += [f"{m}: {result[f'{m}_energy_over_full']:.2f}x the energy of full fine-tuning."
                  for m in by if f"{m}_energy_over_full" in result and m != "full"]  # fmt: skip
-    (args.out / "report.md").write_text("\n".join(lines_md) + "\n")
-    energy_report([str(args.out / f"{m}.jsonl") for m in args.methods] + ["--out", str(args.out / "energy-report")])
-    print("\n".join(lines_md))
+    write_report(args.out, result, lines_md, [args.out / f"{m}.jsonl" for m in args.methods])
     return result
 
 

@@ -19,17 +19,15 @@ under a capped label.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import lightning.pytorch as L
 import pynvml
 import torch
-from study_kit import markdown_table, quiet, read_record
+from study_kit import markdown_table, quiet, read_record, write_report
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from energy_core.report import main as energy_report
 from lightning_energy import EnergyMonitor, PowerCap
 
 J_PER_KWH = 3.6e6
@@ -116,9 +114,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if not rows:
         lines = ["# Power capping study: not run", "", f"Would {plan}.", "", f"Not run: {reason}.",
                  "Run it on a machine with an NVIDIA GPU, as root or with CAP_SYS_ADMIN."]  # fmt: skip
-        (args.out / "report.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
-        return {"ran": False, "reason": reason, "plan": plan}
+        result = {"ran": False, "reason": reason, "plan": plan}
+        write_report(args.out, result, lines, [])
+        return result
     for fraction in args.fractions[1:]:
         try:
             rows.append(run_at(fraction, args, strict=True))
@@ -131,12 +129,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     header = read_record(Path(str(base["record"])))["header"]
     gpu = f"{torch.cuda.get_device_name(0)}, " if torch.cuda.is_available() else ""
     result = {"ran": True, "rows": rows, "driver": header["hardware"]["nvidia_driver"]}
-    (args.out / "report.json").write_text(json.dumps(result, indent=1))
     lines = [f"# Energy and time per step by GPU power cap (McDonald et al. 2022), {gpu}driver {result['driver']}",
              "", *markdown_table(rows, COLUMNS)]  # fmt: skip
-    (args.out / "report.md").write_text("\n".join(lines) + "\n")
-    energy_report([str(r["record"]) for r in rows] + ["--out", str(args.out / "energy-report")])
-    print("\n".join(lines))
+    write_report(args.out, result, lines, [str(r["record"]) for r in rows])
     return result
 
 

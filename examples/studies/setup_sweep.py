@@ -19,18 +19,16 @@ and these runs end earlier, at the target; the measured total is the right test.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
-from study_kit import markdown_table, quiet, read_record
+from study_kit import markdown_table, quiet, read_record, write_report
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from energy_core.report import main as energy_report
 from lightning_energy import EnergyBudget, EnergyMonitor
 
 J_PER_KWH = 3.6e6
@@ -116,15 +114,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     rows.sort(key=lambda r: (r["outcome"] != "target", r["joules"]))
     spread = max(float(r["joules"]) for r in reached) / best_j if reached else float("nan")
     result = {"target": args.target, "rows": rows, "reached": len(reached), "spread_worst_over_best": spread}
-    (args.out / "report.json").write_text(json.dumps(result, indent=1))
     lines = [f"# Energy to reach val MSE {args.target} by batch size and learning rate (Geißler et al. 2024)", "",
              *markdown_table(rows, COLUMNS), "",
              f"{len(reached)} of {len(rows)} setups reached the target; the costliest of them needed "
              f"{spread:.1f}x the energy of the cheapest. Setups stopped as hopeless had spent "
              f"{args.hopeless:g}x the best energy known when they ran."]  # fmt: skip
-    (args.out / "report.md").write_text("\n".join(lines) + "\n")
-    energy_report([str(r["record"]) for r in rows] + ["--out", str(args.out / "energy-report")])
-    print("\n".join(lines))
+    write_report(args.out, result, lines, [str(r["record"]) for r in rows])
     return result
 
 

@@ -108,6 +108,19 @@ def read_record(path: Path) -> dict[str, Any]:
     return by_type
 
 
+def write_report(out: Path, result: dict[str, Any], lines: list[str], records: Sequence[Path | str]) -> None:
+    """Write ``report.json`` (``result``) and ``report.md`` (``lines``) in ``out``, the
+    `energy-report` page comparing ``records`` in ``out/energy-report``, and print the
+    Markdown."""
+    from energy_core.report import main as energy_report
+
+    (out / "report.json").write_text(json.dumps(result, indent=1))
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    if records:
+        energy_report([str(r) for r in records] + ["--out", str(out / "energy-report")])
+    print("\n".join(lines))  # noqa: T201 - the study's result
+
+
 def markdown_table(rows: list[dict[str, Any]], columns: dict[str, str]) -> list[str]:
     """``columns`` maps a row key to its heading; floats get 4 significant figures."""
 

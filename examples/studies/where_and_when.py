@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import warnings
 from pathlib import Path
 
 import lightning.pytorch as L
 import torch
+from study_kit import quiet, write_report
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from energy_core import co2e_kg, resolve_intensity
-from energy_core.report import main as energy_report
 from lightning_energy import EnergyMonitor
 
 GRIDS = [("FRA", None), ("SWE", "SE3"), ("NOR", "NO1"), ("CAN", "quebec"), ("BRA", None), ("GBR", None),
@@ -80,8 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("runs/studies/where_and_when"))
     args = parser.parse_args(argv)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    quiet()
     args.out.mkdir(parents=True, exist_ok=True)
     record = args.out / "energy.jsonl"
     record.unlink(missing_ok=True)
@@ -91,7 +88,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     gpt3_t = co2e_kg(GPT3_MWH * 1000, 1.0, GPT3_KG_PER_KWH * 1000) / 1000
     result = {"kwh": kwh, "rows": rows, "spread_dirtiest_over_cleanest": spread,
               "pue_ratio": PUES["industry average"] / PUES["hyperscale"], "gpt3_tco2e": gpt3_t}  # fmt: skip
-    (args.out / "report.json").write_text(json.dumps(result, indent=1))
     lines = [f"# Where and when: the same run's CO2e ({kwh * 3.6e6:.0f} J = {kwh:.3g} kWh measured)", "",
              f"| place | g/kWh | g CO2e at PUE {PUES['hyperscale']} | g CO2e at PUE {PUES['industry average']} | source |",
              "| --- | --- | --- | --- | --- |"]  # fmt: skip
@@ -101,9 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         )
     lines += ["", f"Dirtiest / cleanest grid: {spread:.0f}x. Average / hyperscale PUE: {result['pue_ratio']:.2f}x.",
               f"Check (Patterson et al. 2021): {GPT3_MWH:,.0f} MWh x {GPT3_KG_PER_KWH} kg/kWh = {gpt3_t:.0f} tCO2e."]  # fmt: skip
-    (args.out / "report.md").write_text("\n".join(lines) + "\n")
-    energy_report([str(record), "--out", str(args.out / "energy-report")])
-    print("\n".join(lines))
+    write_report(args.out, result, lines, [record])
     return result
 
 

@@ -46,6 +46,7 @@ def test_lightning_wandb_logger(offline, sim_gpus) -> None:
 
     run = read_run(offline)
     for key in ("energy/total_kwh", "energy/gpu_kwh", "power/gpu0_w", "energy/step_j", "carbon/co2e_kg"):
+        assert key in run["metrics"], sorted(run["metrics"])
         assert run["metrics"][key].step_metric == "trainer/global_step"  # defined by exact name
         assert not run["metrics"][key].glob_name
     windows = {w["step"]: w["metrics"] for w in records(offline / "energy.jsonl") if w["type"] == "window"}
@@ -73,6 +74,7 @@ def test_hf_report_to_wandb(offline, sim_gpus) -> None:
 
     run = read_run(offline)
     for key in ("train/energy/total_kwh", "train/power/gpu0_w", "train/efficiency/j_per_token"):
+        assert key in run["metrics"], sorted(run["metrics"])
         assert run["metrics"][key].step_metric == "train/global_step"
     windows = {w["step"]: w["metrics"] for w in records(offline / "energy.jsonl") if w["type"] == "window"}
     rows = {row["train/global_step"]: row for row in run["history"] if "train/energy/step_j" in row}

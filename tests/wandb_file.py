@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,24 @@ def records(path: Path) -> list[Any]:
     return out
 
 
+def settled(path: Path, quiet_s: float = 0.5, limit_s: float = 10.0) -> None:
+    """Wait until the file has stopped growing for ``quiet_s``: wandb's service process
+    may still be appending records when ``wandb.finish()`` returns."""
+    deadline = time.monotonic() + limit_s
+    size, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now_size = path.stat().st_size
+        if now_size != size:
+            size, since = now_size, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.05)
+
+
 def read_run(directory: Path) -> dict[str, Any]:
     """History rows, metric definitions, summary and config of the one offline run under directory."""
     (path,) = sorted(Path(directory).rglob("offline-run-*/run-*.wandb"))
+    settled(path)
     history, metrics, summary, config = [], {}, {}, {}
     for record in records(path):
         kind = record.WhichOneof("record_type")

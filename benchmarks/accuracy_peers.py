@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pynvml  # noqa: E402
 
-from energy_core import nvidia  # noqa: E402
+from energy_core import J_PER_KWH, nvidia  # noqa: E402
 from energy_core.sampler import Sampler  # noqa: E402
 from tests.power_traces import Constant, Noisy, Ramp, Square  # noqa: E402
-from tests.sim_nvml import SimGpu, SimNvml, install_for_process  # noqa: E402
+from tests.sim_nvml import SimGpu, SimNvml  # noqa: E402
 
 TRACES = {
     "constant 300 W": lambda s: Constant(300.0),
@@ -78,7 +78,7 @@ class PeerSimNvml(SimNvml):
 
 
 def install(sim: SimNvml) -> None:
-    install_for_process(sim)
+    """Swap every ``nvml*`` function of the simulation (the peers' extras included) into pynvml."""
     for name in dir(PeerSimNvml):
         if name.startswith("nvml"):
             setattr(pynvml, name, getattr(sim, name))
@@ -152,7 +152,7 @@ class CodeCarbon:
     def boundary(self) -> tuple[float, float]:
         t0 = time.perf_counter()
         if self.k:
-            self.joules.append(self.tracker.stop_task().gpu_energy * 3.6e6)
+            self.joules.append(self.tracker.stop_task().gpu_energy * J_PER_KWH)
         self.tracker.start_task(f"w{self.k}")
         self.k += 1
         return t0, time.perf_counter()

@@ -22,9 +22,9 @@ import torch
 from study_kit import PAD, Collator, TextData, markdown_table, quiet, read_record, text_lines, write_report
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
+from energy_core import J_PER_KWH
 from hf_energy import EnergyCallback, attach
 
-J_PER_KWH = 3.6e6
 PADDINGS = {"dynamic": None, "fixed-128": 128}
 COLUMNS = {"padding": "padding", "phase": "phase", "joules": "J", "samples": "samples", "tokens": "tokens",
            "positions": "positions (incl. padding)", "j_per_sample": "J/sample", "mj_per_token": "mJ/token",

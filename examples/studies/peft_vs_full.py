@@ -28,9 +28,9 @@ import torch
 from study_kit import PAD, Collator, TextData, markdown_table, quiet, read_record, text_lines, write_report
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
+from energy_core import J_PER_KWH
 from hf_energy import EnergyCallback, attach
 
-J_PER_KWH = 3.6e6
 LEARNING_RATES = {"full": 1e-3, "lora": 5e-3, "bias-only": 5e-3}
 COLUMNS = {"method": "method", "trainable": "trainable params", "trainable_pct": "% of model", "joules": "J",
            "mj_per_token": "mJ/token", "seconds": "s", "eval_loss_before": "eval loss before",

@@ -11,7 +11,7 @@ the rest of the run record. report.md has the table, relative to the uncapped ru
 
 It needs an NVIDIA GPU and permission to set power limits (root or CAP_SYS_ADMIN).
 Without them it says what it would have done and why it cannot, writes that to
-report.md, and exits with status 0. The first run uses ``PowerCap(strict=True)``, which
+report.md, and exits with status 0. Every run uses ``PowerCap(strict=True)``, which
 refuses before training when the driver denies the limit, so nothing runs uncapped
 under a capped label.
 """
@@ -28,9 +28,9 @@ from study_kit import markdown_table, quiet, read_record, write_report
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from energy_core import J_PER_KWH
 from lightning_energy import EnergyMonitor, PowerCap
 
-J_PER_KWH = 3.6e6
 COLUMNS = {"fraction": "cap (x default)", "cap_w": "cap W", "gpu_w": "GPU W", "gpu_j_per_step": "GPU J/step",
            "ms_per_step": "ms/step", "energy_vs_uncapped": "energy vs 100%", "time_vs_uncapped": "time vs 100%"}  # fmt: skip
 
@@ -68,7 +68,7 @@ class Transformer(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=1e-4)
 
 
-def run_at(fraction: float, args: argparse.Namespace, strict: bool) -> dict[str, object]:
+def run_at(fraction: float, args: argparse.Namespace) -> dict[str, object]:
     """Train ``args.steps`` steps under a cap of ``fraction``; figures after the first window."""
     cuda = torch.cuda.is_available()
     width, layers, batch, length = (1024, 8, 32, 257) if cuda else (64, 1, 8, 33)
@@ -81,7 +81,7 @@ def run_at(fraction: float, args: argparse.Namespace, strict: bool) -> dict[str,
                         precision="bf16-mixed" if cuda else "32-true", log_every_n_steps=every,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[EnergyMonitor(record_path=str(record), summary=False),
-                                   PowerCap(fraction=fraction, strict=strict)])  # fmt: skip
+                                   PowerCap(fraction=fraction, strict=True)])  # fmt: skip
     trainer.fit(Transformer(width, layers), DataLoader(TensorDataset(tokens), batch_size=batch))
     rec = read_record(record)
     first, last = rec["window"][0], rec["window"][-1]
@@ -90,7 +90,8 @@ def run_at(fraction: float, args: argparse.Namespace, strict: bool) -> dict[str,
     seconds = last["elapsed_s"] - first["elapsed_s"]
     (applied,) = [c for c in rec["power_cap"] if c["event"] == "applied"]
     return {"fraction": fraction, "cap_w": sum(c["cap_w"] for c in applied["caps"]), "gpu_w": gpu_j / seconds,
-            "gpu_j_per_step": gpu_j / steps, "ms_per_step": 1000 * seconds / steps, "record": str(record)}  # fmt: skip
+            "gpu_j_per_step": gpu_j / steps, "ms_per_step": 1000 * seconds / steps, "record": str(record),
+            "driver": rec["header"]["hardware"]["nvidia_driver"]}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     rows: list[dict[str, object]] = []
     if count:
         try:
-            rows.append(run_at(args.fractions[0], args, strict=True))
+            rows.append(run_at(args.fractions[0], args))
         except PermissionError as error:
             reason = f"no permission to set GPU power limits: {error}"
     if not rows:
@@ -119,16 +120,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         return result
     for fraction in args.fractions[1:]:
         try:
-            rows.append(run_at(fraction, args, strict=True))
+            rows.append(run_at(fraction, args))
         except ValueError as error:  # below the board's minimum limit: said, and skipped
             print(f"skipped {fraction:.0%}: {error}")
     base = rows[0]
     for r in rows:
         r["energy_vs_uncapped"] = float(r["gpu_j_per_step"]) / float(base["gpu_j_per_step"])
         r["time_vs_uncapped"] = float(r["ms_per_step"]) / float(base["ms_per_step"])
-    header = read_record(Path(str(base["record"])))["header"]
     gpu = f"{torch.cuda.get_device_name(0)}, " if torch.cuda.is_available() else ""
-    result = {"ran": True, "rows": rows, "driver": header["hardware"]["nvidia_driver"]}
+    result = {"ran": True, "rows": rows, "driver": base["driver"]}
     lines = [f"# Energy and time per step by GPU power cap (McDonald et al. 2022), {gpu}driver {result['driver']}",
              "", *markdown_table(rows, COLUMNS)]  # fmt: skip
     write_report(args.out, result, lines, [str(r["record"]) for r in rows])

@@ -29,9 +29,9 @@ from study_kit import markdown_table, quiet, read_record, write_report
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from energy_core import J_PER_KWH
 from lightning_energy import EnergyBudget, EnergyMonitor
 
-J_PER_KWH = 3.6e6
 COLUMNS = {"setup": "setup", "outcome": "outcome", "epochs": "epochs", "steps": "steps", "joules": "J",
            "x_best": "x best", "val_loss": "last val loss", "seconds": "s"}  # fmt: skip
 

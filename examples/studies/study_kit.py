@@ -96,11 +96,14 @@ class Collator:
 
 
 def read_record(path: Path) -> dict[str, Any]:
-    """A run record by line type: ``header`` and ``summary`` are one line each, every other
-    type (``window``, ``epoch``, ``stage``, ``budget``, ``power_cap``) a list, maybe empty."""
+    """The last run in a record (read by `energy-report`'s reader) by line type: ``header``
+    and ``summary`` are one line each, every other type (``window``, ``epoch``, ``stage``,
+    ``budget``, ``power_cap``) a list, maybe empty."""
+    from energy_core.report import read_runs
+
+    runs, _ = read_runs(Path(path))
     by_type: dict[str, Any] = {"window": [], "epoch": [], "stage": [], "budget": [], "power_cap": []}
-    for text in Path(path).read_text().splitlines():
-        line = json.loads(text)
+    for line in runs[-1]:
         if line["type"] in ("header", "summary"):
             by_type[line["type"]] = line
         else:

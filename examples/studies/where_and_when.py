@@ -12,16 +12,15 @@ check (GPT-3: 1,287 MWh x 0.429 kg/kWh = 552 tCO2e). Writes report.md, report.js
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import lightning.pytorch as L
 import torch
-from study_kit import quiet, write_report
+from study_kit import quiet, read_record, write_report
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from energy_core import co2e_kg, resolve_intensity
+from energy_core import J_PER_KWH, co2e_kg, resolve_intensity
 from lightning_energy import EnergyMonitor
 
 GRIDS = [("FRA", None), ("SWE", "SE3"), ("NOR", "NO1"), ("CAN", "quebec"), ("BRA", None), ("GBR", None),
@@ -56,7 +55,7 @@ def train(epochs: int, record: Path) -> float:
     monitor = EnergyMonitor(carbon_intensity_g_per_kwh=0.0, record_path=str(record), summary=False)
     L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, callbacks=[monitor]).fit(Model(), data)  # fmt: skip
-    summary = json.loads(record.read_text().splitlines()[-1])
+    summary = read_record(record)["summary"]
     return summary["metrics"]["energy/total_kwh"]
 
 
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     gpt3_t = co2e_kg(GPT3_MWH * 1000, 1.0, GPT3_KG_PER_KWH * 1000) / 1000
     result = {"kwh": kwh, "rows": rows, "spread_dirtiest_over_cleanest": spread,
               "pue_ratio": PUES["industry average"] / PUES["hyperscale"], "gpt3_tco2e": gpt3_t}  # fmt: skip
-    lines = [f"# Where and when: the same run's CO2e ({kwh * 3.6e6:.0f} J = {kwh:.3g} kWh measured)", "",
+    lines = [f"# Where and when: the same run's CO2e ({kwh * J_PER_KWH:.0f} J = {kwh:.3g} kWh measured)", "",
              f"| place | g/kWh | g CO2e at PUE {PUES['hyperscale']} | g CO2e at PUE {PUES['industry average']} | source |",
              "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in rows:

@@ -16,6 +16,7 @@ from energy_core.cap_finder import CapFinder
 from energy_core.meter import EnergyMeter
 from energy_core.power_cap import PowerLimits, check_cap_arguments, select_gpus
 from energy_core.source import Notice
+from energy_core.tracker import EnergyTracker
 
 
 class PowerCapRun:
@@ -127,8 +128,28 @@ class PowerCapRun:
         """Drive the cap search after each optimizer step; metrics when the cap changed."""
         return self.finder.on_step(step) if self.finder is not None else None
 
-    def finish(self) -> list[str]:
-        """Restore every limit changed (idempotent); returns the messages to show."""
+    def publish(self, tracker: EnergyTracker | None) -> None:
+        """Show the caps in force in a monitor's figures (``power/cap_w`` in every window)
+        and in its run record's header; without a cap in force, take the figure away."""
+        if tracker is None:
+            return
+        tracker.power_caps = self.caps()
+        if self.cap_w is None:
+            tracker.fixed_metrics.pop("power/cap_w", None)
+        else:
+            tracker.fixed_metrics["power/cap_w"] = self.cap_w
+
+    def record(self, tracker: EnergyTracker | None, event: str) -> None:
+        """A ``power_cap`` line in a monitor's run record (the header may precede the cap)."""
+        if tracker is not None and tracker.record is not None:
+            table = self.finder.table() if self.finder is not None else None
+            tracker.record.write("power_cap", event=event, caps=self.caps(), table=table)
+
+    def finish(self, tracker: EnergyTracker | None = None) -> list[str]:
+        """Restore every limit changed (idempotent) and take ``power/cap_w`` out of the
+        tracker's figures; returns the messages to show."""
+        if tracker is not None:
+            tracker.fixed_metrics.pop("power/cap_w", None)
         messages = [self.finder.summary()] if self.finder is not None and self.finder.trials else []
         if self.limits is not None:
             messages += self.limits.restore()

@@ -10,8 +10,9 @@ from transformers.trainer_callback import TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
 
 from energy_core.capping import PowerCapRun
+from energy_core.tracker import EnergyTracker
 from hf_energy._distributed import all_ranks_agree
-from hf_energy.callback import EnergyCallback, LogContributor, emit, find_energy_callback, logger
+from hf_energy.callback import LogContributor, emit, find_energy_callback, logger
 
 
 class PowerCapCallback(LogContributor, TrainerCallback):
@@ -56,20 +57,14 @@ class PowerCapCallback(LogContributor, TrainerCallback):
         self._leader = False
         self._pending: dict[str, float] = {}
 
-    def _monitor(self) -> EnergyCallback | None:
-        return find_energy_callback(self.trainer)
+    def _tracker(self) -> EnergyTracker | None:
+        monitor = find_energy_callback(self.trainer)
+        return monitor.tracker if monitor is not None else None
 
     def _publish(self) -> None:
-        cap = self.run.cap_w
-        monitor = self._monitor()
-        if monitor is not None:
-            monitor.tracker.power_caps = self.run.caps()
-            if cap is None:
-                monitor.tracker.fixed_metrics.pop("power/cap_w", None)
-            else:
-                monitor.tracker.fixed_metrics["power/cap_w"] = cap
-        if cap is not None:
-            self._pending["power/cap_w"] = cap
+        self.run.publish(self._tracker())
+        if self.run.cap_w is not None:
+            self._pending["power/cap_w"] = self.run.cap_w
 
     def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
         added, self._pending = self._pending, {}
@@ -92,8 +87,8 @@ class PowerCapCallback(LogContributor, TrainerCallback):
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if self._leader and self.run.auto and self.run.finder is None:  # every on_train_begin has run
-            monitor = self._monitor()
-            emit(self.run.start_search(monitor.tracker.meter if monitor is not None else None))
+            tracker = self._tracker()
+            emit(self.run.start_search(tracker.meter if tracker is not None else None))
         return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
@@ -102,17 +97,11 @@ class PowerCapCallback(LogContributor, TrainerCallback):
                 self._publish()
                 if self.run.finder.done:
                     logger.warning(self.run.finder.summary())
-                    monitor = self._monitor()
-                    if monitor is not None and monitor.tracker.record is not None:
-                        monitor.tracker.record.write("power_cap", event="chosen", caps=self.run.caps(),
-                                                     table=self.run.finder.table())  # fmt: skip
+                    self.run.record(self._tracker(), "chosen")
         return control
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if self._leader:
-            for message in self.run.finish():
+            for message in self.run.finish(self._tracker()):
                 logger.warning(message) if "failed" in message else logger.info(message)
-            monitor = self._monitor()
-            if monitor is not None:
-                monitor.tracker.fixed_metrics.pop("power/cap_w", None)
         return control

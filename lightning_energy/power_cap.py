@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from energy_core.capping import PowerCapRun
+from energy_core.tracker import EnergyTracker
 from lightning_energy._compat import CALLBACK_BASES, emit, override, rank_zero_info, rank_zero_warn
 from lightning_energy.monitor import EnergyMonitor
 
@@ -60,14 +61,12 @@ class PowerCap(*CALLBACK_BASES):  # type: ignore[misc]
         self._leader = False
         self._monitor: EnergyMonitor | None = None
 
+    @property
+    def _tracker(self) -> EnergyTracker | None:
+        return self._monitor.tracker if self._monitor is not None else None
+
     def _publish(self, trainer: Any, metrics: dict[str, float] | None) -> None:
-        cap = self.run.cap_w
-        if self._monitor is not None:
-            if cap is None:
-                self._monitor.tracker.fixed_metrics.pop("power/cap_w", None)
-            else:
-                self._monitor.tracker.fixed_metrics["power/cap_w"] = cap
-            self._monitor.tracker.power_caps = self.run.caps()
+        self.run.publish(self._tracker)
         if metrics:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
@@ -94,12 +93,12 @@ class PowerCap(*CALLBACK_BASES):  # type: ignore[misc]
             raise PermissionError(message)
         self._publish(trainer, {"power/cap_w": self.run.cap_w} if self.run.cap_w is not None else None)
         if self.run.cap_w is not None:
-            self._record("applied")
+            self.run.record(self._tracker, "applied")
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self._leader and self.run.auto:  # every on_fit_start has run: a monitor's meter is running
-            emit(self.run.start_search(self._monitor.tracker.meter if self._monitor is not None else None))
+            emit(self.run.start_search(self._tracker.meter if self._tracker is not None else None))
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -109,22 +108,12 @@ class PowerCap(*CALLBACK_BASES):  # type: ignore[misc]
                 self._publish(trainer, metrics)
                 if self.run.finder.done:
                     rank_zero_info(self.run.finder.summary())
-                    self._record("chosen")
-
-    def _record(self, event: str) -> None:
-        """A ``power_cap`` line in the monitor's run record (the header may precede the cap)."""
-        tracker = self._monitor.tracker if self._monitor is not None else None
-        if tracker is not None and tracker.record is not None:
-            finder = self.run.finder
-            tracker.record.write("power_cap", event=event, caps=self.run.caps(),
-                                 table=finder.table() if finder else None)  # fmt: skip
+                    self.run.record(self._tracker, "chosen")
 
     def _restore(self) -> None:
         if self._leader:
-            for message in self.run.finish():
+            for message in self.run.finish(self._tracker):
                 (rank_zero_warn if "failed" in message else rank_zero_info)(message)
-            if self._monitor is not None:
-                self._monitor.tracker.fixed_metrics.pop("power/cap_w", None)
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:

@@ -50,13 +50,21 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_energy import EnergyMonitor
 
 
-def hook_cost_us(n: int = 20000) -> tuple[float, float, float, float]:
-    """(median, p99, mean, sampler CPU share) of the per-batch hook on a started monitor;
-    the mean includes the logging step's work every 50 steps, amortised."""
-    monitor = EnergyMonitor(summary=False, progress_bar=False, carbon_intensity_g_per_kwh=400)
+def started_monitor(sample_interval_s: float = 0.1) -> tuple[EnergyMonitor, SimpleNamespace]:
+    """A real EnergyMonitor, started outside a fit (sampler running), and the stand-in
+    trainer its hooks read (logging every 50 steps, as Lightning's default)."""
+    monitor = EnergyMonitor(summary=False, progress_bar=False, carbon_intensity_g_per_kwh=400,
+                            sample_interval_s=sample_interval_s)  # fmt: skip
     trainer = SimpleNamespace(global_step=0, loggers=[], log_every_n_steps=50, is_global_zero=True,
                               max_epochs=1, max_steps=-1, world_size=1, callback_metrics={})  # fmt: skip
     monitor.on_fit_start(trainer, None)
+    return monitor, trainer
+
+
+def hook_cost_us(n: int = 20000) -> tuple[float, float, float, float]:
+    """(median, p99, mean, sampler CPU share) of the per-batch hook on a started monitor;
+    the mean includes the logging step's work every 50 steps, amortised."""
+    monitor, trainer = started_monitor()
     batch = (torch.randn(64, 32), torch.randn(64, 1))
     times = []
     clock = time.perf_counter_ns
@@ -90,11 +98,7 @@ def sampler_interference(
     blocks with the monitor's sampler running alternate with blocks without it (ABBA), so
     the machine's slow drifts cancel. Returns the median of the paired ratios (time per op
     with / without), its 95% bootstrap interval, and the sampler thread's CPU share."""
-    monitor = EnergyMonitor(summary=False, progress_bar=False, carbon_intensity_g_per_kwh=400,
-                            sample_interval_s=interval_s)  # fmt: skip
-    trainer = SimpleNamespace(global_step=0, loggers=[], log_every_n_steps=50, is_global_zero=True,
-                              max_epochs=1, max_steps=-1, world_size=1, callback_metrics={})  # fmt: skip
-    monitor.on_fit_start(trainer, None)
+    monitor, _ = started_monitor(interval_s)
     sampler = monitor.tracker.meter.sampler
     sampler.stop()
     x = torch.zeros(16)

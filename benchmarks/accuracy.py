@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pynvml  # noqa: E402
 
-from energy_core import nvidia  # noqa: E402
+from energy_core.devices import nvidia  # noqa: E402
 from energy_core.sampler import Sampler  # noqa: E402
 from tests.power_traces import Constant, Noisy, Ramp, Square  # noqa: E402
 from tests.sim_nvml import ARCH_AMPERE, ARCH_HOPPER, ARCH_PASCAL, ManualClock, SimGpu, SimNvml, install_for_process  # noqa: E402

@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pynvml  # noqa: E402
 
-from energy_core import J_PER_KWH, nvidia  # noqa: E402
+from energy_core import J_PER_KWH  # noqa: E402
+from energy_core.devices import nvidia  # noqa: E402
 from energy_core.sampler import Sampler  # noqa: E402
 from tests.power_traces import Constant, Noisy, Ramp, Square  # noqa: E402
 from tests.sim_nvml import SimGpu, SimNvml  # noqa: E402

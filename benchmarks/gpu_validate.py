@@ -41,8 +41,8 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from energy_core import J_PER_KWH  # noqa: E402
-from energy_core.nvidia import VisibleGpu, driver_version, visible_gpus  # noqa: E402
-from energy_core.power_cap import PowerLimits  # noqa: E402
+from energy_core.devices.nvidia import NvidiaBoard, VisibleGpu, driver_version, visible_gpus  # noqa: E402
+from energy_core.power import PowerLimits  # noqa: E402
 from lightning_energy import EnergyMonitor  # noqa: E402
 
 FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
@@ -159,7 +159,7 @@ def sweep_caps(gpu: VisibleGpu, device: str, steps: int, fractions: tuple[float,
     try:
         for fraction in fractions:
             try:
-                (capped,) = limits.apply([gpu], None, fraction)
+                (capped,) = limits.apply([NvidiaBoard(gpu)], None, fraction)
             except ValueError as err:  # below the board's minimum: nothing was changed
                 print(f"cap {fraction:.0%} skipped: {err}")
                 continue
@@ -175,7 +175,7 @@ def sweep_caps(gpu: VisibleGpu, device: str, steps: int, fractions: tuple[float,
     finally:
         for message in limits.restore():
             print(message)
-        limits.uninstall_exit_handlers()
+        limits.guard.uninstall()
     return rows
 
 

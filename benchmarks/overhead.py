@@ -254,7 +254,7 @@ class SamplerAlone(L.Callback):
     """Diagnostic: our background sampler (the CPU estimate here), without the monitor."""
 
     def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
-        from energy_core.cpu_estimate import estimate_cpu
+        from energy_core.devices.cpu_estimate import estimate_cpu
         from energy_core.sampler import Sampler
 
         self.sampler = Sampler([estimate_cpu()[0]], 0.1)

@@ -1,27 +1,37 @@
 """energy_core: framework-free energy, power and carbon measurement for training loops.
 
-Imports neither Lightning nor transformers. The pieces, one concept per module:
+Imports neither Lightning nor transformers. The layers, bottom up (docs/architecture.md):
 
-* `source` - the interface of a device reader; `nvidia`, `rapl`, `cpu_estimate` - readers;
-* `sampler` - the background thread and its ring buffer; `meter` - devices + sampler;
-* `carbon` - grid intensity lookup (codecarbon's bundled data) and CO2e;
-* `batch` - counting samples/tokens; `record` - the JSON-lines run record;
-* `tracker` - the bookkeeping the framework adapters share.
+* `devices` - every hardware reader behind one interface (NVIDIA, RAPL, CPU estimate);
+* `sampler` - the background thread and its buffer; `meter` - devices + sampler, time marks;
+* `carbon` - grid intensity (codecarbon's bundled data) and CO2e;
+* `options` - the measurement arguments, validated once (`checks`);
+* `window`, `totals`, `ranks`, `job` - a logging window, run totals, sums over a job;
+* `tracker` - the bookkeeping the framework adapters share; `metrics`, `keys`, `summary`,
+  `header`, `record` - what it writes and logs;
+* `budget`, `power` - energy budgets and GPU power caps; `report` - the report command.
 """
 
 from energy_core.carbon import CarbonIntensity, co2e_kg, resolve_intensity
 from energy_core.meter import EnergyMeter
+from energy_core.notices import Notice
+from energy_core.options import MeasureArgs, MeasureOptions
+from energy_core.ranks import Ranks
 from energy_core.record import RunRecord
-from energy_core.source import Notice
-from energy_core.tracker import J_PER_KWH, EnergyTracker
+from energy_core.totals import J_PER_KWH, RunTotals
+from energy_core.tracker import EnergyTracker
 
 __all__ = [
     "J_PER_KWH",
     "CarbonIntensity",
     "EnergyMeter",
     "EnergyTracker",
+    "MeasureArgs",
+    "MeasureOptions",
     "Notice",
+    "Ranks",
     "RunRecord",
+    "RunTotals",
     "co2e_kg",
     "resolve_intensity",
 ]

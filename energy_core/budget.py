@@ -22,7 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from energy_core.tracker import J_PER_KWH, EnergyTracker
+from energy_core import checks, keys
+from energy_core.record import BUDGET
+from energy_core.totals import J_PER_KWH
+from energy_core.tracker import EnergyTracker
 
 FORECAST_MODES = ("warn", "stop", "off")
 MIN_FORECAST_STEPS = 10
@@ -38,18 +41,6 @@ class BudgetAction:
     reason: str
 
 
-def _limit(name: str, value: float | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"{name} must be a finite number > 0 (or None), got {value!r}")
-    return number
-
-
 class BudgetRule:
     """Limits of a run: energy in kWh, carbon in kg CO2e, or both.
 
@@ -60,18 +51,17 @@ class BudgetRule:
             total for the whole run exceeds a limit.
 
     Raises:
+        TypeError: naming the argument, for a limit that is not a number (a bool is not).
         ValueError: naming the argument, for a non-positive or non-finite limit, no limit
             at all, or an unknown ``forecast``.
     """
 
     def __init__(self, max_kwh: float | None = None, max_co2e_kg: float | None = None, forecast: str = "warn"):
-        self.max_kwh = _limit("max_kwh", max_kwh)
-        self.max_co2e_kg = _limit("max_co2e_kg", max_co2e_kg)
+        self.max_kwh = checks.number("max_kwh", max_kwh, low=0, low_open=True, optional=True)
+        self.max_co2e_kg = checks.number("max_co2e_kg", max_co2e_kg, low=0, low_open=True, optional=True)
         if self.max_kwh is None and self.max_co2e_kg is None:
             raise ValueError("EnergyBudget needs a limit: max_kwh and/or max_co2e_kg, each a finite number > 0")
-        if forecast not in FORECAST_MODES:
-            raise ValueError(f"forecast must be one of {', '.join(map(repr, FORECAST_MODES))}, got {forecast!r}")
-        self.forecast = forecast
+        self.forecast = checks.choice("forecast", forecast, FORECAST_MODES)
 
     def limit_kwh(self, pue: float, g_per_kwh: float) -> float:
         """The binding limit expressed in kWh of measured energy."""
@@ -122,8 +112,8 @@ class BudgetGuard:
         return self._event.is_set()
 
     def _figures(self, totals: dict[str, float]) -> str:
-        kwh = totals.get("energy/total_kwh", 0.0)
-        co2 = totals.get("carbon/co2e_kg", 0.0)
+        kwh = totals.get(keys.TOTAL_KWH, 0.0)
+        co2 = totals.get(keys.CO2E_KG, 0.0)
         return f"{kwh:.6g} kWh ({kwh * J_PER_KWH:,.0f} J), {co2 * 1000:.4g} g CO2e"
 
     def begin(self, step: int, agree: Callable[[bool], bool] = bool) -> BudgetAction | None:
@@ -181,8 +171,8 @@ class BudgetGuard:
 
     def _review(self, step: int, epochs_done: int) -> tuple[dict[str, float], BudgetAction | None]:
         totals = self.tracker.totals()
-        spent = totals.get("energy/total_kwh", 0.0)
-        metrics = {"budget/remaining_kwh": self.limit_kwh - spent}
+        spent = totals.get(keys.TOTAL_KWH, 0.0)
+        metrics = {keys.BUDGET_REMAINING: self.limit_kwh - spent}
         if self._reference is None:
             self._reference = (step, spent)
         ref_step, ref_kwh = self._reference
@@ -199,7 +189,7 @@ class BudgetGuard:
             return metrics, None
         rate = (spent - ref_kwh) / (step - ref_step)
         self.forecast_kwh = spent + rate * max(0.0, self.total_steps - step)
-        metrics["budget/forecast_kwh"] = self.forecast_kwh
+        metrics[keys.BUDGET_FORECAST] = self.forecast_kwh
         if self.rule.forecast == "off" or self.forecast_kwh <= self.limit_kwh or self.stopped:
             return metrics, None
         reason = (
@@ -218,9 +208,9 @@ class BudgetGuard:
         return metrics, BudgetAction("warn", reason)
 
     def _record(self, event: str, step: int, totals: dict[str, float]) -> None:
-        if self.tracker.record is not None:
-            self.tracker.record.write("budget", event=event, step=step, limit_kwh=self.limit_kwh,
-                                      forecast_kwh=self.forecast_kwh, metrics=totals)  # fmt: skip
+        self.tracker.write_record(
+            BUDGET, event=event, step=step, limit_kwh=self.limit_kwh, forecast_kwh=self.forecast_kwh, metrics=totals
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"forecast_warned": self.forecast_warned}

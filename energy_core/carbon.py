@@ -16,11 +16,11 @@ Every figure comes with a ``source`` string naming the file and entry it came fr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from energy_core import checks
 from energy_core.codecarbon_data import load_csv, load_json
-from energy_core.source import Notice
+from energy_core.notices import Notice
 
 LBS_PER_MWH_TO_G_PER_KWH = 453.59237 / 1000.0  # 1 lb = 453.59237 g; 1 MWh = 1000 kWh
 _REGION_COUNTRIES = ("USA", "CAN", "CHN", "SWE", "NOR", "FIN")
@@ -61,17 +61,6 @@ def co2e_kg(kwh: float, pue: float, g_per_kwh: float) -> float:
         552
     """
     return kwh * pue * g_per_kwh / 1000.0
-
-
-def check_finite(name: str, value: float, minimum: float) -> float:
-    """Return value as float or raise ValueError naming the argument and the range."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number >= {minimum:g}, got {value!r}") from None
-    if not math.isfinite(number) or number < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
-    return number
 
 
 def world_average() -> CarbonIntensity:
@@ -197,6 +186,8 @@ def resolve_intensity(
     """Pick the carbon intensity for a run (see the module docstring for the order).
 
     Raises:
+        TypeError: naming the argument, for a location that is not a string or an
+            intensity that is not a number.
         ValueError: for an unknown country, region or cloud region, a region without a
             country, a cloud region without a provider (or the reverse), or a negative or
             non-finite explicit intensity. The message names the argument.
@@ -205,8 +196,11 @@ def resolve_intensity(
         >>> resolve_intensity(country="FRA")[0].g_per_kwh   # doctest: +SKIP
         56.039
     """
-    if carbon_intensity_g_per_kwh is not None:
-        g = check_finite("carbon_intensity_g_per_kwh", carbon_intensity_g_per_kwh, 0.0)
+    checks.text("country", country, what="an ISO 3166 alpha-3 code such as 'FRA'")
+    for name, value in (("region", region), ("cloud_provider", cloud_provider), ("cloud_region", cloud_region)):
+        checks.text(name, value)
+    g = checks.number("carbon_intensity_g_per_kwh", carbon_intensity_g_per_kwh, low=0, optional=True)
+    if g is not None:
         return CarbonIntensity(g, "given by the user (carbon_intensity_g_per_kwh)"), []
     if (cloud_provider is None) != (cloud_region is None):
         raise ValueError("cloud_provider and cloud_region must be given together (e.g. 'gcp', 'europe-west9')")

@@ -7,54 +7,17 @@ boundaries. Opening discovers devices and starts the sampler thread; closing sto
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from energy_core import cpu_estimate, nvidia, rapl
+from energy_core import devices as device_layer
+from energy_core.devices import EnergySource
+from energy_core.notices import Notice
+from energy_core.options import check_interval, parse_devices
 from energy_core.sampler import Sampler
-from energy_core.source import DEVICE_KINDS, EnergySource, Notice
-
-MIN_INTERVAL_S, MAX_INTERVAL_S = 0.001, 60.0
-
-
-def parse_devices(devices: str | Sequence[str]) -> tuple[tuple[str, ...], bool]:
-    """Validate ``devices``: ``"auto"`` or a list drawn from ``"gpu"``, ``"cpu"``, ``"dram"``.
-
-    Returns:
-        (kinds, explicit): the kinds to measure and whether the user named them.
-    """
-    if isinstance(devices, str):
-        if devices == "auto":
-            return DEVICE_KINDS, False
-        devices = [devices]
-    try:
-        kinds = tuple(dict.fromkeys(devices))
-    except TypeError:
-        kinds = ()
-    bad = [d for d in kinds if d not in DEVICE_KINDS]
-    if not kinds or bad:
-        raise ValueError(
-            f"devices must be 'auto' or a non-empty list drawn from {', '.join(map(repr, DEVICE_KINDS))}; "
-            f"got {devices!r}"
-        )
-    return kinds, True
-
-
-def check_interval(sample_interval_s: float) -> float:
-    try:
-        value = float(sample_interval_s)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not (MIN_INTERVAL_S <= value <= MAX_INTERVAL_S):
-        raise ValueError(
-            f"sample_interval_s must be in [{MIN_INTERVAL_S:g}, {MAX_INTERVAL_S:g}] seconds, got {sample_interval_s!r}"
-        )
-    return value
-
 
 class Mark:
     """A moment on the ``perf_counter()`` clock whose energy is resolved lazily."""
@@ -102,32 +65,20 @@ class EnergyMeter:
         self.sampler: Sampler | None = None
         self.notices: list[Notice] = []
 
-    def _discover(self) -> None:
-        notices: list[Notice] = []
-        if "gpu" in self.kinds:
-            gpus, found = nvidia.discover_gpus(self.cuda_indices)
-            self.sources += gpus
-            notices += found
-        node_kinds = {k for k in self.kinds if k in ("cpu", "dram")} if self.node_devices else set()
-        if node_kinds:
-            readers, found = rapl.discover_rapl(node_kinds, self.rapl_root)
-            self.sources += readers
-            notices += found
-            measured = {s.info.kind for s in readers}
-            if "cpu" in node_kinds and "cpu" not in measured:
-                estimate, found = cpu_estimate.estimate_cpu()
-                self.sources.append(estimate)
-                notices += found
-            if "dram" in node_kinds and "dram" not in measured and self.explicit:
-                notices.append(Notice("warn", "DRAM energy was requested but no readable RAPL DRAM domain exists."))
-        if not self.sources:
-            notices.append(Notice("warn", f"No device of {list(self.kinds)} can be measured: energy stays at zero."))
-        self.notices = notices
+    def assign(self, gpu_indices: Sequence[int] | None, node_devices: bool) -> None:
+        """Measure only these visible GPUs (None: all) and, or not, the node's CPU and DRAM.
+
+        Set before `open`: how a rank of a multi-process job takes its share of the devices.
+        """
+        self.cuda_indices = gpu_indices
+        self.node_devices = node_devices
 
     def open(self) -> list[Notice]:
         """Discover devices (first call only) and start sampling. Returns the notices."""
         if self.sampler is None:
-            self._discover()
+            self.sources, self.notices = device_layer.discover(
+                self.kinds, self.explicit, self.cuda_indices, self.node_devices, self.rapl_root
+            )
             self.sampler = Sampler(self.sources, self.sample_interval_s)
         self.sampler.start()
         return self.notices

@@ -22,6 +22,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 RECORD_VERSION = 1
+# The line types, each written by one place: the tracker (header, window, epoch, stage,
+# summary), the budget (budget) and the power cap (power_cap).
+HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP = (
+    "header", "window", "epoch", "stage", "summary", "budget", "power_cap"
+)
 
 
 def _clean(value: Any) -> Any:
@@ -63,11 +68,7 @@ class RunRecord:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        if not isinstance(path, (str, os.PathLike)) or not str(path):
-            raise ValueError(f"record_path must be a file path (str or os.PathLike), got {path!r}")
         self.path = Path(path)
-        if self.path.is_dir():
-            raise ValueError(f"record_path must be a file, but {str(self.path)!r} is a directory")
         self._file: TextIO | None = None
 
     def write(self, kind: str, **fields: Any) -> None:
@@ -83,3 +84,26 @@ class RunRecord:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def read_runs(path: Path) -> tuple[list[list[dict[str, Any]]], list[str]]:
+    """The runs in a record (each a list of lines, header first) and notes on what was wrong."""
+    notes: list[str] = []
+    runs: list[list[dict[str, Any]]] = []
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    for number, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            notes.append(f"line {number} is not JSON (a crash mid-write?): skipped")
+            continue
+        if not isinstance(line, dict) or "type" not in line:
+            notes.append(f"line {number} is not a run-record line: skipped")
+            continue
+        if line["type"] == HEADER:
+            runs.append([line])
+        elif runs:
+            runs[-1].append(line)
+    return runs, notes

@@ -18,35 +18,13 @@ only when nothing could be read.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-
-
-def read_runs(path: Path) -> tuple[list[list[dict[str, Any]]], list[str]]:
-    """The runs in a record (each a list of lines, header first) and notes on what was wrong."""
-    notes: list[str] = []
-    runs: list[list[dict[str, Any]]] = []
-    text = path.read_text(encoding="utf-8", errors="replace")
-    for number, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            line = json.loads(raw)
-        except ValueError:
-            notes.append(f"line {number} is not JSON (a crash mid-write?): skipped")
-            continue
-        if not isinstance(line, dict) or "type" not in line:
-            notes.append(f"line {number} is not a run-record line: skipped")
-            continue
-        if line["type"] == "header":
-            runs.append([line])
-        elif runs:
-            runs[-1].append(line)
-    return runs, notes
-
+from energy_core import keys
+from energy_core.devices import DEVICE_KINDS
+from energy_core.record import POWER_CAP, SUMMARY, read_runs
 
 SUMMARY_HEAD = ["run", "status", "kWh", "CO2e (g)", "g/kWh x PUE", "mean W", "time (s)",
                 "J/sample", "J/token", "by device", "power cap", "carbon factor source"]  # fmt: skip
@@ -55,20 +33,20 @@ SUMMARY_HEAD = ["run", "status", "kWh", "CO2e (g)", "g/kWh x PUE", "mean W", "ti
 def run_row(label: str, run: list[dict[str, Any]]) -> tuple[list[str], float]:
     """One table row for a run, and its total kWh."""
     header = run[0]
-    summary = next((x for x in reversed(run) if x["type"] == "summary"), None)
+    summary = next((x for x in reversed(run) if x["type"] == SUMMARY), None)
     last = summary or next((x for x in reversed(run) if "metrics" in x), header)
     metrics = last.get("metrics", {})
-    kwh = metrics.get("energy/total_kwh", 0.0)
+    kwh = metrics.get(keys.TOTAL_KWH, 0.0)
     carbon = header.get("carbon", {})
     status = summary.get("status", "?") if summary else "INCOMPLETE (no summary: crashed or running)"
     estimated = header.get("estimated", [])
     shares = []
-    for kind in ("gpu", "cpu", "dram"):
-        value = metrics.get(f"energy/{kind}_kwh")
+    for kind in DEVICE_KINDS:
+        value = metrics.get(keys.kind_kwh(kind))
         if value is not None and kwh > 0:
             mark = " (estimated)" if any(e.startswith(kind) for e in estimated) else ""
             shares.append(f"{kind} {100 * value / kwh:.1f}%{mark}")
-    caps = [x for x in run if x["type"] == "power_cap"]
+    caps = [x for x in run if x["type"] == POWER_CAP]
     cap = ", ".join(f"GPU {c['gpu']} {c['cap_w']:g} W" for c in caps[-1]["caps"]) if caps else "-"
 
     def number(key: str, fmt: str) -> str:
@@ -76,7 +54,7 @@ def run_row(label: str, run: list[dict[str, Any]]) -> tuple[list[str], float]:
         return format(value, fmt) if value is not None else "-"
 
     row = [
-        label, status, f"{kwh:.6g}", f"{metrics.get('carbon/co2e_kg', 0.0) * 1000:.4g}",
+        label, status, f"{kwh:.6g}", f"{metrics.get(keys.CO2E_KG, 0.0) * 1000:.4g}",
         f"{carbon.get('g_per_kwh', 0):.4g} x {carbon.get('pue', '?')}",
         number("mean_power_w", ".1f"), number("seconds", ".1f"), number("j_per_sample", ".4g"),
         number("j_per_token", ".4g"), ", ".join(shares) or "-", cap, str(carbon.get("source", "?")),
@@ -153,14 +131,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="restore GPU power limits left behind by killed runs (journal), then exit")  # fmt: skip
     args = parser.parse_args(argv)
     if args.restore_power_limits:
-        import pynvml
-
-        from energy_core.power_cap import PowerLimits, journal_path
+        from energy_core.devices import DeviceError
+        from energy_core.power import PowerLimits, journal_path
 
         try:
             messages = PowerLimits().recover()
-        except pynvml.NVMLError as err:
-            print(f"energy-report: cannot reach NVML ({err}); nothing restored", file=sys.stderr)
+        except DeviceError as err:
+            print(f"energy-report: cannot reach the GPU driver ({err}); nothing restored", file=sys.stderr)
             return 1
         print("\n".join(messages) or f"No power limits to restore (journal: {journal_path()}).")
         return 0

@@ -7,7 +7,9 @@ import html
 from pathlib import Path
 from typing import Any
 
+from energy_core import keys
 from energy_core.carbon import CarbonIntensity, co2e_kg, country_intensity, region_intensity, world_average
+from energy_core.record import WINDOW
 
 OTHER_GRIDS = (("FRA", None), ("SWE", "SE3"), ("DEU", None), ("USA", "CA"), ("USA", "WV"), ("CHN", None),
                ("IND", None), ("AUS", None))  # fmt: skip
@@ -35,18 +37,18 @@ def series(run: list[dict[str, Any]]) -> dict[str, list[float]]:
     """Step, seconds, kWh, W and loss from a run's window lines."""
     out: dict[str, list[float]] = {"step": [], "seconds": [], "kwh": [], "watts": [], "loss_kwh": [], "loss": []}
     for line in run:
-        if line.get("type") != "window":
+        if line.get("type") != WINDOW:
             continue
         metrics = line.get("metrics", {})
-        if "energy/total_kwh" not in metrics:
+        if keys.TOTAL_KWH not in metrics:
             continue
         out["step"].append(line.get("step", 0))
         out["seconds"].append(line.get("elapsed_s", 0.0))
-        out["kwh"].append(metrics["energy/total_kwh"])
-        out["watts"].append(metrics.get("power/total_w", float("nan")))
+        out["kwh"].append(metrics[keys.TOTAL_KWH])
+        out["watts"].append(metrics.get(keys.TOTAL_W, float("nan")))
         losses = [v for k, v in (line.get("extra") or {}).items() if "loss" in k and v is not None]
         if losses:
-            out["loss_kwh"].append(metrics["energy/total_kwh"])
+            out["loss_kwh"].append(metrics[keys.TOTAL_KWH])
             out["loss"].append(losses[0])
     return out
 

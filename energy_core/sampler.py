@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from energy_core.source import EnergySource
+from energy_core.devices import EnergySource
 
 DEFAULT_CAPACITY = 16384  # rows: 27 minutes of history at 0.1 s, about 0.5 MB for 3 sources
 RATE_WINDOW_S = 1.0  # power used to extrapolate past the newest row is averaged over this

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from typing import Any
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState, TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
+from typing_extensions import Unpack
 
+from energy_core import EnergyTracker, MeasureArgs, MeasureOptions
 from energy_core.budget import BudgetAction, BudgetGuard, BudgetRule
-from energy_core.tracker import EnergyTracker
-from hf_energy._distributed import all_ranks_agree, configure_ranks
-from hf_energy.callback import LogContributor, emit, find_energy_callback, logger, stored_attributes
+from energy_core.budget_run import BudgetRun
+from hf_energy._compat import emit, logger, ranks_of, stored_attributes
+from hf_energy.callback import EnergyCallback
+from hf_energy.registry import LogContributor
 
 
 class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
@@ -27,21 +28,19 @@ class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
     10% of the steps) has been seen, a projection of the whole run's total, re-made each
     time; ``forecast`` says what to do when it exceeds the budget.
 
-    Attached with `hf_energy.attach` beside an `EnergyCallback`, it uses that callback's
-    measurements (one sampler per process); otherwise it measures itself with the keyword
-    arguments below.
+    Beside an `EnergyCallback` of the same Trainer it uses that callback's measurements
+    (one sampler per process); otherwise it measures itself with ``**measure``.
 
     Args:
         max_kwh: Energy limit in kWh (measured, all devices, no PUE).
         max_co2e_kg: Carbon limit in kg CO2e (energy x PUE x grid intensity).
         forecast: ``"warn"`` (default), ``"stop"`` or ``"off"``.
-        devices, sample_interval_s, country, region, cloud_provider, cloud_region,
-        carbon_intensity_g_per_kwh, pue, record_path: as for `EnergyCallback`; used only
+        **measure: As for `EnergyCallback` (see `energy_core.MeasureOptions`); used only
             when it measures itself.
 
     Raises:
-        ValueError: naming the argument, for non-positive or non-finite limits, no limit
-            at all, an unknown ``forecast``, or any invalid measurement argument.
+        TypeError, ValueError: naming the argument, for non-positive or non-finite limits,
+            no limit at all, an unknown ``forecast``, or any invalid measurement argument.
 
     Logged metrics: ``budget/remaining_kwh``, ``budget/forecast_kwh``.
 
@@ -61,38 +60,25 @@ class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
         max_kwh: float | None = None,
         max_co2e_kg: float | None = None,
         forecast: str = "warn",
-        *,
-        devices: str | Sequence[str] = "auto",
-        sample_interval_s: float = 0.1,
-        country: str | None = None,
-        region: str | None = None,
-        cloud_provider: str | None = None,
-        cloud_region: str | None = None,
-        carbon_intensity_g_per_kwh: float | None = None,
-        pue: float = 1.0,
-        record_path: str | os.PathLike[str] | None = None,
+        **measure: Unpack[MeasureArgs],
     ) -> None:
-        self.rule = BudgetRule(max_kwh, max_co2e_kg, forecast)
-        self._own_tracker = EnergyTracker(
-            devices=devices, sample_interval_s=sample_interval_s, country=country, region=region,
-            cloud_provider=cloud_provider, cloud_region=cloud_region,
-            carbon_intensity_g_per_kwh=carbon_intensity_g_per_kwh, pue=pue, record_path=record_path,
-        )  # fmt: skip
-        self._args = {
-            "max_kwh": max_kwh, "max_co2e_kg": max_co2e_kg, "forecast": forecast,
-            "devices": devices if isinstance(devices, str) else list(devices),
-            "sample_interval_s": sample_interval_s, "country": country, "region": region,
-            "cloud_provider": cloud_provider, "cloud_region": cloud_region,
-            "carbon_intensity_g_per_kwh": carbon_intensity_g_per_kwh, "pue": pue,
-            "record_path": None if record_path is None else os.fspath(record_path),
-        }  # fmt: skip
-        self.tracker: EnergyTracker | None = None
-        self.guard: BudgetGuard | None = None
+        options = MeasureOptions(**measure)
+        self.run = BudgetRun(BudgetRule(max_kwh, max_co2e_kg, forecast), options)
+        self._args = {"max_kwh": max_kwh, "max_co2e_kg": max_co2e_kg, "forecast": forecast, **options.as_args()}
         self.last_metrics: dict[str, float] = {}
-        self._owns = False
-        self._saved: dict[str, Any] = {}
         self._pending: dict[str, float] = {}
         self._world_zero = True
+        self._restored: dict[str, Any] | None = None
+
+    @property
+    def guard(self) -> BudgetGuard | None:
+        """The budget's `BudgetGuard` once training has started (None before)."""
+        return self.run.guard
+
+    @property
+    def tracker(self) -> EnergyTracker | None:
+        """The tracker it watches: an `EnergyCallback`'s, or its own (None before training)."""
+        return self.run.tracker
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -101,14 +87,12 @@ class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
 
     @property
     def budget_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"guard": self.guard.state_dict() if self.guard else self._saved.get("guard", {})}
-        if self._owns and self.tracker is not None:
-            state["tracker"] = self.tracker.state_dict()
-        return state
+        return self.run.state_dict()
 
     @budget_state.setter
     def budget_state(self, value: dict[str, Any]) -> None:  # called by HF's callback restore
-        self._saved = dict(value or {})
+        self._restored = dict(value or {})
+        self.run.load_state_dict(self._restored)
 
     # ------------------------------------------------------------------ helpers
     def _act(self, action: BudgetAction | None, control: TrainerControl) -> None:
@@ -127,63 +111,42 @@ class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
         self.last_metrics.update(added)
         return added
 
-    def _review(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, epochs: int) -> None:
-        assert self.guard is not None and self.tracker is not None
-        if self._owns:  # the job's totals now (a collective every rank reaches at this step)
-            self.tracker.reduce_totals()
-        metrics, action = self.guard.review(state.global_step, epochs, lambda flag: all_ranks_agree(flag, args))
+    def _review(self, state: TrainerState, control: TrainerControl, epochs: int) -> None:
+        metrics, action = self.run.review(state.global_step, epochs)
         self._pending.update(metrics)
         self._act(action, control)
 
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        registry = self.register(kwargs.get("model"))
         self._world_zero = state.is_world_process_zero
-        monitor = find_energy_callback(self.trainer)
-        self._owns = monitor is None
-        self.tracker = self._own_tracker if monitor is None else monitor.tracker
-        if not self._saved:
-            self._saved = dict(stored_attributes(state, type(self).__name__).get("budget_state", {}))
-        if self._owns:
-            configure_ranks(self.tracker, args, state)
-            self.tracker.load_state_dict(self._saved.get("tracker", {}), own_share=state.is_world_process_zero)
-            emit(self.tracker.start_fit(state.global_step), self._world_zero)
+        monitor = registry.first(EnergyCallback) if registry is not None else None
+        if self._restored is None:
+            self.run.load_state_dict(stored_attributes(state, type(self).__name__).get("budget_state", {}))
+        emit(self.run.bind(monitor.tracker if monitor else None, ranks_of(args), state.global_step), self._world_zero)
         return control
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        if self.guard is None and self.tracker is not None and self.tracker.fitting:
+        if self.run.guard is None and self.run.tracker is not None and self.run.tracker.fitting:
             # After every callback's on_train_begin: a shared tracker is running, resumed totals loaded.
             epochs = args.num_train_epochs if args.max_steps <= 0 else None
             per_epoch = state.max_steps / epochs if epochs else None
-            self.guard = BudgetGuard(self.rule, self.tracker, state.max_steps, per_epoch)
-            self.guard.load_state_dict(self._saved.get("guard", {}))
-            self._act(self.guard.begin(state.global_step, lambda flag: all_ranks_agree(flag, args)), control)
+            self._act(self.run.begin(state.global_step, state.max_steps, per_epoch), control)
         return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        guard = self.guard
-        if guard is None or guard.stopped is not None:
+        if not self.run.active:
             return control
-        if args.world_size <= 1 and guard.crossed() and guard.stopped is None:  # one flag read per step
-            self._act(guard.stop_now(state.global_step), control)
+        self._act(self.run.check(state.global_step), control)  # one flag read per step
         if control.should_log:  # a logging step, decided alike on every rank
-            self._review(args, state, control, int(state.epoch or 0))
+            self._review(state, control, int(state.epoch or 0))
         return control
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        if self.guard is not None and self.guard.stopped is None:
-            self._review(args, state, control, int(round(state.epoch or 0)))
-        return control
-
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs: Any):
-        if logs is not None and self._pending and "budget/remaining_kwh" not in logs:  # not attached
-            added = self.contribute(logs, state)
-            if state.log_history:
-                state.log_history[-1].update(added)
+        if self.run.active:
+            self._review(state, control, int(round(state.epoch or 0)))
         return control
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        if self._owns and self.tracker is not None:
-            status = "budget-stop" if self.guard is not None and self.guard.stopped else "completed"
-            self.tracker.end_fit(state.global_step, status=status)
-            self.tracker.close()
+        self.run.finish(state.global_step)
         return control

@@ -2,58 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import warnings
-from collections.abc import Sequence
+import sys
 from typing import Any
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState, TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
-from transformers.utils import logging
+from typing_extensions import Unpack
 
-from energy_core import wandb_setup
-from energy_core.source import Notice
+from energy_core import EnergyTracker, MeasureArgs, MeasureOptions, checks, wandb_setup
 from energy_core.record import scalar_losses
-from energy_core.tracker import EnergyTracker
-from hf_energy._distributed import configure_ranks
+from hf_energy._compat import emit, ranks_of, stored_attributes
+from hf_energy.registry import LogContributor
 
-logger = logging.get_logger(__name__)
 INFERENCE = "inference"  # provisional stage name: eval or predict is known only at the end
-
-
-def emit(notices: list[Notice], show: bool = True) -> None:
-    """Show discovery notices once: warnings as warnings, the rest on the transformers logger."""
-    if not show:
-        return
-    for notice in notices:
-        if notice.level == "warn":
-            warnings.warn(notice.text, stacklevel=3)
-        else:
-            logger.info(notice.text)
-
-
-def stored_attributes(state: TrainerState, name: str) -> dict[str, Any]:
-    """The ``attributes`` a callback class stored in ``trainer_state.json`` ({} if none)."""
-    saved = (state.stateful_callbacks or {}).get(name)
-    if isinstance(saved, list):
-        saved = saved[0] if saved else None
-    return dict(saved.get("attributes", {})) if saved else {}
-
-
-def find_energy_callback(trainer: Any) -> EnergyCallback | None:
-    """The `EnergyCallback` of a Trainer (callbacks added with `attach` know their trainer)."""
-    callbacks = trainer.callback_handler.callbacks if trainer is not None else []
-    return next((cb for cb in callbacks if isinstance(cb, EnergyCallback)), None)
-
-
-class LogContributor:
-    """A callback that adds figures to the Trainer's log calls (see `attach`)."""
-
-    trainer: Any = None
-
-    def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
-        raise NotImplementedError
 
 
 class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
@@ -71,19 +33,14 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
     a step is an optimizer update. Evaluation and prediction energy are kept apart.
 
     Args:
-        devices: ``"auto"`` or a list drawn from ``"gpu"``, ``"cpu"``, ``"dram"``.
-        sample_interval_s: Seconds between hardware reads on the background thread.
-        country: ISO 3166 alpha-3 code for the grid intensity, e.g. ``"FRA"``.
-        region: Sub-national region (USA, CAN, CHN, SWE, NOR, FIN), with ``country``.
-        cloud_provider: Cloud provider, e.g. ``"gcp"``, with ``cloud_region``.
-        cloud_region: Cloud region, e.g. ``"europe-west9"``.
-        carbon_intensity_g_per_kwh: Use this grid intensity instead of a lookup.
-        pue: Power usage effectiveness of the data centre (>= 1), applied to CO2e.
-        record_path: Append a JSON-lines run record to this file (world process zero).
         summary: Print a short summary when training ends.
+        **measure: The measurement arguments of `energy_core.MeasureOptions`:
+            ``devices``, ``sample_interval_s``, ``country``, ``region``,
+            ``cloud_provider``, ``cloud_region``, ``carbon_intensity_g_per_kwh``, ``pue``,
+            ``record_path`` (written by world process zero).
 
     Raises:
-        ValueError: naming the argument, for any invalid value.
+        TypeError, ValueError: naming the argument, for any invalid value.
 
     Logged metrics: ``energy/step_j``, ``energy/total_kwh``, ``energy/{gpu,cpu,dram}_kwh``,
     ``power/total_w``, ``power/gpu{i}_w``, ``throughput/samples_per_s``,
@@ -100,55 +57,20 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         >>> trainer.train()                                                 # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        devices: str | Sequence[str] = "auto",
-        sample_interval_s: float = 0.1,
-        country: str | None = None,
-        region: str | None = None,
-        cloud_provider: str | None = None,
-        cloud_region: str | None = None,
-        carbon_intensity_g_per_kwh: float | None = None,
-        pue: float = 1.0,
-        record_path: str | os.PathLike[str] | None = None,
-        summary: bool = True,
-    ) -> None:
-        self.tracker = EnergyTracker(
-            devices=devices,
-            sample_interval_s=sample_interval_s,
-            country=country,
-            region=region,
-            cloud_provider=cloud_provider,
-            cloud_region=cloud_region,
-            carbon_intensity_g_per_kwh=carbon_intensity_g_per_kwh,
-            pue=pue,
-            record_path=record_path,
-        )
-        self._args = {
-            "devices": devices if isinstance(devices, str) else list(devices),
-            "sample_interval_s": sample_interval_s,
-            "country": country,
-            "region": region,
-            "cloud_provider": cloud_provider,
-            "cloud_region": cloud_region,
-            "carbon_intensity_g_per_kwh": carbon_intensity_g_per_kwh,
-            "pue": pue,
-            "record_path": None if record_path is None else os.fspath(record_path),
-            "summary": summary,
-        }
-        self.summary = summary
+    def __init__(self, *, summary: bool = True, **measure: Unpack[MeasureArgs]) -> None:
+        self.summary = checks.boolean("summary", summary)
+        self.tracker = EnergyTracker(MeasureOptions(**measure))
         self.last_metrics: dict[str, float] = {}
-        self.trainer: Any = None  # set by `attach`
         self._hook: Any = None
         self._pending: dict[str, float] = {}
         self._last_logged_step = -1
-        self._warned_unattached = False
         self._world_zero = True
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
         """ExportableState: constructor args and the totals, stored in ``trainer_state.json``."""
-        return {"args": dict(self._args), "attributes": {"energy_state": self.tracker.state_dict()}}
+        args = {**self.tracker.options.as_args(), "summary": self.summary}
+        return {"args": args, "attributes": {"energy_state": self.tracker.state_dict()}}
 
     @property
     def energy_state(self) -> dict[str, Any]:
@@ -208,22 +130,20 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
 
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self.register(kwargs.get("model"))
         self._world_zero = state.is_world_process_zero
-        configure_ranks(self.tracker, args, state)
+        self.tracker.join(ranks_of(args))
         self._restore_from(state)
-        self.tracker.header_extra = {
-            "framework": "transformers",
-            "trainer": {"max_steps": state.max_steps, "num_train_epochs": args.num_train_epochs,
-                        "logging_steps": args.logging_steps, "world_size": args.world_size,
-                        "gradient_accumulation_steps": args.gradient_accumulation_steps},
-        }  # fmt: skip
+        settings = {"max_steps": state.max_steps, "num_train_epochs": args.num_train_epochs,
+                    "logging_steps": args.logging_steps, "world_size": args.world_size,
+                    "gradient_accumulation_steps": args.gradient_accumulation_steps}  # fmt: skip
+        self.tracker.describe(framework="transformers", trainer=settings)
         self._last_logged_step = state.global_step
         emit(self.tracker.start_fit(state.global_step), self._world_zero)
         self._hook_model(kwargs.get("model"))
         run = self._wandb_run(args, state)
         if run is not None:  # HF's WandbCallback prefixes train/ and steps on train/global_step
-            wandb_setup.define_axes(run, wandb_setup.energy_keys(self.tracker, args.world_size),
-                                    "train/global_step", prefix="train/")  # fmt: skip
+            wandb_setup.define_axes(run, self.tracker, "train/global_step", prefix="train/")
             wandb_setup.write_config(run, self.tracker)
         return control
 
@@ -232,8 +152,6 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         """The active W&B run when ``report_to`` includes wandb, on world process zero."""
         if not state.is_world_process_zero or "wandb" not in (args.report_to or []):
             return None
-        import sys
-
         wandb = sys.modules.get("wandb")
         return getattr(wandb, "run", None) if wandb is not None else None
 
@@ -248,21 +166,6 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
             control.should_log = True  # the Trainer logs right after this hook; we add to it
         elif self.trainer is not None:
             self.trainer.log({})  # this step was logged already: a log line of its own
-        return control
-
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs: Any):
-        if logs is None or "energy/total_kwh" in logs or "train/energy/total_kwh" in logs:
-            return control  # already added by the attached Trainer.log
-        added = self.contribute(logs, state)
-        if added and state.log_history:
-            state.log_history[-1].update(added)
-        if added and args.report_to and not self._warned_unattached and self._world_zero:
-            self._warned_unattached = True
-            warnings.warn(
-                "EnergyCallback runs after the report_to integrations, so they do not receive the energy metrics "
-                "(log_history does). Add it with `hf_energy.attach(trainer, callback)` instead of `callbacks=[...]`.",
-                stacklevel=2,
-            )
         return control
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
@@ -289,40 +192,3 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
             print(self.tracker.summary_text(metrics))  # noqa: T201 - the end-of-run summary, like HF's own
         self.tracker.close()
         return control
-
-
-def attach(trainer: Any, *callbacks: LogContributor) -> Any:
-    """Add energy callbacks to a Trainer so their figures reach every integration.
-
-    Wraps this Trainer instance's ``log`` (the method HF documents for overriding) so
-    that, before ``log_history`` and the ``report_to`` integrations see a log call, every
-    `EnergyCallback`, `EnergyBudgetCallback` and `PowerCapCallback` in the trainer adds its
-    figures. Works for any Trainer subclass,
-    and keeps working when HF re-creates the callback on resume
-    (``restore_callback_states_from_checkpoint=True``).
-
-    Returns:
-        The first callback given, for convenience.
-    """
-    if not callbacks:
-        raise ValueError("attach needs at least one EnergyCallback or EnergyBudgetCallback")
-    for callback in callbacks:
-        if not isinstance(callback, LogContributor):
-            raise ValueError(
-                f"attach takes EnergyCallback, EnergyBudgetCallback or PowerCapCallback instances, got {type(callback).__name__}"
-            )
-        trainer.add_callback(callback)
-        callback.trainer = trainer
-    if not getattr(trainer, "_energy_log_attached", False):
-        original = trainer.log
-
-        def log(logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-            for callback in trainer.callback_handler.callbacks:
-                if isinstance(callback, LogContributor):
-                    callback.trainer = trainer
-                    callback.contribute(logs, trainer.state)
-            original(logs, *args, **kwargs)
-
-        trainer.log = log
-        trainer._energy_log_attached = True
-    return callbacks[0]

@@ -9,10 +9,11 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
 
-from energy_core.capping import PowerCapRun
-from energy_core.tracker import EnergyTracker
-from hf_energy._distributed import all_ranks_agree
-from hf_energy.callback import LogContributor, emit, find_energy_callback, logger
+from energy_core import EnergyTracker
+from energy_core.power import PowerCapRun
+from hf_energy._compat import emit, logger, ranks_of
+from hf_energy.callback import EnergyCallback
+from hf_energy.registry import LogContributor
 
 
 class PowerCapCallback(LogContributor, TrainerCallback):
@@ -25,8 +26,8 @@ class PowerCapCallback(LogContributor, TrainerCallback):
     train end, on SIGTERM/SIGINT and at interpreter exit (the HF Trainer has no exception
     hook: an exception ends the process, and ``atexit`` restores), and by the next run or
     ``energy-report --restore-power-limits`` after a SIGKILL. ``watts="auto"`` searches
-    for the cap with least energy per step within ``max_slowdown`` (with the meter of an
-    `EnergyCallback` passed to the same `attach`, else its own).
+    for the cap with least energy per step within ``max_slowdown`` (with the meter of the
+    Trainer's `EnergyCallback`, else its own).
 
     Args:
         watts: Cap in W per GPU, or ``"auto"``.
@@ -58,13 +59,12 @@ class PowerCapCallback(LogContributor, TrainerCallback):
         self._pending: dict[str, float] = {}
 
     def _tracker(self) -> EnergyTracker | None:
-        monitor = find_energy_callback(self.trainer)
+        monitor = self.registry.first(EnergyCallback) if self.registry is not None else None
         return monitor.tracker if monitor is not None else None
 
     def _publish(self) -> None:
         self.run.publish(self._tracker())
-        if self.run.cap_w is not None:
-            self._pending["power/cap_w"] = self.run.cap_w
+        self._pending.update(self.run.figures())
 
     def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
         added, self._pending = self._pending, {}
@@ -72,16 +72,10 @@ class PowerCapCallback(LogContributor, TrainerCallback):
         return added
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self._leader = state.is_local_process_zero
-        failure: Exception | None = None
-        if self._leader:
-            try:
-                emit(self.run.start())
-            except (ValueError, PermissionError) as err:
-                failure = err
-        for kind in (ValueError, PermissionError):  # every rank reaches both all-reduces
-            if all_ranks_agree(isinstance(failure, kind), args):
-                raise failure if isinstance(failure, kind) else kind("Setting the power cap failed on another node.")
+        self.register(kwargs.get("model"))
+        ranks = ranks_of(args)
+        self._leader = ranks.leads_node
+        emit(self.run.start_on(ranks))
         self._publish()
         return control
 

@@ -1,4 +1,4 @@
-"""One callback class for both Lightning flavours.
+"""One callback class for both Lightning flavours, and this rank's part in a job.
 
 ``lightning.pytorch`` and ``pytorch_lightning`` are separate class hierarchies; a class
 deriving from both ``Callback`` bases is accepted by both ``Trainer`` classes. Messages go
@@ -13,8 +13,7 @@ from typing import Any
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
-from energy_core.source import Notice
-from energy_core.tracker import Distributed, EnergyTracker
+from energy_core import Notice, Ranks
 
 _bases: list[type] = []
 try:
@@ -36,7 +35,7 @@ CALLBACK_BASES: tuple[type, ...] = tuple(_bases)
 
 
 def emit(notices: list[Notice]) -> None:
-    """Show discovery notices once, on rank zero."""
+    """Show notices once, on rank zero."""
     for notice in notices:
         if notice.level == "warn":
             rank_zero_warn(notice.text)
@@ -44,34 +43,22 @@ def emit(notices: list[Notice]) -> None:
             rank_zero_info(notice.text)
 
 
-
-
-def rank_gpus(trainer: Any) -> list[int] | None:
-    """The visible GPU indices this rank trains on (None: none of its own, see `configure_ranks`)."""
+def rank_gpu(trainer: Any) -> int | None:
+    """The visible GPU index this rank trains on (None: none of its own)."""
     root = trainer.strategy.root_device
-    return [root.index or 0] if root.type == "cuda" else None
+    return (root.index or 0) if root.type == "cuda" else None
 
 
-def configure_ranks(tracker: EnergyTracker, trainer: Any) -> None:
-    """Prepare a tracker for this rank before it starts (no-op in a single process).
-
-    Each rank measures the GPU it trains on; CPU, DRAM and GPUs that no rank trains on
-    are node devices, measured by the node's local rank 0 only. Figures are summed over
-    ranks with the strategy's ``reduce`` at logging boundaries; rank 0 writes the record.
-    """
-    if not trainer.is_global_zero:
-        tracker.record = None
+def ranks_of(trainer: Any) -> Ranks:
+    """This rank's part in the job, with the strategy's collectives (see `energy_core.Ranks`)."""
     if trainer.world_size <= 1:
-        return
+        return Ranks(rank=trainer.global_rank, local_rank=trainer.local_rank)
     import torch
     import torch.distributed as dist
 
-    gpus = rank_gpus(trainer)
-    tracker.meter.cuda_indices = gpus if gpus is not None or trainer.local_rank == 0 else []
-    tracker.meter.node_devices = trainer.local_rank == 0
     device = trainer.strategy.root_device
 
-    def reduce_sum(values: list[float]) -> list[float]:
+    def total(values: list[float]) -> list[float]:
         return trainer.strategy.reduce(torch.tensor(values, dtype=torch.float64, device=device), reduce_op="sum").tolist()
 
     def gather(obj: Any) -> list[Any]:
@@ -79,13 +66,43 @@ def configure_ranks(tracker: EnergyTracker, trainer: Any) -> None:
         dist.all_gather_object(gathered, obj)
         return gathered
 
-    tracker.set_distributed(Distributed(trainer.global_rank, trainer.world_size, reduce_sum,
-                                        gather if dist.is_available() and dist.is_initialized() else None))  # fmt: skip
+    def any_rank(flag: bool) -> bool:
+        return bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
+
+    can_gather = dist.is_available() and dist.is_initialized()
+    return Ranks(trainer.global_rank, trainer.local_rank, trainer.world_size, rank_gpu(trainer), total,
+                 gather if can_gather else None, any_rank)  # fmt: skip
+
+
+def find_callback(trainer: Any, cls: type) -> Any:
+    """The trainer's first callback of this class, or None."""
+    return next((cb for cb in trainer.callbacks if isinstance(cb, cls)), None)
+
+
+def log(trainer: Any, metrics: dict[str, float]) -> None:
+    """Log figures to every logger of the trainer at its global step."""
+    if metrics:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
 
 
 def own_share() -> bool:
-    """Whether this process carries a checkpoint's totals (global rank 0 only)."""
+    """Whether this process carries a checkpoint's totals (global rank 0 only).
+
+    Callback state is loaded before fit start, before the trainer's ranks are known to the
+    tracker: Lightning's rank-zero helper knows the rank by then.
+    """
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-__all__ = ["CALLBACK_BASES", "configure_ranks", "emit", "override", "own_share", "rank_zero_info", "rank_zero_warn"]
+__all__ = [
+    "CALLBACK_BASES",
+    "emit",
+    "find_callback",
+    "log",
+    "override",
+    "own_share",
+    "rank_zero_info",
+    "rank_zero_warn",
+    "ranks_of",
+]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
+from typing_extensions import Unpack
+
+from energy_core import EnergyTracker, MeasureArgs, MeasureOptions
 from energy_core.budget import BudgetAction, BudgetGuard, BudgetRule
-from energy_core.tracker import EnergyTracker
-from lightning_energy._compat import CALLBACK_BASES, configure_ranks, emit, override, own_share, rank_zero_warn
+from energy_core.budget_run import BudgetRun
+from lightning_energy._compat import CALLBACK_BASES, emit, find_callback, log, override, rank_zero_warn, ranks_of
 from lightning_energy.monitor import EnergyMonitor
 
 
@@ -22,20 +24,18 @@ class EnergyBudget(*CALLBACK_BASES):  # type: ignore[misc]
     do when the projection exceeds the budget.
 
     Beside an `EnergyMonitor` it uses the monitor's measurements (one sampler per
-    process, the monitor's carbon settings); alone it measures with the keyword
-    arguments below.
+    process, the monitor's carbon settings); alone it measures with ``**measure``.
 
     Args:
         max_kwh: Energy limit in kWh (measured, all devices, no PUE).
         max_co2e_kg: Carbon limit in kg CO2e (energy x PUE x grid intensity).
         forecast: ``"warn"`` (default), ``"stop"`` or ``"off"``.
-        devices, sample_interval_s, country, region, cloud_provider, cloud_region,
-        carbon_intensity_g_per_kwh, pue, record_path: as for `EnergyMonitor`; used only
+        **measure: As for `EnergyMonitor` (see `energy_core.MeasureOptions`); used only
             when no monitor is in the trainer.
 
     Raises:
-        ValueError: naming the argument, for non-positive or non-finite limits, no limit
-            at all, an unknown ``forecast``, or any invalid measurement argument.
+        TypeError, ValueError: naming the argument, for non-positive or non-finite limits,
+            no limit at all, an unknown ``forecast``, or any invalid measurement argument.
 
     Logged metrics: ``budget/remaining_kwh``, ``budget/forecast_kwh``.
 
@@ -57,62 +57,39 @@ class EnergyBudget(*CALLBACK_BASES):  # type: ignore[misc]
         max_kwh: float | None = None,
         max_co2e_kg: float | None = None,
         forecast: str = "warn",
-        *,
-        devices: str | Sequence[str] = "auto",
-        sample_interval_s: float = 0.1,
-        country: str | None = None,
-        region: str | None = None,
-        cloud_provider: str | None = None,
-        cloud_region: str | None = None,
-        carbon_intensity_g_per_kwh: float | None = None,
-        pue: float = 1.0,
-        record_path: str | None = None,
+        **measure: Unpack[MeasureArgs],
     ) -> None:
-        self.rule = BudgetRule(max_kwh, max_co2e_kg, forecast)
-        self._own_tracker = EnergyTracker(
-            devices=devices, sample_interval_s=sample_interval_s, country=country, region=region,
-            cloud_provider=cloud_provider, cloud_region=cloud_region,
-            carbon_intensity_g_per_kwh=carbon_intensity_g_per_kwh, pue=pue, record_path=record_path,
-        )  # fmt: skip
-        self.tracker: EnergyTracker | None = None
-        self.guard: BudgetGuard | None = None
-        self._owns = False
-        self._saved: dict[str, Any] = {}
+        self.run = BudgetRun(BudgetRule(max_kwh, max_co2e_kg, forecast), MeasureOptions(**measure))
         self._every = 1
         self._last_review_step = -1
+
+    @property
+    def guard(self) -> BudgetGuard | None:
+        """The budget's `BudgetGuard` once training has started (None before)."""
+        return self.run.guard
+
+    @property
+    def tracker(self) -> EnergyTracker | None:
+        """The tracker it watches: a monitor's, or its own (None before fit start)."""
+        return self.run.tracker
 
     # ------------------------------------------------------------------ setup
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        monitor = next((cb for cb in trainer.callbacks if isinstance(cb, EnergyMonitor)), None)
-        self._owns = monitor is None
-        self.tracker = self._own_tracker if self._owns else monitor.tracker
-        if self._owns:  # alone: measure with our own tracker, started now so validation counts
-            configure_ranks(self.tracker, trainer)
-            self.tracker.load_state_dict(self._saved.get("tracker", {}), own_share=own_share())
-            emit(self.tracker.start_fit(trainer.global_step))
+        monitor = find_callback(trainer, EnergyMonitor)
+        emit(self.run.bind(monitor.tracker if monitor else None, ranks_of(trainer), trainer.global_step))
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        # After every callback's on_fit_start and the checkpoint restore: the shared
-        # tracker is running and holds the resumed totals.
-        assert self.tracker is not None
+        # After every callback's on_fit_start and the checkpoint restore: a shared tracker
+        # is running and holds the resumed totals.
         self._every = max(1, int(trainer.log_every_n_steps))
         self._last_review_step = trainer.global_step
         total = trainer.estimated_stepping_batches
         per_epoch = total / trainer.max_epochs if trainer.max_steps == -1 and trainer.max_epochs else None
-        self.guard = BudgetGuard(self.rule, self.tracker, total, per_epoch)
-        self.guard.load_state_dict(self._saved.get("guard", {}))
-        self._act(trainer, self.guard.begin(trainer.global_step, self._agree(trainer)))
+        self._act(trainer, self.run.begin(trainer.global_step, total, per_epoch))
 
     # ------------------------------------------------------------------ decisions
-    @staticmethod
-    def _agree(trainer: Any) -> Any:
-        """The same decision on every rank: the strategy's collective, the identity alone."""
-        if trainer.world_size <= 1:
-            return bool
-        return lambda flag: bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
-
     def _act(self, trainer: Any, action: BudgetAction | None) -> None:
         if action is None:
             return
@@ -132,21 +109,17 @@ class EnergyBudget(*CALLBACK_BASES):  # type: ignore[misc]
         rank_zero_warn(message)
 
     def _review(self, trainer: Any, epochs_done: int) -> None:
-        assert self.guard is not None and self.tracker is not None
-        if self._owns:  # the job's totals now (a collective every rank reaches at this step)
-            self.tracker.reduce_totals()
-        metrics, action = self.guard.review(trainer.global_step, epochs_done, self._agree(trainer))
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        metrics, action = self.run.review(trainer.global_step, epochs_done)
+        log(trainer, metrics)
         self._act(trainer, action)
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        guard = self.guard
-        if guard is None or guard.stopped is not None:
+        if not self.run.active:
             return
-        if trainer.world_size == 1 and guard.crossed():  # one flag read per step
-            self._act(trainer, guard.stop_now(trainer.global_step))
+        stop = self.run.check(trainer.global_step)  # one flag read per step
+        if stop is not None:
+            self._act(trainer, stop)
             return
         step = trainer.global_step
         if step % self._every == 0 and step != self._last_review_step:
@@ -155,38 +128,27 @@ class EnergyBudget(*CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.guard is not None and self.guard.stopped is None:
+        if self.run.active:
             self._review(trainer, trainer.current_epoch + 1)
 
     # ------------------------------------------------------------------ end
-    def _finish(self, trainer: Any, status: str) -> None:
-        if self._owns and self.tracker is not None:
-            self.tracker.end_fit(trainer.global_step, status=status)
-            self.tracker.close()
-
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        self._finish(trainer, "budget-stop" if self.guard and self.guard.stopped else "completed")
+        self.run.finish(trainer.global_step)
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._finish(trainer, f"exception: {type(exception).__name__}")
+        self.run.finish(trainer.global_step, f"exception: {type(exception).__name__}")
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if self._owns and self.tracker is not None:
-            self.tracker.close()
+        self.run.close()
 
     # ------------------------------------------------------------------ checkpoints
     @override
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"guard": self.guard.state_dict() if self.guard else self._saved.get("guard", {})}
-        if self._owns and self.tracker is not None:
-            state["tracker"] = self.tracker.state_dict()
-        return state
+        return self.run.state_dict()
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._saved = dict(state_dict)
-        if self._owns and self.tracker is not None and "tracker" in state_dict:  # restored after fit start
-            self.tracker.load_state_dict(state_dict["tracker"], own_share=own_share())
+        self.run.load_state_dict(state_dict)

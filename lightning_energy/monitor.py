@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
-from energy_core import wandb_setup
-from energy_core.record import scalar_losses
-from energy_core.tracker import EnergyTracker
-from lightning_energy._compat import CALLBACK_BASES, configure_ranks, emit, override, own_share, rank_zero_info
+from typing_extensions import Unpack
 
-PROGRESS_BAR_KEYS = {"power/total_w": ("W", 1.0), "energy/total_kwh": ("Wh", 1000.0)}
+from energy_core import EnergyTracker, MeasureArgs, MeasureOptions, checks, keys, wandb_setup
+from energy_core.record import scalar_losses
+from lightning_energy._compat import CALLBACK_BASES, emit, log, override, own_share, rank_zero_info, ranks_of
+
+PROGRESS_BAR_KEYS = {keys.TOTAL_W: ("W", 1.0), keys.TOTAL_KWH: ("Wh", 1000.0)}
 
 
 class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
@@ -23,23 +23,18 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     loop itself only pays for a timestamp and a few integer additions per batch.
 
     Args:
-        devices: ``"auto"`` or a list drawn from ``"gpu"``, ``"cpu"``, ``"dram"``.
-        sample_interval_s: Seconds between hardware reads on the background thread.
-        country: ISO 3166 alpha-3 code for the grid intensity, e.g. ``"FRA"``.
-        region: Sub-national region (USA, CAN, CHN, SWE, NOR, FIN), with ``country``.
-        cloud_provider: Cloud provider, e.g. ``"gcp"``, with ``cloud_region``.
-        cloud_region: Cloud region, e.g. ``"europe-west9"``.
-        carbon_intensity_g_per_kwh: Use this grid intensity instead of a lookup.
-        pue: Power usage effectiveness of the data centre (>= 1), applied to CO2e.
-        record_path: Append a JSON-lines run record to this file (rank 0).
         log_every_n_steps: Override the trainer's logging cadence (optimizer steps).
         progress_bar: Show mean power (``W``) and total energy (``Wh``) in the progress bar.
         summary: Print a short summary when fit ends.
+        **measure: The measurement arguments of `energy_core.MeasureOptions`:
+            ``devices``, ``sample_interval_s``, ``country``, ``region``,
+            ``cloud_provider``, ``cloud_region``, ``carbon_intensity_g_per_kwh``, ``pue``,
+            ``record_path``.
 
     Raises:
-        ValueError: naming the argument, for any invalid value (unknown country or
-            region, negative or non-finite PUE/intensity, non-positive interval,
-            unknown device name).
+        TypeError, ValueError: naming the argument, for any invalid value (unknown
+            country or region, negative or non-finite PUE/intensity, interval outside
+            [0.001, 60] s, unknown device name, a bool where a number belongs).
 
     Logged metrics: ``energy/step_j``, ``energy/total_kwh``, ``energy/{gpu,cpu,dram}_kwh``,
     ``power/total_w``, ``power/gpu{i}_w``, ``throughput/samples_per_s``,
@@ -56,35 +51,16 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
 
     def __init__(
         self,
-        devices: str | Sequence[str] = "auto",
-        sample_interval_s: float = 0.1,
-        country: str | None = None,
-        region: str | None = None,
-        cloud_provider: str | None = None,
-        cloud_region: str | None = None,
-        carbon_intensity_g_per_kwh: float | None = None,
-        pue: float = 1.0,
-        record_path: str | None = None,
+        *,
         log_every_n_steps: int | None = None,
         progress_bar: bool = True,
         summary: bool = True,
+        **measure: Unpack[MeasureArgs],
     ) -> None:
-        if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int) or log_every_n_steps < 1):
-            raise ValueError(f"log_every_n_steps must be an integer >= 1 or None, got {log_every_n_steps!r}")
-        self.tracker = EnergyTracker(
-            devices=devices,
-            sample_interval_s=sample_interval_s,
-            country=country,
-            region=region,
-            cloud_provider=cloud_provider,
-            cloud_region=cloud_region,
-            carbon_intensity_g_per_kwh=carbon_intensity_g_per_kwh,
-            pue=pue,
-            record_path=record_path,
-        )
-        self.log_every_n_steps = log_every_n_steps
-        self.progress_bar = progress_bar
-        self.summary = summary
+        self.log_every_n_steps = checks.integer("log_every_n_steps", log_every_n_steps, low=1, optional=True)
+        self.progress_bar = checks.boolean("progress_bar", progress_bar)
+        self.summary = checks.boolean("summary", summary)
+        self.tracker = EnergyTracker(MeasureOptions(**measure))
         self.last_metrics: dict[str, float] = {}
         self._bar_values: dict[str, float] = {}
         self._bar: Any = None
@@ -93,11 +69,8 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ helpers
     def _log(self, trainer: Any, metrics: dict[str, float]) -> None:
-        if not metrics:
-            return
         self.last_metrics.update(metrics)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        log(trainer, metrics)
 
     def _extra(self, trainer: Any) -> dict[str, float] | None:
         return scalar_losses(trainer.callback_metrics) if self.tracker.record is not None else None
@@ -107,16 +80,14 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self._every = self.log_every_n_steps or max(1, int(trainer.log_every_n_steps))
         self._last_logged_step = trainer.global_step
-        configure_ranks(self.tracker, trainer)
-        self.tracker.header_extra = {
-            "framework": type(trainer).__module__.split(".")[0],
-            "trainer": {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
-                        "log_every_n_steps": self._every, "world_size": trainer.world_size},
-        }  # fmt: skip
+        self.tracker.join(ranks_of(trainer))
+        settings = {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
+                    "log_every_n_steps": self._every, "world_size": trainer.world_size}  # fmt: skip
+        self.tracker.describe(framework=type(trainer).__module__.split(".")[0], trainer=settings)
         emit(self.tracker.start_fit(trainer.global_step))
         self._attach_progress_bar(trainer)
         for run in self._wandb_runs(trainer):  # exact keys, before the first energy log
-            wandb_setup.define_axes(run, wandb_setup.energy_keys(self.tracker, trainer.world_size), "trainer/global_step")
+            wandb_setup.define_axes(run, self.tracker, "trainer/global_step")
             wandb_setup.write_config(run, self.tracker)
 
     @staticmethod

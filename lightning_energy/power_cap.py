@@ -5,9 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from energy_core.capping import PowerCapRun
-from energy_core.tracker import EnergyTracker
-from lightning_energy._compat import CALLBACK_BASES, emit, override, rank_zero_info, rank_zero_warn
+from energy_core import EnergyTracker
+from energy_core.power import PowerCapRun
+from lightning_energy._compat import (
+    CALLBACK_BASES,
+    emit,
+    find_callback,
+    log,
+    override,
+    rank_zero_info,
+    rank_zero_warn,
+    ranks_of,
+)
 from lightning_energy.monitor import EnergyMonitor
 
 
@@ -24,7 +33,7 @@ class PowerCap(*CALLBACK_BASES):  # type: ignore[misc]
 
     With ``watts="auto"``, a few caps are profiled on the real training steps after a
     short warm-up and the one that uses least energy per step within ``max_slowdown``
-    is kept (see `energy_core.cap_finder.CapFinder`).
+    is kept (see `energy_core.power.CapFinder`).
 
     Args:
         watts: Cap in W per GPU, or ``"auto"``.
@@ -35,10 +44,10 @@ class PowerCap(*CALLBACK_BASES):  # type: ignore[misc]
         max_slowdown: For ``watts="auto"``, the largest accepted rise in time per step.
 
     Raises:
-        ValueError: naming the argument and the allowed range, for both or neither of
-            ``watts``/``fraction``, a fraction outside (0, 1], a cap outside a device's
-            range or an unknown GPU index (the last two at fit start, before anything is
-            changed).
+        TypeError, ValueError: naming the argument and the allowed range, for both or
+            neither of ``watts``/``fraction``, a fraction outside (0, 1], a cap outside a
+            device's range or an unknown GPU index (the last two at fit start, before
+            anything is changed).
 
     Logged metrics: ``power/cap_w`` (sum of the caps in force on the node's capped GPUs),
     also in every `EnergyMonitor` window while a cap is in force.
@@ -59,39 +68,20 @@ class PowerCap(*CALLBACK_BASES):  # type: ignore[misc]
     ) -> None:
         self.run = PowerCapRun(watts, fraction, gpus, strict=strict, max_slowdown=max_slowdown)
         self._leader = False
-        self._monitor: EnergyMonitor | None = None
-
-    @property
-    def _tracker(self) -> EnergyTracker | None:
-        return self._monitor.tracker if self._monitor is not None else None
+        self._tracker: EnergyTracker | None = None
 
     def _publish(self, trainer: Any, metrics: dict[str, float] | None) -> None:
         self.run.publish(self._tracker)
-        if metrics:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
+        log(trainer, metrics or {})
 
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self._leader = trainer.local_rank == 0
-        self._monitor = next((cb for cb in trainer.callbacks if isinstance(cb, EnergyMonitor)), None)
-        outcome, message = "ok", ""
-        if self._leader:
-            try:
-                emit(self.run.start())
-            except ValueError as err:
-                outcome, message = "invalid", str(err)
-            except PermissionError as err:
-                outcome, message = "permission", str(err)
-        if trainer.world_size > 1:  # every rank waits for the caps and agrees on the outcome
-            for kind in ("invalid", "permission"):
-                if trainer.strategy.reduce_boolean_decision(outcome == kind, all=False):
-                    outcome, message = kind, message or "Setting the power cap failed on another node."
-        if outcome == "invalid":
-            raise ValueError(message)
-        if outcome == "permission":
-            raise PermissionError(message)
-        self._publish(trainer, {"power/cap_w": self.run.cap_w} if self.run.cap_w is not None else None)
+        ranks = ranks_of(trainer)
+        self._leader = ranks.leads_node
+        monitor = find_callback(trainer, EnergyMonitor)
+        self._tracker = monitor.tracker if monitor is not None else None
+        emit(self.run.start_on(ranks))
+        self._publish(trainer, self.run.figures())
         if self.run.cap_w is not None:
             self.run.record(self._tracker, "applied")
 

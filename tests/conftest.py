@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from energy_core import rapl
+from energy_core.devices import rapl
 from tests.fake_rapl import FakeRapl
 from tests.sim_nvml import SimGpu, SimNvml, install
 

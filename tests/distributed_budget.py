@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from energy_core import J_PER_KWH, rapl  # noqa: E402
+from energy_core import J_PER_KWH  # noqa: E402
+from energy_core.devices import rapl  # noqa: E402
 from tests.fake_rapl import FakeRapl  # noqa: E402
 from tests.power_traces import Constant  # noqa: E402
 from tests.sim_nvml import SimNvml, end_process_group, install_for_process  # noqa: E402

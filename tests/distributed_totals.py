@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from energy_core import rapl  # noqa: E402
+from energy_core.devices import rapl  # noqa: E402
 from tests.fake_rapl import FakeRapl  # noqa: E402
 from tests.power_traces import Constant  # noqa: E402
 from tests.sim_nvml import SimGpu, SimNvml, end_process_group, install_for_process  # noqa: E402
@@ -52,7 +52,7 @@ def run_lightning(out: Path) -> None:
     from lightning_energy import EnergyMonitor
     from tests.lightning_models import make_module, regression_data
 
-    compat.rank_gpus = lambda trainer: [0]  # each rank "trains on" its one visible GPU
+    compat.rank_gpu = lambda trainer: 0  # each rank "trains on" its one visible GPU
     monitor = EnergyMonitor(sample_interval_s=0.02, record_path=out / "energy.jsonl")
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", log_every_n_steps=5,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -62,11 +62,11 @@ def run_lightning(out: Path) -> None:
 
 
 def run_hf(out: Path) -> None:
-    import hf_energy._distributed as dist_helpers
+    import hf_energy._compat as hf_compat
     from hf_energy import EnergyCallback, attach
     from tests.hf_models import SeqData, make_trainer
 
-    dist_helpers.rank_gpus = lambda args: [0]
+    hf_compat.rank_gpu = lambda args: 0
     trainer = make_trainer(out / "hf", SeqData(256), sleep_s=0.03, num_train_epochs=2, logging_steps=4)
     energy = attach(trainer, EnergyCallback(sample_interval_s=0.02, record_path=out / "energy.jsonl"))
     trainer.train()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from energy_core.nvidia import visible_gpus
+from energy_core.devices.nvidia import visible_gpus
 from tests.power_traces import Constant
 from tests.sim_nvml import SimGpu
 

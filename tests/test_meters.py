@@ -5,7 +5,7 @@ from __future__ import annotations
 import pynvml
 import pytest
 
-from energy_core import cpu_estimate, nvidia, rapl
+from energy_core.devices import cpu_estimate, nvidia, rapl
 from energy_core.meter import EnergyMeter
 from energy_core.sampler import SampleBuffer, Sampler
 from tests.power_traces import Constant, Noisy, Ramp, Square

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from energy_core.power_cap import PowerLimits, journal_path
+from energy_core.power import PowerLimits, journal_path
 from lightning_energy import EnergyMonitor, PowerCap
 from tests.lightning_models import flavour, make_module, regression_data
 from tests.power_traces import Constant

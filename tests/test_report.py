@@ -7,7 +7,7 @@ import os
 import time
 
 from energy_core import EnergyTracker
-from energy_core.power_cap import journal_path
+from energy_core.power import journal_path
 from energy_core.report import main
 from tests.power_traces import Constant
 from tests.sim_nvml import SimGpu

@@ -91,7 +91,7 @@ def run_at(fraction: float, args: argparse.Namespace) -> dict[str, object]:
     (applied,) = [c for c in rec["power_cap"] if c["event"] == "applied"]
     return {"fraction": fraction, "cap_w": sum(c["cap_w"] for c in applied["caps"]), "gpu_w": gpu_j / seconds,
             "gpu_j_per_step": gpu_j / steps, "ms_per_step": 1000 * seconds / steps, "record": str(record),
-            "driver": rec["header"]["hardware"]["nvidia_driver"]}  # fmt: skip
+            "driver": rec["header"]["hardware"]["drivers"].get("nvidia")}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:

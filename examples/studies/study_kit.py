@@ -99,7 +99,7 @@ def read_record(path: Path) -> dict[str, Any]:
     """The last run in a record (read by `energy-report`'s reader) by line type: ``header``
     and ``summary`` are one line each, every other type (``window``, ``epoch``, ``stage``,
     ``budget``, ``power_cap``) a list, maybe empty."""
-    from energy_core.report import read_runs
+    from energy_core.record import read_runs
 
     runs, _ = read_runs(Path(path))
     by_type: dict[str, Any] = {"window": [], "epoch": [], "stage": [], "budget": [], "power_cap": []}

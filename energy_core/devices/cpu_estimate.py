@@ -16,7 +16,8 @@ from pathlib import Path
 import psutil
 
 from energy_core.codecarbon_data import load_csv
-from energy_core.source import EnergySource, Notice, SourceInfo
+from energy_core.devices.source import EnergySource, SourceInfo
+from energy_core.notices import Notice
 
 DEFAULT_TDP_W = 85.0
 _NOISE = re.compile(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|@\s*[\d.]+\s*ghz|\d+-core", re.IGNORECASE)

@@ -1,4 +1,4 @@
-"""The one interface every energy reader implements.
+"""The vendor-neutral device interfaces: energy sources and GPU boards with power limits.
 
 A *source* turns one piece of hardware (a GPU, a CPU package, a DRAM domain) into a
 single monotone number: joules consumed since the source was opened. Sources are read
@@ -56,14 +56,47 @@ class EnergySource(ABC):
         """Release handles. Default: nothing to release."""
 
 
+class DeviceError(RuntimeError):
+    """A device library call failed (NVML, amdsmi): the message names the library and its error."""
+
+
 @dataclass(frozen=True)
-class Notice:
-    """A message discovery wants the user to see once (emitted by the adapter).
+class LimitRange:
+    """A board's power limits, in mW.
 
     Args:
-        level: ``"info"`` or ``"warn"``.
-        text: The message.
+        min_mw, max_mw: The allowed range.
+        default_mw: The board's default (boot) limit.
+        current_mw: The limit in force now.
     """
 
-    level: str
-    text: str
+    min_mw: int
+    max_mw: int
+    default_mw: int
+    current_mw: int
+
+
+class GpuBoard(ABC):
+    """One physical GPU whose power limit can be read and set; the vendor's calls live behind it.
+
+    Attributes:
+        vendor: ``"nvidia"`` (or another supported vendor).
+        index: Index among the process's visible devices (CUDA order).
+        uuid: The board's unique id, stable across processes.
+    """
+
+    vendor: str
+    index: int
+    uuid: str
+
+    @abstractmethod
+    def limits(self) -> LimitRange:
+        """The allowed range, default and current limit. Raises DeviceError."""
+
+    @abstractmethod
+    def limit_mw(self) -> int:
+        """The limit in force now, in mW. Raises DeviceError."""
+
+    @abstractmethod
+    def set_limit_mw(self, mw: int) -> None:
+        """Set the limit. Raises PermissionError (with how to grant it) or DeviceError."""

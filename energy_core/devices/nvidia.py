@@ -7,6 +7,11 @@ by integrating ``nvmlDeviceGetPowerUsage`` (mW) with the trapezoid rule at every
 Visible devices are mapped to NVML handles by UUID: NVML enumerates in PCI order and
 ignores ``CUDA_VISIBLE_DEVICES``, which may hold indices, ``GPU-`` UUIDs (or prefixes)
 or ``MIG-`` ids. MIG instances share the board's power, so energy is per physical GPU.
+
+Power limits (`NvidiaBoard`): ``nvmlDeviceSetPowerManagementLimit`` in mW, root or
+CAP_SYS_ADMIN; range from ``nvmlDeviceGetPowerManagementLimitConstraints``. This module is
+the only one that imports ``pynvml``: its errors leave it as `DeviceError` or
+`PermissionError`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from typing import Any
 
 import pynvml
 
-from energy_core.source import EnergySource, Notice, SourceInfo
+from energy_core.devices.source import DeviceError, EnergySource, GpuBoard, LimitRange, SourceInfo
+from energy_core.notices import Notice
 
 
 @dataclass(frozen=True)
@@ -220,3 +226,66 @@ def driver_version() -> str | None:
         return _text(pynvml.nvmlSystemGetDriverVersion())
     except pynvml.NVMLError:
         return None
+
+
+# ---------------------------------------------------------------------- power limits
+PERMISSION_HINT = (
+    "Setting GPU power limits needs root or CAP_SYS_ADMIN (NVML_ERROR_NO_PERMISSION). Run the job as root, "
+    "grant the capability (e.g. `sudo setcap cap_sys_admin+ep $(readlink -f $(which python))`), or ask an "
+    "administrator to set the cap with `sudo nvidia-smi -i <gpu> -pl <watts>`."
+)
+
+
+def _call(function: Any, *args: Any) -> Any:
+    """One NVML call whose errors become `DeviceError`."""
+    try:
+        return function(*args)
+    except pynvml.NVMLError as err:
+        raise DeviceError(f"NVML: {err}") from None
+
+
+class NvidiaBoard(GpuBoard):
+    """The power limit of one NVIDIA board (mW, as NVML counts).
+
+    Args:
+        gpu: The board.
+    """
+
+    vendor = "nvidia"
+
+    def __init__(self, gpu: VisibleGpu) -> None:
+        self.gpu = gpu
+        self.index = gpu.cuda_index
+        self.uuid = gpu.uuid
+
+    def limits(self) -> LimitRange:
+        low, high = (int(v) for v in _call(pynvml.nvmlDeviceGetPowerManagementLimitConstraints, self.gpu.handle))
+        default = int(_call(pynvml.nvmlDeviceGetPowerManagementDefaultLimit, self.gpu.handle))
+        return LimitRange(low, high, default, self.limit_mw())
+
+    def limit_mw(self) -> int:
+        return int(_call(pynvml.nvmlDeviceGetPowerManagementLimit, self.gpu.handle))
+
+    def set_limit_mw(self, mw: int) -> None:
+        try:
+            pynvml.nvmlDeviceSetPowerManagementLimit(self.gpu.handle, int(mw))
+        except pynvml.NVMLError_NoPermission:
+            raise PermissionError(PERMISSION_HINT) from None
+        except pynvml.NVMLError as err:
+            raise DeviceError(f"NVML: {err}") from None
+
+
+def boards() -> list[NvidiaBoard]:
+    """The visible NVIDIA boards, in CUDA order. Raises DeviceError without NVML."""
+    _call(pynvml.nvmlInit)
+    return [NvidiaBoard(gpu) for gpu in _call(visible_gpus)]
+
+
+def board_by_uuid(uuid: str) -> NvidiaBoard | None:
+    """The NVIDIA board with this UUID (None if NVML has none). Raises DeviceError without NVML."""
+    _call(pynvml.nvmlInit)
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+    except pynvml.NVMLError:
+        return None
+    return NvidiaBoard(VisibleGpu(-1, handle, uuid))

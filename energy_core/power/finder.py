@@ -22,8 +22,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from energy_core import keys
 from energy_core.meter import EnergyMeter, Mark
-from energy_core.power_cap import CappedGpu, PowerLimits
+from energy_core.power.limits import CappedGpu, PowerLimits
 
 DEFAULT_FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 
@@ -78,7 +79,7 @@ class CapFinder:
         self.profile_steps = profile_steps
         self.min_phase_s = min_phase_s
         boards: list[CappedGpu] = list(limits.capped)
-        low = max(b.min_mw / b.previous_mw for b in boards) if boards else 1.0
+        low = max(b.limits.min_mw / b.previous_mw for b in boards) if boards else 1.0
         self.fractions = [f for f in fractions if f >= low - 1e-9]
         self.trials: list[Trial] = []
         self.chosen: Trial | None = None
@@ -91,7 +92,7 @@ class CapFinder:
         """Cap every board at ``fraction`` of its limit at start; returns the total cap in W."""
         total_mw = 0
         for board in self.limits.capped:
-            target = min(board.max_mw, max(board.min_mw, int(round(fraction * board.previous_mw))))
+            target = min(board.limits.max_mw, max(board.limits.min_mw, int(round(fraction * board.previous_mw))))
             total_mw += self.limits.set(board, target)
         return total_mw / 1000.0
 
@@ -124,7 +125,7 @@ class CapFinder:
         cap_w = self._set(fraction)
         self.trials.append(Trial(fraction, cap_w, self.meter.mark(), step))
         self._next_boundary = step + self.profile_steps
-        return {"power/cap_w": cap_w}
+        return {keys.CAP_W: cap_w}
 
     def _decide(self, step: int) -> dict[str, float] | None:
         last = self.trials[-1].end
@@ -140,7 +141,7 @@ class CapFinder:
         self.chosen = min(allowed, key=lambda t: t.joules_per_step)
         self.done = True
         cap_w = self._set(self.chosen.fraction)
-        return {"power/cap_w": cap_w}
+        return {keys.CAP_W: cap_w}
 
     def table(self) -> list[dict[str, float | None]]:
         """The profiled candidates, for the record and the messages."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from energy_core.source import EnergySource, Notice, SourceInfo
+from energy_core.devices.source import EnergySource, SourceInfo
+from energy_core.notices import Notice
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
 

@@ -1,0 +1,108 @@
+"""BudgetRun: one budget in one training run, for every framework adapter.
+
+It decides which tracker the budget watches (a monitor's, shared, or its own, built only
+when there is no monitor), builds the `BudgetGuard` once the run's length is known, keeps
+the budget's checkpoint state and ends its own tracker with the right status. Adapters
+only translate hooks: when the fit starts, when a step ends, when to review, how to stop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from energy_core.budget import BudgetAction, BudgetGuard, BudgetRule
+from energy_core.notices import Notice
+from energy_core.options import MeasureOptions
+from energy_core.ranks import Ranks
+from energy_core.tracker import EnergyTracker
+
+BUDGET_STOP = "budget-stop"
+
+
+class BudgetRun:
+    """A budget's part in one run.
+
+    Args:
+        rule: The limits.
+        options: How to measure when no monitor's tracker can be shared.
+
+    Example:
+        >>> run = BudgetRun(BudgetRule(max_kwh=1.0), MeasureOptions())
+        >>> notices = run.bind(None, Ranks(), step=0)           # doctest: +SKIP
+        >>> action = run.begin(0, total_steps=1000, epoch_steps=100)   # doctest: +SKIP
+    """
+
+    def __init__(self, rule: BudgetRule, options: MeasureOptions) -> None:
+        self.rule = rule
+        self.options = options
+        self.tracker: EnergyTracker | None = None
+        self.guard: BudgetGuard | None = None
+        self.owns = False
+        self._ranks = Ranks()
+        self._saved: dict[str, Any] = {}
+
+    @property
+    def active(self) -> bool:
+        """Watching, and not yet stopped."""
+        return self.guard is not None and self.guard.stopped is None
+
+    def bind(self, shared: EnergyTracker | None, ranks: Ranks, step: int) -> list[Notice]:
+        """At fit start: watch a monitor's tracker, or measure alone from now (validation included)."""
+        self._ranks = ranks
+        self.owns = shared is None
+        if shared is not None:
+            self.tracker = shared
+            return []
+        if self.tracker is None:
+            self.tracker = EnergyTracker(self.options)
+        self.tracker.join(ranks)
+        self.tracker.load_state_dict(self._saved.get("tracker"), own_share=ranks.leads_job)
+        return self.tracker.start_fit(step)
+
+    def begin(self, step: int, total_steps: float | None, epoch_steps: float | None) -> BudgetAction | None:
+        """Once every callback has started and the run's length is known: a resumed run whose
+        budget is already spent stops at once (on every rank)."""
+        assert self.tracker is not None, "bind() first"
+        self.guard = BudgetGuard(self.rule, self.tracker, total_steps, epoch_steps)
+        self.guard.load_state_dict(self._saved.get("guard", {}))
+        return self.guard.begin(step, self._ranks.agree)
+
+    def check(self, step: int) -> BudgetAction | None:
+        """After each step, one flag read. A multi-process job decides at its reviews instead,
+        where every rank takes part."""
+        if not self.active or self._ranks.world_size > 1 or not self.guard.crossed():  # type: ignore[union-attr]
+            return None
+        return self.guard.stop_now(step)  # type: ignore[union-attr]
+
+    def review(self, step: int, epochs_done: int) -> tuple[dict[str, float], BudgetAction | None]:
+        """At a logging step or epoch end (every rank): remaining budget, forecast, what to do."""
+        if self.guard is None:
+            return {}, None
+        if self.owns:  # the job's totals now: a collective every rank reaches at this step
+            self.tracker.reduce_totals()  # type: ignore[union-attr]
+        return self.guard.review(step, epochs_done, self._ranks.agree)
+
+    def finish(self, step: int, status: str = "completed") -> None:
+        """End the budget's own tracker (a shared one is the monitor's to end)."""
+        if self.owns and self.tracker is not None:
+            stopped = self.guard is not None and self.guard.stopped is not None
+            self.tracker.end_fit(step, status=BUDGET_STOP if stopped and status == "completed" else status)
+            self.tracker.close()
+
+    def close(self) -> None:
+        """Stop the budget's own sampler (idempotent)."""
+        if self.owns and self.tracker is not None:
+            self.tracker.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The guard's state and, measuring alone, the totals."""
+        state: dict[str, Any] = {"guard": self.guard.state_dict() if self.guard else self._saved.get("guard", {})}
+        if self.owns and self.tracker is not None:
+            state["tracker"] = self.tracker.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Keep a checkpoint's state for `bind`/`begin` (or apply it, if restored after fit start)."""
+        self._saved = dict(state or {})
+        if self.owns and self.tracker is not None and "tracker" in self._saved:
+            self.tracker.load_state_dict(self._saved["tracker"], own_share=self._ranks.leads_job)

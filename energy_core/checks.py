@@ -1,0 +1,118 @@
+"""Argument checks shared by every public constructor: types, ranges and messages, once.
+
+Each check returns the normalised value, or raises ``TypeError`` (wrong type: a bool is
+never a number, a number is never a string) or ``ValueError`` (right type, outside the
+allowed range). Both messages name the argument and say what is allowed.
+
+Example:
+    >>> number("pue", 1.2, low=1)
+    1.2
+    >>> number("pue", True, low=1)
+    Traceback (most recent call last):
+    ...
+    TypeError: pue must be a finite number >= 1, got bool True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from numbers import Integral, Real
+from typing import Any
+
+
+def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bool, kind: str) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{kind} {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f"{kind} {'<' if high_open else '<='} {high:g}"
+    return kind
+
+
+def _type_error(name: str, what: str, value: Any) -> TypeError:
+    return TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+
+
+def number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+    what: str | None = None,
+    unit: str = "",
+) -> Any:
+    """A finite real number within the bounds (``None`` too when ``optional``), as a float."""
+    if value is None and optional:
+        return None
+    if what is None:
+        what = _bounds(low, high, low_open, high_open, "a finite number") + unit + (" (or None)" if optional else "")
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise _type_error(name, what, value)
+    result = float(value)
+    too_low = low is not None and (result <= low if low_open else result < low)
+    too_high = high is not None and (result >= high if high_open else result > high)
+    if not math.isfinite(result) or too_low or too_high:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return result
+
+
+def integer(name: str, value: Any, *, low: int | None = None, high: int | None = None, optional: bool = False) -> Any:
+    """An integer within the bounds (``None`` too when ``optional``)."""
+    if value is None and optional:
+        return None
+    what = _bounds(low, high, False, False, "an integer") + (" (or None)" if optional else "")
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise _type_error(name, what, value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def boolean(name: str, value: Any) -> bool:
+    """``True`` or ``False``: nothing else means yes or no (``"no"`` is not False)."""
+    if not isinstance(value, bool):
+        raise _type_error(name, "True or False", value)
+    return value
+
+
+def choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """One of a few strings."""
+    what = "one of " + ", ".join(map(repr, choices))
+    if not isinstance(value, str):
+        raise _type_error(name, what, value)
+    if value not in choices:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
+def text(name: str, value: Any, *, optional: bool = True, what: str = "a string") -> Any:
+    """A non-empty string (``None`` too when ``optional``)."""
+    if value is None and optional:
+        return None
+    described = what + (" (or None)" if optional else "")
+    if not isinstance(value, str):
+        raise _type_error(name, described, value)
+    if not value.strip():
+        raise ValueError(f"{name} must be {described}, got {value!r}")
+    return value
+
+
+def file_path(name: str, value: Any, *, optional: bool = True) -> Any:
+    """A path to a file (str or os.PathLike, not a directory), as a str (``None`` too when ``optional``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+        raise _type_error(name, "a file path (str or os.PathLike)", value)
+    path = os.fspath(value)
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{name} must be a file path (str or os.PathLike), got {value!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"{name} must be a file, but {path!r} is a directory")
+    return path

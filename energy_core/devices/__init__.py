@@ -1,0 +1,116 @@
+"""Devices: every hardware reader behind one interface; nothing above this package knows a vendor.
+
+* `source` - the interfaces: `EnergySource` (joules since opened), `GpuBoard` (power limits);
+* `nvidia` - NVIDIA GPUs through NVML; `rapl` - CPU package and DRAM through Linux RAPL;
+  `cpu_estimate` - TDP x utilisation where RAPL cannot be read.
+
+A new GPU vendor is a module with the functions of `GPU_VENDORS`' members
+(``discover_gpus``, ``boards``, ``board_by_uuid``, ``driver_version``), listed there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from energy_core.devices import cpu_estimate, nvidia, rapl
+from energy_core.devices.source import DEVICE_KINDS, DeviceError, EnergySource, GpuBoard, LimitRange, SourceInfo
+from energy_core.notices import Notice
+
+GPU_VENDORS = (nvidia,)
+
+__all__ = [
+    "DEVICE_KINDS",
+    "DeviceError",
+    "EnergySource",
+    "GpuBoard",
+    "LimitRange",
+    "SourceInfo",
+    "board_by_uuid",
+    "discover",
+    "drivers",
+    "visible_boards",
+]
+
+
+def discover(
+    kinds: Sequence[str],
+    explicit: bool,
+    gpu_indices: Sequence[int] | None = None,
+    node_devices: bool = True,
+    rapl_root: Path | None = None,
+) -> tuple[list[EnergySource], list[Notice]]:
+    """Open a source for every device of the requested kinds this process should measure.
+
+    Args:
+        kinds: Drawn from `DEVICE_KINDS`.
+        explicit: Whether the user named the kinds (a missing kind is then worth a warning).
+        gpu_indices: Only these visible GPUs (one rank's); None means all visible.
+        node_devices: Open CPU and DRAM sources (False on all but one rank of a node).
+        rapl_root: The powercap directory, for tests.
+
+    Returns:
+        The sources and the notices to show once. Missing hardware is not an error.
+    """
+    sources: list[EnergySource] = []
+    notices: list[Notice] = []
+    if "gpu" in kinds:
+        for vendor in GPU_VENDORS:
+            gpus, found = vendor.discover_gpus(gpu_indices)
+            sources += gpus
+            notices += found
+    node_kinds = {k for k in kinds if k in ("cpu", "dram")} if node_devices else set()
+    if node_kinds:
+        readers, found = rapl.discover_rapl(node_kinds, rapl_root)
+        sources += readers
+        notices += found
+        measured = {s.info.kind for s in readers}
+        if "cpu" in node_kinds and "cpu" not in measured:
+            estimate, found = cpu_estimate.estimate_cpu()
+            sources.append(estimate)
+            notices += found
+        if "dram" in node_kinds and "dram" not in measured and explicit:
+            notices.append(Notice("warn", "DRAM energy was requested but no readable RAPL DRAM domain exists."))
+    if not sources:
+        notices.append(Notice("warn", f"No device of {list(kinds)} can be measured: energy stays at zero."))
+    return sources, notices
+
+
+def visible_boards() -> list[GpuBoard]:
+    """Every GPU board this process can see, of every vendor, for power limits.
+
+    Raises:
+        DeviceError: when no vendor library can be reached at all.
+    """
+    found: list[GpuBoard] = []
+    errors: list[DeviceError] = []
+    for vendor in GPU_VENDORS:
+        try:
+            found += vendor.boards()
+        except DeviceError as err:
+            errors.append(err)
+    if not found and errors:
+        raise errors[0]
+    return found
+
+
+def board_by_uuid(uuid: str) -> GpuBoard | None:
+    """The board with this UUID, of any vendor (None if none has it)."""
+    for vendor in GPU_VENDORS:
+        try:
+            board = vendor.board_by_uuid(uuid)
+        except DeviceError:
+            continue
+        if board is not None:
+            return board
+    return None
+
+
+def drivers() -> dict[str, str]:
+    """Driver version per GPU vendor present, for the run record."""
+    found = {}
+    for vendor in GPU_VENDORS:
+        version = vendor.driver_version()
+        if version is not None:
+            found[vendor.__name__.rsplit(".", 1)[-1]] = version
+    return found

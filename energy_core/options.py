@@ -1,0 +1,132 @@
+"""The measurement arguments every monitor and budget takes, validated once.
+
+`MeasureArgs` is the keyword-argument list (for signatures: ``**measure: Unpack[MeasureArgs]``,
+which IDEs, type checkers and LightningCLI read); `MeasureOptions` is the same list
+validated and normalised, and what the core works from. A test keeps the two in step.
+
+Example:
+    >>> options = MeasureOptions(country="FRA", pue=1.1)
+    >>> options.as_args()["country"]
+    'FRA'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, TypedDict
+
+from energy_core import checks
+from energy_core.carbon import CarbonIntensity, resolve_intensity
+from energy_core.devices import DEVICE_KINDS
+from energy_core.notices import Notice
+
+MIN_INTERVAL_S, MAX_INTERVAL_S = 0.001, 60.0
+
+
+class MeasureArgs(TypedDict, total=False):
+    """Keyword arguments of every monitor and budget (see `MeasureOptions` for each)."""
+
+    devices: str | Sequence[str]
+    sample_interval_s: float
+    country: str | None
+    region: str | None
+    cloud_provider: str | None
+    cloud_region: str | None
+    carbon_intensity_g_per_kwh: float | None
+    pue: float
+    record_path: str | os.PathLike[str] | None
+
+
+def parse_devices(devices: Any) -> tuple[tuple[str, ...], bool]:
+    """Validate ``devices``: ``"auto"`` or a list drawn from ``"gpu"``, ``"cpu"``, ``"dram"``.
+
+    Returns:
+        (kinds, explicit): the kinds to measure and whether the user named them.
+    """
+    allowed = f"'auto' or a non-empty list drawn from {', '.join(map(repr, DEVICE_KINDS))}"
+    if isinstance(devices, str):
+        if devices == "auto":
+            return DEVICE_KINDS, False
+        devices = [devices]
+    if not isinstance(devices, Sequence):
+        raise TypeError(f"devices must be {allowed}; got {type(devices).__name__} {devices!r}")
+    kinds = tuple(dict.fromkeys(d for d in devices if isinstance(d, str)))
+    if not kinds or len(kinds) != len(set(devices)) or any(d not in DEVICE_KINDS for d in kinds):
+        raise ValueError(f"devices must be {allowed}; got {devices!r}")
+    return kinds, True
+
+
+def check_interval(sample_interval_s: Any) -> float:
+    """Seconds between hardware reads, in [`MIN_INTERVAL_S`, `MAX_INTERVAL_S`]."""
+    return checks.number("sample_interval_s", sample_interval_s, low=MIN_INTERVAL_S, high=MAX_INTERVAL_S, unit=" seconds")
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """What to measure and how to turn it into CO2e; validated at construction.
+
+    Args:
+        devices: ``"auto"`` (every GPU visible to the process, the CPU package through
+            RAPL or else an estimate, DRAM through RAPL where present) or a list drawn
+            from ``"gpu"``, ``"cpu"``, ``"dram"``.
+        sample_interval_s: Seconds between hardware reads on the background thread, in
+            [0.001, 60].
+        country: ISO 3166 alpha-3 code for the grid intensity, e.g. ``"FRA"``.
+        region: Sub-national region (USA, CAN, CHN, SWE, NOR, FIN), with ``country``.
+        cloud_provider: Cloud provider, e.g. ``"gcp"``, with ``cloud_region``.
+        cloud_region: Cloud region, e.g. ``"europe-west9"``.
+        carbon_intensity_g_per_kwh: Use this grid intensity (g/kWh, >= 0) instead of a lookup.
+        pue: Power usage effectiveness of the data centre (>= 1), applied to CO2e only.
+        record_path: Append a JSON-lines run record to this file (written by rank 0).
+
+    Raises:
+        TypeError: naming the argument, for a value of the wrong type (a bool is not a number).
+        ValueError: naming the argument and the allowed range, for any invalid value
+            (including an unknown country, region or cloud region).
+    """
+
+    devices: str | tuple[str, ...] = "auto"
+    sample_interval_s: float = 0.1
+    country: str | None = None
+    region: str | None = None
+    cloud_provider: str | None = None
+    cloud_region: str | None = None
+    carbon_intensity_g_per_kwh: float | None = None
+    pue: float = 1.0
+    record_path: str | None = None
+
+    def __post_init__(self) -> None:
+        kinds, explicit = parse_devices(self.devices)
+        checked = {
+            "devices": kinds if explicit else "auto",
+            "sample_interval_s": check_interval(self.sample_interval_s),
+            "pue": checks.number("pue", self.pue, low=1),
+            "record_path": checks.file_path("record_path", self.record_path),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+        self.intensity()  # checks the location and intensity arguments now, not at fit start
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The device kinds to measure."""
+        return parse_devices(self.devices)[0]
+
+    @property
+    def explicit(self) -> bool:
+        """Whether the user named the device kinds."""
+        return self.devices != "auto"
+
+    def intensity(self) -> tuple[CarbonIntensity, list[Notice]]:
+        """The grid intensity these options select, and notices about the choice."""
+        return resolve_intensity(
+            self.country, self.region, self.cloud_provider, self.cloud_region, self.carbon_intensity_g_per_kwh
+        )
+
+    def as_args(self) -> dict[str, Any]:
+        """The options as JSON-safe keyword arguments (HF stores them to re-create a callback)."""
+        args = {f.name: getattr(self, f.name) for f in fields(self)}
+        args["devices"] = self.devices if isinstance(self.devices, str) else list(self.devices)
+        return args

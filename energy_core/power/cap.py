@@ -1,0 +1,208 @@
+"""PowerCapRun: one training run's power cap, from recovery at start to restore at the end.
+
+Both framework adapters drive this class through their hooks; the node's local rank 0
+acts (`PowerCapRun.start_on`), every rank waits for the outcome and takes the same
+decision, and the figures go to a monitor's tracker when there is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from energy_core import checks, keys
+from energy_core.devices import DeviceError
+from energy_core.meter import EnergyMeter
+from energy_core.notices import Notice
+from energy_core.power.finder import CapFinder
+from energy_core.power.limits import PowerLimits, select_boards
+from energy_core.ranks import Ranks
+from energy_core.record import POWER_CAP
+from energy_core.tracker import EnergyTracker
+
+
+def check_cap_arguments(
+    watts: Any, fraction: Any, gpus: Any, strict: Any, max_slowdown: Any
+) -> tuple[float | str | None, float | None, str | tuple[int, ...], bool, float]:
+    """Validate the cap's arguments; TypeError/ValueError names the argument and the allowed range."""
+    if (watts is None) == (fraction is None):
+        raise ValueError("give exactly one of watts (W, or 'auto') and fraction (of the default limit, in (0, 1])")
+    if isinstance(watts, str):
+        if watts != "auto":
+            raise ValueError(f"watts must be a positive number of watts or 'auto', got {watts!r}")
+    else:
+        watts = checks.number("watts", watts, low=0, low_open=True, optional=True,
+                              what="a positive number of watts or 'auto'")  # fmt: skip
+    fraction = checks.number("fraction", fraction, low=0, high=1, low_open=True, optional=True,
+                             what="in (0, 1] (a share of each GPU's default limit)")  # fmt: skip
+    if isinstance(gpus, str):
+        if gpus != "all":
+            raise ValueError(f"gpus must be 'all' or a list of visible GPU indices, got {gpus!r}")
+    elif not isinstance(gpus, Sequence):
+        raise TypeError(f"gpus must be 'all' or a non-empty list of GPU indices >= 0, got {type(gpus).__name__} {gpus!r}")
+    else:
+        indices = tuple(gpus)
+        if not indices or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in indices):
+            raise ValueError(f"gpus must be 'all' or a non-empty list of GPU indices >= 0, got {gpus!r}")
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"gpus has repeated indices: {gpus!r}")
+        gpus = indices
+    strict = checks.boolean("strict", strict)
+    max_slowdown = checks.number("max_slowdown", max_slowdown, low=0, high=10, low_open=True,
+                                 what="in (0, 10] (0.1 means 10% slower)")  # fmt: skip
+    return watts, fraction, gpus, strict, max_slowdown
+
+
+class PowerCapRun:
+    """Caps this node's GPUs for one run and always puts the previous limits back.
+
+    Args:
+        watts: Cap in W for each selected GPU, or ``"auto"`` to search (see `CapFinder`).
+        fraction: Cap as a fraction of each GPU's default limit, in (0, 1].
+        gpus: ``"all"`` visible GPUs or a list of visible indices.
+        strict: Raise PermissionError (before training) instead of training uncapped when
+            limits cannot be set.
+        max_slowdown: For ``watts="auto"``: largest accepted rise in time per step.
+
+    Raises:
+        TypeError, ValueError: naming the argument: both or neither of ``watts``/``fraction``,
+            a fraction outside (0, 1], a non-positive ``watts``, bad ``gpus``, ``strict``
+            or ``max_slowdown``. Device ranges and unknown indices are checked in `start`,
+            before anything is changed.
+    """
+
+    def __init__(
+        self,
+        watts: float | str | None = None,
+        fraction: float | None = None,
+        gpus: str | Sequence[int] = "all",
+        strict: bool = False,
+        max_slowdown: float = 0.1,
+    ) -> None:
+        self.watts, self.fraction, self.gpus, self.strict, self.max_slowdown = check_cap_arguments(
+            watts, fraction, gpus, strict, max_slowdown
+        )
+        self.limits: PowerLimits | None = None
+        self.finder: CapFinder | None = None
+        self._own_meter: EnergyMeter | None = None
+
+    @property
+    def auto(self) -> bool:
+        return self.watts == "auto"
+
+    @property
+    def cap_w(self) -> float | None:
+        """Sum of the caps in force on this node's capped GPUs (W), or None."""
+        if self.limits is None or not self.limits.capped:
+            return None
+        return sum(c.applied_mw for c in self.limits.capped) / 1000.0
+
+    def caps(self) -> list[dict[str, object]]:
+        """Per-GPU caps, for the run record's header."""
+        if self.limits is None:
+            return []
+        return [
+            {"gpu": c.board.index, "uuid": c.board.uuid, "previous_w": c.previous_mw / 1000,
+             "cap_w": c.applied_mw / 1000, "range_w": [c.limits.min_mw / 1000, c.limits.max_mw / 1000]}
+            for c in self.limits.capped
+        ]  # fmt: skip
+
+    def start(self) -> list[Notice]:
+        """Recover limits left by killed runs, then cap (on one process per node).
+
+        With ``watts="auto"`` the boards are registered here and the search begins with
+        `start_search`, once training (and its meter) has started.
+
+        Raises:
+            ValueError: a cap outside a device's range or an unknown GPU index (nothing
+                changed).
+            PermissionError: no permission and ``strict=True`` (nothing changed).
+        """
+        notices: list[Notice] = []
+        self.limits = PowerLimits()
+        try:
+            notices += [Notice("warn", m) for m in self.limits.recover()]
+            boards = select_boards(self.gpus)
+        except DeviceError as err:
+            return [Notice("info", f"No GPU to cap ({err}); training runs uncapped.")]
+        if not boards:
+            return [*notices, Notice("info", "No GPU visible to this process: nothing to cap.")]
+        try:
+            self.limits.apply(boards, None if self.auto else self.watts, self.fraction)  # type: ignore[arg-type]
+        except PermissionError as err:
+            if self.strict:
+                raise
+            return [*notices, Notice("warn", f"{err} Training continues uncapped.")]
+        if not self.auto:
+            in_force = ", ".join(f"GPU {c['gpu']} {c['cap_w']:g} W (was {c['previous_w']:g} W)" for c in self.caps())
+            notices.append(Notice("info", "Power cap in force: " + in_force))
+        return notices
+
+    def start_on(self, ranks: Ranks) -> list[Notice]:
+        """`start` on the node's local rank 0; every rank waits and raises the same error.
+
+        Raises:
+            ValueError, PermissionError: as `start`, on every rank when any node failed.
+        """
+        failure: Exception | None = None
+        notices: list[Notice] = []
+        if ranks.leads_node:
+            try:
+                notices = self.start()
+            except (ValueError, PermissionError) as err:
+                failure = err
+        for kind in (ValueError, PermissionError):  # every rank reaches both decisions
+            if ranks.agree(isinstance(failure, kind)):
+                raise failure if isinstance(failure, kind) else kind("Setting the power cap failed on another node.")
+        return notices
+
+    def start_search(self, meter: EnergyMeter | None = None) -> list[Notice]:
+        """For ``watts="auto"``: begin the cap search (after `start`).
+
+        Args:
+            meter: A running meter of these GPUs (a monitor's); one is opened if None.
+        """
+        if not self.auto or self.limits is None or not self.limits.capped or self.finder is not None:
+            return []
+        if meter is None:
+            self._own_meter = meter = EnergyMeter(devices=["gpu"], sample_interval_s=0.05)
+            meter.open()
+        self.finder = CapFinder(self.limits, meter, max_slowdown=self.max_slowdown)
+        text = (
+            f"Searching for the power cap that saves most energy within {self.max_slowdown:.0%} slowdown "
+            f"({len(self.finder.fractions)} candidates)."
+        )
+        return [Notice("info", text)]
+
+    def on_step(self, step: int) -> dict[str, float] | None:
+        """Drive the cap search after each optimizer step; metrics when the cap changed."""
+        return self.finder.on_step(step) if self.finder is not None else None
+
+    def figures(self) -> dict[str, float]:
+        """``{"power/cap_w": W}`` while a cap is in force, else {}."""
+        return {} if self.cap_w is None else {keys.CAP_W: self.cap_w}
+
+    def publish(self, tracker: EnergyTracker | None) -> None:
+        """Show the caps in force in a monitor's figures (``power/cap_w`` in every window)
+        and in its run record's header; without a cap in force, take the figure away."""
+        if tracker is not None:
+            tracker.show_power_cap(self.cap_w, self.caps())
+
+    def record(self, tracker: EnergyTracker | None, event: str) -> None:
+        """A ``power_cap`` line in a monitor's run record (the header may precede the cap)."""
+        if tracker is not None:
+            table = self.finder.table() if self.finder is not None else None
+            tracker.write_record(POWER_CAP, event=event, caps=self.caps(), table=table)
+
+    def finish(self, tracker: EnergyTracker | None = None) -> list[str]:
+        """Restore every limit changed (idempotent) and take ``power/cap_w`` out of the
+        tracker's figures; returns the messages to show."""
+        if tracker is not None:
+            tracker.show_power_cap(None, self.caps())
+        messages = [self.finder.summary()] if self.finder is not None and self.finder.trials else []
+        if self.limits is not None:
+            messages += self.limits.restore()
+            self.limits.guard.uninstall()
+        if self._own_meter is not None:
+            self._own_meter.close()
+        return messages

@@ -1,0 +1,113 @@
+"""Ranks: how one process takes part in a job, and the job-wide sums and decisions.
+
+Every rule about multi-process jobs is here, once, for every framework adapter:
+
+* each rank measures the GPU it trains on; CPU, DRAM and GPUs no rank trains on are node
+  devices, measured by the node's local rank 0 only;
+* global rank 0 writes the run record and carries a checkpoint's totals;
+* figures are summed over ranks by name (`Ranks.sum_by_name`, one collective), and every
+  decision is taken alike on every rank (`Ranks.agree`).
+
+The adapters only translate their framework's view (Lightning's ``trainer``, HF's
+``args``/``state``) into a `Ranks` and supply the collectives. In a single process the
+defaults make every sum the identity and every decision local.
+
+Example:
+    >>> Ranks().sum_by_name({"joules": 2.0}, {"gpu_j": 1.5})
+    ({'joules': 2.0}, {'gpu_j': [1.5]})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a job.
+
+    Args:
+        rank: Global rank.
+        local_rank: Rank within the node.
+        world_size: Number of processes in the job.
+        gpu_index: The visible GPU this rank trains on (None: it trains on none of its own).
+        sum: Element-wise sum of a list of floats over all ranks (a collective every rank
+            calls at the same points); None in a single process.
+        gather: All-gather of a small picklable object, or None.
+        any: True on every rank if the flag is True on any rank (a collective), or None.
+    """
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    gpu_index: int | None = None
+    sum: Callable[[list[float]], list[float]] | None = None
+    gather: Callable[[Any], list[Any]] | None = None
+    any: Callable[[bool], bool] | None = None
+
+    @property
+    def distributed(self) -> bool:
+        """Whether figures are summed over several processes."""
+        return self.world_size > 1 and self.sum is not None
+
+    @property
+    def gpu_indices(self) -> list[int] | None:
+        """The visible GPUs this rank measures (None: all of them)."""
+        if not self.distributed:
+            return None
+        if self.gpu_index is not None:
+            return [self.gpu_index]
+        return None if self.local_rank == 0 else []
+
+    @property
+    def node_devices(self) -> bool:
+        """Whether this rank measures the node's CPU and DRAM."""
+        return not self.distributed or self.local_rank == 0
+
+    @property
+    def leads_node(self) -> bool:
+        """Whether this rank acts for its node (power caps)."""
+        return self.local_rank == 0
+
+    @property
+    def leads_job(self) -> bool:
+        """Whether this rank writes the record and carries a checkpoint's totals."""
+        return self.rank == 0
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank if True on any (a collective every rank must reach)."""
+        if self.world_size > 1 and self.any is not None:
+            return bool(self.any(bool(flag)))
+        return bool(flag)
+
+    def sum_by_name(
+        self, values: Mapping[str, float], per_rank: Mapping[str, float] = {}
+    ) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Sum named figures over all ranks in one collective.
+
+        Args:
+            values: Figures summed over ranks; every rank must give the same names.
+            per_rank: Figures kept apart by rank: the result holds one value per rank.
+
+        Returns:
+            The sums by name, and for each ``per_rank`` name the list of every rank's value.
+        """
+        names, split = sorted(values), sorted(per_rank)
+        if not self.distributed or self.sum is None:
+            return {n: float(values[n]) for n in names}, {n: [float(per_rank[n])] for n in split}
+        world = self.world_size
+        slots = [0.0] * (world * len(split))
+        for i, name in enumerate(split):
+            slots[i * world + self.rank] = float(per_rank[name])
+        total = self.sum([float(values[n]) for n in names] + slots)
+        sums = dict(zip(names, total[: len(names)]))
+        rest = total[len(names) :]
+        return sums, {name: rest[i * world : (i + 1) * world] for i, name in enumerate(split)}
+
+    def gather_all(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` (a collective), or None when the job cannot gather."""
+        if not self.distributed or self.gather is None:
+            return None
+        return self.gather(obj)

@@ -1,0 +1,80 @@
+"""The end-of-run summary: the record's summary fields and the console's few lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from energy_core import keys
+from energy_core.carbon import CarbonIntensity
+from energy_core.devices import DEVICE_KINDS
+from energy_core.totals import J_PER_KWH, STAGES, RunTotals
+
+
+def carbon_fields(intensity: CarbonIntensity, pue: float) -> dict[str, Any]:
+    """The carbon factor, its source and the PUE, as the record states them."""
+    return {"g_per_kwh": intensity.g_per_kwh, "source": intensity.source, "pue": pue}
+
+
+def summary_fields(
+    metrics: dict[str, float],
+    totals: RunTotals,
+    stage_kwh: dict[str, float],
+    intensity: CarbonIntensity,
+    pue: float,
+    failed_reads: dict[str, int],
+    estimated: list[str],
+) -> dict[str, Any]:
+    """The record's summary line (besides type, step and status).
+
+    Args:
+        metrics: The final cumulative metrics.
+        totals: The run's totals (work and seconds).
+        stage_kwh: Energy of each non-training stage.
+        intensity, pue: The carbon factor used.
+        failed_reads: Gaps per source.
+        estimated: Names of the estimated sources.
+    """
+    joules = metrics.get(keys.TOTAL_KWH, 0.0) * J_PER_KWH
+    seconds = totals.fit_s
+    return {
+        "metrics": metrics,
+        "seconds": seconds,
+        "mean_power_w": joules / seconds if seconds > 0 else None,
+        "samples": totals.samples,
+        "tokens": totals.tokens,
+        "j_per_sample": joules / totals.samples if totals.samples else None,
+        "j_per_token": joules / totals.tokens if totals.tokens else None,
+        "stage_kwh": {s: stage_kwh[s] for s in STAGES},
+        "failed_reads": failed_reads,
+        "estimated": estimated,
+        "carbon": carbon_fields(intensity, pue),
+    }
+
+
+def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
+    """A few lines for the console at the end of a run, from `summary_fields`."""
+    metrics = fields["metrics"]
+    carbon = fields["carbon"]
+    kwh = metrics.get(keys.TOTAL_KWH, 0.0)
+    kinds = sorted(k for k in DEVICE_KINDS if keys.kind_kwh(k) in metrics)
+    parts = ", ".join(
+        f"{k} {metrics[keys.kind_kwh(k)]:.6g} kWh" + (" (estimated)" if k in estimated_kinds else "") for k in kinds
+    )
+    mean_w = fields["mean_power_w"]
+    lines = [
+        f"Energy: {kwh:.6g} kWh ({kwh * J_PER_KWH:,.1f} J) [{parts}] over {fields['seconds']:.1f} s"
+        + (f", mean {mean_w:.1f} W" if mean_w is not None else ""),
+        f"CO2e: {metrics.get(keys.CO2E_KG, 0.0) * 1000:.4g} g at {carbon['g_per_kwh']:.4g} g/kWh "
+        f"x PUE {carbon['pue']:g} ({carbon['source']})",
+    ]
+    if fields["samples"]:
+        work = f"Work: {fields['samples']:,} samples, {fields['j_per_sample']:.4g} J/sample"
+        if fields["tokens"]:
+            work += f"; {fields['tokens']:,} tokens, {fields['j_per_token']:.4g} J/token"
+        lines.append(work)
+    stages = ", ".join(f"{s} {v:.6g} kWh" for s, v in fields["stage_kwh"].items() if v > 0)
+    if stages:
+        lines.append(f"Other stages: {stages}")
+    if fields["failed_reads"]:
+        lines.append(f"Gaps (failed reads): {fields['failed_reads']}")
+    return "\n".join(lines)

@@ -1,0 +1,127 @@
+"""RunTotals: what a run has spent and done so far, as one typed value.
+
+The same value serves three purposes: the totals a tracker reports, the state stored in a
+checkpoint (`RunTotals.to_state` / `RunTotals.from_state`, validated so that a damaged
+checkpoint is a clear error, never a poisoned total), and the job's totals summed over
+the ranks of a multi-process run.
+
+Example:
+    >>> a = RunTotals({"gpu": 3.6e6}, samples=10)
+    >>> (a + RunTotals({"gpu": 3.6e6, "cpu": 1.0})).total_kwh
+    2.0000002777777777
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+from typing import Any
+
+from energy_core.devices import DEVICE_KINDS
+
+J_PER_KWH = 3.6e6
+STAGES = ("val", "test", "predict")
+STATE_VERSION = 1
+
+
+def _add(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
+    merged = dict(a)
+    for key, value in b.items():
+        merged[key] = merged.get(key, 0.0) + value
+    return merged
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """Cumulative figures of a run.
+
+    Args:
+        energy_j: Joules by device kind measured (``"gpu"``, ``"cpu"``, ``"dram"``).
+        stage_j: Joules of each non-training stage (``"val"``, ``"test"``, ``"predict"``).
+        samples: Training samples.
+        tokens: Training tokens (padding excluded where a mask says so).
+        fit_s: Training wall time in seconds.
+    """
+
+    energy_j: dict[str, float] = field(default_factory=dict)
+    stage_j: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+    tokens: int = 0
+    fit_s: float = 0.0
+
+    @property
+    def total_j(self) -> float:
+        """Joules over every device kind."""
+        return float(sum(self.energy_j.values()))
+
+    @property
+    def total_kwh(self) -> float:
+        return self.total_j / J_PER_KWH
+
+    def stage_kwh(self, stage: str) -> float:
+        return self.stage_j.get(stage, 0.0) / J_PER_KWH
+
+    def __add__(self, other: RunTotals) -> RunTotals:
+        return RunTotals(
+            _add(self.energy_j, other.energy_j),
+            _add(self.stage_j, other.stage_j),
+            self.samples + other.samples,
+            self.tokens + other.tokens,
+            self.fit_s + other.fit_s,
+        )
+
+    def to_state(self) -> dict[str, Any]:
+        """The checkpoint form (JSON-safe); every stage is listed."""
+        return {
+            "version": STATE_VERSION,
+            "energy_j": dict(self.energy_j),
+            "stage_j": {s: self.stage_j.get(s, 0.0) for s in STAGES},
+            "samples": self.samples,
+            "tokens": self.tokens,
+            "fit_s": self.fit_s,
+        }
+
+    @classmethod
+    def from_state(cls, state: Any) -> RunTotals:
+        """Totals from a checkpoint's energy state.
+
+        Raises:
+            ValueError: naming the field of the stored energy state that is missing or
+                wrong (types, finite, >= 0, known device kinds and stages).
+        """
+        if not isinstance(state, Mapping):
+            raise ValueError(f"the stored energy state must be a mapping, got {type(state).__name__}")
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"energy state version {state.get('version')!r} is not {STATE_VERSION}")
+        return cls(
+            _joules(state, "energy_j", DEVICE_KINDS),
+            _joules(state, "stage_j", STAGES),
+            _count(state, "samples"),
+            _count(state, "tokens"),
+            _amount("fit_s", state.get("fit_s")),
+        )
+
+
+def _amount(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"stored energy state: {name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _count(state: Mapping[str, Any], name: str) -> int:
+    value = state.get(name)
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+        raise ValueError(f"stored energy state: {name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def _joules(state: Mapping[str, Any], name: str, known: tuple[str, ...]) -> dict[str, float]:
+    values = state.get(name)
+    if not isinstance(values, Mapping):
+        raise ValueError(f"stored energy state: {name} must be a mapping of {', '.join(known)} to joules, got {values!r}")
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise ValueError(f"stored energy state: {name} has unknown keys {unknown}; known: {', '.join(known)}")
+    return {str(k): _amount(f"{name}[{k!r}]", v) for k, v in values.items()}

@@ -1,0 +1,89 @@
+"""The logging window: work counted on the hot path, closed into typed figures at a boundary.
+
+A window runs from one logging boundary to the next. `Window.add_batch` is the only call
+on the per-step path (two integer additions, or one queued lazy device sum for a token
+mask). At the boundary `Window.close` turns the window into `WindowFigures`: training
+energy and time with the stages that ran inside it (validation) taken out, steps,
+samples and tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from energy_core.batch import count_batch
+from energy_core.meter import EnergyMeter, Mark
+
+
+@dataclass(frozen=True)
+class WindowFigures:
+    """One closed window, before any formatting.
+
+    Args:
+        steps: Optimizer steps in the window.
+        seconds: Training seconds (stages inside it taken out).
+        joules: Training energy, all devices (all ranks, once summed).
+        gpu_j: Training energy per GPU, keyed by the name in ``power/<name>_w``.
+        samples: Training samples.
+        tokens: Training tokens.
+    """
+
+    steps: int
+    seconds: float
+    joules: float
+    gpu_j: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+    tokens: int = 0
+
+
+class Window:
+    """The window now open.
+
+    Args:
+        start: Where it began (None before a fit starts).
+        step: The optimizer step at its start.
+    """
+
+    def __init__(self, start: Mark | None = None, step: int = 0) -> None:
+        self.start = start
+        self.step = step
+        self.samples = 0
+        self.tokens = 0
+        self._lazy_tokens: Any = None
+        self._excluded_j: np.ndarray | float = 0.0
+        self._excluded_s = 0.0
+
+    def add_batch(self, batch: Any) -> None:
+        """Count one (micro-)batch. No device sync, no I/O."""
+        samples, tokens = count_batch(batch)
+        self.samples += samples
+        if isinstance(tokens, int):
+            self.tokens += tokens
+        else:  # a lazy device sum: queue the addition, read it at the window's end
+            self._lazy_tokens = tokens if self._lazy_tokens is None else self._lazy_tokens + tokens
+
+    def work(self) -> tuple[int, int]:
+        """(samples, tokens) counted so far; reads a queued device sum once."""
+        if self._lazy_tokens is not None:
+            self.tokens += int(self._lazy_tokens)
+            self._lazy_tokens = None
+        return self.samples, self.tokens
+
+    def exclude(self, start: Mark, end: Mark, joules: np.ndarray) -> None:
+        """Take a stage that ran inside this window (from ``start`` to ``end``) out of it."""
+        if self.start is not None and start.t >= self.start.t:
+            self._excluded_j = self._excluded_j + joules
+            self._excluded_s += end.t - start.t
+
+    def idle(self, step: int) -> bool:
+        """Nothing trained since the window opened: it stays open."""
+        return step <= self.step and self.samples == 0 and self._lazy_tokens is None
+
+    def measure(self, meter: EnergyMeter, end: Mark) -> tuple[np.ndarray, float]:
+        """This window's training joules per source and training seconds, up to ``end``."""
+        assert self.start is not None
+        start_j, end_j = meter.joules(self.start, end)
+        return end_j - start_j - self._excluded_j, end.t - self.start.t - self._excluded_s

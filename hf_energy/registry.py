@@ -1,0 +1,158 @@
+"""The energy callbacks of one HF Trainer, and the one way their figures enter its logs.
+
+The HF Trainer runs user callbacks after the ``report_to`` integrations, and ``Trainer.log``
+appends to ``log_history`` before any ``on_log`` runs: a callback that adds figures in
+``on_log`` reaches neither. So:
+
+* `attach` wraps that Trainer instance's ``log`` (the method HF documents for overriding):
+  every `LogContributor` of the trainer adds its figures *before* ``log_history`` and the
+  integrations see the call. This is the supported path.
+* Without `attach` (``callbacks=[...]``), each contributor adds its figures in ``on_log`` to
+  the last ``log_history`` entry only, and says once that the integrations miss them.
+
+`EnergyCallbacks` is the registry of one Trainer's energy callbacks. It is found by the
+Trainer's model, which every hook receives, so a budget or a cap finds the trainer's
+`EnergyCallback` (and shares its sampler) however the callbacks were added.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
+
+from transformers.trainer_callback import TrainerControl, TrainerState
+from transformers.training_args import TrainingArguments
+
+T = TypeVar("T")
+
+
+class EnergyCallbacks:
+    """The energy callbacks of one Trainer.
+
+    Attributes:
+        callbacks: The registered contributors, in registration order.
+        trainer: The Trainer whose ``log`` `attach` wrapped, or None (not attached).
+    """
+
+    _by_model: WeakKeyDictionary[Any, EnergyCallbacks] = WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self.callbacks: list[LogContributor] = []
+        self.trainer: Any = None
+
+    @classmethod
+    def of(cls, model: Any) -> EnergyCallbacks | None:
+        """The registry of the Trainer training ``model`` (made on first use)."""
+        if model is None:
+            return None
+        registry = cls._by_model.get(model)
+        if registry is None:
+            registry = cls._by_model[model] = cls()
+        return registry
+
+    def add(self, callback: LogContributor) -> None:
+        if callback not in self.callbacks:
+            self.callbacks.append(callback)
+        callback.registry = self
+
+    def first(self, kind: type[T]) -> T | None:
+        """The first registered callback of this class."""
+        return next((cb for cb in self.callbacks if isinstance(cb, kind)), None)
+
+    @property
+    def attached(self) -> bool:
+        return self.trainer is not None
+
+    def wrap(self, trainer: Any) -> None:
+        """Add every contributor's figures inside ``trainer.log`` (once per trainer)."""
+        if self.trainer is trainer:
+            return
+        self.trainer = trainer
+        original = trainer.log
+
+        def log(logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            for callback in trainer.callback_handler.callbacks:  # re-created on resume: re-registered here
+                if isinstance(callback, LogContributor):
+                    self.add(callback)
+                    callback.contribute(logs, trainer.state)
+            original(logs, *args, **kwargs)
+
+        trainer.log = log
+
+
+class LogContributor:
+    """A callback that adds figures to the Trainer's log calls (see the module docstring).
+
+    Subclasses implement `contribute` and call `register` first thing in ``on_train_begin``.
+    """
+
+    registry: EnergyCallbacks | None = None
+    _warned_unattached = False
+
+    def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
+        """Add the figures due at this log call to ``logs`` and return them."""
+        raise NotImplementedError
+
+    def register(self, model: Any) -> EnergyCallbacks | None:
+        """Join the registry of the Trainer training ``model``."""
+        registry = self.registry or EnergyCallbacks.of(model)
+        if registry is not None:
+            registry.add(self)
+        return registry
+
+    @property
+    def trainer(self) -> Any:
+        """The Trainer this callback was attached to (None without `attach`)."""
+        return self.registry.trainer if self.registry is not None else None
+
+    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self.register(kwargs.get("model"))  # callbacks=[...] given to the Trainer: known before training
+        return control
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs: Any):
+        if logs is None or (self.registry is not None and self.registry.attached):
+            return control  # attached: the figures went in with Trainer.log
+        added = self.contribute(logs, state)
+        if added and state.log_history:
+            state.log_history[-1].update(added)
+        if added and args.report_to and state.is_world_process_zero and not self._warned_unattached:
+            self._warned_unattached = True
+            warnings.warn(
+                f"{type(self).__name__} runs after the report_to integrations, so they do not receive the energy "
+                "metrics (log_history does). Add it with `hf_energy.attach(trainer, callback)` instead of "
+                "`callbacks=[...]`.",
+                stacklevel=2,
+            )
+        return control
+
+
+def attach(trainer: Any, *callbacks: LogContributor) -> Any:
+    """Add energy callbacks to a Trainer so that their figures reach every integration.
+
+    Wraps this Trainer instance's ``log`` so that, before ``log_history`` and the
+    ``report_to`` integrations see a log call, every `EnergyCallback`,
+    `EnergyBudgetCallback` and `PowerCapCallback` of the trainer adds its figures. Works
+    for any Trainer subclass, and keeps working when HF re-creates the callbacks on resume
+    (``restore_callback_states_from_checkpoint=True``).
+
+    Returns:
+        The first callback given (the others are reachable as the objects you passed).
+
+    Raises:
+        ValueError: no callback, or an object that is not one of the three.
+    """
+    if not callbacks:
+        raise ValueError("attach needs at least one EnergyCallback, EnergyBudgetCallback or PowerCapCallback")
+    for callback in callbacks:
+        if not isinstance(callback, LogContributor):
+            raise ValueError(
+                "attach takes EnergyCallback, EnergyBudgetCallback or PowerCapCallback instances, "
+                f"got {type(callback).__name__}"
+            )
+    registry = EnergyCallbacks.of(trainer.model) or EnergyCallbacks()
+    for callback in callbacks:
+        trainer.add_callback(callback)
+        registry.add(callback)
+    registry.wrap(trainer)
+    return callbacks[0]

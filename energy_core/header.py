@@ -13,6 +13,7 @@ from energy_core import devices
 from energy_core.devices.cpu_estimate import cpu_model
 from energy_core.meter import EnergyMeter
 from energy_core.notices import Notice
+from energy_core.ranks import Ranks
 from energy_core.record import RECORD_VERSION
 
 _VERSIONED = ("energy-callbacks", "torch", "lightning", "pytorch-lightning", "transformers", "nvidia-ml-py", "codecarbon")
@@ -29,20 +30,29 @@ def software_versions() -> dict[str, str]:
     return found
 
 
-def run_header(meter: EnergyMeter, carbon: dict[str, Any], notices: Sequence[Notice], **fields: Any) -> dict[str, Any]:
+def run_header(
+    meter: EnergyMeter, carbon: dict[str, Any], notices: Sequence[Notice], ranks: Ranks, **fields: Any
+) -> dict[str, Any]:
     """The header fields: machine, software, devices measured, carbon factor, then ``fields``.
+
+    In a multi-process job every rank must call it: each rank's host and devices are
+    gathered into ``ranks``.
 
     Args:
         meter: The opened meter (its sources are listed).
         carbon: The carbon factor, its source and the PUE.
         notices: What the user was told at start.
+        ranks: This process's part in the job.
         fields: Run-specific fields (caps, the checkpoint resumed from, the trainer's settings).
     """
     model, sockets = cpu_model()
     has_gpu = any(s.info.kind == "gpu" for s in meter.sources)
-    return {
+    sources = [vars(s.info) for s in meter.sources]
+    host = socket.gethostname()
+    everyone = ranks.gather_all({"rank": ranks.rank, "host": host, "sources": sources})
+    header = {
         "version": RECORD_VERSION,
-        "host": socket.gethostname(),
+        "host": host,
         "platform": platform.platform(),
         "argv": sys.argv,
         "software": software_versions(),
@@ -50,7 +60,7 @@ def run_header(meter: EnergyMeter, carbon: dict[str, Any], notices: Sequence[Not
             "cpu": model,
             "cpu_sockets": sockets,
             "drivers": devices.drivers() if has_gpu else {},
-            "sources": [vars(s.info) for s in meter.sources],
+            "sources": sources,
         },
         "estimated": meter.estimated,
         "sample_interval_s": meter.sample_interval_s,
@@ -58,3 +68,6 @@ def run_header(meter: EnergyMeter, carbon: dict[str, Any], notices: Sequence[Not
         "notices": [vars(n) for n in notices],
         **fields,
     }
+    if everyone is not None:
+        header["ranks"] = everyone
+    return header

@@ -7,6 +7,7 @@ boundaries. Opening discovers devices and starts the sampler thread; closing sto
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,9 +85,10 @@ class EnergyMeter:
         return self.notices
 
     def close(self) -> None:
-        """Stop the sampler thread (after one last reading). Safe to call twice."""
+        """Stop the sampler thread (after one last reading) and end every watch. Safe to call twice."""
         if self.sampler is not None:
             self.sampler.stop()
+            self.sampler.listeners.clear()
 
     @staticmethod
     def mark() -> Mark:
@@ -129,3 +131,21 @@ class EnergyMeter:
         if self.sampler is None:
             return {}
         return {s.info.name: n for s, n in zip(self.sources, self.sampler.failed_reads) if n}
+
+    def watch(self, since: Mark, limit_j: float) -> threading.Event:
+        """An event the sampler thread sets once all sources together have used ``limit_j``
+        joules since ``since`` (checked after every reading; the watch ends with the sampler)."""
+        if self.sampler is None:
+            raise RuntimeError("watch needs an open meter")
+        event = threading.Event()
+        (base,) = self.joules(since)
+        base_j = float(base.sum())
+
+        def listener(t: float, values: Sequence[float]) -> None:
+            if sum(values) - base_j >= limit_j:
+                event.set()
+
+        self.sampler.listeners.append(listener)
+        if limit_j <= 0:
+            event.set()
+        return event

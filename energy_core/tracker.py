@@ -15,7 +15,6 @@ everything that computes figures happens at logging boundaries.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from typing import Any
 
 from typing_extensions import Unpack
@@ -30,6 +29,7 @@ from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.ranks import Ranks
 from energy_core.record import RunRecord
+from energy_core.stages import Stages
 from energy_core.summary import carbon_fields, summary_fields, summary_text
 from energy_core.totals import J_PER_KWH, STAGES, RunTotals
 from energy_core.window import Window, WindowFigures
@@ -77,11 +77,9 @@ class EnergyTracker:
         self._resumed = RunTotals()  # this process's share of the checkpoint resumed from
         self._resumed_job = RunTotals()  # the whole job's totals in that checkpoint
         self._job: RunTotals | None = None  # the job's totals at the last sum over ranks
-        self._job_stage_j: dict[str, float] = {}
         self._fit_start: Mark | None = None
         self._epoch_start: Mark | None = None
-        self._stage_start: dict[str, Mark] = {}
-        self._stage_j = dict.fromkeys(STAGES, 0.0)
+        self._stages = Stages()
         self._samples = self._tokens = 0  # work of the closed windows of this fit
         self._window = Window()
 
@@ -123,12 +121,8 @@ class EnergyTracker:
         self._fit_start = self._epoch_start = self.meter.mark()
         self._window = Window(self._fit_start, step)
         resumed = self._resumed.to_state() if self._resumed.energy_j else None
-        header = run_header(self.meter, carbon_fields(self.intensity, self.pue), notices, power_caps=self._caps,
-                            resumed_from=resumed, **self._run_info)  # fmt: skip
-        everyone = self.ranks.gather_all({"rank": self.ranks.rank, "host": header["host"],
-                                          "sources": header["hardware"]["sources"]})  # fmt: skip
-        if everyone is not None:
-            header["ranks"] = everyone
+        header = run_header(self.meter, carbon_fields(self.intensity, self.pue), notices, self.ranks,
+                            power_caps=self._caps, resumed_from=resumed, **self._run_info)  # fmt: skip
         self.write_record(lines.HEADER, **header)
         return notices
 
@@ -142,15 +136,12 @@ class EnergyTracker:
         if self._fit_start is None:
             return {}
         self.meter.close()
-        if self.meter.sampler is not None:
-            self.meter.sampler.listeners.clear()
         end = self.meter.mark()
         metrics = self._cumulative(self._sum(end).totals)
         # Fold this run into the resumed totals: a later fit of this tracker continues them.
         self.load_state_dict(self.state_dict(at=end), own_share=not self.ranks.distributed or self.ranks.leads_job)
         self._job, self._fit_start, self._window = None, None, Window(None, step)
         self._samples = self._tokens = 0
-        self._stage_j = dict.fromkeys(STAGES, 0.0)
         fields = self.summary_fields(metrics)
         self.write_record(lines.SUMMARY, step=step, status=status, **fields)
         return metrics
@@ -177,7 +168,7 @@ class EnergyTracker:
         if self._fit_start is None:
             return self._resumed
         start_j, end_j = self.meter.joules(self._fit_start, end)
-        live = RunTotals(self.meter.by_kind(end_j - start_j), dict(self._stage_j), self._samples + self._window.samples,
+        live = RunTotals(self.meter.by_kind(end_j - start_j), dict(self._stages.live_j), self._samples + self._window.samples,
                          self._tokens + self._window.tokens, end.t - self._fit_start.t)  # fmt: skip
         return self._resumed + live
 
@@ -187,6 +178,13 @@ class EnergyTracker:
         self._job = sums.totals
         return sums
 
+    def _totals_now(self, end: Mark | None = None) -> RunTotals:
+        """The job's totals at the last sum in a multi-process job (no collective here), else this
+        process's at ``end`` (now)."""
+        if self.ranks.distributed and self._job is not None:
+            return self._job
+        return self._local(end or self.meter.mark())
+
     def _cumulative(self, totals: RunTotals) -> dict[str, float]:
         return metric_dicts.cumulative(totals, self.intensity, self.pue, self._cap_w)
 
@@ -195,9 +193,7 @@ class EnergyTracker:
 
         In a multi-process job: the job's totals at the last sum over ranks.
         """
-        if self.ranks.distributed and self._job is not None:
-            return self._cumulative(self._job)
-        return self._cumulative(self._local(self.meter.mark()))
+        return self._cumulative(self._totals_now())
 
     def reduce_totals(self) -> dict[str, float]:
         """The job's totals now: a collective in a multi-process job (all ranks must call)."""
@@ -216,27 +212,11 @@ class EnergyTracker:
         return self._resumed.fit_s + live
 
     def watch_total(self, limit_kwh: float) -> threading.Event:
-        """An event set by the sampler thread once this process's total reaches ``limit_kwh``.
-
-        Checked after every hardware reading, so the training thread only reads a flag.
-        Must be called while fitting; the watch ends with the sampler.
-        """
-        sampler = self.meter.sampler
-        if self._fit_start is None or sampler is None:
+        """An event set by the sampler thread once this process's total reaches ``limit_kwh``
+        (checked after every hardware reading: the training thread only reads a flag)."""
+        if self._fit_start is None:
             raise RuntimeError("watch_total needs a started fit")
-        event = threading.Event()
-        (base,) = self.meter.joules(self._fit_start)
-        base_j = float(base.sum()) - self._resumed.total_j
-        limit_j = limit_kwh * J_PER_KWH
-
-        def listener(t: float, values: Sequence[float]) -> None:
-            if sum(values) - base_j >= limit_j:
-                event.set()
-
-        sampler.listeners.append(listener)
-        if self._resumed.total_j >= limit_j:
-            event.set()
-        return event
+        return self.meter.watch(self._fit_start, limit_kwh * J_PER_KWH - self._resumed.total_j)
 
     # ----------------------------------------------------------------- windows and epochs
     def window(self, step: int, end: Mark | None = None, extra: dict[str, Any] | None = None) -> dict[str, float]:
@@ -296,7 +276,7 @@ class EnergyTracker:
     def start_stage(self, stage: str) -> list[Notice]:
         """Begin a validation/test/predict run (``stage`` in `STAGES`, or a provisional name)."""
         notices = self._open()
-        self._stage_start[stage] = self.meter.mark()
+        self._stages.start(stage, self.meter.mark())
         return notices
 
     def end_stage(self, stage: str, step: int, started_as: str | None = None) -> dict[str, float]:
@@ -306,45 +286,36 @@ class EnergyTracker:
         window so that power and J/step describe training alone.
 
         Args:
-            stage: The stage the energy is charged to.
+            stage: The stage the energy is charged to, in `STAGES`.
             step: The optimizer step, for the record.
             started_as: The name given to `start_stage`, when it was not yet known which
-                stage an inference run was (the HF Trainer tells only at its end).
+                stage an inference run was.
         """
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        start = self._stage_start.pop(started_as or stage, None)
+        start = self._stages.finish(stage, started_as)
         if start is None:
             return {}
         end = self.meter.mark()
         start_j, end_j = self.meter.joules(start, end)
         delta = end_j - start_j
-        self._stage_j[stage] += float(delta.sum())
-        # every rank ends the stage together: the job's stage totals
-        self._job_stage_j, _ = self.ranks.sum_by_name({s: self._local_stage_j(s) for s in STAGES})
+        self._stages.add(stage, float(delta.sum()), self.ranks)
         if self.fitting:
             self._window.exclude(start, end, delta)
-        figures = {keys.stage_kwh(stage): self.stage_kwh(stage)}
+        figures = {keys.stage_kwh(stage): self._stages.kwh(stage)}
         self.write_record(lines.STAGE, stage=stage, step=step, seconds=end.t - start.t,
-                    kwh=float(delta.sum()) / J_PER_KWH, metrics=figures)  # fmt: skip
+                          kwh=float(delta.sum()) / J_PER_KWH, metrics=figures)  # fmt: skip
         return figures
 
     def in_stage(self, stage: str) -> bool:
-        return stage in self._stage_start
-
-    def _local_stage_j(self, stage: str) -> float:
-        return self._stage_j[stage] + self._resumed.stage_j.get(stage, 0.0)
+        return self._stages.running(stage)
 
     def stage_kwh(self, stage: str) -> float:
         """Energy of all runs of a stage so far (the job's, in a multi-process job), kWh."""
-        if self.ranks.distributed and stage in self._job_stage_j:
-            return self._job_stage_j[stage] / J_PER_KWH
-        return self._local_stage_j(stage) / J_PER_KWH
+        return self._stages.kwh(stage)
 
     # ----------------------------------------------------------------- summary and state
     def summary_fields(self, metrics: dict[str, float]) -> dict[str, Any]:
         """The record's summary fields for these final metrics."""
-        totals = self._job if self.ranks.distributed and self._job is not None else self._local(self.meter.mark())
+        totals = self._totals_now()
         return summary_fields(metrics, totals, {s: self.stage_kwh(s) for s in STAGES}, self.intensity, self.pue,
                               self.meter.failed_reads(), self.meter.estimated)  # fmt: skip
 
@@ -361,7 +332,7 @@ class EnergyTracker:
         """
         now = self.meter.mark() if at is None else at
         self._window.work()
-        totals = self._job if self.ranks.distributed and self._job is not None else self._local(now)
+        totals = self._totals_now(now)
         stages = {s: self.stage_kwh(s) * J_PER_KWH for s in STAGES}
         return RunTotals(totals.energy_j, stages, totals.samples, totals.tokens, self.fit_seconds(now)).to_state()
 
@@ -381,3 +352,4 @@ class EnergyTracker:
         totals = RunTotals.from_state(state)
         self._resumed_job = totals
         self._resumed = totals if own_share else RunTotals(fit_s=totals.fit_s)
+        self._stages.fold(self._resumed.stage_j)

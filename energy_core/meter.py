@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ class EnergyMeter:
         cuda_indices: Restrict GPUs to these visible-device indices (one DDP rank's GPU).
         node_devices: Measure CPU and DRAM (False on all but one rank of a node).
         rapl_root: Powercap directory, for tests; defaults to ``/sys/class/powercap``.
+        clock: Seconds, for marks and readings; ``time.perf_counter`` (a test may drive time).
 
     Example:
         >>> meter = EnergyMeter(devices=["gpu"])
@@ -56,12 +57,14 @@ class EnergyMeter:
         cuda_indices: Sequence[int] | None = None,
         node_devices: bool = True,
         rapl_root: Path | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.kinds, self.explicit = parse_devices(devices)
         self.sample_interval_s = check_interval(sample_interval_s)
         self.cuda_indices = cuda_indices
         self.node_devices = node_devices
         self.rapl_root = rapl_root
+        self.clock = clock
         self.sources: list[EnergySource] = []
         self.sampler: Sampler | None = None
         self.notices: list[Notice] = []
@@ -80,7 +83,7 @@ class EnergyMeter:
             self.sources, self.notices = device_layer.discover(
                 self.kinds, self.explicit, self.cuda_indices, self.node_devices, self.rapl_root
             )
-            self.sampler = Sampler(self.sources, self.sample_interval_s)
+            self.sampler = Sampler(self.sources, self.sample_interval_s, clock=self.clock)
         self.sampler.start()
         return self.notices
 
@@ -90,10 +93,9 @@ class EnergyMeter:
             self.sampler.stop()
             self.sampler.listeners.clear()
 
-    @staticmethod
-    def mark() -> Mark:
-        """Now, as a mark. Costs one ``perf_counter()`` call."""
-        return Mark(time.perf_counter())
+    def mark(self) -> Mark:
+        """Now, as a mark. Costs one clock call."""
+        return Mark(self.clock())
 
     def joules(self, *marks: Mark) -> list[np.ndarray]:
         """Cumulative joules of every source at each mark (one buffer pass for all).

@@ -10,13 +10,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from typing_extensions import Unpack
+
 from energy_core.budget import BudgetAction, BudgetGuard, BudgetRule
 from energy_core.notices import Notice
-from energy_core.options import MeasureOptions
+from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.ranks import Ranks
 from energy_core.tracker import EnergyTracker
 
 BUDGET_STOP = "budget-stop"
+RULE_ARGS = ("max_kwh", "max_co2e_kg", "forecast")
+
+
+class BudgetArgs(MeasureArgs, total=False):
+    """Keyword arguments of every budget: the limits (see `BudgetRule`) and the measurement
+    arguments (see `MeasureOptions`), used when no monitor's measurements can be shared."""
+
+    max_kwh: float | None
+    max_co2e_kg: float | None
+    forecast: str
 
 
 class BudgetRun:
@@ -35,11 +47,26 @@ class BudgetRun:
     def __init__(self, rule: BudgetRule, options: MeasureOptions) -> None:
         self.rule = rule
         self.options = options
+        self.args: dict[str, Any] = {}
         self.tracker: EnergyTracker | None = None
         self.guard: BudgetGuard | None = None
         self.owns = False
         self._ranks = Ranks()
         self._saved: dict[str, Any] = {}
+
+    @classmethod
+    def from_args(cls, owner: str, **args: Unpack[BudgetArgs]) -> BudgetRun:
+        """Validate a budget's keyword arguments (limits and measurement options) into a run.
+
+        Raises:
+            TypeError, ValueError: naming the argument, for any invalid value.
+        """
+        given = dict(args)
+        rule = BudgetRule(**{k: given.pop(k) for k in RULE_ARGS if k in given})  # type: ignore[arg-type]
+        run = cls(rule, MeasureOptions.of(owner, given))
+        run.args = {"max_kwh": rule.max_kwh, "max_co2e_kg": rule.max_co2e_kg, "forecast": rule.forecast,
+                    **run.options.as_args()}  # fmt: skip
+        return run
 
     @property
     def active(self) -> bool:
@@ -106,3 +133,19 @@ class BudgetRun:
         self._saved = dict(state or {})
         if self.owns and self.tracker is not None and "tracker" in self._saved:
             self.tracker.load_state_dict(self._saved["tracker"], own_share=self._ranks.leads_job)
+
+
+class HasBudgetRun:
+    """What a budget callback shows of its `BudgetRun` (both framework adapters derive from it)."""
+
+    run: BudgetRun
+
+    @property
+    def guard(self) -> BudgetGuard | None:
+        """The budget's `BudgetGuard` once training has started (None before)."""
+        return self.run.guard
+
+    @property
+    def tracker(self) -> EnergyTracker | None:
+        """The tracker it watches: a monitor's, or its own (None before training)."""
+        return self.run.tracker

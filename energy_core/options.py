@@ -97,6 +97,16 @@ class MeasureOptions:
     pue: float = 1.0
     record_path: str | None = None
 
+    @classmethod
+    def of(cls, owner: str, kwargs: dict[str, Any]) -> MeasureOptions:
+        """The options from a constructor's keyword arguments; an unknown name is a TypeError
+        that says whose argument it is not."""
+        unknown = sorted(set(kwargs) - {f.name for f in fields(cls)})
+        if unknown:
+            allowed = ", ".join(f.name for f in fields(cls))
+            raise TypeError(f"{owner} got unexpected keyword arguments {unknown}; its measurement arguments are {allowed}")
+        return cls(**kwargs)
+
     def __post_init__(self) -> None:
         kinds, explicit = parse_devices(self.devices)
         checked = {

@@ -64,7 +64,7 @@ class EnergyTracker:
     def __init__(self, options: MeasureOptions | None = None, **measure: Unpack[MeasureArgs]) -> None:
         if options is not None and measure:
             raise TypeError("EnergyTracker takes a MeasureOptions or its fields as keyword arguments, not both")
-        self.options = options if options is not None else MeasureOptions(**measure)
+        self.options = options if options is not None else MeasureOptions.of("EnergyTracker", dict(measure))
         self.meter = EnergyMeter(self.options.devices, self.options.sample_interval_s)
         self.intensity, notices = self.options.intensity()
         self.pue = self.options.pue

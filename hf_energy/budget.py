@@ -9,15 +9,14 @@ from transformers.trainer_callback import ExportableState, TrainerControl, Train
 from transformers.training_args import TrainingArguments
 from typing_extensions import Unpack
 
-from energy_core import EnergyTracker, MeasureArgs, MeasureOptions
-from energy_core.budget import BudgetAction, BudgetGuard, BudgetRule
-from energy_core.budget_run import BudgetRun
+from energy_core.budget import BudgetAction
+from energy_core.budget_run import BudgetArgs, BudgetRun, HasBudgetRun
 from hf_energy._compat import emit, logger, ranks_of, stored_attributes
 from hf_energy.callback import EnergyCallback
 from hf_energy.registry import LogContributor
 
 
-class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
+class EnergyBudgetCallback(HasBudgetRun, LogContributor, TrainerCallback, ExportableState):
     """Stops HF Trainer training once the measured energy or CO2e crosses a limit.
 
     The limit is watched by the background sampler after every hardware reading; the
@@ -55,35 +54,17 @@ class EnergyBudgetCallback(LogContributor, TrainerCallback, ExportableState):
         >>> attach(trainer, EnergyCallback(country="FRA"), EnergyBudgetCallback(max_kwh=5.0))   # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        max_kwh: float | None = None,
-        max_co2e_kg: float | None = None,
-        forecast: str = "warn",
-        **measure: Unpack[MeasureArgs],
-    ) -> None:
-        options = MeasureOptions(**measure)
-        self.run = BudgetRun(BudgetRule(max_kwh, max_co2e_kg, forecast), options)
-        self._args = {"max_kwh": max_kwh, "max_co2e_kg": max_co2e_kg, "forecast": forecast, **options.as_args()}
+    def __init__(self, **budget: Unpack[BudgetArgs]) -> None:
+        self.run = BudgetRun.from_args("EnergyBudgetCallback", **budget)
         self.last_metrics: dict[str, float] = {}
         self._pending: dict[str, float] = {}
         self._world_zero = True
         self._restored: dict[str, Any] | None = None
 
-    @property
-    def guard(self) -> BudgetGuard | None:
-        """The budget's `BudgetGuard` once training has started (None before)."""
-        return self.run.guard
-
-    @property
-    def tracker(self) -> EnergyTracker | None:
-        """The tracker it watches: an `EnergyCallback`'s, or its own (None before training)."""
-        return self.run.tracker
-
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
         """ExportableState: constructor args and the budget's state, in ``trainer_state.json``."""
-        return {"args": dict(self._args), "attributes": {"budget_state": self.budget_state}}
+        return {"args": dict(self.run.args), "attributes": {"budget_state": self.budget_state}}
 
     @property
     def budget_state(self) -> dict[str, Any]:

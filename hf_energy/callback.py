@@ -59,7 +59,7 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
 
     def __init__(self, *, summary: bool = True, **measure: Unpack[MeasureArgs]) -> None:
         self.summary = checks.boolean("summary", summary)
-        self.tracker = EnergyTracker(MeasureOptions(**measure))
+        self.tracker = EnergyTracker(MeasureOptions.of("EnergyCallback", dict(measure)))
         self.last_metrics: dict[str, float] = {}
         self._hook: Any = None
         self._pending: dict[str, float] = {}

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
+from typing_extensions import Unpack
 
 from energy_core import EnergyTracker
-from energy_core.power import PowerCapRun
+from energy_core.power import CapArgs, PowerCapRun
 from hf_energy._compat import emit, logger, ranks_of
 from hf_energy.callback import EnergyCallback
 from hf_energy.registry import LogContributor
@@ -46,15 +46,8 @@ class PowerCapCallback(LogContributor, TrainerCallback):
         >>> attach(trainer, EnergyCallback(), PowerCapCallback(fraction=0.8))   # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        watts: float | str | None = None,
-        fraction: float | None = None,
-        gpus: str | Sequence[int] = "all",
-        strict: bool = False,
-        max_slowdown: float = 0.1,
-    ) -> None:
-        self.run = PowerCapRun(watts, fraction, gpus, strict=strict, max_slowdown=max_slowdown)
+    def __init__(self, **cap: Unpack[CapArgs]) -> None:
+        self.run = PowerCapRun(**cap)
         self._leader = False
         self._pending: dict[str, float] = {}
 

@@ -6,14 +6,13 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from energy_core import EnergyTracker, MeasureArgs, MeasureOptions
-from energy_core.budget import BudgetAction, BudgetGuard, BudgetRule
-from energy_core.budget_run import BudgetRun
+from energy_core.budget import BudgetAction
+from energy_core.budget_run import BudgetArgs, BudgetRun, HasBudgetRun
 from lightning_energy._compat import CALLBACK_BASES, emit, find_callback, log, override, rank_zero_warn, ranks_of
 from lightning_energy.monitor import EnergyMonitor
 
 
-class EnergyBudget(*CALLBACK_BASES):  # type: ignore[misc]
+class EnergyBudget(HasBudgetRun, *CALLBACK_BASES):  # type: ignore[misc]
     """Stops training cleanly once the measured energy or CO2e crosses a limit.
 
     The limit is watched by the background sampler after every hardware reading, so the
@@ -30,8 +29,8 @@ class EnergyBudget(*CALLBACK_BASES):  # type: ignore[misc]
         max_kwh: Energy limit in kWh (measured, all devices, no PUE).
         max_co2e_kg: Carbon limit in kg CO2e (energy x PUE x grid intensity).
         forecast: ``"warn"`` (default), ``"stop"`` or ``"off"``.
-        **measure: As for `EnergyMonitor` (see `energy_core.MeasureOptions`); used only
-            when no monitor is in the trainer.
+        **measure: The measurement arguments, as for `EnergyMonitor` (see
+            `energy_core.MeasureOptions`); used only when no monitor is in the trainer.
 
     Raises:
         TypeError, ValueError: naming the argument, for non-positive or non-finite limits,
@@ -52,26 +51,10 @@ class EnergyBudget(*CALLBACK_BASES):  # type: ignore[misc]
         ...                                             EnergyBudget(max_kwh=2.0, forecast="stop")])
     """
 
-    def __init__(
-        self,
-        max_kwh: float | None = None,
-        max_co2e_kg: float | None = None,
-        forecast: str = "warn",
-        **measure: Unpack[MeasureArgs],
-    ) -> None:
-        self.run = BudgetRun(BudgetRule(max_kwh, max_co2e_kg, forecast), MeasureOptions(**measure))
+    def __init__(self, **budget: Unpack[BudgetArgs]) -> None:
+        self.run = BudgetRun.from_args("EnergyBudget", **budget)
         self._every = 1
         self._last_review_step = -1
-
-    @property
-    def guard(self) -> BudgetGuard | None:
-        """The budget's `BudgetGuard` once training has started (None before)."""
-        return self.run.guard
-
-    @property
-    def tracker(self) -> EnergyTracker | None:
-        """The tracker it watches: a monitor's, or its own (None before fit start)."""
-        return self.run.tracker
 
     # ------------------------------------------------------------------ setup
     @override

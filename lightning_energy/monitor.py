@@ -60,7 +60,7 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         self.log_every_n_steps = checks.integer("log_every_n_steps", log_every_n_steps, low=1, optional=True)
         self.progress_bar = checks.boolean("progress_bar", progress_bar)
         self.summary = checks.boolean("summary", summary)
-        self.tracker = EnergyTracker(MeasureOptions(**measure))
+        self.tracker = EnergyTracker(MeasureOptions.of("EnergyMonitor", dict(measure)))
         self.last_metrics: dict[str, float] = {}
         self._bar_values: dict[str, float] = {}
         self._bar: Any = None

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
+from typing_extensions import Unpack
+
 from energy_core import EnergyTracker
-from energy_core.power import PowerCapRun
+from energy_core.power import CapArgs, PowerCapRun
 from lightning_energy._compat import (
     CALLBACK_BASES,
     emit,
@@ -58,15 +59,8 @@ class PowerCap(*CALLBACK_BASES):  # type: ignore[misc]
         >>> trainer = Trainer(callbacks=[EnergyMonitor(), PowerCap(fraction=0.8)])
     """
 
-    def __init__(
-        self,
-        watts: float | str | None = None,
-        fraction: float | None = None,
-        gpus: str | Sequence[int] = "all",
-        strict: bool = False,
-        max_slowdown: float = 0.1,
-    ) -> None:
-        self.run = PowerCapRun(watts, fraction, gpus, strict=strict, max_slowdown=max_slowdown)
+    def __init__(self, **cap: Unpack[CapArgs]) -> None:
+        self.run = PowerCapRun(**cap)
         self._leader = False
         self._tracker: EnergyTracker | None = None
 

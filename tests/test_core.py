@@ -14,21 +14,28 @@ import pytest
 
 from energy_core import J_PER_KWH, EnergyTracker, MeasureArgs, MeasureOptions, Ranks, RunTotals
 from energy_core.budget import BudgetGuard, BudgetRule
+from energy_core.budget_run import BudgetArgs
+from energy_core.power import CapArgs, PowerCapRun
 from energy_core.job import sum_over_ranks
 from energy_core.window import WindowFigures
-from hf_energy import EnergyBudgetCallback, EnergyCallback
-from lightning_energy import EnergyBudget, EnergyMonitor
+from hf_energy import EnergyBudgetCallback, EnergyCallback, PowerCapCallback
+from lightning_energy import EnergyBudget, EnergyMonitor, PowerCap
 from tests.power_traces import Constant
 from tests.sim_nvml import ManualClock, SimGpu
 
 
-def test_the_measurement_arguments_are_listed_once_for_every_class() -> None:
+def test_argument_lists_are_written_once_and_forwarded() -> None:
     names = {f.name for f in fields(MeasureOptions)}
     assert set(MeasureArgs.__annotations__) == names
-    for cls in (EnergyTracker, EnergyMonitor, EnergyCallback, EnergyBudget, EnergyBudgetCallback):
-        measure = inspect.signature(cls).parameters["measure"]
-        assert measure.kind is inspect.Parameter.VAR_KEYWORD  # forwarded to MeasureOptions
+    assert set(BudgetArgs.__annotations__) == names | {"max_kwh", "max_co2e_kg", "forecast"}
+    assert set(CapArgs.__annotations__) == set(inspect.signature(PowerCapRun).parameters)
+    forwarded = {EnergyTracker: "measure", EnergyMonitor: "measure", EnergyCallback: "measure",
+                 EnergyBudget: "budget", EnergyBudgetCallback: "budget", PowerCap: "cap", PowerCapCallback: "cap"}  # fmt: skip
+    for cls, name in forwarded.items():
+        assert inspect.signature(cls).parameters[name].kind is inspect.Parameter.VAR_KEYWORD
     assert MeasureOptions(devices=["gpu"], pue=1.5).as_args() == {**MeasureOptions().as_args(), "devices": ["gpu"], "pue": 1.5}
+    with pytest.raises(TypeError, match=r"EnergyMonitor got unexpected keyword arguments \['countr'\]"):
+        EnergyMonitor(countr="FRA")
 
 
 def test_run_totals_round_trip_through_a_checkpoint() -> None:

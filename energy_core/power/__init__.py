@@ -6,9 +6,9 @@
 * `finder` - `CapFinder`: the automatic search for the cap with least energy per step.
 """
 
-from energy_core.power.cap import PowerCapRun, check_cap_arguments
+from energy_core.power.cap import CapArgs, PowerCapRun, check_cap_arguments
 from energy_core.power.finder import CapFinder
 from energy_core.power.journal import Journal, journal_path
 from energy_core.power.limits import PowerLimits
 
-__all__ = ["CapFinder", "Journal", "PowerCapRun", "PowerLimits", "check_cap_arguments", "journal_path"]
+__all__ = ["CapArgs", "CapFinder", "Journal", "PowerCapRun", "PowerLimits", "check_cap_arguments", "journal_path"]

@@ -8,7 +8,7 @@ decision, and the figures go to a monitor's tracker when there is one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from energy_core import checks, keys
 from energy_core.devices import DeviceError
@@ -19,6 +19,16 @@ from energy_core.power.limits import PowerLimits, select_boards
 from energy_core.ranks import Ranks
 from energy_core.record import POWER_CAP
 from energy_core.tracker import EnergyTracker
+
+
+class CapArgs(TypedDict, total=False):
+    """Keyword arguments of every power cap (see `PowerCapRun`)."""
+
+    watts: float | str | None
+    fraction: float | None
+    gpus: str | Sequence[int]
+    strict: bool
+    max_slowdown: float
 
 
 def check_cap_arguments(

@@ -1,6 +1,6 @@
 """Accuracy of the energy figures on known power traces (simulated NVML, virtual time).
 
-    python benchmarks/accuracy.py
+    python -m benchmarks.accuracy
 
 The simulated GPU (tests/sim_nvml.py) follows a power trace whose integral is exact; its
 energy counter advances every 100 ms (mJ) and its power reading is a 1 s average
@@ -17,17 +17,20 @@ counter period (reported). The last line is the verdict.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import pynvml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import pynvml  # noqa: E402
-
-from energy_core.devices import nvidia  # noqa: E402
-from energy_core.sampler import Sampler  # noqa: E402
-from tests.power_traces import Constant, Noisy, Ramp, Square  # noqa: E402
-from tests.sim_nvml import ARCH_AMPERE, ARCH_HOPPER, ARCH_PASCAL, ManualClock, SimGpu, SimNvml, install_for_process  # noqa: E402
+from energy_core.devices import nvidia
+from energy_core.sampler import Sampler
+from tests.doubles.power_traces import Constant, Noisy, Ramp, Square
+from tests.doubles.sim_nvml import (
+    ARCH_AMPERE,
+    ARCH_HOPPER,
+    ARCH_PASCAL,
+    ManualClock,
+    SimGpu,
+    SimNvml,
+    install_for_process,
+)
 
 TRACES = {
     "constant 300 W": Constant(300.0),
@@ -48,15 +51,16 @@ DURATION_S, WINDOW_S = 60.0, 5.0
 class NoCounterNvml(SimNvml):
     """An Ampere-class board whose driver does not expose the energy counter."""
 
-    def nvmlDeviceGetTotalEnergyConsumption(self, gpu):  # noqa: N802, ANN001, ANN201
+    def nvmlDeviceGetTotalEnergyConsumption(self, gpu):
         raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
 
 
-def measure(trace, path: dict, interval: float) -> tuple[float, float]:  # noqa: ANN001
+def measure(trace, path: dict, interval: float) -> tuple[float, float]:
     """(total error %, worst 5 s window error %) for one configuration."""
     clock = ManualClock()
-    gpu = SimGpu("GPU-bench", trace, counter_period_s=0.1, arch=path["arch"],
-                 power_average_s=path.get("power_average_s", 1.0))  # fmt: skip
+    gpu = SimGpu(
+        "GPU-bench", trace, counter_period_s=0.1, arch=path["arch"], power_average_s=path.get("power_average_s", 1.0)
+    )
     sim = (NoCounterNvml if path.get("no_counter") else SimNvml)([gpu], clock=clock)
     install_for_process(sim)
     sources, _ = nvidia.discover_gpus()
@@ -93,8 +97,10 @@ def main() -> None:
                 cells.append(f"{total:+8.3f} / {window:8.3f}")
             print(f"  {trace_name:<28} " + " ".join(f"{c:>26}" for c in cells))
     verdict = "PASS" if worst_total < 1.0 else "FAIL"
-    print(f"\nworst total error on the energy-counter path, every trace and interval: {worst_total:.3f}% "
-          f"(target < 1%): {verdict}")  # fmt: skip
+    print(
+        f"\nworst total error on the energy-counter path, every trace and interval: {worst_total:.3f}% "
+        f"(target < 1%): {verdict}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Accuracy side by side with Zeus and CodeCarbon, on the same simulated GPU in real time.
 
-    python benchmarks/accuracy_peers.py [--seconds 12] [--window 2]
+    python -m benchmarks.accuracy_peers [--seconds 12] [--window 2]
 
 accuracy.py runs on a virtual clock, which the peers cannot follow; here the simulated
 NVML (tests/sim_nvml.py: mJ counter advancing every 100 ms, mW power as a 1 s average)
@@ -32,18 +32,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pynvml
 
-import pynvml  # noqa: E402
-
-from energy_core import J_PER_KWH  # noqa: E402
-from energy_core.devices import nvidia  # noqa: E402
-from energy_core.sampler import Sampler  # noqa: E402
-from tests.power_traces import Constant, Noisy, Ramp, Square  # noqa: E402
-from tests.sim_nvml import SimGpu, SimNvml  # noqa: E402
+from energy_core import J_PER_KWH
+from energy_core.devices import nvidia
+from energy_core.sampler import Sampler
+from tests.doubles.power_traces import Constant, Noisy, Ramp, Square
+from tests.doubles.sim_nvml import SimGpu, SimNvml
 
 TRACES = {
     "constant 300 W": lambda s: Constant(300.0),
@@ -57,25 +54,25 @@ TRACES = {
 class PeerSimNvml(SimNvml):
     """The simulation plus the read-only queries CodeCarbon makes besides energy and power."""
 
-    def nvmlDeviceGetMemoryInfo(self, gpu):  # noqa: N802, ANN001, ANN201
+    def nvmlDeviceGetMemoryInfo(self, gpu):
         return SimpleNamespace(total=80 * 2**30, free=70 * 2**30, used=10 * 2**30)
 
-    def nvmlDeviceGetTemperature(self, gpu, sensor):  # noqa: N802, ANN001, ANN201
+    def nvmlDeviceGetTemperature(self, gpu, sensor):
         return 60
 
-    def nvmlDeviceGetEnforcedPowerLimit(self, gpu):  # noqa: N802, ANN001, ANN201
+    def nvmlDeviceGetEnforcedPowerLimit(self, gpu):
         return self.limit_mw(gpu)
 
-    def nvmlDeviceGetUtilizationRates(self, gpu):  # noqa: N802, ANN001, ANN201
+    def nvmlDeviceGetUtilizationRates(self, gpu):
         return SimpleNamespace(gpu=100, memory=50)
 
-    def nvmlDeviceGetComputeMode(self, gpu):  # noqa: N802, ANN001, ANN201
+    def nvmlDeviceGetComputeMode(self, gpu):
         return 0
 
-    def nvmlDeviceGetComputeRunningProcesses(self, gpu):  # noqa: N802, ANN001, ANN201
+    def nvmlDeviceGetComputeRunningProcesses(self, gpu):
         return []
 
-    nvmlDeviceGetGraphicsRunningProcesses = nvmlDeviceGetComputeRunningProcesses  # noqa: N815
+    nvmlDeviceGetGraphicsRunningProcesses = nvmlDeviceGetComputeRunningProcesses
 
 
 def install(sim: SimNvml) -> None:
@@ -177,7 +174,7 @@ def run(trace_name: str, seconds: float, window: float) -> dict[str, tuple[float
     for make in PEERS:
         try:
             tools.append(make())
-        except Exception as error:  # noqa: BLE001 - a peer that cannot run here is reported, not fatal
+        except Exception as error:
             skipped[getattr(make, "name", make.__name__)] = f"{type(error).__name__}: {error}"
     for tool in tools:
         tool.start()
@@ -219,8 +216,22 @@ def main() -> None:
     print(f"{'trace':<26} " + " ".join(f"{p.name + ' total / window %':>40}" for p in PEERS))
     worst_total, over_bound = 0.0, []
     for trace_name in TRACES:
-        child = subprocess.run([sys.executable, __file__, "--trace", trace_name, "--seconds", str(args.seconds),
-                                "--window", str(args.window)], capture_output=True, text=True, check=True)  # fmt: skip
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.accuracy_peers",
+                "--trace",
+                trace_name,
+                "--seconds",
+                str(args.seconds),
+                "--window",
+                str(args.window),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         lines = child.stdout.strip().splitlines()
         for line in lines[:-1]:
             if line.startswith("  skipped"):
@@ -233,8 +244,10 @@ def main() -> None:
         if errors[Ours.name][1] > errors["bound"][1]:
             over_bound.append(trace_name)
     verdict = "PASS" if worst_total < 1.0 and not over_bound else "FAIL"
-    print(f"ours: worst total error {worst_total:.3f}% (target < 1%), windows over their bound: "
-          f"{', '.join(over_bound) or 'none'}: {verdict}")  # fmt: skip
+    print(
+        f"ours: worst total error {worst_total:.3f}% (target < 1%), windows over their bound: "
+        f"{', '.join(over_bound) or 'none'}: {verdict}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Validate on a real NVIDIA GPU: our per-epoch energy against independent NVML reads and
 Zeus, then a power-cap sweep.
 
-    python benchmarks/gpu_validate.py [--epochs 4] [--steps 300] [--sweep]
+    python -m benchmarks.gpu_validate [--epochs 4] [--steps 300] [--sweep]
 
 1. Trains a small transformer (built from code, synthetic tokens) with `EnergyMonitor`
    for a few minutes. Around every epoch, an independent bracket reads the GPU's energy
@@ -26,24 +26,20 @@ No GPU: says so and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import lightning.pytorch as pl
+import pynvml
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-import lightning.pytorch as pl  # noqa: E402
-import pynvml  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-
-from energy_core import J_PER_KWH  # noqa: E402
-from energy_core.devices.nvidia import NvidiaBoard, VisibleGpu, driver_version, visible_gpus  # noqa: E402
-from energy_core.power import PowerLimits  # noqa: E402
-from lightning_energy import EnergyMonitor  # noqa: E402
+from energy_core import J_PER_KWH
+from energy_core.devices.nvidia import NvidiaBoard, VisibleGpu, driver_version, visible_gpus
+from energy_core.power import PowerLimits
+from lightning_energy import EnergyMonitor
 
 FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 
@@ -72,12 +68,12 @@ class Model(pl.LightningModule):
         self.body = nn.TransformerEncoder(layer, num_layers=size.layers)
         self.embed, self.head = nn.Embedding(size.vocab, size.width), nn.Linear(size.width, size.vocab)
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def training_step(self, batch, batch_idx):
         (tokens,) = batch
         logits = self.head(self.body(self.embed(tokens[:, :-1])))
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=1e-4)
 
 
@@ -105,15 +101,15 @@ class Bracket(pl.Callback):
             from zeus.monitor import ZeusMonitor
 
             self.zeus = ZeusMonitor(gpu_indices=[torch.cuda.current_device()])
-        except Exception as err:  # noqa: BLE001 - optional peer
+        except Exception as err:
             print(f"Zeus not measured: {type(err).__name__}: {err}")
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.start = counter_j(self.gpu)
         if self.zeus is not None:
             self.zeus.begin_window("epoch", sync_execution=True)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.epochs.append(counter_j(self.gpu) - self.start)
         if self.zeus is not None:
             self.zeus_epochs.append(self.zeus.end_window("epoch", sync_execution=True).total_energy)
@@ -126,14 +122,22 @@ def validate_epochs(gpu: VisibleGpu, device: str, epochs: int, steps: int) -> li
     ours: list[float] = []
 
     class Epochs(pl.Callback):
-        def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
             ours.append(monitor.last_metrics["energy/epoch_kwh"] * J_PER_KWH)
 
     size = SIZES[device]
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="gpu" if device == "cuda" else "cpu", devices=1,
-                         precision="bf16-mixed" if device == "cuda" else "32-true", log_every_n_steps=50,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[bracket, monitor, Epochs()])  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        precision="bf16-mixed" if device == "cuda" else "32-true",
+        log_every_n_steps=50,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[bracket, monitor, Epochs()],
+    )
     trainer.fit(Model(size), tokens(size, steps))
     zeus = bracket.zeus_epochs + [None] * (len(ours) - len(bracket.zeus_epochs))
     return [{"ours": a, "bracket": b, "zeus": z} for a, b, z in zip(ours, bracket.epochs, zeus)]
@@ -169,8 +173,15 @@ def sweep_caps(gpu: VisibleGpu, device: str, steps: int, fractions: tuple[float,
             for _ in range(steps):
                 step()
             joules, seconds = counter_j(gpu) - e0, time.perf_counter() - t0
-            rows.append({"fraction": fraction, "cap_w": capped.applied_mw / 1000, "j_per_step": joules / steps,
-                         "ms_per_step": 1000 * seconds / steps, "watts": joules / seconds})  # fmt: skip
+            rows.append(
+                {
+                    "fraction": fraction,
+                    "cap_w": capped.applied_mw / 1000,
+                    "j_per_step": joules / steps,
+                    "ms_per_step": 1000 * seconds / steps,
+                    "watts": joules / seconds,
+                }
+            )
             limits.restore()
     finally:
         for message in limits.restore():
@@ -194,13 +205,16 @@ def print_epochs(rows: list[dict[str, float | None]]) -> float:
 
 def print_sweep(rows: list[dict]) -> None:
     print(
-        f"\n{'cap':>6} {'cap W':>6} {'avg W':>7} {'J/step':>10} {'ms/step':>9} {'energy vs 100%':>15} {'time vs 100%':>13}"
+        f"\n{'cap':>6} {'cap W':>6} {'avg W':>7} {'J/step':>10} {'ms/step':>9} "
+        f"{'energy vs 100%':>15} {'time vs 100%':>13}"
     )
     base = rows[0]
     for row in rows:
-        print(f"{row['fraction']:>6.0%} {row['cap_w']:>6.0f} {row['watts']:>7.1f} {row['j_per_step']:>10.3f} "
-              f"{row['ms_per_step']:>9.2f} {100 * (row['j_per_step'] / base['j_per_step'] - 1):>+14.1f}% "
-              f"{100 * (row['ms_per_step'] / base['ms_per_step'] - 1):>+12.1f}%")  # fmt: skip
+        print(
+            f"{row['fraction']:>6.0%} {row['cap_w']:>6.0f} {row['watts']:>7.1f} {row['j_per_step']:>10.3f} "
+            f"{row['ms_per_step']:>9.2f} {100 * (row['j_per_step'] / base['j_per_step'] - 1):>+14.1f}% "
+            f"{100 * (row['ms_per_step'] / base['ms_per_step'] - 1):>+12.1f}%"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,8 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per epoch, and per cap")
     parser.add_argument("--sweep", action="store_true", help="also sweep power caps (root or CAP_SYS_ADMIN)")
-    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
-                        help="cpu: a tiny model, for the tests against the simulated NVML")  # fmt: skip
+    parser.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default="cuda",
+        help="cpu: a tiny model, for the tests against the simulated NVML",
+    )
     args = parser.parse_args(argv)
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -231,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"power-cap sweep skipped: {err}")
     verdict = "PASS" if worst <= 1.0 else "FAIL"
     print(
-        f"\nworst per-epoch difference from the synchronised NVML bracket (epochs 1+): {worst:.2f}% (target <= 1%): {verdict}"
+        f"\nworst per-epoch difference from the synchronised NVML bracket (epochs 1+): {worst:.2f}% "
+        f"(target <= 1%): {verdict}"
     )
     return 0
 

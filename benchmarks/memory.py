@@ -1,6 +1,6 @@
 """Memory of the per-step path: peak RSS growth over one million simulated steps.
 
-    python benchmarks/memory.py [--steps 1000000]
+    python -m benchmarks.memory [--steps 1000000]
 
 A real `EnergyTracker` with a simulated GPU (the sampler thread running at 10 ms) sees one
 million batches (`add_batch`) and a logging window every 50 steps, with a run record
@@ -13,19 +13,16 @@ Target (issue 8): growth under 5 MB. The last line is the verdict.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import psutil
+import torch
 
-import psutil  # noqa: E402
-import torch  # noqa: E402
-
-from energy_core import EnergyTracker  # noqa: E402
-from tests.power_traces import Noisy  # noqa: E402
-from tests.sim_nvml import SimGpu, SimNvml, install_for_process  # noqa: E402
+from energy_core import EnergyTracker
+from tests.doubles.power_traces import Noisy
+from tests.doubles.sim_nvml import SimGpu, SimNvml, install_for_process
 
 
 def main() -> None:
@@ -36,8 +33,12 @@ def main() -> None:
     process = psutil.Process()
     batch = {"input_ids": torch.ones(8, 32, dtype=torch.long), "attention_mask": torch.ones(8, 32, dtype=torch.long)}
     with tempfile.TemporaryDirectory() as tmp:
-        tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.01, carbon_intensity_g_per_kwh=400,
-                                record_path=Path(tmp) / "energy.jsonl")  # fmt: skip
+        tracker = EnergyTracker(
+            devices=["gpu"],
+            sample_interval_s=0.01,
+            carbon_intensity_g_per_kwh=400,
+            record_path=Path(tmp) / "energy.jsonl",
+        )
         tracker.start_fit(0)
         start = time.perf_counter()
         baseline = 0
@@ -53,8 +54,10 @@ def main() -> None:
         seconds = time.perf_counter() - start
         rows = len(tracker.meter.sampler.buffer) if tracker.meter.sampler else 0
     growth_mb = (final - baseline) / 2**20
-    print(f"{args.steps:,} steps in {seconds:.1f} s ({1e6 * seconds / args.steps:.2f} us per step incl. windows), "
-          f"{rows:,} sampler rows kept")  # fmt: skip
+    print(
+        f"{args.steps:,} steps in {seconds:.1f} s ({1e6 * seconds / args.steps:.2f} us per step incl. windows), "
+        f"{rows:,} sampler rows kept"
+    )
     print(f"RSS after warm-up {baseline / 2**20:.1f} MB, at the end {final / 2**20:.1f} MB")
     print(f"RSS growth: {growth_mb:.2f} MB (target < 5 MB): {'PASS' if growth_mb < 5 else 'FAIL'}")
 

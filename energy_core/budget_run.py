@@ -64,8 +64,12 @@ class BudgetRun:
         given = dict(args)
         rule = BudgetRule(**{k: given.pop(k) for k in RULE_ARGS if k in given})  # type: ignore[arg-type]
         run = cls(rule, MeasureOptions.of(owner, given))
-        run.args = {"max_kwh": rule.max_kwh, "max_co2e_kg": rule.max_co2e_kg, "forecast": rule.forecast,
-                    **run.options.as_args()}  # fmt: skip
+        run.args = {
+            "max_kwh": rule.max_kwh,
+            "max_co2e_kg": rule.max_co2e_kg,
+            "forecast": rule.forecast,
+            **run.options.as_args(),
+        }
         return run
 
     @property

@@ -110,9 +110,7 @@ def _canada(region: str) -> CarbonIntensity | None:
     if mix is None:
         return None
     factors = load_json("private_infra/carbon_intensity_per_source.json")
-    g = sum(
-        mix.get(ours, 0.0) / mix["total"] * float(factors[theirs]) for ours, theirs in _CANADA_SOURCE_NAMES.items()
-    )
+    g = sum(mix.get(ours, 0.0) / mix["total"] * float(factors[theirs]) for ours, theirs in _CANADA_SOURCE_NAMES.items())
     return CarbonIntensity(g, f"codecarbon canada_energy_mix.json x carbon_intensity_per_source.json: {region.lower()}")
 
 

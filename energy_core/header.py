@@ -16,7 +16,15 @@ from energy_core.notices import Notice
 from energy_core.ranks import Ranks
 from energy_core.record import RECORD_VERSION
 
-_VERSIONED = ("energy-callbacks", "torch", "lightning", "pytorch-lightning", "transformers", "nvidia-ml-py", "codecarbon")
+_VERSIONED = (
+    "energy-callbacks",
+    "torch",
+    "lightning",
+    "pytorch-lightning",
+    "transformers",
+    "nvidia-ml-py",
+    "codecarbon",
+)
 
 
 def software_versions() -> dict[str, str]:

@@ -48,7 +48,12 @@ def sum_over_ranks(ranks: Ranks, local: RunTotals, window: WindowFigures | None,
     has_gpu = by_rank["rank_has_gpu"]
     gpus = {f"gpu{r}": joules for r, joules in enumerate(by_rank["rank_gpu_j"]) if has_gpu[r]}
     job_window = WindowFigures(
-        window.steps, window.seconds, sums["window.joules"], gpus, int(sums["window.samples"]), int(sums["window.tokens"])
+        window.steps,
+        window.seconds,
+        sums["window.joules"],
+        gpus,
+        int(sums["window.samples"]),
+        int(sums["window.tokens"]),
     )
     breakdown = {"rank_j": by_rank["rank_j"], "rank_gpu_j": by_rank["rank_gpu_j"]}
     return JobSums(totals, job_window, sums["epoch_j"], breakdown)

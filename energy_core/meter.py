@@ -20,6 +20,7 @@ from energy_core.notices import Notice
 from energy_core.options import check_interval, parse_devices
 from energy_core.sampler import Sampler
 
+
 class Mark:
     """A moment on the ``perf_counter()`` clock whose energy is resolved lazily."""
 

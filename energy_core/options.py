@@ -60,7 +60,9 @@ def parse_devices(devices: Any) -> tuple[tuple[str, ...], bool]:
 
 def check_interval(sample_interval_s: Any) -> float:
     """Seconds between hardware reads, in [`MIN_INTERVAL_S`, `MAX_INTERVAL_S`]."""
-    return checks.number("sample_interval_s", sample_interval_s, low=MIN_INTERVAL_S, high=MAX_INTERVAL_S, unit=" seconds")
+    return checks.number(
+        "sample_interval_s", sample_interval_s, low=MIN_INTERVAL_S, high=MAX_INTERVAL_S, unit=" seconds"
+    )
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,9 @@ class MeasureOptions:
         unknown = sorted(set(kwargs) - {f.name for f in fields(cls)})
         if unknown:
             allowed = ", ".join(f.name for f in fields(cls))
-            raise TypeError(f"{owner} got unexpected keyword arguments {unknown}; its measurement arguments are {allowed}")
+            raise TypeError(
+                f"{owner} got unexpected keyword arguments {unknown}; its measurement arguments are {allowed}"
+            )
         return cls(**kwargs)
 
     def __post_init__(self) -> None:

@@ -25,7 +25,13 @@ RECORD_VERSION = 1
 # The line types, each written by one place: the tracker (header, window, epoch, stage,
 # summary), the budget (budget) and the power cap (power_cap).
 HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP = (
-    "header", "window", "epoch", "stage", "summary", "budget", "power_cap"
+    "header",
+    "window",
+    "epoch",
+    "stage",
+    "summary",
+    "budget",
+    "power_cap",
 )
 
 
@@ -75,7 +81,7 @@ class RunRecord:
         """Append one line ``{"type": kind, "time": unix time, **fields}`` and flush it."""
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+            self._file = open(self.path, "a", encoding="utf-8")
         line = {"type": kind, "time": time.time(), **_clean(fields)}
         self._file.write(json.dumps(line, allow_nan=False) + "\n")
         self._file.flush()

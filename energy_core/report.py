@@ -26,8 +26,20 @@ from energy_core import keys
 from energy_core.devices import DEVICE_KINDS
 from energy_core.record import POWER_CAP, SUMMARY, read_runs
 
-SUMMARY_HEAD = ["run", "status", "kWh", "CO2e (g)", "g/kWh x PUE", "mean W", "time (s)",
-                "J/sample", "J/token", "by device", "power cap", "carbon factor source"]  # fmt: skip
+SUMMARY_HEAD = [
+    "run",
+    "status",
+    "kWh",
+    "CO2e (g)",
+    "g/kWh x PUE",
+    "mean W",
+    "time (s)",
+    "J/sample",
+    "J/token",
+    "by device",
+    "power cap",
+    "carbon factor source",
+]
 
 
 def run_row(label: str, run: list[dict[str, Any]]) -> tuple[list[str], float]:
@@ -54,11 +66,19 @@ def run_row(label: str, run: list[dict[str, Any]]) -> tuple[list[str], float]:
         return format(value, fmt) if value is not None else "-"
 
     row = [
-        label, status, f"{kwh:.6g}", f"{metrics.get(keys.CO2E_KG, 0.0) * 1000:.4g}",
+        label,
+        status,
+        f"{kwh:.6g}",
+        f"{metrics.get(keys.CO2E_KG, 0.0) * 1000:.4g}",
         f"{carbon.get('g_per_kwh', 0):.4g} x {carbon.get('pue', '?')}",
-        number("mean_power_w", ".1f"), number("seconds", ".1f"), number("j_per_sample", ".4g"),
-        number("j_per_token", ".4g"), ", ".join(shares) or "-", cap, str(carbon.get("source", "?")),
-    ]  # fmt: skip
+        number("mean_power_w", ".1f"),
+        number("seconds", ".1f"),
+        number("j_per_sample", ".4g"),
+        number("j_per_token", ".4g"),
+        ", ".join(shares) or "-",
+        cap,
+        str(carbon.get("source", "?")),
+    ]
     return row, kwh
 
 
@@ -92,8 +112,10 @@ def report(paths: list[Path], out_dir: Path | None) -> int:
             continue
         found, file_notes = read_runs(path)
         if not found:
-            print(f"energy-report: {path}: no run record in it (empty, or not written by energy-callbacks)",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"energy-report: {path}: no run record in it (empty, or not written by energy-callbacks)",
+                file=sys.stderr,
+            )
             continue
         notes += [f"{path.name}: {n}" for n in file_notes]
         for i, run in enumerate(found):
@@ -122,13 +144,21 @@ def report(paths: list[Path], out_dir: Path | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="energy-report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="energy-report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("records", nargs="*", type=Path, help="run-record files (JSON lines)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the PNG plots and report.html (default: RECORD.report/ beside the first)")  # fmt: skip
-    parser.add_argument("--restore-power-limits", action="store_true",
-                        help="restore GPU power limits left behind by killed runs (journal), then exit")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the PNG plots and report.html (default: RECORD.report/ beside the first)",
+    )
+    parser.add_argument(
+        "--restore-power-limits",
+        action="store_true",
+        help="restore GPU power limits left behind by killed runs (journal), then exit",
+    )
     args = parser.parse_args(argv)
     if args.restore_power_limits:
         from energy_core.devices import DeviceError

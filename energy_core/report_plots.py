@@ -11,8 +11,16 @@ from energy_core import keys
 from energy_core.carbon import CarbonIntensity, co2e_kg, country_intensity, region_intensity, world_average
 from energy_core.record import WINDOW
 
-OTHER_GRIDS = (("FRA", None), ("SWE", "SE3"), ("DEU", None), ("USA", "CA"), ("USA", "WV"), ("CHN", None),
-               ("IND", None), ("AUS", None))  # fmt: skip
+OTHER_GRIDS = (
+    ("FRA", None),
+    ("SWE", "SE3"),
+    ("DEU", None),
+    ("USA", "CA"),
+    ("USA", "WV"),
+    ("CHN", None),
+    ("IND", None),
+    ("AUS", None),
+)
 PUES = {"hyperscale (1.1)": 1.1, "industry average (1.58)": 1.58}
 
 
@@ -28,7 +36,11 @@ def other_grids() -> list[tuple[str, CarbonIntensity]]:
 def elsewhere_rows(kwh: float) -> list[list[str]]:
     """What ``kwh`` would emit on other grids, at each typical PUE (grams CO2e)."""
     return [
-        [name, f"{intensity.g_per_kwh:.0f}", *(f"{co2e_kg(kwh, pue, intensity.g_per_kwh) * 1000:.4g}" for pue in PUES.values())]
+        [
+            name,
+            f"{intensity.g_per_kwh:.0f}",
+            *(f"{co2e_kg(kwh, pue, intensity.g_per_kwh) * 1000:.4g}" for pue in PUES.values()),
+        ]
         for name, intensity in other_grids()
     ]
 
@@ -95,8 +107,14 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_html(path: Path, summary_head: list[str], summary_rows: list[list[str]],
-               elsewhere: list[tuple[str, list[list[str]]]], plots: list[Path], notes: list[str]) -> None:  # fmt: skip
+def write_html(
+    path: Path,
+    summary_head: list[str],
+    summary_rows: list[list[str]],
+    elsewhere: list[tuple[str, list[list[str]]]],
+    plots: list[Path],
+    notes: list[str],
+) -> None:
     """A self-contained page: tables, the plots inlined as data URIs, notes."""
     images = "".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
@@ -104,8 +122,7 @@ def write_html(path: Path, summary_head: list[str], summary_rows: list[list[str]
         for p in plots
     )
     regions = "".join(
-        f"<h3>{html.escape(label)}: the same energy elsewhere (g CO2e)</h3>"
-        + _table(["grid", "g/kWh", *PUES], rows)
+        f"<h3>{html.escape(label)}: the same energy elsewhere (g CO2e)</h3>" + _table(["grid", "g/kWh", *PUES], rows)
         for label, rows in elsewhere
     )
     note_items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)

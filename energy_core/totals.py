@@ -120,7 +120,9 @@ def _count(state: Mapping[str, Any], name: str) -> int:
 def _joules(state: Mapping[str, Any], name: str, known: tuple[str, ...]) -> dict[str, float]:
     values = state.get(name)
     if not isinstance(values, Mapping):
-        raise ValueError(f"stored energy state: {name} must be a mapping of {', '.join(known)} to joules, got {values!r}")
+        raise ValueError(
+            f"stored energy state: {name} must be a mapping of {', '.join(known)} to joules, got {values!r}"
+        )
     unknown = [k for k in values if k not in known]
     if unknown:
         raise ValueError(f"stored energy state: {name} has unknown keys {unknown}; known: {', '.join(known)}")

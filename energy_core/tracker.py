@@ -121,8 +121,15 @@ class EnergyTracker:
         self._fit_start = self._epoch_start = self.meter.mark()
         self._window = Window(self._fit_start, step)
         resumed = self._resumed.to_state() if self._resumed.energy_j else None
-        header = run_header(self.meter, carbon_fields(self.intensity, self.pue), notices, self.ranks,
-                            power_caps=self._caps, resumed_from=resumed, **self._run_info)  # fmt: skip
+        header = run_header(
+            self.meter,
+            carbon_fields(self.intensity, self.pue),
+            notices,
+            self.ranks,
+            power_caps=self._caps,
+            resumed_from=resumed,
+            **self._run_info,
+        )
         self.write_record(lines.HEADER, **header)
         return notices
 
@@ -168,8 +175,13 @@ class EnergyTracker:
         if self._fit_start is None:
             return self._resumed
         start_j, end_j = self.meter.joules(self._fit_start, end)
-        live = RunTotals(self.meter.by_kind(end_j - start_j), dict(self._stages.live_j), self._samples + self._window.samples,
-                         self._tokens + self._window.tokens, end.t - self._fit_start.t)  # fmt: skip
+        live = RunTotals(
+            self.meter.by_kind(end_j - start_j),
+            dict(self._stages.live_j),
+            self._samples + self._window.samples,
+            self._tokens + self._window.tokens,
+            end.t - self._fit_start.t,
+        )
         return self._resumed + live
 
     def _sum(self, end: Mark, window: WindowFigures | None = None, epoch_j: float = 0.0) -> JobSums:
@@ -250,9 +262,18 @@ class EnergyTracker:
         metrics = {**self._cumulative(job.totals), **metric_dicts.window(figures)}
         self._samples += samples
         self._tokens += tokens
-        self.write_record(lines.WINDOW, step=step, steps=figures.steps, samples=figures.samples, tokens=figures.tokens,
-                    seconds=seconds, elapsed_s=self.fit_seconds(end), metrics=metrics, extra=extra or {},
-                    ranks=job.breakdown)  # fmt: skip
+        self.write_record(
+            lines.WINDOW,
+            step=step,
+            steps=figures.steps,
+            samples=figures.samples,
+            tokens=figures.tokens,
+            seconds=seconds,
+            elapsed_s=self.fit_seconds(end),
+            metrics=metrics,
+            extra=extra or {},
+            ranks=job.breakdown,
+        )
         self._window = Window(end, step)
         return metrics, job.epoch_j
 
@@ -267,8 +288,15 @@ class EnergyTracker:
         metrics, epoch_j = self._close(step, end, extra, start)
         if start is not None:
             metrics[keys.EPOCH_KWH] = epoch_j / J_PER_KWH
-            self.write_record(lines.EPOCH, step=step, epoch=epoch, seconds=end.t - start.t,
-                        elapsed_s=self.fit_seconds(end), metrics=metrics, extra=extra or {})  # fmt: skip
+            self.write_record(
+                lines.EPOCH,
+                step=step,
+                epoch=epoch,
+                seconds=end.t - start.t,
+                elapsed_s=self.fit_seconds(end),
+                metrics=metrics,
+                extra=extra or {},
+            )
         self._epoch_start = end
         return metrics
 
@@ -301,8 +329,14 @@ class EnergyTracker:
         if self.fitting:
             self._window.exclude(start, end, delta)
         figures = {keys.stage_kwh(stage): self._stages.kwh(stage)}
-        self.write_record(lines.STAGE, stage=stage, step=step, seconds=end.t - start.t,
-                          kwh=float(delta.sum()) / J_PER_KWH, metrics=figures)  # fmt: skip
+        self.write_record(
+            lines.STAGE,
+            stage=stage,
+            step=step,
+            seconds=end.t - start.t,
+            kwh=float(delta.sum()) / J_PER_KWH,
+            metrics=figures,
+        )
         return figures
 
     def in_stage(self, stage: str) -> bool:
@@ -316,8 +350,15 @@ class EnergyTracker:
     def summary_fields(self, metrics: dict[str, float]) -> dict[str, Any]:
         """The record's summary fields for these final metrics."""
         totals = self._totals_now()
-        return summary_fields(metrics, totals, {s: self.stage_kwh(s) for s in STAGES}, self.intensity, self.pue,
-                              self.meter.failed_reads(), self.meter.estimated)  # fmt: skip
+        return summary_fields(
+            metrics,
+            totals,
+            {s: self.stage_kwh(s) for s in STAGES},
+            self.intensity,
+            self.pue,
+            self.meter.failed_reads(),
+            self.meter.estimated,
+        )
 
     def summary_text(self, metrics: dict[str, float]) -> str:
         """A few lines for the console at the end of a run."""

@@ -55,8 +55,16 @@ def collate(batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
 
 def main(epochs: float = 2.0) -> EnergyCallback:
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=256, n_positions=128, n_embd=64, n_layer=2, n_head=2,
-                        pad_token_id=PAD, bos_token_id=None, eos_token_id=None)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=256,
+        n_positions=128,
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        pad_token_id=PAD,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     model = GPT2LMHeadModel(config)
     lines = text_lines()
     train, evaluation = lines[: len(lines) * 9 // 10], lines[len(lines) * 9 // 10 :]

@@ -1,6 +1,6 @@
 """The callbacks from a LightningCLI YAML config (``trainer.callbacks`` with ``class_path``).
 
-    python examples/lightning_cli.py fit --config examples/lightning_cli.yaml
+python examples/lightning_cli.py fit --config examples/lightning_cli.yaml
 """
 
 from __future__ import annotations

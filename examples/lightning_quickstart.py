@@ -27,7 +27,9 @@ OUT = os.environ.get("QUICKSTART_DIR", "runs/quickstart")
 class Regressor(L.LightningModule):
     def __init__(self, width: int = 256) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(32, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1))
+        self.net = nn.Sequential(
+            nn.Linear(32, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1)
+        )
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -67,8 +69,10 @@ def main() -> None:
     print("\nWhere the energy went")
     for key in sorted(k for k in m if k.startswith("energy/") and k.endswith("_kwh")):
         print(f"  {key:<22} {m[key]:.6g} kWh")
-    print(f"  {'carbon/co2e_kg':<22} {m['carbon/co2e_kg']:.3g} kg "
-          f"at {m['carbon/intensity_g_per_kwh']:.4g} g/kWh x PUE 1.1, from {monitor.tracker.intensity.source}")
+    print(
+        f"  {'carbon/co2e_kg':<22} {m['carbon/co2e_kg']:.3g} kg "
+        f"at {m['carbon/intensity_g_per_kwh']:.4g} g/kWh x PUE 1.1, from {monitor.tracker.intensity.source}"
+    )
     with open(f"{OUT}/energy.jsonl") as f:
         summary = [json.loads(line) for line in f][-1]
     print(f"  estimated sources: {summary['estimated'] or 'none'}; record: {OUT}/energy.jsonl")

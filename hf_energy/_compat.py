@@ -67,5 +67,6 @@ def ranks_of(args: TrainingArguments) -> Ranks:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
-    return Ranks(dist.get_rank(), args.local_process_index, dist.get_world_size(), rank_gpu(args), total, gather,
-                 any_rank)  # fmt: skip
+    return Ranks(
+        dist.get_rank(), args.local_process_index, dist.get_world_size(), rank_gpu(args), total, gather, any_rank
+    )

@@ -134,9 +134,13 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         self._world_zero = state.is_world_process_zero
         self.tracker.join(ranks_of(args))
         self._restore_from(state)
-        settings = {"max_steps": state.max_steps, "num_train_epochs": args.num_train_epochs,
-                    "logging_steps": args.logging_steps, "world_size": args.world_size,
-                    "gradient_accumulation_steps": args.gradient_accumulation_steps}  # fmt: skip
+        settings = {
+            "max_steps": state.max_steps,
+            "num_train_epochs": args.num_train_epochs,
+            "logging_steps": args.logging_steps,
+            "world_size": args.world_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        }
         self.tracker.describe(framework="transformers", trainer=settings)
         self._last_logged_step = state.global_step
         emit(self.tracker.start_fit(state.global_step), self._world_zero)
@@ -189,6 +193,6 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         if run is not None:
             wandb_setup.write_summary(run, metrics, prefix="train/")
         if self.summary and metrics and self._world_zero:
-            print(self.tracker.summary_text(metrics))  # noqa: T201 - the end-of-run summary, like HF's own
+            print(self.tracker.summary_text(metrics))
         self.tracker.close()
         return control

@@ -29,7 +29,9 @@ try:
 except ImportError:  # pragma: no cover
     pass
 if not _bases:  # pragma: no cover
-    raise ImportError("lightning_energy needs `lightning` or `pytorch_lightning`: pip install 'energy-callbacks[lightning]'")
+    raise ImportError(
+        "lightning_energy needs `lightning` or `pytorch_lightning`: pip install 'energy-callbacks[lightning]'"
+    )
 
 CALLBACK_BASES: tuple[type, ...] = tuple(_bases)
 
@@ -59,7 +61,9 @@ def ranks_of(trainer: Any) -> Ranks:
     device = trainer.strategy.root_device
 
     def total(values: list[float]) -> list[float]:
-        return trainer.strategy.reduce(torch.tensor(values, dtype=torch.float64, device=device), reduce_op="sum").tolist()
+        return trainer.strategy.reduce(
+            torch.tensor(values, dtype=torch.float64, device=device), reduce_op="sum"
+        ).tolist()
 
     def gather(obj: Any) -> list[Any]:
         gathered: list[Any] = [None] * trainer.world_size
@@ -70,8 +74,15 @@ def ranks_of(trainer: Any) -> Ranks:
         return bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
 
     can_gather = dist.is_available() and dist.is_initialized()
-    return Ranks(trainer.global_rank, trainer.local_rank, trainer.world_size, rank_gpu(trainer), total,
-                 gather if can_gather else None, any_rank)  # fmt: skip
+    return Ranks(
+        trainer.global_rank,
+        trainer.local_rank,
+        trainer.world_size,
+        rank_gpu(trainer),
+        total,
+        gather if can_gather else None,
+        any_rank,
+    )
 
 
 def find_callback(trainer: Any, cls: type) -> Any:

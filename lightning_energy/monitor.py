@@ -81,8 +81,12 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         self._every = self.log_every_n_steps or max(1, int(trainer.log_every_n_steps))
         self._last_logged_step = trainer.global_step
         self.tracker.join(ranks_of(trainer))
-        settings = {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
-                    "log_every_n_steps": self._every, "world_size": trainer.world_size}  # fmt: skip
+        settings = {
+            "max_epochs": trainer.max_epochs,
+            "max_steps": trainer.max_steps,
+            "log_every_n_steps": self._every,
+            "world_size": trainer.world_size,
+        }
         self.tracker.describe(framework=type(trainer).__module__.split(".")[0], trainer=settings)
         emit(self.tracker.start_fit(trainer.global_step))
         self._attach_progress_bar(trainer)
@@ -144,7 +148,9 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        metrics = self.tracker.end_fit(trainer.global_step, status="interrupted" if trainer.interrupted else "completed")
+        metrics = self.tracker.end_fit(
+            trainer.global_step, status="interrupted" if trainer.interrupted else "completed"
+        )
         self.last_metrics.update(metrics)
         for run in self._wandb_runs(trainer):
             wandb_setup.write_summary(run, metrics)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from energy_core.devices import rapl
-from tests.fake_rapl import FakeRapl
-from tests.sim_nvml import SimGpu, SimNvml, install
+from tests.doubles.fake_rapl import FakeRapl
+from tests.doubles.sim_nvml import SimGpu, SimNvml, install
 
 
 @pytest.fixture(autouse=True)

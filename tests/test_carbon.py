@@ -45,14 +45,16 @@ def test_cloud_region_and_precedence() -> None:
     row = next(r for r in load_csv("cloud/impact.csv") if r["region"] == "europe-west9")
     cloud, _ = resolve_intensity(country="USA", cloud_provider="gcp", cloud_region="europe-west9")
     assert cloud.g_per_kwh == float(row["impact"])
-    explicit, _ = resolve_intensity(country="USA", cloud_provider="gcp", cloud_region="europe-west9",
-                                    carbon_intensity_g_per_kwh=123.0)  # fmt: skip
+    explicit, _ = resolve_intensity(
+        country="USA", cloud_provider="gcp", cloud_region="europe-west9", carbon_intensity_g_per_kwh=123.0
+    )
     assert explicit.g_per_kwh == 123.0 and "user" in explicit.source
 
 
 def test_unlisted_cloud_region_falls_back_to_the_country_with_a_warning() -> None:
-    intensity, notices = resolve_intensity(country="USA", region="virginia", cloud_provider="aws",
-                                           cloud_region="us-east-1")  # fmt: skip
+    intensity, notices = resolve_intensity(
+        country="USA", region="virginia", cloud_provider="aws", cloud_region="us-east-1"
+    )
     assert "virginia" in intensity.source
     assert len(notices) == 1 and notices[0].level == "warn"
 

@@ -15,13 +15,13 @@ import pytest
 from energy_core import J_PER_KWH, EnergyTracker, MeasureArgs, MeasureOptions, Ranks, RunTotals
 from energy_core.budget import BudgetGuard, BudgetRule
 from energy_core.budget_run import BudgetArgs
-from energy_core.power import CapArgs, PowerCapRun
 from energy_core.job import sum_over_ranks
+from energy_core.power import CapArgs, PowerCapRun
 from energy_core.window import WindowFigures
 from hf_energy import EnergyBudgetCallback, EnergyCallback, PowerCapCallback
 from lightning_energy import EnergyBudget, EnergyMonitor, PowerCap
-from tests.power_traces import Constant
-from tests.sim_nvml import ManualClock, SimGpu
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import ManualClock, SimGpu
 
 
 def test_argument_lists_are_written_once_and_forwarded() -> None:
@@ -29,11 +29,22 @@ def test_argument_lists_are_written_once_and_forwarded() -> None:
     assert set(MeasureArgs.__annotations__) == names
     assert set(BudgetArgs.__annotations__) == names | {"max_kwh", "max_co2e_kg", "forecast"}
     assert set(CapArgs.__annotations__) == set(inspect.signature(PowerCapRun).parameters)
-    forwarded = {EnergyTracker: "measure", EnergyMonitor: "measure", EnergyCallback: "measure",
-                 EnergyBudget: "budget", EnergyBudgetCallback: "budget", PowerCap: "cap", PowerCapCallback: "cap"}  # fmt: skip
+    forwarded = {
+        EnergyTracker: "measure",
+        EnergyMonitor: "measure",
+        EnergyCallback: "measure",
+        EnergyBudget: "budget",
+        EnergyBudgetCallback: "budget",
+        PowerCap: "cap",
+        PowerCapCallback: "cap",
+    }
     for cls, name in forwarded.items():
         assert inspect.signature(cls).parameters[name].kind is inspect.Parameter.VAR_KEYWORD
-    assert MeasureOptions(devices=["gpu"], pue=1.5).as_args() == {**MeasureOptions().as_args(), "devices": ["gpu"], "pue": 1.5}
+    assert MeasureOptions(devices=["gpu"], pue=1.5).as_args() == {
+        **MeasureOptions().as_args(),
+        "devices": ["gpu"],
+        "pue": 1.5,
+    }
     with pytest.raises(TypeError, match=r"EnergyMonitor got unexpected keyword arguments \['countr'\]"):
         EnergyMonitor(countr="FRA")
 
@@ -62,7 +73,10 @@ def _two_ranks(local: list[RunTotals], windows: list[WindowFigures]) -> list:
 
 
 def test_sums_over_ranks_pack_figures_by_name() -> None:
-    local = [RunTotals({"gpu": 100.0, "cpu": 40.0}, samples=8, tokens=80, fit_s=2.0), RunTotals({"gpu": 300.0}, samples=8, fit_s=2.1)]
+    local = [
+        RunTotals({"gpu": 100.0, "cpu": 40.0}, samples=8, tokens=80, fit_s=2.0),
+        RunTotals({"gpu": 300.0}, samples=8, fit_s=2.1),
+    ]
     windows = [WindowFigures(5, 1.0, 50.0, {"gpu0": 30.0}, 8, 80), WindowFigures(5, 1.1, 90.0, {"gpu0": 90.0}, 8, 0)]
     rank0, rank1 = _two_ranks(local, windows)
     for job in (rank0, rank1):  # every rank holds the same job figures

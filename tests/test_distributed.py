@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.records import read_record
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "distributed_budget.py"
+SCRIPT = ["-m", "tests.scripts.distributed_budget"]
 
 
 def run_ranks(command: list[str], out: Path, world: int = 2) -> list[dict]:
@@ -23,7 +25,7 @@ def run_ranks(command: list[str], out: Path, world: int = 2) -> list[dict]:
 
 @pytest.mark.timeout(300)
 def test_lightning_ddp_budget_stops_every_rank_at_the_same_step(tmp_path) -> None:
-    rank0, rank1 = run_ranks([sys.executable, str(SCRIPT), "lightning", str(tmp_path)], tmp_path)
+    rank0, rank1 = run_ranks([sys.executable, *SCRIPT, "lightning", str(tmp_path)], tmp_path)
     assert rank0["stopped"] and rank1["stopped"]
     assert rank0["step"] == rank1["step"] < 20 * 40  # long before 20 epochs
     assert rank0["kwh"] > 0  # rank 1 measured nothing of its own: it followed the job's decision
@@ -32,14 +34,14 @@ def test_lightning_ddp_budget_stops_every_rank_at_the_same_step(tmp_path) -> Non
 @pytest.mark.timeout(300)
 def test_hf_torchrun_budget_stops_every_rank_at_the_same_step(tmp_path) -> None:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
-    rank0, rank1 = run_ranks([*torchrun, str(SCRIPT), "hf", str(tmp_path)], tmp_path)
+    rank0, rank1 = run_ranks([*torchrun, *SCRIPT, "hf", str(tmp_path)], tmp_path)
     assert rank0["stopped"] and rank1["stopped"]
     assert rank0["step"] == rank1["step"] < 20 * 20
     assert rank0["kwh"] > 0
 
 
 # ------------------------------------------------------------------ one total for the whole job
-TOTALS = ROOT / "tests" / "distributed_totals.py"
+TOTALS = ["-m", "tests.scripts.distributed_totals"]
 CPU_W = 50.0
 
 
@@ -62,7 +64,7 @@ def check_job_totals(ranks: list[dict], nodes: int, record: Path) -> None:
     cpu_j = sum(CPU_W * ranks[n * per_node]["seconds"] for n in range(nodes))
     assert first["energy/cpu_kwh"] * J_PER_KWH == pytest.approx(cpu_j, rel=0.02)
     assert [len([s for s in r["sources"] if s.startswith("cpu")]) for r in ranks].count(1) == nodes
-    lines = [json.loads(x) for x in record.read_text().splitlines()]
+    lines = read_record(record)
     header = lines[0]
     assert [r["rank"] for r in header["ranks"]] == list(range(len(ranks)))
     assert {s["detail"].split()[-1] for r in header["ranks"] for s in r["sources"] if s["kind"] == "gpu"} == {
@@ -78,14 +80,14 @@ def check_job_totals(ranks: list[dict], nodes: int, record: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_lightning_ddp_totals_are_summed_once_across_ranks(tmp_path) -> None:
-    ranks = run_ranks([sys.executable, str(TOTALS), "lightning", str(tmp_path)], tmp_path, 2)
+    ranks = run_ranks([sys.executable, *TOTALS, "lightning", str(tmp_path)], tmp_path, 2)
     check_job_totals(ranks, nodes=1, record=tmp_path / "energy.jsonl")
 
 
 @pytest.mark.timeout(300)
 def test_hf_torchrun_totals_are_summed_once_across_ranks(tmp_path) -> None:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519"]
-    ranks = run_ranks([*torchrun, str(TOTALS), "hf", str(tmp_path)], tmp_path, 2)
+    ranks = run_ranks([*torchrun, *TOTALS, "hf", str(tmp_path)], tmp_path, 2)
     check_job_totals(ranks, nodes=1, record=tmp_path / "energy.jsonl")
 
 
@@ -94,11 +96,22 @@ def test_two_nodes_on_loopback_count_node_energy_once_per_node(tmp_path) -> None
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     nodes = []
     for node_rank in (0, 1):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=2",
-                   f"--node_rank={node_rank}", "--master_addr=127.0.0.1", "--master_port=29521",
-                   str(TOTALS), "hf", str(tmp_path)]  # fmt: skip
-        nodes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc_per_node=2",
+            f"--node_rank={node_rank}",
+            "--master_addr=127.0.0.1",
+            "--master_port=29521",
+            *TOTALS,
+            "hf",
+            str(tmp_path),
+        ]
+        nodes.append(
+            subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
     for node in nodes:
         output, _ = node.communicate(timeout=240)
         assert node.returncode == 0, output[-4000:]

@@ -13,8 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quickstart_example(tmp_path) -> None:
     env = {**os.environ, "QUICKSTART_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "examples/lightning_quickstart.py"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "examples/lightning_quickstart.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "Where the energy went" in out
@@ -28,8 +34,9 @@ def test_quickstart_example(tmp_path) -> None:
 
 def test_hf_example(tmp_path) -> None:
     env = {**os.environ, "HF_EXAMPLE_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "examples/hf_finetune.py"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "examples/hf_finetune.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "efficiency/j_per_token" in done.stdout
     lines = [json.loads(line) for line in (tmp_path / "energy.jsonl").read_text().splitlines()]
@@ -41,8 +48,13 @@ def test_hf_example(tmp_path) -> None:
 def test_lightning_cli_yaml_config(tmp_path) -> None:
     config = (ROOT / "examples" / "lightning_cli.yaml").read_text().replace("runs/cli", str(tmp_path))
     (tmp_path / "config.yaml").write_text(config)
-    done = subprocess.run([sys.executable, "examples/lightning_cli.py", "fit", "--config", str(tmp_path / "config.yaml")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=180)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "examples/lightning_cli.py", "fit", "--config", str(tmp_path / "config.yaml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in (tmp_path / "energy.jsonl").read_text().splitlines()]
     assert lines[0]["carbon"]["pue"] == 1.2 and "Germany" in lines[0]["carbon"]["source"]

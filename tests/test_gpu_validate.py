@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
+from benchmarks import gpu_validate
 from energy_core.devices.nvidia import visible_gpus
-from tests.power_traces import Constant
-from tests.sim_nvml import SimGpu
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import gpu_validate  # noqa: E402
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
 
 PERIOD_S = 0.02
 
 
 def board(watts: float = 400.0) -> SimGpu:
-    return SimGpu("GPU-1", Constant(watts), counter_period_s=PERIOD_S, default_limit_mw=400_000,
-                  min_limit_mw=150_000, max_limit_mw=450_000)  # fmt: skip
+    return SimGpu(
+        "GPU-1",
+        Constant(watts),
+        counter_period_s=PERIOD_S,
+        default_limit_mw=400_000,
+        min_limit_mw=150_000,
+        max_limit_mw=450_000,
+    )
 
 
 def test_without_a_gpu_it_says_so_and_exits_2(capsys) -> None:

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from energy_core import J_PER_KWH
 from hf_energy import EnergyBudgetCallback, EnergyCallback, attach
-from tests.hf_models import SeqData, make_trainer
-from tests.power_traces import Constant
-from tests.sim_nvml import SimGpu
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
+from tests.helpers.hf_models import SeqData, make_trainer
+from tests.helpers.records import read_record
 
 GPU_W = 300.0
-
-
-def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_stop_lands_within_one_step_and_saves(tmp_path, sim_gpus) -> None:
@@ -26,19 +20,18 @@ def test_stop_lands_within_one_step_and_saves(tmp_path, sim_gpus) -> None:
     limit_kwh = GPU_W * 1.0 / J_PER_KWH
     trainer = make_trainer(tmp_path / "out", SeqData(96), sleep_s=0.04, num_train_epochs=3, logging_steps=1)
     budget = EnergyBudgetCallback(max_kwh=limit_kwh, forecast="off")
-    attach(trainer, EnergyCallback(devices=["gpu"], sample_interval_s=0.02, record_path=record, summary=False),
-           budget)  # fmt: skip
+    attach(trainer, EnergyCallback(devices=["gpu"], sample_interval_s=0.02, record_path=record, summary=False), budget)
     trainer.train()
 
     stop_step = trainer.state.global_step
     assert 10 < stop_step < 36 and budget.guard.stopped is not None
-    totals = {w["step"]: w["metrics"]["energy/total_kwh"] for w in records(record) if w["type"] == "window"}
+    totals = {w["step"]: w["metrics"]["energy/total_kwh"] for w in read_record(record) if w["type"] == "window"}
     crossing = min(step for step, kwh in totals.items() if kwh >= limit_kwh)
     assert stop_step - crossing in (0, 1)
     assert (tmp_path / "out" / f"checkpoint-{stop_step}").is_dir()  # should_save: the last state is kept
     last_log = [h for h in trainer.state.log_history if "loss" in h][-1]
     assert last_log["step"] == stop_step and last_log["budget/remaining_kwh"] <= 0  # should_log, with figures
-    assert any(line["type"] == "budget" and line["event"] == "stop" for line in records(record))
+    assert any(line["type"] == "budget" and line["event"] == "stop" for line in read_record(record))
 
 
 def test_forecast_after_the_first_epoch_is_within_ten_percent(tmp_path, sim_gpus) -> None:
@@ -81,9 +74,13 @@ def test_resumed_run_with_a_spent_budget_stops_after_its_first_step(tmp_path, si
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({}, "needs a limit"), ({"max_kwh": -2}, "max_kwh"), ({"max_co2e_kg": 0}, "max_co2e_kg"),
-     ({"max_kwh": 1, "forecast": "never"}, "forecast must be one of")],
-)  # fmt: skip
+    [
+        ({}, "needs a limit"),
+        ({"max_kwh": -2}, "max_kwh"),
+        ({"max_co2e_kg": 0}, "max_co2e_kg"),
+        ({"max_kwh": 1, "forecast": "never"}, "forecast must be one of"),
+    ],
+)
 def test_bad_arguments(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         EnergyBudgetCallback(**kwargs)

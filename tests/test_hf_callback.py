@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 
 import pytest
 
 from energy_core import J_PER_KWH
 from hf_energy import EnergyCallback, attach
-from tests.hf_models import SeqData, make_trainer
-from tests.power_traces import Constant
-from tests.readback import tensorboard_series
-from tests.sim_nvml import SimGpu
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
+from tests.helpers.hf_models import SeqData, make_trainer
+from tests.helpers.readback import tensorboard_series
+from tests.helpers.records import read_record
 
 GPU_W = 300.0
-
-
-def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture
@@ -48,17 +44,25 @@ def mlflow_series(uri: str, key: str) -> list[tuple[int, float]]:
 def test_metrics_reach_log_history_tensorboard_and_mlflow(tmp_path, sim_gpus, mlflow_store) -> None:
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
     data = SeqData(96)
-    trainer = make_trainer(tmp_path / "out", data, sleep_s=0.05, eval_data=SeqData(16), eval_strategy="epoch",
-                           report_to=["tensorboard", "mlflow"])  # fmt: skip
-    energy = attach(trainer, EnergyCallback(devices=["gpu"], sample_interval_s=0.05, country="FRA",
-                                            record_path=tmp_path / "energy.jsonl"))  # fmt: skip
+    trainer = make_trainer(
+        tmp_path / "out",
+        data,
+        sleep_s=0.05,
+        eval_data=SeqData(16),
+        eval_strategy="epoch",
+        report_to=["tensorboard", "mlflow"],
+    )
+    energy = attach(
+        trainer,
+        EnergyCallback(devices=["gpu"], sample_interval_s=0.05, country="FRA", record_path=tmp_path / "energy.jsonl"),
+    )
     trainer.train()
     trainer.predict(SeqData(16))
 
     history = trainer.state.log_history
     train_logs = [h for h in history if "loss" in h]
     assert [h["step"] for h in train_logs] == [4, 8, 12, 16, 20, 24]
-    lines = records(tmp_path / "energy.jsonl")
+    lines = read_record(tmp_path / "energy.jsonl")
     windows = {w["step"]: w for w in lines if w["type"] == "window"}
     for entry in train_logs:  # every logged step carries the window's figures, as recorded
         window = windows[entry["step"]]
@@ -104,7 +108,7 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path, sim_gpus) -> Non
     trainer = make_trainer(tmp_path / "out", data, gradient_accumulation_steps=2, logging_steps=3)
     attach(trainer, EnergyCallback(devices=["gpu"], record_path=tmp_path / "energy.jsonl", summary=False))
     trainer.train()
-    windows = [w for w in records(tmp_path / "energy.jsonl") if w["type"] == "window"]
+    windows = [w for w in read_record(tmp_path / "energy.jsonl") if w["type"] == "window"]
     assert [(w["step"], w["steps"], w["samples"]) for w in windows] == [(s, 3, 48) for s in (3, 6, 9, 12)]
     assert sum(w["tokens"] for w in windows) == 2 * data.tokens()
 
@@ -121,12 +125,13 @@ def test_resume_from_checkpoint_continues_the_totals(tmp_path, sim_gpus, restore
     saved_j = stored["EnergyCallback"]["attributes"]["energy_state"]["energy_j"]["gpu"]
     assert saved_j > 0
 
-    second = make_trainer(out, SeqData(96), sleep_s=0.03, num_train_epochs=2,
-                          restore_callback_states_from_checkpoint=restore_flag)  # fmt: skip
+    second = make_trainer(
+        out, SeqData(96), sleep_s=0.03, num_train_epochs=2, restore_callback_states_from_checkpoint=restore_flag
+    )
     attach(second, EnergyCallback(devices=["gpu"], record_path=record, summary=False))
     second.train(resume_from_checkpoint=str(out / "checkpoint-12"))
 
-    lines = records(record)
+    lines = read_record(record)
     header, summary = [x for x in lines if x["type"] == "header"][-1], lines[-1]
     assert header["resumed_from"]["energy_j"]["gpu"] == pytest.approx(saved_j)
     live_s = summary["seconds"] - header["resumed_from"]["fit_s"]

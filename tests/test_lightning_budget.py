@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from energy_core import J_PER_KWH
 from lightning_energy import EnergyBudget, EnergyMonitor
-from tests.lightning_models import flavour, make_module, regression_data
-from tests.power_traces import Constant
-from tests.readback import csv_series
-from tests.sim_nvml import SimGpu
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
+from tests.helpers.lightning_models import flavour, make_module, regression_data
+from tests.helpers.readback import csv_series
+from tests.helpers.records import read_record
 
 GPU_W = 300.0
 pl = flavour("lightning.pytorch")
 
 
-def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def fit(tmp_path: Path, callbacks: list, ckpt_path: str | None = None, **kwargs) -> object:
-    options = {"max_epochs": 3, "accelerator": "cpu", "log_every_n_steps": 1, "enable_checkpointing": False,
-               "enable_model_summary": False, "enable_progress_bar": False, "limit_val_batches": 0,
-               "logger": pl.loggers.CSVLogger(tmp_path / "csv"), "callbacks": callbacks}  # fmt: skip
+    options = {
+        "max_epochs": 3,
+        "accelerator": "cpu",
+        "log_every_n_steps": 1,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "enable_progress_bar": False,
+        "limit_val_batches": 0,
+        "logger": pl.loggers.CSVLogger(tmp_path / "csv"),
+        "callbacks": callbacks,
+    }
     options.update(kwargs)
     trainer = pl.Trainer(**options)
     trainer.fit(make_module(pl, step_sleep_s=0.03), regression_data(240), ckpt_path=ckpt_path)
@@ -38,23 +42,28 @@ def test_stop_lands_within_one_step_of_crossing(tmp_path, sim_gpus, with_monitor
     limit_kwh = GPU_W * 1.2 / J_PER_KWH  # about 40 steps of 30 ms at 300 W
     record = tmp_path / "energy.jsonl"
     monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=record)
-    budget = EnergyBudget(max_kwh=limit_kwh, forecast="off", devices=["gpu"], sample_interval_s=0.02,
-                          record_path=None if with_monitor else record)  # fmt: skip
+    budget = EnergyBudget(
+        max_kwh=limit_kwh,
+        forecast="off",
+        devices=["gpu"],
+        sample_interval_s=0.02,
+        record_path=None if with_monitor else record,
+    )
     with pytest.warns(UserWarning, match="Energy budget spent at step"):
         trainer = fit(tmp_path, [monitor, budget] if with_monitor else [budget])
     assert budget.guard.stopped is not None
     stop_step = trainer.global_step
     assert 20 < stop_step < 90  # stopped long before the 90 steps of 3 epochs
     if with_monitor:  # the monitor logged the total at every step: find the step that crossed
-        totals = {w["step"]: w["metrics"]["energy/total_kwh"] for w in records(record) if w["type"] == "window"}
+        totals = {w["step"]: w["metrics"]["energy/total_kwh"] for w in read_record(record) if w["type"] == "window"}
         crossing = min(step for step, kwh in totals.items() if kwh >= limit_kwh)
         assert stop_step - crossing in (0, 1)
         assert monitor.tracker.meter.sampler is not None and len(monitor.tracker.meter.sampler.listeners) == 0
-    summary = records(record)[-1]
+    summary = read_record(record)[-1]
     assert summary["type"] == "summary"
     overshoot_j = (summary["metrics"]["energy/total_kwh"] - limit_kwh) * J_PER_KWH
     assert -1.0 <= overshoot_j <= GPU_W * 0.15  # at most a step, a sample and the loop's end (1 J: interpolation)
-    assert any(line["type"] == "budget" and line["event"] == "stop" for line in records(record))
+    assert any(line["type"] == "budget" and line["event"] == "stop" for line in read_record(record))
     remaining = csv_series(tmp_path / "csv", "budget/remaining_kwh")
     assert remaining[0][1] == pytest.approx(limit_kwh, rel=0.1) and remaining[-1][1] < remaining[0][1]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import threading
 from pathlib import Path
@@ -11,19 +10,16 @@ import pytest
 
 from energy_core import J_PER_KWH
 from lightning_energy import EnergyMonitor
-from tests.lightning_models import FLAVOURS, TokenData, flavour, make_module, regression_data
-from tests.power_traces import Constant
-from tests.readback import csv_series, tensorboard_series
-from tests.sim_nvml import SimGpu
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
+from tests.helpers.lightning_models import FLAVOURS, TokenData, flavour, make_module, regression_data
+from tests.helpers.readback import csv_series, tensorboard_series
+from tests.helpers.records import read_record
 
 GPU_W = 300.0
 
 
-def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def trainer_for(pl, tmp_path: Path, monitor: EnergyMonitor, **kwargs):  # noqa: ANN001, ANN201
+def trainer_for(pl, tmp_path: Path, monitor: EnergyMonitor, **kwargs):
     loggers = [pl.loggers.CSVLogger(tmp_path / "csv"), pl.loggers.TensorBoardLogger(tmp_path / "tb")]
     options = {
         "max_epochs": 3,
@@ -43,18 +39,19 @@ def trainer_for(pl, tmp_path: Path, monitor: EnergyMonitor, **kwargs):  # noqa: 
 def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None:
     pl = flavour(name)
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
-    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, country="FRA", pue=1.2,
-                            record_path=tmp_path / "energy.jsonl")  # fmt: skip
+    monitor = EnergyMonitor(
+        devices=["gpu"], sample_interval_s=0.05, country="FRA", pue=1.2, record_path=tmp_path / "energy.jsonl"
+    )
     shown: list[dict] = []
 
     class PeekAtProgressBar(pl.Callback):
-        def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
             shown.append(trainer.progress_bar_callback.get_metrics(trainer, pl_module))
 
     trainer = trainer_for(pl, tmp_path, monitor, callbacks=[monitor, PeekAtProgressBar()])
     trainer.fit(make_module(pl, step_sleep_s=0.03, val_sleep_s=0.1), regression_data(240), regression_data(32))
 
-    lines = records(tmp_path / "energy.jsonl")
+    lines = read_record(tmp_path / "energy.jsonl")
     assert [line["type"] for line in lines][0] == "header"
     assert lines[-1]["type"] == "summary" and lines[-1]["status"] == "completed"
     last_epoch = [line for line in lines if line["type"] == "epoch"][-1]
@@ -107,15 +104,18 @@ def test_resume_from_checkpoint_continues_the_totals(name, tmp_path, sim_gpus) -
     record = tmp_path / "energy.jsonl"
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     first = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, record_path=record)
-    trainer_for(pl, tmp_path, first, max_epochs=2, enable_checkpointing=True, callbacks=[first, checkpoint],
-                limit_val_batches=0).fit(make_module(pl, step_sleep_s=0.03), regression_data(240))  # fmt: skip
-    saved = records(record)[-1]["metrics"]["energy/gpu_kwh"]
+    trainer_for(
+        pl, tmp_path, first, max_epochs=2, enable_checkpointing=True, callbacks=[first, checkpoint], limit_val_batches=0
+    ).fit(make_module(pl, step_sleep_s=0.03), regression_data(240))
+    saved = read_record(record)[-1]["metrics"]["energy/gpu_kwh"]
 
     second = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, record_path=record)
     trainer = trainer_for(pl, tmp_path, second, max_epochs=4, limit_val_batches=0)
-    trainer.fit(make_module(pl, step_sleep_s=0.03), regression_data(240), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    trainer.fit(
+        make_module(pl, step_sleep_s=0.03), regression_data(240), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
+    )
 
-    lines = records(record)
+    lines = read_record(record)
     header, summary = [x for x in lines if x["type"] == "header"][-1], lines[-1]
     resumed = header["resumed_from"]
     assert resumed["energy_j"]["gpu"] / J_PER_KWH == pytest.approx(saved, rel=0.05)  # saved at the last epoch end
@@ -135,11 +135,12 @@ def test_tokens_and_gradient_accumulation(tmp_path, sim_gpus) -> None:
     monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, record_path=tmp_path / "energy.jsonl")
     data = TokenData(160)
     loader = __import__("torch").utils.data.DataLoader(data, batch_size=8)
-    trainer = trainer_for(pl, tmp_path, monitor, max_epochs=1, accumulate_grad_batches=2, log_every_n_steps=5,
-                          limit_val_batches=0)  # fmt: skip
+    trainer = trainer_for(
+        pl, tmp_path, monitor, max_epochs=1, accumulate_grad_batches=2, log_every_n_steps=5, limit_val_batches=0
+    )
     trainer.fit(make_module(pl, step_sleep_s=0.01, token_batches=True), loader)
 
-    windows = [x for x in records(tmp_path / "energy.jsonl") if x["type"] == "window"]
+    windows = [x for x in read_record(tmp_path / "energy.jsonl") if x["type"] == "window"]
     assert [(w["step"], w["steps"], w["samples"]) for w in windows] == [(5, 5, 80), (10, 5, 80)]
     assert sum(w["tokens"] for w in windows) == data.tokens()  # padding excluded
     for w in windows:
@@ -160,7 +161,7 @@ def test_test_stage_and_all_devices(tmp_path, sim_gpus, fake_rapl) -> None:
     trainer.test(module, regression_data(64))
     trainer.predict(module, regression_data(32))
 
-    lines = records(tmp_path / "energy.jsonl")
+    lines = read_record(tmp_path / "energy.jsonl")
     last_epoch = [x for x in lines if x["type"] == "epoch"][-1]
     m = last_epoch["metrics"]
     seconds = last_epoch["elapsed_s"]
@@ -182,7 +183,7 @@ def test_estimated_cpu_is_flagged_in_warning_and_record(tmp_path) -> None:
     monitor = EnergyMonitor(record_path=tmp_path / "energy.jsonl")  # no GPU, no RAPL: estimate
     with pytest.warns(UserWarning, match="ESTIMATED"):
         trainer_for(pl, tmp_path, monitor, max_epochs=1, limit_val_batches=0).fit(make_module(pl), regression_data(64))
-    lines = records(tmp_path / "energy.jsonl")
+    lines = read_record(tmp_path / "energy.jsonl")
     assert lines[0]["estimated"] == ["cpu0"] and lines[-1]["estimated"] == ["cpu0"]
     assert lines[0]["hardware"]["sources"][0]["method"] == "tdp-x-utilisation"
 
@@ -197,7 +198,7 @@ def test_exception_in_training_ends_the_record_and_the_sampler(tmp_path, sim_gpu
     module = make_module(pl)
     original = module.training_step
 
-    def failing_step(batch, batch_idx):  # noqa: ANN001, ANN202
+    def failing_step(batch, batch_idx):
         if batch_idx == 5:
             raise Boom("bad batch")
         return original(batch, batch_idx)
@@ -206,7 +207,7 @@ def test_exception_in_training_ends_the_record_and_the_sampler(tmp_path, sim_gpu
     monitor = EnergyMonitor(devices=["gpu"], record_path=tmp_path / "energy.jsonl")
     with pytest.raises(Boom):
         trainer_for(pl, tmp_path, monitor, max_epochs=1, limit_val_batches=0).fit(module, regression_data(240))
-    summary = records(tmp_path / "energy.jsonl")[-1]
+    summary = read_record(tmp_path / "energy.jsonl")[-1]
     assert summary["type"] == "summary" and summary["status"] == "exception: Boom"
     assert not any(t.name == "energy-sampler" for t in threading.enumerate())
 
@@ -217,7 +218,7 @@ def test_nvml_failure_mid_run_does_not_stop_training(tmp_path, sim_gpus) -> None
     monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=tmp_path / "energy.jsonl")
     trainer = trainer_for(pl, tmp_path, monitor, max_epochs=2, limit_val_batches=0)
     trainer.fit(make_module(pl, step_sleep_s=0.02), regression_data(240))
-    summary = records(tmp_path / "energy.jsonl")[-1]
+    summary = read_record(tmp_path / "energy.jsonl")[-1]
     assert trainer.current_epoch == 2
     assert summary["failed_reads"]["gpu0"] >= 10  # the gap is reported
     assert summary["metrics"]["energy/gpu_kwh"] * J_PER_KWH == pytest.approx(GPU_W * summary["seconds"], rel=0.02)

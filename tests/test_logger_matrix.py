@@ -6,13 +6,12 @@ also in test_hf_callback.py.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.power_traces import Constant
-from tests.readback import csv_series, tensorboard_series
-from tests.sim_nvml import SimGpu
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
+from tests.helpers.readback import csv_series, tensorboard_series
+from tests.helpers.records import read_record
 
 KEYS = ("energy/total_kwh", "power/gpu0_w", "energy/step_j", "carbon/co2e_kg")
 
@@ -47,29 +46,39 @@ def test_monitor_x_logger(framework, logger_kind, tmp_path, sim_gpus, file_store
         import lightning.pytorch as pl
 
         from lightning_energy import EnergyMonitor
-        from tests.lightning_models import make_module, regression_data
+        from tests.helpers.lightning_models import make_module, regression_data
 
-        logger = {"csv": lambda: pl.loggers.CSVLogger(tmp_path / "logs"),
-                  "tensorboard": lambda: pl.loggers.TensorBoardLogger(tmp_path / "logs"),
-                  "mlflow": lambda: pl.loggers.MLFlowLogger(experiment_name="energy", tracking_uri=file_store)}[logger_kind]()  # fmt: skip
-        trainer = pl.Trainer(max_epochs=1, accelerator="cpu", log_every_n_steps=5, logger=logger,
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             callbacks=[EnergyMonitor(devices=["gpu"], record_path=record)])  # fmt: skip
+        logger = {
+            "csv": lambda: pl.loggers.CSVLogger(tmp_path / "logs"),
+            "tensorboard": lambda: pl.loggers.TensorBoardLogger(tmp_path / "logs"),
+            "mlflow": lambda: pl.loggers.MLFlowLogger(experiment_name="energy", tracking_uri=file_store),
+        }[logger_kind]()
+        trainer = pl.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            log_every_n_steps=5,
+            logger=logger,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[EnergyMonitor(devices=["gpu"], record_path=record)],
+        )
         trainer.fit(make_module(pl, step_sleep_s=0.01), regression_data(160))
         prefix = ""
     else:
         if logger_kind == "csv":
             pytest.skip("the HF Trainer has no CSV integration")
         from hf_energy import EnergyCallback, attach
-        from tests.hf_models import SeqData, make_trainer
+        from tests.helpers.hf_models import SeqData, make_trainer
 
-        trainer = make_trainer(tmp_path / "logs", SeqData(80), sleep_s=0.01, num_train_epochs=1, logging_steps=5,
-                               report_to=[logger_kind])  # fmt: skip
+        trainer = make_trainer(
+            tmp_path / "logs", SeqData(80), sleep_s=0.01, num_train_epochs=1, logging_steps=5, report_to=[logger_kind]
+        )
         attach(trainer, EnergyCallback(devices=["gpu"], record_path=record, summary=False))
         trainer.train()
         prefix = "train/" if logger_kind == "tensorboard" else ""
 
-    windows = [json.loads(x) for x in record.read_text().splitlines() if '"type": "window"' in x]
+    windows = [x for x in read_record(record) if x["type"] == "window"]
     assert windows
     for key in KEYS:
         if logger_kind == "csv":

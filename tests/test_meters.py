@@ -8,8 +8,8 @@ import pytest
 from energy_core.devices import cpu_estimate, nvidia, rapl
 from energy_core.meter import EnergyMeter
 from energy_core.sampler import SampleBuffer, Sampler
-from tests.power_traces import Constant, Noisy, Ramp, Square
-from tests.sim_nvml import ARCH_PASCAL, ManualClock, SimGpu, SimNvml
+from tests.doubles.power_traces import Constant, Noisy, Ramp, Square
+from tests.doubles.sim_nvml import ARCH_PASCAL, ManualClock, SimGpu, SimNvml
 
 
 def _run(sampler: Sampler, clock: ManualClock, seconds: float, interval: float) -> None:
@@ -119,7 +119,7 @@ def test_rapl_permission_denied_falls_back_to_an_estimate(fake_rapl, monkeypatch
     tree = fake_rapl()
     real_open = open
 
-    def kernel_5_10_open(path, *args, **kwargs):  # noqa: ANN001, ANN202 - mimics the kernel's 0400 mode
+    def kernel_5_10_open(path, *args, **kwargs):
         if str(path).startswith(str(tree.root)) and str(path).endswith("energy_uj"):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)

@@ -14,10 +14,11 @@ import pytest
 
 from energy_core.power import PowerLimits, journal_path
 from lightning_energy import EnergyMonitor, PowerCap
-from tests.lightning_models import flavour, make_module, regression_data
-from tests.power_traces import Constant
-from tests.readback import csv_series
-from tests.sim_nvml import SimGpu
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
+from tests.helpers.lightning_models import flavour, make_module, regression_data
+from tests.helpers.readback import csv_series
+from tests.helpers.records import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 pl = flavour("lightning.pytorch")
@@ -25,8 +26,14 @@ PREVIOUS_MW = 350_000  # an administrator's limit: neither the default (400 W) n
 
 
 def board(uuid: str = "GPU-1", watts: float = 400.0) -> SimGpu:
-    return SimGpu(uuid, Constant(watts), counter_period_s=0.02, default_limit_mw=400_000,
-                  min_limit_mw=100_000, max_limit_mw=450_000)  # fmt: skip
+    return SimGpu(
+        uuid,
+        Constant(watts),
+        counter_period_s=0.02,
+        default_limit_mw=400_000,
+        min_limit_mw=100_000,
+        max_limit_mw=450_000,
+    )
 
 
 def admin_limit(sim, mw: int = PREVIOUS_MW) -> None:
@@ -40,15 +47,22 @@ class SeeLimits(pl.Callback):
     def __init__(self, sim) -> None:
         self.sim, self.seen = sim, []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx == 3:
             self.seen.append([self.sim.limit_mw(g) for g in self.sim.gpus])
 
 
-def fit(tmp_path: Path, callbacks: list, module=None, samples: int = 160, **kwargs):  # noqa: ANN001, ANN201
-    options = {"max_epochs": 1, "accelerator": "cpu", "log_every_n_steps": 5, "enable_checkpointing": False,
-               "enable_model_summary": False, "enable_progress_bar": False,
-               "logger": pl.loggers.CSVLogger(tmp_path / "csv"), "callbacks": callbacks}  # fmt: skip
+def fit(tmp_path: Path, callbacks: list, module=None, samples: int = 160, **kwargs):
+    options = {
+        "max_epochs": 1,
+        "accelerator": "cpu",
+        "log_every_n_steps": 5,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "enable_progress_bar": False,
+        "logger": pl.loggers.CSVLogger(tmp_path / "csv"),
+        "callbacks": callbacks,
+    }
     options.update(kwargs)
     trainer = pl.Trainer(**options)
     trainer.fit(module or make_module(pl, step_sleep_s=0.01), regression_data(samples))
@@ -69,13 +83,14 @@ def test_cap_is_applied_logged_and_the_previous_limit_restored(tmp_path, sim_gpu
     assert see.seen == [[250_000]]
     assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW  # the limit in force before, not default or max
     assert journal_entries() == {}
-    lines = [json.loads(x) for x in (tmp_path / "energy.jsonl").read_text().splitlines()]
+    lines = read_record(tmp_path / "energy.jsonl")
     windows = [x for x in lines if x["type"] == "window"]
     assert all(w["metrics"]["power/cap_w"] == 250.0 for w in windows)
     (applied,) = [x for x in lines if x["type"] == "power_cap"]
     assert applied["event"] == "applied"
-    assert applied["caps"] == [{"gpu": 0, "uuid": "GPU-1", "previous_w": 350.0, "cap_w": 250.0,
-                                "range_w": [100.0, 450.0]}]  # fmt: skip
+    assert applied["caps"] == [
+        {"gpu": 0, "uuid": "GPU-1", "previous_w": 350.0, "cap_w": 250.0, "range_w": [100.0, 450.0]}
+    ]
     # the capped board (400 W uncapped) draws 250 W: the monitor's figures show it, within
     # the error the 20 ms counter period allows over these short windows
     capped = windows[1:]
@@ -108,7 +123,7 @@ def test_restored_after_an_exception_or_interrupt_in_training_step(tmp_path, sim
     module = make_module(pl)
     original = module.training_step
 
-    def step(batch, batch_idx):  # noqa: ANN001, ANN202
+    def step(batch, batch_idx):
         if batch_idx == 4:
             assert sim.limit_mw(sim.gpus[0]) == 250_000
             raise error("stop here")
@@ -181,7 +196,7 @@ def test_bad_arguments_at_construction(kwargs, message) -> None:
 
 def _child(state: Path, *options: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the journal variable is inherited from conftest
-    command = [sys.executable, str(ROOT / "tests" / "power_cap_child.py"), str(state), *options]
+    command = [sys.executable, "-m", "tests.scripts.power_cap_child", str(state), *options]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -237,8 +252,9 @@ def test_sigkill_leaves_a_journal_that_the_next_run_restores(tmp_path, sim_gpus)
     assert json.loads(state.read_text())["GPU-child"] == 250_000  # left behind
     assert journal_entries()["GPU-child"]["previous_mw"] == PREVIOUS_MW
 
-    sim = sim_gpus(SimGpu("GPU-child", default_limit_mw=400_000, min_limit_mw=100_000, max_limit_mw=450_000),
-                   state_file=state)  # fmt: skip
+    sim = sim_gpus(
+        SimGpu("GPU-child", default_limit_mw=400_000, min_limit_mw=100_000, max_limit_mw=450_000), state_file=state
+    )
     see = SeeLimits(sim)
     with pytest.warns(UserWarning, match="Restored the power limit of GPU-child to 350 W"):
         fit(tmp_path, [PowerCap(watts=300), see])  # the next run recovers first, then caps
@@ -250,8 +266,11 @@ def test_sigkill_leaves_a_journal_that_the_next_run_restores(tmp_path, sim_gpus)
 def test_recover_leaves_a_board_someone_else_changed(tmp_path, sim_gpus) -> None:
     sim = sim_gpus(board())
     journal_path().parent.mkdir(parents=True, exist_ok=True)
-    journal_path().write_text(json.dumps({"GPU-1": {"previous_mw": 300_000, "set_mw": 250_000, "pid": 2**22 + 7,
-                                                    "host": os.uname().nodename}}))  # fmt: skip
+    journal_path().write_text(
+        json.dumps(
+            {"GPU-1": {"previous_mw": 300_000, "set_mw": 250_000, "pid": 2**22 + 7, "host": os.uname().nodename}}
+        )
+    )
     messages = PowerLimits().recover()
     assert messages == ["GPU-1: limit changed since pid 4194311 set it; left as it is."]
     assert sim.limit_mw(sim.gpus[0]) == 400_000 and journal_entries() == {}
@@ -264,12 +283,20 @@ def test_auto_finds_the_cap_with_least_energy_within_the_slowdown(tmp_path, sim_
     slower (with the loop's own few ms): with max_slowdown=0.08 the right answer is 90%
     (360 W, about 5% slower), some 5% less energy per step.
     """
-    sim = sim_gpus(SimGpu("GPU-1", Constant(400.0), counter_period_s=0.02, default_limit_mw=400_000,
-                          min_limit_mw=150_000, max_limit_mw=400_000))  # fmt: skip
+    sim = sim_gpus(
+        SimGpu(
+            "GPU-1",
+            Constant(400.0),
+            counter_period_s=0.02,
+            default_limit_mw=400_000,
+            min_limit_mw=150_000,
+            max_limit_mw=400_000,
+        )
+    )
     module = make_module(pl)
     original = module.training_step
 
-    def step(batch, batch_idx):  # noqa: ANN001, ANN202
+    def step(batch, batch_idx):
         time.sleep(0.04 * (400_000 / sim.limit_mw(sim.gpus[0])) ** 0.5)
         return original(batch, batch_idx)
 
@@ -279,7 +306,7 @@ def test_auto_finds_the_cap_with_least_energy_within_the_slowdown(tmp_path, sim_
     see = []
 
     class SeeLimitLate(pl.Callback):
-        def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
             see.append(sim.limit_mw(sim.gpus[0]))
 
     fit(tmp_path, [monitor, cap, SeeLimitLate()], module=module, max_epochs=1, samples=8 * 200)
@@ -289,16 +316,16 @@ def test_auto_finds_the_cap_with_least_energy_within_the_slowdown(tmp_path, sim_
     assert see[-1] == 360_000  # the chosen cap stayed in force for the rest of training
     assert sim.limit_mw(sim.gpus[0]) == 400_000  # and the limit at start came back
     assert finder.trials[1].joules_per_step < finder.trials[0].joules_per_step
-    lines = [json.loads(x) for x in (tmp_path / "energy.jsonl").read_text().splitlines()]
+    lines = read_record(tmp_path / "energy.jsonl")
     (chosen,) = [x for x in lines if x["type"] == "power_cap" and x["event"] == "chosen"]
     assert [row["cap_w"] for row in chosen["table"]] == [400.0, 360.0, 320.0]
     assert [v for _, v in csv_series(tmp_path / "csv", "power/cap_w")][-1] == 360.0
 
 
 # ----------------------------------------------------------------------------- HF Trainer
-def hf_train(tmp_path: Path, *callbacks) -> object:  # noqa: ANN001
+def hf_train(tmp_path: Path, *callbacks) -> object:
     from hf_energy import attach
-    from tests.hf_models import SeqData, make_trainer
+    from tests.helpers.hf_models import SeqData, make_trainer
 
     trainer = make_trainer(tmp_path / "out", SeqData(64), num_train_epochs=1, logging_steps=2)
     attach(trainer, *callbacks)
@@ -316,11 +343,11 @@ def test_hf_cap_is_applied_logged_and_restored(tmp_path, sim_gpus) -> None:
     seen = []
 
     class See(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        def on_step_end(self, args, state, control, **kwargs):
             seen.append(sim.limit_mw(sim.gpus[0]))
 
     from hf_energy import attach
-    from tests.hf_models import SeqData, make_trainer
+    from tests.helpers.hf_models import SeqData, make_trainer
 
     trainer = make_trainer(tmp_path / "out", SeqData(64), num_train_epochs=1, logging_steps=2)
     trainer.add_callback(See())

@@ -9,11 +9,11 @@ import time
 from energy_core import EnergyTracker
 from energy_core.power import journal_path
 from energy_core.report import main
-from tests.power_traces import Constant
-from tests.sim_nvml import SimGpu
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
 
 
-def write_record(path, sim_gpus) -> None:  # noqa: ANN001
+def write_record(path, sim_gpus) -> None:
     sim_gpus(SimGpu("GPU-1", Constant(200.0)))
     tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.02, country="FRA", record_path=path)
     tracker.start_fit(0)
@@ -56,8 +56,11 @@ def test_restore_power_limits_from_the_journal(sim_gpus, capsys) -> None:
     sim = sim_gpus(SimGpu("GPU-1", default_limit_mw=400_000, min_limit_mw=100_000, max_limit_mw=450_000))
     sim._store_limit(sim.gpus[0], 250_000)  # left behind by a killed run
     journal_path().parent.mkdir(parents=True, exist_ok=True)
-    journal_path().write_text(json.dumps({"GPU-1": {"previous_mw": 330_000, "set_mw": 250_000,
-                                                    "pid": 2**22 + 9, "host": os.uname().nodename}}))  # fmt: skip
+    journal_path().write_text(
+        json.dumps(
+            {"GPU-1": {"previous_mw": 330_000, "set_mw": 250_000, "pid": 2**22 + 9, "host": os.uname().nodename}}
+        )
+    )
     assert main(["--restore-power-limits"]) == 0
     assert "Restored the power limit of GPU-1 to 330 W" in capsys.readouterr().out
     assert sim.limit_mw(sim.gpus[0]) == 330_000

@@ -13,14 +13,22 @@ import pytest
 
 from energy_core import EnergyTracker
 from energy_core.report import main
-from tests.power_traces import Constant
-from tests.sim_nvml import SimGpu
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
-def run_record(path, watts: float, sim_gpus) -> None:  # noqa: ANN001
+def run_record(path, watts: float, sim_gpus) -> None:
     """A short fit at a known power, with a loss in every window."""
     sim_gpus(SimGpu("GPU-1", Constant(watts), counter_period_s=0.02))
     tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.02, country="DEU", record_path=path)
@@ -63,13 +71,27 @@ def test_html_renders_in_headless_chromium(two_runs, tmp_path) -> None:
     assert main([*map(str, two_runs), "--out", str(out)]) == 0
     page = (out / "report.html").as_uri()
     profile = tempfile.mkdtemp()
-    dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-                          "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+    dom = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", page],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     sizes = re.findall(r'data-size="(\d+)x(\d+)"', dom)
     assert len(sizes) == 5 and all(int(w) > 100 and int(h) > 100 for w, h in sizes)  # every plot decoded
     shot = tmp_path / "page.png"
-    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1200,1600",
-                    f"--screenshot={shot}", page], capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--window-size=1200,1600",
+            f"--screenshot={shot}",
+            page,
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     from PIL import Image
 
     pixels = Image.open(shot).convert("L")

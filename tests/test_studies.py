@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.power_traces import Constant
-from tests.sim_nvml import SimGpu
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "studies"))
@@ -62,8 +62,23 @@ def test_finetune_vs_inference(tmp_path) -> None:
 def test_setup_sweep_stops_at_the_target_and_when_hopeless(tmp_path) -> None:
     import setup_sweep as study
 
-    result = study.main(["--batch-sizes", "64", "--lrs", "0.003", "0.00001", "--target", "0.05", "--max-epochs", "30",
-                         "--hopeless", "2", "--out", str(tmp_path)])  # fmt: skip
+    result = study.main(
+        [
+            "--batch-sizes",
+            "64",
+            "--lrs",
+            "0.003",
+            "0.00001",
+            "--target",
+            "0.05",
+            "--max-epochs",
+            "30",
+            "--hopeless",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     good, slow = result["rows"]
     assert (good["setup"], good["outcome"]) == ("bs64-lr0.003", "target")
     assert good["val_loss"] <= 0.05 and good["epochs"] < 30
@@ -119,8 +134,14 @@ def test_power_capping_without_permission_changes_nothing(tmp_path, sim_gpus) ->
 def test_power_capping_sweeps_caps_and_restores_the_limit(tmp_path, sim_gpus) -> None:
     import power_capping as study
 
-    gpu = SimGpu("GPU-1", Constant(400.0), counter_period_s=0.02, default_limit_mw=400_000,
-                 min_limit_mw=150_000, max_limit_mw=450_000)  # fmt: skip
+    gpu = SimGpu(
+        "GPU-1",
+        Constant(400.0),
+        counter_period_s=0.02,
+        default_limit_mw=400_000,
+        min_limit_mw=150_000,
+        max_limit_mw=450_000,
+    )
     sim = sim_gpus(gpu)
     result = study.main(["--fractions", "1", "0.5", "0.25", "--steps", "300", "--out", str(tmp_path)])
     assert result["ran"] is True

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.power_traces import Constant
-from tests.sim_nvml import SimGpu
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
+from tests.helpers.records import read_record
 
 wandb = pytest.importorskip("wandb")
 
@@ -23,24 +22,29 @@ def offline(monkeypatch, tmp_path):
     wandb.teardown()  # the next test gets fresh settings (its own WANDB_DIR)
 
 
-def records(path) -> list[dict]:  # noqa: ANN001
-    return [json.loads(x) for x in path.read_text().splitlines()]
-
-
 def test_lightning_wandb_logger(offline, sim_gpus) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
     from lightning_energy import EnergyMonitor
-    from tests.lightning_models import flavour, make_module, regression_data
-    from tests.wandb_file import read_run
+    from tests.helpers.lightning_models import flavour, make_module, regression_data
+    from tests.helpers.wandb_file import read_run
 
     pl = flavour("lightning.pytorch")
     sim_gpus(SimGpu("GPU-1", Constant(300.0), counter_period_s=0.02))
-    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, country="SWE", region="SE3",
-                            record_path=offline / "energy.jsonl")  # fmt: skip
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", log_every_n_steps=5, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         logger=WandbLogger(project="energy", save_dir=str(offline)), callbacks=[monitor])  # fmt: skip
+    monitor = EnergyMonitor(
+        devices=["gpu"], sample_interval_s=0.02, country="SWE", region="SE3", record_path=offline / "energy.jsonl"
+    )
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        log_every_n_steps=5,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        logger=WandbLogger(project="energy", save_dir=str(offline)),
+        callbacks=[monitor],
+    )
     trainer.fit(make_module(pl, step_sleep_s=0.01), regression_data(160))
     wandb.finish()
 
@@ -49,13 +53,13 @@ def test_lightning_wandb_logger(offline, sim_gpus) -> None:
         assert key in run["metrics"], sorted(run["metrics"])
         assert run["metrics"][key].step_metric == "trainer/global_step"  # defined by exact name
         assert not run["metrics"][key].glob_name
-    windows = {w["step"]: w["metrics"] for w in records(offline / "energy.jsonl") if w["type"] == "window"}
+    windows = {w["step"]: w["metrics"] for w in read_record(offline / "energy.jsonl") if w["type"] == "window"}
     rows = {row["trainer/global_step"]: row for row in run["history"] if "power/total_w" in row}
     assert set(windows) <= set(rows)
     for step, metrics in windows.items():
         assert rows[step]["energy/total_kwh"] == pytest.approx(metrics["energy/total_kwh"])
         assert rows[step]["power/gpu0_w"] == pytest.approx(metrics["power/gpu0_w"])
-    final = records(offline / "energy.jsonl")[-1]["metrics"]
+    final = read_record(offline / "energy.jsonl")[-1]["metrics"]
     assert run["summary"]["energy/total_kwh"] == pytest.approx(final["energy/total_kwh"])
     assert run["config"]["energy/carbon_g_per_kwh"] == pytest.approx(27.0)
     assert "nordic" in run["config"]["energy/carbon_source"]
@@ -63,8 +67,8 @@ def test_lightning_wandb_logger(offline, sim_gpus) -> None:
 
 def test_hf_report_to_wandb(offline, sim_gpus) -> None:
     from hf_energy import EnergyCallback, attach
-    from tests.hf_models import SeqData, make_trainer
-    from tests.wandb_file import read_run
+    from tests.helpers.hf_models import SeqData, make_trainer
+    from tests.helpers.wandb_file import read_run
 
     sim_gpus(SimGpu("GPU-1", Constant(300.0), counter_period_s=0.02))
     trainer = make_trainer(offline / "out", SeqData(64), sleep_s=0.01, report_to=["wandb"], logging_steps=2)
@@ -76,7 +80,7 @@ def test_hf_report_to_wandb(offline, sim_gpus) -> None:
     for key in ("train/energy/total_kwh", "train/power/gpu0_w", "train/efficiency/j_per_token"):
         assert key in run["metrics"], sorted(run["metrics"])
         assert run["metrics"][key].step_metric == "train/global_step"
-    windows = {w["step"]: w["metrics"] for w in records(offline / "energy.jsonl") if w["type"] == "window"}
+    windows = {w["step"]: w["metrics"] for w in read_record(offline / "energy.jsonl") if w["type"] == "window"}
     rows = {row["train/global_step"]: row for row in run["history"] if "train/energy/step_j" in row}
     for step, metrics in windows.items():
         assert rows[step]["train/energy/gpu_kwh"] == pytest.approx(metrics["energy/gpu_kwh"])

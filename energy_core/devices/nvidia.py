@@ -108,7 +108,7 @@ def _torch_visible_uuids() -> list[str] | None:
         if not torch.cuda.is_available():
             return None
         return ["GPU-" + str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - torch without CUDA, odd builds: fall back to the env var
+    except Exception:
         return None
 
 
@@ -204,8 +204,7 @@ def discover_gpus(cuda_indices: Sequence[int] | None = None) -> tuple[list[Nvidi
             notices.append(
                 Notice(
                     "info",
-                    f"GPU {gpu.cuda_index} has no energy counter (older than Volta): "
-                    "integrating polled power instead.",
+                    f"GPU {gpu.cuda_index} has no energy counter (older than Volta): integrating polled power instead.",
                 )
             )
         if gpu.mig:

@@ -41,15 +41,25 @@ def check_cap_arguments(
         if watts != "auto":
             raise ValueError(f"watts must be a positive number of watts or 'auto', got {watts!r}")
     else:
-        watts = checks.number("watts", watts, low=0, low_open=True, optional=True,
-                              what="a positive number of watts or 'auto'")  # fmt: skip
-    fraction = checks.number("fraction", fraction, low=0, high=1, low_open=True, optional=True,
-                             what="in (0, 1] (a share of each GPU's default limit)")  # fmt: skip
+        watts = checks.number(
+            "watts", watts, low=0, low_open=True, optional=True, what="a positive number of watts or 'auto'"
+        )
+    fraction = checks.number(
+        "fraction",
+        fraction,
+        low=0,
+        high=1,
+        low_open=True,
+        optional=True,
+        what="in (0, 1] (a share of each GPU's default limit)",
+    )
     if isinstance(gpus, str):
         if gpus != "all":
             raise ValueError(f"gpus must be 'all' or a list of visible GPU indices, got {gpus!r}")
     elif not isinstance(gpus, Sequence):
-        raise TypeError(f"gpus must be 'all' or a non-empty list of GPU indices >= 0, got {type(gpus).__name__} {gpus!r}")
+        raise TypeError(
+            f"gpus must be 'all' or a non-empty list of GPU indices >= 0, got {type(gpus).__name__} {gpus!r}"
+        )
     else:
         indices = tuple(gpus)
         if not indices or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in indices):
@@ -58,8 +68,9 @@ def check_cap_arguments(
             raise ValueError(f"gpus has repeated indices: {gpus!r}")
         gpus = indices
     strict = checks.boolean("strict", strict)
-    max_slowdown = checks.number("max_slowdown", max_slowdown, low=0, high=10, low_open=True,
-                                 what="in (0, 10] (0.1 means 10% slower)")  # fmt: skip
+    max_slowdown = checks.number(
+        "max_slowdown", max_slowdown, low=0, high=10, low_open=True, what="in (0, 10] (0.1 means 10% slower)"
+    )
     return watts, fraction, gpus, strict, max_slowdown
 
 
@@ -112,10 +123,15 @@ class PowerCapRun:
         if self.limits is None:
             return []
         return [
-            {"gpu": c.board.index, "uuid": c.board.uuid, "previous_w": c.previous_mw / 1000,
-             "cap_w": c.applied_mw / 1000, "range_w": [c.limits.min_mw / 1000, c.limits.max_mw / 1000]}
+            {
+                "gpu": c.board.index,
+                "uuid": c.board.uuid,
+                "previous_w": c.previous_mw / 1000,
+                "cap_w": c.applied_mw / 1000,
+                "range_w": [c.limits.min_mw / 1000, c.limits.max_mw / 1000],
+            }
             for c in self.limits.capped
-        ]  # fmt: skip
+        ]
 
     def start(self) -> list[Notice]:
         """Recover limits left by killed runs, then cap (on one process per node).

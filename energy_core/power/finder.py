@@ -135,7 +135,9 @@ class CapFinder:
             self._next_boundary = step + 1
             return None
         for i, trial in enumerate(self.trials):
-            trial.joules_per_step = float((values[2 * i + 1] - values[2 * i]).sum()) / (trial.end_step - trial.start_step)
+            trial.joules_per_step = float((values[2 * i + 1] - values[2 * i]).sum()) / (
+                trial.end_step - trial.start_step
+            )
         baseline = self.trials[0].seconds_per_step
         allowed = [t for t in self.trials if t.seconds_per_step <= baseline * (1 + self.max_slowdown)]
         self.chosen = min(allowed, key=lambda t: t.joules_per_step)
@@ -146,10 +148,15 @@ class CapFinder:
     def table(self) -> list[dict[str, float | None]]:
         """The profiled candidates, for the record and the messages."""
         return [
-            {"fraction": t.fraction, "cap_w": t.cap_w, "j_per_step": t.joules_per_step,
-             "s_per_step": t.seconds_per_step, "steps": t.end_step - t.start_step}
+            {
+                "fraction": t.fraction,
+                "cap_w": t.cap_w,
+                "j_per_step": t.joules_per_step,
+                "s_per_step": t.seconds_per_step,
+                "steps": t.end_step - t.start_step,
+            }
             for t in self.trials
-        ]  # fmt: skip
+        ]
 
     def summary(self) -> str:
         if self.chosen is None:

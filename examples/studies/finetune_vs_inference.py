@@ -1,7 +1,8 @@
 """Study 1 (Wang et al. 2023): energy of fine-tuning vs inference, per sample and per token,
 and what padding costs.
 
-    python examples/studies/finetune_vs_inference.py [--epochs 3] [--passes 10] [--out runs/studies/finetune_vs_inference]
+    python examples/studies/finetune_vs_inference.py [--epochs 3] [--passes 10]
+        [--out runs/studies/finetune_vs_inference]
 
 A small BERT-style classifier (built from a config, byte-level tokens, nothing
 downloaded) is fine-tuned on lines of Python's built-in docstrings (label: does the line
@@ -26,22 +27,48 @@ from energy_core import J_PER_KWH
 from hf_energy import EnergyCallback, attach
 
 PADDINGS = {"dynamic": None, "fixed-128": 128}
-COLUMNS = {"padding": "padding", "phase": "phase", "joules": "J", "samples": "samples", "tokens": "tokens",
-           "positions": "positions (incl. padding)", "j_per_sample": "J/sample", "mj_per_token": "mJ/token",
-           "mj_per_position": "mJ/position", "seconds": "s"}  # fmt: skip
+COLUMNS = {
+    "padding": "padding",
+    "phase": "phase",
+    "joules": "J",
+    "samples": "samples",
+    "tokens": "tokens",
+    "positions": "positions (incl. padding)",
+    "j_per_sample": "J/sample",
+    "mj_per_token": "mJ/token",
+    "mj_per_position": "mJ/position",
+    "seconds": "s",
+}
 
 
 def bert_classifier() -> BertForSequenceClassification:
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=256, max_position_embeddings=128, pad_token_id=PAD, num_labels=2)  # fmt: skip
+    config = BertConfig(
+        vocab_size=256,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=128,
+        pad_token_id=PAD,
+        num_labels=2,
+    )
     return BertForSequenceClassification(config)
 
 
 def row(padding: str, phase: str, joules: float, samples: int, tokens: int, positions: int, seconds: float) -> dict:
-    return {"padding": padding, "phase": phase, "joules": joules, "samples": samples, "tokens": tokens,
-            "positions": positions, "j_per_sample": joules / samples, "mj_per_token": 1000 * joules / tokens,
-            "mj_per_position": 1000 * joules / positions, "seconds": seconds}  # fmt: skip
+    return {
+        "padding": padding,
+        "phase": phase,
+        "joules": joules,
+        "samples": samples,
+        "tokens": tokens,
+        "positions": positions,
+        "j_per_sample": joules / samples,
+        "mj_per_token": 1000 * joules / tokens,
+        "mj_per_position": 1000 * joules / positions,
+        "seconds": seconds,
+    }
 
 
 def run(padding: str, epochs: float, passes: int, out: Path) -> list[dict]:
@@ -50,11 +77,22 @@ def run(padding: str, epochs: float, passes: int, out: Path) -> list[dict]:
     labels = [int("return" in line.lower()) for line in lines]
     cut = len(lines) * 4 // 5
     collate = Collator(PADDINGS[padding])
-    args = TrainingArguments(output_dir=str(out / "hf"), num_train_epochs=epochs, per_device_train_batch_size=16,
-                             per_device_eval_batch_size=16, learning_rate=1e-3, logging_steps=10, save_strategy="no",
-                             report_to=[], use_cpu=True, disable_tqdm=True, seed=0)  # fmt: skip
-    trainer = Trainer(model=bert_classifier(), args=args, train_dataset=TextData(lines[:cut], labels[:cut]),
-                      data_collator=collate)  # fmt: skip
+    args = TrainingArguments(
+        output_dir=str(out / "hf"),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=16,
+        learning_rate=1e-3,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = Trainer(
+        model=bert_classifier(), args=args, train_dataset=TextData(lines[:cut], labels[:cut]), data_collator=collate
+    )
     record = out / f"{padding}.jsonl"
     record.unlink(missing_ok=True)
     energy = attach(trainer, EnergyCallback(record_path=record, summary=False))
@@ -67,11 +105,25 @@ def run(padding: str, epochs: float, passes: int, out: Path) -> list[dict]:
     summary, (predict,) = rec["summary"], [s for s in rec["stage"] if s["stage"] == "predict"]
     assert energy.last_metrics["energy/predict_kwh"] == predict["kwh"]  # the callback logged what it recorded
     return [
-        row(padding, "fine-tune", summary["metrics"]["energy/total_kwh"] * J_PER_KWH, summary["samples"],
-            summary["tokens"], train_positions, summary["seconds"]),
-        row(padding, "inference", predict["kwh"] * J_PER_KWH, (len(lines) - cut) * passes, infer_tokens,
-            infer_positions, predict["seconds"]),
-    ]  # fmt: skip
+        row(
+            padding,
+            "fine-tune",
+            summary["metrics"]["energy/total_kwh"] * J_PER_KWH,
+            summary["samples"],
+            summary["tokens"],
+            train_positions,
+            summary["seconds"],
+        ),
+        row(
+            padding,
+            "inference",
+            predict["kwh"] * J_PER_KWH,
+            (len(lines) - cut) * passes,
+            infer_tokens,
+            infer_positions,
+            predict["seconds"],
+        ),
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -96,14 +148,18 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "padded_over_dynamic_train_positions": by["fixed-128", "fine-tune"]["positions"] / dyn_train["positions"],
     }
     result = {"rows": rows, **ratios}
-    lines = ["# Fine-tuning vs inference energy, and what padding costs (Wang et al. 2023)", "",
-             *markdown_table(rows, COLUMNS), "",
-             f"Fine-tuning / inference: {ratios['train_over_inference_j_per_sample']:.1f}x per sample, "
-             f"{ratios['train_over_inference_j_per_token']:.1f}x per token (dynamic padding).",
-             f"Fixed-128 / dynamic padding, inference: {ratios['padded_over_dynamic_inference_positions']:.2f}x "
-             f"positions, {ratios['padded_over_dynamic_inference_j_per_token']:.2f}x J per real token; "
-             f"fine-tuning: {ratios['padded_over_dynamic_train_positions']:.2f}x positions, "
-             f"{ratios['padded_over_dynamic_train_j_per_token']:.2f}x J per real token."]  # fmt: skip
+    lines = [
+        "# Fine-tuning vs inference energy, and what padding costs (Wang et al. 2023)",
+        "",
+        *markdown_table(rows, COLUMNS),
+        "",
+        f"Fine-tuning / inference: {ratios['train_over_inference_j_per_sample']:.1f}x per sample, "
+        f"{ratios['train_over_inference_j_per_token']:.1f}x per token (dynamic padding).",
+        f"Fixed-128 / dynamic padding, inference: {ratios['padded_over_dynamic_inference_positions']:.2f}x "
+        f"positions, {ratios['padded_over_dynamic_inference_j_per_token']:.2f}x J per real token; "
+        f"fine-tuning: {ratios['padded_over_dynamic_train_positions']:.2f}x positions, "
+        f"{ratios['padded_over_dynamic_train_j_per_token']:.2f}x J per real token.",
+    ]
     write_report(args.out, result, lines, [args.out / f"{p}.jsonl" for p in PADDINGS])
     return result
 

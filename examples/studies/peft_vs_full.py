@@ -32,24 +32,53 @@ from energy_core import J_PER_KWH
 from hf_energy import EnergyCallback, attach
 
 LEARNING_RATES = {"full": 1e-3, "lora": 5e-3, "bias-only": 5e-3}
-COLUMNS = {"method": "method", "trainable": "trainable params", "trainable_pct": "% of model", "joules": "J",
-           "mj_per_token": "mJ/token", "seconds": "s", "eval_loss_before": "eval loss before",
-           "eval_loss": "eval loss after"}  # fmt: skip
+COLUMNS = {
+    "method": "method",
+    "trainable": "trainable params",
+    "trainable_pct": "% of model",
+    "joules": "J",
+    "mj_per_token": "mJ/token",
+    "seconds": "s",
+    "eval_loss_before": "eval loss before",
+    "eval_loss": "eval loss after",
+}
 
 
 def arguments(out: Path, epochs: float, lr: float) -> TrainingArguments:
-    return TrainingArguments(output_dir=str(out), num_train_epochs=epochs, per_device_train_batch_size=16,
-                             per_device_eval_batch_size=32, learning_rate=lr, logging_steps=10, save_strategy="no",
-                             report_to=[], use_cpu=True, disable_tqdm=True, seed=0)  # fmt: skip
+    return TrainingArguments(
+        output_dir=str(out),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=32,
+        learning_rate=lr,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
 
 
 def pretrained(lines: list[str], epochs: float, out: Path) -> GPT2LMHeadModel:
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=256, n_positions=128, n_embd=128, n_layer=2, n_head=4,
-                        pad_token_id=PAD, bos_token_id=None, eos_token_id=None)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=256,
+        n_positions=128,
+        n_embd=128,
+        n_layer=2,
+        n_head=4,
+        pad_token_id=PAD,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     model = GPT2LMHeadModel(config)
-    Trainer(model=model, args=arguments(out / "pretrain", epochs, 1e-3), train_dataset=TextData(lines),
-            data_collator=Collator()).train()  # fmt: skip
+    Trainer(
+        model=model,
+        args=arguments(out / "pretrain", epochs, 1e-3),
+        train_dataset=TextData(lines),
+        data_collator=Collator(),
+    ).train()
     return model
 
 
@@ -59,8 +88,14 @@ def adapt(method: str, base: GPT2LMHeadModel) -> torch.nn.Module:
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, fan_in_fan_out=True,
-                            target_modules=["c_attn", "c_proj", "c_fc"], task_type="CAUSAL_LM")  # fmt: skip
+        config = LoraConfig(
+            r=8,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            fan_in_fan_out=True,
+            target_modules=["c_attn", "c_proj", "c_fc"],
+            task_type="CAUSAL_LM",
+        )
         return get_peft_model(model, config)
     if method == "bias-only":
         for name, p in model.named_parameters():
@@ -68,13 +103,19 @@ def adapt(method: str, base: GPT2LMHeadModel) -> torch.nn.Module:
     return model
 
 
-def fine_tune(method: str, base: GPT2LMHeadModel, train: TextData, held_out: TextData, epochs: float,
-              out: Path) -> dict[str, object]:  # fmt: skip
+def fine_tune(
+    method: str, base: GPT2LMHeadModel, train: TextData, held_out: TextData, epochs: float, out: Path
+) -> dict[str, object]:
     model = adapt(method, base)
     total = sum(p.numel() for p in base.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    trainer = Trainer(model=model, args=arguments(out / method, epochs, LEARNING_RATES[method]),
-                      train_dataset=train, eval_dataset=held_out, data_collator=Collator())  # fmt: skip
+    trainer = Trainer(
+        model=model,
+        args=arguments(out / method, epochs, LEARNING_RATES[method]),
+        train_dataset=train,
+        eval_dataset=held_out,
+        data_collator=Collator(),
+    )
     before = trainer.evaluate()["eval_loss"]  # not measured: the callback is attached after
     record = out / f"{method}.jsonl"
     record.unlink(missing_ok=True)
@@ -82,10 +123,17 @@ def fine_tune(method: str, base: GPT2LMHeadModel, train: TextData, held_out: Tex
     trainer.train()
     after = trainer.evaluate()["eval_loss"]
     summary = read_record(record)["summary"]
-    return {"method": method, "trainable": trainable, "trainable_pct": 100.0 * trainable / total,
-            "joules": summary["metrics"]["energy/total_kwh"] * J_PER_KWH, "tokens": summary["tokens"],
-            "mj_per_token": 1000 * summary["j_per_token"], "seconds": summary["seconds"],
-            "eval_loss_before": before, "eval_loss": after}  # fmt: skip
+    return {
+        "method": method,
+        "trainable": trainable,
+        "trainable_pct": 100.0 * trainable / total,
+        "joules": summary["metrics"]["energy/total_kwh"] * J_PER_KWH,
+        "tokens": summary["tokens"],
+        "mj_per_token": 1000 * summary["j_per_token"],
+        "seconds": summary["seconds"],
+        "eval_loss_before": before,
+        "eval_loss": after,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -111,8 +159,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             {f"{m}_energy_over_full": float(r["joules"]) / float(by["full"]["joules"]) for m, r in by.items()}
         )
     lines_md = ["# Full fine-tuning vs LoRA vs bias-only (Chen et al., DSEE)", "", *markdown_table(rows, COLUMNS), ""]
-    lines_md += [f"{m}: {result[f'{m}_energy_over_full']:.2f}x the energy of full fine-tuning."
-                 for m in by if f"{m}_energy_over_full" in result and m != "full"]  # fmt: skip
+    lines_md += [
+        f"{m}: {result[f'{m}_energy_over_full']:.2f}x the energy of full fine-tuning."
+        for m in by
+        if f"{m}_energy_over_full" in result and m != "full"
+    ]
     write_report(args.out, result, lines_md, [args.out / f"{m}.jsonl" for m in args.methods])
     return result
 

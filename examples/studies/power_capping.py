@@ -31,8 +31,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from energy_core import J_PER_KWH
 from lightning_energy import EnergyMonitor, PowerCap
 
-COLUMNS = {"fraction": "cap (x default)", "cap_w": "cap W", "gpu_w": "GPU W", "gpu_j_per_step": "GPU J/step",
-           "ms_per_step": "ms/step", "energy_vs_uncapped": "energy vs 100%", "time_vs_uncapped": "time vs 100%"}  # fmt: skip
+COLUMNS = {
+    "fraction": "cap (x default)",
+    "cap_w": "cap W",
+    "gpu_w": "GPU W",
+    "gpu_j_per_step": "GPU J/step",
+    "ms_per_step": "ms/step",
+    "energy_vs_uncapped": "energy vs 100%",
+    "time_vs_uncapped": "time vs 100%",
+}
 
 
 def nvidia_gpus() -> tuple[int, str]:
@@ -57,14 +64,14 @@ class Transformer(L.LightningModule):
         self.body = nn.TransformerEncoder(layer, num_layers=layers)
         self.head = nn.Linear(width, vocab)
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def training_step(self, batch, batch_idx):
         (tokens,) = batch
         logits = self.head(self.body(self.embed(tokens[:, :-1])))
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
         self.log("train_loss", loss)
         return loss
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=1e-4)
 
 
@@ -77,11 +84,18 @@ def run_at(fraction: float, args: argparse.Namespace) -> dict[str, object]:
     record = args.out / f"cap_{fraction:g}.jsonl"
     record.unlink(missing_ok=True)
     every = max(1, args.steps // 10)
-    trainer = L.Trainer(max_steps=args.steps, accelerator="gpu" if cuda else "cpu", devices=1, logger=False,
-                        precision="bf16-mixed" if cuda else "32-true", log_every_n_steps=every,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[EnergyMonitor(record_path=str(record), summary=False),
-                                   PowerCap(fraction=fraction, strict=True)])  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=args.steps,
+        accelerator="gpu" if cuda else "cpu",
+        devices=1,
+        logger=False,
+        precision="bf16-mixed" if cuda else "32-true",
+        log_every_n_steps=every,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[EnergyMonitor(record_path=str(record), summary=False), PowerCap(fraction=fraction, strict=True)],
+    )
     trainer.fit(Transformer(width, layers), DataLoader(TensorDataset(tokens), batch_size=batch))
     rec = read_record(record)
     first, last = rec["window"][0], rec["window"][-1]
@@ -89,9 +103,15 @@ def run_at(fraction: float, args: argparse.Namespace) -> dict[str, object]:
     gpu_j = (last["metrics"]["energy/gpu_kwh"] - first["metrics"]["energy/gpu_kwh"]) * J_PER_KWH
     seconds = last["elapsed_s"] - first["elapsed_s"]
     (applied,) = [c for c in rec["power_cap"] if c["event"] == "applied"]
-    return {"fraction": fraction, "cap_w": sum(c["cap_w"] for c in applied["caps"]), "gpu_w": gpu_j / seconds,
-            "gpu_j_per_step": gpu_j / steps, "ms_per_step": 1000 * seconds / steps, "record": str(record),
-            "driver": rec["header"]["hardware"]["drivers"].get("nvidia")}  # fmt: skip
+    return {
+        "fraction": fraction,
+        "cap_w": sum(c["cap_w"] for c in applied["caps"]),
+        "gpu_w": gpu_j / seconds,
+        "gpu_j_per_step": gpu_j / steps,
+        "ms_per_step": 1000 * seconds / steps,
+        "record": str(record),
+        "driver": rec["header"]["hardware"]["drivers"].get("nvidia"),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -102,9 +122,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parser.parse_args(argv)
     quiet()
     args.out.mkdir(parents=True, exist_ok=True)
-    plan = (f"train {args.steps} steps under each cap of "
-            f"{', '.join(f'{f:.0%}' for f in args.fractions)} of each GPU's default power limit "
-            "(PowerCap(fraction=f), restored after each run) and compare GPU energy and time per step")  # fmt: skip
+    plan = (
+        f"train {args.steps} steps under each cap of "
+        f"{', '.join(f'{f:.0%}' for f in args.fractions)} of each GPU's default power limit "
+        "(PowerCap(fraction=f), restored after each run) and compare GPU energy and time per step"
+    )
     count, reason = nvidia_gpus()
     rows: list[dict[str, object]] = []
     if count:
@@ -113,8 +135,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         except PermissionError as error:
             reason = f"no permission to set GPU power limits: {error}"
     if not rows:
-        lines = ["# Power capping study: not run", "", f"Would {plan}.", "", f"Not run: {reason}.",
-                 "Run it on a machine with an NVIDIA GPU, as root or with CAP_SYS_ADMIN."]  # fmt: skip
+        lines = [
+            "# Power capping study: not run",
+            "",
+            f"Would {plan}.",
+            "",
+            f"Not run: {reason}.",
+            "Run it on a machine with an NVIDIA GPU, as root or with CAP_SYS_ADMIN.",
+        ]
         result = {"ran": False, "reason": reason, "plan": plan}
         write_report(args.out, result, lines, [])
         return result
@@ -129,8 +157,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         r["time_vs_uncapped"] = float(r["ms_per_step"]) / float(base["ms_per_step"])
     gpu = f"{torch.cuda.get_device_name(0)}, " if torch.cuda.is_available() else ""
     result = {"ran": True, "rows": rows, "driver": base["driver"]}
-    lines = [f"# Energy and time per step by GPU power cap (McDonald et al. 2022), {gpu}driver {result['driver']}",
-             "", *markdown_table(rows, COLUMNS)]  # fmt: skip
+    lines = [
+        f"# Energy and time per step by GPU power cap (McDonald et al. 2022), {gpu}driver {result['driver']}",
+        "",
+        *markdown_table(rows, COLUMNS),
+    ]
     write_report(args.out, result, lines, [str(r["record"]) for r in rows])
     return result
 

@@ -32,8 +32,16 @@ from torch.utils.data import DataLoader, TensorDataset
 from energy_core import J_PER_KWH
 from lightning_energy import EnergyBudget, EnergyMonitor
 
-COLUMNS = {"setup": "setup", "outcome": "outcome", "epochs": "epochs", "steps": "steps", "joules": "J",
-           "x_best": "x best", "val_loss": "last val loss", "seconds": "s"}  # fmt: skip
+COLUMNS = {
+    "setup": "setup",
+    "outcome": "outcome",
+    "epochs": "epochs",
+    "steps": "steps",
+    "joules": "J",
+    "x_best": "x best",
+    "val_loss": "last val loss",
+    "seconds": "s",
+}
 
 
 def teacher_data(n: int, seed: int) -> TensorDataset:
@@ -50,15 +58,15 @@ class Student(L.LightningModule):
         self.lr = lr
         self.net = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1))
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def training_step(self, batch, batch_idx):
         loss = nn.functional.mse_loss(self.net(batch[0]), batch[1])
         self.log("train_loss", loss)
         return loss
 
-    def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def validation_step(self, batch, batch_idx):
         self.log("val_loss", nn.functional.mse_loss(self.net(batch[0]), batch[1]))
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
@@ -70,21 +78,40 @@ def train(batch_size: int, lr: float, args: argparse.Namespace, max_kwh: float |
     L.seed_everything(0, verbose=False)
     train_data = DataLoader(teacher_data(args.samples, seed=0), batch_size=batch_size, shuffle=True)
     val_data = DataLoader(teacher_data(1024, seed=1), batch_size=512)
-    callbacks = [EnergyMonitor(record_path=str(record), summary=False),
-                 EarlyStopping("val_loss", stopping_threshold=args.target, patience=args.max_epochs)]  # fmt: skip
+    callbacks = [
+        EnergyMonitor(record_path=str(record), summary=False),
+        EarlyStopping("val_loss", stopping_threshold=args.target, patience=args.max_epochs),
+    ]
     if max_kwh is not None:
         callbacks.append(EnergyBudget(max_kwh=max_kwh, forecast="off"))
-    trainer = L.Trainer(max_epochs=args.max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=20,
-                        callbacks=callbacks)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=args.max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=20,
+        callbacks=callbacks,
+    )
     trainer.fit(Student(lr), train_data, val_data)
     val_loss = float(trainer.callback_metrics["val_loss"])
     rec = read_record(record)
     stopped = [b for b in rec["budget"] if b["event"] == "stop"]
     outcome = "target" if val_loss <= args.target else ("hopeless (budget)" if stopped else "max epochs")
-    return {"setup": name, "batch_size": batch_size, "lr": lr, "outcome": outcome, "epochs": trainer.current_epoch,
-            "steps": trainer.global_step, "joules": rec["summary"]["metrics"]["energy/total_kwh"] * J_PER_KWH,
-            "val_loss": val_loss, "seconds": rec["summary"]["seconds"], "budget_kwh": max_kwh, "record": str(record)}  # fmt: skip
+    return {
+        "setup": name,
+        "batch_size": batch_size,
+        "lr": lr,
+        "outcome": outcome,
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "joules": rec["summary"]["metrics"]["energy/total_kwh"] * J_PER_KWH,
+        "val_loss": val_loss,
+        "seconds": rec["summary"]["seconds"],
+        "budget_kwh": max_kwh,
+        "record": str(record),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -114,11 +141,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     rows.sort(key=lambda r: (r["outcome"] != "target", r["joules"]))
     spread = max(float(r["joules"]) for r in reached) / best_j if reached else float("nan")
     result = {"target": args.target, "rows": rows, "reached": len(reached), "spread_worst_over_best": spread}
-    lines = [f"# Energy to reach val MSE {args.target} by batch size and learning rate (Geißler et al. 2024)", "",
-             *markdown_table(rows, COLUMNS), "",
-             f"{len(reached)} of {len(rows)} setups reached the target; the costliest of them needed "
-             f"{spread:.1f}x the energy of the cheapest. Setups stopped as hopeless had spent "
-             f"{args.hopeless:g}x the best energy known when they ran."]  # fmt: skip
+    lines = [
+        f"# Energy to reach val MSE {args.target} by batch size and learning rate (Geißler et al. 2024)",
+        "",
+        *markdown_table(rows, COLUMNS),
+        "",
+        f"{len(reached)} of {len(rows)} setups reached the target; the costliest of them needed "
+        f"{spread:.1f}x the energy of the cheapest. Setups stopped as hopeless had spent "
+        f"{args.hopeless:g}x the best energy known when they ran.",
+    ]
     write_report(args.out, result, lines, [str(r["record"]) for r in rows])
     return result
 

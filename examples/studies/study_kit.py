@@ -121,7 +121,7 @@ def write_report(out: Path, result: dict[str, Any], lines: list[str], records: S
     (out / "report.md").write_text("\n".join(lines) + "\n")
     if records:
         energy_report([str(r) for r in records] + ["--out", str(out / "energy-report")])
-    print("\n".join(lines))  # noqa: T201 - the study's result
+    print("\n".join(lines))
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: dict[str, str]) -> list[str]:

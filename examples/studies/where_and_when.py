@@ -23,11 +23,33 @@ from torch.utils.data import DataLoader, TensorDataset
 from energy_core import J_PER_KWH, co2e_kg, resolve_intensity
 from lightning_energy import EnergyMonitor
 
-GRIDS = [("FRA", None), ("SWE", "SE3"), ("NOR", "NO1"), ("CAN", "quebec"), ("BRA", None), ("GBR", None),
-         ("USA", "CA"), ("DEU", None), ("USA", None), ("JPN", None), ("CAN", "alberta"), ("CHN", None),
-         ("AUS", None), ("IND", None), ("POL", None), ("ZAF", None), ("USA", "WV")]  # fmt: skip
-CLOUDS = [("gcp", "europe-north1"), ("gcp", "europe-west9"), ("gcp", "us-west1"), ("gcp", "us-central1"),
-          ("gcp", "asia-south1"), ("gcp", "europe-central2")]  # fmt: skip
+GRIDS = [
+    ("FRA", None),
+    ("SWE", "SE3"),
+    ("NOR", "NO1"),
+    ("CAN", "quebec"),
+    ("BRA", None),
+    ("GBR", None),
+    ("USA", "CA"),
+    ("DEU", None),
+    ("USA", None),
+    ("JPN", None),
+    ("CAN", "alberta"),
+    ("CHN", None),
+    ("AUS", None),
+    ("IND", None),
+    ("POL", None),
+    ("ZAF", None),
+    ("USA", "WV"),
+]
+CLOUDS = [
+    ("gcp", "europe-north1"),
+    ("gcp", "europe-west9"),
+    ("gcp", "us-west1"),
+    ("gcp", "us-central1"),
+    ("gcp", "asia-south1"),
+    ("gcp", "europe-central2"),
+]
 PUES = {"hyperscale": 1.1, "industry average": 1.58}
 GPT3_MWH, GPT3_KG_PER_KWH = 1287.0, 0.429
 
@@ -44,17 +66,24 @@ def train(epochs: int, record: Path) -> float:
             super().__init__()
             self.net = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 1))
 
-        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        def training_step(self, batch, batch_idx):
             loss = nn.functional.mse_loss(self.net(batch[0]), batch[1])
             self.log("train_loss", loss)
             return loss
 
-        def configure_optimizers(self):  # noqa: ANN201
+        def configure_optimizers(self):
             return torch.optim.Adam(self.parameters(), lr=1e-3)
 
     monitor = EnergyMonitor(carbon_intensity_g_per_kwh=0.0, record_path=str(record), summary=False)
-    L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False, callbacks=[monitor]).fit(Model(), data)  # fmt: skip
+    L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[monitor],
+    ).fit(Model(), data)
     summary = read_record(record)["summary"]
     return summary["metrics"]["energy/total_kwh"]
 
@@ -85,17 +114,29 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     rows = price(kwh)
     spread = rows[-1]["g_per_kwh"] / rows[0]["g_per_kwh"]
     gpt3_t = co2e_kg(GPT3_MWH * 1000, 1.0, GPT3_KG_PER_KWH * 1000) / 1000
-    result = {"kwh": kwh, "rows": rows, "spread_dirtiest_over_cleanest": spread,
-              "pue_ratio": PUES["industry average"] / PUES["hyperscale"], "gpt3_tco2e": gpt3_t}  # fmt: skip
-    lines = [f"# Where and when: the same run's CO2e ({kwh * J_PER_KWH:.0f} J = {kwh:.3g} kWh measured)", "",
-             f"| place | g/kWh | g CO2e at PUE {PUES['hyperscale']} | g CO2e at PUE {PUES['industry average']} | source |",
-             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    result = {
+        "kwh": kwh,
+        "rows": rows,
+        "spread_dirtiest_over_cleanest": spread,
+        "pue_ratio": PUES["industry average"] / PUES["hyperscale"],
+        "gpt3_tco2e": gpt3_t,
+    }
+    lines = [
+        f"# Where and when: the same run's CO2e ({kwh * J_PER_KWH:.0f} J = {kwh:.3g} kWh measured)",
+        "",
+        f"| place | g/kWh | g CO2e at PUE {PUES['hyperscale']} | g CO2e at PUE {PUES['industry average']} | source |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         lines.append(
-            f"| {r['place']} | {r['g_per_kwh']:.0f} | {r['g_co2e_pue_1.1']:.4g} | {r['g_co2e_pue_1.58']:.4g} | {r['source']} |"
+            f"| {r['place']} | {r['g_per_kwh']:.0f} | {r['g_co2e_pue_1.1']:.4g} | "
+            f"{r['g_co2e_pue_1.58']:.4g} | {r['source']} |"
         )
-    lines += ["", f"Dirtiest / cleanest grid: {spread:.0f}x. Average / hyperscale PUE: {result['pue_ratio']:.2f}x.",
-              f"Check (Patterson et al. 2021): {GPT3_MWH:,.0f} MWh x {GPT3_KG_PER_KWH} kg/kWh = {gpt3_t:.0f} tCO2e."]  # fmt: skip
+    lines += [
+        "",
+        f"Dirtiest / cleanest grid: {spread:.0f}x. Average / hyperscale PUE: {result['pue_ratio']:.2f}x.",
+        f"Check (Patterson et al. 2021): {GPT3_MWH:,.0f} MWh x {GPT3_KG_PER_KWH} kg/kWh = {gpt3_t:.0f} tCO2e.",
+    ]
     write_report(args.out, result, lines, [record])
     return result
 

@@ -69,8 +69,12 @@ def read_run(directory: Path) -> dict[str, Any]:
     for record in records(path):
         kind = record.WhichOneof("record_type")
         if kind == "history":
-            history.append({item.nested_key[0] if item.nested_key else item.key: json.loads(item.value_json)
-                            for item in record.history.item})  # fmt: skip
+            history.append(
+                {
+                    item.nested_key[0] if item.nested_key else item.key: json.loads(item.value_json)
+                    for item in record.history.item
+                }
+            )
         elif kind == "metric":
             metrics[record.metric.name] = record.metric
         elif kind == "summary":

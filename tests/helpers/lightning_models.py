@@ -25,36 +25,36 @@ def make_module(pl: ModuleType, step_sleep_s: float = 0.0, val_sleep_s: float = 
             super().__init__()
             self.layer = nn.Linear(8, 1)
 
-        def _loss(self, batch) -> torch.Tensor:  # noqa: ANN001
+        def _loss(self, batch) -> torch.Tensor:
             if token_batches:
                 x = batch["input_ids"].float()
                 return self.layer(x).pow(2).mean()
             x, y = batch
             return nn.functional.mse_loss(self.layer(x), y)
 
-        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        def training_step(self, batch, batch_idx):
             if step_sleep_s:
                 time.sleep(step_sleep_s)
             loss = self._loss(batch)
             self.log("train_loss", loss)
             return loss
 
-        def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        def validation_step(self, batch, batch_idx):
             if val_sleep_s:
                 time.sleep(val_sleep_s)
             self.log("val_loss", self._loss(batch))
 
-        def test_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        def test_step(self, batch, batch_idx):
             if val_sleep_s:
                 time.sleep(val_sleep_s)
             self.log("test_loss", self._loss(batch))
 
-        def predict_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        def predict_step(self, batch, batch_idx):
             if val_sleep_s:
                 time.sleep(val_sleep_s)
             return self.layer(batch[0])
 
-        def configure_optimizers(self):  # noqa: ANN201
+        def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
     return Tiny()

@@ -1,7 +1,7 @@
 """A 2-process CPU (gloo) training run with an energy budget, for test_distributed.py.
 
-    python tests/distributed_budget.py lightning OUT        # Lightning starts rank 1 itself
-    torchrun --nproc_per_node=2 tests/distributed_budget.py hf OUT
+    python -m tests.scripts.distributed_budget lightning OUT        # Lightning starts rank 1 itself
+    torchrun --nproc_per_node=2 -m tests.scripts.distributed_budget hf OUT
 
 Only local rank 0 measures the node's CPU (a fake RAPL tree at a known 60 W); rank 1
 measures nothing, so it would never stop on its own: both ranks must take rank 0's
@@ -16,13 +16,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from energy_core import J_PER_KWH  # noqa: E402
-from energy_core.devices import rapl  # noqa: E402
-from tests.fake_rapl import FakeRapl  # noqa: E402
-from tests.power_traces import Constant  # noqa: E402
-from tests.sim_nvml import SimNvml, end_process_group, install_for_process  # noqa: E402
+from energy_core import J_PER_KWH
+from energy_core.devices import rapl
+from tests.doubles.fake_rapl import FakeRapl
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimNvml, end_process_group, install_for_process
 
 CPU_W = 60.0
 LIMIT_KWH = CPU_W * 1.5 / J_PER_KWH  # about 1.5 s of training
@@ -41,31 +39,47 @@ def run_lightning(out: Path) -> None:
     import lightning.pytorch as pl
 
     from lightning_energy import EnergyBudget
-    from tests.lightning_models import make_module, regression_data
+    from tests.helpers.lightning_models import make_module, regression_data
 
     budget = EnergyBudget(max_kwh=LIMIT_KWH, forecast="off", sample_interval_s=0.02)
-    trainer = pl.Trainer(max_epochs=20, accelerator="cpu", devices=2, strategy="ddp", log_every_n_steps=2,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[budget])  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=20,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        log_every_n_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[budget],
+    )
     trainer.fit(make_module(pl, step_sleep_s=SLEEP_S), regression_data(160))
     rank = trainer.global_rank
     measured = budget.tracker.totals()["energy/total_kwh"]
-    (out / f"rank{rank}.json").write_text(json.dumps({"step": trainer.global_step, "kwh": measured,
-                                                      "stopped": budget.guard.stopped is not None}))  # fmt: skip
+    (out / f"rank{rank}.json").write_text(
+        json.dumps({"step": trainer.global_step, "kwh": measured, "stopped": budget.guard.stopped is not None})
+    )
 
 
 def run_hf(out: Path) -> None:
     from hf_energy import EnergyBudgetCallback, attach
-    from tests.hf_models import SeqData, make_trainer
+    from tests.helpers.hf_models import SeqData, make_trainer
 
     trainer = make_trainer(out / "hf", SeqData(320), sleep_s=SLEEP_S, num_train_epochs=20, logging_steps=2)
     budget = EnergyBudgetCallback(max_kwh=LIMIT_KWH, forecast="off", sample_interval_s=0.02)
     attach(trainer, budget)
     trainer.train()
     rank = int(os.environ.get("RANK", "0"))
-    (out / f"rank{rank}.json").write_text(json.dumps({"step": trainer.state.global_step,
-                                                      "kwh": budget.tracker.totals()["energy/total_kwh"],
-                                                      "stopped": budget.guard.stopped is not None}))  # fmt: skip
+    (out / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "step": trainer.state.global_step,
+                "kwh": budget.tracker.totals()["energy/total_kwh"],
+                "stopped": budget.guard.stopped is not None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

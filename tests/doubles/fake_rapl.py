@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.power_traces import Trace
+from tests.doubles.power_traces import Trace
 
 
 class FakeRapl:

@@ -45,13 +45,22 @@ class Collator:
 
 def tiny_gpt2() -> GPT2LMHeadModel:
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2,
-                        pad_token_id=0, bos_token_id=None, eos_token_id=None)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=64,
+        n_positions=32,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     return GPT2LMHeadModel(config)
 
 
-def make_trainer(out: Path, train: SeqData, sleep_s: float = 0.0, eval_data: SeqData | None = None,
-                 **arguments) -> Trainer:  # fmt: skip
+def make_trainer(
+    out: Path, train: SeqData, sleep_s: float = 0.0, eval_data: SeqData | None = None, **arguments
+) -> Trainer:
     options = {
         "output_dir": str(out),
         "num_train_epochs": 2,
@@ -65,5 +74,10 @@ def make_trainer(out: Path, train: SeqData, sleep_s: float = 0.0, eval_data: Seq
         "learning_rate": 1e-3,
     }
     options.update(arguments)
-    return Trainer(model=tiny_gpt2(), args=TrainingArguments(**options), train_dataset=train,
-                   eval_dataset=eval_data, data_collator=Collator(sleep_s))  # fmt: skip
+    return Trainer(
+        model=tiny_gpt2(),
+        args=TrainingArguments(**options),
+        train_dataset=train,
+        eval_dataset=eval_data,
+        data_collator=Collator(sleep_s),
+    )

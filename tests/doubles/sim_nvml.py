@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pynvml
 
-from tests.power_traces import Constant, Trace
+from tests.doubles.power_traces import Constant, Trace
 
 ARCH_PASCAL, ARCH_VOLTA, ARCH_AMPERE, ARCH_HOPPER = 4, 5, 7, 9
 
@@ -116,28 +116,28 @@ class SimNvml:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
 
     # -- the pynvml API -----------------------------------------------------
-    def nvmlInit(self) -> None:  # noqa: N802 - pynvml's names
+    def nvmlInit(self) -> None:
         if not self.library:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
         self.initialised = True
 
-    def nvmlShutdown(self) -> None:  # noqa: N802
+    def nvmlShutdown(self) -> None:
         self.initialised = False
 
-    def nvmlSystemGetDriverVersion(self) -> str:  # noqa: N802
+    def nvmlSystemGetDriverVersion(self) -> str:
         return "580.159.04"
 
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+    def nvmlDeviceGetCount(self) -> int:
         if not self.initialised:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
         return len(self.gpus)
 
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> SimGpu:  # noqa: N802
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> SimGpu:
         if not 0 <= index < len(self.gpus):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return self.gpus[index]
 
-    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> tuple[str, SimGpu] | SimGpu:  # noqa: N802
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> tuple[str, SimGpu] | SimGpu:
         for gpu in self.gpus:
             if gpu.uuid == uuid:
                 return gpu
@@ -145,27 +145,27 @@ class SimNvml:
                 return ("mig", gpu)
         raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
 
-    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: tuple[str, SimGpu]) -> SimGpu:  # noqa: N802
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: tuple[str, SimGpu]) -> SimGpu:
         if not isinstance(handle, tuple):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return handle[1]
 
-    def nvmlDeviceGetUUID(self, gpu: SimGpu) -> str:  # noqa: N802
+    def nvmlDeviceGetUUID(self, gpu: SimGpu) -> str:
         return gpu.uuid
 
-    def nvmlDeviceGetName(self, gpu: SimGpu) -> str:  # noqa: N802
+    def nvmlDeviceGetName(self, gpu: SimGpu) -> str:
         return gpu.name
 
-    def nvmlDeviceGetArchitecture(self, gpu: SimGpu) -> int:  # noqa: N802
+    def nvmlDeviceGetArchitecture(self, gpu: SimGpu) -> int:
         return gpu.arch
 
-    def nvmlDeviceGetMigMode(self, gpu: SimGpu) -> list[int]:  # noqa: N802
+    def nvmlDeviceGetMigMode(self, gpu: SimGpu) -> list[int]:
         if gpu.arch < ARCH_AMPERE:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         mode = pynvml.NVML_DEVICE_MIG_ENABLE if gpu.mig_uuids else pynvml.NVML_DEVICE_MIG_DISABLE
         return [mode, mode]
 
-    def nvmlDeviceGetTotalEnergyConsumption(self, gpu: SimGpu) -> int:  # noqa: N802
+    def nvmlDeviceGetTotalEnergyConsumption(self, gpu: SimGpu) -> int:
         self._check(gpu)
         if gpu.arch < ARCH_VOLTA:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
@@ -173,16 +173,16 @@ class SimNvml:
         updated = math.floor(t / gpu.counter_period_s) * gpu.counter_period_s
         return gpu.base_mj + int(1000.0 * self._capped_energy(gpu, updated))
 
-    def nvmlDeviceGetPowerManagementLimit(self, gpu: SimGpu) -> int:  # noqa: N802
+    def nvmlDeviceGetPowerManagementLimit(self, gpu: SimGpu) -> int:
         return self.limit_mw(gpu)
 
-    def nvmlDeviceGetPowerManagementDefaultLimit(self, gpu: SimGpu) -> int:  # noqa: N802
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, gpu: SimGpu) -> int:
         return gpu.default_limit_mw
 
-    def nvmlDeviceGetPowerManagementLimitConstraints(self, gpu: SimGpu) -> list[int]:  # noqa: N802
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, gpu: SimGpu) -> list[int]:
         return [gpu.min_limit_mw, gpu.max_limit_mw]
 
-    def nvmlDeviceSetPowerManagementLimit(self, gpu: SimGpu, mw: int) -> None:  # noqa: N802
+    def nvmlDeviceSetPowerManagementLimit(self, gpu: SimGpu, mw: int) -> None:
         if not self.initialised:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
         if not self.root:
@@ -191,7 +191,7 @@ class SimNvml:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         self._store_limit(gpu, int(mw))
 
-    def nvmlDeviceGetPowerUsage(self, gpu: SimGpu) -> int:  # noqa: N802
+    def nvmlDeviceGetPowerUsage(self, gpu: SimGpu) -> int:
         self._check(gpu)
         t = self.elapsed()
         if gpu.power_average_s > 0 and gpu.arch >= ARCH_AMPERE:
@@ -205,7 +205,7 @@ class SimNvml:
 API = [name for name in dir(SimNvml) if name.startswith("nvml")]
 
 
-def install(monkeypatch, sim: SimNvml) -> SimNvml:  # noqa: ANN001 - pytest's MonkeyPatch
+def install(monkeypatch, sim: SimNvml) -> SimNvml:
     """Replace the real pynvml functions with the simulation's for one test."""
     for name in API:
         monkeypatch.setattr(pynvml, name, getattr(sim, name))

@@ -1,6 +1,6 @@
 """A training process with a power cap, to be signalled or killed by test_power_cap.py.
 
-    python tests/power_cap_child.py STATE_FILE [lightning|hf] [run|raise]
+    python -m tests.scripts.power_cap_child STATE_FILE [lightning|hf] [run|raise]
 
 The simulated driver keeps its limits in STATE_FILE (as persistence mode keeps them on
 a real GPU), so the parent can see what this process left behind. ``raise`` makes the
@@ -12,30 +12,34 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.sim_nvml import SimGpu, SimNvml, install_for_process  # noqa: E402
+from tests.doubles.sim_nvml import SimGpu, SimNvml, install_for_process
 
 
 def lightning_run(fail: bool) -> None:
     import lightning.pytorch as pl
 
     from lightning_energy import PowerCap
-    from tests.lightning_models import make_module, regression_data
+    from tests.helpers.lightning_models import make_module, regression_data
 
     module = make_module(pl, step_sleep_s=0.02)
     if fail:
         original = module.training_step
 
-        def failing_step(batch, batch_idx):  # noqa: ANN001, ANN202
+        def failing_step(batch, batch_idx):
             if batch_idx == 5:
                 raise RuntimeError("boom")
             return original(batch, batch_idx)
 
         module.training_step = failing_step
-    trainer = pl.Trainer(max_epochs=1000, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[PowerCap(watts=250)])  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=1000,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[PowerCap(watts=250)],
+    )
     trainer.fit(module, regression_data(64))
 
 
@@ -43,10 +47,10 @@ def hf_run(fail: bool) -> None:
     from transformers import TrainerCallback
 
     from hf_energy import PowerCapCallback, attach
-    from tests.hf_models import SeqData, make_trainer
+    from tests.helpers.hf_models import SeqData, make_trainer
 
     class Boom(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        def on_step_end(self, args, state, control, **kwargs):
             if fail and state.global_step == 5:
                 raise RuntimeError("boom")
 
@@ -57,8 +61,10 @@ def hf_run(fail: bool) -> None:
 
 
 if __name__ == "__main__":
-    sim = SimNvml([SimGpu("GPU-child", default_limit_mw=400_000, min_limit_mw=100_000, max_limit_mw=450_000)],
-                  state_file=Path(sys.argv[1]))  # fmt: skip
+    sim = SimNvml(
+        [SimGpu("GPU-child", default_limit_mw=400_000, min_limit_mw=100_000, max_limit_mw=450_000)],
+        state_file=Path(sys.argv[1]),
+    )
     install_for_process(sim)
     framework = sys.argv[2] if len(sys.argv) > 2 else "lightning"
     fail = len(sys.argv) > 3 and sys.argv[3] == "raise"

@@ -1,7 +1,7 @@
 """A multi-process CPU (gloo) training run measured by the monitors, for test_distributed.py.
 
-    python tests/distributed_totals.py lightning OUT          # Lightning starts rank 1 itself
-    torchrun --nproc_per_node=2 tests/distributed_totals.py hf OUT
+    python -m tests.scripts.distributed_totals lightning OUT          # Lightning starts rank 1 itself
+    torchrun --nproc_per_node=2 -m tests.scripts.distributed_totals hf OUT
 
 Simulated hardware, as if each rank trained on a GPU of its own: global rank r sees one
 GPU drawing 200 + 100 r W (as with CUDA_VISIBLE_DEVICES=<its GPU>), and every node has a
@@ -17,12 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from energy_core.devices import rapl  # noqa: E402
-from tests.fake_rapl import FakeRapl  # noqa: E402
-from tests.power_traces import Constant  # noqa: E402
-from tests.sim_nvml import SimGpu, SimNvml, end_process_group, install_for_process  # noqa: E402
+from energy_core.devices import rapl
+from tests.doubles.fake_rapl import FakeRapl
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu, SimNvml, end_process_group, install_for_process
 
 CPU_W = 50.0
 
@@ -40,9 +38,16 @@ def fake_hardware(rank: int) -> None:
     rapl.POWERCAP_ROOT = tree.root
 
 
-def report(out: Path, rank: int, tracker, metrics: dict) -> None:  # noqa: ANN001
-    (out / f"rank{rank}.json").write_text(json.dumps({"metrics": metrics, "seconds": tracker.fit_seconds(),
-                                                      "sources": [s.info.name for s in tracker.meter.sources]}))  # fmt: skip
+def report(out: Path, rank: int, tracker, metrics: dict) -> None:
+    (out / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "metrics": metrics,
+                "seconds": tracker.fit_seconds(),
+                "sources": [s.info.name for s in tracker.meter.sources],
+            }
+        )
+    )
 
 
 def run_lightning(out: Path) -> None:
@@ -50,13 +55,22 @@ def run_lightning(out: Path) -> None:
 
     import lightning_energy._compat as compat
     from lightning_energy import EnergyMonitor
-    from tests.lightning_models import make_module, regression_data
+    from tests.helpers.lightning_models import make_module, regression_data
 
     compat.rank_gpu = lambda trainer: 0  # each rank "trains on" its one visible GPU
     monitor = EnergyMonitor(sample_interval_s=0.02, record_path=out / "energy.jsonl")
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", log_every_n_steps=5,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[monitor])  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        log_every_n_steps=5,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[monitor],
+    )
     trainer.fit(make_module(pl, step_sleep_s=0.03), regression_data(320))
     report(out, trainer.global_rank, monitor.tracker, monitor.last_metrics)
 
@@ -64,7 +78,7 @@ def run_lightning(out: Path) -> None:
 def run_hf(out: Path) -> None:
     import hf_energy._compat as hf_compat
     from hf_energy import EnergyCallback, attach
-    from tests.hf_models import SeqData, make_trainer
+    from tests.helpers.hf_models import SeqData, make_trainer
 
     hf_compat.rank_gpu = lambda args: 0
     trainer = make_trainer(out / "hf", SeqData(256), sleep_s=0.03, num_train_epochs=2, logging_steps=4)

@@ -77,8 +77,15 @@ class BudgetRun:
         """Watching, and not yet stopped."""
         return self.guard is not None and self.guard.stopped is None
 
-    def bind(self, shared: EnergyTracker | None, ranks: Ranks, step: int) -> list[Notice]:
-        """At fit start: watch a monitor's tracker, or measure alone from now (validation included)."""
+    def bind(self, shared: EnergyTracker | None, ranks: Ranks, step: int, resumed: bool = False) -> list[Notice]:
+        """At fit start: watch a monitor's tracker, or measure alone from now (validation included).
+
+        Args:
+            shared: A monitor's tracker, or None to measure alone.
+            ranks: This process's part in the job.
+            step: The optimizer step training starts at.
+            resumed: The trainer resumed from a checkpoint (see `EnergyTracker.start_fit`).
+        """
         self._ranks = ranks
         self.owns = shared is None
         if shared is not None:
@@ -88,7 +95,7 @@ class BudgetRun:
             self.tracker = EnergyTracker(self.options)
         self.tracker.join(ranks)
         self.tracker.load_state_dict(self._saved.get("tracker"), own_share=ranks.leads_job)
-        return self.tracker.start_fit(step)
+        return self.tracker.start_fit(step, resumed=resumed)
 
     def begin(self, step: int, total_steps: float | None, epoch_steps: float | None) -> BudgetAction | None:
         """Once every callback has started and the run's length is known: a resumed run whose
@@ -113,12 +120,14 @@ class BudgetRun:
             self.tracker.reduce_totals()  # type: ignore[union-attr]
         return self.guard.review(step, epochs_done, self._ranks.agree)
 
-    def finish(self, step: int, status: str = "completed") -> None:
-        """End the budget's own tracker (a shared one is the monitor's to end)."""
-        if self.owns and self.tracker is not None:
-            stopped = self.guard is not None and self.guard.stopped is not None
-            self.tracker.end_fit(step, status=BUDGET_STOP if stopped and status == "completed" else status)
-            self.tracker.close()
+    def finish(self, step: int, status: str = "completed") -> list[Notice]:
+        """End the budget's own tracker (a shared one is the monitor's to end); notices to show."""
+        if not self.owns or self.tracker is None:
+            return []
+        stopped = self.guard is not None and self.guard.stopped is not None
+        self.tracker.end_fit(step, status=BUDGET_STOP if stopped and status == "completed" else status)
+        self.tracker.close()
+        return self.tracker.pop_notices()
 
     def close(self) -> None:
         """Stop the budget's own sampler (idempotent)."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from energy_core.devices import DEVICE_KINDS
 from energy_core.ranks import Ranks
-from energy_core.totals import RunTotals
+from energy_core.totals import STAGES, RunTotals
 from energy_core.window import WindowFigures
 
 
@@ -19,7 +19,7 @@ class JobSums:
     """One sum over the ranks.
 
     Args:
-        totals: The job's totals (seconds and stages stay this rank's).
+        totals: The job's totals (seconds stay this rank's).
         window: The job's window (GPU power keyed ``gpu{rank}`` in a multi-process job),
             or None when no window was summed.
         epoch_j: The job's energy of the epoch just ended (0 when none ended).
@@ -37,12 +37,14 @@ def sum_over_ranks(ranks: Ranks, local: RunTotals, window: WindowFigures | None,
     win = window or WindowFigures(0, 0.0, 0.0)
     values = {f"energy_j.{k}": local.energy_j.get(k, 0.0) for k in DEVICE_KINDS}
     values |= {f"measured.{k}": float(k in local.energy_j) for k in DEVICE_KINDS}
+    values |= {f"stage_j.{s}": local.stage_j.get(s, 0.0) for s in STAGES}
     values |= {"samples": local.samples, "tokens": local.tokens, "epoch_j": epoch_j}
     values |= {"window.joules": win.joules, "window.samples": win.samples, "window.tokens": win.tokens}
     per_rank = {"rank_j": win.joules, "rank_gpu_j": sum(win.gpu_j.values()), "rank_has_gpu": float(bool(win.gpu_j))}
     sums, by_rank = ranks.sum_by_name(values, per_rank)
     energy = {k: sums[f"energy_j.{k}"] for k in DEVICE_KINDS if sums[f"measured.{k}"] > 0}
-    totals = RunTotals(energy, local.stage_j, int(sums["samples"]), int(sums["tokens"]), local.fit_s)
+    stages = {s: sums[f"stage_j.{s}"] for s in STAGES}
+    totals = RunTotals(energy, stages, int(sums["samples"]), int(sums["tokens"]), local.fit_s)
     if window is None or not ranks.distributed:
         return JobSums(totals, window, sums["epoch_j"])
     has_gpu = by_rank["rank_has_gpu"]

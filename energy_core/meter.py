@@ -18,17 +18,9 @@ from energy_core import devices as device_layer
 from energy_core.devices import EnergySource
 from energy_core.notices import Notice
 from energy_core.options import check_interval, parse_devices
-from energy_core.sampler import Sampler
+from energy_core.sampler import STOP_TIMEOUT_S, Mark, Sampler
 
-
-class Mark:
-    """A moment on the ``perf_counter()`` clock whose energy is resolved lazily."""
-
-    __slots__ = ("t", "joules")
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-        self.joules: np.ndarray | None = None
+SILENT_S = 5.0  # a source without a good reading for this long (and 10 intervals) is reported
 
 
 class EnergyMeter:
@@ -69,6 +61,7 @@ class EnergyMeter:
         self.sources: list[EnergySource] = []
         self.sampler: Sampler | None = None
         self.notices: list[Notice] = []
+        self._silent: set[str] = set()
 
     def assign(self, gpu_indices: Sequence[int] | None, node_devices: bool) -> None:
         """Measure only these visible GPUs (None: all) and, or not, the node's CPU and DRAM.
@@ -88,34 +81,51 @@ class EnergyMeter:
         self.sampler.start()
         return self.notices
 
-    def close(self) -> None:
-        """Stop the sampler thread (after one last reading) and end every watch. Safe to call twice."""
-        if self.sampler is not None:
-            self.sampler.stop()
-            self.sampler.listeners.clear()
+    def close(self) -> list[Notice]:
+        """Stop the sampler thread (after one last reading) and end every watch. Safe to call twice.
+
+        Waits a few seconds at most: a driver call that never returns is left behind, and
+        the notice returned says so.
+        """
+        if self.sampler is None or not self.sampler.running:
+            return []
+        stopped = self.sampler.stop()
+        self.sampler.listeners.clear()
+        if stopped:
+            return []
+        text = (
+            f"A hardware read did not return within {STOP_TIMEOUT_S:g} s of the end of measurement (a hung "
+            "driver call?): it was left behind, and the figures end at the last reading before it."
+        )
+        return [Notice("warn", text)]
 
     def mark(self) -> Mark:
-        """Now, as a mark. Costs one clock call."""
-        return Mark(self.clock())
+        """Now, as a mark; the sampler fixes its energy at its next reading. One clock call."""
+        mark = Mark(self.clock())
+        if self.sampler is not None and self.sampler.running:
+            self.sampler.watch_mark(mark)
+        return mark
 
     def joules(self, *marks: Mark) -> list[np.ndarray]:
-        """Cumulative joules of every source at each mark (one buffer pass for all).
+        """Cumulative joules of every source at each mark.
 
-        Marks older than the newest reading are resolved for good and cached; a mark
-        beyond it gets an extrapolated value now and an exact one at a later call.
+        A mark a reading has passed is exact (fixed by the sampler); a mark beyond the
+        newest reading gets a value extrapolated at the last second's power now, and its
+        exact value once the next reading comes (see `resolvable`).
         """
         width = len(self.sources)
         if self.sampler is None or width == 0:
             return [np.zeros(width) for _ in marks]
-        pending = [m for m in marks if m.joules is None]
-        values = self.sampler.buffer.energy_at([m.t for m in pending])
-        now_values = {}
-        for mark, (joules, final) in zip(pending, values):
-            if final:
-                mark.joules = joules
-            else:
-                now_values[id(mark)] = joules
-        return [m.joules if m.joules is not None else now_values[id(m)] for m in marks]
+        open_marks = [m for m in marks if m.joules is None]
+        values = dict(
+            zip(map(id, open_marks), (v for v, _ in self.sampler.buffer.energy_at([m.t for m in open_marks])))
+        )
+        return [m.joules if m.joules is not None else values[id(m)] for m in marks]
+
+    def resolvable(self, mark: Mark) -> bool:
+        """Whether `joules` can give this mark a figure: it is fixed, or two readings give a
+        power to extrapolate with (a mark before the second reading has no figure yet)."""
+        return mark.final or (self.sampler is not None and self.sampler.buffer.can_extrapolate)
 
     def by_kind(self, joules: np.ndarray) -> dict[str, float]:
         """Sum a per-source vector into ``{"gpu": J, "cpu": J, "dram": J}`` (kinds measured)."""
@@ -141,14 +151,43 @@ class EnergyMeter:
         if self.sampler is None:
             raise RuntimeError("watch needs an open meter")
         event = threading.Event()
-        (base,) = self.joules(since)
-        base_j = float(base.sum())
 
         def listener(t: float, values: Sequence[float]) -> None:
-            if sum(values) - base_j >= limit_j:
+            if since.joules is not None and sum(values) - float(since.joules.sum()) >= limit_j:
                 event.set()
 
         self.sampler.listeners.append(listener)
         if limit_j <= 0:
             event.set()
         return event
+
+    def quality(self) -> dict[str, dict[str, float]]:
+        """Per source with any fault: gaps, resets, glitches, seconds not measured, estimated joules."""
+        if self.sampler is None:
+            return {}
+        found = {}
+        for source, ledger in zip(self.sources, self.sampler.ledgers):
+            if ledger.gaps or ledger.unmeasured_s or ledger.estimated_j:
+                found[source.info.name] = {
+                    "gaps": ledger.gaps, "resets": ledger.resets, "glitches": ledger.glitches,
+                    "unmeasured_s": ledger.unmeasured_s, "estimated_j": ledger.estimated_j,
+                    "last_error": ledger.last_error,
+                }  # fmt: skip
+        return found
+
+    def new_silences(self) -> list[Notice]:
+        """One warning per source that has given no good reading for a while (once each)."""
+        if self.sampler is None:
+            return []
+        limit = max(SILENT_S, 10 * self.sample_interval_s)
+        notices = []
+        for source, ledger in zip(self.sources, self.sampler.ledgers):
+            if ledger.silent_s >= limit and source.info.name not in self._silent:
+                self._silent.add(source.info.name)
+                why = f" (last error: {ledger.last_error})" if ledger.last_error else ""
+                text = (
+                    f"{source.info.name} has given no good reading for {ledger.silent_s:.0f} s{why}: its energy "
+                    "is bridged at its last measured power and marked estimated; the run's summary says how much."
+                )
+                notices.append(Notice("warn", text))
+        return notices

@@ -1,9 +1,10 @@
 """Background sampler: one thread reads every source at a fixed interval.
 
 Readings go into a bounded ring buffer of rows ``(t, E_0, ..., E_k)`` where ``E_i`` is the
-cumulative joules of source i at time t (``time.perf_counter()`` clock). The energy of
-any interval is derived from these cumulative readings by linear interpolation, so the
-training thread never touches NVML or sysfs: it only takes timestamps.
+cumulative joules of source i at time t (``time.perf_counter()`` clock). The training
+thread only takes timestamps (`Mark`); the sampler fixes each mark's energy at the first
+reading after it, by linear interpolation, so marks of any age are exact however long
+the run. The buffer serves for extrapolating past the newest reading.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from energy_core.devices import EnergySource
+from energy_core.devices import EnergySource, Ledger
 
 DEFAULT_CAPACITY = 16384  # rows: 27 minutes of history at 0.1 s, about 0.5 MB for 3 sources
 RATE_WINDOW_S = 1.0  # power used to extrapolate past the newest row is averaged over this
 JITTER = 0.2  # intervals vary by +-20% at random, so polling cannot alias with periodic load
+STOP_TIMEOUT_S = 5.0  # the most stop() waits for a read in progress (a hung driver call)
 
 
 class SampleBuffer:
@@ -39,6 +41,11 @@ class SampleBuffer:
 
     def __len__(self) -> int:
         return min(self._count, self._capacity)
+
+    @property
+    def can_extrapolate(self) -> bool:
+        """Two readings or more: a power to extrapolate past the newest one with."""
+        return len(self) >= 2
 
     def append(self, t: float, values: Sequence[float]) -> None:
         with self._lock:
@@ -84,13 +91,35 @@ def _interpolate(times: np.ndarray, energy: np.ndarray, t: float) -> tuple[np.nd
     return energy[i - 1] + w * (energy[i] - energy[i - 1]), True
 
 
+class Mark:
+    """A moment on the sampler's clock; its cumulative joules are filled in by the sampler
+    thread at the first reading after it (`Mark.joules`), so no history needs keeping."""
+
+    __slots__ = ("t", "joules")
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+        self.joules: np.ndarray | None = None
+
+    @property
+    def final(self) -> bool:
+        """Whether a reading after this moment has fixed its energy."""
+        return self.joules is not None
+
+
 class Sampler:
     """Reads all sources every `interval_s` (dithered by +-20%) on a daemon thread.
+
+    Each source is read through its `Ledger` (so a failed, reset or implausible reading is
+    a gap, never a false figure or an exception), every row goes into the ring buffer, and
+    the marks waiting for a reading (`Sampler.watch_mark`) are resolved by interpolating
+    between the two readings around them. Nothing here ever raises into its caller or
+    dies: a listener that fails is counted and skipped.
 
     Args:
         sources: The devices to read.
         interval_s: Seconds between reads.
-        capacity: Rows kept in the ring buffer.
+        capacity: Rows kept in the ring buffer (for extrapolating past the newest reading).
         clock: Time source; ``time.perf_counter`` (the same clock the trackers use).
 
     Example:
@@ -106,31 +135,56 @@ class Sampler:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.sources = list(sources)
+        self.ledgers = [Ledger(source) for source in self.sources]
         self.interval_s = interval_s
         self.clock = clock
         self.buffer = SampleBuffer(len(self.sources), capacity)
-        self.failed_reads = [0] * len(self.sources)
         self.thread_cpu_s = 0.0  # CPU time the sampler thread has used, for benchmarks
+        self.listener_errors = 0
+        self.hung = False  # a read did not return within STOP_TIMEOUT_S of stop()
         # Called with (t, cumulative joules per source) after every reading, on the sampler
         # thread: how budgets notice a crossed limit without any work on the training thread.
         self.listeners: list[Callable[[float, Sequence[float]], None]] = []
-        self._last = [0.0] * len(self.sources)
+        self._pending: list[Mark] = []
+        self._pending_lock = threading.Lock()
+        self._previous: tuple[float, np.ndarray] | None = None
         self._random = random.Random(0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def failed_reads(self) -> list[int]:
+        """Failed or dropped readings per source (gaps)."""
+        return [ledger.gaps for ledger in self.ledgers]
+
+    def watch_mark(self, mark: Mark) -> None:
+        """Have the next reading after ``mark`` fix its energy."""
+        with self._pending_lock:
+            self._pending.append(mark)
+
     def sample_once(self) -> None:
-        """Read every source once and append a row (a failed read repeats the last value)."""
+        """Read every source once, append a row, resolve the marks it passes, tell the listeners."""
         now = self.clock()
-        for i, source in enumerate(self.sources):
-            value = source.read_j(now)
-            if value is None:
-                self.failed_reads[i] += 1
-            else:
-                self._last[i] = value
-        self.buffer.append(now, self._last)
-        for listener in self.listeners:
-            listener(now, self._last)
+        values = np.array([ledger.update(now) for ledger in self.ledgers], dtype=float)
+        self.buffer.append(now, values)
+        with self._pending_lock:
+            due = [m for m in self._pending if m.t <= now]
+            self._pending = [m for m in self._pending if m.t > now]
+        for mark in due:
+            mark.joules = self._at(mark.t, now, values)
+        self._previous = (now, values)
+        for listener in list(self.listeners):
+            try:
+                listener(now, values)
+            except Exception:
+                self.listener_errors += 1
+
+    def _at(self, t: float, now: float, values: np.ndarray) -> np.ndarray:
+        """Cumulative joules at ``t`` (between the previous reading and this one)."""
+        if self._previous is None or t <= self._previous[0] or now <= self._previous[0]:
+            return values.copy() if self._previous is None else self._previous[1].copy()
+        before_t, before = self._previous
+        return before + (t - before_t) / (now - before_t) * (values - before)
 
     def next_interval(self) -> float:
         """Seconds to the next reading: ``interval_s`` +-20% at random (dithering).
@@ -140,33 +194,51 @@ class Sampler:
         """
         return self.interval_s * (1.0 + JITTER * (2.0 * self._random.random() - 1.0))
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
     def start(self) -> None:
-        """Take a first reading now, then keep reading on a background thread."""
+        """Start reading on a background thread (the first reading at once, on that thread)."""
         if self._thread is not None:
             return
-        self.sample_once()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="energy-sampler", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         next_t = self.clock()
-        while True:
+        delay = 0.0
+        while not self._stop.wait(delay):
+            self._read()
             next_t += self.next_interval()
             delay = next_t - self.clock()
             if delay < 0:  # fell behind (slow read, suspended process): skip missed ticks
                 next_t = self.clock()
                 delay = 0.0
-            if self._stop.wait(delay):
-                break
-            self.sample_once()
-            self.thread_cpu_s = time.thread_time()
+        self._read()  # a last reading, so the buffer and the marks cover up to the stop
 
-    def stop(self) -> None:
-        """Stop the thread and take a last reading, so the buffer covers up to now."""
-        if self._thread is None:
-            return
+    def _read(self) -> None:
+        try:
+            self.sample_once()
+        except Exception:
+            self.listener_errors += 1
+        self.thread_cpu_s = time.thread_time()
+
+    def stop(self) -> bool:
+        """Stop the thread after its last reading; waits at most `STOP_TIMEOUT_S`.
+
+        Returns:
+            False when a read did not return in time (a hung driver call): the thread is
+            left behind (a daemon) and the figures end at its last reading.
+        """
+        thread = self._thread
+        if thread is None:
+            return True
         self._stop.set()
-        self._thread.join()
+        thread.join(STOP_TIMEOUT_S)
         self._thread = None
-        self.sample_once()
+        if thread.is_alive():
+            self.hung = True
+            return False
+        return True

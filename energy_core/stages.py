@@ -1,29 +1,44 @@
 """Validation, test and predict runs: their energy, kept apart from training's.
 
 A stage may start under a provisional name: the HF Trainer says whether an inference run
-was an evaluation or a prediction only when it ends.
+was an evaluation or a prediction only when it ends. A run that ends before the sampler
+could give it a figure (a sanity check shorter than a sampling interval) waits
+(`Stages.hold`) until its marks are resolved, and is charged then, never as a false zero.
 """
 
 from __future__ import annotations
 
-from energy_core.meter import Mark
-from energy_core.ranks import Ranks
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from energy_core.meter import EnergyMeter, Mark
 from energy_core.totals import J_PER_KWH, STAGES
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One run of a stage, from its start to its end mark."""
+
+    stage: str
+    start: Mark
+    end: Mark
+    step: int
 
 
 class Stages:
     """The stages of one process.
 
     Attributes:
-        live_j: Joules of each stage since the last fit ended (this process).
+        live_j: Joules of each stage since the last fit ended (this process, runs charged).
         resumed_j: This process's share of a checkpoint's stage energy.
     """
 
     def __init__(self) -> None:
         self._started: dict[str, Mark] = {}
+        self._held: list[StageRun] = []
         self.live_j = dict.fromkeys(STAGES, 0.0)
         self.resumed_j: dict[str, float] = {}
-        self._job_j: dict[str, float] | None = None  # the job's, at the last stage end
+        self._job_j: dict[str, float] | None = None  # the job's, at the last sum over ranks
 
     def start(self, name: str, mark: Mark) -> None:
         self._started[name] = mark
@@ -37,20 +52,35 @@ class Stages:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         return self._started.pop(started_as or stage, None)
 
-    def add(self, stage: str, joules: float, ranks: Ranks) -> None:
-        """Charge a run's energy; every rank ends the stage together, so the job's sums follow."""
-        self.live_j[stage] += joules
-        self._job_j = ranks.sum_by_name(self.local_j())[0] if ranks.distributed else None
+    def hold(self, run: StageRun) -> None:
+        """A run ended: it is charged by the next `take_held` that can resolve it."""
+        self._held.append(run)
+
+    def charge_ready(self, meter: EnergyMeter) -> list[tuple[StageRun, float]]:
+        """Charge the held runs the meter can now give figures; returns them with their joules."""
+        ready = [r for r in self._held if meter.resolvable(r.start) and meter.resolvable(r.end)]
+        self._held = [r for r in self._held if r not in ready]
+        charged = []
+        for run in ready:
+            start_j, end_j = meter.joules(run.start, run.end)
+            joules = float((end_j - start_j).sum())
+            self.live_j[run.stage] += joules
+            charged.append((run, joules))
+        return charged
 
     def local_j(self) -> dict[str, float]:
         """This process's joules of each stage, checkpoint share included."""
         return {s: self.live_j[s] + self.resumed_j.get(s, 0.0) for s in STAGES}
 
+    def set_job(self, job_j: Mapping[str, float] | None) -> None:
+        """The job's stage energy from a sum over ranks (None in one process)."""
+        self._job_j = dict(job_j) if job_j is not None else None
+
     def kwh(self, stage: str) -> float:
         """Energy of all runs of a stage so far (the job's, in a multi-process job), kWh."""
         return (self._job_j or self.local_j())[stage] / J_PER_KWH
 
-    def fold(self, resumed_j: dict[str, float]) -> None:
+    def fold(self, resumed_j: Mapping[str, float]) -> None:
         """A fit ended and its totals were folded into ``resumed_j``: live counts restart."""
         self.resumed_j = dict(resumed_j)
         self.live_j = dict.fromkeys(STAGES, 0.0)

@@ -7,6 +7,7 @@ from typing import Any
 from energy_core import keys
 from energy_core.carbon import CarbonIntensity
 from energy_core.devices import DEVICE_KINDS
+from energy_core.notices import Notice
 from energy_core.totals import J_PER_KWH, STAGES, RunTotals
 
 
@@ -23,6 +24,7 @@ def summary_fields(
     pue: float,
     failed_reads: dict[str, int],
     estimated: list[str],
+    faults: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """The record's summary line (besides type, step and status).
 
@@ -33,6 +35,8 @@ def summary_fields(
         intensity, pue: The carbon factor used.
         failed_reads: Gaps per source.
         estimated: Names of the estimated sources.
+        faults: Per source with any fault: gaps, resets, glitches, seconds not measured and
+            joules bridged at the last good power (`EnergyMeter.quality`).
     """
     joules = metrics.get(keys.TOTAL_KWH, 0.0) * J_PER_KWH
     seconds = totals.fit_s
@@ -47,8 +51,28 @@ def summary_fields(
         "stage_kwh": {s: stage_kwh[s] for s in STAGES},
         "failed_reads": failed_reads,
         "estimated": estimated,
+        "faults": faults,
+        "unmeasured_s": max((f["unmeasured_s"] for f in faults.values()), default=0.0),
+        "estimated_share": sum(f["estimated_j"] for f in faults.values()) / joules if joules > 0 else 0.0,
         "carbon": carbon_fields(intensity, pue),
     }
+
+
+def quality_notices(fields: dict[str, Any]) -> list[Notice]:
+    """One warning when part of the run's energy rests on estimates bridging a gap."""
+    faults = {name: f for name, f in fields["faults"].items() if f["unmeasured_s"] > 0 or f["estimated_j"] > 0}
+    if not faults:
+        return []
+    parts = "; ".join(
+        f"{name} {f['unmeasured_s']:.1f} s not measured"
+        + (f" (last error: {f['last_error']})" if f["last_error"] else "")
+        for name, f in faults.items()
+    )
+    text = (
+        f"Part of this run was not measured: {parts}. {100 * fields['estimated_share']:.1f}% of the energy is "
+        "estimated from the last good power of each device (see the run record's summary, 'faults')."
+    )
+    return [Notice("warn", text)]
 
 
 def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
@@ -77,4 +101,9 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
         lines.append(f"Other stages: {stages}")
     if fields["failed_reads"]:
         lines.append(f"Gaps (failed reads): {fields['failed_reads']}")
+    if fields["estimated_share"] > 0:
+        lines.append(
+            f"Not measured: up to {fields['unmeasured_s']:.1f} s; {100 * fields['estimated_share']:.1f}% of the "
+            "energy is bridged at the last good power"
+        )
     return "\n".join(lines)

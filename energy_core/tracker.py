@@ -29,8 +29,8 @@ from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.ranks import Ranks
 from energy_core.record import RunRecord
-from energy_core.stages import Stages
-from energy_core.summary import carbon_fields, summary_fields, summary_text
+from energy_core.stages import StageRun, Stages
+from energy_core.summary import carbon_fields, quality_notices, summary_fields, summary_text
 from energy_core.totals import J_PER_KWH, STAGES, RunTotals
 from energy_core.window import Window, WindowFigures
 
@@ -71,6 +71,8 @@ class EnergyTracker:
         self.record = RunRecord(self.options.record_path) if self.options.record_path else None
         self.ranks = Ranks()
         self._pending_notices: list[Notice] | None = notices
+        self._notices: list[Notice] = []  # found while measuring, for the adapters to show
+        self._loaded_state = False
         self._run_info: dict[str, Any] = {}
         self._cap_w: float | None = None
         self._caps: list[dict[str, Any]] = []
@@ -110,14 +112,22 @@ class EnergyTracker:
         found, self._pending_notices = self._pending_notices, None
         return [] if found is None else found + notices
 
-    def start_fit(self, step: int = 0) -> list[Notice]:
+    def start_fit(self, step: int = 0, resumed: bool = False) -> list[Notice]:
         """Begin a training run at optimizer step ``step``; returns notices to show once.
 
         Idempotent: when several callbacks share this tracker, the first one starts it.
+
+        Args:
+            step: The optimizer step training starts at.
+            resumed: The trainer resumed from a checkpoint: without energy state in it, the
+                totals restart at zero, and a notice says so.
         """
         if self.fitting:
             return []
         notices = self._open()
+        if resumed and not self._loaded_state:
+            text = "Resumed from a checkpoint without energy state: the energy and CO2e totals restart at zero."
+            notices.append(Notice("warn", text))
         self._fit_start = self._epoch_start = self.meter.mark()
         self._window = Window(self._fit_start, step)
         resumed = self._resumed.to_state() if self._resumed.energy_j else None
@@ -130,6 +140,8 @@ class EnergyTracker:
             resumed_from=resumed,
             **self._run_info,
         )
+        if self.record is not None:
+            self.record.new_run()
         self.write_record(lines.HEADER, **header)
         return notices
 
@@ -142,22 +154,32 @@ class EnergyTracker:
         """
         if self._fit_start is None:
             return {}
-        self.meter.close()
+        self._notices += self.meter.close()
         end = self.meter.mark()
+        charged = self._stages.charge_ready(self.meter)  # every mark is fixed now
         metrics = self._cumulative(self._sum(end).totals)
+        metrics.update(self._record_stages(charged))
         # Fold this run into the resumed totals: a later fit of this tracker continues them.
         self.load_state_dict(self.state_dict(at=end), own_share=not self.ranks.distributed or self.ranks.leads_job)
         self._job, self._fit_start, self._window = None, None, Window(None, step)
         self._samples = self._tokens = 0
         fields = self.summary_fields(metrics)
+        self._notices += quality_notices(fields)
         self.write_record(lines.SUMMARY, step=step, status=status, **fields)
         return metrics
 
     def close(self) -> None:
         """Stop sampling and close the record (end of the process's use)."""
-        self.meter.close()
+        self._notices += self.meter.close()
         if self.record is not None:
             self.record.close()
+
+    def pop_notices(self) -> list[Notice]:
+        """What measurement found since the last call (a lost device, a record that cannot be
+        written, a hung read): for the adapter to show, once."""
+        found, self._notices = self._notices, []
+        failure = self.record.take_notice() if self.record is not None else None
+        return found + ([failure] if failure else [])
 
     def write_record(self, kind: str, **fields: Any) -> None:
         """Append a line to the run record (when this process writes one)."""
@@ -188,6 +210,7 @@ class EnergyTracker:
         """The job's figures at ``end`` (one sum over ranks; the identity alone), kept as its totals."""
         sums = sum_over_ranks(self.ranks, self._local(end), window, epoch_j)
         self._job = sums.totals
+        self._stages.set_job(sums.totals.stage_j if self.ranks.distributed else None)
         return sums
 
     def _totals_now(self, end: Mark | None = None) -> RunTotals:
@@ -250,16 +273,18 @@ class EnergyTracker:
         if epoch_start is not None:
             start_j, end_j = self.meter.joules(epoch_start, end)
             epoch_j = float((end_j - start_j).sum())
+        charged = self._stages.charge_ready(self.meter)  # runs too short to resolve at their end
+        self._notices += self.meter.new_silences()
         if self._window.idle(step):  # nothing trained since the last window: it stays open
             idle = self._sum(end, epoch_j=epoch_j)  # ranks reach this alike: keep the sums aligned
-            return self._cumulative(idle.totals), idle.epoch_j
+            return {**self._cumulative(idle.totals), **self._record_stages(charged)}, idle.epoch_j
         per_source, seconds = self._window.measure(self.meter, end)
         samples, tokens = self._window.work()
         gpu_j = {s.info.name: float(v) for s, v in zip(self.meter.sources, per_source) if s.info.kind == "gpu"}
         local = WindowFigures(step - self._window.step, seconds, float(per_source.sum()), gpu_j, samples, tokens)
         job = self._sum(end, local, epoch_j)
         figures = job.window or local
-        metrics = {**self._cumulative(job.totals), **metric_dicts.window(figures)}
+        metrics = {**self._cumulative(job.totals), **metric_dicts.window(figures), **self._record_stages(charged)}
         self._samples += samples
         self._tokens += tokens
         self.write_record(
@@ -310,8 +335,10 @@ class EnergyTracker:
     def end_stage(self, stage: str, step: int, started_as: str | None = None) -> dict[str, float]:
         """End a stage; returns ``{"energy/<stage>_kwh": cumulative kWh of that stage}``.
 
-        During a fit, the stage's energy and time are taken out of the current training
-        window so that power and J/step describe training alone.
+        During a fit, the stage's time and energy are taken out of the current training
+        window so that power and J/step describe training alone. A run too short for the
+        sampler to give a figure yet (before its second reading) is charged, and its key
+        logged, at the next window instead.
 
         Args:
             stage: The stage the energy is charged to, in `STAGES`.
@@ -322,21 +349,22 @@ class EnergyTracker:
         start = self._stages.finish(stage, started_as)
         if start is None:
             return {}
-        end = self.meter.mark()
-        start_j, end_j = self.meter.joules(start, end)
-        delta = end_j - start_j
-        self._stages.add(stage, float(delta.sum()), self.ranks)
+        run = StageRun(stage, start, self.meter.mark(), step)
         if self.fitting:
-            self._window.exclude(start, end, delta)
-        figures = {keys.stage_kwh(stage): self._stages.kwh(stage)}
-        self.write_record(
-            lines.STAGE,
-            stage=stage,
-            step=step,
-            seconds=end.t - start.t,
-            kwh=float(delta.sum()) / J_PER_KWH,
-            metrics=figures,
-        )
+            self._window.exclude(run.start, run.end)
+        self._stages.hold(run)
+        charged = self._stages.charge_ready(self.meter)
+        job = self.ranks.sum_by_name(self._stages.local_j())[0]  # every rank ends the stage together
+        self._stages.set_job(job if self.ranks.distributed else None)
+        return self._record_stages(charged)
+
+    def _record_stages(self, charged: list[tuple[StageRun, float]]) -> dict[str, float]:
+        """A record line per charged run; the stages' cumulative figures."""
+        figures = {keys.stage_kwh(run.stage): self._stages.kwh(run.stage) for run, _ in charged}
+        for run, joules in charged:
+            seconds, kwh = run.end.t - run.start.t, joules / J_PER_KWH
+            metrics = {keys.stage_kwh(run.stage): self._stages.kwh(run.stage)}
+            self.write_record(lines.STAGE, stage=run.stage, step=run.step, seconds=seconds, kwh=kwh, metrics=metrics)
         return figures
 
     def in_stage(self, stage: str) -> bool:
@@ -358,6 +386,7 @@ class EnergyTracker:
             self.pue,
             self.meter.failed_reads(),
             self.meter.estimated,
+            self.meter.quality(),
         )
 
     def summary_text(self, metrics: dict[str, float]) -> str:
@@ -391,6 +420,7 @@ class EnergyTracker:
         if not state:
             return
         totals = RunTotals.from_state(state)
+        self._loaded_state = True
         self._resumed_job = totals
         self._resumed = totals if own_share else RunTotals(fit_s=totals.fit_s)
         self._stages.fold(self._resumed.stage_j)

@@ -53,8 +53,7 @@ class Window:
         self.samples = 0
         self.tokens = 0
         self._lazy_tokens: Any = None
-        self._excluded_j: np.ndarray | float = 0.0
-        self._excluded_s = 0.0
+        self._excluded: list[tuple[Mark, Mark]] = []
 
     def add_batch(self, batch: Any) -> None:
         """Count one (micro-)batch. No device sync, no I/O."""
@@ -72,11 +71,11 @@ class Window:
             self._lazy_tokens = None
         return self.samples, self.tokens
 
-    def exclude(self, start: Mark, end: Mark, joules: np.ndarray) -> None:
-        """Take a stage that ran inside this window (from ``start`` to ``end``) out of it."""
+    def exclude(self, start: Mark, end: Mark) -> None:
+        """Take a stage that ran inside this window (from ``start`` to ``end``) out of it; its
+        energy is resolved when the window closes (a short stage may end before a reading)."""
         if self.start is not None and start.t >= self.start.t:
-            self._excluded_j = self._excluded_j + joules
-            self._excluded_s += end.t - start.t
+            self._excluded.append((start, end))
 
     def idle(self, step: int) -> bool:
         """Nothing trained since the window opened: it stays open."""
@@ -85,5 +84,11 @@ class Window:
     def measure(self, meter: EnergyMeter, end: Mark) -> tuple[np.ndarray, float]:
         """This window's training joules per source and training seconds, up to ``end``."""
         assert self.start is not None
-        start_j, end_j = meter.joules(self.start, end)
-        return end_j - start_j - self._excluded_j, end.t - self.start.t - self._excluded_s
+        marks = [self.start, end, *(m for pair in self._excluded for m in pair)]
+        values = meter.joules(*marks)
+        joules = values[1] - values[0]
+        seconds = end.t - self.start.t
+        for i, (stage_start, stage_end) in enumerate(self._excluded):
+            joules = joules - (values[3 + 2 * i] - values[2 + 2 * i])
+            seconds -= stage_end.t - stage_start.t
+        return joules, seconds

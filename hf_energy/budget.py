@@ -104,7 +104,8 @@ class EnergyBudgetCallback(HasBudgetRun, LogContributor, TrainerCallback, Export
         monitor = registry.first(EnergyCallback) if registry is not None else None
         if self._restored is None:
             self.run.load_state_dict(stored_attributes(state, type(self).__name__).get("budget_state", {}))
-        emit(self.run.bind(monitor.tracker if monitor else None, ranks_of(args), state.global_step), self._world_zero)
+        shared = monitor.tracker if monitor else None
+        emit(self.run.bind(shared, ranks_of(args), state.global_step, resumed=state.global_step > 0), self._world_zero)
         return control
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
@@ -129,5 +130,5 @@ class EnergyBudgetCallback(HasBudgetRun, LogContributor, TrainerCallback, Export
         return control
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self.run.finish(state.global_step)
+        emit(self.run.finish(state.global_step), self._world_zero)
         return control

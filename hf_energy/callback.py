@@ -120,6 +120,7 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         self._last_logged_step = state.global_step
         logs.update(metrics)
         self.last_metrics.update(metrics)
+        emit(self.tracker.pop_notices(), self._world_zero)  # what measurement found meanwhile
         return metrics
 
     def _end_inference(self, stage: str, state: TrainerState) -> dict[str, float]:
@@ -143,7 +144,7 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         }
         self.tracker.describe(framework="transformers", trainer=settings)
         self._last_logged_step = state.global_step
-        emit(self.tracker.start_fit(state.global_step), self._world_zero)
+        emit(self.tracker.start_fit(state.global_step, resumed=state.global_step > 0), self._world_zero)
         self._hook_model(kwargs.get("model"))
         run = self._wandb_run(args, state)
         if run is not None:  # HF's WandbCallback prefixes train/ and steps on train/global_step
@@ -195,4 +196,5 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         if self.summary and metrics and self._world_zero:
             print(self.tracker.summary_text(metrics))
         self.tracker.close()
+        emit(self.tracker.pop_notices(), self._world_zero)
         return control

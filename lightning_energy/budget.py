@@ -60,7 +60,8 @@ class EnergyBudget(HasBudgetRun, *CALLBACK_BASES):  # type: ignore[misc]
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         monitor = find_callback(trainer, EnergyMonitor)
-        emit(self.run.bind(monitor.tracker if monitor else None, ranks_of(trainer), trainer.global_step))
+        shared = monitor.tracker if monitor else None
+        emit(self.run.bind(shared, ranks_of(trainer), trainer.global_step, resumed=trainer.ckpt_path is not None))
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -117,11 +118,11 @@ class EnergyBudget(HasBudgetRun, *CALLBACK_BASES):  # type: ignore[misc]
     # ------------------------------------------------------------------ end
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        self.run.finish(trainer.global_step)
+        emit(self.run.finish(trainer.global_step))
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self.run.finish(trainer.global_step, f"exception: {type(exception).__name__}")
+        emit(self.run.finish(trainer.global_step, f"exception: {type(exception).__name__}"))
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:

@@ -71,6 +71,7 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     def _log(self, trainer: Any, metrics: dict[str, float]) -> None:
         self.last_metrics.update(metrics)
         log(trainer, metrics)
+        emit(self.tracker.pop_notices())  # what measurement found meanwhile (a lost device...)
 
     def _extra(self, trainer: Any) -> dict[str, float] | None:
         return scalar_losses(trainer.callback_metrics) if self.tracker.record is not None else None
@@ -88,7 +89,7 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
             "world_size": trainer.world_size,
         }
         self.tracker.describe(framework=type(trainer).__module__.split(".")[0], trainer=settings)
-        emit(self.tracker.start_fit(trainer.global_step))
+        emit(self.tracker.start_fit(trainer.global_step, resumed=trainer.ckpt_path is not None))
         self._attach_progress_bar(trainer)
         for run in self._wandb_runs(trainer):  # exact keys, before the first energy log
             wandb_setup.define_axes(run, self.tracker, "trainer/global_step")
@@ -152,6 +153,7 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
             trainer.global_step, status="interrupted" if trainer.interrupted else "completed"
         )
         self.last_metrics.update(metrics)
+        emit(self.tracker.pop_notices())
         for run in self._wandb_runs(trainer):
             wandb_setup.write_summary(run, metrics)
         if self.summary and metrics:
@@ -163,6 +165,7 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         self.tracker.end_fit(trainer.global_step, status=status)
         self._detach_progress_bar()
         self.tracker.close()
+        emit(self.tracker.pop_notices())
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:

@@ -8,6 +8,7 @@ figure is exact and nothing depends on the machine's speed.
 from __future__ import annotations
 
 import inspect
+import time
 from dataclasses import fields
 
 import pytest
@@ -94,7 +95,9 @@ def test_one_process_sums_are_the_identity() -> None:
     local = RunTotals({"gpu": 100.0}, {"val": 5.0}, samples=8, fit_s=2.0)
     window = WindowFigures(5, 1.0, 50.0, {"gpu0": 20.0, "gpu1": 30.0}, 8, 0)
     job = sum_over_ranks(Ranks(), local, window, epoch_j=7.0)
-    assert job.totals == local and job.window == window and job.epoch_j == 7.0 and job.breakdown is None
+    assert job.totals.energy_j == local.energy_j and job.totals.stage_j == {"val": 5.0, "test": 0.0, "predict": 0.0}
+    assert (job.totals.samples, job.totals.fit_s) == (8, 2.0)
+    assert job.window == window and job.epoch_j == 7.0 and job.breakdown is None
 
 
 @pytest.fixture
@@ -105,6 +108,9 @@ def manual_gpu(sim_gpus):
     tracker = EnergyTracker(devices=["gpu"], sample_interval_s=60)  # the test takes every reading itself
     tracker.meter.clock = clock
     tracker.start_fit(step=0)
+    deadline = time.monotonic() + 30
+    while len(tracker.meter.sampler.buffer) == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)  # the sampler thread's first reading; then the test takes every other one
 
     def step(n: int) -> None:
         for _ in range(n):

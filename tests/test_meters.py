@@ -110,7 +110,7 @@ def test_rapl_wraparound_and_zones(fake_rapl) -> None:
     cpu = next(s for s in sources if s.info.kind == "cpu")
     for k in range(1, 41):  # 40 reads, 1.7 J apart: the counter wraps 13 times
         tree.set_energy("cpu", 1.7 * k)
-        value = cpu.read_j(float(k))
+        value = cpu.read(float(k)).joules
     assert value == pytest.approx(1.7 * 40, abs=1e-5)
     assert cpu.wraps == 13
 
@@ -149,9 +149,9 @@ def test_cpu_estimate_is_tdp_times_utilisation(monkeypatch) -> None:
     ticks = iter([Times(0, 0, 0, 0), Times(0, 0, 0, 0), Times(30, 10, 60, 0), Times(30, 10, 160, 0)])
     monkeypatch.setattr(cpu_estimate.psutil, "cpu_times", lambda: next(ticks))
     source = cpu_estimate.EstimatedCpuSource(tdp_w=100.0, sockets=2, model="test")
-    assert source.read_j(0.0) == 0.0
-    assert source.read_j(2.0) == pytest.approx(100.0 * 2 * 0.4 * 2.0)  # 40% busy for 2 s
-    assert source.read_j(3.0) == pytest.approx(160.0)  # idle second: nothing added
+    assert source.read(0.0).joules == 0.0
+    assert source.read(2.0).joules == pytest.approx(100.0 * 2 * 0.4 * 2.0)  # 40% busy for 2 s
+    assert source.read(3.0).joules == pytest.approx(160.0)  # idle second: nothing added
     assert source.info.estimated
 
 

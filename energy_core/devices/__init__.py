@@ -1,6 +1,8 @@
 """Devices: every hardware reader behind one interface; nothing above this package knows a vendor.
 
-* `source` - the interfaces: `EnergySource` (joules since opened), `GpuBoard` (power limits);
+* `source` - the interfaces: `EnergySource` (a reader), `GpuBoard` (power limits);
+* `ledger` - a source's readings turned into monotone joules: resets, glitches and gaps
+  handled the same way for every vendor;
 * `nvidia` - NVIDIA GPUs through NVML; `rapl` - CPU package and DRAM through Linux RAPL;
   `cpu_estimate` - TDP x utilisation where RAPL cannot be read.
 
@@ -14,7 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from energy_core.devices import cpu_estimate, nvidia, rapl
-from energy_core.devices.source import DEVICE_KINDS, DeviceError, EnergySource, GpuBoard, LimitRange, SourceInfo
+from energy_core.devices.ledger import Ledger
+from energy_core.devices.source import (
+    DEVICE_KINDS,
+    DeviceError,
+    EnergySource,
+    GpuBoard,
+    LimitRange,
+    Reading,
+    SourceInfo,
+)
 from energy_core.notices import Notice
 
 GPU_VENDORS = (nvidia,)
@@ -24,7 +35,9 @@ __all__ = [
     "DeviceError",
     "EnergySource",
     "GpuBoard",
+    "Ledger",
     "LimitRange",
+    "Reading",
     "SourceInfo",
     "board_by_uuid",
     "discover",

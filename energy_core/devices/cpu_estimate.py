@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from energy_core.codecarbon_data import load_csv
-from energy_core.devices.source import EnergySource, SourceInfo
+from energy_core.devices.source import EnergySource, Reading, SourceInfo
 from energy_core.notices import Notice
 
 DEFAULT_TDP_W = 85.0
@@ -91,13 +91,13 @@ class EstimatedCpuSource(EnergySource):
             detail=f"{model}, {sockets} x {tdp_w:g} W TDP",
         )
 
-    def read_j(self, now: float) -> float | None:
+    def read(self, now: float) -> Reading:
         busy, total = _busy_and_total()
         if self._last_t is not None and total > self._last_total:
             utilisation = min(1.0, max(0.0, (busy - self._last_busy) / (total - self._last_total)))
             self._joules += self.tdp_w * self.sockets * utilisation * (now - self._last_t)
         self._last_t, self._last_busy, self._last_total = now, busy, total
-        return self._joules
+        return Reading(joules=self._joules)
 
 
 def estimate_cpu() -> tuple[EstimatedCpuSource, list[Notice]]:

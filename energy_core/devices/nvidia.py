@@ -24,8 +24,10 @@ from typing import Any
 
 import pynvml
 
-from energy_core.devices.source import DeviceError, EnergySource, GpuBoard, LimitRange, SourceInfo
+from energy_core.devices.source import DeviceError, EnergySource, GpuBoard, LimitRange, Reading, SourceInfo
 from energy_core.notices import Notice
+
+GPU_MAX_POWER_W = 3000.0  # when the board does not say: no GPU board draws more
 
 
 @dataclass(frozen=True)
@@ -46,29 +48,30 @@ class VisibleGpu:
 
 
 class NvidiaGpuSource(EnergySource):
-    """Cumulative energy of one NVIDIA GPU in joules.
+    """One NVIDIA GPU: its energy counter (mJ since driver load), or else its power (mW).
 
     Args:
         gpu: The device to read.
 
     Example:
         >>> sources, notices = discover_gpus()   # doctest: +SKIP
-        >>> sources[0].read_j(time.perf_counter())  # doctest: +SKIP
+        >>> sources[0].read(time.perf_counter())  # doctest: +SKIP
+        Reading(joules=12.5, watts=None)
     """
 
     def __init__(self, gpu: VisibleGpu) -> None:
         self.gpu = gpu
-        self.errors = 0
         name = _text(pynvml.nvmlDeviceGetName(gpu.handle))
         self._base_mj: int | None = None
-        self._joules = 0.0
-        self._last_t: float | None = None
-        self._last_w = 0.0
         try:
             self._base_mj = int(pynvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle))
             method = "nvml-energy-counter"
         except pynvml.NVMLError_NotSupported:
             method = "nvml-power-integration"
+        try:  # twice the highest limit the board accepts: no reading can honestly imply more
+            self.max_power_w = 2 * int(pynvml.nvmlDeviceGetPowerManagementLimitConstraints(gpu.handle)[1]) / 1000
+        except pynvml.NVMLError:
+            self.max_power_w = GPU_MAX_POWER_W
         self.info = SourceInfo(
             name=f"gpu{gpu.cuda_index}",
             kind="gpu",
@@ -80,19 +83,12 @@ class NvidiaGpuSource(EnergySource):
     def uses_counter(self) -> bool:
         return self._base_mj is not None
 
-    def read_j(self, now: float) -> float | None:
-        try:
-            if self._base_mj is not None:
-                mj = int(pynvml.nvmlDeviceGetTotalEnergyConsumption(self.gpu.handle))
-                return (mj - self._base_mj) / 1000.0
-            watts = pynvml.nvmlDeviceGetPowerUsage(self.gpu.handle) / 1000.0
-        except pynvml.NVMLError:
-            self.errors += 1
-            return None
-        if self._last_t is not None:
-            self._joules += 0.5 * (watts + self._last_w) * (now - self._last_t)
-        self._last_t, self._last_w = now, watts
-        return self._joules
+    def read(self, now: float) -> Reading:
+        if self._base_mj is not None:
+            return Reading(
+                joules=(int(pynvml.nvmlDeviceGetTotalEnergyConsumption(self.gpu.handle)) - self._base_mj) / 1000
+            )
+        return Reading(watts=pynvml.nvmlDeviceGetPowerUsage(self.gpu.handle) / 1000)
 
 
 def _text(value: str | bytes) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from energy_core.devices.source import EnergySource, SourceInfo
+from energy_core.devices.source import EnergySource, Reading, SourceInfo
 from energy_core.notices import Notice
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
@@ -42,26 +42,21 @@ class RaplSource(EnergySource):
 
     def __init__(self, zone: Path, kind: str, index: int) -> None:
         self.zone = zone
-        self.errors = 0
         self.wraps = 0
         self._range_uj = _read_int(zone / "max_energy_range_uj")
         self._last_uj = _read_int(zone / "energy_uj")
         self._total_uj = 0
         self.info = SourceInfo(name=f"{kind}{index}", kind=kind, method="rapl", detail=str(zone))
 
-    def read_j(self, now: float) -> float | None:
-        try:
-            value = _read_int(self.zone / "energy_uj")
-        except (OSError, ValueError):
-            self.errors += 1
-            return None
+    def read(self, now: float) -> Reading:
+        value = _read_int(self.zone / "energy_uj")
         delta = value - self._last_uj
         if delta < 0:  # the counter wrapped at max_energy_range_uj
             delta += self._range_uj
             self.wraps += 1
         self._total_uj += delta
         self._last_uj = value
-        return self._total_uj / 1e6
+        return Reading(joules=self._total_uj / 1e6)
 
 
 def _zones(root: Path) -> list[tuple[str, int, Path]]:

@@ -1,17 +1,26 @@
 """The vendor-neutral device interfaces: energy sources and GPU boards with power limits.
 
-A *source* turns one piece of hardware (a GPU, a CPU package, a DRAM domain) into a
-single monotone number: joules consumed since the source was opened. Sources are read
-only by the background sampler thread (`energy_core.sampler`); nothing on the training
-thread ever calls `read_j`.
+A *source* reads one piece of hardware (a GPU, a CPU package, a DRAM domain) and says
+what it read: a cumulative counter in joules or a power in watts (`Reading`). Sources
+are read only by the background sampler thread, through a `Ledger` that turns the
+readings into monotone joules; nothing on the training thread ever calls `read`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import NamedTuple
 
 DEVICE_KINDS = ("gpu", "cpu", "dram")
+CPU_MAX_POWER_W = 5000.0  # no CPU package or DRAM domain draws more: a reading implying it is a glitch
+
+
+class Reading(NamedTuple):
+    """One read of a device: a cumulative counter (``joules``) or a power (``watts``)."""
+
+    joules: float | None = None
+    watts: float | None = None
 
 
 @dataclass(frozen=True)
@@ -34,22 +43,25 @@ class SourceInfo:
 
 
 class EnergySource(ABC):
-    """Cumulative energy of one device, in joules, since the source was opened.
+    """One device's energy reader.
 
-    Implementations must make `read_j` monotone non-decreasing and cheap enough to call
-    every `sample_interval_s`. A failed read returns ``None`` (the sampler records a gap
-    and carries on); it must never raise.
+    Attributes:
+        info: What it measures.
+        max_power_w: The most this device could plausibly draw; a reading implying more
+            is a glitch (twice a GPU's highest power limit; `CPU_MAX_POWER_W` otherwise).
     """
 
     info: SourceInfo
+    max_power_w: float = CPU_MAX_POWER_W
 
     @abstractmethod
-    def read_j(self, now: float) -> float | None:
-        """Return joules consumed since opening, or None if this read failed.
+    def read(self, now: float) -> Reading:
+        """Read the device once. Cheap enough for every `sample_interval_s`; may raise
+        (any exception is a failed read, a gap).
 
         Args:
-            now: The sampler's timestamp for this read (``time.perf_counter()`` clock),
-                used by sources that integrate power over time.
+            now: The sampler's timestamp for this read (its clock), for sources that
+                model energy over time.
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -1,0 +1,173 @@
+"""Ledger: one source's readings turned into monotone joules, faults accounted, never a false figure.
+
+Readers report what the hardware said (`Reading`: a cumulative counter in joules, or a
+power in watts); the ledger decides what it means, the same way for every vendor:
+
+* a counter below its previous value is a **reset** (driver reload, board reset): the
+  ledger re-bases on the new value and never subtracts;
+* a reading implying more than the source's plausible maximum power (`max_power_w`,
+  e.g. twice a board's highest power limit) is a **glitch**: it is dropped, unless the
+  next reading confirms the new level, which is then taken as a re-base;
+* a read that fails (any exception, a power outside [0, max]) is a **gap**.
+
+Across a gap the total goes on at the last good power (so budgets and curves keep
+moving), and that energy is *estimated*. When a counter answers again, its true energy
+over the gap replaces the estimate (an estimate that ran high stays, so the total never
+goes back). A device lost for good stays bridged; `unmeasured_s` and `estimated_j` say
+how much of the figure rests on that.
+"""
+
+from __future__ import annotations
+
+from energy_core.devices.source import EnergySource, Reading
+
+COUNTER_SLACK_S = 0.1  # a counter may advance one update period (20-100 ms) at once
+POWER_SMOOTHING_S = 1.0  # the bridging power follows the measured power over about a second
+
+
+class Ledger:
+    """The accounts of one source, updated by the sampler thread only.
+
+    Args:
+        source: The device reader.
+
+    Attributes:
+        gaps: Failed or dropped readings.
+        resets: Counter resets seen. ``glitches``: implausible readings dropped.
+        unmeasured_s: Seconds whose energy no reading covers (so far, the open gap included).
+        last_error: The last reader error, for messages.
+    """
+
+    def __init__(self, source: EnergySource) -> None:
+        self.source = source
+        self.max_w = float(source.max_power_w)
+        self.gaps = self.resets = self.glitches = 0
+        self.last_error = ""
+        self._confirmed_j = 0.0  # measured
+        self._estimated_j = 0.0  # counted on estimates that no measurement replaced
+        self._last_t: float | None = None  # time of the last good reading
+        self._last_value = 0.0  # its counter (J) or power (W)
+        self._power_w: float | None = None  # power to bridge a gap with (None: not measured yet)
+        self._in_gap = False
+        self._pending: tuple[float, float] | None = None  # a counter jump waiting for confirmation
+        self._closed_unmeasured_s = 0.0
+        self._reported_j = 0.0
+        self._now = 0.0
+
+    # ------------------------------------------------------------------ figures
+    def _bridge_j(self, now: float) -> float:
+        if not self._in_gap or self._last_t is None or self._power_w is None:
+            return 0.0
+        return self._power_w * (now - self._last_t)
+
+    @property
+    def total_j(self) -> float:
+        """Joules since the source was opened, as last reported (monotone)."""
+        return self._reported_j
+
+    @property
+    def estimated_j(self) -> float:
+        """Joules of the total that rest on the last good power, not on a reading."""
+        return self._estimated_j + self._bridge_j(self._now)
+
+    @property
+    def unmeasured_s(self) -> float:
+        open_gap = self._now - self._last_t if self._in_gap and self._last_t is not None else 0.0
+        return self._closed_unmeasured_s + open_gap
+
+    @property
+    def silent_s(self) -> float:
+        """Seconds since the last good reading (0 while readings come)."""
+        return self._now - self._last_t if self._in_gap and self._last_t is not None else 0.0
+
+    # ------------------------------------------------------------------ updates
+    def update(self, now: float) -> float:
+        """Read the source once; returns the total. Never raises."""
+        self._now = now
+        reading: Reading | None
+        try:
+            reading = self.source.read(now)
+        except Exception as err:
+            self.last_error = f"{type(err).__name__}: {err}"
+            reading = None
+        if reading is None or (reading.joules is None and reading.watts is None):
+            self._gap()
+        elif reading.joules is not None:
+            self._counter(now, float(reading.joules))
+        else:
+            self._power(now, float(reading.watts))  # type: ignore[arg-type]
+        total = self._confirmed_j + self._estimated_j + self._bridge_j(now)
+        if total < self._reported_j:  # an estimate ran high: it stays, the total never goes back
+            self._estimated_j += self._reported_j - total
+            total = self._reported_j
+        self._reported_j = total
+        return total
+
+    def _gap(self) -> None:
+        self.gaps += 1
+        self._in_gap = self._last_t is not None
+
+    def _plausible(self, joules: float, seconds: float) -> bool:
+        return 0.0 <= joules <= self.max_w * (max(seconds, 0.0) + COUNTER_SLACK_S)
+
+    def _close_gap_as_estimate(self, until: float) -> None:
+        """The interval since the last good reading is unknowable: its bridge becomes permanent."""
+        if self._last_t is not None:
+            self._estimated_j += self._bridge_j(until)
+            self._closed_unmeasured_s += until - self._last_t
+
+    def _counter(self, now: float, joules: float) -> None:
+        if self._last_t is None:
+            self._last_t, self._last_value = now, joules
+            return
+        delta, seconds = joules - self._last_value, now - self._last_t
+        if delta < 0:  # reset: re-base, the interval since the last good reading is unknown
+            self.resets += 1
+            self.gaps += 1
+            self._in_gap = True
+            self._close_gap_as_estimate(now)
+            self._rebase(now, joules)
+            return
+        if not self._plausible(delta, seconds):
+            pending = self._pending
+            if pending is not None and self._plausible(joules - pending[1], now - pending[0]):
+                self._in_gap = True  # the counter jumped for good at the pending reading: re-base there
+                self._close_gap_as_estimate(pending[0])
+                self._rebase(*pending)
+                self._counter(now, joules)
+                return
+            self.glitches += 1
+            self._pending = (now, joules)
+            self._gap()
+            return
+        self._confirmed_j += delta
+        self._smooth_power(delta, seconds)
+        self._last_t, self._last_value, self._in_gap, self._pending = now, joules, False, None
+
+    def _rebase(self, t: float, joules: float) -> None:
+        self._last_t, self._last_value, self._in_gap, self._pending = t, joules, False, None
+
+    def _power(self, now: float, watts: float) -> None:
+        if not 0.0 <= watts <= self.max_w:
+            self.glitches += 1
+            self._gap()
+            return
+        if self._last_t is not None:
+            seconds = now - self._last_t
+            joules = 0.5 * (watts + self._last_value) * seconds
+            if self._in_gap:  # a line across the gap is an estimate
+                self._estimated_j += joules
+                self._closed_unmeasured_s += seconds
+            else:
+                self._confirmed_j += joules
+        self._power_w = watts
+        self._last_t, self._last_value, self._in_gap = now, watts, False
+
+    def _smooth_power(self, joules: float, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        if self._power_w is None:
+            self._power_w = joules / seconds
+            return
+        weight = min(1.0, seconds / POWER_SMOOTHING_S)
+        self._power_w += weight * (joules / seconds - self._power_w)

@@ -59,9 +59,9 @@ class BudgetRule:
     def __init__(self, max_kwh: float | None = None, max_co2e_kg: float | None = None, forecast: str = "warn"):
         self.max_kwh = checks.number("max_kwh", max_kwh, low=0, low_open=True, optional=True)
         self.max_co2e_kg = checks.number("max_co2e_kg", max_co2e_kg, low=0, low_open=True, optional=True)
+        self.forecast = checks.choice("forecast", forecast, FORECAST_MODES)
         if self.max_kwh is None and self.max_co2e_kg is None:
             raise ValueError("EnergyBudget needs a limit: max_kwh and/or max_co2e_kg, each a finite number > 0")
-        self.forecast = checks.choice("forecast", forecast, FORECAST_MODES)
 
     def limit_kwh(self, pue: float, g_per_kwh: float) -> float:
         """The binding limit expressed in kWh of measured energy."""

@@ -20,7 +20,8 @@ from energy_core.notices import Notice
 from energy_core.options import check_interval, parse_devices
 from energy_core.sampler import STOP_TIMEOUT_S, Mark, Sampler
 
-SILENT_S = 5.0  # a source without a good reading for this long (and 10 intervals) is reported
+SILENT_S = 5.0  # a source without a good reading for this long (and 10 readings) is reported
+SILENT_READINGS = 10
 
 
 class EnergyMeter:
@@ -181,8 +182,17 @@ class EnergyMeter:
             return []
         limit = max(SILENT_S, 10 * self.sample_interval_s)
         notices = []
+        stalled = self.clock() - self.sampler.last_reading_t
+        if self.sampler.running and stalled >= limit and "sampler" not in self._silent:
+            self._silent.add("sampler")
+            text = (
+                f"No hardware reading for {stalled:.0f} s: a device call has not returned (a hung driver?). The "
+                "figures go on at the last measured power and are estimated until readings resume."
+            )
+            notices.append(Notice("warn", text))
         for source, ledger in zip(self.sources, self.sampler.ledgers):
-            if ledger.silent_s >= limit and source.info.name not in self._silent:
+            silent = ledger.silent_s >= SILENT_S and ledger.streak >= SILENT_READINGS
+            if silent and source.info.name not in self._silent:
                 self._silent.add(source.info.name)
                 why = f" (last error: {ledger.last_error})" if ledger.last_error else ""
                 text = (

@@ -142,6 +142,7 @@ class Sampler:
         self.thread_cpu_s = 0.0  # CPU time the sampler thread has used, for benchmarks
         self.listener_errors = 0
         self.hung = False  # a read did not return within STOP_TIMEOUT_S of stop()
+        self.last_reading_t = clock()  # when the last reading ended (or the sampler was made)
         # Called with (t, cumulative joules per source) after every reading, on the sampler
         # thread: how budgets notice a crossed limit without any work on the training thread.
         self.listeners: list[Callable[[float, Sequence[float]], None]] = []
@@ -173,6 +174,7 @@ class Sampler:
         for mark in due:
             mark.joules = self._at(mark.t, now, values)
         self._previous = (now, values)
+        self.last_reading_t = self.clock()
         for listener in list(self.listeners):
             try:
                 listener(now, values)
@@ -203,6 +205,7 @@ class Sampler:
         if self._thread is not None:
             return
         self._stop.clear()
+        self.last_reading_t = self.clock()
         self._thread = threading.Thread(target=self._run, name="energy-sampler", daemon=True)
         self._thread.start()
 

@@ -8,7 +8,6 @@ figure is exact and nothing depends on the machine's speed.
 from __future__ import annotations
 
 import inspect
-import time
 from dataclasses import fields
 
 import pytest
@@ -23,6 +22,7 @@ from hf_energy import EnergyBudgetCallback, EnergyCallback, PowerCapCallback
 from lightning_energy import EnergyBudget, EnergyMonitor, PowerCap
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import ManualClock, SimGpu
+from tests.helpers.manual import manual_run
 
 
 def test_argument_lists_are_written_once_and_forwarded() -> None:
@@ -105,20 +105,9 @@ def manual_gpu(sim_gpus):
     """A 300 W simulated GPU and a tracker on the same manual clock; ``step(n)`` trains n steps of 0.1 s."""
     clock = ManualClock()
     sim_gpus(SimGpu("GPU-a", Constant(300.0), counter_period_s=0.02), clock=clock)
-    tracker = EnergyTracker(devices=["gpu"], sample_interval_s=60)  # the test takes every reading itself
-    tracker.meter.clock = clock
-    tracker.start_fit(step=0)
-    deadline = time.monotonic() + 30
-    while len(tracker.meter.sampler.buffer) == 0 and time.monotonic() < deadline:
-        time.sleep(0.001)  # the sampler thread's first reading; then the test takes every other one
-
-    def step(n: int) -> None:
-        for _ in range(n):
-            clock.advance(0.1)
-            tracker.meter.sampler.sample_once()
-
-    yield tracker, step
-    tracker.end_fit(step=0)
+    run = manual_run(clock, devices=["gpu"])
+    yield run.tracker, lambda n: run.advance(0.1 * n)
+    run.tracker.end_fit(step=0)
 
 
 def test_the_forecast_is_the_rate_so_far_times_the_steps_left(manual_gpu) -> None:

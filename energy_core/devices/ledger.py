@@ -42,6 +42,7 @@ class Ledger:
         self.source = source
         self.max_w = float(source.max_power_w)
         self.gaps = self.resets = self.glitches = 0
+        self.streak = 0  # failed or dropped readings in a row
         self.last_error = ""
         self._confirmed_j = 0.0  # measured
         self._estimated_j = 0.0  # counted on estimates that no measurement replaced
@@ -96,6 +97,8 @@ class Ledger:
             self._counter(now, float(reading.joules))
         else:
             self._power(now, float(reading.watts))  # type: ignore[arg-type]
+        if not self._in_gap:
+            self.streak = 0
         total = self._confirmed_j + self._estimated_j + self._bridge_j(now)
         if total < self._reported_j:  # an estimate ran high: it stays, the total never goes back
             self._estimated_j += self._reported_j - total
@@ -105,6 +108,7 @@ class Ledger:
 
     def _gap(self) -> None:
         self.gaps += 1
+        self.streak += 1
         self._in_gap = self._last_t is not None
 
     def _plausible(self, joules: float, seconds: float) -> bool:

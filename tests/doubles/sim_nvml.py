@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,15 @@ class SimGpu:
     base_mj: int = 123_456_789  # energy since driver load before the test began
     mig_uuids: tuple[str, ...] = ()
     fail_between: tuple[float, float] | None = None  # seconds since start: reads raise GPU_IS_LOST
+    # Field faults (seconds since start). A driver reload restarts the counter from 0; a
+    # corrupt read adds 1e12 mJ (power: 1e12 mW, or the given mW); a broken binding raises
+    # a non-NVML exception; a hung call blocks until `release` is set.
+    reset_at: float | None = None
+    spike_between: tuple[float, float] | None = None
+    power_mw_between: tuple[float, float, int] | None = None
+    raise_between: tuple[float, float, type] | None = None
+    hang_after: float | None = None
+    release: threading.Event = field(default_factory=threading.Event)
     calls: int = 0
     default_limit_mw: int = 700_000
     min_limit_mw: int = 200_000
@@ -112,8 +122,13 @@ class SimNvml:
         if not self.initialised:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
         gpu.calls += 1
-        if gpu.fail_between is not None and gpu.fail_between[0] <= self.elapsed() < gpu.fail_between[1]:
+        t = self.elapsed()
+        if gpu.fail_between is not None and gpu.fail_between[0] <= t < gpu.fail_between[1]:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if gpu.raise_between is not None and gpu.raise_between[0] <= t < gpu.raise_between[1]:
+            raise gpu.raise_between[2]("simulated failure of the binding")
+        if gpu.hang_after is not None and t >= gpu.hang_after:
+            gpu.release.wait()  # a driver call that does not return
 
     # -- the pynvml API -----------------------------------------------------
     def nvmlInit(self) -> None:
@@ -171,6 +186,10 @@ class SimNvml:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         t = self.elapsed()
         updated = math.floor(t / gpu.counter_period_s) * gpu.counter_period_s
+        if gpu.spike_between is not None and gpu.spike_between[0] <= t < gpu.spike_between[1]:
+            return gpu.base_mj + int(1000.0 * self._capped_energy(gpu, updated)) + 10**12
+        if gpu.reset_at is not None and t >= gpu.reset_at:  # the driver reloaded: counting from 0 again
+            return int(1000.0 * (self._capped_energy(gpu, updated) - self._capped_energy(gpu, gpu.reset_at)))
         return gpu.base_mj + int(1000.0 * self._capped_energy(gpu, updated))
 
     def nvmlDeviceGetPowerManagementLimit(self, gpu: SimGpu) -> int:
@@ -194,6 +213,8 @@ class SimNvml:
     def nvmlDeviceGetPowerUsage(self, gpu: SimGpu) -> int:
         self._check(gpu)
         t = self.elapsed()
+        if gpu.power_mw_between is not None and gpu.power_mw_between[0] <= t < gpu.power_mw_between[1]:
+            return gpu.power_mw_between[2]
         if gpu.power_average_s > 0 and gpu.arch >= ARCH_AMPERE:
             window = min(gpu.power_average_s, t) or 1e-9
             watts = gpu.trace.between(t - window, t) / window

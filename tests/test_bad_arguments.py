@@ -1,0 +1,104 @@
+"""Every public argument of the six public classes, given bad values: a TypeError or ValueError that names it.
+
+A bool is not a number, a number is not a string, ``"no"`` is not ``False``; a value of the
+right type outside the allowed range is a ValueError. Nothing is accepted silently and
+nothing fails deep inside with an AttributeError.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hf_energy import EnergyBudgetCallback, EnergyCallback, PowerCapCallback
+from lightning_energy import EnergyBudget, EnergyMonitor, PowerCap
+
+NAN, INF = math.nan, math.inf
+MEASURE = {
+    "devices": [5, None, [], ["tpu"], "everything", ["gpu", 3], {"gpu": 1}, True],
+    "sample_interval_s": [True, "0.1", None, 0, -1, NAN, INF, 61, 0.0001],
+    "country": [123, True, "", "Narnia", "FR", ["FRA"]],
+    "region": [5, "CA"],  # a region without a country
+    "cloud_provider": [7, "gcp"],  # a provider without a region
+    "cloud_region": [7],
+    "carbon_intensity_g_per_kwh": [True, "400", -5, NAN, INF],
+    "pue": [True, "1.2", 0.5, -1, NAN, INF, None],
+    "record_path": [5, True, "", b"energy.jsonl"],
+}
+LIMITS = {
+    "max_kwh": [True, "1", 0, -1, NAN, INF],
+    "max_co2e_kg": [False, "2", 0, -0.5, NAN],
+    "forecast": ["maybe", 1, None, True],
+}
+CAP = {
+    "watts": [True, "max", -10, 0, NAN, INF, [250]],
+    "fraction": [True, 0, 1.5, -0.5, "0.5", NAN],
+    "gpus": [0, "some", [-1], [True], [0, 0], [], ["0"], 1.5],
+    "strict": ["no", 1, None],
+    "max_slowdown": [True, 0, -1, 11, NAN, "0.1"],
+}
+MONITOR_ONLY = {"log_every_n_steps": [0, -1, 1.5, True, "10"], "progress_bar": ["yes", 1, None], "summary": ["no", 0]}
+
+CASES = [
+    *(
+        (cls, name, value, {})
+        for cls in (EnergyMonitor, EnergyCallback)
+        for name, vs in MEASURE.items()
+        for value in vs
+    ),
+    *((EnergyMonitor, name, value, {}) for name, vs in MONITOR_ONLY.items() for value in vs),
+    (EnergyCallback, "summary", "no", {}),
+    *(
+        (cls, name, value, {"max_kwh": 1.0})
+        for cls in (EnergyBudget, EnergyBudgetCallback)
+        for name, vs in MEASURE.items()
+        for value in vs
+    ),
+    *(
+        (cls, name, value, {})
+        for cls in (EnergyBudget, EnergyBudgetCallback)
+        for name, vs in LIMITS.items()
+        for value in vs
+    ),
+    *(
+        (cls, name, value, {} if name in ("watts", "fraction") else {"watts": 250})
+        for cls in (PowerCap, PowerCapCallback)
+        for name, vs in CAP.items()
+        for value in vs
+    ),
+]
+
+
+def test_the_table_covers_at_least_150_bad_values_over_six_classes() -> None:
+    assert len(CASES) >= 150
+    assert len({cls for cls, *_ in CASES}) == 6
+
+
+@pytest.mark.parametrize(
+    ("cls", "name", "value", "others"),
+    CASES,
+    ids=[f"{cls.__name__}-{name}={value!r}" for cls, name, value, _ in CASES],
+)
+def test_a_bad_value_raises_naming_the_argument(cls, name, value, others) -> None:
+    with pytest.raises((TypeError, ValueError)) as caught:
+        cls(**{**others, name: value})
+    assert name in str(caught.value)
+
+
+@pytest.mark.parametrize("cls", [EnergyMonitor, EnergyCallback, EnergyBudget, EnergyBudgetCallback])
+def test_a_directory_is_not_a_record_path(cls, tmp_path) -> None:
+    others = {"max_kwh": 1.0} if "Budget" in cls.__name__ else {}
+    with pytest.raises(ValueError, match="record_path must be a file"):
+        cls(record_path=tmp_path, **others)
+
+
+def test_the_wrong_type_is_a_type_error_and_the_wrong_range_a_value_error() -> None:
+    with pytest.raises(TypeError, match="pue must be a finite number >= 1, got bool True"):
+        EnergyMonitor(pue=True)
+    with pytest.raises(ValueError, match="pue must be a finite number >= 1, got 0.5"):
+        EnergyMonitor(pue=0.5)
+    with pytest.raises(TypeError, match="strict must be True or False, got str 'no'"):
+        PowerCap(watts=250, strict="no")
+    with pytest.raises(TypeError, match="country must be an ISO 3166 alpha-3 code"):
+        EnergyCallback(country=123)

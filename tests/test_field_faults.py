@@ -1,0 +1,287 @@
+"""Faults real clusters produce, on simulated hardware: no figure is corrupted, training never stops or hangs.
+
+Issue #14's items, one test (or more) each. Most run a tracker on a manual clock (exact
+figures, no sleeping); the ones about the training loop run real Lightning fits.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from energy_core import J_PER_KWH, EnergyTracker
+from energy_core.budget import BudgetGuard, BudgetRule
+from energy_core.record import read_runs
+from lightning_energy import EnergyMonitor
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import ARCH_PASCAL, ManualClock, SimGpu
+from tests.helpers.lightning_models import flavour, make_module, regression_data
+from tests.helpers.manual import manual_run
+from tests.helpers.records import read_record
+
+GPU_W = 300.0
+PERIOD_S = 0.02  # the simulated counter's update period
+COUNTER_J = 2 * PERIOD_S * GPU_W  # the most a counter period at each end can move a figure
+pl = flavour("lightning.pytorch")
+
+
+def gpu(**faults: object) -> SimGpu:
+    return SimGpu("GPU-a", Constant(GPU_W), counter_period_s=PERIOD_S, **faults)  # type: ignore[arg-type]
+
+
+def total_j(tracker: EnergyTracker) -> float:
+    return tracker.totals()["energy/total_kwh"] * J_PER_KWH
+
+
+# ----------------------------------------------------------------------------- 1. long epochs
+def test_an_epoch_far_longer_than_the_sample_buffer_is_exact(sim_gpus) -> None:
+    clock = ManualClock()
+    sim_gpus(gpu(), clock=clock)
+    run = manual_run(clock, devices=["gpu"])
+    run.tracker.start_epoch()
+    run.tracker.start_stage("val")  # a mark taken long before it is used
+    run.advance(5.0, every=0.01)
+    run.tracker.end_stage("val", step=0)
+    run.advance(595.0, every=0.01)  # 60,000 readings: the 16,384-row buffer wraps 3.7 times
+    metrics = run.tracker.end_epoch(step=100, epoch=0)
+    run.tracker.end_fit(step=100)
+    assert metrics["energy/epoch_kwh"] * J_PER_KWH == pytest.approx(GPU_W * 600.0, abs=COUNTER_J)
+    assert run.tracker.stage_kwh("val") * J_PER_KWH == pytest.approx(GPU_W * 5.0, abs=COUNTER_J)
+
+
+# ----------------------------------------------------------------------------- 2. resets, glitches
+def test_a_counter_reset_is_rebased_never_subtracted(sim_gpus) -> None:
+    clock = ManualClock()
+    sim_gpus(gpu(reset_at=5.0), clock=clock)
+    run = manual_run(clock, devices=["gpu"])
+    guard = BudgetGuard(BudgetRule(max_kwh=2500.0 / J_PER_KWH), run.tracker, total_steps=None)
+    run.advance(8.0)
+    assert not guard.crossed()  # a reset once switched the budget off with a negative total
+    run.advance(2.0)
+    assert guard.crossed()
+    assert total_j(run.tracker) == pytest.approx(GPU_W * 10.0, abs=COUNTER_J)
+    (fault,) = run.tracker.meter.quality().values()
+    assert fault["resets"] == 1 and fault["unmeasured_s"] == pytest.approx(0.1)  # the one interval bridged
+    run.tracker.end_fit(step=0)
+
+
+def test_a_one_read_spike_is_dropped(sim_gpus) -> None:
+    clock = ManualClock()
+    sim_gpus(gpu(spike_between=(2.95, 3.05)), clock=clock)
+    run = manual_run(clock, devices=["gpu"])
+    guard = BudgetGuard(BudgetRule(max_kwh=1.0), run.tracker, total_steps=None)
+    windows = []
+    for step in range(1, 11):
+        run.advance(1.0)
+        windows.append(run.tracker.window(step))
+    assert not guard.crossed()  # a +1e12 mJ read once stopped a 1 kWh budget at once
+    assert all(w["power/total_w"] == pytest.approx(GPU_W, abs=COUNTER_J) for w in windows)
+    assert total_j(run.tracker) == pytest.approx(GPU_W * 10.0, abs=COUNTER_J)
+    (fault,) = run.tracker.meter.quality().values()
+    assert fault["glitches"] == 1 and fault["resets"] == 0
+    run.tracker.end_fit(step=10)
+
+
+@pytest.mark.parametrize("bad_mw", [10**12, -300_000], ids=["1e9 W", "-300 W"])
+def test_an_impossible_polled_power_is_a_gap(sim_gpus, bad_mw) -> None:
+    clock = ManualClock()
+    board = SimGpu("GPU-p", Constant(GPU_W), name="Tesla P100", arch=ARCH_PASCAL, power_average_s=0,
+                   power_mw_between=(2.95, 3.25, bad_mw))  # fmt: skip
+    sim_gpus(board, clock=clock)
+    run = manual_run(clock, devices=["gpu"])
+    run.advance(10.0)
+    assert total_j(run.tracker) == pytest.approx(GPU_W * 10.0, rel=1e-6)  # the gap is bridged at 300 W
+    (fault,) = run.tracker.meter.quality().values()
+    assert fault["glitches"] == 3 and fault["unmeasured_s"] == pytest.approx(0.4)
+    run.tracker.end_fit(step=0)
+
+
+# ----------------------------------------------------------------------------- 3. a device lost for good
+def test_a_lost_device_is_bridged_and_reported(sim_gpus) -> None:
+    clock = ManualClock()
+    sim_gpus(gpu(fail_between=(4.0, float("inf"))), clock=clock)
+    run = manual_run(clock, devices=["gpu"])
+    guard = BudgetGuard(BudgetRule(max_kwh=2700.0 / J_PER_KWH), run.tracker, total_steps=None)
+    run.advance(10.0)
+    run.tracker.window(step=10)
+    (warning,) = run.tracker.pop_notices()
+    assert "gpu0 has given no good reading" in warning.text and "GPU is lost" in warning.text
+    assert guard.crossed()  # the budget keeps working on the bridged figure
+    run.tracker.end_fit(step=10)
+    fields = run.tracker.summary_fields(run.tracker.totals())
+    assert fields["metrics"]["energy/total_kwh"] * J_PER_KWH == pytest.approx(GPU_W * 10.0, abs=COUNTER_J)
+    assert fields["unmeasured_s"] == pytest.approx(6.0, abs=0.11)
+    assert fields["estimated_share"] == pytest.approx(0.6, abs=0.02)
+    (end_warning,) = run.tracker.pop_notices()
+    assert f"{100 * fields['estimated_share']:.1f}% of the energy is estimated" in end_warning.text
+    assert "GPU is lost" in end_warning.text
+
+
+# ----------------------------------------------------------------------------- 4, 5, 6: in a real fit
+def fit(tmp_path: Path, callbacks: list, module=None, **kwargs):
+    options = {"max_epochs": 1, "accelerator": "cpu", "log_every_n_steps": 10, "enable_checkpointing": False,
+               "enable_model_summary": False, "enable_progress_bar": False,
+               "logger": pl.loggers.CSVLogger(tmp_path / "csv"), "callbacks": callbacks}  # fmt: skip
+    options.update(kwargs)
+    trainer = pl.Trainer(**options)
+    trainer.fit(module or make_module(pl, step_sleep_s=0.02), regression_data(240), regression_data(16))
+    return trainer
+
+
+def test_a_sanity_check_shorter_than_a_reading_is_charged_to_validation(tmp_path, sim_gpus) -> None:
+    sim_gpus(gpu())
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.5, record_path=tmp_path / "energy.jsonl")
+    fit(tmp_path, [monitor], make_module(pl, step_sleep_s=0.05, val_sleep_s=0.1), limit_val_batches=1,
+        num_sanity_val_steps=1)  # fmt: skip
+    lines = read_record(tmp_path / "energy.jsonl")
+    first_window = next(x for x in lines if x["type"] == "window")
+    sanity = next(x for x in lines if x["type"] == "stage")
+    assert sanity["step"] == 0 and sanity["kwh"] * J_PER_KWH == pytest.approx(GPU_W * sanity["seconds"], abs=COUNTER_J)
+    # its 30 J were once charged to the first window: 585 W read where the board drew 300 W
+    bound = COUNTER_J / first_window["seconds"] + 0.01 * GPU_W
+    assert first_window["metrics"]["power/gpu0_w"] == pytest.approx(GPU_W, abs=bound)
+    assert first_window["metrics"]["energy/val_kwh"] == pytest.approx(sanity["kwh"])  # logged once resolved
+
+
+def test_a_reader_raising_any_exception_is_a_gap_and_training_goes_on(tmp_path, sim_gpus) -> None:
+    sim_gpus(gpu(raise_between=(0.5, 1.0, TypeError)))
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, record_path=tmp_path / "energy.jsonl")
+    trainer = fit(tmp_path, [monitor])
+    summary = read_record(tmp_path / "energy.jsonl")[-1]
+    assert trainer.state.finished and summary["status"] == "completed"
+    assert summary["failed_reads"]["gpu0"] >= 5
+    assert summary["faults"]["gpu0"]["last_error"].startswith("TypeError")
+    assert summary["metrics"]["energy/gpu_kwh"] * J_PER_KWH == pytest.approx(GPU_W * summary["seconds"], rel=0.02)
+
+
+def test_a_hung_driver_call_does_not_hang_training(tmp_path, sim_gpus) -> None:
+    board = gpu(hang_after=0.3)
+    sim_gpus(board)
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, record_path=tmp_path / "energy.jsonl")
+    try:
+        with pytest.warns(UserWarning) as caught:
+            trainer = fit(tmp_path, [monitor], make_module(pl, step_sleep_s=0.03), max_epochs=3)
+    finally:
+        board.release.set()  # let the simulated call return, so the thread ends
+    texts = " ".join(str(w.message) for w in caught)
+    assert trainer.state.finished and "did not return within 5 s" in texts
+    summary = read_record(tmp_path / "energy.jsonl")[-1]
+    assert summary["type"] == "summary" and summary["status"] == "completed"
+
+
+# ----------------------------------------------------------------------------- 7. a record that cannot be written
+@pytest.mark.parametrize("where", ["/dev/full", "parent-is-a-file"])
+def test_a_record_that_cannot_be_written_warns_once_and_training_goes_on(tmp_path, sim_gpus, where) -> None:
+    sim_gpus(gpu())
+    if where == "parent-is-a-file":
+        (tmp_path / "runs").write_text("not a directory")
+        where = str(tmp_path / "runs" / "energy.jsonl")
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, record_path=where)
+    with pytest.warns(UserWarning) as caught:
+        trainer = fit(tmp_path, [monitor])
+    texts = [str(w.message) for w in caught if "cannot be written" in str(w.message)]
+    assert trainer.state.finished and len(texts) == 1 and "training continues" in texts[0]
+    assert monitor.last_metrics["energy/gpu_kwh"] > 0
+
+
+def test_a_disk_filling_mid_run_ends_the_record_not_the_run(tmp_path) -> None:
+    script = f"""
+import resource, json
+resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+import numpy as np
+from energy_core import EnergyTracker
+tracker = EnergyTracker(devices=["cpu"], record_path={str(tmp_path / "energy.jsonl")!r})
+tracker.start_fit(0)
+for step in range(1, 201):
+    tracker.add_batch(np.zeros((8, 1)))
+    tracker.window(step)
+tracker.end_fit(200)
+print(json.dumps([n.text for n in tracker.pop_notices()]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    notices = json.loads(done.stdout.splitlines()[-1])
+    assert [n for n in notices if "cannot be written" in n and "File too large" in n]
+    assert (tmp_path / "energy.jsonl").stat().st_size <= 8192
+
+
+# ----------------------------------------------------------------------------- 8. damaged checkpoint state
+GOOD = {"version": 1, "energy_j": {"gpu": 10.0}, "stage_j": {"val": 0.0}, "samples": 8, "tokens": 0, "fit_s": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"energy_j": {"gpu": float("nan")}}, "energy_j['gpu']"),
+        ({"energy_j": {"gpu": -1e9}}, "energy_j['gpu']"),
+        ({"energy_j": {"tpu": 1.0}}, "energy_j has unknown keys"),
+        ({"energy_j": [1.0]}, "energy_j must be a mapping"),
+        ({"stage_j": {"val": "3"}}, "stage_j['val']"),
+        ({"samples": -1}, "samples"),
+        ({"samples": 2.5}, "samples"),
+        ({"tokens": None}, "tokens"),
+        ({"fit_s": float("inf")}, "fit_s"),
+        ({"version": 9}, "version"),
+    ],
+)
+def test_damaged_energy_state_is_one_clear_error(change, field) -> None:
+    with pytest.raises(ValueError, match=f"{field}".replace("[", r"\[").replace("]", r"\]")):
+        EnergyTracker().load_state_dict({**GOOD, **change})
+    state = {k: v for k, v in GOOD.items() if k != "samples"}
+    with pytest.raises(ValueError, match="samples must be an integer"):
+        EnergyTracker().load_state_dict(state)
+    with pytest.raises(ValueError, match="must be a mapping"):
+        EnergyTracker().load_state_dict(["not", "a", "state"])  # type: ignore[arg-type]
+
+
+def test_resuming_without_energy_state_says_the_totals_restart(tmp_path, sim_gpus) -> None:
+    sim_gpus(gpu())
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    fit(tmp_path, [checkpoint], enable_checkpointing=True)  # no energy callback in the first run
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05)
+    with pytest.warns(UserWarning, match="without energy state: the energy and CO2e totals restart at zero"):
+        trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=[monitor])  # fmt: skip
+        trainer.fit(make_module(pl), regression_data(240), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+
+
+# ----------------------------------------------------------------------------- 10. two runs, one record
+def test_two_runs_appending_to_one_record_stay_apart(tmp_path, sim_gpus, capsys) -> None:
+    sim_gpus(gpu())
+    record = tmp_path / "shared.jsonl"
+    runs = [EnergyTracker(devices=["gpu"], sample_interval_s=0.01, record_path=record) for _ in range(2)]
+    for tracker in runs:
+        tracker.start_fit(0)
+    for step in range(1, 6):  # their windows interleave in the file
+        for i, tracker in enumerate(runs):
+            tracker.add_batch(np.zeros((4 + 4 * i, 1)))
+            time.sleep(0.02)
+            tracker.window(step)
+    for tracker in runs:
+        tracker.end_fit(5)
+        tracker.close()
+    found, notes = read_runs(record)
+    assert notes == [] and len(found) == 2
+    for i, lines in enumerate(found):
+        windows = [x for x in lines if x["type"] == "window"]
+        assert len(windows) == 5 and {w["samples"] for w in windows} == {4 + 4 * i}
+        assert len({x["run"] for x in lines}) == 1 and lines[-1]["type"] == "summary"
+
+
+def test_the_sampler_thread_survives_a_failing_listener(sim_gpus) -> None:
+    clock = ManualClock()
+    sim_gpus(gpu(), clock=clock)
+    run = manual_run(clock, devices=["gpu"])
+    run.tracker.meter.sampler.listeners.append(lambda t, values: 1 / 0)
+    run.advance(1.0)
+    assert run.tracker.meter.sampler.listener_errors == 10
+    assert total_j(run.tracker) == pytest.approx(GPU_W, abs=COUNTER_J)
+    assert threading.active_count() >= 1
+    run.tracker.end_fit(step=0)

@@ -33,6 +33,7 @@ def started_monitor(sample_interval_s: float = 0.1) -> tuple[EnergyMonitor, Simp
         is_global_zero=True,
         global_rank=0,
         local_rank=0,
+        ckpt_path=None,
         max_epochs=1,
         max_steps=-1,
         world_size=1,

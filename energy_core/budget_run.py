@@ -120,12 +120,16 @@ class BudgetRun:
             self.tracker.reduce_totals()  # type: ignore[union-attr]
         return self.guard.review(step, epochs_done, self._ranks.agree)
 
-    def finish(self, step: int, status: str = "completed") -> list[Notice]:
-        """End the budget's own tracker (a shared one is the monitor's to end); notices to show."""
+    def finish(self, step: int, status: str = "completed", collective: bool = True) -> list[Notice]:
+        """End the budget's own tracker (a shared one is the monitor's to end); notices to show.
+
+        ``collective=False`` where the other ranks may not follow (an exception on this rank).
+        """
         if not self.owns or self.tracker is None:
             return []
         stopped = self.guard is not None and self.guard.stopped is not None
-        self.tracker.end_fit(step, status=BUDGET_STOP if stopped and status == "completed" else status)
+        final = BUDGET_STOP if stopped and status == "completed" else status
+        self.tracker.end_fit(step, status=final, collective=collective)
         self.tracker.close()
         return self.tracker.pop_notices()
 

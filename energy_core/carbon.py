@@ -16,6 +16,7 @@ Every figure comes with a ``source`` string naming the file and entry it came fr
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from energy_core import checks
@@ -76,20 +77,35 @@ def country_intensity(iso3: str) -> CarbonIntensity:
     """Intensity of a country from codecarbon's global energy mix table.
 
     Raises:
-        ValueError: if the code is not in the table.
+        ValueError: if the code is not in the table (with the codes it may have meant).
     """
     table = load_json("private_infra/global_energy_mix.json")
     code = iso3.upper()
     if code not in table:
+        guesses = _suggest_country(iso3, table)
+        hint = f"; did you mean {' or '.join(map(repr, guesses))}?" if guesses else ""
         raise ValueError(
             f"country must be an ISO 3166 alpha-3 code listed in codecarbon's global_energy_mix.json "
-            f"(e.g. 'FRA', 'USA', 'IND'; {len(table)} listed), got {iso3!r}"
+            f"(e.g. 'FRA', 'USA', 'IND'; {len(table)} listed), got {iso3!r}{hint}"
         )
     entry = table[code]
     return CarbonIntensity(
         float(entry["carbon_intensity"]),
         f"codecarbon global_energy_mix.json: {entry['country_name']} ({code}, {entry.get('year', '?')})",
     )
+
+
+def _suggest_country(given: str, table: dict[str, dict]) -> list[str]:
+    """Codes a user may have meant: by name ("France"), by a 2-letter start ("fr"), by a close spelling."""
+    wanted = given.strip().lower()
+    by_name = {entry["country_name"].lower(): code for code, entry in table.items()}
+    if wanted in by_name:
+        return [by_name[wanted]]
+    if len(wanted) == 2:
+        starts = [code for code in table if code.lower().startswith(wanted)]
+        if starts:
+            return starts[:3]
+    return [by_name[name] for name in difflib.get_close_matches(wanted, list(by_name), n=2, cutoff=0.8)]
 
 
 def _usa(region: str) -> CarbonIntensity | None:

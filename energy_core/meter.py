@@ -36,6 +36,7 @@ class EnergyMeter:
         node_devices: Measure CPU and DRAM (False on all but one rank of a node).
         rapl_root: Powercap directory, for tests; defaults to ``/sys/class/powercap``.
         clock: Seconds, for marks and readings; ``time.perf_counter`` (a test may drive time).
+        cpu_tdp_w: The CPU socket's TDP for the CPU estimate, instead of codecarbon's table.
 
     Example:
         >>> meter = EnergyMeter(devices=["gpu"])
@@ -52,6 +53,7 @@ class EnergyMeter:
         node_devices: bool = True,
         rapl_root: Path | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        cpu_tdp_w: float | None = None,
     ) -> None:
         self.kinds, self.explicit = parse_devices(devices)
         self.sample_interval_s = check_interval(sample_interval_s)
@@ -59,6 +61,7 @@ class EnergyMeter:
         self.node_devices = node_devices
         self.rapl_root = rapl_root
         self.clock = clock
+        self.cpu_tdp_w = cpu_tdp_w
         self.sources: list[EnergySource] = []
         self.sampler: Sampler | None = None
         self.notices: list[Notice] = []
@@ -76,7 +79,7 @@ class EnergyMeter:
         """Discover devices (first call only) and start sampling. Returns the notices."""
         if self.sampler is None:
             self.sources, self.notices = device_layer.discover(
-                self.kinds, self.explicit, self.cuda_indices, self.node_devices, self.rapl_root
+                self.kinds, self.explicit, self.cuda_indices, self.node_devices, self.rapl_root, self.cpu_tdp_w
             )
             self.sampler = Sampler(self.sources, self.sample_interval_s, clock=self.clock)
         self.sampler.start()

@@ -6,6 +6,8 @@ the framework's own channel (Lightning's rank-zero helpers, the transformers log
 
 from __future__ import annotations
 
+import sys
+import warnings
 from dataclasses import dataclass
 
 
@@ -20,3 +22,26 @@ class Notice:
 
     level: str
     text: str
+
+
+# Frames of these packages are never "where the user called": a warning points past them.
+_INTERNAL = (
+    "energy_core", "lightning_energy", "hf_energy", "lightning", "pytorch_lightning", "lightning_utilities",
+    "lightning_fabric", "transformers", "accelerate", "torch", "warnings", "contextlib", "functools", "threading",
+)  # fmt: skip
+
+
+def warn_at_user_code(text: str) -> None:
+    """``warnings.warn(text)``, attributed to the first frame outside the frameworks and this
+    library (the user's ``trainer.fit(...)`` line), not to a hook deep inside them."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").split(".")[0] in _INTERNAL:
+        frame = frame.f_back
+    registry = frame.f_globals.setdefault("__warningregistry__", {})
+    module = frame.f_globals.get("__name__", "__main__")
+    try:  # no module_globals: a script run with -m has a loader that cannot serve __main__'s source
+        warnings.warn_explicit(text, UserWarning, frame.f_code.co_filename, frame.f_lineno, module, registry)
+    except Warning:
+        raise  # warnings turned into errors by the user's filters stay theirs
+    except Exception:  # noqa: BLE001 - a message must never break training
+        warnings.warn(text, UserWarning, stacklevel=2)

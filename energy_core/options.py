@@ -37,6 +37,7 @@ class MeasureArgs(TypedDict, total=False):
     carbon_intensity_g_per_kwh: float | None
     pue: float
     record_path: str | os.PathLike[str] | None
+    cpu_tdp_w: float | None
 
 
 def parse_devices(devices: Any) -> tuple[tuple[str, ...], bool]:
@@ -82,6 +83,8 @@ class MeasureOptions:
         carbon_intensity_g_per_kwh: Use this grid intensity (g/kWh, >= 0) instead of a lookup.
         pue: Power usage effectiveness of the data centre (>= 1), applied to CO2e only.
         record_path: Append a JSON-lines run record to this file (written by rank 0).
+        cpu_tdp_w: The CPU socket's TDP in W, for the CPU estimate used where RAPL cannot be
+            read (instead of codecarbon's table, or 4 W per thread for an unknown model).
 
     Raises:
         TypeError: naming the argument, for a value of the wrong type (a bool is not a number).
@@ -98,6 +101,7 @@ class MeasureOptions:
     carbon_intensity_g_per_kwh: float | None = None
     pue: float = 1.0
     record_path: str | None = None
+    cpu_tdp_w: float | None = None
 
     @classmethod
     def of(cls, owner: str, kwargs: dict[str, Any]) -> MeasureOptions:
@@ -118,6 +122,7 @@ class MeasureOptions:
             "sample_interval_s": check_interval(self.sample_interval_s),
             "pue": checks.number("pue", self.pue, low=1),
             "record_path": checks.file_path("record_path", self.record_path),
+            "cpu_tdp_w": checks.number("cpu_tdp_w", self.cpu_tdp_w, low=0, low_open=True, optional=True, unit=" W"),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)

@@ -178,7 +178,7 @@ class Sampler:
         for listener in list(self.listeners):
             try:
                 listener(now, values)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a listener's failure must not stop the readings
                 self.listener_errors += 1
 
     def _at(self, t: float, now: float, values: np.ndarray) -> np.ndarray:
@@ -224,7 +224,7 @@ class Sampler:
     def _read(self) -> None:
         try:
             self.sample_once()
-        except Exception:
+        except Exception:  # noqa: BLE001 - the sampler never dies (the ledgers already catch reader errors)
             self.listener_errors += 1
         self.thread_cpu_s = time.thread_time()
 

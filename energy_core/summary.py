@@ -86,8 +86,8 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
     )
     mean_w = fields["mean_power_w"]
     lines = [
-        f"Energy: {kwh:.6g} kWh ({kwh * J_PER_KWH:,.1f} J) [{parts}] over {fields['seconds']:.1f} s"
-        + (f", mean {mean_w:.1f} W" if mean_w is not None else ""),
+        f"Energy: {kwh:.6g} kWh ({kwh * J_PER_KWH:,.1f} J) [{parts or 'no device measured'}] "
+        f"over {fields['seconds']:.1f} s" + (f", mean {mean_w:.1f} W" if mean_w is not None else ""),
         f"CO2e: {metrics.get(keys.CO2E_KG, 0.0) * 1000:.4g} g at {carbon['g_per_kwh']:.4g} g/kWh "
         f"x PUE {carbon['pue']:g} ({carbon['source']})",
     ]

@@ -65,7 +65,7 @@ class EnergyTracker:
         if options is not None and measure:
             raise TypeError("EnergyTracker takes a MeasureOptions or its fields as keyword arguments, not both")
         self.options = options if options is not None else MeasureOptions.of("EnergyTracker", dict(measure))
-        self.meter = EnergyMeter(self.options.devices, self.options.sample_interval_s)
+        self.meter = EnergyMeter(self.options.devices, self.options.sample_interval_s, cpu_tdp_w=self.options.cpu_tdp_w)
         self.intensity, notices = self.options.intensity()
         self.pue = self.options.pue
         self.record = RunRecord(self.options.record_path) if self.options.record_path else None
@@ -73,6 +73,7 @@ class EnergyTracker:
         self._pending_notices: list[Notice] | None = notices
         self._notices: list[Notice] = []  # found while measuring, for the adapters to show
         self._loaded_state = False
+        self._said_unresolved = False
         self._run_info: dict[str, Any] = {}
         self._cap_w: float | None = None
         self._caps: list[dict[str, Any]] = []
@@ -145,18 +146,22 @@ class EnergyTracker:
         self.write_record(lines.HEADER, **header)
         return notices
 
-    def end_fit(self, step: int, status: str = "completed") -> dict[str, float]:
+    def end_fit(self, step: int, status: str = "completed", collective: bool = True) -> dict[str, float]:
         """Finish the run: final cumulative metrics, summary line, sampler stopped.
 
         Args:
             step: The last optimizer step.
             status: How it ended: ``"completed"``, ``"exception: ..."``, ``"interrupted"``...
+            collective: False where the other ranks may not be here (an exception on this
+                rank): the figures stay this process's own, and nothing waits for the others.
         """
         if self._fit_start is None:
             return {}
         self._notices += self.meter.close()
         end = self.meter.mark()
         charged = self._stages.charge_ready(self.meter)  # every mark is fixed now
+        if not collective:
+            self.ranks = Ranks(self.ranks.rank, self.ranks.local_rank)  # from here on, nothing waits for others
         metrics = self._cumulative(self._sum(end).totals)
         metrics.update(self._record_stages(charged))
         # Fold this run into the resumed totals: a later fit of this tracker continues them.
@@ -266,9 +271,21 @@ class EnergyTracker:
 
     def _close(
         self, step: int, end: Mark, extra: dict[str, Any] | None, epoch_start: Mark | None
-    ) -> tuple[dict[str, float], float]:
+    ) -> tuple[dict[str, float], float | None]:
+        """The window's (and the epoch's) figures at ``end``; the epoch's joules, or None."""
         if self._window.start is None:
-            return {}, 0.0
+            return {}, None
+        if not self.meter.resolvable(end):  # before the sampler's second reading: no figure, not a zero
+            self._sum(end)  # ranks reach this alike: keep the sums aligned
+            if not self._said_unresolved:
+                self._said_unresolved = True
+                text = (
+                    "A logging window ended before the sampler's second hardware reading (sample_interval_s="
+                    f"{self.meter.sample_interval_s:g}): its energy figures are left out, not logged as zeros; the "
+                    "run's totals include that time."
+                )
+                self._notices.append(Notice("info", text))
+            return {}, None
         epoch_j = 0.0
         if epoch_start is not None:
             start_j, end_j = self.meter.joules(epoch_start, end)
@@ -311,7 +328,7 @@ class EnergyTracker:
         end = self.meter.mark()
         start = self._epoch_start if self.fitting else None
         metrics, epoch_j = self._close(step, end, extra, start)
-        if start is not None:
+        if start is not None and epoch_j is not None:
             metrics[keys.EPOCH_KWH] = epoch_j / J_PER_KWH
             self.write_record(
                 lines.EPOCH,

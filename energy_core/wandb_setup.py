@@ -5,8 +5,8 @@ be matched in undefined order, so every energy key is defined by exact name, on 
 before the first energy log, against the framework's step metric. The functions take a
 ``wandb.Run``-like object (duck-typed), so the core stays free of wandb.
 
-Summary rule: a cumulative key (``keys.is_cumulative``) keeps its last value, a window
-key its mean over the run.
+Summary rule, one for every key: its last logged value, a plain number (W&B's default);
+at fit end the run's final totals overwrite the cumulative keys (`write_summary`).
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ def energy_keys(tracker: EnergyTracker) -> list[str]:
 
 
 def define_axes(run: Any, tracker: EnergyTracker, step_metric: str, prefix: str = "") -> None:
-    """Define each key by exact name against ``step_metric`` with its summary rule."""
+    """Define each key by exact name against ``step_metric`` (summary: W&B's plain last value)."""
     for key in energy_keys(tracker):
-        summary = "last" if keys.is_cumulative(key) else "mean"
-        run.define_metric(prefix + key, step_metric=step_metric, summary=summary)
+        run.define_metric(prefix + key, step_metric=step_metric)
 
 
 def write_config(run: Any, tracker: EnergyTracker) -> None:

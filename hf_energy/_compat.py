@@ -6,7 +6,6 @@ or fail a run goes through `energy_core.Ranks.agree`, an all-reduce every rank r
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from transformers.trainer_callback import TrainerState
@@ -14,6 +13,7 @@ from transformers.training_args import TrainingArguments
 from transformers.utils import logging
 
 from energy_core import Notice, Ranks
+from energy_core.notices import warn_at_user_code
 
 logger = logging.get_logger("hf_energy")
 
@@ -24,7 +24,7 @@ def emit(notices: list[Notice], show: bool = True) -> None:
         return
     for notice in notices:
         if notice.level == "warn":
-            warnings.warn(notice.text, stacklevel=3)
+            warn_at_user_code(notice.text)
         else:
             logger.info(notice.text)
 

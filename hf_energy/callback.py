@@ -37,7 +37,7 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         **measure: The measurement arguments of `energy_core.MeasureOptions`:
             ``devices``, ``sample_interval_s``, ``country``, ``region``,
             ``cloud_provider``, ``cloud_region``, ``carbon_intensity_g_per_kwh``, ``pue``,
-            ``record_path`` (written by world process zero).
+            ``record_path`` (written by world process zero), ``cpu_tdp_w``.
 
     Raises:
         TypeError, ValueError: naming the argument, for any invalid value.

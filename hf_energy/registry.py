@@ -17,12 +17,13 @@ Trainer's model, which every hook receives, so a budget or a cap finds the train
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from transformers.trainer_callback import TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
+
+from energy_core.notices import warn_at_user_code
 
 T = TypeVar("T")
 
@@ -118,11 +119,10 @@ class LogContributor:
             state.log_history[-1].update(added)
         if added and args.report_to and state.is_world_process_zero and not self._warned_unattached:
             self._warned_unattached = True
-            warnings.warn(
+            warn_at_user_code(
                 f"{type(self).__name__} runs after the report_to integrations, so they do not receive the energy "
                 "metrics (log_history does). Add it with `hf_energy.attach(trainer, callback)` instead of "
-                "`callbacks=[...]`.",
-                stacklevel=2,
+                "`callbacks=[...]`."
             )
         return control
 

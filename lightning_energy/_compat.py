@@ -14,6 +14,7 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_only, r
 from typing_extensions import override
 
 from energy_core import Notice, Ranks
+from energy_core.notices import warn_at_user_code
 
 _bases: list[type] = []
 try:
@@ -37,10 +38,11 @@ CALLBACK_BASES: tuple[type, ...] = tuple(_bases)
 
 
 def emit(notices: list[Notice]) -> None:
-    """Show notices once, on rank zero."""
+    """Show notices once, on rank zero: warnings pointed at the user's code, the rest as info."""
     for notice in notices:
         if notice.level == "warn":
-            rank_zero_warn(notice.text)
+            if getattr(rank_zero_only, "rank", 0) == 0:
+                warn_at_user_code(notice.text)
         else:
             rank_zero_info(notice.text)
 

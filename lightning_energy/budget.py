@@ -6,9 +6,10 @@ from typing import Any
 
 from typing_extensions import Unpack
 
+from energy_core import Notice
 from energy_core.budget import BudgetAction
 from energy_core.budget_run import BudgetArgs, BudgetRun, HasBudgetRun
-from lightning_energy._compat import CALLBACK_BASES, emit, find_callback, log, override, rank_zero_warn, ranks_of
+from lightning_energy._compat import CALLBACK_BASES, emit, find_callback, log, override, ranks_of
 from lightning_energy.monitor import EnergyMonitor
 
 
@@ -90,7 +91,7 @@ class EnergyBudget(HasBudgetRun, *CALLBACK_BASES):  # type: ignore[misc]
                     f" Note: Lightning keeps training until {' and '.join(blocked)} are reached; "
                     "a budget stop (trainer.should_stop) cannot override them."
                 )
-        rank_zero_warn(message)
+        emit([Notice("warn", message)])
 
     def _review(self, trainer: Any, epochs_done: int) -> None:
         metrics, action = self.run.review(trainer.global_step, epochs_done)
@@ -122,7 +123,7 @@ class EnergyBudget(HasBudgetRun, *CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        emit(self.run.finish(trainer.global_step, f"exception: {type(exception).__name__}"))
+        emit(self.run.finish(trainer.global_step, f"exception: {type(exception).__name__}", collective=False))
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:

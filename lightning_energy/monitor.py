@@ -29,7 +29,7 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         **measure: The measurement arguments of `energy_core.MeasureOptions`:
             ``devices``, ``sample_interval_s``, ``country``, ``region``,
             ``cloud_provider``, ``cloud_region``, ``carbon_intensity_g_per_kwh``, ``pue``,
-            ``record_path``.
+            ``record_path``, ``cpu_tdp_w``.
 
     Raises:
         TypeError, ValueError: naming the argument, for any invalid value (unknown
@@ -162,7 +162,7 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         status = "interrupted" if isinstance(exception, KeyboardInterrupt) else f"exception: {type(exception).__name__}"
-        self.tracker.end_fit(trainer.global_step, status=status)
+        self.tracker.end_fit(trainer.global_step, status=status, collective=False)  # other ranks may not be here
         self._detach_progress_bar()
         self.tracker.close()
         emit(self.tracker.pop_notices())

@@ -6,7 +6,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from energy_core import EnergyTracker
+from energy_core import EnergyTracker, Notice
 from energy_core.power import CapArgs, PowerCapRun
 from lightning_energy._compat import (
     CALLBACK_BASES,
@@ -15,7 +15,6 @@ from lightning_energy._compat import (
     log,
     override,
     rank_zero_info,
-    rank_zero_warn,
     ranks_of,
 )
 from lightning_energy.monitor import EnergyMonitor
@@ -97,7 +96,7 @@ class PowerCap(*CALLBACK_BASES):  # type: ignore[misc]
     def _restore(self) -> None:
         if self._leader:
             for message in self.run.finish(self._tracker):
-                (rank_zero_warn if "failed" in message else rank_zero_info)(message)
+                emit([Notice("warn" if "failed" in message else "info", message)])
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:

@@ -40,6 +40,15 @@ def test_hf_torchrun_budget_stops_every_rank_at_the_same_step(tmp_path) -> None:
     assert rank0["kwh"] > 0
 
 
+@pytest.mark.timeout(300)
+def test_an_exception_on_one_rank_does_not_hang_the_job(tmp_path) -> None:
+    """Rank 0 fails mid-epoch: our exception hooks end its figures without waiting for rank 1."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    command = [sys.executable, *SCRIPT, "lightning", str(tmp_path), "raise"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0 and "rank 0 fails" in done.stderr
+
+
 # ------------------------------------------------------------------ one total for the whole job
 TOTALS = ["-m", "tests.scripts.distributed_totals"]
 CPU_W = 50.0

@@ -197,12 +197,14 @@ import resource, json
 resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
 import numpy as np
 from energy_core import EnergyTracker
-tracker = EnergyTracker(devices=["cpu"], record_path={str(tmp_path / "energy.jsonl")!r})
+import time
+tracker = EnergyTracker(devices=["cpu"], sample_interval_s=0.01, record_path={str(tmp_path / "energy.jsonl")!r})
 tracker.start_fit(0)
-for step in range(1, 201):
+for step in range(1, 61):
     tracker.add_batch(np.zeros((8, 1)))
+    time.sleep(0.03)
     tracker.window(step)
-tracker.end_fit(200)
+tracker.end_fit(60)
 print(json.dumps([n.text for n in tracker.pop_notices()]))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

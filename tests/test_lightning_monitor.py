@@ -185,7 +185,7 @@ def test_estimated_cpu_is_flagged_in_warning_and_record(tmp_path) -> None:
         trainer_for(pl, tmp_path, monitor, max_epochs=1, limit_val_batches=0).fit(make_module(pl), regression_data(64))
     lines = read_record(tmp_path / "energy.jsonl")
     assert lines[0]["estimated"] == ["cpu0"] and lines[-1]["estimated"] == ["cpu0"]
-    assert lines[0]["hardware"]["sources"][0]["method"] == "tdp-x-utilisation"
+    assert lines[0]["hardware"]["sources"][0]["method"] == "process-cpu-time-x-w-per-thread"
 
 
 def test_exception_in_training_ends_the_record_and_the_sampler(tmp_path, sim_gpus) -> None:

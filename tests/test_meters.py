@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pynvml
 import pytest
 
@@ -99,7 +101,7 @@ def test_no_gpu_is_one_info_line() -> None:
     sources, notices = nvidia.discover_gpus()  # conftest: no NVML library
     assert sources == []
     assert [n.level for n in notices] == ["info"]
-    assert "CPU/DRAM only" in notices[0].text
+    assert "No NVIDIA GPU measured (NVML: NVML Shared Library Not Found)" in notices[0].text
 
 
 def test_rapl_wraparound_and_zones(fake_rapl) -> None:
@@ -142,17 +144,75 @@ def test_cpu_tdp_comes_from_codecarbons_table() -> None:
     assert cpu_estimate.lookup_tdp("Imaginary CPU 9000") is None
 
 
-def test_cpu_estimate_is_tdp_times_utilisation(monkeypatch) -> None:
-    from collections import namedtuple
+class ScriptedTree:
+    """A process tree whose CPU time and memory the test sets (the machine's load never enters)."""
 
-    Times = namedtuple("Times", "user system idle iowait")
-    ticks = iter([Times(0, 0, 0, 0), Times(0, 0, 0, 0), Times(30, 10, 60, 0), Times(30, 10, 160, 0)])
-    monkeypatch.setattr(cpu_estimate.psutil, "cpu_times", lambda: next(ticks))
-    source = cpu_estimate.EstimatedCpuSource(tdp_w=100.0, sockets=2, model="test")
+    def __init__(self) -> None:
+        self.seconds, self.rss = 0.0, 0.0
+
+    def cpu_seconds(self) -> float:
+        return self.seconds
+
+    def rss_bytes(self) -> float:
+        return self.rss
+
+
+def test_cpu_estimate_charges_the_process_trees_cpu_time() -> None:
+    tree = ScriptedTree()
+    source = cpu_estimate.EstimatedCpuSource(w_per_thread=5.0, detail="test", tree=tree)
     assert source.read(0.0).joules == 0.0
-    assert source.read(2.0).joules == pytest.approx(100.0 * 2 * 0.4 * 2.0)  # 40% busy for 2 s
-    assert source.read(3.0).joules == pytest.approx(160.0)  # idle second: nothing added
-    assert source.info.estimated
+    tree.seconds = 3.0  # e.g. two threads busy for 1.5 s: other processes never count
+    assert source.read(1.5).joules == pytest.approx(15.0)
+    assert source.read(2.5).joules == pytest.approx(15.0)  # an idle second adds nothing
+    assert source.info.estimated and source.info.kind == "cpu"
+
+
+def test_cpu_estimate_watts_per_thread(monkeypatch) -> None:
+    monkeypatch.setattr(cpu_estimate, "cpu_model", lambda: ("AMD EPYC 7763 64-Core Processor", 1))
+    source, (notice,) = cpu_estimate.estimate_cpu()
+    assert source.w_per_thread == pytest.approx(280.0 / 128)  # codecarbon's 280 W over 128 threads
+    assert "ESTIMATED" in notice.text and "280 W TDP (codecarbon's CPU table) / 128 threads" in notice.text
+    source, (notice,) = cpu_estimate.estimate_cpu(cpu_tdp_w=64.0)
+    assert source.w_per_thread == pytest.approx(0.5) and "(cpu_tdp_w)" in notice.text
+    monkeypatch.setattr(cpu_estimate, "cpu_model", lambda: ("Imaginary CPU 9000", 1))
+    source, (notice,) = cpu_estimate.estimate_cpu()
+    assert source.w_per_thread == cpu_estimate.DEFAULT_W_PER_THREAD and "as CodeCarbon" in notice.text
+
+
+def test_dram_estimate_follows_resident_memory() -> None:
+    tree = ScriptedTree()
+    source = cpu_estimate.EstimatedDramSource(tree=tree)
+    tree.rss = 8e9
+    assert source.read(0.0).watts == pytest.approx(3.0)  # 3 W per 8 GB
+    assert source.info.estimated and source.info.kind == "dram"
+
+
+def test_the_process_tree_counts_children_and_never_goes_back() -> None:
+    import subprocess
+    import sys
+
+    tree = cpu_estimate.ProcessTree()
+    before = tree.cpu_seconds()
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nt=time.process_time()\nwhile time.process_time()-t<0.3: pass\ntime.sleep(30)",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 60
+        tree._scanned = -1e9  # list the child at once
+        while tree.cpu_seconds() - before < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            tree._scanned = -1e9
+        with_child = tree.cpu_seconds()
+    finally:
+        child.kill()
+        child.wait()
+    assert with_child - before >= 0.3  # the child's busy 0.3 s of CPU is charged
+    tree._scanned = -1e9
+    assert tree.cpu_seconds() >= with_child  # it ended: its time stays counted
 
 
 def test_ring_buffer_keeps_the_newest_rows_and_interpolates() -> None:

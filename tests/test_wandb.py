@@ -61,6 +61,11 @@ def test_lightning_wandb_logger(offline, sim_gpus) -> None:
         assert rows[step]["power/gpu0_w"] == pytest.approx(metrics["power/gpu0_w"])
     final = read_record(offline / "energy.jsonl")[-1]["metrics"]
     assert run["summary"]["energy/total_kwh"] == pytest.approx(final["energy/total_kwh"])
+    # one summary rule: every key's last value, a plain number (not {'mean': ...} or {'last': ...})
+    last_window = windows[max(windows)]
+    assert run["summary"]["power/gpu0_w"] == pytest.approx(rows[max(windows)]["power/gpu0_w"])
+    assert isinstance(run["summary"]["energy/step_j"], float) and isinstance(run["summary"]["carbon/co2e_kg"], float)
+    assert last_window["power/gpu0_w"] > 0
     assert run["config"]["energy/carbon_g_per_kwh"] == pytest.approx(27.0)
     assert "nordic" in run["config"]["energy/carbon_source"]
 

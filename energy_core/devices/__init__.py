@@ -4,7 +4,7 @@
 * `ledger` - a source's readings turned into monotone joules: resets, glitches and gaps
   handled the same way for every vendor;
 * `nvidia` - NVIDIA GPUs through NVML; `rapl` - CPU package and DRAM through Linux RAPL;
-  `cpu_estimate` - TDP x utilisation where RAPL cannot be read.
+  `cpu_estimate` - this process tree's CPU time (and memory) where RAPL cannot be read.
 
 A new GPU vendor is a module with the functions of `GPU_VENDORS`' members
 (``discover_gpus``, ``boards``, ``board_by_uuid``, ``driver_version``), listed there.
@@ -52,6 +52,7 @@ def discover(
     gpu_indices: Sequence[int] | None = None,
     node_devices: bool = True,
     rapl_root: Path | None = None,
+    cpu_tdp_w: float | None = None,
 ) -> tuple[list[EnergySource], list[Notice]]:
     """Open a source for every device of the requested kinds this process should measure.
 
@@ -61,6 +62,7 @@ def discover(
         gpu_indices: Only these visible GPUs (one rank's); None means all visible.
         node_devices: Open CPU and DRAM sources (False on all but one rank of a node).
         rapl_root: The powercap directory, for tests.
+        cpu_tdp_w: The CPU socket's TDP for the CPU estimate, instead of codecarbon's table.
 
     Returns:
         The sources and the notices to show once. Missing hardware is not an error.
@@ -79,13 +81,20 @@ def discover(
         notices += found
         measured = {s.info.kind for s in readers}
         if "cpu" in node_kinds and "cpu" not in measured:
-            estimate, found = cpu_estimate.estimate_cpu()
+            estimate, found = cpu_estimate.estimate_cpu(cpu_tdp_w)
             sources.append(estimate)
             notices += found
         if "dram" in node_kinds and "dram" not in measured and explicit:
-            notices.append(Notice("warn", "DRAM energy was requested but no readable RAPL DRAM domain exists."))
-    if not sources:
-        notices.append(Notice("warn", f"No device of {list(kinds)} can be measured: energy stays at zero."))
+            dram, found = cpu_estimate.estimate_dram()
+            sources.append(dram)
+            notices += found
+    if explicit and "gpu" in kinds and not any(s.info.kind == "gpu" for s in sources):
+        notices = [Notice("warn", n.text) if "GPU" in n.text else n for n in notices]  # asked for: a warning
+    if sources:
+        measured = ", ".join(s.info.name + (" (estimated)" if s.info.estimated else "") for s in sources)
+        notices.append(Notice("info", f"Measuring energy of: {measured}."))
+    else:
+        notices.append(Notice("warn", f"Nothing to measure among {', '.join(kinds)}: energy stays at zero."))
     return sources, notices
 
 

@@ -1,16 +1,29 @@
-"""Estimated CPU energy where RAPL cannot be read: TDP x utilisation.
+"""Estimated CPU (and DRAM) energy where RAPL cannot be read, charged to this process tree only.
 
-The TDP comes from codecarbon's bundled ``hardware/cpu_power.csv`` when the CPU model is
-listed, else 85 W per socket (codecarbon's own constant for unknown CPUs). Utilisation is
-the whole machine's busy fraction from ``psutil.cpu_times()`` between two samples. The
-result is a model, not a measurement: the source is flagged ``estimated`` and every
-report says so.
+**CPU**: watts per busy thread x the CPU-seconds of this process and its descendants
+(dataloader workers included), from psutil. Other users' processes, and other jobs on a
+shared VM host, are never counted, and a process cannot be charged for more threads than
+it can run on.
+
+* watts per thread = the socket's TDP (codecarbon's ``hardware/cpu_power.csv``, or the
+  ``cpu_tdp_w`` argument) / the socket's threads (twice the core count the model name
+  gives, e.g. "64-Core"; else the logical CPUs per socket the OS shows);
+* a model not in the table: `DEFAULT_W_PER_THREAD` (4 W, CodeCarbon 3.3's figure for an
+  unknown CPU), unless ``cpu_tdp_w`` is given.
+
+**DRAM** (only when ``devices`` names ``"dram"`` and RAPL has no DRAM domain):
+`DRAM_W_PER_GB` x the resident memory of the process tree.
+
+Both are models, not measurements: the sources are flagged ``estimated`` and every
+report says so. docs/cpu_estimate.md says how far off they can be.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import re
+import time
 from pathlib import Path
 
 import psutil
@@ -19,8 +32,11 @@ from energy_core.codecarbon_data import load_csv
 from energy_core.devices.source import EnergySource, Reading, SourceInfo
 from energy_core.notices import Notice
 
-DEFAULT_TDP_W = 85.0
+DEFAULT_W_PER_THREAD = 4.0  # CodeCarbon 3.3 for a CPU model it does not know
+DRAM_W_PER_GB = 0.375  # 3 W per 8 GB (CodeCarbon before 3.0): DDR4 under load
+CHILD_SCAN_S = 2.0  # how often the list of descendant processes is refreshed
 _NOISE = re.compile(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|@\s*[\d.]+\s*ghz|\d+-core", re.IGNORECASE)
+_CORES = re.compile(r"(\d+)-core", re.IGNORECASE)
 
 
 def cpu_model() -> tuple[str, int]:
@@ -61,54 +77,142 @@ def lookup_tdp(model: str) -> float | None:
     return None
 
 
-def _busy_and_total() -> tuple[float, float]:
-    times = psutil.cpu_times()
-    total = sum(times)
-    idle = times.idle + getattr(times, "iowait", 0.0)
-    return total - idle, total
+def threads_per_socket(model: str, sockets: int) -> int:
+    """Hardware threads of one socket: 2 x the model's "N-Core", else what the OS shows."""
+    cores = _CORES.search(model)
+    if cores:
+        return 2 * int(cores.group(1))
+    return max(1, (psutil.cpu_count(logical=True) or 1) // sockets)
+
+
+def visible_cpus() -> float:
+    """Logical CPUs this process may run on: its affinity, capped by a cgroup v2 CPU quota."""
+    try:
+        count: float = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = psutil.cpu_count(logical=True) or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            count = min(count, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
+class ProcessTree:
+    """CPU time and resident memory of a process and its descendants.
+
+    Args:
+        pid: The root process (default: this one).
+
+    Descendants are listed every `CHILD_SCAN_S` (a full scan reads every process's
+    /proc entry); their times are read at every call, and a descendant that ended keeps
+    the last time seen, so the total never goes back.
+    """
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.root = psutil.Process(pid)
+        self._children: list[psutil.Process] = []
+        self._seen_s: dict[tuple[int, float], float] = {}
+        self._scanned = -CHILD_SCAN_S
+
+    def _descendants(self) -> list[psutil.Process]:
+        if time.monotonic() - self._scanned >= CHILD_SCAN_S:
+            self._scanned = time.monotonic()
+            try:
+                self._children = self.root.children(recursive=True)
+            except psutil.Error:
+                self._children = []
+        return self._children
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the tree since each process started."""
+        own = self.root.cpu_times()
+        for child in self._descendants():
+            try:
+                times = child.cpu_times()
+                key = (child.pid, child.create_time())
+            except psutil.Error:
+                continue
+            self._seen_s[key] = max(self._seen_s.get(key, 0.0), times.user + times.system)
+        return own.user + own.system + sum(self._seen_s.values())
+
+    def rss_bytes(self) -> float:
+        """Resident memory of the tree's live processes."""
+        total = float(self.root.memory_info().rss)
+        for child in self._descendants():
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                continue
+        return total
 
 
 class EstimatedCpuSource(EnergySource):
-    """Estimated CPU energy: TDP x sockets x utilisation, integrated between samples.
+    """Estimated CPU energy: watts per busy thread x the process tree's CPU-seconds.
 
     Args:
-        tdp_w: Thermal design power of one socket, in watts.
-        sockets: Number of CPU packages.
-        model: CPU model name, for the record.
+        w_per_thread: Watts charged per busy hardware thread.
+        detail: How the figure was chosen, for the record.
+        tree: The process tree measured (default: this process's).
     """
 
-    def __init__(self, tdp_w: float, sockets: int, model: str) -> None:
-        self.tdp_w = tdp_w
-        self.sockets = sockets
-        self._joules = 0.0
-        self._last_t: float | None = None
-        self._last_busy, self._last_total = _busy_and_total()
-        self.info = SourceInfo(
-            name="cpu0",
-            kind="cpu",
-            method="tdp-x-utilisation",
-            estimated=True,
-            detail=f"{model}, {sockets} x {tdp_w:g} W TDP",
-        )
+    def __init__(self, w_per_thread: float, detail: str, tree: ProcessTree | None = None) -> None:
+        self.w_per_thread = w_per_thread
+        self.tree = tree or ProcessTree()
+        self.max_power_w = 2 * w_per_thread * max(1.0, visible_cpus())
+        self._base_s = self.tree.cpu_seconds()
+        self.info = SourceInfo(name="cpu0", kind="cpu", method="process-cpu-time-x-w-per-thread", estimated=True,
+                               detail=detail)  # fmt: skip
 
     def read(self, now: float) -> Reading:
-        busy, total = _busy_and_total()
-        if self._last_t is not None and total > self._last_total:
-            utilisation = min(1.0, max(0.0, (busy - self._last_busy) / (total - self._last_total)))
-            self._joules += self.tdp_w * self.sockets * utilisation * (now - self._last_t)
-        self._last_t, self._last_busy, self._last_total = now, busy, total
-        return Reading(joules=self._joules)
+        return Reading(joules=self.w_per_thread * (self.tree.cpu_seconds() - self._base_s))
 
 
-def estimate_cpu() -> tuple[EstimatedCpuSource, list[Notice]]:
-    """An estimated CPU source and the one warning that says it is an estimate."""
+class EstimatedDramSource(EnergySource):
+    """Estimated DRAM power: `DRAM_W_PER_GB` x the process tree's resident memory.
+
+    Args:
+        tree: The process tree measured (default: this process's).
+    """
+
+    def __init__(self, tree: ProcessTree | None = None) -> None:
+        self.tree = tree or ProcessTree()
+        detail = f"{DRAM_W_PER_GB:g} W per GB of the process tree's resident memory (3 W per 8 GB)"
+        self.info = SourceInfo(name="dram0", kind="dram", method="rss-x-w-per-gb", estimated=True, detail=detail)
+
+    def read(self, now: float) -> Reading:
+        return Reading(watts=DRAM_W_PER_GB * self.tree.rss_bytes() / 1e9)
+
+
+def estimate_cpu(cpu_tdp_w: float | None = None) -> tuple[EstimatedCpuSource, list[Notice]]:
+    """An estimated CPU source and the one warning that says it is an estimate.
+
+    Args:
+        cpu_tdp_w: The socket's TDP in W, instead of codecarbon's table.
+    """
     model, sockets = cpu_model()
-    tdp = lookup_tdp(model)
-    where = "codecarbon's CPU table" if tdp is not None else f"default {DEFAULT_TDP_W:g} W: model not listed"
-    tdp = DEFAULT_TDP_W if tdp is None else tdp
-    source = EstimatedCpuSource(tdp, sockets, model)
+    threads = threads_per_socket(model, sockets)
+    tdp = cpu_tdp_w if cpu_tdp_w is not None else lookup_tdp(model)
+    if tdp is not None:
+        per_thread = tdp / threads
+        origin = "cpu_tdp_w" if cpu_tdp_w is not None else "codecarbon's CPU table"
+        why = f"{tdp:g} W TDP ({origin}) / {threads} threads per socket"
+    else:
+        per_thread = DEFAULT_W_PER_THREAD
+        why = f"model not in codecarbon's table: {DEFAULT_W_PER_THREAD:g} W per thread, as CodeCarbon"
+    detail = f"{model}: {per_thread:.3g} W per busy thread ({why}); {visible_cpus():g} logical CPUs visible"
     text = (
-        f"CPU energy is ESTIMATED as TDP x utilisation ({model}: {sockets} x {tdp:g} W, {where}), "
-        "not read from a hardware counter."
+        f"CPU energy is ESTIMATED, not read from a hardware counter (no readable RAPL): {per_thread:.3g} W per busy "
+        f"thread x the CPU time of this process and its children ({model}: {why}). Pass cpu_tdp_w= with the "
+        "socket's TDP for a better figure."
     )
+    return EstimatedCpuSource(per_thread, detail), [Notice("warn", text)]
+
+
+def estimate_dram() -> tuple[EstimatedDramSource, list[Notice]]:
+    """An estimated DRAM source and the one warning that says it is an estimate."""
+    source = EstimatedDramSource()
+    text = f"DRAM energy is ESTIMATED (no readable RAPL DRAM domain): {source.info.detail}."
     return source, [Notice("warn", text)]

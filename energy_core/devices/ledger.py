@@ -88,7 +88,7 @@ class Ledger:
         reading: Reading | None
         try:
             reading = self.source.read(now)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any reader failure is a gap, never a crash
             self.last_error = f"{type(err).__name__}: {err}"
             reading = None
         if reading is None or (reading.joules is None and reading.watts is None):

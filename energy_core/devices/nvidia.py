@@ -104,7 +104,7 @@ def _torch_visible_uuids() -> list[str] | None:
         if not torch.cuda.is_available():
             return None
         return ["GPU-" + str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
-    except Exception:
+    except Exception:  # noqa: BLE001 - torch without CUDA, odd builds: fall back to the environment variable
         return None
 
 
@@ -178,7 +178,7 @@ def discover_gpus(cuda_indices: Sequence[int] | None = None) -> tuple[list[Nvidi
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as err:
-        return [], [Notice("info", f"No NVIDIA GPU measured (NVML: {err}); measuring CPU/DRAM only.")]
+        return [], [Notice("info", f"No NVIDIA GPU measured (NVML: {err}).")]
     notices: list[Notice] = []
     try:
         gpus = visible_gpus()
@@ -187,7 +187,7 @@ def discover_gpus(cuda_indices: Sequence[int] | None = None) -> tuple[list[Nvidi
     if cuda_indices is not None:
         gpus = [g for g in gpus if g.cuda_index in set(cuda_indices)]
     if not gpus:
-        notices.append(Notice("info", "No NVIDIA GPU visible to this process; measuring CPU/DRAM only."))
+        notices.append(Notice("info", "No NVIDIA GPU visible to this process."))
     sources = []
     for gpu in gpus:
         try:

@@ -2,6 +2,7 @@
 
     python -m tests.scripts.distributed_budget lightning OUT        # Lightning starts rank 1 itself
     torchrun --nproc_per_node=2 -m tests.scripts.distributed_budget hf OUT
+    python -m tests.scripts.distributed_budget lightning OUT raise  # rank 0 fails at its 5th step
 
 Only local rank 0 measures the node's CPU (a fake RAPL tree at a known 60 W); rank 1
 measures nothing, so it would never stop on its own: both ranks must take rank 0's
@@ -35,10 +36,10 @@ def fake_hardware() -> None:
     rapl.POWERCAP_ROOT = tree.root
 
 
-def run_lightning(out: Path) -> None:
+def run_lightning(out: Path, fail: bool = False) -> None:
     import lightning.pytorch as pl
 
-    from lightning_energy import EnergyBudget
+    from lightning_energy import EnergyBudget, EnergyMonitor
     from tests.helpers.lightning_models import make_module, regression_data
 
     budget = EnergyBudget(max_kwh=LIMIT_KWH, forecast="off", sample_interval_s=0.02)
@@ -52,9 +53,19 @@ def run_lightning(out: Path) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[budget],
+        callbacks=[EnergyMonitor(sample_interval_s=0.02), budget] if fail else [budget],
     )
-    trainer.fit(make_module(pl, step_sleep_s=SLEEP_S), regression_data(160))
+    module = make_module(pl, step_sleep_s=SLEEP_S)
+    if fail:
+        original = module.training_step
+
+        def failing_step(batch, batch_idx):
+            if batch_idx == 5 and trainer.global_rank == 0:
+                raise RuntimeError("rank 0 fails")
+            return original(batch, batch_idx)
+
+        module.training_step = failing_step
+    trainer.fit(module, regression_data(160))
     rank = trainer.global_rank
     measured = budget.tracker.totals()["energy/total_kwh"]
     (out / f"rank{rank}.json").write_text(
@@ -86,5 +97,5 @@ if __name__ == "__main__":
     framework, out_dir = sys.argv[1], Path(sys.argv[2])
     out_dir.mkdir(parents=True, exist_ok=True)
     fake_hardware()
-    run_lightning(out_dir) if framework == "lightning" else run_hf(out_dir)
+    run_lightning(out_dir, fail=sys.argv[3:] == ["raise"]) if framework == "lightning" else run_hf(out_dir)
     end_process_group()

@@ -71,7 +71,7 @@ def codecarbon(mode: str) -> Iterator[Callable[[], float]]:
 def carbontracker() -> Iterator[Callable[[], float]]:
     from carbontracker.tracker import CarbonTracker
 
-    tracker = CarbonTracker(epochs=1, components="cpu", monitor_epochs=1, verbose=0, log_dir=None,
+    tracker = CarbonTracker(epochs=2, components="cpu", monitor_epochs=2, verbose=0, log_dir=None,
                             update_interval=1)  # fmt: skip
     tracker.epoch_start()
     result: dict[str, float] = {}

@@ -9,13 +9,18 @@ Imports neither Lightning nor transformers. The layers, bottom up (docs/architec
 * `window`, `totals`, `ranks`, `job` - a logging window, run totals, sums over a job;
 * `tracker` - the bookkeeping the framework adapters share; `metrics`, `keys`, `summary`,
   `header`, `record` - what it writes and logs;
-* `budget`, `power` - energy budgets and GPU power caps; `report` - the report command.
+* `budget`, `power` - energy budgets and GPU power caps; `report` - the report command;
+* `loop` - `EnergyLoop`: all of it for a loop without a Trainer (plain PyTorch, Fabric,
+  Accelerate).
 """
 
+from energy_core.budget import BudgetRule
 from energy_core.carbon import CarbonIntensity, co2e_kg, resolve_intensity
+from energy_core.loop import EnergyLoop
 from energy_core.meter import EnergyMeter
 from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
+from energy_core.power import PowerCapRun
 from energy_core.ranks import Ranks
 from energy_core.record import RunRecord
 from energy_core.totals import J_PER_KWH, RunTotals
@@ -23,12 +28,15 @@ from energy_core.tracker import EnergyTracker
 
 __all__ = [
     "J_PER_KWH",
+    "BudgetRule",
     "CarbonIntensity",
+    "EnergyLoop",
     "EnergyMeter",
     "EnergyTracker",
     "MeasureArgs",
     "MeasureOptions",
     "Notice",
+    "PowerCapRun",
     "Ranks",
     "RunRecord",
     "RunTotals",

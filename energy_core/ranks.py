@@ -111,3 +111,37 @@ class Ranks:
         if not self.distributed or self.gather is None:
             return None
         return self.gather(obj)
+
+
+def torch_distributed(local_rank: int, gpu_index: int | None = None, device: Any = None) -> Ranks:
+    """A `Ranks` with ``torch.distributed``'s collectives (one process when it is not initialised).
+
+    For loops without a Trainer (plain PyTorch, Fabric, Accelerate) and the HF adapter.
+
+    Args:
+        local_rank: This process's rank on its node.
+        gpu_index: The visible GPU this rank trains on (None: none of its own).
+        device: Where the collectives' tensors live (the process group's device; CPU for gloo).
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return Ranks(local_rank=local_rank, gpu_index=gpu_index)
+
+    def total(values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.tolist()
+
+    def gather(obj: Any) -> list[Any]:
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def any_rank(flag: bool) -> bool:
+        value = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    return Ranks(dist.get_rank(), local_rank, dist.get_world_size(), gpu_index, total, gather, any_rank)

@@ -14,6 +14,7 @@ from transformers.utils import logging
 
 from energy_core import Notice, Ranks
 from energy_core.notices import warn_at_user_code
+from energy_core.ranks import torch_distributed
 
 logger = logging.get_logger("hf_energy")
 
@@ -44,29 +45,5 @@ def rank_gpu(args: TrainingArguments) -> int | None:
 
 def ranks_of(args: TrainingArguments) -> Ranks:
     """This process's part in the job, with ``torch.distributed`` collectives when initialised."""
-    import torch.distributed as dist
-
-    if args.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
-        return Ranks(rank=args.process_index, local_rank=args.local_process_index)
-    import torch
-
-    device = args.device
-
-    def total(values: list[float]) -> list[float]:
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor.tolist()
-
-    def gather(obj: Any) -> list[Any]:
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, obj)
-        return gathered
-
-    def any_rank(flag: bool) -> bool:
-        value = torch.tensor([1.0 if flag else 0.0], device=device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
-
-    return Ranks(
-        dist.get_rank(), args.local_process_index, dist.get_world_size(), rank_gpu(args), total, gather, any_rank
-    )
+    ranks = torch_distributed(args.local_process_index, rank_gpu(args), args.device)
+    return ranks if ranks.distributed else Ranks(rank=args.process_index, local_rank=args.local_process_index)

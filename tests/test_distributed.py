@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ["-m", "tests.scripts.distributed_budget"]
 
 
+def free_port() -> int:
+    """A port no one listens on now (other test runs on this machine may use fixed ones)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def run_ranks(command: list[str], out: Path, world: int = 2) -> list[dict]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
@@ -33,7 +42,7 @@ def test_lightning_ddp_budget_stops_every_rank_at_the_same_step(tmp_path) -> Non
 
 @pytest.mark.timeout(300)
 def test_hf_torchrun_budget_stops_every_rank_at_the_same_step(tmp_path) -> None:
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     rank0, rank1 = run_ranks([*torchrun, *SCRIPT, "hf", str(tmp_path)], tmp_path)
     assert rank0["stopped"] and rank1["stopped"]
     assert rank0["step"] == rank1["step"] < 20 * 20
@@ -43,7 +52,8 @@ def test_hf_torchrun_budget_stops_every_rank_at_the_same_step(tmp_path) -> None:
 @pytest.mark.timeout(300)
 def test_an_exception_on_one_rank_does_not_hang_the_job(tmp_path) -> None:
     """Rank 0 fails mid-epoch: our exception hooks end its figures without waiting for rank 1."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}  # fmt: skip
     command = [sys.executable, *SCRIPT, "lightning", str(tmp_path), "raise"]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode != 0 and "rank 0 fails" in done.stderr
@@ -95,7 +105,7 @@ def test_lightning_ddp_totals_are_summed_once_across_ranks(tmp_path) -> None:
 
 @pytest.mark.timeout(300)
 def test_hf_torchrun_totals_are_summed_once_across_ranks(tmp_path) -> None:
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     ranks = run_ranks([*torchrun, *TOTALS, "hf", str(tmp_path)], tmp_path, 2)
     check_job_totals(ranks, nodes=1, record=tmp_path / "energy.jsonl")
 
@@ -103,6 +113,7 @@ def test_hf_torchrun_totals_are_summed_once_across_ranks(tmp_path) -> None:
 @pytest.mark.timeout(300)
 def test_two_nodes_on_loopback_count_node_energy_once_per_node(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    port = free_port()
     nodes = []
     for node_rank in (0, 1):
         command = [
@@ -113,7 +124,7 @@ def test_two_nodes_on_loopback_count_node_energy_once_per_node(tmp_path) -> None
             "--nproc_per_node=2",
             f"--node_rank={node_rank}",
             "--master_addr=127.0.0.1",
-            "--master_port=29521",
+            f"--master_port={port}",
             *TOTALS,
             "hf",
             str(tmp_path),

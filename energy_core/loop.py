@@ -1,0 +1,263 @@
+"""EnergyLoop: the callbacks' figures for a loop without a Trainer (plain PyTorch, Fabric, Accelerate).
+
+The same measurement, metric keys, run record, budgets and power caps as the Lightning
+and Hugging Face callbacks, driven by a few calls from your loop: `EnergyLoop.step` after
+each optimizer step (it returns the window's metrics every ``log_every_n_steps`` steps,
+else ``{}``), `EnergyLoop.start_epoch`/`EnergyLoop.end_epoch`, `EnergyLoop.stage` around
+validation, and leaving the ``with`` block (or `EnergyLoop.close`) at the end. Log the
+dictionaries wherever you log: ``fabric.log_dict(metrics, step=...)``,
+``accelerator.log(metrics, step=...)``, TensorBoard, W&B.
+
+Example:
+    >>> from energy_core import EnergyLoop
+    >>> with EnergyLoop(country="FRA", log_every_n_steps=50) as energy:      # doctest: +SKIP
+    ...     for epoch in range(3):
+    ...         energy.start_epoch()
+    ...         for batch in loader:
+    ...             train_step(batch)
+    ...             if metrics := energy.step(batch):
+    ...                 print(metrics["power/total_w"], metrics["energy/total_kwh"])
+    ...             if energy.should_stop:  # a budget was spent
+    ...                 break
+    ...         with energy.stage("val"):
+    ...             validate()
+    ...         print(energy.end_epoch())
+    >>> print(energy.summary)                                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any
+
+from typing_extensions import Unpack
+
+from energy_core import checks
+from energy_core.budget import BudgetAction, BudgetRule
+from energy_core.budget_run import BudgetRun
+from energy_core.notices import Notice, warn_at_user_code
+from energy_core.options import MeasureArgs, MeasureOptions
+from energy_core.power.cap import PowerCapRun
+from energy_core.ranks import Ranks
+from energy_core.tracker import EnergyTracker
+
+logger = logging.getLogger("energy_core")
+
+
+def show(notice: Notice) -> None:
+    """The default way notices reach the user: warnings as warnings, the rest on ``logging``."""
+    if notice.level == "warn":
+        warn_at_user_code(notice.text)
+    else:
+        logger.info(notice.text)
+
+
+class EnergyLoop:
+    """Energy, power, throughput and CO2e of a hand-written training loop.
+
+    Args:
+        log_every_n_steps: Close a logging window every this many optimizer steps.
+        budget: Stop on an energy or carbon budget (`should_stop` turns True; forecasts
+            need ``total_steps``).
+        power_cap: Cap GPU power while the loop runs (restored on every way out).
+        total_steps: Optimizer steps the loop will take, for the budget's forecast.
+        epoch_steps: Optimizer steps per epoch, for the budget's forecast.
+        ranks: This process's part in a multi-process job, with its collectives (see
+            `energy_core.ranks.torch_distributed`); one process by default.
+        notify: Where notices go (default: warnings and the ``energy_core`` logger).
+        **measure: The measurement arguments of `MeasureOptions` (``devices``,
+            ``country``, ``pue``, ``record_path``, ...).
+
+    Raises:
+        TypeError, ValueError: naming the argument, for any invalid value.
+
+    Metrics (the same keys as the callbacks): ``energy/step_j``, ``energy/total_kwh``,
+    ``energy/{gpu,cpu,dram}_kwh``, ``power/total_w``, ``power/gpu{i}_w``,
+    ``throughput/samples_per_s``, ``throughput/tokens_per_s``, ``efficiency/j_per_sample``,
+    ``efficiency/j_per_token``, ``carbon/co2e_kg``, ``carbon/intensity_g_per_kwh`` from
+    `step`; ``energy/epoch_kwh`` from `end_epoch`; ``energy/<stage>_kwh`` from `stage`;
+    ``budget/remaining_kwh``, ``budget/forecast_kwh`` with a budget; ``power/cap_w`` with
+    a cap.
+    """
+
+    def __init__(
+        self,
+        *,
+        log_every_n_steps: int = 50,
+        budget: BudgetRule | None = None,
+        power_cap: PowerCapRun | None = None,
+        total_steps: int | None = None,
+        epoch_steps: int | None = None,
+        ranks: Ranks | None = None,
+        notify: Callable[[Notice], None] = show,
+        **measure: Unpack[MeasureArgs],
+    ) -> None:
+        self.log_every_n_steps = checks.integer("log_every_n_steps", log_every_n_steps, low=1)
+        self.total_steps = checks.integer("total_steps", total_steps, low=1, optional=True)
+        self.epoch_steps = checks.integer("epoch_steps", epoch_steps, low=1, optional=True)
+        if budget is not None and not isinstance(budget, BudgetRule):
+            raise TypeError(f"budget must be a BudgetRule or None, got {type(budget).__name__}")
+        if power_cap is not None and not isinstance(power_cap, PowerCapRun):
+            raise TypeError(f"power_cap must be a PowerCapRun or None, got {type(power_cap).__name__}")
+        options = MeasureOptions.of("EnergyLoop", dict(measure))
+        self.tracker = EnergyTracker(options)
+        self.budget = BudgetRun(budget, options) if budget is not None else None
+        self.power_cap = power_cap
+        self.ranks = ranks or Ranks()
+        self.notify = notify
+        self.steps = 0
+        self.epochs = 0
+        self.should_stop = False
+        self.last_metrics: dict[str, float] = {}
+        self._started = False
+
+    # ------------------------------------------------------------------ start and end
+    def start(self) -> EnergyLoop:
+        """Start measuring (and cap, and watch the budget). `with EnergyLoop(...)` calls it."""
+        if self._started:
+            return self
+        self._started = True
+        self.tracker.join(self.ranks)
+        settings = {"log_every_n_steps": self.log_every_n_steps, "total_steps": self.total_steps,
+                    "world_size": self.ranks.world_size}  # fmt: skip
+        self.tracker.describe(framework="energy_core.EnergyLoop", loop=settings)
+        self._show(self.tracker.start_fit(self.steps, resumed=self.steps > 0))
+        if self.power_cap is not None:
+            self._show(self.power_cap.start_on(self.ranks))
+            self.power_cap.publish(self.tracker)
+            if self.power_cap.cap_w is not None:
+                self.power_cap.record(self.tracker, "applied")
+            if self.ranks.leads_node:
+                self._show(self.power_cap.start_search(self.tracker.meter))
+        if self.budget is not None:
+            self.budget.bind(self.tracker, self.ranks, self.steps)
+            self._act(self.budget.begin(self.steps, self.total_steps, self.epoch_steps))
+        return self
+
+    def close(self, status: str = "completed", collective: bool = True) -> dict[str, float]:
+        """End the run: final totals, the record's summary, the previous power limits back.
+
+        Args:
+            status: How the loop ended, for the record.
+            collective: False when the other ranks may not get here (an exception).
+        """
+        if not self._started:
+            return {}
+        self._started = False
+        metrics = self.tracker.end_fit(self.steps, status=status, collective=collective)
+        if self.power_cap is not None:
+            self._show([Notice("info", m) for m in self.power_cap.finish(self.tracker)])
+        self.tracker.close()
+        self._show(self.tracker.pop_notices())
+        self.last_metrics.update(metrics)
+        return metrics
+
+    def __enter__(self) -> EnergyLoop:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if kind is None:
+            self.close()
+        else:
+            status = "interrupted" if issubclass(kind, KeyboardInterrupt) else f"exception: {kind.__name__}"
+            self.close(status, collective=False)
+
+    # ------------------------------------------------------------------ the loop
+    def count(self, batch: Any) -> None:
+        """Count a micro-batch's samples and tokens (with gradient accumulation; `step` counts one)."""
+        self.tracker.add_batch(batch)
+
+    def step(self, batch: Any = None) -> dict[str, float]:
+        """After an optimizer step: count ``batch`` (if given); every `log_every_n_steps`
+        steps, the window's metrics (else ``{}``). Costs a few integer additions otherwise."""
+        if batch is not None:
+            self.tracker.add_batch(batch)
+        self.steps += 1
+        metrics: dict[str, float] = {}
+        if self.power_cap is not None and self.ranks.leads_node and self.power_cap.finder is not None:
+            changed = self.power_cap.on_step(self.steps)
+            if changed:
+                self.power_cap.publish(self.tracker)
+                metrics.update(changed)
+                if self.power_cap.finder.done:
+                    self.power_cap.record(self.tracker, "chosen")
+                    self._show([Notice("info", self.power_cap.finder.summary())])
+        if self.budget is not None and self.budget.active:
+            self._act(self.budget.check(self.steps))
+        if self.steps % self.log_every_n_steps == 0:
+            metrics.update(self.tracker.window(self.steps))
+            metrics.update(self._review(self.epochs))
+        return self._done(metrics)
+
+    def start_epoch(self) -> None:
+        self.tracker.start_epoch()
+
+    def end_epoch(self) -> dict[str, float]:
+        """At an epoch end: the partial window, the totals and ``energy/epoch_kwh``."""
+        metrics = self.tracker.end_epoch(self.steps, self.epochs)
+        self.epochs += 1
+        metrics.update(self._review(self.epochs))
+        return self._done(metrics)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[dict[str, float]]:
+        """Around a validation, test or predict run: its energy, kept out of training's.
+
+        Yields a dictionary that holds ``energy/<name>_kwh`` once the block ends.
+        """
+        figures: dict[str, float] = {}
+        self._show(self.tracker.start_stage(name))
+        try:
+            yield figures
+        finally:
+            figures.update(self._done(self.tracker.end_stage(name, self.steps)))
+
+    # ------------------------------------------------------------------ figures and state
+    @property
+    def summary(self) -> str:
+        """A few lines: energy, CO2e, work, other stages, gaps."""
+        return self.tracker.summary_text(self.tracker.totals())
+
+    def state_dict(self) -> dict[str, Any]:
+        """The totals and the step count, for your checkpoint."""
+        state: dict[str, Any] = {"energy": self.tracker.state_dict(), "steps": self.steps, "epochs": self.epochs}
+        if self.budget is not None:
+            state["budget"] = self.budget.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue a checkpointed loop (before `start`)."""
+        self.tracker.load_state_dict(state.get("energy"), own_share=self.ranks.leads_job)
+        self.steps = checks.integer("steps", state.get("steps", 0), low=0)
+        self.epochs = checks.integer("epochs", state.get("epochs", 0), low=0)
+        if self.budget is not None:
+            self.budget.load_state_dict(state.get("budget"))
+
+    def _review(self, epochs_done: int) -> dict[str, float]:
+        if self.budget is None or not self.budget.active:
+            return {}
+        metrics, action = self.budget.review(self.steps, epochs_done)
+        self._act(action)
+        return metrics
+
+    def _act(self, action: BudgetAction | None) -> None:
+        if action is None:
+            return
+        if action.kind == "stop":
+            self.should_stop = True
+        self._show([Notice("warn", action.reason)])
+
+    def _done(self, metrics: dict[str, float]) -> dict[str, float]:
+        self.last_metrics.update(metrics)
+        self._show(self.tracker.pop_notices())
+        return metrics
+
+    def _show(self, notices: list[Notice]) -> None:
+        if self.ranks.leads_job:
+            for notice in notices:
+                self.notify(notice)

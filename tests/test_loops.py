@@ -1,0 +1,97 @@
+"""EnergyLoop in loops without a Trainer: the examples (plain PyTorch, Fabric, Accelerate) on a known GPU.
+
+The simulated GPU draws 300 W, so every figure has a known value; the loggers' files are
+read back from disk.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from energy_core import J_PER_KWH, BudgetRule, EnergyLoop, PowerCapRun
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
+from tests.helpers.readback import csv_series, tensorboard_series
+from tests.helpers.records import read_record
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples" / "loops"))
+GPU_W = 300.0
+PERIOD_S = 0.02
+
+
+def known_gpu(sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S, default_limit_mw=400_000,
+                    min_limit_mw=100_000, max_limit_mw=450_000))  # fmt: skip
+
+
+def within_counter(joules: float, seconds: float) -> bool:
+    return abs(joules - GPU_W * seconds) <= 2 * PERIOD_S * GPU_W + 0.01 * GPU_W * seconds
+
+
+def test_plain_pytorch_loop_figures_and_record(tmp_path, sim_gpus) -> None:
+    import plain_pytorch
+
+    known_gpu(sim_gpus)
+    energy = plain_pytorch.main(["--record", str(tmp_path / "energy.jsonl")])
+    lines = read_record(tmp_path / "energy.jsonl")
+    epochs = [x for x in lines if x["type"] == "epoch"]
+    assert len(epochs) == 3 and lines[-1]["type"] == "summary" and lines[-1]["samples"] == 3 * 640
+    for line in epochs:  # each epoch, validation included, is the integral of the known power
+        assert within_counter(line["metrics"]["energy/epoch_kwh"] * J_PER_KWH, line["seconds"])
+    assert [s["stage"] for s in lines if s["type"] == "stage"] == ["val"] * 3
+    windows = [x for x in lines if x["type"] == "window"]
+    assert [w["step"] for w in windows if w["steps"] == 20] == [20, 40, 60, 80, 100, 120]
+    summary = lines[-1]
+    assert within_counter(summary["metrics"]["energy/gpu_kwh"] * J_PER_KWH, summary["seconds"])
+    assert energy.last_metrics["energy/gpu_kwh"] == summary["metrics"]["energy/gpu_kwh"]
+
+
+def test_fabric_loop_logs_through_fabric(tmp_path, sim_gpus) -> None:
+    import fabric_loop
+
+    known_gpu(sim_gpus)
+    energy = fabric_loop.main(["--logs", str(tmp_path / "logs")])
+    power = csv_series(tmp_path / "logs", "power/gpu0_w")
+    assert [step for step, _ in power][:4] == [10, 20, 30, 40]
+    assert sorted(w for _, w in power)[len(power) // 2] == pytest.approx(GPU_W, rel=0.1)  # the median window
+    logged = csv_series(tmp_path / "logs", "energy/gpu_kwh")
+    assert logged[-1][1] <= energy.last_metrics["energy/gpu_kwh"]  # the final total includes the tail
+
+
+def test_accelerate_loop_logs_through_its_trackers(tmp_path, sim_gpus) -> None:
+    import accelerate_loop
+
+    known_gpu(sim_gpus)
+    accelerate_loop.main(["--logs", str(tmp_path / "logs")])
+    power = tensorboard_series(tmp_path / "logs", "power/gpu0_w")
+    assert [step for step, _ in power][:3] == [10, 20, 30]
+    assert sorted(w for _, w in power)[len(power) // 2] == pytest.approx(GPU_W, rel=0.1)
+    co2 = tensorboard_series(tmp_path / "logs", "carbon/co2e_kg")
+    total = tensorboard_series(tmp_path / "logs", "energy/total_kwh")
+    assert co2[-1][1] == pytest.approx(total[-1][1] * 1.2 * 475.0 / 1000, rel=1e-3)  # PUE 1.2, world average
+
+
+def test_a_budget_and_a_cap_in_a_plain_loop(sim_gpus) -> None:
+    import time
+
+    known_gpu(sim_gpus)
+    seen = []
+    limit = GPU_W * 0.8 / J_PER_KWH  # about 0.8 s at 300 W (the cap is above the draw)
+    loop = EnergyLoop(devices=["gpu"], sample_interval_s=0.02, log_every_n_steps=5, budget=BudgetRule(max_kwh=limit),
+                      power_cap=PowerCapRun(watts=350))  # fmt: skip
+    sim = __import__("pynvml")
+    with loop as energy:
+        for _ in range(500):
+            time.sleep(0.01)
+            energy.step()
+            seen.append(sim.nvmlDeviceGetPowerManagementLimit(sim.nvmlDeviceGetHandleByIndex(0)))
+            if energy.should_stop:
+                break
+    assert energy.should_stop and energy.steps < 500
+    assert set(seen) == {350_000} and energy.last_metrics["power/cap_w"] == 350.0
+    assert sim.nvmlDeviceGetPowerManagementLimit(sim.nvmlDeviceGetHandleByIndex(0)) == 400_000  # put back
+    assert energy.last_metrics["energy/total_kwh"] >= limit

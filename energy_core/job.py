@@ -39,12 +39,15 @@ def sum_over_ranks(ranks: Ranks, local: RunTotals, window: WindowFigures | None,
     values |= {f"measured.{k}": float(k in local.energy_j) for k in DEVICE_KINDS}
     values |= {f"stage_j.{s}": local.stage_j.get(s, 0.0) for s in STAGES}
     values |= {"samples": local.samples, "tokens": local.tokens, "epoch_j": epoch_j}
+    values |= {"co2e_kg": local.co2e_kg, "cost": local.cost}
     values |= {"window.joules": win.joules, "window.samples": win.samples, "window.tokens": win.tokens}
     per_rank = {"rank_j": win.joules, "rank_gpu_j": sum(win.gpu_j.values()), "rank_has_gpu": float(bool(win.gpu_j))}
     sums, by_rank = ranks.sum_by_name(values, per_rank)
     energy = {k: sums[f"energy_j.{k}"] for k in DEVICE_KINDS if sums[f"measured.{k}"] > 0}
     stages = {s: sums[f"stage_j.{s}"] for s in STAGES}
-    totals = RunTotals(energy, stages, int(sums["samples"]), int(sums["tokens"]), local.fit_s)
+    totals = RunTotals(
+        energy, stages, int(sums["samples"]), int(sums["tokens"]), local.fit_s, sums["co2e_kg"], sums["cost"]
+    )
     if window is None or not ranks.distributed:
         return JobSums(totals, window, sums["epoch_j"])
     has_gpu = by_rank["rank_has_gpu"]

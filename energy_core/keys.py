@@ -22,6 +22,7 @@ J_PER_SAMPLE = "efficiency/j_per_sample"
 J_PER_TOKEN = "efficiency/j_per_token"
 CO2E_KG = "carbon/co2e_kg"
 INTENSITY = "carbon/intensity_g_per_kwh"
+COST = "cost/total"
 BUDGET_REMAINING = "budget/remaining_kwh"
 BUDGET_FORECAST = "budget/forecast_kwh"
 
@@ -47,6 +48,7 @@ CUMULATIVE_KEYS = (
     *(kind_kwh(k) for k in DEVICE_KINDS),
     CO2E_KG,
     INTENSITY,
+    COST,
     EPOCH_KWH,
     *(stage_kwh(s) for s in STAGES),
     BUDGET_REMAINING,

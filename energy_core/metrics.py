@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from energy_core import keys
-from energy_core.carbon import CarbonIntensity, co2e_kg
 from energy_core.totals import J_PER_KWH, RunTotals
 from energy_core.window import WindowFigures
 
 
-def cumulative(totals: RunTotals, intensity: CarbonIntensity, pue: float, cap_w: float | None) -> dict[str, float]:
-    """``energy/total_kwh``, ``energy/<kind>_kwh``, ``carbon/*`` and, while a cap is in force, ``power/cap_w``."""
-    total_kwh = totals.total_kwh
-    metrics = {keys.TOTAL_KWH: total_kwh}
+def cumulative(totals: RunTotals, g_per_kwh: float, priced: bool, cap_w: float | None) -> dict[str, float]:
+    """``energy/total_kwh``, ``energy/<kind>_kwh``, ``carbon/*`` (``g_per_kwh``: the intensity in
+    force now), ``cost/total`` when a price is set, ``power/cap_w`` while a cap is in force."""
+    metrics = {keys.TOTAL_KWH: totals.total_kwh}
     for kind in sorted(totals.energy_j):
         metrics[keys.kind_kwh(kind)] = totals.energy_j[kind] / J_PER_KWH
-    metrics[keys.CO2E_KG] = co2e_kg(total_kwh, pue, intensity.g_per_kwh)
-    metrics[keys.INTENSITY] = intensity.g_per_kwh
+    metrics[keys.CO2E_KG] = totals.co2e_kg
+    metrics[keys.INTENSITY] = g_per_kwh
+    if priced:
+        metrics[keys.COST] = totals.cost
     if cap_w is not None:
         metrics[keys.CAP_W] = cap_w
     return metrics

@@ -15,11 +15,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from numbers import Real
 from typing import Any, TypedDict
 
 from energy_core import checks
 from energy_core.carbon import CarbonIntensity, resolve_intensity
 from energy_core.devices import DEVICE_KINDS
+from energy_core.intensity import ElectricityMaps, Factor, Fixed, Series
 from energy_core.notices import Notice
 
 MIN_INTERVAL_S, MAX_INTERVAL_S = 0.001, 60.0
@@ -38,6 +40,10 @@ class MeasureArgs(TypedDict, total=False):
     pue: float
     record_path: str | os.PathLike[str] | None
     cpu_tdp_w: float | None
+    carbon_intensity_series: str | os.PathLike[str] | None
+    electricity_maps_zone: str | None
+    price_per_kwh: float | str | os.PathLike[str] | None
+    currency: str
 
 
 def parse_devices(devices: Any) -> tuple[tuple[str, ...], bool]:
@@ -57,6 +63,13 @@ def parse_devices(devices: Any) -> tuple[tuple[str, ...], bool]:
     if not kinds or len(kinds) != len(set(devices)) or any(d not in DEVICE_KINDS for d in kinds):
         raise ValueError(f"devices must be {allowed}; got {devices!r}")
     return kinds, True
+
+
+def _price(value: Any) -> float | str | None:
+    """``price_per_kwh``: a number >= 0, or the path of a price series."""
+    if value is None or (isinstance(value, Real) and not isinstance(value, bool)):
+        return checks.number("price_per_kwh", value, low=0, optional=True, what="a number >= 0 or a CSV series path")
+    return checks.file_path("price_per_kwh", value)
 
 
 def check_interval(sample_interval_s: Any) -> float:
@@ -85,6 +98,15 @@ class MeasureOptions:
         record_path: Append a JSON-lines run record to this file (written by rank 0).
         cpu_tdp_w: The CPU socket's TDP in W, for the CPU estimate used where RAPL cannot be
             read (instead of codecarbon's table, or 4 W per thread for an unknown model).
+        carbon_intensity_series: A CSV file of the grid intensity over time (header row;
+            ISO 8601 timestamp with its UTC offset, g/kWh; each value holds until the next):
+            CO2e is charged window by window at the value in force.
+        electricity_maps_zone: The live intensity of this Electricity Maps zone (e.g.
+            ``"FR"``), refreshed every 15 minutes off the training thread; the token comes
+            from ``$ELECTRICITYMAPS_API_KEY``. Falls back to the location lookup.
+        price_per_kwh: Electricity price per kWh (PUE applied), a number or a CSV series
+            like the intensity's: ``cost/total`` is logged.
+        currency: The price's currency, an ISO 4217 code (``"EUR"``).
 
     Raises:
         TypeError: naming the argument, for a value of the wrong type (a bool is not a number).
@@ -102,6 +124,10 @@ class MeasureOptions:
     pue: float = 1.0
     record_path: str | None = None
     cpu_tdp_w: float | None = None
+    carbon_intensity_series: str | None = None
+    electricity_maps_zone: str | None = None
+    price_per_kwh: float | str | None = None
+    currency: str = "EUR"
 
     @classmethod
     def of(cls, owner: str, kwargs: dict[str, Any]) -> MeasureOptions:
@@ -123,10 +149,25 @@ class MeasureOptions:
             "pue": checks.number("pue", self.pue, low=1),
             "record_path": checks.file_path("record_path", self.record_path),
             "cpu_tdp_w": checks.number("cpu_tdp_w", self.cpu_tdp_w, low=0, low_open=True, optional=True, unit=" W"),
+            "carbon_intensity_series": checks.file_path("carbon_intensity_series", self.carbon_intensity_series),
+            "electricity_maps_zone": checks.text(
+                "electricity_maps_zone", self.electricity_maps_zone, what="an Electricity Maps zone such as 'FR'"
+            ),  # fmt: skip
+            "price_per_kwh": _price(self.price_per_kwh),
+            "currency": checks.text("currency", self.currency, optional=False, what="an ISO 4217 code such as 'EUR'"),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+        if not (len(self.currency) == 3 and self.currency.isalpha() and self.currency.isupper()):
+            raise ValueError(f"currency must be an ISO 4217 code such as 'EUR', got {self.currency!r}")
+        chosen = [n for n in ("carbon_intensity_g_per_kwh", "carbon_intensity_series", "electricity_maps_zone")
+                  if getattr(self, n) is not None]  # fmt: skip
+        if len(chosen) > 1:
+            raise ValueError(f"give one of carbon_intensity_g_per_kwh, carbon_intensity_series and "
+                             f"electricity_maps_zone, not {' and '.join(chosen)}")  # fmt: skip
         self.intensity()  # checks the location and intensity arguments now, not at fit start
+        self.carbon_factor()  # and parses a series file now
+        self.price_factor()
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -143,6 +184,24 @@ class MeasureOptions:
         return resolve_intensity(
             self.country, self.region, self.cloud_provider, self.cloud_region, self.carbon_intensity_g_per_kwh
         )
+
+    def carbon_factor(self) -> Factor:
+        """The grid intensity over time these options select (see `energy_core.intensity`)."""
+        located, _ = self.intensity()
+        fixed = Fixed(located.g_per_kwh, located.source)
+        if self.carbon_intensity_series is not None:
+            return Series(self.carbon_intensity_series, "carbon_intensity_series", "g/kWh")
+        if self.electricity_maps_zone is not None:
+            return ElectricityMaps(self.electricity_maps_zone, fixed)
+        return fixed
+
+    def price_factor(self) -> Factor | None:
+        """The electricity price over time, or None without ``price_per_kwh``."""
+        if self.price_per_kwh is None:
+            return None
+        if isinstance(self.price_per_kwh, float):
+            return Fixed(self.price_per_kwh, f"price_per_kwh={self.price_per_kwh:g} {self.currency}")
+        return Series(self.price_per_kwh, "price_per_kwh", f"{self.currency}/kWh")
 
     def as_args(self) -> dict[str, Any]:
         """The options as JSON-safe keyword arguments (HF stores them to re-create a callback)."""

@@ -5,26 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from energy_core import keys
-from energy_core.carbon import CarbonIntensity
 from energy_core.devices import DEVICE_KINDS
 from energy_core.notices import Notice
 from energy_core.totals import J_PER_KWH, STAGES, RunTotals
-
-
-def carbon_fields(intensity: CarbonIntensity, pue: float) -> dict[str, Any]:
-    """The carbon factor, its source and the PUE, as the record states them."""
-    return {"g_per_kwh": intensity.g_per_kwh, "source": intensity.source, "pue": pue}
 
 
 def summary_fields(
     metrics: dict[str, float],
     totals: RunTotals,
     stage_kwh: dict[str, float],
-    intensity: CarbonIntensity,
-    pue: float,
+    carbon: dict[str, Any],
     failed_reads: dict[str, int],
     estimated: list[str],
     faults: dict[str, dict[str, Any]],
+    currency: str | None = None,
 ) -> dict[str, Any]:
     """The record's summary line (besides type, step and status).
 
@@ -32,7 +26,9 @@ def summary_fields(
         metrics: The final cumulative metrics.
         totals: The run's totals (work and seconds).
         stage_kwh: Energy of each non-training stage.
-        intensity, pue: The carbon factor used.
+        carbon: The carbon factor's source and the PUE (`EnergyTracker.carbon_fields`); the mean
+            intensity, weighted by energy, is added.
+        currency: The price's currency, when a price was set.
         failed_reads: Gaps per source.
         estimated: Names of the estimated sources.
         faults: Per source with any fault: gaps, resets, glitches, seconds not measured and
@@ -40,6 +36,8 @@ def summary_fields(
     """
     joules = metrics.get(keys.TOTAL_KWH, 0.0) * J_PER_KWH
     seconds = totals.fit_s
+    kwh_pue = joules / J_PER_KWH * carbon["pue"]
+    mean_g = 1000 * metrics.get(keys.CO2E_KG, 0.0) / kwh_pue if kwh_pue > 0 else carbon["g_per_kwh"]
     return {
         "metrics": metrics,
         "seconds": seconds,
@@ -54,7 +52,8 @@ def summary_fields(
         "faults": faults,
         "unmeasured_s": max((f["unmeasured_s"] for f in faults.values()), default=0.0),
         "estimated_share": sum(f["estimated_j"] for f in faults.values()) / joules if joules > 0 else 0.0,
-        "carbon": carbon_fields(intensity, pue),
+        "carbon": {**carbon, "g_per_kwh": mean_g},
+        "cost": {"total": metrics.get(keys.COST, 0.0), "currency": currency} if currency else None,
     }
 
 
@@ -91,6 +90,8 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
         f"CO2e: {metrics.get(keys.CO2E_KG, 0.0) * 1000:.4g} g at {carbon['g_per_kwh']:.4g} g/kWh "
         f"x PUE {carbon['pue']:g} ({carbon['source']})",
     ]
+    if fields.get("cost"):
+        lines.append(f"Electricity cost: {fields['cost']['total']:.4g} {fields['cost']['currency']} (PUE applied)")
     if fields["samples"]:
         work = f"Work: {fields['samples']:,} samples, {fields['j_per_sample']:.4g} J/sample"
         if fields["tokens"]:

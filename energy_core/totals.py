@@ -43,6 +43,8 @@ class RunTotals:
         samples: Training samples.
         tokens: Training tokens (padding excluded where a mask says so).
         fit_s: Training wall time in seconds.
+        co2e_kg: CO2e of the energy, each slice at the intensity in force (PUE applied).
+        cost: Electricity cost of the energy (PUE applied), 0 without a price.
     """
 
     energy_j: dict[str, float] = field(default_factory=dict)
@@ -50,6 +52,8 @@ class RunTotals:
     samples: int = 0
     tokens: int = 0
     fit_s: float = 0.0
+    co2e_kg: float = 0.0
+    cost: float = 0.0
 
     @property
     def total_j(self) -> float:
@@ -70,6 +74,8 @@ class RunTotals:
             self.samples + other.samples,
             self.tokens + other.tokens,
             self.fit_s + other.fit_s,
+            self.co2e_kg + other.co2e_kg,
+            self.cost + other.cost,
         )
 
     def to_state(self) -> dict[str, Any]:
@@ -81,11 +87,16 @@ class RunTotals:
             "samples": self.samples,
             "tokens": self.tokens,
             "fit_s": self.fit_s,
+            "co2e_kg": self.co2e_kg,
+            "cost": self.cost,
         }
 
     @classmethod
     def from_state(cls, state: Any) -> RunTotals:
         """Totals from a checkpoint's energy state.
+
+        A state written before CO2e was charged slice by slice has no ``co2e_kg``: it comes
+        back as NaN, for the tracker to charge at today's factor.
 
         Raises:
             ValueError: naming the field of the stored energy state that is missing or
@@ -101,6 +112,8 @@ class RunTotals:
             _count(state, "samples"),
             _count(state, "tokens"),
             _amount("fit_s", state.get("fit_s")),
+            _amount("co2e_kg", state.get("co2e_kg", math.nan)) if "co2e_kg" in state else math.nan,
+            _amount("cost", state.get("cost", 0.0)),
         )
 
 

@@ -15,6 +15,7 @@ everything that computes figures happens at logging boundaries.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from typing_extensions import Unpack
@@ -22,15 +23,17 @@ from typing_extensions import Unpack
 from energy_core import keys
 from energy_core import metrics as metric_dicts
 from energy_core import record as lines
+from energy_core.accounts import Accounts
+from energy_core.charges import Charges
 from energy_core.header import run_header
-from energy_core.job import JobSums, sum_over_ranks
+from energy_core.job import JobSums
 from energy_core.meter import EnergyMeter, Mark
 from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.ranks import Ranks
 from energy_core.record import RunRecord
 from energy_core.stages import StageRun, Stages
-from energy_core.summary import carbon_fields, quality_notices, summary_fields, summary_text
+from energy_core.summary import quality_notices, summary_fields, summary_text
 from energy_core.totals import J_PER_KWH, STAGES, RunTotals
 from energy_core.window import Window, WindowFigures
 
@@ -66,25 +69,22 @@ class EnergyTracker:
             raise TypeError("EnergyTracker takes a MeasureOptions or its fields as keyword arguments, not both")
         self.options = options if options is not None else MeasureOptions.of("EnergyTracker", dict(measure))
         self.meter = EnergyMeter(self.options.devices, self.options.sample_interval_s, cpu_tdp_w=self.options.cpu_tdp_w)
-        self.intensity, notices = self.options.intensity()
+        self.intensity, notices = self.options.intensity()  # the fixed or location figure
         self.pue = self.options.pue
+        self.carbon = self.options.carbon_factor()  # the intensity over time (that figure, a series, live)
+        self.price = self.options.price_factor()
         self.record = RunRecord(self.options.record_path) if self.options.record_path else None
         self.ranks = Ranks()
         self._pending_notices: list[Notice] | None = notices
         self._notices: list[Notice] = []  # found while measuring, for the adapters to show
-        self._loaded_state = False
         self._said_unresolved = False
         self._run_info: dict[str, Any] = {}
         self._cap_w: float | None = None
         self._caps: list[dict[str, Any]] = []
-        self._resumed = RunTotals()  # this process's share of the checkpoint resumed from
-        self._resumed_job = RunTotals()  # the whole job's totals in that checkpoint
-        self._job: RunTotals | None = None  # the job's totals at the last sum over ranks
-        self._fit_start: Mark | None = None
         self._epoch_start: Mark | None = None
         self._stages = Stages()
-        self._samples = self._tokens = 0  # work of the closed windows of this fit
         self._window = Window()
+        self._accounts = Accounts(self.meter, self._stages, Charges(self.carbon, self.price, self.pue))
 
     # ----------------------------------------------------------------- set-up
     def join(self, ranks: Ranks) -> None:
@@ -105,7 +105,7 @@ class EnergyTracker:
     # ----------------------------------------------------------------- lifecycle
     @property
     def fitting(self) -> bool:
-        return self._fit_start is not None
+        return self._accounts.fit_start is not None
 
     def _open(self) -> list[Notice]:
         """Start measuring; the notices are returned once per tracker, then []."""
@@ -126,15 +126,22 @@ class EnergyTracker:
         if self.fitting:
             return []
         notices = self._open()
-        if resumed and not self._loaded_state:
+        if resumed and not self._accounts.loaded:
             text = "Resumed from a checkpoint without energy state: the energy and CO2e totals restart at zero."
             notices.append(Notice("warn", text))
-        self._fit_start = self._epoch_start = self.meter.mark()
-        self._window = Window(self._fit_start, step)
-        resumed = self._resumed.to_state() if self._resumed.energy_j else None
+        start = self._epoch_start = self.meter.mark()
+        self._accounts.begin(start)
+        self.carbon.start()  # a live intensity refreshes on its own thread from now
+        self._window = Window(start, step)
+        resumed = self._accounts.resumed.to_state() if self._accounts.resumed.energy_j else None
         header = run_header(
             self.meter,
-            carbon_fields(self.intensity, self.pue),
+            {
+                **self.carbon_fields(),
+                "factor": self.carbon.describe(),
+                "price": self.price.describe() if self.price else None,
+                "currency": self.options.currency,
+            },
             notices,
             self.ranks,
             power_caps=self._caps,
@@ -155,9 +162,10 @@ class EnergyTracker:
             collective: False where the other ranks may not be here (an exception on this
                 rank): the figures stay this process's own, and nothing waits for the others.
         """
-        if self._fit_start is None:
+        if not self.fitting:
             return {}
         self._notices += self.meter.close()
+        self.carbon.stop()
         end = self.meter.mark()
         charged = self._stages.charge_ready(self.meter)  # every mark is fixed now
         if not collective:
@@ -166,8 +174,8 @@ class EnergyTracker:
         metrics.update(self._record_stages(charged))
         # Fold this run into the resumed totals: a later fit of this tracker continues them.
         self.load_state_dict(self.state_dict(at=end), own_share=not self.ranks.distributed or self.ranks.leads_job)
-        self._job, self._fit_start, self._window = None, None, Window(None, step)
-        self._samples = self._tokens = 0
+        self._accounts.end()
+        self._window = Window(None, step)
         fields = self.summary_fields(metrics)
         self._notices += quality_notices(fields)
         self.write_record(lines.SUMMARY, step=step, status=status, **fields)
@@ -176,13 +184,15 @@ class EnergyTracker:
     def close(self) -> None:
         """Stop sampling and close the record (end of the process's use)."""
         self._notices += self.meter.close()
+        self.carbon.stop()
         if self.record is not None:
             self.record.close()
 
     def pop_notices(self) -> list[Notice]:
         """What measurement found since the last call (a lost device, a record that cannot be
-        written, a hung read): for the adapter to show, once."""
+        written, a hung read, an intensity series that ends): for the adapter to show, once."""
         found, self._notices = self._notices, []
+        found += self.carbon.take_notices() + (self.price.take_notices() if self.price else [])
         failure = self.record.take_notice() if self.record is not None else None
         return found + ([failure] if failure else [])
 
@@ -197,36 +207,15 @@ class EnergyTracker:
         self._window.add_batch(batch)
 
     # ----------------------------------------------------------------- totals
-    def _local(self, end: Mark) -> RunTotals:
-        """This process's totals since the first fit start (its checkpoint share included)."""
-        if self._fit_start is None:
-            return self._resumed
-        start_j, end_j = self.meter.joules(self._fit_start, end)
-        live = RunTotals(
-            self.meter.by_kind(end_j - start_j),
-            dict(self._stages.live_j),
-            self._samples + self._window.samples,
-            self._tokens + self._window.tokens,
-            end.t - self._fit_start.t,
-        )
-        return self._resumed + live
-
-    def _sum(self, end: Mark, window: WindowFigures | None = None, epoch_j: float = 0.0) -> JobSums:
-        """The job's figures at ``end`` (one sum over ranks; the identity alone), kept as its totals."""
-        sums = sum_over_ranks(self.ranks, self._local(end), window, epoch_j)
-        self._job = sums.totals
-        self._stages.set_job(sums.totals.stage_j if self.ranks.distributed else None)
-        return sums
+    def _sum(self, end: Mark, figures: WindowFigures | None = None, epoch_j: float = 0.0) -> JobSums:
+        return self._accounts.sum(self.ranks, end, self._window, figures, epoch_j)
 
     def _totals_now(self, end: Mark | None = None) -> RunTotals:
-        """The job's totals at the last sum in a multi-process job (no collective here), else this
-        process's at ``end`` (now)."""
-        if self.ranks.distributed and self._job is not None:
-            return self._job
-        return self._local(end or self.meter.mark())
+        return self._accounts.now(self.ranks, self._window, end)
 
     def _cumulative(self, totals: RunTotals) -> dict[str, float]:
-        return metric_dicts.cumulative(totals, self.intensity, self.pue, self._cap_w)
+        now = self._accounts.wall(self.meter.clock())
+        return metric_dicts.cumulative(totals, self.carbon.at(now).value, self.price is not None, self._cap_w)
 
     def totals(self) -> dict[str, float]:
         """Cumulative figures now (``energy/*_kwh``, ``carbon/*``), checkpoint totals included.
@@ -244,19 +233,19 @@ class EnergyTracker:
     @property
     def resumed_kwh(self) -> float:
         """The job's energy in the checkpoint resumed from (or earlier fits of this tracker), kWh."""
-        return self._resumed_job.total_kwh
+        return self._accounts.resumed_job.total_kwh
 
     def fit_seconds(self, end: Mark | None = None) -> float:
         """Training wall time since the first fit start, checkpoint totals included."""
-        live = 0.0 if self._fit_start is None else (end or self.meter.mark()).t - self._fit_start.t
-        return self._resumed.fit_s + live
+        return self._accounts.fit_seconds(end)
 
     def watch_total(self, limit_kwh: float) -> threading.Event:
         """An event set by the sampler thread once this process's total reaches ``limit_kwh``
         (checked after every hardware reading: the training thread only reads a flag)."""
-        if self._fit_start is None:
+        start = self._accounts.fit_start
+        if start is None:
             raise RuntimeError("watch_total needs a started fit")
-        return self.meter.watch(self._fit_start, limit_kwh * J_PER_KWH - self._resumed.total_j)
+        return self.meter.watch(start, limit_kwh * J_PER_KWH - self._accounts.resumed.total_j)
 
     # ----------------------------------------------------------------- windows and epochs
     def window(self, step: int, end: Mark | None = None, extra: dict[str, Any] | None = None) -> dict[str, float]:
@@ -302,8 +291,7 @@ class EnergyTracker:
         job = self._sum(end, local, epoch_j)
         figures = job.window or local
         metrics = {**self._cumulative(job.totals), **metric_dicts.window(figures), **self._record_stages(charged)}
-        self._samples += samples
-        self._tokens += tokens
+        self._accounts.close_window(samples, tokens)
         self.write_record(
             lines.WINDOW,
             step=step,
@@ -394,17 +382,21 @@ class EnergyTracker:
     # ----------------------------------------------------------------- summary and state
     def summary_fields(self, metrics: dict[str, float]) -> dict[str, Any]:
         """The record's summary fields for these final metrics."""
-        totals = self._totals_now()
         return summary_fields(
             metrics,
-            totals,
+            self._totals_now(),
             {s: self.stage_kwh(s) for s in STAGES},
-            self.intensity,
-            self.pue,
+            self.carbon_fields(),
             self.meter.failed_reads(),
             self.meter.estimated,
             self.meter.quality(),
+            self.options.currency if self.price is not None else None,
         )
+
+    def carbon_fields(self) -> dict[str, Any]:
+        """The carbon factor in force now, its source and the PUE (the header's and the summary's)."""
+        now = self.carbon.at(self._accounts.wall(self.meter.clock()))
+        return {"g_per_kwh": now.value, "source": now.source, "pue": self.pue}
 
     def summary_text(self, metrics: dict[str, float]) -> str:
         """A few lines for the console at the end of a run."""
@@ -417,11 +409,7 @@ class EnergyTracker:
         In a multi-process job these are the job's totals at the last logging boundary
         (a checkpoint can be written by rank 0 alone, so no collective runs here).
         """
-        now = self.meter.mark() if at is None else at
-        self._window.work()
-        totals = self._totals_now(now)
-        stages = {s: self.stage_kwh(s) * J_PER_KWH for s in STAGES}
-        return RunTotals(totals.energy_j, stages, totals.samples, totals.tokens, self.fit_seconds(now)).to_state()
+        return self._accounts.state(self.ranks, self._window, self.meter.mark() if at is None else at)
 
     def load_state_dict(self, state: dict[str, Any] | None, own_share: bool = True) -> None:
         """Continue the totals of a checkpointed run (replaces earlier ones).
@@ -434,10 +422,5 @@ class EnergyTracker:
         Raises:
             ValueError: naming the field of the stored state that is missing or wrong.
         """
-        if not state:
-            return
-        totals = RunTotals.from_state(state)
-        self._loaded_state = True
-        self._resumed_job = totals
-        self._resumed = totals if own_share else RunTotals(fit_s=totals.fit_s)
-        self._stages.fold(self._resumed.stage_j)
+        g = self.carbon.at(time.time()).value
+        self._accounts.load(state, own_share, self.pue * g / 1000)

@@ -293,9 +293,7 @@ class CapFinder:
             lines.append("      cap W     ms/step +-        J/step +-    time  energy  phases")
         for r in rows:
             mark = "*" if r["chosen"] else (" " if r["within"] else "x")
-            aside = [
-                f"{r[key]} {text}" for key, text in (("set_aside", "set aside"), ("left_out", "sub-windows left out"))
-            ]
+            aside = [f"{r['set_aside']} set aside", f"{r['left_out']} sub-window{'s' * (r['left_out'] > 1)} left out"]
             lines.append(
                 f"  {mark} {r['cap_w']:7g}  {1000 * r['s_per_step']:8.4g} {1000 * r['s_spread']:<6.2g}"
                 f" {r['j_per_step']:8.4g} {r['j_spread']:<6.2g} {r['slowdown']:+6.1%} {0.0 - r['saving']:+6.1%}"

@@ -29,11 +29,12 @@ class CapArgs(TypedDict, total=False):
     gpus: str | Sequence[int]
     strict: bool
     max_slowdown: float
+    min_watts: float | None
 
 
 def check_cap_arguments(
-    watts: Any, fraction: Any, gpus: Any, strict: Any, max_slowdown: Any
-) -> tuple[float | str | None, float | None, str | tuple[int, ...], bool, float]:
+    watts: Any, fraction: Any, gpus: Any, strict: Any, max_slowdown: Any, min_watts: Any = None
+) -> tuple[float | str | None, float | None, str | tuple[int, ...], bool, float, float | None]:
     """Validate the cap's arguments; TypeError/ValueError names the argument and the allowed range."""
     if (watts is None) == (fraction is None):
         raise ValueError("give exactly one of watts (W, or 'auto') and fraction (of the default limit, in (0, 1])")
@@ -71,7 +72,12 @@ def check_cap_arguments(
     max_slowdown = checks.number(
         "max_slowdown", max_slowdown, low=0, high=10, low_open=True, what="in (0, 10] (0.1 means 10% slower)"
     )
-    return watts, fraction, gpus, strict, max_slowdown
+    min_watts = checks.number(
+        "min_watts", min_watts, low=0, low_open=True, optional=True, what="a positive number of watts (or None)"
+    )
+    if min_watts is not None and watts != "auto":
+        raise ValueError(f"min_watts={min_watts:g} applies only to watts='auto' (the floor of the cap search)")
+    return watts, fraction, gpus, strict, max_slowdown, min_watts
 
 
 class PowerCapRun:
@@ -84,12 +90,15 @@ class PowerCapRun:
         strict: Raise PermissionError (before training) instead of training uncapped when
             limits cannot be set.
         max_slowdown: For ``watts="auto"``: largest accepted rise in time per step.
+        min_watts: For ``watts="auto"``: lowest cap tried per GPU, in W (default: each
+            board's minimum limit, as NVML or amdsmi reports it).
 
     Raises:
         TypeError, ValueError: naming the argument: both or neither of ``watts``/``fraction``,
-            a fraction outside (0, 1], a non-positive ``watts``, bad ``gpus``, ``strict``
-            or ``max_slowdown``. Device ranges and unknown indices are checked in `start`,
-            before anything is changed.
+            a fraction outside (0, 1], a non-positive ``watts``, bad ``gpus``, ``strict``,
+            ``max_slowdown`` or ``min_watts`` (or ``min_watts`` without ``watts="auto"``).
+            Device ranges and unknown indices are checked in `start`, before anything is
+            changed.
     """
 
     def __init__(
@@ -99,9 +108,10 @@ class PowerCapRun:
         gpus: str | Sequence[int] = "all",
         strict: bool = False,
         max_slowdown: float = 0.1,
+        min_watts: float | None = None,
     ) -> None:
-        self.watts, self.fraction, self.gpus, self.strict, self.max_slowdown = check_cap_arguments(
-            watts, fraction, gpus, strict, max_slowdown
+        self.watts, self.fraction, self.gpus, self.strict, self.max_slowdown, self.min_watts = check_cap_arguments(
+            watts, fraction, gpus, strict, max_slowdown, min_watts
         )
         self.limits: PowerLimits | None = None
         self.finder: CapFinder | None = None
@@ -193,10 +203,13 @@ class PowerCapRun:
         if meter is None:
             self._own_meter = meter = EnergyMeter(devices=["gpu"], sample_interval_s=0.05)
             meter.open()
-        self.finder = CapFinder(self.limits, meter, max_slowdown=self.max_slowdown)
+        self.finder = finder = CapFinder(self.limits, meter, max_slowdown=self.max_slowdown, min_watts=self.min_watts)
+        if finder.done:
+            return [Notice("warn", f"No cap to search below the limit at start ({finder.cap_w(0):g} W in all).")]
         text = (
-            f"Searching for the power cap that saves most energy within {self.max_slowdown:.0%} slowdown "
-            f"({len(self.finder.fractions)} candidates)."
+            f"Searching for the power cap that saves most energy within {self.max_slowdown:.0%} slowdown: "
+            f"{len(finder.fractions)} candidates from {finder.cap_w(0):g} W to {finder.cap_w(-1):g} W, "
+            f"at most {finder.budget} steps (Zeus's defaults: {finder.zeus_steps})."
         )
         return [Notice("info", text)]
 
@@ -217,15 +230,18 @@ class PowerCapRun:
     def record(self, tracker: EnergyTracker | None, event: str) -> None:
         """A ``power_cap`` line in a monitor's run record (the header may precede the cap)."""
         if tracker is not None:
-            table = self.finder.table() if self.finder is not None else None
-            tracker.write_record(POWER_CAP, event=event, caps=self.caps(), table=table)
+            if self.finder is None:
+                tracker.write_record(POWER_CAP, event=event, caps=self.caps(), table=None)
+            else:
+                choice = self.finder.choice() if self.finder.done else None
+                tracker.write_record(POWER_CAP, event=event, caps=self.caps(), table=self.finder.table(), choice=choice)
 
     def finish(self, tracker: EnergyTracker | None = None) -> list[str]:
         """Restore every limit changed (idempotent) and take ``power/cap_w`` out of the
         tracker's figures; returns the messages to show."""
         if tracker is not None:
             tracker.show_power_cap(None, self.caps())
-        messages = [self.finder.summary()] if self.finder is not None and self.finder.trials else []
+        messages = [self.finder.summary()] if self.finder is not None and self.finder.steps_used else []
         if self.limits is not None:
             messages += self.limits.restore()
             self.limits.guard.uninstall()

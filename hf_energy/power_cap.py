@@ -35,6 +35,8 @@ class PowerCapCallback(LogContributor, TrainerCallback):
         gpus: ``"all"`` or a list of visible GPU indices.
         strict: Raise PermissionError before training when limits cannot be set.
         max_slowdown: For ``watts="auto"``, the largest accepted rise in time per step.
+        min_watts: For ``watts="auto"``, the lowest cap tried per GPU in W (default: the
+            board's minimum limit).
 
     Raises:
         ValueError: naming the argument and the allowed range (see `PowerCap`).

@@ -42,6 +42,8 @@ class PowerCap(*CALLBACK_BASES):  # type: ignore[misc]
         strict: Raise PermissionError before training when limits cannot be set
             (default: one message saying how to grant permission, then train uncapped).
         max_slowdown: For ``watts="auto"``, the largest accepted rise in time per step.
+        min_watts: For ``watts="auto"``, the lowest cap tried per GPU in W (default: the
+            board's minimum limit).
 
     Raises:
         TypeError, ValueError: naming the argument and the allowed range, for both or

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from energy_core.devices import EnergySource, GpuBoard, LimitRange, SourceInfo
+from energy_core.devices import EnergySource, GpuBoard, LimitRange, Reading, SourceInfo
 from energy_core.meter import EnergyMeter
 from energy_core.power.finder import CapFinder
 from energy_core.power.limits import PowerLimits
@@ -134,10 +134,10 @@ class TableBoard(GpuBoard, EnergySource):
         self._t.append(t1)
         self._j.append(self._j[-1] + joules)
 
-    def read_j(self, now: float) -> float | None:
+    def read(self, now: float) -> Reading:
         if self.counter_period_s:
             now = (now // self.counter_period_s) * self.counter_period_s
-        return float(np.interp(now, self._t, self._j))
+        return Reading(joules=float(np.interp(now, self._t, self._j)))
 
 
 @dataclass

@@ -46,7 +46,7 @@ class Accounts:
         """A fit starts at ``start``."""
         self.fit_start = start
         self._wall_offset = time.time() - start.t
-        self.charges.restart()
+        self.charges.restart(self.wall(start.t))
 
     def wall(self, t: float) -> float:
         """Unix time of a moment on the meter's clock."""

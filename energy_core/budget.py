@@ -42,11 +42,13 @@ class BudgetAction:
 
 
 class BudgetRule:
-    """Limits of a run: energy in kWh, carbon in kg CO2e, or both.
+    """Limits of a run: energy in kWh, carbon in kg CO2e, electricity cost, or several.
 
     Args:
         max_kwh: Stop once the measured total (all devices, no PUE) reaches this.
-        max_co2e_kg: Stop once the estimated CO2e (total x PUE x intensity) reaches this.
+        max_co2e_kg: Stop once the CO2e (each slice of energy x PUE x the intensity in
+            force) reaches this.
+        max_cost: Stop once the electricity cost (needs ``price_per_kwh``) reaches this.
         forecast: ``"warn"``, ``"stop"`` or ``"off"``: what to do when the projected
             total for the whole run exceeds a limit.
 
@@ -56,25 +58,47 @@ class BudgetRule:
             at all, or an unknown ``forecast``.
     """
 
-    def __init__(self, max_kwh: float | None = None, max_co2e_kg: float | None = None, forecast: str = "warn"):
+    def __init__(
+        self,
+        max_kwh: float | None = None,
+        max_co2e_kg: float | None = None,
+        max_cost: float | None = None,
+        forecast: str = "warn",
+    ) -> None:
         self.max_kwh = checks.number("max_kwh", max_kwh, low=0, low_open=True, optional=True)
         self.max_co2e_kg = checks.number("max_co2e_kg", max_co2e_kg, low=0, low_open=True, optional=True)
+        self.max_cost = checks.number("max_cost", max_cost, low=0, low_open=True, optional=True)
         self.forecast = checks.choice("forecast", forecast, FORECAST_MODES)
-        if self.max_kwh is None and self.max_co2e_kg is None:
-            raise ValueError("EnergyBudget needs a limit: max_kwh and/or max_co2e_kg, each a finite number > 0")
+        if self.max_kwh is None and self.max_co2e_kg is None and self.max_cost is None:
+            raise ValueError("EnergyBudget needs a limit: max_kwh, max_co2e_kg and/or max_cost, each a number > 0")
 
-    def limit_kwh(self, pue: float, g_per_kwh: float) -> float:
-        """The binding limit expressed in kWh of measured energy."""
+    def reached(self, kwh: float, co2e_kg: float, cost: float) -> bool:
+        """Whether these totals reach a limit."""
+        return any(
+            limit is not None and spent >= limit
+            for limit, spent in ((self.max_kwh, kwh), (self.max_co2e_kg, co2e_kg), (self.max_cost, cost))
+        )
+
+    def limit_kwh(self, spent: tuple[float, float, float], per_kwh: tuple[float, float]) -> float:
+        """The binding limit in kWh of measured energy, at the factors in force now.
+
+        Args:
+            spent: (kWh, kg CO2e, cost) so far.
+            per_kwh: (kg CO2e, cost) of one more kWh now (PUE applied).
+        """
+        kwh, co2, cost = spent
         limits = [] if self.max_kwh is None else [self.max_kwh]
-        if self.max_co2e_kg is not None:
-            per_kwh = pue * g_per_kwh / 1000.0
-            limits.append(self.max_co2e_kg / per_kwh if per_kwh > 0 else math.inf)
+        for limit, used, rate in ((self.max_co2e_kg, co2, per_kwh[0]), (self.max_cost, cost, per_kwh[1])):
+            if limit is not None:
+                limits.append(kwh + (limit - used) / rate if rate > 0 else math.inf)
         return min(limits)
 
     def describe(self) -> str:
         parts = [f"{self.max_kwh:g} kWh"] if self.max_kwh is not None else []
         if self.max_co2e_kg is not None:
             parts.append(f"{self.max_co2e_kg:g} kg CO2e")
+        if self.max_cost is not None:
+            parts.append(f"{self.max_cost:g} (cost)")
         return " / ".join(parts)
 
 
@@ -99,10 +123,14 @@ class BudgetGuard:
         self.tracker = tracker
         self.total_steps = total_steps if total_steps and math.isfinite(total_steps) else None
         self.epoch_steps = epoch_steps
-        self.limit_kwh = rule.limit_kwh(tracker.pue, tracker.intensity.g_per_kwh)
+        if rule.max_cost is not None and tracker.price is None:
+            raise ValueError(
+                "max_cost needs a price: give price_per_kwh to the monitor (or the budget measuring alone)"
+            )
+        self.limit_kwh = self._limit_now(tracker.totals())
         self.stopped: BudgetAction | None = None
         self.forecast_warned = False
-        self._event = tracker.watch_total(self.limit_kwh)
+        self._event = tracker.watch_limits(rule.reached)
         self._reference: tuple[int, float] | None = None  # (first step, kWh spent before this fit)
         self._first_step: int | None = None
         self.forecast_kwh: float | None = None
@@ -111,10 +139,15 @@ class BudgetGuard:
         """True once the sampler has seen the total reach the limit (one flag read)."""
         return self._event.is_set()
 
+    def _limit_now(self, totals: dict[str, float]) -> float:
+        spent = (totals.get(keys.TOTAL_KWH, 0.0), totals.get(keys.CO2E_KG, 0.0), totals.get(keys.COST, 0.0))
+        return self.rule.limit_kwh(spent, self.tracker.per_kwh_now())
+
     def _figures(self, totals: dict[str, float]) -> str:
         kwh = totals.get(keys.TOTAL_KWH, 0.0)
         co2 = totals.get(keys.CO2E_KG, 0.0)
-        return f"{kwh:.6g} kWh ({kwh * J_PER_KWH:,.0f} J), {co2 * 1000:.4g} g CO2e"
+        cost = f", cost {totals[keys.COST]:.4g}" if keys.COST in totals else ""
+        return f"{kwh:.6g} kWh ({kwh * J_PER_KWH:,.0f} J), {co2 * 1000:.4g} g CO2e{cost}"
 
     def begin(self, step: int, agree: Callable[[bool], bool] = bool) -> BudgetAction | None:
         """At fit start: a run resumed after its budget was spent stops at once.
@@ -134,9 +167,10 @@ class BudgetGuard:
         # The rate is measured from the fit's start (start-up included: a slight, safe
         # over-estimate), leaving out only what a resumed checkpoint had already spent.
         self._reference = (step, self.tracker.resumed_kwh)
-        if not self.crossed():
-            return None
         totals = self.tracker.totals()
+        spent = (totals.get(keys.TOTAL_KWH, 0.0), totals.get(keys.CO2E_KG, 0.0), totals.get(keys.COST, 0.0))
+        if not (self.crossed() or self.rule.reached(*spent)):
+            return None
         self.stopped = BudgetAction(
             "stop",
             f"Energy budget ({self.rule.describe()}) was already spent before this run started "
@@ -172,6 +206,7 @@ class BudgetGuard:
     def _review(self, step: int, epochs_done: int) -> tuple[dict[str, float], BudgetAction | None]:
         totals = self.tracker.totals()
         spent = totals.get(keys.TOTAL_KWH, 0.0)
+        self.limit_kwh = self._limit_now(totals)  # CO2e and cost limits follow the factors in force
         metrics = {keys.BUDGET_REMAINING: self.limit_kwh - spent}
         if self._reference is None:
             self._reference = (step, spent)

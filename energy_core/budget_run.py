@@ -19,7 +19,7 @@ from energy_core.ranks import Ranks
 from energy_core.tracker import EnergyTracker
 
 BUDGET_STOP = "budget-stop"
-RULE_ARGS = ("max_kwh", "max_co2e_kg", "forecast")
+RULE_ARGS = ("max_kwh", "max_co2e_kg", "max_cost", "forecast")
 
 
 class BudgetArgs(MeasureArgs, total=False):
@@ -28,6 +28,7 @@ class BudgetArgs(MeasureArgs, total=False):
 
     max_kwh: float | None
     max_co2e_kg: float | None
+    max_cost: float | None
     forecast: str
 
 
@@ -67,6 +68,7 @@ class BudgetRun:
         run.args = {
             "max_kwh": rule.max_kwh,
             "max_co2e_kg": rule.max_co2e_kg,
+            "max_cost": rule.max_cost,
             "forecast": rule.forecast,
             **run.options.as_args(),
         }

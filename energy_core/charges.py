@@ -2,7 +2,9 @@
 
 ``carbon/co2e_kg`` is the sum over slices of kWh x PUE x intensity / 1000, and ``cost/total``
 of kWh x PUE x price; a slice is the energy between two boundaries (logging windows, stage
-and fit ends). With fixed factors this is simply total kWh x PUE x factor.
+and fit ends), charged at the factors in force at its midpoint (so a change of intensity
+inside a slice is off by half that slice's energy at most). With fixed factors this is
+simply total kWh x PUE x factor.
 
 Example:
     >>> from energy_core.intensity import Fixed
@@ -32,11 +34,13 @@ class Charges:
         self.co2e_kg = 0.0
         self.cost = 0.0
         self.charged_j = 0.0
+        self.charged_at: float | None = None  # when the last slice ended
 
     def _slice(self, total_j: float, when: float) -> tuple[float, float]:
         kwh = max(0.0, total_j - self.charged_j) / J_PER_KWH * self.pue
-        co2 = kwh * self.carbon.at(when).value / 1000.0
-        cost = kwh * self.price.at(when).value if self.price is not None else 0.0
+        middle = when if self.charged_at is None or self.charged_at > when else (self.charged_at + when) / 2
+        co2 = kwh * self.carbon.at(middle).value / 1000.0
+        cost = kwh * self.price.at(middle).value if self.price is not None else 0.0
         return co2, cost
 
     def preview(self, total_j: float, when: float) -> tuple[float, float]:
@@ -45,12 +49,15 @@ class Charges:
         return self.co2e_kg + co2, self.cost + cost
 
     def charge(self, total_j: float, when: float) -> None:
-        """Charge the energy used since the last charge at the factors in force at ``when``."""
+        """Charge the energy used since the last charge (which ends at ``when``)."""
         co2, cost = self._slice(total_j, when)
         self.co2e_kg += co2
         self.cost += cost
         self.charged_j = max(self.charged_j, total_j)
+        self.charged_at = when
 
-    def restart(self) -> None:
-        """A new fit: its energy counts from zero (earlier fits are in the resumed totals)."""
+    def restart(self, when: float | None = None) -> None:
+        """A new fit starting at ``when``: its energy counts from zero (earlier fits are in the
+        resumed totals)."""
         self.co2e_kg = self.cost = self.charged_j = 0.0
+        self.charged_at = when

@@ -149,20 +149,19 @@ class EnergyMeter:
             return {}
         return {s.info.name: n for s, n in zip(self.sources, self.sampler.failed_reads) if n}
 
-    def watch(self, since: Mark, limit_j: float) -> threading.Event:
-        """An event the sampler thread sets once all sources together have used ``limit_j``
-        joules since ``since`` (checked after every reading; the watch ends with the sampler)."""
+    def watch(self, since: Mark, reached: Callable[[float, float], bool]) -> threading.Event:
+        """An event the sampler thread sets once ``reached(t, joules since since)`` is true
+        (checked after every reading, from the first one that fixes ``since``; the watch
+        ends with the sampler)."""
         if self.sampler is None:
             raise RuntimeError("watch needs an open meter")
         event = threading.Event()
 
         def listener(t: float, values: Sequence[float]) -> None:
-            if since.joules is not None and sum(values) - float(since.joules.sum()) >= limit_j:
+            if since.joules is not None and reached(t, float(sum(values) - since.joules.sum())):
                 event.set()
 
         self.sampler.listeners.append(listener)
-        if limit_j <= 0:
-            event.set()
         return event
 
     def quality(self) -> dict[str, dict[str, float]]:

@@ -27,8 +27,9 @@ from energy_core.notices import Notice
 
 RECORD_VERSION = 1
 # The line types, each written by one place: the tracker (header, window, epoch, stage,
-# summary), the budget (budget) and the power cap (power_cap).
-HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP = (
+# summary, factor: each carbon intensity or price used, from when, and its source), the
+# budget (budget) and the power cap (power_cap).
+HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP, FACTOR = (
     "header",
     "window",
     "epoch",
@@ -36,6 +37,7 @@ HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP = (
     "summary",
     "budget",
     "power_cap",
+    "factor",
 )
 
 

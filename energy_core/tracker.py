@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from typing_extensions import Unpack
@@ -78,6 +79,7 @@ class EnergyTracker:
         self._pending_notices: list[Notice] | None = notices
         self._notices: list[Notice] = []  # found while measuring, for the adapters to show
         self._said_unresolved = False
+        self._factors_written: dict[str, int] = {}
         self._run_info: dict[str, Any] = {}
         self._cap_w: float | None = None
         self._caps: list[dict[str, Any]] = []
@@ -208,7 +210,13 @@ class EnergyTracker:
 
     # ----------------------------------------------------------------- totals
     def _sum(self, end: Mark, figures: WindowFigures | None = None, epoch_j: float = 0.0) -> JobSums:
-        return self._accounts.sum(self.ranks, end, self._window, figures, epoch_j)
+        sums = self._accounts.sum(self.ranks, end, self._window, figures, epoch_j)
+        for name, factor in (("carbon_g_per_kwh", self.carbon), ("price_per_kwh", self.price)):
+            new = factor.history[self._factors_written.get(name, 0) :] if factor is not None else []
+            for value in new:  # every value used, from when, and where it came from
+                self.write_record(lines.FACTOR, factor=name, value=value.value, source=value.source, since=value.since)
+            self._factors_written[name] = self._factors_written.get(name, 0) + len(new)
+        return sums
 
     def _totals_now(self, end: Mark | None = None) -> RunTotals:
         return self._accounts.now(self.ranks, self._window, end)
@@ -239,13 +247,27 @@ class EnergyTracker:
         """Training wall time since the first fit start, checkpoint totals included."""
         return self._accounts.fit_seconds(end)
 
-    def watch_total(self, limit_kwh: float) -> threading.Event:
-        """An event set by the sampler thread once this process's total reaches ``limit_kwh``
-        (checked after every hardware reading: the training thread only reads a flag)."""
-        start = self._accounts.fit_start
+    def watch_limits(self, reached: Callable[[float, float, float], bool]) -> threading.Event:
+        """An event the sampler thread sets once ``reached(kWh, kg CO2e, cost)`` is true of this
+        process's totals (checked after every hardware reading, the energy since the last
+        boundary priced at the factors in force: the training thread only reads a flag)."""
+        accounts = self._accounts
+        start = accounts.fit_start
         if start is None:
-            raise RuntimeError("watch_total needs a started fit")
-        return self.meter.watch(start, limit_kwh * J_PER_KWH - self._accounts.resumed.total_j)
+            raise RuntimeError("watch_limits needs a started fit")
+
+        def spent(t: float, live_j: float) -> bool:
+            co2, cost = accounts.charges.preview(live_j, accounts.wall(t))
+            resumed = accounts.resumed
+            return reached((resumed.total_j + live_j) / J_PER_KWH, resumed.co2e_kg + co2, resumed.cost + cost)
+
+        return self.meter.watch(start, spent)
+
+    def per_kwh_now(self) -> tuple[float, float]:
+        """(kg CO2e, cost) of one more kWh at the factors in force now, PUE applied."""
+        now = self._accounts.wall(self.meter.clock())
+        price = self.price.at(now).value if self.price is not None else 0.0
+        return self.pue * self.carbon.at(now).value / 1000.0, self.pue * price
 
     # ----------------------------------------------------------------- windows and epochs
     def window(self, step: int, end: Mark | None = None, extra: dict[str, Any] | None = None) -> dict[str, float]:
@@ -274,7 +296,7 @@ class EnergyTracker:
                     "run's totals include that time."
                 )
                 self._notices.append(Notice("info", text))
-            return {}, None
+            return ({keys.CAP_W: self._cap_w} if self._cap_w is not None else {}), None  # the cap is known
         epoch_j = 0.0
         if epoch_start is not None:
             start_j, end_j = self.meter.joules(epoch_start, end)

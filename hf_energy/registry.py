@@ -117,7 +117,7 @@ class LogContributor:
         added = self.contribute(logs, state)
         if added and state.log_history:
             state.log_history[-1].update(added)
-        if added and args.report_to and state.is_world_process_zero and not self._warned_unattached:
+        if args.report_to and state.is_world_process_zero and not self._warned_unattached:
             self._warned_unattached = True
             warn_at_user_code(
                 f"{type(self).__name__} runs after the report_to integrations, so they do not receive the energy "

@@ -28,7 +28,7 @@ from tests.helpers.manual import manual_run
 def test_argument_lists_are_written_once_and_forwarded() -> None:
     names = {f.name for f in fields(MeasureOptions)}
     assert set(MeasureArgs.__annotations__) == names
-    assert set(BudgetArgs.__annotations__) == names | {"max_kwh", "max_co2e_kg", "forecast"}
+    assert set(BudgetArgs.__annotations__) == names | {"max_kwh", "max_co2e_kg", "max_cost", "forecast"}
     assert set(CapArgs.__annotations__) == set(inspect.signature(PowerCapRun).parameters)
     forwarded = {
         EnergyTracker: "measure",

@@ -26,6 +26,8 @@ def mlflow_store(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "energy")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the local file store, no server
+    # HF logs to MLflow asynchronously; the file store creates metric directories racily with >1 worker
+    monkeypatch.setenv("MLFLOW_ASYNC_LOGGING_THREADPOOL_SIZE", "1")
     mlflow.set_tracking_uri(uri)  # mlflow's fluent state outlives a test
     mlflow.set_experiment("energy")
     yield uri
@@ -105,8 +107,12 @@ def test_metrics_reach_log_history_tensorboard_and_mlflow(tmp_path, sim_gpus, ml
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path, sim_gpus) -> None:
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
     data = SeqData(96)
-    trainer = make_trainer(tmp_path / "out", data, gradient_accumulation_steps=2, logging_steps=3)
-    attach(trainer, EnergyCallback(devices=["gpu"], record_path=tmp_path / "energy.jsonl", summary=False))
+    # 10 ms a batch against a 5 ms sampler: every window outlasts the sampler's second reading
+    trainer = make_trainer(tmp_path / "out", data, sleep_s=0.01, gradient_accumulation_steps=2, logging_steps=3)
+    callback = EnergyCallback(
+        devices=["gpu"], record_path=tmp_path / "energy.jsonl", summary=False, sample_interval_s=0.005
+    )
+    attach(trainer, callback)
     trainer.train()
     windows = [w for w in read_record(tmp_path / "energy.jsonl") if w["type"] == "window"]
     assert [(w["step"], w["steps"], w["samples"]) for w in windows] == [(s, 3, 48) for s in (3, 6, 9, 12)]
@@ -145,8 +151,8 @@ def test_resume_from_checkpoint_continues_the_totals(tmp_path, sim_gpus, restore
 
 def test_without_attach_log_history_still_gets_the_figures_with_a_warning(tmp_path, sim_gpus) -> None:
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W)))
-    trainer = make_trainer(tmp_path / "out", SeqData(32), report_to=["tensorboard"])
-    trainer.add_callback(EnergyCallback(devices=["gpu"], summary=False))
+    trainer = make_trainer(tmp_path / "out", SeqData(32), sleep_s=0.02, report_to=["tensorboard"])
+    trainer.add_callback(EnergyCallback(devices=["gpu"], summary=False, sample_interval_s=0.005))
     with pytest.warns(UserWarning, match="hf_energy.attach"):
         trainer.train()
     assert all("energy/total_kwh" in h for h in trainer.state.log_history if "loss" in h)

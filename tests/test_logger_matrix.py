@@ -29,6 +29,8 @@ def file_store(monkeypatch, tmp_path):
     import mlflow
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    # HF logs to MLflow asynchronously; the file store creates metric directories racily with >1 worker
+    monkeypatch.setenv("MLFLOW_ASYNC_LOGGING_THREADPOOL_SIZE", "1")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "energy")
     mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())  # mlflow's fluent state outlives a test

@@ -37,7 +37,9 @@ class Charges:
         self.charged_at: float | None = None  # when the last slice ended
 
     def _slice(self, total_j: float, when: float) -> tuple[float, float]:
-        kwh = max(0.0, total_j - self.charged_j) / J_PER_KWH * self.pue
+        # negative when the last boundary was extrapolated past the newest reading and the exact
+        # figure came in lower: the excess is taken back, so fixed factors stay exactly total x factor
+        kwh = (total_j - self.charged_j) / J_PER_KWH * self.pue
         middle = when if self.charged_at is None or self.charged_at > when else (self.charged_at + when) / 2
         co2 = kwh * self.carbon.at(middle).value / 1000.0
         cost = kwh * self.price.at(middle).value if self.price is not None else 0.0
@@ -53,7 +55,7 @@ class Charges:
         co2, cost = self._slice(total_j, when)
         self.co2e_kg += co2
         self.cost += cost
-        self.charged_j = max(self.charged_j, total_j)
+        self.charged_j = total_j
         self.charged_at = when
 
     def restart(self, when: float | None = None) -> None:

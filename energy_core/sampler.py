@@ -201,17 +201,18 @@ class Sampler:
         return self._thread is not None
 
     def start(self) -> None:
-        """Start reading on a background thread (the first reading at once, on that thread)."""
+        """Take a first reading now, on the caller's thread (so the start is covered however late
+        the thread is scheduled on a busy machine), then read on a background thread."""
         if self._thread is not None:
             return
         self._stop.clear()
-        self.last_reading_t = self.clock()
+        self._read()
         self._thread = threading.Thread(target=self._run, name="energy-sampler", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        next_t = self.clock()
-        delay = 0.0
+        next_t = self.last_reading_t + self.next_interval()
+        delay = max(0.0, next_t - self.clock())
         while not self._stop.wait(delay):
             self._read()
             next_t += self.next_interval()
@@ -226,7 +227,8 @@ class Sampler:
             self.sample_once()
         except Exception:  # noqa: BLE001 - the sampler never dies (the ledgers already catch reader errors)
             self.listener_errors += 1
-        self.thread_cpu_s = time.thread_time()
+        if threading.current_thread() is self._thread:  # not the first reading, taken by start()
+            self.thread_cpu_s = time.thread_time()
 
     def stop(self) -> bool:
         """Stop the thread after its last reading; waits at most `STOP_TIMEOUT_S`.

@@ -156,7 +156,7 @@ def test_a_reader_raising_any_exception_is_a_gap_and_training_goes_on(tmp_path, 
     trainer = fit(tmp_path, [monitor])
     summary = read_record(tmp_path / "energy.jsonl")[-1]
     assert trainer.state.finished and summary["status"] == "completed"
-    assert summary["failed_reads"]["gpu0"] >= 5
+    assert summary["failed_reads"]["gpu0"] >= 2  # about 10 in that half second; fewer on a loaded machine
     assert summary["faults"]["gpu0"]["last_error"].startswith("TypeError")
     assert summary["metrics"]["energy/gpu_kwh"] * J_PER_KWH == pytest.approx(GPU_W * summary["seconds"], rel=0.02)
 

@@ -46,7 +46,7 @@ def test_a_window_too_short_to_measure_is_left_out_not_zero(sim_gpus) -> None:
     sim_gpus(SimGpu("GPU-1", Constant(300.0), counter_period_s=0.02))
     monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=1.0)
     trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=[monitor], enable_progress_bar=False)
-    trainer.fit(make_module(pl), regression_data(64))
+    trainer.fit(make_module(pl, step_sleep_s=0.1), regression_data(64))  # longer than 2 counter periods
     figures = monitor.last_metrics
     for key in ("power/total_w", "energy/step_j", "energy/epoch_kwh"):
         assert figures.get(key) != 0.0, key  # absent, never a false zero

@@ -39,7 +39,7 @@ FIX = (
     f"Point ${JOURNAL_ENV} at a file in a directory that only you can write, or unset it to use "
     "the default (see docs/reliability.md)."
 )
-_HELD: dict[str, int] = {}  # journal path -> the thread in a transaction on it (this process)
+_HELD: set[tuple[str, int]] = set()  # (journal path, thread) of the transactions in progress here
 
 
 def default_journal_dir(euid: int | None = None) -> Path:
@@ -133,7 +133,7 @@ class Journal:
         """Whether this thread is inside a transaction on this journal (a signal handler
         that interrupted it must not wait for the lock it holds)."""
         try:
-            return _HELD.get(str(self.path)) == threading.get_ident()
+            return (str(self.path), threading.get_ident()) in _HELD
         except JournalError:
             return False
 
@@ -151,24 +151,40 @@ class Journal:
             JournalError: the journal cannot be used safely (nothing was read or written).
         """
         path = self.path
-        key = str(path)
-        if _HELD.get(key) == threading.get_ident():
+        key = (str(path), threading.get_ident())
+        if key in _HELD:
             raise JournalError(f"{path} is already in use by this thread")
-        folder = open_private_dir(path.parent)
+        _HELD.add(key)  # from the start: a signal handler arriving now must not wait for this lock
+        try:
+            with self._locked(path) as (folder, entries, dirty):
+                before = dict(entries)
+                yield entries
+                if dirty or entries != before:
+                    text = json.dumps({uuid: entry.to_json() for uuid, entry in entries.items()}, indent=1)
+                    folder.replace(path.name, text.encode())
+        finally:
+            _HELD.discard(key)
+
+    @contextmanager
+    def _locked(self, path: Path) -> Iterator[tuple[OpenDir, dict[str, JournalEntry], bool]]:
+        """The checked directory, held locked, with the entries read and whether any was dropped."""
+        try:
+            folder = open_private_dir(path.parent)
+        except JournalError as err:
+            raise _unsafe(err) from None
         lock = -1
         try:
-            lock = folder.open_lock(path.with_suffix(".lock").name)
+            try:
+                lock = folder.open_lock(path.with_suffix(".lock").name)
+            except JournalError as err:
+                raise _unsafe(err) from None
             _lock(lock, path)
-            _HELD[key] = threading.get_ident()
-            entries, dirty = self._read(folder, path)
-            before = dict(entries)
-            yield entries
-            if dirty or entries != before:
-                text = json.dumps({uuid: entry.to_json() for uuid, entry in entries.items()}, indent=1)
-                folder.replace(path.name, text.encode())
+            try:
+                entries, dirty = self._read(folder, path)
+            except JournalError as err:
+                raise _unsafe(err) from None
+            yield folder, entries, dirty
         finally:
-            if _HELD.get(key) == threading.get_ident():
-                del _HELD[key]
             if lock >= 0:
                 os.close(lock)  # releases the flock
             folder.close()
@@ -185,6 +201,10 @@ class Journal:
             return {}, False
         self.problems += [f"Power-limit journal {path}: {message}." for message in dropped]
         return entries, bool(dropped)
+
+
+def _unsafe(err: JournalError) -> JournalError:
+    return JournalError(f"the power-limit journal is unsafe to use: {err}. {FIX}")
 
 
 def _lock(fd: int, path: Path) -> None:

@@ -61,6 +61,7 @@ class PowerLimits:
         self.guard = ExitGuard(self.restore)
         self.token = secrets.token_hex(8)
         self._messages: list[str] = []
+        self._stale: list[str] = []  # restored boards whose entries are still to drop
         self._lock = threading.RLock()
 
     def owns(self, entry: JournalEntry) -> bool:
@@ -118,7 +119,8 @@ class PowerLimits:
         planned = plan_caps(boards, watts, fraction)
         with self._lock:
             claimed = self._claim(planned, strict)
-            self.guard.install()
+            if claimed:
+                self.guard.install()
             done: list[CappedGpu] = []
             try:
                 for capped, target in claimed:
@@ -232,12 +234,14 @@ class PowerLimits:
         self._forget([c.board.uuid for c in boards])
 
     def _forget(self, uuids: Sequence[str]) -> list[str]:
-        """Drop this object's entries for these boards."""
-        if not uuids or self.journal.in_use():
-            return []  # a signal interrupted a transaction of this thread: stale entries are harmless
+        """Drop this object's entries for these boards (and those an earlier call could not)."""
+        self._stale += [uuid for uuid in uuids if uuid not in self._stale]
+        if not self._stale or self.journal.in_use():
+            return []  # a signal interrupted a transaction of this thread: the next call drops them
+        stale, self._stale = self._stale, []
         try:
             with self.journal.entries() as entries:
-                for uuid in uuids:
+                for uuid in stale:
                     entry = entries.get(uuid)
                     if entry is not None and self.owns(entry):
                         del entries[uuid]

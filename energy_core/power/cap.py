@@ -185,6 +185,7 @@ class PowerCapRun:
         Raises:
             PowerCapError: with ``strict=True``.
         """
+        reason = reason if reason.endswith(".") else reason + "."
         if self.strict:
             raise PowerCapError(f"{reason} strict=True: the run does not start uncapped.")
         return [*notices, Notice(level, f"{reason} Training continues uncapped.")]

@@ -196,8 +196,9 @@ def open_private_dir(path: Path, euid: int | None = None) -> OpenDir:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
-        if err.errno == errno.ENOTDIR:
-            raise JournalError(f"{path} is not a directory") from None
+        if err.errno == errno.ENOTDIR:  # Linux says so for a symbolic link too
+            link = os.path.islink(path)
+            raise JournalError(f"{path} is {'a symbolic link' if link else 'not a directory'}") from None
         raise _fail(path, err) from None
     problem = unsafe(os.fstat(fd), euid)
     if problem:

@@ -157,19 +157,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--restore-power-limits",
         action="store_true",
-        help="restore GPU power limits left behind by killed runs (journal), then exit",
+        help="restore GPU power limits left behind by this user's killed runs (from their journal), then exit",
     )
     args = parser.parse_args(argv)
     if args.restore_power_limits:
         from energy_core.devices import DeviceError
-        from energy_core.power import PowerLimits, journal_path
+        from energy_core.power import JournalError, PowerLimits
 
+        limits = PowerLimits()
         try:
-            messages = PowerLimits().recover()
+            messages = limits.recover()
+        except JournalError as err:
+            print(f"energy-report: {err} Nothing restored.", file=sys.stderr)
+            return 1
         except DeviceError as err:
             print(f"energy-report: cannot reach the GPU driver ({err}); nothing restored", file=sys.stderr)
             return 1
-        print("\n".join(messages) or f"No power limits to restore (journal: {journal_path()}).")
+        print("\n".join(messages) or f"No power limits to restore (journal: {limits.journal.path}).")
         return 0
     if not args.records:
         parser.error("give at least one RECORD, or --restore-power-limits")

@@ -219,12 +219,14 @@ def _state_with_admin_limit(tmp_path: Path) -> Path:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 @pytest.mark.parametrize("framework", ["lightning", "hf"])
-def test_sigterm_to_a_training_process_restores(tmp_path, framework) -> None:
+def test_a_signal_to_a_training_process_restores(tmp_path, framework, signum) -> None:
+    """SIGTERM (a scheduler) and SIGHUP (a closed terminal or SSH session) both restore."""
     state = _state_with_admin_limit(tmp_path)
     child = _child(state, framework)
     _wait_for_limit(state, 250_000, child)
-    child.send_signal(signal.SIGTERM)
+    child.send_signal(signum)
     output, _ = child.communicate(timeout=60)
     assert child.returncode != 0, output
     assert json.loads(state.read_text())["GPU-child"] == PREVIOUS_MW, output

@@ -14,8 +14,10 @@ from energy_core import checks, keys
 from energy_core.devices import DeviceError
 from energy_core.meter import EnergyMeter
 from energy_core.notices import Notice
+from energy_core.power.errors import JournalError, PowerCapError
 from energy_core.power.finder import CapFinder
-from energy_core.power.limits import PowerLimits, select_boards
+from energy_core.power.limits import PowerLimits
+from energy_core.power.plan import busy_message, select_boards
 from energy_core.ranks import Ranks
 from energy_core.record import POWER_CAP
 from energy_core.tracker import EnergyTracker
@@ -87,8 +89,9 @@ class PowerCapRun:
         watts: Cap in W for each selected GPU, or ``"auto"`` to search (see `CapFinder`).
         fraction: Cap as a fraction of each GPU's default limit, in (0, 1].
         gpus: ``"all"`` visible GPUs or a list of visible indices.
-        strict: Raise PermissionError (before training) instead of training uncapped when
-            limits cannot be set.
+        strict: Never train uncapped: raise before training (PermissionError without
+            permission, `PowerCapError` without a GPU, with an unusable or damaged journal,
+            or when another run has capped a selected board) instead of one message.
         max_slowdown: For ``watts="auto"``: largest accepted rise in time per step.
         min_watts: For ``watts="auto"``: lowest cap tried per GPU, in W (default: each
             board's minimum limit, as NVML or amdsmi reports it).
@@ -146,48 +149,72 @@ class PowerCapRun:
     def start(self) -> list[Notice]:
         """Recover limits left by killed runs, then cap (on one process per node).
 
-        With ``watts="auto"`` the boards are registered here and the search begins with
+        Boards that another live run has capped are left as they are (one notice). With
+        ``watts="auto"`` the boards are registered here and the search begins with
         `start_search`, once training (and its meter) has started.
 
         Raises:
             ValueError: a cap outside a device's range or an unknown GPU index (nothing
                 changed).
             PermissionError: no permission and ``strict=True`` (nothing changed).
+            PowerCapError: with ``strict=True``: no GPU, the journal unusable or damaged,
+                a board capped by another run, or a driver error (nothing changed).
         """
-        notices: list[Notice] = []
         self.limits = PowerLimits()
         try:
-            notices += [Notice("warn", m) for m in self.limits.recover()]
             boards = select_boards(self.gpus)
         except DeviceError as err:
-            return [Notice("info", f"No GPU to cap ({err}); training runs uncapped.")]
+            return self._uncapped([], f"No GPU to cap ({err}).", "info")
         if not boards:
-            return [*notices, Notice("info", "No GPU visible to this process: nothing to cap.")]
+            return self._uncapped([], "No GPU visible to this process: nothing to cap.", "info")
+        notices: list[Notice] = []
         try:
-            self.limits.apply(boards, None if self.auto else self.watts, self.fraction)  # type: ignore[arg-type]
+            notices += [Notice("warn", m) for m in self.limits.recover()]
+            if self.strict and self.limits.damage:
+                raise JournalError(" ".join(self.limits.damage) + " strict=True: check the boards' limits first.")
+            self.limits.apply(boards, None if self.auto else self.watts, self.fraction, strict=self.strict)  # type: ignore[arg-type]
+        except JournalError as err:
+            return self._uncapped(notices, f"Power cap not applied: {err}", "warn")
+        except DeviceError as err:
+            return self._uncapped(notices, f"Power cap not applied: the GPU driver failed ({err}).", "warn")
         except PermissionError as err:
             if self.strict:
                 raise
             return [*notices, Notice("warn", f"{err} Training continues uncapped.")]
-        if not self.auto:
+        notices += [Notice("warn", m) for m in self.limits.take_messages()]
+        if self.limits.busy:
+            notices.append(Notice("warn", busy_message(self.limits.busy)))
+        if self.limits.capped and not self.auto:
             in_force = ", ".join(f"GPU {c['gpu']} {c['cap_w']:g} W (was {c['previous_w']:g} W)" for c in self.caps())
             notices.append(Notice("info", "Power cap in force: " + in_force))
         return notices
+
+    def _uncapped(self, notices: list[Notice], reason: str, level: str) -> list[Notice]:
+        """Train uncapped with one message, or (``strict``) raise `PowerCapError` first.
+
+        Raises:
+            PowerCapError: with ``strict=True``.
+        """
+        reason = reason if reason.endswith(".") else reason + "."
+        if self.strict:
+            raise PowerCapError(f"{reason} strict=True: the run does not start uncapped.")
+        return [*notices, Notice(level, f"{reason} Training continues uncapped.")]
 
     def start_on(self, ranks: Ranks) -> list[Notice]:
         """`start` on the node's local rank 0; every rank waits and raises the same error.
 
         Raises:
-            ValueError, PermissionError: as `start`, on every rank when any node failed.
+            ValueError, PermissionError, PowerCapError: as `start`, on every rank when any
+                node failed.
         """
         failure: Exception | None = None
         notices: list[Notice] = []
         if ranks.leads_node:
             try:
                 notices = self.start()
-            except (ValueError, PermissionError) as err:
+            except (ValueError, PermissionError, PowerCapError) as err:
                 failure = err
-        for kind in (ValueError, PermissionError):  # every rank reaches both decisions
+        for kind in (ValueError, PermissionError, PowerCapError):  # every rank reaches every decision
             if ranks.agree(isinstance(failure, kind)):
                 raise failure if isinstance(failure, kind) else kind("Setting the power cap failed on another node.")
         return notices

@@ -4,103 +4,48 @@ A power limit outlives the process while persistence mode is on, so whoever sets
 put it back. In this order of defence:
 
 1. `PowerLimits.restore` at train end and on exceptions (the adapters call it);
-2. `ExitGuard`: SIGTERM/SIGINT handlers that restore first, then behave as before, and
-   ``atexit``;
+2. `ExitGuard`: SIGTERM/SIGINT/SIGHUP handlers that restore first, then behave as
+   before, and ``atexit``;
 3. the `Journal`, written *before* each change: `PowerLimits.recover` (at the next cap's
    start, or ``energy-report --restore-power-limits``) puts back the limits of processes
-   that are gone (SIGKILL, OOM kill) when the board still carries the limit they set.
+   that are gone (SIGKILL, OOM kill) when the board still carries the limit they set
+   (see `recovery`).
 
-The limit restored is the one in force before (not the maximum, not the default). Boards
-are `GpuBoard`s: nothing here knows the vendor.
+One owner per board: a board whose journal entry belongs to another live process of this
+host is not capped again (`PowerLimits.busy`), so the limit restored is always the one
+in force before the first cap (not the maximum, not the default, not another run's cap).
+Boards are `GpuBoard`s: nothing here knows the vendor.
 """
 
 from __future__ import annotations
 
 import os
-import socket
+import secrets
 import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from energy_core import devices
-from energy_core.devices import DeviceError, GpuBoard, LimitRange
+from energy_core.devices import DeviceError, GpuBoard
+from energy_core.power.errors import BoardBusyError, JournalError
 from energy_core.power.exit_guard import ExitGuard
 from energy_core.power.journal import Journal
+from energy_core.power.journal_entry import JournalEntry
+from energy_core.power.plan import BusyBoard, CappedGpu, PlannedCap, busy_message, plan_caps, select_boards
+from energy_core.power.recovery import recover_entry
 
-
-@dataclass
-class CappedGpu:
-    """One board whose limit this process changed.
-
-    Args:
-        board: The board.
-        previous_mw: The limit in force before, restored at the end.
-        limits: The board's allowed range and default.
-        applied_mw: The limit read back after the last change.
-    """
-
-    board: GpuBoard
-    previous_mw: int
-    limits: LimitRange
-    applied_mw: int
-
-
-@dataclass(frozen=True)
-class PlannedCap:
-    """A limit to set on one board, checked against its range before anything changes."""
-
-    board: GpuBoard
-    limits: LimitRange
-    target_mw: int
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def plan_caps(boards: Sequence[GpuBoard], watts: float | None, fraction: float | None) -> list[PlannedCap]:
-    """Each board's target limit (mW): ``watts``, ``fraction`` x its default, or its current limit
-    (registered only, for the cap finder).
-
-    Raises:
-        ValueError: a target outside a board's range, naming the argument (nothing changed).
-    """
-    planned = []
-    for board in boards:
-        limits = board.limits()
-        if watts is not None:
-            target = int(round(watts * 1000))
-        elif fraction is not None:
-            target = int(round(fraction * limits.default_mw))
-        else:
-            target = limits.current_mw
-        low, high, default = limits.min_mw, limits.max_mw, limits.default_mw
-        if not low <= target <= high:
-            where = f"the allowed range of GPU {board.index} ({board.uuid}): [{low / 1000:g}, {high / 1000:g}] W"
-            if watts is not None:
-                raise ValueError(f"watts={watts:g} is outside {where}")
-            raise ValueError(
-                f"fraction={fraction:g} gives {target / 1000:g} W, outside {where}, i.e. fraction in "
-                f"[{low / default:.3g}, {high / default:.3g}] of its {default / 1000:g} W default"
-            )
-        planned.append(PlannedCap(board, limits, target))
-    return planned
+__all__ = ["BusyBoard", "CappedGpu", "PlannedCap", "PowerLimits", "plan_caps", "select_boards"]
 
 
 class PowerLimits:
-    """Sets and restores GPU power limits, journalled.
+    """Sets and restores GPU power limits, journalled, one owner per board.
 
     Args:
-        journal: The journal file; defaults to ``$ENERGY_CALLBACKS_POWER_JOURNAL`` or
-            ``/var/tmp/energy-callbacks/power-limits.json``.
+        journal: The journal file; defaults to `energy_core.power.journal.journal_path`.
+
+    Attributes:
+        capped: The boards this object changed and has not restored.
+        busy: The boards the last `apply` left alone (capped by another live process).
+        damage: Every journal problem seen (damaged content, dropped entries).
 
     Example:
         >>> limits = PowerLimits()                                          # doctest: +SKIP
@@ -111,87 +56,208 @@ class PowerLimits:
     def __init__(self, journal: Path | None = None) -> None:
         self.journal = Journal(journal)
         self.capped: list[CappedGpu] = []
+        self.busy: list[BusyBoard] = []
+        self.damage: list[str] = []
         self.guard = ExitGuard(self.restore)
+        self.token = secrets.token_hex(8)
+        self._messages: list[str] = []
+        self._stale: list[str] = []  # restored boards whose entries are still to drop
         self._lock = threading.RLock()
 
-    def recover(self) -> list[str]:
-        """Restore limits left behind by processes of this host that are gone.
+    def owns(self, entry: JournalEntry) -> bool:
+        """Whether this object wrote the entry."""
+        return entry.pid == os.getpid() and entry.token == self.token and entry.here()
 
-        A limit is put back only if the board still carries the limit the dead process
-        set (otherwise someone changed it since, or the driver was reloaded: the entry
-        is dropped and the board left alone). Returns one message per board handled.
-        """
-        messages = []
-        host = socket.gethostname()
-        with self.journal.entries() as entries:
-            for uuid, entry in list(entries.items()):
-                if entry.get("host") != host or _alive(int(entry.get("pid", 0))):
-                    continue
-                try:
-                    board = devices.board_by_uuid(uuid)
-                    if board is None:
-                        raise DeviceError("no such board")
-                    current = board.limit_mw()
-                    if current == int(entry["set_mw"]):
-                        board.set_limit_mw(int(entry["previous_mw"]))
-                        messages.append(
-                            f"Restored the power limit of {uuid} to {entry['previous_mw'] / 1000:g} W "
-                            f"(left at {current / 1000:g} W by pid {entry['pid']}, which is gone)."
-                        )
-                    else:
-                        messages.append(f"{uuid}: limit changed since pid {entry['pid']} set it; left as it is.")
-                except (DeviceError, PermissionError) as err:
-                    messages.append(f"{uuid}: could not restore the power limit ({err}); left in the journal.")
-                    continue
-                del entries[uuid]
+    def _owned_elsewhere(self, entry: JournalEntry | None) -> bool:
+        return entry is not None and entry.here() and not self.owns(entry) and entry.alive()
+
+    def _collect(self) -> None:
+        found = self.journal.take_problems()
+        self.damage += found
+        self._messages += found
+
+    def take_messages(self) -> list[str]:
+        """Messages not yet shown (journal problems, limits left unchanged by `set`)."""
+        messages, self._messages = self._messages, []
         return messages
 
-    def apply(self, boards: Sequence[GpuBoard], watts: float | None, fraction: float | None) -> list[CappedGpu]:
-        """Cap every board (all or nothing): journal first, then set, then read back.
+    def recover(self) -> list[str]:
+        """Restore limits left behind by processes of this host and user that are gone
+        (see `energy_core.power.recovery`); returns one message per problem or board handled.
+
+        Raises:
+            JournalError: the journal cannot be used safely (nothing changed).
+        """
+        messages = []
+        with self._lock, self.journal.entries() as entries:
+            self._collect()
+            for uuid, entry in list(entries.items()):
+                if not entry.here() or entry.alive():
+                    continue
+                outcome = recover_entry(uuid, entry)
+                messages.append(outcome.message)
+                if not outcome.keep:
+                    del entries[uuid]
+        return self.take_messages() + messages
+
+    def apply(
+        self, boards: Sequence[GpuBoard], watts: float | None, fraction: float | None, strict: bool = False
+    ) -> list[CappedGpu]:
+        """Cap every board that no other live process has capped: journal first (one
+        transaction for all), then set, then read back. The others are left as they are
+        and listed in `busy`.
 
         With neither ``watts`` nor ``fraction`` the boards are only registered (journalled
         at their current limit) for the cap finder to change.
 
         Raises:
             ValueError: a target outside a board's range (nothing has been changed).
-            PermissionError: no permission to set limits (nothing was changed).
+            BoardBusyError: with ``strict``, a board capped by another run (nothing changed).
+            JournalError: the journal cannot be used safely (nothing changed).
+            PermissionError, DeviceError: setting a limit failed (every change undone).
         """
         planned = plan_caps(boards, watts, fraction)
-        self.guard.install()
-        try:
-            for cap in planned:
-                capped = CappedGpu(cap.board, cap.limits.current_mw, cap.limits, cap.limits.current_mw)
-                self.set(capped, cap.target_mw)
-        except PermissionError:
-            self.restore()
-            raise
+        with self._lock:
+            claimed = self._claim(planned, strict)
+            if claimed:
+                self.guard.install()
+            done: list[CappedGpu] = []
+            try:
+                for capped, target in claimed:
+                    self._change(capped, target)
+                    done.append(capped)
+            except (PermissionError, DeviceError):
+                self._release([c for c, _ in claimed if c not in done])
+                self._messages += self.restore()
+                raise
         return self.capped
 
+    def _claim(self, planned: Sequence[PlannedCap], strict: bool) -> list[tuple[CappedGpu, int]]:
+        """Journal the boards to cap, all at once under the lock; which ones, with their targets."""
+        self.busy = []
+        claimed = []
+        with self.journal.entries() as entries:
+            self._collect()
+            free = []
+            for cap in planned:
+                entry = entries.get(cap.board.uuid)
+                if self._owned_elsewhere(entry):
+                    self.busy.append(BusyBoard(cap.board, entry))
+                else:
+                    free.append((cap, entry))
+            if self.busy and strict:
+                raise BoardBusyError(f"{busy_message(self.busy)} strict=True: the run does not start.")
+            for cap, entry in free:
+                capped = next((c for c in self.capped if c.board.uuid == cap.board.uuid), None)
+                if capped is None:
+                    current = cap.board.limit_mw()
+                    previous = current
+                    low, high = cap.limits.min_mw, cap.limits.max_mw
+                    if (
+                        entry is not None
+                        and entry.here()
+                        and entry.set_mw == current
+                        and low <= entry.previous_mw <= high
+                    ):
+                        previous = entry.previous_mw  # a run that is gone left its cap: restore what was before it
+                    capped = CappedGpu(cap.board, previous, cap.limits, current)
+                entries[cap.board.uuid] = JournalEntry.mine(capped.previous_mw, cap.target_mw, self.token)
+                claimed.append((capped, cap.target_mw))
+        return claimed
+
+    def _change(self, capped: CappedGpu, target_mw: int) -> int:
+        """Set one journalled board's limit; listed in `capped` first, so that a signal
+        arriving meanwhile restores it too."""
+        new = capped not in self.capped
+        if new:
+            self.capped.append(capped)
+        try:
+            capped.board.set_limit_mw(target_mw)
+        except (PermissionError, DeviceError):
+            if new:
+                self.capped.remove(capped)
+            raise
+        try:
+            capped.applied_mw = capped.board.limit_mw()
+        except DeviceError:
+            capped.applied_mw = target_mw
+        return capped.applied_mw
+
     def set(self, capped: CappedGpu, target_mw: int) -> int:
-        """Set one board's limit (journalled); returns the limit read back, in mW."""
+        """Set one board's limit (journalled first); returns the limit read back, in mW.
+
+        When the journal cannot record the change the limit is left as it is (a message
+        for `restore` says so), since an unjournalled limit could not be recovered.
+
+        Raises:
+            PermissionError, DeviceError: the driver refused (the journal is put back).
+        """
         uuid = capped.board.uuid
         with self._lock:
-            with self.journal.entries() as entries:
-                entry = entries.get(uuid)
-                if entry is None or int(entry.get("pid", 0)) != os.getpid():
-                    entry = {"previous_mw": capped.previous_mw, "pid": os.getpid(), "host": socket.gethostname()}
-                entry.update(set_mw=target_mw, time=time.time())
-                entries[uuid] = entry
             try:
-                capped.board.set_limit_mw(target_mw)
-            except PermissionError:
                 with self.journal.entries() as entries:
-                    entries.pop(uuid, None)
+                    self._collect()
+                    before = entries.get(uuid)
+                    if self._owned_elsewhere(before):
+                        self._messages.append(
+                            f"GPU {capped.board.index}: another run now owns its power limit; left as it is."
+                        )
+                        return capped.applied_mw
+                    entries[uuid] = JournalEntry.mine(capped.previous_mw, target_mw, self.token)
+            except JournalError as err:
+                self._messages.append(
+                    f"GPU {capped.board.index}: the power limit stays at {capped.applied_mw / 1000:g} W: "
+                    f"the journal could not record a change ({err})."
+                )
+                return capped.applied_mw
+            try:
+                return self._change(capped, target_mw)
+            except (PermissionError, DeviceError):
+                self._undo_entry(capped)
                 raise
-            if capped not in self.capped:
-                self.capped.append(capped)
-            capped.applied_mw = capped.board.limit_mw()
-            return capped.applied_mw
+
+    def _undo_entry(self, capped: CappedGpu) -> None:
+        """After a refused change: the entry says what the board carries, or goes."""
+        try:
+            with self.journal.entries() as entries:
+                if capped in self.capped:
+                    entries[capped.board.uuid] = JournalEntry.mine(capped.previous_mw, capped.applied_mw, self.token)
+                else:
+                    entries.pop(capped.board.uuid, None)
+        except JournalError:
+            pass  # a stale entry is dropped by recovery: the board does not carry its limit
+
+    def _release(self, boards: Sequence[CappedGpu]) -> None:
+        for capped in boards:
+            if capped in self.capped:
+                self.capped.remove(capped)
+        self._forget([c.board.uuid for c in boards])
+
+    def _forget(self, uuids: Sequence[str]) -> list[str]:
+        """Drop this object's entries for these boards (and those an earlier call could not)."""
+        self._stale += [uuid for uuid in uuids if uuid not in self._stale]
+        if not self._stale or self.journal.in_use():
+            return []  # a signal interrupted a transaction of this thread: the next call drops them
+        stale, self._stale = self._stale, []
+        try:
+            with self.journal.entries() as entries:
+                for uuid in stale:
+                    entry = entries.get(uuid)
+                    if entry is not None and self.owns(entry):
+                        del entries[uuid]
+        except JournalError as err:
+            return [
+                f"The power-limit journal could not be updated ({err}); its entries for the restored "
+                "boards are stale and will be dropped."
+            ]
+        return []
 
     def restore(self) -> list[str]:
-        """Put back every limit this process changed. Idempotent, safe from any thread."""
-        messages = []
+        """Put back every limit this object changed. Idempotent, safe from any thread and
+        from a signal handler; never raises for a device or journal error."""
         with self._lock:
+            messages = self.take_messages()
+            restored = []
             for capped in list(self.capped):
                 index = capped.board.index
                 try:
@@ -200,27 +266,6 @@ class PowerLimits:
                     messages.append(f"GPU {index}: restoring the power limit failed ({err}).")
                     continue
                 self.capped.remove(capped)
+                restored.append(capped.board.uuid)
                 messages.append(f"GPU {index}: power limit restored to {capped.previous_mw / 1000:g} W.")
-                with self.journal.entries() as entries:
-                    entries.pop(capped.board.uuid, None)
-        return messages
-
-
-def select_boards(gpus: str | tuple[int, ...]) -> list[GpuBoard]:
-    """The visible boards named by ``gpus`` (``"all"`` or visible indices).
-
-    Raises:
-        DeviceError: no GPU library at all.
-        ValueError: an unknown index, naming the visible ones.
-    """
-    visible = devices.visible_boards()
-    if gpus == "all":
-        return visible
-    known = {b.index: b for b in visible}
-    unknown = [i for i in gpus if i not in known]
-    if unknown:
-        raise ValueError(
-            f"gpus: no visible GPU with index {unknown}; visible indices are "
-            f"{sorted(known) if known else 'none'} (0 to {len(visible) - 1})"
-        )
-    return [known[i] for i in gpus]
+            return messages + self._forget(restored)

@@ -1,0 +1,104 @@
+"""What to cap: the boards named by ``gpus`` and each one's target, checked before anything changes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from energy_core import devices
+from energy_core.devices import GpuBoard, LimitRange
+from energy_core.power.journal_entry import JournalEntry
+
+
+@dataclass
+class CappedGpu:
+    """One board whose limit this process changed.
+
+    Args:
+        board: The board.
+        previous_mw: The limit in force before, restored at the end.
+        limits: The board's allowed range and default.
+        applied_mw: The limit read back after the last change.
+    """
+
+    board: GpuBoard
+    previous_mw: int
+    limits: LimitRange
+    applied_mw: int
+
+
+@dataclass(frozen=True)
+class PlannedCap:
+    """A limit to set on one board, checked against its range before anything changes."""
+
+    board: GpuBoard
+    limits: LimitRange
+    target_mw: int
+
+
+def plan_caps(boards: Sequence[GpuBoard], watts: float | None, fraction: float | None) -> list[PlannedCap]:
+    """Each board's target limit (mW): ``watts``, ``fraction`` x its default, or its current limit
+    (registered only, for the cap finder).
+
+    Raises:
+        ValueError: a target outside a board's range, naming the argument (nothing changed).
+    """
+    planned = []
+    for board in boards:
+        limits = board.limits()
+        if watts is not None:
+            target = int(round(watts * 1000))
+        elif fraction is not None:
+            target = int(round(fraction * limits.default_mw))
+        else:
+            target = limits.current_mw
+        low, high, default = limits.min_mw, limits.max_mw, limits.default_mw
+        if not low <= target <= high:
+            where = f"the allowed range of GPU {board.index} ({board.uuid}): [{low / 1000:g}, {high / 1000:g}] W"
+            if watts is not None:
+                raise ValueError(f"watts={watts:g} is outside {where}")
+            raise ValueError(
+                f"fraction={fraction:g} gives {target / 1000:g} W, outside {where}, i.e. fraction in "
+                f"[{low / default:.3g}, {high / default:.3g}] of its {default / 1000:g} W default"
+            )
+        planned.append(PlannedCap(board, limits, target))
+    return planned
+
+
+@dataclass(frozen=True)
+class BusyBoard:
+    """A board left alone because another live process of this host capped it."""
+
+    board: GpuBoard
+    entry: JournalEntry
+
+
+def busy_message(busy: Sequence[BusyBoard]) -> str:
+    """One message for the boards another run has capped."""
+    boards = "; ".join(
+        f"GPU {b.board.index} ({b.board.uuid}) at {b.entry.set_mw / 1000:g} W by pid {b.entry.pid}" for b in busy
+    )
+    return (
+        f"Already capped by another run on this host: {boards}. This run does not change those limits: "
+        "the cap stays in force, and the run that set it restores the limit in force before it."
+    )
+
+
+def select_boards(gpus: str | tuple[int, ...]) -> list[GpuBoard]:
+    """The visible boards named by ``gpus`` (``"all"`` or visible indices).
+
+    Raises:
+        DeviceError: no GPU library at all.
+        ValueError: an unknown index, naming the visible ones.
+    """
+    visible = devices.visible_boards()
+    if gpus == "all":
+        return visible
+    known = {b.index: b for b in visible}
+    unknown = [i for i in gpus if i not in known]
+    if unknown:
+        raise ValueError(
+            f"gpus: no visible GPU with index {unknown}; visible indices are "
+            f"{sorted(known) if known else 'none'} (0 to {len(visible) - 1})"
+        )
+    return [known[i] for i in gpus]

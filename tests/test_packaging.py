@@ -129,6 +129,7 @@ tracker.close()
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # fresh environments: minutes, more on a loaded machine
 def test_built_wheel_installs_and_works(tmp_path: Path) -> None:
     source = clean_copy(tmp_path / "source")
     dist = tmp_path / "dist"

@@ -1,26 +1,35 @@
-"""The ``energy-report`` command: summarise and compare run records, restore power limits.
+"""energy-report: summarise and compare run records, restore GPU power limits.
 
-    energy-report RECORD [RECORD ...] [--out DIR]   # summary table, PNG plots, one HTML page
-    energy-report --restore-power-limits           # put back limits left by killed runs
+  energy-report RECORD [RECORD ...] [--out DIR]
+      one summary per run, PNG plots and one HTML page (report.html)
+  energy-report --restore-power-limits
+      put back the GPU power limits left behind by killed runs
 
-For each run in the records: total kWh, CO2e with its factor and source, mean power,
-J per sample/token, time, share by device, and what the same energy would emit in a few
-other grid regions (codecarbon's data) and at hyperscale vs average PUE. Plots: energy
-and power against step and against time, and loss against kWh where loss was logged;
-several runs are drawn together, so setups can be compared. The HTML page embeds the
-plots and tables (self-contained).
+For each run: total kWh, CO2e with its factor and source, mean power, J per
+sample and per token, time, share by device, and what the same energy would
+emit on other grids (codecarbon's data) at hyperscale and average PUE. Plots:
+energy and power against step and against time, loss against kWh where loss
+was logged; several runs are drawn together, so setups can be compared. The
+HTML page holds the tables and the plots (self-contained). Tables follow the
+terminal's width (or COLUMNS).
 
-Records that are missing, empty or foreign give a one-line error; a truncated record
-(a crashed run) is reported as far as it goes, with a note. The exit status is non-zero
-only when nothing could be read.
+A RECORD is a JSON-lines file written with record_path=...; a directory is
+not read: its *.jsonl files are listed, to pass them instead. A missing, empty
+or foreign file gives a one-line error; a truncated record (a crashed run) is
+reported as far as it goes, with a note. The exit status is non-zero only when
+nothing could be read.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.table import Table
 
 from energy_core import keys
 from energy_core.devices import DEVICE_KINDS
@@ -82,22 +91,47 @@ def run_row(label: str, run: list[dict[str, Any]]) -> tuple[list[str], float]:
     return row, kwh
 
 
-def print_table(head: list[str], rows: list[list[str]], title: str) -> None:
-    """A rich table when rich is installed, else plain lines."""
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        print(title)
-        for row in rows:
-            print("  " + " | ".join(f"{h}: {c}" for h, c in zip(head, row)))
-        return
-    table = Table(title=title, title_justify="left")
-    for h in head:
-        table.add_column(h, overflow="fold")
+def console() -> Console:
+    """A console as wide as the terminal (rich reads COLUMNS, else the terminal's size, else 80).
+
+    Text from the records (labels, sources, notes) is printed as it is: no markup, no emoji codes.
+    """
+    return Console(highlight=False, markup=False, emoji=False)
+
+
+def print_runs(head: list[str], rows: list[list[str]], title: str) -> None:
+    """The run summaries, one column per run and one line per figure, so any width holds them."""
+    table = Table()
+    table.add_column(head[0], overflow="fold", style="bold")
+    for row in rows:
+        table.add_column(row[0], overflow="fold")
+    for i, field in enumerate(head[1:], start=1):
+        table.add_row(field, *(row[i] for row in rows))
+    out = console()
+    out.print(title)
+    out.print(table)
+
+
+def print_table(head: list[str], rows: list[list[str]], title: str, right: int = 1) -> None:
+    """A table with text columns left-aligned and the columns from ``right`` on right-aligned."""
+    table = Table()
+    for i, h in enumerate(head):
+        table.add_column(h, overflow="fold", justify="right" if i >= right else "left")
     for row in rows:
         table.add_row(*row)
-    Console(width=200).print(table)
+    out = console()
+    out.print(title)
+    out.print(table)
+
+
+def directory_hint(path: Path, shown: int = 5) -> str:
+    """What to pass instead of a directory: the run records under it, if any."""
+    found = sorted(path.rglob("*.jsonl"))
+    if not found:
+        return "no *.jsonl run record in it"
+    names = " ".join(shlex.quote(str(p)) for p in found[:shown])
+    more = f" (and {len(found) - shown} more)" if len(found) > shown else ""
+    return f"pass its run records instead: {names}{more}"
 
 
 def report(paths: list[Path], out_dir: Path | None) -> int:
@@ -105,8 +139,12 @@ def report(paths: list[Path], out_dir: Path | None) -> int:
     from energy_core import report_plots
 
     runs: list[tuple[str, list[dict[str, Any]]]] = []
+    read: list[Path] = []
     notes: list[str] = []
     for path in paths:
+        if path.is_dir():
+            print(f"energy-report: {path}: is a directory; {directory_hint(path)}", file=sys.stderr)
+            continue
         if not path.is_file():
             print(f"energy-report: {path}: no such file", file=sys.stderr)
             continue
@@ -117,6 +155,7 @@ def report(paths: list[Path], out_dir: Path | None) -> int:
                 file=sys.stderr,
             )
             continue
+        read.append(path)
         notes += [f"{path.name}: {n}" for n in file_notes]
         for i, run in enumerate(found):
             name = f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
@@ -130,13 +169,20 @@ def report(paths: list[Path], out_dir: Path | None) -> int:
         elsewhere.append((label, report_plots.elsewhere_rows(kwh)))
         if row[1].startswith("INCOMPLETE"):
             notes.append(f"{label}: the record has no summary line; figures are those of its last window")
-    print_table(SUMMARY_HEAD, rows, "Energy report")
+    print_runs(SUMMARY_HEAD, rows, "Energy report")
     for label, table in elsewhere:
         print_table(["grid", "g/kWh", *report_plots.PUES], table, f"{label}: the same energy elsewhere (g CO2e)")
     for note in notes:
-        print(f"note: {note}")
-    out_dir = out_dir or paths[0].with_suffix(".report")
-    plots = report_plots.plot_runs(runs, out_dir)
+        console().print(f"note: {note}")
+    out_dir = out_dir or read[0].with_suffix(".report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        plots = report_plots.plot_runs(runs, out_dir)
+    except ImportError as err:  # matplotlib is a dependency; this is a damaged install
+        print(
+            f"energy-report: no plots: {err.name or 'matplotlib'} is missing (pip install matplotlib)", file=sys.stderr
+        )
+        plots = []
     page = out_dir / "report.html"
     report_plots.write_html(page, SUMMARY_HEAD, rows, elsewhere, plots, notes)
     print(f"plots and page: {page}")
@@ -152,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=None,
-        help="folder for the PNG plots and report.html (default: RECORD.report/ beside the first)",
+        help="folder for the PNG plots and report.html (default: RECORD.report/ beside the first record read)",
     )
     parser.add_argument(
         "--restore-power-limits",

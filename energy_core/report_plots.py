@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,46 +66,112 @@ def series(run: list[dict[str, Any]]) -> dict[str, list[float]]:
     return out
 
 
+# One PNG per view: file name, x series, y series, x label, y label, title.
+VIEWS = (
+    ("energy_vs_step.png", "step", "kwh", "optimizer step", "energy (kWh)", "Energy against optimizer step"),
+    ("energy_vs_time.png", "seconds", "kwh", "training time (s)", "energy (kWh)", "Energy against training time"),
+    (
+        "power_vs_step.png",
+        "step",
+        "watts",
+        "optimizer step",
+        "mean power over the window (W)",
+        "Power against optimizer step",
+    ),
+    (
+        "power_vs_time.png",
+        "seconds",
+        "watts",
+        "training time (s)",
+        "mean power over the window (W)",
+        "Power against training time",
+    ),
+    ("loss_vs_kwh.png", "loss_kwh", "loss", "energy (kWh)", "loss", "Loss against energy"),
+)
+TITLES = {name: title for name, *_, title in VIEWS}
+
+
 def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> list[Path]:
-    """One PNG per view, every run drawn in it; returns the files written."""
+    """One titled PNG per view, every run drawn in it; returns the files written.
+
+    The title is drawn above the plot and stored as the PNG's ``Title`` text chunk.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    views = [
-        ("energy_vs_step.png", "step", "kwh", "optimizer step", "energy (kWh)"),
-        ("energy_vs_time.png", "seconds", "kwh", "training time (s)", "energy (kWh)"),
-        ("power_vs_step.png", "step", "watts", "optimizer step", "mean power over the window (W)"),
-        ("power_vs_time.png", "seconds", "watts", "training time (s)", "mean power over the window (W)"),
-        ("loss_vs_kwh.png", "loss_kwh", "loss", "energy (kWh)", "loss"),
-    ]
     data = [(label, series(run)) for label, run in runs]
     written = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, x, y, x_label, y_label in views:
+    for name, x, y, x_label, y_label, title in VIEWS:
         drawn = [(label, s) for label, s in data if s[x] and s[y]]
         if not drawn:
             continue
-        figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+        figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
         for label, s in drawn:
             axes.plot(s[x], s[y], marker=".", label=label)
+        axes.set_title(title)
         axes.set_xlabel(x_label)
         axes.set_ylabel(y_label)
         axes.grid(alpha=0.3)
         if len(drawn) > 1:
             axes.legend(fontsize="small")
         figure.tight_layout()
-        figure.savefig(out_dir / name)
+        figure.savefig(out_dir / name, metadata={"Title": title})
         plt.close(figure)
         written.append(out_dir / name)
     return written
 
 
+NUMBER = re.compile(r"^[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-$")
+
+
+def _numeric_columns(rows: list[list[str]], width: int) -> list[bool]:
+    """Which columns hold only numbers (or '-' for none): those are right-aligned."""
+    return [bool(rows) and all(NUMBER.match(row[i].strip()) for row in rows) for i in range(width)]
+
+
+def _breakable(text: str) -> str:
+    """Escaped text that may break after '/' and '_' (run labels are paths, sources file names)."""
+    return re.sub(r"([/_])", r"\1<wbr>", html.escape(text))
+
+
 def _table(head: list[str], rows: list[list[str]]) -> str:
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+    """An HTML table; columns of numbers are marked ``num`` (right-aligned)."""
+    numeric = _numeric_columns(rows, len(head))
+
+    def cell(tag: str, i: int, text: str) -> str:
+        if numeric[i]:
+            return f'<{tag} class="num">{html.escape(text)}</{tag}>'
+        return f"<{tag}>{_breakable(text)}</{tag}>"
+
+    cells = "".join(cell("th", i, h) for i, h in enumerate(head))
+    body = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f'<div class="scroll"><table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+# Laid out for a laptop screen: the page uses up to 90rem; plots and the per-run tables
+# flow in a grid of columns at least 34rem (plots) / 30rem (tables) wide, so a 1366 px
+# screen shows two side by side and a phone one. Text is left-aligned (long words break),
+# numbers right-aligned; a table still wider than the screen scrolls on its own.
+STYLE = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1d1d1f;
+  margin:0 auto;max-width:90rem;padding:1rem 1.5rem 2rem;text-align:left}
+h1{font-size:1.6rem;margin:.5rem 0}h2{font-size:1.25rem;margin:1.5rem 0 .5rem}h3{font-size:1rem;margin:.25rem 0}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;margin:.25rem 0 1rem}
+th,td{border:1px solid #c8c8cc;padding:.25rem .6rem;text-align:left;vertical-align:top;overflow-wrap:break-word}
+th{background:#f2f2f5;font-weight:600;overflow-wrap:normal}
+.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{white-space:nowrap}
+.grid{display:grid;gap:1rem 1.5rem;align-items:start}
+#plots{grid-template-columns:repeat(auto-fill,minmax(min(100%,34rem),1fr))}
+#elsewhere{grid-template-columns:repeat(auto-fill,minmax(min(100%,30rem),1fr))}
+figure{margin:0}
+figure img{display:block;width:100%;height:auto;border:1px solid #e0e0e4}
+figcaption{font-size:.9rem;color:#555;margin-top:.25rem}
+"""
 
 
 def write_html(
@@ -116,25 +183,32 @@ def write_html(
     notes: list[str],
 ) -> None:
     """A self-contained page: tables, the plots inlined as data URIs, notes."""
+
+    def caption(p: Path) -> str:
+        return html.escape(TITLES.get(p.name, p.stem.replace("_", " ")))
+
     images = "".join(
-        f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-        f"<figcaption>{p.stem.replace('_', ' ')}</figcaption></figure>"
+        f'<figure><img alt="{caption(p)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        f"<figcaption>{caption(p)} ({html.escape(p.name)})</figcaption></figure>"
         for p in plots
     )
     regions = "".join(
-        f"<h3>{html.escape(label)}: the same energy elsewhere (g CO2e)</h3>" + _table(["grid", "g/kWh", *PUES], rows)
+        f"<section><h3>{html.escape(label)}: the same energy elsewhere (g CO2e)</h3>"
+        + _table(["grid", "g/kWh", *PUES], rows)
+        + "</section>"
         for label, rows in elsewhere
     )
     note_items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    plots_part = f'<div id="plots" class="grid">{images}</div>' if plots else "<p>No plots (see the console).</p>"
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>energy-report</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #bbb;padding:.3em .6em;text-align:right}}figure{{display:inline-block;margin:.5em}}</style>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>energy-report</title>
+<style>{STYLE}</style>
 </head><body>
 <h1>Energy report</h1>
 <h2>Runs</h2>{_table(summary_head, summary_rows)}
-<h2>Plots</h2><div id="plots">{images}</div>
-<h2>Elsewhere</h2>{regions}
+<h2>Plots</h2>{plots_part}
+<h2>The same energy elsewhere</h2><div id="elsewhere" class="grid">{regions}</div>
 {f"<h2>Notes</h2><ul>{note_items}</ul>" if notes else ""}
 <script>
 for (const img of document.querySelectorAll("#plots img")) {{

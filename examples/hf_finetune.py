@@ -1,6 +1,6 @@
 """Fine-tune a tiny GPT-2 (built from a config, nothing downloaded) with EnergyCallback.
 
-    python examples/hf_finetune.py
+    pip install torch==2.13.0 -e ".[hf]" && python examples/hf_finetune.py
 
 Text: the docstrings of Python's built-in functions, which ship with every Python,
 tokenised by bytes so no tokenizer has to be downloaded. Runs on a CPU in well under two

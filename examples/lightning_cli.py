@@ -1,6 +1,9 @@
 """The callbacks from a LightningCLI YAML config (``trainer.callbacks`` with ``class_path``).
 
-python examples/lightning_cli.py fit --config examples/lightning_cli.yaml
+The `lightning` extra brings jsonargparse[signatures], which LightningCLI needs:
+
+    pip install torch==2.13.0 -e ".[lightning]"
+    python examples/lightning_cli.py fit --config examples/lightning_cli.yaml
 """
 
 from __future__ import annotations

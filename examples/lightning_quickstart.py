@@ -1,8 +1,8 @@
 """Train a small MLP on synthetic data with EnergyMonitor, then print where the energy went.
 
-Runs on a CPU in well under a minute:
+Runs on a CPU in well under a minute, after the `lightning` extra (TensorBoard included):
 
-    python examples/lightning_quickstart.py
+    pip install torch==2.13.0 -e ".[lightning]" && python examples/lightning_quickstart.py
 
 Logs go to ./runs/quickstart (CSV and TensorBoard); the run record to
 ./runs/quickstart/energy.jsonl.

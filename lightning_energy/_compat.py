@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from energy_core import Notice, Ranks
 from energy_core.notices import warn_at_user_code
 
+# Lightning first: without it, lightning_utilities (its dependency) is missing too, and the
+# message must name the extra rather than that module.
 _bases: list[type] = []
 try:
     from lightning.pytorch import Callback as _LightningCallback
@@ -31,8 +32,10 @@ except ImportError:  # pragma: no cover
     pass
 if not _bases:  # pragma: no cover
     raise ImportError(
-        "lightning_energy needs `lightning` or `pytorch_lightning`: pip install 'energy-callbacks[lightning]'"
+        "lightning_energy needs lightning or pytorch_lightning: pip install 'energy-callbacks[lightning]'"
     )
+
+from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn  # noqa: E402
 
 CALLBACK_BASES: tuple[type, ...] = tuple(_bases)
 

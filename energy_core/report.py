@@ -134,9 +134,20 @@ def directory_hint(path: Path, shown: int = 5) -> str:
     return f"pass its run records instead: {names}{more}"
 
 
-def report(paths: list[Path], out_dir: Path | None) -> int:
-    """Summarise, plot and compare the runs in ``paths``; returns the exit status."""
-    from energy_core import report_plots
+def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | None = None) -> int:
+    """Summarise, plot and compare the runs in ``paths``; returns the exit status.
+
+    With ``intensity_series`` (a recorded series, as for ``carbon_intensity_series``), each
+    run is also priced as if it had started at each hour of that series.
+    """
+    from energy_core import report_plots, report_when
+    from energy_core.intensity import Series
+
+    try:
+        series = Series(intensity_series, "--intensity-series", "g/kWh") if intensity_series else None
+    except ValueError as err:
+        print(f"energy-report: {err}", file=sys.stderr)
+        return 2
 
     runs: list[tuple[str, list[dict[str, Any]]]] = []
     read: list[Path] = []
@@ -172,6 +183,17 @@ def report(paths: list[Path], out_dir: Path | None) -> int:
     print_runs(SUMMARY_HEAD, rows, "Energy report")
     for label, table in elsewhere:
         print_table(["grid", "g/kWh", *report_plots.PUES], table, f"{label}: the same energy elsewhere (g CO2e)")
+    other_hours = []
+    for label, run in runs if series is not None else []:
+        table = report_when.started_at_other_hours(run, series)
+        if table:
+            other_hours.append((label, table))
+            print_table(report_when.WHAT_IF_HEAD, table, f"{label}: the same run started at another hour")
+    if other_hours:
+        notes.append(
+            f"started at another hour: the runs' energy slices moved in time and priced on {intensity_series} "
+            "(each slice at its midpoint's intensity; beyond the series' ends, its end values)"
+        )
     for note in notes:
         console().print(f"note: {note}")
     out_dir = out_dir or read[0].with_suffix(".report")
@@ -184,7 +206,7 @@ def report(paths: list[Path], out_dir: Path | None) -> int:
         )
         plots = []
     page = out_dir / "report.html"
-    report_plots.write_html(page, SUMMARY_HEAD, rows, elsewhere, plots, notes)
+    report_plots.write_html(page, SUMMARY_HEAD, rows, elsewhere, plots, notes, other_hours)
     print(f"plots and page: {page}")
     return 0
 
@@ -199,6 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="folder for the PNG plots and report.html (default: RECORD.report/ beside the first record read)",
+    )
+    parser.add_argument(
+        "--intensity-series",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="a recorded grid-intensity series (timestamp with UTC offset, g/kWh): price each run as if "
+        "started at each hour of it",
     )
     parser.add_argument(
         "--restore-power-limits",
@@ -223,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.records:
         parser.error("give at least one RECORD, or --restore-power-limits")
-    return report(args.records, args.out)
+    return report(args.records, args.out, args.intensity_series)
 
 
 if __name__ == "__main__":

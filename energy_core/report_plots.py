@@ -11,6 +11,7 @@ from typing import Any
 from energy_core import keys
 from energy_core.carbon import CarbonIntensity, co2e_kg, country_intensity, region_intensity, world_average
 from energy_core.record import WINDOW
+from energy_core.report_when import WHAT_IF_HEAD
 
 OTHER_GRIDS = (
     ("FRA", None),
@@ -88,7 +89,8 @@ VIEWS = (
     ),
     ("loss_vs_kwh.png", "loss_kwh", "loss", "energy (kWh)", "loss", "Loss against energy"),
 )
-TITLES = {name: title for name, *_, title in VIEWS}
+INTENSITY_PLOT = ("intensity_vs_power.png", "Grid intensity against power over the run")
+TITLES = {name: title for name, *_, title in (*VIEWS, INTENSITY_PLOT)}
 
 
 def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> list[Path]:
@@ -121,7 +123,37 @@ def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> li
         figure.savefig(out_dir / name, metadata={"Title": title})
         plt.close(figure)
         written.append(out_dir / name)
+    written += _intensity_plot(plt, runs, out_dir)
     return written
+
+
+def _intensity_plot(plt: Any, runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> list[Path]:
+    """Power (left axis) and the intensity in force (right axis, a step curve) against time,
+    for the runs whose intensity changed; nothing when it never did."""
+    from energy_core.report_when import intensity_over_time
+
+    data = [(label, intensity_over_time(run)) for label, run in runs]
+    drawn = [(label, s) for label, s in data if len(set(s["intensity"])) > 1]
+    if not drawn:
+        return []
+    name, title = INTENSITY_PLOT
+    figure, power_axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
+    intensity_axes = power_axes.twinx()
+    for label, s in drawn:
+        power_axes.plot(s["hours"], s["watts"], marker=".", label=f"{label}: power")
+        intensity_axes.step(s["hours"], s["intensity"], where="post", linestyle="--", label=f"{label}: intensity")
+    power_axes.set_title(title)
+    power_axes.set_xlabel("training time (h)")
+    power_axes.set_ylabel("mean power over the window (W)")
+    intensity_axes.set_ylabel("grid intensity (g CO2e/kWh)")
+    power_axes.grid(alpha=0.3)
+    lines = power_axes.get_legend_handles_labels()
+    more = intensity_axes.get_legend_handles_labels()
+    power_axes.legend(lines[0] + more[0], lines[1] + more[1], fontsize="small")
+    figure.tight_layout()
+    figure.savefig(out_dir / name, metadata={"Title": title})
+    plt.close(figure)
+    return [out_dir / name]
 
 
 NUMBER = re.compile(r"^[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-$")
@@ -181,8 +213,10 @@ def write_html(
     elsewhere: list[tuple[str, list[list[str]]]],
     plots: list[Path],
     notes: list[str],
+    other_hours: list[tuple[str, list[list[str]]]] = (),
 ) -> None:
-    """A self-contained page: tables, the plots inlined as data URIs, notes."""
+    """A self-contained page: tables, the plots inlined as data URIs, notes; with
+    ``other_hours``, the what-if of each run's start hour (`energy_core.report_when`)."""
 
     def caption(p: Path) -> str:
         return html.escape(TITLES.get(p.name, p.stem.replace("_", " ")))
@@ -198,6 +232,13 @@ def write_html(
         + "</section>"
         for label, rows in elsewhere
     )
+    hours = "".join(
+        f"<section><h3>{html.escape(label)}: started at another hour</h3>" + _table(WHAT_IF_HEAD, rows) + "</section>"
+        for label, rows in other_hours
+    )
+    hours_part = (
+        f'<h2>The same run at another hour</h2><div id="other-hours" class="grid">{hours}</div>' if hours else ""
+    )
     note_items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     plots_part = f'<div id="plots" class="grid">{images}</div>' if plots else "<p>No plots (see the console).</p>"
     page = f"""<!doctype html>
@@ -209,6 +250,7 @@ def write_html(
 <h2>Runs</h2>{_table(summary_head, summary_rows)}
 <h2>Plots</h2>{plots_part}
 <h2>The same energy elsewhere</h2><div id="elsewhere" class="grid">{regions}</div>
+{hours_part}
 {f"<h2>Notes</h2><ul>{note_items}</ul>" if notes else ""}
 <script>
 for (const img of document.querySelectorAll("#plots img")) {{

@@ -11,6 +11,7 @@ minutes; TensorBoard logs go to ./runs/hf_finetune/runs/, the run record to
 from __future__ import annotations
 
 import builtins
+import json
 import os
 
 import torch
@@ -91,13 +92,15 @@ def main(epochs: float = 2.0) -> EnergyCallback:
     energy = attach(trainer, EnergyCallback(country="FRA", pue=1.1, record_path=f"{OUT}/energy.jsonl"))
     trainer.train()
 
-    m = energy.last_metrics
-    print("\nWhere the energy went")
+    with open(f"{OUT}/energy.jsonl") as f:
+        summary = [json.loads(line) for line in f][-1]  # the run record's summary line
+    m = summary["metrics"]
+    print("\nWhere the energy went (the whole run, as in the summary above)")
     for key in ("energy/total_kwh", "energy/cpu_kwh", "energy/gpu_kwh", "energy/val_kwh"):
         if key in m:
-            print(f"  {key:<24} {m[key]:.6g} kWh")
-    print(f"  {'efficiency/j_per_token':<24} {m.get('efficiency/j_per_token', float('nan')):.4g} J")
-    print(f"  {'carbon/co2e_kg':<24} {m['carbon/co2e_kg']:.3g} kg from {energy.tracker.intensity.source}")
+            print(f"  {key:<24} {m[key]:.4g} kWh")
+    print(f"  {'J per token':<24} {m['energy/total_kwh'] * 3.6e6 / summary['tokens']:.4g} J")
+    print(f"  {'CO2e':<24} {m['carbon/co2e_kg'] * 1000:.4g} g from {energy.tracker.intensity.source}")
     return energy
 
 

@@ -65,16 +65,17 @@ def main() -> None:
     )
     trainer.fit(Regressor(), data(16384, 0), data(2048, 1))
 
-    m = monitor.last_metrics
-    print("\nWhere the energy went")
-    for key in sorted(k for k in m if k.startswith("energy/") and k.endswith("_kwh")):
-        print(f"  {key:<22} {m[key]:.6g} kWh")
-    print(
-        f"  {'carbon/co2e_kg':<22} {m['carbon/co2e_kg']:.3g} kg "
-        f"at {m['carbon/intensity_g_per_kwh']:.4g} g/kWh x PUE 1.1, from {monitor.tracker.intensity.source}"
-    )
     with open(f"{OUT}/energy.jsonl") as f:
-        summary = [json.loads(line) for line in f][-1]
+        summary = [json.loads(line) for line in f][-1]  # the run record's summary line
+    m = summary["metrics"]
+    print("\nWhere the energy went (the whole run, as in the summary above)")
+    for key in sorted(k for k in m if k.startswith("energy/") and k.endswith("_kwh") and k != "energy/epoch_kwh"):
+        print(f"  {key:<22} {m[key]:.4g} kWh")
+    print(f"  {'J per sample':<22} {m['energy/total_kwh'] * 3.6e6 / summary['samples']:.4g} J")
+    print(
+        f"  {'CO2e':<22} {m['carbon/co2e_kg'] * 1000:.4g} g at {m['carbon/intensity_g_per_kwh']:.4g} g/kWh x PUE 1.1, "
+        f"from {monitor.tracker.intensity.source}"
+    )
     print(f"  estimated sources: {summary['estimated'] or 'none'}; record: {OUT}/energy.jsonl")
 
 

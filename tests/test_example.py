@@ -29,6 +29,11 @@ def test_quickstart_example(tmp_path) -> None:
     assert summary["type"] == "summary"
     assert summary["metrics"]["energy/total_kwh"] > 0
     assert summary["metrics"]["carbon/co2e_kg"] > 0
+    # the figures printed are the summary's: total kWh, J per sample, CO2e in grams
+    assert f"energy/total_kwh       {summary['metrics']['energy/total_kwh']:.4g} kWh" in out
+    assert "energy/epoch_kwh" not in out
+    assert f"{summary['metrics']['energy/total_kwh'] * 3.6e6 / summary['samples']:.4g} J" in out
+    assert f"CO2e                   {summary['metrics']['carbon/co2e_kg'] * 1000:.4g} g at" in out
     assert (tmp_path / "csv").is_dir() and any((tmp_path / "tb").rglob("events.out.tfevents.*"))
 
 
@@ -38,9 +43,11 @@ def test_hf_example(tmp_path) -> None:
         [sys.executable, "examples/hf_finetune.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "efficiency/j_per_token" in done.stdout
     lines = [json.loads(line) for line in (tmp_path / "energy.jsonl").read_text().splitlines()]
     assert lines[-1]["type"] == "summary" and lines[-1]["tokens"] > 0
+    metrics = lines[-1]["metrics"]  # the figures printed are the summary's, for the whole run
+    assert f"J per token              {metrics['energy/total_kwh'] * 3.6e6 / lines[-1]['tokens']:.4g} J" in done.stdout
+    assert f"CO2e                     {metrics['carbon/co2e_kg'] * 1000:.4g} g from" in done.stdout
     assert lines[-1]["metrics"]["carbon/co2e_kg"] > 0
     assert any(tmp_path.rglob("events.out.tfevents.*"))  # report_to=["tensorboard"]
 

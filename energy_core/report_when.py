@@ -1,0 +1,117 @@
+"""When the energy was used: a run's energy slices over time, and the same run started at another hour.
+
+A run record's window, epoch and summary lines carry the cumulative energy and the training
+seconds at each boundary, and its header the wall time of the start, so the run is a list of
+`Slice`: the kWh used between two boundaries and when.
+`started_at_other_hours` moves those slices, unchanged, to start at each hour of a
+recorded intensity series (the what-if of a start time) and charges them as the monitor
+does: each slice's kWh x PUE at the intensity in force at its midpoint.
+
+Example:
+    >>> from energy_core.intensity import Fixed
+    >>> run = [{"type": "header", "time": 0.0, "carbon": {"pue": 1.0}},
+    ...        {"type": "window", "elapsed_s": 3600.0, "metrics": {"energy/total_kwh": 2.0}}]
+    >>> [round(s.kwh, 3) for s in slices(run)]
+    [2.0]
+    >>> round(co2e_g(slices(run), Fixed(100.0, "given"), pue=1.0, shift_s=0.0), 1)
+    200.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from energy_core import keys
+from energy_core.intensity import Factor, Series
+from energy_core.record import EPOCH, HEADER, SUMMARY, WINDOW
+from energy_core.totals import J_PER_KWH
+
+HOURS = 24
+BOUNDARIES = (WINDOW, EPOCH, SUMMARY)
+WHAT_IF_HEAD = ["start (UTC)", "g CO2e", "vs as run"]
+
+
+@dataclass(frozen=True)
+class Slice:
+    """The energy used between two boundaries of a run (unix times), in kWh (before PUE)."""
+
+    start: float
+    end: float
+    kwh: float
+
+    @property
+    def middle(self) -> float:
+        return (self.start + self.end) / 2
+
+
+def slices(run: list[dict[str, Any]]) -> list[Slice]:
+    """The run's energy between successive boundaries (window, epoch and summary lines), in
+    time order: the header's wall time plus each line's training seconds (the meter's clock).
+    Empty without a header."""
+    header = next((line for line in run if line.get("type") == HEADER), None)
+    if header is None or not isinstance(header.get("time"), (int, float)):
+        return []
+    resumed = header.get("resumed_from") or {}
+    energy = resumed.get("energy_j") or {}
+    last_kwh = sum(v for v in energy.values() if isinstance(v, (int, float))) / J_PER_KWH  # a checkpoint's share
+    base_s = float(resumed.get("fit_s", 0.0))  # the lines' seconds include the checkpoint's too
+    start = float(header["time"])
+    found: list[Slice] = []
+    for line in run:
+        metrics = line.get("metrics") or {}
+        seconds = line.get("elapsed_s", line.get("seconds") if line.get("type") == SUMMARY else None)
+        if line.get("type") not in BOUNDARIES or keys.TOTAL_KWH not in metrics or seconds is None:
+            continue
+        end, kwh = float(header["time"]) + seconds - base_s, metrics[keys.TOTAL_KWH] - last_kwh
+        if end > start and kwh >= 0:
+            found.append(Slice(start, end, kwh))
+            start, last_kwh = end, metrics[keys.TOTAL_KWH]
+    return found
+
+
+def pue_of(run: list[dict[str, Any]]) -> float:
+    """The PUE the run was charged with (1.0 when the record does not say)."""
+    header = next((line for line in run if line.get("type") == HEADER), {})
+    return float((header.get("carbon") or {}).get("pue", 1.0))
+
+
+def co2e_g(run_slices: list[Slice], intensity: Factor, pue: float, shift_s: float) -> float:
+    """Grams CO2e of these slices moved by ``shift_s`` seconds, each at its midpoint's intensity."""
+    return sum(s.kwh * pue * intensity.at(s.middle + shift_s).value for s in run_slices)
+
+
+def started_at_other_hours(run: list[dict[str, Any]], series: Series) -> list[list[str]]:
+    """Rows of `WHAT_IF_HEAD`: the run as it ran (priced on ``series``), then started at each
+    of the first `HOURS` whole hours of the series. Empty when the run logged no energy."""
+    run_slices = slices(run)
+    if not run_slices:
+        return []
+    pue, began = pue_of(run), run_slices[0].start
+    as_run = co2e_g(run_slices, series, pue, 0.0)
+    first_hour = series.times[0] - series.times[0] % 3600
+    rows = [["as run " + _utc(began), f"{as_run:.4g}", "-"]]
+    for hour in range(HOURS):
+        start = first_hour + hour * 3600
+        grams = co2e_g(run_slices, series, pue, start - began)
+        change = f"{(grams / as_run - 1) * 100:+.0f}%" if as_run > 0 else "-"
+        rows.append([_utc(start), f"{grams:.4g}", change])
+    series.take_notices()  # a shifted run past the series' ends uses its end values: said in the page's note
+    return rows
+
+
+def intensity_over_time(run: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Training hours at each window's end, its mean power (W) and the intensity in force (g/kWh)."""
+    out: dict[str, list[float]] = {"hours": [], "watts": [], "intensity": []}
+    for line in run:
+        metrics = line.get("metrics") or {}
+        if line.get("type") == WINDOW and keys.TOTAL_W in metrics and keys.INTENSITY in metrics:
+            out["hours"].append(line.get("elapsed_s", 0.0) / 3600)
+            out["watts"].append(metrics[keys.TOTAL_W])
+            out["intensity"].append(metrics[keys.INTENSITY])
+    return out
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M")

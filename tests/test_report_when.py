@@ -1,0 +1,96 @@
+"""energy-report's "when": the same run started at another hour, and intensity against power.
+
+Run records come from the real tracker on a simulated 300 W GPU and a manual clock (hours
+of training in a second); the report reads them back as a user's would.
+"""
+
+from __future__ import annotations
+
+import struct
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from energy_core import J_PER_KWH, report, report_when
+from energy_core.intensity import Series
+from energy_core.record import read_runs
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import ManualClock, SimGpu
+from tests.helpers.manual import manual_run
+
+GPU_W = 300.0
+DAY = datetime(2026, 6, 1, tzinfo=timezone.utc)
+
+
+def day_series(path: Path) -> Path:
+    """A clean morning (100 g/kWh, 00:00-11:59 UTC) and a dirty afternoon (400 g/kWh)."""
+    rows = "".join(f"{(DAY + timedelta(hours=h)).isoformat()},{100.0 if h < 12 else 400.0}\n" for h in range(24))
+    path.write_text("datetime,carbon_intensity\n" + rows)
+    return path
+
+
+def two_hour_run(tmp_path: Path, sim_gpus, **options: object) -> Path:
+    """Two hours at 300 W on the manual clock, a window every 10 minutes; returns the record."""
+    clock = ManualClock()
+    sim_gpus(SimGpu("GPU-a", Constant(GPU_W), counter_period_s=0.02), clock=clock)
+    record = tmp_path / "energy.jsonl"
+    run = manual_run(clock, devices=["gpu"], record_path=record, **options)
+    for step in range(1, 13):
+        run.advance(600.0, every=5.0)
+        run.tracker.window(step)
+    run.tracker.end_fit(12)
+    run.tracker.close()
+    return record
+
+
+def test_the_same_run_started_at_each_hour_of_a_series(tmp_path, sim_gpus) -> None:
+    record = two_hour_run(tmp_path, sim_gpus, pue=1.5, carbon_intensity_g_per_kwh=250.0)
+    run = read_runs(record)[0][0]
+    hour_kwh = GPU_W * 3600 / J_PER_KWH
+    assert sum(s.kwh for s in report_when.slices(run)) == pytest.approx(2 * hour_kwh, rel=1e-3)
+    rows = report_when.started_at_other_hours(run, Series(day_series(tmp_path / "day.csv"), "series", "g/kWh"))
+    assert [r[0] for r in rows[1:4]] == ["2026-06-01 00:00", "2026-06-01 01:00", "2026-06-01 02:00"]
+    grams = {r[0][-5:]: float(r[1]) for r in rows[1:]}
+    assert grams["00:00"] == pytest.approx(2 * hour_kwh * 1.5 * 100, rel=1e-3)  # all morning
+    assert grams["11:00"] == pytest.approx(hour_kwh * 1.5 * (100 + 400), rel=1e-3)  # one hour each
+    assert grams["12:00"] == pytest.approx(2 * hour_kwh * 1.5 * 400, rel=1e-3)  # all afternoon
+    assert rows[13][2] == f"{(grams['12:00'] / float(rows[0][1]) - 1) * 100:+.0f}%"  # against the run as it ran
+
+
+def test_energy_report_shows_the_hours_and_the_intensity_curve(tmp_path, sim_gpus, capsys) -> None:
+    changes = [(datetime.now(timezone.utc) - timedelta(hours=1), 100.0)]
+    changes.append((changes[0][0] + timedelta(hours=2), 300.0))  # one hour into the run
+    series = tmp_path / "live.csv"
+    series.write_text("datetime,g\n" + "".join(f"{t.isoformat()},{v}\n" for t, v in changes))
+    record = two_hour_run(tmp_path, sim_gpus, carbon_intensity_series=series)
+    out = tmp_path / "report"
+    assert (
+        report.main([str(record), "--intensity-series", str(day_series(tmp_path / "day.csv")), "--out", str(out)]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "the same run started at another hour" in printed and "2026-06-01 12:00" in printed
+    page = (out / "report.html").read_text()
+    assert 'id="other-hours"' in page and "2026-06-01 23:00" in page
+    png = (out / "intensity_vs_power.png").read_bytes()
+    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and width > 600 and height > 300
+    assert b"Grid intensity against power" in png  # its title, stored as a text chunk
+    curve = report_when.intensity_over_time(read_runs(record)[0][0])
+    assert curve["intensity"][:5] == [100.0] * 5 and curve["intensity"][-5:] == [300.0] * 5
+    assert curve["hours"][-1] == pytest.approx(2.0, abs=1e-6)
+
+
+def test_a_fixed_intensity_draws_no_intensity_curve(tmp_path, sim_gpus) -> None:
+    record = two_hour_run(tmp_path, sim_gpus, carbon_intensity_g_per_kwh=250.0)
+    assert report.main([str(record), "--out", str(tmp_path / "report")]) == 0
+    assert not (tmp_path / "report" / "intensity_vs_power.png").exists()
+    assert (tmp_path / "report" / "power_vs_time.png").exists()
+    assert 'id="other-hours"' not in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_a_bad_intensity_series_is_one_message(tmp_path, sim_gpus, capsys) -> None:
+    record = two_hour_run(tmp_path, sim_gpus, carbon_intensity_g_per_kwh=250.0)
+    (tmp_path / "bad.csv").write_text("datetime,g\n2026-06-01T00:00:00,100\n")
+    assert report.main([str(record), "--intensity-series", str(tmp_path / "bad.csv")]) == 2
+    assert "--intensity-series: line 2" in capsys.readouterr().err

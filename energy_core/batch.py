@@ -34,7 +34,7 @@ def count_batch(batch: Any) -> tuple[int, Any]:
     when the batch maps ``"attention_mask"``, else ``input_ids.numel()``, else 0. The
     token count may be a lazy tensor: sum it with others and convert once with `int`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> count_batch({"input_ids": torch.ones(4, 8), "attention_mask": torch.ones(4, 8)})[0]
         4

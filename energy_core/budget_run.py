@@ -39,7 +39,7 @@ class BudgetRun:
         rule: The limits.
         options: How to measure when no monitor's tracker can be shared.
 
-    Example:
+    Examples:
         >>> run = BudgetRun(BudgetRule(max_kwh=1.0), MeasureOptions())
         >>> notices = run.bind(None, Ranks(), step=0)           # doctest: +SKIP
         >>> action = run.begin(0, total_steps=1000, epoch_steps=100)   # doctest: +SKIP

@@ -57,7 +57,7 @@ class CarbonIntensity:
 def co2e_kg(kwh: float, pue: float, g_per_kwh: float) -> float:
     """Kilograms CO2e of ``kwh`` of IT energy: ``kwh x pue x g_per_kwh / 1000``.
 
-    Example:
+    Examples:
         >>> round(co2e_kg(1_287_000, 1.0, 429.0) / 1000)   # GPT-3: 1,287 MWh at 0.429 kg/kWh
         552
     """
@@ -206,7 +206,7 @@ def resolve_intensity(
             country, a cloud region without a provider (or the reverse), or a negative or
             non-finite explicit intensity. The message names the argument.
 
-    Example:
+    Examples:
         >>> resolve_intensity(country="FRA")[0].g_per_kwh   # doctest: +SKIP
         56.039
     """

@@ -6,7 +6,7 @@ and fit ends), charged at the factors in force at its midpoint (so a change of i
 inside a slice is off by half that slice's energy at most). With fixed factors this is
 simply total kWh x PUE x factor.
 
-Example:
+Examples:
     >>> from energy_core.intensity import Fixed
     >>> charges = Charges(Fixed(400.0, "given"), None, pue=1.5)
     >>> charges.charge(3.6e6, when=0.0)   # the first kWh

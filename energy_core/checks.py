@@ -4,7 +4,7 @@ Each check returns the normalised value, or raises ``TypeError`` (wrong type: a 
 never a number, a number is never a string) or ``ValueError`` (right type, outside the
 allowed range). Both messages name the argument and say what is allowed.
 
-Example:
+Examples:
     >>> number("pue", 1.2, low=1)
     1.2
     >>> number("pue", True, low=1)

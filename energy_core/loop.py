@@ -8,7 +8,7 @@ validation, and leaving the ``with`` block (or `EnergyLoop.close`) at the end. L
 dictionaries wherever you log: ``fabric.log_dict(metrics, step=...)``,
 ``accelerator.log(metrics, step=...)``, TensorBoard, W&B.
 
-Example:
+Examples:
     >>> from energy_core import EnergyLoop
     >>> with EnergyLoop(country="FRA", log_every_n_steps=50) as energy:      # doctest: +SKIP
     ...     for epoch in range(3):

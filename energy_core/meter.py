@@ -38,7 +38,7 @@ class EnergyMeter:
         clock: Seconds, for marks and readings; ``time.perf_counter`` (a test may drive time).
         cpu_tdp_w: The CPU socket's TDP for the CPU estimate, instead of codecarbon's table.
 
-    Example:
+    Examples:
         >>> meter = EnergyMeter(devices=["gpu"])
         >>> notices = meter.open()            # doctest: +SKIP
         >>> start = meter.mark(); ...; joules = meter.joules(start, meter.mark())   # doctest: +SKIP

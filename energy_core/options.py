@@ -4,7 +4,7 @@
 which IDEs, type checkers and LightningCLI read); `MeasureOptions` is the same list
 validated and normalised, and what the core works from. A test keeps the two in step.
 
-Example:
+Examples:
     >>> options = MeasureOptions(country="FRA", pue=1.1)
     >>> options.as_args()["country"]
     'FRA'

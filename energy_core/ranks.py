@@ -12,7 +12,7 @@ The adapters only translate their framework's view (Lightning's ``trainer``, HF'
 ``args``/``state``) into a `Ranks` and supply the collectives. In a single process the
 defaults make every sum the identity and every decision local.
 
-Example:
+Examples:
     >>> Ranks().sum_by_name({"joules": 2.0}, {"gpu_j": 1.5})
     ({'joules': 2.0}, {'gpu_j': [1.5]})
 """

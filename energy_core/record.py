@@ -78,7 +78,7 @@ class RunRecord:
     Args:
         path: File to append to; its directory is created on first write.
 
-    Example:
+    Examples:
         >>> record = RunRecord("runs/energy.jsonl")   # doctest: +SKIP
         >>> record.new_run()                           # doctest: +SKIP
         >>> record.write("window", step=50, metrics={"energy/total_kwh": 0.01})   # doctest: +SKIP

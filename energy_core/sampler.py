@@ -122,7 +122,7 @@ class Sampler:
         capacity: Rows kept in the ring buffer (for extrapolating past the newest reading).
         clock: Time source; ``time.perf_counter`` (the same clock the trackers use).
 
-    Example:
+    Examples:
         >>> sampler = Sampler(sources, 0.1)   # doctest: +SKIP
         >>> sampler.start(); ...; sampler.stop()   # doctest: +SKIP
     """

@@ -5,7 +5,7 @@ checkpoint (`RunTotals.to_state` / `RunTotals.from_state`, validated so that a d
 checkpoint is a clear error, never a poisoned total), and the job's totals summed over
 the ranks of a multi-process run.
 
-Example:
+Examples:
     >>> a = RunTotals({"gpu": 3.6e6}, samples=10)
     >>> (a + RunTotals({"gpu": 3.6e6, "cpu": 1.0})).total_kwh
     2.0000002777777777

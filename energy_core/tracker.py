@@ -57,7 +57,7 @@ class EnergyTracker:
     ``carbon/co2e_kg``, ``carbon/intensity_g_per_kwh`` at every `window`;
     ``energy/epoch_kwh`` at `end_epoch`; ``energy/{val,test,predict}_kwh`` at `end_stage`.
 
-    Example:
+    Examples:
         >>> tracker = EnergyTracker(country="FRA")
         >>> notices = tracker.start_fit(step=0)            # doctest: +SKIP
         >>> tracker.add_batch(batch)                        # every micro-batch  # doctest: +SKIP

@@ -33,6 +33,7 @@ class EnergyBudgetCallback(HasBudgetRun, LogContributor, TrainerCallback, Export
     Args:
         max_kwh: Energy limit in kWh (measured, all devices, no PUE).
         max_co2e_kg: Carbon limit in kg CO2e (energy x PUE x grid intensity).
+        max_cost: Electricity cost limit, in ``currency`` (needs ``price_per_kwh``).
         forecast: ``"warn"`` (default), ``"stop"`` or ``"off"``.
         **measure: As for `EnergyCallback` (see `energy_core.MeasureOptions`); used only
             when it measures itself.
@@ -49,7 +50,7 @@ class EnergyBudgetCallback(HasBudgetRun, LogContributor, TrainerCallback, Export
         decision is taken at logging steps with an all-reduce, so every rank stops at the
         same step.
 
-    Example:
+    Examples:
         >>> from hf_energy import EnergyBudgetCallback, EnergyCallback, attach
         >>> attach(trainer, EnergyCallback(country="FRA"), EnergyBudgetCallback(max_kwh=5.0))   # doctest: +SKIP
     """

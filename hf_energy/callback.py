@@ -37,7 +37,8 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         **measure: The measurement arguments of `energy_core.MeasureOptions`:
             ``devices``, ``sample_interval_s``, ``country``, ``region``,
             ``cloud_provider``, ``cloud_region``, ``carbon_intensity_g_per_kwh``, ``pue``,
-            ``record_path`` (written by world process zero), ``cpu_tdp_w``.
+            ``record_path`` (written by world process zero), ``cpu_tdp_w``,
+            ``carbon_intensity_series``, ``electricity_maps_zone``, ``price_per_kwh``, ``currency``.
 
     Raises:
         TypeError, ValueError: naming the argument, for any invalid value.
@@ -45,11 +46,11 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
     Logged metrics: ``energy/step_j``, ``energy/total_kwh``, ``energy/{gpu,cpu,dram}_kwh``,
     ``power/total_w``, ``power/gpu{i}_w``, ``throughput/samples_per_s``,
     ``throughput/tokens_per_s``, ``efficiency/j_per_sample``, ``efficiency/j_per_token``,
-    ``carbon/co2e_kg``, ``carbon/intensity_g_per_kwh``; ``energy/epoch_kwh`` at epoch
-    ends; ``energy/val_kwh`` with the evaluation metrics; ``energy/predict_kwh`` after
+    ``carbon/co2e_kg``, ``carbon/intensity_g_per_kwh``, ``cost/total`` (with ``price_per_kwh``);
+    ``energy/epoch_kwh`` at epoch ends; ``energy/val_kwh`` with the evaluation metrics; ``energy/predict_kwh`` after
     ``trainer.predict``. W&B and TensorBoard show them under ``train/``.
 
-    Example:
+    Examples:
         >>> from transformers import Trainer
         >>> from hf_energy import EnergyCallback, attach
         >>> trainer = Trainer(model=model, args=args, train_dataset=data)   # doctest: +SKIP

@@ -43,7 +43,7 @@ class PowerCapCallback(LogContributor, TrainerCallback):
 
     Logged metrics: ``power/cap_w`` (with `attach`), also in `EnergyCallback`'s logs.
 
-    Example:
+    Examples:
         >>> from hf_energy import EnergyCallback, PowerCapCallback, attach
         >>> attach(trainer, EnergyCallback(), PowerCapCallback(fraction=0.8))   # doctest: +SKIP
     """

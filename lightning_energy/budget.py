@@ -29,6 +29,7 @@ class EnergyBudget(HasBudgetRun, *CALLBACK_BASES):  # type: ignore[misc]
     Args:
         max_kwh: Energy limit in kWh (measured, all devices, no PUE).
         max_co2e_kg: Carbon limit in kg CO2e (energy x PUE x grid intensity).
+        max_cost: Electricity cost limit, in ``currency`` (needs ``price_per_kwh``).
         forecast: ``"warn"`` (default), ``"stop"`` or ``"off"``.
         **measure: The measurement arguments, as for `EnergyMonitor` (see
             `energy_core.MeasureOptions`); used only when no monitor is in the trainer.
@@ -45,7 +46,7 @@ class EnergyBudget(HasBudgetRun, *CALLBACK_BASES):  # type: ignore[misc]
         multi-process run the decision is taken at logging steps, with
         ``strategy.reduce_boolean_decision``, so every rank stops at the same step.
 
-    Example:
+    Examples:
         >>> from lightning.pytorch import Trainer
         >>> from lightning_energy import EnergyBudget, EnergyMonitor
         >>> trainer = Trainer(max_epochs=10, callbacks=[EnergyMonitor(country="DEU"),

@@ -29,7 +29,8 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         **measure: The measurement arguments of `energy_core.MeasureOptions`:
             ``devices``, ``sample_interval_s``, ``country``, ``region``,
             ``cloud_provider``, ``cloud_region``, ``carbon_intensity_g_per_kwh``, ``pue``,
-            ``record_path``, ``cpu_tdp_w``.
+            ``record_path``, ``cpu_tdp_w``, ``carbon_intensity_series``,
+            ``electricity_maps_zone``, ``price_per_kwh``, ``currency``.
 
     Raises:
         TypeError, ValueError: naming the argument, for any invalid value (unknown
@@ -39,11 +40,11 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     Logged metrics: ``energy/step_j``, ``energy/total_kwh``, ``energy/{gpu,cpu,dram}_kwh``,
     ``power/total_w``, ``power/gpu{i}_w``, ``throughput/samples_per_s``,
     ``throughput/tokens_per_s``, ``efficiency/j_per_sample``, ``efficiency/j_per_token``,
-    ``carbon/co2e_kg``, ``carbon/intensity_g_per_kwh``; at epoch end also
+    ``carbon/co2e_kg``, ``carbon/intensity_g_per_kwh``, ``cost/total`` (with ``price_per_kwh``); at epoch end also
     ``energy/epoch_kwh``; after validation/test/predict ``energy/val_kwh``,
     ``energy/test_kwh``, ``energy/predict_kwh``.
 
-    Example:
+    Examples:
         >>> from lightning.pytorch import Trainer
         >>> from lightning_energy import EnergyMonitor
         >>> trainer = Trainer(callbacks=[EnergyMonitor(country="FRA", pue=1.1)])

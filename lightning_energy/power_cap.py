@@ -54,7 +54,7 @@ class PowerCap(*CALLBACK_BASES):  # type: ignore[misc]
     Logged metrics: ``power/cap_w`` (sum of the caps in force on the node's capped GPUs),
     also in every `EnergyMonitor` window while a cap is in force.
 
-    Example:
+    Examples:
         >>> from lightning.pytorch import Trainer
         >>> from lightning_energy import EnergyMonitor, PowerCap
         >>> trainer = Trainer(callbacks=[EnergyMonitor(), PowerCap(fraction=0.8)])

@@ -53,7 +53,7 @@ class NvidiaGpuSource(EnergySource):
     Args:
         gpu: The device to read.
 
-    Example:
+    Examples:
         >>> sources, notices = discover_gpus()   # doctest: +SKIP
         >>> sources[0].read(time.perf_counter())  # doctest: +SKIP
         Reading(joules=12.5, watts=None)

@@ -24,7 +24,7 @@ class ExitGuard:
     Args:
         restore: Idempotent, safe from any thread.
 
-    Example:
+    Examples:
         >>> guard = ExitGuard(lambda: None)
         >>> guard.install(); guard.uninstall()
     """

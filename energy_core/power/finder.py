@@ -74,7 +74,7 @@ class CapFinder:
     Logged by the adapters: ``power/cap_w`` at each change; the run record gets the table
     (cap, time and energy per step with spreads, phases, verdict) and the choice.
 
-    Example:
+    Examples:
         >>> finder = CapFinder(limits, meter, max_slowdown=0.1)   # doctest: +SKIP
         >>> for step in range(1, 1000):                          # doctest: +SKIP
         ...     train_one_step(); finder.on_step(step)

@@ -82,7 +82,7 @@ def parse_journal(raw: bytes, uid: int) -> tuple[dict[str, JournalEntry], list[s
     """The valid entries of a journal's bytes, the entries dropped (one message each), and
     why the whole content is damaged (None when it is not).
 
-    Example:
+    Examples:
         >>> parse_journal(b"[]", 0)[2]
         'holds a JSON list, not an object keyed by board UUID'
     """
@@ -115,7 +115,7 @@ class Journal:
     Attributes:
         problems: Messages about damaged content and dropped entries, until `take_problems`.
 
-    Example:
+    Examples:
         >>> with Journal(Path("/tmp/ec-doc/power-limits.json")).entries() as entries:  # doctest: +SKIP
         ...     entries["GPU-1"] = JournalEntry.mine(350000, 250000, token="a1")
     """

@@ -77,7 +77,7 @@ class JournalEntry:
         token: Which `PowerLimits` object of that process owns the board.
         time: When it was written (seconds since the epoch).
 
-    Example:
+    Examples:
         >>> entry = JournalEntry.parse("GPU-1", {"previous_mw": 350000, "set_mw": 250000, "pid": 7,
         ...                                      "host": "h", "uid": 0}, uid=0)
         >>> entry.previous_mw, entry.token

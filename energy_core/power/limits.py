@@ -47,7 +47,7 @@ class PowerLimits:
         busy: The boards the last `apply` left alone (capped by another live process).
         damage: Every journal problem seen (damaged content, dropped entries).
 
-    Example:
+    Examples:
         >>> limits = PowerLimits()                                          # doctest: +SKIP
         >>> capped = limits.apply(devices.visible_boards(), None, 0.8)      # doctest: +SKIP
         >>> limits.restore()                                                 # doctest: +SKIP

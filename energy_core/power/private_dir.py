@@ -176,7 +176,7 @@ def open_private_dir(path: Path, euid: int | None = None) -> OpenDir:
     Raises:
         JournalError: the directory or an entry is unsafe, or cannot be created or opened.
 
-    Example:
+    Examples:
         >>> folder = open_private_dir(Path("/tmp/energy-callbacks-doc"))   # doctest: +SKIP
         >>> folder.read("power-limits.json", 65536)                          # doctest: +SKIP
     """

@@ -46,7 +46,7 @@ DISAGREE = 0.03  # two phases of a rung whose times differ by more (and by z spr
 def zeus_steps(max_mw: int, min_mw: int) -> int:
     """Steps Zeus's ``GlobalPowerLimitOptimizer`` profiles with its defaults on a board.
 
-    Example:
+    Examples:
         >>> zeus_steps(300_000, 100_000)  # 300, 275, ..., 100 W: 9 limits
         450
     """
@@ -136,7 +136,7 @@ class CapSearch:
         z: Width of an interval in spreads: times closer to the limit than this are
             measured again, and two phases further apart than this disagree.
 
-    Example:
+    Examples:
         >>> search = CapSearch(3, max_slowdown=0.1, phases=3)
         >>> cost = {0: (1.0, 10.0), 1: (1.05, 9.0), 2: (1.3, 9.5)}   # rung: (s, J) per step
         >>> while (rung := search.next(phases_left=5 - len(search.history))) is not None:

@@ -16,12 +16,16 @@ Examples:
 
 from __future__ import annotations
 
+import threading
+
 from energy_core.intensity import Factor
 from energy_core.totals import J_PER_KWH
 
 
 class Charges:
     """The CO2e and cost of the energy used since a fit started (this process).
+
+    Thread-safe: the sampler thread previews (budgets) while the training thread charges.
 
     Args:
         carbon: The grid intensity over time (g CO2e/kWh).
@@ -35,31 +39,42 @@ class Charges:
         self.cost = 0.0
         self.charged_j = 0.0
         self.charged_at: float | None = None  # when the last slice ended
+        self._rates = (0.0, 0.0)  # kg CO2e and cost per kWh (PUE applied) of the last slice charged
+        self._lock = threading.Lock()
 
-    def _slice(self, total_j: float, when: float) -> tuple[float, float]:
-        # negative when the last boundary was extrapolated past the newest reading and the exact
-        # figure came in lower: the excess is taken back, so fixed factors stay exactly total x factor
-        kwh = (total_j - self.charged_j) / J_PER_KWH * self.pue
+    def _slice(self, total_j: float, when: float, kept: bool) -> tuple[float, float, tuple[float, float]]:
+        """(CO2e kg, cost, rates) of the energy since the last charge; ``kept``: the factors'
+        values go into their history (a charge, not a preview)."""
+        kwh = (total_j - self.charged_j) / J_PER_KWH
+        if kwh < 0:  # the last boundary was extrapolated past the newest reading and the exact figure
+            # came in lower: the excess is taken back at the rates it was charged at, never below zero
+            co2, cost = max(kwh * self._rates[0], -self.co2e_kg), max(kwh * self._rates[1], -self.cost)
+            return co2, cost, self._rates
         middle = when if self.charged_at is None or self.charged_at > when else (self.charged_at + when) / 2
-        co2 = kwh * self.carbon.at(middle).value / 1000.0
-        cost = kwh * self.price.at(middle).value if self.price is not None else 0.0
-        return co2, cost
+        carbon = (self.carbon.at if kept else self.carbon.peek)(middle).value
+        price = (self.price.at if kept else self.price.peek)(middle).value if self.price is not None else 0.0
+        rates = (self.pue * carbon / 1000.0, self.pue * price)
+        return kwh * rates[0], kwh * rates[1], rates
 
     def preview(self, total_j: float, when: float) -> tuple[float, float]:
         """(CO2e kg, cost) if the energy up to ``total_j`` were charged at ``when``; nothing changes."""
-        co2, cost = self._slice(total_j, when)
-        return self.co2e_kg + co2, self.cost + cost
+        with self._lock:
+            co2, cost, _ = self._slice(total_j, when, kept=False)
+            return self.co2e_kg + co2, self.cost + cost
 
     def charge(self, total_j: float, when: float) -> None:
         """Charge the energy used since the last charge (which ends at ``when``)."""
-        co2, cost = self._slice(total_j, when)
-        self.co2e_kg += co2
-        self.cost += cost
-        self.charged_j = total_j
-        self.charged_at = when
+        with self._lock:
+            co2, cost, self._rates = self._slice(total_j, when, kept=True)
+            self.co2e_kg += co2
+            self.cost += cost
+            self.charged_j = total_j
+            self.charged_at = when
 
     def restart(self, when: float | None = None) -> None:
         """A new fit starting at ``when``: its energy counts from zero (earlier fits are in the
         resumed totals)."""
-        self.co2e_kg = self.cost = self.charged_j = 0.0
-        self.charged_at = when
+        with self._lock:
+            self.co2e_kg = self.cost = self.charged_j = 0.0
+            self.charged_at = when
+            self._rates = (0.0, 0.0)

@@ -24,9 +24,11 @@ import csv
 import json
 import math
 import os
+import re
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +42,20 @@ DEFAULT_URL = "https://api.electricitymap.org/v3"
 REFRESH_S = 900.0  # Electricity Maps' values are hourly: every 15 minutes is often enough
 TIMEOUT_S = 5.0
 STALE_S = 3 * 3600.0  # a live figure older than this gives way to the location lookup
+MAX_G_PER_KWH = 2000.0  # no grid emits more (coal plants ~1,000): a larger figure is a fault
+MAX_PRICE = 1e6  # per kWh, in any currency: a larger figure is a unit mistake
+MAX_ANSWER_BYTES = 64 * 1024  # the API's answer is a few hundred bytes
+ZONE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib would send the token on to wherever a redirect points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        return None  # urllib then raises HTTPError with the 3xx code
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,10 @@ class Factor:
         if not self.history or (found.value, found.source) != (self.history[-1].value, self.history[-1].source):
             self.history.append(found)
         return found
+
+    def peek(self, when: float) -> Value:
+        """The value in force at ``when``, not kept in `history` (for previews)."""
+        return self._lookup(when)
 
     def _lookup(self, when: float) -> Value:
         raise NotImplementedError
@@ -108,19 +128,22 @@ class Fixed(Factor):
         return {"kind": "fixed", "value": self.value.value, "source": self.value.source}
 
 
-def parse_series(path: str | os.PathLike[str], name: str) -> tuple[list[float], list[float]]:
-    """(unix times, values) of a series file, sorted by time.
+def parse_series(path: str | os.PathLike[str], name: str, high: float) -> tuple[list[float], list[float]]:
+    """(unix times, values) of a series file, sorted by time; values in [0, ``high``].
 
     Raises:
         ValueError: naming the argument, the file and the line, for anything malformed.
     """
     times: list[float] = []
     values: list[float] = []
+    seen: dict[float, int] = {}  # moment -> line
+    if not os.path.isfile(path):  # a directory, a FIFO (which would block), a device
+        raise ValueError(f"{name}: {os.fspath(path)!r} is not a regular file")
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             rows = list(csv.reader(handle))
-    except OSError as err:
-        raise ValueError(f"{name}: cannot read {os.fspath(path)!r} ({err})") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{name}: cannot read {os.fspath(path)!r} as UTF-8 CSV ({err})") from None
     for number, row in enumerate(rows[1:], 2):
         if not row or not "".join(row).strip():
             continue
@@ -137,8 +160,16 @@ def parse_series(path: str | os.PathLike[str], name: str) -> tuple[list[float], 
                 f"{name}: line {number} of {os.fspath(path)!r} has no UTC offset ({row[0]!r}); write e.g. "
                 "2026-06-01T12:00:00+00:00"
             )
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name}: line {number} of {os.fspath(path)!r} has a value that is not >= 0: {row[1]!r}")
+        if not math.isfinite(value) or not 0 <= value <= high:
+            raise ValueError(
+                f"{name}: line {number} of {os.fspath(path)!r} has a value that is not in [0, {high:g}]: {row[1]!r}"
+            )
+        if stamp.timestamp() in seen:
+            raise ValueError(
+                f"{name}: line {number} of {os.fspath(path)!r} repeats the moment of line {seen[stamp.timestamp()]} "
+                f"({row[0].strip()!r}): which value holds is ambiguous"
+            )
+        seen[stamp.timestamp()] = number
         times.append(stamp.timestamp())
         values.append(value)
     if not times:
@@ -154,13 +185,14 @@ class Series(Factor):
         path: The CSV file (header row; ISO 8601 timestamp with offset, value).
         name: The argument it came from, for messages.
         unit: The values' unit, for messages.
+        high: The largest plausible value (`MAX_G_PER_KWH` for an intensity; `MAX_PRICE` for a price).
     """
 
-    def __init__(self, path: str | os.PathLike[str], name: str, unit: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], name: str, unit: str, high: float = MAX_G_PER_KWH) -> None:
         super().__init__()
         self.path = os.fspath(path)
         self.name, self.unit = name, unit
-        self.times, self.values = parse_series(path, name)
+        self.times, self.values = parse_series(path, name, high)
         self._warned: set[str] = set()
 
     def _lookup(self, when: float) -> Value:
@@ -201,7 +233,8 @@ class ElectricityMaps(Factor):
         self.zone = zone
         self.fallback = fallback
         self.clock = clock
-        self.url = os.environ.get(URL_ENV, DEFAULT_URL).rstrip("/") + "/carbon-intensity/latest?zone=" + zone
+        query = urllib.parse.urlencode({"zone": zone})
+        self.url = os.environ.get(URL_ENV, DEFAULT_URL).rstrip("/") + "/carbon-intensity/latest?" + query
         self._latest: Value | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -220,23 +253,23 @@ class ElectricityMaps(Factor):
 
     def fetch(self) -> None:
         """Ask the API once; keep the figure, or keep the last one and say why (never raises)."""
-        token = os.environ.get(TOKEN_ENV)
+        token = os.environ.get(TOKEN_ENV, "").strip()  # a secret file's trailing newline is not part of it
         if not token:
             self._once("token", f"Electricity Maps: ${TOKEN_ENV} is not set; using {self.fallback.value.source}.")
             return
         request = urllib.request.Request(self.url, headers={"auth-token": token})
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-                answer = json.loads(response.read().decode("utf-8"))
-            value = float(answer["carbonIntensity"])
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"carbonIntensity {value!r}")
+            answer = json.loads(_read_bounded(request).decode("utf-8"))
+            given = answer["carbonIntensity"]
+            value = float(given) if isinstance(given, (int, float)) and not isinstance(given, bool) else math.nan
+            if not 0 <= value <= MAX_G_PER_KWH:  # NaN fails too
+                raise ValueError(f"carbonIntensity {given!r} is not a number in [0, {MAX_G_PER_KWH:g}]")
         except urllib.error.HTTPError as err:
             why = {401: "the token was refused (401)", 429: "rate limited (429)"}.get(err.code, f"HTTP {err.code}")
-            self._failed(why)
+            self._failed(why + (" (a redirect, not followed)" if 300 <= err.code < 400 else ""))
             return
         except Exception as err:  # noqa: BLE001 - no network, timeout, malformed answer: keep the last figure
-            self._failed(f"{type(err).__name__}: {err}")
+            self._failed(_without(token, f"{type(err).__name__}: {err}"))
             return
         stamp = answer.get("datetime", "")
         source = f"Electricity Maps {answer.get('zone', self.zone)} at {stamp}" + (
@@ -255,22 +288,42 @@ class ElectricityMaps(Factor):
             self._notices.append(Notice("warn", text))
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._thread is not None and self._thread.is_alive() and not self._stop.is_set():
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="energy-intensity", daemon=True)
+        self._stop = threading.Event()  # a new one: a thread still finishing a request keeps its own, set
+        self._thread = threading.Thread(target=self._run, args=(self._stop,), name="energy-intensity", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        while True:
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             self.fetch()
-            if self._stop.wait(REFRESH_S):
+            if stop.wait(REFRESH_S):
                 return
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread = None  # a request in flight ends by its own timeout; nothing waits for it
+        self._stop.set()  # a request in flight ends by its own deadline; nothing waits for it
 
     def describe(self) -> dict[str, object]:
         return {"kind": "electricity_maps", "zone": self.zone, "refresh_s": REFRESH_S,
                 "fallback": self.fallback.value.source}  # fmt: skip
+
+
+def _read_bounded(request: urllib.request.Request) -> bytes:
+    """The answer's body: at most `MAX_ANSWER_BYTES`, within about 2 x `TIMEOUT_S` in all
+    (a server that drips bytes cannot hold the thread), redirects refused."""
+    deadline = time.monotonic() + TIMEOUT_S
+    body = b""
+    with _OPENER.open(request, timeout=TIMEOUT_S) as response:
+        while chunk := response.read1(4096):  # one recv at a time: a drip is seen at once
+            body += chunk
+            if len(body) > MAX_ANSWER_BYTES:
+                raise ValueError(f"an answer of over {MAX_ANSWER_BYTES} bytes")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the answer took over {TIMEOUT_S:g} s")
+    return body
+
+
+def _without(token: str, text: str) -> str:
+    """``text``, or only its first word when the token shows in it in any form (escaped, bytes)."""
+    forms = (token, repr(token)[1:-1], repr(token.encode())[2:-1])
+    return text.split(":")[0] + ": (details withheld: they hold the token)" if any(f in text for f in forms) else text

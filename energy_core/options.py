@@ -13,15 +13,17 @@ Examples:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from numbers import Real
 from typing import Any, TypedDict
 
 from energy_core import checks
 from energy_core.carbon import CarbonIntensity, resolve_intensity
 from energy_core.devices import DEVICE_KINDS
-from energy_core.intensity import ElectricityMaps, Factor, Fixed, Series
+from energy_core.intensity import MAX_PRICE, ZONE, ElectricityMaps, Factor, Fixed, Series
 from energy_core.notices import Notice
 
 MIN_INTERVAL_S, MAX_INTERVAL_S = 0.001, 60.0
@@ -67,8 +69,9 @@ def parse_devices(devices: Any) -> tuple[tuple[str, ...], bool]:
 
 def _price(value: Any) -> float | str | None:
     """``price_per_kwh``: a number >= 0, or the path of a price series."""
-    if value is None or (isinstance(value, Real) and not isinstance(value, bool)):
-        return checks.number("price_per_kwh", value, low=0, optional=True, what="a number >= 0 or a CSV series path")
+    if value is None or isinstance(value, (Real, Decimal)):  # a bool is refused there, as a number
+        what = f"a number in [0, {MAX_PRICE:g}] or a CSV series path"
+        return checks.number("price_per_kwh", value, low=0, high=MAX_PRICE, optional=True, what=what)
     return checks.file_path("price_per_kwh", value)
 
 
@@ -94,7 +97,7 @@ class MeasureOptions:
         cloud_provider: Cloud provider, e.g. ``"gcp"``, with ``cloud_region``.
         cloud_region: Cloud region, e.g. ``"europe-west9"``.
         carbon_intensity_g_per_kwh: Use this grid intensity (g/kWh, >= 0) instead of a lookup.
-        pue: Power usage effectiveness of the data centre (>= 1), applied to CO2e only.
+        pue: Power usage effectiveness of the data centre (>= 1), applied to CO2e and cost.
         record_path: Append a JSON-lines run record to this file (written by rank 0).
         cpu_tdp_w: The CPU socket's TDP in W, for the CPU estimate used where RAPL cannot be
             read (instead of codecarbon's table, or 4 W per thread for an unknown model).
@@ -158,7 +161,11 @@ class MeasureOptions:
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
-        if not (len(self.currency) == 3 and self.currency.isalpha() and self.currency.isupper()):
+        zone = self.electricity_maps_zone
+        if zone is not None and not ZONE.match(zone):
+            raise ValueError(f"electricity_maps_zone must be an Electricity Maps zone such as 'FR' or 'US-CAL-CISO' "
+                             f"(letters, digits, '-' and '_'), got {zone!r}")  # fmt: skip
+        if not re.fullmatch(r"[A-Z]{3}", self.currency):
             raise ValueError(f"currency must be an ISO 4217 code such as 'EUR', got {self.currency!r}")
         chosen = [n for n in ("carbon_intensity_g_per_kwh", "carbon_intensity_series", "electricity_maps_zone")
                   if getattr(self, n) is not None]  # fmt: skip
@@ -201,7 +208,7 @@ class MeasureOptions:
             return None
         if isinstance(self.price_per_kwh, float):
             return Fixed(self.price_per_kwh, f"price_per_kwh={self.price_per_kwh:g} {self.currency}")
-        return Series(self.price_per_kwh, "price_per_kwh", f"{self.currency}/kWh")
+        return Series(self.price_per_kwh, "price_per_kwh", f"{self.currency}/kWh", high=MAX_PRICE)
 
     def as_args(self) -> dict[str, Any]:
         """The options as JSON-safe keyword arguments (HF stores them to re-create a callback)."""

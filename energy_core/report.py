@@ -41,6 +41,7 @@ SUMMARY_HEAD = [
     "kWh",
     "CO2e (g)",
     "g/kWh x PUE",
+    "cost",
     "mean W",
     "time (s)",
     "J/sample",
@@ -58,7 +59,8 @@ def run_row(label: str, run: list[dict[str, Any]]) -> tuple[list[str], float]:
     last = summary or next((x for x in reversed(run) if "metrics" in x), header)
     metrics = last.get("metrics", {})
     kwh = metrics.get(keys.TOTAL_KWH, 0.0)
-    carbon = header.get("carbon", {})
+    carbon = {**header.get("carbon", {}), **((summary or {}).get("carbon") or {})}  # the run's mean intensity
+    cost = (summary or {}).get("cost") or {}
     status = summary.get("status", "?") if summary else "INCOMPLETE (no summary: crashed or running)"
     estimated = header.get("estimated", [])
     shares = []
@@ -80,6 +82,7 @@ def run_row(label: str, run: list[dict[str, Any]]) -> tuple[list[str], float]:
         f"{kwh:.6g}",
         f"{metrics.get(keys.CO2E_KG, 0.0) * 1000:.4g}",
         f"{carbon.get('g_per_kwh', 0):.4g} x {carbon.get('pue', '?')}",
+        f"{cost['total']:.4g} {cost.get('currency', '')}".strip() if "total" in cost else "-",
         number("mean_power_w", ".1f"),
         number("seconds", ".1f"),
         number("j_per_sample", ".4g"),

@@ -91,7 +91,11 @@ def started_at_other_hours(run: list[dict[str, Any]], series: Series) -> list[li
     pue, began = pue_of(run), run_slices[0].start
     as_run = co2e_g(run_slices, series, pue, 0.0)
     first_hour = series.times[0] - series.times[0] % 3600
-    rows = [["as run " + _utc(began), f"{as_run:.4g}", "-"]]
+    step = series.times[-1] - series.times[-2] if len(series.times) > 1 else 3600.0
+    inside = series.times[0] <= began and run_slices[-1].end <= series.times[-1] + step
+    rows = [
+        ["as run " + _utc(began) + ("" if inside else " (outside the series: its end values)"), f"{as_run:.4g}", "-"]
+    ]
     for hour in range(HOURS):
         start = first_hour + hour * 3600
         grams = co2e_g(run_slices, series, pue, start - began)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from http.server import ThreadingHTTPServer
+
 import pytest
 
 from energy_core.devices import rapl
+from tests.doubles.electricity_maps import Replay
 from tests.doubles.fake_rapl import FakeRapl
 from tests.doubles.sim_nvml import SimGpu, SimNvml, install
 
@@ -42,3 +46,19 @@ def fake_rapl(monkeypatch: pytest.MonkeyPatch, tmp_path):
     yield make
     for tree in made:
         tree.stop()
+
+
+@pytest.fixture
+def electricity_maps(monkeypatch: pytest.MonkeyPatch):
+    """The Electricity Maps API on a local server (`tests.doubles.electricity_maps.Replay`),
+    with a token set and a 0.5 s request timeout."""
+    from energy_core import intensity
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Replay)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv(intensity.URL_ENV, f"http://127.0.0.1:{server.server_address[1]}/v3")
+    monkeypatch.setenv(intensity.TOKEN_ENV, "secret-token-123")
+    monkeypatch.setattr(intensity, "TIMEOUT_S", 0.5)
+    Replay.script, Replay.tokens, Replay.paths = [], [], []
+    yield Replay
+    server.shutdown()

@@ -7,8 +7,9 @@ Imports neither Lightning nor transformers. The layers, bottom up (docs/architec
 * `carbon` - grid intensity (codecarbon's bundled data) and CO2e;
 * `options` - the measurement arguments, validated once (`checks`);
 * `window`, `totals`, `ranks`, `job` - a logging window, run totals, sums over a job;
-* `tracker` - the bookkeeping the framework adapters share; `metrics`, `keys`, `summary`,
-  `header`, `record` - what it writes and logs;
+* `accounts`, `charges`, `factors` - what a run spent and did, at which carbon and price;
+* `tracker` - the bookkeeping the framework adapters share (its hooks; its state and
+  reads are `books`); `metrics`, `keys`, `summary`, `header`, `record` - what it writes and logs;
 * `budget`, `power` - energy budgets and GPU power caps; `report` - the report command;
 * `loop` - `EnergyLoop`: all of it for a loop without a Trainer (plain PyTorch, Fabric,
   Accelerate).

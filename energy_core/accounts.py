@@ -52,6 +52,10 @@ class Accounts:
         """Unix time of a moment on the meter's clock."""
         return t + self._wall_offset
 
+    def wall_now(self) -> float:
+        """Unix time now, on the meter's clock."""
+        return self.wall(self.meter.clock())
+
     def close_window(self, samples: int, tokens: int) -> None:
         self.samples += samples
         self.tokens += tokens
@@ -80,6 +84,13 @@ class Accounts:
             cost,
         )
         return self.resumed + live
+
+    def spent(self, t: float, live_j: float) -> tuple[float, float, float]:
+        """(kWh, kg CO2e, cost) of this process's totals with ``live_j`` joules used since the fit
+        started, up to ``t`` on the meter's clock, priced at the factors in force (nothing charged)."""
+        co2, cost = self.charges.preview(live_j, self.wall(t))
+        resumed = self.resumed
+        return (resumed.total_j + live_j) / J_PER_KWH, resumed.co2e_kg + co2, resumed.cost + cost
 
     def sum(
         self, ranks: Ranks, end: Mark, window: Window, figures: WindowFigures | None = None, epoch_j: float = 0.0

@@ -2,16 +2,20 @@
 
 A stage may start under a provisional name: the HF Trainer says whether an inference run
 was an evaluation or a prediction only when it ends. A run that ends before the sampler
-could give it a figure (a sanity check shorter than a sampling interval) waits
-(`Stages.hold`) until its marks are resolved, and is charged then, never as a false zero.
+could give it a figure (a sanity check shorter than a sampling interval) is held (`Stages.end`)
+until its marks are resolved, and is charged then, never as a false zero.
+Each charged run gets a ``stage`` line in the run record (`Stages.lines`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from energy_core import keys
 from energy_core.meter import EnergyMeter, Mark
+from energy_core.ranks import Ranks
 from energy_core.totals import J_PER_KWH, STAGES
 
 
@@ -46,15 +50,19 @@ class Stages:
     def running(self, name: str) -> bool:
         return name in self._started
 
-    def finish(self, stage: str, started_as: str | None = None) -> Mark | None:
-        """The start of the run ending now, charged to ``stage`` (None if it never started)."""
+    def end(self, stage: str, step: int, meter: EnergyMeter, started_as: str | None = None) -> StageRun | None:
+        """The run ending now, charged to ``stage`` (None if it never started).
+
+        It is held until the meter can give its marks a figure: `charge_ready` charges it.
+        """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        return self._started.pop(started_as or stage, None)
-
-    def hold(self, run: StageRun) -> None:
-        """A run ended: it is charged by the next `take_held` that can resolve it."""
+        start = self._started.pop(started_as or stage, None)
+        if start is None:
+            return None
+        run = StageRun(stage, start, meter.mark(), step)
         self._held.append(run)
+        return run
 
     def charge_ready(self, meter: EnergyMeter) -> list[tuple[StageRun, float]]:
         """Charge the held runs the meter can now give figures; returns them with their joules."""
@@ -68,9 +76,31 @@ class Stages:
             charged.append((run, joules))
         return charged
 
+    def lines(self, charged: list[tuple[StageRun, float]]) -> list[dict[str, Any]]:
+        """The run record's line for each charged run (with its stage's cumulative kWh)."""
+        return [
+            {
+                "stage": run.stage,
+                "step": run.step,
+                "seconds": run.end.t - run.start.t,
+                "kwh": joules / J_PER_KWH,
+                "metrics": {keys.stage_kwh(run.stage): self.kwh(run.stage)},
+            }
+            for run, joules in charged
+        ]
+
+    def figures(self, charged: list[tuple[StageRun, float]]) -> dict[str, float]:
+        """``energy/<stage>_kwh`` (cumulative) of each stage with a charged run."""
+        return {keys.stage_kwh(run.stage): self.kwh(run.stage) for run, _ in charged}
+
     def local_j(self) -> dict[str, float]:
         """This process's joules of each stage, checkpoint share included."""
         return {s: self.live_j[s] + self.resumed_j.get(s, 0.0) for s in STAGES}
+
+    def sum_over(self, ranks: Ranks) -> None:
+        """Sum the stages' energy over the job (a collective: every rank ends a stage together)."""
+        job_j = ranks.sum_by_name(self.local_j())[0]
+        self.set_job(job_j if ranks.distributed else None)
 
     def set_job(self, job_j: Mapping[str, float] | None) -> None:
         """The job's stage energy from a sum over ranks (None in one process)."""

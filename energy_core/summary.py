@@ -6,6 +6,7 @@ from typing import Any
 
 from energy_core import keys
 from energy_core.devices import DEVICE_KINDS
+from energy_core.meter import EnergyMeter
 from energy_core.notices import Notice
 from energy_core.totals import J_PER_KWH, STAGES, RunTotals
 
@@ -15,9 +16,7 @@ def summary_fields(
     totals: RunTotals,
     stage_kwh: dict[str, float],
     carbon: dict[str, Any],
-    failed_reads: dict[str, int],
-    estimated: list[str],
-    faults: dict[str, dict[str, Any]],
+    meter: EnergyMeter,
     currency: str | None = None,
 ) -> dict[str, Any]:
     """The record's summary line (besides type, step and status).
@@ -28,12 +27,12 @@ def summary_fields(
         stage_kwh: Energy of each non-training stage.
         carbon: The carbon factor's source and the PUE (`EnergyTracker.carbon_fields`); the mean
             intensity, weighted by energy, is added.
+        meter: The run's meter: its gaps per source, its estimated sources, and per source with
+            any fault: gaps, resets, glitches, seconds not measured and joules bridged at the
+            last good power (`EnergyMeter.quality`).
         currency: The price's currency, when a price was set.
-        failed_reads: Gaps per source.
-        estimated: Names of the estimated sources.
-        faults: Per source with any fault: gaps, resets, glitches, seconds not measured and
-            joules bridged at the last good power (`EnergyMeter.quality`).
     """
+    failed_reads, estimated, faults = meter.failed_reads(), meter.estimated, meter.quality()
     joules = metrics.get(keys.TOTAL_KWH, 0.0) * J_PER_KWH
     seconds = totals.fit_s
     kwh_pue = joules / J_PER_KWH * carbon["pue"]

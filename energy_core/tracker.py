@@ -3,9 +3,11 @@
 It turns hook calls (fit start, batch end, logging boundary, epoch end, stage start and
 end, fit end) into the metric dictionaries of the spec, keeps totals across checkpoint
 resumes, and writes the run record. Adapters decide *when* (the framework's hooks and
-logging cadence) and *where* (the framework's loggers); this class decides *what*, with
-the pieces it orchestrates: `Window` (work of the open window), `RunTotals` (totals and
-checkpoint state), `Ranks` (sums over a job), `metrics`, `summary` and `header`.
+logging cadence) and *where* (the framework's loggers); this class decides *what*. Its
+state, and the figures read from it between hooks (totals, a budget's watch, checkpoint
+state, summary), are its base `RunBooks` (books.py); the hooks orchestrate the pieces:
+`Window` (work of the open window), `Stages`, `Accounts` (totals, summed over a job),
+`RunFactors` (carbon and price), `metrics` and `header`.
 
 Hot path: `EnergyTracker.add_batch` adds two integers (and, for token masks, queues one
 lazy device sum). Everything that reads the hardware happens on the sampler thread;
@@ -14,34 +16,25 @@ everything that computes figures happens at logging boundaries.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
 from typing import Any
-
-from typing_extensions import Unpack
 
 from energy_core import keys
 from energy_core import metrics as metric_dicts
 from energy_core import record as lines
-from energy_core.accounts import Accounts
-from energy_core.charges import Charges
+from energy_core.books import RunBooks
 from energy_core.header import run_header
-from energy_core.job import JobSums
-from energy_core.meter import EnergyMeter, Mark
+from energy_core.meter import Mark
 from energy_core.notices import Notice
-from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.ranks import Ranks
-from energy_core.record import RunRecord
-from energy_core.stages import StageRun, Stages
-from energy_core.summary import quality_notices, summary_fields, summary_text
-from energy_core.totals import J_PER_KWH, STAGES, RunTotals
-from energy_core.window import Window, WindowFigures
+from energy_core.stages import StageRun
+from energy_core.summary import quality_notices
+from energy_core.totals import J_PER_KWH, STAGES
+from energy_core.window import Window
 
 __all__ = ["J_PER_KWH", "STAGES", "EnergyTracker"]
 
 
-class EnergyTracker:
+class EnergyTracker(RunBooks):
     """Framework-free energy bookkeeping for one training process.
 
     Args:
@@ -65,29 +58,6 @@ class EnergyTracker:
         >>> summary = tracker.end_fit(step=100)             # doctest: +SKIP
     """
 
-    def __init__(self, options: MeasureOptions | None = None, **measure: Unpack[MeasureArgs]) -> None:
-        if options is not None and measure:
-            raise TypeError("EnergyTracker takes a MeasureOptions or its fields as keyword arguments, not both")
-        self.options = options if options is not None else MeasureOptions.of("EnergyTracker", dict(measure))
-        self.meter = EnergyMeter(self.options.devices, self.options.sample_interval_s, cpu_tdp_w=self.options.cpu_tdp_w)
-        self.intensity, notices = self.options.intensity()  # the fixed or location figure
-        self.pue = self.options.pue
-        self.carbon = self.options.carbon_factor()  # the intensity over time (that figure, a series, live)
-        self.price = self.options.price_factor()
-        self.record = RunRecord(self.options.record_path) if self.options.record_path else None
-        self.ranks = Ranks()
-        self._pending_notices: list[Notice] | None = notices
-        self._notices: list[Notice] = []  # found while measuring, for the adapters to show
-        self._said_unresolved = False
-        self._factors_written: dict[str, int] = {}
-        self._run_info: dict[str, Any] = {}
-        self._cap_w: float | None = None
-        self._caps: list[dict[str, Any]] = []
-        self._epoch_start: Mark | None = None
-        self._stages = Stages()
-        self._window = Window()
-        self._accounts = Accounts(self.meter, self._stages, Charges(self.carbon, self.price, self.pue))
-
     # ----------------------------------------------------------------- set-up
     def join(self, ranks: Ranks) -> None:
         """Take this process's part in a job (before `start_fit`): its devices, the record, sums."""
@@ -105,10 +75,6 @@ class EnergyTracker:
         self._cap_w, self._caps = cap_w, caps
 
     # ----------------------------------------------------------------- lifecycle
-    @property
-    def fitting(self) -> bool:
-        return self._accounts.fit_start is not None
-
     def _open(self) -> list[Notice]:
         """Start measuring; the notices are returned once per tracker, then []."""
         notices = self.meter.open()
@@ -133,22 +99,12 @@ class EnergyTracker:
             notices.append(Notice("warn", text))
         start = self._epoch_start = self.meter.mark()
         self._accounts.begin(start)
-        self.carbon.start()  # a live intensity refreshes on its own thread from now
+        self.factors.start()
         self._window = Window(start, step)
         resumed = self._accounts.resumed.to_state() if self._accounts.resumed.energy_j else None
+        carbon = self.factors.header(self._accounts.wall_now())
         header = run_header(
-            self.meter,
-            {
-                **self.carbon_fields(),
-                "factor": self.carbon.describe(),
-                "price": self.price.describe() if self.price else None,
-                "currency": self.options.currency,
-            },
-            notices,
-            self.ranks,
-            power_caps=self._caps,
-            resumed_from=resumed,
-            **self._run_info,
+            self.meter, carbon, notices, self.ranks, power_caps=self._caps, resumed_from=resumed, **self._run_info
         )
         if self.record is not None:
             self.record.new_run()
@@ -167,7 +123,7 @@ class EnergyTracker:
         if not self.fitting:
             return {}
         self._notices += self.meter.close()
-        self.carbon.stop()
+        self.factors.stop()
         end = self.meter.mark()
         charged = self._stages.charge_ready(self.meter)  # every mark is fixed now
         if not collective:
@@ -186,88 +142,14 @@ class EnergyTracker:
     def close(self) -> None:
         """Stop sampling and close the record (end of the process's use)."""
         self._notices += self.meter.close()
-        self.carbon.stop()
+        self.factors.stop()
         if self.record is not None:
             self.record.close()
-
-    def pop_notices(self) -> list[Notice]:
-        """What measurement found since the last call (a lost device, a record that cannot be
-        written, a hung read, an intensity series that ends): for the adapter to show, once."""
-        found, self._notices = self._notices, []
-        found += self.carbon.take_notices() + (self.price.take_notices() if self.price else [])
-        failure = self.record.take_notice() if self.record is not None else None
-        return found + ([failure] if failure else [])
-
-    def write_record(self, kind: str, **fields: Any) -> None:
-        """Append a line to the run record (when this process writes one)."""
-        if self.record is not None:
-            self.record.write(kind, **fields)
 
     # ----------------------------------------------------------------- hot path
     def add_batch(self, batch: Any) -> None:
         """Count one (micro-)batch's samples and tokens. No device sync, no I/O."""
         self._window.add_batch(batch)
-
-    # ----------------------------------------------------------------- totals
-    def _sum(self, end: Mark, figures: WindowFigures | None = None, epoch_j: float = 0.0) -> JobSums:
-        sums = self._accounts.sum(self.ranks, end, self._window, figures, epoch_j)
-        for name, factor in (("carbon_g_per_kwh", self.carbon), ("price_per_kwh", self.price)):
-            new = factor.history[self._factors_written.get(name, 0) :] if factor is not None else []
-            for value in new:  # every value used, from when, and where it came from
-                self.write_record(lines.FACTOR, factor=name, value=value.value, source=value.source, since=value.since)
-            self._factors_written[name] = self._factors_written.get(name, 0) + len(new)
-        return sums
-
-    def _totals_now(self, end: Mark | None = None) -> RunTotals:
-        return self._accounts.now(self.ranks, self._window, end)
-
-    def _cumulative(self, totals: RunTotals) -> dict[str, float]:
-        now = self._accounts.wall(self.meter.clock())
-        return metric_dicts.cumulative(totals, self.carbon.at(now).value, self.price is not None, self._cap_w)
-
-    def totals(self) -> dict[str, float]:
-        """Cumulative figures now (``energy/*_kwh``, ``carbon/*``), checkpoint totals included.
-
-        In a multi-process job: the job's totals at the last sum over ranks.
-        """
-        return self._cumulative(self._totals_now())
-
-    def reduce_totals(self) -> dict[str, float]:
-        """The job's totals now: a collective in a multi-process job (all ranks must call)."""
-        if self.fitting:
-            self._sum(self.meter.mark())
-        return self.totals()
-
-    @property
-    def resumed_kwh(self) -> float:
-        """The job's energy in the checkpoint resumed from (or earlier fits of this tracker), kWh."""
-        return self._accounts.resumed_job.total_kwh
-
-    def fit_seconds(self, end: Mark | None = None) -> float:
-        """Training wall time since the first fit start, checkpoint totals included."""
-        return self._accounts.fit_seconds(end)
-
-    def watch_limits(self, reached: Callable[[float, float, float], bool]) -> threading.Event:
-        """An event the sampler thread sets once ``reached(kWh, kg CO2e, cost)`` is true of this
-        process's totals (checked after every hardware reading, the energy since the last
-        boundary priced at the factors in force: the training thread only reads a flag)."""
-        accounts = self._accounts
-        start = accounts.fit_start
-        if start is None:
-            raise RuntimeError("watch_limits needs a started fit")
-
-        def spent(t: float, live_j: float) -> bool:
-            co2, cost = accounts.charges.preview(live_j, accounts.wall(t))
-            resumed = accounts.resumed
-            return reached((resumed.total_j + live_j) / J_PER_KWH, resumed.co2e_kg + co2, resumed.cost + cost)
-
-        return self.meter.watch(start, spent)
-
-    def per_kwh_now(self) -> tuple[float, float]:
-        """(kg CO2e, cost) of one more kWh at the factors in force now, PUE applied."""
-        now = self._accounts.wall(self.meter.clock())
-        price = self.price.at(now).value if self.price is not None else 0.0
-        return self.pue * self.carbon.at(now).value / 1000.0, self.pue * price
 
     # ----------------------------------------------------------------- windows and epochs
     def window(self, step: int, end: Mark | None = None, extra: dict[str, Any] | None = None) -> dict[str, float]:
@@ -306,21 +188,18 @@ class EnergyTracker:
         if self._window.idle(step):  # nothing trained since the last window: it stays open
             idle = self._sum(end, epoch_j=epoch_j)  # ranks reach this alike: keep the sums aligned
             return {**self._cumulative(idle.totals), **self._record_stages(charged)}, idle.epoch_j
-        per_source, seconds = self._window.measure(self.meter, end)
-        samples, tokens = self._window.work()
-        gpu_j = {s.info.name: float(v) for s, v in zip(self.meter.sources, per_source) if s.info.kind == "gpu"}
-        local = WindowFigures(step - self._window.step, seconds, float(per_source.sum()), gpu_j, samples, tokens)
+        local = self._window.close(self.meter, end, step)
         job = self._sum(end, local, epoch_j)
         figures = job.window or local
         metrics = {**self._cumulative(job.totals), **metric_dicts.window(figures), **self._record_stages(charged)}
-        self._accounts.close_window(samples, tokens)
+        self._accounts.close_window(local.samples, local.tokens)
         self.write_record(
             lines.WINDOW,
             step=step,
             steps=figures.steps,
             samples=figures.samples,
             tokens=figures.tokens,
-            seconds=seconds,
+            seconds=local.seconds,
             elapsed_s=self.fit_seconds(end),
             metrics=metrics,
             extra=extra or {},
@@ -373,76 +252,17 @@ class EnergyTracker:
             started_as: The name given to `start_stage`, when it was not yet known which
                 stage an inference run was.
         """
-        start = self._stages.finish(stage, started_as)
-        if start is None:
+        run = self._stages.end(stage, step, self.meter, started_as)
+        if run is None:
             return {}
-        run = StageRun(stage, start, self.meter.mark(), step)
         if self.fitting:
             self._window.exclude(run.start, run.end)
-        self._stages.hold(run)
         charged = self._stages.charge_ready(self.meter)
-        job = self.ranks.sum_by_name(self._stages.local_j())[0]  # every rank ends the stage together
-        self._stages.set_job(job if self.ranks.distributed else None)
+        self._stages.sum_over(self.ranks)
         return self._record_stages(charged)
 
     def _record_stages(self, charged: list[tuple[StageRun, float]]) -> dict[str, float]:
         """A record line per charged run; the stages' cumulative figures."""
-        figures = {keys.stage_kwh(run.stage): self._stages.kwh(run.stage) for run, _ in charged}
-        for run, joules in charged:
-            seconds, kwh = run.end.t - run.start.t, joules / J_PER_KWH
-            metrics = {keys.stage_kwh(run.stage): self._stages.kwh(run.stage)}
-            self.write_record(lines.STAGE, stage=run.stage, step=run.step, seconds=seconds, kwh=kwh, metrics=metrics)
-        return figures
-
-    def in_stage(self, stage: str) -> bool:
-        return self._stages.running(stage)
-
-    def stage_kwh(self, stage: str) -> float:
-        """Energy of all runs of a stage so far (the job's, in a multi-process job), kWh."""
-        return self._stages.kwh(stage)
-
-    # ----------------------------------------------------------------- summary and state
-    def summary_fields(self, metrics: dict[str, float]) -> dict[str, Any]:
-        """The record's summary fields for these final metrics."""
-        return summary_fields(
-            metrics,
-            self._totals_now(),
-            {s: self.stage_kwh(s) for s in STAGES},
-            self.carbon_fields(),
-            self.meter.failed_reads(),
-            self.meter.estimated,
-            self.meter.quality(),
-            self.options.currency if self.price is not None else None,
-        )
-
-    def carbon_fields(self) -> dict[str, Any]:
-        """The carbon factor in force now, its source and the PUE (the header's and the summary's)."""
-        now = self.carbon.at(self._accounts.wall(self.meter.clock()))
-        return {"g_per_kwh": now.value, "source": now.source, "pue": self.pue}
-
-    def summary_text(self, metrics: dict[str, float]) -> str:
-        """A few lines for the console at the end of a run."""
-        estimated = {s.info.kind for s in self.meter.sources if s.info.estimated}
-        return summary_text(self.summary_fields(metrics), estimated)
-
-    def state_dict(self, at: Mark | None = None) -> dict[str, Any]:
-        """Totals so far (or at mark ``at``), to store in a checkpoint; a resumed run continues.
-
-        In a multi-process job these are the job's totals at the last logging boundary
-        (a checkpoint can be written by rank 0 alone, so no collective runs here).
-        """
-        return self._accounts.state(self.ranks, self._window, self.meter.mark() if at is None else at)
-
-    def load_state_dict(self, state: dict[str, Any] | None, own_share: bool = True) -> None:
-        """Continue the totals of a checkpointed run (replaces earlier ones).
-
-        Args:
-            state: From `state_dict` (the job's totals).
-            own_share: False on every rank but 0 of a multi-process job, so that the sum
-                over ranks counts the checkpoint's totals once.
-
-        Raises:
-            ValueError: naming the field of the stored state that is missing or wrong.
-        """
-        g = self.carbon.at(time.time()).value
-        self._accounts.load(state, own_share, self.pue * g / 1000)
+        for line in self._stages.lines(charged):
+            self.write_record(lines.STAGE, **line)
+        return self._stages.figures(charged)

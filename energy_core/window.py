@@ -81,6 +81,13 @@ class Window:
         """Nothing trained since the window opened: it stays open."""
         return step <= self.step and self.samples == 0 and self._lazy_tokens is None
 
+    def close(self, meter: EnergyMeter, end: Mark, step: int) -> WindowFigures:
+        """This process's figures of the window, from its start to ``end`` at optimizer step ``step``."""
+        per_source, seconds = self.measure(meter, end)
+        samples, tokens = self.work()
+        gpu_j = {s.info.name: float(v) for s, v in zip(meter.sources, per_source) if s.info.kind == "gpu"}
+        return WindowFigures(step - self.step, seconds, float(per_source.sum()), gpu_j, samples, tokens)
+
     def measure(self, meter: EnergyMeter, end: Mark) -> tuple[np.ndarray, float]:
         """This window's training joules per source and training seconds, up to ``end``."""
         assert self.start is not None

@@ -5,7 +5,8 @@
 * `plan` - which boards, which targets; `limits` - `PowerLimits`: set, restore, one owner
   per board; `recovery` - limits left by processes that are gone;
 * `cap` - `PowerCapRun`: one run's cap, driven by the framework adapters;
-* `finder` - `CapFinder`: the automatic search for the cap with least energy per step.
+* `finder` - `CapFinder`: the automatic search for the cap with least energy per step
+  (`search` - which cap to measure next and which to keep; `estimate` - each cap's figures).
 """
 
 from energy_core.power.cap import CapArgs, PowerCapRun, check_cap_arguments

@@ -21,37 +21,18 @@ nothing here calls NVML except through `PowerLimits.set`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 from energy_core import keys
 from energy_core.devices import DeviceError
 from energy_core.meter import EnergyMeter, Mark
+from energy_core.power.estimate import Window
 from energy_core.power.limits import CappedGpu, PowerLimits
-from energy_core.power.search import ZEUS_STEPS_PER_LIMIT, CapSearch, Window
+from energy_core.power.plan import cap_ladder
+from energy_core.power.search import ZEUS_STEPS_PER_LIMIT, CapSearch
 
 WARMUP, SETTLE, MEASURE, WAIT, DONE = range(5)
 MAX_WAIT_STEPS = 50  # a meter with no reading past a phase's end after this many steps ends the search
-
-
-def cap_ladder(boards: Sequence[CappedGpu], min_watts: float | None = None, step_w: float = 25.0) -> list[float]:
-    """Candidate caps as fractions of each board's limit at start, highest first.
-
-    Rungs are ``step_w`` apart on the board with the highest limit at start; the last rung
-    is the floor: the highest of the boards' minimum limits and ``min_watts``, as a
-    fraction of each board's limit at start.
-    """
-    if not boards:
-        return [1.0]
-    floor_mw = 0 if min_watts is None else min_watts * 1000
-    floor = max(max(b.limits.min_mw, floor_mw) / b.previous_mw for b in boards)
-    reference = max(b.previous_mw for b in boards)
-    rungs = [1.0]
-    while (fraction := 1 - len(rungs) * step_w * 1000 / reference) > floor + 1e-9:
-        rungs.append(fraction)
-    if floor < 1 - 1e-9:
-        rungs.append(floor)
-    return rungs
 
 
 class CapFinder:

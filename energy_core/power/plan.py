@@ -1,4 +1,5 @@
-"""What to cap: the boards named by ``gpus`` and each one's target, checked before anything changes."""
+"""What to cap: the boards named by ``gpus`` and each one's target, checked before anything changes;
+the cap finder's candidate targets (`cap_ladder`)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,26 @@ def plan_caps(boards: Sequence[GpuBoard], watts: float | None, fraction: float |
             )
         planned.append(PlannedCap(board, limits, target))
     return planned
+
+
+def cap_ladder(boards: Sequence[CappedGpu], min_watts: float | None = None, step_w: float = 25.0) -> list[float]:
+    """Candidate caps as fractions of each board's limit at start, highest first.
+
+    Rungs are ``step_w`` apart on the board with the highest limit at start; the last rung
+    is the floor: the highest of the boards' minimum limits and ``min_watts``, as a
+    fraction of each board's limit at start.
+    """
+    if not boards:
+        return [1.0]
+    floor_mw = 0 if min_watts is None else min_watts * 1000
+    floor = max(max(b.limits.min_mw, floor_mw) / b.previous_mw for b in boards)
+    reference = max(b.previous_mw for b in boards)
+    rungs = [1.0]
+    while (fraction := 1 - len(rungs) * step_w * 1000 / reference) > floor + 1e-9:
+        rungs.append(fraction)
+    if floor < 1 - 1e-9:
+        rungs.append(floor)
+    return rungs
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from energy_core import J_PER_KWH, MeasureOptions
-from energy_core import intensity as live
+from energy_core import electricity_maps as live
 from energy_core.charges import Charges
-from energy_core.intensity import ElectricityMaps, Fixed, Series
+from energy_core.electricity_maps import ElectricityMaps
+from energy_core.intensity import Fixed, Series
 from tests.doubles.electricity_maps import Answer
 
 T0 = datetime(2026, 6, 1, tzinfo=timezone.utc).timestamp()

@@ -1,0 +1,154 @@
+"""The live carbon intensity of a zone from the Electricity Maps API v3 (a `Factor`).
+
+Refreshed every `REFRESH_S` on a thread of its own (never the training thread). On any
+failure it keeps the last figure (one notice), and without a figure for `STALE_S` it falls
+back to the location lookup (one notice). The token comes from ``$ELECTRICITYMAPS_API_KEY``
+and is never logged: it is stripped, never sent on through a redirect, and withheld from
+any error text that holds it. Answers are bounded in size and time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from energy_core.intensity import MAX_G_PER_KWH, Factor, Fixed, Value
+from energy_core.notices import Notice
+
+TOKEN_ENV = "ELECTRICITYMAPS_API_KEY"
+URL_ENV = "ELECTRICITYMAPS_API_URL"  # another endpoint (a proxy, a test server)
+DEFAULT_URL = "https://api.electricitymap.org/v3"
+REFRESH_S = 900.0  # Electricity Maps' values are hourly: every 15 minutes is often enough
+TIMEOUT_S = 5.0
+STALE_S = 3 * 3600.0  # a live figure older than this gives way to the location lookup
+MAX_ANSWER_BYTES = 64 * 1024  # the API's answer is a few hundred bytes
+ZONE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib would send the token on to wherever a redirect points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        return None  # urllib then raises HTTPError with the 3xx code
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+class ElectricityMaps(Factor):
+    """The live carbon intensity of a zone from Electricity Maps, refreshed on its own thread.
+
+    Args:
+        zone: The zone, e.g. ``"FR"`` or ``"US-CAL-CISO"``.
+        fallback: The figure used before the first answer and once the last one is stale.
+        clock: Unix time (``time.time``); tests may drive it.
+    """
+
+    name = "electricity_maps_zone"
+
+    def __init__(self, zone: str, fallback: Fixed, clock: object = time.time) -> None:
+        super().__init__()
+        self.zone = zone
+        self.fallback = fallback
+        self.clock = clock
+        query = urllib.parse.urlencode({"zone": zone})
+        self.url = os.environ.get(URL_ENV, DEFAULT_URL).rstrip("/") + "/carbon-intensity/latest?" + query
+        self._latest: Value | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._said: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _lookup(self, when: float) -> Value:
+        with self._lock:
+            latest = self._latest
+        if latest is not None and when - latest.since <= STALE_S:
+            return latest
+        if latest is not None:
+            self._once("stale", f"Electricity Maps has given no figure for {self.zone} for over "
+                                f"{STALE_S / 3600:g} h: using {self.fallback.value.source} instead.")  # fmt: skip
+        return self.fallback.value
+
+    def fetch(self) -> None:
+        """Ask the API once; keep the figure, or keep the last one and say why (never raises)."""
+        token = os.environ.get(TOKEN_ENV, "").strip()  # a secret file's trailing newline is not part of it
+        if not token:
+            self._once("token", f"Electricity Maps: ${TOKEN_ENV} is not set; using {self.fallback.value.source}.")
+            return
+        request = urllib.request.Request(self.url, headers={"auth-token": token})
+        try:
+            answer = json.loads(_read_bounded(request).decode("utf-8"))
+            given = answer["carbonIntensity"]
+            value = float(given) if isinstance(given, (int, float)) and not isinstance(given, bool) else math.nan
+            if not 0 <= value <= MAX_G_PER_KWH:  # NaN fails too
+                raise ValueError(f"carbonIntensity {given!r} is not a number in [0, {MAX_G_PER_KWH:g}]")
+        except urllib.error.HTTPError as err:
+            why = {401: "the token was refused (401)", 429: "rate limited (429)"}.get(err.code, f"HTTP {err.code}")
+            self._failed(why + (" (a redirect, not followed)" if 300 <= err.code < 400 else ""))
+            return
+        except Exception as err:  # noqa: BLE001 - no network, timeout, malformed answer: keep the last figure
+            self._failed(_without(token, f"{type(err).__name__}: {err}"))
+            return
+        stamp = answer.get("datetime", "")
+        source = f"Electricity Maps {answer.get('zone', self.zone)} at {stamp}" + (
+            " (estimated)" if answer.get("isEstimated") else ""
+        )
+        with self._lock:
+            self._latest = Value(value, source, float(self.clock()))  # type: ignore[operator]
+
+    def _failed(self, why: str) -> None:
+        keeping = "the last figure" if self._latest is not None else self.fallback.value.source
+        self._once("failed", f"Electricity Maps ({self.zone}) did not answer: {why}; using {keeping} until it does.")
+
+    def _once(self, key: str, text: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            self._notices.append(Notice("warn", text))
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive() and not self._stop.is_set():
+            return
+        self._stop = threading.Event()  # a new one: a thread still finishing a request keeps its own, set
+        self._thread = threading.Thread(target=self._run, args=(self._stop,), name="energy-intensity", daemon=True)
+        self._thread.start()
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.fetch()
+            if stop.wait(REFRESH_S):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()  # a request in flight ends by its own deadline; nothing waits for it
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": "electricity_maps", "zone": self.zone, "refresh_s": REFRESH_S,
+                "fallback": self.fallback.value.source}  # fmt: skip
+
+
+def _read_bounded(request: urllib.request.Request) -> bytes:
+    """The answer's body: at most `MAX_ANSWER_BYTES`, within about 2 x `TIMEOUT_S` in all
+    (a server that drips bytes cannot hold the thread), redirects refused."""
+    deadline = time.monotonic() + TIMEOUT_S
+    body = b""
+    with _OPENER.open(request, timeout=TIMEOUT_S) as response:
+        while chunk := response.read1(4096):  # one recv at a time: a drip is seen at once
+            body += chunk
+            if len(body) > MAX_ANSWER_BYTES:
+                raise ValueError(f"an answer of over {MAX_ANSWER_BYTES} bytes")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the answer took over {TIMEOUT_S:g} s")
+    return body
+
+
+def _without(token: str, text: str) -> str:
+    """``text``, or only its first word when the token shows in it in any form (escaped, bytes)."""
+    forms = (token, repr(token)[1:-1], repr(token.encode())[2:-1])
+    return text.split(":")[0] + ": (details withheld: they hold the token)" if any(f in text for f in forms) else text

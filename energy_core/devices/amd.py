@@ -158,7 +158,7 @@ def _counts(reading: dict[str, Any]) -> Any:
     return reading.get("energy_accumulator", reading.get("power"))
 
 
-class AmdGpuSource(EnergySource):
+class AmdGpuSource(gpu.GpuSource):
     """One AMD GPU: its energy accumulator (counts x µJ, wraps undone), or else its polled power (W).
 
     Args:
@@ -278,6 +278,10 @@ class AmdBoard(GpuBoard):
 
     Args:
         device: The GPU.
+
+    Example:
+        >>> board = boards()[0]        # doctest: +SKIP
+        >>> board.set_limit_mw(300_000)  # amdsmi_set_power_cap(handle, 0, 300_000_000)  # doctest: +SKIP
     """
 
     vendor = VENDOR

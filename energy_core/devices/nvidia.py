@@ -47,7 +47,7 @@ class VisibleGpu:
     mig: bool = False
 
 
-class NvidiaGpuSource(EnergySource):
+class NvidiaGpuSource(common.GpuSource):
     """One NVIDIA GPU: its energy counter (mJ since driver load), or else its power (mW).
 
     Args:

@@ -1,26 +1,28 @@
-"""Validate on a real NVIDIA GPU: our per-epoch energy against independent NVML reads and
-Zeus, then a power-cap sweep.
+"""Validate on a real GPU (NVIDIA or AMD): our per-epoch energy against independent reads of
+the board's energy counter and Zeus, then a power-cap sweep.
 
     python -m benchmarks.gpu_validate [--epochs 4] [--steps 300] [--sweep]
 
 1. Trains a small transformer (built from code, synthetic tokens) with `EnergyMonitor`
    for a few minutes. Around every epoch, an independent bracket reads the GPU's energy
-   counter (``nvmlDeviceGetTotalEnergyConsumption``) after ``torch.cuda.synchronize()``;
-   Zeus's ``ZeusMonitor`` measures the same windows when the ``zeus`` package is present.
-   Prints each epoch's energy three ways and the differences.
-2. With ``--sweep`` (needs root or CAP_SYS_ADMIN): caps the GPU at 100%, 90%, ..., 50% of
-   its default limit with `PowerLimits` (restored afterwards, whatever happens), runs the
-   same number of steps at each cap and prints energy, time and average power per step,
-   to check the ~15% saving reported for capping (McDonald et al. 2022).
+   counter (NVML's ``nvmlDeviceGetTotalEnergyConsumption`` or amdsmi's
+   ``amdsmi_get_energy_count``, through a reader of its own, on the training thread) after
+   ``torch.cuda.synchronize()``; Zeus's ``ZeusMonitor`` measures the same windows when the
+   ``zeus`` package is present. Prints each epoch's energy three ways and the differences.
+2. With ``--sweep`` (needs root, or CAP_SYS_ADMIN on NVIDIA): caps the GPU at 100%, 90%,
+   ..., 50% of its default limit with `PowerLimits` (restored afterwards, whatever happens),
+   runs the same number of steps at each cap and prints energy, time and average power per
+   step, to check the ~15% saving reported for capping (McDonald et al. 2022).
 
-``--device cpu`` trains a tiny model on the CPU while reading whatever NVML is loaded:
-the tests run the script that way against the simulated NVML (tests/doubles/sim_nvml.py), so
-the script is known to work before it meets a GPU. On a real machine it measures nothing
-useful.
+The GPU is the first one torch sees (a ROCm build of torch sees AMD GPUs as ``cuda``
+devices). ``--device cpu`` trains a tiny model on the CPU while reading whatever GPU
+library is loaded: the tests run the script that way against the simulated NVML and
+amdsmi (tests/doubles/), so the script is known to work before it meets a GPU. On a real
+machine it measures nothing useful.
 
 Target (issue 8): our per-epoch energy within 1% of the synchronised bracket (epochs
 after the first, which holds the start-up transients). The last line is the verdict.
-No GPU: says so and exits with status 2.
+No GPU, or a board without an energy counter: says so and exits with status 2.
 """
 
 from __future__ import annotations
@@ -31,13 +33,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
-import pynvml
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from energy_core import J_PER_KWH
-from energy_core.devices.nvidia import NvidiaBoard, VisibleGpu, driver_version, visible_gpus
+from energy_core import J_PER_KWH, devices
+from energy_core.devices import DeviceError, EnergySource, GpuBoard
 from energy_core.power import PowerLimits
 from lightning_energy import EnergyMonitor
 
@@ -82,17 +83,45 @@ def tokens(size: Size, steps: int) -> DataLoader:
     return DataLoader(TensorDataset(data), batch_size=size.batch)
 
 
-def counter_j(gpu: VisibleGpu) -> float:
-    """The board's energy counter in joules, once the queued GPU work has finished."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return pynvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle) / 1000.0
+@dataclass
+class Gpu:
+    """The GPU under test, of either vendor.
+
+    Args:
+        board: Its power limits.
+        source: A reader of its energy counter of the bracket's own (not the monitor's).
+    """
+
+    board: GpuBoard
+    source: EnergySource
+
+    def counter_j(self) -> float:
+        """The board's energy counter in joules, once the queued GPU work has finished."""
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        joules = self.source.read(time.perf_counter()).joules
+        if joules is None:
+            raise DeviceError(f"{self.source.info.detail} gives no energy counter reading")
+        return joules
+
+
+def find_gpu() -> Gpu:
+    """The first GPU torch sees, with a counter reader of its own. Raises DeviceError."""
+    boards = devices.visible_boards()
+    if not boards:
+        raise DeviceError("no GPU is visible")
+    board = boards[0]
+    sources, _ = devices.discover(["gpu"], explicit=True)
+    source = next((s for s in sources if getattr(s, "gpu", None) and s.gpu.uuid == board.uuid), None)
+    if source is None or source.info.method.endswith("power-integration"):
+        raise DeviceError(f"GPU {board.index} ({board.uuid}) has no energy counter to bracket with")
+    return Gpu(board, source)
 
 
 class Bracket(pl.Callback):
     """Independent per-epoch energy: synchronised counter reads, and Zeus when installed."""
 
-    def __init__(self, gpu: VisibleGpu) -> None:
+    def __init__(self, gpu: Gpu) -> None:
         self.gpu = gpu
         self.epochs: list[float] = []
         self.zeus_epochs: list[float] = []
@@ -105,17 +134,17 @@ class Bracket(pl.Callback):
             print(f"Zeus not measured: {type(err).__name__}: {err}")
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.start = counter_j(self.gpu)
+        self.start = self.gpu.counter_j()
         if self.zeus is not None:
             self.zeus.begin_window("epoch", sync_execution=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.epochs.append(counter_j(self.gpu) - self.start)
+        self.epochs.append(self.gpu.counter_j() - self.start)
         if self.zeus is not None:
             self.zeus_epochs.append(self.zeus.end_window("epoch", sync_execution=True).total_energy)
 
 
-def validate_epochs(gpu: VisibleGpu, device: str, epochs: int, steps: int) -> list[dict[str, float | None]]:
+def validate_epochs(gpu: Gpu, device: str, epochs: int, steps: int) -> list[dict[str, float | None]]:
     """Train with `EnergyMonitor` and the bracket; per epoch: ours, bracket, Zeus (J)."""
     bracket = Bracket(gpu)
     monitor = EnergyMonitor(devices=["gpu"], carbon_intensity_g_per_kwh=400, summary=False)
@@ -143,7 +172,7 @@ def validate_epochs(gpu: VisibleGpu, device: str, epochs: int, steps: int) -> li
     return [{"ours": a, "bracket": b, "zeus": z} for a, b, z in zip(ours, bracket.epochs, zeus)]
 
 
-def sweep_caps(gpu: VisibleGpu, device: str, steps: int, fractions: tuple[float, ...] = FRACTIONS) -> list[dict]:
+def sweep_caps(gpu: Gpu, device: str, steps: int, fractions: tuple[float, ...] = FRACTIONS) -> list[dict]:
     """Energy, time and average power per step at each cap; the limit is restored at the end.
 
     Raises `PermissionError` (from `PowerLimits`) when the driver refuses the limit."""
@@ -163,16 +192,16 @@ def sweep_caps(gpu: VisibleGpu, device: str, steps: int, fractions: tuple[float,
     try:
         for fraction in fractions:
             try:
-                (capped,) = limits.apply([NvidiaBoard(gpu)], None, fraction)
+                (capped,) = limits.apply([gpu.board], None, fraction)
             except ValueError as err:  # below the board's minimum: nothing was changed
                 print(f"cap {fraction:.0%} skipped: {err}")
                 continue
             for _ in range(20):  # settle at the new cap
                 step()
-            e0, t0 = counter_j(gpu), time.perf_counter()
+            e0, t0 = gpu.counter_j(), time.perf_counter()
             for _ in range(steps):
                 step()
-            joules, seconds = counter_j(gpu) - e0, time.perf_counter() - t0
+            joules, seconds = gpu.counter_j() - e0, time.perf_counter() - t0
             rows.append(
                 {
                     "fraction": fraction,
@@ -192,14 +221,14 @@ def sweep_caps(gpu: VisibleGpu, device: str, steps: int, fractions: tuple[float,
 
 def print_epochs(rows: list[dict[str, float | None]]) -> float:
     """Print the per-epoch table; return the worst |ours - bracket| in %, epochs 1+."""
-    print(f"\n{'epoch':>5} {'ours (J)':>12} {'NVML bracket (J)':>17} {'diff':>8} {'Zeus (J)':>12} {'diff':>8}")
+    print(f"\n{'epoch':>5} {'ours (J)':>12} {'counter bracket (J)':>20} {'diff':>8} {'Zeus (J)':>12} {'diff':>8}")
     worst = 0.0
     for i, row in enumerate(rows):
         ours, ref, zeus = row["ours"], row["bracket"], row["zeus"]
         diff = 100 * (ours - ref) / ref
         worst = max(worst, abs(diff)) if i else worst  # epoch 0 includes start-up transients
         zeus_cells = f"{zeus:12.1f} {100 * (ours - zeus) / zeus:+7.2f}%" if zeus else f"{'-':>12} {'-':>8}"
-        print(f"{i:>5} {ours:12.1f} {ref:17.1f} {diff:+7.2f}% {zeus_cells}")
+        print(f"{i:>5} {ours:12.1f} {ref:20.1f} {diff:+7.2f}% {zeus_cells}")
     return worst
 
 
@@ -221,25 +250,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per epoch, and per cap")
-    parser.add_argument("--sweep", action="store_true", help="also sweep power caps (root or CAP_SYS_ADMIN)")
+    parser.add_argument("--sweep", action="store_true", help="also sweep power caps (root, or CAP_SYS_ADMIN)")
     parser.add_argument(
         "--device",
         choices=["cuda", "cpu"],
         default="cuda",
-        help="cpu: a tiny model, for the tests against the simulated NVML",
+        help="cpu: a tiny model, for the tests against the simulated NVML and amdsmi",
     )
     args = parser.parse_args(argv)
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("gpu_validate: no CUDA GPU here; run it on a machine with an NVIDIA GPU")
+        print("gpu_validate: torch sees no GPU here; run it on a machine with an NVIDIA or AMD GPU")
         return 2
     try:
-        pynvml.nvmlInit()
-        gpu = visible_gpus()[0]
-    except (pynvml.NVMLError, IndexError) as err:
-        print(f"gpu_validate: NVML sees no GPU here ({err})")
+        gpu = find_gpu()
+    except DeviceError as err:
+        print(f"gpu_validate: no NVIDIA or AMD GPU to validate on here ({err})")
         return 2
-    print(f"GPU: {pynvml.nvmlDeviceGetName(gpu.handle)}, driver {driver_version()}, torch {torch.__version__}")
+    vendor = gpu.board.vendor
+    print(f"GPU: {gpu.source.info.detail} ({vendor}, {gpu.source.info.method}), driver "
+          f"{devices.drivers().get(vendor)}, torch {torch.__version__}")  # fmt: skip
 
     worst = print_epochs(validate_epochs(gpu, args.device, args.epochs, args.steps))
     if args.sweep:
@@ -249,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"power-cap sweep skipped: {err}")
     verdict = "PASS" if worst <= 1.0 else "FAIL"
     print(
-        f"\nworst per-epoch difference from the synchronised NVML bracket (epochs 1+): {worst:.2f}% "
+        f"\nworst per-epoch difference from the synchronised counter bracket (epochs 1+): {worst:.2f}% "
         f"(target <= 1%): {verdict}"
     )
     return 0

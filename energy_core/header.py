@@ -23,6 +23,7 @@ _VERSIONED = (
     "pytorch-lightning",
     "transformers",
     "nvidia-ml-py",
+    "amdsmi",
     "codecarbon",
 )
 

@@ -7,28 +7,39 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from energy_core.devices import rapl
+from energy_core.devices import amd, rapl
+from tests.doubles import sim_amdsmi
 from tests.doubles.electricity_maps import Replay
 from tests.doubles.fake_rapl import FakeRapl
-from tests.doubles.sim_nvml import SimGpu, SimNvml, install
+from tests.doubles.sim_gpu import SimDriver, SimGpu
+from tests.doubles.sim_nvml import SimNvml, install
+from tests.doubles.vendors import simulate
 
 
 @pytest.fixture(autouse=True)
 def no_real_hardware(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """By default the machine has no NVML library and an empty powercap directory."""
+    """By default the machine has no NVML library, no amdsmi package and an empty powercap directory."""
     install(monkeypatch, SimNvml([], library=False))
+    sim_amdsmi.install(monkeypatch, None)
+    monkeypatch.setattr(amd, "AMDGPU_MODULE", tmp_path_factory.mktemp("no-amdgpu") / "amdgpu")
     monkeypatch.setattr(rapl, "POWERCAP_ROOT", tmp_path_factory.mktemp("no-powercap"))
     journal = tmp_path_factory.mktemp("journal") / "power-limits.json"
     monkeypatch.setenv("ENERGY_CALLBACKS_POWER_JOURNAL", str(journal))  # never /var/tmp in tests
 
 
 @pytest.fixture
-def sim_gpus(monkeypatch: pytest.MonkeyPatch):
-    """Factory: ``sim_gpus(SimGpu(...), ...)`` installs a simulated NVML with those boards."""
+def sim_gpus(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Factory: ``sim_gpus(SimGpu(...), ...)`` installs simulated GPUs with those boards.
 
-    def make(*gpus: SimGpu, **kwargs) -> SimNvml:
-        return install(monkeypatch, SimNvml(list(gpus), **kwargs))
+    The simulated NVML by default; ``@both_vendors`` (`tests.doubles.vendors`) runs the
+    test with each vendor's simulation in turn.
+    """
+    vendor = getattr(request, "param", "nvml")
 
+    def make(*gpus: SimGpu, **kwargs) -> SimDriver:
+        return simulate(monkeypatch, vendor, list(gpus), **kwargs)
+
+    make.vendor = vendor  # type: ignore[attr-defined]
     return make
 
 

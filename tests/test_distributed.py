@@ -98,8 +98,9 @@ def check_job_totals(ranks: list[dict], nodes: int, record: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_lightning_ddp_totals_are_summed_once_across_ranks(tmp_path) -> None:
-    ranks = run_ranks([sys.executable, *TOTALS, "lightning", str(tmp_path)], tmp_path, 2)
+@pytest.mark.parametrize("vendor", ["nvml", "amdsmi"])
+def test_lightning_ddp_totals_are_summed_once_across_ranks(tmp_path, vendor) -> None:
+    ranks = run_ranks([sys.executable, *TOTALS, "lightning", str(tmp_path), vendor], tmp_path, 2)
     check_job_totals(ranks, nodes=1, record=tmp_path / "energy.jsonl")
 
 

@@ -22,6 +22,7 @@ from energy_core.record import read_runs
 from lightning_energy import EnergyMonitor
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import ARCH_PASCAL, ManualClock, SimGpu
+from tests.doubles.vendors import both_vendors
 from tests.helpers.lightning_models import flavour, make_module, regression_data
 from tests.helpers.manual import manual_run
 from tests.helpers.records import read_record
@@ -41,6 +42,7 @@ def total_j(tracker: EnergyTracker) -> float:
 
 
 # ----------------------------------------------------------------------------- 1. long epochs
+@both_vendors
 def test_an_epoch_far_longer_than_the_sample_buffer_is_exact(sim_gpus) -> None:
     clock = ManualClock()
     sim_gpus(gpu(), clock=clock)
@@ -57,6 +59,7 @@ def test_an_epoch_far_longer_than_the_sample_buffer_is_exact(sim_gpus) -> None:
 
 
 # ----------------------------------------------------------------------------- 2. resets, glitches
+@both_vendors
 def test_a_counter_reset_is_rebased_never_subtracted(sim_gpus) -> None:
     clock = ManualClock()
     sim_gpus(gpu(reset_at=5.0), clock=clock)
@@ -72,6 +75,7 @@ def test_a_counter_reset_is_rebased_never_subtracted(sim_gpus) -> None:
     run.tracker.end_fit(step=0)
 
 
+@both_vendors
 def test_a_one_read_spike_is_dropped(sim_gpus) -> None:
     clock = ManualClock()
     sim_gpus(gpu(spike_between=(2.95, 3.05)), clock=clock)
@@ -89,10 +93,11 @@ def test_a_one_read_spike_is_dropped(sim_gpus) -> None:
     run.tracker.end_fit(step=10)
 
 
+@both_vendors
 @pytest.mark.parametrize("bad_mw", [10**12, -300_000], ids=["1e9 W", "-300 W"])
 def test_an_impossible_polled_power_is_a_gap(sim_gpus, bad_mw) -> None:
     clock = ManualClock()
-    board = SimGpu("GPU-p", Constant(GPU_W), name="Tesla P100", arch=ARCH_PASCAL, power_average_s=0,
+    board = SimGpu("GPU-p", Constant(GPU_W), arch=ARCH_PASCAL, energy_counter=False, power_average_s=0,
                    power_mw_between=(2.95, 3.25, bad_mw))  # fmt: skip
     sim_gpus(board, clock=clock)
     run = manual_run(clock, devices=["gpu"])
@@ -104,15 +109,16 @@ def test_an_impossible_polled_power_is_a_gap(sim_gpus, bad_mw) -> None:
 
 
 # ----------------------------------------------------------------------------- 3. a device lost for good
+@both_vendors
 def test_a_lost_device_is_bridged_and_reported(sim_gpus) -> None:
     clock = ManualClock()
-    sim_gpus(gpu(fail_between=(4.0, float("inf"))), clock=clock)
+    sim = sim_gpus(gpu(fail_between=(4.0, float("inf"))), clock=clock)
     run = manual_run(clock, devices=["gpu"])
     guard = BudgetGuard(BudgetRule(max_kwh=2700.0 / J_PER_KWH), run.tracker, total_steps=None)
     run.advance(10.0)
     run.tracker.window(step=10)
     (warning,) = run.tracker.pop_notices()
-    assert "gpu0 has given no good reading" in warning.text and "GPU is lost" in warning.text
+    assert "gpu0 has given no good reading" in warning.text and sim.LOST_TEXT in warning.text
     assert guard.crossed()  # the budget keeps working on the bridged figure
     run.tracker.end_fit(step=10)
     fields = run.tracker.summary_fields(run.tracker.totals())
@@ -121,7 +127,7 @@ def test_a_lost_device_is_bridged_and_reported(sim_gpus) -> None:
     assert fields["estimated_share"] == pytest.approx(0.6, abs=0.02)
     (end_warning,) = run.tracker.pop_notices()
     assert f"{100 * fields['estimated_share']:.1f}% of the energy is estimated" in end_warning.text
-    assert "GPU is lost" in end_warning.text
+    assert sim.LOST_TEXT in end_warning.text
 
 
 # ----------------------------------------------------------------------------- 4, 5, 6: in a real fit

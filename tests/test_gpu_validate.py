@@ -1,13 +1,13 @@
-"""benchmarks/gpu_validate.py works before it meets a GPU: run on the CPU against the simulated NVML."""
+"""benchmarks/gpu_validate.py works before it meets a GPU: run on the CPU against the simulated NVML and amdsmi."""
 
 from __future__ import annotations
 
 import pytest
 
 from benchmarks import gpu_validate
-from energy_core.devices.nvidia import visible_gpus
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
+from tests.doubles.vendors import both_vendors
 
 PERIOD_S = 0.02
 
@@ -24,17 +24,23 @@ def board(watts: float = 400.0) -> SimGpu:
 
 
 def test_without_a_gpu_it_says_so_and_exits_2(capsys) -> None:
-    assert gpu_validate.main(["--device", "cpu"]) == 2  # no NVML library (the tests' default)
-    assert "NVML sees no GPU" in capsys.readouterr().out
+    assert gpu_validate.main(["--device", "cpu"]) == 2  # no NVML library, no amdsmi (the tests' default)
+    assert "no NVIDIA or AMD GPU to validate on here (NVML:" in capsys.readouterr().out
     if not gpu_validate.torch.cuda.is_available():
         assert gpu_validate.main([]) == 2
-        assert "no CUDA GPU" in capsys.readouterr().out
+        assert "torch sees no GPU" in capsys.readouterr().out
 
 
+def test_a_board_without_an_energy_counter_is_refused(sim_gpus, capsys) -> None:
+    sim_gpus(SimGpu("GPU-1", energy_counter=False))
+    assert gpu_validate.main(["--device", "cpu"]) == 2
+    assert "has no energy counter to bracket with" in capsys.readouterr().out
+
+
+@both_vendors
 def test_epochs_agree_with_the_synchronised_bracket(sim_gpus, capsys) -> None:
-    sim = sim_gpus(board(300.0))
-    sim.nvmlInit()
-    rows = gpu_validate.validate_epochs(visible_gpus()[0], "cpu", epochs=3, steps=300)
+    sim_gpus(board(300.0))
+    rows = gpu_validate.validate_epochs(gpu_validate.find_gpu(), "cpu", epochs=3, steps=300)
     assert len(rows) == 3
     for row in rows:
         # both read the same counter: they may differ by its period at each end of the epoch
@@ -45,14 +51,14 @@ def test_epochs_agree_with_the_synchronised_bracket(sim_gpus, capsys) -> None:
     worst = gpu_validate.print_epochs(rows)
     expected = max(abs(100 * (r["ours"] - r["bracket"]) / r["bracket"]) for r in rows[1:])
     assert worst == pytest.approx(expected)
-    assert "NVML bracket" in capsys.readouterr().out
+    assert "counter bracket" in capsys.readouterr().out
 
 
+@both_vendors
 def test_sweep_draws_the_capped_power_and_restores_the_limit(sim_gpus, capsys) -> None:
     gpu = board(400.0)
     sim = sim_gpus(gpu)
-    sim.nvmlInit()
-    rows = gpu_validate.sweep_caps(visible_gpus()[0], "cpu", steps=150, fractions=(1.0, 0.5, 0.3))
+    rows = gpu_validate.sweep_caps(gpu_validate.find_gpu(), "cpu", steps=150, fractions=(1.0, 0.5, 0.3))
     assert "cap 30% skipped" in capsys.readouterr().out  # 120 W is below the board's 150 W minimum
     assert [(r["fraction"], r["cap_w"]) for r in rows] == [(1.0, 400.0), (0.5, 200.0)]
     for row, watts in zip(rows, (400.0, 200.0)):  # the simulated board draws min(demand, cap)
@@ -67,10 +73,10 @@ def test_sweep_draws_the_capped_power_and_restores_the_limit(sim_gpus, capsys) -
     assert half[5] == f"{100 * (rows[1]['j_per_step'] / rows[0]['j_per_step'] - 1):+.1f}%"
 
 
+@both_vendors
 def test_sweep_without_permission_changes_nothing(sim_gpus) -> None:
     gpu = board()
     sim = sim_gpus(gpu, root=False)
-    sim.nvmlInit()
     with pytest.raises(PermissionError):
-        gpu_validate.sweep_caps(visible_gpus()[0], "cpu", steps=5)
+        gpu_validate.sweep_caps(gpu_validate.find_gpu(), "cpu", steps=5)
     assert gpu.limit_history == [] and sim.limit_mw(gpu) == 400_000

@@ -8,12 +8,14 @@ from energy_core import J_PER_KWH
 from hf_energy import EnergyBudgetCallback, EnergyCallback, attach
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
+from tests.doubles.vendors import both_vendors
 from tests.helpers.hf_models import SeqData, make_trainer
 from tests.helpers.records import read_record
 
 GPU_W = 300.0
 
 
+@both_vendors
 def test_stop_lands_within_one_step_and_saves(tmp_path, sim_gpus) -> None:
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
     record = tmp_path / "energy.jsonl"

@@ -36,7 +36,12 @@ def fit(tmp_path: Path, callbacks: list, ckpt_path: str | None = None, **kwargs)
     return trainer
 
 
-@pytest.mark.parametrize("with_monitor", [True, False], ids=["beside-monitor", "alone"])
+@pytest.mark.parametrize(
+    ("sim_gpus", "with_monitor"),
+    [("nvml", True), ("nvml", False), ("amdsmi", True)],
+    ids=["nvml-beside-monitor", "nvml-alone", "amdsmi-beside-monitor"],
+    indirect=["sim_gpus"],
+)
 def test_stop_lands_within_one_step_of_crossing(tmp_path, sim_gpus, with_monitor) -> None:
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
     limit_kwh = GPU_W * 1.2 / J_PER_KWH  # about 40 steps of 30 ms at 300 W

@@ -35,7 +35,11 @@ def trainer_for(pl, tmp_path: Path, monitor: EnergyMonitor, **kwargs):
     return pl.Trainer(**options)
 
 
-@pytest.mark.parametrize("name", FLAVOURS)
+@pytest.mark.parametrize(
+    ("name", "sim_gpus"),
+    [(FLAVOURS[0], "nvml"), (FLAVOURS[1], "nvml"), (FLAVOURS[0], "amdsmi")],
+    indirect=["sim_gpus"],
+)
 def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None:
     pl = flavour(name)
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))

@@ -16,6 +16,7 @@ import pytest
 from energy_core import J_PER_KWH, BudgetRule, EnergyLoop, PowerCapRun
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
+from tests.doubles.vendors import both_vendors
 from tests.helpers.readback import csv_series, tensorboard_series
 from tests.helpers.records import read_record
 
@@ -25,8 +26,8 @@ GPU_W = 300.0
 PERIOD_S = 0.02
 
 
-def known_gpu(sim_gpus) -> None:
-    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S, default_limit_mw=400_000,
+def known_gpu(sim_gpus):
+    return sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S, default_limit_mw=400_000,
                     min_limit_mw=100_000, max_limit_mw=450_000))  # fmt: skip
 
 
@@ -101,21 +102,21 @@ def test_accelerate_loop_logs_through_its_trackers(tmp_path, sim_gpus, paced) ->
     assert co2[-1][1] == pytest.approx(total[-1][1] * 1.2 * 475.0 / 1000, rel=1e-3)  # PUE 1.2, world average
 
 
+@both_vendors
 def test_a_budget_and_a_cap_in_a_plain_loop(sim_gpus) -> None:
-    known_gpu(sim_gpus)
+    sim = known_gpu(sim_gpus)
     seen = []
     limit = GPU_W * 0.8 / J_PER_KWH  # about 0.8 s at 300 W (the cap is above the draw)
     loop = EnergyLoop(devices=["gpu"], sample_interval_s=0.02, log_every_n_steps=5, budget=BudgetRule(max_kwh=limit),
                       power_cap=PowerCapRun(watts=350))  # fmt: skip
-    sim = __import__("pynvml")
     with loop as energy:
         for _ in range(500):
             time.sleep(0.01)
             energy.step()
-            seen.append(sim.nvmlDeviceGetPowerManagementLimit(sim.nvmlDeviceGetHandleByIndex(0)))
+            seen.append(sim.limit_mw(sim.gpus[0]))
             if energy.should_stop:
                 break
     assert energy.should_stop and energy.steps < 500
     assert set(seen) == {350_000} and energy.last_metrics["power/cap_w"] == 350.0
-    assert sim.nvmlDeviceGetPowerManagementLimit(sim.nvmlDeviceGetHandleByIndex(0)) == 400_000  # put back
+    assert sim.limit_mw(sim.gpus[0]) == 400_000  # put back
     assert energy.last_metrics["energy/total_kwh"] >= limit

@@ -1,4 +1,4 @@
-"""Meters against known integrals: simulated NVML, fake RAPL, the CPU estimate, the sampler."""
+"""Meters against known integrals: simulated GPUs (NVML and amdsmi), fake RAPL, the CPU estimate, the sampler."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import time
 import pynvml
 import pytest
 
+from energy_core import devices
 from energy_core.devices import cpu_estimate, nvidia, rapl
 from energy_core.meter import EnergyMeter
 from energy_core.sampler import SampleBuffer, Sampler
 from tests.doubles.power_traces import Constant, Noisy, Ramp, Square
 from tests.doubles.sim_nvml import ARCH_PASCAL, ManualClock, SimGpu, SimNvml
+from tests.doubles.vendors import both_vendors
 
 
 def _run(sampler: Sampler, clock: ManualClock, seconds: float, interval: float) -> None:
@@ -23,12 +25,13 @@ def _run(sampler: Sampler, clock: ManualClock, seconds: float, interval: float) 
 def _manual_gpu_sampler(sim_gpus, gpu: SimGpu, interval: float = 0.1):
     clock = ManualClock()
     sim = sim_gpus(gpu, clock=clock)
-    sources, _ = nvidia.discover_gpus()
+    sources, _ = devices.discover(["gpu"], explicit=True)
     sampler = Sampler(sources, interval, clock=clock)
     sampler.sample_once()
     return sim, sampler, clock
 
 
+@both_vendors
 @pytest.mark.parametrize(
     "trace",
     [Constant(300.0), Square(80.0, 400.0, 0.3), Square(80.0, 400.0, 2.5), Ramp(60.0, 500.0, 7.0), Noisy(250.0, 120.0)],
@@ -43,6 +46,7 @@ def test_energy_counter_total_matches_integral(sim_gpus, trace) -> None:
     assert end[0] - start[0] == pytest.approx(exact, rel=0.01)
 
 
+@both_vendors
 def test_window_error_is_bounded_by_the_counter_period(sim_gpus) -> None:
     gpu = SimGpu("GPU-a", Square(100.0, 400.0, 1.3), counter_period_s=0.1)
     sim, sampler, clock = _manual_gpu_sampler(sim_gpus, gpu, interval=0.05)
@@ -55,17 +59,20 @@ def test_window_error_is_bounded_by_the_counter_period(sim_gpus) -> None:
         assert abs((eb - ea)[0] - sim.exact_joules(gpu, a, b)) <= 2 * 0.1 * 400.0 + 1e-6
 
 
-def test_power_integration_fallback_before_volta(sim_gpus) -> None:
-    gpu = SimGpu("GPU-p", Square(60.0, 250.0, 2.0), name="Tesla P100", arch=ARCH_PASCAL, power_average_s=0)
+@both_vendors
+def test_power_integration_where_there_is_no_energy_counter(sim_gpus) -> None:
+    """NVIDIA before Volta; AMD boards without the accumulator: polled power (W, whole watts on AMD)."""
+    gpu = SimGpu("GPU-p", Square(60.0, 250.0, 2.0), arch=ARCH_PASCAL, energy_counter=False, power_average_s=0)
     sim, sampler, clock = _manual_gpu_sampler(sim_gpus, gpu, interval=0.01)
-    assert sampler.sources[0].info.method == "nvml-power-integration"
+    assert sampler.sources[0].info.method == f"{sim.vendor}-power-integration"
     t0 = clock()
     _run(sampler, clock, 10.0, 0.01)
     (start, _), (end, _) = sampler.buffer.energy_at([t0, clock()])
     assert end[0] - start[0] == pytest.approx(sim.exact_joules(gpu, t0, clock()), rel=0.01)
 
 
-def test_nvml_error_mid_run_is_a_gap_not_a_loss(sim_gpus) -> None:
+@both_vendors
+def test_a_driver_error_mid_run_is_a_gap_not_a_loss(sim_gpus) -> None:
     gpu = SimGpu("GPU-a", Constant(200.0), counter_period_s=0.02, fail_between=(2.0, 3.0))
     sim, sampler, clock = _manual_gpu_sampler(sim_gpus, gpu)
     t0 = clock()

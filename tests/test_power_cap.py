@@ -1,4 +1,4 @@
-"""PowerCap with the simulated NVML: every way out restores the previous limit."""
+"""PowerCap on simulated GPUs (NVML and amdsmi): every way out restores the previous limit."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from energy_core.power import PowerLimits, journal_path
 from lightning_energy import EnergyMonitor, PowerCap
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
+from tests.doubles.vendors import PERMISSION_WORDS, both_vendors
 from tests.helpers.lightning_models import flavour, make_module, regression_data
 from tests.helpers.readback import csv_series
 from tests.helpers.records import read_record
@@ -38,7 +39,7 @@ def board(uuid: str = "GPU-1", watts: float = 400.0) -> SimGpu:
 
 def admin_limit(sim, mw: int = PREVIOUS_MW) -> None:
     for gpu in sim.gpus:
-        sim._store_limit(gpu, mw)
+        sim.set_limit_mw(gpu, mw)
 
 
 class SeeLimits(pl.Callback):
@@ -74,6 +75,7 @@ def journal_entries() -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+@both_vendors
 def test_cap_is_applied_logged_and_the_previous_limit_restored(tmp_path, sim_gpus) -> None:
     sim = sim_gpus(board())
     admin_limit(sim)
@@ -99,6 +101,7 @@ def test_cap_is_applied_logged_and_the_previous_limit_restored(tmp_path, sim_gpu
     assert mean_w == pytest.approx(250.0, abs=250.0 * 2 * 0.02 / seconds + 2.5)
 
 
+@both_vendors
 def test_fraction_is_of_the_default_limit(tmp_path, sim_gpus) -> None:
     sim = sim_gpus(board(), board("GPU-2"))
     admin_limit(sim)
@@ -116,6 +119,7 @@ def test_only_the_selected_gpus_are_capped(tmp_path, sim_gpus) -> None:
     assert [sim.limit_mw(g) for g in sim.gpus] == [400_000, 400_000]
 
 
+@both_vendors
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_restored_after_an_exception_or_interrupt_in_training_step(tmp_path, sim_gpus, error) -> None:
     sim = sim_gpus(board())
@@ -140,24 +144,27 @@ def test_restored_after_an_exception_or_interrupt_in_training_step(tmp_path, sim
     assert journal_entries() == {}
 
 
+@both_vendors
 def test_no_permission_is_one_message_then_uncapped_training(tmp_path, sim_gpus) -> None:
     sim = sim_gpus(board(), root=False)
     with pytest.warns(UserWarning) as caught:
         trainer = fit(tmp_path, [PowerCap(watts=250)])
-    texts = [str(w.message) for w in caught if "power limits" in str(w.message)]
-    assert len(texts) == 1 and "CAP_SYS_ADMIN" in texts[0] and "nvidia-smi" in texts[0]
+    texts = [str(w.message) for w in caught if "needs root" in str(w.message)]
+    assert len(texts) == 1 and all(word in texts[0] for word in PERMISSION_WORDS[sim.vendor])
     assert trainer.global_step == 20 and sim.limit_mw(sim.gpus[0]) == 400_000
     assert journal_entries() == {}
 
 
+@both_vendors
 def test_strict_raises_before_training(tmp_path, sim_gpus) -> None:
-    sim_gpus(board(), root=False)
+    sim = sim_gpus(board(), root=False)
     module = make_module(pl)
-    with pytest.raises(PermissionError, match="CAP_SYS_ADMIN"):
+    with pytest.raises(PermissionError, match=PERMISSION_WORDS[sim.vendor][0]):
         fit(tmp_path, [PowerCap(watts=250, strict=True)], module=module)
     assert module.trainer.global_step == 0
 
 
+@both_vendors
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -194,9 +201,9 @@ def test_bad_arguments_at_construction(kwargs, message) -> None:
         PowerCap(**kwargs)
 
 
-def _child(state: Path, *options: str) -> subprocess.Popen:
+def _child(state: Path, *options: str, vendor: str = "nvml") -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the journal variable is inherited from conftest
-    command = [sys.executable, "-m", "tests.scripts.power_cap_child", str(state), *options]
+    command = [sys.executable, "-m", "tests.scripts.power_cap_child", str(state), *options, f"--vendor={vendor}"]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -219,12 +226,22 @@ def _state_with_admin_limit(tmp_path: Path) -> Path:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-@pytest.mark.parametrize("framework", ["lightning", "hf"])
-def test_a_signal_to_a_training_process_restores(tmp_path, framework, signum) -> None:
+@pytest.mark.parametrize(
+    ("vendor", "framework", "signum"),
+    [
+        ("nvml", "lightning", signal.SIGTERM),
+        ("nvml", "lightning", signal.SIGHUP),
+        ("nvml", "hf", signal.SIGTERM),
+        ("nvml", "hf", signal.SIGHUP),
+        ("amdsmi", "lightning", signal.SIGTERM),
+        ("amdsmi", "hf", signal.SIGHUP),
+    ],
+    ids=lambda v: v.name if isinstance(v, signal.Signals) else v,
+)
+def test_a_signal_to_a_training_process_restores(tmp_path, vendor, framework, signum) -> None:
     """SIGTERM (a scheduler) and SIGHUP (a closed terminal or SSH session) both restore."""
     state = _state_with_admin_limit(tmp_path)
-    child = _child(state, framework)
+    child = _child(state, framework, vendor=vendor)
     _wait_for_limit(state, 250_000, child)
     child.send_signal(signum)
     output, _ = child.communicate(timeout=60)
@@ -234,20 +251,22 @@ def test_a_signal_to_a_training_process_restores(tmp_path, framework, signum) ->
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("framework", ["lightning", "hf"])
-def test_an_exception_ending_the_process_restores(tmp_path, framework) -> None:
+@pytest.mark.parametrize(("vendor", "framework"), [("nvml", "lightning"), ("nvml", "hf"), ("amdsmi", "lightning")])
+def test_an_exception_ending_the_process_restores(tmp_path, vendor, framework) -> None:
     state = _state_with_admin_limit(tmp_path)
-    child = _child(state, framework, "raise")
+    child = _child(state, framework, "raise", vendor=vendor)
     output, _ = child.communicate(timeout=90)
     assert child.returncode != 0 and "boom" in output
     assert json.loads(state.read_text())["GPU-child"] == PREVIOUS_MW, output
     assert journal_entries() == {}
 
 
+@both_vendors
 @pytest.mark.timeout(120)
 def test_sigkill_leaves_a_journal_that_the_next_run_restores(tmp_path, sim_gpus) -> None:
+    vendor = sim_gpus.vendor
     state = _state_with_admin_limit(tmp_path)
-    child = _child(state)
+    child = _child(state, vendor=vendor)
     _wait_for_limit(state, 250_000, child)
     child.kill()  # SIGKILL: no handler runs
     child.wait(timeout=30)
@@ -265,6 +284,7 @@ def test_sigkill_leaves_a_journal_that_the_next_run_restores(tmp_path, sim_gpus)
     assert journal_entries() == {}
 
 
+@both_vendors
 def test_recover_leaves_a_board_someone_else_changed(tmp_path, sim_gpus) -> None:
     sim = sim_gpus(board())
     journal_path().parent.mkdir(parents=True, exist_ok=True)
@@ -278,6 +298,7 @@ def test_recover_leaves_a_board_someone_else_changed(tmp_path, sim_gpus) -> None
     assert sim.limit_mw(sim.gpus[0]) == 400_000 and journal_entries() == {}
 
 
+@both_vendors
 def test_auto_finds_the_cap_with_least_energy_within_the_slowdown(tmp_path, sim_gpus) -> None:
     """A 50-100 W board that draws min(100 W, cap), whose steps take 40 ms down to a 75 W cap
     and 100 ms at 50 W (the knee of a real profile, on a ladder of 100, 75 and 50 W).
@@ -344,6 +365,7 @@ def hf_train(tmp_path: Path, *callbacks) -> object:
     return trainer
 
 
+@both_vendors
 def test_hf_cap_is_applied_logged_and_restored(tmp_path, sim_gpus) -> None:
     from transformers import TrainerCallback
 
@@ -370,13 +392,14 @@ def test_hf_cap_is_applied_logged_and_restored(tmp_path, sim_gpus) -> None:
     assert logged and all(h["power/cap_w"] == 300.0 for h in logged)
 
 
+@both_vendors
 def test_hf_no_permission_and_strict(tmp_path, sim_gpus) -> None:
     from hf_energy import PowerCapCallback
 
     sim = sim_gpus(board(), root=False)
     trainer = hf_train(tmp_path, PowerCapCallback(watts=250))  # one message, then uncapped
     assert trainer.state.global_step == 8 and sim.limit_mw(sim.gpus[0]) == 400_000
-    with pytest.raises(PermissionError, match="CAP_SYS_ADMIN"):
+    with pytest.raises(PermissionError, match=PERMISSION_WORDS[sim.vendor][0]):
         hf_train(tmp_path / "strict", PowerCapCallback(watts=250, strict=True))
 
 

@@ -3,19 +3,26 @@
 * `source` - the interfaces: `EnergySource` (a reader), `GpuBoard` (power limits);
 * `ledger` - a source's readings turned into monotone joules: resets, glitches and gaps
   handled the same way for every vendor;
-* `nvidia` - NVIDIA GPUs through NVML; `rapl` - CPU package and DRAM through Linux RAPL;
-  `cpu_estimate` - this process tree's CPU time (and memory) where RAPL cannot be read.
+* `nvidia` - NVIDIA GPUs through NVML; `amd` - AMD GPUs through amdsmi; `rapl` - CPU
+  package and DRAM through Linux RAPL; `cpu_estimate` - this process tree's CPU time (and
+  memory) where RAPL cannot be read;
+* shared by the readers: `counter` (wrapping counters), `visible` (which GPUs a process
+  sees), `gpu` (opening a vendor's GPU sources).
 
-A new GPU vendor is a module with the functions of `GPU_VENDORS`' members
-(``discover_gpus``, ``boards``, ``board_by_uuid``, ``driver_version``), listed there.
+A new GPU vendor is a module with the members of `GPU_VENDORS`' modules (``VENDOR``,
+``discover_gpus``, ``boards``, ``board_by_uuid``, ``driver_version``), listed there. On a
+machine with GPUs of both vendors, the vendor torch computes on comes first and keeps its
+device indices; the other's GPUs are numbered after them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
-from energy_core.devices import cpu_estimate, nvidia, rapl
+from energy_core.devices import amd, cpu_estimate, nvidia, rapl, visible
 from energy_core.devices.ledger import Ledger
 from energy_core.devices.source import (
     DEVICE_KINDS,
@@ -28,7 +35,7 @@ from energy_core.devices.source import (
 )
 from energy_core.notices import Notice
 
-GPU_VENDORS = (nvidia,)
+GPU_VENDORS: tuple[ModuleType, ...] = (nvidia, amd)
 
 __all__ = [
     "DEVICE_KINDS",
@@ -70,8 +77,12 @@ def discover(
     sources: list[EnergySource] = []
     notices: list[Notice] = []
     if "gpu" in kinds:
-        for vendor in GPU_VENDORS:
+        taken: set[int] = set()
+        for vendor in _vendors():
             gpus, found = vendor.discover_gpus(gpu_indices)
+            for source in gpus:
+                index = _number(int(source.info.name[3:]), taken)
+                source.info = dataclasses.replace(source.info, name=f"gpu{index}")
             sources += gpus
             notices += found
     node_kinds = {k for k in kinds if k in ("cpu", "dram")} if node_devices else set()
@@ -106,11 +117,16 @@ def visible_boards() -> list[GpuBoard]:
     """
     found: list[GpuBoard] = []
     errors: list[DeviceError] = []
-    for vendor in GPU_VENDORS:
+    taken: set[int] = set()
+    for vendor in _vendors():
         try:
-            found += vendor.boards()
+            boards = vendor.boards()
         except DeviceError as err:
             errors.append(err)
+            continue
+        for board in boards:
+            board.index = _number(board.index, taken)
+        found += boards
     if not found and errors:
         raise errors[0]
     return found
@@ -118,7 +134,7 @@ def visible_boards() -> list[GpuBoard]:
 
 def board_by_uuid(uuid: str) -> GpuBoard | None:
     """The board with this UUID, of any vendor (None if none has it)."""
-    for vendor in GPU_VENDORS:
+    for vendor in _vendors():
         try:
             board = vendor.board_by_uuid(uuid)
         except DeviceError:
@@ -134,5 +150,19 @@ def drivers() -> dict[str, str]:
     for vendor in GPU_VENDORS:
         version = vendor.driver_version()
         if version is not None:
-            found[vendor.__name__.rsplit(".", 1)[-1]] = version
+            found[vendor.VENDOR] = version
     return found
+
+
+def _vendors() -> tuple[ModuleType, ...]:
+    """`GPU_VENDORS`, the one torch computes on first (its GPUs keep torch's indices)."""
+    first = visible.torch_vendor()
+    return tuple(sorted(GPU_VENDORS, key=lambda vendor: vendor.VENDOR != first))
+
+
+def _number(index: int, taken: set[int]) -> int:
+    """`index`, or the next free one above every index taken (a second vendor's GPUs come after the first's)."""
+    if index in taken:
+        index = max(taken) + 1
+    taken.add(index)
+    return index

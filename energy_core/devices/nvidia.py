@@ -16,18 +16,18 @@ the only one that imports ``pynvml``: its errors leave it as `DeviceError` or
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pynvml
 
+from energy_core.devices import gpu as common
+from energy_core.devices import visible
 from energy_core.devices.source import DeviceError, EnergySource, GpuBoard, LimitRange, Reading, SourceInfo
 from energy_core.notices import Notice
 
-GPU_MAX_POWER_W = 3000.0  # when the board does not say: no GPU board draws more
+VENDOR = "nvidia"
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class VisibleGpu:
     mig: bool = False
 
 
-class NvidiaGpuSource(EnergySource):
+class NvidiaGpuSource(common.GpuSource):
     """One NVIDIA GPU: its energy counter (mJ since driver load), or else its power (mW).
 
     Args:
@@ -61,6 +61,7 @@ class NvidiaGpuSource(EnergySource):
 
     def __init__(self, gpu: VisibleGpu) -> None:
         self.gpu = gpu
+        self.notes: list[str] = []
         name = _text(pynvml.nvmlDeviceGetName(gpu.handle))
         self._base_mj: int | None = None
         try:
@@ -68,15 +69,26 @@ class NvidiaGpuSource(EnergySource):
             method = "nvml-energy-counter"
         except pynvml.NVMLError_NotSupported:
             method = "nvml-power-integration"
-        try:  # twice the highest limit the board accepts: no reading can honestly imply more
-            self.max_power_w = 2 * int(pynvml.nvmlDeviceGetPowerManagementLimitConstraints(gpu.handle)[1]) / 1000
+            self.notes.append(
+                f"GPU {gpu.cuda_index} has no energy counter (older than Volta): integrating polled power instead."
+            )
+        try:
+            highest_w = int(pynvml.nvmlDeviceGetPowerManagementLimitConstraints(gpu.handle)[1]) / 1000
         except pynvml.NVMLError:
-            self.max_power_w = GPU_MAX_POWER_W
+            highest_w = None
+        self.max_power_w = common.max_power_w(highest_w)
+        if gpu.mig:
+            self.notes.append(
+                f"GPU {gpu.cuda_index} ({gpu.uuid}) is in MIG mode: NVML reports board-level "
+                "power, so the energy logged is that of the whole physical GPU, all MIG "
+                "instances together."
+            )
         self.info = SourceInfo(
             name=f"gpu{gpu.cuda_index}",
             kind="gpu",
             method=method,
             detail=f"{name} {gpu.uuid}" + (" (MIG: board-level power)" if gpu.mig else ""),
+            vendor=VENDOR,
         )
 
     @property
@@ -95,19 +107,6 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _torch_visible_uuids() -> list[str] | None:
-    """UUIDs of the visible CUDA devices, from torch if the process already uses it."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return None
-    try:
-        if not torch.cuda.is_available():
-            return None
-        return ["GPU-" + str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - torch without CUDA, odd builds: fall back to the environment variable
-        return None
-
-
 def _board_of(entry: str, by_uuid: dict[str, Any]) -> tuple[str, bool] | None:
     """Map one ``CUDA_VISIBLE_DEVICES`` entry to (board UUID, is_mig)."""
     if entry.startswith("MIG-"):
@@ -117,43 +116,30 @@ def _board_of(entry: str, by_uuid: dict[str, Any]) -> tuple[str, bool] | None:
             return _text(pynvml.nvmlDeviceGetUUID(board)), True
         except pynvml.NVMLError:
             return None
-    if entry.startswith("GPU-"):
-        matches = [u for u in by_uuid if u.startswith(entry)]
-        return (matches[0], False) if len(matches) == 1 else None
-    if entry.isdigit():
-        index = int(entry)
-        uuids = list(by_uuid)
-        return (uuids[index], False) if index < len(uuids) else None
-    return None
+    if not (entry.isdigit() or entry.startswith("GPU-")):
+        return None
+    uuid = visible.by_index_or_uuid(entry, list(by_uuid), {u: u for u in by_uuid})
+    return None if uuid is None else (uuid, False)
 
 
 def visible_gpus() -> list[VisibleGpu]:
     """The physical GPUs this process can use, in CUDA order, mapped by UUID.
 
-    Follows CUDA's rules for ``CUDA_VISIBLE_DEVICES``: entries are read up to the first
-    invalid one. Integer entries are taken in NVML (PCI) order, which matches CUDA when
-    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``; when torch has already initialised CUDA its UUIDs
-    are used instead, which is exact whatever the order. Several MIG instances of one
-    board yield that board once.
+    Follows CUDA's rules for ``CUDA_VISIBLE_DEVICES`` (`visible.select`). Integer entries
+    are taken in NVML (PCI) order, which matches CUDA when ``CUDA_DEVICE_ORDER=PCI_BUS_ID``;
+    when torch has already initialised CUDA its UUIDs are used instead, which is exact
+    whatever the order. Several MIG instances of one board yield that board once.
     """
     count = pynvml.nvmlDeviceGetCount()
     handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
     by_uuid = {_text(pynvml.nvmlDeviceGetUUID(h)): h for h in handles}
-    entries = _torch_visible_uuids()
-    if entries is None or not all(e in by_uuid for e in entries):
-        env = os.environ.get("CUDA_VISIBLE_DEVICES")
-        entries = list(by_uuid) if env is None else [e.strip() for e in env.split(",") if e.strip()]
-    result: list[VisibleGpu] = []
-    seen: set[str] = set()
-    for cuda_index, entry in enumerate(entries):
-        board = _board_of(entry, by_uuid)
-        if board is None:
-            break
-        uuid, mig = board
-        if uuid not in seen:
-            seen.add(uuid)
-            result.append(VisibleGpu(cuda_index, by_uuid[uuid], uuid, mig or _mig_enabled(by_uuid[uuid])))
-    return result
+    seen = visible.torch_gpus(VENDOR)
+    names = None if seen is None else ["GPU-" + g.uuid for g in seen]
+    if names is None or not all(n in by_uuid for n in names):
+        names = visible.entries("CUDA_VISIBLE_DEVICES")
+        names = list(by_uuid) if names is None else names
+    chosen = visible.select(names, lambda entry: _board_of(entry, by_uuid), lambda board: board[0])
+    return [VisibleGpu(i, by_uuid[uuid], uuid, mig or _mig_enabled(by_uuid[uuid])) for i, (uuid, mig) in chosen]
 
 
 def _mig_enabled(handle: Any) -> bool:
@@ -164,7 +150,7 @@ def _mig_enabled(handle: Any) -> bool:
     return bool(current == pynvml.NVML_DEVICE_MIG_ENABLE)
 
 
-def discover_gpus(cuda_indices: Sequence[int] | None = None) -> tuple[list[NvidiaGpuSource], list[Notice]]:
+def discover_gpus(cuda_indices: Sequence[int] | None = None) -> tuple[list[EnergySource], list[Notice]]:
     """Open an energy source for each visible NVIDIA GPU.
 
     Args:
@@ -179,40 +165,11 @@ def discover_gpus(cuda_indices: Sequence[int] | None = None) -> tuple[list[Nvidi
         pynvml.nvmlInit()
     except pynvml.NVMLError as err:
         return [], [Notice("info", f"No NVIDIA GPU measured (NVML: {err}).")]
-    notices: list[Notice] = []
     try:
         gpus = visible_gpus()
     except pynvml.NVMLError as err:
         return [], [Notice("warn", f"NVML could not list GPUs ({err}); GPU energy is not measured.")]
-    if cuda_indices is not None:
-        gpus = [g for g in gpus if g.cuda_index in set(cuda_indices)]
-    if not gpus:
-        notices.append(Notice("info", "No NVIDIA GPU visible to this process."))
-    sources = []
-    for gpu in gpus:
-        try:
-            source = NvidiaGpuSource(gpu)
-        except pynvml.NVMLError as err:
-            notices.append(Notice("warn", f"GPU {gpu.cuda_index} ({gpu.uuid}) cannot be read ({err}); skipped."))
-            continue
-        sources.append(source)
-        if not source.uses_counter:
-            notices.append(
-                Notice(
-                    "info",
-                    f"GPU {gpu.cuda_index} has no energy counter (older than Volta): integrating polled power instead.",
-                )
-            )
-        if gpu.mig:
-            notices.append(
-                Notice(
-                    "info",
-                    f"GPU {gpu.cuda_index} ({gpu.uuid}) is in MIG mode: NVML reports board-level "
-                    "power, so the energy logged is that of the whole physical GPU, all MIG "
-                    "instances together.",
-                )
-            )
-    return sources, notices
+    return common.open_sources(gpus, cuda_indices, NvidiaGpuSource, (pynvml.NVMLError,), "NVIDIA")
 
 
 def driver_version() -> str | None:
@@ -246,7 +203,7 @@ class NvidiaBoard(GpuBoard):
         gpu: The board.
     """
 
-    vendor = "nvidia"
+    vendor = VENDOR
 
     def __init__(self, gpu: VisibleGpu) -> None:
         self.gpu = gpu

@@ -2,7 +2,7 @@
 
 Each zone exposes ``energy_uj`` (µJ, monotone) that wraps to zero at
 ``max_energy_range_uj`` (Intel package about 262 kJ, AMD about 65.5 kJ: minutes at full
-load), so the reader keeps the previous value and adds the range back on every wrap.
+load), so the reader adds the range back on every wrap (`counter.WrappingCounter`).
 Since Linux 5.10 (CVE-2020-8694) ``energy_uj`` is readable only by root; without access
 discovery returns no sources and one notice that says how to grant it. AMD Zen exposes
 its package energy through the same interface (no DRAM domain).
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from energy_core.devices.counter import WrappingCounter
 from energy_core.devices.source import EnergySource, Reading, SourceInfo
 from energy_core.notices import Notice
 
@@ -42,21 +43,17 @@ class RaplSource(EnergySource):
 
     def __init__(self, zone: Path, kind: str, index: int) -> None:
         self.zone = zone
-        self.wraps = 0
-        self._range_uj = _read_int(zone / "max_energy_range_uj")
-        self._last_uj = _read_int(zone / "energy_uj")
-        self._total_uj = 0
+        self._counter = WrappingCounter(_read_int(zone / "max_energy_range_uj"), 1e-6, self.max_power_w)
+        self._counter.update(_read_int(zone / "energy_uj"), None)  # the origin; also checks it can be read
         self.info = SourceInfo(name=f"{kind}{index}", kind=kind, method="rapl", detail=str(zone))
 
+    @property
+    def wraps(self) -> int:
+        """Wraps of the counter seen so far."""
+        return self._counter.wraps
+
     def read(self, now: float) -> Reading:
-        value = _read_int(self.zone / "energy_uj")
-        delta = value - self._last_uj
-        if delta < 0:  # the counter wrapped at max_energy_range_uj
-            delta += self._range_uj
-            self.wraps += 1
-        self._total_uj += delta
-        self._last_uj = value
-        return Reading(joules=self._total_uj / 1e6)
+        return Reading(joules=self._counter.update(_read_int(self.zone / "energy_uj"), now))
 
 
 def _zones(root: Path) -> list[tuple[str, int, Path]]:

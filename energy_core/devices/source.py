@@ -33,6 +33,7 @@ class SourceInfo:
         method: How energy is obtained, e.g. ``"nvml-energy-counter"``, ``"rapl"``.
         estimated: True when the figure is a model (TDP x utilisation), not a reading.
         detail: Free text: device model, UUID, sysfs path.
+        vendor: The GPU's vendor (``"nvidia"``, ``"amd"``); "" for CPU and DRAM sources.
     """
 
     name: str
@@ -40,6 +41,7 @@ class SourceInfo:
     method: str
     estimated: bool = False
     detail: str = ""
+    vendor: str = ""
 
 
 class EnergySource(ABC):
@@ -92,7 +94,7 @@ class GpuBoard(ABC):
     """One physical GPU whose power limit can be read and set; the vendor's calls live behind it.
 
     Attributes:
-        vendor: ``"nvidia"`` (or another supported vendor).
+        vendor: ``"nvidia"`` or ``"amd"``.
         index: Index among the process's visible devices (CUDA order).
         uuid: The board's unique id, stable across processes.
     """

@@ -1,12 +1,13 @@
 """A multi-process CPU (gloo) training run measured by the monitors, for test_distributed.py.
 
-    python -m tests.scripts.distributed_totals lightning OUT          # Lightning starts rank 1 itself
-    torchrun --nproc_per_node=2 -m tests.scripts.distributed_totals hf OUT
+    python -m tests.scripts.distributed_totals lightning OUT [nvml|amdsmi]   # Lightning starts rank 1 itself
+    torchrun --nproc_per_node=2 -m tests.scripts.distributed_totals hf OUT [nvml|amdsmi]
 
 Simulated hardware, as if each rank trained on a GPU of its own: global rank r sees one
 GPU drawing 200 + 100 r W (as with CUDA_VISIBLE_DEVICES=<its GPU>), and every node has a
-CPU package drawing 50 W (a fake RAPL tree) that only its local rank 0 may read. Each
-rank writes OUT/rank<r>.json with the totals it ended with.
+CPU package drawing 50 W (a fake RAPL tree) that only its local rank 0 may read. The GPUs
+are NVIDIA's (simulated NVML, the default) or AMD's (simulated amdsmi). Each rank writes
+OUT/rank<r>.json with the totals it ended with.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 from energy_core.devices import rapl
 from tests.doubles.fake_rapl import FakeRapl
 from tests.doubles.power_traces import Constant
-from tests.doubles.sim_nvml import SimGpu, SimNvml, end_process_group, install_for_process
+from tests.doubles.sim_nvml import SimGpu, end_process_group
+from tests.doubles.vendors import simulate_for_process
 
 CPU_W = 50.0
 
@@ -29,10 +31,9 @@ def gpu_watts(rank: int) -> float:
     return 200.0 + 100.0 * rank
 
 
-def fake_hardware(rank: int) -> None:
+def fake_hardware(rank: int, vendor: str) -> None:
     # a 5 ms counter period: these runs last about a second, and the test checks the sum to 1%
-    sim = SimNvml([SimGpu(f"GPU-rank{rank}", Constant(gpu_watts(rank)), counter_period_s=0.005)])
-    install_for_process(sim)
+    simulate_for_process(vendor, [SimGpu(f"GPU-rank{rank}", Constant(gpu_watts(rank)), counter_period_s=0.005)])
     tree = FakeRapl(Path(tempfile.mkdtemp()) / "powercap", dram=False)
     tree.run({"cpu": Constant(CPU_W)})
     rapl.POWERCAP_ROOT = tree.root
@@ -91,6 +92,6 @@ if __name__ == "__main__":
     framework, out_dir = sys.argv[1], Path(sys.argv[2])
     out_dir.mkdir(parents=True, exist_ok=True)
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-    fake_hardware(rank)
+    fake_hardware(rank, sys.argv[3] if len(sys.argv) > 3 else "nvml")
     run_lightning(out_dir) if framework == "lightning" else run_hf(out_dir)
     end_process_group()

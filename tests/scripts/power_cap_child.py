@@ -1,10 +1,10 @@
 """A training process with a power cap, to be signalled or killed by test_power_cap.py.
 
-    python -m tests.scripts.power_cap_child STATE_FILE [lightning|hf] [run|raise]
+    python -m tests.scripts.power_cap_child STATE_FILE [lightning|hf] [run|raise] [--vendor=nvml|amdsmi]
 
 The simulated driver keeps its limits in STATE_FILE (as persistence mode keeps them on
 a real GPU), so the parent can see what this process left behind. ``raise`` makes the
-sixth training step raise an exception.
+sixth training step raise an exception; ``--vendor`` picks the simulated library.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.doubles.sim_nvml import SimGpu, SimNvml, install_for_process
+from tests.doubles.sim_gpu import SimGpu
+from tests.doubles.vendors import simulate_for_process
 
 
 def lightning_run(fail: bool) -> None:
@@ -61,11 +62,10 @@ def hf_run(fail: bool) -> None:
 
 
 if __name__ == "__main__":
-    sim = SimNvml(
-        [SimGpu("GPU-child", default_limit_mw=400_000, min_limit_mw=100_000, max_limit_mw=450_000)],
-        state_file=Path(sys.argv[1]),
-    )
-    install_for_process(sim)
-    framework = sys.argv[2] if len(sys.argv) > 2 else "lightning"
-    fail = len(sys.argv) > 3 and sys.argv[3] == "raise"
+    vendor = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--vendor=")), "nvml")
+    args = [a for a in sys.argv[1:] if not a.startswith("--vendor=")]
+    board = SimGpu("GPU-child", default_limit_mw=400_000, min_limit_mw=100_000, max_limit_mw=450_000)
+    simulate_for_process(vendor, [board], state_file=Path(args[0]))
+    framework = args[1] if len(args) > 1 else "lightning"
+    fail = len(args) > 2 and args[2] == "raise"
     (lightning_run if framework == "lightning" else hf_run)(fail)

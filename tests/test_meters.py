@@ -253,3 +253,31 @@ def test_unknown_nvml_function_errors_are_real_pynvml_classes() -> None:
     err = pynvml.NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
     assert isinstance(err, pynvml.NVMLError_NoPermission)
     assert SimNvml([]).gpus == []
+
+
+class ScriptedCounter(devices.EnergySource):
+    """A counter (J) read from a script of (joules or None for a failed read) per call."""
+
+    def __init__(self, script: list[float | None]) -> None:
+        self.script = list(script)
+        self.info = devices.SourceInfo(name="gpu0", kind="gpu", method="scripted")
+        self.max_power_w = 1000.0
+
+    def read(self, now: float) -> devices.Reading:
+        value = self.script.pop(0)
+        if value is None:
+            raise RuntimeError("simulated failure")
+        return devices.Reading(joules=value)
+
+
+def test_a_gap_bridged_too_high_is_paid_back_and_the_total_ends_exact() -> None:
+    # 300 W, but the first interval's staircase read as 600 W; the bridge over the 2 s gap runs
+    # at that power (1,200 J by 2.1 s) while the counter shows 600 J: the total holds, then ends exact
+    script = [0.0, 60.0, None, None, None, None, 660.0] + [660.0 + 30.0 * i for i in range(1, 61)]
+    ledger = devices.Ledger(ScriptedCounter(script))
+    times = [0.0, 0.1, 0.6, 1.1, 1.6, 2.1, 2.6] + [2.6 + 0.1 * i for i in range(1, 61)]
+    totals = [ledger.update(t) for t in times]
+    assert all(b >= a for a, b in zip(totals, totals[1:]))  # never goes back
+    assert max(totals[:7]) > 660.0  # the bridge ran high
+    assert totals[-1] == pytest.approx(660.0 + 30.0 * 60)  # paid back: exact once the counter caught up
+    assert ledger.estimated_j == pytest.approx(0.0)

@@ -12,9 +12,10 @@ power in watts); the ledger decides what it means, the same way for every vendor
 
 Across a gap the total goes on at the last good power (so budgets and curves keep
 moving), and that energy is *estimated*. When a counter answers again, its true energy
-over the gap replaces the estimate (an estimate that ran high stays, so the total never
-goes back). A device lost for good stays bridged; `unmeasured_s` and `estimated_j` say
-how much of the figure rests on that.
+over the gap replaces the estimate; an estimate that ran high is paid back by the next
+measured energy (the total holds still meanwhile, so it never goes back). A device lost
+for good stays bridged; `unmeasured_s` and `estimated_j` say how much of the figure rests
+on that.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Ledger:
         self._pending: tuple[float, float] | None = None  # a counter jump waiting for confirmation
         self._closed_unmeasured_s = 0.0
         self._reported_j = 0.0
+        self._excess_j = 0.0  # reported beyond what readings and open estimates account for
         self._now = 0.0
 
     # ------------------------------------------------------------------ figures
@@ -69,7 +71,7 @@ class Ledger:
     @property
     def estimated_j(self) -> float:
         """Joules of the total that rest on the last good power, not on a reading."""
-        return self._estimated_j + self._bridge_j(self._now)
+        return self._estimated_j + self._bridge_j(self._now) + self._excess_j
 
     @property
     def unmeasured_s(self) -> float:
@@ -100,11 +102,12 @@ class Ledger:
         if not self._in_gap:
             self.streak = 0
         total = self._confirmed_j + self._estimated_j + self._bridge_j(now)
-        if total < self._reported_j:  # an estimate ran high: it stays, the total never goes back
-            self._estimated_j += self._reported_j - total
-            total = self._reported_j
-        self._reported_j = total
-        return total
+        # An estimate that ran high (a gap bridged above the power the counter then showed) is
+        # paid back by the next measured energy: the total holds still until the measurement
+        # catches up, so it never goes back and ends exact.
+        self._excess_j = max(0.0, self._reported_j - total)
+        self._reported_j = max(self._reported_j, total)
+        return self._reported_j
 
     def _gap(self) -> None:
         self.gaps += 1

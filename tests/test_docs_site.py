@@ -10,7 +10,6 @@ and the page's state is written into the DOM once the page has loaded.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import subprocess
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.test_report_html import CHROMIUM_FLAGS, find_chromium
+from tests.helpers.chromium import CHROMIUM_FLAGS, find_chromium, probe
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = {  # the public classes of SPEC.md, and the framework-free API
@@ -178,26 +177,6 @@ class QuietHandler(SimpleHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
-
-
-def probe(chromium: str, url: str, width: int = 1366) -> dict[str, Any]:
-    dom = subprocess.run(
-        [
-            chromium,
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={tempfile.mkdtemp()}",
-            f"--window-size={width},900",
-            "--virtual-time-budget=30000",
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
-    assert found and found.group(1), dom[-2000:]
-    return json.loads(found.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
 
 
 def test_home_page_renders_with_nav_and_working_search(served) -> None:

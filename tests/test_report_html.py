@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -19,17 +16,7 @@ from energy_core import EnergyTracker
 from energy_core.report import main
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.helpers.chromium import CHROMIUM_FLAGS, find_chromium, probe
 
 
 def run_record(path, watts: float, sim_gpus) -> None:
@@ -76,15 +63,6 @@ def test_plots_tables_and_regions(two_runs, tmp_path, capsys) -> None:
     assert "http://" not in page and "https://" not in page  # self-contained
 
 
-def find_chromium() -> str:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: .ci/run installs Debian's chromium package")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return chromium
-
-
 # Injected into a copy of the page (the page itself carries no test code): the first script
 # collects errors (scripts, console.error, resources that fail to load), the last one
 # measures the layout once the page has loaded and writes it into the DOM as JSON.
@@ -123,23 +101,7 @@ def layout(chromium: str, page: Path, width: int, tmp_path: Path) -> dict[str, A
     text = page.read_text(encoding="utf-8")
     text = text.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", PROBE_BODY + "</body>", 1)
     probed.write_text(text, encoding="utf-8")
-    dom = subprocess.run(
-        [
-            chromium,
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={tempfile.mkdtemp()}",
-            f"--window-size={width},900",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            probed.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
-    assert found and found.group(1), dom[-2000:]
-    return json.loads(found.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+    return probe(chromium, probed.as_uri(), width, budget_ms=5000)
 
 
 def test_laptop_layout_two_plots_side_by_side(two_runs, tmp_path) -> None:

@@ -91,11 +91,6 @@ def run_hf(out: Path) -> None:
             }
         )
     )
-    import torch.distributed as dist
-
-    if dist.is_initialized():  # a process group left to interpreter exit may abort in gloo's threads
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -56,8 +56,7 @@ class RunBooks:
         self._epoch_start: Mark | None = None
         self._stages = Stages()
         self._window = Window()
-        charges = Charges(self.factors.carbon, self.factors.price, self.factors.pue)
-        self._accounts = Accounts(self.meter, self._stages, charges)
+        self._accounts = Accounts(self.meter, self._stages, Charges(self.factors))
 
     # ----------------------------------------------------------------- state, notices, record
     @property
@@ -168,4 +167,4 @@ class RunBooks:
         Raises:
             ValueError: naming the field of the stored state that is missing or wrong.
         """
-        self._accounts.load(state, own_share, self.factors.kg_per_kwh(time.time()))
+        self._accounts.load(state, own_share, self.factors.per_kwh(time.time())[0])

@@ -7,8 +7,9 @@ inside a slice is off by half that slice's energy at most). With fixed factors t
 simply total kWh x PUE x factor.
 
 Examples:
+    >>> from energy_core.factors import RunFactors
     >>> from energy_core.intensity import Fixed
-    >>> charges = Charges(Fixed(400.0, "given"), None, pue=1.5)
+    >>> charges = Charges(RunFactors(Fixed(400.0, "given"), None, pue=1.5, currency="EUR"))
     >>> charges.charge(3.6e6, when=0.0)   # the first kWh
     >>> round(charges.co2e_kg, 6)
     0.6
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import threading
 
-from energy_core.intensity import Factor
+from energy_core.factors import RunFactors
 from energy_core.totals import J_PER_KWH
 
 
@@ -28,13 +29,11 @@ class Charges:
     Thread-safe: the sampler thread previews (budgets) while the training thread charges.
 
     Args:
-        carbon: The grid intensity over time (g CO2e/kWh).
-        price: The electricity price over time (per kWh), or None.
-        pue: The data centre's power usage effectiveness (applied to both).
+        factors: The run's intensity and price over time, and its PUE.
     """
 
-    def __init__(self, carbon: Factor, price: Factor | None, pue: float) -> None:
-        self.carbon, self.price, self.pue = carbon, price, pue
+    def __init__(self, factors: RunFactors) -> None:
+        self.factors = factors
         self.co2e_kg = 0.0
         self.cost = 0.0
         self.charged_j = 0.0
@@ -51,9 +50,7 @@ class Charges:
             co2, cost = max(kwh * self._rates[0], -self.co2e_kg), max(kwh * self._rates[1], -self.cost)
             return co2, cost, self._rates
         middle = when if self.charged_at is None or self.charged_at > when else (self.charged_at + when) / 2
-        carbon = (self.carbon.at if kept else self.carbon.peek)(middle).value
-        price = (self.price.at if kept else self.price.peek)(middle).value if self.price is not None else 0.0
-        rates = (self.pue * carbon / 1000.0, self.pue * price)
+        rates = self.factors.per_kwh(middle, kept)
         return kwh * rates[0], kwh * rates[1], rates
 
     def preview(self, total_j: float, when: float) -> tuple[float, float]:

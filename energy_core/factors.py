@@ -75,14 +75,15 @@ class RunFactors:
         """The currency of the run's cost; None without a price (no cost)."""
         return self.currency if self.price is not None else None
 
-    def kg_per_kwh(self, when: float) -> float:
-        """kg CO2e of one kWh at unix time ``when``, PUE applied."""
-        return self.pue * self.carbon.at(when).value / 1000.0
+    def per_kwh(self, when: float, kept: bool = True) -> tuple[float, float]:
+        """(kg CO2e, cost) of one more kWh at unix time ``when``, PUE applied.
 
-    def per_kwh(self, when: float) -> tuple[float, float]:
-        """(kg CO2e, cost) of one more kWh at unix time ``when``, PUE applied."""
-        price = self.price.at(when).value if self.price is not None else 0.0
-        return self.kg_per_kwh(when), self.pue * price
+        ``kept``: the values used go into the factors' history (for the record's factor
+        lines); False for a preview, which must not enter it.
+        """
+        carbon = (self.carbon.at if kept else self.carbon.peek)(when).value
+        price = (self.price.at if kept else self.price.peek)(when).value if self.price is not None else 0.0
+        return self.pue * carbon / 1000.0, self.pue * price
 
     def new_lines(self) -> list[dict[str, Any]]:
         """The record's factor lines not written yet: every value used since, from when, its source."""

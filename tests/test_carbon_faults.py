@@ -16,6 +16,7 @@ from energy_core import J_PER_KWH, MeasureOptions
 from energy_core import electricity_maps as live
 from energy_core.charges import Charges
 from energy_core.electricity_maps import ElectricityMaps
+from energy_core.factors import RunFactors
 from energy_core.intensity import Fixed, Series
 from tests.doubles.electricity_maps import Answer
 
@@ -34,7 +35,7 @@ def test_an_extrapolated_excess_is_taken_back_at_the_rate_it_was_charged(tmp_pat
     # 100 g/kWh for the first hour, 1000 after: a boundary extrapolated 1 kWh too high in the
     # cheap hour must not be taken back at the dear hour's rate (that made CO2e negative)
     carbon = Series(series_file(tmp_path, [(T0, 100.0), (T0 + 3600, 1000.0)]), "series", "g/kWh")
-    charges = Charges(carbon, Fixed(0.5, "given"), pue=1.0)
+    charges = Charges(RunFactors(carbon, Fixed(0.5, "given"), pue=1.0, currency="EUR"))
     charges.restart(T0)
     charges.charge(2 * J_PER_KWH, when=T0 + 1800)  # 2 kWh, of which 1 was an overshoot
     charges.charge(1 * J_PER_KWH, when=T0 + 7200)  # the exact total: 1 kWh
@@ -46,7 +47,7 @@ def test_an_extrapolated_excess_is_taken_back_at_the_rate_it_was_charged(tmp_pat
 
 def test_a_preview_does_not_enter_the_factor_history(tmp_path) -> None:
     carbon = Series(series_file(tmp_path, [(T0, 100.0), (T0 + 60, 300.0)]), "series", "g/kWh")
-    charges = Charges(carbon, None, pue=1.0)
+    charges = Charges(RunFactors(carbon, None, pue=1.0, currency="EUR"))
     charges.restart(T0)
     for i in range(50):  # budgets preview at every reading, at midpoints either side of the change
         charges.preview(1000.0 + i, when=T0 + 100 + (i % 2) * 40)

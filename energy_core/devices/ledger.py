@@ -54,7 +54,6 @@ class Ledger:
         self._pending: tuple[float, float] | None = None  # a counter jump waiting for confirmation
         self._closed_unmeasured_s = 0.0
         self._reported_j = 0.0
-        self._excess_j = 0.0  # reported beyond what readings and open estimates account for
         self._now = 0.0
 
     # ------------------------------------------------------------------ figures
@@ -71,7 +70,7 @@ class Ledger:
     @property
     def estimated_j(self) -> float:
         """Joules of the total that rest on the last good power, not on a reading."""
-        return self._estimated_j + self._bridge_j(self._now) + self._excess_j
+        return self._reported_j - self._confirmed_j  # estimates, the open bridge, and any excess not yet paid back
 
     @property
     def unmeasured_s(self) -> float:
@@ -105,7 +104,6 @@ class Ledger:
         # An estimate that ran high (a gap bridged above the power the counter then showed) is
         # paid back by the next measured energy: the total holds still until the measurement
         # catches up, so it never goes back and ends exact.
-        self._excess_j = max(0.0, self._reported_j - total)
         self._reported_j = max(self._reported_j, total)
         return self._reported_j
 

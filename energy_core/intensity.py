@@ -180,6 +180,11 @@ class Series(Factor):
     def _step(self) -> float:
         return self.times[-1] - self.times[-2] if len(self.times) > 1 else 3600.0
 
+    def covers(self, start: float, end: float) -> bool:
+        """Whether unix times ``start`` to ``end`` lie within the series (its last row holding
+        for one more step), so that no end value stands in."""
+        return self.times[0] <= start and end <= self.times[-1] + self._step()
+
     def _once(self, key: str, text: str) -> None:
         if key not in self._warned:
             self._warned.add(key)

@@ -48,8 +48,9 @@ def elsewhere_rows(kwh: float) -> list[list[str]]:
 
 
 def series(run: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Step, seconds, kWh, W and loss from a run's window lines."""
-    out: dict[str, list[float]] = {"step": [], "seconds": [], "kwh": [], "watts": [], "loss_kwh": [], "loss": []}
+    """Step, seconds, kWh, W, the intensity in force (g/kWh) and loss from a run's window lines."""
+    out: dict[str, list[float]] = {"step": [], "seconds": [], "kwh": [], "watts": [], "intensity": [],
+                                   "loss_kwh": [], "loss": []}  # fmt: skip
     for line in run:
         if line.get("type") != WINDOW:
             continue
@@ -60,6 +61,7 @@ def series(run: list[dict[str, Any]]) -> dict[str, list[float]]:
         out["seconds"].append(line.get("elapsed_s", 0.0))
         out["kwh"].append(metrics[keys.TOTAL_KWH])
         out["watts"].append(metrics.get(keys.TOTAL_W, float("nan")))
+        out["intensity"].append(metrics.get(keys.INTENSITY, float("nan")))
         losses = [v for k, v in (line.get("extra") or {}).items() if "loss" in k and v is not None]
         if losses:
             out["loss_kwh"].append(metrics[keys.TOTAL_KWH])
@@ -130,18 +132,17 @@ def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> li
 def _intensity_plot(plt: Any, runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> list[Path]:
     """Power (left axis) and the intensity in force (right axis, a step curve) against time,
     for the runs whose intensity changed; nothing when it never did."""
-    from energy_core.report_when import intensity_over_time
-
-    data = [(label, intensity_over_time(run)) for label, run in runs]
-    drawn = [(label, s) for label, s in data if len(set(s["intensity"])) > 1]
+    data = [(label, series(run)) for label, run in runs]
+    drawn = [(label, s) for label, s in data if len({g for g in s["intensity"] if g == g}) > 1]  # NaN: not logged
     if not drawn:
         return []
     name, title = INTENSITY_PLOT
     figure, power_axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
     intensity_axes = power_axes.twinx()
     for label, s in drawn:
-        power_axes.plot(s["hours"], s["watts"], marker=".", label=f"{label}: power")
-        intensity_axes.step(s["hours"], s["intensity"], where="post", linestyle="--", label=f"{label}: intensity")
+        hours = [seconds / 3600 for seconds in s["seconds"]]
+        power_axes.plot(hours, s["watts"], marker=".", label=f"{label}: power")
+        intensity_axes.step(hours, s["intensity"], where="post", linestyle="--", label=f"{label}: intensity")
     power_axes.set_title(title)
     power_axes.set_xlabel("training time (h)")
     power_axes.set_ylabel("mean power over the window (W)")

@@ -79,7 +79,13 @@ def pue_of(run: list[dict[str, Any]]) -> float:
 
 def co2e_g(run_slices: list[Slice], intensity: Factor, pue: float, shift_s: float) -> float:
     """Grams CO2e of these slices moved by ``shift_s`` seconds, each at its midpoint's intensity."""
-    return sum(s.kwh * pue * intensity.at(s.middle + shift_s).value for s in run_slices)
+    return sum(s.kwh * pue * intensity.peek(s.middle + shift_s).value for s in run_slices)
+
+
+def start_hours(series: Series) -> list[float]:
+    """The first `HOURS` whole hours (unix times) from the series' first row: the start times tried."""
+    first = series.times[0] - series.times[0] % 3600
+    return [first + hour * 3600 for hour in range(HOURS)]
 
 
 def started_at_other_hours(run: list[dict[str, Any]], series: Series) -> list[list[str]]:
@@ -90,31 +96,16 @@ def started_at_other_hours(run: list[dict[str, Any]], series: Series) -> list[li
         return []
     pue, began = pue_of(run), run_slices[0].start
     as_run = co2e_g(run_slices, series, pue, 0.0)
-    first_hour = series.times[0] - series.times[0] % 3600
-    step = series.times[-1] - series.times[-2] if len(series.times) > 1 else 3600.0
-    inside = series.times[0] <= began and run_slices[-1].end <= series.times[-1] + step
+    inside = series.covers(began, run_slices[-1].end)
     rows = [
         ["as run " + _utc(began) + ("" if inside else " (outside the series: its end values)"), f"{as_run:.4g}", "-"]
     ]
-    for hour in range(HOURS):
-        start = first_hour + hour * 3600
+    for start in start_hours(series):
         grams = co2e_g(run_slices, series, pue, start - began)
         change = f"{(grams / as_run - 1) * 100:+.0f}%" if as_run > 0 else "-"
         rows.append([_utc(start), f"{grams:.4g}", change])
     series.take_notices()  # a shifted run past the series' ends uses its end values: said in the page's note
     return rows
-
-
-def intensity_over_time(run: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Training hours at each window's end, its mean power (W) and the intensity in force (g/kWh)."""
-    out: dict[str, list[float]] = {"hours": [], "watts": [], "intensity": []}
-    for line in run:
-        metrics = line.get("metrics") or {}
-        if line.get("type") == WINDOW and keys.TOTAL_W in metrics and keys.INTENSITY in metrics:
-            out["hours"].append(line.get("elapsed_s", 0.0) / 3600)
-            out["watts"].append(metrics[keys.TOTAL_W])
-            out["intensity"].append(metrics[keys.INTENSITY])
-    return out
 
 
 def _utc(t: float) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from energy_core import J_PER_KWH, report, report_when
+from energy_core import J_PER_KWH, report, report_plots, report_when
 from energy_core.intensity import Series
 from energy_core.record import read_runs
 from tests.doubles.power_traces import Constant
@@ -76,9 +76,9 @@ def test_energy_report_shows_the_hours_and_the_intensity_curve(tmp_path, sim_gpu
     width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and width > 600 and height > 300
     assert b"Grid intensity against power" in png  # its title, stored as a text chunk
-    curve = report_when.intensity_over_time(read_runs(record)[0][0])
+    curve = report_plots.series(read_runs(record)[0][0])  # what the plot draws
     assert curve["intensity"][:5] == [100.0] * 5 and curve["intensity"][-5:] == [300.0] * 5
-    assert curve["hours"][-1] == pytest.approx(2.0, abs=1e-6)
+    assert curve["seconds"][-1] / 3600 == pytest.approx(2.0, abs=1e-6)
 
 
 def test_a_fixed_intensity_draws_no_intensity_curve(tmp_path, sim_gpus) -> None:

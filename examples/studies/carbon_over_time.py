@@ -25,7 +25,7 @@ from study_kit import markdown_table, write_report
 from energy_core import J_PER_KWH
 from energy_core.intensity import Fixed, Series
 from energy_core.record import read_runs
-from energy_core.report_when import Slice, co2e_g, slices
+from energy_core.report_when import Slice, co2e_g, slices, start_hours
 
 PUE = 1.2
 SLICE_S = 600.0
@@ -72,15 +72,14 @@ def main(argv: list[str] | None = None) -> dict:
     if not job:
         parser.error(f"{args.record}: no energy slices in its last run")
     began = job[0].start
-    first = series.times[0] - series.times[0] % 3600
-    one_day = [v for t, v in zip(series.times, series.values) if t < first + 86400]
+    starts = start_hours(series)
+    one_day = [v for t, v in zip(series.times, series.values) if t < starts[0] + 86400]
     fixed = Fixed(sum(one_day) / len(one_day), "the series' mean over its first day")
     rows = []
-    for hour in range(24):
-        shift = first + hour * 3600 - began
-        with_series = co2e_g(job, series, PUE, shift) / 1000
-        with_fixed = co2e_g(job, fixed, PUE, shift) / 1000
-        start = datetime.fromtimestamp(first + hour * 3600, timezone.utc).strftime("%H:%M")
+    for moment in starts:
+        with_series = co2e_g(job, series, PUE, moment - began) / 1000
+        with_fixed = co2e_g(job, fixed, PUE, moment - began) / 1000
+        start = datetime.fromtimestamp(moment, timezone.utc).strftime("%H:%M")
         rows.append({"start": start, "series_kg": with_series, "fixed_kg": with_fixed,
                      "difference": f"{(with_fixed / with_series - 1) * 100:+.0f}%"})  # fmt: skip
     best = min(rows, key=lambda r: r["series_kg"])

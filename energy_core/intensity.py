@@ -136,13 +136,14 @@ def parse_series(path: str | os.PathLike[str], name: str, high: float) -> tuple[
             raise ValueError(
                 f"{name}: line {number} of {os.fspath(path)!r} has a value that is not in [0, {high:g}]: {row[1]!r}"
             )
-        if stamp.timestamp() in seen:
+        moment = stamp.timestamp()
+        if moment in seen:
             raise ValueError(
-                f"{name}: line {number} of {os.fspath(path)!r} repeats the moment of line {seen[stamp.timestamp()]} "
+                f"{name}: line {number} of {os.fspath(path)!r} repeats the moment of line {seen[moment]} "
                 f"({row[0].strip()!r}): which value holds is ambiguous"
             )
-        seen[stamp.timestamp()] = number
-        times.append(stamp.timestamp())
+        seen[moment] = number
+        times.append(moment)
         values.append(value)
     if not times:
         raise ValueError(f"{name}: {os.fspath(path)!r} has no rows after its header")

@@ -17,9 +17,12 @@ def cumulative(totals: RunTotals, g_per_kwh: float, priced: bool, cap_w: float |
     metrics[keys.INTENSITY] = g_per_kwh
     if priced:
         metrics[keys.COST] = totals.cost
-    if cap_w is not None:
-        metrics[keys.CAP_W] = cap_w
-    return metrics
+    return {**metrics, **cap(cap_w)}
+
+
+def cap(cap_w: float | None) -> dict[str, float]:
+    """``power/cap_w`` while a cap is in force (known even when no energy figure is)."""
+    return {keys.CAP_W: cap_w} if cap_w is not None else {}
 
 
 def window(figures: WindowFigures) -> dict[str, float]:

@@ -178,7 +178,7 @@ class EnergyTracker(RunBooks):
                     "run's totals include that time."
                 )
                 self._notices.append(Notice("info", text))
-            return ({keys.CAP_W: self._cap_w} if self._cap_w is not None else {}), None  # the cap is known
+            return metric_dicts.cap(self._cap_w), None
         epoch_j = 0.0
         if epoch_start is not None:
             start_j, end_j = self.meter.joules(epoch_start, end)

@@ -20,7 +20,6 @@ import urllib.parse
 import urllib.request
 
 from energy_core.intensity import MAX_G_PER_KWH, Factor, Fixed, Value
-from energy_core.notices import Notice
 
 TOKEN_ENV = "ELECTRICITYMAPS_API_KEY"
 URL_ENV = "ELECTRICITYMAPS_API_URL"  # another endpoint (a proxy, a test server)
@@ -63,7 +62,6 @@ class ElectricityMaps(Factor):
         self._latest: Value | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._said: set[str] = set()
         self._lock = threading.Lock()
 
     def _lookup(self, when: float) -> Value:
@@ -106,11 +104,6 @@ class ElectricityMaps(Factor):
     def _failed(self, why: str) -> None:
         keeping = "the last figure" if self._latest is not None else self.fallback.value.source
         self._once("failed", f"Electricity Maps ({self.zone}) did not answer: {why}; using {keeping} until it does.")
-
-    def _once(self, key: str, text: str) -> None:
-        if key not in self._said:
-            self._said.add(key)
-            self._notices.append(Notice("warn", text))
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive() and not self._stop.is_set():

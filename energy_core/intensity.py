@@ -51,6 +51,7 @@ class Factor:
     def __init__(self) -> None:
         self.history: list[Value] = []
         self._notices: list[Notice] = []
+        self._said: set[str] = set()  # the keys of the warnings given (`_once`)
 
     def at(self, when: float) -> Value:
         """The value in force at unix time ``when``."""
@@ -75,6 +76,12 @@ class Factor:
     def take_notices(self) -> list[Notice]:
         found, self._notices = self._notices, []
         return found
+
+    def _once(self, key: str, text: str) -> None:
+        """Warn with ``text`` the first time ``key`` comes up."""
+        if key not in self._said:
+            self._said.add(key)
+            self._notices.append(Notice("warn", text))
 
     def describe(self) -> dict[str, object]:
         """For the run record's header."""
@@ -166,7 +173,6 @@ class Series(Factor):
         self.path = os.fspath(path)
         self.name, self.unit = name, unit
         self.times, self.values = parse_series(path, name, high)
-        self._warned: set[str] = set()
 
     def _lookup(self, when: float) -> Value:
         i = bisect.bisect_right(self.times, when) - 1
@@ -185,11 +191,6 @@ class Series(Factor):
         """Whether unix times ``start`` to ``end`` lie within the series (its last row holding
         for one more step), so that no end value stands in."""
         return self.times[0] <= start and end <= self.times[-1] + self._step()
-
-    def _once(self, key: str, text: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            self._notices.append(Notice("warn", text))
 
     def describe(self) -> dict[str, object]:
         return {"kind": "series", "path": self.path, "rows": len(self.times)}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import pynvml
 
 from energy_core.devices import nvidia
-from energy_core.sampler import Sampler
+from energy_core.sampling.sampler import Sampler
 from tests.doubles.power_traces import Constant, Noisy, Ramp, Square
 from tests.doubles.sim_nvml import (
     ARCH_AMPERE,

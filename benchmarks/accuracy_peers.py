@@ -38,7 +38,7 @@ import pynvml
 
 from energy_core import J_PER_KWH
 from energy_core.devices import nvidia
-from energy_core.sampler import Sampler
+from energy_core.sampling.sampler import Sampler
 from tests.doubles.power_traces import Constant, Noisy, Ramp, Square
 from tests.doubles.sim_nvml import SimGpu, SimNvml
 

@@ -28,7 +28,7 @@ import random
 import statistics
 from dataclasses import dataclass
 
-from energy_core.power.search import zeus_steps
+from energy_core.power.finder.search import zeus_steps
 from tests.doubles.table_board import Disturbance, Profile, TableBoard, TableJob, run_search, shaped_profile
 
 SLOWDOWNS = (0.05, 0.10, 0.20, 0.50)

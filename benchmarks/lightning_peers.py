@@ -80,7 +80,7 @@ class SamplerAlone(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         from energy_core.devices.cpu_estimate import estimate_cpu
-        from energy_core.sampler import Sampler
+        from energy_core.sampling.sampler import Sampler
 
         self.sampler = Sampler([estimate_cpu()[0]], 0.1)
         self.sampler.start()

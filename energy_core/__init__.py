@@ -15,16 +15,16 @@ Imports neither Lightning nor transformers. The layers, bottom up (docs/architec
   Accelerate).
 """
 
-from energy_core.budget import BudgetRule
-from energy_core.carbon import CarbonIntensity, co2e_kg, resolve_intensity
-from energy_core.loop import EnergyLoop
-from energy_core.meter import EnergyMeter
+from energy_core.accounting.figures import J_PER_KWH, RunTotals
+from energy_core.accounting.ranks import Ranks
+from energy_core.budget.guard import BudgetRule
+from energy_core.carbon.location import CarbonIntensity, co2e_kg, resolve_intensity
+from energy_core.integration.loop import EnergyLoop
 from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
+from energy_core.output.record import RunRecord
 from energy_core.power import PowerCapRun
-from energy_core.ranks import Ranks
-from energy_core.record import RunRecord
-from energy_core.totals import J_PER_KWH, RunTotals
+from energy_core.sampling.meter import EnergyMeter
 from energy_core.tracker import EnergyTracker
 
 __all__ = [

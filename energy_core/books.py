@@ -17,21 +17,21 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from energy_core import metrics as metric_dicts
-from energy_core import record as lines
-from energy_core.accounts import Accounts
-from energy_core.charges import Charges
-from energy_core.factors import RunFactors
-from energy_core.job import JobSums
-from energy_core.meter import EnergyMeter, Mark
+from energy_core.accounting.accounts import Accounts
+from energy_core.accounting.figures import STAGES, RunTotals
+from energy_core.accounting.job import JobSums
+from energy_core.accounting.ranks import Ranks
+from energy_core.accounting.stages import Stages
+from energy_core.accounting.window import Window, WindowFigures
+from energy_core.carbon.charges import Charges
+from energy_core.carbon.run_factors import RunFactors
 from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
-from energy_core.ranks import Ranks
-from energy_core.record import RunRecord
-from energy_core.stages import Stages
-from energy_core.summary import summary_fields, summary_text
-from energy_core.totals import STAGES, RunTotals
-from energy_core.window import Window, WindowFigures
+from energy_core.output import metrics as metric_dicts
+from energy_core.output import record as lines
+from energy_core.output.record import RunRecord
+from energy_core.output.summary import summary_fields, summary_text
+from energy_core.sampling.meter import EnergyMeter, Mark
 
 
 class RunBooks:

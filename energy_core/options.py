@@ -21,10 +21,10 @@ from numbers import Real
 from typing import Any, TypedDict
 
 from energy_core import checks
-from energy_core.carbon import CarbonIntensity, resolve_intensity
+from energy_core.carbon.electricity_maps import ZONE, ElectricityMaps
+from energy_core.carbon.factor import MAX_PRICE, Factor, Fixed, Series
+from energy_core.carbon.location import CarbonIntensity, resolve_intensity
 from energy_core.devices import DEVICE_KINDS
-from energy_core.electricity_maps import ZONE, ElectricityMaps
-from energy_core.intensity import MAX_PRICE, Factor, Fixed, Series
 from energy_core.notices import Notice
 
 MIN_INTERVAL_S, MAX_INTERVAL_S = 0.001, 60.0

@@ -18,18 +18,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from energy_core import keys
-from energy_core import metrics as metric_dicts
-from energy_core import record as lines
+from energy_core.accounting.figures import J_PER_KWH, STAGES
+from energy_core.accounting.ranks import Ranks
+from energy_core.accounting.stages import StageRun
+from energy_core.accounting.window import Window
 from energy_core.books import RunBooks
-from energy_core.header import run_header
-from energy_core.meter import Mark
 from energy_core.notices import Notice
-from energy_core.ranks import Ranks
-from energy_core.stages import StageRun
-from energy_core.summary import quality_notices
-from energy_core.totals import J_PER_KWH, STAGES
-from energy_core.window import Window
+from energy_core.output import keys
+from energy_core.output import metrics as metric_dicts
+from energy_core.output import record as lines
+from energy_core.output.header import run_header
+from energy_core.output.summary import quality_notices
+from energy_core.sampling.meter import Mark
 
 __all__ = ["J_PER_KWH", "STAGES", "EnergyTracker"]
 

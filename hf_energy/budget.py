@@ -9,10 +9,10 @@ from transformers.trainer_callback import ExportableState, TrainerControl, Train
 from transformers.training_args import TrainingArguments
 from typing_extensions import Unpack
 
-from energy_core.budget import BudgetAction
-from energy_core.budget_run import BudgetArgs, BudgetRun, HasBudgetRun
-from hf_energy._compat import emit, logger, ranks_of, stored_attributes
+from energy_core.budget.guard import BudgetAction
+from energy_core.budget.run import BudgetArgs, BudgetRun, HasBudgetRun
 from hf_energy.callback import EnergyCallback
+from hf_energy.framework import emit, logger, ranks_of, stored_attributes
 from hf_energy.registry import LogContributor
 
 

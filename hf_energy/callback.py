@@ -10,9 +10,10 @@ from transformers.trainer_callback import ExportableState, TrainerControl, Train
 from transformers.training_args import TrainingArguments
 from typing_extensions import Unpack
 
-from energy_core import EnergyTracker, MeasureArgs, MeasureOptions, checks, wandb_setup
-from energy_core.record import scalar_losses
-from hf_energy._compat import emit, ranks_of, stored_attributes
+from energy_core import EnergyTracker, MeasureArgs, MeasureOptions, checks
+from energy_core.integration import wandb_run as wandb_setup
+from energy_core.output.record import scalar_losses
+from hf_energy.framework import emit, ranks_of, stored_attributes
 from hf_energy.registry import LogContributor
 
 INFERENCE = "inference"  # provisional stage name: eval or predict is known only at the end

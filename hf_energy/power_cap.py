@@ -11,8 +11,8 @@ from typing_extensions import Unpack
 
 from energy_core import EnergyTracker
 from energy_core.power import CapArgs, PowerCapRun
-from hf_energy._compat import emit, logger, ranks_of
 from hf_energy.callback import EnergyCallback
+from hf_energy.framework import emit, logger, ranks_of
 from hf_energy.registry import LogContributor
 
 

@@ -7,9 +7,9 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core import Notice
-from energy_core.budget import BudgetAction
-from energy_core.budget_run import BudgetArgs, BudgetRun, HasBudgetRun
-from lightning_energy._compat import CALLBACK_BASES, emit, find_callback, log, override, ranks_of
+from energy_core.budget.guard import BudgetAction
+from energy_core.budget.run import BudgetArgs, BudgetRun, HasBudgetRun
+from lightning_energy.framework import CALLBACK_BASES, emit, find_callback, log, override, ranks_of
 from lightning_energy.monitor import EnergyMonitor
 
 

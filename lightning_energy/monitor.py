@@ -7,9 +7,11 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from energy_core import EnergyTracker, MeasureArgs, MeasureOptions, checks, keys, wandb_setup
-from energy_core.record import scalar_losses
-from lightning_energy._compat import CALLBACK_BASES, emit, log, override, own_share, rank_zero_info, ranks_of
+from energy_core import EnergyTracker, MeasureArgs, MeasureOptions, checks
+from energy_core.integration import wandb_run as wandb_setup
+from energy_core.output import keys
+from energy_core.output.record import scalar_losses
+from lightning_energy.framework import CALLBACK_BASES, emit, log, override, own_share, rank_zero_info, ranks_of
 
 PROGRESS_BAR_KEYS = {keys.TOTAL_W: ("W", 1.0), keys.TOTAL_KWH: ("Wh", 1000.0)}
 

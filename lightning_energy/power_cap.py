@@ -8,7 +8,7 @@ from typing_extensions import Unpack
 
 from energy_core import EnergyTracker, Notice
 from energy_core.power import CapArgs, PowerCapRun
-from lightning_energy._compat import (
+from lightning_energy.framework import (
     CALLBACK_BASES,
     emit,
     find_callback,

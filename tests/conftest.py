@@ -63,7 +63,7 @@ def fake_rapl(monkeypatch: pytest.MonkeyPatch, tmp_path):
 def electricity_maps(monkeypatch: pytest.MonkeyPatch):
     """The Electricity Maps API on a local server (`tests.doubles.electricity_maps.Replay`),
     with a token set and a 0.5 s request timeout."""
-    from energy_core import electricity_maps as intensity
+    from energy_core.carbon import electricity_maps as intensity
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Replay)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -16,7 +16,7 @@ from energy_core import devices
 from energy_core.devices import DeviceError, amd
 from energy_core.devices.counter import WrappingCounter
 from energy_core.devices.ledger import Ledger
-from energy_core.sampler import Sampler
+from energy_core.sampling.sampler import Sampler
 from tests.doubles import sim_amdsmi, sim_nvml
 from tests.doubles.power_traces import Constant, Square
 from tests.doubles.sim_amdsmi import RESOLUTION_UJ, AmdSmiLibraryException, SimAmdSmi

@@ -10,7 +10,7 @@ import pytest
 
 from energy_core.devices import DeviceError
 from energy_core.power import PowerCapRun
-from energy_core.power.search import CapSearch, Window, zeus_steps
+from energy_core.power.finder.search import CapSearch, Window, zeus_steps
 from tests.doubles.table_board import Disturbance, Profile, TableBoard, TableJob, run_search, shaped_profile
 
 CAPS = tuple(float(c) for c in range(300, 99, -25))  # a V100's or an A40's range on Zeus's grid

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from energy_core.carbon import co2e_kg, resolve_intensity
+from energy_core.carbon.location import co2e_kg, resolve_intensity
 from energy_core.codecarbon_data import load_csv, load_json
 
 

@@ -13,11 +13,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from energy_core import J_PER_KWH, MeasureOptions
-from energy_core import electricity_maps as live
-from energy_core.charges import Charges
-from energy_core.electricity_maps import ElectricityMaps
-from energy_core.factors import RunFactors
-from energy_core.intensity import Fixed, Series
+from energy_core.carbon import electricity_maps as live
+from energy_core.carbon.charges import Charges
+from energy_core.carbon.electricity_maps import ElectricityMaps
+from energy_core.carbon.factor import Fixed, Series
+from energy_core.carbon.run_factors import RunFactors
 from tests.doubles.electricity_maps import Answer
 
 T0 = datetime(2026, 6, 1, tzinfo=timezone.utc).timestamp()
@@ -151,7 +151,7 @@ def test_a_restarted_refresh_runs_one_thread(electricity_maps) -> None:
 
 
 def test_series_far_from_the_run_in_the_report_say_so(tmp_path) -> None:
-    from energy_core.report_when import started_at_other_hours
+    from energy_core.report.when import started_at_other_hours
 
     old = series_file(tmp_path, [(T0 - 7 * 365 * 86400 + h * 3600, 100.0 + h) for h in range(24)])
     run = [{"type": "header", "time": T0, "carbon": {"pue": 1.0}},

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from energy_core import J_PER_KWH, EnergyTracker, MeasureOptions
-from energy_core import electricity_maps as live
-from energy_core.budget import BudgetGuard, BudgetRule
-from energy_core.electricity_maps import ElectricityMaps
-from energy_core.intensity import Fixed, Series
+from energy_core.budget.guard import BudgetGuard, BudgetRule
+from energy_core.carbon import electricity_maps as live
+from energy_core.carbon.electricity_maps import ElectricityMaps
+from energy_core.carbon.factor import Fixed, Series
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import ManualClock, SimGpu
 from tests.helpers.manual import manual_run

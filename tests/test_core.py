@@ -13,11 +13,11 @@ from dataclasses import fields
 import pytest
 
 from energy_core import J_PER_KWH, EnergyTracker, MeasureArgs, MeasureOptions, Ranks, RunTotals
-from energy_core.budget import BudgetGuard, BudgetRule
-from energy_core.budget_run import BudgetArgs
-from energy_core.job import sum_over_ranks
+from energy_core.accounting.job import sum_over_ranks
+from energy_core.accounting.window import WindowFigures
+from energy_core.budget.guard import BudgetGuard, BudgetRule
+from energy_core.budget.run import BudgetArgs
 from energy_core.power import CapArgs, PowerCapRun
-from energy_core.window import WindowFigures
 from hf_energy import EnergyBudgetCallback, EnergyCallback, PowerCapCallback
 from lightning_energy import EnergyBudget, EnergyMonitor, PowerCap
 from tests.doubles.power_traces import Constant

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from energy_core import BudgetRule, EnergyLoop, MeasureOptions, PowerCapRun, keys
-from energy_core.budget_run import BudgetArgs
+from energy_core import BudgetRule, EnergyLoop, MeasureOptions, PowerCapRun
+from energy_core.budget.run import BudgetArgs
+from energy_core.output import keys
 from energy_core.power.cap import CapArgs
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
@@ -132,7 +133,7 @@ def test_run_record_example_has_the_fields_the_code_writes(sim_gpus, tmp_path) -
     assert len({line["run"] for line in shown}) == 1
     table = {ticked(row[0])[0] for row in table_rows(REFERENCE / "run-record.md")}
     assert table >= set(written) and table == set(written) | {"summary"}
-    from energy_core import record
+    from energy_core.output import record
 
     assert table == {v for k, v in vars(record).items() if k.isupper() and isinstance(v, str) and k != "__doc__"}
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from energy_core import J_PER_KWH, EnergyTracker
-from energy_core.budget import BudgetGuard, BudgetRule
-from energy_core.record import read_runs
+from energy_core.budget.guard import BudgetGuard, BudgetRule
+from energy_core.output.record import read_runs
 from lightning_energy import EnergyMonitor
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import ARCH_PASCAL, ManualClock, SimGpu

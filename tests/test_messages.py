@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from energy_core import EnergyTracker
-from energy_core.carbon import resolve_intensity
+from energy_core.carbon.location import resolve_intensity
 from lightning_energy import EnergyMonitor
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu

@@ -9,8 +9,8 @@ import pytest
 
 from energy_core import devices
 from energy_core.devices import cpu_estimate, nvidia, rapl
-from energy_core.meter import EnergyMeter
-from energy_core.sampler import SampleBuffer, Sampler
+from energy_core.sampling.meter import EnergyMeter
+from energy_core.sampling.sampler import SampleBuffer, Sampler
 from tests.doubles.power_traces import Constant, Noisy, Ramp, Square
 from tests.doubles.sim_nvml import ARCH_PASCAL, ManualClock, SimGpu, SimNvml
 from tests.doubles.vendors import both_vendors

@@ -114,7 +114,7 @@ USE_THE_WHEEL = """
 import json, sys, time
 import energy_core, lightning_energy, hf_energy
 from energy_core import EnergyTracker
-from energy_core.carbon import country_intensity
+from energy_core.carbon.location import country_intensity
 
 print(json.dumps({name: sys.modules[name].__file__ for name in ("energy_core", "lightning_energy", "hf_energy")}))
 print("FRA", country_intensity("FRA").g_per_kwh)  # codecarbon's bundled data, read from the install

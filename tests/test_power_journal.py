@@ -18,7 +18,7 @@ import pytest
 from energy_core.power import JournalError, PowerCapError, PowerCapRun, PowerLimits, journal, journal_path
 from energy_core.power.journal import JOURNAL_ENV, Journal, default_journal_dir
 from energy_core.power.journal_entry import JournalEntry
-from energy_core.report import main as report_main
+from energy_core.report.cli import main as report_main
 from tests.helpers.shared_machine import PREVIOUS_MW, admin_limit, board, journal_entries, limits_set
 
 OTHER_UID = 4242  # any uid but ours: root can give files to it without an account

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from energy_core.power import PowerCapError, PowerCapRun
-from energy_core.report import main as report_main
+from energy_core.report.cli import main as report_main
 from tests.helpers.shared_machine import (
     DEADLINE_S,
     PREVIOUS_MW,

@@ -14,7 +14,7 @@ import pytest
 
 from energy_core import EnergyTracker
 from energy_core.power import journal_path
-from energy_core.report import main
+from energy_core.report.cli import main
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 
@@ -123,7 +123,7 @@ def test_without_matplotlib_the_tables_print_and_one_line_says_why_no_plots(tmp_
     write_record(record, sim_gpus)
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
-        "from energy_core.report import main\n"
+        "from energy_core.report.cli import main\n"
         f"sys.exit(main([{str(record)!r}]))"
     )
     done = subprocess.run(

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from energy_core import EnergyTracker
-from energy_core.report import main
+from energy_core.report.cli import main
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.helpers.chromium import CHROMIUM_FLAGS, find_chromium, probe

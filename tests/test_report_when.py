@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from energy_core import J_PER_KWH, report, report_plots, report_when
-from energy_core.intensity import Series
-from energy_core.record import read_runs
+from energy_core import J_PER_KWH
+from energy_core.carbon.factor import Series
+from energy_core.output.record import read_runs
+from energy_core.report import cli as report
+from energy_core.report import plots as report_plots
+from energy_core.report import when as report_when
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import ManualClock, SimGpu
 from tests.helpers.manual import manual_run

@@ -11,7 +11,7 @@
 
 from energy_core.power.cap import CapArgs, PowerCapRun, check_cap_arguments
 from energy_core.power.errors import BoardBusyError, JournalError, PowerCapError
-from energy_core.power.finder import CapFinder
+from energy_core.power.finder.finder import CapFinder
 from energy_core.power.journal import Journal, journal_path
 from energy_core.power.limits import PowerLimits
 

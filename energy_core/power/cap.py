@@ -10,16 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
-from energy_core import checks, keys
+from energy_core import checks
+from energy_core.accounting.ranks import Ranks
 from energy_core.devices import DeviceError
-from energy_core.meter import EnergyMeter
 from energy_core.notices import Notice
+from energy_core.output import keys
+from energy_core.output.record import POWER_CAP
 from energy_core.power.errors import JournalError, PowerCapError
-from energy_core.power.finder import CapFinder
+from energy_core.power.finder.finder import CapFinder
 from energy_core.power.limits import PowerLimits
 from energy_core.power.plan import busy_message, select_boards
-from energy_core.ranks import Ranks
-from energy_core.record import POWER_CAP
+from energy_core.sampling.meter import EnergyMeter
 from energy_core.tracker import EnergyTracker
 
 

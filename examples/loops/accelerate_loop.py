@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from energy_core import EnergyLoop
-from energy_core.ranks import torch_distributed
+from energy_core.accounting.ranks import torch_distributed
 
 
 def main(argv: list[str] | None = None) -> EnergyLoop:

@@ -23,9 +23,9 @@ from pathlib import Path
 from study_kit import markdown_table, write_report
 
 from energy_core import J_PER_KWH
-from energy_core.intensity import Fixed, Series
-from energy_core.record import read_runs
-from energy_core.report_when import Slice, co2e_g, slices, start_hours
+from energy_core.carbon.factor import Fixed, Series
+from energy_core.output.record import read_runs
+from energy_core.report.when import Slice, co2e_g, slices, start_hours
 
 PUE = 1.2
 SLICE_S = 600.0

@@ -99,7 +99,7 @@ def read_record(path: Path) -> dict[str, Any]:
     """The last run in a record (read by `energy-report`'s reader) by line type: ``header``
     and ``summary`` are one line each, every other type (``window``, ``epoch``, ``stage``,
     ``budget``, ``power_cap``) a list, maybe empty."""
-    from energy_core.record import read_runs
+    from energy_core.output.record import read_runs
 
     runs, _ = read_runs(Path(path))
     by_type: dict[str, Any] = {"window": [], "epoch": [], "stage": [], "budget": [], "power_cap": []}
@@ -115,7 +115,7 @@ def write_report(out: Path, result: dict[str, Any], lines: list[str], records: S
     """Write ``report.json`` (``result``) and ``report.md`` (``lines``) in ``out``, the
     `energy-report` page comparing ``records`` in ``out/energy-report``, and print the
     Markdown."""
-    from energy_core.report import main as energy_report
+    from energy_core.report.cli import main as energy_report
 
     (out / "report.json").write_text(json.dumps(result, indent=1))
     (out / "report.md").write_text("\n".join(lines) + "\n")

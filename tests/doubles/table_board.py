@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from energy_core.devices import EnergySource, GpuBoard, LimitRange, Reading, SourceInfo
-from energy_core.meter import EnergyMeter
-from energy_core.power.finder import CapFinder
+from energy_core.power.finder.finder import CapFinder
 from energy_core.power.limits import PowerLimits
-from energy_core.sampler import Sampler
+from energy_core.sampling.meter import EnergyMeter
+from energy_core.sampling.sampler import Sampler
 from tests.doubles.sim_nvml import ManualClock
 
 

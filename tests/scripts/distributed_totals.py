@@ -54,7 +54,7 @@ def report(out: Path, rank: int, tracker, metrics: dict) -> None:
 def run_lightning(out: Path) -> None:
     import lightning.pytorch as pl
 
-    import lightning_energy._compat as compat
+    import lightning_energy.framework as compat
     from lightning_energy import EnergyMonitor
     from tests.helpers.lightning_models import make_module, regression_data
 
@@ -77,7 +77,7 @@ def run_lightning(out: Path) -> None:
 
 
 def run_hf(out: Path) -> None:
-    import hf_energy._compat as hf_compat
+    import hf_energy.framework as hf_compat
     from hf_energy import EnergyCallback, attach
     from tests.helpers.hf_models import SeqData, make_trainer
 

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from energy_core import devices
+from energy_core.accounting.ranks import Ranks
 from energy_core.devices.cpu_estimate import cpu_model
-from energy_core.meter import EnergyMeter
 from energy_core.notices import Notice
-from energy_core.ranks import Ranks
-from energy_core.record import RECORD_VERSION
+from energy_core.output.record import RECORD_VERSION
+from energy_core.sampling.meter import EnergyMeter
 
 _VERSIONED = (
     "energy-callbacks",

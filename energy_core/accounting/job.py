@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from energy_core.accounting.figures import STAGES, RunTotals
+from energy_core.accounting.ranks import Ranks
+from energy_core.accounting.window import WindowFigures
 from energy_core.devices import DEVICE_KINDS
-from energy_core.ranks import Ranks
-from energy_core.totals import STAGES, RunTotals
-from energy_core.window import WindowFigures
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ and the run record's ``factor`` lines (every value used, from when, where it cam
 `Charges` prices the energy itself, slice by slice, with the same factors.
 
 Example:
-    >>> from energy_core.intensity import Fixed
+    >>> from energy_core.carbon.factor import Fixed
     >>> factors = RunFactors(Fixed(400.0, "given"), None, pue=1.5, currency="EUR")
     >>> factors.per_kwh(when=0.0)
     (0.6, 0.0)
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from energy_core.intensity import Factor
+from energy_core.carbon.factor import Factor
 from energy_core.notices import Notice
 from energy_core.options import MeasureOptions
 

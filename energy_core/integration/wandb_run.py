@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from energy_core import keys
+from energy_core.output import keys
 from energy_core.tracker import EnergyTracker
 
 

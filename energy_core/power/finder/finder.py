@@ -23,13 +23,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from energy_core import keys
 from energy_core.devices import DeviceError
-from energy_core.meter import EnergyMeter, Mark
-from energy_core.power.estimate import Window
+from energy_core.output import keys
+from energy_core.power.finder.estimate import Window
+from energy_core.power.finder.search import ZEUS_STEPS_PER_LIMIT, CapSearch
 from energy_core.power.limits import CappedGpu, PowerLimits
 from energy_core.power.plan import cap_ladder
-from energy_core.power.search import ZEUS_STEPS_PER_LIMIT, CapSearch
+from energy_core.sampling.meter import EnergyMeter, Mark
 
 WARMUP, SETTLE, MEASURE, WAIT, DONE = range(5)
 MAX_WAIT_STEPS = 50  # a meter with no reading past a phase's end after this many steps ends the search

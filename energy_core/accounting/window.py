@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from energy_core.batch import count_batch
-from energy_core.meter import EnergyMeter, Mark
+from energy_core.accounting.work import count_batch
+from energy_core.sampling.meter import EnergyMeter, Mark
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from energy_core.intensity import MAX_G_PER_KWH, Factor, Fixed, Value
+from energy_core.carbon.factor import MAX_G_PER_KWH, Factor, Fixed, Value
 
 TOKEN_ENV = "ELECTRICITYMAPS_API_KEY"
 URL_ENV = "ELECTRICITYMAPS_API_URL"  # another endpoint (a proxy, a test server)

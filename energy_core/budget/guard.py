@@ -22,9 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from energy_core import checks, keys
-from energy_core.record import BUDGET
-from energy_core.totals import J_PER_KWH
+from energy_core import checks
+from energy_core.accounting.figures import J_PER_KWH
+from energy_core.output import keys
+from energy_core.output.record import BUDGET
 from energy_core.tracker import EnergyTracker
 
 FORECAST_MODES = ("warn", "stop", "off")

@@ -14,13 +14,13 @@ import math
 import time
 from typing import Any
 
-from energy_core.charges import Charges
-from energy_core.job import JobSums, sum_over_ranks
-from energy_core.meter import EnergyMeter, Mark
-from energy_core.ranks import Ranks
-from energy_core.stages import Stages
-from energy_core.totals import J_PER_KWH, STAGES, RunTotals
-from energy_core.window import Window, WindowFigures
+from energy_core.accounting.figures import J_PER_KWH, STAGES, RunTotals
+from energy_core.accounting.job import JobSums, sum_over_ranks
+from energy_core.accounting.ranks import Ranks
+from energy_core.accounting.stages import Stages
+from energy_core.accounting.window import Window, WindowFigures
+from energy_core.carbon.charges import Charges
+from energy_core.sampling.meter import EnergyMeter, Mark
 
 
 class Accounts:

@@ -36,12 +36,12 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core import checks
-from energy_core.budget import BudgetAction, BudgetRule
-from energy_core.budget_run import BudgetRun
+from energy_core.accounting.ranks import Ranks
+from energy_core.budget.guard import BudgetAction, BudgetRule
+from energy_core.budget.run import BudgetRun
 from energy_core.notices import Notice, warn_at_user_code
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.power.cap import PowerCapRun
-from energy_core.ranks import Ranks
 from energy_core.tracker import EnergyTracker
 
 logger = logging.getLogger("energy_core")

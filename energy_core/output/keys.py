@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from energy_core.accounting.figures import STAGES
 from energy_core.devices import DEVICE_KINDS
-from energy_core.totals import STAGES
 
 STEP_J = "energy/step_j"
 TOTAL_KWH = "energy/total_kwh"

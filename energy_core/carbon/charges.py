@@ -7,8 +7,8 @@ inside a slice is off by half that slice's energy at most). With fixed factors t
 simply total kWh x PUE x factor.
 
 Examples:
-    >>> from energy_core.factors import RunFactors
-    >>> from energy_core.intensity import Fixed
+    >>> from energy_core.carbon.run_factors import RunFactors
+    >>> from energy_core.carbon.factor import Fixed
     >>> charges = Charges(RunFactors(Fixed(400.0, "given"), None, pue=1.5, currency="EUR"))
     >>> charges.charge(3.6e6, when=0.0)   # the first kWh
     >>> round(charges.co2e_kg, 6)
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import threading
 
-from energy_core.factors import RunFactors
-from energy_core.totals import J_PER_KWH
+from energy_core.accounting.figures import J_PER_KWH
+from energy_core.carbon.run_factors import RunFactors
 
 
 class Charges:

@@ -8,7 +8,7 @@ recorded intensity series (the what-if of a start time) and charges them as the 
 does: each slice's kWh x PUE at the intensity in force at its midpoint.
 
 Example:
-    >>> from energy_core.intensity import Fixed
+    >>> from energy_core.carbon.factor import Fixed
     >>> run = [{"type": "header", "time": 0.0, "carbon": {"pue": 1.0}},
     ...        {"type": "window", "elapsed_s": 3600.0, "metrics": {"energy/total_kwh": 2.0}}]
     >>> [round(s.kwh, 3) for s in slices(run)]
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from energy_core import keys
-from energy_core.intensity import Factor, Series
-from energy_core.record import EPOCH, HEADER, SUMMARY, WINDOW
-from energy_core.totals import J_PER_KWH
+from energy_core.accounting.figures import J_PER_KWH
+from energy_core.carbon.factor import Factor, Series
+from energy_core.output import keys
+from energy_core.output.record import EPOCH, HEADER, SUMMARY, WINDOW
 
 HOURS = 24
 BOUNDARIES = (WINDOW, EPOCH, SUMMARY)

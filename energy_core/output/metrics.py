@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from energy_core import keys
-from energy_core.totals import J_PER_KWH, RunTotals
-from energy_core.window import WindowFigures
+from energy_core.accounting.figures import J_PER_KWH, RunTotals
+from energy_core.accounting.window import WindowFigures
+from energy_core.output import keys
 
 
 def cumulative(totals: RunTotals, g_per_kwh: float, priced: bool, cap_w: float | None) -> dict[str, float]:

@@ -13,8 +13,8 @@ from transformers.training_args import TrainingArguments
 from transformers.utils import logging
 
 from energy_core import Notice, Ranks
+from energy_core.accounting.ranks import torch_distributed
 from energy_core.notices import warn_at_user_code
-from energy_core.ranks import torch_distributed
 
 logger = logging.get_logger("hf_energy")
 

@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from energy_core import keys
-from energy_core.carbon import CarbonIntensity, co2e_kg, country_intensity, region_intensity, world_average
-from energy_core.record import WINDOW
-from energy_core.report_when import WHAT_IF_HEAD
+from energy_core.carbon.location import CarbonIntensity, co2e_kg, country_intensity, region_intensity, world_average
+from energy_core.output import keys
+from energy_core.output.record import WINDOW
+from energy_core.report.when import WHAT_IF_HEAD
 
 OTHER_GRIDS = (
     ("FRA", None),

@@ -18,7 +18,7 @@ from energy_core import devices as device_layer
 from energy_core.devices import EnergySource
 from energy_core.notices import Notice
 from energy_core.options import check_interval, parse_devices
-from energy_core.sampler import STOP_TIMEOUT_S, Mark, Sampler
+from energy_core.sampling.sampler import STOP_TIMEOUT_S, Mark, Sampler
 
 SILENT_S = 5.0  # a source without a good reading for this long (and 10 readings) is reported
 SILENT_READINGS = 10

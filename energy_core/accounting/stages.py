@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from energy_core import keys
-from energy_core.meter import EnergyMeter, Mark
-from energy_core.ranks import Ranks
-from energy_core.totals import J_PER_KWH, STAGES
+from energy_core.accounting.figures import J_PER_KWH, STAGES
+from energy_core.accounting.ranks import Ranks
+from energy_core.output import keys
+from energy_core.sampling.meter import EnergyMeter, Mark
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from energy_core import keys
 from energy_core.devices import DEVICE_KINDS
-from energy_core.record import POWER_CAP, SUMMARY, read_runs
+from energy_core.output import keys
+from energy_core.output.record import POWER_CAP, SUMMARY, read_runs
 
 SUMMARY_HEAD = [
     "run",
@@ -143,8 +143,9 @@ def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | Non
     With ``intensity_series`` (a recorded series, as for ``carbon_intensity_series``), each
     run is also priced as if it had started at each hour of that series.
     """
-    from energy_core import report_plots, report_when
-    from energy_core.intensity import Series
+    from energy_core.carbon.factor import Series
+    from energy_core.report import plots as report_plots
+    from energy_core.report import when as report_when
 
     try:
         series = Series(intensity_series, "--intensity-series", "g/kWh") if intensity_series else None

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from energy_core.power.estimate import DISAGREE, Estimate, Window
+from energy_core.power.finder.estimate import DISAGREE, Estimate, Window
 
 ZEUS_STEPS_PER_LIMIT = 50  # Zeus GlobalPowerLimitOptimizer defaults: 10 warm-up + 40 profiled steps
 ZEUS_STRIDE_MW = 25_000  # ... for every 25 W from the maximum limit down to the minimum

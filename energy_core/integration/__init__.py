@@ -1,0 +1,1 @@
+"""Integration: what framework adapters and hand-written loops call (the adapter contract)."""

@@ -1,0 +1,1 @@
+"""Sampling: a background thread reads every device into a buffer; the training thread only takes marks."""

@@ -1,31 +1,32 @@
 """energy_core: framework-free energy, power and carbon measurement for training loops.
 
-Imports neither Lightning nor transformers. The layers, bottom up (docs/architecture.md):
+Imports neither Lightning nor transformers. One folder per idea, each layer importing only
+the ones below it (docs/architecture.md; enforced by the import contract in pyproject.toml):
 
-* `devices` - every hardware reader behind one interface (NVIDIA, RAPL, CPU estimate);
-* `sampler` - the background thread and its buffer; `meter` - devices + sampler, time marks;
-* `carbon` - grid intensity (codecarbon's bundled data) and CO2e;
-* `options` - the measurement arguments, validated once (`checks`);
-* `window`, `totals`, `ranks`, `job` - a logging window, run totals, sums over a job;
-* `accounts`, `charges`, `factors` - what a run spent and did, at which carbon and price;
-* `tracker` - the bookkeeping the framework adapters share (its hooks; its state and
-  reads are `books`); `metrics`, `keys`, `summary`, `header`, `record` - what it writes and logs;
-* `budget`, `power` - energy budgets and GPU power caps; `report` - the report command;
-* `loop` - `EnergyLoop`: all of it for a loop without a Trainer (plain PyTorch, Fabric,
-  Accelerate).
+* `report` - the ``energy-report`` command; `integration` - what adapters and loops call
+  (`EnergyLoop`, the monitor's run, W&B);
+* `budget`, `power` - energy budgets and GPU power caps;
+* `tracker` - `EnergyTracker`, one process's bookkeeping at the hooks of a run;
+* `output` - metric keys and dictionaries, the run record, the summary;
+* `accounting` - the typed figures and how they add up (windows, stages, ranks, totals);
+* `options` - the measurement arguments, validated once;
+* `sampling` - the background sampler and the meter; `carbon` - grid intensity and price;
+* `devices` - every hardware reader behind one interface;
+* `checks`, `notices`, `codecarbon_data` - argument checks, messages, bundled data.
 """
 
-from energy_core.accounting.figures import J_PER_KWH, RunTotals
-from energy_core.accounting.ranks import Ranks
-from energy_core.budget.guard import BudgetRule
+from energy_core.accounting.figures import RunTotals
+from energy_core.accounting.ranks import Ranks, torch_distributed
+from energy_core.budget.rule import BudgetRule
 from energy_core.carbon.location import CarbonIntensity, co2e_kg, resolve_intensity
 from energy_core.integration.loop import EnergyLoop
 from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
-from energy_core.output.record import RunRecord
+from energy_core.output.record import RunRecord, read_runs
 from energy_core.power import PowerCapRun
 from energy_core.sampling.meter import EnergyMeter
 from energy_core.tracker import EnergyTracker
+from energy_core.units import J_PER_KWH
 
 __all__ = [
     "J_PER_KWH",
@@ -42,6 +43,8 @@ __all__ = [
     "RunRecord",
     "RunTotals",
     "co2e_kg",
+    "read_runs",
     "resolve_intensity",
+    "torch_distributed",
 ]
 __version__ = "0.1.0"

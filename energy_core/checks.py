@@ -70,9 +70,10 @@ def integer(name: str, value: Any, *, low: int | None = None, high: int | None =
     what = _bounds(low, high, False, False, "an integer") + (" (or None)" if optional else "")
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise _type_error(name, what, value)
-    if (low is not None and value < low) or (high is not None and value > high):
+    number = int(value)
+    if (low is not None and number < low) or (high is not None and number > high):
         raise ValueError(f"{name} must be {what}, got {value!r}")
-    return int(value)
+    return number
 
 
 def boolean(name: str, value: Any) -> bool:

@@ -24,10 +24,9 @@ from energy_core import checks
 from energy_core.carbon.electricity_maps import ZONE, ElectricityMaps
 from energy_core.carbon.factor import MAX_PRICE, Factor, Fixed, Series
 from energy_core.carbon.location import CarbonIntensity, resolve_intensity
-from energy_core.devices import DEVICE_KINDS
+from energy_core.devices import parse_devices
 from energy_core.notices import Notice
-
-MIN_INTERVAL_S, MAX_INTERVAL_S = 0.001, 60.0
+from energy_core.sampling.sampler import check_interval
 
 
 class MeasureArgs(TypedDict, total=False):
@@ -49,38 +48,12 @@ class MeasureArgs(TypedDict, total=False):
     currency: str
 
 
-def parse_devices(devices: Any) -> tuple[tuple[str, ...], bool]:
-    """Validate ``devices``: ``"auto"`` or a list drawn from ``"gpu"``, ``"cpu"``, ``"dram"``.
-
-    Returns:
-        (kinds, explicit): the kinds to measure and whether the user named them.
-    """
-    allowed = f"'auto' or a non-empty list drawn from {', '.join(map(repr, DEVICE_KINDS))}"
-    if isinstance(devices, str):
-        if devices == "auto":
-            return DEVICE_KINDS, False
-        devices = [devices]
-    if not isinstance(devices, Sequence):
-        raise TypeError(f"devices must be {allowed}; got {type(devices).__name__} {devices!r}")
-    kinds = tuple(dict.fromkeys(d for d in devices if isinstance(d, str)))
-    if not kinds or len(kinds) != len(set(devices)) or any(d not in DEVICE_KINDS for d in kinds):
-        raise ValueError(f"devices must be {allowed}; got {devices!r}")
-    return kinds, True
-
-
 def _price(value: Any) -> float | str | None:
     """``price_per_kwh``: a number >= 0, or the path of a price series."""
     if value is None or isinstance(value, (Real, Decimal)):  # a bool is refused there, as a number
         what = f"a number in [0, {MAX_PRICE:g}] or a CSV series path"
         return checks.number("price_per_kwh", value, low=0, high=MAX_PRICE, optional=True, what=what)
     return checks.file_path("price_per_kwh", value)
-
-
-def check_interval(sample_interval_s: Any) -> float:
-    """Seconds between hardware reads, in [`MIN_INTERVAL_S`, `MAX_INTERVAL_S`]."""
-    return checks.number(
-        "sample_interval_s", sample_interval_s, low=MIN_INTERVAL_S, high=MAX_INTERVAL_S, unit=" seconds"
-    )
 
 
 @dataclass(frozen=True)
@@ -173,7 +146,7 @@ class MeasureOptions:
         if len(chosen) > 1:
             raise ValueError(f"give one of carbon_intensity_g_per_kwh, carbon_intensity_series and "
                              f"electricity_maps_zone, not {' and '.join(chosen)}")  # fmt: skip
-        self.intensity()  # checks the location and intensity arguments now, not at fit start
+        self.location_intensity()  # checks the location and intensity arguments now, not at fit start
         self.carbon_factor()  # and parses a series file now
         self.price_factor()
 
@@ -187,15 +160,16 @@ class MeasureOptions:
         """Whether the user named the device kinds."""
         return self.devices != "auto"
 
-    def intensity(self) -> tuple[CarbonIntensity, list[Notice]]:
-        """The grid intensity these options select, and notices about the choice."""
+    def location_intensity(self) -> tuple[CarbonIntensity, list[Notice]]:
+        """The fixed grid intensity these options select (a given figure, or the location's
+        lookup), and notices about the choice; `carbon_factor` is the intensity over time."""
         return resolve_intensity(
             self.country, self.region, self.cloud_provider, self.cloud_region, self.carbon_intensity_g_per_kwh
         )
 
     def carbon_factor(self) -> Factor:
-        """The grid intensity over time these options select (see `energy_core.intensity`)."""
-        located, _ = self.intensity()
+        """The grid intensity over time these options select (see `energy_core.carbon.factor`)."""
+        located, _ = self.location_intensity()
         fixed = Fixed(located.g_per_kwh, located.source)
         if self.carbon_intensity_series is not None:
             return Series(self.carbon_intensity_series, "carbon_intensity_series", "g/kWh")

@@ -1,13 +1,18 @@
-"""EnergyTracker: the bookkeeping every framework adapter shares.
+"""EnergyTracker: one process's energy bookkeeping, driven at the hooks of a training run.
 
 It turns hook calls (fit start, batch end, logging boundary, epoch end, stage start and
 end, fit end) into the metric dictionaries of the spec, keeps totals across checkpoint
 resumes, and writes the run record. Adapters decide *when* (the framework's hooks and
-logging cadence) and *where* (the framework's loggers); this class decides *what*. Its
-state, and the figures read from it between hooks (totals, a budget's watch, checkpoint
-state, summary), are its base `RunBooks` (books.py); the hooks orchestrate the pieces:
-`Window` (work of the open window), `Stages`, `Accounts` (totals, summed over a job),
-`RunFactors` (carbon and price), `metrics` and `header`.
+logging cadence) and *where* (the framework's loggers); this class decides *what*, and
+owns every piece it asks:
+
+* the `EnergyMeter` (marks on the training thread, readings on the sampler thread);
+* the open `Window`, the `Stages` and the `Accounts` (totals, summed over a job through
+  `Ranks`), the run's `RunFactors` (carbon and price over time) and their `Charges`;
+* the `RunRecord`, written through `energy_core.output` (keys, metric dictionaries,
+  header, summary).
+
+At a boundary the joules of its end mark are read once and handed to each piece.
 
 Hot path: `EnergyTracker.add_batch` adds two integers (and, for token masks, queues one
 lazy device sum). Everything that reads the hardware happens on the sampler thread;
@@ -16,25 +21,37 @@ everything that computes figures happens at logging boundaries.
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
-from energy_core.accounting.figures import J_PER_KWH, STAGES
-from energy_core.accounting.ranks import Ranks
-from energy_core.accounting.stages import StageRun
+import numpy as np
+from typing_extensions import Unpack
+
+from energy_core.accounting.accounts import Accounts
+from energy_core.accounting.figures import STAGES, RunTotals, WindowFigures
+from energy_core.accounting.ranks import JobSums, Ranks
+from energy_core.accounting.stages import StageRun, Stages
 from energy_core.accounting.window import Window
-from energy_core.books import RunBooks
+from energy_core.carbon.charges import Charges
+from energy_core.carbon.run_factors import RunFactors
 from energy_core.notices import Notice
+from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.output import keys
 from energy_core.output import metrics as metric_dicts
 from energy_core.output import record as lines
-from energy_core.output.header import run_header
-from energy_core.output.summary import quality_notices
-from energy_core.sampling.meter import Mark
+from energy_core.output.header import run_header, this_process
+from energy_core.output.record import RunRecord
+from energy_core.output.summary import quality_notices, summary_fields, summary_text
+from energy_core.sampling.meter import EnergyMeter, Mark
+from energy_core.units import J_PER_KWH
 
-__all__ = ["J_PER_KWH", "STAGES", "EnergyTracker"]
+__all__ = ["EnergyTracker"]
 
 
-class EnergyTracker(RunBooks):
+class EnergyTracker:
     """Framework-free energy bookkeeping for one training process.
 
     Args:
@@ -58,6 +75,28 @@ class EnergyTracker(RunBooks):
         >>> summary = tracker.end_fit(step=100)             # doctest: +SKIP
     """
 
+    def __init__(self, options: MeasureOptions | None = None, **measure: Unpack[MeasureArgs]) -> None:
+        if options is not None and measure:
+            raise TypeError("EnergyTracker takes a MeasureOptions or its fields as keyword arguments, not both")
+        self.options = options if options is not None else MeasureOptions.of("EnergyTracker", dict(measure))
+        self.meter = EnergyMeter(self.options.devices, self.options.sample_interval_s, cpu_tdp_w=self.options.cpu_tdp_w)
+        _, location_notices = self.options.location_intensity()
+        self.factors = RunFactors(
+            self.options.carbon_factor(), self.options.price_factor(), self.options.pue, self.options.currency
+        )
+        self.record = RunRecord(self.options.record_path) if self.options.record_path else None
+        self.ranks = Ranks()
+        self._start_notices: list[Notice] | None = location_notices  # shown once, at the first start
+        self._notices: list[Notice] = []  # found while measuring, for the adapters to show
+        self._said_unresolved = False
+        self._run_info: dict[str, Any] = {}
+        self._cap_w: float | None = None
+        self._caps: list[dict[str, Any]] = []
+        self._epoch_start: Mark | None = None
+        self._stages = Stages()
+        self._window = Window()
+        self._accounts = Accounts(self.meter, Charges(self.factors))
+
     # ----------------------------------------------------------------- set-up
     def join(self, ranks: Ranks) -> None:
         """Take this process's part in a job (before `start_fit`): its devices, the record, sums."""
@@ -74,11 +113,15 @@ class EnergyTracker(RunBooks):
         """A cap in force: ``power/cap_w`` in every window (None takes it away) and the header's caps."""
         self._cap_w, self._caps = cap_w, caps
 
+    @property
+    def fitting(self) -> bool:
+        return self._accounts.fit_start is not None
+
     # ----------------------------------------------------------------- lifecycle
     def _open(self) -> list[Notice]:
         """Start measuring; the notices are returned once per tracker, then []."""
         notices = self.meter.open()
-        found, self._pending_notices = self._pending_notices, None
+        found, self._start_notices = self._start_notices, None
         return [] if found is None else found + notices
 
     def start_fit(self, step: int = 0, resumed: bool = False) -> list[Notice]:
@@ -101,10 +144,16 @@ class EnergyTracker(RunBooks):
         self._accounts.begin(start)
         self.factors.start()
         self._window = Window(start, step)
-        resumed = self._accounts.resumed.to_state() if self._accounts.resumed.energy_j else None
-        carbon = self.factors.header(self._accounts.wall_now())
+        carried = self._accounts.resumed
+        everyone = self.ranks.gather_all({"rank": self.ranks.rank, **this_process(self.meter)})
         header = run_header(
-            self.meter, carbon, notices, self.ranks, power_caps=self._caps, resumed_from=resumed, **self._run_info
+            self.meter,
+            self.factors.header(self._accounts.wall_now()),
+            notices,
+            everyone,
+            power_caps=self._caps,
+            resumed_from=carried.to_state() if carried.energy_j else None,
+            **self._run_info,
         )
         if self.record is not None:
             self.record.new_run()
@@ -125,13 +174,13 @@ class EnergyTracker(RunBooks):
         self._notices += self.meter.close()
         self.factors.stop()
         end = self.meter.mark()
-        charged = self._stages.charge_ready(self.meter)  # every mark is fixed now
+        settled = self._stages.settle(self.meter)  # every mark is fixed now
         if not collective:
             self.ranks = Ranks(self.ranks.rank, self.ranks.local_rank)  # from here on, nothing waits for others
-        metrics = self._cumulative(self._sum(end).totals)
-        metrics.update(self._record_stages(charged))
+        job = self._sum(end, self._window.work())
+        metrics = {**self._cumulative(job.totals), **self._record_stages(settled)}
         # Fold this run into the resumed totals: a later fit of this tracker continues them.
-        self.load_state_dict(self.state_dict(at=end), own_share=not self.ranks.distributed or self.ranks.leads_job)
+        self._continue(self._kept(job.totals, end), own_share=not self.ranks.distributed or self.ranks.leads_job)
         self._accounts.end()
         self._window = Window(None, step)
         fields = self.summary_fields(metrics)
@@ -169,7 +218,7 @@ class EnergyTracker(RunBooks):
         if self._window.start is None:
             return {}, None
         if not self.meter.resolvable(end):  # before the sampler's second reading: no figure, not a zero
-            self._sum(end)  # ranks reach this alike: keep the sums aligned
+            self._sum(end, self._window.counted())  # ranks reach this alike: keep the sums aligned
             if not self._said_unresolved:
                 self._said_unresolved = True
                 text = (
@@ -179,19 +228,21 @@ class EnergyTracker(RunBooks):
                 )
                 self._notices.append(Notice("info", text))
             return metric_dicts.cap(self._cap_w), None
-        epoch_j = 0.0
-        if epoch_start is not None:
+        if epoch_start is None:
+            [end_j] = self.meter.joules(end)
+            epoch_j = 0.0
+        else:
             start_j, end_j = self.meter.joules(epoch_start, end)
             epoch_j = float((end_j - start_j).sum())
-        charged = self._stages.charge_ready(self.meter)  # runs too short to resolve at their end
+        settled = self._stages.settle(self.meter)  # runs too short to resolve at their end
         self._notices += self.meter.new_silences()
         if self._window.idle(step):  # nothing trained since the last window: it stays open
-            idle = self._sum(end, epoch_j=epoch_j)  # ranks reach this alike: keep the sums aligned
-            return {**self._cumulative(idle.totals), **self._record_stages(charged)}, idle.epoch_j
-        local = self._window.close(self.meter, end, step)
-        job = self._sum(end, local, epoch_j)
+            idle = self._sum(end, self._window.counted(), end_j, epoch_j=epoch_j)  # ranks reach this alike
+            return {**self._cumulative(idle.totals), **self._record_stages(settled)}, idle.epoch_j
+        local = self._window.close(self.meter, end, end_j, step)
+        job = self._sum(end, (local.samples, local.tokens), end_j, local, epoch_j)
         figures = job.window or local
-        metrics = {**self._cumulative(job.totals), **metric_dicts.window(figures), **self._record_stages(charged)}
+        metrics = {**self._cumulative(job.totals), **metric_dicts.window(figures), **self._record_stages(settled)}
         self._accounts.close_window(local.samples, local.tokens)
         self.write_record(
             lines.WINDOW,
@@ -243,26 +294,172 @@ class EnergyTracker(RunBooks):
 
         During a fit, the stage's time and energy are taken out of the current training
         window so that power and J/step describe training alone. A run too short for the
-        sampler to give a figure yet (before its second reading) is charged, and its key
+        sampler to give a figure yet (before its second reading) is settled, and its key
         logged, at the next window instead.
 
         Args:
-            stage: The stage the energy is charged to, in `STAGES`.
+            stage: The stage the energy is counted as, in `STAGES`.
             step: The optimizer step, for the record.
             started_as: The name given to `start_stage`, when it was not yet known which
                 stage an inference run was.
         """
-        run = self._stages.end(stage, step, self.meter, started_as)
+        run = self._stages.end(stage, step, self.meter.mark(), started_as)
         if run is None:
             return {}
         if self.fitting:
             self._window.exclude(run.start, run.end)
-        charged = self._stages.charge_ready(self.meter)
+        settled = self._stages.settle(self.meter)
         self._stages.sum_over(self.ranks)
-        return self._record_stages(charged)
+        return self._record_stages(settled)
 
-    def _record_stages(self, charged: list[tuple[StageRun, float]]) -> dict[str, float]:
-        """A record line per charged run; the stages' cumulative figures."""
-        for line in self._stages.lines(charged):
-            self.write_record(lines.STAGE, **line)
-        return self._stages.figures(charged)
+    def _record_stages(self, settled: list[tuple[StageRun, float]]) -> dict[str, float]:
+        """A record line per settled run; the stages' cumulative figures."""
+        figures: dict[str, float] = {}
+        for run, joules in settled:
+            stage = metric_dicts.stage(run.stage, self._stages.kwh(run.stage))
+            seconds = run.end.t - run.start.t
+            kwh = joules / J_PER_KWH
+            self.write_record(lines.STAGE, stage=run.stage, step=run.step, seconds=seconds, kwh=kwh, metrics=stage)
+            figures.update(stage)
+        return figures
+
+    def in_stage(self, stage: str) -> bool:
+        return self._stages.running(stage)
+
+    def stage_kwh(self, stage: str) -> float:
+        """Energy of all runs of a stage so far (the job's, in a multi-process job), kWh."""
+        return self._stages.kwh(stage)
+
+    # ----------------------------------------------------------------- totals
+    def _local(self, end: Mark, open_work: tuple[int, int], end_j: np.ndarray | None = None) -> RunTotals:
+        """This process's totals at ``end`` (nothing charged)."""
+        if end_j is None:
+            [end_j] = self.meter.joules(end)
+        return self._accounts.local(end, end_j, open_work, self._stages.live_j)
+
+    def _sum(
+        self,
+        end: Mark,
+        open_work: tuple[int, int],
+        end_j: np.ndarray | None = None,
+        figures: WindowFigures | None = None,
+        epoch_j: float = 0.0,
+    ) -> JobSums:
+        """The job's figures at boundary ``end``: its energy charged, then one sum over the ranks."""
+        if end_j is None:
+            [end_j] = self.meter.joules(end)
+        local = self._accounts.local(end, end_j, open_work, self._stages.live_j, charge=True)
+        sums = self._accounts.sum(self.ranks, local, figures, epoch_j)
+        self._stages.set_job(sums.totals.stage_j if self.ranks.distributed else None)
+        for line in self.factors.new_lines():  # every value used, from when, and where it came from
+            self.write_record(lines.FACTOR, **line)
+        return sums
+
+    def _totals_now(self, open_work: tuple[int, int] | None = None, end: Mark | None = None) -> RunTotals:
+        """The job's totals at the last sum in a multi-process job (no collective here), else this
+        process's at ``end`` (now)."""
+        if self.ranks.distributed and self._accounts.job is not None:
+            return self._accounts.job
+        return self._local(end or self.meter.mark(), open_work or self._window.counted())
+
+    def _cumulative(self, totals: RunTotals) -> dict[str, float]:
+        g_per_kwh = self.factors.carbon.at(self._accounts.wall_now()).value
+        return metric_dicts.cumulative(totals, g_per_kwh, self.factors.price is not None, self._cap_w)
+
+    def totals(self) -> dict[str, float]:
+        """Cumulative figures now (``energy/*_kwh``, ``carbon/*``), checkpoint totals included.
+
+        In a multi-process job: the job's totals at the last sum over ranks.
+        """
+        return self._cumulative(self._totals_now())
+
+    def reduce_totals(self) -> dict[str, float]:
+        """The job's totals now: a collective in a multi-process job (all ranks must call)."""
+        if self.fitting:
+            return self._cumulative(self._sum(self.meter.mark(), self._window.counted()).totals)
+        return self.totals()
+
+    @property
+    def resumed_kwh(self) -> float:
+        """The job's energy in the checkpoint resumed from (or earlier fits of this tracker), kWh."""
+        return self._accounts.resumed_job.total_kwh
+
+    def fit_seconds(self, end: Mark | None = None) -> float:
+        """Training wall time since the first fit start, checkpoint totals included."""
+        return self._accounts.fit_seconds(end)
+
+    def watch_limits(self, reached: Callable[[float, float, float], bool]) -> threading.Event:
+        """An event the sampler thread sets once ``reached(kWh, kg CO2e, cost)`` is true of this
+        process's totals (checked after every hardware reading, the energy since the last
+        boundary priced at the factors in force: the training thread only reads a flag)."""
+        accounts = self._accounts
+        if accounts.fit_start is None:
+            raise RuntimeError("watch_limits needs a started fit")
+        return self.meter.watch(accounts.fit_start, lambda t, live_j: reached(*accounts.spent(t, live_j)))
+
+    def per_kwh_now(self) -> tuple[float, float]:
+        """(kg CO2e, cost) of one more kWh at the factors in force now, PUE applied."""
+        return self.factors.per_kwh(self._accounts.wall_now())
+
+    # ----------------------------------------------------------------- notices and record
+    def pop_notices(self) -> list[Notice]:
+        """What measurement found since the last call (a lost device, a record that cannot be
+        written, a hung read, an intensity series that ends): for the adapter to show, once."""
+        found, self._notices = self._notices, []
+        found += self.factors.take_notices()
+        failure = self.record.take_notice() if self.record is not None else None
+        return found + ([failure] if failure else [])
+
+    def write_record(self, kind: str, **fields: Any) -> None:
+        """Append a line to the run record (when this process writes one)."""
+        if self.record is not None:
+            self.record.write(kind, **fields)
+
+    # ----------------------------------------------------------------- summary
+    def summary_fields(self, metrics: dict[str, float]) -> dict[str, Any]:
+        """The record's summary fields for these final metrics."""
+        totals, stage_kwh = self._totals_now(), {s: self.stage_kwh(s) for s in STAGES}
+        return summary_fields(metrics, totals, stage_kwh, self.carbon_fields(), self.meter, self.factors.cost_currency)
+
+    def carbon_fields(self) -> dict[str, Any]:
+        """The carbon factor in force now, its source and the PUE (the header's and the summary's)."""
+        return self.factors.fields(self._accounts.wall_now())
+
+    def summary_text(self, metrics: dict[str, float]) -> str:
+        """A few lines for the console at the end of a run."""
+        estimated = {s.info.kind for s in self.meter.sources if s.info.estimated}
+        return summary_text(self.summary_fields(metrics), estimated)
+
+    # ----------------------------------------------------------------- checkpoints
+    def _kept(self, totals: RunTotals, at: Mark) -> RunTotals:
+        """``totals`` as a checkpoint keeps them: every stage's energy (the job's) and the fit's seconds."""
+        stages = {s: self._stages.kwh(s) * J_PER_KWH for s in STAGES}
+        return dataclasses.replace(totals, stage_j=stages, fit_s=self.fit_seconds(at))
+
+    def state_dict(self, at: Mark | None = None) -> dict[str, Any]:
+        """Totals so far (or at mark ``at``), to store in a checkpoint; a resumed run continues.
+
+        In a multi-process job these are the job's totals at the last logging boundary
+        (a checkpoint can be written by rank 0 alone, so no collective runs here).
+        """
+        at = at or self.meter.mark()
+        return self._kept(self._totals_now(self._window.work(), at), at).to_state()
+
+    def load_state_dict(self, state: dict[str, Any] | None, own_share: bool = True) -> None:
+        """Continue the totals of a checkpointed run (replaces earlier ones).
+
+        Args:
+            state: From `state_dict` (the job's totals).
+            own_share: False on every rank but 0 of a multi-process job, so that the sum
+                over ranks counts the checkpoint's totals once.
+
+        Raises:
+            ValueError: naming the field of the stored state that is missing or wrong.
+        """
+        if state:
+            self._continue(RunTotals.from_state(state), own_share)
+
+    def _continue(self, totals: RunTotals, own_share: bool) -> None:
+        """Carry ``totals`` (the job's) on: this process's share of them, the stages' too."""
+        carried = self._accounts.load(totals, own_share, self.factors.per_kwh(time.time())[0])
+        self._stages.fold(carried.stage_j)

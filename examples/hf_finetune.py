@@ -100,7 +100,7 @@ def main(epochs: float = 2.0) -> EnergyCallback:
         if key in m:
             print(f"  {key:<24} {m[key]:.4g} kWh")
     print(f"  {'J per token':<24} {m['energy/total_kwh'] * 3.6e6 / summary['tokens']:.4g} J")
-    print(f"  {'CO2e':<24} {m['carbon/co2e_kg'] * 1000:.4g} g from {energy.tracker.intensity.source}")
+    print(f"  {'CO2e':<24} {m['carbon/co2e_kg'] * 1000:.4g} g from {summary['carbon']['source']}")
     return energy
 
 

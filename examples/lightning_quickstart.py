@@ -74,7 +74,7 @@ def main() -> None:
     print(f"  {'J per sample':<22} {m['energy/total_kwh'] * 3.6e6 / summary['samples']:.4g} J")
     print(
         f"  {'CO2e':<22} {m['carbon/co2e_kg'] * 1000:.4g} g at {m['carbon/intensity_g_per_kwh']:.4g} g/kWh x PUE 1.1, "
-        f"from {monitor.tracker.intensity.source}"
+        f"from {summary['carbon']['source']}"
     )
     print(f"  estimated sources: {summary['estimated'] or 'none'}; record: {OUT}/energy.jsonl")
 

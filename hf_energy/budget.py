@@ -9,8 +9,7 @@ from transformers.trainer_callback import ExportableState, TrainerControl, Train
 from transformers.training_args import TrainingArguments
 from typing_extensions import Unpack
 
-from energy_core.budget.guard import BudgetAction
-from energy_core.budget.run import BudgetArgs, BudgetRun, HasBudgetRun
+from energy_core.integration import BudgetAction, BudgetArgs, BudgetRun, HasBudgetRun
 from hf_energy.callback import EnergyCallback
 from hf_energy.framework import emit, logger, ranks_of, stored_attributes
 from hf_energy.registry import LogContributor

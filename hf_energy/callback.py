@@ -10,9 +10,15 @@ from transformers.trainer_callback import ExportableState, TrainerControl, Train
 from transformers.training_args import TrainingArguments
 from typing_extensions import Unpack
 
-from energy_core import EnergyTracker, MeasureArgs, MeasureOptions, checks
-from energy_core.integration import wandb_run as wandb_setup
-from energy_core.output.record import scalar_losses
+from energy_core.integration import (
+    EnergyTracker,
+    MeasureArgs,
+    MeasureOptions,
+    MonitorRun,
+    Notice,
+    checks,
+    scalar_losses,
+)
 from hf_energy.framework import emit, ranks_of, stored_attributes
 from hf_energy.registry import LogContributor
 
@@ -61,12 +67,24 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
 
     def __init__(self, *, summary: bool = True, **measure: Unpack[MeasureArgs]) -> None:
         self.summary = checks.boolean("summary", summary)
-        self.tracker = EnergyTracker(MeasureOptions.of("EnergyCallback", dict(measure)))
-        self.last_metrics: dict[str, float] = {}
+        self.run = MonitorRun(EnergyTracker(MeasureOptions.of("EnergyCallback", dict(measure))), self._show)
         self._hook: Any = None
         self._pending: dict[str, float] = {}
         self._last_logged_step = -1
         self._world_zero = True
+
+    @property
+    def tracker(self) -> EnergyTracker:
+        """The tracker: its meter, totals and record (budgets and caps of the trainer share it)."""
+        return self.run.tracker
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        """Every figure added to the logs so far, the latest value of each key."""
+        return self.run.last_metrics
+
+    def _show(self, notices: list[Notice]) -> None:
+        emit(notices, self._world_zero)
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -98,7 +116,7 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         if module.training:
             self.tracker.add_batch(kwargs if kwargs else args)
         elif not self.tracker.in_stage(INFERENCE):
-            emit(self.tracker.start_stage(INFERENCE), self._world_zero)
+            self.run.stage_start(INFERENCE)
 
     def _hook_model(self, model: Any) -> None:
         if self._hook is None and model is not None and hasattr(model, "register_forward_pre_hook"):
@@ -116,17 +134,15 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         if any(k.startswith("eval_") for k in logs) and self.tracker.in_stage(INFERENCE):
             metrics.update(self._end_inference("val", state))
         if self.tracker.fitting:
-            metrics.update(self.tracker.window(state.global_step, extra=scalar_losses(logs)))
+            metrics.update(self.run.window(state.global_step, extra=scalar_losses(logs)))
         metrics.update(self._pending)
         self._pending = {}
         self._last_logged_step = state.global_step
         logs.update(metrics)
-        self.last_metrics.update(metrics)
-        emit(self.tracker.pop_notices(), self._world_zero)  # what measurement found meanwhile
         return metrics
 
     def _end_inference(self, stage: str, state: TrainerState) -> dict[str, float]:
-        figures = self.tracker.end_stage(stage, state.global_step, started_as=INFERENCE)
+        figures = self.run.stage_end(stage, state.global_step, started_as=INFERENCE)
         if not self.tracker.fitting:  # a standalone evaluate()/predict(): stop the sampler again
             self.tracker.close()
         return figures
@@ -135,7 +151,7 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.register(kwargs.get("model"))
         self._world_zero = state.is_world_process_zero
-        self.tracker.join(ranks_of(args))
+        ranks = ranks_of(args)
         self._restore_from(state)
         settings = {
             "max_steps": state.max_steps,
@@ -144,23 +160,28 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
             "world_size": args.world_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
         }
-        self.tracker.describe(framework="transformers", trainer=settings)
         self._last_logged_step = state.global_step
-        emit(self.tracker.start_fit(state.global_step, resumed=state.global_step > 0), self._world_zero)
+        self.run.start(
+            ranks,
+            state.global_step,
+            resumed=state.global_step > 0,
+            wandb_runs=self._wandb_runs(args, state),
+            step_metric="train/global_step",  # HF's WandbCallback prefixes train/ and steps on train/global_step
+            prefix="train/",
+            framework="transformers",
+            trainer=settings,
+        )
         self._hook_model(kwargs.get("model"))
-        run = self._wandb_run(args, state)
-        if run is not None:  # HF's WandbCallback prefixes train/ and steps on train/global_step
-            wandb_setup.define_axes(run, self.tracker, "train/global_step", prefix="train/")
-            wandb_setup.write_config(run, self.tracker)
         return control
 
     @staticmethod
-    def _wandb_run(args: TrainingArguments, state: TrainerState) -> Any:
+    def _wandb_runs(args: TrainingArguments, state: TrainerState) -> list[Any]:
         """The active W&B run when ``report_to`` includes wandb, on world process zero."""
         if not state.is_world_process_zero or "wandb" not in (args.report_to or []):
-            return None
+            return []
         wandb = sys.modules.get("wandb")
-        return getattr(wandb, "run", None) if wandb is not None else None
+        run = getattr(wandb, "run", None) if wandb is not None else None
+        return [run] if run is not None else []
 
     def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.tracker.start_epoch()
@@ -168,7 +189,7 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         epoch = int(round(state.epoch or 0)) - 1
-        self._pending.update(self.tracker.end_epoch(state.global_step, epoch))
+        self._pending.update(self.run.epoch(state.global_step, epoch))
         if state.global_step > self._last_logged_step:
             control.should_log = True  # the Trainer logs right after this hook; we add to it
         elif self.trainer is not None:
@@ -183,20 +204,14 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
     def on_predict(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kwargs):
         if self.tracker.in_stage(INFERENCE):
             figures = self._end_inference("predict", state)
-            self.last_metrics.update(figures)
             if self.trainer is not None:
                 self._pending.update(figures)
                 self.trainer.log({})
         return control
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        metrics = self.tracker.end_fit(state.global_step, status="completed")
-        self.last_metrics.update(metrics)
-        run = self._wandb_run(args, state)
-        if run is not None:
-            wandb_setup.write_summary(run, metrics, prefix="train/")
+        metrics = self.run.finish(state.global_step, wandb_runs=self._wandb_runs(args, state), prefix="train/")
         if self.summary and metrics and self._world_zero:
-            print(self.tracker.summary_text(metrics))
-        self.tracker.close()
-        emit(self.tracker.pop_notices(), self._world_zero)
+            print(self.run.summary(metrics))
+        self.run.close()
         return control

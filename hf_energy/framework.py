@@ -12,9 +12,7 @@ from transformers.trainer_callback import TrainerState
 from transformers.training_args import TrainingArguments
 from transformers.utils import logging
 
-from energy_core import Notice, Ranks
-from energy_core.accounting.ranks import torch_distributed
-from energy_core.notices import warn_at_user_code
+from energy_core.integration import Notice, Ranks, torch_distributed, warn_at_user_code
 
 logger = logging.get_logger("hf_energy")
 
@@ -32,7 +30,8 @@ def emit(notices: list[Notice], show: bool = True) -> None:
 
 def stored_attributes(state: TrainerState, name: str) -> dict[str, Any]:
     """The ``attributes`` a callback class stored in ``trainer_state.json`` ({} if none)."""
-    saved = (state.stateful_callbacks or {}).get(name)
+    stored: dict[str, Any] = state.stateful_callbacks or {}  # type: ignore[assignment]  # a dict in the JSON file
+    saved = stored.get(name)
     if isinstance(saved, list):
         saved = saved[0] if saved else None
     return dict(saved.get("attributes", {})) if saved else {}

@@ -9,8 +9,7 @@ from transformers.trainer_callback import TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
 from typing_extensions import Unpack
 
-from energy_core import EnergyTracker
-from energy_core.power import CapArgs, PowerCapRun
+from energy_core.integration import CapArgs, EnergyTracker, PowerCapRun
 from hf_energy.callback import EnergyCallback
 from hf_energy.framework import emit, logger, ranks_of
 from hf_energy.registry import LogContributor

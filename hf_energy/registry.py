@@ -23,7 +23,7 @@ from weakref import WeakKeyDictionary
 from transformers.trainer_callback import TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
 
-from energy_core.notices import warn_at_user_code
+from energy_core.integration import warn_at_user_code
 
 T = TypeVar("T")
 

@@ -6,9 +6,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from energy_core import Notice
-from energy_core.budget.guard import BudgetAction
-from energy_core.budget.run import BudgetArgs, BudgetRun, HasBudgetRun
+from energy_core.integration import BudgetAction, BudgetArgs, BudgetRun, HasBudgetRun, Notice
 from lightning_energy.framework import CALLBACK_BASES, emit, find_callback, log, override, ranks_of
 from lightning_energy.monitor import EnergyMonitor
 

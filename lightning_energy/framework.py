@@ -12,8 +12,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from energy_core import Notice, Ranks
-from energy_core.notices import warn_at_user_code
+from energy_core.integration import Notice, Ranks, warn_at_user_code
 
 # Lightning first: without it, lightning_utilities (its dependency) is missing too, and the
 # message must name the extra rather than that module.

@@ -7,10 +7,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from energy_core import EnergyTracker, MeasureArgs, MeasureOptions, checks
-from energy_core.integration import wandb_run as wandb_setup
-from energy_core.output import keys
-from energy_core.output.record import scalar_losses
+from energy_core.integration import EnergyTracker, MeasureArgs, MeasureOptions, MonitorRun, checks, keys, scalar_losses
 from lightning_energy.framework import CALLBACK_BASES, emit, log, override, own_share, rank_zero_info, ranks_of
 
 PROGRESS_BAR_KEYS = {keys.TOTAL_W: ("W", 1.0), keys.TOTAL_KWH: ("Wh", 1000.0)}
@@ -63,18 +60,21 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         self.log_every_n_steps = checks.integer("log_every_n_steps", log_every_n_steps, low=1, optional=True)
         self.progress_bar = checks.boolean("progress_bar", progress_bar)
         self.summary = checks.boolean("summary", summary)
-        self.tracker = EnergyTracker(MeasureOptions.of("EnergyMonitor", dict(measure)))
-        self.last_metrics: dict[str, float] = {}
+        self.run = MonitorRun(EnergyTracker(MeasureOptions.of("EnergyMonitor", dict(measure))), emit)
         self._bar_values: dict[str, float] = {}
         self._bar: Any = None
         self._every = 1
         self._last_logged_step = -1
 
-    # ------------------------------------------------------------------ helpers
-    def _log(self, trainer: Any, metrics: dict[str, float]) -> None:
-        self.last_metrics.update(metrics)
-        log(trainer, metrics)
-        emit(self.tracker.pop_notices())  # what measurement found meanwhile (a lost device...)
+    @property
+    def tracker(self) -> EnergyTracker:
+        """The tracker: its meter, totals and record (budgets and caps in the trainer share it)."""
+        return self.run.tracker
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        """Every figure logged so far, the latest value of each key."""
+        return self.run.last_metrics
 
     def _extra(self, trainer: Any) -> dict[str, float] | None:
         return scalar_losses(trainer.callback_metrics) if self.tracker.record is not None else None
@@ -84,19 +84,22 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self._every = self.log_every_n_steps or max(1, int(trainer.log_every_n_steps))
         self._last_logged_step = trainer.global_step
-        self.tracker.join(ranks_of(trainer))
         settings = {
             "max_epochs": trainer.max_epochs,
             "max_steps": trainer.max_steps,
             "log_every_n_steps": self._every,
             "world_size": trainer.world_size,
         }
-        self.tracker.describe(framework=type(trainer).__module__.split(".")[0], trainer=settings)
-        emit(self.tracker.start_fit(trainer.global_step, resumed=trainer.ckpt_path is not None))
+        self.run.start(
+            ranks_of(trainer),
+            trainer.global_step,
+            resumed=trainer.ckpt_path is not None,
+            wandb_runs=self._wandb_runs(trainer),
+            step_metric="trainer/global_step",
+            framework=type(trainer).__module__.split(".")[0],
+            trainer=settings,
+        )
         self._attach_progress_bar(trainer)
-        for run in self._wandb_runs(trainer):  # exact keys, before the first energy log
-            wandb_setup.define_axes(run, self.tracker, "trainer/global_step")
-            wandb_setup.write_config(run, self.tracker)
 
     @staticmethod
     def _wandb_runs(trainer: Any) -> list[Any]:
@@ -139,8 +142,8 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         if step % self._every or step == self._last_logged_step:
             return
         self._last_logged_step = step
-        metrics = self.tracker.window(step, extra=self._extra(trainer))
-        self._log(trainer, metrics)
+        metrics = self.run.window(step, extra=self._extra(trainer))
+        log(trainer, metrics)
         for key, (name, scale) in PROGRESS_BAR_KEYS.items():
             if key in metrics and math.isfinite(metrics[key]):
                 self._bar_values[name] = round(metrics[key] * scale, 3)
@@ -148,39 +151,33 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
     @override
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._last_logged_step = trainer.global_step
-        self._log(trainer, self.tracker.end_epoch(trainer.global_step, trainer.current_epoch, self._extra(trainer)))
+        log(trainer, self.run.epoch(trainer.global_step, trainer.current_epoch, self._extra(trainer)))
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        metrics = self.tracker.end_fit(
-            trainer.global_step, status="interrupted" if trainer.interrupted else "completed"
-        )
-        self.last_metrics.update(metrics)
-        emit(self.tracker.pop_notices())
-        for run in self._wandb_runs(trainer):
-            wandb_setup.write_summary(run, metrics)
+        status = "interrupted" if trainer.interrupted else "completed"
+        metrics = self.run.finish(trainer.global_step, status, wandb_runs=self._wandb_runs(trainer))
         if self.summary and metrics:
-            rank_zero_info(self.tracker.summary_text(metrics))
+            rank_zero_info(self.run.summary(metrics))
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         status = "interrupted" if isinstance(exception, KeyboardInterrupt) else f"exception: {type(exception).__name__}"
-        self.tracker.end_fit(trainer.global_step, status=status, collective=False)  # other ranks may not be here
+        self.run.finish(trainer.global_step, status, collective=False)  # other ranks may not be here
         self._detach_progress_bar()
-        self.tracker.close()
-        emit(self.tracker.pop_notices())
+        self.run.close()
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._detach_progress_bar()
-        self.tracker.close()
+        self.run.close()
 
     # ------------------------------------------------------------------ other stages
     def _stage_start(self, stage: str) -> None:
-        emit(self.tracker.start_stage(stage))
+        self.run.stage_start(stage)
 
     def _stage_end(self, trainer: Any, stage: str) -> None:
-        self._log(trainer, self.tracker.end_stage(stage, trainer.global_step))
+        log(trainer, self.run.stage_end(stage, trainer.global_step))
 
     @override
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:

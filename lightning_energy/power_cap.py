@@ -6,8 +6,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from energy_core import EnergyTracker, Notice
-from energy_core.power import CapArgs, PowerCapRun
+from energy_core.integration import CapArgs, EnergyTracker, Notice, PowerCapRun
 from lightning_energy.framework import (
     CALLBACK_BASES,
     emit,

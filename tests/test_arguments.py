@@ -44,4 +44,4 @@ def test_monitor_specific_arguments(tmp_path) -> None:
 def test_valid_arguments_are_accepted() -> None:
     monitor = EnergyMonitor(devices=["cpu", "gpu"], sample_interval_s=0.5, country="DEU", pue=1.58)
     assert monitor.tracker.meter.kinds == ("cpu", "gpu")
-    assert monitor.tracker.intensity.g_per_kwh > 0
+    assert monitor.tracker.carbon_fields()["g_per_kwh"] > 0

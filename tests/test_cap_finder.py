@@ -10,16 +10,16 @@ import pytest
 
 from energy_core.devices import DeviceError
 from energy_core.power import PowerCapRun
-from energy_core.power.finder.search import CapSearch, Window, zeus_steps
+from energy_core.power.finder.search import CapSearch, Span, zeus_steps
 from tests.doubles.table_board import Disturbance, Profile, TableBoard, TableJob, run_search, shaped_profile
 
 CAPS = tuple(float(c) for c in range(300, 99, -25))  # a V100's or an A40's range on Zeus's grid
 JITTER = (-0.004, 0.002, 0.004, -0.002)  # small, known spreads between sub-windows
 
 
-def phase(seconds: float, joules: float, jitter: tuple[float, ...] = JITTER) -> list[Window]:
+def phase(seconds: float, joules: float, jitter: tuple[float, ...] = JITTER) -> list[Span]:
     """A phase of four sub-windows of 3 steps around (seconds, joules) per step."""
-    return [Window(3, 3 * seconds * (1 + d), 3 * joules * (1 + d)) for d in jitter]
+    return [Span(3, 3 * seconds * (1 + d), 3 * joules * (1 + d)) for d in jitter]
 
 
 def table(name: str, seconds: tuple[float, ...], watts: tuple[float, ...]) -> Profile:

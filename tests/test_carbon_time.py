@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from energy_core import J_PER_KWH, EnergyTracker, MeasureOptions
-from energy_core.budget.guard import BudgetGuard, BudgetRule
+from energy_core.budget.guard import BudgetGuard
+from energy_core.budget.rule import BudgetRule
 from energy_core.carbon import electricity_maps as live
 from energy_core.carbon.electricity_maps import ElectricityMaps
 from energy_core.carbon.factor import Fixed, Series

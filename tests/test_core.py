@@ -13,9 +13,10 @@ from dataclasses import fields
 import pytest
 
 from energy_core import J_PER_KWH, EnergyTracker, MeasureArgs, MeasureOptions, Ranks, RunTotals
-from energy_core.accounting.job import sum_over_ranks
-from energy_core.accounting.window import WindowFigures
-from energy_core.budget.guard import BudgetGuard, BudgetRule
+from energy_core.accounting.figures import WindowFigures
+from energy_core.accounting.ranks import sum_over_ranks
+from energy_core.budget.guard import BudgetGuard
+from energy_core.budget.rule import BudgetRule
 from energy_core.budget.run import BudgetArgs
 from energy_core.power import CapArgs, PowerCapRun
 from hf_energy import EnergyBudgetCallback, EnergyCallback, PowerCapCallback

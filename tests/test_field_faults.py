@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from energy_core import J_PER_KWH, EnergyTracker
-from energy_core.budget.guard import BudgetGuard, BudgetRule
+from energy_core.budget.guard import BudgetGuard
+from energy_core.budget.rule import BudgetRule
 from energy_core.output.record import read_runs
 from lightning_energy import EnergyMonitor
 from tests.doubles.power_traces import Constant

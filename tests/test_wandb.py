@@ -92,3 +92,28 @@ def test_hf_report_to_wandb(offline, sim_gpus) -> None:
         assert rows[step]["train/efficiency/j_per_token"] == pytest.approx(metrics["efficiency/j_per_token"])
     assert run["summary"]["train/energy/total_kwh"] == pytest.approx(energy.last_metrics["energy/total_kwh"])
     assert run["config"]["energy/pue"] == 1.0 and "France" in run["config"]["energy/carbon_source"]
+
+
+def test_the_config_names_the_factor_the_run_is_charged_at(offline, sim_gpus) -> None:
+    """With a series, W&B's config gives the series' value in force at the start and names the
+    series, not the location's figure (France's 56 g/kWh here), which the run is not charged at."""
+    from datetime import datetime, timedelta, timezone
+
+    from energy_core.integration import EnergyTracker, MonitorRun, Ranks
+    from tests.helpers.wandb_file import read_run
+
+    hour, now = timedelta(hours=1), datetime.now(timezone.utc)
+    series = offline / "grid.csv"
+    series.write_text(f"datetime,g_per_kwh\n{(now - hour).isoformat()},123\n{(now + hour).isoformat()},456\n")
+    sim_gpus(SimGpu("GPU-1", Constant(300.0), counter_period_s=0.02))
+    tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.02, country="FRA", carbon_intensity_series=series)
+    monitor = MonitorRun(tracker, show=lambda notices: None)
+    run = wandb.init(project="energy", dir=str(offline))
+    monitor.start(Ranks(), 0, resumed=False, wandb_runs=[run], step_metric="step", framework="test")
+    monitor.finish(0, wandb_runs=[run])
+    monitor.close()
+    wandb.finish()
+
+    config = read_run(offline)["config"]
+    assert config["energy/carbon_g_per_kwh"] == pytest.approx(123.0)
+    assert "grid.csv" in config["energy/carbon_source"] and config["energy/carbon_factor"] == "series"

@@ -1,10 +1,14 @@
-"""Accounts: what a run has spent and done, for one process and for the job.
+"""Accounts: what one process's run has spent and done, and the job's totals at the last sum.
 
-Four parts make the totals: the share of a checkpoint this process carries (`resumed`),
-the live fit (energy between the fit's start mark and now, the work of the closed and
-the open windows, the stages), the CO2e and cost charged slice by slice (`Charges`), and
-the job's totals at the last sum over ranks (`job`). The tracker asks for totals; this
-class knows how they add up and how they are stored in a checkpoint.
+Three parts make the totals: the share of a checkpoint this process carries (`resumed`),
+the live fit (energy between the fit's start mark and a boundary, the work of the closed
+windows plus what the caller says of the open one, the stages' energy the caller gives),
+and the CO2e and cost of the live fit's energy, charged slice by slice (`Charges`).
+`Accounts.sum` adds them up over the ranks of a job and keeps the result (`job`).
+
+This class reads no mark of its own but the fit's start: the caller reads a boundary's
+joules once and passes them in, with the open window's work and the stages' energy,
+which the caller owns.
 """
 
 from __future__ import annotations
@@ -12,28 +16,26 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any
 
-from energy_core.accounting.figures import J_PER_KWH, STAGES, RunTotals
-from energy_core.accounting.job import JobSums, sum_over_ranks
-from energy_core.accounting.ranks import Ranks
-from energy_core.accounting.stages import Stages
-from energy_core.accounting.window import Window, WindowFigures
+import numpy as np
+
+from energy_core.accounting.figures import RunTotals, WindowFigures
+from energy_core.accounting.ranks import JobSums, Ranks, sum_over_ranks
 from energy_core.carbon.charges import Charges
 from energy_core.sampling.meter import EnergyMeter, Mark
+from energy_core.units import J_PER_KWH
 
 
 class Accounts:
     """The run's totals for one process.
 
     Args:
-        meter: The devices' energy.
-        stages: The validation/test/predict runs.
+        meter: The devices' energy (its clock, its sources' kinds, the fit start's joules).
         charges: CO2e and cost of the live fit's energy.
     """
 
-    def __init__(self, meter: EnergyMeter, stages: Stages, charges: Charges) -> None:
-        self.meter, self.stages, self.charges = meter, stages, charges
+    def __init__(self, meter: EnergyMeter, charges: Charges) -> None:
+        self.meter, self.charges = meter, charges
         self.resumed = RunTotals()  # this process's share of the checkpoint resumed from
         self.resumed_job = RunTotals()  # the whole job's totals in that checkpoint
         self.job: RunTotals | None = None  # the job's totals at the last sum over ranks
@@ -60,29 +62,35 @@ class Accounts:
         self.samples += samples
         self.tokens += tokens
 
-    def local(self, end: Mark, window: Window, charge: bool = False) -> RunTotals:
+    def local(
+        self,
+        end: Mark,
+        end_j: np.ndarray,
+        open_work: tuple[int, int],
+        stage_j: dict[str, float],
+        charge: bool = False,
+    ) -> RunTotals:
         """This process's totals at ``end`` since the first fit start (its checkpoint share included).
 
-        CO2e and cost: the energy not yet charged is priced at the factors in force at
-        ``end``; with ``charge`` that slice is charged for good (at boundaries).
+        Args:
+            end: The boundary.
+            end_j: The cumulative joules of every source at ``end``.
+            open_work: (samples, tokens) of the window still open.
+            stage_j: This fit's energy of each stage, in joules.
+            charge: Charge the energy not yet charged for good (at boundaries); otherwise it
+                is priced at the factors in force at ``end`` and nothing changes.
         """
         if self.fit_start is None:
             return self.resumed
-        start_j, end_j = self.meter.joules(self.fit_start, end)
+        [start_j] = self.meter.joules(self.fit_start)
         by_kind = self.meter.by_kind(end_j - start_j)
         live_j, when = sum(by_kind.values()), self.wall(end.t)
         if charge:
             self.charges.charge(live_j, when)
         co2e_kg, cost = self.charges.preview(live_j, when)
-        live = RunTotals(
-            by_kind,
-            dict(self.stages.live_j),
-            self.samples + window.samples,
-            self.tokens + window.tokens,
-            end.t - self.fit_start.t,
-            co2e_kg,
-            cost,
-        )
+        samples, tokens = open_work
+        seconds = end.t - self.fit_start.t
+        live = RunTotals(by_kind, dict(stage_j), self.samples + samples, self.tokens + tokens, seconds, co2e_kg, cost)
         return self.resumed + live
 
     def spent(self, t: float, live_j: float) -> tuple[float, float, float]:
@@ -93,20 +101,17 @@ class Accounts:
         return (resumed.total_j + live_j) / J_PER_KWH, resumed.co2e_kg + co2, resumed.cost + cost
 
     def sum(
-        self, ranks: Ranks, end: Mark, window: Window, figures: WindowFigures | None = None, epoch_j: float = 0.0
+        self,
+        ranks: Ranks,
+        local: RunTotals,
+        figures: WindowFigures | None = None,
+        epoch_j: float = 0.0,
     ) -> JobSums:
-        """The job's figures at ``end`` (one sum over ranks; the identity alone), kept as its totals."""
-        sums = sum_over_ranks(ranks, self.local(end, window, charge=True), figures, epoch_j)
+        """The job's figures from this process's ``local`` totals (one sum over ranks; the
+        identity alone), kept as the job's totals."""
+        sums = sum_over_ranks(ranks, local, figures, epoch_j)
         self.job = sums.totals
-        self.stages.set_job(sums.totals.stage_j if ranks.distributed else None)
         return sums
-
-    def now(self, ranks: Ranks, window: Window, end: Mark | None = None) -> RunTotals:
-        """The job's totals at the last sum in a multi-process job (no collective here), else this
-        process's at ``end`` (now)."""
-        if ranks.distributed and self.job is not None:
-            return self.job
-        return self.local(end or self.meter.mark(), window)
 
     def fit_seconds(self, end: Mark | None = None) -> float:
         """Training wall time since the first fit start, checkpoint totals included."""
@@ -114,33 +119,22 @@ class Accounts:
         return self.resumed.fit_s + live
 
     def end(self) -> None:
-        """The fit ended (its totals folded into `resumed` by the caller)."""
+        """The fit ended (its totals folded into `resumed` by `load`)."""
         self.job, self.fit_start = None, None
         self.samples = self.tokens = 0
 
-    def state(self, ranks: Ranks, window: Window, now: Mark) -> dict[str, Any]:
-        """Totals at ``now``, to store in a checkpoint (the job's at the last sum, in a job)."""
-        window.work()
-        totals = self.now(ranks, window, now)
-        stages = {s: self.stages.kwh(s) * J_PER_KWH for s in STAGES}
-        kept = dataclasses.replace(totals, stage_j=stages, fit_s=self.fit_seconds(now))
-        return kept.to_state()
-
-    def load(self, state: dict[str, Any] | None, own_share: bool, co2_per_kwh: float) -> None:
-        """Continue a checkpoint's totals (replacing earlier ones).
+    def load(self, totals: RunTotals, own_share: bool, co2_per_kwh: float) -> RunTotals:
+        """Continue a checkpoint's totals (replacing earlier ones); returns this process's share.
 
         Args:
-            state: From `state` (the job's totals).
+            totals: The job's totals.
             own_share: False on every rank but 0 of a job, so that a sum counts them once.
-            co2_per_kwh: kg CO2e per kWh (PUE applied) for a state from before CO2e was
-                charged slice by slice.
+            co2_per_kwh: kg CO2e per kWh (PUE applied) for totals from before CO2e was
+                charged slice by slice (their ``co2e_kg`` is NaN).
         """
-        if not state:
-            return
-        totals = RunTotals.from_state(state)
         if math.isnan(totals.co2e_kg):
             totals = dataclasses.replace(totals, co2e_kg=totals.total_kwh * co2_per_kwh)
         self.loaded = True
         self.resumed_job = totals
         self.resumed = totals if own_share else RunTotals(fit_s=totals.fit_s)
-        self.stages.fold(self.resumed.stage_j)
+        return self.resumed

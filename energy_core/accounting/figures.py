@@ -1,6 +1,7 @@
-"""RunTotals: what a run has spent and done so far, as one typed value.
+"""The typed figures of a run: `RunTotals` (what it has spent and done so far) and
+`WindowFigures` (one closed logging window), before any formatting.
 
-The same value serves three purposes: the totals a tracker reports, the state stored in a
+`RunTotals` serves three purposes: the totals a tracker reports, the state stored in a
 checkpoint (`RunTotals.to_state` / `RunTotals.from_state`, validated so that a damaged
 checkpoint is a clear error, never a poisoned total), and the job's totals summed over
 the ranks of a multi-process run.
@@ -20,8 +21,8 @@ from numbers import Integral, Real
 from typing import Any
 
 from energy_core.devices import DEVICE_KINDS
+from energy_core.units import J_PER_KWH
 
-J_PER_KWH = 3.6e6
 STAGES = ("val", "test", "predict")
 STATE_VERSION = 1
 
@@ -31,6 +32,27 @@ def _add(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
     for key, value in b.items():
         merged[key] = merged.get(key, 0.0) + value
     return merged
+
+
+@dataclass(frozen=True)
+class WindowFigures:
+    """One closed logging window.
+
+    Args:
+        steps: Optimizer steps in the window.
+        seconds: Training seconds (stages inside it taken out).
+        joules: Training energy, all devices (all ranks, once summed).
+        gpu_j: Training energy per GPU, keyed by the name in ``power/<name>_w``.
+        samples: Training samples.
+        tokens: Training tokens.
+    """
+
+    steps: int
+    seconds: float
+    joules: float
+    gpu_j: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+    tokens: int = 0
 
 
 @dataclass(frozen=True)

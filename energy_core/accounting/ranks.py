@@ -1,12 +1,13 @@
-"""Ranks: how one process takes part in a job, and the job-wide sums and decisions.
+"""Ranks: how one process takes part in a job, and the job's sums and decisions.
 
 Every rule about multi-process jobs is here, once, for every framework adapter:
 
 * each rank measures the GPU it trains on; CPU, DRAM and GPUs no rank trains on are node
   devices, measured by the node's local rank 0 only;
 * global rank 0 writes the run record and carries a checkpoint's totals;
-* figures are summed over ranks by name (`Ranks.sum_by_name`, one collective), and every
-  decision is taken alike on every rank (`Ranks.agree`).
+* figures are summed over ranks by name (`Ranks.sum_by_name`, one collective; `sum_over_ranks`
+  packs a rank's totals and window into that sum), and every decision is taken alike on
+  every rank (`Ranks.agree`).
 
 The adapters only translate their framework's view (Lightning's ``trainer``, HF's
 ``args``/``state``) into a `Ranks` and supply the collectives. In a single process the
@@ -22,6 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from energy_core.accounting.figures import STAGES, RunTotals, WindowFigures
+from energy_core.devices import DEVICE_KINDS
 
 
 @dataclass(frozen=True)
@@ -145,3 +149,53 @@ def torch_distributed(local_rank: int, gpu_index: int | None = None, device: Any
         return bool(value.item())
 
     return Ranks(dist.get_rank(), local_rank, dist.get_world_size(), gpu_index, total, gather, any_rank)
+
+
+@dataclass(frozen=True)
+class JobSums:
+    """One sum over the ranks.
+
+    Args:
+        totals: The job's totals (seconds stay this rank's).
+        window: The job's window (GPU power keyed ``gpu{rank}`` in a multi-process job),
+            or None when no window was summed.
+        epoch_j: The job's energy of the epoch just ended (0 when none ended).
+        breakdown: Per-rank window energy (``rank_j``, ``rank_gpu_j``) for the record.
+    """
+
+    totals: RunTotals
+    window: WindowFigures | None
+    epoch_j: float
+    breakdown: dict[str, list[float]] | None = None
+
+
+def sum_over_ranks(ranks: Ranks, local: RunTotals, window: WindowFigures | None, epoch_j: float = 0.0) -> JobSums:
+    """Sum this rank's figures with every other rank's (a collective all ranks reach alike)."""
+    win = window or WindowFigures(0, 0.0, 0.0)
+    values = {f"energy_j.{k}": local.energy_j.get(k, 0.0) for k in DEVICE_KINDS}
+    values |= {f"measured.{k}": float(k in local.energy_j) for k in DEVICE_KINDS}
+    values |= {f"stage_j.{s}": local.stage_j.get(s, 0.0) for s in STAGES}
+    values |= {"samples": local.samples, "tokens": local.tokens, "epoch_j": epoch_j}
+    values |= {"co2e_kg": local.co2e_kg, "cost": local.cost}
+    values |= {"window.joules": win.joules, "window.samples": win.samples, "window.tokens": win.tokens}
+    per_rank = {"rank_j": win.joules, "rank_gpu_j": sum(win.gpu_j.values()), "rank_has_gpu": float(bool(win.gpu_j))}
+    sums, by_rank = ranks.sum_by_name(values, per_rank)
+    energy = {k: sums[f"energy_j.{k}"] for k in DEVICE_KINDS if sums[f"measured.{k}"] > 0}
+    stages = {s: sums[f"stage_j.{s}"] for s in STAGES}
+    totals = RunTotals(
+        energy, stages, int(sums["samples"]), int(sums["tokens"]), local.fit_s, sums["co2e_kg"], sums["cost"]
+    )
+    if window is None or not ranks.distributed:
+        return JobSums(totals, window, sums["epoch_j"])
+    has_gpu = by_rank["rank_has_gpu"]
+    gpus = {f"gpu{r}": joules for r, joules in enumerate(by_rank["rank_gpu_j"]) if has_gpu[r]}
+    job_window = WindowFigures(
+        window.steps,
+        window.seconds,
+        sums["window.joules"],
+        gpus,
+        int(sums["window.samples"]),
+        int(sums["window.tokens"]),
+    )
+    breakdown = {"rank_j": by_rank["rank_j"], "rank_gpu_j": by_rank["rank_gpu_j"]}
+    return JobSums(totals, job_window, sums["epoch_j"], breakdown)

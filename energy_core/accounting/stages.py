@@ -3,20 +3,18 @@
 A stage may start under a provisional name: the HF Trainer says whether an inference run
 was an evaluation or a prediction only when it ends. A run that ends before the sampler
 could give it a figure (a sanity check shorter than a sampling interval) is held (`Stages.end`)
-until its marks are resolved, and is charged then, never as a false zero.
-Each charged run gets a ``stage`` line in the run record (`Stages.lines`).
+until its marks are resolved, and is settled then (`Stages.settle`), never as a false zero.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from energy_core.accounting.figures import J_PER_KWH, STAGES
+from energy_core.accounting.figures import STAGES
 from energy_core.accounting.ranks import Ranks
-from energy_core.output import keys
 from energy_core.sampling.meter import EnergyMeter, Mark
+from energy_core.units import J_PER_KWH
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,7 @@ class Stages:
     """The stages of one process.
 
     Attributes:
-        live_j: Joules of each stage since the last fit ended (this process, runs charged).
+        live_j: Joules of each stage since the last fit ended (this process, runs settled).
         resumed_j: This process's share of a checkpoint's stage energy.
     """
 
@@ -50,48 +48,31 @@ class Stages:
     def running(self, name: str) -> bool:
         return name in self._started
 
-    def end(self, stage: str, step: int, meter: EnergyMeter, started_as: str | None = None) -> StageRun | None:
-        """The run ending now, charged to ``stage`` (None if it never started).
+    def end(self, stage: str, step: int, end: Mark, started_as: str | None = None) -> StageRun | None:
+        """The run ending at ``end``, counted as ``stage`` (None if it never started).
 
-        It is held until the meter can give its marks a figure: `charge_ready` charges it.
+        It is held until the meter can give its marks a figure: `settle` adds it up then.
         """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         start = self._started.pop(started_as or stage, None)
         if start is None:
             return None
-        run = StageRun(stage, start, meter.mark(), step)
+        run = StageRun(stage, start, end, step)
         self._held.append(run)
         return run
 
-    def charge_ready(self, meter: EnergyMeter) -> list[tuple[StageRun, float]]:
-        """Charge the held runs the meter can now give figures; returns them with their joules."""
+    def settle(self, meter: EnergyMeter) -> list[tuple[StageRun, float]]:
+        """Add up the held runs the meter can now give figures; returns them with their joules."""
         ready = [r for r in self._held if meter.resolvable(r.start) and meter.resolvable(r.end)]
         self._held = [r for r in self._held if r not in ready]
-        charged = []
+        settled = []
         for run in ready:
             start_j, end_j = meter.joules(run.start, run.end)
             joules = float((end_j - start_j).sum())
             self.live_j[run.stage] += joules
-            charged.append((run, joules))
-        return charged
-
-    def lines(self, charged: list[tuple[StageRun, float]]) -> list[dict[str, Any]]:
-        """The run record's line for each charged run (with its stage's cumulative kWh)."""
-        return [
-            {
-                "stage": run.stage,
-                "step": run.step,
-                "seconds": run.end.t - run.start.t,
-                "kwh": joules / J_PER_KWH,
-                "metrics": {keys.stage_kwh(run.stage): self.kwh(run.stage)},
-            }
-            for run, joules in charged
-        ]
-
-    def figures(self, charged: list[tuple[StageRun, float]]) -> dict[str, float]:
-        """``energy/<stage>_kwh`` (cumulative) of each stage with a charged run."""
-        return {keys.stage_kwh(run.stage): self.kwh(run.stage) for run, _ in charged}
+            settled.append((run, joules))
+        return settled
 
     def local_j(self) -> dict[str, float]:
         """This process's joules of each stage, checkpoint share included."""

@@ -9,34 +9,13 @@ samples and tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from energy_core.accounting.figures import WindowFigures
 from energy_core.accounting.work import count_batch
 from energy_core.sampling.meter import EnergyMeter, Mark
-
-
-@dataclass(frozen=True)
-class WindowFigures:
-    """One closed window, before any formatting.
-
-    Args:
-        steps: Optimizer steps in the window.
-        seconds: Training seconds (stages inside it taken out).
-        joules: Training energy, all devices (all ranks, once summed).
-        gpu_j: Training energy per GPU, keyed by the name in ``power/<name>_w``.
-        samples: Training samples.
-        tokens: Training tokens.
-    """
-
-    steps: int
-    seconds: float
-    joules: float
-    gpu_j: dict[str, float] = field(default_factory=dict)
-    samples: int = 0
-    tokens: int = 0
 
 
 class Window:
@@ -64,8 +43,12 @@ class Window:
         else:  # a lazy device sum: queue the addition, read it at the window's end
             self._lazy_tokens = tokens if self._lazy_tokens is None else self._lazy_tokens + tokens
 
+    def counted(self) -> tuple[int, int]:
+        """(samples, tokens) counted so far, without waiting for a queued device sum."""
+        return self.samples, self.tokens
+
     def work(self) -> tuple[int, int]:
-        """(samples, tokens) counted so far; reads a queued device sum once."""
+        """(samples, tokens) counted so far; reads a queued device sum once (a device sync)."""
         if self._lazy_tokens is not None:
             self.tokens += int(self._lazy_tokens)
             self._lazy_tokens = None
@@ -81,21 +64,21 @@ class Window:
         """Nothing trained since the window opened: it stays open."""
         return step <= self.step and self.samples == 0 and self._lazy_tokens is None
 
-    def close(self, meter: EnergyMeter, end: Mark, step: int) -> WindowFigures:
-        """This process's figures of the window, from its start to ``end`` at optimizer step ``step``."""
-        per_source, seconds = self.measure(meter, end)
+    def close(self, meter: EnergyMeter, end: Mark, end_j: np.ndarray, step: int) -> WindowFigures:
+        """This process's figures of the window, from its start to ``end`` (whose cumulative
+        joules per source are ``end_j``) at optimizer step ``step``."""
+        per_source, seconds = self.measure(meter, end, end_j)
         samples, tokens = self.work()
         gpu_j = {s.info.name: float(v) for s, v in zip(meter.sources, per_source) if s.info.kind == "gpu"}
         return WindowFigures(step - self.step, seconds, float(per_source.sum()), gpu_j, samples, tokens)
 
-    def measure(self, meter: EnergyMeter, end: Mark) -> tuple[np.ndarray, float]:
+    def measure(self, meter: EnergyMeter, end: Mark, end_j: np.ndarray) -> tuple[np.ndarray, float]:
         """This window's training joules per source and training seconds, up to ``end``."""
         assert self.start is not None
-        marks = [self.start, end, *(m for pair in self._excluded for m in pair)]
-        values = meter.joules(*marks)
-        joules = values[1] - values[0]
+        start_j, *stage_j = meter.joules(self.start, *(m for pair in self._excluded for m in pair))
+        joules = end_j - start_j
         seconds = end.t - self.start.t
         for i, (stage_start, stage_end) in enumerate(self._excluded):
-            joules = joules - (values[3 + 2 * i] - values[2 + 2 * i])
+            joules = joules - (stage_j[2 * i + 1] - stage_j[2 * i])
             seconds -= stage_end.t - stage_start.t
         return joules, seconds

@@ -1,7 +1,4 @@
-"""Energy and carbon budgets: stop when spent, and forecast the whole run's total.
-
-`BudgetRule` holds the limits and validates them. `BudgetGuard` binds a rule to a
-running `EnergyTracker`:
+"""BudgetGuard: a `BudgetRule` watching a running `EnergyTracker`; stop when spent, forecast the whole run.
 
 * crossing a limit is noticed by the sampler thread (a listener on every reading), so
   the per-step check on the training thread is one flag read (`BudgetGuard.crossed`);
@@ -22,13 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from energy_core import checks
-from energy_core.accounting.figures import J_PER_KWH
+from energy_core.budget.rule import BudgetRule
 from energy_core.output import keys
 from energy_core.output.record import BUDGET
 from energy_core.tracker import EnergyTracker
+from energy_core.units import J_PER_KWH
 
-FORECAST_MODES = ("warn", "stop", "off")
 MIN_FORECAST_STEPS = 10
 FORECAST_FRACTION = 0.1  # of the run's steps, before a forecast in a run of one long epoch
 LONG_EPOCH_FRACTION = 0.5  # an epoch at least this share of the run counts as long
@@ -40,67 +36,6 @@ class BudgetAction:
 
     kind: str
     reason: str
-
-
-class BudgetRule:
-    """Limits of a run: energy in kWh, carbon in kg CO2e, electricity cost, or several.
-
-    Args:
-        max_kwh: Stop once the measured total (all devices, no PUE) reaches this.
-        max_co2e_kg: Stop once the CO2e (each slice of energy x PUE x the intensity in
-            force) reaches this.
-        max_cost: Stop once the electricity cost (needs ``price_per_kwh``) reaches this.
-        forecast: ``"warn"``, ``"stop"`` or ``"off"``: what to do when the projected
-            total for the whole run exceeds a limit.
-
-    Raises:
-        TypeError: naming the argument, for a limit that is not a number (a bool is not).
-        ValueError: naming the argument, for a non-positive or non-finite limit, no limit
-            at all, or an unknown ``forecast``.
-    """
-
-    def __init__(
-        self,
-        max_kwh: float | None = None,
-        max_co2e_kg: float | None = None,
-        max_cost: float | None = None,
-        forecast: str = "warn",
-    ) -> None:
-        self.max_kwh = checks.number("max_kwh", max_kwh, low=0, low_open=True, optional=True)
-        self.max_co2e_kg = checks.number("max_co2e_kg", max_co2e_kg, low=0, low_open=True, optional=True)
-        self.max_cost = checks.number("max_cost", max_cost, low=0, low_open=True, optional=True)
-        self.forecast = checks.choice("forecast", forecast, FORECAST_MODES)
-        if self.max_kwh is None and self.max_co2e_kg is None and self.max_cost is None:
-            raise ValueError("EnergyBudget needs a limit: max_kwh, max_co2e_kg and/or max_cost, each a number > 0")
-
-    def reached(self, kwh: float, co2e_kg: float, cost: float) -> bool:
-        """Whether these totals reach a limit."""
-        return any(
-            limit is not None and spent >= limit
-            for limit, spent in ((self.max_kwh, kwh), (self.max_co2e_kg, co2e_kg), (self.max_cost, cost))
-        )
-
-    def limit_kwh(self, spent: tuple[float, float, float], per_kwh: tuple[float, float]) -> float:
-        """The binding limit in kWh of measured energy, at the factors in force now.
-
-        Args:
-            spent: (kWh, kg CO2e, cost) so far.
-            per_kwh: (kg CO2e, cost) of one more kWh now (PUE applied).
-        """
-        kwh, co2, cost = spent
-        limits = [] if self.max_kwh is None else [self.max_kwh]
-        for limit, used, rate in ((self.max_co2e_kg, co2, per_kwh[0]), (self.max_cost, cost, per_kwh[1])):
-            if limit is not None:
-                limits.append(kwh + (limit - used) / rate if rate > 0 else math.inf)
-        return min(limits)
-
-    def describe(self) -> str:
-        parts = [f"{self.max_kwh:g} kWh"] if self.max_kwh is not None else []
-        if self.max_co2e_kg is not None:
-            parts.append(f"{self.max_co2e_kg:g} kg CO2e")
-        if self.max_cost is not None:
-            parts.append(f"{self.max_cost:g} (cost)")
-        return " / ".join(parts)
 
 
 class BudgetGuard:
@@ -124,7 +59,7 @@ class BudgetGuard:
         self.tracker = tracker
         self.total_steps = total_steps if total_steps and math.isfinite(total_steps) else None
         self.epoch_steps = epoch_steps
-        if rule.max_cost is not None and tracker.price is None:
+        if rule.max_cost is not None and tracker.factors.price is None:
             raise ValueError(
                 "max_cost needs a price: give price_per_kwh to the monitor (or the budget measuring alone)"
             )

@@ -13,7 +13,8 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core.accounting.ranks import Ranks
-from energy_core.budget.guard import BudgetAction, BudgetGuard, BudgetRule
+from energy_core.budget.guard import BudgetAction, BudgetGuard
+from energy_core.budget.rule import BudgetRule
 from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.tracker import EnergyTracker

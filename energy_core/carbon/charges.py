@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import threading
 
-from energy_core.accounting.figures import J_PER_KWH
 from energy_core.carbon.run_factors import RunFactors
+from energy_core.units import J_PER_KWH
 
 
 class Charges:

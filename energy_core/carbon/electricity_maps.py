@@ -34,7 +34,7 @@ ZONE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """Refuse redirects: urllib would send the token on to wherever a redirect points."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         return None  # urllib then raises HTTPError with the 3xx code
 
 

@@ -1,7 +1,7 @@
 """RunFactors: the grid intensity, the electricity price and the PUE one run is charged at.
 
 Each factor is a `Factor` over time (a fixed figure, a recorded series, or a live API; see
-`energy_core.intensity`), and the PUE applies to both. This class answers what the rest of
+`energy_core.carbon.factor`), and the PUE applies to both. This class answers what the rest of
 a run needs of them: the live one's refresh thread, the figures in force at a moment (for
 the record's header and summary, and for a budget's limits), the price of one more kWh,
 and the run record's ``factor`` lines (every value used, from when, where it came from).
@@ -20,7 +20,6 @@ from typing import Any
 
 from energy_core.carbon.factor import Factor
 from energy_core.notices import Notice
-from energy_core.options import MeasureOptions
 
 # The factors' names in the record's factor lines.
 CARBON, PRICE = "carbon_g_per_kwh", "price_per_kwh"
@@ -39,11 +38,6 @@ class RunFactors:
     def __init__(self, carbon: Factor, price: Factor | None, pue: float, currency: str) -> None:
         self.carbon, self.price, self.pue, self.currency = carbon, price, pue, currency
         self._written = {CARBON: 0, PRICE: 0}  # values of each factor's history already in the record
-
-    @classmethod
-    def of(cls, options: MeasureOptions) -> RunFactors:
-        """The factors the measurement options select."""
-        return cls(options.carbon_factor(), options.price_factor(), options.pue, options.currency)
 
     def start(self) -> None:
         """A fit starts: a live intensity refreshes on its own thread from now."""

@@ -21,6 +21,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from energy_core.devices import amd, cpu_estimate, nvidia, rapl, visible
 from energy_core.devices.ledger import Ledger
@@ -49,6 +50,7 @@ __all__ = [
     "board_by_uuid",
     "discover",
     "drivers",
+    "parse_devices",
     "visible_boards",
 ]
 
@@ -102,8 +104,8 @@ def discover(
     if explicit and "gpu" in kinds and not any(s.info.kind == "gpu" for s in sources):
         notices = [Notice("warn", n.text) if "GPU" in n.text else n for n in notices]  # asked for: a warning
     if sources:
-        measured = ", ".join(s.info.name + (" (estimated)" if s.info.estimated else "") for s in sources)
-        notices.append(Notice("info", f"Measuring energy of: {measured}."))
+        names = ", ".join(s.info.name + (" (estimated)" if s.info.estimated else "") for s in sources)
+        notices.append(Notice("info", f"Measuring energy of: {names}."))
     else:
         notices.append(Notice("warn", f"Nothing to measure among {', '.join(kinds)}: energy stays at zero."))
     return sources, notices
@@ -166,3 +168,22 @@ def _number(index: int, taken: set[int]) -> int:
         index = max(taken) + 1
     taken.add(index)
     return index
+
+
+def parse_devices(devices: Any) -> tuple[tuple[str, ...], bool]:
+    """Validate ``devices``: ``"auto"`` or a list drawn from ``"gpu"``, ``"cpu"``, ``"dram"``.
+
+    Returns:
+        (kinds, explicit): the kinds to measure and whether the user named them.
+    """
+    allowed = f"'auto' or a non-empty list drawn from {', '.join(map(repr, DEVICE_KINDS))}"
+    if isinstance(devices, str):
+        if devices == "auto":
+            return DEVICE_KINDS, False
+        devices = [devices]
+    if not isinstance(devices, Sequence):
+        raise TypeError(f"devices must be {allowed}; got {type(devices).__name__} {devices!r}")
+    kinds = tuple(dict.fromkeys(d for d in devices if isinstance(d, str)))
+    if not kinds or len(kinds) != len(set(devices)) or any(d not in DEVICE_KINDS for d in kinds):
+        raise ValueError(f"devices must be {allowed}; got {devices!r}")
+    return kinds, True

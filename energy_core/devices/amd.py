@@ -47,7 +47,7 @@ PERMISSION_HINT = (
 def _import() -> Any:
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # it prints when libamd_smi.so is missing
-            import amdsmi  # type: ignore[import-not-found]
+            import amdsmi
     except Exception:  # noqa: BLE001 - without ROCm the binding raises KeyError/OSError/AttributeError, not ImportError
         return None
     return amdsmi

@@ -19,8 +19,11 @@ GPU_MAX_POWER_W = 3000.0  # when the board does not say: no GPU board draws more
 class Visible(Protocol):
     """A visible GPU: its index among the process's devices and its UUID."""
 
-    cuda_index: int
-    uuid: str
+    @property
+    def cuda_index(self) -> int: ...
+
+    @property
+    def uuid(self) -> str: ...
 
 
 class GpuSource(EnergySource):

@@ -142,5 +142,9 @@ def rocm_select(
         names = next((found for v in variables if (found := entries(v)) is not None), None)
         if names is not None:
             pool = [board for _, board in chosen]
-            chosen = select(names, lambda e, p=pool: by_index_or_uuid(e, p, uuids), key)
+
+            def find(entry: str, pool: list[Board] = pool) -> Board | None:
+                return by_index_or_uuid(entry, pool, uuids)
+
+            chosen = select(names, find, key)
     return chosen

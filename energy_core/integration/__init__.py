@@ -1,1 +1,51 @@
-"""Integration: what framework adapters and hand-written loops call (the adapter contract)."""
+"""Integration: what a framework adapter or a hand-written loop calls, and nothing else (the adapter contract).
+
+An adapter translates its framework's hooks into three runs, each the one object that
+knows its part of a training run:
+
+* `MonitorRun` - the measurement: start, windows, epochs, stages, finish (W&B included);
+* `BudgetRun` - a budget: bind to a tracker, begin, check each step, review, finish;
+* `PowerCapRun` - a power cap: start on the node's leader, drive the finder, publish the
+  cap, restore on every way out;
+
+and builds a `Ranks` from its framework's view of the job (or `torch_distributed`).
+`EnergyLoop` is the same three runs driven by a few calls from a loop of one's own.
+`lightning_energy` and `hf_energy` import from this package and from `energy_core`'s
+public names only (the import contract in pyproject.toml says so).
+"""
+
+from energy_core import checks
+from energy_core.accounting.ranks import Ranks, torch_distributed
+from energy_core.budget.guard import BudgetAction
+from energy_core.budget.rule import BudgetRule
+from energy_core.budget.run import BudgetArgs, BudgetRun, HasBudgetRun
+from energy_core.integration.loop import EnergyLoop
+from energy_core.integration.monitor_run import MonitorRun
+from energy_core.notices import Notice, warn_at_user_code
+from energy_core.options import MeasureArgs, MeasureOptions
+from energy_core.output import keys
+from energy_core.output.record import scalar_losses
+from energy_core.power.cap import CapArgs, PowerCapRun
+from energy_core.tracker import EnergyTracker
+
+__all__ = [
+    "BudgetAction",
+    "BudgetArgs",
+    "BudgetRule",
+    "BudgetRun",
+    "CapArgs",
+    "EnergyLoop",
+    "EnergyTracker",
+    "HasBudgetRun",
+    "MeasureArgs",
+    "MeasureOptions",
+    "MonitorRun",
+    "Notice",
+    "PowerCapRun",
+    "Ranks",
+    "checks",
+    "keys",
+    "scalar_losses",
+    "torch_distributed",
+    "warn_at_user_code",
+]

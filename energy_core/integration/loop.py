@@ -37,8 +37,10 @@ from typing_extensions import Unpack
 
 from energy_core import checks
 from energy_core.accounting.ranks import Ranks
-from energy_core.budget.guard import BudgetAction, BudgetRule
+from energy_core.budget.guard import BudgetAction
+from energy_core.budget.rule import BudgetRule
 from energy_core.budget.run import BudgetRun
+from energy_core.integration.monitor_run import MonitorRun
 from energy_core.notices import Notice, warn_at_user_code
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.power.cap import PowerCapRun
@@ -104,6 +106,7 @@ class EnergyLoop:
             raise TypeError(f"power_cap must be a PowerCapRun or None, got {type(power_cap).__name__}")
         options = MeasureOptions.of("EnergyLoop", dict(measure))
         self.tracker = EnergyTracker(options)
+        self.monitor = MonitorRun(self.tracker, self._show)
         self.budget = BudgetRun(budget, options) if budget is not None else None
         self.power_cap = power_cap
         self.ranks = ranks or Ranks()
@@ -111,7 +114,6 @@ class EnergyLoop:
         self.steps = 0
         self.epochs = 0
         self.should_stop = False
-        self.last_metrics: dict[str, float] = {}
         self._started = False
 
     # ------------------------------------------------------------------ start and end
@@ -120,11 +122,9 @@ class EnergyLoop:
         if self._started:
             return self
         self._started = True
-        self.tracker.join(self.ranks)
         settings = {"log_every_n_steps": self.log_every_n_steps, "total_steps": self.total_steps,
                     "world_size": self.ranks.world_size}  # fmt: skip
-        self.tracker.describe(framework="energy_core.EnergyLoop", loop=settings)
-        self._show(self.tracker.start_fit(self.steps, resumed=self.steps > 0))
+        self.monitor.start(self.ranks, self.steps, self.steps > 0, framework="energy_core.EnergyLoop", loop=settings)
         if self.power_cap is not None:
             self._show(self.power_cap.start_on(self.ranks))
             self.power_cap.publish(self.tracker)
@@ -147,12 +147,10 @@ class EnergyLoop:
         if not self._started:
             return {}
         self._started = False
-        metrics = self.tracker.end_fit(self.steps, status=status, collective=collective)
+        metrics = self.monitor.finish(self.steps, status, collective)
         if self.power_cap is not None:
             self._show([Notice("info", m) for m in self.power_cap.finish(self.tracker)])
-        self.tracker.close()
-        self._show(self.tracker.pop_notices())
-        self.last_metrics.update(metrics)
+        self.monitor.close()
         return metrics
 
     def __enter__(self) -> EnergyLoop:
@@ -190,7 +188,7 @@ class EnergyLoop:
         if self.budget is not None and self.budget.active:
             self._act(self.budget.check(self.steps))
         if self.steps % self.log_every_n_steps == 0:
-            metrics.update(self.tracker.window(self.steps))
+            metrics.update(self.monitor.window(self.steps))
             metrics.update(self._review(self.epochs))
         return self._done(metrics)
 
@@ -199,7 +197,7 @@ class EnergyLoop:
 
     def end_epoch(self) -> dict[str, float]:
         """At an epoch end: the partial window, the totals and ``energy/epoch_kwh``."""
-        metrics = self.tracker.end_epoch(self.steps, self.epochs)
+        metrics = self.monitor.epoch(self.steps, self.epochs)
         self.epochs += 1
         metrics.update(self._review(self.epochs))
         return self._done(metrics)
@@ -211,17 +209,22 @@ class EnergyLoop:
         Yields a dictionary that holds ``energy/<name>_kwh`` once the block ends.
         """
         figures: dict[str, float] = {}
-        self._show(self.tracker.start_stage(name))
+        self.monitor.stage_start(name)
         try:
             yield figures
         finally:
-            figures.update(self._done(self.tracker.end_stage(name, self.steps)))
+            figures.update(self._done(self.monitor.stage_end(name, self.steps)))
 
     # ------------------------------------------------------------------ figures and state
     @property
+    def last_metrics(self) -> dict[str, float]:
+        """Every figure returned so far, the latest value of each key."""
+        return self.monitor.last_metrics
+
+    @property
     def summary(self) -> str:
         """A few lines: energy, CO2e, work, other stages, gaps."""
-        return self.tracker.summary_text(self.tracker.totals())
+        return self.monitor.summary(self.tracker.totals())
 
     def state_dict(self) -> dict[str, Any]:
         """The totals and the step count, for your checkpoint."""

@@ -33,11 +33,14 @@ def define_axes(run: Any, tracker: EnergyTracker, step_metric: str, prefix: str 
 
 
 def write_config(run: Any, tracker: EnergyTracker) -> None:
-    """The carbon factor, its source and the PUE, in the run's config."""
+    """The carbon factor the run is charged at (in force at its start, and how it is given: a fixed
+    figure, a series, a live source), its source and the PUE, in the run's config."""
+    carbon = tracker.carbon_fields()
     config = {
-        "energy/carbon_g_per_kwh": tracker.intensity.g_per_kwh,
-        "energy/carbon_source": tracker.intensity.source,
-        "energy/pue": tracker.pue,
+        "energy/carbon_g_per_kwh": carbon["g_per_kwh"],
+        "energy/carbon_source": carbon["source"],
+        "energy/carbon_factor": tracker.factors.carbon.describe()["kind"],
+        "energy/pue": carbon["pue"],
         "energy/estimated": ", ".join(tracker.meter.estimated) or "none",
     }
     run.config.update(config, allow_val_change=True)

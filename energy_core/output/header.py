@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from energy_core import devices
-from energy_core.accounting.ranks import Ranks
 from energy_core.devices.cpu_estimate import cpu_model
 from energy_core.notices import Notice
 from energy_core.output.record import RECORD_VERSION
@@ -39,26 +38,31 @@ def software_versions() -> dict[str, str]:
     return found
 
 
+def this_process(meter: EnergyMeter) -> dict[str, Any]:
+    """This process's host and the sources it measures (what a job's header lists per rank)."""
+    return {"host": socket.gethostname(), "sources": [vars(s.info) for s in meter.sources]}
+
+
 def run_header(
-    meter: EnergyMeter, carbon: dict[str, Any], notices: Sequence[Notice], ranks: Ranks, **fields: Any
+    meter: EnergyMeter,
+    carbon: dict[str, Any],
+    notices: Sequence[Notice],
+    ranks: list[Any] | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
     """The header fields: machine, software, devices measured, carbon factor, then ``fields``.
-
-    In a multi-process job every rank must call it: each rank's host and devices are
-    gathered into ``ranks``.
 
     Args:
         meter: The opened meter (its sources are listed).
         carbon: The carbon factor, its source and the PUE.
         notices: What the user was told at start.
-        ranks: This process's part in the job.
+        ranks: In a multi-process job, every rank's `this_process` with its ``rank``.
         fields: Run-specific fields (caps, the checkpoint resumed from, the trainer's settings).
     """
     model, sockets = cpu_model()
     has_gpu = any(s.info.kind == "gpu" for s in meter.sources)
-    sources = [vars(s.info) for s in meter.sources]
-    host = socket.gethostname()
-    everyone = ranks.gather_all({"rank": ranks.rank, "host": host, "sources": sources})
+    here = this_process(meter)
+    host, sources = here["host"], here["sources"]
     header = {
         "version": RECORD_VERSION,
         "host": host,
@@ -77,6 +81,6 @@ def run_header(
         "notices": [vars(n) for n in notices],
         **fields,
     }
-    if everyone is not None:
-        header["ranks"] = everyone
+    if ranks is not None:
+        header["ranks"] = ranks
     return header

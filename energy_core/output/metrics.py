@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from energy_core.accounting.figures import J_PER_KWH, RunTotals
-from energy_core.accounting.window import WindowFigures
+from energy_core.accounting.figures import RunTotals, WindowFigures
 from energy_core.output import keys
+from energy_core.units import J_PER_KWH
 
 
 def cumulative(totals: RunTotals, g_per_kwh: float, priced: bool, cap_w: float | None) -> dict[str, float]:
@@ -18,6 +18,11 @@ def cumulative(totals: RunTotals, g_per_kwh: float, priced: bool, cap_w: float |
     if priced:
         metrics[keys.COST] = totals.cost
     return {**metrics, **cap(cap_w)}
+
+
+def stage(stage: str, kwh: float) -> dict[str, float]:
+    """``energy/<stage>_kwh``: the stage's energy so far."""
+    return {keys.stage_kwh(stage): kwh}
 
 
 def cap(cap_w: float | None) -> dict[str, float]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from energy_core.accounting.figures import J_PER_KWH, STAGES, RunTotals
+from energy_core.accounting.figures import STAGES, RunTotals
 from energy_core.devices import DEVICE_KINDS
 from energy_core.notices import Notice
 from energy_core.output import keys
 from energy_core.sampling.meter import EnergyMeter
+from energy_core.units import J_PER_KWH
 
 
 def summary_fields(

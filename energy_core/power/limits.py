@@ -141,7 +141,7 @@ class PowerLimits:
             free = []
             for cap in planned:
                 entry = entries.get(cap.board.uuid)
-                if self._owned_elsewhere(entry):
+                if entry is not None and self._owned_elsewhere(entry):
                     self.busy.append(BusyBoard(cap.board, entry))
                 else:
                     free.append((cap, entry))

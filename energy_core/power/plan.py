@@ -113,7 +113,7 @@ def select_boards(gpus: str | tuple[int, ...]) -> list[GpuBoard]:
         ValueError: an unknown index, naming the visible ones.
     """
     visible = devices.visible_boards()
-    if gpus == "all":
+    if isinstance(gpus, str):  # "all", the only word check_cap_arguments lets through
         return visible
     known = {b.index: b for b in visible}
     unknown = [i for i in gpus if i not in known]

@@ -189,7 +189,7 @@ def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | Non
         print_table(["grid", "g/kWh", *report_plots.PUES], table, f"{label}: the same energy elsewhere (g CO2e)")
     other_hours = []
     for label, run in runs if series is not None else []:
-        table = report_when.started_at_other_hours(run, series)
+        table = report_when.started_at_other_hours(run, series)  # type: ignore[arg-type]  # series is set here
         if table:
             other_hours.append((label, table))
             print_table(report_when.WHAT_IF_HEAD, table, f"{label}: the same run started at another hour")

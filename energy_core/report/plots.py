@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +215,7 @@ def write_html(
     elsewhere: list[tuple[str, list[list[str]]]],
     plots: list[Path],
     notes: list[str],
-    other_hours: list[tuple[str, list[list[str]]]] = (),
+    other_hours: Sequence[tuple[str, list[list[str]]]] = (),
 ) -> None:
     """A self-contained page: tables, the plots inlined as data URIs, notes; with
     ``other_hours``, the what-if of each run's start hour (`energy_core.report_when`)."""

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from energy_core.accounting.figures import J_PER_KWH
 from energy_core.carbon.factor import Factor, Series
 from energy_core.output import keys
 from energy_core.output.record import EPOCH, HEADER, SUMMARY, WINDOW
+from energy_core.units import J_PER_KWH
 
 HOURS = 24
 BOUNDARIES = (WINDOW, EPOCH, SUMMARY)

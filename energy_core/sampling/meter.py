@@ -11,14 +11,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from energy_core import devices as device_layer
-from energy_core.devices import EnergySource
+from energy_core.devices import EnergySource, parse_devices
 from energy_core.notices import Notice
-from energy_core.options import check_interval, parse_devices
-from energy_core.sampling.sampler import STOP_TIMEOUT_S, Mark, Sampler
+from energy_core.sampling.sampler import STOP_TIMEOUT_S, Mark, Sampler, check_interval
 
 SILENT_S = 5.0  # a source without a good reading for this long (and 10 readings) is reported
 SILENT_READINGS = 10
@@ -157,14 +157,14 @@ class EnergyMeter:
             raise RuntimeError("watch needs an open meter")
         event = threading.Event()
 
-        def listener(t: float, values: Sequence[float]) -> None:
+        def listener(t: float, values: np.ndarray) -> None:
             if since.joules is not None and reached(t, float(sum(values) - since.joules.sum())):
                 event.set()
 
         self.sampler.listeners.append(listener)
         return event
 
-    def quality(self) -> dict[str, dict[str, float]]:
+    def quality(self) -> dict[str, dict[str, Any]]:
         """Per source with any fault: gaps, resets, glitches, seconds not measured, estimated joules."""
         if self.sampler is None:
             return {}

@@ -13,15 +13,25 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from energy_core import checks
 from energy_core.devices import EnergySource, Ledger
 
 DEFAULT_CAPACITY = 16384  # rows: 27 minutes of history at 0.1 s, about 0.5 MB for 3 sources
 RATE_WINDOW_S = 1.0  # power used to extrapolate past the newest row is averaged over this
 JITTER = 0.2  # intervals vary by +-20% at random, so polling cannot alias with periodic load
+MIN_INTERVAL_S, MAX_INTERVAL_S = 0.001, 60.0  # the sampling intervals allowed
 STOP_TIMEOUT_S = 5.0  # the most stop() waits for a read in progress (a hung driver call)
+
+
+def check_interval(sample_interval_s: Any) -> float:
+    """Seconds between hardware reads, in [`MIN_INTERVAL_S`, `MAX_INTERVAL_S`]."""
+    return checks.number(
+        "sample_interval_s", sample_interval_s, low=MIN_INTERVAL_S, high=MAX_INTERVAL_S, unit=" seconds"
+    )
 
 
 class SampleBuffer:
@@ -47,7 +57,7 @@ class SampleBuffer:
         """Two readings or more: a power to extrapolate past the newest one with."""
         return len(self) >= 2
 
-    def append(self, t: float, values: Sequence[float]) -> None:
+    def append(self, t: float, values: Sequence[float] | np.ndarray) -> None:
         with self._lock:
             slot = self._count % self._capacity
             self._t[slot] = t
@@ -145,7 +155,7 @@ class Sampler:
         self.last_reading_t = clock()  # when the last reading ended (or the sampler was made)
         # Called with (t, cumulative joules per source) after every reading, on the sampler
         # thread: how budgets notice a crossed limit without any work on the training thread.
-        self.listeners: list[Callable[[float, Sequence[float]], None]] = []
+        self.listeners: list[Callable[[float, np.ndarray], None]] = []
         self._pending: list[Mark] = []
         self._pending_lock = threading.Lock()
         self._previous: tuple[float, np.ndarray] | None = None

@@ -3,7 +3,7 @@
     python examples/loops/accelerate_loop.py
 
 Accelerate's trackers (here TensorBoard under runs/accelerate) receive the figures; in a
-multi-process launch, `energy_core.ranks.torch_distributed` gives the job's sums.
+multi-process launch, `energy_core.torch_distributed` gives the job's sums.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from energy_core import EnergyLoop
-from energy_core.accounting.ranks import torch_distributed
+from energy_core import EnergyLoop, torch_distributed
 
 
 def main(argv: list[str] | None = None) -> EnergyLoop:

@@ -2,7 +2,7 @@
 
 Each sub-window of a phase gives (steps, seconds, joules); a rung's time and energy per
 step come with a spread (the standard error of the mean over its sub-windows). Which rung
-to measure next and which to keep is `CapSearch`'s decision (energy_core/power/search.py).
+to measure next and which to keep is `CapSearch`'s decision (energy_core/power/finder/search.py).
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ DISAGREE = 0.03  # two phases of a rung whose times differ by more (and by z spr
 
 
 @dataclass(frozen=True)
-class Window:
-    """One sub-window of a phase: whole optimizer steps, their seconds and joules."""
+class Span:
+    """One sub-window of a phase: a span of whole optimizer steps, their seconds and joules."""
 
     steps: int
     seconds: float
     joules: float
 
 
-def _mean_and_spread(windows: Sequence[Window], value: str) -> tuple[float, float]:
+def _mean_and_spread(windows: Sequence[Span], value: str) -> tuple[float, float]:
     """Per-step mean over all windows, and the standard error of the per-window rates."""
     steps = sum(w.steps for w in windows)
     mean = sum(getattr(w, value) for w in windows) / steps
@@ -46,12 +46,12 @@ class Estimate:
     """
 
     rung: int
-    kept: list[list[Window]] = field(default_factory=list)
-    set_aside: list[list[Window]] = field(default_factory=list)
-    dropped: list[Window] = field(default_factory=list)
+    kept: list[list[Span]] = field(default_factory=list)
+    set_aside: list[list[Span]] = field(default_factory=list)
+    dropped: list[Span] = field(default_factory=list)
 
     @property
-    def windows(self) -> list[Window]:
+    def windows(self) -> list[Span]:
         return [w for phase in self.kept for w in phase]
 
     @property
@@ -68,7 +68,7 @@ class Estimate:
         """Joules per step and its spread."""
         return _mean_and_spread(self.windows, "joules")
 
-    def add(self, phase: list[Window], z: float) -> None:
+    def add(self, phase: list[Span], z: float) -> None:
         """Pool a new phase, or set the slower of two disagreeing phases aside."""
         fastest = min(w.seconds / w.steps for w in phase)
         slow = [w.seconds / w.steps > (1 + OUTLIER) * fastest for w in phase]

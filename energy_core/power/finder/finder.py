@@ -5,7 +5,7 @@ start down to its minimum limit (or a higher floor, ``min_watts``). After ``warm
 each phase holds one cap: ``settle_steps`` are let pass after the change, then
 ``windows`` sub-windows of whole steps are timed by marks, and their energy is read from
 the meter's sampled readings once a reading past the last mark exists. Which cap to
-measure next and which to keep is decided by `CapSearch` (energy_core/power/search.py):
+measure next and which to keep is decided by `CapSearch` (energy_core/power/finder/search.py):
 a coarse sweep over the whole ladder, a second measurement of the figures that straddle
 the slowdown limit or look disturbed, a bisection around the best cap; the cap kept has
 the least energy per step among those within ``max_slowdown`` of the limit at start.
@@ -25,7 +25,7 @@ from typing import Any
 
 from energy_core.devices import DeviceError
 from energy_core.output import keys
-from energy_core.power.finder.estimate import Window
+from energy_core.power.finder.estimate import Span
 from energy_core.power.finder.search import ZEUS_STEPS_PER_LIMIT, CapSearch
 from energy_core.power.limits import CappedGpu, PowerLimits
 from energy_core.power.plan import cap_ladder
@@ -158,7 +158,7 @@ class CapFinder:
             self._next = step + 1
             return None
         phase = [
-            Window(self._window_steps, b.t - a.t, values[i + 1] - values[i])
+            Span(self._window_steps, b.t - a.t, values[i + 1] - values[i])
             for i, (a, b) in enumerate(zip(self._marks, self._marks[1:]))
         ]
         assert self.search is not None

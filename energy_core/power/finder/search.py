@@ -27,7 +27,7 @@ The rule, in order (`CapSearch.next`):
 A sub-window more than `OUTLIER` slower per step than its phase's fastest is left out; two
 phases of one rung are pooled unless their times disagree beyond ``z`` spreads and
 `DISAGREE`: then the slower is set aside (a noisy neighbour only ever slows a phase down).
-Both are `Estimate`'s rules (energy_core/power/estimate.py).
+Both are `Estimate`'s rules (energy_core/power/finder/estimate.py).
 The rung kept is the one with the least energy per step among those whose time per step
 is within the limit; rung 0 always is.
 """
@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from energy_core.power.finder.estimate import DISAGREE, Estimate, Window
+from energy_core.power.finder.estimate import DISAGREE, Estimate, Span
 
 ZEUS_STEPS_PER_LIMIT = 50  # Zeus GlobalPowerLimitOptimizer defaults: 10 warm-up + 40 profiled steps
 ZEUS_STRIDE_MW = 25_000  # ... for every 25 W from the maximum limit down to the minimum
@@ -68,7 +68,7 @@ class CapSearch:
         >>> cost = {0: (1.0, 10.0), 1: (1.05, 9.0), 2: (1.3, 9.5)}   # rung: (s, J) per step
         >>> while (rung := search.next(phases_left=5 - len(search.history))) is not None:
         ...     s, j = cost[rung]
-        ...     search.add(rung, [Window(3, 3 * s, 3 * j)] * 4)
+        ...     search.add(rung, [Span(3, 3 * s, 3 * j)] * 4)
         >>> search.chosen, search.history   # rung 0, the coarse sweep, the gap, rung 0 again
         (1, [0, 2, 1, 0])
     """
@@ -92,7 +92,7 @@ class CapSearch:
         return sorted(set(range(0, self.rungs, spacing)) | {self.rungs - 1})
 
     # ------------------------------------------------------------------ figures
-    def add(self, rung: int, windows: Sequence[Window]) -> None:
+    def add(self, rung: int, windows: Sequence[Span]) -> None:
         """Record one measured phase of ``rung`` (its sub-windows, each of >= 1 step)."""
         if not windows or any(w.steps < 1 for w in windows):
             raise ValueError("a phase needs sub-windows of at least one step")

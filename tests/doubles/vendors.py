@@ -17,6 +17,11 @@ from tests.doubles.sim_gpu import SimDriver, SimGpu
 
 VENDORS = ("nvml", "amdsmi")
 both_vendors = pytest.mark.parametrize("sim_gpus", VENDORS, indirect=True)
+# End-to-end runs (a real Trainer, a child process) of both vendors: AMD's in the slow run. The
+# vendor layer itself runs for both in the default run (tests/energy_core/devices, `both_vendors`).
+both_vendors_end_to_end = pytest.mark.parametrize(
+    "sim_gpus", ["nvml", pytest.param("amdsmi", marks=pytest.mark.slow)], indirect=True
+)
 SIMULATIONS: dict[str, type[SimDriver]] = {"nvml": sim_nvml.SimNvml, "amdsmi": sim_amdsmi.SimAmdSmi}
 # what the one message about missing permission must name: the library's refusal and the tool to ask for
 PERMISSION_WORDS = {"nvml": ("CAP_SYS_ADMIN", "nvidia-smi"), "amdsmi": ("AMDSMI_STATUS_NO_PERM", "amd-smi")}

@@ -1,7 +1,7 @@
 """What a documentation snippet may take as given: the user's own model and data.
 
 A page says, in prose, "given your LightningModule ``model`` and its loaders"; the snippet
-under it uses those names. tests/test_docs.py puts them in the snippet's namespace when
+under it uses those names. tests/docs/test_blocks.py puts them in the snippet's namespace when
 the block is preceded by ``<!-- docs-test: given NAME -->`` (one of `GIVEN`'s keys).
 Each call builds fresh objects, small enough for a CPU in a second or two; steps are
 stretched to a few milliseconds (a realistic length) so that logging windows outlast the

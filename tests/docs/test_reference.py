@@ -22,8 +22,8 @@ from energy_core.output import keys
 from energy_core.power.cap import CapArgs
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "docs" / "reference"
 
 

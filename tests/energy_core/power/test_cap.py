@@ -16,12 +16,12 @@ from energy_core.power import PowerLimits, journal_path
 from lightning_energy import EnergyMonitor, PowerCap
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
-from tests.doubles.vendors import PERMISSION_WORDS, both_vendors
+from tests.doubles.vendors import PERMISSION_WORDS, both_vendors_end_to_end
+from tests.helpers import ROOT
 from tests.helpers.lightning_models import flavour, make_module, regression_data
 from tests.helpers.readback import csv_series
 from tests.helpers.records import read_record
 
-ROOT = Path(__file__).resolve().parents[1]
 pl = flavour("lightning.pytorch")
 PREVIOUS_MW = 350_000  # an administrator's limit: neither the default (400 W) nor the maximum (450 W)
 
@@ -75,7 +75,7 @@ def journal_entries() -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-@both_vendors
+@both_vendors_end_to_end
 def test_cap_is_applied_logged_and_the_previous_limit_restored(tmp_path, sim_gpus) -> None:
     sim = sim_gpus(board())
     admin_limit(sim)
@@ -101,7 +101,7 @@ def test_cap_is_applied_logged_and_the_previous_limit_restored(tmp_path, sim_gpu
     assert mean_w == pytest.approx(250.0, abs=250.0 * 2 * 0.02 / seconds + 2.5)
 
 
-@both_vendors
+@both_vendors_end_to_end
 def test_fraction_is_of_the_default_limit(tmp_path, sim_gpus) -> None:
     sim = sim_gpus(board(), board("GPU-2"))
     admin_limit(sim)
@@ -119,7 +119,7 @@ def test_only_the_selected_gpus_are_capped(tmp_path, sim_gpus) -> None:
     assert [sim.limit_mw(g) for g in sim.gpus] == [400_000, 400_000]
 
 
-@both_vendors
+@both_vendors_end_to_end
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_restored_after_an_exception_or_interrupt_in_training_step(tmp_path, sim_gpus, error) -> None:
     sim = sim_gpus(board())
@@ -144,7 +144,7 @@ def test_restored_after_an_exception_or_interrupt_in_training_step(tmp_path, sim
     assert journal_entries() == {}
 
 
-@both_vendors
+@both_vendors_end_to_end
 def test_no_permission_is_one_message_then_uncapped_training(tmp_path, sim_gpus) -> None:
     sim = sim_gpus(board(), root=False)
     with pytest.warns(UserWarning) as caught:
@@ -155,7 +155,7 @@ def test_no_permission_is_one_message_then_uncapped_training(tmp_path, sim_gpus)
     assert journal_entries() == {}
 
 
-@both_vendors
+@both_vendors_end_to_end
 def test_strict_raises_before_training(tmp_path, sim_gpus) -> None:
     sim = sim_gpus(board(), root=False)
     module = make_module(pl)
@@ -164,7 +164,7 @@ def test_strict_raises_before_training(tmp_path, sim_gpus) -> None:
     assert module.trainer.global_step == 0
 
 
-@both_vendors
+@both_vendors_end_to_end
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -230,11 +230,11 @@ def _state_with_admin_limit(tmp_path: Path) -> Path:
     ("vendor", "framework", "signum"),
     [
         ("nvml", "lightning", signal.SIGTERM),
-        ("nvml", "lightning", signal.SIGHUP),
-        ("nvml", "hf", signal.SIGTERM),
+        pytest.param("nvml", "lightning", signal.SIGHUP, marks=pytest.mark.slow),
+        pytest.param("nvml", "hf", signal.SIGTERM, marks=pytest.mark.slow),
         ("nvml", "hf", signal.SIGHUP),
-        ("amdsmi", "lightning", signal.SIGTERM),
-        ("amdsmi", "hf", signal.SIGHUP),
+        pytest.param("amdsmi", "lightning", signal.SIGTERM, marks=pytest.mark.slow),
+        pytest.param("amdsmi", "hf", signal.SIGHUP, marks=pytest.mark.slow),
     ],
     ids=lambda v: v.name if isinstance(v, signal.Signals) else v,
 )
@@ -251,7 +251,14 @@ def test_a_signal_to_a_training_process_restores(tmp_path, vendor, framework, si
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize(("vendor", "framework"), [("nvml", "lightning"), ("nvml", "hf"), ("amdsmi", "lightning")])
+@pytest.mark.parametrize(
+    ("vendor", "framework"),
+    [
+        ("nvml", "lightning"),
+        pytest.param("nvml", "hf", marks=pytest.mark.slow),
+        pytest.param("amdsmi", "lightning", marks=pytest.mark.slow),
+    ],
+)
 def test_an_exception_ending_the_process_restores(tmp_path, vendor, framework) -> None:
     state = _state_with_admin_limit(tmp_path)
     child = _child(state, framework, "raise", vendor=vendor)
@@ -261,7 +268,7 @@ def test_an_exception_ending_the_process_restores(tmp_path, vendor, framework) -
     assert journal_entries() == {}
 
 
-@both_vendors
+@both_vendors_end_to_end
 @pytest.mark.timeout(120)
 def test_sigkill_leaves_a_journal_that_the_next_run_restores(tmp_path, sim_gpus) -> None:
     vendor = sim_gpus.vendor
@@ -284,7 +291,7 @@ def test_sigkill_leaves_a_journal_that_the_next_run_restores(tmp_path, sim_gpus)
     assert journal_entries() == {}
 
 
-@both_vendors
+@both_vendors_end_to_end
 def test_recover_leaves_a_board_someone_else_changed(tmp_path, sim_gpus) -> None:
     sim = sim_gpus(board())
     journal_path().parent.mkdir(parents=True, exist_ok=True)
@@ -298,7 +305,7 @@ def test_recover_leaves_a_board_someone_else_changed(tmp_path, sim_gpus) -> None
     assert sim.limit_mw(sim.gpus[0]) == 400_000 and journal_entries() == {}
 
 
-@both_vendors
+@both_vendors_end_to_end
 def test_auto_finds_the_cap_with_least_energy_within_the_slowdown(tmp_path, sim_gpus) -> None:
     """A 50-100 W board that draws min(100 W, cap), whose steps take 40 ms down to a 75 W cap
     and 100 ms at 50 W (the knee of a real profile, on a ladder of 100, 75 and 50 W).
@@ -365,7 +372,7 @@ def hf_train(tmp_path: Path, *callbacks) -> object:
     return trainer
 
 
-@both_vendors
+@both_vendors_end_to_end
 def test_hf_cap_is_applied_logged_and_restored(tmp_path, sim_gpus) -> None:
     from transformers import TrainerCallback
 
@@ -392,7 +399,7 @@ def test_hf_cap_is_applied_logged_and_restored(tmp_path, sim_gpus) -> None:
     assert logged and all(h["power/cap_w"] == 300.0 for h in logged)
 
 
-@both_vendors
+@both_vendors_end_to_end
 def test_hf_no_permission_and_strict(tmp_path, sim_gpus) -> None:
     from hf_energy import PowerCapCallback
 

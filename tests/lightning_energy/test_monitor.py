@@ -37,7 +37,11 @@ def trainer_for(pl, tmp_path: Path, monitor: EnergyMonitor, **kwargs):
 
 @pytest.mark.parametrize(
     ("name", "sim_gpus"),
-    [(FLAVOURS[0], "nvml"), (FLAVOURS[1], "nvml"), (FLAVOURS[0], "amdsmi")],
+    [
+        (FLAVOURS[0], "nvml"),
+        pytest.param(FLAVOURS[1], "nvml", marks=pytest.mark.slow),
+        pytest.param(FLAVOURS[0], "amdsmi", marks=pytest.mark.slow),
+    ],
     indirect=["sim_gpus"],
 )
 def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None:
@@ -103,7 +107,7 @@ def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None
     assert not any(t.name == "energy-sampler" for t in threading.enumerate())
 
 
-@pytest.mark.parametrize("name", FLAVOURS)
+@pytest.mark.parametrize("name", [FLAVOURS[0], pytest.param(FLAVOURS[1], marks=pytest.mark.slow)])
 def test_resume_from_checkpoint_continues_the_totals(name, tmp_path, sim_gpus) -> None:
     pl = flavour(name)
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))

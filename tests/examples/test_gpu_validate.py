@@ -9,6 +9,9 @@ from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.doubles.vendors import both_vendors
 
+# Smoke runs of what ships beside the package: in the slow run (`python -m pytest -m slow`, .ci/run).
+pytestmark = pytest.mark.slow
+
 PERIOD_S = 0.02
 
 

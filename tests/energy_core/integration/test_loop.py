@@ -9,18 +9,17 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from energy_core import J_PER_KWH, BudgetRule, EnergyLoop, PowerCapRun
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
-from tests.doubles.vendors import both_vendors
+from tests.doubles.vendors import both_vendors_end_to_end
+from tests.helpers import ROOT
 from tests.helpers.readback import csv_series, tensorboard_series
 from tests.helpers.records import read_record
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "loops"))
 GPU_W = 300.0
 PERIOD_S = 0.02
@@ -102,7 +101,7 @@ def test_accelerate_loop_logs_through_its_trackers(tmp_path, sim_gpus, paced) ->
     assert co2[-1][1] == pytest.approx(total[-1][1] * 1.2 * 475.0 / 1000, rel=1e-3)  # PUE 1.2, world average
 
 
-@both_vendors
+@both_vendors_end_to_end
 def test_a_budget_and_a_cap_in_a_plain_loop(sim_gpus) -> None:
     sim = known_gpu(sim_gpus)
     seen = []

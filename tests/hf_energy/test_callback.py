@@ -11,7 +11,7 @@ from energy_core import J_PER_KWH
 from hf_energy import EnergyCallback, attach
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
-from tests.doubles.vendors import both_vendors
+from tests.doubles.vendors import both_vendors_end_to_end
 from tests.helpers.hf_models import SeqData, make_trainer
 from tests.helpers.readback import tensorboard_series
 from tests.helpers.records import read_record
@@ -44,7 +44,7 @@ def mlflow_series(uri: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for run in runs for m in client.get_metric_history(run.info.run_id, key))
 
 
-@both_vendors
+@both_vendors_end_to_end
 def test_metrics_reach_log_history_tensorboard_and_mlflow(tmp_path, sim_gpus, mlflow_store) -> None:
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
     data = SeqData(96)

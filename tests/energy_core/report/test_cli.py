@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,7 @@ from energy_core.power import journal_path
 from energy_core.report.cli import main
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ The import-message tests hide a framework from a child interpreter (``sys.module
 None`` makes its import fail as if it were not installed) rather than uninstalling it. The
 wheel test (slow: a fresh virtual environment) builds the sdist and the wheel from a clean
 copy of the repository, installs the wheel with ``torch==2.13.0`` and uses it from outside the
-source tree. The helpers here (a clean copy, a fresh environment) serve tests/test_readme.py too.
+source tree. The helpers here (a clean copy, a fresh environment) serve tests/docs/test_readme.py too.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 PACKAGES = ("energy_core", "lightning_energy", "hf_energy")
 TORCH = "torch==2.13.0"  # the CPU build; an unpinned torch pulls GBs of CUDA wheels
 
@@ -66,7 +67,7 @@ def test_energy_core_needs_no_framework() -> None:
     assert done.returncode == 0, done.stderr
 
 
-# --- helpers for fresh environments (tests/test_readme.py uses them too) ---------------------
+# --- helpers for fresh environments (tests/docs/test_readme.py uses them too) ---------------------
 
 
 def clean_copy(dest: Path) -> Path:

@@ -8,14 +8,14 @@ from energy_core import J_PER_KWH
 from hf_energy import EnergyBudgetCallback, EnergyCallback, attach
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
-from tests.doubles.vendors import both_vendors
+from tests.doubles.vendors import both_vendors_end_to_end
 from tests.helpers.hf_models import SeqData, make_trainer
 from tests.helpers.records import read_record
 
 GPU_W = 300.0
 
 
-@both_vendors
+@both_vendors_end_to_end
 def test_stop_lands_within_one_step_and_saves(tmp_path, sim_gpus) -> None:
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
     record = tmp_path / "energy.jsonl"
@@ -38,7 +38,7 @@ def test_stop_lands_within_one_step_and_saves(tmp_path, sim_gpus) -> None:
 
 def test_forecast_after_the_first_epoch_is_the_rate_so_far_times_the_steps_left(tmp_path, sim_gpus) -> None:
     """The rule's projection of the figures logged at that step, whatever the machine's load
-    (how close it lands on a steady run: tests/test_core.py)."""
+    (how close it lands on a steady run: tests/energy_core/budget/test_guard.py)."""
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
     trainer = make_trainer(tmp_path / "out", SeqData(96), sleep_s=0.04, num_train_epochs=3, logging_steps=4)
     budget = EnergyBudgetCallback(max_kwh=1.0, devices=["gpu"], sample_interval_s=0.02)  # alone: measures itself

@@ -14,7 +14,7 @@ The convention, for whoever writes a page:
   and is printed by pytest (``-rs``). Use it only for what cannot run here (a real GPU,
   a network service, minutes of training).
 - ```bash blocks are **checked, not run** (they install packages or take minutes; the
-  README's are run by tests/test_readme.py): every install pins torch and names real
+  README's are run by tests/docs/test_readme.py): every install pins torch and names real
   extras; every ``python FILE`` / ``python -m MODULE`` names a file that exists and only
   options its source defines; every ``energy-report`` option exists.
 - ```yaml blocks are parsed, and every ``class_path`` with its ``init_args`` is
@@ -39,10 +39,10 @@ import pytest
 
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
+from tests.helpers import ROOT
 from tests.helpers.docs_given import GIVEN
-from tests.test_packaging import TORCH
+from tests.packaging.test_packaging import TORCH
 
-ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
 LANGUAGES = {"python", "bash", "yaml", "json", "text"}
 MARKER = re.compile(r"^<!-- docs-test: (skip: (?P<reason>.*?)|given (?P<given>[\w, ]+?)) -->$")
@@ -113,7 +113,7 @@ def test_the_docs_have_code_to_test() -> None:
 
 def test_every_block_names_a_known_language_and_markers_are_complete() -> None:
     bad = [f"{b.where}: ```{b.language}" for b in ALL if b.language not in LANGUAGES]
-    assert bad == [], "name a language: python, bash, yaml, json or text (see tests/test_docs.py)"
+    assert bad == [], "name a language: python, bash, yaml, json or text (see tests/docs/test_blocks.py)"
     for b in ALL:
         assert b.skip is None or len(b.skip) > 10, f"{b.where}: a skip needs its reason"
         assert set(b.given) <= set(GIVEN), f"{b.where}: unknown given {b.given}; known: {sorted(GIVEN)}"
@@ -176,7 +176,7 @@ def check_command(words: list[str], where: str) -> None:
             assert set(named.split(",")) <= extras, f"{where}: unknown extra in {line}"
         return
     if words[0] == "energy-report":
-        source = (ROOT / "energy_core" / "report.py").read_text()
+        source = (ROOT / "energy_core" / "report" / "cli.py").read_text()
         used = {w.split("=")[0] for w in words[1:] if w.startswith("--")}
         assert used <= options_in(source), f"{where}: energy-report has no {used - options_in(source)}"
         return

@@ -6,9 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+
+from tests.helpers import ROOT
+
+# Smoke runs of what ships beside the package: in the slow run (`python -m pytest -m slow`, .ci/run).
+pytestmark = pytest.mark.slow
 
 
 def test_quickstart_example(tmp_path) -> None:

@@ -24,9 +24,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tests.helpers import ROOT
 from tests.helpers.chromium import CHROMIUM_FLAGS, find_chromium, probe
 
-ROOT = Path(__file__).resolve().parents[1]
+# Smoke runs of what ships beside the package: in the slow run (`python -m pytest -m slow`, .ci/run).
+pytestmark = pytest.mark.slow
+
 PUBLIC = {  # the public classes of SPEC.md, and the framework-free API
     "lightning_energy.EnergyMonitor",
     "lightning_energy.EnergyBudget",

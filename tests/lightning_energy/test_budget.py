@@ -75,7 +75,7 @@ def test_stop_lands_within_one_step_of_crossing(tmp_path, sim_gpus, with_monitor
 
 def test_forecast_after_the_first_epoch_is_the_rate_so_far_times_the_steps_left(tmp_path, sim_gpus) -> None:
     """How close a forecast lands depends on how steady the steps are (exact on a steady run:
-    tests/test_core.py); here, in a real fit on a machine of any load, it must be the rule's
+    tests/energy_core/budget/test_guard.py); here, in a real fit on a machine of any load, it must be the rule's
     projection of the figures logged at that step."""
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
     budget = EnergyBudget(max_kwh=1.0, forecast="warn", devices=["gpu"], sample_interval_s=0.02)

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_packaging import TORCH, clean_copy, fresh_venv, run
+from tests.helpers import ROOT
+from tests.packaging.test_packaging import TORCH, clean_copy, fresh_venv, run
 
-ROOT = Path(__file__).resolve().parents[1]
 TEST_SUITE = re.compile(r"^pip install .*&& python -m pytest\b")  # the line .ci/run extracts
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ROOT
 from tests.helpers.records import read_record
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ["-m", "tests.scripts.distributed_budget"]
 
 

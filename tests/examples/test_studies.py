@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+# Smoke runs of what ships beside the package: in the slow run (`python -m pytest -m slow`, .ci/run).
+pytestmark = pytest.mark.slow
+
 sys.path.insert(0, str(ROOT / "examples" / "studies"))
 
 

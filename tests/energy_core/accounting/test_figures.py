@@ -1,0 +1,59 @@
+"""Run totals and sums over ranks, in one process: a checkpoint round trip, and two ranks with a fake collective."""
+
+from __future__ import annotations
+
+import pytest
+
+from energy_core import J_PER_KWH, Ranks, RunTotals
+from energy_core.accounting.figures import WindowFigures
+from energy_core.accounting.ranks import sum_over_ranks
+
+
+def test_run_totals_round_trip_through_a_checkpoint() -> None:
+    totals = RunTotals({"gpu": 7200.0, "cpu": 360.0}, {"val": 36.0}, samples=64, tokens=1000, fit_s=12.5)
+    state = totals.to_state()
+    assert state["stage_j"] == {"val": 36.0, "test": 0.0, "predict": 0.0}
+    again = RunTotals.from_state(state)
+    assert again.total_kwh == pytest.approx(7560.0 / J_PER_KWH)
+    assert (again.samples, again.tokens, again.fit_s) == (64, 1000, 12.5)
+    assert (totals + again).energy_j == {"gpu": 14400.0, "cpu": 720.0}
+
+
+def _two_ranks(local: list[RunTotals], windows: list[WindowFigures]) -> list:
+    """sum_over_ranks on ranks 0 and 1 of a two-process job, with a collective faked in one process."""
+    vectors: dict[int, list[float]] = {}
+    for rank in (0, 1):  # first pass: what each rank contributes
+        ranks = Ranks(rank=rank, world_size=2, sum=lambda v, r=rank: vectors.setdefault(r, v))
+        sum_over_ranks(ranks, local[rank], windows[rank], epoch_j=10.0 * (rank + 1))
+    total = [a + b for a, b in zip(vectors[0], vectors[1])]
+    return [
+        sum_over_ranks(Ranks(rank=r, world_size=2, sum=lambda v: total), local[r], windows[r], 10.0 * (r + 1))
+        for r in (0, 1)
+    ]
+
+
+def test_sums_over_ranks_pack_figures_by_name() -> None:
+    local = [
+        RunTotals({"gpu": 100.0, "cpu": 40.0}, samples=8, tokens=80, fit_s=2.0),
+        RunTotals({"gpu": 300.0}, samples=8, fit_s=2.1),
+    ]
+    windows = [WindowFigures(5, 1.0, 50.0, {"gpu0": 30.0}, 8, 80), WindowFigures(5, 1.1, 90.0, {"gpu0": 90.0}, 8, 0)]
+    rank0, rank1 = _two_ranks(local, windows)
+    for job in (rank0, rank1):  # every rank holds the same job figures
+        assert job.totals.energy_j == {"gpu": 400.0, "cpu": 40.0}  # CPU measured on rank 0 only
+        assert (job.totals.samples, job.totals.tokens) == (16, 80)
+        assert job.window.joules == 140.0 and job.window.gpu_j == {"gpu0": 30.0, "gpu1": 90.0}
+        assert (job.window.samples, job.window.tokens) == (16, 80)
+        assert job.epoch_j == 30.0
+        assert job.breakdown == {"rank_j": [50.0, 90.0], "rank_gpu_j": [30.0, 90.0]}
+    assert (rank0.totals.fit_s, rank1.totals.fit_s) == (2.0, 2.1)  # seconds stay each rank's own
+    assert rank0.window.seconds == 1.0  # and so does the window's time
+
+
+def test_one_process_sums_are_the_identity() -> None:
+    local = RunTotals({"gpu": 100.0}, {"val": 5.0}, samples=8, fit_s=2.0)
+    window = WindowFigures(5, 1.0, 50.0, {"gpu0": 20.0, "gpu1": 30.0}, 8, 0)
+    job = sum_over_ranks(Ranks(), local, window, epoch_j=7.0)
+    assert job.totals.energy_j == local.energy_j and job.totals.stage_j == {"val": 5.0, "test": 0.0, "predict": 0.0}
+    assert (job.totals.samples, job.totals.fit_s) == (8, 2.0)
+    assert job.window == window and job.epoch_j == 7.0 and job.breakdown is None

@@ -176,7 +176,10 @@ def test_a_hung_driver_call_does_not_hang_training(tmp_path, sim_gpus) -> None:
         with pytest.warns(UserWarning) as caught:
             trainer = fit(tmp_path, [monitor], make_module(pl, step_sleep_s=0.03), max_epochs=3)
     finally:
-        board.release.set()  # let the simulated call return, so the thread ends
+        board.release.set()  # let the simulated call return, so the thread left behind ends
+        for thread in threading.enumerate():
+            if thread.name == "energy-sampler":
+                thread.join(10)  # before the next test, which counts the sampler threads alive
     texts = " ".join(str(w.message) for w in caught)
     assert trainer.state.finished and "did not return within 5 s" in texts
     summary = read_record(tmp_path / "energy.jsonl")[-1]

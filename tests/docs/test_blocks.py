@@ -256,7 +256,7 @@ def test_json_blocks_are_json_lines() -> None:
 
 
 def test_included_files_exist_and_are_run_by_tests() -> None:
-    tests_text = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    tests_text = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py"))
     included = [b for b in ALL if b.included]
     assert included, "the pages show the examples through pymdownx.snippets"
     for block in included:

@@ -12,7 +12,10 @@ owns every piece it asks:
 * the `RunRecord`, written through `energy_core.output` (keys, metric dictionaries,
   header, summary).
 
-At a boundary the joules of its end mark are read once and handed to each piece.
+At a boundary the joules of its end mark are read once and handed to each piece, and the next
+window starts from them: the windows and stages of a run add up to its totals at each boundary,
+even where a boundary's joules were extrapolated past the newest reading (the next window then
+carries the correction). The totals at the fit's end are exact (every mark fixed).
 
 Hot path: `EnergyTracker.add_batch` adds two integers (and, for token masks, queues one
 lazy device sum). Everything that reads the hardware happens on the sampler thread;
@@ -177,7 +180,7 @@ class EnergyTracker:
         settled = self._stages.settle(self.meter)  # every mark is fixed now
         if not collective:
             self.ranks = Ranks(self.ranks.rank, self.ranks.local_rank)  # from here on, nothing waits for others
-        job = self._sum(end, self._window.work())
+        job = self._sum(end, self._window.work(), self._joules(end))
         metrics = {**self._cumulative(job.totals), **self._record_stages(settled)}
         # Fold this run into the resumed totals: a later fit of this tracker continues them.
         self._continue(self._kept(job.totals, end), own_share=not self.ranks.distributed or self.ranks.leads_job)
@@ -218,7 +221,7 @@ class EnergyTracker:
         if self._window.start is None:
             return {}, None
         if not self.meter.resolvable(end):  # before the sampler's second reading: no figure, not a zero
-            self._sum(end, self._window.counted())  # ranks reach this alike: keep the sums aligned
+            self._sum(end, self._window.counted(), self._joules(end))  # ranks reach this alike
             if not self._said_unresolved:
                 self._said_unresolved = True
                 text = (
@@ -228,18 +231,14 @@ class EnergyTracker:
                 )
                 self._notices.append(Notice("info", text))
             return metric_dicts.cap(self._cap_w), None
-        if epoch_start is None:
-            [end_j] = self.meter.joules(end)
-            epoch_j = 0.0
-        else:
-            start_j, end_j = self.meter.joules(epoch_start, end)
-            epoch_j = float((end_j - start_j).sum())
+        end_j = self._joules(end)
+        epoch_j = 0.0 if epoch_start is None else float((end_j - self.meter.joules(epoch_start)[0]).sum())
         settled = self._stages.settle(self.meter)  # runs too short to resolve at their end
         self._notices += self.meter.new_silences()
         if self._window.idle(step):  # nothing trained since the last window: it stays open
             idle = self._sum(end, self._window.counted(), end_j, epoch_j=epoch_j)  # ranks reach this alike
             return {**self._cumulative(idle.totals), **self._record_stages(settled)}, idle.epoch_j
-        local = self._window.close(self.meter, end, end_j, step)
+        local, carried_j = self._window.close(self.meter, end, end_j, step)
         job = self._sum(end, (local.samples, local.tokens), end_j, local, epoch_j)
         figures = job.window or local
         metrics = {**self._cumulative(job.totals), **metric_dicts.window(figures), **self._record_stages(settled)}
@@ -256,7 +255,7 @@ class EnergyTracker:
             extra=extra or {},
             ranks=job.breakdown,
         )
-        self._window = Window(end, step)
+        self._window = Window(end, step, carried_j)
         return metrics, job.epoch_j
 
     def start_epoch(self) -> None:
@@ -307,7 +306,7 @@ class EnergyTracker:
         if run is None:
             return {}
         if self.fitting:
-            self._window.exclude(run.start, run.end)
+            self._window.exclude(run)
         settled = self._stages.settle(self.meter)
         self._stages.sum_over(self.ranks)
         return self._record_stages(settled)
@@ -331,23 +330,23 @@ class EnergyTracker:
         return self._stages.kwh(stage)
 
     # ----------------------------------------------------------------- totals
-    def _local(self, end: Mark, open_work: tuple[int, int], end_j: np.ndarray | None = None) -> RunTotals:
+    def _joules(self, end: Mark) -> np.ndarray:
+        """The cumulative joules per source at ``end`` (read once per boundary)."""
+        return self.meter.joules(end)[0]
+
+    def _local(self, end: Mark, open_work: tuple[int, int]) -> RunTotals:
         """This process's totals at ``end`` (nothing charged)."""
-        if end_j is None:
-            [end_j] = self.meter.joules(end)
-        return self._accounts.local(end, end_j, open_work, self._stages.live_j)
+        return self._accounts.local(end, self._joules(end), open_work, self._stages.live_j)
 
     def _sum(
         self,
         end: Mark,
         open_work: tuple[int, int],
-        end_j: np.ndarray | None = None,
+        end_j: np.ndarray,
         figures: WindowFigures | None = None,
         epoch_j: float = 0.0,
     ) -> JobSums:
-        """The job's figures at boundary ``end``: its energy charged, then one sum over the ranks."""
-        if end_j is None:
-            [end_j] = self.meter.joules(end)
+        """The job's figures at boundary ``end`` (joules ``end_j``): its energy charged, one sum over the ranks."""
         local = self._accounts.local(end, end_j, open_work, self._stages.live_j, charge=True)
         sums = self._accounts.sum(self.ranks, local, figures, epoch_j)
         self._stages.set_job(sums.totals.stage_j if self.ranks.distributed else None)
@@ -376,7 +375,8 @@ class EnergyTracker:
     def reduce_totals(self) -> dict[str, float]:
         """The job's totals now: a collective in a multi-process job (all ranks must call)."""
         if self.fitting:
-            return self._cumulative(self._sum(self.meter.mark(), self._window.counted()).totals)
+            now = self.meter.mark()
+            return self._cumulative(self._sum(now, self._window.counted(), self._joules(now)).totals)
         return self.totals()
 
     @property

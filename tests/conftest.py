@@ -27,6 +27,19 @@ def no_real_hardware(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
     monkeypatch.setenv("ENERGY_CALLBACKS_POWER_JOURNAL", str(journal))  # never /var/tmp in tests
 
 
+@pytest.fixture(autouse=True)
+def no_sampler_left_running(request: pytest.FixtureRequest):
+    """A test leaves no sampler thread behind: a monitor that is never closed, on any path, fails here
+    (and would skew the next test's thread count)."""
+    before = {t for t in threading.enumerate() if t.name == "energy-sampler"}
+    yield
+    left = [t for t in threading.enumerate() if t.name == "energy-sampler" and t not in before]
+    for thread in left:
+        thread.join(5)  # one in its last reading gets a moment to finish
+    alive = [t for t in left if t.is_alive()]
+    assert not alive, f"{len(alive)} sampler thread(s) still running after {request.node.name}"
+
+
 @pytest.fixture
 def sim_gpus(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
     """Factory: ``sim_gpus(SimGpu(...), ...)`` installs simulated GPUs with those boards.

@@ -9,7 +9,9 @@ until its marks are resolved, and is settled then (`Stages.settle`), never as a 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from energy_core.accounting.figures import STAGES
 from energy_core.accounting.ranks import Ranks
@@ -17,14 +19,16 @@ from energy_core.sampling.meter import EnergyMeter, Mark
 from energy_core.units import J_PER_KWH
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class StageRun:
-    """One run of a stage, from its start to its end mark."""
+    """One run of a stage, from its start to its end mark; once settled, the joules per source
+    it was counted at (a window it ran inside takes out exactly these)."""
 
     stage: str
     start: Mark
     end: Mark
     step: int
+    per_source: np.ndarray | None = field(default=None, repr=False)
 
 
 class Stages:
@@ -69,7 +73,8 @@ class Stages:
         settled = []
         for run in ready:
             start_j, end_j = meter.joules(run.start, run.end)
-            joules = float((end_j - start_j).sum())
+            run.per_source = end_j - start_j
+            joules = float(run.per_source.sum())
             self.live_j[run.stage] += joules
             settled.append((run, joules))
         return settled

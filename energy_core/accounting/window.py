@@ -5,6 +5,10 @@ on the per-step path (two integer additions, or one queued lazy device sum for a
 mask). At the boundary `Window.close` turns the window into `WindowFigures`: training
 energy and time with the stages that ran inside it (validation) taken out, steps,
 samples and tokens.
+
+A window starts from the joules its predecessor ended at (``start_j``), and takes out a
+stage at the joules the stage was counted at: the windows and stages of a run add up to
+its total exactly, even where a boundary's joules were extrapolated past the newest reading.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from energy_core.accounting.figures import WindowFigures
+from energy_core.accounting.stages import StageRun
 from energy_core.accounting.work import count_batch
 from energy_core.sampling.meter import EnergyMeter, Mark
 
@@ -24,15 +29,18 @@ class Window:
     Args:
         start: Where it began (None before a fit starts).
         step: The optimizer step at its start.
+        start_j: The cumulative joules per source it starts from: those the previous window
+            ended at (None: read at ``start`` when the window closes).
     """
 
-    def __init__(self, start: Mark | None = None, step: int = 0) -> None:
+    def __init__(self, start: Mark | None = None, step: int = 0, start_j: np.ndarray | None = None) -> None:
         self.start = start
         self.step = step
+        self.start_j = start_j
         self.samples = 0
         self.tokens = 0
         self._lazy_tokens: Any = None
-        self._excluded: list[tuple[Mark, Mark]] = []
+        self._excluded: list[StageRun] = []
 
     def add_batch(self, batch: Any) -> None:
         """Count one (micro-)batch. No device sync, no I/O."""
@@ -54,31 +62,42 @@ class Window:
             self._lazy_tokens = None
         return self.samples, self.tokens
 
-    def exclude(self, start: Mark, end: Mark) -> None:
-        """Take a stage that ran inside this window (from ``start`` to ``end``) out of it; its
-        energy is resolved when the window closes (a short stage may end before a reading)."""
-        if self.start is not None and start.t >= self.start.t:
-            self._excluded.append((start, end))
+    def exclude(self, run: StageRun) -> None:
+        """Take a stage run that ran inside this window out of it, at the joules it is settled at
+        (a short stage may be settled only when the window closes)."""
+        if self.start is not None and run.start.t >= self.start.t:
+            self._excluded.append(run)
 
     def idle(self, step: int) -> bool:
         """Nothing trained since the window opened: it stays open."""
         return step <= self.step and self.samples == 0 and self._lazy_tokens is None
 
-    def close(self, meter: EnergyMeter, end: Mark, end_j: np.ndarray, step: int) -> WindowFigures:
+    def close(self, meter: EnergyMeter, end: Mark, end_j: np.ndarray, step: int) -> tuple[WindowFigures, np.ndarray]:
         """This process's figures of the window, from its start to ``end`` (whose cumulative
-        joules per source are ``end_j``) at optimizer step ``step``."""
-        per_source, seconds = self.measure(meter, end, end_j)
+        joules per source are ``end_j``) at optimizer step ``step``; and the joules per source the
+        next window starts from (``end_j``, unless a source's energy came out below zero: see `measure`)."""
+        per_source, seconds, carried_j = self.measure(meter, end, end_j)
         samples, tokens = self.work()
         gpu_j = {s.info.name: float(v) for s, v in zip(meter.sources, per_source) if s.info.kind == "gpu"}
-        return WindowFigures(step - self.step, seconds, float(per_source.sum()), gpu_j, samples, tokens)
+        figures = WindowFigures(step - self.step, seconds, float(per_source.sum()), gpu_j, samples, tokens)
+        return figures, carried_j
 
-    def measure(self, meter: EnergyMeter, end: Mark, end_j: np.ndarray) -> tuple[np.ndarray, float]:
-        """This window's training joules per source and training seconds, up to ``end``."""
+    def measure(self, meter: EnergyMeter, end: Mark, end_j: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        """This window's training joules per source, its training seconds, and the joules it accounts for.
+
+        A source's training energy below zero cannot be true (a stage inside the window was counted
+        at an extrapolated end that came out high): it is 0 here, and the next window starts from
+        what this one accounted for, above ``end_j``, so that it pays the excess back.
+        """
         assert self.start is not None
-        start_j, *stage_j = meter.joules(self.start, *(m for pair in self._excluded for m in pair))
-        joules = end_j - start_j
+        start_j = self.start_j if self.start_j is not None else meter.joules(self.start)[0]
+        stages_j = np.zeros_like(start_j)
         seconds = end.t - self.start.t
-        for i, (stage_start, stage_end) in enumerate(self._excluded):
-            joules = joules - (stage_j[2 * i + 1] - stage_j[2 * i])
-            seconds -= stage_end.t - stage_start.t
-        return joules, seconds
+        for run in self._excluded:
+            if run.per_source is None:  # not settled yet (cannot be, once the window can be closed)
+                run_start, run_end = meter.joules(run.start, run.end)
+                run.per_source = run_end - run_start
+            stages_j = stages_j + run.per_source
+            seconds -= run.end.t - run.start.t
+        joules = np.maximum(end_j - start_j - stages_j, 0.0)
+        return joules, seconds, start_j + stages_j + joules

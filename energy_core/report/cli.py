@@ -144,8 +144,7 @@ def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | Non
     run is also priced as if it had started at each hour of that series.
     """
     from energy_core.carbon.factor import Series
-    from energy_core.report import plots as report_plots
-    from energy_core.report import when as report_when
+    from energy_core.report import plots, when
 
     try:
         series = Series(intensity_series, "--intensity-series", "g/kWh") if intensity_series else None
@@ -181,18 +180,18 @@ def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | Non
     for label, run in runs:
         row, kwh = run_row(label, run)
         rows.append(row)
-        elsewhere.append((label, report_plots.elsewhere_rows(kwh)))
+        elsewhere.append((label, plots.elsewhere_rows(kwh)))
         if row[1].startswith("INCOMPLETE"):
             notes.append(f"{label}: the record has no summary line; figures are those of its last window")
     print_runs(SUMMARY_HEAD, rows, "Energy report")
     for label, table in elsewhere:
-        print_table(["grid", "g/kWh", *report_plots.PUES], table, f"{label}: the same energy elsewhere (g CO2e)")
+        print_table(["grid", "g/kWh", *plots.PUES], table, f"{label}: the same energy elsewhere (g CO2e)")
     other_hours = []
     for label, run in runs if series is not None else []:
-        table = report_when.started_at_other_hours(run, series)  # type: ignore[arg-type]  # series is set here
+        table = when.started_at_other_hours(run, series)  # type: ignore[arg-type]  # series is set here
         if table:
             other_hours.append((label, table))
-            print_table(report_when.WHAT_IF_HEAD, table, f"{label}: the same run started at another hour")
+            print_table(when.WHAT_IF_HEAD, table, f"{label}: the same run started at another hour")
     if other_hours:
         notes.append(
             f"started at another hour: the runs' energy slices moved in time and priced on {intensity_series} "
@@ -203,14 +202,14 @@ def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | Non
     out_dir = out_dir or read[0].with_suffix(".report")
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        plots = report_plots.plot_runs(runs, out_dir)
+        images = plots.plot_runs(runs, out_dir)
     except ImportError as err:  # matplotlib is a dependency; this is a damaged install
         print(
             f"energy-report: no plots: {err.name or 'matplotlib'} is missing (pip install matplotlib)", file=sys.stderr
         )
-        plots = []
+        images = []
     page = out_dir / "report.html"
-    report_plots.write_html(page, SUMMARY_HEAD, rows, elsewhere, plots, notes, other_hours)
+    plots.write_html(page, SUMMARY_HEAD, rows, elsewhere, images, notes, other_hours)
     print(f"plots and page: {page}")
     return 0
 

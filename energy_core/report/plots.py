@@ -218,7 +218,7 @@ def write_html(
     other_hours: Sequence[tuple[str, list[list[str]]]] = (),
 ) -> None:
     """A self-contained page: tables, the plots inlined as data URIs, notes; with
-    ``other_hours``, the what-if of each run's start hour (`energy_core.report_when`)."""
+    ``other_hours``, the what-if of each run's start hour (`energy_core.report.when`)."""
 
     def caption(p: Path) -> str:
         return html.escape(TITLES.get(p.name, p.stem.replace("_", " ")))

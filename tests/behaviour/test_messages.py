@@ -27,7 +27,9 @@ def test_asking_for_a_gpu_where_there_is_none_says_so_once_and_consistently() ->
 
 def test_the_devices_measured_are_listed_once(fake_rapl) -> None:
     fake_rapl(dram=False)
-    notices = EnergyTracker().start_fit(0)
+    tracker = EnergyTracker()
+    notices = tracker.start_fit(0)
+    tracker.end_fit(0)
     (listed,) = [n.text for n in notices if n.text.startswith("Measuring energy of")]
     assert listed == "Measuring energy of: cpu0."  # no GPU, no DRAM domain: said once, no contradiction
 

@@ -77,11 +77,11 @@ def run_lightning(out: Path) -> None:
 
 
 def run_hf(out: Path) -> None:
-    import hf_energy.framework as hf_compat
+    import hf_energy.framework as hf_framework
     from hf_energy import EnergyCallback, attach
     from tests.helpers.hf_models import SeqData, make_trainer
 
-    hf_compat.rank_gpu = lambda args: 0
+    hf_framework.rank_gpu = lambda args: 0
     trainer = make_trainer(out / "hf", SeqData(256), sleep_s=0.03, num_train_epochs=2, logging_steps=4)
     energy = attach(trainer, EnergyCallback(sample_interval_s=0.02, record_path=out / "energy.jsonl"))
     trainer.train()

@@ -6,9 +6,10 @@ boundaries against previewing (CO2e and cost of each slice at the factors in for
 midpoint), `Accounts.spent`, `Accounts.fit_seconds`, `Accounts.load` (own share or not, a
 checkpoint from before CO2e was charged slice by slice) and `Accounts.end`.
 
-The grid intensity is a step in wall time (400 g/kWh, then 100 g/kWh from 12 s after the fit
-starts), so a slice priced at the wrong moment gives a different figure; wall time is pinned
-by replacing the module's ``time`` (no dependence on the real clock). The meter's clock is a
+The grid intensity steps in wall time (400 g/kWh, then 100 g/kWh from 12 s after the fit starts,
+then 250 g/kWh from 18 s), so a slice priced at its end, or from the fit's start, rather than at
+its own midpoint gives a different figure; wall time is pinned by replacing the module's
+``time`` (no dependence on the real clock). The meter's clock is a
 `ManualClock` moved in binary steps, so the boards' counters read exactly.
 """
 
@@ -33,16 +34,19 @@ from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import ManualClock, SimGpu
 
 WALL0 = 1_800_000_000.0  # unix time when a fit begins (the module's time.time, pinned)
-SWITCH_S = 12.0  # the intensity drops this many seconds after the fit begins
+STEPS = ((18.0, 250.0), (12.0, 100.0))  # (seconds after the fit begins, g/kWh from then on); 400 g/kWh before
 PUE = 1.5
 PRICE = 0.25  # per kWh
 
 
 class StepIntensity(Factor):
-    """400 g/kWh until ``WALL0 + SWITCH_S``, 100 g/kWh from then on."""
+    """400 g/kWh until 12 s after `WALL0`, 100 g/kWh until 18 s, 250 g/kWh from then on."""
 
     def _lookup(self, when: float) -> Value:
-        return Value(400.0, "before", -math.inf) if when < WALL0 + SWITCH_S else Value(100.0, "after", WALL0)
+        for since, g_per_kwh in STEPS:
+            if when >= WALL0 + since:
+                return Value(g_per_kwh, f"from {since:g} s", WALL0 + since)
+        return Value(400.0, "at first", -math.inf)
 
 
 def kg_per_kwh(g_per_kwh: float) -> float:
@@ -122,7 +126,7 @@ def test_a_preview_charges_nothing_and_prices_all_energy_at_the_midpoint(bench: 
     peek = accounts.local(first, np.array([600.0 + 3000.0, 200.0]), (0, 0), {})
     assert peek.co2e_kg == pytest.approx(3000.0 / J_PER_KWH * kg_per_kwh(400.0), rel=1e-12)
     assert accounts.charges.charged_j == 0.0 and accounts.charges.co2e_kg == 0.0
-    second = at(bench, 20.0)  # 9000 J all priced at the midpoint 15 s: 100 g/kWh
+    second = at(bench, 20.0)  # 9000 J all priced at the midpoint 15 s: 100 g/kWh (at its end, 30 s: 250)
     totals = accounts.local(second, np.array([600.0 + 9000.0, 200.0]), (0, 0), {})
     assert totals.co2e_kg == pytest.approx(9000.0 / J_PER_KWH * kg_per_kwh(100.0), rel=1e-12)
 
@@ -134,7 +138,8 @@ def test_charging_at_a_boundary_keeps_that_slice_at_the_factor_of_its_own_midpoi
     charged = accounts.local(first, np.array([600.0 + 3000.0, 200.0]), (0, 0), {}, charge=True)
     assert accounts.charges.charged_j == 3000.0
     assert charged.co2e_kg == pytest.approx(3000.0 / J_PER_KWH * kg_per_kwh(400.0), rel=1e-12)
-    second = at(bench, 20.0)  # the next 6000 J at the midpoint of 10 s and 30 s: 100 g/kWh
+    second = at(bench, 10.0)  # the next 6000 J at 15 s, the midpoint of 10 s and 20 s: 100 g/kWh
+    # (at the slice's end, 20 s: 250 g/kWh; at the midpoint of the whole fit, 10 s: 400 g/kWh)
     totals = accounts.local(second, np.array([600.0 + 9000.0, 200.0]), (0, 0), {})
     expected = 3000.0 / J_PER_KWH * kg_per_kwh(400.0) + 6000.0 / J_PER_KWH * kg_per_kwh(100.0)
     assert totals.co2e_kg == pytest.approx(expected, rel=1e-12)
@@ -147,7 +152,7 @@ def test_spent_adds_the_live_energy_priced_now_to_the_checkpoints_share(bench: B
     accounts = bench.accounts
     accounts.load(RunTotals({"gpu": 0.5 * J_PER_KWH}, co2e_kg=0.25, cost=1.0), own_share=True, co2_per_kwh=0.0)
     start = begun(bench)
-    kwh, co2e, cost = accounts.spent(start.t + 30.0, 2 * J_PER_KWH)  # midpoint 15 s: 100 g/kWh
+    kwh, co2e, cost = accounts.spent(start.t + 30.0, 2 * J_PER_KWH)  # midpoint 15 s: 100 g/kWh (at 30 s: 250)
     assert kwh == pytest.approx(2.5, rel=1e-12)
     assert co2e == pytest.approx(0.25 + 2 * kg_per_kwh(100.0), rel=1e-12)
     assert cost == pytest.approx(1.0 + 2 * PUE * PRICE, rel=1e-12)

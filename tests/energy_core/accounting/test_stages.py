@@ -1,9 +1,10 @@
 """Validation, test and predict runs (`energy_core.accounting.stages.Stages`) on a real meter over a simulated GPU.
 
 What is tested: `Stages.start` / `Stages.end` (a run is held until the meter can give its marks
-a figure, and `Stages.settle` adds it up then, once), provisional names (``started_as``), a bad
-stage name, `Stages.local_j` with a checkpoint's share, `Stages.fold` at the end of a fit, and
-`Stages.kwh` from this process's figures or from the job's (`Stages.set_job`).
+a figure, and `Stages.settle` adds it up then, once, keeping its joules per source on the run),
+provisional names (``started_as``), a bad stage name, `Stages.local_j` with a checkpoint's share,
+`Stages.fold` at the end of a fit, and `Stages.kwh` from this process's figures or from the
+job's (`Stages.set_job`).
 
 The clock is a `ManualClock` moved in steps of 1/8 s and the board's counter ticks every 1/64 s,
 so each stage's energy is exactly its trace's integral, worked out by hand below.
@@ -71,6 +72,7 @@ def test_a_stage_is_added_up_once_with_the_energy_of_its_trace(bench: Bench) -> 
     assert not stages.running("val")
     settled = stages.settle(bench.meter)
     assert settled == [(run, 400.0 * 0.5 + 100.0 * 0.5)]
+    assert run.per_source.tolist() == [250.0]  # kept, for the window it ran in to take out exactly
     assert stages.settle(bench.meter) == []  # settled once
     assert stages.live_j == {**zeros(), "val": 250.0}
     assert stages.kwh("val") == 250.0 / J_PER_KWH

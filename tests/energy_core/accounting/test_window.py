@@ -2,8 +2,10 @@
 
 What is tested: `Window.add_batch` counting samples and tokens (an attention mask stays a lazy
 torch sum that `counted` leaves out and `work` reads once), `Window.idle`, `Window.exclude` (a
-stage inside the window is taken out of its energy and time, one that began before it is not)
-and `Window.close` / `Window.measure` (the typed figures of the window).
+stage run inside the window is taken out of its time and of its energy, at the joules the run
+was settled at; one that began before the window is not), and `Window.close` / `Window.measure`
+(the typed figures of the window; a window starts from the joules it is given, those its
+predecessor ended at, and its energy is never below zero).
 
 Every figure is exact: the clock is a `ManualClock` moved in steps of 1/8 s, the boards' energy
 counters tick every 1/64 s, and every mark is taken right after a reading, so the meter's value
@@ -21,6 +23,7 @@ import pytest
 import torch
 
 from energy_core.accounting.figures import WindowFigures
+from energy_core.accounting.stages import StageRun
 from energy_core.accounting.window import Window
 from energy_core.sampling.meter import EnergyMeter, Mark
 from tests.doubles.power_traces import Constant, Square
@@ -126,7 +129,7 @@ def test_closing_gives_the_window_steps_seconds_and_energy_per_gpu(bench: Bench)
     window.add_batch({"input_ids": torch.zeros(4, 2, dtype=torch.long), "attention_mask": mask(2, 2, 1, 0)})
     bench.advance(1.25)  # to t = 1.75 s
     end, end_j = bench.boundary()
-    figures = window.close(bench.meter, end, end_j, step=8)
+    figures, _ = window.close(bench.meter, end, end_j, step=8)
     gpu0_j = 500.0 * 0.5 + 100.0 * 0.75  # high until t = 1 s, then low
     gpu1_j = 100.0 * 1.25
     assert figures == WindowFigures(5, 1.25, gpu0_j + gpu1_j, {"gpu0": gpu0_j, "gpu1": gpu1_j}, 4, 5)
@@ -137,7 +140,7 @@ def test_closing_uses_the_end_joules_given_not_a_fresh_reading(bench: Bench) -> 
     window = Window(start, step=0)
     bench.advance(1.0)
     end, _ = bench.boundary()
-    figures = window.close(bench.meter, end, np.array([1234.0, 56.0]), step=1)
+    figures, _ = window.close(bench.meter, end, np.array([1234.0, 56.0]), step=1)
     assert figures.joules == 1234.0 + 56.0 and figures.gpu_j == {"gpu0": 1234.0, "gpu1": 56.0}
 
 
@@ -147,16 +150,31 @@ def test_a_stage_inside_the_window_is_taken_out_of_its_energy_and_time(bench: Be
     bench.advance(0.75)  # training at 500 + 100 W
     stage_start, _ = bench.boundary()
     bench.advance(0.5)  # validation from 0.75 s to 1.25 s: gpu0 at 500 W then 100 W
-    stage_end, _ = bench.boundary()
-    window.exclude(stage_start, stage_end)
+    run = StageRun("val", stage_start, bench.boundary()[0], step=0)  # not settled: the window reads its marks
+    window.exclude(run)
     bench.advance(0.5)  # training again from 1.25 s to 1.75 s at 100 + 100 W
     end, end_j = bench.boundary()
-    per_source, seconds = window.measure(bench.meter, end, end_j)
+    per_source, seconds, _ = window.measure(bench.meter, end, end_j)
     assert seconds == 1.25
     assert per_source.tolist() == [500.0 * 0.75 + 100.0 * 0.5, 100.0 * 1.25]
-    figures = window.close(bench.meter, end, end_j, step=2)
+    figures, _ = window.close(bench.meter, end, end_j, step=2)
     assert figures.joules == 500.0 * 0.75 + 100.0 * 0.5 + 100.0 * 1.25
     assert figures.seconds == 1.25
+
+
+def test_a_settled_stage_is_taken_out_at_the_joules_it_was_counted_at(bench: Bench) -> None:
+    start, _ = bench.boundary()
+    window = Window(start, step=0)
+    bench.advance(0.25)
+    stage_start, _ = bench.boundary()
+    bench.advance(0.5)  # what the meter says of the stage: 250 J and 50 J
+    run = StageRun("val", stage_start, bench.boundary()[0], step=0, per_source=np.array([240.0, 55.0]))
+    window.exclude(run)
+    bench.advance(0.25)
+    end, end_j = bench.boundary()
+    per_source, seconds, _ = window.measure(bench.meter, end, end_j)
+    assert seconds == 0.5
+    assert per_source.tolist() == [500.0 * 1.0 - 240.0, 100.0 * 1.0 - 55.0]  # the stage's own figure, not a re-read
 
 
 def test_two_stages_in_one_window_are_both_taken_out(bench: Bench) -> None:
@@ -166,10 +184,10 @@ def test_two_stages_in_one_window_are_both_taken_out(bench: Bench) -> None:
         bench.advance(0.25)
         stage_start, _ = bench.boundary()
         bench.advance(0.5)
-        window.exclude(stage_start, bench.boundary()[0])
+        window.exclude(StageRun("test", stage_start, bench.boundary()[0], step=0))
     bench.advance(0.5)  # training from 1.5 s to 2 s at 100 + 100 W
     end, end_j = bench.boundary()
-    per_source, seconds = window.measure(bench.meter, end, end_j)
+    per_source, seconds, _ = window.measure(bench.meter, end, end_j)
     assert seconds == 0.25 + 0.25 + 0.5
     assert per_source.tolist() == [500.0 * 0.5 + 100.0 * 0.5, 100.0 * 1.0]
 
@@ -180,9 +198,31 @@ def test_a_stage_that_began_before_the_window_is_not_taken_out(bench: Bench) -> 
     start, _ = bench.boundary()
     window = Window(start, step=0)
     bench.advance(0.25)
-    window.exclude(stage_start, bench.boundary()[0])
+    window.exclude(StageRun("val", stage_start, bench.boundary()[0], step=0))
     bench.advance(0.5)
     end, end_j = bench.boundary()
-    per_source, seconds = window.measure(bench.meter, end, end_j)
+    per_source, seconds, _ = window.measure(bench.meter, end, end_j)
     assert seconds == 0.75
     assert per_source.tolist() == [500.0 * 0.75, 100.0 * 0.75]
+
+
+def test_a_window_starts_from_the_joules_its_predecessor_ended_at(bench: Bench) -> None:
+    bench.advance(0.5)
+    start, start_j = bench.boundary()  # 250 J and 50 J, but the last window ended at an extrapolated 260 J, 52 J
+    window = Window(start, step=4, start_j=start_j + np.array([10.0, 2.0]))
+    bench.advance(0.5)
+    end, end_j = bench.boundary()
+    figures, _ = window.close(bench.meter, end, end_j, step=6)
+    assert figures.gpu_j == {"gpu0": 250.0 - 10.0, "gpu1": 50.0 - 2.0}  # it carries the correction
+    assert (figures.steps, figures.seconds, figures.joules) == (2, 0.5, 288.0)
+
+
+def test_a_windows_energy_is_never_below_zero(bench: Bench) -> None:
+    start, start_j = bench.boundary()
+    window = Window(start, step=0, start_j=start_j + np.array([200.0, 0.0]))  # its predecessor ran 200 J high
+    bench.advance(0.25)  # 125 J and 25 J
+    end, end_j = bench.boundary()
+    per_source, seconds, carried = window.measure(bench.meter, end, end_j)
+    assert per_source.tolist() == [0.0, 25.0] and seconds == 0.25
+    # the next window starts from what this one accounted for, 75 J above the end: it pays them back
+    assert (carried - end_j).tolist() == [75.0, 0.0]

@@ -1,0 +1,205 @@
+"""The end-of-run summary (`energy_core.output.summary`): the record's fields, the quality warning, the console text.
+
+What is tested: `summary_fields` (mean power, energy per sample and token, the energy-weighted
+mean intensity, cost, the stages, the meter's gaps and faults, the share of the energy that is
+estimated), `quality_notices` (one warning naming each device not measured for a while, or
+none) and `summary_text` (the lines shown, and those left out when they have nothing to say).
+
+Most tests hand `summary_fields` a stand-in for the meter with chosen faults, so every figure
+is worked out here; one runs a real meter over a simulated GPU that is lost mid-run, on a
+manual clock, to check that the meter's own fault report comes through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from energy_core import J_PER_KWH, RunTotals
+from energy_core.notices import Notice
+from energy_core.output.summary import quality_notices, summary_fields, summary_text
+from energy_core.sampling.meter import EnergyMeter
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import ManualClock, SimGpu
+
+CARBON = {"g_per_kwh": 400.0, "source": "given by the user", "pue": 1.2}
+NO_STAGES = {"val": 0.0, "test": 0.0, "predict": 0.0}
+
+
+@dataclass
+class MeterView:
+    """What `summary_fields` asks of a meter: its failed reads, its estimated sources, its faults."""
+
+    reads: dict[str, int] = field(default_factory=dict)
+    estimated: list[str] = field(default_factory=list)
+    faults: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def failed_reads(self) -> dict[str, int]:
+        return self.reads
+
+    def quality(self) -> dict[str, dict[str, Any]]:
+        return self.faults
+
+
+def fault(unmeasured_s: float, estimated_j: float, last_error: str = "", gaps: int = 1) -> dict[str, Any]:
+    return {
+        "gaps": gaps,
+        "resets": 0,
+        "glitches": 0,
+        "unmeasured_s": unmeasured_s,
+        "estimated_j": estimated_j,
+        "last_error": last_error,
+    }
+
+
+def fields_of(metrics: dict[str, float], totals: RunTotals, meter: Any = None, **kwargs: Any) -> dict[str, Any]:
+    stage_kwh = kwargs.pop("stage_kwh", NO_STAGES)
+    carbon = kwargs.pop("carbon", CARBON)
+    return summary_fields(metrics, totals, stage_kwh, carbon, meter or MeterView(), **kwargs)
+
+
+# ----------------------------------------------------------------------------- fields
+def test_the_fields_divide_the_final_energy_by_the_time_and_the_work() -> None:
+    metrics = {"energy/total_kwh": 0.5, "carbon/co2e_kg": 0.12, "cost/total": 3.0}
+    totals = RunTotals({"gpu": 1.0}, samples=1000, tokens=36_000, fit_s=900.0)  # energy from the metrics, not here
+    stage_kwh = {"val": 0.01, "test": 0.0, "predict": 0.002}
+    fields = fields_of(metrics, totals, stage_kwh=stage_kwh, currency="EUR")
+    assert fields["metrics"] is metrics
+    assert fields["seconds"] == 900.0
+    assert fields["mean_power_w"] == pytest.approx(0.5 * J_PER_KWH / 900.0)  # 2000 W
+    assert (fields["samples"], fields["tokens"]) == (1000, 36_000)
+    assert fields["j_per_sample"] == pytest.approx(1800.0)
+    assert fields["j_per_token"] == pytest.approx(50.0)
+    assert fields["stage_kwh"] == stage_kwh
+    assert fields["carbon"] == {**CARBON, "g_per_kwh": pytest.approx(1000 * 0.12 / (0.5 * 1.2))}  # 200 g/kWh
+    assert fields["cost"] == {"total": 3.0, "currency": "EUR"}
+    assert (fields["failed_reads"], fields["estimated"], fields["faults"]) == ({}, [], {})
+    assert (fields["unmeasured_s"], fields["estimated_share"]) == (0.0, 0.0)
+
+
+def test_a_run_without_time_work_or_energy_leaves_its_ratios_empty() -> None:
+    fields = fields_of({"energy/total_kwh": 0.0, "carbon/co2e_kg": 0.0}, RunTotals())
+    assert fields["mean_power_w"] is None
+    assert fields["j_per_sample"] is None and fields["j_per_token"] is None
+    assert fields["carbon"]["g_per_kwh"] == 400.0  # no energy to weigh by: the factor in force
+    assert fields["estimated_share"] == 0.0
+    assert fields["cost"] is None  # no price, no currency
+
+
+def test_empty_metrics_count_as_no_energy() -> None:
+    fields = fields_of({}, RunTotals(samples=4, fit_s=2.0))
+    assert fields["mean_power_w"] == 0.0 and fields["j_per_sample"] == 0.0
+    assert fields["carbon"]["g_per_kwh"] == 400.0
+
+
+def test_only_the_three_stages_are_kept() -> None:
+    fields = fields_of({}, RunTotals(), stage_kwh={"val": 1.0, "test": 2.0, "predict": 3.0, "train": 9.0})
+    assert fields["stage_kwh"] == {"val": 1.0, "test": 2.0, "predict": 3.0}
+
+
+def test_faults_give_the_longest_gap_and_the_share_of_the_energy_estimated() -> None:
+    meter = MeterView(
+        reads={"gpu0": 4, "gpu1": 2},
+        estimated=["cpu"],
+        faults={"gpu0": fault(3.5, 90_000.0, "NVMLError: GPU is lost"), "gpu1": fault(1.25, 90_000.0)},
+    )
+    fields = fields_of({"energy/total_kwh": 0.5}, RunTotals(fit_s=10.0), meter)
+    assert fields["failed_reads"] == {"gpu0": 4, "gpu1": 2} and fields["estimated"] == ["cpu"]
+    assert fields["unmeasured_s"] == 3.5
+    assert fields["estimated_share"] == pytest.approx(180_000.0 / (0.5 * J_PER_KWH))  # 10 %
+
+
+# ----------------------------------------------------------------------------- quality notices
+def test_no_quality_warning_without_time_or_energy_unmeasured() -> None:
+    meter = MeterView(reads={"gpu0": 3}, faults={"gpu0": fault(0.0, 0.0, "a glitch", gaps=3)})
+    assert quality_notices(fields_of({"energy/total_kwh": 1.0}, RunTotals(), meter)) == []
+    assert quality_notices(fields_of({"energy/total_kwh": 1.0}, RunTotals())) == []
+
+
+def test_one_warning_names_every_device_not_measured_its_error_and_the_share_estimated() -> None:
+    meter = MeterView(
+        faults={
+            "gpu0": fault(3.5, 90_000.0, "NVMLError: GPU is lost"),
+            "gpu1": fault(0.0, 0.0),  # a glitch, nothing estimated: not named
+            "gpu2": fault(12.0, 90_000.0),
+        }
+    )
+    [notice] = quality_notices(fields_of({"energy/total_kwh": 0.5}, RunTotals(), meter))
+    assert notice.level == "warn"
+    assert "gpu0 3.5 s not measured (last error: NVMLError: GPU is lost); gpu2 12.0 s not measured." in notice.text
+    assert "gpu1" not in notice.text
+    assert "10.0% of the energy is estimated" in notice.text
+
+
+# ----------------------------------------------------------------------------- console text
+def test_the_console_text_gives_energy_co2e_cost_work_and_stages() -> None:
+    metrics = {
+        "energy/total_kwh": 0.5,
+        "energy/cpu_kwh": 0.1,
+        "energy/gpu_kwh": 0.4,
+        "carbon/co2e_kg": 0.12,
+        "cost/total": 3.0,
+    }
+    totals = RunTotals(samples=1000, tokens=36_000, fit_s=900.0)
+    stage_kwh = {"val": 0.01, "test": 0.0, "predict": 0.002}
+    fields = fields_of(metrics, totals, stage_kwh=stage_kwh, currency="EUR")
+    assert summary_text(fields, estimated_kinds={"cpu"}).splitlines() == [
+        "Energy: 0.5 kWh (1,800,000.0 J) [cpu 0.1 kWh (estimated), gpu 0.4 kWh] over 900.0 s, mean 2000.0 W",
+        "CO2e: 120 g at 200 g/kWh x PUE 1.2 (given by the user)",
+        "Electricity cost: 3 EUR (PUE applied)",
+        "Work: 1,000 samples, 1800 J/sample; 36,000 tokens, 50 J/token",
+        "Other stages: val 0.01 kWh, predict 0.002 kWh",
+    ]
+
+
+def test_the_console_text_leaves_out_what_the_run_did_not_have() -> None:
+    fields = fields_of({}, RunTotals())
+    assert summary_text(fields, estimated_kinds=set()).splitlines() == [
+        "Energy: 0 kWh (0.0 J) [no device measured] over 0.0 s",
+        "CO2e: 0 g at 400 g/kWh x PUE 1.2 (given by the user)",
+    ]
+
+
+def test_the_console_text_shows_samples_without_tokens() -> None:
+    fields = fields_of({"energy/total_kwh": 0.001, "energy/gpu_kwh": 0.001}, RunTotals(samples=36, fit_s=3.6))
+    lines = summary_text(fields, estimated_kinds=set()).splitlines()
+    assert lines[0] == "Energy: 0.001 kWh (3,600.0 J) [gpu 0.001 kWh] over 3.6 s, mean 1000.0 W"
+    assert lines[-1] == "Work: 36 samples, 100 J/sample"
+
+
+def test_the_console_text_reports_gaps_and_the_energy_bridged() -> None:
+    meter = MeterView(reads={"gpu0": 7}, faults={"gpu0": fault(3.5, 180_000.0, "lost")})
+    fields = fields_of({"energy/total_kwh": 0.5, "energy/gpu_kwh": 0.5}, RunTotals(fit_s=10.0), meter)
+    lines = summary_text(fields, estimated_kinds=set()).splitlines()
+    assert lines[-2:] == [
+        "Gaps (failed reads): {'gpu0': 7}",
+        "Not measured: up to 3.5 s; 10.0% of the energy is bridged at the last good power",
+    ]
+
+
+# ----------------------------------------------------------------------------- a real meter
+def test_a_gpu_lost_mid_run_is_reported_by_the_meter_in_the_summary(sim_gpus) -> None:
+    clock = ManualClock()
+    sim_gpus(SimGpu("GPU-a", Constant(300.0), counter_period_s=1 / 64, fail_between=(1.0, 1e9)), clock=clock)
+    meter = EnergyMeter(devices=["gpu"], sample_interval_s=60, clock=clock)
+    meter.open()  # a reading at 0 s
+    for _ in range(9):  # readings at 0.25 s ... 2.25 s: good until 0.75 s, lost from 1 s on (6 failed)
+        clock.advance(0.25)
+        meter.sampler.sample_once()
+    [joules] = meter.joules(meter.mark())
+    meter.close()  # one more failed reading, at 2.25 s
+    measured_j, bridged_j = 300.0 * 0.75, 300.0 * 1.5  # bridged at the last good power from 0.75 s
+    assert joules.tolist() == [measured_j + bridged_j]
+    metrics = {"energy/total_kwh": float(joules.sum()) / J_PER_KWH, "energy/gpu_kwh": float(joules.sum()) / J_PER_KWH}
+    fields = fields_of(metrics, RunTotals(fit_s=2.25), meter)
+    assert fields["failed_reads"] == {"gpu0": 7}
+    [gpu0] = fields["faults"].values()
+    assert (gpu0["gaps"], gpu0["unmeasured_s"], gpu0["estimated_j"]) == (7, 1.5, bridged_j)
+    assert "GPU is lost" in gpu0["last_error"]
+    assert fields["unmeasured_s"] == 1.5
+    assert fields["estimated_share"] == pytest.approx(bridged_j / (measured_j + bridged_j))  # 2/3
+    [notice] = quality_notices(fields)
+    assert notice == Notice("warn", notice.text) and "gpu0 1.5 s not measured" in notice.text
+    assert "66.7% of the energy is estimated" in notice.text

@@ -12,6 +12,7 @@ from typing_extensions import Unpack
 
 from energy_core.integration import (
     EnergyTracker,
+    HasMonitorRun,
     MeasureArgs,
     MeasureOptions,
     MonitorRun,
@@ -25,7 +26,7 @@ from hf_energy.registry import LogContributor
 INFERENCE = "inference"  # provisional stage name: eval or predict is known only at the end
 
 
-class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
+class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableState):
     """Logs energy, power, throughput, energy per sample/token and CO2e in HF Trainer runs.
 
     Figures are added to the Trainer's own log calls (every ``logging_steps`` and at each
@@ -72,16 +73,6 @@ class EnergyCallback(LogContributor, TrainerCallback, ExportableState):
         self._pending: dict[str, float] = {}
         self._last_logged_step = -1
         self._world_zero = True
-
-    @property
-    def tracker(self) -> EnergyTracker:
-        """The tracker: its meter, totals and record (budgets and caps of the trainer share it)."""
-        return self.run.tracker
-
-    @property
-    def last_metrics(self) -> dict[str, float]:
-        """Every figure added to the logs so far, the latest value of each key."""
-        return self.run.last_metrics
 
     def _show(self, notices: list[Notice]) -> None:
         emit(notices, self._world_zero)

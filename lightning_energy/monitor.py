@@ -7,13 +7,22 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from energy_core.integration import EnergyTracker, MeasureArgs, MeasureOptions, MonitorRun, checks, keys, scalar_losses
+from energy_core.integration import (
+    EnergyTracker,
+    HasMonitorRun,
+    MeasureArgs,
+    MeasureOptions,
+    MonitorRun,
+    checks,
+    keys,
+    scalar_losses,
+)
 from lightning_energy.framework import CALLBACK_BASES, emit, log, override, own_share, rank_zero_info, ranks_of
 
 PROGRESS_BAR_KEYS = {keys.TOTAL_W: ("W", 1.0), keys.TOTAL_KWH: ("Wh", 1000.0)}
 
 
-class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
+class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
     """Logs energy, power, throughput, energy per sample/token and CO2e during training.
 
     Works with both ``lightning.pytorch.Trainer`` and ``pytorch_lightning.Trainer``.
@@ -65,16 +74,6 @@ class EnergyMonitor(*CALLBACK_BASES):  # type: ignore[misc]
         self._bar: Any = None
         self._every = 1
         self._last_logged_step = -1
-
-    @property
-    def tracker(self) -> EnergyTracker:
-        """The tracker: its meter, totals and record (budgets and caps in the trainer share it)."""
-        return self.run.tracker
-
-    @property
-    def last_metrics(self) -> dict[str, float]:
-        """Every figure logged so far, the latest value of each key."""
-        return self.run.last_metrics
 
     def _extra(self, trainer: Any) -> dict[str, float] | None:
         return scalar_losses(trainer.callback_metrics) if self.tracker.record is not None else None

@@ -20,7 +20,7 @@ from energy_core.budget.guard import BudgetAction
 from energy_core.budget.rule import BudgetRule
 from energy_core.budget.run import BudgetArgs, BudgetRun, HasBudgetRun
 from energy_core.integration.loop import EnergyLoop
-from energy_core.integration.monitor_run import MonitorRun
+from energy_core.integration.monitor_run import HasMonitorRun, MonitorRun
 from energy_core.notices import Notice, warn_at_user_code
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.output import keys
@@ -37,6 +37,7 @@ __all__ = [
     "EnergyLoop",
     "EnergyTracker",
     "HasBudgetRun",
+    "HasMonitorRun",
     "MeasureArgs",
     "MeasureOptions",
     "MonitorRun",

@@ -117,3 +117,19 @@ class MonitorRun:
         """Stop measuring (the process is done with it); the last notices are shown."""
         self.tracker.close()
         self.show(self.tracker.pop_notices())
+
+
+class HasMonitorRun:
+    """What a monitor callback shows of its `MonitorRun` (both framework adapters derive from it)."""
+
+    run: MonitorRun
+
+    @property
+    def tracker(self) -> EnergyTracker:
+        """The tracker: its meter, totals and record (budgets and caps of the trainer share it)."""
+        return self.run.tracker
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        """Every figure logged so far, the latest value of each key."""
+        return self.run.last_metrics

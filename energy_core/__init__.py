@@ -12,7 +12,7 @@ the ones below it (docs/architecture.md; enforced by the import contract in pypr
 * `options` - the measurement arguments, validated once;
 * `sampling` - the background sampler and the meter; `carbon` - grid intensity and price;
 * `devices` - every hardware reader behind one interface;
-* `checks`, `notices`, `codecarbon_data` - argument checks, messages, bundled data.
+* `checks`, `notices`, `units`, `codecarbon_data` - argument checks, messages, units, bundled data.
 """
 
 from energy_core.accounting.figures import RunTotals

@@ -174,9 +174,9 @@ class EnergyTracker:
         """
         if not self.fitting:
             return {}
+        end = self.meter.mark()  # before the sampler stops: its last reading fixes the fit's end exactly
         self._notices += self.meter.close()
         self.factors.stop()
-        end = self.meter.mark()
         settled = self._stages.settle(self.meter)  # every mark is fixed now
         if not collective:
             self.ranks = Ranks(self.ranks.rank, self.ranks.local_rank)  # from here on, nothing waits for others
@@ -359,6 +359,8 @@ class EnergyTracker:
         process's at ``end`` (now)."""
         if self.ranks.distributed and self._accounts.job is not None:
             return self._accounts.job
+        if not self.fitting:
+            return self._accounts.resumed
         return self._local(end or self.meter.mark(), open_work or self._window.counted())
 
     def _cumulative(self, totals: RunTotals) -> dict[str, float]:

@@ -105,7 +105,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
     def _on_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook: count a training micro-batch, or note that inference began."""
         if module.training:
-            self.tracker.add_batch(kwargs if kwargs else args)
+            self.run.count(kwargs if kwargs else args)
         elif not self.tracker.in_stage(INFERENCE):
             self.run.stage_start(INFERENCE)
 
@@ -135,7 +135,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
     def _end_inference(self, stage: str, state: TrainerState) -> dict[str, float]:
         figures = self.run.stage_end(stage, state.global_step, started_as=INFERENCE)
         if not self.tracker.fitting:  # a standalone evaluate()/predict(): stop the sampler again
-            self.tracker.close()
+            self.run.close()
         return figures
 
     # ------------------------------------------------------------------ hooks
@@ -175,7 +175,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         return [run] if run is not None else []
 
     def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self.tracker.start_epoch()
+        self.run.epoch_start()
         return control
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):

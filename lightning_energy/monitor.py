@@ -132,11 +132,11 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self.tracker.start_epoch()
+        self.run.epoch_start()
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.tracker.add_batch(batch)
+        self.run.count(batch)
         step = trainer.global_step
         if step % self._every or step == self._last_logged_step:
             return

@@ -168,13 +168,13 @@ class EnergyLoop:
     # ------------------------------------------------------------------ the loop
     def count(self, batch: Any) -> None:
         """Count a micro-batch's samples and tokens (with gradient accumulation; `step` counts one)."""
-        self.tracker.add_batch(batch)
+        self.monitor.count(batch)
 
     def step(self, batch: Any = None) -> dict[str, float]:
         """After an optimizer step: count ``batch`` (if given); every `log_every_n_steps`
         steps, the window's metrics (else ``{}``). Costs a few integer additions otherwise."""
         if batch is not None:
-            self.tracker.add_batch(batch)
+            self.monitor.count(batch)
         self.steps += 1
         metrics: dict[str, float] = {}
         if self.power_cap is not None and self.ranks.leads_node and self.power_cap.finder is not None:
@@ -193,7 +193,7 @@ class EnergyLoop:
         return self._done(metrics)
 
     def start_epoch(self) -> None:
-        self.tracker.start_epoch()
+        self.monitor.epoch_start()
 
     def end_epoch(self) -> dict[str, float]:
         """At an epoch end: the partial window, the totals and ``energy/epoch_kwh``."""

@@ -6,8 +6,10 @@ Every way of measuring a run (Lightning's `EnergyMonitor`, HF's `EnergyCallback`
 1. `MonitorRun.start`: this process's part in the job, the run's description for the
    record's header, the fit's start, and for each W&B run the energy keys defined by exact
    name (before the first log) and the carbon factor in its config;
-2. `MonitorRun.window` at each logging boundary, `MonitorRun.epoch` at each epoch end,
-   `MonitorRun.stage_start`/`MonitorRun.stage_end` around validation, test and predict;
+2. `MonitorRun.count` for each (micro-)batch (two integer additions: the hot path),
+   `MonitorRun.window` at each logging boundary, `MonitorRun.epoch_start` and `MonitorRun.epoch`
+   around each epoch, `MonitorRun.stage_start`/`MonitorRun.stage_end` around validation, test
+   and predict;
 3. `MonitorRun.finish`: the final totals (and each W&B run's summary), then
    `MonitorRun.close` when the process is done with measuring.
 
@@ -76,6 +78,13 @@ class MonitorRun:
         for run in wandb_runs:  # exact keys, before the first energy log
             wandb_run.define_axes(run, self.tracker, step_metric, prefix)
             wandb_run.write_config(run, self.tracker)
+
+    def count(self, batch: Any) -> None:
+        """Count one (micro-)batch's samples and tokens. No device sync, no I/O."""
+        self.tracker.add_batch(batch)
+
+    def epoch_start(self) -> None:
+        self.tracker.start_epoch()
 
     def window(self, step: int, extra: dict[str, Any] | None = None) -> dict[str, float]:
         """The figures of the logging window that ends at optimizer step ``step``."""

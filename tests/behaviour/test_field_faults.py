@@ -23,7 +23,7 @@ from energy_core.output.record import read_runs
 from lightning_energy import EnergyMonitor
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import ARCH_PASCAL, ManualClock, SimGpu
-from tests.doubles.vendors import both_vendors_end_to_end
+from tests.doubles.vendors import both_vendors
 from tests.helpers.lightning_models import flavour, make_module, regression_data
 from tests.helpers.manual import manual_run
 from tests.helpers.records import read_record
@@ -43,7 +43,7 @@ def total_j(tracker: EnergyTracker) -> float:
 
 
 # ----------------------------------------------------------------------------- 1. long epochs
-@both_vendors_end_to_end
+@both_vendors
 def test_an_epoch_far_longer_than_the_sample_buffer_is_exact(sim_gpus) -> None:
     clock = ManualClock()
     sim_gpus(gpu(), clock=clock)
@@ -60,7 +60,7 @@ def test_an_epoch_far_longer_than_the_sample_buffer_is_exact(sim_gpus) -> None:
 
 
 # ----------------------------------------------------------------------------- 2. resets, glitches
-@both_vendors_end_to_end
+@both_vendors
 def test_a_counter_reset_is_rebased_never_subtracted(sim_gpus) -> None:
     clock = ManualClock()
     sim_gpus(gpu(reset_at=5.0), clock=clock)
@@ -76,7 +76,7 @@ def test_a_counter_reset_is_rebased_never_subtracted(sim_gpus) -> None:
     run.tracker.end_fit(step=0)
 
 
-@both_vendors_end_to_end
+@both_vendors
 def test_a_one_read_spike_is_dropped(sim_gpus) -> None:
     clock = ManualClock()
     sim_gpus(gpu(spike_between=(2.95, 3.05)), clock=clock)
@@ -94,7 +94,7 @@ def test_a_one_read_spike_is_dropped(sim_gpus) -> None:
     run.tracker.end_fit(step=10)
 
 
-@both_vendors_end_to_end
+@both_vendors
 @pytest.mark.parametrize("bad_mw", [10**12, -300_000], ids=["1e9 W", "-300 W"])
 def test_an_impossible_polled_power_is_a_gap(sim_gpus, bad_mw) -> None:
     clock = ManualClock()
@@ -110,7 +110,7 @@ def test_an_impossible_polled_power_is_a_gap(sim_gpus, bad_mw) -> None:
 
 
 # ----------------------------------------------------------------------------- 3. a device lost for good
-@both_vendors_end_to_end
+@both_vendors
 def test_a_lost_device_is_bridged_and_reported(sim_gpus) -> None:
     clock = ManualClock()
     sim = sim_gpus(gpu(fail_between=(4.0, float("inf"))), clock=clock)

@@ -1,4 +1,4 @@
-"""Meters against known integrals: simulated GPUs (NVML and amdsmi), fake RAPL, the CPU estimate, the sampler."""
+"""Device readers against known integrals: simulated GPUs (NVML and amdsmi), fake RAPL, the CPU estimate."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from energy_core import devices
 from energy_core.devices import cpu_estimate, nvidia, rapl
 from energy_core.sampling.meter import EnergyMeter
-from energy_core.sampling.sampler import SampleBuffer, Sampler
+from energy_core.sampling.sampler import Sampler
 from tests.doubles.power_traces import Constant, Noisy, Ramp, Square
 from tests.doubles.sim_nvml import ARCH_PASCAL, ManualClock, SimGpu, SimNvml
 from tests.doubles.vendors import both_vendors
@@ -220,33 +220,6 @@ def test_the_process_tree_counts_children_and_never_goes_back() -> None:
     assert with_child - before >= 0.3  # the child's busy 0.3 s of CPU is charged
     tree._scanned = -1e9
     assert tree.cpu_seconds() >= with_child  # it ended: its time stays counted
-
-
-def test_ring_buffer_keeps_the_newest_rows_and_interpolates() -> None:
-    buffer = SampleBuffer(width=1, capacity=8)
-    for i in range(20):
-        buffer.append(float(i), [10.0 * i])
-    assert len(buffer) == 8
-    (mid, final), (old, _), (future, pending) = buffer.energy_at([15.5, 3.0, 21.0])
-    assert final and mid[0] == pytest.approx(155.0)
-    assert old[0] == pytest.approx(120.0)  # older than kept: clamped to the oldest row (t=12)
-    assert not pending and future[0] == pytest.approx(210.0)  # extrapolated at the last second's power
-
-
-def test_meter_marks_resolve_once_samples_arrive(sim_gpus) -> None:
-    import time
-
-    sim = sim_gpus(SimGpu("GPU-a", Constant(250.0), counter_period_s=0.02))
-    meter = EnergyMeter(devices=["gpu"], sample_interval_s=0.02)
-    meter.open()
-    start = meter.mark()
-    time.sleep(1.5)
-    end = meter.mark()
-    time.sleep(0.1)
-    joules = meter.joules(start, end)
-    meter.close()
-    assert start.joules is not None and end.joules is not None  # both resolved for good
-    assert (joules[1] - joules[0])[0] == pytest.approx(sim.exact_joules(sim.gpus[0], start.t, end.t), rel=0.02)
 
 
 def test_unknown_nvml_function_errors_are_real_pynvml_classes() -> None:

@@ -67,8 +67,7 @@ class EnergyToTargetCallback(HasTargetRun, LogContributor, TrainerCallback, Expo
     """
 
     def __init__(self, metric: str, target: float | None, **args: Unpack[TargetArgs]) -> None:
-        name = metric if not isinstance(metric, str) or metric.startswith(EVAL) else EVAL + metric
-        self.run = TargetRun.from_args("EnergyToTargetCallback", name, target, **args)
+        self.run = TargetRun.from_args("EnergyToTargetCallback", metric, target, prefix=EVAL, **args)
         self.metric = self.run.rule.metric
         self.last_metrics: dict[str, float] = {}
         self._stop: str | None = None

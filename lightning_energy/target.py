@@ -66,7 +66,7 @@ class EnergyToTarget(HasTargetRun, *CALLBACK_BASES):  # type: ignore[misc]
     """
 
     def __init__(self, monitor: str, target: float | None, **args: Unpack[TargetArgs]) -> None:
-        self.run = TargetRun.from_args("EnergyToTarget", monitor, target, **args)
+        self.run = TargetRun.from_args("EnergyToTarget", monitor, target, metric_arg="monitor", **args)
         self.monitor = self.run.rule.metric
 
     @property

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from energy_core import checks
 
 MODES = ("max", "min")
+
+
+def metric_name(argument: str, value: Any) -> str:
+    """A metric's name, a non-empty string; ``argument`` is what the caller calls it
+    (``metric``, Lightning's ``monitor``), for the error."""
+    return checks.text(argument, value, optional=False, what="the name of a logged metric")
 
 
 class TargetRule:
@@ -46,7 +53,7 @@ class TargetRule:
         min_gain_per_kwh: float | None = None,
         patience: int = 1,
     ) -> None:
-        self.metric = checks.text("metric", metric, optional=False, what="the name of a logged metric")
+        self.metric = metric_name("metric", metric)
         self.target = checks.number("target", target, optional=True)
         self.mode = checks.choice("mode", mode, MODES)
         self.stop = checks.boolean("stop", stop)

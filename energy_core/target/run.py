@@ -33,7 +33,7 @@ from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.output import keys
 from energy_core.output.record import TARGET
-from energy_core.target.rule import TargetRule
+from energy_core.target.rule import TargetRule, metric_name
 from energy_core.tracker import EnergyTracker
 from energy_core.tracker_share import TrackerShare
 from energy_core.units import J_PER_KWH
@@ -158,14 +158,29 @@ class TargetRun:
         self._said: set[str] = set()  # the one-time notices already given
 
     @classmethod
-    def from_args(cls, owner: str, metric: str, target: float | None, **args: Unpack[TargetArgs]) -> TargetRun:
+    def from_args(
+        cls,
+        owner: str,
+        metric: str,
+        target: float | None,
+        metric_arg: str = "metric",
+        prefix: str = "",
+        **args: Unpack[TargetArgs],
+    ) -> TargetRun:
         """Validate a target's arguments (the rule's and the measurement options) into a run.
+
+        Args:
+            metric_arg: What the public class calls the metric's argument (Lightning: ``monitor``).
+            prefix: What the framework puts before the metric's name when it logs it (HF:
+                ``eval_``), added unless the name already has it.
 
         Raises:
             TypeError, ValueError: naming the argument, for any invalid value.
         """
+        name = metric_name(metric_arg, metric)
+        name = name if name.startswith(prefix) else prefix + name
         given = dict(args)
-        rule = TargetRule(metric, target, **{k: given.pop(k) for k in RULE_ARGS if k in given})  # type: ignore[arg-type]
+        rule = TargetRule(name, target, **{k: given.pop(k) for k in RULE_ARGS if k in given})  # type: ignore[arg-type]
         run = cls(rule, MeasureOptions.of(owner, given), owner)
         run.args = {
             "target": rule.target,

@@ -144,7 +144,7 @@ def fine_tune(
         "method": method,
         "trainable": trainable,
         "trainable_pct": 100.0 * trainable / total,
-        "target_j": reached["target/energy_kwh"] * J_PER_KWH if reached else float("nan"),
+        "target_j": reached["target/energy_kwh"] * J_PER_KWH if reached else "-",
         "target_step": int(reached["target/step"]) if reached else "not reached",
         "joules": summary["metrics"]["energy/total_kwh"] * J_PER_KWH,
         "tokens": summary["tokens"],

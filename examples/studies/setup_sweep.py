@@ -109,7 +109,7 @@ def train(batch_size: int, lr: float, args: argparse.Namespace, max_kwh: float |
         "outcome": outcome,
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
-        "target_j": reached[0]["energy_kwh"] * J_PER_KWH if reached else float("nan"),
+        "target_j": reached[0]["energy_kwh"] * J_PER_KWH if reached else "-",
         "joules": rec["summary"]["metrics"]["energy/total_kwh"] * J_PER_KWH,
         "val_loss": val_loss,
         "seconds": rec["summary"]["seconds"],

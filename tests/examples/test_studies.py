@@ -50,7 +50,7 @@ def test_finetune_vs_inference(tmp_path, sim_gpus, monkeypatch) -> None:
 
     sim_gpus(SimGpu("GPU-s", Constant(300.0), counter_period_s=0.02))
     monkeypatch.setattr(cpu_estimate.ProcessTree, "cpu_seconds", lambda self: 0.0)
-    result = study.main(["--epochs", "1", "--passes", "10", "--target-loss", "0.5", "--out", str(tmp_path)])
+    result = study.main(["--epochs", "1", "--passes", "10", "--out", str(tmp_path)])
     by = {(r["padding"], r["phase"]): r for r in result["rows"]}
     lines = text_lines()
     cut = len(lines) * 4 // 5
@@ -70,13 +70,13 @@ def test_finetune_vs_inference(tmp_path, sim_gpus, monkeypatch) -> None:
         train = by[padding, "fine-tune"]
         evaluations = study.read_record(train["record"])["target"]
         assert [t["step"] for t in evaluations] == [10, 20, 26]  # every --eval-steps, and the last step
-        under = [t for t in evaluations if t["value"] <= 0.5]
+        under = [t for t in evaluations if t["value"] <= 0.3]  # the default target
         if under:
             assert under[0]["event"] == "reached"
             assert train["target_j"] == pytest.approx(under[0]["energy_kwh"] * study.J_PER_KWH)
             assert train["target_j"] < train["joules"]
         else:
-            assert train["target_j"] == "not reached"
+            assert train["target_j"] == "-"
     train_ratio = by["dynamic", "fine-tune"]["mj_per_token"] / by["dynamic", "inference"]["mj_per_token"]
     assert result["train_over_inference_j_per_token"] == pytest.approx(train_ratio)  # the report says what was measured
     assert "Wang" in (tmp_path / "report.md").read_text()
@@ -106,13 +106,14 @@ def test_setup_sweep_stops_at_the_target_and_when_hopeless(tmp_path) -> None:
     good, slow = result["rows"]
     assert (good["setup"], good["outcome"]) == ("bs64-lr0.003", "target")
     assert good["val_loss"] <= 0.05 and good["epochs"] < 30
-    # the energy to target is the record's figure at the validation that reached it: before the
-    # fit's end (the last figure is the end of that validation, then the fit ends), every
-    # validation before included
+    # the energy to target is the record's figure at the end of the validation that reached it,
+    # every validation before included; the fit ends right after it, so the final total is at
+    # most a sampler interval (0.1 s, +-20%; twice for a loaded machine) of power behind it: that
+    # figure is extrapolated from the newest reading at the last second's power, the total is exact
     reached = study.read_record(good["record"])["target"]
     assert [t["event"] for t in reached][-1] == "reached" and reached[-1]["value"] <= 0.05
     assert good["target_j"] == pytest.approx(reached[-1]["energy_kwh"] * study.J_PER_KWH)
-    assert 0 < good["target_j"] <= good["joules"]
+    assert 0 < good["target_j"] <= good["joules"] + 0.25 * good["joules"] / good["seconds"]
     assert (slow["setup"], slow["outcome"]) == ("bs64-lr1e-05", "hopeless (budget)")
     assert slow["val_loss"] > 0.05 and slow["epochs"] < 30
     # the hopeless setup got 2x the best energy to target and stopped there, within a sampler

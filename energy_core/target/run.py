@@ -59,22 +59,21 @@ class TargetArgs(MeasureArgs, total=False):
 @dataclass(frozen=True)
 class Evaluation:
     """One evaluation a target watched: the metric's value (None: not logged, or not a
-    finite number) and what the run had cost by its end (the job's, checkpoints included)."""
+    finite number) and what the run had cost by its end (the job's, checkpoints included;
+    energy and CO2e None before the sampler could give a figure)."""
 
     step: int
     value: float | None
-    kwh: float
-    co2e_kg: float
+    kwh: float | None
+    co2e_kg: float | None
     seconds: float
 
     def figures(self) -> dict[str, float]:
-        """``target/energy_kwh``, ``target/co2e_kg``, ``target/seconds``, ``target/step``."""
-        return {
-            keys.TARGET_KWH: self.kwh,
-            keys.TARGET_CO2E: self.co2e_kg,
-            keys.TARGET_SECONDS: self.seconds,
-            keys.TARGET_STEP: float(self.step),
-        }
+        """``target/energy_kwh``, ``target/co2e_kg`` (where resolved), ``target/seconds``, ``target/step``."""
+        figures = {keys.TARGET_SECONDS: self.seconds, keys.TARGET_STEP: float(self.step)}
+        if self.kwh is not None and self.co2e_kg is not None:
+            figures |= {keys.TARGET_KWH: self.kwh, keys.TARGET_CO2E: self.co2e_kg}
+        return figures
 
     def to_state(self) -> dict[str, Any]:
         return {"step": self.step, "value": self.value, "kwh": self.kwh, "co2e_kg": self.co2e_kg,
@@ -92,8 +91,8 @@ class Evaluation:
         return cls(
             checks.integer("stored target state: step", state.get("step"), low=0),
             checks.number("stored target state: value", state.get("value"), optional=True),
-            checks.number("stored target state: kwh", state.get("kwh"), low=0),
-            checks.number("stored target state: co2e_kg", state.get("co2e_kg"), low=0),
+            checks.number("stored target state: kwh", state.get("kwh"), low=0, optional=True),
+            checks.number("stored target state: co2e_kg", state.get("co2e_kg"), low=0, optional=True),
             checks.number("stored target state: seconds", state.get("seconds"), low=0),
         )
 
@@ -230,8 +229,9 @@ class TargetRun:
             return TargetOutcome()
         number = as_value(value)
         notices = self._gap_notice(step, value, number, logged)
-        totals = tracker.snapshot()  # the job's, at the end of this evaluation (a collective in a job)
-        now = Evaluation(step, number, totals.total_kwh, totals.co2e_kg, totals.fit_s)
+        totals, resolved = tracker.snapshot()  # the job's, at the end of this evaluation (a collective in a job)
+        kwh, co2e_kg = (totals.total_kwh, totals.co2e_kg) if resolved else (None, None)
+        now = Evaluation(step, number, kwh, co2e_kg, totals.fit_s)
         gain = self._gain(now)
         metrics: dict[str, float] = {}
         if gain is not None and self.rule.min_gain_per_kwh is not None:
@@ -265,11 +265,13 @@ class TargetRun:
         if len(self.history) < self.rule.patience:
             return None
         then = self.history[0]
-        if now.value is None or then.value is None:
+        if now.value is None or then.value is None or now.kwh is None or then.kwh is None:
             return None
         return self.rule.gain((now.value, now.kwh), (then.value, then.kwh))
 
     def _cost(self, at: Evaluation) -> str:
+        if at.kwh is None or at.co2e_kg is None:
+            return f"no energy figure yet (before the sampler's second reading), {at.seconds:.1f} s of training"
         return (f"{at.kwh:.6g} kWh ({at.kwh * J_PER_KWH:,.0f} J), {at.co2e_kg * 1000:.4g} g CO2e, "
                 f"{at.seconds:.1f} s of training")  # fmt: skip
 
@@ -283,13 +285,13 @@ class TargetRun:
 
     def _diminishing_text(self, at: Evaluation, gain: float | None) -> str:
         then = self.history[0] if self.history else None
-        if gain is None or then is None or then.value is None or at.value is None:
-            how = "by too little per kWh on another rank"
-        else:
-            how = (
-                f"by {gain:.4g} per kWh over the last {self.rule.patience} evaluation(s) ({self.rule.metric} "
-                f"{then.value:.6g} -> {at.value:.6g} for {at.kwh - then.kwh:.6g} kWh)"
-            )
+        how = "by too little per kWh on another rank"  # this rank's gain, when it has one, is said instead
+        if gain is not None and then is not None and then.value is not None and at.value is not None:
+            if then.kwh is not None and at.kwh is not None:
+                how = (
+                    f"by {gain:.4g} per kWh over the last {self.rule.patience} evaluation(s) ({self.rule.metric} "
+                    f"{then.value:.6g} -> {at.value:.6g} for {at.kwh - then.kwh:.6g} kWh)"
+                )
         return (
             f"Diminishing returns at step {at.step}: {self.rule.metric} improved {how}, below "
             f"min_gain_per_kwh={self.rule.min_gain_per_kwh:g}; spent so far: {self._cost(at)}. Stopping here."

@@ -216,3 +216,20 @@ def test_every_rank_reaches_the_same_decisions_with_the_same_collectives(bench) 
     assert second.stop is not None and "on another rank (val_acc here: no figure)" in second.stop
     assert second.metrics["target/energy_kwh"] == pytest.approx(2 * EPOCH_KWH, rel=1e-12)
     assert len(calls) == 4  # a missing value still takes part
+
+
+def test_an_evaluation_before_the_samplers_second_reading_has_no_energy_figure(bench) -> None:
+    """Right after the fit starts the sampler has one reading: no power to extrapolate with."""
+    target = target_run(bench, metric="val_acc", target=0.5, min_gain_per_kwh=1.0)
+    outcome = target.evaluate(0, 0.6)
+    assert outcome.metrics == {"target/seconds": 0.0, "target/step": 0.0}  # no false zero of energy
+    assert outcome.stop is not None and "no energy figure yet (before the sampler's second reading)" in outcome.stop
+    (line,) = target_lines(bench)
+    assert line["event"] == "reached" and line["energy_kwh"] is None and line["co2e_kg"] is None
+    later = bench.epoch(target, 0.9)
+    assert later.metrics == {}  # no gain from an evaluation without energy, and reached once
+    assert target_lines(bench)[-1]["energy_kwh"] == pytest.approx(EPOCH_KWH, rel=1e-12)
+    assert target.state_dict()["reached"]["kwh"] is None
+    restored = TargetRun(TargetRule("val_acc", 0.5), MeasureOptions())
+    restored.load_state_dict(target.state_dict())
+    assert restored.reached == target.reached

@@ -91,9 +91,9 @@ class EnergyToTargetCallback(HasTargetRun, LogContributor, TrainerCallback, Expo
     # ------------------------------------------------------------------ the evaluation's log entry
     def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
         """At an evaluation's log call (every rank): the target's figures into that entry."""
-        if not any(key.startswith(EVAL) for key in logs):
-            return {}
         evaluated = [key for key in logs if key.startswith(EVAL)]
+        if not evaluated:  # a training log
+            return {}
         outcome = self.run.evaluate(state.global_step, logs.get(self.metric), logged=evaluated)
         emit(outcome.notices, self._world_zero)
         if outcome.stop is not None:

@@ -243,10 +243,12 @@ class TargetRun:
                 self.reached, event = now, REACHED
                 metrics.update(now.figures())
                 text = self._reached_text(now, here)
-                if self.rule.stop and self.stopped is None:
-                    self.stopped, stop = "target", text + " Stopping here (stop=True)."
-                else:
+                if not self.rule.stop:
                     notices.append(Notice("info", text + " Training goes on (stop=False)."))
+                elif self.stopped is None:
+                    self.stopped, stop = "target", text + " Stopping here (stop=True)."
+                else:  # a stop already under way (Lightning's min_epochs kept it training)
+                    notices.append(Notice("info", text))
         if self.rule.min_gain_per_kwh is not None:  # the same on every rank
             small = gain is not None and self.rule.too_small(gain)
             if self._ranks.agree(small) and self.stopped is None:

@@ -376,10 +376,22 @@ class EnergyTracker:
 
     def reduce_totals(self) -> dict[str, float]:
         """The job's totals now: a collective in a multi-process job (all ranks must call)."""
+        return self._cumulative(self.snapshot()[0])
+
+    def snapshot(self) -> tuple[RunTotals, bool]:
+        """The job's totals now, typed, their ``fit_s`` the training time since the first fit
+        start (checkpoints included), and whether their energy is resolved: a collective in a
+        multi-process job (all ranks must call).
+
+        Now is a mark taken here: its joules are extrapolated from the newest reading (at most
+        one sampling interval old) at the last second's power, as at every logging boundary.
+        Before the sampler's second reading there is no power to extrapolate with: the energy
+        is then no figure (False), not a zero.
+        """
         if self.fitting:
             now = self.meter.mark()
-            return self._cumulative(self._sum(now, self._window.counted(), self._joules(now)).totals)
-        return self.totals()
+            return self._sum(now, self._window.counted(), self._joules(now)).totals, self.meter.resolvable(now)
+        return self._totals_now(), True
 
     @property
     def resumed_kwh(self) -> float:

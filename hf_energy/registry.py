@@ -26,6 +26,7 @@ from transformers.training_args import TrainingArguments
 from energy_core.integration import warn_at_user_code
 
 T = TypeVar("T")
+CALLBACKS = "EnergyCallback, EnergyBudgetCallback, PowerCapCallback or EnergyToTargetCallback"
 
 
 class EnergyCallbacks:
@@ -132,7 +133,8 @@ def attach(trainer: Any, *callbacks: LogContributor) -> Any:
 
     Wraps this Trainer instance's ``log`` so that, before ``log_history`` and the
     ``report_to`` integrations see a log call, every `EnergyCallback`,
-    `EnergyBudgetCallback` and `PowerCapCallback` of the trainer adds its figures. Works
+    `EnergyBudgetCallback`, `PowerCapCallback` and `EnergyToTargetCallback` of the trainer
+    adds its figures. Works
     for any Trainer subclass, and keeps working when HF re-creates the callbacks on resume
     (``restore_callback_states_from_checkpoint=True``).
 
@@ -140,16 +142,13 @@ def attach(trainer: Any, *callbacks: LogContributor) -> Any:
         The first callback given (the others are reachable as the objects you passed).
 
     Raises:
-        ValueError: no callback, or an object that is not one of the three.
+        ValueError: no callback, or an object that is not one of the four.
     """
     if not callbacks:
-        raise ValueError("attach needs at least one EnergyCallback, EnergyBudgetCallback or PowerCapCallback")
+        raise ValueError(f"attach needs at least one of {CALLBACKS}")
     for callback in callbacks:
         if not isinstance(callback, LogContributor):
-            raise ValueError(
-                "attach takes EnergyCallback, EnergyBudgetCallback or PowerCapCallback instances, "
-                f"got {type(callback).__name__}"
-            )
+            raise ValueError(f"attach takes instances of {CALLBACKS}, got {type(callback).__name__}")
     registry = EnergyCallbacks.of(trainer.model) or EnergyCallbacks()
     for callback in callbacks:
         trainer.add_callback(callback)

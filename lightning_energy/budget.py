@@ -7,7 +7,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core.integration import BudgetAction, BudgetArgs, BudgetRun, HasBudgetRun, Notice
-from lightning_energy.framework import CALLBACK_BASES, emit, find_callback, log, override, ranks_of
+from lightning_energy.framework import CALLBACK_BASES, emit, find_callback, log, override, ranks_of, stop
 from lightning_energy.monitor import EnergyMonitor
 
 
@@ -77,19 +77,7 @@ class EnergyBudget(HasBudgetRun, *CALLBACK_BASES):  # type: ignore[misc]
     def _act(self, trainer: Any, action: BudgetAction | None) -> None:
         if action is None:
             return
-        message = action.reason
-        if action.kind == "stop":
-            trainer.should_stop = True
-            blocked = []
-            if trainer.min_epochs and trainer.current_epoch + 1 < trainer.min_epochs:
-                blocked.append(f"min_epochs={trainer.min_epochs}")
-            if trainer.min_steps and trainer.global_step < trainer.min_steps:
-                blocked.append(f"min_steps={trainer.min_steps}")
-            if blocked:
-                message += (
-                    f" Note: Lightning keeps training until {' and '.join(blocked)} are reached; "
-                    "a budget stop (trainer.should_stop) cannot override them."
-                )
+        message = stop(trainer, action.reason) if action.kind == "stop" else action.reason
         emit([Notice("warn", message)])
 
     def _review(self, trainer: Any, epochs_done: int) -> None:

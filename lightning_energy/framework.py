@@ -94,6 +94,23 @@ def find_callback(trainer: Any, cls: type) -> Any:
     return next((cb for cb in trainer.callbacks if isinstance(cb, cls)), None)
 
 
+def stop(trainer: Any, reason: str) -> str:
+    """Ask the trainer to stop (``trainer.should_stop``); ``reason``, with a note when Lightning's
+    ``min_epochs``/``min_steps`` will keep it training, which ``should_stop`` cannot override."""
+    trainer.should_stop = True
+    blocked = []
+    if trainer.min_epochs and trainer.current_epoch + 1 < trainer.min_epochs:
+        blocked.append(f"min_epochs={trainer.min_epochs}")
+    if trainer.min_steps and trainer.global_step < trainer.min_steps:
+        blocked.append(f"min_steps={trainer.min_steps}")
+    if not blocked:
+        return reason
+    return (
+        f"{reason} Note: Lightning keeps training until {' and '.join(blocked)} are reached; "
+        "a stop from a callback (trainer.should_stop) cannot override them."
+    )
+
+
 def log(trainer: Any, metrics: dict[str, float]) -> None:
     """Log figures to every logger of the trainer at its global step."""
     if metrics:
@@ -120,4 +137,5 @@ __all__ = [
     "rank_zero_info",
     "rank_zero_warn",
     "ranks_of",
+    "stop",
 ]

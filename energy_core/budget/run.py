@@ -1,7 +1,7 @@
 """BudgetRun: one budget in one training run, for every framework adapter.
 
-It decides which tracker the budget watches (a monitor's, shared, or its own, built only
-when there is no monitor), builds the `BudgetGuard` once the run's length is known, keeps
+It watches a tracker (a monitor's, shared, or its own, built only when there is no
+monitor: `TrackerShare`), builds the `BudgetGuard` once the run's length is known, keeps
 the budget's checkpoint state and ends its own tracker with the right status. Adapters
 only translate hooks: when the fit starts, when a step ends, when to review, how to stop.
 """
@@ -18,6 +18,7 @@ from energy_core.budget.rule import BudgetRule
 from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.tracker import EnergyTracker
+from energy_core.tracker_share import TrackerShare
 
 BUDGET_STOP = "budget-stop"
 RULE_ARGS = ("max_kwh", "max_co2e_kg", "max_cost", "forecast")
@@ -50,9 +51,8 @@ class BudgetRun:
         self.rule = rule
         self.options = options
         self.args: dict[str, Any] = {}
-        self.tracker: EnergyTracker | None = None
+        self.share = TrackerShare(options)
         self.guard: BudgetGuard | None = None
-        self.owns = False
         self._ranks = Ranks()
         self._saved: dict[str, Any] = {}
 
@@ -76,6 +76,16 @@ class BudgetRun:
         return run
 
     @property
+    def tracker(self) -> EnergyTracker | None:
+        """The tracker watched: a monitor's, or the budget's own (None before `bind`)."""
+        return self.share.tracker
+
+    @property
+    def owns(self) -> bool:
+        """Whether the budget measures alone, with a tracker of its own."""
+        return self.share.owns
+
+    @property
     def active(self) -> bool:
         """Watching, and not yet stopped."""
         return self.guard is not None and self.guard.stopped is None
@@ -90,15 +100,7 @@ class BudgetRun:
             resumed: The trainer resumed from a checkpoint (see `EnergyTracker.start_fit`).
         """
         self._ranks = ranks
-        self.owns = shared is None
-        if shared is not None:
-            self.tracker = shared
-            return []
-        if self.tracker is None:
-            self.tracker = EnergyTracker(self.options)
-        self.tracker.join(ranks)
-        self.tracker.load_state_dict(self._saved.get("tracker"), own_share=ranks.leads_job)
-        return self.tracker.start_fit(step, resumed=resumed)
+        return self.share.bind(shared, ranks, step, resumed)
 
     def begin(self, step: int, total_steps: float | None, epoch_steps: float | None) -> BudgetAction | None:
         """Once every callback has started and the run's length is known: a resumed run whose
@@ -128,31 +130,26 @@ class BudgetRun:
 
         ``collective=False`` where the other ranks may not follow (an exception on this rank).
         """
-        if not self.owns or self.tracker is None:
-            return []
         stopped = self.guard is not None and self.guard.stopped is not None
         final = BUDGET_STOP if stopped and status == "completed" else status
-        self.tracker.end_fit(step, status=final, collective=collective)
-        self.tracker.close()
-        return self.tracker.pop_notices()
+        return self.share.finish(step, final, collective)
 
     def close(self) -> None:
         """Stop the budget's own sampler (idempotent)."""
-        if self.owns and self.tracker is not None:
-            self.tracker.close()
+        self.share.close()
 
     def state_dict(self) -> dict[str, Any]:
         """The guard's state and, measuring alone, the totals."""
         state: dict[str, Any] = {"guard": self.guard.state_dict() if self.guard else self._saved.get("guard", {})}
-        if self.owns and self.tracker is not None:
-            state["tracker"] = self.tracker.state_dict()
+        totals = self.share.state_dict()
+        if totals is not None:
+            state["tracker"] = totals
         return state
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Keep a checkpoint's state for `bind`/`begin` (or apply it, if restored after fit start)."""
         self._saved = dict(state or {})
-        if self.owns and self.tracker is not None and "tracker" in self._saved:
-            self.tracker.load_state_dict(self._saved["tracker"], own_share=self._ranks.leads_job)
+        self.share.load_state_dict(self._saved.get("tracker"), own_share=self._ranks.leads_job)
 
 
 class HasBudgetRun:

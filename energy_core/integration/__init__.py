@@ -1,15 +1,16 @@
 """Integration: what a framework adapter or a hand-written loop calls, and nothing else (the adapter contract).
 
-An adapter translates its framework's hooks into three runs, each the one object that
+An adapter translates its framework's hooks into these runs, each the one object that
 knows its part of a training run:
 
 * `MonitorRun` - the measurement: start, windows, epochs, stages, finish (W&B included);
 * `BudgetRun` - a budget: bind to a tracker, begin, check each step, review, finish;
 * `PowerCapRun` - a power cap: start on the node's leader, drive the finder, publish the
   cap, restore on every way out;
+* `TargetRun` - a target: bind to a tracker, evaluate at each evaluation's end, finish;
 
 and builds a `Ranks` from its framework's view of the job (or `torch_distributed`).
-`EnergyLoop` is the same three runs driven by a few calls from a loop of one's own.
+`EnergyLoop` is the same runs driven by a few calls from a loop of one's own.
 `lightning_energy` and `hf_energy` import from this package and from `energy_core`'s
 public names only (the import contract in pyproject.toml says so).
 """
@@ -26,6 +27,8 @@ from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.output import keys
 from energy_core.output.record import scalar_losses
 from energy_core.power.cap import CapArgs, PowerCapRun
+from energy_core.target.rule import TargetRule
+from energy_core.target.run import HasTargetRun, TargetArgs, TargetOutcome, TargetRun
 from energy_core.tracker import EnergyTracker
 
 __all__ = [
@@ -38,12 +41,17 @@ __all__ = [
     "EnergyTracker",
     "HasBudgetRun",
     "HasMonitorRun",
+    "HasTargetRun",
     "MeasureArgs",
     "MeasureOptions",
     "MonitorRun",
     "Notice",
     "PowerCapRun",
     "Ranks",
+    "TargetArgs",
+    "TargetOutcome",
+    "TargetRule",
+    "TargetRun",
     "checks",
     "keys",
     "scalar_losses",

@@ -4,7 +4,8 @@ The same measurement, metric keys, run record, budgets and power caps as the Lig
 and Hugging Face callbacks, driven by a few calls from your loop: `EnergyLoop.step` after
 each optimizer step (it returns the window's metrics every ``log_every_n_steps`` steps,
 else ``{}``), `EnergyLoop.start_epoch`/`EnergyLoop.end_epoch`, `EnergyLoop.stage` around
-validation, and leaving the ``with`` block (or `EnergyLoop.close`) at the end. Log the
+validation, `EnergyLoop.evaluated` with the validation metric when a target is set, and
+leaving the ``with`` block (or `EnergyLoop.close`) at the end. Log the
 dictionaries wherever you log: ``fabric.log_dict(metrics, step=...)``,
 ``accelerator.log(metrics, step=...)``, TensorBoard, W&B.
 
@@ -44,6 +45,8 @@ from energy_core.integration.monitor_run import MonitorRun
 from energy_core.notices import Notice, warn_at_user_code
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.power.cap import PowerCapRun
+from energy_core.target.rule import TargetRule
+from energy_core.target.run import TargetRun
 from energy_core.tracker import EnergyTracker
 
 logger = logging.getLogger("energy_core")
@@ -65,6 +68,8 @@ class EnergyLoop:
         budget: Stop on an energy or carbon budget (`should_stop` turns True; forecasts
             need ``total_steps``).
         power_cap: Cap GPU power while the loop runs (restored on every way out).
+        target: A quality to reach (and, with its ``min_gain_per_kwh``, when to stop for
+            diminishing returns): pass the metric to `evaluated` after each validation.
         total_steps: Optimizer steps the loop will take, for the budget's forecast.
         epoch_steps: Optimizer steps per epoch, for the budget's forecast.
         ranks: This process's part in a multi-process job, with its collectives (see
@@ -82,7 +87,8 @@ class EnergyLoop:
     ``efficiency/j_per_token``, ``carbon/co2e_kg``, ``carbon/intensity_g_per_kwh`` from
     `step`; ``energy/epoch_kwh`` from `end_epoch`; ``energy/<stage>_kwh`` from `stage`;
     ``budget/remaining_kwh``, ``budget/forecast_kwh`` with a budget; ``power/cap_w`` with
-    a cap.
+    a cap; ``target/energy_kwh``, ``target/co2e_kg``, ``target/seconds``, ``target/step``
+    (once) and ``target/gain_per_kwh`` from `evaluated`, with a target.
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class EnergyLoop:
         log_every_n_steps: int = 50,
         budget: BudgetRule | None = None,
         power_cap: PowerCapRun | None = None,
+        target: TargetRule | None = None,
         total_steps: int | None = None,
         epoch_steps: int | None = None,
         ranks: Ranks | None = None,
@@ -104,11 +111,14 @@ class EnergyLoop:
             raise TypeError(f"budget must be a BudgetRule or None, got {type(budget).__name__}")
         if power_cap is not None and not isinstance(power_cap, PowerCapRun):
             raise TypeError(f"power_cap must be a PowerCapRun or None, got {type(power_cap).__name__}")
+        if target is not None and not isinstance(target, TargetRule):
+            raise TypeError(f"target must be a TargetRule or None, got {type(target).__name__}")
         options = MeasureOptions.of("EnergyLoop", dict(measure))
         self.tracker = EnergyTracker(options)
         self.monitor = MonitorRun(self.tracker, self._show)
         self.budget = BudgetRun(budget, options) if budget is not None else None
         self.power_cap = power_cap
+        self.target = TargetRun(target, options) if target is not None else None
         self.ranks = ranks or Ranks()
         self.notify = notify
         self.steps = 0
@@ -135,6 +145,8 @@ class EnergyLoop:
         if self.budget is not None:
             self.budget.bind(self.tracker, self.ranks, self.steps)
             self._act(self.budget.begin(self.steps, self.total_steps, self.epoch_steps))
+        if self.target is not None:
+            self._show(self.target.bind(self.tracker, self.ranks, self.steps))
         return self
 
     def close(self, status: str = "completed", collective: bool = True) -> dict[str, float]:
@@ -215,6 +227,27 @@ class EnergyLoop:
         finally:
             figures.update(self._done(self.monitor.stage_end(name, self.steps)))
 
+    def evaluated(self, value: Any) -> dict[str, float]:
+        """After a validation (outside its `stage` block, so that its energy counts), with
+        the target's metric: ``target/*`` figures the first time ``value`` reaches the
+        target, ``target/gain_per_kwh`` with ``min_gain_per_kwh``; `should_stop` turns True
+        when the target says stop. Every rank of a job calls it (the decision is the job's).
+
+        Args:
+            value: The metric's value (a number or a 0-d tensor); None if there is none.
+
+        Raises:
+            RuntimeError: the loop was made without a ``target``.
+        """
+        if self.target is None:
+            raise RuntimeError("evaluated() needs a target: EnergyLoop(target=TargetRule(metric, target, ...))")
+        outcome = self.target.evaluate(self.steps, value)
+        self._show(outcome.notices)
+        if outcome.stop is not None:
+            self.should_stop = True
+            self._show([Notice("warn", outcome.stop)])
+        return self._done(dict(outcome.metrics))
+
     # ------------------------------------------------------------------ figures and state
     @property
     def last_metrics(self) -> dict[str, float]:
@@ -231,6 +264,8 @@ class EnergyLoop:
         state: dict[str, Any] = {"energy": self.tracker.state_dict(), "steps": self.steps, "epochs": self.epochs}
         if self.budget is not None:
             state["budget"] = self.budget.state_dict()
+        if self.target is not None:
+            state["target"] = self.target.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -240,6 +275,8 @@ class EnergyLoop:
         self.epochs = checks.integer("epochs", state.get("epochs", 0), low=0)
         if self.budget is not None:
             self.budget.load_state_dict(state.get("budget"))
+        if self.target is not None:
+            self.target.load_state_dict(state.get("target"))
 
     def _review(self, epochs_done: int) -> dict[str, float]:
         if self.budget is None or not self.budget.active:

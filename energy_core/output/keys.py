@@ -25,6 +25,11 @@ INTENSITY = "carbon/intensity_g_per_kwh"
 COST = "cost/total"
 BUDGET_REMAINING = "budget/remaining_kwh"
 BUDGET_FORECAST = "budget/forecast_kwh"
+TARGET_KWH = "target/energy_kwh"
+TARGET_CO2E = "target/co2e_kg"
+TARGET_SECONDS = "target/seconds"
+TARGET_STEP = "target/step"
+TARGET_GAIN = "target/gain_per_kwh"
 
 
 def kind_kwh(kind: str) -> str:
@@ -54,11 +59,13 @@ CUMULATIVE_KEYS = (
     BUDGET_REMAINING,
     BUDGET_FORECAST,
 )
+# Logged by a target: the cost of reaching it (once), the gain per kWh (each evaluation).
+TARGET_KEYS = (TARGET_KWH, TARGET_CO2E, TARGET_SECONDS, TARGET_STEP, TARGET_GAIN)
 
 
 def all_keys(gpu_names: Iterable[str]) -> list[str]:
     """Every key the callbacks may log, for GPUs with these names."""
-    return [*CUMULATIVE_KEYS, *WINDOW_KEYS, *(gpu_w(name) for name in gpu_names)]
+    return [*CUMULATIVE_KEYS, *WINDOW_KEYS, *TARGET_KEYS, *(gpu_w(name) for name in gpu_names)]
 
 
 def is_cumulative(key: str) -> bool:

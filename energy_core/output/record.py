@@ -5,6 +5,7 @@ Lines, each a JSON object with ``"type"``:
 * ``header``: hardware, software versions, carbon factor and its source, PUE, caps;
 * ``window``: one per logging window (the logged metrics, step, epoch, seconds, loss);
 * ``epoch``: one per epoch end; ``stage``: one per validation/test/predict run;
+* ``target``: one per evaluation a target watches (the metric, the energy so far);
 * ``summary``: totals at the end, with how the run ended.
 
 Every line is flushed when written, so a crash loses at most the current window. A
@@ -28,7 +29,7 @@ from energy_core.notices import Notice
 RECORD_VERSION = 1
 # The line types, each written by one place: the tracker (header, window, epoch, stage,
 # summary, factor: each carbon intensity or price used, from when, and its source), the
-# budget (budget) and the power cap (power_cap).
+# budget (budget), the power cap (power_cap) and the target (target).
 HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP, FACTOR = (
     "header",
     "window",
@@ -39,6 +40,7 @@ HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP, FACTOR = (
     "power_cap",
     "factor",
 )
+TARGET = "target"
 
 
 def _clean(value: Any) -> Any:

@@ -6,10 +6,12 @@
       put back the GPU power limits left behind by killed runs
 
 For each run: total kWh, CO2e with its factor and source, mean power, J per
-sample and per token, time, share by device, and what the same energy would
-emit on other grids (codecarbon's data) at hyperscale and average PUE. Plots:
-energy and power against step and against time, loss against kWh where loss
-was logged; several runs are drawn together, so setups can be compared. The
+sample and per token, time, share by device, the energy to its target (when a
+target was set), and what the same energy would emit on other grids
+(codecarbon's data) at hyperscale and average PUE. Plots: energy and power
+against step and against time, loss against kWh where loss was logged, the
+monitored metric against kWh where a target watched it; several runs are
+drawn together, so setups can be compared. The
 HTML page holds the tables and the plots (self-contained). Tables follow the
 terminal's width (or COLUMNS).
 
@@ -34,6 +36,7 @@ from rich.table import Table
 from energy_core.devices import DEVICE_KINDS
 from energy_core.output import keys
 from energy_core.output.record import POWER_CAP, SUMMARY, read_runs
+from energy_core.report import targets
 
 SUMMARY_HEAD = [
     "run",
@@ -48,6 +51,7 @@ SUMMARY_HEAD = [
     "J/token",
     "by device",
     "power cap",
+    "energy to target",
     "carbon factor source",
 ]
 
@@ -89,6 +93,7 @@ def run_row(label: str, run: list[dict[str, Any]]) -> tuple[list[str], float]:
         number("j_per_token", ".4g"),
         ", ".join(shares) or "-",
         cap,
+        targets.energy_to_target(run),
         str(carbon.get("source", "?")),
     ]
     return row, kwh

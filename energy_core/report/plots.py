@@ -12,6 +12,7 @@ from typing import Any
 from energy_core.carbon.location import CarbonIntensity, co2e_kg, country_intensity, region_intensity, world_average
 from energy_core.output import keys
 from energy_core.output.record import WINDOW
+from energy_core.report import targets
 from energy_core.report.when import WHAT_IF_HEAD
 
 OTHER_GRIDS = (
@@ -93,7 +94,7 @@ VIEWS = (
     ("loss_vs_kwh.png", "loss_kwh", "loss", "energy (kWh)", "loss", "Loss against energy"),
 )
 INTENSITY_PLOT = ("intensity_vs_power.png", "Grid intensity against power over the run")
-TITLES = {name: title for name, *_, title in (*VIEWS, INTENSITY_PLOT)}
+TITLES = {name: title for name, *_, title in (*VIEWS, INTENSITY_PLOT, targets.METRIC_PLOT)}
 
 
 def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> list[Path]:
@@ -127,6 +128,7 @@ def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> li
         plt.close(figure)
         written.append(out_dir / name)
     written += _intensity_plot(plt, runs, out_dir)
+    written += targets.plot(plt, runs, out_dir)
     return written
 
 

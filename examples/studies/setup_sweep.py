@@ -5,12 +5,14 @@ different batch sizes and learning rates: how much energy does each setup need?
         [--target 0.03] [--max-epochs 40] [--hopeless 3] [--out runs/studies/setup_sweep]
 
 A small MLP (Lightning) learns a fixed random "teacher" network from generated data. Each
-setup trains until its validation loss reaches ``--target`` (Lightning's `EarlyStopping`
-with ``stopping_threshold``), or until `EnergyBudget` stops it as hopeless: once a setup has
-reached the target, every later one gets a budget of ``--hopeless`` x the least energy any
+setup trains until its validation loss reaches ``--target`` (`EnergyToTarget`, which logs
+the energy, CO2e and time since fit start up to the end of that validation and stops
+there), or until `EnergyBudget` stops it as hopeless: once a setup has reached the
+target, every later one gets a budget of ``--hopeless`` x the least energy to target any
 setup has needed so far (``max_kwh``), so a setup that cannot beat that by much stops
 without burning more. `EnergyMonitor` writes one run record per setup; report.md ranks the
-setups by energy to the target and `energy-report` draws their loss against kWh together.
+setups by energy to the target and `energy-report` draws their validation loss against
+kWh together, the target marked.
 
 The budget's forecast is off here: it projects the energy of the whole ``max_epochs`` run,
 and these runs end earlier, at the target; the measured total is the right test.
@@ -24,19 +26,19 @@ from pathlib import Path
 
 import lightning.pytorch as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
 from study_kit import markdown_table, quiet, read_record, write_report
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from energy_core import J_PER_KWH
-from lightning_energy import EnergyBudget, EnergyMonitor
+from lightning_energy import EnergyBudget, EnergyMonitor, EnergyToTarget
 
 COLUMNS = {
     "setup": "setup",
     "outcome": "outcome",
     "epochs": "epochs",
     "steps": "steps",
+    "target_j": "J to target",
     "joules": "J",
     "x_best": "x best",
     "val_loss": "last val loss",
@@ -80,7 +82,7 @@ def train(batch_size: int, lr: float, args: argparse.Namespace, max_kwh: float |
     val_data = DataLoader(teacher_data(1024, seed=1), batch_size=512)
     callbacks = [
         EnergyMonitor(record_path=str(record), summary=False),
-        EarlyStopping("val_loss", stopping_threshold=args.target, patience=args.max_epochs),
+        EnergyToTarget("val_loss", args.target, mode="min"),
     ]
     if max_kwh is not None:
         callbacks.append(EnergyBudget(max_kwh=max_kwh, forecast="off"))
@@ -98,7 +100,8 @@ def train(batch_size: int, lr: float, args: argparse.Namespace, max_kwh: float |
     val_loss = float(trainer.callback_metrics["val_loss"])
     rec = read_record(record)
     stopped = [b for b in rec["budget"] if b["event"] == "stop"]
-    outcome = "target" if val_loss <= args.target else ("hopeless (budget)" if stopped else "max epochs")
+    reached = [t for t in rec["target"] if t["event"] == "reached"]
+    outcome = "target" if reached else ("hopeless (budget)" if stopped else "max epochs")
     return {
         "setup": name,
         "batch_size": batch_size,
@@ -106,6 +109,7 @@ def train(batch_size: int, lr: float, args: argparse.Namespace, max_kwh: float |
         "outcome": outcome,
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
+        "target_j": reached[0]["energy_kwh"] * J_PER_KWH if reached else "-",
         "joules": rec["summary"]["metrics"]["energy/total_kwh"] * J_PER_KWH,
         "val_loss": val_loss,
         "seconds": rec["summary"]["seconds"],
@@ -134,12 +138,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             row = train(batch_size, lr, args, budget)
             rows.append(row)
             if row["outcome"] == "target":
-                best_j = min(best_j, float(row["joules"]))
+                best_j = min(best_j, float(row["target_j"]))
     reached = [r for r in rows if r["outcome"] == "target"]
-    for r in rows:
-        r["x_best"] = float(r["joules"]) / best_j if reached else float("nan")
-    rows.sort(key=lambda r: (r["outcome"] != "target", r["joules"]))
-    spread = max(float(r["joules"]) for r in reached) / best_j if reached else float("nan")
+    for r in rows:  # energy to target against the best; for a setup that never got there, all it spent
+        spent = r["target_j"] if r["outcome"] == "target" else r["joules"]
+        r["x_best"] = float(spent) / best_j if reached else float("nan")
+    rows.sort(key=lambda r: (r["outcome"] != "target", r["target_j"] if r["outcome"] == "target" else r["joules"]))
+    spread = max(float(r["target_j"]) for r in reached) / best_j if reached else float("nan")
     result = {"target": args.target, "rows": rows, "reached": len(reached), "spread_worst_over_best": spread}
     lines = [
         f"# Energy to reach val MSE {args.target} by batch size and learning rate (Geißler et al. 2024)",
@@ -147,8 +152,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         *markdown_table(rows, COLUMNS),
         "",
         f"{len(reached)} of {len(rows)} setups reached the target; the costliest of them needed "
-        f"{spread:.1f}x the energy of the cheapest. Setups stopped as hopeless had spent "
-        f"{args.hopeless:g}x the best energy known when they ran.",
+        f"{spread:.1f}x the energy to target of the cheapest (J to target: since fit start up to the end "
+        f"of the validation that first reached it, every validation included). Setups stopped as hopeless "
+        f"had spent {args.hopeless:g}x the best energy to target known when they ran.",
     ]
     write_report(args.out, result, lines, [str(r["record"]) for r in rows])
     return result

@@ -88,6 +88,17 @@ class Collator:
             out["labels"] = ids.masked_fill(mask == 0, -100)
         return out
 
+    def pass_counts(self, dataset: TextData, batch_size: int) -> tuple[int, int]:
+        """(real, processed) that one pass over ``dataset``, in order and in batches of
+        ``batch_size``, adds to the counts (an evaluation pass, to take out of training's)."""
+        real = processed = 0
+        for start in range(0, len(dataset), batch_size):
+            lengths = [len(dataset[i]["input_ids"]) for i in range(start, min(start + batch_size, len(dataset)))]
+            width = self.pad_to or max(lengths)
+            real += sum(min(width, n) for n in lengths)
+            processed += width * len(lengths)
+        return real, processed
+
     def reset(self) -> tuple[int, int]:
         """Return (real, processed) counted so far and start again."""
         counts = (self.real, self.processed)
@@ -98,11 +109,11 @@ class Collator:
 def read_record(path: Path) -> dict[str, Any]:
     """The last run in a record (read by `energy-report`'s reader) by line type: ``header``
     and ``summary`` are one line each, every other type (``window``, ``epoch``, ``stage``,
-    ``budget``, ``power_cap``) a list, maybe empty."""
+    ``budget``, ``power_cap``, ``target``) a list, maybe empty."""
     from energy_core.output.record import read_runs
 
     runs, _ = read_runs(Path(path))
-    by_type: dict[str, Any] = {"window": [], "epoch": [], "stage": [], "budget": [], "power_cap": []}
+    by_type: dict[str, Any] = {"window": [], "epoch": [], "stage": [], "budget": [], "power_cap": [], "target": []}
     for line in runs[-1]:
         if line["type"] in ("header", "summary"):
             by_type[line["type"]] = line

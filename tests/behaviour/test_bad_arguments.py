@@ -1,4 +1,4 @@
-"""Every public argument of the six public classes, given bad values: a TypeError or ValueError that names it.
+"""Every public argument of the eight public classes, given bad values: a TypeError or ValueError that names it.
 
 A bool is not a number, a number is not a string, ``"no"`` is not ``False``; a value of the
 right type outside the allowed range is a ValueError. Nothing is accepted silently and
@@ -11,8 +11,8 @@ import math
 
 import pytest
 
-from hf_energy import EnergyBudgetCallback, EnergyCallback, PowerCapCallback
-from lightning_energy import EnergyBudget, EnergyMonitor, PowerCap
+from hf_energy import EnergyBudgetCallback, EnergyCallback, EnergyToTargetCallback, PowerCapCallback
+from lightning_energy import EnergyBudget, EnergyMonitor, EnergyToTarget, PowerCap
 
 NAN, INF = math.nan, math.inf
 MEASURE = {
@@ -38,6 +38,14 @@ CAP = {
     "strict": ["no", 1, None],
     "max_slowdown": [True, 0, -1, 11, NAN, "0.1"],
 }
+TARGET = {
+    "target": [True, "0.9", NAN, INF, [0.9]],
+    "mode": ["maximize", 1, None, True],
+    "stop": ["yes", 1, None],
+    "min_gain_per_kwh": [True, "1", -1, NAN, INF],
+    "patience": [0, -1, 1.5, True, "2"],
+}
+METRIC = {EnergyToTarget: "monitor", EnergyToTargetCallback: "metric"}  # what each class calls it
 MONITOR_ONLY = {"log_every_n_steps": [0, -1, 1.5, True, "10"], "progress_bar": ["yes", 1, None], "summary": ["no", 0]}
 
 CASES = [
@@ -67,12 +75,19 @@ CASES = [
         for name, vs in CAP.items()
         for value in vs
     ),
+    *(
+        (cls, name, value, {METRIC[cls]: "val_acc", "target": 0.9})
+        for cls in (EnergyToTarget, EnergyToTargetCallback)
+        for name, vs in {**TARGET, **MEASURE}.items()
+        for value in vs
+    ),
+    *((cls, METRIC[cls], value, {"target": 0.9}) for cls in METRIC for value in ("", 5, None, True, ["val_acc"])),
 ]
 
 
-def test_the_table_covers_at_least_150_bad_values_over_six_classes() -> None:
+def test_the_table_covers_at_least_150_bad_values_over_eight_classes() -> None:
     assert len(CASES) >= 150
-    assert len({cls for cls, *_ in CASES}) == 6
+    assert len({cls for cls, *_ in CASES}) == 8
 
 
 @pytest.mark.parametrize(

@@ -138,3 +138,35 @@ def test_two_nodes_on_loopback_count_node_energy_once_per_node(tmp_path) -> None
         assert node.returncode == 0, output[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
     check_job_totals(ranks, nodes=2, record=tmp_path / "energy.jsonl")
+
+
+# ------------------------------------------------------------------ energy to target
+TARGET = ["-m", "tests.scripts.distributed_target"]
+
+
+def check_target(rank0: dict, rank1: dict, record: Path) -> None:
+    from energy_core import J_PER_KWH
+
+    assert rank0["step"] == rank1["step"] == 12  # the third evaluation, on both ranks
+    assert rank0["stopped"] == rank1["stopped"] == "target"
+    first, second = rank0["reached"], rank1["reached"]
+    assert first["target/step"] == second["target/step"] == 12
+    assert first["target/energy_kwh"] == pytest.approx(second["target/energy_kwh"], rel=1e-9)  # the job's, summed
+    # only rank 0 measures (the node's CPU at 60 W): its fit up to the end of that evaluation
+    assert first["target/energy_kwh"] * J_PER_KWH == pytest.approx(60.0 * first["target/seconds"], rel=0.03)
+    lines = [x for x in read_record(record) if x["type"] == "target"]
+    assert [x["event"] for x in lines] == ["evaluation", "evaluation", "reached"]  # written once, by rank 0
+
+
+@pytest.mark.timeout(300)
+def test_lightning_ddp_target_stops_every_rank_where_any_rank_reached_it(tmp_path) -> None:
+    rank0, rank1 = run_ranks([sys.executable, *TARGET, "lightning", str(tmp_path)], tmp_path)
+    check_target(rank0, rank1, tmp_path / "energy.jsonl")
+
+
+@pytest.mark.slow  # the second framework of the same rule (about 10 s)
+@pytest.mark.timeout(300)
+def test_hf_torchrun_target_stops_every_rank_at_the_same_evaluation(tmp_path) -> None:
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+    rank0, rank1 = run_ranks([*torchrun, *TARGET, "hf", str(tmp_path)], tmp_path)
+    check_target(rank0, rank1, tmp_path / "energy.jsonl")

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from energy_core import BudgetRule, EnergyLoop, MeasureOptions, PowerCapRun
+from energy_core import BudgetRule, EnergyLoop, MeasureOptions, PowerCapRun, TargetRule
 from energy_core.budget.run import BudgetArgs
 from energy_core.output import keys
 from energy_core.power.cap import CapArgs
+from energy_core.target.run import TargetArgs
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.helpers import ROOT
@@ -86,6 +87,15 @@ def test_arguments_page_lists_every_argument_with_its_default() -> None:
     for name, parameter in inspect.signature(BudgetRule).parameters.items():
         assert budget[name] == default_text(parameter.default), name
 
+    target = documented_arguments("Targets")
+    rule = inspect.signature(TargetRule).parameters
+    assert set(target) == set(rule) and set(TargetArgs.__annotations__) - set(fields) == set(rule) - {
+        "metric",
+        "target",
+    }
+    for name, parameter in rule.items():
+        assert target[name] == ("required" if parameter.default is parameter.empty else default_text(parameter.default))
+
     cap = documented_arguments("Power caps")
     assert set(cap) == set(CapArgs.__annotations__) == set(inspect.signature(PowerCapRun).parameters)
     for name, parameter in inspect.signature(PowerCapRun).parameters.items():
@@ -106,12 +116,17 @@ def example_record() -> list[dict]:
 
 
 def test_run_record_example_has_the_fields_the_code_writes(sim_gpus, tmp_path) -> None:
-    """The page's example was made like this: a capped loop stopped by its budget."""
+    """The page's example was made like this: a capped loop stopped by its budget, its
+    validation loss watched by a target."""
     sim_gpus(SimGpu("GPU-1", Constant(300.0), counter_period_s=0.02))
     path = tmp_path / "energy.jsonl"
-    cap, budget = PowerCapRun(watts=350), BudgetRule(max_kwh=80 / 3.6e6)
+    cap, budget, target = (
+        PowerCapRun(watts=350),
+        BudgetRule(max_kwh=80 / 3.6e6),
+        TargetRule("val_loss", 0.5, mode="min"),
+    )
     loop = EnergyLoop(log_every_n_steps=5, country="FRA", record_path=str(path), sample_interval_s=0.02,
-                      budget=budget, power_cap=cap, devices=["gpu"])  # fmt: skip
+                      budget=budget, power_cap=cap, target=target, devices=["gpu"])  # fmt: skip
     with pytest.warns(UserWarning, match="Energy budget spent"), loop as energy:
         energy.start_epoch()
         for _ in range(200):
@@ -121,6 +136,7 @@ def test_run_record_example_has_the_fields_the_code_writes(sim_gpus, tmp_path) -
                 break
         with energy.stage("val"):
             time.sleep(0.05)
+        energy.evaluated(0.42)
         energy.end_epoch()
     written = {}
     for line in path.read_text().splitlines():

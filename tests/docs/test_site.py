@@ -37,6 +37,9 @@ PUBLIC = {  # the public classes of SPEC.md, and the framework-free API
     "hf_energy.EnergyCallback",
     "hf_energy.EnergyBudgetCallback",
     "hf_energy.PowerCapCallback",
+    "lightning_energy.EnergyToTarget",
+    "hf_energy.EnergyToTargetCallback",
+    "energy_core.TargetRule",
     "energy_core.EnergyLoop",
 }
 

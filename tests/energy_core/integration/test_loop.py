@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from energy_core import J_PER_KWH, BudgetRule, EnergyLoop, PowerCapRun
+from energy_core import J_PER_KWH, BudgetRule, EnergyLoop, PowerCapRun, TargetRule
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.doubles.vendors import both_vendors_end_to_end
@@ -119,3 +119,31 @@ def test_a_budget_and_a_cap_in_a_plain_loop(sim_gpus) -> None:
     assert set(seen) == {350_000} and energy.last_metrics["power/cap_w"] == 350.0
     assert sim.limit_mw(sim.gpus[0]) == 400_000  # put back
     assert energy.last_metrics["energy/total_kwh"] >= limit
+
+
+def test_a_target_in_a_plain_loop_reports_its_cost_once_stops_and_resumes(sim_gpus) -> None:
+    known_gpu(sim_gpus)
+    curve = iter([0.4, 0.7, 0.92, 0.95])
+    loop = EnergyLoop(devices=["gpu"], sample_interval_s=0.02, log_every_n_steps=5, target=TargetRule("val_acc", 0.9))
+    figures = []
+    with pytest.warns(UserWarning, match="Target reached at step 30: val_acc = 0.92"), loop as energy:
+        while not energy.should_stop:
+            for _ in range(10):
+                time.sleep(0.01)
+                energy.step()
+            with energy.stage("val"):
+                time.sleep(0.03)
+            figures.append(energy.evaluated(next(curve)))
+    assert energy.steps == 30 and figures[:2] == [{}, {}]
+    reached = figures[2]
+    assert reached["target/step"] == 30.0
+    assert within_counter(reached["target/energy_kwh"] * J_PER_KWH, reached["target/seconds"])
+    assert energy.last_metrics["target/energy_kwh"] == reached["target/energy_kwh"]
+
+    later = EnergyLoop(devices=["gpu"], sample_interval_s=0.02, target=TargetRule("val_acc", 0.9))
+    later.load_state_dict(energy.state_dict())
+    with later:
+        later.step()
+        assert later.evaluated(0.97) == {} and not later.should_stop  # reached before: not again
+    with pytest.raises(RuntimeError, match="evaluated\\(\\) needs a target"):
+        EnergyLoop().evaluated(0.5)

@@ -1,0 +1,118 @@
+"""Energy to target in ``energy-report``: the summary's column and the metric-against-energy plot.
+
+Both come from the run records' ``target`` lines, one per evaluation a target watched
+(`energy_core.target`): the metric's value against the energy the run had spent by the
+end of that evaluation. Runs of different setups drawn together show which reached a
+quality for the least energy. A record may come from another user: a line whose figures
+are not numbers is left out, and names from it are shown printable and short.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from energy_core.output.record import TARGET
+from energy_core.target.run import REACHED
+
+METRIC_PLOT = ("metric_vs_kwh.png", "Metric against energy")
+MAX_METRICS = 3  # one panel per metric name; a report of more compares too little to be read
+NAME_CHARS = 60
+
+
+def printable(text: Any, limit: int = NAME_CHARS) -> str:
+    """A name from a record as plain text: printable characters only, at most ``limit``."""
+    clean = "".join(c for c in str(text) if c.isprintable())
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def evaluations(run: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The run's ``target`` lines with a metric's name and an energy, each with ``kwh`` and ``value``
+    (None where the metric had no figure) as floats and ``metric`` as printable text."""
+    found = []
+    for line in run:
+        if line.get("type") != TARGET:
+            continue
+        kwh = _number(line.get("energy_kwh"))
+        if kwh is None or kwh < 0 or not isinstance(line.get("metric"), str):
+            continue
+        found.append({**line, "kwh": kwh, "value": _number(line.get("value")), "metric": printable(line.get("metric"))})
+    return found
+
+
+def _goal(line: dict[str, Any]) -> str:
+    target = _number(line.get("target"))
+    if target is None:
+        return line["metric"]
+    return f"{line['metric']} {'<=' if line.get('mode') == 'min' else '>='} {target:g}"
+
+
+def energy_to_target(run: list[dict[str, Any]]) -> str:
+    """The summary's cell: the energy at the evaluation that first reached the target,
+    "not reached" with the best value seen, or "-" for a run without a target."""
+    lines = evaluations(run)
+    if not lines:
+        return "-"
+    reached = next((x for x in lines if x.get("event") == REACHED), None)
+    if reached is not None:
+        step = reached.get("step")
+        at = f", step {step}" if isinstance(step, int) else ""
+        return f"{reached['kwh']:.6g} kWh ({_goal(reached)}{at})"
+    values = [x["value"] for x in lines if x["value"] is not None]
+    if not values:
+        return f"not reached ({_goal(lines[-1])}; no figure)"
+    best = min(values) if lines[-1].get("mode") == "min" else max(values)
+    return f"not reached ({_goal(lines[-1])}; best {best:.4g})"
+
+
+def metric_figure(plt: Any, runs: list[tuple[str, list[dict[str, Any]]]]) -> Any:
+    """One panel per metric (at most `MAX_METRICS`): each run's metric at each evaluation
+    against the energy spent by then, its target as a dashed line, the evaluation that
+    reached it starred. None when no run recorded a target."""
+    by_metric: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}
+    for label, run in runs:
+        lines = [x for x in evaluations(run) if x["value"] is not None]
+        for metric in dict.fromkeys(x["metric"] for x in lines):
+            by_metric.setdefault(metric, []).append((label, [x for x in lines if x["metric"] == metric]))
+    metrics = list(by_metric)[:MAX_METRICS]
+    if not metrics:
+        return None
+    figure, panels = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 3.6), dpi=150, squeeze=False)
+    for axes, metric in zip(panels[0], metrics):
+        targets = set()
+        for label, lines in by_metric[metric]:
+            drawn = axes.plot([x["kwh"] for x in lines], [x["value"] for x in lines], marker=".", label=label)
+            reached = [x for x in lines if x.get("event") == REACHED]
+            if reached:
+                axes.plot([reached[0]["kwh"]], [reached[0]["value"]], marker="*", markersize=12,
+                          color=drawn[0].get_color(), linestyle="none")  # fmt: skip
+            target = _number(lines[-1].get("target"))
+            if target is not None:
+                targets.add(target)
+        for target in sorted(targets):
+            axes.axhline(target, linestyle="--", color="grey", linewidth=1)
+        axes.set_title(f"{metric} against energy" if len(metrics) > 1 else METRIC_PLOT[1])
+        axes.set_xlabel("energy since fit start (kWh)")
+        axes.set_ylabel(metric)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def plot(plt: Any, runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> list[Path]:
+    """``metric_vs_kwh.png`` (titled in the PNG too) when a run recorded a target; the files written."""
+    figure = metric_figure(plt, runs)
+    if figure is None:
+        return []
+    name, title = METRIC_PLOT
+    figure.savefig(out_dir / name, metadata={"Title": title})
+    plt.close(figure)
+    return [out_dir / name]

@@ -1,0 +1,127 @@
+"""EnergyToTargetCallback: what reaching an evaluation metric cost an HF Trainer run, and stopping there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState, TrainerControl, TrainerState
+from transformers.training_args import TrainingArguments
+from typing_extensions import Unpack
+
+from energy_core.integration import HasTargetRun, TargetArgs, TargetRun
+from hf_energy.callback import EnergyCallback
+from hf_energy.framework import emit, logger, ranks_of, stored_attributes
+from hf_energy.registry import LogContributor
+
+EVAL = "eval_"  # the prefix the HF Trainer gives every evaluation metric during training
+
+
+class EnergyToTargetCallback(HasTargetRun, LogContributor, TrainerCallback, ExportableState):
+    """Logs the energy, CO2e and time an HF Trainer run took to reach an evaluation metric, and stops there.
+
+    At every evaluation of the training (``eval_strategy``), it reads ``eval_<metric>``
+    from the evaluation's metrics and what training has cost so far: since training
+    started up to the end of that evaluation, every evaluation included (checkpoints
+    resumed from too). The first evaluation whose value reaches ``target`` adds
+    ``target/energy_kwh``, ``target/co2e_kg``, ``target/seconds`` and ``target/step`` to
+    that evaluation's log entry, once, writes a ``target`` line to the run record and,
+    with ``stop=True``, stops training there (``control.should_training_stop``, with
+    ``should_save`` so the model that reached the target is saved).
+
+    With ``min_gain_per_kwh``, every evaluation adds ``target/gain_per_kwh``, the metric's
+    improvement per kWh over the last ``patience`` evaluations, and training stops when it
+    falls below the limit (diminishing returns).
+
+    Beside an `EnergyCallback` of the same Trainer it uses that callback's measurements;
+    otherwise it measures itself with ``**measure``. Add it with `hf_energy.attach` so its
+    figures join the evaluation's log entry before the ``report_to`` integrations see it.
+
+    Args:
+        metric: The evaluation metric, as the Trainer logs it (``"eval_accuracy"``) or
+            without its prefix (``"accuracy"``), as for ``metric_for_best_model``.
+        target: The value to reach (None: only ``min_gain_per_kwh``).
+        mode: ``"max"`` (reached when the metric >= target) or ``"min"`` (<=).
+        stop: Stop training at the evaluation that first reaches the target.
+        min_gain_per_kwh: Stop when the metric improves by less than this per kWh over
+            the last ``patience`` evaluations.
+        patience: How many evaluations back the gain is measured from.
+        **measure: As for `EnergyCallback`; used only when it measures itself.
+
+    Raises:
+        TypeError, ValueError: naming the argument (see `lightning_energy.EnergyToTarget`).
+
+    Logged metrics: ``target/energy_kwh``, ``target/co2e_kg``, ``target/seconds``,
+    ``target/step`` (once); ``target/gain_per_kwh`` (each evaluation, with ``min_gain_per_kwh``).
+
+    Notes:
+        The HF Trainer does not synchronise ``control`` across ranks: the decision is
+        taken with an all-reduce every rank reaches, so all ranks stop together. A target
+        reached before a resume is not reported again (its state is in
+        ``trainer_state.json``).
+
+    Examples:
+        >>> from hf_energy import EnergyCallback, EnergyToTargetCallback, attach
+        >>> attach(trainer, EnergyCallback(country="FRA"),
+        ...        EnergyToTargetCallback("eval_loss", 2.0, mode="min"))   # doctest: +SKIP
+    """
+
+    def __init__(self, metric: str, target: float | None, **args: Unpack[TargetArgs]) -> None:
+        self.run = TargetRun.from_args("EnergyToTargetCallback", metric, target, prefix=EVAL, **args)
+        self.metric = self.run.rule.metric
+        self.last_metrics: dict[str, float] = {}
+        self._stop: str | None = None
+        self._world_zero = True
+        self._restored: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        """ExportableState: constructor args and the target's state, in ``trainer_state.json``."""
+        return {"args": {"metric": self.metric, **self.run.args}, "attributes": {"target_state": self.target_state}}
+
+    @property
+    def target_state(self) -> dict[str, Any]:
+        return self.run.state_dict()
+
+    @target_state.setter
+    def target_state(self, value: dict[str, Any]) -> None:  # called by HF's callback restore
+        self._restored = dict(value or {})
+        self.run.load_state_dict(self._restored)
+
+    # ------------------------------------------------------------------ the evaluation's log entry
+    def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
+        """At an evaluation's log call (every rank): the target's figures into that entry."""
+        evaluated = [key for key in logs if key.startswith(EVAL)]
+        if not evaluated:  # a training log
+            return {}
+        outcome = self.run.evaluate(state.global_step, logs.get(self.metric), logged=evaluated)
+        emit(outcome.notices, self._world_zero)
+        if outcome.stop is not None:
+            self._stop = outcome.stop  # acted on in on_evaluate, which follows this log call
+        logs.update(outcome.metrics)
+        self.last_metrics.update(outcome.metrics)
+        return outcome.metrics
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        registry = self.register(kwargs.get("model"))
+        self._world_zero = state.is_world_process_zero
+        monitor = registry.first(EnergyCallback) if registry is not None else None
+        if self._restored is None:
+            self.run.load_state_dict(stored_attributes(state, type(self).__name__).get("target_state", {}))
+        shared = monitor.tracker if monitor else None
+        emit(self.run.bind(shared, ranks_of(args), state.global_step, resumed=state.global_step > 0), self._world_zero)
+        return control
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self._stop is not None:
+            control.should_training_stop = True
+            control.should_save = True
+            if self._world_zero:
+                logger.warning(self._stop)
+            self._stop = None
+        return control
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        emit(self.run.finish(state.global_step), self._world_zero)
+        return control

@@ -1,0 +1,112 @@
+"""EnergyToTarget: what reaching a validation metric cost a Lightning run, and stopping there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from typing_extensions import Unpack
+
+from energy_core.integration import HasTargetRun, Notice, TargetArgs, TargetRun
+from lightning_energy.framework import CALLBACK_BASES, emit, find_callback, log, override, ranks_of, stop
+from lightning_energy.monitor import EnergyMonitor
+
+
+class EnergyToTarget(HasTargetRun, *CALLBACK_BASES):  # type: ignore[misc]
+    """Logs the energy, CO2e and time a run took to reach a validation metric, and stops there.
+
+    At the end of every validation of the fit (not the sanity check), it reads ``monitor``
+    from ``trainer.callback_metrics`` and what training has cost so far: since fit start up
+    to the end of that validation, every validation included (checkpoints resumed from
+    too). The first validation whose value reaches ``target`` logs ``target/energy_kwh``,
+    ``target/co2e_kg``, ``target/seconds`` and ``target/step`` once, writes a ``target``
+    line to the run record and, with ``stop=True``, stops training there
+    (``trainer.should_stop``).
+
+    With ``min_gain_per_kwh``, every validation logs ``target/gain_per_kwh``, the metric's
+    improvement per kWh over the last ``patience`` validations, and training stops when it
+    falls below the limit (diminishing returns), with a message that gives the gain and
+    the energy.
+
+    Beside an `EnergyMonitor` it uses the monitor's measurements; alone it measures with
+    ``**measure``.
+
+    Args:
+        monitor: The logged metric to watch (as for ``EarlyStopping``), e.g. ``"val_acc"``.
+        target: The value to reach (None: only ``min_gain_per_kwh``).
+        mode: ``"max"`` (reached when ``monitor >= target``) or ``"min"`` (``<=``).
+        stop: Stop training at the validation that first reaches the target.
+        min_gain_per_kwh: Stop when the metric improves by less than this per kWh
+            (metric units per kWh) over the last ``patience`` validations.
+        patience: How many validations back the gain is measured from.
+        **measure: The measurement arguments, as for `EnergyMonitor`; used only when no
+            monitor is in the trainer.
+
+    Raises:
+        TypeError, ValueError: naming the argument, for an empty ``monitor``, a non-finite
+            ``target``, an unknown ``mode``, a negative ``min_gain_per_kwh``, ``patience``
+            below 1, neither ``target`` nor ``min_gain_per_kwh``, or any invalid
+            measurement argument.
+
+    Logged metrics: ``target/energy_kwh``, ``target/co2e_kg``, ``target/seconds``,
+    ``target/step`` (once); ``target/gain_per_kwh`` (each validation, with ``min_gain_per_kwh``).
+
+    Notes:
+        In a multi-process run every rank takes the decision together
+        (``strategy.reduce_boolean_decision``): the target is reached when any rank's value
+        reaches it, so log the metric with ``sync_dist=True`` for one value across ranks.
+        ``trainer.should_stop`` does not override ``min_epochs``/``min_steps``. A target
+        reached before a checkpoint resume is not reported again, and does not stop the
+        resumed run.
+
+    Examples:
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_energy import EnergyMonitor, EnergyToTarget
+        >>> trainer = Trainer(max_epochs=50, callbacks=[EnergyMonitor(country="FRA"),
+        ...                                             EnergyToTarget("val_acc", 0.9)])
+    """
+
+    def __init__(self, monitor: str, target: float | None, **args: Unpack[TargetArgs]) -> None:
+        self.run = TargetRun.from_args("EnergyToTarget", monitor, target, metric_arg="monitor", **args)
+        self.monitor = self.run.rule.metric
+
+    @property
+    def state_key(self) -> str:
+        """One per metric and target: several targets in one trainer keep their own state."""
+        return self._generate_state_key(monitor=self.monitor, target=self.run.rule.target)
+
+    @override
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        monitor = find_callback(trainer, EnergyMonitor)
+        shared = monitor.tracker if monitor else None
+        emit(self.run.bind(shared, ranks_of(trainer), trainer.global_step, resumed=trainer.ckpt_path is not None))
+
+    @override
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking:  # two batches of an untrained model: not an evaluation of the run
+            return
+        metrics = trainer.callback_metrics
+        outcome = self.run.evaluate(trainer.global_step, metrics.get(self.monitor), logged=list(metrics))
+        log(trainer, outcome.metrics)
+        emit(outcome.notices)
+        if outcome.stop is not None:  # every rank alike (the decision is the job's)
+            emit([Notice("warn", stop(trainer, outcome.stop))])
+
+    @override
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        emit(self.run.finish(trainer.global_step))
+
+    @override
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        emit(self.run.finish(trainer.global_step, f"exception: {type(exception).__name__}", collective=False))
+
+    @override
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self.run.close()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.run.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.run.load_state_dict(state_dict)

@@ -1,0 +1,114 @@
+"""EnergyToTargetCallback in the real HF Trainer: an evaluation metric on a scripted curve,
+a simulated GPU at a known power, the figures read back from ``log_history`` and the record."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from transformers import TrainerCallback
+
+from energy_core import J_PER_KWH
+from hf_energy import EnergyCallback, EnergyToTargetCallback, attach
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
+from tests.helpers.hf_models import SeqData, make_trainer
+from tests.helpers.records import read_record
+
+GPU_W, PERIOD_S = 300.0, 0.02
+COUNTER_J = 2 * PERIOD_S * GPU_W + 1.0
+STEPS = 6  # optimizer steps per epoch: 48 sequences in batches of 8
+
+
+class Times(TrainerCallback):
+    """When hooks ran on this process's clock (the meters' clock: ``perf_counter``)."""
+
+    def __init__(self) -> None:
+        self.train_begin = 0.0
+        self.predicted: list[float] = []  # after each evaluation batch
+        self.evaluated: list[float] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.train_begin = time.perf_counter()
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        self.predicted.append(time.perf_counter())
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.evaluated.append(time.perf_counter())
+
+
+def scripted(curve: list[float]):
+    """``compute_metrics`` giving the next value of ``curve`` as ``score`` at each evaluation."""
+    values = iter(curve)
+    return lambda prediction: {"score": next(values)}
+
+
+def trainer_for(tmp_path, curve: list[float], **arguments):
+    trainer = make_trainer(tmp_path / "out", SeqData(48), sleep_s=0.03, eval_data=SeqData(16), eval_strategy="epoch",
+                           num_train_epochs=len(curve), logging_steps=3, **arguments)  # fmt: skip
+    trainer.compute_metrics = scripted(curve)
+    return trainer
+
+
+def test_energy_to_target_is_the_energy_at_the_end_of_the_evaluation_that_reached_it(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    record = tmp_path / "energy.jsonl"
+    trainer = trainer_for(tmp_path, [0.2, 0.6, 0.93, 0.97])
+    before, after = Times(), Times()
+    trainer.add_callback(before)
+    monitor = EnergyCallback(devices=["gpu"], sample_interval_s=0.02, record_path=record, summary=False)
+    target = EnergyToTargetCallback("score", 0.9)  # "eval_score", as the Trainer logs it
+    attach(trainer, monitor, target)
+    trainer.add_callback(after)
+    trainer.train()
+
+    assert trainer.state.global_step == 3 * STEPS  # stopped at the third evaluation, the first to reach 0.9
+    (entry,) = [h for h in trainer.state.log_history if "target/energy_kwh" in h]  # once, in the evaluation's entry
+    assert entry["eval_score"] == 0.93 and entry["step"] == entry["target/step"] == 3 * STEPS
+    kwh, seconds = entry["target/energy_kwh"], entry["target/seconds"]
+    # from training's start to the end of the third evaluation, that evaluation and the two before included
+    last_batch = before.predicted[3 * 2 - 1]  # two evaluation batches per evaluation
+    assert last_batch - after.train_begin <= seconds <= after.evaluated[2] - before.train_begin
+    assert kwh * J_PER_KWH == pytest.approx(GPU_W * seconds, abs=COUNTER_J)
+    lines = [x for x in read_record(record) if x["type"] == "target"]
+    assert [(x["event"], x["metric"], x["value"]) for x in lines] == [
+        ("evaluation", "eval_score", 0.2), ("evaluation", "eval_score", 0.6), ("reached", "eval_score", 0.93)
+    ]  # fmt: skip
+    assert lines[-1]["energy_kwh"] == kwh
+    assert (tmp_path / "out" / f"checkpoint-{3 * STEPS}").is_dir()  # the model that reached the target, saved
+
+
+def test_min_gain_per_kwh_stops_where_the_curve_flattens_and_logs_each_gain(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    record = tmp_path / "energy.jsonl"
+    trainer = trainer_for(tmp_path, [0.1, 0.5, 0.7, 0.7, 0.7])
+    target = EnergyToTargetCallback("eval_score", None, min_gain_per_kwh=1.0, devices=["gpu"], sample_interval_s=0.02,
+                                    record_path=record)  # fmt: skip  # alone: it measures itself
+    attach(trainer, target)
+    trainer.train()
+    assert trainer.state.global_step == 4 * STEPS
+    gains = [h["target/gain_per_kwh"] for h in trainer.state.log_history if "target/gain_per_kwh" in h]
+    lines = [x for x in read_record(record) if x["type"] == "target"]
+    assert [x["event"] for x in lines] == ["evaluation"] * 3 + ["diminishing"]
+    for gain, line, earlier in zip(gains, lines[1:], lines):
+        assert gain == pytest.approx((line["value"] - earlier["value"]) / (line["energy_kwh"] - earlier["energy_kwh"]))
+    assert len(gains) == 3 and min(gains[:2]) > 1.0 and gains[2] == 0.0
+    assert read_record(record)[-1]["status"] == "target-stop"
+
+
+def test_a_target_reached_before_a_resume_is_not_reported_again(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    first = trainer_for(tmp_path, [0.3, 0.6], save_strategy="epoch")
+    attach(first, EnergyCallback(devices=["gpu"], summary=False), EnergyToTargetCallback("score", 0.5, stop=False))
+    first.train()
+    reached = [h for h in first.state.log_history if "target/energy_kwh" in h]
+    assert [h["step"] for h in reached] == [2 * STEPS]
+
+    second = trainer_for(tmp_path, [0.7, 0.8, 0.9, 0.95])
+    target = EnergyToTargetCallback("score", 0.5, stop=False)
+    attach(second, EnergyCallback(devices=["gpu"], summary=False), target)
+    second.train(resume_from_checkpoint=str(tmp_path / "out" / f"checkpoint-{2 * STEPS}"))
+    assert second.state.global_step == 4 * STEPS
+    assert [h["step"] for h in second.state.log_history if "target/energy_kwh" in h] == [2 * STEPS]  # the old entry
+    assert target.reached == {k: v for k, v in reached[0].items() if k.startswith("target/")}

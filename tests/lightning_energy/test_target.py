@@ -1,0 +1,163 @@
+"""EnergyToTarget in real Lightning Trainers: a validation metric on a scripted curve, a
+simulated GPU at a known power, the figures read back from the CSV logger and the record."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from energy_core import J_PER_KWH
+from lightning_energy import EnergyMonitor, EnergyToTarget
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
+from tests.helpers.lightning_models import flavour, regression_data
+from tests.helpers.readback import csv_rows, csv_series
+from tests.helpers.records import read_record
+
+GPU_W, PERIOD_S = 300.0, 0.02
+COUNTER_J = 2 * PERIOD_S * GPU_W + 1.0  # two counter periods (the fit start's and the evaluation's), 1 J of rounding
+STEPS = 8  # optimizer steps per epoch: 64 samples in batches of 8
+pl = flavour("lightning.pytorch")
+
+
+class Scripted(pl.LightningModule):
+    """Logs ``score`` = the next value of ``curve`` at the end of each validation of the fit."""
+
+    def __init__(self, curve: list[float]) -> None:
+        super().__init__()
+        self.layer = nn.Linear(8, 1)
+        self.curve = curve
+        self.evaluations = 0
+
+    def training_step(self, batch, batch_idx):
+        time.sleep(0.03)  # a step of a known, realistic length
+        return nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        time.sleep(0.02)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.log("score", -1.0)  # what an untrained model scores: never the target
+            return
+        self.log("score", self.curve[self.evaluations])
+        self.evaluations += 1
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class Times(pl.Callback):
+    """When hooks ran on this process's clock (the meters' clock: ``perf_counter``)."""
+
+    def __init__(self) -> None:
+        self.fit_start = 0.0
+        self.val_batches_done: list[float] = []
+        self.val_end: list[float] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.fit_start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:  # after the validation's last batch
+        if not trainer.sanity_checking:
+            self.val_batches_done.append(time.perf_counter())
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.val_end.append(time.perf_counter())
+
+
+def fit(tmp_path: Path, callbacks: list, curve: list[float], ckpt_path: str | None = None, **kwargs):
+    options = {
+        "max_epochs": len(curve),
+        "accelerator": "cpu",
+        "log_every_n_steps": 4,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "enable_progress_bar": False,
+        "logger": pl.loggers.CSVLogger(tmp_path / "csv"),
+        "callbacks": callbacks,
+    }
+    options.update(kwargs)
+    trainer = pl.Trainer(**options)
+    trainer.fit(Scripted(curve), regression_data(64), regression_data(16), ckpt_path=ckpt_path)
+    return trainer
+
+
+@pytest.mark.parametrize("setup", ["monitor first", "target first", "target alone"])
+def test_energy_to_target_is_the_energy_at_the_end_of_the_evaluation_that_reached_it(tmp_path, sim_gpus, setup):
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    record = tmp_path / "energy.jsonl"
+    measure = {"devices": ["gpu"], "sample_interval_s": 0.02}
+    monitor = EnergyMonitor(record_path=record, **measure)
+    target = EnergyToTarget(
+        "score", 0.9, **(measure if setup != "target alone" else {**measure, "record_path": record})
+    )
+    inner = {"monitor first": [monitor, target], "target first": [target, monitor], "target alone": [target]}[setup]
+    before, after = Times(), Times()
+    curve = [0.2, 0.6, 0.93, 0.97, 0.99]
+    with pytest.warns(UserWarning, match="Target reached at step 24: score = 0.93, score >= 0.9"):
+        trainer = fit(tmp_path, [before, *inner, after], curve)
+
+    assert trainer.global_step == 3 * STEPS  # stopped at the third evaluation, the first to reach 0.9
+    (row,) = [r for r in csv_rows(tmp_path / "csv") if r.get("target/energy_kwh")]  # logged once
+    kwh, seconds = float(row["target/energy_kwh"]), float(row["target/seconds"])
+    assert int(row["step"]) == 3 * STEPS and float(row["target/step"]) == 3 * STEPS
+    # from fit start to the end of the third validation, that validation and the two before included
+    assert before.val_batches_done[2] - after.fit_start <= seconds <= after.val_end[2] - before.fit_start
+    assert kwh * J_PER_KWH == pytest.approx(GPU_W * seconds, abs=COUNTER_J)  # the known power's integral
+    assert float(row["target/co2e_kg"]) == pytest.approx(kwh * 475.0 / 1000, rel=1e-3)  # world average, PUE 1
+    lines = [x for x in read_record(record) if x["type"] == "target"]
+    assert [x["event"] for x in lines] == ["evaluation", "evaluation", "reached"]
+    assert lines[-1]["energy_kwh"] == kwh and lines[-1]["stop"] is True
+    assert target.reached == {"target/energy_kwh": kwh, "target/co2e_kg": pytest.approx(float(row["target/co2e_kg"])),
+                              "target/seconds": seconds, "target/step": 24.0}  # fmt: skip
+    if setup == "target alone":
+        assert read_record(record)[-1]["status"] == "target-stop"
+
+
+def test_min_gain_per_kwh_stops_at_the_evaluation_where_the_curve_flattens(tmp_path, sim_gpus) -> None:
+    """The score stops improving after the fourth validation: whatever an epoch costs on this
+    machine, the gain per kWh is 0 at the fifth and far above 1 per kWh before it."""
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    record = tmp_path / "energy.jsonl"
+    curve = [0.1, 0.5, 0.7, 0.75, 0.75, 0.75, 0.75]
+    target = EnergyToTarget("score", None, min_gain_per_kwh=1.0, devices=["gpu"], sample_interval_s=0.02,
+                            record_path=record)  # fmt: skip
+    with pytest.warns(UserWarning, match="Diminishing returns at step 40: score improved by 0 per kWh"):
+        trainer = fit(tmp_path, [target], curve)
+    assert trainer.global_step == 5 * STEPS
+    lines = [x for x in read_record(record) if x["type"] == "target"]
+    assert [x["event"] for x in lines] == ["evaluation"] * 4 + ["diminishing"]
+    gains = csv_series(tmp_path / "csv", "target/gain_per_kwh")
+    assert [step for step, _ in gains] == [16, 24, 32, 40]  # from the second validation on
+    for (_, gain), line, earlier in zip(gains, lines[1:], lines):  # the improvement over that evaluation's energy
+        assert gain == pytest.approx((line["value"] - earlier["value"]) / (line["energy_kwh"] - earlier["energy_kwh"]))
+    assert min(g for _, g in gains[:3]) > 1.0 and gains[3][1] == 0.0
+
+
+def test_a_target_reached_before_a_resume_is_not_reported_again(tmp_path, sim_gpus) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    record = tmp_path / "energy.jsonl"
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    measure = {"devices": ["gpu"], "sample_interval_s": 0.02}
+    first = EnergyToTarget("score", 0.5, **measure)
+    with pytest.warns(UserWarning, match="Target reached at step 16"):
+        fit(tmp_path, [EnergyMonitor(record_path=record, **measure), first, checkpoint], [0.3, 0.6, 0.8],
+            enable_checkpointing=True)  # fmt: skip
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"][first.state_key]
+    assert saved["reached"]["step"] == 16 and saved["reached"]["kwh"] == first.reached["target/energy_kwh"]
+
+    resumed = EnergyToTarget("score", 0.5, **measure)
+    monitor = EnergyMonitor(record_path=record, **measure)
+    trainer = fit(tmp_path, [monitor, resumed], [0.9, 0.95, 0.97, 0.98], ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert trainer.global_step == 4 * STEPS  # trained on to max_epochs: the resumed run does not stop again
+    assert resumed.reached == first.reached  # the figures of the first run, kept
+    assert not any(r.get("target/energy_kwh") for r in csv_rows(tmp_path / "csv"))  # the new run's log: not again
+    runs = [x for x in read_record(record) if x["type"] == "target"]
+    assert [x["event"] for x in runs] == ["evaluation", "reached", "evaluation", "evaluation"]
+    assert runs[2]["energy_kwh"] > runs[1]["energy_kwh"]  # the totals continue across the resume

@@ -19,7 +19,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from energy_core.carbon.factor import MAX_G_PER_KWH, Factor, Fixed, Value
+from energy_core.carbon.factor import Factor, Fixed, Value
+from energy_core.units import MAX_G_PER_KWH
 
 TOKEN_ENV = "ELECTRICITYMAPS_API_KEY"
 URL_ENV = "ELECTRICITYMAPS_API_URL"  # another endpoint (a proxy, a test server)

@@ -137,6 +137,31 @@ def test_a_dripping_or_huge_answer_is_cut_short(electricity_maps) -> None:
     assert "TimeoutError" in factor.take_notices()[0].text
 
 
+@pytest.mark.parametrize("electricity_maps", ["http", "https"], indirect=True)
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_a_request_ends_within_its_bound_from_the_first_byte_to_the_last(electricity_maps, where) -> None:
+    # One byte every 0.2 s: the status line and headers take about 15 s, the body about 30 s. The time limit
+    # was checked only once the headers had arrived (each byte reset the socket's timeout): a header drip
+    # held the request for the whole 45 s, with no warning.
+    drip = {"header_drip_s": 0.2} if where == "headers" else {"drip_s": 0.2}
+    electricity_maps.script = [Answer(body=electricity_maps.answer(70.0), **drip)]
+    factor = ElectricityMaps("FR", Fixed(56.0, "codecarbon: France"))
+    started = time.monotonic()
+    factor.fetch()
+    assert time.monotonic() - started <= live.TIMEOUT_S + 0.5  # 0.5 s here: the fixture shortens the limit
+    assert factor.at(time.time()).value == 56.0
+    [notice] = factor.take_notices()
+    assert f"TimeoutError: the answer took over {live.TIMEOUT_S:g} s" in notice.text
+
+
+@pytest.mark.parametrize("electricity_maps", ["https"], indirect=True)
+def test_a_prompt_answer_over_tls_is_taken(electricity_maps) -> None:
+    factor = ElectricityMaps("FR", Fixed(56.0, "codecarbon: France"))
+    factor.fetch()
+    assert factor.take_notices() == [] and factor.at(time.time()).value == 55.0
+    assert electricity_maps.tokens == ["secret-token-123"]
+
+
 def test_a_restarted_refresh_runs_one_thread(electricity_maps) -> None:
     electricity_maps.script = [Answer(body=electricity_maps.answer(70.0), delay=0.4)]
     factor = ElectricityMaps("FR", Fixed(56.0, "codecarbon: France"))

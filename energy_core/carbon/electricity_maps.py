@@ -21,9 +21,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import datetime
 from typing import Any
 
 from energy_core.carbon.factor import Factor, Fixed, Value
+from energy_core.notices import printable
 from energy_core.units import MAX_G_PER_KWH
 
 TOKEN_ENV = "ELECTRICITYMAPS_API_KEY"
@@ -189,15 +191,15 @@ class ElectricityMaps(Factor):
         except Exception as err:  # noqa: BLE001 - no network, timeout, malformed answer: keep the last figure
             self._failed(_without(token, f"{type(err).__name__}: {err}"))
             return
-        stamp = answer.get("datetime", "")
-        source = f"Electricity Maps {answer.get('zone', self.zone)} at {stamp}" + (
-            " (estimated)" if answer.get("isEstimated") else ""
+        source = f"Electricity Maps {self.zone}{_when(answer.get('datetime'))}" + (
+            " (estimated)" if answer.get("isEstimated") is True else ""
         )
         with self._lock:
             self._latest = Value(value, source, float(self.clock()))  # type: ignore[operator]
 
     def _failed(self, why: str) -> None:
         keeping = "the last figure" if self._latest is not None else self.fallback.value.source
+        why = printable(why)  # an error's text may quote the server (a bad status line)
         self._once("failed", f"Electricity Maps ({self.zone}) did not answer: {why}; using {keeping} until it does.")
 
     def start(self) -> None:
@@ -240,6 +242,15 @@ def _read_bounded(request: urllib.request.Request) -> bytes:
         if deadline.expired:  # the shut-down socket ended the answer early, however it looked
             raise TimeoutError(f"the answer took over {TIMEOUT_S:g} s")
     return body
+
+
+def _when(stamp: object) -> str:
+    """ " at <the answer's time>", rewritten from the parsed ISO 8601 time (the server's text is
+    never shown as it is), or "" when it is not one."""
+    try:
+        return f" at {datetime.fromisoformat(str(stamp).replace('Z', '+00:00')).isoformat()}"
+    except ValueError:
+        return ""
 
 
 def _without(token: str, text: str) -> str:

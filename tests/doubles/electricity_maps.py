@@ -25,6 +25,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     drip_s: float = 0.0  # seconds between bytes of the body
     header_drip_s: float = 0.0  # seconds between bytes of the status line and headers
+    status_line: str = ""  # sent instead of "HTTP/1.1 <status> Answer" (a malformed one)
 
 
 class Replay(BaseHTTPRequestHandler):
@@ -40,7 +41,8 @@ class Replay(BaseHTTPRequestHandler):
         self.tokens.append(self.headers.get("auth-token", ""))
         self.paths.append(self.path)
         time.sleep(answer.delay)
-        head = [f"HTTP/1.1 {answer.status} Answer", "Content-Type: application/json", "Connection: close"]
+        status = answer.status_line or f"HTTP/1.1 {answer.status} Answer"
+        head = [status, "Content-Type: application/json", "Connection: close"]
         head += [f"{name}: {value}" for name, value in answer.headers.items()]
         try:
             self._send(("\r\n".join(head) + "\r\n\r\n").encode(), answer.header_drip_s)

@@ -6,6 +6,7 @@ against sums worked out by hand.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import datetime, timedelta, timezone
@@ -137,6 +138,25 @@ def test_a_dripping_or_huge_answer_is_cut_short(electricity_maps) -> None:
     assert "TimeoutError" in factor.take_notices()[0].text
 
 
+def test_the_answers_text_never_reaches_the_source_or_a_message(electricity_maps, tmp_path, sim_gpus) -> None:
+    # The answer's zone and datetime went, unfiltered, into the summary text, the record and the report.
+    hostile = "\x1b]0;owned\x07\x1b[2J"
+    answer = json.loads(electricity_maps.answer(70.0))
+    answer.update(zone="FR" + hostile, datetime="2026-11-24T10:00:00Z" + hostile)
+    electricity_maps.script = [Answer(body=json.dumps(answer)), Answer(body='{"datetime": "\x1b[2J"}')]
+    factor = ElectricityMaps("FR", Fixed(56.0, "codecarbon: France"))
+    factor.fetch()
+    assert factor.at(time.time()).source == "Electricity Maps FR (estimated)"  # a time that is not one is left out
+    factor.fetch()  # no carbonIntensity: a failure, said once
+    [notice] = factor.take_notices()
+    assert "\x1b" not in notice.text
+    electricity_maps.script = [Answer(status_line="HTTP/1.1 2OO" + hostile)]  # the error quotes the status line
+    broken = ElectricityMaps("FR", Fixed(56.0, "codecarbon: France"))
+    broken.fetch()
+    [notice] = broken.take_notices()
+    assert "did not answer" in notice.text and not any(c in notice.text for c in "\x1b\x07")
+
+
 @pytest.mark.parametrize("electricity_maps", ["http", "https"], indirect=True)
 @pytest.mark.parametrize("where", ["headers", "body"])
 def test_a_request_ends_within_its_bound_from_the_first_byte_to_the_last(electricity_maps, where) -> None:
@@ -176,11 +196,12 @@ def test_a_restarted_refresh_runs_one_thread(electricity_maps) -> None:
 
 
 def test_series_far_from_the_run_in_the_report_say_so(tmp_path) -> None:
+    from energy_core.report.runs import Run
     from energy_core.report.when import started_at_other_hours
 
     old = series_file(tmp_path, [(T0 - 7 * 365 * 86400 + h * 3600, 100.0 + h) for h in range(24)])
-    run = [{"type": "header", "time": T0, "carbon": {"pue": 1.0}},
-           {"type": "window", "elapsed_s": 3600.0, "metrics": {"energy/total_kwh": 1.0}}]  # fmt: skip
+    run = Run.of([{"type": "header", "time": T0, "carbon": {"pue": 1.0}},
+                  {"type": "window", "elapsed_s": 3600.0, "metrics": {"energy/total_kwh": 1.0}}])  # fmt: skip
     rows = started_at_other_hours(run, Series(old, "--intensity-series", "g/kWh"))
     assert rows[0][0].endswith("(outside the series: its end values)")
     assert rows[1][0] == (datetime.fromtimestamp(T0, timezone.utc) - timedelta(days=7 * 365)).strftime("%Y-%m-%d %H:%M")

@@ -132,7 +132,7 @@ def test_live_intensity_keeps_the_last_figure_through_every_failure(electricity_
     texts = [n.text for n in factor.take_notices()]
     assert len(texts) == 1 and "the token was refused (401)" in texts[0] and "using the last figure" in texts[0]
     assert set(electricity_maps.tokens) == {"secret-token-123"}  # sent as auth-token, and in no message
-    assert "Electricity Maps FR at 2026-11-24T10:00:00.000Z (estimated)" == factor.at(time.time()).source
+    assert "Electricity Maps FR at 2026-11-24T10:00:00+00:00 (estimated)" == factor.at(time.time()).source
 
 
 def test_a_stale_figure_falls_back_to_the_location(electricity_maps, monkeypatch) -> None:

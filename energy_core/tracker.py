@@ -346,8 +346,8 @@ class EnergyTracker:
         figures: WindowFigures | None = None,
         epoch_j: float = 0.0,
     ) -> JobSums:
-        """The job's figures at boundary ``end`` (joules ``end_j``): its energy charged, one sum over the ranks."""
-        local = self._accounts.local(end, end_j, open_work, self._stages.live_j, charge=True)
+        """The job's figures at boundary ``end`` (joules ``end_j``): one sum over the ranks."""
+        local = self._accounts.local(end, end_j, open_work, self._stages.live_j)
         sums = self._accounts.sum(self.ranks, local, figures, epoch_j)
         self._stages.set_job(sums.totals.stage_j if self.ranks.distributed else None)
         for line in self.factors.new_lines():  # every value used, from when, and where it came from

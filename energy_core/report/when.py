@@ -4,8 +4,10 @@ A run record's window, epoch and summary lines carry the cumulative energy and t
 seconds at each boundary, and its header the wall time of the start, so the run is a list of
 `Slice`: the kWh used between two boundaries and when.
 `started_at_other_hours` moves those slices, unchanged, to start at each hour of a
-recorded intensity series (the what-if of a start time) and charges them as the monitor
-does: each slice's kWh x PUE at the intensity in force at its midpoint.
+recorded intensity series (the what-if of a start time) and charges each slice's kWh x PUE
+at the intensity in force at its midpoint: the record holds the energy at its boundaries
+only, so a change of intensity inside a slice is off by half that slice's energy at most
+(the monitors themselves charge at every hardware reading).
 
 Example:
     >>> from energy_core.carbon.factor import Fixed

@@ -32,27 +32,29 @@ def series_file(tmp_path, rows: list[tuple[float, float]]):
 
 
 # ----------------------------------------------------------------------------- charges
-def test_an_extrapolated_excess_is_taken_back_at_the_rate_it_was_charged(tmp_path) -> None:
-    # 100 g/kWh for the first hour, 1000 after: a boundary extrapolated 1 kWh too high in the
-    # cheap hour must not be taken back at the dear hour's rate (that made CO2e negative)
+def test_each_reading_is_charged_at_the_factors_in_force_and_a_figure_asked_for_charges_nothing(tmp_path) -> None:
+    # 100 g/kWh for the first hour, 1000 after; the price a steady 0.5 per kWh.
     carbon = Series(series_file(tmp_path, [(T0, 100.0), (T0 + 3600, 1000.0)]), "series", "g/kWh")
     charges = Charges(RunFactors(carbon, Fixed(0.5, "given"), pue=1.0, currency="EUR"))
     charges.restart(T0)
-    charges.charge(2 * J_PER_KWH, when=T0 + 1800)  # 2 kWh, of which 1 was an overshoot
-    charges.charge(1 * J_PER_KWH, when=T0 + 7200)  # the exact total: 1 kWh
-    assert charges.co2e_kg == pytest.approx(1 * 100 / 1000) and charges.cost == pytest.approx(0.5)
-    charges.charge(2 * J_PER_KWH, when=T0 + 7300)  # then 1 kWh more, in the dear hour
-    assert charges.co2e_kg == pytest.approx((100 + 1000) / 1000)
-    assert charges.preview(1.5 * J_PER_KWH, when=T0 + 7400) == pytest.approx((0.6, 0.75))  # back at 1000 g
+    charges.take(1 * J_PER_KWH, when=T0 + 1800)  # 1 kWh in the cheap half hour
+    assert (charges.co2e_kg, charges.cost) == pytest.approx((0.1, 0.5))
+    charges.take(2 * J_PER_KWH, when=T0 + 5400)  # 1 kWh more across the change: half of it at each intensity
+    assert (charges.co2e_kg, charges.cost) == pytest.approx((0.1 + 0.05 + 0.5, 1.0))
+    assert charges.at(2.5 * J_PER_KWH, when=T0 + 5500) == pytest.approx((0.65 + 0.5, 1.25))  # since the reading
+    # A moment the last reading has passed: the energy after it is taken back at the factors in force then.
+    assert charges.at(1.5 * J_PER_KWH, when=T0 + 4500) == pytest.approx((0.65 - 0.5, 0.75))
+    assert charges.at(0.0, when=T0 + 10) == (0.0, 0.0)  # never below zero
+    assert (charges.charged_j, charges.co2e_kg) == pytest.approx((2 * J_PER_KWH, 0.65))  # nothing charged
 
 
-def test_a_preview_does_not_enter_the_factor_history(tmp_path) -> None:
+def test_a_figure_asked_for_does_not_enter_the_factor_history(tmp_path) -> None:
     carbon = Series(series_file(tmp_path, [(T0, 100.0), (T0 + 60, 300.0)]), "series", "g/kWh")
     charges = Charges(RunFactors(carbon, None, pue=1.0, currency="EUR"))
-    charges.restart(T0)
-    for i in range(50):  # budgets preview at every reading, at midpoints either side of the change
-        charges.preview(1000.0 + i, when=T0 + 100 + (i % 2) * 40)
-    charges.charge(2000.0, when=T0 + 200)
+    charges.restart(T0 + 100)
+    for i in range(50):  # budgets ask at every reading, at moments either side of the change
+        charges.at(1000.0 + i, when=T0 + 30 + (i % 2) * 60)
+    charges.take(2000.0, when=T0 + 200)
     assert [v.value for v in carbon.history] == [300.0]  # what was charged, once
 
 

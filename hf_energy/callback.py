@@ -140,7 +140,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
 
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self.register(kwargs.get("model"))
+        self.begin(kwargs.get("model"), state)
         self._world_zero = state.is_world_process_zero
         ranks = ranks_of(args)
         self._restore_from(state)

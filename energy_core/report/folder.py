@@ -3,7 +3,8 @@
 Records are often read in shared folders, by root too. Another user could plant a link
 where the report writes (``run.report/report.html -> /root/.bashrc``) or own the folder it
 would use. So the report writes only into a folder of the user running it that no one else
-can write to, opened once (``O_DIRECTORY | O_NOFOLLOW``) and checked on its descriptor,
+can write to (not world-writable, nor writable by a group other than the user's own),
+opened once (``O_DIRECTORY | O_NOFOLLOW``) and checked on its descriptor,
 and creates each file through that descriptor with ``O_NOFOLLOW``, checked to be a regular
 file: no link is followed, no FIFO opened for writing.
 
@@ -50,8 +51,8 @@ class ReportFolder:
         why = ""
         if found.st_uid != os.geteuid():
             why = f"it is owned by uid {found.st_uid}, not you"
-        elif found.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            why = "others can write to it"
+        elif found.st_mode & stat.S_IWOTH or (found.st_mode & stat.S_IWGRP and found.st_gid != os.getegid()):
+            why = "others can write to it"  # (a group-writable folder of one's own group is one's own: umask 002)
         if why:
             os.close(self.fd)
             raise FolderError(f"{printable(path)} is not a folder of yours alone ({why})")

@@ -204,6 +204,18 @@ def test_out_must_be_a_folder_of_ones_own(shared, sim_gpus, capsys, owner) -> No
     assert "is not a folder of yours alone" in err and "nothing written" in err and list(out_dir.iterdir()) == []
 
 
+def test_a_folder_writable_by_ones_own_group_is_ones_own(shared, sim_gpus) -> None:
+    # (umask 002 with a group per user: every folder a user makes is group-writable)
+    record = shared / "runs.jsonl"
+    two_runs(record, sim_gpus)
+    out_dir = shared / "out"
+    out_dir.mkdir()
+    os.chown(out_dir, os.geteuid(), os.getegid())
+    out_dir.chmod(0o775)
+    assert main([str(record), "--out", str(out_dir)]) == 0
+    assert (out_dir / "report.html").is_file()
+
+
 def test_a_fifo_given_as_a_record_is_not_read(shared, capsys) -> None:
     fifo = shared / "runs.jsonl"
     os.mkfifo(fifo)

@@ -183,13 +183,22 @@ def test_co2e_is_exact_however_many_intensity_steps_a_window_spans(tmp_path, sim
     # The case: 250 W, 100 and 1,000 g/kWh alternating every second. A 4 s window was charged at one
     # intensity (its midpoint's): -81.8 %. Readings every 1/8 s and a counter ticking every 1/64 s read
     # the board exactly, so the charges are exact to floating-point precision whatever the window.
-    run = Alternating.build(tmp_path, sim_gpus, monkeypatch, Constant(250.0), 1.0, 0.125, 1 / 64, pue=1.2)
+    # The price alternates too, between 0.1 and 0.5 per kWh every 1.5 s: the cost is exact the same way.
+    price_rows = [(datetime.fromtimestamp(WALL0 - 1.5 + k * 1.5, timezone.utc), (0.1, 0.5)[k % 2]) for k in range(50)]
+    prices = write_series(tmp_path / "price.csv", price_rows, header="datetime,eur_per_kwh")
+    run = Alternating.build(
+        tmp_path, sim_gpus, monkeypatch, Constant(250.0), 1.0, 0.125, 1 / 64, pue=1.2, price_per_kwh=str(prices)
+    )
     try:
         for step in range(1, round(60 / window_s) + 1):
             run.advance(window_s)
             logged = run.tracker.window(step)
             true_kg, _ = run.exact_kg(run.clock.now, pue=1.2)
             assert logged["carbon/co2e_kg"] == pytest.approx(true_kg, rel=1e-9), step
+            seconds = run.clock.now - run.t0  # 250 W: the cost is 250 W x PUE x the price's integral
+            paid = sum(0.5 * min(1.5, max(0.0, seconds - 1.5 * k)) for k in range(0, 41, 2))
+            paid += sum(0.1 * min(1.5, max(0.0, seconds - 1.5 * k)) for k in range(1, 41, 2))
+            assert logged["cost/total"] == pytest.approx(250.0 * 1.2 * paid / J_PER_KWH, rel=1e-9), step
         assert true_kg == pytest.approx(1.2 * 250.0 * 60 * 550 / J_PER_KWH / 1000, rel=1e-3)  # a mean of 550 g/kWh
     finally:
         run.close()

@@ -97,6 +97,7 @@ class EnergyTracker:
         self._caps: list[dict[str, Any]] = []
         self._epoch_start: Mark | None = None
         self._stages = Stages()
+        self._alone: tuple[str, Charges] | None = None  # a stage run outside a fit: its name, its charges
         self._window = Window()
         self._accounts = Accounts(self.meter, Charges(self.factors))
 
@@ -148,20 +149,17 @@ class EnergyTracker:
         self.factors.start()
         self._window = Window(start, step)
         carried = self._accounts.resumed
+        self._new_run(notices, resumed_from=carried.to_state() if carried.energy_j else None)
+        return notices
+
+    def _new_run(self, notices: list[Notice], **fields: Any) -> None:
+        """A new run in the record: its id and its header (a collective in a job: every rank's devices)."""
         everyone = self.ranks.gather_all({"rank": self.ranks.rank, **this_process(self.meter)})
-        header = run_header(
-            self.meter,
-            self.factors.header(self._accounts.wall_now()),
-            notices,
-            everyone,
-            power_caps=self._caps,
-            resumed_from=carried.to_state() if carried.energy_j else None,
-            **self._run_info,
-        )
+        carbon = self.factors.header(self._accounts.wall_now())
+        header = run_header(self.meter, carbon, notices, everyone, power_caps=self._caps, **fields, **self._run_info)
         if self.record is not None:
             self.record.new_run()
         self.write_record(lines.HEADER, **header)
-        return notices
 
     def end_fit(self, step: int, status: str = "completed", collective: bool = True) -> dict[str, float]:
         """Finish the run: final cumulative metrics, summary line, sampler stopped.
@@ -283,9 +281,18 @@ class EnergyTracker:
 
     # ----------------------------------------------------------------- other stages
     def start_stage(self, stage: str) -> list[Notice]:
-        """Begin a validation/test/predict run (``stage`` in `STAGES`, or a provisional name)."""
+        """Begin a validation/test/predict run (``stage`` in `STAGES`, or a provisional name).
+
+        Outside a fit (``trainer.validate()``, HF's ``evaluate()``), the stage is a run of its own
+        in the record: its header now, its stage line and a summary when it ends.
+        """
         notices = self._open()
-        self._stages.start(stage, self.meter.mark())
+        start = self.meter.mark()
+        self._stages.start(stage, start)
+        if not self.fitting and self._alone is None:
+            self._alone = (stage, Charges(self.factors))
+            self._accounts.follow(self._alone[1], start)
+            self._new_run(notices, stage=stage)
         return notices
 
     def end_stage(self, stage: str, step: int, started_as: str | None = None) -> dict[str, float]:
@@ -307,9 +314,28 @@ class EnergyTracker:
             return {}
         if self.fitting:
             self._window.exclude(run)
+        alone = self._alone is not None and self._alone[0] == (started_as or stage)
+        if alone:  # the end of a run of its own: a last reading fixes its marks, however short it was
+            self._notices += self.meter.close()
         settled = self._stages.settle(self.meter)
         self._stages.sum_over(self.ranks)
-        return self._record_stages(settled)
+        figures = self._record_stages(settled)
+        if alone:
+            self._end_alone(run, step)
+        return figures
+
+    def _end_alone(self, run: StageRun, step: int) -> None:
+        """The summary of a stage run outside a fit: its energy, CO2e and cost, its seconds."""
+        assert self._alone is not None and run.per_source is not None  # settled: the meter is closed
+        charges, self._alone = self._alone[1], None
+        by_kind = self.meter.by_kind(run.per_source)
+        joules = sum(by_kind.values())
+        co2e_kg, cost = charges.at(joules, self._accounts.wall(run.end.t))
+        totals = RunTotals(by_kind, {run.stage: joules}, fit_s=run.end.t - run.start.t, co2e_kg=co2e_kg, cost=cost)
+        metrics = {**self._cumulative(totals), **metric_dicts.stage(run.stage, totals.stage_kwh(run.stage))}
+        stages = {s: totals.stage_kwh(s) for s in STAGES}
+        fields = summary_fields(metrics, totals, stages, self.carbon_fields(), self.meter, self.factors.cost_currency)
+        self.write_record(lines.SUMMARY, step=step, status="completed", **fields)
 
     def _record_stages(self, settled: list[tuple[StageRun, float]]) -> dict[str, float]:
         """A record line per settled run; the stages' cumulative figures."""
@@ -346,8 +372,8 @@ class EnergyTracker:
         figures: WindowFigures | None = None,
         epoch_j: float = 0.0,
     ) -> JobSums:
-        """The job's figures at boundary ``end`` (joules ``end_j``): its energy charged, one sum over the ranks."""
-        local = self._accounts.local(end, end_j, open_work, self._stages.live_j, charge=True)
+        """The job's figures at boundary ``end`` (joules ``end_j``): one sum over the ranks."""
+        local = self._accounts.local(end, end_j, open_work, self._stages.live_j)
         sums = self._accounts.sum(self.ranks, local, figures, epoch_j)
         self._stages.set_job(sums.totals.stage_j if self.ranks.distributed else None)
         for line in self.factors.new_lines():  # every value used, from when, and where it came from

@@ -66,7 +66,7 @@ class PowerCapCallback(LogContributor, TrainerCallback):
         return added
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self.register(kwargs.get("model"))
+        self.begin(kwargs.get("model"), state)
         ranks = ranks_of(args)
         self._leader = ranks.leads_node
         emit(self.run.start_on(ranks))

@@ -37,6 +37,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core import checks
+from energy_core.accounting.figures import STAGES
 from energy_core.accounting.ranks import Ranks
 from energy_core.budget.guard import BudgetAction
 from energy_core.budget.rule import BudgetRule
@@ -48,6 +49,7 @@ from energy_core.power.cap import PowerCapRun
 from energy_core.target.rule import TargetRule
 from energy_core.target.run import TargetRun
 from energy_core.tracker import EnergyTracker
+from energy_core.units import MAX_COUNT
 
 logger = logging.getLogger("energy_core")
 
@@ -113,6 +115,10 @@ class EnergyLoop:
             raise TypeError(f"power_cap must be a PowerCapRun or None, got {type(power_cap).__name__}")
         if target is not None and not isinstance(target, TargetRule):
             raise TypeError(f"target must be a TargetRule or None, got {type(target).__name__}")
+        if ranks is not None and not isinstance(ranks, Ranks):
+            raise TypeError(f"ranks must be a Ranks (see energy_core.torch_distributed) or None, got {ranks!r}")
+        if not callable(notify):
+            raise TypeError(f"notify must be a function taking a Notice, got {notify!r}")
         options = MeasureOptions.of("EnergyLoop", dict(measure))
         self.tracker = EnergyTracker(options)
         self.monitor = MonitorRun(self.tracker, self._show)
@@ -219,7 +225,11 @@ class EnergyLoop:
         """Around a validation, test or predict run: its energy, kept out of training's.
 
         Yields a dictionary that holds ``energy/<name>_kwh`` once the block ends.
+
+        Raises:
+            ValueError: ``name`` is not ``"val"``, ``"test"`` or ``"predict"`` (before the block runs).
         """
+        checks.choice("name", name, STAGES)
         figures: dict[str, float] = {}
         self.monitor.stage_start(name)
         try:
@@ -271,8 +281,8 @@ class EnergyLoop:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue a checkpointed loop (before `start`)."""
         self.tracker.load_state_dict(state.get("energy"), own_share=self.ranks.leads_job)
-        self.steps = checks.integer("steps", state.get("steps", 0), low=0)
-        self.epochs = checks.integer("epochs", state.get("epochs", 0), low=0)
+        self.steps = checks.integer("steps", state.get("steps", 0), low=0, high=MAX_COUNT)
+        self.epochs = checks.integer("epochs", state.get("epochs", 0), low=0, high=MAX_COUNT)
         if self.budget is not None:
             self.budget.load_state_dict(state.get("budget"))
         if self.target is not None:

@@ -106,7 +106,7 @@ class EnergyMeter:
     def mark(self) -> Mark:
         """Now, as a mark; the sampler fixes its energy at its next reading. One clock call."""
         mark = Mark(self.clock())
-        if self.sampler is not None and self.sampler.running:  # fixed by the next reading, whoever takes it
+        if self.sampler is not None:  # fixed by the next reading, whoever takes it
             self.sampler.watch_mark(mark)
         return mark
 

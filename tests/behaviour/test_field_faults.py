@@ -241,6 +241,15 @@ GOOD = {"version": 1, "energy_j": {"gpu": 10.0}, "stage_j": {"val": 0.0}, "sampl
         ({"tokens": None}, "tokens"),
         ({"fit_s": float("inf")}, "fit_s"),
         ({"version": 9}, "version"),
+        # Beyond a physical bound (energy_core.units): 10**400 samples raised OverflowError in training, and two
+        # 1.7e308 J entries, each finite, summed to total_kwh=inf.
+        ({"samples": 10**400}, "samples"),
+        ({"tokens": 2**63}, "tokens"),
+        ({"energy_j": {"gpu": 1.7e308, "cpu": 1.7e308}}, "energy_j['gpu']"),
+        ({"stage_j": {"val": 1e22}}, "stage_j['val']"),
+        ({"fit_s": 10**400}, "fit_s"),
+        ({"co2e_kg": 1e300}, "co2e_kg"),
+        ({"cost": 1e300}, "cost"),
     ],
 )
 def test_damaged_energy_state_is_one_clear_error(change, field) -> None:

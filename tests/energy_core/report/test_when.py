@@ -18,6 +18,7 @@ from energy_core.output.record import read_runs
 from energy_core.report import cli as report
 from energy_core.report import plots as report_plots
 from energy_core.report import when as report_when
+from energy_core.report.runs import Run
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import ManualClock, SimGpu
 from tests.helpers.manual import manual_run
@@ -49,7 +50,7 @@ def two_hour_run(tmp_path: Path, sim_gpus, **options: object) -> Path:
 
 def test_the_same_run_started_at_each_hour_of_a_series(tmp_path, sim_gpus) -> None:
     record = two_hour_run(tmp_path, sim_gpus, pue=1.5, carbon_intensity_g_per_kwh=250.0)
-    run = read_runs(record)[0][0]
+    run = Run.of(read_runs(record)[0][0])
     hour_kwh = GPU_W * 3600 / J_PER_KWH
     assert sum(s.kwh for s in report_when.slices(run)) == pytest.approx(2 * hour_kwh, rel=1e-3)
     rows = report_when.started_at_other_hours(run, Series(day_series(tmp_path / "day.csv"), "series", "g/kWh"))
@@ -79,7 +80,7 @@ def test_energy_report_shows_the_hours_and_the_intensity_curve(tmp_path, sim_gpu
     width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and width > 600 and height > 300
     assert b"Grid intensity against power" in png  # its title, stored as a text chunk
-    curve = report_plots.series(read_runs(record)[0][0])  # what the plot draws
+    curve = report_plots.series(Run.of(read_runs(record)[0][0]))  # what the plot draws
     assert curve["intensity"][:5] == [100.0] * 5 and curve["intensity"][-5:] == [300.0] * 5
     assert curve["seconds"][-1] / 3600 == pytest.approx(2.0, abs=1e-6)
 

@@ -25,6 +25,7 @@ from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.output.record import RunRecord, read_runs
 from energy_core.power import PowerCapRun
 from energy_core.sampling.meter import EnergyMeter
+from energy_core.shift.planner import TimeShiftPlan, plan_time_shift
 from energy_core.tracker import EnergyTracker
 from energy_core.units import J_PER_KWH
 
@@ -42,7 +43,9 @@ __all__ = [
     "Ranks",
     "RunRecord",
     "RunTotals",
+    "TimeShiftPlan",
     "co2e_kg",
+    "plan_time_shift",
     "read_runs",
     "resolve_intensity",
     "torch_distributed",

@@ -5,7 +5,7 @@ the ones below it (docs/architecture.md; enforced by the import contract in pypr
 
 * `report` - the ``energy-report`` command; `integration` - what adapters and loops call
   (`EnergyLoop`, the monitor's run, W&B);
-* `budget`, `power` - energy budgets and GPU power caps;
+* `budget`, `power`, `shift` - energy budgets, GPU power caps, time shifting;
 * `tracker` - `EnergyTracker`, one process's bookkeeping at the hooks of a run;
 * `output` - metric keys and dictionaries, the run record, the summary;
 * `accounting` - the typed figures and how they add up (windows, stages, ranks, totals);
@@ -26,6 +26,7 @@ from energy_core.output.record import RunRecord, read_runs
 from energy_core.power import PowerCapRun
 from energy_core.sampling.meter import EnergyMeter
 from energy_core.shift.planner import TimeShiftPlan, plan_time_shift
+from energy_core.shift.run import TimeShiftRun
 from energy_core.tracker import EnergyTracker
 from energy_core.units import J_PER_KWH
 
@@ -44,6 +45,7 @@ __all__ = [
     "RunRecord",
     "RunTotals",
     "TimeShiftPlan",
+    "TimeShiftRun",
     "co2e_kg",
     "plan_time_shift",
     "read_runs",

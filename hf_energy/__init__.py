@@ -11,5 +11,6 @@ from hf_energy.budget import EnergyBudgetCallback  # noqa: E402
 from hf_energy.callback import EnergyCallback  # noqa: E402
 from hf_energy.power_cap import PowerCapCallback  # noqa: E402
 from hf_energy.registry import attach  # noqa: E402
+from hf_energy.time_shift import TimeShiftCallback  # noqa: E402
 
-__all__ = ["EnergyBudgetCallback", "EnergyCallback", "PowerCapCallback", "attach"]
+__all__ = ["EnergyBudgetCallback", "EnergyCallback", "PowerCapCallback", "TimeShiftCallback", "attach"]

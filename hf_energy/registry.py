@@ -132,7 +132,7 @@ def attach(trainer: Any, *callbacks: LogContributor) -> Any:
 
     Wraps this Trainer instance's ``log`` so that, before ``log_history`` and the
     ``report_to`` integrations see a log call, every `EnergyCallback`,
-    `EnergyBudgetCallback` and `PowerCapCallback` of the trainer adds its figures. Works
+    `EnergyBudgetCallback`, `PowerCapCallback` and `TimeShiftCallback` of the trainer adds its figures. Works
     for any Trainer subclass, and keeps working when HF re-creates the callbacks on resume
     (``restore_callback_states_from_checkpoint=True``).
 
@@ -143,11 +143,13 @@ def attach(trainer: Any, *callbacks: LogContributor) -> Any:
         ValueError: no callback, or an object that is not one of the three.
     """
     if not callbacks:
-        raise ValueError("attach needs at least one EnergyCallback, EnergyBudgetCallback or PowerCapCallback")
+        raise ValueError(
+            "attach needs at least one EnergyCallback, EnergyBudgetCallback, PowerCapCallback or TimeShiftCallback"
+        )
     for callback in callbacks:
         if not isinstance(callback, LogContributor):
             raise ValueError(
-                "attach takes EnergyCallback, EnergyBudgetCallback or PowerCapCallback instances, "
+                "attach takes EnergyCallback, EnergyBudgetCallback, PowerCapCallback or TimeShiftCallback instances, "
                 f"got {type(callback).__name__}"
             )
     registry = EnergyCallbacks.of(trainer.model) or EnergyCallbacks()

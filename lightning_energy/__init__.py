@@ -12,5 +12,6 @@ if find_spec("lightning") is None and find_spec("pytorch_lightning") is None:
 from lightning_energy.budget import EnergyBudget
 from lightning_energy.monitor import EnergyMonitor
 from lightning_energy.power_cap import PowerCap
+from lightning_energy.time_shift import TimeShift
 
-__all__ = ["EnergyBudget", "EnergyMonitor", "PowerCap"]
+__all__ = ["EnergyBudget", "EnergyMonitor", "PowerCap", "TimeShift"]

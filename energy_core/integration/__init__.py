@@ -1,12 +1,14 @@
 """Integration: what a framework adapter or a hand-written loop calls, and nothing else (the adapter contract).
 
-An adapter translates its framework's hooks into three runs, each the one object that
+An adapter translates its framework's hooks into these runs, each the one object that
 knows its part of a training run:
 
 * `MonitorRun` - the measurement: start, windows, epochs, stages, finish (W&B included);
 * `BudgetRun` - a budget: bind to a tracker, begin, check each step, review, finish;
 * `PowerCapRun` - a power cap: start on the node's leader, drive the finder, publish the
   cap, restore on every way out;
+* `TimeShiftRun` - a time shift: bind, begin, check each step (pause, or requeue), review,
+  finish;
 
 and builds a `Ranks` from its framework's view of the job (or `torch_distributed`).
 `EnergyLoop` is the same three runs driven by a few calls from a loop of one's own.
@@ -26,6 +28,7 @@ from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.output import keys
 from energy_core.output.record import scalar_losses
 from energy_core.power.cap import CapArgs, PowerCapRun
+from energy_core.shift.run import ShiftAction, TimeShiftArgs, TimeShiftRun
 from energy_core.tracker import EnergyTracker
 
 __all__ = [
@@ -44,6 +47,9 @@ __all__ = [
     "Notice",
     "PowerCapRun",
     "Ranks",
+    "ShiftAction",
+    "TimeShiftArgs",
+    "TimeShiftRun",
     "checks",
     "keys",
     "scalar_losses",

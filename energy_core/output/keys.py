@@ -25,6 +25,8 @@ INTENSITY = "carbon/intensity_g_per_kwh"
 COST = "cost/total"
 BUDGET_REMAINING = "budget/remaining_kwh"
 BUDGET_FORECAST = "budget/forecast_kwh"
+PAUSED_S = "carbon/paused_s"
+SAVED_KG = "carbon/saved_kg"
 
 
 def kind_kwh(kind: str) -> str:
@@ -53,6 +55,8 @@ CUMULATIVE_KEYS = (
     *(stage_kwh(s) for s in STAGES),
     BUDGET_REMAINING,
     BUDGET_FORECAST,
+    PAUSED_S,
+    SAVED_KG,
 )
 
 

@@ -5,7 +5,8 @@ Lines, each a JSON object with ``"type"``:
 * ``header``: hardware, software versions, carbon factor and its source, PUE, caps;
 * ``window``: one per logging window (the logged metrics, step, epoch, seconds, loss);
 * ``epoch``: one per epoch end; ``stage``: one per validation/test/predict run;
-* ``summary``: totals at the end, with how the run ended.
+* ``summary``: totals at the end, with how the run ended;
+* ``budget``, ``power_cap``, ``shift``: what a budget, a power cap or a time shift did.
 
 Every line is flushed when written, so a crash loses at most the current window. A
 file may hold several runs (appended, even at the same time); every line carries its
@@ -28,8 +29,9 @@ from energy_core.notices import Notice
 RECORD_VERSION = 1
 # The line types, each written by one place: the tracker (header, window, epoch, stage,
 # summary, factor: each carbon intensity or price used, from when, and its source), the
-# budget (budget) and the power cap (power_cap).
-HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP, FACTOR = (
+# budget (budget), the power cap (power_cap) and the time shift (shift: its plans, pauses,
+# resumes and requeues).
+HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP, FACTOR, SHIFT = (
     "header",
     "window",
     "epoch",
@@ -38,6 +40,7 @@ HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP, FACTOR = (
     "budget",
     "power_cap",
     "factor",
+    "shift",
 )
 
 

@@ -49,7 +49,8 @@ class Intensity:
 
     @classmethod
     def of(cls, intensity: Any, name: str = NAME) -> Intensity:
-        """The intensity from a CSV path, a `Series`, an `Intensity` or a list of ``(datetime, g_per_kwh)``.
+        """The intensity from a CSV path, a `Series`, an `Intensity` or a list of ``(datetime, g_per_kwh)``
+        (the datetime may be an ISO 8601 string with its offset).
 
         Raises:
             TypeError: naming the argument, for anything else.
@@ -78,6 +79,11 @@ class Intensity:
             if not isinstance(point, Sequence) or isinstance(point, (str, bytes)) or len(point) != 2:
                 raise TypeError(f"{name}[{i}] must be a pair (datetime, g_per_kwh), got {point!r}")
             stamp, value = point
+            if isinstance(stamp, str):  # as stored in JSON (an HF callback's arguments)
+                try:
+                    stamp = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+                except ValueError:
+                    raise ValueError(f"{name}[{i}] must start with an ISO 8601 time, got {stamp!r}") from None
             if not isinstance(stamp, datetime):
                 raise TypeError(f"{name}[{i}] must start with a datetime, got {type(stamp).__name__}")
             if stamp.tzinfo is None or stamp.utcoffset() is None:
@@ -119,13 +125,4 @@ class Intensity:
         if len(self.times) < 2:
             return DEFAULT_STEP_S
         gaps = np.rint(np.diff(np.asarray(self.times)) * 10**GRID_DECIMALS).astype(np.int64)
-        return float(np.gcd.reduce(gaps)) / 10**GRID_DECIMALS
-
-    def shifted(self, seconds: float) -> Intensity:
-        """The same curve ``seconds`` later (a compressed or replayed series)."""
-        return Intensity(tuple(t + seconds for t in self.times), self.values, self.source)
-
-    def scaled(self, factors: Sequence[float]) -> Intensity:
-        """Each value times its factor (a forecast's error), clipped to [0, `MAX_G_PER_KWH`]."""
-        values = tuple(min(max(v * f, 0.0), MAX_G_PER_KWH) for v, f in zip(self.values, factors, strict=True))
-        return Intensity(self.times, values, self.source)
+        return max(1, int(np.gcd.reduce(gaps))) / 10**GRID_DECIMALS

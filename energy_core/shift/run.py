@@ -168,7 +168,7 @@ class TimeShiftRun:
         self.clock: Callable[[], float] | None = None  # unix time: the tracker's meter clock by default
         self.sleep: Callable[[float], None] = time.sleep
         self._ranks = Ranks()
-        self._forecast: Forecast | None = None
+        self.forecast: Forecast | None = None  # where the forecast comes from (after `bind`)
         self._state = _State(0.0, 0.0)
         self._saved: dict[str, Any] = {}
         self._next = math.inf  # unix time of the leader's next decision (the end of the run in progress)
@@ -218,7 +218,7 @@ class TimeShiftRun:
             self.tracker.load_state_dict(self._saved.get("tracker"), own_share=ranks.leads_job)
             notices = self.tracker.start_fit(step, resumed=resumed)
         self.tracker.add_summary("time_shift", self._summary)
-        self._forecast = Forecast(self.given, self.tracker.factors.carbon, self.now)
+        self.forecast = Forecast(self.given, self.tracker.factors.carbon, self.now)
         return notices
 
     def begin(self, step: int, total_steps: float | None, every: int = 1) -> list[Notice]:
@@ -232,13 +232,13 @@ class TimeShiftRun:
             total_steps: Optimizer steps the run will take (None or inf: unknown).
             every: The logging cadence: in a multi-process job, decisions are taken at these steps.
         """
-        assert self.tracker is not None and self._forecast is not None, "bind() first"
+        assert self.tracker is not None and self.forecast is not None, "bind() first"
         self._every = max(1, int(every))
         self._total_steps = total_steps if total_steps and math.isfinite(total_steps) else None
         now = self.now()
         totals = self.tracker.totals()
         self._state = _State.of(self._saved.get("shift"), now, totals.get(keys.CO2E_KG, 0.0), self._job_kwh())
-        self._forecast.start()
+        self.forecast.start()
         if self._state.exited_at is not None:
             self._restarted(step, now)
         self._state.open(now, self._job_kwh())
@@ -313,10 +313,10 @@ class TimeShiftRun:
     def _retry_at(self, now: float) -> float:
         """When to try to plan again, having no plan: in a second while the forecast is on its way;
         at the next step while the pace is being measured; never without a forecast or a length."""
-        assert self._forecast is not None
-        if self._forecast.pending:
+        assert self.forecast is not None
+        if self.forecast.pending:
             return now + 1.0
-        if self._forecast.curve() is None or (self._total_steps is None and self.expected_duration_s is None):
+        if self.forecast.curve() is None or (self._total_steps is None and self.expected_duration_s is None):
             return math.inf
         return -math.inf
 
@@ -363,20 +363,20 @@ class TimeShiftRun:
     # ------------------------------------------------------------------ planning
     def _replan(self, step: int, now: float) -> TimeShiftPlan | None:
         """A new plan from now, or None (no forecast yet or none at all, or the length unknown)."""
-        assert self._forecast is not None
-        curve, work = self._forecast.curve(), self._work_left(step)
+        assert self.forecast is not None
+        curve, work = self.forecast.curve(), self._work_left(step)
         if curve is None:
-            if not self._forecast.pending:
-                self._say("forecast", "warn", f"Time shift: no intensity forecast ({self._forecast.missing}): the "
+            if not self.forecast.pending:
+                self._say("forecast", "warn", f"Time shift: no intensity forecast ({self.forecast.missing}): the "
                           "run trains at once, to the end.")  # fmt: skip
             return None
         if work is None:
             return None
         if not curve.covers(now, self.deadline.timestamp()):
-            self._say("covers", "info", f"Time shift: the forecast ({self._forecast.source}) ends before the "
+            self._say("covers", "info", f"Time shift: the forecast ({self.forecast.source}) ends before the "
                       "deadline; after its last row, its last value is assumed.")  # fmt: skip
         busy = self._busy_w()
-        plan = plan_time_shift(curve, work_s=work, start=datetime.fromtimestamp(now, timezone.utc),
+        plan = plan_time_shift(curve, work_s=work * SAFETY, start=datetime.fromtimestamp(now, timezone.utc),
                                deadline=self.deadline, busy_w=busy, idle_w=min(busy, self._idle_w()),
                                resume_s=self._resume_s(), mode=self.mode)  # fmt: skip
         changed = self._moved(work)
@@ -386,24 +386,24 @@ class TimeShiftRun:
         if not plan.fits:
             self._say("fits", "warn", f"Time shift: {plan.note}: the run trains at once, to the end.")
         elif changed:
-            self._notices.append(Notice("info", f"Time shift plan ({self.mode}, from {self._forecast.source}): "
+            self._notices.append(Notice("info", f"Time shift plan ({self.mode}, from {self.forecast.source}): "
                                         f"{plan.describe()}."))  # fmt: skip
         if changed or plan.shifted:
             self._record("plan", step, plan=plan.to_record(), busy_w=busy, idle_w=plan.idle_w, resume_s=plan.resume_s)
         return plan
 
     def _work_left(self, step: int) -> float | None:
-        """Seconds of training left, with a margin: from the pace this process measured, else from
-        the duration given; None when neither is known."""
+        """Seconds of training left: from the pace this process measured, else from the duration
+        given; None when neither is known. Plans add `SAFETY` to it."""
         first_step, first_s = self._first
         done = step - first_step
         total = self._total_steps
         if total is not None and done >= PACE_STEPS:
             pace = (self._state.busy_s(self.now()) - first_s) / done
-            return max(pace, (total - step) * pace) * SAFETY
+            return max(pace, (total - step) * pace)
         if self.expected_duration_s is not None:
             share = 1.0 if total is None else max(0.0, 1 - step / total)
-            return max(1.0, self.expected_duration_s * share) * SAFETY
+            return max(1.0, self.expected_duration_s * share)
         return None
 
     def _moved(self, work: float | None) -> bool:
@@ -460,25 +460,31 @@ class TimeShiftRun:
 
     def _charged_curve(self) -> Intensity | None:
         """The intensity the run is charged with, over time: its series; else the forecast."""
-        assert self.tracker is not None and self._forecast is not None
+        assert self.tracker is not None and self.forecast is not None
         factor = self.tracker.factors.carbon
-        return Intensity.of(factor) if isinstance(factor, Series) else self._forecast.curve()
+        return Intensity.of(factor) if isinstance(factor, Series) else self.forecast.curve()
 
     def figures(self, totals: RunTotals | None = None) -> dict[str, float]:
         """``carbon/paused_s`` and ``carbon/saved_kg``, with the job's totals (the tracker's now by default)."""
         assert self.tracker is not None
-        co2e = totals.co2e_kg if totals is not None else self.tracker.totals().get(keys.CO2E_KG, 0.0)
-        return metric_dicts.shift(self._state.paused_s, self._run_now_kg() - (co2e - self._state.co2e_at_origin))
+        if totals is None:
+            now = self.tracker.totals()
+            co2e, kwh = now.get(keys.CO2E_KG, 0.0), now.get(keys.TOTAL_KWH, 0.0)
+        else:
+            co2e, kwh = totals.co2e_kg, totals.total_kwh
+        saved = self._run_now_kg(kwh) - (co2e - self._state.co2e_at_origin)
+        return metric_dicts.shift(self._state.paused_s, saved)
 
-    def _run_now_kg(self) -> float:
+    def _run_now_kg(self, kwh: float) -> float:
         """The same measured training started at once without pauses: each stretch's energy laid back
-        to back from the start, priced on the intensity the run is charged with (PUE applied)."""
+        to back from the start, priced on the intensity the run is charged with (PUE applied);
+        ``kwh``: the job's energy now."""
         assert self.tracker is not None
         curve, pue, state = self._charged_curve(), self.tracker.factors.pue, self._state
         at, grams = state.origin, 0.0
-        for begin, end, kwh in [*state.stretches, *state.current(self.now(), self._job_kwh())]:
+        for begin, end, used in [*state.stretches, *state.current(self.now(), kwh)]:
             g_per_kwh = curve.mean(at, at + end - begin) if curve else self.tracker.factors.carbon.peek(at).value
-            grams += kwh * pue * g_per_kwh
+            grams += used * pue * g_per_kwh
             at += end - begin
         return grams / 1000.0
 
@@ -488,12 +494,12 @@ class TimeShiftRun:
         if self.requeued_until is not None:
             note = f"requeued: resume at {_iso(self.requeued_until)}"
         else:
-            note = self._forecast.missing if self._forecast is not None else ""
+            note = self.forecast.missing if self.forecast is not None else ""
         return {
             "mode": self.mode,
             "paused_s": figures[keys.PAUSED_S],
             "saved_kg": figures[keys.SAVED_KG],
-            "run_now_kg": self._run_now_kg(),
+            "run_now_kg": self._run_now_kg(totals.total_kwh),
             "plan": self.shown.to_record() if self.shown is not None else None,
             "resume_at": self.requeued_until,
             "note": note,
@@ -650,4 +656,4 @@ def _forecast_arg(forecast: Any) -> Any:
     """The forecast argument as JSON (HF re-creates callbacks from their stored arguments)."""
     if forecast is None or isinstance(forecast, (str, os.PathLike)):
         return None if forecast is None else os.fspath(forecast)
-    return [[t.isoformat(), float(v)] for t, v in forecast]
+    return [[t if isinstance(t, str) else t.isoformat(), float(v)] for t, v in forecast]

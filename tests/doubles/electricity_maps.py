@@ -2,8 +2,9 @@
 
 Each request pops one `Answer` of `Replay.script` (then a normal answer of 55 g/kWh): a
 status, a body, a delay before it, headers (a redirect's ``Location``), and optionally a
-drip (the body sent a byte at a time). `Replay.tokens` and `Replay.paths` keep what each
-request carried.
+drip (the body sent a byte at a time). A request for the forecast pops `Replay.forecasts`
+instead (then a 404), so that the live figure's thread and a forecast's never take each
+other's answers. `Replay.tokens` and `Replay.paths` keep what each request carried.
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ class Replay(BaseHTTPRequestHandler):
     """Electricity Maps' answers, one per request."""
 
     script: list[Answer | tuple[int, str, float]] = []
+    forecasts: list[Answer] = []
     tokens: list[str] = []
     paths: list[str] = []
 
     def do_GET(self) -> None:  # the http.server API names it
-        item = self.script.pop(0) if self.script else Answer(body=self.answer(55.0))
+        if "/forecast" in self.path:
+            item: Answer | tuple[int, str, float] = self.forecasts.pop(0) if self.forecasts else Answer(404, "{}")
+        else:
+            item = self.script.pop(0) if self.script else Answer(body=self.answer(55.0))
         answer = item if isinstance(item, Answer) else Answer(*item)
         self.tokens.append(self.headers.get("auth-token", ""))
         self.paths.append(self.path)
@@ -57,3 +62,9 @@ class Replay(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+def forecast_body(points: list[tuple[str, object]], zone: str = "DE") -> str:
+    """The forecast endpoint's answer: ``points`` of (ISO time, g/kWh)."""
+    return json.dumps({"zone": zone, "forecast": [{"carbonIntensity": g, "datetime": t} for t, g in points],
+                       "updatedAt": "2026-11-24T10:05:00.000Z"})  # fmt: skip

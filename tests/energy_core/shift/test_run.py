@@ -8,88 +8,25 @@ series (within the counter's period); a requeue exits with 75 and a restart carr
 
 from __future__ import annotations
 
-import time
-from datetime import datetime, timedelta, timezone
-from types import SimpleNamespace
+from datetime import datetime
 
 import pytest
 
-import energy_core.tracker
-from energy_core import J_PER_KWH, EnergyLoop, TimeShiftRun
-from energy_core.accounting import accounts
-from tests.doubles.power_traces import Switched
-from tests.doubles.sim_nvml import ManualClock, SimGpu
-from tests.helpers.grid_series import write_csv
+from energy_core import TimeShiftRun
+from tests.energy_core.shift.manual_job import (
+    BASE,
+    BUSY_W,
+    CLEAN,
+    DIRTY,
+    HOUR,
+    IDLE_W,
+    STEP_S,
+    STEPS,
+    Job,
+    deadline_in,
+    kg,
+)
 from tests.helpers.records import read_record
-
-BASE = datetime(2030, 1, 7, tzinfo=timezone.utc)  # the unix clock of these tests: BASE + the manual clock
-HOUR = 3600.0
-BUSY_W, IDLE_W = 300.0, 60.0
-STEP_S = 36.0  # 100 steps an hour
-READ_S = 4.0  # the sampler's readings: every switch of power falls on one
-DIRTY, CLEAN = 500.0, 80.0
-HOURS = [DIRTY, DIRTY, CLEAN, CLEAN, DIRTY, DIRTY]  # the grid: clean from 2 h to 4 h
-STEPS = 150  # 1.5 h of training
-
-
-def kg(watts: float, seconds: float, g_per_kwh: float) -> float:
-    return watts * seconds / J_PER_KWH * g_per_kwh / 1000.0
-
-
-class Job:
-    """A training job on a simulated GPU, a manual clock and an hourly series."""
-
-    def __init__(self, sim_gpus, monkeypatch, tmp_path, hours: list[float] = HOURS) -> None:
-        self.clock = ManualClock(start=0.0)
-        self.trace = Switched(BUSY_W)
-        sim_gpus(SimGpu("GPU-1", self.trace, counter_period_s=0.02, power_average_s=0.0), clock=self.clock)
-        unix = SimpleNamespace(time=lambda: BASE.timestamp() + self.clock.now)  # one timeline for every figure
-        monkeypatch.setattr(accounts, "time", unix)
-        monkeypatch.setattr(energy_core.tracker, "time", unix)
-        self.series = tmp_path / "grid.csv"
-        write_csv(self.series, [(BASE + timedelta(hours=h), v) for h, v in enumerate(hours)])
-        self.record = tmp_path / "energy.jsonl"
-        self.loop: EnergyLoop | None = None
-        self.step_times: list[float] = []
-
-    def start(self, shift: TimeShiftRun | None, **options) -> EnergyLoop:
-        options = {"carbon_intensity_series": str(self.series), **options}
-        self.loop = loop = EnergyLoop(devices=["gpu"], sample_interval_s=60, record_path=str(self.record),
-                                      time_shift=shift, log_every_n_steps=10, total_steps=STEPS, **options)  # fmt: skip
-        loop.tracker.meter.clock = self.clock
-        if shift is not None:
-            shift.sleep = self.idle
-        return loop
-
-    def wait_first_reading(self) -> None:
-        deadline = time.monotonic() + 30
-        while len(self.loop.tracker.meter.sampler.buffer) == 0 and time.monotonic() < deadline:
-            time.sleep(0.001)
-
-    def advance(self, seconds: float) -> None:
-        for _ in range(round(seconds / READ_S)):
-            self.clock.advance(READ_S)
-            self.loop.tracker.meter.sampler.sample_once()
-
-    def train_step(self) -> None:
-        self.trace.set(self.clock.now, BUSY_W)
-        self.advance(STEP_S)
-        self.step_times.append(self.clock.now)
-
-    def idle(self, seconds: float) -> None:
-        self.trace.set(self.clock.now, IDLE_W)
-        self.advance(seconds)
-
-    def train(self, loop: EnergyLoop, steps: int) -> None:
-        for _ in range(steps):
-            self.train_step()
-            loop.step()
-            if loop.should_stop:
-                break
-
-
-def deadline_in(hours: float) -> datetime:
-    return BASE + timedelta(hours=hours)
 
 
 def test_pause_mode_trains_in_the_clean_hours_and_saves_what_it_says(sim_gpus, monkeypatch, tmp_path) -> None:
@@ -164,3 +101,84 @@ def test_requeue_exits_75_and_the_restart_carries_the_plan_on(sim_gpus, monkeypa
     assert final["carbon/co2e_kg"] == pytest.approx(actual, rel=2e-3)
     events = [x["event"] for x in read_record(job.record) if x["type"] == "shift"]
     assert events[events.index("requeue") :][:4] == ["requeue", "resume", "pause", "resume"]
+
+
+def test_between_decisions_a_step_reads_only_the_clock(sim_gpus, monkeypatch, tmp_path) -> None:
+    """The hot path: no plan, no energy read, no record line per step; only at logging steps and decisions."""
+    from energy_core.shift import run as shift_run
+
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    shift = TimeShiftRun(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W)
+    loop = job.start(shift)
+    calls = {"plan": 0, "totals": 0}
+    plan = shift_run.plan_time_shift
+    totals = loop.tracker.totals
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(shift_run, "plan_time_shift", counted("plan", plan))
+    monkeypatch.setattr(loop.tracker, "totals", counted("totals", totals))
+    with loop:
+        job.wait_first_reading()
+        job.train(loop, STEPS)
+    assert calls["plan"] <= 3  # at the pace's measure, after the pause, once more at most
+    assert calls["totals"] <= STEPS / 10 + 10  # the reviews at logging steps (every 10) and the pause's bookkeeping
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "named"),
+    [
+        ({"deadline": datetime(2030, 1, 7)}, ValueError, "deadline"),
+        ({"deadline": 1893888000}, TypeError, "deadline"),
+        ({"deadline": "tomorrow"}, ValueError, "deadline"),
+        ({"mode": "sleep"}, ValueError, "mode"),
+        ({"exit_code": 0}, ValueError, "exit_code"),
+        ({"exit_code": True}, TypeError, "exit_code"),
+        ({"expected_duration_s": -1.0}, ValueError, "expected_duration_s"),
+        ({"idle_w": float("inf")}, ValueError, "idle_w"),
+        ({"resume_s": "60"}, TypeError, "resume_s"),
+        ({"forecast": []}, ValueError, "forecast"),
+        ({"forecast": [("2030-01-07", 100.0)]}, ValueError, "forecast"),
+    ],
+)
+def test_bad_arguments_name_themselves(arguments, error, named) -> None:
+    with pytest.raises(error, match=named):
+        TimeShiftRun(**{"deadline": deadline_in(6), **arguments})
+
+
+def test_the_adapters_need_a_deadline_and_know_their_arguments() -> None:
+    with pytest.raises(TypeError, match="needs a deadline"):
+        TimeShiftRun.from_args("TimeShift")
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['dedline'\\]"):
+        TimeShiftRun.from_args("TimeShift", deadline=deadline_in(6), dedline=deadline_in(6))  # type: ignore[call-arg]
+    run = TimeShiftRun.from_args("TimeShift", deadline=deadline_in(6).isoformat(), country="FRA",
+                                 forecast=[(BASE, 100.0)])  # fmt: skip
+    assert run.args["deadline"] == deadline_in(6).isoformat() and run.args["country"] == "FRA"
+    assert TimeShiftRun.from_args("TimeShift", **run.args).args == run.args  # JSON re-creates it (HF's restore)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"shift": [1, 2]},
+        {"shift": {"origin": 1.0}},
+        {
+            "shift": {
+                **dict.fromkeys(("origin", "co2e_at_origin", "kwh_at_origin", "paused_s", "idle_kwh", "idle_s"), 0.0),
+                "stretches": [],
+                "exited_at": None,
+                "resume_at": None,
+                "resume_s": None,
+                "paused_s": -5.0,
+            }
+        },
+    ],  # fmt: skip
+)
+def test_a_damaged_checkpoint_state_is_a_clear_error(state) -> None:
+    with pytest.raises(ValueError, match="time shift state"):
+        TimeShiftRun(deadline=deadline_in(6)).load_state_dict(state)

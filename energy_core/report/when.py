@@ -1,4 +1,5 @@
-"""When the energy was used: a run's energy slices over time, and the same run started at another hour.
+"""When the energy was used: a run's energy slices over time, the same run started at another hour,
+and when a time-shifted run computed.
 
 A run record's window, epoch and summary lines carry the cumulative energy and the training
 seconds at each boundary, and its header the wall time of the start, so the run is a list of
@@ -24,8 +25,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from energy_core.carbon.factor import Factor, Series
+from energy_core.carbon.run_factors import CARBON
 from energy_core.output import keys
-from energy_core.output.record import EPOCH, HEADER, SUMMARY, WINDOW
+from energy_core.output.record import EPOCH, FACTOR, HEADER, SHIFT, SUMMARY, WINDOW
 from energy_core.units import J_PER_KWH
 
 HOURS = 24
@@ -110,3 +112,48 @@ def started_at_other_hours(run: list[dict[str, Any]], series: Series) -> list[li
 
 def _utc(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def _timeline(run: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """(unix time of training second 0, unix time of the run's end), or None without a header."""
+    header = next((line for line in run if line.get("type") == HEADER), None)
+    if header is None or not isinstance(header.get("time"), (int, float)):
+        return None
+    base = float(header["time"]) - float((header.get("resumed_from") or {}).get("fit_s", 0.0))
+    return base, max(float(line.get("time", 0.0)) for line in run)
+
+
+def computing(run: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """When a time-shifted run computed, in training seconds (the windows' ``elapsed_s``): from its
+    start to each pause or requeue, and from each resume to the next; [] for a run never paused."""
+    timeline = _timeline(run)
+    shifts = [line for line in run if line.get("type") == SHIFT and isinstance(line.get("at"), (int, float))]
+    if timeline is None or not shifts:
+        return []
+    base, end = timeline
+    header = next(line for line in run if line.get("type") == HEADER)
+    stretches: list[tuple[float, float]] = []
+    since: float | None = float(header["time"])
+    for line in shifts:
+        if line.get("event") in ("pause", "requeue") and since is not None:
+            stretches.append((since - base, float(line["at"]) - base))
+            since = None
+        elif line.get("event") == "resume" and since is None:
+            since = float(line["at"])
+    if since is not None:
+        stretches.append((since - base, end - base))
+    return [(a, b) for a, b in stretches if b > a]
+
+
+def intensity_used(run: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """Every carbon intensity the run was charged at (its ``factor`` lines) from when it held, in
+    training seconds (0 for one that held before the start), pauses included; [] without a header."""
+    timeline = _timeline(run)
+    if timeline is None:
+        return []
+    base, _ = timeline
+    return [
+        (max(0.0, float(line["since"]) - base), float(line["value"]))
+        for line in run
+        if line.get("type") == FACTOR and line.get("factor") == CARBON and isinstance(line.get("since"), (int, float))
+    ]

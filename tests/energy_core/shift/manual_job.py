@@ -7,6 +7,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
+import energy_core.output.record
 import energy_core.tracker
 from energy_core import J_PER_KWH, EnergyLoop, TimeShiftRun
 from energy_core.accounting import accounts
@@ -38,6 +39,7 @@ class Job:
         unix = SimpleNamespace(time=lambda: BASE.timestamp() + self.clock.now)  # one timeline for every figure
         monkeypatch.setattr(accounts, "time", unix)
         monkeypatch.setattr(energy_core.tracker, "time", unix)
+        monkeypatch.setattr(energy_core.output.record, "time", unix)
         self.series = tmp_path / "grid.csv"
         write_csv(self.series, [(BASE + timedelta(hours=h), v) for h, v in enumerate(hours)])
         self.record = tmp_path / "energy.jsonl"

@@ -11,7 +11,7 @@ knows its part of a training run:
   finish;
 
 and builds a `Ranks` from its framework's view of the job (or `torch_distributed`).
-`EnergyLoop` is the same three runs driven by a few calls from a loop of one's own.
+`EnergyLoop` is the same runs driven by a few calls from a loop of one's own.
 `lightning_energy` and `hf_energy` import from this package and from `energy_core`'s
 public names only (the import contract in pyproject.toml says so).
 """

@@ -339,12 +339,13 @@ class TimeShiftRun:
             self.sleep(max(1e-3, min(action.until, now + NAP_S, *ahead) - now))
             tracker.charge()
         seconds = tracker.resume(start, step)
+        idle_kwh = max(0.0, tracker.reduce_totals().get(keys.TOTAL_KWH, 0.0) - state.kwh_at_pause)
         state.paused_s += seconds
-        state.idle_kwh += max(0.0, tracker.reduce_totals().get(keys.TOTAL_KWH, 0.0) - state.kwh_at_pause)
+        state.idle_kwh += idle_kwh
         state.idle_s += seconds
         self._wait_until = 0.0
         self._next = -math.inf  # decide at the next step: the plan's next run begins now
-        self._record("resume", step, paused_s=seconds, idle_w=self._idle_w())
+        self._record("resume", step, paused_s=seconds, idle_w=idle_kwh * J_PER_KWH / seconds if seconds > 0 else None)
         state.open(self.now(), self._job_kwh())
 
     def _requeue(self, step: int, now: float, until: float) -> ShiftAction:

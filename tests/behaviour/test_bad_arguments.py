@@ -1,4 +1,4 @@
-"""Every public argument of the six public classes, given bad values: a TypeError or ValueError that names it.
+"""Every public argument of the eight public classes, given bad values: a TypeError or ValueError that names it.
 
 A bool is not a number, a number is not a string, ``"no"`` is not ``False``; a value of the
 right type outside the allowed range is a ValueError. Nothing is accepted silently and
@@ -8,11 +8,12 @@ nothing fails deep inside with an AttributeError.
 from __future__ import annotations
 
 import math
+from datetime import datetime
 
 import pytest
 
-from hf_energy import EnergyBudgetCallback, EnergyCallback, PowerCapCallback
-from lightning_energy import EnergyBudget, EnergyMonitor, PowerCap
+from hf_energy import EnergyBudgetCallback, EnergyCallback, PowerCapCallback, TimeShiftCallback
+from lightning_energy import EnergyBudget, EnergyMonitor, PowerCap, TimeShift
 
 NAN, INF = math.nan, math.inf
 MEASURE = {
@@ -38,6 +39,16 @@ CAP = {
     "strict": ["no", 1, None],
     "max_slowdown": [True, 0, -1, 11, NAN, "0.1"],
 }
+SHIFT = {
+    "deadline": [None, 5, True, "tomorrow", "2030-01-01T00:00:00", datetime(2030, 1, 1), ["2030-01-01"]],
+    "mode": ["later", 1, None, True],
+    "forecast": [5, True, [], [(1, 2)], [("x", 1.0)], [("2030-01-01T00:00:00+00:00", -1)], b"grid.csv", "/no/grid.csv"],
+    "expected_duration_s": [True, "3600", 0, -1, NAN, INF],
+    "idle_w": [True, "70", -1, NAN, INF],
+    "resume_s": [True, "60", -1, NAN],
+    "exit_code": [0, 256, True, "75", 75.0, -1],
+}
+DEADLINE = {"deadline": "2030-01-01T00:00:00+00:00"}
 MONITOR_ONLY = {"log_every_n_steps": [0, -1, 1.5, True, "10"], "progress_bar": ["yes", 1, None], "summary": ["no", 0]}
 
 CASES = [
@@ -67,12 +78,25 @@ CASES = [
         for name, vs in CAP.items()
         for value in vs
     ),
+    *(
+        (cls, name, value, DEADLINE)
+        for cls in (TimeShift, TimeShiftCallback)
+        for name, vs in MEASURE.items()
+        for value in vs
+    ),
+    *(
+        (cls, name, value, DEADLINE)
+        for cls in (TimeShift, TimeShiftCallback)
+        for name, vs in SHIFT.items()
+        for value in vs
+    ),
+    *((TimeShift, "checkpoint_path", value, DEADLINE) for value in (5, True, "", b"time_shift.ckpt")),
 ]
 
 
-def test_the_table_covers_at_least_150_bad_values_over_six_classes() -> None:
+def test_the_table_covers_at_least_150_bad_values_over_eight_classes() -> None:
     assert len(CASES) >= 150
-    assert len({cls for cls, *_ in CASES}) == 6
+    assert len({cls for cls, *_ in CASES}) == 8
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,10 @@
 """A grid compressed in time for end-to-end runs: one "hour" of the intensity series lasts a
 fraction of a second, and a simulated GPU draws its busy power only while a step computes.
 
-`DIRTY_CLEAN` starts with `CLEAN_AT` dirty hours (long enough for a framework to start and
-measure its pace, on a loaded machine too), then four clean ones, then dirty again: a job of
-about two clean hours that may pause should wait for the clean hours and train in them.
+`DIRTY_CLEAN` starts with `CLEAN_AT` dirty hours (4 s: long enough for a framework to start
+and measure its pace on a loaded machine), then twelve clean ones, then dirty again: a job of
+under an hour (twelve times slower on a loaded machine still fits) that may pause should wait
+for the clean hours and train in them.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from tests.doubles.power_traces import Switched
 from tests.doubles.sim_nvml import SimGpu
 from tests.helpers.grid_series import write_csv
 
-HOUR_S = 0.3  # one hour of the series, in seconds
+HOUR_S = 0.5  # one hour of the series, in seconds
 DIRTY, CLEAN = 600.0, 60.0
-CLEAN_AT = 5  # hours
-DIRTY_CLEAN = [DIRTY] * CLEAN_AT + [CLEAN] * 4 + [DIRTY] * 7
-DEADLINE_H = 14
+CLEAN_AT = 8  # hours
+DIRTY_CLEAN = [DIRTY] * CLEAN_AT + [CLEAN] * 12 + [DIRTY] * 6
+DEADLINE_H = 26
 BUSY_W, IDLE_W = 300.0, 30.0
 
 

@@ -377,9 +377,11 @@ class TimeShiftRun:
             self._say("covers", "info", f"Time shift: the forecast ({self.forecast.source}) ends before the "
                       "deadline; after its last row, its last value is assumed.")  # fmt: skip
         busy = self._busy_w()
+        # before any training is measured only the share matters: the idle power assumed against a busy 1 W
+        busy, idle = (busy, min(busy, self._idle_w())) if busy is not None else (1.0, IDLE_SHARE)
         plan = plan_time_shift(curve, work_s=work * SAFETY, start=datetime.fromtimestamp(now, timezone.utc),
-                               deadline=self.deadline, busy_w=busy, idle_w=min(busy, self._idle_w()),
-                               resume_s=self._resume_s(), mode=self.mode)  # fmt: skip
+                               deadline=self.deadline, busy_w=busy, idle_w=idle, resume_s=self._resume_s(),
+                               mode=self.mode)  # fmt: skip
         changed = self._moved(work)
         self.plan, self._planned = plan, (work, self._state.busy_s(now))
         if plan.shifted or self.shown is None:
@@ -416,12 +418,13 @@ class TimeShiftRun:
         expected = planned - (self._state.busy_s(self.now()) - trained)
         return work is not None and abs(work - expected) > REPLAN_CHANGE * max(work, expected)
 
-    def _busy_w(self) -> float:
-        """Power while training: the job's energy outside pauses over its time outside pauses."""
+    def _busy_w(self) -> float | None:
+        """Power while training: the job's energy outside pauses over its time outside pauses (None
+        before any is measured)."""
         state = self._state
         kwh = self._job_kwh() - state.idle_kwh - state.kwh_at_origin
         seconds = state.busy_s(self.now())
-        return kwh * J_PER_KWH / seconds if kwh > 0 and seconds > 0 else 1.0
+        return kwh * J_PER_KWH / seconds if kwh > 0 and seconds > 0 else None
 
     def _idle_w(self) -> float:
         """Power while paused: as given, else as measured, else a share of the busy power."""
@@ -430,7 +433,7 @@ class TimeShiftRun:
             return self.idle_w
         if state.idle_s > 0 and state.idle_kwh > 0:
             return state.idle_kwh * J_PER_KWH / state.idle_s
-        return IDLE_SHARE * self._busy_w()
+        return IDLE_SHARE * (self._busy_w() or 1.0)
 
     def _resume_s(self) -> float:
         if self.mode != "requeue":

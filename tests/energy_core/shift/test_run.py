@@ -61,6 +61,21 @@ def test_pause_mode_trains_in_the_clean_hours_and_saves_what_it_says(sim_gpus, m
     assert "Time shift (pause): paused 1.97 h" in loop.summary
 
 
+def test_wait_mode_with_an_expected_duration_waits_before_the_first_step(sim_gpus, monkeypatch, tmp_path) -> None:
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    shift = TimeShiftRun(deadline=deadline_in(6), mode="wait", idle_w=IDLE_W, expected_duration_s=STEPS * STEP_S)
+    loop = job.start(shift)
+    with loop:  # the plan is made as the loop starts: it waits there for the clean hours
+        job.wait_first_reading()
+        job.train(loop, STEPS)
+    assert job.step_times[0] == pytest.approx(2 * HOUR + STEP_S)  # the first step began with the clean hours
+    gaps = [b - a for a, b in zip(job.step_times, job.step_times[1:])]
+    assert max(gaps) == pytest.approx(STEP_S)  # then one contiguous run
+    assert loop.last_metrics["carbon/paused_s"] == pytest.approx(2 * HOUR)
+    events = [(x["event"], x["step"]) for x in read_record(job.record) if x["type"] == "shift"]
+    assert events[:3] == [("plan", 0), ("pause", 0), ("resume", 0)]
+
+
 def test_without_a_time_shift_the_same_job_emits_more(sim_gpus, monkeypatch, tmp_path) -> None:
     job = Job(sim_gpus, monkeypatch, tmp_path)
     loop = job.start(None)

@@ -95,6 +95,7 @@ class EnergyTracker:
         self._run_info: dict[str, Any] = {}
         self._cap_w: float | None = None
         self._caps: list[dict[str, Any]] = []
+        self._parts: dict[str, Callable[[RunTotals], dict[str, Any]]] = {}
         self._epoch_start: Mark | None = None
         self._stages = Stages()
         self._alone: tuple[str, Charges] | None = None  # a stage run outside a fit: its name, its charges
@@ -117,9 +118,18 @@ class EnergyTracker:
         """A cap in force: ``power/cap_w`` in every window (None takes it away) and the header's caps."""
         self._cap_w, self._caps = cap_w, caps
 
+    def add_summary(self, name: str, part: Callable[[RunTotals], dict[str, Any]]) -> None:
+        """A part of the summary another run adds (a time shift: ``time_shift``), made from the
+        job's totals when the summary is written."""
+        self._parts[name] = part
+
     @property
     def fitting(self) -> bool:
         return self._accounts.fit_start is not None
+
+    def now(self) -> float:
+        """Unix time now, on the meter's clock (the clock every figure of the run is timed by)."""
+        return self._accounts.wall_now()
 
     # ----------------------------------------------------------------- lifecycle
     def _open(self) -> list[Notice]:
@@ -348,6 +358,19 @@ class EnergyTracker:
             figures.update(stage)
         return figures
 
+    # ----------------------------------------------------------------- pauses
+    def pause(self) -> Mark:
+        """Training pauses now (a time shift); returns where the pause starts. The sampler goes on
+        charging what the devices use, at the factors in force at each reading. No collective."""
+        return self.meter.mark()
+
+    def resume(self, start: Mark, step: int) -> float:
+        """The pause that began at ``start`` ends now: its energy stays in the totals, and its time
+        and energy are taken out of the open window (it held no training). Returns its seconds."""
+        end = self.meter.mark()
+        self._window.exclude(StageRun("pause", start, end, step))
+        return end.t - start.t
+
     def in_stage(self, stage: str) -> bool:
         return self._stages.running(stage)
 
@@ -459,7 +482,10 @@ class EnergyTracker:
     def summary_fields(self, metrics: dict[str, float]) -> dict[str, Any]:
         """The record's summary fields for these final metrics."""
         totals, stage_kwh = self._totals_now(), {s: self.stage_kwh(s) for s in STAGES}
-        return summary_fields(metrics, totals, stage_kwh, self.carbon_fields(), self.meter, self.factors.cost_currency)
+        parts = {name: part(totals) for name, part in self._parts.items()}
+        return summary_fields(
+            metrics, totals, stage_kwh, self.carbon_fields(), self.meter, self.factors.cost_currency, parts
+        )
 
     def carbon_fields(self) -> dict[str, Any]:
         """The carbon factor in force now, its source and the PUE (the header's and the summary's)."""

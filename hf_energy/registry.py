@@ -34,7 +34,7 @@ from transformers.training_args import TrainingArguments
 from energy_core.integration import warn_at_user_code
 
 T = TypeVar("T")
-CALLBACKS = "EnergyCallback, EnergyBudgetCallback, PowerCapCallback or EnergyToTargetCallback"
+CALLBACKS = "EnergyCallback, EnergyBudgetCallback, PowerCapCallback, EnergyToTargetCallback or TimeShiftCallback"
 
 
 class EnergyCallbacks:
@@ -166,8 +166,8 @@ def attach(trainer: Any, *callbacks: LogContributor) -> Any:
 
     Wraps this Trainer instance's ``log`` so that, before ``log_history`` and the
     ``report_to`` integrations see a log call, every `EnergyCallback`,
-    `EnergyBudgetCallback`, `PowerCapCallback` and `EnergyToTargetCallback` of the trainer
-    adds its figures. Works
+    `EnergyBudgetCallback`, `PowerCapCallback`, `EnergyToTargetCallback` and `TimeShiftCallback`
+    of the trainer adds its figures. Works
     for any Trainer subclass, and keeps working when HF re-creates the callbacks on resume
     (``restore_callback_states_from_checkpoint=True``).
 

@@ -89,6 +89,6 @@ def electricity_maps(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv(intensity.URL_ENV, f"{request.param}://{host}:{server.server_address[1]}/v3")
     monkeypatch.setenv(intensity.TOKEN_ENV, "secret-token-123")
     monkeypatch.setattr(intensity, "TIMEOUT_S", 0.5)
-    Replay.script, Replay.tokens, Replay.paths = [], [], []
+    Replay.script, Replay.forecasts, Replay.tokens, Replay.paths = [], [], [], []
     yield Replay
     server.shutdown()

@@ -1,4 +1,4 @@
-"""The live carbon intensity of a zone from the Electricity Maps API v3 (a `Factor`).
+"""The live carbon intensity of a zone from the Electricity Maps API v3 (a `Factor`), and its forecast.
 
 Refreshed every `REFRESH_S` on a thread of its own (never the training thread). On any
 failure it keeps the last figure (one notice), and without a figure for `STALE_S` it falls
@@ -36,6 +36,7 @@ TIMEOUT_S = 5.0
 STALE_S = 3 * 3600.0  # a live figure older than this gives way to the location lookup
 MAX_ANSWER_BYTES = 64 * 1024  # the API's answer is a few hundred bytes
 ZONE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+FORECAST_HOURS = 72  # the longest horizon the forecast endpoint gives
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -257,3 +258,36 @@ def _without(token: str, text: str) -> str:
     """``text``, or only its first word when the token shows in it in any form (escaped, bytes)."""
     forms = (token, repr(token)[1:-1], repr(token.encode())[2:-1])
     return text.split(":")[0] + ": (details withheld: they hold the token)" if any(f in text for f in forms) else text
+
+
+def fetch_forecast(zone: str, horizon_hours: int = FORECAST_HOURS) -> tuple[list[tuple[float, float]], str]:
+    """The zone's forecast from ``/carbon-intensity/forecast``: ``([(unix time, g/kWh), ...], "")``,
+    or ``([], why)`` when there is none. Never raises; the token never shows in ``why``.
+
+    Bounded like the live figure (size, time, no redirect); every value must be a number in
+    [0, `MAX_G_PER_KWH`] with an ISO 8601 time, or the answer is refused whole.
+    """
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        return [], f"${TOKEN_ENV} is not set"
+    query = urllib.parse.urlencode({"zone": zone, "horizonHours": horizon_hours})
+    url = os.environ.get(URL_ENV, DEFAULT_URL).rstrip("/") + "/carbon-intensity/forecast?" + query
+    try:
+        answer = json.loads(_read_bounded(urllib.request.Request(url, headers={"auth-token": token})).decode("utf-8"))
+        points = []
+        for entry in answer["forecast"]:
+            given = entry["carbonIntensity"]
+            if isinstance(given, bool) or not isinstance(given, (int, float)) or not 0 <= given <= MAX_G_PER_KWH:
+                raise ValueError(f"carbonIntensity {given!r} is not a number in [0, {MAX_G_PER_KWH:g}]")
+            stamp = datetime.fromisoformat(str(entry["datetime"]).replace("Z", "+00:00"))
+            if stamp.tzinfo is None:
+                raise ValueError(f"datetime {entry['datetime']!r} has no UTC offset")
+            points.append((stamp.timestamp(), float(given)))
+        if not points:
+            raise ValueError("an empty forecast")
+    except urllib.error.HTTPError as err:
+        why = {401: "the token was refused (401)", 429: "rate limited (429)"}.get(err.code, f"HTTP {err.code}")
+        return [], why + (" (a redirect, not followed)" if 300 <= err.code < 400 else "")
+    except Exception as err:  # noqa: BLE001 - no network, timeout, malformed answer: no forecast
+        return [], _without(token, f"{type(err).__name__}: {err}")
+    return sorted(points), ""

@@ -6,7 +6,8 @@ Lines, each a JSON object with ``"type"``:
 * ``window``: one per logging window (the logged metrics, step, epoch, seconds, loss);
 * ``epoch``: one per epoch end; ``stage``: one per validation/test/predict run;
 * ``target``: one per evaluation a target watches (the metric, the energy so far);
-* ``summary``: totals at the end, with how the run ended.
+* ``summary``: totals at the end, with how the run ended;
+* ``budget``, ``power_cap``, ``shift``: what a budget, a power cap or a time shift did.
 
 Every line is flushed when written, so a crash loses at most the current window. A
 file may hold several runs (appended, even at the same time); every line carries its
@@ -31,8 +32,9 @@ from energy_core.notices import Notice, printable
 RECORD_VERSION = 1
 # The line types, each written by one place: the tracker (header, window, epoch, stage,
 # summary, factor: each carbon intensity or price used, from when, and its source), the
-# budget (budget), the power cap (power_cap) and the target (target).
-HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP, FACTOR = (
+# budget (budget), the power cap (power_cap), the target (target) and the time shift (shift:
+# its plans, pauses, resumes and requeues).
+HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP, FACTOR, SHIFT = (
     "header",
     "window",
     "epoch",
@@ -41,6 +43,7 @@ HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP, FACTOR = (
     "budget",
     "power_cap",
     "factor",
+    "shift",
 )
 TARGET = "target"
 

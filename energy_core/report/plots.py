@@ -16,7 +16,7 @@ from energy_core.notices import printable
 from energy_core.output.record import WINDOW
 from energy_core.report import targets
 from energy_core.report.runs import Run
-from energy_core.report.when import WHAT_IF_HEAD
+from energy_core.report.when import WHAT_IF_HEAD, computing, intensity_used
 
 OTHER_GRIDS = (
     ("FRA", None),
@@ -123,7 +123,7 @@ def plot_runs(runs: list[tuple[str, Run]]) -> list[tuple[str, bytes]]:
     metric = targets.metric_figure(plt, runs)
     if metric is not None:
         drawn_views.append((targets.METRIC_PLOT[0], _png(plt, metric, targets.METRIC_PLOT[1])))
-    return drawn_views + _intensity_plot(plt, data)
+    return drawn_views + _intensity_plot(plt, runs)
 
 
 def _png(plt: Any, figure: Any, title: str) -> bytes:
@@ -133,19 +133,32 @@ def _png(plt: Any, figure: Any, title: str) -> bytes:
     return out.getvalue()
 
 
-def _intensity_plot(plt: Any, data: list[tuple[str, dict[str, list[float]]]]) -> list[tuple[str, bytes]]:
+def _intensity_plot(plt: Any, runs: list[tuple[str, Run]]) -> list[tuple[str, bytes]]:
     """Power (left axis) and the intensity in force (right axis, a step curve) against time,
-    for the runs whose intensity changed; nothing when it never did."""
-    drawn = [(label, s) for label, s in data if len({g for g in s["intensity"] if g == g}) > 1]  # NaN: not logged
+    for the runs whose intensity changed; nothing when it never did. For a time-shifted run,
+    the stretches it computed are shaded, and the intensity is drawn through its pauses too
+    (from the record's ``factor`` lines)."""
+    drawn = []
+    for label, run in runs:
+        s, stretches = series(run), computing(run)
+        curve = intensity_used(run) if stretches else list(zip(s["seconds"], s["intensity"]))
+        if len({g for _, g in curve if g == g}) > 1:  # NaN: not logged
+            drawn.append((label, s, stretches, curve))
     if not drawn:
         return []
     name, title = INTENSITY_PLOT
     figure, power_axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
     intensity_axes = power_axes.twinx()
-    for label, s in drawn:
+    for label, s, stretches, curve in drawn:
         hours = [seconds / 3600 for seconds in s["seconds"]]
-        power_axes.plot(hours, s["watts"], marker=".", label=f"{label}: power")
-        intensity_axes.step(hours, s["intensity"], where="post", linestyle="--", label=f"{label}: intensity")
+        line = power_axes.plot(hours, s["watts"], marker=".", label=f"{label}: power")[0]
+        at, values = [t / 3600 for t, _ in curve], [g for _, g in curve]
+        if stretches:  # the last value holds to the run's end
+            at, values = [*at, max(at[-1], stretches[-1][1] / 3600)], [*values, values[-1]]
+        intensity_axes.step(at, values, where="post", linestyle="--", label=f"{label}: intensity")
+        for i, (begin, end) in enumerate(stretches):  # a time shift: when the job computed
+            power_axes.axvspan(begin / 3600, end / 3600, color=line.get_color(), alpha=0.12, linewidth=0,
+                               label=f"{label}: computing" if i == 0 else None)  # fmt: skip
     power_axes.set_title(title)
     power_axes.set_xlabel("training time (h)")
     power_axes.set_ylabel("mean power over the window (W)")

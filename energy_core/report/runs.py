@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from energy_core.carbon.run_factors import CARBON
 from energy_core.output import keys
-from energy_core.output.record import EPOCH, POWER_CAP, SUMMARY, TARGET, WINDOW, record_lines
+from energy_core.output.record import EPOCH, FACTOR, POWER_CAP, SHIFT, SUMMARY, TARGET, WINDOW, record_lines
 
 BOUNDARIES = (WINDOW, EPOCH, SUMMARY)
 NAN = math.nan
@@ -81,6 +82,9 @@ class Run:
         caps: Each GPU's cap of its last ``power_cap`` line.
         points: Its boundaries.
         targets: Its ``target`` lines, one per evaluation a target watched.
+        shifts: Its ``shift`` lines (a time shift's plans, pauses, resumes, requeues).
+        intensities: (unix time from which it held, g/kWh) of every carbon intensity it was charged at.
+        last_time: The unix time of its last line.
     """
 
     header: dict[str, Any]
@@ -89,9 +93,21 @@ class Run:
     caps: list[dict[str, Any]] = field(default_factory=list)
     points: Points = field(default_factory=Points)
     targets: list[dict[str, Any]] = field(default_factory=list)
+    shifts: list[dict[str, Any]] = field(default_factory=list)
+    intensities: list[tuple[float, float]] = field(default_factory=list)
+    last_time: float = NAN
 
     def add(self, line: dict[str, Any]) -> None:
         kind = line["type"]
+        when = figure(line, "time")
+        if when is not None and not when <= self.last_time:  # NaN before the first
+            self.last_time = when
+        if kind == SHIFT:
+            self.shifts.append(line)
+        if kind == FACTOR and line.get("factor") == CARBON:
+            since, value = figure(line, "since"), figure(line, "value")
+            if since is not None and value is not None:
+                self.intensities.append((since, value))
         if kind == POWER_CAP:
             self.caps = line.get("caps") or []
         if kind == TARGET:

@@ -1,4 +1,5 @@
-"""When the energy was used: a run's energy slices over time, and the same run started at another hour.
+"""When the energy was used: a run's energy slices over time, the same run started at another hour,
+and when a time-shifted run computed.
 
 A run record's window, epoch and summary lines carry the cumulative energy and the training
 seconds at each boundary, and its header the wall time of the start, so the run is a list of
@@ -109,3 +110,44 @@ def started_at_other_hours(run: Run, series: Series) -> list[list[str]]:
 
 def _utc(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def _timeline(run: Run) -> tuple[float, float] | None:
+    """(unix time of training second 0, unix time of the run's end), or None without the header's time."""
+    began = figure(run.header, "time")
+    if began is None:
+        return None
+    base = began - (figure(run.header.get("resumed_from"), "fit_s") or 0.0)
+    return base, max(began, run.last_time) if run.last_time == run.last_time else began
+
+
+def computing(run: Run) -> list[tuple[float, float]]:
+    """When a time-shifted run computed, in training seconds (the windows' ``elapsed_s``): from its
+    start to each pause or requeue, and from each resume to the next; [] for a run never paused."""
+    timeline = _timeline(run)
+    shifts = [line for line in run.shifts if figure(line, "at") is not None]
+    if timeline is None or not shifts:
+        return []
+    base, end = timeline
+    stretches: list[tuple[float, float]] = []
+    since: float | None = figure(run.header, "time")
+    for line in shifts:
+        at = float(line["at"])
+        if line.get("event") in ("pause", "requeue") and since is not None:
+            stretches.append((since - base, at - base))
+            since = None
+        elif line.get("event") == "resume" and since is None:
+            since = at
+    if since is not None:
+        stretches.append((since - base, end - base))
+    return [(a, b) for a, b in stretches if b > a]
+
+
+def intensity_used(run: Run) -> list[tuple[float, float]]:
+    """Every carbon intensity the run was charged at (its ``factor`` lines) from when it held, in
+    training seconds (0 for one that held before the start), pauses included; [] without the header's time."""
+    timeline = _timeline(run)
+    if timeline is None:
+        return []
+    base, _ = timeline
+    return [(max(0.0, since - base), value) for since, value in run.intensities]

@@ -8,12 +8,13 @@ nothing fails deep inside with an AttributeError.
 from __future__ import annotations
 
 import math
+from datetime import datetime
 
 import pytest
 
 from energy_core import EnergyLoop
-from hf_energy import EnergyBudgetCallback, EnergyCallback, EnergyToTargetCallback, PowerCapCallback
-from lightning_energy import EnergyBudget, EnergyMonitor, EnergyToTarget, PowerCap
+from hf_energy import EnergyBudgetCallback, EnergyCallback, EnergyToTargetCallback, PowerCapCallback, TimeShiftCallback
+from lightning_energy import EnergyBudget, EnergyMonitor, EnergyToTarget, PowerCap, TimeShift
 
 NAN, INF = math.nan, math.inf
 MEASURE = {
@@ -53,6 +54,16 @@ TARGET = {
     "patience": [0, -1, 1.5, True, "2"],
 }
 METRIC = {EnergyToTarget: "monitor", EnergyToTargetCallback: "metric"}  # what each class calls it
+SHIFT = {
+    "deadline": [None, 5, True, "tomorrow", "2030-01-01T00:00:00", datetime(2030, 1, 1), ["2030-01-01"]],
+    "mode": ["later", 1, None, True],
+    "forecast": [5, True, [], [(1, 2)], [("x", 1.0)], [("2030-01-01T00:00:00+00:00", -1)], b"grid.csv", "/no/grid.csv"],
+    "expected_duration_s": [True, "3600", 0, -1, NAN, INF],
+    "idle_w": [True, "70", -1, NAN, INF],
+    "resume_s": [True, "60", -1, NAN],
+    "exit_code": [0, 256, True, "75", 75.0, -1],
+}
+DEADLINE = {"deadline": "2030-01-01T00:00:00+00:00"}
 MONITOR_ONLY = {"log_every_n_steps": [0, -1, 1.5, True, "10"], "progress_bar": ["yes", 1, None], "summary": ["no", 0]}
 
 CASES = [
@@ -90,12 +101,25 @@ CASES = [
     ),
     *((cls, METRIC[cls], value, {"target": 0.9}) for cls in METRIC for value in ("", 5, None, True, ["val_acc"])),
     *((cls, "min_watts", value, {"watts": "auto"}) for cls in (PowerCap, PowerCapCallback) for value in [0, 1e300]),
+    *(
+        (cls, name, value, DEADLINE)
+        for cls in (TimeShift, TimeShiftCallback)
+        for name, vs in MEASURE.items()
+        for value in vs
+    ),
+    *(
+        (cls, name, value, DEADLINE)
+        for cls in (TimeShift, TimeShiftCallback)
+        for name, vs in SHIFT.items()
+        for value in vs
+    ),
+    *((TimeShift, "checkpoint_path", value, DEADLINE) for value in (5, True, "", b"time_shift.ckpt")),
 ]
 
 
-def test_the_table_covers_at_least_150_bad_values_over_eight_classes() -> None:
+def test_the_table_covers_at_least_150_bad_values_over_ten_classes() -> None:
     assert len(CASES) >= 150
-    assert len({cls for cls, *_ in CASES}) == 8
+    assert len({cls for cls, *_ in CASES}) == 10
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,10 @@
 
 Each request pops one `Answer` of `Replay.script` (then a normal answer of 55 g/kWh): a
 status, a body, a delay before it, headers (a redirect's ``Location``), and optionally a
-drip (the body, or the status line and headers, sent a byte at a time). `Replay.tokens`
-and `Replay.paths` keep what each request carried. `serve_tls` puts the server behind TLS.
+drip (the body, or the status line and headers, sent a byte at a time). A request for the
+forecast pops `Replay.forecasts` instead (then a 404), so that the live figure's thread and a
+forecast's never take each other's answers. `Replay.tokens` and `Replay.paths` keep what each
+request carried. `serve_tls` puts the server behind TLS.
 """
 
 from __future__ import annotations
@@ -32,11 +34,15 @@ class Replay(BaseHTTPRequestHandler):
     """Electricity Maps' answers, one per request."""
 
     script: list[Answer | tuple[int, str, float]] = []
+    forecasts: list[Answer] = []
     tokens: list[str] = []
     paths: list[str] = []
 
     def do_GET(self) -> None:  # the http.server API names it
-        item = self.script.pop(0) if self.script else Answer(body=self.answer(55.0))
+        if "/forecast" in self.path:
+            item: Answer | tuple[int, str, float] = self.forecasts.pop(0) if self.forecasts else Answer(404, "{}")
+        else:
+            item = self.script.pop(0) if self.script else Answer(body=self.answer(55.0))
         answer = item if isinstance(item, Answer) else Answer(*item)
         self.tokens.append(self.headers.get("auth-token", ""))
         self.paths.append(self.path)
@@ -100,3 +106,9 @@ def serve_tls(server: HTTPServer, folder: Path) -> Path:
     context.load_cert_chain(cert_file, key_file)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     return cert_file
+
+
+def forecast_body(points: list[tuple[str, object]], zone: str = "DE") -> str:
+    """The forecast endpoint's answer: ``points`` of (ISO time, g/kWh)."""
+    return json.dumps({"zone": zone, "forecast": [{"carbonIntensity": g, "datetime": t} for t, g in points],
+                       "updatedAt": "2026-11-24T10:05:00.000Z"})  # fmt: skip

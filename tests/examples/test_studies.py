@@ -234,3 +234,27 @@ def test_carbon_over_time_fixed_figure_against_a_series(tmp_path) -> None:
     kg = [r["series_kg"] for r in result["rows"]]
     assert max(kg) / min(kg) > 1.1  # the start hour matters for a run longer than a day
     assert "fixed figure" in (tmp_path / "report.md").read_text()
+
+
+def test_time_shifting(tmp_path) -> None:
+    import time_shifting as study
+
+    from energy_core.output.record import read_runs
+    from tests.helpers.grid_series import hourly, write_csv
+
+    for shape, path in zip(("solar", "wind"), study.SERIES):  # the shipped series: generated, seeded
+        write_csv(tmp_path / "again.csv", hourly(shape, 30, seed=7))
+        assert path.read_text() == (tmp_path / "again.csv").read_text()
+    result = study.main(["--every-h", "71", "--out", str(tmp_path)])
+    rows = result["rows"]
+    assert len(rows) == len(study.SERIES) * len(study.JOBS) * len(study.MODES)
+    for row in rows:  # the oracle is the optimum: no plan made on a forecast realises more
+        assert row["oracle_saving"] >= -1e-9 and row["realised_saving"] <= row["oracle_saving"] + 1e-9
+    solar_requeue = [r for r in rows if r["series"].startswith("solar") and r["mode"] == "requeue"]
+    assert all(r["oracle_saving"] > 0.05 for r in solar_requeue)  # a solar grid has clean hours to move into
+    run = result["compressed_run"]
+    assert run["paused_s"] > 0 and run["saved_kg"] > 0
+    (lines,) = read_runs(tmp_path / "energy.jsonl")[0]
+    assert any(line["type"] == "shift" and line["event"] == "pause" for line in lines)
+    assert (tmp_path / "energy-report" / "intensity_vs_power.png").exists()
+    assert "realised saving" in (tmp_path / "report.md").read_text()

@@ -98,3 +98,25 @@ def test_a_bad_intensity_series_is_one_message(tmp_path, sim_gpus, capsys) -> No
     (tmp_path / "bad.csv").write_text("datetime,g\n2026-06-01T00:00:00,100\n")
     assert report.main([str(record), "--intensity-series", str(tmp_path / "bad.csv")]) == 2
     assert "--intensity-series: line 2" in capsys.readouterr().err
+
+
+def test_a_time_shifted_run_shows_when_it_computed(tmp_path, sim_gpus, monkeypatch) -> None:
+    """The record of a paused job (the manual-clock job of tests/energy_core/shift) gives the stretches the
+    intensity plot shades: from the start to the pause, and from the resume to the end."""
+    from energy_core import TimeShiftRun
+    from energy_core.report.runs import Run
+    from energy_core.report.when import computing
+    from tests.energy_core.shift.manual_job import HOUR, STEP_S, STEPS, Job, deadline_in
+
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    loop = job.start(TimeShiftRun(deadline=deadline_in(6), mode="pause"))
+    with loop:
+        job.wait_first_reading()
+        job.train(loop, STEPS)
+    (lines,) = read_runs(job.record)[0]
+    stretches = computing(Run.of(lines))
+    assert [(round(a, 6), round(b, 6)) for a, b in stretches] == [(0.0, 3 * STEP_S), (2 * HOUR, job.step_times[-1])]
+    out = tmp_path / "report"
+    assert report.main([str(job.record), "--out", str(out)]) == 0
+    assert (out / "intensity_vs_power.png").exists()
+    assert computing(Run.of(line for line in lines if line["type"] != "shift")) == []  # never paused: no shading

@@ -442,6 +442,22 @@ class EnergyTracker:
             return self._sum(now, self._window.counted(), self._joules(now)).totals, self.meter.resolvable(now)
         return self._totals_now(), True
 
+    def measured(self) -> RunTotals:
+        """The job's totals up to the newest hardware reading, typed: every figure measured, none
+        extrapolated, so no total told later can be smaller (the totals only grow from a reading
+        on). A collective in a multi-process job (all ranks must call).
+
+        What a budget judges and tells: at most one sampling interval behind now. Before the
+        first reading of the fit: the totals at its start (a checkpoint's, or zero).
+        """
+        if not self.fitting:
+            return self._totals_now()
+        start = self._accounts.fit_start
+        assert start is not None  # fitting
+        newest = self.meter.newest()
+        end = newest if newest is not None and start.final and newest.t >= start.t else start
+        return self._sum(end, self._window.counted(), self._joules(end)).totals
+
     @property
     def resumed_kwh(self) -> float:
         """The job's energy in the checkpoint resumed from (or earlier fits of this tracker), kWh."""

@@ -67,7 +67,8 @@ class EnergyBudget(HasBudgetRun, *CALLBACK_BASES):  # type: ignore[misc]
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # After every callback's on_fit_start and the checkpoint restore: a shared tracker
         # is running and holds the resumed totals.
-        self._every = max(1, int(trainer.log_every_n_steps))
+        monitor = find_callback(trainer, EnergyMonitor)  # its cadence, where it overrides the trainer's
+        self._every = (monitor.log_every_n_steps if monitor else None) or max(1, int(trainer.log_every_n_steps))
         self._last_review_step = trainer.global_step
         total = trainer.estimated_stepping_batches
         per_epoch = total / trainer.max_epochs if trainer.max_steps == -1 and trainer.max_epochs else None

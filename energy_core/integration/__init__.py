@@ -11,7 +11,8 @@ knows its part of a training run:
 * `TimeShiftRun` - a time shift: bind, begin, check each step (pause, or requeue), review,
   finish;
 
-and builds a `Ranks` from its framework's view of the job (or `torch_distributed`).
+and builds a `Ranks` from its framework's view of the job (or `torch_distributed`); `units_text`
+shows a figure in the unit that fits, wherever an adapter shows one itself (a progress bar).
 `EnergyLoop` is the same runs driven by a few calls from a loop of one's own.
 `lightning_energy` and `hf_energy` import from this package and from `energy_core`'s
 public names only (the import contract in pyproject.toml says so).
@@ -26,7 +27,7 @@ from energy_core.integration.loop import EnergyLoop
 from energy_core.integration.monitor_run import HasMonitorRun, MonitorRun
 from energy_core.notices import Notice, warn_at_user_code
 from energy_core.options import MeasureArgs, MeasureOptions
-from energy_core.output import keys
+from energy_core.output import keys, units_text
 from energy_core.output.record import scalar_losses
 from energy_core.power.cap import CapArgs, PowerCapRun
 from energy_core.shift.run import ShiftAction, TimeShiftArgs, TimeShiftRun
@@ -62,5 +63,6 @@ __all__ = [
     "keys",
     "scalar_losses",
     "torch_distributed",
+    "units_text",
     "warn_at_user_code",
 ]

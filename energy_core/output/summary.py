@@ -46,7 +46,7 @@ def not_counted(meter: EnergyMeter) -> dict[str, str]:
         if kind in measured or (kind != "gpu" and not meter.node_devices):
             continue
         if kind not in meter.kinds:
-            found[kind] = f"not in devices={list(meter.kinds)}"
+            found[kind] = f"devices= names {', '.join(meter.kinds)} only"
         elif kind == "dram":
             found[kind] = (
                 "no readable RAPL DRAM domain on this machine (most VMs and AMD CPUs have none); "

@@ -166,7 +166,7 @@ def test_the_console_text_gives_energy_co2e_cost_work_and_stages_in_units_that_f
     ]
     assert lines[5].startswith("Estimated: cpu, a model (watts per busy thread x this process tree's CPU time)")
     assert "within a factor of about 2" in lines[5] and lines[5].endswith("(docs/cpu_estimate.md).")
-    assert lines[6] == "Not counted: dram (not in devices=['gpu', 'cpu'])."
+    assert lines[6] == "Not counted: dram (devices= names gpu, cpu only)."
     assert len(lines) == 7
 
 
@@ -216,12 +216,12 @@ def test_not_counted_names_each_kind_left_out_and_why() -> None:
         "to devices= for an estimate from the resident memory"
     }
     assert not_counted(MeterView(measured=("gpu",), kinds=("gpu",), explicit=True)) == {
-        "cpu": "not in devices=['gpu']",
-        "dram": "not in devices=['gpu']",
+        "cpu": "devices= names gpu only",
+        "dram": "devices= names gpu only",
     }
     assert not_counted(MeterView(measured=("cpu",), kinds=("gpu", "cpu"), explicit=True)) == {
         "gpu": "no GPU found",
-        "dram": "not in devices=['gpu', 'cpu']",
+        "dram": "devices= names gpu, cpu only",
     }
     assert not_counted(MeterView(measured=("cpu",))) == {"dram": not_counted(MeterView(measured=()))["dram"]}
     assert not_counted(MeterView(measured=("gpu",), node_devices=False)) == {}  # another rank measures the node

@@ -224,7 +224,7 @@ class AmdGpuSource(gpu.GpuSource):
         try:
             if self._counter is not None:
                 counts = _counts(self._smi.amdsmi_get_energy_count(self.gpu.handle))
-                return Reading(joules=self._counter.update(int(counts), now))
+                return self._counter.update(int(counts), now)
             watts = self._smi.amdsmi_get_power_info(self.gpu.handle).get(self._field)
         except self._smi.AmdSmiException as err:
             raise DeviceError(f"amdsmi: {_text(err)}") from None

@@ -19,7 +19,8 @@ import atexit
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
@@ -67,16 +68,17 @@ class ExitGuard:
             self.restore()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._here():
-            self.restore()
         previous = self._previous.get(signum)
+        with _others_held():
+            if self._here():
+                self.restore()
+            if not callable(previous):  # the default action, as without the guard: the signal again, by default
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
         if callable(previous):
             previous(signum, frame)
-            return
-        # The default action, as without the guard: SIGTERM and SIGHUP end the process by the signal.
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        raise SystemExit(128 + signum)  # only where the signal did not end the process (blocked)
+        else:
+            raise SystemExit(128 + signum)  # only where the signal did not end the process (blocked)
 
     def uninstall(self) -> None:
         """Put the previous handlers back and leave atexit (after a normal restore)."""
@@ -87,3 +89,31 @@ class ExitGuard:
         self._previous.clear()
         atexit.unregister(self._at_exit)
         self.installed = False
+
+
+@contextmanager
+def _others_held() -> Iterator[None]:
+    """Hold every Python signal handler until the block ends; then send the signals that came
+    meanwhile again, for their handlers to run as they would have.
+
+    A handler runs between any two bytecodes of the one it interrupts: a DataLoader's SIGCHLD
+    handler raises when its workers die of the same signal, which would cut a restore short
+    (an exception inside a driver call reads as a failed call).
+    """
+    came: list[int] = []
+    held: dict[int, Any] = {}
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                signal.signal(signum, lambda number, frame: came.append(number))
+                held[signum] = handler
+        except (OSError, ValueError, RuntimeError):
+            continue  # a signal Python does not handle
+    try:
+        yield
+    finally:
+        for number, handler in held.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(came):
+            os.kill(os.getpid(), number)

@@ -62,7 +62,7 @@ def test_a_signal_to_the_process_group_restores_once_from_the_process_that_cappe
     os.killpg(child.pid, signum)  # what a terminal's Ctrl-C, or a scheduler's kill of the job, does
     output, _ = child.communicate(timeout=PATIENCE_S)
     assert who_set(state) == [(child.pid, 250_000), (child.pid, PREVIOUS_MW)], output  # no worker touched the limit
-    assert json.loads(state.read_text())["GPU-child"] == PREVIOUS_MW and journal_entries() == {}
+    assert json.loads(state.read_text())["GPU-child"] == PREVIOUS_MW and journal_entries() == {}, output
     if signum == signal.SIGTERM:
         assert child.returncode == -signal.SIGTERM, output  # died by the signal: 143 in a shell, as without a cap
 

@@ -47,6 +47,7 @@ from energy_core.shift.forecast import Forecast
 from energy_core.shift.intensity import Intensity
 from energy_core.shift.planner import MODES, TimeShiftPlan, plan_time_shift
 from energy_core.tracker import EnergyTracker
+from energy_core.tracker_share import TrackerShare
 from energy_core.units import J_PER_KWH
 
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure; the user is invited to retry" - the requeue exit status
@@ -161,8 +162,7 @@ class TimeShiftRun:
             "exit_code": self.exit_code,
             **self.options.as_args(),
         }
-        self.tracker: EnergyTracker | None = None
-        self.owns = False
+        self.share = TrackerShare(self.options)
         self.plan: TimeShiftPlan | None = None
         self.requeued_until: float | None = None  # set when the run ended for a requeue
         self.clock: Callable[[], float] | None = None  # unix time: the tracker's meter clock by default
@@ -196,6 +196,16 @@ class TimeShiftRun:
 
     # ------------------------------------------------------------------ start
     @property
+    def tracker(self) -> EnergyTracker | None:
+        """The tracker it watches: a monitor's, or its own (None before `bind`)."""
+        return self.share.tracker
+
+    @property
+    def owns(self) -> bool:
+        """Whether it measures alone, with a tracker of its own."""
+        return self.share.owns
+
+    @property
     def active(self) -> bool:
         """Bound to a tracker and not ended for a requeue."""
         return self.tracker is not None and self.requeued_until is None
@@ -208,15 +218,8 @@ class TimeShiftRun:
     def bind(self, shared: EnergyTracker | None, ranks: Ranks, step: int, resumed: bool = False) -> list[Notice]:
         """At fit start: use a monitor's tracker, or measure alone from now (see `BudgetRun.bind`)."""
         self._ranks = ranks
-        self.owns = shared is None
-        notices: list[Notice] = []
-        if shared is not None:
-            self.tracker = shared
-        else:
-            self.tracker = self.tracker or EnergyTracker(self.options)
-            self.tracker.join(ranks)
-            self.tracker.load_state_dict(self._saved.get("tracker"), own_share=ranks.leads_job)
-            notices = self.tracker.start_fit(step, resumed=resumed)
+        notices = self.share.bind(shared, ranks, step, resumed)
+        assert self.tracker is not None
         self.tracker.add_summary("time_shift", self._summary)
         self.forecast = Forecast(self.given, self.tracker.factors.carbon, self.now)
         return notices
@@ -511,18 +514,12 @@ class TimeShiftRun:
         """End the run's own tracker (a shared one is the monitor's to end); the notices to show."""
         if self.tracker is None:
             return []
-        notices = self.pop_notices()
-        if self.owns:
-            final = "requeued" if self.requeued_until is not None and status == "completed" else status
-            self.tracker.end_fit(step, status=final, collective=collective)
-            self.tracker.close()
-            notices += self.tracker.pop_notices()
-        return notices
+        final = "requeued" if self.requeued_until is not None and status == "completed" else status
+        return self.pop_notices() + self.share.finish(step, final, collective)
 
     def close(self) -> None:
         """Stop the run's own sampler (idempotent)."""
-        if self.owns and self.tracker is not None:
-            self.tracker.close()
+        self.share.close()
 
     @property
     def exit_status(self) -> int | None:
@@ -550,8 +547,8 @@ class TimeShiftRun:
         if self.tracker is None:
             return dict(self._saved)
         state: dict[str, Any] = {"shift": self._state.to_state()}
-        if self.owns:
-            state["tracker"] = self.tracker.state_dict()
+        if (own := self.share.state_dict()) is not None:
+            state["tracker"] = own
         return state
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
@@ -562,6 +559,7 @@ class TimeShiftRun:
         """
         self._saved = dict(state or {})
         _State.of(self._saved.get("shift"), 0.0, 0.0, 0.0)  # checked now, not at fit start
+        self.share.load_state_dict(self._saved.get("tracker"), own_share=self._ranks.leads_job)
 
 
 @dataclass

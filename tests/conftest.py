@@ -25,6 +25,8 @@ def no_real_hardware(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
     monkeypatch.setattr(rapl, "POWERCAP_ROOT", tmp_path_factory.mktemp("no-powercap"))
     journal = tmp_path_factory.mktemp("journal") / "power-limits.json"
     monkeypatch.setenv("ENERGY_CALLBACKS_POWER_JOURNAL", str(journal))  # never /var/tmp in tests
+    locks = tmp_path_factory.mktemp("board-locks")  # never /dev/shm: tests running side by side share board names
+    monkeypatch.setenv("ENERGY_CALLBACKS_BOARD_LOCKS", str(locks))
 
 
 @pytest.fixture(autouse=True)

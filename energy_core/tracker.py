@@ -507,10 +507,14 @@ class EnergyTracker:
         """The carbon factor in force now, its source and the PUE (the header's and the summary's)."""
         return self.factors.fields(self._accounts.wall_now())
 
+    @property
+    def estimated_kinds(self) -> set[str]:
+        """The device kinds whose energy is estimated here, not read from a counter."""
+        return {s.info.kind for s in self.meter.sources if s.info.estimated}
+
     def summary_text(self, metrics: dict[str, float]) -> str:
         """A few lines for the console at the end of a run."""
-        estimated = {s.info.kind for s in self.meter.sources if s.info.estimated}
-        return summary_text(self.summary_fields(metrics), estimated)
+        return summary_text(self.summary_fields(metrics), self.estimated_kinds)
 
     # ----------------------------------------------------------------- checkpoints
     def _kept(self, totals: RunTotals, at: Mark) -> RunTotals:

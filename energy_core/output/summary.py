@@ -8,6 +8,7 @@ that a figure is never read as more exact, or more complete, than it is.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from energy_core.accounting.figures import STAGES, RunTotals
@@ -123,6 +124,15 @@ def quality_notices(fields: dict[str, Any]) -> list[Notice]:
     return [Notice("warn", text)]
 
 
+def estimate_mark(measured_kinds: Sequence[str], estimated_kinds: Collection[str]) -> str:
+    """How much of a total rests on an estimate, as every place that shows the total says it:
+    ``" (estimated)"`` (every device kind in it), ``" (partly estimated)"``, or ``""``."""
+    estimated = [k for k in measured_kinds if k in estimated_kinds]
+    if not estimated:
+        return ""
+    return " (estimated)" if len(estimated) == len(measured_kinds) else " (partly estimated)"
+
+
 def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
     """A few lines for the console at the end of a run, from `summary_fields`: the figures in the
     units that fit, what is estimated and how far off it can be, what the total leaves out."""
@@ -130,9 +140,7 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
     carbon = fields["carbon"]
     kinds = sorted(k for k in DEVICE_KINDS if keys.kind_kwh(k) in metrics)
     estimated = [k for k in kinds if k in estimated_kinds]
-    total = show.energy_kwh(metrics.get(keys.TOTAL_KWH, 0.0))
-    if estimated:
-        total += " (estimated)" if len(estimated) == len(kinds) else " (partly estimated)"
+    total = show.energy_kwh(metrics.get(keys.TOTAL_KWH, 0.0)) + estimate_mark(kinds, estimated_kinds)
     mean_w = fields["mean_power_w"]
     line = f"Energy: {total} over {show.duration(fields['seconds'])}"
     line += f", mean {show.power(mean_w)}" if mean_w is not None else ""

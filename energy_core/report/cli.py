@@ -46,7 +46,7 @@ from energy_core.devices import DEVICE_KINDS
 from energy_core.notices import printable
 from energy_core.output import keys
 from energy_core.output import units_text as show
-from energy_core.output.summary import ESTIMATES, GUIDE, STAGE_NAMES
+from energy_core.output.summary import ESTIMATES, GUIDE, STAGE_NAMES, estimate_mark
 from energy_core.report import targets
 from energy_core.report.folder import FolderError, ReportFolder
 from energy_core.report.runs import Run, figure, utc
@@ -99,9 +99,7 @@ def run_row(label: str, run: Run) -> list[str]:
               STAGE_NAMES.items()]  # fmt: skip
     g_per_kwh = figure(carbon, "g_per_kwh")
     kinds_measured = [k for k in DEVICE_KINDS if figure(metrics, keys.kind_kwh(k)) is not None]
-    total_mark = ""
-    if estimated and kinds_measured:
-        total_mark = " (estimated)" if set(kinds_measured) <= set(estimated) else " (partly estimated)"
+    total_mark = estimate_mark(kinds_measured, estimated)
     return [
         label,
         status,

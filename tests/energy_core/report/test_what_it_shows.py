@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from energy_core import J_PER_KWH
-from energy_core.devices import amd, rapl
+from energy_core.devices import amd, cpu_estimate, rapl
 from energy_core.output import units_text as show
 from energy_core.report import plots
 from energy_core.report.cli import main
@@ -44,6 +44,9 @@ def record(tmp_path_factory) -> Path:
         sim_amdsmi.install(monkeypatch, None)
         monkeypatch.setattr(amd, "AMDGPU_MODULE", tmp_path_factory.mktemp("no-amdgpu") / "amdgpu")
         monkeypatch.setattr(rapl, "POWERCAP_ROOT", tmp_path_factory.mktemp("no-powercap"))
+        # The CPU estimate follows this process's real CPU time, which the machine's load moves: held
+        # still, so that the figures are the GPU's known integral (the CPU stays an estimated source).
+        monkeypatch.setattr(cpu_estimate.ProcessTree, "cpu_seconds", lambda self: 0.0)
         clock = ManualClock()
         trace = Switched(GPU_W)
         sim = simulate(monkeypatch, "nvml", [SimGpu("GPU-a", trace, counter_period_s=0.01)], clock=clock)

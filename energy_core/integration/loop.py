@@ -67,10 +67,12 @@ class EnergyLoop:
         log_every_n_steps: Close a logging window every this many optimizer steps.
         budget: Stop on an energy or carbon budget (`should_stop` turns True; forecasts
             need ``total_steps``).
-        power_cap: Cap GPU power while the loop runs (restored on every way out).
+        power_cap: Cap GPU power while the loop runs (restored on every way out); with
+            ``follow``, give ``total_steps`` so that the slowdown holds over the whole run.
         target: A quality to reach (and, with its ``min_gain_per_kwh``, when to stop for
             diminishing returns): pass the metric to `evaluated` after each validation.
-        total_steps: Optimizer steps the loop will take, for the budget's forecast.
+        total_steps: Optimizer steps the loop will take, for the budget's forecast and a
+            cap that follows the grid.
         epoch_steps: Optimizer steps per epoch, for the budget's forecast.
         ranks: This process's part in a multi-process job, with its collectives (see
             `energy_core.ranks.torch_distributed`); one process by default.
@@ -136,12 +138,7 @@ class EnergyLoop:
                     "world_size": self.ranks.world_size}  # fmt: skip
         self.monitor.start(self.ranks, self.steps, self.steps > 0, framework="energy_core.EnergyLoop", loop=settings)
         if self.power_cap is not None:
-            self._show(self.power_cap.start_on(self.ranks))
-            self.power_cap.publish(self.tracker)
-            if self.power_cap.cap_w is not None:
-                self.power_cap.record(self.tracker, "applied")
-            if self.ranks.leads_node:
-                self._show(self.power_cap.start_search(self.tracker.meter))
+            self._show(self.power_cap.begin(self.ranks, self.tracker, self.total_steps))
         if self.budget is not None:
             self.budget.bind(self.tracker, self.ranks, self.steps)
             self._act(self.budget.begin(self.steps, self.total_steps, self.epoch_steps))
@@ -161,7 +158,7 @@ class EnergyLoop:
         self._started = False
         metrics = self.monitor.finish(self.steps, status, collective)
         if self.power_cap is not None:
-            self._show([Notice("info", m) for m in self.power_cap.finish(self.tracker)])
+            self._show(self.power_cap.finish())
         self.monitor.close()
         return metrics
 
@@ -189,14 +186,10 @@ class EnergyLoop:
             self.monitor.count(batch)
         self.steps += 1
         metrics: dict[str, float] = {}
-        if self.power_cap is not None and self.ranks.leads_node and self.power_cap.finder is not None:
-            changed = self.power_cap.on_step(self.steps)
-            if changed:
-                self.power_cap.publish(self.tracker)
-                metrics.update(changed)
-                if self.power_cap.finder.done:
-                    self.power_cap.record(self.tracker, "chosen")
-                    self._show([Notice("info", self.power_cap.finder.summary())])
+        if self.power_cap is not None:
+            changed, notices = self.power_cap.step(self.steps)
+            metrics.update(changed)
+            self._show(notices)
         if self.budget is not None and self.budget.active:
             self._act(self.budget.check(self.steps))
         if self.steps % self.log_every_n_steps == 0:
@@ -260,12 +253,15 @@ class EnergyLoop:
         return self.monitor.summary(self.tracker.totals())
 
     def state_dict(self) -> dict[str, Any]:
-        """The totals and the step count, for your checkpoint."""
+        """The totals and the step count (and a budget's, a target's and a cap search's
+        state), for your checkpoint."""
         state: dict[str, Any] = {"energy": self.tracker.state_dict(), "steps": self.steps, "epochs": self.epochs}
         if self.budget is not None:
             state["budget"] = self.budget.state_dict()
         if self.target is not None:
             state["target"] = self.target.state_dict()
+        if self.power_cap is not None:
+            state["power_cap"] = self.power_cap.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -277,6 +273,8 @@ class EnergyLoop:
             self.budget.load_state_dict(state.get("budget"))
         if self.target is not None:
             self.target.load_state_dict(state.get("target"))
+        if self.power_cap is not None:
+            self.power_cap.load_state_dict(state.get("power_cap"))
 
     def _review(self, epochs_done: int) -> dict[str, float]:
         if self.budget is None or not self.budget.active:

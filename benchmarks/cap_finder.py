@@ -23,9 +23,11 @@ cost is its default profiling, 10 warm-up + 40 profiled steps per 25 W limit. A 
 passes when the finder's choice saves at least Zeus's energy less 1 point and is within
 the slowdown limit, both read from the table.
 
-**Following the grid** (`--part follow`). A recorded day and a half of California's grid
-intensity (benchmarks/data/caiso_2022-01-02_48h.csv: 140 to 360 g/kWh) is compressed so
-that the whole run (``--steps`` steps at the limit at start) spans its 48 hours; the
+**Following the grid** (`--part follow`). A recorded day of the US Midwest's grid
+intensity (Electricity Maps, zone US-MIDW-MISO, as Zeus's tests keep it:
+benchmarks/data/electricitymaps_US-MIDW-MISO_2024-11-30_24h.csv, 416 to 532 g/kWh) is
+compressed so that the whole run (``--steps`` steps at the limit at start) spans its 24
+hours; the
 boards follow each table in virtual time (`TableJob`, the same noise). A real
 `PowerCapRun(watts="auto", follow="carbon")` searches and then follows. It is compared
 with the best static cap (the table's cap with least CO2e among those within the
@@ -67,7 +69,7 @@ from tests.doubles.table_board import (
 
 DATA = Path(__file__).parent / "data"
 PROFILES = DATA / "zeus_profiles"
-SERIES = DATA / "caiso_2022-01-02_48h.csv"
+SERIES = DATA / "electricitymaps_US-MIDW-MISO_2024-11-30_24h.csv"
 ZEUS_PROFILED_STEPS = 40  # each row of a Zeus profile covers this many steps
 SLOWDOWNS = (0.05, 0.10, 0.20)
 COUNTER_S = 0.05  # the energy counter's period and the sampler's interval, uncompressed

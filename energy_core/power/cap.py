@@ -427,13 +427,20 @@ class PowerCapRun:
         curve, reference_s = found
         finder, unix = self.finder, self._unix
         self.follower = GridFollower(
-            curve, reference_s, self.max_slowdown, self._factor, self._total_steps, wall=lambda: unix + finder.clock()
+            curve,
+            reference_s,
+            self.max_slowdown,
+            self._factor,
+            self._total_steps,
+            wall=lambda: unix + finder.clock(),
+            every=DECIDE_EVERY,
         )
+        since = (step, self.finder.clock())
         if self._saved is not None and self._saved.get("follower"):
-            self.follower.load_state_dict(self._saved["follower"])
+            self.follower.load_state_dict(self._saved["follower"], since)
         else:
             start_step, start_t = self._search_start
-            self.follower.book(self.finder.clock() - start_t, step - start_step)
+            self.follower.book(self.finder.clock() - start_t, step - start_step, since)
 
     def _follow_step(self, step: int) -> tuple[dict[str, float], list[Notice]]:
         """Every rank, every `DECIDE_EVERY` steps: the job leader's decision, put in force by

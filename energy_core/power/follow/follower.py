@@ -9,11 +9,17 @@ at each measured cap. Every few steps (when the adapter asks) the follower:
    ``(1 + max_slowdown)`` x the seconds per step at the limit at start, is the steps at
    each cap times its seconds at the upper end of their confidence interval (so that the
    run stays within the slowdown when a measurement was a little fast);
-2. plans the rest of the run (`Plan.solve`) when the intensity in force has changed, or
-   every `REPLAN_EVERY` steps: the value of a step with which the steps left fit in the
-   time left with least emission, looking ahead at the intensity the run knows (a
-   series' coming values; a live source's latest value stands for the future);
-3. answers the cap that minimises (intensity x joules - value) / seconds now.
+2. plans the rest of the run (`Plan.solve`, a few ms): the value of a step with which the
+   steps left fit in the time left with least emission, looking ahead at the intensity
+   the run knows (a series' coming values; a live source's latest value stands for the
+   future). It plans again at every decision: where two caps cost nearly the same at
+   that value (the optimum mixes them), a small change in a measured pace tips the choice
+   to the slower one, and only a fresh plan on the time booked so far brings the run
+   back within its allowance;
+3. answers the cap that minimises (intensity x joules - value) / seconds over the stretch
+   that follows (the cost is linear in the intensity: its mean over the stretch decides),
+   since a cap holds until the next decision, not for an instant as in the plan. The plan
+   keeps `RESERVE` stretches of time in hand for that coarseness and the steps' noise.
 
 It also watches the pace: when most of the last `WATCH` stretches run `CHANGE` slower or
 faster than the curve says at the cap in force, the workload has changed and the curve
@@ -34,13 +40,14 @@ from energy_core.power.finder.estimate import trimmed_mean_and_spread
 from energy_core.power.finder.search import CONFIDENCE
 from energy_core.power.follow.plan import Curve, Plan
 
-REPLAN_EVERY = 500  # steps between plans at an unchanged intensity (the time booked drifts from the plan)
 MIN_HORIZON = 1000  # steps planned ahead when the run's length is unknown
 MIN_STRETCHES = 8  # stretches at a cap before their pace replaces the search's figure
 MAX_STRETCHES = 400  # stretches kept per cap (the most recent)
 CHANGE = 0.10  # stretches this much slower or faster than the curve says: the workload has changed
 WATCH = 8  # stretches watched for a change of pace
 WATCH_AGREE = 6  # ... of which this many must agree
+RESERVE = 2  # stretches of time the plan keeps in hand
+LOOKS = 8  # intensity readings over the coming stretch
 
 
 class GridFollower:
@@ -55,12 +62,13 @@ class GridFollower:
         total_steps: Optimizer steps in the whole run, if known (else the slowdown is kept
             over a horizon as long as the run so far, at least `MIN_HORIZON` steps).
         wall: Unix time, for the factor (a test may compress the day).
+        every: Steps between decisions (a cap holds this long).
 
     Examples:
         >>> from energy_core.carbon.factor import Fixed
         >>> curve = Curve((0, 1, 2), (1.0, 1.05, 1.3), (10.0, 8.0, 7.5))
-        >>> follower = GridFollower(curve, 1.0, 0.1, Fixed(300.0, "given"), total_steps=1000, wall=lambda: 0.0)
-        >>> follower.decide(step=0, rung=0, now=0.0)   # a constant intensity: the leanest cap within 10%
+        >>> follower = GridFollower(curve, 1.0, 0.2, Fixed(300.0, "given"), total_steps=1000, wall=lambda: 0.0)
+        >>> follower.decide(step=0, rung=0, now=0.0)   # a constant intensity: the leanest cap within 20%
         1
     """
 
@@ -72,9 +80,10 @@ class GridFollower:
         factor: Factor,
         total_steps: float | None,
         wall: Callable[[], float] = time.time,
+        every: int = 25,
     ) -> None:
         self.curve, self.reference_s, self.max_slowdown = curve, reference_s, max_slowdown
-        self.factor, self.wall = factor, wall
+        self.factor, self.wall, self.every = factor, wall, every
         self.total_steps = total_steps if total_steps is not None and math.isfinite(total_steps) else None
         self.booked = (0.0, 0)  # (seconds, steps) before following: the search's, a checkpoint's
         self.plan: Plan | None = None
@@ -83,7 +92,6 @@ class GridFollower:
         self._searched = dict(zip(curve.rungs, curve.seconds))
         self._steps = dict.fromkeys(curve.rungs, 0)  # steps followed at each rung
         self._stretches: dict[int, deque[float]] = {r: deque(maxlen=MAX_STRETCHES) for r in curve.rungs}
-        self._planned: tuple[int, float] | None = None  # (step, intensity) of the last plan
         self._last: tuple[int, float] | None = None  # (step, clock) of the last decision
         self._paces: deque[float] = deque(maxlen=WATCH)
 
@@ -113,9 +121,11 @@ class GridFollower:
         seconds, steps = self.spent()
         return seconds - (1 + self.max_slowdown) * self.reference * steps
 
-    def book(self, seconds: float, steps: int) -> None:
-        """Add steps taken before following, and the seconds they took (the search's)."""
+    def book(self, seconds: float, steps: int, since: tuple[int, float]) -> None:
+        """Add steps taken before following and the seconds they took (the search's, or a
+        checkpoint's); the first stretch runs from ``since`` (step, meter clock)."""
         self.booked = (self.booked[0] + seconds, self.booked[1] + steps)
+        self._last = since
 
     def decide(self, step: int, rung: int, now: float) -> int:
         """The rung to put in force for the next steps.
@@ -131,23 +141,27 @@ class GridFollower:
             self._paces.append(pace / self.seconds(rung))
             self._stretches[rung].append(pace)
             self._steps[rung] += steps
-        intensity = self.factor.peek(self.wall()).value
-        if self._planned is None or intensity != self._planned[1] or step - self._planned[0] >= REPLAN_EVERY:
-            self._replan(step, intensity)
+        wall = self.wall()
+        self.intensity = self.factor.peek(wall).value
+        self._replan(step)
         assert self.plan is not None
-        self.intensity = intensity
         self._last = (step, now)
-        return self.plan.rung(self._curve(), intensity)
+        ahead = self._stretch_s()
+        coming = sum(self.factor.peek(wall + ahead * (i + 0.5) / LOOKS).value for i in range(LOOKS)) / LOOKS
+        return self.plan.rung(self._curve(), coming)
+
+    def _stretch_s(self) -> float:
+        """Seconds until the next decision, at the pace the run is allowed."""
+        return self.every * (1 + self.max_slowdown) * self.reference
 
     def _curve(self) -> Curve:
         return Curve(self.curve.rungs, tuple(self.seconds(r) for r in self.curve.rungs), self.curve.joules)
 
-    def _replan(self, step: int, intensity: float) -> None:
+    def _replan(self, step: int) -> None:
         left = self.total_steps - step if self.total_steps is not None else max(step, MIN_HORIZON)
         left = max(left, 1.0)
-        allowance = left * (1 + self.max_slowdown) * self.reference - self.excess_s
+        allowance = left * (1 + self.max_slowdown) * self.reference - self.excess_s - RESERVE * self._stretch_s()
         self.plan = Plan.solve(self._curve(), lambda when: self.factor.peek(when).value, self.wall(), left, allowance)
-        self._planned = (step, intensity)
 
     def changed(self) -> bool:
         """Whether most recent stretches ran `CHANGE` off the curve's pace (the workload changed)."""
@@ -166,6 +180,8 @@ class GridFollower:
         seconds, steps = self.spent()
         return {"seconds": seconds, "steps": steps}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint: the steps and seconds booked before it (the stretches start afresh)."""
-        self.booked = (float(state.get("seconds", 0.0)), int(state.get("steps", 0)))
+    def load_state_dict(self, state: dict[str, Any], since: tuple[int, float]) -> None:
+        """Continue from a checkpoint: the steps and seconds booked before it (the stretches
+        start afresh, the first from ``since``)."""
+        self.booked = (0.0, 0)
+        self.book(float(state.get("seconds", 0.0)), int(state.get("steps", 0)), since)

@@ -1,0 +1,239 @@
+"""Grid following: the Lagrangian plan, the follower's bookkeeping, and a real PowerCapRun on table boards.
+
+The plan and the follower are pure: their figures are checked against an independent
+step-by-step replay of the same curve and intensity. The end-to-end runs drive a real
+`PowerCapRun(watts="auto", follow=...)` on Zeus's recorded profiles in virtual time
+(`TableJob`), so that nothing depends on the machine's speed or load.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from benchmarks.cap_finder import Job, zeus_jobs
+from energy_core.carbon.factor import Fixed, Series
+from energy_core.power import PowerCapRun
+from energy_core.power.follow.follower import CHANGE, MIN_STRETCHES, WATCH, GridFollower
+from energy_core.power.follow.plan import Curve, Plan
+from tests.doubles.table_board import TableBoard, TableJob, run_capped
+
+# Three caps: the limit at start, a little slower and leaner, much slower and leanest.
+CURVE = Curve((0, 1, 2), (1.0, 1.1, 1.5), (300.0, 240.0, 200.0))
+
+
+def replay(curve: Curve, intensity: Callable[[float], float], steps: int, rung_of: Callable[[float], int]):
+    """(seconds, emission) of ``steps`` steps, one at a time, each at the rung chosen at its start."""
+    t = emitted = 0.0
+    for _ in range(steps):
+        rung = rung_of(t)
+        seconds, joules = curve.seconds[rung], curve.joules[rung]
+        emitted += intensity(t + seconds / 2) * joules
+        t += seconds
+    return t, emitted
+
+
+def dirty_then_clean(switch_s: float, dirty: float = 500.0, clean: float = 100.0) -> Callable[[float], float]:
+    return lambda t: dirty if t < switch_s else clean
+
+
+def series_file(path: Path, start: float, step_s: float, values: list[float]) -> Path:
+    """A ``carbon_intensity_series`` CSV: ``values`` every ``step_s`` seconds from unix time ``start``."""
+    rows = [f"{datetime.fromtimestamp(start + i * step_s, timezone.utc).isoformat()},{v}" for i, v in enumerate(values)]
+    path.write_text("datetime,value\n" + "\n".join(rows) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- the plan
+@pytest.mark.parametrize(("slowdown", "rung"), [(0.0001, 0), (0.1, 1), (0.3, 1), (0.5, 2), (2.0, 2)])
+def test_a_constant_intensity_keeps_the_leanest_cap_within_the_slowdown(slowdown: float, rung: int) -> None:
+    plan = Plan.solve(CURVE, lambda t: 300.0, 0.0, 1000, (1 + slowdown) * 1000)
+    assert plan.rung(CURVE, 300.0) == rung
+    assert plan.seconds <= (1 + slowdown) * 1000 * (1 + 1e-9)
+    assert plan.emission == pytest.approx(300.0 * 1000 * CURVE.joules[rung], rel=1e-6)
+
+
+def test_when_the_grid_gets_clean_the_plan_runs_lean_while_dirty_and_fast_while_clean() -> None:
+    """1000 steps in 1100 s, 500 g/kWh for the first 600 s then 100: the plan beats every
+    static cap and every pair (a cap while dirty, a cap while clean) that keeps the time,
+    replayed step by step."""
+    steps, allowed = 1000, 1100.0
+    grid = dirty_then_clean(600.0)
+    plan = Plan.solve(CURVE, grid, 0.0, steps, allowed)
+    dirty_rung, clean_rung = plan.rung(CURVE, 500.0), plan.rung(CURVE, 100.0)
+    assert CURVE.joules[dirty_rung] < CURVE.joules[clean_rung]  # leaner while dirty
+    seconds, emitted = replay(CURVE, grid, steps, lambda t: plan.rung(CURVE, grid(t)))
+    assert seconds <= allowed * 1.002  # the replay's steps straddle the plan's slices
+    assert emitted == pytest.approx(plan.emission, rel=0.01)
+    pairs = [
+        replay(CURVE, grid, steps, lambda t, a=a, b=b: a if t < 600.0 else b)
+        for a, b in itertools.product(CURVE.rungs, repeat=2)
+    ]
+    feasible = [e for s, e in pairs if s <= allowed]
+    statics = [replay(CURVE, grid, steps, lambda t, r=r: r) for r in CURVE.rungs]
+    best_static = min(e for s, e in statics if s <= allowed)
+    assert emitted <= min(feasible) * 1.001
+    assert emitted < best_static * 0.97
+
+
+def test_when_the_grid_gets_dirty_the_plan_finishes_early() -> None:
+    """Clean first, dirty later: the run goes fast while clean, emitting less than at the
+    leanest cap that keeps the time."""
+    steps, allowed = 1000, 1500.0
+    grid = dirty_then_clean(900.0, dirty=100.0, clean=600.0)  # 100 until 900 s, then 600
+    plan = Plan.solve(CURVE, grid, 0.0, steps, allowed)
+    assert plan.rung(CURVE, 100.0) == 0
+    # 900 steps at the limit while clean, then the last 100 at the leanest cap: 27 + 12 (x 1e6)
+    assert plan.emission == pytest.approx(900 * 300 * 100 + 100 * 200 * 600, rel=0.002)
+    _, leanest = replay(CURVE, grid, steps, lambda t: 2)
+    assert plan.emission < leanest * 0.66
+
+
+def test_a_deadline_no_cap_keeps_runs_the_fastest() -> None:
+    plan = Plan.solve(CURVE, lambda t: 300.0, 0.0, 1000, 900.0)
+    assert plan.mu == math.inf and plan.rung(CURVE, 300.0) == 0 and plan.seconds == pytest.approx(1000.0)
+
+
+@pytest.mark.parametrize(
+    ("rungs", "seconds", "joules"),
+    [((), (), ()), ((0, 1), (1.0,), (1.0, 2.0)), ((0,), (0.0,), (1.0,)), ((0,), (1.0,), (-1.0,))],
+)
+def test_a_curve_without_a_time_and_energy_per_rung_is_refused(rungs, seconds, joules) -> None:
+    with pytest.raises(ValueError, match="curve"):
+        Curve(rungs, seconds, joules)
+
+
+# ----------------------------------------------------------------------------- the follower
+def test_the_follower_books_each_stretch_and_keeps_the_whole_run_within_the_slowdown(tmp_path: Path) -> None:
+    """A follower driven by a replay of the curve: the run's time stays within 10% of the
+    limit at start and the intensity steers the caps."""
+    clock = [0.0]
+    factor = Series(series_file(tmp_path / "i.csv", 0.0, 300.0, [500, 100, 500, 100]), "series", "g/kWh")
+    follower = GridFollower(CURVE, 1.0, 0.1, factor, total_steps=1200, wall=lambda: clock[0])
+    rung, used = 0, []
+    for step in range(0, 1200, 25):
+        rung = follower.decide(step, rung, clock[0])
+        used.append((factor.peek(clock[0]).value, rung))
+        clock[0] += 25 * CURVE.seconds[rung]
+    follower.decide(1200, rung, clock[0])
+    assert clock[0] <= 1.1 * 1200 * (1 + 0.01)
+    assert follower.slowdown() == pytest.approx(clock[0] / 1200 - 1, abs=1e-9)
+    clean = [CURVE.joules[r] for v, r in used if v == 100]
+    dirty = [CURVE.joules[r] for v, r in used if v == 500]
+    assert sum(dirty) / len(dirty) < sum(clean) / len(clean) - 20  # leaner while dirty
+
+
+def test_the_search_booked_first_leaves_less_time_to_spend() -> None:
+    """1000 steps within 20%, less `RESERVE` stretches in hand: 1140 s. Fresh, 1.1 s per step
+    fits; after a search of 100 steps that took 160 s, 900 steps have 980 s: 1.0 s per step."""
+    fresh = GridFollower(CURVE, 1.0, 0.2, Fixed(300.0, "given"), total_steps=1000, wall=lambda: 0.0)
+    booked = GridFollower(CURVE, 1.0, 0.2, Fixed(300.0, "given"), total_steps=1000, wall=lambda: 0.0)
+    booked.book(seconds=160.0, steps=100, since=(100, 0.0))
+    assert fresh.decide(0, 0, 0.0) == 1
+    assert booked.decide(100, 0, 0.0) == 0
+    assert booked.excess_s == pytest.approx(160.0 - 120.0)
+    assert booked.decide(125, 0, 25.0) == 0 and booked.spent() == (185.0, 125)  # the first stretch is booked
+
+
+def test_a_change_of_pace_is_a_changed_workload() -> None:
+    """`WATCH` stretches `CHANGE` x 1.5 slower than the curve says: search again; a pace
+    within noise is not a change."""
+    for factor, changed in ((1 + 1.5 * CHANGE, True), (1 + CHANGE / 3, False)):
+        follower = GridFollower(CURVE, 1.0, 0.1, Fixed(300.0, "given"), total_steps=None, wall=lambda: 0.0)
+        now, rung = 0.0, 0
+        for i in range(WATCH + 1):
+            rung = follower.decide(i * 25, rung, now)
+            now += 25 * CURVE.seconds[rung] * factor
+        assert follower.changed() is changed
+
+
+def test_measured_stretches_replace_the_search_figure() -> None:
+    follower = GridFollower(CURVE, 1.0, 5.0, Fixed(300.0, "given"), total_steps=None, wall=lambda: 0.0)
+    now = 0.0
+    for i in range(MIN_STRETCHES + 1):
+        assert follower.decide(i * 10, 2, now) == 2
+        now += 10 * 1.6  # rung 2 runs at 1.6 s per step, not the search's 1.5
+    assert follower.seconds(2) == pytest.approx(1.6, rel=1e-6)
+    assert follower.state_dict() == {"seconds": pytest.approx(10 * MIN_STRETCHES * 1.6), "steps": 10 * MIN_STRETCHES}
+
+
+# ----------------------------------------------------------------------------- arguments
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"watts": 200, "follow": "carbon"}, "follow='carbon' needs watts='auto'"),
+        ({"watts": "auto", "follow": "price"}, "follow must be one of"),
+        ({"watts": "auto", "follow": True}, "follow"),
+        ({"watts": "auto", "carbon_intensity_series": "i.csv"}, "carbon_intensity_series .* only with follow='carbon'"),
+        ({"watts": "auto", "follow": "cost", "electricity_maps_zone": "FR"}, "electricity_maps_zone .* follow='carbon'"),
+        ({"watts": "auto", "follow": "carbon", "price_per_kwh": 0.2}, "price_per_kwh .* only with follow='cost'"),
+    ],
+)  # fmt: skip
+def test_follow_arguments_are_checked_at_construction(kwargs: dict, message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        PowerCapRun(**kwargs)
+
+
+# ----------------------------------------------------------------------------- end to end
+def bert() -> Job:
+    return next(j for j in zeus_jobs() if j.name == "V100 bert-base-uncased")
+
+
+def test_follow_carbon_on_a_recorded_profile_emits_less_than_the_best_static_cap(tmp_path: Path) -> None:
+    """V100 BERT (Zeus's profile), 3000 steps, dirty (500 g/kWh) for the first half of the
+    time at the limit at start, then clean (100): following emits less than the best static
+    cap within 10% (both read from the table), stays within 10%, logs and records every
+    change, and puts the limit at start back."""
+    job, steps, slowdown = bert(), 3000, 0.1
+    t0 = job.seconds(job.caps[0])
+    half = steps * t0 / 2
+    table = TableJob([TableBoard(p) for p in job.boards], seed=1, sample_interval_s=t0 / 5)
+    origin = datetime.now(timezone.utc).timestamp()
+    series = series_file(tmp_path / "intensity.csv", origin - 3600, 3600 + half, [500, 100, 100])
+    result = run_capped(table, steps, max_slowdown=slowdown, follow="carbon", carbon_intensity_series=series)
+
+    grid = dirty_then_clean(half)
+    ours_t = sum(job.seconds(s.cap_w) for s in result.steps)
+    ours = sum(job.joules(s.cap_w) * grid((s.start + s.end) / 2) for s in result.steps)
+    statics = []
+    for cap in job.caps:
+        t, emitted = 0.0, 0.0
+        for _ in range(steps):
+            emitted += job.joules(cap) * grid(t + job.seconds(cap) / 2)
+            t += job.seconds(cap)
+        statics.append((t, emitted))
+    best_static = min(e for t, e in statics if t <= (1 + slowdown) * steps * t0)
+    assert ours_t <= (1 + slowdown) * steps * t0
+    assert ours < best_static * 0.99
+    assert len({s.cap_w for s in result.steps[steps // 10 :]}) >= 2  # the cap moved with the grid
+    assert result.run.limits is not None and not result.run.limits.capped
+    assert all(b.current_mw == b.limits().max_mw for b in table.boards)  # the limit at start is back
+    assert any("Followed the grid intensity" in n.text for n in result.notices)
+
+
+def test_follow_cost_with_a_fixed_price_spends_the_slowdown_on_the_leanest_caps(tmp_path: Path) -> None:
+    """A fixed price: nothing to follow; the cap spends the slowdown over the whole run on
+    the leanest caps (mixing two where the best static cap leaves time unused), and says so."""
+    job, steps, slowdown = bert(), 1500, 0.2
+    t0 = job.seconds(job.caps[0])
+    table = TableJob([TableBoard(p) for p in job.boards], seed=2, sample_interval_s=t0 / 5)
+    result = run_capped(table, steps, max_slowdown=slowdown, follow="cost", price_per_kwh=0.25)
+    assert any(n.level == "info" and "price is fixed" in n.text for n in result.notices)
+    seconds = sum(job.seconds(s.cap_w) for s in result.steps)
+    saving = 1 - sum(job.joules(s.cap_w) for s in result.steps) / (steps * job.joules(job.caps[0]))
+    best_static = max(job.saving(c) for c in job.caps if job.slowdown(c) <= slowdown)
+    assert seconds <= (1 + slowdown) * steps * t0
+    assert saving >= best_static - 0.01
+
+
+def test_follow_without_an_intensity_keeps_the_search_choice(tmp_path: Path) -> None:
+    job = bert()
+    table = TableJob([TableBoard(p) for p in job.boards], seed=3, sample_interval_s=job.seconds(job.caps[0]) / 5)
+    result = run_capped(table, 400, max_slowdown=0.1, follow="cost")
+    assert [n.level for n in result.notices if "needs a price" in n.text] == ["warn"]
+    assert result.run.follower is None

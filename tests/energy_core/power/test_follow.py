@@ -170,7 +170,7 @@ def test_measured_stretches_replace_the_search_figure() -> None:
         ({"watts": "auto", "follow": "price"}, "follow must be one of"),
         ({"watts": "auto", "follow": True}, "follow"),
         ({"watts": "auto", "carbon_intensity_series": "i.csv"}, "carbon_intensity_series .* only with follow='carbon'"),
-        ({"watts": "auto", "follow": "cost", "electricity_maps_zone": "FR"}, "electricity_maps_zone .* follow='carbon'"),
+        ({"watts": "auto", "follow": "cost", "electricity_maps_zone": "X"}, "electricity_maps_zone .* follow='carbon'"),
         ({"watts": "auto", "follow": "carbon", "price_per_kwh": 0.2}, "price_per_kwh .* only with follow='cost'"),
     ],
 )  # fmt: skip

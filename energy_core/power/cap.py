@@ -405,7 +405,7 @@ class PowerCapRun:
         self._search_start = (step, finder.clock())
         self._unix = time.time() - finder.clock()  # the meter's clock, as unix time (for the factor)
         if self._saved is not None and finder.restore(self._saved.get("finder")):
-            self._saved = None
+            del self._saved["finder"]  # the follower's part waits for the follower
             kept = finder.cap_w(finder.chosen or 0)
             text = f"Power-cap search: the choice saved in the checkpoint is kept ({kept:g} W); not searched again."
             return [Notice("info", text)]
@@ -437,7 +437,7 @@ class PowerCapRun:
         )
         since = (step, self.finder.clock())
         if self._saved is not None and self._saved.get("follower"):
-            self.follower.load_state_dict(self._saved["follower"], since)
+            self.follower.load_state_dict(self._saved.pop("follower"), since)
         else:
             start_step, start_t = self._search_start
             self.follower.book(self.finder.clock() - start_t, step - start_step, since)
@@ -562,6 +562,8 @@ class PowerCapRun:
             state["finder"] = self._saved["finder"]
         if self.follower is not None:
             state["follower"] = self.follower.state_dict()
+        elif self._saved is not None and self._saved.get("follower"):
+            state["follower"] = self._saved["follower"]
         return state
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:

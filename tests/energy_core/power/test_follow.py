@@ -237,3 +237,25 @@ def test_follow_without_an_intensity_keeps_the_search_choice(tmp_path: Path) -> 
     result = run_capped(table, 400, max_slowdown=0.1, follow="cost")
     assert [n.level for n in result.notices if "needs a price" in n.text] == ["warn"]
     assert result.run.follower is None
+
+
+def test_a_resumed_run_keeps_the_search_and_the_time_booked(tmp_path: Path) -> None:
+    """`PowerCapRun.state_dict` after a followed run, loaded into a new run: no search (the
+    checkpoint's choice is in force from the first step), and the follower starts from the
+    seconds and steps booked before the checkpoint."""
+    job, slowdown = bert(), 0.1
+    t0 = job.seconds(job.caps[0])
+    table = TableJob([TableBoard(p) for p in job.boards], seed=4, sample_interval_s=t0 / 5)
+    first = run_capped(table, 600, total_steps=1200, max_slowdown=slowdown, follow="cost", price_per_kwh=0.3)
+    state = first.run.state_dict()
+    # every step timed: all but the first, which ends before the search's clock starts
+    assert state["finder"]["chosen"] == first.run.finder.chosen and state["follower"]["steps"] == 599
+
+    table = TableJob([TableBoard(p) for p in job.boards], seed=5, sample_interval_s=t0 / 5)
+    second = run_capped(
+        table, 100, total_steps=600, state=state, max_slowdown=slowdown, follow="cost", price_per_kwh=0.3
+    )
+    chosen_w = first.run.finder.cap_w(first.run.finder.chosen)
+    assert second.steps[1].cap_w == chosen_w  # in force from the first step: not searched again
+    assert any("kept (" in n.text for n in second.notices) and not any("Searching" in n.text for n in second.notices)
+    assert second.run.follower is not None and second.run.follower.booked[1] == 599

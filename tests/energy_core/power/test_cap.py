@@ -342,7 +342,7 @@ def test_auto_finds_the_cap_with_least_energy_within_the_slowdown(tmp_path, sim_
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             see.append(sim.limit_mw(sim.gpus[0]))
 
-    fit(tmp_path, [monitor, cap, SeeLimitLate()], module=module, max_epochs=1, samples=8 * 120)
+    trainer = fit(tmp_path, [monitor, cap, SeeLimitLate()], module=module, max_epochs=1, samples=8 * 120)
     finder = cap.run.finder
     assert finder.fractions == [1.0, 0.75, 0.5]  # 100, 75 and 50 W: down to the board's minimum
     assert finder.chosen is not None and finder.cap_w(finder.chosen) == 75.0
@@ -359,6 +359,24 @@ def test_auto_finds_the_cap_with_least_energy_within_the_slowdown(tmp_path, sim_
     assert {"s_spread", "j_spread", "phases", "within"} <= set(chosen["table"][0])  # spreads: test_cap_finder.py
     assert chosen["choice"]["cap_w"] == 75.0 and chosen["choice"]["zeus_steps"] == 150
     assert [v for _, v in csv_series(tmp_path / "csv", "power/cap_w")][-1] == 75.0
+
+    # A resume from a checkpoint keeps the choice: 75 W from the first step, no search.
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    resumed = PowerCap(watts="auto", max_slowdown=0.3)
+    first_limit = []
+
+    class SeeFirst(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            first_limit.append(sim.limit_mw(sim.gpus[0]))
+
+    again = pl.Trainer(
+        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_train_batches=10, callbacks=[resumed, SeeFirst()],
+    )  # fmt: skip
+    again.fit(module, regression_data(8 * 120), ckpt_path=tmp_path / "last.ckpt")
+    assert set(first_limit) == {75_000}
+    assert resumed.run.finder.done and resumed.run.finder.steps_used == finder.steps_used
+    assert sim.limit_mw(sim.gpus[0]) == 100_000
 
 
 # ----------------------------------------------------------------------------- HF Trainer

@@ -83,7 +83,7 @@ class PowerCapCallback(LogContributor, TrainerCallback, ExportableState):
         self._world_zero = state.is_world_process_zero
         if not self._restored:
             self.run.load_state_dict(stored_attributes(state, type(self).__name__).get("cap_state"))
-        emit(self.run.begin(ranks_of(args), self._tracker(), state.max_steps), self._world_zero)
+        emit(self.run.begin(ranks_of(args), self._tracker(), state.max_steps, step=state.global_step), self._world_zero)
         self._pending.update(self.run.figures())
         return control
 

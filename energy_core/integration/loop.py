@@ -138,7 +138,7 @@ class EnergyLoop:
                     "world_size": self.ranks.world_size}  # fmt: skip
         self.monitor.start(self.ranks, self.steps, self.steps > 0, framework="energy_core.EnergyLoop", loop=settings)
         if self.power_cap is not None:
-            self._show(self.power_cap.begin(self.ranks, self.tracker, self.total_steps))
+            self._show(self.power_cap.begin(self.ranks, self.tracker, self.total_steps, step=self.steps))
         if self.budget is not None:
             self.budget.bind(self.tracker, self.ranks, self.steps)
             self._act(self.budget.begin(self.steps, self.total_steps, self.epoch_steps))

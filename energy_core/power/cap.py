@@ -222,6 +222,7 @@ class PowerCapRun:
         tracker: EnergyTracker | None = None,
         total_steps: float | None = None,
         meter: EnergyMeter | None = None,
+        step: int | None = None,
     ) -> list[Notice]:
         """At train start, on every rank: cap (on the node's leader), show the caps, get ready
         to search and to follow.
@@ -234,6 +235,9 @@ class PowerCapRun:
                 slowdown holds over the whole run).
             meter: The meter the search reads, if not the tracker's (one of its own is
                 opened when there is neither).
+            step: Optimizer steps already taken (a resumed run's), where known at train
+                start: a checkpoint's choice (`load_state_dict`) is put in force here;
+                else at the first `step`. It is not searched again.
 
         Raises:
             ValueError, PermissionError, PowerCapError: as `start`, on every rank.
@@ -247,7 +251,7 @@ class PowerCapRun:
         if self.follow is not None:
             notices += self._grid_factor(tracker)
         self._following = self.follow is not None and not ranks.agree(self._factor is None)
-        return notices
+        return notices if step is None else notices + self._restore_finder(step)
 
     def _grid_factor(self, tracker: EnergyTracker | None) -> list[Notice]:
         """The intensity (or price) to follow: the cap's own, else the monitor's."""
@@ -382,6 +386,9 @@ class PowerCapRun:
     def _search(self, step: int) -> tuple[dict[str, float], list[Notice]]:
         notices: list[Notice] = []
         if self.finder is None:
+            notices = self._restore_finder(step)
+            if self.finder is not None:
+                return self.figures(), notices
             notices = self._new_finder(step)
         assert self.finder is not None
         changed = self.finder.on_step(step)
@@ -393,10 +400,26 @@ class PowerCapRun:
             self._follower_from(step)
         return self._changed(changed), notices
 
-    def _new_finder(self, step: int) -> list[Notice]:
+    def _restore_finder(self, step: int) -> list[Notice]:
+        """At train start, the choice of a checkpoint's search in force (recorded, shown, followed
+        from); nothing when it does not fit these boards (the search then runs as usual)."""
+        if self._saved is None or not self._saved.get("finder") or not self._searching():
+            return []
+        notices = self._new_finder(step, restoring=True)
+        if self.finder is None or not self.finder.done:
+            self.finder = None
+            return []
+        self._publish()
+        self._record("chosen")
+        if self._following and self.ranks.leads_job:
+            self._follower_from(step)
+        return notices
+
+    def _new_finder(self, step: int, restoring: bool = False) -> list[Notice]:
         assert self.limits is not None
         meter = self._meter or (self._tracker.meter if self._tracker is not None else None)
-        if meter is None or meter.sampler is None or not meter.sampler.running:
+        idle = meter is None or meter.sampler is None or not meter.sampler.running
+        if meter is None or (idle and not restoring):  # a monitor's meter starts by the first step
             if self._own_meter is None:
                 self._own_meter = EnergyMeter(devices=["gpu"], sample_interval_s=0.05)
                 self._own_meter.open()
@@ -409,6 +432,8 @@ class PowerCapRun:
             kept = finder.cap_w(finder.chosen or 0)
             text = f"Power-cap search: the choice saved in the checkpoint is kept ({kept:g} W); not searched again."
             return [Notice("info", text)]
+        if restoring:
+            return []
         if finder.done:
             return [Notice("warn", f"No cap to search below the limit at start ({finder.cap_w(0):g} W in all).")]
         text = (

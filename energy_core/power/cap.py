@@ -181,6 +181,7 @@ class PowerCapRun:
         self._following = False  # every rank decides with the follower at the same steps
         self._last_step = -(2**62)
         self._search_start = (0, 0.0)  # (step, clock) where the search began
+        self._carried = (0.0, 0)  # (seconds, steps) booked by a follower before a search again
         self._changes = 0
         self._saved: dict[str, Any] | None = None
         self._finished = False
@@ -464,8 +465,8 @@ class PowerCapRun:
         if self._saved is not None and self._saved.get("follower"):
             self.follower.load_state_dict(self._saved.pop("follower"), since)
         else:
-            start_step, start_t = self._search_start
-            self.follower.book(self.finder.clock() - start_t, step - start_step, since)
+            (start_step, start_t), (carried_s, carried_steps) = self._search_start, self._carried
+            self.follower.book(self.finder.clock() - start_t + carried_s, step - start_step + carried_steps, since)
 
     def _follow_step(self, step: int) -> tuple[dict[str, float], list[Notice]]:
         """Every rank, every `DECIDE_EVERY` steps: the job leader's decision, put in force by
@@ -494,7 +495,10 @@ class PowerCapRun:
         return self._changed(changed), []
 
     def _search_again(self, step: int) -> tuple[dict[str, float], list[Notice]]:
-        """The workload's pace left the curve: every node searches again from this step."""
+        """The workload's pace left the curve: every node searches again from this step (the
+        time booked so far counts against the new curve's allowance)."""
+        if self.follower is not None:
+            self._carried = self.follower.spent()
         self.follower = None
         if not self.ranks.leads_node or self.limits is None or not self.limits.capped:
             return NOTHING

@@ -21,7 +21,7 @@ from energy_core.carbon.factor import Fixed, Series
 from energy_core.power import PowerCapRun
 from energy_core.power.follow.follower import CHANGE, MIN_STRETCHES, WATCH, GridFollower
 from energy_core.power.follow.plan import Curve, Plan
-from tests.doubles.table_board import TableBoard, TableJob, run_capped
+from tests.doubles.table_board import Disturbance, TableBoard, TableJob, run_capped
 
 # Three caps: the limit at start, a little slower and leaner, much slower and leanest.
 CURVE = Curve((0, 1, 2), (1.0, 1.1, 1.5), (300.0, 240.0, 200.0))
@@ -259,3 +259,19 @@ def test_a_resumed_run_keeps_the_search_and_the_time_booked(tmp_path: Path) -> N
     assert second.steps[1].cap_w == chosen_w  # in force from the first step: not searched again
     assert any("kept (" in n.text for n in second.notices) and not any("Searching" in n.text for n in second.notices)
     assert second.run.follower is not None and second.run.follower.booked[1] == 599
+
+
+def test_a_changed_workload_is_searched_again_and_its_time_still_counts(tmp_path: Path) -> None:
+    """From a third of the run on, every step takes 30% longer (the workload changed): the
+    pace leaves the curve, every node searches again, and the new follower carries the
+    time booked before (the steps it has booked are all the steps timed)."""
+    job, steps = bert(), 1500
+    t0 = job.seconds(job.caps[0])
+    slower = Disturbance(start_s=steps * t0 / 3, end_s=1e9, factor=1.3)
+    table = TableJob([TableBoard(p) for p in job.boards], seed=6, sample_interval_s=t0 / 5, disturbances=[slower])
+    result = run_capped(table, steps, max_slowdown=0.1, follow="cost", price_per_kwh=0.3)
+    texts = [n.text for n in result.notices]
+    assert sum("Searching for the power cap" in t for t in texts) == 2
+    assert sum("the power-cap search runs again" in t for t in texts) == 1
+    follower = result.run.follower
+    assert follower is not None and follower.spent()[1] >= steps - 2 * 25  # all but the last stretch or two

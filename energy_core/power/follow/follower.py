@@ -19,7 +19,7 @@ at each measured cap. Every few steps (when the adapter asks) the follower:
 3. answers the cap that minimises (intensity x joules - value) / seconds over the stretch
    that follows (the cost is linear in the intensity: its mean over the stretch decides),
    since a cap holds until the next decision, not for an instant as in the plan. The plan
-   keeps `RESERVE` stretches of time in hand for that coarseness and the steps' noise.
+   keeps `RESERVE` stretch of time in hand for that coarseness and the steps' noise.
 
 It also watches the pace: when most of the last `WATCH` stretches run `CHANGE` slower or
 faster than the curve says at the cap in force, the workload has changed and the curve
@@ -46,7 +46,7 @@ MAX_STRETCHES = 400  # stretches kept per cap (the most recent)
 CHANGE = 0.10  # stretches this much slower or faster than the curve says: the workload has changed
 WATCH = 8  # stretches watched for a change of pace
 WATCH_AGREE = 6  # ... of which this many must agree
-RESERVE = 2  # stretches of time the plan keeps in hand
+RESERVE = 1  # stretches of time the plan keeps in hand
 LOOKS = 8  # intensity readings over the coming stretch
 
 

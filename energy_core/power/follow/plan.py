@@ -29,7 +29,7 @@ import numpy as np
 
 SLICES = 2000  # the time allowed is cut into this many slices, each at the intensity of its middle
 BISECTIONS = 50
-SCAN = 40  # values of mu tried above the least that keeps the deadline
+SCAN = 40  # values of mu tried above the least that keeps the deadline, spaced geometrically
 
 
 @dataclass(frozen=True)
@@ -104,19 +104,22 @@ class Plan:
         power, pace = j / t, 1 / t
         spans = [(power[a] - power[b]) / (pace[a] - pace[b]) for a in range(len(t)) for b in range(len(t))
                  if pace[a] > pace[b]]  # fmt: skip
-        high = float(values.max()) * max(spans, default=0.0) + 1.0  # every slice runs the fastest from here
+        # every slice runs the fastest from here (a cap both faster and leaner than all others: any mu > 0)
+        high = float(values.max()) * max([0.0, *spans]) + 1.0
         if run(high)[0] > seconds:  # not even the fastest cap keeps the deadline
             return Plan(float("inf"), *run(high))
-        low = 0.0
+        low, feasible = 0.0, high
         if run(low)[0] > seconds:
             for _ in range(BISECTIONS):
-                middle = (low + high) / 2
+                middle = (low + feasible) / 2
                 if run(middle)[0] <= seconds:
-                    high = middle
+                    feasible = middle
                 else:
                     low = middle
-            low = high
-        best = min((run(mu)[1], mu) for mu in np.linspace(low, max(low, high), SCAN))
+            low = feasible
+        # from the least mu that keeps the deadline up to the one where all run the fastest
+        scan = np.geomspace(low, high, SCAN) if low > 0 else np.linspace(low, high, SCAN)
+        best = min((run(mu)[1], mu) for mu in scan)
         return Plan(float(best[1]), *run(best[1]))
 
     def rung(self, curve: Curve, intensity: float) -> int:

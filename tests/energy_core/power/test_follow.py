@@ -129,15 +129,15 @@ def test_the_follower_books_each_stretch_and_keeps_the_whole_run_within_the_slow
 
 
 def test_the_search_booked_first_leaves_less_time_to_spend() -> None:
-    """1000 steps within 20%, less `RESERVE` stretches in hand: 1140 s. Fresh, 1.1 s per step
-    fits; after a search of 100 steps that took 160 s, 900 steps have 980 s: 1.0 s per step."""
+    """1000 steps within 20%, less `RESERVE` stretch in hand: 1170 s. Fresh, 1.1 s per step
+    fits; after a search of 100 steps that took 185 s, 900 steps have 985 s: under 1.1 s per step."""
     fresh = GridFollower(CURVE, 1.0, 0.2, Fixed(300.0, "given"), total_steps=1000, wall=lambda: 0.0)
     booked = GridFollower(CURVE, 1.0, 0.2, Fixed(300.0, "given"), total_steps=1000, wall=lambda: 0.0)
-    booked.book(seconds=160.0, steps=100, since=(100, 0.0))
+    booked.book(seconds=185.0, steps=100, since=(100, 0.0))
     assert fresh.decide(0, 0, 0.0) == 1
     assert booked.decide(100, 0, 0.0) == 0
-    assert booked.excess_s == pytest.approx(160.0 - 120.0)
-    assert booked.decide(125, 0, 25.0) == 0 and booked.spent() == (185.0, 125)  # the first stretch is booked
+    assert booked.excess_s == pytest.approx(185.0 - 120.0)
+    assert booked.decide(125, 0, 25.0) == 0 and booked.spent() == (210.0, 125)  # the first stretch is booked
 
 
 def test_a_change_of_pace_is_a_changed_workload() -> None:
@@ -275,3 +275,17 @@ def test_a_changed_workload_is_searched_again_and_its_time_still_counts(tmp_path
     assert sum("the power-cap search runs again" in t for t in texts) == 1
     follower = result.run.follower
     assert follower is not None and follower.spent()[1] >= steps - 2 * 25  # all but the last stretch or two
+
+
+def test_finishing_early_at_a_cap_both_faster_and_leaner_beats_a_mix_that_uses_all_the_time() -> None:
+    """Zeus's A40 ResNet-18 (caps 300, 175, 150 W): 175 W is faster than the limit at start
+    and uses least energy per step; 150 W draws less power but more energy per step. The
+    plan must look past the least value of a step that keeps the deadline (a mix of 175
+    and 150 W filling the time) to the 175 W run that finishes early and emits least."""
+    curve = Curve((0, 1, 2), (0.2304, 0.2253, 0.2656), (51.34, 38.38, 39.91))
+    grid = dirty_then_clean(400.0, dirty=300.0, clean=250.0)
+    steps = 6000
+    plan = Plan.solve(curve, grid, 0.0, steps, 1.05 * steps * 0.2304)
+    _, only_175 = replay(curve, grid, steps, lambda t: 1)
+    assert plan.rung(curve, 300.0) == plan.rung(curve, 250.0) == 1
+    assert plan.emission == pytest.approx(only_175, rel=0.002)

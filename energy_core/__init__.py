@@ -5,7 +5,8 @@ the ones below it (docs/architecture.md; enforced by the import contract in pypr
 
 * `report` - the ``energy-report`` command; `integration` - what adapters and loops call
   (`EnergyLoop`, the monitor's run, W&B);
-* `budget`, `power`, `target` - energy budgets, GPU power caps, energy to a target quality;
+* `budget`, `power`, `target`, `shift` - energy budgets, GPU power caps, energy to a target
+  quality, time shifting;
 * `tracker_share` - the tracker a budget or a target watches (a monitor's, or its own);
 * `tracker` - `EnergyTracker`, one process's bookkeeping at the hooks of a run;
 * `output` - metric keys and dictionaries, the run record, the summary;
@@ -26,6 +27,8 @@ from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.output.record import RunRecord, read_runs
 from energy_core.power import PowerCapRun
 from energy_core.sampling.meter import EnergyMeter
+from energy_core.shift.planner import TimeShiftPlan, plan_time_shift
+from energy_core.shift.run import TimeShiftRun
 from energy_core.target.rule import TargetRule
 from energy_core.tracker import EnergyTracker
 from energy_core.units import J_PER_KWH
@@ -45,7 +48,10 @@ __all__ = [
     "RunRecord",
     "RunTotals",
     "TargetRule",
+    "TimeShiftPlan",
+    "TimeShiftRun",
     "co2e_kg",
+    "plan_time_shift",
     "read_runs",
     "resolve_intensity",
     "torch_distributed",

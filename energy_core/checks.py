@@ -55,7 +55,10 @@ def number(
         what = _bounds(low, high, low_open, high_open, "a finite number") + unit + (" (or None)" if optional else "")
     if isinstance(value, bool) or not isinstance(value, Real):
         raise _type_error(name, what, value)
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an int beyond a float's range: outside any bound
+        raise ValueError(f"{name} must be {what}, got {value!r}") from None
     too_low = low is not None and (result <= low if low_open else result < low)
     too_high = high is not None and (result >= high if high_open else result > high)
     if not math.isfinite(result) or too_low or too_high:
@@ -74,6 +77,22 @@ def integer(name: str, value: Any, *, low: int | None = None, high: int | None =
     if (low is not None and number < low) or (high is not None and number > high):
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return number
+
+
+def indices(name: str, value: Any, *, what: str = "a non-empty list of distinct indices >= 0") -> tuple[int, ...]:
+    """A non-empty list of distinct indices >= 0 (of visible devices), as a tuple.
+
+    Any sequence of ints will do but a string or bytes, which are sequences too
+    (``b"\\x00\\x01"`` is not the list ``[0, 1]``).
+    """
+    if isinstance(value, (str, bytes, bytearray, memoryview)) or not isinstance(value, Sequence):
+        raise _type_error(name, what, value)
+    found = tuple(value)
+    if not found or any(not isinstance(i, Integral) or isinstance(i, bool) or i < 0 for i in found):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    if len(set(found)) != len(found):
+        raise ValueError(f"{name} must be {what}: {value!r} repeats one")
+    return tuple(int(i) for i in found)
 
 
 def boolean(name: str, value: Any) -> bool:

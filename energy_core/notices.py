@@ -1,4 +1,5 @@
-"""Notice: a message that discovery or set-up wants the user to see once.
+"""Notice: a message that discovery or set-up wants the user to see once; `printable`: text
+from elsewhere made safe to show.
 
 The core never prints: it returns notices, and each framework adapter shows them through
 the framework's own channel (Lightning's rank-zero helpers, the transformers logger).
@@ -6,9 +7,27 @@ the framework's own channel (Lightning's rank-zero helpers, the transformers log
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from dataclasses import dataclass
+
+# Control characters (C0, DEL, C1: ESC starts the terminal's escape sequences, which can
+# rewrite the screen, the window title or the clipboard) and the bidirectional overrides
+# that reorder what is shown.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: object) -> str:
+    """``text`` with every control character written as its escape (``\\x1b``), so that text
+    another user or a server wrote (a record, an API's answer) reaches a terminal or a page
+    as characters, never as commands.
+
+    Examples:
+        >>> printable("done\\x1b[2J")
+        'done\\\\x1b[2J'
+    """
+    return _UNSAFE.sub(lambda found: repr(found.group())[1:-1], str(text))
 
 
 @dataclass(frozen=True)

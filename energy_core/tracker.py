@@ -95,8 +95,10 @@ class EnergyTracker:
         self._run_info: dict[str, Any] = {}
         self._cap_w: float | None = None
         self._caps: list[dict[str, Any]] = []
+        self._parts: dict[str, Callable[[RunTotals], dict[str, Any]]] = {}
         self._epoch_start: Mark | None = None
         self._stages = Stages()
+        self._alone: tuple[str, Charges] | None = None  # a stage run outside a fit: its name, its charges
         self._window = Window()
         self._accounts = Accounts(self.meter, Charges(self.factors))
 
@@ -116,9 +118,18 @@ class EnergyTracker:
         """A cap in force: ``power/cap_w`` in every window (None takes it away) and the header's caps."""
         self._cap_w, self._caps = cap_w, caps
 
+    def add_summary(self, name: str, part: Callable[[RunTotals], dict[str, Any]]) -> None:
+        """A part of the summary another run adds (a time shift: ``time_shift``), made from the
+        job's totals when the summary is written."""
+        self._parts[name] = part
+
     @property
     def fitting(self) -> bool:
         return self._accounts.fit_start is not None
+
+    def now(self) -> float:
+        """Unix time now, on the meter's clock (the clock every figure of the run is timed by)."""
+        return self._accounts.wall_now()
 
     # ----------------------------------------------------------------- lifecycle
     def _open(self) -> list[Notice]:
@@ -148,20 +159,17 @@ class EnergyTracker:
         self.factors.start()
         self._window = Window(start, step)
         carried = self._accounts.resumed
+        self._new_run(notices, resumed_from=carried.to_state() if carried.energy_j else None)
+        return notices
+
+    def _new_run(self, notices: list[Notice], **fields: Any) -> None:
+        """A new run in the record: its id and its header (a collective in a job: every rank's devices)."""
         everyone = self.ranks.gather_all({"rank": self.ranks.rank, **this_process(self.meter)})
-        header = run_header(
-            self.meter,
-            self.factors.header(self._accounts.wall_now()),
-            notices,
-            everyone,
-            power_caps=self._caps,
-            resumed_from=carried.to_state() if carried.energy_j else None,
-            **self._run_info,
-        )
+        carbon = self.factors.header(self._accounts.wall_now())
+        header = run_header(self.meter, carbon, notices, everyone, power_caps=self._caps, **fields, **self._run_info)
         if self.record is not None:
             self.record.new_run()
         self.write_record(lines.HEADER, **header)
-        return notices
 
     def end_fit(self, step: int, status: str = "completed", collective: bool = True) -> dict[str, float]:
         """Finish the run: final cumulative metrics, summary line, sampler stopped.
@@ -283,9 +291,18 @@ class EnergyTracker:
 
     # ----------------------------------------------------------------- other stages
     def start_stage(self, stage: str) -> list[Notice]:
-        """Begin a validation/test/predict run (``stage`` in `STAGES`, or a provisional name)."""
+        """Begin a validation/test/predict run (``stage`` in `STAGES`, or a provisional name).
+
+        Outside a fit (``trainer.validate()``, HF's ``evaluate()``), the stage is a run of its own
+        in the record: its header now, its stage line and a summary when it ends.
+        """
         notices = self._open()
-        self._stages.start(stage, self.meter.mark())
+        start = self.meter.mark()
+        self._stages.start(stage, start)
+        if not self.fitting and self._alone is None:
+            self._alone = (stage, Charges(self.factors))
+            self._accounts.follow(self._alone[1], start)
+            self._new_run(notices, stage=stage)
         return notices
 
     def end_stage(self, stage: str, step: int, started_as: str | None = None) -> dict[str, float]:
@@ -307,9 +324,28 @@ class EnergyTracker:
             return {}
         if self.fitting:
             self._window.exclude(run)
+        alone = self._alone is not None and self._alone[0] == (started_as or stage)
+        if alone:  # the end of a run of its own: a last reading fixes its marks, however short it was
+            self._notices += self.meter.close()
         settled = self._stages.settle(self.meter)
         self._stages.sum_over(self.ranks)
-        return self._record_stages(settled)
+        figures = self._record_stages(settled)
+        if alone:
+            self._end_alone(run, step)
+        return figures
+
+    def _end_alone(self, run: StageRun, step: int) -> None:
+        """The summary of a stage run outside a fit: its energy, CO2e and cost, its seconds."""
+        assert self._alone is not None and run.per_source is not None  # settled: the meter is closed
+        charges, self._alone = self._alone[1], None
+        by_kind = self.meter.by_kind(run.per_source)
+        joules = sum(by_kind.values())
+        co2e_kg, cost = charges.at(joules, self._accounts.wall(run.end.t))
+        totals = RunTotals(by_kind, {run.stage: joules}, fit_s=run.end.t - run.start.t, co2e_kg=co2e_kg, cost=cost)
+        metrics = {**self._cumulative(totals), **metric_dicts.stage(run.stage, totals.stage_kwh(run.stage))}
+        stages = {s: totals.stage_kwh(s) for s in STAGES}
+        fields = summary_fields(metrics, totals, stages, self.carbon_fields(), self.meter, self.factors.cost_currency)
+        self.write_record(lines.SUMMARY, step=step, status="completed", **fields)
 
     def _record_stages(self, settled: list[tuple[StageRun, float]]) -> dict[str, float]:
         """A record line per settled run; the stages' cumulative figures."""
@@ -321,6 +357,19 @@ class EnergyTracker:
             self.write_record(lines.STAGE, stage=run.stage, step=run.step, seconds=seconds, kwh=kwh, metrics=stage)
             figures.update(stage)
         return figures
+
+    # ----------------------------------------------------------------- pauses
+    def pause(self) -> Mark:
+        """Training pauses now (a time shift); returns where the pause starts. The sampler goes on
+        charging what the devices use, at the factors in force at each reading. No collective."""
+        return self.meter.mark()
+
+    def resume(self, start: Mark, step: int) -> float:
+        """The pause that began at ``start`` ends now: its energy stays in the totals, and its time
+        and energy are taken out of the open window (it held no training). Returns its seconds."""
+        end = self.meter.mark()
+        self._window.exclude(StageRun("pause", start, end, step))
+        return end.t - start.t
 
     def in_stage(self, stage: str) -> bool:
         return self._stages.running(stage)
@@ -346,8 +395,8 @@ class EnergyTracker:
         figures: WindowFigures | None = None,
         epoch_j: float = 0.0,
     ) -> JobSums:
-        """The job's figures at boundary ``end`` (joules ``end_j``): its energy charged, one sum over the ranks."""
-        local = self._accounts.local(end, end_j, open_work, self._stages.live_j, charge=True)
+        """The job's figures at boundary ``end`` (joules ``end_j``): one sum over the ranks."""
+        local = self._accounts.local(end, end_j, open_work, self._stages.live_j)
         sums = self._accounts.sum(self.ranks, local, figures, epoch_j)
         self._stages.set_job(sums.totals.stage_j if self.ranks.distributed else None)
         for line in self.factors.new_lines():  # every value used, from when, and where it came from
@@ -433,7 +482,10 @@ class EnergyTracker:
     def summary_fields(self, metrics: dict[str, float]) -> dict[str, Any]:
         """The record's summary fields for these final metrics."""
         totals, stage_kwh = self._totals_now(), {s: self.stage_kwh(s) for s in STAGES}
-        return summary_fields(metrics, totals, stage_kwh, self.carbon_fields(), self.meter, self.factors.cost_currency)
+        parts = {name: part(totals) for name, part in self._parts.items()}
+        return summary_fields(
+            metrics, totals, stage_kwh, self.carbon_fields(), self.meter, self.factors.cost_currency, parts
+        )
 
     def carbon_fields(self) -> dict[str, Any]:
         """The carbon factor in force now, its source and the PUE (the header's and the summary's)."""

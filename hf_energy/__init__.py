@@ -12,5 +12,13 @@ from hf_energy.callback import EnergyCallback  # noqa: E402
 from hf_energy.power_cap import PowerCapCallback  # noqa: E402
 from hf_energy.registry import attach  # noqa: E402
 from hf_energy.target import EnergyToTargetCallback  # noqa: E402
+from hf_energy.time_shift import TimeShiftCallback  # noqa: E402
 
-__all__ = ["EnergyBudgetCallback", "EnergyCallback", "EnergyToTargetCallback", "PowerCapCallback", "attach"]
+__all__ = [
+    "EnergyBudgetCallback",
+    "EnergyCallback",
+    "EnergyToTargetCallback",
+    "PowerCapCallback",
+    "TimeShiftCallback",
+    "attach",
+]

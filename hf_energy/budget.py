@@ -99,16 +99,26 @@ class EnergyBudgetCallback(HasBudgetRun, LogContributor, TrainerCallback, Export
 
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        registry = self.register(kwargs.get("model"))
         self._world_zero = state.is_world_process_zero
-        monitor = registry.first(EnergyCallback) if registry is not None else None
         if self._restored is None:
             self.run.load_state_dict(stored_attributes(state, type(self).__name__).get("budget_state", {}))
-        shared = monitor.tracker if monitor else None
-        emit(self.run.bind(shared, ranks_of(args), state.global_step, resumed=state.global_step > 0), self._world_zero)
+        if self._monitor(kwargs.get("model"), state) is None:  # measure alone, from now (validation included)
+            emit(
+                self.run.bind(None, ranks_of(args), state.global_step, resumed=state.global_step > 0), self._world_zero
+            )
         return control
 
+    def _monitor(self, model: Any, state: TrainerState) -> EnergyCallback | None:
+        """The trainer's `EnergyCallback`, whose tracker this budget shares (one that HF re-created on
+        resume, never the one it dropped: see `hf_energy.registry`)."""
+        registry = self.begin(model, state)
+        return registry.first(EnergyCallback) if registry is not None else None
+
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self.run.tracker is None:  # a monitor's: found once every callback has begun, its tracker running
+            monitor = self._monitor(kwargs.get("model"), state)
+            if monitor is not None:
+                self.run.bind(monitor.tracker, ranks_of(args), state.global_step)
         if self.run.guard is None and self.run.tracker is not None and self.run.tracker.fitting:
             # After every callback's on_train_begin: a shared tracker is running, resumed totals loaded.
             epochs = args.num_train_epochs if args.max_steps <= 0 else None

@@ -37,8 +37,8 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
     ``log_history`` only, and a warning says so).
 
     Samples and tokens are counted per micro-batch by a forward pre-hook on the model
-    (``attention_mask.sum()`` without device synchronisation, else ``input_ids.numel()``);
-    a step is an optimizer update. Evaluation and prediction energy are kept apart.
+    (the non-zero entries of ``attention_mask``, an int64 sum without device synchronisation,
+    else ``input_ids.numel()``); a step is an optimizer update. Evaluation and prediction energy are kept apart.
 
     Args:
         summary: Print a short summary when training ends.
@@ -140,7 +140,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
 
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self.register(kwargs.get("model"))
+        self.begin(kwargs.get("model"), state)
         self._world_zero = state.is_world_process_zero
         ranks = ranks_of(args)
         self._restore_from(state)

@@ -79,7 +79,7 @@ class PowerCapCallback(LogContributor, TrainerCallback, ExportableState):
 
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self.register(kwargs.get("model"))
+        self.begin(kwargs.get("model"), state)
         self._world_zero = state.is_world_process_zero
         if not self._restored:
             self.run.load_state_dict(stored_attributes(state, type(self).__name__).get("cap_state"))

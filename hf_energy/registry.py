@@ -13,6 +13,14 @@ appends to ``log_history`` before any ``on_log`` runs: a callback that adds figu
 `EnergyCallbacks` is the registry of one Trainer's energy callbacks. It is found by the
 Trainer's model, which every hook receives, so a budget or a cap finds the trainer's
 `EnergyCallback` (and shares its sampler) however the callbacks were added.
+
+A resume with ``restore_callback_states_from_checkpoint=True`` re-creates every stateful
+callback from the checkpoint and drops the ones given: the registry answers with the
+callbacks the Trainer runs, never a dropped one (whose tracker would never start). With
+`attach` it looks in the Trainer's own list; without, it prefers the callbacks that
+began the latest training (each calls `LogContributor.begin` in ``on_train_begin``, which
+a dropped callback never receives), so a lookup is right once every ``on_train_begin``
+has run (``on_step_begin``).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from transformers.training_args import TrainingArguments
 from energy_core.integration import warn_at_user_code
 
 T = TypeVar("T")
-CALLBACKS = "EnergyCallback, EnergyBudgetCallback, PowerCapCallback or EnergyToTargetCallback"
+CALLBACKS = "EnergyCallback, EnergyBudgetCallback, PowerCapCallback, EnergyToTargetCallback or TimeShiftCallback"
 
 
 class EnergyCallbacks:
@@ -42,6 +50,8 @@ class EnergyCallbacks:
     def __init__(self) -> None:
         self.callbacks: list[LogContributor] = []
         self.trainer: Any = None
+        self._training: TrainerState | None = None  # the state of the latest training begun
+        self._begun: list[LogContributor] = []  # the callbacks that began it
 
     @classmethod
     def of(cls, model: Any) -> EnergyCallbacks | None:
@@ -58,9 +68,25 @@ class EnergyCallbacks:
             self.callbacks.append(callback)
         callback.registry = self
 
+    def begin(self, callback: LogContributor, state: TrainerState) -> None:
+        """``callback`` began the training whose state is ``state`` (HF makes one per ``train()``)."""
+        self.add(callback)
+        if state is not self._training:
+            self._training, self._begun = state, []
+        if callback not in self._begun:
+            self._begun.append(callback)
+
     def first(self, kind: type[T]) -> T | None:
-        """The first registered callback of this class."""
-        return next((cb for cb in self.callbacks if isinstance(cb, kind)), None)
+        """The first live callback of this class: in the attached Trainer's list, else among the
+        callbacks that began the latest training, else among those registered."""
+        if self.trainer is not None:
+            live: list[Any] = list(self.trainer.callback_handler.callbacks)
+        else:
+            live = [*self._begun, *(cb for cb in self.callbacks if cb not in self._begun)]
+        found = next((cb for cb in live if isinstance(cb, kind)), None)
+        if isinstance(found, LogContributor):
+            self.add(found)
+        return found
 
     @property
     def attached(self) -> bool:
@@ -86,7 +112,7 @@ class EnergyCallbacks:
 class LogContributor:
     """A callback that adds figures to the Trainer's log calls (see the module docstring).
 
-    Subclasses implement `contribute` and call `register` first thing in ``on_train_begin``.
+    Subclasses implement `contribute` and call `begin` first thing in ``on_train_begin``.
     """
 
     registry: EnergyCallbacks | None = None
@@ -101,6 +127,13 @@ class LogContributor:
         registry = self.registry or EnergyCallbacks.of(model)
         if registry is not None:
             registry.add(self)
+        return registry
+
+    def begin(self, model: Any, state: TrainerState) -> EnergyCallbacks | None:
+        """Join the registry as a callback of the training now beginning (first thing in ``on_train_begin``)."""
+        registry = self.registry or EnergyCallbacks.of(model)
+        if registry is not None:
+            registry.begin(self, state)
         return registry
 
     @property
@@ -133,8 +166,8 @@ def attach(trainer: Any, *callbacks: LogContributor) -> Any:
 
     Wraps this Trainer instance's ``log`` so that, before ``log_history`` and the
     ``report_to`` integrations see a log call, every `EnergyCallback`,
-    `EnergyBudgetCallback`, `PowerCapCallback` and `EnergyToTargetCallback` of the trainer
-    adds its figures. Works
+    `EnergyBudgetCallback`, `PowerCapCallback`, `EnergyToTargetCallback` and `TimeShiftCallback`
+    of the trainer adds its figures. Works
     for any Trainer subclass, and keeps working when HF re-creates the callbacks on resume
     (``restore_callback_states_from_checkpoint=True``).
 

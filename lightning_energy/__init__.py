@@ -13,5 +13,6 @@ from lightning_energy.budget import EnergyBudget
 from lightning_energy.monitor import EnergyMonitor
 from lightning_energy.power_cap import PowerCap
 from lightning_energy.target import EnergyToTarget
+from lightning_energy.time_shift import TimeShift
 
-__all__ = ["EnergyBudget", "EnergyMonitor", "EnergyToTarget", "PowerCap"]
+__all__ = ["EnergyBudget", "EnergyMonitor", "EnergyToTarget", "PowerCap", "TimeShift"]

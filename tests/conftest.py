@@ -9,7 +9,7 @@ import pytest
 
 from energy_core.devices import amd, rapl
 from tests.doubles import sim_amdsmi
-from tests.doubles.electricity_maps import Replay
+from tests.doubles.electricity_maps import Replay, serve_tls
 from tests.doubles.fake_rapl import FakeRapl
 from tests.doubles.sim_gpu import SimDriver, SimGpu
 from tests.doubles.sim_nvml import SimNvml, install
@@ -25,6 +25,8 @@ def no_real_hardware(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
     monkeypatch.setattr(rapl, "POWERCAP_ROOT", tmp_path_factory.mktemp("no-powercap"))
     journal = tmp_path_factory.mktemp("journal") / "power-limits.json"
     monkeypatch.setenv("ENERGY_CALLBACKS_POWER_JOURNAL", str(journal))  # never /var/tmp in tests
+    locks = tmp_path_factory.mktemp("board-locks")  # never /dev/shm: tests running side by side share board names
+    monkeypatch.setenv("ENERGY_CALLBACKS_BOARD_LOCKS", str(locks))
 
 
 @pytest.fixture(autouse=True)
@@ -72,17 +74,23 @@ def fake_rapl(monkeypatch: pytest.MonkeyPatch, tmp_path):
         tree.stop()
 
 
-@pytest.fixture
-def electricity_maps(monkeypatch: pytest.MonkeyPatch):
+@pytest.fixture(params=["http"])
+def electricity_maps(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path_factory):
     """The Electricity Maps API on a local server (`tests.doubles.electricity_maps.Replay`),
-    with a token set and a 0.5 s request timeout."""
+    with a token set and a 0.5 s request timeout. Parametrize it indirectly with ``"https"``
+    for the server behind TLS, with a certificate of its own that the client is told to trust
+    (``SSL_CERT_FILE``), as the real API is."""
     from energy_core.carbon import electricity_maps as intensity
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Replay)
+    if request.param == "https":
+        certificate = serve_tls(server, tmp_path_factory.mktemp("tls"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv(intensity.URL_ENV, f"http://127.0.0.1:{server.server_address[1]}/v3")
+    host = "localhost" if request.param == "https" else "127.0.0.1"
+    monkeypatch.setenv(intensity.URL_ENV, f"{request.param}://{host}:{server.server_address[1]}/v3")
     monkeypatch.setenv(intensity.TOKEN_ENV, "secret-token-123")
     monkeypatch.setattr(intensity, "TIMEOUT_S", 0.5)
-    Replay.script, Replay.tokens, Replay.paths = [], [], []
+    Replay.script, Replay.forecasts, Replay.tokens, Replay.paths = [], [], [], []
     yield Replay
     server.shutdown()

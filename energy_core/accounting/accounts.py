@@ -3,7 +3,8 @@
 Three parts make the totals: the share of a checkpoint this process carries (`resumed`),
 the live fit (energy between the fit's start mark and a boundary, the work of the closed
 windows plus what the caller says of the open one, the stages' energy the caller gives),
-and the CO2e and cost of the live fit's energy, charged slice by slice (`Charges`).
+and the CO2e and cost of the live fit's energy, charged at every reading on the sampler
+thread (`Charges`, wired by `Accounts.follow`).
 `Accounts.sum` adds them up over the ranks of a job and keeps the result (`job`).
 
 This class reads no mark of its own but the fit's start: the caller reads a boundary's
@@ -45,10 +46,21 @@ class Accounts:
         self._wall_offset = time.time() - meter.clock()
 
     def begin(self, start: Mark) -> None:
-        """A fit starts at ``start``."""
+        """A fit starts at ``start``: its energy is charged at every reading from then on."""
         self.fit_start = start
         self._wall_offset = time.time() - start.t
-        self.charges.restart(self.wall(start.t))
+        self.follow(self.charges, start)
+
+    def follow(self, charges: Charges, since: Mark) -> None:
+        """Have ``charges`` charge the energy used from ``since`` at every reading (on the sampler
+        thread, until the meter closes): no work on the training thread."""
+        charges.restart(self.wall(since.t))
+
+        def charge(t: float, live_j: float) -> bool:
+            charges.take(live_j, self.wall(t))
+            return False  # a watch that never fires: it charges
+
+        self.meter.watch(since, charge)
 
     def wall(self, t: float) -> float:
         """Unix time of a moment on the meter's clock."""
@@ -62,14 +74,7 @@ class Accounts:
         self.samples += samples
         self.tokens += tokens
 
-    def local(
-        self,
-        end: Mark,
-        end_j: np.ndarray,
-        open_work: tuple[int, int],
-        stage_j: dict[str, float],
-        charge: bool = False,
-    ) -> RunTotals:
+    def local(self, end: Mark, end_j: np.ndarray, open_work: tuple[int, int], stage_j: dict[str, float]) -> RunTotals:
         """This process's totals at ``end`` since the first fit start (its checkpoint share included).
 
         Args:
@@ -77,17 +82,13 @@ class Accounts:
             end_j: The cumulative joules of every source at ``end``.
             open_work: (samples, tokens) of the window still open.
             stage_j: This fit's energy of each stage, in joules.
-            charge: Charge the energy not yet charged for good (at boundaries); otherwise it
-                is priced at the factors in force at ``end`` and nothing changes.
         """
         if self.fit_start is None:
             return self.resumed
         [start_j] = self.meter.joules(self.fit_start)
         by_kind = self.meter.by_kind(end_j - start_j)
-        live_j, when = sum(by_kind.values()), self.wall(end.t)
-        if charge:
-            self.charges.charge(live_j, when)
-        co2e_kg, cost = self.charges.preview(live_j, when)
+        live_j = sum(by_kind.values())
+        co2e_kg, cost = self.charges.at(live_j, self.wall(end.t))
         samples, tokens = open_work
         seconds = end.t - self.fit_start.t
         live = RunTotals(by_kind, dict(stage_j), self.samples + samples, self.tokens + tokens, seconds, co2e_kg, cost)
@@ -95,8 +96,8 @@ class Accounts:
 
     def spent(self, t: float, live_j: float) -> tuple[float, float, float]:
         """(kWh, kg CO2e, cost) of this process's totals with ``live_j`` joules used since the fit
-        started, up to ``t`` on the meter's clock, priced at the factors in force (nothing charged)."""
-        co2, cost = self.charges.preview(live_j, self.wall(t))
+        started, up to ``t`` on the meter's clock (a reading's: what a budget watches)."""
+        co2, cost = self.charges.at(live_j, self.wall(t))
         resumed = self.resumed
         return (resumed.total_j + live_j) / J_PER_KWH, resumed.co2e_kg + co2, resumed.cost + cost
 

@@ -21,7 +21,7 @@ from numbers import Integral, Real
 from typing import Any
 
 from energy_core.devices import DEVICE_KINDS
-from energy_core.units import J_PER_KWH
+from energy_core.units import J_PER_KWH, MAX_CO2E_KG, MAX_COST, MAX_COUNT, MAX_JOULES, MAX_SECONDS
 
 STAGES = ("val", "test", "predict")
 STATE_VERSION = 1
@@ -122,7 +122,8 @@ class RunTotals:
 
         Raises:
             ValueError: naming the field of the stored energy state that is missing or
-                wrong (types, finite, >= 0, known device kinds and stages).
+                wrong (types, known device kinds and stages, each figure >= 0 and within its
+                physical bound in `energy_core.units`, so that no sum overflows).
         """
         if not isinstance(state, Mapping):
             raise ValueError(f"the stored energy state must be a mapping, got {type(state).__name__}")
@@ -133,22 +134,25 @@ class RunTotals:
             _joules(state, "stage_j", STAGES),
             _count(state, "samples"),
             _count(state, "tokens"),
-            _amount("fit_s", state.get("fit_s")),
-            _amount("co2e_kg", state.get("co2e_kg", math.nan)) if "co2e_kg" in state else math.nan,
-            _amount("cost", state.get("cost", 0.0)),
+            _amount("fit_s", state.get("fit_s"), MAX_SECONDS),
+            _amount("co2e_kg", state.get("co2e_kg"), MAX_CO2E_KG) if "co2e_kg" in state else math.nan,
+            _amount("cost", state.get("cost", 0.0), MAX_COST),
         )
 
 
-def _amount(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"stored energy state: {name} must be a finite number >= 0, got {value!r}")
+def _amount(name: str, value: Any, high: float) -> float:
+    """A stored figure in [0, ``high``]."""
+    number = isinstance(value, Real) and not isinstance(value, bool)
+    if not number or not 0 <= value <= high:  # NaN fails too; a huge int is compared exactly, never made a float
+        raise ValueError(f"stored energy state: {name} must be a number in [0, {high:g}], got {value!r}")
     return float(value)
 
 
 def _count(state: Mapping[str, Any], name: str) -> int:
-    value = state.get(name)
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
-        raise ValueError(f"stored energy state: {name} must be an integer >= 0, got {value!r}")
+    value: Any = state.get(name)
+    whole = isinstance(value, Integral) and not isinstance(value, bool)
+    if not whole or not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"stored energy state: {name} must be an integer in [0, {MAX_COUNT}], got {value!r}")
     return int(value)
 
 
@@ -161,4 +165,4 @@ def _joules(state: Mapping[str, Any], name: str, known: tuple[str, ...]) -> dict
     unknown = [k for k in values if k not in known]
     if unknown:
         raise ValueError(f"stored energy state: {name} has unknown keys {unknown}; known: {', '.join(known)}")
-    return {str(k): _amount(f"{name}[{k!r}]", v) for k, v in values.items()}
+    return {str(k): _amount(f"{name}[{k!r}]", v, MAX_JOULES) for k, v in values.items()}

@@ -63,8 +63,9 @@ class Window:
         return self.samples, self.tokens
 
     def exclude(self, run: StageRun) -> None:
-        """Take a stage run that ran inside this window out of it, at the joules it is settled at
-        (a short stage may be settled only when the window closes)."""
+        """Take a stretch that ran inside this window but did not train (a stage run; a time
+        shift's pause) out of it, at the joules it is settled at (a short stage may be settled
+        only when the window closes)."""
         if self.start is not None and run.start.t >= self.start.t:
             self._excluded.append(run)
 

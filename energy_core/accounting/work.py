@@ -3,7 +3,8 @@
 Batches are inspected by duck typing (anything with ``.shape``), so the core imports no
 framework. Token counts from an ``attention_mask`` stay a lazy tensor sum: adding it to a
 running total queues work on the device but never waits for it; the total is read once
-per logging window.
+per logging window. The sum counts the mask's non-zero entries, so it is a 64-bit integer
+whatever the mask's dtype (a float16 sum would stop at 65,504 and lose units past 2,048).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def count_batch(batch: Any) -> tuple[int, Any]:
     """(samples, tokens) of one (micro-)batch.
 
     Samples are the first dimension of the first tensor found (a tensor, the first item
-    of a tuple/list, or of a dict). Tokens are ``attention_mask.sum()`` (padding excluded)
+    of a tuple/list, or of a dict). Tokens are the non-zero entries of ``attention_mask``, summed as
+    a 64-bit integer (padding excluded)
     when the batch maps ``"attention_mask"``, else ``input_ids.numel()``, else 0. The
     token count may be a lazy tensor: sum it with others and convert once with `int`.
 
@@ -42,7 +44,7 @@ def count_batch(batch: Any) -> tuple[int, Any]:
     if isinstance(batch, Mapping):
         mask = batch.get("attention_mask")
         if mask is not None and hasattr(mask, "sum"):
-            return _first_dim(mask) or 0, mask.sum()
+            return _first_dim(mask) or 0, (mask != 0).sum()  # a bool sum is int64 in torch and numpy
         ids = batch.get("input_ids")
         if ids is not None and hasattr(ids, "numel"):
             return _first_dim(ids) or 0, int(ids.numel())

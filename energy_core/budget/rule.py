@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from energy_core import checks
+from energy_core.units import MAX_CO2E_KG, MAX_COST, MAX_KWH
 
 FORECAST_MODES = ("warn", "stop", "off")
 
@@ -22,8 +23,8 @@ class BudgetRule:
 
     Raises:
         TypeError: naming the argument, for a limit that is not a number (a bool is not).
-        ValueError: naming the argument, for a non-positive or non-finite limit, no limit
-            at all, or an unknown ``forecast``.
+        ValueError: naming the argument, for a non-positive limit or one beyond any run's
+            (`energy_core.units`), no limit at all, or an unknown ``forecast``.
     """
 
     def __init__(
@@ -33,9 +34,11 @@ class BudgetRule:
         max_cost: float | None = None,
         forecast: str = "warn",
     ) -> None:
-        self.max_kwh = checks.number("max_kwh", max_kwh, low=0, low_open=True, optional=True)
-        self.max_co2e_kg = checks.number("max_co2e_kg", max_co2e_kg, low=0, low_open=True, optional=True)
-        self.max_cost = checks.number("max_cost", max_cost, low=0, low_open=True, optional=True)
+        self.max_kwh = checks.number("max_kwh", max_kwh, low=0, high=MAX_KWH, low_open=True, optional=True)
+        self.max_co2e_kg = checks.number(
+            "max_co2e_kg", max_co2e_kg, low=0, high=MAX_CO2E_KG, low_open=True, optional=True
+        )
+        self.max_cost = checks.number("max_cost", max_cost, low=0, high=MAX_COST, low_open=True, optional=True)
         self.forecast = checks.choice("forecast", forecast, FORECAST_MODES)
         if self.max_kwh is None and self.max_co2e_kg is None and self.max_cost is None:
             raise ValueError("EnergyBudget needs a limit: max_kwh, max_co2e_kg and/or max_cost, each a number > 0")

@@ -1,23 +1,28 @@
-"""Charges: CO2e and electricity cost, each slice of energy at the factors in force when it was used.
+"""Charges: CO2e and electricity cost of the energy since a fit started, at the factors in force when it was used.
 
-``carbon/co2e_kg`` is the sum over slices of kWh x PUE x intensity / 1000, and ``cost/total``
-of kWh x PUE x price; a slice is the energy between two boundaries (logging windows, stage
-and fit ends), charged at the factors in force at its midpoint (so a change of intensity
-inside a slice is off by half that slice's energy at most). With fixed factors this is
-simply total kWh x PUE x factor.
+``carbon/co2e_kg`` is the sum of kWh x PUE x intensity / 1000 over the energy used, and
+``cost/total`` of kWh x PUE x price. The energy between two hardware readings is charged on
+the sampler thread as the second reading comes (`Charges.take`), spread evenly over the time
+between them and split where a factor changes (a series' row): the figure is the integral of
+power x factor to within what the readings themselves miss, however long the logging windows
+(a window charged at one intensity was off by up to the whole swing of the intensity
+inside it). A figure at a boundary (`Charges.at`) adds the energy since the last reading,
+priced the same way, and changes nothing. With fixed factors this is total kWh x PUE x factor.
 
 Examples:
     >>> from energy_core.carbon.run_factors import RunFactors
     >>> from energy_core.carbon.factor import Fixed
     >>> charges = Charges(RunFactors(Fixed(400.0, "given"), None, pue=1.5, currency="EUR"))
-    >>> charges.charge(3.6e6, when=0.0)   # the first kWh
-    >>> round(charges.co2e_kg, 6)
+    >>> charges.restart(0.0)
+    >>> charges.take(3.6e6, when=3600.0)   # the first kWh, read an hour in
+    >>> round(charges.at(3.6e6, when=3600.0)[0], 6)
     0.6
 """
 
 from __future__ import annotations
 
 import threading
+from itertools import pairwise
 
 from energy_core.carbon.run_factors import RunFactors
 from energy_core.units import J_PER_KWH
@@ -26,10 +31,16 @@ from energy_core.units import J_PER_KWH
 class Charges:
     """The CO2e and cost of the energy used since a fit started (this process).
 
-    Thread-safe: the sampler thread previews (budgets) while the training thread charges.
+    Thread-safe: the sampler thread charges each reading, the training thread and budgets
+    ask for the figures at any moment.
 
     Args:
         factors: The run's intensity and price over time, and its PUE.
+
+    Attributes:
+        co2e_kg, cost: What the energy up to the last reading charged cost.
+        charged_j: The joules since the fit started at the last reading charged.
+        charged_at: When that reading was taken (unix time), or the fit started.
     """
 
     def __init__(self, factors: RunFactors) -> None:
@@ -37,41 +48,47 @@ class Charges:
         self.co2e_kg = 0.0
         self.cost = 0.0
         self.charged_j = 0.0
-        self.charged_at: float | None = None  # when the last slice ended
-        self._rates = (0.0, 0.0)  # kg CO2e and cost per kWh (PUE applied) of the last slice charged
+        self.charged_at = 0.0
         self._lock = threading.Lock()
 
-    def _slice(self, total_j: float, when: float, kept: bool) -> tuple[float, float, tuple[float, float]]:
-        """(CO2e kg, cost, rates) of the energy since the last charge; ``kept``: the factors'
-        values go into their history (a charge, not a preview)."""
-        kwh = (total_j - self.charged_j) / J_PER_KWH
-        if kwh < 0:  # the last boundary was extrapolated past the newest reading and the exact figure
-            # came in lower: the excess is taken back at the rates it was charged at, never below zero
-            co2, cost = max(kwh * self._rates[0], -self.co2e_kg), max(kwh * self._rates[1], -self.cost)
-            return co2, cost, self._rates
-        middle = when if self.charged_at is None or self.charged_at > when else (self.charged_at + when) / 2
-        rates = self.factors.per_kwh(middle, kept)
-        return kwh * rates[0], kwh * rates[1], rates
+    def _priced(self, start: float, end: float, joules: float, kept: bool) -> tuple[float, float]:
+        """(CO2e kg, cost) of ``joules`` used evenly from unix time ``start`` to ``end`` (either
+        order; a negative amount is taken back), split at every change of a factor between them.
+        ``kept``: the factors' values go into their history (a charge, not a figure asked for)."""
+        low, high = min(start, end), max(start, end)
+        kwh = joules / J_PER_KWH
+        if high <= low:
+            rates = self.factors.per_kwh(high, kept)
+            return kwh * rates[0], kwh * rates[1]
+        co2 = cost = 0.0
+        for a, b in pairwise([low, *self.factors.changes(low, high), high]):
+            share = kwh * (b - a) / (high - low)
+            rates = self.factors.per_kwh((a + b) / 2, kept)
+            co2 += share * rates[0]
+            cost += share * rates[1]
+        return co2, cost
 
-    def preview(self, total_j: float, when: float) -> tuple[float, float]:
-        """(CO2e kg, cost) if the energy up to ``total_j`` were charged at ``when``; nothing changes."""
+    def take(self, live_j: float, when: float) -> None:
+        """A reading at unix time ``when`` found ``live_j`` joules used since the fit started:
+        charge what it adds (sampler thread)."""
         with self._lock:
-            co2, cost, _ = self._slice(total_j, when, kept=False)
-            return self.co2e_kg + co2, self.cost + cost
+            if when < self.charged_at:  # a reading taken before the fit began
+                return
+            co2, cost = self._priced(self.charged_at, when, live_j - self.charged_j, kept=True)
+            self.co2e_kg, self.cost = max(self.co2e_kg + co2, 0.0), max(self.cost + cost, 0.0)
+            self.charged_j, self.charged_at = live_j, when
 
-    def charge(self, total_j: float, when: float) -> None:
-        """Charge the energy used since the last charge (which ends at ``when``)."""
+    def at(self, live_j: float, when: float) -> tuple[float, float]:
+        """(CO2e kg, cost) when ``live_j`` joules had been used at unix time ``when``: the charges up
+        to the last reading, and the energy from it to ``when`` (or back to ``when``, for a moment
+        a reading has passed) priced at the factors in force then. Nothing changes."""
         with self._lock:
-            co2, cost, self._rates = self._slice(total_j, when, kept=True)
-            self.co2e_kg += co2
-            self.cost += cost
-            self.charged_j = total_j
-            self.charged_at = when
+            co2, cost = self._priced(self.charged_at, when, live_j - self.charged_j, kept=False)
+            return max(self.co2e_kg + co2, 0.0), max(self.cost + cost, 0.0)
 
-    def restart(self, when: float | None = None) -> None:
-        """A new fit starting at ``when``: its energy counts from zero (earlier fits are in the
-        resumed totals)."""
+    def restart(self, when: float) -> None:
+        """A new fit starting at unix time ``when``: its energy counts from zero (earlier fits are
+        in the resumed totals)."""
         with self._lock:
             self.co2e_kg = self.cost = self.charged_j = 0.0
             self.charged_at = when
-            self._rates = (0.0, 0.0)

@@ -16,18 +16,19 @@ where it came from. Three kinds:
 
 from __future__ import annotations
 
-import bisect
+import copy
 import csv
 import math
 import os
+from array import array
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from energy_core.notices import Notice
+import numpy as np
 
-MAX_G_PER_KWH = 2000.0  # no grid emits more (coal plants ~1,000): a larger figure is a fault
-MAX_PRICE = 1e6  # per kWh, in any currency: a larger figure is a unit mistake
+from energy_core.notices import Notice
+from energy_core.units import MAX_G_PER_KWH
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,11 @@ class Factor:
 
     def _lookup(self, when: float) -> Value:
         raise NotImplementedError
+
+    def changes(self, start: float, end: float) -> list[float]:
+        """The unix times strictly between ``start`` and ``end`` where the value is known to change
+        (none: a fixed figure, or a live one, whose next value is not known in advance)."""
+        return []
 
     def start(self) -> None:
         """Begin refreshing, if the factor is live (called at fit start)."""
@@ -107,55 +113,71 @@ class Fixed(Factor):
         return {"kind": "fixed", "value": self.value.value, "source": self.value.source}
 
 
-def parse_series(path: str | os.PathLike[str], name: str, high: float) -> tuple[list[float], list[float]]:
+def parse_series(path: str | os.PathLike[str], name: str, high: float) -> tuple[np.ndarray, np.ndarray]:
     """(unix times, values) of a series file, sorted by time; values in [0, ``high``].
+
+    The file is read line by line into packed arrays (a 1e6-row file costs a few tens of MB,
+    not a list of rows).
 
     Raises:
         ValueError: naming the argument, the file and the line, for anything malformed.
     """
-    times: list[float] = []
-    values: list[float] = []
-    seen: dict[float, int] = {}  # moment -> line
+    times, values, lines = array("d"), array("d"), array("q")
     if not os.path.isfile(path):  # a directory, a FIFO (which would block), a device
         raise ValueError(f"{name}: {os.fspath(path)!r} is not a regular file")
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
-            rows = list(csv.reader(handle))
+            rows = csv.reader(handle)
+            next(rows, None)  # the header
+            for number, row in enumerate(rows, 2):
+                if row and "".join(row).strip():
+                    times.append(_moment(row, number, path, name))
+                    values.append(_value(row, number, path, name, high))
+                    lines.append(number)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise ValueError(f"{name}: cannot read {os.fspath(path)!r} as UTF-8 CSV ({err})") from None
-    for number, row in enumerate(rows[1:], 2):
-        if not row or not "".join(row).strip():
-            continue
-        try:
-            stamp = datetime.fromisoformat(row[0].strip().replace("Z", "+00:00"))
-            value = float(row[1])
-        except (ValueError, IndexError):
-            raise ValueError(
-                f"{name}: line {number} of {os.fspath(path)!r} must be an ISO 8601 timestamp with its UTC offset "
-                f"and a number, got {row!r}"
-            ) from None
-        if stamp.tzinfo is None:
-            raise ValueError(
-                f"{name}: line {number} of {os.fspath(path)!r} has no UTC offset ({row[0]!r}); write e.g. "
-                "2026-06-01T12:00:00+00:00"
-            )
-        if not math.isfinite(value) or not 0 <= value <= high:
-            raise ValueError(
-                f"{name}: line {number} of {os.fspath(path)!r} has a value that is not in [0, {high:g}]: {row[1]!r}"
-            )
-        moment = stamp.timestamp()
-        if moment in seen:
-            raise ValueError(
-                f"{name}: line {number} of {os.fspath(path)!r} repeats the moment of line {seen[moment]} "
-                f"({row[0].strip()!r}): which value holds is ambiguous"
-            )
-        seen[moment] = number
-        times.append(moment)
-        values.append(value)
     if not times:
         raise ValueError(f"{name}: {os.fspath(path)!r} has no rows after its header")
-    order = sorted(range(len(times)), key=times.__getitem__)
-    return [times[i] for i in order], [values[i] for i in order]
+    moments, order = np.frombuffer(times), np.argsort(np.frombuffer(times), kind="stable")
+    sorted_times = moments[order]
+    repeated = np.flatnonzero(sorted_times[1:] == sorted_times[:-1])
+    if repeated.size:  # the first line (in the file) that repeats an earlier line's moment
+        later = np.frombuffer(lines, dtype=np.int64)[order[repeated + 1]]
+        first = int(np.argmin(later))
+        number, earlier = int(later[first]), int(lines[order[repeated[first]]])
+        raise ValueError(
+            f"{name}: line {number} of {os.fspath(path)!r} repeats the moment of line {earlier}: which value "
+            "holds is ambiguous"
+        )
+    return sorted_times, np.frombuffer(values)[order]
+
+
+def _moment(row: list[str], number: int, path: str | os.PathLike[str], name: str) -> float:
+    """The unix time of a row's timestamp (ISO 8601 with its UTC offset)."""
+    try:
+        stamp = datetime.fromisoformat(row[0].strip().replace("Z", "+00:00"))
+        float(row[1])
+    except (ValueError, IndexError):
+        raise ValueError(
+            f"{name}: line {number} of {os.fspath(path)!r} must be an ISO 8601 timestamp with its UTC offset "
+            f"and a number, got {row!r}"
+        ) from None
+    if stamp.tzinfo is None:
+        raise ValueError(
+            f"{name}: line {number} of {os.fspath(path)!r} has no UTC offset ({row[0]!r}); write e.g. "
+            "2026-06-01T12:00:00+00:00"
+        )
+    return stamp.timestamp()
+
+
+def _value(row: list[str], number: int, path: str | os.PathLike[str], name: str, high: float) -> float:
+    """A row's value, in [0, ``high``]."""
+    value = float(row[1])
+    if not math.isfinite(value) or not 0 <= value <= high:
+        raise ValueError(
+            f"{name}: line {number} of {os.fspath(path)!r} has a value that is not in [0, {high:g}]: {row[1]!r}"
+        )
+    return value
 
 
 class Series(Factor):
@@ -165,7 +187,12 @@ class Series(Factor):
         path: The CSV file (header row; ISO 8601 timestamp with offset, value).
         name: The argument it came from, for messages.
         unit: The values' unit, for messages.
-        high: The largest plausible value (`MAX_G_PER_KWH` for an intensity; `MAX_PRICE` for a price).
+        high: The largest plausible value (`MAX_G_PER_KWH` for an intensity; `MAX_PRICE_PER_KWH`
+            for a price).
+
+    Attributes:
+        times: The rows' unix times, sorted.
+        values: The rows' values, in the same order.
     """
 
     def __init__(self, path: str | os.PathLike[str], name: str, unit: str, high: float = MAX_G_PER_KWH) -> None:
@@ -174,23 +201,36 @@ class Series(Factor):
         self.name, self.unit = name, unit
         self.times, self.values = parse_series(path, name, high)
 
+    def fresh(self) -> Series:
+        """The same series (its rows shared, not parsed again) with no history or notices yet:
+        what each run charges with."""
+        other = copy.copy(self)
+        Factor.__init__(other)
+        return other
+
     def _lookup(self, when: float) -> Value:
-        i = bisect.bisect_right(self.times, when) - 1
+        i = int(np.searchsorted(self.times, when, side="right")) - 1
         if i < 0:
             self._once("before", f"{self.name}: the run is before the series' first row; its first value is used.")
             i = 0
         elif i == len(self.times) - 1 and when > self.times[-1] + self._step():
             self._once("after", f"{self.name}: the run is past the series' last row; its last value is used.")
-        source = f"{Path(self.path).name} from {datetime.fromtimestamp(self.times[i]).astimezone().isoformat()}"
-        return Value(self.values[i], source, self.times[i])
+        since = float(self.times[i])
+        source = f"{Path(self.path).name} from {datetime.fromtimestamp(since).astimezone().isoformat()}"
+        return Value(float(self.values[i]), source, since)
+
+    def changes(self, start: float, end: float) -> list[float]:
+        """The unix times strictly between ``start`` and ``end`` where the value changes (its rows)."""
+        first, last = np.searchsorted(self.times, start, side="right"), np.searchsorted(self.times, end, side="left")
+        return [float(t) for t in self.times[first:last]]
 
     def _step(self) -> float:
-        return self.times[-1] - self.times[-2] if len(self.times) > 1 else 3600.0
+        return float(self.times[-1] - self.times[-2]) if len(self.times) > 1 else 3600.0
 
     def covers(self, start: float, end: float) -> bool:
         """Whether unix times ``start`` to ``end`` lie within the series (its last row holding
         for one more step), so that no end value stands in."""
-        return self.times[0] <= start and end <= self.times[-1] + self._step()
+        return bool(self.times[0] <= start and end <= self.times[-1] + self._step())
 
     def describe(self) -> dict[str, object]:
         return {"kind": "series", "path": self.path, "rows": len(self.times)}

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from energy_core import checks
 from energy_core.codecarbon_data import load_csv, load_json
 from energy_core.notices import Notice
+from energy_core.units import MAX_G_PER_KWH
 
 LBS_PER_MWH_TO_G_PER_KWH = 453.59237 / 1000.0  # 1 lb = 453.59237 g; 1 MWh = 1000 kWh
 _REGION_COUNTRIES = ("USA", "CAN", "CHN", "SWE", "NOR", "FIN")
@@ -203,8 +204,8 @@ def resolve_intensity(
         TypeError: naming the argument, for a location that is not a string or an
             intensity that is not a number.
         ValueError: for an unknown country, region or cloud region, a region without a
-            country, a cloud region without a provider (or the reverse), or a negative or
-            non-finite explicit intensity. The message names the argument.
+            country, a cloud region without a provider (or the reverse), or an explicit
+            intensity outside [0, 2000] g/kWh. The message names the argument.
 
     Examples:
         >>> resolve_intensity(country="FRA")[0].g_per_kwh   # doctest: +SKIP
@@ -213,7 +214,14 @@ def resolve_intensity(
     checks.text("country", country, what="an ISO 3166 alpha-3 code such as 'FRA'")
     for name, value in (("region", region), ("cloud_provider", cloud_provider), ("cloud_region", cloud_region)):
         checks.text(name, value)
-    g = checks.number("carbon_intensity_g_per_kwh", carbon_intensity_g_per_kwh, low=0, optional=True)
+    g = checks.number(
+        "carbon_intensity_g_per_kwh",
+        carbon_intensity_g_per_kwh,
+        low=0,
+        high=MAX_G_PER_KWH,
+        optional=True,
+        unit=" g/kWh",
+    )
     if g is not None:
         return CarbonIntensity(g, "given by the user (carbon_intensity_g_per_kwh)"), []
     if (cloud_provider is None) != (cloud_region is None):

@@ -5,7 +5,7 @@ Each factor is a `Factor` over time (a fixed figure, a recorded series, or a liv
 a run needs of them: the live one's refresh thread, the figures in force at a moment (for
 the record's header and summary, and for a budget's limits), the price of one more kWh,
 and the run record's ``factor`` lines (every value used, from when, where it came from).
-`Charges` prices the energy itself, slice by slice, with the same factors.
+`Charges` prices the energy itself, reading by reading, with the same factors.
 
 Example:
     >>> from energy_core.carbon.factor import Fixed
@@ -78,6 +78,14 @@ class RunFactors:
         carbon = (self.carbon.at if kept else self.carbon.peek)(when).value
         price = (self.price.at if kept else self.price.peek)(when).value if self.price is not None else 0.0
         return self.pue * carbon / 1000.0, self.pue * price
+
+    def changes(self, start: float, end: float) -> list[float]:
+        """The unix times strictly between ``start`` and ``end`` where the intensity or the price
+        changes (known in advance: a series' rows), in order."""
+        found = set(self.carbon.changes(start, end))
+        if self.price is not None:
+            found.update(self.price.changes(start, end))
+        return sorted(found)
 
     def new_lines(self) -> list[dict[str, Any]]:
         """The record's factor lines not written yet: every value used since, from when, its source."""

@@ -7,7 +7,13 @@
   package and DRAM through Linux RAPL; `cpu_estimate` - this process tree's CPU time (and
   memory) where RAPL cannot be read;
 * shared by the readers: `counter` (wrapping counters), `visible` (which GPUs a process
-  sees), `gpu` (opening a vendor's GPU sources).
+  sees), `gpu` (opening a vendor's GPU sources), `deadline` (driver calls the training
+  thread waits for, each at most `DRIVER_WAIT_S`).
+
+Every call into a vendor's library from the functions below goes through `_ask`: it is
+waited for at most `DRIVER_WAIT_S`, and whatever it raises (a binding may raise more than
+its own error class) becomes a `DeviceError`. Discovery turns that into one notice and
+leaves the vendor out; training starts all the same.
 
 A new GPU vendor is a module with the members of `GPU_VENDORS`' modules (``VENDOR``,
 ``discover_gpus``, ``boards``, ``board_by_uuid``, ``driver_version``), listed there. On a
@@ -18,12 +24,14 @@ device indices; the other's GPUs are numbered after them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from energy_core.devices import amd, cpu_estimate, nvidia, rapl, visible
+from energy_core.devices.deadline import within_bound
 from energy_core.devices.ledger import Ledger
 from energy_core.devices.source import (
     DEVICE_KINDS,
@@ -37,6 +45,7 @@ from energy_core.devices.source import (
 from energy_core.notices import Notice
 
 GPU_VENDORS: tuple[ModuleType, ...] = (nvidia, amd)
+T = TypeVar("T")
 
 __all__ = [
     "DEVICE_KINDS",
@@ -81,7 +90,11 @@ def discover(
     if "gpu" in kinds:
         taken: set[int] = set()
         for vendor in _vendors():
-            gpus, found = vendor.discover_gpus(gpu_indices)
+            try:
+                gpus, found = _ask(vendor, partial(vendor.discover_gpus, gpu_indices))
+            except DeviceError as err:
+                notices.append(Notice("warn", f"{vendor.VENDOR.upper()} GPUs are not measured: {err}."))
+                continue
             for source in gpus:
                 index = _number(int(source.info.name[3:]), taken)
                 source.info = dataclasses.replace(source.info, name=f"gpu{index}")
@@ -115,14 +128,14 @@ def visible_boards() -> list[GpuBoard]:
     """Every GPU board this process can see, of every vendor, for power limits.
 
     Raises:
-        DeviceError: when no vendor library can be reached at all.
+        DeviceError: when no vendor library can be reached at all (naming why, for each).
     """
     found: list[GpuBoard] = []
     errors: list[DeviceError] = []
     taken: set[int] = set()
     for vendor in _vendors():
         try:
-            boards = vendor.boards()
+            boards = _ask(vendor, vendor.boards)
         except DeviceError as err:
             errors.append(err)
             continue
@@ -130,7 +143,7 @@ def visible_boards() -> list[GpuBoard]:
             board.index = _number(board.index, taken)
         found += boards
     if not found and errors:
-        raise errors[0]
+        raise DeviceError("; ".join(map(str, errors)))
     return found
 
 
@@ -138,7 +151,7 @@ def board_by_uuid(uuid: str) -> GpuBoard | None:
     """The board with this UUID, of any vendor (None if none has it)."""
     for vendor in _vendors():
         try:
-            board = vendor.board_by_uuid(uuid)
+            board = _ask(vendor, partial(vendor.board_by_uuid, uuid))
         except DeviceError:
             continue
         if board is not None:
@@ -150,10 +163,30 @@ def drivers() -> dict[str, str]:
     """Driver version per GPU vendor present, for the run record."""
     found = {}
     for vendor in GPU_VENDORS:
-        version = vendor.driver_version()
+        try:
+            version = _ask(vendor, vendor.driver_version)
+        except DeviceError:
+            continue
         if version is not None:
             found[vendor.VENDOR] = version
     return found
+
+
+def _ask(vendor: ModuleType, call: Callable[[], T]) -> T:
+    """One vendor's driver calls, waited for at most `DRIVER_WAIT_S`.
+
+    Raises:
+        DeviceError: anything the binding raised, named by its class, or a call that did
+            not return in time (`deadline.DriverHung`).
+    """
+    try:
+        return within_bound(f"{vendor.VENDOR.upper()} driver", call)
+    except DeviceError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a binding may raise anything; the caller gets one kind of error
+        raise DeviceError(
+            f"the {vendor.VENDOR.upper()} driver's library failed ({type(err).__name__}: {err})"
+        ) from None
 
 
 def _vendors() -> tuple[ModuleType, ...]:

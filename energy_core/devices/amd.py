@@ -82,8 +82,8 @@ class Binding:
         if not self._ready:
             try:
                 smi.amdsmi_init()
-            except smi.AmdSmiException as err:
-                raise DeviceError(f"amdsmi: {_text(err)}") from None
+            except Exception as err:  # noqa: BLE001 - see _error
+                raise _error(err) from None
             self._ready = True
         return smi
 
@@ -96,12 +96,21 @@ def _text(err: BaseException) -> str:
     return str(info()) if callable(info) else str(err)
 
 
+def _error(err: Exception) -> DeviceError:
+    """amdsmi's error, or anything else the binding raised (``KeyError``, ``TypeError``,
+    ``OSError``: it is not held to its own class), as a `DeviceError`."""
+    smi = LIBRARY.module()
+    if smi is not None and isinstance(err, smi.AmdSmiException):
+        return DeviceError(f"amdsmi: {_text(err)}")
+    return DeviceError(f"amdsmi: {type(err).__name__}: {err}")
+
+
 def _call(function: Any, *args: Any) -> Any:
     """One amdsmi call whose errors become `DeviceError`."""
     try:
         return function(*args)
-    except LIBRARY.module().AmdSmiException as err:
-        raise DeviceError(f"amdsmi: {_text(err)}") from None
+    except Exception as err:  # noqa: BLE001 - see _error
+        raise _error(err) from None
 
 
 @dataclass(frozen=True)
@@ -224,7 +233,7 @@ class AmdGpuSource(gpu.GpuSource):
         try:
             if self._counter is not None:
                 counts = _counts(self._smi.amdsmi_get_energy_count(self.gpu.handle))
-                return Reading(joules=self._counter.update(int(counts), now))
+                return self._counter.update(int(counts), now)
             watts = self._smi.amdsmi_get_power_info(self.gpu.handle).get(self._field)
         except self._smi.AmdSmiException as err:
             raise DeviceError(f"amdsmi: {_text(err)}") from None
@@ -254,7 +263,7 @@ def discover_gpus(cuda_indices: Sequence[int] | None = None) -> tuple[list[Energ
         gpus = visible_gpus()
     except DeviceError as err:
         return [], [Notice("warn", f"amdsmi could not list GPUs ({err}); AMD GPU energy is not measured.")]
-    return gpu.open_sources(gpus, cuda_indices, AmdGpuSource, (smi.AmdSmiException, DeviceError), "AMD")
+    return gpu.open_sources(gpus, cuda_indices, AmdGpuSource, "AMD")
 
 
 def driver_version() -> str | None:
@@ -292,25 +301,30 @@ class AmdBoard(GpuBoard):
     def _caps(self) -> dict[str, Any]:
         return _call(LIBRARY.ready().amdsmi_get_power_cap_info, self.gpu.handle)
 
+    def _cap_mw(self, caps: dict[str, Any], key: str) -> int:
+        try:
+            return int(caps[key]) // 1000
+        except (KeyError, TypeError, ValueError) as err:
+            raise DeviceError(f"amdsmi: the power cap info has no usable {key} ({type(err).__name__})") from None
+
     def limits(self) -> LimitRange:
         caps = self._caps()
         low, high, default, now = (
-            int(caps[k]) // 1000 for k in ("min_power_cap", "max_power_cap", "default_power_cap", "power_cap")
+            self._cap_mw(caps, k) for k in ("min_power_cap", "max_power_cap", "default_power_cap", "power_cap")
         )
         return LimitRange(low, high, default, now)
 
     def limit_mw(self) -> int:
-        return int(self._caps()["power_cap"]) // 1000
+        return self._cap_mw(self._caps(), "power_cap")
 
     def set_limit_mw(self, mw: int) -> None:
         smi = LIBRARY.ready()
         try:
             smi.amdsmi_set_power_cap(self.gpu.handle, 0, int(mw) * 1000)
-        except smi.AmdSmiException as err:
-            code = getattr(err, "get_error_code", lambda: None)()
-            if code == NO_PERM:
+        except Exception as err:  # noqa: BLE001 - see _error
+            if getattr(err, "get_error_code", lambda: None)() == NO_PERM:
                 raise PermissionError(PERMISSION_HINT) from None
-            raise DeviceError(f"amdsmi: {_text(err)}") from None
+            raise _error(err) from None
 
 
 def boards() -> list[AmdBoard]:

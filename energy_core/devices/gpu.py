@@ -44,7 +44,6 @@ def open_sources(
     gpus: Sequence[G],
     cuda_indices: Sequence[int] | None,
     open_one: Callable[[G], GpuSource],
-    errors: tuple[type[BaseException], ...],
     vendor: str,
 ) -> tuple[list[EnergySource], list[Notice]]:
     """Open a source for each visible GPU (of one rank when `cuda_indices` is given).
@@ -52,8 +51,9 @@ def open_sources(
     Args:
         gpus: The visible GPUs of one vendor, in the process's order.
         cuda_indices: Only these visible indices; None means all.
-        open_one: Opens one GPU's source (its ``notes`` are shown once).
-        errors: The vendor library's errors: a GPU raising one is skipped with a warning.
+        open_one: Opens one GPU's source (its ``notes`` are shown once). A GPU for which it
+            raises anything (the vendor's error or any other a binding may raise) is skipped
+            with a warning; the others are measured.
         vendor: ``"NVIDIA"``, ``"AMD"``, for messages.
     """
     if cuda_indices is not None:
@@ -64,8 +64,9 @@ def open_sources(
     for gpu in gpus:
         try:
             source = open_one(gpu)
-        except errors as err:
-            notices.append(Notice("warn", f"GPU {gpu.cuda_index} ({gpu.uuid}) cannot be read ({err}); skipped."))
+        except Exception as err:  # noqa: BLE001 - one GPU that cannot be opened never stops the others or the run
+            why = f"{type(err).__name__}: {err}"
+            notices.append(Notice("warn", f"GPU {gpu.cuda_index} ({gpu.uuid}) cannot be read ({why}); skipped."))
             continue
         sources.append(source)
         notices += [Notice("info", text) for text in source.notes]

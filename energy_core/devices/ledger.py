@@ -8,7 +8,10 @@ power in watts); the ledger decides what it means, the same way for every vendor
 * a reading implying more than the source's plausible maximum power (`max_power_w`,
   e.g. twice a board's highest power limit) is a **glitch**: it is dropped, unless the
   next reading confirms the new level, which is then taken as a re-base;
-* a read that fails (any exception, a power outside [0, max]) is a **gap**.
+* a read that fails (any exception, a power outside [0, max]) is a **gap**; so is the
+  interval before a counter reading that is not continuous (`Reading.continuous`: a
+  narrow counter silent for longer than one wrap at full power), after which the counter
+  is taken up again from that reading.
 
 Across a gap the total goes on at the last good power (so budgets and curves keep
 moving), and that energy is *estimated*. When a counter answers again, its true energy
@@ -95,7 +98,7 @@ class Ledger:
         if reading is None or (reading.joules is None and reading.watts is None):
             self._gap()
         elif reading.joules is not None:
-            self._counter(now, float(reading.joules))
+            self._counter(now, float(reading.joules), reading.continuous)
         else:
             self._power(now, float(reading.watts))  # type: ignore[arg-type]
         if not self._in_gap:
@@ -121,13 +124,14 @@ class Ledger:
             self._estimated_j += self._bridge_j(until)
             self._closed_unmeasured_s += until - self._last_t
 
-    def _counter(self, now: float, joules: float) -> None:
+    def _counter(self, now: float, joules: float, continuous: bool = True) -> None:
         if self._last_t is None:
             self._last_t, self._last_value = now, joules
             return
         delta, seconds = joules - self._last_value, now - self._last_t
-        if delta < 0:  # reset: re-base, the interval since the last good reading is unknown
-            self.resets += 1
+        if delta < 0 or not continuous:  # the interval since the last good reading is unknown: re-base
+            if continuous:  # stepped back: the counter restarted (a wrap was already added back by the reader)
+                self.resets += 1
             self.gaps += 1
             self._in_gap = True
             self._close_gap_as_estimate(now)

@@ -169,7 +169,7 @@ def discover_gpus(cuda_indices: Sequence[int] | None = None) -> tuple[list[Energ
         gpus = visible_gpus()
     except pynvml.NVMLError as err:
         return [], [Notice("warn", f"NVML could not list GPUs ({err}); GPU energy is not measured.")]
-    return common.open_sources(gpus, cuda_indices, NvidiaGpuSource, (pynvml.NVMLError,), "NVIDIA")
+    return common.open_sources(gpus, cuda_indices, NvidiaGpuSource, "NVIDIA")
 
 
 def driver_version() -> str | None:
@@ -188,12 +188,17 @@ PERMISSION_HINT = (
 )
 
 
+def _error(err: Exception) -> DeviceError:
+    """NVML's error, or anything else the binding raised (it is not held to its own class), as a `DeviceError`."""
+    return DeviceError(f"NVML: {err}" if isinstance(err, pynvml.NVMLError) else f"NVML: {type(err).__name__}: {err}")
+
+
 def _call(function: Any, *args: Any) -> Any:
     """One NVML call whose errors become `DeviceError`."""
     try:
         return function(*args)
-    except pynvml.NVMLError as err:
-        raise DeviceError(f"NVML: {err}") from None
+    except Exception as err:  # noqa: BLE001 - see _error
+        raise _error(err) from None
 
 
 class NvidiaBoard(GpuBoard):
@@ -223,8 +228,8 @@ class NvidiaBoard(GpuBoard):
             pynvml.nvmlDeviceSetPowerManagementLimit(self.gpu.handle, int(mw))
         except pynvml.NVMLError_NoPermission:
             raise PermissionError(PERMISSION_HINT) from None
-        except pynvml.NVMLError as err:
-            raise DeviceError(f"NVML: {err}") from None
+        except Exception as err:  # noqa: BLE001 - see _error
+            raise _error(err) from None
 
 
 def boards() -> list[NvidiaBoard]:

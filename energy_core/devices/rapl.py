@@ -53,7 +53,7 @@ class RaplSource(EnergySource):
         return self._counter.wraps
 
     def read(self, now: float) -> Reading:
-        return Reading(joules=self._counter.update(_read_int(self.zone / "energy_uj"), now))
+        return self._counter.update(_read_int(self.zone / "energy_uj"), now)
 
 
 def _zones(root: Path) -> list[tuple[str, int, Path]]:

@@ -17,10 +17,17 @@ CPU_MAX_POWER_W = 5000.0  # no CPU package or DRAM domain draws more: a reading 
 
 
 class Reading(NamedTuple):
-    """One read of a device: a cumulative counter (``joules``) or a power (``watts``)."""
+    """One read of a device: a cumulative counter (``joules``) or a power (``watts``).
+
+    ``continuous`` is False when a counter cannot vouch for the energy since its previous
+    reading (a narrow counter silent for longer than one wrap at the device's highest
+    power may have wrapped any number of times): the `Ledger` counts that interval as
+    unmeasured and takes the counter up again from this reading.
+    """
 
     joules: float | None = None
     watts: float | None = None
+    continuous: bool = True
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ knows its part of a training run:
 * `PowerCapRun` - a power cap: start on the node's leader, drive the finder, publish the
   cap, restore on every way out;
 * `TargetRun` - a target: bind to a tracker, evaluate at each evaluation's end, finish;
+* `TimeShiftRun` - a time shift: bind, begin, check each step (pause, or requeue), review,
+  finish;
 
 and builds a `Ranks` from its framework's view of the job (or `torch_distributed`).
 `EnergyLoop` is the same runs driven by a few calls from a loop of one's own.
@@ -27,9 +29,11 @@ from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.output import keys
 from energy_core.output.record import scalar_losses
 from energy_core.power.cap import CapArgs, PowerCapRun
+from energy_core.shift.run import ShiftAction, TimeShiftArgs, TimeShiftRun
 from energy_core.target.rule import TargetRule
 from energy_core.target.run import HasTargetRun, TargetArgs, TargetOutcome, TargetRun
 from energy_core.tracker import EnergyTracker
+from energy_core.tracker_share import SharedRun
 
 __all__ = [
     "BudgetAction",
@@ -52,6 +56,10 @@ __all__ = [
     "TargetOutcome",
     "TargetRule",
     "TargetRun",
+    "SharedRun",
+    "ShiftAction",
+    "TimeShiftArgs",
+    "TimeShiftRun",
     "checks",
     "keys",
     "scalar_losses",

@@ -37,6 +37,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core import checks
+from energy_core.accounting.figures import STAGES
 from energy_core.accounting.ranks import Ranks
 from energy_core.budget.guard import BudgetAction
 from energy_core.budget.rule import BudgetRule
@@ -45,9 +46,11 @@ from energy_core.integration.monitor_run import MonitorRun
 from energy_core.notices import Notice, warn_at_user_code
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.power.cap import PowerCapRun
+from energy_core.shift.run import TimeShiftRun
 from energy_core.target.rule import TargetRule
 from energy_core.target.run import TargetRun
 from energy_core.tracker import EnergyTracker
+from energy_core.units import MAX_COUNT
 
 logger = logging.getLogger("energy_core")
 
@@ -71,8 +74,12 @@ class EnergyLoop:
             ``follow``, give ``total_steps`` so that the slowdown holds over the whole run.
         target: A quality to reach (and, with its ``min_gain_per_kwh``, when to stop for
             diminishing returns): pass the metric to `evaluated` after each validation.
-        total_steps: Optimizer steps the loop will take, for the budget's forecast and a
-            cap that follows the grid.
+        time_shift: Train when the grid is clean and finish by a deadline: `step` pauses when
+            the plan says so; in ``"requeue"`` mode `should_stop` turns True (save your
+            checkpoint, with `state_dict`), and leaving the ``with`` block exits with the
+            time shift's ``exit_code``.
+        total_steps: Optimizer steps the loop will take, for the budget's forecast, the time
+            shift's plan and a cap that follows the grid.
         epoch_steps: Optimizer steps per epoch, for the budget's forecast.
         ranks: This process's part in a multi-process job, with its collectives (see
             `energy_core.ranks.torch_distributed`); one process by default.
@@ -90,7 +97,8 @@ class EnergyLoop:
     `step`; ``energy/epoch_kwh`` from `end_epoch`; ``energy/<stage>_kwh`` from `stage`;
     ``budget/remaining_kwh``, ``budget/forecast_kwh`` with a budget; ``power/cap_w`` with
     a cap; ``target/energy_kwh``, ``target/co2e_kg``, ``target/seconds``, ``target/step``
-    (once) and ``target/gain_per_kwh`` from `evaluated`, with a target.
+    (once) and ``target/gain_per_kwh`` from `evaluated`, with a target; ``carbon/paused_s``,
+    ``carbon/saved_kg`` with a time shift.
     """
 
     def __init__(
@@ -100,6 +108,7 @@ class EnergyLoop:
         budget: BudgetRule | None = None,
         power_cap: PowerCapRun | None = None,
         target: TargetRule | None = None,
+        time_shift: TimeShiftRun | None = None,
         total_steps: int | None = None,
         epoch_steps: int | None = None,
         ranks: Ranks | None = None,
@@ -115,12 +124,19 @@ class EnergyLoop:
             raise TypeError(f"power_cap must be a PowerCapRun or None, got {type(power_cap).__name__}")
         if target is not None and not isinstance(target, TargetRule):
             raise TypeError(f"target must be a TargetRule or None, got {type(target).__name__}")
+        if ranks is not None and not isinstance(ranks, Ranks):
+            raise TypeError(f"ranks must be a Ranks (see energy_core.torch_distributed) or None, got {ranks!r}")
+        if not callable(notify):
+            raise TypeError(f"notify must be a function taking a Notice, got {notify!r}")
+        if time_shift is not None and not isinstance(time_shift, TimeShiftRun):
+            raise TypeError(f"time_shift must be a TimeShiftRun or None, got {type(time_shift).__name__}")
         options = MeasureOptions.of("EnergyLoop", dict(measure))
         self.tracker = EnergyTracker(options)
         self.monitor = MonitorRun(self.tracker, self._show)
         self.budget = BudgetRun(budget, options) if budget is not None else None
         self.power_cap = power_cap
         self.target = TargetRun(target, options) if target is not None else None
+        self.time_shift = time_shift
         self.ranks = ranks or Ranks()
         self.notify = notify
         self.steps = 0
@@ -144,6 +160,9 @@ class EnergyLoop:
             self._act(self.budget.begin(self.steps, self.total_steps, self.epoch_steps))
         if self.target is not None:
             self._show(self.target.bind(self.tracker, self.ranks, self.steps))
+        if self.time_shift is not None:
+            self.time_shift.bind(self.tracker, self.ranks, self.steps)
+            self._show(self.time_shift.begin(self.steps, self.total_steps, self.log_every_n_steps))
         return self
 
     def close(self, status: str = "completed", collective: bool = True) -> dict[str, float]:
@@ -157,6 +176,8 @@ class EnergyLoop:
             return {}
         self._started = False
         metrics = self.monitor.finish(self.steps, status, collective)
+        if self.time_shift is not None:
+            self._show(self.time_shift.finish(self.steps, status, collective))
         if self.power_cap is not None:
             self._show(self.power_cap.finish())
         self.monitor.close()
@@ -170,6 +191,8 @@ class EnergyLoop:
     ) -> None:
         if kind is None:
             self.close()
+            if self.time_shift is not None and self.time_shift.exit_status is not None:
+                raise SystemExit(self.time_shift.exit_status)  # requeued: the scheduler starts it again
         else:
             status = "interrupted" if issubclass(kind, KeyboardInterrupt) else f"exception: {kind.__name__}"
             self.close(status, collective=False)
@@ -195,6 +218,12 @@ class EnergyLoop:
         if self.steps % self.log_every_n_steps == 0:
             metrics.update(self.monitor.window(self.steps))
             metrics.update(self._review(self.epochs))
+            if self.time_shift is not None:
+                metrics.update(self.time_shift.review(self.steps))
+        if self.time_shift is not None:
+            if self.time_shift.check(self.steps) is not None and self.time_shift.requeued_until is not None:
+                self.should_stop = True
+            self._show(self.time_shift.pop_notices())
         return self._done(metrics)
 
     def start_epoch(self) -> None:
@@ -212,7 +241,11 @@ class EnergyLoop:
         """Around a validation, test or predict run: its energy, kept out of training's.
 
         Yields a dictionary that holds ``energy/<name>_kwh`` once the block ends.
+
+        Raises:
+            ValueError: ``name`` is not ``"val"``, ``"test"`` or ``"predict"`` (before the block runs).
         """
+        checks.choice("name", name, STAGES)
         figures: dict[str, float] = {}
         self.monitor.stage_start(name)
         try:
@@ -253,8 +286,8 @@ class EnergyLoop:
         return self.monitor.summary(self.tracker.totals())
 
     def state_dict(self) -> dict[str, Any]:
-        """The totals and the step count (and a budget's, a target's and a cap search's
-        state), for your checkpoint."""
+        """The totals and the step count (and a budget's, a target's, a time shift's and a cap
+        search's state), for your checkpoint."""
         state: dict[str, Any] = {"energy": self.tracker.state_dict(), "steps": self.steps, "epochs": self.epochs}
         if self.budget is not None:
             state["budget"] = self.budget.state_dict()
@@ -262,19 +295,23 @@ class EnergyLoop:
             state["target"] = self.target.state_dict()
         if self.power_cap is not None:
             state["power_cap"] = self.power_cap.state_dict()
+        if self.time_shift is not None:
+            state["time_shift"] = self.time_shift.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue a checkpointed loop (before `start`)."""
         self.tracker.load_state_dict(state.get("energy"), own_share=self.ranks.leads_job)
-        self.steps = checks.integer("steps", state.get("steps", 0), low=0)
-        self.epochs = checks.integer("epochs", state.get("epochs", 0), low=0)
+        self.steps = checks.integer("steps", state.get("steps", 0), low=0, high=MAX_COUNT)
+        self.epochs = checks.integer("epochs", state.get("epochs", 0), low=0, high=MAX_COUNT)
         if self.budget is not None:
             self.budget.load_state_dict(state.get("budget"))
         if self.target is not None:
             self.target.load_state_dict(state.get("target"))
         if self.power_cap is not None:
             self.power_cap.load_state_dict(state.get("power_cap"))
+        if self.time_shift is not None:
+            self.time_shift.load_state_dict(state.get("time_shift"))
 
     def _review(self, epochs_done: int) -> dict[str, float]:
         if self.budget is None or not self.budget.active:

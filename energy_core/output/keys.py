@@ -30,6 +30,8 @@ TARGET_CO2E = "target/co2e_kg"
 TARGET_SECONDS = "target/seconds"
 TARGET_STEP = "target/step"
 TARGET_GAIN = "target/gain_per_kwh"
+PAUSED_S = "carbon/paused_s"
+SAVED_KG = "carbon/saved_kg"
 
 
 def kind_kwh(kind: str) -> str:
@@ -58,6 +60,8 @@ CUMULATIVE_KEYS = (
     *(stage_kwh(s) for s in STAGES),
     BUDGET_REMAINING,
     BUDGET_FORECAST,
+    PAUSED_S,
+    SAVED_KG,
 )
 # Logged by a target: the cost of reaching it (once), the gain per kWh (each evaluation).
 TARGET_KEYS = (TARGET_KWH, TARGET_CO2E, TARGET_SECONDS, TARGET_STEP, TARGET_GAIN)

@@ -48,3 +48,8 @@ def window(figures: WindowFigures) -> dict[str, float]:
     if figures.tokens:
         metrics[keys.J_PER_TOKEN] = figures.joules / figures.tokens
     return metrics
+
+
+def shift(paused_s: float, saved_kg: float) -> dict[str, float]:
+    """``carbon/paused_s`` and ``carbon/saved_kg`` of a time shift."""
+    return {keys.PAUSED_S: paused_s, keys.SAVED_KG: saved_kg}

@@ -6,7 +6,8 @@ Lines, each a JSON object with ``"type"``:
 * ``window``: one per logging window (the logged metrics, step, epoch, seconds, loss);
 * ``epoch``: one per epoch end; ``stage``: one per validation/test/predict run;
 * ``target``: one per evaluation a target watches (the metric, the energy so far);
-* ``summary``: totals at the end, with how the run ended.
+* ``summary``: totals at the end, with how the run ended;
+* ``budget``, ``power_cap``, ``shift``: what a budget, a power cap or a time shift did.
 
 Every line is flushed when written, so a crash loses at most the current window. A
 file may hold several runs (appended, even at the same time); every line carries its
@@ -15,22 +16,25 @@ run's id (``"run"``), each run starts with a header.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from energy_core.notices import Notice
+from energy_core.notices import Notice, printable
 
 RECORD_VERSION = 1
 # The line types, each written by one place: the tracker (header, window, epoch, stage,
 # summary, factor: each carbon intensity or price used, from when, and its source), the
-# budget (budget), the power cap (power_cap) and the target (target).
-HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP, FACTOR = (
+# budget (budget), the power cap (power_cap), the target (target) and the time shift (shift:
+# its plans, pauses, resumes and requeues).
+HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP, FACTOR, SHIFT = (
     "header",
     "window",
     "epoch",
@@ -39,6 +43,7 @@ HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP, FACTOR = (
     "budget",
     "power_cap",
     "factor",
+    "shift",
 )
 TARGET = "target"
 
@@ -74,8 +79,9 @@ class RunRecord:
     """Appends run-record lines to a file, flushing each; every line carries its run's id.
 
     The record is bookkeeping, never a reason to stop training: a line that cannot be
-    written (a parent that is a file, no permission, a full disk, a file-size limit) ends
-    the record with one notice (`RunRecord.take_notice`), and later writes do nothing.
+    written (a parent that is a file, no permission, a full disk, a file-size limit, a path
+    that is a link or not a regular file) ends the record with one notice
+    (`RunRecord.take_notice`), and later writes do nothing.
 
     Args:
         path: File to append to; its directory is created on first write.
@@ -105,15 +111,40 @@ class RunRecord:
         line = {"type": kind, "run": self.run_id or self.new_run(), "time": time.time(), **_clean(fields)}
         try:
             if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "a", encoding="utf-8")
+                self._file = self._open()
             self._file.write(json.dumps(line, allow_nan=False) + "\n")
             self._file.flush()
         except (OSError, ValueError) as err:
             self.failed = True
-            self._notice = Notice("warn", f"The run record {str(self.path)!r} cannot be written ({err}); it ends "
-                                          "here and training continues.")  # fmt: skip
+            why = err.strerror if isinstance(err, OSError) and err.filename == str(self.path) else err
+            self._notice = Notice("warn", f"The run record {printable(self.path)!r} cannot be written ({why}); it "
+                                          "ends here and training continues.")  # fmt: skip
             self.close()
+
+    def _open(self) -> TextIO:
+        """The record opened for appending, never through a link, and only if it is a regular file.
+
+        ``record_path`` may lie in a shared folder, where another user could have put a link to
+        a file of yours (which would then be appended to) or a FIFO (which would block the open
+        for ever): a link is refused (``O_NOFOLLOW``), the open never waits (``O_NONBLOCK``), and
+        anything but a regular file is refused on its descriptor.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise OSError(err.errno, "it is a symbolic link, which is not followed", str(self.path)) from None
+            if err.errno == errno.ENXIO:  # a FIFO no one reads
+                raise OSError(err.errno, "it is not a regular file (a FIFO)", str(self.path)) from None
+            raise
+        kind = os.fstat(fd).st_mode
+        if not stat.S_ISREG(kind):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "it is not a regular file (a FIFO, a device or a socket)", str(self.path))
+        os.set_blocking(fd, True)
+        return open(fd, "a", encoding="utf-8")
 
     def take_notice(self) -> Notice | None:
         """The notice of a failure, once."""
@@ -129,36 +160,160 @@ class RunRecord:
             self._file = None
 
 
-def read_runs(path: Path) -> tuple[list[list[dict[str, Any]]], list[str]]:
-    """The runs in a record (each a list of lines, header first) and notes on what was wrong.
+# ----------------------------------------------------------------------------- reading
+MAX_LINE_BYTES = 1 << 20  # a record line is a few KB (a window of a 1,000-rank job some 100 KB)
 
-    Lines are grouped by their run id, so runs appending to one file at once stay apart;
-    lines without an id (older records) belong to the header before them.
+
+def _number(value: Any) -> bool:
+    """A finite JSON number a float can hold (a bool is not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer of 400 digits
+        return False
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= 2**63
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+def _fields(**checks: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """An object whose fields, where present, pass their checks."""
+    return lambda value: isinstance(value, dict) and all(k not in value or c(value[k]) for k, c in checks.items())
+
+
+def _values(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """An object every value of which passes ``check``."""
+    return lambda value: isinstance(value, dict) and all(check(v) for v in value.values())
+
+
+def _items(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, list) and all(check(v) for v in value)
+
+
+_METRICS = _values(_optional(_number))  # a figure the writer could not give is null
+_CARBON = _fields(g_per_kwh=_number, pue=_number, source=_text)
+_BOUNDARY = {"step": _integer, "seconds": _number, "elapsed_s": _number, "metrics": _METRICS, "extra": _fields()}
+# What readers rely on in each line type: each field, where present, must pass its check; a
+# line that fails one is damaged (another user's edit, a bad disk) and skipped, with a note.
+LINE_FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
+    HEADER: {
+        "carbon": _CARBON,
+        "estimated": _items(_text),
+        "resumed_from": _optional(_fields(energy_j=_values(_number), fit_s=_number)),
+    },
+    WINDOW: _BOUNDARY,
+    EPOCH: _BOUNDARY,
+    STAGE: {"stage": _text, "step": _integer, "seconds": _number, "kwh": _number, "metrics": _METRICS},
+    SUMMARY: {
+        "step": _integer,
+        "status": _text,
+        "metrics": _METRICS,
+        **{name: _optional(_number) for name in ("seconds", "mean_power_w", "j_per_sample", "j_per_token")},
+        "carbon": _CARBON,
+        "cost": _optional(_fields(total=_number, currency=_optional(_text))),
+    },
+    POWER_CAP: {"caps": _items(_fields(gpu=lambda v: _integer(v) or _text(v), cap_w=_number))},
+    FACTOR: {"factor": _text, "value": _number, "source": _text, "since": _optional(_number)},
+    BUDGET: {"event": _text, "step": _integer, "metrics": _METRICS},
+    TARGET: {
+        "event": _text,
+        "step": _integer,
+        "metric": _text,
+        **{name: _optional(_number) for name in ("energy_kwh", "co2e_kg", "seconds", "gain_per_kwh")},
+    },
+}
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")  # NaN and Infinity: the writer never writes them
+
+
+def parse_line(raw: str) -> tuple[dict[str, Any] | None, str]:
+    """One record line: (the line, "") when it is one, else (None, why not)."""
+    try:
+        line = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
+        return None, "is not JSON (a crash mid-write?)"
+    if not isinstance(line, dict) or not isinstance(line.get("type"), str):
+        return None, "is not a run-record line"
+    if "run" in line and not _text(line["run"]):
+        return None, "is damaged (its 'run' is not a run id)"
+    if "time" in line and not _number(line["time"]):
+        return None, "is damaged (its 'time' is not a number)"
+    for name, check in LINE_FIELDS.get(line["type"], {}).items():
+        if name in line and not check(line[name]):
+            return None, f"is damaged (its {name!r} is not what a run record holds)"
+    return line, ""
+
+
+def _raw_lines(path: Path) -> Iterator[tuple[int, str | None]]:
+    """(number, text) of each line, read one at a time; text None for a line over `MAX_LINE_BYTES`."""
+    with open(path, "rb") as handle:
+        number = 0
+        while raw := handle.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                while (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                    pass  # the rest of the line, not kept
+                yield number, None
+            else:
+                yield number, raw.decode("utf-8", errors="replace")
+
+
+def record_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]] | str]:
+    """The lines of a record, one at a time: (the index of its run, the line) for each run-record
+    line, a note (str) for each line skipped.
+
+    A header opens a run; a line joins the run of its id (runs appending to one file at once
+    stay apart); a line without an id (older records) joins the run of the header before it.
     """
-    notes: list[str] = []
-    runs: list[list[dict[str, Any]]] = []
-    by_id: dict[str, list[dict[str, Any]]] = {}
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
-    for number, raw in enumerate(text.splitlines(), 1):
+    run_of: dict[str, int] = {}
+    runs = 0
+    for number, raw in _raw_lines(path):
+        if raw is None:
+            yield f"line {number} is over {MAX_LINE_BYTES // 1024} KiB: skipped"
+            continue
         if not raw.strip():
             continue
-        try:
-            line = json.loads(raw)
-        except ValueError:
-            notes.append(f"line {number} is not JSON (a crash mid-write?): skipped")
-            continue
-        if not isinstance(line, dict) or "type" not in line:
-            notes.append(f"line {number} is not a run-record line: skipped")
+        line, why = parse_line(raw)
+        if line is None:
+            yield f"line {number} {why}: skipped"
             continue
         run_id = line.get("run")
         if line["type"] == HEADER:
-            runs.append([line])
+            runs += 1
             if run_id is not None:
-                by_id[run_id] = runs[-1]
-        elif run_id is not None and run_id in by_id:
-            by_id[run_id].append(line)
+                run_of[run_id] = runs - 1
+            yield runs - 1, line
+        elif run_id is not None and run_id in run_of:
+            yield run_of[run_id], line
         elif run_id is not None:
-            notes.append(f"line {number} belongs to run {run_id}, whose header is not in this file: skipped")
+            yield f"line {number} belongs to a run whose header is not in this file: skipped"
         elif runs:
-            runs[-1].append(line)
+            yield runs - 1, line
+
+
+def read_runs(path: Path) -> tuple[list[list[dict[str, Any]]], list[str]]:
+    """The runs in a record (each a list of lines, header first) and notes on the lines skipped
+    (see `record_lines`: damaged lines are named, never a reason to fail)."""
+    runs: list[list[dict[str, Any]]] = []
+    notes: list[str] = []
+    for item in record_lines(Path(path)):
+        if isinstance(item, str):
+            notes.append(item)
+            continue
+        index, line = item
+        if index == len(runs):
+            runs.append([])
+        runs[index].append(line)
     return runs, notes

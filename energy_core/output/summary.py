@@ -19,6 +19,7 @@ def summary_fields(
     carbon: dict[str, Any],
     meter: EnergyMeter,
     currency: str | None = None,
+    parts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record's summary line (besides type, step and status).
 
@@ -32,6 +33,7 @@ def summary_fields(
             any fault: gaps, resets, glitches, seconds not measured and joules bridged at the
             last good power (`EnergyMeter.quality`).
         currency: The price's currency, when a price was set.
+        parts: What other runs add, by name (``time_shift``: see `shift_line`).
     """
     failed_reads, estimated, faults = meter.failed_reads(), meter.estimated, meter.quality()
     joules = metrics.get(keys.TOTAL_KWH, 0.0) * J_PER_KWH
@@ -54,6 +56,7 @@ def summary_fields(
         "estimated_share": sum(f["estimated_j"] for f in faults.values()) / joules if joules > 0 else 0.0,
         "carbon": {**carbon, "g_per_kwh": mean_g},
         "cost": {"total": metrics.get(keys.COST, 0.0), "currency": currency} if currency else None,
+        **(parts or {}),
     }
 
 
@@ -100,6 +103,8 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
     stages = ", ".join(f"{s} {v:.6g} kWh" for s, v in fields["stage_kwh"].items() if v > 0)
     if stages:
         lines.append(f"Other stages: {stages}")
+    if fields.get("time_shift"):
+        lines.append(shift_line(fields["time_shift"]))
     if fields["failed_reads"]:
         lines.append(f"Gaps (failed reads): {fields['failed_reads']}")
     if fields["estimated_share"] > 0:
@@ -108,3 +113,12 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
             "energy is bridged at the last good power"
         )
     return "\n".join(lines)
+
+
+def shift_line(shift: dict[str, Any]) -> str:
+    """The console's line for a time shift: its mode, the time paused and the CO2e saved."""
+    saved, now = shift["saved_kg"], shift["run_now_kg"]
+    share = f" ({saved / now:.1%} of starting at once)" if now > 0 else ""
+    hours = shift["paused_s"] / 3600
+    line = f"Time shift ({shift['mode']}): paused {hours:.3g} h, {saved * 1000:.4g} g CO2e saved{share}"
+    return line + (f"; {shift['note']}" if shift.get("note") else "")

@@ -3,7 +3,8 @@
 * `journal` (`private_dir`, `journal_entry`) - limits changed and not yet restored, on disk,
   in a directory only its owner can write; `exit_guard` - atexit and signals;
 * `plan` - which boards, which targets; `limits` - `PowerLimits`: set, restore, one owner
-  per board; `recovery` - limits left by processes that are gone;
+  per board; `board_lock` - that owner held on the board, across users; `recovery` -
+  limits left by processes that are gone;
 * `cap` - `PowerCapRun`: one run's cap, driven by the framework adapters;
 * `finder` - `CapFinder`: the automatic search for the cap with least energy per step
   (`search` - which cap to measure next and which to keep; `estimate` - each cap's figures).

@@ -37,6 +37,7 @@ from energy_core.power.limits import PowerLimits
 from energy_core.power.plan import busy_message, select_boards
 from energy_core.sampling.meter import EnergyMeter
 from energy_core.tracker import EnergyTracker
+from energy_core.units import MAX_DEVICE_W
 
 FOLLOW = ("carbon", "cost")
 DECIDE_EVERY = 25  # steps between the follower's decisions (one small collective in a multi-process job)
@@ -65,12 +66,13 @@ def check_cap_arguments(
     """Validate the cap's arguments; TypeError/ValueError names the argument and the allowed range."""
     if (watts is None) == (fraction is None):
         raise ValueError("give exactly one of watts (W, or 'auto') and fraction (of the default limit, in (0, 1])")
+    board_w = f"in (0, {MAX_DEVICE_W:g}] W"
     if isinstance(watts, str):
         if watts != "auto":
-            raise ValueError(f"watts must be a positive number of watts or 'auto', got {watts!r}")
+            raise ValueError(f"watts must be a number of watts {board_w} or 'auto', got {watts!r}")
     else:
         watts = checks.number(
-            "watts", watts, low=0, low_open=True, optional=True, what="a positive number of watts or 'auto'"
+            "watts", watts, low=0, high=MAX_DEVICE_W, low_open=True, optional=True, what=f"{board_w} or 'auto'"
         )
     fraction = checks.number(
         "fraction",
@@ -84,23 +86,14 @@ def check_cap_arguments(
     if isinstance(gpus, str):
         if gpus != "all":
             raise ValueError(f"gpus must be 'all' or a list of visible GPU indices, got {gpus!r}")
-    elif not isinstance(gpus, Sequence):
-        raise TypeError(
-            f"gpus must be 'all' or a non-empty list of GPU indices >= 0, got {type(gpus).__name__} {gpus!r}"
-        )
     else:
-        indices = tuple(gpus)
-        if not indices or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in indices):
-            raise ValueError(f"gpus must be 'all' or a non-empty list of GPU indices >= 0, got {gpus!r}")
-        if len(set(indices)) != len(indices):
-            raise ValueError(f"gpus has repeated indices: {gpus!r}")
-        gpus = indices
+        gpus = checks.indices("gpus", gpus, what="'all' or a non-empty list of distinct visible GPU indices >= 0")
     strict = checks.boolean("strict", strict)
     max_slowdown = checks.number(
         "max_slowdown", max_slowdown, low=0, high=10, low_open=True, what="in (0, 10] (0.1 means 10% slower)"
     )
     min_watts = checks.number(
-        "min_watts", min_watts, low=0, low_open=True, optional=True, what="a positive number of watts (or None)"
+        "min_watts", min_watts, low=0, high=MAX_DEVICE_W, low_open=True, optional=True, what=f"{board_w} (or None)"
     )
     if min_watts is not None and watts != "auto":
         raise ValueError(f"min_watts={min_watts:g} applies only to watts='auto' (the floor of the cap search)")

@@ -1,25 +1,33 @@
 """ExitGuard: run a restore on every way out of the process that Python can see.
 
 ``atexit``, and SIGTERM/SIGINT/SIGHUP handlers that restore first and then behave as
-before: the previous handler, or the default (KeyboardInterrupt for SIGINT, exit status
-128 + signal for SIGTERM and SIGHUP: a closed terminal or SSH session ends the run). A
-signal the process ignores (``nohup`` ignores SIGHUP) stays ignored: the run goes on, and
-so does its cap. A SIGKILL cannot be caught: the journal covers it.
+before: the previous handler, or the default action, taken again with the default
+handler (SIGINT's default in Python raises KeyboardInterrupt; SIGTERM and SIGHUP end the
+process by the signal, status 128 + signal in a shell: a closed terminal or SSH session
+ends the run). A signal the process ignores (``nohup`` ignores SIGHUP) stays ignored: the
+run goes on, and so does its cap. A SIGKILL cannot be caught: the journal covers it.
+
+Only the process that installed the guard restores. A process forked from it (a
+DataLoader worker) inherits the handlers and the ``atexit`` entry: there they do nothing
+but what the process would have done without them, so a Ctrl-C to the whole process
+group sets no limit from the workers, and a SIGTERM ends them by the signal.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
 
 
 class ExitGuard:
-    """Calls ``restore`` at interpreter exit and on the signals in `SIGNALS`.
+    """Calls ``restore`` at interpreter exit and on the signals in `SIGNALS`, in this process only.
 
     Args:
         restore: Idempotent, safe from any thread.
@@ -32,14 +40,20 @@ class ExitGuard:
     def __init__(self, restore: Callable[[], Any]) -> None:
         self.restore = restore
         self.installed = False
+        self._pid = os.getpid()
         self._previous: dict[int, Any] = {}
+
+    def _here(self) -> bool:
+        """Whether this is the process that installed the guard (not a fork of it)."""
+        return os.getpid() == self._pid
 
     def install(self) -> None:
         """Register with atexit and, from the main thread, take over the signals."""
         if self.installed:
             return
         self.installed = True
-        atexit.register(self.restore)
+        self._pid = os.getpid()
+        atexit.register(self._at_exit)
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         for signum in SIGNALS:
@@ -49,15 +63,22 @@ class ExitGuard:
             self._previous[signum] = previous
             signal.signal(signum, self._on_signal)
 
+    def _at_exit(self) -> None:
+        if self._here():
+            self.restore()
+
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.restore()
         previous = self._previous.get(signum)
+        with _others_held():
+            if self._here():
+                self.restore()
+            if not callable(previous):  # the default action, as without the guard: the signal again, by default
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
         if callable(previous):
             previous(signum, frame)
-        elif signum == signal.SIGINT:
-            raise KeyboardInterrupt
         else:
-            raise SystemExit(128 + signum)
+            raise SystemExit(128 + signum)  # only where the signal did not end the process (blocked)
 
     def uninstall(self) -> None:
         """Put the previous handlers back and leave atexit (after a normal restore)."""
@@ -66,5 +87,33 @@ class ExitGuard:
                 if signal.getsignal(signum) == self._on_signal:
                     signal.signal(signum, signal.SIG_DFL if previous is None else previous)
         self._previous.clear()
-        atexit.unregister(self.restore)
+        atexit.unregister(self._at_exit)
         self.installed = False
+
+
+@contextmanager
+def _others_held() -> Iterator[None]:
+    """Hold every Python signal handler until the block ends; then send the signals that came
+    meanwhile again, for their handlers to run as they would have.
+
+    A handler runs between any two bytecodes of the one it interrupts: a DataLoader's SIGCHLD
+    handler raises when its workers die of the same signal, which would cut a restore short
+    (an exception inside a driver call reads as a failed call).
+    """
+    came: list[int] = []
+    held: dict[int, Any] = {}
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                signal.signal(signum, lambda number, frame: came.append(number))
+                held[signum] = handler
+        except (OSError, ValueError, RuntimeError):
+            continue  # a signal Python does not handle
+    try:
+        yield
+    finally:
+        for number, handler in held.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(came):
+            os.kill(os.getpid(), number)

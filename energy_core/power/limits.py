@@ -11,9 +11,11 @@ put it back. In this order of defence:
    that are gone (SIGKILL, OOM kill) when the board still carries the limit they set
    (see `recovery`).
 
-One owner per board: a board whose journal entry belongs to another live process of this
-host is not capped again (`PowerLimits.busy`), so the limit restored is always the one
-in force before the first cap (not the maximum, not the default, not another run's cap).
+One owner per board, whichever user runs it: a board held by another live process of this
+host (its `board_lock`, or, for this user's runs, its journal entry) is not capped again
+(`PowerLimits.busy`), so the limit restored is always the one in force before the first
+cap (not the maximum, not the default, not another run's cap). A board that no longer
+carries the limit this object set (an administrator changed it since) is left as it is.
 Boards are `GpuBoard`s: nothing here knows the vendor.
 """
 
@@ -22,10 +24,12 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from energy_core.devices import DeviceError, GpuBoard
+from energy_core.power import board_lock
+from energy_core.power.board_lock import BoardLock, Holder, UnusableLock
 from energy_core.power.errors import BoardBusyError, JournalError
 from energy_core.power.exit_guard import ExitGuard
 from energy_core.power.journal import Journal
@@ -43,8 +47,8 @@ class PowerLimits:
         journal: The journal file; defaults to `energy_core.power.journal.journal_path`.
 
     Attributes:
-        capped: The boards this object changed and has not restored.
-        busy: The boards the last `apply` left alone (capped by another live process).
+        capped: The boards this object changed and has not restored (and holds).
+        busy: The boards the last `apply` left alone (held by another live process).
         damage: Every journal problem seen (damaged content, dropped entries).
 
     Examples:
@@ -63,6 +67,8 @@ class PowerLimits:
         self._messages: list[str] = []
         self._stale: list[str] = []  # restored boards whose entries are still to drop
         self._lock = threading.RLock()
+        self._held: dict[str, BoardLock] = {}  # board UUID -> this object's hold on it
+        self._unheld_said = False
 
     def owns(self, entry: JournalEntry) -> bool:
         """Whether this object wrote the entry."""
@@ -75,6 +81,33 @@ class PowerLimits:
         found = self.journal.take_problems()
         self.damage += found
         self._messages += found
+
+    def _hold(self, uuid: str) -> Holder | None:
+        """Hold a board against every other run of this host (`board_lock`). Its holder when
+        another process that could set its limit has it; None when this object holds it, or
+        when no lock can be used here (one message: other users' runs are then not kept off)."""
+        if uuid in self._held:
+            return None
+        try:
+            held = board_lock.take(uuid)
+        except UnusableLock as err:
+            if not self._unheld_said:
+                self._unheld_said = True
+                self._messages.append(
+                    f"GPU power limits are not held against other users' runs here ({err}); this user's runs "
+                    "are still kept apart by the journal."
+                )
+            return None
+        if isinstance(held, Holder):
+            return held
+        self._held[uuid] = held
+        return None
+
+    def _let_go(self, uuids: Iterable[str]) -> None:
+        for uuid in uuids:
+            held = self._held.pop(uuid, None)
+            if held is not None:
+                held.release()
 
     def take_messages(self) -> list[str]:
         """Messages not yet shown (journal problems, limits left unchanged by `set`)."""
@@ -94,7 +127,16 @@ class PowerLimits:
             for uuid, entry in list(entries.items()):
                 if not entry.here() or entry.alive():
                     continue
+                before = set(self._held)
+                holder = self._hold(uuid)
+                if holder is not None:  # another run's cap is on it now: its limit before is not ours to judge
+                    who = "another process" if holder.pid is None else f"pid {holder.pid}"
+                    messages.append(
+                        f"{uuid}: held by {who}; the limit pid {entry.pid} left is recovered once that run has ended."
+                    )
+                    continue
                 outcome = recover_entry(uuid, entry)
+                self._let_go(set(self._held) - before)
                 messages.append(outcome.message)
                 if not outcome.keep:
                     del entries[uuid]
@@ -133,36 +175,47 @@ class PowerLimits:
         return self.capped
 
     def _claim(self, planned: Sequence[PlannedCap], strict: bool) -> list[tuple[CappedGpu, int]]:
-        """Journal the boards to cap, all at once under the lock; which ones, with their targets."""
+        """Hold and journal the boards to cap, all at once under the journal's lock; which
+        ones, with their targets. On any failure nothing is held or journalled."""
         self.busy = []
         claimed = []
-        with self.journal.entries() as entries:
-            self._collect()
-            free = []
-            for cap in planned:
-                entry = entries.get(cap.board.uuid)
-                if entry is not None and self._owned_elsewhere(entry):
-                    self.busy.append(BusyBoard(cap.board, entry))
-                else:
+        before = set(self._held)
+        try:
+            with self.journal.entries() as entries:
+                self._collect()
+                free = []
+                for cap in planned:
+                    entry = entries.get(cap.board.uuid)
+                    if entry is not None and self._owned_elsewhere(entry):
+                        self.busy.append(BusyBoard(cap.board, cap.limits.current_mw, entry.pid))
+                        continue
+                    holder = self._hold(cap.board.uuid)
+                    if holder is not None:
+                        uid = None if holder.uid in (None, os.geteuid()) else holder.uid
+                        self.busy.append(BusyBoard(cap.board, cap.limits.current_mw, holder.pid, uid))
+                        continue
                     free.append((cap, entry))
-            if self.busy and strict:
-                raise BoardBusyError(f"{busy_message(self.busy)} strict=True: the run does not start.")
-            for cap, entry in free:
-                capped = next((c for c in self.capped if c.board.uuid == cap.board.uuid), None)
-                if capped is None:
-                    current = cap.board.limit_mw()
-                    previous = current
-                    low, high = cap.limits.min_mw, cap.limits.max_mw
-                    if (
-                        entry is not None
-                        and entry.here()
-                        and entry.set_mw == current
-                        and low <= entry.previous_mw <= high
-                    ):
-                        previous = entry.previous_mw  # a run that is gone left its cap: restore what was before it
-                    capped = CappedGpu(cap.board, previous, cap.limits, current)
-                entries[cap.board.uuid] = JournalEntry.mine(capped.previous_mw, cap.target_mw, self.token)
-                claimed.append((capped, cap.target_mw))
+                if self.busy and strict:
+                    raise BoardBusyError(f"{busy_message(self.busy)} strict=True: the run does not start.")
+                for cap, entry in free:
+                    capped = next((c for c in self.capped if c.board.uuid == cap.board.uuid), None)
+                    if capped is None:
+                        current = cap.board.limit_mw()
+                        previous = current
+                        low, high = cap.limits.min_mw, cap.limits.max_mw
+                        if (
+                            entry is not None
+                            and entry.here()
+                            and entry.set_mw == current
+                            and low <= entry.previous_mw <= high
+                        ):
+                            previous = entry.previous_mw  # a run that is gone left its cap: restore what was before
+                        capped = CappedGpu(cap.board, previous, cap.limits, current)
+                    entries[cap.board.uuid] = JournalEntry.mine(capped.previous_mw, cap.target_mw, self.token)
+                    claimed.append((capped, cap.target_mw))
+        except BaseException:
+            self._let_go(set(self._held) - before)  # nothing was changed: hold nothing new
+            raise
         return claimed
 
     def _change(self, capped: CappedGpu, target_mw: int) -> int:
@@ -231,6 +284,7 @@ class PowerLimits:
         for capped in boards:
             if capped in self.capped:
                 self.capped.remove(capped)
+        self._let_go([c.board.uuid for c in boards])
         self._forget([c.board.uuid for c in boards])
 
     def _forget(self, uuids: Sequence[str]) -> list[str]:
@@ -253,19 +307,32 @@ class PowerLimits:
         return []
 
     def restore(self) -> list[str]:
-        """Put back every limit this object changed. Idempotent, safe from any thread and
-        from a signal handler; never raises for a device or journal error."""
+        """Put back every limit this object changed, then let the boards go. A board that no
+        longer carries the limit set here (an administrator changed it since) is left as it
+        is. Idempotent, safe from any thread and from a signal handler; never raises for a
+        device or journal error."""
         with self._lock:
             messages = self.take_messages()
             restored = []
             for capped in list(self.capped):
                 index = capped.board.index
                 try:
-                    capped.board.set_limit_mw(capped.previous_mw)
-                except (DeviceError, PermissionError) as err:
-                    messages.append(f"GPU {index}: restoring the power limit failed ({err}).")
-                    continue
+                    current = capped.board.limit_mw()
+                except (DeviceError, PermissionError):
+                    current = capped.applied_mw  # cannot tell: put the limit back all the same
+                if current != capped.applied_mw:
+                    messages.append(
+                        f"GPU {index}: the power limit is {current / 1000:g} W, not the {capped.applied_mw / 1000:g} W "
+                        "this run set: someone changed it since; left as it is."
+                    )
+                else:
+                    try:
+                        capped.board.set_limit_mw(capped.previous_mw)
+                    except (DeviceError, PermissionError) as err:
+                        messages.append(f"GPU {index}: restoring the power limit failed ({err}).")
+                        continue
+                    messages.append(f"GPU {index}: power limit restored to {capped.previous_mw / 1000:g} W.")
                 self.capped.remove(capped)
                 restored.append(capped.board.uuid)
-                messages.append(f"GPU {index}: power limit restored to {capped.previous_mw / 1000:g} W.")
+            self._let_go(restored)
             return messages + self._forget(restored)

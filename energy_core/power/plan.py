@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from energy_core import devices
 from energy_core.devices import GpuBoard, LimitRange
-from energy_core.power.journal_entry import JournalEntry
 
 
 @dataclass
@@ -88,17 +87,29 @@ def cap_ladder(boards: Sequence[CappedGpu], min_watts: float | None = None, step
 
 @dataclass(frozen=True)
 class BusyBoard:
-    """A board left alone because another live process of this host capped it."""
+    """A board left alone because another live process of this host holds it.
+
+    Args:
+        board: The board.
+        limit_mw: The limit it carries (that process's cap).
+        pid: The process (None where it cannot be named).
+        uid: Its user, where it is another user (None otherwise).
+    """
 
     board: GpuBoard
-    entry: JournalEntry
+    limit_mw: int
+    pid: int | None
+    uid: int | None = None
 
 
 def busy_message(busy: Sequence[BusyBoard]) -> str:
-    """One message for the boards another run has capped."""
-    boards = "; ".join(
-        f"GPU {b.board.index} ({b.board.uuid}) at {b.entry.set_mw / 1000:g} W by pid {b.entry.pid}" for b in busy
-    )
+    """One message for the boards another run holds."""
+
+    def by(b: BusyBoard) -> str:
+        who = "another process" if b.pid is None else f"pid {b.pid}"
+        return who + ("" if b.uid is None else f" (uid {b.uid})")
+
+    boards = "; ".join(f"GPU {b.board.index} ({b.board.uuid}) at {b.limit_mw / 1000:g} W by {by(b)}" for b in busy)
     return (
         f"Already capped by another run on this host: {boards}. This run does not change those limits: "
         "the cap stays in force, and the run that set it restores the limit in force before it."

@@ -18,8 +18,13 @@ terminal's width (or COLUMNS).
 A RECORD is a JSON-lines file written with record_path=...; a directory is
 not read: its *.jsonl files are listed, to pass them instead. A missing, empty
 or foreign file gives a one-line error; a truncated record (a crashed run) is
-reported as far as it goes, with a note. The exit status is non-zero only when
-nothing could be read.
+reported as far as it goes, and a damaged line is skipped, each with a note
+naming the line. Files are read one line at a time. Text from the records is
+shown with its control characters written out (\x1b), never sent to the
+terminal as is. The plots and the page go to RECORD.report/ beside the first
+record when that is a folder of yours alone (made if missing), else to a fresh
+folder, which a note names; no link is followed. The exit status is non-zero
+when nothing could be read or written.
 """
 
 from __future__ import annotations
@@ -34,9 +39,12 @@ from rich.console import Console
 from rich.table import Table
 
 from energy_core.devices import DEVICE_KINDS
+from energy_core.notices import printable
 from energy_core.output import keys
-from energy_core.output.record import POWER_CAP, SUMMARY, read_runs
 from energy_core.report import targets
+from energy_core.report.folder import FolderError, ReportFolder
+from energy_core.report.runs import Run, figure
+from energy_core.report.runs import read as read_record
 
 SUMMARY_HEAD = [
     "run",
@@ -56,55 +64,57 @@ SUMMARY_HEAD = [
 ]
 
 
-def run_row(label: str, run: list[dict[str, Any]]) -> tuple[list[str], float]:
-    """One table row for a run, and its total kWh."""
-    header = run[0]
-    summary = next((x for x in reversed(run) if x["type"] == SUMMARY), None)
-    last = summary or next((x for x in reversed(run) if "metrics" in x), header)
-    metrics = last.get("metrics", {})
-    kwh = metrics.get(keys.TOTAL_KWH, 0.0)
-    carbon = {**header.get("carbon", {}), **((summary or {}).get("carbon") or {})}  # the run's mean intensity
-    cost = (summary or {}).get("cost") or {}
-    status = summary.get("status", "?") if summary else "INCOMPLETE (no summary: crashed or running)"
-    estimated = header.get("estimated", [])
+def run_row(label: str, run: Run) -> list[str]:
+    """One table row for a run."""
+    header, summary, metrics = run.header, run.summary or {}, run.metrics
+    kwh = run.kwh
+    carbon = {**(header.get("carbon") or {}), **(summary.get("carbon") or {})}  # the run's mean intensity
+    cost = summary.get("cost") or {}
+    status = str(summary.get("status", "?")) if run.summary else "INCOMPLETE (no summary: crashed or running)"
+    estimated = [e for e in header.get("estimated") or [] if isinstance(e, str)]
     shares = []
     for kind in DEVICE_KINDS:
-        value = metrics.get(keys.kind_kwh(kind))
+        value = figure(metrics, keys.kind_kwh(kind))
         if value is not None and kwh > 0:
             mark = " (estimated)" if any(e.startswith(kind) for e in estimated) else ""
             shares.append(f"{kind} {100 * value / kwh:.1f}%{mark}")
-    caps = [x for x in run if x["type"] == POWER_CAP]
-    cap = ", ".join(f"GPU {c['gpu']} {c['cap_w']:g} W" for c in caps[-1]["caps"]) if caps else "-"
+    cap = ", ".join(f"GPU {c.get('gpu', '?')} {c['cap_w']:g} W" for c in run.caps if figure(c, "cap_w") is not None)
 
-    def number(key: str, fmt: str) -> str:
-        value = summary.get(key) if summary else None
-        return format(value, fmt) if value is not None else "-"
+    def number(values: dict[str, Any], key: str, fmt: str, scale: float = 1.0) -> str:
+        value = figure(values, key)
+        return format(value * scale, fmt) if value is not None else "-"
 
-    row = [
+    g_per_kwh = figure(carbon, "g_per_kwh")
+    return [
         label,
         status,
         f"{kwh:.6g}",
-        f"{metrics.get(keys.CO2E_KG, 0.0) * 1000:.4g}",
-        f"{carbon.get('g_per_kwh', 0):.4g} x {carbon.get('pue', '?')}",
-        f"{cost['total']:.4g} {cost.get('currency', '')}".strip() if "total" in cost else "-",
-        number("mean_power_w", ".1f"),
-        number("seconds", ".1f"),
-        number("j_per_sample", ".4g"),
-        number("j_per_token", ".4g"),
+        number(metrics, keys.CO2E_KG, ".4g", 1000),
+        f"{g_per_kwh or 0:.4g} x {carbon.get('pue', '?')}",
+        f"{cost['total']:.4g} {cost.get('currency') or ''}".strip() if figure(cost, "total") is not None else "-",
+        number(summary, "mean_power_w", ".1f"),
+        number(summary, "seconds", ".1f"),
+        number(summary, "j_per_sample", ".4g"),
+        number(summary, "j_per_token", ".4g"),
         ", ".join(shares) or "-",
-        cap,
+        cap or "-",
         targets.energy_to_target(run),
         str(carbon.get("source", "?")),
     ]
-    return row, kwh
 
 
 def console() -> Console:
     """A console as wide as the terminal (rich reads COLUMNS, else the terminal's size, else 80).
 
-    Text from the records (labels, sources, notes) is printed as it is: no markup, no emoji codes.
+    Text from the records (labels, sources, notes) is printed as characters: no markup, no
+    emoji codes, control characters written out (`say`, `printable`).
     """
     return Console(highlight=False, markup=False, emoji=False)
+
+
+def say(text: str, error: bool = False) -> None:
+    """One line for the user (on stderr with ``error``), its control characters written out."""
+    print(printable(text), file=sys.stderr if error else sys.stdout)
 
 
 def print_runs(head: list[str], rows: list[list[str]], title: str) -> None:
@@ -112,9 +122,9 @@ def print_runs(head: list[str], rows: list[list[str]], title: str) -> None:
     table = Table()
     table.add_column(head[0], overflow="fold", style="bold")
     for row in rows:
-        table.add_column(row[0], overflow="fold")
+        table.add_column(printable(row[0]), overflow="fold")
     for i, field in enumerate(head[1:], start=1):
-        table.add_row(field, *(row[i] for row in rows))
+        table.add_row(field, *(printable(row[i]) for row in rows))
     out = console()
     out.print(title)
     out.print(table)
@@ -126,9 +136,9 @@ def print_table(head: list[str], rows: list[list[str]], title: str, right: int =
     for i, h in enumerate(head):
         table.add_column(h, overflow="fold", justify="right" if i >= right else "left")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(printable, row))
     out = console()
-    out.print(title)
+    out.print(printable(title))
     out.print(table)
 
 
@@ -154,25 +164,27 @@ def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | Non
     try:
         series = Series(intensity_series, "--intensity-series", "g/kWh") if intensity_series else None
     except ValueError as err:
-        print(f"energy-report: {err}", file=sys.stderr)
+        say(f"energy-report: {err}", error=True)
         return 2
 
-    runs: list[tuple[str, list[dict[str, Any]]]] = []
+    runs: list[tuple[str, Run]] = []
     read: list[Path] = []
     notes: list[str] = []
     for path in paths:
         if path.is_dir():
-            print(f"energy-report: {path}: is a directory; {directory_hint(path)}", file=sys.stderr)
+            say(f"energy-report: {path}: is a directory; {directory_hint(path)}", error=True)
             continue
         if not path.is_file():
-            print(f"energy-report: {path}: no such file", file=sys.stderr)
+            what = "not a regular file" if path.exists() else "no such file"
+            say(f"energy-report: {path}: {what}", error=True)
             continue
-        found, file_notes = read_runs(path)
+        try:
+            found, file_notes = read_record(path)
+        except OSError as err:
+            say(f"energy-report: {path}: cannot be read ({err.strerror})", error=True)
+            continue
         if not found:
-            print(
-                f"energy-report: {path}: no run record in it (empty, or not written by energy-callbacks)",
-                file=sys.stderr,
-            )
+            say(f"energy-report: {path}: no run record in it (empty, or not written by energy-callbacks)", error=True)
             continue
         read.append(path)
         notes += [f"{path.name}: {n}" for n in file_notes]
@@ -181,11 +193,17 @@ def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | Non
             runs.append((name if len(found) == 1 else f"{name}#{i + 1}", run))
     if not runs:
         return 1
+    try:
+        folder, moved = (ReportFolder.given(out_dir), None) if out_dir else ReportFolder.beside(read[0])
+    except FolderError as err:
+        say(f"energy-report: --out {err}; nothing written", error=True)
+        return 2
+    notes += [moved] if moved else []
     rows, elsewhere = [], []
     for label, run in runs:
-        row, kwh = run_row(label, run)
+        row = run_row(label, run)
         rows.append(row)
-        elsewhere.append((label, plots.elsewhere_rows(kwh)))
+        elsewhere.append((label, plots.elsewhere_rows(run.kwh)))
         if row[1].startswith("INCOMPLETE"):
             notes.append(f"{label}: the record has no summary line; figures are those of its last window")
     print_runs(SUMMARY_HEAD, rows, "Energy report")
@@ -203,20 +221,25 @@ def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | Non
             "(each slice at its midpoint's intensity; beyond the series' ends, its end values)"
         )
     for note in notes:
-        console().print(f"note: {note}")
-    out_dir = out_dir or read[0].with_suffix(".report")
-    out_dir.mkdir(parents=True, exist_ok=True)
+        console().print(printable(f"note: {note}"))
     try:
-        images = plots.plot_runs(runs, out_dir)
+        images = plots.plot_runs(runs)
     except ImportError as err:  # matplotlib is a dependency; this is a damaged install
-        print(
-            f"energy-report: no plots: {err.name or 'matplotlib'} is missing (pip install matplotlib)", file=sys.stderr
-        )
+        say(f"energy-report: no plots: {err.name or 'matplotlib'} is missing (pip install matplotlib)", error=True)
         images = []
-    page = out_dir / "report.html"
-    plots.write_html(page, SUMMARY_HEAD, rows, elsewhere, images, notes, other_hours)
-    print(f"plots and page: {page}")
-    return 0
+    page = plots.write_html(SUMMARY_HEAD, rows, elsewhere, images, notes, other_hours)
+    written = 0
+    try:
+        for name, data in [*images, ("report.html", page.encode("utf-8"))]:
+            try:
+                folder.write(name, data)
+                written += 1
+            except FolderError as err:
+                say(f"energy-report: {err}", error=True)
+    finally:
+        folder.close()
+    say(f"plots and page: {folder.path / 'report.html'}")
+    return 0 if written == len(images) + 1 else 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=None,
-        help="folder for the PNG plots and report.html (default: RECORD.report/ beside the first record read)",
+        help="folder for the PNG plots and report.html, made if missing; it must be yours alone (default: "
+        "RECORD.report/ beside the first record read, or a fresh folder when that is not yours)",
     )
     parser.add_argument(
         "--intensity-series",

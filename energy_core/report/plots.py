@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import base64
 import html
+import io
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from energy_core.carbon.location import CarbonIntensity, co2e_kg, country_intensity, region_intensity, world_average
-from energy_core.output import keys
+from energy_core.notices import printable
 from energy_core.output.record import WINDOW
 from energy_core.report import targets
-from energy_core.report.when import WHAT_IF_HEAD
+from energy_core.report.runs import Run
+from energy_core.report.when import WHAT_IF_HEAD, computing, intensity_used
 
 OTHER_GRIDS = (
     ("FRA", None),
@@ -49,26 +52,19 @@ def elsewhere_rows(kwh: float) -> list[list[str]]:
     ]
 
 
-def series(run: list[dict[str, Any]]) -> dict[str, list[float]]:
+def series(run: Run) -> dict[str, list[float]]:
     """Step, seconds, kWh, W, the intensity in force (g/kWh) and loss from a run's window lines."""
-    out: dict[str, list[float]] = {"step": [], "seconds": [], "kwh": [], "watts": [], "intensity": [],
-                                   "loss_kwh": [], "loss": []}  # fmt: skip
-    for line in run:
-        if line.get("type") != WINDOW:
-            continue
-        metrics = line.get("metrics", {})
-        if keys.TOTAL_KWH not in metrics:
-            continue
-        out["step"].append(line.get("step", 0))
-        out["seconds"].append(line.get("elapsed_s", 0.0))
-        out["kwh"].append(metrics[keys.TOTAL_KWH])
-        out["watts"].append(metrics.get(keys.TOTAL_W, float("nan")))
-        out["intensity"].append(metrics.get(keys.INTENSITY, float("nan")))
-        losses = [v for k, v in (line.get("extra") or {}).items() if "loss" in k and v is not None]
-        if losses:
-            out["loss_kwh"].append(metrics[keys.TOTAL_KWH])
-            out["loss"].append(losses[0])
+    points = run.points
+    shown = [i for i in points.rows(WINDOW) if not math.isnan(points.kwh[i])]
+    out = {name: [getattr(points, column)[i] for i in shown] for name, column in SERIES.items()}
+    with_loss = [i for i in shown if not math.isnan(points.loss[i])]
+    out["loss_kwh"] = [points.kwh[i] for i in with_loss]
+    out["loss"] = [points.loss[i] for i in with_loss]
+    out["seconds"] = [0.0 if math.isnan(t) else t for t in out["seconds"]]
     return out
+
+
+SERIES = {"step": "step", "seconds": "seconds", "kwh": "kwh", "watts": "watts", "intensity": "intensity"}
 
 
 # One PNG per view: file name, x series, y series, x label, y label, title.
@@ -97,8 +93,8 @@ INTENSITY_PLOT = ("intensity_vs_power.png", "Grid intensity against power over t
 TITLES = {name: title for name, *_, title in (*VIEWS, INTENSITY_PLOT, targets.METRIC_PLOT)}
 
 
-def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> list[Path]:
-    """One titled PNG per view, every run drawn in it; returns the files written.
+def plot_runs(runs: list[tuple[str, Run]]) -> list[tuple[str, bytes]]:
+    """One titled PNG per view, every run drawn in it: (file name, PNG) of each.
 
     The title is drawn above the plot and stored as the PNG's ``Title`` text chunk.
     """
@@ -108,8 +104,7 @@ def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> li
     import matplotlib.pyplot as plt
 
     data = [(label, series(run)) for label, run in runs]
-    written = []
-    out_dir.mkdir(parents=True, exist_ok=True)
+    drawn_views = []
     for name, x, y, x_label, y_label, title in VIEWS:
         drawn = [(label, s) for label, s in data if s[x] and s[y]]
         if not drawn:
@@ -124,28 +119,46 @@ def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> li
         if len(drawn) > 1:
             axes.legend(fontsize="small")
         figure.tight_layout()
-        figure.savefig(out_dir / name, metadata={"Title": title})
-        plt.close(figure)
-        written.append(out_dir / name)
-    written += _intensity_plot(plt, runs, out_dir)
-    written += targets.plot(plt, runs, out_dir)
-    return written
+        drawn_views.append((name, _png(plt, figure, title)))
+    metric = targets.metric_figure(plt, runs)
+    if metric is not None:
+        drawn_views.append((targets.METRIC_PLOT[0], _png(plt, metric, targets.METRIC_PLOT[1])))
+    return drawn_views + _intensity_plot(plt, runs)
 
 
-def _intensity_plot(plt: Any, runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> list[Path]:
+def _png(plt: Any, figure: Any, title: str) -> bytes:
+    out = io.BytesIO()
+    figure.savefig(out, format="png", metadata={"Title": title})
+    plt.close(figure)
+    return out.getvalue()
+
+
+def _intensity_plot(plt: Any, runs: list[tuple[str, Run]]) -> list[tuple[str, bytes]]:
     """Power (left axis) and the intensity in force (right axis, a step curve) against time,
-    for the runs whose intensity changed; nothing when it never did."""
-    data = [(label, series(run)) for label, run in runs]
-    drawn = [(label, s) for label, s in data if len({g for g in s["intensity"] if g == g}) > 1]  # NaN: not logged
+    for the runs whose intensity changed; nothing when it never did. For a time-shifted run,
+    the stretches it computed are shaded, and the intensity is drawn through its pauses too
+    (from the record's ``factor`` lines)."""
+    drawn = []
+    for label, run in runs:
+        s, stretches = series(run), computing(run)
+        curve = intensity_used(run) if stretches else list(zip(s["seconds"], s["intensity"]))
+        if len({g for _, g in curve if g == g}) > 1:  # NaN: not logged
+            drawn.append((label, s, stretches, curve))
     if not drawn:
         return []
     name, title = INTENSITY_PLOT
     figure, power_axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
     intensity_axes = power_axes.twinx()
-    for label, s in drawn:
+    for label, s, stretches, curve in drawn:
         hours = [seconds / 3600 for seconds in s["seconds"]]
-        power_axes.plot(hours, s["watts"], marker=".", label=f"{label}: power")
-        intensity_axes.step(hours, s["intensity"], where="post", linestyle="--", label=f"{label}: intensity")
+        line = power_axes.plot(hours, s["watts"], marker=".", label=f"{label}: power")[0]
+        at, values = [t / 3600 for t, _ in curve], [g for _, g in curve]
+        if stretches:  # the last value holds to the run's end
+            at, values = [*at, max(at[-1], stretches[-1][1] / 3600)], [*values, values[-1]]
+        intensity_axes.step(at, values, where="post", linestyle="--", label=f"{label}: intensity")
+        for i, (begin, end) in enumerate(stretches):  # a time shift: when the job computed
+            power_axes.axvspan(begin / 3600, end / 3600, color=line.get_color(), alpha=0.12, linewidth=0,
+                               label=f"{label}: computing" if i == 0 else None)  # fmt: skip
     power_axes.set_title(title)
     power_axes.set_xlabel("training time (h)")
     power_axes.set_ylabel("mean power over the window (W)")
@@ -155,9 +168,7 @@ def _intensity_plot(plt: Any, runs: list[tuple[str, list[dict[str, Any]]]], out_
     more = intensity_axes.get_legend_handles_labels()
     power_axes.legend(lines[0] + more[0], lines[1] + more[1], fontsize="small")
     figure.tight_layout()
-    figure.savefig(out_dir / name, metadata={"Title": title})
-    plt.close(figure)
-    return [out_dir / name]
+    return [(name, _png(plt, figure, title))]
 
 
 NUMBER = re.compile(r"^[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-$")
@@ -168,9 +179,14 @@ def _numeric_columns(rows: list[list[str]], width: int) -> list[bool]:
     return [bool(rows) and all(NUMBER.match(row[i].strip()) for row in rows) for i in range(width)]
 
 
+def _text(text: str) -> str:
+    """Text from the records for the page: control characters written out (`printable`), then escaped."""
+    return html.escape(printable(text))
+
+
 def _breakable(text: str) -> str:
     """Escaped text that may break after '/' and '_' (run labels are paths, sources file names)."""
-    return re.sub(r"([/_])", r"\1<wbr>", html.escape(text))
+    return re.sub(r"([/_])", r"\1<wbr>", _text(text))
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
@@ -179,7 +195,7 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
     def cell(tag: str, i: int, text: str) -> str:
         if numeric[i]:
-            return f'<{tag} class="num">{html.escape(text)}</{tag}>'
+            return f'<{tag} class="num">{_text(text)}</{tag}>'
         return f"<{tag}>{_breakable(text)}</{tag}>"
 
     cells = "".join(cell("th", i, h) for i, h in enumerate(head))
@@ -211,39 +227,38 @@ figcaption{font-size:.9rem;color:#555;margin-top:.25rem}
 
 
 def write_html(
-    path: Path,
     summary_head: list[str],
     summary_rows: list[list[str]],
     elsewhere: list[tuple[str, list[list[str]]]],
-    plots: list[Path],
+    plots: list[tuple[str, bytes]],
     notes: list[str],
     other_hours: Sequence[tuple[str, list[list[str]]]] = (),
-) -> None:
-    """A self-contained page: tables, the plots inlined as data URIs, notes; with
-    ``other_hours``, the what-if of each run's start hour (`energy_core.report.when`)."""
+) -> str:
+    """A self-contained page: tables, the plots (file name, PNG) inlined as data URIs, notes;
+    with ``other_hours``, the what-if of each run's start hour (`energy_core.report.when`)."""
 
-    def caption(p: Path) -> str:
-        return html.escape(TITLES.get(p.name, p.stem.replace("_", " ")))
+    def caption(name: str) -> str:
+        return html.escape(TITLES.get(name, Path(name).stem.replace("_", " ")))
 
     images = "".join(
-        f'<figure><img alt="{caption(p)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-        f"<figcaption>{caption(p)} ({html.escape(p.name)})</figcaption></figure>"
-        for p in plots
+        f'<figure><img alt="{caption(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        f"<figcaption>{caption(name)} ({html.escape(name)})</figcaption></figure>"
+        for name, png in plots
     )
     regions = "".join(
-        f"<section><h3>{html.escape(label)}: the same energy elsewhere (g CO2e)</h3>"
+        f"<section><h3>{_text(label)}: the same energy elsewhere (g CO2e)</h3>"
         + _table(["grid", "g/kWh", *PUES], rows)
         + "</section>"
         for label, rows in elsewhere
     )
     hours = "".join(
-        f"<section><h3>{html.escape(label)}: started at another hour</h3>" + _table(WHAT_IF_HEAD, rows) + "</section>"
+        f"<section><h3>{_text(label)}: started at another hour</h3>" + _table(WHAT_IF_HEAD, rows) + "</section>"
         for label, rows in other_hours
     )
     hours_part = (
         f'<h2>The same run at another hour</h2><div id="other-hours" class="grid">{hours}</div>' if hours else ""
     )
-    note_items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    note_items = "".join(f"<li>{_text(n)}</li>" for n in notes)
     plots_part = f'<div id="plots" class="grid">{images}</div>' if plots else "<p>No plots (see the console).</p>"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -264,4 +279,4 @@ for (const img of document.querySelectorAll("#plots img")) {{
 </script>
 </body></html>
 """
-    path.write_text(page, encoding="utf-8")
+    return page

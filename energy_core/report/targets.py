@@ -10,10 +10,10 @@ are not numbers is left out, and names from it are shown printable and short.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
-from energy_core.output.record import TARGET
+from energy_core.notices import printable
+from energy_core.report.runs import Run
 from energy_core.target.run import REACHED
 
 METRIC_PLOT = ("metric_vs_kwh.png", "Metric against energy")
@@ -21,10 +21,10 @@ MAX_METRICS = 3  # one panel per metric name; a report of more compares too litt
 NAME_CHARS = 60
 
 
-def printable(text: Any, limit: int = NAME_CHARS) -> str:
-    """A name from a record as plain text: printable characters only, at most ``limit``."""
-    clean = "".join(c for c in str(text) if c.isprintable())
-    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+def _name(text: Any) -> str:
+    """A name from a record, shown as text (no control character acts) and short."""
+    clean = printable(text)
+    return clean if len(clean) <= NAME_CHARS else clean[: NAME_CHARS - 1] + "…"
 
 
 def _number(value: Any) -> float | None:
@@ -33,17 +33,15 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def evaluations(run: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def evaluations(run: Run) -> list[dict[str, Any]]:
     """The run's ``target`` lines with a metric's name and an energy, each with ``kwh`` and ``value``
     (None where the metric had no figure) as floats and ``metric`` as printable text."""
     found = []
-    for line in run:
-        if line.get("type") != TARGET:
-            continue
+    for line in run.targets:
         kwh = _number(line.get("energy_kwh"))
         if kwh is None or kwh < 0 or not isinstance(line.get("metric"), str):
             continue
-        found.append({**line, "kwh": kwh, "value": _number(line.get("value")), "metric": printable(line.get("metric"))})
+        found.append({**line, "kwh": kwh, "value": _number(line.get("value")), "metric": _name(line.get("metric"))})
     return found
 
 
@@ -54,7 +52,7 @@ def _goal(line: dict[str, Any]) -> str:
     return f"{line['metric']} {'<=' if line.get('mode') == 'min' else '>='} {target:g}"
 
 
-def energy_to_target(run: list[dict[str, Any]]) -> str:
+def energy_to_target(run: Run) -> str:
     """The summary's cell: the energy at the evaluation that first reached the target,
     "not reached" with the best value seen, or "-" for a run without a target."""
     lines = evaluations(run)
@@ -72,7 +70,7 @@ def energy_to_target(run: list[dict[str, Any]]) -> str:
     return f"not reached ({_goal(lines[-1])}; best {best:.4g})"
 
 
-def metric_figure(plt: Any, runs: list[tuple[str, list[dict[str, Any]]]]) -> Any:
+def metric_figure(plt: Any, runs: list[tuple[str, Run]]) -> Any:
     """One panel per metric (at most `MAX_METRICS`): each run's metric at each evaluation
     against the energy spent by then, its target as a dashed line, the evaluation that
     reached it starred. None when no run recorded a target."""
@@ -105,14 +103,3 @@ def metric_figure(plt: Any, runs: list[tuple[str, list[dict[str, Any]]]]) -> Any
         axes.legend(fontsize="small")
     figure.tight_layout()
     return figure
-
-
-def plot(plt: Any, runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> list[Path]:
-    """``metric_vs_kwh.png`` (titled in the PNG too) when a run recorded a target; the files written."""
-    figure = metric_figure(plt, runs)
-    if figure is None:
-        return []
-    name, title = METRIC_PLOT
-    figure.savefig(out_dir / name, metadata={"Title": title})
-    plt.close(figure)
-    return [out_dir / name]

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from energy_core import devices as device_layer
-from energy_core.devices import EnergySource, parse_devices
+from energy_core.devices import EnergySource, deadline, parse_devices
 from energy_core.notices import Notice
-from energy_core.sampling.sampler import STOP_TIMEOUT_S, Mark, Sampler, check_interval
+from energy_core.sampling.sampler import Mark, Sampler, check_interval
 
 SILENT_S = 5.0  # a source without a good reading for this long (and 10 readings) is reported
 SILENT_READINGS = 10
@@ -76,29 +76,41 @@ class EnergyMeter:
         self.node_devices = node_devices
 
     def open(self) -> list[Notice]:
-        """Discover devices (first call only) and start sampling. Returns the notices."""
+        """Discover devices (first call only) and start sampling. Returns the notices.
+
+        Neither waits for a driver call longer than `DRIVER_WAIT_S`: a device whose
+        discovery hangs is left out (a notice says so), and a sampler whose reading hangs
+        starts without it (a notice, once, and the figures resume with the readings).
+        """
         if self.sampler is None:
             self.sources, self.notices = device_layer.discover(
                 self.kinds, self.explicit, self.cuda_indices, self.node_devices, self.rapl_root, self.cpu_tdp_w
             )
             self.sampler = Sampler(self.sources, self.sample_interval_s, clock=self.clock)
-        self.sampler.start()
-        return self.notices
+        if self.sampler.start() or "hung" in self._silent:
+            return self.notices
+        self._silent |= {"hung", "sampler"}  # said once, here, rather than again at the next window or the end
+        text = (
+            f"A hardware read did not return within {deadline.DRIVER_WAIT_S:g} s of the start of measurement (a hung "
+            "driver call?): training goes on, and the figures wait for the readings to resume."
+        )
+        return [*self.notices, Notice("warn", text)]
 
     def close(self) -> list[Notice]:
         """Stop the sampler thread (after one last reading) and end every watch. Safe to call twice.
 
-        Waits a few seconds at most: a driver call that never returns is left behind, and
-        the notice returned says so.
+        Waits `DRIVER_WAIT_S` at most: a driver call that never returns is left behind, and
+        the notice returned says so (once).
         """
         if self.sampler is None or not self.sampler.running:
             return []
         stopped = self.sampler.stop()
         self.sampler.listeners.clear()
-        if stopped:
+        if stopped or "hung" in self._silent:
             return []
+        self._silent.add("hung")
         text = (
-            f"A hardware read did not return within {STOP_TIMEOUT_S:g} s of the end of measurement (a hung "
+            f"A hardware read did not return within {deadline.DRIVER_WAIT_S:g} s of the end of measurement (a hung "
             "driver call?): it was left behind, and the figures end at the last reading before it."
         )
         return [Notice("warn", text)]
@@ -106,7 +118,7 @@ class EnergyMeter:
     def mark(self) -> Mark:
         """Now, as a mark; the sampler fixes its energy at its next reading. One clock call."""
         mark = Mark(self.clock())
-        if self.sampler is not None and self.sampler.running:  # fixed by the next reading, whoever takes it
+        if self.sampler is not None:  # fixed by the next reading, whoever takes it
             self.sampler.watch_mark(mark)
         return mark
 

@@ -5,6 +5,11 @@ cumulative joules of source i at time t (``time.perf_counter()`` clock). The tra
 thread only takes timestamps (`Mark`); the sampler fixes each mark's energy at the first
 reading after it, by linear interpolation, so marks of any age are exact however long
 the run. The buffer serves for extrapolating past the newest reading.
+
+Every driver call is made on the sampler's thread, never the caller's: `Sampler.start`
+and `Sampler.stop` wait for a reading at most `DRIVER_WAIT_S`. A read that does not
+return (a hung driver call) keeps the thread; a later start does not wait for it again,
+and the thread takes up its readings if the call ever returns.
 """
 
 from __future__ import annotations
@@ -18,13 +23,12 @@ from typing import Any
 import numpy as np
 
 from energy_core import checks
-from energy_core.devices import EnergySource, Ledger
+from energy_core.devices import EnergySource, Ledger, deadline
 
 DEFAULT_CAPACITY = 16384  # rows: 27 minutes of history at 0.1 s, about 0.5 MB for 3 sources
 RATE_WINDOW_S = 1.0  # power used to extrapolate past the newest row is averaged over this
 JITTER = 0.2  # intervals vary by +-20% at random, so polling cannot alias with periodic load
 MIN_INTERVAL_S, MAX_INTERVAL_S = 0.001, 60.0  # the sampling intervals allowed
-STOP_TIMEOUT_S = 5.0  # the most stop() waits for a read in progress (a hung driver call)
 
 
 def check_interval(sample_interval_s: Any) -> float:
@@ -151,7 +155,7 @@ class Sampler:
         self.buffer = SampleBuffer(len(self.sources), capacity)
         self.thread_cpu_s = 0.0  # CPU time the sampler thread has used, for benchmarks
         self.listener_errors = 0
-        self.hung = False  # a read did not return within STOP_TIMEOUT_S of stop()
+        self.hung = False  # a read has not returned within DRIVER_WAIT_S (a hung driver call); False once it does
         self.last_reading_t = clock()  # when the last reading ended (or the sampler was made)
         # Called with (t, cumulative joules per source) after every reading, on the sampler
         # thread: how budgets notice a crossed limit without any work on the training thread.
@@ -160,8 +164,11 @@ class Sampler:
         self._pending_lock = threading.Lock()
         self._previous: tuple[float, np.ndarray] | None = None
         self._random = random.Random(0)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()  # set: the thread takes one last reading, then ends
+        self._read_done = threading.Event()  # set after every reading
+        self._state = threading.Lock()  # start, stop and the thread's decision to end
+        self._running = False  # between start() and stop()
+        self._thread: threading.Thread | None = None  # the reading thread, while it lives
 
     @property
     def failed_reads(self) -> list[int]:
@@ -208,51 +215,76 @@ class Sampler:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None
+        """Between `start` and `stop`."""
+        return self._running
 
-    def start(self) -> None:
-        """Take a first reading now, on the caller's thread (so the start is covered however late
-        the thread is scheduled on a busy machine), then read on a background thread."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._read()
-        self._thread = threading.Thread(target=self._run, name="energy-sampler", daemon=True)
-        self._thread.start()
+    def start(self) -> bool:
+        """Read on a background thread from now on; wait for its first reading, at most `DRIVER_WAIT_S`
+        (a reading before the caller's first mark covers the start, however late the thread
+        is scheduled on a busy machine).
+
+        Returns:
+            False when that reading did not come in time (a hung driver call), or when the
+            thread of an earlier start is still in a read that has not returned: the
+            figures then wait for the readings to resume, and the caller goes on.
+        """
+        with self._state:
+            if self._running:
+                return True
+            self._running = True
+            self._stop.clear()
+            if self._thread is not None:  # still in a read that has not returned: it goes on from there
+                return False
+            self._read_done.clear()
+            self._thread = threading.Thread(target=self._run, name="energy-sampler", daemon=True)
+            self._thread.start()
+        if self._read_done.wait(deadline.DRIVER_WAIT_S):
+            return True
+        self.hung = True
+        return False
 
     def _run(self) -> None:
-        next_t = self.last_reading_t + self.next_interval()
-        delay = max(0.0, next_t - self.clock())
-        while not self._stop.wait(delay):
+        next_t = self.clock()
+        while True:
+            last = self._stop.is_set()  # a reading begun after stop() is the last one
             self._read()
             next_t += self.next_interval()
             delay = next_t - self.clock()
             if delay < 0:  # fell behind (slow read, suspended process): skip missed ticks
-                next_t = self.clock()
-                delay = 0.0
-        self._read()  # a last reading, so the buffer and the marks cover up to the stop
+                next_t, delay = self.clock(), 0.0
+            self.hung = False
+            self._read_done.set()
+            with self._state:
+                if last and not self._running:
+                    self._thread = None
+                    return
+            self._stop.wait(delay)
 
     def _read(self) -> None:
         try:
             self.sample_once()
         except Exception:  # noqa: BLE001 - the sampler never dies (the ledgers already catch reader errors)
             self.listener_errors += 1
-        if threading.current_thread() is self._thread:  # not the first reading, taken by start()
-            self.thread_cpu_s = time.thread_time()
+        self.thread_cpu_s = time.thread_time()
 
     def stop(self) -> bool:
-        """Stop the thread after its last reading; waits at most `STOP_TIMEOUT_S`.
+        """Stop the thread after one last reading; waits for it at most `DRIVER_WAIT_S`.
 
         Returns:
             False when a read did not return in time (a hung driver call): the thread is
-            left behind (a daemon) and the figures end at its last reading.
+            left in it (a daemon), and the figures end at its last reading. A sampler
+            known to be hung is not waited for again.
         """
-        thread = self._thread
+        with self._state:
+            if not self._running:
+                return True
+            self._running = False
+            self._stop.set()
+            thread = self._thread
         if thread is None:
             return True
-        self._stop.set()
-        thread.join(STOP_TIMEOUT_S)
-        self._thread = None
+        if not self.hung:
+            thread.join(deadline.DRIVER_WAIT_S)
         if thread.is_alive():
             self.hung = True
             return False

@@ -25,6 +25,7 @@ from study_kit import markdown_table, write_report
 from energy_core import J_PER_KWH
 from energy_core.carbon.factor import Fixed, Series
 from energy_core.output.record import read_runs
+from energy_core.report.runs import Run
 from energy_core.report.when import Slice, co2e_g, slices, start_hours
 
 PUE = 1.2
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     series = Series(args.series or synthetic_day(args.out / "synthetic_day.csv"), "--series", "g/kWh")
-    job = slices(read_runs(args.record)[0][-1]) if args.record else synthetic_job(args.hours)
+    job = slices(Run.of(read_runs(args.record)[0][-1])) if args.record else synthetic_job(args.hours)
     if not job:
         parser.error(f"{args.record}: no energy slices in its last run")
     began = job[0].start

@@ -19,7 +19,7 @@ from lightning_energy import EnergyMonitor
         ({"sample_interval_s": 0}, r"sample_interval_s must be in \[0.001, 60\]"),
         ({"sample_interval_s": -0.1}, "sample_interval_s"),
         ({"sample_interval_s": float("nan")}, "sample_interval_s"),
-        ({"pue": -1.0}, r"pue must be a finite number >= 1"),
+        ({"pue": -1.0}, r"pue must be in \[1, 10\]"),
         ({"pue": float("inf")}, "pue"),
         ({"pue": 0.5}, "pue"),
         ({"carbon_intensity_g_per_kwh": -5}, "carbon_intensity_g_per_kwh"),

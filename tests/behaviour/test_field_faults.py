@@ -14,16 +14,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pynvml
 import pytest
 
 from energy_core import J_PER_KWH, EnergyTracker
 from energy_core.budget.guard import BudgetGuard
 from energy_core.budget.rule import BudgetRule
+from energy_core.devices import deadline
 from energy_core.output.record import read_runs
-from lightning_energy import EnergyMonitor
+from lightning_energy import EnergyMonitor, PowerCap
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import ARCH_PASCAL, ManualClock, SimGpu
-from tests.doubles.vendors import both_vendors
+from tests.doubles.vendors import both_vendors, both_vendors_end_to_end
 from tests.helpers.lightning_models import flavour, make_module, regression_data
 from tests.helpers.manual import manual_run
 from tests.helpers.records import read_record
@@ -186,6 +188,96 @@ def test_a_hung_driver_call_does_not_hang_training(tmp_path, sim_gpus) -> None:
     assert summary["type"] == "summary" and summary["status"] == "completed"
 
 
+def let_go(board: SimGpu) -> None:
+    """Let a hung simulated call return and join the threads left in it (the next test counts them)."""
+    board.release.set()
+    for thread in threading.enumerate():
+        if thread.name in ("energy-sampler", deadline.THREAD_NAME):
+            thread.join(10)
+
+
+class HangAtStep(pl.Callback):
+    """From this optimizer step on, every read of the board blocks (a driver call that never returns)."""
+
+    def __init__(self, sim, board: SimGpu, step: int) -> None:
+        self.sim, self.board, self.step = sim, board, step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step and self.board.hang_after is None:
+            self.board.hang_after = self.sim.elapsed()
+
+
+def test_a_driver_call_that_hangs_mid_fit_holds_no_later_stage(tmp_path, sim_gpus) -> None:
+    """Issue 25, item 4: after a hang mid-fit, `trainer.test()` used to call the hung driver on
+    the training thread at its start, for good. Each later stage now starts and ends at once."""
+    board = gpu()
+    sim = sim_gpus(board)
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, record_path=tmp_path / "energy.jsonl")
+    module = make_module(pl, step_sleep_s=0.02)
+    try:
+        with pytest.warns(UserWarning) as caught:
+            trainer = fit(tmp_path, [monitor, HangAtStep(sim, board, 5)], module)
+            tested = trainer.test(module, regression_data(16))
+            validated = trainer.validate(module, regression_data(16))
+        left = [t for t in threading.enumerate() if t.name == "energy-sampler"]
+        assert len(left) == 1  # the thread in the hung read, taken up by each stage: not one more per stage
+    finally:
+        let_go(board)
+    assert trainer.state.finished and len(tested) == 1 and len(validated) == 1
+    texts = [str(w.message) for w in caught]
+    assert len([t for t in texts if "did not return within 5 s" in t]) == 1, texts  # said once, at fit end
+    summary = next(x for x in read_record(tmp_path / "energy.jsonl") if x["type"] == "summary")
+    assert summary["status"] == "completed"
+
+
+def test_a_driver_call_that_hangs_at_discovery_holds_no_start(tmp_path, sim_gpus) -> None:
+    """Issue 25, item 4: a read that never returns from the start used to hang device discovery."""
+    board = gpu(hang_after=0.0)
+    sim_gpus(board)
+    monitor = EnergyMonitor(devices=["gpu", "cpu"], sample_interval_s=0.05, record_path=tmp_path / "energy.jsonl")
+    try:
+        with pytest.warns(UserWarning) as caught:
+            trainer = fit(tmp_path, [monitor])
+    finally:
+        let_go(board)
+    assert trainer.state.finished
+    (hung,) = [str(w.message) for w in caught if "did not return" in str(w.message)]
+    assert hung.startswith("NVIDIA GPUs are not measured: a call to the NVIDIA driver did not return within 5 s")
+    summary = read_record(tmp_path / "energy.jsonl")[-1]
+    assert summary["status"] == "completed" and summary["metrics"]["energy/cpu_kwh"] > 0  # the rest is measured
+
+
+def break_discovery(sim, vendor: str, monkeypatch) -> type[Exception]:
+    """Make the binding raise something other than its own error class while listing GPUs."""
+
+    def failing(*args, **kwargs):
+        raise error("simulated failure of the binding")
+
+    error: type[Exception] = RuntimeError if vendor == "nvml" else KeyError
+    if vendor == "nvml":
+        monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", failing)
+    else:
+        monkeypatch.setattr(sim, "amdsmi_get_processor_handles", failing)
+    return error
+
+
+@both_vendors_end_to_end
+def test_a_binding_raising_anything_at_start_is_one_notice_and_training_runs(tmp_path, sim_gpus, monkeypatch) -> None:
+    """Issue 25, item 7: ``RuntimeError`` from NVML (``KeyError`` from amdsmi) while listing GPUs
+    used to stop training from starting, through the monitor and through the cap."""
+    sim = sim_gpus(gpu())
+    error = break_discovery(sim, sim_gpus.vendor, monkeypatch)
+    monitor = EnergyMonitor(devices=["gpu", "cpu"], sample_interval_s=0.05, record_path=tmp_path / "energy.jsonl")
+    with pytest.warns(UserWarning) as caught:
+        trainer = fit(tmp_path, [monitor, PowerCap(watts=250)])
+    assert trainer.state.finished and trainer.global_step == 30
+    texts = [str(w.message) for w in caught if error.__name__ in str(w.message)]
+    assert len(texts) == 1 and "not measured" in texts[0] and "simulated failure" in texts[0], texts
+    assert sim.gpus[0].limit_history == []  # no board could be listed: none capped
+    summary = read_record(tmp_path / "energy.jsonl")[-1]
+    assert summary["status"] == "completed" and summary["metrics"]["energy/cpu_kwh"] > 0
+
+
 # ----------------------------------------------------------------------------- 7. a record that cannot be written
 @pytest.mark.parametrize("where", ["/dev/full", "parent-is-a-file"])
 def test_a_record_that_cannot_be_written_warns_once_and_training_goes_on(tmp_path, sim_gpus, where) -> None:
@@ -241,6 +333,15 @@ GOOD = {"version": 1, "energy_j": {"gpu": 10.0}, "stage_j": {"val": 0.0}, "sampl
         ({"tokens": None}, "tokens"),
         ({"fit_s": float("inf")}, "fit_s"),
         ({"version": 9}, "version"),
+        # Beyond a physical bound (energy_core.units): 10**400 samples raised OverflowError in training, and two
+        # 1.7e308 J entries, each finite, summed to total_kwh=inf.
+        ({"samples": 10**400}, "samples"),
+        ({"tokens": 2**63}, "tokens"),
+        ({"energy_j": {"gpu": 1.7e308, "cpu": 1.7e308}}, "energy_j['gpu']"),
+        ({"stage_j": {"val": 1e22}}, "stage_j['val']"),
+        ({"fit_s": 10**400}, "fit_s"),
+        ({"co2e_kg": 1e300}, "co2e_kg"),
+        ({"cost": 1e300}, "cost"),
     ],
 )
 def test_damaged_energy_state_is_one_clear_error(change, field) -> None:

@@ -10,16 +10,16 @@ import inspect
 import json
 import re
 import time
-import typing
 from pathlib import Path
 
 import pytest
 import torch
 
-from energy_core import BudgetRule, EnergyLoop, MeasureOptions, PowerCapRun, TargetRule
+from energy_core import BudgetRule, EnergyLoop, MeasureOptions, PowerCapRun, TargetRule, TimeShiftRun
 from energy_core.budget.run import BudgetArgs
 from energy_core.output import keys
 from energy_core.power.cap import CapArgs
+from energy_core.shift.run import TimeShiftArgs
 from energy_core.target.run import TargetArgs
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
@@ -71,8 +71,8 @@ def test_arguments_page_lists_every_argument_with_its_default() -> None:
     from lightning_energy import EnergyMonitor
 
     measure = documented_arguments("Measurement arguments")
-    fields = {f.name: f.default for f in MeasureOptions.__dataclass_fields__.values()}
-    assert set(measure) == set(fields) == set(typing.get_type_hints(typing.cast(type, MeasureOptions)))
+    fields = {f.name: f.default for f in MeasureOptions.__dataclass_fields__.values() if f.init}
+    assert set(measure) == set(fields) == set(inspect.signature(MeasureOptions).parameters)
     for name, default in fields.items():
         assert measure[name] == default_text(default), name
 
@@ -101,6 +101,20 @@ def test_arguments_page_lists_every_argument_with_its_default() -> None:
     for name, parameter in inspect.signature(PowerCapRun).parameters.items():
         assert cap[name] == default_text(parameter.default), name
 
+    shift = documented_arguments("Time shifting")
+    own = set(TimeShiftArgs.__annotations__) - set(fields)
+    assert own == set(inspect.signature(TimeShiftRun).parameters) - {"options"}
+    from lightning_energy import TimeShift
+
+    lightning_only = {n for n, p in inspect.signature(TimeShift).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert set(shift) == own | lightning_only
+    for name, parameter in inspect.signature(TimeShiftRun).parameters.items():
+        if name != "options":
+            expected = "required" if parameter.default is parameter.empty else default_text(parameter.default)
+            assert shift[name] == expected, name
+    for name in lightning_only:
+        assert shift[name] == default_text(inspect.signature(TimeShift).parameters[name].default), name
+
     loop = documented_arguments("`EnergyLoop`")
     parameters = {n: p for n, p in inspect.signature(EnergyLoop).parameters.items() if p.kind is p.KEYWORD_ONLY}
     assert set(loop) == set(parameters)
@@ -109,9 +123,10 @@ def test_arguments_page_lists_every_argument_with_its_default() -> None:
             assert loop[name] == default_text(parameter.default), name
 
 
-def example_record() -> list[dict]:
+def example_record(which: int = 0) -> list[dict]:
+    """The lines of the page's ``which``-th JSON example."""
     text = (REFERENCE / "run-record.md").read_text(encoding="utf-8")
-    block = text.split("```json\n", 1)[1].split("```", 1)[0]
+    block = text.split("```json\n")[1 + which].split("```", 1)[0]
     return [json.loads(line) for line in block.splitlines() if line.strip()]
 
 
@@ -148,10 +163,30 @@ def test_run_record_example_has_the_fields_the_code_writes(sim_gpus, tmp_path) -
         assert set(line) == written[line["type"]], line["type"]
     assert len({line["run"] for line in shown}) == 1
     table = {ticked(row[0])[0] for row in table_rows(REFERENCE / "run-record.md")}
-    assert table >= set(written) and table == set(written) | {"summary"}
+    assert table == set(written) | {"shift"}  # the time shift's lines: the next test
     from energy_core.output import record
 
     assert table == {v for k, v in vars(record).items() if k.isupper() and isinstance(v, str) and k != "__doc__"}
+
+
+def test_shift_lines_example_has_the_fields_the_code_writes(sim_gpus, monkeypatch, tmp_path) -> None:
+    """The page's second example was made like this: the manual-clock job of tests/energy_core/shift, paused."""
+    from tests.energy_core.shift.manual_job import STEPS, Job, deadline_in
+
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    loop = job.start(TimeShiftRun(deadline=deadline_in(6), mode="pause", idle_w=60.0))
+    with loop:
+        job.wait_first_reading()
+        job.train(loop, STEPS)
+    written: dict[str, set[str]] = {}
+    for line in map(json.loads, job.record.read_text().splitlines()):
+        if line["type"] == "shift":
+            written.setdefault(line["event"], set(line))
+    shown = example_record(1)
+    assert [line["event"] for line in shown] == ["plan", "pause", "resume"]
+    for line in shown:
+        assert set(line) == written[line["event"]], line["event"]
+    assert set(shown[0]["plan"]) == set(json.loads(job.record.read_text().splitlines()[-1])["time_shift"]["plan"])
 
 
 def source_text() -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 
 class Trace:
@@ -87,3 +89,40 @@ class Noisy(Trace):
         t = max(t, 0.0)
         k = int(t // self.step)
         return sum(self._level(i) for i in range(k)) * self.step + self._level(k) * (t - k * self.step)
+
+
+@dataclass
+class Switched(Trace):
+    """Power that changes when the test says (a job that trains, pauses and trains again):
+    ``watts`` from 0, then each `set` from its second on.
+
+    `switch` sets it from now on ``clock`` (the simulated driver's seconds), taking the time
+    under the lock the readings take too: a reading is never older than a switch it missed.
+    """
+
+    watts: float
+    clock: Callable[[], float] | None = None
+    changes: list[tuple[float, float]] = field(default_factory=list)  # (from second, watts), in order
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def set(self, t: float, watts: float) -> None:
+        with self.lock:
+            if watts != (self.changes[-1][1] if self.changes else self.watts):
+                self.changes.append((t, watts))
+
+    def switch(self, watts: float) -> None:
+        assert self.clock is not None
+        with self.lock:
+            if watts != (self.changes[-1][1] if self.changes else self.watts):
+                self.changes.append((self.clock(), watts))
+
+    def power(self, t: float) -> float:
+        with self.lock:
+            return next((w for start, w in reversed(self.changes) if start <= t), self.watts)
+
+    def energy(self, t: float) -> float:
+        t = max(t, 0.0)
+        with self.lock:
+            points = [(0.0, self.watts), *((s, w) for s, w in self.changes if s < t)]
+        ends = [s for s, _ in points[1:]] + [t]
+        return sum(w * (end - s) for (s, w), end in zip(points, ends))

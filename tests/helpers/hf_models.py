@@ -59,7 +59,12 @@ def tiny_gpt2() -> GPT2LMHeadModel:
 
 
 def make_trainer(
-    out: Path, train: SeqData, sleep_s: float = 0.0, eval_data: SeqData | None = None, **arguments
+    out: Path,
+    train: SeqData,
+    sleep_s: float = 0.0,
+    eval_data: SeqData | None = None,
+    callbacks: list | None = None,
+    **arguments,
 ) -> Trainer:
     options = {
         "output_dir": str(out),
@@ -80,4 +85,5 @@ def make_trainer(
         train_dataset=train,
         eval_dataset=eval_data,
         data_collator=Collator(sleep_s),
+        callbacks=callbacks,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from energy_core import J_PER_KWH
@@ -74,6 +76,55 @@ def test_resumed_run_with_a_spent_budget_stops_after_its_first_step(tmp_path, si
     attach(second, EnergyCallback(devices=["gpu"], summary=False), EnergyBudgetCallback(max_kwh=0.5 * spent))
     second.train(resume_from_checkpoint=str(out / "checkpoint-12"))
     assert second.state.global_step == 13  # the HF Trainer checks for a stop only after a step
+
+
+@pytest.mark.parametrize("attached", [True, False], ids=["attach", "callbacks"])
+def test_a_budget_keeps_working_after_a_resume_that_re_creates_the_callbacks(tmp_path, sim_gpus, attached) -> None:
+    # With restore_callback_states_from_checkpoint=True HF re-creates the callbacks from the checkpoint and drops
+    # the ones given; the registry still returned the dropped monitor, whose tracker never started, so the
+    # budget never began: 72 of 72 steps and 3,443 J against a 700 J budget.
+    from hf_energy.registry import EnergyCallbacks
+
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    out, record = tmp_path / "out", tmp_path / "energy.jsonl"
+
+    def callbacks(max_kwh: float):
+        monitor = EnergyCallback(devices=["gpu"], sample_interval_s=0.02, record_path=record, summary=False)
+        return monitor, EnergyBudgetCallback(max_kwh=max_kwh, forecast="off")
+
+    first = make_trainer(out, SeqData(96), sleep_s=0.04, num_train_epochs=1, logging_steps=1, save_strategy="epoch")
+    attach(first, *callbacks(1.0))
+    first.train()
+    # The budget the checkpoint holds (HF re-creates it from these args): what the first run spent and 150 J more,
+    # half a second at 300 W (the 60 steps left take 2.4 s at least: their collator sleeps).
+    state_file = out / "checkpoint-12" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    spent = state["stateful_callbacks"]["EnergyCallback"]["attributes"]["energy_state"]["energy_j"]["gpu"]
+    limit_kwh = (spent + 150.0) / J_PER_KWH
+    state["stateful_callbacks"]["EnergyBudgetCallback"]["args"]["max_kwh"] = limit_kwh
+    state_file.write_text(json.dumps(state))
+
+    given = callbacks(1.0)  # dropped by HF, in favour of re-created ones
+    second = make_trainer(
+        out, SeqData(96), sleep_s=0.04, num_train_epochs=6, logging_steps=1,
+        restore_callback_states_from_checkpoint=True, callbacks=None if attached else list(given),
+    )  # fmt: skip
+    if attached:
+        attach(second, *given)
+    second.train(resume_from_checkpoint=str(out / "checkpoint-12"))
+
+    # (re-created in the order of trainer_state.json's sorted keys: the budget before the monitor)
+    [budget, monitor] = [
+        cb for cb in second.callback_handler.callbacks if isinstance(cb, (EnergyCallback, EnergyBudgetCallback))
+    ]
+    assert monitor is not given[0] and budget is not given[1]  # HF re-created both
+    stop_step = second.state.global_step
+    assert stop_step < 72
+    windows = {w["step"]: w["metrics"]["energy/total_kwh"] for w in read_record(record) if w["type"] == "window"}
+    crossing = min(step for step, kwh in windows.items() if step > 12 and kwh >= limit_kwh)
+    assert stop_step - crossing in (0, 1)
+    assert budget.tracker is monitor.tracker and budget.guard is not None and budget.guard.stopped is not None
+    assert EnergyCallbacks.of(second.model).first(EnergyCallback) is monitor
 
 
 @pytest.mark.parametrize(

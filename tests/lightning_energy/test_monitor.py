@@ -232,3 +232,32 @@ def test_nvml_failure_mid_run_does_not_stop_training(tmp_path, sim_gpus) -> None
     assert trainer.current_epoch == 2
     assert summary["failed_reads"]["gpu0"] >= 10  # the gap is reported
     assert summary["metrics"]["energy/gpu_kwh"] * J_PER_KWH == pytest.approx(GPU_W * summary["seconds"], rel=0.02)
+
+
+@pytest.mark.parametrize(("interval_s", "val_sleep_s"), [(0.5, 0.0), (0.02, 0.05)], ids=["short", "long"])
+def test_a_stand_alone_validate_is_a_run_of_its_own_that_the_report_shows(
+    tmp_path, sim_gpus, capsys, interval_s, val_sleep_s
+) -> None:
+    # A short trainer.validate() (ended before the sampler's second reading) wrote nothing; a longer one wrote
+    # stage lines with no header, which energy-report rejected.
+    from energy_core.report.cli import main as energy_report
+
+    pl = flavour("lightning.pytorch")
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    record = tmp_path / "energy.jsonl"
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=interval_s, record_path=record, summary=False)
+    trainer = trainer_for(pl, tmp_path, monitor, limit_val_batches=4)
+    trainer.validate(make_module(pl, val_sleep_s=val_sleep_s), regression_data(64))
+
+    header, stage, summary = read_record(record)
+    assert (header["type"], stage["type"], summary["type"]) == ("header", "stage", "summary")
+    assert header["run"] == stage["run"] == summary["run"] and header["stage"] == "val"
+    assert stage["stage"] == "val" and stage["kwh"] * J_PER_KWH == pytest.approx(GPU_W * stage["seconds"], abs=7.0)
+    assert summary["status"] == "completed" and summary["seconds"] == pytest.approx(stage["seconds"])
+    assert summary["metrics"]["energy/total_kwh"] == pytest.approx(stage["kwh"], rel=1e-12)
+    assert summary["metrics"]["energy/val_kwh"] == pytest.approx(stage["kwh"], rel=1e-12)
+    assert summary["stage_kwh"]["val"] == pytest.approx(stage["kwh"], rel=1e-12)
+    assert monitor.last_metrics["energy/val_kwh"] == pytest.approx(stage["kwh"], rel=1e-12)  # logged too
+    assert energy_report([str(record), "--out", str(tmp_path / "report")]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"{stage['kwh']:.6g}" in shown and "completed" in shown and "note:" not in shown

@@ -1,14 +1,14 @@
 """A Lightning training process with a power cap, for the tests of shared machines.
 
     python -m tests.scripts.cap_runner STATE STATUS [--watts W] [--strict] [--no-permission]
-        [--as UID:GID] [--stop STOP_FILE] [--steps N]
+        [--as UID:GID] [--cap-sys-admin] [--stop STOP_FILE] [--steps N]
 
 The simulated driver keeps its limits in STATE (persistence mode), so several processes
 see one board, ``GPU-child``. STATUS (JSON, replaced atomically) says what the run saw:
 written after the first step (``notices``: the cap's messages, ``cap_w``), every fifth
-step (``steps``) and at the end
-(``finished``, ``steps``), or ``error`` when the cap refused before the fit. ``--as``
-drops to another user after the imports (see `tests.scripts.other_user`);
+step (``steps``, ``cap_w``) and at the end (``finished``, ``steps``), or ``error`` when the
+cap refused before the fit. ``--as`` drops to another user after the imports (see
+`tests.scripts.other_user`), keeping CAP_SYS_ADMIN with ``--cap-sys-admin``;
 ``--no-permission`` makes the driver refuse limits, as for a normal user. The run trains
 until STOP_FILE exists (default: 1000 epochs), or for N steps.
 """
@@ -55,7 +55,7 @@ class Watch(pl.Callback):
         if trainer.global_step == 1:
             self.status.write(uid=os.geteuid(), cap_w=self.cap.run.cap_w, steps=1)
         elif trainer.global_step % 5 == 0:
-            self.status.write(steps=trainer.global_step)
+            self.status.write(steps=trainer.global_step, cap_w=self.cap.run.cap_w)
         if self.stop is not None and self.stop.exists():
             trainer.should_stop = True
 
@@ -68,12 +68,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--strict", action="store_true")
     parser.add_argument("--no-permission", action="store_true")
     parser.add_argument("--as", dest="user", default=None)
+    parser.add_argument("--cap-sys-admin", action="store_true")
     parser.add_argument("--stop", type=Path, default=None)
     parser.add_argument("--steps", type=int, default=-1)
     args = parser.parse_args(argv)
     if args.user:
         uid, gid = (int(x) for x in args.user.split(":"))
-        drop_privileges(uid, gid)
+        drop_privileges(uid, gid, cap_sys_admin=args.cap_sys_admin)
     sim = SimNvml(
         [SimGpu("GPU-child", default_limit_mw=400_000, min_limit_mw=100_000, max_limit_mw=450_000)],
         root=not args.no_permission,

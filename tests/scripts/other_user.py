@@ -14,11 +14,14 @@ of ``[name, args...]``, printing one line per action (``ok ...`` or ``refused ..
 Actions: ``mkdir PATH MODE``, ``symlink TARGET LINK``, ``write PATH TEXT`` (through a
 temporary file and a rename, as a swap would), ``bulk PATH N`` (a journal of N planted
 entries), ``swap PATH TEXT STOP_FILE`` (keep replacing PATH with TEXT until STOP_FILE
-exists; at least once).
+exists; at least once), ``hold PATH STOP_FILE`` (create PATH if missing, hold an
+exclusive ``flock`` on it until STOP_FILE exists; ``ok hold`` is printed once it is held).
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import os
 import pwd
@@ -54,12 +57,34 @@ def ensure_user(name: str = USER) -> tuple[int, int] | str:
     return entry.pw_uid, entry.pw_gid
 
 
-def drop_privileges(uid: int, gid: int) -> None:
-    """Become ``uid``/``gid`` for good (root only)."""
+CAP_SYS_ADMIN = 21  # linux/capability.h
+PR_SET_KEEPCAPS = 8  # linux/prctl.h
+CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def drop_privileges(uid: int, gid: int, cap_sys_admin: bool = False) -> None:
+    """Become ``uid``/``gid`` for good (root only); with ``cap_sys_admin``, keep that one
+    capability, as ``setcap cap_sys_admin+ep`` on the interpreter would give a user."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if cap_sys_admin and libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_KEEPCAPS)")
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     assert os.getresuid() == (uid, uid, uid)
+    if cap_sys_admin:
+        header = _CapHeader(CAPABILITY_VERSION_3, 0)
+        data = (_CapData * 2)(_CapData(1 << CAP_SYS_ADMIN, 1 << CAP_SYS_ADMIN, 0), _CapData(0, 0, 0))
+        if libc.capset(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capset(CAP_SYS_ADMIN)")
 
 
 def act(name: str, *args: object) -> str:
@@ -83,6 +108,15 @@ def act(name: str, *args: object) -> str:
                 count += 1
                 time.sleep(0.001)
             return f"ok swap {path} x{count}"
+        elif name == "hold":
+            path, stop = Path(str(args[0])), Path(str(args[1]))
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o444)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            print(f"ok hold {path}", flush=True)
+            while not stop.exists():
+                time.sleep(0.01)
+            os.close(fd)
+            return f"ok released {path}"
         else:
             return f"unknown action {name}"
     except OSError as err:

@@ -1,14 +1,15 @@
 """A process's accounts (`energy_core.accounting.accounts.Accounts`) on a real meter over simulated GPUs.
 
 What is tested: `Accounts.local` (energy by kind from the end joules the caller gives, work of the
-closed windows plus the open one, seconds, stages, the checkpoint's share), charging at
-boundaries against previewing (CO2e and cost of each slice at the factors in force at its
-midpoint), `Accounts.spent`, `Accounts.fit_seconds`, `Accounts.load` (own share or not, a
-checkpoint from before CO2e was charged slice by slice) and `Accounts.end`.
+closed windows plus the open one, seconds, stages, the checkpoint's share), the charges (each
+reading's energy at the factors in force when it was used, split where they change; a figure
+between readings adds the energy since the last one and charges nothing), `Accounts.spent`,
+`Accounts.fit_seconds`, `Accounts.load` (own share or not, a checkpoint from before CO2e was
+charged slice by slice) and `Accounts.end`.
 
 The grid intensity steps in wall time (400 g/kWh, then 100 g/kWh from 12 s after the fit starts,
-then 250 g/kWh from 18 s), so a slice priced at its end, or from the fit's start, rather than at
-its own midpoint gives a different figure; wall time is pinned by replacing the module's
+then 250 g/kWh from 18 s), so energy priced at any other moment than when it was used gives a
+different figure; wall time is pinned by replacing the module's
 ``time`` (no dependence on the real clock). The meter's clock is a
 `ManualClock` moved in binary steps, so the boards' counters read exactly.
 """
@@ -47,6 +48,9 @@ class StepIntensity(Factor):
             if when >= WALL0 + since:
                 return Value(g_per_kwh, f"from {since:g} s", WALL0 + since)
         return Value(400.0, "at first", -math.inf)
+
+    def changes(self, start: float, end: float) -> list[float]:
+        return sorted(WALL0 + since for since, _ in STEPS if start < WALL0 + since < end)
 
 
 def kg_per_kwh(g_per_kwh: float) -> float:
@@ -119,45 +123,65 @@ def test_local_totals_come_from_the_end_joules_given_minus_the_fit_start(bench: 
     assert totals.cost == pytest.approx(2500.0 / J_PER_KWH * PUE * PRICE, rel=1e-12)
 
 
-def test_a_preview_charges_nothing_and_prices_all_energy_at_the_midpoint(bench: Bench) -> None:
+def exact_kg(watts: float, start_s: float, end_s: float) -> float:
+    """CO2e (kg, PUE applied) of a steady ``watts`` from ``start_s`` to ``end_s`` seconds after the fit began."""
+    edges = [(0.0, 400.0), (12.0, 100.0), (18.0, 250.0), (math.inf, 0.0)]
+    grams = sum(
+        g * max(0.0, min(end_s, b) - max(start_s, a)) for (a, g), (b, _) in zip(edges, edges[1:])
+    )  # g/kWh x seconds
+    return watts * grams / J_PER_KWH * PUE / 1000.0
+
+
+def read_every(bench: Bench, seconds: float, every: float) -> None:
+    """Let ``seconds`` pass with a reading every ``every`` seconds."""
+    for _ in range(round(seconds / every)):
+        bench.clock.advance(every)
+        bench.meter.sampler.sample_once()
+
+
+def test_each_reading_charges_its_energy_at_the_factors_in_force_when_it_was_used(bench: Bench) -> None:
+    # 400 W in all. Readings every 5 s: the intensity changes at 12 s and 18 s, inside the readings 10-15 s and
+    # 15-20 s; the energy between two readings is split where it changes. One window of 30 s priced at its
+    # midpoint (15 s: 100 g/kWh) would be 56 % low; at each reading's midpoint, 3 % high.
     accounts = bench.accounts
     begun(bench)
-    first = at(bench, 10.0)  # midpoint 5 s: 400 g/kWh
-    peek = accounts.local(first, np.array([600.0 + 3000.0, 200.0]), (0, 0), {})
-    assert peek.co2e_kg == pytest.approx(3000.0 / J_PER_KWH * kg_per_kwh(400.0), rel=1e-12)
-    assert accounts.charges.charged_j == 0.0 and accounts.charges.co2e_kg == 0.0
-    second = at(bench, 20.0)  # 9000 J all priced at the midpoint 15 s: 100 g/kWh (at its end, 30 s: 250)
-    totals = accounts.local(second, np.array([600.0 + 9000.0, 200.0]), (0, 0), {})
-    assert totals.co2e_kg == pytest.approx(9000.0 / J_PER_KWH * kg_per_kwh(100.0), rel=1e-12)
+    read_every(bench, 30.0, every=5.0)
+    assert accounts.charges.charged_j == pytest.approx(400.0 * 30.0, rel=1e-12)
+    assert accounts.charges.co2e_kg == pytest.approx(exact_kg(400.0, 0.0, 30.0), rel=1e-12)
+    end = bench.meter.mark()
+    totals = accounts.local(end, bench.meter.joules(end)[0], (0, 0), {})
+    assert totals.co2e_kg == pytest.approx(exact_kg(400.0, 0.0, 30.0), rel=1e-12)
+    assert totals.cost == pytest.approx(400.0 * 30.0 / J_PER_KWH * PUE * PRICE, rel=1e-12)
 
 
-def test_charging_at_a_boundary_keeps_that_slice_at_the_factor_of_its_own_midpoint(bench: Bench) -> None:
+def test_a_figure_between_readings_prices_the_energy_since_the_last_one_and_charges_nothing(bench: Bench) -> None:
     accounts = bench.accounts
     begun(bench)
-    first = at(bench, 10.0)
-    charged = accounts.local(first, np.array([600.0 + 3000.0, 200.0]), (0, 0), {}, charge=True)
-    assert accounts.charges.charged_j == 3000.0
-    assert charged.co2e_kg == pytest.approx(3000.0 / J_PER_KWH * kg_per_kwh(400.0), rel=1e-12)
-    second = at(bench, 10.0)  # the next 6000 J at 15 s, the midpoint of 10 s and 20 s: 100 g/kWh
-    # (at the slice's end, 20 s: 250 g/kWh; at the midpoint of the whole fit, 10 s: 400 g/kWh)
-    totals = accounts.local(second, np.array([600.0 + 9000.0, 200.0]), (0, 0), {})
-    expected = 3000.0 / J_PER_KWH * kg_per_kwh(400.0) + 6000.0 / J_PER_KWH * kg_per_kwh(100.0)
-    assert totals.co2e_kg == pytest.approx(expected, rel=1e-12)
-    assert totals.cost == pytest.approx(9000.0 / J_PER_KWH * PUE * PRICE, rel=1e-12)
-    again = accounts.local(second, np.array([600.0 + 9000.0, 200.0]), (0, 0), {}, charge=True)
-    assert again.co2e_kg == pytest.approx(expected, rel=1e-12)  # charging what was previewed changes no figure
+    read_every(bench, 10.0, every=5.0)
+    bench.clock.advance(4.0)  # to 14 s, past the change at 12 s, no reading since 10 s
+    end = bench.meter.mark()
+    end_j = bench.meter.joules(end)[0]  # extrapolated at the last second's 400 W: exact here
+    totals = accounts.local(end, end_j, (0, 0), {})
+    assert totals.co2e_kg == pytest.approx(exact_kg(400.0, 0.0, 14.0), rel=1e-12)
+    assert accounts.charges.charged_j == pytest.approx(4000.0, rel=1e-12)  # nothing charged past the reading
+    assert accounts.charges.co2e_kg == pytest.approx(exact_kg(400.0, 0.0, 10.0), rel=1e-12)
+    bench.meter.sampler.sample_once()  # a reading at 14 s: a figure asked for at 13 s takes the last second back
+    back = bench.meter.mark()
+    back.t -= 1.0
+    earlier = accounts.local(back, end_j - np.array([300.0, 100.0]), (0, 0), {})  # a second of each board
+    assert earlier.co2e_kg == pytest.approx(exact_kg(400.0, 0.0, 13.0), rel=1e-12)
 
 
-def test_spent_adds_the_live_energy_priced_now_to_the_checkpoints_share(bench: Bench) -> None:
+def test_spent_adds_the_live_energy_to_the_checkpoints_share(bench: Bench) -> None:
     accounts = bench.accounts
     accounts.load(RunTotals({"gpu": 0.5 * J_PER_KWH}, co2e_kg=0.25, cost=1.0), own_share=True, co2_per_kwh=0.0)
     start = begun(bench)
-    kwh, co2e, cost = accounts.spent(start.t + 30.0, 2 * J_PER_KWH)  # midpoint 15 s: 100 g/kWh (at 30 s: 250)
-    assert kwh == pytest.approx(2.5, rel=1e-12)
-    assert co2e == pytest.approx(0.25 + 2 * kg_per_kwh(100.0), rel=1e-12)
-    assert cost == pytest.approx(1.0 + 2 * PUE * PRICE, rel=1e-12)
-    assert accounts.charges.charged_j == 0.0  # nothing charged
-    assert accounts.spent(start.t + 4.0, 2 * J_PER_KWH)[1] == pytest.approx(0.25 + 2 * kg_per_kwh(400.0))
+    read_every(bench, 20.0, every=5.0)
+    live_j = 400.0 * 20.0
+    kwh, co2e, cost = accounts.spent(start.t + 20.0, live_j)  # at a reading: what the readings charged
+    assert kwh == pytest.approx(0.5 + live_j / J_PER_KWH, rel=1e-12)
+    assert co2e == pytest.approx(0.25 + exact_kg(400.0, 0.0, 20.0), rel=1e-12)
+    assert cost == pytest.approx(1.0 + live_j / J_PER_KWH * PUE * PRICE, rel=1e-12)
 
 
 def test_fit_seconds_add_the_checkpoints_seconds_to_the_live_fit(bench: Bench) -> None:
@@ -236,9 +260,10 @@ def test_ending_a_fit_forgets_the_live_fit_and_the_jobs_sum(bench: Bench) -> Non
 def test_a_new_fit_restarts_the_charges_at_its_own_start(bench: Bench) -> None:
     accounts = bench.accounts
     begun(bench)
-    accounts.local(at(bench, 10.0), np.array([600.0 + 3000.0, 200.0]), (0, 0), {}, charge=True)
+    read_every(bench, 10.0, every=0.5)
     accounts.end()
-    begun(bench, after_s=1.0)  # wall time pinned: this fit too starts at WALL0 (counters at 3900 J, 1300 J)
-    totals = accounts.local(at(bench, 4.0), np.array([3900.0 + 1200.0, 1300.0]), (0, 0), {})
-    assert totals.energy_j == {"gpu": 1200.0}
-    assert totals.co2e_kg == pytest.approx(1200.0 / J_PER_KWH * kg_per_kwh(400.0), rel=1e-12)
+    begun(bench, after_s=1.0)  # wall time pinned: this fit too starts at WALL0
+    end = at(bench, 4.0)
+    totals = accounts.local(end, bench.meter.joules(end)[0], (0, 0), {})
+    assert totals.energy_j == {"gpu": 1600.0}
+    assert totals.co2e_kg == pytest.approx(exact_kg(400.0, 0.0, 4.0), rel=1e-12)

@@ -103,6 +103,19 @@ def test_an_attention_mask_is_a_lazy_sum_that_counted_leaves_out_and_work_reads_
     assert window.counted() == (7, 25)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.bool, torch.int8])
+def test_a_low_precision_mask_is_summed_in_an_integer_dtype_past_its_own_range(dtype) -> None:
+    # float16 holds integers exactly only up to 2,048 and overflows at 65,504; int8 wraps at 127: the
+    # lazy sum is kept as a 64-bit integer, still without reading the device per step.
+    window = Window()
+    for _ in range(3):
+        window.add_batch({"attention_mask": torch.ones(256, 128, dtype=dtype)})  # 32,768 tokens each
+    assert window.counted() == (768, 0)
+    assert window.work() == (768, 3 * 32_768)
+    window.add_batch({"attention_mask": torch.ones(1, 2049, dtype=dtype)})  # 2,049: not a float16 value
+    assert window.work() == (769, 3 * 32_768 + 2049)
+
+
 def test_a_window_with_nothing_trained_is_idle_until_a_step_or_a_sample() -> None:
     window = Window(Mark(0.0), step=5)
     assert window.idle(5) and window.idle(4)

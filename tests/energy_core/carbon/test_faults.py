@@ -6,6 +6,7 @@ against sums worked out by hand.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import datetime, timedelta, timezone
@@ -31,27 +32,29 @@ def series_file(tmp_path, rows: list[tuple[float, float]]):
 
 
 # ----------------------------------------------------------------------------- charges
-def test_an_extrapolated_excess_is_taken_back_at_the_rate_it_was_charged(tmp_path) -> None:
-    # 100 g/kWh for the first hour, 1000 after: a boundary extrapolated 1 kWh too high in the
-    # cheap hour must not be taken back at the dear hour's rate (that made CO2e negative)
+def test_each_reading_is_charged_at_the_factors_in_force_and_a_figure_asked_for_charges_nothing(tmp_path) -> None:
+    # 100 g/kWh for the first hour, 1000 after; the price a steady 0.5 per kWh.
     carbon = Series(series_file(tmp_path, [(T0, 100.0), (T0 + 3600, 1000.0)]), "series", "g/kWh")
     charges = Charges(RunFactors(carbon, Fixed(0.5, "given"), pue=1.0, currency="EUR"))
     charges.restart(T0)
-    charges.charge(2 * J_PER_KWH, when=T0 + 1800)  # 2 kWh, of which 1 was an overshoot
-    charges.charge(1 * J_PER_KWH, when=T0 + 7200)  # the exact total: 1 kWh
-    assert charges.co2e_kg == pytest.approx(1 * 100 / 1000) and charges.cost == pytest.approx(0.5)
-    charges.charge(2 * J_PER_KWH, when=T0 + 7300)  # then 1 kWh more, in the dear hour
-    assert charges.co2e_kg == pytest.approx((100 + 1000) / 1000)
-    assert charges.preview(1.5 * J_PER_KWH, when=T0 + 7400) == pytest.approx((0.6, 0.75))  # back at 1000 g
+    charges.take(1 * J_PER_KWH, when=T0 + 1800)  # 1 kWh in the cheap half hour
+    assert (charges.co2e_kg, charges.cost) == pytest.approx((0.1, 0.5))
+    charges.take(2 * J_PER_KWH, when=T0 + 5400)  # 1 kWh more across the change: half of it at each intensity
+    assert (charges.co2e_kg, charges.cost) == pytest.approx((0.1 + 0.05 + 0.5, 1.0))
+    assert charges.at(2.5 * J_PER_KWH, when=T0 + 5500) == pytest.approx((0.65 + 0.5, 1.25))  # since the reading
+    # A moment the last reading has passed: the energy after it is taken back at the factors in force then.
+    assert charges.at(1.5 * J_PER_KWH, when=T0 + 4500) == pytest.approx((0.65 - 0.5, 0.75))
+    assert charges.at(0.0, when=T0 + 10) == (0.0, 0.0)  # never below zero
+    assert (charges.charged_j, charges.co2e_kg) == pytest.approx((2 * J_PER_KWH, 0.65))  # nothing charged
 
 
-def test_a_preview_does_not_enter_the_factor_history(tmp_path) -> None:
+def test_a_figure_asked_for_does_not_enter_the_factor_history(tmp_path) -> None:
     carbon = Series(series_file(tmp_path, [(T0, 100.0), (T0 + 60, 300.0)]), "series", "g/kWh")
     charges = Charges(RunFactors(carbon, None, pue=1.0, currency="EUR"))
-    charges.restart(T0)
-    for i in range(50):  # budgets preview at every reading, at midpoints either side of the change
-        charges.preview(1000.0 + i, when=T0 + 100 + (i % 2) * 40)
-    charges.charge(2000.0, when=T0 + 200)
+    charges.restart(T0 + 100)
+    for i in range(50):  # budgets ask at every reading, at moments either side of the change
+        charges.at(1000.0 + i, when=T0 + 30 + (i % 2) * 60)
+    charges.take(2000.0, when=T0 + 200)
     assert [v.value for v in carbon.history] == [300.0]  # what was charged, once
 
 
@@ -137,6 +140,50 @@ def test_a_dripping_or_huge_answer_is_cut_short(electricity_maps) -> None:
     assert "TimeoutError" in factor.take_notices()[0].text
 
 
+def test_the_answers_text_never_reaches_the_source_or_a_message(electricity_maps, tmp_path, sim_gpus) -> None:
+    # The answer's zone and datetime went, unfiltered, into the summary text, the record and the report.
+    hostile = "\x1b]0;owned\x07\x1b[2J"
+    answer = json.loads(electricity_maps.answer(70.0))
+    answer.update(zone="FR" + hostile, datetime="2026-11-24T10:00:00Z" + hostile)
+    electricity_maps.script = [Answer(body=json.dumps(answer)), Answer(body='{"datetime": "\x1b[2J"}')]
+    factor = ElectricityMaps("FR", Fixed(56.0, "codecarbon: France"))
+    factor.fetch()
+    assert factor.at(time.time()).source == "Electricity Maps FR (estimated)"  # a time that is not one is left out
+    factor.fetch()  # no carbonIntensity: a failure, said once
+    [notice] = factor.take_notices()
+    assert "\x1b" not in notice.text
+    electricity_maps.script = [Answer(status_line="HTTP/1.1 2OO" + hostile)]  # the error quotes the status line
+    broken = ElectricityMaps("FR", Fixed(56.0, "codecarbon: France"))
+    broken.fetch()
+    [notice] = broken.take_notices()
+    assert "did not answer" in notice.text and not any(c in notice.text for c in "\x1b\x07")
+
+
+@pytest.mark.parametrize("electricity_maps", ["http", "https"], indirect=True)
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_a_request_ends_within_its_bound_from_the_first_byte_to_the_last(electricity_maps, where) -> None:
+    # One byte every 0.2 s: the status line and headers take about 15 s, the body about 30 s. The time limit
+    # was checked only once the headers had arrived (each byte reset the socket's timeout): a header drip
+    # held the request for the whole 45 s, with no warning.
+    drip = {"header_drip_s": 0.2} if where == "headers" else {"drip_s": 0.2}
+    electricity_maps.script = [Answer(body=electricity_maps.answer(70.0), **drip)]
+    factor = ElectricityMaps("FR", Fixed(56.0, "codecarbon: France"))
+    started = time.monotonic()
+    factor.fetch()
+    assert time.monotonic() - started <= live.TIMEOUT_S + 0.5  # 0.5 s here: the fixture shortens the limit
+    assert factor.at(time.time()).value == 56.0
+    [notice] = factor.take_notices()
+    assert f"TimeoutError: the answer took over {live.TIMEOUT_S:g} s" in notice.text
+
+
+@pytest.mark.parametrize("electricity_maps", ["https"], indirect=True)
+def test_a_prompt_answer_over_tls_is_taken(electricity_maps) -> None:
+    factor = ElectricityMaps("FR", Fixed(56.0, "codecarbon: France"))
+    factor.fetch()
+    assert factor.take_notices() == [] and factor.at(time.time()).value == 55.0
+    assert electricity_maps.tokens == ["secret-token-123"]
+
+
 def test_a_restarted_refresh_runs_one_thread(electricity_maps) -> None:
     electricity_maps.script = [Answer(body=electricity_maps.answer(70.0), delay=0.4)]
     factor = ElectricityMaps("FR", Fixed(56.0, "codecarbon: France"))
@@ -151,11 +198,12 @@ def test_a_restarted_refresh_runs_one_thread(electricity_maps) -> None:
 
 
 def test_series_far_from_the_run_in_the_report_say_so(tmp_path) -> None:
+    from energy_core.report.runs import Run
     from energy_core.report.when import started_at_other_hours
 
     old = series_file(tmp_path, [(T0 - 7 * 365 * 86400 + h * 3600, 100.0 + h) for h in range(24)])
-    run = [{"type": "header", "time": T0, "carbon": {"pue": 1.0}},
-           {"type": "window", "elapsed_s": 3600.0, "metrics": {"energy/total_kwh": 1.0}}]  # fmt: skip
+    run = Run.of([{"type": "header", "time": T0, "carbon": {"pue": 1.0}},
+                  {"type": "window", "elapsed_s": 3600.0, "metrics": {"energy/total_kwh": 1.0}}])  # fmt: skip
     rows = started_at_other_hours(run, Series(old, "--intensity-series", "g/kWh"))
     assert rows[0][0].endswith("(outside the series: its end values)")
     assert rows[1][0] == (datetime.fromtimestamp(T0, timezone.utc) - timedelta(days=7 * 365)).strftime("%Y-%m-%d %H:%M")

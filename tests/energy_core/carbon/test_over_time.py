@@ -1,4 +1,4 @@
-"""Carbon where and when: intensity and price over time, charged slice by slice; a live API on a local server.
+"""Carbon where and when: intensity and price over time, charged reading by reading; a live API on a local server.
 
 Runs use a manual clock (virtual hours in a second) on a simulated 300 W GPU; the live
 intensity comes from a real HTTP server on localhost replaying Electricity Maps' answers.
@@ -7,18 +7,24 @@ intensity comes from a real HTTP server on localhost replaying Electricity Maps'
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from energy_core import J_PER_KWH, EnergyTracker, MeasureOptions
+from energy_core.accounting import accounts as accounts_module
 from energy_core.budget.guard import BudgetGuard
 from energy_core.budget.rule import BudgetRule
 from energy_core.carbon import electricity_maps as live
 from energy_core.carbon.electricity_maps import ElectricityMaps
 from energy_core.carbon.factor import Fixed, Series
-from tests.doubles.power_traces import Constant
+from tests.doubles.power_traces import Constant, Square
 from tests.doubles.sim_nvml import ManualClock, SimGpu
 from tests.helpers.manual import manual_run
 from tests.helpers.records import read_record
@@ -73,7 +79,7 @@ def test_a_bad_series_is_a_value_error_naming_the_argument_and_line(tmp_path, te
         MeasureOptions(carbon_intensity_series=tmp_path / "s.csv", carbon_intensity_g_per_kwh=100)
 
 
-def test_co2e_is_charged_window_by_window_at_the_intensity_in_force(tmp_path, sim_gpus) -> None:
+def test_co2e_is_charged_at_the_intensity_in_force_when_the_energy_was_used(tmp_path, sim_gpus) -> None:
     series = write_series(tmp_path / "s.csv", [(at(-60), 100.0), (at(30), 300.0)])  # it changes 30 min in
     clock = ManualClock()
     sim_gpus(SimGpu("GPU-a", Constant(GPU_W), counter_period_s=0.02), clock=clock)
@@ -87,9 +93,10 @@ def test_co2e_is_charged_window_by_window_at_the_intensity_in_force(tmp_path, si
     assert intensities[:29] == [100.0] * 29 and intensities[-29:] == [300.0] * 29  # the curve W&B shows
     half_kwh = GPU_W * 1800 / J_PER_KWH
     expected = 1.2 * (half_kwh * 100 + half_kwh * 300) / 1000
-    # a slice is charged at its midpoint's intensity: the window straddling the change is off by half of it
-    window_kg = 1.2 * GPU_W * 60 / J_PER_KWH * (300 - 100) / 1000
-    assert metrics["carbon/co2e_kg"] == pytest.approx(expected, abs=window_kg / 2)
+    # Each reading's energy is charged at the intensity in force when it was used: exact but for the moment
+    # the fit started after the series was written (the change is 30 minutes after that; 5 s allowed).
+    slack_kg = 1.2 * GPU_W * 5 / J_PER_KWH * (300 - 100) / 1000
+    assert metrics["carbon/co2e_kg"] == pytest.approx(expected, abs=slack_kg)
     assert metrics["carbon/co2e_kg"] != pytest.approx(1.2 * 2 * half_kwh * 300 / 1000, rel=0.1)  # not one figure
     assert metrics["cost/total"] == pytest.approx(1.2 * 2 * half_kwh * 0.25, rel=1e-3)  # kWh x PUE x price
     lines = read_record(tmp_path / "energy.jsonl")
@@ -110,11 +117,141 @@ def test_a_budget_stops_on_co2e_under_a_rising_intensity(tmp_path, sim_gpus) -> 
     guard = BudgetGuard(BudgetRule(max_co2e_kg=limit), run.tracker, total_steps=None)
     for minute in range(1, 41):
         run.advance(60.0, every=1.0)
-        run.tracker.window(minute)  # boundaries charge the slices; readings between them preview
+        run.tracker.window(minute)  # the budget watches every reading's charges
         if guard.crossed():
             break
     assert minute == 25  # with a fixed first figure (100 g/kWh) it would have run to minute 60
     run.tracker.end_fit(minute)
+
+
+# ----------------------------------------------------------------------------- intensity steps inside a window
+WALL0 = 1_800_000_000.0  # unix time at the fit's start (the accounts' clock, pinned)
+
+
+@dataclass
+class Alternating:
+    """A tracker on a simulated board and a manual clock, charged on a series that alternates between
+    100 and 1,000 g/kWh every ``period`` seconds from the fit's start; the test takes every reading."""
+
+    tracker: EnergyTracker
+    clock: ManualClock
+    sim: Any
+    t0: float
+    reading_s: float
+    readings: int = 0
+
+    @classmethod
+    def build(cls, tmp_path, sim_gpus, monkeypatch, trace, period: float, reading_s: float, counter_s: float, **more):
+        monkeypatch.setattr(accounts_module, "time", SimpleNamespace(time=lambda: WALL0))
+        rows = [(datetime.fromtimestamp(WALL0 - period + k * period, timezone.utc), (100.0, 1000.0)[k % 2])
+                for k in range(int(200 / period) + 2)]  # fmt: skip
+        clock = ManualClock()
+        sim = sim_gpus(SimGpu("GPU-a", trace, counter_period_s=counter_s), clock=clock)
+        series = write_series(tmp_path / "alternating.csv", rows)
+        tracker = EnergyTracker(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=series, **more)
+        tracker.meter.clock = clock
+        tracker.start_fit(0)
+        return cls(tracker, clock, sim, clock.now, reading_s)
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass, with a reading at every multiple of ``reading_s`` from the start."""
+        target = self.clock.now + seconds
+        while self.t0 + (self.readings + 1) * self.reading_s <= target:
+            self.readings += 1
+            self.clock.now = self.t0 + self.readings * self.reading_s
+            self.tracker.meter.sampler.sample_once()
+        self.clock.now = target
+
+    def exact_kg(self, until: float, pue: float = 1.0) -> tuple[float, float]:
+        """The true CO2e from the fit's start to ``until`` (the integral of power x intensity), and the
+        sum of the intensity's jumps (g/kWh) on the way."""
+        series = self.tracker.factors.carbon
+        inside = [t - WALL0 + self.t0 for t in series.times if WALL0 < t < WALL0 + until - self.t0]
+        edges = [self.t0, *inside, until]
+        grams = sum(
+            self.sim.exact_joules(self.sim.gpus[0], a, b) * series.peek(WALL0 + (a + b) / 2 - self.t0).value
+            for a, b in zip(edges, edges[1:])
+        )
+        return grams / J_PER_KWH * pue / 1000.0, 900.0 * (len(edges) - 2)
+
+    def close(self) -> None:
+        self.tracker.close()
+
+
+@pytest.mark.parametrize("window_s", [0.25, 4.0, 30.0])
+def test_co2e_is_exact_however_many_intensity_steps_a_window_spans(tmp_path, sim_gpus, monkeypatch, window_s) -> None:
+    # The issue's case: 250 W, 100 and 1,000 g/kWh alternating every second. A 4 s window was charged at one
+    # intensity (its midpoint's): -81.8 %. Readings every 1/8 s and a counter ticking every 1/64 s read
+    # the board exactly, so the charges are exact to floating-point precision whatever the window.
+    # The price alternates too, between 0.1 and 0.5 per kWh every 1.5 s: the cost is exact the same way.
+    price_rows = [(datetime.fromtimestamp(WALL0 - 1.5 + k * 1.5, timezone.utc), (0.1, 0.5)[k % 2]) for k in range(50)]
+    prices = write_series(tmp_path / "price.csv", price_rows, header="datetime,eur_per_kwh")
+    run = Alternating.build(
+        tmp_path, sim_gpus, monkeypatch, Constant(250.0), 1.0, 0.125, 1 / 64, pue=1.2, price_per_kwh=str(prices)
+    )
+    try:
+        for step in range(1, round(60 / window_s) + 1):
+            run.advance(window_s)
+            logged = run.tracker.window(step)
+            true_kg, _ = run.exact_kg(run.clock.now, pue=1.2)
+            assert logged["carbon/co2e_kg"] == pytest.approx(true_kg, rel=1e-9), step
+            seconds = run.clock.now - run.t0  # 250 W: the cost is 250 W x PUE x the price's integral
+            paid = sum(0.5 * min(1.5, max(0.0, seconds - 1.5 * k)) for k in range(0, 41, 2))
+            paid += sum(0.1 * min(1.5, max(0.0, seconds - 1.5 * k)) for k in range(1, 41, 2))
+            assert logged["cost/total"] == pytest.approx(250.0 * 1.2 * paid / J_PER_KWH, rel=1e-9), step
+        assert true_kg == pytest.approx(1.2 * 250.0 * 60 * 550 / J_PER_KWH / 1000, rel=1e-3)  # a mean of 550 g/kWh
+    finally:
+        run.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    window_s=st.floats(0.05, 12.0),
+    period=st.floats(0.2, 5.0),
+    reading_s=st.floats(0.02, 0.5),
+    aligned=st.booleans(),
+)
+def test_co2e_is_within_the_counter_bound_for_any_window_and_intensity_step(
+    tmp_path, sim_gpus, monkeypatch, window_s, period, reading_s, aligned
+) -> None:
+    # A board alternating between 80 and 420 W every 0.7 s; boundaries on a reading (aligned) or between two.
+    # With E the true energy and Ê the readings' (linear between them), CO2e - the truth is the integral of
+    # the intensity against Ê - E: at most I_max |Ê - E| at the end plus, at each jump of the intensity,
+    # the jump times |Ê - E| there. |Ê - E| is at most a counter period's energy (q) where a reading is,
+    # q + the chord's miss between two readings, and q + the power's change over one interval past the last.
+    low_w, high_w, counter_s = 80.0, 420.0, 0.02
+    q = high_w * counter_s + 1e-3
+    between = reading_s * (high_w - low_w) / 4 + q
+    past = reading_s * (high_w - low_w) + 2 * q
+    run = Alternating.build(tmp_path, sim_gpus, monkeypatch, Square(low_w, high_w, 0.7), period, reading_s, counter_s)
+    try:
+        for step in range(1, 4):
+            run.advance(window_s)
+            if aligned:
+                run.tracker.meter.sampler.sample_once()
+            logged = run.tracker.window(step)
+            if "carbon/co2e_kg" not in logged:  # before the second reading: no figure yet, not a false one
+                continue
+            true_kg, jumps = run.exact_kg(run.clock.now)
+            end_err = 2 * q if aligned else between + past
+            bound_kg = (1000.0 * end_err + jumps * 2 * between) / J_PER_KWH / 1000.0
+            assert abs(logged["carbon/co2e_kg"] - true_kg) <= bound_kg + 1e-15, (step, logged, true_kg)
+    finally:
+        run.close()
+
+
+def test_a_co2e_budget_stops_at_the_reading_where_the_true_co2e_crosses_it(tmp_path, sim_gpus, monkeypatch) -> None:
+    # No logging boundary for a minute: the budget watches each reading. Priced from the last boundary at one
+    # intensity, its figure was off by up to the whole swing between 100 and 1,000 g/kWh, and it stopped late.
+    run = Alternating.build(tmp_path, sim_gpus, monkeypatch, Constant(250.0), 1.0, 0.125, 1 / 64)
+    try:
+        limit = run.exact_kg(run.t0 + 20.3)[0]  # reached 20.3 s in, in a 1,000 g/kWh second
+        guard = BudgetGuard(BudgetRule(max_co2e_kg=limit), run.tracker, total_steps=None)
+        while not guard.crossed() and run.clock.now < run.t0 + 60:
+            run.advance(0.125)
+        assert run.clock.now - run.t0 == pytest.approx(20.375)  # the first reading past the crossing
+    finally:
+        run.close()
 
 
 # ----------------------------------------------------------------------------- a live API, served locally
@@ -132,7 +269,7 @@ def test_live_intensity_keeps_the_last_figure_through_every_failure(electricity_
     texts = [n.text for n in factor.take_notices()]
     assert len(texts) == 1 and "the token was refused (401)" in texts[0] and "using the last figure" in texts[0]
     assert set(electricity_maps.tokens) == {"secret-token-123"}  # sent as auth-token, and in no message
-    assert "Electricity Maps FR at 2026-11-24T10:00:00.000Z (estimated)" == factor.at(time.time()).source
+    assert "Electricity Maps FR at 2026-11-24T10:00:00+00:00 (estimated)" == factor.at(time.time()).source
 
 
 def test_a_stale_figure_falls_back_to_the_location(electricity_maps, monkeypatch) -> None:

@@ -139,6 +139,27 @@ def test_a_wrap_inside_a_long_gap_is_still_a_wrap(monkeypatch) -> None:
     assert ledger.estimated_j == pytest.approx(0.0, abs=1e-6)  # the counter's true energy replaced the bridge
 
 
+@pytest.mark.parametrize("gap_s", [300.0, 660.0])
+def test_a_gap_longer_than_one_wrap_at_full_power_is_unmeasured_not_counted(monkeypatch, gap_s) -> None:
+    """No answer for 300 s (or 660 s) at 300 W: 90 kJ (198 kJ), more than one 65.7 kJ wrap. The
+    board could draw 1,400 W (twice its 700 W limit), so after 47 s how many times the 32-bit
+    accumulator went round is unknowable: the gap is bridged at the last good power and
+    counted as estimated and unmeasured, never as measured."""
+    gpu = SimGpu("u-1", Constant(300.0), counter_bits=32, fail_between=(5.0, 5.0 + gap_s))
+    sim, sampler, clock = manual_sampler(monkeypatch, gpu)
+    t0 = clock()
+    run(sampler, clock, gap_s + 10.0)
+    ledger = sampler.ledgers[0]
+    exact = sim.exact_joules(gpu, t0, clock())
+    assert measured(sampler, t0, clock()) == pytest.approx(exact, abs=2 * 0.02 * 300.0 + 0.01 * 300.0 * gap_s)
+    assert ledger.unmeasured_s == pytest.approx(gap_s, abs=0.2)
+    assert ledger.estimated_j == pytest.approx(300.0 * gap_s, rel=0.01)
+    assert ledger.resets == 0  # not a driver reload: the counter is trusted again from the next reading
+    t1 = clock()
+    run(sampler, clock, 10.0)
+    assert measured(sampler, t1, clock()) == pytest.approx(3000.0, abs=2 * 0.02 * 300.0)
+
+
 def test_a_driver_reload_on_a_32_bit_counter_is_a_reset_not_a_wrap(monkeypatch) -> None:
     gpu = SimGpu("u-1", Constant(300.0), counter_bits=32, reset_at=5.0)
     sim, sampler, clock = manual_sampler(monkeypatch, gpu)
@@ -152,14 +173,19 @@ def test_a_driver_reload_on_a_32_bit_counter_is_a_reset_not_a_wrap(monkeypatch) 
 def test_wrap_or_reset_is_told_by_the_power_it_would_imply() -> None:
     counter = WrappingCounter(period=2**32, joules_per_count=COUNTS_J, max_power_w=1400.0)
     counter.update(2**32 - 1000, now=0.0)
-    assert counter.update(500, now=0.1) == pytest.approx(1500 * COUNTS_J)  # 23 mJ in 0.1 s: a wrap
-    assert counter.update(2**31, now=0.2) > 0  # forward: counted
-    assert counter.update(10, now=0.3) < 1.0  # 32.9 kJ in 0.1 s is no wrap: a reset, passed on
-    assert (counter.wraps, counter.resets) == (1, 1)
+    assert counter.update(500, now=0.1).joules == pytest.approx(1500 * COUNTS_J)  # 23 mJ in 0.1 s: a wrap
+    assert counter.update(2**31, now=0.2).joules > 0  # forward: counted
+    assert counter.update(10, now=0.3).joules < 1.0  # 32.9 kJ in 0.1 s is no wrap: a reset, passed on
+    assert (counter.wraps, counter.resets, counter.breaks) == (1, 1, 0)
+    # 1,400 W could draw a whole wrap (65.7 kJ) in 46.9 s: up to there a count is continuous, beyond it is not
+    assert counter.update(20, now=0.3 + WRAP_J / 1400.0 - 0.2).continuous
+    assert not counter.update(30, now=0.3 + 2 * WRAP_J / 1400.0).continuous
+    assert (counter.wraps, counter.resets, counter.breaks) == (1, 1, 1)
     wide = WrappingCounter(period=2**32, joules_per_count=COUNTS_J, max_power_w=1400.0)
-    wide.update(2**40, now=0.0)  # a 64-bit count: never wraps at 2**32
-    wide.update(5, now=100.0)
-    assert (wide.wraps, wide.resets) == (0, 1)
+    wide.update(2**40, now=0.0)  # a 64-bit count: never wraps at 2**32, whatever the time between readings
+    assert wide.update(2**40 + 5, now=1000.0).continuous
+    wide.update(5, now=1001.0)
+    assert (wide.wraps, wide.resets, wide.breaks) == (0, 1, 0)
 
 
 @pytest.mark.parametrize(

@@ -112,16 +112,19 @@ def test_no_gpu_is_one_info_line() -> None:
 
 
 def test_rapl_wraparound_and_zones(fake_rapl) -> None:
-    tree = fake_rapl(max_range_uj=5_000_000)  # wraps every 5 J
+    tree = fake_rapl(max_range_uj=5_000_000_000)  # wraps every 5 kJ: 1 s at the 5 kW a socket never draws
     sources, notices = rapl.discover_rapl({"cpu", "dram"})
     assert notices == []
     assert sorted(s.info.name for s in sources) == ["cpu0", "dram0"]  # core and psys are not counted
     cpu = next(s for s in sources if s.info.kind == "cpu")
-    for k in range(1, 41):  # 40 reads, 1.7 J apart: the counter wraps 13 times
-        tree.set_energy("cpu", 1.7 * k)
-        value = cpu.read(float(k)).joules
-    assert value == pytest.approx(1.7 * 40, abs=1e-5)
+    for k in range(1, 41):  # 40 reads 0.5 s and 1.7 kJ apart: the counter wraps 13 times
+        tree.set_energy("cpu", 1700.0 * k)
+        reading = cpu.read(0.5 * k)
+        assert reading.continuous
+    assert reading.joules == pytest.approx(1700.0 * 40, abs=1e-2)
     assert cpu.wraps == 13
+    tree.set_energy("cpu", 1700.0 * 41)
+    assert not cpu.read(20.0 + 1.0).continuous  # 1 s at 5 kW could be a whole wrap: how many is unknown
 
 
 def test_rapl_permission_denied_falls_back_to_an_estimate(fake_rapl, monkeypatch) -> None:

@@ -364,8 +364,8 @@ def test_nothing_to_search_when_the_floor_is_the_limit_at_start() -> None:
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"watts": "auto", "min_watts": 0}, ValueError, r"min_watts must be a positive number of watts"),
-        ({"watts": "auto", "min_watts": True}, TypeError, r"min_watts must be a positive number of watts"),
+        ({"watts": "auto", "min_watts": 0}, ValueError, r"min_watts must be in \(0, 5000\] W"),
+        ({"watts": "auto", "min_watts": True}, TypeError, r"min_watts must be in \(0, 5000\] W"),
         ({"watts": "auto", "min_watts": "150"}, TypeError, r"min_watts must be"),
         ({"watts": 200, "min_watts": 150}, ValueError, r"min_watts=150 applies only to watts='auto'"),
         ({"fraction": 0.8, "min_watts": 150}, ValueError, r"applies only to watts='auto'"),

@@ -7,7 +7,6 @@ real second processes are in test_power_shared.py.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 
@@ -17,7 +16,7 @@ from energy_core import devices
 from energy_core.power import BoardBusyError, PowerCapError, PowerCapRun, PowerLimits, journal_path
 from energy_core.power.journal_entry import process_start
 from tests.helpers.lightning_models import flavour, make_module, regression_data
-from tests.helpers.shared_machine import PREVIOUS_MW, admin_limit, board, journal_entries, limits_set
+from tests.helpers.shared_machine import PREVIOUS_MW, admin_limit, board, journal_entries, limits_set, plant
 
 pl = flavour("lightning.pytorch")
 GONE = 2**30 + 7  # a pid no process has
@@ -29,12 +28,6 @@ def sim(sim_gpus):
     sim = sim_gpus(board())
     admin_limit(sim)
     return sim
-
-
-def plant(**entries: dict) -> None:
-    path = journal_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(entries))
 
 
 def left_capped(sim, mw: int = 250_000) -> dict:

@@ -12,12 +12,14 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from energy_core.power import PowerCapError, PowerCapRun
+from energy_core.power.board_lock import lock_name
 from energy_core.report.cli import main as report_main
 from tests.helpers.shared_machine import (
     DEADLINE_S,
@@ -235,3 +237,72 @@ def test_a_run_that_ignores_sighup_keeps_its_cap(sticky) -> None:
     stop.touch()
     output, _ = child.communicate(timeout=DEADLINE_S)
     assert child.returncode == 0 and limit_of(state) == PREVIOUS_MW, output
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("first_to_end", ["user", "root"])
+def test_two_users_capping_one_gpu_leave_the_administrator_limit(other_user, sticky, monkeypatch, first_to_end) -> None:
+    """Issue 25, item 2: a user with CAP_SYS_ADMIN caps the board at 250 W (its journal in its
+    home), then root asks for 200 W (root's journal). Root used to take 250 W for the limit
+    before its cap: when the user ended first, the board went back to 350 W while root still
+    reported a 200 W cap, and when root ended, the board stayed at 250 W for good. The board
+    is held across users now: root leaves it to the user's cap and says so."""
+    monkeypatch.setenv("ENERGY_CALLBACKS_BOARD_LOCKS", str(sticky))  # shared by every user, sticky, like /dev/shm
+    driver = sticky / "driver"
+    driver.mkdir()
+    driver.chmod(0o777)  # the simulated driver's limits, which both processes may set
+    state = driver_state(driver / "driver.json")
+    state.chmod(0o666)
+    uid, gid = other_user
+    home = sticky / "home"
+    env = _user_env(other_user, sticky, None)  # the user's own journal, in its home
+    runs = {
+        "user": (home / "user.json", home / "stop-user", ["--as", f"{uid}:{gid}", "--cap-sys-admin", "--watts", "250"]),
+        "root": (sticky / "root.json", sticky / "stop-root", ["--watts", "200"]),
+    }
+    children = {}
+    for name, (status, stop, options) in runs.items():
+        children[name] = cap_runner(state, status, *options, "--stop", str(stop), env=env if name == "user" else None)
+        wait_for(
+            lambda status=status: (read_json(status) or {}).get("steps", 0) >= 5, f"{name}'s steps", children[name]
+        )
+    user, root = read_json(runs["user"][0]), read_json(runs["root"][0])
+    assert user["uid"] == uid and user["cap_w"] == 250.0 and limit_of(state) == 250_000
+    (busy,) = root["notices"]
+    assert busy.startswith(
+        f"Already capped by another run on this host: GPU 0 (GPU-child) at 250 W by pid {user['pid']} (uid {uid})."
+    )
+    assert root["cap_w"] is None  # what root reports is what the board carries: the user's cap, not root's
+    then = "root" if first_to_end == "user" else "user"
+    for name, board_after in ((first_to_end, 250_000 if first_to_end == "root" else PREVIOUS_MW), (then, PREVIOUS_MW)):
+        status, stop, _ = runs[name]
+        stop.touch()
+        output, _ = children[name].communicate(timeout=DEADLINE_S)
+        assert children[name].returncode == 0 and read_json(status)["finished"], output
+        assert limit_of(state) == board_after, output
+    assert journal_entries() == {}
+
+
+def test_a_lock_held_by_a_user_who_cannot_set_limits_keeps_no_run_from_its_cap(
+    other_user, sticky, sim_gpus, monkeypatch
+) -> None:
+    """Any user can lock a file they can read: a holder that could not set a power limit is
+    not a run, and does not keep root's run from capping (one message names it)."""
+    sim = sim_gpus(board())
+    admin_limit(sim)
+    monkeypatch.setenv("ENERGY_CALLBACKS_BOARD_LOCKS", str(sticky))
+    stop = sticky / "stop-holding"
+    holder = attacker(other_user, ["hold", str(sticky / lock_name("GPU-1")), str(stop)], wait=False)
+    assert isinstance(holder, subprocess.Popen)
+    try:
+        assert holder.stdout.readline().startswith("ok hold"), holder.communicate()[0]
+        run = PowerCapRun(watts=250)
+        notices = [n.text for n in run.start()]
+        said = f"is locked by pid {holder.pid} of uid {other_user[0]}, which cannot set power limits"
+        assert len([n for n in notices if said in n]) == 1, notices
+        assert run.cap_w == 250.0 and sim.limit_mw(sim.gpus[0]) == 250_000
+        run.finish()
+    finally:
+        stop.touch()
+        holder.communicate(timeout=DEADLINE_S)
+    assert limits_set(sim) == [PREVIOUS_MW, 250_000, PREVIOUS_MW] and journal_entries() == {}

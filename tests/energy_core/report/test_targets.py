@@ -3,6 +3,7 @@ plot read back by its data; the records come from targets on simulated GPUs of k
 
 from __future__ import annotations
 
+import io
 import json
 
 import matplotlib
@@ -12,7 +13,8 @@ from PIL import Image
 from energy_core import J_PER_KWH, MeasureOptions, Ranks, TargetRule
 from energy_core.report import targets
 from energy_core.report.cli import main
-from energy_core.report.plots import TITLES
+from energy_core.report.plots import TITLES, plot_runs
+from energy_core.report.runs import Run
 from energy_core.target.run import TargetRun
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import ManualClock, SimGpu
@@ -67,7 +69,7 @@ def test_the_column_gives_each_runs_energy_to_its_target(two_setups, tmp_path, c
 
 def test_the_plot_draws_each_run_against_its_energy_with_the_target(two_setups, tmp_path) -> None:
     (big, big_kwh), (small, small_kwh) = two_setups
-    runs = [(path.stem, [json.loads(x) for x in path.read_text().splitlines()]) for path in (big, small)]
+    runs = [(path.stem, Run.of(json.loads(x) for x in path.read_text().splitlines())) for path in (big, small)]
     figure = targets.metric_figure(plt, runs)
     (axes,) = figure.axes
     curves = [line for line in axes.lines if line.get_linestyle() == "-"]
@@ -81,9 +83,9 @@ def test_the_plot_draws_each_run_against_its_energy_with_the_target(two_setups, 
     assert list(dashed.get_ydata()) == [0.9, 0.9]  # the common target
     assert axes.get_title() == "Metric against energy" and axes.get_ylabel() == "val_acc"
     plt.close(figure)
-    written = targets.plot(plt, runs, tmp_path)
-    assert written == [tmp_path / "metric_vs_kwh.png"] and TITLES["metric_vs_kwh.png"] == "Metric against energy"
-    assert Image.open(written[0]).text["Title"] == "Metric against energy"
+    drawn = dict(plot_runs(runs))
+    assert "metric_vs_kwh.png" in drawn and TITLES["metric_vs_kwh.png"] == "Metric against energy"
+    assert Image.open(io.BytesIO(drawn["metric_vs_kwh.png"])).text["Title"] == "Metric against energy"
 
 
 def test_names_from_a_record_are_shown_plain_and_bad_lines_are_left_out(tmp_path, sim_gpus) -> None:
@@ -95,9 +97,9 @@ def test_names_from_a_record_are_shown_plain_and_bad_lines_are_left_out(tmp_path
         for odd in ({"energy_kwh": "lots", "value": 1.0}, {"energy_kwh": 1.0, "value": 1.0, "metric": 7},
                     {"energy_kwh": 1.0, "value": True}):  # fmt: skip
             file.write(json.dumps({"type": "target", "run": run, "metric": metric, "target": 0.9, **odd}) + "\n")
-    lines = [json.loads(x) for x in path.read_text().splitlines()]
-    found = targets.evaluations(lines)
+    run = Run.of(json.loads(x) for x in path.read_text().splitlines())
+    found = targets.evaluations(run)
     assert len(found) == 3 and found[-1]["value"] is None  # a bool is not a value; "lots" is not an energy
-    cell = targets.energy_to_target(lines)
-    assert cell.startswith("not reached (acc[31mxxx") and "\x1b" not in cell and "\x07" not in cell
+    cell = targets.energy_to_target(run)
+    assert cell.startswith("not reached (acc\\x1b[31m\\x07xxx") and "\x1b" not in cell and "\x07" not in cell
     assert cell.endswith("… >= 0.9; best 0.4)")

@@ -18,6 +18,7 @@ from energy_core.output.record import read_runs
 from energy_core.report import cli as report
 from energy_core.report import plots as report_plots
 from energy_core.report import when as report_when
+from energy_core.report.runs import Run
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import ManualClock, SimGpu
 from tests.helpers.manual import manual_run
@@ -49,7 +50,7 @@ def two_hour_run(tmp_path: Path, sim_gpus, **options: object) -> Path:
 
 def test_the_same_run_started_at_each_hour_of_a_series(tmp_path, sim_gpus) -> None:
     record = two_hour_run(tmp_path, sim_gpus, pue=1.5, carbon_intensity_g_per_kwh=250.0)
-    run = read_runs(record)[0][0]
+    run = Run.of(read_runs(record)[0][0])
     hour_kwh = GPU_W * 3600 / J_PER_KWH
     assert sum(s.kwh for s in report_when.slices(run)) == pytest.approx(2 * hour_kwh, rel=1e-3)
     rows = report_when.started_at_other_hours(run, Series(day_series(tmp_path / "day.csv"), "series", "g/kWh"))
@@ -79,7 +80,7 @@ def test_energy_report_shows_the_hours_and_the_intensity_curve(tmp_path, sim_gpu
     width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and width > 600 and height > 300
     assert b"Grid intensity against power" in png  # its title, stored as a text chunk
-    curve = report_plots.series(read_runs(record)[0][0])  # what the plot draws
+    curve = report_plots.series(Run.of(read_runs(record)[0][0]))  # what the plot draws
     assert curve["intensity"][:5] == [100.0] * 5 and curve["intensity"][-5:] == [300.0] * 5
     assert curve["seconds"][-1] / 3600 == pytest.approx(2.0, abs=1e-6)
 
@@ -97,3 +98,25 @@ def test_a_bad_intensity_series_is_one_message(tmp_path, sim_gpus, capsys) -> No
     (tmp_path / "bad.csv").write_text("datetime,g\n2026-06-01T00:00:00,100\n")
     assert report.main([str(record), "--intensity-series", str(tmp_path / "bad.csv")]) == 2
     assert "--intensity-series: line 2" in capsys.readouterr().err
+
+
+def test_a_time_shifted_run_shows_when_it_computed(tmp_path, sim_gpus, monkeypatch) -> None:
+    """The record of a paused job (the manual-clock job of tests/energy_core/shift) gives the stretches the
+    intensity plot shades: from the start to the pause, and from the resume to the end."""
+    from energy_core import TimeShiftRun
+    from energy_core.report.runs import Run
+    from energy_core.report.when import computing
+    from tests.energy_core.shift.manual_job import HOUR, STEP_S, STEPS, Job, deadline_in
+
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    loop = job.start(TimeShiftRun(deadline=deadline_in(6), mode="pause"))
+    with loop:
+        job.wait_first_reading()
+        job.train(loop, STEPS)
+    (lines,) = read_runs(job.record)[0]
+    stretches = computing(Run.of(lines))
+    assert [(round(a, 6), round(b, 6)) for a, b in stretches] == [(0.0, 3 * STEP_S), (2 * HOUR, job.step_times[-1])]
+    out = tmp_path / "report"
+    assert report.main([str(job.record), "--out", str(out)]) == 0
+    assert (out / "intensity_vs_power.png").exists()
+    assert computing(Run.of(line for line in lines if line["type"] != "shift")) == []  # never paused: no shading

@@ -1,13 +1,109 @@
-"""The sampler's ring buffer and the meter's marks: exact figures on a manual clock."""
+"""The sampler and the meter's marks: the ring buffer and marks with exact figures on a manual clock, and
+the sampler never holding the caller longer than `DRIVER_WAIT_S` for a driver call: at start, at stop,
+and at a start after a read that has not returned (another stage of the same run).
+
+A source whose read blocks until the test releases it stands in for a hung driver call;
+the bound is shortened to keep the tests short. Each test releases the read and joins the
+thread it left, as the conftest requires.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
+from energy_core.devices import EnergySource, Reading, SourceInfo, deadline
 from energy_core.sampling.meter import EnergyMeter
-from energy_core.sampling.sampler import SampleBuffer
+from energy_core.sampling.sampler import Mark, SampleBuffer, Sampler
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import ManualClock, SimGpu
+
+BOUND_S = 0.3
+PATIENCE_S = 60.0  # how long a test waits for the sampler thread on a loaded machine
+
+
+class Blocking(EnergySource):
+    """A counter of 100 J per read that blocks, from its ``hang_from``-th read on, until released."""
+
+    info = SourceInfo(name="gpu0", kind="gpu", method="test")
+
+    def __init__(self, hang_from: int) -> None:
+        self.hang_from = hang_from
+        self.reads = 0
+        self.release = threading.Event()
+
+    def read(self, now: float) -> Reading:
+        self.reads += 1
+        if self.reads >= self.hang_from:
+            self.release.wait()
+        return Reading(joules=100.0 * self.reads)
+
+
+@pytest.fixture
+def short_bound(monkeypatch):
+    monkeypatch.setattr(deadline, "DRIVER_WAIT_S", BOUND_S)
+
+
+def samplers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "energy-sampler"]
+
+
+def until(condition, what: str) -> None:
+    end = time.monotonic() + PATIENCE_S
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def test_a_first_reading_that_hangs_does_not_hold_the_start(short_bound) -> None:
+    source = Blocking(hang_from=1)
+    sampler = Sampler([source], 0.01)
+    try:
+        assert sampler.start() is False and sampler.running and sampler.hung  # back after the bound
+        assert len(sampler.buffer) == 0
+        assert sampler.stop() is False  # known hung: not waited for again
+        assert sampler.start() is False and len(samplers()) == 1  # another stage: the same thread, no new wait
+        source.release.set()  # the driver answers at last: the thread takes up its readings
+        until(lambda: len(sampler.buffer) >= 3, "readings after the release")
+        assert not sampler.hung
+    finally:
+        source.release.set()
+        assert sampler.stop() is True
+    assert samplers() == []
+
+
+def test_a_read_that_hangs_mid_run_holds_neither_the_end_nor_the_next_stage(short_bound) -> None:
+    source = Blocking(hang_from=5)
+    sampler = Sampler([source], 0.01)
+    try:
+        assert sampler.start() is True
+        until(lambda: source.reads >= 5, "the read that hangs")
+        mark = Mark(sampler.clock())
+        sampler.watch_mark(mark)
+        assert sampler.stop() is False  # waited for at most the bound: the figures end at the last reading
+        assert sampler.start() is False  # the next stage starts at once, on the thread left in the read
+        assert sampler.stop() is False and len(samplers()) == 1
+        assert mark.joules is None
+        assert sampler.start() is False
+        source.release.set()
+        until(lambda: mark.joules is not None, "the mark fixed by the readings that resume")
+        assert mark.joules[0] == pytest.approx(500.0, abs=100.0)  # between the 4th reading and the next ones
+    finally:
+        source.release.set()
+        assert sampler.stop() is True
+    assert samplers() == []
+
+
+def test_a_start_covers_the_first_mark_and_a_stop_takes_a_last_reading() -> None:
+    source = Blocking(hang_from=10**9)
+    sampler = Sampler([source], 60.0)  # no reading of its own between the two
+    assert sampler.start() is True and len(sampler.buffer) == 1  # taken before start() returns
+    mark = Mark(sampler.clock())
+    sampler.watch_mark(mark)
+    assert sampler.stop() is True and samplers() == []
+    assert len(sampler.buffer) == 2 and mark.joules is not None and mark.joules[0] == pytest.approx(100.0, abs=100.0)
 
 
 def test_ring_buffer_keeps_the_newest_rows_and_interpolates() -> None:

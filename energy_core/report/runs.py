@@ -1,0 +1,151 @@
+"""A run as `energy-report` reads it: what the tables and plots need, kept compact.
+
+A record file is read one line at a time (`energy_core.output.record.record_lines`: damaged
+lines are skipped and named). Of each run the report keeps the header, the last summary, the
+last power cap and the cumulative figures at each boundary (window, epoch and summary lines)
+as columns of floats, some 60 bytes a boundary: a report on a file of a few hundred MB holds
+a few tens of MB, not several times the file.
+
+Example:
+    >>> run = Run.of([{"type": "header", "time": 0.0, "carbon": {"pue": 1.0}},
+    ...               {"type": "window", "step": 5, "elapsed_s": 3600.0, "metrics": {"energy/total_kwh": 2.0}}])
+    >>> run.points.kwh.tolist(), run.kwh
+    ([2.0], 2.0)
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from energy_core.carbon.run_factors import CARBON
+from energy_core.output import keys
+from energy_core.output.record import EPOCH, FACTOR, POWER_CAP, SHIFT, SUMMARY, TARGET, WINDOW, record_lines
+
+BOUNDARIES = (WINDOW, EPOCH, SUMMARY)
+NAN = math.nan
+
+
+def figure(values: Any, key: str) -> float | None:
+    """A number from a line's object (None when absent or null)."""
+    value = values.get(key) if isinstance(values, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass
+class Points:
+    """The run's boundaries in order, one column per figure (NaN where a line has none)."""
+
+    kind: array = field(default_factory=lambda: array("b"))  # index in BOUNDARIES
+    step: array = field(default_factory=lambda: array("d"))
+    seconds: array = field(default_factory=lambda: array("d"))  # training seconds so far
+    kwh: array = field(default_factory=lambda: array("d"))
+    watts: array = field(default_factory=lambda: array("d"))
+    intensity: array = field(default_factory=lambda: array("d"))
+    loss: array = field(default_factory=lambda: array("d"))
+
+    def add(self, line: dict[str, Any]) -> None:
+        metrics = line.get("metrics") or {}
+        seconds = figure(line, "elapsed_s") if line["type"] != SUMMARY else figure(line, "seconds")
+        extra = line.get("extra") or {}
+        losses = [loss for k in extra if "loss" in k and (loss := figure(extra, k)) is not None]
+        self.kind.append(BOUNDARIES.index(line["type"]))
+        self.step.append(_or_nan(figure(line, "step")))
+        self.seconds.append(_or_nan(seconds))
+        self.kwh.append(_or_nan(figure(metrics, keys.TOTAL_KWH)))
+        self.watts.append(_or_nan(figure(metrics, keys.TOTAL_W)))
+        self.intensity.append(_or_nan(figure(metrics, keys.INTENSITY)))
+        self.loss.append(losses[0] if losses else NAN)
+
+    def rows(self, *kinds: str) -> list[int]:
+        """The indices of the boundaries of these kinds."""
+        wanted = {BOUNDARIES.index(k) for k in kinds}
+        return [i for i, k in enumerate(self.kind) if k in wanted]
+
+
+def _or_nan(value: float | None) -> float:
+    return NAN if value is None else value
+
+
+@dataclass
+class Run:
+    """One run of a record.
+
+    Attributes:
+        header: Its header line.
+        summary: Its last summary line (None: crashed or still running).
+        metrics: The metrics of its last boundary (summary, else window or epoch).
+        caps: Each GPU's cap of its last ``power_cap`` line.
+        points: Its boundaries.
+        targets: Its ``target`` lines, one per evaluation a target watched.
+        shifts: Its ``shift`` lines (a time shift's plans, pauses, resumes, requeues).
+        intensities: (unix time from which it held, g/kWh) of every carbon intensity it was charged at.
+        last_time: The unix time of its last line.
+    """
+
+    header: dict[str, Any]
+    summary: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    caps: list[dict[str, Any]] = field(default_factory=list)
+    points: Points = field(default_factory=Points)
+    targets: list[dict[str, Any]] = field(default_factory=list)
+    shifts: list[dict[str, Any]] = field(default_factory=list)
+    intensities: list[tuple[float, float]] = field(default_factory=list)
+    last_time: float = NAN
+
+    def add(self, line: dict[str, Any]) -> None:
+        kind = line["type"]
+        when = figure(line, "time")
+        if when is not None and not when <= self.last_time:  # NaN before the first
+            self.last_time = when
+        if kind == SHIFT:
+            self.shifts.append(line)
+        if kind == FACTOR and line.get("factor") == CARBON:
+            since, value = figure(line, "since"), figure(line, "value")
+            if since is not None and value is not None:
+                self.intensities.append((since, value))
+        if kind == POWER_CAP:
+            self.caps = line.get("caps") or []
+        if kind == TARGET:
+            self.targets.append(line)
+        if kind not in BOUNDARIES:
+            return
+        if kind == SUMMARY:
+            self.summary = line
+        if isinstance(line.get("metrics"), dict) and (kind == SUMMARY or self.summary is None):
+            self.metrics = line["metrics"]
+        self.points.add(line)
+
+    @classmethod
+    def of(cls, lines: Iterable[dict[str, Any]]) -> Run:
+        """A run from its lines, header first (`energy_core.read_runs` gives them)."""
+        found = iter(lines)
+        run = cls(next(found))
+        for line in found:
+            run.add(line)
+        return run
+
+    @property
+    def kwh(self) -> float:
+        """Its total energy (0 when it logged none)."""
+        return figure(self.metrics, keys.TOTAL_KWH) or 0.0
+
+
+def read(path: Path) -> tuple[list[Run], list[str]]:
+    """The runs of a record file and notes on the lines skipped, the file read one line at a time."""
+    runs: list[Run] = []
+    notes: list[str] = []
+    for item in record_lines(path):
+        if isinstance(item, str):
+            notes.append(item)
+            continue
+        index, line = item
+        if index == len(runs):  # a header opens each run
+            runs.append(Run(line))
+        else:
+            runs[index].add(line)
+    return runs, notes

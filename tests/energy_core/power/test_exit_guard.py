@@ -1,0 +1,77 @@
+"""The exit guard acts only in the process that installed it, and a signal that ends the process
+ends it as the signal would have.
+
+Forked DataLoader workers inherit the guard's handlers: on Ctrl-C (SIGINT to the whole
+process group) each worker used to set the power limit itself, and SIGTERM ended the run
+with status 1 instead of dying by the signal (143 in a shell).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+from tests.helpers.shared_machine import PREVIOUS_MW, journal_entries
+
+PATIENCE_S = 120.0
+
+
+def capped_run(tmp_path: Path, workers: int) -> tuple[subprocess.Popen, Path]:
+    """A capped Lightning run (its own process group, like a job in a terminal), once its cap is in force."""
+    state = tmp_path / "driver.json"
+    state.write_text(json.dumps({"GPU-child": PREVIOUS_MW}))
+    command = [sys.executable, "-m", "tests.scripts.power_cap_child", str(state), "lightning", f"--workers={workers}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + PATIENCE_S
+    while json.loads(state.read_text())["GPU-child"] != 250_000 or not workers_of(child.pid, workers):
+        assert child.poll() is None, child.communicate()[0]
+        assert time.monotonic() < deadline, "the run never capped its GPU and started its workers"
+        time.sleep(0.05)
+    return child, state
+
+
+def workers_of(pid: int, count: int) -> bool:
+    """Whether ``pid`` has ``count`` child processes (its DataLoader workers) yet."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return False
+    return len(children) >= count
+
+
+def who_set(state: Path) -> list[tuple[int, int]]:
+    """(pid, mW) of every limit the simulated driver was asked to set."""
+    log = Path(f"{state}.sets")
+    return [tuple(map(int, line.split())) for line in log.read_text().splitlines()]  # type: ignore[misc]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_a_signal_to_the_process_group_restores_once_from_the_process_that_capped(tmp_path, signum) -> None:
+    child, state = capped_run(tmp_path, workers=2)
+    os.killpg(child.pid, signum)  # what a terminal's Ctrl-C, or a scheduler's kill of the job, does
+    output, _ = child.communicate(timeout=PATIENCE_S)
+    assert who_set(state) == [(child.pid, 250_000), (child.pid, PREVIOUS_MW)], output  # no worker touched the limit
+    assert json.loads(state.read_text())["GPU-child"] == PREVIOUS_MW and journal_entries() == {}, output
+    if signum == signal.SIGTERM:
+        assert child.returncode == -signal.SIGTERM, output  # died by the signal: 143 in a shell, as without a cap
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_restores_then_ends_the_process_by_the_signal(tmp_path) -> None:
+    child, state = capped_run(tmp_path, workers=0)
+    child.send_signal(signal.SIGTERM)
+    output, _ = child.communicate(timeout=PATIENCE_S)
+    assert child.returncode == -signal.SIGTERM, output
+    assert who_set(state) == [(child.pid, 250_000), (child.pid, PREVIOUS_MW)], output
+    assert journal_entries() == {}

@@ -1,0 +1,223 @@
+"""energy-report on what another user could have written: damaged lines, escape sequences, planted links.
+
+Records sit in shared folders and root reads them. Each test writes a real record (two runs
+of real trackers appending to one file, on a simulated GPU), then damages it or the folder
+beside it the way another user could (files and links handed to uid 65534 with ``chown``),
+and runs ``energy-report`` in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from energy_core import EnergyTracker
+from energy_core.output import keys
+from energy_core.report.cli import main
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
+from tests.helpers.records import read_record
+
+OTHER_UID = 65534  # nobody: the other user
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Path:
+    """A world-writable sticky folder, like /tmp or a team's scratch space."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o1777)
+    return folder
+
+
+def two_runs(path: Path, sim_gpus) -> list[dict]:
+    """Two runs on one record file (a 200 W and a 300 W board), each with windows, a cap line and a summary."""
+    sim_gpus(SimGpu("GPU-1", Constant(200.0)), SimGpu("GPU-2", Constant(300.0)))
+    for gpu in (0, 1):
+        tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.02, country="FRA", record_path=path)
+        tracker.meter.assign([gpu], node_devices=False)
+        tracker.start_fit(0)
+        tracker.write_record("power_cap", event="applied", caps=[{"gpu": gpu, "cap_w": 150.0}], table=None)
+        for step in (1, 2):
+            tracker.add_batch(torch.ones(8, 4))
+            time.sleep(0.15)
+            tracker.window(step, extra={"loss": 1.0 / step})
+        tracker.end_fit(2)
+        tracker.close()
+    return read_record(path)
+
+
+def lines_of(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def replace_line(path: Path, number: int, text: str) -> None:
+    lines = lines_of(path)
+    lines[number - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def edited(line: str, change) -> str:
+    entry = json.loads(line)
+    change(entry)
+    return json.dumps(entry)
+
+
+def second_summary_line(path: Path) -> int:
+    return max(i for i, line in enumerate(lines_of(path), 1) if '"type": "summary"' in line)
+
+
+# (what is damaged, which line: "summary" = the second run's summary, or a line number; the new text)
+CORRUPTIONS = {
+    "nested 100,000 deep": ("summary", lambda line: "[" * 100_000 + "]" * 100_000),
+    "a list as run id": ("summary", lambda line: edited(line, lambda e: e.update(run=["x"]))),
+    "carbon as a string": ("summary", lambda line: edited(line, lambda e: e.update(carbon="lots"))),
+    "metrics as a list": ("summary", lambda line: edited(line, lambda e: e.update(metrics=[1, 2]))),
+    "cap_w as a string": ("cap", lambda line: edited(line, lambda e: e["caps"][0].update(cap_w="150"))),
+    "mean_power_w as a string": ("summary", lambda line: edited(line, lambda e: e.update(mean_power_w="300"))),
+    "a number of 400 digits": ("summary", lambda line: edited(line, lambda e: e.update(seconds=10**400))),
+    "NaN, which JSON does not have": ("summary", lambda line: line.replace('"seconds": ', '"seconds": NaN, "x": ')),
+    "a line of 2 MiB": ("summary", lambda line: line[:-1] + ', "pad": "' + "x" * (2 << 20) + '"}'),
+    "half a line": ("summary", lambda line: line[: len(line) // 2]),
+    "a JSON list": ("summary", lambda line: "[1, 2, 3]"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(CORRUPTIONS))
+def test_a_damaged_line_is_named_and_every_good_run_is_reported(shared, sim_gpus, capsys, damage) -> None:
+    # 7 of these killed the whole report with a traceback (RecursionError, TypeError, ValueError).
+    record = shared / "runs.jsonl"
+    good = two_runs(record, sim_gpus)
+    where, change = CORRUPTIONS[damage]
+    caps = [i for i, line in enumerate(lines_of(record), 1) if '"type": "power_cap"' in line]
+    number = second_summary_line(record) if where == "summary" else caps[1]
+    replace_line(record, number, change(lines_of(record)[number - 1]))
+    assert main([str(record)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    first_kwh = [x for x in good if x["type"] == "summary"][0]["metrics"][keys.TOTAL_KWH]
+    assert f"{first_kwh:.6g}" in out  # the first run, whole
+    assert "shared/runs#2" in out  # the second run, as far as its good lines go
+    assert f"runs.jsonl: line {number} " in out and "skipped" in out  # the bad line, named
+    assert (shared / "runs.report" / "report.html").is_file()
+
+
+def test_a_null_figure_is_shown_as_none(shared, sim_gpus, capsys) -> None:
+    record = shared / "runs.jsonl"
+    two_runs(record, sim_gpus)
+    number = second_summary_line(record)  # co2e null: what the writer writes for a figure it cannot give
+    replace_line(
+        record, number, edited(lines_of(record)[number - 1], lambda e: e["metrics"].update({keys.CO2E_KG: None}))
+    )
+    assert main([str(record)]) == 0
+    out = capsys.readouterr().out
+    assert "note:" not in out and "completed" in out
+
+
+def test_escape_sequences_in_a_record_never_reach_the_terminal_or_the_page(shared, sim_gpus, capsys) -> None:
+    record = shared / "runs.jsonl"
+    two_runs(record, sim_gpus)
+    number = second_summary_line(record)
+    hostile = "\x1b[2J\x1b]0;owned\x07\x9b31m\u202e"  # clear screen, window title, C1 CSI, right-to-left override
+
+    def plant(entry: dict) -> None:
+        entry["status"] = "completed" + hostile
+        entry["carbon"]["source"] = "grid" + hostile
+
+    replace_line(record, number, edited(lines_of(record)[number - 1], plant))
+    assert main([str(record)]) == 0
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\x07\x9b\u202e")
+    assert "completed\\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\u202e" in " ".join(out.split())  # shown, as text
+    page = (shared / "runs.report" / "report.html").read_text()
+    assert not any(c in page for c in "\x1b\x07\x9b\u202e") and "grid\\x1b[2J" in page
+
+
+def test_an_existing_file_named_record_report_leads_to_a_fresh_folder(shared, sim_gpus, capsys) -> None:
+    record = shared / "runs.jsonl"
+    two_runs(record, sim_gpus)
+    (shared / "runs.report").write_text("not a folder")  # gave FileExistsError
+    assert main([str(record)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    [fresh] = [p for p in shared.iterdir() if p.name.startswith("runs.report-")]
+    assert (fresh / "report.html").is_file() and (fresh / "energy_vs_step.png").is_file()
+    assert f"the report is in {fresh} instead" in out and (shared / "runs.report").read_text() == "not a folder"
+
+
+def test_links_planted_in_another_users_report_folder_are_not_followed(shared, sim_gpus, capsys, tmp_path) -> None:
+    # Root's energy-report wrote through run.report/report.html -> /root/victim.txt (and a plot's name).
+    record = shared / "runs.jsonl"
+    two_runs(record, sim_gpus)
+    victims = [tmp_path / "victim.txt", tmp_path / "victim.png"]
+    for victim in victims:
+        victim.write_text("precious")
+    planted = shared / "runs.report"
+    planted.mkdir()
+    (planted / "report.html").symlink_to(victims[0])
+    (planted / "energy_vs_step.png").symlink_to(victims[1])
+    for path in (planted, planted / "report.html", planted / "energy_vs_step.png"):
+        os.lchown(path, OTHER_UID, OTHER_UID)
+    assert main([str(record)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert [v.read_text() for v in victims] == ["precious", "precious"]
+    assert f"owned by uid {OTHER_UID}, not you" in out
+    [fresh] = [p for p in shared.iterdir() if p.name.startswith("runs.report-")]
+    assert (fresh / "report.html").is_file() and not (fresh / "report.html").is_symlink()
+    assert fresh.stat().st_uid == os.geteuid() and fresh.stat().st_mode & 0o077 == 0  # made by mkdtemp: 0700
+
+
+def test_a_link_in_a_folder_of_ones_own_is_refused_not_followed(shared, sim_gpus, capsys, tmp_path) -> None:
+    record = shared / "runs.jsonl"
+    two_runs(record, sim_gpus)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    mine = shared / "runs.report"
+    mine.mkdir(mode=0o755)
+    (mine / "report.html").symlink_to(victim)
+    assert main([str(record)]) == 2  # the page could not be written
+    err = " ".join(capsys.readouterr().err.split())
+    assert "report.html in" in err and "a link is not followed" in err and victim.read_text() == "precious"
+    assert (mine / "energy_vs_step.png").is_file()  # the other files are written
+
+
+@pytest.mark.parametrize("owner", ["another user", "writable by others"])
+def test_out_must_be_a_folder_of_ones_own(shared, sim_gpus, capsys, owner) -> None:
+    record = shared / "runs.jsonl"
+    two_runs(record, sim_gpus)
+    out_dir = shared / "out"
+    out_dir.mkdir()
+    if owner == "another user":
+        os.chown(out_dir, OTHER_UID, OTHER_UID)
+    else:
+        out_dir.chmod(0o777)
+    assert main([str(record), "--out", str(out_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a folder of yours alone" in err and "nothing written" in err and list(out_dir.iterdir()) == []
+
+
+def test_a_folder_writable_by_ones_own_group_is_ones_own(shared, sim_gpus) -> None:
+    # (umask 002 with a group per user: every folder a user makes is group-writable)
+    record = shared / "runs.jsonl"
+    two_runs(record, sim_gpus)
+    out_dir = shared / "out"
+    out_dir.mkdir()
+    os.chown(out_dir, os.geteuid(), os.getegid())
+    out_dir.chmod(0o775)
+    assert main([str(record), "--out", str(out_dir)]) == 0
+    assert (out_dir / "report.html").is_file()
+
+
+def test_a_fifo_given_as_a_record_is_not_read(shared, capsys) -> None:
+    fifo = shared / "runs.jsonl"
+    os.mkfifo(fifo)
+    assert main([str(fifo)]) == 1  # not opened: reading a FIFO would wait for a writer for ever
+    assert "not a regular file" in capsys.readouterr().err

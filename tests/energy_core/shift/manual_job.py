@@ -1,0 +1,86 @@
+"""A training job on a manual clock for time-shift tests: real hours of a simulated GPU that draws
+300 W while training and 60 W while paused, priced on an hourly series, with no waiting."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+
+import energy_core.output.record
+import energy_core.tracker
+from energy_core import J_PER_KWH, EnergyLoop, TimeShiftRun
+from energy_core.accounting import accounts
+from tests.doubles.power_traces import Switched
+from tests.doubles.sim_nvml import ManualClock, SimGpu
+from tests.helpers.grid_series import write_csv
+
+BASE = datetime(2030, 1, 7, tzinfo=timezone.utc)  # the unix clock of these tests: BASE + the manual clock
+HOUR = 3600.0
+BUSY_W, IDLE_W = 300.0, 60.0
+STEP_S = 36.0  # 100 steps an hour
+READ_S = 4.0  # the sampler's readings: every switch of power falls on one
+DIRTY, CLEAN = 500.0, 80.0
+HOURS = [DIRTY, DIRTY, CLEAN, CLEAN, DIRTY, DIRTY]  # the grid: clean from 2 h to 4 h
+STEPS = 150  # 1.5 h of training
+
+
+def kg(watts: float, seconds: float, g_per_kwh: float) -> float:
+    return watts * seconds / J_PER_KWH * g_per_kwh / 1000.0
+
+
+class Job:
+    """A training job on a simulated GPU, a manual clock and an hourly series."""
+
+    def __init__(self, sim_gpus, monkeypatch, tmp_path, hours: list[float] = HOURS) -> None:
+        self.clock = ManualClock(start=0.0)
+        self.trace = Switched(BUSY_W)
+        sim_gpus(SimGpu("GPU-1", self.trace, counter_period_s=0.02, power_average_s=0.0), clock=self.clock)
+        unix = SimpleNamespace(time=lambda: BASE.timestamp() + self.clock.now)  # one timeline for every figure
+        monkeypatch.setattr(accounts, "time", unix)
+        monkeypatch.setattr(energy_core.tracker, "time", unix)
+        monkeypatch.setattr(energy_core.output.record, "time", unix)
+        self.series = tmp_path / "grid.csv"
+        write_csv(self.series, [(BASE + timedelta(hours=h), v) for h, v in enumerate(hours)])
+        self.record = tmp_path / "energy.jsonl"
+        self.loop: EnergyLoop | None = None
+        self.step_times: list[float] = []
+
+    def start(self, shift: TimeShiftRun | None, **options) -> EnergyLoop:
+        options = {"carbon_intensity_series": str(self.series), **options}
+        self.loop = loop = EnergyLoop(devices=["gpu"], sample_interval_s=60, record_path=str(self.record),
+                                      time_shift=shift, log_every_n_steps=10, total_steps=STEPS, **options)  # fmt: skip
+        loop.tracker.meter.clock = self.clock
+        if shift is not None:
+            shift.sleep = self.idle
+        return loop
+
+    def wait_first_reading(self) -> None:
+        deadline = time.monotonic() + 30
+        while len(self.loop.tracker.meter.sampler.buffer) == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def advance(self, seconds: float) -> None:
+        for _ in range(round(seconds / READ_S)):
+            self.clock.advance(READ_S)
+            self.loop.tracker.meter.sampler.sample_once()
+
+    def train_step(self) -> None:
+        self.trace.set(self.clock.now, BUSY_W)
+        self.advance(STEP_S)
+        self.step_times.append(self.clock.now)
+
+    def idle(self, seconds: float) -> None:
+        self.trace.set(self.clock.now, IDLE_W)
+        self.advance(seconds)
+
+    def train(self, loop: EnergyLoop, steps: int) -> None:
+        for _ in range(steps):
+            self.train_step()
+            loop.step()
+            if loop.should_stop:
+                break
+
+
+def deadline_in(hours: float) -> datetime:
+    return BASE + timedelta(hours=hours)

@@ -1,0 +1,199 @@
+"""TimeShiftRun through EnergyLoop, on a manual clock: real hours of a simulated GPU that draws
+300 W while training and 60 W while paused, priced on an hourly series.
+
+The job pauses through the dirty hours, trains in the clean ones and ends before its deadline;
+its CO2e, the time paused and the CO2e saved equal the integrals of the power trace and the
+series (within the counter's period); a requeue exits with 75 and a restart carries the plan on.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from energy_core import TimeShiftRun
+from tests.energy_core.shift.manual_job import (
+    BASE,
+    BUSY_W,
+    CLEAN,
+    DIRTY,
+    HOUR,
+    IDLE_W,
+    STEP_S,
+    STEPS,
+    Job,
+    deadline_in,
+    kg,
+)
+from tests.helpers.records import read_record
+
+
+def test_pause_mode_trains_in_the_clean_hours_and_saves_what_it_says(sim_gpus, monkeypatch, tmp_path) -> None:
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    shift = TimeShiftRun(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W)
+    loop = job.start(shift)
+    with loop:
+        job.wait_first_reading()
+        job.train(loop, STEPS)
+    lines = read_record(job.record)
+    events = [(x["event"], x["step"]) for x in lines if x["type"] == "shift"]
+    assert ("pause", 3) in events and ("resume", 3) in events  # planned once the pace was measured (3 steps)
+    (pause,) = [x for x in lines if x["type"] == "shift" and x["event"] == "pause"]
+    assert pause["resume_at"] == pytest.approx(BASE.timestamp() + 2 * HOUR)
+    trained_after = job.step_times[3:]
+    assert all(2 * HOUR < t <= 4 * HOUR for t in trained_after)  # every later step in the clean hours
+    assert job.step_times[-1] < 6 * HOUR and len(job.step_times) == STEPS  # done, before the deadline
+    paused = 2 * HOUR - 3 * STEP_S
+    final = loop.last_metrics
+    assert final["carbon/paused_s"] == pytest.approx(paused, abs=1e-6)
+    busy_dirty, busy_clean = 3 * STEP_S, (STEPS - 3) * STEP_S
+    actual = kg(BUSY_W, busy_dirty, DIRTY) + kg(BUSY_W, busy_clean, CLEAN) + kg(IDLE_W, paused, DIRTY)
+    assert final["carbon/co2e_kg"] == pytest.approx(actual, rel=1e-3)
+    run_now = kg(BUSY_W, STEPS * STEP_S, DIRTY)  # the same work from the start: all in dirty hours
+    assert final["carbon/saved_kg"] == pytest.approx(run_now - actual, rel=1e-3)
+    windows = [x for x in lines if x["type"] == "window" and "power/total_w" in x["metrics"]]
+    assert all(x["metrics"]["power/total_w"] == pytest.approx(BUSY_W, rel=1e-3) for x in windows)  # no pause inside
+    summary = lines[-1]
+    assert summary["type"] == "summary" and summary["time_shift"]["saved_kg"] == pytest.approx(
+        run_now - actual, rel=1e-3
+    )
+    assert "Time shift (pause): paused 1.97 h" in loop.summary
+
+
+def test_wait_mode_with_an_expected_duration_waits_before_the_first_step(sim_gpus, monkeypatch, tmp_path) -> None:
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    shift = TimeShiftRun(deadline=deadline_in(6), mode="wait", idle_w=IDLE_W, expected_duration_s=STEPS * STEP_S)
+    loop = job.start(shift)
+    with loop:  # the plan is made as the loop starts: it waits there for the clean hours
+        job.wait_first_reading()
+        job.train(loop, STEPS)
+    assert job.step_times[0] == pytest.approx(2 * HOUR + STEP_S)  # the first step began with the clean hours
+    gaps = [b - a for a, b in zip(job.step_times, job.step_times[1:])]
+    assert max(gaps) == pytest.approx(STEP_S)  # then one contiguous run
+    assert loop.last_metrics["carbon/paused_s"] == pytest.approx(2 * HOUR)
+    events = [(x["event"], x["step"]) for x in read_record(job.record) if x["type"] == "shift"]
+    assert events[:3] == [("plan", 0), ("pause", 0), ("resume", 0)]
+
+
+def test_without_a_time_shift_the_same_job_emits_more(sim_gpus, monkeypatch, tmp_path) -> None:
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    loop = job.start(None)
+    with loop:
+        job.wait_first_reading()
+        job.train(loop, STEPS)
+    assert loop.last_metrics["carbon/co2e_kg"] == pytest.approx(kg(BUSY_W, STEPS * STEP_S, DIRTY), rel=1e-3)
+    assert "carbon/paused_s" not in loop.last_metrics
+
+
+def test_requeue_exits_75_and_the_restart_carries_the_plan_on(sim_gpus, monkeypatch, tmp_path) -> None:
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    shift = TimeShiftRun(deadline=deadline_in(6), mode="requeue", resume_s=120.0)
+    loop = job.start(shift)
+    with pytest.raises(SystemExit) as exited, loop:
+        job.wait_first_reading()
+        job.train(loop, STEPS)
+        checkpoint = loop.state_dict()
+    assert exited.value.code == 75 and len(job.step_times) == 3
+    (requeue,) = [x for x in read_record(job.record) if x["type"] == "shift" and x["event"] == "requeue"]
+    resume_at = requeue["resume_at"]
+    assert resume_at == BASE.timestamp() + 2 * HOUR
+    assert checkpoint["time_shift"]["shift"]["resume_at"] == resume_at
+    # the scheduler starts it again a minute early: it waits for resume_at, then trains to the end
+    job.clock.advance(resume_at - BASE.timestamp() - job.clock.now - 60.0)
+    again = TimeShiftRun(deadline=deadline_in(6), mode="requeue", resume_s=120.0)
+    loop = job.start(again)
+    loop.load_state_dict(checkpoint)
+    with loop:
+        job.wait_first_reading()
+        job.train(loop, STEPS - 3)
+    assert len(job.step_times) == STEPS and job.step_times[-1] < 6 * HOUR
+    assert all(t > resume_at - BASE.timestamp() for t in job.step_times[3:])
+    final = loop.last_metrics
+    assert final["carbon/paused_s"] == pytest.approx(resume_at - BASE.timestamp() - 3 * STEP_S, abs=1e-6)
+    early = kg(IDLE_W, 60.0, DIRTY)  # the minute waited before resume_at (2 h, when the clean hours begin)
+    actual = kg(BUSY_W, 3 * STEP_S, DIRTY) + kg(BUSY_W, (STEPS - 3) * STEP_S, CLEAN) + early
+    assert final["carbon/co2e_kg"] == pytest.approx(actual, rel=2e-3)
+    events = [x["event"] for x in read_record(job.record) if x["type"] == "shift"]
+    assert events[events.index("requeue") :][:4] == ["requeue", "resume", "pause", "resume"]
+
+
+def test_between_decisions_a_step_reads_only_the_clock(sim_gpus, monkeypatch, tmp_path) -> None:
+    """The hot path: no plan, no energy read, no record line per step; only at logging steps and decisions."""
+    from energy_core.shift import run as shift_run
+
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    shift = TimeShiftRun(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W)
+    loop = job.start(shift)
+    calls = {"plan": 0, "totals": 0}
+    plan = shift_run.plan_time_shift
+    totals = loop.tracker.totals
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(shift_run, "plan_time_shift", counted("plan", plan))
+    monkeypatch.setattr(loop.tracker, "totals", counted("totals", totals))
+    with loop:
+        job.wait_first_reading()
+        job.train(loop, STEPS)
+    assert calls["plan"] <= 3  # at the pace's measure, after the pause, once more at most
+    assert calls["totals"] <= STEPS / 10 + 10  # the reviews at logging steps (every 10) and the pause's bookkeeping
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "named"),
+    [
+        ({"deadline": datetime(2030, 1, 7)}, ValueError, "deadline"),
+        ({"deadline": 1893888000}, TypeError, "deadline"),
+        ({"deadline": "tomorrow"}, ValueError, "deadline"),
+        ({"mode": "sleep"}, ValueError, "mode"),
+        ({"exit_code": 0}, ValueError, "exit_code"),
+        ({"exit_code": True}, TypeError, "exit_code"),
+        ({"expected_duration_s": -1.0}, ValueError, "expected_duration_s"),
+        ({"idle_w": float("inf")}, ValueError, "idle_w"),
+        ({"resume_s": "60"}, TypeError, "resume_s"),
+        ({"forecast": []}, ValueError, "forecast"),
+        ({"forecast": [("2030-01-07", 100.0)]}, ValueError, "forecast"),
+    ],
+)
+def test_bad_arguments_name_themselves(arguments, error, named) -> None:
+    with pytest.raises(error, match=named):
+        TimeShiftRun(**{"deadline": deadline_in(6), **arguments})
+
+
+def test_the_adapters_need_a_deadline_and_know_their_arguments() -> None:
+    with pytest.raises(TypeError, match="needs a deadline"):
+        TimeShiftRun.from_args("TimeShift")
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['dedline'\\]"):
+        TimeShiftRun.from_args("TimeShift", deadline=deadline_in(6), dedline=deadline_in(6))  # type: ignore[call-arg]
+    run = TimeShiftRun.from_args("TimeShift", deadline=deadline_in(6).isoformat(), country="FRA",
+                                 forecast=[(BASE, 100.0)])  # fmt: skip
+    assert run.args["deadline"] == deadline_in(6).isoformat() and run.args["country"] == "FRA"
+    assert TimeShiftRun.from_args("TimeShift", **run.args).args == run.args  # JSON re-creates it (HF's restore)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"shift": [1, 2]},
+        {"shift": {"origin": 1.0}},
+        {
+            "shift": {
+                **dict.fromkeys(("origin", "co2e_at_origin", "kwh_at_origin", "paused_s", "idle_kwh", "idle_s"), 0.0),
+                "stretches": [],
+                "exited_at": None,
+                "resume_at": None,
+                "resume_s": None,
+                "paused_s": -5.0,
+            }
+        },
+    ],  # fmt: skip
+)
+def test_a_damaged_checkpoint_state_is_a_clear_error(state) -> None:
+    with pytest.raises(ValueError, match="time shift state"):
+        TimeShiftRun(deadline=deadline_in(6)).load_state_dict(state)

@@ -1,0 +1,124 @@
+"""TimeShift in real Lightning Trainers, on a compressed grid (one hour of the series = 0.5 s) and a
+simulated GPU that draws 300 W while a step computes and 30 W otherwise."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from lightning_energy import EnergyMonitor, TimeShift
+from tests.helpers.compressed_grid import (
+    BUSY_W,
+    CLEAN_AT,
+    DEADLINE_H,
+    HOUR_S,
+    IDLE_W,
+    busy_gpu,
+    compressed_series,
+    deadline_after,
+)
+from tests.helpers.lightning_models import flavour, make_module, regression_data
+from tests.helpers.readback import csv_series
+from tests.helpers.records import read_record
+
+pl = flavour("lightning.pytorch")
+STEPS = 30  # of 20 ms each: under two clean hours
+RESTART_S, REQUEUE_DEADLINE_H = (
+    1.0,
+    40,
+)  # a restart builds a new Trainer: seconds, and hours of this grid  # of 20 ms each: about two clean hours
+
+
+def fit(tmp_path: Path, trace, shifted: bool, name: str) -> tuple[Path, float]:
+    """A run of `STEPS` steps on a grid that starts as training does (and, shifted, a deadline
+    `DEADLINE_H` hours later): its record and the grid's start."""
+    record = tmp_path / f"{name}.jsonl"
+    module = make_module(pl, step_sleep_s=0.02)
+    step = module.training_step
+
+    def computing(batch, batch_idx):
+        trace.switch(BUSY_W)
+        try:
+            return step(batch, batch_idx)
+        finally:
+            trace.switch(IDLE_W)
+
+    module.training_step = computing
+    start = compressed_series(tmp_path / "grid.csv")
+    # idle_w: the simulated board's, so that a short job finds the wait for the clean hours worth its idle cost
+    shift = [TimeShift(deadline=deadline_after(start, DEADLINE_H), mode="pause", idle_w=IDLE_W)] if shifted else []
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=record,
+                            carbon_intensity_series=str(tmp_path / "grid.csv"))  # fmt: skip
+    trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", log_every_n_steps=3, enable_checkpointing=False,
+                         enable_model_summary=False, enable_progress_bar=False, limit_val_batches=0,
+                         logger=pl.loggers.CSVLogger(tmp_path / name),
+                         callbacks=[monitor, *shift])  # fmt: skip
+    trainer.fit(module, regression_data(8 * STEPS))
+    assert trainer.global_step == STEPS
+    return record, start
+
+
+def test_pauses_through_the_dirty_hours_and_emits_less(tmp_path, sim_gpus) -> None:
+    trace = busy_gpu(sim_gpus)
+    fit(tmp_path, trace, False, "now")
+    now_kg = csv_series(tmp_path / "now", "carbon/co2e_kg")[-1][1]
+
+    record, start = fit(tmp_path, trace, True, "shifted")
+    deadline = deadline_after(start, DEADLINE_H)
+    lines = read_record(record)
+    pauses = [x for x in lines if x["type"] == "shift" and x["event"] == "pause"]
+    assert pauses, "it never paused"
+    first = pauses[0]
+    assert first["at"] < start + CLEAN_AT * HOUR_S  # paused in the dirty hours
+    clean = (
+        start + CLEAN_AT * HOUR_S
+    )  # resumed by the time the clean hours begin (before, if they cannot hold the work)
+    assert first["at"] + HOUR_S < first["resume_at"] <= clean + 0.01
+    summary = lines[-1]
+    assert summary["type"] == "summary" and summary["time"] < deadline.timestamp()
+    shifted_kg = csv_series(tmp_path / "shifted", "carbon/co2e_kg")[-1][1]
+    assert shifted_kg < now_kg
+    paused = csv_series(tmp_path / "shifted", "carbon/paused_s")
+    assert paused[-1][1] == pytest.approx(first["resume_at"] - first["at"], abs=0.02) and paused[-1][1] > 0.5 * HOUR_S
+    saved = csv_series(tmp_path / "shifted", "carbon/saved_kg")[-1][1]
+    assert saved > 0
+    (resumed,) = [x for x in lines if x["type"] == "shift" and x["event"] == "resume"]
+    assert resumed["idle_w"] == pytest.approx(IDLE_W, rel=0.05)  # measured while paused
+
+
+@pytest.mark.slow  # two trainers, a requeue's wait between them: several seconds
+def test_requeue_exits_75_and_resumes_from_its_checkpoint(tmp_path, sim_gpus) -> None:
+    busy_gpu(sim_gpus)  # idle power throughout: this test is about the requeue, not the figures
+    record = tmp_path / "energy.jsonl"
+    checkpoint = tmp_path / "time_shift.ckpt"
+
+    def trainer_and_shift(began: float) -> tuple:
+        shift = TimeShift(deadline=deadline_after(began, REQUEUE_DEADLINE_H), mode="requeue", resume_s=RESTART_S,
+                          checkpoint_path=checkpoint)  # fmt: skip
+        monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=record,
+                                carbon_intensity_series=str(tmp_path / "grid.csv"))  # fmt: skip
+        trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", log_every_n_steps=3, enable_checkpointing=False,
+                             enable_model_summary=False, enable_progress_bar=False, logger=False,
+                             callbacks=[monitor, shift])  # fmt: skip
+        return trainer, shift
+
+    module = make_module(pl, step_sleep_s=0.02)
+    began = compressed_series(tmp_path / "grid.csv")
+    trainer, shift = trainer_and_shift(began)
+    assert shift.resume_from is None
+    with pytest.raises(SystemExit) as exited:
+        trainer.fit(module, regression_data(8 * STEPS), ckpt_path=shift.resume_from)
+    assert exited.value.code == 75 and checkpoint.is_file()
+    (requeue,) = [x for x in read_record(record) if x["type"] == "shift" and x["event"] == "requeue"]
+    time.sleep(max(0.0, requeue["resume_at"] - time.time()))
+
+    trainer, shift = trainer_and_shift(began)
+    assert shift.resume_from == str(checkpoint)
+    trainer.fit(make_module(pl, step_sleep_s=0.02), regression_data(8 * STEPS), ckpt_path=shift.resume_from)
+    assert trainer.global_step == STEPS and not checkpoint.exists()  # done: the requeue checkpoint is gone
+    lines = read_record(record)
+    (restart,) = [x for x in lines if x["type"] == "shift" and x["event"] == "resume" and "away_s" in x]
+    assert restart["step"] == requeue["step"]
+    assert lines[-1]["type"] == "summary" and lines[-1]["time_shift"]["paused_s"] >= restart["away_s"]

@@ -369,16 +369,18 @@ def run_capped(
     steps: int,
     total_steps: float | None = None,
     state: dict[str, Any] | None = None,
+    ranks: Ranks | None = None,
     **cap: Any,
 ) -> CapRunResult:
     """Train ``steps`` steps of ``job`` under a real `PowerCapRun` (``watts="auto"`` and ``cap``),
     driven as the adapters drive it, on the job's own meter and clock; every limit is put
-    back at the end. ``state``: a checkpoint's `PowerCapRun.state_dict`, loaded first."""
+    back at the end. ``state``: a checkpoint's `PowerCapRun.state_dict`, loaded first;
+    ``ranks``: this process's part in a job (one process by default)."""
     log: list[StepLog] = []
     with capping(job):
         run = PowerCapRun(watts="auto", **cap)
         run.load_state_dict(state)
-        notices = run.begin(Ranks(), None, steps if total_steps is None else total_steps, meter=job.meter)
+        notices = run.begin(ranks or Ranks(), None, steps if total_steps is None else total_steps, meter=job.meter)
         try:
             for step in range(1, steps + 1):
                 start = job.clock()

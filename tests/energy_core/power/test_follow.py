@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,11 +18,12 @@ from pathlib import Path
 import pytest
 
 from benchmarks.cap_finder import Job, zeus_jobs
+from energy_core.accounting.ranks import Ranks
 from energy_core.carbon.factor import Fixed, Series
 from energy_core.power import PowerCapRun
 from energy_core.power.follow.follower import CHANGE, MIN_STRETCHES, WATCH, GridFollower
 from energy_core.power.follow.plan import Curve, Plan
-from tests.doubles.table_board import Disturbance, TableBoard, TableJob, run_capped
+from tests.doubles.table_board import CapRunResult, Disturbance, TableBoard, TableJob, run_capped
 
 # Three caps: the limit at start, a little slower and leaner, much slower and leanest.
 CURVE = Curve((0, 1, 2), (1.0, 1.1, 1.5), (300.0, 240.0, 200.0))
@@ -289,3 +291,74 @@ def test_finishing_early_at_a_cap_both_faster_and_leaner_beats_a_mix_that_uses_a
     _, only_175 = replay(curve, grid, steps, lambda t: 1)
     assert plan.rung(curve, 300.0) == plan.rung(curve, 250.0) == 1
     assert plan.emission == pytest.approx(only_175, rel=0.002)
+
+
+class Collectives:
+    """Two ranks in threads: an element-wise sum every rank reaches (a barrier on each side)."""
+
+    def __init__(self, world: int) -> None:
+        self.barrier = threading.Barrier(world, timeout=20)
+        self.slots: list[list[float]] = [[] for _ in range(world)]
+        self.calls = [0] * world
+
+    def ranks(self, rank: int) -> Ranks:
+        world = len(self.slots)
+
+        def total(values: list[float]) -> list[float]:
+            self.calls[rank] += 1
+            self.slots[rank] = values
+            self.barrier.wait()
+            summed = [sum(column) for column in zip(*self.slots)]
+            self.barrier.wait()
+            return summed
+
+        return Ranks(
+            rank=rank, local_rank=rank, world_size=world, sum=total, any=lambda flag: total([float(flag)])[0] > 0
+        )
+
+
+def two_ranks(tmp_path: Path, steps: int, second_series: bool) -> tuple[CapRunResult, list, Collectives]:
+    """Rank 0 leads the node and caps its board; rank 1 shares the node (no board of its own),
+    each in its own thread with the same steps; both follow the same series (or rank 1 has none)."""
+    job = bert()
+    t0 = job.seconds(job.caps[0])
+    table = TableJob([TableBoard(p) for p in job.boards], seed=7, sample_interval_s=t0 / 5)
+    series = series_file(tmp_path / "i.csv", datetime.now(timezone.utc).timestamp() - 3600, 3600 + steps * t0 / 2,
+                         [500, 100, 100])  # fmt: skip
+    collectives = Collectives(2)
+    second: list = []
+
+    def rank_one() -> None:
+        grid = {"carbon_intensity_series": series} if second_series else {}
+        run = PowerCapRun(watts="auto", max_slowdown=0.1, follow="carbon", **grid)
+        notices = run.begin(collectives.ranks(1), None, steps)
+        for step in range(1, steps + 1):
+            metrics, said = run.step(step)
+            second.append(metrics)
+            notices += said
+        second.append(notices + run.finish())
+
+    thread = threading.Thread(target=rank_one)
+    thread.start()
+    first = run_capped(
+        table, steps, ranks=collectives.ranks(0), max_slowdown=0.1, follow="carbon", carbon_intensity_series=series
+    )
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    return first, second, collectives
+
+
+def test_every_rank_reaches_the_same_decisions(tmp_path: Path) -> None:
+    """A node's second rank takes part in every decision (the same collectives at the same
+    steps) and changes nothing; the leader follows the grid."""
+    first, second, collectives = two_ranks(tmp_path, 1200, second_series=True)
+    assert collectives.calls[0] == collectives.calls[1] >= 1200 // 25
+    assert first.run.follower is not None and len({s.cap_w for s in first.steps[200:]}) >= 2
+    assert all(metrics == {} for metrics in second[:-1])  # no board, no change, nothing logged
+
+
+def test_a_rank_without_the_intensity_means_no_rank_follows(tmp_path: Path) -> None:
+    first, second, collectives = two_ranks(tmp_path, 300, second_series=False)
+    assert collectives.calls[0] == collectives.calls[1]
+    assert first.run.follower is None  # the leader has the intensity, but not every rank: the search's choice stays
+    assert [n.level for n in second[-1] if "follow='carbon' needs" in n.text] == ["warn"]

@@ -245,6 +245,9 @@ class PowerCapRun:
         if self.follow is not None:
             notices += self._grid_factor(tracker)
         self._following = self.follow is not None and not ranks.agree(self._factor is None)
+        if self.follow is not None and self._factor is not None and not self._following:
+            text = f"follow={self.follow!r}: another rank has no {self._what()} to follow: no rank follows it."
+            notices.append(Notice("warn", text))
         return notices if step is None else notices + self._restore_finder(step)
 
     def _grid_factor(self, tracker: EnergyTracker | None) -> list[Notice]:

@@ -361,4 +361,5 @@ def test_a_rank_without_the_intensity_means_no_rank_follows(tmp_path: Path) -> N
     first, second, collectives = two_ranks(tmp_path, 300, second_series=False)
     assert collectives.calls[0] == collectives.calls[1]
     assert first.run.follower is None  # the leader has the intensity, but not every rank: the search's choice stays
+    assert [n.level for n in first.notices if "another rank has no grid intensity" in n.text] == ["warn"]
     assert [n.level for n in second[-1] if "follow='carbon' needs" in n.text] == ["warn"]

@@ -461,7 +461,12 @@ class EnergyTracker:
     @property
     def resumed_kwh(self) -> float:
         """The job's energy in the checkpoint resumed from (or earlier fits of this tracker), kWh."""
-        return self._accounts.resumed_job.total_kwh
+        return self.resumed_totals.total_kwh
+
+    @property
+    def resumed_totals(self) -> RunTotals:
+        """The job's totals in the checkpoint resumed from (or earlier fits of this tracker)."""
+        return self._accounts.resumed_job
 
     def fit_seconds(self, end: Mark | None = None) -> float:
         """Training wall time since the first fit start, checkpoint totals included."""

@@ -98,7 +98,8 @@ class BudgetGuard:
 
         Args:
             step: The optimizer step training starts at.
-            totals: The job's totals now (a resumed checkpoint's), as `EnergyTracker.measured` gives them.
+            totals: The job's totals in the checkpoint resumed from (`EnergyTracker.resumed_totals`;
+                zero in a fresh run): what "already spent before this run started" judges.
             agree: In a multi-process job, True on every rank if the flag is True on any
                 (a collective all ranks reach); the identity in a single process.
         """
@@ -113,7 +114,9 @@ class BudgetGuard:
         # over-estimate), leaving out only what a resumed checkpoint had already spent.
         self._reference = (step, self.tracker.resumed_kwh)
         self.limit_kwh = self._limit_now(totals)
-        if not (self.crossed() or self.rule.reached(*self._spent(totals))):
+        # Only the checkpoint's totals: energy this fit spent before its first step (a slow start) is
+        # no checkpoint's, and the next check or review stops on it, saying so.
+        if not self.rule.reached(*self._spent(totals)):
             return None
         self.stopped = BudgetAction(
             "stop",

@@ -82,7 +82,7 @@ class BudgetRun(SharedRun):
         assert self.tracker is not None, "bind() first"
         self.guard = BudgetGuard(self.rule, self.tracker, total_steps, epoch_steps)
         self.guard.load_state_dict(self._saved.get("guard", {}))
-        return self.guard.begin(step, self.tracker.measured(), self._ranks.agree)
+        return self.guard.begin(step, self.tracker.resumed_totals, self._ranks.agree)
 
     def check(self, step: int) -> BudgetAction | None:
         """After each step, one flag read. A multi-process job decides at its reviews instead,

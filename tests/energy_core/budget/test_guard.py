@@ -29,7 +29,7 @@ def manual_gpu(sim_gpus):
 def test_the_forecast_is_the_rate_so_far_times_the_steps_left(manual_gpu) -> None:
     tracker, step = manual_gpu
     guard = BudgetGuard(BudgetRule(max_kwh=1.0, forecast="warn"), tracker, total_steps=500, epoch_steps=50)
-    assert guard.begin(0, tracker.measured()) is None
+    assert guard.begin(0, tracker.resumed_totals) is None
     step(40)
     metrics, action = guard.review(40, 0, tracker.measured())
     assert "budget/forecast_kwh" not in metrics  # waits for the first epoch
@@ -44,7 +44,7 @@ def test_a_forecast_over_the_limit_stops_and_a_crossing_is_seen_by_the_sampler(m
     tracker, step = manual_gpu
     limit_kwh = 300.0 * 0.1 * 99.5 / J_PER_KWH  # reached during the 100th step
     guard = BudgetGuard(BudgetRule(max_kwh=limit_kwh, forecast="stop"), tracker, total_steps=500, epoch_steps=50)
-    guard.begin(0, tracker.measured())
+    guard.begin(0, tracker.resumed_totals)
     step(50)
     _, action = guard.review(50, 1, tracker.measured())
     assert action is not None and action.kind == "stop" and "projected to use" in action.reason
@@ -113,6 +113,23 @@ def test_the_stop_tells_a_measured_total_which_the_summary_never_undercuts(manua
     _, final_j = first_energy(summary.splitlines()[0])
     assert final_j == pytest.approx(trace.energy(10.19), abs=300.0 * 0.02)  # exact at the end: 3,019 J
     assert final_j >= told_j  # what follows never reads less than what was told
+
+
+def test_energy_spent_before_the_first_step_is_not_told_as_a_checkpoints(manual_trace) -> None:
+    # On a loaded machine the budget began 0.32 s into a fresh fit, past an 80 J limit, and said the
+    # budget "was already spent before this run started (96 J ... measured in the checkpoint)": there was
+    # no checkpoint. Only a checkpoint's totals are judged at the start; this fit's energy stops the
+    # run at the next check, as a budget spent at that step.
+    run = manual_trace(Constant(300.0))
+    run.advance(0.4)  # 120 J before the budget begins
+    budget = BudgetRun(BudgetRule(max_kwh=80.0 / J_PER_KWH, forecast="off"), MeasureOptions())
+    budget.bind(run.tracker, Ranks(), step=0)
+    assert budget.begin(0, total_steps=None, epoch_steps=None) is None
+    run.advance(0.1)
+    action = budget.check(1)
+    assert action is not None and action.kind == "stop"
+    assert action.reason.startswith("Energy budget spent at step 1: ") and "checkpoint" not in action.reason
+    assert first_energy(action.reason)[1] == pytest.approx(300.0 * 0.5, abs=300.0 * 0.02)
 
 
 def test_a_stop_at_a_reading_reads_as_the_summary_does(manual_trace) -> None:

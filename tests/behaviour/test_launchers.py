@@ -1,0 +1,121 @@
+"""The launcher matrix: one 2-process job per launcher and framework, on a node of two simulated
+GPUs of different power (150 W and 250 W) on which no rank trains (CPU workers).
+
+Each cell (tests/scripts/launcher_job.py) asserts what a user relies on: the GPU energy is
+power x the measured interval, each board counted once (by the node's local rank 0, over its
+fit); every rank holds the same job figures; the per-GPU power keys name the boards they are
+(``power/gpu0_w`` 150 W, ``power/gpu1_w`` 250 W); the job exits by itself; the record holds one
+run of two ranks. The processes are paced by sleeps in each step (about a second of fit), and
+the bounds come from the counters' period and the sampler, not from the machine's speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from energy_core import J_PER_KWH, read_runs
+from tests.behaviour.test_distributed import free_port
+from tests.helpers import ROOT
+from tests.scripts.launcher_job import BOARDS, COUNTER_PERIOD_S
+
+WATTS = list(BOARDS.values())  # gpu0, gpu1 in the node's order
+JOB_S = 240  # the most a cell may take, start to exit, beside two CPU-bound processes
+
+
+def launch(command: list[str], out: Path) -> list[dict]:
+    """Run a launcher to its end (a hang fails at ``JOB_S``); each rank's figures."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}  # fmt: skip
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=JOB_S)
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"the job did not exit within {JOB_S} s: {str(hung.stderr)[-3000:]}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def check_cell(ranks: list[dict], out: Path, world: int = 2) -> None:
+    """Counted once, keyed by board, the same on every rank, one run in the record."""
+    assert [r["seen"] for r in ranks] == [{"rank": r, "local_rank": r, "world_size": world} for r in range(2)]
+    # the node's local rank 0 measures both boards; rank 1 none
+    assert [len(r["sources"]) for r in ranks] == [2, 0]
+    assert [s["detail"].split()[-1] for s in ranks[0]["sources"]] == list(BOARDS)
+    first = ranks[0]["metrics"]
+    for key in ("energy/total_kwh", "energy/gpu_kwh"):
+        assert ranks[1]["metrics"][key] == pytest.approx(first[key], rel=1e-9)
+    # power x the measured interval: the boards draw constant power, read through counters that
+    # advance every COUNTER_PERIOD_S, so each fit's energy is exact to one period per board
+    seconds = ranks[0]["seconds"]
+    bound_j = len(WATTS) * max(WATTS) * COUNTER_PERIOD_S
+    assert first["energy/gpu_kwh"] * J_PER_KWH == pytest.approx(sum(WATTS) * seconds, abs=2 * bound_j)
+    assert "power/gpu2_w" not in first  # two boards, named once each
+    for name, watts in zip(("power/gpu0_w", "power/gpu1_w"), WATTS, strict=True):
+        # the last window's mean power, over at least one sampler period
+        assert first[name] == pytest.approx(watts, rel=0.1)
+    runs, notes = read_runs(out / "energy.jsonl")
+    assert len(runs) == 1 and not notes
+    header = runs[0][0]
+    assert [r["rank"] for r in header["ranks"]] == [0, 1]
+    windows = [line for line in runs[0] if line["type"] == "window"]
+    assert windows and all(set(w["ranks"]) >= {"rank_gpu_j"} for w in windows)
+    assert sum(w["ranks"]["rank_gpu_j"][1] for w in windows) == 0.0  # rank 1 measured no board
+
+
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", *args]
+
+
+JOB = ["-m", "tests.scripts.launcher_job"]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("cell", ["lightning", "hf", "hf-cpu", "loop", "accelerate"])
+def test_torchrun_counts_each_board_once(tmp_path, cell) -> None:
+    """torchrun: Lightning DDP, HF with default arguments (its Trainer is not parallel on CPU
+    workers) and with ``use_cpu``, a plain DDP loop with ``EnergyLoop()`` as the README has it,
+    and Accelerate with a tracker."""
+    check_cell(launch(torchrun(*JOB, cell, str(tmp_path)), tmp_path), tmp_path)
+
+
+@pytest.mark.timeout(300)
+def test_accelerate_launch_counts_each_board_once(tmp_path) -> None:
+    """``accelerate launch`` with two CPU processes (``--multi_gpu`` makes two on a CPU machine:
+    ``--cpu`` alone runs one process)."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2"]
+    launcher += [
+        f"--main_process_port={free_port()}",
+        "--num_machines=1",
+        "--mixed_precision=no",
+        "--dynamo_backend=no",
+    ]
+    check_cell(launch([*launcher, *JOB, "accelerate", str(tmp_path)], tmp_path), tmp_path)
+
+
+@pytest.mark.timeout(300)
+def test_fabric_run_counts_each_board_once(tmp_path) -> None:
+    """``fabric run`` with two CPU processes, the figures summed with Fabric's collectives."""
+    launcher = [sys.executable, "-m", "lightning.fabric.cli", "--accelerator=cpu", "--devices=2", "--strategy=ddp"]
+    check_cell(launch([*launcher, "tests/scripts/launcher_job.py", "fabric", str(tmp_path)], tmp_path), tmp_path)
+
+
+@pytest.mark.slow  # a Ray instance starts and stops: about 30 s on 2 cores
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("cell", ["ray-lightning", "ray-hf", "ray-loop"])
+def test_ray_train_counts_each_board_once(tmp_path, cell) -> None:
+    """Ray Train's TorchTrainer with 2 CPU workers: Lightning with RayDDPStrategy (its report
+    callback given before the monitor, as Ray's example has it), HF with ``prepare_trainer``, a
+    plain loop with ``ray.train.report``. The energy keys reach Ray's reported metrics, and the
+    last checkpoint's are the job's figures at the last epoch's end, not the epoch before."""
+    pytest.importorskip("ray.train")
+    ranks = launch([sys.executable, *JOB, cell, str(tmp_path)], tmp_path)
+    check_cell(ranks, tmp_path)
+    reported = json.loads((tmp_path / "driver.json").read_text())["metrics"]
+    runs, _ = read_runs(tmp_path / "energy.jsonl")
+    last_epoch = [line for line in runs[0] if line["type"] == "epoch"][-1]["metrics"]
+    assert reported["energy/total_kwh"] == pytest.approx(last_epoch["energy/total_kwh"], rel=1e-9)

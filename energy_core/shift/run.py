@@ -47,6 +47,7 @@ from energy_core.shift.forecast import Forecast
 from energy_core.shift.intensity import Intensity
 from energy_core.shift.planner import MODES, TimeShiftPlan, plan_time_shift
 from energy_core.tracker import EnergyTracker
+from energy_core.tracker_share import SharedRun
 from energy_core.units import J_PER_KWH
 
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure; the user is invited to retry" - the requeue exit status
@@ -99,7 +100,7 @@ def parse_deadline(value: Any) -> datetime:
     return value
 
 
-class TimeShiftRun:
+class TimeShiftRun(SharedRun):
     """Runs training when the grid is clean, and finishes by the deadline.
 
     Args:
@@ -141,6 +142,7 @@ class TimeShiftRun:
         exit_code: int | None = EX_TEMPFAIL,
         options: MeasureOptions | None = None,
     ) -> None:
+        super().__init__(options or MeasureOptions())
         self.deadline = parse_deadline(deadline)
         self.mode = checks.choice("mode", mode, MODES)
         self.given = None if forecast is None else Intensity.of(forecast, "forecast")
@@ -150,7 +152,6 @@ class TimeShiftRun:
         self.idle_w = checks.number("idle_w", idle_w, low=0, optional=True, unit=" W")
         self.resume_s = checks.number("resume_s", resume_s, low=0, optional=True, unit=" s")
         self.exit_code = checks.integer("exit_code", exit_code, low=1, high=255, optional=True)
-        self.options = options or MeasureOptions()
         self.args: dict[str, Any] = {
             "deadline": self.deadline.isoformat(),
             "mode": self.mode,
@@ -161,13 +162,10 @@ class TimeShiftRun:
             "exit_code": self.exit_code,
             **self.options.as_args(),
         }
-        self.tracker: EnergyTracker | None = None
-        self.owns = False
         self.plan: TimeShiftPlan | None = None
         self.requeued_until: float | None = None  # set when the run ended for a requeue
         self.clock: Callable[[], float] | None = None  # unix time: the tracker's meter clock by default
         self.sleep: Callable[[float], None] = time.sleep
-        self._ranks = Ranks()
         self.forecast: Forecast | None = None  # where the forecast comes from (after `bind`)
         self._state = _State(0.0, 0.0)
         self._saved: dict[str, Any] = {}
@@ -207,16 +205,8 @@ class TimeShiftRun:
 
     def bind(self, shared: EnergyTracker | None, ranks: Ranks, step: int, resumed: bool = False) -> list[Notice]:
         """At fit start: use a monitor's tracker, or measure alone from now (see `BudgetRun.bind`)."""
-        self._ranks = ranks
-        self.owns = shared is None
-        notices: list[Notice] = []
-        if shared is not None:
-            self.tracker = shared
-        else:
-            self.tracker = self.tracker or EnergyTracker(self.options)
-            self.tracker.join(ranks)
-            self.tracker.load_state_dict(self._saved.get("tracker"), own_share=ranks.leads_job)
-            notices = self.tracker.start_fit(step, resumed=resumed)
+        notices = super().bind(shared, ranks, step, resumed)
+        assert self.tracker is not None
         self.tracker.add_summary("time_shift", self._summary)
         self.forecast = Forecast(self.given, self.tracker.factors.carbon, self.now)
         return notices
@@ -507,22 +497,15 @@ class TimeShiftRun:
         }
 
     # ------------------------------------------------------------------ end
+    def final_status(self, status: str) -> str:
+        """``requeued`` where the run ended a completed fit to be requeued."""
+        return "requeued" if self.requeued_until is not None and status == "completed" else status
+
     def finish(self, step: int, status: str = "completed", collective: bool = True) -> list[Notice]:
-        """End the run's own tracker (a shared one is the monitor's to end); the notices to show."""
+        """What the time shift has still to say, and the end of its own tracker (see `SharedRun.finish`)."""
         if self.tracker is None:
             return []
-        notices = self.pop_notices()
-        if self.owns:
-            final = "requeued" if self.requeued_until is not None and status == "completed" else status
-            self.tracker.end_fit(step, status=final, collective=collective)
-            self.tracker.close()
-            notices += self.tracker.pop_notices()
-        return notices
-
-    def close(self) -> None:
-        """Stop the run's own sampler (idempotent)."""
-        if self.owns and self.tracker is not None:
-            self.tracker.close()
+        return self.pop_notices() + super().finish(step, status, collective)
 
     @property
     def exit_status(self) -> int | None:
@@ -549,10 +532,7 @@ class TimeShiftRun:
         ``resume_at``) and, measuring alone, the totals."""
         if self.tracker is None:
             return dict(self._saved)
-        state: dict[str, Any] = {"shift": self._state.to_state()}
-        if self.owns:
-            state["tracker"] = self.tracker.state_dict()
-        return state
+        return self.with_totals({"shift": self._state.to_state()})
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Keep a checkpoint's state for `bind` and `begin`.
@@ -562,6 +542,7 @@ class TimeShiftRun:
         """
         self._saved = dict(state or {})
         _State.of(self._saved.get("shift"), 0.0, 0.0, 0.0)  # checked now, not at fit start
+        self.load_totals(self._saved)
 
 
 @dataclass

@@ -24,7 +24,17 @@ import argparse
 from pathlib import Path
 
 import torch
-from study_kit import PAD, Collator, TextData, markdown_table, quiet, read_record, text_lines, write_report
+from study_kit import (
+    PAD,
+    Collator,
+    TextData,
+    markdown_table,
+    quiet,
+    read_record,
+    read_runs_by_type,
+    text_lines,
+    write_report,
+)
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
 from energy_core import J_PER_KWH
@@ -115,7 +125,8 @@ def run(padding: str, options: argparse.Namespace) -> list[dict]:
     infer_tokens, infer_positions = collate.reset()
 
     rec = read_record(record)
-    summary, (predict,) = rec["summary"], [s for s in rec["stage"] if s["stage"] == "predict"]
+    alone = [run for run in read_runs_by_type(record) if "stage" in run["header"]]  # predict(): a run of its own
+    summary, (predict,) = rec["summary"], [s for run in alone for s in run["stage"] if s["stage"] == "predict"]
     assert energy.last_metrics["energy/predict_kwh"] == predict["kwh"]  # the callback logged what it recorded
     train_positions = positions - len(rec["target"]) * collate.pass_counts(held_out, 16)[1]  # one per evaluation
     reached = to_target.reached

@@ -102,6 +102,8 @@ def train(batch_size: int, lr: float, args: argparse.Namespace, max_kwh: float |
     stopped = [b for b in rec["budget"] if b["event"] == "stop"]
     reached = [t for t in rec["target"] if t["event"] == "reached"]
     outcome = "target" if reached else ("hopeless (budget)" if stopped else "max epochs")
+    if reached and reached[0]["energy_kwh"] is None:  # before the sampler's second reading: no figure to rank by
+        outcome = "target (too soon to measure)"
     return {
         "setup": name,
         "batch_size": batch_size,
@@ -109,7 +111,7 @@ def train(batch_size: int, lr: float, args: argparse.Namespace, max_kwh: float |
         "outcome": outcome,
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
-        "target_j": reached[0]["energy_kwh"] * J_PER_KWH if reached else "-",
+        "target_j": reached[0]["energy_kwh"] * J_PER_KWH if outcome == "target" else "-",
         "joules": rec["summary"]["metrics"]["energy/total_kwh"] * J_PER_KWH,
         "val_loss": val_loss,
         "seconds": rec["summary"]["seconds"],

@@ -106,20 +106,29 @@ class Collator:
         return counts
 
 
-def read_record(path: Path) -> dict[str, Any]:
-    """The last run in a record (read by `energy-report`'s reader) by line type: ``header``
+def read_runs_by_type(path: Path) -> list[dict[str, Any]]:
+    """Every run in a record (read by `energy-report`'s reader), each by line type: ``header``
     and ``summary`` are one line each, every other type (``window``, ``epoch``, ``stage``,
-    ``budget``, ``power_cap``, ``target``) a list, maybe empty."""
+    ``budget``, ``power_cap``, ``target``) a list, maybe empty. A stage run outside a fit
+    (``trainer.predict()`` after ``train()``) is a run of its own, its header naming its ``stage``."""
     from energy_core.output.record import read_runs
 
     runs, _ = read_runs(Path(path))
-    by_type: dict[str, Any] = {"window": [], "epoch": [], "stage": [], "budget": [], "power_cap": [], "target": []}
-    for line in runs[-1]:
-        if line["type"] in ("header", "summary"):
-            by_type[line["type"]] = line
-        else:
-            by_type.setdefault(line["type"], []).append(line)
-    return by_type
+    out = []
+    for run in runs:
+        by_type: dict[str, Any] = {"window": [], "epoch": [], "stage": [], "budget": [], "power_cap": [], "target": []}
+        for line in run:
+            if line["type"] in ("header", "summary"):
+                by_type[line["type"]] = line
+            else:
+                by_type.setdefault(line["type"], []).append(line)
+        out.append(by_type)
+    return out
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """The last fit in a record (runs of a stage alone left out), by line type (see `read_runs_by_type`)."""
+    return [run for run in read_runs_by_type(path) if "stage" not in run.get("header", {})][-1]
 
 
 def write_report(out: Path, result: dict[str, Any], lines: list[str], records: Sequence[Path | str]) -> None:

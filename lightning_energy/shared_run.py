@@ -15,7 +15,6 @@ from energy_core.integration import SharedRun
 from lightning_energy.framework import CALLBACK_BASES, emit, find_callback, override, ranks_of
 from lightning_energy.monitor import EnergyMonitor
 
-
 Run = TypeVar("Run", bound=SharedRun)
 
 

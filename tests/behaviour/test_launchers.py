@@ -21,6 +21,8 @@ import pytest
 
 from energy_core import J_PER_KWH, read_runs
 from tests.behaviour.test_distributed import free_port
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
 from tests.helpers import ROOT
 from tests.scripts.launcher_job import BOARDS, COUNTER_PERIOD_S
 
@@ -84,6 +86,27 @@ def test_torchrun_counts_each_board_once(tmp_path, cell) -> None:
 
 
 @pytest.mark.timeout(300)
+def test_a_wrapper_around_the_launcher_counts_launch_and_set_up(tmp_path, sim_gpus) -> None:
+    """docs/guides/distributed.md's way to count from the job's start: an EnergyLoop around
+    torchrun, in this process, on the same two boards, counts the whole job's wall time, which
+    the callbacks (from fit start) do not."""
+    from energy_core import EnergyLoop
+
+    sim_gpus(*(SimGpu(uuid, Constant(w), counter_period_s=COUNTER_PERIOD_S) for uuid, w in BOARDS.items()))
+    with EnergyLoop(
+        devices=["gpu"], country="FRA", sample_interval_s=0.02, record_path=tmp_path / "whole.jsonl"
+    ) as whole:
+        ranks = launch(torchrun(*JOB, "loop", str(tmp_path)), tmp_path)
+    seconds = whole.tracker.fit_seconds()
+    bound_j = len(WATTS) * max(WATTS) * COUNTER_PERIOD_S
+    whole_j = whole.last_metrics["energy/gpu_kwh"] * J_PER_KWH
+    assert whole_j == pytest.approx(sum(WATTS) * seconds, abs=2 * bound_j)
+    # the launch, imports and set-up: a whole second at least on any machine (torch's import alone)
+    assert seconds > ranks[0]["seconds"] + 1.0
+    assert whole_j > ranks[0]["metrics"]["energy/gpu_kwh"] * J_PER_KWH + sum(WATTS) * 1.0
+
+
+@pytest.mark.timeout(300)
 def test_accelerate_launch_counts_each_board_once(tmp_path) -> None:
     """``accelerate launch`` with two CPU processes (``--multi_gpu`` makes two on a CPU machine:
     ``--cpu`` alone runs one process)."""
@@ -119,3 +142,5 @@ def test_ray_train_counts_each_board_once(tmp_path, cell) -> None:
     runs, _ = read_runs(tmp_path / "energy.jsonl")
     last_epoch = [line for line in runs[0] if line["type"] == "epoch"][-1]["metrics"]
     assert reported["energy/total_kwh"] == pytest.approx(last_epoch["energy/total_kwh"], rel=1e-9)
+    # each worker runs in a folder of Ray's session (the guide's "where files land")
+    assert all("/session_" in rank["cwd"] and rank["cwd"] != str(ROOT) for rank in ranks)

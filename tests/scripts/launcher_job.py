@@ -50,6 +50,7 @@ def report(out: Path, tracker: Any, metrics: dict[str, float]) -> None:
         "metrics": metrics,
         "seconds": tracker.fit_seconds(),
         "sources": [{"name": s.info.name, "detail": s.info.detail} for s in tracker.meter.sources],
+        "cwd": os.getcwd(),  # where a relative record_path would land
     }
     (out / f"rank{rank}.json").write_text(json.dumps(fields))
 

@@ -76,8 +76,20 @@ def torchrun(*args: str) -> list[str]:
 JOB = ["-m", "tests.scripts.launcher_job"]
 
 
+SLOW = pytest.mark.slow  # about 10 to 25 s each on 2 cores; the default run keeps the HF and loop cells
+
+
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("cell", ["lightning", "hf", "hf-cpu", "loop", "accelerate"])
+@pytest.mark.parametrize(
+    "cell",
+    [
+        pytest.param("lightning", marks=SLOW),  # also in test_distributed.py, on GPUs its ranks train on
+        "hf",
+        pytest.param("hf-cpu", marks=SLOW),
+        "loop",
+        pytest.param("accelerate", marks=SLOW),
+    ],
+)
 def test_torchrun_counts_each_board_once(tmp_path, cell) -> None:
     """torchrun: Lightning DDP, HF with default arguments (its Trainer is not parallel on CPU
     workers) and with ``use_cpu``, a plain DDP loop with ``EnergyLoop()`` as the README has it,
@@ -85,6 +97,7 @@ def test_torchrun_counts_each_board_once(tmp_path, cell) -> None:
     check_cell(launch(torchrun(*JOB, cell, str(tmp_path)), tmp_path), tmp_path)
 
 
+@SLOW
 @pytest.mark.timeout(300)
 def test_a_wrapper_around_the_launcher_counts_launch_and_set_up(tmp_path, sim_gpus) -> None:
     """docs/guides/distributed.md's way to count from the job's start: an EnergyLoop around
@@ -106,6 +119,7 @@ def test_a_wrapper_around_the_launcher_counts_launch_and_set_up(tmp_path, sim_gp
     assert whole_j > ranks[0]["metrics"]["energy/gpu_kwh"] * J_PER_KWH + sum(WATTS) * 1.0
 
 
+@SLOW
 @pytest.mark.timeout(300)
 def test_accelerate_launch_counts_each_board_once(tmp_path) -> None:
     """``accelerate launch`` with two CPU processes (``--multi_gpu`` makes two on a CPU machine:
@@ -120,6 +134,7 @@ def test_accelerate_launch_counts_each_board_once(tmp_path) -> None:
     check_cell(launch([*launcher, *JOB, "accelerate", str(tmp_path)], tmp_path), tmp_path)
 
 
+@SLOW
 @pytest.mark.timeout(300)
 def test_fabric_run_counts_each_board_once(tmp_path) -> None:
     """``fabric run`` with two CPU processes, the figures summed with Fabric's collectives."""

@@ -61,7 +61,7 @@ def ranks_of(args: TrainingArguments) -> Ranks:
 
 def shape_notices(args: TrainingArguments, ranks: Ranks) -> list[Notice]:
     """What to say when the job (the process group) and the Trainer see different shapes."""
-    if ranks.world_size == args.world_size:
+    if not ranks.distributed or ranks.world_size == args.world_size:
         return []
     text = (
         f"torch.distributed is initialised with {ranks.world_size} processes but the Trainer is not parallel "

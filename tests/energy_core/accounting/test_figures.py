@@ -89,3 +89,38 @@ def test_each_gpu_has_one_job_wide_name_whichever_rank_measures_it() -> None:
     assert [n[0] for n in names] == [{"gpu0": "gpu0", "gpu1": "gpu1"}, {}, {"gpu0": "gpu2"}]
     assert all(n[1] == ["gpu0", "gpu1", "gpu2"] for n in names)
     assert job_gpus(Ranks(), ["gpu1", "gpu3"]) == ({"gpu1": "gpu1", "gpu3": "gpu3"}, ["gpu1", "gpu3"])  # one process
+
+
+def test_a_collective_returns_once_gloo_has_let_go_of_its_tensor(tmp_path) -> None:
+    """A one-process gloo group: after `let_go`, this thread holds the collective's tensor alone,
+    so no gloo thread can drop it (and need the GIL) as the interpreter exits."""
+    import torch
+    import torch.distributed as dist
+
+    from energy_core.accounting.ranks import let_go
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        for _ in range(50):
+            tensor = torch.ones(4, dtype=torch.float64)
+            dist.all_reduce(tensor)
+            assert let_go(tensor)._use_count() == 1
+    finally:
+        dist.destroy_process_group()
+
+
+def test_waiting_for_a_tensor_to_be_let_go_is_bounded(monkeypatch) -> None:
+    """A backend that never lets go (a hung thread) delays the figures by RELEASE_WAIT_S at most."""
+    import time
+
+    from energy_core.accounting import ranks
+
+    class Held:
+        def _use_count(self) -> int:
+            return 2
+
+    monkeypatch.setattr(ranks, "RELEASE_WAIT_S", 0.05)
+    began = time.monotonic()
+    held = Held()
+    assert ranks.let_go(held) is held
+    assert 0.05 <= time.monotonic() - began < 1.0

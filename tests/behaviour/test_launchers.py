@@ -39,6 +39,7 @@ def launch(command: list[str], out: Path) -> list[dict]:
     except subprocess.TimeoutExpired as hung:
         pytest.fail(f"the job did not exit within {JOB_S} s: {str(hung.stderr)[-3000:]}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    (out / "output.txt").write_text(done.stdout + done.stderr)  # what the job said, for the cells to read
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
@@ -95,6 +96,9 @@ def test_torchrun_counts_each_board_once(tmp_path, cell) -> None:
     workers) and with ``use_cpu``, a plain DDP loop with ``EnergyLoop()`` as the README has it,
     and Accelerate with a tracker."""
     check_cell(launch(torchrun(*JOB, cell, str(tmp_path)), tmp_path), tmp_path)
+    said = (tmp_path / "output.txt").read_text()
+    alone = "torch.distributed is initialised with 2 processes but the Trainer is not parallel"
+    assert said.count(alone) == (cell == "hf")  # once, by rank 0, where HF trains each process alone
 
 
 @SLOW

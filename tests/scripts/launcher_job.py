@@ -246,6 +246,7 @@ def ray_worker(config: dict[str, str]) -> None:
 
 def ray_driver(cell: str, out: Path) -> None:
     """TorchTrainer with 2 CPU workers on a local Ray instance, stopped at the end."""
+    import shutil
     import tempfile
 
     import ray
@@ -253,7 +254,8 @@ def ray_driver(cell: str, out: Path) -> None:
     from ray.train.torch import TorchTrainer
 
     # Ray's sockets need a short path: its own folder under the system's temporary directory
-    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    session = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=session)
     try:
         from tests.scripts.launcher_job import ray_worker as worker  # by name, not __main__'s copy
 
@@ -268,6 +270,7 @@ def ray_driver(cell: str, out: Path) -> None:
         (out / "driver.json").write_text(json.dumps({"metrics": result.metrics, "checkpoint": checkpoint}))
     finally:
         ray.shutdown()
+        shutil.rmtree(session, ignore_errors=True)
 
 
 JOBS = {

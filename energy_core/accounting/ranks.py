@@ -160,8 +160,9 @@ def torch_distributed(
         gpu_index: The visible GPU this rank trains on; None: none of its own (its node's local rank 0
             then measures the node's GPUs, once); ``"current"``: torch's current CUDA device where torch
             has initialised CUDA, else None.
-        device: Where the collectives' tensors live; None: the process group's (the current CUDA device
-            for NCCL, else the CPU).
+        device: Where the collectives' tensors live; None: the process group's (for NCCL, the device
+            it was bound to, else torch's current CUDA device, which the rank sets with
+            ``torch.cuda.set_device`` as torch's own object collectives need; else the CPU).
 
     Raises:
         TypeError, ValueError: naming the argument, for a value that is not a rank or GPU index.
@@ -179,7 +180,10 @@ def torch_distributed(
         here = (env_local or 0) if local_rank is None else local_rank
         return Ranks(rank=rank, local_rank=here, gpu_index=gpu_index)
     if device is None and "nccl" in str(dist.get_backend()):
-        device = torch.device("cuda", torch.cuda.current_device())
+        # the group's own GPU (init_process_group(device_id=...)), else torch's current one, as
+        # torch's object collectives take it: a rank calls torch.cuda.set_device for its GPU
+        bound = getattr(dist.group.WORLD, "bound_device_id", None)
+        device = bound if bound is not None else torch.device("cuda", torch.cuda.current_device())
 
     def total(values: list[float]) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=device)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Integral, Real
 from typing import Any
 
@@ -136,3 +136,25 @@ def file_path(name: str, value: Any, *, optional: bool = True) -> Any:
     if os.path.isdir(path):
         raise ValueError(f"{name} must be a file, but {path!r} is a directory")
     return path
+
+
+def one_per_trainer(
+    callback: Any, others: Sequence[Any], same_job: Callable[[Any], bool] = lambda other: True, how: str = ""
+) -> None:
+    """Refuse a callback its trainer has already, or a second of its class doing the same job
+    (``same_job``, e.g. a target on another metric is not): it would count every step twice, or
+    sample the devices again and print a second, different summary of one run.
+
+    Raises:
+        ValueError: naming the class and saying what to do (``how``: where to give it once).
+    """
+    name = type(callback).__name__
+    if any(other is callback for other in others):
+        raise ValueError(
+            f"This {name} was given to the Trainer twice; it would count every step twice. Give it once{how}."
+        )
+    if any(type(other) is type(callback) and same_job(other) for other in others):
+        raise ValueError(
+            f"This Trainer already has a {name}; a second would sample the same devices again and print a "
+            f"second, different summary of the run. Use one {name} per Trainer."
+        )

@@ -463,10 +463,31 @@ class EnergyTracker:
             return self._sum(now, self._window.counted(), self._joules(now)).totals, self.meter.resolvable(now)
         return self._totals_now(), True
 
+    def measured(self) -> RunTotals:
+        """The job's totals up to the newest hardware reading, typed: every figure measured, none
+        extrapolated, so no total told later can be smaller (the totals only grow from a reading
+        on). A collective in a multi-process job (all ranks must call).
+
+        What a budget judges and tells: at most one sampling interval behind now. Before the
+        first reading of the fit: the totals at its start (a checkpoint's, or zero).
+        """
+        if not self.fitting:
+            return self._totals_now()
+        start = self._accounts.fit_start
+        assert start is not None  # fitting
+        newest = self.meter.newest()
+        end = newest if newest is not None and start.final and newest.t >= start.t else start
+        return self._sum(end, self._window.counted(), self._joules(end)).totals
+
     @property
     def resumed_kwh(self) -> float:
         """The job's energy in the checkpoint resumed from (or earlier fits of this tracker), kWh."""
-        return self._accounts.resumed_job.total_kwh
+        return self.resumed_totals.total_kwh
+
+    @property
+    def resumed_totals(self) -> RunTotals:
+        """The job's totals in the checkpoint resumed from (or earlier fits of this tracker)."""
+        return self._accounts.resumed_job
 
     def fit_seconds(self, end: Mark | None = None) -> float:
         """Training wall time since the first fit start, checkpoint totals included."""
@@ -512,10 +533,14 @@ class EnergyTracker:
         """The carbon factor in force now, its source and the PUE (the header's and the summary's)."""
         return self.factors.fields(self._accounts.wall_now())
 
+    @property
+    def estimated_kinds(self) -> set[str]:
+        """The device kinds whose energy is estimated here, not read from a counter."""
+        return {s.info.kind for s in self.meter.sources if s.info.estimated}
+
     def summary_text(self, metrics: dict[str, float]) -> str:
         """A few lines for the console at the end of a run."""
-        estimated = {s.info.kind for s in self.meter.sources if s.info.estimated}
-        return summary_text(self.summary_fields(metrics), estimated)
+        return summary_text(self.summary_fields(metrics), self.estimated_kinds)
 
     # ----------------------------------------------------------------- checkpoints
     def _kept(self, totals: RunTotals, at: Mark) -> RunTotals:

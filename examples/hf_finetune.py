@@ -95,12 +95,10 @@ def main(epochs: float = 2.0) -> EnergyCallback:
     with open(f"{OUT}/energy.jsonl") as f:
         summary = [json.loads(line) for line in f][-1]  # the run record's summary line
     m = summary["metrics"]
-    print("\nWhere the energy went (the whole run, as in the summary above)")
-    for key in ("energy/total_kwh", "energy/cpu_kwh", "energy/gpu_kwh", "energy/val_kwh"):
-        if key in m:
-            print(f"  {key:<24} {m[key]:.4g} kWh")
-    print(f"  {'J per token':<24} {m['energy/total_kwh'] * 3.6e6 / summary['tokens']:.4g} J")
-    print(f"  {'CO2e':<24} {m['carbon/co2e_kg'] * 1000:.4g} g from {summary['carbon']['source']}")
+    print("\nThe same totals as the loggers hold them (TensorBoard in " + OUT + "), in the metrics' units:")
+    for key in sorted(k for k in m if k.startswith(("energy/", "carbon/")) and k != "energy/epoch_kwh"):
+        print(f"  {key:<28} {m[key]:.4g}")
+    print(f"  estimated: {', '.join(summary['estimated']) or 'nothing'}; run record: {OUT}/energy.jsonl")
     return energy
 
 

@@ -12,7 +12,7 @@ from typing_extensions import Unpack
 from energy_core.integration import BudgetAction, BudgetArgs, BudgetRun, HasBudgetRun
 from hf_energy.callback import EnergyCallback
 from hf_energy.framework import emit, logger, ranks_of, stored_attributes
-from hf_energy.registry import LogContributor
+from hf_energy.registry import EnergyCallbacks, LogContributor
 
 
 class EnergyBudgetCallback(HasBudgetRun, LogContributor, TrainerCallback, ExportableState):
@@ -102,21 +102,23 @@ class EnergyBudgetCallback(HasBudgetRun, LogContributor, TrainerCallback, Export
         self._world_zero = state.is_world_process_zero
         if self._restored is None:
             self.run.load_state_dict(stored_attributes(state, type(self).__name__).get("budget_state", {}))
-        if self._monitor(kwargs.get("model"), state) is None:  # measure alone, from now (validation included)
+        if (
+            self._monitor(self.begin(kwargs.get("model"), state)) is None
+        ):  # measure alone, from now (validation included)
             emit(
                 self.run.bind(None, ranks_of(args), state.global_step, resumed=state.global_step > 0), self._world_zero
             )
         return control
 
-    def _monitor(self, model: Any, state: TrainerState) -> EnergyCallback | None:
+    @staticmethod
+    def _monitor(registry: EnergyCallbacks | None) -> EnergyCallback | None:
         """The trainer's `EnergyCallback`, whose tracker this budget shares (one that HF re-created on
         resume, never the one it dropped: see `hf_energy.registry`)."""
-        registry = self.begin(model, state)
         return registry.first(EnergyCallback) if registry is not None else None
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if self.run.tracker is None:  # a monitor's: found once every callback has begun, its tracker running
-            monitor = self._monitor(kwargs.get("model"), state)
+            monitor = self._monitor(self.register(kwargs.get("model")))  # begun already, in on_train_begin
             if monitor is not None:
                 self.run.bind(monitor.tracker, ranks_of(args), state.global_step)
         if self.run.guard is None and self.run.tracker is not None and self.run.tracker.fitting:

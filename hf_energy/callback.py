@@ -138,6 +138,10 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
             self.run.close()
         return figures
 
+    def withdraw(self) -> None:
+        if self.tracker.fitting:
+            self.run.close()
+
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.begin(kwargs.get("model"), state)

@@ -14,6 +14,12 @@ appends to ``log_history`` before any ``on_log`` runs: a callback that adds figu
 Trainer's model, which every hook receives, so a budget or a cap finds the trainer's
 `EnergyCallback` (and shares its sampler) however the callbacks were added.
 
+One of each class per Trainer (targets aside: one per metric), and each once: a callback given
+twice, or a second of its class, would count every batch twice or print a second, different
+summary of one run. The Trainer's construction (``callbacks=[...]``), `attach` and
+``on_train_begin`` (a callback added with ``add_callback``) refuse it before any figure, with
+one message (`energy_core.checks.one_per_trainer`).
+
 A resume with ``restore_callback_states_from_checkpoint=True`` re-creates every stateful
 callback from the checkpoint and drops the ones given: the registry answers with the
 callbacks the Trainer runs, never a dropped one (whose tracker would never start). With
@@ -31,7 +37,7 @@ from weakref import WeakKeyDictionary
 from transformers.trainer_callback import TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
 
-from energy_core.integration import warn_at_user_code
+from energy_core.integration import checks, warn_at_user_code
 
 T = TypeVar("T")
 CALLBACKS = "EnergyCallback, EnergyBudgetCallback, PowerCapCallback, EnergyToTargetCallback or TimeShiftCallback"
@@ -52,6 +58,8 @@ class EnergyCallbacks:
         self.trainer: Any = None
         self._training: TrainerState | None = None  # the state of the latest training begun
         self._begun: list[LogContributor] = []  # the callbacks that began it
+        self._built: TrainerState | None = None  # the state of the latest Trainer constructed
+        self._given: list[LogContributor] = []  # its callbacks, as on_init_end met them
 
     @classmethod
     def of(cls, model: Any) -> EnergyCallbacks | None:
@@ -68,13 +76,34 @@ class EnergyCallbacks:
             self.callbacks.append(callback)
         callback.registry = self
 
+    def given(self, callback: LogContributor, state: TrainerState) -> None:
+        """``callback`` is one of the callbacks of the Trainer being constructed (``on_init_end``).
+
+        Raises:
+            ValueError: it was given twice, or with another of its class doing its job.
+        """
+        self.add(callback)
+        if state is not self._built:
+            self._built, self._given = state, []
+        refuse_duplicate(callback, self._given)
+        self._given.append(callback)
+
     def begin(self, callback: LogContributor, state: TrainerState) -> None:
-        """``callback`` began the training whose state is ``state`` (HF makes one per ``train()``)."""
+        """``callback`` began the training whose state is ``state`` (HF makes one per ``train()``).
+
+        Raises:
+            ValueError: it began it twice, or another of its class doing its job did.
+        """
         self.add(callback)
         if state is not self._training:
             self._training, self._begun = state, []
-        if callback not in self._begun:
-            self._begun.append(callback)
+        try:
+            refuse_duplicate(callback, self._begun)
+        except ValueError:  # training does not go on: what the others began ends here
+            for begun in self._begun:
+                begun.withdraw()
+            raise
+        self._begun.append(callback)
 
     def first(self, kind: type[T]) -> T | None:
         """The first live callback of this class: in the attached Trainer's list, else among the
@@ -109,6 +138,12 @@ class EnergyCallbacks:
         trainer.log = log
 
 
+def refuse_duplicate(callback: LogContributor, others: list[Any], how: str = "") -> None:
+    """Raise ValueError when the Trainer with ``others`` has ``callback`` already, or another of its
+    class doing its job (`LogContributor.same_job`)."""
+    checks.one_per_trainer(callback, others, callback.same_job, how)
+
+
 class LogContributor:
     """A callback that adds figures to the Trainer's log calls (see the module docstring).
 
@@ -121,6 +156,15 @@ class LogContributor:
     def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
         """Add the figures due at this log call to ``logs`` and return them."""
         raise NotImplementedError
+
+    def withdraw(self) -> None:
+        """End what ``on_train_begin`` started, when training is refused before its first step (a
+        duplicate callback): nothing, unless the callback started measuring."""
+
+    def same_job(self, other: LogContributor) -> bool:
+        """Whether ``other``, of this class, does this callback's job (then one of them is a mistake):
+        always, but for targets on different metrics."""
+        return True
 
     def register(self, model: Any) -> EnergyCallbacks | None:
         """Join the registry of the Trainer training ``model``."""
@@ -142,7 +186,10 @@ class LogContributor:
         return self.registry.trainer if self.registry is not None else None
 
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self.register(kwargs.get("model"))  # callbacks=[...] given to the Trainer: known before training
+        # callbacks=[...] given to the Trainer: known before training, and a duplicate refused at construction
+        registry = EnergyCallbacks.of(kwargs.get("model")) or self.registry  # this Trainer's, if used before
+        if registry is not None:
+            registry.given(self, state)
         return control
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs: Any):
@@ -175,13 +222,17 @@ def attach(trainer: Any, *callbacks: LogContributor) -> Any:
         The first callback given (the others are reachable as the objects you passed).
 
     Raises:
-        ValueError: no callback, or an object that is not one of the four.
+        ValueError: no callback, an object that is not one of the five, or a callback the trainer
+            has already (given in ``callbacks=[...]`` or attached before) or a second of its class.
     """
     if not callbacks:
         raise ValueError(f"attach needs at least one of {CALLBACKS}")
+    on_trainer = list(trainer.callback_handler.callbacks)
     for callback in callbacks:
         if not isinstance(callback, LogContributor):
             raise ValueError(f"attach takes instances of {CALLBACKS}, got {type(callback).__name__}")
+        refuse_duplicate(callback, on_trainer, how=" (in callbacks=[...] or to attach(), not both)")
+        on_trainer.append(callback)
     registry = EnergyCallbacks.of(trainer.model) or EnergyCallbacks()
     for callback in callbacks:
         trainer.add_callback(callback)

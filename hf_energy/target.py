@@ -88,6 +88,13 @@ class EnergyToTargetCallback(HasTargetRun, LogContributor, TrainerCallback, Expo
         self._restored = dict(value or {})
         self.run.load_state_dict(self._restored)
 
+    def same_job(self, other: LogContributor) -> bool:
+        """Targets on different metrics or values keep their own evaluations, as in Lightning."""
+        return isinstance(other, EnergyToTargetCallback) and (other.metric, other.run.rule.target) == (
+            self.metric,
+            self.run.rule.target,
+        )
+
     # ------------------------------------------------------------------ the evaluation's log entry
     def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
         """At an evaluation's log call (every rank): the target's figures into that entry."""

@@ -7,7 +7,8 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core.integration import BudgetAction, BudgetArgs, BudgetRun, HasBudgetRun, Notice
-from lightning_energy.framework import emit, log, override, stop
+from lightning_energy.framework import emit, find_callback, log, override, stop
+from lightning_energy.monitor import EnergyMonitor
 from lightning_energy.shared_run import SharedRunCallback
 
 
@@ -62,7 +63,8 @@ class EnergyBudget(HasBudgetRun, SharedRunCallback[BudgetRun]):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # After every callback's on_fit_start and the checkpoint restore: a shared tracker
         # is running and holds the resumed totals.
-        self._every = max(1, int(trainer.log_every_n_steps))
+        monitor = find_callback(trainer, EnergyMonitor)  # its cadence, where it overrides the trainer's
+        self._every = (monitor.log_every_n_steps if monitor else None) or max(1, int(trainer.log_every_n_steps))
         self._last_review_step = trainer.global_step
         total = trainer.estimated_stepping_batches
         per_epoch = total / trainer.max_epochs if trainer.max_steps == -1 and trainer.max_epochs else None

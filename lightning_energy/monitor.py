@@ -16,6 +16,7 @@ from energy_core.integration import (
     checks,
     keys,
     scalar_losses,
+    units_text,
 )
 from lightning_energy.framework import (
     CALLBACK_BASES,
@@ -27,8 +28,6 @@ from lightning_energy.framework import (
     ranks_of,
     run_first,
 )
-
-PROGRESS_BAR_KEYS = {keys.TOTAL_W: ("W", 1.0), keys.TOTAL_KWH: ("Wh", 1000.0)}
 
 
 class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
@@ -42,9 +41,14 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
     trainer's other callbacks, so theirs see each epoch's figures whatever the order given.
     The training loop itself only pays for a timestamp and a few integer additions per batch.
 
+    One per Trainer: a second monitor, or this one given twice, would sample the devices again
+    and count every step twice; Lightning refuses either when the Trainer is built ("Found more
+    than one stateful callback of type `EnergyMonitor`"), before any figure.
+
     Args:
         log_every_n_steps: Override the trainer's logging cadence (optimizer steps).
-        progress_bar: Show mean power (``W``) and total energy (``Wh``) in the progress bar.
+        progress_bar: Show the window's mean power and the energy so far in the progress bar, in the units
+            that fit (``power: 2.6 W energy: 75.7 J``; ``~`` before an energy that rests on an estimate).
         summary: Print a short summary when fit ends.
         **measure: The measurement arguments of `energy_core.MeasureOptions`:
             ``devices``, ``sample_interval_s``, ``country``, ``region``,
@@ -82,7 +86,7 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
         self.progress_bar = checks.boolean("progress_bar", progress_bar)
         self.summary = checks.boolean("summary", summary)
         self.run = MonitorRun(EnergyTracker(MeasureOptions.of("EnergyMonitor", dict(measure))), emit)
-        self._bar_values: dict[str, float] = {}
+        self._bar_values: dict[str, str] = {}
         self._bar: Any = None
         self._every = 1
         self._last_logged_step = -1
@@ -159,9 +163,18 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
         self._last_logged_step = step
         metrics = self.run.window(step, extra=self._extra(trainer))
         log(trainer, metrics)
-        for key, (name, scale) in PROGRESS_BAR_KEYS.items():
-            if key in metrics and math.isfinite(metrics[key]):
-                self._bar_values[name] = round(metrics[key] * scale, 3)
+        self._bar_values.update(self._bar_text(metrics))
+
+    def _bar_text(self, metrics: dict[str, float]) -> dict[str, str]:
+        """The progress bar's figures, in the units that fit: the window's mean power and the energy so
+        far, ``~`` before an energy that rests on an estimate (``energy: ~75.7 J``)."""
+        shown = {}
+        if math.isfinite(metrics.get(keys.TOTAL_W, math.nan)):
+            shown["power"] = units_text.power(metrics[keys.TOTAL_W])
+        if math.isfinite(metrics.get(keys.TOTAL_KWH, math.nan)):
+            about = "~" if self.tracker.meter.estimated else ""
+            shown["energy"] = about + units_text.energy_kwh(metrics[keys.TOTAL_KWH])
+        return shown
 
     @override
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -173,7 +186,22 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
         status = "interrupted" if trainer.interrupted else "completed"
         metrics = self.run.finish(trainer.global_step, status, wandb_runs=self._wandb_runs(trainer))
         if self.summary and metrics:
+            if trainer.is_global_zero:
+                self._end_live_display(trainer)
             rank_zero_info(self.run.summary(metrics))
+
+    @staticmethod
+    def _end_live_display(trainer: Any) -> None:
+        """End the rich progress bar's live display before the summary is printed.
+
+        Lightning stops it only at teardown, after ``on_fit_end``: text printed meanwhile lands inside
+        the redrawn bar, which splits lines and draws the bar again after the summary. Training is over
+        here, so the bar is final; stopping its display again at teardown does nothing more (rich's
+        ``Progress.stop`` is idempotent). A TQDM bar is closed by then.
+        """
+        stop = getattr(getattr(trainer.progress_bar_callback, "progress", None), "stop", None)
+        if callable(stop):
+            stop()
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:

@@ -2,12 +2,18 @@
 
 * crossing a limit is noticed by the sampler thread (a listener on every reading), so
   the per-step check on the training thread is one flag read (`BudgetGuard.crossed`);
-* at every logging step and epoch end, `BudgetGuard.review` projects the total for the
-  whole run, ``spent + rate x steps left``, where the rate (kWh per optimizer step,
-  validation, epoch boundaries and start-up included) is measured from the fit's start
-  and so improves as the run goes; once enough of the run has been seen (the first epoch; or, when the run has
-  fewer than two epochs, 10% of its steps and at least 10) it acts on the
-  projection per ``forecast``: ``"warn"``, ``"stop"`` or ``"off"``.
+* at every logging step and epoch end, `BudgetGuard.review` judges the totals it is given
+  (the job's, measured up to the newest reading: `EnergyTracker.measured`) and projects the
+  total for the whole run, ``spent + rate x steps left``, where the rate (kWh per optimizer
+  step, validation, epoch boundaries and start-up included) is measured from the fit's
+  start and so improves as the run goes; once enough of the run has been seen (the first
+  epoch; or, when the run has fewer than two epochs, 10% of its steps and at least 10) it
+  acts on the projection per ``forecast``: ``"warn"``, ``"stop"`` or ``"off"``.
+
+Every message and decision rests on one figure, the totals judged, and says what it is:
+*measured* (up to the newest reading, never extrapolated, so the totals the summary
+reports later are never smaller) or *projected* (the forecast). Figures are shown in the
+units that fit (`energy_core.output.units_text`), rounded as the summary rounds them.
 
 Adapters turn the returned `BudgetAction` into the framework's stop and message.
 """
@@ -19,11 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from energy_core.accounting.figures import RunTotals
 from energy_core.budget.rule import BudgetRule
 from energy_core.output import keys
+from energy_core.output import units_text as show
 from energy_core.output.record import BUDGET
 from energy_core.tracker import EnergyTracker
-from energy_core.units import J_PER_KWH
 
 MIN_FORECAST_STEPS = 10
 FORECAST_FRACTION = 0.1  # of the run's steps, before a forecast in a run of one long epoch
@@ -63,7 +70,7 @@ class BudgetGuard:
             raise ValueError(
                 "max_cost needs a price: give price_per_kwh to the monitor (or the budget measuring alone)"
             )
-        self.limit_kwh = self._limit_now(tracker.totals())
+        self.limit_kwh = self._limit_now(RunTotals())
         self.stopped: BudgetAction | None = None
         self.forecast_warned = False
         self._event = tracker.watch_limits(rule.reached)
@@ -75,73 +82,82 @@ class BudgetGuard:
         """True once the sampler has seen the total reach the limit (one flag read)."""
         return self._event.is_set()
 
-    def _limit_now(self, totals: dict[str, float]) -> float:
-        spent = (totals.get(keys.TOTAL_KWH, 0.0), totals.get(keys.CO2E_KG, 0.0), totals.get(keys.COST, 0.0))
-        return self.rule.limit_kwh(spent, self.tracker.per_kwh_now())
+    @staticmethod
+    def _spent(totals: RunTotals) -> tuple[float, float, float]:
+        return totals.total_kwh, totals.co2e_kg, totals.cost
 
-    def _figures(self, totals: dict[str, float]) -> str:
-        kwh = totals.get(keys.TOTAL_KWH, 0.0)
-        co2 = totals.get(keys.CO2E_KG, 0.0)
-        cost = f", cost {totals[keys.COST]:.4g}" if keys.COST in totals else ""
-        return f"{kwh:.6g} kWh ({kwh * J_PER_KWH:,.0f} J), {co2 * 1000:.4g} g CO2e{cost}"
+    def _limit_now(self, totals: RunTotals) -> float:
+        return self.rule.limit_kwh(self._spent(totals), self.tracker.per_kwh_now())
 
-    def begin(self, step: int, agree: Callable[[bool], bool] = bool) -> BudgetAction | None:
+    def _figures(self, totals: RunTotals) -> str:
+        cost = f", cost {totals.cost:.4g}" if self.tracker.factors.price is not None else ""
+        return f"{show.energy(totals.total_j)}, {show.mass(totals.co2e_kg)} CO2e{cost}"
+
+    def begin(self, step: int, totals: RunTotals, agree: Callable[[bool], bool] = bool) -> BudgetAction | None:
         """At fit start: a run resumed after its budget was spent stops at once.
 
         Args:
             step: The optimizer step training starts at.
+            totals: The job's totals in the checkpoint resumed from (`EnergyTracker.resumed_totals`;
+                zero in a fresh run): what "already spent before this run started" judges.
             agree: In a multi-process job, True on every rank if the flag is True on any
                 (a collective all ranks reach); the identity in a single process.
         """
-        action = self._begin(step)
+        action = self._begin(step, totals)
         if agree(action is not None) and action is None:  # another rank's total is spent
-            action = self.stop_now(step)
+            action = self.stop_now(step, totals)
         return action
 
-    def _begin(self, step: int) -> BudgetAction | None:
+    def _begin(self, step: int, totals: RunTotals) -> BudgetAction | None:
         self._first_step = step
         # The rate is measured from the fit's start (start-up included: a slight, safe
         # over-estimate), leaving out only what a resumed checkpoint had already spent.
         self._reference = (step, self.tracker.resumed_kwh)
-        totals = self.tracker.totals()
-        spent = (totals.get(keys.TOTAL_KWH, 0.0), totals.get(keys.CO2E_KG, 0.0), totals.get(keys.COST, 0.0))
-        if not (self.crossed() or self.rule.reached(*spent)):
+        self.limit_kwh = self._limit_now(totals)
+        # Only the checkpoint's totals: energy this fit spent before its first step (a slow start) is
+        # no checkpoint's, and the next check or review stops on it, saying so.
+        if not self.rule.reached(*self._spent(totals)):
             return None
         self.stopped = BudgetAction(
             "stop",
             f"Energy budget ({self.rule.describe()}) was already spent before this run started "
-            f"({self._figures(totals)} in the checkpoint): stopping at once.",
+            f"({self._figures(totals)} measured in the checkpoint): stopping at once.",
         )
         return self.stopped
 
-    def stop_now(self, step: int) -> BudgetAction:
-        """The action for a crossed limit (call when `crossed` turns True)."""
-        totals = self.tracker.totals()
+    def stop_now(self, step: int, totals: RunTotals) -> BudgetAction:
+        """The action for a crossed limit (when `crossed` turns True, or the totals judged reach it)."""
         self.stopped = BudgetAction(
             "stop",
-            f"Energy budget spent at step {step}: {self._figures(totals)} reached the limit of "
-            f"{self.rule.describe()}. Stopping at the end of this step.",
+            f"Energy budget spent at step {step}: {self._figures(totals)} measured (up to the newest reading) "
+            f"reached the limit, {self.rule.describe()}. Stopping at the end of this step; the summary's total "
+            "adds what the rest of the run uses.",
         )
         self._record("stop", step, totals)
         return self.stopped
 
     def review(
-        self, step: int, epochs_done: int, agree: Callable[[bool], bool] = bool
+        self, step: int, epochs_done: int, totals: RunTotals, agree: Callable[[bool], bool] = bool
     ) -> tuple[dict[str, float], BudgetAction | None]:
         """Remaining budget and forecast at a logging step or epoch end, and what to do.
 
-        A crossed limit or a forecast stop on any rank (through ``agree``, see `begin`)
-        stops every rank at this step.
+        Args:
+            step: The optimizer step.
+            epochs_done: Epochs finished.
+            totals: The job's totals, measured up to the newest reading (`EnergyTracker.measured`): what
+                is judged, and what the messages tell.
+            agree: See `begin`: a limit reached, or a forecast stop, on any rank stops every rank at
+                this step.
         """
-        metrics, action = self._review(step, epochs_done)
+        metrics, action = self._review(step, epochs_done, totals)
         stop = (action is not None and action.kind == "stop") or self.crossed()
+        stop = stop or self.rule.reached(*self._spent(totals))
         if agree(stop) and action is None and self.stopped is None:
-            action = self.stop_now(step)
+            action = self.stop_now(step, totals)
         return metrics, action
 
-    def _review(self, step: int, epochs_done: int) -> tuple[dict[str, float], BudgetAction | None]:
-        totals = self.tracker.totals()
-        spent = totals.get(keys.TOTAL_KWH, 0.0)
+    def _review(self, step: int, epochs_done: int, totals: RunTotals) -> tuple[dict[str, float], BudgetAction | None]:
+        spent = totals.total_kwh
         self.limit_kwh = self._limit_now(totals)  # CO2e and cost limits follow the factors in force
         metrics = {keys.BUDGET_REMAINING: self.limit_kwh - spent}
         if self._reference is None:
@@ -163,10 +179,11 @@ class BudgetGuard:
         metrics[keys.BUDGET_FORECAST] = self.forecast_kwh
         if self.rule.forecast == "off" or self.forecast_kwh <= self.limit_kwh or self.stopped:
             return metrics, None
+        in_kwh = "" if self.rule.only_energy else f" (= {show.energy_kwh(self.limit_kwh)} at the factors in force)"
         reason = (
             f"Energy forecast at step {step}: the whole run ({self.total_steps:g} steps) is projected to use "
-            f"{self.forecast_kwh:.6g} kWh, over the budget of {self.rule.describe()} "
-            f"(= {self.limit_kwh:.6g} kWh here); spent so far: {self._figures(totals)}."
+            f"{show.energy_kwh(self.forecast_kwh)}, over the budget of {self.rule.describe()}{in_kwh}; "
+            f"measured so far: {self._figures(totals)}."
         )
         if self.rule.forecast == "stop":
             self.stopped = BudgetAction("stop", reason + " Stopping now (forecast='stop').")
@@ -178,9 +195,12 @@ class BudgetGuard:
         self._record("forecast-warn", step, totals)
         return metrics, BudgetAction("warn", reason)
 
-    def _record(self, event: str, step: int, totals: dict[str, float]) -> None:
+    def _record(self, event: str, step: int, totals: RunTotals) -> None:
+        measured = {keys.TOTAL_KWH: totals.total_kwh, keys.CO2E_KG: totals.co2e_kg}
+        if self.tracker.factors.price is not None:
+            measured[keys.COST] = totals.cost
         self.tracker.write_record(
-            BUDGET, event=event, step=step, limit_kwh=self.limit_kwh, forecast_kwh=self.forecast_kwh, metrics=totals
+            BUDGET, event=event, step=step, limit_kwh=self.limit_kwh, forecast_kwh=self.forecast_kwh, metrics=measured
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from energy_core import checks
+from energy_core.output import units_text as show
 from energy_core.units import MAX_CO2E_KG, MAX_COST, MAX_KWH
 
 FORECAST_MODES = ("warn", "stop", "off")
@@ -64,10 +65,16 @@ class BudgetRule:
                 limits.append(kwh + (limit - used) / rate if rate > 0 else math.inf)
         return min(limits)
 
+    @property
+    def only_energy(self) -> bool:
+        """Whether the only limit is in kWh (no CO2e or cost limit to convert at the factors in force)."""
+        return self.max_co2e_kg is None and self.max_cost is None
+
     def describe(self) -> str:
-        parts = [f"{self.max_kwh:g} kWh"] if self.max_kwh is not None else []
+        """The limits as given, each with its figure in the unit that fits: ``max_kwh=4e-07 (1.44 J)``."""
+        parts = [f"max_kwh={self.max_kwh:g} ({show.energy_kwh(self.max_kwh)})"] if self.max_kwh is not None else []
         if self.max_co2e_kg is not None:
-            parts.append(f"{self.max_co2e_kg:g} kg CO2e")
+            parts.append(f"max_co2e_kg={self.max_co2e_kg:g} ({show.mass(self.max_co2e_kg)} CO2e)")
         if self.max_cost is not None:
-            parts.append(f"{self.max_cost:g} (cost)")
+            parts.append(f"max_cost={self.max_cost:g}")
         return " / ".join(parts)

@@ -78,26 +78,30 @@ class BudgetRun(SharedRun):
 
     def begin(self, step: int, total_steps: float | None, epoch_steps: float | None) -> BudgetAction | None:
         """Once every callback has started and the run's length is known: a resumed run whose
-        budget is already spent stops at once (on every rank)."""
+        budget is already spent stops at once (on every rank: a collective in a job)."""
         assert self.tracker is not None, "bind() first"
         self.guard = BudgetGuard(self.rule, self.tracker, total_steps, epoch_steps)
         self.guard.load_state_dict(self._saved.get("guard", {}))
-        return self.guard.begin(step, self._ranks.agree)
+        return self.guard.begin(step, self.tracker.resumed_totals, self._ranks.agree)
 
     def check(self, step: int) -> BudgetAction | None:
         """After each step, one flag read. A multi-process job decides at its reviews instead,
         where every rank takes part."""
         if not self.active or self._ranks.world_size > 1 or not self.guard.crossed():  # type: ignore[union-attr]
             return None
-        return self.guard.stop_now(step)  # type: ignore[union-attr]
+        return self.guard.stop_now(step, self.tracker.measured())  # type: ignore[union-attr]
 
     def review(self, step: int, epochs_done: int) -> tuple[dict[str, float], BudgetAction | None]:
-        """At a logging step or epoch end (every rank): remaining budget, forecast, what to do."""
-        if self.guard is None:
+        """At a logging step or epoch end (every rank): remaining budget, forecast, what to do.
+
+        The guard judges the job's totals measured now, up to the newest reading: a sum over the
+        ranks (a collective every rank reaches at this step) whatever the monitor summed last, so
+        that a review never judges an older window's figures (in HF the budget reviews in
+        ``on_step_end``, before the monitor's window in ``Trainer.log``).
+        """
+        if self.guard is None or self.tracker is None:
             return {}, None
-        if self.owns:  # the job's totals now: a collective every rank reaches at this step
-            self.tracker.reduce_totals()  # type: ignore[union-attr]
-        return self.guard.review(step, epochs_done, self._ranks.agree)
+        return self.guard.review(step, epochs_done, self.tracker.measured(), self._ranks.agree)
 
     def final_status(self, status: str) -> str:
         """``budget-stop`` where the budget stopped a fit the trainer completed."""

@@ -12,7 +12,8 @@ knows its part of a training run:
   finish;
 
 and builds a `Ranks` from its framework's view of the job (or `torch_distributed`, or
-`fabric_ranks` for a Fabric loop).
+`fabric_ranks` for a Fabric loop); `units_text` shows a figure in the unit that fits,
+wherever an adapter shows one itself (a progress bar).
 `EnergyLoop` is the same runs driven by a few calls from a loop of one's own.
 `lightning_energy` and `hf_energy` import from this package and from `energy_core`'s
 public names only (the import contract in pyproject.toml says so).
@@ -28,7 +29,7 @@ from energy_core.integration.loop import EnergyLoop
 from energy_core.integration.monitor_run import HasMonitorRun, MonitorRun
 from energy_core.notices import Notice, warn_at_user_code
 from energy_core.options import MeasureArgs, MeasureOptions
-from energy_core.output import keys
+from energy_core.output import keys, units_text
 from energy_core.output.record import scalar_losses
 from energy_core.power.cap import CapArgs, PowerCapRun
 from energy_core.shift.run import ShiftAction, TimeShiftArgs, TimeShiftRun
@@ -68,5 +69,6 @@ __all__ = [
     "let_go",
     "scalar_losses",
     "torch_distributed",
+    "units_text",
     "warn_at_user_code",
 ]

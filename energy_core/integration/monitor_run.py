@@ -115,7 +115,7 @@ class MonitorRun:
         """
         metrics = self.tracker.end_fit(step, status=status, collective=collective)
         for run in wandb_runs:
-            wandb_run.write_summary(run, metrics, prefix)
+            wandb_run.write_summary(run, self.tracker, metrics, prefix)
         return self._done(metrics)
 
     def summary(self, metrics: dict[str, float]) -> str:

@@ -6,14 +6,20 @@ before the first energy log, against the framework's step metric. The functions 
 ``wandb.Run``-like object (duck-typed), so the core stays free of wandb.
 
 Summary rule, one for every key: its last logged value, a plain number (W&B's default);
-at fit end the run's final totals overwrite the cumulative keys (`write_summary`).
+at fit end the run's final totals overwrite the cumulative keys (`write_summary`), and the
+total energy and CO2e are added as a person reads them (`READABLE`: ``energy/total``
+``"75.7 J (estimated)"``, ``carbon/co2e`` ``"1.2 mg"``), since W&B's console summary
+rounds ``energy/total_kwh`` 2.19e-05 to 0.0.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from energy_core.devices import DEVICE_KINDS
 from energy_core.output import keys
+from energy_core.output import units_text as show
+from energy_core.output.summary import estimate_mark
 from energy_core.tracker import EnergyTracker
 
 
@@ -42,8 +48,17 @@ def write_config(run: Any, tracker: EnergyTracker) -> None:
     run.config.update(config, allow_val_change=True)
 
 
-def write_summary(run: Any, metrics: dict[str, float], prefix: str = "") -> None:
-    """The run's final totals in its summary."""
+def write_summary(run: Any, tracker: EnergyTracker, metrics: dict[str, float], prefix: str = "") -> None:
+    """The run's final totals in its summary, and the `READABLE` figures beside them."""
     for key, value in metrics.items():
         if keys.is_cumulative(key):
             run.summary[prefix + key] = value
+    kinds = [k for k in DEVICE_KINDS if keys.kind_kwh(k) in metrics]
+    for key, (name, shown) in READABLE.items():
+        if key in metrics:
+            mark = estimate_mark(kinds, tracker.estimated_kinds) if key == keys.TOTAL_KWH else ""
+            run.summary[prefix + name] = shown(metrics[key]) + mark
+
+
+# The summary's figures as a person reads them: metric key -> (summary key, formatter).
+READABLE = {keys.TOTAL_KWH: ("energy/total", show.energy_kwh), keys.CO2E_KG: ("carbon/co2e", show.mass)}

@@ -13,6 +13,7 @@ from energy_core import devices
 from energy_core.devices.cpu_estimate import cpu_model
 from energy_core.notices import Notice
 from energy_core.output.record import RECORD_VERSION
+from energy_core.output.summary import not_counted
 from energy_core.sampling.meter import EnergyMeter
 
 _VERSIONED = (
@@ -76,6 +77,7 @@ def run_header(
             "sources": sources,
         },
         "estimated": meter.estimated,
+        "not_counted": not_counted(meter),
         "sample_interval_s": meter.sample_interval_s,
         "carbon": carbon,
         "notices": [vars(n) for n in notices],

@@ -1,15 +1,61 @@
-"""The end-of-run summary: the record's summary fields and the console's few lines."""
+"""The end-of-run summary: the record's summary fields and the console's few lines.
+
+The console's lines say, besides the figures (each in the unit that fits:
+`energy_core.output.units_text`), which of them are estimates and how far off an estimate
+can be (`ESTIMATES`), and which devices the total leaves out and why (`not_counted`), so
+that a figure is never read as more exact, or more complete, than it is.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from energy_core.accounting.figures import STAGES, RunTotals
 from energy_core.devices import DEVICE_KINDS
 from energy_core.notices import Notice
 from energy_core.output import keys
+from energy_core.output import units_text as show
 from energy_core.sampling.meter import EnergyMeter
 from energy_core.units import J_PER_KWH
+
+# How far off each kind of estimate can be (docs/cpu_estimate.md gives the reasoning).
+ESTIMATES = {
+    "cpu": (
+        "a model (watts per busy thread x this process tree's CPU time), not a reading: treat it as right to "
+        "within a factor of about 2, and expect it to rise on a loaded machine, where the same work takes more "
+        "CPU time"
+    ),
+    "dram": (
+        "a model (watts per GB of the process tree's resident memory), not a reading: a rough guide, easily off "
+        "by a factor of several"
+    ),
+}
+GUIDE = "docs/cpu_estimate.md"
+
+
+def not_counted(meter: EnergyMeter) -> dict[str, str]:
+    """The device kinds the totals leave out on this process, each with why (the header's and the summary's).
+
+    A kind left out of ``devices``, and DRAM where the machine shows no RAPL DRAM domain (most VMs, AMD
+    CPUs) and ``devices`` did not ask for an estimate. Kinds another rank of the node measures, and GPUs
+    on a machine without any (unless asked for), are no gap.
+    """
+    measured = {s.info.kind for s in meter.sources}
+    found: dict[str, str] = {}
+    for kind in DEVICE_KINDS:
+        if kind in measured or (kind != "gpu" and not meter.node_devices):
+            continue
+        if kind not in meter.kinds:
+            found[kind] = f"devices= names {', '.join(meter.kinds)} only"
+        elif kind == "dram":
+            found[kind] = (
+                "no readable RAPL DRAM domain on this machine (most VMs and AMD CPUs have none); "
+                'add "dram" to devices= for an estimate from the resident memory'
+            )
+        elif kind == "gpu" and meter.explicit:
+            found[kind] = "no GPU found"
+    return found
 
 
 def summary_fields(
@@ -51,6 +97,7 @@ def summary_fields(
         "stage_kwh": {s: stage_kwh[s] for s in STAGES},
         "failed_reads": failed_reads,
         "estimated": estimated,
+        "not_counted": not_counted(meter),
         "faults": faults,
         "unmeasured_s": max((f["unmeasured_s"] for f in faults.values()), default=0.0),
         "estimated_share": sum(f["estimated_j"] for f in faults.values()) / joules if joules > 0 else 0.0,
@@ -77,48 +124,73 @@ def quality_notices(fields: dict[str, Any]) -> list[Notice]:
     return [Notice("warn", text)]
 
 
+def estimate_mark(measured_kinds: Sequence[str], estimated_kinds: Collection[str]) -> str:
+    """How much of a total rests on an estimate, as every place that shows the total says it:
+    ``" (estimated)"`` (every device kind in it), ``" (partly estimated)"``, or ``""``."""
+    estimated = [k for k in measured_kinds if k in estimated_kinds]
+    if not estimated:
+        return ""
+    return " (estimated)" if len(estimated) == len(measured_kinds) else " (partly estimated)"
+
+
 def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
-    """A few lines for the console at the end of a run, from `summary_fields`."""
+    """A few lines for the console at the end of a run, from `summary_fields`: the figures in the
+    units that fit, what is estimated and how far off it can be, what the total leaves out."""
     metrics = fields["metrics"]
     carbon = fields["carbon"]
-    kwh = metrics.get(keys.TOTAL_KWH, 0.0)
     kinds = sorted(k for k in DEVICE_KINDS if keys.kind_kwh(k) in metrics)
-    parts = ", ".join(
-        f"{k} {metrics[keys.kind_kwh(k)]:.6g} kWh" + (" (estimated)" if k in estimated_kinds else "") for k in kinds
-    )
+    estimated = [k for k in kinds if k in estimated_kinds]
+    total = show.energy_kwh(metrics.get(keys.TOTAL_KWH, 0.0)) + estimate_mark(kinds, estimated_kinds)
     mean_w = fields["mean_power_w"]
+    line = f"Energy: {total} over {show.duration(fields['seconds'])}"
+    line += f", mean {show.power(mean_w)}" if mean_w is not None else ""
+    if not kinds:
+        line += " [no device measured]"
+    elif len(kinds) > 1:
+        line += ": " + ", ".join(
+            f"{k} {show.energy_kwh(metrics[keys.kind_kwh(k)])}" + (" (estimated)" if k in estimated else "")
+            for k in kinds
+        )
     lines = [
-        f"Energy: {kwh:.6g} kWh ({kwh * J_PER_KWH:,.1f} J) [{parts or 'no device measured'}] "
-        f"over {fields['seconds']:.1f} s" + (f", mean {mean_w:.1f} W" if mean_w is not None else ""),
-        f"CO2e: {metrics.get(keys.CO2E_KG, 0.0) * 1000:.4g} g at {carbon['g_per_kwh']:.4g} g/kWh "
+        line,
+        f"CO2e: {show.mass(metrics.get(keys.CO2E_KG, 0.0))} at {carbon['g_per_kwh']:.4g} g/kWh "
         f"x PUE {carbon['pue']:g} ({carbon['source']})",
     ]
     if fields.get("cost"):
         lines.append(f"Electricity cost: {fields['cost']['total']:.4g} {fields['cost']['currency']} (PUE applied)")
     if fields["samples"]:
-        work = f"Work: {fields['samples']:,} samples, {fields['j_per_sample']:.4g} J/sample"
+        work = f"Work: {fields['samples']:,} samples, {show.energy(fields['j_per_sample'])}/sample"
         if fields["tokens"]:
-            work += f"; {fields['tokens']:,} tokens, {fields['j_per_token']:.4g} J/token"
+            work += f"; {fields['tokens']:,} tokens, {show.energy(fields['j_per_token'])}/token"
         lines.append(work)
-    stages = ", ".join(f"{s} {v:.6g} kWh" for s, v in fields["stage_kwh"].items() if v > 0)
+    stages = ", ".join(f"{STAGE_NAMES[s]} {show.energy_kwh(v)}" for s, v in fields["stage_kwh"].items() if v > 0)
     if stages:
-        lines.append(f"Other stages: {stages}")
+        lines.append(f"Of which not training: {stages}")
     if fields.get("time_shift"):
         lines.append(shift_line(fields["time_shift"]))
     if fields["failed_reads"]:
-        lines.append(f"Gaps (failed reads): {fields['failed_reads']}")
+        gaps = ", ".join(f"{name} {count}" for name, count in fields["failed_reads"].items())
+        lines.append(f"Failed reads (gaps): {gaps}")
     if fields["estimated_share"] > 0:
         lines.append(
-            f"Not measured: up to {fields['unmeasured_s']:.1f} s; {100 * fields['estimated_share']:.1f}% of the "
-            "energy is bridged at the last good power"
+            f"Not measured: up to {show.duration(fields['unmeasured_s'])}; "
+            f"{100 * fields['estimated_share']:.1f}% of the energy is bridged at the last good power"
         )
+    for kind in estimated:
+        lines.append(f"Estimated: {kind}, {ESTIMATES.get(kind, 'a model, not a reading')} ({GUIDE}).")
+    for kind, why in (fields.get("not_counted") or {}).items():
+        lines.append(f"Not counted: {kind} ({why}).")
     return "\n".join(lines)
+
+
+STAGE_NAMES = {"val": "validation", "test": "test", "predict": "predict"}
 
 
 def shift_line(shift: dict[str, Any]) -> str:
     """The console's line for a time shift: its mode, the time paused and the CO2e saved."""
     saved, now = shift["saved_kg"], shift["run_now_kg"]
     share = f" ({saved / now:.1%} of starting at once)" if now > 0 else ""
-    hours = shift["paused_s"] / 3600
-    line = f"Time shift ({shift['mode']}): paused {hours:.3g} h, {saved * 1000:.4g} g CO2e saved{share}"
+    line = (
+        f"Time shift ({shift['mode']}): paused {show.duration(shift['paused_s'])}, {show.mass(saved)} CO2e saved{share}"
+    )
     return line + (f"; {shift['note']}" if shift.get("note") else "")

@@ -5,15 +5,18 @@
   energy-report --restore-power-limits
       put back the GPU power limits left behind by killed runs
 
-For each run: total kWh, CO2e with its factor and source, mean power, J per
-sample and per token, time, share by device, the energy to its target (when a
-target was set), and what the same energy would emit on other grids
-(codecarbon's data) at hyperscale and average PUE. Plots: energy and power
-against step and against time, loss against kWh where loss was logged, the
-monitored metric against kWh where a target watched it; several runs are
-drawn together, so setups can be compared. The
-HTML page holds the tables and the plots (self-contained). Tables follow the
-terminal's width (or COLUMNS).
+For each run: its energy, CO2e with its factor and source, mean power, time,
+energy per sample and per token, share by device, validation energy, what is
+estimated (and how far off it can be) and what is not counted, the energy to
+its target (when a target was set); where, when and how it ran (start, host,
+command, CPU, GPUs, software); and what the same energy would emit on other
+grids (codecarbon's data) at hyperscale and average PUE. Every figure is in the
+unit that fits (J, Wh, kWh; mg, g, kg). Plots: energy and power against step
+and against time, CO2e against time, energy by device, loss against energy
+where loss was logged, the monitored metric against energy where a target
+watched it; epoch ends marked; several runs are drawn together, so setups can
+be compared. The HTML page holds the tables and the plots (self-contained).
+Tables follow the terminal's width (or COLUMNS).
 
 A RECORD is a JSON-lines file written with record_path=...; a directory is
 not read: its *.jsonl files are listed, to pass them instead. A missing, empty
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,66 +45,115 @@ from rich.table import Table
 from energy_core.devices import DEVICE_KINDS
 from energy_core.notices import printable
 from energy_core.output import keys
+from energy_core.output import units_text as show
+from energy_core.output.summary import ESTIMATES, GUIDE, STAGE_NAMES, estimate_mark
 from energy_core.report import targets
 from energy_core.report.folder import FolderError, ReportFolder
-from energy_core.report.runs import Run, figure
+from energy_core.report.runs import Run, figure, utc
 from energy_core.report.runs import read as read_record
 
 SUMMARY_HEAD = [
     "run",
     "status",
-    "kWh",
-    "CO2e (g)",
+    "energy",
+    "CO2e",
     "g/kWh x PUE",
     "cost",
-    "mean W",
-    "time (s)",
-    "J/sample",
-    "J/token",
+    "mean power",
+    "time",
+    "per sample",
+    "per token",
     "by device",
+    "of which not training",
+    "estimated",
+    "not counted",
     "power cap",
     "energy to target",
     "carbon factor source",
 ]
+CONTEXT_HEAD = ["run", "started", "host", "command", "CPU", "GPUs", "devices measured", "framework", "software"]
 
 
 def run_row(label: str, run: Run) -> list[str]:
-    """One table row for a run."""
+    """One run's column of the summary (`SUMMARY_HEAD`): every figure in the unit that fits."""
     header, summary, metrics = run.header, run.summary or {}, run.metrics
     kwh = run.kwh
     carbon = {**(header.get("carbon") or {}), **(summary.get("carbon") or {})}  # the run's mean intensity
     cost = summary.get("cost") or {}
     status = str(summary.get("status", "?")) if run.summary else "INCOMPLETE (no summary: crashed or running)"
-    estimated = [e for e in header.get("estimated") or [] if isinstance(e, str)]
+    estimated = run.estimated_kinds
     shares = []
     for kind in DEVICE_KINDS:
         value = figure(metrics, keys.kind_kwh(kind))
         if value is not None and kwh > 0:
-            mark = " (estimated)" if any(e.startswith(kind) for e in estimated) else ""
+            mark = " (estimated)" if kind in estimated else ""
             shares.append(f"{kind} {100 * value / kwh:.1f}%{mark}")
     cap = ", ".join(f"GPU {c.get('gpu', '?')} {c['cap_w']:g} W" for c in run.caps if figure(c, "cap_w") is not None)
 
-    def number(values: dict[str, Any], key: str, fmt: str, scale: float = 1.0) -> str:
+    def shown(values: dict[str, Any], key: str, how: Callable[[float], str], scale: float = 1.0) -> str:
         value = figure(values, key)
-        return format(value * scale, fmt) if value is not None else "-"
+        return how(value * scale) if value is not None else "-"
 
+    stage_kwh = summary.get("stage_kwh") if isinstance(summary.get("stage_kwh"), dict) else {}
+    stages = [(name, figure(stage_kwh, stage) or figure(metrics, keys.stage_kwh(stage))) for stage, name in
+              STAGE_NAMES.items()]  # fmt: skip
     g_per_kwh = figure(carbon, "g_per_kwh")
+    kinds_measured = [k for k in DEVICE_KINDS if figure(metrics, keys.kind_kwh(k)) is not None]
+    total_mark = estimate_mark(kinds_measured, estimated)
     return [
         label,
         status,
-        f"{kwh:.6g}",
-        number(metrics, keys.CO2E_KG, ".4g", 1000),
+        show.energy_kwh(kwh) + total_mark,
+        shown(metrics, keys.CO2E_KG, show.mass),
         f"{g_per_kwh or 0:.4g} x {carbon.get('pue', '?')}",
         f"{cost['total']:.4g} {cost.get('currency') or ''}".strip() if figure(cost, "total") is not None else "-",
-        number(summary, "mean_power_w", ".1f"),
-        number(summary, "seconds", ".1f"),
-        number(summary, "j_per_sample", ".4g"),
-        number(summary, "j_per_token", ".4g"),
+        shown(summary, "mean_power_w", show.power),
+        shown(summary, "seconds", show.duration),
+        shown(summary, "j_per_sample", show.energy),
+        shown(summary, "j_per_token", show.energy),
         ", ".join(shares) or "-",
+        ", ".join(f"{name} {show.energy_kwh(value)}" for name, value in stages if value) or "-",
+        "; ".join(f"{kind}: {ESTIMATES.get(kind, 'a model, not a reading')} ({GUIDE})" for kind in estimated) or "-",
+        "; ".join(f"{kind} ({why})" for kind, why in run.not_counted.items()) or "-",
         cap or "-",
         targets.energy_to_target(run),
         str(carbon.get("source", "?")),
     ]
+
+
+def context_row(label: str, run: Run) -> list[str]:
+    """One run's column of the context (`CONTEXT_HEAD`): when, where and how it ran, from its header."""
+    header = run.header
+    hardware = _mapping(header.get("hardware"))
+    sources = [s for s in hardware.get("sources") or [] if isinstance(s, dict)]
+    gpus = [f"{s.get('name', '?')}: {s.get('detail') or '?'}" for s in sources if s.get("kind") == "gpu"]
+    drivers = _mapping(hardware.get("drivers"))
+    measured = [f"{s.get('name', '?')} ({s.get('method', '?')}{', estimated' if s.get('estimated') is True else ''})"
+                for s in sources]  # fmt: skip
+    argv = header.get("argv")
+    command = shlex.join(str(a) for a in argv) if isinstance(argv, list) else "?"
+    software = _mapping(header.get("software"))
+    framework = str(header.get("framework") or "?")
+    settings = next((_mapping(header[k]) for k in ("trainer", "args", "loop") if isinstance(header.get(k), dict)), {})
+    started = run.started
+    return [
+        label,
+        utc(started) if started is not None else "?",
+        f"{header.get('host', '?')} ({header.get('platform', '?')})",
+        command,
+        f"{hardware.get('cpu', '?')} x {hardware.get('cpu_sockets', '?')} socket(s)",
+        "; ".join(gpus) + (f" (driver {', '.join(f'{k} {v}' for k, v in drivers.items())})" if drivers else "")
+        if gpus
+        else "none measured",
+        ", ".join(measured) or "none",
+        framework + (": " + ", ".join(f"{k}={v}" for k, v in settings.items()) if settings else ""),
+        ", ".join(f"{k} {v}" for k, v in software.items()) or "?",
+    ]
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """A header's object, or an empty one where the record holds something else."""
+    return value if isinstance(value, dict) else {}
 
 
 def console() -> Console:
@@ -199,16 +252,18 @@ def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | Non
         say(f"energy-report: --out {err}; nothing written", error=True)
         return 2
     notes += [moved] if moved else []
-    rows, elsewhere = [], []
+    rows, context, elsewhere = [], [], []
     for label, run in runs:
         row = run_row(label, run)
         rows.append(row)
+        context.append(context_row(label, run))
         elsewhere.append((label, plots.elsewhere_rows(run.kwh)))
         if row[1].startswith("INCOMPLETE"):
             notes.append(f"{label}: the record has no summary line; figures are those of its last window")
     print_runs(SUMMARY_HEAD, rows, "Energy report")
+    print_runs(CONTEXT_HEAD, context, "How and where each run ran")
     for label, table in elsewhere:
-        print_table(["grid", "g/kWh", *plots.PUES], table, f"{label}: the same energy elsewhere (g CO2e)")
+        print_table(plots.ELSEWHERE_HEAD, table, f"{label}: the same energy elsewhere (CO2e)")
     other_hours = []
     for label, run in runs if series is not None else []:
         table = when.started_at_other_hours(run, series)  # type: ignore[arg-type]  # series is set here
@@ -227,7 +282,7 @@ def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | Non
     except ImportError as err:  # matplotlib is a dependency; this is a damaged install
         say(f"energy-report: no plots: {err.name or 'matplotlib'} is missing (pip install matplotlib)", error=True)
         images = []
-    page = plots.write_html(SUMMARY_HEAD, rows, elsewhere, images, notes, other_hours)
+    page = plots.write_html((SUMMARY_HEAD, rows), (CONTEXT_HEAD, context), elsewhere, images, notes, other_hours)
     written = 0
     try:
         for name, data in [*images, ("report.html", page.encode("utf-8"))]:

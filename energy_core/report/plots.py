@@ -1,4 +1,16 @@
-"""Plots and the self-contained HTML page of ``energy-report`` (matplotlib, Agg backend)."""
+"""Plots and the self-contained HTML page of ``energy-report`` (matplotlib, Agg backend).
+
+Every axis shows its figures in the unit that fits the largest of them (`energy_core.output.units_text`:
+J, Wh, kWh; mg, g, kg; W, kW; s, min, h), with no offset or exponent above the axis. Every plot has a
+legend naming each run and its start; a curve that rests on an estimate says so in its legend entry.
+Epoch ends are marked on the step and time axes. Power is drawn per logging window, a window shorter
+than a quarter of the median window (the partial window an epoch's end closes: a few steps, whose mean
+power is mostly noise or one burst) folded into the window before it, so it is no spike. The energy
+curves run to the summary (the final evaluation included).
+
+Each PNG stores its title (``Title``) and, as drawn, its axes' labels, tick labels and legend
+(``Description``), so what a reader sees can be checked without reading pixels.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +19,20 @@ import html
 import io
 import math
 import re
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from energy_core.carbon.location import CarbonIntensity, co2e_kg, country_intensity, region_intensity, world_average
+from energy_core.devices import DEVICE_KINDS
 from energy_core.notices import printable
-from energy_core.output.record import WINDOW
+from energy_core.output import units_text as show
+from energy_core.output.record import EPOCH, SUMMARY, WINDOW
 from energy_core.report import targets
-from energy_core.report.runs import Run
+from energy_core.report.runs import Run, utc
 from energy_core.report.when import WHAT_IF_HEAD, computing, intensity_used
+from energy_core.units import J_PER_KWH
 
 OTHER_GRIDS = (
     ("FRA", None),
@@ -28,7 +44,10 @@ OTHER_GRIDS = (
     ("IND", None),
     ("AUS", None),
 )
-PUES = {"hyperscale (1.1)": 1.1, "industry average (1.58)": 1.58}
+PUES = {"PUE 1.1 (hyperscale)": 1.1, "PUE 1.58 (industry average)": 1.58}
+ELSEWHERE_HEAD = ["grid", "g/kWh", *(f"CO2e at {name}" for name in PUES)]
+TIME = (("s", 1.0), ("min", 60.0), ("h", 3600.0))  # the time axis: the largest unit the run spans twice
+SHORT_WINDOW = 0.25  # a window shorter than this share of the median window is folded into the one before
 
 
 def other_grids() -> list[tuple[str, CarbonIntensity]]:
@@ -41,96 +60,217 @@ def other_grids() -> list[tuple[str, CarbonIntensity]]:
 
 
 def elsewhere_rows(kwh: float) -> list[list[str]]:
-    """What ``kwh`` would emit on other grids, at each typical PUE (grams CO2e)."""
+    """What ``kwh`` would emit on other grids, at each typical PUE (`ELSEWHERE_HEAD`)."""
     return [
         [
             name,
             f"{intensity.g_per_kwh:.0f}",
-            *(f"{co2e_kg(kwh, pue, intensity.g_per_kwh) * 1000:.4g}" for pue in PUES.values()),
+            *(show.mass(co2e_kg(kwh, pue, intensity.g_per_kwh)) for pue in PUES.values()),
         ]
         for name, intensity in other_grids()
     ]
 
 
 def series(run: Run) -> dict[str, list[float]]:
-    """Step, seconds, kWh, W, the intensity in force (g/kWh) and loss from a run's window lines."""
+    """A run's curves, in base units (J, kg, W, s): the cumulative figures at every boundary (windows,
+    epoch ends, the summary), power per window (short windows folded), loss against energy, epoch ends."""
     points = run.points
-    shown = [i for i in points.rows(WINDOW) if not math.isnan(points.kwh[i])]
-    out = {name: [getattr(points, column)[i] for i in shown] for name, column in SERIES.items()}
-    with_loss = [i for i in shown if not math.isnan(points.loss[i])]
-    out["loss_kwh"] = [points.kwh[i] for i in with_loss]
+    shown = [i for i in points.rows(WINDOW, EPOCH, SUMMARY) if not math.isnan(points.kwh[i])]
+    out: dict[str, list[float]] = {
+        "step": [points.step[i] for i in shown],
+        "seconds": [_seconds(points.seconds[i]) for i in shown],
+        "joules": [points.kwh[i] * J_PER_KWH for i in shown],
+        "co2e": [points.co2e_kg[i] for i in shown],
+    }
+    for kind in DEVICE_KINDS:
+        column = getattr(points, f"{kind}_kwh")
+        out[f"{kind}_joules"] = [column[i] * J_PER_KWH for i in shown]
+    out.update(_power(run))
+    with_loss = [i for i in points.rows(WINDOW) if not math.isnan(points.kwh[i]) and not math.isnan(points.loss[i])]
+    out["loss_joules"] = [points.kwh[i] * J_PER_KWH for i in with_loss]
     out["loss"] = [points.loss[i] for i in with_loss]
-    out["seconds"] = [0.0 if math.isnan(t) else t for t in out["seconds"]]
+    epochs = [i for i in points.rows(EPOCH)]
+    out["epoch_step"] = [points.step[i] for i in epochs if not math.isnan(points.step[i])]
+    out["epoch_seconds"] = [points.seconds[i] for i in epochs if not math.isnan(points.seconds[i])]
     return out
 
 
-SERIES = {"step": "step", "seconds": "seconds", "kwh": "kwh", "watts": "watts", "intensity": "intensity"}
+def _seconds(value: float) -> float:
+    return 0.0 if math.isnan(value) else value
 
 
-# One PNG per view: file name, x series, y series, x label, y label, title.
+def _power(run: Run) -> dict[str, list[float]]:
+    """Mean power per window (``power_step``, ``power_seconds``, ``watts``); a window shorter than
+    `SHORT_WINDOW` of the median one is folded into the one before it (their energy over their time), a
+    short first one into the next."""
+    points = run.points
+    rows = [i for i in points.rows(WINDOW) if not math.isnan(points.watts[i])]
+    lengths = [points.window_s[i] for i in rows if points.window_s[i] > 0]
+    shortest = SHORT_WINDOW * statistics.median(lengths) if lengths else 0.0
+    kept: list[list[float]] = []  # [step, seconds, joules, window seconds]
+    carried = [0.0, 0.0]  # a short first window's (joules, seconds), for the next
+    for i in rows:
+        span = points.window_s[i]
+        span = span if span > 0 else 0.0
+        joules = points.watts[i] * span
+        if span >= shortest:
+            kept.append([points.step[i], _seconds(points.seconds[i]), joules + carried[0], span + carried[1]])
+            carried = [0.0, 0.0]
+        elif kept:  # folded into the window before it
+            kept[-1][0], kept[-1][1] = points.step[i], _seconds(points.seconds[i])
+            kept[-1][2] += joules
+            kept[-1][3] += span
+        else:
+            carried = [carried[0] + joules, carried[1] + span]
+    return {
+        "power_step": [k[0] for k in kept],
+        "power_seconds": [k[1] for k in kept],
+        "watts": [k[2] / k[3] if k[3] > 0 else points.watts[rows[0]] for k in kept],
+    }
+
+
+# One PNG per view: file name, x series, y series, x axis, y axis, title. An axis is (label, ladder)
+# where a ladder scales the figures to the unit that fits, or (label, None) for figures shown as logged.
+ENERGY_AXIS = ("energy", show.ENERGY)
+TIME_AXIS = ("training time", TIME)
+STEP_AXIS = ("optimizer step", None)
+POWER_AXIS = ("mean power over the window", show.POWER)
 VIEWS = (
-    ("energy_vs_step.png", "step", "kwh", "optimizer step", "energy (kWh)", "Energy against optimizer step"),
-    ("energy_vs_time.png", "seconds", "kwh", "training time (s)", "energy (kWh)", "Energy against training time"),
-    (
-        "power_vs_step.png",
-        "step",
-        "watts",
-        "optimizer step",
-        "mean power over the window (W)",
-        "Power against optimizer step",
-    ),
-    (
-        "power_vs_time.png",
-        "seconds",
-        "watts",
-        "training time (s)",
-        "mean power over the window (W)",
-        "Power against training time",
-    ),
-    ("loss_vs_kwh.png", "loss_kwh", "loss", "energy (kWh)", "loss", "Loss against energy"),
+    ("energy_vs_step.png", "step", "joules", STEP_AXIS, ENERGY_AXIS, "Energy against optimizer step"),
+    ("energy_vs_time.png", "seconds", "joules", TIME_AXIS, ENERGY_AXIS, "Energy against training time"),
+    ("power_vs_step.png", "power_step", "watts", STEP_AXIS, POWER_AXIS, "Power against optimizer step"),
+    ("power_vs_time.png", "power_seconds", "watts", TIME_AXIS, POWER_AXIS, "Power against training time"),
+    ("loss_vs_kwh.png", "loss_joules", "loss", ENERGY_AXIS, ("loss", None), "Loss against energy"),
+    ("co2e_vs_time.png", "seconds", "co2e", TIME_AXIS, ("CO2e", show.MASS), "CO2e against training time"),
 )
+DEVICES_PLOT = ("energy_by_device.png", "Energy by device against training time")
 INTENSITY_PLOT = ("intensity_vs_power.png", "Grid intensity against power over the run")
-TITLES = {name: title for name, *_, title in (*VIEWS, INTENSITY_PLOT, targets.METRIC_PLOT)}
+TITLES = {name: title for name, *_, title in (*VIEWS, DEVICES_PLOT, INTENSITY_PLOT, targets.METRIC_PLOT)}
+EPOCH_ENDS = {"power_step": "epoch_step", "step": "epoch_step", "power_seconds": "epoch_seconds",
+              "seconds": "epoch_seconds"}  # fmt: skip
+
+
+def legend_label(label: str, run: Run) -> str:
+    """A run as every plot's legend names it: its label, its start, and what of it is estimated."""
+    started = f", {utc(run.started)}" if run.started is not None else ""
+    estimated = f" ({', '.join(run.estimated_kinds)} estimated)" if run.estimated_kinds else ""
+    return printable(label) + started + estimated
+
+
+def unit_of(values: Sequence[float], axis: tuple[str, Any]) -> tuple[str, float]:
+    """An axis's label and the factor its figures are divided by: the unit that fits the largest figure."""
+    name, ladder = axis
+    if ladder is None:
+        return name, 1.0
+    largest = max((abs(v) for v in values if v == v), default=0.0)
+    if ladder is TIME:
+        unit, size = next(((n, s) for n, s in reversed(TIME) if largest >= 2 * s), TIME[0])
+    else:
+        unit, size = show.unit_for(largest, ladder)
+    return f"{name} ({unit})", size
 
 
 def plot_runs(runs: list[tuple[str, Run]]) -> list[tuple[str, bytes]]:
-    """One titled PNG per view, every run drawn in it: (file name, PNG) of each.
-
-    The title is drawn above the plot and stored as the PNG's ``Title`` text chunk.
-    """
+    """One titled PNG per view, every run drawn in it: (file name, PNG) of each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = [(label, series(run)) for label, run in runs]
+    data = [(label, run, series(run)) for label, run in runs]
     drawn_views = []
-    for name, x, y, x_label, y_label, title in VIEWS:
-        drawn = [(label, s) for label, s in data if s[x] and s[y]]
+    for name, x, y, x_axis, y_axis, title in VIEWS:
+        drawn = [(label, run, s) for label, run, s in data if s[x] and s[y]]
         if not drawn:
             continue
         figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
-        for label, s in drawn:
-            axes.plot(s[x], s[y], marker=".", label=label)
-        axes.set_title(title)
-        axes.set_xlabel(x_label)
-        axes.set_ylabel(y_label)
-        axes.grid(alpha=0.3)
-        if len(drawn) > 1:
-            axes.legend(fontsize="small")
-        figure.tight_layout()
+        x_label, x_size = unit_of([v for _, _, s in drawn for v in s[x]], x_axis)
+        y_label, y_size = unit_of([v for _, _, s in drawn for v in s[y]], y_axis)
+        if y == "loss":
+            y_label = _loss_label([run for _, run, _ in drawn])
+        for label, run, s in drawn:
+            line = axes.plot([v / x_size for v in s[x]], [v / y_size for v in s[y]], marker=".",
+                             label=legend_label(label, run))[0]  # fmt: skip
+            _epoch_ends(axes, s.get(EPOCH_ENDS.get(x, ""), []), x_size, line.get_color())
+        _finish(axes, title, x_label, y_label)
         drawn_views.append((name, _png(plt, figure, title)))
-    metric = targets.metric_figure(plt, runs)
+    devices = _devices_plot(plt, data)
+    if devices is not None:
+        drawn_views.append((DEVICES_PLOT[0], _png(plt, devices, DEVICES_PLOT[1])))
+    metric = targets.metric_figure(plt, runs, legend_label)
     if metric is not None:
         drawn_views.append((targets.METRIC_PLOT[0], _png(plt, metric, targets.METRIC_PLOT[1])))
     return drawn_views + _intensity_plot(plt, runs)
 
 
+def _loss_label(runs: list[Run]) -> str:
+    names = list(dict.fromkeys(printable(run.points.loss_name) for run in runs if run.points.loss_name))
+    return f"loss ({', '.join(names)})" if names else "loss"
+
+
+def _epoch_ends(axes: Any, at: list[float], size: float, color: Any) -> None:
+    """A dotted line at each epoch's end, in the run's colour, named once in the legend."""
+    named = "epoch ends" in axes.get_legend_handles_labels()[1]
+    for i, x in enumerate(at):
+        label = "epoch ends" if i == 0 and not named else None
+        axes.axvline(x / size, color=color, linestyle=":", linewidth=0.9, alpha=0.7, label=label)
+
+
+def _finish(axes: Any, title: str, x_label: str, y_label: str) -> None:
+    """Title, labels, grid, legend; plain tick labels (no offset, no exponent above the axis)."""
+    axes.set_title(title)
+    axes.set_xlabel(x_label)
+    axes.set_ylabel(y_label)
+    axes.ticklabel_format(axis="both", style="plain", useOffset=False)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    axes.figure.tight_layout()
+
+
+def _devices_plot(plt: Any, data: list[tuple[str, Run, dict[str, list[float]]]]) -> Any:
+    """Each run's energy per device kind against time, an estimated kind named so (and dashed); None
+    when no run measured more than one kind (the energy plot says it all)."""
+    measured = [[k for k in DEVICE_KINDS if any(v == v for v in s[f"{k}_joules"])] for _, _, s in data]
+    if all(len(kinds) < 2 for kinds in measured):
+        return None
+    curves = []
+    for (label, run, s), kinds in zip(data, measured):
+        for kind in kinds:
+            mark = " (estimated)" if kind in run.estimated_kinds else ""
+            pairs = [(t, j) for t, j in zip(s["seconds"], s[f"{kind}_joules"]) if j == j]
+            curves.append((f"{printable(label)}: {kind}{mark}", pairs, bool(mark)))
+    figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
+    x_label, x_size = unit_of([t for _, pairs, _ in curves for t, _ in pairs], TIME_AXIS)
+    y_label, y_size = unit_of([j for _, pairs, _ in curves for _, j in pairs], ENERGY_AXIS)
+    for name, pairs, estimated in curves:
+        axes.plot([t / x_size for t, _ in pairs], [j / y_size for _, j in pairs], marker=".",
+                  linestyle="--" if estimated else "-", label=name)  # fmt: skip
+    _finish(axes, DEVICES_PLOT[1], x_label, y_label)
+    return figure
+
+
 def _png(plt: Any, figure: Any, title: str) -> bytes:
+    """The figure as a PNG, its title and (as drawn) its axes' text stored in it."""
+    figure.canvas.draw()
     out = io.BytesIO()
-    figure.savefig(out, format="png", metadata={"Title": title})
+    figure.savefig(out, format="png", metadata={"Title": title, "Description": drawn_text(figure)})
     plt.close(figure)
     return out.getvalue()
+
+
+def drawn_text(figure: Any) -> str:
+    """The text of a drawn figure's axes, one line each: labels, tick labels, offset text, legend."""
+    lines = []
+    for axes in figure.axes:
+        for name, axis in (("x", axes.xaxis), ("y", axes.yaxis)):
+            ticks = [t.get_text() for t in axis.get_ticklabels() if t.get_text()]
+            offset = axis.get_offset_text().get_text()
+            if ticks or axis.get_label_text():
+                lines.append(f"{name} axis: {axis.get_label_text()} | ticks: {', '.join(ticks)} | offset: {offset}")
+        legend = axes.get_legend()
+        if legend is not None:
+            lines.append("legend: " + "; ".join(t.get_text() for t in legend.get_texts()))
+    return "\n".join(lines)
 
 
 def _intensity_plot(plt: Any, runs: list[tuple[str, Run]]) -> list[tuple[str, bytes]]:
@@ -141,28 +281,32 @@ def _intensity_plot(plt: Any, runs: list[tuple[str, Run]]) -> list[tuple[str, by
     drawn = []
     for label, run in runs:
         s, stretches = series(run), computing(run)
-        curve = intensity_used(run) if stretches else list(zip(s["seconds"], s["intensity"]))
+        curve = intensity_used(run) if stretches else logged_intensity(run)
         if len({g for _, g in curve if g == g}) > 1:  # NaN: not logged
-            drawn.append((label, s, stretches, curve))
+            drawn.append((label, run, s, stretches, curve))
     if not drawn:
         return []
     name, title = INTENSITY_PLOT
     figure, power_axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
     intensity_axes = power_axes.twinx()
-    for label, s, stretches, curve in drawn:
-        hours = [seconds / 3600 for seconds in s["seconds"]]
-        line = power_axes.plot(hours, s["watts"], marker=".", label=f"{label}: power")[0]
+    power_label, power_size = unit_of([w for _, _, s, _, _ in drawn for w in s["watts"]], POWER_AXIS)
+    for label, run, s, stretches, curve in drawn:
+        hours = [seconds / 3600 for seconds in s["power_seconds"]]
+        named = legend_label(label, run)
+        line = power_axes.plot(hours, [w / power_size for w in s["watts"]], marker=".", label=f"{named}: power")[0]
         at, values = [t / 3600 for t, _ in curve], [g for _, g in curve]
         if stretches:  # the last value holds to the run's end
             at, values = [*at, max(at[-1], stretches[-1][1] / 3600)], [*values, values[-1]]
-        intensity_axes.step(at, values, where="post", linestyle="--", label=f"{label}: intensity")
+        intensity_axes.step(at, values, where="post", linestyle="--", label=f"{printable(label)}: intensity")
         for i, (begin, end) in enumerate(stretches):  # a time shift: when the job computed
             power_axes.axvspan(begin / 3600, end / 3600, color=line.get_color(), alpha=0.12, linewidth=0,
-                               label=f"{label}: computing" if i == 0 else None)  # fmt: skip
+                               label=f"{printable(label)}: computing" if i == 0 else None)  # fmt: skip
     power_axes.set_title(title)
     power_axes.set_xlabel("training time (h)")
-    power_axes.set_ylabel("mean power over the window (W)")
+    power_axes.set_ylabel(power_label)
     intensity_axes.set_ylabel("grid intensity (g CO2e/kWh)")
+    for axes in (power_axes, intensity_axes):
+        axes.ticklabel_format(axis="y", style="plain", useOffset=False)
     power_axes.grid(alpha=0.3)
     lines = power_axes.get_legend_handles_labels()
     more = intensity_axes.get_legend_handles_labels()
@@ -171,12 +315,18 @@ def _intensity_plot(plt: Any, runs: list[tuple[str, Run]]) -> list[tuple[str, by
     return [(name, _png(plt, figure, title))]
 
 
-NUMBER = re.compile(r"^[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-$")
+def logged_intensity(run: Run) -> list[tuple[float, float]]:
+    """The intensity logged in each window, at the window's end (training seconds)."""
+    points = run.points
+    return [(_seconds(points.seconds[i]), points.intensity[i]) for i in points.rows(WINDOW)]
 
 
-def _numeric_columns(rows: list[list[str]], width: int) -> list[bool]:
-    """Which columns hold only numbers (or '-' for none): those are right-aligned."""
-    return [bool(rows) and all(NUMBER.match(row[i].strip()) for row in rows) for i in range(width)]
+NUMBER = re.compile(r"^[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?( [a-zA-Zµ]+)?$|^-$")
+
+
+def _numeric(text: str) -> bool:
+    """A figure (a number, with its unit) or '-' for none: right-aligned."""
+    return bool(NUMBER.match(text.strip()))
 
 
 def _text(text: str) -> str:
@@ -189,18 +339,30 @@ def _breakable(text: str) -> str:
     return re.sub(r"([/_])", r"\1<wbr>", _text(text))
 
 
+def _cell(tag: str, text: str, numeric: bool) -> str:
+    if numeric:
+        return f'<{tag} class="num">{_text(text)}</{tag}>'
+    return f"<{tag}>{_breakable(text)}</{tag}>"
+
+
 def _table(head: list[str], rows: list[list[str]]) -> str:
-    """An HTML table; columns of numbers are marked ``num`` (right-aligned)."""
-    numeric = _numeric_columns(rows, len(head))
-
-    def cell(tag: str, i: int, text: str) -> str:
-        if numeric[i]:
-            return f'<{tag} class="num">{_text(text)}</{tag}>'
-        return f"<{tag}>{_breakable(text)}</{tag}>"
-
-    cells = "".join(cell("th", i, h) for i, h in enumerate(head))
-    body = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
+    """An HTML table; columns of figures are marked ``num`` (right-aligned)."""
+    numeric = [bool(rows) and all(_numeric(row[i]) for row in rows) for i in range(len(head))]
+    cells = "".join(_cell("th", h, numeric[i]) for i, h in enumerate(head))
+    body = "".join("<tr>" + "".join(_cell("td", c, numeric[i]) for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f'<div class="scroll"><table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _runs_table(head: list[str], rows: list[list[str]]) -> str:
+    """The runs side by side, as in the terminal: one column per run, one line per figure (each cell
+    left-aligned: a column mixes figures and text)."""
+    runs = "".join(_cell("th", row[0], False) for row in rows)
+    body = "".join(
+        f'<tr><th scope="row">{_text(field)}</th>' + "".join(_cell("td", row[i], False) for row in rows) + "</tr>"
+        for i, field in enumerate(head[1:], start=1)
+    )
+    return (f'<div class="scroll"><table class="runs"><thead><tr><th>{_text(head[0])}</th>{runs}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")  # fmt: skip
 
 
 # Laid out for a laptop screen: the page uses up to 90rem; plots and the per-run tables
@@ -215,6 +377,8 @@ h1{font-size:1.6rem;margin:.5rem 0}h2{font-size:1.25rem;margin:1.5rem 0 .5rem}h3
 table{border-collapse:collapse;margin:.25rem 0 1rem}
 th,td{border:1px solid #c8c8cc;padding:.25rem .6rem;text-align:left;vertical-align:top;overflow-wrap:break-word}
 th{background:#f2f2f5;font-weight:600;overflow-wrap:normal}
+table.runs tbody th{white-space:nowrap}
+table.runs td{max-width:40rem}
 .num{text-align:right;font-variant-numeric:tabular-nums}
 td.num{white-space:nowrap}
 .grid{display:grid;gap:1rem 1.5rem;align-items:start}
@@ -227,15 +391,16 @@ figcaption{font-size:.9rem;color:#555;margin-top:.25rem}
 
 
 def write_html(
-    summary_head: list[str],
-    summary_rows: list[list[str]],
+    summary: tuple[list[str], list[list[str]]],
+    context: tuple[list[str], list[list[str]]],
     elsewhere: list[tuple[str, list[list[str]]]],
     plots: list[tuple[str, bytes]],
     notes: list[str],
     other_hours: Sequence[tuple[str, list[list[str]]]] = (),
 ) -> str:
-    """A self-contained page: tables, the plots (file name, PNG) inlined as data URIs, notes;
-    with ``other_hours``, the what-if of each run's start hour (`energy_core.report.when`)."""
+    """A self-contained page: the runs' figures and context (one column per run), the plots (file
+    name, PNG) inlined as data URIs, the same energy elsewhere, notes; with ``other_hours``, the
+    what-if of each run's start hour (`energy_core.report.when`)."""
 
     def caption(name: str) -> str:
         return html.escape(TITLES.get(name, Path(name).stem.replace("_", " ")))
@@ -246,9 +411,7 @@ def write_html(
         for name, png in plots
     )
     regions = "".join(
-        f"<section><h3>{_text(label)}: the same energy elsewhere (g CO2e)</h3>"
-        + _table(["grid", "g/kWh", *PUES], rows)
-        + "</section>"
+        f"<section><h3>{_text(label)}: the same energy elsewhere</h3>" + _table(ELSEWHERE_HEAD, rows) + "</section>"
         for label, rows in elsewhere
     )
     hours = "".join(
@@ -266,7 +429,8 @@ def write_html(
 <style>{STYLE}</style>
 </head><body>
 <h1>Energy report</h1>
-<h2>Runs</h2>{_table(summary_head, summary_rows)}
+<h2>Runs</h2><div id="runs">{_runs_table(*summary)}</div>
+<h2>How and where each run ran</h2><div id="context">{_runs_table(*context)}</div>
 <h2>Plots</h2>{plots_part}
 <h2>The same energy elsewhere</h2><div id="elsewhere" class="grid">{regions}</div>
 {hours_part}

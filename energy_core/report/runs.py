@@ -19,10 +19,12 @@ import math
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from energy_core.carbon.run_factors import CARBON
+from energy_core.devices import DEVICE_KINDS
 from energy_core.output import keys
 from energy_core.output.record import EPOCH, FACTOR, POWER_CAP, SHIFT, SUMMARY, TARGET, WINDOW, record_lines
 
@@ -43,28 +45,45 @@ class Points:
     kind: array = field(default_factory=lambda: array("b"))  # index in BOUNDARIES
     step: array = field(default_factory=lambda: array("d"))
     seconds: array = field(default_factory=lambda: array("d"))  # training seconds so far
+    window_s: array = field(default_factory=lambda: array("d"))  # a window line's own training seconds
     kwh: array = field(default_factory=lambda: array("d"))
     watts: array = field(default_factory=lambda: array("d"))
     intensity: array = field(default_factory=lambda: array("d"))
+    co2e_kg: array = field(default_factory=lambda: array("d"))
+    gpu_kwh: array = field(default_factory=lambda: array("d"))
+    cpu_kwh: array = field(default_factory=lambda: array("d"))
+    dram_kwh: array = field(default_factory=lambda: array("d"))
     loss: array = field(default_factory=lambda: array("d"))
+    loss_name: str | None = None  # the loss plotted: the first logged name with "loss" in it
 
     def add(self, line: dict[str, Any]) -> None:
         metrics = line.get("metrics") or {}
         seconds = figure(line, "elapsed_s") if line["type"] != SUMMARY else figure(line, "seconds")
         extra = line.get("extra") or {}
-        losses = [loss for k in extra if "loss" in k and (loss := figure(extra, k)) is not None]
+        losses = {str(k): loss for k in extra if "loss" in str(k) and (loss := figure(extra, k)) is not None}
+        if self.loss_name is None and losses and line["type"] == WINDOW:
+            self.loss_name = next(iter(losses))
         self.kind.append(BOUNDARIES.index(line["type"]))
         self.step.append(_or_nan(figure(line, "step")))
         self.seconds.append(_or_nan(seconds))
+        self.window_s.append(_or_nan(figure(line, "seconds")) if line["type"] == WINDOW else NAN)
         self.kwh.append(_or_nan(figure(metrics, keys.TOTAL_KWH)))
         self.watts.append(_or_nan(figure(metrics, keys.TOTAL_W)))
         self.intensity.append(_or_nan(figure(metrics, keys.INTENSITY)))
-        self.loss.append(losses[0] if losses else NAN)
+        self.co2e_kg.append(_or_nan(figure(metrics, keys.CO2E_KG)))
+        for kind in DEVICE_KINDS:
+            getattr(self, f"{kind}_kwh").append(_or_nan(figure(metrics, keys.kind_kwh(kind))))
+        self.loss.append(_or_nan(losses.get(self.loss_name or "")))
 
     def rows(self, *kinds: str) -> list[int]:
         """The indices of the boundaries of these kinds."""
         wanted = {BOUNDARIES.index(k) for k in kinds}
         return [i for i, k in enumerate(self.kind) if k in wanted]
+
+
+def utc(t: float) -> str:
+    """A unix time as the report shows it: ``2026-11-24 10:00 UTC``."""
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _or_nan(value: float | None) -> float:
@@ -133,6 +152,28 @@ class Run:
     def kwh(self) -> float:
         """Its total energy (0 when it logged none)."""
         return figure(self.metrics, keys.TOTAL_KWH) or 0.0
+
+    @property
+    def estimated_kinds(self) -> list[str]:
+        """The device kinds whose energy is an estimate (from the header's sources), in `DEVICE_KINDS` order."""
+        hardware = self.header.get("hardware")
+        sources = hardware.get("sources") if isinstance(hardware, dict) else None
+        found = {s.get("kind") for s in sources or [] if isinstance(s, dict) and s.get("estimated") is True}
+        return [kind for kind in DEVICE_KINDS if kind in found]
+
+    @property
+    def not_counted(self) -> dict[str, str]:
+        """The device kinds the run's totals leave out, and why (the summary's, else the header's)."""
+        for line in (self.summary or {}, self.header):
+            found = line.get("not_counted")
+            if isinstance(found, dict):
+                return {k: str(v) for k, v in found.items() if k in DEVICE_KINDS}
+        return {}
+
+    @property
+    def started(self) -> float | None:
+        """Unix time of its header (its start)."""
+        return figure(self.header, "time")
 
 
 def read(path: Path) -> tuple[list[Run], list[str]]:

@@ -10,11 +10,14 @@ are not numbers is left out, and names from it are shown printable and short.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from energy_core.notices import printable
+from energy_core.output import units_text as show
 from energy_core.report.runs import Run
 from energy_core.target.run import REACHED
+from energy_core.units import J_PER_KWH
 
 METRIC_PLOT = ("metric_vs_kwh.png", "Metric against energy")
 MAX_METRICS = 3  # one panel per metric name; a report of more compares too little to be read
@@ -62,7 +65,7 @@ def energy_to_target(run: Run) -> str:
     if reached is not None:
         step = reached.get("step")
         at = f", step {step}" if isinstance(step, int) else ""
-        return f"{reached['kwh']:.6g} kWh ({_goal(reached)}{at})"
+        return f"{show.energy_kwh(reached['kwh'])} ({_goal(reached)}{at})"
     values = [x["value"] for x in lines if x["value"] is not None]
     if not values:
         return f"not reached ({_goal(lines[-1])}; no figure)"
@@ -70,26 +73,30 @@ def energy_to_target(run: Run) -> str:
     return f"not reached ({_goal(lines[-1])}; best {best:.4g})"
 
 
-def metric_figure(plt: Any, runs: list[tuple[str, Run]]) -> Any:
+def metric_figure(plt: Any, runs: list[tuple[str, Run]], name: Callable[[str, Run], str]) -> Any:
     """One panel per metric (at most `MAX_METRICS`): each run's metric at each evaluation
-    against the energy spent by then, its target as a dashed line, the evaluation that
-    reached it starred. None when no run recorded a target."""
+    against the energy spent by then (in the unit that fits), its target as a dashed line, the
+    evaluation that reached it starred; ``name`` gives a run's legend entry. None when no run
+    recorded a target."""
     by_metric: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}
     for label, run in runs:
         lines = [x for x in evaluations(run) if x["value"] is not None]
         for metric in dict.fromkeys(x["metric"] for x in lines):
-            by_metric.setdefault(metric, []).append((label, [x for x in lines if x["metric"] == metric]))
+            by_metric.setdefault(metric, []).append((name(label, run), [x for x in lines if x["metric"] == metric]))
     metrics = list(by_metric)[:MAX_METRICS]
     if not metrics:
         return None
+    largest = max(x["kwh"] for metric in metrics for _, lines in by_metric[metric] for x in lines) * J_PER_KWH
+    unit, size = show.unit_for(largest, show.ENERGY)
+    size /= J_PER_KWH  # kWh per unit shown
     figure, panels = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 3.6), dpi=150, squeeze=False)
     for axes, metric in zip(panels[0], metrics):
         targets = set()
         for label, lines in by_metric[metric]:
-            drawn = axes.plot([x["kwh"] for x in lines], [x["value"] for x in lines], marker=".", label=label)
+            drawn = axes.plot([x["kwh"] / size for x in lines], [x["value"] for x in lines], marker=".", label=label)
             reached = [x for x in lines if x.get("event") == REACHED]
             if reached:
-                axes.plot([reached[0]["kwh"]], [reached[0]["value"]], marker="*", markersize=12,
+                axes.plot([reached[0]["kwh"] / size], [reached[0]["value"]], marker="*", markersize=12,
                           color=drawn[0].get_color(), linestyle="none")  # fmt: skip
             target = _number(lines[-1].get("target"))
             if target is not None:
@@ -97,8 +104,9 @@ def metric_figure(plt: Any, runs: list[tuple[str, Run]]) -> Any:
         for target in sorted(targets):
             axes.axhline(target, linestyle="--", color="grey", linewidth=1)
         axes.set_title(f"{metric} against energy" if len(metrics) > 1 else METRIC_PLOT[1])
-        axes.set_xlabel("energy since fit start (kWh)")
+        axes.set_xlabel(f"energy since fit start ({unit})")
         axes.set_ylabel(metric)
+        axes.ticklabel_format(axis="x", style="plain", useOffset=False)
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
     figure.tight_layout()

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from energy_core.carbon.factor import Factor, Series
-from energy_core.report.runs import BOUNDARIES, Run, figure
+from energy_core.output import units_text as show
+from energy_core.report.runs import BOUNDARIES, Run, figure, utc
 from energy_core.units import J_PER_KWH
 
 HOURS = 24
-WHAT_IF_HEAD = ["start (UTC)", "g CO2e", "vs as run"]
+WHAT_IF_HEAD = ["start", "CO2e", "vs as run"]
 
 
 @dataclass(frozen=True)
@@ -97,19 +97,14 @@ def started_at_other_hours(run: Run, series: Series) -> list[list[str]]:
     pue, began = pue_of(run), run_slices[0].start
     as_run = co2e_g(run_slices, series, pue, 0.0)
     inside = series.covers(began, run_slices[-1].end)
-    rows = [
-        ["as run " + _utc(began) + ("" if inside else " (outside the series: its end values)"), f"{as_run:.4g}", "-"]
-    ]
+    where = "" if inside else " (outside the series: its end values)"
+    rows = [["as run, " + utc(began) + where, show.mass(as_run / 1000), "-"]]
     for start in start_hours(series):
         grams = co2e_g(run_slices, series, pue, start - began)
         change = f"{(grams / as_run - 1) * 100:+.0f}%" if as_run > 0 else "-"
-        rows.append([_utc(start), f"{grams:.4g}", change])
+        rows.append([utc(start), show.mass(grams / 1000), change])
     series.take_notices()  # a shifted run past the series' ends uses its end values: said in the page's note
     return rows
-
-
-def _utc(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
 def _timeline(run: Run) -> tuple[float, float] | None:

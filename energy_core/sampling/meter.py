@@ -122,6 +122,16 @@ class EnergyMeter:
             self.sampler.watch_mark(mark)
         return mark
 
+    def newest(self) -> Mark | None:
+        """The moment of the newest reading, as a mark that reading fixed (None before the first): the
+        energy up to it is measured, never extrapolated."""
+        found = self.sampler.newest if self.sampler is not None else None
+        if found is None:
+            return None
+        mark = Mark(found[0])
+        mark.joules = found[1].copy()
+        return mark
+
     def joules(self, *marks: Mark) -> list[np.ndarray]:
         """Cumulative joules of every source at each mark.
 

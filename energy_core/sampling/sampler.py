@@ -171,6 +171,11 @@ class Sampler:
         self._thread: threading.Thread | None = None  # the reading thread, while it lives
 
     @property
+    def newest(self) -> tuple[float, np.ndarray] | None:
+        """The newest reading: its time and the cumulative joules of every source (None before the first)."""
+        return self._previous
+
+    @property
     def failed_reads(self) -> list[int]:
         """Failed or dropped readings per source (gaps)."""
         return [ledger.gaps for ledger in self.ledgers]

@@ -32,11 +32,11 @@ from energy_core.accounting.ranks import Ranks
 from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.output import keys
+from energy_core.output import units_text as show
 from energy_core.output.record import TARGET
 from energy_core.target.rule import TargetRule, metric_name
 from energy_core.tracker import EnergyTracker
 from energy_core.tracker_share import SharedRun
-from energy_core.units import J_PER_KWH
 
 TARGET_STOP = "target-stop"  # the status of a run that measured alone and stopped at its target
 RULE_ARGS = ("mode", "stop", "min_gain_per_kwh", "patience")
@@ -266,8 +266,7 @@ class TargetRun(SharedRun):
     def _cost(self, at: Evaluation) -> str:
         if at.kwh is None or at.co2e_kg is None:
             return f"no energy figure yet (before the sampler's second reading), {at.seconds:.1f} s of training"
-        return (f"{at.kwh:.6g} kWh ({at.kwh * J_PER_KWH:,.0f} J), {at.co2e_kg * 1000:.4g} g CO2e, "
-                f"{at.seconds:.1f} s of training")  # fmt: skip
+        return f"{show.energy_kwh(at.kwh)}, {show.mass(at.co2e_kg)} CO2e, {show.duration(at.seconds)} of training"
 
     def _reached_text(self, at: Evaluation, here: bool) -> str:
         value = "no figure" if at.value is None else f"{at.value:.6g}"
@@ -284,7 +283,7 @@ class TargetRun(SharedRun):
             if then.kwh is not None and at.kwh is not None:
                 how = (
                     f"by {gain:.4g} per kWh over the last {self.rule.patience} evaluation(s) ({self.rule.metric} "
-                    f"{then.value:.6g} -> {at.value:.6g} for {at.kwh - then.kwh:.6g} kWh)"
+                    f"{then.value:.6g} -> {at.value:.6g} for {show.energy_kwh(at.kwh - then.kwh)})"
                 )
         return (
             f"Diminishing returns at step {at.step}: {self.rule.metric} improved {how}, below "

@@ -25,23 +25,24 @@ def mlflow_values(uri: str, key: str) -> list[tuple[int, float]]:
 
 
 @pytest.fixture
-def file_store(monkeypatch, tmp_path):
+def mlflow_store(monkeypatch, tmp_path):
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    # HF logs to MLflow asynchronously; the file store creates metric directories racily with >1 worker
-    monkeypatch.setenv("MLFLOW_ASYNC_LOGGING_THREADPOOL_SIZE", "1")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    # As docs/guides/loggers.md sets MLflow up: a local SQLite file, no server, no file store
+    # (MLflow 3 refuses that one unless MLFLOW_ALLOW_FILE_STORE is set, which this test never does).
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "energy")
-    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())  # mlflow's fluent state outlives a test
+    mlflow.set_tracking_uri(uri)  # mlflow's fluent state outlives a test
     mlflow.set_experiment("energy")
-    yield (tmp_path / "mlruns").as_uri()
+    yield uri
     mlflow.end_run()
 
 
 @pytest.mark.parametrize("logger_kind", ["csv", "tensorboard", "mlflow"])
 @pytest.mark.parametrize("framework", ["lightning", "hf"])
-def test_monitor_x_logger(framework, logger_kind, tmp_path, sim_gpus, file_store) -> None:
+def test_monitor_x_logger(framework, logger_kind, tmp_path, sim_gpus, mlflow_store) -> None:
     sim_gpus(SimGpu("GPU-1", Constant(250.0), counter_period_s=0.02))
     record = tmp_path / "energy.jsonl"
     if framework == "lightning":
@@ -53,7 +54,7 @@ def test_monitor_x_logger(framework, logger_kind, tmp_path, sim_gpus, file_store
         logger = {
             "csv": lambda: pl.loggers.CSVLogger(tmp_path / "logs"),
             "tensorboard": lambda: pl.loggers.TensorBoardLogger(tmp_path / "logs"),
-            "mlflow": lambda: pl.loggers.MLFlowLogger(experiment_name="energy", tracking_uri=file_store),
+            "mlflow": lambda: pl.loggers.MLFlowLogger(experiment_name="energy", tracking_uri=mlflow_store),
         }[logger_kind]()
         trainer = pl.Trainer(
             max_epochs=1,
@@ -88,7 +89,7 @@ def test_monitor_x_logger(framework, logger_kind, tmp_path, sim_gpus, file_store
         elif logger_kind == "tensorboard":
             on_disk = tensorboard_series(tmp_path / "logs", prefix + key)
         else:
-            on_disk = mlflow_values(file_store, key)
+            on_disk = mlflow_values(mlflow_store, key)
         for window in windows:
             expected = window["metrics"][key]
             found = [v for step, v in on_disk if step == window["step"]]

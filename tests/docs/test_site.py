@@ -94,6 +94,7 @@ def test_a_broken_link_or_reference_fails_the_build(tmp_path) -> None:
     config = (ROOT / "mkdocs.yml").read_text()
     config = re.sub(r"^nav:.*", "", config, flags=re.S).replace("docs_dir: docs", f"docs_dir: {docs}")
     config = config.replace("paths: [.]", f"paths: [{ROOT}]").replace("base_path: [.]", f"base_path: [{ROOT}]")
+    config = config.replace("[docs_ext/", f"[{ROOT}/docs_ext/")  # the API page's griffe extension
     (tmp_path / "mkdocs.yml").write_text(config)
     done = build(tmp_path / "site", tmp_path / "mkdocs.yml")
     output = done.stdout + done.stderr
@@ -133,6 +134,14 @@ window.addEventListener("load", () => {
       code_blocks: document.querySelectorAll(".highlight pre").length,
       tables: document.querySelectorAll(".md-content table").length,
       width: document.documentElement.scrollWidth,
+      // each class's parameter rows, by heading: what a reader of the API page sees it take
+      parameters: Object.fromEntries([...document.querySelectorAll(".doc-class")].map(c => [
+        (c.querySelector(".doc-heading") || {id: ""}).id,
+        [...(c.querySelector(".doc-contents table") || document.createElement("table"))
+          .querySelectorAll("tbody tr")].map(r => [...r.children].map(td => td.innerText.trim()))])),
+      // code blocks that scroll sideways, hiding the end of a line behind a scrollbar
+      overflowing: [...document.querySelectorAll(".md-content pre > code")]
+        .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent.trim().slice(0, 60)),
       article: (document.querySelector("article.md-content__inner") || {innerText: ""}).innerText,
     });
   };
@@ -224,3 +233,24 @@ def test_content_pages_render_without_errors(served, path, needle) -> None:
     seen = probe(chromium, served + path, width=800)
     assert seen["errors"] == [] and seen["search_box"]
     assert seen["tables"] + seen["code_blocks"] >= 1 and needle in seen["article"]
+
+
+@pytest.mark.parametrize("path", ["/", "/getting-started/lightning/", "/getting-started/huggingface/"])
+def test_getting_started_code_fits_at_1280_px(served, path) -> None:
+    """A newcomer reads a first page's commands whole: no code block hides a line's end behind a scrollbar."""
+    seen = probe(find_chromium(), served + path, width=1280)
+    assert seen["code_blocks"] >= 1 and seen["overflowing"] == [], seen["overflowing"]
+
+
+def test_the_api_page_shows_each_measurement_argument(served) -> None:
+    """``**measure: Unpack[MeasureArgs]`` is shown as its arguments, each with its type, meaning and
+    default (from MeasureOptions), not as one row of names."""
+    seen = probe(find_chromium(), served + "/reference/api/", width=1280)
+    for cls in ("lightning_energy.EnergyMonitor", "hf_energy.EnergyCallback", "lightning_energy.EnergyBudget"):
+        rows = {row[0]: row[1:] for row in seen["parameters"][cls]}
+        assert "**measure" not in rows, cls
+        meaning = "Power usage effectiveness of the data centre (in [1, 10]), applied to CO2e and cost."
+        assert rows["pue"] == ["float", meaning, "1.0"]
+        kind, meaning, default = rows["country"]
+        assert "alpha-3" in meaning and default == "None" and "str" in kind
+    assert not [code for code in seen["overflowing"] if code.startswith("from ")]  # the page's imports fit

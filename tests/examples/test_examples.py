@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from energy_core.output import units_text as show
 from tests.helpers import ROOT
 
 # Smoke runs of what ships beside the package: in the slow run (`python -m pytest -m slow`, .ci/run).
@@ -26,18 +27,22 @@ def test_quickstart_example(tmp_path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
-    assert "Where the energy went" in out
-    assert "codecarbon global_energy_mix.json: France (FRA" in out
+    out = done.stdout + done.stderr  # the summary comes through Lightning's logger
     summary = json.loads((tmp_path / "energy.jsonl").read_text().splitlines()[-1])
     assert summary["type"] == "summary"
-    assert summary["metrics"]["energy/total_kwh"] > 0
-    assert summary["metrics"]["carbon/co2e_kg"] > 0
-    # the figures printed are the summary's: total kWh, J per sample, CO2e in grams
-    assert f"energy/total_kwh       {summary['metrics']['energy/total_kwh']:.4g} kWh" in out
-    assert "energy/epoch_kwh" not in out
-    assert f"{summary['metrics']['energy/total_kwh'] * 3.6e6 / summary['samples']:.4g} J" in out
-    assert f"CO2e                   {summary['metrics']['carbon/co2e_kg'] * 1000:.4g} g at" in out
+    m = summary["metrics"]
+    assert m["energy/total_kwh"] > 0 and m["carbon/co2e_kg"] > 0
+    # the summary, in the units that fit, and what is estimated and not counted
+    estimated = " (estimated)" if summary["estimated"] else ""
+    assert f"Energy: {show.energy_kwh(m['energy/total_kwh'])}{estimated} over " in out
+    assert f"CO2e: {show.mass(m['carbon/co2e_kg'])} at " in out and "France (FRA" in out
+    assert f"{show.energy(summary['j_per_sample'])}/sample" in out
+    # then the same totals in the loggers' units, and the estimated sources as words, not a Python list
+    assert "The same totals as the loggers hold them" in out
+    assert f"  energy/total_kwh             {m['energy/total_kwh']:.4g}\n" in out
+    assert f"  carbon/co2e_kg               {m['carbon/co2e_kg']:.4g}\n" in out
+    assert "energy/epoch_kwh" not in out and "['" not in out
+    assert f"  estimated: {', '.join(summary['estimated']) or 'nothing'}; run record: " in out
     assert (tmp_path / "csv").is_dir() and any((tmp_path / "tb").rglob("events.out.tfevents.*"))
 
 
@@ -50,8 +55,10 @@ def test_hf_example(tmp_path) -> None:
     lines = [json.loads(line) for line in (tmp_path / "energy.jsonl").read_text().splitlines()]
     assert lines[-1]["type"] == "summary" and lines[-1]["tokens"] > 0
     metrics = lines[-1]["metrics"]  # the figures printed are the summary's, for the whole run
-    assert f"J per token              {metrics['energy/total_kwh'] * 3.6e6 / lines[-1]['tokens']:.4g} J" in done.stdout
-    assert f"CO2e                     {metrics['carbon/co2e_kg'] * 1000:.4g} g from" in done.stdout
+    assert f"Energy: {show.energy_kwh(metrics['energy/total_kwh'])}" in done.stdout
+    assert f"{show.energy(lines[-1]['j_per_token'])}/token" in done.stdout
+    assert f"  energy/total_kwh             {metrics['energy/total_kwh']:.4g}\n" in done.stdout
+    assert f"  carbon/co2e_kg               {metrics['carbon/co2e_kg']:.4g}\n" in done.stdout
     assert lines[-1]["metrics"]["carbon/co2e_kg"] > 0
     assert any(tmp_path.rglob("events.out.tfevents.*"))  # report_to=["tensorboard"]
 

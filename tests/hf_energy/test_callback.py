@@ -23,12 +23,10 @@ GPU_W = 300.0
 def mlflow_store(monkeypatch, tmp_path):
     import mlflow
 
-    uri = (tmp_path / "mlruns").as_uri()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # as docs/guides/loggers.md: a local SQLite file, no server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "energy")
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the local file store, no server
-    # HF logs to MLflow asynchronously; the file store creates metric directories racily with >1 worker
-    monkeypatch.setenv("MLFLOW_ASYNC_LOGGING_THREADPOOL_SIZE", "1")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     mlflow.set_tracking_uri(uri)  # mlflow's fluent state outlives a test
     mlflow.set_experiment("energy")
     yield uri
@@ -95,7 +93,7 @@ def test_metrics_reach_log_history_tensorboard_and_mlflow(tmp_path, sim_gpus, ml
     # a counter that moves every 20 ms: its two readings may be off by one update each
     assert abs(predict["kwh"] * J_PER_KWH - GPU_W * predict["seconds"]) <= GPU_W * 2 * 0.02
 
-    # The same values on disk: TensorBoard (HF prefixes train/) and the MLflow file store.
+    # The same values on disk: TensorBoard (HF prefixes train/) and the MLflow store.
     tb_24 = [v for step, v in tensorboard_series(tmp_path / "out", "train/energy/gpu_kwh") if step == 24]
     assert last["metrics"]["energy/gpu_kwh"] == pytest.approx(tb_24[0], rel=1e-6)  # float32 in event files
     assert dict(tensorboard_series(tmp_path / "out", "train/efficiency/j_per_token"))[8] == pytest.approx(

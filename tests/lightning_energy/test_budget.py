@@ -161,3 +161,14 @@ def test_carbon_limit_is_converted_with_the_monitors_factor(tmp_path, sim_gpus) 
         fit(tmp_path, [monitor, budget])
     assert budget.guard.limit_kwh == pytest.approx(GPU_W * 1.0 / J_PER_KWH)
     assert monitor.tracker.totals()["carbon/co2e_kg"] == pytest.approx(limit_kg, rel=0.15)
+
+
+def test_the_budget_reviews_at_the_monitors_cadence(tmp_path, sim_gpus) -> None:
+    # The monitor overrides the trainer's log_every_n_steps (50); the budget reviewed at the trainer's
+    # 50 and so judged figures at steps where the monitor logged none.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, log_every_n_steps=7)
+    budget = EnergyBudget(max_kwh=1.0, forecast="off")
+    fit(tmp_path, [monitor, budget], log_every_n_steps=50, max_epochs=1)
+    reviewed = [step for step, _ in csv_series(tmp_path / "csv", "budget/remaining_kwh")]
+    assert reviewed == [7, 14, 21, 28, 30]  # every 7 steps, then the epoch's end

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from energy_core import J_PER_KWH
+from energy_core.output import units_text as show
 from lightning_energy import EnergyMonitor
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
@@ -100,9 +101,12 @@ def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None
     val_kwh = csv_series(tmp_path / "csv", "energy/val_kwh")[-1][1]
     assert val_kwh == pytest.approx(GPU_W * sum(s["seconds"] for s in stages) / J_PER_KWH, rel=0.15)
     last_window = [w for w in windows if w["steps"] == 10][-1]  # what the progress bar displays: the last window,
-    assert shown[-1]["W"] == pytest.approx(last_window["metrics"]["power/total_w"], abs=0.001)  # read within
-    assert shown[-1]["W"] == pytest.approx(GPU_W, abs=2 * 0.02 * GPU_W / last_window["seconds"])  # its counter bound
-    assert shown[-1]["Wh"] == pytest.approx(1000 * kwh, rel=0.1)
+    # in the units that fit, as the summary shows them; no "~": the GPU's energy is read, not estimated
+    assert shown[-1]["power"] == show.power(last_window["metrics"]["power/total_w"])
+    watts, unit = shown[-1]["power"].split()  # within the window's counter bound (and the rounding)
+    assert unit == "W" and float(watts) == pytest.approx(GPU_W, abs=2 * 0.02 * GPU_W / last_window["seconds"] + 0.5)
+    energy, unit = shown[-1]["energy"].replace(",", "").split()
+    assert unit == "J" and float(energy) == pytest.approx(kwh * J_PER_KWH, rel=0.1)
     assert "get_metrics" not in vars(trainer.progress_bar_callback)  # detached at teardown
     assert not any(t.name == "energy-sampler" for t in threading.enumerate())
 
@@ -260,7 +264,19 @@ def test_a_stand_alone_validate_is_a_run_of_its_own_that_the_report_shows(
     assert monitor.last_metrics["energy/val_kwh"] == pytest.approx(stage["kwh"], rel=1e-12)  # logged too
     assert energy_report([str(record), "--out", str(tmp_path / "report")]) == 0
     shown = " ".join(capsys.readouterr().out.split())
-    assert f"{stage['kwh']:.6g}" in shown and "completed" in shown and "note:" not in shown
+    assert show.energy_kwh(stage["kwh"]) in shown and "completed" in shown and "note:" not in shown
+
+
+@pytest.mark.parametrize("name", [FLAVOURS[0], pytest.param(FLAVOURS[1], marks=pytest.mark.slow)])
+def test_a_second_monitor_is_refused_before_any_figure(name, tmp_path) -> None:
+    pl = flavour(name)
+    monitor = EnergyMonitor(devices=["cpu"], record_path=tmp_path / "energy.jsonl")
+    for callbacks in ([monitor, monitor], [monitor, EnergyMonitor(devices=["cpu"])]):
+        with pytest.raises(RuntimeError, match="more than one stateful callback of type `EnergyMonitor`"):
+            pl.Trainer(callbacks=callbacks, logger=False)
+    assert not (tmp_path / "energy.jsonl").exists()  # nothing measured, nothing written
+    # and the message's pointer, "consult the documentation of `EnergyMonitor`", finds the rule there
+    assert "One per Trainer" in (EnergyMonitor.__doc__ or "")
 
 
 def test_other_callbacks_see_each_epochs_figures_whatever_their_order(tmp_path, sim_gpus) -> None:

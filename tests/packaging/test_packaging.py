@@ -164,10 +164,11 @@ def test_built_wheel_installs_and_works(tmp_path: Path) -> None:
     assert "completed" in report and "Traceback" not in report
     pngs = sorted(p.name for p in (work / "energy.report").glob("*.png"))
     assert pngs == [
+        "co2e_vs_time.png",
         "energy_vs_step.png",
         "energy_vs_time.png",
         "loss_vs_kwh.png",
         "power_vs_step.png",
         "power_vs_time.png",
     ]
-    assert (work / "energy.report" / "report.html").read_text().count("data:image/png") == 5
+    assert (work / "energy.report" / "report.html").read_text().count("data:image/png") == 6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from energy_core.output import units_text as show
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.helpers.records import read_record
@@ -61,6 +62,10 @@ def test_lightning_wandb_logger(offline, sim_gpus) -> None:
         assert rows[step]["power/gpu0_w"] == pytest.approx(metrics["power/gpu0_w"])
     final = read_record(offline / "energy.jsonl")[-1]["metrics"]
     assert run["summary"]["energy/total_kwh"] == pytest.approx(final["energy/total_kwh"])
+    # and as a person reads them (W&B's console rounds 2e-05 kWh to 0.0): the GPU's energy is read, not estimated
+    assert run["summary"]["energy/total"] == show.energy_kwh(final["energy/total_kwh"])
+    assert run["summary"]["carbon/co2e"] == show.mass(final["carbon/co2e_kg"])
+    assert run["summary"]["energy/total"].endswith(" J") and "e-0" not in run["summary"]["carbon/co2e"]
     # one summary rule: every key's last value, a plain number (not {'mean': ...} or {'last': ...})
     last_window = windows[max(windows)]
     assert run["summary"]["power/gpu0_w"] == pytest.approx(rows[max(windows)]["power/gpu0_w"])
@@ -91,6 +96,7 @@ def test_hf_report_to_wandb(offline, sim_gpus) -> None:
         assert rows[step]["train/energy/gpu_kwh"] == pytest.approx(metrics["energy/gpu_kwh"])
         assert rows[step]["train/efficiency/j_per_token"] == pytest.approx(metrics["efficiency/j_per_token"])
     assert run["summary"]["train/energy/total_kwh"] == pytest.approx(energy.last_metrics["energy/total_kwh"])
+    assert run["summary"]["train/energy/total"] == show.energy_kwh(energy.last_metrics["energy/total_kwh"])
     assert run["config"]["energy/pue"] == 1.0 and "France" in run["config"]["energy/carbon_source"]
 
 

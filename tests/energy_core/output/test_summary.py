@@ -13,13 +13,14 @@ manual clock, to check that the meter's own fault report comes through.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from energy_core import J_PER_KWH, RunTotals
 from energy_core.notices import Notice
-from energy_core.output.summary import quality_notices, summary_fields, summary_text
+from energy_core.output.summary import not_counted, quality_notices, summary_fields, summary_text
 from energy_core.sampling.meter import EnergyMeter
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import ManualClock, SimGpu
@@ -30,11 +31,20 @@ NO_STAGES = {"val": 0.0, "test": 0.0, "predict": 0.0}
 
 @dataclass
 class MeterView:
-    """What `summary_fields` asks of a meter: its failed reads, its estimated sources, its faults."""
+    """What `summary_fields` asks of a meter: its failed reads, its estimated sources, its faults, and
+    which device kinds it was asked for and measures."""
 
     reads: dict[str, int] = field(default_factory=dict)
     estimated: list[str] = field(default_factory=list)
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    measured: tuple[str, ...] = ("gpu", "cpu", "dram")
+    kinds: tuple[str, ...] = ("gpu", "cpu", "dram")
+    explicit: bool = False
+    node_devices: bool = True
+
+    @property
+    def sources(self) -> list[Any]:
+        return [SimpleNamespace(info=SimpleNamespace(kind=kind)) for kind in self.measured]
 
     def failed_reads(self) -> dict[str, int]:
         return self.reads
@@ -134,7 +144,7 @@ def test_one_warning_names_every_device_not_measured_its_error_and_the_share_est
 
 
 # ----------------------------------------------------------------------------- console text
-def test_the_console_text_gives_energy_co2e_cost_work_and_stages() -> None:
+def test_the_console_text_gives_energy_co2e_cost_work_and_stages_in_units_that_fit() -> None:
     metrics = {
         "energy/total_kwh": 0.5,
         "energy/cpu_kwh": 0.1,
@@ -144,29 +154,49 @@ def test_the_console_text_gives_energy_co2e_cost_work_and_stages() -> None:
     }
     totals = RunTotals(samples=1000, tokens=36_000, fit_s=900.0)
     stage_kwh = {"val": 0.01, "test": 0.0, "predict": 0.002}
-    fields = fields_of(metrics, totals, stage_kwh=stage_kwh, currency="EUR")
-    assert summary_text(fields, estimated_kinds={"cpu"}).splitlines() == [
-        "Energy: 0.5 kWh (1,800,000.0 J) [cpu 0.1 kWh (estimated), gpu 0.4 kWh] over 900.0 s, mean 2000.0 W",
+    meter = MeterView(measured=("gpu", "cpu"), kinds=("gpu", "cpu"), explicit=True)
+    fields = fields_of(metrics, totals, meter, stage_kwh=stage_kwh, currency="EUR")
+    lines = summary_text(fields, estimated_kinds={"cpu"}).splitlines()
+    assert lines[:5] == [
+        "Energy: 500 Wh (partly estimated) over 15 min 00 s, mean 2 kW: cpu 100 Wh (estimated), gpu 400 Wh",
         "CO2e: 120 g at 200 g/kWh x PUE 1.2 (given by the user)",
         "Electricity cost: 3 EUR (PUE applied)",
-        "Work: 1,000 samples, 1800 J/sample; 36,000 tokens, 50 J/token",
-        "Other stages: val 0.01 kWh, predict 0.002 kWh",
+        "Work: 1,000 samples, 1,800 J/sample; 36,000 tokens, 50 J/token",
+        "Of which not training: validation 10 Wh, predict 2 Wh",
     ]
+    assert lines[5].startswith("Estimated: cpu, a model (watts per busy thread x this process tree's CPU time)")
+    assert "within a factor of about 2" in lines[5] and lines[5].endswith("(docs/cpu_estimate.md).")
+    assert lines[6] == "Not counted: dram (devices= names gpu, cpu only)."
+    assert len(lines) == 7
 
 
 def test_the_console_text_leaves_out_what_the_run_did_not_have() -> None:
     fields = fields_of({}, RunTotals())
     assert summary_text(fields, estimated_kinds=set()).splitlines() == [
-        "Energy: 0 kWh (0.0 J) [no device measured] over 0.0 s",
-        "CO2e: 0 g at 400 g/kWh x PUE 1.2 (given by the user)",
+        "Energy: 0 J over 0 s [no device measured]",
+        "CO2e: 0 kg at 400 g/kWh x PUE 1.2 (given by the user)",
     ]
 
 
 def test_the_console_text_shows_samples_without_tokens() -> None:
-    fields = fields_of({"energy/total_kwh": 0.001, "energy/gpu_kwh": 0.001}, RunTotals(samples=36, fit_s=3.6))
+    meter = MeterView(measured=("gpu",))
+    fields = fields_of({"energy/total_kwh": 0.001, "energy/gpu_kwh": 0.001}, RunTotals(samples=36, fit_s=3.6), meter)
     lines = summary_text(fields, estimated_kinds=set()).splitlines()
-    assert lines[0] == "Energy: 0.001 kWh (3,600.0 J) [gpu 0.001 kWh] over 3.6 s, mean 1000.0 W"
-    assert lines[-1] == "Work: 36 samples, 100 J/sample"
+    assert lines[0] == "Energy: 1 Wh over 3.6 s, mean 1 kW"  # one device: no breakdown to repeat it
+    assert lines[2] == "Work: 36 samples, 100 J/sample"
+
+
+def test_a_run_measured_only_by_an_estimate_says_so_on_its_total() -> None:
+    meter = MeterView(measured=("cpu",), estimated=["cpu0"])
+    metrics = {"energy/total_kwh": 78.9 / J_PER_KWH, "energy/cpu_kwh": 78.9 / J_PER_KWH, "carbon/co2e_kg": 1.3e-6}
+    fields = fields_of(metrics, RunTotals(samples=49_152, fit_s=34.6), meter)
+    lines = summary_text(fields, estimated_kinds={"cpu"}).splitlines()
+    assert lines[0] == "Energy: 78.9 J (estimated) over 34.6 s, mean 2.28 W"
+    assert lines[1].startswith("CO2e: 1.3 mg at ")
+    assert lines[2] == "Work: 49,152 samples, 1.61 mJ/sample"
+    assert lines[3].startswith("Estimated: cpu, ") and "rise on a loaded machine" in lines[3]
+    assert lines[4].startswith("Not counted: dram (no readable RAPL DRAM domain on this machine")
+    assert 'add "dram" to devices= for an estimate' in lines[4]
 
 
 def test_the_console_text_reports_gaps_and_the_energy_bridged() -> None:
@@ -174,9 +204,27 @@ def test_the_console_text_reports_gaps_and_the_energy_bridged() -> None:
     fields = fields_of({"energy/total_kwh": 0.5, "energy/gpu_kwh": 0.5}, RunTotals(fit_s=10.0), meter)
     lines = summary_text(fields, estimated_kinds=set()).splitlines()
     assert lines[-2:] == [
-        "Gaps (failed reads): {'gpu0': 7}",
+        "Failed reads (gaps): gpu0 7",
         "Not measured: up to 3.5 s; 10.0% of the energy is bridged at the last good power",
     ]
+
+
+def test_not_counted_names_each_kind_left_out_and_why() -> None:
+    assert not_counted(MeterView()) == {}
+    assert not_counted(MeterView(measured=("gpu", "cpu"))) == {
+        "dram": 'no readable RAPL DRAM domain on this machine (most VMs and AMD CPUs have none); add "dram" '
+        "to devices= for an estimate from the resident memory"
+    }
+    assert not_counted(MeterView(measured=("gpu",), kinds=("gpu",), explicit=True)) == {
+        "cpu": "devices= names gpu only",
+        "dram": "devices= names gpu only",
+    }
+    assert not_counted(MeterView(measured=("cpu",), kinds=("gpu", "cpu"), explicit=True)) == {
+        "gpu": "no GPU found",
+        "dram": "devices= names gpu, cpu only",
+    }
+    assert not_counted(MeterView(measured=("cpu",))) == {"dram": not_counted(MeterView(measured=()))["dram"]}
+    assert not_counted(MeterView(measured=("gpu",), node_devices=False)) == {}  # another rank measures the node
 
 
 # ----------------------------------------------------------------------------- a real meter

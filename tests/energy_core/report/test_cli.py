@@ -12,6 +12,7 @@ import time
 import pytest
 
 from energy_core import EnergyTracker
+from energy_core.output import units_text as show
 from energy_core.power import journal_path
 from energy_core.report.cli import main
 from tests.doubles.power_traces import Constant
@@ -42,8 +43,8 @@ def test_summary_of_a_complete_record(tmp_path, sim_gpus, capsys) -> None:
     assert main([str(record)]) == 0
     out = capsys.readouterr().out
     summary = json.loads(record.read_text().splitlines()[-1])
-    assert "completed" in out and f"{summary['metrics']['energy/total_kwh']:.6g}" in out
-    assert "gpu 100.0%" in out and "France (FRA" in out and f"{summary['j_per_sample']:.4g}" in out
+    assert "completed" in out and f"│ {show.energy_kwh(summary['metrics']['energy/total_kwh'])} " in out
+    assert "gpu 100.0%" in out and "France (FRA" in out and f"│ {show.energy(summary['j_per_sample'])} " in out
 
 
 def test_truncated_record_is_reported_as_far_as_it_goes(tmp_path, sim_gpus, capsys) -> None:
@@ -76,8 +77,8 @@ def test_console_follows_the_terminal_width(tmp_path, sim_gpus, capsys, monkeypa
     assert max(len(line) for line in lines) <= columns
     # the summary has one line per figure and one column per run, so each number stays whole
     summary = json.loads(records[1].read_text().splitlines()[-1])
-    kwh_line = next(line for line in lines if line.startswith("│ kWh"))
-    assert f"{summary['metrics']['energy/total_kwh']:.6g}" in kwh_line
+    energy_line = next(line for line in lines if line.startswith("│ energy "))
+    assert show.energy_kwh(summary["metrics"]["energy/total_kwh"]) in energy_line
     assert any(line.startswith("│ status") and line.count("completed") == 2 for line in lines)
 
 

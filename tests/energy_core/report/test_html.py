@@ -45,13 +45,14 @@ def test_plots_tables_and_regions(two_runs, tmp_path, capsys) -> None:
     assert main([*map(str, two_runs), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "uncapped" in text and "capped" in text and "the same energy elsewhere" in text
-    assert "SWE/SE3" in text and "industry average (1.58)" in text
+    assert "SWE/SE3" in text and "PUE 1.58" in text
     titles = {
         "energy_vs_step": "Energy against optimizer step",
         "energy_vs_time": "Energy against training time",
         "power_vs_step": "Power against optimizer step",
         "power_vs_time": "Power against training time",
         "loss_vs_kwh": "Loss against energy",
+        "co2e_vs_time": "CO2e against training time",
     }
     page = (out / "report.html").read_text()
     for name, title in titles.items():
@@ -59,7 +60,7 @@ def test_plots_tables_and_regions(two_runs, tmp_path, capsys) -> None:
         assert png.stat().st_size > 5000
         assert Image.open(png).text["Title"] == title  # drawn above the axes and stored in the PNG
         assert f'alt="{title}"' in page and f"<figcaption>{title} ({name}.png)</figcaption>" in page
-    assert page.count("data:image/png;base64,") == 5 and "uncapped" in page and "codecarbon" in page
+    assert page.count("data:image/png;base64,") == 6 and "uncapped" in page and "codecarbon" in page
     assert "http://" not in page and "https://" not in page  # self-contained
 
 
@@ -114,7 +115,7 @@ def test_laptop_layout_two_plots_side_by_side(two_runs, tmp_path) -> None:
     first, second = seen["figures"][:2]
     assert abs(first["top"] - second["top"]) < 1 and second["left"] >= first["right"]  # one row
     assert first["width"] >= 500 and second["right"] <= 1366
-    assert len(seen["figures"]) == 5 and seen["figures"][2]["top"] > first["top"]  # then the next row
+    assert len(seen["figures"]) == 6 and seen["figures"][2]["top"] > first["top"]  # then the next row
     assert (seen["text_cell"], seen["heading"]) == ("left", "left")
     assert (seen["number_cell"], seen["number_head"]) == ("right", "right")
 
@@ -142,7 +143,7 @@ def test_html_renders_in_headless_chromium(two_runs, tmp_path) -> None:
         timeout=120,
     ).stdout
     sizes = re.findall(r'data-size="(\d+)x(\d+)"', dom)
-    assert len(sizes) == 5 and all(int(w) > 100 and int(h) > 100 for w, h in sizes)  # every plot decoded
+    assert len(sizes) == 6 and all(int(w) > 100 and int(h) > 100 for w, h in sizes)  # every plot decoded
     shot = tmp_path / "page.png"
     subprocess.run(
         [

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from energy_core import J_PER_KWH, MeasureOptions, Ranks, TargetRule
+from energy_core.output import units_text as show
 from energy_core.report import targets
 from energy_core.report.cli import main
 from energy_core.report.plots import TITLES, plot_runs
@@ -59,26 +60,28 @@ def test_the_column_gives_each_runs_energy_to_its_target(two_setups, tmp_path, c
     assert main([str(big), str(small), str(plain), "--out", str(tmp_path / "report")]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("│ energy to target"))
     cells = [c.strip() for c in row.strip("│").split("│")]
-    assert cells[1] == f"{big_kwh[2]:.6g} kWh (val_acc >= 0.9, step 30)"  # 3 x 1.25 s at 300 W
-    assert cells[2] == f"{small_kwh[3]:.6g} kWh (val_acc >= 0.9, step 40)"  # 4 x 1.25 s at 200 W
+    assert cells[1] == f"{show.energy_kwh(big_kwh[2])} (val_acc >= 0.9, step 30)"  # 3 x 1.25 s at 300 W
+    assert cells[2] == f"{show.energy_kwh(small_kwh[3])} (val_acc >= 0.9, step 40)"  # 4 x 1.25 s at 200 W
     assert cells[3] == "-"
     page = (tmp_path / "report" / "report.html").read_text().replace("<wbr>", "")
-    assert "energy to target" in page and f"{big_kwh[2]:.6g} kWh (val_acc &gt;= 0.9, step 30)" in page
+    assert "energy to target" in page and f"{show.energy_kwh(big_kwh[2])} (val_acc &gt;= 0.9, step 30)" in page
     assert "Metric against energy (metric_vs_kwh.png)" in page
 
 
 def test_the_plot_draws_each_run_against_its_energy_with_the_target(two_setups, tmp_path) -> None:
     (big, big_kwh), (small, small_kwh) = two_setups
     runs = [(path.stem, Run.of(json.loads(x) for x in path.read_text().splitlines())) for path in (big, small)]
-    figure = targets.metric_figure(plt, runs)
+    figure = targets.metric_figure(plt, runs, lambda label, run: label)
     (axes,) = figure.axes
     curves = [line for line in axes.lines if line.get_linestyle() == "-"]
     assert [line.get_label() for line in curves] == ["big-batch", "small-batch"]
-    assert list(curves[0].get_xdata()) == pytest.approx(big_kwh, rel=1e-12)
+    assert axes.get_xlabel() == "energy since fit start (J)"  # ~1,500 J: joules, not 4.2e-04 kWh
+    joules = [kwh * J_PER_KWH for kwh in big_kwh]
+    assert list(curves[0].get_xdata()) == pytest.approx(joules, rel=1e-12)
     assert list(curves[0].get_ydata()) == [0.5, 0.8, 0.91, 0.95]
-    assert list(curves[1].get_xdata()) == pytest.approx(small_kwh, rel=1e-12)
+    assert list(curves[1].get_xdata()) == pytest.approx([kwh * J_PER_KWH for kwh in small_kwh], rel=1e-12)
     stars = [(line.get_xdata()[0], line.get_ydata()[0]) for line in axes.lines if line.get_marker() == "*"]
-    assert stars == [(pytest.approx(big_kwh[2]), 0.91), (pytest.approx(small_kwh[3]), 0.9)]  # where each reached it
+    assert stars == [(pytest.approx(joules[2]), 0.91), (pytest.approx(small_kwh[3] * J_PER_KWH), 0.9)]
     (dashed,) = [line for line in axes.lines if line.get_linestyle() == "--"]
     assert list(dashed.get_ydata()) == [0.9, 0.9]  # the common target
     assert axes.get_title() == "Metric against energy" and axes.get_ylabel() == "val_acc"

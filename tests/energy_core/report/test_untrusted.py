@@ -18,6 +18,7 @@ import torch
 
 from energy_core import EnergyTracker
 from energy_core.output import keys
+from energy_core.output import units_text as show
 from energy_core.report.cli import main
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
@@ -105,7 +106,7 @@ def test_a_damaged_line_is_named_and_every_good_run_is_reported(shared, sim_gpus
     assert main([str(record)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     first_kwh = [x for x in good if x["type"] == "summary"][0]["metrics"][keys.TOTAL_KWH]
-    assert f"{first_kwh:.6g}" in out  # the first run, whole
+    assert f"│ {show.energy_kwh(first_kwh)} │" in out  # the first run, whole
     assert "shared/runs#2" in out  # the second run, as far as its good lines go
     assert f"runs.jsonl: line {number} " in out and "skipped" in out  # the bad line, named
     assert (shared / "runs.report" / "report.html").is_file()

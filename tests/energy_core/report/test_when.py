@@ -48,18 +48,25 @@ def two_hour_run(tmp_path: Path, sim_gpus, **options: object) -> Path:
     return record
 
 
+def grams_of(text: str) -> float:
+    """A mass as the report shows it ("720 g", "1.44 kg"), in grams."""
+    number, unit = text.split(" ")
+    return float(number.replace(",", "")) * {"mg": 1e-3, "g": 1.0, "kg": 1e3, "t": 1e6}[unit]
+
+
 def test_the_same_run_started_at_each_hour_of_a_series(tmp_path, sim_gpus) -> None:
     record = two_hour_run(tmp_path, sim_gpus, pue=1.5, carbon_intensity_g_per_kwh=250.0)
     run = Run.of(read_runs(record)[0][0])
     hour_kwh = GPU_W * 3600 / J_PER_KWH
     assert sum(s.kwh for s in report_when.slices(run)) == pytest.approx(2 * hour_kwh, rel=1e-3)
     rows = report_when.started_at_other_hours(run, Series(day_series(tmp_path / "day.csv"), "series", "g/kWh"))
-    assert [r[0] for r in rows[1:4]] == ["2026-06-01 00:00", "2026-06-01 01:00", "2026-06-01 02:00"]
-    grams = {r[0][-5:]: float(r[1]) for r in rows[1:]}
-    assert grams["00:00"] == pytest.approx(2 * hour_kwh * 1.5 * 100, rel=1e-3)  # all morning
-    assert grams["11:00"] == pytest.approx(hour_kwh * 1.5 * (100 + 400), rel=1e-3)  # one hour each
-    assert grams["12:00"] == pytest.approx(2 * hour_kwh * 1.5 * 400, rel=1e-3)  # all afternoon
-    assert rows[13][2] == f"{(grams['12:00'] / float(rows[0][1]) - 1) * 100:+.0f}%"  # against the run as it ran
+    assert [r[0] for r in rows[1:4]] == ["2026-06-01 00:00 UTC", "2026-06-01 01:00 UTC", "2026-06-01 02:00 UTC"]
+    grams = {r[0][11:16]: grams_of(r[1]) for r in rows[1:]}  # shown in the unit that fits, 3 digits
+    assert grams["00:00"] == pytest.approx(2 * hour_kwh * 1.5 * 100, rel=5e-3)  # all morning
+    assert grams["11:00"] == pytest.approx(hour_kwh * 1.5 * (100 + 400), rel=5e-3)  # one hour each
+    assert grams["12:00"] == pytest.approx(2 * hour_kwh * 1.5 * 400, rel=5e-3)  # all afternoon
+    change = float(rows[13][2].rstrip("%")) / 100  # against the run as it ran
+    assert change == pytest.approx(grams["12:00"] / grams_of(rows[0][1]) - 1, abs=0.02)
 
 
 def test_energy_report_shows_the_hours_and_the_intensity_curve(tmp_path, sim_gpus, capsys) -> None:
@@ -80,9 +87,10 @@ def test_energy_report_shows_the_hours_and_the_intensity_curve(tmp_path, sim_gpu
     width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and width > 600 and height > 300
     assert b"Grid intensity against power" in png  # its title, stored as a text chunk
-    curve = report_plots.series(Run.of(read_runs(record)[0][0]))  # what the plot draws
-    assert curve["intensity"][:5] == [100.0] * 5 and curve["intensity"][-5:] == [300.0] * 5
-    assert curve["seconds"][-1] / 3600 == pytest.approx(2.0, abs=1e-6)
+    run = Run.of(read_runs(record)[0][0])
+    intensity = [g for _, g in report_plots.logged_intensity(run)]  # what the plot draws
+    assert intensity[:5] == [100.0] * 5 and intensity[-5:] == [300.0] * 5
+    assert report_plots.series(run)["seconds"][-1] / 3600 == pytest.approx(2.0, abs=1e-6)
 
 
 def test_a_fixed_intensity_draws_no_intensity_curve(tmp_path, sim_gpus) -> None:

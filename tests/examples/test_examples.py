@@ -24,7 +24,7 @@ def test_quickstart_example(tmp_path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout + done.stderr  # the summary comes through Lightning's logger
@@ -49,7 +49,7 @@ def test_quickstart_example(tmp_path) -> None:
 def test_hf_example(tmp_path) -> None:
     env = {**os.environ, "HF_EXAMPLE_DIR": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "examples/hf_finetune.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "examples/hf_finetune.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in (tmp_path / "energy.jsonl").read_text().splitlines()]
@@ -71,7 +71,7 @@ def test_lightning_cli_yaml_config(tmp_path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in (tmp_path / "energy.jsonl").read_text().splitlines()]

@@ -24,7 +24,18 @@ import pynvml
 
 from energy_core.devices import gpu as common
 from energy_core.devices import visible
-from energy_core.devices.source import DeviceError, EnergySource, GpuBoard, LimitRange, Reading, SourceInfo
+from energy_core.devices.source import (
+    AVERAGED,
+    COUNTER_UPDATE_S,
+    INSTANTANEOUS,
+    Accuracy,
+    DeviceError,
+    EnergySource,
+    GpuBoard,
+    LimitRange,
+    Reading,
+    SourceInfo,
+)
 from energy_core.notices import Notice
 
 VENDOR = "nvidia"
@@ -67,8 +78,10 @@ class NvidiaGpuSource(common.GpuSource):
         try:
             self._base_mj = int(pynvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle))
             method = "nvml-energy-counter"
+            self.accuracy = Accuracy(lag_s=COUNTER_UPDATE_S, quantum_j=0.001)
         except pynvml.NVMLError_NotSupported:
             method = "nvml-power-integration"
+            self.accuracy = AVERAGED if _averages_power(gpu.handle) else INSTANTANEOUS
             self.notes.append(
                 f"GPU {gpu.cuda_index} has no energy counter (older than Volta): integrating polled power instead."
             )
@@ -101,6 +114,14 @@ class NvidiaGpuSource(common.GpuSource):
                 joules=(int(pynvml.nvmlDeviceGetTotalEnergyConsumption(self.gpu.handle)) - self._base_mj) / 1000
             )
         return Reading(watts=pynvml.nvmlDeviceGetPowerUsage(self.gpu.handle) / 1000)
+
+
+def _averages_power(handle: Any) -> bool:
+    """Whether the board's power reading is a 1 s average (Ampere and newer) rather than instantaneous."""
+    try:
+        return int(pynvml.nvmlDeviceGetArchitecture(handle)) >= pynvml.NVML_DEVICE_ARCH_AMPERE
+    except pynvml.NVMLError:
+        return False  # unknown: taken as instantaneous, the wider bound
 
 
 def _text(value: str | bytes) -> str:

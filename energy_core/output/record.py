@@ -213,12 +213,22 @@ LINE_FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
     },
     WINDOW: _BOUNDARY,
     EPOCH: _BOUNDARY,
-    STAGE: {"stage": _text, "step": _integer, "seconds": _number, "kwh": _number, "metrics": _METRICS},
+    STAGE: {
+        "stage": _text,
+        "step": _integer,
+        "seconds": _number,
+        "kwh": _number,
+        "kwh_err": _optional(_number),
+        "metrics": _METRICS,
+    },
     SUMMARY: {
         "step": _integer,
         "status": _text,
         "metrics": _METRICS,
-        **{name: _optional(_number) for name in ("seconds", "mean_power_w", "j_per_sample", "j_per_token")},
+        **{
+            name: _optional(_number)
+            for name in ("seconds", "mean_power_w", "j_per_sample", "j_per_token", "energy_j_err")
+        },
         "carbon": _CARBON,
         "cost": _optional(_fields(total=_number, currency=_optional(_text))),
     },

@@ -37,11 +37,13 @@ def summary_fields(
     """
     failed_reads, estimated, faults = meter.failed_reads(), meter.estimated, meter.quality()
     joules = metrics.get(keys.TOTAL_KWH, 0.0) * J_PER_KWH
+    joules_err = metrics.get(keys.err(keys.TOTAL_KWH), 0.0) * J_PER_KWH
     seconds = totals.fit_s
     kwh_pue = joules / J_PER_KWH * carbon["pue"]
     mean_g = 1000 * metrics.get(keys.CO2E_KG, 0.0) / kwh_pue if kwh_pue > 0 else carbon["g_per_kwh"]
     return {
         "metrics": metrics,
+        "energy_j_err": joules_err,
         "seconds": seconds,
         "mean_power_w": joules / seconds if seconds > 0 else None,
         "samples": totals.samples,
@@ -82,13 +84,15 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
     metrics = fields["metrics"]
     carbon = fields["carbon"]
     kwh = metrics.get(keys.TOTAL_KWH, 0.0)
+    kwh_err = metrics.get(keys.err(keys.TOTAL_KWH))
+    bound = f" ± {100 * kwh_err / kwh:.2g} %" if kwh_err is not None and kwh > 0 else ""  # how exact it is
     kinds = sorted(k for k in DEVICE_KINDS if keys.kind_kwh(k) in metrics)
     parts = ", ".join(
         f"{k} {metrics[keys.kind_kwh(k)]:.6g} kWh" + (" (estimated)" if k in estimated_kinds else "") for k in kinds
     )
     mean_w = fields["mean_power_w"]
     lines = [
-        f"Energy: {kwh:.6g} kWh ({kwh * J_PER_KWH:,.1f} J) [{parts or 'no device measured'}] "
+        f"Energy: {kwh:.6g} kWh{bound} ({kwh * J_PER_KWH:,.1f} J) [{parts or 'no device measured'}] "
         f"over {fields['seconds']:.1f} s" + (f", mean {mean_w:.1f} W" if mean_w is not None else ""),
         f"CO2e: {metrics.get(keys.CO2E_KG, 0.0) * 1000:.4g} g at {carbon['g_per_kwh']:.4g} g/kWh "
         f"x PUE {carbon['pue']:g} ({carbon['source']})",

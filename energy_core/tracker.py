@@ -92,6 +92,7 @@ class EnergyTracker:
         self._start_notices: list[Notice] | None = location_notices  # shown once, at the first start
         self._notices: list[Notice] = []  # found while measuring, for the adapters to show
         self._said_unresolved = False
+        self._disagreeing: set[str] = set()  # boards whose two instruments disagreed (said once each)
         self._run_info: dict[str, Any] = {}
         self._cap_w: float | None = None
         self._caps: list[dict[str, Any]] = []
@@ -184,6 +185,7 @@ class EnergyTracker:
             return {}
         end = self.meter.mark()  # before the sampler stops: its last reading fixes the fit's end exactly
         self._notices += self.meter.close()
+        self._cross_check()
         self.factors.stop()
         settled = self._stages.settle(self.meter)  # every mark is fixed now
         if not collective:
@@ -248,6 +250,7 @@ class EnergyTracker:
             epoch_err = float(between(start_bound, end_bound).sum())
         settled = self._stages.settle(self.meter)  # runs too short to resolve at their end
         self._notices += self.meter.new_silences()
+        self._cross_check()
         if self._window.idle(step):  # nothing trained since the last window: it stays open
             idle = self._sum(end, self._window.counted(), reading, epoch_j=epoch_j, epoch_err=epoch_err)
             return {**self._cumulative(idle.totals), **self._record_stages(settled)}, idle  # ranks reach this alike
@@ -495,6 +498,21 @@ class EnergyTracker:
     def per_kwh_now(self) -> tuple[float, float]:
         """(kg CO2e, cost) of one more kWh at the factors in force now, PUE applied."""
         return self.factors.per_kwh(self._accounts.wall_now())
+
+    def _cross_check(self) -> None:
+        """A ``check`` line for every span over which a board's counter and its power disagreed
+        beyond their joint bound, and a notice the first time for each board."""
+        for found in self.meter.disagreements():
+            self.write_record(lines.CHECK, **found.fields())
+            if found.source not in self._disagreeing:
+                self._disagreeing.add(found.source)
+                text = (
+                    f"{found.source}: its energy counter ({found.counter_j:,.0f} J) and its integrated power "
+                    f"({found.power_j:,.0f} J) disagree over {found.seconds:.0f} s by more than their joint bound "
+                    f"({found.bound_j:,.0f} J): one instrument is wrong. The figures follow the counter; the run "
+                    "record's check lines list every such span."
+                )
+                self._notices.append(Notice("warn", text))
 
     # ----------------------------------------------------------------- notices and record
     def pop_notices(self) -> list[Notice]:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from energy_core.devices.crosscheck import CrossCheck
 from energy_core.devices.source import EnergySource, Reading
 
 SPREAD_READINGS = 8  # an instantaneous power's spread is taken over this many recent readings
@@ -76,6 +77,13 @@ class Ledger:
         self._now = 0.0
         self._bound_j = 0.0  # worst error accumulated reading by reading (see `bound_j`)
         self._recent_w: deque[float] = deque(maxlen=SPREAD_READINGS)  # recent polled powers
+        self.check: CrossCheck | None = None  # the counter against the board's power, where it has both
+        try:
+            power = source.power_accuracy()
+        except Exception:  # noqa: BLE001 - no second instrument to check against
+            power = None
+        if power is not None:
+            self.check = CrossCheck(source, power)
 
     # ------------------------------------------------------------------ figures
     def _bridge_j(self, now: float) -> float:
@@ -145,6 +153,8 @@ class Ledger:
         self.gaps += 1
         self.streak += 1
         self._in_gap = self._last_t is not None
+        if self.check is not None:
+            self.check.restart()
 
     def _plausible(self, joules: float, seconds: float) -> bool:
         return 0.0 <= joules <= self.max_w * (max(seconds, 0.0) + COUNTER_SLACK_S)
@@ -186,9 +196,13 @@ class Ledger:
         self._bound_j += self.source.accuracy.relative * delta
         self._smooth_power(delta, seconds)
         self._last_t, self._last_value, self._in_gap, self._pending = now, joules, False, None
+        if self.check is not None:
+            self.check.update(now, self._confirmed_j)
 
     def _rebase(self, t: float, joules: float) -> None:
         self._last_t, self._last_value, self._in_gap, self._pending = t, joules, False, None
+        if self.check is not None:
+            self.check.restart()
 
     def _power(self, now: float, watts: float) -> None:
         if not 0.0 <= watts <= self.max_w:

@@ -108,6 +108,17 @@ class NvidiaGpuSource(common.GpuSource):
     def uses_counter(self) -> bool:
         return self._base_mj is not None
 
+    def read_power(self) -> float | None:
+        """The board's power (W) beside its counter, for the cross-check; None without a counter."""
+        if self._base_mj is None:
+            return None
+        return float(pynvml.nvmlDeviceGetPowerUsage(self.gpu.handle)) / 1000
+
+    def power_accuracy(self) -> Accuracy | None:
+        if self._base_mj is None:
+            return None
+        return AVERAGED if _averages_power(self.gpu.handle) else INSTANTANEOUS
+
     def read(self, now: float) -> Reading:
         if self._base_mj is not None:
             return Reading(

@@ -108,6 +108,15 @@ class EnergySource(ABC):
                 model energy over time.
         """
 
+    def read_power(self) -> float | None:
+        """The device's power now, in watts, from a second instrument beside the energy counter
+        (`energy_core.devices.crosscheck`): None where there is none. May raise (a failed read)."""
+        return None
+
+    def power_accuracy(self) -> Accuracy | None:
+        """How `read_power`'s reading behaves (averaged or instantaneous); None without one."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release handles. Default: nothing to release."""
 

@@ -46,6 +46,7 @@ HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP, FACTOR, SHIFT = (
     "shift",
 )
 TARGET = "target"
+CHECK = "check"  # a board's energy counter and its power disagreed beyond their joint bound (the tracker)
 
 
 def _clean(value: Any) -> Any:
@@ -234,6 +235,7 @@ LINE_FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
     },
     POWER_CAP: {"caps": _items(_fields(gpu=lambda v: _integer(v) or _text(v), cap_w=_number))},
     FACTOR: {"factor": _text, "value": _number, "source": _text, "since": _optional(_number)},
+    CHECK: {name: _number for name in ("seconds", "counter_j", "power_j", "bound_j")} | {"source": _text},
     BUDGET: {"event": _text, "step": _integer, "metrics": _METRICS},
     TARGET: {
         "event": _text,

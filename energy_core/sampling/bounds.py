@@ -8,8 +8,8 @@ fit). Its error comes from three places, each kept apart because they add differ
   second's power. The interpolation is off by at most the spread of the power around the
   mark times a quarter of the interval (half for an instantaneous power, which says nothing
   of what came between), and never by more than the interval's own energy; an extrapolated
-  slice by its own size or the spread, whichever is larger (the power may stop or double
-  right after a reading). The counter's quantum and the part of the total that a later
+  slice by its own size, or by the jump to any power level seen in the last `HISTORY_S`,
+  whichever is larger (the power may stop, or change phase, right after a reading). The counter's quantum and the part of the total that a later
   reading may take back (an open bridge over a gap) add to it. The two marks' errors are
   independent: their spreads add.
 * **at each mark, one way** (`MarkBound.lag`): a counter updated every ``lag_s`` (or the
@@ -42,6 +42,7 @@ from energy_core.devices import EnergySource
 
 RATE_WINDOW_S = 1.0  # power used to extrapolate past the newest row is averaged over this
 ROUNDING = 1e-12  # relative: the float arithmetic of cumulative joules
+HISTORY_S = 3.0  # past the newest reading, the power may go to any level seen this long before it
 LEVEL_READINGS = 3  # the spread before an extrapolated mark is taken over this many readings at least
 LEVEL_SPANS = 4  # a power level is taken over at least this many counter updates: within +-25% of the truth
 
@@ -140,8 +141,11 @@ def mark_bound(
         lo = min(int(np.searchsorted(times, times[-1] - max(RATE_WINDOW_S, 2 * spacing))), n - 2)
         high, low = _levels(times, energy, max(min(lo, n - 1 - LEVEL_READINGS), 0), n - 1, spacing, accuracy.max_w)
         mean = (energy[-1] - energy[lo]) / (times[-1] - times[lo]) if times[-1] > times[lo] else np.zeros(width)
+        back = max(min(int(np.searchsorted(times, times[-1] - HISTORY_S)), n - 1 - LEVEL_READINGS), 0)
+        seen_high, seen_low = _levels(times, energy, back, n - 1, spacing, accuracy.max_w)
         ahead = t - times[-1]
-        spread = ahead * (np.maximum(high - low, mean) + accuracy.relative * mean)
+        jump = np.maximum(np.maximum(seen_high - mean, mean - seen_low), mean)  # to any level seen lately, or to 0
+        spread = ahead * (np.maximum(high - low, jump) + accuracy.relative * mean)
         lag = np.maximum(high, mean) * accuracy.lag_s
         spread += pending[-1] + accuracy.quantum_j + ROUNDING * np.abs(energy[-1])
         return MarkBound(spread, lag, accumulated[-1].copy(), _lag_low(np.minimum(low, mean), accuracy))

@@ -17,6 +17,7 @@ import numpy as np
 
 from energy_core import devices as device_layer
 from energy_core.devices import EnergySource, deadline, parse_devices
+from energy_core.devices.crosscheck import Disagreement
 from energy_core.notices import Notice
 from energy_core.sampling.bounds import MarkBound
 from energy_core.sampling.sampler import Mark, Sampler, check_interval
@@ -216,6 +217,13 @@ class EnergyMeter:
                     "last_error": ledger.last_error,
                 }  # fmt: skip
         return found
+
+    def disagreements(self) -> list[Disagreement]:
+        """The spans over which a board's counter and its power disagreed beyond their joint bound
+        since the last call (`energy_core.devices.crosscheck`)."""
+        if self.sampler is None:
+            return []
+        return [found for ledger in self.sampler.ledgers if ledger.check is not None for found in ledger.check.take()]
 
     def new_silences(self) -> list[Notice]:
         """One warning per source that has given no good reading for a while (once each)."""

@@ -9,26 +9,30 @@ fit). Its error comes from three places, each kept apart because they add differ
   mark times a quarter of the interval (half for an instantaneous power, which says nothing
   of what came between), and never by more than the interval's own energy; an extrapolated
   slice by its own size, or by the jump to any power level seen in the last `HISTORY_S`,
-  whichever is larger (the power may stop, or change phase, right after a reading). The counter's quantum and the part of the total that a later
-  reading may take back (an open bridge over a gap) add to it. The two marks' errors are
-  independent: their spreads add.
-* **at each mark, one way** (`MarkBound.lag`): a counter updated every ``lag_s`` (or the
-  integral of a power averaged over ``2 * lag_s``) shows the energy of up to ``lag_s`` ago,
-  never more than the truth. The same lag is in both marks of a span and cancels but for
-  the difference: the span is off by at most the larger of its two marks' lags, not their sum.
+  whichever is larger (the power may stop, or change phase, right after a reading). The
+  counter's quantum and the part of the total that a later reading may take back (an open
+  bridge over a gap) add to it. The two marks' errors are independent: their spreads add.
+* **at each mark, one way** (`MarkBound.lag`, `MarkBound.lag_low`): a counter updated every
+  ``lag_s`` shows the energy of up to ``lag_s`` ago, never more than the truth; the integral
+  of a power averaged over ``2 * lag_s`` trails by between the lowest and the highest power
+  around times ``lag_s``. The same lag is in both marks of a span and cancels but for the
+  difference: a counter's span is off by at most the larger of its two marks' lags, not
+  their sum, and an averaged power's by the change of its lag between them.
 * **along the span** (`MarkBound.accumulated`): what adds up reading by reading (a polled
   power's trapezoids, a gap bridged at an estimate, a model's share: `Ledger.bound_j`).
   Only the part between the two marks counts.
 
-A span's bound is therefore ``spread_a + spread_b + max(lag_a, lag_b) + (acc_b - acc_a)``
-per source (`between`); sources, device kinds and ranks add linearly (worst cases, not
+A span's bound is therefore ``spread_a + spread_b + lag difference + (acc_b - acc_a)`` per
+source (`between`); sources, device kinds and ranks add linearly (worst cases, not
 independent draws). The errors of the marks inside a span cancel: a fit's bound is made of
 its two ends alone, however many windows it held. A window that starts where the last one
 ended takes that end's bound with it, so the bound covers an extrapolated start too.
 
 What it assumes: the device's power within a few readings of a mark stays within the range
-the readings around it show, or moves by no more than the extrapolated power within one
-interval. The benchmark (`benchmarks/accuracy.py`) measures how often that holds.
+the readings around it show (an instantaneous power: within the spread of its recent
+readings; an averaged one: between its lowest and highest averages), and past the newest
+reading it goes no further than 0 or a level seen in the last `HISTORY_S`. The benchmark
+(`benchmarks/accuracy.py`) measures how often that holds.
 """
 
 from __future__ import annotations

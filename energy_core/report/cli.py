@@ -61,6 +61,7 @@ SUMMARY_HEAD = [
     "power cap",
     "energy to target",
     "carbon factor source",
+    "energy bound",
 ]
 
 
@@ -100,7 +101,16 @@ def run_row(label: str, run: Run) -> list[str]:
         cap or "-",
         targets.energy_to_target(run),
         str(carbon.get("source", "?")),
+        bound(kwh, figure(metrics, keys.err(keys.TOTAL_KWH))),
     ]
+
+
+def bound(kwh: float, kwh_err: float | None) -> str:
+    """``± 0.3% (0.0037 kWh)``: the total's bound, as a share and in kWh; "-" where the record has none."""
+    if kwh_err is None:
+        return "-"
+    share = f"± {100 * kwh_err / kwh:.2g}% " if kwh > 0 else "± "
+    return f"{share}({kwh_err:.2g} kWh)"
 
 
 def console() -> Console:

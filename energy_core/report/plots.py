@@ -64,7 +64,16 @@ def series(run: Run) -> dict[str, list[float]]:
     return out
 
 
-SERIES = {"step": "step", "seconds": "seconds", "kwh": "kwh", "watts": "watts", "intensity": "intensity"}
+SERIES = {
+    "step": "step",
+    "seconds": "seconds",
+    "kwh": "kwh",
+    "kwh_err": "kwh_err",
+    "watts": "watts",
+    "watts_err": "watts_err",
+    "intensity": "intensity",
+}
+BANDS = {"kwh": "kwh_err", "watts": "watts_err"}  # a figure's bound, shaded around its curve
 
 
 # One PNG per view: file name, x series, y series, x label, y label, title.
@@ -111,7 +120,8 @@ def plot_runs(runs: list[tuple[str, Run]]) -> list[tuple[str, bytes]]:
             continue
         figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
         for label, s in drawn:
-            axes.plot(s[x], s[y], marker=".", label=label)
+            line = axes.plot(s[x], s[y], marker=".", label=label)[0]
+            _band(axes, s[x], s[y], s.get(BANDS.get(y, ""), []), line.get_color())
         axes.set_title(title)
         axes.set_xlabel(x_label)
         axes.set_ylabel(y_label)
@@ -124,6 +134,14 @@ def plot_runs(runs: list[tuple[str, Run]]) -> list[tuple[str, bytes]]:
     if metric is not None:
         drawn_views.append((targets.METRIC_PLOT[0], _png(plt, metric, targets.METRIC_PLOT[1])))
     return drawn_views + _intensity_plot(plt, runs)
+
+
+def _band(axes: Any, xs: list[float], ys: list[float], errors: list[float], color: Any) -> None:
+    """Shade the interval that holds the true value around a curve (where the record has the bounds)."""
+    if not errors or any(math.isnan(e) for e in errors):
+        return
+    axes.fill_between(xs, [y - e for y, e in zip(ys, errors)], [y + e for y, e in zip(ys, errors)],
+                      color=color, alpha=0.2, linewidth=0)  # fmt: skip
 
 
 def _png(plt: Any, figure: Any, title: str) -> bytes:

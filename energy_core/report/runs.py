@@ -44,7 +44,9 @@ class Points:
     step: array = field(default_factory=lambda: array("d"))
     seconds: array = field(default_factory=lambda: array("d"))  # training seconds so far
     kwh: array = field(default_factory=lambda: array("d"))
+    kwh_err: array = field(default_factory=lambda: array("d"))  # the bound of kwh (NaN: none recorded)
     watts: array = field(default_factory=lambda: array("d"))
+    watts_err: array = field(default_factory=lambda: array("d"))  # the bound of the window's mean power
     intensity: array = field(default_factory=lambda: array("d"))
     loss: array = field(default_factory=lambda: array("d"))
 
@@ -57,7 +59,9 @@ class Points:
         self.step.append(_or_nan(figure(line, "step")))
         self.seconds.append(_or_nan(seconds))
         self.kwh.append(_or_nan(figure(metrics, keys.TOTAL_KWH)))
+        self.kwh_err.append(_or_nan(figure(metrics, keys.err(keys.TOTAL_KWH))))
         self.watts.append(_or_nan(figure(metrics, keys.TOTAL_W)))
+        self.watts_err.append(_or_nan(_power_err(line, metrics)))
         self.intensity.append(_or_nan(figure(metrics, keys.INTENSITY)))
         self.loss.append(losses[0] if losses else NAN)
 
@@ -65,6 +69,14 @@ class Points:
         """The indices of the boundaries of these kinds."""
         wanted = {BOUNDARIES.index(k) for k in kinds}
         return [i for i, k in enumerate(self.kind) if k in wanted]
+
+
+def _power_err(line: dict[str, Any], metrics: dict[str, Any]) -> float | None:
+    """The bound of a window's mean power: its energy's bound (per step, times the steps) over its seconds."""
+    per_step, steps, seconds = figure(metrics, keys.err(keys.STEP_J)), figure(line, "steps"), figure(line, "seconds")
+    if per_step is None or steps is None or not seconds:
+        return None
+    return per_step * steps / seconds
 
 
 def _or_nan(value: float | None) -> float:

@@ -1,13 +1,15 @@
-"""TrackerShare: the tracker a budget or a target watches, a monitor's or its own.
+"""TrackerShare: the tracker a budget, a target or a time shift watches, a monitor's or its own.
 
-A budget or a target beside a monitor reads the monitor's tracker (one sampler per
-process, the monitor's carbon settings); alone, it measures with a tracker of its own,
-built only then, which it starts, ends with its own status and checkpoints. This class
-is that choice, written once for both.
+A budget, a target or a time shift beside a monitor reads the monitor's tracker (one
+sampler per process, the monitor's carbon settings); alone, it measures with a tracker of
+its own, built only then, which it starts, ends with its own status and checkpoints.
+`TrackerShare` is that choice, written once; `SharedRun` is the part the three runs play
+around it alike (bind, finish, close, the own totals in their checkpoints).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 from energy_core.accounting.ranks import Ranks
@@ -82,3 +84,75 @@ class TrackerShare:
         self._saved = state
         if self.owns and self.tracker is not None and state:
             self.tracker.load_state_dict(state, own_share=own_share)
+
+
+class SharedRun(ABC):
+    """The base of `BudgetRun`, `TargetRun` and `TimeShiftRun`: a run that watches a tracker
+    through a `TrackerShare`, and what they do alike with it.
+
+    Subclasses extend `bind` (their own start) and name the status their own stop ends the
+    run with (`final_status`); they put `with_totals` around their checkpoint state.
+
+    Args:
+        options: How to measure when no monitor's tracker can be shared.
+    """
+
+    def __init__(self, options: MeasureOptions) -> None:
+        self.options = options
+        self.share = TrackerShare(options)
+        self._ranks = Ranks()
+
+    @property
+    def tracker(self) -> EnergyTracker | None:
+        """The tracker watched: a monitor's, or the run's own (None before `bind`)."""
+        return self.share.tracker
+
+    @property
+    def owns(self) -> bool:
+        """Whether the run measures alone, with a tracker of its own."""
+        return self.share.owns
+
+    def bind(self, shared: EnergyTracker | None, ranks: Ranks, step: int, resumed: bool = False) -> list[Notice]:
+        """At fit start: watch a monitor's tracker, or measure alone from now (validation included).
+
+        Args:
+            shared: A monitor's tracker, or None to measure alone.
+            ranks: This process's part in the job.
+            step: The optimizer step training starts at.
+            resumed: The trainer resumed from a checkpoint (see `EnergyTracker.start_fit`).
+        """
+        self._ranks = ranks
+        return self.share.bind(shared, ranks, step, resumed)
+
+    def final_status(self, status: str) -> str:
+        """The status the run's own tracker ends with, for the trainer's ``status``: a run
+        that stopped training itself says so where the trainer saw a completed fit."""
+        return status
+
+    def finish(self, step: int, status: str = "completed", collective: bool = True) -> list[Notice]:
+        """End the run's own tracker (a shared one is the monitor's to end); notices to show.
+
+        ``collective=False`` where the other ranks may not follow (an exception on this rank).
+        """
+        return self.share.finish(step, self.final_status(status), collective)
+
+    def close(self) -> None:
+        """Stop the run's own sampler (idempotent)."""
+        self.share.close()
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """The run's checkpoint state (its own, `with_totals`)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Continue from a checkpoint's state (`load_totals` keeps the own tracker's)."""
+
+    def with_totals(self, state: dict[str, Any]) -> dict[str, Any]:
+        """``state`` and, measuring alone, the own tracker's totals (``"tracker"``), for a checkpoint."""
+        totals = self.share.state_dict()
+        return state if totals is None else {**state, "tracker": totals}
+
+    def load_totals(self, state: dict[str, Any]) -> None:
+        """Keep the own tracker's totals of a checkpoint's ``state`` (see `with_totals`)."""
+        self.share.load_state_dict(state.get("tracker"), own_share=self._ranks.leads_job)

@@ -7,11 +7,11 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core.integration import BudgetAction, BudgetArgs, BudgetRun, HasBudgetRun, Notice
-from lightning_energy.framework import CALLBACK_BASES, emit, find_callback, log, override, ranks_of, stop
-from lightning_energy.monitor import EnergyMonitor
+from lightning_energy.framework import emit, log, override, stop
+from lightning_energy.shared_run import SharedRunCallback
 
 
-class EnergyBudget(HasBudgetRun, *CALLBACK_BASES):  # type: ignore[misc]
+class EnergyBudget(HasBudgetRun, SharedRunCallback[BudgetRun]):
     """Stops training cleanly once the measured energy or CO2e crosses a limit.
 
     The limit is watched by the background sampler after every hardware reading, so the
@@ -57,11 +57,6 @@ class EnergyBudget(HasBudgetRun, *CALLBACK_BASES):  # type: ignore[misc]
         self._last_review_step = -1
 
     # ------------------------------------------------------------------ setup
-    @override
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        monitor = find_callback(trainer, EnergyMonitor)
-        shared = monitor.tracker if monitor else None
-        emit(self.run.bind(shared, ranks_of(trainer), trainer.global_step, resumed=trainer.ckpt_path is not None))
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -104,23 +99,5 @@ class EnergyBudget(HasBudgetRun, *CALLBACK_BASES):  # type: ignore[misc]
             self._review(trainer, trainer.current_epoch + 1)
 
     # ------------------------------------------------------------------ end
-    @override
-    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        emit(self.run.finish(trainer.global_step))
-
-    @override
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        emit(self.run.finish(trainer.global_step, f"exception: {type(exception).__name__}", collective=False))
-
-    @override
-    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self.run.close()
 
     # ------------------------------------------------------------------ checkpoints
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return self.run.state_dict()
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.run.load_state_dict(state_dict)

@@ -7,11 +7,11 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core.integration import HasTargetRun, Notice, TargetArgs, TargetRun
-from lightning_energy.framework import CALLBACK_BASES, emit, find_callback, log, override, ranks_of, stop
-from lightning_energy.monitor import EnergyMonitor
+from lightning_energy.framework import emit, log, override, stop
+from lightning_energy.shared_run import SharedRunCallback
 
 
-class EnergyToTarget(HasTargetRun, *CALLBACK_BASES):  # type: ignore[misc]
+class EnergyToTarget(HasTargetRun, SharedRunCallback[TargetRun]):
     """Logs the energy, CO2e and time a run took to reach a validation metric, and stops there.
 
     At the end of every validation of the fit (not the sanity check), it reads ``monitor``
@@ -75,12 +75,6 @@ class EnergyToTarget(HasTargetRun, *CALLBACK_BASES):  # type: ignore[misc]
         return self._generate_state_key(monitor=self.monitor, target=self.run.rule.target)
 
     @override
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        monitor = find_callback(trainer, EnergyMonitor)
-        shared = monitor.tracker if monitor else None
-        emit(self.run.bind(shared, ranks_of(trainer), trainer.global_step, resumed=trainer.ckpt_path is not None))
-
-    @override
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:  # two batches of an untrained model: not an evaluation of the run
             return
@@ -90,23 +84,3 @@ class EnergyToTarget(HasTargetRun, *CALLBACK_BASES):  # type: ignore[misc]
         emit(outcome.notices)
         if outcome.stop is not None:  # every rank alike (the decision is the job's)
             emit([Notice("warn", stop(trainer, outcome.stop))])
-
-    @override
-    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        emit(self.run.finish(trainer.global_step))
-
-    @override
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        emit(self.run.finish(trainer.global_step, f"exception: {type(exception).__name__}", collective=False))
-
-    @override
-    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self.run.close()
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return self.run.state_dict()
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.run.load_state_dict(state_dict)

@@ -8,13 +8,13 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core.integration import Notice, TimeShiftArgs, TimeShiftRun, checks
-from lightning_energy.framework import CALLBACK_BASES, emit, find_callback, log, override, ranks_of
-from lightning_energy.monitor import EnergyMonitor
+from lightning_energy.framework import emit, log, override
+from lightning_energy.shared_run import SharedRunCallback
 
 CHECKPOINT = "time_shift.ckpt"
 
 
-class TimeShift(*CALLBACK_BASES):  # type: ignore[misc]
+class TimeShift(SharedRunCallback[TimeShiftRun]):
     """Pauses training while the grid is dirty (or waits, or exits to be requeued) and finishes by the deadline.
 
     From the intensity forecast, the run's length (its ``max_steps``/``max_epochs`` and the pace
@@ -73,10 +73,8 @@ class TimeShift(*CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        monitor = find_callback(trainer, EnergyMonitor)
-        shared = monitor.tracker if monitor else None
         self._resumed_from = trainer.ckpt_path
-        emit(self.run.bind(shared, ranks_of(trainer), trainer.global_step, resumed=trainer.ckpt_path is not None))
+        super().on_fit_start(trainer, pl_module)
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -113,7 +111,7 @@ class TimeShift(*CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        emit(self.run.finish(trainer.global_step))
+        super().on_fit_end(trainer, pl_module)
         done = self.run.requeued_until is None and not trainer.interrupted
         if done and trainer.is_global_zero and self._resumed_from and self.resume_from:
             if os.path.samefile(self._resumed_from, self.checkpoint_path):
@@ -122,20 +120,12 @@ class TimeShift(*CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        if not isinstance(exception, SystemExit):
-            emit(self.run.finish(trainer.global_step, f"exception: {type(exception).__name__}", collective=False))
+        if not isinstance(exception, SystemExit):  # a requeue's exit ended the run already
+            super().on_exception(trainer, pl_module, exception)
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self.run.close()
+        super().teardown(trainer, pl_module, stage)
         if stage == "fit" and self.run.exit_status is not None:
             status, self.run.exit_code = self.run.exit_status, None  # exit once
             raise SystemExit(status)  # requeued: Lightning ends the fit (every callback's on_exception), then exits
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return self.run.state_dict()
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.run.load_state_dict(state_dict)

@@ -1,7 +1,7 @@
 """BudgetRun: one budget in one training run, for every framework adapter.
 
 It watches a tracker (a monitor's, shared, or its own, built only when there is no
-monitor: `TrackerShare`), builds the `BudgetGuard` once the run's length is known, keeps
+monitor: `SharedRun`), builds the `BudgetGuard` once the run's length is known, keeps
 the budget's checkpoint state and ends its own tracker with the right status. Adapters
 only translate hooks: when the fit starts, when a step ends, when to review, how to stop.
 """
@@ -12,13 +12,11 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from energy_core.accounting.ranks import Ranks
 from energy_core.budget.guard import BudgetAction, BudgetGuard
 from energy_core.budget.rule import BudgetRule
-from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.tracker import EnergyTracker
-from energy_core.tracker_share import TrackerShare
+from energy_core.tracker_share import SharedRun
 
 BUDGET_STOP = "budget-stop"
 RULE_ARGS = ("max_kwh", "max_co2e_kg", "max_cost", "forecast")
@@ -34,7 +32,7 @@ class BudgetArgs(MeasureArgs, total=False):
     forecast: str
 
 
-class BudgetRun:
+class BudgetRun(SharedRun):
     """A budget's part in one run.
 
     Args:
@@ -48,12 +46,10 @@ class BudgetRun:
     """
 
     def __init__(self, rule: BudgetRule, options: MeasureOptions) -> None:
+        super().__init__(options)
         self.rule = rule
-        self.options = options
         self.args: dict[str, Any] = {}
-        self.share = TrackerShare(options)
         self.guard: BudgetGuard | None = None
-        self._ranks = Ranks()
         self._saved: dict[str, Any] = {}
 
     @classmethod
@@ -76,31 +72,9 @@ class BudgetRun:
         return run
 
     @property
-    def tracker(self) -> EnergyTracker | None:
-        """The tracker watched: a monitor's, or the budget's own (None before `bind`)."""
-        return self.share.tracker
-
-    @property
-    def owns(self) -> bool:
-        """Whether the budget measures alone, with a tracker of its own."""
-        return self.share.owns
-
-    @property
     def active(self) -> bool:
         """Watching, and not yet stopped."""
         return self.guard is not None and self.guard.stopped is None
-
-    def bind(self, shared: EnergyTracker | None, ranks: Ranks, step: int, resumed: bool = False) -> list[Notice]:
-        """At fit start: watch a monitor's tracker, or measure alone from now (validation included).
-
-        Args:
-            shared: A monitor's tracker, or None to measure alone.
-            ranks: This process's part in the job.
-            step: The optimizer step training starts at.
-            resumed: The trainer resumed from a checkpoint (see `EnergyTracker.start_fit`).
-        """
-        self._ranks = ranks
-        return self.share.bind(shared, ranks, step, resumed)
 
     def begin(self, step: int, total_steps: float | None, epoch_steps: float | None) -> BudgetAction | None:
         """Once every callback has started and the run's length is known: a resumed run whose
@@ -125,31 +99,19 @@ class BudgetRun:
             self.tracker.reduce_totals()  # type: ignore[union-attr]
         return self.guard.review(step, epochs_done, self._ranks.agree)
 
-    def finish(self, step: int, status: str = "completed", collective: bool = True) -> list[Notice]:
-        """End the budget's own tracker (a shared one is the monitor's to end); notices to show.
-
-        ``collective=False`` where the other ranks may not follow (an exception on this rank).
-        """
+    def final_status(self, status: str) -> str:
+        """``budget-stop`` where the budget stopped a fit the trainer completed."""
         stopped = self.guard is not None and self.guard.stopped is not None
-        final = BUDGET_STOP if stopped and status == "completed" else status
-        return self.share.finish(step, final, collective)
-
-    def close(self) -> None:
-        """Stop the budget's own sampler (idempotent)."""
-        self.share.close()
+        return BUDGET_STOP if stopped and status == "completed" else status
 
     def state_dict(self) -> dict[str, Any]:
         """The guard's state and, measuring alone, the totals."""
-        state: dict[str, Any] = {"guard": self.guard.state_dict() if self.guard else self._saved.get("guard", {})}
-        totals = self.share.state_dict()
-        if totals is not None:
-            state["tracker"] = totals
-        return state
+        return self.with_totals({"guard": self.guard.state_dict() if self.guard else self._saved.get("guard", {})})
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Keep a checkpoint's state for `bind`/`begin` (or apply it, if restored after fit start)."""
         self._saved = dict(state or {})
-        self.share.load_state_dict(self._saved.get("tracker"), own_share=self._ranks.leads_job)
+        self.load_totals(self._saved)
 
 
 class HasBudgetRun:

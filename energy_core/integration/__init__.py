@@ -33,6 +33,7 @@ from energy_core.shift.run import ShiftAction, TimeShiftArgs, TimeShiftRun
 from energy_core.target.rule import TargetRule
 from energy_core.target.run import HasTargetRun, TargetArgs, TargetOutcome, TargetRun
 from energy_core.tracker import EnergyTracker
+from energy_core.tracker_share import SharedRun
 
 __all__ = [
     "BudgetAction",
@@ -55,6 +56,7 @@ __all__ = [
     "TargetOutcome",
     "TargetRule",
     "TargetRun",
+    "SharedRun",
     "ShiftAction",
     "TimeShiftArgs",
     "TimeShiftRun",

@@ -47,7 +47,7 @@ from energy_core.shift.forecast import Forecast
 from energy_core.shift.intensity import Intensity
 from energy_core.shift.planner import MODES, TimeShiftPlan, plan_time_shift
 from energy_core.tracker import EnergyTracker
-from energy_core.tracker_share import TrackerShare
+from energy_core.tracker_share import SharedRun
 from energy_core.units import J_PER_KWH
 
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure; the user is invited to retry" - the requeue exit status
@@ -100,7 +100,7 @@ def parse_deadline(value: Any) -> datetime:
     return value
 
 
-class TimeShiftRun:
+class TimeShiftRun(SharedRun):
     """Runs training when the grid is clean, and finishes by the deadline.
 
     Args:
@@ -142,6 +142,7 @@ class TimeShiftRun:
         exit_code: int | None = EX_TEMPFAIL,
         options: MeasureOptions | None = None,
     ) -> None:
+        super().__init__(options or MeasureOptions())
         self.deadline = parse_deadline(deadline)
         self.mode = checks.choice("mode", mode, MODES)
         self.given = None if forecast is None else Intensity.of(forecast, "forecast")
@@ -151,7 +152,6 @@ class TimeShiftRun:
         self.idle_w = checks.number("idle_w", idle_w, low=0, optional=True, unit=" W")
         self.resume_s = checks.number("resume_s", resume_s, low=0, optional=True, unit=" s")
         self.exit_code = checks.integer("exit_code", exit_code, low=1, high=255, optional=True)
-        self.options = options or MeasureOptions()
         self.args: dict[str, Any] = {
             "deadline": self.deadline.isoformat(),
             "mode": self.mode,
@@ -162,12 +162,10 @@ class TimeShiftRun:
             "exit_code": self.exit_code,
             **self.options.as_args(),
         }
-        self.share = TrackerShare(self.options)
         self.plan: TimeShiftPlan | None = None
         self.requeued_until: float | None = None  # set when the run ended for a requeue
         self.clock: Callable[[], float] | None = None  # unix time: the tracker's meter clock by default
         self.sleep: Callable[[float], None] = time.sleep
-        self._ranks = Ranks()
         self.forecast: Forecast | None = None  # where the forecast comes from (after `bind`)
         self._state = _State(0.0, 0.0)
         self._saved: dict[str, Any] = {}
@@ -196,16 +194,6 @@ class TimeShiftRun:
 
     # ------------------------------------------------------------------ start
     @property
-    def tracker(self) -> EnergyTracker | None:
-        """The tracker it watches: a monitor's, or its own (None before `bind`)."""
-        return self.share.tracker
-
-    @property
-    def owns(self) -> bool:
-        """Whether it measures alone, with a tracker of its own."""
-        return self.share.owns
-
-    @property
     def active(self) -> bool:
         """Bound to a tracker and not ended for a requeue."""
         return self.tracker is not None and self.requeued_until is None
@@ -217,8 +205,7 @@ class TimeShiftRun:
 
     def bind(self, shared: EnergyTracker | None, ranks: Ranks, step: int, resumed: bool = False) -> list[Notice]:
         """At fit start: use a monitor's tracker, or measure alone from now (see `BudgetRun.bind`)."""
-        self._ranks = ranks
-        notices = self.share.bind(shared, ranks, step, resumed)
+        notices = super().bind(shared, ranks, step, resumed)
         assert self.tracker is not None
         self.tracker.add_summary("time_shift", self._summary)
         self.forecast = Forecast(self.given, self.tracker.factors.carbon, self.now)
@@ -510,16 +497,15 @@ class TimeShiftRun:
         }
 
     # ------------------------------------------------------------------ end
+    def final_status(self, status: str) -> str:
+        """``requeued`` where the run ended a completed fit to be requeued."""
+        return "requeued" if self.requeued_until is not None and status == "completed" else status
+
     def finish(self, step: int, status: str = "completed", collective: bool = True) -> list[Notice]:
-        """End the run's own tracker (a shared one is the monitor's to end); the notices to show."""
+        """What the time shift has still to say, and the end of its own tracker (see `SharedRun.finish`)."""
         if self.tracker is None:
             return []
-        final = "requeued" if self.requeued_until is not None and status == "completed" else status
-        return self.pop_notices() + self.share.finish(step, final, collective)
-
-    def close(self) -> None:
-        """Stop the run's own sampler (idempotent)."""
-        self.share.close()
+        return self.pop_notices() + super().finish(step, status, collective)
 
     @property
     def exit_status(self) -> int | None:
@@ -546,10 +532,7 @@ class TimeShiftRun:
         ``resume_at``) and, measuring alone, the totals."""
         if self.tracker is None:
             return dict(self._saved)
-        state: dict[str, Any] = {"shift": self._state.to_state()}
-        if (own := self.share.state_dict()) is not None:
-            state["tracker"] = own
-        return state
+        return self.with_totals({"shift": self._state.to_state()})
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Keep a checkpoint's state for `bind` and `begin`.
@@ -559,7 +542,7 @@ class TimeShiftRun:
         """
         self._saved = dict(state or {})
         _State.of(self._saved.get("shift"), 0.0, 0.0, 0.0)  # checked now, not at fit start
-        self.share.load_state_dict(self._saved.get("tracker"), own_share=self._ranks.leads_job)
+        self.load_totals(self._saved)
 
 
 @dataclass

@@ -35,7 +35,7 @@ from energy_core.output import keys
 from energy_core.output.record import TARGET
 from energy_core.target.rule import TargetRule, metric_name
 from energy_core.tracker import EnergyTracker
-from energy_core.tracker_share import TrackerShare
+from energy_core.tracker_share import SharedRun
 from energy_core.units import J_PER_KWH
 
 TARGET_STOP = "target-stop"  # the status of a run that measured alone and stopped at its target
@@ -125,7 +125,7 @@ def as_value(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-class TargetRun:
+class TargetRun(SharedRun):
     """A target's part in one run.
 
     Args:
@@ -145,15 +145,13 @@ class TargetRun:
     """
 
     def __init__(self, rule: TargetRule, options: MeasureOptions, owner: str = "EnergyLoop") -> None:
+        super().__init__(options)
         self.rule = rule
-        self.options = options
         self.owner = owner
         self.args: dict[str, Any] = {}
-        self.share = TrackerShare(options)
         self.reached: Evaluation | None = None
         self.stopped: str | None = None
         self.history: list[Evaluation] = []  # the last `patience` evaluations before the next one
-        self._ranks = Ranks()
         self._said: set[str] = set()  # the one-time notices already given
 
     @classmethod
@@ -191,11 +189,6 @@ class TargetRun:
         }
         return run
 
-    @property
-    def tracker(self) -> EnergyTracker | None:
-        """The tracker watched: a monitor's, or the target's own (None before `bind`)."""
-        return self.share.tracker
-
     def bind(self, shared: EnergyTracker | None, ranks: Ranks, step: int, resumed: bool = False) -> list[Notice]:
         """At fit start: watch a monitor's tracker, or measure alone from now.
 
@@ -205,9 +198,8 @@ class TargetRun:
             step: The optimizer step training starts at.
             resumed: The trainer resumed from a checkpoint.
         """
-        self._ranks = ranks
         self.stopped = None
-        notices = self.share.bind(shared, ranks, step, resumed)
+        notices = super().bind(shared, ranks, step, resumed)
         if self.reached is not None:
             notices.append(Notice("info", f"{self.owner}: {self.rule.describe()} was reached before this resume, at "
                                           f"step {self.reached.step} ({self._cost(self.reached)}): it is not reported "
@@ -322,17 +314,9 @@ class TargetRun:
         return [Notice("warn", text)]
 
     # ------------------------------------------------------------------ end
-    def finish(self, step: int, status: str = "completed", collective: bool = True) -> list[Notice]:
-        """End the target's own tracker (a shared one is the monitor's to end); notices to show.
-
-        ``collective=False`` where the other ranks may not follow (an exception on this rank).
-        """
-        final = TARGET_STOP if self.stopped is not None and status == "completed" else status
-        return self.share.finish(step, final, collective)
-
-    def close(self) -> None:
-        """Stop the target's own sampler (idempotent)."""
-        self.share.close()
+    def final_status(self, status: str) -> str:
+        """``target-stop`` where the target stopped a fit the trainer completed."""
+        return TARGET_STOP if self.stopped is not None and status == "completed" else status
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -342,10 +326,7 @@ class TargetRun:
             "reached": self.reached.to_state() if self.reached is not None else None,
             "history": [e.to_state() for e in self.history],
         }
-        totals = self.share.state_dict()
-        if totals is not None:
-            state["tracker"] = totals
-        return state
+        return self.with_totals(state)
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Continue a checkpoint's target (before `bind`, or after it when restored late).
@@ -360,7 +341,7 @@ class TargetRun:
         if not isinstance(history, list):
             raise ValueError(f"stored target state: history must be a list, got {history!r}")
         self.history = [Evaluation.from_state(e) for e in history][-self.rule.patience :]
-        self.share.load_state_dict(state.get("tracker"), own_share=self._ranks.leads_job)
+        self.load_totals(state)
 
 
 class HasTargetRun:

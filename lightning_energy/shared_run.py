@@ -1,0 +1,50 @@
+"""SharedRunCallback: what a budget, a target and a time shift do alike in a Lightning fit.
+
+Each is a callback around a core run (`energy_core.integration.SharedRun`: `BudgetRun`,
+`TargetRun`, `TimeShiftRun`) that watches the `EnergyMonitor`'s tracker, or measures alone
+without one. The hooks that only hand the fit's life to that run are written here once: fit
+start (bind), fit end and exceptions (finish with a status), teardown (close) and the
+checkpoint state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from energy_core.integration import SharedRun
+from lightning_energy.framework import CALLBACK_BASES, emit, find_callback, override, ranks_of
+from lightning_energy.monitor import EnergyMonitor
+
+Run = TypeVar("Run", bound=SharedRun)
+
+
+class SharedRunCallback(Generic[Run], *CALLBACK_BASES):  # type: ignore[misc]
+    """A Lightning callback whose part in the run is ``self.run``, a `SharedRun`."""
+
+    run: Run
+
+    @override
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        monitor = find_callback(trainer, EnergyMonitor)
+        shared = monitor.tracker if monitor else None
+        emit(self.run.bind(shared, ranks_of(trainer), trainer.global_step, resumed=trainer.ckpt_path is not None))
+
+    @override
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        emit(self.run.finish(trainer.global_step))
+
+    @override
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        emit(self.run.finish(trainer.global_step, f"exception: {type(exception).__name__}", collective=False))
+
+    @override
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self.run.close()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.run.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.run.load_state_dict(state_dict)

@@ -271,7 +271,9 @@ class EnergyTracker:
             extra=extra or {},
             ranks=job.breakdown,
         )
-        self._window = Window(end, step, carried_j, end_bound)
+        # A window that came out below zero carries its excess into the next: so does its bound.
+        carried_bound = dataclasses.replace(end_bound, spread=end_bound.spread + np.maximum(carried_j - end_j, 0.0))
+        self._window = Window(end, step, carried_j, carried_bound)
         return metrics, job
 
     def start_epoch(self) -> None:

@@ -46,6 +46,7 @@ from energy_core.devices import EnergySource
 
 RATE_WINDOW_S = 1.0  # power used to extrapolate past the newest row is averaged over this
 ROUNDING = 1e-12  # relative: the float arithmetic of cumulative joules
+AVERAGE_MARGIN = 1.0  # an average's extremes understate the power's by up to this share of their spread
 HISTORY_S = 3.0  # past the newest reading, the power may go to any level seen this long before it
 LEVEL_READINGS = 3  # the spread before an extrapolated mark is taken over this many readings at least
 LEVEL_SPANS = 4  # a power level is taken over at least this many counter updates: within +-25% of the truth
@@ -93,7 +94,9 @@ class Accuracies:
         self.relative = np.array([s.accuracy.relative for s in sources], dtype=float)
         self.share = np.where([s.accuracy.sampled for s in sources], 0.5, 0.25)  # of spread x interval
         self.averaged = np.array([s.accuracy.averaged for s in sources], dtype=bool)
-        self.longest_lag_s = float(self.lag_s.max(initial=0.0))
+        counters = [s.accuracy.lag_s for s in sources if not (s.accuracy.averaged or s.accuracy.sampled)]
+        self.longest_lag_s = max(counters, default=0.0)  # a counter's: its readings step every lag_s
+        self.reach_s = 2 * float(self.lag_s.max(initial=0.0))  # a reading may reflect the power this long before it
         self.max_w = np.array([s.max_power_w for s in sources], dtype=float)  # the power when nothing says
 
 
@@ -140,23 +143,28 @@ def mark_bound(
     if n == 1 or t <= times[0]:  # at the first reading (or older than the buffer): the power after it
         high, low = _levels(times, energy, 0, min(n - 1, LEVEL_READINGS), spacing, accuracy.max_w)
         spread = pending[0] + accuracy.quantum_j + ROUNDING * np.abs(energy[0])
-        return MarkBound(spread, high * accuracy.lag_s, accumulated[0].copy(), _lag_low(low, accuracy))
+        lag, lag_low = _lags(high, low, times[min(1, n - 1)] - times[0], accuracy)
+        return MarkBound(spread, lag, accumulated[0].copy(), lag_low)
     if t > times[-1]:  # extrapolated at the last second's power
-        lo = min(int(np.searchsorted(times, times[-1] - max(RATE_WINDOW_S, 2 * spacing))), n - 2)
+        lo = min(int(np.searchsorted(times, times[-1] - max(RATE_WINDOW_S, 2 * spacing, accuracy.reach_s))), n - 2)
         high, low = _levels(times, energy, max(min(lo, n - 1 - LEVEL_READINGS), 0), n - 1, spacing, accuracy.max_w)
         mean = (energy[-1] - energy[lo]) / (times[-1] - times[lo]) if times[-1] > times[lo] else np.zeros(width)
         back = max(min(int(np.searchsorted(times, times[-1] - HISTORY_S)), n - 1 - LEVEL_READINGS), 0)
         seen_high, seen_low = _levels(times, energy, back, n - 1, spacing, accuracy.max_w)
         ahead = t - times[-1]
         jump = np.maximum(np.maximum(seen_high - mean, mean - seen_low), mean)  # to any level seen lately, or to 0
-        spread = ahead * (np.maximum(high - low, jump) + accuracy.relative * mean)
-        lag = np.maximum(high, mean) * accuracy.lag_s
+        unseen = np.where(accuracy.averaged, 2.0, 1.0)  # an average's tail holds the unseen slice too
+        spread = ahead * (unseen * np.maximum(high - low, jump) + accuracy.relative * mean)
+        # Past the newest reading an average has not seen the power yet: it may be anywhere the jump allows.
+        seen = np.where(accuracy.averaged, jump, 0.0)
+        top, bottom = np.maximum(high, mean + seen), np.maximum(np.minimum(low, mean - seen), 0.0)
+        lag, lag_low = _lags(top, bottom, times[-1] - times[-2], accuracy)
         spread += pending[-1] + accuracy.quantum_j + ROUNDING * np.abs(energy[-1])
-        return MarkBound(spread, lag, accumulated[-1].copy(), _lag_low(np.minimum(low, mean), accuracy))
+        return MarkBound(spread, lag, accumulated[-1].copy(), lag_low)
     i = int(np.searchsorted(times, t))  # times[i-1] < t <= times[i]
     interval = times[i] - times[i - 1]
     w = (t - times[i - 1]) / interval
-    reach = max(3 * interval, 2 * spacing)
+    reach = max(3 * interval, 2 * spacing, accuracy.reach_s)
     lo = max(int(np.searchsorted(times, times[i - 1] - reach)) - 1, 0)
     hi = min(int(np.searchsorted(times, times[i] + reach)), n - 1)
     high, low = _levels(times, energy, lo, hi, spacing, accuracy.max_w)
@@ -165,13 +173,20 @@ def mark_bound(
     inside = accumulated[i] - accumulated[i - 1]  # the interval's own accumulated error, split anyhow
     spread = interpolation + inside + np.maximum(pending[i - 1], pending[i]) + accuracy.quantum_j
     spread += ROUNDING * np.abs(energy[i])
-    return MarkBound(spread, high * accuracy.lag_s, accumulated[i - 1] + w * inside, _lag_low(low, accuracy))
+    lag, lag_low = _lags(high, low, interval, accuracy)
+    return MarkBound(spread, lag, accumulated[i - 1] + w * inside, lag_low)
 
 
-def _lag_low(low: np.ndarray, accuracy: Accuracies) -> np.ndarray:
-    """The least a reading trails by: 0 for a counter (it may have just updated); for an averaged
-    power, the lowest power around times ``lag_s`` (the average's tail is never below it)."""
-    return np.where(accuracy.averaged, low * accuracy.lag_s, 0.0)
+def _lags(high: np.ndarray, low: np.ndarray, interval: float, accuracy: Accuracies) -> tuple[np.ndarray, np.ndarray]:
+    """(most, least) a reading trails the truth by. A counter: up to ``lag_s`` of the highest power,
+    at least nothing (it may have just updated). An averaged power: between the lowest and the highest
+    power around, times ``lag_s``; the average, sampled every ``interval``, may pass the extremes its
+    readings show by the spread times ``interval`` over its span, and the power inside the span those
+    extremes by more: the range is widened by that, and by `AVERAGE_MARGIN` of the spread at least."""
+    span = np.maximum(2 * accuracy.lag_s, 1e-9)
+    widen = np.where(accuracy.averaged, (high - low) * np.maximum(interval / span, AVERAGE_MARGIN), 0.0)
+    lag = (high + widen) * accuracy.lag_s
+    return lag, np.where(accuracy.averaged, np.maximum(low - widen, 0.0) * accuracy.lag_s, 0.0)
 
 
 def settled(times: np.ndarray, t: float, accuracy: Accuracies) -> bool:
@@ -180,4 +195,5 @@ def settled(times: np.ndarray, t: float, accuracy: Accuracies) -> bool:
         return False
     i = int(np.searchsorted(times, t))
     interval = times[i] - times[i - 1] if i > 0 else 0.0
-    return times[-1] >= times[min(i, len(times) - 1)] + max(3 * interval, 2 * LEVEL_SPANS * accuracy.longest_lag_s)
+    reach = max(3 * interval, 2 * LEVEL_SPANS * accuracy.longest_lag_s, accuracy.reach_s)
+    return times[-1] >= times[min(i, len(times) - 1)] + reach

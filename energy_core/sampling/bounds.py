@@ -46,7 +46,7 @@ from energy_core.devices import EnergySource
 
 RATE_WINDOW_S = 1.0  # power used to extrapolate past the newest row is averaged over this
 ROUNDING = 1e-12  # relative: the float arithmetic of cumulative joules
-AVERAGE_MARGIN = 1.0  # an average's extremes understate the power's by up to this share of their spread
+AVERAGE_MARGIN = 1.0  # an average's tail answers a fresh step with its whole span, twice lag_s: one spread more
 HISTORY_S = 3.0  # past the newest reading, the power may go to any level seen this long before it
 LEVEL_READINGS = 3  # the spread before an extrapolated mark is taken over this many readings at least
 LEVEL_SPANS = 4  # a power level is taken over at least this many counter updates: within +-25% of the truth
@@ -155,10 +155,9 @@ def mark_bound(
         jump = np.maximum(np.maximum(seen_high - mean, mean - seen_low), mean)  # to any level seen lately, or to 0
         unseen = np.where(accuracy.averaged, 2.0, 1.0)  # an average's tail holds the unseen slice too
         spread = ahead * (unseen * np.maximum(high - low, jump) + accuracy.relative * mean)
-        # Past the newest reading an average has not seen the power yet: it may be anywhere the jump allows.
-        seen = np.where(accuracy.averaged, jump, 0.0)
-        top, bottom = np.maximum(high, mean + seen), np.maximum(np.minimum(low, mean - seen), 0.0)
-        lag, lag_low = _lags(top, bottom, times[-1] - times[-2], accuracy)
+        # The counter's last update period is as unseen as the slice past its newest reading: any level of late.
+        top = np.maximum(np.maximum(high, mean), np.where(accuracy.averaged, 0.0, seen_high))
+        lag, lag_low = _lags(top, np.minimum(low, mean), times[-1] - times[-2], accuracy)
         spread += pending[-1] + accuracy.quantum_j + ROUNDING * np.abs(energy[-1])
         return MarkBound(spread, lag, accumulated[-1].copy(), lag_low)
     i = int(np.searchsorted(times, t))  # times[i-1] < t <= times[i]
@@ -180,11 +179,12 @@ def mark_bound(
 def _lags(high: np.ndarray, low: np.ndarray, interval: float, accuracy: Accuracies) -> tuple[np.ndarray, np.ndarray]:
     """(most, least) a reading trails the truth by. A counter: up to ``lag_s`` of the highest power,
     at least nothing (it may have just updated). An averaged power: between the lowest and the highest
-    power around, times ``lag_s``; the average, sampled every ``interval``, may pass the extremes its
-    readings show by the spread times ``interval`` over its span, and the power inside the span those
-    extremes by more: the range is widened by that, and by `AVERAGE_MARGIN` of the spread at least."""
+    power around, times ``lag_s``; but the tail answers a fresh step with the average's whole span
+    (`AVERAGE_MARGIN`: one spread more), and the average, sampled every ``interval``, may pass the
+    extremes its readings show by the spread times ``interval`` over its span: the range is widened
+    by both."""
     span = np.maximum(2 * accuracy.lag_s, 1e-9)
-    widen = np.where(accuracy.averaged, (high - low) * np.maximum(interval / span, AVERAGE_MARGIN), 0.0)
+    widen = np.where(accuracy.averaged, (high - low) * (AVERAGE_MARGIN + interval / span), 0.0)
     lag = (high + widen) * accuracy.lag_s
     return lag, np.where(accuracy.averaged, np.maximum(low - widen, 0.0) * accuracy.lag_s, 0.0)
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from transformers import TrainerCallback
-from transformers.trainer_callback import TrainerControl, TrainerState
+from transformers.trainer_callback import ExportableState, TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
 from typing_extensions import Unpack
 
 from energy_core.integration import CapArgs, EnergyTracker, PowerCapRun
 from hf_energy.callback import EnergyCallback
-from hf_energy.framework import emit, logger, ranks_of
+from hf_energy.framework import emit, ranks_of, stored_attributes
 from hf_energy.registry import LogContributor
 
 
-class PowerCapCallback(LogContributor, TrainerCallback):
+class PowerCapCallback(LogContributor, TrainerCallback, ExportableState):
     """Caps GPU power at train start and restores the previous limits on every way out.
 
     Same behaviour and arguments as `lightning_energy.PowerCap`: the node's local process
@@ -49,47 +49,50 @@ class PowerCapCallback(LogContributor, TrainerCallback):
 
     def __init__(self, **cap: Unpack[CapArgs]) -> None:
         self.run = PowerCapRun(**cap)
-        self._leader = False
         self._pending: dict[str, float] = {}
+        self._world_zero = True
+        self._restored = False
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        """ExportableState: the constructor's arguments and the search's measurements and
+        choice, in ``trainer_state.json`` (a resumed run does not search again)."""
+        return {"args": dict(self.run.args), "attributes": {"cap_state": self.cap_state}}
+
+    @property
+    def cap_state(self) -> dict[str, Any]:
+        return self.run.state_dict()
+
+    @cap_state.setter
+    def cap_state(self, value: dict[str, Any]) -> None:  # called by HF's callback restore
+        self._restored = True
+        self.run.load_state_dict(value)
 
     def _tracker(self) -> EnergyTracker | None:
         monitor = self.registry.first(EnergyCallback) if self.registry is not None else None
         return monitor.tracker if monitor is not None else None
-
-    def _publish(self) -> None:
-        self.run.publish(self._tracker())
-        self._pending.update(self.run.figures())
 
     def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
         added, self._pending = self._pending, {}
         logs.update(added)
         return added
 
+    # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.begin(kwargs.get("model"), state)
-        ranks = ranks_of(args)
-        self._leader = ranks.leads_node
-        emit(self.run.start_on(ranks))
-        self._publish()
-        return control
-
-    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        if self._leader and self.run.auto and self.run.finder is None:  # every on_train_begin has run
-            tracker = self._tracker()
-            emit(self.run.start_search(tracker.meter if tracker is not None else None))
+        self._world_zero = state.is_world_process_zero
+        if not self._restored:
+            self.run.load_state_dict(stored_attributes(state, type(self).__name__).get("cap_state"))
+        emit(self.run.begin(ranks_of(args), self._tracker(), state.max_steps, step=state.global_step), self._world_zero)
+        self._pending.update(self.run.figures())
         return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        if self._leader and self.run.finder is not None and not self.run.finder.done:
-            if self.run.on_step(state.global_step):
-                self._publish()
-                if self.run.finder.done:
-                    logger.warning(self.run.finder.summary())
-                    self.run.record(self._tracker(), "chosen")
+        metrics, notices = self.run.step(state.global_step)
+        self._pending.update(metrics)
+        emit(notices, self._world_zero)
         return control
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        if self._leader:
-            for message in self.run.finish(self._tracker()):
-                logger.warning(message) if "failed" in message else logger.info(message)
+        emit(self.run.finish(), self._world_zero)
         return control

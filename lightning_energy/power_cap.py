@@ -6,16 +6,8 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from energy_core.integration import CapArgs, EnergyTracker, Notice, PowerCapRun
-from lightning_energy.framework import (
-    CALLBACK_BASES,
-    emit,
-    find_callback,
-    log,
-    override,
-    rank_zero_info,
-    ranks_of,
-)
+from energy_core.integration import CapArgs, PowerCapRun
+from lightning_energy.framework import CALLBACK_BASES, emit, find_callback, log, override, ranks_of
 from lightning_energy.monitor import EnergyMonitor
 
 
@@ -61,52 +53,40 @@ class PowerCap(*CALLBACK_BASES):  # type: ignore[misc]
 
     def __init__(self, **cap: Unpack[CapArgs]) -> None:
         self.run = PowerCapRun(**cap)
-        self._leader = False
-        self._tracker: EnergyTracker | None = None
-
-    def _publish(self, trainer: Any, metrics: dict[str, float] | None) -> None:
-        self.run.publish(self._tracker)
-        log(trainer, metrics or {})
 
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        ranks = ranks_of(trainer)
-        self._leader = ranks.leads_node
+        # Before Lightning installs its signal handlers: they call the cap's, which restores
+        # and then ends the process as the signal would. The search starts at the first step,
+        # once a monitor's meter is running.
         monitor = find_callback(trainer, EnergyMonitor)
-        self._tracker = monitor.tracker if monitor is not None else None
-        emit(self.run.start_on(ranks))
-        self._publish(trainer, self.run.figures())
-        if self.run.cap_w is not None:
-            self.run.record(self._tracker, "applied")
-
-    @override
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        if self._leader and self.run.auto:  # every on_fit_start has run: a monitor's meter is running
-            emit(self.run.start_search(self._tracker.meter if self._tracker is not None else None))
+        tracker = monitor.tracker if monitor is not None else None
+        emit(self.run.begin(ranks_of(trainer), tracker, trainer.estimated_stepping_batches))
+        log(trainer, self.run.figures())
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._leader and self.run.finder is not None and not self.run.finder.done:
-            metrics = self.run.on_step(trainer.global_step)
-            if metrics:
-                self._publish(trainer, metrics)
-                if self.run.finder.done:
-                    rank_zero_info(self.run.finder.summary())
-                    self.run.record(self._tracker, "chosen")
-
-    def _restore(self) -> None:
-        if self._leader:
-            for message in self.run.finish(self._tracker):
-                emit([Notice("warn" if "failed" in message else "info", message)])
+        metrics, notices = self.run.step(trainer.global_step)
+        log(trainer, metrics)
+        emit(notices)
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        self._restore()
+        emit(self.run.finish())
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._restore()
+        emit(self.run.finish())
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self._restore()
+        emit(self.run.finish())
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The cap search's measurements and choice: a resumed run does not search again."""
+        return self.run.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.run.load_state_dict(state_dict)

@@ -70,14 +70,16 @@ class EnergyLoop:
         log_every_n_steps: Close a logging window every this many optimizer steps.
         budget: Stop on an energy or carbon budget (`should_stop` turns True; forecasts
             need ``total_steps``).
-        power_cap: Cap GPU power while the loop runs (restored on every way out).
+        power_cap: Cap GPU power while the loop runs (restored on every way out); with
+            ``follow``, give ``total_steps`` so that the slowdown holds over the whole run.
         target: A quality to reach (and, with its ``min_gain_per_kwh``, when to stop for
             diminishing returns): pass the metric to `evaluated` after each validation.
         time_shift: Train when the grid is clean and finish by a deadline: `step` pauses when
             the plan says so; in ``"requeue"`` mode `should_stop` turns True (save your
             checkpoint, with `state_dict`), and leaving the ``with`` block exits with the
             time shift's ``exit_code``.
-        total_steps: Optimizer steps the loop will take, for the budget's forecast and the time shift's plan.
+        total_steps: Optimizer steps the loop will take, for the budget's forecast, the time
+            shift's plan and a cap that follows the grid.
         epoch_steps: Optimizer steps per epoch, for the budget's forecast.
         ranks: This process's part in a multi-process job, with its collectives (see
             `energy_core.ranks.torch_distributed`); one process by default.
@@ -152,12 +154,7 @@ class EnergyLoop:
                     "world_size": self.ranks.world_size}  # fmt: skip
         self.monitor.start(self.ranks, self.steps, self.steps > 0, framework="energy_core.EnergyLoop", loop=settings)
         if self.power_cap is not None:
-            self._show(self.power_cap.start_on(self.ranks))
-            self.power_cap.publish(self.tracker)
-            if self.power_cap.cap_w is not None:
-                self.power_cap.record(self.tracker, "applied")
-            if self.ranks.leads_node:
-                self._show(self.power_cap.start_search(self.tracker.meter))
+            self._show(self.power_cap.begin(self.ranks, self.tracker, self.total_steps, step=self.steps))
         if self.budget is not None:
             self.budget.bind(self.tracker, self.ranks, self.steps)
             self._act(self.budget.begin(self.steps, self.total_steps, self.epoch_steps))
@@ -182,7 +179,7 @@ class EnergyLoop:
         if self.time_shift is not None:
             self._show(self.time_shift.finish(self.steps, status, collective))
         if self.power_cap is not None:
-            self._show([Notice("info", m) for m in self.power_cap.finish(self.tracker)])
+            self._show(self.power_cap.finish())
         self.monitor.close()
         return metrics
 
@@ -212,14 +209,10 @@ class EnergyLoop:
             self.monitor.count(batch)
         self.steps += 1
         metrics: dict[str, float] = {}
-        if self.power_cap is not None and self.ranks.leads_node and self.power_cap.finder is not None:
-            changed = self.power_cap.on_step(self.steps)
-            if changed:
-                self.power_cap.publish(self.tracker)
-                metrics.update(changed)
-                if self.power_cap.finder.done:
-                    self.power_cap.record(self.tracker, "chosen")
-                    self._show([Notice("info", self.power_cap.finder.summary())])
+        if self.power_cap is not None:
+            changed, notices = self.power_cap.step(self.steps)
+            metrics.update(changed)
+            self._show(notices)
         if self.budget is not None and self.budget.active:
             self._act(self.budget.check(self.steps))
         if self.steps % self.log_every_n_steps == 0:
@@ -293,12 +286,15 @@ class EnergyLoop:
         return self.monitor.summary(self.tracker.totals())
 
     def state_dict(self) -> dict[str, Any]:
-        """The totals and the step count (and a budget's and a time shift's state), for your checkpoint."""
+        """The totals and the step count (and a budget's, a target's, a time shift's and a cap
+        search's state), for your checkpoint."""
         state: dict[str, Any] = {"energy": self.tracker.state_dict(), "steps": self.steps, "epochs": self.epochs}
         if self.budget is not None:
             state["budget"] = self.budget.state_dict()
         if self.target is not None:
             state["target"] = self.target.state_dict()
+        if self.power_cap is not None:
+            state["power_cap"] = self.power_cap.state_dict()
         if self.time_shift is not None:
             state["time_shift"] = self.time_shift.state_dict()
         return state
@@ -312,6 +308,8 @@ class EnergyLoop:
             self.budget.load_state_dict(state.get("budget"))
         if self.target is not None:
             self.target.load_state_dict(state.get("target"))
+        if self.power_cap is not None:
+            self.power_cap.load_state_dict(state.get("power_cap"))
         if self.time_shift is not None:
             self.time_shift.load_state_dict(state.get("time_shift"))
 

@@ -1,28 +1,48 @@
 """PowerCapRun: one training run's power cap, from recovery at start to restore at the end.
 
-Both framework adapters drive this class through their hooks; the node's local rank 0
-acts (`PowerCapRun.start_on`), every rank waits for the outcome and takes the same
-decision, and the figures go to a monitor's tracker when there is one.
+The whole sequence is here, once, for every adapter (Lightning, HF, `EnergyLoop`), which
+only call `PowerCapRun.begin` at train start, `PowerCapRun.step` after every optimizer
+step and `PowerCapRun.finish` on every way out:
+
+* begin: the node's local rank 0 recovers limits left by killed runs and caps (every rank
+  waits for the outcome and takes the same decision); the caps go to a monitor's figures
+  and run record (``applied``);
+* step: with ``watts="auto"`` the node's leader drives the cap search on the training
+  steps (`CapFinder`), then shows its choice (``chosen``); with ``follow``, every
+  `DECIDE_EVERY` steps the job's leader chooses the cap for the grid's intensity (or the
+  price) in force (`GridFollower`) and every node puts it in force at the same step
+  (``follow`` lines); a workload whose pace leaves the curve is searched again;
+* finish: every limit changed is put back, with one notice per outcome.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
 from energy_core import checks
 from energy_core.accounting.ranks import Ranks
+from energy_core.carbon.factor import Factor, Fixed
 from energy_core.devices import DeviceError
 from energy_core.notices import Notice
+from energy_core.options import MeasureOptions
 from energy_core.output import keys
 from energy_core.output.record import POWER_CAP
 from energy_core.power.errors import JournalError, PowerCapError
 from energy_core.power.finder.finder import CapFinder
+from energy_core.power.follow.follower import GridFollower
 from energy_core.power.limits import PowerLimits
 from energy_core.power.plan import busy_message, select_boards
 from energy_core.sampling.meter import EnergyMeter
 from energy_core.tracker import EnergyTracker
 from energy_core.units import MAX_DEVICE_W
+
+FOLLOW = ("carbon", "cost")
+DECIDE_EVERY = 25  # steps between the follower's decisions (one small collective in a multi-process job)
+SEARCH_AGAIN = -1  # the follower's code for "the workload changed: search again"
+NOTHING: tuple[dict[str, float], list[Notice]] = ({}, [])
 
 
 class CapArgs(TypedDict, total=False):
@@ -34,6 +54,10 @@ class CapArgs(TypedDict, total=False):
     strict: bool
     max_slowdown: float
     min_watts: float | None
+    follow: str | None
+    carbon_intensity_series: str | os.PathLike[str] | None
+    electricity_maps_zone: str | None
+    price_per_kwh: float | str | os.PathLike[str] | None
 
 
 def check_cap_arguments(
@@ -86,16 +110,28 @@ class PowerCapRun:
         strict: Never train uncapped: raise before training (PermissionError without
             permission, `PowerCapError` without a GPU, with an unusable or damaged journal,
             or when another run has capped a selected board) instead of one message.
-        max_slowdown: For ``watts="auto"``: largest accepted rise in time per step.
+        max_slowdown: For ``watts="auto"``: largest accepted rise in time per step (with
+            ``follow``: of the whole run's time).
         min_watts: For ``watts="auto"``: lowest cap tried per GPU, in W (default: each
             board's minimum limit, as NVML or amdsmi reports it).
+        follow: For ``watts="auto"``: ``"carbon"`` or ``"cost"``: after the search, the cap
+            in force follows the grid's intensity (or the electricity price) to minimise
+            the run's CO2e (or cost) within ``max_slowdown`` over the whole run (see
+            `GridFollower`). The intensity is the monitor's (``carbon_intensity_series``,
+            ``electricity_maps_zone``) unless given here.
+        carbon_intensity_series: With ``follow="carbon"``: the intensity over time (CSV, as
+            for the monitor), instead of the monitor's.
+        electricity_maps_zone: With ``follow="carbon"``: the live intensity of this zone.
+        price_per_kwh: With ``follow="cost"``: the price over time (a CSV series, as for the
+            monitor), instead of the monitor's.
 
     Raises:
         TypeError, ValueError: naming the argument: both or neither of ``watts``/``fraction``,
             a fraction outside (0, 1], a non-positive ``watts``, bad ``gpus``, ``strict``,
-            ``max_slowdown`` or ``min_watts`` (or ``min_watts`` without ``watts="auto"``).
-            Device ranges and unknown indices are checked in `start`, before anything is
-            changed.
+            ``max_slowdown``, ``min_watts`` (or ``min_watts`` without ``watts="auto"``),
+            ``follow`` other than ``"carbon"``/``"cost"`` (or without ``watts="auto"``), or a
+            grid argument without ``follow`` (or for the other one). Device ranges and
+            unknown indices are checked in `begin`, before anything is changed.
     """
 
     def __init__(
@@ -106,13 +142,42 @@ class PowerCapRun:
         strict: bool = False,
         max_slowdown: float = 0.1,
         min_watts: float | None = None,
+        follow: str | None = None,
+        carbon_intensity_series: str | os.PathLike[str] | None = None,
+        electricity_maps_zone: str | None = None,
+        price_per_kwh: float | str | os.PathLike[str] | None = None,
     ) -> None:
         self.watts, self.fraction, self.gpus, self.strict, self.max_slowdown, self.min_watts = check_cap_arguments(
             watts, fraction, gpus, strict, max_slowdown, min_watts
         )
+        self.follow, self._grid = check_follow_arguments(
+            self.watts, follow, carbon_intensity_series, electricity_maps_zone, price_per_kwh
+        )
+        grid = {"carbon_intensity_series": carbon_intensity_series, "electricity_maps_zone": electricity_maps_zone,
+                "price_per_kwh": price_per_kwh}  # fmt: skip
+        self.args: dict[str, Any] = {  # JSON-safe, to re-create the cap (HF stores them)
+            "watts": watts, "fraction": fraction, "gpus": gpus if isinstance(gpus, str) else list(gpus),
+            "strict": strict, "max_slowdown": max_slowdown, "min_watts": min_watts, "follow": follow,
+            **{k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in grid.items() if v is not None},
+        }  # fmt: skip
         self.limits: PowerLimits | None = None
         self.finder: CapFinder | None = None
+        self.follower: GridFollower | None = None
+        self.ranks = Ranks()
+        self._tracker: EnergyTracker | None = None
         self._own_meter: EnergyMeter | None = None
+        self._meter: EnergyMeter | None = None
+        self._unix = 0.0
+        self._factor: Factor | None = None
+        self._own_factor: Factor | None = None
+        self._total_steps: float | None = None
+        self._following = False  # every rank decides with the follower at the same steps
+        self._last_step = -(2**62)
+        self._search_start = (0, 0.0)  # (step, clock) where the search began
+        self._carried = (0.0, 0)  # (seconds, steps) booked by a follower before a search again
+        self._changes = 0
+        self._saved: dict[str, Any] | None = None
+        self._finished = False
 
     @property
     def auto(self) -> bool:
@@ -140,12 +205,90 @@ class PowerCapRun:
             for c in self.limits.capped
         ]
 
+    def figures(self) -> dict[str, float]:
+        """``{"power/cap_w": W}`` while a cap is in force, else {}."""
+        return {} if self.cap_w is None else {keys.CAP_W: self.cap_w}
+
+    # ------------------------------------------------------------------ begin
+    def begin(
+        self,
+        ranks: Ranks,
+        tracker: EnergyTracker | None = None,
+        total_steps: float | None = None,
+        meter: EnergyMeter | None = None,
+        step: int | None = None,
+    ) -> list[Notice]:
+        """At train start, on every rank: cap (on the node's leader), show the caps, get ready
+        to search and to follow.
+
+        Args:
+            ranks: This process's part in the job.
+            tracker: A monitor's tracker (its meter measures the search, its factors are
+                followed, its figures and record show the caps), or None.
+            total_steps: Optimizer steps the run will take, if known (for ``follow``: the
+                slowdown holds over the whole run).
+            meter: The meter the search reads, if not the tracker's (one of its own is
+                opened when there is neither).
+            step: Optimizer steps already taken (a resumed run's), where known at train
+                start: a checkpoint's choice (`load_state_dict`) is put in force here;
+                else at the first `step`. It is not searched again.
+
+        Raises:
+            ValueError, PermissionError, PowerCapError: as `start`, on every rank.
+        """
+        self.ranks, self._tracker, self._total_steps, self._meter = ranks, tracker, total_steps, meter
+        self._finished = False
+        notices = self.start_on(ranks)
+        self._publish()
+        if self.cap_w is not None:
+            self._record("applied")
+        if self.follow is not None:
+            notices += self._grid_factor(tracker)
+        self._following = self.follow is not None and not ranks.agree(self._factor is None)
+        if self.follow is not None and self._factor is not None and not self._following:
+            text = f"follow={self.follow!r}: another rank has no {self._what()} to follow: no rank follows it."
+            notices.append(Notice("warn", text))
+        return notices if step is None else notices + self._restore_finder(step)
+
+    def _grid_factor(self, tracker: EnergyTracker | None) -> list[Notice]:
+        """The intensity (or price) to follow: the cap's own, else the monitor's."""
+        own = self._grid
+        if self.follow == "carbon":
+            if own is not None and (own.carbon_intensity_series or own.electricity_maps_zone):
+                self._factor = self._own_factor = own.carbon_factor()
+            elif tracker is not None:
+                self._factor = tracker.factors.carbon
+        else:
+            price = own.price_factor() if own is not None else None
+            if price is not None:
+                self._factor = self._own_factor = price
+            elif tracker is not None and tracker.factors.price is not None:
+                self._factor = tracker.factors.price
+        if self._own_factor is not None:
+            self._own_factor.start()
+        if self._factor is None:
+            what = (
+                "an intensity (carbon_intensity_series or electricity_maps_zone"
+                if self.follow == "carbon"
+                else ("a price (price_per_kwh")
+            )
+            return [Notice("warn", f"follow={self.follow!r} needs {what}, on the cap or on a monitor in the same "
+                                   "trainer): the cap stays at the search's choice.")]  # fmt: skip
+        if isinstance(self._factor, Fixed):
+            fixed = self._factor.value.value
+            return [Notice("info", f"follow={self.follow!r}: the {self._what()} is fixed ({fixed:g}): the cap "
+                                   "spends the slowdown allowed over the whole run on the leanest caps.")]  # fmt: skip
+        return []
+
+    def _what(self) -> str:
+        return "grid intensity" if self.follow == "carbon" else "electricity price"
+
     def start(self) -> list[Notice]:
         """Recover limits left by killed runs, then cap (on one process per node).
 
         Boards that another live run has capped are left as they are (one notice). With
-        ``watts="auto"`` the boards are registered here and the search begins with
-        `start_search`, once training (and its meter) has started.
+        ``watts="auto"`` the boards are registered here and the search begins at the
+        first `step`.
 
         Raises:
             ValueError: a cap outside a device's range or an unknown GPU index (nothing
@@ -213,18 +356,81 @@ class PowerCapRun:
                 raise failure if isinstance(failure, kind) else kind("Setting the power cap failed on another node.")
         return notices
 
-    def start_search(self, meter: EnergyMeter | None = None) -> list[Notice]:
-        """For ``watts="auto"``: begin the cap search (after `start`).
+    # ------------------------------------------------------------------ steps
+    def step(self, step: int) -> tuple[dict[str, float], list[Notice]]:
+        """After every optimizer step, on every rank (once per step: a repeated ``step`` is
+        ignored): the search's and the follower's changes of cap, as metrics
+        (``{"power/cap_w": W}``) and notices. A few integer comparisons on most steps."""
+        if step <= self._last_step:
+            return NOTHING
+        self._last_step = step
+        metrics: dict[str, float] = {}
+        notices: list[Notice] = []
+        if self._searching():
+            metrics, notices = self._search(step)
+        if self._following and step % DECIDE_EVERY == 0:
+            changed, said = self._follow_step(step)
+            metrics.update(changed)
+            notices += said
+        return (metrics, notices) if metrics or notices else NOTHING
 
-        Args:
-            meter: A running meter of these GPUs (a monitor's); one is opened if None.
-        """
-        if not self.auto or self.limits is None or not self.limits.capped or self.finder is not None:
+    def _searching(self) -> bool:
+        """Whether this process drives a search now (the node's leader, boards capped, not done)."""
+        if not self.auto or self.limits is None or not self.limits.capped:
+            return False
+        return self.finder is None or not self.finder.done
+
+    def _search(self, step: int) -> tuple[dict[str, float], list[Notice]]:
+        notices: list[Notice] = []
+        if self.finder is None:
+            notices = self._restore_finder(step)
+            if self.finder is not None:
+                return self.figures(), notices
+            notices = self._new_finder(step)
+        assert self.finder is not None
+        changed = self.finder.on_step(step)
+        if not self.finder.done:
+            return self._changed(changed), notices
+        self._record("chosen")
+        notices.append(Notice("info", self.finder.summary()))
+        if self._following and self.ranks.leads_job:
+            self._follower_from(step)
+        return self._changed(changed), notices
+
+    def _restore_finder(self, step: int) -> list[Notice]:
+        """At train start, the choice of a checkpoint's search in force (recorded, shown, followed
+        from); nothing when it does not fit these boards (the search then runs as usual)."""
+        if self._saved is None or not self._saved.get("finder") or not self._searching():
             return []
-        if meter is None:
-            self._own_meter = meter = EnergyMeter(devices=["gpu"], sample_interval_s=0.05)
-            meter.open()
+        notices = self._new_finder(step, restoring=True)
+        if self.finder is None or not self.finder.done:
+            self.finder = None
+            return []
+        self._publish()
+        self._record("chosen")
+        if self._following and self.ranks.leads_job:
+            self._follower_from(step)
+        return notices
+
+    def _new_finder(self, step: int, restoring: bool = False) -> list[Notice]:
+        assert self.limits is not None
+        meter = self._meter or (self._tracker.meter if self._tracker is not None else None)
+        idle = meter is None or meter.sampler is None or not meter.sampler.running
+        if meter is None or (idle and not restoring):  # a monitor's meter starts by the first step
+            if self._own_meter is None:
+                self._own_meter = EnergyMeter(devices=["gpu"], sample_interval_s=0.05)
+                self._own_meter.open()
+            meter = self._own_meter
         self.finder = finder = CapFinder(self.limits, meter, max_slowdown=self.max_slowdown, min_watts=self.min_watts)
+        self._search_start = (step, finder.clock())
+        self._unix = time.time() - finder.clock()  # the meter's clock, as unix time (for the factor)
+        if self._saved is not None and finder.restore(self._saved.get("finder")):
+            del self._saved["finder"]  # the follower's part waits for the follower
+            kept = finder.cap_w(finder.chosen or 0)
+            text = f"Power-cap search: the choice saved in the checkpoint is kept ({kept:g} W); not searched again."
+            return [Notice("info", text)]
+        if restoring:
+            return []
         if finder.done:
             return [Notice("warn", f"No cap to search below the limit at start ({finder.cap_w(0):g} W in all).")]
         text = (
@@ -234,38 +440,182 @@ class PowerCapRun:
         )
         return [Notice("info", text)]
 
-    def on_step(self, step: int) -> dict[str, float] | None:
-        """Drive the cap search after each optimizer step; metrics when the cap changed."""
-        return self.finder.on_step(step) if self.finder is not None else None
+    def _follower_from(self, step: int) -> None:
+        """The job leader's follower, from the finder's curve; the search's time is booked."""
+        assert self.finder is not None and self._factor is not None
+        found = self.finder.curve()
+        if found is None:
+            return
+        curve, reference_s = found
+        finder, unix = self.finder, self._unix
+        self.follower = GridFollower(
+            curve,
+            reference_s,
+            self.max_slowdown,
+            self._factor,
+            self._total_steps,
+            wall=lambda: unix + finder.clock(),
+            every=DECIDE_EVERY,
+        )
+        since = (step, self.finder.clock())
+        if self._saved is not None and self._saved.get("follower"):
+            self.follower.load_state_dict(self._saved.pop("follower"), since)
+        else:
+            (start_step, start_t), (carried_s, carried_steps) = self._search_start, self._carried
+            self.follower.book(self.finder.clock() - start_t + carried_s, step - start_step + carried_steps, since)
 
-    def figures(self) -> dict[str, float]:
-        """``{"power/cap_w": W}`` while a cap is in force, else {}."""
-        return {} if self.cap_w is None else {keys.CAP_W: self.cap_w}
+    def _follow_step(self, step: int) -> tuple[dict[str, float], list[Notice]]:
+        """Every rank, every `DECIDE_EVERY` steps: the job leader's decision, put in force by
+        every node's leader once every node has finished its search."""
+        code = 0
+        if self.ranks.leads_job and self.follower is not None and self.finder is not None:
+            if self.follower.changed():
+                code = SEARCH_AGAIN
+            else:
+                code = 1 + self.follower.decide(step, self.finder.in_force() or 0, self.finder.clock())
+        ready = int(not self.ranks.leads_node or not self._searching())
+        agreed, _ = self.ranks.sum_by_name({"code": code, "ready": ready, "ranks": 1})
+        if agreed["ready"] < agreed["ranks"]:
+            return NOTHING
+        if agreed["code"] == SEARCH_AGAIN:
+            return self._search_again(step)
+        rung = int(agreed["code"]) - 1
+        if rung < 0 or self.finder is None or not self.ranks.leads_node or self.finder.in_force() == rung:
+            return NOTHING
+        try:
+            changed = self.finder.put(rung)
+        except (DeviceError, PermissionError) as err:
+            return {}, [Notice("warn", f"Following the grid: setting a limit failed ({err}); the cap stays as it is.")]
+        self._changes += 1
+        self._record("follow", step=step, rung=rung, intensity=self.follower.intensity if self.follower else None)
+        return self._changed(changed), []
 
-    def publish(self, tracker: EnergyTracker | None) -> None:
+    def _search_again(self, step: int) -> tuple[dict[str, float], list[Notice]]:
+        """The workload's pace left the curve: every node searches again from this step (the
+        time booked so far counts against the new curve's allowance)."""
+        if self.follower is not None:
+            self._carried = self.follower.spent()
+        self.follower = None
+        if not self.ranks.leads_node or self.limits is None or not self.limits.capped:
+            return NOTHING
+        self.finder = None
+        text = (
+            "Following the grid: the steps' pace has left the measured curve (the workload changed): "
+            "the power-cap search runs again."
+        )
+        return {}, [Notice("info", text)]
+
+    def _changed(self, metrics: dict[str, float] | None) -> dict[str, float]:
+        if metrics:
+            self._publish()
+        return metrics or {}
+
+    # ------------------------------------------------------------------ the record and the figures
+    def _publish(self) -> None:
         """Show the caps in force in a monitor's figures (``power/cap_w`` in every window)
         and in its run record's header; without a cap in force, take the figure away."""
-        if tracker is not None:
-            tracker.show_power_cap(self.cap_w, self.caps())
+        if self._tracker is not None:
+            self._tracker.show_power_cap(self.cap_w, self.caps())
 
-    def record(self, tracker: EnergyTracker | None, event: str) -> None:
+    def _record(self, event: str, **fields: Any) -> None:
         """A ``power_cap`` line in a monitor's run record (the header may precede the cap)."""
-        if tracker is not None:
-            if self.finder is None:
-                tracker.write_record(POWER_CAP, event=event, caps=self.caps(), table=None)
-            else:
-                choice = self.finder.choice() if self.finder.done else None
-                tracker.write_record(POWER_CAP, event=event, caps=self.caps(), table=self.finder.table(), choice=choice)
+        if self._tracker is None:
+            return
+        if self.finder is None:
+            self._tracker.write_record(POWER_CAP, event=event, caps=self.caps(), table=None, **fields)
+        elif event == "follow":
+            self._tracker.write_record(POWER_CAP, event=event, caps=self.caps(), **fields)
+        else:
+            choice = self.finder.choice() if self.finder.done else None
+            self._tracker.write_record(
+                POWER_CAP, event=event, caps=self.caps(), table=self.finder.table(), choice=choice, **fields
+            )
 
-    def finish(self, tracker: EnergyTracker | None = None) -> list[str]:
+    # ------------------------------------------------------------------ finish
+    def finish(self) -> list[Notice]:
         """Restore every limit changed (idempotent) and take ``power/cap_w`` out of the
-        tracker's figures; returns the messages to show."""
-        if tracker is not None:
-            tracker.show_power_cap(None, self.caps())
-        messages = [self.finder.summary()] if self.finder is not None and self.finder.steps_used else []
+        tracker's figures; the notices to show (a restore that failed is a warning)."""
+        if self._finished:
+            return []
+        self._finished = True
+        if self._tracker is not None:
+            self._tracker.show_power_cap(None, self.caps())
+        notices: list[Notice] = []
+        if self.finder is not None and self.finder.steps_used and not self.finder.done:
+            notices.append(Notice("info", self.finder.summary()))
+        if self.follower is not None and self._changes:
+            notices.append(Notice("info", self._follow_summary()))
         if self.limits is not None:
-            messages += self.limits.restore()
+            notices += self._restore(self.limits)
             self.limits.guard.uninstall()
         if self._own_meter is not None:
             self._own_meter.close()
-        return messages
+        if self._own_factor is not None:
+            self._own_factor.stop()
+        return notices
+
+    def _follow_summary(self) -> str:
+        assert self.follower is not None
+        return (
+            f"Followed the {self._what()}: {self._changes} changes of cap; the time booked so far is "
+            f"{self.follower.slowdown():+.1%} against the limit at start (allowed: "
+            f"+{self.max_slowdown:.0%} over the whole run)."
+        )
+
+    @staticmethod
+    def _restore(limits: PowerLimits) -> list[Notice]:
+        """Put every limit back: info when every board carries its limit at start again, else
+        every message as a warning."""
+        boards = list(limits.capped)
+        messages = limits.restore()
+        trouble = bool(limits.capped)
+        for capped in boards:
+            try:
+                trouble |= capped.board.limit_mw() != capped.previous_mw
+            except (DeviceError, PermissionError):
+                trouble = True
+        return [Notice("warn" if trouble else "info", m) for m in messages]
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The search's measurements and choice (not searched again after a resume) and the
+        follower's time booked; {} when there is nothing to keep."""
+        state: dict[str, Any] = {}
+        if self.finder is not None and self.finder.done and self.finder.chosen is not None:
+            state["finder"] = self.finder.state_dict()
+        elif self._saved is not None and self._saved.get("finder"):
+            state["finder"] = self._saved["finder"]
+        if self.follower is not None:
+            state["follower"] = self.follower.state_dict()
+        elif self._saved is not None and self._saved.get("follower"):
+            state["follower"] = self._saved["follower"]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Keep a checkpoint's state for the first `step` (checked against the boards then)."""
+        self._saved = dict(state) if state else None
+
+
+def check_follow_arguments(
+    watts: Any, follow: Any, carbon_intensity_series: Any, electricity_maps_zone: Any, price_per_kwh: Any
+) -> tuple[str | None, MeasureOptions | None]:
+    """Validate ``follow`` and the cap's own grid arguments; ValueError/TypeError names the argument.
+
+    Returns:
+        ``follow``, and the grid arguments as `MeasureOptions` (None when none is given).
+    """
+    if follow is not None:
+        follow = checks.choice("follow", follow, FOLLOW)
+        if watts != "auto":
+            raise ValueError(f"follow={follow!r} needs watts='auto' (the search measures the curve it follows)")
+    given = {"carbon_intensity_series": carbon_intensity_series, "electricity_maps_zone": electricity_maps_zone,
+             "price_per_kwh": price_per_kwh}  # fmt: skip
+    named = [name for name, value in given.items() if value is not None]
+    if not named:
+        return follow, None
+    wanted = {"carbon": ("carbon_intensity_series", "electricity_maps_zone"), "cost": ("price_per_kwh",)}
+    for name in named:
+        if follow is None or name not in wanted[follow]:
+            needs = "follow='carbon'" if name != "price_per_kwh" else "follow='cost'"
+            raise ValueError(f"{name} on a power cap applies only with {needs} (the intensity or price it follows)")
+    return follow, MeasureOptions.of("PowerCap", {k: v for k, v in given.items() if v is not None})

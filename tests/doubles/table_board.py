@@ -13,20 +13,32 @@ and `CapFinder` run on them; `run_search` drives a whole search without sleeping
 from __future__ import annotations
 
 import bisect
+import os
 import random
 import tempfile
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import numpy as np
 
+from energy_core.accounting.ranks import Ranks
 from energy_core.devices import EnergySource, GpuBoard, LimitRange, Reading, SourceInfo
+from energy_core.notices import Notice
+from energy_core.power.cap import PowerCapRun
 from energy_core.power.finder.finder import CapFinder
+from energy_core.power.journal import JOURNAL_ENV
 from energy_core.power.limits import PowerLimits
 from energy_core.sampling.meter import EnergyMeter
 from energy_core.sampling.sampler import Sampler
 from tests.doubles.sim_nvml import ManualClock
+
+IDLE_THREAD_S = 3600.0  # the sampler thread's own interval: it never reads during a run
 
 
 @dataclass(frozen=True)
@@ -101,7 +113,12 @@ class Disturbance:
 
 
 class TableBoard(GpuBoard, EnergySource):
-    """One simulated GPU following a profile: a power limit to set, and an energy counter."""
+    """One simulated GPU following a profile: a power limit to set, and an energy counter.
+
+    Steps add their energy as segments (`add`); between and after them the board draws
+    ``idle_w`` (0 unless a job sets it), so the counter is the exact integral of a power
+    that never depends on the future, read from any thread.
+    """
 
     def __init__(self, profile: Profile, index: int = 0, counter_period_s: float = 0.0) -> None:
         self.vendor, self.index, self.uuid = "sim", index, f"GPU-table-{index}"
@@ -111,8 +128,10 @@ class TableBoard(GpuBoard, EnergySource):
         self.current_mw = self.max_mw
         self.counter_period_s = counter_period_s
         self.sets: list[int] = []
+        self.idle_w = 0.0
         self._t = [0.0]  # segment ends and cumulative joules there
         self._j = [0.0]
+        self._lock = threading.Lock()  # a real sampler thread reads while the job adds
 
     def limits(self) -> LimitRange:
         return LimitRange(self.min_mw, self.max_mw, self.max_mw, self.current_mw)
@@ -127,17 +146,25 @@ class TableBoard(GpuBoard, EnergySource):
         self.sets.append(int(mw))
 
     def add(self, t0: float, t1: float, joules: float) -> None:
-        """A step from t0 to t1 (virtual seconds) that used ``joules`` evenly."""
-        if t0 > self._t[-1]:
-            self._t.append(t0)
-            self._j.append(self._j[-1])
-        self._t.append(t1)
-        self._j.append(self._j[-1] + joules)
+        """A step from t0 to t1 (seconds) that used ``joules`` evenly; idle power before it."""
+        with self._lock:
+            if t0 > self._t[-1]:
+                self._j.append(self._j[-1] + self.idle_w * (t0 - self._t[-1]))
+                self._t.append(t0)
+            self._t.append(t1)
+            self._j.append(self._j[-1] + joules)
+
+    def exact(self, now: float) -> float:
+        """Joules used up to ``now`` (the integral itself, without the counter's period)."""
+        with self._lock:
+            if now > self._t[-1]:
+                return self._j[-1] + self.idle_w * (now - self._t[-1])
+            return float(np.interp(now, self._t, self._j))
 
     def read(self, now: float) -> Reading:
         if self.counter_period_s:
             now = (now // self.counter_period_s) * self.counter_period_s
-        return Reading(joules=float(np.interp(now, self._t, self._j)))
+        return Reading(joules=self.exact(now))
 
 
 @dataclass
@@ -157,10 +184,21 @@ class TableJob:
         self.rng = random.Random(self.seed)
         self.meter = EnergyMeter(devices=["gpu"], sample_interval_s=self.sample_interval_s, clock=self.clock)
         self.meter.sources = list(self.boards)
-        self.meter.sampler = self.sampler = Sampler(self.boards, self.sample_interval_s, clock=self.clock)
-        self.sampler.sample_once()
-        self._next_read = self.clock() + self.sampler.next_interval()
+        # The sampler's thread takes the first reading and then idles (an hour between its own
+        # readings): the job takes every other reading itself, in virtual time.
+        self.meter.sampler = self.sampler = Sampler(self.boards, IDLE_THREAD_S, clock=self.clock)
+        self.sampler.start()
+        self._dither = random.Random(self.seed + 1)
+        self._next_read = self.clock() + self._interval()
         self.limit_log: list[tuple[float, float]] = []  # (step start, sum of the caps in force in W)
+
+    def _interval(self) -> float:
+        """Seconds to the next reading: the interval +-20%, as the sampler dithers it."""
+        return self.sample_interval_s * (0.8 + 0.4 * self._dither.random())
+
+    def close(self) -> None:
+        """Stop the idle sampler thread."""
+        self.sampler.stop()
 
     def step(self) -> None:
         """One optimizer step: every board works at its cap, the slowest sets the pace."""
@@ -178,8 +216,78 @@ class TableJob:
         while self._next_read <= t0 + pace:
             self.clock.now = self._next_read
             self.sampler.sample_once()
-            self._next_read += self.sampler.next_interval()
+            self._next_read += self._interval()
         self.clock.now = t0 + pace
+
+
+def cpu_loops_per_s(seconds: float = 0.2) -> float:
+    """Iterations of an empty Python loop per second on this machine now (call it while quiet)."""
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10_000):
+            pass
+        n += 10_000
+    return n / (time.perf_counter() - start)
+
+
+@dataclass
+class RealTimeJob:
+    """A data-parallel job over table boards in real time, read by a real sampler thread.
+
+    As with CUDA, the training thread queues each step's work on the boards and runs ahead
+    by one step: it does the CPU's part of a step (``cpu_share`` of the uncapped step, a
+    fixed amount of Python work: loading the next batch, launching kernels), queues the
+    step (the table's time and energy at the cap in force, times ``scale``, with per-step
+    noise on the time), then waits for the step before it to finish. A busy machine delays
+    the training thread, which jitters the step times it sees; only when the CPU's part
+    takes longer than a step's work do the boards idle (``idle_fraction`` of their power)
+    and the step really slows down. ``scale`` compresses time (scale the boards' counter
+    period and the sampler's interval alike).
+    """
+
+    boards: list[TableBoard]
+    loops_per_s: float
+    scale: float = 1.0
+    time_noise: float = 0.02
+    cpu_share: float = 0.2
+    idle_fraction: float = 0.35
+    sample_interval_s: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.meter = EnergyMeter(devices=["gpu"], sample_interval_s=self.sample_interval_s)
+        self.meter.sources = list(self.boards)
+        self.meter.sampler = self.sampler = Sampler(self.boards, self.sample_interval_s)
+        self.sampler.start()
+        uncapped = max(b.profile.s_per_step[0] for b in self.boards) * self.scale
+        self._loops = int(self.cpu_share * uncapped * self.loops_per_s)
+        self.limit_log: list[tuple[float, float]] = []
+        self.stalls = 0  # steps the boards waited for the training thread
+        self._free_at = time.perf_counter()  # when the boards finish the work queued
+        self._previous = self._free_at  # when the step before the last queued one ends
+
+    def step(self) -> None:
+        for _ in range(self._loops):  # the CPU's part of the next step
+            pass
+        now = time.perf_counter()
+        start = max(now, self._free_at)
+        self.stalls += now > self._free_at
+        self.limit_log.append((start, sum(b.current_mw for b in self.boards) / 1000))
+        pace = 0.0
+        for board in self.boards:
+            s, j = board.profile.at(board.current_mw / 1000)
+            factor = max(0.5, 1 + self.rng.gauss(0, self.time_noise))
+            board.add(start, start + s * self.scale * factor, j * self.scale * factor)  # idle before: the last cap's
+            board.idle_w = self.idle_fraction * j / s
+            pace = max(pace, s * self.scale * factor)
+        wait_for, self._previous, self._free_at = self._previous, self._free_at, start + pace
+        left = wait_for - time.perf_counter()
+        if left > 0:
+            time.sleep(left)
+
+    def close(self) -> None:
+        self.sampler.stop()
 
 
 @dataclass
@@ -187,22 +295,30 @@ class SearchResult:
     """What a search did on a job: the cap kept, the steps it took, the finder itself."""
 
     finder: CapFinder
-    job: TableJob
+    job: TableJob | RealTimeJob
     chosen_w: float | None
     steps: int
     limit_at_end_w: float
 
 
 def run_search(
-    job: TableJob, max_steps: int = 5000, journal: Path | None = None, **finder_args: object
+    job: TableJob | RealTimeJob,
+    max_steps: int = 5000,
+    journal: Path | None = None,
+    restore: dict[str, Any] | None = None,
+    restored: bool = True,
+    **finder_args: object,
 ) -> SearchResult:
     """Run `CapFinder` on the job's boards until it is done (or ``max_steps``); the limits
-    at start come back at the end, as `PowerCapRun.finish` does."""
+    at start come back at the end, as `PowerCapRun.finish` does. With ``restore``, the
+    finder first takes a checkpoint's choice (and must, unless ``restored`` is False)."""
     journal = journal or Path(tempfile.mkdtemp(prefix="cap-journal-")) / "power-limits.json"
     limits = PowerLimits(journal)
     limits.apply(job.boards, None, None)
     try:
         finder = CapFinder(limits, job.meter, **finder_args)  # type: ignore[arg-type]
+        if restore is not None:
+            assert finder.restore(restore) is restored
         step = 0
         while not finder.done and step < max_steps:
             job.step()
@@ -214,3 +330,67 @@ def run_search(
     finally:
         limits.restore()
         limits.guard.uninstall()
+        job.close()
+
+
+@contextmanager
+def capping(job: TableJob | RealTimeJob, journal: Path | None = None) -> Iterator[None]:
+    """`PowerCapRun` caps the job's boards (not the GPUs a driver shows), journalled in ``journal``."""
+    journal = journal or Path(tempfile.mkdtemp(prefix="cap-journal-")) / "power-limits.json"
+    with (
+        mock.patch("energy_core.power.cap.select_boards", lambda gpus: list(job.boards)),
+        mock.patch.dict(os.environ, {JOURNAL_ENV: str(journal)}),
+    ):
+        yield
+
+
+@dataclass
+class StepLog:
+    """One step of a run: when it started and ended (the job's clock), its joules, the caps' sum."""
+
+    start: float
+    end: float
+    joules: float
+    cap_w: float
+
+
+@dataclass
+class CapRunResult:
+    """What a `PowerCapRun` did over a whole run of a table job."""
+
+    run: PowerCapRun
+    job: TableJob
+    steps: list[StepLog]
+    notices: list[Notice]
+
+
+def run_capped(
+    job: TableJob,
+    steps: int,
+    total_steps: float | None = None,
+    state: dict[str, Any] | None = None,
+    ranks: Ranks | None = None,
+    **cap: Any,
+) -> CapRunResult:
+    """Train ``steps`` steps of ``job`` under a real `PowerCapRun` (``watts="auto"`` and ``cap``),
+    driven as the adapters drive it, on the job's own meter and clock; every limit is put
+    back at the end. ``state``: a checkpoint's `PowerCapRun.state_dict`, loaded first;
+    ``ranks``: this process's part in a job (one process by default)."""
+    log: list[StepLog] = []
+    with capping(job):
+        run = PowerCapRun(watts="auto", **cap)
+        run.load_state_dict(state)
+        notices = run.begin(ranks or Ranks(), None, steps if total_steps is None else total_steps, meter=job.meter)
+        try:
+            for step in range(1, steps + 1):
+                start = job.clock()
+                before = sum(b.exact(start) for b in job.boards)
+                cap_w = sum(b.current_mw for b in job.boards) / 1000
+                job.step()
+                end = job.clock()
+                log.append(StepLog(start, end, sum(b.exact(end) for b in job.boards) - before, cap_w))
+                notices += run.step(step)[1]
+        finally:
+            notices += run.finish()
+            job.close()
+    return CapRunResult(run, job, log, notices)

@@ -1,85 +1,198 @@
-"""What is known of one rung of the power-cap search: its sub-windows, pooled into time and energy per step.
+"""What is known of one rung of the power-cap search: its phases, pooled into time and energy per step.
 
-Each sub-window of a phase gives (steps, seconds, joules); a rung's time and energy per
-step come with a spread (the standard error of the mean over its sub-windows). Which rung
-to measure next and which to keep is `CapSearch`'s decision (energy_core/power/finder/search.py).
+A *phase* holds one cap for a number of whole optimizer steps: the time of each step
+(a timestamp per step) and the joules of a few sub-windows of steps (the energy counter
+cannot resolve a single step). A rung's time per step is a trimmed mean of its steps'
+times, its energy per step the joules of its sub-windows over their steps; both come
+with a spread, the standard error of the estimate.
+
+A busy machine disturbs the timestamps in two ways. The training thread wakes late: one
+step looks long and, the GPU having gone on with the work queued, the next one short, so
+a step time's noise is symmetric but heavy-tailed: the trimmed mean (`TRIM` of the
+steps at each end) keeps its centre. Or the GPU really waits (a stall, a validation run
+between two steps, a busy spell): a sub-window slower than its phase's median by more
+than `OUTLIER_SPREADS` robust spreads (and `OUTLIER_FLOOR` of the median) is left out of
+the energy, and of two phases of a rung whose times disagree beyond the noise the slower
+is set aside. The time's spread is the larger of the steps' and the sub-windows' (steps
+slowed together, as in a busy spell, do not pass for independent ones).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
-OUTLIER = 0.10  # a sub-window this much slower per step than its phase's fastest is left out
+TRIM = 0.2  # share of a rung's step times left out at each end of the trimmed mean
+OUTLIER_SPREADS = 4.0  # a sub-window this many robust spreads slower than its phase's median is left out
+OUTLIER_FLOOR = 0.05  # ... and at least this share of the median slower
 DISAGREE = 0.03  # two phases of a rung whose times differ by more (and by z spreads) disagree
+MAD_TO_SD = 1.4826  # the median absolute deviation of a normal variable, in standard deviations
 
 
-@dataclass(frozen=True)
-class Span:
-    """One sub-window of a phase: a span of whole optimizer steps, their seconds and joules."""
+@dataclass
+class Phase:
+    """One measured phase: the cap held, each step's seconds, and each sub-window's joules.
 
-    steps: int
-    seconds: float
-    joules: float
+    Args:
+        rung: The rung measured.
+        times: Seconds of each measured step, in order.
+        window_steps: Steps per sub-window (the last holds the rest).
+        joules: Joules of each sub-window; None until the meter has fixed the marks.
+    """
+
+    rung: int
+    times: list[float]
+    window_steps: int
+    joules: list[float] | None = None
+
+    @property
+    def windows(self) -> list[range]:
+        """The steps of each sub-window (indices into `times`)."""
+        count = max(1, len(self.times) // self.window_steps)
+        starts = [i * self.window_steps for i in range(count)] + [len(self.times)]
+        return [range(a, b) for a, b in zip(starts, starts[1:])]
+
+    @cached_property
+    def rates(self) -> list[float]:
+        """Seconds per step of each sub-window."""
+        return [sum(self.times[i] for i in window) / len(window) for window in self.windows]
+
+    @cached_property
+    def slow(self) -> frozenset[int]:
+        """Sub-windows left out: slower than the median by more than the noise allows."""
+        median = statistics.median(self.rates)
+        limit = median + max(OUTLIER_SPREADS * robust_sd(self.rates), OUTLIER_FLOOR * median)
+        return frozenset(n for n, rate in enumerate(self.rates) if rate > limit)
 
 
-def _mean_and_spread(windows: Sequence[Span], value: str) -> tuple[float, float]:
-    """Per-step mean over all windows, and the standard error of the per-window rates."""
-    steps = sum(w.steps for w in windows)
-    mean = sum(getattr(w, value) for w in windows) / steps
-    if len(windows) < 2:
+def robust_sd(values: Sequence[float]) -> float:
+    """The standard deviation a normal variable with these values' median absolute deviation has."""
+    median = statistics.median(values)
+    return MAD_TO_SD * statistics.median(abs(v - median) for v in values)
+
+
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and its standard error (0 for fewer than two values)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
         return mean, 0.0
-    rates = [getattr(w, value) / w.steps for w in windows]
-    average = sum(rates) / len(rates)
-    variance = sum((r - average) ** 2 for r in rates) / (len(rates) - 1)
-    return mean, math.sqrt(variance / len(rates))
+    return mean, statistics.stdev(values) / math.sqrt(len(values))
+
+
+def trimmed_mean_and_spread(values: Sequence[float], trim: float = TRIM) -> tuple[float, float]:
+    """The mean of the values left when `TRIM` of them is cut at each end, and its standard
+    error (Tukey and McLaughlin: the winsorized standard deviation over (1 - 2 x trim) x sqrt(n))."""
+    ordered = sorted(values)
+    n = len(ordered)
+    cut = int(trim * n)
+    if n < 3 or cut == 0:
+        return mean_and_spread(ordered)
+    kept = ordered[cut : n - cut]
+    winsorized = [ordered[cut]] * cut + kept + [ordered[n - cut - 1]] * cut
+    spread = statistics.stdev(winsorized) / ((1 - 2 * cut / n) * math.sqrt(n))
+    return sum(kept) / len(kept), spread
 
 
 @dataclass
 class Estimate:
-    """What is known of one rung: the sub-windows of its kept phases, and what was left out.
+    """What is known of one rung: its kept phases, the phases set aside, the steps left out.
 
-    A sub-window more than `OUTLIER` slower per step than its phase's fastest is left out
-    (``dropped``); of two phases that disagree by more than ``z`` spreads and `DISAGREE`,
-    the slower is set aside (a noisy neighbour only ever slows a phase down).
+    Args:
+        rung: The rung.
+        z: Width of an interval in spreads (two phases further apart disagree).
+        resolution_s: Seconds of power by which a reading of the energy counter may be stale
+            (the meter's sample interval).
     """
 
     rung: int
-    kept: list[list[Span]] = field(default_factory=list)
-    set_aside: list[list[Span]] = field(default_factory=list)
-    dropped: list[Span] = field(default_factory=list)
-
-    @property
-    def windows(self) -> list[Span]:
-        return [w for phase in self.kept for w in phase]
+    z: float = 2.0
+    resolution_s: float = 0.0
+    kept: list[Phase] = field(default_factory=list)
+    set_aside: list[Phase] = field(default_factory=list)
 
     @property
     def phases(self) -> int:
         return len(self.kept) + len(self.set_aside)
 
     @property
-    def time(self) -> tuple[float, float]:
-        """Seconds per step and its spread."""
-        return _mean_and_spread(self.windows, "seconds")
+    def left_out(self) -> int:
+        """Sub-windows of the kept phases left out as too slow."""
+        return sum(len(p.slow) for p in self.kept)
 
     @property
-    def energy(self) -> tuple[float, float]:
-        """Joules per step and its spread."""
-        return _mean_and_spread(self.windows, "joules")
+    def steps(self) -> int:
+        """Steps measured in the kept phases (those left out included)."""
+        return sum(len(p.times) for p in self.kept)
 
-    def add(self, phase: list[Span], z: float) -> None:
+    @property
+    def complete(self) -> bool:
+        """Whether every phase's energy is known."""
+        return all(p.joules is not None for p in self.kept + self.set_aside)
+
+    @staticmethod
+    def _time_of(phases: Sequence[Phase]) -> tuple[float, float]:
+        mean, spread = trimmed_mean_and_spread([t for p in phases for t in p.times])
+        rates = [r for p in phases for n, r in enumerate(p.rates) if n not in p.slow]
+        if len(rates) >= 3:  # steps slowed together: the sub-windows' scatter says so
+            spread = max(spread, robust_sd(rates) / math.sqrt(len(rates)))
+        return mean, spread
+
+    @property
+    def time(self) -> tuple[float, float]:
+        """Seconds per step and its spread."""
+        return self._time_of(self.kept)
+
+    @property
+    def energy(self) -> tuple[float, float] | None:
+        """Joules per step and its spread; None until a sub-window's energy is known.
+
+        The joules of consecutive sub-windows add up to the span's (the counter's readings
+        in between cancel), so the spread has two parts: the step-to-step variation (that
+        of the time per step, which the energy follows) and the counter's resolution at
+        each end of a span of kept sub-windows (a reading up to ``resolution_s`` old, uniformly:
+        a spread of ``resolution_s / sqrt(12)`` of power at each end); with several phases,
+        their scatter if larger.
+        """
+        joules = steps = seconds = 0.0
+        ends = 0
+        means = []
+        for phase in self.kept:
+            if phase.joules is None:
+                continue
+            inside = False
+            phase_j = phase_n = 0.0
+            for n, window in enumerate(phase.windows):
+                keep = n not in phase.slow
+                if keep:
+                    phase_j += phase.joules[n]
+                    phase_n += len(window)
+                    seconds += sum(phase.times[i] for i in window)
+                    ends += 0 if inside else 2
+                inside = keep
+            if phase_n:
+                joules, steps = joules + phase_j, steps + phase_n
+                means.append(phase_j / phase_n)
+        if not steps or seconds <= 0:
+            return None
+        mean = joules / steps
+        t, t_spread = self.time
+        counter = self.resolution_s * math.sqrt(ends / 12) / seconds  # staleness uniform in [0, resolution]
+        spread = mean * math.hypot(t_spread / t, counter)
+        if len(means) >= 2:
+            spread = max(spread, mean_and_spread(means)[1])
+        return mean, spread
+
+    def add(self, phase: Phase) -> None:
         """Pool a new phase, or set the slower of two disagreeing phases aside."""
-        fastest = min(w.seconds / w.steps for w in phase)
-        slow = [w.seconds / w.steps > (1 + OUTLIER) * fastest for w in phase]
-        self.dropped += [w for w, out in zip(phase, slow) if out]
-        phase = [w for w, out in zip(phase, slow) if not out]
         if not self.kept:
             self.kept.append(phase)
             return
         old_t, old_s = self.time
-        new_t, new_s = _mean_and_spread(phase, "seconds")
-        if abs(new_t - old_t) <= max(z * math.hypot(old_s, new_s), DISAGREE * old_t):
+        new_t, new_s = self._time_of([phase])
+        if abs(new_t - old_t) <= max(self.z * math.hypot(old_s, new_s), DISAGREE * old_t):
             self.kept.append(phase)
         elif new_t < old_t:
             self.set_aside += self.kept

@@ -1,38 +1,110 @@
 """Automatic power-cap finder: measure caps on real training steps, keep the one with least energy per step.
 
 The candidates are a ladder of caps 25 W apart (Zeus's grid), from each board's limit at
-start down to its minimum limit (or a higher floor, ``min_watts``). After ``warmup_steps``,
-each phase holds one cap: ``settle_steps`` are let pass after the change, then
-``windows`` sub-windows of whole steps are timed by marks, and their energy is read from
-the meter's sampled readings once a reading past the last mark exists. Which cap to
-measure next and which to keep is decided by `CapSearch` (energy_core/power/finder/search.py):
-a coarse sweep over the whole ladder, a second measurement of the figures that straddle
-the slowdown limit or look disturbed, a bisection around the best cap; the cap kept has
-the least energy per step among those within ``max_slowdown`` of the limit at start.
+start down to its minimum limit (or a higher floor, ``min_watts``). The finder is a state
+machine over optimizer steps, one state object at a time, each holding only its own
+fields (as Zeus's ``GlobalPowerLimitOptimizer`` does):
+
+* `Ready`: before the first step;
+* `Warmup`: ``warmup_steps`` at the limit in force before the first phase;
+* `Settling`: a new cap is in force; ``settle_steps`` are let pass before measuring;
+* `Measuring`: one cap's phase: a timestamp per step, a mark every few steps (sub-windows
+  whose energy the meter fixes from its readings once a reading past them exists);
+* `Waiting`: the next decision needs a phase's energy that the meter has not fixed yet;
+* `Done`: the cap kept is in force (or the search was abandoned).
+
+Which cap to measure next, for how many steps, and which to keep is decided by
+`CapSearch` (energy_core/power/finder/search.py): a sweep of the ladder, re-checks of the
+verdicts the noise leaves open, and a choice made with a stated confidence.
 
 Cost: the whole search (warm-up included) stays under a third of the steps Zeus's
 ``GlobalPowerLimitOptimizer`` profiles with its defaults (10 warm-up + 40 profiled steps
 per 25 W limit): 149 steps where Zeus takes 450 on a 100-300 W board. On the training
-thread `CapFinder.on_step` is an integer comparison except at sub-window boundaries (one
-clock read) and phase boundaries (a limit change, and a look into the meter's buffer);
-nothing here calls NVML except through `PowerLimits.set`.
+thread `CapFinder.on_step` is an integer comparison while warming up, settling or done,
+and a clock read while measuring; nothing here calls NVML except through
+`PowerLimits.set`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from energy_core.devices import DeviceError
 from energy_core.output import keys
-from energy_core.power.finder.estimate import Span
-from energy_core.power.finder.search import ZEUS_STEPS_PER_LIMIT, CapSearch
+from energy_core.power.finder.estimate import Phase
+from energy_core.power.finder.search import WAIT, ZEUS_STEPS_PER_LIMIT, CapSearch, Request, sweep_plan
+from energy_core.power.follow.plan import Curve
 from energy_core.power.limits import CappedGpu, PowerLimits
 from energy_core.power.plan import cap_ladder
 from energy_core.sampling.meter import EnergyMeter, Mark
 
-WARMUP, SETTLE, MEASURE, WAIT, DONE = range(5)
+WAIT_RESERVE = 2  # steps of the budget kept for the meter to fix the last phase's energy
 MAX_WAIT_STEPS = 50  # a meter with no reading past a phase's end after this many steps ends the search
+SWEEP_SHARE = 0.7  # of the steps after the warm-up, for the sweep; the rest for re-checks
+MIN_SWEEP_STEPS = 6
+ENERGY_PRECISION = 0.035  # relative spread of a sweep phase's energy that the counter's resolution allows
+WINDOWS = 4  # sub-windows per phase (energy of spans that leave out slow steps)
+NEVER = 2**62
+
+
+@dataclass
+class Ready:
+    """Before the first step: the next one starts the warm-up."""
+
+
+@dataclass
+class Warmup:
+    """Steps at the limit in force before the first phase; their pace sizes the phases."""
+
+    start_step: int
+    start_t: float
+
+
+@dataclass
+class Settling:
+    """A new cap is in force: the steps of a change pass before ``request`` is measured."""
+
+    request: Request
+
+
+@dataclass
+class Measuring:
+    """One phase: a timestamp per step, a mark at the end of each sub-window."""
+
+    request: Request
+    last_t: float
+    window_steps: int
+    times: list[float] = field(default_factory=list)
+    marks: list[Mark] = field(default_factory=list)
+
+
+@dataclass
+class Waiting:
+    """The next decision needs energy the meter has not fixed yet; the cap in force stays."""
+
+    until: int
+
+
+@dataclass
+class Done:
+    """The search is over: ``chosen`` is in force (None: abandoned, the limits at start back)."""
+
+    chosen: int | None
+    failure: str = ""
+
+
+State = Ready | Warmup | Settling | Measuring | Waiting | Done
+
+
+@dataclass
+class Pending:
+    """A phase whose sub-windows' energy waits for the meter to fix their marks."""
+
+    phase: Phase
+    marks: list[Mark]
 
 
 class CapFinder:
@@ -44,11 +116,7 @@ class CapFinder:
         max_slowdown: Largest accepted rise in time per step, e.g. 0.1 for 10%.
         min_watts: Lowest cap tried per GPU (default: each board's minimum limit).
         warmup_steps: Steps before the first phase (at the limit in force).
-        profile_steps: Measured steps per phase, at least.
-        windows: Sub-windows per phase (the spread of a phase's figures).
         settle_steps: Steps let pass after each limit change before measuring.
-        min_phase_s: Measured seconds per phase wanted (the energy counter advances every
-            20-100 ms), as far as the step budget allows.
         step_w: Spacing of the candidate caps, in W.
         max_steps: Step budget of the whole search; default: under a third of Zeus's.
 
@@ -69,16 +137,13 @@ class CapFinder:
         max_slowdown: float = 0.1,
         min_watts: float | None = None,
         warmup_steps: int = 5,
-        profile_steps: int = 12,
-        windows: int = 4,
         settle_steps: int = 2,
-        min_phase_s: float = 1.0,
         step_w: float = 25.0,
         max_steps: int | None = None,
     ) -> None:
         self.limits, self.meter, self.max_slowdown = limits, meter, max_slowdown
-        self.warmup_steps, self.profile_steps, self.windows = warmup_steps, profile_steps, windows
-        self.settle_steps, self.min_phase_s = settle_steps, min_phase_s
+        self.clock: Callable[[], float] = meter.clock
+        self.warmup_steps, self.settle_steps = warmup_steps, settle_steps
         self.boards: list[CappedGpu] = list(limits.capped)
         self.fractions = cap_ladder(self.boards, min_watts, step_w)
         self.caps_mw = [
@@ -88,113 +153,216 @@ class CapFinder:
         self.zeus_steps = ZEUS_STEPS_PER_LIMIT * len(self.fractions)
         self.budget = max_steps if max_steps is not None else (self.zeus_steps - 1) // 3
         self.search: CapSearch | None = None
-        self.chosen: int | None = None
-        self.failure = ""
         self.steps_used = 0
-        self.done = not self.boards or len(self.fractions) == 1
-        self._state = WARMUP
-        self._next = -(2**62)  # the first call starts the warm-up
-        self._first: tuple[int, Mark] | None = None
-        self._rung = 0  # the rung in force
-        self._marks: list[Mark] = []
-        self._window_steps = 1
-        self._phase_cost = 1
-        self._phase_start = 0
-        self._wait_until = 0
+        self.state: State = Done(None) if not self.boards or len(self.fractions) == 1 else Ready()
+        self.pending: list[Pending] = []
+        self._start = 0
+        self._next = NEVER if self.done else -NEVER  # the first call starts the warm-up
+
+    @property
+    def done(self) -> bool:
+        return isinstance(self.state, Done)
+
+    @property
+    def chosen(self) -> int | None:
+        return self.state.chosen if isinstance(self.state, Done) else None
+
+    @property
+    def failure(self) -> str:
+        return self.state.failure if isinstance(self.state, Done) else ""
 
     def cap_w(self, rung: int) -> float:
         """Sum of the boards' caps at ``rung``, in W."""
         return sum(self.caps_mw[rung]) / 1000.0
 
-    def _set(self, rung: int) -> dict[str, float]:
-        """Put ``rung``'s caps in force (one `PowerLimits.set` per board that changes)."""
+    def in_force(self) -> int | None:
+        """The rung whose caps are in force, if any."""
+        applied = [b.applied_mw for b in self.boards]
+        return next((r for r, caps in enumerate(self.caps_mw) if caps == applied), None)
+
+    def put(self, rung: int) -> dict[str, float]:
+        """Put ``rung``'s caps in force (one `PowerLimits.set` per board that changes).
+
+        Raises:
+            DeviceError, PermissionError: the driver refused (see `PowerLimits.set`).
+        """
         for board, target in zip(self.boards, self.caps_mw[rung]):
             if board.applied_mw != target:
                 self.limits.set(board, target)
-        self._rung = rung
         return {keys.CAP_W: self.cap_w(rung)}
 
+    # ------------------------------------------------------------------ the steps
     def on_step(self, step: int) -> dict[str, float] | None:
-        """Call after every optimizer step; returns ``{"power/cap_w": W}`` when the cap changed
-        and when the search ends (with the cap kept)."""
-        if self.done or step < self._next:
+        """Call once after every optimizer step; returns ``{"power/cap_w": W}`` when the cap
+        changed and when the search ends (with the cap kept)."""
+        if step < self._next:
             return None
         try:
-            return self._boundary(step)
+            return self._advance(step)
         except (DeviceError, PermissionError) as err:
             return self._abandon(f"setting a limit failed ({err})")
 
     def _abandon(self, why: str) -> dict[str, float] | None:
         """End the search without a choice, with the limits at start back in force if possible."""
-        self.failure, self.done, self._state = why, True, DONE
+        self.state, self._next = Done(None, why), NEVER
         try:
-            return self._set(0)
+            return self.put(0)
         except (DeviceError, PermissionError):  # `PowerLimits.restore` tries again at the end
             return None
 
-    def _boundary(self, step: int) -> dict[str, float] | None:
-        if self._first is None:
-            self._first = (step, self.meter.mark())
-            self._next = step + self.warmup_steps
-            return None
-        self.steps_used = step - self._first[0]
-        if self._state == WARMUP:
-            self._plan(step)
-            return self._begin(step, self._ask())
-        if self._state == SETTLE:
-            self._marks = [self.meter.mark()]
-            self._state, self._next = MEASURE, step + self._window_steps
-            return None
-        if self._state == MEASURE:
-            self._marks.append(self.meter.mark())
-            if len(self._marks) <= self.windows:
-                self._next = step + self._window_steps
+    def _advance(self, step: int) -> dict[str, float] | None:
+        state = self.state
+        if isinstance(state, Measuring):
+            now = self.clock()
+            state.times.append(now - state.last_t)
+            state.last_t = now
+            self._next = step + 1
+            done, left = len(state.times), state.request.steps - len(state.times)
+            if left == 0 or (done % state.window_steps == 0 and left >= state.window_steps):  # `Phase.windows`
+                state.marks.append(self.meter.mark())
+            if left:
                 return None
-            self._state, self._wait_until = WAIT, step + MAX_WAIT_STEPS
-        values = [float(v.sum()) for v in self.meter.joules(*self._marks)]  # a buffer lookup, no NVML
-        if self._marks[-1].joules is None:  # no reading past the phase's end yet
-            if step >= self._wait_until:
+            self._end_phase(state)
+            return self._ask(step)
+        if isinstance(state, Ready):
+            self._start = step
+            self.state, self._next = Warmup(step, self.clock()), step + self.warmup_steps
+            return None
+        if isinstance(state, Warmup):
+            self._plan(step, state)
+            return self._ask(step)
+        if isinstance(state, Settling):
+            self._measure(step, state.request)
+            return None
+        if isinstance(state, Waiting):
+            if self._collect():
+                return self._ask(step)
+            if step >= state.until:
                 return self._abandon(f"the meter gave no reading in {MAX_WAIT_STEPS} steps")
             self._next = step + 1
-            return None
-        phase = [
-            Span(self._window_steps, b.t - a.t, values[i + 1] - values[i])
-            for i, (a, b) in enumerate(zip(self._marks, self._marks[1:]))
-        ]
+        return None
+
+    def _plan(self, step: int, warmup: Warmup) -> None:
+        """Size the sweep to the step budget: phases long enough for the energy counter to
+        resolve (`ENERGY_PRECISION`) over every rung if they fit, else over fewer rungs."""
+        step_s = max((self.clock() - warmup.start_t) / max(step - warmup.start_step, 1), 1e-9)
+        rungs = len(self.fractions)
+        room = SWEEP_SHARE * (self.budget - (step - self._start))
+        fits = max(MIN_SWEEP_STEPS, int((room - (rungs - 1) * self.settle_steps) // (rungs + 1)))
+        span_s = self.meter.sample_interval_s * math.sqrt(2 / 12) / ENERGY_PRECISION
+        steps, stride = sweep_plan(rungs, room, fits, math.ceil(span_s / step_s), self.settle_steps)
+        self.search = CapSearch(
+            rungs, self.max_slowdown, steps, stride, self.settle_steps, resolution_s=self.meter.sample_interval_s
+        )
+
+    def _measure(self, step: int, request: Request) -> None:
+        window = max(1, request.steps // WINDOWS)
+        self.state = Measuring(request, self.clock(), window, marks=[self.meter.mark()])
+        self._next = step + 1
+
+    def _end_phase(self, state: Measuring) -> None:
+        phase = Phase(state.request.rung, state.times, state.window_steps)
         assert self.search is not None
-        self.search.add(self._rung, phase)
-        self._phase_cost = max(self._phase_cost, step - self._phase_start)  # a slow meter makes phases dearer
-        return self._begin(step, self._ask())
+        self.search.add(phase)
+        self.pending.append(Pending(phase, state.marks))
+        self._collect()
 
-    def _plan(self, step: int) -> None:
-        """Phase length from the warm-up's step time; the search sized to the step budget."""
-        assert self._first is not None
-        step_s = max((self.meter.mark().t - self._first[1].t) / max(step - self._first[0], 1), 1e-9)
-        wanted = max(self.profile_steps, math.ceil(self.min_phase_s / step_s))
-        room = (self.budget - self.steps_used) // min(len(self.fractions), 3) - self.settle_steps - 1
-        self._window_steps = max(1, min(math.ceil(wanted / self.windows), room // self.windows))
-        self._phase_cost = self.settle_steps + self.windows * self._window_steps + 1
-        first = self._phase_cost - self.settle_steps  # the first phase needs no settling
-        phases = 1 + max(0, self.budget - self.steps_used - first) // self._phase_cost
-        self.search = CapSearch(len(self.fractions), self.max_slowdown, phases)
+    def _collect(self) -> bool:
+        """Fill in the energy of pending phases whose marks the meter has fixed; True when
+        none is left pending."""
+        still = []
+        for pending in self.pending:
+            if pending.marks[-1].joules is None:
+                still.append(pending)
+                continue
+            values = [float(v.sum()) for v in self.meter.joules(*pending.marks)]  # a buffer lookup, no NVML
+            pending.phase.joules = [b - a for a, b in zip(values, values[1:])]
+        self.pending = still
+        return not still
 
-    def _ask(self) -> int | None:
+    def _ask(self, step: int) -> dict[str, float] | None:
+        """Start the phase the search asks for, wait for the meter, or end the search."""
         assert self.search is not None
-        return self.search.next((self.budget - self.steps_used) // self._phase_cost)
-
-    def _begin(self, step: int, rung: int | None) -> dict[str, float] | None:
-        """Start a phase at ``rung``, or end the search (``rung`` None) with the chosen cap in force."""
-        if rung is None:
-            assert self.search is not None
-            self.chosen, self.done, self._state = self.search.chosen, True, DONE
-            return self._set(self.chosen if self.chosen is not None else 0)
-        self._phase_start = step
-        if [b.applied_mw for b in self.boards] == self.caps_mw[rung]:  # in force already: no settling
-            self._rung, self._marks = rung, [self.meter.mark()]
-            self._state, self._next = MEASURE, step + self._window_steps
+        self._collect()
+        self.steps_used = step - self._start
+        request = self.search.next(self.budget - self.steps_used - WAIT_RESERVE)
+        if request is WAIT:
+            until = self.state.until if isinstance(self.state, Waiting) else step + MAX_WAIT_STEPS
+            self.state, self._next = Waiting(until), step + 1
             return None
-        self._state, self._next = SETTLE, step + self.settle_steps
-        return self._set(rung)
+        if request is None:
+            chosen = self.search.chosen if self.search.chosen is not None else 0
+            self.state, self._next = Done(chosen), NEVER
+            return self.put(chosen)
+        if self.in_force() == request.rung:  # in force already: no settling
+            self._measure(step, request)
+            return None
+        self.state, self._next = Settling(request), step + self.settle_steps
+        return self.put(request.rung)
+
+    # ------------------------------------------------------------------ the curve, and checkpoints
+    def curve(self) -> tuple[Curve, float] | None:
+        """The measured rungs' seconds and joules per step, for following the grid, and the
+        seconds per step at the limit at start; None before the search has measured energy.
+
+        A rung's seconds are the upper end of its confidence interval (rung 0's: its mean,
+        the reference), so that a plan within the slowdown stays within it when the
+        measurement was a little fast.
+        """
+        search = self.search
+        if search is None or 0 not in search.estimates or search.estimates[0].energy is None:
+            return None
+        reference = search.estimates[0].time[0]
+        rungs, seconds, joules = [], [], []
+        for rung in sorted(search.estimates):
+            energy = search.estimates[rung].energy
+            if energy is None:
+                continue
+            verdict = search.verdict(rung)
+            rungs.append(rung)
+            seconds.append(reference * (1 + verdict.slowdown + (search.z * verdict.slowdown_spread if rung else 0.0)))
+            joules.append(energy[0])
+        return Curve(tuple(rungs), tuple(seconds), tuple(joules)), reference
+
+    def state_dict(self) -> dict[str, Any]:
+        """The search's phases and choice, to skip the search after a resume."""
+        search = self.search
+        phases = [] if search is None else [
+            {"rung": p.rung, "times": p.times, "window_steps": p.window_steps, "joules": p.joules}
+            for e in search.estimates.values() for p in e.kept + e.set_aside
+        ]  # fmt: skip
+        return {
+            "fractions": [round(f, 6) for f in self.fractions],
+            "chosen": self.chosen,
+            "steps": self.steps_used,
+            "sweep_steps": search.sweep_steps if search is not None else MIN_SWEEP_STEPS,
+            "phases": phases,
+        }
+
+    def restore(self, state: Any) -> bool:
+        """Take a finished search's choice from a checkpoint and put it in force; False (and
+        nothing changed) when it does not fit this ladder or is malformed."""
+        try:
+            if [round(f, 6) for f in self.fractions] != list(state["fractions"]) or self.done:
+                return False
+            chosen = int(state["chosen"])
+            search = CapSearch(
+                len(self.fractions), self.max_slowdown, int(state["sweep_steps"]), settle_steps=self.settle_steps,
+                resolution_s=self.meter.sample_interval_s,
+            )  # fmt: skip
+            for phase in state["phases"]:
+                times = [float(t) for t in phase["times"]]
+                joules = None if phase["joules"] is None else [float(j) for j in phase["joules"]]
+                search.add(Phase(int(phase["rung"]), times, int(phase["window_steps"]), joules))
+            if not 0 <= chosen < len(self.fractions):
+                return False
+        except (KeyError, TypeError, ValueError, IndexError):
+            return False
+        search.chosen, search.why = chosen, "kept from the checkpoint"
+        self.search, self.steps_used = search, int(state.get("steps", 0))
+        self.state, self._next = Done(chosen), NEVER
+        self.put(chosen)
+        return True
 
     # ------------------------------------------------------------------ reporting
     def table(self) -> list[dict[str, Any]]:
@@ -202,11 +370,12 @@ class CapFinder:
         search = self.search
         if search is None or 0 not in search.estimates:
             return []
-        t0, j0 = search.estimates[0].time[0], search.estimates[0].energy[0]
         rows = []
         for rung in sorted(search.estimates):
             estimate = search.estimates[rung]
-            (s, s_spread), (j, j_spread) = estimate.time, estimate.energy
+            (s, s_spread), energy = estimate.time, estimate.energy
+            j, j_spread = energy if energy is not None else (math.nan, math.nan)
+            verdict = search.verdict(rung)
             rows.append(
                 {
                     "fraction": round(self.fractions[rung], 4),
@@ -215,12 +384,13 @@ class CapFinder:
                     "s_spread": s_spread,
                     "j_per_step": j,
                     "j_spread": j_spread,
-                    "slowdown": s / t0 - 1,
-                    "saving": 1 - j / j0 if j0 else 0.0,
-                    "steps": sum(w.steps for w in estimate.windows),
+                    "slowdown": verdict.slowdown,
+                    "saving": verdict.saving if verdict.saving is not None else math.nan,
+                    "within_confidence": verdict.within,
+                    "steps": estimate.steps,
                     "phases": estimate.phases,
                     "set_aside": len(estimate.set_aside),
-                    "left_out": len(estimate.dropped),
+                    "left_out": estimate.left_out,
                     "within": search.within(rung),
                     "chosen": rung == self.chosen,
                 }
@@ -228,13 +398,16 @@ class CapFinder:
         return rows
 
     def choice(self) -> dict[str, Any]:
-        """The choice and why, for the run record."""
+        """The choice, why, and how sure, for the run record."""
         chosen = self.chosen
+        search = self.search
+        verdict = search.verdict(chosen) if search is not None and chosen is not None and search.estimates else None
         return {
             "cap_w": None if chosen is None else self.cap_w(chosen),
             "caps_w": None if chosen is None else [mw / 1000 for mw in self.caps_mw[chosen]],
             "fraction": None if chosen is None else round(self.fractions[chosen], 4),
-            "why": self.search.why if self.search is not None and chosen is not None else self._unfinished(),
+            "why": search.why if search is not None and chosen is not None else self._unfinished(),
+            "confidence": None if verdict is None else verdict.text(self.max_slowdown),
             "max_slowdown": self.max_slowdown,
             "steps": self.steps_used,
             "budget_steps": self.budget,
@@ -254,32 +427,33 @@ class CapFinder:
         return ", ".join(f"GPU {b.board.index} {c:g} W" for b, c in zip(self.boards, caps))
 
     def summary(self) -> str:
-        """The choice and why, then the table of candidates with their spreads (console)."""
+        """The choice, why and how sure, then the table of candidates with their spreads (console)."""
         rows = self.table()
-        if self.chosen is None:
+        chosen, search = self.chosen, self.search
+        if chosen is None or search is None or not search.estimates:
             lines = [
                 f"Power-cap search did not finish ({self._unfinished()}) after {self.steps_used} steps; "
                 f"{len(rows)} caps measured."
             ]
         else:
-            row = next(r for r in rows if r["chosen"])
-            assert self.search is not None
             lines = [
-                f"Power-cap search chose {self._caps_text(self.chosen)} ({row['fraction']:.0%} of the limit at "
-                f"start): {row['saving']:.1%} less energy per step for {row['slowdown']:+.1%} time per step "
-                f"(allowed: +{self.max_slowdown:.0%}). Why: {self.search.why}. "
-                f"{len(self.search.history)} phases, {self.steps_used} steps (Zeus's defaults: {self.zeus_steps})."
+                f"Power-cap search chose {self._caps_text(chosen)} ({self.fractions[chosen]:.0%} of the limit at "
+                f"start): {search.verdict(chosen).text(self.max_slowdown)}. Why: {search.why}. "
+                f"{len(search.history)} phases, {self.steps_used} steps (Zeus's defaults: {self.zeus_steps})."
             ]
         if rows:
             lines.append("      cap W     ms/step +-        J/step +-    time  energy  phases")
         for r in rows:
             mark = "*" if r["chosen"] else (" " if r["within"] else "x")
-            aside = [f"{r['set_aside']} set aside", f"{r['left_out']} sub-window{'s' * (r['left_out'] > 1)} left out"]
+            aside = [f"{r['set_aside']} set aside", f"{r['left_out']} step{'s' * (r['left_out'] > 1)} left out"]
             lines.append(
                 f"  {mark} {r['cap_w']:7g}  {1000 * r['s_per_step']:8.4g} {1000 * r['s_spread']:<6.2g}"
                 f" {r['j_per_step']:8.4g} {r['j_spread']:<6.2g} {r['slowdown']:+6.1%} {0.0 - r['saving']:+6.1%}"
                 f"  {r['phases']}" + "".join(f" ({a})" for a in aside if not a.startswith("0 "))
             )
         if rows:
-            lines.append("  (* chosen, x too slow; +- is the spread of the mean over sub-windows; cap W of all GPUs)")
+            lines.append(
+                "  (* chosen, x not within the limit with 95% confidence; +- is the spread of the mean; "
+                "cap W of all GPUs)"
+            )
         return "\n".join(lines)

@@ -2,45 +2,78 @@
 
 The candidates are a ladder of caps, highest first: rung 0 is the limit in force at the
 start (the reference for the slowdown), the last rung is the floor (the board's minimum
-limit unless a higher floor was asked for). A *phase* measures one rung for a few
-sub-windows; each sub-window gives (steps, seconds, joules), so a rung's time and
-energy per step come with a spread (the standard error of the mean over its sub-windows).
+limit unless a higher floor was asked for). A *phase* measures one rung for some steps
+(`Phase`); `Estimate` pools a rung's phases into time and energy per step with spreads.
 
 The rule, in order (`CapSearch.next`):
 
-1. measure rung 0, then a coarse sweep over the whole ladder down to the floor (every
-   ``spacing``-th rung and the floor, the spacing set by the phase budget; no early exit:
-   real profiles are not monotone);
-2. measure again, once, most useful first: rung 0 when its spread is large against the
-   slowdown allowed or a lower cap ran faster beyond the noise; a rung that could be the
-   choice (no more energy than the best so far) whose time straddles the limit
-   ``(1 + max_slowdown) x T0`` (its interval, ``z`` spreads wide, contains the limit), and
-   rung 0 as well if it still straddles after two phases; a rung (within 20% of the best's
-   energy) with a sub-window left out, or too slow while a lower cap was within the limit
-   or ran faster (a disturbed phase, or a non-monotone profile);
-3. refine: bisect the unmeasured gap where the limit is crossed towards less energy, then
-   the gaps below and above the best rung, then other crossings;
-4. measure again, once, the first rung below the lowest within the limit if it used less
-   energy than the best (it would be the choice, were its phase disturbed), then rung 0;
-5. stop when nothing is left to do or the phase budget is spent.
+1. **sweep** the ladder from the top down, every ``stride``-th rung (every rung unless
+   short steps need long phases to resolve the energy counter: `sweep_plan`), rung 0 for
+   twice as many steps (it is the reference of every verdict); a slow cap does not end
+   it, because real profiles are not monotone, but two caps in a row that are slower
+   than the limit by more than the slowdown allowed again, the second slower than the
+   first, do: below them the GPU is starved of power;
+2. **follow up**, most useful first: a cap whose verdict is ambiguous (its time
+   interval, ``z`` spreads wide, contains the limit ``(1 + max_slowdown) x T0``), that
+   is at least `WORTH_RECHECKING` likely to be within it (or whose phase was disturbed:
+   `DISTURBED`) and that would use less energy than the cap chosen so far, with as many
+   steps as the noise measured says it needs (rung 0 first when its own spread is what
+   blurs the verdict); an unmeasured cap
+   halfway to the measured cap below the lowest one within the limit, or to the measured
+   neighbours of the cap chosen so far (bisection); a cap within the limit whose saving
+   is not yet sure. A verdict the budget cannot settle is not measured again;
+3. **choose**, with a confidence statement: a cap is kept only if it is within the limit
+   with one-sided confidence `CONFIDENCE` (its time's upper bound is within the limit)
+   and saves energy against rung 0 with the same confidence; of those, the one with
+   least energy per step. Rung 0 always qualifies.
 
-A sub-window more than `OUTLIER` slower per step than its phase's fastest is left out; two
-phases of one rung are pooled unless their times disagree beyond ``z`` spreads and
-`DISAGREE`: then the slower is set aside (a noisy neighbour only ever slows a phase down).
-Both are `Estimate`'s rules (energy_core/power/finder/estimate.py).
-The rung kept is the one with the least energy per step among those whose time per step
-is within the limit; rung 0 always is.
+A busy machine jitters the steps and slows some of them: `Estimate`'s trimmed means and
+the sub-windows and phases it leaves out keep the figures to the cap's own, and the
+number of steps each verdict needs comes from the spread actually measured.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import statistics
+from dataclasses import dataclass
+from statistics import NormalDist
 
-from energy_core.power.finder.estimate import DISAGREE, Estimate, Span
+from energy_core.power.finder.estimate import Estimate, Phase
 
 ZEUS_STEPS_PER_LIMIT = 50  # Zeus GlobalPowerLimitOptimizer defaults: 10 warm-up + 40 profiled steps
 ZEUS_STRIDE_MW = 25_000  # ... for every 25 W from the maximum limit down to the minimum
+CONFIDENCE = 0.95  # one-sided: a cap kept is within the limit, and saves energy, with this confidence
+MAX_RECHECKS = 2  # phases of one rung beyond its first
+REFERENCE_SHARE = 0.5  # rung 0's spread may take this share of what a verdict can bear before it is measured again
+WORTH_RECHECKING = 0.2  # a straddling cap less likely than this to be within the limit is not measured again...
+DISTURBED = 3.0  # ... unless its time is this many times as spread as the median rung's (a busy spell)
+
+
+def sweep_plan(rungs: int, room: float, steps: int, wanted: int, settle_steps: int) -> tuple[int, int]:
+    """(steps per phase, stride) of a sweep that fits in ``room`` steps.
+
+    Phases of ``wanted`` steps (long enough for the energy counter) over every rung if they
+    fit; else over every second, fourth, ... rung; else phases of the ``steps`` that fit,
+    at least.
+
+    Examples:
+        >>> sweep_plan(9, room=100, steps=8, wanted=8, settle_steps=2)   # 10 x 8 + 8 x 2 = 96
+        (8, 1)
+        >>> sweep_plan(9, room=150, steps=8, wanted=22, settle_steps=2)  # 0, 2, 4, 6, 8: 6 x 22 + 4 x 2
+        (22, 2)
+    """
+
+    def cost(n: int, stride: int) -> int:
+        count = len(set(range(0, rungs, stride)) | {rungs - 1})
+        return (count + 1) * n + (count - 1) * settle_steps  # rung 0 twice as long
+
+    stride = 1
+    while wanted > steps and cost(wanted, stride) > room and stride < rungs - 1:
+        stride *= 2
+    if wanted > steps and cost(wanted, stride) <= room:
+        return wanted, stride
+    return steps, 1
 
 
 def zeus_steps(max_mw: int, min_mw: int) -> int:
@@ -53,177 +86,277 @@ def zeus_steps(max_mw: int, min_mw: int) -> int:
     return ZEUS_STEPS_PER_LIMIT * len(range(max_mw, min_mw - ZEUS_STRIDE_MW, -ZEUS_STRIDE_MW))
 
 
+@dataclass(frozen=True)
+class Request:
+    """Measure ``rung`` for ``steps`` steps (after the settling steps of a change)."""
+
+    rung: int
+    steps: int
+
+
+WAIT = Request(-1, 0)  # the next decision needs the energy of a phase the meter has not fixed yet
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A rung's slowdown and saving against rung 0, with their spreads and the confidence."""
+
+    slowdown: float
+    slowdown_spread: float
+    saving: float | None
+    saving_spread: float | None
+    within: float  # probability that the rung is within the limit
+
+    def text(self, max_slowdown: float) -> str:
+        saving = "" if self.saving is None else f"{self.saving:.1%} +- {self.saving_spread:.1%} less energy per step, "
+        return (
+            f"{saving}{self.slowdown:+.1%} +- {self.slowdown_spread:.1%} time per step "
+            f"(within +{max_slowdown:.0%} with {self.within:.0%} confidence)"
+        )
+
+
 class CapSearch:
     """Decides which rung of a cap ladder to measure next, and which to keep.
 
     Args:
         rungs: Number of candidate caps, highest first (rung 0 is the reference).
         max_slowdown: Largest accepted rise in time per step over rung 0 (0.1 is 10%).
-        phases: The phases expected to fit the step budget (sets the coarse spacing).
-        z: Width of an interval in spreads: times closer to the limit than this are
-            measured again, and two phases further apart than this disagree.
+        sweep_steps: Measured steps per rung in the sweep (rung 0: twice as many).
+        stride: The sweep measures every ``stride``-th rung (and the last).
+        settle_steps: Steps let pass after each change (the cost of a phase, for the budget).
+        resolution_s: Seconds of power by which an energy reading may be stale (the meter's
+            sample interval): the energy spread of a span is at least that at its ends.
+        confidence: One-sided confidence of a verdict (`CONFIDENCE`).
 
     Examples:
-        >>> search = CapSearch(3, max_slowdown=0.1, phases=3)
+        >>> search = CapSearch(3, max_slowdown=0.1, sweep_steps=8)
         >>> cost = {0: (1.0, 10.0), 1: (1.05, 9.0), 2: (1.3, 9.5)}   # rung: (s, J) per step
-        >>> while (rung := search.next(phases_left=5 - len(search.history))) is not None:
-        ...     s, j = cost[rung]
-        ...     search.add(rung, [Span(3, 3 * s, 3 * j)] * 4)
-        >>> search.chosen, search.history   # rung 0, the coarse sweep, the gap, rung 0 again
-        (1, [0, 2, 1, 0])
+        >>> while (ask := search.next(steps_left=100)) is not None:
+        ...     s, j = cost[ask.rung]
+        ...     search.add(Phase(ask.rung, [s * (1 + 0.001 * (i % 3)) for i in range(ask.steps)], 2,
+        ...                      [2 * j] * (ask.steps // 2)))
+        >>> search.chosen, search.history   # the sweep, then the choice: 1 is within 10% and saves 10%
+        (1, [0, 1, 2])
     """
 
-    def __init__(self, rungs: int, max_slowdown: float, phases: int, z: float = 2.0) -> None:
+    def __init__(
+        self,
+        rungs: int,
+        max_slowdown: float,
+        sweep_steps: int,
+        stride: int = 1,
+        settle_steps: int = 2,
+        resolution_s: float = 0.0,
+        confidence: float = CONFIDENCE,
+    ) -> None:
         if rungs < 1:
             raise ValueError(f"rungs must be >= 1, got {rungs}")
         self.rungs = rungs
         self.max_slowdown = max_slowdown
-        self.z = z
-        self.spacing = 1
-        while len(self._coarse(self.spacing)) > max(2, math.ceil(0.55 * phases)) and self.spacing < rungs:
-            self.spacing *= 2
-        self.coarse = self._coarse(self.spacing)
+        self.sweep_steps = max(2, sweep_steps)
+        self.settle_steps = settle_steps
+        self.resolution_s = resolution_s
+        self.z = NormalDist().inv_cdf(confidence)
         self.estimates: dict[int, Estimate] = {}
         self.history: list[int] = []
         self.chosen: int | None = None
         self.why = ""
-
-    def _coarse(self, spacing: int) -> list[int]:
-        return sorted(set(range(0, self.rungs, spacing)) | {self.rungs - 1})
+        self.sweep = sorted(set(range(0, rungs, max(1, stride))) | {rungs - 1})
+        self._sweep_over = rungs == 1
 
     # ------------------------------------------------------------------ figures
-    def add(self, rung: int, windows: Sequence[Span]) -> None:
-        """Record one measured phase of ``rung`` (its sub-windows, each of >= 1 step)."""
-        if not windows or any(w.steps < 1 for w in windows):
-            raise ValueError("a phase needs sub-windows of at least one step")
-        self.estimates.setdefault(rung, Estimate(rung)).add(list(windows), self.z)
-        self.history.append(rung)
+    def add(self, phase: Phase) -> None:
+        """Record one measured phase (its energy may follow: `Phase.joules` filled in later)."""
+        if len(phase.times) < 2 or phase.window_steps < 1:
+            raise ValueError("a phase needs at least two steps and sub-windows of at least one step")
+        self.estimates.setdefault(phase.rung, Estimate(phase.rung, self.z, self.resolution_s)).add(phase)
+        self.history.append(phase.rung)
 
-    @property
-    def limit_s(self) -> float:
-        """The slowest accepted time per step: ``(1 + max_slowdown) x`` rung 0's."""
-        return (1 + self.max_slowdown) * self.estimates[0].time[0]
-
-    def _limit_spread(self, rung: int) -> float:
-        """Spread of (time of ``rung`` - limit): both figures are measured."""
-        spread_0 = (1 + self.max_slowdown) * self.estimates[0].time[1]
-        return math.hypot(self.estimates[rung].time[1], spread_0)
+    def verdict(self, rung: int) -> Verdict:
+        """``rung``'s slowdown (and saving, once energy is known) against rung 0, with spreads."""
+        (t0, s0), (t, s) = self.estimates[0].time, self.estimates[rung].time
+        ratio = t / t0
+        spread = 0.0 if rung == 0 else ratio * math.hypot(s / t, s0 / t0)
+        slowdown = ratio - 1
+        within = 1.0 if rung == 0 else _probability_below(self.max_slowdown - slowdown, spread)
+        e0, e = self.estimates[0].energy, self.estimates[rung].energy
+        if e0 is None or e is None or e0[0] <= 0:
+            return Verdict(slowdown, spread, None, None, within)
+        energy_ratio = e[0] / e0[0]
+        saving_spread = 0.0 if rung == 0 else energy_ratio * math.hypot(e[1] / e[0], e0[1] / e0[0])
+        return Verdict(slowdown, spread, 1 - energy_ratio, saving_spread, within)
 
     def within(self, rung: int) -> bool:
-        """Whether ``rung``'s measured time per step is within the limit."""
-        return rung == 0 or self.estimates[rung].time[0] <= self.limit_s
+        """Whether ``rung`` is within the limit with the search's confidence."""
+        v = self.verdict(rung)
+        return rung == 0 or v.slowdown + self.z * v.slowdown_spread <= self.max_slowdown
 
-    def straddles(self, rung: int) -> bool:
-        """Whether ``rung``'s time interval (``z`` spreads) contains the limit."""
-        return rung != 0 and abs(self.estimates[rung].time[0] - self.limit_s) <= self.z * self._limit_spread(rung)
+    def over(self, rung: int, by: float = 0.0) -> bool:
+        """Whether ``rung`` is slower than the limit (plus ``by``) with the search's confidence."""
+        v = self.verdict(rung)
+        return rung != 0 and v.slowdown - self.z * v.slowdown_spread > self.max_slowdown + by
+
+    def saves(self, rung: int) -> bool:
+        """Whether ``rung`` uses less energy per step than rung 0 with the search's confidence."""
+        v = self.verdict(rung)
+        return v.saving is not None and v.saving_spread is not None and v.saving - self.z * v.saving_spread > 0
 
     def best(self) -> int:
-        """The measured rung with the least energy per step among those within the limit."""
-        return min((r for r in self.estimates if self.within(r)), key=lambda r: self.estimates[r].energy[0])
+        """The cap kept were the search to end now: least energy among those within the limit
+        that save energy, each with the search's confidence; rung 0 if none."""
+        candidates = [r for r in self.estimates if r != 0 and self.within(r) and self.saves(r)]
+        return min(candidates, key=lambda r: self._energy(r), default=0)
+
+    def _energy(self, rung: int) -> float:
+        energy = self.estimates[rung].energy
+        return math.inf if energy is None else energy[0]
 
     # ------------------------------------------------------------------ decisions
-    def _inverted(self, rung: int) -> bool:
-        """Whether a lower cap ran faster than ``rung`` beyond the noise (a disturbed phase,
-        or a profile that is not monotone)."""
-        t, s = self.estimates[rung].time
-        return any(
-            e.time[0] < t - max(self.z * math.hypot(e.time[1], s), DISAGREE * t)
-            for r, e in self.estimates.items()
-            if r > rung
-        )
-
-    def _doubtful(self) -> list[int]:
-        """Rungs to measure again, most useful first. Rung 0 when its spread is large against
-        the slowdown allowed, when a lower cap ran faster, or when a rung that could be the
-        choice still straddles the limit after two phases; other rungs (once) when they could
-        be the choice and straddle the limit, or were too slow while a lower cap was within
-        the limit or ran faster."""
-        t0, s0 = self.estimates[0].time
-        best_j = self.estimates[self.best()].energy[0]
-        lowest_within = max(r for r in self.estimates if self.within(r))
-        doubtful = []
-        if self.z * s0 > self.max_slowdown * t0 / 4 or self._inverted(0) or self.estimates[0].dropped:
-            doubtful.append((0, 0.0, 0))
-        for rung, estimate in self.estimates.items():
-            j = estimate.energy[0]
-            if rung == 0 or j > 1.2 * best_j:
-                continue
-            if self.straddles(rung) and j <= best_j:
-                doubtful.append((1, j, rung) if estimate.phases == 1 else (3, j, 0))
-            elif (estimate.dropped and j <= best_j) or (
-                not self.within(rung) and (rung < lowest_within or self._inverted(rung))
-            ):
-                doubtful.append((2, j, rung))
-        return [rung for *_, rung in sorted(doubtful) if self.estimates[rung].phases == 1]
-
-    def _gap(self) -> int | None:
-        """The middle of the most promising unmeasured gap between measured rungs: first one
-        that crosses the limit towards less energy, then the one below the best, then above."""
-        best = self.best()
-        best_j = self.estimates[best].energy[0]
-        measured = sorted(self.estimates)
-        gaps = []
-        for high, low in zip(measured, measured[1:]):  # high cap, low cap
-            if low - high < 2:
-                continue
-            crossing = self.within(high) and not self.within(low)
-            if crossing and self.estimates[low].energy[0] < 1.02 * best_j:
-                gaps.append((0, high))
-            elif high == best:
-                gaps.append((1, high))
-            elif low == best:
-                gaps.append((2, high))
-            elif crossing and self.estimates[low].energy[0] < 1.2 * best_j:
-                gaps.append((3, high))
-        if not gaps:
-            return None
-        high = min(gaps)[1]
-        return (high + min(r for r in measured if r > high)) // 2
-
-    def _boundary(self) -> int | None:
-        """The first rung measured below the lowest within the limit, measured once, if it used
-        less energy than the best: it would be the choice, were its phase disturbed."""
-        lowest_within = max(r for r in self.estimates if self.within(r))
-        rung = min((r for r in self.estimates if r > lowest_within), default=None)
-        if rung is None or self.estimates[rung].phases > 1:
-            return None
-        return rung if self.estimates[rung].energy[0] < self.estimates[self.best()].energy[0] else None
-
-    def next(self, phases_left: int) -> int | None:
-        """The rung to measure next, or None when the search is over (then see `chosen`).
+    def next(self, steps_left: int) -> Request | None:
+        """The next phase to measure, `WAIT` while a needed energy figure is pending, or None
+        when the search is over (then see `chosen`).
 
         Args:
-            phases_left: Phases the step budget still allows (0 ends the search).
+            steps_left: Steps the budget still allows (settling included).
         """
         if self.chosen is not None:
             return None
-        if phases_left > 0:
-            for rung in self.coarse:
-                if rung not in self.estimates:
-                    return rung
-            doubtful = self._doubtful()
-            if doubtful:
-                return doubtful[0]
-            gap = self._gap()
-            if gap is not None:
-                return gap
-            boundary = self._boundary()
-            if boundary is not None:
-                return boundary
-            if self.estimates[0].phases == 1:  # budget left: the reference of every verdict, once more
-                return 0
-        self._choose(phases_left)
+        if not self._sweep_over:
+            ask = self._sweep()
+            if ask is not None and ask.steps + self.settle_steps <= steps_left:
+                return ask
+            self._sweep_over = True
+        if not all(e.complete for e in self.estimates.values()):
+            return WAIT
+        ask = self._recheck(steps_left)
+        if ask is not None:
+            return ask
+        self._choose(steps_left)
         return None
 
-    def _choose(self, phases_left: int) -> None:
+    def _sweep(self) -> Request | None:
+        """The next rung of the sweep, or None when it is over."""
+        if not self.estimates:
+            return Request(0, 2 * self.sweep_steps)
+        done = [r for r in self.sweep if r in self.estimates]
+        if len(done) >= 3 and self._starved(done[-2], done[-1]):
+            return None
+        rung = next((r for r in self.sweep if r not in self.estimates), None)
+        return None if rung is None else Request(rung, self.sweep_steps)
+
+    def _starved(self, above: int, rung: int) -> bool:
+        """Whether ``rung`` and the measured rung ``above`` it are slower than the limit by more
+        than the slowdown allowed again, ``rung`` the slower: caps below it starve the GPU."""
+        by = self.max_slowdown
+        slower = self.estimates[rung].time[0] > self.estimates[above].time[0]
+        return slower and self.over(rung, by) and self.over(above, by)
+
+    def _recheck(self, steps_left: int) -> Request | None:
+        """The phase most worth measuring next, with the steps it needs; None when none.
+
+        In order: a cap using less energy than the one chosen so far whose time straddles
+        the limit; an unmeasured cap halfway to the measured neighbours of the one chosen
+        so far (below first); a cap using less energy whose saving is not yet sure. Rung 0
+        comes first when its own spread is what blurs a verdict; a verdict the budget
+        cannot settle is not measured again.
+        """
+        room = steps_left - self.settle_steps
+        best = self.best()
+        best_energy = self._energy(best)
+        straddling, unsure = [], []
+        for rung, estimate in self.estimates.items():
+            if rung == 0 or rung == best or estimate.phases > MAX_RECHECKS or self._energy(rung) >= best_energy:
+                continue
+            if not self.within(rung) and not self.over(rung):
+                straddling.append((self._energy(rung), rung))
+            elif self.within(rung) and not self.saves(rung) and (self.verdict(rung).saving or 0.0) > 0:
+                unsure.append((self._energy(rung), rung))
+        for _, rung in sorted(straddling):
+            if self.verdict(rung).within < WORTH_RECHECKING and not self._disturbed(rung):
+                continue
+            ask = self._settle_time(rung, room)
+            if ask is not None:
+                return ask
+        gap = self._gap(best)
+        if gap is not None and self.sweep_steps <= room:
+            return Request(gap, self.sweep_steps)
+        for _, rung in sorted(unsure):
+            ask = self._settle_saving(rung, room)
+            if ask is not None:
+                return ask
+        return None
+
+    def _disturbed(self, rung: int) -> bool:
+        """Whether ``rung``'s time is `DISTURBED` times as spread as the measured rungs' median:
+        a busy spell in its phase, which a phase of its own may show."""
+        spreads = [e.time[1] / e.time[0] for e in self.estimates.values()]
+        estimate = self.estimates[rung]
+        return estimate.time[1] / estimate.time[0] > DISTURBED * statistics.median(spreads)
+
+    def _gap(self, best: int) -> int | None:
+        """An unmeasured rung where a better cap may lie: halfway between the lowest cap within
+        the limit and the measured one below it (the crossing), else halfway between ``best``
+        and its measured neighbour below, then above; None when all those are adjacent."""
+        measured = sorted(self.estimates)
+        lowest_within = max(r for r in measured if self.within(r))
+        crossing = min((r for r in measured if r > lowest_within), default=None)
+        below = min((r for r in measured if r > best), default=None)
+        above = max((r for r in measured if r < best), default=None)
+        for low, high in ((lowest_within, crossing), (best, below), (above, best)):
+            if low is not None and high is not None and high - low >= 2:
+                return (low + high) // 2
+        return None
+
+    def _settle_time(self, rung: int, room: int) -> Request | None:
+        """The phase that would settle whether ``rung`` is within the limit, if the budget allows."""
+        verdict = self.verdict(rung)
+        allowed = abs(self.max_slowdown - verdict.slowdown) / self.z / (1 + verdict.slowdown)
+        (t0, s0), (t, s) = self.estimates[0].time, self.estimates[rung].time
+        return self._more(rung, s / t, s0 / t0, allowed, room)
+
+    def _settle_saving(self, rung: int, room: int) -> Request | None:
+        """The phase that would settle whether ``rung`` saves energy, if the budget allows."""
+        verdict = self.verdict(rung)
+        assert verdict.saving is not None
+        allowed = verdict.saving / self.z / (1 - verdict.saving)
+        (e0, s0), (e, s) = self.estimates[0].energy or (1, 0), self.estimates[rung].energy or (1, 0)
+        return self._more(rung, s / e, s0 / e0, allowed, room)
+
+    def _more(self, rung: int, own: float, reference: float, allowed: float, room: int) -> Request | None:
+        """More steps of ``rung`` or of rung 0 (whichever narrows the verdict more per step:
+        relative spreads ``own`` and ``reference``) towards a combined relative spread of
+        ``allowed``; spreads fall as the square root of the steps. As many as the budget
+        allows when it cannot settle the verdict outright; None when not even a sweep's phase fits."""
+        n_rung, n_0 = self.estimates[rung].steps, self.estimates[0].steps
+        reference_first = reference**2 / n_0 > own**2 / n_rung and self.estimates[0].phases <= MAX_RECHECKS
+        target, have, spread, other = (0, n_0, reference, own) if reference_first else (rung, n_rung, own, reference)
+        if allowed > other:
+            steps = math.ceil(have * (spread**2 / (allowed**2 - other**2) - 1))
+        else:
+            steps = have  # the other rung needs more too: double this one first
+        steps = min(max(self.sweep_steps, steps), room)
+        return Request(target, steps) if steps >= self.sweep_steps else None
+
+    def _choose(self, steps_left: int) -> None:
         if 0 not in self.estimates:
             self.chosen, self.why = 0, "nothing was measured"
             return
         self.chosen = self.best()
         within = [r for r in self.estimates if self.within(r)]
-        slow = sorted(r for r in self.estimates if not self.within(r))
+        over = [r for r in self.estimates if self.over(r)]
+        unsure = len(self.estimates) - len(within) - len(over)
         self.why = (
-            f"least energy per step of the {len(within)} measured caps within the limit"
-            + (f"; {len(slow)} too slow" if slow else "")
-            + ("; step budget spent" if phases_left <= 0 else "")
-        )
+            f"least energy per step of the {len(within)} measured caps within the limit with "
+            f"{CONFIDENCE:.0%} confidence"
+            + (f"; {len(over)} too slow" if over else "")
+            + (f"; {unsure} not settled in the step budget" if unsure else "")
+            + (f"; {self.rungs - len(self.estimates)} below a cap that starves the GPU not measured"
+               if len(self.estimates) < self.rungs else "")
+        )  # fmt: skip
+
+
+def _probability_below(margin: float, spread: float) -> float:
+    """P(a normal variable with this spread stays below ``margin`` from its mean)."""
+    if spread <= 0:
+        return 1.0 if margin >= 0 else 0.0
+    return NormalDist().cdf(margin / spread)

@@ -125,9 +125,12 @@ def test_a_limit_changed_under_a_run_is_left_as_it_is(sim) -> None:
     run = PowerCapRun(watts=250)
     run.start()
     sim.set_limit_mw(sim.gpus[0], 280_000)  # an administrator, mid-run
-    messages = run.finish()
-    assert messages == [
-        "GPU 0: the power limit is 280 W, not the 250 W this run set: someone changed it since; left as it is."
+    notices = run.finish()
+    assert [(n.level, n.text) for n in notices] == [
+        (
+            "warn",
+            "GPU 0: the power limit is 280 W, not the 250 W this run set: someone changed it since; left as it is.",
+        )
     ]
     assert sim.limit_mw(sim.gpus[0]) == 280_000 and journal_entries() == {}
     again = PowerCapRun(watts=250)  # the board is free again

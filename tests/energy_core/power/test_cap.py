@@ -342,7 +342,7 @@ def test_auto_finds_the_cap_with_least_energy_within_the_slowdown(tmp_path, sim_
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             see.append(sim.limit_mw(sim.gpus[0]))
 
-    fit(tmp_path, [monitor, cap, SeeLimitLate()], module=module, max_epochs=1, samples=8 * 120)
+    trainer = fit(tmp_path, [monitor, cap, SeeLimitLate()], module=module, max_epochs=1, samples=8 * 120)
     finder = cap.run.finder
     assert finder.fractions == [1.0, 0.75, 0.5]  # 100, 75 and 50 W: down to the board's minimum
     assert finder.chosen is not None and finder.cap_w(finder.chosen) == 75.0
@@ -359,6 +359,24 @@ def test_auto_finds_the_cap_with_least_energy_within_the_slowdown(tmp_path, sim_
     assert {"s_spread", "j_spread", "phases", "within"} <= set(chosen["table"][0])  # spreads: test_cap_finder.py
     assert chosen["choice"]["cap_w"] == 75.0 and chosen["choice"]["zeus_steps"] == 150
     assert [v for _, v in csv_series(tmp_path / "csv", "power/cap_w")][-1] == 75.0
+
+    # A resume from a checkpoint keeps the choice: 75 W from the first step, no search.
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    resumed = PowerCap(watts="auto", max_slowdown=0.3)
+    first_limit = []
+
+    class SeeFirst(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            first_limit.append(sim.limit_mw(sim.gpus[0]))
+
+    again = pl.Trainer(
+        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_train_batches=10, callbacks=[resumed, SeeFirst()],
+    )  # fmt: skip
+    again.fit(module, regression_data(8 * 120), ckpt_path=tmp_path / "last.ckpt")
+    assert set(first_limit) == {75_000}
+    assert resumed.run.finder.done and resumed.run.finder.steps_used == finder.steps_used
+    assert sim.limit_mw(sim.gpus[0]) == 100_000
 
 
 # ----------------------------------------------------------------------------- HF Trainer
@@ -417,3 +435,57 @@ def test_hf_out_of_range_raises_before_any_change(tmp_path, sim_gpus) -> None:
     with pytest.raises(ValueError, match=r"watts=460 is outside the allowed range"):
         hf_train(tmp_path, PowerCapCallback(watts=460))
     assert sim.gpus[0].limit_history == []
+
+
+@pytest.mark.slow  # two real HF runs with a cap search: 10-30 s
+@pytest.mark.parametrize("restore_flag", [False, True])
+def test_hf_resume_keeps_the_search_choice_in_trainer_state(tmp_path, sim_gpus, restore_flag) -> None:
+    """HF: the search's table and choice go to ``trainer_state.json`` (ExportableState); a
+    resumed run puts the choice in force from its first step and does not search again,
+    whether HF re-creates the callback from the checkpoint or not."""
+    from transformers import TrainerCallback
+
+    from hf_energy import EnergyCallback, PowerCapCallback, attach
+    from tests.helpers.hf_models import Collator, SeqData, make_trainer
+
+    sim = sim_gpus(
+        SimGpu("GPU-1", Constant(100.0), counter_period_s=0.02, default_limit_mw=100_000, min_limit_mw=50_000,
+               max_limit_mw=100_000)
+    )  # fmt: skip
+
+    class KneeCollator(Collator):  # the test above's board: 40 ms a step down to 75 W, 100 ms at 50 W
+        def __call__(self, batch):
+            time.sleep(0.04 if sim.limit_mw(sim.gpus[0]) >= 75_000 else 0.1)
+            return super().__call__(batch)
+
+    out = tmp_path / "out"
+    first = make_trainer(out, SeqData(8 * 60), num_train_epochs=1, save_strategy="epoch")
+    first.data_collator = KneeCollator()
+    cap = PowerCapCallback(watts="auto", max_slowdown=0.3)
+    attach(first, EnergyCallback(devices=["gpu"], summary=False, sample_interval_s=0.02), cap)
+    first.train()
+    finder = cap.run.finder
+    assert finder.done and finder.chosen is not None  # 75 W on a quiet machine; any choice will do here
+    chosen_mw = round(finder.cap_w(finder.chosen) * 1000)
+    stored = json.loads((out / "checkpoint-60" / "trainer_state.json").read_text())["stateful_callbacks"]
+    assert stored["PowerCapCallback"]["attributes"]["cap_state"]["finder"]["chosen"] == finder.chosen
+
+    seen = []
+
+    class See(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(sim.limit_mw(sim.gpus[0]))
+
+    second = make_trainer(out, SeqData(8 * 60), num_train_epochs=2, max_steps=85,
+                          restore_callback_states_from_checkpoint=restore_flag)  # fmt: skip
+    second.data_collator = KneeCollator()
+    second.add_callback(See())
+    resumed = PowerCapCallback(watts="auto", max_slowdown=0.3)
+    attach(second, EnergyCallback(devices=["gpu"], summary=False, sample_interval_s=0.02), resumed)
+    second.train(resume_from_checkpoint=str(out / "checkpoint-60"))
+    resumed = next(
+        c for c in second.callback_handler.callbacks if isinstance(c, PowerCapCallback)
+    )  # HF may re-create it
+    assert resumed.run.finder.done and resumed.run.finder.steps_used == finder.steps_used  # no search
+    assert len(seen) == 25 and set(seen) == {chosen_mw}  # the choice, from the first step
+    assert sim.limit_mw(sim.gpus[0]) == 100_000

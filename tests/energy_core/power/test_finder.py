@@ -1,29 +1,49 @@
-"""The automatic power-cap search: its pure decisions, and the real CapFinder on table-driven boards.
+"""The automatic power-cap search: its pure decisions, its estimates, and the real CapFinder on table-driven boards.
 
-Everything runs in virtual time (no sleeping): the search's figures are exact, and no test
-depends on the machine's speed or load.
+Everything runs in virtual time (no sleeping): the figures are exact, and no test depends
+on the machine's speed or load. The busy-machine replay in real time is the benchmark's
+(benchmarks/cap_finder.py).
 """
 
 from __future__ import annotations
 
+import math
+import statistics
+
 import pytest
 
+from benchmarks.cap_finder import zeus_jobs
 from energy_core.devices import DeviceError
 from energy_core.power import PowerCapRun
-from energy_core.power.finder.search import CapSearch, Span, zeus_steps
-from tests.doubles.table_board import Disturbance, Profile, TableBoard, TableJob, run_search, shaped_profile
+from energy_core.power.finder.estimate import Estimate, Phase, trimmed_mean_and_spread
+from energy_core.power.finder.finder import Done, Measuring, Ready, Settling, Warmup
+from energy_core.power.finder.search import WAIT, CapSearch, Request, sweep_plan, zeus_steps
+from tests.doubles.table_board import Disturbance, Profile, TableBoard, TableJob, run_search
 
 CAPS = tuple(float(c) for c in range(300, 99, -25))  # a V100's or an A40's range on Zeus's grid
-JITTER = (-0.004, 0.002, 0.004, -0.002)  # small, known spreads between sub-windows
+WIGGLE = (-0.004, 0.002, 0.004, -0.002)  # small, known step-to-step noise
 
 
-def phase(seconds: float, joules: float, jitter: tuple[float, ...] = JITTER) -> list[Span]:
-    """A phase of four sub-windows of 3 steps around (seconds, joules) per step."""
-    return [Span(3, 3 * seconds * (1 + d), 3 * joules * (1 + d)) for d in jitter]
+def phase(rung: int, seconds: float, joules: float, steps: int = 8, wiggle: tuple[float, ...] = WIGGLE) -> Phase:
+    """A phase of ``steps`` steps around (seconds, joules) per step, in sub-windows of 2 steps."""
+    times = [seconds * (1 + wiggle[i % len(wiggle)]) for i in range(steps)]
+    return Phase(rung, times, 2, [joules * (times[i] + times[i + 1]) / seconds for i in range(0, steps, 2)])
 
 
 def table(name: str, seconds: tuple[float, ...], watts: tuple[float, ...]) -> Profile:
     return Profile(name, CAPS, seconds, tuple(s * w for s, w in zip(seconds, watts)))
+
+
+def drive(search: CapSearch, figures: dict[int, tuple[float, float]], steps_left: int = 400) -> list[Request]:
+    """Answer the search's requests from ``figures`` (rung -> (s, J) per step) until it chooses."""
+    asked = []
+    while (ask := search.next(steps_left)) is not None:
+        assert ask is not WAIT  # every phase comes with its energy here
+        asked.append(ask)
+        steps_left -= ask.steps + search.settle_steps
+        seconds, joules = figures[ask.rung]
+        search.add(phase(ask.rung, seconds, joules, ask.steps))
+    return asked
 
 
 # Issue 17's V100 ResNet-18 at 5%: 225 W measured 7.1% slower, 200-150 W within 2-4%.
@@ -46,71 +66,150 @@ A40_FLAT = table(
 )
 
 
-def drive(search: CapSearch, figures: dict[int, list[tuple[float, float]]], phases: int = 20) -> None:
-    """Answer the search's requests from ``figures``: rung -> its successive (s, J) per step."""
-    while (rung := search.next(phases_left=phases - len(search.history))) is not None:
-        seconds, joules = figures[rung].pop(0) if len(figures[rung]) > 1 else figures[rung][0]
-        search.add(rung, phase(seconds, joules))
+# ----------------------------------------------------------------------------- the estimates
+def test_a_late_wakeup_is_one_long_step_and_one_short_the_trimmed_mean_keeps_the_centre() -> None:
+    """The training thread wakes 30 ms late once: that step looks 30 ms long and the next,
+    the GPU having gone on, 30 ms short. The plain mean would hold; a rule that dropped only
+    slow steps would be 3.5% fast; the trimmed mean is exact."""
+    times = [0.1] * 20
+    times[7] += 0.03
+    times[8] -= 0.03
+    mean, spread = trimmed_mean_and_spread(times)
+    assert mean == pytest.approx(0.1) and spread == pytest.approx(0.0, abs=1e-12)
+    assert statistics.mean([t for t in times if t < 0.12]) == pytest.approx(0.1 - 0.03 / 19)
 
 
-# ----------------------------------------------------------------------------- the decisions
-def test_a_slow_cap_does_not_end_the_sweep() -> None:
-    """250 W 7.1% slower (limit 5%) while 200-150 W are within: the sweep goes on to the floor."""
-    seconds = (0.100, 0.101, 0.1071, 0.1010, 0.1031, 0.1022, 0.1019, 0.135, 0.190)
-    watts = (250, 250, 245, 222, 200, 176, 151, 126, 101)
-    search = CapSearch(9, max_slowdown=0.05, phases=10)
-    drive(search, {r: [(s, s * w)] for r, (s, w) in enumerate(zip(seconds, watts))})
-    assert search.coarse == [0, 2, 4, 6, 8]
-    assert search.history == [0, 2, 4, 6, 8, 7, 5, 0]  # coarse sweep, both sides of the best, rung 0 again
-    assert not search.within(2) and search.within(6) and not search.within(7)
-    assert search.chosen == 6  # 150 W: 38% less energy at +1.9% time
-    assert search.estimates[2].phases == 1  # too slow, and too costly in energy to matter
+def test_trimmed_spread_is_tukey_mclaughlin() -> None:
+    values = [float(v) for v in range(1, 11)]  # 20% cut: 3..8 kept; winsorized 3,3,3..8,8,8
+    mean, spread = trimmed_mean_and_spread(values)
+    winsorized = [3.0, 3.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 8.0, 8.0]
+    assert mean == 5.5
+    assert spread == pytest.approx(statistics.stdev(winsorized) / (0.6 * math.sqrt(10)))
 
 
-@pytest.mark.parametrize(
-    "again, chosen, history",
-    [
-        # pooled 1.0975, still straddling: rung 0 is measured again at once; then rung 3 (too
-        # slow, but with less energy than the best: a second look in case it was disturbed)
-        (1.096, 2, [0, 1, 2, 3, 4, 2, 0, 3]),
-        # pooled 1.1145 > 1.1 beyond the noise: too slow after all, rung 1 is kept (rung 0 is
-        # measured again last, as ever when the budget allows)
-        (1.13, 1, [0, 1, 2, 3, 4, 2, 0]),
-    ],
-)
-def test_a_time_straddling_the_limit_is_measured_again_once(again: float, chosen: int, history: list[int]) -> None:
-    search = CapSearch(5, max_slowdown=0.1, phases=12)
-    figures = {0: [(1.0, 10.0)], 1: [(1.02, 9.5)], 2: [(1.099, 8.0), (again, 8.0)], 3: [(1.3, 7.9)], 4: [(1.6, 8.5)]}
-    drive(search, figures)
-    assert search.straddles(2) or again > 1.1
-    assert search.history == history and search.chosen == chosen
-    assert search.estimates[2].phases == 2 and len(search.estimates[2].windows) == 8  # pooled
+def test_a_stalled_sub_window_is_left_out_of_the_energy() -> None:
+    """The GPU waits 0.2 s in the third sub-window (idle at 30 W): its energy is left out,
+    the rest gives the step's energy exactly."""
+    times = [0.1] * 8
+    times[5] += 0.2
+    joules = [2 * 25.0, 2 * 25.0, 2 * 25.0 + 0.2 * 30.0, 2 * 25.0]  # 250 W x 0.1 s per step
+    estimate = Estimate(1, resolution_s=0.0)
+    estimate.add(Phase(1, times, 2, joules))
+    assert estimate.left_out == 1
+    energy = estimate.energy
+    assert energy is not None and energy[0] == pytest.approx(25.0)
+
+
+def test_energy_spread_is_the_counters_resolution_at_each_end_of_a_span() -> None:
+    """Steady steps: the spread is the staleness of a reading (uniform over the 50 ms interval)
+    at both ends of the phase: 250 W x 0.05 s x sqrt(2 / 12) over 0.8 s of steps."""
+    estimate = Estimate(0, resolution_s=0.05)
+    estimate.add(Phase(0, [0.1] * 8, 2, [50.0] * 4))
+    assert estimate.energy == pytest.approx((25.0, 25.0 * 0.05 * math.sqrt(2 / 12) / 0.8))
 
 
 def test_a_disturbed_phase_is_set_aside() -> None:
-    """A noisy neighbour makes 275 W's first phase 30% slower: a lower cap ran within the
-    limit, so 275 W is measured again; the phases disagree and the slower is set aside."""
-    search = CapSearch(3, max_slowdown=0.1, phases=10)
-    drive(search, {0: [(1.0, 10.0)], 1: [(1.326, 8.8), (1.02, 8.0)], 2: [(1.08, 8.6)]})
-    assert search.history == [0, 1, 2, 1, 0]
-    estimate = search.estimates[1]
-    assert len(estimate.set_aside) == 1 and estimate.time[0] == pytest.approx(1.02)
+    estimate = Estimate(1)
+    estimate.add(phase(1, 1.3, 8.8))  # a noisy neighbour: 30% slower
+    estimate.add(phase(1, 1.0, 8.0))
+    assert len(estimate.set_aside) == 1 and estimate.time[0] == pytest.approx(1.0, rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- the decisions
+def test_the_sweep_goes_on_past_a_slow_cap_and_keeps_the_leanest_cap_within() -> None:
+    """Zeus's A40 ResNet-18 profile at 5%: 250 and 200 W run 13% slower, 225 and 175 W
+    within the limit between them; 175 W saves 25%."""
+    (a40,) = [j for j in zeus_jobs() if j.name == "A40 resnet18"]
+    figures = {r: (a40.seconds(c), a40.joules(c)) for r, c in enumerate(a40.caps)}
+    search = CapSearch(9, max_slowdown=0.05, sweep_steps=8)
+    asked = drive(search, figures)
+    assert [a.rung for a in asked[:7]] == [0, 1, 2, 3, 4, 5, 6]
+    assert asked[0].steps == 16 and all(a.steps == 8 for a in asked[1:7])
+    assert search.over(2) and search.within(3) and search.over(4) and search.within(5)
+    assert search.chosen == 5 and a40.caps[5] == 175.0
+
+
+def test_two_starved_caps_end_the_sweep() -> None:
+    """At 5%, 150 W is 13% slower and 125 W 43%: both over the limit by more than 5% again,
+    the second the slower: 100 W is not measured."""
+    seconds = (1.0, 1.01, 1.02, 1.03, 1.04, 1.05, 1.13, 1.43, 2.0)
+    figures = {r: (s, 10.0 - r) for r, s in enumerate(seconds)}
+    search = CapSearch(9, max_slowdown=0.05, sweep_steps=8)
+    drive(search, figures)
+    assert 8 not in search.estimates and 7 in search.estimates
+    assert "1 below a cap that starves the GPU not measured" in search.why
+
+
+def test_sweep_plan_fits_long_phases_over_fewer_rungs() -> None:
+    # 9 rungs of 8 steps: (9 + 1) x 8 + 8 x 2 = 96 <= 100
+    assert sweep_plan(9, room=100, steps=8, wanted=8, settle_steps=2) == (8, 1)
+    # 22-step phases fit over rungs 0, 4, 8 only: (3 + 1) x 22 + 2 x 2 = 92 <= 100
+    assert sweep_plan(9, room=100, steps=8, wanted=22, settle_steps=2) == (22, 4)
+    # not even two rungs: the budget's phases
+    assert sweep_plan(9, room=30, steps=6, wanted=40, settle_steps=2) == (6, 1)
+
+
+def test_a_straddling_cap_is_measured_again_with_the_steps_its_margin_needs() -> None:
+    """Rung 1 is 4.6% slower (limit 5%): within on its mean, not with 95% confidence. Its own
+    spread is the larger per step, so it is rung 1 that is measured again, for as many more
+    steps as bring the verdict's spread to margin / z (spreads fall as 1 / sqrt(steps))."""
+    search = CapSearch(2, max_slowdown=0.05, sweep_steps=8)
+    search.add(phase(0, 1.0, 10.0, 16))
+    search.add(phase(1, 1.046, 9.0, 8, wiggle=(-0.01, 0.01)))
+    verdict = search.verdict(1)
+    assert verdict.slowdown == pytest.approx(0.046, abs=1e-4) and 0.5 < verdict.within < 0.95
+    assert not search.within(1) and not search.over(1)
+    own = search.estimates[1].time[1] / search.estimates[1].time[0]
+    reference = search.estimates[0].time[1] / search.estimates[0].time[0]
+    allowed = (0.05 - verdict.slowdown) / search.z / (1 + verdict.slowdown)
+    expected = math.ceil(8 * (own**2 / (allowed**2 - reference**2) - 1))
+    assert expected > 8 and search.next(steps_left=400) == Request(1, expected)
+    assert search.next(steps_left=20) == Request(1, 18)  # as many as the budget allows (2 to settle)
+
+
+def test_a_cap_unlikely_to_be_within_is_not_measured_again() -> None:
+    search = CapSearch(2, max_slowdown=0.05, sweep_steps=8)
+    search.add(phase(0, 1.0, 10.0, 16))
+    search.add(phase(1, 1.056, 9.0, 8, wiggle=(-0.01, 0.01)))  # 5.6% slower: under 20% likely within
+    assert search.verdict(1).within < 0.2 and not search.over(1) and not search.within(1)
+    assert search.next(steps_left=400) is None and search.chosen == 0
+
+
+def test_a_saving_within_the_counters_resolution_keeps_the_limit_at_start() -> None:
+    """A40 ShuffleNet's 225 W: as fast as 300 W; measured 1% leaner over 0.8 s, when a reading
+    may be 50 ms stale at each end (a 2.6% spread): not a saving with 95% confidence."""
+    search = CapSearch(2, max_slowdown=0.05, sweep_steps=8, resolution_s=0.05)
+    search.add(Phase(0, [0.1] * 16, 4, [40.0] * 4))
+    search.add(Phase(1, [0.1] * 8, 2, [19.8] * 4))
+    verdict = search.verdict(1)
+    assert verdict.saving == pytest.approx(0.01) and verdict.saving_spread == pytest.approx(
+        0.99 * math.hypot(0.05 * math.sqrt(2 / 12) / 0.8, 0.05 * math.sqrt(2 / 12) / 1.6)
+    )
+    assert search.within(1) and not search.saves(1) and search.best() == 0
+
+
+def test_the_choice_comes_with_its_confidence() -> None:
+    search = CapSearch(3, max_slowdown=0.1, sweep_steps=8)
+    drive(search, {0: (1.0, 10.0), 1: (1.03, 8.0), 2: (1.4, 7.0)})
     assert search.chosen == 1
+    verdict = search.verdict(1)
+    assert verdict.saving == pytest.approx(0.2, abs=0.002) and verdict.within > 0.999
+    assert verdict.text(0.1).startswith("20.0% +- ") and "(within +10% with 100% confidence)" in verdict.text(0.1)
 
 
-def test_slow_sub_windows_are_left_out_and_the_cap_measured_again() -> None:
-    search = CapSearch(2, max_slowdown=0.1, phases=10)
-    search.add(0, phase(1.0, 10.0))
-    search.add(1, phase(1.05, 9.0, jitter=(0.0, 0.0, 0.3, 0.002)))  # one sub-window 30% slower
-    assert len(search.estimates[1].dropped) == 1
-    assert search.estimates[1].time[0] == pytest.approx(1.05 * (1 + 0.002 / 3))
-    assert search.next(phases_left=5) == 1
-
-
-def test_the_search_stops_when_the_phase_budget_is_spent() -> None:
-    search = CapSearch(9, max_slowdown=0.05, phases=10)
-    drive(search, {r: [(0.1 * (1 + 0.01 * r), 25.0 - r)] for r in range(9)}, phases=3)
-    assert search.history == [0, 2, 4] and search.chosen == 4 and "budget spent" in search.why
+def test_the_search_waits_for_energy_it_needs_and_stops_within_its_budget() -> None:
+    search = CapSearch(3, max_slowdown=0.1, sweep_steps=8)
+    search.add(Phase(0, [1.0] * 16, 4, None))  # energy not fixed yet: the sweep goes on
+    assert search.next(steps_left=100) == Request(1, 8)
+    search.add(Phase(1, [1.0] * 8, 2, None))
+    search.add(Phase(2, [1.5] * 8, 2, None))
+    assert search.next(steps_left=100) is WAIT  # the choice needs the energy
+    for rung, estimate in search.estimates.items():
+        estimate.kept[0].joules = [10.0 * len(w) * (1 - 0.1 * rung) for w in estimate.kept[0].windows]
+    assert search.next(steps_left=100) is None and search.chosen == 1
+    short = CapSearch(9, max_slowdown=0.1, sweep_steps=8)  # rung 0 (16 + 2), then 8 + 2 per rung
+    drive(short, {r: (1.0 + 0.01 * r, 10.0 - r) for r in range(9)}, steps_left=16 + 2 + 2 * 10 + 9)
+    assert sorted(short.estimates) == [0, 1, 2] and short.chosen == 2
 
 
 def test_zeus_steps_are_its_defaults_on_a_25_w_grid() -> None:
@@ -123,7 +222,7 @@ def job(profile: Profile, boards: int = 1, seed: int = 0, **kwargs: object) -> T
     return TableJob([TableBoard(profile, index=i) for i in range(boards)], seed=seed, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_the_issue_traps_no_longer_stop_the_search_uncapped(seed: int) -> None:
     v100 = run_search(job(V100_TRAP, seed=seed), max_slowdown=0.05)
     assert v100.chosen_w == 150.0 == V100_TRAP.best_within(0.05)  # 38.5% less energy at +1.9% time
@@ -132,6 +231,20 @@ def test_the_issue_traps_no_longer_stop_the_search_uncapped(seed: int) -> None:
     for result in (v100, a40):
         assert result.limit_at_end_w == result.chosen_w  # the cap kept is in force
         assert result.steps <= result.finder.budget == 149 < 450 / 3
+
+
+def test_on_zeus_profiles_it_saves_zeus_energy_in_11_of_12_in_a_third_of_the_steps() -> None:
+    """Zeus's twelve recorded profiles at 5%, in virtual time with 2% noise on each step's
+    time: the choice saves at least Zeus's energy less 1 point, within the limit."""
+    passed, ratios = 0, []
+    for zeus_job in zeus_jobs():
+        boards = [TableBoard(p, index=i) for i, p in enumerate(zeus_job.boards)]
+        result = run_search(TableJob(boards, seed=3), max_slowdown=0.05)
+        ours = (result.chosen_w or 0.0) / len(boards)
+        zeus = zeus_job.zeus_choice(0.05)
+        passed += zeus_job.slowdown(ours) <= 0.05 and zeus_job.saving(ours) >= zeus_job.saving(zeus) - 0.01
+        ratios.append(result.steps / zeus_job.zeus_steps())
+    assert passed >= 11 and max(ratios) <= 1 / 3
 
 
 def test_the_search_reaches_the_board_minimum() -> None:
@@ -149,56 +262,77 @@ def test_min_watts_is_the_floor_of_the_search() -> None:
 
 
 def test_a_noisy_neighbour_during_the_best_caps_phase() -> None:
-    """Steps 30% slower for 2 s, from just after 150 W is first set: its phase is measured again."""
+    """Steps 30% slower for 0.3 s in 150 W's phase (three of its eight steps): its time is
+    spread well beyond the other caps', so it is measured again; the disturbed steps end up
+    in the trimmed tails, and 150 W (1.9% slower) is kept."""
     quiet = run_search(job(V100_TRAP, seed=4), max_slowdown=0.05)
-    start = next(t for t, cap in quiet.job.limit_log if cap == 150.0) + 0.25
-    noisy = run_search(job(V100_TRAP, seed=4, disturbances=[Disturbance(start, start + 2.0, 1.3)]), max_slowdown=0.05)
+    start = next(t for t, cap in quiet.job.limit_log if cap == 150.0) + 0.3  # after the change's steps
+    noisy = run_search(job(V100_TRAP, seed=4, disturbances=[Disturbance(start, start + 0.3, 1.3)]), max_slowdown=0.05)
     rung = noisy.finder.fractions.index(0.5)
     estimate = noisy.finder.search.estimates[rung]
-    assert estimate.phases == 2 and (estimate.dropped or estimate.set_aside)
+    assert quiet.finder.search.estimates[rung].phases == 1 and estimate.phases >= 2
+    assert estimate.time[0] == pytest.approx(V100_TRAP.s_per_step[rung], rel=0.01)
     assert noisy.chosen_w == 150.0
-    row = next(r for r in noisy.finder.table() if r["cap_w"] == 150.0)
-    assert row["chosen"] and row["phases"] == 2 and row["slowdown"] < 0.05
 
 
-@pytest.mark.parametrize("low, high", [(100, 300), (100, 400), (200, 700), (40, 72)])
-def test_steps_stay_under_a_third_of_zeus(low: int, high: int) -> None:
-    profile = shaped_profile("board", low, high, 0.1, 0.9 * high, 1.0, 2.0, jitter=0.03, seed=low)
-    result = run_search(job(profile), max_slowdown=0.1)
-    assert result.finder.done and result.chosen_w is not None
-    assert 0 < result.steps <= result.finder.budget
-    assert 3 * result.steps < zeus_steps(high * 1000, low * 1000)
+def test_the_finder_goes_through_its_states_and_done_is_derived() -> None:
+    def state_after(steps: int) -> object:
+        return run_search(job(V100_TRAP), max_steps=steps, max_slowdown=0.05).finder.state
+
+    assert isinstance(state_after(0), Ready)
+    assert isinstance(state_after(1), Warmup)  # the first step starts the warm-up (5 steps)
+    measuring = state_after(6)
+    assert isinstance(measuring, Measuring) and measuring.request.rung == 0 and len(measuring.times) == 0
+    sweep = measuring.request.steps // 2
+    settling = state_after(6 + 2 * sweep)
+    assert isinstance(settling, Settling) and settling.request == Request(1, sweep)
+    finished = run_search(job(V100_TRAP), max_slowdown=0.05).finder
+    assert isinstance(finished.state, Done) and finished.done and finished.chosen == finished.state.chosen
 
 
-def test_a_slow_meter_makes_phases_dearer_but_not_the_search_longer() -> None:
-    result = run_search(job(V100_TRAP, sample_interval_s=0.45), max_slowdown=0.05)  # readings every ~4 steps
-    assert result.chosen_w == 150.0 and result.steps <= result.finder.budget
-
-
-def test_the_training_thread_does_an_integer_comparison_on_most_steps() -> None:
+def test_on_the_training_thread_a_clock_read_while_measuring_and_a_comparison_otherwise() -> None:
     table_job = job(V100_TRAP)
+    reads = []
+    clock = table_job.meter.clock
+    table_job.meter.clock = lambda: reads.append(1) or clock()  # type: ignore[method-assign]
     marks = []
     mark = table_job.meter.mark
     table_job.meter.mark = lambda: marks.append(1) or mark()  # type: ignore[method-assign]
     result = run_search(table_job, max_slowdown=0.05)
-    phases = len(result.finder.search.history)
-    assert len(marks) <= 2 + phases * (result.finder.windows + 1)  # warm-up, then each sub-window's ends
+    search = result.finder.search
+    measured = sum(e.steps + sum(len(p.times) for p in e.set_aside) for e in search.estimates.values())
+    phases = len(search.history)
+    assert len(marks) <= phases * 5  # a mark at each sub-window's end (4) and the phase's start
+    assert len(reads) <= measured + len(marks) + phases + 2  # a timestamp per measured step, no more
     changes = sum(len(b.sets) for b in table_job.boards) - 1  # registration at start, then the search
-    assert changes <= phases + 1 and len(marks) < result.steps / 2
+    assert changes <= phases + 1
 
 
-def test_summary_and_record_give_the_table_with_spreads_and_the_choice() -> None:
+def test_summary_and_record_give_the_table_with_spreads_the_choice_and_its_confidence() -> None:
     result = run_search(job(V100_TRAP), max_slowdown=0.05)
     rows = result.finder.table()
     assert [r["cap_w"] for r in rows] == sorted((r["cap_w"] for r in rows), reverse=True)
-    assert rows[0]["cap_w"] == 300.0 and rows[-1]["cap_w"] == 100.0
+    assert rows[0]["cap_w"] == 300.0 and rows[-1]["cap_w"] <= 125.0
     assert all(r["s_spread"] > 0 and r["j_spread"] > 0 for r in rows)
     choice = result.finder.choice()
     assert choice["cap_w"] == 150.0 and choice["zeus_steps"] == 450 and choice["steps"] <= 149
-    assert "least energy per step" in choice["why"]
+    assert "least energy per step" in choice["why"] and "within +5% with" in choice["confidence"]
     text = result.finder.summary()
-    assert text.startswith("Power-cap search chose 150 W (50% of the limit at start)")
-    assert "Zeus's defaults: 450" in text and "x     100" in text and "*     150" in text
+    assert text.startswith("Power-cap search chose 150 W (50% of the limit at start): ")
+    assert "Zeus's defaults: 450" in text and "*     150" in text
+
+
+def test_the_choice_is_kept_across_a_checkpoint() -> None:
+    first = run_search(job(V100_TRAP), max_slowdown=0.05)
+    saved = first.finder.state_dict()
+    resumed = run_search(job(V100_TRAP), max_slowdown=0.05, restore=saved)
+    assert resumed.finder.done and resumed.finder.chosen == first.finder.chosen and resumed.chosen_w == 150.0
+    assert resumed.limit_at_end_w == 150.0 and resumed.job.boards[0].sets == [300_000, 150_000, 300_000]
+    assert resumed.finder.table() == first.finder.table()  # the same measurements, for the record
+    assert "kept from the checkpoint" in resumed.finder.choice()["why"]
+    other = run_search(job(V100_TRAP), max_steps=0, min_watts=200, restore=saved, restored=False)
+    assert not other.finder.done  # another ladder: searched again
+    assert not run_search(job(V100_TRAP), max_steps=0, restore={"fractions": "x"}, restored=False).finder.done
 
 
 def test_training_that_ends_first_and_a_limit_that_fails() -> None:
@@ -219,6 +353,7 @@ def test_training_that_ends_first_and_a_limit_that_fails() -> None:
     result = run_search(failing, max_slowdown=0.05)  # nothing raises into the training loop
     assert result.finder.done and result.finder.chosen is None
     assert "setting a limit failed (NVML: GPU is lost)" in result.finder.summary()
+    assert board.current_mw == 300_000
 
 
 def test_nothing_to_search_when_the_floor_is_the_limit_at_start() -> None:

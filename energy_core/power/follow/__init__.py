@@ -1,0 +1,1 @@
+"""Grid following: the cap in force follows the grid's intensity (or the price) within the run's slowdown."""

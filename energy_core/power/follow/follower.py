@@ -1,0 +1,187 @@
+"""GridFollower: the cap in force follows the grid's intensity (or the price) over a run, within its slowdown.
+
+After the cap search, the finder's measurements are a curve: seconds and joules per step
+at each measured cap. Every few steps (when the adapter asks) the follower:
+
+1. books the stretch of steps since it last decided, at the cap that was in force: its
+   pace refines that cap's seconds per step (a trimmed mean over the stretches, once there
+   are `MIN_STRETCHES`), and the time booked against the run's allowance,
+   ``(1 + max_slowdown)`` x the seconds per step at the limit at start, is the steps at
+   each cap times its seconds at the upper end of their confidence interval (so that the
+   run stays within the slowdown when a measurement was a little fast);
+2. plans the rest of the run (`Plan.solve`, a few ms): the value of a step with which the
+   steps left fit in the time left with least emission, looking ahead at the intensity
+   the run knows (a series' coming values; a live source's latest value stands for the
+   future). It plans again at every decision: where two caps cost nearly the same at
+   that value (the optimum mixes them), a small change in a measured pace tips the choice
+   to the slower one, and only a fresh plan on the time booked so far brings the run
+   back within its allowance;
+3. answers the cap that minimises (intensity x joules - value) / seconds over the stretch
+   that follows (the cost is linear in the intensity: its mean over the stretch decides),
+   since a cap holds until the next decision, not for an instant as in the plan. The plan
+   keeps `RESERVE` stretch of time in hand for that coarseness and the steps' noise.
+
+It also watches the pace: when most of the last `WATCH` stretches run `CHANGE` slower or
+faster than the curve says at the cap in force, the workload has changed and the curve
+must be measured again (`GridFollower.changed`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from statistics import NormalDist
+from typing import Any
+
+from energy_core.carbon.factor import Factor
+from energy_core.power.finder.estimate import trimmed_mean_and_spread
+from energy_core.power.finder.search import CONFIDENCE
+from energy_core.power.follow.plan import Curve, Plan
+
+MIN_HORIZON = 1000  # steps planned ahead when the run's length is unknown
+MIN_STRETCHES = 8  # stretches at a cap before their pace replaces the search's figure
+MAX_STRETCHES = 400  # stretches kept per cap (the most recent)
+CHANGE = 0.10  # stretches this much slower or faster than the curve says: the workload has changed
+WATCH = 8  # stretches watched for a change of pace
+WATCH_AGREE = 6  # ... of which this many must agree
+RESERVE = 1  # stretches of time the plan keeps in hand
+LOOKS = 8  # intensity readings over the coming stretch
+
+
+class GridFollower:
+    """Chooses the cap in force, step after step, to minimise the run's CO2e (or cost) within its slowdown.
+
+    Args:
+        curve: Seconds (the upper end of their confidence interval) and joules per step at
+            each measured rung.
+        reference_s: Seconds per step at the limit at start (rung 0).
+        max_slowdown: Largest accepted rise of the whole run's time, e.g. 0.1 for 10%.
+        factor: The intensity (or price) over time.
+        total_steps: Optimizer steps in the whole run, if known (else the slowdown is kept
+            over a horizon as long as the run so far, at least `MIN_HORIZON` steps).
+        wall: Unix time, for the factor (a test may compress the day).
+        every: Steps between decisions (a cap holds this long).
+
+    Examples:
+        >>> from energy_core.carbon.factor import Fixed
+        >>> curve = Curve((0, 1, 2), (1.0, 1.05, 1.3), (10.0, 8.0, 7.5))
+        >>> follower = GridFollower(curve, 1.0, 0.2, Fixed(300.0, "given"), total_steps=1000, wall=lambda: 0.0)
+        >>> follower.decide(step=0, rung=0, now=0.0)   # a constant intensity: the leanest cap within 20%
+        1
+    """
+
+    def __init__(
+        self,
+        curve: Curve,
+        reference_s: float,
+        max_slowdown: float,
+        factor: Factor,
+        total_steps: float | None,
+        wall: Callable[[], float] = time.time,
+        every: int = 25,
+    ) -> None:
+        self.curve, self.reference_s, self.max_slowdown = curve, reference_s, max_slowdown
+        self.factor, self.wall, self.every = factor, wall, every
+        self.total_steps = total_steps if total_steps is not None and math.isfinite(total_steps) else None
+        self.booked = (0.0, 0)  # (seconds, steps) before following: the search's, a checkpoint's
+        self.plan: Plan | None = None
+        self.intensity = math.nan
+        self.z = NormalDist().inv_cdf(CONFIDENCE)
+        self._searched = dict(zip(curve.rungs, curve.seconds))
+        self._steps = dict.fromkeys(curve.rungs, 0)  # steps followed at each rung
+        self._stretches: dict[int, deque[float]] = {r: deque(maxlen=MAX_STRETCHES) for r in curve.rungs}
+        self._last: tuple[int, float] | None = None  # (step, clock) of the last decision
+        self._paces: deque[float] = deque(maxlen=WATCH)
+
+    def seconds(self, rung: int) -> float:
+        """Seconds per step at ``rung``: its stretches' trimmed mean plus ``z`` spreads once it has
+        `MIN_STRETCHES` of them, else the search's figure."""
+        stretches = self._stretches[rung]
+        if len(stretches) < MIN_STRETCHES:
+            return self._searched[rung]
+        mean, spread = trimmed_mean_and_spread(list(stretches))
+        return mean if rung == self.curve.rungs[0] else mean + self.z * spread
+
+    @property
+    def reference(self) -> float:
+        """Seconds per step at the limit at start: the search's, or its stretches' once they are many."""
+        first = self.curve.rungs[0]
+        return self.seconds(first) if len(self._stretches[first]) >= MIN_STRETCHES else self.reference_s
+
+    def spent(self) -> tuple[float, int]:
+        """(seconds, steps) of the run so far, as booked."""
+        seconds = self.booked[0] + sum(n * self.seconds(r) for r, n in self._steps.items())
+        return seconds, self.booked[1] + sum(self._steps.values())
+
+    @property
+    def excess_s(self) -> float:
+        """Seconds booked beyond the allowance so far (negative: time in hand)."""
+        seconds, steps = self.spent()
+        return seconds - (1 + self.max_slowdown) * self.reference * steps
+
+    def book(self, seconds: float, steps: int, since: tuple[int, float]) -> None:
+        """Add steps taken before following and the seconds they took (the search's, or a
+        checkpoint's); the first stretch runs from ``since`` (step, meter clock)."""
+        self.booked = (self.booked[0] + seconds, self.booked[1] + steps)
+        self._last = since
+
+    def decide(self, step: int, rung: int, now: float) -> int:
+        """The rung to put in force for the next steps.
+
+        Args:
+            step: The optimizer steps done so far in the run.
+            rung: The rung in force since the last decision.
+            now: The meter's clock (seconds), to time the stretch.
+        """
+        if self._last is not None and rung in self._steps and step > self._last[0]:
+            steps = step - self._last[0]
+            pace = (now - self._last[1]) / steps
+            self._paces.append(pace / self.seconds(rung))
+            self._stretches[rung].append(pace)
+            self._steps[rung] += steps
+        wall = self.wall()
+        self.intensity = self.factor.peek(wall).value
+        self._replan(step)
+        assert self.plan is not None
+        self._last = (step, now)
+        ahead = self._stretch_s()
+        coming = sum(self.factor.peek(wall + ahead * (i + 0.5) / LOOKS).value for i in range(LOOKS)) / LOOKS
+        return self.plan.rung(self._curve(), coming)
+
+    def _stretch_s(self) -> float:
+        """Seconds until the next decision, at the pace the run is allowed."""
+        return self.every * (1 + self.max_slowdown) * self.reference
+
+    def _curve(self) -> Curve:
+        return Curve(self.curve.rungs, tuple(self.seconds(r) for r in self.curve.rungs), self.curve.joules)
+
+    def _replan(self, step: int) -> None:
+        left = self.total_steps - step if self.total_steps is not None else max(step, MIN_HORIZON)
+        left = max(left, 1.0)
+        allowance = left * (1 + self.max_slowdown) * self.reference - self.excess_s - RESERVE * self._stretch_s()
+        self.plan = Plan.solve(self._curve(), lambda when: self.factor.peek(when).value, self.wall(), left, allowance)
+
+    def changed(self) -> bool:
+        """Whether most recent stretches ran `CHANGE` off the curve's pace (the workload changed)."""
+        if len(self._paces) < WATCH:
+            return False
+        slow = sum(p > 1 + CHANGE for p in self._paces)
+        fast = sum(p < 1 - CHANGE for p in self._paces)
+        return max(slow, fast) >= WATCH_AGREE
+
+    def slowdown(self) -> float:
+        """The run's slowdown so far, as booked, against the limit at start."""
+        seconds, steps = self.spent()
+        return 0.0 if not steps else seconds / (steps * self.reference) - 1
+
+    def state_dict(self) -> dict[str, Any]:
+        seconds, steps = self.spent()
+        return {"seconds": seconds, "steps": steps}
+
+    def load_state_dict(self, state: dict[str, Any], since: tuple[int, float]) -> None:
+        """Continue from a checkpoint: the steps and seconds booked before it (the stretches
+        start afresh, the first from ``since``)."""
+        self.booked = (0.0, 0)
+        self.book(float(state.get("seconds", 0.0)), int(state.get("steps", 0)), since)

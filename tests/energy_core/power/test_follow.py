@@ -1,0 +1,365 @@
+"""Grid following: the Lagrangian plan, the follower's bookkeeping, and a real PowerCapRun on table boards.
+
+The plan and the follower are pure: their figures are checked against an independent
+step-by-step replay of the same curve and intensity. The end-to-end runs drive a real
+`PowerCapRun(watts="auto", follow=...)` on Zeus's recorded profiles in virtual time
+(`TableJob`), so that nothing depends on the machine's speed or load.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from benchmarks.cap_finder import Job, zeus_jobs
+from energy_core.accounting.ranks import Ranks
+from energy_core.carbon.factor import Fixed, Series
+from energy_core.power import PowerCapRun
+from energy_core.power.follow.follower import CHANGE, MIN_STRETCHES, WATCH, GridFollower
+from energy_core.power.follow.plan import Curve, Plan
+from tests.doubles.table_board import CapRunResult, Disturbance, TableBoard, TableJob, run_capped
+
+# Three caps: the limit at start, a little slower and leaner, much slower and leanest.
+CURVE = Curve((0, 1, 2), (1.0, 1.1, 1.5), (300.0, 240.0, 200.0))
+
+
+def replay(curve: Curve, intensity: Callable[[float], float], steps: int, rung_of: Callable[[float], int]):
+    """(seconds, emission) of ``steps`` steps, one at a time, each at the rung chosen at its start."""
+    t = emitted = 0.0
+    for _ in range(steps):
+        rung = rung_of(t)
+        seconds, joules = curve.seconds[rung], curve.joules[rung]
+        emitted += intensity(t + seconds / 2) * joules
+        t += seconds
+    return t, emitted
+
+
+def dirty_then_clean(switch_s: float, dirty: float = 500.0, clean: float = 100.0) -> Callable[[float], float]:
+    return lambda t: dirty if t < switch_s else clean
+
+
+def series_file(path: Path, start: float, step_s: float, values: list[float]) -> Path:
+    """A ``carbon_intensity_series`` CSV: ``values`` every ``step_s`` seconds from unix time ``start``."""
+    rows = [f"{datetime.fromtimestamp(start + i * step_s, timezone.utc).isoformat()},{v}" for i, v in enumerate(values)]
+    path.write_text("datetime,value\n" + "\n".join(rows) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- the plan
+@pytest.mark.parametrize(("slowdown", "rung"), [(0.0001, 0), (0.1, 1), (0.3, 1), (0.5, 2), (2.0, 2)])
+def test_a_constant_intensity_keeps_the_leanest_cap_within_the_slowdown(slowdown: float, rung: int) -> None:
+    plan = Plan.solve(CURVE, lambda t: 300.0, 0.0, 1000, (1 + slowdown) * 1000)
+    assert plan.rung(CURVE, 300.0) == rung
+    assert plan.seconds <= (1 + slowdown) * 1000 * (1 + 1e-9)
+    assert plan.emission == pytest.approx(300.0 * 1000 * CURVE.joules[rung], rel=1e-6)
+
+
+def test_when_the_grid_gets_clean_the_plan_runs_lean_while_dirty_and_fast_while_clean() -> None:
+    """1000 steps in 1100 s, 500 g/kWh for the first 600 s then 100: the plan beats every
+    static cap and every pair (a cap while dirty, a cap while clean) that keeps the time,
+    replayed step by step."""
+    steps, allowed = 1000, 1100.0
+    grid = dirty_then_clean(600.0)
+    plan = Plan.solve(CURVE, grid, 0.0, steps, allowed)
+    dirty_rung, clean_rung = plan.rung(CURVE, 500.0), plan.rung(CURVE, 100.0)
+    assert CURVE.joules[dirty_rung] < CURVE.joules[clean_rung]  # leaner while dirty
+    seconds, emitted = replay(CURVE, grid, steps, lambda t: plan.rung(CURVE, grid(t)))
+    assert seconds <= allowed * 1.002  # the replay's steps straddle the plan's slices
+    assert emitted == pytest.approx(plan.emission, rel=0.01)
+    pairs = [
+        replay(CURVE, grid, steps, lambda t, a=a, b=b: a if t < 600.0 else b)
+        for a, b in itertools.product(CURVE.rungs, repeat=2)
+    ]
+    feasible = [e for s, e in pairs if s <= allowed]
+    statics = [replay(CURVE, grid, steps, lambda t, r=r: r) for r in CURVE.rungs]
+    best_static = min(e for s, e in statics if s <= allowed)
+    assert emitted <= min(feasible) * 1.001
+    assert emitted < best_static * 0.97
+
+
+def test_when_the_grid_gets_dirty_the_plan_finishes_early() -> None:
+    """Clean first, dirty later: the run goes fast while clean, emitting less than at the
+    leanest cap that keeps the time."""
+    steps, allowed = 1000, 1500.0
+    grid = dirty_then_clean(900.0, dirty=100.0, clean=600.0)  # 100 until 900 s, then 600
+    plan = Plan.solve(CURVE, grid, 0.0, steps, allowed)
+    assert plan.rung(CURVE, 100.0) == 0
+    # 900 steps at the limit while clean, then the last 100 at the leanest cap: 27 + 12 (x 1e6)
+    assert plan.emission == pytest.approx(900 * 300 * 100 + 100 * 200 * 600, rel=0.002)
+    _, leanest = replay(CURVE, grid, steps, lambda t: 2)
+    assert plan.emission < leanest * 0.66
+
+
+def test_a_deadline_no_cap_keeps_runs_the_fastest() -> None:
+    plan = Plan.solve(CURVE, lambda t: 300.0, 0.0, 1000, 900.0)
+    assert plan.mu == math.inf and plan.rung(CURVE, 300.0) == 0 and plan.seconds == pytest.approx(1000.0)
+
+
+@pytest.mark.parametrize(
+    ("rungs", "seconds", "joules"),
+    [((), (), ()), ((0, 1), (1.0,), (1.0, 2.0)), ((0,), (0.0,), (1.0,)), ((0,), (1.0,), (-1.0,))],
+)
+def test_a_curve_without_a_time_and_energy_per_rung_is_refused(rungs, seconds, joules) -> None:
+    with pytest.raises(ValueError, match="curve"):
+        Curve(rungs, seconds, joules)
+
+
+# ----------------------------------------------------------------------------- the follower
+def test_the_follower_books_each_stretch_and_keeps_the_whole_run_within_the_slowdown(tmp_path: Path) -> None:
+    """A follower driven by a replay of the curve: the run's time stays within 10% of the
+    limit at start and the intensity steers the caps."""
+    clock = [0.0]
+    factor = Series(series_file(tmp_path / "i.csv", 0.0, 300.0, [500, 100, 500, 100]), "series", "g/kWh")
+    follower = GridFollower(CURVE, 1.0, 0.1, factor, total_steps=1200, wall=lambda: clock[0])
+    rung, used = 0, []
+    for step in range(0, 1200, 25):
+        rung = follower.decide(step, rung, clock[0])
+        used.append((factor.peek(clock[0]).value, rung))
+        clock[0] += 25 * CURVE.seconds[rung]
+    follower.decide(1200, rung, clock[0])
+    assert clock[0] <= 1.1 * 1200 * (1 + 0.01)
+    assert follower.slowdown() == pytest.approx(clock[0] / 1200 - 1, abs=1e-9)
+    clean = [CURVE.joules[r] for v, r in used if v == 100]
+    dirty = [CURVE.joules[r] for v, r in used if v == 500]
+    assert sum(dirty) / len(dirty) < sum(clean) / len(clean) - 20  # leaner while dirty
+
+
+def test_the_search_booked_first_leaves_less_time_to_spend() -> None:
+    """1000 steps within 20%, less `RESERVE` stretch in hand: 1170 s. Fresh, 1.1 s per step
+    fits; after a search of 100 steps that took 185 s, 900 steps have 985 s: under 1.1 s per step."""
+    fresh = GridFollower(CURVE, 1.0, 0.2, Fixed(300.0, "given"), total_steps=1000, wall=lambda: 0.0)
+    booked = GridFollower(CURVE, 1.0, 0.2, Fixed(300.0, "given"), total_steps=1000, wall=lambda: 0.0)
+    booked.book(seconds=185.0, steps=100, since=(100, 0.0))
+    assert fresh.decide(0, 0, 0.0) == 1
+    assert booked.decide(100, 0, 0.0) == 0
+    assert booked.excess_s == pytest.approx(185.0 - 120.0)
+    assert booked.decide(125, 0, 25.0) == 0 and booked.spent() == (210.0, 125)  # the first stretch is booked
+
+
+def test_a_change_of_pace_is_a_changed_workload() -> None:
+    """`WATCH` stretches `CHANGE` x 1.5 slower than the curve says: search again; a pace
+    within noise is not a change."""
+    for factor, changed in ((1 + 1.5 * CHANGE, True), (1 + CHANGE / 3, False)):
+        follower = GridFollower(CURVE, 1.0, 0.1, Fixed(300.0, "given"), total_steps=None, wall=lambda: 0.0)
+        now, rung = 0.0, 0
+        for i in range(WATCH + 1):
+            rung = follower.decide(i * 25, rung, now)
+            now += 25 * CURVE.seconds[rung] * factor
+        assert follower.changed() is changed
+
+
+def test_measured_stretches_replace_the_search_figure() -> None:
+    follower = GridFollower(CURVE, 1.0, 5.0, Fixed(300.0, "given"), total_steps=None, wall=lambda: 0.0)
+    now = 0.0
+    for i in range(MIN_STRETCHES + 1):
+        assert follower.decide(i * 10, 2, now) == 2
+        now += 10 * 1.6  # rung 2 runs at 1.6 s per step, not the search's 1.5
+    assert follower.seconds(2) == pytest.approx(1.6, rel=1e-6)
+    assert follower.state_dict() == {"seconds": pytest.approx(10 * MIN_STRETCHES * 1.6), "steps": 10 * MIN_STRETCHES}
+
+
+# ----------------------------------------------------------------------------- arguments
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"watts": 200, "follow": "carbon"}, "follow='carbon' needs watts='auto'"),
+        ({"watts": "auto", "follow": "price"}, "follow must be one of"),
+        ({"watts": "auto", "follow": True}, "follow"),
+        ({"watts": "auto", "carbon_intensity_series": "i.csv"}, "carbon_intensity_series .* only with follow='carbon'"),
+        ({"watts": "auto", "follow": "cost", "electricity_maps_zone": "X"}, "electricity_maps_zone .* follow='carbon'"),
+        ({"watts": "auto", "follow": "carbon", "price_per_kwh": 0.2}, "price_per_kwh .* only with follow='cost'"),
+    ],
+)  # fmt: skip
+def test_follow_arguments_are_checked_at_construction(kwargs: dict, message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        PowerCapRun(**kwargs)
+
+
+# ----------------------------------------------------------------------------- end to end
+def bert() -> Job:
+    return next(j for j in zeus_jobs() if j.name == "V100 bert-base-uncased")
+
+
+def test_follow_carbon_on_a_recorded_profile_emits_less_than_the_best_static_cap(tmp_path: Path) -> None:
+    """V100 BERT (Zeus's profile), 3000 steps, dirty (500 g/kWh) for the first half of the
+    time at the limit at start, then clean (100): following emits less than the best static
+    cap within 10% (both read from the table), stays within 10%, logs and records every
+    change, and puts the limit at start back."""
+    job, steps, slowdown = bert(), 3000, 0.1
+    t0 = job.seconds(job.caps[0])
+    half = steps * t0 / 2
+    table = TableJob([TableBoard(p) for p in job.boards], seed=1, sample_interval_s=t0 / 5)
+    origin = datetime.now(timezone.utc).timestamp()
+    series = series_file(tmp_path / "intensity.csv", origin - 3600, 3600 + half, [500, 100, 100])
+    result = run_capped(table, steps, max_slowdown=slowdown, follow="carbon", carbon_intensity_series=series)
+
+    grid = dirty_then_clean(half)
+    ours_t = sum(job.seconds(s.cap_w) for s in result.steps)
+    ours = sum(job.joules(s.cap_w) * grid((s.start + s.end) / 2) for s in result.steps)
+    statics = []
+    for cap in job.caps:
+        t, emitted = 0.0, 0.0
+        for _ in range(steps):
+            emitted += job.joules(cap) * grid(t + job.seconds(cap) / 2)
+            t += job.seconds(cap)
+        statics.append((t, emitted))
+    best_static = min(e for t, e in statics if t <= (1 + slowdown) * steps * t0)
+    assert ours_t <= (1 + slowdown) * steps * t0
+    assert ours < best_static * 0.99
+    assert len({s.cap_w for s in result.steps[steps // 10 :]}) >= 2  # the cap moved with the grid
+    assert result.run.limits is not None and not result.run.limits.capped
+    assert all(b.current_mw == b.limits().max_mw for b in table.boards)  # the limit at start is back
+    assert any("Followed the grid intensity" in n.text for n in result.notices)
+
+
+def test_follow_cost_with_a_fixed_price_spends_the_slowdown_on_the_leanest_caps(tmp_path: Path) -> None:
+    """A fixed price: nothing to follow; the cap spends the slowdown over the whole run on
+    the leanest caps (mixing two where the best static cap leaves time unused), and says so."""
+    job, steps, slowdown = bert(), 1500, 0.2
+    t0 = job.seconds(job.caps[0])
+    table = TableJob([TableBoard(p) for p in job.boards], seed=2, sample_interval_s=t0 / 5)
+    result = run_capped(table, steps, max_slowdown=slowdown, follow="cost", price_per_kwh=0.25)
+    assert any(n.level == "info" and "price is fixed" in n.text for n in result.notices)
+    seconds = sum(job.seconds(s.cap_w) for s in result.steps)
+    saving = 1 - sum(job.joules(s.cap_w) for s in result.steps) / (steps * job.joules(job.caps[0]))
+    best_static = max(job.saving(c) for c in job.caps if job.slowdown(c) <= slowdown)
+    assert seconds <= (1 + slowdown) * steps * t0
+    assert saving >= best_static - 0.01
+
+
+def test_follow_without_an_intensity_keeps_the_search_choice(tmp_path: Path) -> None:
+    job = bert()
+    table = TableJob([TableBoard(p) for p in job.boards], seed=3, sample_interval_s=job.seconds(job.caps[0]) / 5)
+    result = run_capped(table, 400, max_slowdown=0.1, follow="cost")
+    assert [n.level for n in result.notices if "needs a price" in n.text] == ["warn"]
+    assert result.run.follower is None
+
+
+def test_a_resumed_run_keeps_the_search_and_the_time_booked(tmp_path: Path) -> None:
+    """`PowerCapRun.state_dict` after a followed run, loaded into a new run: no search (the
+    checkpoint's choice is in force from the first step), and the follower starts from the
+    seconds and steps booked before the checkpoint."""
+    job, slowdown = bert(), 0.1
+    t0 = job.seconds(job.caps[0])
+    table = TableJob([TableBoard(p) for p in job.boards], seed=4, sample_interval_s=t0 / 5)
+    first = run_capped(table, 600, total_steps=1200, max_slowdown=slowdown, follow="cost", price_per_kwh=0.3)
+    state = first.run.state_dict()
+    # every step timed: all but the first, which ends before the search's clock starts
+    assert state["finder"]["chosen"] == first.run.finder.chosen and state["follower"]["steps"] == 599
+
+    table = TableJob([TableBoard(p) for p in job.boards], seed=5, sample_interval_s=t0 / 5)
+    second = run_capped(
+        table, 100, total_steps=600, state=state, max_slowdown=slowdown, follow="cost", price_per_kwh=0.3
+    )
+    chosen_w = first.run.finder.cap_w(first.run.finder.chosen)
+    assert second.steps[1].cap_w == chosen_w  # in force from the first step: not searched again
+    assert any("kept (" in n.text for n in second.notices) and not any("Searching" in n.text for n in second.notices)
+    assert second.run.follower is not None and second.run.follower.booked[1] == 599
+
+
+def test_a_changed_workload_is_searched_again_and_its_time_still_counts(tmp_path: Path) -> None:
+    """From a third of the run on, every step takes 30% longer (the workload changed): the
+    pace leaves the curve, every node searches again, and the new follower carries the
+    time booked before (the steps it has booked are all the steps timed)."""
+    job, steps = bert(), 1500
+    t0 = job.seconds(job.caps[0])
+    slower = Disturbance(start_s=steps * t0 / 3, end_s=1e9, factor=1.3)
+    table = TableJob([TableBoard(p) for p in job.boards], seed=6, sample_interval_s=t0 / 5, disturbances=[slower])
+    result = run_capped(table, steps, max_slowdown=0.1, follow="cost", price_per_kwh=0.3)
+    texts = [n.text for n in result.notices]
+    assert sum("Searching for the power cap" in t for t in texts) == 2
+    assert sum("the power-cap search runs again" in t for t in texts) == 1
+    follower = result.run.follower
+    assert follower is not None and follower.spent()[1] >= steps - 2 * 25  # all but the last stretch or two
+
+
+def test_finishing_early_at_a_cap_both_faster_and_leaner_beats_a_mix_that_uses_all_the_time() -> None:
+    """Zeus's A40 ResNet-18 (caps 300, 175, 150 W): 175 W is faster than the limit at start
+    and uses least energy per step; 150 W draws less power but more energy per step. The
+    plan must look past the least value of a step that keeps the deadline (a mix of 175
+    and 150 W filling the time) to the 175 W run that finishes early and emits least."""
+    curve = Curve((0, 1, 2), (0.2304, 0.2253, 0.2656), (51.34, 38.38, 39.91))
+    grid = dirty_then_clean(400.0, dirty=300.0, clean=250.0)
+    steps = 6000
+    plan = Plan.solve(curve, grid, 0.0, steps, 1.05 * steps * 0.2304)
+    _, only_175 = replay(curve, grid, steps, lambda t: 1)
+    assert plan.rung(curve, 300.0) == plan.rung(curve, 250.0) == 1
+    assert plan.emission == pytest.approx(only_175, rel=0.002)
+
+
+class Collectives:
+    """Two ranks in threads: an element-wise sum every rank reaches (a barrier on each side)."""
+
+    def __init__(self, world: int) -> None:
+        self.barrier = threading.Barrier(world, timeout=20)
+        self.slots: list[list[float]] = [[] for _ in range(world)]
+        self.calls = [0] * world
+
+    def ranks(self, rank: int) -> Ranks:
+        world = len(self.slots)
+
+        def total(values: list[float]) -> list[float]:
+            self.calls[rank] += 1
+            self.slots[rank] = values
+            self.barrier.wait()
+            summed = [sum(column) for column in zip(*self.slots)]
+            self.barrier.wait()
+            return summed
+
+        return Ranks(
+            rank=rank, local_rank=rank, world_size=world, sum=total, any=lambda flag: total([float(flag)])[0] > 0
+        )
+
+
+def two_ranks(tmp_path: Path, steps: int, second_series: bool) -> tuple[CapRunResult, list, Collectives]:
+    """Rank 0 leads the node and caps its board; rank 1 shares the node (no board of its own),
+    each in its own thread with the same steps; both follow the same series (or rank 1 has none)."""
+    job = bert()
+    t0 = job.seconds(job.caps[0])
+    table = TableJob([TableBoard(p) for p in job.boards], seed=7, sample_interval_s=t0 / 5)
+    series = series_file(tmp_path / "i.csv", datetime.now(timezone.utc).timestamp() - 3600, 3600 + steps * t0 / 2,
+                         [500, 100, 100])  # fmt: skip
+    collectives = Collectives(2)
+    second: list = []
+
+    def rank_one() -> None:
+        grid = {"carbon_intensity_series": series} if second_series else {}
+        run = PowerCapRun(watts="auto", max_slowdown=0.1, follow="carbon", **grid)
+        notices = run.begin(collectives.ranks(1), None, steps)
+        for step in range(1, steps + 1):
+            metrics, said = run.step(step)
+            second.append(metrics)
+            notices += said
+        second.append(notices + run.finish())
+
+    thread = threading.Thread(target=rank_one)
+    thread.start()
+    first = run_capped(
+        table, steps, ranks=collectives.ranks(0), max_slowdown=0.1, follow="carbon", carbon_intensity_series=series
+    )
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    return first, second, collectives
+
+
+def test_every_rank_reaches_the_same_decisions(tmp_path: Path) -> None:
+    """A node's second rank takes part in every decision (the same collectives at the same
+    steps) and changes nothing; the leader follows the grid."""
+    first, second, collectives = two_ranks(tmp_path, 1200, second_series=True)
+    assert collectives.calls[0] == collectives.calls[1] >= 1200 // 25
+    assert first.run.follower is not None and len({s.cap_w for s in first.steps[200:]}) >= 2
+    assert all(metrics == {} for metrics in second[:-1])  # no board, no change, nothing logged
+
+
+def test_a_rank_without_the_intensity_means_no_rank_follows(tmp_path: Path) -> None:
+    first, second, collectives = two_ranks(tmp_path, 300, second_series=False)
+    assert collectives.calls[0] == collectives.calls[1]
+    assert first.run.follower is None  # the leader has the intensity, but not every rank: the search's choice stays
+    assert [n.level for n in first.notices if "another rank has no grid intensity" in n.text] == ["warn"]
+    assert [n.level for n in second[-1] if "follow='carbon' needs" in n.text] == ["warn"]

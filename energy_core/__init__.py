@@ -21,6 +21,7 @@ from energy_core.accounting.figures import RunTotals
 from energy_core.accounting.ranks import Ranks, torch_distributed
 from energy_core.budget.rule import BudgetRule
 from energy_core.carbon.location import CarbonIntensity, co2e_kg, resolve_intensity
+from energy_core.integration.fabric import fabric_ranks
 from energy_core.integration.loop import EnergyLoop
 from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
@@ -51,6 +52,7 @@ __all__ = [
     "TimeShiftPlan",
     "TimeShiftRun",
     "co2e_kg",
+    "fabric_ranks",
     "plan_time_shift",
     "read_runs",
     "resolve_intensity",

@@ -35,7 +35,7 @@ from typing_extensions import Unpack
 
 from energy_core.accounting.accounts import Accounts
 from energy_core.accounting.figures import STAGES, RunTotals, WindowFigures
-from energy_core.accounting.ranks import JobSums, Ranks
+from energy_core.accounting.ranks import JobSums, Ranks, job_gpus
 from energy_core.accounting.stages import StageRun, Stages
 from energy_core.accounting.window import Window
 from energy_core.carbon.charges import Charges
@@ -89,6 +89,8 @@ class EnergyTracker:
         )
         self.record = RunRecord(self.options.record_path) if self.options.record_path else None
         self.ranks = Ranks()
+        self._gpus: list[str] | None = None  # the job's GPU names, once a fit has started
+        self._ended: RunTotals | None = None  # the job's totals at the last fit's end, in a multi-process job
         self._start_notices: list[Notice] | None = location_notices  # shown once, at the first start
         self._notices: list[Notice] = []  # found while measuring, for the adapters to show
         self._said_unresolved = False
@@ -152,6 +154,8 @@ class EnergyTracker:
         if self.fitting:
             return []
         notices = self._open()
+        self._name_gpus()
+        self._ended = None
         if resumed and not self._accounts.loaded:
             text = "Resumed from a checkpoint without energy state: the energy and CO2e totals restart at zero."
             notices.append(Notice("warn", text))
@@ -162,6 +166,21 @@ class EnergyTracker:
         carried = self._accounts.resumed
         self._new_run(notices, resumed_from=carried.to_state() if carried.energy_j else None)
         return notices
+
+    def _name_gpus(self) -> None:
+        """Each GPU this process measures under its name in the job (`job_gpus`: a sum over the
+        ranks in a job), the name its power is logged and recorded under."""
+        mine = [s for s in self.meter.sources if s.info.kind == "gpu"]
+        names, self._gpus = job_gpus(self.ranks, [s.info.name for s in mine])
+        for source in mine:
+            source.info = dataclasses.replace(source.info, name=names[source.info.name])
+
+    @property
+    def gpu_names(self) -> list[str]:
+        """The names of the job's GPUs (``power/<name>_w``): every rank's, once a fit has started."""
+        if self._gpus is not None:
+            return list(self._gpus)
+        return [s.info.name for s in self.meter.sources if s.info.kind == "gpu"]
 
     def _new_run(self, notices: list[Notice], **fields: Any) -> None:
         """A new run in the record: its id and its header (a collective in a job: every rank's devices)."""
@@ -193,7 +212,9 @@ class EnergyTracker:
         job = self._sum(end, self._window.work(), self._read(end))
         metrics = {**self._cumulative(job.totals), **self._record_stages(settled)}
         # Fold this run into the resumed totals: a later fit of this tracker continues them.
-        self._continue(self._kept(job.totals, end), own_share=not self.ranks.distributed or self.ranks.leads_job)
+        kept = self._kept(job.totals, end)
+        self._continue(kept, own_share=not self.ranks.distributed or self.ranks.leads_job)
+        self._ended = kept if self.ranks.distributed else None  # every rank's summary: the job's
         self._accounts.end()
         self._window = Window(None, step)
         fields = self.summary_fields(metrics)
@@ -431,7 +452,7 @@ class EnergyTracker:
         end_j, end_bound = reading
         stages = self._stages
         local = self._accounts.local(end, end_j, open_work, stages.live_j, end_bound, stages.live_err)
-        sums = self._accounts.sum(self.ranks, local, figures, epoch_j, epoch_err)
+        sums = self._accounts.sum(self.ranks, local, figures, epoch_j, self._gpus or (), epoch_err)
         distributed = self.ranks.distributed
         self._stages.set_job(
             sums.totals.stage_j if distributed else None, sums.totals.stage_err if distributed else None
@@ -446,7 +467,7 @@ class EnergyTracker:
         if self.ranks.distributed and self._accounts.job is not None:
             return self._accounts.job
         if not self.fitting:
-            return self._accounts.resumed
+            return self._ended or self._accounts.resumed
         return self._local(end or self.meter.mark(), open_work or self._window.counted())
 
     def _cumulative(self, totals: RunTotals) -> dict[str, float]:
@@ -580,5 +601,6 @@ class EnergyTracker:
 
     def _continue(self, totals: RunTotals, own_share: bool) -> None:
         """Carry ``totals`` (the job's) on: this process's share of them, the stages' too."""
+        self._ended = None
         carried = self._accounts.load(totals, own_share, self.factors.per_kwh(time.time())[0])
         self._stages.fold(carried.stage_j, carried.stage_err)

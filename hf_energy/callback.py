@@ -20,7 +20,7 @@ from energy_core.integration import (
     checks,
     scalar_losses,
 )
-from hf_energy.framework import emit, ranks_of, stored_attributes
+from hf_energy.framework import emit, ranks_of, shape_notices, stored_attributes
 from hf_energy.registry import LogContributor
 
 INFERENCE = "inference"  # provisional stage name: eval or predict is known only at the end
@@ -91,7 +91,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
     def energy_state(self, value: dict[str, Any]) -> None:  # called by HF's callback restore
         self.tracker.load_state_dict(value)
 
-    def _restore_from(self, state: TrainerState) -> None:
+    def _restore_from(self, state: TrainerState, own_share: bool) -> None:
         """Continue the totals found in a resumed ``trainer_state.json``.
 
         HF restores callback state only with ``restore_callback_states_from_checkpoint``;
@@ -99,7 +99,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         """
         saved = stored_attributes(state, type(self).__name__).get("energy_state")
         if saved:
-            self.tracker.load_state_dict(saved, own_share=state.is_world_process_zero)
+            self.tracker.load_state_dict(saved, own_share=own_share)
 
     # ------------------------------------------------------------------ counting
     def _on_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
@@ -141,14 +141,14 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.begin(kwargs.get("model"), state)
-        self._world_zero = state.is_world_process_zero
         ranks = ranks_of(args)
-        self._restore_from(state)
+        self._world_zero = state.is_world_process_zero and ranks.leads_job  # one process of the job speaks
+        self._restore_from(state, own_share=ranks.leads_job)
         settings = {
             "max_steps": state.max_steps,
             "num_train_epochs": args.num_train_epochs,
             "logging_steps": args.logging_steps,
-            "world_size": args.world_size,
+            "world_size": ranks.world_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
         }
         self._last_logged_step = state.global_step
@@ -162,6 +162,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
             framework="transformers",
             trainer=settings,
         )
+        self._show(shape_notices(args, ranks))
         self._hook_model(kwargs.get("model"))
         return control
 

@@ -43,6 +43,29 @@ def rank_gpu(args: TrainingArguments) -> int | None:
 
 
 def ranks_of(args: TrainingArguments) -> Ranks:
-    """This process's part in the job, with ``torch.distributed`` collectives when initialised."""
-    ranks = torch_distributed(args.local_process_index, rank_gpu(args), args.device)
-    return ranks if ranks.distributed else Ranks(rank=args.process_index, local_rank=args.local_process_index)
+    """This process's part in the job.
+
+    With ``torch.distributed`` initialised, the job is its process group, every figure of its shape
+    from there (`energy_core.integration.torch_distributed`). Where the Trainer is not parallel in
+    it (``args.world_size`` 1: Ray's or torchrun's CPU workers with default arguments), each process
+    trains on its own; their figures are still summed over the group, and a node's GPUs are measured
+    once, by its local rank 0 (each process would otherwise take ``cuda:0`` for its own).
+    Else one process, as the Trainer sees it.
+    """
+    alone = args.world_size <= 1
+    ranks = torch_distributed(gpu_index=None if alone else rank_gpu(args), device=args.device)
+    if not ranks.distributed:
+        return Ranks(rank=args.process_index, local_rank=args.local_process_index)
+    return ranks
+
+
+def shape_notices(args: TrainingArguments, ranks: Ranks) -> list[Notice]:
+    """What to say when the job (the process group) and the Trainer see different shapes."""
+    if not ranks.distributed or ranks.world_size == args.world_size:
+        return []
+    text = (
+        f"torch.distributed is initialised with {ranks.world_size} processes but the Trainer is not parallel "
+        f"(parallel_mode={args.parallel_mode.value}): each process trains on its own. The figures are the sum "
+        "over all the processes, each device counted once (a node's GPUs by its local rank 0)."
+    )
+    return [Notice("warn", text)]

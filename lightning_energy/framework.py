@@ -12,7 +12,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from energy_core.integration import Notice, Ranks, warn_at_user_code
+from energy_core.integration import Notice, Ranks, let_go, warn_at_user_code
 
 # Lightning first: without it, lightning_utilities (its dependency) is missing too, and the
 # message must name the extra rather than that module.
@@ -65,9 +65,10 @@ def ranks_of(trainer: Any) -> Ranks:
     device = trainer.strategy.root_device
 
     def total(values: list[float]) -> list[float]:
-        return trainer.strategy.reduce(
-            torch.tensor(values, dtype=torch.float64, device=device), reduce_op="sum"
-        ).tolist()
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        summed = trainer.strategy.reduce(tensor, reduce_op="sum").tolist()
+        let_go(tensor)  # before the script can end (`let_go`)
+        return summed
 
     def gather(obj: Any) -> list[Any]:
         gathered: list[Any] = [None] * trainer.world_size
@@ -75,7 +76,7 @@ def ranks_of(trainer: Any) -> Ranks:
         return gathered
 
     def any_rank(flag: bool) -> bool:
-        return bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
+        return total([float(flag)])[0] > 0
 
     can_gather = dist.is_available() and dist.is_initialized()
     return Ranks(
@@ -112,10 +113,36 @@ def stop(trainer: Any, reason: str) -> str:
 
 
 def log(trainer: Any, metrics: dict[str, float]) -> None:
-    """Log figures to every logger of the trainer at its global step."""
-    if metrics:
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+    """Log figures to every logger of the trainer at its global step, and leave them where
+    Lightning's callbacks look (``trainer.callback_metrics``: ``ModelCheckpoint(monitor=...)``,
+    ``EarlyStopping``, Ray's ``RayTrainReportCallback``).
+
+    They are set as they are, already the job's on every rank: Lightning neither reduces nor
+    keeps them per step, and a key keeps its latest value until the next one.
+    """
+    if not metrics:
+        return
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+    import torch
+
+    trainer.callback_metrics.update({key: torch.tensor(value, dtype=torch.float64) for key, value in metrics.items()})
+
+
+def run_first(trainer: Any, callback: Any) -> None:
+    """Move ``callback`` just before the first of the trainer's other callbacks that acts at a
+    training epoch's end (Ray's ``RayTrainReportCallback``, ``EarlyStopping``, a budget), so that
+    what they report, check or save there holds the epoch's figures, in whatever order the
+    callbacks were given. Callbacks that do nothing at an epoch's end keep their place."""
+    callbacks = trainer.callbacks
+    if callback not in callbacks:
+        return
+    base_hooks = {getattr(base, "on_train_epoch_end") for base in CALLBACK_BASES}  # noqa: B009 - types of a tuple
+    readers = [i for i, other in enumerate(callbacks) if type(other).on_train_epoch_end not in base_hooks]
+    first = readers[0]
+    if callbacks[first] is not callback:  # the monitor is a reader too: only one listed before it moves it
+        callbacks.remove(callback)
+        callbacks.insert(first, callback)
 
 
 def own_share() -> bool:
@@ -137,5 +164,6 @@ __all__ = [
     "rank_zero_info",
     "rank_zero_warn",
     "ranks_of",
+    "run_first",
     "stop",
 ]

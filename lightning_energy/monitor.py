@@ -17,7 +17,16 @@ from energy_core.integration import (
     keys,
     scalar_losses,
 )
-from lightning_energy.framework import CALLBACK_BASES, emit, log, override, own_share, rank_zero_info, ranks_of
+from lightning_energy.framework import (
+    CALLBACK_BASES,
+    emit,
+    log,
+    override,
+    own_share,
+    rank_zero_info,
+    ranks_of,
+    run_first,
+)
 
 PROGRESS_BAR_KEYS = {keys.TOTAL_W: ("W", 1.0), keys.TOTAL_KWH: ("Wh", 1000.0)}
 
@@ -27,8 +36,11 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
 
     Works with both ``lightning.pytorch.Trainer`` and ``pytorch_lightning.Trainer``.
     Figures are logged through ``trainer.loggers`` every ``log_every_n_steps`` optimizer
-    steps (the trainer's own setting unless given) and at every epoch end; the training
-    loop itself only pays for a timestamp and a few integer additions per batch.
+    steps (the trainer's own setting unless given) and at every epoch end, and left in
+    ``trainer.callback_metrics`` for other callbacks (``ModelCheckpoint(monitor="energy/total_kwh")``,
+    ``EarlyStopping``, Ray's ``RayTrainReportCallback``); the monitor runs before the
+    trainer's other callbacks, so theirs see each epoch's figures whatever the order given.
+    The training loop itself only pays for a timestamp and a few integer additions per batch.
 
     Args:
         log_every_n_steps: Override the trainer's logging cadence (optimizer steps).
@@ -79,6 +91,10 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
         return scalar_losses(trainer.callback_metrics) if self.tracker.record is not None else None
 
     # ------------------------------------------------------------------ fit
+    @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        run_first(trainer, self)  # the epoch's figures before any other callback's epoch end
+
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self._every = self.log_every_n_steps or max(1, int(trainer.log_every_n_steps))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -143,11 +144,12 @@ class Accounts:
         local: RunTotals,
         figures: WindowFigures | None = None,
         epoch_j: float = 0.0,
+        gpus: Sequence[str] = (),
         epoch_err: float = 0.0,
     ) -> JobSums:
         """The job's figures from this process's ``local`` totals (one sum over ranks; the
-        identity alone), kept as the job's totals."""
-        sums = sum_over_ranks(ranks, local, figures, epoch_j, epoch_err)
+        identity alone), kept as the job's totals; ``gpus`` names all the job's GPUs."""
+        sums = sum_over_ranks(ranks, local, figures, epoch_j, gpus, epoch_err)
         self.job = sums.totals
         return sums
 

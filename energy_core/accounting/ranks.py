@@ -5,13 +5,16 @@ Every rule about multi-process jobs is here, once, for every framework adapter:
 * each rank measures the GPU it trains on; CPU, DRAM and GPUs no rank trains on are node
   devices, measured by the node's local rank 0 only;
 * global rank 0 writes the run record and carries a checkpoint's totals;
+* each GPU has one name in the job, ``gpu{i}``, numbered by the rank that measures it
+  (`job_gpus`), and its power is logged under that name;
 * figures are summed over ranks by name (`Ranks.sum_by_name`, one collective; `sum_over_ranks`
   packs a rank's totals and window into that sum), and every decision is taken alike on
   every rank (`Ranks.agree`).
 
 The adapters only translate their framework's view (Lightning's ``trainer``, HF's
-``args``/``state``) into a `Ranks` and supply the collectives. In a single process the
-defaults make every sum the identity and every decision local.
+``args``/``state``) into a `Ranks` and supply the collectives; loops take it from
+``torch.distributed`` itself (`torch_distributed`). In a single process the defaults make
+every sum the identity and every decision local.
 
 Examples:
     >>> Ranks().sum_by_name({"joules": 2.0}, {"gpu_j": 1.5})
@@ -20,10 +23,14 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from energy_core import checks
 from energy_core.accounting.figures import STAGES, RunTotals, WindowFigures
 from energy_core.devices import DEVICE_KINDS
 
@@ -117,26 +124,71 @@ class Ranks:
         return self.gather(obj)
 
 
-def torch_distributed(local_rank: int, gpu_index: int | None = None, device: Any = None) -> Ranks:
-    """A `Ranks` with ``torch.distributed``'s collectives (one process when it is not initialised).
+CURRENT = "current"  # torch_distributed's gpu_index: torch's current CUDA device, if CUDA is in use
 
-    For loops without a Trainer (plain PyTorch, Fabric, Accelerate) and the HF adapter.
+
+def launched() -> tuple[int, int, int | None]:
+    """(global rank, world size, local rank) as a launcher set them in the environment.
+
+    ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` are set by torchrun, ``accelerate launch``, Ray Train,
+    Lightning's and Fabric's launchers; (0, 1, None) where a variable is unset or not a count.
+    """
+
+    def count(name: str) -> int | None:
+        value = os.environ.get(name, "")
+        return int(value) if value.isdigit() else None
+
+    return count("RANK") or 0, count("WORLD_SIZE") or 1, count("LOCAL_RANK")
+
+
+def torch_distributed(
+    local_rank: int | None = None, gpu_index: int | str | None = CURRENT, device: Any = None
+) -> Ranks:
+    """This process's part in a job of ``torch.distributed``, with its collectives.
+
+    The job's shape comes from one place, the default process group: its rank and size, and the
+    local rank of each process from the same job (the launcher's ``LOCAL_RANK`` when every rank
+    has one, else the ranks' order on their host, from one gather). Without an initialised process
+    group (or with one process) it is one process: the rank the launcher set, if any, still decides
+    who writes the record and shows messages, and every process measures what it sees.
+
+    For loops without a Trainer (plain PyTorch, Fabric, Accelerate), `EnergyLoop` without ``ranks=``
+    and the HF adapter. Every rank calls it at the same point (it may gather).
 
     Args:
-        local_rank: This process's rank on its node.
-        gpu_index: The visible GPU this rank trains on (None: none of its own).
-        device: Where the collectives' tensors live (the process group's device; CPU for gloo).
+        local_rank: This process's rank on its node; None: found as above.
+        gpu_index: The visible GPU this rank trains on; None: none of its own (its node's local rank 0
+            then measures the node's GPUs, once); ``"current"``: torch's current CUDA device where torch
+            has initialised CUDA, else None.
+        device: Where the collectives' tensors live; None: the process group's (for NCCL, the device
+            it was bound to, else torch's current CUDA device, which the rank sets with
+            ``torch.cuda.set_device`` as torch's own object collectives need; else the CPU).
+
+    Raises:
+        TypeError, ValueError: naming the argument, for a value that is not a rank or GPU index.
     """
     import torch
     import torch.distributed as dist
 
+    checks.integer("local_rank", local_rank, low=0, optional=True)
+    if gpu_index == CURRENT:
+        gpu_index = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    elif gpu_index is not None and (isinstance(gpu_index, bool) or not isinstance(gpu_index, int) or gpu_index < 0):
+        raise TypeError(f"gpu_index must be a visible GPU index >= 0, None or {CURRENT!r}, got {gpu_index!r}")
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
-        return Ranks(local_rank=local_rank, gpu_index=gpu_index)
+        rank, _, env_local = launched()
+        here = (env_local or 0) if local_rank is None else local_rank
+        return Ranks(rank=rank, local_rank=here, gpu_index=gpu_index)
+    if device is None and "nccl" in str(dist.get_backend()):
+        # the group's own GPU (init_process_group(device_id=...)), else torch's current one, as
+        # torch's object collectives take it: a rank calls torch.cuda.set_device for its GPU
+        bound = getattr(dist.group.WORLD, "bound_device_id", None)
+        device = bound if bound is not None else torch.device("cuda", torch.cuda.current_device())
 
     def total(values: list[float]) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor.tolist()
+        return let_go(tensor).tolist()
 
     def gather(obj: Any) -> list[Any]:
         gathered: list[Any] = [None] * dist.get_world_size()
@@ -144,11 +196,62 @@ def torch_distributed(local_rank: int, gpu_index: int | None = None, device: Any
         return gathered
 
     def any_rank(flag: bool) -> bool:
-        value = torch.tensor([1.0 if flag else 0.0], device=device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+        return total([1.0 if flag else 0.0])[0] > 0
 
+    if local_rank is None:
+        local_rank = local_rank_among(gather((socket.gethostname(), launched()[2])), dist.get_rank())
     return Ranks(dist.get_rank(), local_rank, dist.get_world_size(), gpu_index, total, gather, any_rank)
+
+
+RELEASE_WAIT_S = 1.0  # the most a collective waits for the backend's threads to let go of its tensor
+
+
+def let_go(tensor: Any) -> Any:
+    """``tensor``, once no thread of the collective backend holds it (waited for at most `RELEASE_WAIT_S`).
+
+    A gloo (or NCCL) thread drops its reference to a collective's tensor just after the caller
+    was told the collective is done, and for a tensor made in Python that drop takes the GIL.
+    Where it comes as the interpreter exits, the thread is ended inside a C++ destructor and the
+    process aborts ("terminate called without an active exception"); where the process group is
+    being destroyed with the GIL held (DDP's reducer at exit), the exit waits forever. The
+    library's last collective comes just before the training script ends, so each waits here,
+    GIL released, until its tensor is this thread's alone: microseconds, at window ends only.
+    """
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    while getattr(tensor, "_use_count", lambda: 1)() > 1 and time.monotonic() < deadline:
+        time.sleep(0.0001)
+    return tensor
+
+
+def local_rank_among(everyone: Sequence[tuple[str, int | None]], rank: int) -> int:
+    """This rank's local rank from every rank's (host, launcher's ``LOCAL_RANK`` or None).
+
+    The launcher's variable where every rank has one (two torchrun "nodes" on one host keep theirs);
+    else the rank's place among the ranks on its host, in global order. Every rank decides alike.
+    """
+    host, local = everyone[rank]
+    if local is not None and all(other is not None for _, other in everyone):
+        return local
+    return [h for h, _ in everyone[:rank]].count(host)
+
+
+def job_gpus(ranks: Ranks, mine: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """The job's name of each GPU this rank measures, and the names of all the job's GPUs.
+
+    A job numbers its boards by the rank that measures them, then in that rank's order: with one
+    GPU per rank, ``gpu{r}`` is global rank r's; where ranks train on no GPU of their own, each
+    node's local rank 0 measures its boards and the first node's are ``gpu0``... in visible order.
+    In one process the names stay the visible indices. One sum over the ranks.
+
+    Args:
+        ranks: This process's part in the job.
+        mine: The names of the GPUs this process measures, in its order.
+    """
+    if not ranks.distributed:
+        return {name: name for name in mine}, list(mine)
+    counts = [round(n) for n in ranks.sum_by_name({}, {"gpus": float(len(mine))})[1]["gpus"]]
+    first = sum(counts[: ranks.rank])
+    return {name: f"gpu{first + i}" for i, name in enumerate(mine)}, [f"gpu{i}" for i in range(sum(counts))]
 
 
 @dataclass(frozen=True)
@@ -157,8 +260,8 @@ class JobSums:
 
     Args:
         totals: The job's totals (seconds stay this rank's).
-        window: The job's window (GPU power keyed ``gpu{rank}`` in a multi-process job),
-            or None when no window was summed.
+        window: The job's window (each GPU under its job-wide name, `job_gpus`), or None when
+            no window was summed.
         epoch_j: The job's energy of the epoch just ended (0 when none ended).
         breakdown: Per-rank window energy (``rank_j``, ``rank_gpu_j``) for the record.
         epoch_err: The bound of ``epoch_j``.
@@ -172,11 +275,18 @@ class JobSums:
 
 
 def sum_over_ranks(
-    ranks: Ranks, local: RunTotals, window: WindowFigures | None, epoch_j: float = 0.0, epoch_err: float = 0.0
+    ranks: Ranks,
+    local: RunTotals,
+    window: WindowFigures | None,
+    epoch_j: float = 0.0,
+    gpus: Sequence[str] = (),
+    epoch_err: float = 0.0,
 ) -> JobSums:
     """Sum this rank's figures with every other rank's (a collective all ranks reach alike).
 
-    Bounds add linearly over ranks: each rank's is a worst case of its own devices."""
+    ``gpus``: the names of all the job's GPUs (`job_gpus`); this rank's window keys its own by them.
+    Bounds add linearly over ranks: each rank's is a worst case of its own devices.
+    """
     win = window or WindowFigures(0, 0.0, 0.0)
     values = {f"energy_j.{k}": local.energy_j.get(k, 0.0) for k in DEVICE_KINDS}
     values |= {f"measured.{k}": float(k in local.energy_j) for k in DEVICE_KINDS}
@@ -184,11 +294,12 @@ def sum_over_ranks(
     values |= {"samples": local.samples, "tokens": local.tokens, "epoch_j": epoch_j}
     values |= {"co2e_kg": local.co2e_kg, "cost": local.cost}
     values |= {"window.joules": win.joules, "window.samples": win.samples, "window.tokens": win.tokens}
+    values |= {f"gpu_j.{name}": win.gpu_j.get(name, 0.0) for name in gpus}
     values |= {f"energy_err.{k}": local.energy_err.get(k, 0.0) for k in DEVICE_KINDS}
     values |= {f"stage_err.{s}": local.stage_err.get(s, 0.0) for s in STAGES}
     values |= {"co2e_err": local.co2e_err, "cost_err": local.cost_err, "epoch_err": epoch_err}
     values |= {"window.joules_err": win.joules_err}
-    per_rank = {"rank_j": win.joules, "rank_gpu_j": sum(win.gpu_j.values()), "rank_has_gpu": float(bool(win.gpu_j))}
+    per_rank = {"rank_j": win.joules, "rank_gpu_j": sum(win.gpu_j.values())}
     sums, by_rank = ranks.sum_by_name(values, per_rank)
     energy = {k: sums[f"energy_j.{k}"] for k in DEVICE_KINDS if sums[f"measured.{k}"] > 0}
     stages = {s: sums[f"stage_j.{s}"] for s in STAGES}
@@ -207,13 +318,11 @@ def sum_over_ranks(
     )
     if window is None or not ranks.distributed:
         return JobSums(totals, window, sums["epoch_j"], epoch_err=sums["epoch_err"])
-    has_gpu = by_rank["rank_has_gpu"]
-    gpus = {f"gpu{r}": joules for r, joules in enumerate(by_rank["rank_gpu_j"]) if has_gpu[r]}
     job_window = WindowFigures(
         window.steps,
         window.seconds,
         sums["window.joules"],
-        gpus,
+        {name: sums[f"gpu_j.{name}"] for name in gpus},
         int(sums["window.samples"]),
         int(sums["window.tokens"]),
         sums["window.joules_err"],

@@ -11,17 +11,19 @@ knows its part of a training run:
 * `TimeShiftRun` - a time shift: bind, begin, check each step (pause, or requeue), review,
   finish;
 
-and builds a `Ranks` from its framework's view of the job (or `torch_distributed`).
+and builds a `Ranks` from its framework's view of the job (or `torch_distributed`, or
+`fabric_ranks` for a Fabric loop).
 `EnergyLoop` is the same runs driven by a few calls from a loop of one's own.
 `lightning_energy` and `hf_energy` import from this package and from `energy_core`'s
 public names only (the import contract in pyproject.toml says so).
 """
 
 from energy_core import checks
-from energy_core.accounting.ranks import Ranks, torch_distributed
+from energy_core.accounting.ranks import Ranks, let_go, torch_distributed
 from energy_core.budget.guard import BudgetAction
 from energy_core.budget.rule import BudgetRule
 from energy_core.budget.run import BudgetArgs, BudgetRun, HasBudgetRun
+from energy_core.integration.fabric import fabric_ranks
 from energy_core.integration.loop import EnergyLoop
 from energy_core.integration.monitor_run import HasMonitorRun, MonitorRun
 from energy_core.notices import Notice, warn_at_user_code
@@ -61,7 +63,9 @@ __all__ = [
     "TimeShiftArgs",
     "TimeShiftRun",
     "checks",
+    "fabric_ranks",
     "keys",
+    "let_go",
     "scalar_losses",
     "torch_distributed",
     "warn_at_user_code",

@@ -38,7 +38,7 @@ from typing_extensions import Unpack
 
 from energy_core import checks
 from energy_core.accounting.figures import STAGES
-from energy_core.accounting.ranks import Ranks
+from energy_core.accounting.ranks import Ranks, launched, torch_distributed
 from energy_core.budget.guard import BudgetAction
 from energy_core.budget.rule import BudgetRule
 from energy_core.budget.run import BudgetRun
@@ -82,7 +82,11 @@ class EnergyLoop:
             shift's plan and a cap that follows the grid.
         epoch_steps: Optimizer steps per epoch, for the budget's forecast.
         ranks: This process's part in a multi-process job, with its collectives (see
-            `energy_core.ranks.torch_distributed`); one process by default.
+            `energy_core.torch_distributed`, `energy_core.fabric_ranks`). By default it is found
+            when the loop starts (and in `load_state_dict`) from an initialised
+            ``torch.distributed`` (`energy_core.torch_distributed` without arguments): under
+            torchrun, ``accelerate launch``, Ray Train or Fabric the figures are the job's, each
+            device counted once; without a process group, one process.
         notify: Where notices go (default: warnings and the ``energy_core`` logger).
         **measure: The measurement arguments of `MeasureOptions` (``devices``,
             ``country``, ``pue``, ``record_path``, ...).
@@ -137,6 +141,7 @@ class EnergyLoop:
         self.power_cap = power_cap
         self.target = TargetRun(target, options) if target is not None else None
         self.time_shift = time_shift
+        self._given = ranks
         self.ranks = ranks or Ranks()
         self.notify = notify
         self.steps = 0
@@ -150,9 +155,11 @@ class EnergyLoop:
         if self._started:
             return self
         self._started = True
+        self.ranks = self._job()
         settings = {"log_every_n_steps": self.log_every_n_steps, "total_steps": self.total_steps,
                     "world_size": self.ranks.world_size}  # fmt: skip
         self.monitor.start(self.ranks, self.steps, self.steps > 0, framework="energy_core.EnergyLoop", loop=settings)
+        self._show(self._alone_in_a_launch())
         if self.power_cap is not None:
             self._show(self.power_cap.begin(self.ranks, self.tracker, self.total_steps, step=self.steps))
         if self.budget is not None:
@@ -301,7 +308,7 @@ class EnergyLoop:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue a checkpointed loop (before `start`)."""
-        self.tracker.load_state_dict(state.get("energy"), own_share=self.ranks.leads_job)
+        self.tracker.load_state_dict(state.get("energy"), own_share=self._job().leads_job)
         self.steps = checks.integer("steps", state.get("steps", 0), low=0, high=MAX_COUNT)
         self.epochs = checks.integer("epochs", state.get("epochs", 0), low=0, high=MAX_COUNT)
         if self.budget is not None:
@@ -312,6 +319,22 @@ class EnergyLoop:
             self.power_cap.load_state_dict(state.get("power_cap"))
         if self.time_shift is not None:
             self.time_shift.load_state_dict(state.get("time_shift"))
+
+    def _job(self) -> Ranks:
+        """The ranks given, else this process's part in the job found now (every rank calls this alike)."""
+        return self._given if self._given is not None else torch_distributed()
+
+    def _alone_in_a_launch(self) -> list[Notice]:
+        """A warning where a launcher started several processes but this loop measures alone."""
+        world = launched()[1]
+        if self._given is not None or self.ranks.world_size > 1 or world <= 1:
+            return []
+        text = (
+            f"This process was launched as one of {world} (WORLD_SIZE) but torch.distributed is not initialised "
+            "when the EnergyLoop starts: each process measures every device it sees, alone, and only rank 0 writes "
+            "the record. Initialise the process group before the loop starts, or pass ranks=."
+        )
+        return [Notice("warn", text)]
 
     def _review(self, epochs_done: int) -> dict[str, float]:
         if self.budget is None or not self.budget.active:

@@ -18,12 +18,8 @@ from energy_core.tracker import EnergyTracker
 
 
 def energy_keys(tracker: EnergyTracker) -> list[str]:
-    """Every key the callbacks may log for this tracker's devices (GPUs named per rank in a job)."""
-    if tracker.ranks.distributed:
-        gpus = [f"gpu{r}" for r in range(tracker.ranks.world_size)]
-    else:
-        gpus = [s.info.name for s in tracker.meter.sources if s.info.kind == "gpu"]
-    return keys.all_keys(gpus)
+    """Every key the callbacks may log for this tracker's devices (every GPU of the job, by its job-wide name)."""
+    return keys.all_keys(tracker.gpu_names)
 
 
 def define_axes(run: Any, tracker: EnergyTracker, step_metric: str, prefix: str = "") -> None:

@@ -51,7 +51,7 @@ def err(key: str) -> str:
 
 
 def gpu_w(name: str) -> str:
-    """``power/gpu0_w``: ``name`` is a GPU's source name, or ``gpu{rank}`` in a multi-process job."""
+    """``power/gpu0_w``: ``name`` is a GPU's name, its visible index in one process (its job-wide name in a job)."""
     return f"power/{name}_w"
 
 

@@ -3,9 +3,9 @@
     python examples/loops/fabric_loop.py
 
 Fabric owns the devices and the loggers (here a CSV logger under runs/fabric); the loop
-calls `EnergyLoop.step` after each optimizer step and logs what it returns. In a
-multi-process Fabric job, pass ``ranks=fabric_ranks(fabric)`` so the figures are the
-job's (summed with ``fabric.all_reduce``).
+calls `EnergyLoop.step` after each optimizer step and logs what it returns.
+``ranks=fabric_ranks(fabric)`` makes the figures the job's in a multi-process Fabric job
+(``fabric run --devices 2 ...``: summed with ``fabric.all_reduce``, each device counted once).
 """
 
 from __future__ import annotations
@@ -18,20 +18,7 @@ from lightning.fabric.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from energy_core import EnergyLoop, Ranks
-
-
-def fabric_ranks(fabric: L.Fabric) -> Ranks:
-    """This process's part in a Fabric job, with Fabric's collectives."""
-
-    def total(values: list[float]) -> list[float]:
-        return fabric.all_reduce(torch.tensor(values, dtype=torch.float64), reduce_op="sum").tolist()
-
-    def any_rank(flag: bool) -> bool:
-        return bool(fabric.all_reduce(torch.tensor(float(flag)), reduce_op="sum").item() > 0)
-
-    gpu = fabric.device.index if fabric.device.type == "cuda" else None
-    return Ranks(fabric.global_rank, fabric.local_rank, fabric.world_size, gpu, total, None, any_rank)
+from energy_core import EnergyLoop, fabric_ranks
 
 
 def main(argv: list[str] | None = None) -> EnergyLoop:

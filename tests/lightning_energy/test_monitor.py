@@ -261,3 +261,32 @@ def test_a_stand_alone_validate_is_a_run_of_its_own_that_the_report_shows(
     assert energy_report([str(record), "--out", str(tmp_path / "report")]) == 0
     shown = " ".join(capsys.readouterr().out.split())
     assert f"{stage['kwh']:.6g}" in shown and "completed" in shown and "note:" not in shown
+
+
+def test_other_callbacks_see_each_epochs_figures_whatever_their_order(tmp_path, sim_gpus) -> None:
+    """A callback that reports at an epoch's end (as Ray's report callback does), given before the
+    monitor, reads that epoch's figures in ``trainer.callback_metrics``; ModelCheckpoint and
+    EarlyStopping monitor an energy key; Lightning keeps the figures as given (no per-step reduce)."""
+    import lightning.pytorch as pl
+
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, country="FRA", record_path=tmp_path / "e.jsonl")
+    seen: list[float] = []
+
+    class ReportAtEpochEnd(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            seen.append(float(trainer.callback_metrics["energy/total_kwh"]))
+
+    best = pl.callbacks.ModelCheckpoint(tmp_path / "ckpt", monitor="energy/total_kwh", mode="min", save_top_k=1)
+    # the total only grows, so "no improvement" comes at the second epoch's end: a stop there
+    stop = pl.callbacks.EarlyStopping("energy/total_kwh", patience=0, mode="min", check_on_train_epoch_end=True)
+    callbacks = [ReportAtEpochEnd(), monitor, best, stop]
+    trainer = trainer_for(pl, tmp_path, monitor, max_epochs=4, enable_checkpointing=True, callbacks=callbacks)
+    trainer.fit(make_module(pl, step_sleep_s=0.02), regression_data(160))
+
+    epochs = [line["metrics"] for line in read_record(tmp_path / "e.jsonl") if line["type"] == "epoch"]
+    assert seen == [pytest.approx(e["energy/total_kwh"], rel=1e-6) for e in epochs]  # each epoch's, not the one before
+    assert best.best_model_score == pytest.approx(epochs[0]["energy/total_kwh"], rel=1e-6)  # the least: the first
+    assert stop.stopped_epoch == len(epochs) - 1 == 1  # stopped by an energy key
+    # the figures are not results Lightning logs and reduces itself (as pl_module.log would make them)
+    assert "energy/total_kwh" not in trainer.logged_metrics

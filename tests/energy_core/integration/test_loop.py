@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -147,3 +148,25 @@ def test_a_target_in_a_plain_loop_reports_its_cost_once_stops_and_resumes(sim_gp
         assert later.evaluated(0.97) == {} and not later.should_stop  # reached before: not again
     with pytest.raises(RuntimeError, match="evaluated\\(\\) needs a target"):
         EnergyLoop().evaluated(0.5)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_launched_process_without_a_process_group_says_it_measures_alone(tmp_path, sim_gpus, monkeypatch, rank):
+    """A torchrun rank whose script never initialises torch.distributed: rank 0 says so, and only
+    rank 0 writes the record (two runs in one record would double the job)."""
+    known_gpu(sim_gpus)
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    record = tmp_path / "energy.jsonl"
+    loop = EnergyLoop(devices=["gpu"], country="FRA", sample_interval_s=0.01, record_path=record)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with loop:
+            time.sleep(0.05)
+            loop.step()
+    alone = [w for w in shown if "launched as one of 2 (WORLD_SIZE) but torch.distributed is not" in str(w.message)]
+    assert len(alone) == (rank == 0)
+    assert (loop.ranks.rank, loop.ranks.local_rank, loop.ranks.world_size) == (rank, rank, 1)
+    assert loop.last_metrics["energy/gpu_kwh"] > 0  # each still measures what it sees
+    assert record.exists() == (rank == 0)

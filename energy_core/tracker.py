@@ -42,12 +42,12 @@ from energy_core.carbon.charges import Charges
 from energy_core.carbon.run_factors import RunFactors
 from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
-from energy_core.output import keys
 from energy_core.output import metrics as metric_dicts
 from energy_core.output import record as lines
 from energy_core.output.header import run_header, this_process
 from energy_core.output.record import RunRecord
 from energy_core.output.summary import quality_notices, summary_fields, summary_text
+from energy_core.sampling.bounds import MarkBound, between
 from energy_core.sampling.meter import EnergyMeter, Mark
 from energy_core.units import J_PER_KWH
 
@@ -94,6 +94,7 @@ class EnergyTracker:
         self._start_notices: list[Notice] | None = location_notices  # shown once, at the first start
         self._notices: list[Notice] = []  # found while measuring, for the adapters to show
         self._said_unresolved = False
+        self._disagreeing: set[str] = set()  # boards whose two instruments disagreed (said once each)
         self._run_info: dict[str, Any] = {}
         self._cap_w: float | None = None
         self._caps: list[dict[str, Any]] = []
@@ -203,11 +204,12 @@ class EnergyTracker:
             return {}
         end = self.meter.mark()  # before the sampler stops: its last reading fixes the fit's end exactly
         self._notices += self.meter.close()
+        self._cross_check()
         self.factors.stop()
         settled = self._stages.settle(self.meter)  # every mark is fixed now
         if not collective:
             self.ranks = Ranks(self.ranks.rank, self.ranks.local_rank)  # from here on, nothing waits for others
-        job = self._sum(end, self._window.work(), self._joules(end))
+        job = self._sum(end, self._window.work(), self._read(end))
         metrics = {**self._cumulative(job.totals), **self._record_stages(settled)}
         # Fold this run into the resumed totals: a later fit of this tracker continues them.
         kept = self._kept(job.totals, end)
@@ -245,12 +247,13 @@ class EnergyTracker:
 
     def _close(
         self, step: int, end: Mark, extra: dict[str, Any] | None, epoch_start: Mark | None
-    ) -> tuple[dict[str, float], float | None]:
-        """The window's (and the epoch's) figures at ``end``; the epoch's joules, or None."""
+    ) -> tuple[dict[str, float], JobSums | None]:
+        """The window's (and the epoch's) figures at ``end``; the job's sums (the epoch's joules
+        and bound), or None when no figure could be given."""
         if self._window.start is None:
             return {}, None
         if not self.meter.resolvable(end):  # before the sampler's second reading: no figure, not a zero
-            self._sum(end, self._window.counted(), self._joules(end))  # ranks reach this alike
+            self._sum(end, self._window.counted(), self._read(end))  # ranks reach this alike
             if not self._said_unresolved:
                 self._said_unresolved = True
                 text = (
@@ -260,15 +263,20 @@ class EnergyTracker:
                 )
                 self._notices.append(Notice("info", text))
             return metric_dicts.cap(self._cap_w), None
-        end_j = self._joules(end)
-        epoch_j = 0.0 if epoch_start is None else float((end_j - self.meter.joules(epoch_start)[0]).sum())
+        end_j, end_bound = reading = self._read(end)
+        epoch_j = epoch_err = 0.0
+        if epoch_start is not None:
+            [start_j], [start_bound] = self.meter.read(epoch_start)
+            epoch_j = float((end_j - start_j).sum())
+            epoch_err = float(between(start_bound, end_bound).sum())
         settled = self._stages.settle(self.meter)  # runs too short to resolve at their end
         self._notices += self.meter.new_silences()
+        self._cross_check()
         if self._window.idle(step):  # nothing trained since the last window: it stays open
-            idle = self._sum(end, self._window.counted(), end_j, epoch_j=epoch_j)  # ranks reach this alike
-            return {**self._cumulative(idle.totals), **self._record_stages(settled)}, idle.epoch_j
-        local, carried_j = self._window.close(self.meter, end, end_j, step)
-        job = self._sum(end, (local.samples, local.tokens), end_j, local, epoch_j)
+            idle = self._sum(end, self._window.counted(), reading, epoch_j=epoch_j, epoch_err=epoch_err)
+            return {**self._cumulative(idle.totals), **self._record_stages(settled)}, idle  # ranks reach this alike
+        local, carried_j = self._window.close(self.meter, end, end_j, step, end_bound)
+        job = self._sum(end, (local.samples, local.tokens), reading, local, epoch_j, epoch_err)
         figures = job.window or local
         metrics = {**self._cumulative(job.totals), **metric_dicts.window(figures), **self._record_stages(settled)}
         self._accounts.close_window(local.samples, local.tokens)
@@ -284,8 +292,10 @@ class EnergyTracker:
             extra=extra or {},
             ranks=job.breakdown,
         )
-        self._window = Window(end, step, carried_j)
-        return metrics, job.epoch_j
+        # A window that came out below zero carries its excess into the next: so does its bound.
+        carried_bound = dataclasses.replace(end_bound, spread=end_bound.spread + np.maximum(carried_j - end_j, 0.0))
+        self._window = Window(end, step, carried_j, carried_bound)
+        return metrics, job
 
     def start_epoch(self) -> None:
         self._epoch_start = self.meter.mark()
@@ -295,9 +305,9 @@ class EnergyTracker:
         and ``energy/epoch_kwh`` (everything since the epoch began, validation included)."""
         end = self.meter.mark()
         start = self._epoch_start if self.fitting else None
-        metrics, epoch_j = self._close(step, end, extra, start)
-        if start is not None and epoch_j is not None:
-            metrics[keys.EPOCH_KWH] = epoch_j / J_PER_KWH
+        metrics, sums = self._close(step, end, extra, start)
+        if start is not None and sums is not None:
+            metrics |= metric_dicts.epoch(sums.epoch_j, sums.epoch_err)
             self.write_record(
                 lines.EPOCH,
                 step=step,
@@ -357,13 +367,28 @@ class EnergyTracker:
 
     def _end_alone(self, run: StageRun, step: int) -> None:
         """The summary of a stage run outside a fit: its energy, CO2e and cost, its seconds."""
-        assert self._alone is not None and run.per_source is not None  # settled: the meter is closed
+        assert self._alone is not None and run.per_source is not None and run.per_source_err is not None  # settled
         charges, self._alone = self._alone[1], None
         by_kind = self.meter.by_kind(run.per_source)
         joules = sum(by_kind.values())
         co2e_kg, cost = charges.at(joules, self._accounts.wall(run.end.t))
-        totals = RunTotals(by_kind, {run.stage: joules}, fit_s=run.end.t - run.start.t, co2e_kg=co2e_kg, cost=cost)
-        metrics = {**self._cumulative(totals), **metric_dicts.stage(run.stage, totals.stage_kwh(run.stage))}
+        err_by_kind = self.meter.by_kind(run.per_source_err)
+        co2e_err, cost_err = self._accounts.carried(co2e_kg, cost, joules, sum(err_by_kind.values()), run.end.t)
+        totals = RunTotals(
+            by_kind,
+            {run.stage: joules},
+            fit_s=run.end.t - run.start.t,
+            co2e_kg=co2e_kg,
+            cost=cost,
+            energy_err=err_by_kind,
+            stage_err={run.stage: sum(err_by_kind.values())},
+            co2e_err=co2e_err,
+            cost_err=cost_err,
+        )
+        stage_figures = metric_dicts.stage(
+            run.stage, totals.stage_kwh(run.stage), totals.stage_err[run.stage] / J_PER_KWH
+        )
+        metrics = {**self._cumulative(totals), **stage_figures}
         stages = {s: totals.stage_kwh(s) for s in STAGES}
         fields = summary_fields(metrics, totals, stages, self.carbon_fields(), self.meter, self.factors.cost_currency)
         self.write_record(lines.SUMMARY, step=step, status="completed", **fields)
@@ -372,10 +397,13 @@ class EnergyTracker:
         """A record line per settled run; the stages' cumulative figures."""
         figures: dict[str, float] = {}
         for run, joules in settled:
-            stage = metric_dicts.stage(run.stage, self._stages.kwh(run.stage))
+            stage = metric_dicts.stage(run.stage, self._stages.kwh(run.stage), self._stages.kwh_err(run.stage))
             seconds = run.end.t - run.start.t
             kwh = joules / J_PER_KWH
-            self.write_record(lines.STAGE, stage=run.stage, step=run.step, seconds=seconds, kwh=kwh, metrics=stage)
+            kwh_err = float(run.per_source_err.sum()) / J_PER_KWH if run.per_source_err is not None else 0.0
+            self.write_record(
+                lines.STAGE, stage=run.stage, step=run.step, seconds=seconds, kwh=kwh, kwh_err=kwh_err, metrics=stage
+            )
             figures.update(stage)
         return figures
 
@@ -400,26 +428,35 @@ class EnergyTracker:
         return self._stages.kwh(stage)
 
     # ----------------------------------------------------------------- totals
-    def _joules(self, end: Mark) -> np.ndarray:
-        """The cumulative joules per source at ``end`` (read once per boundary)."""
-        return self.meter.joules(end)[0]
+    def _read(self, end: Mark) -> tuple[np.ndarray, MarkBound]:
+        """The cumulative joules per source at ``end`` and their bound (read once per boundary)."""
+        [joules], [bound] = self.meter.read(end)
+        return joules, bound
 
     def _local(self, end: Mark, open_work: tuple[int, int]) -> RunTotals:
         """This process's totals at ``end`` (nothing charged)."""
-        return self._accounts.local(end, self._joules(end), open_work, self._stages.live_j)
+        end_j, end_bound = self._read(end)
+        stages = self._stages
+        return self._accounts.local(end, end_j, open_work, stages.live_j, end_bound, stages.live_err)
 
     def _sum(
         self,
         end: Mark,
         open_work: tuple[int, int],
-        end_j: np.ndarray,
+        reading: tuple[np.ndarray, MarkBound],
         figures: WindowFigures | None = None,
         epoch_j: float = 0.0,
+        epoch_err: float = 0.0,
     ) -> JobSums:
-        """The job's figures at boundary ``end`` (joules ``end_j``): one sum over the ranks."""
-        local = self._accounts.local(end, end_j, open_work, self._stages.live_j)
-        sums = self._accounts.sum(self.ranks, local, figures, epoch_j, self._gpus or ())
-        self._stages.set_job(sums.totals.stage_j if self.ranks.distributed else None)
+        """The job's figures at boundary ``end`` (joules and bound ``reading``): one sum over the ranks."""
+        end_j, end_bound = reading
+        stages = self._stages
+        local = self._accounts.local(end, end_j, open_work, stages.live_j, end_bound, stages.live_err)
+        sums = self._accounts.sum(self.ranks, local, figures, epoch_j, self._gpus or (), epoch_err)
+        distributed = self.ranks.distributed
+        self._stages.set_job(
+            sums.totals.stage_j if distributed else None, sums.totals.stage_err if distributed else None
+        )
         for line in self.factors.new_lines():  # every value used, from when, and where it came from
             self.write_record(lines.FACTOR, **line)
         return sums
@@ -460,7 +497,7 @@ class EnergyTracker:
         """
         if self.fitting:
             now = self.meter.mark()
-            return self._sum(now, self._window.counted(), self._joules(now)).totals, self.meter.resolvable(now)
+            return self._sum(now, self._window.counted(), self._read(now)).totals, self.meter.resolvable(now)
         return self._totals_now(), True
 
     def measured(self) -> RunTotals:
@@ -477,7 +514,7 @@ class EnergyTracker:
         assert start is not None  # fitting
         newest = self.meter.newest()
         end = newest if newest is not None and start.final and newest.t >= start.t else start
-        return self._sum(end, self._window.counted(), self._joules(end)).totals
+        return self._sum(end, self._window.counted(), self._read(end)).totals
 
     @property
     def resumed_kwh(self) -> float:
@@ -505,6 +542,21 @@ class EnergyTracker:
     def per_kwh_now(self) -> tuple[float, float]:
         """(kg CO2e, cost) of one more kWh at the factors in force now, PUE applied."""
         return self.factors.per_kwh(self._accounts.wall_now())
+
+    def _cross_check(self) -> None:
+        """A ``check`` line for every span over which a board's counter and its power disagreed
+        beyond their joint bound, and a notice the first time for each board."""
+        for found in self.meter.disagreements():
+            self.write_record(lines.CHECK, **found.fields())
+            if found.source not in self._disagreeing:
+                self._disagreeing.add(found.source)
+                text = (
+                    f"{found.source}: its energy counter ({found.counter_j:,.0f} J) and its integrated power "
+                    f"({found.power_j:,.0f} J) disagree over {found.seconds:.0f} s by more than their joint bound "
+                    f"({found.bound_j:,.0f} J): one instrument is wrong. The figures follow the counter; the run "
+                    "record's check lines list every such span."
+                )
+                self._notices.append(Notice("warn", text))
 
     # ----------------------------------------------------------------- notices and record
     def pop_notices(self) -> list[Notice]:
@@ -546,7 +598,8 @@ class EnergyTracker:
     def _kept(self, totals: RunTotals, at: Mark) -> RunTotals:
         """``totals`` as a checkpoint keeps them: every stage's energy (the job's) and the fit's seconds."""
         stages = {s: self._stages.kwh(s) * J_PER_KWH for s in STAGES}
-        return dataclasses.replace(totals, stage_j=stages, fit_s=self.fit_seconds(at))
+        errors = {s: self._stages.kwh_err(s) * J_PER_KWH for s in STAGES}
+        return dataclasses.replace(totals, stage_j=stages, stage_err=errors, fit_s=self.fit_seconds(at))
 
     def state_dict(self, at: Mark | None = None) -> dict[str, Any]:
         """Totals so far (or at mark ``at``), to store in a checkpoint; a resumed run continues.
@@ -575,4 +628,4 @@ class EnergyTracker:
         """Carry ``totals`` (the job's) on: this process's share of them, the stages' too."""
         self._ended = None
         carried = self._accounts.load(totals, own_share, self.factors.per_kwh(time.time())[0])
-        self._stages.fold(carried.stage_j)
+        self._stages.fold(carried.stage_j, carried.stage_err)

@@ -24,6 +24,7 @@ import numpy as np
 from energy_core.accounting.figures import RunTotals, WindowFigures
 from energy_core.accounting.ranks import JobSums, Ranks, sum_over_ranks
 from energy_core.carbon.charges import Charges
+from energy_core.sampling.bounds import MarkBound, between
 from energy_core.sampling.meter import EnergyMeter, Mark
 from energy_core.units import J_PER_KWH
 
@@ -75,7 +76,15 @@ class Accounts:
         self.samples += samples
         self.tokens += tokens
 
-    def local(self, end: Mark, end_j: np.ndarray, open_work: tuple[int, int], stage_j: dict[str, float]) -> RunTotals:
+    def local(
+        self,
+        end: Mark,
+        end_j: np.ndarray,
+        open_work: tuple[int, int],
+        stage_j: dict[str, float],
+        end_bound: MarkBound | None = None,
+        stage_err: dict[str, float] | None = None,
+    ) -> RunTotals:
         """This process's totals at ``end`` since the first fit start (its checkpoint share included).
 
         Args:
@@ -83,17 +92,44 @@ class Accounts:
             end_j: The cumulative joules of every source at ``end``.
             open_work: (samples, tokens) of the window still open.
             stage_j: This fit's energy of each stage, in joules.
+            end_bound: The bound of ``end_j``, read with it (None: read now).
+            stage_err: The bounds of ``stage_j``.
         """
         if self.fit_start is None:
             return self.resumed
-        [start_j] = self.meter.joules(self.fit_start)
+        [start_j], [start_bound] = self.meter.read(self.fit_start)
+        if end_bound is None:
+            end_bound = self.meter.read(end)[1][0]
         by_kind = self.meter.by_kind(end_j - start_j)
+        err_by_kind = self.meter.by_kind(between(start_bound, end_bound))
         live_j = sum(by_kind.values())
         co2e_kg, cost = self.charges.at(live_j, self.wall(end.t))
+        co2e_err, cost_err = self.carried(co2e_kg, cost, live_j, sum(err_by_kind.values()), end.t)
         samples, tokens = open_work
         seconds = end.t - self.fit_start.t
-        live = RunTotals(by_kind, dict(stage_j), self.samples + samples, self.tokens + tokens, seconds, co2e_kg, cost)
+        live = RunTotals(
+            by_kind,
+            dict(stage_j),
+            self.samples + samples,
+            self.tokens + tokens,
+            seconds,
+            co2e_kg,
+            cost,
+            err_by_kind,
+            dict(stage_err or {}),
+            co2e_err,
+            cost_err,
+        )
         return self.resumed + live
+
+    def carried(self, co2e_kg: float, cost: float, joules: float, joules_err: float, t: float) -> tuple[float, float]:
+        """The bounds of the CO2e and cost of ``joules`` (bound ``joules_err``): the energy's bound at
+        their mean factors (at the factors in force at ``t`` when there is no energy yet). The
+        intensity and the price are taken as given: their own uncertainty is not in the bound."""
+        if joules > 0:
+            return co2e_kg * joules_err / joules, cost * joules_err / joules
+        kg_per_kwh, cost_per_kwh = self.charges.factors.per_kwh(self.wall(t), kept=False)
+        return kg_per_kwh * joules_err / J_PER_KWH, cost_per_kwh * joules_err / J_PER_KWH
 
     def spent(self, t: float, live_j: float) -> tuple[float, float, float]:
         """(kWh, kg CO2e, cost) of this process's totals with ``live_j`` joules used since the fit
@@ -109,10 +145,11 @@ class Accounts:
         figures: WindowFigures | None = None,
         epoch_j: float = 0.0,
         gpus: Sequence[str] = (),
+        epoch_err: float = 0.0,
     ) -> JobSums:
         """The job's figures from this process's ``local`` totals (one sum over ranks; the
         identity alone), kept as the job's totals; ``gpus`` names all the job's GPUs."""
-        sums = sum_over_ranks(ranks, local, figures, epoch_j, gpus)
+        sums = sum_over_ranks(ranks, local, figures, epoch_j, gpus, epoch_err)
         self.job = sums.totals
         return sums
 
@@ -136,7 +173,9 @@ class Accounts:
                 charged slice by slice (their ``co2e_kg`` is NaN).
         """
         if math.isnan(totals.co2e_kg):
-            totals = dataclasses.replace(totals, co2e_kg=totals.total_kwh * co2_per_kwh)
+            share = totals.total_err / totals.total_j if totals.total_j > 0 else 0.0
+            co2e_kg = totals.total_kwh * co2_per_kwh
+            totals = dataclasses.replace(totals, co2e_kg=co2e_kg, co2e_err=co2e_kg * share)
         self.loaded = True
         self.resumed_job = totals
         self.resumed = totals if own_share else RunTotals(fit_s=totals.fit_s)

@@ -45,6 +45,8 @@ class WindowFigures:
         gpu_j: Training energy per GPU, keyed by the name in ``power/<name>_w``.
         samples: Training samples.
         tokens: Training tokens.
+        joules_err: The bound of ``joules``: the half-width of an interval holding the true
+            energy (`energy_core.sampling.bounds`; summed over sources and ranks).
     """
 
     steps: int
@@ -53,6 +55,7 @@ class WindowFigures:
     gpu_j: dict[str, float] = field(default_factory=dict)
     samples: int = 0
     tokens: int = 0
+    joules_err: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,11 @@ class RunTotals:
         fit_s: Training wall time in seconds.
         co2e_kg: CO2e of the energy, each slice at the intensity in force (PUE applied).
         cost: Electricity cost of the energy (PUE applied), 0 without a price.
+        energy_err, stage_err, co2e_err, cost_err: The bound of each figure (same keys and
+            units): the half-width of an interval holding its true value. Bounds add
+            linearly (worst cases): over device kinds, ranks, and a checkpoint and the fit
+            after it. CO2e and cost carry the energy's relative bound (intensity and price
+            are taken as given).
     """
 
     energy_j: dict[str, float] = field(default_factory=dict)
@@ -76,11 +84,20 @@ class RunTotals:
     fit_s: float = 0.0
     co2e_kg: float = 0.0
     cost: float = 0.0
+    energy_err: dict[str, float] = field(default_factory=dict)
+    stage_err: dict[str, float] = field(default_factory=dict)
+    co2e_err: float = 0.0
+    cost_err: float = 0.0
 
     @property
     def total_j(self) -> float:
         """Joules over every device kind."""
         return float(sum(self.energy_j.values()))
+
+    @property
+    def total_err(self) -> float:
+        """The bound of `total_j`, in joules."""
+        return float(sum(self.energy_err.values()))
 
     @property
     def total_kwh(self) -> float:
@@ -98,6 +115,10 @@ class RunTotals:
             self.fit_s + other.fit_s,
             self.co2e_kg + other.co2e_kg,
             self.cost + other.cost,
+            _add(self.energy_err, other.energy_err),
+            _add(self.stage_err, other.stage_err),
+            self.co2e_err + other.co2e_err,
+            self.cost_err + other.cost_err,
         )
 
     def to_state(self) -> dict[str, Any]:
@@ -111,6 +132,10 @@ class RunTotals:
             "fit_s": self.fit_s,
             "co2e_kg": self.co2e_kg,
             "cost": self.cost,
+            "energy_err": dict(self.energy_err),
+            "stage_err": {s: self.stage_err.get(s, 0.0) for s in STAGES},
+            "co2e_err": self.co2e_err,
+            "cost_err": self.cost_err,
         }
 
     @classmethod
@@ -118,7 +143,8 @@ class RunTotals:
         """Totals from a checkpoint's energy state.
 
         A state written before CO2e was charged slice by slice has no ``co2e_kg``: it comes
-        back as NaN, for the tracker to charge at today's factor.
+        back as NaN, for the tracker to charge at today's factor. A state written before
+        figures carried bounds has none: its bounds come back as 0 (unknown, not claimed).
 
         Raises:
             ValueError: naming the field of the stored energy state that is missing or
@@ -137,6 +163,10 @@ class RunTotals:
             _amount("fit_s", state.get("fit_s"), MAX_SECONDS),
             _amount("co2e_kg", state.get("co2e_kg"), MAX_CO2E_KG) if "co2e_kg" in state else math.nan,
             _amount("cost", state.get("cost", 0.0), MAX_COST),
+            _joules(state, "energy_err", DEVICE_KINDS) if "energy_err" in state else {},
+            _joules(state, "stage_err", STAGES) if "stage_err" in state else {},
+            _amount("co2e_err", state.get("co2e_err", 0.0), MAX_CO2E_KG),
+            _amount("cost_err", state.get("cost_err", 0.0), MAX_COST),
         )
 
 

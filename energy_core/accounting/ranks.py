@@ -264,20 +264,28 @@ class JobSums:
             no window was summed.
         epoch_j: The job's energy of the epoch just ended (0 when none ended).
         breakdown: Per-rank window energy (``rank_j``, ``rank_gpu_j``) for the record.
+        epoch_err: The bound of ``epoch_j``.
     """
 
     totals: RunTotals
     window: WindowFigures | None
     epoch_j: float
     breakdown: dict[str, list[float]] | None = None
+    epoch_err: float = 0.0
 
 
 def sum_over_ranks(
-    ranks: Ranks, local: RunTotals, window: WindowFigures | None, epoch_j: float = 0.0, gpus: Sequence[str] = ()
+    ranks: Ranks,
+    local: RunTotals,
+    window: WindowFigures | None,
+    epoch_j: float = 0.0,
+    gpus: Sequence[str] = (),
+    epoch_err: float = 0.0,
 ) -> JobSums:
     """Sum this rank's figures with every other rank's (a collective all ranks reach alike).
 
     ``gpus``: the names of all the job's GPUs (`job_gpus`); this rank's window keys its own by them.
+    Bounds add linearly over ranks: each rank's is a worst case of its own devices.
     """
     win = window or WindowFigures(0, 0.0, 0.0)
     values = {f"energy_j.{k}": local.energy_j.get(k, 0.0) for k in DEVICE_KINDS}
@@ -287,15 +295,29 @@ def sum_over_ranks(
     values |= {"co2e_kg": local.co2e_kg, "cost": local.cost}
     values |= {"window.joules": win.joules, "window.samples": win.samples, "window.tokens": win.tokens}
     values |= {f"gpu_j.{name}": win.gpu_j.get(name, 0.0) for name in gpus}
+    values |= {f"energy_err.{k}": local.energy_err.get(k, 0.0) for k in DEVICE_KINDS}
+    values |= {f"stage_err.{s}": local.stage_err.get(s, 0.0) for s in STAGES}
+    values |= {"co2e_err": local.co2e_err, "cost_err": local.cost_err, "epoch_err": epoch_err}
+    values |= {"window.joules_err": win.joules_err}
     per_rank = {"rank_j": win.joules, "rank_gpu_j": sum(win.gpu_j.values())}
     sums, by_rank = ranks.sum_by_name(values, per_rank)
     energy = {k: sums[f"energy_j.{k}"] for k in DEVICE_KINDS if sums[f"measured.{k}"] > 0}
     stages = {s: sums[f"stage_j.{s}"] for s in STAGES}
     totals = RunTotals(
-        energy, stages, int(sums["samples"]), int(sums["tokens"]), local.fit_s, sums["co2e_kg"], sums["cost"]
+        energy,
+        stages,
+        int(sums["samples"]),
+        int(sums["tokens"]),
+        local.fit_s,
+        sums["co2e_kg"],
+        sums["cost"],
+        {k: sums[f"energy_err.{k}"] for k in energy},
+        {s: sums[f"stage_err.{s}"] for s in STAGES},
+        sums["co2e_err"],
+        sums["cost_err"],
     )
     if window is None or not ranks.distributed:
-        return JobSums(totals, window, sums["epoch_j"])
+        return JobSums(totals, window, sums["epoch_j"], epoch_err=sums["epoch_err"])
     job_window = WindowFigures(
         window.steps,
         window.seconds,
@@ -303,6 +325,7 @@ def sum_over_ranks(
         {name: sums[f"gpu_j.{name}"] for name in gpus},
         int(sums["window.samples"]),
         int(sums["window.tokens"]),
+        sums["window.joules_err"],
     )
     breakdown = {"rank_j": by_rank["rank_j"], "rank_gpu_j": by_rank["rank_gpu_j"]}
-    return JobSums(totals, job_window, sums["epoch_j"], breakdown)
+    return JobSums(totals, job_window, sums["epoch_j"], breakdown, sums["epoch_err"])

@@ -15,6 +15,7 @@ import numpy as np
 
 from energy_core.accounting.figures import STAGES
 from energy_core.accounting.ranks import Ranks
+from energy_core.sampling.bounds import between
 from energy_core.sampling.meter import EnergyMeter, Mark
 from energy_core.units import J_PER_KWH
 
@@ -29,6 +30,7 @@ class StageRun:
     end: Mark
     step: int
     per_source: np.ndarray | None = field(default=None, repr=False)
+    per_source_err: np.ndarray | None = field(default=None, repr=False)  # the bound of each, once settled
 
 
 class Stages:
@@ -36,15 +38,19 @@ class Stages:
 
     Attributes:
         live_j: Joules of each stage since the last fit ended (this process, runs settled).
-        resumed_j: This process's share of a checkpoint's stage energy.
+        live_err: Their bounds (runs add linearly).
+        resumed_j: This process's share of a checkpoint's stage energy (``resumed_err``: its bounds).
     """
 
     def __init__(self) -> None:
         self._started: dict[str, Mark] = {}
         self._held: list[StageRun] = []
         self.live_j = dict.fromkeys(STAGES, 0.0)
+        self.live_err = dict.fromkeys(STAGES, 0.0)
         self.resumed_j: dict[str, float] = {}
+        self.resumed_err: dict[str, float] = {}
         self._job_j: dict[str, float] | None = None  # the job's, at the last sum over ranks
+        self._job_err: dict[str, float] | None = None
 
     def start(self, name: str, mark: Mark) -> None:
         self._started[name] = mark
@@ -72,10 +78,12 @@ class Stages:
         self._held = [r for r in self._held if r not in ready]
         settled = []
         for run in ready:
-            start_j, end_j = meter.joules(run.start, run.end)
+            (start_j, end_j), (start_bound, end_bound) = meter.read(run.start, run.end)
             run.per_source = end_j - start_j
+            run.per_source_err = between(start_bound, end_bound)
             joules = float(run.per_source.sum())
             self.live_j[run.stage] += joules
+            self.live_err[run.stage] += float(run.per_source_err.sum())
             settled.append((run, joules))
         return settled
 
@@ -83,20 +91,35 @@ class Stages:
         """This process's joules of each stage, checkpoint share included."""
         return {s: self.live_j[s] + self.resumed_j.get(s, 0.0) for s in STAGES}
 
+    def local_err(self) -> dict[str, float]:
+        """The bounds of `local_j`."""
+        return {s: self.live_err[s] + self.resumed_err.get(s, 0.0) for s in STAGES}
+
     def sum_over(self, ranks: Ranks) -> None:
         """Sum the stages' energy over the job (a collective: every rank ends a stage together)."""
-        job_j = ranks.sum_by_name(self.local_j())[0]
-        self.set_job(job_j if ranks.distributed else None)
+        local = {**self.local_j(), **{f"{s}_err": v for s, v in self.local_err().items()}}
+        job = ranks.sum_by_name(local)[0]
+        if ranks.distributed:
+            self.set_job({s: job[s] for s in STAGES}, {s: job[f"{s}_err"] for s in STAGES})
+        else:
+            self.set_job(None)
 
-    def set_job(self, job_j: Mapping[str, float] | None) -> None:
-        """The job's stage energy from a sum over ranks (None in one process)."""
+    def set_job(self, job_j: Mapping[str, float] | None, job_err: Mapping[str, float] | None = None) -> None:
+        """The job's stage energy (and bounds) from a sum over ranks (None in one process)."""
         self._job_j = dict(job_j) if job_j is not None else None
+        self._job_err = dict(job_err) if job_j is not None and job_err is not None else None
 
     def kwh(self, stage: str) -> float:
         """Energy of all runs of a stage so far (the job's, in a multi-process job), kWh."""
         return (self._job_j or self.local_j())[stage] / J_PER_KWH
 
-    def fold(self, resumed_j: Mapping[str, float]) -> None:
-        """A fit ended and its totals were folded into ``resumed_j``: live counts restart."""
+    def kwh_err(self, stage: str) -> float:
+        """The bound of `kwh`, in kWh."""
+        return (self._job_err or self.local_err())[stage] / J_PER_KWH
+
+    def fold(self, resumed_j: Mapping[str, float], resumed_err: Mapping[str, float] | None = None) -> None:
+        """A fit ended and its totals were folded into ``resumed_j`` (bounds ``resumed_err``): live counts restart."""
         self.resumed_j = dict(resumed_j)
+        self.resumed_err = dict(resumed_err or {})
         self.live_j = dict.fromkeys(STAGES, 0.0)
+        self.live_err = dict.fromkeys(STAGES, 0.0)

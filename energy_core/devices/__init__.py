@@ -35,6 +35,7 @@ from energy_core.devices.deadline import within_bound
 from energy_core.devices.ledger import Ledger
 from energy_core.devices.source import (
     DEVICE_KINDS,
+    Accuracy,
     DeviceError,
     EnergySource,
     GpuBoard,
@@ -49,6 +50,7 @@ T = TypeVar("T")
 
 __all__ = [
     "DEVICE_KINDS",
+    "Accuracy",
     "DeviceError",
     "EnergySource",
     "GpuBoard",

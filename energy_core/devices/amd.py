@@ -27,7 +27,17 @@ from typing import Any
 
 from energy_core.devices import gpu, visible
 from energy_core.devices.counter import WrappingCounter
-from energy_core.devices.source import DeviceError, EnergySource, GpuBoard, LimitRange, Reading, SourceInfo
+from energy_core.devices.source import (
+    AVERAGED,
+    COUNTER_UPDATE_S,
+    Accuracy,
+    DeviceError,
+    EnergySource,
+    GpuBoard,
+    LimitRange,
+    Reading,
+    SourceInfo,
+)
 from energy_core.notices import Notice
 
 VENDOR = "amd"
@@ -197,9 +207,11 @@ class AmdGpuSource(gpu.GpuSource):
         if isinstance(counts, int) and counts not in NO_COUNTER and counts > 0 and resolution and resolution > 0:
             self._counter = WrappingCounter(COUNTER_PERIOD, float(resolution) * 1e-6, self.max_power_w)
             method = "amdsmi-energy-counter"
+            self.accuracy = Accuracy(lag_s=COUNTER_UPDATE_S, quantum_j=float(resolution) * 1e-6)
         else:
             self._field = self._power_field(_call(smi.amdsmi_get_power_info, device.handle), silent=counts == 0)
             method = "amdsmi-power-integration"
+            self.accuracy = Accuracy(lag_s=AVERAGED.lag_s, sampled=True)  # averaged or not: the field does not say
         try:
             name = str(smi.amdsmi_get_gpu_asic_info(device.handle)["market_name"])
         except (smi.AmdSmiException, KeyError):

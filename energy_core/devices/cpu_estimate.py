@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 
 from energy_core.codecarbon_data import load_csv
-from energy_core.devices.source import EnergySource, Reading, SourceInfo
+from energy_core.devices.source import ESTIMATED, EnergySource, Reading, SourceInfo
 from energy_core.notices import Notice
 
 DEFAULT_W_PER_THREAD = 4.0  # CodeCarbon 3.3 for a CPU model it does not know
@@ -166,6 +166,8 @@ class EstimatedCpuSource(EnergySource):
         self.info = SourceInfo(name="cpu0", kind="cpu", method="process-cpu-time-x-w-per-thread", estimated=True,
                                detail=detail)  # fmt: skip
 
+    accuracy = ESTIMATED
+
     def read(self, now: float) -> Reading:
         return Reading(joules=self.w_per_thread * (self.tree.cpu_seconds() - self._base_s))
 
@@ -181,6 +183,8 @@ class EstimatedDramSource(EnergySource):
         self.tree = tree or ProcessTree()
         detail = f"{DRAM_W_PER_GB:g} W per GB of the process tree's resident memory (3 W per 8 GB)"
         self.info = SourceInfo(name="dram0", kind="dram", method="rss-x-w-per-gb", estimated=True, detail=detail)
+
+    accuracy = ESTIMATED
 
     def read(self, now: float) -> Reading:
         return Reading(watts=DRAM_W_PER_GB * self.tree.rss_bytes() / 1e9)

@@ -19,12 +19,29 @@ over the gap replaces the estimate; an estimate that ran high is paid back by th
 measured energy (the total holds still meanwhile, so it never goes back). A device lost
 for good stays bridged; `unmeasured_s` and `estimated_j` say how much of the figure rests
 on that.
+
+The ledger also keeps how far its total can be from the truth, in two parts (the sampler
+stores both with every reading, and `energy_core.sampling.bounds` makes the bound of any
+span from them):
+
+* `bound_j`, cumulative and never decreasing: the energy whose error adds up reading by
+  reading. A counter adds nothing (it integrates exactly); a polled power adds the
+  trapezoid's worst error over each interval (half the step between two averaged readings,
+  half the spread of the recent readings for an instantaneous one, times the interval); a
+  gap closed as an estimate adds its whole bridge (the power across it may have been 0 or
+  twice the last); a model adds its documented share (`Accuracy.relative`).
+* `open_j`, the part of the total now that a later reading may still take back: the open
+  bridge and an estimate that ran high and is not paid back yet.
 """
 
 from __future__ import annotations
 
+from collections import deque
+
+from energy_core.devices.crosscheck import CrossCheck
 from energy_core.devices.source import EnergySource, Reading
 
+SPREAD_READINGS = 8  # an instantaneous power's spread is taken over this many recent readings
 COUNTER_SLACK_S = 0.1  # a counter may advance one update period (20-100 ms) at once
 POWER_SMOOTHING_S = 1.0  # the bridging power follows the measured power over about a second
 
@@ -58,6 +75,15 @@ class Ledger:
         self._closed_unmeasured_s = 0.0
         self._reported_j = 0.0
         self._now = 0.0
+        self._bound_j = 0.0  # worst error accumulated reading by reading (see `bound_j`)
+        self._recent_w: deque[float] = deque(maxlen=SPREAD_READINGS)  # recent polled powers
+        self.check: CrossCheck | None = None  # the counter against the board's power, where it has both
+        try:
+            power = source.power_accuracy()
+        except Exception:  # noqa: BLE001 - no second instrument to check against
+            power = None
+        if power is not None:
+            self.check = CrossCheck(source, power)
 
     # ------------------------------------------------------------------ figures
     def _bridge_j(self, now: float) -> float:
@@ -74,6 +100,19 @@ class Ledger:
     def estimated_j(self) -> float:
         """Joules of the total that rest on the last good power, not on a reading."""
         return self._reported_j - self._confirmed_j  # estimates, the open bridge, and any excess not yet paid back
+
+    @property
+    def bound_j(self) -> float:
+        """Worst error of the total accumulated reading by reading (never decreases): polled
+        powers' trapezoids, gaps closed as estimates, a model's documented share."""
+        return self._bound_j
+
+    @property
+    def open_j(self) -> float:
+        """The part of the total that a later reading may still take back: the open bridge and
+        an estimate that ran high, not yet paid back."""
+        bridge = self._bridge_j(self._now)
+        return bridge + max(self._reported_j - (self._confirmed_j + self._estimated_j + bridge), 0.0)
 
     @property
     def unmeasured_s(self) -> float:
@@ -114,6 +153,8 @@ class Ledger:
         self.gaps += 1
         self.streak += 1
         self._in_gap = self._last_t is not None
+        if self.check is not None:
+            self.check.restart()
 
     def _plausible(self, joules: float, seconds: float) -> bool:
         return 0.0 <= joules <= self.max_w * (max(seconds, 0.0) + COUNTER_SLACK_S)
@@ -121,7 +162,9 @@ class Ledger:
     def _close_gap_as_estimate(self, until: float) -> None:
         """The interval since the last good reading is unknowable: its bridge becomes permanent."""
         if self._last_t is not None:
-            self._estimated_j += self._bridge_j(until)
+            bridge = self._bridge_j(until)
+            self._estimated_j += bridge
+            self._bound_j += bridge  # the power across it may have been 0 or twice the last
             self._closed_unmeasured_s += until - self._last_t
 
     def _counter(self, now: float, joules: float, continuous: bool = True) -> None:
@@ -150,11 +193,16 @@ class Ledger:
             self._gap()
             return
         self._confirmed_j += delta
+        self._bound_j += self.source.accuracy.relative * delta
         self._smooth_power(delta, seconds)
         self._last_t, self._last_value, self._in_gap, self._pending = now, joules, False, None
+        if self.check is not None:
+            self.check.update(now, self._confirmed_j)
 
     def _rebase(self, t: float, joules: float) -> None:
         self._last_t, self._last_value, self._in_gap, self._pending = t, joules, False, None
+        if self.check is not None:
+            self.check.restart()
 
     def _power(self, now: float, watts: float) -> None:
         if not 0.0 <= watts <= self.max_w:
@@ -166,11 +214,27 @@ class Ledger:
             joules = 0.5 * (watts + self._last_value) * seconds
             if self._in_gap:  # a line across the gap is an estimate
                 self._estimated_j += joules
+                self._bound_j += joules
                 self._closed_unmeasured_s += seconds
             else:
                 self._confirmed_j += joules
+                self._bound_j += self._trapezoid_error(watts, seconds) + self.source.accuracy.relative * joules
+        self._recent_w.append(watts)
         self._power_w = watts
         self._last_t, self._last_value, self._in_gap = now, watts, False
+
+    def _trapezoid_error(self, watts: float, seconds: float) -> float:
+        """Worst error of one trapezoid from the previous power to ``watts`` over ``seconds``.
+
+        An averaged power moves smoothly between readings: the trapezoid is off by at most half
+        the step times the interval (the power monotone in between). An instantaneous one says
+        nothing of the power in between: half the spread of the recent readings, at least.
+        """
+        step = abs(watts - self._last_value)
+        if self.source.accuracy.sampled:
+            recent = [*self._recent_w, watts]
+            step = max(step, max(recent) - min(recent))
+        return 0.5 * step * seconds
 
     def _smooth_power(self, joules: float, seconds: float) -> None:
         if seconds <= 0:

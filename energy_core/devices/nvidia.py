@@ -24,7 +24,18 @@ import pynvml
 
 from energy_core.devices import gpu as common
 from energy_core.devices import visible
-from energy_core.devices.source import DeviceError, EnergySource, GpuBoard, LimitRange, Reading, SourceInfo
+from energy_core.devices.source import (
+    AVERAGED,
+    COUNTER_UPDATE_S,
+    INSTANTANEOUS,
+    Accuracy,
+    DeviceError,
+    EnergySource,
+    GpuBoard,
+    LimitRange,
+    Reading,
+    SourceInfo,
+)
 from energy_core.notices import Notice
 
 VENDOR = "nvidia"
@@ -67,8 +78,10 @@ class NvidiaGpuSource(common.GpuSource):
         try:
             self._base_mj = int(pynvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle))
             method = "nvml-energy-counter"
+            self.accuracy = Accuracy(lag_s=COUNTER_UPDATE_S, quantum_j=0.001)
         except pynvml.NVMLError_NotSupported:
             method = "nvml-power-integration"
+            self.accuracy = AVERAGED if _averages_power(gpu.handle) else INSTANTANEOUS
             self.notes.append(
                 f"GPU {gpu.cuda_index} has no energy counter (older than Volta): integrating polled power instead."
             )
@@ -95,12 +108,31 @@ class NvidiaGpuSource(common.GpuSource):
     def uses_counter(self) -> bool:
         return self._base_mj is not None
 
+    def read_power(self) -> float | None:
+        """The board's power (W) beside its counter, for the cross-check; None without a counter."""
+        if self._base_mj is None:
+            return None
+        return float(pynvml.nvmlDeviceGetPowerUsage(self.gpu.handle)) / 1000
+
+    def power_accuracy(self) -> Accuracy | None:
+        if self._base_mj is None:
+            return None
+        return AVERAGED if _averages_power(self.gpu.handle) else INSTANTANEOUS
+
     def read(self, now: float) -> Reading:
         if self._base_mj is not None:
             return Reading(
                 joules=(int(pynvml.nvmlDeviceGetTotalEnergyConsumption(self.gpu.handle)) - self._base_mj) / 1000
             )
         return Reading(watts=pynvml.nvmlDeviceGetPowerUsage(self.gpu.handle) / 1000)
+
+
+def _averages_power(handle: Any) -> bool:
+    """Whether the board's power reading is a 1 s average (Ampere and newer) rather than instantaneous."""
+    try:
+        return int(pynvml.nvmlDeviceGetArchitecture(handle)) >= pynvml.NVML_DEVICE_ARCH_AMPERE
+    except pynvml.NVMLError:
+        return False  # unknown: taken as instantaneous, the wider bound
 
 
 def _text(value: str | bytes) -> str:

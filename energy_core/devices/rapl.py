@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from energy_core.devices.counter import WrappingCounter
-from energy_core.devices.source import EnergySource, Reading, SourceInfo
+from energy_core.devices.source import Accuracy, EnergySource, Reading, SourceInfo
 from energy_core.notices import Notice
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
@@ -25,6 +25,9 @@ PERMISSION_HINT = (
     "`sudo chmod a+r /sys/class/powercap/intel-rapl:*/energy_uj /sys/class/powercap/intel-rapl:*:*/energy_uj` "
     "(or a udev rule). Falling back to an estimate."
 )
+
+
+RAPL_ACCURACY = Accuracy(lag_s=0.001, quantum_j=1e-6)  # RAPL updates about every ms; its files count µJ
 
 
 def _read_int(path: Path) -> int:
@@ -46,6 +49,7 @@ class RaplSource(EnergySource):
         self._counter = WrappingCounter(_read_int(zone / "max_energy_range_uj"), 1e-6, self.max_power_w)
         self._counter.update(_read_int(zone / "energy_uj"), None)  # the origin; also checks it can be read
         self.info = SourceInfo(name=f"{kind}{index}", kind=kind, method="rapl", detail=str(zone))
+        self.accuracy = RAPL_ACCURACY
 
     @property
     def wraps(self) -> int:

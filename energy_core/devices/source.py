@@ -51,6 +51,39 @@ class SourceInfo:
     vendor: str = ""
 
 
+@dataclass(frozen=True)
+class Accuracy:
+    """How far a source's readings can be from the truth: what the bound of every figure is made of.
+
+    Args:
+        lag_s: How far a reading's energy may trail the truth, in seconds of the device's power:
+            an energy counter updated every ``lag_s`` (NVML: 20-100 ms, taken as 0.1 s; RAPL:
+            about 1 ms); a power averaged over ``2 * lag_s`` (NVML's 1 s average on Ampere and
+            newer: the integral of a moving average trails the true energy by at most half its
+            span at the highest power in it). Always one-sided: a reading never runs ahead.
+        quantum_j: The counter's resolution (NVML: 1 mJ; RAPL: 1 µJ; amdsmi: its counter_resolution).
+        relative: The documented relative error of a model, as a share of its energy (the CPU
+            estimate: right within a factor of about 2, so 1.0).
+        sampled: The power is instantaneous: what the device drew between two readings is
+            not seen (sampling error), only guessed from the spread of the readings around.
+        averaged: The power is an average over ``2 * lag_s``: its integral trails the truth by
+            between the lowest and the highest power around times ``lag_s`` (a counter's lag
+            may be anything from 0).
+    """
+
+    lag_s: float = 0.0
+    quantum_j: float = 0.0
+    relative: float = 0.0
+    sampled: bool = False
+    averaged: bool = False
+
+
+COUNTER_UPDATE_S = 0.1  # an NVML or amdsmi energy counter advances every 20-100 ms: its reading trails by at most this
+AVERAGED = Accuracy(lag_s=0.5, averaged=True)  # a 1 s power average (NVML on Ampere and newer, amdsmi's average power)
+INSTANTANEOUS = Accuracy(sampled=True)  # polled instantaneous power (NVML before Ampere)
+ESTIMATED = Accuracy(relative=1.0)  # the CPU and DRAM estimates: within a factor of about 2 (docs/cpu_estimate.md)
+
+
 class EnergySource(ABC):
     """One device's energy reader.
 
@@ -58,10 +91,12 @@ class EnergySource(ABC):
         info: What it measures.
         max_power_w: The most this device could plausibly draw; a reading implying more
             is a glitch (twice a GPU's highest power limit; `CPU_MAX_POWER_W` otherwise).
+        accuracy: How far its readings can be from the truth (what its bounds are made of).
     """
 
     info: SourceInfo
     max_power_w: float = CPU_MAX_POWER_W
+    accuracy: Accuracy = Accuracy()
 
     @abstractmethod
     def read(self, now: float) -> Reading:
@@ -72,6 +107,15 @@ class EnergySource(ABC):
             now: The sampler's timestamp for this read (its clock), for sources that
                 model energy over time.
         """
+
+    def read_power(self) -> float | None:
+        """The device's power now, in watts, from a second instrument beside the energy counter
+        (`energy_core.devices.crosscheck`): None where there is none. May raise (a failed read)."""
+        return None
+
+    def power_accuracy(self) -> Accuracy | None:
+        """How `read_power`'s reading behaves (averaged or instantaneous); None without one."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release handles. Default: nothing to release."""

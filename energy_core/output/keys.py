@@ -44,12 +44,28 @@ def stage_kwh(stage: str) -> str:
     return f"energy/{stage}_kwh"
 
 
+def err(key: str) -> str:
+    """The key of a figure's bound: ``energy/total_kwh_err`` (same unit: the half-width of an
+    interval that holds the figure's true value)."""
+    return f"{key}_err"
+
+
 def gpu_w(name: str) -> str:
     """``power/gpu0_w``: ``name`` is a GPU's name, its visible index in one process (its job-wide name in a job)."""
     return f"power/{name}_w"
 
 
-WINDOW_KEYS = (STEP_J, TOTAL_W, SAMPLES_PER_S, TOKENS_PER_S, J_PER_SAMPLE, J_PER_TOKEN, CAP_W)
+# The figures logged with a bound beside them (``err(key)``).
+BOUNDED_KEYS = (
+    STEP_J,
+    TOTAL_KWH,
+    *(kind_kwh(k) for k in DEVICE_KINDS),
+    EPOCH_KWH,
+    *(stage_kwh(s) for s in STAGES),
+    CO2E_KG,
+    COST,
+)
+WINDOW_KEYS = (STEP_J, err(STEP_J), TOTAL_W, SAMPLES_PER_S, TOKENS_PER_S, J_PER_SAMPLE, J_PER_TOKEN, CAP_W)
 CUMULATIVE_KEYS = (
     TOTAL_KWH,
     *(kind_kwh(k) for k in DEVICE_KINDS),
@@ -58,6 +74,7 @@ CUMULATIVE_KEYS = (
     COST,
     EPOCH_KWH,
     *(stage_kwh(s) for s in STAGES),
+    *(err(key) for key in BOUNDED_KEYS if key != STEP_J),
     BUDGET_REMAINING,
     BUDGET_FORECAST,
     PAUSED_S,

@@ -9,20 +9,29 @@ from energy_core.units import J_PER_KWH
 
 def cumulative(totals: RunTotals, g_per_kwh: float, priced: bool, cap_w: float | None) -> dict[str, float]:
     """``energy/total_kwh``, ``energy/<kind>_kwh``, ``carbon/*`` (``g_per_kwh``: the intensity in
-    force now), ``cost/total`` when a price is set, ``power/cap_w`` while a cap is in force."""
-    metrics = {keys.TOTAL_KWH: totals.total_kwh}
+    force now), ``cost/total`` when a price is set, ``power/cap_w`` while a cap is in force; each
+    energy, CO2e and cost figure with its bound (``*_err``)."""
+    metrics = {keys.TOTAL_KWH: totals.total_kwh, keys.err(keys.TOTAL_KWH): totals.total_err / J_PER_KWH}
     for kind in sorted(totals.energy_j):
         metrics[keys.kind_kwh(kind)] = totals.energy_j[kind] / J_PER_KWH
+        metrics[keys.err(keys.kind_kwh(kind))] = totals.energy_err.get(kind, 0.0) / J_PER_KWH
     metrics[keys.CO2E_KG] = totals.co2e_kg
+    metrics[keys.err(keys.CO2E_KG)] = totals.co2e_err
     metrics[keys.INTENSITY] = g_per_kwh
     if priced:
         metrics[keys.COST] = totals.cost
+        metrics[keys.err(keys.COST)] = totals.cost_err
     return {**metrics, **cap(cap_w)}
 
 
-def stage(stage: str, kwh: float) -> dict[str, float]:
-    """``energy/<stage>_kwh``: the stage's energy so far."""
-    return {keys.stage_kwh(stage): kwh}
+def stage(stage: str, kwh: float, kwh_err: float) -> dict[str, float]:
+    """``energy/<stage>_kwh``: the stage's energy so far, and its bound."""
+    return {keys.stage_kwh(stage): kwh, keys.err(keys.stage_kwh(stage)): kwh_err}
+
+
+def epoch(joules: float, joules_err: float) -> dict[str, float]:
+    """``energy/epoch_kwh``: the epoch's energy (validation included), and its bound."""
+    return {keys.EPOCH_KWH: joules / J_PER_KWH, keys.err(keys.EPOCH_KWH): joules_err / J_PER_KWH}
 
 
 def cap(cap_w: float | None) -> dict[str, float]:
@@ -43,6 +52,7 @@ def window(figures: WindowFigures) -> dict[str, float]:
             metrics[keys.TOKENS_PER_S] = figures.tokens / figures.seconds
     if figures.steps > 0:
         metrics[keys.STEP_J] = figures.joules / figures.steps
+        metrics[keys.err(keys.STEP_J)] = figures.joules_err / figures.steps
     if figures.samples:
         metrics[keys.J_PER_SAMPLE] = figures.joules / figures.samples
     if figures.tokens:

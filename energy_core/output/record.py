@@ -46,6 +46,7 @@ HEADER, WINDOW, EPOCH, STAGE, SUMMARY, BUDGET, POWER_CAP, FACTOR, SHIFT = (
     "shift",
 )
 TARGET = "target"
+CHECK = "check"  # a board's energy counter and its power disagreed beyond their joint bound (the tracker)
 
 
 def _clean(value: Any) -> Any:
@@ -213,17 +214,28 @@ LINE_FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
     },
     WINDOW: _BOUNDARY,
     EPOCH: _BOUNDARY,
-    STAGE: {"stage": _text, "step": _integer, "seconds": _number, "kwh": _number, "metrics": _METRICS},
+    STAGE: {
+        "stage": _text,
+        "step": _integer,
+        "seconds": _number,
+        "kwh": _number,
+        "kwh_err": _optional(_number),
+        "metrics": _METRICS,
+    },
     SUMMARY: {
         "step": _integer,
         "status": _text,
         "metrics": _METRICS,
-        **{name: _optional(_number) for name in ("seconds", "mean_power_w", "j_per_sample", "j_per_token")},
+        **{
+            name: _optional(_number)
+            for name in ("seconds", "mean_power_w", "j_per_sample", "j_per_token", "energy_j_err")
+        },
         "carbon": _CARBON,
         "cost": _optional(_fields(total=_number, currency=_optional(_text))),
     },
     POWER_CAP: {"caps": _items(_fields(gpu=lambda v: _integer(v) or _text(v), cap_w=_number))},
     FACTOR: {"factor": _text, "value": _number, "source": _text, "since": _optional(_number)},
+    CHECK: {name: _number for name in ("seconds", "counter_j", "power_j", "bound_j")} | {"source": _text},
     BUDGET: {"event": _text, "step": _integer, "metrics": _METRICS},
     TARGET: {
         "event": _text,

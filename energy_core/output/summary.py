@@ -83,11 +83,13 @@ def summary_fields(
     """
     failed_reads, estimated, faults = meter.failed_reads(), meter.estimated, meter.quality()
     joules = metrics.get(keys.TOTAL_KWH, 0.0) * J_PER_KWH
+    joules_err = metrics.get(keys.err(keys.TOTAL_KWH), 0.0) * J_PER_KWH
     seconds = totals.fit_s
     kwh_pue = joules / J_PER_KWH * carbon["pue"]
     mean_g = 1000 * metrics.get(keys.CO2E_KG, 0.0) / kwh_pue if kwh_pue > 0 else carbon["g_per_kwh"]
     return {
         "metrics": metrics,
+        "energy_j_err": joules_err,
         "seconds": seconds,
         "mean_power_w": joules / seconds if seconds > 0 else None,
         "samples": totals.samples,
@@ -138,9 +140,12 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
     units that fit, what is estimated and how far off it can be, what the total leaves out."""
     metrics = fields["metrics"]
     carbon = fields["carbon"]
+    kwh = metrics.get(keys.TOTAL_KWH, 0.0)
+    kwh_err = metrics.get(keys.err(keys.TOTAL_KWH))
+    bound = f" ± {100 * kwh_err / kwh:.2g} %" if kwh_err is not None and kwh > 0 else ""  # how exact it is
     kinds = sorted(k for k in DEVICE_KINDS if keys.kind_kwh(k) in metrics)
     estimated = [k for k in kinds if k in estimated_kinds]
-    total = show.energy_kwh(metrics.get(keys.TOTAL_KWH, 0.0)) + estimate_mark(kinds, estimated_kinds)
+    total = show.energy_kwh(kwh) + bound + estimate_mark(kinds, estimated_kinds)
     mean_w = fields["mean_power_w"]
     line = f"Energy: {total} over {show.duration(fields['seconds'])}"
     line += f", mean {show.power(mean_w)}" if mean_w is not None else ""

@@ -70,6 +70,7 @@ SUMMARY_HEAD = [
     "power cap",
     "energy to target",
     "carbon factor source",
+    "energy bound",
 ]
 CONTEXT_HEAD = ["run", "started", "host", "command", "CPU", "GPUs", "devices measured", "framework", "software"]
 
@@ -118,6 +119,7 @@ def run_row(label: str, run: Run) -> list[str]:
         cap or "-",
         targets.energy_to_target(run),
         str(carbon.get("source", "?")),
+        bound(kwh, figure(metrics, keys.err(keys.TOTAL_KWH))),
     ]
 
 
@@ -154,6 +156,15 @@ def context_row(label: str, run: Run) -> list[str]:
 def _mapping(value: Any) -> dict[str, Any]:
     """A header's object, or an empty one where the record holds something else."""
     return value if isinstance(value, dict) else {}
+
+
+def bound(kwh: float, kwh_err: float | None) -> str:
+    """``± 0.3% (3.7 Wh)``: the total's bound, as a share and in the unit that fits; "-" where the
+    record has none."""
+    if kwh_err is None:
+        return "-"
+    share = f"± {100 * kwh_err / kwh:.2g}% " if kwh > 0 else "± "
+    return f"{share}({show.energy_kwh(kwh_err)})"
 
 
 def console() -> Console:

@@ -80,6 +80,7 @@ def series(run: Run) -> dict[str, list[float]]:
         "step": [points.step[i] for i in shown],
         "seconds": [_seconds(points.seconds[i]) for i in shown],
         "joules": [points.kwh[i] * J_PER_KWH for i in shown],
+        "joules_err": [points.kwh_err[i] * J_PER_KWH for i in shown],  # NaN where the record has no bound
         "co2e": [points.co2e_kg[i] for i in shown],
     }
     for kind in DEVICE_KINDS:
@@ -99,6 +100,9 @@ def _seconds(value: float) -> float:
     return 0.0 if math.isnan(value) else value
 
 
+BANDS = {"joules": "joules_err", "watts": "watts_err"}  # a curve's bound, shaded around it
+
+
 def _power(run: Run) -> dict[str, list[float]]:
     """Mean power per window (``power_step``, ``power_seconds``, ``watts``); a window shorter than
     `SHORT_WINDOW` of the median one is folded into the one before it (their energy over their time), a
@@ -107,25 +111,28 @@ def _power(run: Run) -> dict[str, list[float]]:
     rows = [i for i in points.rows(WINDOW) if not math.isnan(points.watts[i])]
     lengths = [points.window_s[i] for i in rows if points.window_s[i] > 0]
     shortest = SHORT_WINDOW * statistics.median(lengths) if lengths else 0.0
-    kept: list[list[float]] = []  # [step, seconds, joules, window seconds]
-    carried = [0.0, 0.0]  # a short first window's (joules, seconds), for the next
+    kept: list[list[float]] = []  # [step, seconds, joules, window seconds, joules' bound]
+    carried = [0.0, 0.0, 0.0]  # a short first window's (joules, seconds, bound), for the next
     for i in rows:
         span = points.window_s[i]
         span = span if span > 0 else 0.0
-        joules = points.watts[i] * span
+        joules, bound = points.watts[i] * span, points.watts_err[i] * span  # bounds add when folded
         if span >= shortest:
-            kept.append([points.step[i], _seconds(points.seconds[i]), joules + carried[0], span + carried[1]])
-            carried = [0.0, 0.0]
+            kept.append([points.step[i], _seconds(points.seconds[i]), joules + carried[0], span + carried[1],
+                         bound + carried[2]])  # fmt: skip
+            carried = [0.0, 0.0, 0.0]
         elif kept:  # folded into the window before it
             kept[-1][0], kept[-1][1] = points.step[i], _seconds(points.seconds[i])
             kept[-1][2] += joules
             kept[-1][3] += span
+            kept[-1][4] += bound
         else:
-            carried = [carried[0] + joules, carried[1] + span]
+            carried = [carried[0] + joules, carried[1] + span, carried[2] + bound]
     return {
         "power_step": [k[0] for k in kept],
         "power_seconds": [k[1] for k in kept],
         "watts": [k[2] / k[3] if k[3] > 0 else points.watts[rows[0]] for k in kept],
+        "watts_err": [k[4] / k[3] if k[3] > 0 else math.nan for k in kept],  # NaN where the record has no bound
     }
 
 
@@ -188,10 +195,16 @@ def plot_runs(runs: list[tuple[str, Run]]) -> list[tuple[str, bytes]]:
         y_label, y_size = unit_of([v for _, _, s in drawn for v in s[y]], y_axis)
         if y == "loss":
             y_label = _loss_label([run for _, run, _ in drawn])
+        bands = []
         for label, run, s in drawn:
-            line = axes.plot([v / x_size for v in s[x]], [v / y_size for v in s[y]], marker=".",
-                             label=legend_label(label, run))[0]  # fmt: skip
+            xs, ys = [v / x_size for v in s[x]], [v / y_size for v in s[y]]
+            line = axes.plot(xs, ys, marker=".", label=legend_label(label, run))[0]
+            bands.append((xs, ys, [e / y_size for e in s.get(BANDS.get(y, ""), [])], line.get_color()))
             _epoch_ends(axes, s.get(EPOCH_ENDS.get(x, ""), []), x_size, line.get_color())
+        limits = axes.get_ylim()  # the curves set the axis; a wide band runs past its edge rather than squash them
+        for band in bands:
+            _band(axes, *band)
+        axes.set_ylim(limits)
         _finish(axes, title, x_label, y_label)
         drawn_views.append((name, _png(plt, figure, title)))
     devices = _devices_plot(plt, data)
@@ -247,6 +260,14 @@ def _devices_plot(plt: Any, data: list[tuple[str, Run, dict[str, list[float]]]])
                   linestyle="--" if estimated else "-", label=name)  # fmt: skip
     _finish(axes, DEVICES_PLOT[1], x_label, y_label)
     return figure
+
+
+def _band(axes: Any, xs: list[float], ys: list[float], errors: list[float], color: Any) -> None:
+    """Shade the interval that holds the true value around a curve (where the record has the bounds)."""
+    if not errors or any(math.isnan(e) for e in errors):
+        return
+    axes.fill_between(xs, [y - e for y, e in zip(ys, errors)], [y + e for y, e in zip(ys, errors)],
+                      color=color, alpha=0.2, linewidth=0)  # fmt: skip
 
 
 def _png(plt: Any, figure: Any, title: str) -> bytes:

@@ -47,7 +47,9 @@ class Points:
     seconds: array = field(default_factory=lambda: array("d"))  # training seconds so far
     window_s: array = field(default_factory=lambda: array("d"))  # a window line's own training seconds
     kwh: array = field(default_factory=lambda: array("d"))
+    kwh_err: array = field(default_factory=lambda: array("d"))  # the bound of kwh (NaN: none recorded)
     watts: array = field(default_factory=lambda: array("d"))
+    watts_err: array = field(default_factory=lambda: array("d"))  # the bound of the window's mean power
     intensity: array = field(default_factory=lambda: array("d"))
     co2e_kg: array = field(default_factory=lambda: array("d"))
     gpu_kwh: array = field(default_factory=lambda: array("d"))
@@ -68,7 +70,9 @@ class Points:
         self.seconds.append(_or_nan(seconds))
         self.window_s.append(_or_nan(figure(line, "seconds")) if line["type"] == WINDOW else NAN)
         self.kwh.append(_or_nan(figure(metrics, keys.TOTAL_KWH)))
+        self.kwh_err.append(_or_nan(figure(metrics, keys.err(keys.TOTAL_KWH))))
         self.watts.append(_or_nan(figure(metrics, keys.TOTAL_W)))
+        self.watts_err.append(_or_nan(_power_err(line, metrics)))
         self.intensity.append(_or_nan(figure(metrics, keys.INTENSITY)))
         self.co2e_kg.append(_or_nan(figure(metrics, keys.CO2E_KG)))
         for kind in DEVICE_KINDS:
@@ -84,6 +88,14 @@ class Points:
 def utc(t: float) -> str:
     """A unix time as the report shows it: ``2026-11-24 10:00 UTC``."""
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _power_err(line: dict[str, Any], metrics: dict[str, Any]) -> float | None:
+    """The bound of a window's mean power: its energy's bound (per step, times the steps) over its seconds."""
+    per_step, steps, seconds = figure(metrics, keys.err(keys.STEP_J)), figure(line, "steps"), figure(line, "seconds")
+    if per_step is None or steps is None or not seconds:
+        return None
+    return per_step * steps / seconds
 
 
 def _or_nan(value: float | None) -> float:

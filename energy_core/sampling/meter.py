@@ -17,7 +17,9 @@ import numpy as np
 
 from energy_core import devices as device_layer
 from energy_core.devices import EnergySource, deadline, parse_devices
+from energy_core.devices.crosscheck import Disagreement
 from energy_core.notices import Notice
+from energy_core.sampling.bounds import MarkBound
 from energy_core.sampling.sampler import Mark, Sampler, check_interval
 
 SILENT_S = 5.0  # a source without a good reading for this long (and 10 readings) is reported
@@ -148,6 +150,32 @@ class EnergyMeter:
         )
         return [m.joules if m.joules is not None else values[id(m)] for m in marks]
 
+    def read(self, *marks: Mark) -> tuple[list[np.ndarray], list[MarkBound]]:
+        """As `joules`, with each mark's bound (`energy_core.sampling.bounds`), from one snapshot
+        of the readings: an extrapolated mark's bound is that of its extrapolation. A mark's
+        bound is kept on it once the readings around it are in."""
+        width = len(self.sources)
+        if self.sampler is None or width == 0:
+            return [np.zeros(width) for _ in marks], [MarkBound.zero(width) for _ in marks]
+        wanted = [m for m in marks if m.joules is None or m.bound is None]
+        found = dict(zip(map(id, wanted), self.sampler.buffer.read_at([m.t for m in wanted], self.sampler.accuracy)))
+        values: list[np.ndarray] = []
+        bounds: list[MarkBound] = []
+        for mark in marks:
+            if id(mark) not in found:  # fixed, its bound kept
+                assert mark.joules is not None and mark.bound is not None
+                values.append(mark.joules)
+                bounds.append(mark.bound)
+                continue
+            joules, bound, settled = found[id(mark)]
+            if mark.joules is not None:
+                joules = mark.joules
+                if settled:
+                    mark.bound = bound
+            values.append(joules)
+            bounds.append(bound)
+        return values, bounds
+
     def resolvable(self, mark: Mark) -> bool:
         """Whether `joules` can give this mark a figure: it is fixed, or two readings give a
         power to extrapolate with (a mark before the second reading has no figure yet)."""
@@ -199,6 +227,13 @@ class EnergyMeter:
                     "last_error": ledger.last_error,
                 }  # fmt: skip
         return found
+
+    def disagreements(self) -> list[Disagreement]:
+        """The spans over which a board's counter and its power disagreed beyond their joint bound
+        since the last call (`energy_core.devices.crosscheck`)."""
+        if self.sampler is None:
+            return []
+        return [found for ledger in self.sampler.ledgers if ledger.check is not None for found in ledger.check.take()]
 
     def new_silences(self) -> list[Notice]:
         """One warning per source that has given no good reading for a while (once each)."""

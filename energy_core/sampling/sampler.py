@@ -24,9 +24,9 @@ import numpy as np
 
 from energy_core import checks
 from energy_core.devices import EnergySource, Ledger, deadline
+from energy_core.sampling.bounds import RATE_WINDOW_S, Accuracies, MarkBound, mark_bound, settled
 
 DEFAULT_CAPACITY = 16384  # rows: 27 minutes of history at 0.1 s, about 0.5 MB for 3 sources
-RATE_WINDOW_S = 1.0  # power used to extrapolate past the newest row is averaged over this
 JITTER = 0.2  # intervals vary by +-20% at random, so polling cannot alias with periodic load
 MIN_INTERVAL_S, MAX_INTERVAL_S = 0.001, 60.0  # the sampling intervals allowed
 
@@ -41,6 +41,10 @@ def check_interval(sample_interval_s: Any) -> float:
 class SampleBuffer:
     """Bounded ring of cumulative-energy rows, safe for one writer and many readers.
 
+    Each row also holds, per source, the error accumulated so far and the part of the total a
+    later reading may take back (`Ledger.bound_j`, `Ledger.open_j`): what a span's bound is
+    made of (`energy_core.sampling.bounds`).
+
     Args:
         width: Number of sources (columns of energy).
         capacity: Rows kept; the oldest are overwritten.
@@ -49,6 +53,8 @@ class SampleBuffer:
     def __init__(self, width: int, capacity: int = DEFAULT_CAPACITY) -> None:
         self._t = np.zeros(capacity)
         self._e = np.zeros((capacity, width))
+        self._u = np.zeros((capacity, width))  # accumulated error
+        self._o = np.zeros((capacity, width))  # open: may be taken back
         self._capacity = capacity
         self._count = 0  # rows ever written
         self._lock = threading.Lock()
@@ -61,20 +67,28 @@ class SampleBuffer:
         """Two readings or more: a power to extrapolate past the newest one with."""
         return len(self) >= 2
 
-    def append(self, t: float, values: Sequence[float] | np.ndarray) -> None:
+    def append(
+        self,
+        t: float,
+        values: Sequence[float] | np.ndarray,
+        accumulated: Sequence[float] | np.ndarray | float = 0.0,
+        pending: Sequence[float] | np.ndarray | float = 0.0,
+    ) -> None:
         with self._lock:
             slot = self._count % self._capacity
             self._t[slot] = t
             self._e[slot] = values
+            self._u[slot] = accumulated
+            self._o[slot] = pending
             self._count += 1
 
-    def _ordered(self) -> tuple[np.ndarray, np.ndarray]:
+    def _ordered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         with self._lock:
             n, start = len(self), self._count % self._capacity
             if self._count <= self._capacity:
-                return self._t[:n].copy(), self._e[:n].copy()
+                return self._t[:n].copy(), self._e[:n].copy(), self._u[:n].copy(), self._o[:n].copy()
             order = np.r_[start : self._capacity, 0:start]
-            return self._t[order], self._e[order]
+            return self._t[order], self._e[order], self._u[order], self._o[order]
 
     def energy_at(self, times_wanted: Sequence[float]) -> list[tuple[np.ndarray, bool]]:
         """Cumulative energy of every source at each of the given times.
@@ -85,8 +99,21 @@ class SampleBuffer:
             of the last `RATE_WINDOW_S` and is refined once a later row arrives. A time
             older than the oldest row kept is clamped to that row.
         """
-        times, energy = self._ordered()
+        times, energy, _, _ = self._ordered()
         return [_interpolate(times, energy, t) for t in times_wanted]
+
+    def read_at(self, times_wanted: Sequence[float], accuracy: Accuracies) -> list[tuple[np.ndarray, MarkBound, bool]]:
+        """As `energy_at`, with each time's bound (`mark_bound`), from one snapshot of the rows;
+        the flag says whether that bound is settled (every row around the time is in)."""
+        times, energy, accumulated, pending = self._ordered()
+        return [
+            (
+                _interpolate(times, energy, t)[0],
+                mark_bound(times, energy, accumulated, pending, t, accuracy),
+                settled(times, t, accuracy),
+            )
+            for t in times_wanted
+        ]
 
 
 def _interpolate(times: np.ndarray, energy: np.ndarray, t: float) -> tuple[np.ndarray, bool]:
@@ -107,13 +134,16 @@ def _interpolate(times: np.ndarray, energy: np.ndarray, t: float) -> tuple[np.nd
 
 class Mark:
     """A moment on the sampler's clock; its cumulative joules are filled in by the sampler
-    thread at the first reading after it (`Mark.joules`), so no history needs keeping."""
+    thread at the first reading after it (`Mark.joules`), so no history needs keeping. Its
+    bound is kept once the readings around it are in (`Mark.bound`), so a mark older than
+    the ring buffer (a long fit's start) keeps the bound it had."""
 
-    __slots__ = ("t", "joules")
+    __slots__ = ("t", "joules", "bound")
 
     def __init__(self, t: float) -> None:
         self.t = t
         self.joules: np.ndarray | None = None
+        self.bound: MarkBound | None = None
 
     @property
     def final(self) -> bool:
@@ -153,6 +183,7 @@ class Sampler:
         self.interval_s = interval_s
         self.clock = clock
         self.buffer = SampleBuffer(len(self.sources), capacity)
+        self.accuracy = Accuracies(self.sources)
         self.thread_cpu_s = 0.0  # CPU time the sampler thread has used, for benchmarks
         self.listener_errors = 0
         self.hung = False  # a read has not returned within DRIVER_WAIT_S (a hung driver call); False once it does
@@ -189,7 +220,8 @@ class Sampler:
         """Read every source once, append a row, resolve the marks it passes, tell the listeners."""
         now = self.clock()
         values = np.array([ledger.update(now) for ledger in self.ledgers], dtype=float)
-        self.buffer.append(now, values)
+        accumulated = [ledger.bound_j for ledger in self.ledgers]
+        self.buffer.append(now, values, accumulated, [ledger.open_j for ledger in self.ledgers])
         with self._pending_lock:
             due = [m for m in self._pending if m.t <= now]
             self._pending = [m for m in self._pending if m.t > now]

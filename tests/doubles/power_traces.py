@@ -126,3 +126,26 @@ class Switched(Trace):
             points = [(0.0, self.watts), *((s, w) for s, w in self.changes if s < t)]
         ends = [s for s, _ in points[1:]] + [t]
         return sum(w * (end - s) for (s, w), end in zip(points, ends))
+
+
+@dataclass
+class Steps(Trace):
+    """Piecewise constant: ``levels[i]`` watts for ``durations[i]`` seconds, in turn, the last level after."""
+
+    levels: list[float]
+    durations: list[float]
+
+    def power(self, t: float) -> float:
+        for level, seconds in zip(self.levels, self.durations):
+            if t < seconds:
+                return level
+            t -= seconds
+        return self.levels[-1]
+
+    def energy(self, t: float) -> float:
+        t, total = max(t, 0.0), 0.0
+        for level, seconds in zip(self.levels, self.durations):
+            if t <= seconds:
+                return total + level * t
+            total, t = total + level * seconds, t - seconds
+        return total + self.levels[-1] * t

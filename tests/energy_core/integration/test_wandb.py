@@ -50,7 +50,9 @@ def test_lightning_wandb_logger(offline, sim_gpus) -> None:
     wandb.finish()
 
     run = read_run(offline)
-    for key in ("energy/total_kwh", "energy/gpu_kwh", "power/gpu0_w", "energy/step_j", "carbon/co2e_kg"):
+    figures = ("energy/total_kwh", "energy/gpu_kwh", "power/gpu0_w", "energy/step_j", "carbon/co2e_kg")
+    bounds = ("energy/total_kwh_err", "energy/gpu_kwh_err", "energy/step_j_err", "carbon/co2e_kg_err")
+    for key in (*figures, *bounds):  # a bound on the same axis as its figure: one panel plots both
         assert key in run["metrics"], sorted(run["metrics"])
         assert run["metrics"][key].step_metric == "trainer/global_step"  # defined by exact name
         assert not run["metrics"][key].glob_name
@@ -60,12 +62,14 @@ def test_lightning_wandb_logger(offline, sim_gpus) -> None:
     for step, metrics in windows.items():
         assert rows[step]["energy/total_kwh"] == pytest.approx(metrics["energy/total_kwh"])
         assert rows[step]["power/gpu0_w"] == pytest.approx(metrics["power/gpu0_w"])
+        assert 0 < rows[step]["energy/step_j_err"] == pytest.approx(metrics["energy/step_j_err"])
     final = read_record(offline / "energy.jsonl")[-1]["metrics"]
     assert run["summary"]["energy/total_kwh"] == pytest.approx(final["energy/total_kwh"])
     # and as a person reads them (W&B's console rounds 2e-05 kWh to 0.0): the GPU's energy is read, not estimated
     assert run["summary"]["energy/total"] == show.energy_kwh(final["energy/total_kwh"])
     assert run["summary"]["carbon/co2e"] == show.mass(final["carbon/co2e_kg"])
     assert run["summary"]["energy/total"].endswith(" J") and "e-0" not in run["summary"]["carbon/co2e"]
+    assert 0 < run["summary"]["energy/total_kwh_err"] == pytest.approx(final["energy/total_kwh_err"])
     # one summary rule: every key's last value, a plain number (not {'mean': ...} or {'last': ...})
     last_window = windows[max(windows)]
     assert run["summary"]["power/gpu0_w"] == pytest.approx(rows[max(windows)]["power/gpu0_w"])

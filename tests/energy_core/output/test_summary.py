@@ -251,3 +251,11 @@ def test_a_gpu_lost_mid_run_is_reported_by_the_meter_in_the_summary(sim_gpus) ->
     [notice] = quality_notices(fields)
     assert notice == Notice("warn", notice.text) and "gpu0 1.5 s not measured" in notice.text
     assert "66.7% of the energy is estimated" in notice.text
+
+
+def test_the_console_text_gives_the_totals_bound_as_a_share_and_the_record_in_joules() -> None:
+    metrics = {"energy/total_kwh": 0.001, "energy/total_kwh_err": 0.000003, "energy/gpu_kwh": 0.001}
+    fields = fields_of(metrics, RunTotals(samples=36, fit_s=3.6))
+    assert fields["energy_j_err"] == pytest.approx(0.000003 * 3.6e6, rel=1e-12)
+    lines = summary_text(fields, estimated_kinds=set()).splitlines()
+    assert lines[0].startswith("Energy: 1 Wh ± 0.3 % over 3.6 s")  # the unit that fits, then how exact

@@ -206,4 +206,6 @@ def test_series_far_from_the_run_in_the_report_say_so(tmp_path) -> None:
                   {"type": "window", "elapsed_s": 3600.0, "metrics": {"energy/total_kwh": 1.0}}])  # fmt: skip
     rows = started_at_other_hours(run, Series(old, "--intensity-series", "g/kWh"))
     assert rows[0][0].endswith("(outside the series: its end values)")
-    assert rows[1][0] == (datetime.fromtimestamp(T0, timezone.utc) - timedelta(days=7 * 365)).strftime("%Y-%m-%d %H:%M")
+    assert rows[1][0] == (datetime.fromtimestamp(T0, timezone.utc) - timedelta(days=7 * 365)).strftime(
+        "%Y-%m-%d %H:%M UTC"
+    )

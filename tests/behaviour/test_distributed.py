@@ -32,6 +32,7 @@ def run_ranks(command: list[str], out: Path, world: int = 2) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
+@pytest.mark.slow  # about 8 s: the HF budget run and the unit tests of the decision stay in the default set
 @pytest.mark.timeout(300)
 def test_lightning_ddp_budget_stops_every_rank_at_the_same_step(tmp_path) -> None:
     rank0, rank1 = run_ranks([sys.executable, *SCRIPT, "lightning", str(tmp_path)], tmp_path)
@@ -49,6 +50,7 @@ def test_hf_torchrun_budget_stops_every_rank_at_the_same_step(tmp_path) -> None:
     assert rank0["kwh"] > 0
 
 
+@pytest.mark.slow  # about 9 s of two processes
 @pytest.mark.timeout(300)
 def test_an_exception_on_one_rank_does_not_hang_the_job(tmp_path) -> None:
     """Rank 0 fails mid-epoch: our exception hooks end its figures without waiting for rank 1."""
@@ -98,12 +100,13 @@ def check_job_totals(ranks: list[dict], nodes: int, record: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("vendor", ["nvml", "amdsmi"])
+@pytest.mark.parametrize("vendor", ["nvml", pytest.param("amdsmi", marks=pytest.mark.slow)])  # AMD: slow set
 def test_lightning_ddp_totals_are_summed_once_across_ranks(tmp_path, vendor) -> None:
     ranks = run_ranks([sys.executable, *TOTALS, "lightning", str(tmp_path), vendor], tmp_path, 2)
     check_job_totals(ranks, nodes=1, record=tmp_path / "energy.jsonl")
 
 
+@pytest.mark.slow  # about 7 s; HF's shape comes from torch_distributed, which test_launchers' loop cell runs by default
 @pytest.mark.timeout(300)
 def test_hf_torchrun_totals_are_summed_once_across_ranks(tmp_path) -> None:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
@@ -111,6 +114,7 @@ def test_hf_torchrun_totals_are_summed_once_across_ranks(tmp_path) -> None:
     check_job_totals(ranks, nodes=1, record=tmp_path / "energy.jsonl")
 
 
+@pytest.mark.slow  # about 11 s of four processes
 @pytest.mark.timeout(300)
 def test_two_nodes_on_loopback_count_node_energy_once_per_node(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -158,6 +162,7 @@ def check_target(rank0: dict, rank1: dict, record: Path) -> None:
     assert [x["event"] for x in lines] == ["evaluation", "evaluation", "reached"]  # written once, by rank 0
 
 
+@pytest.mark.slow  # about 8 s; the target's rank agreement is unit-tested by default
 @pytest.mark.timeout(300)
 def test_lightning_ddp_target_stops_every_rank_where_any_rank_reached_it(tmp_path) -> None:
     rank0, rank1 = run_ranks([sys.executable, *TARGET, "lightning", str(tmp_path)], tmp_path)

@@ -207,6 +207,7 @@ class HangAtStep(pl.Callback):
             self.board.hang_after = self.sim.elapsed()
 
 
+@pytest.mark.slow  # waits out the driver deadline (about 6 s)
 def test_a_driver_call_that_hangs_mid_fit_holds_no_later_stage(tmp_path, sim_gpus) -> None:
     """Issue 25, item 4: after a hang mid-fit, `trainer.test()` used to call the hung driver on
     the training thread at its start, for good. Each later stage now starts and ends at once."""
@@ -230,6 +231,7 @@ def test_a_driver_call_that_hangs_mid_fit_holds_no_later_stage(tmp_path, sim_gpu
     assert summary["status"] == "completed"
 
 
+@pytest.mark.slow  # waits out the driver deadline (about 6 s)
 def test_a_driver_call_that_hangs_at_discovery_holds_no_start(tmp_path, sim_gpus) -> None:
     """Issue 25, item 4: a read that never returns from the start used to hang device discovery."""
     board = gpu(hang_after=0.0)

@@ -87,7 +87,7 @@ SLOW = pytest.mark.slow  # about 10 to 25 s each on 2 cores; the default run kee
     "cell",
     [
         pytest.param("lightning", marks=SLOW),  # also in test_distributed.py, on GPUs its ranks train on
-        "hf",
+        pytest.param("hf", marks=SLOW),  # HF's ranks_of reads torch_distributed, as the default "loop" cell does
         pytest.param("hf-cpu", marks=SLOW),
         "loop",
         pytest.param("accelerate", marks=SLOW),

@@ -56,7 +56,9 @@ def who_set(state: Path) -> list[tuple[int, int]]:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)], ids=["Ctrl-C", "SIGTERM"]
+)  # SIGTERM by default in test_sigterm_restores_then_ends_the_process_by_the_signal
 def test_a_signal_to_the_process_group_restores_once_from_the_process_that_capped(tmp_path, signum) -> None:
     child, state = capped_run(tmp_path, workers=2)
     os.killpg(child.pid, signum)  # what a terminal's Ctrl-C, or a scheduler's kill of the job, does

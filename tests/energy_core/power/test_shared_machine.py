@@ -150,6 +150,7 @@ def _user_env(other_user, sticky: Path, journal: str | None) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # about 9 s of a second user's training process
 @pytest.mark.timeout(300)
 def test_another_user_run_with_a_journal_root_left_unwritable_trains_on(other_user, sticky) -> None:
     """Item 5: a first root run left the shared journal directory 0755; a later user
@@ -179,6 +180,7 @@ def test_another_user_run_with_a_journal_root_left_unwritable_trains_on(other_us
     assert limit_of(state) == PREVIOUS_MW and (shared / "power-limits.json").read_text() == "{}"
 
 
+@pytest.mark.slow  # about 5 s of a second user's process
 @pytest.mark.timeout(300)
 def test_another_user_default_journal_is_their_own(other_user, sticky) -> None:
     state = driver_state(sticky / "driver.json")
@@ -197,7 +199,7 @@ def test_another_user_default_journal_is_their_own(other_user, sticky) -> None:
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("first_to_end", ["first", "second"])
+@pytest.mark.parametrize("first_to_end", ["first", pytest.param("second", marks=pytest.mark.slow)])  # 9 s each
 def test_two_processes_capping_one_gpu_leave_the_administrator_limit(sticky, first_to_end) -> None:
     state = driver_state(sticky / "driver.json")
     runs = {}
@@ -223,6 +225,7 @@ def test_two_processes_capping_one_gpu_leave_the_administrator_limit(sticky, fir
     assert journal_entries() == {}
 
 
+@pytest.mark.slow  # about 5 s of child processes
 @pytest.mark.timeout(200)
 def test_a_run_that_ignores_sighup_keeps_its_cap(sticky) -> None:
     """Under nohup SIGHUP is ignored: the run goes on, and so must its cap."""
@@ -240,7 +243,7 @@ def test_a_run_that_ignores_sighup_keeps_its_cap(sticky) -> None:
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("first_to_end", ["user", "root"])
+@pytest.mark.parametrize("first_to_end", ["user", pytest.param("root", marks=pytest.mark.slow)])  # 9 s each
 def test_two_users_capping_one_gpu_leave_the_administrator_limit(other_user, sticky, monkeypatch, first_to_end) -> None:
     """Issue 25, item 2: a user with CAP_SYS_ADMIN caps the board at 250 W (its journal in its
     home), then root asks for 200 W (root's journal). Root used to take 250 W for the limit

@@ -41,6 +41,7 @@ def test_lightning_energy_without_lightning_names_the_extra() -> None:
     assert done.stderr.count("Traceback") == 1 and "lightning_utilities" not in done.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter importing Lightning (about 5 s)
 def test_lightning_energy_with_one_flavour_imports() -> None:
     done = import_without(["pytorch_lightning"], "lightning_energy")
     assert done.returncode == 0, done.stderr

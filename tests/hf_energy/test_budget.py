@@ -78,7 +78,9 @@ def test_resumed_run_with_a_spent_budget_stops_after_its_first_step(tmp_path, si
     assert second.state.global_step == 13  # the HF Trainer checks for a stop only after a step
 
 
-@pytest.mark.parametrize("attached", [True, False], ids=["attach", "callbacks"])
+@pytest.mark.parametrize(
+    "attached", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["attach", "callbacks"]
+)  # 4-7 s each
 def test_a_budget_keeps_working_after_a_resume_that_re_creates_the_callbacks(tmp_path, sim_gpus, attached) -> None:
     # With restore_callback_states_from_checkpoint=True HF re-creates the callbacks from the checkpoint and drops
     # the ones given; the registry still returned the dropped monitor, whose tracker never started, so the

@@ -254,7 +254,7 @@ def test_a_signal_to_a_training_process_restores(tmp_path, vendor, framework, si
 @pytest.mark.parametrize(
     ("vendor", "framework"),
     [
-        ("nvml", "lightning"),
+        pytest.param("nvml", "lightning", marks=pytest.mark.slow),  # 4.5 s; signals restore by default
         pytest.param("nvml", "hf", marks=pytest.mark.slow),
         pytest.param("amdsmi", "lightning", marks=pytest.mark.slow),
     ],
@@ -305,6 +305,7 @@ def test_recover_leaves_a_board_someone_else_changed(tmp_path, sim_gpus) -> None
     assert sim.limit_mw(sim.gpus[0]) == 400_000 and journal_entries() == {}
 
 
+@pytest.mark.slow  # 6 s of Lightning on a table board; the search's decisions: test_finder.py by default
 @both_vendors_end_to_end
 def test_auto_finds_the_cap_with_least_energy_within_the_slowdown(tmp_path, sim_gpus) -> None:
     """A 50-100 W board that draws min(100 W, cap), whose steps take 40 ms down to a 75 W cap

@@ -55,10 +55,9 @@ def who_set(state: Path) -> list[tuple[int, int]]:
     return [tuple(map(int, line.split())) for line in log.read_text().splitlines()]  # type: ignore[misc]
 
 
+@pytest.mark.slow  # 4 s each; one process's SIGTERM: test_sigterm_restores_then_ends_the_process_by_the_signal
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize(
-    "signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)], ids=["Ctrl-C", "SIGTERM"]
-)  # SIGTERM by default in test_sigterm_restores_then_ends_the_process_by_the_signal
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
 def test_a_signal_to_the_process_group_restores_once_from_the_process_that_capped(tmp_path, signum) -> None:
     child, state = capped_run(tmp_path, workers=2)
     os.killpg(child.pid, signum)  # what a terminal's Ctrl-C, or a scheduler's kill of the job, does

@@ -142,10 +142,10 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
     carbon = fields["carbon"]
     kwh = metrics.get(keys.TOTAL_KWH, 0.0)
     kwh_err = metrics.get(keys.err(keys.TOTAL_KWH))
-    bound = f" ± {100 * kwh_err / kwh:.2g} %" if kwh_err is not None and kwh > 0 else ""  # how exact it is
+    bound = show.share(kwh, kwh_err)  # how exact it is
     kinds = sorted(k for k in DEVICE_KINDS if keys.kind_kwh(k) in metrics)
     estimated = [k for k in kinds if k in estimated_kinds]
-    total = show.energy_kwh(kwh) + bound + estimate_mark(kinds, estimated_kinds)
+    total = show.energy_kwh(kwh) + estimate_mark(kinds, estimated_kinds) + (f" {bound}" if bound else "")
     mean_w = fields["mean_power_w"]
     line = f"Energy: {total} over {show.duration(fields['seconds'])}"
     line += f", mean {show.power(mean_w)}" if mean_w is not None else ""

@@ -90,6 +90,14 @@ def power(watts: float) -> str:
     return scaled(watts, POWER)
 
 
+def share(value: float, err: float | None) -> str:
+    """A figure's bound as a share of it, as every place shows it: ``"± 0.3 %"``, ``"± 120 %"``;
+    ``""`` where there is no bound (or no figure to take a share of)."""
+    if err is None or not math.isfinite(err) or not value:
+        return ""
+    return f"± {rounded(100 * err / abs(value))} %"
+
+
 def duration(seconds: float) -> str:
     """A span of time: ``"34.6 s"``, ``"12 min 05 s"``, ``"3 h 20 min"``, ``"2 d 04 h"``."""
     if not math.isfinite(seconds):

@@ -159,12 +159,11 @@ def _mapping(value: Any) -> dict[str, Any]:
 
 
 def bound(kwh: float, kwh_err: float | None) -> str:
-    """``± 0.3% (3.7 Wh)``: the total's bound, as a share and in the unit that fits; "-" where the
+    """``± 0.3 % (3.7 Wh)``: the total's bound, as a share and in the unit that fits; "-" where the
     record has none."""
     if kwh_err is None:
         return "-"
-    share = f"± {100 * kwh_err / kwh:.2g}% " if kwh > 0 else "± "
-    return f"{share}({show.energy_kwh(kwh_err)})"
+    return f"{show.share(kwh, kwh_err) or '±'} ({show.energy_kwh(kwh_err)})"
 
 
 def console() -> Console:

@@ -34,7 +34,8 @@ def test_quickstart_example(tmp_path) -> None:
     assert m["energy/total_kwh"] > 0 and m["carbon/co2e_kg"] > 0
     # the summary, in the units that fit, and what is estimated and not counted
     estimated = " (estimated)" if summary["estimated"] else ""
-    assert f"Energy: {show.energy_kwh(m['energy/total_kwh'])}{estimated} over " in out
+    bound = show.share(m["energy/total_kwh"], m["energy/total_kwh_err"])  # how exact the total is
+    assert bound and f"Energy: {show.energy_kwh(m['energy/total_kwh'])}{estimated} {bound} over " in out
     assert f"CO2e: {show.mass(m['carbon/co2e_kg'])} at " in out and "France (FRA" in out
     assert f"{show.energy(summary['j_per_sample'])}/sample" in out
     # then the same totals in the loggers' units, and the estimated sources as words, not a Python list

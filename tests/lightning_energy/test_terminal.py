@@ -56,5 +56,6 @@ def test_the_summary_follows_the_final_progress_bar(tmp_path) -> None:
         "Not counted: gpu (devices= names cpu only).",
         "Not counted: dram (devices= names cpu only).",
     ]
-    total = read_record(record)[-1]["metrics"]["energy/total_kwh"]
-    assert summary[0].startswith(f"Energy: {show.energy_kwh(total)} (estimated) over "), screen
+    final = read_record(record)[-1]["metrics"]
+    total, bound = final["energy/total_kwh"], show.share(final["energy/total_kwh"], final["energy/total_kwh_err"])
+    assert summary[0].startswith(f"Energy: {show.energy_kwh(total)} (estimated) {bound} over "), screen

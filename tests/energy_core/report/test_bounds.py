@@ -41,7 +41,7 @@ def test_the_table_and_the_plots_carry_the_bound(tmp_path, sim_gpus) -> None:
     assert max(shown["watts_err"]) <= window_err_j / min(w["seconds"] for w in windows)
     row = dict(zip(SUMMARY_HEAD, run_row("run", run)))
     kwh, kwh_err = run.metrics[keys.TOTAL_KWH], run.metrics[keys.err(keys.TOTAL_KWH)]
-    assert row["energy bound"] == f"± {100 * kwh_err / kwh:.2g}% ({show.energy_kwh(kwh_err)})"
+    assert row["energy bound"] == f"± {show.rounded(100 * kwh_err / kwh)} % ({show.energy_kwh(kwh_err)})"
     # The bands: the same record without its bounds draws the same curves and no shading.
     bare = tmp_path / "bare.jsonl"
     without_bounds(path, bare)

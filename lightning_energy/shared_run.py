@@ -15,13 +15,13 @@ from energy_core.integration import SharedRun
 from lightning_energy.framework import CALLBACK_BASES, emit, find_callback, override, ranks_of
 from lightning_energy.monitor import EnergyMonitor
 
-Run = TypeVar("Run", bound=SharedRun)
+RunT = TypeVar("RunT", bound=SharedRun)  # not report.runs.Run: a budget, target or time shift run
 
 
-class SharedRunCallback(Generic[Run], *CALLBACK_BASES):  # type: ignore[misc]
+class SharedRunCallback(Generic[RunT], *CALLBACK_BASES):  # type: ignore[misc]
     """A Lightning callback whose part in the run is ``self.run``, a `SharedRun`."""
 
-    run: Run
+    run: RunT
 
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:

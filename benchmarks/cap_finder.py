@@ -53,8 +53,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from unittest import mock
 
 from energy_core.carbon.factor import Series
+from energy_core.power.board_lock import LOCKS_ENV
 from energy_core.power.finder.search import zeus_steps
 from energy_core.power.follow.plan import Curve, Plan
 from tests.doubles.table_board import (
@@ -335,6 +337,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiles", default="", help="only the profiles whose name contains this")
     parser.add_argument("--verbose", action="store_true", help="print the finder's summary of every failed case")
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as locks:
+        os.chmod(locks, 0o1777)  # sticky, as /dev/shm: `board_lock` accepts no other shared folder
+        # The simulated boards are this process's alone: another replay on the host (same
+        # uuids) must not hold them, which would leave the search nothing to cap.
+        with mock.patch.dict(os.environ, {LOCKS_ENV: locks}):
+            return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     jobs = [j for j in zeus_jobs() if args.profiles.lower() in j.name.lower()]
     passed = True
     if args.part in ("finder", "both"):

@@ -178,10 +178,13 @@ class TableJob:
     idle_fraction: float = 0.35
     sample_interval_s: float = 0.05
     seed: int = 0
+    wake_share: float = 0.0
     clock: ManualClock = field(default_factory=lambda: ManualClock(0.0))
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+        self._wakes = random.Random(self.seed + 2)
+        self._late = 0.0
         self.meter = EnergyMeter(devices=["gpu"], sample_interval_s=self.sample_interval_s, clock=self.clock)
         self.meter.sources = list(self.boards)
         # The sampler's thread takes the first reading and then idles (an hour between its own
@@ -218,6 +221,13 @@ class TableJob:
             self.sampler.sample_once()
             self._next_read += self._interval()
         self.clock.now = t0 + pace
+        self._late = self.wake_share * pace * self._wakes.random()
+
+    def seen(self) -> float:
+        """The time the training thread reads after a step: late by up to ``wake_share`` of
+        a step (uniformly) when it wakes late on a busy machine, while the boards go on with
+        the work queued (the step after a late one looks short by as much)."""
+        return self.clock() + self._late
 
 
 def cpu_loops_per_s(seconds: float = 0.2) -> float:
@@ -317,6 +327,8 @@ def run_search(
     limits.apply(job.boards, None, None)
     try:
         finder = CapFinder(limits, job.meter, **finder_args)  # type: ignore[arg-type]
+        if isinstance(job, TableJob):
+            finder.clock = job.seen  # the training thread's timestamps, the meter's marks on the boards' time
         if restore is not None:
             assert finder.restore(restore) is restored
         step = 0

@@ -2,19 +2,22 @@
 
 A *phase* holds one cap for a number of whole optimizer steps: the time of each step
 (a timestamp per step) and the joules of a few sub-windows of steps (the energy counter
-cannot resolve a single step). A rung's time per step is a trimmed mean of its steps'
-times, its energy per step the joules of its sub-windows over their steps; both come
-with a spread, the standard error of the estimate.
+cannot resolve a single step). A rung's time per step is the seconds of its kept
+sub-windows over their steps, its energy per step their joules over their steps; both
+come with a spread, the standard error of the estimate.
 
 A busy machine disturbs the timestamps in two ways. The training thread wakes late: one
-step looks long and, the GPU having gone on with the work queued, the next one short, so
-a step time's noise is symmetric but heavy-tailed: the trimmed mean (`TRIM` of the
-steps at each end) keeps its centre. Or the GPU really waits (a stall, a validation run
-between two steps, a busy spell): a sub-window slower than its phase's median by more
-than `OUTLIER_SPREADS` robust spreads (and `OUTLIER_FLOOR` of the median) is left out of
-the energy, and of two phases of a rung whose times disagree beyond the noise the slower
-is set aside. The time's spread is the larger of the steps' and the sub-windows' (steps
-slowed together, as in a busy spell, do not pass for independent ones).
+step looks long and, the GPU having gone on with the work queued, the next one short.
+That jitter cancels in a sum of consecutive steps (only a span's two ends keep it), so
+the time is the seconds of whole spans of steps over their steps, never a statistic of
+single steps, and its spread counts the jitter at the ends of spans only (`Noise`): on
+a busy machine single steps scatter several times as much as the GPU's own work does.
+The noise is pooled over every phase of the search: it is a property of the job and
+the machine, and one phase's steps say little about it. Or the GPU really waits (a
+stall, a validation run between two steps, a busy spell): a sub-window slower than its
+phase's median by more than `OUTLIER_SPREADS` robust spreads (and `OUTLIER_FLOOR` of the
+median) is left out of time and energy, and of two phases of a rung whose times
+disagree beyond the noise the slower is set aside.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-TRIM = 0.2  # share of a rung's step times left out at each end of the trimmed mean
+TRIM = 0.2  # share of the values left out at each end of a trimmed mean
 OUTLIER_SPREADS = 4.0  # a sub-window this many robust spreads slower than its phase's median is left out
 OUTLIER_FLOOR = 0.05  # ... and at least this share of the median slower
 DISAGREE = 0.03  # two phases of a rung whose times differ by more (and by z spreads) disagree
@@ -62,10 +65,100 @@ class Phase:
 
     @cached_property
     def slow(self) -> frozenset[int]:
-        """Sub-windows left out: slower than the median by more than the noise allows."""
+        """Sub-windows left out: slower than the median by more than the noise allows, and
+        not made up by the next one. A late timestamp at a sub-window's end makes it slow
+        and the next one fast by as much: that is no wait of the GPU's, and leaving the slow
+        one out alone would make the cap look faster than it is."""
         median = statistics.median(self.rates)
-        limit = median + max(OUTLIER_SPREADS * robust_sd(self.rates), OUTLIER_FLOOR * median)
-        return frozenset(n for n, rate in enumerate(self.rates) if rate > limit)
+        excess = max(OUTLIER_SPREADS * robust_sd(self.rates), OUTLIER_FLOOR * median)
+        over = [sum(self.times[i] for i in w) - median * len(w) for w in self.windows]
+        return frozenset(
+            n
+            for n, window in enumerate(self.windows)
+            if over[n] > excess * len(window) and sum(over[n : n + 2]) > excess * len(window)
+        )
+
+    @cached_property
+    def spans(self) -> list[range]:
+        """The runs of consecutive kept sub-windows (those not `slow`), as ranges of steps."""
+        spans: list[range] = []
+        for n, window in enumerate(self.windows):
+            if n in self.slow:
+                continue
+            if spans and spans[-1].stop == window.start:
+                spans[-1] = range(spans[-1].start, window.stop)
+            else:
+                spans.append(window)
+        return spans
+
+    @cached_property
+    def kept(self) -> tuple[float, int]:
+        """Seconds and steps of the kept sub-windows."""
+        return sum(self.times[i] for s in self.spans for i in s), sum(len(s) for s in self.spans)
+
+    @cached_property
+    def scatter(self) -> Scatter:
+        """The kept steps' relative deviations from the phase's time per step: their squares
+        and the products of neighbours (within a span), summed, with their counts."""
+        seconds, steps = self.kept
+        mean = seconds / steps if steps else 1.0
+        dev = [[self.times[i] / mean - 1 for i in s] for s in self.spans]
+        return Scatter(
+            sum(e * e for d in dev for e in d),
+            max(steps - 1, 0),
+            sum(a * b for d in dev for a, b in zip(d, d[1:])),
+            sum(max(len(d) - 1, 0) for d in dev),
+        )
+
+
+@dataclass(frozen=True)
+class Scatter:
+    """Sums of squared relative deviations of steps (``squares``, ``dof`` degrees of freedom)
+    and of products of neighbouring ones (``products`` over ``pairs``)."""
+
+    squares: float
+    dof: int
+    products: float
+    pairs: int
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The noise of step times, relative to the time per step, as variances.
+
+    A step's time is the GPU's own time (``step``: its variation, and busy spells that slow
+    neighbouring steps alike) plus the lateness of the training thread's timestamp at its
+    end less that at its start (``wake``: a late wake-up makes one step long and the next
+    short). In a span of n consecutive steps the wake-ups cancel but at its two ends, so
+    the variance of the span's time per step is (n x step + 2 x wake) / n^2. Estimated
+    from single steps: their variance is step + 2 wake and neighbours' covariance -wake
+    (positive when spells slow neighbours alike: then counted in ``step``).
+    """
+
+    step: float
+    wake: float
+
+    @classmethod
+    def of(cls, phases: Sequence[Phase]) -> Noise:
+        """The noise that the kept steps of these phases show, pooled."""
+        scatters = [p.scatter for p in phases]
+        dof = sum(s.dof for s in scatters)
+        if dof == 0:
+            return cls(0.0, 0.0)
+        variance = sum(s.squares for s in scatters) / dof
+        pairs = sum(s.pairs for s in scatters)
+        covariance = sum(s.products for s in scatters) / pairs if pairs else 0.0
+        return cls(max(variance + 2 * covariance, 0.0), max(-covariance, 0.0))
+
+    @property
+    def single(self) -> float:
+        """Relative standard deviation of one step's time."""
+        return math.sqrt(self.step + 2 * self.wake)
+
+    def spread(self, steps: int, ends: int) -> float:
+        """Relative standard error of the time per step over ``steps`` kept steps in spans
+        with ``ends`` ends in all."""
+        return math.sqrt(steps * self.step + ends * self.wake) / steps
 
 
 def robust_sd(values: Sequence[float]) -> float:
@@ -105,11 +198,14 @@ class Estimate:
         z: Width of an interval in spreads (two phases further apart disagree).
         resolution_s: Seconds of power by which a reading of the energy counter may be stale
             (the meter's sample interval).
+        noise: The noise of step times, pooled over the search's phases; None: from this
+            rung's own phases.
     """
 
     rung: int
     z: float = 2.0
     resolution_s: float = 0.0
+    noise: Noise | None = None
     kept: list[Phase] = field(default_factory=list)
     set_aside: list[Phase] = field(default_factory=list)
 
@@ -132,13 +228,18 @@ class Estimate:
         """Whether every phase's energy is known."""
         return all(p.joules is not None for p in self.kept + self.set_aside)
 
-    @staticmethod
-    def _time_of(phases: Sequence[Phase]) -> tuple[float, float]:
-        mean, spread = trimmed_mean_and_spread([t for p in phases for t in p.times])
-        rates = [r for p in phases for n, r in enumerate(p.rates) if n not in p.slow]
-        if len(rates) >= 3:  # steps slowed together: the sub-windows' scatter says so
-            spread = max(spread, robust_sd(rates) / math.sqrt(len(rates)))
-        return mean, spread
+    def _time_of(self, phases: Sequence[Phase]) -> tuple[float, float]:
+        seconds = sum(p.kept[0] for p in phases)
+        steps = sum(p.kept[1] for p in phases)
+        ends = 2 * sum(len(p.spans) for p in phases)
+        mean = seconds / steps
+        noise = self.noise if self.noise is not None else Noise.of(phases)
+        return mean, mean * noise.spread(steps, ends)
+
+    @property
+    def own_noise(self) -> Noise:
+        """The noise of this rung's kept phases alone."""
+        return Noise.of(self.kept)
 
     @property
     def time(self) -> tuple[float, float]:

@@ -27,19 +27,19 @@ The rule, in order (`CapSearch.next`):
    and saves energy against rung 0 with the same confidence; of those, the one with
    least energy per step. Rung 0 always qualifies.
 
-A busy machine jitters the steps and slows some of them: `Estimate`'s trimmed means and
-the sub-windows and phases it leaves out keep the figures to the cap's own, and the
-number of steps each verdict needs comes from the spread actually measured.
+A busy machine jitters the steps and slows some of them: `Estimate` takes time over whole
+spans of steps (a late wake-up's long step and the short one after it cancel), leaves
+out the sub-windows and phases that really waited, and pools the noise of step times
+over every phase; the number of steps each verdict needs comes from that noise.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from energy_core.power.finder.estimate import Estimate, Phase
+from energy_core.power.finder.estimate import Estimate, Noise, Phase
 
 ZEUS_STEPS_PER_LIMIT = 50  # Zeus GlobalPowerLimitOptimizer defaults: 10 warm-up + 40 profiled steps
 ZEUS_STRIDE_MW = 25_000  # ... for every 25 W from the maximum limit down to the minimum
@@ -47,7 +47,7 @@ CONFIDENCE = 0.95  # one-sided: a cap kept is within the limit, and saves energy
 MAX_RECHECKS = 2  # phases of one rung beyond its first
 REFERENCE_SHARE = 0.5  # rung 0's spread may take this share of what a verdict can bear before it is measured again
 WORTH_RECHECKING = 0.2  # a straddling cap less likely than this to be within the limit is not measured again...
-DISTURBED = 3.0  # ... unless its time is this many times as spread as the median rung's (a busy spell)
+DISTURBED = 3.0  # ... unless its own steps are this many times as noisy as all phases' pooled (a busy spell)
 
 
 def sweep_plan(rungs: int, room: float, steps: int, wanted: int, settle_steps: int) -> tuple[int, int]:
@@ -158,6 +158,7 @@ class CapSearch:
         self.resolution_s = resolution_s
         self.z = NormalDist().inv_cdf(confidence)
         self.estimates: dict[int, Estimate] = {}
+        self.noise = Noise(0.0, 0.0)  # of step times, pooled over every kept phase
         self.history: list[int] = []
         self.chosen: int | None = None
         self.why = ""
@@ -171,6 +172,23 @@ class CapSearch:
             raise ValueError("a phase needs at least two steps and sub-windows of at least one step")
         self.estimates.setdefault(phase.rung, Estimate(phase.rung, self.z, self.resolution_s)).add(phase)
         self.history.append(phase.rung)
+        self._pool_noise()
+
+    def _pool_noise(self) -> None:
+        """Pool the noise of step times over the kept phases but those `DISTURBED` times as
+        noisy as the others (a busy spell); a rung whose own phases are that noisy keeps its
+        own noise (and is measured again if that leaves its verdict open)."""
+        phases = [p for e in self.estimates.values() for p in e.kept]
+        calm = [
+            p for p in phases if Noise.of([p]).single <= DISTURBED * Noise.of([q for q in phases if q is not p]).single
+        ]
+        self.noise = Noise.of(calm or phases)
+        for estimate in self.estimates.values():
+            own = estimate.own_noise
+            estimate.noise = own if self._noisier(own) else self.noise
+
+    def _noisier(self, noise: Noise) -> bool:
+        return noise.single > DISTURBED * self.noise.single
 
     def verdict(self, rung: int) -> Verdict:
         """``rung``'s slowdown (and saving, once energy is known) against rung 0, with spreads."""
@@ -287,11 +305,9 @@ class CapSearch:
         return None
 
     def _disturbed(self, rung: int) -> bool:
-        """Whether ``rung``'s time is `DISTURBED` times as spread as the measured rungs' median:
-        a busy spell in its phase, which a phase of its own may show."""
-        spreads = [e.time[1] / e.time[0] for e in self.estimates.values()]
-        estimate = self.estimates[rung]
-        return estimate.time[1] / estimate.time[0] > DISTURBED * statistics.median(spreads)
+        """Whether ``rung``'s own phases are `DISTURBED` times as noisy as the search's phases
+        pooled: a busy spell in its phase, which a phase of its own may show."""
+        return self._noisier(self.estimates[rung].own_noise)
 
     def _gap(self, best: int) -> int | None:
         """An unmeasured rung where a better cap may lie: halfway between the lowest cap within

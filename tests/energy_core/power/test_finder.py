@@ -15,7 +15,7 @@ import pytest
 from benchmarks.cap_finder import zeus_jobs
 from energy_core.devices import DeviceError
 from energy_core.power import PowerCapRun
-from energy_core.power.finder.estimate import Estimate, Phase, trimmed_mean_and_spread
+from energy_core.power.finder.estimate import Estimate, Noise, Phase, trimmed_mean_and_spread
 from energy_core.power.finder.finder import Done, Measuring, Ready, Settling, Warmup
 from energy_core.power.finder.search import WAIT, CapSearch, Request, sweep_plan, zeus_steps
 from tests.doubles.table_board import Disturbance, Profile, TableBoard, TableJob, run_search
@@ -77,6 +77,38 @@ def test_a_late_wakeup_is_one_long_step_and_one_short_the_trimmed_mean_keeps_the
     mean, spread = trimmed_mean_and_spread(times)
     assert mean == pytest.approx(0.1) and spread == pytest.approx(0.0, abs=1e-12)
     assert statistics.mean([t for t in times if t < 0.12]) == pytest.approx(0.1 - 0.03 / 19)
+
+
+def test_late_timestamps_cancel_in_a_span_and_count_only_at_its_ends() -> None:
+    """The GPU takes 0.1 s a step; the training thread reads the clock 10-30 ms late after
+    every other step. Each late reading makes a step long and the next short: the time per
+    step is exact, and the spread is that of the two ends' lateness only (half what the
+    single steps' scatter would say), taken from the neighbouring steps' covariance."""
+    late = [0.0, 0.03, 0.0, 0.02, 0.0, 0.03, 0.0, 0.01, 0.0]  # at each timestamp
+    times = [0.1 + b - a for a, b in zip(late, late[1:])]
+    estimate = Estimate(1)
+    estimate.add(Phase(1, times, 2, None))
+    deviations = [t / 0.1 - 1 for t in times]
+    wake = -sum(a * b for a, b in zip(deviations, deviations[1:])) / 7
+    assert Noise.of(estimate.kept) == Noise(0.0, pytest.approx(wake))  # the GPU's own share: none
+    mean, spread = estimate.time
+    assert mean == pytest.approx(0.1) and spread == pytest.approx(0.1 * math.sqrt(2 * wake) / 8)
+    assert spread < 0.5 * 0.1 * statistics.stdev(deviations) / math.sqrt(8)
+
+
+def test_a_late_timestamp_is_not_a_stall() -> None:
+    """A sub-window made slow by a late reading at its end is made up by the next one: both
+    are kept (leaving the slow one out alone would make the cap look 4% faster); a real
+    wait of the GPU is not made up, and is left out."""
+    late = [0.1] * 16
+    late[3] += 0.06  # read 60 ms late at the end of the second sub-window ...
+    late[4] -= 0.06  # ... so the third one's first step looks 60 ms short
+    stall = [0.1] * 16
+    stall[3] += 0.06
+    assert Phase(1, late, 2).slow == frozenset() and Phase(1, stall, 2).slow == {1}
+    estimate = Estimate(1)
+    estimate.add(Phase(1, late, 2))
+    assert estimate.time[0] == pytest.approx(0.1)
 
 
 def test_trimmed_spread_is_tukey_mclaughlin() -> None:
@@ -150,12 +182,12 @@ def test_sweep_plan_fits_long_phases_over_fewer_rungs() -> None:
 
 
 def test_a_straddling_cap_is_measured_again_with_the_steps_its_margin_needs() -> None:
-    """Rung 1 is 4.6% slower (limit 5%): within on its mean, not with 95% confidence. Its own
-    spread is the larger per step, so it is rung 1 that is measured again, for as many more
-    steps as bring the verdict's spread to margin / z (spreads fall as 1 / sqrt(steps))."""
+    """Rung 1 is 4.6% slower (limit 5%): within on its mean, not with 95% confidence. Rung 0
+    has twice its steps, so it is rung 1 that is measured again, for as many more steps as
+    bring the verdict's spread to margin / z (spreads fall as 1 / sqrt(steps))."""
     search = CapSearch(2, max_slowdown=0.05, sweep_steps=8)
     search.add(phase(0, 1.0, 10.0, 16))
-    search.add(phase(1, 1.046, 9.0, 8, wiggle=(-0.01, 0.01)))
+    search.add(phase(1, 1.046, 9.0, 8, wiggle=(-0.01, -0.01, 0.01, 0.01)))
     verdict = search.verdict(1)
     assert verdict.slowdown == pytest.approx(0.046, abs=1e-4) and 0.5 < verdict.within < 0.95
     assert not search.within(1) and not search.over(1)
@@ -169,8 +201,9 @@ def test_a_straddling_cap_is_measured_again_with_the_steps_its_margin_needs() ->
 
 def test_a_cap_unlikely_to_be_within_is_not_measured_again() -> None:
     search = CapSearch(2, max_slowdown=0.05, sweep_steps=8)
-    search.add(phase(0, 1.0, 10.0, 16))
-    search.add(phase(1, 1.056, 9.0, 8, wiggle=(-0.01, 0.01)))  # 5.6% slower: under 20% likely within
+    wiggle = (-0.015, -0.015, 0.015, 0.015)  # the same noise on both: neither phase is disturbed
+    search.add(phase(0, 1.0, 10.0, 16, wiggle))
+    search.add(phase(1, 1.057, 9.0, 8, wiggle))  # 5.7% slower: under 20% likely within
     assert search.verdict(1).within < 0.2 and not search.over(1) and not search.within(1)
     assert search.next(steps_left=400) is None and search.chosen == 0
 
@@ -245,6 +278,26 @@ def test_on_zeus_profiles_it_saves_zeus_energy_in_11_of_12_in_a_third_of_the_ste
         passed += zeus_job.slowdown(ours) <= 0.05 and zeus_job.saving(ours) >= zeus_job.saving(zeus) - 0.01
         ratios.append(result.steps / zeus_job.zeus_steps())
     assert passed >= 11 and max(ratios) <= 1 / 3
+
+
+def test_on_a_busy_machine_late_wakeups_do_not_keep_the_limit_at_start() -> None:
+    """Zeus's twelve profiles at 5% with the training thread waking up to 30% of a step
+    late after every step (the GPU goes on with the work queued): single steps scatter six
+    times as much as the GPU's own 2%. Judged on the single steps' trimmed mean and scatter
+    (the rule before), the search saved Zeus's energy in 4 of 12 and kept the limit at
+    start in most of the rest; over spans of steps it does in 11, never beyond the limit."""
+    passed, over, ratios = 0, 0, []
+    for zeus_job in zeus_jobs():
+        boards = [TableBoard(p, index=i) for i, p in enumerate(zeus_job.boards)]
+        result = run_search(TableJob(boards, seed=0, wake_share=0.3), max_slowdown=0.05)
+        ours = (result.chosen_w or 0.0) / len(boards)
+        over += zeus_job.slowdown(ours) > 0.05
+        passed += (
+            zeus_job.slowdown(ours) <= 0.05
+            and zeus_job.saving(ours) >= zeus_job.saving(zeus_job.zeus_choice(0.05)) - 0.01
+        )
+        ratios.append(result.steps / zeus_job.zeus_steps())
+    assert passed >= 11 and over == 0 and max(ratios) <= 1 / 3
 
 
 def test_the_search_reaches_the_board_minimum() -> None:

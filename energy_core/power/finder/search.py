@@ -20,8 +20,10 @@ The rule, in order (`CapSearch.next`):
    steps as the noise measured says it needs (rung 0 first when its own spread is what
    blurs the verdict); an unmeasured cap
    halfway to the measured cap below the lowest one within the limit, or to the measured
-   neighbours of the cap chosen so far (bisection); a cap within the limit whose saving
-   is not yet sure. A verdict the budget cannot settle is not measured again;
+   neighbours of the cap chosen so far (bisection); a second phase of the cap chosen so
+   far, when it has one only (a phase three spreads fast happens, now and then: the
+   second rarely is); a cap within the limit whose saving is not yet sure. A verdict
+   the budget cannot settle is not measured again;
 3. **choose**, with a confidence statement: a cap is kept only if it is within the limit
    with one-sided confidence `CONFIDENCE` (its time's upper bound is within the limit)
    and saves energy against rung 0 with the same confidence; of those, the one with
@@ -274,7 +276,9 @@ class CapSearch:
 
         In order: a cap using less energy than the one chosen so far whose time straddles
         the limit; an unmeasured cap halfway to the measured neighbours of the one chosen
-        so far (below first); a cap using less energy whose saving is not yet sure. Rung 0
+        so far (below first); a second phase of the cap chosen so far (a phase's noise
+        rarely repeats, and the two are pooled); a cap using less energy whose saving is
+        not yet sure. Rung 0
         comes first when its own spread is what blurs a verdict; a verdict the budget
         cannot settle is not measured again.
         """
@@ -298,6 +302,8 @@ class CapSearch:
         gap = self._gap(best)
         if gap is not None and self.sweep_steps <= room:
             return Request(gap, self.sweep_steps)
+        if best != 0 and self.estimates[best].phases == 1 and self.sweep_steps <= room:
+            return Request(best, self.sweep_steps)  # confirm: one phase's luck does not choose a cap
         for _, rung in sorted(unsure):
             ask = self._settle_saving(rung, room)
             if ask is not None:

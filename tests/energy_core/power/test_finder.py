@@ -239,6 +239,8 @@ def test_the_search_waits_for_energy_it_needs_and_stops_within_its_budget() -> N
     assert search.next(steps_left=100) is WAIT  # the choice needs the energy
     for rung, estimate in search.estimates.items():
         estimate.kept[0].joules = [10.0 * len(w) * (1 - 0.1 * rung) for w in estimate.kept[0].windows]
+    assert search.next(steps_left=100) == Request(1, 8)  # the cap chosen so far, confirmed
+    search.add(Phase(1, [1.0] * 8, 2, [18.0] * 4))
     assert search.next(steps_left=100) is None and search.chosen == 1
     short = CapSearch(9, max_slowdown=0.1, sweep_steps=8)  # rung 0 (16 + 2), then 8 + 2 per rung
     drive(short, {r: (1.0 + 0.01 * r, 10.0 - r) for r in range(9)}, steps_left=16 + 2 + 2 * 10 + 9)
@@ -315,15 +317,16 @@ def test_min_watts_is_the_floor_of_the_search() -> None:
 
 
 def test_a_noisy_neighbour_during_the_best_caps_phase() -> None:
-    """Steps 30% slower for 0.3 s in 150 W's phase (three of its eight steps): its time is
-    spread well beyond the other caps', so it is measured again; the disturbed steps end up
-    in the trimmed tails, and 150 W (1.9% slower) is kept."""
+    """Steps 30% slower for 0.3 s in 150 W's phase (three of its eight steps): that phase
+    is far noisier than the others, so it is left out of the noise pooled over the search
+    (which stays the quiet run's) and 150 W is judged on its own noise and measured again;
+    with its phases pooled, 150 W (1.9% slower) is kept."""
     quiet = run_search(job(V100_TRAP, seed=4), max_slowdown=0.05)
     start = next(t for t, cap in quiet.job.limit_log if cap == 150.0) + 0.3  # after the change's steps
     noisy = run_search(job(V100_TRAP, seed=4, disturbances=[Disturbance(start, start + 0.3, 1.3)]), max_slowdown=0.05)
     rung = noisy.finder.fractions.index(0.5)
     estimate = noisy.finder.search.estimates[rung]
-    assert quiet.finder.search.estimates[rung].phases == 1 and estimate.phases >= 2
+    assert estimate.phases >= 2 and noisy.finder.search.noise.single < 1.5 * quiet.finder.search.noise.single
     assert estimate.time[0] == pytest.approx(V100_TRAP.s_per_step[rung], rel=0.01)
     assert noisy.chosen_w == 150.0
 

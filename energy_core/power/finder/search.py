@@ -13,7 +13,9 @@ The rule, in order (`CapSearch.next`):
    it, because real profiles are not monotone, but two caps in a row that are slower
    than the limit by more than the slowdown allowed again, the second slower than the
    first, do: below them the GPU is starved of power;
-2. **follow up**, most useful first: a cap whose verdict is ambiguous (its time
+2. **follow up**, most useful first: rung 0 again when a lower cap ran faster than it
+   beyond `DISAGREE` (a busy spell in the reference's phase makes every cap look
+   faster: of its two phases the slower is set aside); a cap whose verdict is ambiguous (its time
    interval, ``z`` spreads wide, contains the limit ``(1 + max_slowdown) x T0``), that
    is at least `WORTH_RECHECKING` likely to be within it (or whose phase was disturbed:
    `DISTURBED`) and that would use less energy than the cap chosen so far, with as many
@@ -41,7 +43,7 @@ import math
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from energy_core.power.finder.estimate import Estimate, Noise, Phase
+from energy_core.power.finder.estimate import DISAGREE, Estimate, Noise, Phase
 
 ZEUS_STEPS_PER_LIMIT = 50  # Zeus GlobalPowerLimitOptimizer defaults: 10 warm-up + 40 profiled steps
 ZEUS_STRIDE_MW = 25_000  # ... for every 25 W from the maximum limit down to the minimum
@@ -283,6 +285,8 @@ class CapSearch:
         cannot settle is not measured again.
         """
         room = steps_left - self.settle_steps
+        if self._reference_slowed() and 2 * self.sweep_steps <= room:
+            return Request(0, 2 * self.sweep_steps)
         best = self.best()
         best_energy = self._energy(best)
         straddling, unsure = [], []
@@ -309,6 +313,18 @@ class CapSearch:
             if ask is not None:
                 return ask
         return None
+
+    def _reference_slowed(self) -> bool:
+        """Whether rung 0, measured once, looks slowed: a lower cap ran faster than it by
+        more than `DISAGREE`, with the search's confidence. A busy spell in rung 0's phase
+        would make every cap look faster than it is; a second phase of rung 0 shows it
+        (of two phases that disagree, the slower is set aside)."""
+        if self.estimates[0].phases > 1:
+            return False
+        return any(
+            v.slowdown + self.z * v.slowdown_spread < -DISAGREE
+            for v in (self.verdict(r) for r in self.estimates if r != 0)
+        )
 
     def _disturbed(self, rung: int) -> bool:
         """Whether ``rung``'s own phases are `DISTURBED` times as noisy as the search's phases

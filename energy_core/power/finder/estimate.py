@@ -132,7 +132,8 @@ class Noise:
     short). In a span of n consecutive steps the wake-ups cancel but at its two ends, so
     the variance of the span's time per step is (n x step + 2 x wake) / n^2. Estimated
     from single steps: their variance is step + 2 wake and neighbours' covariance -wake
-    (positive when spells slow neighbours alike: then counted in ``step``).
+    (positive when spells slow neighbours alike: then counted in ``step``); ``step`` is
+    taken one standard error above that estimate.
     """
 
     step: float
@@ -148,7 +149,12 @@ class Noise:
         variance = sum(s.squares for s in scatters) / dof
         pairs = sum(s.pairs for s in scatters)
         covariance = sum(s.products for s in scatters) / pairs if pairs else 0.0
-        return cls(max(variance + 2 * covariance, 0.0), max(-covariance, 0.0))
+        # The GPU's own share, variance + 2 covariance, is the difference of two figures that
+        # late readings inflate alike; where they dominate it is uncertain, and taken at zero
+        # it made a phase's spread too small (a cap 0.6 points beyond the limit was kept):
+        # it is taken one standard error higher.
+        uncertainty = variance * math.sqrt(2 / dof + (4 / pairs if pairs else 0.0))
+        return cls(max(variance + 2 * covariance, 0.0) + uncertainty, max(-covariance, 0.0))
 
     @property
     def single(self) -> float:

@@ -174,7 +174,9 @@ class CapSearch:
         """Record one measured phase (its energy may follow: `Phase.joules` filled in later)."""
         if len(phase.times) < 2 or phase.window_steps < 1:
             raise ValueError("a phase needs at least two steps and sub-windows of at least one step")
-        self.estimates.setdefault(phase.rung, Estimate(phase.rung, self.z, self.resolution_s)).add(phase)
+        estimate = self.estimates.setdefault(phase.rung, Estimate(phase.rung, self.z, self.resolution_s))
+        estimate.noise = self.noise  # two phases disagree beyond the calm phases' noise, not a busy one's
+        estimate.add(phase)
         self.history.append(phase.rung)
         self._pool_noise()
 

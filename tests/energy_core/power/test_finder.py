@@ -335,7 +335,7 @@ def test_a_noisy_neighbour_during_the_best_caps_phase() -> None:
     assert noisy.chosen_w == 150.0
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, 2, 3])  # the previous finder kept 175 W with each
 def test_a_busy_spell_in_the_references_phase_is_measured_again(seed: int) -> None:
     """Zeus's V100 ResNet-50 at 10%, its steps 10% slower all through the limit at start's
     first phase: every cap looks 10% faster than it is, 225 and 200 W faster than the limit

@@ -324,8 +324,7 @@ class CapSearch:
         if self.estimates[0].phases > 1:
             return False
         return any(
-            v.slowdown + v.slowdown_spread < -DISAGREE
-            for v in (self.verdict(r) for r in self.estimates if r != 0)
+            v.slowdown + v.slowdown_spread < -DISAGREE for v in (self.verdict(r) for r in self.estimates if r != 0)
         )
 
     def _disturbed(self, rung: int) -> bool:

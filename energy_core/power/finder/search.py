@@ -14,9 +14,10 @@ The rule, in order (`CapSearch.next`):
    than the limit by more than the slowdown allowed again, the second slower than the
    first, do: below them the GPU is starved of power;
 2. **follow up**, most useful first: rung 0 again when a lower cap ran faster than it
-   beyond `DISAGREE` (a busy spell in the reference's phase makes every cap look
-   faster: of its two phases the slower is set aside); a cap whose verdict is ambiguous (its time
-   interval, ``z`` spreads wide, contains the limit ``(1 + max_slowdown) x T0``), that
+   beyond `DISAGREE` and one spread (a busy spell in the reference's phase makes every
+   cap look faster: of its two phases the slower is set aside); a cap whose verdict is
+   ambiguous (its time interval, ``z`` spreads wide, contains the limit
+   ``(1 + max_slowdown) x T0``), that
    is at least `WORTH_RECHECKING` likely to be within it (or whose phase was disturbed:
    `DISTURBED`) and that would use less energy than the cap chosen so far, with as many
    steps as the noise measured says it needs (rung 0 first when its own spread is what
@@ -318,9 +319,10 @@ class CapSearch:
 
     def _reference_slowed(self) -> bool:
         """Whether rung 0, measured once, looks slowed: a lower cap ran faster than it by
-        more than `DISAGREE`, with the search's confidence. A busy spell in rung 0's phase
-        would make every cap look faster than it is; a second phase of rung 0 shows it
-        (of two phases that disagree, the slower is set aside)."""
+        more than `DISAGREE` and one spread. A busy spell in rung 0's phase would make
+        every cap look faster than it is; a second phase of rung 0 shows it (of two phases
+        that disagree, the slower is set aside). One spread, not the search's confidence:
+        a phase of rung 0 costs steps, a cap kept beyond the limit costs the run."""
         if self.estimates[0].phases > 1:
             return False
         return any(

@@ -126,7 +126,7 @@ class GridFollower:
     @property
     def reserve_s(self) -> float:
         """Seconds kept in hand: ``z`` standard errors of the excess booked so far. Each rung's
-        mean pace errs alike on all its steps, and the reference's on the whole allowance, so
+        mean pace errs alike on all its steps, and the reference's on the allowance so far, so
         the reserve grows as the square root of the steps while the paces sharpen: small at
         the start, where planning on the central figures keeps the run from buying time it
         will not need, and what the whole run's figures leave in doubt at the end."""
@@ -196,12 +196,15 @@ class GridFollower:
         coming = sum(self.factor.peek(wall + ahead * (i + 0.5) / LOOKS).value for i in range(LOOKS)) / LOOKS
         curve = self._curve()
         rung = curve.rungs[0] if self.probing(step) else self.plan.rung(curve, coming, ahead / 2)
+        fastest = curve.rungs[curve.seconds.index(min(curve.seconds))]
+        return rung if self._fits(curve, rung, step) else fastest
+
+    def _fits(self, curve: Curve, rung: int, step: int) -> bool:
+        """Whether a stretch at ``rung``, and the steps after it at the fastest rung, fit in the time left."""
         left = self._left(step)
         stretch = min(self.every, left)
-        fastest = min(curve.seconds)
-        if stretch * curve.seconds[curve.rungs.index(rung)] + (left - stretch) * fastest > self._time_left(step):
-            return curve.rungs[curve.seconds.index(fastest)]
-        return rung
+        seconds = stretch * curve.seconds[curve.rungs.index(rung)] + (left - stretch) * min(curve.seconds)
+        return seconds <= self._time_left(step)
 
     def _stretch_s(self) -> float:
         """Seconds until the next decision, at the pace the run is allowed."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -111,11 +112,24 @@ class GridFollower:
         return trimmed_mean_and_spread(list(stretches))[0]
 
     def spread(self, rung: int) -> float:
-        """The standard error of `seconds` at ``rung`` (the search's figure of another rung holds its margin: 0)."""
+        """The standard error of `seconds` at ``rung`` (the search's figure of another rung holds its margin: 0).
+
+        The steps' noise is the workload's, whatever the cap: the stretches' relative spread
+        is pooled over every rung measured (a few stretches alone may understate it)."""
         stretches = self._stretches[rung]
         if len(stretches) >= MIN_STRETCHES:
-            return trimmed_mean_and_spread(list(stretches))[1]
+            return self.seconds(rung) * self._relative_sd() / math.sqrt(len(stretches))
         return self.reference_spread_s if rung == self.curve.rungs[0] else 0.0
+
+    def _relative_sd(self) -> float:
+        """The standard deviation of a stretch's pace relative to its rung's mean, pooled over the rungs measured."""
+        squares, freedom = 0.0, 0
+        for stretches in self._stretches.values():
+            if len(stretches) >= MIN_STRETCHES:
+                mean = statistics.fmean(stretches)
+                squares += sum((pace / mean - 1) ** 2 for pace in stretches)
+                freedom += len(stretches) - 1
+        return math.sqrt(squares / freedom) if freedom else 0.0
 
     @property
     def reference(self) -> float:

@@ -160,6 +160,26 @@ def test_the_search_booked_first_leaves_less_time_to_spend() -> None:
     assert booked.decide(125, 0, 25.0) == 1 and booked.spent() == (240.0, 125)  # the first stretch is booked
 
 
+def test_the_reserve_is_the_doubt_about_the_time_booked_with_the_spread_pooled_over_rungs() -> None:
+    """Eight stretches at the limit at start that happen to agree exactly, a hundred at rung 1
+    that spread by 1%: the steps' noise is the workload's, so the limit at start's standard
+    error is 1% over root 8, not 0; the reserve is 1.64 standard errors of the time booked
+    against the allowance (rung 0's error weighs on the allowance so far, less its own steps)."""
+    follower = GridFollower(CURVE, 1.0, 0.1, Fixed(300.0, "given"), total_steps=None, wall=lambda: 0.0, every=10)
+    now, step = 0.0, 0
+    paces = [(0, 1.0)] * MIN_STRETCHES + [(1, 1.1 * (1.01 if i % 2 else 0.99)) for i in range(100)]
+    follower.decide(step, 0, now)
+    for rung, pace in paces:  # each decision books the stretch just run, at its rung and pace
+        step, now = step + 10, now + 10 * pace
+        follower.decide(step, rung, now)
+    relative = math.sqrt(100 * 0.01**2 / (MIN_STRETCHES - 1 + 99))
+    assert follower.spread(0) == pytest.approx(relative / math.sqrt(MIN_STRETCHES), rel=1e-3)
+    assert follower.spread(1) == pytest.approx(1.1 * relative / 10, rel=1e-3)
+    steps = 10 * len(paces)
+    expected = 1.6449 * math.hypot(1000 * follower.spread(1), (80 - 1.1 * steps) * follower.spread(0))
+    assert follower.reserve_s == pytest.approx(expected, rel=1e-3)
+
+
 def resnet50_a40() -> Job:
     return next(j for j in zeus_jobs() if j.name == "A40 resnet50")
 

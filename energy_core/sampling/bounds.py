@@ -13,7 +13,8 @@ fit). Its error comes from three places, each kept apart because they add differ
   counter's quantum and the part of the total that a later reading may take back (an open
   bridge over a gap) add to it. The two marks' errors are independent: their spreads add.
 * **at each mark, one way** (`MarkBound.lag`, `MarkBound.lag_low`): a counter updated every
-  ``lag_s`` shows the energy of up to ``lag_s`` ago, never more than the truth; the integral
+  ``lag_s`` shows the energy of up to ``lag_s`` ago (less where faster readings show when its
+  value last changed), never more than the truth; the integral
   of a power averaged over ``2 * lag_s`` trails by between the lowest and the highest power
   around times ``lag_s``. The same lag is in both marks of a span and cancels but for the
   difference: a counter's span is off by at most the larger of its two marks' lags, not
@@ -31,8 +32,11 @@ ended takes that end's bound with it, so the bound covers an extrapolated start 
 What it assumes: the device's power within a few readings of a mark stays within the range
 the readings around it show (an instantaneous power: within the spread of its recent
 readings; an averaged one: between its lowest and highest averages), and past the newest
-reading it goes no further than 0 or a level seen in the last `HISTORY_S`. The benchmark
-(`benchmarks/accuracy.py`) measures how often that holds.
+counter update (a counter's last update period and the slice past the newest reading) it goes
+no lower than 0 and no higher than twice the recent mean or a level seen in the last
+`HISTORY_S`. The property tests (`tests/energy_core/sampling/test_bounds.py`) hold it exactly
+on random step traces of that kind; the benchmark (`benchmarks/accuracy.py`) measures how
+often it holds on others.
 """
 
 from __future__ import annotations
@@ -143,7 +147,7 @@ def mark_bound(
     if n == 1 or t <= times[0]:  # at the first reading (or older than the buffer): the power after it
         high, low = _levels(times, energy, 0, min(n - 1, LEVEL_READINGS), spacing, accuracy.max_w)
         spread = pending[0] + accuracy.quantum_j + ROUNDING * np.abs(energy[0])
-        lag, lag_low = _lags(high, low, times[min(1, n - 1)] - times[0], accuracy)
+        lag, lag_low = _lags(high, low, times[min(1, n - 1)] - times[0], accuracy, accuracy.lag_s)
         return MarkBound(spread, lag, accumulated[0].copy(), lag_low)
     if t > times[-1]:  # extrapolated at the last second's power
         lo = min(int(np.searchsorted(times, times[-1] - max(RATE_WINDOW_S, 2 * spacing, accuracy.reach_s))), n - 2)
@@ -155,9 +159,11 @@ def mark_bound(
         jump = np.maximum(np.maximum(seen_high - mean, mean - seen_low), mean)  # to any level seen lately, or to 0
         unseen = np.where(accuracy.averaged, 2.0, 1.0)  # an average's tail holds the unseen slice too
         spread = ahead * (unseen * np.maximum(high - low, jump) + accuracy.relative * mean)
-        # The counter's last update period is as unseen as the slice past its newest reading: any level of late.
-        top = np.maximum(np.maximum(high, mean), np.where(accuracy.averaged, 0.0, seen_high))
-        lag, lag_low = _lags(top, np.minimum(low, mean), times[-1] - times[-2], accuracy)
+        # The counter's last update period is as unseen as the slice past its newest reading: the same
+        # allowance (a step to a level no reading has shown yet may fall in it), the jump above the mean.
+        top = np.maximum(np.maximum(high, mean), np.where(accuracy.averaged, 0.0, mean + jump))
+        since = _since_update(times, energy, n - 1, accuracy.lag_s)
+        lag, lag_low = _lags(top, np.minimum(low, mean), times[-1] - times[-2], accuracy, since)
         spread += pending[-1] + accuracy.quantum_j + ROUNDING * np.abs(energy[-1])
         return MarkBound(spread, lag, accumulated[-1].copy(), lag_low)
     i = int(np.searchsorted(times, t))  # times[i-1] < t <= times[i]
@@ -172,20 +178,38 @@ def mark_bound(
     inside = accumulated[i] - accumulated[i - 1]  # the interval's own accumulated error, split anyhow
     spread = interpolation + inside + np.maximum(pending[i - 1], pending[i]) + accuracy.quantum_j
     spread += ROUNDING * np.abs(energy[i])
-    lag, lag_low = _lags(high, low, interval, accuracy)
+    since = np.maximum(
+        _since_update(times, energy, i - 1, accuracy.lag_s), _since_update(times, energy, i, accuracy.lag_s)
+    )
+    lag, lag_low = _lags(high, low, interval, accuracy, since)
     return MarkBound(spread, lag, accumulated[i - 1] + w * inside, lag_low)
 
 
-def _lags(high: np.ndarray, low: np.ndarray, interval: float, accuracy: Accuracies) -> tuple[np.ndarray, np.ndarray]:
-    """(most, least) a reading trails the truth by. A counter: up to ``lag_s`` of the highest power,
-    at least nothing (it may have just updated). An averaged power: between the lowest and the highest
-    power around, times ``lag_s``; but the tail answers a fresh step with the average's whole span
-    (`AVERAGE_MARGIN`: one spread more), and the average, sampled every ``interval``, may pass the
-    extremes its readings show by the spread times ``interval`` over its span: the range is widened
-    by both."""
+def _since_update(times: np.ndarray, energy: np.ndarray, row: int, lag_s: np.ndarray) -> np.ndarray:
+    """Per source, the longest a counter's value at ``row`` can have been standing: it changed after
+    the last earlier row that showed less, so its update is no older than that row (read faster than
+    the counter updates, the readings tell); and no older than ``lag_s``, its update period, either."""
+    first = max(int(np.searchsorted(times, times[row] - float(lag_s.max(initial=0.0)))) - 1, 0)
+    less = energy[first:row] < energy[row]
+    if not less.size:
+        return lag_s.copy()
+    last_less = np.where(less.any(axis=0), row - 1 - np.argmax(less[::-1], axis=0), -1)
+    since = np.where(last_less >= 0, times[row] - times[np.maximum(last_less, 0)], np.inf)
+    return np.minimum(since, lag_s)
+
+
+def _lags(
+    high: np.ndarray, low: np.ndarray, interval: float, accuracy: Accuracies, since: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(most, least) a reading trails the truth by. A counter: up to ``since`` (at most ``lag_s``:
+    see `_since_update`) of the highest power, at least nothing (it may have just updated). An
+    averaged power: between the lowest and the highest power around, times ``lag_s``; but the tail
+    answers a fresh step with the average's whole span (`AVERAGE_MARGIN`: one spread more), and the
+    average, sampled every ``interval``, may pass the extremes its readings show by the spread times
+    ``interval`` over its span: the range is widened by both."""
     span = np.maximum(2 * accuracy.lag_s, 1e-9)
     widen = np.where(accuracy.averaged, (high - low) * (AVERAGE_MARGIN + interval / span), 0.0)
-    lag = (high + widen) * accuracy.lag_s
+    lag = (high + widen) * np.where(accuracy.averaged, accuracy.lag_s, since)
     return lag, np.where(accuracy.averaged, np.maximum(low - widen, 0.0) * accuracy.lag_s, 0.0)
 
 

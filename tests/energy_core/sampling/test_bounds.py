@@ -70,10 +70,11 @@ def run(monkeypatch, trace: Trace, path: str, interval: float, gaps: list[float]
     while boundary <= start.t + seconds:
         if boundary < next_reading:
             clock.now = boundary
-            last = meter.mark()
+            opened, last = last, meter.mark()
             [joules], [bound] = meter.read(last)
             truth = sim.exact_joules(board, last_bound_start, boundary)
-            windows.append((truth, float(joules[0] - carried[0]), float(between(carried_bound, bound)[0])))
+            start_bound = meter.restate(opened, carried, carried_bound)  # as `Window` does when it closes
+            windows.append((truth, float(joules[0] - carried[0]), float(between(start_bound, bound)[0])))
             carried, carried_bound, last_bound_start = joules, bound, boundary
             boundary += gaps[gap % len(gaps)]
             gap += 1
@@ -176,3 +177,14 @@ def test_a_counter_read_faster_than_it_updates_trails_only_since_its_last_change
     energy = np.array([[5.0, 7.0], [5.0, 7.0], [5.0, 7.0], [6.0, 7.0], [6.0, 7.0], [6.0, 7.0], [6.0, 7.0]])
     since = _since_update(times, energy, 6, np.array([0.1, 0.1]))
     assert since == pytest.approx([0.08, 0.1])
+
+
+def test_a_step_just_before_an_averaged_powers_window_end_is_covered(monkeypatch) -> None:
+    """150 W, then 246 W from 60 ms before a window's end, read every 62.5 ms: the 1 s average has
+    risen by 6 W at the newest reading, its trapezoids by half that, yet its lag has grown by the
+    rise times the average's whole second. The window's start, restated from the readings since,
+    has no slack to lend: the end's lag alone must cover it (it did not with one spread of margin)."""
+    trace = Steps([150.0, 246.0] * 16, [1.0, 1.125, 1.625, 4.75, 5.625, 1.0, 1.0, 1.0] * 4)
+    windows, total = run(monkeypatch, trace, "averaged", 0.0625, [1.5625, 1.59375, 5.875], seconds=25.0)
+    assert all(map(covered, windows)), [w for w in windows if not covered(w)]
+    assert covered(total)

@@ -12,10 +12,10 @@ from typing_extensions import Unpack
 from energy_core.integration import BudgetAction, BudgetArgs, BudgetRun, HasBudgetRun
 from hf_energy.callback import EnergyCallback
 from hf_energy.framework import emit, logger, ranks_of, stored_attributes
-from hf_energy.registry import EnergyCallbacks, LogContributor
+from hf_energy.registry import EnergyCallbacks, RunContributor
 
 
-class EnergyBudgetCallback(HasBudgetRun, LogContributor, TrainerCallback, ExportableState):
+class EnergyBudgetCallback(HasBudgetRun, RunContributor[BudgetRun], TrainerCallback, ExportableState):
     """Stops HF Trainer training once the measured energy or CO2e crosses a limit.
 
     The limit is watched by the background sampler after every hardware reading; the

@@ -77,6 +77,11 @@ class PowerCapCallback(LogContributor, TrainerCallback, ExportableState):
         logs.update(added)
         return added
 
+    def withdraw(self) -> None:
+        """Training was refused before its first step (a duplicate added with ``add_callback``):
+        the cap already in force goes back to the administrator's limit now, not at exit."""
+        emit(self.run.finish(), self._world_zero)
+
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.begin(kwargs.get("model"), state)

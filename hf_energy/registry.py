@@ -31,13 +31,13 @@ has run (``on_step_begin``).
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from weakref import WeakKeyDictionary
 
 from transformers.trainer_callback import TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
 
-from energy_core.integration import checks, warn_at_user_code
+from energy_core.integration import SharedRun, checks, warn_at_user_code
 
 T = TypeVar("T")
 CALLBACKS = "EnergyCallback, EnergyBudgetCallback, PowerCapCallback, EnergyToTargetCallback or TimeShiftCallback"
@@ -159,7 +159,7 @@ class LogContributor:
 
     def withdraw(self) -> None:
         """End what ``on_train_begin`` started, when training is refused before its first step (a
-        duplicate callback): nothing, unless the callback started measuring."""
+        duplicate callback): nothing, unless the callback started measuring or capping."""
 
     def same_job(self, other: LogContributor) -> bool:
         """Whether ``other``, of this class, does this callback's job (then one of them is a mistake):
@@ -239,3 +239,16 @@ def attach(trainer: Any, *callbacks: LogContributor) -> Any:
         registry.add(callback)
     registry.wrap(trainer)
     return callbacks[0]
+
+
+RunT = TypeVar("RunT", bound=SharedRun)
+
+
+class RunContributor(Generic[RunT], LogContributor):
+    """A contributor around a `SharedRun` (a budget, a target, a time shift), which measures on
+    its own when no `EnergyCallback` began before it."""
+
+    run: RunT
+
+    def withdraw(self) -> None:
+        self.run.close()

@@ -12,12 +12,12 @@ from typing_extensions import Unpack
 from energy_core.integration import HasTargetRun, TargetArgs, TargetRun
 from hf_energy.callback import EnergyCallback
 from hf_energy.framework import emit, logger, ranks_of, stored_attributes
-from hf_energy.registry import LogContributor
+from hf_energy.registry import LogContributor, RunContributor
 
 EVAL = "eval_"  # the prefix the HF Trainer gives every evaluation metric during training
 
 
-class EnergyToTargetCallback(HasTargetRun, LogContributor, TrainerCallback, ExportableState):
+class EnergyToTargetCallback(HasTargetRun, RunContributor[TargetRun], TrainerCallback, ExportableState):
     """Logs the energy, CO2e and time an HF Trainer run took to reach an evaluation metric, and stops there.
 
     At every evaluation of the training (``eval_strategy``), it reads ``eval_<metric>``
@@ -111,7 +111,7 @@ class EnergyToTargetCallback(HasTargetRun, LogContributor, TrainerCallback, Expo
 
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        registry = self.register(kwargs.get("model"))
+        registry = self.begin(kwargs.get("model"), state)
         self._world_zero = state.is_world_process_zero
         monitor = registry.first(EnergyCallback) if registry is not None else None
         if self._restored is None:

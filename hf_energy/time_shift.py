@@ -12,10 +12,10 @@ from typing_extensions import Unpack
 from energy_core.integration import TimeShiftArgs, TimeShiftRun
 from hf_energy.callback import EnergyCallback
 from hf_energy.framework import emit, ranks_of, stored_attributes
-from hf_energy.registry import LogContributor
+from hf_energy.registry import RunContributor
 
 
-class TimeShiftCallback(LogContributor, TrainerCallback, ExportableState):
+class TimeShiftCallback(RunContributor[TimeShiftRun], TrainerCallback, ExportableState):
     """Pauses training while the grid is dirty (or waits, or exits to be requeued) and finishes by the deadline.
 
     The same plan and behaviour as `lightning_energy.TimeShift`: planned from the forecast, the
@@ -85,7 +85,7 @@ class TimeShiftCallback(LogContributor, TrainerCallback, ExportableState):
 
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        registry = self.register(kwargs.get("model"))
+        registry = self.begin(kwargs.get("model"), state)
         self._world_zero = state.is_world_process_zero
         monitor = registry.first(EnergyCallback) if registry is not None else None
         if self._restored is None:

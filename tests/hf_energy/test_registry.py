@@ -65,3 +65,56 @@ def test_different_jobs_of_one_kind_are_allowed(tmp_path) -> None:
         attach(trainer, EnergyToTargetCallback("loss", 0.1))
     with pytest.raises(ValueError, match="already has a EnergyBudgetCallback"):
         attach(trainer, EnergyBudgetCallback(max_kwh=1.0), EnergyBudgetCallback(max_kwh=2.0))
+
+
+def alone(kind: str):
+    """A callback of ``kind`` that, with no EnergyCallback begun before it, measures on its own."""
+    from datetime import datetime, timedelta, timezone
+
+    from hf_energy import TimeShiftCallback
+
+    measure = {"devices": ["gpu"], "sample_interval_s": 0.02}
+    if kind == "budget":
+        return EnergyBudgetCallback(max_kwh=1.0, **measure)
+    if kind == "target":
+        return EnergyToTargetCallback("loss", 0.1, **measure)
+    deadline = datetime.now(timezone.utc) + timedelta(days=1)
+    return TimeShiftCallback(deadline=deadline, carbon_intensity_g_per_kwh=400.0, **measure)
+
+
+@pytest.mark.parametrize("kind", ["budget", "target", "time_shift"])
+def test_a_run_begun_before_a_refused_duplicate_stops_measuring(tmp_path, sim_gpus, kind) -> None:
+    """A duplicate added with HF's ``add_callback`` is refused when training begins: a callback
+    before it that had started a sampler of its own stops it then (the conftest guard fails a test
+    that leaves one running), and the Trainer can train once the duplicate is gone."""
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    first = alone(kind)
+    trainer = make_trainer(tmp_path / "out", SeqData(16), callbacks=[first])
+    trainer.add_callback(EnergyCallback(devices=["gpu"]))
+    duplicate = EnergyCallback(devices=["gpu"])
+    trainer.add_callback(duplicate)
+    with pytest.raises(ValueError, match=SECOND):
+        trainer.train()
+    sampler = first.run.tracker.meter.sampler  # its own: it began before any EnergyCallback
+    assert sampler is not None and not sampler.running
+    trainer.remove_callback(duplicate)
+    trainer.train()
+    assert trainer.state.global_step == 4
+
+
+def test_a_cap_begun_before_a_refused_duplicate_is_restored(tmp_path, sim_gpus) -> None:
+    """A duplicate added with HF's ``add_callback`` is refused when training begins: a cap that a
+    callback before it had already put in force goes back to the administrator's limit then, not
+    at process exit (a notebook goes on after the error)."""
+    from hf_energy import PowerCapCallback
+
+    sim = sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02, default_limit_mw=400_000,
+                          min_limit_mw=100_000, max_limit_mw=450_000))  # fmt: skip
+    sim.set_limit_mw(sim.gpus[0], 350_000)  # the administrator's limit
+    trainer = make_trainer(tmp_path / "out", SeqData(16), callbacks=[PowerCapCallback(watts=250)])
+    trainer.add_callback(EnergyCallback(devices=["gpu"]))
+    trainer.add_callback(EnergyCallback(devices=["gpu"]))
+    with pytest.raises(ValueError, match=SECOND):
+        trainer.train()
+    assert 250_000 in [mw for _, mw in sim.gpus[0].limit_history]  # the cap was in force...
+    assert sim.limit_mw(sim.gpus[0]) == 350_000  # ... and is the administrator's again

@@ -7,8 +7,10 @@ its energy counter advances every 100 ms (mJ) and its power reading is a 1 s ave
 (Ampere and newer) or instantaneous (older boards). The meter reads it on a virtual clock
 the way a training run does: the sampler reads at its dithered interval, and at every 5 s
 a logging boundary takes a mark and reads its joules and bound at once (extrapolated past
-the newest reading, as a tracker does); the next window starts from them. The fit's total
-runs from the first mark to the last, read once the readings after it are in.
+the newest reading, as a tracker does); the next window starts from them, its start's bound
+restated when it closes from the readings that came since (`EnergyMeter.restate`, as
+`Window` does). The fit's total runs from the first mark to the last, read once the
+readings after it are in.
 
 For each reading path, trace and ``sample_interval_s`` it prints the worst error of the
 windows and of the total (% of the true energy), the **coverage** (the share of windows
@@ -117,7 +119,7 @@ def measure(trace: Trace, path: dict, interval: float, seconds: float) -> Result
         sampler.sample_once()
     start = meter.mark()
     [carried], [carried_bound] = meter.read(start)
-    boundary, windows = start.t + WINDOW_S, []
+    boundary, windows, last = start.t + WINDOW_S, [], start
     next_reading = clock() + sampler.next_interval()
     while boundary <= start.t + seconds:
         if boundary < next_reading:  # a logging boundary before the next reading: read at once
@@ -125,7 +127,9 @@ def measure(trace: Trace, path: dict, interval: float, seconds: float) -> Result
             end = meter.mark()
             [joules], [bound] = meter.read(end)
             truth = sim.exact_joules(gpu, boundary - WINDOW_S, boundary)
-            windows.append((truth, float(joules[0] - carried[0]), float(between(carried_bound, bound)[0])))
+            # The window's start was read at once too; by now the readings after it are in (as in `Window`).
+            start_bound = meter.restate(last, carried, carried_bound)
+            windows.append((truth, float(joules[0] - carried[0]), float(between(start_bound, bound)[0])))
             carried, carried_bound, boundary = joules, bound, boundary + WINDOW_S
             last = end
             continue

@@ -227,6 +227,8 @@ class FollowCase:
     offline: tuple[float, float]  # (saving, slowdown)
     ours: tuple[float, float]
     caps: tuple[float, ...]
+    seed: int
+    where: str  # where the CO2e goes against the offline optimum (--verbose)
 
     @property
     def differ(self) -> bool:
@@ -257,15 +259,23 @@ class Grid:
         return path
 
 
-def replay(job: Job, grid: Grid, steps: int, cap_of: Callable[[float], float]) -> tuple[float, float]:
-    """(seconds, g x J/kWh) of ``steps`` steps from the table, the cap chosen by the moment."""
-    t = emitted = 0.0
+def replay(
+    job: Job, grid: Grid, steps: int, cap_of: Callable[[float], float], start: float = 0.0
+) -> tuple[float, float]:
+    """(seconds, g x J/kWh) of ``steps`` steps from the table from ``start``, the cap chosen by the moment."""
+    t, emitted = start, 0.0
     for _ in range(steps):
         cap = cap_of(t)
         seconds = job.seconds(cap)
         emitted += job.joules(cap) * grid.at(t + seconds / 2)
         t += seconds
-    return t, emitted
+    return t - start, emitted
+
+
+def replay_caps(job: Job, grid: Grid, caps: Sequence[float]) -> tuple[float, float]:
+    """(seconds, g x J/kWh) of one step at each of ``caps`` in turn, from the table."""
+    steps = iter(caps)
+    return replay(job, grid, len(caps), lambda t: next(steps))
 
 
 def follow_case(job: Job, max_slowdown: float, steps: int, seed: int) -> FollowCase:
@@ -279,7 +289,7 @@ def follow_case(job: Job, max_slowdown: float, steps: int, seed: int) -> FollowC
         tuple(range(len(job.caps))), tuple(job.seconds(c) for c in job.caps), tuple(job.joules(c) for c in job.caps)
     )
     plan = Plan.solve(curve, grid.at, 0.0, steps, (1 + max_slowdown) * base_t)
-    offline_t, offline = replay(job, grid, steps, lambda t: job.caps[plan.rung(curve, grid.at(t))])
+    offline_t, offline = replay(job, grid, steps, lambda t: job.caps[plan.rung(curve, grid.at(t), t)])
     interval = max(COUNTER_S, t0 / 5)  # readings per step, as on a GPU (and a bounded cost here)
     table = TableJob([TableBoard(p, index=i) for i, p in enumerate(job.boards)], seed=seed, sample_interval_s=interval)
     count = len(job.boards)
@@ -289,6 +299,19 @@ def follow_case(job: Job, max_slowdown: float, steps: int, seed: int) -> FollowC
     ours_t = sum(job.seconds(s.cap_w / count) for s in result.steps)
     ours = sum(job.joules(s.cap_w / count) * grid.at((s.start + s.end) / 2) for s in result.steps)
     caps = tuple(sorted({s.cap_w / count for s in result.steps[len(result.steps) // 10 :]}))
+    searched = result.run.finder.steps_used if result.run.finder is not None else 0
+    search_t, search = replay_caps(job, grid, [s.cap_w / count for s in result.steps[:searched]])
+    rest = Plan.solve(curve, grid.at, search_t, steps - searched, (1 + max_slowdown) * base_t - search_t)
+    _, rest_e = replay(
+        job, grid, steps - searched, lambda t: job.caps[rest.rung(curve, grid.at(t), t - search_t)], search_t
+    )
+    where = (
+        f"the search: {searched} steps, {search_t / (searched * t0) - 1 if searched else 0:+.1%} time; "
+        f"the offline optimum after it saves {1 - (search + rest_e) / base:.1%} "
+        f"(the search costs {100 * (search + rest_e - offline) / base:.2f} points); following loses "
+        f"{100 * (ours - search - rest_e) / base:.2f} points, leaving "
+        f"{((1 + max_slowdown) * base_t - ours_t) / base_t:.2%} of the time unused"
+    )
     return FollowCase(
         job,
         max_slowdown,
@@ -296,23 +319,29 @@ def follow_case(job: Job, max_slowdown: float, steps: int, seed: int) -> FollowC
         (1 - offline / base, offline_t / base_t - 1),
         (1 - ours / base, ours_t / base_t - 1),
         caps,
+        seed,
+        where,
     )
 
 
-def follow_table(cases: Sequence[FollowCase]) -> bool:
+def follow_table(cases: Sequence[FollowCase], verbose: bool) -> bool:
     passed = True
     for slowdown in dict.fromkeys(c.max_slowdown for c in cases):
         group = [c for c in cases if c.max_slowdown == slowdown]
         print(f"\n### Following the grid, max_slowdown {slowdown:.0%} (CO2e saved against the uncapped run, time)\n")
         print("| profile | best static cap | offline optimum | follow='carbon' | caps used | passed |")
         print("| --- | --- | --- | --- | --- | --- |")
+        seeds = len({c.seed for c in group})
         for c in group:
             (cap, s_save, s_time), (o_save, o_time), (f_save, f_time) = c.static, c.offline, c.ours
             used = ", ".join(f"{w:g}" for w in c.caps)
             print(
-                f"| {c.job.name} | {cap:g} W: {s_save:.1%}, {s_time:+.1%} | {o_save:.1%}, {o_time:+.1%} "
+                f"| {c.job.name}{f' (seed {c.seed})' if seeds > 1 else ''} | {cap:g} W: {s_save:.1%}, {s_time:+.1%} "
+                f"| {o_save:.1%}, {o_time:+.1%} "
                 f"| {f_save:.1%}, {f_time:+.1%} | {used} W | {'yes' if c.passed else 'NO'} |"
             )
+            if verbose:
+                print(f"\n    {c.where}\n")
         differ = [c for c in group if c.differ]
         print(
             f"\n{slowdown:.0%}: following emits less than the best static cap in "
@@ -331,11 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=("finder", "follow", "both"), default="both")
     parser.add_argument("--slowdowns", type=float, nargs="+", default=list(SLOWDOWNS))
     parser.add_argument("--conditions", nargs="+", choices=("quiet", "busy"), default=["quiet", "busy"])
-    parser.add_argument("--repeats", type=int, default=1, help="finder runs per case")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per case (seeds of the steps' noise)")
     parser.add_argument("--step-ms", type=float, default=60.0, help="an uncapped step, compressed to at most this")
     parser.add_argument("--steps", type=int, default=6000, help="steps of a run that follows the grid")
     parser.add_argument("--profiles", default="", help="only the profiles whose name contains this")
-    parser.add_argument("--verbose", action="store_true", help="print the finder's summary of every failed case")
+    parser.add_argument("--verbose", action="store_true", help="print the finder's summary of every failed case, "
+                        "and where each grid-following run's CO2e goes")  # fmt: skip
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as locks:
         os.chmod(locks, 0o1777)  # sticky, as /dev/shm: `board_lock` accepts no other shared folder
@@ -361,8 +391,13 @@ def _run(args: argparse.Namespace) -> int:
             print(f"({condition}: load average {load:.1f} on {os.cpu_count()} CPUs at its start)")
         passed &= finder_table(cases, args.verbose)
     if args.part in ("follow", "both"):
-        follow = [follow_case(job, s, args.steps, seed=0) for s in args.slowdowns for job in jobs]
-        passed &= follow_table(follow)
+        follow = [
+            follow_case(job, s, args.steps, seed)
+            for s in args.slowdowns
+            for job in jobs
+            for seed in range(args.repeats)
+        ]
+        passed &= follow_table(follow, args.verbose)
     print(f"\nverdict: {'PASS' if passed else 'FAIL'}")
     return 0 if passed else 1
 

@@ -33,7 +33,7 @@ class Window:
         start_j: The cumulative joules per source it starts from: those the previous window
             ended at (None: read at ``start`` when the window closes).
         start_bound: Their bound, as read with them (an extrapolated end's bound goes on
-            with its joules into the next window).
+            with its joules into the next window, restated when it closes: `EnergyMeter.restate`).
     """
 
     def __init__(
@@ -113,6 +113,8 @@ class Window:
         if start_j is None or start_bound is None:
             [read_j], [start_bound] = meter.read(self.start)
             start_j = read_j if start_j is None else start_j
+        else:  # carried from the previous window's end: bounded now by the readings that came since
+            start_bound = meter.restate(self.start, start_j, start_bound)
         stages_j = np.zeros_like(start_j)
         errors = between(start_bound, end_bound if end_bound is not None else meter.read(end)[1][0])
         seconds = end.t - self.start.t

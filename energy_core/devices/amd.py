@@ -211,7 +211,8 @@ class AmdGpuSource(gpu.GpuSource):
         else:
             self._field = self._power_field(_call(smi.amdsmi_get_power_info, device.handle), silent=counts == 0)
             method = "amdsmi-power-integration"
-            self.accuracy = Accuracy(lag_s=AVERAGED.lag_s, sampled=True)  # averaged or not: the field does not say
+            # Averaged or not: the field does not say. Its watts are integers.
+            self.accuracy = Accuracy(lag_s=AVERAGED.lag_s, sampled=True, resolution_w=1.0)
         try:
             name = str(smi.amdsmi_get_gpu_asic_info(device.handle)["market_name"])
         except (smi.AmdSmiException, KeyError):

@@ -41,7 +41,7 @@ from collections import deque
 from energy_core.devices.crosscheck import CrossCheck
 from energy_core.devices.source import EnergySource, Reading
 
-SPREAD_READINGS = 8  # an instantaneous power's spread is taken over this many recent readings
+SPREAD_READINGS = 32  # an instantaneous power's spread is taken over this many recent readings (see _trapezoid_error)
 COUNTER_SLACK_S = 0.1  # a counter may advance one update period (20-100 ms) at once
 POWER_SMOOTHING_S = 1.0  # the bridging power follows the measured power over about a second
 
@@ -228,13 +228,20 @@ class Ledger:
 
         An averaged power moves smoothly between readings: the trapezoid is off by at most half
         the step times the interval (the power monotone in between). An instantaneous one says
-        nothing of the power in between: half the spread of the recent readings, at least.
+        nothing of the power in between: half the spread of the last `SPREAD_READINGS` readings,
+        at least. A load that repeats at the sampling interval can put every reading on one level
+        (aliasing); the sampler's dither (+-20% per reading) walks the readings' phase across such
+        a period within about 20 readings, so 32 readings show its spread. Before 32 readings the
+        spread shows nothing yet: the power may be anywhere from 0 to the board's plausible most
+        (``max_w``, twice its highest limit), and half that range is taken. Either way each reading
+        may be off by the power's resolution (`Accuracy.resolution_w`).
         """
         step = abs(watts - self._last_value)
         if self.source.accuracy.sampled:
             recent = [*self._recent_w, watts]
-            step = max(step, max(recent) - min(recent))
-        return 0.5 * step * seconds
+            seen = self.max_w if len(self._recent_w) < SPREAD_READINGS else max(recent) - min(recent)
+            step = max(step, seen)
+        return (0.5 * step + self.source.accuracy.resolution_w) * seconds
 
     def _smooth_power(self, joules: float, seconds: float) -> None:
         if seconds <= 0:

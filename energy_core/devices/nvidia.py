@@ -17,7 +17,7 @@ the only one that imports ``pynvml``: its errors leave it as `DeviceError` or
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pynvml
@@ -39,6 +39,7 @@ from energy_core.devices.source import (
 from energy_core.notices import Notice
 
 VENDOR = "nvidia"
+POWER_RESOLUTION_W = 0.001  # nvmlDeviceGetPowerUsage counts whole mW
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class NvidiaGpuSource(common.GpuSource):
             self.accuracy = Accuracy(lag_s=COUNTER_UPDATE_S, quantum_j=0.001)
         except pynvml.NVMLError_NotSupported:
             method = "nvml-power-integration"
-            self.accuracy = AVERAGED if _averages_power(gpu.handle) else INSTANTANEOUS
+            self.accuracy = _power_accuracy(gpu.handle)
             self.notes.append(
                 f"GPU {gpu.cuda_index} has no energy counter (older than Volta): integrating polled power instead."
             )
@@ -117,7 +118,7 @@ class NvidiaGpuSource(common.GpuSource):
     def power_accuracy(self) -> Accuracy | None:
         if self._base_mj is None:
             return None
-        return AVERAGED if _averages_power(self.gpu.handle) else INSTANTANEOUS
+        return _power_accuracy(self.gpu.handle)
 
     def read(self, now: float) -> Reading:
         if self._base_mj is not None:
@@ -125,6 +126,11 @@ class NvidiaGpuSource(common.GpuSource):
                 joules=(int(pynvml.nvmlDeviceGetTotalEnergyConsumption(self.gpu.handle)) - self._base_mj) / 1000
             )
         return Reading(watts=pynvml.nvmlDeviceGetPowerUsage(self.gpu.handle) / 1000)
+
+
+def _power_accuracy(handle: Any) -> Accuracy:
+    """How the board's power reading behaves: averaged or instantaneous, in whole mW."""
+    return replace(AVERAGED if _averages_power(handle) else INSTANTANEOUS, resolution_w=POWER_RESOLUTION_W)
 
 
 def _averages_power(handle: Any) -> bool:

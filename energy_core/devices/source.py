@@ -69,6 +69,8 @@ class Accuracy:
         averaged: The power is an average over ``2 * lag_s``: its integral trails the truth by
             between the lowest and the highest power around times ``lag_s`` (a counter's lag
             may be anything from 0).
+        resolution_w: A polled power's resolution (NVML: 1 mW; amdsmi: 1 W): every reading may
+            be off by it, rounded or cut, so the integral by it times the time.
     """
 
     lag_s: float = 0.0
@@ -76,6 +78,7 @@ class Accuracy:
     relative: float = 0.0
     sampled: bool = False
     averaged: bool = False
+    resolution_w: float = 0.0
 
 
 COUNTER_UPDATE_S = 0.1  # an NVML or amdsmi energy counter advances every 20-100 ms: its reading trails by at most this

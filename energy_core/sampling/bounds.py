@@ -13,7 +13,8 @@ fit). Its error comes from three places, each kept apart because they add differ
   counter's quantum and the part of the total that a later reading may take back (an open
   bridge over a gap) add to it. The two marks' errors are independent: their spreads add.
 * **at each mark, one way** (`MarkBound.lag`, `MarkBound.lag_low`): a counter updated every
-  ``lag_s`` shows the energy of up to ``lag_s`` ago, never more than the truth; the integral
+  ``lag_s`` shows the energy of up to ``lag_s`` ago (less where faster readings show when its
+  value last changed), never more than the truth; the integral
   of a power averaged over ``2 * lag_s`` trails by between the lowest and the highest power
   around times ``lag_s``. The same lag is in both marks of a span and cancels but for the
   difference: a counter's span is off by at most the larger of its two marks' lags, not
@@ -26,13 +27,17 @@ A span's bound is therefore ``spread_a + spread_b + lag difference + (acc_b - ac
 source (`between`); sources, device kinds and ranks add linearly (worst cases, not
 independent draws). The errors of the marks inside a span cancel: a fit's bound is made of
 its two ends alone, however many windows it held. A window that starts where the last one
-ended takes that end's bound with it, so the bound covers an extrapolated start too.
+ended takes that end's figure with it, and its bound as the readings allow when the window ends
+(`restated`): the bound covers an extrapolated start too.
 
 What it assumes: the device's power within a few readings of a mark stays within the range
 the readings around it show (an instantaneous power: within the spread of its recent
 readings; an averaged one: between its lowest and highest averages), and past the newest
-reading it goes no further than 0 or a level seen in the last `HISTORY_S`. The benchmark
-(`benchmarks/accuracy.py`) measures how often that holds.
+counter update (a counter's last update period and the slice past the newest reading) it goes
+no lower than 0 and no higher than twice the recent mean or a level seen in the last
+`HISTORY_S`. The property tests (`tests/energy_core/sampling/test_bounds.py`) hold it exactly
+on random step traces of that kind; the benchmark (`benchmarks/accuracy.py`) measures how
+often it holds on others.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from energy_core.devices import EnergySource
 
 RATE_WINDOW_S = 1.0  # power used to extrapolate past the newest row is averaged over this
 ROUNDING = 1e-12  # relative: the float arithmetic of cumulative joules
-AVERAGE_MARGIN = 1.0  # an average's tail answers a fresh step with its whole span, twice lag_s: one spread more
+AVERAGE_MARGIN = 3.0  # an average's lag after a fresh step, in spreads beyond the highest level (see _lags)
 HISTORY_S = 3.0  # past the newest reading, the power may go to any level seen this long before it
 LEVEL_READINGS = 3  # the spread before an extrapolated mark is taken over this many readings at least
 LEVEL_SPANS = 4  # a power level is taken over at least this many counter updates: within +-25% of the truth
@@ -83,6 +88,31 @@ def between(start: MarkBound, end: MarkBound) -> np.ndarray:
     end_low = end.lag_low if end.lag_low is not None else 0.0
     lag = np.maximum(np.abs(end_low - start.lag), np.abs(end.lag - start_low))
     return start.spread + end.spread + lag + np.maximum(end.accumulated - start.accumulated, 0.0)
+
+
+def restated(joules: np.ndarray, bound: MarkBound, now_j: np.ndarray, now: MarkBound) -> MarkBound:
+    """The bound of a mark's figure ``joules``, read earlier with ``bound`` (extrapolated past the
+    newest reading, as at every logging boundary), as the readings now allow: read again at the
+    same moment, the mark is worth ``now_j`` within ``now``, and ``joules`` is off ``now_j`` by a
+    known amount. That is a second bound of the same figure; per source, the narrower is kept.
+
+    A window starts where the previous one ended, at a figure read at once; by the time the window
+    ends, the readings after that moment are in, and its start is bounded by them, not by what
+    the power might have done past a reading that has since come.
+    """
+    again = now.spread + np.abs(joules - now_j)
+    narrower = again + now.lag < bound.spread + bound.lag
+    zero = np.zeros_like(bound.lag)
+    return MarkBound(
+        np.where(narrower, again, bound.spread),
+        np.where(narrower, now.lag, bound.lag),
+        np.where(narrower, now.accumulated, bound.accumulated),
+        np.where(
+            narrower,
+            now.lag_low if now.lag_low is not None else zero,
+            bound.lag_low if bound.lag_low is not None else zero,
+        ),
+    )
 
 
 class Accuracies:
@@ -143,49 +173,72 @@ def mark_bound(
     if n == 1 or t <= times[0]:  # at the first reading (or older than the buffer): the power after it
         high, low = _levels(times, energy, 0, min(n - 1, LEVEL_READINGS), spacing, accuracy.max_w)
         spread = pending[0] + accuracy.quantum_j + ROUNDING * np.abs(energy[0])
-        lag, lag_low = _lags(high, low, times[min(1, n - 1)] - times[0], accuracy)
+        lag, lag_low = _lags(high, low, times[min(1, n - 1)] - times[0], accuracy, accuracy.lag_s)
         return MarkBound(spread, lag, accumulated[0].copy(), lag_low)
     if t > times[-1]:  # extrapolated at the last second's power
-        lo = min(int(np.searchsorted(times, times[-1] - max(RATE_WINDOW_S, 2 * spacing, accuracy.reach_s))), n - 2)
+        lo = min(int(times.searchsorted(times[-1] - max(RATE_WINDOW_S, 2 * spacing, accuracy.reach_s))), n - 2)
         high, low = _levels(times, energy, max(min(lo, n - 1 - LEVEL_READINGS), 0), n - 1, spacing, accuracy.max_w)
         mean = (energy[-1] - energy[lo]) / (times[-1] - times[lo]) if times[-1] > times[lo] else np.zeros(width)
-        back = max(min(int(np.searchsorted(times, times[-1] - HISTORY_S)), n - 1 - LEVEL_READINGS), 0)
+        back = max(min(int(times.searchsorted(times[-1] - HISTORY_S)), n - 1 - LEVEL_READINGS), 0)
         seen_high, seen_low = _levels(times, energy, back, n - 1, spacing, accuracy.max_w)
         ahead = t - times[-1]
         jump = np.maximum(np.maximum(seen_high - mean, mean - seen_low), mean)  # to any level seen lately, or to 0
         unseen = np.where(accuracy.averaged, 2.0, 1.0)  # an average's tail holds the unseen slice too
         spread = ahead * (unseen * np.maximum(high - low, jump) + accuracy.relative * mean)
-        # The counter's last update period is as unseen as the slice past its newest reading: any level of late.
-        top = np.maximum(np.maximum(high, mean), np.where(accuracy.averaged, 0.0, seen_high))
-        lag, lag_low = _lags(top, np.minimum(low, mean), times[-1] - times[-2], accuracy)
+        # The counter's last update period is as unseen as the slice past its newest reading: the same
+        # allowance (a step to a level no reading has shown yet may fall in it), the jump above the mean.
+        top = np.maximum(np.maximum(high, mean), np.where(accuracy.averaged, 0.0, mean + jump))
+        since = _since_update(times, energy, n - 1, accuracy.lag_s)
+        lag, lag_low = _lags(top, np.minimum(low, mean), times[-1] - times[-2], accuracy, since)
         spread += pending[-1] + accuracy.quantum_j + ROUNDING * np.abs(energy[-1])
         return MarkBound(spread, lag, accumulated[-1].copy(), lag_low)
-    i = int(np.searchsorted(times, t))  # times[i-1] < t <= times[i]
+    i = int(times.searchsorted(t))  # times[i-1] < t <= times[i]
     interval = times[i] - times[i - 1]
     w = (t - times[i - 1]) / interval
     reach = max(3 * interval, 2 * spacing, accuracy.reach_s)
-    lo = max(int(np.searchsorted(times, times[i - 1] - reach)) - 1, 0)
-    hi = min(int(np.searchsorted(times, times[i] + reach)), n - 1)
+    lo = max(int(times.searchsorted(times[i - 1] - reach)) - 1, 0)
+    hi = min(int(times.searchsorted(times[i] + reach)), n - 1)
     high, low = _levels(times, energy, lo, hi, spacing, accuracy.max_w)
     step = energy[i] - energy[i - 1]
     interpolation = np.minimum((high - low) * accuracy.share * interval, np.maximum(step, 0.0) * max(w, 1.0 - w))
     inside = accumulated[i] - accumulated[i - 1]  # the interval's own accumulated error, split anyhow
     spread = interpolation + inside + np.maximum(pending[i - 1], pending[i]) + accuracy.quantum_j
     spread += ROUNDING * np.abs(energy[i])
-    lag, lag_low = _lags(high, low, interval, accuracy)
+    since = np.maximum(
+        _since_update(times, energy, i - 1, accuracy.lag_s), _since_update(times, energy, i, accuracy.lag_s)
+    )
+    lag, lag_low = _lags(high, low, interval, accuracy, since)
     return MarkBound(spread, lag, accumulated[i - 1] + w * inside, lag_low)
 
 
-def _lags(high: np.ndarray, low: np.ndarray, interval: float, accuracy: Accuracies) -> tuple[np.ndarray, np.ndarray]:
-    """(most, least) a reading trails the truth by. A counter: up to ``lag_s`` of the highest power,
-    at least nothing (it may have just updated). An averaged power: between the lowest and the highest
-    power around, times ``lag_s``; but the tail answers a fresh step with the average's whole span
-    (`AVERAGE_MARGIN`: one spread more), and the average, sampled every ``interval``, may pass the
-    extremes its readings show by the spread times ``interval`` over its span: the range is widened
-    by both."""
+def _since_update(times: np.ndarray, energy: np.ndarray, row: int, lag_s: np.ndarray) -> np.ndarray:
+    """Per source, the longest a counter's value at ``row`` can have been standing: it changed after
+    the last earlier row that showed less, so its update is no older than that row (read faster than
+    the counter updates, the readings tell); and no older than ``lag_s``, its update period, either.
+    A source's cumulative joules never fall, so that row is found by bisection."""
+    since = lag_s.copy()
+    first = max(int(times.searchsorted(times[row] - float(lag_s.max(initial=0.0)))) - 1, 0)
+    for source in np.flatnonzero(lag_s > 0):
+        less = int(energy[first : row + 1, source].searchsorted(energy[row, source])) - 1
+        if less >= 0:
+            since[source] = min(since[source], times[row] - times[first + less])
+    return since
+
+
+def _lags(
+    high: np.ndarray, low: np.ndarray, interval: float, accuracy: Accuracies, since: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(most, least) a reading trails the truth by. A counter: up to ``since`` (at most ``lag_s``:
+    see `_since_update`) of the highest power, at least nothing (it may have just updated). An
+    averaged power: between the lowest and the highest power around, times ``lag_s``; but the tail
+    answers a fresh step with the average's whole span (the lag grows by the average's rise times
+    ``2 * lag_s``), and the levels are the means of two readings, which show the newest reading's
+    rise only by half: a rise of up to twice the spread, times twice ``lag_s``, is one spread plus
+    `AVERAGE_MARGIN` (3) more. The average, sampled every ``interval``, may also pass the extremes
+    its readings show by the spread times ``interval`` over its span: the range is widened by both."""
     span = np.maximum(2 * accuracy.lag_s, 1e-9)
     widen = np.where(accuracy.averaged, (high - low) * (AVERAGE_MARGIN + interval / span), 0.0)
-    lag = (high + widen) * accuracy.lag_s
+    lag = (high + widen) * np.where(accuracy.averaged, accuracy.lag_s, since)
     return lag, np.where(accuracy.averaged, np.maximum(low - widen, 0.0) * accuracy.lag_s, 0.0)
 
 
@@ -193,7 +246,7 @@ def settled(times: np.ndarray, t: float, accuracy: Accuracies) -> bool:
     """Whether the rows around ``t`` are all in: its bound will not change (it may be kept)."""
     if len(times) < 2 or t > times[-1]:
         return False
-    i = int(np.searchsorted(times, t))
+    i = int(times.searchsorted(t))
     interval = times[i] - times[i - 1] if i > 0 else 0.0
     reach = max(3 * interval, 2 * LEVEL_SPANS * accuracy.longest_lag_s, accuracy.reach_s)
     return times[-1] >= times[min(i, len(times) - 1)] + reach

@@ -19,7 +19,7 @@ from energy_core import devices as device_layer
 from energy_core.devices import EnergySource, deadline, parse_devices
 from energy_core.devices.crosscheck import Disagreement
 from energy_core.notices import Notice
-from energy_core.sampling.bounds import MarkBound
+from energy_core.sampling.bounds import MarkBound, restated
 from energy_core.sampling.sampler import Mark, Sampler, check_interval
 
 SILENT_S = 5.0  # a source without a good reading for this long (and 10 readings) is reported
@@ -175,6 +175,12 @@ class EnergyMeter:
             values.append(joules)
             bounds.append(bound)
         return values, bounds
+
+    def restate(self, mark: Mark, joules: np.ndarray, bound: MarkBound) -> MarkBound:
+        """The bound of ``joules``, read at ``mark`` earlier with ``bound``, as the readings now
+        allow (`energy_core.sampling.bounds.restated`)."""
+        [now_j], [now] = self.read(mark)
+        return restated(joules, bound, now_j, now)
 
     def resolvable(self, mark: Mark) -> bool:
         """Whether `joules` can give this mark a figure: it is fixed, or two readings give a

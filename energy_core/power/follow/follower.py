@@ -5,21 +5,23 @@ at each measured cap. Every few steps (when the adapter asks) the follower:
 
 1. books the stretch of steps since it last decided, at the cap that was in force: its
    pace refines that cap's seconds per step (a trimmed mean over the stretches, once there
-   are `MIN_STRETCHES`), and the time booked against the run's allowance,
-   ``(1 + max_slowdown)`` x the seconds per step at the limit at start, is the steps at
-   each cap times its seconds at the upper end of their confidence interval (so that the
-   run stays within the slowdown when a measurement was a little fast);
+   are `MIN_STRETCHES`; before, the search's figure, the upper end of its confidence
+   interval). The time booked, the steps at each cap times its seconds, is held against
+   the run's allowance, ``(1 + max_slowdown)`` x the seconds per step at the limit at start;
 2. plans the rest of the run (`Plan.solve`, a few ms): the value of a step with which the
-   steps left fit in the time left with least emission, looking ahead at the intensity
-   the run knows (a series' coming values; a live source's latest value stands for the
-   future). It plans again at every decision: where two caps cost nearly the same at
-   that value (the optimum mixes them), a small change in a measured pace tips the choice
-   to the slower one, and only a fresh plan on the time booked so far brings the run
-   back within its allowance;
+   steps left fit in the time left with least emission, mixing two caps where one alone
+   would leave time unused, looking ahead at the intensity the run knows (a series' coming
+   values; a live source's latest value stands for the future). The time left keeps in
+   hand only the doubt about the time booked so far (`GridFollower.reserve_s`): planned on
+   the central figures, the run does not buy, early and dear, time that the figures, once
+   sharper, show it did not need. It plans again at every decision, on the time booked so
+   far, so that the coarseness of a cap that holds for a stretch is made up at the next;
 3. answers the cap that minimises (intensity x joules - value) / seconds over the stretch
    that follows (the cost is linear in the intensity: its mean over the stretch decides),
-   since a cap holds until the next decision, not for an instant as in the plan. The plan
-   keeps `RESERVE` stretch of time in hand for that coarseness and the steps' noise.
+   unless that stretch, with the rest at the fastest cap, would not fit in the time left:
+   then the fastest. Once, when the deadline is close enough that the search's few steps at
+   the limit at start leave it in doubt, it puts that limit back for `MIN_STRETCHES`
+   stretches to measure it (`GridFollower.probing`).
 
 It also watches the pace: when most of the last `WATCH` stretches run `CHANGE` slower or
 faster than the curve says at the cap in force, the workload has changed and the curve
@@ -28,7 +30,9 @@ must be measured again (`GridFollower.changed`).
 
 from __future__ import annotations
 
+import bisect
 import math
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -46,7 +50,7 @@ MAX_STRETCHES = 400  # stretches kept per cap (the most recent)
 CHANGE = 0.10  # stretches this much slower or faster than the curve says: the workload has changed
 WATCH = 8  # stretches watched for a change of pace
 WATCH_AGREE = 6  # ... of which this many must agree
-RESERVE = 1  # stretches of time the plan keeps in hand
+PROBE_SHARE = 0.05  # the most of a run's steps spent measuring the limit at start after the search
 LOOKS = 8  # intensity readings over the coming stretch
 
 
@@ -63,13 +67,15 @@ class GridFollower:
             over a horizon as long as the run so far, at least `MIN_HORIZON` steps).
         wall: Unix time, for the factor (a test may compress the day).
         every: Steps between decisions (a cap holds this long).
+        reference_spread_s: The standard error of ``reference_s`` (the search's few steps at
+            the limit at start).
 
     Examples:
         >>> from energy_core.carbon.factor import Fixed
         >>> curve = Curve((0, 1, 2), (1.0, 1.05, 1.3), (10.0, 8.0, 7.5))
         >>> follower = GridFollower(curve, 1.0, 0.2, Fixed(300.0, "given"), total_steps=1000, wall=lambda: 0.0)
-        >>> follower.decide(step=0, rung=0, now=0.0)   # a constant intensity: the leanest cap within 20%
-        1
+        >>> follower.decide(step=0, rung=0, now=0.0)   # a constant intensity: 1.05 and 1.3 s per step fill 20%
+        2
     """
 
     def __init__(
@@ -81,8 +87,10 @@ class GridFollower:
         total_steps: float | None,
         wall: Callable[[], float] = time.time,
         every: int = 25,
+        reference_spread_s: float = 0.0,
     ) -> None:
         self.curve, self.reference_s, self.max_slowdown = curve, reference_s, max_slowdown
+        self.reference_spread_s = reference_spread_s
         self.factor, self.wall, self.every = factor, wall, every
         self.total_steps = total_steps if total_steps is not None and math.isfinite(total_steps) else None
         self.booked = (0.0, 0)  # (seconds, steps) before following: the search's, a checkpoint's
@@ -96,19 +104,71 @@ class GridFollower:
         self._paces: deque[float] = deque(maxlen=WATCH)
 
     def seconds(self, rung: int) -> float:
-        """Seconds per step at ``rung``: its stretches' trimmed mean plus ``z`` spreads once it has
-        `MIN_STRETCHES` of them, else the search's figure."""
+        """Seconds per step at ``rung``: its stretches' trimmed mean once it has `MIN_STRETCHES`
+        of them, else the search's figure (the upper end of its confidence interval)."""
         stretches = self._stretches[rung]
         if len(stretches) < MIN_STRETCHES:
             return self._searched[rung]
-        mean, spread = trimmed_mean_and_spread(list(stretches))
-        return mean if rung == self.curve.rungs[0] else mean + self.z * spread
+        return trimmed_mean_and_spread(list(stretches))[0]
+
+    def spread(self, rung: int) -> float:
+        """The standard error of `seconds` at ``rung`` (the search's figure of another rung holds its margin: 0).
+
+        The steps' noise is the workload's, whatever the cap: the stretches' relative spread
+        is pooled over every rung measured (a few stretches alone may understate it)."""
+        stretches = self._stretches[rung]
+        if len(stretches) >= MIN_STRETCHES:
+            return self.seconds(rung) * self._relative_sd() / math.sqrt(len(stretches))
+        return self.reference_spread_s if rung == self.curve.rungs[0] else 0.0
+
+    def _relative_sd(self) -> float:
+        """The standard deviation of a stretch's pace relative to its rung's mean, pooled over the rungs measured."""
+        squares, freedom = 0.0, 0
+        for stretches in self._stretches.values():
+            if len(stretches) >= MIN_STRETCHES:
+                mean = statistics.fmean(stretches)
+                squares += sum((pace / mean - 1) ** 2 for pace in stretches)
+                freedom += len(stretches) - 1
+        return math.sqrt(squares / freedom) if freedom else 0.0
 
     @property
     def reference(self) -> float:
         """Seconds per step at the limit at start: the search's, or its stretches' once they are many."""
         first = self.curve.rungs[0]
         return self.seconds(first) if len(self._stretches[first]) >= MIN_STRETCHES else self.reference_s
+
+    @property
+    def reserve_s(self) -> float:
+        """Seconds kept in hand: ``z`` standard errors of the excess booked so far. Each rung's
+        mean pace errs alike on all its steps, and the reference's on the allowance so far, so
+        the reserve grows as the square root of the steps while the paces sharpen: small at
+        the start, where planning on the central figures keeps the run from buying time it
+        will not need, and what the whole run's figures leave in doubt at the end."""
+        first = self.curve.rungs[0]
+        steps = self.booked[1] + sum(self._steps.values())
+        parts = [n * self.spread(r) for r, n in self._steps.items() if r != first]
+        parts.append((self._steps[first] - (1 + self.max_slowdown) * steps) * self.spread(first))
+        return self.z * math.hypot(*parts)
+
+    def probing(self, step: int) -> bool:
+        """Whether the follower puts the limit at start back for a while, to measure it again.
+
+        The run's time is allowed against the reference, known from the search's few steps;
+        its doubt over the steps left, once in the reserve, would cost more time than the
+        `MIN_STRETCHES` stretches that measure it. Only when the plan ends within that doubt
+        of the deadline (else the reference decides nothing), after the rung the plan runs
+        is measured (its pace decides the plan first), and when the run's length is known and
+        the stretches fit in `PROBE_SHARE` of it.
+        """
+        first = self.curve.rungs[0]
+        if self.total_steps is None or MIN_STRETCHES * self.every > PROBE_SHARE * self.total_steps:
+            return False
+        if len(self._stretches[first]) >= MIN_STRETCHES or self.plan is None:
+            return False
+        if not any(len(stretches) >= MIN_STRETCHES for stretches in self._stretches.values()):
+            return False
+        doubt = self.z * (1 + self.max_slowdown) * self._left(step) * self.spread(first)
+        return self.plan.seconds + doubt >= self._time_left(step)
 
     def spent(self) -> tuple[float, int]:
         """(seconds, steps) of the run so far, as booked."""
@@ -148,7 +208,17 @@ class GridFollower:
         self._last = (step, now)
         ahead = self._stretch_s()
         coming = sum(self.factor.peek(wall + ahead * (i + 0.5) / LOOKS).value for i in range(LOOKS)) / LOOKS
-        return self.plan.rung(self._curve(), coming)
+        curve = self._curve()
+        rung = curve.rungs[0] if self.probing(step) else self.plan.rung(curve, coming, ahead / 2)
+        fastest = curve.rungs[curve.seconds.index(min(curve.seconds))]
+        return rung if self._fits(curve, rung, step) else fastest
+
+    def _fits(self, curve: Curve, rung: int, step: int) -> bool:
+        """Whether a stretch at ``rung``, and the steps after it at the fastest rung, fit in the time left."""
+        left = self._left(step)
+        stretch = min(self.every, left)
+        seconds = stretch * curve.seconds[curve.rungs.index(rung)] + (left - stretch) * min(curve.seconds)
+        return seconds <= self._time_left(step)
 
     def _stretch_s(self) -> float:
         """Seconds until the next decision, at the pace the run is allowed."""
@@ -157,11 +227,27 @@ class GridFollower:
     def _curve(self) -> Curve:
         return Curve(self.curve.rungs, tuple(self.seconds(r) for r in self.curve.rungs), self.curve.joules)
 
-    def _replan(self, step: int) -> None:
+    def _left(self, step: int) -> float:
+        """Steps left in the run (or in the horizon, when the run's length is unknown)."""
         left = self.total_steps - step if self.total_steps is not None else max(step, MIN_HORIZON)
-        left = max(left, 1.0)
-        allowance = left * (1 + self.max_slowdown) * self.reference - self.excess_s - RESERVE * self._stretch_s()
-        self.plan = Plan.solve(self._curve(), lambda when: self.factor.peek(when).value, self.wall(), left, allowance)
+        return max(left, 1.0)
+
+    def _time_left(self, step: int) -> float:
+        """Seconds the steps left may take: their allowance, less what the run has booked beyond its own."""
+        return self._left(step) * (1 + self.max_slowdown) * self.reference - self.excess_s - self.reserve_s
+
+    def _replan(self, step: int) -> None:
+        left, allowance, now = self._left(step), self._time_left(step), self.wall()
+        curve = self._curve()
+        ahead = self._ahead(now, now + max(allowance, left * max(curve.seconds)))
+        self.plan = Plan.solve(curve, ahead, now, left, allowance)
+
+    def _ahead(self, start: float, end: float) -> Callable[[float], float]:
+        """The intensity (or price) from ``start`` to ``end``, read once per value the factor
+        knows in advance (a series' rows): the plan asks for it at every slice."""
+        edges = [start, *self.factor.changes(start, end)]
+        values = [self.factor.peek(edge).value for edge in edges]
+        return lambda when: values[max(bisect.bisect_right(edges, when) - 1, 0)]
 
     def changed(self) -> bool:
         """Whether most recent stretches ran `CHANGE` off the curve's pace (the workload changed)."""

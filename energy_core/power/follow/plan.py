@@ -58,17 +58,29 @@ class Curve:
 class Plan:
     """The value of a step that brings the run in on time with least emission, and what it implies.
 
+    Over discrete caps, the least value of a step that keeps the deadline usually finishes
+    well inside it: every slice at the intensity where two caps tie switches to the faster
+    at once. The plan then mixes the two: the tied slices from ``since`` on run at
+    ``fast_mu``'s choice, the earlier ones at ``mu``'s, so that the steps left take the time
+    allowed. The faster steps come last: by then the caps' paces are measured better, and
+    the plan made again on them may need fewer.
+
     Attributes:
         mu: The value of a step of progress (intensity units x joules); infinite when not
             even the fastest cap keeps the deadline (the plan then runs the fastest).
         seconds: The seconds the plan takes for the steps left.
         emission: Sum over the steps left of intensity x joules (for a carbon intensity in
             g/kWh: g x J / kWh).
+        fast_mu: The value of a step in force from ``since`` on.
+        since: Seconds from the plan's start after which ``fast_mu`` is in force (infinite
+            when nothing is mixed).
     """
 
     mu: float
     seconds: float
     emission: float
+    fast_mu: float = 0.0
+    since: float = float("inf")
 
     @staticmethod
     def solve(curve: Curve, intensity: Callable[[float], float], now: float, steps: float, seconds: float) -> Plan:
@@ -89,9 +101,12 @@ class Plan:
         width = horizon / SLICES
         values = np.array([intensity(now + (i + 0.5) * width) for i in range(SLICES)])
 
-        def run(mu: float) -> tuple[float, float]:
-            """(seconds, emission) of the steps left under ``mu`` (seconds past the horizon if unfinished)."""
-            choice = np.argmin((values[:, None] * j[None, :] - mu) / t[None, :], axis=1)
+        def choose(mu: float) -> np.ndarray:
+            """The rung (its index in the curve) of every slice under ``mu``."""
+            return np.argmin((values[:, None] * j[None, :] - mu) / t[None, :], axis=1)
+
+        def run(choice: np.ndarray) -> tuple[float, float]:
+            """(seconds, emission) of the steps left, each slice at its choice (past the horizon: unfinished)."""
             progress = np.cumsum(width / t[choice])
             rate = values * j[choice] / t[choice] * width
             end = int(np.searchsorted(progress, steps))
@@ -106,22 +121,49 @@ class Plan:
                  if pace[a] > pace[b]]  # fmt: skip
         # every slice runs the fastest from here (a cap both faster and leaner than all others: any mu > 0)
         high = float(values.max()) * max([0.0, *spans]) + 1.0
-        if run(high)[0] > seconds:  # not even the fastest cap keeps the deadline
-            return Plan(float("inf"), *run(high))
+        if run(choose(high))[0] > seconds:  # not even the fastest cap keeps the deadline
+            return Plan(float("inf"), *run(choose(high)))
         low, feasible = 0.0, high
-        if run(low)[0] > seconds:
+        candidates = []
+        if run(choose(low))[0] > seconds:
             for _ in range(BISECTIONS):
                 middle = (low + feasible) / 2
-                if run(middle)[0] <= seconds:
+                if run(choose(middle))[0] <= seconds:
                     feasible = middle
                 else:
                     low = middle
+            candidates.append(Plan._mixed(choose(low), choose(feasible), run, seconds, width, low, feasible))
             low = feasible
         # from the least mu that keeps the deadline up to the one where all run the fastest
         scan = np.geomspace(low, high, SCAN) if low > 0 else np.linspace(low, high, SCAN)
-        best = min((run(mu)[1], mu) for mu in scan)
-        return Plan(float(best[1]), *run(best[1]))
+        candidates += [Plan(float(mu), *run(choose(mu))) for mu in scan]
+        return min(candidates, key=lambda plan: plan.emission)
 
-    def rung(self, curve: Curve, intensity: float) -> int:
-        """The rung to run at this intensity (or price)."""
-        return curve.rung(intensity, self.mu)
+    @staticmethod
+    def _mixed(
+        slow: np.ndarray,
+        fast: np.ndarray,
+        run: Callable[[np.ndarray], tuple[float, float]],
+        seconds: float,
+        width: float,
+        slow_mu: float,
+        fast_mu: float,
+    ) -> Plan:
+        """The plan that takes the fast choice on the fewest last tied slices that keep the deadline."""
+        tied = np.flatnonzero(slow != fast)
+
+        def mix(count: int) -> np.ndarray:
+            choice = slow.copy()
+            choice[tied[len(tied) - count :]] = fast[tied[len(tied) - count :]]
+            return choice
+
+        few, enough = 0, len(tied)  # run(mix(enough)) keeps the deadline: it is the fast choice
+        while enough - few > 1:
+            middle = (few + enough) // 2
+            few, enough = (few, middle) if run(mix(middle))[0] <= seconds else (middle, enough)
+        since = tied[len(tied) - enough] * width if enough else float("inf")
+        return Plan(slow_mu, *run(mix(enough)), fast_mu, float(since))
+
+    def rung(self, curve: Curve, intensity: float, ahead: float = 0.0) -> int:
+        """The rung to run at this intensity (or price), ``ahead`` seconds after the plan's start."""
+        return curve.rung(intensity, self.fast_mu if ahead >= self.since else self.mu)

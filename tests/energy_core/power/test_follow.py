@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cap_finder import Job, zeus_jobs
+from benchmarks.cap_finder import Grid, Job, zeus_jobs
+from benchmarks.cap_finder import replay as table_replay
 from energy_core.accounting.ranks import Ranks
 from energy_core.carbon.factor import Fixed, Series
 from energy_core.power import PowerCapRun
 from energy_core.power.follow.follower import CHANGE, MIN_STRETCHES, WATCH, GridFollower
-from energy_core.power.follow.plan import Curve, Plan
+from energy_core.power.follow.plan import SLICES, Curve, Plan
 from tests.doubles.table_board import CapRunResult, Disturbance, TableBoard, TableJob, run_capped
 
 # Three caps: the limit at start, a little slower and leaner, much slower and leanest.
@@ -52,12 +54,25 @@ def series_file(path: Path, start: float, step_s: float, values: list[float]) ->
 
 
 # ----------------------------------------------------------------------------- the plan
-@pytest.mark.parametrize(("slowdown", "rung"), [(0.0001, 0), (0.1, 1), (0.3, 1), (0.5, 2), (2.0, 2)])
-def test_a_constant_intensity_keeps_the_leanest_cap_within_the_slowdown(slowdown: float, rung: int) -> None:
-    plan = Plan.solve(CURVE, lambda t: 300.0, 0.0, 1000, (1 + slowdown) * 1000)
-    assert plan.rung(CURVE, 300.0) == rung
-    assert plan.seconds <= (1 + slowdown) * 1000 * (1 + 1e-9)
-    assert plan.emission == pytest.approx(300.0 * 1000 * CURVE.joules[rung], rel=1e-6)
+@pytest.mark.parametrize(
+    ("slowdown", "joules", "first", "last"),
+    [(0.0001, 299.94, 1, 0), (0.05, 270.0, 1, 0), (0.1, 240.0, 1, 1), (0.3, 220.0, 2, 1), (0.5, 200.0, 2, 2),
+     (2.0, 200.0, 2, 2)],
+)  # fmt: skip
+def test_a_constant_intensity_mixes_the_two_caps_that_use_the_slowdown_exactly(
+    slowdown: float, joules: float, first: int, last: int
+) -> None:
+    """1000 steps at 300 g/kWh: the least emission within the time is the lower hull of
+    (seconds, joules) per step at ``1 + slowdown`` seconds: a mix of the two rungs either
+    side (a static cap leaves time unused, e.g. rung 1 at 1.1 s where 1.3 s are allowed),
+    the leaner first, the faster last."""
+    allowed = (1 + slowdown) * 1000
+    plan = Plan.solve(CURVE, lambda t: 300.0, 0.0, 1000, allowed)
+    assert plan.seconds <= allowed * (1 + 1e-9)
+    assert plan.emission == pytest.approx(300.0 * 1000 * joules, rel=1e-3)
+    assert plan.rung(CURVE, 300.0, 0.0) == first and plan.rung(CURVE, 300.0, plan.seconds - 1) == last
+    if first != last:  # the whole time is used, to a slice
+        assert plan.seconds == pytest.approx(allowed, abs=allowed / SLICES)
 
 
 def test_when_the_grid_gets_clean_the_plan_runs_lean_while_dirty_and_fast_while_clean() -> None:
@@ -67,9 +82,9 @@ def test_when_the_grid_gets_clean_the_plan_runs_lean_while_dirty_and_fast_while_
     steps, allowed = 1000, 1100.0
     grid = dirty_then_clean(600.0)
     plan = Plan.solve(CURVE, grid, 0.0, steps, allowed)
-    dirty_rung, clean_rung = plan.rung(CURVE, 500.0), plan.rung(CURVE, 100.0)
+    dirty_rung, clean_rung = plan.rung(CURVE, 500.0, 0.0), plan.rung(CURVE, 100.0, 1000.0)
     assert CURVE.joules[dirty_rung] < CURVE.joules[clean_rung]  # leaner while dirty
-    seconds, emitted = replay(CURVE, grid, steps, lambda t: plan.rung(CURVE, grid(t)))
+    seconds, emitted = replay(CURVE, grid, steps, lambda t: plan.rung(CURVE, grid(t), t))
     assert seconds <= allowed * 1.002  # the replay's steps straddle the plan's slices
     assert emitted == pytest.approx(plan.emission, rel=0.01)
     pairs = [
@@ -131,15 +146,103 @@ def test_the_follower_books_each_stretch_and_keeps_the_whole_run_within_the_slow
 
 
 def test_the_search_booked_first_leaves_less_time_to_spend() -> None:
-    """1000 steps within 20%, less `RESERVE` stretch in hand: 1170 s. Fresh, 1.1 s per step
-    fits; after a search of 100 steps that took 185 s, 900 steps have 985 s: under 1.1 s per step."""
+    """1000 steps within 20%: 1200 s. Fresh, the plan mixes 1.1 and 1.5 s per step (the
+    slower first); after a search of 100 steps that took 215 s, 900 steps have 985 s: a mix
+    of 1.0 and 1.1 s per step. Either plan uses its time to a slice."""
     fresh = GridFollower(CURVE, 1.0, 0.2, Fixed(300.0, "given"), total_steps=1000, wall=lambda: 0.0)
     booked = GridFollower(CURVE, 1.0, 0.2, Fixed(300.0, "given"), total_steps=1000, wall=lambda: 0.0)
-    booked.book(seconds=185.0, steps=100, since=(100, 0.0))
-    assert fresh.decide(0, 0, 0.0) == 1
-    assert booked.decide(100, 0, 0.0) == 0
-    assert booked.excess_s == pytest.approx(185.0 - 120.0)
-    assert booked.decide(125, 0, 25.0) == 0 and booked.spent() == (210.0, 125)  # the first stretch is booked
+    booked.book(seconds=215.0, steps=100, since=(100, 0.0))
+    assert fresh.decide(0, 0, 0.0) == 2 and fresh.plan is not None
+    assert fresh.plan.seconds == pytest.approx(1200.0, abs=1200.0 / SLICES)
+    assert booked.decide(100, 0, 0.0) == 1 and booked.plan is not None
+    assert booked.plan.seconds == pytest.approx(985.0, abs=985.0 / SLICES)
+    assert booked.excess_s == pytest.approx(215.0 - 120.0)
+    assert booked.decide(125, 0, 25.0) == 1 and booked.spent() == (240.0, 125)  # the first stretch is booked
+
+
+def test_the_reserve_is_the_doubt_about_the_time_booked_with_the_spread_pooled_over_rungs() -> None:
+    """Eight stretches at the limit at start that happen to agree exactly, a hundred at rung 1
+    that spread by 1%: the steps' noise is the workload's, so the limit at start's standard
+    error is 1% over root 8, not 0; the reserve is 1.64 standard errors of the time booked
+    against the allowance (rung 0's error weighs on the allowance so far, less its own steps)."""
+    follower = GridFollower(CURVE, 1.0, 0.1, Fixed(300.0, "given"), total_steps=None, wall=lambda: 0.0, every=10)
+    now, step = 0.0, 0
+    paces = [(0, 1.0)] * MIN_STRETCHES + [(1, 1.1 * (1.01 if i % 2 else 0.99)) for i in range(100)]
+    follower.decide(step, 0, now)
+    for rung, pace in paces:  # each decision books the stretch just run, at its rung and pace
+        step, now = step + 10, now + 10 * pace
+        follower.decide(step, rung, now)
+    relative = math.sqrt(100 * 0.01**2 / (MIN_STRETCHES - 1 + 99))
+    assert follower.spread(0) == pytest.approx(relative / math.sqrt(MIN_STRETCHES), rel=1e-3)
+    assert follower.spread(1) == pytest.approx(1.1 * relative / 10, rel=1e-3)
+    steps = 10 * len(paces)
+    expected = 1.6449 * math.hypot(1000 * follower.spread(1), (80 - 1.1 * steps) * follower.spread(0))
+    assert follower.reserve_s == pytest.approx(expected, rel=1e-3)
+
+
+def resnet50_a40() -> Job:
+    return next(j for j in zeus_jobs() if j.name == "A40 resnet50")
+
+
+def follow_resnet50(tmp_path: Path, seed: int) -> tuple[float, float, float]:
+    """A follower on Zeus's A40 ResNet-50 at 5% over the recorded day compressed into 6000
+    steps, on a manual clock: (its saving, the offline optimum's, its slowdown), all read from
+    the table.
+
+    It starts from what the benchmark's search measured (seed 0, on the code before the
+    fix): every rung's seconds at the upper end of their interval (200 W at 0.634 s where
+    the table says 0.630), the limit at start 0.3% slow (0.6019 s, standard error 0.58%),
+    and 110 steps of search that took 71.8 s. Each stretch then runs at the table's pace
+    with the noise of 25 steps of 2% each."""
+    job, steps, slowdown, every = resnet50_a40(), 6000, 0.05, 25
+    rng = random.Random(seed)
+    t0 = job.seconds(job.caps[0])
+    grid = Grid(steps * t0 / len(Grid(1.0).values))
+    origin = 1.7e9
+    factor = Series(grid.write(tmp_path / "intensity.csv", origin), "series", "g/kWh")
+    curve = Curve(
+        tuple(range(7)),
+        (0.60188, 0.61403, 0.61565, 0.62630, 0.63441, 0.71393, 0.93003),
+        (155.91, 153.58, 147.06, 137.49, 124.90, 123.51, 137.04),
+    )  # caps 300 W down to 150 W
+    clock = [0.0]
+    follower = GridFollower(curve, 0.60188, slowdown, factor, steps, lambda: origin + clock[0], every, 0.00347)
+    caps = [job.caps[0]] * 110
+    follower.book(71.8, 110, since=(110, 0.0))
+    clock[0], rung, step = 71.8, 0, 110
+    while step < steps:
+        rung = follower.decide(step, rung, clock[0])
+        count = min(every - step % every, steps - step)
+        caps += [job.caps[rung]] * count
+        clock[0] += count * job.seconds(job.caps[rung]) * (1 + rng.gauss(0, 0.02 / math.sqrt(count)))
+        step += count
+    base_t, base = replay_table(job, grid, [job.caps[0]] * steps)
+    ours_t, ours = replay_table(job, grid, caps)
+    ours_t += 71.8 - sum(job.seconds(c) for c in caps[:110])  # the search's steps took what they took
+    truth = Curve(tuple(range(len(job.caps))), tuple(map(job.seconds, job.caps)), tuple(map(job.joules, job.caps)))
+    plan = Plan.solve(truth, grid.at, 0.0, steps, (1 + slowdown) * base_t)
+    offline_t, offline = table_replay(job, grid, steps, lambda t: job.caps[plan.rung(truth, grid.at(t), t)])
+    assert offline_t <= (1 + slowdown) * base_t * (1 + 1e-6)
+    return 1 - ours / base, 1 - offline / base, ours_t / base_t - 1
+
+
+def replay_table(job: Job, grid: Grid, caps: list[float]) -> tuple[float, float]:
+    steps = iter(caps)
+    return table_replay(job, grid, len(caps), lambda t: next(steps))
+
+
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
+def test_following_a_day_comes_within_two_points_of_the_offline_optimum_within_the_slowdown(
+    tmp_path: Path, seed: int
+) -> None:
+    """The case that missed: with a reserve of a whole stretch kept to the end, the plan's
+    choice tipped to all or nothing at the cleanest hours, and the search's pessimistic
+    figures steering the first decisions, following saved 16.6% where the offline optimum
+    saves 19.1% (200 W all day). Now: within 2 points, and never past 5%."""
+    saving, offline, slowdown = follow_resnet50(tmp_path, seed)
+    assert offline == pytest.approx(0.1915, abs=0.001)
+    assert saving >= offline - 0.02
+    assert slowdown <= 0.05
 
 
 def test_a_change_of_pace_is_a_changed_workload() -> None:

@@ -13,8 +13,10 @@ fit). Its error comes from three places, each kept apart because they add differ
   counter's quantum and the part of the total that a later reading may take back (an open
   bridge over a gap) add to it. The two marks' errors are independent: their spreads add.
 * **at each mark, one way** (`MarkBound.lag`, `MarkBound.lag_low`): a counter updated every
-  ``lag_s`` shows the energy of up to ``lag_s`` ago (less where faster readings show when its
-  value last changed), never more than the truth; the integral
+  ``lag_s`` shows the energy of up to ``lag_s`` ago, never more than the truth, at the highest
+  power around (faster readings show when its value last changed, but the power levels are
+  taken over spans of several update periods, which blur a shorter burst: a shorter lag at
+  those levels does not hold, so the whole period counts); the integral
   of a power averaged over ``2 * lag_s`` trails by between the lowest and the highest power
   around times ``lag_s``. The same lag is in both marks of a span and cancels but for the
   difference: a counter's span is off by at most the larger of its two marks' lags, not
@@ -173,7 +175,7 @@ def mark_bound(
     if n == 1 or t <= times[0]:  # at the first reading (or older than the buffer): the power after it
         high, low = _levels(times, energy, 0, min(n - 1, LEVEL_READINGS), spacing, accuracy.max_w)
         spread = pending[0] + accuracy.quantum_j + ROUNDING * np.abs(energy[0])
-        lag, lag_low = _lags(high, low, times[min(1, n - 1)] - times[0], accuracy, accuracy.lag_s)
+        lag, lag_low = _lags(high, low, times[min(1, n - 1)] - times[0], accuracy)
         return MarkBound(spread, lag, accumulated[0].copy(), lag_low)
     if t > times[-1]:  # extrapolated at the last second's power
         lo = min(int(times.searchsorted(times[-1] - max(RATE_WINDOW_S, 2 * spacing, accuracy.reach_s))), n - 2)
@@ -188,8 +190,7 @@ def mark_bound(
         # The counter's last update period is as unseen as the slice past its newest reading: the same
         # allowance (a step to a level no reading has shown yet may fall in it), the jump above the mean.
         top = np.maximum(np.maximum(high, mean), np.where(accuracy.averaged, 0.0, mean + jump))
-        since = _since_update(times, energy, n - 1, accuracy.lag_s)
-        lag, lag_low = _lags(top, np.minimum(low, mean), times[-1] - times[-2], accuracy, since)
+        lag, lag_low = _lags(top, np.minimum(low, mean), times[-1] - times[-2], accuracy)
         spread += pending[-1] + accuracy.quantum_j + ROUNDING * np.abs(energy[-1])
         return MarkBound(spread, lag, accumulated[-1].copy(), lag_low)
     i = int(times.searchsorted(t))  # times[i-1] < t <= times[i]
@@ -204,41 +205,22 @@ def mark_bound(
     inside = accumulated[i] - accumulated[i - 1]  # the interval's own accumulated error, split anyhow
     spread = interpolation + inside + np.maximum(pending[i - 1], pending[i]) + accuracy.quantum_j
     spread += ROUNDING * np.abs(energy[i])
-    since = np.maximum(
-        _since_update(times, energy, i - 1, accuracy.lag_s), _since_update(times, energy, i, accuracy.lag_s)
-    )
-    lag, lag_low = _lags(high, low, interval, accuracy, since)
+    lag, lag_low = _lags(high, low, interval, accuracy)
     return MarkBound(spread, lag, accumulated[i - 1] + w * inside, lag_low)
 
 
-def _since_update(times: np.ndarray, energy: np.ndarray, row: int, lag_s: np.ndarray) -> np.ndarray:
-    """Per source, the longest a counter's value at ``row`` can have been standing: it changed after
-    the last earlier row that showed less, so its update is no older than that row (read faster than
-    the counter updates, the readings tell); and no older than ``lag_s``, its update period, either.
-    A source's cumulative joules never fall, so that row is found by bisection."""
-    since = lag_s.copy()
-    first = max(int(times.searchsorted(times[row] - float(lag_s.max(initial=0.0)))) - 1, 0)
-    for source in np.flatnonzero(lag_s > 0):
-        less = int(energy[first : row + 1, source].searchsorted(energy[row, source])) - 1
-        if less >= 0:
-            since[source] = min(since[source], times[row] - times[first + less])
-    return since
-
-
-def _lags(
-    high: np.ndarray, low: np.ndarray, interval: float, accuracy: Accuracies, since: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(most, least) a reading trails the truth by. A counter: up to ``since`` (at most ``lag_s``:
-    see `_since_update`) of the highest power, at least nothing (it may have just updated). An
-    averaged power: between the lowest and the highest power around, times ``lag_s``; but the tail
-    answers a fresh step with the average's whole span (the lag grows by the average's rise times
-    ``2 * lag_s``), and the levels are the means of two readings, which show the newest reading's
-    rise only by half: a rise of up to twice the spread, times twice ``lag_s``, is one spread plus
-    `AVERAGE_MARGIN` (3) more. The average, sampled every ``interval``, may also pass the extremes
-    its readings show by the spread times ``interval`` over its span: the range is widened by both."""
+def _lags(high: np.ndarray, low: np.ndarray, interval: float, accuracy: Accuracies) -> tuple[np.ndarray, np.ndarray]:
+    """(most, least) a reading trails the truth by. A counter: up to ``lag_s`` of the highest
+    power, at least nothing (it may have just updated). An averaged power: between the lowest
+    and the highest power around, times ``lag_s``; but the tail answers a fresh step with the
+    average's whole span (the lag grows by the average's rise times ``2 * lag_s``), and the
+    levels are the means of two readings, which show the newest reading's rise only by half: a
+    rise of up to twice the spread, times twice ``lag_s``, is one spread plus `AVERAGE_MARGIN`
+    (3) more. The average, sampled every ``interval``, may also pass the extremes its readings
+    show by the spread times ``interval`` over its span: the range is widened by both."""
     span = np.maximum(2 * accuracy.lag_s, 1e-9)
     widen = np.where(accuracy.averaged, (high - low) * (AVERAGE_MARGIN + interval / span), 0.0)
-    lag = (high + widen) * np.where(accuracy.averaged, accuracy.lag_s, since)
+    lag = (high + widen) * accuracy.lag_s
     return lag, np.where(accuracy.averaged, np.maximum(low - widen, 0.0) * accuracy.lag_s, 0.0)
 
 

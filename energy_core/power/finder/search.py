@@ -140,8 +140,8 @@ class CapSearch:
         ...     s, j = cost[ask.rung]
         ...     search.add(Phase(ask.rung, [s * (1 + 0.001 * (i % 3)) for i in range(ask.steps)], 2,
         ...                      [2 * j] * (ask.steps // 2)))
-        >>> search.chosen, search.history   # the sweep, then the choice: 1 is within 10% and saves 10%
-        (1, [0, 1, 2])
+        >>> search.chosen, search.history   # the sweep, the choice confirmed: 1 is within 10% and saves 10%
+        (1, [0, 1, 2, 1])
     """
 
     def __init__(

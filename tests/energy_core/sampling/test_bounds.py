@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 import pynvml
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from energy_core.devices import nvidia
-from energy_core.sampling.bounds import MarkBound, _since_update, between
+from energy_core.sampling.bounds import MarkBound, between
 from energy_core.sampling.meter import EnergyMeter
 from energy_core.sampling.sampler import Sampler
 from tests.doubles.power_traces import Square, Steps, Trace
@@ -167,16 +166,6 @@ def test_instantaneous_polling_in_step_with_the_load_is_covered(monkeypatch) -> 
     assert len(windows) >= 20
     assert all(map(covered, windows)), [w for w in windows if not covered(w)]
     assert covered(total)
-
-
-def test_a_counter_read_faster_than_it_updates_trails_only_since_its_last_change() -> None:
-    """Read every 20 ms, a counter whose value last changed between the readings at 40 and 60 ms has
-    stood at most 80 ms at 120 ms, not its whole update period (0.1 s); one that did not change in
-    the rows held, the whole period."""
-    times = np.array([0.0, 0.02, 0.04, 0.06, 0.08, 0.10, 0.12])
-    energy = np.array([[5.0, 7.0], [5.0, 7.0], [5.0, 7.0], [6.0, 7.0], [6.0, 7.0], [6.0, 7.0], [6.0, 7.0]])
-    since = _since_update(times, energy, 6, np.array([0.1, 0.1]))
-    assert since == pytest.approx([0.08, 0.1])
 
 
 def test_a_step_just_before_an_averaged_powers_window_end_is_covered(monkeypatch) -> None:

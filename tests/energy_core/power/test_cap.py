@@ -201,10 +201,17 @@ def test_bad_arguments_at_construction(kwargs, message) -> None:
         PowerCap(**kwargs)
 
 
+def _hangup_as_a_terminal_sends_it() -> None:
+    """In the child: SIGHUP at its default, as in a shell's job. A suite started under ``nohup`` would
+    hand its ignored SIGHUP down, and the guard rightly keeps an ignored signal ignored."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def _child(state: Path, *options: str, vendor: str = "nvml") -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the journal variable is inherited from conftest
     command = [sys.executable, "-m", "tests.scripts.power_cap_child", str(state), *options, f"--vendor={vendor}"]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_hangup_as_a_terminal_sends_it)  # fmt: skip
 
 
 def _wait_for_limit(state: Path, mw: int, child: subprocess.Popen) -> None:

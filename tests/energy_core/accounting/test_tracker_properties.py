@@ -235,6 +235,21 @@ class Drive:
         return metrics
 
 
+def play(
+    sim_gpus, trace: Trace, reading_s: float, aligned: bool, run: list[Segment], counter_s: float = COUNTER_S
+) -> tuple[Drive, dict[str, float], list[dict]]:
+    """``run`` from the fit's start to its end on a fresh tracker: the drive, the fit's last metrics
+    and the run record's lines."""
+    with tempfile.TemporaryDirectory() as folder:
+        record_path = Path(folder) / "run.jsonl"
+        with Drive.build(sim_gpus, trace, reading_s, aligned, record=record_path, counter_s=counter_s) as drive:
+            drive.start()
+            for seg in run:
+                drive.segment(seg)
+            final = drive.end()
+        return drive, final, read_record(record_path)
+
+
 def bounds(reading_s: float, low_w: float, high_w: float) -> tuple[float, float, float]:
     """(a reading's error, a fixed mark's error, an extrapolated mark's error), in joules, against the exact integral.
 
@@ -272,14 +287,7 @@ def line_j(line: dict) -> float:
 def test_window_and_stage_lines_add_up_to_the_total_at_every_window_and_at_the_fits_end(
     sim_gpus, run: list[Segment], trace: str, reading_s: float, aligned: bool
 ) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        record_path = Path(folder) / "run.jsonl"
-        with Drive.build(sim_gpus, TRACES[trace][0], reading_s, aligned, record=record_path) as drive:
-            drive.start()
-            for seg in run:
-                drive.segment(seg)
-            final = drive.end()
-        record = read_record(record_path)
+    drive, final, record = play(sim_gpus, TRACES[trace][0], reading_s, aligned, run)
     # Each window line's cumulative total is the sum of the lines so far (a window starts from the joules
     # the last one ended at, extrapolated or not, and takes a stage out at the joules the stage was counted at).
     # A window whose energy came out below zero is logged as 0 J and the next ones pay the excess back first:
@@ -322,14 +330,7 @@ def test_the_fits_stages_and_windows_match_the_traces_integral_within_the_sampli
 ) -> None:
     power, low_w, high_w = TRACES[trace]
     reading_err, fixed_err, extrapolated_err = bounds(reading_s, low_w, high_w)
-    with tempfile.TemporaryDirectory() as folder:
-        record_path = Path(folder) / "run.jsonl"
-        with Drive.build(sim_gpus, power, reading_s, aligned, record=record_path) as drive:
-            drive.start()
-            for seg in run:
-                drive.segment(seg)
-            final = drive.end()
-        record = read_record(record_path)
+    drive, final, record = play(sim_gpus, power, reading_s, aligned, run)
     tracker = drive.tracker
     total_j = final[keys.TOTAL_KWH] * J_PER_KWH
     assert abs(total_j - drive.exact(drive.fit_start, drive.fit_end)) <= reading_err
@@ -378,14 +379,7 @@ def test_every_figures_bound_holds_its_true_value(
     reading interval's energy). Before that, the power is not known yet and the board's highest power
     stands in for it (tightness on longer runs: benchmarks/accuracy.py)."""
     power, _, high_w = TRACES[trace]
-    with tempfile.TemporaryDirectory() as folder:
-        record_path = Path(folder) / "run.jsonl"
-        with Drive.build(sim_gpus, power, reading_s, aligned, record=record_path) as drive:
-            drive.start()
-            for seg in run:
-                drive.segment(seg)
-            final = drive.end()
-        record = read_record(record_path)
+    drive, final, record = play(sim_gpus, power, reading_s, aligned, run)
     widest = 4 * 1.25 * high_w * (0.1 + 1.2 * reading_s)  # lag and one interval at each end, levels within 25%
     total_err = final[keys.err(keys.TOTAL_KWH)] * J_PER_KWH
     assert abs(final[keys.TOTAL_KWH] * J_PER_KWH - drive.exact(drive.fit_start, drive.fit_end)) <= total_err
@@ -492,15 +486,12 @@ def test_a_window_closed_between_readings_is_corrected_by_the_next_so_the_lines_
     # every reading is exact. The first window closes at 1.125 s, between the readings at 1 s and 1.25 s:
     # its end is extrapolated at the last second's 500 W, 562.5 J though 512.5 J were used. The second
     # window, to 2 s (a reading), starts from those 562.5 J: 37.5 J, and the lines add up to the 600 J used.
-    with tempfile.TemporaryDirectory() as folder:
-        record_path = Path(folder) / "run.jsonl"
-        square = Square(100.0, 500.0, 2.0)
-        with Drive.build(sim_gpus, square, 0.25, aligned=False, record=record_path, counter_s=1 / 64) as drive:
-            drive.start()
-            drive.segment(Segment(None, 9, 0.125, 1, 0, 0.0, None, False))  # 9 steps of 1/8 s: a window at 1.125 s
-            drive.segment(Segment(None, 7, 0.125, 1, 0, 0.0, None, False))  # 7 more: a window at 2 s
-            final = drive.end()
-        record = read_record(record_path)
+    square = Square(100.0, 500.0, 2.0)
+    run = [
+        Segment(None, 9, 0.125, 1, 0, 0.0, None, False),  # 9 steps of 1/8 s: a window at 1.125 s
+        Segment(None, 7, 0.125, 1, 0, 0.0, None, False),  # 7 more: a window at 2 s
+    ]
+    _, final, record = play(sim_gpus, square, 0.25, False, run, counter_s=1 / 64)
     windows = lines_of(record, "window")
     assert [(w["steps"], line_j(w)) for w in windows] == [(9, 562.5), (7, 37.5)]
     assert [w["metrics"][keys.TOTAL_KWH] * J_PER_KWH for w in windows] == [562.5, 600.0]
@@ -513,16 +504,13 @@ def test_a_stage_counted_high_is_paid_back_by_the_next_window_so_the_lines_add_u
     # at 500 W: 562.5 - 250 = 312.5 J (262.5 J used). Training to 1.3125 s, past the reading at 1.25 s
     # (525 J): a window ending at 525 + 400 W x 1/16 s = 550 J, so 550 - 250 - 312.5 = -12.5 J. Training
     # to 2 s, on a reading (600 J): a window of 50 J. The lines should add up to 600 J.
-    with tempfile.TemporaryDirectory() as folder:
-        record_path = Path(folder) / "run.jsonl"
-        square = Square(100.0, 500.0, 2.0)
-        with Drive.build(sim_gpus, square, 0.25, aligned=False, record=record_path, counter_s=1 / 64) as drive:
-            drive.start()
-            drive.segment(Segment(None, 4, 0.125, 1, 0, 0.0, None, False))
-            drive.segment(Segment(Stage("val", 0.625, False), 3, 0.0625, 1, 0, 0.0, None, False))
-            drive.segment(Segment(None, 11, 0.0625, 1, 0, 0.0, None, False))
-            final = drive.end()
-        record = read_record(record_path)
+    square = Square(100.0, 500.0, 2.0)
+    run = [
+        Segment(None, 4, 0.125, 1, 0, 0.0, None, False),
+        Segment(Stage("val", 0.625, False), 3, 0.0625, 1, 0, 0.0, None, False),
+        Segment(None, 11, 0.0625, 1, 0, 0.0, None, False),
+    ]
+    _, final, record = play(sim_gpus, square, 0.25, False, run, counter_s=1 / 64)
     assert final[keys.TOTAL_KWH] * J_PER_KWH == 600.0
     assert [w["metrics"][keys.TOTAL_KWH] * J_PER_KWH for w in lines_of(record, "window")] == [250.0, 550.0, 600.0]
     assert [line_j(s) for s in lines_of(record, "stage")] == [312.5]

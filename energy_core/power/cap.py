@@ -456,7 +456,6 @@ class PowerCapRun:
             self._total_steps,
             wall=lambda: unix + finder.clock(),
             every=DECIDE_EVERY,
-            reference_spread_s=finder.search.estimates[0].time[1] if finder.search is not None else 0.0,
         )
         since = (step, self.finder.clock())
         if self._saved is not None and self._saved.get("follower"):

@@ -305,24 +305,26 @@ class CapFinder:
         """The measured rungs' seconds and joules per step, for following the grid, and the
         seconds per step at the limit at start; None before the search has measured energy.
 
-        A rung's seconds are the upper end of its confidence interval (rung 0's: its mean,
-        the reference), so that a plan within the slowdown stays within it when the
-        measurement was a little fast.
+        A rung's seconds are its central figure, with its standard error beside it (rung 0's:
+        the reference's own): a plan made on the upper ends would shun a rung measured a
+        little slow and never run it long enough to learn better, and the follower holds the
+        doubt in its reserve instead.
         """
         search = self.search
         if search is None or 0 not in search.estimates or search.estimates[0].energy is None:
             return None
-        reference = search.estimates[0].time[0]
-        rungs, seconds, joules = [], [], []
+        reference, reference_spread = search.estimates[0].time
+        rungs, seconds, spreads, joules = [], [], [], []
         for rung in sorted(search.estimates):
             energy = search.estimates[rung].energy
             if energy is None:
                 continue
             verdict = search.verdict(rung)
             rungs.append(rung)
-            seconds.append(reference * (1 + verdict.slowdown + (search.z * verdict.slowdown_spread if rung else 0.0)))
+            seconds.append(reference * (1 + verdict.slowdown))
+            spreads.append(reference * verdict.slowdown_spread if rung else reference_spread)
             joules.append(energy[0])
-        return Curve(tuple(rungs), tuple(seconds), tuple(joules)), reference
+        return Curve(tuple(rungs), tuple(seconds), tuple(joules), tuple(spreads)), reference
 
     def state_dict(self) -> dict[str, Any]:
         """The search's phases and choice, to skip the search after a resume."""

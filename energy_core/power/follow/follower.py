@@ -5,7 +5,7 @@ at each measured cap. Every few steps (when the adapter asks) the follower:
 
 1. books the stretch of steps since it last decided, at the cap that was in force: its
    pace refines that cap's seconds per step (a trimmed mean over the stretches, once there
-   are `MIN_STRETCHES`; before, the search's figure, the upper end of its confidence
+   are `MIN_STRETCHES`; before, the search's figure at the upper end of its confidence
    interval). The time booked, the steps at each cap times its seconds, is held against
    the run's allowance, ``(1 + max_slowdown)`` x the seconds per step at the limit at start;
 2. plans the rest of the run (`Plan.solve`, a few ms): the value of a step with which the
@@ -13,15 +13,16 @@ at each measured cap. Every few steps (when the adapter asks) the follower:
    would leave time unused, looking ahead at the intensity the run knows (a series' coming
    values; a live source's latest value stands for the future). The time left keeps in
    hand only the doubt about the time booked so far (`GridFollower.reserve_s`): planned on
-   the central figures, the run does not buy, early and dear, time that the figures, once
-   sharper, show it did not need. It plans again at every decision, on the time booked so
-   far, so that the coarseness of a cap that holds for a stretch is made up at the next;
+   the central figures (a cap not measured yet: the search's), the run does not buy, early
+   and dear, time that the figures, once sharper, show it did not need. It plans again at
+   every decision, on the time booked so far, so that the coarseness of a cap that holds
+   for a stretch is made up at the next;
 3. answers the cap that minimises (intensity x joules - value) / seconds over the stretch
    that follows (the cost is linear in the intensity: its mean over the stretch decides),
    unless that stretch, with the rest at the fastest cap, would not fit in the time left:
    then the fastest. Once, when the deadline is close enough that the search's few steps at
-   the limit at start leave it in doubt, it puts that limit back for `MIN_STRETCHES`
-   stretches to measure it (`GridFollower.probing`).
+   the limit at start leave it in doubt and the time measuring it frees is worth more than
+   its energy, it puts that limit back for `MIN_STRETCHES` stretches (`GridFollower.probing`).
 
 It also watches the pace: when most of the last `WATCH` stretches run `CHANGE` slower or
 faster than the curve says at the cap in force, the workload has changed and the curve
@@ -52,13 +53,14 @@ WATCH = 8  # stretches watched for a change of pace
 WATCH_AGREE = 6  # ... of which this many must agree
 PROBE_SHARE = 0.05  # the most of a run's steps spent measuring the limit at start after the search
 LOOKS = 8  # intensity readings over the coming stretch
+RESERVE_CONFIDENCE = 0.99  # one-sided: the run's time stays within its slowdown, as the doubt booked allows
 
 
 class GridFollower:
     """Chooses the cap in force, step after step, to minimise the run's CO2e (or cost) within its slowdown.
 
     Args:
-        curve: Seconds (the upper end of their confidence interval) and joules per step at
+        curve: Seconds (central figures, with their standard errors) and joules per step at
             each measured rung.
         reference_s: Seconds per step at the limit at start (rung 0).
         max_slowdown: Largest accepted rise of the whole run's time, e.g. 0.1 for 10%.
@@ -67,8 +69,6 @@ class GridFollower:
             over a horizon as long as the run so far, at least `MIN_HORIZON` steps).
         wall: Unix time, for the factor (a test may compress the day).
         every: Steps between decisions (a cap holds this long).
-        reference_spread_s: The standard error of ``reference_s`` (the search's few steps at
-            the limit at start).
 
     Examples:
         >>> from energy_core.carbon.factor import Fixed
@@ -87,25 +87,28 @@ class GridFollower:
         total_steps: float | None,
         wall: Callable[[], float] = time.time,
         every: int = 25,
-        reference_spread_s: float = 0.0,
     ) -> None:
         self.curve, self.reference_s, self.max_slowdown = curve, reference_s, max_slowdown
-        self.reference_spread_s = reference_spread_s
         self.factor, self.wall, self.every = factor, wall, every
         self.total_steps = total_steps if total_steps is not None and math.isfinite(total_steps) else None
         self.booked = (0.0, 0)  # (seconds, steps) before following: the search's, a checkpoint's
         self.plan: Plan | None = None
         self.intensity = math.nan
         self.z = NormalDist().inv_cdf(CONFIDENCE)
-        self._searched = dict(zip(curve.rungs, curve.seconds))
+        self.z_reserve = NormalDist().inv_cdf(RESERVE_CONFIDENCE)
+        first = curve.rungs[
+            0
+        ]  # the search's figures to book by: the upper ends of their intervals, the reference's mean
+        self._searched = {r: s + self.z * curve.spread(r) * (r != first) for r, s in zip(curve.rungs, curve.seconds)}
         self._steps = dict.fromkeys(curve.rungs, 0)  # steps followed at each rung
         self._stretches: dict[int, deque[float]] = {r: deque(maxlen=MAX_STRETCHES) for r in curve.rungs}
         self._last: tuple[int, float] | None = None  # (step, clock) of the last decision
         self._paces: deque[float] = deque(maxlen=WATCH)
 
     def seconds(self, rung: int) -> float:
-        """Seconds per step at ``rung``: its stretches' trimmed mean once it has `MIN_STRETCHES`
-        of them, else the search's figure (the upper end of its confidence interval)."""
+        """Seconds per step at ``rung``, to book its steps by: its stretches' trimmed mean once
+        it has `MIN_STRETCHES` of them, else the search's figure at the upper end of its
+        interval (the reference's: its mean)."""
         stretches = self._stretches[rung]
         if len(stretches) < MIN_STRETCHES:
             return self._searched[rung]
@@ -119,7 +122,7 @@ class GridFollower:
         stretches = self._stretches[rung]
         if len(stretches) >= MIN_STRETCHES:
             return self.seconds(rung) * self._relative_sd() / math.sqrt(len(stretches))
-        return self.reference_spread_s if rung == self.curve.rungs[0] else 0.0
+        return self.curve.spread(rung) if rung == self.curve.rungs[0] else 0.0
 
     def _relative_sd(self) -> float:
         """The standard deviation of a stretch's pace relative to its rung's mean, pooled over the rungs measured."""
@@ -139,26 +142,29 @@ class GridFollower:
 
     @property
     def reserve_s(self) -> float:
-        """Seconds kept in hand: ``z`` standard errors of the excess booked so far. Each rung's
-        mean pace errs alike on all its steps, and the reference's on the allowance so far, so
-        the reserve grows as the square root of the steps while the paces sharpen: small at
-        the start, where planning on the central figures keeps the run from buying time it
-        will not need, and what the whole run's figures leave in doubt at the end."""
+        """Seconds kept in hand: ``z`` standard errors of the excess booked. Each rung's mean
+        pace errs alike on all its steps so far, so that part grows as the square root of the
+        steps while the paces sharpen: small at the start, where planning on the central
+        figures keeps the run from buying time it will not need. The reference errs alike on
+        the whole run's allowance, known from the start when the run's length is: that part
+        is kept in hand from the start, so that the run does not spend early, at a slow cap,
+        the time its end will have to keep (and then make it up at the fastest)."""
         first = self.curve.rungs[0]
         steps = self.booked[1] + sum(self._steps.values())
+        whole = max(self.total_steps or 0.0, steps)
         parts = [n * self.spread(r) for r, n in self._steps.items() if r != first]
-        parts.append((self._steps[first] - (1 + self.max_slowdown) * steps) * self.spread(first))
-        return self.z * math.hypot(*parts)
+        parts.append((self._steps[first] - (1 + self.max_slowdown) * whole) * self.spread(first))
+        return self.z_reserve * math.hypot(*parts)
 
     def probing(self, step: int) -> bool:
         """Whether the follower puts the limit at start back for a while, to measure it again.
 
         The run's time is allowed against the reference, known from the search's few steps;
-        its doubt over the steps left, once in the reserve, would cost more time than the
-        `MIN_STRETCHES` stretches that measure it. Only when the plan ends within that doubt
-        of the deadline (else the reference decides nothing), after the rung the plan runs
-        is measured (its pace decides the plan first), and when the run's length is known and
-        the stretches fit in `PROBE_SHARE` of it.
+        its doubt, in the reserve at the end of the run, is time the run cannot use. Only when
+        the plan ends within that doubt of the deadline (else the reference decides nothing),
+        after the rung the plan runs is measured (its pace decides the plan first), when the
+        run's length is known and the stretches fit in `PROBE_SHARE` of it, and when it pays
+        (`_probe_pays`).
         """
         first = self.curve.rungs[0]
         if self.total_steps is None or MIN_STRETCHES * self.every > PROBE_SHARE * self.total_steps:
@@ -167,8 +173,32 @@ class GridFollower:
             return False
         if not any(len(stretches) >= MIN_STRETCHES for stretches in self._stretches.values()):
             return False
-        doubt = self.z * (1 + self.max_slowdown) * self._left(step) * self.spread(first)
-        return self.plan.seconds + doubt >= self._time_left(step)
+        doubt = self.z_reserve * (1 + self.max_slowdown) * self._left(step) * self.spread(first)
+        return self.plan.seconds + doubt >= self._time_left(step) and self._probe_pays(step)
+
+    def _probe_pays(self, step: int) -> bool:
+        """Whether `MIN_STRETCHES` stretches at the limit at start, then the plan for the rest
+        with the time their measurement frees, emit less than the plan in force.
+
+        Either way the steps left must leave in hand, at the run's end, the reference's share
+        of the reserve: ``z x (1 + max_slowdown)`` x the run's steps x its standard error,
+        the search's without the stretches, what their pooled spread leaves with them. Where
+        time buys little (a slowdown the leanest cap does not fill, two caps of nearly the
+        same energy), the stretches' extra energy outweighs it and the doubt stays in hand.
+        """
+        first, curve = self.curve.rungs[0], self._curve(planning=True)
+        left, free = self._left(step), self._time_left(step) + self.reserve_s
+        probe = min(MIN_STRETCHES * self.every, left)
+        pace = self.seconds(first)
+        whole = self.z_reserve * (1 + self.max_slowdown) * (self.booked[1] + sum(self._steps.values()) + left)
+        now = self.wall()
+        end = now + probe * pace
+        ahead = self._ahead(now, end + max(free, left * max(curve.seconds)))
+        during = sum(ahead(now + probe * pace * (i + 0.5) / LOOKS) for i in range(LOOKS)) / LOOKS
+        after = min(self.reference * self._relative_sd() / math.sqrt(MIN_STRETCHES), self.spread(first))
+        stay = Plan.solve(curve, ahead, now, left, free - whole * self.spread(first))
+        rest = Plan.solve(curve, ahead, end, left - probe, free - probe * pace - whole * after)
+        return probe * during * curve.joules[0] + rest.emission < stay.emission
 
     def spent(self) -> tuple[float, int]:
         """(seconds, steps) of the run so far, as booked."""
@@ -209,7 +239,7 @@ class GridFollower:
         ahead = self._stretch_s()
         coming = sum(self.factor.peek(wall + ahead * (i + 0.5) / LOOKS).value for i in range(LOOKS)) / LOOKS
         curve = self._curve()
-        rung = curve.rungs[0] if self.probing(step) else self.plan.rung(curve, coming, ahead / 2)
+        rung = curve.rungs[0] if self.probing(step) else self.plan.rung(self._curve(planning=True), coming, ahead / 2)
         fastest = curve.rungs[curve.seconds.index(min(curve.seconds))]
         return rung if self._fits(curve, rung, step) else fastest
 
@@ -224,8 +254,18 @@ class GridFollower:
         """Seconds until the next decision, at the pace the run is allowed."""
         return self.every * (1 + self.max_slowdown) * self.reference
 
-    def _curve(self) -> Curve:
-        return Curve(self.curve.rungs, tuple(self.seconds(r) for r in self.curve.rungs), self.curve.joules)
+    def _curve(self, planning: bool = False) -> Curve:
+        """The rungs at the seconds per step their steps are booked at; ``planning``: those the
+        follower has not measured yet at the search's central figure instead of the upper end
+        of its interval. On the upper end, a rung the search's few steps measured a little
+        slow would never be run, and so never measured better; the time booked, and the guard
+        against running late, keep the upper end."""
+        first = self.curve.rungs[0]
+        seconds = [
+            searched if planning and r != first and len(self._stretches[r]) < MIN_STRETCHES else self.seconds(r)
+            for r, searched in zip(self.curve.rungs, self.curve.seconds)
+        ]
+        return Curve(self.curve.rungs, tuple(seconds), self.curve.joules)
 
     def _left(self, step: int) -> float:
         """Steps left in the run (or in the horizon, when the run's length is unknown)."""
@@ -238,7 +278,7 @@ class GridFollower:
 
     def _replan(self, step: int) -> None:
         left, allowance, now = self._left(step), self._time_left(step), self.wall()
-        curve = self._curve()
+        curve = self._curve(planning=True)
         ahead = self._ahead(now, now + max(allowance, left * max(curve.seconds)))
         self.plan = Plan.solve(curve, ahead, now, left, allowance)
 

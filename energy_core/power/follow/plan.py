@@ -34,17 +34,27 @@ SCAN = 40  # values of mu tried above the least that keeps the deadline, spaced 
 
 @dataclass(frozen=True)
 class Curve:
-    """Seconds and joules per step at each measured rung of the cap ladder (rung 0: the limit at start)."""
+    """Seconds and joules per step at each measured rung of the cap ladder (rung 0: the limit at start).
+
+    ``spreads``: the standard error of each rung's seconds (none given: exact).
+    """
 
     rungs: tuple[int, ...]
     seconds: tuple[float, ...]
     joules: tuple[float, ...]
+    spreads: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.rungs or not len(self.rungs) == len(self.seconds) == len(self.joules):
             raise ValueError("a curve needs one (seconds, joules) per rung, and at least one rung")
         if any(not s > 0 or not j >= 0 for s, j in zip(self.seconds, self.joules)):
             raise ValueError("a curve's seconds per step must be > 0 and its joules >= 0")
+        if self.spreads and (len(self.spreads) != len(self.rungs) or any(not e >= 0 for e in self.spreads)):
+            raise ValueError("a curve's spreads must be one per rung, each >= 0")
+
+    def spread(self, rung: int) -> float:
+        """The standard error of ``rung``'s seconds per step."""
+        return self.spreads[self.rungs.index(rung)] if self.spreads else 0.0
 
     def rung(self, intensity: float, mu: float) -> int:
         """The rung that minimises ``(intensity x joules - mu) / seconds`` (the fastest when ``mu`` is infinite)."""

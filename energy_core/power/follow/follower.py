@@ -12,7 +12,7 @@ at each measured cap. Every few steps (when the adapter asks) the follower:
    steps left fit in the time left with least emission, mixing two caps where one alone
    would leave time unused, looking ahead at the intensity the run knows (a series' coming
    values; a live source's latest value stands for the future). The time left keeps in
-   hand only the doubt about the time booked so far (`GridFollower.reserve_s`): planned on
+   hand only the doubt about the time booked (`GridFollower.reserve_s`): planned on
    the central figures (a cap not measured yet: the search's), the run does not buy, early
    and dear, time that the figures, once sharper, show it did not need. It plans again at
    every decision, on the time booked so far, so that the coarseness of a cap that holds
@@ -96,9 +96,8 @@ class GridFollower:
         self.intensity = math.nan
         self.z = NormalDist().inv_cdf(CONFIDENCE)
         self.z_reserve = NormalDist().inv_cdf(RESERVE_CONFIDENCE)
-        first = curve.rungs[
-            0
-        ]  # the search's figures to book by: the upper ends of their intervals, the reference's mean
+        # The search's figures to book by: the upper ends of their (95%) intervals; the reference's mean.
+        first = curve.rungs[0]
         self._searched = {r: s + self.z * curve.spread(r) * (r != first) for r, s in zip(curve.rungs, curve.seconds)}
         self._steps = dict.fromkeys(curve.rungs, 0)  # steps followed at each rung
         self._stretches: dict[int, deque[float]] = {r: deque(maxlen=MAX_STRETCHES) for r in curve.rungs}
@@ -161,10 +160,11 @@ class GridFollower:
 
         The run's time is allowed against the reference, known from the search's few steps;
         its doubt, in the reserve at the end of the run, is time the run cannot use. Only when
-        the plan ends within that doubt of the deadline (else the reference decides nothing),
-        after the rung the plan runs is measured (its pace decides the plan first), when the
-        run's length is known and the stretches fit in `PROBE_SHARE` of it, and when it pays
-        (`_probe_pays`).
+        the plan ends within that doubt over the steps left of the time left (a wide first
+        filter, two plans cheaper than `_probe_pays`: where the plan ends well inside its time,
+        the reference decides nothing), after the rung the plan runs is measured (its pace
+        decides the plan first), when the run's length is known and the stretches fit in
+        `PROBE_SHARE` of it, and when it pays (`_probe_pays`).
         """
         first = self.curve.rungs[0]
         if self.total_steps is None or MIN_STRETCHES * self.every > PROBE_SHARE * self.total_steps:
@@ -177,8 +177,9 @@ class GridFollower:
         return self.plan.seconds + doubt >= self._time_left(step) and self._probe_pays(step)
 
     def _probe_pays(self, step: int) -> bool:
-        """Whether `MIN_STRETCHES` stretches at the limit at start, then the plan for the rest
-        with the time their measurement frees, emit less than the plan in force.
+        """Whether the stretches at the limit at start still needed for `MIN_STRETCHES`, then the
+        plan for the rest with the time their measurement frees, emit less than the plan
+        without them (a probe begun is priced at what is left of it, so it is finished).
 
         Either way the steps left must leave in hand, at the run's end, the reference's share
         of the reserve: ``z x (1 + max_slowdown)`` x the run's steps x its standard error,
@@ -188,7 +189,7 @@ class GridFollower:
         """
         first, curve = self.curve.rungs[0], self._curve(planning=True)
         left, free = self._left(step), self._time_left(step) + self.reserve_s
-        probe = min(MIN_STRETCHES * self.every, left)
+        probe = min((MIN_STRETCHES - len(self._stretches[first])) * self.every, left)
         pace = self.seconds(first)
         whole = self.z_reserve * (1 + self.max_slowdown) * (self.booked[1] + sum(self._steps.values()) + left)
         now = self.wall()

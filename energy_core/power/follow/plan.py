@@ -22,6 +22,7 @@ cut into `SLICES` slices of the time allowed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,8 +50,13 @@ class Curve:
             raise ValueError("a curve needs one (seconds, joules) per rung, and at least one rung")
         if any(not s > 0 or not j >= 0 for s, j in zip(self.seconds, self.joules)):
             raise ValueError("a curve's seconds per step must be > 0 and its joules >= 0")
-        if self.spreads and (len(self.spreads) != len(self.rungs) or any(not e >= 0 for e in self.spreads)):
-            raise ValueError("a curve's spreads must be one per rung, each >= 0")
+        if self.spreads and (
+            len(self.spreads) != len(self.rungs) or any(not (math.isfinite(e) and e >= 0) for e in self.spreads)
+        ):
+            raise ValueError(
+                f"a curve's spreads must be one per rung ({len(self.rungs)}), each finite and >= 0, "
+                f"got {self.spreads!r}"
+            )
 
     def spread(self, rung: int) -> float:
         """The standard error of ``rung``'s seconds per step."""

@@ -127,6 +127,12 @@ def test_a_curve_without_a_time_and_energy_per_rung_is_refused(rungs, seconds, j
         Curve(rungs, seconds, joules)
 
 
+@pytest.mark.parametrize("spreads", [(0.01,), (0.01, -0.01), (0.01, math.inf), (0.01, math.nan)])
+def test_a_curve_without_a_finite_spread_per_rung_is_refused(spreads) -> None:
+    with pytest.raises(ValueError, match=r"spreads must be one per rung \(2\), each finite and >= 0"):
+        Curve((0, 1), (1.0, 1.1), (10.0, 8.0), spreads)
+
+
 # ----------------------------------------------------------------------------- the follower
 def test_the_follower_books_each_stretch_and_keeps_the_whole_run_within_the_slowdown(tmp_path: Path) -> None:
     """A follower driven by a replay of the curve: the run's time stays within 10% of the
@@ -229,8 +235,9 @@ def test_the_limit_at_start_is_measured_again_only_where_the_time_it_frees_buys_
     """The search's 0.5% on the limit at start keeps 2.33 x 1.05 x 6000 x 0.005 = 73 s in hand
     at the end. At 5% with a cap 20% leaner for 5% more time, that time is worth 4 J a second
     and the eight stretches (200 steps at 0.2 J more, 10 s sooner) cost 40 J less 40: they
-    are run. At 20% with a third cap only 0.5% leaner than the second for 28% more time, a
-    second is worth 0.02 J: the stretches would cost about 40 J for 1 J, and are not run."""
+    are run. At 20% (84 s in hand) with a third cap only 0.5% leaner than the second for 28%
+    more time, a second is worth 0.02 J: the stretches would cost about 40 J for 1.5 J, and
+    are not run."""
     dear = probed((1.0, 1.05, 1.3), (1.0, 0.8, 0.79), 0.05)
     assert len(dear) == MIN_STRETCHES and dear == list(range(dear[0], dear[0] + 25 * MIN_STRETCHES, 25))
     assert probed((1.0, 1.02, 1.3), (1.0, 0.8, 0.795), 0.2) == []
@@ -379,6 +386,33 @@ def test_follow_carbon_on_a_recorded_profile_emits_less_than_the_best_static_cap
     assert result.run.limits is not None and not result.run.limits.capped
     assert all(b.current_mw == b.limits().max_mw for b in table.boards)  # the limit at start is back
     assert any("Followed the grid intensity" in n.text for n in result.notices)
+
+
+def test_the_searchs_curve_holds_central_figures_and_their_spreads() -> None:
+    """The finder hands following each measured cap's central seconds per step and their
+    standard error: on V100 BERT (Zeus's profile, 2% noise on each step's time) every cap's
+    measured slowdown lies within four of its standard errors of the table's, 0.5 of them
+    above it on average (the upper ends of the intervals would be 2.1 above), and the upper
+    end it is booked at is above the central figure by 1.64 of them."""
+    job = bert()
+    t0 = job.seconds(job.caps[0])
+    table = TableJob([TableBoard(p) for p in job.boards], seed=3, sample_interval_s=t0 / 5)
+    result = run_capped(table, 400, max_slowdown=0.1, follow="cost", price_per_kwh=0.25)
+    assert result.run.finder is not None
+    found = result.run.finder.curve()
+    assert found is not None
+    curve, reference = found
+    assert curve.seconds[0] == reference and len(curve.spreads) == len(curve.rungs) >= 3
+    errors = []  # each cap's measured slowdown less the table's, in its standard errors
+    for rung, seconds, spread in zip(curve.rungs, curve.seconds, curve.spreads):
+        assert 0 < spread < 0.02 * reference
+        errors += [(seconds - reference * job.seconds(job.caps[rung]) / t0) / spread] if rung else []
+    assert all(abs(e) <= 4 for e in errors) and sum(errors) / len(errors) < 1.0  # central (the upper ends: ~2)
+    follower = GridFollower(curve, reference, 0.1, Fixed(300.0, "given"), total_steps=400, wall=lambda: 0.0)
+    z = NormalDist().inv_cdf(CONFIDENCE)
+    assert [follower.seconds(r) for r in curve.rungs[1:]] == pytest.approx(
+        [s + z * e for s, e in zip(curve.seconds[1:], curve.spreads[1:])]
+    )
 
 
 def test_follow_cost_with_a_fixed_price_spends_the_slowdown_on_the_leanest_caps(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ CHANGE = 0.10  # stretches this much slower or faster than the curve says: the w
 WATCH = 8  # stretches watched for a change of pace
 WATCH_AGREE = 6  # ... of which this many must agree
 PROBE_SHARE = 0.05  # the most of a run's steps spent measuring the limit at start after the search
-LOOKS = 8  # intensity readings over the coming stretch
+LOOKS = 8  # intensity readings over a coming stretch (`_mean`)
 RESERVE_CONFIDENCE = 0.99  # one-sided: the run's time stays within its slowdown, as the doubt booked allows
 
 
@@ -149,11 +149,14 @@ class GridFollower:
         is kept in hand from the start, so that the run does not spend early, at a slow cap,
         the time its end will have to keep (and then make it up at the fastest)."""
         first = self.curve.rungs[0]
-        steps = self.booked[1] + sum(self._steps.values())
-        whole = max(self.total_steps or 0.0, steps)
         parts = [n * self.spread(r) for r, n in self._steps.items() if r != first]
-        parts.append((self._steps[first] - (1 + self.max_slowdown) * whole) * self.spread(first))
+        parts.append((self._steps[first] - (1 + self.max_slowdown) * self._run_steps()) * self.spread(first))
         return self.z_reserve * math.hypot(*parts)
+
+    def _run_steps(self) -> float:
+        """The steps whose allowance the reference's doubt weighs on: the whole run's when its
+        length is known, else the run's so far."""
+        return max(self.total_steps or 0.0, self.booked[1] + sum(self._steps.values()))
 
     def probing(self, step: int) -> bool:
         """Whether the follower puts the limit at start back for a while, to measure it again.
@@ -191,11 +194,11 @@ class GridFollower:
         left, free = self._left(step), self._time_left(step) + self.reserve_s
         probe = min((MIN_STRETCHES - len(self._stretches[first])) * self.every, left)
         pace = self.seconds(first)
-        whole = self.z_reserve * (1 + self.max_slowdown) * (self.booked[1] + sum(self._steps.values()) + left)
+        whole = self.z_reserve * (1 + self.max_slowdown) * self._run_steps()
         now = self.wall()
         end = now + probe * pace
         ahead = self._ahead(now, end + max(free, left * max(curve.seconds)))
-        during = sum(ahead(now + probe * pace * (i + 0.5) / LOOKS) for i in range(LOOKS)) / LOOKS
+        during = _mean(ahead, now, probe * pace)
         after = min(self.reference * self._relative_sd() / math.sqrt(MIN_STRETCHES), self.spread(first))
         stay = Plan.solve(curve, ahead, now, left, free - whole * self.spread(first))
         rest = Plan.solve(curve, ahead, end, left - probe, free - probe * pace - whole * after)
@@ -238,7 +241,7 @@ class GridFollower:
         assert self.plan is not None
         self._last = (step, now)
         ahead = self._stretch_s()
-        coming = sum(self.factor.peek(wall + ahead * (i + 0.5) / LOOKS).value for i in range(LOOKS)) / LOOKS
+        coming = _mean(lambda when: self.factor.peek(when).value, wall, ahead)
         curve = self._curve()
         rung = curve.rungs[0] if self.probing(step) else self.plan.rung(self._curve(planning=True), coming, ahead / 2)
         fastest = curve.rungs[curve.seconds.index(min(curve.seconds))]
@@ -312,3 +315,8 @@ class GridFollower:
         start afresh, the first from ``since``)."""
         self.booked = (0.0, 0)
         self.book(float(state.get("seconds", 0.0)), int(state.get("steps", 0)), since)
+
+
+def _mean(value_at: Callable[[float], float], start: float, seconds: float) -> float:
+    """The mean of ``value_at`` over ``seconds`` from ``start``, read at `LOOKS` evenly spaced times."""
+    return sum(value_at(start + seconds * (i + 0.5) / LOOKS) for i in range(LOOKS)) / LOOKS

@@ -421,7 +421,9 @@ class PowerCapRun:
                 self._own_meter = EnergyMeter(devices=["gpu"], sample_interval_s=0.05)
                 self._own_meter.open()
             meter = self._own_meter
-        self.finder = finder = CapFinder(self.limits, meter, max_slowdown=self.max_slowdown, min_watts=self.min_watts)
+        self.finder = finder = CapFinder(
+            self.limits, meter, self.max_slowdown, self.min_watts, partner=self.follow is not None
+        )
         self._search_start = (step, finder.clock())
         self._unix = time.time() - finder.clock()  # the meter's clock, as unix time (for the factor)
         if self._saved is not None and finder.restore(self._saved.get("finder")):

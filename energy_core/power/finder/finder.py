@@ -19,7 +19,8 @@ verdicts the noise leaves open, and a choice made with a stated confidence.
 
 Cost: the whole search (warm-up included) stays under a third of the steps Zeus's
 ``GlobalPowerLimitOptimizer`` profiles with its defaults (10 warm-up + 40 profiled steps
-per 25 W limit): 149 steps where Zeus takes 450 on a 100-300 W board. On the training
+per 25 W limit): 149 steps where Zeus takes 450 on a 100-300 W board (for following the
+grid, ``partner``: one sweep phase more, at most). On the training
 thread `CapFinder.on_step` is an integer comparison while warming up, settling or done,
 and a clock read while measuring; nothing here calls NVML except through
 `PowerLimits.set`.
@@ -119,6 +120,8 @@ class CapFinder:
         settle_steps: Steps let pass after each limit change before measuring.
         step_w: Spacing of the candidate caps, in W.
         max_steps: Step budget of the whole search; default: under a third of Zeus's.
+        partner: For following the grid: before choosing, one sweep phase beyond the budget
+            at the rung just slower than the best, if unmeasured (`CapSearch`'s ``partner``).
 
     Logged by the adapters: ``power/cap_w`` at each change; the run record gets the table
     (cap, time and energy per step with spreads, phases, verdict) and the choice.
@@ -140,6 +143,7 @@ class CapFinder:
         settle_steps: int = 2,
         step_w: float = 25.0,
         max_steps: int | None = None,
+        partner: bool = False,
     ) -> None:
         self.limits, self.meter, self.max_slowdown = limits, meter, max_slowdown
         self.clock: Callable[[], float] = meter.clock
@@ -152,6 +156,7 @@ class CapFinder:
         ]
         self.zeus_steps = ZEUS_STEPS_PER_LIMIT * len(self.fractions)
         self.budget = max_steps if max_steps is not None else (self.zeus_steps - 1) // 3
+        self.partner = partner
         self.search: CapSearch | None = None
         self.steps_used = 0
         self.state: State = Done(None) if not self.boards or len(self.fractions) == 1 else Ready()
@@ -252,7 +257,13 @@ class CapFinder:
         span_s = self.meter.sample_interval_s * math.sqrt(2 / 12) / ENERGY_PRECISION
         steps, stride = sweep_plan(rungs, room, fits, math.ceil(span_s / step_s), self.settle_steps)
         self.search = CapSearch(
-            rungs, self.max_slowdown, steps, stride, self.settle_steps, resolution_s=self.meter.sample_interval_s
+            rungs,
+            self.max_slowdown,
+            steps,
+            stride,
+            self.settle_steps,
+            resolution_s=self.meter.sample_interval_s,
+            partner=self.partner,
         )
 
     def _measure(self, step: int, request: Request) -> None:

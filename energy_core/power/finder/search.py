@@ -27,7 +27,10 @@ The rule, in order (`CapSearch.next`):
    far, when it has one only (a phase three spreads fast happens, now and then: the
    second rarely is); a cap within the limit whose saving is not yet sure. A verdict
    the budget cannot settle is not measured again;
-3. **choose**, with a confidence statement: a cap is kept only if it is within the limit
+3. for following the grid (``partner``), measure the rung just slower than the one the
+   search would keep, if unmeasured: the plan mixes the cap kept with the one beyond the
+   limit (`CapSearch.next`);
+4. **choose**, with a confidence statement: a cap is kept only if it is within the limit
    with one-sided confidence `CONFIDENCE` (its time's upper bound is within the limit)
    and saves energy against rung 0 with the same confidence; of those, the one with
    least energy per step. Rung 0 always qualifies.
@@ -132,6 +135,9 @@ class CapSearch:
         resolution_s: Seconds of power by which an energy reading may be stale (the meter's
             sample interval): the energy spread of a span is at least that at its ends.
         confidence: One-sided confidence of a verdict (`CONFIDENCE`).
+        partner: Before choosing, measure the unmeasured rung just slower than the best, with
+            one sweep phase beyond the budget (for following the grid: its plan mixes the
+            two).
 
     Examples:
         >>> search = CapSearch(3, max_slowdown=0.1, sweep_steps=8)
@@ -153,6 +159,7 @@ class CapSearch:
         settle_steps: int = 2,
         resolution_s: float = 0.0,
         confidence: float = CONFIDENCE,
+        partner: bool = False,
     ) -> None:
         if rungs < 1:
             raise ValueError(f"rungs must be >= 1, got {rungs}")
@@ -169,6 +176,7 @@ class CapSearch:
         self.why = ""
         self.sweep = sorted(set(range(0, rungs, max(1, stride))) | {rungs - 1})
         self._sweep_over = rungs == 1
+        self.partner = partner
 
     # ------------------------------------------------------------------ figures
     def add(self, phase: Phase) -> None:
@@ -256,6 +264,15 @@ class CapSearch:
         ask = self._recheck(steps_left)
         if ask is not None:
             return ask
+        slower = self.best() + 1
+        if (
+            self.partner
+            and 0 < slower < self.rungs
+            and slower not in self.estimates
+            and not self._starved_above(slower)
+        ):
+            self.partner = False  # one phase beyond the budget, once
+            return Request(slower, self.sweep_steps)
         self._choose(steps_left)
         return None
 
@@ -268,6 +285,11 @@ class CapSearch:
             return None
         rung = next((r for r in self.sweep if r not in self.estimates), None)
         return None if rung is None else Request(rung, self.sweep_steps)
+
+    def _starved_above(self, rung: int) -> bool:
+        """Whether a measured rung above ``rung`` already starves the GPU (the sweep ended there)."""
+        done = [r for r in self.sweep if r in self.estimates]
+        return any(self._starved(a, b) for a, b in zip(done, done[1:]) if b < rung)
 
     def _starved(self, above: int, rung: int) -> bool:
         """Whether ``rung`` and the measured rung ``above`` it are slower than the limit by more

@@ -251,6 +251,26 @@ def test_the_search_waits_for_energy_it_needs_and_stops_within_its_budget() -> N
     assert sorted(short.estimates) == [0, 1, 2] and short.chosen == 2
 
 
+def test_for_following_the_cap_just_slower_than_the_best_is_measured_once_beyond_the_budget() -> None:
+    """Zeus's V100 ShuffleNet v2 at 5%, swept every second rung (250, 200, 150, 100 W):
+    150 W is the leanest within the limit; 125 W (+5.9%, 24% less energy) is over it and
+    unmeasured. Following mixes the cap kept with the one beyond the limit, so with
+    ``partner`` the search measures 125 W, once, after its budget is spent; the choice (150
+    W) is unchanged. Without, 125 W is never measured."""
+    (job,) = [j for j in zeus_jobs() if j.name == "V100 shufflenetv2"]
+    figures = {r: (job.seconds(c), job.joules(c)) for r, c in enumerate(job.caps)}
+    budget = 16 + 2 + 3 * (8 + 2)  # the sweep alone
+    searches = {}
+    for partner in (False, True):
+        searches[partner] = search = CapSearch(7, max_slowdown=0.05, sweep_steps=8, stride=2, partner=partner)
+        asked = drive(search, figures, steps_left=budget)
+        assert search.chosen == 4 and job.caps[4] == 150.0
+    assert 5 not in searches[False].estimates
+    assert searches[True].history == [*searches[False].history, 5]
+    assert searches[True].over(5) and searches[True].verdict(5).saving == pytest.approx(0.244, abs=0.005)
+    assert asked[-1] == Request(5, 8)
+
+
 def test_zeus_steps_are_its_defaults_on_a_25_w_grid() -> None:
     assert zeus_steps(300_000, 100_000) == 450  # V100, A40: 9 limits x (10 + 40) steps
     assert zeus_steps(700_000, 200_000) == 1050  # H100 SXM: 21 limits

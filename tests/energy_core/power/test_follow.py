@@ -357,6 +357,17 @@ def bert() -> Job:
 
 
 @pytest.mark.slow
+def test_a_search_that_left_the_cap_beyond_the_limit_unmeasured_no_longer_costs_the_mix() -> None:
+    """The benchmark's miss at 5% (V100 ShuffleNet v2, seed 2): the search measured 250,
+    200, 150 and 100 W, and following, mixing only those, came 2.4 points short of the
+    offline optimum, which runs 125 W most of the day. The search for following now
+    measures the cap just slower than the one it would keep: within 2 points, within 5%."""
+    case = follow_case(next(j for j in zeus_jobs() if j.name == "V100 shufflenetv2"), 0.05, 6000, seed=2)
+    assert 125.0 in case.caps
+    assert case.ours[0] >= case.offline[0] - 0.02 and case.ours[1] <= 0.05
+
+
+@pytest.mark.slow
 def test_the_benchmark_sets_following_beside_the_cap_its_own_search_keeps() -> None:
     """`benchmarks.cap_finder`'s column "the search's cap": V100 ResNet-18 x2 at 20%, where
     100 W is best all day. The search keeps 100 W; run for the rest of the day after the

@@ -421,9 +421,7 @@ class PowerCapRun:
                 self._own_meter = EnergyMeter(devices=["gpu"], sample_interval_s=0.05)
                 self._own_meter.open()
             meter = self._own_meter
-        self.finder = finder = CapFinder(
-            self.limits, meter, self.max_slowdown, self.min_watts, partner=self.follow is not None
-        )
+        self.finder = finder = CapFinder(self.limits, meter, self.max_slowdown, self.min_watts, partner=self._following)
         self._search_start = (step, finder.clock())
         self._unix = time.time() - finder.clock()  # the meter's clock, as unix time (for the factor)
         if self._saved is not None and finder.restore(self._saved.get("finder")):
@@ -438,7 +436,8 @@ class PowerCapRun:
         text = (
             f"Searching for the power cap that saves most energy within {self.max_slowdown:.0%} slowdown: "
             f"{len(finder.fractions)} candidates from {finder.cap_w(0):g} W to {finder.cap_w(-1):g} W, "
-            f"at most {finder.budget} steps (Zeus's defaults: {finder.zeus_steps})."
+            f"at most {finder.budget} steps{' and one phase for following' if finder.partner else ''} "
+            f"(Zeus's defaults: {finder.zeus_steps})."
         )
         return [Notice("info", text)]
 

@@ -20,7 +20,8 @@ verdicts the noise leaves open, and a choice made with a stated confidence.
 Cost: the whole search (warm-up included) stays under a third of the steps Zeus's
 ``GlobalPowerLimitOptimizer`` profiles with its defaults (10 warm-up + 40 profiled steps
 per 25 W limit): 149 steps where Zeus takes 450 on a 100-300 W board (for following the
-grid, ``partner``: one sweep phase more, at most). On the training
+grid, ``partner``: one sweep phase more, with its settling steps and the wait for its
+energy). On the training
 thread `CapFinder.on_step` is an integer comparison while warming up, settling or done,
 and a clock read while measuring; nothing here calls NVML except through
 `PowerLimits.set`.
@@ -120,8 +121,9 @@ class CapFinder:
         settle_steps: Steps let pass after each limit change before measuring.
         step_w: Spacing of the candidate caps, in W.
         max_steps: Step budget of the whole search; default: under a third of Zeus's.
-        partner: For following the grid: before choosing, one sweep phase beyond the budget
-            at the rung just slower than the best, if unmeasured (`CapSearch`'s ``partner``).
+        partner: For following the grid: before choosing, one sweep phase, even past the
+            budget, at the rung just slower than the best, if unmeasured, for the curve only
+            (`CapSearch`'s ``partner``).
 
     Logged by the adapters: ``power/cap_w`` at each change; the run record gets the table
     (cap, time and energy per step with spreads, phases, verdict) and the choice.

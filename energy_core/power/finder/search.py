@@ -28,8 +28,9 @@ The rule, in order (`CapSearch.next`):
    second rarely is); a cap within the limit whose saving is not yet sure. A verdict
    the budget cannot settle is not measured again;
 3. for following the grid (``partner``), measure the rung just slower than the one the
-   search would keep, if unmeasured: the plan mixes the cap kept with the one beyond the
-   limit (`CapSearch.next`);
+   search would keep, if unmeasured, even past the budget: the plan mixes the cap kept
+   with the one beyond the limit. Its figures go to the curve only; the choice is made
+   among the rungs measured before it, as without it (`CapSearch.next`);
 4. **choose**, with a confidence statement: a cap is kept only if it is within the limit
    with one-sided confidence `CONFIDENCE` (its time's upper bound is within the limit)
    and saves energy against rung 0 with the same confidence; of those, the one with
@@ -135,9 +136,9 @@ class CapSearch:
         resolution_s: Seconds of power by which an energy reading may be stale (the meter's
             sample interval): the energy spread of a span is at least that at its ends.
         confidence: One-sided confidence of a verdict (`CONFIDENCE`).
-        partner: Before choosing, measure the unmeasured rung just slower than the best, with
-            one sweep phase beyond the budget (for following the grid: its plan mixes the
-            two).
+        partner: Before choosing, measure the unmeasured rung just slower than the best with
+            one sweep phase, even past the budget, for the curve only (following the grid
+            mixes the two); the choice is the best before it.
 
     Examples:
         >>> search = CapSearch(3, max_slowdown=0.1, sweep_steps=8)
@@ -177,6 +178,7 @@ class CapSearch:
         self.sweep = sorted(set(range(0, rungs, max(1, stride))) | {rungs - 1})
         self._sweep_over = rungs == 1
         self.partner = partner
+        self._kept: int | None = None  # the best before the partner phase: the choice
 
     # ------------------------------------------------------------------ figures
     def add(self, phase: Phase) -> None:
@@ -261,18 +263,14 @@ class CapSearch:
             self._sweep_over = True
         if not all(e.complete for e in self.estimates.values()):
             return WAIT
-        ask = self._recheck(steps_left)
-        if ask is not None:
-            return ask
-        slower = self.best() + 1
-        if (
-            self.partner
-            and 0 < slower < self.rungs
-            and slower not in self.estimates
-            and not self._starved_above(slower)
-        ):
-            self.partner = False  # one phase beyond the budget, once
-            return Request(slower, self.sweep_steps)
+        if self._kept is None:  # after the partner phase: nothing more to measure
+            ask = self._recheck(steps_left)
+            if ask is not None:
+                return ask
+            if self.partner:
+                self._kept = self.best()
+                if self._kept + 1 < self.rungs and self._kept + 1 not in self.estimates:
+                    return Request(self._kept + 1, self.sweep_steps)
         self._choose(steps_left)
         return None
 
@@ -285,11 +283,6 @@ class CapSearch:
             return None
         rung = next((r for r in self.sweep if r not in self.estimates), None)
         return None if rung is None else Request(rung, self.sweep_steps)
-
-    def _starved_above(self, rung: int) -> bool:
-        """Whether a measured rung above ``rung`` already starves the GPU (the sweep ended there)."""
-        done = [r for r in self.sweep if r in self.estimates]
-        return any(self._starved(a, b) for a, b in zip(done, done[1:]) if b < rung)
 
     def _starved(self, above: int, rung: int) -> bool:
         """Whether ``rung`` and the measured rung ``above`` it are slower than the limit by more
@@ -404,7 +397,7 @@ class CapSearch:
         if 0 not in self.estimates:
             self.chosen, self.why = 0, "nothing was measured"
             return
-        self.chosen = self.best()
+        self.chosen = self.best() if self._kept is None else self._kept
         within = [r for r in self.estimates if self.within(r)]
         over = [r for r in self.estimates if self.over(r)]
         unsure = len(self.estimates) - len(within) - len(over)

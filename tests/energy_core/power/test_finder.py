@@ -256,7 +256,7 @@ def test_for_following_the_cap_just_slower_than_the_best_is_measured_once_beyond
     150 W is the leanest within the limit; 125 W (+5.9%, 24% less energy) is over it and
     unmeasured. Following mixes the cap kept with the one beyond the limit, so with
     ``partner`` the search measures 125 W, once, after its budget is spent; the choice (150
-    W) is unchanged. Without, 125 W is never measured."""
+    W) is the same. Without, 125 W is never measured."""
     (job,) = [j for j in zeus_jobs() if j.name == "V100 shufflenetv2"]
     figures = {r: (job.seconds(c), job.joules(c)) for r, c in enumerate(job.caps)}
     budget = 16 + 2 + 3 * (8 + 2)  # the sweep alone
@@ -269,6 +269,23 @@ def test_for_following_the_cap_just_slower_than_the_best_is_measured_once_beyond
     assert searches[True].history == [*searches[False].history, 5]
     assert searches[True].over(5) and searches[True].verdict(5).saving == pytest.approx(0.244, abs=0.005)
     assert asked[-1] == Request(5, 8)
+
+
+def test_the_partner_phase_feeds_the_curve_not_the_choice() -> None:
+    """Swept every second rung, rung 2 is the leanest within 10%; rung 3, unmeasured, is
+    within too and leaner still. Measured once past the budget for following, it is not
+    kept: one phase of it, unconfirmed, is not the search's standard for a choice. The
+    choice is the one the search makes without it, and nothing is measured after it."""
+    seconds, joules = (1.0, 1.01, 1.03, 1.06, 1.2), (10.0, 9.5, 9.0, 8.5, 8.0)
+    figures = {r: (s, j) for r, (s, j) in enumerate(zip(seconds, joules))}
+    budget = 16 + 2 + 2 * (8 + 2)  # the sweep of 0, 2, 4
+    plain = CapSearch(5, max_slowdown=0.1, sweep_steps=8, stride=2)
+    drive(plain, figures, steps_left=budget)
+    search = CapSearch(5, max_slowdown=0.1, sweep_steps=8, stride=2, partner=True)
+    asked = drive(search, figures, steps_left=budget)
+    assert search.history == [*plain.history, 3] and asked[-1] == Request(3, 8)
+    assert search.within(3) and search.best() == 3
+    assert search.chosen == plain.chosen == 2
 
 
 def test_zeus_steps_are_its_defaults_on_a_25_w_grid() -> None:

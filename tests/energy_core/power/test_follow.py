@@ -363,7 +363,7 @@ def test_a_search_that_left_the_cap_beyond_the_limit_unmeasured_no_longer_costs_
     offline optimum, which runs 125 W most of the day. The search for following now
     measures the cap just slower than the one it would keep: within 2 points, within 5%."""
     case = follow_case(next(j for j in zeus_jobs() if j.name == "V100 shufflenetv2"), 0.05, 6000, seed=2)
-    assert 125.0 in case.caps
+    assert 125.0 in case.caps and case.kept[0] == 150.0  # the search keeps its own choice
     assert case.ours[0] >= case.offline[0] - 0.02 and case.ours[1] <= 0.05
 
 
@@ -461,6 +461,8 @@ def test_follow_without_an_intensity_keeps_the_search_choice(tmp_path: Path) -> 
     result = run_capped(table, 400, max_slowdown=0.1, follow="cost")
     assert [n.level for n in result.notices if "needs a price" in n.text] == ["warn"]
     assert result.run.follower is None
+    assert result.run.finder is not None and not result.run.finder.partner  # no phase for a plan never made
+    assert not any("one phase for following" in n.text for n in result.notices)
 
 
 def test_a_resumed_run_keeps_the_search_and_the_time_booked(tmp_path: Path) -> None:

@@ -302,9 +302,10 @@ def follow_case(job: Job, max_slowdown: float, steps: int, seed: int) -> FollowC
     ours_t = sum(job.seconds(s.cap_w / count) for s in result.steps)
     ours = sum(job.joules(s.cap_w / count) * grid.at((s.start + s.end) / 2) for s in result.steps)
     caps = tuple(sorted({s.cap_w / count for s in result.steps[len(result.steps) // 10 :]}))
-    searched = result.run.finder.steps_used if result.run.finder is not None else 0
+    finder = result.run.finder
+    searched, kept_rung = (finder.steps_used, finder.chosen or 0) if finder is not None else (0, 0)
     search_t, search = replay_caps(job, grid, [s.cap_w / count for s in result.steps[:searched]])
-    kept_w = job.caps[result.run.finder.chosen or 0] if result.run.finder is not None else job.caps[0]
+    kept_w = job.caps[kept_rung]
     kept_t, kept = replay(job, grid, steps - searched, lambda t: kept_w, search_t)
     rest = Plan.solve(curve, grid.at, search_t, steps - searched, (1 + max_slowdown) * base_t - search_t)
     _, rest_e = replay(

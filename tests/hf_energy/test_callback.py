@@ -74,7 +74,8 @@ def test_metrics_reach_log_history_tensorboard_and_mlflow(tmp_path, sim_gpus, ml
         bound = GPU_W * (2 * 0.02 / window["seconds"] + 0.01)
         assert abs(entry["power/gpu0_w"] - GPU_W) <= bound
     last = windows[24]
-    assert last["metrics"]["energy/gpu_kwh"] == pytest.approx(GPU_W * last["elapsed_s"] / J_PER_KWH, rel=0.01)
+    # the run's total is the known integral, within one 20 ms counter update at each end
+    assert abs(last["metrics"]["energy/gpu_kwh"] * J_PER_KWH - GPU_W * last["elapsed_s"]) <= GPU_W * 2 * 0.02
     assert last["metrics"]["carbon/co2e_kg"] == pytest.approx(last["metrics"]["energy/total_kwh"] * 56.039 / 1000)
 
     # tokens and samples are counted per micro-batch, padding excluded

@@ -65,8 +65,10 @@ def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None
     assert lines[-1]["type"] == "summary" and lines[-1]["status"] == "completed"
     last_epoch = [line for line in lines if line["type"] == "epoch"][-1]
     kwh = last_epoch["metrics"]["energy/gpu_kwh"]
-    # The logged total is the integral of the known power over the run, within 1%.
-    assert kwh == pytest.approx(GPU_W * last_epoch["elapsed_s"] / J_PER_KWH, rel=0.01)
+    # The logged total is the integral of the known power over the run, within one 20 ms counter
+    # update at each end (the counter's reading may be that stale when a span starts or ends).
+    counter_j = GPU_W * 2 * 0.02
+    assert abs(kwh * J_PER_KWH - GPU_W * last_epoch["elapsed_s"]) <= counter_j
     assert last_epoch["metrics"]["energy/total_kwh"] == kwh
     assert last_epoch["metrics"]["carbon/co2e_kg"] == pytest.approx(kwh * 1.2 * 56.039 / 1000, rel=1e-6)
 
@@ -78,7 +80,7 @@ def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None
     epoch_lines = [line for line in lines if line["type"] == "epoch"]
     assert [v for _, v in epochs] == pytest.approx([e["metrics"]["energy/epoch_kwh"] for e in epoch_lines])
     for epoch_kwh, line in zip(epochs, epoch_lines):
-        assert epoch_kwh[1] * J_PER_KWH == pytest.approx(GPU_W * line["seconds"], rel=0.02)
+        assert abs(epoch_kwh[1] * J_PER_KWH - GPU_W * line["seconds"]) <= counter_j
 
     # Window figures: mean GPU power, J per step with validation taken out, samples.
     windows = [line for line in lines if line["type"] == "window"]
@@ -99,7 +101,7 @@ def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None
     stages = [line for line in lines if line["type"] == "stage"]
     assert len(stages) == 4
     val_kwh = csv_series(tmp_path / "csv", "energy/val_kwh")[-1][1]
-    assert val_kwh == pytest.approx(GPU_W * sum(s["seconds"] for s in stages) / J_PER_KWH, rel=0.15)
+    assert abs(val_kwh * J_PER_KWH - GPU_W * sum(s["seconds"] for s in stages)) <= len(stages) * counter_j
     last_window = [w for w in windows if w["steps"] == 10][-1]  # what the progress bar displays: the last window,
     # in the units that fit, as the summary shows them; no "~": the GPU's energy is read, not estimated
     assert shown[-1]["power"] == show.power(last_window["metrics"]["power/total_w"])

@@ -77,9 +77,11 @@ def check_job_totals(ranks: list[dict], nodes: int, record: Path) -> None:
     for other in ranks[1:]:  # every rank holds the same, global figures
         for key in ("energy/total_kwh", "energy/gpu_kwh", "energy/cpu_kwh"):
             assert other["metrics"][key] == pytest.approx(first[key], rel=1e-9)
-    # each rank measured its own GPU over its own fit, and the sum is exact within 1%
+    # each rank measured its own GPU over its own fit: the sum is exact within one update of each rank's counter
+    # (every 5 ms: tests/scripts/distributed_totals.py) at each end of its fit
     gpu_j = sum(gpu_watts(r) * rank["seconds"] for r, rank in enumerate(ranks))
-    assert first["energy/gpu_kwh"] * J_PER_KWH == pytest.approx(gpu_j, rel=0.01)
+    counter_j = sum(2 * 0.005 * gpu_watts(r) for r in range(len(ranks)))
+    assert abs(first["energy/gpu_kwh"] * J_PER_KWH - gpu_j) <= counter_j
     # the CPU package is a node device: counted once per node, by its local rank 0
     per_node = len(ranks) // nodes
     cpu_j = sum(CPU_W * ranks[n * per_node]["seconds"] for n in range(nodes))

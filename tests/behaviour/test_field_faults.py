@@ -167,7 +167,12 @@ def test_a_reader_raising_any_exception_is_a_gap_and_training_goes_on(tmp_path, 
     assert trainer.state.finished and summary["status"] == "completed"
     assert summary["failed_reads"]["gpu0"] >= 2  # about 10 in that half second; fewer on a loaded machine
     assert summary["faults"]["gpu0"]["last_error"].startswith("TypeError")
-    assert summary["metrics"]["energy/gpu_kwh"] * J_PER_KWH == pytest.approx(GPU_W * summary["seconds"], rel=0.02)
+    # The run (about 0.7 s) may end inside the gap: its last unmeasured_s then rest on a bridge at the smoothed counter
+    # rate, off by at most one counter update over the first sample interval (>= 0.8 x 0.05 s, dithered) plus one
+    # over the 1 s smoothing. The rest is counted, within one counter update at each end.
+    bridge_w = PERIOD_S * GPU_W * (1 / (0.8 * 0.05) + 1 / 1.0)
+    joules = summary["metrics"]["energy/gpu_kwh"] * J_PER_KWH
+    assert abs(joules - GPU_W * summary["seconds"]) <= COUNTER_J + bridge_w * summary["unmeasured_s"]
 
 
 def test_a_hung_driver_call_does_not_hang_training(tmp_path, sim_gpus) -> None:

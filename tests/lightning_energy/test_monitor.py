@@ -86,7 +86,12 @@ def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None
     windows = [line for line in lines if line["type"] == "window"]
     assert [w["step"] for w in windows if w["steps"] == 10] == list(range(10, 91, 10))
     powers = [v for _, v in csv_series(tmp_path / "csv", "power/gpu0_w")]
-    assert statistics.median(powers) == pytest.approx(GPU_W, rel=0.03)
+    # Each window's power is within one counter update at each end of its span, and of each stage taken out of it,
+    # over its seconds; the median is within the (n//2)-th smallest of those bounds (too few windows exceed it).
+    stage_steps = [line["step"] for line in lines if line["type"] == "stage"]
+    spans = [1 + sum(w["step"] - w["steps"] <= s < w["step"] for s in stage_steps) for w in windows]
+    bounds = sorted(n * counter_j / w["seconds"] for n, w in zip(spans, windows, strict=True))
+    assert len(bounds) == len(powers) and abs(statistics.median(powers) - GPU_W) <= bounds[len(bounds) // 2]
     step_j = [w["metrics"]["energy/step_j"] for w in windows if w["steps"] == 10]
     # Validation runs are not charged to steps: one here (0.2 s at 300 W) would add about 65%
     # to its window's J/step; the 20 ms counter period alone moves a 0.3 s window by up to 13%.
@@ -107,8 +112,8 @@ def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None
     assert shown[-1]["power"] == show.power(last_window["metrics"]["power/total_w"])
     watts, unit = shown[-1]["power"].split()  # within the window's counter bound (and the rounding)
     assert unit == "W" and float(watts) == pytest.approx(GPU_W, abs=2 * 0.02 * GPU_W / last_window["seconds"] + 0.5)
-    energy, unit = shown[-1]["energy"].replace(",", "").split()
-    assert unit == "J" and float(energy) == pytest.approx(kwh * J_PER_KWH, rel=0.1)
+    energy = show.energy_kwh(last_window["metrics"]["energy/total_kwh"])  # the last window's total, as shown
+    assert shown[-1]["energy"] == energy and energy.endswith(" J")
     assert "get_metrics" not in vars(trainer.progress_bar_callback)  # detached at teardown
     assert not any(t.name == "energy-sampler" for t in threading.enumerate())
 
@@ -123,7 +128,8 @@ def test_resume_from_checkpoint_continues_the_totals(name, tmp_path, sim_gpus) -
     trainer_for(
         pl, tmp_path, first, max_epochs=2, enable_checkpointing=True, callbacks=[first, checkpoint], limit_val_batches=0
     ).fit(make_module(pl, step_sleep_s=0.03), regression_data(240))
-    saved = read_record(record)[-1]["metrics"]["energy/gpu_kwh"]
+    first_summary = read_record(record)[-1]
+    saved = first_summary["metrics"]["energy/gpu_kwh"]
 
     second = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, record_path=record)
     trainer = trainer_for(pl, tmp_path, second, max_epochs=4, limit_val_batches=0)
@@ -134,7 +140,10 @@ def test_resume_from_checkpoint_continues_the_totals(name, tmp_path, sim_gpus) -
     lines = read_record(record)
     header, summary = [x for x in lines if x["type"] == "header"][-1], lines[-1]
     resumed = header["resumed_from"]
-    assert resumed["energy_j"]["gpu"] / J_PER_KWH == pytest.approx(saved, rel=0.05)  # saved at the last epoch end
+    # saved at the last epoch end: the first run's total less the known power over the rest of that run, within one
+    # counter update at each end of that rest
+    saved_j = saved * J_PER_KWH - GPU_W * (first_summary["seconds"] - resumed["fit_s"])
+    assert abs(resumed["energy_j"]["gpu"] - saved_j) <= 2 * 0.02 * GPU_W
     live_s = summary["seconds"] - resumed["fit_s"]
     expected_j = resumed["energy_j"]["gpu"] + GPU_W * live_s
     # exact but for the counter's 20 ms update period at each end of the resumed run
@@ -188,10 +197,13 @@ def test_test_stage_and_all_devices(tmp_path, sim_gpus, fake_rapl) -> None:
     (test_stage,) = [x for x in lines if x["type"] == "stage" and x["stage"] == "test"]
     test_kwh = csv_series(tmp_path / "csv", "energy/test_kwh")[-1][1]
     assert test_kwh == pytest.approx(test_stage["kwh"])
-    assert test_kwh * J_PER_KWH == pytest.approx(346.0 * test_stage["seconds"], rel=0.15)
+    # one 20 ms GPU counter update at each end; RAPL: the fake's thread writes every 2 ms once it holds the GIL, which
+    # the loop, the sampler and the loggers' threads may keep for a few 5 ms switch intervals: allow 20 ms (16 seen)
+    stage_j = 2 * 0.02 * GPU_W + 2 * 0.02 * (40.0 + 6.0)
+    assert abs(test_kwh * J_PER_KWH - 346.0 * test_stage["seconds"]) <= stage_j
     (predict_stage,) = [x for x in lines if x["type"] == "stage" and x["stage"] == "predict"]
     assert monitor.last_metrics["energy/predict_kwh"] == pytest.approx(predict_stage["kwh"])
-    assert predict_stage["kwh"] * J_PER_KWH == pytest.approx(346.0 * predict_stage["seconds"], rel=0.15)
+    assert abs(predict_stage["kwh"] * J_PER_KWH - 346.0 * predict_stage["seconds"]) <= stage_j
 
 
 def test_estimated_cpu_is_flagged_in_warning_and_record(tmp_path) -> None:
@@ -237,7 +249,8 @@ def test_nvml_failure_mid_run_does_not_stop_training(tmp_path, sim_gpus) -> None
     summary = read_record(tmp_path / "energy.jsonl")[-1]
     assert trainer.current_epoch == 2
     assert summary["failed_reads"]["gpu0"] >= 10  # the gap is reported
-    assert summary["metrics"]["energy/gpu_kwh"] * J_PER_KWH == pytest.approx(GPU_W * summary["seconds"], rel=0.02)
+    # the counter measures the gap once it answers again (0.8 s; the run lasts over 1.2 s): one update at each end
+    assert abs(summary["metrics"]["energy/gpu_kwh"] * J_PER_KWH - GPU_W * summary["seconds"]) <= 2 * 0.02 * GPU_W
 
 
 @pytest.mark.parametrize(("interval_s", "val_sleep_s"), [(0.5, 0.0), (0.02, 0.05)], ids=["short", "long"])

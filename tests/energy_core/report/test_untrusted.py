@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from energy_core.output import units_text as show
 from energy_core.report.cli import main
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
+from tests.doubles.vendors import simulate
 from tests.helpers.records import read_record
 
 OTHER_UID = 65534  # nobody: the other user
@@ -41,20 +43,30 @@ def shared(tmp_path: Path) -> Path:
     return folder
 
 
-def two_runs(path: Path, sim_gpus) -> list[dict]:
-    """Two runs on one record file (a 200 W and a 300 W board), each with windows, a cap line and a summary."""
-    sim_gpus(SimGpu("GPU-1", Constant(200.0)), SimGpu("GPU-2", Constant(300.0)))
-    for gpu in (0, 1):
-        tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.02, country="FRA", record_path=path)
-        tracker.meter.assign([gpu], node_devices=False)
-        tracker.start_fit(0)
-        tracker.write_record("power_cap", event="applied", caps=[{"gpu": gpu, "cap_w": 150.0}], table=None)
-        for step in (1, 2):
-            tracker.add_batch(torch.ones(8, 4))
-            time.sleep(0.15)
-            tracker.window(step, extra={"loss": 1.0 / step})
-        tracker.end_fit(2)
-        tracker.close()
+@pytest.fixture(scope="module")
+def written() -> str:
+    """Two runs on one record file (a 200 W and a 300 W board), each with windows, a cap line and
+    a summary: written once by real trackers, for every test of this file to damage a copy of."""
+    with pytest.MonkeyPatch.context() as monkeypatch, tempfile.TemporaryDirectory() as folder:
+        simulate(monkeypatch, "nvml", [SimGpu("GPU-1", Constant(200.0)), SimGpu("GPU-2", Constant(300.0))])
+        path = Path(folder) / "energy.jsonl"
+        for gpu in (0, 1):
+            tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.02, country="FRA", record_path=path)
+            tracker.meter.assign([gpu], node_devices=False)
+            tracker.start_fit(0)
+            tracker.write_record("power_cap", event="applied", caps=[{"gpu": gpu, "cap_w": 150.0}], table=None)
+            for step in (1, 2):
+                tracker.add_batch(torch.ones(8, 4))
+                time.sleep(0.15)
+                tracker.window(step, extra={"loss": 1.0 / step})
+            tracker.end_fit(2)
+            tracker.close()
+        return path.read_text()
+
+
+def two_runs(path: Path, written: str) -> list[dict]:
+    """The two runs' record, at ``path``."""
+    path.write_text(written)
     return read_record(path)
 
 
@@ -95,10 +107,10 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("damage", sorted(CORRUPTIONS))
-def test_a_damaged_line_is_named_and_every_good_run_is_reported(shared, sim_gpus, capsys, damage) -> None:
+def test_a_damaged_line_is_named_and_every_good_run_is_reported(shared, written, capsys, damage) -> None:
     # 7 of these killed the whole report with a traceback (RecursionError, TypeError, ValueError).
     record = shared / "runs.jsonl"
-    good = two_runs(record, sim_gpus)
+    good = two_runs(record, written)
     where, change = CORRUPTIONS[damage]
     caps = [i for i, line in enumerate(lines_of(record), 1) if '"type": "power_cap"' in line]
     number = second_summary_line(record) if where == "summary" else caps[1]
@@ -112,9 +124,9 @@ def test_a_damaged_line_is_named_and_every_good_run_is_reported(shared, sim_gpus
     assert (shared / "runs.report" / "report.html").is_file()
 
 
-def test_a_null_figure_is_shown_as_none(shared, sim_gpus, capsys) -> None:
+def test_a_null_figure_is_shown_as_none(shared, written, capsys) -> None:
     record = shared / "runs.jsonl"
-    two_runs(record, sim_gpus)
+    two_runs(record, written)
     number = second_summary_line(record)  # co2e null: what the writer writes for a figure it cannot give
     replace_line(
         record, number, edited(lines_of(record)[number - 1], lambda e: e["metrics"].update({keys.CO2E_KG: None}))
@@ -124,9 +136,9 @@ def test_a_null_figure_is_shown_as_none(shared, sim_gpus, capsys) -> None:
     assert "note:" not in out and "completed" in out
 
 
-def test_escape_sequences_in_a_record_never_reach_the_terminal_or_the_page(shared, sim_gpus, capsys) -> None:
+def test_escape_sequences_in_a_record_never_reach_the_terminal_or_the_page(shared, written, capsys) -> None:
     record = shared / "runs.jsonl"
-    two_runs(record, sim_gpus)
+    two_runs(record, written)
     number = second_summary_line(record)
     hostile = "\x1b[2J\x1b]0;owned\x07\x9b31m\u202e"  # clear screen, window title, C1 CSI, right-to-left override
 
@@ -143,9 +155,9 @@ def test_escape_sequences_in_a_record_never_reach_the_terminal_or_the_page(share
     assert not any(c in page for c in "\x1b\x07\x9b\u202e") and "grid\\x1b[2J" in page
 
 
-def test_an_existing_file_named_record_report_leads_to_a_fresh_folder(shared, sim_gpus, capsys) -> None:
+def test_an_existing_file_named_record_report_leads_to_a_fresh_folder(shared, written, capsys) -> None:
     record = shared / "runs.jsonl"
-    two_runs(record, sim_gpus)
+    two_runs(record, written)
     (shared / "runs.report").write_text("not a folder")  # gave FileExistsError
     assert main([str(record)]) == 0
     out = " ".join(capsys.readouterr().out.split())
@@ -154,10 +166,10 @@ def test_an_existing_file_named_record_report_leads_to_a_fresh_folder(shared, si
     assert f"the report is in {fresh} instead" in out and (shared / "runs.report").read_text() == "not a folder"
 
 
-def test_links_planted_in_another_users_report_folder_are_not_followed(shared, sim_gpus, capsys, tmp_path) -> None:
+def test_links_planted_in_another_users_report_folder_are_not_followed(shared, written, capsys, tmp_path) -> None:
     # Root's energy-report wrote through run.report/report.html -> /root/victim.txt (and a plot's name).
     record = shared / "runs.jsonl"
-    two_runs(record, sim_gpus)
+    two_runs(record, written)
     victims = [tmp_path / "victim.txt", tmp_path / "victim.png"]
     for victim in victims:
         victim.write_text("precious")
@@ -176,9 +188,9 @@ def test_links_planted_in_another_users_report_folder_are_not_followed(shared, s
     assert fresh.stat().st_uid == os.geteuid() and fresh.stat().st_mode & 0o077 == 0  # made by mkdtemp: 0700
 
 
-def test_a_link_in_a_folder_of_ones_own_is_refused_not_followed(shared, sim_gpus, capsys, tmp_path) -> None:
+def test_a_link_in_a_folder_of_ones_own_is_refused_not_followed(shared, written, capsys, tmp_path) -> None:
     record = shared / "runs.jsonl"
-    two_runs(record, sim_gpus)
+    two_runs(record, written)
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     mine = shared / "runs.report"
@@ -191,9 +203,9 @@ def test_a_link_in_a_folder_of_ones_own_is_refused_not_followed(shared, sim_gpus
 
 
 @pytest.mark.parametrize("owner", ["another user", "writable by others"])
-def test_out_must_be_a_folder_of_ones_own(shared, sim_gpus, capsys, owner) -> None:
+def test_out_must_be_a_folder_of_ones_own(shared, written, capsys, owner) -> None:
     record = shared / "runs.jsonl"
-    two_runs(record, sim_gpus)
+    two_runs(record, written)
     out_dir = shared / "out"
     out_dir.mkdir()
     if owner == "another user":
@@ -205,10 +217,10 @@ def test_out_must_be_a_folder_of_ones_own(shared, sim_gpus, capsys, owner) -> No
     assert "is not a folder of yours alone" in err and "nothing written" in err and list(out_dir.iterdir()) == []
 
 
-def test_a_folder_writable_by_ones_own_group_is_ones_own(shared, sim_gpus) -> None:
+def test_a_folder_writable_by_ones_own_group_is_ones_own(shared, written) -> None:
     # (umask 002 with a group per user: every folder a user makes is group-writable)
     record = shared / "runs.jsonl"
-    two_runs(record, sim_gpus)
+    two_runs(record, written)
     out_dir = shared / "out"
     out_dir.mkdir()
     os.chown(out_dir, os.geteuid(), os.getegid())

@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,7 @@ from energy_core.power import journal_path
 from energy_core.report.cli import main
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
+from tests.doubles.vendors import simulate
 from tests.helpers import ROOT
 
 
@@ -26,20 +29,29 @@ def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")
 
 
-def write_record(path, sim_gpus) -> None:
-    sim_gpus(SimGpu("GPU-1", Constant(200.0)))
-    tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.02, country="FRA", record_path=path)
-    tracker.start_fit(0)
-    tracker.add_batch(__import__("torch").ones(16, 4))
-    time.sleep(0.5)
-    tracker.window(1)
-    tracker.end_fit(1)
-    tracker.close()
+@pytest.fixture(scope="module")
+def written() -> str:
+    """A run's record (one window at 200 W, half a second): written once by a real tracker."""
+    with pytest.MonkeyPatch.context() as monkeypatch, tempfile.TemporaryDirectory() as folder:
+        simulate(monkeypatch, "nvml", [SimGpu("GPU-1", Constant(200.0))])
+        path = Path(folder) / "energy.jsonl"
+        tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.02, country="FRA", record_path=path)
+        tracker.start_fit(0)
+        tracker.add_batch(__import__("torch").ones(16, 4))
+        time.sleep(0.5)
+        tracker.window(1)
+        tracker.end_fit(1)
+        tracker.close()
+        return path.read_text()
 
 
-def test_summary_of_a_complete_record(tmp_path, sim_gpus, capsys) -> None:
+def write_record(path: Path, written: str) -> None:
+    path.write_text(written)
+
+
+def test_summary_of_a_complete_record(tmp_path, written, capsys) -> None:
     record = tmp_path / "energy.jsonl"
-    write_record(record, sim_gpus)
+    write_record(record, written)
     assert main([str(record)]) == 0
     out = capsys.readouterr().out
     summary = json.loads(record.read_text().splitlines()[-1])
@@ -47,9 +59,9 @@ def test_summary_of_a_complete_record(tmp_path, sim_gpus, capsys) -> None:
     assert "gpu 100.0%" in out and "France (FRA" in out and f"│ {show.energy(summary['j_per_sample'])} " in out
 
 
-def test_truncated_record_is_reported_as_far_as_it_goes(tmp_path, sim_gpus, capsys) -> None:
+def test_truncated_record_is_reported_as_far_as_it_goes(tmp_path, written, capsys) -> None:
     record = tmp_path / "energy.jsonl"
-    write_record(record, sim_gpus)
+    write_record(record, written)
     lines = record.read_text().splitlines()
     record.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:25])  # crashed while writing the summary
     assert main([str(record)]) == 0
@@ -66,10 +78,10 @@ def test_missing_empty_and_foreign_files(tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize("columns", [80, 100])
-def test_console_follows_the_terminal_width(tmp_path, sim_gpus, capsys, monkeypatch, columns: int) -> None:
+def test_console_follows_the_terminal_width(tmp_path, written, capsys, monkeypatch, columns: int) -> None:
     records = [tmp_path / "uncapped.jsonl", tmp_path / "capped.jsonl"]
     for record in records:
-        write_record(record, sim_gpus)
+        write_record(record, written)
     monkeypatch.setenv("COLUMNS", str(columns))
     monkeypatch.chdir(tmp_path)  # short relative paths: the last line prints the page's path whole
     assert main(["uncapped.jsonl", "capped.jsonl", "--out", "report"]) == 0
@@ -82,9 +94,9 @@ def test_console_follows_the_terminal_width(tmp_path, sim_gpus, capsys, monkeypa
     assert any(line.startswith("│ status") and line.count("completed") == 2 for line in lines)
 
 
-def test_wide_terminal_keeps_cells_on_one_line(tmp_path, sim_gpus, capsys, monkeypatch) -> None:
+def test_wide_terminal_keeps_cells_on_one_line(tmp_path, written, capsys, monkeypatch) -> None:
     record = tmp_path / "energy.jsonl"
-    write_record(record, sim_gpus)
+    write_record(record, written)
     monkeypatch.setenv("COLUMNS", "160")
     assert main([str(record)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -93,10 +105,10 @@ def test_wide_terminal_keeps_cells_on_one_line(tmp_path, sim_gpus, capsys, monke
     assert max(len(line) for line in lines[:-1]) <= 160
 
 
-def test_a_directory_lists_the_records_to_pass(tmp_path, sim_gpus, capsys) -> None:
+def test_a_directory_lists_the_records_to_pass(tmp_path, written, capsys) -> None:
     runs = tmp_path / "runs"
     (runs / "quickstart").mkdir(parents=True)
-    write_record(runs / "quickstart" / "energy.jsonl", sim_gpus)
+    write_record(runs / "quickstart" / "energy.jsonl", written)
     (tmp_path / "empty").mkdir()
     assert main([str(runs), str(tmp_path / "empty")]) == 1  # nothing was read
     err = capsys.readouterr().err.splitlines()
@@ -117,9 +129,9 @@ def test_many_records_in_a_directory_are_listed_briefly(tmp_path, capsys) -> Non
     assert len(err) == 1 and f"{tmp_path}/run4.jsonl (and 2 more)" in err[0] and "run5" not in err[0]
 
 
-def test_without_matplotlib_the_tables_print_and_one_line_says_why_no_plots(tmp_path, sim_gpus) -> None:
+def test_without_matplotlib_the_tables_print_and_one_line_says_why_no_plots(tmp_path, written) -> None:
     record = tmp_path / "energy.jsonl"
-    write_record(record, sim_gpus)
+    write_record(record, written)
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
         "from energy_core.report.cli import main\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -16,28 +17,41 @@ from energy_core import EnergyTracker
 from energy_core.report.cli import main
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
+from tests.doubles.vendors import simulate
 from tests.helpers.chromium import CHROMIUM_FLAGS, find_chromium, probe
 
 
-def run_record(path, watts: float, sim_gpus) -> None:
+def run_record(path: Path, watts: float) -> None:
     """A short fit at a known power, with a loss in every window."""
-    sim_gpus(SimGpu("GPU-1", Constant(watts), counter_period_s=0.02))
-    tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.02, country="DEU", record_path=path)
-    tracker.start_fit(0)
-    for step in range(1, 6):
-        tracker.add_batch(__import__("torch").ones(8, 4))
-        time.sleep(0.15)
-        tracker.window(step, extra={"train_loss": 1.0 / step})
-    tracker.end_fit(5)
-    tracker.close()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        simulate(monkeypatch, "nvml", [SimGpu("GPU-1", Constant(watts), counter_period_s=0.02)])
+        tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.02, country="DEU", record_path=path)
+        tracker.start_fit(0)
+        for step in range(1, 6):
+            tracker.add_batch(__import__("torch").ones(8, 4))
+            time.sleep(0.15)
+            tracker.window(step, extra={"train_loss": 1.0 / step})
+        tracker.end_fit(5)
+        tracker.close()
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> tuple[Path, Path]:
+    """Two runs' records, at 300 W and 200 W: written once, for every test of this file to report."""
+    folder = tmp_path_factory.mktemp("records")
+    uncapped, capped = folder / "uncapped.jsonl", folder / "capped.jsonl"
+    run_record(uncapped, 300.0)
+    run_record(capped, 200.0)
+    return uncapped, capped
 
 
 @pytest.fixture
-def two_runs(tmp_path, sim_gpus):
-    uncapped, capped = tmp_path / "uncapped.jsonl", tmp_path / "capped.jsonl"
-    run_record(uncapped, 300.0, sim_gpus)
-    run_record(capped, 200.0, sim_gpus)
-    return uncapped, capped
+def two_runs(tmp_path, written) -> tuple[Path, Path]:
+    """The two records, copied into this test's folder."""
+    copies = tmp_path / written[0].name, tmp_path / written[1].name
+    for source, copy in zip(written, copies, strict=True):
+        shutil.copyfile(source, copy)
+    return copies
 
 
 def test_plots_tables_and_regions(two_runs, tmp_path, capsys) -> None:

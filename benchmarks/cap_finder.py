@@ -57,6 +57,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
+
 from energy_core.carbon.factor import Series
 from energy_core.power.board_lock import LOCKS_ENV
 from energy_core.power.finder.search import zeus_steps
@@ -254,6 +256,10 @@ class Grid:
         """The intensity ``t`` seconds after the run's start."""
         return self.values[min(max(int(t // self.hour_s), 0), len(self.values) - 1)]
 
+    def over(self, t: np.ndarray) -> np.ndarray:
+        """The intensity at each of the times ``t`` (seconds after the run's start), as `at`."""
+        return np.asarray(self.values)[np.clip(t // self.hour_s, 0, len(self.values) - 1).astype(int)]
+
     def write(self, path: Path, origin: float) -> Path:
         """The compressed series as a ``carbon_intensity_series`` file starting at unix time ``origin``."""
         rows = [f"{datetime.fromtimestamp(origin + i * self.hour_s, timezone.utc).isoformat()},{v}"
@@ -291,7 +297,7 @@ def follow_case(job: Job, max_slowdown: float, steps: int, seed: int) -> FollowC
     curve = Curve(
         tuple(range(len(job.caps))), tuple(job.seconds(c) for c in job.caps), tuple(job.joules(c) for c in job.caps)
     )
-    plan = Plan.solve(curve, grid.at, 0.0, steps, (1 + max_slowdown) * base_t)
+    plan = Plan.solve(curve, grid.over, 0.0, steps, (1 + max_slowdown) * base_t)
     offline_t, offline = replay(job, grid, steps, lambda t: job.caps[plan.rung(curve, grid.at(t), t)])
     interval = max(COUNTER_S, t0 / 5)  # readings per step, as on a GPU (and a bounded cost here)
     table = TableJob([TableBoard(p, index=i) for i, p in enumerate(job.boards)], seed=seed, sample_interval_s=interval)
@@ -307,7 +313,7 @@ def follow_case(job: Job, max_slowdown: float, steps: int, seed: int) -> FollowC
     search_t, search = replay_caps(job, grid, [s.cap_w / count for s in result.steps[:searched]])
     kept_w = job.caps[kept_rung]
     kept_t, kept = replay(job, grid, steps - searched, lambda t: kept_w, search_t)
-    rest = Plan.solve(curve, grid.at, search_t, steps - searched, (1 + max_slowdown) * base_t - search_t)
+    rest = Plan.solve(curve, grid.over, search_t, steps - searched, (1 + max_slowdown) * base_t - search_t)
     _, rest_e = replay(
         job, grid, steps - searched, lambda t: job.caps[rest.rung(curve, grid.at(t), t - search_t)], search_t
     )

@@ -31,7 +31,6 @@ must be measured again (`GridFollower.changed`).
 
 from __future__ import annotations
 
-import bisect
 import math
 import statistics
 import time
@@ -39,6 +38,8 @@ from collections import deque
 from collections.abc import Callable
 from statistics import NormalDist
 from typing import Any
+
+import numpy as np
 
 from energy_core.carbon.factor import Factor
 from energy_core.power.finder.estimate import trimmed_mean_and_spread
@@ -286,12 +287,14 @@ class GridFollower:
         ahead = self._ahead(now, now + max(allowance, left * max(curve.seconds)))
         self.plan = Plan.solve(curve, ahead, now, left, allowance)
 
-    def _ahead(self, start: float, end: float) -> Callable[[float], float]:
-        """The intensity (or price) from ``start`` to ``end``, read once per value the factor
-        knows in advance (a series' rows): the plan asks for it at every slice."""
+    def _ahead(self, start: float, end: float) -> Callable[[Any], Any]:
+        """The intensity (or price) from ``start`` to ``end`` at a time or an array of times, read
+        once per value the factor knows in advance (a series' rows): the plan asks for it at
+        every slice."""
         edges = [start, *self.factor.changes(start, end)]
-        values = [self.factor.peek(edge).value for edge in edges]
-        return lambda when: values[max(bisect.bisect_right(edges, when) - 1, 0)]
+        values = np.array([self.factor.peek(edge).value for edge in edges])
+        starts = np.array(edges)
+        return lambda when: values[np.maximum(np.searchsorted(starts, when, side="right") - 1, 0)]
 
     def changed(self) -> bool:
         """Whether most recent stretches ran `CHANGE` off the curve's pace (the workload changed)."""

@@ -99,12 +99,14 @@ class Plan:
     since: float = float("inf")
 
     @staticmethod
-    def solve(curve: Curve, intensity: Callable[[float], float], now: float, steps: float, seconds: float) -> Plan:
+    def solve(
+        curve: Curve, intensity: Callable[[np.ndarray], np.ndarray], now: float, steps: float, seconds: float
+    ) -> Plan:
         """The plan for ``steps`` steps from ``now`` within ``seconds``.
 
         Args:
             curve: The rungs to choose from.
-            intensity: The intensity (or price) in force at a unix time.
+            intensity: The intensity (or price) in force at each of an array of unix times.
             now: Unix time of the next step.
             steps: Steps left.
             seconds: Seconds they may take in all.
@@ -115,21 +117,27 @@ class Plan:
             return Plan(0.0, 0.0, 0.0)
         horizon = max(seconds, steps * fastest)
         width = horizon / SLICES
-        values = np.array([intensity(now + (i + 0.5) * width) for i in range(SLICES)])
+        values = np.asarray(intensity(now + (np.arange(SLICES) + 0.5) * width), dtype=float)
+        emits = values[:, None] * j[None, :]  # per slice and rung: intensity x joules per step
+        per_slice = width / t  # steps a slice takes at each rung
+        rates = emits / t[None, :] * width  # emission of a slice at each rung
+        slices = np.arange(SLICES)
+        levels, level_of = np.unique(values, return_inverse=True)  # a series has few: each is chosen for once
+        level_emits = levels[:, None] * j[None, :]
 
         def choose(mu: float) -> np.ndarray:
             """The rung (its index in the curve) of every slice under ``mu``."""
-            return np.argmin((values[:, None] * j[None, :] - mu) / t[None, :], axis=1)
+            return np.argmin((level_emits - mu) / t[None, :], axis=1)[level_of]
 
         def run(choice: np.ndarray) -> tuple[float, float]:
             """(seconds, emission) of the steps left, each slice at its choice (past the horizon: unfinished)."""
-            progress = np.cumsum(width / t[choice])
-            rate = values * j[choice] / t[choice] * width
+            progress = np.cumsum(per_slice[choice])
+            rate = rates[slices, choice]
             end = int(np.searchsorted(progress, steps))
             if end >= SLICES:
                 return horizon + (steps - progress[-1]) * fastest, float(rate.sum())
             done = progress[end - 1] if end else 0.0
-            emitted = rate[:end].sum() + values[end] * j[choice[end]] * (steps - done)
+            emitted = rate[:end].sum() + emits[end, choice[end]] * (steps - done)
             return end * width + (steps - done) * t[choice[end]], float(emitted)
 
         power, pace = j / t, 1 / t
@@ -150,9 +158,10 @@ class Plan:
                     low = middle
             candidates.append(Plan._mixed(choose(low), choose(feasible), run, seconds, width, low, feasible))
             low = feasible
-        # from the least mu that keeps the deadline up to the one where all run the fastest
+        # from the least mu that keeps the deadline up to the one where all run the fastest, chosen at once
         scan = np.geomspace(low, high, SCAN) if low > 0 else np.linspace(low, high, SCAN)
-        candidates += [Plan(float(mu), *run(choose(mu))) for mu in scan]
+        choices = np.argmin((level_emits[:, :, None] - scan[None, None, :]) / t[None, :, None], axis=1)[level_of]
+        candidates += [Plan(float(mu), *run(choices[:, k])) for k, mu in enumerate(scan)]
         return min(candidates, key=lambda plan: plan.emission)
 
     @staticmethod

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from statistics import NormalDist
 
+import numpy as np
 import pytest
 
 from benchmarks.cap_finder import Grid, Job, follow_case, zeus_jobs
@@ -48,6 +49,11 @@ def dirty_then_clean(switch_s: float, dirty: float = 500.0, clean: float = 100.0
     return lambda t: dirty if t < switch_s else clean
 
 
+def at_each(value_at: Callable[[float], float]) -> Callable[[np.ndarray], np.ndarray]:
+    """``value_at`` read at each of an array of times, as `Plan.solve` asks for it."""
+    return lambda times: np.array([value_at(t) for t in times])
+
+
 def series_file(path: Path, start: float, step_s: float, values: list[float]) -> Path:
     """A ``carbon_intensity_series`` CSV: ``values`` every ``step_s`` seconds from unix time ``start``."""
     rows = [f"{datetime.fromtimestamp(start + i * step_s, timezone.utc).isoformat()},{v}" for i, v in enumerate(values)]
@@ -69,7 +75,7 @@ def test_a_constant_intensity_mixes_the_two_caps_that_use_the_slowdown_exactly(
     side (a static cap leaves time unused, e.g. rung 1 at 1.1 s where 1.3 s are allowed),
     the leaner first, the faster last."""
     allowed = (1 + slowdown) * 1000
-    plan = Plan.solve(CURVE, lambda t: 300.0, 0.0, 1000, allowed)
+    plan = Plan.solve(CURVE, at_each(lambda t: 300.0), 0.0, 1000, allowed)
     assert plan.seconds <= allowed * (1 + 1e-9)
     assert plan.emission == pytest.approx(300.0 * 1000 * joules, rel=1e-3)
     assert plan.rung(CURVE, 300.0, 0.0) == first and plan.rung(CURVE, 300.0, plan.seconds - 1) == last
@@ -83,7 +89,7 @@ def test_when_the_grid_gets_clean_the_plan_runs_lean_while_dirty_and_fast_while_
     replayed step by step."""
     steps, allowed = 1000, 1100.0
     grid = dirty_then_clean(600.0)
-    plan = Plan.solve(CURVE, grid, 0.0, steps, allowed)
+    plan = Plan.solve(CURVE, at_each(grid), 0.0, steps, allowed)
     dirty_rung, clean_rung = plan.rung(CURVE, 500.0, 0.0), plan.rung(CURVE, 100.0, 1000.0)
     assert CURVE.joules[dirty_rung] < CURVE.joules[clean_rung]  # leaner while dirty
     seconds, emitted = replay(CURVE, grid, steps, lambda t: plan.rung(CURVE, grid(t), t))
@@ -105,7 +111,7 @@ def test_when_the_grid_gets_dirty_the_plan_finishes_early() -> None:
     leanest cap that keeps the time."""
     steps, allowed = 1000, 1500.0
     grid = dirty_then_clean(900.0, dirty=100.0, clean=600.0)  # 100 until 900 s, then 600
-    plan = Plan.solve(CURVE, grid, 0.0, steps, allowed)
+    plan = Plan.solve(CURVE, at_each(grid), 0.0, steps, allowed)
     assert plan.rung(CURVE, 100.0) == 0
     # 900 steps at the limit while clean, then the last 100 at the leanest cap: 27 + 12 (x 1e6)
     assert plan.emission == pytest.approx(900 * 300 * 100 + 100 * 200 * 600, rel=0.002)
@@ -114,7 +120,7 @@ def test_when_the_grid_gets_dirty_the_plan_finishes_early() -> None:
 
 
 def test_a_deadline_no_cap_keeps_runs_the_fastest() -> None:
-    plan = Plan.solve(CURVE, lambda t: 300.0, 0.0, 1000, 900.0)
+    plan = Plan.solve(CURVE, at_each(lambda t: 300.0), 0.0, 1000, 900.0)
     assert plan.mu == math.inf and plan.rung(CURVE, 300.0) == 0 and plan.seconds == pytest.approx(1000.0)
 
 
@@ -287,7 +293,7 @@ def follow_resnet50(tmp_path: Path, seed: int) -> tuple[float, float, float]:
     ours_t, ours = replay_table(job, grid, caps)
     ours_t += 71.8 - sum(job.seconds(c) for c in caps[:110])  # the search's steps took what they took
     truth = Curve(tuple(range(len(job.caps))), tuple(map(job.seconds, job.caps)), tuple(map(job.joules, job.caps)))
-    plan = Plan.solve(truth, grid.at, 0.0, steps, (1 + slowdown) * base_t)
+    plan = Plan.solve(truth, grid.over, 0.0, steps, (1 + slowdown) * base_t)
     offline_t, offline = table_replay(job, grid, steps, lambda t: job.caps[plan.rung(truth, grid.at(t), t)])
     assert offline_t <= (1 + slowdown) * base_t * (1 + 1e-6)
     return 1 - ours / base, 1 - offline / base, ours_t / base_t - 1
@@ -511,7 +517,7 @@ def test_finishing_early_at_a_cap_both_faster_and_leaner_beats_a_mix_that_uses_a
     curve = Curve((0, 1, 2), (0.2304, 0.2253, 0.2656), (51.34, 38.38, 39.91))
     grid = dirty_then_clean(400.0, dirty=300.0, clean=250.0)
     steps = 6000
-    plan = Plan.solve(curve, grid, 0.0, steps, 1.05 * steps * 0.2304)
+    plan = Plan.solve(curve, at_each(grid), 0.0, steps, 1.05 * steps * 0.2304)
     _, only_175 = replay(curve, grid, steps, lambda t: 1)
     assert plan.rung(curve, 300.0) == plan.rung(curve, 250.0) == 1
     assert plan.emission == pytest.approx(only_175, rel=0.002)

@@ -26,9 +26,9 @@ def without_bounds(path, out) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
-def test_the_table_and_the_plots_carry_the_bound(tmp_path, sim_gpus) -> None:
+def test_the_table_and_the_plots_carry_the_bound(tmp_path) -> None:
     path = tmp_path / "run.jsonl"
-    run_record(path, 300.0, sim_gpus)
+    run_record(path, 300.0)
     [run], _ = read(path)
     lines = [line for line in map(json.loads, path.read_text().splitlines())]
     drawn = [x for x in lines if x["type"] in ("window", "epoch", "summary") and keys.TOTAL_KWH in x["metrics"]]

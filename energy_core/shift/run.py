@@ -364,8 +364,10 @@ class TimeShiftRun(SharedRun):
             self._say("covers", "info", f"Time shift: the forecast ({self.forecast.source}) ends before the "
                       "deadline; after its last row, its last value is assumed.")  # fmt: skip
         busy = self._busy_w()
-        # before any training is measured only the share matters: the idle power assumed against a busy 1 W
-        busy, idle = (busy, min(busy, self._idle_w())) if busy is not None else (1.0, IDLE_SHARE)
+        if busy is not None:
+            idle = min(busy, self._idle_w())
+        else:  # before any training is measured only the share matters: the idle power against a busy 1 W
+            busy, idle = 1.0, 0.0 if self.idle_w == 0 else IDLE_SHARE  # a given 0 W is a share of 0 whatever busy is
         plan = plan_time_shift(curve, work_s=work * SAFETY, start=datetime.fromtimestamp(now, timezone.utc),
                                deadline=self.deadline, busy_w=busy, idle_w=idle, resume_s=self._resume_s(),
                                mode=self.mode)  # fmt: skip
@@ -384,13 +386,15 @@ class TimeShiftRun(SharedRun):
 
     def _work_left(self, step: int) -> float | None:
         """Seconds of training left: from the pace this process measured, else from the duration
-        given; None when neither is known. Plans add `SAFETY` to it."""
+        given; None when neither is known, or when the run's last step is done. Plans add `SAFETY` to it."""
         first_step, first_s = self._first
         done = step - first_step
         total = self._total_steps
+        if total is not None and step >= total:  # the last step is done: nothing is left to move
+            return None
         if total is not None and done >= PACE_STEPS:
             pace = (self._state.busy_s(self.now()) - first_s) / done
-            return max(pace, (total - step) * pace)
+            return (total - step) * pace
         if self.expected_duration_s is not None:
             share = 1.0 if total is None else max(0.0, 1 - step / total)
             return max(1.0, self.expected_duration_s * share)

@@ -46,10 +46,11 @@ class Job:
         self.loop: EnergyLoop | None = None
         self.step_times: list[float] = []
 
-    def start(self, shift: TimeShiftRun | None, **options) -> EnergyLoop:
+    def start(self, shift: TimeShiftRun | None, total_steps: int = STEPS, **options) -> EnergyLoop:
         options = {"carbon_intensity_series": str(self.series), **options}
         self.loop = loop = EnergyLoop(devices=["gpu"], sample_interval_s=60, record_path=str(self.record),
-                                      time_shift=shift, log_every_n_steps=10, total_steps=STEPS, **options)  # fmt: skip
+                                      time_shift=shift, log_every_n_steps=10, total_steps=total_steps,
+                                      **options)  # fmt: skip
         loop.tracker.meter.clock = self.clock
         if shift is not None:
             shift.sleep = self.idle

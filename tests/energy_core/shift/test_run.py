@@ -61,6 +61,34 @@ def test_pause_mode_trains_in_the_clean_hours_and_saves_what_it_says(sim_gpus, m
     assert "Time shift (pause): paused 1 h 58 min," in loop.summary  # 2 h less 3 steps, in the unit that fits
 
 
+def test_after_the_last_step_nothing_is_left_to_move(sim_gpus, monkeypatch, tmp_path) -> None:
+    """A run of 3 steps measures its pace at its last step. The plan used to count one step more
+    there and pause 2 h after the run's end, for nothing; now nothing is planned."""
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    loop = job.start(TimeShiftRun(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W), total_steps=3)
+    with loop:
+        job.wait_first_reading()
+        job.train(loop, 3)
+    assert [x for x in read_record(job.record) if x["type"] == "shift"] == []
+    assert job.clock.now == pytest.approx(3 * STEP_S)  # not a second paused
+
+
+def test_a_given_idle_power_of_zero_counts_before_any_power_is_measured(sim_gpus, monkeypatch, tmp_path) -> None:
+    """Two steps left at step 3, no reading since the start: the plan weighs the pause on the
+    idle power given (0 W), not a quarter of the busy power. At a quarter, 2 h paused would cost
+    more than the 72 s of training it moves, and the run used to go on in the dirty hours."""
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    loop = job.start(TimeShiftRun(deadline=deadline_in(6), mode="pause", idle_w=0.0), total_steps=5)
+    with loop:
+        job.wait_first_reading()
+        for _ in range(3):  # steps whose energy no reading shows (the clock moves, nothing is sampled)
+            job.clock.advance(STEP_S)
+            loop.step()
+        job.train(loop, 2)
+    (pause,) = [x for x in read_record(job.record) if x["type"] == "shift" and x["event"] == "pause"]
+    assert pause["step"] == 3 and pause["resume_at"] == pytest.approx(BASE.timestamp() + 2 * HOUR)
+
+
 def test_wait_mode_with_an_expected_duration_waits_before_the_first_step(sim_gpus, monkeypatch, tmp_path) -> None:
     job = Job(sim_gpus, monkeypatch, tmp_path)
     shift = TimeShiftRun(deadline=deadline_in(6), mode="wait", idle_w=IDLE_W, expected_duration_s=STEPS * STEP_S)

@@ -125,9 +125,13 @@ class Plan:
         levels, level_of = np.unique(values, return_inverse=True)  # a series has few: each is chosen for once
         level_emits = levels[:, None] * j[None, :]
 
-        def choose(mu: float) -> np.ndarray:
-            """The rung (its index in the curve) of every slice under ``mu``."""
-            return np.argmin((level_emits - mu) / t[None, :], axis=1)[level_of]
+        def choose(mu: float | np.ndarray) -> np.ndarray:
+            """The rung (its index in the curve) of every slice under ``mu``; under an array of values,
+            one column per value."""
+            mus = np.asarray(mu, dtype=float)
+            costs = (level_emits[:, :, None] - mus.reshape(1, 1, -1)) / t[None, :, None]
+            chosen = np.argmin(costs, axis=1)[level_of]
+            return chosen if mus.ndim else chosen[:, 0]
 
         def run(choice: np.ndarray) -> tuple[float, float]:
             """(seconds, emission) of the steps left, each slice at its choice (past the horizon: unfinished)."""
@@ -160,7 +164,7 @@ class Plan:
             low = feasible
         # from the least mu that keeps the deadline up to the one where all run the fastest, chosen at once
         scan = np.geomspace(low, high, SCAN) if low > 0 else np.linspace(low, high, SCAN)
-        choices = np.argmin((level_emits[:, :, None] - scan[None, None, :]) / t[None, :, None], axis=1)[level_of]
+        choices = choose(scan)
         candidates += [Plan(float(mu), *run(choices[:, k])) for k, mu in enumerate(scan)]
         return min(candidates, key=lambda plan: plan.emission)
 

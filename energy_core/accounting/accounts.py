@@ -56,7 +56,7 @@ class Accounts:
     def follow(self, charges: Charges, since: Mark) -> None:
         """Have ``charges`` charge the energy used from ``since`` at every reading (on the sampler
         thread, until the meter closes): no work on the training thread."""
-        charges.restart(self.wall(since.t))
+        charges.restart(self.wall(since.t), max((2 * s.accuracy.lag_s for s in self.meter.sources), default=0.0))
 
         def charge(t: float, live_j: float) -> bool:
             charges.take(live_j, self.wall(t))
@@ -104,7 +104,7 @@ class Accounts:
         err_by_kind = self.meter.by_kind(between(start_bound, end_bound))
         live_j = sum(by_kind.values())
         co2e_kg, cost = self.charges.at(live_j, self.wall(end.t))
-        co2e_err, cost_err = self.carried(co2e_kg, cost, live_j, sum(err_by_kind.values()), end.t)
+        co2e_err, cost_err = self.carried(self.charges, live_j, sum(err_by_kind.values()), self.fit_start.t, end.t)
         samples, tokens = open_work
         seconds = end.t - self.fit_start.t
         live = RunTotals(
@@ -122,14 +122,19 @@ class Accounts:
         )
         return self.resumed + live
 
-    def carried(self, co2e_kg: float, cost: float, joules: float, joules_err: float, t: float) -> tuple[float, float]:
-        """The bounds of the CO2e and cost of ``joules`` (bound ``joules_err``): the energy's bound at
-        their mean factors (at the factors in force at ``t`` when there is no energy yet). The
-        intensity and the price are taken as given: their own uncertainty is not in the bound."""
-        if joules > 0:
-            return co2e_kg * joules_err / joules, cost * joules_err / joules
-        kg_per_kwh, cost_per_kwh = self.charges.factors.per_kwh(self.wall(t), kept=False)
-        return kg_per_kwh * joules_err / J_PER_KWH, cost_per_kwh * joules_err / J_PER_KWH
+    def carried(
+        self, charges: Charges, joules: float, joules_err: float, start: float, end: float
+    ) -> tuple[float, float]:
+        """The bounds of the CO2e and cost ``charges`` charged for ``joules`` (bound ``joules_err``)
+        used from ``start`` to ``end`` (meter clock). Where in the span the energy's error lies is
+        not known (mostly at its ends): it is priced at the highest factors in force from a
+        reading's reach before ``start`` to ``end``. Where a factor changed, the charges' even
+        split of a reading about the change adds its own doubt (`Charges.doubt`). With fixed
+        factors this is the energy's relative bound. The intensity and the price are taken as
+        given: their own uncertainty is not in the bound."""
+        kg_per_kwh, cost_per_kwh = charges.highest(self.wall(start) - charges.reach_s, self.wall(end))
+        doubt_kg, doubt_cost = charges.doubt(joules, self.wall(end))
+        return kg_per_kwh * joules_err / J_PER_KWH + doubt_kg, cost_per_kwh * joules_err / J_PER_KWH + doubt_cost
 
     def spent(self, t: float, live_j: float) -> tuple[float, float, float]:
         """(kWh, kg CO2e, cost) of this process's totals with ``live_j`` joules used since the fit

@@ -9,6 +9,11 @@ power x factor to within what the readings themselves miss, however long the log
 inside it). A figure at a boundary (`Charges.at`) adds the energy since the last reading,
 priced the same way, and changes nothing. With fixed factors this is total kWh x PUE x factor.
 
+Where a factor changes, how a reading's energy splits about the change is not known (it is
+spread evenly; a counter's or an average's reading also trails the truth by up to ``reach_s``):
+each reading that spans a change, or comes within ``reach_s`` after one, may be priced off by
+its energy times the change (`Charges.doubt`, part of the bound of ``carbon/co2e_kg``).
+
 Examples:
     >>> from energy_core.carbon.run_factors import RunFactors
     >>> from energy_core.carbon.factor import Fixed
@@ -41,6 +46,7 @@ class Charges:
         co2e_kg, cost: What the energy up to the last reading charged cost.
         charged_j: The joules since the fit started at the last reading charged.
         charged_at: When that reading was taken (unix time), or the fit started.
+        reach_s: How long before it a reading's energy may have been used (`restart`).
     """
 
     def __init__(self, factors: RunFactors) -> None:
@@ -49,7 +55,39 @@ class Charges:
         self.cost = 0.0
         self.charged_j = 0.0
         self.charged_at = 0.0
+        self.reach_s = 0.0
+        self._doubt = (0.0, 0.0)  # (kg, cost) the charges so far may be off by where factors changed
         self._lock = threading.Lock()
+
+    def _swing(self, start: float, end: float) -> tuple[float, float]:
+        """(kg, cost) per kWh: the sum of the factors' changes between unix times ``start`` and
+        ``end`` (0 without a change: fixed factors, or a series' row not crossed)."""
+        changes = self.factors.changes(start, end)
+        if not changes:
+            return 0.0, 0.0
+        rates = [self.factors.per_kwh((a + b) / 2, False) for a, b in pairwise([start, *changes, end])]
+        return (
+            sum(abs(b[0] - a[0]) for a, b in pairwise(rates)),
+            sum(abs(b[1] - a[1]) for a, b in pairwise(rates)),
+        )
+
+    def highest(self, start: float, end: float) -> tuple[float, float]:
+        """(kg CO2e, cost) of one kWh at the highest factors in force between unix times ``start``
+        and ``end`` (PUE applied): what an energy error somewhere in that span may cost at most."""
+        low, high = min(start, end), max(start, end)
+        points = [low, *self.factors.changes(low, high), high]
+        rates = [self.factors.per_kwh((a + b) / 2, False) for a, b in pairwise(points)] or [
+            self.factors.per_kwh(high, False)
+        ]
+        return max(r[0] for r in rates), max(r[1] for r in rates)
+
+    def doubt(self, live_j: float, when: float) -> tuple[float, float]:
+        """(kg CO2e, cost) the figures of `at` (``live_j`` at unix time ``when``) may be off by
+        because a reading's energy was split evenly about a change of a factor."""
+        with self._lock:
+            kg, cost = self._swing(self.charged_at - self.reach_s, when)
+            pending = abs(live_j - self.charged_j) / J_PER_KWH
+            return self._doubt[0] + pending * kg, self._doubt[1] + pending * cost
 
     def _priced(self, start: float, end: float, joules: float, kept: bool) -> tuple[float, float]:
         """(CO2e kg, cost) of ``joules`` used evenly from unix time ``start`` to ``end`` (either
@@ -74,8 +112,13 @@ class Charges:
         with self._lock:
             if when < self.charged_at:  # a reading taken before the fit began
                 return
-            co2, cost = self._priced(self.charged_at, when, live_j - self.charged_j, kept=True)
+            added = live_j - self.charged_j
+            co2, cost = self._priced(self.charged_at, when, added, kept=True)
             self.co2e_kg, self.cost = max(self.co2e_kg + co2, 0.0), max(self.cost + cost, 0.0)
+            kg, price = self._swing(self.charged_at - self.reach_s, when)
+            if kg or price:
+                kwh = abs(added) / J_PER_KWH
+                self._doubt = (self._doubt[0] + kwh * kg, self._doubt[1] + kwh * price)
             self.charged_j, self.charged_at = live_j, when
 
     def at(self, live_j: float, when: float) -> tuple[float, float]:
@@ -86,9 +129,11 @@ class Charges:
             co2, cost = self._priced(self.charged_at, when, live_j - self.charged_j, kept=False)
             return max(self.co2e_kg + co2, 0.0), max(self.cost + cost, 0.0)
 
-    def restart(self, when: float) -> None:
+    def restart(self, when: float, reach_s: float = 0.0) -> None:
         """A new fit starting at unix time ``when``: its energy counts from zero (earlier fits are
-        in the resumed totals)."""
+        in the resumed totals). ``reach_s``: how long before it a reading's energy may have been
+        used (a counter's update period, an average's span)."""
         with self._lock:
             self.co2e_kg = self.cost = self.charged_j = 0.0
-            self.charged_at = when
+            self.charged_at, self.reach_s = when, reach_s
+            self._doubt = (0.0, 0.0)

@@ -9,7 +9,10 @@ together, one of them is wrong (a counter that skips, a sensor out of calibratio
 reporting another's power), and the run says so rather than silently trusting the counter.
 
 The check runs on the sampler thread, reading the power at most every `EVERY_S`: no work on
-the training thread, one extra driver call a second.
+the training thread, one extra driver call a second. Power read less often than every
+`GAP_S` (a ``sample_interval_s`` above about 1 s) cannot be integrated: what the board drew
+between two readings is not in them, and a burst there would look like a counter that is
+wrong. Such a gap starts the span again; at such intervals the check does not run.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from energy_core.devices.source import Accuracy, EnergySource
 
 SPAN_S = 60.0  # the counter and the integrated power are compared over spans this long
 EVERY_S = 1.0  # the power is read at most this often
+GAP_S = 1.25  # power readings further apart than this cannot be integrated: the span starts again
 POWER_SENSOR_SHARE = 0.05  # NVML: the power reading is accurate to within +-5% of the power drawn
 
 
@@ -92,6 +96,9 @@ class CrossCheck:
             self._begin(now, counter_j, watts)
             return
         seconds = now - self._last[0]
+        if seconds > GAP_S:  # the power between is not known: this span cannot be checked
+            self._begin(now, counter_j, watts)
+            return
         self._power_j += 0.5 * (watts + self._last[1]) * seconds
         self._error_j += 0.5 * abs(watts - self._last[1]) * seconds  # the trapezoid, the power monotone between
         self._high, self._low = max(self._high, watts), min(self._low, watts)

@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 
 from energy_core.codecarbon_data import load_csv
-from energy_core.devices.source import ESTIMATED, EnergySource, Reading, SourceInfo
+from energy_core.devices.source import ESTIMATED, ESTIMATED_DRAM, EnergySource, Reading, SourceInfo
 from energy_core.notices import Notice
 
 DEFAULT_W_PER_THREAD = 4.0  # CodeCarbon 3.3 for a CPU model it does not know
@@ -184,7 +184,7 @@ class EstimatedDramSource(EnergySource):
         detail = f"{DRAM_W_PER_GB:g} W per GB of the process tree's resident memory (3 W per 8 GB)"
         self.info = SourceInfo(name="dram0", kind="dram", method="rss-x-w-per-gb", estimated=True, detail=detail)
 
-    accuracy = ESTIMATED
+    accuracy = ESTIMATED_DRAM
 
     def read(self, now: float) -> Reading:
         return Reading(watts=DRAM_W_PER_GB * self.tree.rss_bytes() / 1e9)

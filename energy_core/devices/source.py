@@ -84,7 +84,8 @@ class Accuracy:
 COUNTER_UPDATE_S = 0.1  # an NVML or amdsmi energy counter advances every 20-100 ms: its reading trails by at most this
 AVERAGED = Accuracy(lag_s=0.5, averaged=True)  # a 1 s power average (NVML on Ampere and newer, amdsmi's average power)
 INSTANTANEOUS = Accuracy(sampled=True)  # polled instantaneous power (NVML before Ampere)
-ESTIMATED = Accuracy(relative=1.0)  # the CPU and DRAM estimates: within a factor of about 2 (docs/cpu_estimate.md)
+ESTIMATED = Accuracy(relative=1.0)  # the CPU estimate: within a factor of about 2 (docs/cpu_estimate.md)
+ESTIMATED_DRAM = Accuracy(relative=4.0)  # the DRAM estimate: off by a factor of several, taken as up to 5 (the same)
 
 
 class EnergySource(ABC):

@@ -28,7 +28,7 @@ ESTIMATES = {
     ),
     "dram": (
         "a model (watts per GB of the process tree's resident memory), not a reading: a rough guide, easily off "
-        "by a factor of several"
+        "by a factor of several (its bound allows up to 5 times the estimate)"
     ),
 }
 GUIDE = "docs/cpu_estimate.md"

@@ -31,6 +31,7 @@ from energy_core.output import keys
 from energy_core.output import units_text as show
 from energy_core.output.record import BUDGET
 from energy_core.tracker import EnergyTracker
+from energy_core.units import J_PER_KWH
 
 MIN_FORECAST_STEPS = 10
 FORECAST_FRACTION = 0.1  # of the run's steps, before a forecast in a run of one long epoch
@@ -196,9 +197,15 @@ class BudgetGuard:
         return metrics, BudgetAction("warn", reason)
 
     def _record(self, event: str, step: int, totals: RunTotals) -> None:
-        measured = {keys.TOTAL_KWH: totals.total_kwh, keys.CO2E_KG: totals.co2e_kg}
+        measured = {
+            keys.TOTAL_KWH: totals.total_kwh,
+            keys.err(keys.TOTAL_KWH): totals.total_err / J_PER_KWH,
+            keys.CO2E_KG: totals.co2e_kg,
+            keys.err(keys.CO2E_KG): totals.co2e_err,
+        }
         if self.tracker.factors.price is not None:
             measured[keys.COST] = totals.cost
+            measured[keys.err(keys.COST)] = totals.cost_err
         self.tracker.write_record(
             BUDGET, event=event, step=step, limit_kwh=self.limit_kwh, forecast_kwh=self.forecast_kwh, metrics=measured
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from energy_core import J_PER_KWH
+from energy_core.devices.source import COUNTER_UPDATE_S
 from lightning_energy import EnergyBudget, EnergyMonitor
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
@@ -68,7 +69,14 @@ def test_stop_lands_within_one_step_of_crossing(tmp_path, sim_gpus, with_monitor
     assert summary["type"] == "summary"
     overshoot_j = (summary["metrics"]["energy/total_kwh"] - limit_kwh) * J_PER_KWH
     assert -1.0 <= overshoot_j <= GPU_W * 0.15  # at most a step, a sample and the loop's end (1 J: interpolation)
-    assert any(line["type"] == "budget" and line["event"] == "stop" for line in read_record(record))
+    [stop] = [line for line in read_record(record) if line["type"] == "budget" and line["event"] == "stop"]
+    measured = stop["metrics"]  # each figure with its bound: the true energy at the stop lies within it
+    assert limit_kwh <= measured["energy/total_kwh"] + measured["energy/total_kwh_err"]
+    # the model's counter period (0.1 s) at up to twice the power at the end, and the slice since the last reading
+    assert 0 < measured["energy/total_kwh_err"] <= 2 * GPU_W * (COUNTER_UPDATE_S + 0.02) / J_PER_KWH
+    assert measured["carbon/co2e_kg_err"] == pytest.approx(
+        measured["carbon/co2e_kg"] * measured["energy/total_kwh_err"] / measured["energy/total_kwh"], rel=1e-6
+    )  # a fixed intensity: the energy's relative bound
     remaining = csv_series(tmp_path / "csv", "budget/remaining_kwh")
     assert 0 < remaining[0][1] < limit_kwh and remaining[-1][1] < remaining[0][1]  # logged from the first step on
 

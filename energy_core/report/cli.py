@@ -49,7 +49,7 @@ from energy_core.output import units_text as show
 from energy_core.output.summary import ESTIMATES, GUIDE, STAGE_NAMES, estimate_mark
 from energy_core.report import targets
 from energy_core.report.folder import FolderError, ReportFolder
-from energy_core.report.runs import Run, figure, utc
+from energy_core.report.runs import Run, bound_of, figure, utc
 from energy_core.report.runs import read as read_record
 
 SUMMARY_HEAD = [
@@ -119,7 +119,7 @@ def run_row(label: str, run: Run) -> list[str]:
         cap or "-",
         targets.energy_to_target(run),
         str(carbon.get("source", "?")),
-        bound(kwh, figure(metrics, keys.err(keys.TOTAL_KWH))),
+        bound(kwh, bound_of(metrics, keys.TOTAL_KWH)),
     ]
 
 

@@ -27,6 +27,7 @@ from energy_core.carbon.run_factors import CARBON
 from energy_core.devices import DEVICE_KINDS
 from energy_core.output import keys
 from energy_core.output.record import EPOCH, FACTOR, POWER_CAP, SHIFT, SUMMARY, TARGET, WINDOW, record_lines
+from energy_core.units import J_PER_KWH, MAX_JOULES
 
 BOUNDARIES = (WINDOW, EPOCH, SUMMARY)
 NAN = math.nan
@@ -36,6 +37,15 @@ def figure(values: Any, key: str) -> float | None:
     """A number from a line's object (None when absent or null)."""
     value = values.get(key) if isinstance(values, dict) else None
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def bound_of(values: Any, key: str) -> float | None:
+    """The bound of the energy figure ``key`` (its ``_err``, in kWh or, for a ``_j`` key, J) from a
+    line's object: None when absent, or when it cannot be one (negative, more than `MAX_JOULES`, not
+    finite: a damaged record)."""
+    value = figure(values, keys.err(key))
+    most = MAX_JOULES if key.endswith("_j") else MAX_JOULES / J_PER_KWH
+    return value if value is not None and 0 <= value <= most else None
 
 
 @dataclass
@@ -70,7 +80,7 @@ class Points:
         self.seconds.append(_or_nan(seconds))
         self.window_s.append(_or_nan(figure(line, "seconds")) if line["type"] == WINDOW else NAN)
         self.kwh.append(_or_nan(figure(metrics, keys.TOTAL_KWH)))
-        self.kwh_err.append(_or_nan(figure(metrics, keys.err(keys.TOTAL_KWH))))
+        self.kwh_err.append(_or_nan(bound_of(metrics, keys.TOTAL_KWH)))
         self.watts.append(_or_nan(figure(metrics, keys.TOTAL_W)))
         self.watts_err.append(_or_nan(_power_err(line, metrics)))
         self.intensity.append(_or_nan(figure(metrics, keys.INTENSITY)))
@@ -92,7 +102,7 @@ def utc(t: float) -> str:
 
 def _power_err(line: dict[str, Any], metrics: dict[str, Any]) -> float | None:
     """The bound of a window's mean power: its energy's bound (per step, times the steps) over its seconds."""
-    per_step, steps, seconds = figure(metrics, keys.err(keys.STEP_J)), figure(line, "steps"), figure(line, "seconds")
+    per_step, steps, seconds = bound_of(metrics, keys.STEP_J), figure(line, "steps"), figure(line, "seconds")
     if per_step is None or steps is None or not seconds:
         return None
     return per_step * steps / seconds

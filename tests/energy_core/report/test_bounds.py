@@ -51,3 +51,22 @@ def test_the_table_and_the_plots_carry_the_bound(tmp_path) -> None:
     for name in ("energy_vs_step.png", "power_vs_time.png"):
         assert banded[name] != unbanded[name], name
     assert banded["loss_vs_kwh.png"] == unbanded["loss_vs_kwh.png"]  # no bound there
+
+
+@pytest.mark.parametrize("damage", [-1e-6, 1e308], ids=["negative", "huge"])
+def test_a_bound_that_cannot_be_one_is_shown_as_none(tmp_path, damage) -> None:
+    # A record another user could have edited: a negative bound showed as "± -8.45 %", 1e308 kWh as "± - %".
+    path, damaged = tmp_path / "run.jsonl", tmp_path / "damaged.jsonl"
+    run_record(path, 300.0)
+    lines = []
+    for raw in path.read_text().splitlines():
+        line = json.loads(raw)
+        if isinstance(line.get("metrics"), dict):
+            line["metrics"] = {k: (damage if k.endswith("_err") else v) for k, v in line["metrics"].items()}
+        lines.append(json.dumps(line))
+    damaged.write_text("\n".join(lines) + "\n")
+    [run], _ = read(damaged)
+    assert dict(zip(SUMMARY_HEAD, run_row("run", run)))["energy bound"] == "-"
+    shown = plots.series(run)
+    assert shown["joules_err"] and all(e != e for e in shown["joules_err"])  # NaN: no band
+    assert all(e != e for e in shown["watts_err"])

@@ -43,6 +43,7 @@ FOLLOW = ("carbon", "cost")
 DECIDE_EVERY = 25  # steps between the follower's decisions (one small collective in a multi-process job)
 SEARCH_AGAIN = -1  # the follower's code for "the workload changed: search again"
 NOTHING: tuple[dict[str, float], list[Notice]] = ({}, [])
+PREVIOUS_RUN = "of the previous run"  # where a search kept for a second run comes from
 
 
 class CapArgs(TypedDict, total=False):
@@ -177,6 +178,7 @@ class PowerCapRun:
         self._carried = (0.0, 0)  # (seconds, steps) booked by a follower before a search again
         self._changes = 0
         self._saved: dict[str, Any] | None = None
+        self._kept_from = "saved in the checkpoint"  # where the saved search comes from, for its notice
         self._finished = False
 
     @property
@@ -233,12 +235,17 @@ class PowerCapRun:
                 start: a checkpoint's choice (`load_state_dict`) is put in force here;
                 else at the first `step`. It is not searched again.
 
+        A cap used for a run before (a second ``fit``/``train``, or a retry after one that
+        raised without reaching `finish`) first puts that run's limits back, and keeps its
+        finished search as a checkpoint's would be kept (its choice is put in force again).
+
         Raises:
             ValueError, PermissionError, PowerCapError: as `start`, on every rank.
         """
+        notices = self._again()
         self.ranks, self._tracker, self._total_steps, self._meter = ranks, tracker, total_steps, meter
         self._finished = False
-        notices = self.start_on(ranks)
+        notices += self.start_on(ranks)
         self._publish()
         if self.cap_w is not None:
             self._record("applied")
@@ -249,6 +256,23 @@ class PowerCapRun:
             text = f"follow={self.follow!r}: another rank has no {self._what()} to follow: no rank follows it."
             notices.append(Notice("warn", text))
         return notices if step is None else notices + self._restore_finder(step)
+
+    def _again(self) -> list[Notice]:
+        """Before a run: what an earlier run with this cap left is finished (its limits put
+        back, if it ended without `finish`), its finished search becomes saved state (as
+        from a checkpoint, unless one is loaded), and nothing else carries over."""
+        notices = self.finish()
+        finder = self.finder
+        saved = self._saved or {}
+        if finder is not None and finder.done and finder.chosen is not None and not saved.get("finder"):
+            self._saved = {**saved, "finder": finder.state_dict()}
+            self._kept_from = PREVIOUS_RUN
+        self.limits, self.finder, self.follower = None, None, None
+        self._own_meter = self._own_factor = self._factor = None
+        self._following = False
+        self._last_step = -(2**62)
+        self._search_start, self._carried, self._changes = (0, 0.0), (0.0, 0), 0
+        return notices
 
     def _grid_factor(self, tracker: EnergyTracker | None) -> list[Notice]:
         """The intensity (or price) to follow: the cap's own, else the monitor's."""
@@ -392,10 +416,15 @@ class PowerCapRun:
         if not self.finder.done:
             return self._changed(changed), notices
         self._record("chosen")
-        notices.append(Notice("info", self.finder.summary()))
-        if self._following and self.ranks.leads_job:
+        notices.append(Notice("warn" if self.finder.refused else "info", self.finder.summary()))
+        notices += self._limit_notices()
+        if self._following and self.ranks.leads_job and not self.finder.refused:
             self._follower_from(step)
         return self._changed(changed), notices
+
+    def _limit_notices(self) -> list[Notice]:
+        """The limits' messages so far (a change left undone, and why), as warnings."""
+        return [] if self.limits is None else [Notice("warn", m) for m in self.limits.take_messages()]
 
     def _restore_finder(self, step: int) -> list[Notice]:
         """At train start, the choice of a checkpoint's search in force (recorded, shown, followed
@@ -408,9 +437,9 @@ class PowerCapRun:
             return []
         self._publish()
         self._record("chosen")
-        if self._following and self.ranks.leads_job:
+        if self._following and self.ranks.leads_job and not self.finder.refused:
             self._follower_from(step)
-        return notices
+        return notices + self._limit_notices()
 
     def _new_finder(self, step: int, restoring: bool = False) -> list[Notice]:
         assert self.limits is not None
@@ -426,9 +455,16 @@ class PowerCapRun:
         self._unix = time.time() - finder.clock()  # the meter's clock, as unix time (for the factor)
         if self._saved is not None and finder.restore(self._saved.get("finder")):
             del self._saved["finder"]  # the follower's part waits for the follower
+            if finder.refused:
+                text = f"Power-cap search: the choice {self._kept_from} could not be put in force ({finder.refused})."
+                return [Notice("warn", text)]
             kept = finder.cap_w(finder.chosen or 0)
-            text = f"Power-cap search: the choice saved in the checkpoint is kept ({kept:g} W); not searched again."
-            return [Notice("info", text)]
+            where = (
+                "Power-cap search: the choice of the previous run is kept"
+                if self._kept_from == PREVIOUS_RUN
+                else "Power-cap search: the choice saved in the checkpoint is kept"
+            )
+            return [Notice("info", f"{where} ({kept:g} W); not searched again.")]
         if restoring:
             return []
         if finder.done:
@@ -469,7 +505,7 @@ class PowerCapRun:
         """Every rank, every `DECIDE_EVERY` steps: the job leader's decision, put in force by
         every node's leader once every node has finished its search."""
         code = 0
-        if self.ranks.leads_job and self.follower is not None and self.finder is not None:
+        if self.ranks.leads_job and self.follower is not None and self.finder is not None and not self.finder.refused:
             if self.follower.changed():
                 code = SEARCH_AGAIN
             else:
@@ -481,12 +517,16 @@ class PowerCapRun:
         if agreed["code"] == SEARCH_AGAIN:
             return self._search_again(step)
         rung = int(agreed["code"]) - 1
-        if rung < 0 or self.finder is None or not self.ranks.leads_node or self.finder.in_force() == rung:
+        finder = self.finder
+        if rung < 0 or finder is None or not self.ranks.leads_node or finder.refused or finder.in_force() == rung:
             return NOTHING
         try:
-            changed = self.finder.put(rung)
+            changed = finder.put(rung)
         except (DeviceError, PermissionError) as err:
             return {}, [Notice("warn", f"Following the grid: setting a limit failed ({err}); the cap stays as it is.")]
+        if finder.refused:  # not in force: this node follows no more
+            text = f"Following the grid stops: {finder.refused}; the caps stay as they are."
+            return self._changed(changed), [Notice("warn", text), *self._limit_notices()]
         self._changes += 1
         self._record("follow", step=step, rung=rung, intensity=self.follower.intensity if self.follower else None)
         return self._changed(changed), []
@@ -507,7 +547,7 @@ class PowerCapRun:
         return {}, [Notice("info", text)]
 
     def _changed(self, metrics: dict[str, float] | None) -> dict[str, float]:
-        if metrics:
+        if metrics is not None:  # a change, or ({}) no cap of this run in force any more
             self._publish()
         return metrics or {}
 
@@ -551,6 +591,7 @@ class PowerCapRun:
             self.limits.guard.uninstall()
         if self._own_meter is not None:
             self._own_meter.close()
+            self._own_meter = None
         if self._own_factor is not None:
             self._own_factor.stop()
         return notices
@@ -595,6 +636,7 @@ class PowerCapRun:
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Keep a checkpoint's state for the first `step` (checked against the boards then)."""
         self._saved = dict(state) if state else None
+        self._kept_from = "saved in the checkpoint"
 
 
 def check_follow_arguments(

@@ -1,7 +1,9 @@
 """JournalEntry: one board's line in the power-limit journal, checked field by field before use.
 
 The journal is JSON keyed by board UUID; each entry says the limit in force before the
-first cap (``previous_mw``), the limit set (``set_mw``), and the process that set it:
+first cap (``previous_mw``), the limit set (``set_mw``), while a change is in progress
+the limit the board carried before it (``from_mw``: a kill between the journal and the
+driver leaves that one on the board), and the process that set it:
 ``pid``, ``host``, ``uid``, and ``start`` (the process's start time in clock ticks since
 boot, so that a reused pid is not taken for the process that wrote the entry), plus a
 ``token`` naming the `PowerLimits` object within that process and a ``version``.
@@ -76,6 +78,8 @@ class JournalEntry:
         start: That process's start time (`process_start`), None where unknown.
         token: Which `PowerLimits` object of that process owns the board.
         time: When it was written (seconds since the epoch).
+        from_mw: While a change is in progress, the limit the board carried before it
+            (None once the change is done, and in entries written before the field existed).
 
     Examples:
         >>> entry = JournalEntry.parse("GPU-1", {"previous_mw": 350000, "set_mw": 250000, "pid": 7,
@@ -92,6 +96,7 @@ class JournalEntry:
     start: int | None = None
     token: str = ""
     time: float = 0.0
+    from_mw: int | None = None
 
     @classmethod
     def parse(cls, uuid: Any, raw: Any, uid: int) -> JournalEntry:
@@ -115,6 +120,7 @@ class JournalEntry:
         stamp = raw.get("time", 0.0)
         if not isinstance(stamp, (int, float)) or isinstance(stamp, bool):
             raise ValueError("time is not a number")
+        from_mw = None if raw.get("from_mw") is None else _int(raw, "from_mw", 1, MAX_MW)
         return cls(
             previous_mw=_int(raw, "previous_mw", 1, MAX_MW),
             set_mw=_int(raw, "set_mw", 1, MAX_MW),
@@ -124,13 +130,21 @@ class JournalEntry:
             start=start,
             token=_text(raw, "token", 64, required=False),
             time=float(stamp),
+            from_mw=from_mw,
         )
 
     @classmethod
-    def mine(cls, previous_mw: int, set_mw: int, token: str) -> JournalEntry:
-        """The entry this process writes for a board it caps."""
+    def mine(cls, previous_mw: int, set_mw: int, token: str, from_mw: int | None = None) -> JournalEntry:
+        """The entry this process writes for a board it caps (``from_mw``: while the board
+        still carries that limit, before the change to ``set_mw``)."""
         pid = os.getpid()
-        return cls(previous_mw, set_mw, pid, this_host(), os.geteuid(), process_start(pid), token, time.time())
+        start = process_start(pid)
+        return cls(previous_mw, set_mw, pid, this_host(), os.geteuid(), start, token, time.time(), from_mw)
+
+    def carried(self) -> tuple[int, ...]:
+        """The limits that a board carrying this entry's cap can have: ``set_mw``, and while a
+        change was in progress ``from_mw`` too (the change may not have reached the driver)."""
+        return (self.set_mw,) if self.from_mw is None else (self.set_mw, self.from_mw)
 
     def to_json(self) -> dict[str, Any]:
         """The entry as written to the journal."""
@@ -144,6 +158,7 @@ class JournalEntry:
             "start": self.start,
             "token": self.token,
             "time": self.time,
+            **({} if self.from_mw is None else {"from_mw": self.from_mw}),
         }
 
     def here(self) -> bool:

@@ -15,7 +15,15 @@ One owner per board, whichever user runs it: a board held by another live proces
 host (its `board_lock`, or, for this user's runs, its journal entry) is not capped again
 (`PowerLimits.busy`), so the limit restored is always the one in force before the first
 cap (not the maximum, not the default, not another run's cap). A board that no longer
-carries the limit this object set (an administrator changed it since) is left as it is.
+carries the limit this object set (an administrator changed it since) is left as it is,
+at the end and at the next change alike (`PowerLimits.set` lets it go).
+
+A change in the driver when a restore comes (a signal handler interrupting it, or another
+thread, waited for at most `DRIVER_WAIT_S`) is this run's too: its target is recorded
+before the call (``pending_mw``), the restore accepts it on the board, and the board and
+its journal entry are let go only once the board carries its limit before the cap again.
+While a change is in progress the journal also names the limit the board carried before it
+(``from_mw``), so that a kill between the journal and the driver is recovered as well.
 Boards are `GpuBoard`s: nothing here knows the vendor.
 """
 
@@ -27,7 +35,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from energy_core.devices import DeviceError, GpuBoard
+from energy_core.devices import DeviceError, GpuBoard, deadline
 from energy_core.power import board_lock
 from energy_core.power.board_lock import BoardLock, Holder, UnusableLock
 from energy_core.power.errors import BoardBusyError, JournalError
@@ -167,11 +175,15 @@ class PowerLimits:
             try:
                 for capped, target in claimed:
                     self._change(capped, target)
+                    if capped not in self.capped:  # a restore (a signal) came meanwhile: cap nothing more
+                        self._release([c for c, _ in claimed if c not in done and c is not capped])
+                        break
                     done.append(capped)
             except (PermissionError, DeviceError):
                 self._release([c for c, _ in claimed if c not in done])
                 self._messages += self.restore()
                 raise
+            self._settle_entries(done)
         return self.capped
 
     def _claim(self, planned: Sequence[PlannedCap], strict: bool) -> list[tuple[CappedGpu, int]]:
@@ -206,12 +218,14 @@ class PowerLimits:
                         if (
                             entry is not None
                             and entry.here()
-                            and entry.set_mw == current
+                            and current in entry.carried()
                             and low <= entry.previous_mw <= high
                         ):
                             previous = entry.previous_mw  # a run that is gone left its cap: restore what was before
                         capped = CappedGpu(cap.board, previous, cap.limits, current)
-                    entries[cap.board.uuid] = JournalEntry.mine(capped.previous_mw, cap.target_mw, self.token)
+                    entries[cap.board.uuid] = JournalEntry.mine(
+                        capped.previous_mw, cap.target_mw, self.token, from_mw=capped.applied_mw
+                    )
                     claimed.append((capped, cap.target_mw))
         except BaseException:
             self._let_go(set(self._held) - before)  # nothing was changed: hold nothing new
@@ -219,34 +233,95 @@ class PowerLimits:
         return claimed
 
     def _change(self, capped: CappedGpu, target_mw: int) -> int:
-        """Set one journalled board's limit; listed in `capped` first, so that a signal
-        arriving meanwhile restores it too."""
+        """Set one journalled board's limit; listed in `capped` first, and its target recorded
+        (``pending_mw``), so that a signal arriving meanwhile restores it too (`restore`).
+        Returns the limit read back, or, after a restore that came meanwhile, the limit the
+        restore left (the board is then let go)."""
         new = capped not in self.capped
         if new:
             self.capped.append(capped)
+        capped.pending_mw, capped.restore_to = target_mw, None
         try:
             capped.board.set_limit_mw(target_mw)
-        except (PermissionError, DeviceError):
-            if new:
-                self.capped.remove(capped)
+        except BaseException as err:
+            if capped.restore_to is not None:
+                self._after_restore(capped)
+            else:
+                capped.pending_mw = None
+                if isinstance(err, (PermissionError, DeviceError)):
+                    if new:
+                        self.capped.remove(capped)
+                else:  # interrupted (KeyboardInterrupt): the change may have landed
+                    self._read_back(capped, target_mw)
             raise
-        try:
-            capped.applied_mw = capped.board.limit_mw()
-        except DeviceError:
-            capped.applied_mw = target_mw
+        if capped.restore_to is not None:
+            return self._after_restore(capped)
+        capped.pending_mw = None
+        self._read_back(capped, target_mw)
         return capped.applied_mw
 
-    def set(self, capped: CappedGpu, target_mw: int) -> int:
-        """Set one board's limit (journalled first); returns the limit read back, in mW.
+    @staticmethod
+    def _read_back(capped: CappedGpu, target_mw: int) -> None:
+        try:
+            capped.applied_mw = capped.board.limit_mw()
+        except (DeviceError, PermissionError):
+            capped.applied_mw = target_mw
 
-        When the journal cannot record the change the limit is left as it is (a message
-        for `restore` says so), since an unjournalled limit could not be recovered.
+    def _after_restore(self, capped: CappedGpu) -> int:
+        """A restore came while this board's change was in the driver: once the change has
+        returned, the limit the restore chose goes back on if the change landed after it;
+        then the board and its entry are let go. Returns the limit left on the board."""
+        target, pending = capped.restore_to, capped.pending_mw
+        assert target is not None and pending is not None
+        capped.pending_mw = capped.restore_to = None
+        try:
+            current = capped.board.limit_mw()
+        except (DeviceError, PermissionError):
+            current = pending  # cannot tell: put the restore's limit back all the same
+        if current == pending and current != target:
+            try:
+                capped.board.set_limit_mw(target)
+            except (DeviceError, PermissionError) as err:
+                capped.applied_mw = current  # still this run's cap: the next restore tries again
+                self._messages.append(f"GPU {capped.board.index}: restoring the power limit failed ({err}).")
+                return current
+        if capped in self.capped:
+            self._release([capped])
+        return target
+
+    def _left_alone(self, capped: CappedGpu, current: int) -> str:
+        return (
+            f"GPU {capped.board.index}: the power limit is {current / 1000:g} W, not the "
+            f"{capped.applied_mw / 1000:g} W this run set: someone changed it since; left as it is."
+        )
+
+    def set(self, capped: CappedGpu, target_mw: int) -> int:
+        """Set one board's limit (journalled first); returns the limit the board carries
+        afterwards, in mW: anything but ``target_mw`` means the change was not made (or was
+        undone), and the caller stops driving the board.
+
+        Not changed: a board this object no longer holds (restored, or let go; its limit
+        before the cap is returned). Not changed, with a message for `restore`
+        (`take_messages`): a board whose limit is no longer the one set here (an
+        administrator changed it since: it is left as it is and let go, its entry dropped);
+        a board another run now owns; a change the journal cannot record (an unjournalled
+        limit could not be recovered).
 
         Raises:
             PermissionError, DeviceError: the driver refused (the journal is put back).
         """
         uuid = capped.board.uuid
         with self._lock:
+            if capped not in self.capped:
+                return capped.previous_mw  # restored (or let go): no longer this run's to change
+            try:
+                current = capped.board.limit_mw()
+            except (DeviceError, PermissionError):
+                current = capped.applied_mw  # cannot tell: the driver answers the change itself
+            if current != capped.applied_mw:
+                self._messages.append(self._left_alone(capped, current))
+                self._release([capped])
+                return current
             try:
                 with self.journal.entries() as entries:
                     self._collect()
@@ -256,7 +331,7 @@ class PowerLimits:
                             f"GPU {capped.board.index}: another run now owns its power limit; left as it is."
                         )
                         return capped.applied_mw
-                    entries[uuid] = JournalEntry.mine(capped.previous_mw, target_mw, self.token)
+                    entries[uuid] = JournalEntry.mine(capped.previous_mw, target_mw, self.token, from_mw=current)
             except JournalError as err:
                 self._messages.append(
                     f"GPU {capped.board.index}: the power limit stays at {capped.applied_mw / 1000:g} W: "
@@ -264,10 +339,28 @@ class PowerLimits:
                 )
                 return capped.applied_mw
             try:
-                return self._change(capped, target_mw)
+                applied = self._change(capped, target_mw)
             except (PermissionError, DeviceError):
                 self._undo_entry(capped)
                 raise
+            self._settle_entries([capped])
+            return applied
+
+    def _settle_entries(self, boards: Sequence[CappedGpu]) -> None:
+        """After changes: each held board's entry names the limit read back, without the limit before."""
+        held = [c for c in boards if c in self.capped]
+        if not held:
+            return
+        try:
+            with self.journal.entries() as entries:
+                for capped in held:
+                    entry = entries.get(capped.board.uuid)
+                    if entry is not None and self.owns(entry):
+                        entries[capped.board.uuid] = JournalEntry.mine(
+                            capped.previous_mw, capped.applied_mw, self.token
+                        )
+        except JournalError:
+            pass  # the entry keeps from_mw: recovery also accepts the limit before the change
 
     def _undo_entry(self, capped: CappedGpu) -> None:
         """After a refused change: the entry says what the board carries, or goes."""
@@ -310,29 +403,47 @@ class PowerLimits:
         """Put back every limit this object changed, then let the boards go. A board that no
         longer carries the limit set here (an administrator changed it since) is left as it
         is. Idempotent, safe from any thread and from a signal handler; never raises for a
-        device or journal error."""
-        with self._lock:
-            messages = self.take_messages()
-            restored = []
-            for capped in list(self.capped):
-                index = capped.board.index
+        device or journal error.
+
+        A change in the driver meanwhile is waited for (another thread's: at most
+        `DRIVER_WAIT_S`); its target counts as this run's limit. One that this thread's
+        signal handler interrupted, or that has not returned in time, may land after the
+        restore: its board and entry are kept until it has returned (`_change` then puts
+        the limit back again).
+        """
+        held = self._lock.acquire(timeout=deadline.DRIVER_WAIT_S)
+        try:
+            return self._restore()
+        finally:
+            if held:
+                self._lock.release()
+
+    def _restore(self) -> list[str]:
+        messages = self.take_messages()
+        restored = []
+        for capped in list(self.capped):
+            index = capped.board.index
+            pending = capped.pending_mw
+            try:
+                current = capped.board.limit_mw()
+            except (DeviceError, PermissionError):
+                current = capped.applied_mw  # cannot tell: put the limit back all the same
+            to = capped.previous_mw
+            if current not in (capped.applied_mw, pending):
+                messages.append(self._left_alone(capped, current))
+                to = current  # an administrator's: a change landing later gives way to it
+            else:
                 try:
-                    current = capped.board.limit_mw()
-                except (DeviceError, PermissionError):
-                    current = capped.applied_mw  # cannot tell: put the limit back all the same
-                if current != capped.applied_mw:
-                    messages.append(
-                        f"GPU {index}: the power limit is {current / 1000:g} W, not the {capped.applied_mw / 1000:g} W "
-                        "this run set: someone changed it since; left as it is."
-                    )
-                else:
-                    try:
-                        capped.board.set_limit_mw(capped.previous_mw)
-                    except (DeviceError, PermissionError) as err:
-                        messages.append(f"GPU {index}: restoring the power limit failed ({err}).")
-                        continue
-                    messages.append(f"GPU {index}: power limit restored to {capped.previous_mw / 1000:g} W.")
-                self.capped.remove(capped)
-                restored.append(capped.board.uuid)
-            self._let_go(restored)
-            return messages + self._forget(restored)
+                    capped.board.set_limit_mw(capped.previous_mw)
+                except (DeviceError, PermissionError) as err:
+                    messages.append(f"GPU {index}: restoring the power limit failed ({err}).")
+                    continue
+                messages.append(f"GPU {index}: power limit restored to {capped.previous_mw / 1000:g} W.")
+            if pending is not None:
+                capped.restore_to = to
+                if current != pending and pending != to:
+                    continue  # the change may still land: let go of the board once it has returned
+            self.capped.remove(capped)
+            restored.append(capped.board.uuid)
+        self._let_go(restored)
+        return messages + self._forget(restored)

@@ -4,7 +4,7 @@ the cap finder's candidate targets (`cap_ladder`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from energy_core import devices
 from energy_core.devices import GpuBoard, LimitRange
@@ -19,12 +19,18 @@ class CappedGpu:
         previous_mw: The limit in force before, restored at the end.
         limits: The board's allowed range and default.
         applied_mw: The limit read back after the last change.
+        pending_mw: While a change is in the driver, its target (the board may carry it
+            already: it is this run's own limit too).
+        restore_to: Set by a restore that came while a change was in the driver: the limit
+            to leave on the board once the change has returned (it may land after the restore).
     """
 
     board: GpuBoard
     previous_mw: int
     limits: LimitRange
     applied_mw: int
+    pending_mw: int | None = field(default=None, compare=False)
+    restore_to: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,11 @@
 An entry is applied only when it is valid (`JournalEntry.parse` accepted it from a
 journal private to this user), was written on this host by a process of this user that
 has ended, names a board present on this host, holds limits inside that board's allowed
-range, and the board still carries the limit the entry says was set (otherwise someone
-changed it since, or the driver reloaded: the board is left alone).
+range, and the board still carries the limit the entry says was set, or, for a change in
+progress (``from_mw``), the limit it carried before that change: a kill between the
+journal and the driver leaves that one (otherwise someone changed it since, or the
+driver reloaded: the board is left alone). Entries written before ``from_mw`` existed
+are read as they were.
 """
 
 from __future__ import annotations
@@ -47,15 +50,15 @@ def recover_entry(uuid: str, entry: JournalEntry) -> Outcome:
                 return Outcome(f"{uuid}: no GPU driver to reach the board; left in the journal.", keep=True)
             return Outcome(f"{uuid}: no such GPU on this host; the journal entry of pid {pid} is dropped.")
         limits = board.limits()
-        for key in ("previous_mw", "set_mw"):
+        for key in ("previous_mw", "set_mw", "from_mw"):
             value = getattr(entry, key)
-            if not limits.min_mw <= value <= limits.max_mw:
+            if value is not None and not limits.min_mw <= value <= limits.max_mw:
                 return Outcome(
                     f"{uuid}: the journal entry of pid {pid} has {key}={value}, outside the board's range "
                     f"[{limits.min_mw}, {limits.max_mw}] mW; dropped, board left as it is."
                 )
         current = limits.current_mw
-        if current != entry.set_mw:
+        if current not in entry.carried():
             return Outcome(f"{uuid}: limit changed since pid {pid} set it; left as it is.")
         board.set_limit_mw(entry.previous_mw)
     except (DeviceError, PermissionError) as err:

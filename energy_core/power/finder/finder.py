@@ -163,6 +163,7 @@ class CapFinder:
         self.steps_used = 0
         self.state: State = Done(None) if not self.boards or len(self.fractions) == 1 else Ready()
         self.pending: list[Pending] = []
+        self.refused = ""  # why a change of cap did not take effect (the search then stops driving the boards)
         self._start = 0
         self._next = NEVER if self.done else -NEVER  # the first call starts the warm-up
 
@@ -188,15 +189,37 @@ class CapFinder:
         return next((r for r, caps in enumerate(self.caps_mw) if caps == applied), None)
 
     def put(self, rung: int) -> dict[str, float]:
-        """Put ``rung``'s caps in force (one `PowerLimits.set` per board that changes).
+        """Put ``rung``'s caps in force (one `PowerLimits.set` per board that changes);
+        returns ``{"power/cap_w": W}`` in force.
+
+        A change that does not take effect (the journal could not record it, an
+        administrator changed the board's limit since, the limit was restored) stops the
+        search and every later change (`refused` says why; a search not finished ends
+        without a choice): the caps stay as they are, and the figure is theirs (nothing
+        where no board is capped any more).
 
         Raises:
             DeviceError, PermissionError: the driver refused (see `PowerLimits.set`).
         """
+        if self.refused:
+            return self._in_force_now()
         for board, target in zip(self.boards, self.caps_mw[rung]):
-            if board.applied_mw != target:
-                self.limits.set(board, target)
+            if board.applied_mw != target and (
+                self.limits.set(board, target) != target or board not in self.limits.capped
+            ):
+                return self._refuse(f"the limit of GPU {board.board.index} was not changed to {target / 1000:g} W")
         return {keys.CAP_W: self.cap_w(rung)}
+
+    def _refuse(self, why: str) -> dict[str, float]:
+        self.refused = why
+        if not self.done:
+            self.state, self._next = Done(None, why), NEVER
+        return self._in_force_now()
+
+    def _in_force_now(self) -> dict[str, float]:
+        """``{"power/cap_w": W}`` of the caps this run has in force now (read back), {} for none."""
+        held = [b.applied_mw for b in self.boards if b in self.limits.capped]
+        return {keys.CAP_W: sum(held) / 1000.0} if held else {}
 
     # ------------------------------------------------------------------ the steps
     def on_step(self, step: int) -> dict[str, float] | None:
@@ -305,8 +328,10 @@ class CapFinder:
             return None
         if request is None:
             chosen = self.search.chosen if self.search.chosen is not None else 0
-            self.state, self._next = Done(chosen), NEVER
-            return self.put(chosen)
+            figures = self.put(chosen)
+            if not self.refused:  # else ended without a choice: the caps stay as they are
+                self.state, self._next = Done(chosen), NEVER
+            return figures
         if self.in_force() == request.rung:  # in force already: no settling
             self._measure(step, request)
             return None
@@ -375,8 +400,9 @@ class CapFinder:
             return False
         search.chosen, search.why = chosen, "kept from the checkpoint"
         self.search, self.steps_used = search, int(state.get("steps", 0))
-        self.state, self._next = Done(chosen), NEVER
         self.put(chosen)
+        if not self.refused:  # else ended without a choice: the caps stay as they are
+            self.state, self._next = Done(chosen), NEVER
         return True
 
     # ------------------------------------------------------------------ reporting

@@ -155,6 +155,18 @@ class EnergyLoop:
         if self._started:
             return self
         self._started = True
+        try:
+            self._begin()
+        except BaseException as error:  # no `with` block will end it: stop the sampler, and say how it ended
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else f"exception: {type(error).__name__}"
+            try:
+                self.close(status, collective=False)
+            except Exception:  # the start's error is the one to see
+                logger.warning("EnergyLoop: ending the run after its start failed failed too", exc_info=True)
+            raise
+        return self
+
+    def _begin(self) -> None:
         self.ranks = self._job()
         settings = {"log_every_n_steps": self.log_every_n_steps, "total_steps": self.total_steps,
                     "world_size": self.ranks.world_size}  # fmt: skip
@@ -170,7 +182,8 @@ class EnergyLoop:
         if self.time_shift is not None:
             self.time_shift.bind(self.tracker, self.ranks, self.steps)
             self._show(self.time_shift.begin(self.steps, self.total_steps, self.log_every_n_steps))
-        return self
+            if self.time_shift.requeued_until is not None:  # the plan made at the start begins later
+                self.should_stop = True
 
     def close(self, status: str = "completed", collective: bool = True) -> dict[str, float]:
         """End the run: final totals, the record's summary, the previous power limits back.

@@ -47,6 +47,7 @@ MAX_CELLS = 200  # a longer window is planned on a coarser grid, each cell at it
 MAX_RESUMES = 12  # with resume_s > 0: at most this many restarts in a plan
 TIE = 1e-9  # of two plans that emit the same, the one with fewer runs that ends sooner
 EDGE_S = 1e-6  # seconds: two times closer than this are one
+MAX_S = 1e9  # seconds (about 31 years): the most work or resume a plan takes, so that its times stay datetimes
 
 NS, RUN, PAU, END = range(4)  # the job's phase at a cell boundary: not started, running, paused, ended
 
@@ -146,12 +147,12 @@ def plan_time_shift(
     Args:
         intensity: The grid intensity over time: a CSV series path (as for
             ``carbon_intensity_series``), a recorded series or a list of ``(datetime, g_per_kwh)``.
-        work_s: Seconds of computing the job needs, > 0.
+        work_s: Seconds of computing the job needs, in (0, 1e9].
         start: When the job may begin (an aware datetime; usually now).
         deadline: When it must be done (an aware datetime).
         busy_w: Power while computing (and resuming), W, > 0.
         idle_w: Power while the job waits or pauses in its process, W, in [0, ``busy_w``].
-        resume_s: Seconds of busy power each resume costs before work goes on, >= 0.
+        resume_s: Seconds of busy power each resume costs before work goes on, in [0, 1e9].
         mode: ``"wait"``, ``"pause"`` or ``"requeue"`` (see the module's description).
 
     Returns:
@@ -162,10 +163,10 @@ def plan_time_shift(
         TypeError, ValueError: naming the argument and the allowed range.
     """
     curve = Intensity.of(intensity)
-    work_s = checks.number("work_s", work_s, low=0, low_open=True, unit=" s")
+    work_s = checks.number("work_s", work_s, low=0, low_open=True, high=MAX_S, unit=" s")
     busy_w = checks.number("busy_w", busy_w, low=0, low_open=True, unit=" W")
     idle_w = checks.number("idle_w", idle_w, low=0, high=busy_w, what=f"in [0, busy_w={busy_w:g}] W")
-    resume_s = checks.number("resume_s", resume_s, low=0, unit=" s")
+    resume_s = checks.number("resume_s", resume_s, low=0, high=MAX_S, unit=" s")
     mode = checks.choice("mode", mode, MODES)
     t0, t1 = _moment("start", start), _moment("deadline", deadline)
     model = _Model(curve, mode, busy_w, idle_w, resume_s)

@@ -37,6 +37,7 @@ from typing_extensions import Unpack
 from energy_core import checks
 from energy_core.accounting.figures import RunTotals
 from energy_core.accounting.ranks import Ranks
+from energy_core.carbon.electricity_maps import ElectricityMaps
 from energy_core.carbon.factor import Series
 from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
@@ -45,7 +46,7 @@ from energy_core.output import metrics as metric_dicts
 from energy_core.output.record import SHIFT
 from energy_core.shift.forecast import Forecast
 from energy_core.shift.intensity import Intensity
-from energy_core.shift.planner import MODES, TimeShiftPlan, plan_time_shift
+from energy_core.shift.planner import MAX_S, MODES, TimeShiftPlan, plan_time_shift
 from energy_core.tracker import EnergyTracker
 from energy_core.tracker_share import SharedRun
 from energy_core.units import J_PER_KWH
@@ -57,6 +58,7 @@ REPLAN_CHANGE = 0.1  # plan again when the predicted work moves this much
 IDLE_SHARE = 0.25  # idle power as a share of busy power, until a pause has measured it
 RESUME_S = 60.0  # a restart's start-up (imports, model, checkpoint), until one has been measured
 NAP_S = 60.0  # a pause wakes at least this often (and at each change of intensity) to charge its energy
+MAX_UNIX = datetime(9000, 1, 1, tzinfo=timezone.utc).timestamp()  # the latest time a checkpoint may hold
 SHIFT_ARGS = ("deadline", "mode", "forecast", "expected_duration_s", "idle_w", "resume_s", "exit_code")
 
 
@@ -112,12 +114,13 @@ class TimeShiftRun(SharedRun):
         forecast: The intensity forecast: a CSV series path, a list of ``(datetime,
             g_per_kwh)``, or None for the run's own intensity (its series; or Electricity Maps'
             forecast for ``electricity_maps_zone``).
-        expected_duration_s: Seconds of training the run needs; else they are predicted from
-            its steps and the pace measured so far (and planned again as the pace is measured).
+        expected_duration_s: Seconds of training the run needs, in (0, 1e9]; else they are
+            predicted from its steps and the pace measured so far (and planned again as the pace
+            is measured). Without the steps, the seconds trained so far are taken from it.
         idle_w: The power while paused, W (default: measured during pauses; a quarter of the
             busy power before the first).
-        resume_s: For ``"requeue"``: seconds a restart costs before training goes on (default:
-            measured at each restart; 60 s before).
+        resume_s: For ``"requeue"``: seconds a restart costs before training goes on, in [0, 1e9]
+            (default: measured at each restart; 60 s before).
         exit_code: The exit status after a requeue, in [1, 255] (default 75, EX_TEMPFAIL);
             None: training stops and the process ends as it will.
         options: How to measure when no monitor's tracker can be shared.
@@ -147,10 +150,10 @@ class TimeShiftRun(SharedRun):
         self.mode = checks.choice("mode", mode, MODES)
         self.given = None if forecast is None else Intensity.of(forecast, "forecast")
         self.expected_duration_s = checks.number(
-            "expected_duration_s", expected_duration_s, low=0, low_open=True, optional=True, unit=" s"
+            "expected_duration_s", expected_duration_s, low=0, low_open=True, high=MAX_S, optional=True, unit=" s"
         )
         self.idle_w = checks.number("idle_w", idle_w, low=0, optional=True, unit=" W")
-        self.resume_s = checks.number("resume_s", resume_s, low=0, optional=True, unit=" s")
+        self.resume_s = checks.number("resume_s", resume_s, low=0, high=MAX_S, optional=True, unit=" s")
         self.exit_code = checks.integer("exit_code", exit_code, low=1, high=255, optional=True)
         self.args: dict[str, Any] = {
             "deadline": self.deadline.isoformat(),
@@ -204,7 +207,15 @@ class TimeShiftRun(SharedRun):
         return self.clock() if self.clock is not None else self.tracker.now()
 
     def bind(self, shared: EnergyTracker | None, ranks: Ranks, step: int, resumed: bool = False) -> list[Notice]:
-        """At fit start: use a monitor's tracker, or measure alone from now (see `BudgetRun.bind`)."""
+        """At fit start: use a monitor's tracker, or measure alone from now (see `BudgetRun.bind`). A fit
+        begins afresh: a previous fit's requeue, plan and decisions are forgotten (its progress comes
+        back from a checkpoint, if one is loaded), and the exit status is the one given."""
+        self.requeued_until = None
+        self.exit_code = self.args["exit_code"]  # an adapter clears it once it has exited with it
+        self.plan = self.shown = None
+        self._planned = None
+        self._next, self._wait_until = math.inf, 0.0
+        self._said.clear()
         notices = super().bind(shared, ranks, step, resumed)
         assert self.tracker is not None
         self.tracker.add_summary("time_shift", self._summary)
@@ -213,9 +224,9 @@ class TimeShiftRun(SharedRun):
 
     def begin(self, step: int, total_steps: float | None, every: int = 1) -> list[Notice]:
         """Once every callback has started and the run's length is known (every rank calls it): starts
-        the forecast, carries on a checkpoint's plan (a requeued run started before ``resume_at``
-        waits), and plans at once when it can (``expected_duration_s``): in ``"wait"`` mode the run
-        may wait here.
+        the forecast, carries on a checkpoint's plan (once: a later fit without one starts afresh; a
+        requeued run started before ``resume_at`` waits), and plans at once when it can
+        (``expected_duration_s``): in ``"wait"`` mode the run may wait here.
 
         Args:
             step: The optimizer step training starts at.
@@ -227,7 +238,7 @@ class TimeShiftRun(SharedRun):
         self._total_steps = total_steps if total_steps and math.isfinite(total_steps) else None
         now = self.now()
         totals = self.tracker.totals()
-        self._state = _State.of(self._saved.get("shift"), now, totals.get(keys.CO2E_KG, 0.0), self._job_kwh())
+        self._state = _State.of(self._saved.pop("shift", None), now, totals.get(keys.CO2E_KG, 0.0), self._job_kwh())
         self.forecast.start()
         if self._state.exited_at is not None:
             self._restarted(step, now)
@@ -244,7 +255,8 @@ class TimeShiftRun(SharedRun):
 
     def _restarted(self, step: int, now: float) -> None:
         """A requeued run starts again: the time away counts as paused, the start-up as the cost of a
-        resume; a run started before its ``resume_at`` waits for it (`begin`)."""
+        resume; a run started before its ``resume_at`` waits for it (`begin`) when that is before the
+        deadline, else plans again at once."""
         state = self._state
         exited, until = state.exited_at or now, state.resume_at or now
         startup = now - psutil.Process().create_time()
@@ -253,10 +265,13 @@ class TimeShiftRun(SharedRun):
         state.paused_s += max(0.0, now - exited)
         state.exited_at = state.resume_at = None
         self._record("resume", step, away_s=now - exited, resume_s=state.resume_s)
-        if now < until - 1.0:
+        if now < until - 1.0 and until < self.deadline.timestamp():
             self._wait_until = until
             self._say(f"early{until}", "info", f"Time shift: started before resume_at ({_iso(until)}): waiting in "
                       "the process until then.")  # fmt: skip
+        elif now < until - 1.0:
+            self._say(f"late{until}", "info", f"Time shift: the checkpoint's resume_at ({_iso(until)}) is not before "
+                      f"the deadline ({_iso(self.deadline.timestamp())}): planning again now.")  # fmt: skip
 
     # ------------------------------------------------------------------ each step
     def check(self, step: int) -> ShiftAction | None:
@@ -283,7 +298,9 @@ class TimeShiftRun(SharedRun):
         until, requeue = 0.0, 0.0
         if self._ranks.leads_job and now >= self._next:
             self._next = math.inf  # until a plan says otherwise, or a review asks for a new one
-            if self._wait_until > now:
+            if self.mode == "wait" and self._state.busy_s(now) > 0:
+                pass  # one contiguous run: once training has begun it never pauses
+            elif self._wait_until > now:
                 until = self._wait_until
             elif (plan := self._replan(step, now)) is None:
                 self._next = self._retry_at(now)
@@ -368,7 +385,7 @@ class TimeShiftRun(SharedRun):
             idle = min(busy, self._idle_w())
         else:  # before any training is measured only the share matters: the idle power against a busy 1 W
             busy, idle = 1.0, 0.0 if self.idle_w == 0 else IDLE_SHARE  # a given 0 W is a share of 0 whatever busy is
-        plan = plan_time_shift(curve, work_s=work * SAFETY, start=datetime.fromtimestamp(now, timezone.utc),
+        plan = plan_time_shift(curve, work_s=min(work * SAFETY, MAX_S), start=datetime.fromtimestamp(now, timezone.utc),
                                deadline=self.deadline, busy_w=busy, idle_w=idle, resume_s=self._resume_s(),
                                mode=self.mode)  # fmt: skip
         changed = self._moved(work)
@@ -395,10 +412,11 @@ class TimeShiftRun(SharedRun):
         if total is not None and done >= PACE_STEPS:
             pace = (self._state.busy_s(self.now()) - first_s) / done
             return (total - step) * pace
-        if self.expected_duration_s is not None:
-            share = 1.0 if total is None else max(0.0, 1 - step / total)
-            return max(1.0, self.expected_duration_s * share)
-        return None
+        if self.expected_duration_s is None:
+            return None
+        if total is None:  # the seconds trained so far, by every process of the job, are done
+            return max(1.0, self.expected_duration_s - self._state.busy_s(self.now()))
+        return max(1.0, self.expected_duration_s * (1 - step / total))  # > 0: a done run returned above
 
     def _moved(self, work: float | None) -> bool:
         """Whether the work predicted now differs from what the plan expected to be left by more than
@@ -454,10 +472,14 @@ class TimeShiftRun(SharedRun):
         self._state.close(self.now(), self.tracker.reduce_totals().get(keys.TOTAL_KWH, 0.0))
 
     def _charged_curve(self) -> Intensity | None:
-        """The intensity the run is charged with, over time: its series; else the forecast."""
+        """The intensity the run is charged with, over time: its series; for a live Electricity Maps
+        zone, the forecast (the best picture of its hours); else None: a fixed figure, read with
+        ``peek``, whatever forecast the plans use."""
         assert self.tracker is not None and self.forecast is not None
         factor = self.tracker.factors.carbon
-        return Intensity.of(factor) if isinstance(factor, Series) else self.forecast.curve()
+        if isinstance(factor, Series):
+            return Intensity.of(factor)
+        return self.forecast.curve() if isinstance(factor, ElectricityMaps) else None
 
     def figures(self, totals: RunTotals | None = None) -> dict[str, float]:
         """``carbon/paused_s`` and ``carbon/saved_kg``, with the job's totals (the tracker's now by default)."""
@@ -590,10 +612,15 @@ class _State:
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"time shift state: a field is missing or wrong ({err!r})") from None
+        times = [x for x in (exited_at, resume_at) if x is not None]
         figures = [state.origin, state.co2e_at_origin, state.kwh_at_origin, state.paused_s, state.idle_kwh,
-                   state.idle_s, *(x for s in state.stretches for x in s)]  # fmt: skip
+                   state.idle_s, *(x for s in state.stretches for x in s), *times,
+                   *([] if resume_s is None else [resume_s])]  # fmt: skip
         if not all(math.isfinite(x) and x >= 0 for x in figures):
             raise ValueError("time shift state: its figures must be finite numbers >= 0")
+        if any(x > MAX_UNIX for x in times) or (resume_s is not None and resume_s > MAX_S):
+            raise ValueError(f"time shift state: exited_at and resume_at must be unix times <= {MAX_UNIX:.0f}, "
+                             f"resume_s at most {MAX_S:g} s")  # fmt: skip
         return state
 
     def open(self, now: float, kwh: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,3 +123,33 @@ def test_requeue_exits_75_and_resumes_from_its_checkpoint(tmp_path, sim_gpus) ->
     (restart,) = [x for x in lines if x["type"] == "shift" and x["event"] == "resume" and "away_s" in x]
     assert restart["step"] == requeue["step"]
     assert lines[-1]["type"] == "summary" and lines[-1]["time_shift"]["paused_s"] >= restart["away_s"]
+
+
+@pytest.mark.slow  # two fits, a requeue's wait between them: several seconds
+def test_the_same_callback_fits_again_after_a_requeue_that_only_stopped_training(tmp_path, sim_gpus) -> None:
+    """``exit_code=None`` only stops training, inviting a second fit in the same process (a notebook)
+    with the same callback: it used to stay requeued from the first fit, and the second fit was
+    requeued again in on_train_start and trained nothing."""
+    busy_gpu(sim_gpus)
+    record, checkpoint = tmp_path / "energy.jsonl", tmp_path / "time_shift.ckpt"
+    began = compressed_series(tmp_path / "grid.csv")
+    shift = TimeShift(deadline=deadline_after(began, REQUEUE_DEADLINE_H), mode="requeue", resume_s=RESTART_S,
+                      exit_code=None, checkpoint_path=checkpoint)  # fmt: skip
+
+    def fit() -> Any:
+        monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=record,
+                                carbon_intensity_series=str(tmp_path / "grid.csv"))  # fmt: skip
+        trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", log_every_n_steps=3, enable_checkpointing=False,
+                             enable_model_summary=False, enable_progress_bar=False, logger=False,
+                             callbacks=[monitor, shift])  # fmt: skip
+        trainer.fit(make_module(pl, step_sleep_s=0.02), regression_data(8 * STEPS), ckpt_path=shift.resume_from)
+        return trainer
+
+    first = fit()  # no SystemExit: training stops
+    (requeue,) = [x for x in read_record(record) if x["type"] == "shift" and x["event"] == "requeue"]
+    assert first.global_step == requeue["step"] < STEPS and shift.run.requeued_until == requeue["resume_at"]
+    time.sleep(max(0.0, requeue["resume_at"] - time.time()))
+    second = fit()
+    assert second.global_step == STEPS and shift.run.requeued_until is None and not checkpoint.exists()
+    events = [x["event"] for x in read_record(record) if x["type"] == "shift"]
+    assert events.count("requeue") == 1 and events[-1] != "requeue"

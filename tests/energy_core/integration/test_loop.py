@@ -182,3 +182,27 @@ def test_a_launched_process_without_a_process_group_says_it_measures_alone(tmp_p
     assert (loop.ranks.rank, loop.ranks.local_rank, loop.ranks.world_size) == (rank, rank, 1)
     assert loop.last_metrics["energy/gpu_kwh"] > 0  # each still measures what it sees
     assert record.exists() == (rank == 0)
+
+
+def test_a_start_that_fails_ends_the_run_and_stops_its_sampler(tmp_path, sim_gpus, monkeypatch) -> None:
+    """`with loop:` never calls `__exit__` when `__enter__` raises: a time shift that raised as the
+    loop started (e.g. a plan out of datetime's range) used to leave the sampler thread running."""
+    import threading
+
+    from energy_core import TimeShiftRun
+
+    known_gpu(sim_gpus)
+
+    def failing(*args, **kwargs):
+        raise OverflowError("the plan's times are out of range")
+
+    shift = TimeShiftRun(deadline="2030-01-07T06:00:00+00:00", forecast=[("2030-01-07T00:00:00+00:00", 100.0)])
+    monkeypatch.setattr(shift, "begin", failing)
+    record = tmp_path / "energy.jsonl"
+    loop = EnergyLoop(devices=["gpu"], sample_interval_s=PERIOD_S, record_path=str(record), time_shift=shift)
+    with pytest.raises(OverflowError, match="out of range"), loop:
+        pytest.fail("the block ran although the start failed")
+    assert [t for t in threading.enumerate() if t.name == "energy-sampler"] == []
+    summary = read_record(record)[-1]
+    assert summary["type"] == "summary" and summary["status"] == "exception: OverflowError"
+    assert loop.close() == {}  # ended once: closing again does nothing

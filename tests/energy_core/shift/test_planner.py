@@ -147,6 +147,8 @@ def test_a_csv_series_is_read_like_carbon_intensity_series(tmp_path) -> None:
         ({"busy_w": -1.0}, ValueError, "busy_w"),
         ({"idle_w": 200.0}, ValueError, "idle_w"),
         ({"resume_s": float("nan")}, ValueError, "resume_s"),
+        ({"work_s": 1e12}, ValueError, r"work_s must be in \(0, 1e\+09\] s"),  # its end: past datetime's range
+        ({"resume_s": 1e308, "mode": "requeue"}, ValueError, r"resume_s must be in \[0, 1e\+09\] s"),
         ({"mode": "later"}, ValueError, "mode"),
         ({"start": "2026-03-01T00:00:00+00:00"}, TypeError, "start"),
         ({"deadline": datetime(2026, 3, 2)}, ValueError, "deadline"),

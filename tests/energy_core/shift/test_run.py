@@ -8,7 +8,7 @@ series (within the counter's period); a requeue exits with 75 and a restart carr
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -225,3 +225,191 @@ def test_the_adapters_need_a_deadline_and_know_their_arguments() -> None:
 def test_a_damaged_checkpoint_state_is_a_clear_error(state) -> None:
     with pytest.raises(ValueError, match="time shift state"):
         TimeShiftRun(deadline=deadline_in(6)).load_state_dict(state)
+
+
+def test_a_requeue_planned_as_the_loop_starts_stops_it_before_its_first_step(sim_gpus, monkeypatch, tmp_path) -> None:
+    """With ``expected_duration_s`` the plan is made as the loop starts: its first run begins at 2 h, so
+    the run is requeued there. `should_stop` used to stay False, and the loop trained the whole job in
+    the dirty hours before exiting 75."""
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    shift = TimeShiftRun(deadline=deadline_in(6), mode="requeue", resume_s=60.0, expected_duration_s=STEPS * STEP_S)
+    loop = job.start(shift)
+    with pytest.raises(SystemExit) as exited, loop:
+        assert loop.should_stop and shift.requeued_until == BASE.timestamp() + 2 * HOUR
+        checkpoint = loop.state_dict()
+        for _ in range(STEPS):
+            if loop.should_stop:
+                break
+            job.train_step()
+            loop.step()
+    assert exited.value.code == 75 and job.step_times == [] and job.clock.now == 0.0
+    (requeue,) = [x for x in read_record(job.record) if x["type"] == "shift" and x["event"] == "requeue"]
+    assert requeue["step"] == 0 and requeue["resume_at"] == BASE.timestamp() + 2 * HOUR
+    assert checkpoint["time_shift"]["shift"]["resume_at"] == BASE.timestamp() + 2 * HOUR
+
+
+def test_a_time_shift_used_again_for_a_second_fit_is_not_still_requeued(sim_gpus, monkeypatch, tmp_path) -> None:
+    """The same TimeShiftRun for a second fit in one process (a notebook): it used to stay requeued
+    (`requeued_until` from the first fit): the second fit was never planned, ended "requeued", and
+    kept the exit code an adapter clears once it has exited."""
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    shift = TimeShiftRun(deadline=deadline_in(6), mode="requeue", resume_s=60.0)
+    loop = job.start(shift)
+    with pytest.raises(SystemExit) as exited, loop:
+        job.train(loop, STEPS)
+        checkpoint = loop.state_dict()
+    assert exited.value.code == 75 and len(job.step_times) == 3
+    shift.exit_code = None  # as the adapters do once they have exited with it
+    job.clock.advance(2 * HOUR - job.clock.now)  # started again at resume_at, in the same process
+    loop = job.start(shift)
+    loop.load_state_dict(checkpoint)
+    with loop:
+        assert not loop.should_stop and shift.requeued_until is None and shift.exit_code == 75
+        job.train(loop, STEPS - 3)
+    assert len(job.step_times) == STEPS and job.step_times[-1] == pytest.approx(2 * HOUR + (STEPS - 3) * STEP_S)
+    assert shift.requeued_until is None and shift.exit_status is None and not loop.should_stop
+    lines = read_record(job.record)
+    events = [(x["event"], x["step"]) for x in lines if x["type"] == "shift"]
+    after = [event for event in events[events.index(("requeue", 3)) + 1 :] if event[0] != "plan"]
+    assert after == [("resume", 3)]  # then trained to the end, in the clean hours
+    summary = lines[-1]
+    assert summary["type"] == "summary" and summary["time_shift"]["resume_at"] is None
+    assert loop.last_metrics["carbon/paused_s"] == pytest.approx(2 * HOUR - 3 * STEP_S, abs=1e-6)
+    # a third fit, with no checkpoint loaded, starts afresh: not a restart of the first one's requeue
+    job.clock.advance(4 * HOUR - job.clock.now)
+    loop = job.start(shift)
+    with loop:
+        job.train(loop, STEPS)
+    assert job.step_times[-1] == pytest.approx(4 * HOUR + STEPS * STEP_S)  # nothing cleaner before the deadline
+    assert loop.last_metrics["carbon/paused_s"] == 0.0
+    assert [x for x in read_record(job.record) if x["type"] == "shift" and "away_s" in x][1:] == []
+
+
+def test_without_total_steps_the_seconds_trained_are_taken_from_the_expected_duration(
+    sim_gpus, monkeypatch, tmp_path
+) -> None:
+    """Clean 0-1 h, 300 g/kWh 1-2 h, clean 2-3 h, then dirty: a 1.5 h job of unknown steps trains the
+    first clean hour, pauses through the second and ends in the third. Every replan used to take the
+    whole ``expected_duration_s`` as still left: 1.5 h of work at 1 h could not wait for the clean
+    hour, and the rest was trained at 300 g/kWh."""
+    job = Job(sim_gpus, monkeypatch, tmp_path, hours=[CLEAN, 300.0, CLEAN, 900.0, 900.0, 900.0])
+    shift = TimeShiftRun(deadline=deadline_in(6), mode="pause", idle_w=0.0, expected_duration_s=STEPS * STEP_S)
+    loop = job.start(shift, total_steps=None)
+    with loop:
+        job.wait_first_reading()
+        job.train(loop, STEPS)
+    (pause,) = [x for x in read_record(job.record) if x["type"] == "shift" and x["event"] == "pause"]
+    assert pause["step"] == 100 and pause["resume_at"] == BASE.timestamp() + 2 * HOUR
+    assert job.step_times[-1] == pytest.approx(2.5 * HOUR)  # the last 50 steps in the clean hour 2-3
+    final = loop.last_metrics
+    assert final["carbon/paused_s"] == pytest.approx(HOUR, abs=1e-6)
+    actual = kg(BUSY_W, STEPS * STEP_S, CLEAN) + kg(IDLE_W, HOUR, 300.0)
+    assert final["carbon/co2e_kg"] == pytest.approx(actual, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("forecast", "paused_s"),
+    [
+        ([DIRTY, DIRTY, CLEAN, CLEAN, DIRTY, DIRTY], 2 * HOUR - 3 * STEP_S),  # pauses as the forecast says
+        ([CLEAN] * 8, 0.0),  # flat: never pauses
+    ],
+)
+def test_saved_is_priced_on_the_fixed_intensity_the_run_is_charged_with(
+    sim_gpus, monkeypatch, tmp_path, forecast, paused_s
+) -> None:
+    """Charged at a fixed 300 g/kWh, planned on a forecast: the same work started at once is priced at
+    300 g/kWh too, so the saving is the idle energy's CO2e, negated (0 for a run that never pauses).
+    It used to be priced on the forecast: 500 g/kWh for the first, 80 for the second."""
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    curve = [(BASE + timedelta(hours=h), g) for h, g in enumerate(forecast)]
+    shift = TimeShiftRun(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W, forecast=curve)
+    loop = job.start(shift, carbon_intensity_series=None, carbon_intensity_g_per_kwh=300.0)
+    with loop:
+        job.wait_first_reading()
+        job.train(loop, STEPS)
+    final = loop.last_metrics
+    assert len(job.step_times) == STEPS and final["carbon/paused_s"] == pytest.approx(paused_s, abs=1e-6)
+    assert final["carbon/co2e_kg"] == pytest.approx(
+        kg(BUSY_W, STEPS * STEP_S, 300.0) + kg(IDLE_W, paused_s, 300.0), rel=1e-3
+    )
+    assert final["carbon/saved_kg"] == pytest.approx(-kg(IDLE_W, paused_s, 300.0), abs=1e-3 * final["carbon/co2e_kg"])
+    summary = read_record(job.record)[-1]["time_shift"]
+    assert summary["run_now_kg"] == pytest.approx(kg(BUSY_W, STEPS * STEP_S, 300.0), rel=1e-3)
+
+
+def test_wait_mode_never_pauses_once_training_has_begun(sim_gpus, monkeypatch, tmp_path) -> None:
+    """Clean 0-1 h, dirty 1-3 h, then cleaner: with no expected_duration_s the run starts at once, and a
+    pace measured slower than the first steps' made it pause mid-run until 3 h. "wait" is one
+    contiguous run: once begun, it trains to the end."""
+    job = Job(sim_gpus, monkeypatch, tmp_path, hours=[CLEAN, DIRTY, DIRTY, 75.0, 75.0, 75.0])
+    loop = job.start(TimeShiftRun(deadline=deadline_in(6), mode="wait", idle_w=0.0), total_steps=STEPS)
+    with loop:
+        job.wait_first_reading()
+        for i in range(STEPS):
+            job.trace.set(job.clock.now, BUSY_W)
+            job.advance(12.0 if i < 3 else STEP_S)  # the first 3 steps fast (a warm cache), then 36 s
+            job.step_times.append(job.clock.now)
+            loop.step()
+    assert job.step_times[-1] == pytest.approx(3 * 12.0 + (STEPS - 3) * STEP_S)  # no gap: one run
+    assert [x for x in read_record(job.record) if x["type"] == "shift" and x["event"] == "pause"] == []
+    assert loop.last_metrics["carbon/paused_s"] == 0.0
+
+
+def test_a_restart_before_resume_at_does_not_wait_past_its_deadline(sim_gpus, monkeypatch, tmp_path) -> None:
+    """Requeued until 2 h, started again at 0.5 h with a deadline at 1 h: it used to wait until 2 h,
+    past its deadline; now it plans again at once (the work does not fit: it trains now)."""
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    loop = job.start(TimeShiftRun(deadline=deadline_in(6), mode="requeue", resume_s=60.0))
+    with pytest.raises(SystemExit), loop:
+        job.train(loop, STEPS)
+        checkpoint = loop.state_dict()
+    assert checkpoint["time_shift"]["shift"]["resume_at"] == BASE.timestamp() + 2 * HOUR
+    job.clock.advance(0.5 * HOUR - job.clock.now)
+    loop = job.start(TimeShiftRun(deadline=deadline_in(1), mode="requeue", resume_s=60.0))
+    loop.load_state_dict(checkpoint)
+    with loop:
+        job.train(loop, STEPS - 3)
+    assert job.step_times[3] == pytest.approx(0.5 * HOUR + STEP_S)  # the first step, at once
+    assert job.step_times[-1] == pytest.approx(0.5 * HOUR + (STEPS - 3) * STEP_S)  # then without a pause
+    events = [x["event"] for x in read_record(job.record) if x["type"] == "shift"]
+    assert [e for e in events[events.index("requeue") + 1 :] if e != "plan"] == ["resume"]  # no wait for resume_at
+    assert loop.last_metrics["carbon/paused_s"] == pytest.approx(0.5 * HOUR - 3 * STEP_S, abs=1e-6)  # the time away
+
+
+def _state(**change: float | None) -> dict:
+    t = BASE.timestamp()
+    stored = {"origin": t, "co2e_at_origin": 0.0, "kwh_at_origin": 0.0, "stretches": [], "paused_s": 0.0,
+              "idle_kwh": 0.0, "idle_s": 0.0, "exited_at": t, "resume_at": t + HOUR, "resume_s": 60.0}  # fmt: skip
+    return {"shift": {**stored, **change}}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"resume_at": float("inf")},
+        {"resume_at": float("nan")},
+        {"resume_at": 1e300},
+        {"resume_at": -1.0},
+        {"exited_at": 1e300},
+        {"resume_s": float("inf")},
+        {"resume_s": 1e12},
+    ],
+)
+def test_a_checkpoint_state_with_times_out_of_range_is_a_clear_error(change) -> None:
+    """exited_at, resume_at and resume_s were not checked: resume_at=inf was taken, and the restarted
+    run paused for ever; 1e300 raised OverflowError out of the loop's start."""
+    TimeShiftRun(deadline=deadline_in(6)).load_state_dict(_state())  # the same state, in range, is taken
+    with pytest.raises(ValueError, match="time shift state"):
+        TimeShiftRun(deadline=deadline_in(6)).load_state_dict(_state(**change))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [({"expected_duration_s": 1e12}, r"expected_duration_s must be in \(0, 1e\+09\] s"),
+     ({"resume_s": 1e300}, r"resume_s must be in \[0, 1e\+09\] s")],
+)  # fmt: skip
+def test_durations_beyond_the_planners_range_are_refused_at_construction(arguments, named) -> None:
+    """1e12 s used to pass, then raise "year 35303 is out of range" out of the loop's start."""
+    with pytest.raises(ValueError, match=named):
+        TimeShiftRun(deadline=deadline_in(6), **arguments)
+    assert TimeShiftRun(deadline=deadline_in(6), expected_duration_s=1e9, resume_s=1e9).expected_duration_s == 1e9

@@ -43,3 +43,10 @@ def busy_gpu(sim_gpus) -> Switched:
 
 def deadline_after(start: float, hours: float, hour_s: float = HOUR_S) -> datetime:
     return datetime.fromtimestamp(start + hours * hour_s, timezone.utc)
+
+
+def ends_by(plan: dict, deadline: datetime) -> bool:
+    """Whether a record's plan fits and its last training run ends by ``deadline``: what a time shift
+    decides. Whether the run then lands in time depends on the pace the machine keeps (a busy machine
+    trains slower than the pace measured when it planned), which a test must not assert."""
+    return bool(plan["fits"]) and max(end for _, end in plan["runs"]) <= deadline.timestamp()

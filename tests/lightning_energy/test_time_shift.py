@@ -19,6 +19,7 @@ from tests.helpers.compressed_grid import (
     busy_gpu,
     compressed_series,
     deadline_after,
+    ends_by,
 )
 from tests.helpers.lightning_models import flavour, make_module, regression_data
 from tests.helpers.readback import csv_series
@@ -78,15 +79,19 @@ def test_pauses_through_the_dirty_hours_and_emits_less(tmp_path, sim_gpus) -> No
     )  # resumed by the time the clean hours begin (before, if they cannot hold the work)
     assert first["at"] + HOUR_S < first["resume_at"] <= clean + 0.01
     summary = lines[-1]
-    assert summary["type"] == "summary" and summary["time"] < deadline.timestamp()
+    assert summary["type"] == "summary"
+    assert ends_by(first["plan"], deadline)  # planned to end in time (the pace it then keeps is the machine's)
     shifted_kg = csv_series(tmp_path / "shifted", "carbon/co2e_kg")[-1][1]
     assert shifted_kg < now_kg
     paused = csv_series(tmp_path / "shifted", "carbon/paused_s")
-    assert paused[-1][1] == pytest.approx(first["resume_at"] - first["at"], abs=0.02) and paused[-1][1] > 0.5 * HOUR_S
+    # every pause counts (a plan made on a busy machine's slower pace pauses again once the pace is better known)
+    assert paused[-1][1] == pytest.approx(sum(p["resume_at"] - p["at"] for p in pauses), abs=0.02 * len(pauses))
+    assert paused[-1][1] > 0.5 * HOUR_S
     saved = csv_series(tmp_path / "shifted", "carbon/saved_kg")[-1][1]
     assert saved > 0
-    (resumed,) = [x for x in lines if x["type"] == "shift" and x["event"] == "resume"]
-    assert resumed["idle_w"] == pytest.approx(IDLE_W, rel=0.05)  # measured while paused
+    resumed = [x for x in lines if x["type"] == "shift" and x["event"] == "resume"]
+    assert len(resumed) == len(pauses)
+    assert resumed[0]["idle_w"] == pytest.approx(IDLE_W, rel=0.05)  # measured while paused (the first: longest)
 
 
 @pytest.mark.slow  # two trainers, a requeue's wait between them: several seconds
@@ -113,7 +118,7 @@ def test_requeue_exits_75_and_resumes_from_its_checkpoint(tmp_path, sim_gpus) ->
         trainer.fit(module, regression_data(8 * STEPS), ckpt_path=shift.resume_from)
     assert exited.value.code == 75 and checkpoint.is_file()
     (requeue,) = [x for x in read_record(record) if x["type"] == "shift" and x["event"] == "requeue"]
-    time.sleep(max(0.0, requeue["resume_at"] - time.time()))
+    time.sleep(max(0.0, requeue["resume_at"] + RESTART_S - time.time()))  # started then; its restart takes resume_s
 
     trainer, shift = trainer_and_shift(began)
     assert shift.resume_from == str(checkpoint)
@@ -148,7 +153,7 @@ def test_the_same_callback_fits_again_after_a_requeue_that_only_stopped_training
     first = fit()  # no SystemExit: training stops
     (requeue,) = [x for x in read_record(record) if x["type"] == "shift" and x["event"] == "requeue"]
     assert first.global_step == requeue["step"] < STEPS and shift.run.requeued_until == requeue["resume_at"]
-    time.sleep(max(0.0, requeue["resume_at"] - time.time()))
+    time.sleep(max(0.0, requeue["resume_at"] + RESTART_S - time.time()))  # started then; its restart takes resume_s
     second = fit()
     assert second.global_step == STEPS and shift.run.requeued_until is None and not checkpoint.exists()
     events = [x["event"] for x in read_record(record) if x["type"] == "shift"]

@@ -373,7 +373,7 @@ class EnergyTracker:
         joules = sum(by_kind.values())
         co2e_kg, cost = charges.at(joules, self._accounts.wall(run.end.t))
         err_by_kind = self.meter.by_kind(run.per_source_err)
-        co2e_err, cost_err = self._accounts.carried(charges, joules, sum(err_by_kind.values()), run.start.t, run.end.t)
+        co2e_err, cost_err = charges.bound(sum(err_by_kind.values()), joules, self._accounts.wall(run.end.t))
         totals = RunTotals(
             by_kind,
             {run.stage: joules},

@@ -104,7 +104,7 @@ class Accounts:
         err_by_kind = self.meter.by_kind(between(start_bound, end_bound))
         live_j = sum(by_kind.values())
         co2e_kg, cost = self.charges.at(live_j, self.wall(end.t))
-        co2e_err, cost_err = self.carried(self.charges, live_j, sum(err_by_kind.values()), self.fit_start.t, end.t)
+        co2e_err, cost_err = self.charges.bound(sum(err_by_kind.values()), live_j, self.wall(end.t))
         samples, tokens = open_work
         seconds = end.t - self.fit_start.t
         live = RunTotals(
@@ -121,20 +121,6 @@ class Accounts:
             cost_err,
         )
         return self.resumed + live
-
-    def carried(
-        self, charges: Charges, joules: float, joules_err: float, start: float, end: float
-    ) -> tuple[float, float]:
-        """The bounds of the CO2e and cost ``charges`` charged for ``joules`` (bound ``joules_err``)
-        used from ``start`` to ``end`` (meter clock). Where in the span the energy's error lies is
-        not known (mostly at its ends): it is priced at the highest factors in force from a
-        reading's reach before ``start`` to ``end``. Where a factor changed, the charges' even
-        split of a reading about the change adds its own doubt (`Charges.doubt`). With fixed
-        factors this is the energy's relative bound. The intensity and the price are taken as
-        given: their own uncertainty is not in the bound."""
-        kg_per_kwh, cost_per_kwh = charges.highest(self.wall(start) - charges.reach_s, self.wall(end))
-        doubt_kg, doubt_cost = charges.doubt(joules, self.wall(end))
-        return kg_per_kwh * joules_err / J_PER_KWH + doubt_kg, cost_per_kwh * joules_err / J_PER_KWH + doubt_cost
 
     def spent(self, t: float, live_j: float) -> tuple[float, float, float]:
         """(kWh, kg CO2e, cost) of this process's totals with ``live_j`` joules used since the fit

@@ -12,7 +12,7 @@ priced the same way, and changes nothing. With fixed factors this is total kWh x
 Where a factor changes, how a reading's energy splits about the change is not known (it is
 spread evenly; a counter's or an average's reading also trails the truth by up to ``reach_s``):
 each reading that spans a change, or comes within ``reach_s`` after one, may be priced off by
-its energy times the change (`Charges.doubt`, part of the bound of ``carbon/co2e_kg``).
+its energy times the change (part of the bound of ``carbon/co2e_kg``: `Charges.bound`).
 
 Examples:
     >>> from energy_core.carbon.run_factors import RunFactors
@@ -57,6 +57,7 @@ class Charges:
         self.charged_at = 0.0
         self.reach_s = 0.0
         self._doubt = (0.0, 0.0)  # (kg, cost) the charges so far may be off by where factors changed
+        self._highest = (0.0, 0.0)  # (kg, cost) per kWh: the highest factors in force up to the last reading
         self._lock = threading.Lock()
 
     def _swing(self, start: float, end: float) -> tuple[float, float]:
@@ -71,23 +72,28 @@ class Charges:
             sum(abs(b[1] - a[1]) for a, b in pairwise(rates)),
         )
 
-    def highest(self, start: float, end: float) -> tuple[float, float]:
-        """(kg CO2e, cost) of one kWh at the highest factors in force between unix times ``start``
-        and ``end`` (PUE applied): what an energy error somewhere in that span may cost at most."""
-        low, high = min(start, end), max(start, end)
-        points = [low, *self.factors.changes(low, high), high]
-        rates = [self.factors.per_kwh((a + b) / 2, False) for a, b in pairwise(points)] or [
-            self.factors.per_kwh(high, False)
-        ]
-        return max(r[0] for r in rates), max(r[1] for r in rates)
+    def _top(self, start: float, end: float, seed: tuple[float, float]) -> tuple[float, float]:
+        """(kg, cost) per kWh: the highest factors in force between unix times ``start`` and ``end``,
+        or ``seed`` if higher."""
+        points = [start, *self.factors.changes(start, end), end] if end > start else [end, end]
+        rates = [self.factors.per_kwh((a + b) / 2, False) for a, b in pairwise(points)]
+        return max([seed[0], *(r[0] for r in rates)]), max([seed[1], *(r[1] for r in rates)])
 
-    def doubt(self, live_j: float, when: float) -> tuple[float, float]:
-        """(kg CO2e, cost) the figures of `at` (``live_j`` at unix time ``when``) may be off by
-        because a reading's energy was split evenly about a change of a factor."""
+    def bound(self, joules_err: float, live_j: float, when: float) -> tuple[float, float]:
+        """(kg CO2e, cost): the bound of the figures of `at` (``live_j`` joules at unix time
+        ``when``) when those joules are known to within ``joules_err``. Where in the span the
+        energy's error lies is not known (mostly at its ends, where the factors may be far from
+        their mean): it is priced at the highest factors in force since a reading's reach before
+        the fit began. Each reading split evenly about a change of a factor adds its energy times
+        the change. With fixed factors: the energy's relative bound."""
         with self._lock:
-            kg, cost = self._swing(self.charged_at - self.reach_s, when)
-            pending = abs(live_j - self.charged_j) / J_PER_KWH
-            return self._doubt[0] + pending * kg, self._doubt[1] + pending * cost
+            kg, cost = self._top(self.charged_at, when, self._highest)
+            swing_kg, swing_cost = self._swing(self.charged_at - self.reach_s, when)
+            pending, kwh_err = abs(live_j - self.charged_j) / J_PER_KWH, joules_err / J_PER_KWH
+            return (
+                kg * kwh_err + self._doubt[0] + pending * swing_kg,
+                cost * kwh_err + self._doubt[1] + pending * swing_cost,
+            )
 
     def _priced(self, start: float, end: float, joules: float, kept: bool) -> tuple[float, float]:
         """(CO2e kg, cost) of ``joules`` used evenly from unix time ``start`` to ``end`` (either
@@ -119,6 +125,7 @@ class Charges:
             if kg or price:
                 kwh = abs(added) / J_PER_KWH
                 self._doubt = (self._doubt[0] + kwh * kg, self._doubt[1] + kwh * price)
+            self._highest = self._top(self.charged_at, when, self._highest)
             self.charged_j, self.charged_at = live_j, when
 
     def at(self, live_j: float, when: float) -> tuple[float, float]:
@@ -137,3 +144,4 @@ class Charges:
             self.co2e_kg = self.cost = self.charged_j = 0.0
             self.charged_at, self.reach_s = when, reach_s
             self._doubt = (0.0, 0.0)
+            self._highest = self._top(when - reach_s, when, (0.0, 0.0))

@@ -125,7 +125,8 @@ class EnergyBudgetCallback(HasBudgetRun, RunContributor[BudgetRun], TrainerCallb
             # After every callback's on_train_begin: a shared tracker is running, resumed totals loaded.
             epochs = args.num_train_epochs if args.max_steps <= 0 else None
             per_epoch = state.max_steps / epochs if epochs else None
-            self._act(self.run.begin(state.global_step, state.max_steps, per_epoch), control)
+            begun = int(state.epoch or 0)  # epochs a resumed run had finished: the forecast waits for one of its own
+            self._act(self.run.begin(state.global_step, state.max_steps, per_epoch, begun), control)
         return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):

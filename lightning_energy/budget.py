@@ -68,7 +68,7 @@ class EnergyBudget(HasBudgetRun, SharedRunCallback[BudgetRun]):
         self._last_review_step = trainer.global_step
         total = trainer.estimated_stepping_batches
         per_epoch = total / trainer.max_epochs if trainer.max_steps == -1 and trainer.max_epochs else None
-        self._act(trainer, self.run.begin(trainer.global_step, total, per_epoch))
+        self._act(trainer, self.run.begin(trainer.global_step, total, per_epoch, trainer.current_epoch))
 
     # ------------------------------------------------------------------ decisions
     def _act(self, trainer: Any, action: BudgetAction | None) -> None:

@@ -6,9 +6,11 @@
   (the job's, measured up to the newest reading: `EnergyTracker.measured`) and projects the
   total for the whole run, ``spent + rate x steps left``, where the rate (kWh per optimizer
   step, validation, epoch boundaries and start-up included) is measured from the fit's
-  start and so improves as the run goes; once enough of the run has been seen (the first
-  epoch; or, when the run has fewer than two epochs, 10% of its steps and at least 10) it
-  acts on the projection per ``forecast``: ``"warn"``, ``"stop"`` or ``"off"``.
+  start and so improves as the run goes; once enough of the run has been seen by this fit
+  (an epoch, after a resume an epoch's worth of steps since it; or, when the run has fewer
+  than two epochs, 10% of its steps and at least 10) it acts on the projection per
+  ``forecast``: ``"warn"``, ``"stop"`` or ``"off"``. A limit already reached at a review is a
+  stop, never a forecast's warning.
 
 Every message and decision rests on one figure, the totals judged, and says what it is:
 *measured* (up to the newest reading, never extrapolated, so the totals the summary
@@ -77,6 +79,7 @@ class BudgetGuard:
         self._event = tracker.watch_limits(rule.reached)
         self._reference: tuple[int, float] | None = None  # (first step, kWh spent before this fit)
         self._first_step: int | None = None
+        self._first_epochs = 0  # epochs finished when this fit started
         self.forecast_kwh: float | None = None
 
     def crossed(self) -> bool:
@@ -94,7 +97,9 @@ class BudgetGuard:
         cost = f", cost {totals.cost:.4g}" if self.tracker.factors.price is not None else ""
         return f"{show.energy(totals.total_j)}, {show.mass(totals.co2e_kg)} CO2e{cost}"
 
-    def begin(self, step: int, totals: RunTotals, agree: Callable[[bool], bool] = bool) -> BudgetAction | None:
+    def begin(
+        self, step: int, totals: RunTotals, agree: Callable[[bool], bool] = bool, epochs_done: int = 0
+    ) -> BudgetAction | None:
         """At fit start: a run resumed after its budget was spent stops at once.
 
         Args:
@@ -103,7 +108,10 @@ class BudgetGuard:
                 zero in a fresh run): what "already spent before this run started" judges.
             agree: In a multi-process job, True on every rank if the flag is True on any
                 (a collective all ranks reach); the identity in a single process.
+            epochs_done: Epochs finished when training starts (a resumed run's): the forecast
+                waits for an epoch of this fit, not of the checkpoint's.
         """
+        self._first_epochs = epochs_done
         action = self._begin(step, totals)
         if agree(action is not None) and action is None:  # another rank's total is spent
             action = self.stop_now(step, totals)
@@ -150,35 +158,44 @@ class BudgetGuard:
             agree: See `begin`: a limit reached, or a forecast stop, on any rank stops every rank at
                 this step.
         """
-        metrics, action = self._review(step, epochs_done, totals)
-        stop = (action is not None and action.kind == "stop") or self.crossed()
-        stop = stop or self.rule.reached(*self._spent(totals))
-        if agree(stop) and action is None and self.stopped is None:
+        spent = self.crossed() or self.rule.reached(*self._spent(totals))
+        # A limit already reached is a stop, never a forecast's warning in its place.
+        metrics, action = self._review(step, epochs_done, totals, act=not spent)
+        forecast_stop = action is not None and action.kind == "stop"
+        if agree(spent or forecast_stop) and not forecast_stop and self.stopped is None:
             action = self.stop_now(step, totals)
         return metrics, action
 
-    def _review(self, step: int, epochs_done: int, totals: RunTotals) -> tuple[dict[str, float], BudgetAction | None]:
+    def _enough(self, step: int, epochs_done: int) -> bool:
+        """Whether this fit has seen enough of the run to project it: an epoch of its own (after a
+        resume, an epoch's worth of steps since it, not the checkpoint's epochs), or, in a run of
+        fewer than two epochs, 10% of its steps (at least 10)."""
+        seen = step - (self._first_step or 0)
+        whole_epoch = epochs_done - self._first_epochs >= 1 and (self.epoch_steps is None or seen >= self.epoch_steps)
+        long_epochs = self.epoch_steps is None or (
+            self.total_steps is not None and self.epoch_steps >= LONG_EPOCH_FRACTION * self.total_steps
+        )
+        return whole_epoch or (
+            long_epochs
+            and self.total_steps is not None
+            and seen >= max(MIN_FORECAST_STEPS, FORECAST_FRACTION * self.total_steps)
+        )
+
+    def _review(
+        self, step: int, epochs_done: int, totals: RunTotals, act: bool = True
+    ) -> tuple[dict[str, float], BudgetAction | None]:
         spent = totals.total_kwh
         self.limit_kwh = self._limit_now(totals)  # CO2e and cost limits follow the factors in force
         metrics = {keys.BUDGET_REMAINING: self.limit_kwh - spent}
         if self._reference is None:
             self._reference = (step, spent)
         ref_step, ref_kwh = self._reference
-        seen = step - (self._first_step or 0)
-        long_epochs = self.epoch_steps is None or (
-            self.total_steps is not None and self.epoch_steps >= LONG_EPOCH_FRACTION * self.total_steps
-        )
-        enough = epochs_done >= 1 or (
-            long_epochs
-            and self.total_steps is not None
-            and seen >= max(MIN_FORECAST_STEPS, FORECAST_FRACTION * self.total_steps)
-        )
-        if self.total_steps is None or step <= ref_step or not enough:
+        if self.total_steps is None or step <= ref_step or not self._enough(step, epochs_done):
             return metrics, None
         rate = (spent - ref_kwh) / (step - ref_step)
         self.forecast_kwh = spent + rate * max(0.0, self.total_steps - step)
         metrics[keys.BUDGET_FORECAST] = self.forecast_kwh
-        if self.rule.forecast == "off" or self.forecast_kwh <= self.limit_kwh or self.stopped:
+        if not act or self.rule.forecast == "off" or self.forecast_kwh <= self.limit_kwh or self.stopped:
             return metrics, None
         in_kwh = "" if self.rule.only_energy else f" (= {show.energy_kwh(self.limit_kwh)} at the factors in force)"
         reason = (
@@ -214,4 +231,22 @@ class BudgetGuard:
         return {"forecast_warned": self.forecast_warned}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.forecast_warned = bool(state.get("forecast_warned", False))
+        """Continue a checkpoint's state (checked by `check_state` when it was loaded)."""
+        self.forecast_warned = bool(check_state(state).get("forecast_warned", False))
+
+
+def check_state(state: Any) -> dict[str, Any]:
+    """A stored guard state (a checkpoint's, or ``trainer_state.json``'s: untrusted), checked.
+
+    Raises:
+        TypeError: naming the stored field that has the wrong type (its type only, never its
+            content).
+    """
+    if state is None:
+        return {}
+    if not isinstance(state, dict):
+        raise TypeError(f"stored budget state: guard must be a mapping, got {type(state).__name__}")
+    warned = state.get("forecast_warned", False)
+    if not isinstance(warned, bool):
+        raise TypeError(f"stored budget state: forecast_warned must be True or False, got {type(warned).__name__}")
+    return state

@@ -12,7 +12,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from energy_core.budget.guard import BudgetAction, BudgetGuard
+from energy_core.budget.guard import BudgetAction, BudgetGuard, check_state
 from energy_core.budget.rule import BudgetRule
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.tracker import EnergyTracker
@@ -76,13 +76,22 @@ class BudgetRun(SharedRun):
         """Watching, and not yet stopped."""
         return self.guard is not None and self.guard.stopped is None
 
-    def begin(self, step: int, total_steps: float | None, epoch_steps: float | None) -> BudgetAction | None:
+    def begin(
+        self, step: int, total_steps: float | None, epoch_steps: float | None, epochs_done: int = 0
+    ) -> BudgetAction | None:
         """Once every callback has started and the run's length is known: a resumed run whose
-        budget is already spent stops at once (on every rank: a collective in a job)."""
+        budget is already spent stops at once (on every rank: a collective in a job).
+
+        Args:
+            step: The optimizer step training starts at.
+            total_steps: Optimizer steps of the whole run (None or inf: no forecast).
+            epoch_steps: Optimizer steps per epoch, if known.
+            epochs_done: Epochs finished when training starts (a resumed run's; see `BudgetGuard.begin`).
+        """
         assert self.tracker is not None, "bind() first"
         self.guard = BudgetGuard(self.rule, self.tracker, total_steps, epoch_steps)
         self.guard.load_state_dict(self._saved.get("guard", {}))
-        return self.guard.begin(step, self.tracker.resumed_totals, self._ranks.agree)
+        return self.guard.begin(step, self.tracker.resumed_totals, self._ranks.agree, epochs_done)
 
     def check(self, step: int) -> BudgetAction | None:
         """After each step, one flag read. A multi-process job decides at its reviews instead,
@@ -113,9 +122,20 @@ class BudgetRun(SharedRun):
         return self.with_totals({"guard": self.guard.state_dict() if self.guard else self._saved.get("guard", {})})
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        """Keep a checkpoint's state for `bind`/`begin` (or apply it, if restored after fit start)."""
-        self._saved = dict(state or {})
+        """Keep a checkpoint's state for `bind`/`begin` (or apply it, if restored after fit start).
+
+        Raises:
+            TypeError: naming the stored field of the wrong type (a tampered or foreign state),
+                here, when it is loaded, rather than inside the training loop.
+        """
+        if state is not None and not isinstance(state, dict):
+            raise TypeError(f"stored budget state must be a mapping, got {type(state).__name__}")
+        saved = dict(state or {})
+        check_state(saved.get("guard"))
+        self._saved = saved
         self.load_totals(self._saved)
+        if self.guard is not None:
+            self.guard.load_state_dict(saved.get("guard") or {})
 
 
 class HasBudgetRun:

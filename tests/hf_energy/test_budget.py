@@ -78,6 +78,25 @@ def test_resumed_run_with_a_spent_budget_stops_after_its_first_step(tmp_path, si
     assert second.state.global_step == 13  # the HF Trainer checks for a stop only after a step
 
 
+def test_a_resumed_run_forecasts_only_after_an_epoch_of_its_own(tmp_path, sim_gpus) -> None:
+    # Resumed after its first epoch (state.epoch 1.0), the budget projected the run at the first logging
+    # step, from one step and the fit's start-up: forecast="stop" could end a run that fits its budget.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    out = tmp_path / "out"
+    first = make_trainer(out, SeqData(96), sleep_s=0.02, num_train_epochs=1, save_strategy="epoch")
+    attach(first, EnergyBudgetCallback(max_kwh=1.0, devices=["gpu"]))
+    first.train()
+
+    second = make_trainer(out, SeqData(96), sleep_s=0.02, num_train_epochs=3, logging_steps=1)
+    attach(second, EnergyBudgetCallback(max_kwh=1.0, devices=["gpu"], sample_interval_s=0.02))
+    second.train(resume_from_checkpoint=str(out / "checkpoint-12"))
+    logged = [h for h in second.state.log_history if "budget/forecast_kwh" in h and h["step"] > 12]  # this fit's
+    assert logged[0]["step"] == 24  # an epoch of this fit (12 steps) seen, not one step after the resume
+    for entry in logged:  # spent + the resumed fit's rate x steps left (the checkpoint's energy not in the rate)
+        spent, step = 1.0 - entry["budget/remaining_kwh"], entry["step"]
+        assert -1e-15 <= entry["budget/forecast_kwh"] - spent <= spent * (36 - step) / (step - 12) + 1e-15
+
+
 @pytest.mark.parametrize(
     "attached", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["attach", "callbacks"]
 )  # 4-7 s each

@@ -180,3 +180,21 @@ def test_the_budget_reviews_at_the_monitors_cadence(tmp_path, sim_gpus) -> None:
     fit(tmp_path, [monitor, budget], log_every_n_steps=50, max_epochs=1)
     reviewed = [step for step, _ in csv_series(tmp_path / "csv", "budget/remaining_kwh")]
     assert reviewed == [7, 14, 21, 28, 30]  # every 7 steps, then the epoch's end
+
+
+def test_a_resumed_run_forecasts_only_after_an_epoch_of_its_own(tmp_path, sim_gpus) -> None:
+    # Resumed after its first epoch, the budget projected the run at the review after the first step
+    # (current_epoch was already 1), from that step and the fit's start-up: a rate many times the
+    # steady one, so forecast="stop" could end a run that fits its budget.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    fit(tmp_path, [EnergyBudget(max_kwh=1.0, devices=["gpu"]), checkpoint], max_epochs=1, enable_checkpointing=True)
+    budget = EnergyBudget(max_kwh=1.0, forecast="warn", devices=["gpu"], sample_interval_s=0.02)
+    trainer = fit(tmp_path / "resumed", [budget], ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert trainer.global_step == 90
+    rows = [r for r in csv_rows(tmp_path / "resumed" / "csv") if r.get("budget/forecast_kwh")]
+    assert int(rows[0]["step"]) == 60  # an epoch of this fit (30 steps) seen, not one step after the resume
+    for row in rows:  # spent + the resumed fit's rate x steps left
+        spent, step = 1.0 - float(row["budget/remaining_kwh"]), int(row["step"])
+        left = float(row["budget/forecast_kwh"]) - spent  # the checkpoint's energy is not in the rate
+        assert -1e-15 <= left <= spent * (90 - step) / (step - 30) + 1e-15

@@ -184,3 +184,76 @@ def test_a_review_judges_the_jobs_totals_now_not_the_monitors_last_window(manual
     metrics, action = budget.review(40, 0)
     assert action is not None and action.kind == "stop"
     assert first_energy(action.reason)[1] == pytest.approx(2 * 300.0 * 4.0)  # the job's, measured
+
+
+def test_a_limit_reached_at_the_first_forecast_stops_rather_than_warns(manual_gpu) -> None:
+    # In a job the limit is judged at reviews. The job crossed it during the first epoch; at the epoch's end
+    # the first forecast was over the limit too, and the review returned the forecast's warning in place of
+    # the stop: every rank trained on to the next review (here a whole epoch: 3,000 J more).
+    tracker, step = manual_gpu
+    tracker.ranks = TwinRanks.of()
+    limit_kwh = 2 * 300.0 * 4.0 / J_PER_KWH  # the job reaches it 4 s in; each rank alone only at 8 s
+    budget = BudgetRun(BudgetRule(max_kwh=limit_kwh, forecast="warn"), MeasureOptions())
+    budget.bind(tracker, tracker.ranks, step=0)
+    assert budget.begin(0, total_steps=500, epoch_steps=50) is None
+    step(50)  # the first epoch: 3,000 J for the job, 1,500 J per rank
+    assert not budget.guard.crossed()
+    metrics, action = budget.review(50, 1)
+    assert action is not None and action.kind == "stop"
+    assert action.reason.startswith("Energy budget spent at step 50: ")
+    assert first_energy(action.reason)[1] == pytest.approx(2 * 300.0 * 5.0)  # the job's, measured
+    assert metrics["budget/forecast_kwh"] * J_PER_KWH == pytest.approx(2 * 300.0 * 0.1 * 500)  # still logged
+    assert not budget.guard.forecast_warned and not budget.active
+
+
+def test_a_resumed_fit_forecasts_once_it_has_seen_an_epoch_of_its_own(manual_gpu) -> None:
+    # Resumed at step 300 of 500 (epoch 6 of 10), the review after its first step found six epochs done and
+    # projected the whole run from one step and the fit's start-up (630 J a step, 126 kJ for the run, against
+    # 15 kJ at the steady 30 J): forecast="stop" ended a resumed run that fits its 20 kJ budget.
+    tracker, step = manual_gpu
+    budget = BudgetRun(BudgetRule(max_kwh=20_000.0 / J_PER_KWH, forecast="stop"), MeasureOptions())
+    budget.bind(tracker, Ranks(), step=300)
+    step(20)  # the resumed fit's start-up: 2 s, 600 J
+    assert budget.begin(300, total_steps=500, epoch_steps=50, epochs_done=6) is None
+    step(1)
+    metrics, action = budget.review(301, 6)
+    assert action is None and "budget/forecast_kwh" not in metrics  # one step of this fit: not enough
+    step(48)
+    metrics, action = budget.review(349, 6)
+    assert action is None and "budget/forecast_kwh" not in metrics
+    step(1)
+    metrics, action = budget.review(350, 7)  # the fit's first epoch end: an epoch of its own
+    spent_j = 300.0 * 7.0  # start-up and 50 steps
+    assert metrics["budget/forecast_kwh"] * J_PER_KWH == pytest.approx(spent_j + spent_j / 50 * 150)
+    assert action is None and budget.active  # 8,400 J projected: within the 20 kJ budget
+
+
+def test_a_fit_resumed_mid_epoch_waits_for_an_epochs_worth_of_steps(manual_gpu) -> None:
+    tracker, step = manual_gpu
+    budget = BudgetRun(BudgetRule(max_kwh=1.0, forecast="warn"), MeasureOptions())
+    budget.bind(tracker, Ranks(), step=325)
+    assert budget.begin(325, total_steps=500, epoch_steps=50, epochs_done=6) is None
+    step(25)
+    metrics, _ = budget.review(350, 7)  # an epoch boundary 25 steps in: half an epoch seen
+    assert "budget/forecast_kwh" not in metrics
+    step(25)
+    metrics, _ = budget.review(375, 7)
+    assert metrics["budget/forecast_kwh"] * J_PER_KWH == pytest.approx(300.0 * 5.0 * (1 + 125 / 50))
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        (["guard"], "stored budget state must be a mapping, got list"),
+        ({"guard": ["forecast_warned"]}, "stored budget state: guard must be a mapping, got list"),
+        ({"guard": {"forecast_warned": "yes"}}, "forecast_warned must be True or False, got str"),
+    ],
+)
+def test_a_bad_stored_state_is_refused_when_loaded_not_in_the_training_loop(state, message) -> None:
+    # {"guard": [...]} in a trainer_state.json was taken at load and raised AttributeError from begin(),
+    # which HF calls in on_step_begin, inside the training loop.
+    budget = BudgetRun(BudgetRule(max_kwh=1.0), MeasureOptions())
+    with pytest.raises(TypeError, match=re.escape(message)):
+        budget.load_state_dict(state)
+    budget.load_state_dict({"guard": {"forecast_warned": True}})
+    assert budget.state_dict() == {"guard": {"forecast_warned": True}}

@@ -259,3 +259,19 @@ def test_the_console_text_gives_the_totals_bound_as_a_share_and_the_record_in_jo
     assert fields["energy_j_err"] == pytest.approx(0.000003 * 3.6e6, rel=1e-12)
     lines = summary_text(fields, estimated_kinds=set()).splitlines()
     assert lines[0].startswith("Energy: 1 Wh ± 0.3 % over 3.6 s")  # the unit that fits, then how exact
+
+
+def test_the_console_text_writes_out_control_characters_of_names_from_elsewhere() -> None:
+    # The carbon source names the user's series file, a fault's last error is the driver's text: an escape
+    # sequence in either (here: set the terminal's title) reached the terminal as a command.
+    carbon = {**CARBON, "source": "grid\x1b]0;pwned\x07.csv from 2026-01-01T00:00:00+00:00"}
+    faults = {"gpu0": fault(2.0, 100.0, last_error="NVML \x1b[2J lost")}
+    fields = fields_of(
+        {"energy/total_kwh": 1000 / J_PER_KWH}, RunTotals(fit_s=10.0), MeterView(faults=faults), carbon=carbon
+    )
+    text = summary_text(fields, estimated_kinds=set())
+    assert "\x1b" not in text and "\x07" not in text
+    assert "(grid\\x1b]0;pwned\\x07.csv from 2026-01-01T00:00:00+00:00)" in text.splitlines()[1]
+    assert len(text.splitlines()) == len(text.split("\n"))  # the line breaks are kept
+    (notice,) = quality_notices(fields)
+    assert "\x1b" not in notice.text and "NVML \\x1b[2J lost" in notice.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -142,6 +143,14 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         if self.tracker.fitting:
             self.run.close()
 
+    def abort(self, step: int, status: str) -> None:
+        """Training ended by an exception (`attach` sees it leave ``train()``): the record's summary
+        with ``status``, this process's own figures (the other ranks may not be here), sampler stopped."""
+        sampler = self.tracker.meter.sampler
+        if self.tracker.fitting and sampler is not None and sampler.running:  # not withdrawn already
+            self.run.finish(step, status, collective=False)
+        self.run.close()
+
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.begin(kwargs.get("model"), state)
@@ -184,7 +193,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         return control
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        epoch = int(round(state.epoch or 0)) - 1
+        epoch = epoch_index(state.epoch)
         self._pending.update(self.run.epoch(state.global_step, epoch))
         if state.global_step > self._last_logged_step:
             control.should_log = True  # the Trainer logs right after this hook; we add to it
@@ -211,3 +220,10 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
             print(self.run.summary(metrics))
         self.run.close()
         return control
+
+
+def epoch_index(epoch: float | None) -> int:
+    """The 0-based index of the epoch that ends when HF's fractional ``state.epoch`` is ``epoch``: it is
+    a whole number at a full epoch's end (``2.0``: epoch 1) and a fraction when ``max_steps`` ends an
+    epoch early (``1.17``: epoch 1, not 0 as rounding would give)."""
+    return max(0, math.ceil(round(epoch or 0.0, 6)) - 1)

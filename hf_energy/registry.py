@@ -122,11 +122,20 @@ class EnergyCallbacks:
         return self.trainer is not None
 
     def wrap(self, trainer: Any) -> None:
-        """Add every contributor's figures inside ``trainer.log`` (once per trainer)."""
+        """Add every contributor's figures inside ``trainer.log``, and end their runs when an exception
+        (or Ctrl+C) leaves ``trainer.train`` (the HF Trainer has no exception hook); once per trainer."""
         if self.trainer is trainer:
             return
         self.trainer = trainer
         original = trainer.log
+        original_train = trainer.train
+
+        def train(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return original_train(*args, **kwargs)
+            except BaseException as exception:
+                abort(trainer, exception)
+                raise
 
         def log(logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
             for callback in trainer.callback_handler.callbacks:  # re-created on resume: re-registered here
@@ -136,6 +145,21 @@ class EnergyCallbacks:
             original(logs, *args, **kwargs)
 
         trainer.log = log
+        trainer.train = train
+
+
+def abort(trainer: Any, exception: BaseException) -> None:
+    """End the run of every contributor of ``trainer`` that ``exception`` cut short (`LogContributor.abort`):
+    its record's summary says how (``interrupted``, ``exception: <type>``), its sampler stops. Nothing
+    here may hide the exception that ended training."""
+    status = "interrupted" if isinstance(exception, KeyboardInterrupt) else f"exception: {type(exception).__name__}"
+    step = trainer.state.global_step
+    for callback in list(trainer.callback_handler.callbacks):  # the ones that ran (re-created on resume)
+        if isinstance(callback, LogContributor):
+            try:
+                callback.abort(step, status)
+            except Exception:  # noqa: BLE001 - the training's own exception is the one to see
+                pass
 
 
 def refuse_duplicate(callback: LogContributor, others: list[Any], how: str = "") -> None:
@@ -160,6 +184,11 @@ class LogContributor:
     def withdraw(self) -> None:
         """End what ``on_train_begin`` started, when training is refused before its first step (a
         duplicate callback): nothing, unless the callback started measuring or capping."""
+
+    def abort(self, step: int, status: str) -> None:
+        """Training ended at ``step`` by an exception (``status``: ``interrupted``, ``exception: <type>``):
+        end what ``on_train_begin`` started, never waiting for other ranks. Called by `attach`'s ``train``."""
+        self.withdraw()
 
     def same_job(self, other: LogContributor) -> bool:
         """Whether ``other``, of this class, does this callback's job (then one of them is a mistake):
@@ -252,3 +281,10 @@ class RunContributor(Generic[RunT], LogContributor):
 
     def withdraw(self) -> None:
         self.run.close()
+
+    def abort(self, step: int, status: str) -> None:
+        """Its own tracker's summary with ``status`` (a shared one is the `EnergyCallback`'s to end)."""
+        try:
+            self.run.finish(step, status, collective=False)
+        finally:
+            self.run.close()

@@ -168,3 +168,45 @@ def test_attach_rejects_other_objects(tmp_path) -> None:
         attach(trainer, object())
     with pytest.raises(ValueError, match="at least one"):
         attach(trainer)
+
+
+@pytest.mark.parametrize(
+    ("error", "status"), [(RuntimeError, "exception: RuntimeError"), (KeyboardInterrupt, "interrupted")]
+)
+def test_an_exception_mid_training_ends_the_record_and_the_sampler(tmp_path, sim_gpus, error, status) -> None:
+    # The HF Trainer has no exception hook: the record ended at its header and the sampler ran on for ever.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    trainer = make_trainer(tmp_path / "out", SeqData(96), sleep_s=0.02, logging_steps=2)
+    collate, batches = trainer.data_collator, []
+
+    def failing_collate(batch):
+        batches.append(1)
+        if len(batches) == 8:  # HF fetches a batch ahead: some steps in, after two logged windows at least
+            raise error("bad batch")
+        return collate(batch)
+
+    trainer.data_collator = failing_collate
+    attach(trainer, EnergyCallback(devices=["gpu"], sample_interval_s=0.01, record_path=tmp_path / "energy.jsonl"))
+    with pytest.raises(error):
+        trainer.train()
+    lines = read_record(tmp_path / "energy.jsonl")
+    summary = lines[-1]
+    steps = trainer.state.global_step
+    assert summary["type"] == "summary" and summary["status"] == status and summary["step"] == steps >= 5
+    assert [w["step"] for w in lines if w["type"] == "window"] == list(range(2, steps + 1, 2))
+    assert summary["samples"] == steps * 8
+    # the final total is the known power over the run, within one 20 ms counter update at each end
+    assert abs(summary["metrics"]["energy/gpu_kwh"] * J_PER_KWH - GPU_W * summary["seconds"]) <= 2 * 0.02 * GPU_W
+    assert not any(t.name == "energy-sampler" for t in threading.enumerate())
+
+
+def test_an_epoch_that_max_steps_ends_early_is_recorded_under_its_own_index(tmp_path, sim_gpus) -> None:
+    # 12 steps an epoch, max_steps=14: the second epoch ends at epoch 1.17, which was rounded to index 0.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    trainer = make_trainer(tmp_path / "out", SeqData(96), sleep_s=0.01, max_steps=14, num_train_epochs=3)
+    attach(trainer, EnergyCallback(devices=["gpu"], sample_interval_s=0.02, record_path=tmp_path / "energy.jsonl"))
+    trainer.train()
+    epochs = [line for line in read_record(tmp_path / "energy.jsonl") if line["type"] == "epoch"]
+    assert [(e["step"], e["epoch"]) for e in epochs] == [(12, 0), (14, 1)]
+    logged = [h["energy/epoch_kwh"] for h in trainer.state.log_history if "energy/epoch_kwh" in h]
+    assert logged == pytest.approx([e["metrics"]["energy/epoch_kwh"] for e in epochs])

@@ -176,7 +176,7 @@ class EnergyLoop:
             self._show(self.power_cap.begin(self.ranks, self.tracker, self.total_steps, step=self.steps))
         if self.budget is not None:
             self.budget.bind(self.tracker, self.ranks, self.steps)
-            self._act(self.budget.begin(self.steps, self.total_steps, self.epoch_steps))
+            self._act(self.budget.begin(self.steps, self.total_steps, self.epoch_steps, self.epochs))
         if self.target is not None:
             self._show(self.target.bind(self.tracker, self.ranks, self.steps))
         if self.time_shift is not None:

@@ -14,6 +14,7 @@ import warnings
 import pytest
 
 from energy_core import J_PER_KWH, BudgetRule, EnergyLoop, PowerCapRun, TargetRule
+from energy_core.output import keys
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.doubles.vendors import both_vendors_end_to_end
@@ -206,3 +207,33 @@ def test_a_start_that_fails_ends_the_run_and_stops_its_sampler(tmp_path, sim_gpu
     summary = read_record(record)[-1]
     assert summary["type"] == "summary" and summary["status"] == "exception: OverflowError"
     assert loop.close() == {}  # ended once: closing again does nothing
+
+
+def test_a_resumed_loop_forecasts_its_budget_after_an_epoch_of_its_own(sim_gpus) -> None:
+    # The checkpoint's two epochs used to count as seen: the first review after the resume projected the
+    # run from a few steps and the start-up. The forecast now waits for an epoch of this run.
+    known_gpu(sim_gpus)
+
+    def loop() -> EnergyLoop:
+        return EnergyLoop(devices=["gpu"], sample_interval_s=0.02, log_every_n_steps=5, total_steps=40,
+                          epoch_steps=10, budget=BudgetRule(max_kwh=1.0, forecast="stop"))  # fmt: skip
+
+    def epoch(energy: EnergyLoop) -> list[bool]:
+        forecast = []
+        energy.start_epoch()
+        for _ in range(10):
+            time.sleep(0.01)
+            energy.step()
+            forecast.append(keys.BUDGET_FORECAST in energy.last_metrics)
+        energy.end_epoch()
+        return forecast + [keys.BUDGET_FORECAST in energy.last_metrics]
+
+    with loop() as first:
+        assert epoch(first) == [False] * 10 + [True]  # a fresh run forecasts at its first epoch's end
+        epoch(first)
+    later = loop()
+    later.load_state_dict(first.state_dict())
+    with later:
+        assert later.steps == 20 and later.epochs == 2
+        assert epoch(later) == [False] * 10 + [True]  # not at step 25: an epoch of its own first
+        assert not later.should_stop

@@ -1,9 +1,9 @@
 """JournalEntry: one board's line in the power-limit journal, checked field by field before use.
 
 The journal is JSON keyed by board UUID; each entry says the limit in force before the
-first cap (``previous_mw``), the limit set (``set_mw``), while a change is in progress
-the limit the board carried before it (``from_mw``: a kill between the journal and the
-driver leaves that one on the board), and the process that set it:
+first cap (``previous_mw``), the limit set (``set_mw``), the limit the board carried
+before that change (``from_mw``: a kill between the journal and the driver leaves that one
+on the board), and the process that set it:
 ``pid``, ``host``, ``uid``, and ``start`` (the process's start time in clock ticks since
 boot, so that a reused pid is not taken for the process that wrote the entry), plus a
 ``token`` naming the `PowerLimits` object within that process and a ``version``.
@@ -78,8 +78,8 @@ class JournalEntry:
         start: That process's start time (`process_start`), None where unknown.
         token: Which `PowerLimits` object of that process owns the board.
         time: When it was written (seconds since the epoch).
-        from_mw: While a change is in progress, the limit the board carried before it
-            (None once the change is done, and in entries written before the field existed).
+        from_mw: The limit the board carried before the change to ``set_mw`` (None in
+            entries written before the field existed).
 
     Examples:
         >>> entry = JournalEntry.parse("GPU-1", {"previous_mw": 350000, "set_mw": 250000, "pid": 7,
@@ -142,8 +142,8 @@ class JournalEntry:
         return cls(previous_mw, set_mw, pid, this_host(), os.geteuid(), start, token, time.time(), from_mw)
 
     def carried(self) -> tuple[int, ...]:
-        """The limits that a board carrying this entry's cap can have: ``set_mw``, and while a
-        change was in progress ``from_mw`` too (the change may not have reached the driver)."""
+        """The limits that a board carrying this entry's cap can have: ``set_mw``, and ``from_mw``
+        too (a process killed during the change: it may not have reached the driver)."""
         return (self.set_mw,) if self.from_mw is None else (self.set_mw, self.from_mw)
 
     def to_json(self) -> dict[str, Any]:

@@ -22,8 +22,10 @@ A change in the driver when a restore comes (a signal handler interrupting it, o
 thread, waited for at most `DRIVER_WAIT_S`) is this run's too: its target is recorded
 before the call (``pending_mw``), the restore accepts it on the board, and the board and
 its journal entry are let go only once the board carries its limit before the cap again.
-While a change is in progress the journal also names the limit the board carried before it
-(``from_mw``), so that a kill between the journal and the driver is recovered as well.
+The journal entry written before a change also names the limit the board carried before it
+(``from_mw``), so that a kill between the journal and the driver is recovered as well; it is
+not written again after the change (a signal then could not clear it: its handler does not
+wait for a journal this thread holds).
 Boards are `GpuBoard`s: nothing here knows the vendor.
 """
 
@@ -183,7 +185,6 @@ class PowerLimits:
                 self._release([c for c, _ in claimed if c not in done])
                 self._messages += self.restore()
                 raise
-            self._settle_entries(done)
         return self.capped
 
     def _claim(self, planned: Sequence[PlannedCap], strict: bool) -> list[tuple[CappedGpu, int]]:
@@ -343,24 +344,7 @@ class PowerLimits:
             except (PermissionError, DeviceError):
                 self._undo_entry(capped)
                 raise
-            self._settle_entries([capped])
             return applied
-
-    def _settle_entries(self, boards: Sequence[CappedGpu]) -> None:
-        """After changes: each held board's entry names the limit read back, without the limit before."""
-        held = [c for c in boards if c in self.capped]
-        if not held:
-            return
-        try:
-            with self.journal.entries() as entries:
-                for capped in held:
-                    entry = entries.get(capped.board.uuid)
-                    if entry is not None and self.owns(entry):
-                        entries[capped.board.uuid] = JournalEntry.mine(
-                            capped.previous_mw, capped.applied_mw, self.token
-                        )
-        except JournalError:
-            pass  # the entry keeps from_mw: recovery also accepts the limit before the change
 
     def _undo_entry(self, capped: CappedGpu) -> None:
         """After a refused change: the entry says what the board carries, or goes."""

@@ -3,8 +3,8 @@
 An entry is applied only when it is valid (`JournalEntry.parse` accepted it from a
 journal private to this user), was written on this host by a process of this user that
 has ended, names a board present on this host, holds limits inside that board's allowed
-range, and the board still carries the limit the entry says was set, or, for a change in
-progress (``from_mw``), the limit it carried before that change: a kill between the
+range, and the board still carries the limit the entry says was set, or (``from_mw``) the
+limit it carried before that change: a kill between the
 journal and the driver leaves that one (otherwise someone changed it since, or the
 driver reloaded: the board is left alone). Entries written before ``from_mw`` existed
 are read as they were.

@@ -81,14 +81,29 @@ class ExitGuard:
             raise SystemExit(128 + signum)  # only where the signal did not end the process (blocked)
 
     def uninstall(self) -> None:
-        """Put the previous handlers back and leave atexit (after a normal restore)."""
+        """Put the previous handlers back and leave atexit (after a normal restore).
+
+        Where another handler was installed over this one (a second guard, finished first or
+        not), this one stays in its chain and passes the signal on to the handler it found
+        (an uninstalled guard's handler restores nothing of its own: its limits are back); a
+        guard that puts it back skips it."""
         if threading.current_thread() is threading.main_thread():
-            for signum, previous in self._previous.items():
+            for signum, previous in list(self._previous.items()):
                 if signal.getsignal(signum) == self._on_signal:
-                    signal.signal(signum, signal.SIG_DFL if previous is None else previous)
-        self._previous.clear()
+                    signal.signal(signum, _unchained(signum, previous))
+                    del self._previous[signum]
+        else:
+            self._previous.clear()
         atexit.unregister(self._at_exit)
         self.installed = False
+
+
+def _unchained(signum: int, handler: Any) -> Any:
+    """The handler to put back for ``signum``: ``handler``, past any uninstalled guard's (which
+    would only pass the signal on); the default action for None."""
+    while getattr(handler, "__func__", None) is ExitGuard._on_signal and not handler.__self__.installed:
+        handler = handler.__self__._previous.get(signum)
+    return signal.SIG_DFL if handler is None else handler
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from energy_core.power.exit_guard import ExitGuard
 from tests.helpers import ROOT
 from tests.helpers.shared_machine import PREVIOUS_MW, journal_entries
 
@@ -76,3 +77,26 @@ def test_sigterm_restores_then_ends_the_process_by_the_signal(tmp_path) -> None:
     assert child.returncode == -signal.SIGTERM, output
     assert who_set(state) == [(child.pid, 250_000), (child.pid, PREVIOUS_MW)], output
     assert journal_entries() == {}
+
+
+def test_guards_finished_out_of_order_pass_signals_on_and_leave_the_handlers_as_found(monkeypatch) -> None:
+    # Two caps in one process, the first finished first: the second guard put the first one's handler back,
+    # with nothing left to pass the signal to, and a Ctrl-C then killed the process (status 130) instead of
+    # raising KeyboardInterrupt. The signal taken again by default fails the test here instead of ending it.
+    def killed(pid: int, signum: int) -> None:
+        raise AssertionError(f"signal {signum} taken again by its default action: the process would end")
+
+    monkeypatch.setattr(os, "kill", killed)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    restored: list[str] = []
+    first, second = ExitGuard(lambda: restored.append("first")), ExitGuard(lambda: restored.append("second"))
+    first.install()
+    second.install()
+    first.uninstall()
+    handler = signal.getsignal(signal.SIGINT)
+    assert callable(handler)
+    with pytest.raises(KeyboardInterrupt):  # through both, as if no guard were left but the second
+        handler(signal.SIGINT, None)
+    assert restored[0] == "second"
+    second.uninstall()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

@@ -17,7 +17,7 @@ import pytest
 from energy_core.power import PowerCapRun, PowerLimits, board_lock
 from energy_core.power.board_lock import BoardLock, Holder, UnusableLock, lock_name
 from tests.helpers import ROOT
-from tests.helpers.shared_machine import PREVIOUS_MW, admin_limit, board, journal_entries, limits_set, plant
+from tests.helpers.shared_machine import PREVIOUS_MW, journal_entries, limits_set, plant
 
 
 @pytest.fixture
@@ -28,13 +28,6 @@ def shared(tmp_path, monkeypatch):
     folder.chmod(0o1777)
     monkeypatch.setenv(board_lock.LOCKS_ENV, str(folder))
     return folder
-
-
-@pytest.fixture
-def sim(sim_gpus):
-    sim = sim_gpus(board())
-    admin_limit(sim)
-    return sim
 
 
 def test_a_board_is_held_by_one_open_file_at_a_time(shared) -> None:

@@ -28,17 +28,10 @@ from energy_core.power.journal import JOURNAL_ENV
 from energy_core.power.journal_entry import JournalEntry
 from tests.doubles.table_board import TableBoard, TableJob, capping
 from tests.energy_core.power.test_finder import V100_TRAP
-from tests.helpers.shared_machine import PREVIOUS_MW, admin_limit, board, journal_entries, limits_set, plant
+from tests.helpers.shared_machine import PREVIOUS_MW, journal_entries, limits_set, plant
 
 GONE = 2**30 + 7  # a pid no process has
 ADMIN_MW = 200_000  # what an administrator sets mid-run
-
-
-@pytest.fixture
-def sim(sim_gpus):
-    sim = sim_gpus(board())
-    admin_limit(sim)
-    return sim
 
 
 @pytest.fixture

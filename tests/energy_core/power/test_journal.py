@@ -19,18 +19,11 @@ from energy_core.power import JournalError, PowerCapError, PowerCapRun, PowerLim
 from energy_core.power.journal import JOURNAL_ENV, Journal, default_journal_dir
 from energy_core.power.journal_entry import JournalEntry
 from energy_core.report.cli import main as report_main
-from tests.helpers.shared_machine import PREVIOUS_MW, admin_limit, board, journal_entries, limits_set
+from tests.helpers.shared_machine import PREVIOUS_MW, journal_entries, limits_set
 
 OTHER_UID = 4242  # any uid but ours: root can give files to it without an account
 SECRET = "root's secret, 0600\n"
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another uid needs root")
-
-
-@pytest.fixture
-def sim(sim_gpus):
-    sim = sim_gpus(board())
-    admin_limit(sim)
-    return sim
 
 
 @pytest.fixture

@@ -23,13 +23,6 @@ GONE = 2**30 + 7  # a pid no process has
 HOST = socket.gethostname()
 
 
-@pytest.fixture
-def sim(sim_gpus):
-    sim = sim_gpus(board())
-    admin_limit(sim)
-    return sim
-
-
 def left_capped(sim, mw: int = 250_000) -> dict:
     """The board as a killed run left it, and that run's entry."""
     sim._store_limit(sim.gpus[0], mw)

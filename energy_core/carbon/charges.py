@@ -60,13 +60,22 @@ class Charges:
         self._highest = (0.0, 0.0)  # (kg, cost) per kWh: the highest factors in force up to the last reading
         self._lock = threading.Lock()
 
+    def _rates(self, start: float, end: float, kept: bool = False) -> list[tuple[float, tuple[float, float]]]:
+        """(seconds, (kg, cost) per kWh) of each stretch between unix times ``start`` and ``end``
+        (either order) over which the factors stay the same; one stretch of 0 s at ``end`` when the
+        span is empty. ``kept``: the values go into the factors' history (see `RunFactors.per_kwh`)."""
+        low, high = min(start, end), max(start, end)
+        if high <= low:
+            return [(0.0, self.factors.per_kwh(high, kept))]
+        return [
+            (b - a, self.factors.per_kwh((a + b) / 2, kept))
+            for a, b in pairwise([low, *self.factors.changes(low, high), high])
+        ]
+
     def _swing(self, start: float, end: float) -> tuple[float, float]:
         """(kg, cost) per kWh: the sum of the factors' changes between unix times ``start`` and
         ``end`` (0 without a change: fixed factors, or a series' row not crossed)."""
-        changes = self.factors.changes(start, end)
-        if not changes:
-            return 0.0, 0.0
-        rates = [self.factors.per_kwh((a + b) / 2, False) for a, b in pairwise([start, *changes, end])]
+        rates = [r for _, r in self._rates(start, end)]
         return (
             sum(abs(b[0] - a[0]) for a, b in pairwise(rates)),
             sum(abs(b[1] - a[1]) for a, b in pairwise(rates)),
@@ -75,8 +84,7 @@ class Charges:
     def _top(self, start: float, end: float, seed: tuple[float, float]) -> tuple[float, float]:
         """(kg, cost) per kWh: the highest factors in force between unix times ``start`` and ``end``,
         or ``seed`` if higher."""
-        points = [start, *self.factors.changes(start, end), end] if end > start else [end, end]
-        rates = [self.factors.per_kwh((a + b) / 2, False) for a, b in pairwise(points)]
+        rates = [r for _, r in self._rates(start, end)]
         return max([seed[0], *(r[0] for r in rates)]), max([seed[1], *(r[1] for r in rates)])
 
     def bound(self, joules_err: float, live_j: float, when: float) -> tuple[float, float]:
@@ -99,18 +107,15 @@ class Charges:
         """(CO2e kg, cost) of ``joules`` used evenly from unix time ``start`` to ``end`` (either
         order; a negative amount is taken back), split at every change of a factor between them.
         ``kept``: the factors' values go into their history (a charge, not a figure asked for)."""
-        low, high = min(start, end), max(start, end)
         kwh = joules / J_PER_KWH
-        if high <= low:
-            rates = self.factors.per_kwh(high, kept)
-            return kwh * rates[0], kwh * rates[1]
-        co2 = cost = 0.0
-        for a, b in pairwise([low, *self.factors.changes(low, high), high]):
-            share = kwh * (b - a) / (high - low)
-            rates = self.factors.per_kwh((a + b) / 2, kept)
-            co2 += share * rates[0]
-            cost += share * rates[1]
-        return co2, cost
+        stretches = self._rates(start, end, kept)
+        seconds = sum(length for length, _ in stretches)
+        if seconds <= 0:
+            return kwh * stretches[-1][1][0], kwh * stretches[-1][1][1]
+        return (
+            sum(kwh * length / seconds * rates[0] for length, rates in stretches),
+            sum(kwh * length / seconds * rates[1] for length, rates in stretches),
+        )
 
     def take(self, live_j: float, when: float) -> None:
         """A reading at unix time ``when`` found ``live_j`` joules used since the fit started:

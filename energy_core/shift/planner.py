@@ -8,7 +8,8 @@ The grid intensity is a step function; the job needs ``work_s`` seconds of compu
 * ``"pause"``: runs and pauses in one process: ``idle_w`` from ``start`` until the job ends,
   whenever it does not compute, and ``resume_s`` of busy power at each resume (0 by default);
 * ``"requeue"``: the job exits at a checkpoint and is started again later: nothing is drawn
-  between runs, and each restart costs ``resume_s`` at busy power before its work goes on.
+  between runs, and each restart costs ``resume_s`` at busy power before its work goes on (a
+  first run that begins after ``start`` is a restart too: the job exits at once and comes back).
 
 The optimum is exact. Cut the window into cells on the series' own grid (the intensity is
 constant in each). For a fixed pattern of runs the cost is linear in the positions of the
@@ -58,7 +59,7 @@ class TimeShiftPlan:
 
     Attributes:
         runs: ``(begin, end)`` aware datetimes (UTC) when the job computes; their lengths add
-            up to ``work_s`` plus ``resume_s`` for each resume after the first.
+            up to ``work_s`` plus ``resume_s`` for each resume (`resumes`).
         co2e_kg: The plan's CO2e: busy power while running and resuming, ``idle_w`` while
             waiting or paused (``"wait"``, ``"pause"``), on the intensity given.
         run_now_co2e_kg: Starting at ``start`` without pauses.
@@ -89,6 +90,13 @@ class TimeShiftPlan:
     def end(self) -> datetime:
         """When the last run ends."""
         return self.runs[-1][1]
+
+    @property
+    def resumes(self) -> int:
+        """How many runs begin with a resume: every run after the first, and in ``"requeue"`` mode
+        a first run that begins after ``start`` (the job exits at once and is started again)."""
+        late = self.mode == "requeue" and (self.runs[0][0] - self.start).total_seconds() > EDGE_S
+        return len(self.runs) - 1 + int(late)
 
     @property
     def paused_s(self) -> float:
@@ -305,7 +313,7 @@ def _optimum(model: _Model, t0: float, t1: float, work_s: float) -> _Plan | None
         return None  # one cell, one intensity: starting now is optimal
     counting = model.resume_s > 0  # resumes change the work only when they cost time
     inner = len(lengths) - 2
-    most = min(MAX_RESUMES, inner // 2 + 1) if counting else 0
+    most = min(MAX_RESUMES, inner // 2 + 2) if counting else 0  # runs alternate with pauses; each may resume
     both = (False, True)
     layouts = [_Layout("inner", head, tail) for head in both for tail in both]
     layouts += [_Layout("first", False, tail) for tail in both] + [_Layout("last", head, False) for head in both]
@@ -323,7 +331,7 @@ def _optimum(model: _Model, t0: float, t1: float, work_s: float) -> _Plan | None
     _, layout, resumes = best
     target = {resumes: _targets(layout, lengths, work_s, model.resume_s, most)[resumes]}
     _, path = _sweep(model, values, lengths, layout, target, counting, keep=True)
-    return _Plan(_runs(path, edges, target[resumes][1], work_s, model.resume_s), exact)
+    return _Plan(_runs(path, edges, target[resumes][1], work_s, model.resume_s, model.mode), exact)
 
 
 def _targets(
@@ -383,8 +391,9 @@ def _sweep(
                 if not np.isfinite(source).any():
                     continue
                 counted = move.kind == "full" and where == "inner"
-                shifted = _shift(source, int(counted), int(move.resume and counting))
-                price: float | np.ndarray = _price(move, length, busy, held) + (TIE * scale if move.resume else 0.0)
+                resumed = _resumes(move, where, model.mode)
+                shifted = _shift(source, int(counted), int(resumed and counting))
+                price: float | np.ndarray = _price(move, length, busy, held) + (TIE * scale if resumed else 0.0)
                 if move.cut:
                     price = price + _cut_rate(move, busy, held) * cut
                 key = (move.to, was_cut or move.cut)
@@ -410,7 +419,7 @@ def _sweep(
         move = moves[int(chosen[j][key][i, a, r_index])]
         path.append(move)
         a -= int(move.kind == "full" and 0 < j < last)
-        r_index -= int(move.resume and counting)
+        r_index -= int(_resumes(move, "first" if j == 0 else "later", model.mode) and counting)
         key = (move.frm, key[1] and not move.cut)
     return value, path[::-1]
 
@@ -427,6 +436,15 @@ def _allowed(move: _Move, where: str, layout: _Layout) -> bool:
             return move.cut
         return (move.kind == "full") if layout.last_full else not busy
     return layout.cut == "inner" or not move.cut
+
+
+def _resumes(move: _Move, where: str, mode: str) -> bool:
+    """Whether the run this move computes begins with a resume: after a pause, or in ``"requeue"``
+    mode a first run that begins after the window's start (the job exits at once and comes back)."""
+    if move.resume:
+        return True
+    late = where != "first" or move.kind == "in"  # "full" and "out" in the first cell begin at its start
+    return mode == "requeue" and move.frm == NS and move.kind in ("full", "in", "out") and late
 
 
 def _price(move: _Move, length: float, busy: float, held: float) -> float:
@@ -454,7 +472,7 @@ def _shift(source: np.ndarray, cells: int, resumes: int) -> np.ndarray:
 
 
 def _runs(
-    path: list[_Move], edges: np.ndarray, cut: float, work_s: float, resume_s: float
+    path: list[_Move], edges: np.ndarray, cut: float, work_s: float, resume_s: float, mode: str
 ) -> list[tuple[float, float]]:
     """The runs (unix times) a path of moves computes, joined where they touch; a run that does
     more than the work (two runs that touch lose a resume) ends early."""
@@ -472,7 +490,8 @@ def _runs(
             runs[-1] = (runs[-1][0], b)
         else:
             runs.append((a, b))
-    extra = sum(b - a for a, b in runs) - resume_s * (len(runs) - 1) - work_s
+    late = mode == "requeue" and runs[0][0] - edges[0] > EDGE_S  # the first run is a restart too
+    extra = sum(b - a for a, b in runs) - resume_s * (len(runs) - 1 + int(late)) - work_s
     if extra > EDGE_S:
         runs[-1] = (runs[-1][0], runs[-1][1] - extra)
     return runs

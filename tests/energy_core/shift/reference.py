@@ -40,9 +40,10 @@ def brute_force(curve: Intensity, t0: float, unit: float, units: int, work_units
                 runs.append([i, i + 1])
         if not runs or (mode == "wait" and len(runs) > 1):
             continue
-        if any(b - a <= resume_units for a, b in runs[1:]):
+        resumed = runs if mode == "requeue" and runs[0][0] > 0 else runs[1:]  # a late first start is a restart
+        if any(b - a <= resume_units for a, b in resumed):
             continue  # a resumed run that does no work
-        if sum(b - a for a, b in runs) - resume_units * (len(runs) - 1) != work_units:
+        if sum(b - a for a, b in runs) - resume_units * len(resumed) != work_units:
             continue
         timed = [(t0 + a * unit, t0 + b * unit) for a, b in runs]
         best = min(best, cost_kg(curve, timed, t0, mode, busy_w, idle_w))

@@ -58,8 +58,11 @@ def check_valid(plan, curve: Intensity, work_s: float, resume_s: float, busy: fl
     assert plan.start.timestamp() - 1e-6 <= runs[0][0]
     assert runs[-1][1] <= plan.deadline.timestamp() + 1e-6
     assert all(a < b for a, b in runs) and all(b1 < a2 for (_, b1), (a2, _) in zip(runs, runs[1:]))
-    assert sum(b - a for a, b in runs) - resume_s * (len(runs) - 1) == pytest.approx(work_s, abs=1e-6)
-    assert all(b - a > resume_s for a, b in runs[1:])
+    late = plan.mode == "requeue" and runs[0][0] > plan.start.timestamp() + 1e-6
+    resumed = runs if late else runs[1:]  # requeue: a first run after the start is a restart too
+    assert plan.resumes == len(resumed)
+    assert sum(b - a for a, b in runs) - resume_s * len(resumed) == pytest.approx(work_s, abs=1e-6)
+    assert all(b - a > resume_s for a, b in resumed)
     if plan.mode == "wait":
         assert len(runs) == 1
     assert plan.co2e_kg == pytest.approx(cost_kg(curve, runs, plan.start.timestamp(), plan.mode, busy, idle))
@@ -78,7 +81,9 @@ def steps_of(values: list[float], per_step: int = 2) -> list[tuple[datetime, flo
     ("values", "work", "resume", "mode", "runs"),
     [
         # the job starts inside the first step (a run edge cut by the work)
-        ([500, 0, 1000], 3, 1, "requeue", [(1, 4)]),
+        ([500, 0, 1000], 3, 0, "wait", [(1, 4)]),
+        # requeue: a late first start pays its restart too: 1 unit of start-up, then the 2 of work
+        ([1000, 0, 100, 1000], 2, 1, "requeue", [(2, 5)]),
         # a resumed run starts inside a step: the cleaner half of the 500 beats a third run
         ([0, 1000, 500, 0, 1000], 4, 1, "requeue", [(0, 2), (5, 8)]),
         # in-process pauses pay idle power: pausing through one dirty step still pays here
@@ -96,6 +101,24 @@ def test_known_optima(values, work, resume, mode, runs) -> None:
     optimum = brute_force(Intensity.of(series), T0.timestamp(), UNIT, units, work, resume, mode, 100.0, 10.0)
     assert plan.co2e_kg == pytest.approx(optimum)
     assert plan.shifted and plan.saving > 0
+
+
+def test_a_late_first_start_in_requeue_is_a_restart() -> None:
+    """The job exits at once and is started again: that start-up costs resume_s before the work, like
+    every later restart. Counted, the late run no longer beats running now; and a late run that does
+    win ends resume_s later, still by the deadline."""
+    series = steps_of([500, 0, 1000])
+    now = plan_time_shift(series, work_s=3 * UNIT, start=moment(0), deadline=moment(6 * UNIT), busy_w=100.0,
+                          resume_s=UNIT, mode="requeue")  # fmt: skip
+    assert not now.shifted and now.resumes == 0  # late: (1, 5) at 500+0+0+1000 against (0, 3) at 500+500+0
+    late = plan_time_shift(steps_of([1000, 0, 0, 1000]), work_s=2 * UNIT, start=moment(0), deadline=moment(5 * UNIT),
+                           busy_w=100.0, resume_s=UNIT, mode="requeue")  # fmt: skip
+    assert [(a - T0).total_seconds() / UNIT for a, _ in late.runs] == [2.0] and late.resumes == 1
+    assert (late.end - late.runs[0][0]).total_seconds() == pytest.approx(3 * UNIT)  # start-up + work
+    assert late.end <= late.deadline
+    tight = plan_time_shift(steps_of([1000, 0]), work_s=2 * UNIT, start=moment(0), deadline=moment(4 * UNIT),
+                            busy_w=100.0, resume_s=UNIT, mode="requeue")  # fmt: skip
+    assert (tight.runs[0][0] - T0).total_seconds() == pytest.approx(UNIT)  # not 2: it would end past the deadline
 
 
 def test_work_that_does_not_fit_runs_now_and_says_so() -> None:

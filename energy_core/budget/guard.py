@@ -58,8 +58,9 @@ class BudgetGuard:
         epoch_steps: Optimizer steps per epoch, if known: the forecast waits for the first
             epoch unless an epoch is half the run or more.
 
-    Metrics (from `review`): ``budget/remaining_kwh`` (binding limit minus the total),
-    ``budget/forecast_kwh`` (projected total at the end of the run, once enough is seen).
+    Metrics (from `review`): ``budget/remaining_kwh`` (binding limit minus the total; absent while
+    no limit binds in kWh: a CO2e or cost limit alone at a factor of 0), ``budget/forecast_kwh``
+    (projected total at the end of the run, once enough is seen).
     """
 
     def __init__(
@@ -186,7 +187,8 @@ class BudgetGuard:
     ) -> tuple[dict[str, float], BudgetAction | None]:
         spent = totals.total_kwh
         self.limit_kwh = self._limit_now(totals)  # CO2e and cost limits follow the factors in force
-        metrics = {keys.BUDGET_REMAINING: self.limit_kwh - spent}
+        # A CO2e or cost limit at an intensity or price of 0 is no limit in kWh: nothing to log (not inf).
+        metrics = {keys.BUDGET_REMAINING: self.limit_kwh - spent} if math.isfinite(self.limit_kwh) else {}
         if self._reference is None:
             self._reference = (step, spent)
         ref_step, ref_kwh = self._reference

@@ -40,6 +40,27 @@ def test_the_forecast_is_the_rate_so_far_times_the_steps_left(manual_gpu) -> Non
     assert action is None  # 4.2 Wh, far under 1 kWh
 
 
+def test_a_carbon_limit_on_a_grid_of_no_carbon_logs_no_remaining_energy(sim_gpus) -> None:
+    # At an intensity of 0 g/kWh a CO2e limit is no limit in kWh: budget/remaining_kwh was logged as inf
+    # (which loggers such as MLflow refuse), while the run went on, as it should.
+    clock = ManualClock()
+    sim_gpus(SimGpu("GPU-a", Constant(300.0), counter_period_s=0.02), clock=clock)
+    run = manual_run(clock, devices=["gpu"], carbon_intensity_g_per_kwh=0.0)
+    try:
+        guard = BudgetGuard(BudgetRule(max_co2e_kg=1.0, max_cost=None), run.tracker, total_steps=100, epoch_steps=10)
+        assert guard.begin(0, run.tracker.resumed_totals) is None
+        run.advance(2.0)
+        metrics, action = guard.review(20, 2, run.tracker.measured())
+        assert "budget/remaining_kwh" not in metrics and action is None
+        assert metrics["budget/forecast_kwh"] * J_PER_KWH == pytest.approx(300.0 * 0.1 * 100, rel=1e-6)
+        with_energy = BudgetGuard(BudgetRule(max_kwh=1.0, max_co2e_kg=1.0), run.tracker, total_steps=100)
+        with_energy.begin(20, run.tracker.resumed_totals)
+        metrics, _ = with_energy.review(20, 2, run.tracker.measured())
+        assert metrics["budget/remaining_kwh"] == pytest.approx(1.0 - 600.0 / J_PER_KWH)  # the kWh limit binds
+    finally:
+        run.tracker.end_fit(step=20)
+
+
 def test_a_forecast_over_the_limit_stops_and_a_crossing_is_seen_by_the_sampler(manual_gpu) -> None:
     tracker, step = manual_gpu
     limit_kwh = 300.0 * 0.1 * 99.5 / J_PER_KWH  # reached during the 100th step

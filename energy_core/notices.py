@@ -1,5 +1,5 @@
-"""Notice: a message that discovery or set-up wants the user to see once; `printable`: text
-from elsewhere made safe to show.
+"""Notice: a message that discovery or set-up wants the user to see once, made safe to show;
+`printable`: text from elsewhere made safe to show.
 
 The core never prints: it returns notices, and each framework adapter shows them through
 the framework's own channel (Lightning's rank-zero helpers, the transformers logger).
@@ -30,17 +30,27 @@ def printable(text: object) -> str:
     return _UNSAFE.sub(lambda found: repr(found.group())[1:-1], str(text))
 
 
+def printable_lines(text: str) -> str:
+    """``text`` with each of its lines `printable`, the line breaks kept."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 @dataclass(frozen=True)
 class Notice:
     """A message to show once.
 
     Args:
         level: ``"info"`` or ``"warn"``.
-        text: The message.
+        text: The message; made printable here (`printable_lines`), since many carry text from
+            elsewhere (a file name, a driver's or a server's error), and every adapter shows it
+            on a terminal.
     """
 
     level: str
     text: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", printable_lines(self.text))
 
 
 # Frames of these packages are never "where the user called": a warning points past them.

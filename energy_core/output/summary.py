@@ -13,7 +13,7 @@ from typing import Any
 
 from energy_core.accounting.figures import STAGES, RunTotals
 from energy_core.devices import DEVICE_KINDS
-from energy_core.notices import Notice, printable
+from energy_core.notices import Notice, printable_lines
 from energy_core.output import keys
 from energy_core.output import units_text as show
 from energy_core.sampling.meter import EnergyMeter
@@ -123,7 +123,7 @@ def quality_notices(fields: dict[str, Any]) -> list[Notice]:
         f"Part of this run was not measured: {parts}. {100 * fields['estimated_share']:.1f}% of the energy is "
         "estimated from the last good power of each device (see the run record's summary, 'faults')."
     )
-    return [Notice("warn", printable_lines(text))]
+    return [Notice("warn", text)]  # made printable there: the carbon source names the user's series file
 
 
 def estimate_mark(measured_kinds: Sequence[str], estimated_kinds: Collection[str]) -> str:
@@ -186,13 +186,6 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
     for kind, why in (fields.get("not_counted") or {}).items():
         lines.append(f"Not counted: {kind} ({why}).")
     return printable_lines("\n".join(lines))
-
-
-def printable_lines(text: str) -> str:
-    """``text`` as it may reach a terminal: each of its lines `printable` (the carbon source names the
-    user's series file, a device error is the driver's text: a control character in either is written
-    out, never sent to the terminal as a command), the line breaks kept."""
-    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 STAGE_NAMES = {"val": "validation", "test": "test", "predict": "predict"}

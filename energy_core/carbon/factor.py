@@ -18,17 +18,24 @@ from __future__ import annotations
 
 import copy
 import csv
+import errno
 import math
 import os
+import stat
 from array import array
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from energy_core.notices import Notice
 from energy_core.units import MAX_G_PER_KWH
+
+# The moments a series' row may have: grid data and training runs lie between these (a row
+# outside is a mistake, and its moment could not even be shown in local time).
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc).timestamp()
+LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc).timestamp()
 
 
 @dataclass(frozen=True)
@@ -123,14 +130,22 @@ def parse_series(path: str | os.PathLike[str], name: str, high: float) -> tuple[
         ValueError: naming the argument, the file and the line, for anything malformed.
     """
     times, values, lines = array("d"), array("d"), array("q")
-    if not os.path.isfile(path):  # a directory, a FIFO (which would block), a device
-        raise ValueError(f"{name}: {os.fspath(path)!r} is not a regular file")
     try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
+        with open(_open_regular(path, name), encoding="utf-8-sig", newline="") as handle:
             rows = csv.reader(handle)
-            next(rows, None)  # the header
+            header = next(rows, None)
+            if header is not None and _is_data(header):  # a file written without its header
+                raise ValueError(
+                    f"{name}: line 1 of {os.fspath(path)!r} is a row of data, but the first line must be a header "
+                    "row (e.g. time,g_per_kwh): it would be skipped"
+                )
             for number, row in enumerate(rows, 2):
                 if row and "".join(row).strip():
+                    if header is not None and len(row) > max(len(header), 2):  # 0,21 is a price cut to 0
+                        raise ValueError(
+                            f"{name}: line {number} of {os.fspath(path)!r} has {len(row)} fields, its header "
+                            f"{len(header)}: a decimal comma or a thousands separator? Write 0.21, not 0,21"
+                        )
                     times.append(_moment(row, number, path, name))
                     values.append(_value(row, number, path, name, high))
                     lines.append(number)
@@ -167,7 +182,50 @@ def _moment(row: list[str], number: int, path: str | os.PathLike[str], name: str
             f"{name}: line {number} of {os.fspath(path)!r} has no UTC offset ({row[0]!r}); write e.g. "
             "2026-06-01T12:00:00+00:00"
         )
-    return stamp.timestamp()
+    moment = stamp.timestamp()
+    if not EARLIEST <= moment < LATEST:
+        raise ValueError(
+            f"{name}: line {number} of {os.fspath(path)!r} has a moment that is not between 1970 and 2200 ({row[0]!r})"
+        )
+    return moment
+
+
+def _open_regular(path: str | os.PathLike[str], name: str) -> int:
+    """A descriptor of ``path`` opened for reading: a regular file, not a symbolic link (whose target
+    an error would quote), never waiting (a FIFO) nor opening a device, checked again on the
+    descriptor itself (the path may change between the two looks).
+
+    Raises:
+        ValueError: naming the argument and the file.
+    """
+    shown = repr(os.fspath(path))
+    try:
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            raise OSError(errno.ELOOP, "a symbolic link")
+        if not stat.S_ISREG(os.lstat(path).st_mode):  # never opened: opening a device may act on it
+            raise ValueError(f"{name}: {shown} is not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ValueError(f"{name}: {shown} is a symbolic link, which is not followed: give the file") from None
+        if err.errno == errno.ENOENT:
+            raise ValueError(f"{name}: {shown} is not a regular file (it does not exist)") from None
+        raise ValueError(f"{name}: cannot open {shown} ({err.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, a FIFO (which would block), a device
+        os.close(fd)
+        raise ValueError(f"{name}: {shown} is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _is_data(row: list[str]) -> bool:
+    """Whether a header row is in fact a row of data: a time and a number."""
+    try:
+        datetime.fromisoformat(row[0].strip().replace("Z", "+00:00"))
+        float(row[1])
+    except (ValueError, IndexError):
+        return False
+    return True
 
 
 def _value(row: list[str], number: int, path: str | os.PathLike[str], name: str, high: float) -> float:

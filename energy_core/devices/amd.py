@@ -242,10 +242,17 @@ class AmdGpuSource(gpu.GpuSource):
             self.notes.append(f"{where} has no usable energy counter: integrating its polled power ({field}).")
         return field
 
+    def read_within_s(self) -> float | None:
+        return None if self._counter is None else self._counter.wrap_s
+
     def read(self, now: float) -> Reading:
         try:
             if self._counter is not None:
                 counts = _counts(self._smi.amdsmi_get_energy_count(self.gpu.handle))
+                # The firmware's "no counter" value is no reading: fed to the counter, it would take a
+                # 32-bit accumulator for a 64-bit one and stop undoing its wraps for good.
+                if counts in NO_COUNTER:
+                    raise DeviceError(f"amdsmi: the energy accumulator reads {counts} (no count)")
                 return self._counter.update(int(counts), now)
             watts = self._smi.amdsmi_get_power_info(self.gpu.handle).get(self._field)
         except self._smi.AmdSmiException as err:

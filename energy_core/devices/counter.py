@@ -58,6 +58,14 @@ class WrappingCounter:
         self._last_t: float | None = None
         self._wide = False  # a value at or above the period: the counter is wider than that, it never wraps there
 
+    @property
+    def wrap_s(self) -> float | None:
+        """The longest time between two readings that still tells how many times the counter
+        wrapped (one wrap at `max_power_w`, less a counter update); None once it shows it never wraps."""
+        if self._wide or self.period <= 0 or self.max_power_w <= 0:
+            return None
+        return max(self.period * self.joules_per_count / self.max_power_w - COUNTER_SLACK_S, 0.0)
+
     def update(self, value: int, now: float | None) -> Reading:
         """Take one reading; its joules since the first (lower than before only after a reset),
         not continuous when the counter may have wrapped more than once since the previous one.

@@ -76,10 +76,12 @@ class NvidiaGpuSource(common.GpuSource):
         self.notes: list[str] = []
         name = _text(pynvml.nvmlDeviceGetName(gpu.handle))
         self._base_mj: int | None = None
+        self._power: Accuracy | None = None  # asked here, on discovery's bounded thread, never by the ledger's caller
         try:
             self._base_mj = int(pynvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle))
             method = "nvml-energy-counter"
             self.accuracy = Accuracy(lag_s=COUNTER_UPDATE_S, quantum_j=0.001)
+            self._power = _power_accuracy(gpu.handle)
         except pynvml.NVMLError_NotSupported:
             method = "nvml-power-integration"
             self.accuracy = _power_accuracy(gpu.handle)
@@ -116,9 +118,8 @@ class NvidiaGpuSource(common.GpuSource):
         return float(pynvml.nvmlDeviceGetPowerUsage(self.gpu.handle)) / 1000
 
     def power_accuracy(self) -> Accuracy | None:
-        if self._base_mj is None:
-            return None
-        return _power_accuracy(self.gpu.handle)
+        """Known since discovery: no driver call here (the `Ledger` asks on the thread that opens the sampler)."""
+        return self._power
 
     def read(self, now: float) -> Reading:
         if self._base_mj is not None:
@@ -166,11 +167,17 @@ def visible_gpus() -> list[VisibleGpu]:
     Follows CUDA's rules for ``CUDA_VISIBLE_DEVICES`` (`visible.select`). Integer entries
     are taken in NVML (PCI) order, which matches CUDA when ``CUDA_DEVICE_ORDER=PCI_BUS_ID``;
     when torch has already initialised CUDA its UUIDs are used instead, which is exact
-    whatever the order. Several MIG instances of one board yield that board once.
+    whatever the order. Several MIG instances of one board yield that board once. A board
+    NVML cannot open (``GPU_IS_LOST``; ``NO_PERMISSION`` for a board denied to this job's
+    cgroup) is left out, as CUDA leaves it out; the others are measured.
     """
-    count = pynvml.nvmlDeviceGetCount()
-    handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-    by_uuid = {_text(pynvml.nvmlDeviceGetUUID(h)): h for h in handles}
+    by_uuid: dict[str, Any] = {}
+    for i in range(pynvml.nvmlDeviceGetCount()):
+        try:  # a board fallen off the bus, or denied to this job's cgroup, raises here: CUDA cannot use it either
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            by_uuid[_text(pynvml.nvmlDeviceGetUUID(handle))] = handle
+        except pynvml.NVMLError:
+            continue
     seen = visible.torch_gpus(VENDOR)
     names = None if seen is None else ["GPU-" + g.uuid for g in seen]
     if names is None or not all(n in by_uuid for n in names):

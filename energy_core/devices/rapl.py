@@ -56,6 +56,9 @@ class RaplSource(EnergySource):
         """Wraps of the counter seen so far."""
         return self._counter.wraps
 
+    def read_within_s(self) -> float | None:
+        return self._counter.wrap_s
+
     def read(self, now: float) -> Reading:
         return self._counter.update(_read_int(self.zone / "energy_uj"), now)
 
@@ -99,9 +102,14 @@ def discover_rapl(kinds: set[str], root: Path | None = None) -> tuple[list[RaplS
     root = POWERCAP_ROOT if root is None else root
     sources: list[RaplSource] = []
     notices: list[Notice] = []
+    taken: dict[str, set[int]] = {}
     for kind, index, zone in _zones(root):
         if kind not in kinds:
             continue
+        numbers = taken.setdefault(kind, set())
+        if index in numbers:  # the dies of one package ("package-0-die-1"): one name each
+            index = max(numbers) + 1
+        numbers.add(index)
         try:
             sources.append(RaplSource(zone, kind, index))
         except PermissionError:

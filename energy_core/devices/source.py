@@ -118,7 +118,14 @@ class EnergySource(ABC):
         return None
 
     def power_accuracy(self) -> Accuracy | None:
-        """How `read_power`'s reading behaves (averaged or instantaneous); None without one."""
+        """How `read_power`'s reading behaves (averaged or instantaneous); None without one. Asked
+        by the thread that opens the sampler: known at construction, never a driver call."""
+        return None
+
+    def read_within_s(self) -> float | None:
+        """The longest time between two reads that still sees every wrap of a narrow counter
+        (`energy_core.devices.counter.WrappingCounter.wrap_s`); None: no limit. The sampler reads
+        it at least twice as often whatever its interval. Arithmetic only, never a device read."""
         return None
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -243,12 +243,24 @@ class Sampler:
         return before + (t - before_t) / (now - before_t) * (values - before)
 
     def next_interval(self) -> float:
-        """Seconds to the next reading: ``interval_s`` +-20% at random (dithering).
+        """Seconds to the next reading: ``interval_s`` +-20% at random (dithering), and never more
+        than half the time in which a narrow counter could wrap (`EnergySource.read_within_s`).
 
         Polled power is sampled, not integrated by the hardware: a load that repeats at
-        the sampling period would otherwise be seen at the same phase every time.
+        the sampling period would otherwise be seen at the same phase every time. A counter
+        read less often than once a wrap at full power says nothing of the energy in between
+        (an AMD CPU's RAPL zone: 13 s at 5 kW), so a long ``sample_interval_s`` would leave it
+        unmeasured: such a source is read often enough whatever ``interval_s`` says.
         """
-        return self.interval_s * (1.0 + JITTER * (2.0 * self._random.random() - 1.0))
+        base = self.interval_s
+        for source in self.sources:
+            try:
+                within = source.read_within_s()
+            except Exception:  # noqa: BLE001 - no limit known: the interval asked for
+                within = None
+            if within is not None:
+                base = min(base, max(within / (2.0 * (1.0 + JITTER)), MIN_INTERVAL_S))
+        return base * (1.0 + JITTER * (2.0 * self._random.random() - 1.0))
 
     @property
     def running(self) -> bool:

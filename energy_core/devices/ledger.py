@@ -29,9 +29,11 @@ span from them):
   trapezoid's worst error over each interval (half the step between two averaged readings,
   half the spread of the recent readings for an instantaneous one, times the interval); a
   gap closed as an estimate adds its whole bridge (the power across it may have been 0 or
-  twice the last); a model adds its documented share (`Accuracy.relative`).
+  twice the last; before any power was measured, the bridge is 0 and the gap adds the board's
+  most power over it); a model adds its documented share (`Accuracy.relative`).
 * `open_j`, the part of the total now that a later reading may still take back: the open
-  bridge and an estimate that ran high and is not paid back yet.
+  bridge (before any power was measured, the board's most over the open gap) and an estimate
+  that ran high and is not paid back yet.
 """
 
 from __future__ import annotations
@@ -112,7 +114,8 @@ class Ledger:
         """The part of the total that a later reading may still take back: the open bridge and
         an estimate that ran high, not yet paid back."""
         bridge = self._bridge_j(self._now)
-        return bridge + max(self._reported_j - (self._confirmed_j + self._estimated_j + bridge), 0.0)
+        unknown = self.max_w * self.silent_s if self._power_w is None else 0.0  # bridged at 0: anything up to the most
+        return bridge + unknown + max(self._reported_j - (self._confirmed_j + self._estimated_j + bridge), 0.0)
 
     @property
     def unmeasured_s(self) -> float:
@@ -164,7 +167,9 @@ class Ledger:
         if self._last_t is not None:
             bridge = self._bridge_j(until)
             self._estimated_j += bridge
-            self._bound_j += bridge  # the power across it may have been 0 or twice the last
+            # The power across it may have been 0 or twice the last; before any power was measured
+            # (bridged at 0), anything up to the board's most.
+            self._bound_j += bridge if self._power_w is not None else self.max_w * (until - self._last_t)
             self._closed_unmeasured_s += until - self._last_t
 
     def _counter(self, now: float, joules: float, continuous: bool = True) -> None:

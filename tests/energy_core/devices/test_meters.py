@@ -279,3 +279,22 @@ def test_a_gap_bridged_too_high_is_paid_back_and_the_total_ends_exact() -> None:
     assert max(totals[:7]) > 660.0  # the bridge ran high
     assert totals[-1] == pytest.approx(660.0 + 30.0 * 60)  # paid back: exact once the counter caught up
     assert ledger.estimated_j == pytest.approx(0.0)
+
+
+def test_a_gap_before_any_power_was_measured_is_bounded_by_the_boards_most() -> None:
+    # One good reading, then a 100 s stall, then a count that may have wrapped: nothing says what the
+    # power was, the gap is bridged at 0, and its bound was 0 too, claiming an exact 0 J.
+    source = ScriptedCounter([0.0, None, None, 5.0, 35.0])
+    ledger = devices.Ledger(source)
+    ledger.update(0.0)
+    ledger.update(50.0)
+    ledger.update(100.0)
+    assert ledger.open_j == pytest.approx(source.max_power_w * 100.0)  # the open gap, at a mark inside it
+    original = source.read
+    source.read = lambda now: devices.Reading(joules=original(now).joules, continuous=False)
+    assert ledger.update(100.1) == 0.0 and ledger.estimated_j == 0.0
+    assert ledger.bound_j == pytest.approx(source.max_power_w * 100.1)  # closed: the whole gap at the most
+    assert ledger.open_j == 0.0
+    source.read = original
+    assert ledger.update(100.2) == pytest.approx(30.0)  # measured again from the re-based count
+    assert ledger.bound_j == pytest.approx(source.max_power_w * 100.1)

@@ -48,7 +48,7 @@ class PowerCapCallback(LogContributor, TrainerCallback, ExportableState):
     """
 
     def __init__(self, **cap: Unpack[CapArgs]) -> None:
-        self.run = PowerCapRun(**cap)
+        self.run = PowerCapRun.of("PowerCapCallback", dict(cap))
         self._pending: dict[str, float] = {}
         self._world_zero = True
         self._restored = False

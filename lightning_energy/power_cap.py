@@ -52,7 +52,7 @@ class PowerCap(*CALLBACK_BASES):  # type: ignore[misc]
     """
 
     def __init__(self, **cap: Unpack[CapArgs]) -> None:
-        self.run = PowerCapRun(**cap)
+        self.run = PowerCapRun.of("PowerCap", dict(cap))
 
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:

@@ -135,6 +135,16 @@ class PowerCapRun:
             unknown indices are checked in `begin`, before anything is changed.
     """
 
+    @classmethod
+    def of(cls, owner: str, cap: dict[str, Any]) -> PowerCapRun:
+        """The cap of an adapter's keyword arguments; an unknown name is a TypeError that says
+        whose argument it is not, and lists the cap's arguments."""
+        unknown = sorted(set(cap) - set(CapArgs.__annotations__))
+        if unknown:
+            allowed = ", ".join(CapArgs.__annotations__)
+            raise TypeError(f"{owner} got unexpected keyword arguments {unknown}; its arguments are {allowed}")
+        return cls(**cap)
+
     def __init__(
         self,
         watts: float | str | None = None,

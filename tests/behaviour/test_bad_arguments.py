@@ -151,6 +151,26 @@ def test_the_wrong_type_is_a_type_error_and_the_wrong_range_a_value_error() -> N
         EnergyCallback(country=123)
 
 
+@pytest.mark.parametrize(
+    ("cls", "others"),
+    [
+        (EnergyMonitor, {}),
+        (EnergyCallback, {}),
+        (EnergyBudget, {"max_kwh": 1.0}),
+        (EnergyBudgetCallback, {"max_kwh": 1.0}),
+        (PowerCap, {"watts": 250}),
+        (PowerCapCallback, {"watts": 250}),
+        (TimeShift, DEADLINE),
+        (TimeShiftCallback, DEADLINE),
+    ],
+)
+def test_a_misspelt_argument_is_named_with_the_class_the_user_wrote(cls, others) -> None:
+    # PowerCap(watts=250, strct=True) said "PowerCapRun.__init__() got an unexpected keyword argument":
+    # a class the user never wrote, and no list of what it takes.
+    with pytest.raises(TypeError, match=rf"^{cls.__name__} got unexpected keyword arguments \['strct'\]; its "):
+        cls(**others, strct=True)
+
+
 # ----------------------------------------------------------------------------- EnergyLoop
 LOOP = {
     "notify": [None, "print", 5],  # None failed later with "'NoneType' object is not callable"

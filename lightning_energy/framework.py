@@ -79,7 +79,7 @@ def ranks_of(trainer: Any) -> Ranks:
         return total([float(flag)])[0] > 0
 
     can_gather = dist.is_available() and dist.is_initialized()
-    return Ranks(
+    ranks = Ranks(
         trainer.global_rank,
         trainer.local_rank,
         trainer.world_size,
@@ -88,6 +88,7 @@ def ranks_of(trainer: Any) -> Ranks:
         gather if can_gather else None,
         any_rank,
     )
+    return ranks.share_boards()  # ranks that share one board (or MIG instances of one) count it once
 
 
 def find_callback(trainer: Any, cls: type) -> Any:

@@ -2,8 +2,9 @@
 
 Every rule about multi-process jobs is here, once, for every framework adapter:
 
-* each rank measures the GPU it trains on; CPU, DRAM and GPUs no rank trains on are node
-  devices, measured by the node's local rank 0 only;
+* each rank measures the GPU it trains on (a board that several ranks of a host train on, e.g.
+  MIG instances of it, by the first of them only: `Ranks.share_boards`); CPU, DRAM and GPUs no
+  rank trains on are node devices, measured by the node's local rank 0 only;
 * global rank 0 writes the run record and carries a checkpoint's totals;
 * each GPU has one name in the job, ``gpu{i}``, numbered by the rank that measures it
   (`job_gpus`), and its power is logged under that name;
@@ -27,12 +28,12 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from energy_core import checks
 from energy_core.accounting.figures import STAGES, RunTotals, WindowFigures
-from energy_core.devices import DEVICE_KINDS
+from energy_core.devices import DEVICE_KINDS, visible_boards
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class Ranks:
             calls at the same points); None in a single process.
         gather: All-gather of a small picklable object, or None.
         any: True on every rank if the flag is True on any rank (a collective), or None.
+        gpu_shared: An earlier rank on this host measures the board ``gpu_index`` is (ranks that share
+            one GPU, or MIG instances of one board: `shared_board`); this rank measures no GPU.
     """
 
     rank: int = 0
@@ -57,6 +60,7 @@ class Ranks:
     sum: Callable[[list[float]], list[float]] | None = None
     gather: Callable[[Any], list[Any]] | None = None
     any: Callable[[bool], bool] | None = None
+    gpu_shared: bool = False
 
     @property
     def distributed(self) -> bool:
@@ -69,7 +73,7 @@ class Ranks:
         if not self.distributed:
             return None
         if self.gpu_index is not None:
-            return [self.gpu_index]
+            return [] if self.gpu_shared else [self.gpu_index]
         return None if self.local_rank == 0 else []
 
     @property
@@ -88,9 +92,14 @@ class Ranks:
         return self.rank == 0
 
     def agree(self, flag: bool) -> bool:
-        """True on every rank if True on any (a collective every rank must reach)."""
+        """True on every rank if True on any (a collective every rank must reach).
+
+        Without ``any``, through ``sum``: a job that sums its figures never decides rank by rank.
+        """
         if self.world_size > 1 and self.any is not None:
             return bool(self.any(bool(flag)))
+        if self.distributed and self.sum is not None:
+            return self.sum([1.0 if flag else 0.0])[0] > 0
         return bool(flag)
 
     def sum_by_name(
@@ -116,6 +125,19 @@ class Ranks:
         sums = dict(zip(names, total[: len(names)]))
         rest = total[len(names) :]
         return sums, {name: rest[i * world : (i + 1) * world] for i, name in enumerate(split)}
+
+    def share_boards(self) -> Ranks:
+        """These ranks, told whether an earlier rank on this host measures this rank's board
+        (`shared_board`: ranks that share one GPU, MIG instances of one board), so it is counted once.
+
+        One gather, which every rank of a job that can gather reaches alike; else these ranks unchanged.
+        """
+        if not self.distributed or self.gather is None:
+            return self
+        everyone = self.gather((socket.gethostname(), board_of(self.gpu_index)))
+        if not shared_board(everyone, self.rank):
+            return self
+        return replace(self, gpu_shared=True)
 
     def gather_all(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj`` (a collective), or None when the job cannot gather."""
@@ -148,7 +170,9 @@ def torch_distributed(
 
     The job's shape comes from one place, the default process group: its rank and size, and the
     local rank of each process from the same job (the launcher's ``LOCAL_RANK`` when every rank
-    has one, else the ranks' order on their host, from one gather). Without an initialised process
+    has one and no two ranks of one node share one, e.g. inherited by ``mp.spawn``'s children from an
+    outer launch; else the ranks' order on their host, from one gather), and whether an earlier rank
+    on the host trains on this rank's board (`Ranks.share_boards`). Without an initialised process
     group (or with one process) it is one process: the rank the launcher set, if any, still decides
     who writes the record and shows messages, and every process measures what it sees.
 
@@ -198,9 +222,15 @@ def torch_distributed(
     def any_rank(flag: bool) -> bool:
         return total([1.0 if flag else 0.0])[0] > 0
 
+    rank = dist.get_rank()
+    node = os.environ.get("GROUP_RANK", "")  # torchrun's node rank: two "nodes" on one host keep their LOCAL_RANKs
+    everyone = gather((socket.gethostname(), node, launched()[2], board_of(gpu_index)))
     if local_rank is None:
-        local_rank = local_rank_among(gather((socket.gethostname(), launched()[2])), dist.get_rank())
-    return Ranks(dist.get_rank(), local_rank, dist.get_world_size(), gpu_index, total, gather, any_rank)
+        places = [((host, node), local) for host, node, local, _ in everyone if local is not None]
+        inherited = len(set(places)) < len(places)  # one LOCAL_RANK twice on one node: not the ranks' own
+        local_rank = local_rank_among([(host, None if inherited else local) for host, _, local, _ in everyone], rank)
+    shared = shared_board([(host, board) for host, _, _, board in everyone], rank)
+    return Ranks(rank, local_rank, dist.get_world_size(), gpu_index, total, gather, any_rank, shared)
 
 
 RELEASE_WAIT_S = 1.0  # the most a collective waits for the backend's threads to let go of its tensor
@@ -233,6 +263,27 @@ def local_rank_among(everyone: Sequence[tuple[str, int | None]], rank: int) -> i
     if local is not None and all(other is not None for _, other in everyone):
         return local
     return [h for h, _ in everyone[:rank]].count(host)
+
+
+def board_of(gpu_index: int | None) -> str | None:
+    """The physical board of this process's visible GPU ``gpu_index``, named alike in every process
+    of the host (vendor and board UUID: a MIG instance names its board), or None where none can say.
+    """
+    if gpu_index is None:
+        return None
+    try:
+        boards = visible_boards()
+    except Exception:  # noqa: BLE001 - no vendor library, or one that fails: the board stays unnamed
+        return None
+    return next((f"{b.vendor}:{b.uuid}" for b in boards if b.index == gpu_index), None)
+
+
+def shared_board(everyone: Sequence[tuple[str, str | None]], rank: int) -> bool:
+    """Whether an earlier rank on this rank's host trains on the same board (`board_of`), from every
+    rank's (host, board): that rank measures it, this one none, so the board is counted once.
+    """
+    host, board = everyone[rank]
+    return board is not None and (host, board) in everyone[:rank]
 
 
 def job_gpus(ranks: Ranks, mine: Sequence[str]) -> tuple[dict[str, str], list[str]]:

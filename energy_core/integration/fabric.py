@@ -42,6 +42,7 @@ def fabric_ranks(fabric: Any) -> Ranks:
 
     gpu = (device.index or 0) if device.type == "cuda" else None
     can_gather = dist.is_available() and dist.is_initialized()
-    return Ranks(
+    ranks = Ranks(
         fabric.global_rank, fabric.local_rank, fabric.world_size, gpu, total, gather if can_gather else None, any_rank
     )
+    return ranks.share_boards()  # ranks that share one board (or MIG instances of one) count it once

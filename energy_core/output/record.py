@@ -20,6 +20,7 @@ import errno
 import json
 import math
 import os
+import re
 import stat
 import time
 import uuid
@@ -250,10 +251,28 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")  # NaN and Infinity: the writer never writes them
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _unicode(value: Any) -> Any:
+    """``value`` with each lone surrogate in its text written out (``\\udcff``): JSON's ``"\\udcff"``
+    (an argument that was not UTF-8, as Python holds it) is a str no terminal or file can take."""
+    if isinstance(value, str):
+        return _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", value)
+    if isinstance(value, list):
+        return [_unicode(v) for v in value]
+    if isinstance(value, dict):
+        return {_unicode(k): _unicode(v) for k, v in value.items()}
+    return value
+
+
 def parse_line(raw: str) -> tuple[dict[str, Any] | None, str]:
     """One record line: (the line, "") when it is one, else (None, why not)."""
     try:
         line = json.loads(raw, parse_constant=_refuse_constant)
+        if _SURROGATE_ESCAPE.search(raw):  # maybe a lone surrogate (a pair is one character once read)
+            line = _unicode(line)
     except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         return None, "is not JSON (a crash mid-write?)"
     if not isinstance(line, dict) or not isinstance(line.get("type"), str):
@@ -269,8 +288,18 @@ def parse_line(raw: str) -> tuple[dict[str, Any] | None, str]:
 
 
 def _raw_lines(path: Path) -> Iterator[tuple[int, str | None]]:
-    """(number, text) of each line, read one at a time; text None for a line over `MAX_LINE_BYTES`."""
-    with open(path, "rb") as handle:
+    """(number, text) of each line, read one at a time; text None for a line over `MAX_LINE_BYTES`.
+
+    Raises:
+        OSError: ``path`` cannot be opened, or is not a regular file (a FIFO would block the read
+            for ever: the open never waits, and the kind is checked on the descriptor).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, a device or a socket)", str(path))
+    os.set_blocking(fd, True)
+    with open(fd, "rb") as handle:
         number = 0
         while raw := handle.readline(MAX_LINE_BYTES + 1):
             number += 1

@@ -33,6 +33,7 @@ when nothing could be read or written.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from collections.abc import Callable
@@ -49,8 +50,9 @@ from energy_core.output import units_text as show
 from energy_core.output.summary import ESTIMATES, GUIDE, STAGE_NAMES, estimate_mark
 from energy_core.report import targets
 from energy_core.report.folder import FolderError, ReportFolder
-from energy_core.report.runs import Run, bound_of, figure, utc
+from energy_core.report.runs import Run, amount, bound_of, figure, utc
 from energy_core.report.runs import read as read_record
+from energy_core.units import MAX_CO2E_KG, MAX_G_PER_KWH, MAX_JOULES, MAX_KWH, MAX_PUE, MAX_SECONDS
 
 SUMMARY_HEAD = [
     "run",
@@ -78,40 +80,40 @@ CONTEXT_HEAD = ["run", "started", "host", "command", "CPU", "GPUs", "devices mea
 def run_row(label: str, run: Run) -> list[str]:
     """One run's column of the summary (`SUMMARY_HEAD`): every figure in the unit that fits."""
     header, summary, metrics = run.header, run.summary or {}, run.metrics
-    kwh = run.kwh
+    kwh, total = run.kwh, amount(metrics, keys.TOTAL_KWH, MAX_KWH)
     carbon = {**(header.get("carbon") or {}), **(summary.get("carbon") or {})}  # the run's mean intensity
     cost = summary.get("cost") or {}
     status = str(summary.get("status", "?")) if run.summary else "INCOMPLETE (no summary: crashed or running)"
     estimated = run.estimated_kinds
     shares = []
     for kind in DEVICE_KINDS:
-        value = figure(metrics, keys.kind_kwh(kind))
+        value = amount(metrics, keys.kind_kwh(kind), MAX_KWH)
         if value is not None and kwh > 0:
             mark = " (estimated)" if kind in estimated else ""
             shares.append(f"{kind} {100 * value / kwh:.1f}%{mark}")
-    cap = ", ".join(f"GPU {c.get('gpu', '?')} {c['cap_w']:g} W" for c in run.caps if figure(c, "cap_w") is not None)
+    cap = ", ".join(f"GPU {c.get('gpu', '?')} {c['cap_w']:g} W" for c in run.caps if amount(c, "cap_w") is not None)
 
-    def shown(values: dict[str, Any], key: str, how: Callable[[float], str], scale: float = 1.0) -> str:
-        value = figure(values, key)
-        return how(value * scale) if value is not None else "-"
+    def shown(values: dict[str, Any], key: str, how: Callable[[float], str], most: float = math.inf) -> str:
+        value = amount(values, key, most)  # a negative figure is damage, never shown
+        return how(value) if value is not None else "-"
 
     stage_kwh = summary.get("stage_kwh") if isinstance(summary.get("stage_kwh"), dict) else {}
-    stages = [(name, figure(stage_kwh, stage) or figure(metrics, keys.stage_kwh(stage))) for stage, name in
-              STAGE_NAMES.items()]  # fmt: skip
-    g_per_kwh = figure(carbon, "g_per_kwh")
-    kinds_measured = [k for k in DEVICE_KINDS if figure(metrics, keys.kind_kwh(k)) is not None]
+    stages = [(name, amount(stage_kwh, stage, MAX_KWH) or amount(metrics, keys.stage_kwh(stage), MAX_KWH))
+              for stage, name in STAGE_NAMES.items()]  # fmt: skip
+    g_per_kwh, pue = amount(carbon, "g_per_kwh", MAX_G_PER_KWH), amount(carbon, "pue", MAX_PUE)
+    kinds_measured = [k for k in DEVICE_KINDS if amount(metrics, keys.kind_kwh(k), MAX_KWH) is not None]
     total_mark = estimate_mark(kinds_measured, estimated)
     return [
         label,
         status,
-        show.energy_kwh(kwh) + total_mark,
-        shown(metrics, keys.CO2E_KG, show.mass),
-        f"{g_per_kwh or 0:.4g} x {carbon.get('pue', '?')}",
+        show.energy_kwh(total) + total_mark if total is not None else "-",
+        shown(metrics, keys.CO2E_KG, show.mass, MAX_CO2E_KG),
+        f"{'?' if g_per_kwh is None else f'{g_per_kwh:.4g}'} x {'?' if pue is None else pue}",
         f"{cost['total']:.4g} {cost.get('currency') or ''}".strip() if figure(cost, "total") is not None else "-",
         shown(summary, "mean_power_w", show.power),
-        shown(summary, "seconds", show.duration),
-        shown(summary, "j_per_sample", show.energy),
-        shown(summary, "j_per_token", show.energy),
+        shown(summary, "seconds", show.duration, MAX_SECONDS),
+        shown(summary, "j_per_sample", show.energy, MAX_JOULES),
+        shown(summary, "j_per_token", show.energy, MAX_JOULES),
         ", ".join(shares) or "-",
         ", ".join(f"{name} {show.energy_kwh(value)}" for name, value in stages if value) or "-",
         "; ".join(f"{kind}: {ESTIMATES.get(kind, 'a model, not a reading')} ({GUIDE})" for kind in estimated) or "-",
@@ -127,7 +129,8 @@ def context_row(label: str, run: Run) -> list[str]:
     """One run's column of the context (`CONTEXT_HEAD`): when, where and how it ran, from its header."""
     header = run.header
     hardware = _mapping(header.get("hardware"))
-    sources = [s for s in hardware.get("sources") or [] if isinstance(s, dict)]
+    listed = hardware.get("sources")
+    sources = [s for s in listed if isinstance(s, dict)] if isinstance(listed, list) else []
     gpus = [f"{s.get('name', '?')}: {s.get('detail') or '?'}" for s in sources if s.get("kind") == "gpu"]
     drivers = _mapping(hardware.get("drivers"))
     measured = [f"{s.get('name', '?')} ({s.get('method', '?')}{', estimated' if s.get('estimated') is True else ''})"
@@ -251,9 +254,9 @@ def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | Non
             continue
         read.append(path)
         notes += [f"{path.name}: {n}" for n in file_notes]
-        for i, run in enumerate(found):
+        for run in found:
             name = f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
-            runs.append((name if len(found) == 1 else f"{name}#{i + 1}", run))
+            runs.append((name if len(found) == 1 and run.number == 0 else f"{name}#{run.number + 1}", run))
     if not runs:
         return 1
     try:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from energy_core.notices import printable
 
+MODE = 0o755  # a folder the report makes: no one else may write to it, whatever the umask (0 makes 0o777)
+
 
 class FolderError(Exception):
     """The folder cannot be written safely; the message says why."""
@@ -62,7 +64,7 @@ class ReportFolder:
         """``RECORD.report/`` beside ``record``, or a fresh folder, and a note when it is not the first."""
         wanted = record.with_suffix(".report")
         try:
-            os.mkdir(wanted)
+            os.mkdir(wanted, MODE)
         except FileExistsError:
             try:
                 return cls(wanted), None  # a report of yours, made before
@@ -82,7 +84,7 @@ class ReportFolder:
     def given(cls, path: Path) -> ReportFolder:
         """A folder named with ``--out``, made if missing."""
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(MODE, parents=True, exist_ok=True)
         except OSError as err:
             raise FolderError(f"{printable(path)} cannot be made ({err.strerror})") from None
         return cls(path)

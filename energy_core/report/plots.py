@@ -78,7 +78,7 @@ def series(run: Run) -> dict[str, list[float]]:
     shown = [i for i in points.rows(WINDOW, EPOCH, SUMMARY) if not math.isnan(points.kwh[i])]
     out: dict[str, list[float]] = {
         "step": [points.step[i] for i in shown],
-        "seconds": [_seconds(points.seconds[i]) for i in shown],
+        "seconds": [points.seconds[i] for i in shown],  # NaN where the line has none: not drawn
         "joules": [points.kwh[i] * J_PER_KWH for i in shown],
         "joules_err": [points.kwh_err[i] * J_PER_KWH for i in shown],  # NaN where the record has no bound
         "co2e": [points.co2e_kg[i] for i in shown],
@@ -111,18 +111,18 @@ def _power(run: Run) -> dict[str, list[float]]:
     rows = [i for i in points.rows(WINDOW) if not math.isnan(points.watts[i])]
     lengths = [points.window_s[i] for i in rows if points.window_s[i] > 0]
     shortest = SHORT_WINDOW * statistics.median(lengths) if lengths else 0.0
-    kept: list[list[float]] = []  # [step, seconds, joules, window seconds, joules' bound]
+    kept: list[list[float]] = []  # [step, seconds, joules, window seconds, joules' bound, the window's power]
     carried = [0.0, 0.0, 0.0]  # a short first window's (joules, seconds, bound), for the next
     for i in rows:
         span = points.window_s[i]
         span = span if span > 0 else 0.0
         joules, bound = points.watts[i] * span, points.watts_err[i] * span  # bounds add when folded
         if span >= shortest:
-            kept.append([points.step[i], _seconds(points.seconds[i]), joules + carried[0], span + carried[1],
-                         bound + carried[2]])  # fmt: skip
+            kept.append([points.step[i], points.seconds[i], joules + carried[0], span + carried[1],
+                         bound + carried[2], points.watts[i]])  # fmt: skip
             carried = [0.0, 0.0, 0.0]
         elif kept:  # folded into the window before it
-            kept[-1][0], kept[-1][1] = points.step[i], _seconds(points.seconds[i])
+            kept[-1][0], kept[-1][1] = points.step[i], points.seconds[i]
             kept[-1][2] += joules
             kept[-1][3] += span
             kept[-1][4] += bound
@@ -131,7 +131,7 @@ def _power(run: Run) -> dict[str, list[float]]:
     return {
         "power_step": [k[0] for k in kept],
         "power_seconds": [k[1] for k in kept],
-        "watts": [k[2] / k[3] if k[3] > 0 else points.watts[rows[0]] for k in kept],
+        "watts": [k[2] / k[3] if k[3] > 0 else k[5] for k in kept],  # no length recorded: the window's own
         "watts_err": [k[4] / k[3] if k[3] > 0 else math.nan for k in kept],  # NaN where the record has no bound
     }
 
@@ -169,7 +169,7 @@ def unit_of(values: Sequence[float], axis: tuple[str, Any]) -> tuple[str, float]
     name, ladder = axis
     if ladder is None:
         return name, 1.0
-    largest = max((abs(v) for v in values if v == v), default=0.0)
+    largest = max((abs(v) for v in values if math.isfinite(v)), default=0.0)
     if ladder is TIME:
         unit, size = next(((n, s) for n, s in reversed(TIME) if largest >= 2 * s), TIME[0])
     else:
@@ -197,9 +197,11 @@ def plot_runs(runs: list[tuple[str, Run]]) -> list[tuple[str, bytes]]:
             y_label = _loss_label([run for _, run, _ in drawn])
         bands = []
         for label, run, s in drawn:
-            xs, ys = [v / x_size for v in s[x]], [v / y_size for v in s[y]]
+            errors = s.get(BANDS.get(y, ""), [])
+            at = [i for i, (a, b) in enumerate(zip(s[x], s[y])) if math.isfinite(a) and math.isfinite(b)]
+            xs, ys = [s[x][i] / x_size for i in at], [s[y][i] / y_size for i in at]  # a point without x is not drawn
             line = axes.plot(xs, ys, marker=".", label=legend_label(label, run))[0]
-            bands.append((xs, ys, [e / y_size for e in s.get(BANDS.get(y, ""), [])], line.get_color()))
+            bands.append((xs, ys, [errors[i] / y_size for i in at] if errors else [], line.get_color()))
             _epoch_ends(axes, s.get(EPOCH_ENDS.get(x, ""), []), x_size, line.get_color())
         limits = axes.get_ylim()  # the curves set the axis; a wide band runs past its edge rather than squash them
         for band in bands:
@@ -250,7 +252,7 @@ def _devices_plot(plt: Any, data: list[tuple[str, Run, dict[str, list[float]]]])
     for (label, run, s), kinds in zip(data, measured):
         for kind in kinds:
             mark = " (estimated)" if kind in run.estimated_kinds else ""
-            pairs = [(t, j) for t, j in zip(s["seconds"], s[f"{kind}_joules"]) if j == j]
+            pairs = [(t, j) for t, j in zip(s["seconds"], s[f"{kind}_joules"]) if j == j and t == t]
             curves.append((f"{printable(label)}: {kind}{mark}", pairs, bool(mark)))
     figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
     x_label, x_size = unit_of([t for _, pairs, _ in curves for t, _ in pairs], TIME_AXIS)

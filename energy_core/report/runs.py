@@ -26,17 +26,39 @@ from typing import Any
 from energy_core.carbon.run_factors import CARBON
 from energy_core.devices import DEVICE_KINDS
 from energy_core.output import keys
-from energy_core.output.record import EPOCH, FACTOR, POWER_CAP, SHIFT, SUMMARY, TARGET, WINDOW, record_lines
-from energy_core.units import J_PER_KWH, MAX_JOULES
+from energy_core.output.record import EPOCH, FACTOR, HEADER, POWER_CAP, SHIFT, SUMMARY, TARGET, WINDOW, record_lines
+from energy_core.units import J_PER_KWH, MAX_CO2E_KG, MAX_G_PER_KWH, MAX_JOULES, MAX_KWH, MAX_SECONDS
 
 BOUNDARIES = (WINDOW, EPOCH, SUMMARY)
 NAN = math.nan
+# The runs of one file a report holds: the last ones. A header line of 18 bytes opens a run that
+# takes some 2 KB; a file of headers alone would otherwise take a hundred times its size.
+MAX_RUNS = 100
 
 
 def figure(values: Any, key: str) -> float | None:
-    """A number from a line's object (None when absent or null)."""
+    """A number from a line's object (None when absent, null, or not a finite float: an integer of
+    400 digits in a field the reader does not check)."""
     value = values.get(key) if isinstance(values, dict) else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def amount(values: Any, key: str, most: float = math.inf) -> float | None:
+    """A figure that cannot be below zero (energy, power, CO2e, time, intensity): None when absent,
+    or when it cannot be one (negative, above ``most``: a damaged record), never shown as a figure."""
+    value = figure(values, key)
+    return value if value is not None and 0 <= value <= most else None
+
+
+def _list(value: Any) -> list[Any]:
+    """A header's list, or an empty one where the record holds something else."""
+    return value if isinstance(value, list) else []
 
 
 def bound_of(values: Any, key: str) -> float | None:
@@ -70,7 +92,7 @@ class Points:
 
     def add(self, line: dict[str, Any]) -> None:
         metrics = line.get("metrics") or {}
-        seconds = figure(line, "elapsed_s") if line["type"] != SUMMARY else figure(line, "seconds")
+        seconds = amount(line, "elapsed_s" if line["type"] != SUMMARY else "seconds", MAX_SECONDS)
         extra = line.get("extra") or {}
         losses = {str(k): loss for k in extra if "loss" in str(k) and (loss := figure(extra, k)) is not None}
         if self.loss_name is None and losses and line["type"] == WINDOW:
@@ -78,15 +100,15 @@ class Points:
         self.kind.append(BOUNDARIES.index(line["type"]))
         self.step.append(_or_nan(figure(line, "step")))
         self.seconds.append(_or_nan(seconds))
-        self.window_s.append(_or_nan(figure(line, "seconds")) if line["type"] == WINDOW else NAN)
-        self.kwh.append(_or_nan(figure(metrics, keys.TOTAL_KWH)))
+        self.window_s.append(_or_nan(amount(line, "seconds", MAX_SECONDS)) if line["type"] == WINDOW else NAN)
+        self.kwh.append(_or_nan(amount(metrics, keys.TOTAL_KWH, MAX_KWH)))
         self.kwh_err.append(_or_nan(bound_of(metrics, keys.TOTAL_KWH)))
-        self.watts.append(_or_nan(figure(metrics, keys.TOTAL_W)))
+        self.watts.append(_or_nan(amount(metrics, keys.TOTAL_W)))
         self.watts_err.append(_or_nan(_power_err(line, metrics)))
-        self.intensity.append(_or_nan(figure(metrics, keys.INTENSITY)))
-        self.co2e_kg.append(_or_nan(figure(metrics, keys.CO2E_KG)))
+        self.intensity.append(_or_nan(amount(metrics, keys.INTENSITY, MAX_G_PER_KWH)))
+        self.co2e_kg.append(_or_nan(amount(metrics, keys.CO2E_KG, MAX_CO2E_KG)))
         for kind in DEVICE_KINDS:
-            getattr(self, f"{kind}_kwh").append(_or_nan(figure(metrics, keys.kind_kwh(kind))))
+            getattr(self, f"{kind}_kwh").append(_or_nan(amount(metrics, keys.kind_kwh(kind), MAX_KWH)))
         self.loss.append(_or_nan(losses.get(self.loss_name or "")))
 
     def rows(self, *kinds: str) -> list[int]:
@@ -126,6 +148,7 @@ class Run:
         shifts: Its ``shift`` lines (a time shift's plans, pauses, resumes, requeues).
         intensities: (unix time from which it held, g/kWh) of every carbon intensity it was charged at.
         last_time: The unix time of its last line.
+        number: Its place among the runs of its file (0 for the first).
     """
 
     header: dict[str, Any]
@@ -137,6 +160,7 @@ class Run:
     shifts: list[dict[str, Any]] = field(default_factory=list)
     intensities: list[tuple[float, float]] = field(default_factory=list)
     last_time: float = NAN
+    number: int = 0
 
     def add(self, line: dict[str, Any]) -> None:
         kind = line["type"]
@@ -172,15 +196,16 @@ class Run:
 
     @property
     def kwh(self) -> float:
-        """Its total energy (0 when it logged none)."""
-        return figure(self.metrics, keys.TOTAL_KWH) or 0.0
+        """Its total energy (0 when it logged none, or none that can be one)."""
+        return amount(self.metrics, keys.TOTAL_KWH, MAX_KWH) or 0.0
 
     @property
     def estimated_kinds(self) -> list[str]:
         """The device kinds whose energy is an estimate (from the header's sources), in `DEVICE_KINDS` order."""
         hardware = self.header.get("hardware")
-        sources = hardware.get("sources") if isinstance(hardware, dict) else None
-        found = {s.get("kind") for s in sources or [] if isinstance(s, dict) and s.get("estimated") is True}
+        sources = _list(hardware.get("sources")) if isinstance(hardware, dict) else []
+        found = {s.get("kind") for s in sources if isinstance(s, dict) and s.get("estimated") is True
+                 and isinstance(s.get("kind"), str)}  # fmt: skip
         return [kind for kind in DEVICE_KINDS if kind in found]
 
     @property
@@ -199,16 +224,23 @@ class Run:
 
 
 def read(path: Path) -> tuple[list[Run], list[str]]:
-    """The runs of a record file and notes on the lines skipped, the file read one line at a time."""
-    runs: list[Run] = []
+    """The runs of a record file (the last `MAX_RUNS`) and notes on the lines skipped and the runs
+    left out, the file read one line at a time."""
+    runs: dict[int, Run] = {}
     notes: list[str] = []
     for item in record_lines(path):
         if isinstance(item, str):
             notes.append(item)
             continue
         index, line = item
-        if index == len(runs):  # a header opens each run
-            runs.append(Run(line))
-        else:
+        if line["type"] == HEADER:  # a header opens each run
+            runs[index] = Run(line, number=index)
+            if len(runs) > MAX_RUNS:
+                del runs[next(iter(runs))]  # the earliest
+        elif index in runs:
             runs[index].add(line)
-    return runs, notes
+    kept = list(runs.values())
+    if kept and kept[0].number:
+        notes.append(f"the first {kept[0].number} runs are not reported: at most {MAX_RUNS} runs of a file are, "
+                     "the last ones")  # fmt: skip
+    return kept, notes

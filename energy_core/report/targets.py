@@ -17,7 +17,7 @@ from energy_core.notices import printable
 from energy_core.output import units_text as show
 from energy_core.report.runs import Run
 from energy_core.target.run import REACHED
-from energy_core.units import J_PER_KWH
+from energy_core.units import J_PER_KWH, MAX_KWH
 
 METRIC_PLOT = ("metric_vs_kwh.png", "Metric against energy")
 MAX_METRICS = 3  # one panel per metric name; a report of more compares too little to be read
@@ -31,9 +31,14 @@ def _name(text: Any) -> str:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    """A finite float from a record's field (None for anything else: an integer of 400 digits too)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def evaluations(run: Run) -> list[dict[str, Any]]:
@@ -42,7 +47,7 @@ def evaluations(run: Run) -> list[dict[str, Any]]:
     found = []
     for line in run.targets:
         kwh = _number(line.get("energy_kwh"))
-        if kwh is None or kwh < 0 or not isinstance(line.get("metric"), str):
+        if kwh is None or not 0 <= kwh <= MAX_KWH or not isinstance(line.get("metric"), str):
             continue
         found.append({**line, "kwh": kwh, "value": _number(line.get("value")), "metric": _name(line.get("metric"))})
     return found

@@ -51,6 +51,9 @@ class Ranks:
         any: True on every rank if the flag is True on any rank (a collective), or None.
         gpu_shared: An earlier rank on this host measures the board ``gpu_index`` is (ranks that share
             one GPU, or MIG instances of one board: `shared_board`); this rank measures no GPU.
+        node_boards: The boards the ranks of this host train on (`board_of`: vendor and UUID), from
+            the same gather; a power cap's node leader caps them even where it does not see them
+            (``CUDA_VISIBLE_DEVICES`` set per rank).
     """
 
     rank: int = 0
@@ -61,6 +64,7 @@ class Ranks:
     gather: Callable[[Any], list[Any]] | None = None
     any: Callable[[bool], bool] | None = None
     gpu_shared: bool = False
+    node_boards: tuple[str, ...] = ()
 
     @property
     def distributed(self) -> bool:
@@ -135,9 +139,7 @@ class Ranks:
         if not self.distributed or self.gather is None:
             return self
         everyone = self.gather((socket.gethostname(), board_of(self.gpu_index)))
-        if not shared_board(everyone, self.rank):
-            return self
-        return replace(self, gpu_shared=True)
+        return replace(self, gpu_shared=shared_board(everyone, self.rank), node_boards=node_boards(everyone, self.rank))
 
     def gather_all(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj`` (a collective), or None when the job cannot gather."""
@@ -229,8 +231,9 @@ def torch_distributed(
         places = [((host, node), local) for host, node, local, _ in everyone if local is not None]
         inherited = len(set(places)) < len(places)  # one LOCAL_RANK twice on one node: not the ranks' own
         local_rank = local_rank_among([(host, None if inherited else local) for host, _, local, _ in everyone], rank)
-    shared = shared_board([(host, board) for host, _, _, board in everyone], rank)
-    return Ranks(rank, local_rank, dist.get_world_size(), gpu_index, total, gather, any_rank, shared)
+    boards = [(host, board) for host, _, _, board in everyone]
+    return Ranks(rank, local_rank, dist.get_world_size(), gpu_index, total, gather, any_rank,
+                 shared_board(boards, rank), node_boards(boards, rank))  # fmt: skip
 
 
 RELEASE_WAIT_S = 1.0  # the most a collective waits for the backend's threads to let go of its tensor
@@ -284,6 +287,12 @@ def shared_board(everyone: Sequence[tuple[str, str | None]], rank: int) -> bool:
     """
     host, board = everyone[rank]
     return board is not None and (host, board) in everyone[:rank]
+
+
+def node_boards(everyone: Sequence[tuple[str, str | None]], rank: int) -> tuple[str, ...]:
+    """The boards the ranks on this rank's host train on (`board_of`), each once, in rank order."""
+    host = everyone[rank][0]
+    return tuple(dict.fromkeys(board for h, board in everyone if h == host and board is not None))
 
 
 def job_gpus(ranks: Ranks, mine: Sequence[str]) -> tuple[dict[str, str], list[str]]:

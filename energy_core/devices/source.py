@@ -157,13 +157,19 @@ class GpuBoard(ABC):
 
     Attributes:
         vendor: ``"nvidia"`` or ``"amd"``.
-        index: Index among the process's visible devices (CUDA order).
+        index: Index among the process's visible devices (CUDA order); -1 for a board this
+            process does not see (found by its UUID, e.g. another rank's).
         uuid: The board's unique id, stable across processes.
     """
 
     vendor: str
     index: int
     uuid: str
+
+    @property
+    def label(self) -> str:
+        """How messages name it: ``GPU 0``, or by its UUID where this process does not see it."""
+        return f"GPU {self.index}" if self.index >= 0 else f"GPU {self.uuid}"
 
     @abstractmethod
     def limits(self) -> LimitRange:

@@ -34,7 +34,7 @@ from energy_core.power.errors import JournalError, PowerCapError
 from energy_core.power.finder.finder import CapFinder
 from energy_core.power.follow.follower import GridFollower
 from energy_core.power.limits import PowerLimits
-from energy_core.power.plan import busy_message, select_boards
+from energy_core.power.plan import busy_message, select_boards, unseen_boards
 from energy_core.sampling.meter import EnergyMeter
 from energy_core.tracker import EnergyTracker
 from energy_core.units import MAX_DEVICE_W
@@ -208,7 +208,7 @@ class PowerCapRun:
             return []
         return [
             {
-                "gpu": c.board.index,
+                "gpu": c.board.index if c.board.index >= 0 else None,  # None: another rank's, by its UUID
                 "uuid": c.board.uuid,
                 "previous_w": c.previous_mw / 1000,
                 "cap_w": c.applied_mw / 1000,
@@ -317,10 +317,13 @@ class PowerCapRun:
     def _what(self) -> str:
         return "grid intensity" if self.follow == "carbon" else "electricity price"
 
-    def start(self) -> list[Notice]:
+    def start(self, node_boards: Sequence[str] = ()) -> list[Notice]:
         """Recover limits left by killed runs, then cap (on one process per node).
 
-        Boards that another live run has capped are left as they are (one notice). With
+        With ``gpus="all"``, the boards the node's ranks train on (``node_boards``,
+        `Ranks.node_boards`) are capped too where this process does not see them
+        (``CUDA_VISIBLE_DEVICES`` set per rank). Boards that another live run has capped are
+        left as they are (one notice). With
         ``watts="auto"`` the boards are registered here and the search begins at the
         first `step`.
 
@@ -334,6 +337,8 @@ class PowerCapRun:
         self.limits = PowerLimits()
         try:
             boards = select_boards(self.gpus)
+            if self.gpus == "all":
+                boards += unseen_boards(boards, node_boards)
         except DeviceError as err:
             return self._uncapped([], f"No GPU to cap ({err}).", "info")
         if not boards:
@@ -356,7 +361,10 @@ class PowerCapRun:
         if self.limits.busy:
             notices.append(Notice("warn", busy_message(self.limits.busy)))
         if self.limits.capped and not self.auto:
-            in_force = ", ".join(f"GPU {c['gpu']} {c['cap_w']:g} W (was {c['previous_w']:g} W)" for c in self.caps())
+            in_force = ", ".join(
+                f"{c.board.label} {c.applied_mw / 1000:g} W (was {c.previous_mw / 1000:g} W)"
+                for c in self.limits.capped
+            )
             notices.append(Notice("info", "Power cap in force: " + in_force))
         return notices
 
@@ -382,7 +390,7 @@ class PowerCapRun:
         notices: list[Notice] = []
         if ranks.leads_node:
             try:
-                notices = self.start()
+                notices = self.start(ranks.node_boards)
             except (ValueError, PermissionError, PowerCapError) as err:
                 failure = err
         for kind in (ValueError, PermissionError, PowerCapError):  # every rank reaches every decision

@@ -284,7 +284,7 @@ class PowerLimits:
                 capped.board.set_limit_mw(target)
             except (DeviceError, PermissionError) as err:
                 capped.applied_mw = current  # still this run's cap: the next restore tries again
-                self._messages.append(f"GPU {capped.board.index}: restoring the power limit failed ({err}).")
+                self._messages.append(f"{capped.board.label}: restoring the power limit failed ({err}).")
                 return current
         if capped in self.capped:
             self._release([capped])
@@ -292,7 +292,7 @@ class PowerLimits:
 
     def _left_alone(self, capped: CappedGpu, current: int) -> str:
         return (
-            f"GPU {capped.board.index}: the power limit is {current / 1000:g} W, not the "
+            f"{capped.board.label}: the power limit is {current / 1000:g} W, not the "
             f"{capped.applied_mw / 1000:g} W this run set: someone changed it since; left as it is."
         )
 
@@ -329,13 +329,13 @@ class PowerLimits:
                     before = entries.get(uuid)
                     if self._owned_elsewhere(before):
                         self._messages.append(
-                            f"GPU {capped.board.index}: another run now owns its power limit; left as it is."
+                            f"{capped.board.label}: another run now owns its power limit; left as it is."
                         )
                         return capped.applied_mw
                     entries[uuid] = JournalEntry.mine(capped.previous_mw, target_mw, self.token, from_mw=current)
             except JournalError as err:
                 self._messages.append(
-                    f"GPU {capped.board.index}: the power limit stays at {capped.applied_mw / 1000:g} W: "
+                    f"{capped.board.label}: the power limit stays at {capped.applied_mw / 1000:g} W: "
                     f"the journal could not record a change ({err})."
                 )
                 return capped.applied_mw
@@ -406,7 +406,7 @@ class PowerLimits:
         messages = self.take_messages()
         restored = []
         for capped in list(self.capped):
-            index = capped.board.index
+            label = capped.board.label
             pending = capped.pending_mw
             try:
                 current = capped.board.limit_mw()
@@ -420,9 +420,9 @@ class PowerLimits:
                 try:
                     capped.board.set_limit_mw(capped.previous_mw)
                 except (DeviceError, PermissionError) as err:
-                    messages.append(f"GPU {index}: restoring the power limit failed ({err}).")
+                    messages.append(f"{label}: restoring the power limit failed ({err}).")
                     continue
-                messages.append(f"GPU {index}: power limit restored to {capped.previous_mw / 1000:g} W.")
+                messages.append(f"{label}: power limit restored to {capped.previous_mw / 1000:g} W.")
             if pending is not None:
                 capped.restore_to = to
                 if current != pending and pending != to:

@@ -60,7 +60,7 @@ def plan_caps(boards: Sequence[GpuBoard], watts: float | None, fraction: float |
             target = limits.current_mw
         low, high, default = limits.min_mw, limits.max_mw, limits.default_mw
         if not low <= target <= high:
-            where = f"the allowed range of GPU {board.index} ({board.uuid}): [{low / 1000:g}, {high / 1000:g}] W"
+            where = f"the allowed range of {board.label} ({board.uuid}): [{low / 1000:g}, {high / 1000:g}] W"
             if watts is not None:
                 raise ValueError(f"watts={watts:g} is outside {where}")
             raise ValueError(
@@ -115,7 +115,7 @@ def busy_message(busy: Sequence[BusyBoard]) -> str:
         who = "another process" if b.pid is None else f"pid {b.pid}"
         return who + ("" if b.uid is None else f" (uid {b.uid})")
 
-    boards = "; ".join(f"GPU {b.board.index} ({b.board.uuid}) at {b.limit_mw / 1000:g} W by {by(b)}" for b in busy)
+    boards = "; ".join(f"{b.board.label} ({b.board.uuid}) at {b.limit_mw / 1000:g} W by {by(b)}" for b in busy)
     return (
         f"Already capped by another run on this host: {boards}. This run does not change those limits: "
         "the cap stays in force, and the run that set it restores the limit in force before it."
@@ -140,3 +140,21 @@ def select_boards(gpus: str | tuple[int, ...]) -> list[GpuBoard]:
             f"{sorted(known) if known else 'none'} (0 to {len(visible) - 1})"
         )
     return [known[i] for i in gpus]
+
+
+def unseen_boards(visible: list[GpuBoard], names: Sequence[str]) -> list[GpuBoard]:
+    """The boards named ``vendor:uuid`` (`energy_core.accounting.ranks.board_of`: the boards the
+    ranks of this node train on) that are not among ``visible``: with ``CUDA_VISIBLE_DEVICES`` set
+    per rank, the node's leader does not see the others' boards, but NVML and amdsmi find them
+    by UUID (index -1: not visible here). A name no library knows is left out."""
+    seen = {(b.vendor, b.uuid) for b in visible}
+    found: list[GpuBoard] = []
+    for name in names:
+        vendor, _, uuid = name.partition(":")
+        if (vendor, uuid) in seen:
+            continue
+        board = devices.board_by_uuid(uuid)
+        if board is not None and board.vendor == vendor:
+            seen.add((vendor, uuid))
+            found.append(board)
+    return found

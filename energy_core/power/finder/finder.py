@@ -207,7 +207,7 @@ class CapFinder:
             if board.applied_mw != target and (
                 self.limits.set(board, target) != target or board not in self.limits.capped
             ):
-                return self._refuse(f"the limit of GPU {board.board.index} was not changed to {target / 1000:g} W")
+                return self._refuse(f"the limit of {board.board.label} was not changed to {target / 1000:g} W")
         return {keys.CAP_W: self.cap_w(rung)}
 
     def _refuse(self, why: str) -> dict[str, float]:
@@ -465,7 +465,7 @@ class CapFinder:
             return f"{caps[0]:g} W"
         if len(set(caps)) == 1:
             return f"{caps[0]:g} W on each of {len(caps)} GPUs"
-        return ", ".join(f"GPU {b.board.index} {c:g} W" for b, c in zip(self.boards, caps))
+        return ", ".join(f"{b.board.label} {c:g} W" for b, c in zip(self.boards, caps))
 
     def summary(self) -> str:
         """The choice, why and how sure, then the table of candidates with their spreads (console)."""

@@ -130,6 +130,7 @@ def test_torch_distributed_tells_a_rank_that_shares_its_board(sim_gpus, monkeypa
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     ranks = torch_distributed(gpu_index=0)
     assert (ranks.rank, ranks.local_rank, ranks.gpu_shared, ranks.gpu_indices) == (1, 1, True, [])
+    assert ranks.node_boards == ("nvidia:GPU-only",)  # what a power cap's node leader caps
 
 
 def test_lightning_ranks_tell_a_rank_that_shares_its_board(sim_gpus, monkeypatch) -> None:
@@ -151,7 +152,7 @@ def test_lightning_ranks_tell_a_rank_that_shares_its_board(sim_gpus, monkeypatch
 
     monkeypatch.setattr(dist, "all_gather_object", gather_both)
     ranks = ranks_of(Trainer())
-    assert ranks.gpu_shared and ranks.gpu_indices == []
+    assert ranks.gpu_shared and ranks.gpu_indices == [] and ranks.node_boards == ("nvidia:GPU-only",)
 
 
 def test_agree_without_any_still_agrees_through_the_sum() -> None:

@@ -614,14 +614,14 @@ class EnergyTracker:
         """Continue the totals of a checkpointed run (replaces earlier ones).
 
         Args:
-            state: From `state_dict` (the job's totals).
+            state: From `state_dict` (the job's totals); None: none to continue.
             own_share: False on every rank but 0 of a multi-process job, so that the sum
                 over ranks counts the checkpoint's totals once.
 
         Raises:
             ValueError: naming the field of the stored state that is missing or wrong.
         """
-        if state:
+        if state is not None:  # {} is a state with every field missing, not "no state"
             self._continue(RunTotals.from_state(state), own_share)
 
     def _continue(self, totals: RunTotals, own_share: bool) -> None:

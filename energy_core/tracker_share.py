@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+from energy_core.accounting.figures import RunTotals
 from energy_core.accounting.ranks import Ranks
 from energy_core.notices import Notice
 from energy_core.options import MeasureOptions
@@ -80,7 +81,12 @@ class TrackerShare:
         Args:
             state: From `state_dict`.
             own_share: Whether this process carries the checkpoint's totals (global rank 0).
+
+        Raises:
+            ValueError: naming the field of the stored totals that is missing or wrong.
         """
+        if state is not None:
+            RunTotals.from_state(state)  # checked now, when the checkpoint is loaded, not at fit start
         self._saved = state
         if self.owns and self.tracker is not None and state:
             self.tracker.load_state_dict(state, own_share=own_share)

@@ -11,7 +11,7 @@ from typing_extensions import Unpack
 
 from energy_core.integration import HasTargetRun, TargetArgs, TargetRun
 from hf_energy.callback import EnergyCallback
-from hf_energy.framework import emit, logger, ranks_of, stored_attributes
+from hf_energy.framework import emit, logger, ranks_of
 from hf_energy.registry import LogContributor, RunContributor
 
 EVAL = "eval_"  # the prefix the HF Trainer gives every evaluation metric during training
@@ -88,6 +88,27 @@ class EnergyToTargetCallback(HasTargetRun, RunContributor[TargetRun], TrainerCal
         self._restored = dict(value or {})
         self.run.load_state_dict(self._restored)
 
+    def _stored_state(self, state: TrainerState) -> dict[str, Any] | None:
+        """This target's state in ``trainer_state.json`` (None if none): the newest entry stored with its
+        metric and value. With several targets HF keeps a list per class that every checkpoint appends to
+        (the first entries are the states at train start), so neither the first entry nor HF's own
+        restore (which takes the first entries) is this target's latest."""
+        callbacks: dict[str, Any] = state.stateful_callbacks or {}  # type: ignore[assignment]  # a dict in the JSON
+        stored = callbacks.get(type(self).__name__)
+        entries = stored if isinstance(stored, list) else [stored] if stored is not None else []
+        mine = (self.metric, self.run.rule.target)
+        found = [
+            e for e in entries
+            if isinstance(e, dict) and isinstance(e.get("args"), dict)
+            and (e["args"].get("metric"), e["args"].get("target")) == mine
+        ]  # fmt: skip
+        if not found:
+            return None
+        attributes = found[-1].get("attributes", {})
+        if not isinstance(attributes, dict):
+            raise TypeError(f"stored target state: attributes must be a mapping, got {type(attributes).__name__}")
+        return attributes.get("target_state", {})
+
     def same_job(self, other: LogContributor) -> bool:
         """Targets on different metrics or values keep their own evaluations, as in Lightning."""
         return isinstance(other, EnergyToTargetCallback) and (other.metric, other.run.rule.target) == (
@@ -114,8 +135,11 @@ class EnergyToTargetCallback(HasTargetRun, RunContributor[TargetRun], TrainerCal
         registry = self.begin(kwargs.get("model"), state)
         self._world_zero = state.is_world_process_zero
         monitor = registry.first(EnergyCallback) if registry is not None else None
-        if self._restored is None:
-            self.run.load_state_dict(stored_attributes(state, type(self).__name__).get("target_state", {}))
+        stored = self._stored_state(state)
+        if stored is not None:  # this target's newest entry, even where HF restored a stale one
+            self.run.load_state_dict(stored)
+        elif self._restored is None:
+            self.run.load_state_dict({})
         shared = monitor.tracker if monitor else None
         emit(self.run.bind(shared, ranks_of(args), state.global_step, resumed=state.global_step > 0), self._world_zero)
         return control

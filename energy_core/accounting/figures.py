@@ -25,6 +25,8 @@ from energy_core.units import J_PER_KWH, MAX_CO2E_KG, MAX_COST, MAX_COUNT, MAX_J
 
 STAGES = ("val", "test", "predict")
 STATE_VERSION = 1
+STATE_KEYS = ("version", "energy_j", "stage_j", "samples", "tokens", "fit_s", "co2e_kg", "cost", "energy_err",
+              "stage_err", "co2e_err", "cost_err")  # fmt: skip
 
 
 def _add(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
@@ -147,14 +149,18 @@ class RunTotals:
         figures carried bounds has none: its bounds come back as 0 (unknown, not claimed).
 
         Raises:
-            ValueError: naming the field of the stored energy state that is missing or
-                wrong (types, known device kinds and stages, each figure >= 0 and within its
+            ValueError: naming the field of the stored energy state that is missing, unknown or
+                wrong (the version, types, known device kinds and stages, each figure >= 0 and within its
                 physical bound in `energy_core.units`, so that no sum overflows).
         """
         if not isinstance(state, Mapping):
             raise ValueError(f"the stored energy state must be a mapping, got {type(state).__name__}")
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"energy state version {state.get('version')!r} is not {STATE_VERSION}")
+        version = state.get("version")
+        if isinstance(version, bool) or version != STATE_VERSION:  # True == 1, but no version
+            raise ValueError(f"stored energy state: version {version!r} is not {STATE_VERSION}")
+        unknown = sorted(str(k) for k in state if k not in STATE_KEYS)
+        if unknown:  # a foreign or newer state: none of its figures is taken on trust
+            raise ValueError(f"stored energy state has unknown keys {unknown}; known: {', '.join(STATE_KEYS)}")
         return cls(
             _joules(state, "energy_j", DEVICE_KINDS),
             _joules(state, "stage_j", STAGES),

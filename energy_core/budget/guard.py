@@ -243,11 +243,15 @@ def check_state(state: Any) -> dict[str, Any]:
     Raises:
         TypeError: naming the stored field that has the wrong type (its type only, never its
             content).
+        ValueError: naming the keys it does not know (a foreign or newer state).
     """
     if state is None:
         return {}
     if not isinstance(state, dict):
         raise TypeError(f"stored budget state: guard must be a mapping, got {type(state).__name__}")
+    unknown = sorted(str(k) for k in state if k != "forecast_warned")
+    if unknown:
+        raise ValueError(f"stored budget state: guard has unknown keys {unknown}; known: forecast_warned")
     warned = state.get("forecast_warned", False)
     if not isinstance(warned, bool):
         raise TypeError(f"stored budget state: forecast_warned must be True or False, got {type(warned).__name__}")

@@ -127,10 +127,14 @@ class BudgetRun(SharedRun):
         Raises:
             TypeError: naming the stored field of the wrong type (a tampered or foreign state),
                 here, when it is loaded, rather than inside the training loop.
+            ValueError: naming an unknown key, or a wrong figure of the stored totals.
         """
         if state is not None and not isinstance(state, dict):
             raise TypeError(f"stored budget state must be a mapping, got {type(state).__name__}")
         saved = dict(state or {})
+        unknown = sorted(str(k) for k in saved if k not in ("guard", "tracker"))
+        if unknown:
+            raise ValueError(f"stored budget state has unknown keys {unknown}; known: guard, tracker")
         check_state(saved.get("guard"))
         self._saved = saved
         self.load_totals(self._saved)

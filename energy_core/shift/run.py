@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from numbers import Real
 from typing import Any
 
 import psutil
@@ -49,7 +50,7 @@ from energy_core.shift.intensity import Intensity
 from energy_core.shift.planner import MAX_S, MODES, TimeShiftPlan, plan_time_shift
 from energy_core.tracker import EnergyTracker
 from energy_core.tracker_share import SharedRun
-from energy_core.units import J_PER_KWH
+from energy_core.units import J_PER_KWH, MAX_CO2E_KG, MAX_KWH, MAX_SECONDS
 
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure; the user is invited to retry" - the requeue exit status
 SAFETY = 1.05  # plans are made for this much more work than the pace predicts
@@ -59,6 +60,8 @@ IDLE_SHARE = 0.25  # idle power as a share of busy power, until a pause has meas
 RESUME_S = 60.0  # a restart's start-up (imports, model, checkpoint), until one has been measured
 NAP_S = 60.0  # a pause wakes at least this often (and at each change of intensity) to charge its energy
 MAX_UNIX = datetime(9000, 1, 1, tzinfo=timezone.utc).timestamp()  # the latest time a checkpoint may hold
+STATE_KEYS = ("origin", "co2e_at_origin", "kwh_at_origin", "stretches", "paused_s", "idle_kwh", "idle_s", "exited_at",
+              "resume_at", "resume_s")  # fmt: skip  # what `_State.to_state` stores
 SHIFT_ARGS = ("deadline", "mode", "forecast", "expected_duration_s", "idle_w", "resume_s", "exit_code")
 
 
@@ -566,6 +569,11 @@ class TimeShiftRun(SharedRun):
         Raises:
             ValueError: naming what is wrong in the stored state.
         """
+        if state is not None and not isinstance(state, dict):
+            raise ValueError(f"time shift state must be a mapping, got {type(state).__name__}")
+        unknown = sorted(str(k) for k in (state or {}) if k not in ("shift", "tracker"))
+        if unknown:
+            raise ValueError(f"time shift state has unknown keys {unknown}; known: shift, tracker")
         self._saved = dict(state or {})
         _State.of(self._saved.get("shift"), 0.0, 0.0, 0.0)  # checked now, not at fit start
         self.load_totals(self._saved)
@@ -591,37 +599,42 @@ class _State:
 
     @classmethod
     def of(cls, stored: Any, now: float, co2e: float, kwh: float) -> _State:
-        """The state a checkpoint stored, or a new one beginning now."""
-        if not stored:
+        """The state a checkpoint stored, or a new one beginning now.
+
+        Raises:
+            ValueError: naming the stored field that is missing, unknown, not a number (a bool or a
+                string is none) or outside its range (a unix time up to year 9000, energy, CO2e and
+                seconds within the bounds of `energy_core.units`).
+        """
+        if stored is None or (isinstance(stored, dict) and not stored):
             return cls(now, co2e, kwh)
         if not isinstance(stored, dict):
             raise ValueError(f"time shift state must be a mapping, got {type(stored).__name__}")
-        try:
-            exited_at, resume_at, resume_s = (_maybe(stored[k]) for k in ("exited_at", "resume_at", "resume_s"))
-            state = cls(
-                float(stored["origin"]),
-                float(stored["co2e_at_origin"]),
-                float(stored["kwh_at_origin"]),
-                [(float(a), float(b), float(k)) for a, b, k in stored["stretches"]],
-                float(stored["paused_s"]),
-                float(stored["idle_kwh"]),
-                float(stored["idle_s"]),
-                exited_at,
-                resume_at,
-                resume_s,
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"time shift state: a field is missing or wrong ({err!r})") from None
-        times = [x for x in (exited_at, resume_at) if x is not None]
-        figures = [state.origin, state.co2e_at_origin, state.kwh_at_origin, state.paused_s, state.idle_kwh,
-                   state.idle_s, *(x for s in state.stretches for x in s), *times,
-                   *([] if resume_s is None else [resume_s])]  # fmt: skip
-        if not all(math.isfinite(x) and x >= 0 for x in figures):
-            raise ValueError("time shift state: its figures must be finite numbers >= 0")
-        if any(x > MAX_UNIX for x in times) or (resume_s is not None and resume_s > MAX_S):
-            raise ValueError(f"time shift state: exited_at and resume_at must be unix times <= {MAX_UNIX:.0f}, "
-                             f"resume_s at most {MAX_S:g} s")  # fmt: skip
-        return state
+        missing = [k for k in STATE_KEYS if k not in stored]
+        unknown = sorted(str(k) for k in stored if k not in STATE_KEYS)
+        if missing or unknown:
+            raise ValueError(f"time shift state: missing {missing}, unknown keys {unknown}; "
+                             f"its keys are {', '.join(STATE_KEYS)}")  # fmt: skip
+        stretches = stored["stretches"]
+        if not isinstance(stretches, (list, tuple)) or not all(
+            isinstance(s, (list, tuple)) and len(s) == 3 for s in stretches
+        ):
+            raise ValueError(f"time shift state: stretches must be a list of [begin, end, kWh], got {stretches!r}")
+        return cls(
+            _figure("origin", stored["origin"], MAX_UNIX),
+            _figure("co2e_at_origin", stored["co2e_at_origin"], MAX_CO2E_KG),
+            _figure("kwh_at_origin", stored["kwh_at_origin"], MAX_KWH),
+            [
+                (_figure("stretches", a, MAX_UNIX), _figure("stretches", b, MAX_UNIX), _figure("stretches", k, MAX_KWH))
+                for a, b, k in stretches
+            ],  # fmt: skip
+            _figure("paused_s", stored["paused_s"], MAX_SECONDS),
+            _figure("idle_kwh", stored["idle_kwh"], MAX_KWH),
+            _figure("idle_s", stored["idle_s"], MAX_SECONDS),
+            _maybe("exited_at", stored["exited_at"], MAX_UNIX),
+            _maybe("resume_at", stored["resume_at"], MAX_UNIX),
+            _maybe("resume_s", stored["resume_s"], MAX_S),
+        )
 
     def open(self, now: float, kwh: float) -> None:
         """A stretch of training begins now."""
@@ -657,8 +670,16 @@ class _State:
         }
 
 
-def _maybe(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _figure(name: str, value: Any, high: float) -> float:
+    """A stored figure: a real number (not a bool, not a string) in [0, ``high``]."""
+    number = isinstance(value, Real) and not isinstance(value, bool)
+    if not number or not 0 <= value <= high:  # NaN fails too; a huge int is compared exactly
+        raise ValueError(f"time shift state: {name} must be a finite number in [0, {high:g}], got {value!r}")
+    return float(value)
+
+
+def _maybe(name: str, value: Any, high: float) -> float | None:
+    return None if value is None else _figure(name, value, high)
 
 
 def _iso(t: float) -> str:

@@ -37,12 +37,14 @@ from energy_core.output.record import TARGET
 from energy_core.target.rule import TargetRule, metric_name
 from energy_core.tracker import EnergyTracker
 from energy_core.tracker_share import SharedRun
+from energy_core.units import MAX_CO2E_KG, MAX_COUNT, MAX_KWH, MAX_SECONDS
 
 TARGET_STOP = "target-stop"  # the status of a run that measured alone and stopped at its target
 RULE_ARGS = ("mode", "stop", "min_gain_per_kwh", "patience")
 # The record line's ``event``: an evaluation, the one that first reached the target, the one
 # whose gain per kWh stopped training.
 EVALUATION, REACHED, DIMINISHING = "evaluation", "reached", "diminishing"
+EVALUATION_KEYS = ("step", "value", "kwh", "co2e_kg", "seconds")  # what `Evaluation.to_state` stores
 
 
 class TargetArgs(MeasureArgs, total=False):
@@ -87,14 +89,32 @@ class Evaluation:
             TypeError, ValueError: naming the stored field that is missing or wrong.
         """
         if not isinstance(state, dict):
-            raise ValueError(f"stored target state: an evaluation must be a mapping, got {state!r}")
+            raise TypeError(f"stored target state: an evaluation must be a mapping, got {type(state).__name__}")
+        if set(state) != set(EVALUATION_KEYS):  # every key to_state writes, no other: a foreign state is refused
+            missing, unknown = (
+                [k for k in EVALUATION_KEYS if k not in state],
+                sorted(set(map(str, state)) - set(EVALUATION_KEYS)),
+            )
+            raise ValueError(f"stored target state: an evaluation lacks {missing} or has unknown keys {unknown}; "
+                             f"its keys are {', '.join(EVALUATION_KEYS)}")  # fmt: skip
+        step = checks.integer("stored target state: step", state["step"], low=0)
+        if step > MAX_COUNT:  # float(step) in `figures` would raise OverflowError in training
+            raise ValueError(f"stored target state: step must be an integer >= 0 and <= {MAX_COUNT}, got {step!r}")
         return cls(
-            checks.integer("stored target state: step", state.get("step"), low=0),
-            checks.number("stored target state: value", state.get("value"), optional=True),
-            checks.number("stored target state: kwh", state.get("kwh"), low=0, optional=True),
-            checks.number("stored target state: co2e_kg", state.get("co2e_kg"), low=0, optional=True),
-            checks.number("stored target state: seconds", state.get("seconds"), low=0),
+            step,
+            checks.number("stored target state: value", state["value"], optional=True),
+            _bounded("kwh", state["kwh"], MAX_KWH, optional=True),
+            _bounded("co2e_kg", state["co2e_kg"], MAX_CO2E_KG, optional=True),
+            _bounded("seconds", state["seconds"], MAX_SECONDS),
         )
+
+
+def _bounded(name: str, value: Any, high: float, optional: bool = False) -> Any:
+    """A stored figure: a finite number >= 0 and at most ``high`` (a physical bound of `energy_core.units`)."""
+    number = checks.number(f"stored target state: {name}", value, low=0, optional=optional)
+    if number is not None and number > high:
+        raise ValueError(f"stored target state: {name} must be a finite number >= 0 and <= {high:g}, got {value!r}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -333,7 +353,12 @@ class TargetRun(SharedRun):
         Raises:
             TypeError, ValueError: naming the stored field that is wrong.
         """
+        if state is not None and not isinstance(state, dict):
+            raise TypeError(f"stored target state must be a mapping, got {type(state).__name__}")
         state = dict(state or {})
+        unknown = sorted(str(k) for k in state if k not in ("reached", "history", "tracker"))
+        if unknown:
+            raise ValueError(f"stored target state has unknown keys {unknown}; known: reached, history, tracker")
         reached = state.get("reached")
         self.reached = Evaluation.from_state(reached) if reached is not None else None
         history = state.get("history") or []

@@ -148,6 +148,8 @@ class EnergyLoop:
         self.epochs = 0
         self.should_stop = False
         self._started = False
+        self._resumed = False  # load_state_dict was called: a start continues a checkpoint
+        self._stages: list[tuple[str, dict[str, float]]] = []  # the open stage blocks, outermost first
 
     # ------------------------------------------------------------------ start and end
     def start(self) -> EnergyLoop:
@@ -170,7 +172,7 @@ class EnergyLoop:
         self.ranks = self._job()
         settings = {"log_every_n_steps": self.log_every_n_steps, "total_steps": self.total_steps,
                     "world_size": self.ranks.world_size}  # fmt: skip
-        self.monitor.start(self.ranks, self.steps, self.steps > 0, framework="energy_core.EnergyLoop", loop=settings)
+        self.monitor.start(self.ranks, self.steps, self._resumed, framework="energy_core.EnergyLoop", loop=settings)
         self._show(self._alone_in_a_launch())
         if self.power_cap is not None:
             self._show(self.power_cap.begin(self.ranks, self.tracker, self.total_steps, step=self.steps))
@@ -188,6 +190,9 @@ class EnergyLoop:
     def close(self, status: str = "completed", collective: bool = True) -> dict[str, float]:
         """End the run: final totals, the record's summary, the previous power limits back.
 
+        Never raises: a part that fails is logged, and the others still run (the sampler
+        stops and the power limits go back whatever happened before).
+
         Args:
             status: How the loop ended, for the record.
             collective: False when the other ranks may not get here (an exception).
@@ -195,13 +200,24 @@ class EnergyLoop:
         if not self._started:
             return {}
         self._started = False
-        metrics = self.monitor.finish(self.steps, status, collective)
+        metrics = self._safely("the final totals", lambda: self.monitor.finish(self.steps, status, collective)) or {}
         if self.time_shift is not None:
-            self._show(self.time_shift.finish(self.steps, status, collective))
+            time_shift = self.time_shift
+            self._safely("the time shift's end", lambda: self._show(time_shift.finish(self.steps, status, collective)))
         if self.power_cap is not None:
-            self._show(self.power_cap.finish())
-        self.monitor.close()
+            power_cap = self.power_cap
+            self._safely("restoring the power limits", lambda: self._show(power_cap.finish()))
+        self._safely("stopping the sampler", self.monitor.close)
         return metrics
+
+    @staticmethod
+    def _safely(what: str, part: Callable[[], Any]) -> Any:
+        """``part()``, or None (logged) where it raised: the end of a run never raises into the loop."""
+        try:
+            return part()
+        except Exception:
+            logger.warning("EnergyLoop: %s failed", what, exc_info=True)
+            return None
 
     def __enter__(self) -> EnergyLoop:
         return self.start()
@@ -260,18 +276,31 @@ class EnergyLoop:
     def stage(self, name: str) -> Iterator[dict[str, float]]:
         """Around a validation, test or predict run: its energy, kept out of training's.
 
-        Yields a dictionary that holds ``energy/<name>_kwh`` once the block ends.
+        Yields a dictionary that holds ``energy/<name>_kwh`` once the block ends. Blocks nest:
+        each second is counted once, as the innermost block's stage (a ``"test"`` block inside a
+        ``"val"`` one is test's energy, not val's too); a block inside one of the same stage is
+        part of the outer one (and yields its dictionary).
 
         Raises:
             ValueError: ``name`` is not ``"val"``, ``"test"`` or ``"predict"`` (before the block runs).
         """
         checks.choice("name", name, STAGES)
         figures: dict[str, float] = {}
+        outer = self._stages[-1] if self._stages else None
+        if outer is not None and outer[0] == name:  # the same stage inside itself: the outer block counts it, once
+            yield outer[1]
+            return
+        if outer is not None:  # another stage inside one: its time is its own, not the outer's too
+            outer[1].update(self._done(self.monitor.stage_end(outer[0], self.steps)))
         self.monitor.stage_start(name)
+        self._stages.append((name, figures))
         try:
             yield figures
         finally:
+            self._stages.pop()
             figures.update(self._done(self.monitor.stage_end(name, self.steps)))
+            if outer is not None:
+                self.monitor.stage_start(outer[0])
 
     def evaluated(self, value: Any) -> dict[str, float]:
         """After a validation (outside its `stage` block, so that its energy counts), with
@@ -332,6 +361,7 @@ class EnergyLoop:
             self.power_cap.load_state_dict(state.get("power_cap"))
         if self.time_shift is not None:
             self.time_shift.load_state_dict(state.get("time_shift"))
+        self._resumed = True
 
     def _job(self) -> Ranks:
         """The ranks given, else this process's part in the job found now (every rank calls this alike)."""
@@ -371,4 +401,7 @@ class EnergyLoop:
     def _show(self, notices: list[Notice]) -> None:
         if self.ranks.leads_job:
             for notice in notices:
-                self.notify(notice)
+                try:
+                    self.notify(notice)
+                except Exception:  # a notice that cannot be shown never stops training
+                    logger.warning("EnergyLoop: notify failed on %r", notice.text, exc_info=True)

@@ -44,6 +44,7 @@ class MonitorRun:
         self.tracker = tracker
         self.show = show
         self.last_metrics: dict[str, float] = {}
+        self._said_uncounted = False
 
     def _done(self, metrics: dict[str, float]) -> dict[str, float]:
         self.last_metrics.update(metrics)
@@ -80,8 +81,18 @@ class MonitorRun:
             wandb_run.write_config(run, self.tracker)
 
     def count(self, batch: Any) -> None:
-        """Count one (micro-)batch's samples and tokens. No device sync, no I/O."""
-        self.tracker.add_batch(batch)
+        """Count one (micro-)batch's samples and tokens. No device sync, no I/O. Never raises:
+        a batch that cannot be counted (a shape of unknown size) counts nothing, said once."""
+        try:
+            self.tracker.add_batch(batch)
+        except Exception as error:  # noqa: BLE001 - counting must never break training
+            if not self._said_uncounted:
+                self._said_uncounted = True
+                text = (
+                    f"A batch of type {type(batch).__name__} could not be counted ({type(error).__name__}: {error}): "
+                    "such batches add no samples or tokens to the throughput and per-sample figures."
+                )
+                self.show([Notice("warn", text)])
 
     def epoch_start(self) -> None:
         self.tracker.start_epoch()

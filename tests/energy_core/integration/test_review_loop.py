@@ -1,0 +1,154 @@
+"""EnergyLoop misused as a hostile user would: nested stages, failing ends, odd batches, calls out of order.
+
+A simulated GPU draws a known 300 W, so a figure that is off shows it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+
+import pytest
+
+from energy_core import J_PER_KWH, EnergyLoop, PowerCapRun
+from energy_core.notices import Notice
+from energy_core.output import keys
+from tests.doubles.power_traces import Constant
+from tests.doubles.sim_nvml import SimGpu
+
+GPU_W = 300.0
+
+
+def known_gpu(sim_gpus):
+    return sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.005, default_limit_mw=400_000,
+                    min_limit_mw=100_000, max_limit_mw=450_000))  # fmt: skip
+
+
+def loop(**kwargs) -> EnergyLoop:
+    return EnergyLoop(devices=["gpu"], sample_interval_s=0.005, country="FRA", **kwargs)
+
+
+def samplers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "energy-sampler"]
+
+
+def test_a_stage_inside_another_is_taken_out_of_training_once(sim_gpus) -> None:
+    """A test block inside a val block: its time was taken out of the training window twice, so
+    J per step came out near 0 (0.2 J instead of 12 J)."""
+    known_gpu(sim_gpus)
+    clock = time.perf_counter
+    with loop(log_every_n_steps=5) as energy:
+        begin = clock()
+        for i in range(5):
+            time.sleep(0.04)  # 5 steps of about 0.04 s at 300 W: about 12 J each
+            if i == 2:
+                with energy.stage("val") as val:
+                    val_begin = clock()
+                    time.sleep(0.1)
+                    with energy.stage("test") as test:
+                        test_begin = clock()
+                        time.sleep(0.2)
+                        test_s = clock() - test_begin
+                val_s = clock() - val_begin - test_s
+            metrics = energy.step()
+        train_s = clock() - begin - val_s - test_s
+    assert metrics[keys.STEP_J] == pytest.approx(GPU_W * train_s / 5, rel=0.25)
+    assert metrics[keys.TOTAL_W] == pytest.approx(GPU_W, rel=0.15)
+    # each second counted once, as the innermost stage's
+    assert val[keys.stage_kwh("val")] * J_PER_KWH == pytest.approx(GPU_W * val_s, rel=0.25)
+    assert test[keys.stage_kwh("test")] * J_PER_KWH == pytest.approx(GPU_W * test_s, rel=0.25)
+
+
+def test_a_stage_inside_the_same_stage_counts_the_outer_block(sim_gpus) -> None:
+    """``with stage("val")`` inside ``with stage("val")`` (a validate() that wraps itself): the outer
+    block's time outside the inner one was lost (val_kwh 15 J instead of 45 J)."""
+    known_gpu(sim_gpus)
+    with loop(log_every_n_steps=5) as energy:
+        time.sleep(0.02)
+        energy.step()
+        with energy.stage("val") as outer:
+            begin = time.perf_counter()
+            time.sleep(0.05)
+            with energy.stage("val"):
+                time.sleep(0.05)
+            time.sleep(0.05)
+            val_s = time.perf_counter() - begin
+    assert outer[keys.stage_kwh("val")] * J_PER_KWH == pytest.approx(GPU_W * val_s, rel=0.2)
+    assert energy.last_metrics[keys.stage_kwh("val")] == outer[keys.stage_kwh("val")]
+
+
+def test_a_failing_end_still_restores_the_cap_stops_the_sampler_and_keeps_the_users_error(
+    sim_gpus, monkeypatch
+) -> None:
+    """The run's end failing (here the final totals) replaced the exception that left the block,
+    left the GPU capped and the sampler thread running."""
+    sim = known_gpu(sim_gpus)
+
+    class Boom(Exception):
+        pass
+
+    error = Boom("the model diverged")
+    energy = loop(log_every_n_steps=100, power_cap=PowerCapRun(watts=350))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("measurement bug")
+
+    with pytest.raises(Boom) as raised, energy:
+        monkeypatch.setattr(energy.tracker, "end_fit", broken)
+        assert sim.limit_mw(sim.gpus[0]) == 350_000
+        raise error
+    assert raised.value is error
+    assert sim.limit_mw(sim.gpus[0]) == 400_000  # put back
+    assert samplers() == []
+
+    # and a clean exit does not raise it into the script either
+    energy = loop(log_every_n_steps=100)
+    with energy:
+        monkeypatch.setattr(energy.tracker, "end_fit", broken)
+        energy.step()
+    assert samplers() == []
+
+
+def test_a_notify_that_raises_does_not_stop_training(sim_gpus) -> None:
+    known_gpu(sim_gpus)
+    shown: list[Notice] = []
+
+    def fussy(notice: Notice) -> None:
+        shown.append(notice)
+        raise RuntimeError("my logging handler is broken")
+
+    with loop(log_every_n_steps=1, notify=fussy) as energy:  # no location given: a notice at the start
+        for _ in range(3):
+            time.sleep(0.01)
+            energy.step()
+    assert energy.steps == 3 and energy.last_metrics[keys.TOTAL_KWH] > 0
+
+
+def test_a_batch_that_cannot_be_counted_counts_nothing(sim_gpus) -> None:
+    """A batch whose shape holds an unknown size (a lazy array's NaN) raised from `step`."""
+    known_gpu(sim_gpus)
+
+    class Lazy:
+        shape = (float("nan"), 3)
+
+    notices: list[Notice] = []
+    with loop(log_every_n_steps=2, notify=notices.append) as energy:
+        for _ in range(4):
+            time.sleep(0.01)
+            energy.step(Lazy())
+    assert energy.steps == 4 and keys.SAMPLES_PER_S not in energy.last_metrics
+    assert sum("could not be counted" in n.text for n in notices) == 1
+
+
+def test_steps_before_the_start_do_not_claim_a_resume(sim_gpus) -> None:
+    """`step` before `start` made the start warn of a checkpoint without energy state."""
+    known_gpu(sim_gpus)
+    energy = loop(log_every_n_steps=1)
+    assert energy.step() == {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with energy:
+            time.sleep(0.02)
+            energy.step()
+    assert not [w for w in caught if "checkpoint" in str(w.message)]

@@ -50,6 +50,7 @@ class Window:
         self.samples = 0
         self.tokens = 0
         self._lazy_tokens: Any = None
+        self._tokens_unknown = False  # a queued count could not be read: the window's tokens are not known
         self._excluded: list[StageRun] = []
 
     def add_batch(self, batch: Any) -> None:
@@ -68,9 +69,12 @@ class Window:
     def work(self) -> tuple[int, int]:
         """(samples, tokens) counted so far; reads a queued device sum once (a device sync)."""
         if self._lazy_tokens is not None:
-            self.tokens += int(self._lazy_tokens)
-            self._lazy_tokens = None
-        return self.samples, self.tokens
+            lazy, self._lazy_tokens = self._lazy_tokens, None
+            try:
+                self.tokens += int(lazy)
+            except Exception:  # noqa: BLE001 - a sum no device can give (a meta tensor): no token figure, not a wrong one
+                self._tokens_unknown = True
+        return self.samples, 0 if self._tokens_unknown else self.tokens
 
     def exclude(self, run: StageRun) -> None:
         """Take a stretch that ran inside this window but did not train (a stage run; a time

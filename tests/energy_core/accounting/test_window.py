@@ -116,6 +116,17 @@ def test_a_low_precision_mask_is_summed_in_an_integer_dtype_past_its_own_range(d
     assert window.work() == (769, 3 * 32_768 + 2049)
 
 
+def test_a_token_sum_no_device_can_read_leaves_the_windows_tokens_unknown_not_wrong() -> None:
+    # A mask on the meta device (a model built before its weights) made Window.work raise at the logging
+    # boundary, into the training loop; counted partly, the window's tokens per second would be wrong.
+    window = Window()
+    window.add_batch({"input_ids": torch.ones(2, 3, dtype=torch.long)})  # 6 tokens at once
+    window.add_batch({"attention_mask": torch.ones(4, 5, dtype=torch.long, device="meta")})
+    assert window.counted() == (6, 6)
+    assert window.work() == (6, 0)  # its samples, and no token figure
+    assert window.work() == (6, 0)
+
+
 def test_a_window_with_nothing_trained_is_idle_until_a_step_or_a_sample() -> None:
     window = Window(Mark(0.0), step=5)
     assert window.idle(5) and window.idle(4)

@@ -349,10 +349,19 @@ class EnergyLoop:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue a checkpointed loop (before `start`)."""
+        """Continue a checkpointed loop (before `start`).
+
+        Raises:
+            TypeError, ValueError: naming what is wrong in ``state`` (not a mapping, a step count
+                that is not a whole number >= 0, or a part's own check), before the loop takes any
+                of it, but for the parts checked after the one that failed.
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"EnergyLoop state must be a mapping (EnergyLoop.state_dict), got {type(state).__name__}")
+        steps = checks.integer("steps", state.get("steps", 0), low=0, high=MAX_COUNT)
+        epochs = checks.integer("epochs", state.get("epochs", 0), low=0, high=MAX_COUNT)
         self.tracker.load_state_dict(state.get("energy"), own_share=self._job().leads_job)
-        self.steps = checks.integer("steps", state.get("steps", 0), low=0, high=MAX_COUNT)
-        self.epochs = checks.integer("epochs", state.get("epochs", 0), low=0, high=MAX_COUNT)
+        self.steps, self.epochs = steps, epochs
         if self.budget is not None:
             self.budget.load_state_dict(state.get("budget"))
         if self.target is not None:

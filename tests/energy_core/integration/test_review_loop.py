@@ -10,6 +10,7 @@ import time
 import warnings
 
 import pytest
+import torch
 
 from energy_core import J_PER_KWH, EnergyLoop, PowerCapRun
 from energy_core.notices import Notice
@@ -152,3 +153,28 @@ def test_steps_before_the_start_do_not_claim_a_resume(sim_gpus) -> None:
             time.sleep(0.02)
             energy.step()
     assert not [w for w in caught if "checkpoint" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "named"),
+    [
+        (None, TypeError, "EnergyLoop state must be a mapping"),
+        ([1, 2], TypeError, "EnergyLoop state must be a mapping"),
+        ({"steps": -3}, ValueError, "steps"),
+        ({"steps": 5, "epochs": "1"}, TypeError, "epochs"),
+    ],
+)
+def test_a_state_that_is_not_a_loops_is_refused_before_any_of_it_is_taken(sim_gpus, state, error, named) -> None:
+    # None or a list raised AttributeError from state.get; a bad step count was found only after the
+    # checkpoint's energy totals had been taken up, leaving a loop half resumed.
+    sim_gpus(SimGpu("GPU-a", Constant(300.0)))
+    first = EnergyLoop(devices=["gpu"], sample_interval_s=0.02, notify=lambda notice: None)
+    with first:
+        first.step(torch.zeros(8, 2))  # 8 samples: totals a resume would carry on
+    energy = first.state_dict()["energy"]
+    loop = EnergyLoop(devices=["gpu"], sample_interval_s=0.02, notify=lambda notice: None)
+    fresh = loop.tracker.state_dict()
+    bad = state if not isinstance(state, dict) else {"energy": energy, **state}
+    with pytest.raises(error, match=named):
+        loop.load_state_dict(bad)
+    assert loop.steps == 0 and loop.tracker.state_dict() == fresh  # nothing taken

@@ -138,8 +138,10 @@ class Ranks:
         """
         if not self.distributed or self.gather is None:
             return self
-        everyone = self.gather((socket.gethostname(), board_of(self.gpu_index)))
-        return replace(self, gpu_shared=shared_board(everyone, self.rank), node_boards=node_boards(everyone, self.rank))
+        everyone = self.gather((socket.gethostname(), node_of(), board_of(self.gpu_index)))
+        boards = [(host, board) for host, _, board in everyone]
+        nodes = [((host, node), board) for host, node, board in everyone]
+        return replace(self, gpu_shared=shared_board(boards, self.rank), node_boards=node_boards(nodes, self.rank))
 
     def gather_all(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj`` (a collective), or None when the job cannot gather."""
@@ -225,15 +227,15 @@ def torch_distributed(
         return total([1.0 if flag else 0.0])[0] > 0
 
     rank = dist.get_rank()
-    node = os.environ.get("GROUP_RANK", "")  # torchrun's node rank: two "nodes" on one host keep their LOCAL_RANKs
-    everyone = gather((socket.gethostname(), node, launched()[2], board_of(gpu_index)))
+    everyone = gather((socket.gethostname(), node_of(), launched()[2], board_of(gpu_index)))
     if local_rank is None:
         places = [((host, node), local) for host, node, local, _ in everyone if local is not None]
         inherited = len(set(places)) < len(places)  # one LOCAL_RANK twice on one node: not the ranks' own
         local_rank = local_rank_among([(host, None if inherited else local) for host, _, local, _ in everyone], rank)
     boards = [(host, board) for host, _, _, board in everyone]
+    nodes = [((host, node), board) for host, node, _, board in everyone]
     return Ranks(rank, local_rank, dist.get_world_size(), gpu_index, total, gather, any_rank,
-                 shared_board(boards, rank), node_boards(boards, rank))  # fmt: skip
+                 shared_board(boards, rank), node_boards(nodes, rank))  # fmt: skip
 
 
 RELEASE_WAIT_S = 1.0  # the most a collective waits for the backend's threads to let go of its tensor
@@ -289,10 +291,17 @@ def shared_board(everyone: Sequence[tuple[str, str | None]], rank: int) -> bool:
     return board is not None and (host, board) in everyone[:rank]
 
 
-def node_boards(everyone: Sequence[tuple[str, str | None]], rank: int) -> tuple[str, ...]:
-    """The boards the ranks on this rank's host train on (`board_of`), each once, in rank order."""
-    host = everyone[rank][0]
-    return tuple(dict.fromkeys(board for h, board in everyone if h == host and board is not None))
+def node_of() -> str:
+    """This process's node in the launch (torchrun's ``GROUP_RANK``, Lightning's ``NODE_RANK``), or ""
+    where no launcher says: two "nodes" on one host (a test on loopback) have a node leader each."""
+    return os.environ.get("GROUP_RANK") or os.environ.get("NODE_RANK") or ""
+
+
+def node_boards(everyone: Sequence[tuple[tuple[str, str], str | None]], rank: int) -> tuple[str, ...]:
+    """The boards the ranks of this rank's node train on (`board_of`), each once, in rank order, from
+    every rank's ((host, `node_of`), board): what the node's leader caps, and no other node's."""
+    node = everyone[rank][0]
+    return tuple(dict.fromkeys(board for n, board in everyone if n == node and board is not None))
 
 
 def job_gpus(ranks: Ranks, mine: Sequence[str]) -> tuple[dict[str, str], list[str]]:

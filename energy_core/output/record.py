@@ -234,7 +234,7 @@ LINE_FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "carbon": _CARBON,
         "cost": _optional(_fields(total=_number, currency=_optional(_text))),
     },
-    POWER_CAP: {"caps": _items(_fields(gpu=lambda v: _integer(v) or _text(v), cap_w=_number))},
+    POWER_CAP: {"caps": _items(_fields(gpu=_optional(lambda v: _integer(v) or _text(v)), cap_w=_number))},
     FACTOR: {"factor": _text, "value": _number, "source": _text, "since": _optional(_number)},
     CHECK: {name: _number for name in ("seconds", "counter_j", "power_j", "bound_j")} | {"source": _text},
     BUDGET: {"event": _text, "step": _integer, "metrics": _METRICS},

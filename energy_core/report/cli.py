@@ -91,7 +91,7 @@ def run_row(label: str, run: Run) -> list[str]:
         if value is not None and kwh > 0:
             mark = " (estimated)" if kind in estimated else ""
             shares.append(f"{kind} {100 * value / kwh:.1f}%{mark}")
-    cap = ", ".join(f"GPU {c.get('gpu', '?')} {c['cap_w']:g} W" for c in run.caps if amount(c, "cap_w") is not None)
+    cap = ", ".join(f"GPU {_gpu(c)} {c['cap_w']:g} W" for c in run.caps if amount(c, "cap_w") is not None)
 
     def shown(values: dict[str, Any], key: str, how: Callable[[float], str], most: float = math.inf) -> str:
         value = amount(values, key, most)  # a negative figure is damage, never shown
@@ -154,6 +154,13 @@ def context_row(label: str, run: Run) -> list[str]:
         framework + (": " + ", ".join(f"{k}={v}" for k, v in settings.items()) if settings else ""),
         ", ".join(f"{k} {v}" for k, v in software.items()) or "?",
     ]
+
+
+def _gpu(cap: dict[str, Any]) -> str:
+    """How a capped GPU is named: its index, or its UUID where the process that capped it did not see
+    it (another rank's board, capped by the node's leader: ``"gpu": null``)."""
+    gpu = cap.get("gpu")
+    return str(gpu) if gpu is not None else str(cap.get("uuid") or "?")
 
 
 def _mapping(value: Any) -> dict[str, Any]:

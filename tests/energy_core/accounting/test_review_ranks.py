@@ -148,7 +148,7 @@ def test_lightning_ranks_tell_a_rank_that_shares_its_board(sim_gpus, monkeypatch
         world_size, global_rank, local_rank, strategy = 2, 1, 1, Strategy()
 
     def gather_both(gathered: list, obj: Any, group: Any = None) -> None:
-        gathered[:] = [(socket.gethostname(), "nvidia:GPU-only"), obj]
+        gathered[:] = [(socket.gethostname(), "", "nvidia:GPU-only"), obj]
 
     monkeypatch.setattr(dist, "all_gather_object", gather_both)
     ranks = ranks_of(Trainer())

@@ -277,9 +277,10 @@ class EnergyLoop:
         """Around a validation, test or predict run: its energy, kept out of training's.
 
         Yields a dictionary that holds ``energy/<name>_kwh`` once the block ends. Blocks nest:
-        each second is counted once, as the innermost block's stage (a ``"test"`` block inside a
-        ``"val"`` one is test's energy, not val's too); a block inside one of the same stage is
-        part of the outer one (and yields its dictionary).
+        during a run (after `start`) each second is counted once, as the innermost block's stage
+        (a ``"test"`` block inside a ``"val"`` one is test's energy, not val's too); outside a run
+        the outer block is a run of its own in the record and keeps its whole time. A block inside
+        one of the same stage is part of the outer one (and yields its dictionary).
 
         Raises:
             ValueError: ``name`` is not ``"val"``, ``"test"`` or ``"predict"`` (before the block runs).
@@ -290,8 +291,11 @@ class EnergyLoop:
         if outer is not None and outer[0] == name:  # the same stage inside itself: the outer block counts it, once
             yield outer[1]
             return
-        if outer is not None:  # another stage inside one: its time is its own, not the outer's too
-            outer[1].update(self._done(self.monitor.stage_end(outer[0], self.steps)))
+        # Another stage inside one, during a run: its time is its own, not the outer's too. Outside a run
+        # the outer block is a run of its own, left whole.
+        pause = outer if outer is not None and self._started else None
+        if pause is not None:
+            pause[1].update(self._done(self.monitor.stage_end(pause[0], self.steps)))
         self.monitor.stage_start(name)
         self._stages.append((name, figures))
         try:
@@ -299,8 +303,8 @@ class EnergyLoop:
         finally:
             self._stages.pop()
             figures.update(self._done(self.monitor.stage_end(name, self.steps)))
-            if outer is not None:
-                self.monitor.stage_start(outer[0])
+            if pause is not None:
+                self.monitor.stage_start(pause[0])
 
     def evaluated(self, value: Any) -> dict[str, float]:
         """After a validation (outside its `stage` block, so that its energy counts), with
@@ -370,7 +374,7 @@ class EnergyLoop:
             self.power_cap.load_state_dict(state.get("power_cap"))
         if self.time_shift is not None:
             self.time_shift.load_state_dict(state.get("time_shift"))
-        self._resumed = True
+        self._resumed = bool(state)  # {} (a first run's ckpt.get("energy", {})) continues nothing
 
     def _job(self) -> Ranks:
         """The ranks given, else this process's part in the job found now (every rank calls this alike)."""

@@ -17,6 +17,7 @@ from energy_core.notices import Notice
 from energy_core.output import keys
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
+from tests.helpers.records import read_record
 
 GPU_W = 300.0
 
@@ -178,3 +179,30 @@ def test_a_state_that_is_not_a_loops_is_refused_before_any_of_it_is_taken(sim_gp
     with pytest.raises(error, match=named):
         loop.load_state_dict(bad)
     assert loop.steps == 0 and loop.tracker.state_dict() == fresh  # nothing taken
+
+
+def test_stages_nested_outside_a_run_are_one_run_in_the_record(sim_gpus, tmp_path) -> None:
+    # Outside a run each outer stage block is a run of its own: pausing it for an inner block ended that run
+    # and began another, so one evaluation made three runs (val, test, val) in the record and the report.
+    sim_gpus(SimGpu("GPU-a", Constant(300.0)))
+    record = tmp_path / "energy.jsonl"
+    loop = EnergyLoop(devices=["gpu"], sample_interval_s=0.01, record_path=record, notify=lambda notice: None)
+    with loop.stage("val") as val:
+        time.sleep(0.05)
+        with loop.stage("test") as test:
+            time.sleep(0.05)
+        time.sleep(0.05)
+    kinds = [line["type"] for line in read_record(record)]
+    assert kinds.count("header") == 1 and kinds.count("summary") == 1 and kinds[-1] == "summary"
+    assert val["energy/val_kwh"] > 0 and test["energy/test_kwh"] > 0
+
+
+def test_an_empty_state_is_no_resume(sim_gpus) -> None:
+    # load_state_dict({}) - a first run's ckpt.get("energy", {}) - made the start say it resumed without state.
+    sim_gpus(SimGpu("GPU-a", Constant(300.0)))
+    shown: list[str] = []
+    loop = EnergyLoop(devices=["gpu"], sample_interval_s=0.02, notify=lambda notice: shown.append(notice.text))
+    loop.load_state_dict({})
+    with loop:
+        loop.step()
+    assert not any("Resumed" in text for text in shown) and any("Measuring energy of" in text for text in shown)

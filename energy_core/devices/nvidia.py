@@ -176,8 +176,8 @@ def visible_gpus() -> list[VisibleGpu]:
         try:  # a board fallen off the bus, or denied to this job's cgroup, raises here: CUDA cannot use it either
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             by_uuid[_text(pynvml.nvmlDeviceGetUUID(handle))] = handle
-        except pynvml.NVMLError:
-            continue
+        except (pynvml.NVMLError_GpuIsLost, pynvml.NVMLError_NoPermission):
+            continue  # any other error: the numbering cannot be trusted, nothing is measured (as before)
     seen = visible.torch_gpus(VENDOR)
     names = None if seen is None else ["GPU-" + g.uuid for g in seen]
     if names is None or not all(n in by_uuid for n in names):

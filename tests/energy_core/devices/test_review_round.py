@@ -118,6 +118,23 @@ def test_a_board_nvml_cannot_open_leaves_the_others_measured(sim_gpus, monkeypat
     assert [board.uuid for board in devices.visible_boards()] == ["GPU-bbbb"]
 
 
+def test_a_board_nvml_fails_on_otherwise_measures_no_board_rather_than_the_wrong_one(sim_gpus, monkeypatch) -> None:
+    # Only a board CUDA leaves out too (lost, or denied to the job) may be skipped: skipping one for any
+    # other error would shift CUDA_VISIBLE_DEVICES=0 (the failing board) onto the next one.
+    sim_gpus(SimGpu("GPU-aaaa"), SimGpu("GPU-bbbb"))
+    real = pynvml.nvmlDeviceGetHandleByIndex
+
+    def by_index(index: int):
+        if index == 0:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
+        return real(index)
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", by_index)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    sources, _ = devices.discover(["gpu"], explicit=True)
+    assert sources == []
+
+
 def _amd_sampler(monkeypatch, gpu: SimGpu) -> tuple[SimAmdSmi, Sampler, ManualClock]:
     clock = ManualClock()
     sim = SimAmdSmi([gpu], clock=clock)

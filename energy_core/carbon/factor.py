@@ -141,10 +141,11 @@ def parse_series(path: str | os.PathLike[str], name: str, high: float) -> tuple[
                 )
             for number, row in enumerate(rows, 2):
                 if row and "".join(row).strip():
-                    if header is not None and len(row) > max(len(header), 2):  # 0,21 is a price cut to 0
+                    named = len(header) if header is not None else 2
+                    if any(field.strip() for field in row[max(named, 2) :]):  # 0,21: a price cut to 0 ("x," is fine)
                         raise ValueError(
                             f"{name}: line {number} of {os.fspath(path)!r} has {len(row)} fields, its header "
-                            f"{len(header)}: a decimal comma or a thousands separator? Write 0.21, not 0,21"
+                            f"{named}: a decimal comma or a thousands separator? Write 0.21, not 0,21"
                         )
                     times.append(_moment(row, number, path, name))
                     values.append(_value(row, number, path, name, high))

@@ -103,3 +103,5 @@ def test_a_decimal_comma_or_thousands_separator_is_refused_not_read_as_another_n
         MeasureOptions(**{what: str(path)})  # type: ignore[arg-type]
     path.write_text("time,value,note\n2026-06-01T00:00:00+02:00,0.21,windy\n")  # a third column, named: taken
     assert Series(path, what, "per kWh", high=1e6).values.tolist() == [0.21]
+    path.write_text("time,value\n2026-06-01T00:00:00+02:00,0.21,\n2026-06-01T01:00:00+02:00,0.25, \n")
+    assert Series(path, what, "per kWh", high=1e6).values.tolist() == [0.21, 0.25]  # trailing commas: nothing more

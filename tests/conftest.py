@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from http.server import ThreadingHTTPServer
 
@@ -14,6 +15,15 @@ from tests.doubles.fake_rapl import FakeRapl
 from tests.doubles.sim_gpu import SimDriver, SimGpu
 from tests.doubles.sim_nvml import SimNvml, install
 from tests.doubles.vendors import simulate
+
+
+@pytest.fixture(autouse=True, scope="session")
+def python_handles_ctrl_c() -> None:
+    """The Ctrl-C tests need Python's own SIGINT handler. A shell without job control starts a
+    background job (``python -m pytest &`` in a script) with SIGINT ignored, and Python then keeps
+    it ignored: those tests failed there, for nothing the library did."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

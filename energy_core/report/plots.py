@@ -273,10 +273,17 @@ def _band(axes: Any, xs: list[float], ys: list[float], errors: list[float], colo
 
 
 def _png(plt: Any, figure: Any, title: str) -> bytes:
-    """The figure as a PNG, its title and (as drawn) its axes' text stored in it."""
+    """The figure as a PNG, its title and (as drawn) its axes' text stored in it. Drawn once: the
+    pixels of that drawing are written as they are (``savefig`` would draw the figure again)."""
+    from PIL import Image, PngImagePlugin  # matplotlib's own dependency
+
     figure.canvas.draw()
+    info = PngImagePlugin.PngInfo()
+    for key, text in (("Title", title), ("Description", drawn_text(figure)), ("Software", "matplotlib")):
+        info.add_text(key, text)
     out = io.BytesIO()
-    figure.savefig(out, format="png", metadata={"Title": title, "Description": drawn_text(figure)})
+    image = Image.frombuffer("RGBA", figure.canvas.get_width_height(), bytes(figure.canvas.buffer_rgba()))
+    image.save(out, format="png", pnginfo=info, dpi=(figure.dpi, figure.dpi))
     plt.close(figure)
     return out.getvalue()
 

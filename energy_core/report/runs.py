@@ -36,17 +36,21 @@ NAN = math.nan
 MAX_RUNS = 100
 
 
-def figure(values: Any, key: str) -> float | None:
-    """A number from a line's object (None when absent, null, or not a finite float: an integer of
-    400 digits in a field the reader does not check)."""
-    value = values.get(key) if isinstance(values, dict) else None
+def number(value: Any) -> float | None:
+    """A finite float from a record's field (None for anything else: null, a bool, a string, an
+    integer of 400 digits in a field the reader does not check)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
-        number = float(value)
+        found = float(value)
     except OverflowError:
         return None
-    return number if math.isfinite(number) else None
+    return found if math.isfinite(found) else None
+
+
+def figure(values: Any, key: str) -> float | None:
+    """A number from a line's object (None when absent, or not a `number`)."""
+    return number(values.get(key) if isinstance(values, dict) else None)
 
 
 def amount(values: Any, key: str, most: float = math.inf) -> float | None:

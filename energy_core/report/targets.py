@@ -9,13 +9,12 @@ are not numbers is left out, and names from it are shown printable and short.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 from energy_core.notices import printable
 from energy_core.output import units_text as show
-from energy_core.report.runs import Run
+from energy_core.report.runs import Run, number
 from energy_core.target.run import REACHED
 from energy_core.units import J_PER_KWH, MAX_KWH
 
@@ -30,31 +29,20 @@ def _name(text: Any) -> str:
     return clean if len(clean) <= NAME_CHARS else clean[: NAME_CHARS - 1] + "…"
 
 
-def _number(value: Any) -> float | None:
-    """A finite float from a record's field (None for anything else: an integer of 400 digits too)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def evaluations(run: Run) -> list[dict[str, Any]]:
     """The run's ``target`` lines with a metric's name and an energy, each with ``kwh`` and ``value``
     (None where the metric had no figure) as floats and ``metric`` as printable text."""
     found = []
     for line in run.targets:
-        kwh = _number(line.get("energy_kwh"))
+        kwh = number(line.get("energy_kwh"))
         if kwh is None or not 0 <= kwh <= MAX_KWH or not isinstance(line.get("metric"), str):
             continue
-        found.append({**line, "kwh": kwh, "value": _number(line.get("value")), "metric": _name(line.get("metric"))})
+        found.append({**line, "kwh": kwh, "value": number(line.get("value")), "metric": _name(line.get("metric"))})
     return found
 
 
 def _goal(line: dict[str, Any]) -> str:
-    target = _number(line.get("target"))
+    target = number(line.get("target"))
     if target is None:
         return line["metric"]
     return f"{line['metric']} {'<=' if line.get('mode') == 'min' else '>='} {target:g}"
@@ -103,7 +91,7 @@ def metric_figure(plt: Any, runs: list[tuple[str, Run]], name: Callable[[str, Ru
             if reached:
                 axes.plot([reached[0]["kwh"] / size], [reached[0]["value"]], marker="*", markersize=12,
                           color=drawn[0].get_color(), linestyle="none")  # fmt: skip
-            target = _number(lines[-1].get("target"))
+            target = number(lines[-1].get("target"))
             if target is not None:
                 targets.add(target)
         for target in sorted(targets):

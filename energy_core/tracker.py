@@ -130,6 +130,12 @@ class EnergyTracker:
     def fitting(self) -> bool:
         return self._accounts.fit_start is not None
 
+    @property
+    def fit_start(self) -> Mark | None:
+        """Where the fit now running began (None outside a fit): each fit's own, so a run can
+        tell the fit it was begun in from a later one."""
+        return self._accounts.fit_start
+
     def now(self) -> float:
         """Unix time now, on the meter's clock (the clock every figure of the run is timed by)."""
         return self._accounts.wall_now()

@@ -33,6 +33,7 @@ from energy_core.output import keys
 from energy_core.output import units_text as show
 from energy_core.output.record import BUDGET
 from energy_core.tracker import EnergyTracker
+from energy_core.tracker_share import link
 from energy_core.units import J_PER_KWH
 
 MIN_FORECAST_STEPS = 10
@@ -79,6 +80,7 @@ class BudgetGuard:
         self.forecast_warned = False
         self._event = tracker.watch_limits(rule.reached)
         self._reference: tuple[int, float] | None = None  # (first step, kWh spent before this fit)
+        self._paused_kwh = 0.0  # the time shift's paused energy at the reference (`TrackerLink.paused_kwh`)
         self._first_step: int | None = None
         self._first_epochs = 0  # epochs finished when this fit started
         self.forecast_kwh: float | None = None
@@ -123,6 +125,7 @@ class BudgetGuard:
         # The rate is measured from the fit's start (start-up included: a slight, safe
         # over-estimate), leaving out only what a resumed checkpoint had already spent.
         self._reference = (step, self.tracker.resumed_kwh)
+        self._paused_kwh = link(self.tracker.meter).paused_kwh
         self.limit_kwh = self._limit_now(totals)
         # Only the checkpoint's totals: energy this fit spent before its first step (a slow start) is
         # no checkpoint's, and the next check or review stops on it, saying so.
@@ -190,11 +193,13 @@ class BudgetGuard:
         # A CO2e or cost limit at an intensity or price of 0 is no limit in kWh: nothing to log (not inf).
         metrics = {keys.BUDGET_REMAINING: self.limit_kwh - spent} if math.isfinite(self.limit_kwh) else {}
         if self._reference is None:
-            self._reference = (step, spent)
+            self._reference, self._paused_kwh = (step, spent), link(self.tracker.meter).paused_kwh
         ref_step, ref_kwh = self._reference
         if self.total_steps is None or step <= ref_step or not self._enough(step, epochs_done):
             return metrics, None
-        rate = (spent - ref_kwh) / (step - ref_step)
+        # A time shift's pauses are spent (in ``spent``) but are no part of a step: kept out of the rate.
+        paused = max(0.0, link(self.tracker.meter).paused_kwh - self._paused_kwh)
+        rate = max(0.0, spent - ref_kwh - paused) / (step - ref_step)
         self.forecast_kwh = spent + rate * max(0.0, self.total_steps - step)
         metrics[keys.BUDGET_FORECAST] = self.forecast_kwh
         if not act or self.rule.forecast == "off" or self.forecast_kwh <= self.limit_kwh or self.stopped:

@@ -257,9 +257,12 @@ class EnergyLoop:
             if self.time_shift is not None:
                 metrics.update(self.time_shift.review(self.steps))
         if self.time_shift is not None:
-            if self.time_shift.check(self.steps) is not None and self.time_shift.requeued_until is not None:
+            shifted = self.time_shift.check(self.steps)
+            if shifted is not None and self.time_shift.requeued_until is not None:
                 self.should_stop = True
             self._show(self.time_shift.pop_notices())
+            if shifted is not None and not self.should_stop and self.budget is not None and self.budget.active:
+                self._act(self.budget.check(self.steps))  # a budget spent while paused: no step after the pause
         return self._done(metrics)
 
     def start_epoch(self) -> None:

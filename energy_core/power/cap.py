@@ -37,6 +37,7 @@ from energy_core.power.limits import PowerLimits
 from energy_core.power.plan import busy_message, select_boards, unseen_boards
 from energy_core.sampling.meter import EnergyMeter
 from energy_core.tracker import EnergyTracker
+from energy_core.tracker_share import link
 from energy_core.units import MAX_DEVICE_W
 
 FOLLOW = ("carbon", "cost")
@@ -469,7 +470,7 @@ class PowerCapRun:
                 self._own_meter.open()
             meter = self._own_meter
         self.finder = finder = CapFinder(self.limits, meter, self.max_slowdown, self.min_watts, partner=self._following)
-        self._search_start = (step, finder.clock())
+        self._search_start = (step, self._trained())
         self._unix = time.time() - finder.clock()  # the meter's clock, as unix time (for the factor)
         if self._saved is not None and finder.restore(self._saved.get("finder")):
             del self._saved["finder"]  # the follower's part waits for the follower
@@ -512,12 +513,19 @@ class PowerCapRun:
             wall=lambda: unix + finder.clock(),
             every=DECIDE_EVERY,
         )
-        since = (step, self.finder.clock())
+        since = (step, self._trained())
         if self._saved is not None and self._saved.get("follower"):
             self.follower.load_state_dict(self._saved.pop("follower"), since)
         else:
             (start_step, start_t), (carried_s, carried_steps) = self._search_start, self._carried
-            self.follower.book(self.finder.clock() - start_t + carried_s, step - start_step + carried_steps, since)
+            self.follower.book(since[1] - start_t + carried_s, step - start_step + carried_steps, since)
+
+    def _trained(self) -> float:
+        """The finder's clock less the time a time shift paused on the same meter: the follower books
+        training time (a pause is no part of a step, nor of the run's slowdown)."""
+        assert self.finder is not None
+        meter = self._tracker.meter if self._tracker is not None else self.finder.meter
+        return self.finder.clock() - link(meter).paused_s
 
     def _follow_step(self, step: int) -> tuple[dict[str, float], list[Notice]]:
         """Every rank, every `DECIDE_EVERY` steps: the job leader's decision, put in force by
@@ -527,7 +535,7 @@ class PowerCapRun:
             if self.follower.changed():
                 code = SEARCH_AGAIN
             else:
-                code = 1 + self.follower.decide(step, self.finder.in_force() or 0, self.finder.clock())
+                code = 1 + self.follower.decide(step, self.finder.in_force() or 0, self._trained())
         ready = int(not self.ranks.leads_node or not self._searching())
         agreed, _ = self.ranks.sum_by_name({"code": code, "ready": ready, "ranks": 1})
         if agreed["ready"] < agreed["ranks"]:

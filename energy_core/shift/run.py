@@ -49,7 +49,7 @@ from energy_core.shift.forecast import Forecast
 from energy_core.shift.intensity import Intensity
 from energy_core.shift.planner import MAX_S, MODES, TimeShiftPlan, plan_time_shift
 from energy_core.tracker import EnergyTracker
-from energy_core.tracker_share import SharedRun
+from energy_core.tracker_share import SharedRun, link
 from energy_core.units import J_PER_KWH, MAX_CO2E_KG, MAX_KWH, MAX_SECONDS
 
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure; the user is invited to retry" - the requeue exit status
@@ -282,7 +282,7 @@ class TimeShiftRun(SharedRun):
         run a decision; in a multi-process job: a decision at every logging step (a collective every
         rank reaches). A pause happens here (the run sleeps until the next run begins); a requeue is
         returned for the adapter to save a checkpoint and end training."""
-        if not self.active:
+        if not self.active or self._budget_spent():
             return None
         distributed = self._ranks.world_size > 1
         if distributed and step % self._every:
@@ -344,9 +344,14 @@ class TimeShiftRun(SharedRun):
         text = f"Time shift: pausing at step {step} until {_iso(action.until)} ({hours:.3g} h)"
         self._notices.append(Notice("info", text + (f"; plan: {plan.describe()}." if plan else ".")))
         while (now := self.now()) < action.until:  # the sampler charges the idle energy, reading by reading
+            if self._budget_spent():  # a budget spent while paused: the pause ends, and training stops
+                break
             self.sleep(max(1e-3, min(action.until, now + NAP_S) - now))
         seconds = tracker.resume(start, step)
         idle_kwh = max(0.0, tracker.reduce_totals().get(keys.TOTAL_KWH, 0.0) - state.kwh_at_pause)
+        shared = link(tracker.meter)
+        shared.paused_kwh += idle_kwh
+        shared.paused_s += seconds
         state.paused_s += seconds
         state.idle_kwh += idle_kwh
         state.idle_s += seconds
@@ -354,6 +359,11 @@ class TimeShiftRun(SharedRun):
         self._next = -math.inf  # decide at the next step: the plan's next run begins now
         self._record("resume", step, paused_s=seconds, idle_w=idle_kwh * J_PER_KWH / seconds if seconds > 0 else None)
         state.open(self.now(), self._job_kwh())
+
+    def _budget_spent(self) -> bool:
+        """Whether a budget on the same tracker is spent (a single process only: in a job, ranks pause
+        and resume together, and the budget decides at its reviews)."""
+        return self.tracker is not None and self._ranks.world_size == 1 and link(self.tracker.meter).stop_asked()
 
     def _requeue(self, step: int, now: float, until: float) -> ShiftAction:
         """End this process's part: the plan's next run begins at ``until``."""

@@ -1,6 +1,6 @@
 """Accuracy side by side with Zeus and CodeCarbon, on the same simulated GPU in real time.
 
-    python -m benchmarks.accuracy_peers [--seconds 12] [--window 2]
+    python -m benchmarks.accuracy_peers [--seconds 20] [--window 2]
 
 accuracy.py runs on a virtual clock, which the peers cannot follow; here the simulated
 NVML (tests/sim_nvml.py: mJ counter advancing every 100 ms, mW power as a 1 s average)
@@ -232,7 +232,7 @@ def main() -> None:
             text=True,
             check=True,
         )
-        lines = child.stdout.strip().splitlines()
+        lines = child.stdout.rstrip().splitlines()  # rstrip: a first line "  skipped ..." keeps its indent
         for line in lines[:-1]:
             if line.startswith("  skipped"):
                 print(line)

@@ -24,11 +24,15 @@ from energy_core import EnergyTracker
 from tests.doubles.power_traces import Noisy
 from tests.doubles.sim_nvml import SimGpu, SimNvml, install_for_process
 
+WARMUP_STEPS = 20_000  # RSS is read here and at the end
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1_000_000)
     args = parser.parse_args()
+    if args.steps <= WARMUP_STEPS:  # no warm-up reading to measure growth from
+        parser.error(f"--steps must be more than the {WARMUP_STEPS:,}-step warm-up (got {args.steps:,})")
     install_for_process(SimNvml([SimGpu("GPU-mem", Noisy(250.0, 100.0), counter_period_s=0.02)]))
     process = psutil.Process()
     batch = {"input_ids": torch.ones(8, 32, dtype=torch.long), "attention_mask": torch.ones(8, 32, dtype=torch.long)}
@@ -46,7 +50,7 @@ def main() -> None:
             tracker.add_batch(batch)
             if step % 50 == 0:
                 tracker.window(step)
-            if step == 20_000:
+            if step == WARMUP_STEPS:
                 baseline = process.memory_info().rss
         tracker.end_fit(args.steps)
         tracker.close()

@@ -35,7 +35,11 @@ def paired_ratios(times: dict[str, list[float]], name: str, base: str = "none") 
 
 
 def median_ci(pairs: list[float], n: int = 2000, level: float = 0.95) -> tuple[float, float]:
-    """Bootstrap confidence interval of the median of paired ratios (percentile method)."""
+    """Bootstrap confidence interval of the median of paired ratios (percentile method).
+
+    One pair says nothing of the noise: its interval is unbounded, so `verdict` cannot decide."""
+    if len(pairs) < 2:
+        return float("-inf"), float("inf")
     rng = random.Random(0)
     medians = sorted(statistics.median(rng.choices(pairs, k=len(pairs))) for _ in range(n))
     return medians[int((1 - level) / 2 * n)], medians[int((1 + level) / 2 * n) - 1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import weakref
 from typing import Any
 
 from transformers import TrainerCallback
@@ -71,6 +72,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         self.summary = checks.boolean("summary", summary)
         self.run = MonitorRun(EnergyTracker(MeasureOptions.of("EnergyCallback", dict(measure))), self._show)
         self._hook: Any = None
+        self._hooked: weakref.ref[Any] | None = None  # the model the hook is on
         self._pending: dict[str, float] = {}
         self._last_logged_step = -1
         self._world_zero = True
@@ -107,17 +109,35 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         """Forward pre-hook: count a training micro-batch, or note that inference began."""
         if module.training:
             self.run.count(kwargs if kwargs else args)
-        elif not self.tracker.in_stage(INFERENCE):
+        elif not self.tracker.in_stage(INFERENCE) and self._trainer_running():
             self.run.stage_start(INFERENCE)
 
+    def _trainer_running(self) -> bool:
+        """Whether a forward comes from the Trainer: attached, only inside its train/evaluate/predict
+        (a forward of the user's own, ``generate()`` after training, would open a run nothing ends)."""
+        registry = self.registry
+        return registry is None or not registry.attached or registry.running > 0
+
     def _hook_model(self, model: Any) -> None:
-        if self._hook is None and model is not None and hasattr(model, "register_forward_pre_hook"):
-            self._hook = model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+        """Count on ``model`` (once; a new model, as ``model_init`` gives each ``train()``, moves the hook)."""
+        if model is None or not hasattr(model, "register_forward_pre_hook"):
+            return
+        if self._hook is not None and self._hooked is not None and self._hooked() is model:
+            return
+        self._unhook_model()
+        self._hook = model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+        self._hooked = weakref.ref(model)
 
     def _unhook_model(self) -> None:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+            self._hooked = None
+
+    def watch_model(self, model: Any) -> None:
+        """The attached Trainer's ``evaluate()`` or ``predict()`` begins on ``model``: measured, even
+        before any ``train()``."""
+        self._hook_model(model)
 
     # ------------------------------------------------------------------ figures into logs
     def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
@@ -198,7 +218,9 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         if state.global_step > self._last_logged_step:
             control.should_log = True  # the Trainer logs right after this hook; we add to it
         elif self.trainer is not None:
+            asked = control.should_log  # the Trainer's own epoch-end log (logging_strategy="epoch")
             self.trainer.log({})  # this step was logged already: a log line of its own
+            control.should_log = asked  # Trainer.log cleared it: the Trainer's loss line would be lost
         return control
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):

@@ -60,6 +60,7 @@ class EnergyCallbacks:
         self._begun: list[LogContributor] = []  # the callbacks that began it
         self._built: TrainerState | None = None  # the state of the latest Trainer constructed
         self._given: list[LogContributor] = []  # its callbacks, as on_init_end met them
+        self.running = 0  # how many of the attached Trainer's train/evaluate/predict calls are under way
 
     @classmethod
     def of(cls, model: Any) -> EnergyCallbacks | None:
@@ -122,20 +123,38 @@ class EnergyCallbacks:
         return self.trainer is not None
 
     def wrap(self, trainer: Any) -> None:
-        """Add every contributor's figures inside ``trainer.log``, and end their runs when an exception
-        (or Ctrl+C) leaves ``trainer.train`` (the HF Trainer has no exception hook); once per trainer."""
+        """Add every contributor's figures inside ``trainer.log``, end their runs when an exception
+        (or Ctrl+C) leaves ``trainer.train`` (the HF Trainer has no exception hook), and know when the
+        Trainer's own ``train``/``evaluate``/``predict`` runs (`running`): a forward in eval mode outside
+        them (the user's ``generate()``) is no evaluation; once per trainer."""
         if self.trainer is trainer:
             return
         self.trainer = trainer
         original = trainer.log
-        original_train = trainer.train
+        original_train, original_evaluate, original_predict = trainer.train, trainer.evaluate, trainer.predict
 
         def train(*args: Any, **kwargs: Any) -> Any:
+            self.running += 1
             try:
                 return original_train(*args, **kwargs)
             except BaseException as exception:
                 abort(trainer, exception)
                 raise
+            finally:
+                self.running -= 1
+
+        def inference(run: Any) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                for callback in trainer.callback_handler.callbacks:  # one before any train() too
+                    if isinstance(callback, LogContributor):
+                        callback.watch_model(trainer.model)
+                self.running += 1
+                try:
+                    return run(*args, **kwargs)
+                finally:
+                    self.running -= 1
+
+            return call
 
         def log(logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
             for callback in trainer.callback_handler.callbacks:  # re-created on resume: re-registered here
@@ -146,6 +165,8 @@ class EnergyCallbacks:
 
         trainer.log = log
         trainer.train = train
+        trainer.evaluate = inference(original_evaluate)
+        trainer.predict = inference(original_predict)
 
 
 def abort(trainer: Any, exception: BaseException) -> None:
@@ -180,6 +201,9 @@ class LogContributor:
     def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
         """Add the figures due at this log call to ``logs`` and return them."""
         raise NotImplementedError
+
+    def watch_model(self, model: Any) -> None:
+        """The attached Trainer's ``evaluate()`` or ``predict()`` begins on ``model``: nothing by default."""
 
     def withdraw(self) -> None:
         """End what ``on_train_begin`` started, when training is refused before its first step (a

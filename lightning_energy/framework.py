@@ -91,6 +91,11 @@ def ranks_of(trainer: Any) -> Ranks:
     return ranks.share_boards()  # ranks that share one board (or MIG instances of one) count it once
 
 
+def end_status(exception: BaseException) -> str:
+    """The record's status for a fit that ``exception`` ended: ``interrupted`` (Ctrl+C), ``exception: <type>``."""
+    return "interrupted" if isinstance(exception, KeyboardInterrupt) else f"exception: {type(exception).__name__}"
+
+
 def find_callback(trainer: Any, cls: type) -> Any:
     """The trainer's first callback of this class, or None."""
     return next((cb for cb in trainer.callbacks if isinstance(cb, cls)), None)
@@ -158,6 +163,7 @@ def own_share() -> bool:
 __all__ = [
     "CALLBACK_BASES",
     "emit",
+    "end_status",
     "find_callback",
     "log",
     "override",

@@ -21,6 +21,7 @@ from energy_core.integration import (
 from lightning_energy.framework import (
     CALLBACK_BASES,
     emit,
+    end_status,
     log,
     override,
     own_share,
@@ -35,7 +36,8 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
 
     Works with both ``lightning.pytorch.Trainer`` and ``pytorch_lightning.Trainer``.
     Figures are logged through ``trainer.loggers`` every ``log_every_n_steps`` optimizer
-    steps (the trainer's own setting unless given) and at every epoch end, and left in
+    steps (the trainer's own setting unless given; its ``0`` leaves only the epoch ends)
+    and at every epoch end, and left in
     ``trainer.callback_metrics`` for other callbacks (``ModelCheckpoint(monitor="energy/total_kwh")``,
     ``EarlyStopping``, Ray's ``RayTrainReportCallback``); the monitor runs before the
     trainer's other callbacks, so theirs see each epoch's figures whatever the order given.
@@ -101,7 +103,8 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self._every = self.log_every_n_steps or max(1, int(trainer.log_every_n_steps))
+        # the trainer's log_every_n_steps=0 (Lightning: no logging within an epoch): epoch ends only
+        self._every = self.log_every_n_steps or max(0, int(trainer.log_every_n_steps))
         self._last_logged_step = trainer.global_step
         settings = {
             "max_epochs": trainer.max_epochs,
@@ -158,7 +161,7 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.run.count(batch)
         step = trainer.global_step
-        if step % self._every or step == self._last_logged_step:
+        if not self._every or step % self._every or step == self._last_logged_step:
             return
         self._last_logged_step = step
         metrics = self.run.window(step, extra=self._extra(trainer))
@@ -205,8 +208,7 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else f"exception: {type(exception).__name__}"
-        self.run.finish(trainer.global_step, status, collective=False)  # other ranks may not be here
+        self.run.finish(trainer.global_step, end_status(exception), collective=False)  # other ranks may not be here
         self._detach_progress_bar()
         self.run.close()
 

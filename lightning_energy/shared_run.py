@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar
 
 from energy_core.integration import SharedRun
-from lightning_energy.framework import CALLBACK_BASES, emit, find_callback, override, ranks_of
+from lightning_energy.framework import CALLBACK_BASES, emit, end_status, find_callback, override, ranks_of
 from lightning_energy.monitor import EnergyMonitor
 
 RunT = TypeVar("RunT", bound=SharedRun)  # not report.runs.Run: a budget, target or time shift run
@@ -35,7 +35,7 @@ class SharedRunCallback(Generic[RunT], *CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        emit(self.run.finish(trainer.global_step, f"exception: {type(exception).__name__}", collective=False))
+        emit(self.run.finish(trainer.global_step, end_status(exception), collective=False))
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:

@@ -137,7 +137,7 @@ def fine_tune(
     to_target = EnergyToTargetCallback("eval_loss", target, mode="min", stop=False)
     attach(trainer, EnergyCallback(record_path=record, summary=False), to_target)
     trainer.train()
-    after = trainer.evaluate()["eval_loss"]
+    after = eval_loss(model, held_out, args.out / method)  # not measured: the record holds the fit alone
     summary = read_record(record)["summary"]
     reached = to_target.reached or {}
     return {

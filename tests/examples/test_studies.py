@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -158,6 +159,9 @@ def test_peft_vs_full(tmp_path) -> None:
             assert under == [] and row["target_step"] == "not reached"
     assert "Common target: eval loss <=" in (tmp_path / "report.md").read_text()
     assert "LoRA" in (tmp_path / "report.md").read_text()
+    for row in (full, lora, bias):  # the page compares three runs: the loss after is not a measured run of its own
+        headers = [x for x in map(json.loads, Path(row["record"]).read_text().splitlines()) if x["type"] == "header"]
+        assert len(headers) == 1
 
 
 def test_power_capping_without_a_gpu_says_what_it_would_do(tmp_path) -> None:

@@ -96,7 +96,8 @@ def electricity_maps(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
     if request.param == "https":
         certificate = serve_tls(server, tmp_path_factory.mktemp("tls"))
         monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # Polled every 20 ms, not every 0.5 s: shutdown() waits for the next poll, at every test's end.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     host = "localhost" if request.param == "https" else "127.0.0.1"
     monkeypatch.setenv(intensity.URL_ENV, f"{request.param}://{host}:{server.server_address[1]}/v3")
     monkeypatch.setenv(intensity.TOKEN_ENV, "secret-token-123")

@@ -199,7 +199,7 @@ def test_another_user_default_journal_is_their_own(other_user, sticky) -> None:
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.slow  # 9 s each; two users capping one board (below) runs by default
+@pytest.mark.slow  # 9 s each; the board lock's rules run by default, in process (test_board_lock.py)
 @pytest.mark.parametrize("first_to_end", ["first", "second"])
 def test_two_processes_capping_one_gpu_leave_the_administrator_limit(sticky, first_to_end) -> None:
     state = driver_state(sticky / "driver.json")
@@ -244,7 +244,8 @@ def test_a_run_that_ignores_sighup_keeps_its_cap(sticky) -> None:
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("first_to_end", ["user", pytest.param("root", marks=pytest.mark.slow)])  # 9 s each
+@pytest.mark.slow  # 9 s each: two child processes of two users; the lock's rules run by default (test_board_lock.py)
+@pytest.mark.parametrize("first_to_end", ["user", "root"])
 def test_two_users_capping_one_gpu_leave_the_administrator_limit(other_user, sticky, monkeypatch, first_to_end) -> None:
     """Issue 25, item 2: a user with CAP_SYS_ADMIN caps the board at 250 W (its journal in its
     home), then root asks for 200 W (root's journal). Root used to take 250 W for the limit

@@ -282,13 +282,15 @@ class TimeShiftRun(SharedRun):
         run a decision; in a multi-process job: a decision at every logging step (a collective every
         rank reaches). A pause happens here (the run sleeps until the next run begins); a requeue is
         returned for the adapter to save a checkpoint and end training."""
-        if not self.active or self._budget_spent():
+        if not self.active:
             return None
         distributed = self._ranks.world_size > 1
         if distributed and step % self._every:
             return None
         now = self.now()
         if not distributed and now < self._next:
+            return None
+        if self._budget_spent():  # a spent budget is stopping the run: no pause begins (asked when one is due)
             return None
         action = self._decide(step, now)
         if action is not None and action.kind == "paused":

@@ -4,6 +4,10 @@ Each check returns the normalised value, or raises ``TypeError`` (wrong type: a 
 never a number, a number is never a string) or ``ValueError`` (right type, outside the
 allowed range). Both messages name the argument and say what is allowed.
 
+`open_regular` opens a file given by path that another user may have planted (a FIFO, a
+link): the carbon series reader, the run-record reader and its writer each say in their own
+words what they refuse.
+
 Examples:
     >>> number("pue", 1.2, low=1)
     1.2
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Callable, Sequence
 from numbers import Integral, Real
 from typing import Any
@@ -136,6 +141,31 @@ def file_path(name: str, value: Any, *, optional: bool = True) -> Any:
     if os.path.isdir(path):
         raise ValueError(f"{name} must be a file, but {path!r} is a directory")
     return path
+
+
+def open_regular(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: int = 0o644) -> int | None:
+    """A descriptor of ``path`` opened with ``flags``, or None (nothing left open) if it is not a
+    regular file: a FIFO, a device, a socket or a directory.
+
+    Another user may have put a FIFO where a file is expected, whose open would wait for ever: the
+    open never waits (``O_NONBLOCK``), the kind is checked on the descriptor (the path may change
+    between two looks) and only then is it made blocking again. ``O_NOFOLLOW`` in ``flags`` refuses
+    a link too. The caller says what is refused, in its own words.
+
+    Raises:
+        OSError: from the open (``ELOOP``: a link, with ``O_NOFOLLOW``; ``ENXIO``: for writing, a
+            FIFO no one reads).
+    """
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.set_blocking(fd, True)
+            return fd
+    except OSError:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
 
 
 def one_per_trainer(

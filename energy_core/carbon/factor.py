@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from energy_core.checks import open_regular
 from energy_core.notices import Notice
 from energy_core.units import MAX_G_PER_KWH
 
@@ -201,21 +202,20 @@ def _open_regular(path: str | os.PathLike[str], name: str) -> int:
     """
     shown = repr(os.fspath(path))
     try:
-        if stat.S_ISLNK(os.lstat(path).st_mode):
+        kind = os.lstat(path).st_mode
+        if stat.S_ISLNK(kind):
             raise OSError(errno.ELOOP, "a symbolic link")
-        if not stat.S_ISREG(os.lstat(path).st_mode):  # never opened: opening a device may act on it
+        if not stat.S_ISREG(kind):  # never opened: opening a device may act on it
             raise ValueError(f"{name}: {shown} is not a regular file")
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise ValueError(f"{name}: {shown} is a symbolic link, which is not followed: give the file") from None
         if err.errno == errno.ENOENT:
             raise ValueError(f"{name}: {shown} is not a regular file (it does not exist)") from None
         raise ValueError(f"{name}: cannot open {shown} ({err.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, a FIFO (which would block), a device
-        os.close(fd)
+    if fd is None:  # no longer what was looked at: a directory, a FIFO (which would block), a device
         raise ValueError(f"{name}: {shown} is not a regular file")
-    os.set_blocking(fd, True)
     return fd
 
 

@@ -21,13 +21,13 @@ import json
 import math
 import os
 import re
-import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from energy_core.checks import open_regular
 from energy_core.notices import Notice, printable
 
 RECORD_VERSION = 1
@@ -128,24 +128,21 @@ class RunRecord:
 
         ``record_path`` may lie in a shared folder, where another user could have put a link to
         a file of yours (which would then be appended to) or a FIFO (which would block the open
-        for ever): a link is refused (``O_NOFOLLOW``), the open never waits (``O_NONBLOCK``), and
-        anything but a regular file is refused on its descriptor.
+        for ever): a link is refused (``O_NOFOLLOW``), and `open_regular` never waits on the open and
+        refuses anything but a regular file on its descriptor.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
         try:
-            fd = os.open(self.path, flags, 0o644)
+            fd = open_regular(self.path, flags, 0o644)
         except OSError as err:
             if err.errno == errno.ELOOP:
                 raise OSError(err.errno, "it is a symbolic link, which is not followed", str(self.path)) from None
             if err.errno == errno.ENXIO:  # a FIFO no one reads
                 raise OSError(err.errno, "it is not a regular file (a FIFO)", str(self.path)) from None
             raise
-        kind = os.fstat(fd).st_mode
-        if not stat.S_ISREG(kind):
-            os.close(fd)
+        if fd is None:
             raise OSError(errno.EINVAL, "it is not a regular file (a FIFO, a device or a socket)", str(self.path))
-        os.set_blocking(fd, True)
         return open(fd, "a", encoding="utf-8")
 
     def take_notice(self) -> Notice | None:
@@ -294,11 +291,9 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, str | None]]:
         OSError: ``path`` cannot be opened, or is not a regular file (a FIFO would block the read
             for ever: the open never waits, and the kind is checked on the descriptor).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+    fd = open_regular(path)
+    if fd is None:
         raise OSError(errno.EINVAL, "not a regular file (a FIFO, a device or a socket)", str(path))
-    os.set_blocking(fd, True)
     with open(fd, "rb") as handle:
         number = 0
         while raw := handle.readline(MAX_LINE_BYTES + 1):

@@ -139,9 +139,7 @@ class Ranks:
         if not self.distributed or self.gather is None:
             return self
         everyone = self.gather((socket.gethostname(), node_of(), board_of(self.gpu_index)))
-        boards = [(host, board) for host, _, board in everyone]
-        nodes = [((host, node), board) for host, node, board in everyone]
-        return replace(self, gpu_shared=shared_board(boards, self.rank), node_boards=node_boards(nodes, self.rank))
+        return replace(self, **board_roles(everyone, self.rank))
 
     def gather_all(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj`` (a collective), or None when the job cannot gather."""
@@ -232,10 +230,9 @@ def torch_distributed(
         places = [((host, node), local) for host, node, local, _ in everyone if local is not None]
         inherited = len(set(places)) < len(places)  # one LOCAL_RANK twice on one node: not the ranks' own
         local_rank = local_rank_among([(host, None if inherited else local) for host, _, local, _ in everyone], rank)
-    boards = [(host, board) for host, _, _, board in everyone]
-    nodes = [((host, node), board) for host, node, _, board in everyone]
+    boards = [(host, node, board) for host, node, _, board in everyone]
     return Ranks(rank, local_rank, dist.get_world_size(), gpu_index, total, gather, any_rank,
-                 shared_board(boards, rank), node_boards(nodes, rank))  # fmt: skip
+                 **board_roles(boards, rank))  # fmt: skip
 
 
 RELEASE_WAIT_S = 1.0  # the most a collective waits for the backend's threads to let go of its tensor
@@ -281,6 +278,14 @@ def board_of(gpu_index: int | None) -> str | None:
     except Exception:  # noqa: BLE001 - no vendor library, or one that fails: the board stays unnamed
         return None
     return next((f"{b.vendor}:{b.uuid}" for b in boards if b.index == gpu_index), None)
+
+
+def board_roles(everyone: Sequence[tuple[str, str, str | None]], rank: int) -> dict[str, Any]:
+    """`Ranks`' ``gpu_shared`` and ``node_boards`` for ``rank``, from every rank's (host, `node_of`,
+    `board_of`): the one gather a job makes at setup, read the same way wherever it is made."""
+    boards = [(host, board) for host, _, board in everyone]
+    nodes = [((host, node), board) for host, node, board in everyone]
+    return {"gpu_shared": shared_board(boards, rank), "node_boards": node_boards(nodes, rank)}
 
 
 def shared_board(everyone: Sequence[tuple[str, str | None]], rank: int) -> bool:

@@ -51,7 +51,27 @@ from energy_core.sampling.bounds import MarkBound, between
 from energy_core.sampling.meter import EnergyMeter, Mark
 from energy_core.units import J_PER_KWH
 
-__all__ = ["EnergyTracker"]
+__all__ = ["EnergyTracker", "TrackerLink"]
+
+
+@dataclasses.dataclass
+class TrackerLink:
+    """What the runs that read one tracker tell each other (a budget, a power cap and a time shift in one run).
+
+    Attributes:
+        stops: Per budget, a flag read: True once its limit is spent (a pause ends on it).
+        paused_kwh: The job's energy this process's pauses used (a budget's forecast leaves
+            it out of its per-step rate: a pause is no part of a step).
+        paused_s: Seconds this process paused, on the meter's clock (a power cap that follows
+            the grid books training time, not the pauses).
+    """
+
+    stops: dict[int, Callable[[], bool]] = dataclasses.field(default_factory=dict)
+    paused_kwh: float = 0.0
+    paused_s: float = 0.0
+
+    def stop_asked(self) -> bool:
+        return any(stop() for stop in self.stops.values())
 
 
 class EnergyTracker:
@@ -104,6 +124,7 @@ class EnergyTracker:
         self._alone: tuple[str, Charges] | None = None  # a stage run outside a fit: its name, its charges
         self._window = Window()
         self._accounts = Accounts(self.meter, Charges(self.factors))
+        self.link = TrackerLink()  # what the budget, cap and time shift reading this tracker tell each other
 
     # ----------------------------------------------------------------- set-up
     def join(self, ranks: Ranks) -> None:

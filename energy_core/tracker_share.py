@@ -10,48 +10,13 @@ around it alike (bind, finish, close, the own totals in their checkpoints).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from energy_core.accounting.figures import RunTotals
 from energy_core.accounting.ranks import Ranks
 from energy_core.notices import Notice
 from energy_core.options import MeasureOptions
-from energy_core.sampling.meter import EnergyMeter
 from energy_core.tracker import EnergyTracker
-
-
-@dataclass
-class TrackerLink:
-    """What the runs that read one meter tell each other (a budget, a power cap and a time shift in one run).
-
-    Attributes:
-        stops: Per budget, a flag read: True once its limit is spent (a pause ends on it).
-        paused_kwh: The job's energy this process's pauses used (a budget's forecast leaves
-            it out of its per-step rate: a pause is no part of a step).
-        paused_s: Seconds this process paused, on the meter's clock (a power cap that follows
-            the grid books training time, not the pauses).
-    """
-
-    stops: dict[int, Callable[[], bool]] = field(default_factory=dict)
-    paused_kwh: float = 0.0
-    paused_s: float = 0.0
-
-    def stop_asked(self) -> bool:
-        return any(stop() for stop in self.stops.values())
-
-
-_LINKS: WeakKeyDictionary[EnergyMeter, TrackerLink] = WeakKeyDictionary()
-
-
-def link(meter: EnergyMeter) -> TrackerLink:
-    """The `TrackerLink` of ``meter`` (a tracker's: ``tracker.meter``; made at the first call)."""
-    found = _LINKS.get(meter)
-    if found is None:
-        found = _LINKS[meter] = TrackerLink()
-    return found
 
 
 class TrackerShare:

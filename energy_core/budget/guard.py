@@ -33,7 +33,6 @@ from energy_core.output import keys
 from energy_core.output import units_text as show
 from energy_core.output.record import BUDGET
 from energy_core.tracker import EnergyTracker
-from energy_core.tracker_share import link
 from energy_core.units import J_PER_KWH
 
 MIN_FORECAST_STEPS = 10
@@ -125,7 +124,7 @@ class BudgetGuard:
         # The rate is measured from the fit's start (start-up included: a slight, safe
         # over-estimate), leaving out only what a resumed checkpoint had already spent.
         self._reference = (step, self.tracker.resumed_kwh)
-        self._paused_kwh = link(self.tracker.meter).paused_kwh
+        self._paused_kwh = self.tracker.link.paused_kwh
         self.limit_kwh = self._limit_now(totals)
         # Only the checkpoint's totals: energy this fit spent before its first step (a slow start) is
         # no checkpoint's, and the next check or review stops on it, saying so.
@@ -193,12 +192,12 @@ class BudgetGuard:
         # A CO2e or cost limit at an intensity or price of 0 is no limit in kWh: nothing to log (not inf).
         metrics = {keys.BUDGET_REMAINING: self.limit_kwh - spent} if math.isfinite(self.limit_kwh) else {}
         if self._reference is None:
-            self._reference, self._paused_kwh = (step, spent), link(self.tracker.meter).paused_kwh
+            self._reference, self._paused_kwh = (step, spent), self.tracker.link.paused_kwh
         ref_step, ref_kwh = self._reference
         if self.total_steps is None or step <= ref_step or not self._enough(step, epochs_done):
             return metrics, None
         # A time shift's pauses are spent (in ``spent``) but are no part of a step: kept out of the rate.
-        paused = max(0.0, link(self.tracker.meter).paused_kwh - self._paused_kwh)
+        paused = max(0.0, self.tracker.link.paused_kwh - self._paused_kwh)
         rate = max(0.0, spent - ref_kwh - paused) / (step - ref_step)
         self.forecast_kwh = spent + rate * max(0.0, self.total_steps - step)
         metrics[keys.BUDGET_FORECAST] = self.forecast_kwh

@@ -16,7 +16,7 @@ from energy_core.budget.guard import BudgetAction, BudgetGuard, check_state
 from energy_core.budget.rule import BudgetRule
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.tracker import EnergyTracker
-from energy_core.tracker_share import SharedRun, link
+from energy_core.tracker_share import SharedRun
 
 BUDGET_STOP = "budget-stop"
 RULE_ARGS = ("max_kwh", "max_co2e_kg", "max_cost", "forecast")
@@ -92,7 +92,7 @@ class BudgetRun(SharedRun):
         self.guard = guard = BudgetGuard(self.rule, self.tracker, total_steps, epoch_steps)
         self.guard.load_state_dict(self._saved.get("guard", {}))
         tracker, fit = self.tracker, self.tracker.fit_start  # this fit's: a later fit's pause ignores it
-        link(tracker.meter).stops[id(self)] = lambda: (
+        tracker.link.stops[id(self)] = lambda: (
             tracker.fit_start is fit and (guard.stopped is not None or guard.crossed())
         )  # a pause ends on it (`TimeShiftRun`)
         return self.guard.begin(step, self.tracker.resumed_totals, self._ranks.agree, epochs_done)

@@ -37,7 +37,6 @@ from energy_core.power.limits import PowerLimits
 from energy_core.power.plan import busy_message, select_boards, unseen_boards
 from energy_core.sampling.meter import EnergyMeter
 from energy_core.tracker import EnergyTracker
-from energy_core.tracker_share import link
 from energy_core.units import MAX_DEVICE_W
 
 FOLLOW = ("carbon", "cost")
@@ -521,11 +520,10 @@ class PowerCapRun:
             self.follower.book(since[1] - start_t + carried_s, step - start_step + carried_steps, since)
 
     def _trained(self) -> float:
-        """The finder's clock less the time a time shift paused on the same meter: the follower books
+        """The finder's clock less the time a time shift paused on the same tracker: the follower books
         training time (a pause is no part of a step, nor of the run's slowdown)."""
         assert self.finder is not None
-        meter = self._tracker.meter if self._tracker is not None else self.finder.meter
-        return self.finder.clock() - link(meter).paused_s
+        return self.finder.clock() - (self._tracker.link.paused_s if self._tracker is not None else 0.0)
 
     def _follow_step(self, step: int) -> tuple[dict[str, float], list[Notice]]:
         """Every rank, every `DECIDE_EVERY` steps: the job leader's decision, put in force by

@@ -49,7 +49,7 @@ from energy_core.shift.forecast import Forecast
 from energy_core.shift.intensity import Intensity
 from energy_core.shift.planner import MAX_S, MODES, TimeShiftPlan, plan_time_shift
 from energy_core.tracker import EnergyTracker
-from energy_core.tracker_share import SharedRun, link
+from energy_core.tracker_share import SharedRun
 from energy_core.units import J_PER_KWH, MAX_CO2E_KG, MAX_KWH, MAX_SECONDS
 
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure; the user is invited to retry" - the requeue exit status
@@ -351,7 +351,7 @@ class TimeShiftRun(SharedRun):
             self.sleep(max(1e-3, min(action.until, now + NAP_S) - now))
         seconds = tracker.resume(start, step)
         idle_kwh = max(0.0, tracker.reduce_totals().get(keys.TOTAL_KWH, 0.0) - state.kwh_at_pause)
-        shared = link(tracker.meter)
+        shared = tracker.link
         shared.paused_kwh += idle_kwh
         shared.paused_s += seconds
         state.paused_s += seconds
@@ -365,7 +365,7 @@ class TimeShiftRun(SharedRun):
     def _budget_spent(self) -> bool:
         """Whether a budget on the same tracker is spent (a single process only: in a job, ranks pause
         and resume together, and the budget decides at its reviews)."""
-        return self.tracker is not None and self._ranks.world_size == 1 and link(self.tracker.meter).stop_asked()
+        return self.tracker is not None and self._ranks.world_size == 1 and self.tracker.link.stop_asked()
 
     def _requeue(self, step: int, now: float, until: float) -> ShiftAction:
         """End this process's part: the plan's next run begins at ``until``."""

@@ -11,11 +11,10 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.cap_finder import zeus_jobs
-from energy_core import J_PER_KWH, TimeShiftRun
+from energy_core import J_PER_KWH, EnergyTracker, TimeShiftRun
 from energy_core.accounting.ranks import Ranks
 from energy_core.budget.rule import BudgetRule
 from energy_core.power import PowerCapRun
-from energy_core.tracker_share import link
 from tests.doubles.table_board import TableBoard, TableJob, capping
 from tests.energy_core.shift.manual_job import BUSY_W, HOUR, IDLE_W, STEP_S, STEPS, Job, deadline_in
 from tests.helpers.records import read_record
@@ -36,7 +35,7 @@ def test_a_budget_spent_while_paused_ends_the_pause(sim_gpus, monkeypatch, tmp_p
     assert job.clock.now < crossed + 120
     paused = job.clock.now - trained
     assert read_record(job.record)[-1]["time_shift"]["paused_s"] == pytest.approx(paused, abs=1e-6)
-    assert link(loop.tracker.meter).paused_s == pytest.approx(paused, abs=1e-6)
+    assert loop.tracker.link.paused_s == pytest.approx(paused, abs=1e-6)
 
 
 def test_the_forecast_leaves_a_pause_out_of_the_rate_per_step(sim_gpus, monkeypatch, tmp_path) -> None:
@@ -64,7 +63,8 @@ def _followed(pause_at: int, steps: int = 1200) -> tuple[float, float]:
     caps = []
     with capping(job):
         run = PowerCapRun(watts="auto", follow="cost", price_per_kwh=0.3, max_slowdown=0.1)
-        run.begin(Ranks(), None, steps, meter=job.meter)
+        tracker = EnergyTracker(devices=["gpu"])  # the time shift's and the cap's, as beside a monitor
+        run.begin(Ranks(), tracker, steps, meter=job.meter)
         try:
             for step in range(1, steps + 1):
                 caps.append(sum(b.current_mw for b in job.boards) / 1000)
@@ -77,7 +77,7 @@ def _followed(pause_at: int, steps: int = 1200) -> tuple[float, float]:
                         job.sampler.sample_once()
                         job._next_read += job._interval()
                     job.clock.now = end
-                    link(job.meter).paused_s += HOUR
+                    tracker.link.paused_s += HOUR
         finally:
             run.finish()
             job.close()

@@ -32,7 +32,7 @@ def run_ranks(command: list[str], out: Path, world: int = 2) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
-@pytest.mark.slow  # about 8 s: the HF budget run and the unit tests of the decision stay in the default set
+@pytest.mark.slow  # about 8 s: the decision's unit tests (Ranks.agree, BudgetGuard) stay in the default set
 @pytest.mark.timeout(300)
 def test_lightning_ddp_budget_stops_every_rank_at_the_same_step(tmp_path) -> None:
     rank0, rank1 = run_ranks([sys.executable, *SCRIPT, "lightning", str(tmp_path)], tmp_path)
@@ -41,6 +41,7 @@ def test_lightning_ddp_budget_stops_every_rank_at_the_same_step(tmp_path) -> Non
     assert rank0["kwh"] > 0  # rank 1 measured nothing of its own: it followed the job's decision
 
 
+@pytest.mark.slow  # about 8 s: the decision's unit tests (Ranks.agree, BudgetGuard) stay in the default set
 @pytest.mark.timeout(300)
 def test_hf_torchrun_budget_stops_every_rank_at_the_same_step(tmp_path) -> None:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
@@ -101,8 +102,9 @@ def check_job_totals(ranks: list[dict], nodes: int, record: Path) -> None:
     assert sum(powers) / len(powers) == pytest.approx(gpu_watts(1), rel=0.1)
 
 
+@pytest.mark.slow  # about 11 s of two processes; a torchrun job's totals run by default in test_launchers
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("vendor", ["nvml", pytest.param("amdsmi", marks=pytest.mark.slow)])  # AMD: slow set
+@pytest.mark.parametrize("vendor", ["nvml", "amdsmi"])
 def test_lightning_ddp_totals_are_summed_once_across_ranks(tmp_path, vendor) -> None:
     ranks = run_ranks([sys.executable, *TOTALS, "lightning", str(tmp_path), vendor], tmp_path, 2)
     check_job_totals(ranks, nodes=1, record=tmp_path / "energy.jsonl")

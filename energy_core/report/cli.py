@@ -277,7 +277,8 @@ def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | Non
         row = run_row(label, run)
         rows.append(row)
         context.append(context_row(label, run))
-        elsewhere.append((label, plots.elsewhere_rows(run.kwh)))
+        if run.kwh > 0:  # no energy figure: no CO2e to compare (not 0 mg everywhere)
+            elsewhere.append((label, plots.elsewhere_rows(run.kwh)))
         if row[1].startswith("INCOMPLETE"):
             notes.append(f"{label}: the record has no summary line; figures are those of its last window")
     print_runs(SUMMARY_HEAD, rows, "Energy report")

@@ -147,6 +147,18 @@ def test_negative_figures_are_never_shown_as_figures(tmp_path, capsys) -> None:
     assert cell(out, "g/kWh x PUE") == "? x 1.0"
 
 
+def test_a_run_without_an_energy_figure_is_compared_with_no_other_grid(tmp_path, capsys) -> None:
+    lines = good()
+    for line in lines[1:]:
+        line["metrics"].pop("energy/total_kwh", None)
+    code, out, _ = report(tmp_path, lines, capsys)
+    assert code == 0 and cell(out, "energy") == "-"
+    assert "the same energy elsewhere" not in out  # it was a table of 0 mg on every grid
+    assert "the same energy elsewhere" not in (tmp_path / "out" / "report.html").read_text()
+    code, out, _ = report(tmp_path, good(), capsys)
+    assert "the same energy elsewhere" in out
+
+
 def test_an_energy_of_1e305_kwh_is_no_traceback_and_no_figure(tmp_path, capsys) -> None:
     lines = good()
     for line in lines[1:]:

@@ -7,8 +7,8 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core.integration import BudgetAction, BudgetArgs, BudgetRun, HasBudgetRun, Notice
-from lightning_energy.framework import emit, find_callback, log, override, stop
-from lightning_energy.monitor import EnergyMonitor
+from lightning_energy.framework import emit, log, override, stop
+from lightning_energy.monitor import cadence
 from lightning_energy.shared_run import SharedRunCallback
 
 
@@ -54,7 +54,7 @@ class EnergyBudget(HasBudgetRun, SharedRunCallback[BudgetRun]):
 
     def __init__(self, **budget: Unpack[BudgetArgs]) -> None:
         self.run = BudgetRun.from_args("EnergyBudget", **budget)
-        self._every = 1
+        self._every = self._decide_every = 1
         self._last_review_step = -1
 
     # ------------------------------------------------------------------ setup
@@ -63,8 +63,7 @@ class EnergyBudget(HasBudgetRun, SharedRunCallback[BudgetRun]):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # After every callback's on_fit_start and the checkpoint restore: a shared tracker
         # is running and holds the resumed totals.
-        monitor = find_callback(trainer, EnergyMonitor)  # its cadence, where it overrides the trainer's
-        self._every = (monitor.log_every_n_steps if monitor else None) or max(1, int(trainer.log_every_n_steps))
+        self._every, self._decide_every = cadence(trainer)
         self._last_review_step = trainer.global_step
         total = trainer.estimated_stepping_batches
         per_epoch = total / trainer.max_epochs if trainer.max_steps == -1 and trainer.max_epochs else None
@@ -77,9 +76,10 @@ class EnergyBudget(HasBudgetRun, SharedRunCallback[BudgetRun]):
         message = stop(trainer, action.reason) if action.kind == "stop" else action.reason
         emit([Notice("warn", message)])
 
-    def _review(self, trainer: Any, epochs_done: int) -> None:
+    def _review(self, trainer: Any, epochs_done: int, logged: bool = True) -> None:
         metrics, action = self.run.review(trainer.global_step, epochs_done)
-        log(trainer, metrics)
+        if logged:
+            log(trainer, metrics)
         self._act(trainer, action)
 
     @override
@@ -91,9 +91,9 @@ class EnergyBudget(HasBudgetRun, SharedRunCallback[BudgetRun]):
             self._act(trainer, stop)
             return
         step = trainer.global_step
-        if step % self._every == 0 and step != self._last_review_step:
+        if step % self._decide_every == 0 and step != self._last_review_step:
             self._last_review_step = step
-            self._review(trainer, trainer.current_epoch)
+            self._review(trainer, trainer.current_epoch, logged=bool(self._every) and step % self._every == 0)
 
     @override
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:

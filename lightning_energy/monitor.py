@@ -22,6 +22,7 @@ from lightning_energy.framework import (
     CALLBACK_BASES,
     emit,
     end_status,
+    find_callback,
     log,
     override,
     own_share,
@@ -29,6 +30,21 @@ from lightning_energy.framework import (
     ranks_of,
     run_first,
 )
+
+UNLOGGED_DECIDE_EVERY = 50  # Lightning's default log_every_n_steps: how often decisions are taken without it
+
+
+def cadence(trainer: Any) -> tuple[int, int]:
+    """(log, decide): optimizer steps between the figures logged within an epoch, and between the
+    decisions a budget or a time shift takes there (in a multi-process job, each a collective).
+
+    The figures follow an `EnergyMonitor`'s ``log_every_n_steps`` where one overrides the trainer's,
+    else the trainer's; its ``0`` (Lightning: no logging within an epoch) leaves the epoch ends only,
+    and the decisions are then taken every `UNLOGGED_DECIDE_EVERY` steps, logging nothing.
+    """
+    monitor = find_callback(trainer, EnergyMonitor)
+    every = (monitor.log_every_n_steps if monitor else None) or max(0, int(trainer.log_every_n_steps))
+    return every, every or UNLOGGED_DECIDE_EVERY
 
 
 class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
@@ -103,8 +119,7 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        # the trainer's log_every_n_steps=0 (Lightning: no logging within an epoch): epoch ends only
-        self._every = self.log_every_n_steps or max(0, int(trainer.log_every_n_steps))
+        self._every, _ = cadence(trainer)
         self._last_logged_step = trainer.global_step
         settings = {
             "max_epochs": trainer.max_epochs,

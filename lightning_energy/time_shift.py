@@ -9,6 +9,7 @@ from typing_extensions import Unpack
 
 from energy_core.integration import Notice, TimeShiftArgs, TimeShiftRun, checks
 from lightning_energy.framework import emit, log, override
+from lightning_energy.monitor import cadence
 from lightning_energy.shared_run import SharedRunCallback
 
 CHECKPOINT = "time_shift.ckpt"
@@ -79,9 +80,9 @@ class TimeShift(SharedRunCallback[TimeShiftRun]):
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # After every callback's on_fit_start and the checkpoint's restore: the tracker runs, the state is back.
-        self._every = max(1, int(trainer.log_every_n_steps))
+        self._every, decide_every = cadence(trainer)
         self._last_review = trainer.global_step
-        emit(self.run.begin(trainer.global_step, trainer.estimated_stepping_batches, self._every))
+        emit(self.run.begin(trainer.global_step, trainer.estimated_stepping_batches, decide_every))
         if self.run.requeued_until is not None:
             self._requeue(trainer)
 
@@ -91,7 +92,7 @@ class TimeShift(SharedRunCallback[TimeShiftRun]):
         action = self.run.check(step)  # one clock read, but at the end of a planned run
         if action is not None and action.kind == "requeue":
             self._requeue(trainer)
-        if step % self._every == 0 and step != self._last_review:
+        if self._every and step % self._every == 0 and step != self._last_review:
             self._last_review = step
             log(trainer, self.run.review(step))
         emit(self.run.pop_notices())

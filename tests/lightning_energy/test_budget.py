@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from energy_core import J_PER_KWH
 from energy_core.devices.source import COUNTER_UPDATE_S
-from lightning_energy import EnergyBudget, EnergyMonitor
+from lightning_energy import EnergyBudget, EnergyMonitor, TimeShift
+from lightning_energy.monitor import UNLOGGED_DECIDE_EVERY
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.helpers.lightning_models import flavour, make_module, regression_data
@@ -180,6 +182,23 @@ def test_the_budget_reviews_at_the_monitors_cadence(tmp_path, sim_gpus) -> None:
     fit(tmp_path, [monitor, budget], log_every_n_steps=50, max_epochs=1)
     reviewed = [step for step, _ in csv_series(tmp_path / "csv", "budget/remaining_kwh")]
     assert reviewed == [7, 14, 21, 28, 30]  # every 7 steps, then the epoch's end
+
+
+def test_log_every_n_steps_0_logs_the_budget_and_the_time_shift_at_epoch_ends_only(tmp_path, sim_gpus) -> None:
+    # Lightning's 0 (no logging within an epoch) held for the monitor only: the budget and the time
+    # shift beside it logged, and the budget reviewed (a sum over the ranks, in a job), at every step.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    now = datetime.now(timezone.utc)
+    budget = EnergyBudget(max_kwh=1.0, forecast="off")
+    shift = TimeShift(deadline=now + timedelta(days=1), forecast=[(now - timedelta(hours=1), 100.0)])
+    reviews: list[int] = []
+    review = budget.run.review
+    budget.run.review = lambda step, epochs: (reviews.append(step), review(step, epochs))[1]
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, carbon_intensity_g_per_kwh=100)
+    fit(tmp_path, [monitor, budget, shift], log_every_n_steps=0, max_epochs=2)
+    for key in ("energy/total_kwh", "budget/remaining_kwh", "carbon/paused_s"):
+        assert [step for step, _ in csv_series(tmp_path / "csv", key)] == [30, 60], key
+    assert reviews == [30, UNLOGGED_DECIDE_EVERY, 60]  # decisions go on, unlogged, every 50 steps
 
 
 def test_a_resumed_run_forecasts_only_after_an_epoch_of_its_own(tmp_path, sim_gpus) -> None:

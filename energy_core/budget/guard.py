@@ -149,7 +149,12 @@ class BudgetGuard:
         return self.stopped
 
     def review(
-        self, step: int, epochs_done: int, totals: RunTotals, agree: Callable[[bool], bool] = bool
+        self,
+        step: int,
+        epochs_done: int,
+        totals: RunTotals,
+        agree: Callable[[bool], bool] = bool,
+        crossed: bool | None = None,
     ) -> tuple[dict[str, float], BudgetAction | None]:
         """Remaining budget and forecast at a logging step or epoch end, and what to do.
 
@@ -160,10 +165,19 @@ class BudgetGuard:
                 is judged, and what the messages tell.
             agree: See `begin`: a limit reached, or a forecast stop, on any rank stops every rank at
                 this step.
+            crossed: `crossed` as read *before* ``totals`` were (None: read now). The sampler raises the
+                flag after the reading that crossed, so totals read after the flag include that reading;
+                a flag read after the totals may rest on a reading they lack, and a stop on it would tell
+                (and log) a total short of the limit. `BudgetRun.review` reads the flag first.
         """
-        spent = self.crossed() or self.rule.reached(*self._spent(totals))
+        crossed = self.crossed() if crossed is None else crossed
+        spent = crossed or self.rule.reached(*self._spent(totals))
         # A limit already reached is a stop, never a forecast's warning in its place.
         metrics, action = self._review(step, epochs_done, totals, act=not spent)
+        if crossed and metrics.get(keys.BUDGET_REMAINING, 0.0) > 0.0:
+            # The watch sums the same reading's joules in another order (per source, not per kind and
+            # rank): the two may differ in the last bits. The limit the watch saw reached is reached.
+            metrics[keys.BUDGET_REMAINING] = 0.0
         forecast_stop = action is not None and action.kind == "stop"
         if agree(spent or forecast_stop) and not forecast_stop and self.stopped is None:
             action = self.stop_now(step, totals)

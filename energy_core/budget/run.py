@@ -114,7 +114,10 @@ class BudgetRun(SharedRun):
         """
         if self.guard is None or self.tracker is None:
             return {}, None
-        return self.guard.review(step, epochs_done, self.tracker.measured(), self._ranks.agree)
+        # The flag first, then the totals: a reading that raises the flag in between is then in the
+        # totals (a stop tells a total that reached the limit), or is left to the next check or review.
+        crossed = self.guard.crossed()
+        return self.guard.review(step, epochs_done, self.tracker.measured(), self._ranks.agree, crossed)
 
     def final_status(self, status: str) -> str:
         """``budget-stop`` where the budget stopped a fit the trainer completed."""

@@ -35,11 +35,9 @@ def test_stop_lands_within_one_step_and_saves(tmp_path, sim_gpus) -> None:
     assert (tmp_path / "out" / f"checkpoint-{stop_step}").is_dir()  # should_save: the last state is kept
     last_log = [h for h in trainer.state.log_history if "loss" in h][-1]
     assert last_log["step"] == stop_step  # should_log, with figures
-    # The stop comes from the sampler's watch; the review just after it reads the total through the meter's
-    # marks, which once in CI came out 0.025 J short of the watch's (not traced yet): what is left is at most
-    # a step's energy, not necessarily <= 0.
-    step_j = last_log["energy/step_j"] + last_log["energy/step_j_err"]
-    assert last_log["budget/remaining_kwh"] * J_PER_KWH <= step_j
+    # The stop comes from the sampler's watch; the review just after it judges totals read after the flag,
+    # which hold the reading that raised it (once in CI a review read them first: 0.025 J were left).
+    assert last_log["budget/remaining_kwh"] <= 0.0
     assert any(line["type"] == "budget" and line["event"] == "stop" for line in read_record(record))
 
 

@@ -3,11 +3,13 @@ and every message a figure the summary that follows never contradicts."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
 
 from energy_core import J_PER_KWH, EnergyTracker, MeasureOptions, Ranks
+from energy_core.accounting.figures import RunTotals
 from energy_core.budget.guard import BudgetGuard
 from energy_core.budget.rule import BudgetRule
 from energy_core.budget.run import BudgetRun
@@ -278,3 +280,47 @@ def test_a_bad_stored_state_is_refused_when_loaded_not_in_the_training_loop(stat
         budget.load_state_dict(state)
     budget.load_state_dict({"guard": {"forecast_warned": True}})
     assert budget.state_dict() == {"guard": {"forecast_warned": True}}
+
+
+def test_a_review_stops_on_the_watch_only_with_totals_that_include_its_reading(manual_gpu) -> None:
+    # In CI the sampler's reading that crossed the limit landed while a review was reading the totals: the
+    # review took the totals (up to the reading before), then the flag (raised by the reading after), and
+    # stopped on it, logging budget/remaining_kwh = +6.9e-9 kWh (0.025 J short) and telling a total short
+    # of the limit as the one that "reached the limit". The flag is now read before the totals.
+    tracker, step = manual_gpu
+    limit_j = 300.0 * 1.0 + 0.025  # 0.025 J over the reading at 1.0 s; the reading at 1.1 s crosses
+    budget = watching(tracker, BudgetRule(max_kwh=limit_j / J_PER_KWH, forecast="off"))
+    step(10)
+    assert budget.check(10) is None
+    measured = tracker.measured
+
+    def measured_as_the_sampler_reads() -> RunTotals:
+        totals = measured()
+        step(1)  # the sampler thread's next reading (which crosses) lands just after the totals' read
+        return totals
+
+    tracker.measured = measured_as_the_sampler_reads  # type: ignore[method-assign]
+    metrics, action = budget.review(10, 0)
+    tracker.measured = measured  # type: ignore[method-assign]
+    assert budget.guard.crossed()
+    remaining_j = metrics["budget/remaining_kwh"] * J_PER_KWH
+    assert action is None and remaining_j == pytest.approx(0.025, abs=1e-6)  # judged as it reads: not reached
+    action = budget.check(11)  # the next step's flag read stops, on totals that include the crossing
+    assert action is not None and action.kind == "stop"
+    assert first_energy(action.reason)[1] == pytest.approx(330.0)
+    metrics, _ = budget.review(11, 0)  # the stop's logged figures: the limit reached
+    assert metrics["budget/remaining_kwh"] <= 0.0
+
+
+def test_a_crossed_watch_logs_no_budget_remaining(manual_gpu) -> None:
+    # The watch sums a reading's joules per source, the totals per kind (and rank): the two may differ in
+    # the last bits, and a watch that saw the limit reached must not be contradicted by what is logged.
+    tracker, step = manual_gpu
+    guard = BudgetGuard(BudgetRule(max_kwh=100.0 / J_PER_KWH, forecast="off"), tracker, total_steps=None)
+    guard.begin(0, tracker.resumed_totals)
+    just_under = RunTotals({"gpu": math.nextafter(100.0, 0.0)})
+    metrics, action = guard.review(3, 0, just_under, crossed=True)
+    assert action is not None and action.kind == "stop"
+    assert metrics["budget/remaining_kwh"] == 0.0
+    metrics, action = guard.review(3, 0, just_under, crossed=False)  # not crossed: judged as it reads
+    assert metrics["budget/remaining_kwh"] > 0.0

@@ -64,11 +64,14 @@ class TrackerLink:
             it out of its per-step rate: a pause is no part of a step).
         paused_s: Seconds this process paused, on the meter's clock (a power cap that follows
             the grid books training time, not the pauses).
+        fit_start_paused_kwh: ``paused_kwh`` when the fit began (`EnergyTracker.start_fit`): what
+            the fit paused is the difference, whenever a reader starts counting.
     """
 
     stops: dict[int, Callable[[], bool]] = dataclasses.field(default_factory=dict)
     paused_kwh: float = 0.0
     paused_s: float = 0.0
+    fit_start_paused_kwh: float = 0.0
 
     def stop_asked(self) -> bool:
         return any(stop() for stop in self.stops.values())
@@ -188,6 +191,7 @@ class EnergyTracker:
             notices.append(Notice("warn", text))
         start = self._epoch_start = self.meter.mark()
         self._accounts.begin(start)
+        self.link.fit_start_paused_kwh = self.link.paused_kwh
         self.factors.start()
         self._window = Window(start, step)
         carried = self._accounts.resumed

@@ -79,7 +79,7 @@ class BudgetGuard:
         self.forecast_warned = False
         self._event = tracker.watch_limits(rule.reached)
         self._reference: tuple[int, float] | None = None  # (first step, kWh spent before this fit)
-        self._paused_kwh = 0.0  # the time shift's paused energy at the reference (`TrackerLink.paused_kwh`)
+        self._paused_kwh = 0.0  # a time shift's paused energy at the reference (`TrackerLink.paused_kwh`)
         self._first_step: int | None = None
         self._first_epochs = 0  # epochs finished when this fit started
         self.forecast_kwh: float | None = None
@@ -124,7 +124,8 @@ class BudgetGuard:
         # The rate is measured from the fit's start (start-up included: a slight, safe
         # over-estimate), leaving out only what a resumed checkpoint had already spent.
         self._reference = (step, self.tracker.resumed_kwh)
-        self._paused_kwh = self.tracker.link.paused_kwh
+        # From the fit's start too: a time shift that began before the budget may have paused already.
+        self._paused_kwh = self.tracker.link.fit_start_paused_kwh
         self.limit_kwh = self._limit_now(totals)
         # Only the checkpoint's totals: energy this fit spent before its first step (a slow start) is
         # no checkpoint's, and the next check or review stops on it, saying so.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,6 +14,7 @@ from lightning_energy import EnergyBudget, EnergyMonitor, TimeShift
 from lightning_energy.monitor import UNLOGGED_DECIDE_EVERY
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
+from tests.energy_core.shift.manual_job import HOUR, IDLE_W, STEP_S, STEPS, Job, deadline_in
 from tests.helpers.lightning_models import flavour, make_module, regression_data
 from tests.helpers.readback import csv_rows, csv_series
 from tests.helpers.records import read_record
@@ -217,3 +219,34 @@ def test_a_resumed_run_forecasts_only_after_an_epoch_of_its_own(tmp_path, sim_gp
         spent, step = 1.0 - float(row["budget/remaining_kwh"]), int(row["step"])
         left = float(row["budget/forecast_kwh"]) - spent  # the checkpoint's energy is not in the rate
         assert -1e-15 <= left <= spent * (90 - step) / (step - 30) + 1e-15
+
+
+@pytest.mark.parametrize("order", ["budget-first", "shift-first"])
+def test_a_wait_at_train_start_is_left_out_of_the_forecast_in_either_order(sim_gpus, monkeypatch, tmp_path, order):
+    """150 steps at 300 W (0.45 kWh) after a time shift's wait at 60 W fit a 0.65 kWh budget. Listed
+    before the budget, the shift waited before the budget began, and the wait's idle energy was
+    spread over the steps: a forecast of 1.35 kWh stopped the run at step 20."""
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series))
+    monitor.tracker.meter.clock = job.clock
+    job.loop = SimpleNamespace(tracker=monitor.tracker)  # what Job reads: the tracker's meter
+    budget = EnergyBudget(max_kwh=0.65, forecast="stop")
+    shift = TimeShift(deadline=deadline_in(6), mode="wait", idle_w=IDLE_W, expected_duration_s=STEPS * STEP_S)
+    shift.run.sleep = job.idle
+    module = make_module(pl)
+    train_step = module.training_step
+
+    def step(batch, batch_idx):
+        job.train_step()
+        return train_step(batch, batch_idx)
+
+    module.training_step = step
+    callbacks = [monitor, budget, shift] if order == "budget-first" else [monitor, shift, budget]
+    trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", log_every_n_steps=10, logger=False, callbacks=callbacks,
+                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                         limit_val_batches=0)  # fmt: skip
+    trainer.fit(module, regression_data(8 * STEPS))
+    assert job.step_times[0] >= HOUR  # it waited for a cleaner hour
+    assert trainer.global_step == STEPS
+    total = monitor.tracker.totals()["energy/total_kwh"]
+    assert budget.guard.forecast_kwh == pytest.approx(total, rel=0.05) and total < 0.65

@@ -367,7 +367,9 @@ class EnergyTracker:
             self._new_run(notices, stage=stage)
         return notices
 
-    def end_stage(self, stage: str, step: int, started_as: str | None = None) -> dict[str, float]:
+    def end_stage(
+        self, stage: str, step: int, started_as: str | None = None, status: str = "completed"
+    ) -> dict[str, float]:
         """End a stage; returns ``{"energy/<stage>_kwh": cumulative kWh of that stage}``.
 
         During a fit, the stage's time and energy are taken out of the current training
@@ -380,6 +382,8 @@ class EnergyTracker:
             step: The optimizer step, for the record.
             started_as: The name given to `start_stage`, when it was not yet known which
                 stage an inference run was.
+            status: How a run of its own (a stage outside a fit) ended, for its summary
+                (`energy_core.output.summary.end_status` where an exception ended it).
         """
         run = self._stages.end(stage, step, self.meter.mark(), started_as)
         if run is None:
@@ -393,10 +397,10 @@ class EnergyTracker:
         self._stages.sum_over(self.ranks)
         figures = self._record_stages(settled)
         if alone:
-            self._end_alone(run, step)
+            self._end_alone(run, step, status)
         return figures
 
-    def _end_alone(self, run: StageRun, step: int) -> None:
+    def _end_alone(self, run: StageRun, step: int, status: str) -> None:
         """The summary of a stage run outside a fit: its energy, CO2e and cost, its seconds."""
         assert self._alone is not None and run.per_source is not None and run.per_source_err is not None  # settled
         charges, self._alone = self._alone[1], None
@@ -422,7 +426,7 @@ class EnergyTracker:
         metrics = {**self._cumulative(totals), **stage_figures}
         stages = {s: totals.stage_kwh(s) for s in STAGES}
         fields = summary_fields(metrics, totals, stages, self.carbon_fields(), self.meter, self.factors.cost_currency)
-        self.write_record(lines.SUMMARY, step=step, status="completed", **fields)
+        self.write_record(lines.SUMMARY, step=step, status=status, **fields)
 
     def _record_stages(self, settled: list[tuple[StageRun, float]]) -> dict[str, float]:
         """A record line per settled run; the stages' cumulative figures."""

@@ -171,6 +171,17 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
             self.run.finish(step, status, collective=False)
         self.run.close()
 
+    def abort_inference(self, stage: str, step: int, status: str) -> None:
+        """The attached Trainer's ``evaluate()``/``predict()`` outside a fit ended by an exception: the run of
+        its own that it began ends (its ``stage`` line, a summary with ``status``), sampler stopped, so that a
+        later ``evaluate()`` or ``train()`` measures afresh. Inside a fit, ``train()``'s `abort` ends it."""
+        if self.tracker.fitting or not self.tracker.in_stage(INFERENCE):
+            return  # during train(); or no forward yet, or ended already (on_evaluate): nothing open
+        try:
+            self.run.stage_end(stage, step, started_as=INFERENCE, status=status)
+        finally:
+            self.run.close()
+
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.begin(kwargs.get("model"), state)

@@ -37,7 +37,7 @@ from weakref import WeakKeyDictionary
 from transformers.trainer_callback import TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
 
-from energy_core.integration import SharedRun, checks, warn_at_user_code
+from energy_core.integration import SharedRun, checks, end_status, warn_at_user_code
 
 T = TypeVar("T")
 CALLBACKS = "EnergyCallback, EnergyBudgetCallback, PowerCapCallback, EnergyToTargetCallback or TimeShiftCallback"
@@ -124,7 +124,8 @@ class EnergyCallbacks:
 
     def wrap(self, trainer: Any) -> None:
         """Add every contributor's figures inside ``trainer.log``, end their runs when an exception
-        (or Ctrl+C) leaves ``trainer.train`` (the HF Trainer has no exception hook), and know when the
+        (or Ctrl+C) leaves ``trainer.train`` (the HF Trainer has no exception hook), or ``evaluate``/``predict``
+        called on their own (a run of its own: `abort_inference`), and know when the
         Trainer's own ``train``/``evaluate``/``predict`` runs (`running`): a forward in eval mode outside
         them (the user's ``generate()``) is no evaluation; once per trainer."""
         if self.trainer is trainer:
@@ -143,7 +144,7 @@ class EnergyCallbacks:
             finally:
                 self.running -= 1
 
-        def inference(run: Any) -> Any:
+        def inference(run: Any, stage: str) -> Any:
             def call(*args: Any, **kwargs: Any) -> Any:
                 for callback in trainer.callback_handler.callbacks:  # one before any train() too
                     if isinstance(callback, LogContributor):
@@ -151,6 +152,9 @@ class EnergyCallbacks:
                 self.running += 1
                 try:
                     return run(*args, **kwargs)
+                except BaseException as exception:  # a run of its own (outside train()) ends here
+                    abort_inference(trainer, stage, exception)
+                    raise
                 finally:
                     self.running -= 1
 
@@ -165,21 +169,34 @@ class EnergyCallbacks:
 
         trainer.log = log
         trainer.train = train
-        trainer.evaluate = inference(original_evaluate)
-        trainer.predict = inference(original_predict)
+        trainer.evaluate = inference(original_evaluate, "val")
+        trainer.predict = inference(original_predict, "predict")
 
 
 def abort(trainer: Any, exception: BaseException) -> None:
     """End the run of every contributor of ``trainer`` that ``exception`` cut short (`LogContributor.abort`):
     its record's summary says how (``interrupted``, ``exception: <type>``), its sampler stops. Nothing
     here may hide the exception that ended training."""
-    status = "interrupted" if isinstance(exception, KeyboardInterrupt) else f"exception: {type(exception).__name__}"
-    step = trainer.state.global_step
+    status, step = end_status(exception), trainer.state.global_step
     for callback in list(trainer.callback_handler.callbacks):  # the ones that ran (re-created on resume)
         if isinstance(callback, LogContributor):
             try:
                 callback.abort(step, status)
             except Exception:  # noqa: BLE001 - the training's own exception is the one to see
+                pass
+
+
+def abort_inference(trainer: Any, stage: str, exception: BaseException) -> None:
+    """End the run of its own that an ``evaluate()`` (``stage`` ``val``) or ``predict()`` (``predict``) outside
+    ``train()`` began, when ``exception`` leaves it (`LogContributor.abort_inference`): its record's summary says
+    how, its sampler stops. Inside ``train()`` nothing ends here (``train()``'s `abort` ends the fit). Nothing here
+    may hide the user's exception."""
+    status, step = end_status(exception), trainer.state.global_step
+    for callback in list(trainer.callback_handler.callbacks):
+        if isinstance(callback, LogContributor):
+            try:
+                callback.abort_inference(stage, step, status)
+            except Exception:  # noqa: BLE001 - the evaluation's own exception is the one to see
                 pass
 
 
@@ -213,6 +230,11 @@ class LogContributor:
         """Training ended at ``step`` by an exception (``status``: ``interrupted``, ``exception: <type>``):
         end what ``on_train_begin`` started, never waiting for other ranks. Called by `attach`'s ``train``."""
         self.withdraw()
+
+    def abort_inference(self, stage: str, step: int, status: str) -> None:
+        """The attached Trainer's ``evaluate()`` (``stage`` ``val``) or ``predict()`` (``predict``) ended by an
+        exception (``status`` as in `abort`): end the run of its own it began outside a fit, if any. Nothing by
+        default; called by `attach`'s ``evaluate``/``predict``."""
 
     def same_job(self, other: LogContributor) -> bool:
         """Whether ``other``, of this class, does this callback's job (then one of them is a mistake):

@@ -12,7 +12,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from energy_core.integration import Notice, Ranks, let_go, warn_at_user_code
+from energy_core.integration import Notice, Ranks, end_status, let_go, warn_at_user_code
 
 # Lightning first: without it, lightning_utilities (its dependency) is missing too, and the
 # message must name the extra rather than that module.
@@ -89,11 +89,6 @@ def ranks_of(trainer: Any) -> Ranks:
         any_rank,
     )
     return ranks.share_boards()  # ranks that share one board (or MIG instances of one) count it once
-
-
-def end_status(exception: BaseException) -> str:
-    """The record's status for a fit that ``exception`` ended: ``interrupted`` (Ctrl+C), ``exception: <type>``."""
-    return "interrupted" if isinstance(exception, KeyboardInterrupt) else f"exception: {type(exception).__name__}"
 
 
 def find_callback(trainer: Any, cls: type) -> Any:

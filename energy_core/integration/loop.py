@@ -45,6 +45,7 @@ from energy_core.budget.run import BudgetRun
 from energy_core.integration.monitor_run import MonitorRun
 from energy_core.notices import Notice, warn_at_user_code
 from energy_core.options import MeasureArgs, MeasureOptions
+from energy_core.output.summary import end_status
 from energy_core.power.cap import PowerCapRun
 from energy_core.shift.run import TimeShiftRun
 from energy_core.target.rule import TargetRule
@@ -160,9 +161,8 @@ class EnergyLoop:
         try:
             self._begin()
         except BaseException as error:  # no `with` block will end it: stop the sampler, and say how it ended
-            status = "interrupted" if isinstance(error, KeyboardInterrupt) else f"exception: {type(error).__name__}"
             try:
-                self.close(status, collective=False)
+                self.close(end_status(error), collective=False)
             except Exception:  # the start's error is the one to see
                 logger.warning("EnergyLoop: ending the run after its start failed failed too", exc_info=True)
             raise
@@ -230,8 +230,7 @@ class EnergyLoop:
             if self.time_shift is not None and self.time_shift.exit_status is not None:
                 raise SystemExit(self.time_shift.exit_status)  # requeued: the scheduler starts it again
         else:
-            status = "interrupted" if issubclass(kind, KeyboardInterrupt) else f"exception: {kind.__name__}"
-            self.close(status, collective=False)
+            self.close(end_status(kind), collective=False)
 
     # ------------------------------------------------------------------ the loop
     def count(self, batch: Any) -> None:

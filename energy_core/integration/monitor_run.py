@@ -108,9 +108,11 @@ class MonitorRun:
     def stage_start(self, stage: str) -> None:
         self.show(self.tracker.start_stage(stage))
 
-    def stage_end(self, stage: str, step: int, started_as: str | None = None) -> dict[str, float]:
-        """``energy/<stage>_kwh`` once the stage's energy is known."""
-        return self._done(self.tracker.end_stage(stage, step, started_as))
+    def stage_end(
+        self, stage: str, step: int, started_as: str | None = None, status: str = "completed"
+    ) -> dict[str, float]:
+        """``energy/<stage>_kwh`` once the stage's energy is known (``status``: `EnergyTracker.end_stage`)."""
+        return self._done(self.tracker.end_stage(stage, step, started_as, status))
 
     def finish(
         self,

@@ -34,6 +34,13 @@ ESTIMATES = {
 GUIDE = "docs/cpu_estimate.md"
 
 
+def end_status(error: BaseException | type[BaseException]) -> str:
+    """The summary's ``status`` for a run that ``error`` (or its type) ended: ``interrupted`` (Ctrl+C), else
+    ``exception: <type>``; a run that ends normally says ``completed``."""
+    kind = error if isinstance(error, type) else type(error)
+    return "interrupted" if issubclass(kind, KeyboardInterrupt) else f"exception: {kind.__name__}"
+
+
 def not_counted(meter: EnergyMeter) -> dict[str, str]:
     """The device kinds the totals leave out on this process, each with why (the header's and the summary's).
 

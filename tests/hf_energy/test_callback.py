@@ -200,6 +200,75 @@ def test_an_exception_mid_training_ends_the_record_and_the_sampler(tmp_path, sim
     assert not any(t.name == "energy-sampler" for t in threading.enumerate())
 
 
+@pytest.mark.parametrize(
+    ("error", "status"), [(RuntimeError, "exception: RuntimeError"), (KeyboardInterrupt, "interrupted")]
+)
+def test_an_exception_in_evaluate_alone_ends_its_run_and_the_sampler(tmp_path, sim_gpus, error, status) -> None:
+    # An attached Trainer's evaluate() outside train() is a run of its own: one that raised left the record's header
+    # without a summary and the sampler running, through the evaluate() and the train() after it.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    trainer = make_trainer(tmp_path / "out", SeqData(16), sleep_s=0.02, eval_data=SeqData(32), num_train_epochs=1)
+    collate, batches = trainer.data_collator, []
+
+    def failing_collate(batch):
+        batches.append(1)
+        if len(batches) == 3:  # the third of four evaluation batches: after a forward at least
+            raise error("bad batch")
+        return collate(batch)
+
+    trainer.data_collator = failing_collate
+    record = tmp_path / "energy.jsonl"
+    energy = attach(
+        trainer,
+        EnergyCallback(devices=["gpu"], sample_interval_s=0.02, record_path=record, country="FRA", summary=False),
+    )
+    with pytest.raises(error, match="bad batch"):  # the user's own exception, unchanged
+        trainer.evaluate()
+    lines = read_record(record)
+    assert [(x["type"], x.get("stage"), x.get("status")) for x in lines] == [
+        ("header", "inference", None),
+        ("stage", "val", None),
+        ("summary", None, status),
+    ]
+    assert lines[1]["seconds"] > 0 and len({x["run"] for x in lines}) == 1
+    assert not any(t.name == "energy-sampler" and t.is_alive() for t in threading.enumerate())
+
+    trainer.data_collator = collate  # the same Trainer measures the next evaluate() and train() as before
+    assert trainer.evaluate()["energy/val_kwh"] > 0
+    trainer.train()
+    later = read_record(record)[len(lines) :]
+    assert [x["type"] for x in later if x["type"] in ("header", "stage", "summary")] == [
+        "header", "stage", "summary", "header", "summary",
+    ]  # fmt: skip
+    assert [x["status"] for x in later if x["type"] == "summary"] == ["completed", "completed"]
+    assert energy.last_metrics["energy/total_kwh"] > 0
+    assert not any(t.name == "energy-sampler" and t.is_alive() for t in threading.enumerate())
+
+
+def test_an_evaluate_whose_run_cannot_end_still_raises_the_users_exception(tmp_path, sim_gpus, monkeypatch) -> None:
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    trainer = make_trainer(tmp_path / "out", SeqData(16), sleep_s=0.02, eval_data=SeqData(32))
+    collate, batches = trainer.data_collator, []
+
+    def failing_collate(batch):
+        batches.append(1)
+        return collate(batch) if len(batches) < 3 else 1 / 0
+
+    trainer.data_collator = failing_collate
+    energy = attach(trainer, EnergyCallback(devices=["gpu"], sample_interval_s=0.02, country="FRA", summary=False))
+    ended = []
+
+    def broken_end(*args, **kwargs):
+        ended.append(args)
+        raise OSError("measurement broke too")
+
+    monkeypatch.setattr(energy.run, "stage_end", broken_end)
+    with pytest.raises(ZeroDivisionError):  # the evaluation's own exception, not the measurement's
+        trainer.evaluate()
+    assert ended == [("val", 0)]  # the end was tried, and failed
+    assert not any(t.name == "energy-sampler" and t.is_alive() for t in threading.enumerate())
+
+
 def test_an_epoch_that_max_steps_ends_early_is_recorded_under_its_own_index(tmp_path, sim_gpus) -> None:
     # 12 steps an epoch, max_steps=14: the second epoch ends at epoch 1.17, which was rounded to index 0.
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))

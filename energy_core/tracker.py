@@ -28,7 +28,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from typing_extensions import Unpack
@@ -54,12 +54,25 @@ from energy_core.units import J_PER_KWH
 __all__ = ["EnergyTracker", "TrackerLink"]
 
 
+class BudgetStop(Protocol):
+    """A budget, as a time shift on the same tracker sees it (`energy_core.budget.run.BudgetRun`)."""
+
+    def stop_asked(self) -> bool:
+        """Whether its limit is spent in this fit (one flag read): a pause ends on it."""
+        ...
+
+    def check(self, step: int) -> Any:
+        """Its stop at ``step`` (a `BudgetAction`), once spent; else None."""
+        ...
+
+
 @dataclasses.dataclass
 class TrackerLink:
     """What the runs that read one tracker tell each other (a budget, a power cap and a time shift in one run).
 
     Attributes:
-        stops: Per budget, a flag read: True once its limit is spent (a pause ends on it).
+        stops: The budgets reading the tracker, by id: a pause ends on a spent one, which then stops
+            training before another step.
         paused_kwh: The job's energy this process's pauses used (a budget's forecast leaves
             it out of its per-step rate: a pause is no part of a step).
         paused_s: Seconds this process paused, on the meter's clock (a power cap that follows
@@ -68,13 +81,17 @@ class TrackerLink:
             the fit paused is the difference, whenever a reader starts counting.
     """
 
-    stops: dict[int, Callable[[], bool]] = dataclasses.field(default_factory=dict)
+    stops: dict[int, BudgetStop] = dataclasses.field(default_factory=dict)
     paused_kwh: float = 0.0
     paused_s: float = 0.0
     fit_start_paused_kwh: float = 0.0
 
     def stop_asked(self) -> bool:
-        return any(stop() for stop in self.stops.values())
+        return any(budget.stop_asked() for budget in self.stops.values())
+
+    def stop(self, step: int) -> Any:
+        """The first budget's stop at ``step`` (a `BudgetAction`), or None."""
+        return next((action for budget in self.stops.values() if (action := budget.check(step)) is not None), None)
 
 
 class EnergyTracker:

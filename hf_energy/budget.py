@@ -15,6 +15,19 @@ from hf_energy.framework import emit, logger, ranks_of, stored_attributes
 from hf_energy.registry import EnergyCallbacks, RunContributor
 
 
+def act(action: BudgetAction | None, control: TrainerControl, world_zero: bool) -> None:
+    """Carry out a budget's decision: a stop (training ends, its last state saved and logged), a
+    warning (on the world's process zero) either way."""
+    if action is None:
+        return
+    if action.kind == "stop":
+        control.should_training_stop = True
+        control.should_save = True
+        control.should_log = True
+    if world_zero:
+        logger.warning(action.reason)
+
+
 class EnergyBudgetCallback(HasBudgetRun, RunContributor[BudgetRun], TrainerCallback, ExportableState):
     """Stops HF Trainer training once the measured energy or CO2e crosses a limit.
 
@@ -76,16 +89,6 @@ class EnergyBudgetCallback(HasBudgetRun, RunContributor[BudgetRun], TrainerCallb
         self.run.load_state_dict(self._restored)
 
     # ------------------------------------------------------------------ helpers
-    def _act(self, action: BudgetAction | None, control: TrainerControl) -> None:
-        if action is None:
-            return
-        if action.kind == "stop":
-            control.should_training_stop = True
-            control.should_save = True
-            control.should_log = True
-        if self._world_zero:
-            logger.warning(action.reason)
-
     def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
         added, self._pending = self._pending, {}
         logs.update(added)
@@ -95,7 +98,7 @@ class EnergyBudgetCallback(HasBudgetRun, RunContributor[BudgetRun], TrainerCallb
     def _review(self, state: TrainerState, control: TrainerControl, epochs: int) -> None:
         metrics, action = self.run.review(state.global_step, epochs)
         self._pending.update(metrics)
-        self._act(action, control)
+        act(action, control, self._world_zero)
 
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
@@ -126,13 +129,13 @@ class EnergyBudgetCallback(HasBudgetRun, RunContributor[BudgetRun], TrainerCallb
             epochs = args.num_train_epochs if args.max_steps <= 0 else None
             per_epoch = state.max_steps / epochs if epochs else None
             begun = int(state.epoch or 0)  # epochs a resumed run had finished: the forecast waits for one of its own
-            self._act(self.run.begin(state.global_step, state.max_steps, per_epoch, begun), control)
+            act(self.run.begin(state.global_step, state.max_steps, per_epoch, begun), control, self._world_zero)
         return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if not self.run.active:
             return control
-        self._act(self.run.check(state.global_step), control)  # one flag read per step
+        act(self.run.check(state.global_step), control, self._world_zero)  # one flag read per step
         if control.should_log:  # a logging step, decided alike on every rank
             self._review(state, control, int(state.epoch or 0))
         return control

@@ -10,6 +10,7 @@ from transformers.training_args import TrainingArguments
 from typing_extensions import Unpack
 
 from energy_core.integration import TimeShiftArgs, TimeShiftRun
+from hf_energy.budget import act
 from hf_energy.callback import EnergyCallback
 from hf_energy.framework import emit, ranks_of, stored_attributes
 from hf_energy.registry import RunContributor
@@ -106,7 +107,9 @@ class TimeShiftCallback(RunContributor[TimeShiftRun], TrainerCallback, Exportabl
         return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self.run.check(state.global_step)  # one clock read, but at the end of a planned run
+        action = self.run.check(state.global_step)  # one clock read, but at the end of a planned run
+        if action is not None:
+            act(action.budget, control, self._world_zero)  # a budget spent while paused: no step after the pause
         self._requeue_if_due(control)
         if control.should_log:  # a logging step, alike on every rank
             self._pending.update(self.run.review(state.global_step))

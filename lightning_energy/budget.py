@@ -12,6 +12,14 @@ from lightning_energy.monitor import cadence
 from lightning_energy.shared_run import SharedRunCallback
 
 
+def act(trainer: Any, action: BudgetAction | None) -> None:
+    """Carry out a budget's decision: a stop (``trainer.should_stop``), a warning either way."""
+    if action is None:
+        return
+    message = stop(trainer, action.reason) if action.kind == "stop" else action.reason
+    emit([Notice("warn", message)])
+
+
 class EnergyBudget(HasBudgetRun, SharedRunCallback[BudgetRun]):
     """Stops training cleanly once the measured energy or CO2e crosses a limit.
 
@@ -67,20 +75,14 @@ class EnergyBudget(HasBudgetRun, SharedRunCallback[BudgetRun]):
         self._last_review_step = trainer.global_step
         total = trainer.estimated_stepping_batches
         per_epoch = total / trainer.max_epochs if trainer.max_steps == -1 and trainer.max_epochs else None
-        self._act(trainer, self.run.begin(trainer.global_step, total, per_epoch, trainer.current_epoch))
+        act(trainer, self.run.begin(trainer.global_step, total, per_epoch, trainer.current_epoch))
 
     # ------------------------------------------------------------------ decisions
-    def _act(self, trainer: Any, action: BudgetAction | None) -> None:
-        if action is None:
-            return
-        message = stop(trainer, action.reason) if action.kind == "stop" else action.reason
-        emit([Notice("warn", message)])
-
     def _review(self, trainer: Any, epochs_done: int, logged: bool = True) -> None:
         metrics, action = self.run.review(trainer.global_step, epochs_done)
         if logged:
             log(trainer, metrics)
-        self._act(trainer, action)
+        act(trainer, action)
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -88,7 +90,7 @@ class EnergyBudget(HasBudgetRun, SharedRunCallback[BudgetRun]):
             return
         stop = self.run.check(trainer.global_step)  # one flag read per step
         if stop is not None:
-            self._act(trainer, stop)
+            act(trainer, stop)
             return
         step = trainer.global_step
         if step % self._decide_every == 0 and step != self._last_review_step:

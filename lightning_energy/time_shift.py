@@ -8,6 +8,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core.integration import Notice, TimeShiftArgs, TimeShiftRun, checks
+from lightning_energy.budget import act
 from lightning_energy.framework import emit, log, override
 from lightning_energy.monitor import cadence
 from lightning_energy.shared_run import SharedRunCallback
@@ -92,6 +93,8 @@ class TimeShift(SharedRunCallback[TimeShiftRun]):
         action = self.run.check(step)  # one clock read, but at the end of a planned run
         if action is not None and action.kind == "requeue":
             self._requeue(trainer)
+        if action is not None:
+            act(trainer, action.budget)  # a budget spent while paused: no step after the pause
         if self._every and step % self._every == 0 and step != self._last_review:
             self._last_review = step
             log(trainer, self.run.review(step))

@@ -15,6 +15,7 @@ from typing_extensions import Unpack
 from energy_core.budget.guard import BudgetAction, BudgetGuard, check_state
 from energy_core.budget.rule import BudgetRule
 from energy_core.options import MeasureArgs, MeasureOptions
+from energy_core.sampling.meter import Mark
 from energy_core.tracker import EnergyTracker
 from energy_core.tracker_share import SharedRun
 
@@ -51,6 +52,7 @@ class BudgetRun(SharedRun):
         self.args: dict[str, Any] = {}
         self.guard: BudgetGuard | None = None
         self._saved: dict[str, Any] = {}
+        self._fit: Mark | None = None  # the fit it began in (`EnergyTracker.fit_start`)
 
     @classmethod
     def from_args(cls, owner: str, **args: Unpack[BudgetArgs]) -> BudgetRun:
@@ -89,13 +91,21 @@ class BudgetRun(SharedRun):
             epochs_done: Epochs finished when training starts (a resumed run's; see `BudgetGuard.begin`).
         """
         assert self.tracker is not None, "bind() first"
-        self.guard = guard = BudgetGuard(self.rule, self.tracker, total_steps, epoch_steps)
+        self.guard = BudgetGuard(self.rule, self.tracker, total_steps, epoch_steps)
         self.guard.load_state_dict(self._saved.get("guard", {}))
-        tracker, fit = self.tracker, self.tracker.fit_start  # this fit's: a later fit's pause ignores it
-        tracker.link.stops[id(self)] = lambda: (
-            tracker.fit_start is fit and (guard.stopped is not None or guard.crossed())
-        )  # a pause ends on it (`TimeShiftRun`)
+        self._fit = self.tracker.fit_start  # this fit's: a later fit's pause ignores it
+        self.tracker.link.stops[id(self)] = self  # a pause ends on it (`TimeShiftRun`)
         return self.guard.begin(step, self.tracker.resumed_totals, self._ranks.agree, epochs_done)
+
+    def stop_asked(self) -> bool:
+        """Whether this fit's limit is spent (one flag read; a time shift's pause ends on it)."""
+        guard, tracker = self.guard, self.tracker
+        return (
+            guard is not None
+            and tracker is not None
+            and tracker.fit_start is self._fit
+            and (guard.stopped is not None or guard.crossed())
+        )
 
     def check(self, step: int) -> BudgetAction | None:
         """After each step, one flag read. A multi-process job decides at its reviews instead,

@@ -260,8 +260,8 @@ class EnergyLoop:
             if shifted is not None and self.time_shift.requeued_until is not None:
                 self.should_stop = True
             self._show(self.time_shift.pop_notices())
-            if shifted is not None and not self.should_stop and self.budget is not None and self.budget.active:
-                self._act(self.budget.check(self.steps))  # a budget spent while paused: no step after the pause
+            if shifted is not None and shifted.budget is not None and not self.should_stop:
+                self._act(shifted.budget)  # a budget spent while paused: no step after the pause
         return self._done(metrics)
 
     def start_epoch(self) -> None:

@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from numbers import Real
 from typing import Any
@@ -81,10 +81,15 @@ class TimeShiftArgs(MeasureArgs, total=False):
 @dataclass(frozen=True)
 class ShiftAction:
     """What a check decided: ``"paused"`` (done: the run slept until ``until``) or ``"requeue"``
-    (the adapter saves a checkpoint and ends training; the process then exits)."""
+    (the adapter saves a checkpoint and ends training; the process then exits).
+
+    ``budget``: a budget on the same tracker spent while paused ended the pause; its stop (a
+    `BudgetAction`), for the adapter to act on as the budget's own would, before another step.
+    """
 
     kind: str
     until: float
+    budget: Any = None
 
 
 def parse_deadline(value: Any) -> datetime:
@@ -295,6 +300,9 @@ class TimeShiftRun(SharedRun):
         action = self._decide(step, now)
         if action is not None and action.kind == "paused":
             self._carry_out(action, step)
+            if self._budget_spent():  # the pause ended on it: training stops before another step
+                assert self.tracker is not None  # a pause was carried out
+                action = replace(action, budget=self.tracker.link.stop(step))
         return action
 
     def _decide(self, step: int, now: float) -> ShiftAction | None:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from energy_core import J_PER_KWH
-from hf_energy import EnergyBudgetCallback, EnergyCallback, attach
+from hf_energy import EnergyBudgetCallback, EnergyCallback, TimeShiftCallback, attach
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.doubles.vendors import both_vendors_end_to_end
-from tests.helpers.hf_models import SeqData, make_trainer
+from tests.energy_core.shift.manual_job import BUSY_W, IDLE_W, STEP_S, STEPS, Job, deadline_in
+from tests.helpers.hf_models import Collator, SeqData, make_trainer
 from tests.helpers.records import read_record
 
 GPU_W = 300.0
@@ -163,3 +165,38 @@ def test_a_budget_keeps_working_after_a_resume_that_re_creates_the_callbacks(tmp
 def test_bad_arguments(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         EnergyBudgetCallback(**kwargs)
+
+
+class JobCollator(Collator):
+    """Each batch is a step of the manual-clock job (HF collates a batch ahead of its step)."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__()
+        self.job = job
+
+    def __call__(self, batch):
+        if not self.job.step_times:
+            self.job.wait_first_reading()
+        self.job.train_step()
+        return super().__call__(batch)
+
+
+@pytest.mark.parametrize("order", ["budget-first", "shift-first"])
+def test_a_budget_spent_while_paused_ends_the_pause_and_no_step_runs_after_it(sim_gpus, monkeypatch, tmp_path, order):
+    """Listed before the time shift, the budget checked before the pause; spent during it, it stopped
+    training only at the next step's end: 4 steps and 0.053 kWh against a 0.05 kWh budget."""
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    energy = EnergyCallback(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series),
+                            summary=False)  # fmt: skip
+    energy.tracker.meter.clock = job.clock
+    job.loop = SimpleNamespace(tracker=energy.tracker)  # what Job reads: the tracker's meter
+    budget = EnergyBudgetCallback(max_kwh=0.05)
+    shift = TimeShiftCallback(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W)
+    shift.run.sleep = job.idle
+    trainer = make_trainer(tmp_path / "out", SeqData(8 * STEPS), max_steps=STEPS, logging_steps=10)
+    trainer.data_collator = JobCollator(job)
+    attach(trainer, energy, *([budget, shift] if order == "budget-first" else [shift, budget]))
+    trainer.train()
+    assert trainer.state.global_step == 3 and budget.guard.stopped is not None
+    crossed = 3 * STEP_S + (0.05 * J_PER_KWH - BUSY_W * 3 * STEP_S) / IDLE_W
+    assert job.step_times[2] < crossed  # the pause came after the third step, and no step after it

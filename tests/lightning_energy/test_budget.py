@@ -14,7 +14,7 @@ from lightning_energy import EnergyBudget, EnergyMonitor, TimeShift
 from lightning_energy.monitor import UNLOGGED_DECIDE_EVERY
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
-from tests.energy_core.shift.manual_job import HOUR, IDLE_W, STEP_S, STEPS, Job, deadline_in
+from tests.energy_core.shift.manual_job import BUSY_W, HOUR, IDLE_W, STEP_S, STEPS, Job, deadline_in
 from tests.helpers.lightning_models import flavour, make_module, regression_data
 from tests.helpers.readback import csv_rows, csv_series
 from tests.helpers.records import read_record
@@ -250,3 +250,37 @@ def test_a_wait_at_train_start_is_left_out_of_the_forecast_in_either_order(sim_g
     assert trainer.global_step == STEPS
     total = monitor.tracker.totals()["energy/total_kwh"]
     assert budget.guard.forecast_kwh == pytest.approx(total, rel=0.05) and total < 0.65
+
+
+@pytest.mark.parametrize("order", ["budget-first", "shift-first"])
+def test_a_budget_spent_while_paused_ends_the_pause_and_no_step_runs_after_it(sim_gpus, monkeypatch, tmp_path, order):
+    """Listed before the time shift, the budget checked before the pause; spent during it, it stopped
+    the run only at the next step's end: 4 steps and 0.053 kWh against a 0.05 kWh budget."""
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series))
+    monitor.tracker.meter.clock = job.clock
+    job.loop = SimpleNamespace(tracker=monitor.tracker)
+    budget = EnergyBudget(max_kwh=0.05)
+    shift = TimeShift(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W)
+    shift.run.sleep = job.idle
+    module = make_module(pl)
+    train_step = module.training_step
+
+    def step(batch, batch_idx):
+        if not job.step_times:
+            job.wait_first_reading()
+        job.train_step()
+        return train_step(batch, batch_idx)
+
+    module.training_step = step
+    callbacks = [monitor, budget, shift] if order == "budget-first" else [monitor, shift, budget]
+    trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", log_every_n_steps=10, logger=False, callbacks=callbacks,
+                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                         limit_val_batches=0)  # fmt: skip
+    with pytest.warns(UserWarning, match="Energy budget spent"):
+        trainer.fit(module, regression_data(8 * STEPS))
+    trained = 3 * STEP_S  # the steps before the pause (as EnergyLoop's test_review_together)
+    crossed = trained + (0.05 * J_PER_KWH - BUSY_W * trained) / IDLE_W
+    assert len(job.step_times) == 3 and job.step_times[-1] < crossed  # no step after the crossing
+    assert budget.guard.stopped is not None
+    assert monitor.tracker.totals()["energy/total_kwh"] == pytest.approx(0.05, rel=0.01)

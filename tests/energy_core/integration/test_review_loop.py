@@ -5,18 +5,21 @@ A simulated GPU draws a known 300 W, so a figure that is off shows it.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import warnings
+import weakref
 
 import pytest
 import torch
 
-from energy_core import J_PER_KWH, EnergyLoop, PowerCapRun
+from energy_core import J_PER_KWH, BudgetRule, EnergyLoop, PowerCapRun, TimeShiftRun
 from energy_core.notices import Notice
 from energy_core.output import keys
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
+from tests.energy_core.shift.manual_job import deadline_in
 from tests.helpers.records import read_record
 
 GPU_W = 300.0
@@ -206,3 +209,21 @@ def test_an_empty_state_is_no_resume(sim_gpus) -> None:
     with loop:
         loop.step()
     assert not any("Resumed" in text for text in shown) and any("Measuring energy of" in text for text in shown)
+
+
+def test_a_closed_loop_with_a_budget_and_a_time_shift_is_freed(tmp_path, sim_gpus) -> None:
+    """The runs sharing a tracker were linked through a module-level registry keyed by the meter, whose
+    entry (a budget's flag) held the tracker: every fit with a budget kept its meter and buffers alive."""
+    sim_gpus(SimGpu("GPU-1", Constant(300.0), counter_period_s=0.01))
+
+    def one_run() -> weakref.ref:
+        loop = EnergyLoop(devices=["gpu"], sample_interval_s=0.01, budget=BudgetRule(max_kwh=1.0),
+                          carbon_intensity_g_per_kwh=100, time_shift=TimeShiftRun(deadline=deadline_in(6)))  # fmt: skip
+        with loop:
+            for _ in range(3):
+                loop.step()
+        return weakref.ref(loop.tracker.meter)
+
+    refs = [one_run() for _ in range(3)]
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None, None]

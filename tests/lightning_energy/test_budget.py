@@ -221,47 +221,12 @@ def test_a_resumed_run_forecasts_only_after_an_epoch_of_its_own(tmp_path, sim_gp
         assert -1e-15 <= left <= spent * (90 - step) / (step - 30) + 1e-15
 
 
-@pytest.mark.parametrize("order", ["budget-first", "shift-first"])
-def test_a_wait_at_train_start_is_left_out_of_the_forecast_in_either_order(sim_gpus, monkeypatch, tmp_path, order):
-    """150 steps at 300 W (0.45 kWh) after a time shift's wait at 60 W fit a 0.65 kWh budget. Listed
-    before the budget, the shift waited before the budget began, and the wait's idle energy was
-    spread over the steps: a forecast of 1.35 kWh stopped the run at step 20."""
-    job = Job(sim_gpus, monkeypatch, tmp_path)
+def fit_on_the_job(job: Job, budget: EnergyBudget, shift: TimeShift, order: str) -> tuple[object, EnergyMonitor]:
+    """A Lightning fit of `STEPS` steps, each a step of ``job`` (its manual clock), beside a monitor,
+    with ``budget`` and ``shift`` in ``order``."""
     monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series))
     monitor.tracker.meter.clock = job.clock
     job.loop = SimpleNamespace(tracker=monitor.tracker)  # what Job reads: the tracker's meter
-    budget = EnergyBudget(max_kwh=0.65, forecast="stop")
-    shift = TimeShift(deadline=deadline_in(6), mode="wait", idle_w=IDLE_W, expected_duration_s=STEPS * STEP_S)
-    shift.run.sleep = job.idle
-    module = make_module(pl)
-    train_step = module.training_step
-
-    def step(batch, batch_idx):
-        job.train_step()
-        return train_step(batch, batch_idx)
-
-    module.training_step = step
-    callbacks = [monitor, budget, shift] if order == "budget-first" else [monitor, shift, budget]
-    trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", log_every_n_steps=10, logger=False, callbacks=callbacks,
-                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-                         limit_val_batches=0)  # fmt: skip
-    trainer.fit(module, regression_data(8 * STEPS))
-    assert job.step_times[0] >= HOUR  # it waited for a cleaner hour
-    assert trainer.global_step == STEPS
-    total = monitor.tracker.totals()["energy/total_kwh"]
-    assert budget.guard.forecast_kwh == pytest.approx(total, rel=0.05) and total < 0.65
-
-
-@pytest.mark.parametrize("order", ["budget-first", "shift-first"])
-def test_a_budget_spent_while_paused_ends_the_pause_and_no_step_runs_after_it(sim_gpus, monkeypatch, tmp_path, order):
-    """Listed before the time shift, the budget checked before the pause; spent during it, it stopped
-    the run only at the next step's end: 4 steps and 0.053 kWh against a 0.05 kWh budget."""
-    job = Job(sim_gpus, monkeypatch, tmp_path)
-    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series))
-    monitor.tracker.meter.clock = job.clock
-    job.loop = SimpleNamespace(tracker=monitor.tracker)
-    budget = EnergyBudget(max_kwh=0.05)
-    shift = TimeShift(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W)
     shift.run.sleep = job.idle
     module = make_module(pl)
     train_step = module.training_step
@@ -277,8 +242,34 @@ def test_a_budget_spent_while_paused_ends_the_pause_and_no_step_runs_after_it(si
     trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", log_every_n_steps=10, logger=False, callbacks=callbacks,
                          enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
                          limit_val_batches=0)  # fmt: skip
+    trainer.fit(module, regression_data(8 * STEPS))
+    return trainer, monitor
+
+
+@pytest.mark.parametrize("order", ["budget-first", "shift-first"])
+def test_a_wait_at_train_start_is_left_out_of_the_forecast_in_either_order(sim_gpus, monkeypatch, tmp_path, order):
+    """150 steps at 300 W (0.45 kWh) after a time shift's wait at 60 W fit a 0.65 kWh budget. Listed
+    before the budget, the shift waited before the budget began, and the wait's idle energy was
+    spread over the steps: a forecast of 1.35 kWh stopped the run at step 20."""
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    budget = EnergyBudget(max_kwh=0.65, forecast="stop")
+    shift = TimeShift(deadline=deadline_in(6), mode="wait", idle_w=IDLE_W, expected_duration_s=STEPS * STEP_S)
+    trainer, monitor = fit_on_the_job(job, budget, shift, order)
+    assert job.step_times[0] >= HOUR  # it waited for a cleaner hour
+    assert trainer.global_step == STEPS
+    total = monitor.tracker.totals()["energy/total_kwh"]
+    assert budget.guard.forecast_kwh == pytest.approx(total, rel=0.05) and total < 0.65
+
+
+@pytest.mark.parametrize("order", ["budget-first", "shift-first"])
+def test_a_budget_spent_while_paused_ends_the_pause_and_no_step_runs_after_it(sim_gpus, monkeypatch, tmp_path, order):
+    """Listed before the time shift, the budget checked before the pause; spent during it, it stopped
+    the run only at the next step's end: 4 steps and 0.053 kWh against a 0.05 kWh budget."""
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    budget = EnergyBudget(max_kwh=0.05)
+    shift = TimeShift(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W)
     with pytest.warns(UserWarning, match="Energy budget spent"):
-        trainer.fit(module, regression_data(8 * STEPS))
+        _, monitor = fit_on_the_job(job, budget, shift, order)
     trained = 3 * STEP_S  # the steps before the pause (as EnergyLoop's test_review_together)
     crossed = trained + (0.05 * J_PER_KWH - BUSY_W * trained) / IDLE_W
     assert len(job.step_times) == 3 and job.step_times[-1] < crossed  # no step after the crossing

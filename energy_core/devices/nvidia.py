@@ -134,10 +134,17 @@ def _power_accuracy(handle: Any) -> Accuracy:
     return replace(AVERAGED if _averages_power(handle) else INSTANTANEOUS, resolution_w=POWER_RESOLUTION_W)
 
 
+GA100 = (8, 0)  # CUDA compute capability of the Ampere data-centre chip (A100, A30)
+
+
 def _averages_power(handle: Any) -> bool:
-    """Whether the board's power reading is a 1 s average (Ampere and newer) rather than instantaneous."""
+    """Whether the board's power reading is a 1 s average (Ampere and newer, but for GA100: A100 and
+    A30 report instantaneous power) rather than instantaneous."""
     try:
-        return int(pynvml.nvmlDeviceGetArchitecture(handle)) >= pynvml.NVML_DEVICE_ARCH_AMPERE
+        arch = int(pynvml.nvmlDeviceGetArchitecture(handle))
+        if arch == pynvml.NVML_DEVICE_ARCH_AMPERE:
+            return tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle)) != GA100
+        return arch > pynvml.NVML_DEVICE_ARCH_AMPERE
     except pynvml.NVMLError:
         return False  # unknown: taken as instantaneous, the wider bound
 

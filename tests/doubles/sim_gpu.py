@@ -28,6 +28,7 @@ class SimGpu:
     trace: Trace = field(default_factory=lambda: Constant(300.0))
     name: str = ""  # "" gives each vendor's default model
     arch: int = ARCH_HOPPER  # NVML's architecture: before Volta, no energy counter
+    compute_capability: tuple[int, int] | None = None  # None: the arch's usual one; (8, 0) is GA100 (A100, A30)
     energy_counter: bool = True  # False: the board has no energy counter (either vendor)
     counter_bits: int = 64  # the width of the energy counter (AMD: 32 on some Radeon boards)
     counter_period_s: float = 0.02

@@ -24,6 +24,14 @@ from tests.doubles.sim_gpu import ARCH_AMPERE, ARCH_HOPPER, ARCH_PASCAL, ARCH_VO
 __all__ = ["ARCH_AMPERE", "ARCH_HOPPER", "ARCH_PASCAL", "ARCH_VOLTA", "ManualClock", "SimGpu", "SimNvml", "install"]
 
 
+USUAL_CAPABILITY = {ARCH_PASCAL: (6, 0), ARCH_VOLTA: (7, 0), ARCH_AMPERE: (8, 6), ARCH_HOPPER: (9, 0)}
+
+
+def averages_power(gpu: SimGpu) -> bool:
+    """NVML's power reading is a 1 s average on Ampere and newer, but for GA100 (A100, A30): instantaneous."""
+    return gpu.arch >= ARCH_AMPERE and gpu.compute_capability != (8, 0)
+
+
 class SimNvml(SimDriver):
     """The simulated NVIDIA driver: a list of boards in PCI order and a clock (see `SimDriver`)."""
 
@@ -82,6 +90,9 @@ class SimNvml(SimDriver):
     def nvmlDeviceGetArchitecture(self, gpu: SimGpu) -> int:
         return gpu.arch
 
+    def nvmlDeviceGetCudaComputeCapability(self, gpu: SimGpu) -> tuple[int, int]:
+        return gpu.compute_capability or USUAL_CAPABILITY[gpu.arch]
+
     def nvmlDeviceGetMigMode(self, gpu: SimGpu) -> list[int]:
         if gpu.arch < ARCH_AMPERE:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
@@ -115,7 +126,7 @@ class SimNvml(SimDriver):
 
     def nvmlDeviceGetPowerUsage(self, gpu: SimGpu) -> int:
         self._check(gpu)
-        return int(round(self.power_w(gpu, averaged=gpu.arch >= ARCH_AMPERE) * 1000.0))
+        return int(round(self.power_w(gpu, averaged=averages_power(gpu)) * 1000.0))
 
 
 API = [name for name in dir(SimNvml) if name.startswith("nvml")]

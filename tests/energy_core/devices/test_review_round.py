@@ -28,7 +28,7 @@ from tests.doubles import sim_amdsmi
 from tests.doubles.fake_rapl import FakeRapl
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_amdsmi import RESOLUTION_UJ, SimAmdSmi
-from tests.doubles.sim_gpu import ManualClock, SimGpu
+from tests.doubles.sim_gpu import ARCH_AMPERE, ARCH_HOPPER, ARCH_VOLTA, ManualClock, SimGpu
 
 AMD_ZEN_RANGE_UJ = 65_532_610_987  # an AMD package's max_energy_range_uj
 INTEL_RANGE_UJ = 262_143_328_850
@@ -184,3 +184,21 @@ def test_the_dies_of_one_package_get_one_name_each(tmp_path: Path) -> None:
     names = sorted(s.info.name for s in sources)
     assert names == ["cpu0", "cpu1", "dram0", "dram1"]
     assert os.path.basename(str(sources[0].zone)) == "intel-rapl:0"
+
+
+@pytest.mark.parametrize(
+    ("arch", "capability", "averaged"),
+    [
+        (ARCH_AMPERE, (8, 0), False),  # GA100 (A100, A30): instantaneous, as FIELD_NOTES say
+        (ARCH_AMPERE, (8, 6), True),  # GA10x (A40, RTX 30xx): a 1 s average
+        (ARCH_HOPPER, (9, 0), True),
+        (ARCH_VOLTA, (7, 0), False),
+    ],
+)
+def test_an_a100s_power_is_read_as_instantaneous(sim_gpus, arch, capability, averaged) -> None:
+    # Every Ampere board was taken to report a 1 s average; GA100's reading is instantaneous, whose
+    # sampling error (not an average's lag) is what its bound and the cross-check must allow for.
+    sim_gpus(SimGpu("GPU-a", Constant(300.0), arch=arch, compute_capability=capability))
+    sources, _ = devices.nvidia.discover_gpus()
+    power = sources[0].power_accuracy()
+    assert power is not None and power.averaged is averaged

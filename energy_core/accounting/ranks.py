@@ -155,14 +155,17 @@ def launched() -> tuple[int, int, int | None]:
     """(global rank, world size, local rank) as a launcher set them in the environment.
 
     ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` are set by torchrun, ``accelerate launch``, Ray Train,
-    Lightning's and Fabric's launchers; (0, 1, None) where a variable is unset or not a count.
+    Lightning's and Fabric's launchers; (0, 1, None) where a variable is unset or not a count. A
+    rank that is not below the world size (``RANK`` left over in a shell, no ``WORLD_SIZE``) is no
+    launch: rank 0, which writes the record.
     """
 
     def count(name: str) -> int | None:
         value = os.environ.get(name, "")
         return int(value) if value.isdigit() else None
 
-    return count("RANK") or 0, count("WORLD_SIZE") or 1, count("LOCAL_RANK")
+    rank, world = count("RANK") or 0, count("WORLD_SIZE") or 1
+    return (rank if rank < world else 0), world, count("LOCAL_RANK")
 
 
 def torch_distributed(

@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 import torch
 
-from energy_core import J_PER_KWH, EnergyTracker, Ranks
-from energy_core.accounting.ranks import board_of, shared_board, torch_distributed
+from energy_core import J_PER_KWH, EnergyLoop, EnergyTracker, Ranks
+from energy_core.accounting.ranks import board_of, launched, shared_board, torch_distributed
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_gpu import SimGpu
+from tests.helpers.records import read_record
 
 
 class FakeGroup:
@@ -199,3 +200,29 @@ def test_two_torchrun_nodes_on_one_host_keep_their_local_ranks(monkeypatch) -> N
         _fake_group(monkeypatch, rank, everyone)
         locals_.append(torch_distributed(gpu_index=None).local_rank)
     assert locals_ == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"RANK": "1"}, (0, 1, None)),  # a RANK left in the shell: no launch, rank 0 writes the record
+        ({"RANK": "4", "WORLD_SIZE": "4", "LOCAL_RANK": "0"}, (0, 4, 0)),
+        ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (3, 4, 1)),
+        ({"RANK": "x", "WORLD_SIZE": "-2"}, (0, 1, None)),
+    ],
+)
+def test_a_rank_past_the_world_size_is_no_launch(monkeypatch, env, expected) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert launched() == expected
+
+
+def test_a_lone_process_with_a_rank_left_in_the_shell_writes_its_record(tmp_path, sim_gpus, monkeypatch) -> None:
+    sim_gpus(SimGpu("GPU-a"))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with EnergyLoop(devices=["gpu"], record_path=tmp_path / "energy.jsonl") as loop:
+        loop.step()
+    assert [line["type"] for line in read_record(tmp_path / "energy.jsonl")][-1] == "summary"

@@ -105,12 +105,11 @@ class EnergyBudgetCallback(HasBudgetRun, RunContributor[BudgetRun], TrainerCallb
         self._world_zero = state.is_world_process_zero
         if self._restored is None:
             self.run.load_state_dict(stored_attributes(state, type(self).__name__).get("budget_state", {}))
-        if (
-            self._monitor(self.begin(kwargs.get("model"), state)) is None
-        ):  # measure alone, from now (validation included)
-            emit(
-                self.run.bind(None, ranks_of(args), state.global_step, resumed=state.global_step > 0), self._world_zero
-            )
+        registry = self.begin(kwargs.get("model"), state)
+        if self._monitor(registry) is None:  # a budget, target or time shift's, or alone from now (validation too)
+            shared = registry.shared_tracker(EnergyCallback) if registry is not None else None
+            resumed = state.global_step > 0
+            emit(self.run.bind(shared, ranks_of(args), state.global_step, resumed=resumed), self._world_zero)
         return control
 
     @staticmethod

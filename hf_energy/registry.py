@@ -106,6 +106,17 @@ class EnergyCallbacks:
             raise
         self._begun.append(callback)
 
+    def shared_tracker(self, monitor: type[Any]) -> Any:
+        """The tracker a budget, target or time shift of the latest training watches: the ``monitor``
+        class's (`EnergyCallback`), else that of the first of them that began it measuring alone (one
+        sampler and one record per training, and the budget and the time shift see each other);
+        None: it measures alone."""
+        found = self.first(monitor)
+        if found is not None:
+            return found.tracker
+        return next((cb.run.tracker for cb in self._begun if isinstance(cb, RunContributor)
+                     and cb.run.owns and cb.run.tracker is not None and cb.run.tracker.fitting), None)  # fmt: skip
+
     def first(self, kind: type[T]) -> T | None:
         """The first live callback of this class: in the attached Trainer's list, else among the
         callbacks that began the latest training, else among those registered."""

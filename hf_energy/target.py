@@ -134,13 +134,12 @@ class EnergyToTargetCallback(HasTargetRun, RunContributor[TargetRun], TrainerCal
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         registry = self.begin(kwargs.get("model"), state)
         self._world_zero = state.is_world_process_zero
-        monitor = registry.first(EnergyCallback) if registry is not None else None
         stored = self._stored_state(state)
         if stored is not None:  # this target's newest entry, even where HF restored a stale one
             self.run.load_state_dict(stored)
         elif self._restored is None:
             self.run.load_state_dict({})
-        shared = monitor.tracker if monitor else None
+        shared = registry.shared_tracker(EnergyCallback) if registry is not None else None
         emit(self.run.bind(shared, ranks_of(args), state.global_step, resumed=state.global_step > 0), self._world_zero)
         return control
 

@@ -88,10 +88,9 @@ class TimeShiftCallback(RunContributor[TimeShiftRun], TrainerCallback, Exportabl
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         registry = self.begin(kwargs.get("model"), state)
         self._world_zero = state.is_world_process_zero
-        monitor = registry.first(EnergyCallback) if registry is not None else None
         if self._restored is None:
             self.run.load_state_dict(stored_attributes(state, type(self).__name__).get("shift_state", {}))
-        shared = monitor.tracker if monitor else None
+        shared = registry.shared_tracker(EnergyCallback) if registry is not None else None
         notices = self.run.bind(shared, ranks_of(args), state.global_step, resumed=state.global_step > 0)
         emit(notices, self._world_zero)
         self._begun = False

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from energy_core import J_PER_KWH
+from energy_core import J_PER_KWH, EnergyTracker
 from hf_energy import EnergyBudgetCallback, EnergyCallback, TimeShiftCallback, attach
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
@@ -181,22 +182,33 @@ class JobCollator(Collator):
         return super().__call__(batch)
 
 
+@pytest.mark.parametrize("monitor", [True, False], ids=["monitor", "alone"])
 @pytest.mark.parametrize("order", ["budget-first", "shift-first"])
-def test_a_budget_spent_while_paused_ends_the_pause_and_no_step_runs_after_it(sim_gpus, monkeypatch, tmp_path, order):
+def test_a_budget_spent_while_paused_ends_the_pause_and_no_step_runs_after_it(
+    sim_gpus, monkeypatch, tmp_path, order, monitor
+) -> None:
     """Listed before the time shift, the budget checked before the pause; spent during it, it stopped
-    training only at the next step's end: 4 steps and 0.053 kWh against a 0.05 kWh budget."""
+    training only at the next step's end: 4 steps and 0.053 kWh against a 0.05 kWh budget. Without
+    a monitor, each measured on its own tracker: the pause never ended on the budget."""
     job = Job(sim_gpus, monkeypatch, tmp_path)
-    energy = EnergyCallback(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series),
-                            summary=False)  # fmt: skip
-    energy.tracker.meter.clock = job.clock
-    job.loop = SimpleNamespace(tracker=energy.tracker)  # what Job reads: the tracker's meter
-    budget = EnergyBudgetCallback(max_kwh=0.05)
-    shift = TimeShiftCallback(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W)
+    measure: dict[str, Any] = {"devices": ["gpu"], "sample_interval_s": 60, "carbon_intensity_series": str(job.series)}
+    budget = EnergyBudgetCallback(max_kwh=0.05, **({} if monitor else measure))
+    shift = TimeShiftCallback(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W, **({} if monitor else measure))
+    callbacks: list[Any] = [budget, shift] if order == "budget-first" else [shift, budget]
+    if monitor:
+        callbacks.insert(0, EnergyCallback(**measure, summary=False))
+        tracker = callbacks[0].tracker
+    else:  # the tracker the first binds, made here to read the job's clock
+        first = callbacks[0].run
+        tracker = first.share.tracker = EnergyTracker(first.options)
+    tracker.meter.clock = job.clock
+    job.loop = SimpleNamespace(tracker=tracker)  # what Job reads: the tracker's meter
     shift.run.sleep = job.idle
     trainer = make_trainer(tmp_path / "out", SeqData(8 * STEPS), max_steps=STEPS, logging_steps=10)
     trainer.data_collator = JobCollator(job)
-    attach(trainer, energy, *([budget, shift] if order == "budget-first" else [shift, budget]))
+    attach(trainer, *callbacks)
     trainer.train()
+    assert budget.run.tracker is shift.run.tracker is tracker  # one measurement, which both read
     assert trainer.state.global_step == 3 and budget.guard.stopped is not None
     crossed = 3 * STEP_S + (0.05 * J_PER_KWH - BUSY_W * 3 * STEP_S) / IDLE_W
     assert job.step_times[2] < crossed  # the pause came after the third step, and no step after it

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from energy_core import J_PER_KWH
+from energy_core import J_PER_KWH, EnergyTracker
 from energy_core.devices.source import COUNTER_UPDATE_S
 from lightning_energy import EnergyBudget, EnergyMonitor, TimeShift
 from lightning_energy.monitor import UNLOGGED_DECIDE_EVERY
@@ -221,12 +222,21 @@ def test_a_resumed_run_forecasts_only_after_an_epoch_of_its_own(tmp_path, sim_gp
         assert -1e-15 <= left <= spent * (90 - step) / (step - 30) + 1e-15
 
 
-def fit_on_the_job(job: Job, budget: EnergyBudget, shift: TimeShift, order: str) -> tuple[object, EnergyMonitor]:
-    """A Lightning fit of `STEPS` steps, each a step of ``job`` (its manual clock), beside a monitor,
-    with ``budget`` and ``shift`` in ``order``."""
-    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series))
-    monitor.tracker.meter.clock = job.clock
-    job.loop = SimpleNamespace(tracker=monitor.tracker)  # what Job reads: the tracker's meter
+def fit_on_the_job(job: Job, budget: EnergyBudget, shift: TimeShift, order: str, monitor: bool) -> tuple[object, Any]:
+    """A Lightning fit of `STEPS` steps, each a step of ``job`` (its manual clock), with ``budget`` and
+    ``shift`` in ``order``, beside a monitor or measuring alone (then the first of them measures, the
+    other shares its tracker); the trainer and that tracker."""
+    callbacks: list[Any] = [budget, shift] if order == "budget-first" else [shift, budget]
+    if monitor:
+        callbacks.insert(
+            0, EnergyMonitor(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series))
+        )
+        tracker = callbacks[0].tracker
+    else:  # the tracker the first binds, made here to read the job's clock
+        first = callbacks[0].run
+        tracker = first.share.tracker = EnergyTracker(first.options)
+    tracker.meter.clock = job.clock
+    job.loop = SimpleNamespace(tracker=tracker)  # what Job reads: the tracker's meter
     shift.run.sleep = job.idle
     module = make_module(pl)
     train_step = module.training_step
@@ -238,40 +248,72 @@ def fit_on_the_job(job: Job, budget: EnergyBudget, shift: TimeShift, order: str)
         return train_step(batch, batch_idx)
 
     module.training_step = step
-    callbacks = [monitor, budget, shift] if order == "budget-first" else [monitor, shift, budget]
     trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", log_every_n_steps=10, logger=False, callbacks=callbacks,
                          enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
                          limit_val_batches=0)  # fmt: skip
     trainer.fit(module, regression_data(8 * STEPS))
-    return trainer, monitor
+    assert budget.run.tracker is shift.run.tracker is tracker  # one measurement, which both read
+    return trainer, tracker
 
 
-@pytest.mark.parametrize("order", ["budget-first", "shift-first"])
-def test_a_wait_at_train_start_is_left_out_of_the_forecast_in_either_order(sim_gpus, monkeypatch, tmp_path, order):
+ORDERS = pytest.mark.parametrize("order", ["budget-first", "shift-first"])
+MONITOR = pytest.mark.parametrize("monitor", [True, False], ids=["monitor", "alone"])
+
+
+@ORDERS
+@MONITOR
+def test_a_wait_at_train_start_is_left_out_of_the_forecast_in_either_order(
+    sim_gpus, monkeypatch, tmp_path, order, monitor
+) -> None:
     """150 steps at 300 W (0.45 kWh) after a time shift's wait at 60 W fit a 0.65 kWh budget. Listed
     before the budget, the shift waited before the budget began, and the wait's idle energy was
-    spread over the steps: a forecast of 1.35 kWh stopped the run at step 20."""
+    spread over the steps: a forecast of 1.35 kWh stopped the run at step 20. Without a monitor,
+    each measured on its own tracker and never saw the other's pauses: the same stop."""
     job = Job(sim_gpus, monkeypatch, tmp_path)
-    budget = EnergyBudget(max_kwh=0.65, forecast="stop")
-    shift = TimeShift(deadline=deadline_in(6), mode="wait", idle_w=IDLE_W, expected_duration_s=STEPS * STEP_S)
-    trainer, monitor = fit_on_the_job(job, budget, shift, order)
+    measure: dict[str, Any] = {} if monitor else {"devices": ["gpu"], "sample_interval_s": 60,
+                                                  "carbon_intensity_series": str(job.series)}  # fmt: skip
+    budget = EnergyBudget(max_kwh=0.65, forecast="stop", **measure)
+    shift = TimeShift(
+        deadline=deadline_in(6), mode="wait", idle_w=IDLE_W, expected_duration_s=STEPS * STEP_S, **measure
+    )
+    trainer, tracker = fit_on_the_job(job, budget, shift, order, monitor)
     assert job.step_times[0] >= HOUR  # it waited for a cleaner hour
     assert trainer.global_step == STEPS
-    total = monitor.tracker.totals()["energy/total_kwh"]
+    total = tracker.totals()["energy/total_kwh"]
     assert budget.guard.forecast_kwh == pytest.approx(total, rel=0.05) and total < 0.65
 
 
-@pytest.mark.parametrize("order", ["budget-first", "shift-first"])
-def test_a_budget_spent_while_paused_ends_the_pause_and_no_step_runs_after_it(sim_gpus, monkeypatch, tmp_path, order):
+@ORDERS
+@MONITOR
+def test_a_budget_spent_while_paused_ends_the_pause_and_no_step_runs_after_it(
+    sim_gpus, monkeypatch, tmp_path, order, monitor
+) -> None:
     """Listed before the time shift, the budget checked before the pause; spent during it, it stopped
-    the run only at the next step's end: 4 steps and 0.053 kWh against a 0.05 kWh budget."""
+    the run only at the next step's end: 4 steps and 0.053 kWh against a 0.05 kWh budget. Without
+    a monitor, the pause never ended on the budget: 0.13 kWh."""
     job = Job(sim_gpus, monkeypatch, tmp_path)
-    budget = EnergyBudget(max_kwh=0.05)
-    shift = TimeShift(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W)
+    measure: dict[str, Any] = {} if monitor else {"devices": ["gpu"], "sample_interval_s": 60,
+                                                  "carbon_intensity_series": str(job.series)}  # fmt: skip
+    budget = EnergyBudget(max_kwh=0.05, **measure)
+    shift = TimeShift(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W, **measure)
     with pytest.warns(UserWarning, match="Energy budget spent"):
-        _, monitor = fit_on_the_job(job, budget, shift, order)
+        _, tracker = fit_on_the_job(job, budget, shift, order, monitor)
     trained = 3 * STEP_S  # the steps before the pause (as EnergyLoop's test_review_together)
     crossed = trained + (0.05 * J_PER_KWH - BUSY_W * trained) / IDLE_W
     assert len(job.step_times) == 3 and job.step_times[-1] < crossed  # no step after the crossing
     assert budget.guard.stopped is not None
-    assert monitor.tracker.totals()["energy/total_kwh"] == pytest.approx(0.05, rel=0.01)
+    assert tracker.totals()["energy/total_kwh"] == pytest.approx(0.05, rel=0.01)
+
+
+def test_a_budget_and_a_time_shift_without_a_monitor_measure_once(tmp_path, sim_gpus) -> None:
+    # Each measured alone, on a tracker of its own: two samplers, and two runs in one record for one fit.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    now = datetime.now(timezone.utc)
+    measure = {"devices": ["gpu"], "sample_interval_s": 0.02, "record_path": tmp_path / "energy.jsonl"}
+    budget = EnergyBudget(max_kwh=1.0, forecast="off", **measure)
+    shift = TimeShift(deadline=now + timedelta(days=1), forecast=[(now - timedelta(hours=1), 100.0)], **measure)
+    fit(tmp_path, [shift, budget], max_epochs=1)
+    assert budget.run.tracker is shift.run.tracker and shift.run.owns and not budget.run.owns
+    lines = read_record(tmp_path / "energy.jsonl")
+    assert [line["type"] for line in lines].count("header") == 1 and lines[-1]["type"] == "summary"
+    assert len({line["run"] for line in lines}) == 1

@@ -61,7 +61,7 @@ class BudgetStop(Protocol):
         """Whether its limit is spent in this fit (one flag read): a pause ends on it."""
         ...
 
-    def check(self, step: int) -> Any:
+    def stop_if_spent(self, step: int) -> Any:
         """Its stop at ``step`` (a `BudgetAction`), once spent; else None."""
         ...
 
@@ -91,7 +91,7 @@ class TrackerLink:
 
     def stop(self, step: int) -> Any:
         """The first budget's stop at ``step`` (a `BudgetAction`), or None."""
-        return next((action for budget in self.stops.values() if (action := budget.check(step)) is not None), None)
+        return next((a for budget in self.stops.values() if (a := budget.stop_if_spent(step)) is not None), None)
 
 
 class EnergyTracker:

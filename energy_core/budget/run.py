@@ -53,6 +53,7 @@ class BudgetRun(SharedRun):
         self.guard: BudgetGuard | None = None
         self._saved: dict[str, Any] = {}
         self._fit: Mark | None = None  # the fit it began in (`EnergyTracker.fit_start`)
+        self._checked = -1  # the last step checked: a repeated one (a micro-batch's end) is none
 
     @classmethod
     def from_args(cls, owner: str, **args: Unpack[BudgetArgs]) -> BudgetRun:
@@ -94,6 +95,7 @@ class BudgetRun(SharedRun):
         self.guard = BudgetGuard(self.rule, self.tracker, total_steps, epoch_steps)
         self.guard.load_state_dict(self._saved.get("guard", {}))
         self._fit = self.tracker.fit_start  # this fit's: a later fit's pause ignores it
+        self._checked = step
         self.tracker.link.stops[id(self)] = self  # a pause ends on it (`TimeShiftRun`)
         return self.guard.begin(step, self.tracker.resumed_totals, self._ranks.agree, epochs_done)
 
@@ -109,7 +111,17 @@ class BudgetRun(SharedRun):
 
     def check(self, step: int) -> BudgetAction | None:
         """After each step, one flag read. A multi-process job decides at its reviews instead,
-        where every rank takes part."""
+        where every rank takes part. A ``step`` already checked is ignored: with gradient
+        accumulation, the ends of the micro-batches after an optimizer step are no step's end (a
+        stop there would throw their work away)."""
+        if step <= self._checked:
+            return None
+        self._checked = step
+        return self.stop_if_spent(step)
+
+    def stop_if_spent(self, step: int) -> BudgetAction | None:
+        """The stop at ``step`` once the sampler's watch has seen the limit reached (one flag read; a
+        single process only): what `check` does at a step's end, and a time shift after a pause."""
         if not self.active or self._ranks.world_size > 1 or not self.guard.crossed():  # type: ignore[union-attr]
             return None
         return self.guard.stop_now(step, self.tracker.measured())  # type: ignore[union-attr]

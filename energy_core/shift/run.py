@@ -183,6 +183,7 @@ class TimeShiftRun(SharedRun):
         self._next = math.inf  # unix time of the leader's next decision (the end of the run in progress)
         self._wait_until = 0.0  # a requeued run started early waits until its resume_at
         self._every = 1
+        self._checked = -1  # the last step checked: a repeated one (a micro-batch's end) is none
         self._total_steps: float | None = None
         self._first: tuple[int, float] = (0, 0.0)  # (step, seconds trained) when this process began
         self._planned: tuple[float, float] | None = None  # (work planned for, seconds trained then)
@@ -243,6 +244,7 @@ class TimeShiftRun(SharedRun):
         """
         assert self.tracker is not None and self.forecast is not None, "bind() first"
         self._every = max(1, int(every))
+        self._checked = step
         self._total_steps = total_steps if total_steps and math.isfinite(total_steps) else None
         now = self.now()
         totals = self.tracker.totals()
@@ -286,9 +288,12 @@ class TimeShiftRun(SharedRun):
         """After each optimizer step. In a single process: one clock read, and at the end of a planned
         run a decision; in a multi-process job: a decision at every logging step (a collective every
         rank reaches). A pause happens here (the run sleeps until the next run begins); a requeue is
-        returned for the adapter to save a checkpoint and end training."""
-        if not self.active:
+        returned for the adapter to save a checkpoint and end training. A ``step`` already checked is
+        ignored: with gradient accumulation, the ends of the micro-batches after an optimizer step
+        are no step's end (a pause or a requeue there would split a step)."""
+        if not self.active or step <= self._checked:
             return None
+        self._checked = step
         distributed = self._ranks.world_size > 1
         if distributed and step % self._every:
             return None

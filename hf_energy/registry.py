@@ -225,6 +225,7 @@ class LogContributor:
 
     registry: EnergyCallbacks | None = None
     _warned_unattached = False
+    order = 0  # `attach` runs a trainer's energy callbacks in this order (stable): a time shift after a budget
 
     def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
         """Add the figures due at this log call to ``logs`` and return them."""
@@ -323,8 +324,18 @@ def attach(trainer: Any, *callbacks: LogContributor) -> Any:
     for callback in callbacks:
         trainer.add_callback(callback)
         registry.add(callback)
+    in_order(trainer.callback_handler.callbacks)
     registry.wrap(trainer)
     return callbacks[0]
+
+
+def in_order(callbacks: list[Any]) -> None:
+    """The energy callbacks among ``callbacks`` put in their `LogContributor.order`, in the places they
+    hold (the others keep theirs): at each step's end a time shift sees what a budget decided there
+    (a stop: no pause), in whatever order they were given."""
+    places = [i for i, callback in enumerate(callbacks) if isinstance(callback, LogContributor)]
+    for i, callback in zip(places, sorted((callbacks[i] for i in places), key=lambda c: c.order)):
+        callbacks[i] = callback
 
 
 RunT = TypeVar("RunT", bound=SharedRun)

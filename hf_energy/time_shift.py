@@ -56,6 +56,8 @@ class TimeShiftCallback(RunContributor[TimeShiftRun], TrainerCallback, Exportabl
         >>> attach(trainer, EnergyCallback(electricity_maps_zone="DE"), shift)   # doctest: +SKIP
     """
 
+    order = 1  # after a budget at each step's end (`attach`): a stop there is no time to pause
+
     def __init__(self, **shift: Unpack[TimeShiftArgs]) -> None:
         self.run = TimeShiftRun.from_args("TimeShiftCallback", **shift)
         self.last_metrics: dict[str, float] = {}
@@ -106,7 +108,8 @@ class TimeShiftCallback(RunContributor[TimeShiftRun], TrainerCallback, Exportabl
         return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        action = self.run.check(state.global_step)  # one clock read, but at the end of a planned run
+        # one clock read, but at the end of a planned run; none where training stops at this step
+        action = None if control.should_training_stop else self.run.check(state.global_step)
         if action is not None:
             act(action.budget, control, self._world_zero)  # a budget spent while paused: no step after the pause
         self._requeue_if_due(control)

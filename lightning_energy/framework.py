@@ -146,6 +146,18 @@ def run_first(trainer: Any, callback: Any) -> None:
         callbacks.insert(first, callback)
 
 
+def run_after(trainer: Any, callback: Any, kinds: tuple[type, ...]) -> None:
+    """Move ``callback`` just after the last of the trainer's callbacks of ``kinds`` where one comes
+    after it, so that at each hook it sees what they decided there, in whatever order given."""
+    callbacks = trainer.callbacks
+    if callback not in callbacks:
+        return
+    last = max((i for i, other in enumerate(callbacks) if isinstance(other, kinds)), default=-1)
+    if last > callbacks.index(callback):
+        callbacks.remove(callback)
+        callbacks.insert(last, callback)  # after the removal, index ``last`` is just after that callback
+
+
 def own_share() -> bool:
     """Whether this process carries a checkpoint's totals (global rank 0 only).
 
@@ -166,6 +178,7 @@ __all__ = [
     "rank_zero_info",
     "rank_zero_warn",
     "ranks_of",
+    "run_after",
     "run_first",
     "stop",
 ]

@@ -8,8 +8,8 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core.integration import Notice, TimeShiftArgs, TimeShiftRun, checks
-from lightning_energy.budget import act
-from lightning_energy.framework import emit, log, override
+from lightning_energy.budget import EnergyBudget, act
+from lightning_energy.framework import emit, log, override, run_after
 from lightning_energy.monitor import cadence
 from lightning_energy.shared_run import SharedRunCallback
 
@@ -74,6 +74,10 @@ class TimeShift(SharedRunCallback[TimeShiftRun]):
         return self.checkpoint_path if os.path.isfile(self.checkpoint_path) else None
 
     @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        run_after(trainer, self, (EnergyBudget,))  # a budget's stop at a step comes before a pause there
+
+    @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self._resumed_from = trainer.ckpt_path
         super().on_fit_start(trainer, pl_module)
@@ -90,7 +94,8 @@ class TimeShift(SharedRunCallback[TimeShiftRun]):
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
-        action = self.run.check(step)  # one clock read, but at the end of a planned run
+        # one clock read, but at the end of a planned run; none where training stops at this step
+        action = None if trainer.should_stop else self.run.check(step)
         if action is not None and action.kind == "requeue":
             self._requeue(trainer)
         if action is not None:

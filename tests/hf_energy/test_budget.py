@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,7 +14,8 @@ from hf_energy import EnergyBudgetCallback, EnergyCallback, TimeShiftCallback, a
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.doubles.vendors import both_vendors_end_to_end
-from tests.energy_core.shift.manual_job import BUSY_W, IDLE_W, STEP_S, STEPS, Job, deadline_in
+from tests.energy_core.shift.manual_job import BASE, BUSY_W, IDLE_W, STEP_S, STEPS, Job, deadline_in
+from tests.helpers.grid_series import write_csv
 from tests.helpers.hf_models import Collator, SeqData, make_trainer
 from tests.helpers.records import read_record
 
@@ -198,9 +200,8 @@ def test_a_budget_spent_while_paused_ends_the_pause_and_no_step_runs_after_it(
     if monitor:
         callbacks.insert(0, EnergyCallback(**measure, summary=False))
         tracker = callbacks[0].tracker
-    else:  # the tracker the first binds, made here to read the job's clock
-        first = callbacks[0].run
-        tracker = first.share.tracker = EnergyTracker(first.options)
+    else:  # the tracker the budget binds (a time shift acts after it), made here to read the job's clock
+        tracker = budget.run.share.tracker = EnergyTracker(budget.run.options)
     tracker.meter.clock = job.clock
     job.loop = SimpleNamespace(tracker=tracker)  # what Job reads: the tracker's meter
     shift.run.sleep = job.idle
@@ -212,3 +213,27 @@ def test_a_budget_spent_while_paused_ends_the_pause_and_no_step_runs_after_it(
     assert trainer.state.global_step == 3 and budget.guard.stopped is not None
     crossed = 3 * STEP_S + (0.05 * J_PER_KWH - BUSY_W * 3 * STEP_S) / IDLE_W
     assert job.step_times[2] < crossed  # the pause came after the third step, and no step after it
+
+
+@pytest.mark.parametrize("order", ["budget-first", "shift-first"])
+def test_no_pause_begins_at_the_step_a_forecast_stops_the_run(sim_gpus, monkeypatch, tmp_path, order) -> None:
+    # The grid turns dirty at step 20 (HF collates a batch ahead: 21 steps of the job's clock), where the
+    # budget's first forecast stops the run. Listed first, the time shift paused for 1.8 h before it.
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    write_csv(
+        job.series, [(BASE, 80.0), (BASE + timedelta(seconds=21 * STEP_S), 500.0), (BASE + timedelta(hours=2), 80.0)]
+    )
+    energy = EnergyCallback(
+        devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series), summary=False
+    )
+    energy.tracker.meter.clock = job.clock
+    job.loop = SimpleNamespace(tracker=energy.tracker)
+    budget = EnergyBudgetCallback(max_kwh=0.3, forecast="stop")
+    shift = TimeShiftCallback(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W)
+    shift.run.sleep = job.idle
+    trainer = make_trainer(tmp_path / "out", SeqData(8 * STEPS), max_steps=STEPS, logging_steps=10)
+    trainer.data_collator = JobCollator(job)
+    attach(trainer, energy, *([budget, shift] if order == "budget-first" else [shift, budget]))
+    trainer.train()
+    assert trainer.state.global_step == 20 and budget.guard.stopped is not None
+    assert energy.tracker.link.paused_s == 0

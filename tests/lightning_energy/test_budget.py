@@ -15,7 +15,8 @@ from lightning_energy import EnergyBudget, EnergyMonitor, TimeShift
 from lightning_energy.monitor import UNLOGGED_DECIDE_EVERY
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
-from tests.energy_core.shift.manual_job import BUSY_W, HOUR, IDLE_W, STEP_S, STEPS, Job, deadline_in
+from tests.energy_core.shift.manual_job import BASE, BUSY_W, HOUR, IDLE_W, STEP_S, STEPS, Job, deadline_in
+from tests.helpers.grid_series import write_csv
 from tests.helpers.lightning_models import flavour, make_module, regression_data
 from tests.helpers.readback import csv_rows, csv_series
 from tests.helpers.records import read_record
@@ -224,17 +225,16 @@ def test_a_resumed_run_forecasts_only_after_an_epoch_of_its_own(tmp_path, sim_gp
 
 def fit_on_the_job(job: Job, budget: EnergyBudget, shift: TimeShift, order: str, monitor: bool) -> tuple[object, Any]:
     """A Lightning fit of `STEPS` steps, each a step of ``job`` (its manual clock), with ``budget`` and
-    ``shift`` in ``order``, beside a monitor or measuring alone (then the first of them measures, the
-    other shares its tracker); the trainer and that tracker."""
+    ``shift`` in ``order``, beside a monitor or measuring alone (then the budget measures, the time shift
+    after it shares its tracker); the trainer and that tracker."""
     callbacks: list[Any] = [budget, shift] if order == "budget-first" else [shift, budget]
     if monitor:
         callbacks.insert(
             0, EnergyMonitor(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series))
         )
         tracker = callbacks[0].tracker
-    else:  # the tracker the first binds, made here to read the job's clock
-        first = callbacks[0].run
-        tracker = first.share.tracker = EnergyTracker(first.options)
+    else:  # the tracker the budget binds (a time shift acts after it), made here to read the job's clock
+        tracker = budget.run.share.tracker = EnergyTracker(budget.run.options)
     tracker.meter.clock = job.clock
     job.loop = SimpleNamespace(tracker=tracker)  # what Job reads: the tracker's meter
     shift.run.sleep = job.idle
@@ -313,7 +313,23 @@ def test_a_budget_and_a_time_shift_without_a_monitor_measure_once(tmp_path, sim_
     budget = EnergyBudget(max_kwh=1.0, forecast="off", **measure)
     shift = TimeShift(deadline=now + timedelta(days=1), forecast=[(now - timedelta(hours=1), 100.0)], **measure)
     fit(tmp_path, [shift, budget], max_epochs=1)
-    assert budget.run.tracker is shift.run.tracker and shift.run.owns and not budget.run.owns
+    assert budget.run.tracker is shift.run.tracker and budget.run.owns and not shift.run.owns  # the shift acts after
     lines = read_record(tmp_path / "energy.jsonl")
     assert [line["type"] for line in lines].count("header") == 1 and lines[-1]["type"] == "summary"
     assert len({line["run"] for line in lines}) == 1
+
+
+@ORDERS
+def test_no_pause_begins_at_the_step_a_forecast_stops_the_run(sim_gpus, monkeypatch, tmp_path, order) -> None:
+    # The grid turns dirty at step 20, where the budget's first forecast stops the run. Listed first,
+    # the time shift paused for 1.8 h (0.17 kWh instead of 0.06) before the budget stopped it.
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    write_csv(
+        job.series,
+        [(BASE, 80.0), (BASE + timedelta(seconds=20 * STEP_S), 500.0), (BASE + 2 * timedelta(hours=1), 80.0)],
+    )
+    budget = EnergyBudget(max_kwh=0.3, forecast="stop")
+    shift = TimeShift(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W)
+    with pytest.warns(UserWarning, match="Energy forecast at step 20"):
+        trainer, tracker = fit_on_the_job(job, budget, shift, order, monitor=True)
+    assert trainer.global_step == 20 and tracker.link.paused_s == 0

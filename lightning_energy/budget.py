@@ -6,18 +6,11 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from energy_core.integration import BudgetAction, BudgetArgs, BudgetRun, HasBudgetRun, Notice
-from lightning_energy.framework import emit, log, override, stop
+from energy_core.integration import BudgetArgs, BudgetRun, HasBudgetRun
+from lightning_energy.framework import act, log, override, run_before
 from lightning_energy.monitor import cadence
 from lightning_energy.shared_run import SharedRunCallback
-
-
-def act(trainer: Any, action: BudgetAction | None) -> None:
-    """Carry out a budget's decision: a stop (``trainer.should_stop``), a warning either way."""
-    if action is None:
-        return
-    message = stop(trainer, action.reason) if action.kind == "stop" else action.reason
-    emit([Notice("warn", message)])
+from lightning_energy.time_shift import TimeShift
 
 
 class EnergyBudget(HasBudgetRun, SharedRunCallback[BudgetRun]):
@@ -66,6 +59,9 @@ class EnergyBudget(HasBudgetRun, SharedRunCallback[BudgetRun]):
         self._last_review_step = -1
 
     # ------------------------------------------------------------------ setup
+    @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        run_before(trainer, self, (TimeShift,))  # its stop at a step comes before a pause there
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from energy_core.integration import Notice, Ranks, end_status, let_go, warn_at_user_code
+from energy_core.integration import BudgetAction, Notice, Ranks, end_status, let_go, warn_at_user_code
 
 # Lightning first: without it, lightning_utilities (its dependency) is missing too, and the
 # message must name the extra rather than that module.
@@ -146,16 +146,25 @@ def run_first(trainer: Any, callback: Any) -> None:
         callbacks.insert(first, callback)
 
 
-def run_after(trainer: Any, callback: Any, kinds: tuple[type, ...]) -> None:
-    """Move ``callback`` just after the last of the trainer's callbacks of ``kinds`` where one comes
-    after it, so that at each hook it sees what they decided there, in whatever order given."""
+def run_before(trainer: Any, callback: Any, kinds: tuple[type, ...]) -> None:
+    """Move ``callback`` just before the first of the trainer's callbacks of ``kinds`` listed before it,
+    so that at each hook they see what it decided there, in whatever order given. Only ever earlier:
+    called from a hook, whose loop has passed every callback it moves over (none is skipped)."""
     callbacks = trainer.callbacks
     if callback not in callbacks:
         return
-    last = max((i for i, other in enumerate(callbacks) if isinstance(other, kinds)), default=-1)
-    if last > callbacks.index(callback):
+    first = next((i for i, other in enumerate(callbacks) if isinstance(other, kinds)), len(callbacks))
+    if first < callbacks.index(callback):
         callbacks.remove(callback)
-        callbacks.insert(last, callback)  # after the removal, index ``last`` is just after that callback
+        callbacks.insert(first, callback)
+
+
+def act(trainer: Any, action: BudgetAction | None) -> None:
+    """Carry out a budget's decision: a stop (``trainer.should_stop``), a warning either way."""
+    if action is None:
+        return
+    message = stop(trainer, action.reason) if action.kind == "stop" else action.reason
+    emit([Notice("warn", message)])
 
 
 def own_share() -> bool:
@@ -169,6 +178,7 @@ def own_share() -> bool:
 
 __all__ = [
     "CALLBACK_BASES",
+    "act",
     "emit",
     "end_status",
     "find_callback",
@@ -178,7 +188,7 @@ __all__ = [
     "rank_zero_info",
     "rank_zero_warn",
     "ranks_of",
-    "run_after",
+    "run_before",
     "run_first",
     "stop",
 ]

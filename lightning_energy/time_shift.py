@@ -8,8 +8,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core.integration import Notice, TimeShiftArgs, TimeShiftRun, checks
-from lightning_energy.budget import EnergyBudget, act
-from lightning_energy.framework import emit, log, override, run_after
+from lightning_energy.framework import act, emit, log, override
 from lightning_energy.monitor import cadence
 from lightning_energy.shared_run import SharedRunCallback
 
@@ -72,10 +71,6 @@ class TimeShift(SharedRunCallback[TimeShiftRun]):
     def resume_from(self) -> str | None:
         """The requeue checkpoint to resume from, if one is waiting (for ``trainer.fit(ckpt_path=...)``)."""
         return self.checkpoint_path if os.path.isfile(self.checkpoint_path) else None
-
-    @override
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        run_after(trainer, self, (EnergyBudget,))  # a budget's stop at a step comes before a pause there
 
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:

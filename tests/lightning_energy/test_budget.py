@@ -333,3 +333,22 @@ def test_no_pause_begins_at_the_step_a_forecast_stops_the_run(sim_gpus, monkeypa
     with pytest.warns(UserWarning, match="Energy forecast at step 20"):
         trainer, tracker = fit_on_the_job(job, budget, shift, order, monitor=True)
     assert trainer.global_step == 20 and tracker.link.paused_s == 0
+
+
+def test_the_budget_moves_before_the_time_shift_and_every_callback_is_set_up_once(tmp_path, sim_gpus) -> None:
+    # The budget moves itself (earlier only) from its setup hook, while Lightning loops over the list:
+    # a callback moved later there would make the loop skip the one after it.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    calls: list[str] = []
+
+    class Counting(pl.Callback):
+        def setup(self, trainer, pl_module, stage):
+            calls.append("setup")
+
+    now = datetime.now(timezone.utc)
+    budget = EnergyBudget(max_kwh=1.0, forecast="off", devices=["gpu"])
+    shift = TimeShift(deadline=now + timedelta(days=1), forecast=[(now - timedelta(hours=1), 100.0)])
+    trainer = fit(tmp_path, [shift, Counting(), budget], max_epochs=1)
+    assert calls == ["setup"]
+    energy = [cb for cb in trainer.callbacks if isinstance(cb, (EnergyBudget, TimeShift))]
+    assert energy == [budget, shift]

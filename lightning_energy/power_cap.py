@@ -7,7 +7,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core.integration import CapArgs, PowerCapRun
-from lightning_energy.framework import CALLBACK_BASES, emit, find_callback, log, override, ranks_of
+from lightning_energy.framework import CALLBACK_BASES, emit, find_callback, log, override, ranks_of, run_before
 from lightning_energy.monitor import EnergyMonitor
 
 
@@ -53,6 +53,12 @@ class PowerCap(*CALLBACK_BASES):  # type: ignore[misc]
 
     def __init__(self, **cap: Unpack[CapArgs]) -> None:
         self.run = PowerCapRun.of("PowerCap", dict(cap))
+
+    @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        # First of all: its on_fit_start caps before the monitor's starts the record, whose header
+        # lists the caps in force (the monitor, moving itself, moves only before epoch-end readers).
+        run_before(trainer, self, CALLBACK_BASES)
 
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from energy_core import J_PER_KWH
 from energy_core.output import units_text as show
-from lightning_energy import EnergyMonitor
+from lightning_energy import EnergyMonitor, PowerCap
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.helpers.lightning_models import FLAVOURS, TokenData, flavour, make_module, regression_data
@@ -321,3 +321,20 @@ def test_other_callbacks_see_each_epochs_figures_whatever_their_order(tmp_path, 
     assert stop.stopped_epoch == len(epochs) - 1 == 1  # stopped by an energy key
     # the figures are not results Lightning logs and reduces itself (as pl_module.log would make them)
     assert "energy/total_kwh" not in trainer.logged_metrics
+
+
+@pytest.mark.parametrize("order", ["monitor-first", "cap-first"])
+def test_the_records_header_lists_the_cap_in_either_order(tmp_path, sim_gpus, order) -> None:
+    # Listed after the monitor, the cap capped in its on_fit_start after the monitor's had written the
+    # header: "power_caps" was empty there (the power_cap line still came).
+    sim = sim_gpus(SimGpu("GPU-1", Constant(300.0), counter_period_s=0.02))
+    pl = flavour("lightning.pytorch")
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=tmp_path / "energy.jsonl")
+    cap = PowerCap(watts=250)
+    trainer = trainer_for(
+        pl, tmp_path, monitor, max_epochs=1, callbacks=[monitor, cap] if order == "monitor-first" else [cap, monitor]
+    )
+    trainer.fit(make_module(pl, step_sleep_s=0.005), regression_data(80))
+    header = next(line for line in read_record(tmp_path / "energy.jsonl") if line["type"] == "header")
+    assert [c["cap_w"] for c in header["power_caps"]] == [250.0]
+    assert sim.gpus[0].limit_history[-1][1] == sim.gpus[0].default_limit_mw  # put back at the end

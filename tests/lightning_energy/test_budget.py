@@ -312,7 +312,7 @@ def test_a_budget_and_a_time_shift_without_a_monitor_measure_once(tmp_path, sim_
     measure = {"devices": ["gpu"], "sample_interval_s": 0.02, "record_path": tmp_path / "energy.jsonl"}
     budget = EnergyBudget(max_kwh=1.0, forecast="off", **measure)
     shift = TimeShift(deadline=now + timedelta(days=1), forecast=[(now - timedelta(hours=1), 100.0)], **measure)
-    fit(tmp_path, [shift, budget], max_epochs=1)
+    fit(tmp_path, [shift, budget], max_epochs=1, max_steps=5)
     assert budget.run.tracker is shift.run.tracker and budget.run.owns and not shift.run.owns  # the shift acts after
     lines = read_record(tmp_path / "energy.jsonl")
     assert [line["type"] for line in lines].count("header") == 1 and lines[-1]["type"] == "summary"
@@ -348,7 +348,7 @@ def test_the_budget_moves_before_the_time_shift_and_every_callback_is_set_up_onc
     now = datetime.now(timezone.utc)
     budget = EnergyBudget(max_kwh=1.0, forecast="off", devices=["gpu"])
     shift = TimeShift(deadline=now + timedelta(days=1), forecast=[(now - timedelta(hours=1), 100.0)])
-    trainer = fit(tmp_path, [shift, Counting(), budget], max_epochs=1)
+    trainer = fit(tmp_path, [shift, Counting(), budget], max_epochs=1, max_steps=5)
     assert calls == ["setup"]
     energy = [cb for cb in trainer.callbacks if isinstance(cb, (EnergyBudget, TimeShift))]
     assert energy == [budget, shift]

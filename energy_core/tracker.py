@@ -79,15 +79,22 @@ class TrackerLink:
             the grid books training time, not the pauses).
         fit_start_paused_kwh: ``paused_kwh`` when the fit began (`EnergyTracker.start_fit`): what
             the fit paused is the difference, whenever a reader starts counting.
+        statuses: Per run reading the tracker in this fit (a budget, a target, a time shift), its
+            status for the trainer's (`SharedRun.final_status`): the fit's summary says who stopped it.
     """
 
     stops: dict[int, BudgetStop] = dataclasses.field(default_factory=dict)
     paused_kwh: float = 0.0
     paused_s: float = 0.0
     fit_start_paused_kwh: float = 0.0
+    statuses: dict[int, Callable[[str], str]] = dataclasses.field(default_factory=dict)
 
     def stop_asked(self) -> bool:
         return any(budget.stop_asked() for budget in self.stops.values())
+
+    def final_status(self, status: str) -> str:
+        """``status``, or the first reader's own where it differs (``budget-stop``, ``target-stop``...)."""
+        return next((own for final in self.statuses.values() if (own := final(status)) != status), status)
 
     def stop(self, step: int) -> Any:
         """The first budget's stop at ``step`` (a `BudgetAction`), or None."""
@@ -145,6 +152,7 @@ class EnergyTracker:
         self._window = Window()
         self._accounts = Accounts(self.meter, Charges(self.factors))
         self.link = TrackerLink()  # what the budget, cap and time shift reading this tracker tell each other
+        self.measures_alone = False  # made by a budget, target or time shift with no monitor (`TrackerShare`)
 
     # ----------------------------------------------------------------- set-up
     def join(self, ranks: Ranks) -> None:
@@ -267,7 +275,8 @@ class EnergyTracker:
         self._window = Window(None, step)
         fields = self.summary_fields(metrics)
         self._notices += quality_notices(fields)
-        self.write_record(lines.SUMMARY, step=step, status=status, **fields)
+        self.write_record(lines.SUMMARY, step=step, status=self.link.final_status(status), **fields)
+        self.link.statuses.clear()  # the next fit's readers say theirs as they bind
         return metrics
 
     def close(self) -> None:

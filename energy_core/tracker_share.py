@@ -34,6 +34,7 @@ class TrackerShare:
         self.options = options
         self.tracker: EnergyTracker | None = None
         self.owns = False
+        self._own: EnergyTracker | None = None  # made at the first bind alone, kept for later fits
         self._saved: dict[str, Any] | None = None  # the own tracker's checkpoint state
 
     def bind(self, shared: EnergyTracker | None, ranks: Ranks, step: int, resumed: bool = False) -> list[Notice]:
@@ -49,8 +50,10 @@ class TrackerShare:
         if shared is not None:
             self.tracker = shared
             return []
-        if self.tracker is None:
-            self.tracker = EnergyTracker(self.options)
+        if self._own is None:  # never one shared in an earlier fit: its record and totals are another's
+            self._own = EnergyTracker(self.options)
+            self._own.measures_alone = True
+        self.tracker = self._own
         self.tracker.join(ranks)
         self.tracker.load_state_dict(self._saved, own_share=ranks.leads_job)
         return self.tracker.start_fit(step, resumed=resumed)
@@ -72,8 +75,9 @@ class TrackerShare:
             self.tracker.close()
 
     def state_dict(self) -> dict[str, Any] | None:
-        """The own tracker's totals, for a checkpoint (None when it watches a monitor's)."""
-        return self.tracker.state_dict() if self.owns and self.tracker is not None else None
+        """The totals of the tracker measuring alone, its own or another run's, for a checkpoint (None
+        when it watches a monitor's, which keeps them): whichever measures after a resume has them."""
+        return self.tracker.state_dict() if self.tracker is not None and self.tracker.measures_alone else None
 
     def load_state_dict(self, state: dict[str, Any] | None, own_share: bool) -> None:
         """Keep a checkpoint's totals for `bind` (or apply them, if restored after fit start).
@@ -128,7 +132,10 @@ class SharedRun(ABC):
             resumed: The trainer resumed from a checkpoint (see `EnergyTracker.start_fit`).
         """
         self._ranks = ranks
-        return self.share.bind(shared, ranks, step, resumed)
+        notices = self.share.bind(shared, ranks, step, resumed)
+        assert self.tracker is not None  # bound
+        self.tracker.link.statuses[id(self)] = self.final_status  # the fit's summary says who stopped it
+        return notices
 
     def final_status(self, status: str) -> str:
         """The status the run's own tracker ends with, for the trainer's ``status``: a run

@@ -100,11 +100,7 @@ def stop(trainer: Any, reason: str) -> str:
     """Ask the trainer to stop (``trainer.should_stop``); ``reason``, with a note when Lightning's
     ``min_epochs``/``min_steps`` will keep it training, which ``should_stop`` cannot override."""
     trainer.should_stop = True
-    blocked = []
-    if trainer.min_epochs and trainer.current_epoch + 1 < trainer.min_epochs:
-        blocked.append(f"min_epochs={trainer.min_epochs}")
-    if trainer.min_steps and trainer.global_step < trainer.min_steps:
-        blocked.append(f"min_steps={trainer.min_steps}")
+    blocked = _held(trainer)
     if not blocked:
         return reason
     return (
@@ -144,6 +140,22 @@ def run_first(trainer: Any, callback: Any) -> None:
     if callbacks[first] is not callback:  # the monitor is a reader too: only one listed before it moves it
         callbacks.remove(callback)
         callbacks.insert(first, callback)
+
+
+def _held(trainer: Any) -> list[str]:
+    """The trainer's settings that keep it training past ``should_stop`` now (``min_epochs=3``...)."""
+    blocked = []
+    if trainer.min_epochs and trainer.current_epoch + 1 < trainer.min_epochs:
+        blocked.append(f"min_epochs={trainer.min_epochs}")
+    if trainer.min_steps and trainer.global_step < trainer.min_steps:
+        blocked.append(f"min_steps={trainer.min_steps}")
+    return blocked
+
+
+def stopping(trainer: Any) -> bool:
+    """Whether training ends at this step: ``should_stop`` is set and neither ``min_epochs`` nor
+    ``min_steps`` keeps it going (Lightning leaves ``should_stop`` set while they do)."""
+    return bool(trainer.should_stop) and not _held(trainer)
 
 
 def run_before(trainer: Any, callback: Any, kinds: tuple[type, ...]) -> None:
@@ -189,6 +201,7 @@ __all__ = [
     "rank_zero_warn",
     "ranks_of",
     "run_before",
+    "stopping",
     "run_first",
     "stop",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core.integration import Notice, TimeShiftArgs, TimeShiftRun, checks
-from lightning_energy.framework import act, emit, log, override
+from lightning_energy.framework import act, emit, log, override, stopping
 from lightning_energy.monitor import cadence
 from lightning_energy.shared_run import SharedRunCallback
 
@@ -90,7 +90,7 @@ class TimeShift(SharedRunCallback[TimeShiftRun]):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         # one clock read, but at the end of a planned run; none where training stops at this step
-        action = None if trainer.should_stop else self.run.check(step)
+        action = None if stopping(trainer) else self.run.check(step)
         if action is not None and action.kind == "requeue":
             self._requeue(trainer)
         if action is not None:

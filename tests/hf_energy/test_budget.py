@@ -201,7 +201,8 @@ def test_a_budget_spent_while_paused_ends_the_pause_and_no_step_runs_after_it(
         callbacks.insert(0, EnergyCallback(**measure, summary=False))
         tracker = callbacks[0].tracker
     else:  # the tracker the budget binds (a time shift acts after it), made here to read the job's clock
-        tracker = budget.run.share.tracker = EnergyTracker(budget.run.options)
+        tracker = budget.run.share._own = EnergyTracker(budget.run.options)
+        tracker.measures_alone = True
     tracker.meter.clock = job.clock
     job.loop = SimpleNamespace(tracker=tracker)  # what Job reads: the tracker's meter
     shift.run.sleep = job.idle

@@ -9,7 +9,7 @@ import pytest
 from transformers import TrainerCallback
 
 from energy_core import J_PER_KWH
-from hf_energy import EnergyCallback, EnergyToTargetCallback, attach
+from hf_energy import EnergyBudgetCallback, EnergyCallback, EnergyToTargetCallback, attach
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.helpers.hf_models import SeqData, make_trainer
@@ -112,3 +112,22 @@ def test_a_target_reached_before_a_resume_is_not_reported_again(tmp_path, sim_gp
     assert second.state.global_step == 4 * STEPS
     assert [h["step"] for h in second.state.log_history if "target/energy_kwh" in h] == [2 * STEPS]  # the old entry
     assert target.reached == {k: v for k, v in reached[0].items() if k.startswith("target/")}
+
+
+def test_without_a_monitor_a_resume_that_re_creates_the_callbacks_keeps_the_totals(tmp_path, sim_gpus) -> None:
+    # The target measured for both, so only its checkpoint state held the totals; HF re-creates the
+    # callbacks in the order of trainer_state.json (the budget first), and the budget, measuring now,
+    # started from zero.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    measure = {"devices": ["gpu"], "sample_interval_s": 0.02, "record_path": tmp_path / "energy.jsonl"}
+    first = trainer_for(tmp_path, [0.2], save_strategy="epoch")
+    target = EnergyToTargetCallback("score", 0.99, **measure)
+    attach(first, target, EnergyBudgetCallback(max_kwh=1.0, forecast="off", **measure))
+    first.train()
+    spent = target.run.tracker.totals()["energy/total_kwh"]
+    second = trainer_for(tmp_path, [0.2, 0.3], restore_callback_states_from_checkpoint=True)
+    attach(second, EnergyToTargetCallback("score", 0.99, **measure), EnergyBudgetCallback(max_kwh=1.0, **measure))
+    second.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-6"))
+    header = [line for line in read_record(tmp_path / "energy.jsonl") if line["type"] == "header"][-1]
+    assert header["resumed_from"] is not None  # the budget, measuring now, started from zero
+    assert sum(header["resumed_from"]["energy_j"].values()) / J_PER_KWH == pytest.approx(spent, rel=0.1)

@@ -234,7 +234,8 @@ def fit_on_the_job(job: Job, budget: EnergyBudget, shift: TimeShift, order: str,
         )
         tracker = callbacks[0].tracker
     else:  # the tracker the budget binds (a time shift acts after it), made here to read the job's clock
-        tracker = budget.run.share.tracker = EnergyTracker(budget.run.options)
+        tracker = budget.run.share._own = EnergyTracker(budget.run.options)
+        tracker.measures_alone = True
     tracker.meter.clock = job.clock
     job.loop = SimpleNamespace(tracker=tracker)  # what Job reads: the tracker's meter
     shift.run.sleep = job.idle

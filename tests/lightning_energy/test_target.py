@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from energy_core import J_PER_KWH
-from lightning_energy import EnergyMonitor, EnergyToTarget
+from lightning_energy import EnergyBudget, EnergyMonitor, EnergyToTarget
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.helpers.lightning_models import flavour, regression_data
@@ -161,3 +161,30 @@ def test_a_target_reached_before_a_resume_is_not_reported_again(tmp_path, sim_gp
     runs = [x for x in read_record(record) if x["type"] == "target"]
     assert [x["event"] for x in runs] == ["evaluation", "reached", "evaluation", "evaluation"]
     assert runs[2]["energy_kwh"] > runs[1]["energy_kwh"]  # the totals continue across the resume
+
+
+def test_without_a_monitor_the_summary_says_the_target_stopped_the_run(tmp_path, sim_gpus) -> None:
+    # Beside a budget that measures for both, the summary said "completed": only the run that measured
+    # gave its status, and the target's stop was not the budget's.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    record = tmp_path / "energy.jsonl"
+    measure = {"devices": ["gpu"], "sample_interval_s": 0.02, "record_path": record}
+    budget = EnergyBudget(max_kwh=1.0, forecast="off", **measure)
+    target = EnergyToTarget("score", 0.9, **measure)
+    with pytest.warns(UserWarning, match="Target reached"):
+        fit(tmp_path, [budget, target], [0.2, 0.93, 0.97, 0.99])
+    assert budget.run.owns and target.run.tracker is budget.run.tracker
+    assert [line["status"] for line in read_record(record) if line["type"] == "summary"] == ["target-stop"]
+
+
+def test_a_target_that_shared_a_budgets_measurement_measures_alone_in_a_later_fit(tmp_path, sim_gpus) -> None:
+    # It went on with the budget's tracker: its record and totals, not its own.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    measure = {"devices": ["gpu"], "sample_interval_s": 0.02}
+    budget = EnergyBudget(max_kwh=1.0, forecast="off", record_path=tmp_path / "budget.jsonl", **measure)
+    target = EnergyToTarget("score", 0.99, record_path=tmp_path / "target.jsonl", **measure)
+    fit(tmp_path / "first", [budget, target], [0.2])
+    fit(tmp_path / "second", [target], [0.3])
+    assert [line["type"] for line in read_record(tmp_path / "budget.jsonl")].count("header") == 1
+    header = read_record(tmp_path / "target.jsonl")[0]
+    assert header["type"] == "header" and header["resumed_from"] is None  # its own, from zero

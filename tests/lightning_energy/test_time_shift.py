@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from lightning_energy import EnergyMonitor, TimeShift
+from tests.energy_core.shift import manual_job
 from tests.helpers.compressed_grid import (
     BUSY_W,
     CLEAN_AT,
@@ -158,3 +160,38 @@ def test_the_same_callback_fits_again_after_a_requeue_that_only_stopped_training
     assert second.global_step == STEPS and shift.run.requeued_until is None and not checkpoint.exists()
     events = [x["event"] for x in read_record(record) if x["type"] == "shift"]
     assert events.count("requeue") == 1 and events[-1] != "requeue"
+
+
+class StopAsked(pl.Callback):
+    """What EarlyStopping or a budget does: ``should_stop`` at step 2 (here, while min_steps trains on)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 2:
+            trainer.should_stop = True
+
+
+def test_a_stop_that_min_steps_overrides_does_not_end_the_time_shifts_decisions(sim_gpus, monkeypatch, tmp_path):
+    # Lightning leaves should_stop set while min_steps keeps training: the time shift, which takes no
+    # decision at a step where training stops, took none for the rest of the fit (no pause at all).
+    job = manual_job.Job(sim_gpus, monkeypatch, tmp_path)
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series))
+    monitor.tracker.meter.clock = job.clock
+    job.loop = SimpleNamespace(tracker=monitor.tracker)
+    shift = TimeShift(deadline=manual_job.deadline_in(6), mode="pause", idle_w=manual_job.IDLE_W)
+    shift.run.sleep = job.idle
+    module = make_module(pl)
+    train_step = module.training_step
+
+    def step(batch, batch_idx):
+        if not job.step_times:
+            job.wait_first_reading()
+        job.train_step()
+        return train_step(batch, batch_idx)
+
+    module.training_step = step
+    trainer = pl.Trainer(max_steps=manual_job.STEPS, min_steps=manual_job.STEPS, accelerator="cpu", logger=False,
+                         callbacks=[monitor, shift, StopAsked()], enable_checkpointing=False,
+                         enable_model_summary=False, enable_progress_bar=False, limit_val_batches=0)  # fmt: skip
+    trainer.fit(module, regression_data(8 * manual_job.STEPS))
+    assert trainer.global_step == manual_job.STEPS and trainer.should_stop
+    assert monitor.tracker.link.paused_s > manual_job.HOUR  # through the dirty hours, as without the stop request

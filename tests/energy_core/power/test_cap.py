@@ -239,7 +239,7 @@ def _state_with_admin_limit(tmp_path: Path) -> Path:
         ("nvml", "lightning", signal.SIGTERM),
         pytest.param("nvml", "lightning", signal.SIGHUP, marks=pytest.mark.slow),
         pytest.param("nvml", "hf", signal.SIGTERM, marks=pytest.mark.slow),
-        ("nvml", "hf", signal.SIGHUP),
+        pytest.param("nvml", "hf", signal.SIGHUP, marks=pytest.mark.slow),  # one signal, one framework by default
         pytest.param("amdsmi", "lightning", signal.SIGTERM, marks=pytest.mark.slow),
         pytest.param("amdsmi", "hf", signal.SIGHUP, marks=pytest.mark.slow),
     ],

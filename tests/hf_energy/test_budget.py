@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from energy_core import J_PER_KWH, EnergyTracker
+from energy_core import J_PER_KWH
 from hf_energy import EnergyBudgetCallback, EnergyCallback, TimeShiftCallback, attach
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
@@ -199,13 +199,8 @@ def test_a_budget_spent_while_paused_ends_the_pause_and_no_step_runs_after_it(
     callbacks: list[Any] = [budget, shift] if order == "budget-first" else [shift, budget]
     if monitor:
         callbacks.insert(0, EnergyCallback(**measure, summary=False))
-        tracker = callbacks[0].tracker
-    else:  # the tracker the budget binds (a time shift acts after it), made here to read the job's clock
-        tracker = budget.run.share._own = EnergyTracker(budget.run.options)
-        tracker.measures_alone = True
-    tracker.meter.clock = job.clock
-    job.loop = SimpleNamespace(tracker=tracker)  # what Job reads: the tracker's meter
-    shift.run.sleep = job.idle
+    # else the tracker the budget binds (a time shift acts after it)
+    tracker = job.reads(callbacks[0].tracker if monitor else job.own_tracker(budget.run), shift.run)
     trainer = make_trainer(tmp_path / "out", SeqData(8 * STEPS), max_steps=STEPS, logging_steps=10)
     trainer.data_collator = JobCollator(job)
     attach(trainer, *callbacks)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from energy_core import J_PER_KWH, EnergyTracker
+from energy_core import J_PER_KWH
 from energy_core.devices.source import COUNTER_UPDATE_S
 from lightning_energy import EnergyBudget, EnergyMonitor, TimeShift
 from lightning_energy.monitor import UNLOGGED_DECIDE_EVERY
@@ -232,27 +231,12 @@ def fit_on_the_job(job: Job, budget: EnergyBudget, shift: TimeShift, order: str,
         callbacks.insert(
             0, EnergyMonitor(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series))
         )
-        tracker = callbacks[0].tracker
-    else:  # the tracker the budget binds (a time shift acts after it), made here to read the job's clock
-        tracker = budget.run.share._own = EnergyTracker(budget.run.options)
-        tracker.measures_alone = True
-    tracker.meter.clock = job.clock
-    job.loop = SimpleNamespace(tracker=tracker)  # what Job reads: the tracker's meter
-    shift.run.sleep = job.idle
-    module = make_module(pl)
-    train_step = module.training_step
-
-    def step(batch, batch_idx):
-        if not job.step_times:
-            job.wait_first_reading()
-        job.train_step()
-        return train_step(batch, batch_idx)
-
-    module.training_step = step
+    # else the tracker the budget binds (a time shift acts after it)
+    tracker = job.reads(callbacks[0].tracker if monitor else job.own_tracker(budget.run), shift.run)
     trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", log_every_n_steps=10, logger=False, callbacks=callbacks,
                          enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
                          limit_val_batches=0)  # fmt: skip
-    trainer.fit(module, regression_data(8 * STEPS))
+    trainer.fit(job.lightning_module(pl), regression_data(8 * STEPS))
     assert budget.run.tracker is shift.run.tracker is tracker  # one measurement, which both read
     return trainer, tracker
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -175,23 +174,11 @@ def test_a_stop_that_min_steps_overrides_does_not_end_the_time_shifts_decisions(
     # decision at a step where training stops, took none for the rest of the fit (no pause at all).
     job = manual_job.Job(sim_gpus, monkeypatch, tmp_path)
     monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series))
-    monitor.tracker.meter.clock = job.clock
-    job.loop = SimpleNamespace(tracker=monitor.tracker)
     shift = TimeShift(deadline=manual_job.deadline_in(6), mode="pause", idle_w=manual_job.IDLE_W)
-    shift.run.sleep = job.idle
-    module = make_module(pl)
-    train_step = module.training_step
-
-    def step(batch, batch_idx):
-        if not job.step_times:
-            job.wait_first_reading()
-        job.train_step()
-        return train_step(batch, batch_idx)
-
-    module.training_step = step
+    job.reads(monitor.tracker, shift.run)
     trainer = pl.Trainer(max_steps=manual_job.STEPS, min_steps=manual_job.STEPS, accelerator="cpu", logger=False,
                          callbacks=[monitor, shift, StopAsked()], enable_checkpointing=False,
                          enable_model_summary=False, enable_progress_bar=False, limit_val_batches=0)  # fmt: skip
-    trainer.fit(module, regression_data(8 * manual_job.STEPS))
+    trainer.fit(job.lightning_module(pl), regression_data(8 * manual_job.STEPS))
     assert trainer.global_step == manual_job.STEPS and trainer.should_stop
     assert monitor.tracker.link.paused_s > manual_job.HOUR  # through the dirty hours, as without the stop request

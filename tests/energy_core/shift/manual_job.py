@@ -9,11 +9,13 @@ from types import SimpleNamespace
 
 import energy_core.output.record
 import energy_core.tracker
-from energy_core import J_PER_KWH, EnergyLoop, TimeShiftRun
+from energy_core import J_PER_KWH, EnergyLoop, EnergyTracker, TimeShiftRun
 from energy_core.accounting import accounts
+from energy_core.tracker_share import SharedRun
 from tests.doubles.power_traces import Switched
 from tests.doubles.sim_nvml import ManualClock, SimGpu
 from tests.helpers.grid_series import write_csv
+from tests.helpers.lightning_models import make_module
 
 BASE = datetime(2030, 1, 7, tzinfo=timezone.utc)  # the unix clock of these tests: BASE + the manual clock
 HOUR = 3600.0
@@ -74,6 +76,37 @@ class Job:
     def idle(self, seconds: float) -> None:
         self.trace.set(self.clock.now, IDLE_W)
         self.advance(seconds)
+
+    def reads(self, tracker: EnergyTracker, shift: TimeShiftRun | None = None) -> EnergyTracker:
+        """Read ``tracker`` (a monitor's, or one a run measures alone with) on this job's clock, as a
+        trainer's callbacks do; ``shift`` sleeps by idling the job. Returns ``tracker``."""
+        tracker.meter.clock = self.clock
+        self.loop = SimpleNamespace(tracker=tracker)  # type: ignore[assignment]  # what the job reads
+        if shift is not None:
+            shift.sleep = self.idle
+        return tracker
+
+    def own_tracker(self, run: SharedRun) -> EnergyTracker:
+        """The tracker ``run`` (a budget's, a target's, a time shift's) measures alone with, made now
+        so that it reads this job's clock (`reads`)."""
+        tracker = run.share._own = EnergyTracker(run.options)
+        tracker.measures_alone = True
+        return tracker
+
+    def lightning_module(self, pl):
+        """A Lightning module whose every training step is a step of this job (the first waits for the
+        sampler's first reading)."""
+        module = make_module(pl)
+        train_step = module.training_step
+
+        def step(batch, batch_idx):
+            if not self.step_times:
+                self.wait_first_reading()
+            self.train_step()
+            return train_step(batch, batch_idx)
+
+        module.training_step = step
+        return module
 
     def train(self, loop: EnergyLoop, steps: int) -> None:
         for _ in range(steps):

@@ -79,22 +79,28 @@ class TrackerLink:
             the grid books training time, not the pauses).
         fit_start_paused_kwh: ``paused_kwh`` when the fit began (`EnergyTracker.start_fit`): what
             the fit paused is the difference, whenever a reader starts counting.
-        statuses: Per run reading the tracker in this fit (a budget, a target, a time shift), its
-            status for the trainer's (`SharedRun.final_status`): the fit's summary says who stopped it.
+        stopped_by: The status of the first run that ended this fit early (``budget-stop``,
+            ``target-stop``, ``requeued``; `stop_by`): the summary of a fit the trainer completed
+            says it, whichever run measures and in whatever order the callbacks run.
     """
 
     stops: dict[int, BudgetStop] = dataclasses.field(default_factory=dict)
     paused_kwh: float = 0.0
     paused_s: float = 0.0
     fit_start_paused_kwh: float = 0.0
-    statuses: dict[int, Callable[[str], str]] = dataclasses.field(default_factory=dict)
+    stopped_by: str | None = None
 
     def stop_asked(self) -> bool:
         return any(budget.stop_asked() for budget in self.stops.values())
 
+    def stop_by(self, status: str) -> None:
+        """A run ends this fit early: ``status`` is the summary's, unless another run did so first."""
+        if self.stopped_by is None:
+            self.stopped_by = status
+
     def final_status(self, status: str) -> str:
-        """``status``, or the first reader's own where it differs (``budget-stop``, ``target-stop``...)."""
-        return next((own for final in self.statuses.values() if (own := final(status)) != status), status)
+        """The summary's status: who ended a fit the trainer completed, else ``status`` as it is."""
+        return self.stopped_by if self.stopped_by is not None and status == "completed" else status
 
     def stop(self, step: int) -> Any:
         """The first budget's stop at ``step`` (a `BudgetAction`), or None."""
@@ -217,6 +223,7 @@ class EnergyTracker:
         start = self._epoch_start = self.meter.mark()
         self._accounts.begin(start)
         self.link.fit_start_paused_kwh = self.link.paused_kwh
+        self.link.stopped_by = None
         self.factors.start()
         self._window = Window(start, step)
         carried = self._accounts.resumed
@@ -276,7 +283,7 @@ class EnergyTracker:
         fields = self.summary_fields(metrics)
         self._notices += quality_notices(fields)
         self.write_record(lines.SUMMARY, step=step, status=self.link.final_status(status), **fields)
-        self.link.statuses.clear()  # the next fit's readers say theirs as they bind
+        self.link.stopped_by = None  # the next fit's, if one stops it
         return metrics
 
     def close(self) -> None:

@@ -101,7 +101,7 @@ class SharedRun(ABC):
     through a `TrackerShare`, and what they do alike with it.
 
     Subclasses extend `bind` (their own start) and name the status their own stop ends the
-    run with (`final_status`); they put `with_totals` around their checkpoint state.
+    run with (`TrackerLink.stop_by`); they put `with_totals` around their checkpoint state.
 
     Args:
         options: How to measure when no monitor's tracker can be shared.
@@ -132,22 +132,14 @@ class SharedRun(ABC):
             resumed: The trainer resumed from a checkpoint (see `EnergyTracker.start_fit`).
         """
         self._ranks = ranks
-        notices = self.share.bind(shared, ranks, step, resumed)
-        assert self.tracker is not None  # bound
-        self.tracker.link.statuses[id(self)] = self.final_status  # the fit's summary says who stopped it
-        return notices
-
-    def final_status(self, status: str) -> str:
-        """The status the run's own tracker ends with, for the trainer's ``status``: a run
-        that stopped training itself says so where the trainer saw a completed fit."""
-        return status
+        return self.share.bind(shared, ranks, step, resumed)
 
     def finish(self, step: int, status: str = "completed", collective: bool = True) -> list[Notice]:
         """End the run's own tracker (a shared one is the monitor's to end); notices to show.
 
         ``collective=False`` where the other ranks may not follow (an exception on this rank).
         """
-        return self.share.finish(step, self.final_status(status), collective)
+        return self.share.finish(step, status, collective)
 
     def close(self) -> None:
         """Stop the run's own sampler (idempotent)."""

@@ -145,7 +145,7 @@ def run_first(trainer: Any, callback: Any) -> None:
 def _held(trainer: Any) -> list[str]:
     """The trainer's settings that keep it training past ``should_stop`` now (``min_epochs=3``...)."""
     blocked = []
-    if trainer.min_epochs and trainer.current_epoch + 1 < trainer.min_epochs:
+    if trainer.min_epochs and trainer.current_epoch < trainer.min_epochs:  # it ends the epoch it is in
         blocked.append(f"min_epochs={trainer.min_epochs}")
     if trainer.min_steps and trainer.global_step < trainer.min_steps:
         blocked.append(f"min_steps={trainer.min_steps}")

@@ -40,6 +40,9 @@ FORECAST_FRACTION = 0.1  # of the run's steps, before a forecast in a run of one
 LONG_EPOCH_FRACTION = 0.5  # an epoch at least this share of the run counts as long
 
 
+BUDGET_STOP = "budget-stop"  # the summary's status of a fit the budget ended (`TrackerLink.stop_by`)
+
+
 @dataclass(frozen=True)
 class BudgetAction:
     """What an adapter must do: ``kind`` is ``"stop"`` or ``"warn"``; ``reason`` says why, with figures."""
@@ -136,6 +139,7 @@ class BudgetGuard:
             f"Energy budget ({self.rule.describe()}) was already spent before this run started "
             f"({self._figures(totals)} measured in the checkpoint): stopping at once.",
         )
+        self.tracker.link.stop_by(BUDGET_STOP)
         return self.stopped
 
     def stop_now(self, step: int, totals: RunTotals) -> BudgetAction:
@@ -147,6 +151,7 @@ class BudgetGuard:
             "adds what the rest of the run uses.",
         )
         self._record("stop", step, totals)
+        self.tracker.link.stop_by(BUDGET_STOP)
         return self.stopped
 
     def review(
@@ -227,6 +232,7 @@ class BudgetGuard:
         if self.rule.forecast == "stop":
             self.stopped = BudgetAction("stop", reason + " Stopping now (forecast='stop').")
             self._record("forecast-stop", step, totals)
+            self.tracker.link.stop_by(BUDGET_STOP)
             return metrics, self.stopped
         if self.forecast_warned:
             return metrics, None

@@ -19,7 +19,6 @@ from energy_core.sampling.meter import Mark
 from energy_core.tracker import EnergyTracker
 from energy_core.tracker_share import SharedRun
 
-BUDGET_STOP = "budget-stop"
 RULE_ARGS = ("max_kwh", "max_co2e_kg", "max_cost", "forecast")
 
 
@@ -140,11 +139,6 @@ class BudgetRun(SharedRun):
         # totals (a stop tells a total that reached the limit), or is left to the next check or review.
         crossed = self.guard.crossed()
         return self.guard.review(step, epochs_done, self.tracker.measured(), self._ranks.agree, crossed)
-
-    def final_status(self, status: str) -> str:
-        """``budget-stop`` where the budget stopped a fit the trainer completed."""
-        stopped = self.guard is not None and self.guard.stopped is not None
-        return BUDGET_STOP if stopped and status == "completed" else status
 
     def state_dict(self) -> dict[str, Any]:
         """The guard's state and, measuring alone, the totals."""

@@ -78,6 +78,9 @@ class TimeShiftArgs(MeasureArgs, total=False):
     exit_code: int | None
 
 
+REQUEUED = "requeued"  # the summary's status of a fit ended to be requeued (`TrackerLink.stop_by`)
+
+
 @dataclass(frozen=True)
 class ShiftAction:
     """What a check decided: ``"paused"`` (done: the run slept until ``until``) or ``"requeue"``
@@ -386,6 +389,8 @@ class TimeShiftRun(SharedRun):
         state = self._state
         state.exited_at, state.resume_at = now, until
         self.requeued_until = until
+        assert self.tracker is not None  # a decision is taken on a bound run
+        self.tracker.link.stop_by(REQUEUED)
         self._record("requeue", step, resume_at=until, exit_code=self.exit_code,
                      plan=self.plan.to_record() if self.plan else None)  # fmt: skip
         ends = f"exits with status {self.exit_code}" if self.exit_code is not None else "stops training"
@@ -551,10 +556,6 @@ class TimeShiftRun(SharedRun):
         }
 
     # ------------------------------------------------------------------ end
-    def final_status(self, status: str) -> str:
-        """``requeued`` where the run ended a completed fit to be requeued."""
-        return "requeued" if self.requeued_until is not None and status == "completed" else status
-
     def finish(self, step: int, status: str = "completed", collective: bool = True) -> list[Notice]:
         """What the time shift has still to say, and the end of its own tracker (see `SharedRun.finish`)."""
         if self.tracker is None:

@@ -39,7 +39,7 @@ from energy_core.tracker import EnergyTracker
 from energy_core.tracker_share import SharedRun
 from energy_core.units import MAX_CO2E_KG, MAX_COUNT, MAX_KWH, MAX_SECONDS
 
-TARGET_STOP = "target-stop"  # the status of a run that measured alone and stopped at its target
+TARGET_STOP = "target-stop"  # the summary's status of a fit the target ended (`TrackerLink.stop_by`)
 RULE_ARGS = ("mode", "stop", "min_gain_per_kwh", "patience")
 # The record line's ``event``: an evaluation, the one that first reached the target, the one
 # whose gain per kWh stopped training.
@@ -259,12 +259,14 @@ class TargetRun(SharedRun):
                     notices.append(Notice("info", text + " Training goes on (stop=False)."))
                 elif self.stopped is None:
                     self.stopped, stop = "target", text + " Stopping here (stop=True)."
+                    tracker.link.stop_by(TARGET_STOP)
                 else:  # a stop already under way (Lightning's min_epochs kept it training)
                     notices.append(Notice("info", text))
         if self.rule.min_gain_per_kwh is not None:  # the same on every rank
             small = gain is not None and self.rule.too_small(gain)
             if self._ranks.agree(small) and self.stopped is None:
                 self.stopped, stop = "diminishing returns", self._diminishing_text(now, gain if small else None)
+                tracker.link.stop_by(TARGET_STOP)
                 event = DIMINISHING if event == EVALUATION else event
         self.history = [*self.history, now][-self.rule.patience :]
         tracker.write_record(
@@ -333,10 +335,6 @@ class TargetRun(SharedRun):
         return [Notice("warn", text)]
 
     # ------------------------------------------------------------------ end
-    def final_status(self, status: str) -> str:
-        """``target-stop`` where the target stopped a fit the trainer completed."""
-        return TARGET_STOP if self.stopped is not None and status == "completed" else status
-
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """The evaluation that reached the target, the last ``patience`` evaluations and,

@@ -188,3 +188,31 @@ def test_a_target_that_shared_a_budgets_measurement_measures_alone_in_a_later_fi
     assert [line["type"] for line in read_record(tmp_path / "budget.jsonl")].count("header") == 1
     header = read_record(tmp_path / "target.jsonl")[0]
     assert header["type"] == "header" and header["resumed_from"] is None  # its own, from zero
+
+
+@pytest.mark.parametrize("order", ["budget first", "target first"])
+def test_the_summary_says_which_run_stopped_the_fit_first(tmp_path, sim_gpus, order) -> None:
+    # The budget stops at step 2; the validation Lightning runs next reaches the target too. The summary
+    # took the status of the run listed first, not of the one that stopped the fit.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    record = tmp_path / "energy.jsonl"
+    budget = EnergyBudget(max_kwh=GPU_W * 0.1 / J_PER_KWH, forecast="off")
+    target = EnergyToTarget("score", 0.9)
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=record)
+    with pytest.warns(UserWarning, match="Energy budget spent"):
+        fit(tmp_path, [monitor, *([budget, target] if order == "budget first" else [target, budget])], [0.95] * 3)
+    assert target.run.stopped is not None  # reached in that validation, after the budget's stop
+    assert [line["status"] for line in read_record(record) if line["type"] == "summary"] == ["budget-stop"]
+
+
+def test_a_budgets_stop_in_one_fit_is_not_the_status_of_the_next(tmp_path, sim_gpus) -> None:
+    # The second fit trains nothing, so the budget never begins again: its guard from the first fit,
+    # stopped, gave the second fit's summary "budget-stop" too.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    record = tmp_path / "energy.jsonl"
+    callbacks = [EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=record),
+                 EnergyBudget(max_kwh=GPU_W * 0.3 / J_PER_KWH, forecast="off")]  # fmt: skip
+    with pytest.warns(UserWarning, match="Energy budget spent"):
+        fit(tmp_path / "first", callbacks, [0.1] * 3)
+    fit(tmp_path / "second", callbacks, [0.1] * 3, limit_train_batches=0)
+    assert [line["status"] for line in read_record(record) if line["type"] == "summary"] == ["budget-stop", "completed"]

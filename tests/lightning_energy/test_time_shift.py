@@ -169,14 +169,19 @@ class StopAsked(pl.Callback):
             trainer.should_stop = True
 
 
-def test_a_stop_that_min_steps_overrides_does_not_end_the_time_shifts_decisions(sim_gpus, monkeypatch, tmp_path):
-    # Lightning leaves should_stop set while min_steps keeps training: the time shift, which takes no
-    # decision at a step where training stops, took none for the rest of the fit (no pause at all).
+@pytest.mark.parametrize("held_by", ["min_steps", "min_epochs"])
+def test_a_stop_that_min_steps_overrides_does_not_end_the_time_shifts_decisions(
+    sim_gpus, monkeypatch, tmp_path, held_by
+):
+    # Lightning leaves should_stop set while min_steps (or min_epochs: to the end of the last epoch it
+    # needs) keeps training: the time shift, which takes no decision at a step where training stops,
+    # took none for the rest of the fit (no pause at all).
     job = manual_job.Job(sim_gpus, monkeypatch, tmp_path)
     monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series))
     shift = TimeShift(deadline=manual_job.deadline_in(6), mode="pause", idle_w=manual_job.IDLE_W)
     job.reads(monitor.tracker, shift.run)
-    trainer = pl.Trainer(max_steps=manual_job.STEPS, min_steps=manual_job.STEPS, accelerator="cpu", logger=False,
+    held = {"min_steps": manual_job.STEPS} if held_by == "min_steps" else {"min_epochs": 1, "max_epochs": 1}
+    trainer = pl.Trainer(max_steps=manual_job.STEPS, **held, accelerator="cpu", logger=False,
                          callbacks=[monitor, shift, StopAsked()], enable_checkpointing=False,
                          enable_model_summary=False, enable_progress_bar=False, limit_val_batches=0)  # fmt: skip
     trainer.fit(job.lightning_module(pl), regression_data(8 * manual_job.STEPS))

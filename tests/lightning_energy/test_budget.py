@@ -86,6 +86,7 @@ def test_stop_lands_within_one_step_of_crossing(tmp_path, sim_gpus, with_monitor
     assert 0 < remaining[0][1] < limit_kwh and remaining[-1][1] < remaining[0][1]  # logged from the first step on
 
 
+@pytest.mark.slow  # the rule's projection is unit-tested (test_guard) and run in HF by default
 def test_forecast_after_the_first_epoch_is_the_rate_so_far_times_the_steps_left(tmp_path, sim_gpus) -> None:
     """How close a forecast lands depends on how steady the steps are (exact on a steady run:
     tests/energy_core/budget/test_guard.py); here, in a real fit on a machine of any load, it must be the rule's

@@ -63,6 +63,7 @@ def fit(tmp_path: Path, trace, shifted: bool, name: str) -> tuple[Path, float]:
     return record, start
 
 
+@pytest.mark.slow  # 5 s of real time on a compressed grid; the manual-clock Lightning tests run by default
 def test_pauses_through_the_dirty_hours_and_emits_less(tmp_path, sim_gpus) -> None:
     trace = busy_gpu(sim_gpus)
     fit(tmp_path, trace, False, "now")

@@ -159,6 +159,7 @@ class EnergyTracker:
         self._accounts = Accounts(self.meter, Charges(self.factors))
         self.link = TrackerLink()  # what the budget, cap and time shift reading this tracker tell each other
         self.measures_alone = False  # made by a budget, target or time shift with no monitor (`TrackerShare`)
+        self._held: list[tuple[str, dict[str, Any]]] | None = None  # lines for the next run's record, after its header
 
     # ----------------------------------------------------------------- set-up
     def join(self, ranks: Ranks) -> None:
@@ -175,6 +176,8 @@ class EnergyTracker:
     def show_power_cap(self, cap_w: float | None, caps: list[dict[str, Any]]) -> None:
         """A cap in force: ``power/cap_w`` in every window (None takes it away) and the header's caps."""
         self._cap_w, self._caps = cap_w, caps
+        if cap_w is not None and not self.fitting and self._held is None:
+            self._held = []  # a cap put in force for a fit not started yet: its lines follow that fit's header
 
     def add_summary(self, name: str, part: Callable[[RunTotals], dict[str, Any]]) -> None:
         """A part of the summary another run adds (a time shift: ``time_shift``), made from the
@@ -253,6 +256,13 @@ class EnergyTracker:
         if self.record is not None:
             self.record.new_run()
         self.write_record(lines.HEADER, **header)
+        self._release_held()
+
+    def _release_held(self) -> None:
+        """The lines held for this run (`show_power_cap` before the fit started), written now."""
+        held, self._held = self._held or [], None
+        for kind, fields in held:
+            self.write_record(kind, **fields)
 
     def end_fit(self, step: int, status: str = "completed", collective: bool = True) -> dict[str, float]:
         """Finish the run: final cumulative metrics, summary line, sampler stopped.
@@ -290,6 +300,7 @@ class EnergyTracker:
         """Stop sampling and close the record (end of the process's use)."""
         self._notices += self.meter.close()
         self.factors.stop()
+        self._release_held()  # a fit that never started: the cap's lines are written all the same
         if self.record is not None:
             self.record.close()
 
@@ -636,8 +647,11 @@ class EnergyTracker:
         return found + ([failure] if failure else [])
 
     def write_record(self, kind: str, **fields: Any) -> None:
-        """Append a line to the run record (when this process writes one)."""
-        if self.record is not None:
+        """Append a line to the run record (when this process writes one); held until the next run's
+        header while a cap is in force for a fit that has not started (`show_power_cap`)."""
+        if self._held is not None and kind != lines.HEADER:
+            self._held.append((kind, fields))
+        elif self.record is not None:
             self.record.write(kind, **fields)
 
     # ----------------------------------------------------------------- summary

@@ -335,6 +335,9 @@ def test_the_records_header_lists_the_cap_in_either_order(tmp_path, sim_gpus, or
         pl, tmp_path, monitor, max_epochs=1, callbacks=[monitor, cap] if order == "monitor-first" else [cap, monitor]
     )
     trainer.fit(make_module(pl, step_sleep_s=0.005), regression_data(80))
-    header = next(line for line in read_record(tmp_path / "energy.jsonl") if line["type"] == "header")
-    assert [c["cap_w"] for c in header["power_caps"]] == [250.0]
+    lines = read_record(tmp_path / "energy.jsonl")
+    header = lines[0]
+    assert header["type"] == "header" and [c["cap_w"] for c in header["power_caps"]] == [250.0]
+    applied = [line for line in lines if line["type"] == "power_cap" and line["event"] == "applied"]
+    assert [line["run"] for line in applied] == [header["run"]]  # after its run's header, not before under another id
     assert sim.gpus[0].limit_history[-1][1] == sim.gpus[0].default_limit_mw  # put back at the end

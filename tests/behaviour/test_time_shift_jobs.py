@@ -75,7 +75,8 @@ def test_the_ranks_of_a_ddp_job_pause_together(tmp_path) -> None:
         gaps.append((index, times[index - 1], times[index]))
     (i0, a0, b0), (i1, a1, b1) = gaps
     assert i0 == i1  # the same step on both ranks
-    assert b0 - a0 > hour_s and b1 - a1 > hour_s
+    # A pause begins at the first step end in the dirty hour, so it may be a step short of the hour.
+    assert b0 - a0 > 0.9 * hour_s and b1 - a1 > 0.9 * hour_s
     assert min(b0, b1) - max(a0, a1) > 0.9 * min(b0 - a0, b1 - a1)  # the pauses overlap: together
     (pause,) = [x for x in read_record(tmp_path / "energy.jsonl") if x.get("event") == "pause"]
     assert pause["resume_at"] == pytest.approx(min(b0, b1), abs=0.5)

@@ -12,6 +12,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
+from energy_core.accounting.steps import StepGate
 from energy_core.budget.guard import BudgetAction, BudgetGuard, check_state
 from energy_core.budget.rule import BudgetRule
 from energy_core.options import MeasureArgs, MeasureOptions
@@ -52,7 +53,7 @@ class BudgetRun(SharedRun):
         self.guard: BudgetGuard | None = None
         self._saved: dict[str, Any] = {}
         self._fit: Mark | None = None  # the fit it began in (`EnergyTracker.fit_start`)
-        self._checked = -1  # the last step checked: a repeated one (a micro-batch's end) is none
+        self._steps = StepGate()  # a repeated step (a micro-batch's end) is none
 
     @classmethod
     def from_args(cls, owner: str, **args: Unpack[BudgetArgs]) -> BudgetRun:
@@ -94,7 +95,7 @@ class BudgetRun(SharedRun):
         self.guard = BudgetGuard(self.rule, self.tracker, total_steps, epoch_steps)
         self.guard.load_state_dict(self._saved.get("guard", {}))
         self._fit = self.tracker.fit_start  # this fit's: a later fit's pause ignores it
-        self._checked = step
+        self._steps.begin(step)
         self.tracker.link.stops[id(self)] = self  # a pause ends on it (`TimeShiftRun`)
         return self.guard.begin(step, self.tracker.resumed_totals, self._ranks.agree, epochs_done)
 
@@ -113,9 +114,8 @@ class BudgetRun(SharedRun):
         where every rank takes part. A ``step`` already checked is ignored: with gradient
         accumulation, the ends of the micro-batches after an optimizer step are no step's end (a
         stop there would throw their work away)."""
-        if step <= self._checked:
+        if not self._steps.new(step):
             return None
-        self._checked = step
         return self.stop_if_spent(step)
 
     def stop_if_spent(self, step: int) -> BudgetAction | None:

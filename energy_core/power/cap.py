@@ -24,6 +24,7 @@ from typing import Any, TypedDict
 
 from energy_core import checks
 from energy_core.accounting.ranks import Ranks
+from energy_core.accounting.steps import StepGate
 from energy_core.carbon.factor import Factor, Fixed
 from energy_core.devices import DeviceError
 from energy_core.notices import Notice
@@ -183,7 +184,7 @@ class PowerCapRun:
         self._own_factor: Factor | None = None
         self._total_steps: float | None = None
         self._following = False  # every rank decides with the follower at the same steps
-        self._last_step = -(2**62)
+        self._steps = StepGate()  # a repeated step (a micro-batch's end) is none
         self._search_start = (0, 0.0)  # (step, clock) where the search began
         self._carried = (0.0, 0)  # (seconds, steps) booked by a follower before a search again
         self._changes = 0
@@ -280,7 +281,7 @@ class PowerCapRun:
         self.limits, self.finder, self.follower = None, None, None
         self._own_meter = self._own_factor = self._factor = None
         self._following = False
-        self._last_step = -(2**62)
+        self._steps.begin()
         self._search_start, self._carried, self._changes = (0, 0.0), (0.0, 0), 0
         return notices
 
@@ -403,9 +404,8 @@ class PowerCapRun:
         """After every optimizer step, on every rank (once per step: a repeated ``step`` is
         ignored): the search's and the follower's changes of cap, as metrics
         (``{"power/cap_w": W}``) and notices. A few integer comparisons on most steps."""
-        if step <= self._last_step:
+        if not self._steps.new(step):
             return NOTHING
-        self._last_step = step
         metrics: dict[str, float] = {}
         notices: list[Notice] = []
         if self._searching():

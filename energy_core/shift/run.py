@@ -38,6 +38,7 @@ from typing_extensions import Unpack
 from energy_core import checks
 from energy_core.accounting.figures import RunTotals
 from energy_core.accounting.ranks import Ranks
+from energy_core.accounting.steps import StepGate
 from energy_core.carbon.electricity_maps import ElectricityMaps
 from energy_core.carbon.factor import Series
 from energy_core.notices import Notice
@@ -186,7 +187,7 @@ class TimeShiftRun(SharedRun):
         self._next = math.inf  # unix time of the leader's next decision (the end of the run in progress)
         self._wait_until = 0.0  # a requeued run started early waits until its resume_at
         self._every = 1
-        self._checked = -1  # the last step checked: a repeated one (a micro-batch's end) is none
+        self._steps = StepGate()  # a repeated step (a micro-batch's end) is none
         self._total_steps: float | None = None
         self._first: tuple[int, float] = (0, 0.0)  # (step, seconds trained) when this process began
         self._planned: tuple[float, float] | None = None  # (work planned for, seconds trained then)
@@ -247,7 +248,7 @@ class TimeShiftRun(SharedRun):
         """
         assert self.tracker is not None and self.forecast is not None, "bind() first"
         self._every = max(1, int(every))
-        self._checked = step
+        self._steps.begin(step)
         self._total_steps = total_steps if total_steps and math.isfinite(total_steps) else None
         now = self.now()
         totals = self.tracker.totals()
@@ -294,9 +295,8 @@ class TimeShiftRun(SharedRun):
         returned for the adapter to save a checkpoint and end training. A ``step`` already checked is
         ignored: with gradient accumulation, the ends of the micro-batches after an optimizer step
         are no step's end (a pause or a requeue there would split a step)."""
-        if not self.active or step <= self._checked:
+        if not self.active or not self._steps.new(step):
             return None
-        self._checked = step
         distributed = self._ranks.world_size > 1
         if distributed and step % self._every:
             return None

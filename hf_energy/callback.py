@@ -171,6 +171,9 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
             self.run.finish(step, status, collective=False)
         self.run.close()
 
+    def left_open(self) -> bool:
+        return self.tracker.fitting
+
     def abort_inference(self, stage: str, step: int, status: str) -> None:
         """The attached Trainer's ``evaluate()``/``predict()`` outside a fit ended by an exception: the run of
         its own that it began ends (its ``stage`` line, a summary with ``status``), sampler stopped, so that a

@@ -37,7 +37,7 @@ from weakref import WeakKeyDictionary
 from transformers.trainer_callback import TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
 
-from energy_core.integration import SharedRun, checks, end_status, warn_at_user_code
+from energy_core.integration import UNREPORTED_END, SharedRun, checks, end_status, warn_at_user_code
 
 T = TypeVar("T")
 CALLBACKS = "EnergyCallback, EnergyBudgetCallback, PowerCapCallback, EnergyToTargetCallback or TimeShiftCallback"
@@ -97,6 +97,7 @@ class EnergyCallbacks:
         """
         self.add(callback)
         if state is not self._training:
+            self._end_unreported()
             self._training, self._begun = state, []
         try:
             refuse_duplicate(callback, self._begun)
@@ -105,6 +106,19 @@ class EnergyCallbacks:
                 begun.withdraw()
             raise
         self._begun.append(callback)
+
+    def _end_unreported(self) -> None:
+        """End what the latest training left measuring: its ``train()`` left by an exception that the
+        Trainer reports to no callback (given in ``callbacks=[...]``, not `attach`ed, which ends them as
+        the exception leaves). It ends now, with status ``exception: unknown``, so that the training
+        beginning measures a run of its own, not the rest of that one. Nothing here may stop it."""
+        step = self._training.global_step if self._training is not None else 0
+        for callback in self._begun:
+            try:
+                if callback.left_open():
+                    callback.abort(step, UNREPORTED_END)
+            except Exception:  # noqa: BLE001 - the new training goes on whatever the old run's end did
+                pass
 
     def shared_tracker(self, monitor: type[Any]) -> Any:
         """The tracker a budget, target or time shift of the latest training watches: the ``monitor``
@@ -240,8 +254,14 @@ class LogContributor:
 
     def abort(self, step: int, status: str) -> None:
         """Training ended at ``step`` by an exception (``status``: ``interrupted``, ``exception: <type>``):
-        end what ``on_train_begin`` started, never waiting for other ranks. Called by `attach`'s ``train``."""
+        end what ``on_train_begin`` started, never waiting for other ranks. Called by `attach`'s ``train``,
+        and when a training begins after one that left unreported (`left_open`)."""
         self.withdraw()
+
+    def left_open(self) -> bool:
+        """Whether the training this callback began still measures on a tracker it ends itself (then
+        its ``train()`` left with no ``on_train_end``, when the next one begins): no, by default."""
+        return False
 
     def abort_inference(self, stage: str, step: int, status: str) -> None:
         """The attached Trainer's ``evaluate()`` (``stage`` ``val``) or ``predict()`` (``predict``) ended by an
@@ -356,3 +376,7 @@ class RunContributor(Generic[RunT], LogContributor):
             self.run.finish(step, status, collective=False)
         finally:
             self.run.close()
+
+    def left_open(self) -> bool:
+        tracker = self.run.tracker
+        return self.run.owns and tracker is not None and tracker.fitting

@@ -31,7 +31,7 @@ from energy_core.notices import Notice, warn_at_user_code
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.output import keys, units_text
 from energy_core.output.record import scalar_losses
-from energy_core.output.summary import end_status
+from energy_core.output.summary import UNREPORTED_END, end_status
 from energy_core.power.cap import CapArgs, PowerCapRun
 from energy_core.shift.run import ShiftAction, TimeShiftArgs, TimeShiftRun
 from energy_core.target.rule import TargetRule
@@ -66,6 +66,7 @@ __all__ = [
     "TimeShiftRun",
     "checks",
     "end_status",
+    "UNREPORTED_END",
     "fabric_ranks",
     "keys",
     "let_go",

@@ -34,6 +34,9 @@ ESTIMATES = {
 GUIDE = "docs/cpu_estimate.md"
 
 
+UNREPORTED_END = "exception: unknown"  # a fit found still open when the next begins: the framework reported no end
+
+
 def end_status(error: BaseException | type[BaseException]) -> str:
     """The summary's ``status`` for a run that ``error`` (or its type) ended: ``interrupted`` (Ctrl+C), else
     ``exception: <type>``; a run that ends normally says ``completed``."""

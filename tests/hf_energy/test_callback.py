@@ -200,6 +200,49 @@ def test_an_exception_mid_training_ends_the_record_and_the_sampler(tmp_path, sim
     assert not any(t.name == "energy-sampler" for t in threading.enumerate())
 
 
+@pytest.mark.parametrize("kind", ["monitor", "budget"])
+def test_a_train_that_raised_unattached_ends_when_the_next_train_begins(tmp_path, sim_gpus, kind) -> None:
+    # Given in callbacks=[...] (no attach), a train() that raised was never ended: the next train() (a notebook's
+    # retry) went on with its run, no summary, its steps going back to 0 under the same run id, its time and energy
+    # counted in the retry's.
+    from hf_energy import EnergyBudgetCallback
+
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    options = {"devices": ["gpu"], "sample_interval_s": 0.01, "record_path": tmp_path / "energy.jsonl"}
+    callback = EnergyCallback(**options) if kind == "monitor" else EnergyBudgetCallback(max_kwh=1.0, **options)
+    trainer = make_trainer(tmp_path / "out", SeqData(64), sleep_s=0.01, logging_steps=2, callbacks=[callback])
+    collate, batches = trainer.data_collator, []
+
+    def failing_collate(batch):
+        batches.append(1)
+        if len(batches) == 6:  # some steps in (HF fetches a batch ahead)
+            raise RuntimeError("bad batch")
+        return collate(batch)
+
+    trainer.data_collator = failing_collate
+    with pytest.raises(RuntimeError):
+        trainer.train()
+    failed_at = trainer.state.global_step
+    trainer.data_collator = collate
+    trainer.train()
+    lines = read_record(tmp_path / "energy.jsonl")
+    headers = [line for line in lines if line["type"] == "header"]
+    summaries = [line for line in lines if line["type"] == "summary"]
+    assert len(headers) == len(summaries) == 2 and headers[0]["run"] != headers[1]["run"]
+    assert [(s["run"], s["step"], s["status"]) for s in summaries] == [
+        (headers[0]["run"], failed_at, "exception: unknown"),
+        (headers[1]["run"], trainer.state.global_step, "completed"),
+    ]
+    assert 0 < failed_at < trainer.state.global_step
+    for header, summary in zip(headers, summaries):  # each run's steps count up from its own start
+        steps = [line["step"] for line in lines if line["type"] == "window" and line["run"] == header["run"]]
+        assert steps == sorted(steps) and all(step <= summary["step"] for step in steps)
+    # the retry's energy is its own: the known power over its own seconds, within a counter update at each end
+    second = summaries[1]
+    assert abs(second["metrics"]["energy/gpu_kwh"] * J_PER_KWH - GPU_W * second["seconds"]) <= 2 * 0.02 * GPU_W
+    assert not any(t.name == "energy-sampler" for t in threading.enumerate())
+
+
 @pytest.mark.parametrize(
     ("error", "status"), [(RuntimeError, "exception: RuntimeError"), (KeyboardInterrupt, "interrupted")]
 )

@@ -142,10 +142,21 @@ def run_first(trainer: Any, callback: Any) -> None:
         callbacks.insert(first, callback)
 
 
+def _epochs_done(trainer: Any) -> int:
+    """The epochs Lightning counts as done when it next asks whether it may stop. It counts an epoch once
+    its data runs out (``epoch_progress.current.processed``, raised just before ``on_train_epoch_end``),
+    so from the epoch's last batch on (its validation, its end) the epoch in progress counts."""
+    loop = getattr(trainer, "fit_loop", None)
+    if loop is None:
+        return int(trainer.current_epoch)
+    last = bool(loop.epoch_loop.batch_progress.is_last_batch)
+    return max(int(loop.epoch_progress.current.processed), int(trainer.current_epoch) + last)
+
+
 def _held(trainer: Any) -> list[str]:
     """The trainer's settings that keep it training past ``should_stop`` now (``min_epochs=3``...)."""
     blocked = []
-    if trainer.min_epochs and trainer.current_epoch < trainer.min_epochs:  # it ends the epoch it is in
+    if trainer.min_epochs and _epochs_done(trainer) < trainer.min_epochs:  # it ends the epoch it is in
         blocked.append(f"min_epochs={trainer.min_epochs}")
     if trainer.min_steps and trainer.global_step < trainer.min_steps:
         blocked.append(f"min_steps={trainer.min_steps}")

@@ -216,3 +216,32 @@ def test_a_budgets_stop_in_one_fit_is_not_the_status_of_the_next(tmp_path, sim_g
         fit(tmp_path / "first", callbacks, [0.1] * 3)
     fit(tmp_path / "second", callbacks, [0.1] * 3, limit_train_batches=0)
     assert [line["status"] for line in read_record(record) if line["type"] == "summary"] == ["budget-stop", "completed"]
+
+
+def test_a_stop_in_the_last_epoch_min_epochs_needs_is_not_held(tmp_path, sim_gpus) -> None:
+    # Lightning counts an epoch once its data runs out: a stop at epoch 0's last batch or in its validation ends
+    # the fit there when min_epochs=1. It was read as held: the target's warning said Lightning would keep
+    # training, and `stopping` said no, so a time shift could still pause or requeue at a step where the fit ends.
+    import warnings
+
+    from lightning_energy.framework import stopping
+
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    seen: dict[int, bool] = {}
+
+    class StopAtLastBatch(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == STEPS:  # the last step of epoch 0
+                trainer.should_stop = True
+            seen[trainer.global_step] = stopping(trainer)
+
+    trainer = fit(tmp_path / "last", [StopAtLastBatch()], [0.1, 0.1, 0.1], min_epochs=1)
+    assert trainer.global_step == STEPS and seen[STEPS] is True and not any(seen[s] for s in range(1, STEPS))
+
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = fit(tmp_path / "val", [monitor, EnergyToTarget("score", 0.9)], [0.95, 0.96, 0.97], min_epochs=1)
+    texts = [str(w.message) for w in caught if "Target reached" in str(w.message)]
+    assert trainer.global_step == STEPS  # stopped after epoch 0's validation: min_epochs=1 was met
+    assert texts and not any("keeps training until" in text for text in texts), texts

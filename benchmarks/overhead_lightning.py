@@ -38,6 +38,7 @@ def started_monitor(sample_interval_s: float = 0.1) -> tuple[EnergyMonitor, Simp
         max_steps=-1,
         world_size=1,
         callback_metrics={},
+        callbacks=[monitor],
     )
     monitor.on_fit_start(trainer, None)
     return monitor, trainer

@@ -300,7 +300,9 @@ class EnergyTracker:
         """Stop sampling and close the record (end of the process's use)."""
         self._notices += self.meter.close()
         self.factors.stop()
-        self._release_held()  # a fit that never started: the cap's lines are written all the same
+        if self._held and self.record is not None:  # a fit that never started: the cap's lines, written all
+            self.record.new_run()  # the same, are no earlier run's (that run was never capped)
+        self._release_held()
         if self.record is not None:
             self.record.close()
 

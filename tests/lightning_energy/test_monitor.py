@@ -341,3 +341,33 @@ def test_the_records_header_lists_the_cap_in_either_order(tmp_path, sim_gpus, or
     applied = [line for line in lines if line["type"] == "power_cap" and line["event"] == "applied"]
     assert [line["run"] for line in applied] == [header["run"]]  # after its run's header, not before under another id
     assert sim.gpus[0].limit_history[-1][1] == sim.gpus[0].default_limit_mw  # put back at the end
+
+
+def test_a_cap_for_a_fit_that_never_starts_is_not_the_last_runs(tmp_path, sim_gpus) -> None:
+    # The cap's lines held for a fit that never started were written at close under the previous run's id, after
+    # its summary: the report then showed that uncapped run as capped at 250 W.
+    from energy_core.report.runs import read
+
+    pl = flavour("lightning.pytorch")
+
+    class Boom(pl.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            raise RuntimeError("set-up failed")
+
+    def trainer(callbacks):
+        return pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                          enable_model_summary=False, enable_progress_bar=False, callbacks=callbacks)  # fmt: skip
+
+    sim_gpus(SimGpu("GPU-1", Constant(300.0), counter_period_s=0.02))
+    record = tmp_path / "energy.jsonl"
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=record)
+    trainer([monitor]).fit(make_module(pl, step_sleep_s=0.005), regression_data(32))  # run 1: uncapped
+    with pytest.raises(RuntimeError, match="set-up failed"):
+        trainer([Boom(), monitor, PowerCap(watts=250)]).fit(make_module(pl), regression_data(32))
+    lines = read_record(record)
+    (header,) = [line for line in lines if line["type"] == "header"]
+    caps = [line for line in lines if line["type"] == "power_cap"]
+    assert [line["event"] for line in caps] == ["applied"]  # written all the same...
+    assert all(line["run"] != header["run"] for line in caps)  # ...under an id of their own
+    runs, _ = read(record)
+    assert [run.caps for run in runs if run.header["run"] == header["run"]] == [[]]

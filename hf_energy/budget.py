@@ -123,8 +123,9 @@ class EnergyBudgetCallback(HasBudgetRun, RunContributor[BudgetRun], TrainerCallb
             monitor = self._monitor(self.register(kwargs.get("model")))  # begun already, in on_train_begin
             if monitor is not None:
                 self.run.bind(monitor.tracker, ranks_of(args), state.global_step)
-        if self.run.guard is None and self.run.tracker is not None and self.run.tracker.fitting:
-            # After every callback's on_train_begin: a shared tracker is running, resumed totals loaded.
+        if not self.run.begun and self.run.tracker is not None and self.run.tracker.fitting:
+            # After every callback's on_train_begin: a shared tracker is running, resumed totals loaded. Each
+            # train() begins it again (as Lightning's on_train_start does): a spent budget stops a later one too.
             epochs = args.num_train_epochs if args.max_steps <= 0 else None
             per_epoch = state.max_steps / epochs if epochs else None
             begun = int(state.epoch or 0)  # epochs a resumed run had finished: the forecast waits for one of its own

@@ -75,6 +75,11 @@ class BudgetRun(SharedRun):
         return run
 
     @property
+    def begun(self) -> bool:
+        """Whether `begin` ran for the tracker's fit in progress (a later fit begins it again)."""
+        return self.guard is not None and self.tracker is not None and self._fit is self.tracker.fit_start
+
+    @property
     def active(self) -> bool:
         """Watching, and not yet stopped."""
         return self.guard is not None and self.guard.stopped is None

@@ -233,3 +233,18 @@ def test_no_pause_begins_at_the_step_a_forecast_stops_the_run(sim_gpus, monkeypa
     trainer.train()
     assert trainer.state.global_step == 20 and budget.guard.stopped is not None
     assert energy.tracker.link.paused_s == 0
+
+
+def test_a_second_train_is_held_to_a_budget_the_first_spent(tmp_path, sim_gpus) -> None:
+    # The budget began only while it had no guard: the first train()'s stopped guard stayed, and a second train()
+    # on the same callbacks ran all its steps unbudgeted, its summary 'completed' (Lightning stops it at once).
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    record = tmp_path / "energy.jsonl"
+    trainer = make_trainer(tmp_path / "out", SeqData(96), sleep_s=0.03, num_train_epochs=2, logging_steps=1)
+    budget = EnergyBudgetCallback(max_kwh=GPU_W * 0.3 / J_PER_KWH, forecast="off")
+    attach(trainer, EnergyCallback(devices=["gpu"], sample_interval_s=0.02, record_path=record, summary=False), budget)
+    trainer.train()
+    assert 0 < trainer.state.global_step < 24
+    trainer.train()  # the totals carry over to a later training of the same callbacks: the budget is spent
+    assert trainer.state.global_step <= 1
+    assert [line["status"] for line in read_record(record) if line["type"] == "summary"] == ["budget-stop"] * 2

@@ -400,7 +400,10 @@ class CapFinder:
             return False
         search.chosen, search.why = chosen, "kept from the checkpoint"
         self.search, self.steps_used = search, int(state.get("steps", 0))
-        self.put(chosen)
+        try:
+            self.put(chosen)
+        except (DeviceError, PermissionError) as err:  # as in a search: said, and training goes on
+            self._refuse(f"setting a limit failed ({err})")
         if not self.refused:  # else ended without a choice: the caps stay as they are
             self.state, self._next = Done(chosen), NEVER
         return True

@@ -488,3 +488,56 @@ def test_min_watts_is_checked_at_construction(kwargs: dict, error: type, message
     with pytest.raises(error, match=message):
         PowerCapRun(**kwargs)
     assert PowerCapRun(watts="auto", min_watts=150).min_watts == 150.0
+
+
+class FailingBoard(TableBoard):
+    """A board whose driver errors on every limit change once ``fail`` is set (NVML Unknown Error)."""
+
+    fail = False
+
+    def set_limit_mw(self, mw: int) -> None:
+        if self.fail:
+            raise DeviceError("NVML: Unknown Error (simulated)")
+        super().set_limit_mw(mw)
+
+
+@pytest.mark.parametrize("when", ["first step", "train start"])
+def test_a_checkpoints_choice_the_driver_refuses_is_said_not_raised(when) -> None:
+    # Putting a checkpoint's choice in force called the driver unguarded: a DeviceError came out of the first
+    # step (Lightning) or of begin(step=...) (HF, EnergyLoop; in a job, on the node's leader only).
+    from energy_core.accounting.ranks import Ranks
+    from tests.doubles.table_board import capping, run_capped
+
+    bert = next(j for j in zeus_jobs() if j.name == "V100 bert-base-uncased")
+    t0 = bert.seconds(bert.caps[0])
+    first = run_capped(TableJob([TableBoard(p) for p in bert.boards], seed=4, sample_interval_s=t0 / 5), 400,
+                       max_slowdown=0.1)  # fmt: skip
+    saved = first.run.state_dict()
+    assert saved["finder"]["chosen"] not in (None, 0)
+    boards = [FailingBoard(p, index=i) for i, p in enumerate(bert.boards)]
+    table = TableJob(boards, seed=5, sample_interval_s=t0 / 5)
+    at_start = [board.current_mw for board in boards]
+    with capping(table):
+        run = PowerCapRun(watts="auto", max_slowdown=0.1)
+        run.load_state_dict(saved)
+        start = run.start
+
+        def start_then_fail(node_boards=()):
+            notices = start(node_boards)
+            for board in boards:
+                board.fail = True  # the driver errors from the first change after the cap at start
+            return notices
+
+        run.start = start_then_fail
+        try:
+            notices = run.begin(Ranks(), None, 100, meter=table.meter, step=40 if when == "train start" else None)
+            for step in range(1, 5):
+                table.step()
+                notices += run.step(step)[1]
+        finally:
+            for board in boards:
+                board.fail = False
+            run.finish()
+            table.close()
+    assert any("could not be put in force" in n.text and "Unknown Error" in n.text for n in notices), notices
+    assert [board.current_mw for board in boards] == at_start

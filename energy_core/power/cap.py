@@ -513,9 +513,8 @@ class PowerCapRun:
             every=DECIDE_EVERY,
         )
         since = (step, self._trained())
-        if self._saved is not None and self._saved.get("follower"):
-            self.follower.load_state_dict(self._saved.pop("follower"), since)
-        else:
+        saved = self._saved.pop("follower", None) if self._saved is not None else None
+        if not saved or not self.follower.load_state_dict(saved, since):  # a malformed one: as if none
             (start_step, start_t), (carried_s, carried_steps) = self._search_start, self._carried
             self.follower.book(since[1] - start_t + carried_s, step - start_step + carried_steps, since)
 

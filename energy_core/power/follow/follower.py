@@ -36,6 +36,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable
+from numbers import Integral, Real
 from statistics import NormalDist
 from typing import Any
 
@@ -313,11 +314,22 @@ class GridFollower:
         seconds, steps = self.spent()
         return {"seconds": seconds, "steps": steps}
 
-    def load_state_dict(self, state: dict[str, Any], since: tuple[int, float]) -> None:
+    def load_state_dict(self, state: Any, since: tuple[int, float]) -> bool:
         """Continue from a checkpoint: the steps and seconds booked before it (the stretches
-        start afresh, the first from ``since``)."""
+        start afresh, the first from ``since``). False, and nothing booked, for a state that is
+        malformed or cannot be true: seconds not a finite number of at least 0, steps not a whole
+        number from 0 to the run's length (where known)."""
+        if not isinstance(state, dict):
+            return False
+        seconds, steps = state.get("seconds", 0.0), state.get("steps", 0)
+        if isinstance(seconds, bool) or not isinstance(seconds, Real) or not math.isfinite(seconds) or seconds < 0:
+            return False
+        most = self.total_steps if self.total_steps is not None else math.inf
+        if isinstance(steps, bool) or not isinstance(steps, Integral) or not 0 <= int(steps) <= most:
+            return False
         self.booked = (0.0, 0)
-        self.book(float(state.get("seconds", 0.0)), int(state.get("steps", 0)), since)
+        self.book(float(seconds), int(steps), since)
+        return True
 
 
 def _mean(value_at: Callable[[float], float], start: float, seconds: float) -> float:

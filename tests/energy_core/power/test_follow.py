@@ -593,3 +593,27 @@ def test_a_rank_without_the_intensity_means_no_rank_follows(tmp_path: Path) -> N
     assert first.run.follower is None  # the leader has the intensity, but not every rank: the search's choice stays
     assert [n.level for n in first.notices if "another rank has no grid intensity" in n.text] == ["warn"]
     assert [n.level for n in second[-1] if "follow='carbon' needs" in n.text] == ["warn"]
+
+
+@pytest.mark.parametrize(
+    "saved",
+    ["garbage", {"seconds": None, "steps": 10}, {"seconds": "x"}, {"seconds": 1.0, "steps": 2.5e30},
+     {"seconds": 1.0, "steps": 10**30}, {"seconds": float("nan"), "steps": 599}, {"seconds": -5.0, "steps": 599}],
+)  # fmt: skip
+def test_a_malformed_follower_state_is_ignored_as_a_malformed_search_state(saved) -> None:
+    # The follower's part of a checkpoint was taken as it came: a string or a None raised into the first step,
+    # 10**30 steps booked a slowdown of -100% (the rest of the run +21% where 10% was allowed), a NaN booked NaN.
+    job, slowdown = bert(), 0.1
+    t0 = job.seconds(job.caps[0])
+    table = TableJob([TableBoard(p) for p in job.boards], seed=4, sample_interval_s=t0 / 5)
+    first = run_capped(table, 600, total_steps=1200, max_slowdown=slowdown, follow="cost", price_per_kwh=0.3)
+    state = {**first.run.state_dict(), "follower": saved}
+    table = TableJob([TableBoard(p) for p in job.boards], seed=5, sample_interval_s=t0 / 5)
+    second = run_capped(
+        table, 600, total_steps=600, state=state, max_slowdown=slowdown, follow="cost", price_per_kwh=0.3
+    )
+    follower = second.run.follower
+    assert follower is not None and follower.booked[1] < 5  # as if none was saved: nothing before this run
+    assert math.isfinite(follower.slowdown())
+    took = second.steps[-1].end - second.steps[0].start
+    assert took / (600 * t0) - 1 <= slowdown + 0.02  # within the limit (the noise's 2%)

@@ -44,7 +44,8 @@ class PlannedCap:
 
 def plan_caps(boards: Sequence[GpuBoard], watts: float | None, fraction: float | None) -> list[PlannedCap]:
     """Each board's target limit (mW): ``watts``, ``fraction`` x its default, or its current limit
-    (registered only, for the cap finder).
+    (registered only, for the cap finder: it is in force already, even where it lies outside the
+    range the board reports, and the finder's changes from it are checked as they are made).
 
     Raises:
         ValueError: a target outside a board's range, naming the argument (nothing changed).
@@ -59,7 +60,7 @@ def plan_caps(boards: Sequence[GpuBoard], watts: float | None, fraction: float |
         else:
             target = limits.current_mw
         low, high, default = limits.min_mw, limits.max_mw, limits.default_mw
-        if not low <= target <= high:
+        if (watts is not None or fraction is not None) and not low <= target <= high:  # registered: not set
             where = f"the allowed range of {board.label} ({board.uuid}): [{low / 1000:g}, {high / 1000:g}] W"
             if watts is not None:
                 raise ValueError(f"watts={watts:g} is outside {where}")

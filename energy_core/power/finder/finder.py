@@ -151,11 +151,17 @@ class CapFinder:
         self.clock: Callable[[], float] = meter.clock
         self.warmup_steps, self.settle_steps = warmup_steps, settle_steps
         self.boards: list[CappedGpu] = list(limits.capped)
-        self.fractions = cap_ladder(self.boards, min_watts, step_w)
-        self.caps_mw = [
-            [min(b.limits.max_mw, max(b.limits.min_mw, int(round(f * b.previous_mw)))) for b in self.boards]
-            for f in self.fractions
-        ]
+        # Rung 0 is the limits at start, in force already (even one outside the range a board reports); the
+        # others are kept within each board's range, and a rung that range makes the same as one above is none.
+        self.fractions: list[float] = []
+        self.caps_mw: list[list[int]] = []
+        for f in cap_ladder(self.boards, min_watts, step_w):
+            caps = [int(round(f * b.previous_mw)) for b in self.boards]
+            if self.caps_mw:
+                caps = [min(b.limits.max_mw, max(b.limits.min_mw, mw)) for b, mw in zip(self.boards, caps)]
+            if caps not in self.caps_mw:
+                self.fractions.append(f)
+                self.caps_mw.append(caps)
         self.zeus_steps = ZEUS_STEPS_PER_LIMIT * len(self.fractions)
         self.budget = max_steps if max_steps is not None else (self.zeus_steps - 1) // 3
         self.partner = partner

@@ -541,3 +541,26 @@ def test_a_checkpoints_choice_the_driver_refuses_is_said_not_raised(when) -> Non
             table.close()
     assert any("could not be put in force" in n.text and "Unknown Error" in n.text for n in notices), notices
     assert [board.current_mw for board in boards] == at_start
+
+
+def test_auto_from_a_limit_above_the_range_the_board_reports_searches_from_it() -> None:
+    # A limit in force above the range a board reports (set before its constraints changed) made the search's
+    # registration format a missing fraction: a TypeError out of train start. The search also clamped the limit
+    # at start to the range, so its reference was measured at a cap, and two rungs were the same.
+    from energy_core.devices import LimitRange
+    from tests.doubles.table_board import run_capped
+
+    class Above(TableBoard):
+        def limits(self) -> LimitRange:
+            return LimitRange(self.min_mw, self.max_mw - 25_000, self.max_mw, self.current_mw)
+
+    bert = next(j for j in zeus_jobs() if j.name == "V100 bert-base-uncased")
+    boards = [Above(p, index=i) for i, p in enumerate(bert.boards)]
+    at_start = [board.current_mw for board in boards]
+    result = run_capped(TableJob(boards, seed=1, sample_interval_s=bert.seconds(bert.caps[0]) / 5), 60,
+                        max_slowdown=0.1)  # fmt: skip
+    finder = result.run.finder
+    assert finder is not None and finder.caps_mw[0] == at_start  # the reference: the limit at start, not capped
+    assert all(mw <= board.max_mw - 25_000 for caps in finder.caps_mw[1:] for board, mw in zip(boards, caps))
+    assert len({tuple(caps) for caps in finder.caps_mw}) == len(finder.caps_mw)  # no rung twice
+    assert [board.current_mw for board in boards] == at_start

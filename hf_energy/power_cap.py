@@ -23,7 +23,8 @@ class PowerCapCallback(LogContributor, TrainerCallback, ExportableState):
     ``fraction`` x each default limit, range-checked before any change) and reads them
     back; every rank waits for it and agrees on errors. The previous limit is restored at
     train end, on SIGTERM/SIGINT and at interpreter exit (the HF Trainer has no exception
-    hook: an exception ends the process, and ``atexit`` restores), and by the next run or
+    hook: `attach` restores as an exception leaves ``train()``; else ``atexit`` does, or the
+    next ``train()`` begun on the same thread, a notebook's retry), and by the next run or
     ``energy-report --restore-power-limits`` after a SIGKILL. ``watts="auto"`` searches
     for the cap with least energy per step within ``max_slowdown`` (with the meter of the
     Trainer's `EnergyCallback`, else its own).
@@ -81,6 +82,9 @@ class PowerCapCallback(LogContributor, TrainerCallback, ExportableState):
         """Training was refused before its first step (a duplicate added with ``add_callback``):
         the cap already in force goes back to the administrator's limit now, not at exit."""
         emit(self.run.finish(), self._world_zero)
+
+    def left_open(self) -> bool:
+        return self.run.capping
 
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):

@@ -31,8 +31,9 @@ has run (``on_step_begin``).
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Generic, TypeVar
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, WeakSet
 
 from transformers.trainer_callback import TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
@@ -52,6 +53,7 @@ class EnergyCallbacks:
     """
 
     _by_model: WeakKeyDictionary[Any, EnergyCallbacks] = WeakKeyDictionary()
+    _training_now: WeakSet[EnergyCallbacks] = WeakSet()  # the registries whose latest training began, per thread
 
     def __init__(self) -> None:
         self.callbacks: list[LogContributor] = []
@@ -61,6 +63,7 @@ class EnergyCallbacks:
         self._built: TrainerState | None = None  # the state of the latest Trainer constructed
         self._given: list[LogContributor] = []  # its callbacks, as on_init_end met them
         self.running = 0  # how many of the attached Trainer's train/evaluate/predict calls are under way
+        self._thread: int | None = None  # the thread that began the latest training
 
     @classmethod
     def of(cls, model: Any) -> EnergyCallbacks | None:
@@ -97,8 +100,13 @@ class EnergyCallbacks:
         """
         self.add(callback)
         if state is not self._training:
-            self._end_unreported()
-            self._training, self._begun = state, []
+            here = threading.get_ident()
+            for registry in [*EnergyCallbacks._training_now, self]:  # one thread trains one run at a time
+                if registry._thread == here:
+                    registry._end_unreported()
+                    EnergyCallbacks._training_now.discard(registry)
+            self._training, self._begun, self._thread = state, [], here
+            EnergyCallbacks._training_now.add(self)
         try:
             refuse_duplicate(callback, self._begun)
         except ValueError:  # training does not go on: what the others began ends here
@@ -108,10 +116,12 @@ class EnergyCallbacks:
         self._begun.append(callback)
 
     def _end_unreported(self) -> None:
-        """End what the latest training left measuring: its ``train()`` left by an exception that the
-        Trainer reports to no callback (given in ``callbacks=[...]``, not `attach`ed, which ends them as
-        the exception leaves). It ends now, with status ``exception: unknown``, so that the training
-        beginning measures a run of its own, not the rest of that one. Nothing here may stop it."""
+        """End what the latest training left measuring or capping, when a training begins on the thread
+        that ran it (this Trainer's or another's: a notebook's retry): its ``train()`` left by an exception
+        that the Trainer reports to no callback (given in ``callbacks=[...]``, not `attach`ed, which ends
+        them as the exception leaves). It ends now (the record's summary says ``exception: unknown``, a
+        cap goes back to the limit before it), so that the training beginning starts afresh. Nothing here
+        may stop it."""
         step = self._training.global_step if self._training is not None else 0
         for callback in self._begun:
             try:

@@ -595,6 +595,11 @@ class PowerCapRun:
                 POWER_CAP, event=event, caps=self.caps(), table=self.finder.table(), choice=choice, **fields
             )
 
+    @property
+    def capping(self) -> bool:
+        """Between `begin` (or `start`) and `finish`: limits of this run may be in force."""
+        return self.limits is not None and not self._finished
+
     # ------------------------------------------------------------------ finish
     def finish(self) -> list[Notice]:
         """Restore every limit changed (idempotent) and take ``power/cap_w`` out of the

@@ -118,3 +118,44 @@ def test_a_cap_begun_before_a_refused_duplicate_is_restored(tmp_path, sim_gpus) 
         trainer.train()
     assert 250_000 in [mw for _, mw in sim.gpus[0].limit_history]  # the cap was in force...
     assert sim.limit_mw(sim.gpus[0]) == 350_000  # ... and is the administrator's again
+
+
+def test_a_retry_on_a_new_trainer_ends_what_a_train_that_raised_left(tmp_path, sim_gpus) -> None:
+    """A notebook: train() raises (callbacks given, not attached: the Trainer tells no callback), and the
+    user trains again with a new Trainer, model and callbacks. The first run's cap stayed in force through the
+    retry and after it (the retry took the board for another run's, and left it alone) until the kernel
+    exited, and its monitor's sampler ran on, its record without a summary. The retry's start ends both."""
+    from transformers import TrainerCallback
+
+    from hf_energy import PowerCapCallback
+    from tests.helpers.hf_models import Collator
+
+    sim = sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02, default_limit_mw=400_000,
+                          min_limit_mw=100_000, max_limit_mw=450_000))  # fmt: skip
+    sim.set_limit_mw(sim.gpus[0], 350_000)  # the administrator's limit
+
+    class Breaks(Collator):
+        def __call__(self, batch):
+            raise RuntimeError("a bug in my collator")
+
+    record = tmp_path / "energy.jsonl"
+    monitor = EnergyCallback(devices=["gpu"], sample_interval_s=0.01, record_path=record, summary=False)
+    first = make_trainer(tmp_path / "a", SeqData(32), callbacks=[PowerCapCallback(watts=250), monitor])
+    first.data_collator = Breaks()
+    with pytest.raises(RuntimeError, match="collator"):
+        first.train()
+    assert sim.limit_mw(sim.gpus[0]) == 250_000  # nothing says the first train() has left
+
+    seen = []
+
+    class See(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(sim.limit_mw(sim.gpus[0]))
+
+    second = make_trainer(tmp_path / "b", SeqData(32), callbacks=[PowerCapCallback(watts=200), See()])
+    second.train()
+    assert set(seen) == {200_000}  # the retry's own cap, put in force from the administrator's limit
+    assert sim.limit_mw(sim.gpus[0]) == 350_000
+    [summary] = [line for line in read_record(record) if line["type"] == "summary"]
+    assert summary["status"] == "exception: unknown" and summary["step"] == 0
+    assert not monitor.tracker.meter.sampler or not monitor.tracker.meter.sampler.running

@@ -33,7 +33,7 @@ from energy_core.output import keys
 from energy_core.output.record import POWER_CAP
 from energy_core.power.errors import JournalError, PowerCapError
 from energy_core.power.finder.finder import CapFinder
-from energy_core.power.follow.follower import GridFollower
+from energy_core.power.follow.follower import GridFollower, booking
 from energy_core.power.limits import PowerLimits
 from energy_core.power.plan import busy_message, select_boards, unseen_boards
 from energy_core.sampling.meter import EnergyMeter
@@ -437,7 +437,7 @@ class PowerCapRun:
         notices.append(Notice("warn" if self.finder.refused else "info", self.finder.summary()))
         notices += self._limit_notices()
         if self._following and self.ranks.leads_job and not self.finder.refused:
-            self._follower_from(step)
+            self._follower_from(step, searched=True)
         return self._changed(changed), notices
 
     def _limit_notices(self) -> list[Notice]:
@@ -450,9 +450,11 @@ class PowerCapRun:
         if self._saved is None or not self._saved.get("finder") or not self._searching():
             return []
         notices = self._new_finder(step, restoring=True)
-        if self.finder is None or not self.finder.done:
-            self.finder = None
+        if self.finder is None or (not self.finder.done and self.finder.search is None):
+            self.finder = None  # nothing taken: the search runs as usual
             return []
+        if not self.finder.done:  # a search in progress goes on from the next step
+            return notices
         self._publish()
         self._record("chosen")
         if self._following and self.ranks.leads_job and not self.finder.refused:
@@ -473,6 +475,13 @@ class PowerCapRun:
         self._unix = time.time() - finder.clock()  # the meter's clock, as unix time (for the factor)
         if self._saved is not None and finder.restore(self._saved.get("finder")):
             del self._saved["finder"]  # the follower's part waits for the follower
+            if not finder.done:
+                measured = len(finder.search.estimates) if finder.search is not None else 0
+                text = (
+                    f"Power-cap search: the search saved in the checkpoint goes on ({measured} caps measured, "
+                    f"{finder.steps_used} of at most {finder.budget} steps used)."
+                )
+                return [Notice("info", text)]
             if finder.refused:
                 text = f"Power-cap search: the choice {self._kept_from} could not be put in force ({finder.refused})."
                 return [Notice("warn", text)]
@@ -495,8 +504,10 @@ class PowerCapRun:
         )
         return [Notice("info", text)]
 
-    def _follower_from(self, step: int) -> None:
-        """The job leader's follower, from the finder's curve; the search's time is booked."""
+    def _follower_from(self, step: int, searched: bool = False) -> None:
+        """The job leader's follower, from the finder's curve. It books what a checkpoint's follower
+        had booked, and the steps and time of a search this process ran (``searched``), with what an
+        earlier follower had booked before that search (a search again)."""
         assert self.finder is not None and self._factor is not None
         found = self.finder.curve()
         if found is None:
@@ -514,9 +525,17 @@ class PowerCapRun:
         )
         since = (step, self._trained())
         saved = self._saved.pop("follower", None) if self._saved is not None else None
-        if not saved or not self.follower.load_state_dict(saved, since):  # a malformed one: as if none
-            (start_step, start_t), (carried_s, carried_steps) = self._search_start, self._carried
-            self.follower.book(since[1] - start_t + carried_s, step - start_step + carried_steps, since)
+        if saved:
+            self.follower.load_state_dict(saved, since)  # a malformed one: as if none
+        if searched or not saved:
+            seconds, steps = self._search_spent(step)
+            self.follower.book(seconds, steps, since)
+
+    def _search_spent(self, step: int) -> tuple[float, int]:
+        """(seconds, steps) since this process's search began, with what a follower had booked before
+        it (`_search_again`): what a follower made now books."""
+        (start_step, start_t), (carried_s, carried_steps) = self._search_start, self._carried
+        return self._trained() - start_t + carried_s, max(step - start_step, 0) + carried_steps
 
     def _trained(self) -> float:
         """The finder's clock less the time a time shift paused on the same tracker: the follower books
@@ -648,15 +667,26 @@ class PowerCapRun:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """The search's measurements and choice (not searched again after a resume) and the
-        follower's time booked; {} when there is nothing to keep."""
+        """The search's measurements and choice (not searched again after a resume; a search in
+        progress goes on from its measurements) and the follower's time booked (a search's steps
+        and time, before there is a follower); {} when there is nothing to keep."""
         state: dict[str, Any] = {}
         if self.finder is not None and self.finder.done and self.finder.chosen is not None:
             state["finder"] = self.finder.state_dict()
+        elif self.finder is not None and not self.finder.done and self.finder.search is not None:
+            state["finder"] = self.finder.state_dict(self._steps.last)  # in progress: it goes on after a resume
         elif self._saved is not None and self._saved.get("finder"):
             state["finder"] = self._saved["finder"]
         if self.follower is not None:
             state["follower"] = self.follower.state_dict()
+        elif self._following and self.ranks.leads_job and self.finder is not None:
+            # Searching for the follower (first, or again): a resumed run searches from scratch, and the steps
+            # and time of this search count against the run's slowdown all the same, with a checkpoint's.
+            seconds, steps = self._search_spent(self._steps.last)
+            before = booking(self._saved.get("follower"), self._total_steps) if self._saved is not None else None
+            if before is not None:  # a checkpoint's, not yet taken by a follower
+                seconds, steps = seconds + before[0], steps + before[1]
+            state["follower"] = {"seconds": seconds, "steps": steps}
         elif self._saved is not None and self._saved.get("follower"):
             state["follower"] = self._saved["follower"]
         return state

@@ -382,19 +382,26 @@ def run_capped(
     total_steps: float | None = None,
     state: dict[str, Any] | None = None,
     ranks: Ranks | None = None,
+    resumed_at: int | None = None,
+    told_at_start: bool = True,
     **cap: Any,
 ) -> CapRunResult:
     """Train ``steps`` steps of ``job`` under a real `PowerCapRun` (``watts="auto"`` and ``cap``),
     driven as the adapters drive it, on the job's own meter and clock; every limit is put
     back at the end. ``state``: a checkpoint's `PowerCapRun.state_dict`, loaded first;
-    ``ranks``: this process's part in a job (one process by default)."""
+    ``ranks``: this process's part in a job (one process by default); ``resumed_at``: the
+    optimizer steps a resumed run had taken (the steps are numbered on from there), told at
+    train start as HF and `EnergyLoop` do, or only by the first step's number as Lightning does
+    (``told_at_start=False``)."""
     log: list[StepLog] = []
+    first = 1 if resumed_at is None else resumed_at + 1
     with capping(job):
         run = PowerCapRun(watts="auto", **cap)
         run.load_state_dict(state)
-        notices = run.begin(ranks or Ranks(), None, steps if total_steps is None else total_steps, meter=job.meter)
+        length = steps if total_steps is None else total_steps
+        notices = run.begin(ranks or Ranks(), None, length, meter=job.meter, step=resumed_at if told_at_start else None)
         try:
-            for step in range(1, steps + 1):
+            for step in range(first, first + steps):
                 start = job.clock()
                 before = sum(b.exact(start) for b in job.boards)
                 cap_w = sum(b.current_mw for b in job.boards) / 1000

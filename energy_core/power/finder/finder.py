@@ -261,11 +261,15 @@ class CapFinder:
             self._end_phase(state)
             return self._ask(step)
         if isinstance(state, Ready):
-            self._start = step
+            if self.search is None:
+                self._start = step
+            else:  # a checkpoint's search goes on: its steps so far count against the budget
+                self._start = step - self.steps_used
             self.state, self._next = Warmup(step, self.clock()), step + self.warmup_steps
             return None
         if isinstance(state, Warmup):
-            self._plan(step, state)
+            if self.search is None:
+                self._plan(step, state)
             return self._ask(step)
         if isinstance(state, Settling):
             self._measure(step, state.request)
@@ -370,42 +374,56 @@ class CapFinder:
             joules.append(energy[0])
         return Curve(tuple(rungs), tuple(seconds), tuple(joules), tuple(spreads)), reference
 
-    def state_dict(self) -> dict[str, Any]:
-        """The search's phases and choice, to skip the search after a resume."""
+    def state_dict(self, step: int | None = None) -> dict[str, Any]:
+        """The search's phases and choice: a finished search is not run again after a resume,
+        and one in progress goes on from its measured phases (``step``: the optimizer steps done
+        now, for the steps it has used; a phase whose energy is not known yet is measured again)."""
         search = self.search
         phases = [] if search is None else [
             {"rung": p.rung, "times": p.times, "window_steps": p.window_steps, "joules": p.joules}
             for e in search.estimates.values() for p in e.kept + e.set_aside
+            if self.done or p.joules is not None
         ]  # fmt: skip
+        begun = not isinstance(self.state, Ready)  # `_start` is set
+        used = max(step - self._start, 0) if begun and not self.done and step is not None else self.steps_used
         return {
             "fractions": [round(f, 6) for f in self.fractions],
             "chosen": self.chosen,
-            "steps": self.steps_used,
+            "steps": used,
             "sweep_steps": search.sweep_steps if search is not None else MIN_SWEEP_STEPS,
+            "stride": search.stride if search is not None else 1,
             "phases": phases,
         }
 
     def restore(self, state: Any) -> bool:
-        """Take a finished search's choice from a checkpoint and put it in force; False (and
-        nothing changed) when it does not fit this ladder or is malformed."""
+        """Take a checkpoint's search: a finished one's choice is put in force; one in progress
+        goes on from its phases at the next step (after a warm-up), its steps so far counted
+        against the budget. False (and nothing changed) when it does not fit this ladder or is
+        malformed."""
         try:
             if [round(f, 6) for f in self.fractions] != list(state["fractions"]) or self.done:
                 return False
-            chosen = int(state["chosen"])
+            chosen = None if state["chosen"] is None else int(state["chosen"])
+            steps = int(state.get("steps", 0))
             search = CapSearch(
-                len(self.fractions), self.max_slowdown, int(state["sweep_steps"]), settle_steps=self.settle_steps,
-                resolution_s=self.meter.sample_interval_s,
+                len(self.fractions), self.max_slowdown, int(state["sweep_steps"]), int(state.get("stride", 1)),
+                self.settle_steps, resolution_s=self.meter.sample_interval_s, partner=self.partner,
             )  # fmt: skip
             for phase in state["phases"]:
                 times = [float(t) for t in phase["times"]]
                 joules = None if phase["joules"] is None else [float(j) for j in phase["joules"]]
                 search.add(Phase(int(phase["rung"]), times, int(phase["window_steps"]), joules))
-            if not 0 <= chosen < len(self.fractions):
+            if (chosen is not None and not 0 <= chosen < len(self.fractions)) or not 0 <= steps:
                 return False
+            if chosen is None and (0 not in search.estimates or not isinstance(self.state, Ready)):
+                return False  # nothing measured yet, or searching already: search afresh
         except (KeyError, TypeError, ValueError, IndexError):
             return False
+        if chosen is None:
+            self.search, self.steps_used = search, steps
+            return True
         search.chosen, search.why = chosen, "kept from the checkpoint"
-        self.search, self.steps_used = search, int(state.get("steps", 0))
+        self.search, self.steps_used = search, steps
         try:
             self.put(chosen)
         except (DeviceError, PermissionError) as err:  # as in a search: said, and training goes on

@@ -175,7 +175,8 @@ class CapSearch:
         self.history: list[int] = []
         self.chosen: int | None = None
         self.why = ""
-        self.sweep = sorted(set(range(0, rungs, max(1, stride))) | {rungs - 1})
+        self.stride = max(1, stride)
+        self.sweep = sorted(set(range(0, rungs, self.stride)) | {rungs - 1})
         self._sweep_over = rungs == 1
         self.partner = partner
         self._kept: int | None = None  # the best before the partner phase: the choice

@@ -317,19 +317,28 @@ class GridFollower:
     def load_state_dict(self, state: Any, since: tuple[int, float]) -> bool:
         """Continue from a checkpoint: the steps and seconds booked before it (the stretches
         start afresh, the first from ``since``). False, and nothing booked, for a state that is
-        malformed or cannot be true: seconds not a finite number of at least 0, steps not a whole
-        number from 0 to the run's length (where known)."""
-        if not isinstance(state, dict):
-            return False
-        seconds, steps = state.get("seconds", 0.0), state.get("steps", 0)
-        if isinstance(seconds, bool) or not isinstance(seconds, Real) or not math.isfinite(seconds) or seconds < 0:
-            return False
-        most = self.total_steps if self.total_steps is not None else math.inf
-        if isinstance(steps, bool) or not isinstance(steps, Integral) or not 0 <= int(steps) <= most:
+        malformed or cannot be true (`booking`)."""
+        found = booking(state, self.total_steps)
+        if found is None:
             return False
         self.booked = (0.0, 0)
-        self.book(float(seconds), int(steps), since)
+        self.book(*found, since)
         return True
+
+
+def booking(state: Any, total_steps: float | None) -> tuple[float, int] | None:
+    """The (seconds, steps) a checkpoint's follower state books; None where it is malformed or
+    cannot be true: seconds not a finite number of at least 0, steps not a whole number from 0 to
+    the run's length (where known)."""
+    if not isinstance(state, dict):
+        return None
+    seconds, steps = state.get("seconds", 0.0), state.get("steps", 0)
+    if isinstance(seconds, bool) or not isinstance(seconds, Real) or not math.isfinite(seconds) or seconds < 0:
+        return None
+    most = total_steps if total_steps is not None and math.isfinite(total_steps) else math.inf
+    if isinstance(steps, bool) or not isinstance(steps, Integral) or not 0 <= int(steps) <= most:
+        return None
+    return float(seconds), int(steps)
 
 
 def _mean(value_at: Callable[[float], float], start: float, seconds: float) -> float:

@@ -93,7 +93,9 @@ def indices(name: str, value: Any, *, what: str = "a non-empty list of distinct 
     if isinstance(value, (str, bytes, bytearray, memoryview)) or not isinstance(value, Sequence):
         raise _type_error(name, what, value)
     found = tuple(value)
-    if not found or any(not isinstance(i, Integral) or isinstance(i, bool) or i < 0 for i in found):
+    if any(not isinstance(i, Integral) or isinstance(i, bool) for i in found):  # a bool is not an index
+        raise _type_error(name, what, value)
+    if not found or any(i < 0 for i in found):
         raise ValueError(f"{name} must be {what}, got {value!r}")
     if len(set(found)) != len(found):
         raise ValueError(f"{name} must be {what}: {value!r} repeats one")

@@ -197,3 +197,17 @@ def test_an_unknown_stage_name_is_refused_before_its_block_runs() -> None:
         with loop.stage("validation"):
             ran.append(True)
     assert ran == []
+
+
+@pytest.mark.parametrize("cls", [PowerCap, PowerCapCallback])
+@pytest.mark.parametrize("gpus", [[True], [0, False], ["0"], [0.0]])
+def test_a_gpu_index_that_is_no_integer_is_a_type_error(cls, gpus) -> None:
+    # A bool is not a number: [True] raised ValueError, as a negative index does.
+    with pytest.raises(TypeError, match="gpus must be"):
+        cls(watts=250, gpus=gpus)
+
+
+@pytest.mark.parametrize("gpus", [[-1], [], [0, 0]])
+def test_a_gpu_index_list_out_of_range_is_a_value_error(gpus) -> None:
+    with pytest.raises(ValueError, match="gpus must be"):
+        PowerCap(watts=250, gpus=gpus)

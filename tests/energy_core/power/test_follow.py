@@ -8,6 +8,7 @@ step-by-step replay of the same curve and intensity. The end-to-end runs drive a
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
@@ -595,6 +596,15 @@ def test_a_rank_without_the_intensity_means_no_rank_follows(tmp_path: Path) -> N
     assert [n.level for n in second[-1] if "follow='carbon' needs" in n.text] == ["warn"]
 
 
+@functools.cache
+def followed_state() -> dict:
+    """The `PowerCapRun.state_dict` of 600 steps of a 1200-step run that follows the price (made once)."""
+    job = bert()
+    table = TableJob([TableBoard(p) for p in job.boards], seed=4, sample_interval_s=job.seconds(job.caps[0]) / 5)
+    first = run_capped(table, 600, total_steps=1200, max_slowdown=0.1, follow="cost", price_per_kwh=0.3)
+    return first.run.state_dict()
+
+
 @pytest.mark.parametrize(
     "saved",
     ["garbage", {"seconds": None, "steps": 10}, {"seconds": "x"}, {"seconds": 1.0, "steps": 2.5e30},
@@ -605,9 +615,7 @@ def test_a_malformed_follower_state_is_ignored_as_a_malformed_search_state(saved
     # 10**30 steps booked a slowdown of -100% (the rest of the run +21% where 10% was allowed), a NaN booked NaN.
     job, slowdown = bert(), 0.1
     t0 = job.seconds(job.caps[0])
-    table = TableJob([TableBoard(p) for p in job.boards], seed=4, sample_interval_s=t0 / 5)
-    first = run_capped(table, 600, total_steps=1200, max_slowdown=slowdown, follow="cost", price_per_kwh=0.3)
-    state = {**first.run.state_dict(), "follower": saved}
+    state = {**followed_state(), "follower": saved}
     table = TableJob([TableBoard(p) for p in job.boards], seed=5, sample_interval_s=t0 / 5)
     second = run_capped(
         table, 600, total_steps=600, state=state, max_slowdown=slowdown, follow="cost", price_per_kwh=0.3

@@ -145,12 +145,15 @@ def run_first(trainer: Any, callback: Any) -> None:
 def _epochs_done(trainer: Any) -> int:
     """The epochs Lightning counts as done when it next asks whether it may stop. It counts an epoch once
     its data runs out (``epoch_progress.current.processed``, raised just before ``on_train_epoch_end``),
-    so from the epoch's last batch on (its validation, its end) the epoch in progress counts."""
+    so from the last batch of an epoch in progress on (its validation, its end) that epoch counts. An
+    epoch is in progress once started and not yet processed: ``is_last_batch`` is left over from the
+    last epoch until the next one's first batch (a resume from an epoch's end restores it too)."""
     loop = getattr(trainer, "fit_loop", None)
     if loop is None:
         return int(trainer.current_epoch)
-    last = bool(loop.epoch_loop.batch_progress.is_last_batch)
-    return max(int(loop.epoch_progress.current.processed), int(trainer.current_epoch) + last)
+    current = loop.epoch_progress.current
+    ending = current.started > current.processed and bool(loop.epoch_loop.batch_progress.is_last_batch)
+    return int(current.processed) + int(ending)
 
 
 def _held(trainer: Any) -> list[str]:

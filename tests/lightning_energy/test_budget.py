@@ -338,3 +338,44 @@ def test_the_budget_moves_before_the_time_shift_and_every_callback_is_set_up_onc
     assert calls == ["setup"]
     energy = [cb for cb in trainer.callbacks if isinstance(cb, (EnergyBudget, TimeShift))]
     assert energy == [budget, shift]
+
+
+def test_a_stop_at_the_start_of_a_resumed_fit_is_held_by_min_epochs(tmp_path, sim_gpus) -> None:
+    # A fit resumed from an epoch's end keeps the checkpoint's is_last_batch until its first batch: the epoch not
+    # yet run was counted done, so a budget spent at train start said nothing of min_epochs, and `stopping` said
+    # the fit ended there, while Lightning trained the epoch that min_epochs=2 still needed.
+    import warnings
+
+    from lightning_energy.framework import stopping
+
+    def short_fit(callbacks: list, **kwargs: Any) -> Any:
+        options = {"max_epochs": 3, "accelerator": "cpu", "log_every_n_steps": 1, "enable_model_summary": False,
+                   "enable_progress_bar": False, "limit_val_batches": 0, "logger": False, "callbacks": callbacks,
+                   "enable_checkpointing": False, **kwargs}  # fmt: skip
+        ckpt_path = options.pop("ckpt_path", None)
+        trainer = pl.Trainer(**options)
+        trainer.fit(make_module(pl, step_sleep_s=0.01), regression_data(80), ckpt_path=ckpt_path)
+        return trainer
+
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02)
+    short_fit([monitor, EnergyBudget(max_kwh=1.0), checkpoint], max_epochs=1, enable_checkpointing=True)
+    spent = monitor.tracker.totals()["energy/total_kwh"]
+    seen = {}
+
+    class Look(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            trainer.should_stop = True
+            seen["at start"] = stopping(trainer)
+            trainer.should_stop = False
+
+    budget = EnergyBudget(max_kwh=0.5 * spent)  # spent already in the checkpoint: it stops at train start
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        second = short_fit([Look(), EnergyMonitor(devices=["gpu"], sample_interval_s=0.02), budget],
+                           ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), min_epochs=2)  # fmt: skip
+    assert second.global_step == 20  # Lightning trained epoch 1: min_epochs=2 was not met at the stop
+    texts = [str(w.message) for w in caught if "already spent" in str(w.message)]
+    assert texts and all("keeps training until min_epochs=2" in text for text in texts), texts
+    assert seen["at start"] is False

@@ -31,6 +31,7 @@ has run (``on_step_begin``).
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any, Generic, TypeVar
 from weakref import WeakKeyDictionary, WeakSet
@@ -101,8 +102,8 @@ class EnergyCallbacks:
         self.add(callback)
         if state is not self._training:
             here = threading.get_ident()
-            for registry in [*EnergyCallbacks._training_now, self]:  # one thread trains one run at a time
-                if registry._thread == here:
+            for registry in [*EnergyCallbacks._training_now, self]:
+                if registry._thread == here and not _in_train(registry._training):
                     registry._end_unreported()
                     EnergyCallbacks._training_now.discard(registry)
             self._training, self._begun, self._thread = state, [], here
@@ -117,7 +118,8 @@ class EnergyCallbacks:
 
     def _end_unreported(self) -> None:
         """End what the latest training left measuring or capping, when a training begins on the thread
-        that ran it (this Trainer's or another's: a notebook's retry): its ``train()`` left by an exception
+        that ran it (this Trainer's or another's: a notebook's retry) and its ``train()`` is no longer
+        under way (`_in_train`; a training nested in it leaves it be): it left by an exception
         that the Trainer reports to no callback (given in ``callbacks=[...]``, not `attach`ed, which ends
         them as the exception leaves). It ends now (the record's summary says ``exception: unknown``, a
         cap goes back to the limit before it), so that the training beginning starts afresh. Nothing here
@@ -233,6 +235,22 @@ def abort_inference(trainer: Any, stage: str, exception: BaseException) -> None:
                 callback.abort_inference(stage, step, status)
             except Exception:  # noqa: BLE001 - the evaluation's own exception is the one to see
                 pass
+
+
+def _in_train(state: TrainerState | None) -> bool:
+    """Whether the ``train()`` whose state is ``state`` is still under way on this thread: a Trainer
+    whose ``state`` it is runs a method in a frame of this thread's stack (a training begun from one of
+    its callbacks, a probe or a teacher, is nested in it). Read once per training begun."""
+    frame = sys._getframe(1) if state is not None else None
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        try:
+            if owner is not None and getattr(owner, "state", None) is state:
+                return True
+        except Exception:  # noqa: BLE001 - an object whose ``state`` cannot be read is no Trainer
+            pass
+        frame = frame.f_back
+    return False
 
 
 def refuse_duplicate(callback: LogContributor, others: list[Any], how: str = "") -> None:

@@ -159,3 +159,36 @@ def test_a_retry_on_a_new_trainer_ends_what_a_train_that_raised_left(tmp_path, s
     [summary] = [line for line in read_record(record) if line["type"] == "summary"]
     assert summary["status"] == "exception: unknown" and summary["step"] == 0
     assert not monitor.tracker.meter.sampler or not monitor.tracker.meter.sampler.running
+
+
+def test_a_training_nested_in_another_leaves_the_outer_one_running(tmp_path, sim_gpus) -> None:
+    """A probe trained from a callback of the outer training, on the same thread: the outer train() is still
+    under way, so its measurement and its cap stay (the rule for a retry after an exception took it for one
+    that had raised: its summary said 'exception: unknown' mid-run and its cap came off for the rest)."""
+    from transformers import TrainerCallback
+
+    from hf_energy import PowerCapCallback
+
+    sim = sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02, default_limit_mw=400_000,
+                          min_limit_mw=100_000, max_limit_mw=450_000))  # fmt: skip
+    outer_record, inner_record = tmp_path / "outer.jsonl", tmp_path / "inner.jsonl"
+    seen = []
+
+    class Probe(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if state.epoch is not None and state.epoch < 1.5:  # after the first epoch
+                monitor = EnergyCallback(devices=["gpu"], sample_interval_s=0.01, record_path=inner_record,
+                                         summary=False)  # fmt: skip
+                make_trainer(tmp_path / "inner", SeqData(16), num_train_epochs=1, callbacks=[monitor]).train()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(sim.limit_mw(sim.gpus[0]))
+
+    monitor = EnergyCallback(devices=["gpu"], sample_interval_s=0.01, record_path=outer_record, summary=False)
+    outer = make_trainer(tmp_path / "outer", SeqData(32), callbacks=[PowerCapCallback(watts=250), monitor, Probe()])
+    outer.train()
+    summaries = [line for line in read_record(outer_record) if line["type"] == "summary"]
+    assert [(s["status"], s["step"]) for s in summaries] == [("completed", outer.state.global_step)]
+    assert [line["status"] for line in read_record(inner_record) if line["type"] == "summary"] == ["completed"]
+    assert set(seen) == {250_000} and len(seen) == outer.state.global_step  # the outer cap, to its last step
+    assert sim.limit_mw(sim.gpus[0]) == 400_000

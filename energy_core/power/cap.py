@@ -450,7 +450,7 @@ class PowerCapRun:
         if self._saved is None or not self._saved.get("finder") or not self._searching():
             return []
         notices = self._new_finder(step, restoring=True)
-        if self.finder is None or (not self.finder.done and self.finder.search is None):
+        if self.finder is None or (not self.finder.done and not self.finder.resumed):
             self.finder = None  # nothing taken: the search runs as usual
             return []
         if not self.finder.done:  # a search in progress goes on from the next step
@@ -673,7 +673,7 @@ class PowerCapRun:
         state: dict[str, Any] = {}
         if self.finder is not None and self.finder.done and self.finder.chosen is not None:
             state["finder"] = self.finder.state_dict()
-        elif self.finder is not None and not self.finder.done and self.finder.search is not None:
+        elif self.finder is not None and not self.finder.done and self.finder.state_dict(self._steps.last)["steps"]:
             state["finder"] = self.finder.state_dict(self._steps.last)  # in progress: it goes on after a resume
         elif self._saved is not None and self._saved.get("finder"):
             state["finder"] = self._saved["finder"]

@@ -167,6 +167,7 @@ class CapFinder:
         self.partner = partner
         self.search: CapSearch | None = None
         self.steps_used = 0
+        self.resumed = False  # a checkpoint's search in progress goes on (`restore`)
         self.state: State = Done(None) if not self.boards or len(self.fractions) == 1 else Ready()
         self.pending: list[Pending] = []
         self.refused = ""  # why a change of cap did not take effect (the search then stops driving the boards)
@@ -261,10 +262,7 @@ class CapFinder:
             self._end_phase(state)
             return self._ask(step)
         if isinstance(state, Ready):
-            if self.search is None:
-                self._start = step
-            else:  # a checkpoint's search goes on: its steps so far count against the budget
-                self._start = step - self.steps_used
+            self._start = step - self.steps_used  # a checkpoint's search's steps count against the budget
             self.state, self._next = Warmup(step, self.clock()), step + self.warmup_steps
             return None
         if isinstance(state, Warmup):
@@ -415,12 +413,13 @@ class CapFinder:
                 search.add(Phase(int(phase["rung"]), times, int(phase["window_steps"]), joules))
             if (chosen is not None and not 0 <= chosen < len(self.fractions)) or not 0 <= steps:
                 return False
-            if chosen is None and (0 not in search.estimates or not isinstance(self.state, Ready)):
-                return False  # nothing measured yet, or searching already: search afresh
+            if chosen is None and not isinstance(self.state, Ready):
+                return False  # searching already
         except (KeyError, TypeError, ValueError, IndexError):
             return False
-        if chosen is None:
-            self.search, self.steps_used = search, steps
+        if chosen is None:  # in progress: it goes on, measured or not, its steps so far used
+            self.search = search if 0 in search.estimates else None
+            self.steps_used, self.resumed = steps, True
             return True
         search.chosen, search.why = chosen, "kept from the checkpoint"
         self.search, self.steps_used = search, steps

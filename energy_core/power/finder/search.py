@@ -264,6 +264,9 @@ class CapSearch:
             self._sweep_over = True
         if not all(e.complete for e in self.estimates.values()):
             return WAIT
+        if 0 not in self.estimates:  # the budget left no room for the reference: nothing to compare
+            self._choose(steps_left)
+            return None
         if self._kept is None:  # after the partner phase: nothing more to measure
             ask = self._recheck(steps_left)
             if ask is not None:

@@ -654,3 +654,23 @@ def test_a_run_preempted_during_its_search_goes_on_with_it_and_keeps_its_slowdow
     finder_state = state["finder"]
     assert finder_state["chosen"] is not None and finder_state["steps"] <= part.run.finder.budget
     assert elapsed / (total * t0) - 1 <= slowdown + 0.01  # within the limit over the whole run (1%: the noise)
+
+
+def test_a_search_cut_shorter_than_its_reference_phase_at_every_checkpoint_still_ends() -> None:
+    """Requeued every 25 steps, before the warm-up and the reference phase could end: nothing was measured,
+    so nothing was saved, and every part began the search again (600 steps searching against a budget of
+    116, the search never over). The steps of every part now count against one budget; the search ends
+    with the limit at start when no phase could be measured."""
+    job, total, every = bert(), 400, 25
+    t0 = job.seconds(job.caps[0])
+    state, notices, ended_at = None, [], None
+    for done in range(0, total, every):
+        table = TableJob([TableBoard(p) for p in job.boards], seed=done, sample_interval_s=t0 / 5)
+        part = run_capped(table, every, total_steps=total, state=state, max_slowdown=0.1, resumed_at=done or None)
+        notices += [n.text for n in part.notices]
+        state, finder = part.run.state_dict(), part.run.finder
+        if finder is not None and finder.done and ended_at is None:
+            ended_at = done + every
+            assert finder.chosen == 0 and finder.steps_used <= finder.budget + 5  # its warm-up past the budget
+    assert ended_at is not None and ended_at <= 116 + every
+    assert sum("Searching for the power cap" in text for text in notices) == 1

@@ -426,9 +426,10 @@ class PowerCapRun:
         notices: list[Notice] = []
         if self.finder is None:
             notices = self._restore_finder(step)
-            if self.finder is not None:
+            if self.finder is not None and self.finder.done:
                 return self.figures(), notices
-            notices = self._new_finder(step)
+            if self.finder is None:
+                notices = self._new_finder(step)  # else a checkpoint's search goes on, from this step
         assert self.finder is not None
         changed = self.finder.on_step(step)
         if not self.finder.done:

@@ -262,7 +262,13 @@ class CapFinder:
             self._end_phase(state)
             return self._ask(step)
         if isinstance(state, Ready):
-            self._start = step - self.steps_used  # a checkpoint's search's steps count against the budget
+            if not self.resumed:
+                self._start = step
+            else:  # a checkpoint's search: its steps so far, and this one (the first after the restart), count
+                self._start = step - 1 - self.steps_used
+                smallest = self.settle_steps + (self.search.sweep_steps if self.search else 2 * MIN_SWEEP_STEPS)
+                if self.budget - (step - self._start) - WAIT_RESERVE < self.warmup_steps + smallest:
+                    return self._ask(step)  # no room for a warm-up and a phase: it ends with what it measured
             self.state, self._next = Warmup(step, self.clock()), step + self.warmup_steps
             return None
         if isinstance(state, Warmup):
@@ -326,7 +332,8 @@ class CapFinder:
 
     def _ask(self, step: int) -> dict[str, float] | None:
         """Start the phase the search asks for, wait for the meter, or end the search."""
-        assert self.search is not None
+        if self.search is None:  # a checkpoint's search that had measured nothing, with no room left
+            self.search = CapSearch(len(self.fractions), self.max_slowdown, MIN_SWEEP_STEPS, partner=self.partner)
         self._collect()
         self.steps_used = step - self._start
         request = self.search.next(self.budget - self.steps_used - WAIT_RESERVE)

@@ -674,3 +674,25 @@ def test_a_search_cut_shorter_than_its_reference_phase_at_every_checkpoint_still
             assert finder.chosen == 0 and finder.steps_used <= finder.budget + 5  # its warm-up past the budget
     assert ended_at is not None and ended_at <= 116 + every
     assert sum("Searching for the power cap" in text for text in notices) == 1
+
+
+@pytest.mark.parametrize("told_at_start", [True, False], ids=["HF, EnergyLoop", "Lightning"])
+def test_a_search_resumed_often_keeps_to_its_step_budget(told_at_start) -> None:
+    """Requeued every 30 steps, its checkpoint stored as JSON (as HF does): each part warmed up for 5 steps
+    even with 3 steps of the budget left, and the first step of each part (two in Lightning, which puts a
+    checkpoint's state in force at the first step) counted nowhere: 126 steps searching against 116."""
+    import json
+
+    job, total, every = bert(), 240, 30
+    t0 = job.seconds(job.caps[0])
+    state, finder = None, None
+    for done in range(0, total, every):
+        table = TableJob([TableBoard(p) for p in job.boards], seed=done, sample_interval_s=t0 / 5)
+        part = run_capped(table, every, total_steps=total, state=state, max_slowdown=0.1, resumed_at=done or None,
+                          told_at_start=told_at_start)  # fmt: skip
+        state = json.loads(json.dumps(part.run.state_dict()))
+        finder = part.run.finder
+        if finder.done:
+            break
+    assert finder is not None and finder.done and finder.chosen is not None
+    assert finder.steps_used <= finder.budget, (finder.steps_used, finder.budget)  # every part's steps counted

@@ -577,8 +577,9 @@ class PowerCapRun:
     def _search_again(self, step: int) -> tuple[dict[str, float], list[Notice]]:
         """The workload's pace left the curve: every node searches again from this step (the
         time booked so far counts against the new curve's allowance)."""
-        if self.follower is not None:
-            self._carried = self.follower.spent()
+        if self.follower is not None:  # with the stretch since its last decision, which it did not take
+            booked = self.follower.state_dict(step, self._trained())
+            self._carried = (booked["seconds"], booked["steps"])
         self.follower = None
         if not self.ranks.leads_node or self.limits is None or not self.limits.capped:
             return NOTHING
@@ -679,7 +680,7 @@ class PowerCapRun:
         elif self._saved is not None and self._saved.get("finder"):
             state["finder"] = self._saved["finder"]
         if self.follower is not None:
-            state["follower"] = self.follower.state_dict()
+            state["follower"] = self.follower.state_dict(self._steps.last, self._trained())
         elif self._following and self.ranks.leads_job and self.finder is not None:
             # Searching for the follower (first, or again): a resumed run searches from scratch, and the steps
             # and time of this search count against the run's slowdown all the same, with a checkpoint's.

@@ -310,8 +310,12 @@ class GridFollower:
         seconds, steps = self.spent()
         return 0.0 if not steps else seconds / (steps * self.reference) - 1
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, step: int | None = None, now: float | None = None) -> dict[str, Any]:
+        """The steps and seconds booked, with the stretch since the last decision (to ``step`` at the
+        meter clock's ``now``, where given): a resumed run would count those steps nowhere else."""
         seconds, steps = self.spent()
+        if step is not None and now is not None and self._last is not None and step > self._last[0]:
+            seconds, steps = seconds + max(now - self._last[1], 0.0), steps + step - self._last[0]
         return {"seconds": seconds, "steps": steps}
 
     def load_state_dict(self, state: Any, since: tuple[int, float]) -> bool:

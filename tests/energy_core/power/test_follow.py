@@ -696,3 +696,17 @@ def test_a_search_resumed_often_keeps_to_its_step_budget(told_at_start) -> None:
             break
     assert finder is not None and finder.done and finder.chosen is not None
     assert finder.steps_used <= finder.budget, (finder.steps_used, finder.budget)  # every part's steps counted
+
+
+def test_a_checkpoint_between_two_decisions_books_every_step_taken() -> None:
+    """The follower books its steps at its decisions, every 25 steps: a checkpoint taken between two
+    saved only those booked, so a resumed run counted up to 24 steps and their time nowhere (720 steps
+    requeued every 20 booked 429). The stretch since the last decision is saved with them."""
+    job = bert()
+    t0 = job.seconds(job.caps[0])
+    table = TableJob([TableBoard(p) for p in job.boards], seed=4, sample_interval_s=t0 / 5)
+    result = run_capped(table, 610, total_steps=1200, max_slowdown=0.1, follow="cost", price_per_kwh=0.3)
+    booked = result.run.state_dict()["follower"]
+    assert booked["steps"] == 609  # every step timed (the first ends before the search's clock starts)
+    took = result.steps[-1].end - result.steps[0].end  # the 609 steps' own time
+    assert booked["seconds"] == pytest.approx(took, rel=0.02)

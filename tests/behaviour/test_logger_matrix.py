@@ -40,8 +40,14 @@ def mlflow_store(monkeypatch, tmp_path):
     mlflow.end_run()
 
 
-@pytest.mark.parametrize("logger_kind", ["csv", "tensorboard", "mlflow"])
-@pytest.mark.parametrize("framework", ["lightning", "hf"])
+@pytest.mark.parametrize(
+    ("framework", "logger_kind"),
+    [
+        *((framework, kind) for framework in ("lightning", "hf") for kind in ("csv", "tensorboard")),
+        ("hf", "mlflow"),
+        pytest.param("lightning", "mlflow", marks=pytest.mark.slow),  # MLflow read back from disk by HF's cell too
+    ],
+)
 def test_monitor_x_logger(framework, logger_kind, tmp_path, sim_gpus, request) -> None:
     sim_gpus(SimGpu("GPU-1", Constant(250.0), counter_period_s=0.02))
     # an MLflow store only where MLflow logs (making its database takes a second or two)

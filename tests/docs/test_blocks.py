@@ -143,7 +143,7 @@ def docs_machine(sim_gpus, tmp_path, monkeypatch):
 # Pages whose blocks train for seconds (several trainers, loggers): CI's slow step runs them.
 SLOW_PAGES = {"docs/guides/loggers.md", "docs/guides/energy-to-target.md", "docs/guides/checkpoints.md",
               "docs/guides/budgets.md", "docs/getting-started/huggingface.md", "docs/guides/time-shifting.md",
-              "README.md"}  # fmt: skip
+              "docs/getting-started/loops.md", "README.md"}  # fmt: skip
 
 
 @pytest.mark.timeout(600)

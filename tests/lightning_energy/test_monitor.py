@@ -118,7 +118,8 @@ def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None
     assert not any(t.name == "energy-sampler" for t in threading.enumerate())
 
 
-@pytest.mark.parametrize("name", [FLAVOURS[0], pytest.param(FLAVOURS[1], marks=pytest.mark.slow)])
+@pytest.mark.slow  # Lightning resumes in test_budget.py and the state round trip in test_tracker_properties.py
+@pytest.mark.parametrize("name", FLAVOURS)
 def test_resume_from_checkpoint_continues_the_totals(name, tmp_path, sim_gpus) -> None:
     pl = flavour(name)
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))

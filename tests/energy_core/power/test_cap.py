@@ -275,6 +275,7 @@ def test_an_exception_ending_the_process_restores(tmp_path, vendor, framework) -
     assert journal_entries() == {}
 
 
+@pytest.mark.slow  # a child killed mid-run; the recovery from a planted journal is in test_owners.py
 @both_vendors_end_to_end
 @pytest.mark.timeout(120)
 def test_sigkill_leaves_a_journal_that_the_next_run_restores(tmp_path, sim_gpus) -> None:

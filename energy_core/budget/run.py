@@ -106,13 +106,7 @@ class BudgetRun(SharedRun):
 
     def stop_asked(self) -> bool:
         """Whether this fit's limit is spent (one flag read; a time shift's pause ends on it)."""
-        guard, tracker = self.guard, self.tracker
-        return (
-            guard is not None
-            and tracker is not None
-            and tracker.fit_start is self._fit
-            and (guard.stopped is not None or guard.crossed())
-        )
+        return self.begun and (self.guard.stopped is not None or self.guard.crossed())  # type: ignore[union-attr]
 
     def check(self, step: int) -> BudgetAction | None:
         """After each step, one flag read. A multi-process job decides at its reviews instead,

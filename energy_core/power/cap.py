@@ -526,9 +526,8 @@ class PowerCapRun:
         )
         since = (step, self._trained())
         saved = self._saved.pop("follower", None) if self._saved is not None else None
-        if saved:
-            self.follower.load_state_dict(saved, since)  # a malformed one: as if none
-        if searched or not saved:
+        taken = bool(saved) and self.follower.load_state_dict(saved, since)  # a malformed one: as if none
+        if searched or not taken:
             seconds, steps = self._search_spent(step)
             self.follower.book(seconds, steps, since)
 
@@ -673,10 +672,11 @@ class PowerCapRun:
         progress goes on from its measurements) and the follower's time booked (a search's steps
         and time, before there is a follower); {} when there is nothing to keep."""
         state: dict[str, Any] = {}
+        searched = self.finder.state_dict(self._steps.last) if self.finder is not None else None
         if self.finder is not None and self.finder.done and self.finder.chosen is not None:
-            state["finder"] = self.finder.state_dict()
-        elif self.finder is not None and not self.finder.done and self.finder.state_dict(self._steps.last)["steps"]:
-            state["finder"] = self.finder.state_dict(self._steps.last)  # in progress: it goes on after a resume
+            state["finder"] = searched
+        elif self.finder is not None and not self.finder.done and searched and searched["steps"]:
+            state["finder"] = searched  # in progress: it goes on after a resume
         elif self._saved is not None and self._saved.get("finder"):
             state["finder"] = self._saved["finder"]
         if self.follower is not None:

@@ -31,6 +31,8 @@ has run (``on_step_begin``).
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 import threading
 from typing import Any, Generic, TypeVar
@@ -65,6 +67,7 @@ class EnergyCallbacks:
         self._given: list[LogContributor] = []  # its callbacks, as on_init_end met them
         self.running = 0  # how many of the attached Trainer's train/evaluate/predict calls are under way
         self._thread: int | None = None  # the thread that began the latest training
+        self._pid = os.getpid()  # the process that began it (a forked child inherits the registry, not the run)
 
     @classmethod
     def of(cls, model: Any) -> EnergyCallbacks | None:
@@ -106,8 +109,9 @@ class EnergyCallbacks:
                 if registry._thread == here and not _in_train(registry._training):
                     registry._end_unreported()
                     EnergyCallbacks._training_now.discard(registry)
-            self._training, self._begun, self._thread = state, [], here
+            self._training, self._begun, self._thread, self._pid = state, [], here, os.getpid()
             EnergyCallbacks._training_now.add(self)
+            _end_at_exit_once()
         try:
             refuse_duplicate(callback, self._begun)
         except ValueError:  # training does not go on: what the others began ends here
@@ -119,7 +123,7 @@ class EnergyCallbacks:
     def _end_unreported(self) -> None:
         """End what the latest training left measuring or capping, when a training begins on the thread
         that ran it (this Trainer's or another's: a notebook's retry) and its ``train()`` is no longer
-        under way (`_in_train`; a training nested in it leaves it be): it left by an exception
+        under way (`_in_train`; a training nested in it leaves it be), or the process exits: it left by an exception
         that the Trainer reports to no callback (given in ``callbacks=[...]``, not `attach`ed, which ends
         them as the exception leaves). It ends now (the record's summary says ``exception: unknown``, a
         cap goes back to the limit before it), so that the training beginning starts afresh. Nothing here
@@ -131,6 +135,17 @@ class EnergyCallbacks:
                     callback.abort(step, UNREPORTED_END)
             except Exception:  # noqa: BLE001 - the new training goes on whatever the old run's end did
                 pass
+
+    @classmethod
+    def end_at_exit(cls) -> None:
+        """The interpreter exits (``atexit``): what a training of this process left open ends as when the next
+        training begins (`_end_unreported`): a ``train()`` that raised and was never retried gets its summary.
+        A training on another thread still alive (a daemon's, which the exit kills) is left as it is."""
+        alive = {thread.ident for thread in threading.enumerate()} - {threading.get_ident()}
+        for registry in list(cls._training_now):
+            if registry._pid == os.getpid() and registry._thread not in alive:
+                registry._end_unreported()
+                cls._training_now.discard(registry)
 
     def shared_tracker(self, monitor: type[Any]) -> Any:
         """The tracker a budget, target or time shift of the latest training watches: the ``monitor``
@@ -235,6 +250,15 @@ def abort_inference(trainer: Any, stage: str, exception: BaseException) -> None:
                 callback.abort_inference(stage, step, status)
             except Exception:  # noqa: BLE001 - the evaluation's own exception is the one to see
                 pass
+
+
+_exit_hook: list[bool] = []  # registered with atexit once, at the first training begun
+
+
+def _end_at_exit_once() -> None:
+    if not _exit_hook:
+        _exit_hook.append(True)
+        atexit.register(EnergyCallbacks.end_at_exit)
 
 
 def _in_train(state: TrainerState | None) -> bool:

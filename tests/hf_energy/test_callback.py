@@ -200,6 +200,64 @@ def test_an_exception_mid_training_ends_the_record_and_the_sampler(tmp_path, sim
     assert not any(t.name == "energy-sampler" for t in threading.enumerate())
 
 
+def test_a_train_that_raised_unattached_and_was_never_retried_ends_at_exit(tmp_path, sim_gpus) -> None:
+    # Given in callbacks=[...] (no attach), a train() that raised and was not retried left no summary at all: the
+    # record ended at its last window. The interpreter's exit ends it (the function atexit runs, called here).
+    from hf_energy import PowerCapCallback
+    from hf_energy.registry import EnergyCallbacks
+
+    sim = sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02, default_limit_mw=400_000,
+                          min_limit_mw=100_000, max_limit_mw=450_000))  # fmt: skip
+    record = tmp_path / "energy.jsonl"
+    monitor = EnergyCallback(devices=["gpu"], sample_interval_s=0.01, record_path=record, summary=False)
+    trainer = make_trainer(tmp_path / "out", SeqData(64), sleep_s=0.01, logging_steps=2,
+                           callbacks=[PowerCapCallback(watts=250), monitor])  # fmt: skip
+    collate, batches = trainer.data_collator, []
+
+    def failing_collate(batch):
+        batches.append(1)
+        if len(batches) == 6:
+            raise RuntimeError("bad batch")
+        return collate(batch)
+
+    trainer.data_collator = failing_collate
+    with pytest.raises(RuntimeError):
+        trainer.train()
+    assert [line for line in read_record(record) if line["type"] == "summary"] == []
+    assert sim.limit_mw(sim.gpus[0]) == 250_000
+    EnergyCallbacks.end_at_exit()
+    [summary] = [line for line in read_record(record) if line["type"] == "summary"]
+    assert (summary["status"], summary["step"]) == ("exception: unknown", trainer.state.global_step)
+    assert trainer.state.global_step > 0
+    assert sim.limit_mw(sim.gpus[0]) == 400_000  # the cap, back at the limit before it
+    assert not monitor.tracker.meter.sampler.running
+    EnergyCallbacks.end_at_exit()  # a second exit hook (or a completed run) ends nothing more
+    assert len([line for line in read_record(record) if line["type"] == "summary"]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attached", [False, True])
+def test_a_train_that_raised_out_of_the_script_has_its_summary(tmp_path, attached) -> None:
+    """The process itself: the exception leaves the interpreter, whose exit writes the summary (once: attached,
+    the exception's own path wrote it)."""
+    import subprocess
+    import sys
+
+    from tests.helpers.shared_machine import ROOT, child_env
+
+    record = tmp_path / "energy.jsonl"
+    command = [sys.executable, "-m", "tests.scripts.hf_unretried", str(record), *(["--attach"] if attached else [])]
+    child = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert child.returncode == 1 and "RuntimeError: bad batch" in child.stderr, child.stderr
+    step = int(child.stdout.split("raising after step ")[1].split()[0])
+    summaries = [line for line in read_record(record) if line["type"] == "summary"]
+    status = "exception: RuntimeError" if attached else "exception: unknown"
+    assert [(s["status"], s["step"]) for s in summaries] == [(status, step)] and step > 0
+    # the run's energy: the board's constant power over the run's seconds, within its bound
+    joules = summaries[0]["metrics"]["energy/total_kwh"] * J_PER_KWH
+    assert abs(joules - 300.0 * summaries[0]["seconds"]) <= summaries[0]["energy_j_err"] + 300.0 * 0.02
+
+
 @pytest.mark.parametrize("kind", ["monitor", "budget"])
 def test_a_train_that_raised_unattached_ends_when_the_next_train_begins(tmp_path, sim_gpus, kind) -> None:
     # Given in callbacks=[...] (no attach), a train() that raised was never ended: the next train() (a notebook's

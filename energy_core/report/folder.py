@@ -5,8 +5,9 @@ where the report writes (``run.report/report.html -> /root/.bashrc``) or own the
 would use. So the report writes only into a folder of the user running it that no one else
 can write to (not world-writable, nor writable by a group other than the user's own),
 opened once (``O_DIRECTORY | O_NOFOLLOW``) and checked on its descriptor,
-and creates each file through that descriptor with ``O_NOFOLLOW``, checked to be a regular
-file: no link is followed, no FIFO opened for writing.
+and writes each file through that descriptor as a fresh file of its own (``O_EXCL |
+O_NOFOLLOW``) renamed over the name: no link is followed, no FIFO opened for writing, no
+file someone else left there rewritten in place (it is replaced, the new one the user's).
 
 By default the folder is ``RECORD.report/`` beside the record: made fresh, or reused when it
 is already such a folder. When it is anything else (a file, a link, another user's or a
@@ -18,7 +19,9 @@ check, or the report stops with a message.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import stat
 import tempfile
 from pathlib import Path
@@ -90,22 +93,40 @@ class ReportFolder:
         return cls(path)
 
     def write(self, name: str, data: bytes) -> Path:
-        """Create or replace the file ``name`` in the folder (never through a link); returns its path.
+        """Create or replace the file ``name`` in the folder; returns its path. The data go to a fresh file
+        of this user (``O_EXCL``) renamed over ``name``: a file someone else left there (a member of the
+        folder's group) is replaced by one of this user's, never rewritten in place and left theirs.
 
         Raises:
-            FolderError: the name is taken by a link or by something other than a file.
+            FolderError: the name is taken by a link or by something other than a file (left as it is), or
+                the file cannot be made.
         """
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        where = f"{name} in {printable(self.path)}"
         try:
-            fd = os.open(name, flags, 0o644, dir_fd=self.fd)
+            found = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
         except OSError as err:
-            raise FolderError(f"{name} in {printable(self.path)} cannot be written (a link is not followed): "
-                              f"{err.strerror}") from None  # fmt: skip
-        with os.fdopen(fd, "wb") as handle:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise FolderError(f"{name} in {printable(self.path)} is not a regular file: not written")
-            handle.truncate(0)
-            handle.write(data)
+            raise FolderError(f"{where} cannot be written: {err.strerror}") from None
+        else:
+            if stat.S_ISLNK(found.st_mode):
+                raise FolderError(f"{where} cannot be written (a link is not followed): it is a link")
+            if not stat.S_ISREG(found.st_mode):
+                raise FolderError(f"{where} is not a regular file: not written")
+        fresh = f".{name}.{secrets.token_hex(6)}"
+        try:
+            fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=self.fd)  # fmt: skip
+        except OSError as err:
+            raise FolderError(f"{where} cannot be written: {err.strerror}") from None
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(fresh, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(fresh, dir_fd=self.fd)
+            raise FolderError(f"{where} cannot be written: {err.strerror}") from None
         return self.path / name
 
     def close(self) -> None:

@@ -229,6 +229,24 @@ def test_a_folder_writable_by_ones_own_group_is_ones_own(shared, written) -> Non
     assert (out_dir / "report.html").is_file()
 
 
+def test_a_file_another_user_left_in_ones_folder_is_replaced_not_rewritten(shared, written) -> None:
+    # A member of one's group left report.html in one's folder: the report rewrote it in place, and the page
+    # (with its script) stayed that user's to edit after the fact.
+    record = shared / "runs.jsonl"
+    two_runs(record, written)
+    out_dir = shared / "out"
+    out_dir.mkdir()
+    os.chown(out_dir, os.geteuid(), os.getegid())
+    out_dir.chmod(0o775)
+    planted = out_dir / "report.html"
+    planted.write_text("their notes")
+    os.chown(planted, OTHER_UID, OTHER_UID)
+    assert main([str(record), "--out", str(out_dir)]) == 0
+    page = out_dir / "report.html"
+    assert page.stat().st_uid == os.geteuid() and "Energy report" in page.read_text()
+    assert sorted(p.name for p in out_dir.iterdir() if p.name.startswith(".")) == []  # no fresh file left over
+
+
 def test_a_fifo_given_as_a_record_is_not_read(shared, capsys) -> None:
     fifo = shared / "runs.jsonl"
     os.mkfifo(fifo)

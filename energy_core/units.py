@@ -31,5 +31,9 @@ MAX_CO2E_KG = MAX_KWH * MAX_PUE * MAX_G_PER_KWH / 1000.0
 MAX_COST = MAX_KWH * MAX_PUE * MAX_PRICE_PER_KWH
 # A run's length: a century of training.
 MAX_SECONDS = 100 * 365.25 * 86400.0
+# A run's power, all its devices together: a million devices, each at the most one can draw.
+MAX_RUN_W = 1e6 * MAX_DEVICE_W
+# A moment (unix time): 9999-12-31 23:59:59 UTC, the last a date shows.
+LATEST_TIME = 253402300799.0
 # Steps, samples and tokens: what a 64-bit counter holds.
 MAX_COUNT = 2**63 - 1

@@ -172,7 +172,8 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
         f"x PUE {carbon['pue']:g} ({carbon['source']})",
     ]
     if fields.get("cost"):
-        lines.append(f"Electricity cost: {fields['cost']['total']:.4g} {fields['cost']['currency']} (PUE applied)")
+        cost = fields["cost"]
+        lines.append(f"Electricity cost: {show.money(cost['total'], cost['currency'])} (PUE applied)")
     if fields["samples"]:
         work = f"Work: {fields['samples']:,} samples, {show.energy(fields['j_per_sample'])}/sample"
         if fields["tokens"]:

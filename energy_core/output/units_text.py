@@ -98,6 +98,11 @@ def share(value: float, err: float | None) -> str:
     return f"± {rounded(100 * err / abs(value))} %"
 
 
+def money(amount: float, currency: str) -> str:
+    """A cost in its currency, as every figure: ``"0.000019 EUR"``, ``"1,234 USD"`` (never an exponent)."""
+    return f"{rounded(amount)} {currency}".strip()
+
+
 def duration(seconds: float) -> str:
     """A span of time: ``"34.6 s"``, ``"12 min 05 s"``, ``"3 h 20 min"``, ``"2 d 04 h"``."""
     if not math.isfinite(seconds):

@@ -50,9 +50,9 @@ from energy_core.output import units_text as show
 from energy_core.output.summary import ESTIMATES, GUIDE, STAGE_NAMES, estimate_mark
 from energy_core.report import targets
 from energy_core.report.folder import FolderError, ReportFolder
-from energy_core.report.runs import Run, amount, bound_of, figure, utc
+from energy_core.report.runs import Run, amount, bound_of, utc
 from energy_core.report.runs import read as read_record
-from energy_core.units import MAX_CO2E_KG, MAX_G_PER_KWH, MAX_JOULES, MAX_KWH, MAX_PUE, MAX_SECONDS
+from energy_core.units import MAX_CO2E_KG, MAX_COST, MAX_G_PER_KWH, MAX_JOULES, MAX_KWH, MAX_PUE, MAX_RUN_W, MAX_SECONDS
 
 SUMMARY_HEAD = [
     "run",
@@ -109,8 +109,8 @@ def run_row(label: str, run: Run) -> list[str]:
         show.energy_kwh(total) + total_mark if total is not None else "-",
         shown(metrics, keys.CO2E_KG, show.mass, MAX_CO2E_KG),
         f"{'?' if g_per_kwh is None else f'{g_per_kwh:.4g}'} x {'?' if pue is None else pue}",
-        f"{cost['total']:.4g} {cost.get('currency') or ''}".strip() if figure(cost, "total") is not None else "-",
-        shown(summary, "mean_power_w", show.power),
+        shown(cost, "total", lambda total: show.money(total, printable(str(cost.get("currency") or ""))), MAX_COST),
+        shown(summary, "mean_power_w", show.power, MAX_RUN_W),
         shown(summary, "seconds", show.duration, MAX_SECONDS),
         shown(summary, "j_per_sample", show.energy, MAX_JOULES),
         shown(summary, "j_per_token", show.energy, MAX_JOULES),
@@ -296,13 +296,13 @@ def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | Non
             f"started at another hour: the runs' energy slices moved in time and priced on {intensity_series} "
             "(each slice at its midpoint's intensity; beyond the series' ends, its end values)"
         )
-    for note in notes:
-        console().print(printable(f"note: {note}"))
     try:
-        images = plots.plot_runs(runs)
+        images = plots.plot_runs(runs, notes)
     except ImportError as err:  # matplotlib is a dependency; this is a damaged install
         say(f"energy-report: no plots: {err.name or 'matplotlib'} is missing (pip install matplotlib)", error=True)
         images = []
+    for note in notes:
+        console().print(printable(f"note: {note}"))
     page = plots.write_html((SUMMARY_HEAD, rows), (CONTEXT_HEAD, context), elsewhere, images, notes, other_hours)
     written = 0
     try:

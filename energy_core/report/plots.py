@@ -20,7 +20,8 @@ import io
 import math
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -177,45 +178,69 @@ def unit_of(values: Sequence[float], axis: tuple[str, Any]) -> tuple[str, float]
     return f"{name} ({unit})", size
 
 
-def plot_runs(runs: list[tuple[str, Run]]) -> list[tuple[str, bytes]]:
-    """One titled PNG per view, every run drawn in it: (file name, PNG) of each."""
+def plot_runs(runs: list[tuple[str, Run]], notes: list[str] | None = None) -> list[tuple[str, bytes]]:
+    """One titled PNG per view, every run drawn in it: (file name, PNG) of each. A name from a record
+    is drawn as written (``$`` is text, never math markup). A view that cannot be drawn from these
+    records is left out, with a note in ``notes``: the others are drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     data = [(label, run, series(run)) for label, run in runs]
-    drawn_views = []
-    for name, x, y, x_axis, y_axis, title in VIEWS:
-        drawn = [(label, run, s) for label, run, s in data if s[x] and s[y]]
-        if not drawn:
-            continue
-        figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
-        x_label, x_size = unit_of([v for _, _, s in drawn for v in s[x]], x_axis)
-        y_label, y_size = unit_of([v for _, _, s in drawn for v in s[y]], y_axis)
-        if y == "loss":
-            y_label = _loss_label([run for _, run, _ in drawn])
-        bands = []
-        for label, run, s in drawn:
-            errors = s.get(BANDS.get(y, ""), [])
-            at = [i for i, (a, b) in enumerate(zip(s[x], s[y])) if math.isfinite(a) and math.isfinite(b)]
-            xs, ys = [s[x][i] / x_size for i in at], [s[y][i] / y_size for i in at]  # a point without x is not drawn
-            line = axes.plot(xs, ys, marker=".", label=legend_label(label, run))[0]
-            bands.append((xs, ys, [errors[i] / y_size for i in at] if errors else [], line.get_color()))
-            _epoch_ends(axes, s.get(EPOCH_ENDS.get(x, ""), []), x_size, line.get_color())
-        limits = axes.get_ylim()  # the curves set the axis; a wide band runs past its edge rather than squash them
-        for band in bands:
-            _band(axes, *band)
-        axes.set_ylim(limits)
-        _finish(axes, title, x_label, y_label)
-        drawn_views.append((name, _png(plt, figure, title)))
-    devices = _devices_plot(plt, data)
-    if devices is not None:
-        drawn_views.append((DEVICES_PLOT[0], _png(plt, devices, DEVICES_PLOT[1])))
-    metric = targets.metric_figure(plt, runs, legend_label)
-    if metric is not None:
-        drawn_views.append((targets.METRIC_PLOT[0], _png(plt, metric, targets.METRIC_PLOT[1])))
-    return drawn_views + _intensity_plot(plt, runs)
+    drawn: list[tuple[str, bytes]] = []
+
+    def draw(name: str, title: str, make: Callable[[], Any]) -> None:
+        try:
+            figure = make()
+            if figure is not None:
+                drawn.append((name, _png(plt, figure, title)))
+        except Exception as err:  # noqa: BLE001 - one view the records break leaves the others and the page
+            plt.close("all")
+            if notes is not None:
+                notes.append(f"{name} not drawn: {type(err).__name__}: {str(err)[:200]}")
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        for name, x, y, x_axis, y_axis, title in VIEWS:
+            draw(name, title, partial(_view, plt, data, x, y, x_axis, y_axis, title))
+        draw(*DEVICES_PLOT, lambda: _devices_plot(plt, data))
+        draw(*targets.METRIC_PLOT, lambda: targets.metric_figure(plt, runs, legend_label))
+        draw(*INTENSITY_PLOT, lambda: _intensity_plot(plt, runs))
+    return drawn
+
+
+def _view(
+    plt: Any,
+    data: list[tuple[str, Run, dict[str, list[float]]]],
+    x: str,
+    y: str,
+    x_axis: tuple[str, Any],
+    y_axis: tuple[str, Any],
+    title: str,
+) -> Any:
+    """One of `VIEWS`: each run's ``y`` against its ``x``, with its bound as a band; None when no run has both."""
+    drawn = [(label, run, s) for label, run, s in data if s[x] and s[y]]
+    if not drawn:
+        return None
+    figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
+    x_label, x_size = unit_of([v for _, _, s in drawn for v in s[x]], x_axis)
+    y_label, y_size = unit_of([v for _, _, s in drawn for v in s[y]], y_axis)
+    if y == "loss":
+        y_label = _loss_label([run for _, run, _ in drawn])
+    bands = []
+    for label, run, s in drawn:
+        errors = s.get(BANDS.get(y, ""), [])
+        at = [i for i, (a, b) in enumerate(zip(s[x], s[y])) if math.isfinite(a) and math.isfinite(b)]
+        xs, ys = [s[x][i] / x_size for i in at], [s[y][i] / y_size for i in at]  # a point without x is not drawn
+        line = axes.plot(xs, ys, marker=".", label=legend_label(label, run))[0]
+        bands.append((xs, ys, [errors[i] / y_size for i in at] if errors else [], line.get_color()))
+        _epoch_ends(axes, s.get(EPOCH_ENDS.get(x, ""), []), x_size, line.get_color())
+    limits = axes.get_ylim()  # the curves set the axis; a wide band runs past its edge rather than squash them
+    for band in bands:
+        _band(axes, *band)
+    axes.set_ylim(limits)
+    _finish(axes, title, x_label, y_label)
+    return figure
 
 
 def _loss_label(runs: list[Run]) -> str:
@@ -303,20 +328,19 @@ def drawn_text(figure: Any) -> str:
     return "\n".join(lines)
 
 
-def _intensity_plot(plt: Any, runs: list[tuple[str, Run]]) -> list[tuple[str, bytes]]:
+def _intensity_plot(plt: Any, runs: list[tuple[str, Run]]) -> Any:
     """Power (left axis) and the intensity in force (right axis, a step curve) against time,
     for the runs whose intensity changed; nothing when it never did. For a time-shifted run,
     the stretches it computed are shaded, and the intensity is drawn through its pauses too
     (from the record's ``factor`` lines)."""
-    drawn = []
+    drawn: list[Any] = []
     for label, run in runs:
         s, stretches = series(run), computing(run)
         curve = intensity_used(run) if stretches else logged_intensity(run)
         if len({g for _, g in curve if g == g}) > 1:  # NaN: not logged
             drawn.append((label, run, s, stretches, curve))
     if not drawn:
-        return []
-    name, title = INTENSITY_PLOT
+        return None
     figure, power_axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
     intensity_axes = power_axes.twinx()
     power_label, power_size = unit_of([w for _, _, s, _, _ in drawn for w in s["watts"]], POWER_AXIS)
@@ -331,7 +355,7 @@ def _intensity_plot(plt: Any, runs: list[tuple[str, Run]]) -> list[tuple[str, by
         for i, (begin, end) in enumerate(stretches):  # a time shift: when the job computed
             power_axes.axvspan(begin / 3600, end / 3600, color=line.get_color(), alpha=0.12, linewidth=0,
                                label=f"{printable(label)}: computing" if i == 0 else None)  # fmt: skip
-    power_axes.set_title(title)
+    power_axes.set_title(INTENSITY_PLOT[1])
     power_axes.set_xlabel("training time (h)")
     power_axes.set_ylabel(power_label)
     intensity_axes.set_ylabel("grid intensity (g CO2e/kWh)")
@@ -342,7 +366,7 @@ def _intensity_plot(plt: Any, runs: list[tuple[str, Run]]) -> list[tuple[str, by
     more = intensity_axes.get_legend_handles_labels()
     power_axes.legend(lines[0] + more[0], lines[1] + more[1], fontsize="small")
     figure.tight_layout()
-    return [(name, _png(plt, figure, title))]
+    return figure
 
 
 def logged_intensity(run: Run) -> list[tuple[float, float]]:

@@ -27,13 +27,25 @@ from energy_core.carbon.run_factors import CARBON
 from energy_core.devices import DEVICE_KINDS
 from energy_core.output import keys
 from energy_core.output.record import EPOCH, FACTOR, HEADER, POWER_CAP, SHIFT, SUMMARY, TARGET, WINDOW, record_lines
-from energy_core.units import J_PER_KWH, MAX_CO2E_KG, MAX_G_PER_KWH, MAX_JOULES, MAX_KWH, MAX_SECONDS
+from energy_core.units import (
+    J_PER_KWH,
+    LATEST_TIME,
+    MAX_CO2E_KG,
+    MAX_G_PER_KWH,
+    MAX_JOULES,
+    MAX_KWH,
+    MAX_RUN_W,
+    MAX_SECONDS,
+)
 
 BOUNDARIES = (WINDOW, EPOCH, SUMMARY)
 NAN = math.nan
 # The runs of one file a report holds: the last ones. A header line of 18 bytes opens a run that
 # takes some 2 KB; a file of headers alone would otherwise take a hundred times its size.
 MAX_RUNS = 100
+# A loss or a metric: float32's largest. Beyond it no training logged it (a damaged record), and a plot's
+# axis overflows.
+MAX_METRIC = 3.4028234663852886e38
 
 
 def number(value: Any) -> float | None:
@@ -58,6 +70,12 @@ def amount(values: Any, key: str, most: float = math.inf) -> float | None:
     or when it cannot be one (negative, above ``most``: a damaged record), never shown as a figure."""
     value = figure(values, key)
     return value if value is not None and 0 <= value <= most else None
+
+
+def metric_value(values: Any, key: str) -> float | None:
+    """A loss or a metric's value (either sign): None when absent, or beyond `MAX_METRIC`."""
+    value = figure(values, key)
+    return value if value is not None and abs(value) <= MAX_METRIC else None
 
 
 def _list(value: Any) -> list[Any]:
@@ -98,7 +116,7 @@ class Points:
         metrics = line.get("metrics") or {}
         seconds = amount(line, "elapsed_s" if line["type"] != SUMMARY else "seconds", MAX_SECONDS)
         extra = line.get("extra") or {}
-        losses = {str(k): loss for k in extra if "loss" in str(k) and (loss := figure(extra, k)) is not None}
+        losses = {str(k): loss for k in extra if "loss" in str(k) and (loss := metric_value(extra, k)) is not None}
         if self.loss_name is None and losses and line["type"] == WINDOW:
             self.loss_name = next(iter(losses))
         self.kind.append(BOUNDARIES.index(line["type"]))
@@ -107,7 +125,7 @@ class Points:
         self.window_s.append(_or_nan(amount(line, "seconds", MAX_SECONDS)) if line["type"] == WINDOW else NAN)
         self.kwh.append(_or_nan(amount(metrics, keys.TOTAL_KWH, MAX_KWH)))
         self.kwh_err.append(_or_nan(bound_of(metrics, keys.TOTAL_KWH)))
-        self.watts.append(_or_nan(amount(metrics, keys.TOTAL_W)))
+        self.watts.append(_or_nan(amount(metrics, keys.TOTAL_W, MAX_RUN_W)))
         self.watts_err.append(_or_nan(_power_err(line, metrics)))
         self.intensity.append(_or_nan(amount(metrics, keys.INTENSITY, MAX_G_PER_KWH)))
         self.co2e_kg.append(_or_nan(amount(metrics, keys.CO2E_KG, MAX_CO2E_KG)))
@@ -122,7 +140,9 @@ class Points:
 
 
 def utc(t: float) -> str:
-    """A unix time as the report shows it: ``2026-11-24 10:00 UTC``."""
+    """A unix time as the report shows it: ``2026-11-24 10:00 UTC`` (``?`` outside the dates one can show)."""
+    if not 0 <= t <= LATEST_TIME:
+        return "?"
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -223,8 +243,8 @@ class Run:
 
     @property
     def started(self) -> float | None:
-        """Unix time of its header (its start)."""
-        return figure(self.header, "time")
+        """Unix time of its header (its start): None when absent, or not a moment a date can show."""
+        return amount(self.header, "time", LATEST_TIME)
 
 
 def read(path: Path) -> tuple[list[Run], list[str]]:

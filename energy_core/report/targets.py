@@ -14,7 +14,7 @@ from typing import Any
 
 from energy_core.notices import printable
 from energy_core.output import units_text as show
-from energy_core.report.runs import Run, number
+from energy_core.report.runs import Run, metric_value, number
 from energy_core.target.run import REACHED
 from energy_core.units import J_PER_KWH, MAX_KWH
 
@@ -37,12 +37,12 @@ def evaluations(run: Run) -> list[dict[str, Any]]:
         kwh = number(line.get("energy_kwh"))
         if kwh is None or not 0 <= kwh <= MAX_KWH or not isinstance(line.get("metric"), str):
             continue
-        found.append({**line, "kwh": kwh, "value": number(line.get("value")), "metric": _name(line.get("metric"))})
+        found.append({**line, "kwh": kwh, "value": metric_value(line, "value"), "metric": _name(line.get("metric"))})
     return found
 
 
 def _goal(line: dict[str, Any]) -> str:
-    target = number(line.get("target"))
+    target = metric_value(line, "target")
     if target is None:
         return line["metric"]
     return f"{line['metric']} {'<=' if line.get('mode') == 'min' else '>='} {target:g}"
@@ -91,7 +91,7 @@ def metric_figure(plt: Any, runs: list[tuple[str, Run]], name: Callable[[str, Ru
             if reached:
                 axes.plot([reached[0]["kwh"] / size], [reached[0]["value"]], marker="*", markersize=12,
                           color=drawn[0].get_color(), linestyle="none")  # fmt: skip
-            target = number(lines[-1].get("target"))
+            target = metric_value(lines[-1], "target")
             if target is not None:
                 targets.add(target)
         for target in sorted(targets):

@@ -136,6 +136,57 @@ def test_a_null_figure_is_shown_as_none(shared, written, capsys) -> None:
     assert "note:" not in out and "completed" in out
 
 
+def test_figures_that_cannot_be_true_are_dashes_and_names_are_drawn_as_written(shared, written, capsys) -> None:
+    # A header time of 1e18 (or -1e15), a logged loss of 1e308, a name holding "$...$" (math markup to
+    # matplotlib) each killed the whole report with a traceback; a mean power or a cost of 1e300 was shown as
+    # a figure of 300 digits; a cost of 1.9e-05 EUR was shown in exponent notation.
+    from PIL import Image
+
+    record = shared / "runs.jsonl"
+    two_runs(record, written)
+    lines = [json.loads(line) for line in lines_of(record)]
+    first, second = [line["run"] for line in lines if line["type"] == "header"]
+    for line in lines:
+        if line["type"] == "header" and line["run"] == second:
+            line["time"] = 1e18
+        if line["type"] == "window":
+            line["extra"] = {"loss $\\foo$": 1e308 if line["run"] == second else 0.5 * line["step"]}
+        if line["type"] == "summary":
+            big = line["run"] == second
+            line["cost"] = {"total": 1e300 if big else 1.9e-05, "currency": "EUR"}
+            line["mean_power_w"] = 1e300 if big else 200.0
+    record.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main([str(record)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "│ cost │ 0.000019 EUR │ - │" in out and "│ mean power │ 200 W │ - │" in out
+    assert "not drawn" not in out
+    folder = shared / "runs.report"
+    drawn = {path.name for path in folder.glob("*.png")}
+    assert {"energy_vs_step.png", "loss_vs_kwh.png", "power_vs_time.png"} <= drawn
+    text = Image.open(folder / "loss_vs_kwh.png").text["Description"]
+    assert "loss (loss $\\foo$)" in text and "runs#2" not in text  # as written; the other run's cannot be true
+    legend = Image.open(folder / "energy_vs_step.png").text["Description"].split("legend: ")[1]
+    assert legend.endswith("shared/runs#2")  # its start cannot be true: no date
+
+
+def test_a_view_that_cannot_be_drawn_is_named_and_the_rest_are_written(shared, written, capsys, monkeypatch) -> None:
+    from energy_core.report import plots, targets
+
+    def broken(*args):
+        raise ValueError("cannot draw this")
+
+    monkeypatch.setattr(plots, "_devices_plot", broken)
+    record = shared / "runs.jsonl"
+    two_runs(record, written)
+    assert main([str(record)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"note: {plots.DEVICES_PLOT[0]} not drawn: ValueError: cannot draw this" in out
+    folder = shared / "runs.report"
+    assert "energy_vs_step.png" in {path.name for path in folder.glob("*.png")}
+    assert "cannot draw this" in (folder / "report.html").read_text()
+    assert targets.METRIC_PLOT[0] not in out
+
+
 def test_escape_sequences_in_a_record_never_reach_the_terminal_or_the_page(shared, written, capsys) -> None:
     record = shared / "runs.jsonl"
     two_runs(record, written)

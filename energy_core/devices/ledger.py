@@ -70,6 +70,7 @@ class Ledger:
         self._confirmed_j = 0.0  # measured
         self._estimated_j = 0.0  # counted on estimates that no measurement replaced
         self._last_t: float | None = None  # time of the last good reading
+        self._opened_t: float | None = None  # time of the first read tried: silent from there if none answers
         self._last_value = 0.0  # its counter (J) or power (W)
         self._power_w: float | None = None  # power to bridge a gap with (None: not measured yet)
         self._in_gap = False
@@ -119,18 +120,26 @@ class Ledger:
 
     @property
     def unmeasured_s(self) -> float:
-        open_gap = self._now - self._last_t if self._in_gap and self._last_t is not None else 0.0
-        return self._closed_unmeasured_s + open_gap
+        return self._closed_unmeasured_s + self.silent_s
 
     @property
     def silent_s(self) -> float:
-        """Seconds since the last good reading (0 while readings come)."""
-        return self._now - self._last_t if self._in_gap and self._last_t is not None else 0.0
+        """Seconds since the last good reading, or since the first read tried when none has answered yet
+        (0 while readings come)."""
+        since = self._last_t if self._last_t is not None else self._opened_t
+        return self._now - since if self._in_gap and since is not None else 0.0
+
+    @property
+    def never_read(self) -> bool:
+        """Whether no reading has answered yet, though reads were tried (its energy is not counted)."""
+        return self._last_t is None and self._in_gap
 
     # ------------------------------------------------------------------ updates
     def update(self, now: float) -> float:
         """Read the source once; returns the total. Never raises."""
         self._now = now
+        if self._opened_t is None:
+            self._opened_t = now
         reading: Reading | None
         try:
             reading = self.source.read(now)
@@ -155,9 +164,18 @@ class Ledger:
     def _gap(self) -> None:
         self.gaps += 1
         self.streak += 1
-        self._in_gap = self._last_t is not None
+        self._in_gap = True
         if self.check is not None:
             self.check.restart()
+
+    def _first_reading(self, now: float) -> None:
+        """The first good reading, after reads that failed since ``_opened_t``: that span's energy is not in
+        the total (a counter starts from this reading, a power from this moment); it is unmeasured, and may
+        have been anything up to the board's most."""
+        if self._in_gap and self._opened_t is not None:
+            self._closed_unmeasured_s += now - self._opened_t
+            self._bound_j += self.max_w * (now - self._opened_t)
+        self._in_gap = False
 
     def _plausible(self, joules: float, seconds: float) -> bool:
         return 0.0 <= joules <= self.max_w * (max(seconds, 0.0) + COUNTER_SLACK_S)
@@ -174,6 +192,7 @@ class Ledger:
 
     def _counter(self, now: float, joules: float, continuous: bool = True) -> None:
         if self._last_t is None:
+            self._first_reading(now)
             self._last_t, self._last_value = now, joules
             return
         delta, seconds = joules - self._last_value, now - self._last_t
@@ -224,6 +243,8 @@ class Ledger:
             else:
                 self._confirmed_j += joules
                 self._bound_j += self._trapezoid_error(watts, seconds) + self.source.accuracy.relative * joules
+        else:
+            self._first_reading(now)
         self._recent_w.append(watts)
         self._power_w = watts
         self._last_t, self._last_value, self._in_gap = now, watts, False

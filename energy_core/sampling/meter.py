@@ -260,9 +260,16 @@ class EnergyMeter:
             if silent and source.info.name not in self._silent:
                 self._silent.add(source.info.name)
                 why = f" (last error: {ledger.last_error})" if ledger.last_error else ""
-                text = (
-                    f"{source.info.name} has given no good reading for {ledger.silent_s:.0f} s{why}: its energy "
-                    "is bridged at its last measured power and marked estimated; the run's summary says how much."
-                )
+                if ledger.never_read:
+                    text = (
+                        f"{source.info.name} has given no good reading since measuring began, {ledger.silent_s:.0f} s "
+                        f"ago{why}: its energy is not counted until it does (the bound allows up to its most power "
+                        "over that time); the run's summary says how long."
+                    )
+                else:
+                    text = (
+                        f"{source.info.name} has given no good reading for {ledger.silent_s:.0f} s{why}: its energy "
+                        "is bridged at its last measured power and marked estimated; the run's summary says how much."
+                    )
                 notices.append(Notice("warn", text))
         return notices

@@ -11,7 +11,7 @@ import psutil
 import pynvml
 import pytest
 
-from energy_core import devices
+from energy_core import J_PER_KWH, devices
 from energy_core.devices import cpu_estimate, nvidia, rapl
 from energy_core.devices.ledger import Ledger
 from energy_core.devices.source import EnergySource
@@ -330,6 +330,46 @@ def test_a_gap_bridged_too_high_is_paid_back_and_the_total_ends_exact() -> None:
     assert max(totals[:7]) > 660.0  # the bridge ran high
     assert totals[-1] == pytest.approx(660.0 + 30.0 * 60)  # paid back: exact once the counter caught up
     assert ledger.estimated_j == pytest.approx(0.0)
+
+
+def test_a_source_that_never_answers_is_silent_and_bounded_not_an_exact_zero() -> None:
+    # A board that answered discovery and then failed every read (lost off the bus at the start): the ledger
+    # never had a first reading, so its gap never opened. 20 s at 300 W read as 0 J +- 0, unmeasured 0 s, and
+    # no warning came.
+    source = ScriptedCounter([None] * 200 + [6000.0, 6030.0])
+    ledger = devices.Ledger(source)
+    for k in range(200):
+        ledger.update(0.1 * k)
+    assert ledger.never_read and ledger.total_j == 0.0
+    assert ledger.silent_s == pytest.approx(19.9) and ledger.unmeasured_s == pytest.approx(19.9)
+    assert ledger.open_j == pytest.approx(source.max_power_w * 19.9)  # anything up to the most, at a mark now
+    assert ledger.update(20.0) == 0.0 and not ledger.never_read  # the counter's first value: its base
+    assert ledger.unmeasured_s == pytest.approx(20.0) and ledger.silent_s == 0.0 and ledger.open_j == 0.0
+    assert ledger.bound_j == pytest.approx(source.max_power_w * 20.0)  # the span before it, at the most
+    assert ledger.update(20.1) == pytest.approx(30.0)
+
+
+def test_a_source_that_never_answers_is_said_once(sim_gpus) -> None:
+    from tests.helpers.manual import manual_run
+
+    clock = ManualClock()
+    sim = sim_gpus(SimGpu("GPU-a", Constant(300.0), counter_period_s=0.02), clock=clock)
+    original = sim._check
+
+    def lost_after_discovery(board):
+        original(board)
+        if board.calls > 1:
+            raise sim.lost()
+
+    sim._check = lost_after_discovery
+    run = manual_run(clock, devices=["gpu"])
+    run.advance(20.0)
+    metrics = run.tracker.window(step=10)
+    texts = [n.text for n in run.tracker.pop_notices()]
+    run.tracker.end_fit(step=10)
+    run.tracker.close()
+    assert [t for t in texts if "no good reading since measuring began" in t and "GPU is lost" in t]
+    assert metrics["energy/total_kwh_err"] * J_PER_KWH >= 300.0 * 20.0  # the truth inside the bound
 
 
 def test_a_gap_before_any_power_was_measured_is_bounded_by_the_boards_most() -> None:

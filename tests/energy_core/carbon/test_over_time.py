@@ -325,3 +325,16 @@ def test_max_cost_needs_a_price_and_stops_when_spent(tmp_path, sim_gpus) -> None
     priced.advance(2.0, every=1.0)
     assert guard.crossed()
     priced.tracker.end_fit(0)
+
+
+@pytest.mark.parametrize("given", ["series", "nothing"])
+def test_no_location_is_said_only_where_a_location_prices_the_run(tmp_path, sim_gpus, given) -> None:
+    # With only a carbon_intensity_series, the run warned "No location given: CO2e uses the world-average grid
+    # intensity (475 g/kWh)" while every figure was priced on the series.
+    sim_gpus(SimGpu("GPU-1", Constant(300.0)))
+    now = datetime.now(timezone.utc)
+    series = write_series(tmp_path / "g.csv", [(now - timedelta(hours=1), 200.0), (now + timedelta(hours=1), 200.0)])
+    tracker = EnergyTracker(devices=["gpu"], **({"carbon_intensity_series": str(series)} if given == "series" else {}))
+    texts = [notice.text for notice in tracker.start_fit(step=0)]
+    tracker.close()
+    assert any(text.startswith("No location given") for text in texts) == (given == "nothing")

@@ -29,12 +29,18 @@ from typing import Any
 
 def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bool, kind: str) -> str:
     if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"in {'(' if low_open else '['}{_exact(low)}, {_exact(high)}{')' if high_open else ']'}"
     if low is not None:
-        return f"{kind} {'>' if low_open else '>='} {low:g}"
+        return f"{kind} {'>' if low_open else '>='} {_exact(low)}"
     if high is not None:
-        return f"{kind} {'<' if high_open else '<='} {high:g}"
+        return f"{kind} {'<' if high_open else '<='} {_exact(high)}"
     return kind
+
+
+def _exact(bound: float) -> str:
+    """A bound as short as it reads back exactly (``1e+06``, ``277777777777777.78``): a rounded one
+    (``2.77778e+14``) may lie outside the range it states."""
+    return next((text for digits in range(6, 18) if float(text := f"{bound:.{digits}g}") == bound), repr(bound))
 
 
 def _type_error(name: str, what: str, value: Any) -> TypeError:

@@ -191,8 +191,8 @@ class BudgetGuard:
 
     def _enough(self, step: int, epochs_done: int) -> bool:
         """Whether this fit has seen enough of the run to project it: an epoch of its own (after a
-        resume, an epoch's worth of steps since it, not the checkpoint's epochs), or, in a run of
-        fewer than two epochs, 10% of its steps (at least 10)."""
+        resume, an epoch's worth of steps since it, not the checkpoint's epochs), or, in a run whose
+        epochs are each at least half of it (two epochs or fewer), 10% of its steps (at least 10)."""
         seen = step - (self._first_step or 0)
         whole_epoch = epochs_done - self._first_epochs >= 1 and (self.epoch_steps is None or seen >= self.epoch_steps)
         long_epochs = self.epoch_steps is None or (

@@ -23,7 +23,7 @@ not read: its *.jsonl files are listed, to pass them instead. A missing, empty
 or foreign file gives a one-line error; a truncated record (a crashed run) is
 reported as far as it goes, and a damaged line is skipped, each with a note
 naming the line. Files are read one line at a time. Text from the records is
-shown with its control characters written out (\x1b), never sent to the
+shown with its control characters written out (\\x1b), never sent to the
 terminal as is. The plots and the page go to RECORD.report/ beside the first
 record when that is a folder of yours alone (made if missing), else to a fresh
 folder, which a note names; no link is followed. The exit status is non-zero

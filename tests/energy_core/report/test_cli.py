@@ -171,3 +171,14 @@ def test_restore_power_limits_from_the_journal(sim_gpus, capsys) -> None:
     assert "Restored the power limit of GPU-1 to 330 W" in capsys.readouterr().out
     assert sim.limit_mw(sim.gpus[0]) == 330_000
     assert json.loads(journal_path().read_text()) == {}
+
+
+def test_the_help_sends_no_control_character_to_the_terminal(capsys) -> None:
+    # Its own text said control characters are written out, with a real ESC byte in the sentence.
+    from energy_core.report.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "written out (\\x1b)" in out
+    assert not [c for c in out if ord(c) < 32 and c not in "\n\t"]

@@ -40,6 +40,18 @@ FORECAST_FRACTION = 0.1  # of the run's steps, before a forecast in a run of one
 LONG_EPOCH_FRACTION = 0.5  # an epoch at least this share of the run counts as long
 
 
+def needs_price(rule: BudgetRule, priced: bool) -> None:
+    """Refuse a cost limit without a price (``priced``: the run has ``price_per_kwh``).
+
+    Raises:
+        ValueError: ``max_cost`` is set and nothing prices the run.
+    """
+    if rule.max_cost is not None and not priced:
+        raise ValueError(
+            "max_cost needs a price: give price_per_kwh (to the monitor, the loop, or the budget measuring alone)"
+        )
+
+
 BUDGET_STOP = "budget-stop"  # the summary's status of a fit the budget ended (`TrackerLink.stop_by`)
 
 
@@ -73,10 +85,7 @@ class BudgetGuard:
         self.tracker = tracker
         self.total_steps = total_steps if total_steps and math.isfinite(total_steps) else None
         self.epoch_steps = epoch_steps
-        if rule.max_cost is not None and tracker.factors.price is None:
-            raise ValueError(
-                "max_cost needs a price: give price_per_kwh to the monitor (or the budget measuring alone)"
-            )
+        needs_price(rule, tracker.factors.price is not None)
         self.limit_kwh = self._limit_now(RunTotals())
         self.stopped: BudgetAction | None = None
         self.forecast_warned = False

@@ -39,7 +39,7 @@ from typing_extensions import Unpack
 from energy_core import checks
 from energy_core.accounting.figures import STAGES
 from energy_core.accounting.ranks import Ranks, launched, torch_distributed
-from energy_core.budget.guard import BudgetAction
+from energy_core.budget.guard import BudgetAction, needs_price
 from energy_core.budget.rule import BudgetRule
 from energy_core.budget.run import BudgetRun
 from energy_core.integration.monitor_run import MonitorRun
@@ -136,6 +136,8 @@ class EnergyLoop:
         if time_shift is not None and not isinstance(time_shift, TimeShiftRun):
             raise TypeError(f"time_shift must be a TimeShiftRun or None, got {type(time_shift).__name__}")
         options = MeasureOptions.of("EnergyLoop", dict(measure))
+        if budget is not None:  # the loop's own options price the run: known now, not at start
+            needs_price(budget, options.price_per_kwh is not None)
         self.tracker = EnergyTracker(options)
         self.monitor = MonitorRun(self.tracker, self._show)
         self.budget = BudgetRun(budget, options) if budget is not None else None

@@ -237,3 +237,12 @@ def test_a_resumed_loop_forecasts_its_budget_after_an_epoch_of_its_own(sim_gpus)
         assert later.steps == 20 and later.epochs == 2
         assert epoch(later) == [False] * 10 + [True]  # not at step 25: an epoch of its own first
         assert not later.should_stop
+
+
+def test_a_cost_limit_without_a_price_is_refused_at_construction() -> None:
+    # The loop knows its own options when it is made: it accepted max_cost without price_per_kwh and refused it
+    # only when the loop started.
+    with pytest.raises(ValueError, match="max_cost needs a price"):
+        EnergyLoop(budget=BudgetRule(max_cost=1.0), country="FRA")
+    loop = EnergyLoop(budget=BudgetRule(max_cost=1.0), country="FRA", price_per_kwh=0.2, currency="EUR")
+    assert loop.budget is not None and loop.budget.rule.max_cost == 1.0

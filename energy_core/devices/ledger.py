@@ -3,8 +3,11 @@
 Readers report what the hardware said (`Reading`: a cumulative counter in joules, or a
 power in watts); the ledger decides what it means, the same way for every vendor:
 
-* a counter below its previous value is a **reset** (driver reload, board reset): the
-  ledger re-bases on the new value and never subtracts;
+* a counter below its previous value is held until the next reading tells what it was: a
+  **reset** (driver reload, board reset) when that reading goes on from it (the ledger
+  re-bases on it and never subtracts), a **glitch** (dropped) when it is back at or past
+  the last good value; and when the held value goes on from the good reading before the
+  last, that last one ran high (within the plausible power) and is taken back;
 * a reading implying more than the source's plausible maximum power (`max_power_w`,
   e.g. twice a board's highest power limit) is a **glitch**: it is dropped, unless the
   next reading confirms the new level, which is then taken as a re-base;
@@ -75,6 +78,7 @@ class Ledger:
         self._power_w: float | None = None  # power to bridge a gap with (None: not measured yet)
         self._in_gap = False
         self._pending: tuple[float, float] | None = None  # a counter jump waiting for confirmation
+        self._before: tuple[float, float] | None = None  # the good counter reading before the last one
         self._closed_unmeasured_s = 0.0
         self._reported_j = 0.0
         self._now = 0.0
@@ -196,9 +200,10 @@ class Ledger:
             self._last_t, self._last_value = now, joules
             return
         delta, seconds = joules - self._last_value, now - self._last_t
-        if delta < 0 or not continuous:  # the interval since the last good reading is unknown: re-base
-            if continuous:  # stepped back: the counter restarted (a wrap was already added back by the reader)
-                self.resets += 1
+        if delta < 0 and continuous:
+            self._stepped_back(now, joules)
+            return
+        if not continuous:  # the interval since the last good reading is unknown: re-base
             self.gaps += 1
             self._in_gap = True
             self._close_gap_as_estimate(now)
@@ -219,12 +224,46 @@ class Ledger:
         self._confirmed_j += delta
         self._bound_j += self.source.accuracy.relative * delta
         self._smooth_power(delta, seconds)
+        self._before = (self._last_t, self._last_value)
         self._last_t, self._last_value, self._in_gap, self._pending = now, joules, False, None
         if self.check is not None:
             self.check.update(now, self._confirmed_j)
 
+    def _stepped_back(self, now: float, joules: float) -> None:
+        """A counter reading below the last good one (a wrap was already added back by the reader). One such
+        reading says nothing yet: the counter restarted (a driver reload), this read ran low, or the last one
+        ran high (within the plausible power, so it was taken). It is held, as a forward jump is, and the next
+        reading tells: back at or past the last good one, it was a glitch (dropped); going on from this one, a
+        restart, unless this one goes on from the good reading before the last, which then ran high (taken back)."""
+        pending = self._pending
+        if pending is None or pending[1] > joules or not self._plausible(joules - pending[1], now - pending[0]):
+            self.glitches += 1
+            self._pending = (now, joules)
+            self._gap()
+            return
+        before = self._before
+        if (
+            before is not None
+            and before[1] <= pending[1]
+            and self._plausible(pending[1] - before[1], pending[0] - before[0])
+        ):
+            self._confirmed_j -= self._last_value - before[1]  # the total holds until the counter passes it again
+            self._last_t, self._last_value = before
+            self._before, self._pending, self._in_gap = None, None, False
+            self._counter(*pending)
+            self._counter(now, joules)
+            return
+        self.glitches -= 1  # the held reading was no glitch: the counter restarted there
+        self.resets += 1
+        self.gaps += 1
+        self._in_gap = True
+        self._close_gap_as_estimate(pending[0])
+        self._rebase(*pending)
+        self._counter(now, joules)
+
     def _rebase(self, t: float, joules: float) -> None:
         self._last_t, self._last_value, self._in_gap, self._pending = t, joules, False, None
+        self._before = None
         if self.check is not None:
             self.check.restart()
 

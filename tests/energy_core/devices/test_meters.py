@@ -319,6 +319,26 @@ class ScriptedCounter(devices.EnergySource):
         return devices.Reading(joules=value)
 
 
+@pytest.mark.parametrize("off", [-100.0, 100.0])
+def test_one_read_off_within_the_plausible_power_is_not_energy(off) -> None:
+    # A counter at 300 W read every 0.1 s, one read in ten 100 J off (well within 1000 W x 0.2 s) and the next
+    # right again: every step back was a reset, re-based on the low value, so each dip was counted again (a
+    # 20 s run read 8,129 J of 6,000, outside its bound); a read high was kept for good the same way.
+    truth = [30.0 * k for k in range(201)]
+    script = [value + (off if k % 10 == 5 else 0.0) for k, value in enumerate(truth)]
+    ledger = devices.Ledger(ScriptedCounter(script))
+    totals = [ledger.update(0.1 * k) for k in range(201)]
+    assert all(b >= a for a, b in zip(totals, totals[1:]))
+    assert totals[-1] == pytest.approx(truth[-1]) and ledger.resets == 0 and ledger.glitches == 20
+
+
+def test_a_restart_is_a_reset_once_the_next_reading_goes_on_from_it() -> None:
+    ledger = devices.Ledger(ScriptedCounter([0.0, 30.0, 60.0, 2.0, 32.0, 62.0]))
+    totals = [ledger.update(0.1 * k) for k in range(6)]
+    assert ledger.resets == 1 and ledger.glitches == 0
+    assert totals[-1] == pytest.approx(60.0 + 30.0 + 60.0)  # the restart's interval bridged at 300 W, then counted
+
+
 def test_a_gap_bridged_too_high_is_paid_back_and_the_total_ends_exact() -> None:
     # 300 W, but the first interval's staircase read as 600 W; the bridge over the 2 s gap runs
     # at that power (1,200 J by 2.1 s) while the counter shows 600 J: the total holds, then ends exact

@@ -76,6 +76,8 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         self._pending: dict[str, float] = {}
         self._last_logged_step = -1
         self._world_zero = True
+        self._log_due = False  # the Trainer logs at this step on every rank (its flow asked; a window may be taken)
+        self._trains_alone = True  # the Trainer is not parallel (each process trains and evaluates on its own)
 
     def _show(self, notices: list[Notice]) -> None:
         emit(notices, self._world_zero)
@@ -110,6 +112,8 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         if module.training:
             self.run.count(kwargs if kwargs else args)
         elif not self.tracker.in_stage(INFERENCE) and self._trainer_running():
+            if not self.tracker.fitting and self._trains_alone:  # each process evaluates on its own, if at all
+                self.tracker.ranks = self.tracker.ranks.alone()
             self.run.stage_start(INFERENCE)
 
     def _trainer_running(self) -> bool:
@@ -145,11 +149,14 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         metrics: dict[str, float] = {}
         if any(k.startswith("eval_") for k in logs) and self.tracker.in_stage(INFERENCE):
             metrics.update(self._end_inference("val", state))
-        if self.tracker.fitting:
+        if self.tracker.fitting and (self._log_due or not self.tracker.ranks.distributed):
+            # In a job a window is a collective: only at the logs every rank makes (the Trainer's logging steps
+            # and epoch ends), never at a log of the user's on one rank (``trainer.log`` on world process zero).
             metrics.update(self.run.window(state.global_step, extra=scalar_losses(logs)))
+            self._log_due = False
+            self._last_logged_step = state.global_step
         metrics.update(self._pending)
         self._pending = {}
-        self._last_logged_step = state.global_step
         logs.update(metrics)
         return metrics
 
@@ -189,6 +196,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.begin(kwargs.get("model"), state)
         ranks = ranks_of(args)
+        self._trains_alone = args.world_size <= 1
         self._world_zero = state.is_world_process_zero and ranks.leads_job  # one process of the job speaks
         self._restore_from(state, own_share=ranks.leads_job)
         settings = {
@@ -199,6 +207,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
         }
         self._last_logged_step = state.global_step
+        self._log_due = False
         self.run.start(
             ranks,
             state.global_step,
@@ -226,12 +235,19 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         self.run.epoch_start()
         return control
 
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        # HF's flow, decided alike on every rank: the Trainer logs right after this hook
+        self._log_due = self._log_due or (control.should_log and state.global_step > self._last_logged_step)
+        return control
+
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         epoch = epoch_index(state.epoch)
         self._pending.update(self.run.epoch(state.global_step, epoch))
         if state.global_step > self._last_logged_step:
             control.should_log = True  # the Trainer logs right after this hook; we add to it
+            self._log_due = True  # on every rank: each ends the epoch
         elif self.trainer is not None:
+            self._log_due = True
             asked = control.should_log  # the Trainer's own epoch-end log (logging_strategy="epoch")
             self.trainer.log({})  # this step was logged already: a log line of its own
             control.should_log = asked  # Trainer.log cleared it: the Trainer's loss line would be lost

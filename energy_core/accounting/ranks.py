@@ -95,6 +95,11 @@ class Ranks:
         """Whether this rank writes the record and carries a checkpoint's totals."""
         return self.rank == 0
 
+    def alone(self) -> Ranks:
+        """This process on its own: its place and devices kept, its figures summed over no other process
+        (no collective: work the other processes may not do, an evaluation one process runs by itself)."""
+        return replace(self, world_size=1, sum=None, gather=None, any=None)
+
     def agree(self, flag: bool) -> bool:
         """True on every rank if True on any (a collective every rank must reach).
 

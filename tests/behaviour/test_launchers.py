@@ -44,8 +44,8 @@ def launch(command: list[str], out: Path, limit_s: float = JOB_S) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
-def check_cell(ranks: list[dict], out: Path, world: int = 2) -> None:
-    """Counted once, keyed by board, the same on every rank, one run in the record."""
+def check_cell(ranks: list[dict], out: Path, world: int = 2, runs_after: int = 0) -> None:
+    """Counted once, keyed by board, the same on every rank, one run in the record (then ``runs_after`` more)."""
     assert [r["seen"] for r in ranks] == [{"rank": r, "local_rank": r, "world_size": world} for r in range(2)]
     # the node's local rank 0 measures both boards; rank 1 none
     assert [len(r["sources"]) for r in ranks] == [2, 0]
@@ -63,7 +63,7 @@ def check_cell(ranks: list[dict], out: Path, world: int = 2) -> None:
         # the last window's mean power, over at least one sampler period
         assert first[name] == pytest.approx(watts, rel=0.1)
     runs, notes = read_runs(out / "energy.jsonl")
-    assert len(runs) == 1 and not notes
+    assert len(runs) == 1 + runs_after and not notes
     header = runs[0][0]
     assert [r["rank"] for r in header["ranks"]] == [0, 1]
     assert (header.get("trainer") or header["loop"])["world_size"] == world  # the job's shape, as measured
@@ -101,6 +101,22 @@ def test_torchrun_counts_each_board_once(tmp_path, cell) -> None:
     said = (tmp_path / "output.txt").read_text()
     alone = "torch.distributed is initialised with 2 processes but the Trainer is not parallel"
     assert said.count(alone) == (cell == "hf")  # once, by rank 0, where HF trains each process alone
+
+
+@SLOW
+@pytest.mark.timeout(300)
+def test_hf_evaluation_by_one_process_of_a_job_neither_hangs_nor_raises(tmp_path) -> None:
+    """HF's Trainer not parallel under torchrun (each process trains alone): rank 0 alone evaluates after
+    training. The evaluation's run began with a gather over the job, which rank 1 never reached: rank 0's
+    evaluate() raised (or, with a barrier after it, the job hung). Also a log of the user's on rank 0 alone
+    during training (hf_job's callback): a window at every log call was a collective, and the job hung."""
+    check_cell(launch(torchrun(*JOB, "hf-evaluate-alone", str(tmp_path)), tmp_path), tmp_path, runs_after=1)
+    evaluated = json.loads((tmp_path / "evaluated.json").read_text())
+    assert evaluated["energy/val_kwh"] > 0 and evaluated["energy/val_kwh_err"] >= 0
+    runs, notes = read_runs(tmp_path / "energy.jsonl")
+    assert len(runs) == 2 and not notes  # the fit, and the evaluation's run of its own, written once
+    assert "ranks" not in runs[1][0]  # a run of one process: rank 0's evaluation
+    assert [line["stage"] for line in runs[1] if line["type"] == "stage"] == ["val"]
 
 
 @SLOW

@@ -91,13 +91,25 @@ def lightning_job(out: Path, ray: bool = False) -> None:
 
 
 # ------------------------------------------------------------------ Hugging Face Trainer
-def hf_job(out: Path, use_cpu: bool, ray: bool = False) -> None:
+def hf_job(out: Path, use_cpu: bool, ray: bool = False, evaluate_alone: bool = False) -> None:
+    """HF's Trainer; a user's callback logs on world process zero alone once (``trainer.log`` is no collective
+    in HF); with ``evaluate_alone``, rank 0 alone evaluates after training, then every rank meets at a barrier."""
+    from transformers import TrainerCallback
+
     from hf_energy import EnergyCallback, attach
     from tests.helpers.hf_models import SeqData, make_trainer
 
+    class LogsOnRankZero(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.is_world_process_zero and state.global_step == 6:
+                trainer.log({"custom/scale": 0.5})
+            return control
+
     # use_cpu=False: the arguments' defaults, with which a CPU worker's Trainer is not parallel
     options: dict[str, Any] = {"use_cpu": use_cpu, "save_strategy": "epoch" if ray else "no"}
-    trainer = make_trainer(out / "hf", SeqData(256), sleep_s=STEP_S, num_train_epochs=2, logging_steps=4, **options)
+    trainer = make_trainer(out / "hf", SeqData(256), sleep_s=STEP_S, num_train_epochs=2, logging_steps=4,
+                           eval_data=SeqData(64) if evaluate_alone else None, callbacks=[LogsOnRankZero()],
+                           **options)  # fmt: skip
     if ray:
         from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
 
@@ -106,6 +118,13 @@ def hf_job(out: Path, use_cpu: bool, ray: bool = False) -> None:
     energy = attach(trainer, EnergyCallback(record_path=out / "energy.jsonl", summary=False, **MEASURE))
     trainer.train()
     report(out, energy.tracker, energy.last_metrics)
+    if evaluate_alone:
+        import torch.distributed as dist
+
+        if dist.get_rank() == 0:
+            figures = trainer.evaluate()
+            (out / "evaluated.json").write_text(json.dumps({k: v for k, v in figures.items() if "energy" in k}))
+        dist.barrier()  # the usual wait for rank 0's evaluation
 
 
 # ------------------------------------------------------------------ loops without a Trainer
@@ -277,6 +296,7 @@ JOBS = {
     "lightning": lightning_job,
     "hf": lambda out: hf_job(out, use_cpu=False),
     "hf-cpu": lambda out: hf_job(out, use_cpu=True),
+    "hf-evaluate-alone": lambda out: hf_job(out, use_cpu=False, evaluate_alone=True),
     "loop": loop_job,
     "accelerate": accelerate_job,
     "fabric": fabric_job,

@@ -157,6 +157,7 @@ class EnergyTracker:
         self._epoch_start: Mark | None = None
         self._stages = Stages()
         self._alone: tuple[str, Charges] | None = None  # a stage run outside a fit: its name, its charges
+        self._others: tuple[dict[str, dict[str, Any]], dict[str, int]] = ({}, {})  # the other ranks' faults
         self._window = Window()
         self._accounts = Accounts(self.meter, Charges(self.factors))
         self.link = TrackerLink()  # what the budget, cap and time shift reading this tracker tell each other
@@ -292,6 +293,7 @@ class EnergyTracker:
         self._ended = kept if self.ranks.distributed else None  # every rank's summary: the job's
         self._accounts.end()
         self._window = Window(None, step)
+        self._others = self._faults_elsewhere()
         fields = self.summary_fields(metrics)
         self._notices += quality_notices(fields)
         self.write_record(lines.SUMMARY, step=step, status=self.link.final_status(status), **fields)
@@ -660,12 +662,25 @@ class EnergyTracker:
 
     # ----------------------------------------------------------------- summary
     def summary_fields(self, metrics: dict[str, float]) -> dict[str, Any]:
-        """The record's summary fields for these final metrics."""
+        """The record's summary fields for these final metrics (in a job, with the other ranks' faults)."""
         totals, stage_kwh = self._totals_now(), {s: self.stage_kwh(s) for s in STAGES}
         parts = {name: part(totals) for name, part in self._parts.items()}
         return summary_fields(
-            metrics, totals, stage_kwh, self.carbon_fields(), self.meter, self.factors.cost_currency, parts
-        )
+            metrics, totals, stage_kwh, self.carbon_fields(), self.meter, self.factors.cost_currency, parts,
+            elsewhere=self._others,
+        )  # fmt: skip
+
+    def _faults_elsewhere(self) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+        """The other ranks' faults and failed reads (`EnergyMeter.quality`, `failed_reads`), each source
+        named ``rank<r>/<name>``: a collective at the fit's end in a job (else nothing)."""
+        found = self.ranks.gather_all((self.meter.quality(), self.meter.failed_reads()))
+        faults: dict[str, dict[str, Any]] = {}
+        failed: dict[str, int] = {}
+        for rank, (quality, reads) in enumerate(found or []):
+            if rank != self.ranks.rank:
+                faults.update({f"rank{rank}/{name}": fault for name, fault in quality.items()})
+                failed.update({f"rank{rank}/{name}": n for name, n in reads.items()})
+        return faults, failed
 
     def carbon_fields(self) -> dict[str, Any]:
         """The carbon factor in force now, its source and the PUE (the header's and the summary's)."""

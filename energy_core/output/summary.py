@@ -76,6 +76,7 @@ def summary_fields(
     meter: EnergyMeter,
     currency: str | None = None,
     parts: dict[str, Any] | None = None,
+    elsewhere: tuple[dict[str, dict[str, Any]], dict[str, int]] = ({}, {}),
 ) -> dict[str, Any]:
     """The record's summary line (besides type, step and status).
 
@@ -90,8 +91,10 @@ def summary_fields(
             last good power (`EnergyMeter.quality`).
         currency: The price's currency, when a price was set.
         parts: What other runs add, by name (``time_shift``: see `shift_line`).
+        elsewhere: In a job, the other ranks' faults and failed reads, by ``rank<r>/<source>``.
     """
     failed_reads, estimated, faults = meter.failed_reads(), meter.estimated, meter.quality()
+    faults, failed_reads = {**faults, **elsewhere[0]}, {**failed_reads, **elsewhere[1]}
     joules = metrics.get(keys.TOTAL_KWH, 0.0) * J_PER_KWH
     joules_err = metrics.get(keys.err(keys.TOTAL_KWH), 0.0) * J_PER_KWH
     seconds = totals.fit_s

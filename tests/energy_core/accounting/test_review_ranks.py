@@ -226,3 +226,49 @@ def test_a_lone_process_with_a_rank_left_in_the_shell_writes_its_record(tmp_path
     with EnergyLoop(devices=["gpu"], record_path=tmp_path / "energy.jsonl") as loop:
         loop.step()
     assert [line["type"] for line in read_record(tmp_path / "energy.jsonl")][-1] == "summary"
+
+
+def test_a_fault_on_another_rank_is_in_the_summary_and_said_by_rank_zero(sim_gpus, tmp_path) -> None:
+    """Rank 1's board lost mid-fit: its energy since was bridged (half the job's, here), but the summary rank 0
+    wrote said no faults, 0 s unmeasured, and no message said anything: each rank's faults stayed its own."""
+    lost = threading.Event()
+    sim = sim_gpus(SimGpu("GPU-a", Constant(200.0), counter_period_s=0.005),
+                   SimGpu("GPU-b", Constant(400.0), counter_period_s=0.005))  # fmt: skip
+    check = sim._check
+
+    def losing(gpu: Any) -> None:
+        check(gpu)
+        if lost.is_set() and gpu.uuid == "GPU-b":
+            raise sim.lost()
+
+    sim._check = losing
+    group, record, said = FakeGroup(2), tmp_path / "energy.jsonl", [[], []]
+    failures: list[BaseException] = []
+
+    def rank(r: int) -> None:
+        try:
+            tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.02, record_path=record if r == 0 else None)
+            tracker.join(group.ranks(r, r).share_boards())
+            tracker.start_fit()
+            time.sleep(0.2)
+            if r == 1:
+                lost.set()
+            time.sleep(0.3)
+            tracker.end_fit(1)
+            said[r] = [notice.text for notice in tracker.pop_notices()]
+            tracker.close()
+        except BaseException as err:  # noqa: BLE001 - reported by the test's thread
+            failures.append(err)
+            group.barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not failures, failures
+    [summary] = [line for line in read_record(record) if line["type"] == "summary"]
+    assert list(summary["faults"]) == ["rank1/gpu1"] and summary["faults"]["rank1/gpu1"]["unmeasured_s"] > 0.1
+    assert summary["unmeasured_s"] > 0.1 and summary["estimated_share"] > 0.1
+    assert "GPU is lost" in summary["faults"]["rank1/gpu1"]["last_error"]
+    assert [t for t in said[0] if t.startswith("Part of this run was not measured: rank1/gpu1")]

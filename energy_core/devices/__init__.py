@@ -182,7 +182,7 @@ def _ask(vendor: ModuleType, call: Callable[[], T]) -> T:
             not return in time (`deadline.DriverHung`).
     """
     try:
-        return within_bound(vendor.DRIVER, call)
+        return within_bound(f"{vendor.VENDOR.upper()} driver", call)
     except DeviceError:
         raise
     except Exception as err:  # noqa: BLE001 - a binding may raise anything; the caller gets one kind of error

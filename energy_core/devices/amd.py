@@ -27,7 +27,6 @@ from typing import Any
 
 from energy_core.devices import gpu, visible
 from energy_core.devices.counter import WrappingCounter
-from energy_core.devices.deadline import within_bound
 from energy_core.devices.source import (
     AVERAGED,
     COUNTER_UPDATE_S,
@@ -42,7 +41,6 @@ from energy_core.devices.source import (
 from energy_core.notices import Notice
 
 VENDOR = "amd"
-DRIVER = "AMD driver"  # the library a hung call blocks (`deadline.within_bound`), as discovery names it
 NO_PERM = 10  # AMDSMI_STATUS_NO_PERM
 COUNTER_PERIOD = 2**32  # a 32-bit accumulator wraps here; a 64-bit one never does in practice
 NO_COUNTER = (2**32 - 1, 2**64 - 1)  # what firmware without the counter reports
@@ -329,25 +327,17 @@ class AmdBoard(GpuBoard):
         except (KeyError, TypeError, ValueError) as err:
             raise DeviceError(f"amdsmi: the power cap info has no usable {key} ({type(err).__name__})") from None
 
-    # Each call waited for at most DRIVER_WAIT_S (a hung driver raises DriverHung, a DeviceError): the cap
-    # sets and restores limits on the training thread, at its start and its end.
     def limits(self) -> LimitRange:
-        return within_bound(DRIVER, self._limits)
-
-    def limit_mw(self) -> int:
-        return within_bound(DRIVER, lambda: self._cap_mw(self._caps(), "power_cap"))
-
-    def set_limit_mw(self, mw: int) -> None:
-        within_bound(DRIVER, lambda: self._set_limit_mw(mw))
-
-    def _limits(self) -> LimitRange:
         caps = self._caps()
         low, high, default, now = (
             self._cap_mw(caps, k) for k in ("min_power_cap", "max_power_cap", "default_power_cap", "power_cap")
         )
         return LimitRange(low, high, default, now)
 
-    def _set_limit_mw(self, mw: int) -> None:
+    def limit_mw(self) -> int:
+        return self._cap_mw(self._caps(), "power_cap")
+
+    def set_limit_mw(self, mw: int) -> None:
         smi = LIBRARY.ready()
         try:
             smi.amdsmi_set_power_cap(self.gpu.handle, 0, int(mw) * 1000)

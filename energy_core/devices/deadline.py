@@ -2,8 +2,7 @@
 
 A driver call can hang (a GPU fallen off the bus, a wedged driver) and nothing can
 interrupt it. The calls the training thread needs an answer to (discovering devices,
-listing boards, the driver's version, a board's power limit read or set) therefore run
-on a daemon thread of their own;
+listing boards, the driver's version) therefore run on a daemon thread of their own;
 the caller waits at most `DRIVER_WAIT_S`, then goes on without the answer. While a call
 to one library has not returned, further calls to that library are not made (they would
 hang too): they fail at once. The sampler's readings follow the same bound

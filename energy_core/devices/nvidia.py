@@ -24,7 +24,6 @@ import pynvml
 
 from energy_core.devices import gpu as common
 from energy_core.devices import visible
-from energy_core.devices.deadline import within_bound
 from energy_core.devices.source import (
     AVERAGED,
     COUNTER_UPDATE_S,
@@ -40,7 +39,6 @@ from energy_core.devices.source import (
 from energy_core.notices import Notice
 
 VENDOR = "nvidia"
-DRIVER = "NVIDIA driver"  # the library a hung call blocks (`deadline.within_bound`), as discovery names it
 POWER_RESOLUTION_W = 0.001  # nvmlDeviceGetPowerUsage counts whole mW
 
 
@@ -269,26 +267,15 @@ class NvidiaBoard(GpuBoard):
         self.index = gpu.cuda_index
         self.uuid = gpu.uuid
 
-    # Each call waited for at most DRIVER_WAIT_S (a hung driver raises DriverHung, a DeviceError): the cap
-    # sets and restores limits on the training thread, at its start and its end.
     def limits(self) -> LimitRange:
-        return within_bound(DRIVER, self._limits)
-
-    def limit_mw(self) -> int:
-        return within_bound(DRIVER, self._limit_mw)
-
-    def set_limit_mw(self, mw: int) -> None:
-        within_bound(DRIVER, lambda: self._set_limit_mw(mw))
-
-    def _limits(self) -> LimitRange:
         low, high = (int(v) for v in _call(pynvml.nvmlDeviceGetPowerManagementLimitConstraints, self.gpu.handle))
         default = int(_call(pynvml.nvmlDeviceGetPowerManagementDefaultLimit, self.gpu.handle))
-        return LimitRange(low, high, default, self._limit_mw())
+        return LimitRange(low, high, default, self.limit_mw())
 
-    def _limit_mw(self) -> int:
+    def limit_mw(self) -> int:
         return int(_call(pynvml.nvmlDeviceGetPowerManagementLimit, self.gpu.handle))
 
-    def _set_limit_mw(self, mw: int) -> None:
+    def set_limit_mw(self, mw: int) -> None:
         try:
             pynvml.nvmlDeviceSetPowerManagementLimit(self.gpu.handle, int(mw))
         except pynvml.NVMLError_NoPermission:

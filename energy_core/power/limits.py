@@ -18,12 +18,8 @@ cap (not the maximum, not the default, not another run's cap). A board that no l
 carries the limit this object set (an administrator changed it since) is left as it is,
 at the end and at the next change alike (`PowerLimits.set` lets it go).
 
-Every limit call is waited for at most `DRIVER_WAIT_S` (`GpuBoard`'s vendors): a change that
-has not returned by then raises `DriverHung` to its caller and stays pending, as below (it
-may land later); a restore that cannot reach a hung driver keeps the board and its entry,
-for the exit guard's restore or the journal's recovery. A change in the driver when a
-restore comes (a signal handler interrupting it, or another thread, waited for at most
-`DRIVER_WAIT_S`) is this run's too: its target is recorded
+A change in the driver when a restore comes (a signal handler interrupting it, or another
+thread, waited for at most `DRIVER_WAIT_S`) is this run's too: its target is recorded
 before the call (``pending_mw``), the restore accepts it on the board, and the board and
 its journal entry are let go only once the board carries its limit before the cap again.
 The journal entry written before a change also names the limit the board carried before it
@@ -248,10 +244,6 @@ class PowerLimits:
         capped.pending_mw, capped.restore_to = target_mw, None
         try:
             capped.board.set_limit_mw(target_mw)
-        except deadline.DriverHung:
-            # Still in the driver, and may land later: the target stays pending (a restore accepts either
-            # limit and keeps the board until it shows which), and the board stays this run's.
-            raise
         except BaseException as err:
             if capped.restore_to is not None:
                 self._after_restore(capped)
@@ -349,8 +341,6 @@ class PowerLimits:
                 return capped.applied_mw
             try:
                 applied = self._change(capped, target_mw)
-            except deadline.DriverHung:
-                raise  # in flight: the entry written before it names both limits (from_mw, set_mw)
             except (PermissionError, DeviceError):
                 self._undo_entry(capped)
                 raise

@@ -111,14 +111,16 @@ class ProcessTree:
         clock: Seconds, for the scans and the pace of the charge (default: monotonic).
 
     Descendants are listed every `CHILD_SCAN_S` (a full scan reads every process's
-    /proc entry); their times are read at every call. A descendant that ended and was
-    waited for (a DataLoader worker at an epoch's end) is in its parent's children's
-    times, which are read too: it counts however briefly it lived. The total never goes
-    back, and rises at most at twice the pace of all visible CPUs, the most the `Ledger`
-    takes for true: a descendant found late, or one that ended unseen, brings the CPU time
-    it used before in one jump, which is charged over the next seconds instead of being
-    dropped as a glitch. Not counted: a descendant that leaves the tree before it ends
-    (its parent ended first, and it was handed to init).
+    /proc entry); their times are read at every call. The total grows by what each
+    process of the tree used since the last call (a descendant found late: all it used
+    before), and by what the processes waited for since (their children's times, a
+    DataLoader worker at an epoch's end, however briefly it lived), less what the tree
+    already counted of those that left it meanwhile (a reaped child's time moves into its
+    parent's children's times). It never goes back, and rises at most at twice the pace
+    of all visible CPUs, the most the `Ledger` takes for true: a jump (a descendant found
+    late, one that ended unseen) is charged over the next seconds instead of being dropped
+    as a glitch. Not counted: what a descendant uses after it leaves the tree (its parent
+    ended first, and it was handed to init).
     """
 
     def __init__(self, pid: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
@@ -126,7 +128,8 @@ class ProcessTree:
         self.clock = clock
         self._children: list[psutil.Process] = []
         self._scanned = -math.inf
-        self._most = 0.0  # the most the tree's times have added up to
+        self._seen: dict[tuple[int, float], tuple[float, float]] | None = None  # (own, waited-for) s per process
+        self._used = 0.0  # what the tree used, counted so far
         self._charged = 0.0  # what the last call returned
         self._called: float | None = None  # the last call's time
         self._pace = 2 * visible_cpus()  # CPU-seconds per second the charge may rise by
@@ -140,21 +143,36 @@ class ProcessTree:
                 self._children = []
         return self._children
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU seconds of the tree since each process started, charged at most at the pace
-        the CPUs allow (see the class)."""
-        now = self.clock()
-        used = _with_children(self.root.cpu_times())
+    def _times(self, now: float) -> dict[tuple[int, float], tuple[float, float]]:
+        """(own, waited-for) CPU seconds of every process of the tree readable now, by (pid, birth)."""
+        found = {(-1, 0.0): _split(self.root.cpu_times())}  # the root: key apart from any pid
         for child in self._descendants(now):
             try:
-                used += _with_children(child.cpu_times())
+                found[(child.pid, child.create_time())] = _split(child.cpu_times())
             except psutil.Error:  # ended since the scan: in its parent's children's times once waited for
                 continue
-        self._most = max(self._most, used)
-        if self._called is None:
-            self._charged = self._most
+        return found
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the tree used (since each process started, at the first call), charged
+        at most at the pace the CPUs allow (see the class)."""
+        now = self.clock()
+        found = self._times(now)
+        if self._seen is None:
+            self._used = sum(own + waited for own, waited in found.values())
         else:
-            self._charged = min(self._most, self._charged + max(now - self._called, 0.0) * self._pace)
+            left = sum(sum(self._seen[key]) for key in self._seen if key not in found)
+            own = waited = 0.0
+            for key, (own_s, waited_s) in found.items():
+                before = self._seen.get(key, (0.0, 0.0))
+                own += max(own_s - before[0], 0.0)
+                waited += max(waited_s - before[1], 0.0)
+            self._used += own + max(waited - left, 0.0)
+        self._seen = found
+        if self._called is None:
+            self._charged = self._used
+        else:
+            self._charged = min(self._used, self._charged + max(now - self._called, 0.0) * self._pace)
         self._called = now
         return self._charged
 
@@ -169,11 +187,10 @@ class ProcessTree:
         return total
 
 
-def _with_children(times: Any) -> float:
-    """A process's CPU seconds and those of its children it waited for (psutil's ``children_*``)."""
-    return float(
-        times.user + times.system + getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
-    )
+def _split(times: Any) -> tuple[float, float]:
+    """A process's own CPU seconds, and those of the children it waited for (psutil's ``children_*``)."""
+    waited = getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
+    return float(times.user + times.system), float(waited)
 
 
 class EstimatedCpuSource(EnergySource):

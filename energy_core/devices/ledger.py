@@ -247,7 +247,9 @@ class Ledger:
             and before[1] <= pending[1]
             and self._plausible(pending[1] - before[1], pending[0] - before[0])
         ):
-            self._confirmed_j -= self._last_value - before[1]  # the total holds until the counter passes it again
+            taken = self._last_value - before[1]
+            self._confirmed_j -= taken  # the total holds until the counter passes it again
+            self._bound_j += taken  # a span from a mark while it was counted is off by it: its bound carries it
             self._last_t, self._last_value = before
             self._before, self._pending, self._in_gap = None, None, False
             self._counter(*pending)

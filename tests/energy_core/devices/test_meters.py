@@ -270,7 +270,8 @@ class FakeProcess:
         return self.born
 
     def children(self, recursive: bool = False) -> list[FakeProcess]:
-        return [kid for kid in self.kids if kid.born <= self.clock[0] < kid.ends]
+        alive = [kid for kid in self.kids if kid.born <= self.clock[0] < kid.ends]
+        return [*alive, *(grand for kid in alive for grand in kid.children(True))] if recursive else alive
 
     def memory_info(self):
         return SimpleNamespace(rss=0)
@@ -296,6 +297,30 @@ def test_children_found_late_or_never_are_charged_not_dropped(monkeypatch) -> No
         ledger.update(clock[0])
     assert ledger.glitches == 0 and ledger.gaps == 0
     assert ledger.total_j == pytest.approx(4.0 * (0.1 * 12.0 + 6.5 + 1.6))  # every CPU-second of all three, 4 W
+
+
+def test_a_grandchild_that_leaves_the_tree_takes_only_its_own_time_with_it(monkeypatch) -> None:
+    # The tree's total was the most its processes' times had added up to: when a grandchild left (its parent
+    # ended, init took it), the time seen for it dropped out of the sum, and the root's own CPU time was lost
+    # until the sum climbed back past it.
+    monkeypatch.setattr(cpu_estimate, "visible_cpus", lambda: 2.0)
+    clock = [0.0]
+    root = FakeProcess(1, 0.0, lambda t: 0.1 * t, clock)
+    child = FakeProcess(2, 0.5, lambda t: 0.2 * max(min(t, 3.0) - 0.5, 0.0), clock, ends=3.0)  # waited for
+    grandchild = FakeProcess(3, 1.0, lambda t: max(t - 1.0, 0.0), clock)  # handed to init at 3 s, still busy
+    root.kids.append(child)
+    child.kids.append(grandchild)
+    monkeypatch.setattr(cpu_estimate.psutil, "Process", lambda pid=None: root)
+    tree = cpu_estimate.ProcessTree(clock=lambda: clock[0])
+    ledger = Ledger(cpu_estimate.EstimatedCpuSource(w_per_thread=4.0, detail="t", tree=tree))
+    ledger.update(0.0)
+    for k in range(1, 101):
+        clock[0] = k * 0.1
+        ledger.update(clock[0])
+    assert ledger.glitches == 0
+    # the root's 1 s, the child's 0.5 s, the grandchild's 1 s until the scan at 2 s found it and then until the
+    # scan at 4 s lost it (the last read at 3.9 s): nothing of the root's own time lost
+    assert ledger.total_j == pytest.approx(4.0 * (1.0 + 0.5 + 2.9))
 
 
 def test_unknown_nvml_function_errors_are_real_pynvml_classes() -> None:
@@ -330,6 +355,33 @@ def test_one_read_off_within_the_plausible_power_is_not_energy(off) -> None:
     totals = [ledger.update(0.1 * k) for k in range(201)]
     assert all(b >= a for a, b in zip(totals, totals[1:]))
     assert totals[-1] == pytest.approx(truth[-1]) and ledger.resets == 0 and ledger.glitches == 20
+
+
+def test_spans_across_a_reading_taken_back_hold_the_truth() -> None:
+    # A read 100 J high (within the plausible power) is taken back when the next reading shows it: the total
+    # then holds still until the counter passes it. A span starting at the high reading read 185 J where the
+    # truth was 285 J, bound +-32.5 J: what was taken back was in no bound.
+    import numpy as np
+
+    from energy_core.sampling.bounds import Accuracies, between, mark_bound
+
+    truth = [30.0 * k for k in range(41)]
+    source = ScriptedCounter([value + (100.0 if k == 5 else 0.0) for k, value in enumerate(truth)])
+    ledger = devices.Ledger(source)
+    rows = []
+    for k in range(41):
+        ledger.update(0.1 * k)
+        rows.append((0.1 * k, ledger.total_j, ledger.bound_j, ledger.open_j))
+    times = np.array([r[0] for r in rows])
+    energy, accumulated, pending = (np.array([[r[i]] for r in rows]) for i in (1, 2, 3))
+    accuracy = Accuracies([source])
+    marks = [round(0.5 + 0.05 * i, 2) for i in range(51)]  # from the high reading on, every mark settled
+    for i, a in enumerate(marks):
+        for b in marks[i + 1 :]:
+            figure = float(np.interp(b, times, energy[:, 0]) - np.interp(a, times, energy[:, 0]))
+            bound = float(between(*(mark_bound(times, energy, accumulated, pending, x, accuracy) for x in (a, b)))[0])
+            assert abs(figure - 300.0 * (b - a)) <= bound + 1e-6, (a, b, figure, bound)
+    assert ledger.total_j == pytest.approx(truth[-1])
 
 
 def test_a_restart_is_a_reset_once_the_next_reading_goes_on_from_it() -> None:

@@ -388,3 +388,28 @@ def test_auto_used_for_a_second_run_puts_its_choice_in_force_again() -> None:
     assert second.finder.steps_used == first.finder.steps_used  # not searched again
     assert second.board.current_mw == second.board.max_mw and second.journal == {}
     assert [s for s in second.board.sets] == [second.board.max_mw, chosen_mw, second.board.max_mw]
+
+
+@pytest.mark.timeout(60)  # the failure this guards against is a deadlock: the test never ends
+def test_a_signal_during_a_bounded_limit_call_restores_and_never_deadlocks(sim, sigterm_seen) -> None:
+    # within_bound held its lock while it started the call's thread; a SIGTERM then ran the guard's restore on
+    # the same thread, whose own limit calls waited for that lock: the process hung for ever (within a few of
+    # these trials, each a signal at a random moment of a stream of limit changes).
+    import os
+    import random
+
+    for _ in range(200):
+        limits = PowerLimits()
+        limits.apply(devices.visible_boards(), None, None)
+        (capped,) = limits.capped
+        seen = len(sigterm_seen)
+        timer = threading.Timer(random.uniform(0, 0.004), lambda: os.kill(os.getpid(), signal.SIGTERM))
+        timer.start()
+        k = 0
+        while len(sigterm_seen) == seen:
+            limits.set(capped, 300_000 if k % 2 == 0 else 325_000)
+            k += 1
+        timer.join()
+        limits.restore()
+        limits.guard.uninstall()
+        assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW and journal_entries() == {}

@@ -268,14 +268,20 @@ def test_out_must_be_a_folder_of_ones_own(shared, written, capsys, owner) -> Non
     assert "is not a folder of yours alone" in err and "nothing written" in err and list(out_dir.iterdir()) == []
 
 
-def test_a_folder_writable_by_ones_own_group_is_ones_own(shared, written) -> None:
-    # (umask 002 with a group per user: every folder a user makes is group-writable)
+def group_writable_folder(shared: Path, written: str) -> tuple[Path, Path]:
+    """The two runs' record, and a folder of one's own that one's own group may write to."""
     record = shared / "runs.jsonl"
     two_runs(record, written)
     out_dir = shared / "out"
     out_dir.mkdir()
     os.chown(out_dir, os.geteuid(), os.getegid())
     out_dir.chmod(0o775)
+    return record, out_dir
+
+
+def test_a_folder_writable_by_ones_own_group_is_ones_own(shared, written) -> None:
+    # (umask 002 with a group per user: every folder a user makes is group-writable)
+    record, out_dir = group_writable_folder(shared, written)
     assert main([str(record), "--out", str(out_dir)]) == 0
     assert (out_dir / "report.html").is_file()
 
@@ -283,12 +289,7 @@ def test_a_folder_writable_by_ones_own_group_is_ones_own(shared, written) -> Non
 def test_a_file_another_user_left_in_ones_folder_is_replaced_not_rewritten(shared, written) -> None:
     # A member of one's group left report.html in one's folder: the report rewrote it in place, and the page
     # (with its script) stayed that user's to edit after the fact.
-    record = shared / "runs.jsonl"
-    two_runs(record, written)
-    out_dir = shared / "out"
-    out_dir.mkdir()
-    os.chown(out_dir, os.geteuid(), os.getegid())
-    out_dir.chmod(0o775)
+    record, out_dir = group_writable_folder(shared, written)
     planted = out_dir / "report.html"
     planted.write_text("their notes")
     os.chown(planted, OTHER_UID, OTHER_UID)

@@ -285,6 +285,7 @@ class EnergyTracker:
         settled = self._stages.settle(self.meter)  # every mark is fixed now
         if not collective:
             self.ranks = Ranks(self.ranks.rank, self.ranks.local_rank)  # from here on, nothing waits for others
+        self._others = self._faults_elsewhere()  # the meter is closed: every rank's faults are final
         job = self._sum(end, self._window.work(), self._read(end))
         metrics = {**self._cumulative(job.totals), **self._record_stages(settled)}
         # Fold this run into the resumed totals: a later fit of this tracker continues them.
@@ -293,7 +294,6 @@ class EnergyTracker:
         self._ended = kept if self.ranks.distributed else None  # every rank's summary: the job's
         self._accounts.end()
         self._window = Window(None, step)
-        self._others = self._faults_elsewhere()
         fields = self.summary_fields(metrics)
         self._notices += quality_notices(fields)
         self.write_record(lines.SUMMARY, step=step, status=self.link.final_status(status), **fields)

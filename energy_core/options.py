@@ -183,6 +183,11 @@ class MeasureOptions:
             self.country, self.region, self.cloud_provider, self.cloud_region, self.carbon_intensity_g_per_kwh
         )
 
+    def location_notices(self) -> list[Notice]:
+        """What to say about the location's intensity, where it prices the run: a series prices every
+        moment itself (a zone falls back on the location when the API does not answer)."""
+        return [] if self._carbon_series is not None else self.location_intensity()[1]
+
     def carbon_factor(self) -> Factor:
         """The grid intensity over time these options select (see `energy_core.carbon.factor`)."""
         located, _ = self.location_intensity()

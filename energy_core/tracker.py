@@ -136,9 +136,7 @@ class EnergyTracker:
             raise TypeError("EnergyTracker takes a MeasureOptions or its fields as keyword arguments, not both")
         self.options = options if options is not None else MeasureOptions.of("EnergyTracker", dict(measure))
         self.meter = EnergyMeter(self.options.devices, self.options.sample_interval_s, cpu_tdp_w=self.options.cpu_tdp_w)
-        _, location_notices = self.options.location_intensity()
-        if self.options.carbon_intensity_series is not None:  # the series prices every moment: no location's figure
-            location_notices = []
+        location_notices = self.options.location_notices()
         self.factors = RunFactors(
             self.options.carbon_factor(), self.options.price_factor(), self.options.pue, self.options.currency
         )

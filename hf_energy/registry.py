@@ -32,9 +32,11 @@ has run (``on_step_begin``).
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 from weakref import WeakKeyDictionary, WeakSet
 
@@ -105,10 +107,7 @@ class EnergyCallbacks:
         self.add(callback)
         if state is not self._training:
             here = threading.get_ident()
-            for registry in [*EnergyCallbacks._training_now, self]:
-                if registry._thread == here and not _in_train(registry._training):
-                    registry._end_unreported()
-                    EnergyCallbacks._training_now.discard(registry)
+            EnergyCallbacks._end_left_open(lambda r: r._thread == here and not _in_train(r._training), also=self)
             self._training, self._begun, self._thread, self._pid = state, [], here, os.getpid()
             EnergyCallbacks._training_now.add(self)
             _end_at_exit_once()
@@ -142,8 +141,13 @@ class EnergyCallbacks:
         training begins (`_end_unreported`): a ``train()`` that raised and was never retried gets its summary.
         A training on another thread still alive (a daemon's, which the exit kills) is left as it is."""
         alive = {thread.ident for thread in threading.enumerate()} - {threading.get_ident()}
-        for registry in list(cls._training_now):
-            if registry._pid == os.getpid() and registry._thread not in alive:
+        cls._end_left_open(lambda r: r._pid == os.getpid() and r._thread not in alive)
+
+    @classmethod
+    def _end_left_open(cls, left: Callable[[EnergyCallbacks], bool], also: EnergyCallbacks | None = None) -> None:
+        """End the latest training of every registry (and ``also``) that ``left`` says is left behind."""
+        for registry in [*cls._training_now, *([also] if also is not None else [])]:
+            if left(registry):
                 registry._end_unreported()
                 cls._training_now.discard(registry)
 
@@ -252,13 +256,10 @@ def abort_inference(trainer: Any, stage: str, exception: BaseException) -> None:
                 pass
 
 
-_exit_hook: list[bool] = []  # registered with atexit once, at the first training begun
-
-
+@functools.cache
 def _end_at_exit_once() -> None:
-    if not _exit_hook:
-        _exit_hook.append(True)
-        atexit.register(EnergyCallbacks.end_at_exit)
+    """Register `EnergyCallbacks.end_at_exit` with atexit, once (at the first training begun)."""
+    atexit.register(EnergyCallbacks.end_at_exit)
 
 
 def _in_train(state: TrainerState | None) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -49,32 +50,40 @@ class FakeGroup:
 
         return Ranks(rank, rank, self.world, gpu_index, total, gather, lambda flag: total([float(flag)])[0] > 0)
 
+    def run(self, rank: Callable[[int], Any]) -> list[Any]:
+        """``rank(r)`` on a thread per rank; what each returned (a failure on any fails the test)."""
+        results: list[Any] = [None] * self.world
+        failures: list[BaseException] = []
+
+        def body(r: int) -> None:
+            try:
+                results[r] = rank(r)
+            except BaseException as err:  # noqa: BLE001 - reported by the test's thread
+                failures.append(err)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=body, args=(r,)) for r in range(self.world)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not failures, failures
+        return results
+
 
 def run_job(group: FakeGroup, gpu_indices: list[int], seconds: float = 0.5) -> list[tuple[dict, float, list[str]]]:
     """Each rank (a thread) takes its part as the adapters do (`Ranks.share_boards`), fits for a while."""
-    results: list[Any] = [None] * group.world
-    failures: list[BaseException] = []
 
-    def rank(r: int) -> None:
-        try:
-            tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.02)
-            tracker.join(group.ranks(r, gpu_indices[r]).share_boards())
-            tracker.start_fit()
-            time.sleep(seconds)
-            metrics = tracker.end_fit(1)
-            results[r] = (metrics, tracker.fit_seconds(), [s.info.detail for s in tracker.meter.sources])
-            tracker.close()
-        except BaseException as err:  # noqa: BLE001 - reported by the test's thread
-            failures.append(err)
-            group.barrier.abort()
+    def rank(r: int) -> tuple[dict, float, list[str]]:
+        tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.02)
+        tracker.join(group.ranks(r, gpu_indices[r]).share_boards())
+        tracker.start_fit()
+        time.sleep(seconds)
+        metrics = tracker.end_fit(1)
+        tracker.close()
+        return metrics, tracker.fit_seconds(), [s.info.detail for s in tracker.meter.sources]
 
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(group.world)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not failures, failures
-    return results
+    return group.run(rank)
 
 
 def test_two_ranks_training_on_one_board_count_it_once(sim_gpus) -> None:
@@ -242,31 +251,21 @@ def test_a_fault_on_another_rank_is_in_the_summary_and_said_by_rank_zero(sim_gpu
             raise sim.lost()
 
     sim._check = losing
-    group, record, said = FakeGroup(2), tmp_path / "energy.jsonl", [[], []]
-    failures: list[BaseException] = []
+    group, record = FakeGroup(2), tmp_path / "energy.jsonl"
 
-    def rank(r: int) -> None:
-        try:
-            tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.02, record_path=record if r == 0 else None)
-            tracker.join(group.ranks(r, r).share_boards())
-            tracker.start_fit()
-            time.sleep(0.2)
-            if r == 1:
-                lost.set()
-            time.sleep(0.3)
-            tracker.end_fit(1)
-            said[r] = [notice.text for notice in tracker.pop_notices()]
-            tracker.close()
-        except BaseException as err:  # noqa: BLE001 - reported by the test's thread
-            failures.append(err)
-            group.barrier.abort()
+    def rank(r: int) -> list[str]:
+        tracker = EnergyTracker(devices=["gpu"], sample_interval_s=0.02, record_path=record if r == 0 else None)
+        tracker.join(group.ranks(r, r).share_boards())
+        tracker.start_fit()
+        time.sleep(0.2)
+        if r == 1:
+            lost.set()
+        time.sleep(0.3)
+        tracker.end_fit(1)
+        tracker.close()
+        return [notice.text for notice in tracker.pop_notices()]
 
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not failures, failures
+    said = group.run(rank)
     [summary] = [line for line in read_record(record) if line["type"] == "summary"]
     assert list(summary["faults"]) == ["rank1/gpu1"] and summary["faults"]["rank1/gpu1"]["unmeasured_s"] > 0.1
     assert summary["unmeasured_s"] > 0.1 and summary["estimated_share"] > 0.1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -56,6 +57,24 @@ def tiny_gpt2() -> GPT2LMHeadModel:
         eos_token_id=None,
     )
     return GPT2LMHeadModel(config)
+
+
+def fail_from_batch(trainer: Trainer, n: int, error: type[BaseException] = RuntimeError,
+                    before: Callable[[], None] | None = None) -> Callable:  # fmt: skip
+    """Make ``trainer``'s collator raise ``error("bad batch")`` from its ``n``-th batch on (HF fetches a batch
+    ahead of the step it trains), ``before()`` called first; returns the collator it wraps, to put back."""
+    collate, batches = trainer.data_collator, []
+
+    def failing(batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        batches.append(1)
+        if len(batches) >= n:
+            if before is not None:
+                before()
+            raise error("bad batch")
+        return collate(batch)
+
+    trainer.data_collator = failing
+    return collate
 
 
 def make_trainer(

@@ -12,7 +12,7 @@ from hf_energy import EnergyCallback, attach
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.doubles.vendors import both_vendors_end_to_end
-from tests.helpers.hf_models import SeqData, make_trainer
+from tests.helpers.hf_models import SeqData, fail_from_batch, make_trainer
 from tests.helpers.readback import tensorboard_series
 from tests.helpers.records import read_record
 
@@ -177,15 +177,7 @@ def test_an_exception_mid_training_ends_the_record_and_the_sampler(tmp_path, sim
     # The HF Trainer has no exception hook: the record ended at its header and the sampler ran on for ever.
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
     trainer = make_trainer(tmp_path / "out", SeqData(96), sleep_s=0.02, logging_steps=2)
-    collate, batches = trainer.data_collator, []
-
-    def failing_collate(batch):
-        batches.append(1)
-        if len(batches) == 8:  # HF fetches a batch ahead: some steps in, after two logged windows at least
-            raise error("bad batch")
-        return collate(batch)
-
-    trainer.data_collator = failing_collate
+    fail_from_batch(trainer, 8, error)  # some steps in, after two logged windows at least
     attach(trainer, EnergyCallback(devices=["gpu"], sample_interval_s=0.01, record_path=tmp_path / "energy.jsonl"))
     with pytest.raises(error):
         trainer.train()
@@ -212,15 +204,7 @@ def test_a_train_that_raised_unattached_and_was_never_retried_ends_at_exit(tmp_p
     monitor = EnergyCallback(devices=["gpu"], sample_interval_s=0.01, record_path=record, summary=False)
     trainer = make_trainer(tmp_path / "out", SeqData(64), sleep_s=0.01, logging_steps=2,
                            callbacks=[PowerCapCallback(watts=250), monitor])  # fmt: skip
-    collate, batches = trainer.data_collator, []
-
-    def failing_collate(batch):
-        batches.append(1)
-        if len(batches) == 6:
-            raise RuntimeError("bad batch")
-        return collate(batch)
-
-    trainer.data_collator = failing_collate
+    fail_from_batch(trainer, 6)
     with pytest.raises(RuntimeError):
         trainer.train()
     assert [line for line in read_record(record) if line["type"] == "summary"] == []
@@ -269,15 +253,7 @@ def test_a_train_that_raised_unattached_ends_when_the_next_train_begins(tmp_path
     options = {"devices": ["gpu"], "sample_interval_s": 0.01, "record_path": tmp_path / "energy.jsonl"}
     callback = EnergyCallback(**options) if kind == "monitor" else EnergyBudgetCallback(max_kwh=1.0, **options)
     trainer = make_trainer(tmp_path / "out", SeqData(64), sleep_s=0.01, logging_steps=2, callbacks=[callback])
-    collate, batches = trainer.data_collator, []
-
-    def failing_collate(batch):
-        batches.append(1)
-        if len(batches) == 6:  # some steps in (HF fetches a batch ahead)
-            raise RuntimeError("bad batch")
-        return collate(batch)
-
-    trainer.data_collator = failing_collate
+    collate = fail_from_batch(trainer, 6)  # some steps in
     with pytest.raises(RuntimeError):
         trainer.train()
     failed_at = trainer.state.global_step
@@ -309,15 +285,7 @@ def test_an_exception_in_evaluate_alone_ends_its_run_and_the_sampler(tmp_path, s
     # without a summary and the sampler running, through the evaluate() and the train() after it.
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
     trainer = make_trainer(tmp_path / "out", SeqData(16), sleep_s=0.02, eval_data=SeqData(32), num_train_epochs=1)
-    collate, batches = trainer.data_collator, []
-
-    def failing_collate(batch):
-        batches.append(1)
-        if len(batches) == 3:  # the third of four evaluation batches: after a forward at least
-            raise error("bad batch")
-        return collate(batch)
-
-    trainer.data_collator = failing_collate
+    collate = fail_from_batch(trainer, 3, error)  # the third of four evaluation batches: after a forward at least
     record = tmp_path / "energy.jsonl"
     energy = attach(
         trainer,
@@ -349,13 +317,7 @@ def test_an_exception_in_evaluate_alone_ends_its_run_and_the_sampler(tmp_path, s
 def test_an_evaluate_whose_run_cannot_end_still_raises_the_users_exception(tmp_path, sim_gpus, monkeypatch) -> None:
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
     trainer = make_trainer(tmp_path / "out", SeqData(16), sleep_s=0.02, eval_data=SeqData(32))
-    collate, batches = trainer.data_collator, []
-
-    def failing_collate(batch):
-        batches.append(1)
-        return collate(batch) if len(batches) < 3 else 1 / 0
-
-    trainer.data_collator = failing_collate
+    fail_from_batch(trainer, 3, ZeroDivisionError)
     energy = attach(trainer, EnergyCallback(devices=["gpu"], sample_interval_s=0.02, country="FRA", summary=False))
     ended = []
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from hf_energy import EnergyCallback, attach
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu, SimNvml, install_for_process
-from tests.helpers.hf_models import SeqData, make_trainer
+from tests.helpers.hf_models import SeqData, fail_from_batch, make_trainer
 
 GPU_W = 300.0
 
@@ -28,16 +28,7 @@ def main(argv: list[str]) -> None:
                            callbacks=None if "--attach" in argv else [monitor])  # fmt: skip
     if "--attach" in argv:
         attach(trainer, monitor)
-    collate, batches = trainer.data_collator, []
-
-    def failing_collate(batch):
-        batches.append(1)
-        if len(batches) == 6:  # some steps in (HF fetches a batch ahead)
-            print(f"raising after step {trainer.state.global_step}", flush=True)
-            raise RuntimeError("bad batch")
-        return collate(batch)
-
-    trainer.data_collator = failing_collate
+    fail_from_batch(trainer, 6, before=lambda: print(f"raising after step {trainer.state.global_step}", flush=True))
     trainer.train()
 
 

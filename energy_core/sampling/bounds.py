@@ -142,8 +142,12 @@ def _levels(
         return unknown.copy(), np.zeros_like(unknown)
     chosen = [lo]
     for j in range(lo + 1, hi + 1):
-        if times[j] - times[chosen[-1]] >= spacing or j == hi:
+        if times[j] - times[chosen[-1]] >= spacing:
             chosen.append(j)
+    # The newest rows close the last span rather than open a short one: a reading a moment after the last
+    # chosen one may hold a whole counter update, which over that moment reads as a power no board draws.
+    if len(chosen) > 1:
+        chosen[-1] = hi
     if len(chosen) < 2:
         width = energy.shape[1]
         return np.zeros(width), np.zeros(width)

@@ -177,3 +177,32 @@ def test_a_step_just_before_an_averaged_powers_window_end_is_covered(monkeypatch
     windows, total = run(monkeypatch, trace, "averaged", 0.0625, [1.5625, 1.59375, 5.875], seconds=25.0)
     assert all(map(covered, windows)), [w for w in windows if not covered(w)]
     assert covered(total)
+
+
+def test_a_reading_a_moment_after_the_last_is_no_power_surge(monkeypatch) -> None:
+    """A constant 200 W, its counter updated every 100 ms, read every 0.45 s up to 0.4 ms before an update,
+    then 0.4 ms after it (as `end_fit`'s own reading may come right after the sampler's): the 20 J update
+    over those 0.8 ms is no 25 kW level. A mark there trails the truth by at most the counter's period
+    at the board's power; before the fix its bound was 2,500 J for a 3 s span of 600 J."""
+    clock = ManualClock()
+    board = SimGpu("GPU-a", Steps([200.0], [1000.0]), arch=ARCH_HOPPER, counter_period_s=0.1)
+    sim = SimNvml([board], clock=clock)
+    for name in dir(SimNvml):
+        if name.startswith("nvml"):
+            monkeypatch.setattr(pynvml, name, getattr(sim, name))
+    sources, _ = nvidia.discover_gpus()
+    meter = EnergyMeter(devices=["gpu"], sample_interval_s=0.45, clock=clock)
+    meter.sources = sources
+    sampler = meter.sampler = Sampler(sources, 0.45, clock=clock)
+    for at in [3.0 - 0.45 * m - 0.0004 for m in range(6, -1, -1)] + [3.0004]:
+        clock.now = sim.t0 + at
+        sampler.sample_once()
+    start_t = sim.t0 + 3.0 - 0.45 * 6 - 0.0004
+    clock.now = start_t
+    start = meter.mark()
+    clock.now = sim.t0 + 3.0004
+    end = meter.mark()
+    (first, last), (first_bound, last_bound) = meter.read(start, end)
+    assert float(last_bound.lag[0]) <= 1.25 * 200.0 * 0.1
+    truth = sim.exact_joules(board, start.t, end.t)
+    assert abs(float(last[0] - first[0]) - truth) <= float(between(first_bound, last_bound)[0]) <= 0.1 * truth

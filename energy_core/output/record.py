@@ -100,15 +100,18 @@ class RunRecord:
         self.failed = False
         self._file: TextIO | None = None
         self._notice: Notice | None = None
+        self._pid: int | None = None  # the process whose run it is (`new_run`)
 
     def new_run(self) -> str:
-        """Start a new run: the lines written from now on carry a new id."""
+        """Start a new run: the lines written from now on carry a new id. The run is this
+        process's: a process forked from it (a worker, a user's ``os.fork``) writes nothing."""
         self.run_id = uuid.uuid4().hex[:12]
+        self._pid = os.getpid()
         return self.run_id
 
     def write(self, kind: str, **fields: Any) -> None:
         """Append one line ``{"type": kind, "run": id, "time": unix time, **fields}`` and flush it."""
-        if self.failed:
+        if self.failed or self._pid not in (None, os.getpid()):
             return
         line = {"type": kind, "run": self.run_id or self.new_run(), "time": time.time(), **_clean(fields)}
         try:

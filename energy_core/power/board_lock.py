@@ -7,7 +7,9 @@ on one file per board in a directory every user shares (``/dev/shm``: a sticky,
 world-writable tmpfs, emptied at boot like the limits; ``$ENERGY_CALLBACKS_BOARD_LOCKS``
 names another), taken before the cap is set and released after the limit is put back.
 The kernel drops a lock when its process ends, however it ends (SIGKILL included): a
-hold is never stale.
+hold is never stale. A process forked from the holder (a DataLoader worker, a user's
+``os.fork``) closes its copies of the descriptors at once, so it neither keeps the board
+held after its parent is gone nor lets the parent's hold go.
 
 Nothing in the file is read or written. Who holds the lock the kernel says
 (``/proc/locks``), and a holder counts only if it could set a power limit at all (root,
@@ -24,10 +26,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import re
 import stat
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +66,12 @@ class BoardLock:
     def __init__(self, uuid: str, fd: int) -> None:
         self.uuid = uuid
         self._fd = fd
+        _HOLDS.add(self)
+        _watch_forks()
 
     def release(self) -> None:
         """Let the board go (idempotent). The lock is dropped for every process sharing the
-        descriptor (forked workers), not only closed here."""
+        descriptor, not only closed here."""
         if self._fd < 0:
             return
         fd, self._fd = self._fd, -1
@@ -74,6 +80,29 @@ class BoardLock:
         except OSError:
             pass  # closing below drops it all the same, where nothing else shares it
         os.close(fd)
+
+    def _disown(self) -> None:
+        """In a forked child: close this process's copy of the descriptor (the hold stays the parent's)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+_HOLDS: weakref.WeakSet[BoardLock] = weakref.WeakSet()  # this process's holds
+
+
+@functools.cache
+def _watch_forks() -> None:
+    """Once, at the first hold: every process forked from this one disowns the holds it inherits."""
+    os.register_at_fork(after_in_child=_disown_inherited)
+
+
+def _disown_inherited() -> None:
+    for held in list(_HOLDS):
+        held._disown()
 
 
 def locks_dir() -> Path:

@@ -40,37 +40,43 @@ class ExitGuard:
     def __init__(self, restore: Callable[[], Any]) -> None:
         self.restore = restore
         self.installed = False
+        self.signals = False  # whether the signals are taken (`install` on the main thread)
         self._pid = os.getpid()
         self._previous: dict[int, Any] = {}
 
-    def _here(self) -> bool:
+    def here(self) -> bool:
         """Whether this is the process that installed the guard (not a fork of it)."""
         return os.getpid() == self._pid
 
-    def install(self) -> None:
-        """Register with atexit and, from the main thread, take over the signals."""
+    def install(self) -> bool:
+        """Register with atexit and, from the main thread, take over the signals. Whether the
+        signals are guarded: Python sets signal handlers from the main thread only."""
         if self.installed:
-            return
+            return self.signals
         self.installed = True
         self._pid = os.getpid()
         atexit.register(self._at_exit)
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
+        self.signals = threading.current_thread() is threading.main_thread()
+        if not self.signals:
+            return False
         for signum in SIGNALS:
             previous = signal.getsignal(signum)
             if previous == signal.SIG_IGN:
                 continue  # ignored (nohup): the process outlives it, and the cap must too
+            if previous == self._on_signal:
+                continue  # still in place (uninstalled off the main thread), its chain with it
             self._previous[signum] = previous
             signal.signal(signum, self._on_signal)
+        return True
 
     def _at_exit(self) -> None:
-        if self._here():
+        if self.here():
             self.restore()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         previous = self._previous.get(signum)
         with _others_held():
-            if self._here():
+            if self.here():
                 self.restore()
             if not callable(previous):  # the default action, as without the guard: the signal again, by default
                 signal.signal(signum, signal.SIG_DFL)
@@ -86,16 +92,15 @@ class ExitGuard:
         Where another handler was installed over this one (a second guard, finished first or
         not), this one stays in its chain and passes the signal on to the handler it found
         (an uninstalled guard's handler restores nothing of its own: its limits are back); a
-        guard that puts it back skips it."""
+        guard that puts it back skips it. Off the main thread, where no handler can be set,
+        this one stays in place the same way, passing every signal on."""
         if threading.current_thread() is threading.main_thread():
             for signum, previous in list(self._previous.items()):
                 if signal.getsignal(signum) == self._on_signal:
                     signal.signal(signum, _unchained(signum, previous))
                     del self._previous[signum]
-        else:
-            self._previous.clear()
         atexit.unregister(self._at_exit)
-        self.installed = False
+        self.installed = self.signals = False
 
 
 def _unchained(signum: int, handler: Any) -> Any:

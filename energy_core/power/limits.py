@@ -78,7 +78,7 @@ class PowerLimits:
         self._stale: list[str] = []  # restored boards whose entries are still to drop
         self._lock = threading.RLock()
         self._held: dict[str, BoardLock] = {}  # board UUID -> this object's hold on it
-        self._unheld_said = False
+        self._unheld_said = self._unguarded_said = False
 
     def owns(self, entry: JournalEntry) -> bool:
         """Whether this object wrote the entry."""
@@ -171,8 +171,14 @@ class PowerLimits:
         planned = plan_caps(boards, watts, fraction)
         with self._lock:
             claimed = self._claim(planned, strict)
-            if claimed:
-                self.guard.install()
+            if claimed and not self.guard.install() and not self._unguarded_said:
+                self._unguarded_said = True
+                self._messages.append(
+                    "The power cap was set from a thread other than the main one, where Python cannot take "
+                    "signals: a SIGTERM or SIGHUP that ends this process leaves the cap on the board (the "
+                    "limit goes back at a normal end, at exit and on Ctrl-C; after such a kill, at the next "
+                    "cap's start or with energy-report --restore-power-limits)."
+                )
             done: list[CappedGpu] = []
             try:
                 for capped, target in claimed:
@@ -312,6 +318,8 @@ class PowerLimits:
             PermissionError, DeviceError: the driver refused (the journal is put back).
         """
         uuid = capped.board.uuid
+        if not self.guard.here():
+            return capped.applied_mw  # a forked child: the boards are its parent's
         with self._lock:
             if capped not in self.capped:
                 return capped.previous_mw  # restored (or let go): no longer this run's to change
@@ -394,7 +402,12 @@ class PowerLimits:
         signal handler interrupted, or that has not returned in time, may land after the
         restore: its board and entry are kept until it has returned (`_change` then puts
         the limit back again).
+
+        Only the process that capped the boards restores them: in a process forked from it
+        (a user's ``os.fork``, a worker) this does nothing, as its exit guard does.
         """
+        if not self.guard.here():
+            return []
         held = self._lock.acquire(timeout=deadline.DRIVER_WAIT_S)
         try:
             return self._restore()

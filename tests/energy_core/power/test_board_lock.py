@@ -57,6 +57,27 @@ def test_a_hold_ends_with_its_process_however_it_ends(shared) -> None:
     held.release()
 
 
+def test_a_process_forked_from_the_holder_neither_lets_the_hold_go_nor_keeps_it(shared) -> None:
+    # A forked child (a DataLoader worker, a user's os.fork) shares the lock's open file: its release (a
+    # capped run's exit path, run in the child) dropped the parent's hold, and a child that outlived a killed
+    # parent kept the board held by a dead pid, so no later run could recover or cap it.
+    script = "import os, time; from energy_core.power import board_lock as b; held = b.take('GPU-1')\n"
+    script += "if os.fork() == 0:\n    held.release(); print('released', flush=True); time.sleep(600)\n"
+    script += "time.sleep(600)"
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)  # fmt: skip
+    try:
+        assert child.stdout.readline() == "released\n"
+        assert board_lock.take("GPU-1") == Holder(child.pid, os.geteuid())  # still the parent's
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        held = board_lock.take("GPU-1")  # the forked child, alive, does not keep the dead parent's hold
+        assert isinstance(held, BoardLock)
+        held.release()
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("plant", ["symlink", "fifo", "hardlink", "directory"])
 def test_whatever_is_planted_at_a_lock_name_is_refused_never_followed_or_waited_on(shared, tmp_path, plant) -> None:
     victim = tmp_path / "victim"

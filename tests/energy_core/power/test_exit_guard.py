@@ -13,14 +13,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from energy_core import devices
+from energy_core.output.record import RunRecord
+from energy_core.power import PowerLimits
 from energy_core.power.exit_guard import ExitGuard
 from tests.helpers import ROOT
-from tests.helpers.shared_machine import PREVIOUS_MW, journal_entries
+from tests.helpers.records import read_record
+from tests.helpers.shared_machine import PREVIOUS_MW, admin_limit, board, journal_entries
 
 PATIENCE_S = 120.0
 
@@ -100,3 +105,79 @@ def test_guards_finished_out_of_order_pass_signals_on_and_leave_the_handlers_as_
     assert restored[0] == "second"
     second.uninstall()
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_forked_childs_exit_path_leaves_the_parents_cap_and_record_alone(sim_gpus, tmp_path) -> None:
+    # A user's os.fork() in a capped run, the child leaving by sys.exit: the child's exit path (EnergyLoop's
+    # __exit__, Lightning's on_exception) put the limit back under the parent still training, and wrote a
+    # summary into the parent's run record. Only the process that capped, and began the run, does either.
+    state = tmp_path / "driver.json"
+    sim = sim_gpus(board(), state_file=state)
+    admin_limit(sim)
+    limits = PowerLimits()
+    [capped] = limits.apply(devices.visible_boards(), 250, None)
+    record = RunRecord(tmp_path / "run.jsonl")
+    record.new_run()
+    record.write("header")
+    pid = os.fork()
+    if pid == 0:  # the child: what its exit path does, then out at once (nothing of pytest's)
+        try:
+            limits.set(capped, 200_000)
+            limits.restore()
+            record.write("summary", status="exception: SystemExit")
+        finally:
+            os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert json.loads(state.read_text())["GPU-1"] == 250_000 and "GPU-1" in journal_entries()
+    assert [line["type"] for line in read_record(tmp_path / "run.jsonl")] == ["header"]
+    assert limits.restore() == [f"GPU 0: power limit restored to {PREVIOUS_MW // 1000} W."]
+    limits.guard.uninstall()
+    assert json.loads(state.read_text())["GPU-1"] == PREVIOUS_MW
+
+
+def test_a_guard_finished_off_the_main_thread_still_passes_signals_on(monkeypatch) -> None:
+    # EnergyLoop.close() from another thread: no handler can be set there, and the guard forgot the handlers
+    # it had found while its own stayed in place, so a SIGTERM skipped the user's handler and ended the
+    # process, and a Ctrl-C killed it (status 130) instead of raising KeyboardInterrupt.
+    def killed(pid: int, signum: int) -> None:
+        raise AssertionError(f"signal {signum} taken again by its default action: the process would end")
+
+    monkeypatch.setattr(os, "kill", killed)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    got: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    guard = ExitGuard(lambda: None)
+    try:
+        guard.install()
+        closer = threading.Thread(target=guard.uninstall)
+        closer.start()
+        closer.join()
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        assert got == [signal.SIGTERM]  # the user's handler, called
+        with pytest.raises(KeyboardInterrupt):
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        guard.install()  # again, from the main thread: its handler is not its own previous one
+        with pytest.raises(KeyboardInterrupt):
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        guard.uninstall()
+        assert signal.getsignal(signal.SIGINT) is before[0]
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+
+
+def test_a_cap_set_off_the_main_thread_says_that_a_signal_will_not_put_it_back(sim) -> None:
+    # Training on a worker thread: no signal handler can be set there, and a SIGTERM left the cap on the
+    # board with nothing said; the documentation promised a restore on SIGTERM.
+    limits = PowerLimits()
+    worker = threading.Thread(target=limits.apply, args=(devices.visible_boards(), 250, None))
+    worker.start()
+    worker.join()
+    try:
+        assert sim.limit_mw(sim.gpus[0]) == 250_000
+        said = [m for m in limits.take_messages() if "thread other than the main one" in m]
+        assert len(said) == 1 and "SIGTERM" in said[0] and "--restore-power-limits" in said[0]
+    finally:
+        limits.restore()
+        limits.guard.uninstall()
+    assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW

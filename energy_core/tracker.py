@@ -54,6 +54,10 @@ from energy_core.units import J_PER_KWH
 __all__ = ["EnergyTracker", "TrackerLink"]
 
 
+def _no_cap() -> float | None:
+    return None
+
+
 class BudgetStop(Protocol):
     """A budget, as a time shift on the same tracker sees it (`energy_core.budget.run.BudgetRun`)."""
 
@@ -149,7 +153,7 @@ class EnergyTracker:
         self._said_unresolved = False
         self._disagreeing: set[str] = set()  # boards whose two instruments disagreed (said once each)
         self._run_info: dict[str, Any] = {}
-        self._cap_w: float | None = None
+        self._cap_in_force: Callable[[], float | None] = _no_cap
         self._caps: list[dict[str, Any]] = []
         self._parts: dict[str, Callable[[RunTotals], dict[str, Any]]] = {}
         self._epoch_start: Mark | None = None
@@ -174,10 +178,13 @@ class EnergyTracker:
         """Fields for the record's header: the framework and its trainer's settings."""
         self._run_info = run_info
 
-    def show_power_cap(self, cap_w: float | None, caps: list[dict[str, Any]]) -> None:
-        """A cap in force: ``power/cap_w`` in every window (None takes it away) and the header's caps."""
-        self._cap_w, self._caps = cap_w, caps
-        if cap_w is not None and not self.fitting and self._held is None:
+    def show_power_cap(self, cap_w: Callable[[], float | None], caps: list[dict[str, Any]]) -> None:
+        """A cap: ``power/cap_w`` in every window is ``cap_w()`` then (None: no figure), and the header's caps.
+
+        Asked at each window, not kept: a limit put back meanwhile (by the exit guard, on a signal whose
+        handler let training go on) is no longer shown as in force."""
+        self._cap_in_force, self._caps = cap_w, caps
+        if cap_w() is not None and not self.fitting and self._held is None:
             self._held = []  # a cap put in force for a fit not started yet: its lines follow that fit's header
 
     def add_summary(self, name: str, part: Callable[[RunTotals], dict[str, Any]]) -> None:
@@ -341,7 +348,7 @@ class EnergyTracker:
                     "run's totals include that time."
                 )
                 self._notices.append(Notice("info", text))
-            return metric_dicts.cap(self._cap_w), None
+            return metric_dicts.cap(self._cap_in_force()), None
         end_j, end_bound = reading = self._read(end)
         epoch_j = epoch_err = 0.0
         if epoch_start is not None:
@@ -555,7 +562,7 @@ class EnergyTracker:
 
     def _cumulative(self, totals: RunTotals) -> dict[str, float]:
         g_per_kwh = self.factors.carbon.at(self._accounts.wall_now()).value
-        return metric_dicts.cumulative(totals, g_per_kwh, self.factors.price is not None, self._cap_w)
+        return metric_dicts.cumulative(totals, g_per_kwh, self.factors.price is not None, self._cap_in_force())
 
     def totals(self) -> dict[str, float]:
         """Cumulative figures now (``energy/*_kwh``, ``carbon/*``), checkpoint totals included.

@@ -599,7 +599,7 @@ class PowerCapRun:
         """Show the caps in force in a monitor's figures (``power/cap_w`` in every window)
         and in its run record's header; without a cap in force, take the figure away."""
         if self._tracker is not None:
-            self._tracker.show_power_cap(self.cap_w, self.caps())
+            self._tracker.show_power_cap(lambda: self.cap_w, self.caps())
 
     def _record(self, event: str, **fields: Any) -> None:
         """A ``power_cap`` line in a monitor's run record (the header may precede the cap)."""
@@ -628,7 +628,7 @@ class PowerCapRun:
             return []
         self._finished = True
         if self._tracker is not None:
-            self._tracker.show_power_cap(None, self.caps())
+            self._tracker.show_power_cap(lambda: None, self.caps())
         notices: list[Notice] = []
         if self.finder is not None and self.finder.steps_used and not self.finder.done:
             notices.append(Notice("info", self.finder.summary()))

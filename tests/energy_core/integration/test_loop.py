@@ -7,6 +7,8 @@ read back from disk.
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
 import time
 import warnings
@@ -133,6 +135,28 @@ def test_a_budget_and_a_cap_in_a_plain_loop(sim_gpus) -> None:
     assert set(seen) == {350_000} and energy.last_metrics["power/cap_w"] == 350.0
     assert sim.limit_mw(sim.gpus[0]) == 400_000  # put back
     assert energy.last_metrics["energy/total_kwh"] >= limit
+
+
+def test_a_cap_put_back_by_a_signal_whose_handler_lets_training_go_on_is_no_longer_logged(sim_gpus) -> None:
+    # A user's SIGTERM handler that only asks for a graceful stop later: the exit guard put the limit back
+    # first, as it must, but every later window still logged power/cap_w = 250 W for a board at its limit.
+    sim = known_gpu(sim_gpus)
+    got: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    windows = []
+    try:
+        with EnergyLoop(devices=["gpu"], sample_interval_s=0.02, log_every_n_steps=5,
+                        power_cap=PowerCapRun(watts=250)) as energy:  # fmt: skip
+            for step in range(20):
+                time.sleep(0.01)
+                if step == 10:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                windows.append((step + 1, sim.limit_mw(sim.gpus[0]), energy.step().get(keys.CAP_W)))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert got == [signal.SIGTERM]
+    logged = [(step, limit, cap) for step, limit, cap in windows if step % 5 == 0]
+    assert logged == [(5, 250_000, 250.0), (10, 250_000, 250.0), (15, 400_000, None), (20, 400_000, None)]
 
 
 def test_a_target_in_a_plain_loop_reports_its_cost_once_stops_and_resumes(sim_gpus) -> None:

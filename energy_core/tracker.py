@@ -34,7 +34,7 @@ import numpy as np
 from typing_extensions import Unpack
 
 from energy_core.accounting.accounts import Accounts
-from energy_core.accounting.figures import STAGES, RunTotals, WindowFigures
+from energy_core.accounting.figures import STAGES, EpochPart, RunTotals, WindowFigures
 from energy_core.accounting.ranks import JobSums, Ranks, job_gpus
 from energy_core.accounting.stages import StageRun, Stages
 from energy_core.accounting.window import Window
@@ -157,6 +157,9 @@ class EnergyTracker:
         self._caps: list[dict[str, Any]] = []
         self._parts: dict[str, Callable[[RunTotals], dict[str, Any]]] = {}
         self._epoch_start: Mark | None = None
+        self._epoch_begun: tuple[float, float, float] = (0.0, 0.0, 0.0)  # in a job: its (J, bound, s) then
+        self._epoch_before: EpochPart | None = None  # the epoch under way's part before this fit (a checkpoint's)
+        self._epoch_resumed: EpochPart | None = None  # a loaded checkpoint's, for the next fit
         self._stages = Stages()
         self._alone: tuple[str, Charges] | None = None  # a stage run outside a fit: its name, its charges
         self._others: tuple[dict[str, dict[str, Any]], dict[str, int]] = ({}, {})  # the other ranks' faults
@@ -232,14 +235,23 @@ class EnergyTracker:
             text = "Resumed from a checkpoint without energy state: the energy and CO2e totals restart at zero."
             notices.append(Notice("warn", text))
         start = self._epoch_start = self.meter.mark()
+        carried = self._accounts.resumed
+        self._epoch_before, self._epoch_resumed = self._epoch_resumed, None
+        self._epoch_begun = (carried.total_j, carried.total_err, carried.fit_s)
         self._accounts.begin(start)
         self.link.fit_start_paused_kwh = self.link.paused_kwh
         self.link.stopped_by = None
         self.factors.start()
         self._window = Window(start, step)
-        carried = self._accounts.resumed
         self._new_run(notices, resumed_from=carried.to_state() if carried.energy_j else None)
         return notices
+
+    def training_starts_at(self, step: int) -> None:
+        """The fit's training starts at optimizer step ``step`` (a framework that restores a checkpoint's
+        step after the fit began, as Lightning does): the open window counts its steps from there. Its
+        energy still runs from the fit's start, the stages in between taken out of it."""
+        if self._window.start is not None:
+            self._window.step = step
 
     def _name_gpus(self) -> None:
         """Each GPU this process measures under its name in the job (`job_gpus`: a sum over the
@@ -393,17 +405,20 @@ class EnergyTracker:
         start = self._epoch_start if self.fitting else None
         metrics, sums = self._close(step, end, extra, start)
         if start is not None and sums is not None:
-            metrics |= metric_dicts.epoch(sums.epoch_j, sums.epoch_err)
+            part = EpochPart(sums.epoch_j, sums.epoch_err, end.t - start.t) + (self._epoch_before or EpochPart())
+            metrics |= metric_dicts.epoch(part.energy_j, part.energy_err)
             self.write_record(
                 lines.EPOCH,
                 step=step,
                 epoch=epoch,
-                seconds=end.t - start.t,
+                seconds=part.seconds,
                 elapsed_s=self.fit_seconds(end),
                 metrics=metrics,
                 extra=extra or {},
             )
-        self._epoch_start = end
+        self._epoch_start, self._epoch_before = end, None
+        if sums is not None:
+            self._epoch_begun = (sums.totals.total_j, sums.totals.total_err, self.fit_seconds(end))
         return metrics
 
     # ----------------------------------------------------------------- other stages
@@ -714,7 +729,24 @@ class EnergyTracker:
         (a checkpoint can be written by rank 0 alone, so no collective runs here).
         """
         at = at or self.meter.mark()
-        return self._kept(self._totals_now(self._window.work(), at), at).to_state()
+        totals = self._kept(self._totals_now(self._window.work(), at), at)
+        state = totals.to_state()
+        if self.fitting:  # the epoch under way so far: a resume counts it in the epoch's energy
+            state["epoch"] = (self._epoch_so_far(totals, at) + (self._epoch_before or EpochPart())).to_state()
+        elif self._epoch_resumed is not None:  # loaded, the next fit not started: as it was loaded
+            state["epoch"] = self._epoch_resumed.to_state()
+        return state
+
+    def _epoch_so_far(self, totals: RunTotals, at: Mark) -> EpochPart:
+        """The epoch under way's part in this fit, up to ``at`` (the job's; ``totals`` the job's at ``at``).
+        In a job, where a checkpoint is written by one rank and nothing is summed here, the difference of
+        the job's totals since it began, within both totals' bounds."""
+        if self.ranks.distributed or self._epoch_start is None:
+            total_j, total_err, fit_s = self._epoch_begun
+            return EpochPart(max(totals.total_j - total_j, 0.0), totals.total_err + total_err, totals.fit_s - fit_s)
+        (start_j, at_j), (start_bound, at_bound) = self.meter.read(self._epoch_start, at)
+        joules = float((at_j - start_j).sum())
+        return EpochPart(joules, float(between(start_bound, at_bound).sum()), at.t - self._epoch_start.t)
 
     def load_state_dict(self, state: dict[str, Any] | None, own_share: bool = True) -> None:
         """Continue the totals of a checkpointed run (replaces earlier ones).
@@ -728,7 +760,10 @@ class EnergyTracker:
             ValueError: naming the field of the stored state that is missing or wrong.
         """
         if state is not None:  # {} is a state with every field missing, not "no state"
-            self._continue(RunTotals.from_state(state), own_share)
+            totals = RunTotals.from_state(state)
+            epoch = EpochPart.from_state(state, totals)
+            self._continue(totals, own_share)
+            self._epoch_resumed = epoch if own_share else None  # (the job's: counted once, as the totals are)
 
     def _continue(self, totals: RunTotals, own_share: bool) -> None:
         """Carry ``totals`` (the job's) on: this process's share of them, the stages' too."""

@@ -120,7 +120,6 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self._every, _ = cadence(trainer)
-        self._last_logged_step = trainer.global_step
         settings = {
             "max_epochs": trainer.max_epochs,
             "max_steps": trainer.max_steps,
@@ -137,6 +136,14 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
             trainer=settings,
         )
         self._attach_progress_bar(trainer)
+
+    @override
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # Lightning restores a checkpoint's global_step after on_fit_start (restore_training_state): the
+        # fit's first window, opened there, took step 0 for its start. Its steps count from here, where the
+        # step is known (no window closes and no batch is counted in between). A fresh fit's step is the same.
+        self._last_logged_step = trainer.global_step
+        self.tracker.training_starts_at(trainer.global_step)
 
     @staticmethod
     def _wandb_runs(trainer: Any) -> list[Any]:

@@ -26,7 +26,7 @@ from energy_core.units import J_PER_KWH, MAX_CO2E_KG, MAX_COST, MAX_COUNT, MAX_J
 STAGES = ("val", "test", "predict")
 STATE_VERSION = 1
 STATE_KEYS = ("version", "energy_j", "stage_j", "samples", "tokens", "fit_s", "co2e_kg", "cost", "energy_err",
-              "stage_err", "co2e_err", "cost_err")  # fmt: skip
+              "stage_err", "co2e_err", "cost_err", "epoch")  # fmt: skip
 
 
 def _add(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
@@ -173,6 +173,49 @@ class RunTotals:
             _joules(state, "stage_err", STAGES) if "stage_err" in state else {},
             _amount("co2e_err", state.get("co2e_err", 0.0), MAX_CO2E_KG),
             _amount("cost_err", state.get("cost_err", 0.0), MAX_COST),
+        )
+
+
+@dataclass(frozen=True)
+class EpochPart:
+    """The part of the epoch under way that a checkpoint taken mid-epoch holds (the job's figures),
+    so that the epoch's energy after a resume counts its part before.
+
+    Args:
+        energy_j: Its energy, and ``energy_err`` that energy's bound.
+        seconds: Its training seconds.
+    """
+
+    energy_j: float = 0.0
+    energy_err: float = 0.0
+    seconds: float = 0.0
+
+    def __add__(self, other: EpochPart) -> EpochPart:
+        return EpochPart(
+            self.energy_j + other.energy_j, self.energy_err + other.energy_err, self.seconds + other.seconds
+        )
+
+    def to_state(self) -> dict[str, float]:
+        return {"energy_j": self.energy_j, "energy_err": self.energy_err, "seconds": self.seconds}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], totals: RunTotals) -> EpochPart | None:
+        """From an energy state (`RunTotals.to_state` with ``"epoch"``) whose totals are ``totals``;
+        None where it has none (a state written at no epoch, or before epochs were kept).
+
+        Raises:
+            ValueError: naming the field that is missing or out of its range (a part larger than
+                the totals it is part of included).
+        """
+        epoch = state.get("epoch")
+        if epoch is None:
+            return None
+        if not isinstance(epoch, Mapping) or sorted(epoch) != ["energy_err", "energy_j", "seconds"]:
+            raise ValueError(f"stored energy state: epoch must map energy_j, energy_err and seconds, got {epoch!r}")
+        return cls(
+            _amount("epoch['energy_j']", epoch["energy_j"], totals.total_j),
+            _amount("epoch['energy_err']", epoch["energy_err"], MAX_JOULES),
+            _amount("epoch['seconds']", epoch["seconds"], totals.fit_s),
         )
 
 

@@ -155,6 +155,36 @@ def test_resume_from_checkpoint_continues_the_totals(name, tmp_path, sim_gpus) -
     assert logged[-1][1] > saved  # the logged series continues from the first run's total
 
 
+def test_a_resumed_fits_first_window_counts_its_steps_from_the_restored_step(tmp_path, sim_gpus) -> None:
+    # Lightning restores global_step after on_fit_start: the first window after a resume at step 10 holds
+    # steps 11 and 12, not all twelve since step 0 (its J/step and bound were a sixth of the truth).
+    pl = flavour(FLAVOURS[0])
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.005))
+    record = tmp_path / "energy.jsonl"
+
+    def fit(max_epochs: int, ckpt_path: Path | None = None):
+        monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=record)
+        trainer = trainer_for(pl, tmp_path, monitor, max_epochs=max_epochs, log_every_n_steps=4)
+        module = make_module(pl, step_sleep_s=0.03, val_sleep_s=0.05)
+        trainer.fit(module, regression_data(80), regression_data(16), ckpt_path=ckpt_path)
+        return trainer
+
+    fit(1).save_checkpoint(tmp_path / "epoch.ckpt")  # 10 steps
+    fit(2, tmp_path / "epoch.ckpt")
+
+    lines = read_record(record)
+    resumed = lines[max(i for i, line in enumerate(lines) if line["type"] == "header") :]
+    first = next(line for line in resumed if line["type"] == "window")
+    step_j, step_j_err = first["metrics"]["energy/step_j"], first["metrics"]["energy/step_j_err"]
+    assert dict(csv_series(tmp_path / "csv", "energy/step_j"))[first["step"]] == pytest.approx(step_j, rel=1e-9)
+    # Its two steps used the known power over its training seconds (the sanity check's validation taken out),
+    # within one 5 ms counter update at each end of the window and of that stage; inside its stated bound too.
+    true_step_j = GPU_W * first["seconds"] / 2
+    assert abs(step_j - true_step_j) <= 2 * (GPU_W * 2 * 0.005) / 2
+    assert abs(step_j - true_step_j) <= step_j_err
+    assert (first["step"], first["steps"]) == (12, 2)
+
+
 def test_tokens_and_gradient_accumulation(tmp_path, sim_gpus) -> None:
     pl = flavour("lightning.pytorch")
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))

@@ -452,7 +452,9 @@ def test_a_checkpoints_totals_survive_a_state_dict_round_trip_and_continue_in_th
         checkpoint_t = a.clock.now
         a.end()
 
-    with Drive.build(sim_gpus, power, reading_s, aligned=False) as b:  # a new process, board and clock
+    folder = tempfile.TemporaryDirectory()
+    record_path = Path(folder.name) / "run.jsonl"
+    with folder, Drive.build(sim_gpus, power, reading_s, aligned=False, record=record_path) as b:  # a new process
         b.tracker.load_state_dict(state)
         assert b.tracker.totals() == totals
         assert {s: b.tracker.stage_kwh(s) for s in STAGES} == stage_kwh
@@ -463,6 +465,16 @@ def test_a_checkpoints_totals_survive_a_state_dict_round_trip_and_continue_in_th
         for seg in second:
             b.segment(seg)
         final = b.end()
+        epoch_lines = lines_of(read_record(record_path), "epoch")
+    # The epoch under way at the checkpoint goes on after it: its first end counts its part before too.
+    before_s = checkpoint_t - a.epoch_start
+    assert state["epoch"]["seconds"] == pytest.approx(before_s, rel=1e-9, abs=1e-9)
+    if epoch_lines and b.epochs:
+        (begun, ended), line = b.epochs[0], epoch_lines[0]
+        truth = a.exact(a.epoch_start, checkpoint_t) + b.exact(begun, ended)
+        epoch_err = line["metrics"][keys.err(keys.EPOCH_KWH)] * J_PER_KWH
+        assert abs(line["metrics"][keys.EPOCH_KWH] * J_PER_KWH - truth) <= epoch_err + 1e-9
+        assert line["seconds"] == pytest.approx(before_s + ended - begun, rel=1e-9)
     assert (state["samples"], state["tokens"]) == (a.samples, a.tokens)
     assert state["fit_s"] == pytest.approx(checkpoint_t - a.fit_start, rel=1e-12)
     carried_j = totals[keys.TOTAL_KWH] * J_PER_KWH

@@ -277,10 +277,13 @@ class TargetRun(SharedRun):
         return TargetOutcome(metrics, notices, stop)
 
     def _gain(self, now: Evaluation) -> float | None:
-        """The gain per kWh since the evaluation ``patience`` back (None without it, or with a gap)."""
+        """The gain per kWh since the evaluation ``patience`` back (None without it, or with a gap
+        anywhere in the span: no gain is computed across an evaluation that had no figure)."""
         if len(self.history) < self.rule.patience:
             return None
-        then = self.history[0]
+        then, between = self.history[0], self.history[1:]
+        if any(e.value is None for e in between):  # a gap inside the span: not a gain over it
+            return None
         if now.value is None or then.value is None or now.kwh is None or then.kwh is None:
             return None
         return self.rule.gain((now.value, now.kwh), (then.value, then.kwh))

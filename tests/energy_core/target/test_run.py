@@ -161,6 +161,18 @@ def test_a_missing_or_impossible_value_is_a_gap_said_once(bench) -> None:
     assert [x["value"] for x in target_lines(bench)] == [None, None, None, 0.5, 0.95]
 
 
+@pytest.mark.parametrize("gap", [None, float("nan")])
+def test_no_gain_is_computed_across_a_gap_inside_the_patience_span(bench, gap) -> None:
+    """patience=2: the evaluation two back has a value, the one between them has none."""
+    target = target_run(bench, metric="val_acc", target=None, min_gain_per_kwh=1.0, patience=2)
+    outcomes = [bench.epoch(target, value) for value in (0.5, gap, 0.6, 0.7, 0.8)]
+    # the 3rd spans the gap (0.5 -> 0.6 across it), the 4th starts at it; the 5th has none in its span
+    assert [o.metrics for o in outcomes[:4]] == [{}, {}, {}, {}]
+    assert outcomes[4].metrics["target/gain_per_kwh"] == pytest.approx((0.8 - 0.6) / (2 * EPOCH_KWH), rel=1e-9)
+    assert [o.stop for o in outcomes] == [None] * 5 and target.stopped is None
+    assert [x["gain_per_kwh"] is None for x in target_lines(bench)] == [True, True, True, True, False]
+
+
 def test_a_reached_target_is_not_reported_again_after_a_resume(bench) -> None:
     target = target_run(bench, metric="val_acc", target=0.9, stop=False, min_gain_per_kwh=1.0, patience=2)
     for value in (0.6, 0.91, 0.93):

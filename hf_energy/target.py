@@ -15,6 +15,17 @@ from hf_energy.framework import emit, logger, ranks_of
 from hf_energy.registry import LogContributor, RunContributor
 
 EVAL = "eval_"  # the prefix the HF Trainer gives every evaluation metric during training
+SINGLE = "eval"  # the metric_key_prefix of a single eval dataset's entry (a dict's: eval_<name>)
+RUNTIME = "_runtime"  # HF's speed metrics: every evaluate() log entry has <metric_key_prefix>_runtime
+
+
+def entry_prefix(logs: dict[str, float]) -> str | None:
+    """The ``metric_key_prefix`` of an evaluation's log entry: ``eval``, or ``eval_<name>`` for one
+    dataset of a dict ``eval_dataset`` (HF logs one entry per dataset). HF names it in the entry's
+    ``<prefix>_runtime``; the shortest one, since a metric of ``compute_metrics`` may end in
+    ``_runtime`` too, under the prefix. None for an entry without one (not ``evaluate()``'s)."""
+    found = [key[: -len(RUNTIME)] for key in logs if key.startswith(EVAL) and key.endswith(RUNTIME)]
+    return min(found, key=len) if found else None
 
 
 class EnergyToTargetCallback(HasTargetRun, RunContributor[TargetRun], TrainerCallback, ExportableState):
@@ -39,7 +50,9 @@ class EnergyToTargetCallback(HasTargetRun, RunContributor[TargetRun], TrainerCal
 
     Args:
         metric: The evaluation metric, as the Trainer logs it (``"eval_accuracy"``) or
-            without its prefix (``"accuracy"``), as for ``metric_for_best_model``.
+            without its prefix (``"accuracy"``), as for ``metric_for_best_model``; with a dict
+            ``eval_dataset``, with the dataset's name (``"eval_val_accuracy"``): only that
+            dataset's log entries are its evaluations.
         target: The value to reach (None: only ``min_gain_per_kwh``).
         mode: ``"max"`` (reached when the metric >= target) or ``"min"`` (<=).
         stop: Stop training at the evaluation that first reaches the target.
@@ -73,6 +86,7 @@ class EnergyToTargetCallback(HasTargetRun, RunContributor[TargetRun], TrainerCal
         self._stop: str | None = None
         self._world_zero = True
         self._restored: dict[str, Any] | None = None
+        self._datasets: dict[str, int] = {}  # the entry prefixes of a dict eval_dataset seen: the step first seen
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -120,7 +134,7 @@ class EnergyToTargetCallback(HasTargetRun, RunContributor[TargetRun], TrainerCal
     def contribute(self, logs: dict[str, float], state: TrainerState) -> dict[str, float]:
         """At an evaluation's log call (every rank): the target's figures into that entry."""
         evaluated = [key for key in logs if key.startswith(EVAL)]
-        if not evaluated:  # a training log
+        if not evaluated or not self._watches(logs, state.global_step):  # a training log, or another dataset's
             return {}
         outcome = self.run.evaluate(state.global_step, logs.get(self.metric), logged=evaluated)
         emit(outcome.notices, self._world_zero)
@@ -130,10 +144,38 @@ class EnergyToTargetCallback(HasTargetRun, RunContributor[TargetRun], TrainerCal
         self.last_metrics.update(outcome.metrics)
         return outcome.metrics
 
+    def _watches(self, logs: dict[str, float], step: int) -> bool:
+        """Whether an evaluation's log entry is an evaluation of this target's metric.
+
+        With a dict ``eval_dataset`` HF logs one entry per dataset, each under its prefix
+        ``eval_<name>``: the entry of a dataset other than the metric's is not this target's
+        evaluation (``eval_b_*`` for ``eval_a_loss``). The metric's dataset is the longest dataset
+        prefix it starts with (``eval_val_ood`` rather than ``eval_val`` for ``eval_val_ood_loss``),
+        among the attached Trainer's datasets, or else those of the entries seen: all of them from
+        the second evaluation on. Until they are known, an entry that lacks the metric does not
+        count. A single dataset's entry (``eval``) is always the metric's, and where the metric
+        starts with no dataset's prefix no entry can log it: every entry is a gap (said once).
+        """
+        prefix = entry_prefix(logs)
+        if prefix is not None and prefix != SINGLE:
+            self._datasets.setdefault(prefix, step)
+        if self.metric in logs or prefix is None or prefix == SINGLE:
+            return True
+        names = getattr(self.trainer, "eval_dataset", None)
+        if isinstance(names, dict):
+            known = {f"{EVAL}{name}" for name in names} | {prefix}
+        elif self._datasets[prefix] < step:  # seen at an earlier evaluation: every dataset's entry was seen then
+            known = set(self._datasets)
+        else:
+            return False
+        owner = max((p for p in known if self.metric.startswith(p + "_")), key=len, default=None)
+        return owner is None or owner == prefix
+
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         registry = self.begin(kwargs.get("model"), state)
         self._world_zero = state.is_world_process_zero
+        self._datasets = {}
         stored = self._stored_state(state)
         if stored is not None:  # this target's newest entry, even where HF restored a stale one
             self.run.load_state_dict(stored)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from typing_extensions import Unpack
@@ -15,11 +16,12 @@ class EnergyToTarget(HasTargetRun, SharedRunCallback[TargetRun]):
     """Logs the energy, CO2e and time a run took to reach a validation metric, and stops there.
 
     At the end of every validation of the fit (not the sanity check), it reads ``monitor``
-    from ``trainer.callback_metrics`` and what training has cost so far: since fit start up
-    to the end of that validation, every validation included (checkpoints resumed from
-    too). The first validation whose value reaches ``target`` logs ``target/energy_kwh``,
-    ``target/co2e_kg``, ``target/seconds`` and ``target/step`` once, writes a ``target``
-    line to the run record and, with ``stop=True``, stops training there
+    from ``trainer.callback_metrics`` as logged during that validation (a value Lightning kept
+    from an earlier one is not this validation's: no figure, a gap) and what training has cost
+    so far: since fit start up to the end of that validation, every validation included
+    (checkpoints resumed from too). The first validation whose value reaches ``target`` logs
+    ``target/energy_kwh``, ``target/co2e_kg``, ``target/seconds`` and ``target/step`` once,
+    writes a ``target`` line to the run record and, with ``stop=True``, stops training there
     (``trainer.should_stop``).
 
     With ``min_gain_per_kwh``, every validation logs ``target/gain_per_kwh``, the metric's
@@ -68,6 +70,7 @@ class EnergyToTarget(HasTargetRun, SharedRunCallback[TargetRun]):
     def __init__(self, monitor: str, target: float | None, **args: Unpack[TargetArgs]) -> None:
         self.run = TargetRun.from_args("EnergyToTarget", monitor, target, metric_arg="monitor", **args)
         self.monitor = self.run.rule.metric
+        self._before: dict[str, Any] = {}  # trainer.callback_metrics as this validation started
 
     @property
     def state_key(self) -> str:
@@ -75,12 +78,31 @@ class EnergyToTarget(HasTargetRun, SharedRunCallback[TargetRun]):
         return self._generate_state_key(monitor=self.monitor, target=self.run.rule.target)
 
     @override
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._before = dict(trainer.callback_metrics)  # the entries, not copies: see `logged_in_validation`
+
+    @override
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        before, self._before = self._before, {}
         if trainer.sanity_checking:  # two batches of an untrained model: not an evaluation of the run
             return
-        metrics = trainer.callback_metrics
+        metrics = logged_in_validation(trainer.callback_metrics, before)
         outcome = self.run.evaluate(trainer.global_step, metrics.get(self.monitor), logged=list(metrics))
         log(trainer, outcome.metrics)
         emit(outcome.notices)
         if outcome.stop is not None:  # every rank alike (the decision is the job's)
             emit([Notice("warn", stop(trainer, outcome.stop))])
+
+
+def logged_in_validation(metrics: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``trainer.callback_metrics`` set during this validation: those that are not,
+    object for object, what they were when it started.
+
+    Lightning keeps a metric's entry from one validation to the next until it is logged again, so
+    a validation that does not log the metric still shows the previous value: read as this
+    validation's, it would reach the target or give a false gain. Lightning sets a logged metric's
+    entry to a new tensor object each time (its result, computed and detached anew), so a metric
+    logged again, even with an equal value, is a new entry; an entry left as it was is not this
+    validation's. The objects compared are held in ``before``, so no identity can be reused.
+    """
+    return {key: value for key, value in metrics.items() if key not in before or before[key] is not value}

@@ -4,6 +4,7 @@ a simulated GPU at a known power, the figures read back from ``log_history`` and
 from __future__ import annotations
 
 import time
+import warnings
 
 import pytest
 from transformers import TrainerCallback
@@ -95,6 +96,52 @@ def test_min_gain_per_kwh_stops_where_the_curve_flattens_and_logs_each_gain(tmp_
         assert gain == pytest.approx((line["value"] - earlier["value"]) / (line["energy_kwh"] - earlier["energy_kwh"]))
     assert len(gains) == 3 and min(gains[:2]) > 1.0 and gains[2] == 0.0
     assert read_record(record)[-1]["status"] == "target-stop"
+
+
+@pytest.mark.parametrize("added", ["attach", "callbacks"])
+def test_with_a_dict_of_eval_datasets_only_the_metrics_dataset_entries_are_its_evaluations(
+    tmp_path, sim_gpus, added
+) -> None:
+    # HF logs one entry per dataset (eval_val_* then eval_val_ood_*): the eval_val entry was counted as an
+    # evaluation of eval_val_ood_score, a gap between every two, so no gain was ever computed and a false
+    # "not logged" warning was given. "val" names a prefix of "val_ood": the longer name is the metric's.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    record = tmp_path / "energy.jsonl"
+    target = EnergyToTargetCallback("val_ood_score", None, min_gain_per_kwh=0.0, devices=["gpu"],
+                                    sample_interval_s=0.02, record_path=record)  # fmt: skip
+    trainer = make_trainer(tmp_path / "out", SeqData(48), sleep_s=0.03, eval_data={"val": SeqData(8),
+                           "val_ood": SeqData(8)}, eval_strategy="steps", eval_steps=2, max_steps=6, logging_steps=2,
+                           callbacks=[target] if added == "callbacks" else None)  # fmt: skip
+    trainer.compute_metrics = scripted([9.0, 0.2, 9.0, 0.4, 9.0, 0.5])  # val, val_ood, val, ... in HF's order
+    if added == "attach":
+        attach(trainer, target)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    lines = [x for x in read_record(record) if x["type"] == "target"]
+    assert [(x["step"], x["metric"], x["value"]) for x in lines] == [
+        (2, "eval_val_ood_score", 0.2), (4, "eval_val_ood_score", 0.4), (6, "eval_val_ood_score", 0.5)
+    ]  # fmt: skip
+    gains = [x["gain_per_kwh"] for x in lines]
+    assert gains[0] is None and gains[1] > 0 and gains[2] > 0 and trainer.state.global_step == 6  # no stop
+    for gain, line, earlier in zip(gains[1:], lines[1:], lines):
+        assert gain == pytest.approx((line["value"] - earlier["value"]) / (line["energy_kwh"] - earlier["energy_kwh"]))
+    entries = [h for h in trainer.state.log_history if "target/gain_per_kwh" in h]
+    assert [h["eval_val_ood_score"] for h in entries] == [0.4, 0.5]  # in the metric's own entries
+    assert not [w for w in caught if "not logged" in str(w.message)]
+
+
+@pytest.mark.parametrize("metric", ["eval_val_accuracy", "accuracy"])
+def test_with_a_dict_of_eval_datasets_a_metric_no_entry_logs_is_said_once(tmp_path, sim_gpus, metric) -> None:
+    # "accuracy" (eval_accuracy) is no dataset's metric: HF names them eval_val_*, eval_test_*
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    trainer = make_trainer(tmp_path / "out", SeqData(16), eval_data={"val": SeqData(8), "test": SeqData(8)},
+                           eval_strategy="steps", eval_steps=1, max_steps=2)  # fmt: skip
+    attach(trainer, EnergyToTargetCallback(metric, 0.9, devices=["gpu"], sample_interval_s=0.02))
+    with pytest.warns(UserWarning) as caught:
+        trainer.train()
+    (gap,) = [str(w.message) for w in caught if "not logged" in str(w.message)]
+    assert f"'eval_{metric.removeprefix('eval_')}' was not logged at this evaluation (step 1; logged: eval_" in gap
 
 
 def test_a_target_reached_before_a_resume_is_not_reported_again(tmp_path, sim_gpus) -> None:

@@ -25,9 +25,9 @@ pl = flavour("lightning.pytorch")
 
 
 class Scripted(pl.LightningModule):
-    """Logs ``score`` = the next value of ``curve`` at the end of each validation of the fit."""
+    """Logs ``score`` = the next value of ``curve`` at the end of each validation of the fit (None: logs nothing)."""
 
-    def __init__(self, curve: list[float]) -> None:
+    def __init__(self, curve: list[float | None]) -> None:
         super().__init__()
         self.layer = nn.Linear(8, 1)
         self.curve = curve
@@ -44,7 +44,8 @@ class Scripted(pl.LightningModule):
         if self.trainer.sanity_checking:
             self.log("score", -1.0)  # what an untrained model scores: never the target
             return
-        self.log("score", self.curve[self.evaluations])
+        if self.curve[self.evaluations] is not None:
+            self.log("score", self.curve[self.evaluations])
         self.evaluations += 1
 
     def configure_optimizers(self):
@@ -71,7 +72,7 @@ class Times(pl.Callback):
             self.val_end.append(time.perf_counter())
 
 
-def fit(tmp_path: Path, callbacks: list, curve: list[float], ckpt_path: str | None = None, **kwargs):
+def fit(tmp_path: Path, callbacks: list, curve: list[float | None], ckpt_path: str | None = None, **kwargs):
     options = {
         "max_epochs": len(curve),
         "accelerator": "cpu",
@@ -138,6 +139,24 @@ def test_min_gain_per_kwh_stops_at_the_evaluation_where_the_curve_flattens(tmp_p
     for (_, gain), line, earlier in zip(gains, lines[1:], lines):  # the improvement over that evaluation's energy
         assert gain == pytest.approx((line["value"] - earlier["value"]) / (line["energy_kwh"] - earlier["energy_kwh"]))
     assert min(g for _, g in gains[:3]) > 1.0 and gains[3][1] == 0.0
+
+
+def test_a_validation_that_does_not_log_the_metric_is_a_gap_not_the_previous_value(tmp_path, sim_gpus) -> None:
+    # Lightning keeps a metric in callback_metrics until it is logged again: the second validation, which logs
+    # no score, read the first's 0.5 as its own, a gain of 0 per kWh that stopped the run at step 16.
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    record = tmp_path / "energy.jsonl"
+    target = EnergyToTarget("score", None, min_gain_per_kwh=1.0)
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=record)
+    with pytest.warns(UserWarning) as caught:
+        trainer = fit(tmp_path, [monitor, target], [0.5, None, 0.6, 0.6, 0.7])
+    lines = [x for x in read_record(record) if x["type"] == "target"]
+    assert [x["value"] for x in lines] == [0.5, None, pytest.approx(0.6), pytest.approx(0.6)]  # a gap, then
+    # no gain across it; the 4th logs the same value as the 3rd: a figure of its own, a gain of 0 that stops
+    assert [x["gain_per_kwh"] for x in lines] == [None, None, None, 0.0]
+    assert [x["event"] for x in lines] == ["evaluation"] * 3 + ["diminishing"] and trainer.global_step == 4 * STEPS
+    (gap,) = [str(w.message) for w in caught if "not logged" in str(w.message)]  # said once
+    assert "'score' was not logged at this evaluation (step 16; logged: energy/val_kwh" in gap
 
 
 def test_a_target_reached_before_a_resume_is_not_reported_again(tmp_path, sim_gpus) -> None:

@@ -104,6 +104,8 @@ class TimeShiftCallback(RunContributor[TimeShiftRun], TrainerCallback, Exportabl
             self._begun = True
             every = int(state.logging_steps or 1)  # the Trainer's cadence in steps (a ratio resolved)
             emit(self.run.begin(state.global_step, state.max_steps, every), self._world_zero)
+            if self.run.started is not None:  # a budget spent during a wait at the start: training stops
+                act(self.run.started.budget, control, self._world_zero)
             self._requeue_if_due(control)
         return control
 

@@ -85,6 +85,8 @@ class TimeShift(SharedRunCallback[TimeShiftRun]):
         emit(self.run.begin(trainer.global_step, trainer.estimated_stepping_batches, decide_every))
         if self.run.requeued_until is not None:
             self._requeue(trainer)
+        elif self.run.started is not None:  # a budget spent during a wait at the start: no first step
+            act(trainer, self.run.started.budget)
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -188,6 +188,8 @@ class EnergyLoop:
             self._show(self.time_shift.begin(self.steps, self.total_steps, self.log_every_n_steps))
             if self.time_shift.requeued_until is not None:  # the plan made at the start begins later
                 self.should_stop = True
+            elif self.time_shift.started is not None:  # a budget spent during a wait at the start: no first step
+                self._act(self.time_shift.started.budget)
 
     def close(self, status: str = "completed", collective: bool = True) -> dict[str, float]:
         """End the run: final totals, the record's summary, the previous power limits back.

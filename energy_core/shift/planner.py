@@ -49,6 +49,8 @@ MAX_RESUMES = 12  # with resume_s > 0: at most this many restarts in a plan
 TIE = 1e-9  # of two plans that emit the same, the one with fewer runs that ends sooner
 EDGE_S = 1e-6  # seconds: two times closer than this are one
 MAX_S = 1e9  # seconds (about 31 years): the most work or resume a plan takes, so that its times stay datetimes
+# The latest time a plan starts or ends by, or a checkpoint holds (unix): MAX_S after it is still a datetime.
+MAX_UNIX = datetime(9000, 1, 1, tzinfo=timezone.utc).timestamp()
 
 NS, RUN, PAU, END = range(4)  # the job's phase at a cell boundary: not started, running, paused, ended
 
@@ -156,8 +158,8 @@ def plan_time_shift(
         intensity: The grid intensity over time: a CSV series path (as for
             ``carbon_intensity_series``), a recorded series or a list of ``(datetime, g_per_kwh)``.
         work_s: Seconds of computing the job needs, in (0, 1e9].
-        start: When the job may begin (an aware datetime; usually now).
-        deadline: When it must be done (an aware datetime).
+        start: When the job may begin (an aware datetime, from 1970 to 9000 UTC; usually now).
+        deadline: When it must be done (an aware datetime, from 1970 to 9000 UTC).
         busy_w: Power while computing (and resuming), W, > 0.
         idle_w: Power while the job waits or pauses in its process, W, in [0, ``busy_w``].
         resume_s: Seconds of busy power each resume costs before work goes on, in [0, 1e9].
@@ -176,7 +178,7 @@ def plan_time_shift(
     idle_w = checks.number("idle_w", idle_w, low=0, high=busy_w, what=f"in [0, busy_w={busy_w:g}] W")
     resume_s = checks.number("resume_s", resume_s, low=0, high=MAX_S, unit=" s")
     mode = checks.choice("mode", mode, MODES)
-    t0, t1 = _moment("start", start), _moment("deadline", deadline)
+    t0, t1 = unix_time("start", start), unix_time("deadline", deadline)
     model = _Model(curve, mode, busy_w, idle_w, resume_s)
     now = _Plan([(t0, t0 + work_s)], True)
     if work_s > t1 - t0 + EDGE_S:
@@ -188,12 +190,21 @@ def plan_time_shift(
     return model.plan(best, now, t0, t1, work_s)
 
 
-def _moment(name: str, value: Any) -> float:
+def unix_time(name: str, value: Any) -> float:
+    """An aware datetime's unix time, from 1970 to 9000 UTC (`MAX_UNIX`): a plan's times stay datetimes.
+
+    Raises:
+        TypeError, ValueError: naming ``name`` (and the range).
+    """
     if not isinstance(value, datetime):
         raise TypeError(f"{name} must be an aware datetime, got {type(value).__name__} {value!r}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be an aware datetime (with its UTC offset), got {value.isoformat()}")
-    return value.timestamp()
+    t = value.timestamp()
+    if not 0.0 <= t <= MAX_UNIX:
+        raise ValueError(f"{name} must be in [{_utc(0.0).isoformat()}, {_utc(MAX_UNIX).isoformat()}] (UTC), "
+                         f"got {value.isoformat()}")  # fmt: skip
+    return t
 
 
 class _Plan(NamedTuple):

@@ -46,9 +46,10 @@ from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.output import keys
 from energy_core.output import metrics as metric_dicts
 from energy_core.output.record import SHIFT
+from energy_core.sampling.meter import Mark
 from energy_core.shift.forecast import Forecast
 from energy_core.shift.intensity import Intensity
-from energy_core.shift.planner import MAX_S, MODES, TimeShiftPlan, plan_time_shift
+from energy_core.shift.planner import MAX_S, MAX_UNIX, MODES, TimeShiftPlan, plan_time_shift, unix_time
 from energy_core.tracker import EnergyTracker
 from energy_core.tracker_share import SharedRun
 from energy_core.units import J_PER_KWH, MAX_CO2E_KG, MAX_KWH, MAX_SECONDS
@@ -60,7 +61,6 @@ REPLAN_CHANGE = 0.1  # plan again when the predicted work moves this much
 IDLE_SHARE = 0.25  # idle power as a share of busy power, until a pause has measured it
 RESUME_S = 60.0  # a restart's start-up (imports, model, checkpoint), until one has been measured
 NAP_S = 60.0  # a pause wakes at least this often (and at each change of intensity) to charge its energy
-MAX_UNIX = datetime(9000, 1, 1, tzinfo=timezone.utc).timestamp()  # the latest time a checkpoint may hold
 STATE_KEYS = ("origin", "co2e_at_origin", "kwh_at_origin", "stretches", "paused_s", "idle_kwh", "idle_s", "exited_at",
               "resume_at", "resume_s")  # fmt: skip  # what `_State.to_state` stores
 SHIFT_ARGS = ("deadline", "mode", "forecast", "expected_duration_s", "idle_w", "resume_s", "exit_code")
@@ -97,10 +97,11 @@ class ShiftAction:
 
 
 def parse_deadline(value: Any) -> datetime:
-    """An aware datetime, or an ISO 8601 string with its UTC offset, as an aware datetime.
+    """An aware datetime, or an ISO 8601 string with its UTC offset, as an aware datetime, from 1970
+    to 9000 UTC (`MAX_UNIX`: the plans' times and a checkpoint's ``resume_at`` stay in range).
 
     Raises:
-        TypeError, ValueError: naming ``deadline``.
+        TypeError, ValueError: naming ``deadline`` (and the range).
     """
     if isinstance(value, str):
         try:
@@ -111,6 +112,7 @@ def parse_deadline(value: Any) -> datetime:
         raise TypeError(f"deadline must be an aware datetime or an ISO 8601 string, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"deadline must have its UTC offset (e.g. 2026-06-02T06:00:00+00:00), got {value.isoformat()}")
+    unix_time("deadline", value)  # in range: the plans made in the training loop can hold it
     return value
 
 
@@ -119,7 +121,7 @@ class TimeShiftRun(SharedRun):
 
     Args:
         deadline: When training must be done: an aware datetime or an ISO 8601 string with its
-            UTC offset.
+            UTC offset, from 1970 to 9000 UTC.
         mode: ``"pause"`` (pause in the process; the hardware idles), ``"wait"`` (one run with
             a flexible start) or ``"requeue"`` (exit at a checkpoint with `EX_TEMPFAIL` and be
             started again at ``resume_at``).
@@ -179,6 +181,7 @@ class TimeShiftRun(SharedRun):
         }
         self.plan: TimeShiftPlan | None = None
         self.requeued_until: float | None = None  # set when the run ended for a requeue
+        self.started: ShiftAction | None = None  # what `begin` decided: a pause (a wait) carried out, or a requeue
         self.clock: Callable[[], float] | None = None  # unix time: the tracker's meter clock by default
         self.sleep: Callable[[float], None] = time.sleep
         self.forecast: Forecast | None = None  # where the forecast comes from (after `bind`)
@@ -223,7 +226,7 @@ class TimeShiftRun(SharedRun):
         """At fit start: use a monitor's tracker, or measure alone from now (see `BudgetRun.bind`). A fit
         begins afresh: a previous fit's requeue, plan and decisions are forgotten (its progress comes
         back from a checkpoint, if one is loaded), and the exit status is the one given."""
-        self.requeued_until = None
+        self.requeued_until = self.started = None
         self.exit_code = self.args["exit_code"]  # an adapter clears it once it has exited with it
         self.plan = self.shown = None
         self._planned = None
@@ -239,7 +242,10 @@ class TimeShiftRun(SharedRun):
         """Once every callback has started and the run's length is known (every rank calls it): starts
         the forecast, carries on a checkpoint's plan (once: a later fit without one starts afresh; a
         requeued run started before ``resume_at`` waits), and plans at once when it can
-        (``expected_duration_s``): in ``"wait"`` mode the run may wait here.
+        (``expected_duration_s``): the run may wait here, or be requeued. What it decided is
+        `started` (None: training starts at once); a budget spent while it waited ended the wait,
+        and its stop is ``started.budget``, for the adapter to act on before the first step, as
+        after a pause at a step (`check`).
 
         Args:
             step: The optimizer step training starts at.
@@ -264,7 +270,8 @@ class TimeShiftRun(SharedRun):
         self._next = -math.inf
         action = self._decide(step, now)
         if action is not None and action.kind == "paused":
-            self._carry_out(action, step)
+            action = self._pause(action, step)
+        self.started = action
         return self.pop_notices()
 
     def _restarted(self, step: int, now: float) -> None:
@@ -307,10 +314,17 @@ class TimeShiftRun(SharedRun):
             return None
         action = self._decide(step, now)
         if action is not None and action.kind == "paused":
-            self._carry_out(action, step)
-            if self._budget_spent():  # the pause ended on it: training stops before another step
-                assert self.tracker is not None  # a pause was carried out
-                action = replace(action, budget=self.tracker.link.stop(step))
+            action = self._pause(action, step)
+        return action
+
+    def _pause(self, action: ShiftAction, step: int) -> ShiftAction:
+        """Carry out a pause; when a budget spent during it ended it, the action holds the budget's stop
+        (training stops before another step). The same on every rank: in a job, no budget ends a
+        pause (`_budget_spent`)."""
+        self._carry_out(action, step)
+        if self._budget_spent():
+            assert self.tracker is not None  # a pause was carried out
+            return replace(action, budget=self.tracker.link.stop(step))
         return action
 
     def _decide(self, step: int, now: float) -> ShiftAction | None:
@@ -351,22 +365,35 @@ class TimeShiftRun(SharedRun):
     def _carry_out(self, action: ShiftAction, step: int) -> None:
         """Pause until ``action.until``: sleep on the training thread while the sampler measures and
         charges the idle energy at the factors in force at each reading, then leave the pause out
-        of the training window."""
+        of the training window. A pause an error cuts short is booked the same, up to then, and the
+        error goes on."""
         assert self.tracker is not None
-        tracker, state = self.tracker, self._state
         self._close_stretch()
-        start, began = tracker.pause(), self.now()
+        start, began = self.tracker.pause(), self.now()
         plan = self.plan if self._wait_until <= began else None
         self._record("pause", step, resume_at=action.until, plan=plan.to_record() if plan else None)
         hours = (action.until - began) / 3600
         text = f"Time shift: pausing at step {step} until {_iso(action.until)} ({hours:.3g} h)"
         self._notices.append(Notice("info", text + (f"; plan: {plan.describe()}." if plan else ".")))
-        while (now := self.now()) < action.until:  # the sampler charges the idle energy, reading by reading
-            if self._budget_spent():  # a budget spent while paused: the pause ends, and training stops
-                break
-            self.sleep(max(1e-3, min(action.until, now + NAP_S) - now))
+        interrupted = True
+        try:
+            while (now := self.now()) < action.until:  # the sampler charges the idle energy, reading by reading
+                if self._budget_spent():  # a budget spent while paused: the pause ends, and training stops
+                    break
+                self.sleep(max(1e-3, min(action.until, now + NAP_S) - now))
+            interrupted = False
+        finally:  # a pause cut short (Ctrl-C, SIGTERM) counts all the same; then the error goes on
+            self._resumed(start, step, collective=not interrupted)
+
+    def _resumed(self, start: Mark, step: int, collective: bool) -> None:
+        """The pause that began at ``start`` ends now: its time and idle energy are booked, and a stretch
+        of training opens. ``collective``: False when the pause was cut short by an error (the other
+        ranks may not be here): the idle energy is then the job's at the last sum over the ranks."""
+        assert self.tracker is not None
+        tracker, state = self.tracker, self._state
         seconds = tracker.resume(start, step)
-        idle_kwh = max(0.0, tracker.reduce_totals().get(keys.TOTAL_KWH, 0.0) - state.kwh_at_pause)
+        totals = tracker.reduce_totals() if collective else tracker.totals()
+        idle_kwh = max(0.0, totals.get(keys.TOTAL_KWH, 0.0) - state.kwh_at_pause)
         shared = tracker.link
         shared.paused_kwh += idle_kwh
         shared.paused_s += seconds

@@ -1,6 +1,7 @@
 """Budgets, power caps and time shifts together in one run (a hostile review's regressions).
 
 * a budget spent by a pause's idle energy ends the pause (the run does not idle on for hours past it);
+  spent during the wait at the start, it stops the loop before its first step;
 * a budget's forecast leaves a pause's idle energy out of its per-step rate (a pause is no step);
 * a cap that follows the grid books training time: a pause during its search or while it follows
   is not slowdown.
@@ -36,6 +37,33 @@ def test_a_budget_spent_while_paused_ends_the_pause(sim_gpus, monkeypatch, tmp_p
     paused = job.clock.now - trained
     assert read_record(job.record)[-1]["time_shift"]["paused_s"] == pytest.approx(paused, abs=1e-6)
     assert loop.tracker.link.paused_s == pytest.approx(paused, abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["wait", "pause"])
+def test_a_budget_spent_during_the_wait_at_the_start_stops_the_loop_before_its_first_step(
+    sim_gpus, monkeypatch, tmp_path, mode
+) -> None:
+    """Planned as the loop starts (``expected_duration_s``), the run waits for the clean hours at 2 h;
+    60 W idle spends a 0.05 kWh budget 50 min in. The wait ended there, but ``should_stop`` stayed
+    False and a step trained past the spent budget."""
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    shift = TimeShiftRun(deadline=deadline_in(6), mode=mode, idle_w=IDLE_W, expected_duration_s=STEPS * STEP_S)
+    loop = job.start(shift, budget=BudgetRule(max_kwh=0.05))
+    notices: list[str] = []
+    loop.notify = lambda notice: notices.append(notice.text)
+    with loop:
+        assert loop.should_stop  # before the first step
+        for _ in range(STEPS):
+            if loop.should_stop:
+                break
+            job.train_step()
+            loop.step()
+    crossed = 0.05 * J_PER_KWH / IDLE_W
+    assert job.step_times == [] and crossed <= job.clock.now < crossed + 120  # the wait ended at the budget
+    assert len([text for text in notices if text.startswith("Energy budget spent at step 0")]) == 1
+    lines = read_record(job.record)
+    assert lines[-1]["status"] == "budget-stop"
+    assert lines[-1]["time_shift"]["paused_s"] == pytest.approx(job.clock.now, abs=1e-6)
 
 
 def test_the_forecast_leaves_a_pause_out_of_the_rate_per_step(sim_gpus, monkeypatch, tmp_path) -> None:

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from transformers import TrainerCallback
 
 from energy_core import J_PER_KWH
 from hf_energy import EnergyBudgetCallback, EnergyCallback, TimeShiftCallback, attach
@@ -209,6 +210,40 @@ def test_a_budget_spent_while_paused_ends_the_pause_and_no_step_runs_after_it(
     assert trainer.state.global_step == 3 and budget.guard.stopped is not None
     crossed = 3 * STEP_S + (0.05 * J_PER_KWH - BUSY_W * 3 * STEP_S) / IDLE_W
     assert job.step_times[2] < crossed  # the pause came after the third step, and no step after it
+
+
+class StopAsked(TrainerCallback):
+    """Whether a stop was asked by the time each step's optimizer stepped (HF runs a step it has begun)."""
+
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.seen.append(control.should_training_stop)
+        return control
+
+
+@pytest.mark.parametrize("order", ["budget-first", "shift-first"])
+def test_a_budget_spent_during_the_wait_at_the_start_stops_training_there(sim_gpus, monkeypatch, tmp_path, order):
+    """The time shift waits at the first step's beginning for the clean hours at 2 h; 60 W idle spends a
+    0.05 kWh budget 50 min in. The wait ended there, but training was asked to stop only after the
+    first step, by the budget's own check: the stop was not taken where the budget was spent."""
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    energy = EnergyCallback(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series),
+                            summary=False)  # fmt: skip
+    budget = EnergyBudgetCallback(max_kwh=0.05)
+    shift = TimeShiftCallback(deadline=deadline_in(6), mode="wait", idle_w=IDLE_W, expected_duration_s=STEPS * STEP_S)
+    job.reads(energy.tracker, shift.run)
+    trainer = make_trainer(tmp_path / "out", SeqData(8 * STEPS), max_steps=STEPS, logging_steps=10)
+    attach(trainer, energy, *([budget, shift] if order == "budget-first" else [shift, budget]))
+    probe = StopAsked()
+    trainer.add_callback(probe)
+    trainer.train()
+    crossed = 0.05 * J_PER_KWH / IDLE_W
+    assert crossed <= job.clock.now < crossed + 120  # the wait ended at the budget
+    assert budget.guard.stopped is not None and "at step 0:" in budget.guard.stopped.reason
+    # the HF Trainer runs the step it has begun (it checks for a stop after it): stopped before its work
+    assert probe.seen == [True] and trainer.state.global_step == 1
 
 
 @pytest.mark.parametrize("order", ["budget-first", "shift-first"])

@@ -291,6 +291,28 @@ def test_a_budget_spent_while_paused_ends_the_pause_and_no_step_runs_after_it(
     assert tracker.totals()["energy/total_kwh"] == pytest.approx(0.05, rel=0.01)
 
 
+@ORDERS
+@MONITOR
+def test_a_budget_spent_during_the_wait_at_train_start_stops_before_the_first_step(
+    sim_gpus, monkeypatch, tmp_path, order, monitor
+) -> None:
+    """The time shift waits at train start for the clean hours at 2 h; 60 W idle spends a 0.05 kWh budget
+    50 min in. The wait ended there, but no stop was asked: a step trained past the spent budget."""
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    measure: dict[str, Any] = {} if monitor else {"devices": ["gpu"], "sample_interval_s": 60,
+                                                  "carbon_intensity_series": str(job.series)}  # fmt: skip
+    budget = EnergyBudget(max_kwh=0.05, **measure)
+    shift = TimeShift(
+        deadline=deadline_in(6), mode="wait", idle_w=IDLE_W, expected_duration_s=STEPS * STEP_S, **measure
+    )
+    with pytest.warns(UserWarning, match="Energy budget spent at step 0") as warned:
+        trainer, tracker = fit_on_the_job(job, budget, shift, order, monitor)
+    assert trainer.global_step == 0 and job.step_times == []  # no step after the wait
+    assert budget.guard.stopped is not None
+    assert len([w for w in warned if "Energy budget spent" in str(w.message)]) == 1  # the budget's stop, told once
+    assert tracker.totals()["energy/total_kwh"] == pytest.approx(0.05, rel=0.01)
+
+
 def test_a_budget_and_a_time_shift_without_a_monitor_measure_once(tmp_path, sim_gpus) -> None:
     # Each measured alone, on a tracker of its own: two samplers, and two runs in one record for one fit.
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))

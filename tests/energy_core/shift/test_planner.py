@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -188,3 +189,28 @@ def test_bad_arguments_name_themselves(change, error, names) -> None:
     intensity = arguments.pop("intensity")
     with pytest.raises(error, match=names):
         plan_time_shift(intensity, **arguments)
+
+
+RANGE = r"must be in \[1970-01-01T00:00:00\+00:00, 9000-01-01T00:00:00\+00:00\] \(UTC\)"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("deadline", datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))),  # 10000-01-01 04:00 UTC
+        ("deadline", datetime.max.replace(tzinfo=timezone.utc)),
+        ("start", datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1)))),  # year 0 in UTC
+        ("start", datetime(1969, 12, 31, 23, tzinfo=timezone.utc)),
+    ],
+)
+def test_times_outside_the_planners_range_name_themselves_and_the_range(name, value) -> None:
+    """These raised "year 10000 is out of range" (or year 0) while making the plan's datetimes."""
+    start, deadline = (value, moment(0)) if name == "start" else (moment(0), value)
+    with pytest.raises(ValueError, match=f"{name} {RANGE}, got {re.escape(value.isoformat())}"):
+        plan_time_shift(steps_of([100, 200]), work_s=UNIT, start=start, deadline=deadline, busy_w=100.0)
+
+
+def test_the_latest_start_and_deadline_hold_the_longest_work() -> None:
+    latest = datetime(9000, 1, 1, tzinfo=timezone.utc)
+    plan = plan_time_shift(steps_of([100, 200]), work_s=1e9, start=latest, deadline=latest, busy_w=100.0)
+    assert not plan.fits and plan.runs == [(latest, latest + timedelta(seconds=1e9))]

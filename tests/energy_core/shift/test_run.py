@@ -8,11 +8,12 @@ series (within the counter's period); a requeue exits with 75 and a restart carr
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from energy_core import TimeShiftRun
+from energy_core import J_PER_KWH, TimeShiftRun
+from energy_core.output.summary import end_status
 from tests.energy_core.shift.manual_job import (
     BASE,
     BUSY_W,
@@ -413,3 +414,58 @@ def test_durations_beyond_the_planners_range_are_refused_at_construction(argumen
     with pytest.raises(ValueError, match=named):
         TimeShiftRun(deadline=deadline_in(6), **arguments)
     assert TimeShiftRun(deadline=deadline_in(6), expected_duration_s=1e9, resume_s=1e9).expected_duration_s == 1e9
+
+
+@pytest.mark.parametrize(
+    "deadline",
+    [
+        datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5))),  # 10000-01-01 04:00 UTC
+        datetime.max.replace(tzinfo=timezone.utc),
+        "9999-12-31T23:00:00-05:00",
+        datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))),  # year 0 in UTC
+    ],
+)
+def test_a_deadline_outside_the_plans_range_is_refused_at_construction(deadline) -> None:
+    """A deadline past year 9999 in UTC used to pass, then raise "year 10000 is out of range" out of the
+    training loop, at the first plan."""
+    with pytest.raises(ValueError, match=r"deadline must be in \[1970-01-01T00:00:00\+00:00, 9000-01-01T00:00:00"):
+        TimeShiftRun(deadline=deadline)
+
+
+def test_the_latest_deadline_plans_in_the_loop(sim_gpus, monkeypatch, tmp_path) -> None:
+    latest = datetime(8999, 12, 31, 19, tzinfo=timezone(timedelta(hours=-5)))  # 9000-01-01 UTC
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    loop = job.start(TimeShiftRun(deadline=latest, mode="pause", idle_w=IDLE_W))
+    with loop:
+        job.wait_first_reading()
+        job.train(loop, 10)
+    plans = [x for x in read_record(job.record) if x["type"] == "shift" and x["event"] == "plan"]
+    assert plans and plans[0]["plan"]["deadline"] == datetime(9000, 1, 1, tzinfo=timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit])  # Ctrl-C; SIGTERM where a handler exits
+def test_a_pause_cut_short_by_an_interrupt_still_counts(sim_gpus, monkeypatch, tmp_path, error) -> None:
+    """Interrupted an hour into the pause after step 3: the error went on, but the hour was lost from the
+    figures (``paused_s`` 0), its idle energy from the pauses' and the record had no resume line."""
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    shift = TimeShiftRun(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W)
+    loop = job.start(shift)
+
+    def sleep(seconds: float) -> None:
+        job.idle(seconds)
+        if job.clock.now >= 3 * STEP_S + HOUR:
+            raise error
+
+    shift.sleep = sleep
+    with pytest.raises(error), loop:
+        job.wait_first_reading()
+        job.train(loop, STEPS)
+    assert len(job.step_times) == 3 and job.clock.now == pytest.approx(3 * STEP_S + HOUR)
+    lines = read_record(job.record)
+    events = [(x["event"], x["step"]) for x in lines if x["type"] == "shift"]
+    assert events[-2:] == [("pause", 3), ("resume", 3)]
+    summary = lines[-1]
+    assert summary["type"] == "summary" and summary["status"] == end_status(error)
+    assert summary["time_shift"]["paused_s"] == pytest.approx(HOUR, abs=1e-6)
+    assert loop.tracker.link.paused_s == pytest.approx(HOUR, abs=1e-6)
+    assert loop.tracker.link.paused_kwh == pytest.approx(IDLE_W * HOUR / J_PER_KWH, rel=1e-3)

@@ -28,11 +28,13 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from typing_extensions import Unpack
 
@@ -62,6 +64,21 @@ def show(notice: Notice) -> None:
         warn_at_user_code(notice.text)
     else:
         logger.info(notice.text)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_at_a_time(method: F) -> F:
+    """The loop's calls one at a time: a ``close()`` from another thread (a watchdog, a timer) waits for
+    the step under way, which would otherwise find the run ended half-way and raise into the loop."""
+
+    @functools.wraps(method)
+    def call(self: EnergyLoop, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return call  # type: ignore[return-value]
 
 
 class EnergyLoop:
@@ -153,8 +170,10 @@ class EnergyLoop:
         self._started = False
         self._resumed = False  # load_state_dict was called: a start continues a checkpoint
         self._stages: list[tuple[str, dict[str, float]]] = []  # the open stage blocks, outermost first
+        self._lock = threading.RLock()  # one call at a time (`_one_at_a_time`)
 
     # ------------------------------------------------------------------ start and end
+    @_one_at_a_time
     def start(self) -> EnergyLoop:
         """Start measuring (and cap, and watch the budget). `with EnergyLoop(...)` calls it."""
         if self._started:
@@ -191,6 +210,7 @@ class EnergyLoop:
             elif self.time_shift.started is not None:  # a budget spent during a wait at the start: no first step
                 self._act(self.time_shift.started.budget)
 
+    @_one_at_a_time
     def close(self, status: str = "completed", collective: bool = True) -> dict[str, float]:
         """End the run: final totals, the record's summary, the previous power limits back.
 
@@ -241,6 +261,7 @@ class EnergyLoop:
         """Count a micro-batch's samples and tokens (with gradient accumulation; `step` counts one)."""
         self.monitor.count(batch)
 
+    @_one_at_a_time
     def step(self, batch: Any = None) -> dict[str, float]:
         """After an optimizer step: count ``batch`` (if given); every `log_every_n_steps`
         steps, the window's metrics (else ``{}``). Costs a few integer additions otherwise."""
@@ -268,9 +289,11 @@ class EnergyLoop:
                 self._act(shifted.budget)  # a budget spent while paused: no step after the pause
         return self._done(metrics)
 
+    @_one_at_a_time
     def start_epoch(self) -> None:
         self.monitor.epoch_start()
 
+    @_one_at_a_time
     def end_epoch(self) -> dict[str, float]:
         """At an epoch end: the partial window, the totals and ``energy/epoch_kwh``."""
         metrics = self.monitor.epoch(self.steps, self.epochs)
@@ -300,18 +323,21 @@ class EnergyLoop:
         # Another stage inside one, during a run: its time is its own, not the outer's too. Outside a run
         # the outer block is a run of its own, left whole.
         pause = outer if outer is not None and self._started else None
-        if pause is not None:
-            pause[1].update(self._done(self.monitor.stage_end(pause[0], self.steps)))
-        self.monitor.stage_start(name)
-        self._stages.append((name, figures))
+        with self._lock:
+            if pause is not None:
+                pause[1].update(self._done(self.monitor.stage_end(pause[0], self.steps)))
+            self.monitor.stage_start(name)
+            self._stages.append((name, figures))
         try:
             yield figures
         finally:
-            self._stages.pop()
-            figures.update(self._done(self.monitor.stage_end(name, self.steps)))
-            if pause is not None:
-                self.monitor.stage_start(pause[0])
+            with self._lock:
+                self._stages.pop()
+                figures.update(self._done(self.monitor.stage_end(name, self.steps)))
+                if pause is not None:
+                    self.monitor.stage_start(pause[0])
 
+    @_one_at_a_time
     def evaluated(self, value: Any) -> dict[str, float]:
         """After a validation (outside its `stage` block, so that its energy counts), with
         the target's metric: ``target/*`` figures the first time ``value`` reaches the

@@ -227,3 +227,30 @@ def test_a_closed_loop_with_a_budget_and_a_time_shift_is_freed(tmp_path, sim_gpu
     refs = [one_run() for _ in range(3)]
     gc.collect()
     assert [ref() for ref in refs] == [None, None, None]
+
+
+def test_a_close_from_another_thread_waits_for_the_step_under_way(sim_gpus, monkeypatch) -> None:
+    # A watchdog that closes the loop from its own thread: the close ended the run in the middle of a step's
+    # window, which then raised into the training loop (AttributeError, AssertionError: 12 trials in 25).
+    sim_gpus(SimGpu("GPU-1", Constant(300.0)))
+    loop = EnergyLoop(devices=["gpu"], sample_interval_s=60, log_every_n_steps=1, notify=lambda notice: None)
+    loop.start()
+    for _ in range(2):  # two readings: the window resolves
+        time.sleep(0.01)
+        loop.tracker.meter.sampler.sample_once()
+    closed: list[dict[str, float]] = []
+    closer = threading.Thread(target=lambda: closed.append(loop.close()))
+    real = loop.tracker.meter.read
+
+    def read(*marks):  # the step's window reads its end: the watchdog closes the loop right then
+        if threading.current_thread() is threading.main_thread() and closer.ident is None:
+            closer.start()
+            closer.join(0.5)  # long enough for an unguarded close to end the run under the step
+        return real(*marks)
+
+    monkeypatch.setattr(loop.tracker.meter, "read", read)
+    metrics = loop.step()
+    closer.join(30)
+    assert closer.ident is not None and not closer.is_alive()
+    assert metrics[keys.STEP_J] > 0 and closed and closed[0][keys.TOTAL_KWH] >= metrics[keys.TOTAL_KWH]
+    assert loop.step() == {}  # after the close: nothing, and nothing raised

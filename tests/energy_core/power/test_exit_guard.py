@@ -84,14 +84,20 @@ def test_sigterm_restores_then_ends_the_process_by_the_signal(tmp_path) -> None:
     assert journal_entries() == {}
 
 
-def test_guards_finished_out_of_order_pass_signals_on_and_leave_the_handlers_as_found(monkeypatch) -> None:
-    # Two caps in one process, the first finished first: the second guard put the first one's handler back,
-    # with nothing left to pass the signal to, and a Ctrl-C then killed the process (status 130) instead of
-    # raising KeyboardInterrupt. The signal taken again by default fails the test here instead of ending it.
+@pytest.fixture
+def no_default_action(monkeypatch):
+    """A signal taken again by its default action (the process would end) fails the test instead."""
+
     def killed(pid: int, signum: int) -> None:
         raise AssertionError(f"signal {signum} taken again by its default action: the process would end")
 
     monkeypatch.setattr(os, "kill", killed)
+
+
+def test_guards_finished_out_of_order_pass_signals_on_and_leave_the_handlers_as_found(no_default_action) -> None:
+    # Two caps in one process, the first finished first: the second guard put the first one's handler back,
+    # with nothing left to pass the signal to, and a Ctrl-C then killed the process (status 130) instead of
+    # raising KeyboardInterrupt.
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     restored: list[str] = []
     first, second = ExitGuard(lambda: restored.append("first")), ExitGuard(lambda: restored.append("second"))
@@ -135,14 +141,10 @@ def test_a_forked_childs_exit_path_leaves_the_parents_cap_and_record_alone(sim_g
     assert json.loads(state.read_text())["GPU-1"] == PREVIOUS_MW
 
 
-def test_a_guard_finished_off_the_main_thread_still_passes_signals_on(monkeypatch) -> None:
+def test_a_guard_finished_off_the_main_thread_still_passes_signals_on(no_default_action) -> None:
     # EnergyLoop.close() from another thread: no handler can be set there, and the guard forgot the handlers
     # it had found while its own stayed in place, so a SIGTERM skipped the user's handler and ended the
     # process, and a Ctrl-C killed it (status 130) instead of raising KeyboardInterrupt.
-    def killed(pid: int, signum: int) -> None:
-        raise AssertionError(f"signal {signum} taken again by its default action: the process would end")
-
-    monkeypatch.setattr(os, "kill", killed)
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     got: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))

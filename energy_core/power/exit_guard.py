@@ -34,7 +34,9 @@ class ExitGuard:
 
     Examples:
         >>> guard = ExitGuard(lambda: None)
-        >>> guard.install(); guard.uninstall()
+        >>> guard.install()  # True: from the main thread, the signals are taken too
+        True
+        >>> guard.uninstall()
     """
 
     def __init__(self, restore: Callable[[], Any]) -> None:

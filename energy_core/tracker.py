@@ -160,6 +160,7 @@ class EnergyTracker:
         self._epoch_begun: tuple[float, float, float] = (0.0, 0.0, 0.0)  # in a job: its (J, bound, s) then
         self._epoch_before: EpochPart | None = None  # the epoch under way's part before this fit (a checkpoint's)
         self._epoch_resumed: EpochPart | None = None  # a loaded checkpoint's, for the next fit
+        self._epoch_index: int | None = None  # the epoch under way, as the adapter numbers them (None: unknown)
         self._stages = Stages()
         self._alone: tuple[str, Charges] | None = None  # a stage run outside a fit: its name, its charges
         self._others: tuple[dict[str, dict[str, Any]], dict[str, int]] = ({}, {})  # the other ranks' faults
@@ -237,6 +238,7 @@ class EnergyTracker:
         start = self._epoch_start = self.meter.mark()
         carried = self._accounts.resumed
         self._epoch_before, self._epoch_resumed = self._epoch_resumed, None
+        self._epoch_index = self._epoch_before.epoch if self._epoch_before is not None else None
         self._epoch_begun = (carried.total_j, carried.total_err, carried.fit_s)
         self._accounts.begin(start)
         self.link.fit_start_paused_kwh = self.link.paused_kwh
@@ -395,8 +397,19 @@ class EnergyTracker:
         self._window = Window(end, step, carried_j, carried_bound)
         return metrics, job
 
-    def start_epoch(self) -> None:
+    def start_epoch(self, epoch: int | None = None) -> None:
+        """An epoch begins (``epoch``: its index, as `end_epoch` will be given it; None where unknown)."""
         self._epoch_start = self.meter.mark()
+        if epoch is not None:
+            self._epoch_index = epoch
+            self._epoch_part_of(epoch)
+
+    def _epoch_part_of(self, epoch: int) -> EpochPart:
+        """The part before this fit of epoch ``epoch`` (a checkpoint's): none where the checkpoint's was
+        another (written after an epoch's last step, before its end, it resumes at the next one)."""
+        if self._epoch_before is not None and self._epoch_before.epoch not in (None, epoch):
+            self._epoch_before = None
+        return self._epoch_before or EpochPart()
 
     def end_epoch(self, step: int, epoch: int, extra: dict[str, Any] | None = None) -> dict[str, float]:
         """Metrics at an epoch end: the partial window since the last log, the totals,
@@ -405,7 +418,7 @@ class EnergyTracker:
         start = self._epoch_start if self.fitting else None
         metrics, sums = self._close(step, end, extra, start)
         if start is not None and sums is not None:
-            part = EpochPart(sums.epoch_j, sums.epoch_err, end.t - start.t) + (self._epoch_before or EpochPart())
+            part = EpochPart(sums.epoch_j, sums.epoch_err, end.t - start.t) + self._epoch_part_of(epoch)
             metrics |= metric_dicts.epoch(part.energy_j, part.energy_err)
             self.write_record(
                 lines.EPOCH,
@@ -416,7 +429,7 @@ class EnergyTracker:
                 metrics=metrics,
                 extra=extra or {},
             )
-        self._epoch_start, self._epoch_before = end, None
+        self._epoch_start, self._epoch_before, self._epoch_index = end, None, epoch + 1
         if sums is not None:
             self._epoch_begun = (sums.totals.total_j, sums.totals.total_err, self.fit_seconds(end))
         return metrics
@@ -743,10 +756,16 @@ class EnergyTracker:
         the job's totals since it began, within both totals' bounds."""
         if self.ranks.distributed or self._epoch_start is None:
             total_j, total_err, fit_s = self._epoch_begun
-            return EpochPart(max(totals.total_j - total_j, 0.0), totals.total_err + total_err, totals.fit_s - fit_s)
-        (start_j, at_j), (start_bound, at_bound) = self.meter.read(self._epoch_start, at)
-        joules = float((at_j - start_j).sum())
-        return EpochPart(joules, float(between(start_bound, at_bound).sum()), at.t - self._epoch_start.t)
+            joules, bound, seconds = (
+                max(totals.total_j - total_j, 0.0),
+                totals.total_err + total_err,
+                totals.fit_s - fit_s,
+            )
+        else:
+            (start_j, at_j), (start_bound, at_bound) = self.meter.read(self._epoch_start, at)
+            joules, bound = float((at_j - start_j).sum()), float(between(start_bound, at_bound).sum())
+            seconds = at.t - self._epoch_start.t
+        return EpochPart(joules, bound, seconds, self._epoch_index)
 
     def load_state_dict(self, state: dict[str, Any] | None, own_share: bool = True) -> None:
         """Continue the totals of a checkpointed run (replaces earlier ones).
@@ -763,7 +782,7 @@ class EnergyTracker:
             totals = RunTotals.from_state(state)
             epoch = EpochPart.from_state(state, totals)
             self._continue(totals, own_share)
-            self._epoch_resumed = epoch if own_share else None  # (the job's: counted once, as the totals are)
+            self._epoch_resumed = epoch  # the job's, on every rank: added after the sum over the ranks
 
     def _continue(self, totals: RunTotals, own_share: bool) -> None:
         """Carry ``totals`` (the job's) on: this process's share of them, the stages' too."""

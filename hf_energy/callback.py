@@ -232,7 +232,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         return [run] if run is not None else []
 
     def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self.run.epoch_start()
+        self.run.epoch_start(math.floor(round(state.epoch or 0.0, 6)))  # as epoch_index numbers its end
         return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):

@@ -177,7 +177,7 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self.run.epoch_start()
+        self.run.epoch_start(trainer.current_epoch)
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -184,19 +184,26 @@ class EpochPart:
     Args:
         energy_j: Its energy, and ``energy_err`` that energy's bound.
         seconds: Its training seconds.
+        epoch: The epoch's index (as the adapter numbers epochs), None where unknown: after a
+            resume the part counts only in that epoch (a checkpoint written after an epoch's last
+            step, before its end, resumes at the next one).
     """
 
     energy_j: float = 0.0
     energy_err: float = 0.0
     seconds: float = 0.0
+    epoch: int | None = None
 
     def __add__(self, other: EpochPart) -> EpochPart:
         return EpochPart(
-            self.energy_j + other.energy_j, self.energy_err + other.energy_err, self.seconds + other.seconds
+            self.energy_j + other.energy_j,
+            self.energy_err + other.energy_err,
+            self.seconds + other.seconds,
+            self.epoch if self.epoch is not None else other.epoch,
         )
 
-    def to_state(self) -> dict[str, float]:
-        return {"energy_j": self.energy_j, "energy_err": self.energy_err, "seconds": self.seconds}
+    def to_state(self) -> dict[str, Any]:
+        return {"energy_j": self.energy_j, "energy_err": self.energy_err, "seconds": self.seconds, "epoch": self.epoch}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], totals: RunTotals) -> EpochPart | None:
@@ -207,15 +214,23 @@ class EpochPart:
             ValueError: naming the field that is missing or out of its range (a part larger than
                 the totals it is part of included).
         """
-        epoch = state.get("epoch")
-        if epoch is None:
+        part = state.get("epoch")
+        if part is None:
             return None
-        if not isinstance(epoch, Mapping) or sorted(epoch) != ["energy_err", "energy_j", "seconds"]:
-            raise ValueError(f"stored energy state: epoch must map energy_j, energy_err and seconds, got {epoch!r}")
+        if not isinstance(part, Mapping) or set(part) != {"energy_j", "energy_err", "seconds", "epoch"}:
+            raise ValueError(
+                f"stored energy state: epoch must map energy_j, energy_err, seconds and epoch, got {part!r}"
+            )
+        index = part["epoch"]
+        whole = isinstance(index, Integral) and not isinstance(index, bool)
+        if index is not None and (not whole or not 0 <= index <= MAX_COUNT):
+            raise ValueError(f"stored energy state: epoch['epoch'] must be None or an integer in [0, {MAX_COUNT}], "
+                             f"got {index!r}")  # fmt: skip
         return cls(
-            _amount("epoch['energy_j']", epoch["energy_j"], totals.total_j),
-            _amount("epoch['energy_err']", epoch["energy_err"], MAX_JOULES),
-            _amount("epoch['seconds']", epoch["seconds"], totals.fit_s),
+            _amount("epoch['energy_j']", part["energy_j"], totals.total_j),
+            _amount("epoch['energy_err']", part["energy_err"], MAX_JOULES),
+            _amount("epoch['seconds']", part["seconds"], totals.fit_s),
+            None if index is None else int(index),
         )
 
 

@@ -94,8 +94,8 @@ class MonitorRun:
                 )
                 self.show([Notice("warn", text)])
 
-    def epoch_start(self) -> None:
-        self.tracker.start_epoch()
+    def epoch_start(self, epoch: int | None = None) -> None:
+        self.tracker.start_epoch(epoch)
 
     def window(self, step: int, extra: dict[str, Any] | None = None) -> dict[str, float]:
         """The figures of the logging window that ends at optimizer step ``step``."""

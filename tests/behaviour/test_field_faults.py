@@ -355,6 +355,11 @@ GOOD = {"version": 1, "energy_j": {"gpu": 10.0}, "stage_j": {"val": 0.0}, "sampl
         ({"fit_s": 10**400}, "fit_s"),
         ({"co2e_kg": 1e300}, "co2e_kg"),
         ({"cost": 1e300}, "cost"),
+        # The epoch under way at a mid-epoch checkpoint: within the totals it is part of, keys of any type.
+        ({"epoch": {"energy_j": 11.0, "energy_err": 0.0, "seconds": 0.5, "epoch": 0}}, "epoch['energy_j']"),
+        ({"epoch": {"energy_j": 1.0, "energy_err": 0.0, "seconds": 2.0, "epoch": 0}}, "epoch['seconds']"),
+        ({"epoch": {"energy_j": 1.0, "energy_err": 0.0, "seconds": 0.5, "epoch": True}}, "epoch['epoch']"),
+        ({"epoch": {"energy_j": 1.0, 1: 0.0, "seconds": 0.5, "epoch": 0}}, "epoch must map"),
     ],
 )
 def test_damaged_energy_state_is_one_clear_error(change, field) -> None:

@@ -461,7 +461,7 @@ def test_a_checkpoints_totals_survive_a_state_dict_round_trip_and_continue_in_th
         assert b.tracker.totals() == totals
         assert {s: b.tracker.stage_kwh(s) for s in STAGES} == stage_kwh
         assert b.tracker.state_dict() == state
-        b.step = a.step
+        b.step, b.epoch = a.step, a.epoch  # the epoch under way goes on
         notices = b.start(resumed=True)
         assert not any("restart at zero" in n.text for n in notices)
         for seg in second:
@@ -493,6 +493,33 @@ def test_a_checkpoints_totals_survive_a_state_dict_round_trip_and_continue_in_th
         runs_b = sum(1 for stage, _, _ in b.stage_runs if stage == name)
         carried = state["stage_j"][name]
         assert abs(b.tracker.stage_kwh(name) * J_PER_KWH - (carried + new_j)) <= 2 * extrapolated_err * runs_b + 1e-9
+
+
+def test_a_checkpoint_after_an_epochs_last_step_adds_nothing_to_the_next_epoch(sim_gpus) -> None:
+    # Written after an epoch's last step but before its end (a save interval that divides the epoch), the
+    # checkpoint held nearly the whole epoch as the one under way; the frameworks resume at the next epoch,
+    # whose energy/epoch_kwh then counted the previous epoch's energy too (197 J for 99 J trained).
+    power = TRACES["steady"][0]
+    with Drive.build(sim_gpus, power, 0.05, aligned=True) as a:
+        a.start()
+        a.tracker.start_epoch(0)  # as the adapters say it
+        a.train(Segment(None, 4, 0.25, 1, 0, 0.0, None, False))  # epoch 0: its steps, no end yet
+        state = a.tracker.state_dict()
+        a.end()
+    assert state["epoch"]["epoch"] == 0 and state["epoch"]["energy_j"] == pytest.approx(300.0, rel=0.01)
+    folder = tempfile.TemporaryDirectory()
+    record_path = Path(folder.name) / "run.jsonl"
+    with folder, Drive.build(sim_gpus, power, 0.05, aligned=True, record=record_path) as b:
+        b.tracker.load_state_dict(state)
+        b.step, b.epoch = a.step, 1  # resumed at the next epoch
+        b.start(resumed=True)
+        b.segment(Segment(None, 2, 0.25, 1, 0, 0.0, None, True))
+        b.end()
+        [line] = lines_of(read_record(record_path), "epoch")
+    (begun, ended) = b.epochs[0]
+    assert line["epoch"] == 1 and line["seconds"] == pytest.approx(ended - begun)
+    err = line["metrics"][keys.err(keys.EPOCH_KWH)] * J_PER_KWH
+    assert abs(line["metrics"][keys.EPOCH_KWH] * J_PER_KWH - b.exact(begun, ended)) <= err < state["epoch"]["energy_j"]
 
 
 # ----------------------------------------------------------------------------- between readings

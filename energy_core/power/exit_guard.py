@@ -65,11 +65,22 @@ class ExitGuard:
             previous = signal.getsignal(signum)
             if previous == signal.SIG_IGN:
                 continue  # ignored (nohup): the process outlives it, and the cap must too
-            if previous == self._on_signal:
-                continue  # still in place (uninstalled off the main thread), its chain with it
+            if self._in_chain(signum, previous):
+                continue  # still in place (uninstalled off the main thread, or under another guard's)
             self._previous[signum] = previous
             signal.signal(signum, self._on_signal)
         return True
+
+    def _in_chain(self, signum: int, handler: Any) -> bool:
+        """Whether this guard's handler is ``handler`` or one the guards' handlers from it pass the signal
+        on to: wrapping it again would make a loop."""
+        seen: set[int] = set()
+        while getattr(handler, "__func__", None) is ExitGuard._on_signal and id(handler.__self__) not in seen:
+            if handler.__self__ is self:
+                return True
+            seen.add(id(handler.__self__))
+            handler = handler.__self__._previous.get(signum)
+        return False
 
     def _at_exit(self) -> None:
         if self.here():

@@ -183,3 +183,26 @@ def test_a_cap_set_off_the_main_thread_says_that_a_signal_will_not_put_it_back(s
         limits.restore()
         limits.guard.uninstall()
     assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW
+
+
+def test_a_guard_installed_again_under_another_makes_no_loop(no_default_action) -> None:
+    # A installed, B over it, A finished (it stays in B's chain), then A installed again: A took B for the
+    # handler it found while B passed the signal on to A, and a SIGTERM bounced between them (RecursionError),
+    # the user's handler never called.
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    got: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    restored: list[str] = []
+    first, second = ExitGuard(lambda: restored.append("first")), ExitGuard(lambda: restored.append("second"))
+    try:
+        first.install()
+        second.install()
+        first.uninstall()
+        first.install()
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        assert sorted(restored) == ["first", "second"] and got == [signal.SIGTERM]
+        second.uninstall()
+        first.uninstall()
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])

@@ -153,19 +153,21 @@ class EnergyToTargetCallback(HasTargetRun, RunContributor[TargetRun], TrainerCal
         prefix it starts with (``eval_val_ood`` rather than ``eval_val`` for ``eval_val_ood_loss``),
         among the attached Trainer's datasets, or else those of the entries seen: all of them from
         the second evaluation on. Until they are known, an entry that lacks the metric does not
-        count. A single dataset's entry (``eval``) is always the metric's, and where the metric
-        starts with no dataset's prefix no entry can log it: every entry is a gap (said once).
+        count. A single dataset's entry (``eval``) owns every metric no longer prefix seen owns (an
+        extra ``evaluate(metric_key_prefix="eval_ood")`` beside it is not the target's on
+        ``eval_score``), and where the metric starts with no dataset's prefix no entry can log it:
+        every entry is a gap (said once).
         """
         prefix = entry_prefix(logs)
-        if prefix is not None and prefix != SINGLE:
+        if prefix is not None:
             self._datasets.setdefault(prefix, step)
-        if self.metric in logs or prefix is None or prefix == SINGLE:
+        if self.metric in logs or prefix is None:
             return True
         names = getattr(self.trainer, "eval_dataset", None)
         if isinstance(names, dict):
             known = {f"{EVAL}{name}" for name in names} | {prefix}
-        elif self._datasets[prefix] < step:  # seen at an earlier evaluation: every dataset's entry was seen then
-            known = set(self._datasets)
+        elif prefix == SINGLE or self._datasets[prefix] < step:  # (seen at an earlier evaluation: all were seen)
+            known = {SINGLE} | set(self._datasets)
         else:
             return False
         owner = max((p for p in known if self.metric.startswith(p + "_")), key=len, default=None)

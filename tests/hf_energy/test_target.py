@@ -178,3 +178,39 @@ def test_without_a_monitor_a_resume_that_re_creates_the_callbacks_keeps_the_tota
     header = [line for line in read_record(tmp_path / "energy.jsonl") if line["type"] == "header"][-1]
     assert header["resumed_from"] is not None  # the budget, measuring now, started from zero
     assert sum(header["resumed_from"]["energy_j"].values()) / J_PER_KWH == pytest.approx(spent, rel=0.1)
+
+
+class ExtraEvaluation(TrainerCallback):
+    """A user's extra evaluation of another set, under HF's own ``metric_key_prefix``, at odd steps."""
+
+    def __init__(self, data: SeqData) -> None:
+        self.data, self.trainer = data, None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % 2 == 1:
+            self.trainer.evaluate(self.data, metric_key_prefix="eval_ood")
+        return control
+
+
+def test_an_extra_evaluation_under_its_own_prefix_is_not_the_targets(tmp_path, sim_gpus) -> None:
+    # A single eval dataset (eval_score) and a user's evaluate(..., metric_key_prefix="eval_ood"): the
+    # eval_ood entries counted as this target's evaluations, each a gap, so no gain was ever computed and a
+    # false "not logged" warning was given (the single dataset's prefix was never among those known).
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
+    record = tmp_path / "energy.jsonl"
+    target = EnergyToTargetCallback("score", None, min_gain_per_kwh=0.0, devices=["gpu"], sample_interval_s=0.02,
+                                    record_path=record)  # fmt: skip
+    extra = ExtraEvaluation(SeqData(8))
+    trainer = make_trainer(tmp_path / "out", SeqData(48), sleep_s=0.03, eval_data=SeqData(8), eval_strategy="steps",
+                           eval_steps=2, max_steps=6, logging_steps=2, callbacks=[extra])  # fmt: skip
+    extra.trainer = trainer
+    values = iter([9.0, 0.2, 9.0, 0.4, 9.0, 0.5])  # eval_ood at step 1, eval at 2, eval_ood at 3, ...
+    trainer.compute_metrics = lambda prediction: {"score": next(values)}
+    attach(trainer, target)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    lines = [x for x in read_record(record) if x["type"] == "target"]
+    assert [(x["step"], x["value"]) for x in lines] == [(2, 0.2), (4, 0.4), (6, 0.5)]
+    assert lines[0]["gain_per_kwh"] is None and all(x["gain_per_kwh"] > 0 for x in lines[1:])
+    assert not [w for w in caught if "not logged" in str(w.message)]

@@ -210,7 +210,6 @@ class EnergyLoop:
             elif self.time_shift.started is not None:  # a budget spent during a wait at the start: no first step
                 self._act(self.time_shift.started.budget)
 
-    @_one_at_a_time
     def close(self, status: str = "completed", collective: bool = True) -> dict[str, float]:
         """End the run: final totals, the record's summary, the previous power limits back.
 
@@ -220,7 +219,16 @@ class EnergyLoop:
         Args:
             status: How the loop ended, for the record.
             collective: False when the other ranks may not get here (an exception).
+
+        From another thread it waits for the call under way (one at a time), and first cuts short
+        a time shift's pause, which would hold that call until the grid is clean again.
         """
+        if self.time_shift is not None and self._started:
+            self.time_shift.cut_short()
+        with self._lock:
+            return self._close(status, collective)
+
+    def _close(self, status: str, collective: bool) -> dict[str, float]:
         if not self._started:
             return {}
         self._started = False
@@ -291,7 +299,7 @@ class EnergyLoop:
 
     @_one_at_a_time
     def start_epoch(self) -> None:
-        self.monitor.epoch_start()
+        self.monitor.epoch_start(self.epochs)
 
     @_one_at_a_time
     def end_epoch(self) -> dict[str, float]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -183,7 +184,9 @@ class TimeShiftRun(SharedRun):
         self.requeued_until: float | None = None  # set when the run ended for a requeue
         self.started: ShiftAction | None = None  # what `begin` decided: a pause (a wait) carried out, or a requeue
         self.clock: Callable[[], float] | None = None  # unix time: the tracker's meter clock by default
-        self.sleep: Callable[[float], None] = time.sleep
+        self.sleep: Callable[[float], None] = self._nap
+        self._cut = False  # `cut_short`: the run is being ended from another thread
+        self._wake: threading.Event | None = None  # during a pause: wakes its nap (made then: runs are pickled)
         self.forecast: Forecast | None = None  # where the forecast comes from (after `bind`)
         self._state = _State(0.0, 0.0)
         self._saved: dict[str, Any] = {}
@@ -227,6 +230,7 @@ class TimeShiftRun(SharedRun):
         begins afresh: a previous fit's requeue, plan and decisions are forgotten (its progress comes
         back from a checkpoint, if one is loaded), and the exit status is the one given."""
         self.requeued_until = self.started = None
+        self._cut = False
         self.exit_code = self.args["exit_code"]  # an adapter clears it once it has exited with it
         self.plan = self.shown = None
         self._planned = None
@@ -376,14 +380,31 @@ class TimeShiftRun(SharedRun):
         text = f"Time shift: pausing at step {step} until {_iso(action.until)} ({hours:.3g} h)"
         self._notices.append(Notice("info", text + (f"; plan: {plan.describe()}." if plan else ".")))
         interrupted = True
+        self._wake = threading.Event()
         try:
             while (now := self.now()) < action.until:  # the sampler charges the idle energy, reading by reading
-                if self._budget_spent():  # a budget spent while paused: the pause ends, and training stops
+                if self._budget_spent() or self._cut:  # a budget spent while paused: the pause ends, training stops
                     break
                 self.sleep(max(1e-3, min(action.until, now + NAP_S) - now))
-            interrupted = False
+            interrupted = self._cut  # (the run is ending on this rank alone: no sum over the ranks)
         finally:  # a pause cut short (Ctrl-C, SIGTERM) counts all the same; then the error goes on
+            self._wake = None
             self._resumed(start, step, collective=not interrupted)
+
+    def _nap(self, seconds: float) -> None:
+        wake = self._wake
+        if wake is None:
+            time.sleep(seconds)
+        else:
+            wake.wait(seconds)
+
+    def cut_short(self) -> None:
+        """End a pause under way at once (from another thread: the run is being ended, and waits for the
+        step the pause holds). Its time is booked up to then; training does not go on after it."""
+        self._cut = True
+        wake = self._wake
+        if wake is not None:
+            wake.set()
 
     def _resumed(self, start: Mark, step: int, collective: bool) -> None:
         """The pause that began at ``start`` ends now: its time and idle energy are booked, and a stretch

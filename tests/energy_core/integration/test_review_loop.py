@@ -19,7 +19,7 @@ from energy_core.notices import Notice
 from energy_core.output import keys
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
-from tests.energy_core.shift.manual_job import deadline_in
+from tests.energy_core.shift.manual_job import IDLE_W, STEPS, Job, deadline_in
 from tests.helpers.records import read_record
 
 GPU_W = 300.0
@@ -254,3 +254,36 @@ def test_a_close_from_another_thread_waits_for_the_step_under_way(sim_gpus, monk
     assert closer.ident is not None and not closer.is_alive()
     assert metrics[keys.STEP_J] > 0 and closed and closed[0][keys.TOTAL_KWH] >= metrics[keys.TOTAL_KWH]
     assert loop.step() == {}  # after the close: nothing, and nothing raised
+
+
+def test_a_close_from_another_thread_cuts_a_time_shifts_pause_short(sim_gpus, monkeypatch, tmp_path) -> None:
+    # The pause sleeps inside step(), which holds the loop's lock: a watchdog's close() waited out the whole
+    # two-hour pause (on the manual clock) before it could end the run and put a cap back.
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    shift = TimeShiftRun(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W)
+    loop = job.start(shift)
+    waited: list[float] = []
+
+    def watchdog() -> None:
+        begun = job.clock.now
+        loop.close("watchdog")
+        waited.append(job.clock.now - begun)
+
+    dog = threading.Thread(target=watchdog)
+    naps = shift.sleep
+
+    def sleep(seconds: float) -> None:  # a nap of the pause: the watchdog closes the loop during the first
+        if dog.ident is None:
+            dog.start()
+            dog.join(1.0)  # (it waits for the step the pause holds, or the pause ends first)
+        job.idle(seconds)
+        naps(0.0)  # the pause's own nap (a cut short pause wakes at once): nothing more of the clock
+
+    shift.sleep = sleep
+    with loop:
+        job.wait_first_reading()
+        job.train(loop, STEPS)
+    dog.join(30)
+    assert waited and waited[0] <= 300.0  # a nap and a few steps of the manual clock, not the two hours
+    [summary] = [line for line in read_record(job.record) if line["type"] == "summary"]
+    assert summary["status"] == "watchdog" and 0 < summary["time_shift"]["paused_s"] <= 120.0

@@ -109,18 +109,19 @@ def stop(trainer: Any, reason: str) -> str:
     )
 
 
-def log(trainer: Any, metrics: dict[str, float]) -> None:
+def log(trainer: Any, metrics: dict[str, float], logged: dict[str, float] | None = None) -> None:
     """Log figures to every logger of the trainer at its global step, and leave them where
     Lightning's callbacks look (``trainer.callback_metrics``: ``ModelCheckpoint(monitor=...)``,
     ``EarlyStopping``, Ray's ``RayTrainReportCallback``).
 
     They are set as they are, already the job's on every rank: Lightning neither reduces nor
-    keeps them per step, and a key keeps its latest value until the next one.
+    keeps them per step, and a key keeps its latest value until the next one. ``logged``: the
+    part of them the loggers get (default: all), where the step already has values of the others.
     """
     if not metrics:
         return
-    for logger in trainer.loggers:
-        logger.log_metrics(metrics, step=trainer.global_step)
+    for logger in trainer.loggers if logged is None or logged else ():
+        logger.log_metrics(metrics if logged is None else logged, step=trainer.global_step)
     import torch
 
     trainer.callback_metrics.update({key: torch.tensor(value, dtype=torch.float64) for key, value in metrics.items()})

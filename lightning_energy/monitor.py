@@ -32,6 +32,7 @@ from lightning_energy.framework import (
 )
 
 UNLOGGED_DECIDE_EVERY = 50  # Lightning's default log_every_n_steps: how often decisions are taken without it
+EPOCH_KEYS = (keys.EPOCH_KWH, keys.err(keys.EPOCH_KWH))  # what an epoch's end adds to a window at its step
 
 
 def cadence(trainer: Any) -> tuple[int, int]:
@@ -203,8 +204,13 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        self._last_logged_step = trainer.global_step
-        log(trainer, self.run.epoch(trainer.global_step, trainer.current_epoch, self._extra(trainer)))
+        step = trainer.global_step
+        metrics = self.run.epoch(step, trainer.current_epoch, self._extra(trainer))
+        # A window logged at this step already: the loggers get one value per key and step (the epoch's own
+        # keys); the callbacks that read the epoch's end (a checkpoint, a report) get every figure.
+        already = step == self._last_logged_step
+        self._last_logged_step = step
+        log(trainer, metrics, {key: value for key, value in metrics.items() if key in EPOCH_KEYS} if already else None)
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:

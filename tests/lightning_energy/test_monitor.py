@@ -72,10 +72,16 @@ def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None
     assert last_epoch["metrics"]["energy/total_kwh"] == kwh
     assert last_epoch["metrics"]["carbon/co2e_kg"] == pytest.approx(kwh * 1.2 * 56.039 / 1000, rel=1e-6)
 
-    # The same figures are in the CSV file and the TensorBoard event file on disk.
+    # The same figures are in the CSV file and the TensorBoard event file on disk, one value per key and step:
+    # at an epoch's last step a window logged first, and the epoch's end adds only energy/epoch_kwh there.
     step = last_epoch["step"]
-    assert dict(csv_series(tmp_path / "csv", "energy/gpu_kwh"))[step] == pytest.approx(kwh, rel=1e-9)
-    assert dict(tensorboard_series(tmp_path / "tb", "energy/total_kwh"))[step] == pytest.approx(kwh, rel=1e-6)
+    at_step = [line for line in lines if line["type"] == "window" and line["step"] == step] or [last_epoch]
+    logged = at_step[0]["metrics"]["energy/gpu_kwh"]
+    assert dict(csv_series(tmp_path / "csv", "energy/gpu_kwh"))[step] == pytest.approx(logged, rel=1e-9)
+    assert dict(tensorboard_series(tmp_path / "tb", "energy/total_kwh"))[step] == pytest.approx(logged, rel=1e-6)
+    for key in ("energy/total_kwh", "carbon/co2e_kg", "energy/epoch_kwh"):
+        steps = [s for s, _ in tensorboard_series(tmp_path / "tb", key)]
+        assert len(steps) == len(set(steps)), key
     epochs = csv_series(tmp_path / "csv", "energy/epoch_kwh")
     epoch_lines = [line for line in lines if line["type"] == "epoch"]
     assert [v for _, v in epochs] == pytest.approx([e["metrics"]["energy/epoch_kwh"] for e in epoch_lines])

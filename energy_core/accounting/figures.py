@@ -208,7 +208,8 @@ class EpochPart:
     @classmethod
     def from_state(cls, state: Mapping[str, Any], totals: RunTotals) -> EpochPart | None:
         """From an energy state (`RunTotals.to_state` with ``"epoch"``) whose totals are ``totals``;
-        None where it has none (a state written at no epoch, or before epochs were kept).
+        None where it has none (a state written at no epoch, or before epochs were kept). A part
+        without its epoch's index (written before parts named it) counts in the next epoch to end.
 
         Raises:
             ValueError: naming the field that is missing or out of its range (a part larger than
@@ -217,11 +218,11 @@ class EpochPart:
         part = state.get("epoch")
         if part is None:
             return None
-        if not isinstance(part, Mapping) or set(part) != {"energy_j", "energy_err", "seconds", "epoch"}:
+        if not isinstance(part, Mapping) or set(part) - {"epoch"} != {"energy_j", "energy_err", "seconds"}:
             raise ValueError(
                 f"stored energy state: epoch must map energy_j, energy_err, seconds and epoch, got {part!r}"
             )
-        index = part["epoch"]
+        index = part.get("epoch")
         whole = isinstance(index, Integral) and not isinstance(index, bool)
         if index is not None and (not whole or not 0 <= index <= MAX_COUNT):
             raise ValueError(f"stored energy state: epoch['epoch'] must be None or an integer in [0, {MAX_COUNT}], "

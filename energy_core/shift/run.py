@@ -400,7 +400,7 @@ class TimeShiftRun(SharedRun):
 
     def cut_short(self) -> None:
         """End a pause under way at once (from another thread: the run is being ended, and waits for the
-        step the pause holds). Its time is booked up to then; training does not go on after it."""
+        step the pause holds). Its time is booked up to then."""
         self._cut = True
         wake = self._wake
         if wake is not None:

@@ -77,7 +77,6 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         self._last_logged_step = -1
         self._world_zero = True
         self._log_due = False  # the Trainer logs at this step on every rank (its flow asked; a window may be taken)
-        self._window_keys: set[str] = set()  # the keys of the window logged last (at `_last_logged_step`)
         self._trains_alone = True  # the Trainer is not parallel (each process trains and evaluates on its own)
 
     def _show(self, notices: list[Notice]) -> None:
@@ -150,14 +149,10 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         metrics: dict[str, float] = {}
         if any(k.startswith("eval_") for k in logs) and self.tracker.in_stage(INFERENCE):
             metrics.update(self._end_inference("val", state))
-        alone = not self.tracker.ranks.distributed and state.global_step > self._last_logged_step
-        if self.tracker.fitting and (self._log_due or alone):
+        if self.tracker.fitting and (self._log_due or not self.tracker.ranks.distributed):
             # In a job a window is a collective: only at the logs every rank makes (the Trainer's logging steps
             # and epoch ends), never at a log of the user's on one rank (``trainer.log`` on world process zero).
-            # A step that logged a window already takes none again: one value of each total per step.
-            window = self.run.window(state.global_step, extra=scalar_losses(logs))
-            metrics.update(window)
-            self._window_keys = set(window)
+            metrics.update(self.run.window(state.global_step, extra=scalar_losses(logs)))
             self._log_due = False
             self._last_logged_step = state.global_step
         metrics.update(self._pending)
@@ -251,10 +246,10 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         if state.global_step > self._last_logged_step:
             control.should_log = True  # the Trainer logs right after this hook; we add to it
             self._log_due = True  # on every rank: each ends the epoch
-        elif self.trainer is not None:  # this step was logged already: the epoch's own figures in a line of their own
-            self._pending = {key: value for key, value in self._pending.items() if key not in self._window_keys}
+        elif self.trainer is not None:
+            self._log_due = True
             asked = control.should_log  # the Trainer's own epoch-end log (logging_strategy="epoch")
-            self.trainer.log({})
+            self.trainer.log({})  # this step was logged already: a log line of its own
             control.should_log = asked  # Trainer.log cleared it: the Trainer's loss line would be lost
         return control
 

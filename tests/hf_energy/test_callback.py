@@ -342,19 +342,3 @@ def test_an_epoch_that_max_steps_ends_early_is_recorded_under_its_own_index(tmp_
     assert [(e["step"], e["epoch"]) for e in epochs] == [(12, 0), (14, 1)]
     logged = [h["energy/epoch_kwh"] for h in trainer.state.log_history if "energy/epoch_kwh" in h]
     assert logged == pytest.approx([e["metrics"]["energy/epoch_kwh"] for e in epochs])
-
-
-def test_each_total_has_one_value_per_step_where_epochs_end_on_logging_steps(tmp_path, sim_gpus) -> None:
-    # 12 steps an epoch, a log every 4: the epoch's end (its own log line) and the end of training logged the
-    # totals again at a step that had them already, later values: two at step 12, three at step 24 in
-    # TensorBoard. Each step now has one value of each total, and the epoch's end adds its own figures.
-    sim_gpus(SimGpu("GPU-1", Constant(300.0), counter_period_s=0.02))
-    trainer = make_trainer(tmp_path / "out", SeqData(96), sleep_s=0.03, report_to=["tensorboard"])
-    attach(trainer, EnergyCallback(devices=["gpu"], sample_interval_s=0.02, summary=False))
-    trainer.train()
-    for key in ("train/energy/total_kwh", "train/carbon/co2e_kg"):
-        steps = [step for step, _ in tensorboard_series(tmp_path / "out", key)]
-        assert steps and len(steps) == len(set(steps)), (key, steps)
-    assert [step for step, _ in tensorboard_series(tmp_path / "out", "train/energy/epoch_kwh")] == [12, 24]
-    entries = [h for h in trainer.state.log_history if "energy/total_kwh" in h]
-    assert len({h["step"] for h in entries}) == len(entries)

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
-from tests.packaging.test_packaging import TORCH, clean_copy, fresh_venv, run
+from tests.packaging.test_packaging import TORCH, clean_copy, fresh_venv, remove_venv, run
 
 TEST_SUITE = re.compile(r"^pip install .*&& python -m pytest\b")  # the line .ci/run extracts
 
@@ -124,13 +124,21 @@ def test_readme_commands_run_in_fresh_environments(tmp_path: Path) -> None:
     repo = clean_copy(tmp_path / "repo")
     envs: dict[str, dict[str, str]] = {}
     ran = []
-    for command in commands(README):
-        if command.install not in envs:
-            envs[command.install] = fresh_venv(tmp_path / f"venv{len(envs)}")
-        output = run(command.line, repo, envs[command.install])
-        assert "Traceback" not in output, f"README.md:{command.number}: {command.line}\n{output[-4000:]}"
-        if command.line.startswith("energy-report ") and ".jsonl" in command.line:
-            check_report(command, repo, output)
-        ran.append(command.line)
+    listed = commands(README)
+    last_use = {command.install: index for index, command in enumerate(listed)}
+    try:
+        for index, command in enumerate(listed):
+            if command.install not in envs:
+                envs[command.install] = fresh_venv(tmp_path / f"venv{len(envs)}")
+            output = run(command.line, repo, envs[command.install])
+            assert "Traceback" not in output, f"README.md:{command.number}: {command.line}\n{output[-4000:]}"
+            if command.line.startswith("energy-report ") and ".jsonl" in command.line:
+                check_report(command, repo, output)
+            ran.append(command.line)
+            if last_use[command.install] == index:  # its last command: free its GBs now
+                remove_venv(envs[command.install])
+    finally:
+        for env in envs.values():
+            remove_venv(env)
     assert any("lightning_quickstart.py" in line for line in ran) and any("hf_finetune.py" in line for line in ran)
     assert len(envs) >= 2  # the Lightning and the Hugging Face commands each in their own environment

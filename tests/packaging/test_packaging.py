@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -89,9 +90,20 @@ def clean_copy(dest: Path) -> Path:
     return dest
 
 
+VENV_NEEDS_BYTES = 3 * 2**30  # torch's CPU build with Lightning or transformers: about 1.5 GiB
+
+
 def fresh_venv(path: Path) -> dict[str, str]:
     """A new virtual environment (no system site-packages) and the environment variables that
-    activate it; this test's own environment is taken off PATH so nothing leaks in."""
+    activate it; this test's own environment is taken off PATH so nothing leaks in. Fails at
+    once, saying so, where the disk cannot hold one (rather than half-way through pip).
+    Callers remove it with :func:`remove_venv` as soon as it is no longer needed."""
+    free = shutil.disk_usage(path.parent).free
+    if free < VENV_NEEDS_BYTES:
+        pytest.fail(
+            f"{path.parent} has {free / 2**30:.1f} GiB free; "
+            f"a fresh environment needs {VENV_NEEDS_BYTES / 2**30:.0f} GiB"
+        )
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=300)
     assert "include-system-site-packages = false" in (path / "pyvenv.cfg").read_text()
     own_bin = str(Path(sys.prefix) / "bin") if sys.prefix != sys.base_prefix else None
@@ -99,6 +111,11 @@ def fresh_venv(path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(VIRTUAL_ENV=str(path), PATH=os.pathsep.join([str(path / "bin"), *keep]), PYTHONNOUSERSITE="1")
     return env
+
+
+def remove_venv(env: dict[str, str]) -> None:
+    """Delete a :func:`fresh_venv` (GBs each: several at once can fill a CI machine's disk)."""
+    shutil.rmtree(env["VIRTUAL_ENV"], ignore_errors=True)
 
 
 def run(command: list[str] | str, cwd: Path, env: dict[str, str], timeout: int = 1200) -> str:
@@ -152,6 +169,14 @@ def test_built_wheel_installs_and_works(tmp_path: Path) -> None:
     assert [m for m in modules if m not in in_sdist] == [] and "README.md" in in_sdist
 
     env = fresh_venv(tmp_path / "venv")
+    try:
+        use_the_wheel(wheel, tmp_path, env)
+    finally:
+        remove_venv(env)
+
+
+def use_the_wheel(wheel: Path, tmp_path: Path, env: dict[str, str]) -> None:
+    """Install the wheel with torch in ``env`` and use it, its command and its report."""
     run(["pip", "install", "-q", TORCH, f"{wheel}[lightning,hf]"], tmp_path, env)
     work = tmp_path / "work"  # outside the source tree: only the installed packages can be imported
     work.mkdir()

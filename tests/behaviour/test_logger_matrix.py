@@ -44,8 +44,10 @@ def mlflow_store(monkeypatch, tmp_path):
     ("framework", "logger_kind"),
     [
         *((framework, kind) for framework in ("lightning", "hf") for kind in ("csv", "tensorboard")),
-        ("hf", "mlflow"),
-        pytest.param("lightning", "mlflow", marks=pytest.mark.slow),  # MLflow read back from disk by HF's cell too
+        # MLflow, every window's figures read back from disk, runs by default in
+        # tests/hf_energy/test_callback.py (making its store takes seconds): here in the slow run
+        pytest.param("hf", "mlflow", marks=pytest.mark.slow),
+        pytest.param("lightning", "mlflow", marks=pytest.mark.slow),
     ],
 )
 def test_monitor_x_logger(framework, logger_kind, tmp_path, sim_gpus, request) -> None:

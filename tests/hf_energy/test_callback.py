@@ -33,13 +33,17 @@ def mlflow_store(monkeypatch, tmp_path):
     mlflow.end_run()  # close HF's run while the store is still configured
 
 
-def mlflow_series(uri: str, key: str) -> list[tuple[int, float]]:
+def mlflow_series(uri: str, *keys: str) -> dict[str, list[tuple[int, float]]]:
+    """Each key's (step, value) pairs in the store's "energy" experiment (one client: each costs a second)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     (experiment,) = [e for e in client.search_experiments() if e.name == "energy"]
     runs = client.search_runs([experiment.experiment_id])
-    return sorted((m.step, m.value) for run in runs for m in client.get_metric_history(run.info.run_id, key))
+    return {
+        key: sorted((m.step, m.value) for run in runs for m in client.get_metric_history(run.info.run_id, key))
+        for key in keys
+    }
 
 
 @both_vendors_end_to_end
@@ -101,9 +105,14 @@ def test_metrics_reach_log_history_tensorboard_and_mlflow(tmp_path, sim_gpus, ml
         windows[8]["metrics"]["efficiency/j_per_token"], rel=1e-6
     )
     # MLflow keeps every value logged at a step (window, epoch, eval and end-of-train lines at step 24)
-    at_24 = [v for step, v in mlflow_series(mlflow_store, "energy/gpu_kwh") if step == 24]
+    every = ("energy/total_kwh", "power/gpu0_w", "energy/step_j", "carbon/co2e_kg")
+    logged = mlflow_series(mlflow_store, "energy/gpu_kwh", "energy/val_kwh", *every)
+    at_24 = [v for step, v in logged["energy/gpu_kwh"] if step == 24]
     assert last["metrics"]["energy/gpu_kwh"] in at_24
-    assert [v for step, v in mlflow_series(mlflow_store, "energy/val_kwh")] == [h["energy/val_kwh"] for h in evals]
+    for key in every:  # every window's figures, as recorded
+        for step, window in windows.items():
+            assert any(at == step and v == pytest.approx(window["metrics"][key]) for at, v in logged[key]), (key, step)
+    assert [v for step, v in logged["energy/val_kwh"]] == [h["energy/val_kwh"] for h in evals]
     assert energy.last_metrics["energy/predict_kwh"] == predicts[0]["energy/predict_kwh"]
     assert not any(t.name == "energy-sampler" for t in threading.enumerate())
 
@@ -242,7 +251,7 @@ def test_a_train_that_raised_out_of_the_script_has_its_summary(tmp_path, attache
     assert abs(joules - 300.0 * summaries[0]["seconds"]) <= summaries[0]["energy_j_err"] + 300.0 * 0.02
 
 
-@pytest.mark.parametrize("kind", ["monitor", "budget"])
+@pytest.mark.parametrize("kind", ["monitor", pytest.param("budget", marks=pytest.mark.slow)])
 def test_a_train_that_raised_unattached_ends_when_the_next_train_begins(tmp_path, sim_gpus, kind) -> None:
     # Given in callbacks=[...] (no attach), a train() that raised was never ended: the next train() (a notebook's
     # retry) went on with its run, no summary, its steps going back to 0 under the same run id, its time and energy

@@ -82,7 +82,7 @@ def alone(kind: str):
     return TimeShiftCallback(deadline=deadline, carbon_intensity_g_per_kwh=400.0, **measure)
 
 
-@pytest.mark.parametrize("kind", ["budget", "target", "time_shift"])
+@pytest.mark.parametrize("kind", ["budget", "target", pytest.param("time_shift", marks=pytest.mark.slow)])
 def test_a_run_begun_before_a_refused_duplicate_stops_measuring(tmp_path, sim_gpus, kind) -> None:
     """A duplicate added with HF's ``add_callback`` is refused when training begins: a callback
     before it that had started a sampler of its own stops it then (the conftest guard fails a test

@@ -98,7 +98,7 @@ def test_min_gain_per_kwh_stops_where_the_curve_flattens_and_logs_each_gain(tmp_
     assert read_record(record)[-1]["status"] == "target-stop"
 
 
-@pytest.mark.parametrize("added", ["attach", "callbacks"])
+@pytest.mark.parametrize("added", ["attach", pytest.param("callbacks", marks=pytest.mark.slow)])
 def test_with_a_dict_of_eval_datasets_only_the_metrics_dataset_entries_are_its_evaluations(
     tmp_path, sim_gpus, added
 ) -> None:

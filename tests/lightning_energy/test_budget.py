@@ -44,7 +44,7 @@ def fit(tmp_path: Path, callbacks: list, ckpt_path: str | None = None, **kwargs)
 
 @pytest.mark.parametrize(
     ("sim_gpus", "with_monitor"),
-    [("nvml", True), ("nvml", False), ("amdsmi", True)],
+    [("nvml", True), ("nvml", False), pytest.param("amdsmi", True, marks=pytest.mark.slow)],  # AMD end to end: slow
     ids=["nvml-beside-monitor", "nvml-alone", "amdsmi-beside-monitor"],
     indirect=["sim_gpus"],
 )

@@ -89,7 +89,9 @@ def fit(tmp_path: Path, callbacks: list, curve: list[float | None], ckpt_path: s
     return trainer
 
 
-@pytest.mark.parametrize("setup", ["monitor first", "target first", "target alone"])
+@pytest.mark.parametrize(
+    "setup", ["monitor first", "target first", pytest.param("target alone", marks=pytest.mark.slow)]
+)
 def test_energy_to_target_is_the_energy_at_the_end_of_the_evaluation_that_reached_it(tmp_path, sim_gpus, setup):
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=PERIOD_S))
     record = tmp_path / "energy.jsonl"

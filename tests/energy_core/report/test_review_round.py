@@ -101,7 +101,13 @@ UNCHECKED = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("where", sorted(UNCHECKED))
+@pytest.mark.parametrize(  # each writes a whole report (plots: half a second); two in the slow run
+    "where",
+    [
+        pytest.param(w, marks=pytest.mark.slow) if w in ("a window's loss", "a shift's time") else w
+        for w in sorted(UNCHECKED)
+    ],
+)
 def test_a_number_of_400_digits_where_the_reader_does_not_look_is_no_traceback(tmp_path, capsys, where) -> None:
     code, out, _ = report(tmp_path, UNCHECKED[where](), capsys)
     assert code == 0

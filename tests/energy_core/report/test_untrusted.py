@@ -106,7 +106,14 @@ CORRUPTIONS = {
 }
 
 
-@pytest.mark.parametrize("damage", sorted(CORRUPTIONS))
+# Each case writes a whole report (its plots take about half a second): half of them in the slow run.
+SLOW_CORRUPTIONS = {"a line of 2 MiB", "nested 100,000 deep", "a number of 400 digits", "a list as run id",
+                    "metrics as a list", "carbon as a string"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "damage", [pytest.param(d, marks=pytest.mark.slow) if d in SLOW_CORRUPTIONS else d for d in sorted(CORRUPTIONS)]
+)
 def test_a_damaged_line_is_named_and_every_good_run_is_reported(shared, written, capsys, damage) -> None:
     # 7 of these killed the whole report with a traceback (RecursionError, TypeError, ValueError).
     record = shared / "runs.jsonl"

@@ -54,10 +54,6 @@ from energy_core.units import J_PER_KWH
 __all__ = ["EnergyTracker", "TrackerLink"]
 
 
-def _no_cap() -> float | None:
-    return None
-
-
 class BudgetStop(Protocol):
     """A budget, as a time shift on the same tracker sees it (`energy_core.budget.run.BudgetRun`)."""
 
@@ -153,7 +149,7 @@ class EnergyTracker:
         self._said_unresolved = False
         self._disagreeing: set[str] = set()  # boards whose two instruments disagreed (said once each)
         self._run_info: dict[str, Any] = {}
-        self._cap_in_force: Callable[[], float | None] = _no_cap
+        self._cap_in_force: Callable[[], float | None] | None = None  # `show_power_cap`'s
         self._caps: list[dict[str, Any]] = []
         self._parts: dict[str, Callable[[RunTotals], dict[str, Any]]] = {}
         self._epoch_start: Mark | None = None
@@ -182,14 +178,19 @@ class EnergyTracker:
         """Fields for the record's header: the framework and its trainer's settings."""
         self._run_info = run_info
 
-    def show_power_cap(self, cap_w: Callable[[], float | None], caps: list[dict[str, Any]]) -> None:
-        """A cap: ``power/cap_w`` in every window is ``cap_w()`` then (None: no figure), and the header's caps.
+    def show_power_cap(self, cap_w: Callable[[], float | None] | None, caps: list[dict[str, Any]]) -> None:
+        """A cap: ``power/cap_w`` in every window is ``cap_w()`` then (None, or a None it returns: no
+        figure), and the header's caps.
 
         Asked at each window, not kept: a limit put back meanwhile (by the exit guard, on a signal whose
         handler let training go on) is no longer shown as in force."""
         self._cap_in_force, self._caps = cap_w, caps
-        if cap_w() is not None and not self.fitting and self._held is None:
+        if self._cap_w() is not None and not self.fitting and self._held is None:
             self._held = []  # a cap put in force for a fit not started yet: its lines follow that fit's header
+
+    def _cap_w(self) -> float | None:
+        """The cap in force now, for ``power/cap_w`` (None: no figure)."""
+        return self._cap_in_force() if self._cap_in_force is not None else None
 
     def add_summary(self, name: str, part: Callable[[RunTotals], dict[str, Any]]) -> None:
         """A part of the summary another run adds (a time shift: ``time_shift``), made from the
@@ -362,7 +363,7 @@ class EnergyTracker:
                     "run's totals include that time."
                 )
                 self._notices.append(Notice("info", text))
-            return metric_dicts.cap(self._cap_in_force()), None
+            return metric_dicts.cap(self._cap_w()), None
         end_j, end_bound = reading = self._read(end)
         epoch_j = epoch_err = 0.0
         if epoch_start is not None:
@@ -402,11 +403,12 @@ class EnergyTracker:
         self._epoch_start = self.meter.mark()
         if epoch is not None:
             self._epoch_index = epoch
-            self._epoch_part_of(epoch)
+            self._keep_epoch_part_of(epoch)
 
-    def _epoch_part_of(self, epoch: int) -> EpochPart:
-        """The part before this fit of epoch ``epoch`` (a checkpoint's): none where the checkpoint's was
-        another (written after an epoch's last step, before its end, it resumes at the next one)."""
+    def _keep_epoch_part_of(self, epoch: int) -> EpochPart:
+        """The part before this fit of epoch ``epoch`` (a checkpoint's), kept; a part of another epoch
+        (a checkpoint written after an epoch's last step, before its end, resumes at the next one) is
+        dropped, and none is returned."""
         if self._epoch_before is not None and self._epoch_before.epoch not in (None, epoch):
             self._epoch_before = None
         return self._epoch_before or EpochPart()
@@ -418,7 +420,7 @@ class EnergyTracker:
         start = self._epoch_start if self.fitting else None
         metrics, sums = self._close(step, end, extra, start)
         if start is not None and sums is not None:
-            part = EpochPart(sums.epoch_j, sums.epoch_err, end.t - start.t) + self._epoch_part_of(epoch)
+            part = EpochPart(sums.epoch_j, sums.epoch_err, end.t - start.t) + self._keep_epoch_part_of(epoch)
             metrics |= metric_dicts.epoch(part.energy_j, part.energy_err)
             self.write_record(
                 lines.EPOCH,
@@ -590,7 +592,7 @@ class EnergyTracker:
 
     def _cumulative(self, totals: RunTotals) -> dict[str, float]:
         g_per_kwh = self.factors.carbon.at(self._accounts.wall_now()).value
-        return metric_dicts.cumulative(totals, g_per_kwh, self.factors.price is not None, self._cap_in_force())
+        return metric_dicts.cumulative(totals, g_per_kwh, self.factors.price is not None, self._cap_w())
 
     def totals(self) -> dict[str, float]:
         """Cumulative figures now (``energy/*_kwh``, ``carbon/*``), checkpoint totals included.

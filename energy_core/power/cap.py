@@ -628,7 +628,7 @@ class PowerCapRun:
             return []
         self._finished = True
         if self._tracker is not None:
-            self._tracker.show_power_cap(lambda: None, self.caps())
+            self._tracker.show_power_cap(None, self.caps())
         notices: list[Notice] = []
         if self.finder is not None and self.finder.steps_used and not self.finder.done:
             notices.append(Notice("info", self.finder.summary()))

@@ -41,7 +41,7 @@ import numpy as np
 
 from energy_core import checks
 from energy_core.shift.intensity import Intensity
-from energy_core.units import J_PER_KWH
+from energy_core.units import J_PER_KWH, MAX_RUN_W
 
 MODES = ("wait", "pause", "requeue")
 MAX_CELLS = 200  # a longer window is planned on a coarser grid, each cell at its mean intensity
@@ -174,7 +174,7 @@ def plan_time_shift(
     """
     curve = Intensity.of(intensity)
     work_s = checks.number("work_s", work_s, low=0, low_open=True, high=MAX_S, unit=" s")
-    busy_w = checks.number("busy_w", busy_w, low=0, low_open=True, unit=" W")
+    busy_w = checks.number("busy_w", busy_w, low=0, low_open=True, high=MAX_RUN_W, unit=" W")
     idle_w = checks.number("idle_w", idle_w, low=0, high=busy_w, what=f"in [0, busy_w={busy_w:g}] W")
     resume_s = checks.number("resume_s", resume_s, low=0, high=MAX_S, unit=" s")
     mode = checks.choice("mode", mode, MODES)

@@ -53,7 +53,7 @@ from energy_core.shift.intensity import Intensity
 from energy_core.shift.planner import MAX_S, MAX_UNIX, MODES, TimeShiftPlan, plan_time_shift, unix_time
 from energy_core.tracker import EnergyTracker
 from energy_core.tracker_share import SharedRun
-from energy_core.units import J_PER_KWH, MAX_CO2E_KG, MAX_KWH, MAX_SECONDS
+from energy_core.units import J_PER_KWH, MAX_CO2E_KG, MAX_KWH, MAX_RUN_W, MAX_SECONDS
 
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure; the user is invited to retry" - the requeue exit status
 SAFETY = 1.05  # plans are made for this much more work than the pace predicts
@@ -167,7 +167,7 @@ class TimeShiftRun(SharedRun):
         self.expected_duration_s = checks.number(
             "expected_duration_s", expected_duration_s, low=0, low_open=True, high=MAX_S, optional=True, unit=" s"
         )
-        self.idle_w = checks.number("idle_w", idle_w, low=0, optional=True, unit=" W")
+        self.idle_w = checks.number("idle_w", idle_w, low=0, high=MAX_RUN_W, optional=True, unit=" W")
         self.resume_s = checks.number("resume_s", resume_s, low=0, high=MAX_S, optional=True, unit=" s")
         self.exit_code = checks.integer("exit_code", exit_code, low=1, high=255, optional=True)
         self.args: dict[str, Any] = {

@@ -59,7 +59,7 @@ SHIFT = {
     "mode": ["later", 1, None, True],
     "forecast": [5, True, [], [(1, 2)], [("x", 1.0)], [("2030-01-01T00:00:00+00:00", -1)], b"grid.csv", "/no/grid.csv"],
     "expected_duration_s": [True, "3600", 0, -1, NAN, INF],
-    "idle_w": [True, "70", -1, NAN, INF],
+    "idle_w": [True, "70", -1, NAN, INF, 1e12],  # a run's power: at most a million boards of 5 kW
     "resume_s": [True, "60", -1, NAN],
     "exit_code": [0, 256, True, "75", 75.0, -1],
 }

@@ -169,6 +169,7 @@ def test_a_csv_series_is_read_like_carbon_intensity_series(tmp_path) -> None:
         ({"work_s": 0}, ValueError, "work_s"),
         ({"work_s": True}, TypeError, "work_s"),
         ({"busy_w": -1.0}, ValueError, "busy_w"),
+        ({"busy_w": 1e12}, ValueError, r"busy_w must be in \(0, 5e\+09\] W"),  # a million boards of 5 kW at most
         ({"idle_w": 200.0}, ValueError, "idle_w"),
         ({"resume_s": float("nan")}, ValueError, "resume_s"),
         ({"work_s": 1e12}, ValueError, r"work_s must be in \(0, 1e\+09\] s"),  # its end: past datetime's range

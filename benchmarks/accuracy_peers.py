@@ -3,7 +3,7 @@
     python -m benchmarks.accuracy_peers [--seconds 20] [--window 2]
 
 accuracy.py runs on a virtual clock, which the peers cannot follow; here the simulated
-NVML (tests/sim_nvml.py: mJ counter advancing every 100 ms, mW power as a 1 s average)
+NVML (tests/doubles/sim_nvml.py: mJ counter advancing every 100 ms, mW power as a 1 s average)
 runs on the real clock, and three tools measure the same GPU over the same seconds:
 
 * ours: the background `Sampler` at the default 0.1 s, energy at each window boundary

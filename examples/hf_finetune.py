@@ -95,7 +95,7 @@ def main(epochs: float = 2.0) -> EnergyCallback:
     with open(f"{OUT}/energy.jsonl") as f:
         summary = [json.loads(line) for line in f][-1]  # the run record's summary line
     m = summary["metrics"]
-    print("\nThe same totals as the loggers hold them (TensorBoard in " + OUT + "), in the metrics' units:")
+    print(f"\nThe run's totals at its end (TensorBoard in {OUT} holds them to the last logged step):")
     for key in sorted(k for k in m if k.startswith(("energy/", "carbon/")) and k != "energy/epoch_kwh"):
         print(f"  {key:<28} {m[key]:.4g}")
     print(f"  estimated: {', '.join(summary['estimated']) or 'nothing'}; run record: {OUT}/energy.jsonl")

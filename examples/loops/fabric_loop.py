@@ -5,7 +5,10 @@
 Fabric owns the devices and the loggers (here a CSV logger under runs/fabric); the loop
 calls `EnergyLoop.step` after each optimizer step and logs what it returns.
 ``ranks=fabric_ranks(fabric)`` makes the figures the job's in a multi-process Fabric job
-(``fabric run --devices 2 ...``: summed with ``fabric.all_reduce``, each device counted once).
+(summed with ``fabric.all_reduce``, each device counted once): to launch one with
+``fabric run --devices 2 ...``, construct ``L.Fabric()`` without arguments, as
+tests/scripts/launcher_job.py does (Fabric refuses settings the script and the command
+both give).
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def torchrun(*args: str) -> list[str]:
 JOB = ["-m", "tests.scripts.launcher_job"]
 
 
-SLOW = pytest.mark.slow  # about 10 to 25 s each on 2 cores; the default run keeps the HF and loop cells
+SLOW = pytest.mark.slow  # about 10 to 25 s each on 2 cores; the default run keeps the loop cell (and Fabric's)
 
 
 @pytest.mark.timeout(300)

@@ -39,7 +39,7 @@ def test_quickstart_example(tmp_path) -> None:
     assert f"CO2e: {show.mass(m['carbon/co2e_kg'])} at " in out and "France (FRA" in out
     assert f"{show.energy(summary['j_per_sample'])}/sample" in out
     # then the same totals in the loggers' units, and the estimated sources as words, not a Python list
-    assert "The same totals as the loggers hold them" in out
+    assert "The run's totals at its end" in out
     assert f"  energy/total_kwh             {m['energy/total_kwh']:.4g}\n" in out
     assert f"  carbon/co2e_kg               {m['carbon/co2e_kg']:.4g}\n" in out
     assert "energy/epoch_kwh" not in out and "['" not in out

@@ -128,7 +128,7 @@ def quality_notices(fields: dict[str, Any]) -> list[Notice]:
     if not faults:
         return []
     parts = "; ".join(
-        f"{name} {f['unmeasured_s']:.1f} s not measured"
+        f"{name} {show.duration(f['unmeasured_s'])} not measured"
         + (f" (last error: {f['last_error']})" if f["last_error"] else "")
         for name, f in faults.items()
     )

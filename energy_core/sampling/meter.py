@@ -68,6 +68,7 @@ class EnergyMeter:
         self.sampler: Sampler | None = None
         self.notices: list[Notice] = []
         self._silent: set[str] = set()
+        self._hung_until: float | None = None  # when a `close` that left a hung read behind was called
 
     def assign(self, gpu_indices: Sequence[int] | None, node_devices: bool) -> None:
         """Measure only these visible GPUs (None: all) and, or not, the node's CPU and DRAM.
@@ -106,14 +107,18 @@ class EnergyMeter:
         """
         if self.sampler is None or not self.sampler.running:
             return []
+        closed_at = self.clock()
         stopped = self.sampler.stop()
         self.sampler.listeners.clear()
+        if not stopped:
+            self._hung_until = closed_at  # not the end of the wait for the read: measurement ended here
         if stopped or "hung" in self._silent:
             return []
         self._silent.add("hung")
         text = (
             f"A hardware read did not return within {deadline.DRIVER_WAIT_S:g} s of the end of measurement (a hung "
-            "driver call?): it was left behind, and the figures end at the last reading before it."
+            "driver call?): it was left behind, and the figures since the last reading before it are estimated "
+            "at the last measured power (the summary's unmeasured seconds and estimated share say how much)."
         )
         return [Notice("warn", text)]
 
@@ -221,18 +226,37 @@ class EnergyMeter:
         return event
 
     def quality(self) -> dict[str, dict[str, Any]]:
-        """Per source with any fault: gaps, resets, glitches, seconds not measured, estimated joules."""
+        """Per source with any fault: gaps, resets, glitches, seconds not measured, estimated joules.
+
+        A sampler stalled in a read (a hung driver call) adds its stall to every source: the
+        seconds since its newest reading, and the joules extrapolated over them."""
         if self.sampler is None:
             return {}
+        stall_s, stall_j = self._stall()
         found = {}
-        for source, ledger in zip(self.sources, self.sampler.ledgers):
-            if ledger.gaps or ledger.unmeasured_s or ledger.estimated_j:
+        for source, ledger, bridged in zip(self.sources, self.sampler.ledgers, stall_j):
+            unmeasured_s, estimated_j = ledger.unmeasured_s + stall_s, ledger.estimated_j + float(bridged)
+            if ledger.gaps or unmeasured_s or estimated_j:
                 found[source.info.name] = {
                     "gaps": ledger.gaps, "resets": ledger.resets, "glitches": ledger.glitches,
-                    "unmeasured_s": ledger.unmeasured_s, "estimated_j": ledger.estimated_j,
-                    "last_error": ledger.last_error,
+                    "unmeasured_s": unmeasured_s, "estimated_j": estimated_j, "last_error": ledger.last_error,
                 }  # fmt: skip
         return found
+
+    def _stall(self) -> tuple[float, np.ndarray]:
+        """(seconds, joules per source) extrapolated since the newest reading, where `close` left a
+        read behind, or the sampler has stalled in one (as long as `new_silences` waits before saying so)."""
+        assert self.sampler is not None
+        width = len(self.sources)
+        newest = self.sampler.newest
+        if newest is None or not (self.sampler.running or self._hung_until is not None):
+            return 0.0, np.zeros(width)
+        until = self._hung_until if self._hung_until is not None else self.clock()
+        stalled = until - newest[0]
+        if self._hung_until is None and stalled < max(SILENT_S, 10 * self.sample_interval_s):
+            return 0.0, np.zeros(width)
+        [(at_until, _)] = self.sampler.buffer.energy_at([until])
+        return stalled, np.maximum(at_until - newest[1], 0.0)
 
     def disagreements(self) -> list[Disagreement]:
         """The spans over which a board's counter and its power disagreed beyond their joint bound

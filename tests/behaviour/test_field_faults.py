@@ -195,6 +195,34 @@ def test_a_hung_driver_call_does_not_hang_training(tmp_path, sim_gpus, monkeypat
     assert summary["type"] == "summary" and summary["status"] == "completed"
 
 
+def test_energy_after_a_read_that_hangs_to_the_end_is_reported_as_estimated(tmp_path, sim_gpus, monkeypatch) -> None:
+    # The figures go on at the last measured power past a hung read; the record's summary said all was measured
+    # (unmeasured_s 0, estimated_share 0, no fault) and the closing warning that the figures ended at the read.
+    from energy_core import EnergyLoop
+
+    monkeypatch.setattr(deadline, "DRIVER_WAIT_S", 0.5)
+    board = gpu()
+    sim = sim_gpus(board)
+    record = tmp_path / "energy.jsonl"
+    try:
+        with pytest.warns(UserWarning, match="are estimated at the last measured power"):
+            with EnergyLoop(devices=["gpu"], sample_interval_s=0.05, log_every_n_steps=10, record_path=record) as loop:
+                board.hang_after = sim.elapsed() + 1.5  # every driver call from here on blocks
+                while sim.elapsed() < board.hang_after + 1.0:
+                    time.sleep(0.02)
+                    loop.step()
+    finally:
+        let_go(board)
+    summary = read_record(record)[-1]
+    stalled = summary["unmeasured_s"]  # from the last reading before the hang to the end of measurement
+    assert 1.0 - 0.1 <= stalled <= 1.0 + 0.2 and stalled < summary["seconds"]
+    bridged = summary["faults"]["gpu0"]["estimated_j"]  # those seconds at the last second's power (constant here)
+    rate_w = 2 * PERIOD_S * GPU_W / 1.0  # how far a counter's quanta can move a power taken over 1 s
+    assert bridged == pytest.approx(GPU_W * stalled, abs=COUNTER_J + rate_w * stalled)
+    total_j = summary["metrics"]["energy/total_kwh"] * J_PER_KWH
+    assert summary["estimated_share"] == pytest.approx(bridged / total_j, rel=1e-9)
+
+
 def let_go(board: SimGpu) -> None:
     """Let a hung simulated call return and join the threads left in it (the next test counts them)."""
     board.release.set()

@@ -138,7 +138,7 @@ def test_one_warning_names_every_device_not_measured_its_error_and_the_share_est
     )
     [notice] = quality_notices(fields_of({"energy/total_kwh": 0.5}, RunTotals(), meter))
     assert notice.level == "warn"
-    assert "gpu0 3.5 s not measured (last error: NVMLError: GPU is lost); gpu2 12.0 s not measured." in notice.text
+    assert "gpu0 3.5 s not measured (last error: NVMLError: GPU is lost); gpu2 12 s not measured." in notice.text
     assert "gpu1" not in notice.text
     assert "10.0% of the energy is estimated" in notice.text
 

@@ -331,9 +331,9 @@ class EnergyTracker:
             self.record.close()
 
     # ----------------------------------------------------------------- hot path
-    def add_batch(self, batch: Any) -> None:
-        """Count one (micro-)batch's samples and tokens. No device sync, no I/O."""
-        self._window.add_batch(batch)
+    def add_batch(self, batch: Any) -> int:
+        """Count one (micro-)batch's samples and tokens; its samples. No device sync, no I/O."""
+        return self._window.add_batch(batch)
 
     # ----------------------------------------------------------------- windows and epochs
     def window(self, step: int, end: Mark | None = None, extra: dict[str, Any] | None = None) -> dict[str, float]:

@@ -53,14 +53,15 @@ class Window:
         self._tokens_unknown = False  # a queued count could not be read: the window's tokens are not known
         self._excluded: list[StageRun] = []
 
-    def add_batch(self, batch: Any) -> None:
-        """Count one (micro-)batch. No device sync, no I/O."""
+    def add_batch(self, batch: Any) -> int:
+        """Count one (micro-)batch; its samples. No device sync, no I/O."""
         samples, tokens = count_batch(batch)
         self.samples += samples
         if isinstance(tokens, int):
             self.tokens += tokens
         else:  # a lazy device sum: queue the addition, read it at the window's end
             self._lazy_tokens = tokens if self._lazy_tokens is None else self._lazy_tokens + tokens
+        return samples
 
     def counted(self) -> tuple[int, int]:
         """(samples, tokens) counted so far, without waiting for a queued device sum."""

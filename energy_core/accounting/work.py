@@ -18,7 +18,12 @@ def _first_dim(value: Any) -> int | None:
     if shape is not None and len(shape) > 0:
         return int(shape[0])
     if isinstance(value, (list, tuple)) and value:
-        return _first_dim(value[0])
+        if all(isinstance(item, (str, bytes)) for item in value):
+            return len(value)  # a batch of texts, as collated from a dataset of strings
+        for item in value:  # (texts, labels): the first item that has a size
+            found = _first_dim(item)
+            if found is not None:
+                return found
     if isinstance(value, Mapping):
         for item in value.values():
             found = _first_dim(item)
@@ -30,11 +35,11 @@ def _first_dim(value: Any) -> int | None:
 def count_batch(batch: Any) -> tuple[int, Any]:
     """(samples, tokens) of one (micro-)batch.
 
-    Samples are the first dimension of the first tensor found (a tensor, the first item
-    of a tuple/list, or of a dict). Tokens are the non-zero entries of ``attention_mask``, summed as
-    a 64-bit integer (padding excluded)
-    when the batch maps ``"attention_mask"``, else ``input_ids.numel()``, else 0. The
-    token count may be a lazy tensor: sum it with others and convert once with `int`.
+    Samples are the first dimension of the first tensor found (a tensor, the first item of
+    a tuple/list that has one, or of a dict), or the length of a list of strings. Tokens
+    are the non-zero entries of ``attention_mask``, summed as a 64-bit integer (padding
+    excluded) when the batch maps ``"attention_mask"``, else ``input_ids.numel()``, else 0.
+    The token count may be a lazy tensor: sum it with others and convert once with `int`.
 
     Examples:
         >>> import torch

@@ -55,6 +55,11 @@ from energy_core.target.run import TargetRun
 from energy_core.tracker import EnergyTracker
 from energy_core.units import MAX_COUNT
 
+OUTSIDE_A_RUN = (
+    "EnergyLoop.step() outside a run (before start() or after close()): nothing is measured. Put the loop in "
+    "`with EnergyLoop(...) as energy:`, or call energy.start() before it and energy.close() after it."
+)
+
 logger = logging.getLogger("energy_core")
 
 
@@ -168,6 +173,7 @@ class EnergyLoop:
         self.epochs = 0
         self.should_stop = False
         self._started = False
+        self._said_outside = False  # a step outside a run was said (once)
         self._resumed = False  # load_state_dict was called: a start continues a checkpoint
         self._stages: list[tuple[str, dict[str, float]]] = []  # the open stage blocks, outermost first
         self._lock = threading.RLock()  # one call at a time (`_one_at_a_time`)
@@ -273,6 +279,9 @@ class EnergyLoop:
     def step(self, batch: Any = None) -> dict[str, float]:
         """After an optimizer step: count ``batch`` (if given); every `log_every_n_steps`
         steps, the window's metrics (else ``{}``). Costs a few integer additions otherwise."""
+        if not self._started and not self._said_outside:
+            self._said_outside = True
+            self._show([Notice("warn", OUTSIDE_A_RUN)])
         if batch is not None:
             self.monitor.count(batch)
         self.steps += 1

@@ -82,9 +82,17 @@ class MonitorRun:
 
     def count(self, batch: Any) -> None:
         """Count one (micro-)batch's samples and tokens. No device sync, no I/O. Never raises:
-        a batch that cannot be counted (a shape of unknown size) counts nothing, said once."""
+        a batch that cannot be counted (a shape of unknown size, nothing with a size) counts
+        nothing, said once."""
         try:
-            self.tracker.add_batch(batch)
+            if self.tracker.add_batch(batch) == 0 and not self._said_uncounted:
+                self._said_uncounted = True
+                text = (
+                    f"A batch of type {type(batch).__name__} gave no samples to count (no tensor, array or list "
+                    "of texts in it, or an empty one): such batches add no samples to the throughput and "
+                    "per-sample figures."
+                )
+                self.show([Notice("warn", text)])
         except Exception as error:  # noqa: BLE001 - counting must never break training
             if not self._said_uncounted:
                 self._said_uncounted = True

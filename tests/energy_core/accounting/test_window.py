@@ -85,6 +85,17 @@ def test_a_tensor_batch_counts_its_first_dimension_as_samples_and_no_tokens() ->
     assert window.work() == (10, 0)
 
 
+def test_a_batch_of_texts_and_labels_counts_its_texts() -> None:
+    # What default_collate gives for a dataset of (text, label) pairs: it counted 0 samples, silently.
+    window = Window()
+    texts = tuple(f"sentence {i}" for i in range(8))
+    assert window.add_batch([texts, torch.zeros(8)]) == 8
+    assert window.add_batch(list(texts[:3])) == 3  # texts alone
+    assert window.add_batch([[1.0, 2.0], torch.zeros(5)]) == 5  # the first item with a size
+    assert window.add_batch({"text": "one"}) == 0  # nothing to count
+    assert window.counted() == (16, 0)
+
+
 def test_input_ids_without_a_mask_count_every_id_as_a_token_at_once() -> None:
     window = Window()
     window.add_batch({"input_ids": torch.zeros(3, 5, dtype=torch.long)})

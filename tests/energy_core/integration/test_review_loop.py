@@ -287,3 +287,37 @@ def test_a_close_from_another_thread_cuts_a_time_shifts_pause_short(sim_gpus, mo
     assert waited and waited[0] <= 300.0  # a nap and a few steps of the manual clock, not the two hours
     [summary] = [line for line in read_record(job.record) if line["type"] == "summary"]
     assert summary["status"] == "watchdog" and 0 < summary["time_shift"]["paused_s"] <= 120.0
+
+
+def test_a_step_outside_a_run_says_so_once_and_how_to_start_one(sim_gpus) -> None:
+    # Built without `with` or start(), a loop stepped in silence: every step returned {} and the summary said no
+    # GPU was found, with a simulated one in the machine.
+    known_gpu(sim_gpus)
+    said: list[Notice] = []
+    energy = loop(log_every_n_steps=2, notify=said.append)
+    for _ in range(6):
+        assert energy.step() == {}
+    assert [n.text for n in said] == [
+        "EnergyLoop.step() outside a run (before start() or after close()): nothing is measured. Put the loop in "
+        "`with EnergyLoop(...) as energy:`, or call energy.start() before it and energy.close() after it."
+    ]
+    with energy:  # in a run: measured, and nothing more is said
+        for _ in range(4):
+            time.sleep(0.02)
+            energy.step()
+    outside = [n for n in said if "outside a run" in n.text]
+    assert len(outside) == 1 and energy.last_metrics[keys.TOTAL_KWH] > 0
+    energy.step()  # after close: said once per loop, already said
+    assert [n for n in said if "outside a run" in n.text] == outside
+
+
+def test_a_batch_with_nothing_to_count_is_said_once(sim_gpus) -> None:
+    known_gpu(sim_gpus)
+    said: list[Notice] = []
+    with loop(log_every_n_steps=2, notify=said.append) as energy:
+        for _ in range(4):
+            energy.step({"text": "no size"})
+    assert [n.text for n in said if "no samples to count" in n.text] == [
+        "A batch of type dict gave no samples to count (no tensor, array or list of texts in it, or an empty one): "
+        "such batches add no samples to the throughput and per-sample figures."
+    ]

@@ -80,6 +80,18 @@ def lookup_tdp(model: str) -> float | None:
     return None
 
 
+def virtual_machine() -> bool:
+    """Whether the CPU says it runs under a hypervisor (x86's ``hypervisor`` flag in /proc/cpuinfo)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags":
+                return "hypervisor" in value.split()
+    except OSError:
+        pass
+    return False
+
+
 def threads_per_socket(model: str, sockets: int) -> int:
     """Hardware threads of one socket: 2 x the model's "N-Core", else what the OS shows."""
     cores = _CORES.search(model)
@@ -251,10 +263,19 @@ def estimate_cpu(cpu_tdp_w: float | None = None) -> tuple[EstimatedCpuSource, li
         per_thread = DEFAULT_W_PER_THREAD
         why = f"model not in codecarbon's table: {DEFAULT_W_PER_THREAD:g} W per thread, as CodeCarbon"
     detail = f"{model}: {per_thread:.3g} W per busy thread ({why}); {visible_cpus():g} logical CPUs visible"
+    if _CORES.search(model) is None and virtual_machine():  # the threads counted are the VM's, not the socket's
+        advice = (
+            f" This is a virtual machine whose CPU name gives no core count: a TDP is split over the {threads} "
+            f"threads it shows, not over the socket's, which overstates their share; pass cpu_tdp_w= with the "
+            f"socket's TDP x {threads} / the socket's threads."
+        )
+    elif cpu_tdp_w is None:
+        advice = " Pass cpu_tdp_w= with the socket's TDP for a better figure."
+    else:
+        advice = ""
     text = (
         f"CPU energy is ESTIMATED, not read from a hardware counter (no readable RAPL): {per_thread:.3g} W per busy "
-        f"thread x the CPU time of this process and its children ({model}: {why}). Pass cpu_tdp_w= with the "
-        "socket's TDP for a better figure."
+        f"thread x the CPU time of this process and its children ({model}: {why}).{advice}"
     )
     return EstimatedCpuSource(per_thread, detail), [Notice("warn", text)]
 

@@ -190,9 +190,23 @@ def test_cpu_estimate_watts_per_thread(monkeypatch) -> None:
     assert "ESTIMATED" in notice.text and "280 W TDP (codecarbon's CPU table) / 128 threads" in notice.text
     source, (notice,) = cpu_estimate.estimate_cpu(cpu_tdp_w=64.0)
     assert source.w_per_thread == pytest.approx(0.5) and "(cpu_tdp_w)" in notice.text
+    assert "Pass cpu_tdp_w=" not in notice.text  # given already
     monkeypatch.setattr(cpu_estimate, "cpu_model", lambda: ("Imaginary CPU 9000", 1))
     source, (notice,) = cpu_estimate.estimate_cpu()
     assert source.w_per_thread == cpu_estimate.DEFAULT_W_PER_THREAD and "as CodeCarbon" in notice.text
+
+
+def test_on_a_vm_the_advice_is_the_share_of_the_socket_its_threads_are(monkeypatch) -> None:
+    # Following "pass cpu_tdp_w= with the socket's TDP" on a 2-vCPU VM charged each vCPU half a 225 W socket.
+    monkeypatch.setattr(cpu_estimate, "cpu_model", lambda: ("AMD EPYC", 1))
+    monkeypatch.setattr(cpu_estimate.psutil, "cpu_count", lambda logical=True: 2)
+    monkeypatch.setattr(cpu_estimate, "virtual_machine", lambda: True)
+    for tdp in (None, 225.0):
+        _, (notice,) = cpu_estimate.estimate_cpu(cpu_tdp_w=tdp)
+        assert "virtual machine" in notice.text and "socket's TDP x 2 / the socket's threads" in notice.text
+    monkeypatch.setattr(cpu_estimate, "virtual_machine", lambda: False)  # bare metal: the OS's threads are the socket's
+    _, (notice,) = cpu_estimate.estimate_cpu(cpu_tdp_w=225.0)
+    assert "virtual machine" not in notice.text and "Pass cpu_tdp_w=" not in notice.text
 
 
 def test_dram_estimate_follows_resident_memory() -> None:

@@ -222,15 +222,15 @@ def resolve_intensity(
         optional=True,
         unit=" g/kWh",
     )
+    if g is not None:
+        return CarbonIntensity(g, "given by the user (carbon_intensity_g_per_kwh)"), []
     if (cloud_provider is None) != (cloud_region is None):
         raise ValueError("cloud_provider and cloud_region must be given together (e.g. 'gcp', 'europe-west9')")
     if region is not None and country is None:
         raise ValueError(f"region={region!r} needs country (ISO 3166 alpha-3, e.g. 'USA')")
     located = None
-    if country is not None:  # checked even where an intensity given overrides it: a typo is still refused
+    if country is not None:
         located = region_intensity(country, region) if region is not None else country_intensity(country)
-    if g is not None:
-        return CarbonIntensity(g, "given by the user (carbon_intensity_g_per_kwh)"), []
     if cloud_provider is not None and cloud_region is not None:
         found = cloud_intensity(cloud_provider, cloud_region)
         if found is not None:

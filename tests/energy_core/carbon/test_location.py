@@ -83,12 +83,3 @@ def test_no_location_uses_the_world_average_with_one_warning() -> None:
 def test_bad_locations_raise_naming_the_argument(kwargs, argument) -> None:
     with pytest.raises(ValueError, match=argument):
         resolve_intensity(**kwargs)
-
-
-def test_a_place_misspelt_beside_an_intensity_that_overrides_it_is_still_refused() -> None:
-    # The intensity given wins over the place, but a place that is no place was taken in silence.
-    assert resolve_intensity(country="FRA", carbon_intensity_g_per_kwh=100.0)[0].g_per_kwh == 100.0
-    with pytest.raises(ValueError, match="country must be an ISO 3166 alpha-3 code.*got 'XYZ'"):
-        resolve_intensity(country="XYZ", carbon_intensity_g_per_kwh=100.0)
-    with pytest.raises(ValueError, match="region 'Californa' is not in codecarbon's data for USA"):
-        resolve_intensity(country="USA", region="Californa", carbon_intensity_g_per_kwh=100.0)

@@ -12,15 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+_LOOK = 4  # items of a list or tuple looked at for a size: a batch of plain numbers is not walked through
+
 
 def _first_dim(value: Any) -> int | None:
     shape = getattr(value, "shape", None)
     if shape is not None and len(shape) > 0:
         return int(shape[0])
     if isinstance(value, (list, tuple)) and value:
-        if all(isinstance(item, (str, bytes)) for item in value):
+        if isinstance(value[0], (str, bytes)):
             return len(value)  # a batch of texts, as collated from a dataset of strings
-        for item in value:  # (texts, labels): the first item that has a size
+        for item in value[:_LOOK]:  # (texts, labels): the first item that has a size, among the first few
             found = _first_dim(item)
             if found is not None:
                 return found

@@ -69,6 +69,7 @@ class EnergyMeter:
         self.notices: list[Notice] = []
         self._silent: set[str] = set()
         self._hung_until: float | None = None  # when a `close` that left a hung read behind was called
+        self._opened_at = 0.0  # when the run now measured (or the last one) opened: a stall counts from here
 
     def assign(self, gpu_indices: Sequence[int] | None, node_devices: bool) -> None:
         """Measure only these visible GPUs (None: all) and, or not, the node's CPU and DRAM.
@@ -90,6 +91,7 @@ class EnergyMeter:
                 self.kinds, self.explicit, self.cuda_indices, self.node_devices, self.rapl_root, self.cpu_tdp_w
             )
             self.sampler = Sampler(self.sources, self.sample_interval_s, clock=self.clock)
+        self._opened_at, self._hung_until = self.clock(), None  # a run of its own: an earlier one's stall is not its
         if self.sampler.start() or "hung" in self._silent:
             return self.notices
         self._silent |= {"hung", "sampler"}  # said once, here, rather than again at the next window or the end
@@ -244,19 +246,21 @@ class EnergyMeter:
         return found
 
     def _stall(self) -> tuple[float, np.ndarray]:
-        """(seconds, joules per source) extrapolated since the newest reading, where `close` left a
-        read behind, or the sampler has stalled in one (as long as `new_silences` waits before saying so)."""
+        """(seconds, joules per source) extrapolated since the newest reading of this run (its opening,
+        where the read hung before one), where `close` left a read behind, or the sampler has stalled
+        in one (as long as `new_silences` waits before saying so)."""
         assert self.sampler is not None
         width = len(self.sources)
         newest = self.sampler.newest
         if newest is None or not (self.sampler.running or self._hung_until is not None):
             return 0.0, np.zeros(width)
         until = self._hung_until if self._hung_until is not None else self.clock()
-        stalled = until - newest[0]
-        if self._hung_until is None and stalled < max(SILENT_S, 10 * self.sample_interval_s):
+        since = max(newest[0], self._opened_at)  # not the time between runs (the readings stopped with the last one)
+        stalled = until - since
+        if stalled <= 0 or (self._hung_until is None and stalled < max(SILENT_S, 10 * self.sample_interval_s)):
             return 0.0, np.zeros(width)
-        [(at_until, _)] = self.sampler.buffer.energy_at([until])
-        return stalled, np.maximum(at_until - newest[1], 0.0)
+        (at_since, _), (at_until, _) = self.sampler.buffer.energy_at([since, until])
+        return stalled, np.maximum(at_until - at_since, 0.0)
 
     def disagreements(self) -> list[Disagreement]:
         """The spans over which a board's counter and its power disagreed beyond their joint bound

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +222,45 @@ def test_energy_after_a_read_that_hangs_to_the_end_is_reported_as_estimated(tmp_
     assert bridged == pytest.approx(GPU_W * stalled, abs=COUNTER_J + rate_w * stalled)
     total_j = summary["metrics"]["energy/total_kwh"] * J_PER_KWH
     assert summary["estimated_share"] == pytest.approx(bridged / total_j, rel=1e-9)
+
+
+@pytest.mark.slow  # three runs around a hang
+def test_a_stall_counts_only_within_its_own_run(tmp_path, sim_gpus, monkeypatch) -> None:
+    # The stall ran from the newest reading whatever run it belonged to: a run begun while the read was still hung
+    # counted the seconds between the runs (unmeasured 5 s of a 1 s run, 247% estimated), and once the read came
+    # back a later run got a negative stall (an old close's time).
+    from energy_core import EnergyLoop
+
+    monkeypatch.setattr(deadline, "DRIVER_WAIT_S", 0.5)
+    board = gpu()
+    sim = sim_gpus(board)
+    record = tmp_path / "energy.jsonl"
+    energy = EnergyLoop(devices=["gpu"], sample_interval_s=0.05, log_every_n_steps=10, record_path=record)
+
+    def run(seconds: float) -> None:
+        end = sim.elapsed() + seconds
+        with energy:
+            while sim.elapsed() < end:
+                time.sleep(0.02)
+                energy.step()
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            board.hang_after = sim.elapsed() + 0.5  # hangs half a second into the first run, to its end
+            run(1.0)
+            time.sleep(1.0)  # between the runs: measured by neither
+            run(0.5)  # still hung: all of it estimated, and only it
+            let_go(board)
+            board.hang_after = None
+            run(0.5)  # measured again: no stall
+    finally:
+        let_go(board)
+    first, second, third = [x for x in read_record(record) if x["type"] == "summary"]
+    assert 0.4 <= first["unmeasured_s"] <= 0.7
+    assert 0.4 <= second["unmeasured_s"] <= 0.7  # its own half second, not the second between the runs
+    assert second["faults"]["gpu0"]["estimated_j"] == pytest.approx(GPU_W * second["unmeasured_s"], rel=0.1)
+    assert third["unmeasured_s"] == 0.0 and third["estimated_share"] == 0.0
 
 
 def let_go(board: SimGpu) -> None:

@@ -85,22 +85,20 @@ class MonitorRun:
         a batch that cannot be counted (a shape of unknown size, nothing with a size) counts
         nothing, said once."""
         try:
-            if self.tracker.add_batch(batch) == 0 and not self._said_uncounted:
-                self._said_uncounted = True
-                text = (
-                    f"A batch of type {type(batch).__name__} gave no samples to count (no tensor, array or list "
-                    "of texts in it, or an empty one): such batches add no samples to the throughput and "
-                    "per-sample figures."
-                )
-                self.show([Notice("warn", text)])
+            if self.tracker.add_batch(batch) > 0 or self._said_uncounted:
+                return
+            why = "gave no samples to count (no tensor, array or list of texts in it, or an empty one)"
+            lost = "samples"
         except Exception as error:  # noqa: BLE001 - counting must never break training
-            if not self._said_uncounted:
-                self._said_uncounted = True
-                text = (
-                    f"A batch of type {type(batch).__name__} could not be counted ({type(error).__name__}: {error}): "
-                    "such batches add no samples or tokens to the throughput and per-sample figures."
-                )
-                self.show([Notice("warn", text)])
+            if self._said_uncounted:
+                return
+            why, lost = f"could not be counted ({type(error).__name__}: {error})", "samples or tokens"
+        self._said_uncounted = True
+        text = (
+            f"A batch of type {type(batch).__name__} {why}: such batches add no {lost} to the throughput and "
+            "per-sample figures."
+        )
+        self.show([Notice("warn", text)])
 
     def epoch_start(self, epoch: int | None = None) -> None:
         self.tracker.start_epoch(epoch)

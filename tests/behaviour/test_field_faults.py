@@ -18,7 +18,7 @@ import numpy as np
 import pynvml
 import pytest
 
-from energy_core import J_PER_KWH, EnergyTracker
+from energy_core import J_PER_KWH, EnergyLoop, EnergyTracker
 from energy_core.budget.guard import BudgetGuard
 from energy_core.budget.rule import BudgetRule
 from energy_core.devices import deadline
@@ -199,8 +199,6 @@ def test_a_hung_driver_call_does_not_hang_training(tmp_path, sim_gpus, monkeypat
 def test_energy_after_a_read_that_hangs_to_the_end_is_reported_as_estimated(tmp_path, sim_gpus, monkeypatch) -> None:
     # The figures go on at the last measured power past a hung read; the record's summary said all was measured
     # (unmeasured_s 0, estimated_share 0, no fault) and the closing warning that the figures ended at the read.
-    from energy_core import EnergyLoop
-
     monkeypatch.setattr(deadline, "DRIVER_WAIT_S", 0.5)
     board = gpu()
     sim = sim_gpus(board)
@@ -229,8 +227,6 @@ def test_a_stall_counts_only_within_its_own_run(tmp_path, sim_gpus, monkeypatch)
     # The stall ran from the newest reading whatever run it belonged to: a run begun while the read was still hung
     # counted the seconds between the runs (unmeasured 5 s of a 1 s run, 247% estimated), and once the read came
     # back a later run got a negative stall (an old close's time).
-    from energy_core import EnergyLoop
-
     monkeypatch.setattr(deadline, "DRIVER_WAIT_S", 0.5)
     board = gpu()
     sim = sim_gpus(board)

@@ -20,9 +20,13 @@ def _first_dim(value: Any) -> int | None:
     if shape is not None and len(shape) > 0:
         return int(shape[0])
     if isinstance(value, (list, tuple)) and value:
-        if isinstance(value[0], (str, bytes)):
+        first = value[0]
+        if isinstance(first, (str, bytes)):
             return len(value)  # a batch of texts, as collated from a dataset of strings
-        for item in value[:_LOOK]:  # (texts, labels): the first item that has a size, among the first few
+        found = _first_dim(first)  # (x, y): the first item, as a rule
+        if found is not None:
+            return found
+        for item in value[1:_LOOK]:  # (texts, labels): the first item that has a size, among the first few
             found = _first_dim(item)
             if found is not None:
                 return found

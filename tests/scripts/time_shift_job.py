@@ -1,9 +1,10 @@
 """A Lightning run with TimeShift on a compressed grid, for test_time_shift_jobs.py.
 
     python -m tests.scripts.time_shift_job requeue OUT   # one process: exits 75, run it again to go on
-    python -m tests.scripts.time_shift_job ddp OUT       # two CPU processes (gloo); Lightning starts rank 1
+    python -m torch.distributed.run --nproc_per_node=2 -m tests.scripts.time_shift_job ddp OUT
+                                                         # two CPU processes (gloo), started together
 
-The grid (OUT/grid.csv) is written by the first run that finds none, as the trainer is built:
+The grid (OUT/grid.csv) is written by the first run that finds none (rank 0 of a job), as the trainer is built:
 `DIRTY_HOURS` dirty hours, then clean ones, then dirty again, one hour lasting ``HOUR_S``
 seconds (OUT/hour_s). A fake RAPL tree at 60 W is the only device. Each rank writes
 OUT/rank<r>.json with the wall time of every step it trained and its last step, when its fit
@@ -40,14 +41,19 @@ def fake_hardware() -> None:
 def grid(out: Path, hour_s: float) -> float:
     """The grid's start (unix time): written now by the first run, read back by the others."""
     path = out / "grid.csv"
-    if not path.exists():
+    if not path.exists() and os.environ.get("RANK", "0") == "0":
         begin = datetime.now(timezone.utc)
         hours = [600.0] * DIRTY_HOURS + [60.0] * CLEAN_HOURS + [600.0] * 10
         write_csv(out / "grid.tmp", [(begin + timedelta(seconds=i * hour_s), v) for i, v in enumerate(hours)])
         os.replace(out / "grid.tmp", path)  # rank 1 reads a whole file or none
-    while not path.exists():
+    while not path.exists():  # rank 1 waits for rank 0's
         time.sleep(0.01)
-    first = path.read_text().splitlines()[1].split(",")[0]
+    return grid_start(out)
+
+
+def grid_start(out: Path) -> float:
+    """The unix time of the grid's first hour."""
+    first = (out / "grid.csv").read_text().splitlines()[1].split(",")[0]
     return datetime.fromisoformat(first).timestamp()
 
 

@@ -11,7 +11,7 @@ from typing_extensions import Unpack
 
 from energy_core.integration import BudgetAction, BudgetArgs, BudgetRun, HasBudgetRun
 from hf_energy.callback import EnergyCallback
-from hf_energy.framework import emit, logger, ranks_of, stored_attributes
+from hf_energy.framework import decision_every, emit, logger, ranks_of, stored_attributes
 from hf_energy.registry import EnergyCallbacks, RunContributor
 
 
@@ -136,7 +136,8 @@ class EnergyBudgetCallback(HasBudgetRun, RunContributor[BudgetRun], TrainerCallb
         if not self.run.active:
             return control
         act(self.run.check(state.global_step), control, self._world_zero)  # one flag read per step
-        if control.should_log:  # a logging step, decided alike on every rank
+        # a logging step, or a step of the cadence where none is logged: decided alike on every rank
+        if control.should_log or state.global_step % decision_every(args, state) == 0:
             self._review(state, control, int(state.epoch or 0))
         return control
 

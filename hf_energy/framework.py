@@ -12,7 +12,7 @@ from transformers.trainer_callback import TrainerState
 from transformers.training_args import TrainingArguments
 from transformers.utils import logging
 
-from energy_core.integration import Notice, Ranks, torch_distributed, warn_at_user_code
+from energy_core.integration import UNLOGGED_DECIDE_EVERY, Notice, Ranks, torch_distributed, warn_at_user_code
 
 logger = logging.get_logger("hf_energy")
 
@@ -35,6 +35,15 @@ def stored_attributes(state: TrainerState, name: str) -> dict[str, Any]:
     if isinstance(saved, list):
         saved = saved[0] if saved else None
     return dict(saved.get("attributes", {})) if saved else {}
+
+
+def decision_every(args: TrainingArguments, state: TrainerState) -> int:
+    """Optimizer steps between a job's decisions (a budget's review, a time shift's plan; a collective
+    each): the Trainer's ``logging_steps`` (resolved from a ratio), or every `UNLOGGED_DECIDE_EVERY`
+    steps where it logs no steps within an epoch (``logging_strategy`` ``"no"`` or ``"epoch"``)."""
+    if args.logging_strategy == "steps":
+        return max(1, int(state.logging_steps or 1))
+    return UNLOGGED_DECIDE_EVERY
 
 
 def rank_gpu(args: TrainingArguments) -> int | None:

@@ -12,7 +12,7 @@ from typing_extensions import Unpack
 from energy_core.integration import TimeShiftArgs, TimeShiftRun
 from hf_energy.budget import act
 from hf_energy.callback import EnergyCallback
-from hf_energy.framework import emit, ranks_of, stored_attributes
+from hf_energy.framework import decision_every, emit, ranks_of, stored_attributes
 from hf_energy.registry import RunContributor
 
 
@@ -102,7 +102,7 @@ class TimeShiftCallback(RunContributor[TimeShiftRun], TrainerCallback, Exportabl
         if not self._begun and self.run.tracker is not None and self.run.tracker.fitting:
             # After every callback's on_train_begin: a shared tracker runs, the resumed totals are in.
             self._begun = True
-            every = int(state.logging_steps or 1)  # the Trainer's cadence in steps (a ratio resolved)
+            every = decision_every(args, state)
             emit(self.run.begin(state.global_step, state.max_steps, every), self._world_zero)
             if self.run.started is not None:  # a budget spent during a wait at the start: training stops
                 act(self.run.started.budget, control, self._world_zero)

@@ -8,6 +8,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from energy_core.integration import (
+    UNLOGGED_DECIDE_EVERY,
     EnergyTracker,
     HasMonitorRun,
     MeasureArgs,
@@ -31,7 +32,6 @@ from lightning_energy.framework import (
     run_first,
 )
 
-UNLOGGED_DECIDE_EVERY = 50  # Lightning's default log_every_n_steps: how often decisions are taken without it
 EPOCH_KEYS = (keys.EPOCH_KWH, keys.err(keys.EPOCH_KWH))  # what an epoch's end adds to a window at its step
 
 

@@ -10,7 +10,8 @@ Every rule about multi-process jobs is here, once, for every framework adapter:
   (`job_gpus`), and its power is logged under that name;
 * figures are summed over ranks by name (`Ranks.sum_by_name`, one collective; `sum_over_ranks`
   packs a rank's totals and window into that sum), and every decision is taken alike on
-  every rank (`Ranks.agree`).
+  every rank (`Ranks.agree`), at the steps where the framework logs or, where it logs no
+  steps, every `UNLOGGED_DECIDE_EVERY` steps.
 
 The adapters only translate their framework's view (Lightning's ``trainer``, HF's
 ``args``/``state``) into a `Ranks` and supply the collectives; loops take it from
@@ -34,6 +35,8 @@ from typing import Any
 from energy_core import checks
 from energy_core.accounting.figures import STAGES, RunTotals, WindowFigures
 from energy_core.devices import DEVICE_KINDS, visible_boards
+
+UNLOGGED_DECIDE_EVERY = 50  # steps between a job's decisions (a collective each) where no step is logged
 
 
 @dataclass(frozen=True)

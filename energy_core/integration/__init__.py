@@ -20,7 +20,7 @@ public names only (the import contract in pyproject.toml says so).
 """
 
 from energy_core import checks
-from energy_core.accounting.ranks import Ranks, let_go, torch_distributed
+from energy_core.accounting.ranks import UNLOGGED_DECIDE_EVERY, Ranks, let_go, torch_distributed
 from energy_core.budget.guard import BudgetAction
 from energy_core.budget.rule import BudgetRule
 from energy_core.budget.run import BudgetArgs, BudgetRun, HasBudgetRun
@@ -64,6 +64,7 @@ __all__ = [
     "ShiftAction",
     "TimeShiftArgs",
     "TimeShiftRun",
+    "UNLOGGED_DECIDE_EVERY",
     "checks",
     "end_status",
     "UNREPORTED_END",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from energy_core.integration import UNLOGGED_DECIDE_EVERY
 from tests.helpers import ROOT
 from tests.helpers.records import read_record
 
@@ -49,6 +50,19 @@ def test_hf_torchrun_budget_stops_every_rank_at_the_same_step(tmp_path) -> None:
     assert rank0["stopped"] and rank1["stopped"]
     assert rank0["step"] == rank1["step"] < 20 * 20
     assert rank0["kwh"] > 0
+
+
+@pytest.mark.slow  # about 10 s: the cadence's rule is in the default set (tests/hf_energy/test_budget.py)
+@pytest.mark.timeout(300)
+def test_hf_torchrun_budget_without_logging_steps_stops_within_the_epoch(tmp_path) -> None:
+    """``logging_strategy="no"``: no step is logged, so the decisions are taken every
+    `UNLOGGED_DECIDE_EVERY` steps. The limit (about 1.5 s) is crossed long before step 50 (at
+    30 ms a step and more), so both ranks stop there, not at the epoch's end (80)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+    rank0, rank1 = run_ranks([*torchrun, *SCRIPT, "hf", str(tmp_path), "no"], tmp_path)
+    assert rank0["max_steps"] == 80
+    assert rank0["stopped"] and rank1["stopped"]
+    assert rank0["step"] == rank1["step"] == UNLOGGED_DECIDE_EVERY
 
 
 @pytest.mark.slow  # about 9 s of two processes

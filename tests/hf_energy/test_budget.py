@@ -283,3 +283,19 @@ def test_a_second_train_is_held_to_a_budget_the_first_spent(tmp_path, sim_gpus) 
     trainer.train()  # the totals carry over to a later training of the same callbacks: the budget is spent
     assert trainer.state.global_step <= 1
     assert [line["status"] for line in read_record(record) if line["type"] == "summary"] == ["budget-stop"] * 2
+
+
+@pytest.mark.parametrize(
+    ("logging", "expected"),
+    [({"logging_steps": 7}, 7), ({"logging_strategy": "epoch"}, 50), ({"logging_strategy": "no"}, 50)],
+)
+def test_a_job_decides_at_logging_steps_or_every_50_where_none_are_logged(tmp_path, logging, expected) -> None:
+    """With more than one process, a budget reviews (and a time shift plans) only at these steps:
+    the epoch's end alone would let a one-epoch run spend its whole epoch."""
+    from transformers import TrainingArguments
+
+    from hf_energy.framework import decision_every
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], **logging)
+    state = SimpleNamespace(logging_steps=args.logging_steps)  # what the Trainer resolves a ratio into
+    assert decision_every(args, state) == expected

@@ -10,8 +10,8 @@ import pytest
 
 from energy_core import J_PER_KWH
 from energy_core.devices.source import COUNTER_UPDATE_S
+from energy_core.integration import UNLOGGED_DECIDE_EVERY
 from lightning_energy import EnergyBudget, EnergyMonitor, TimeShift
-from lightning_energy.monitor import UNLOGGED_DECIDE_EVERY
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.energy_core.shift.manual_job import BASE, BUSY_W, HOUR, IDLE_W, STEP_S, STEPS, Job, deadline_in

@@ -2,6 +2,7 @@
 
     python -m tests.scripts.distributed_budget lightning OUT        # Lightning starts rank 1 itself
     torchrun --nproc_per_node=2 -m tests.scripts.distributed_budget hf OUT
+    torchrun --nproc_per_node=2 -m tests.scripts.distributed_budget hf OUT no  # logging_strategy="no", 1 epoch
     python -m tests.scripts.distributed_budget lightning OUT raise  # rank 0 fails at its 5th step
 
 Only local rank 0 measures the node's CPU (a fake RAPL tree at a known 60 W); rank 1
@@ -73,11 +74,16 @@ def run_lightning(out: Path, fail: bool = False) -> None:
     )
 
 
-def run_hf(out: Path) -> None:
+def run_hf(out: Path, logging: str = "steps") -> None:
+    """``logging``: the Trainer's ``logging_strategy``; with ``"no"``, one epoch of 80 steps, whose end
+    would otherwise be the job's first decision."""
     from hf_energy import EnergyBudgetCallback, attach
     from tests.helpers.hf_models import SeqData, make_trainer
 
-    trainer = make_trainer(out / "hf", SeqData(320), sleep_s=SLEEP_S, num_train_epochs=20, logging_steps=2)
+    if logging == "steps":
+        trainer = make_trainer(out / "hf", SeqData(320), sleep_s=SLEEP_S, num_train_epochs=20, logging_steps=2)
+    else:
+        trainer = make_trainer(out / "hf", SeqData(1280), sleep_s=SLEEP_S, num_train_epochs=1, logging_strategy=logging)
     budget = EnergyBudgetCallback(max_kwh=LIMIT_KWH, forecast="off", sample_interval_s=0.02)
     attach(trainer, budget)
     trainer.train()
@@ -86,6 +92,7 @@ def run_hf(out: Path) -> None:
         json.dumps(
             {
                 "step": trainer.state.global_step,
+                "max_steps": trainer.state.max_steps,
                 "kwh": budget.tracker.totals()["energy/total_kwh"],
                 "stopped": budget.guard.stopped is not None,
             }
@@ -97,5 +104,8 @@ if __name__ == "__main__":
     framework, out_dir = sys.argv[1], Path(sys.argv[2])
     out_dir.mkdir(parents=True, exist_ok=True)
     fake_hardware()
-    run_lightning(out_dir, fail=sys.argv[3:] == ["raise"]) if framework == "lightning" else run_hf(out_dir)
+    if framework == "lightning":
+        run_lightning(out_dir, fail=sys.argv[3:] == ["raise"])
+    else:
+        run_hf(out_dir, *sys.argv[3:])
     end_process_group()

@@ -636,7 +636,14 @@ class PowerCapRun:
             notices.append(Notice("info", self._follow_summary()))
         if self.limits is not None:
             notices += self._restore(self.limits)
-            self.limits.guard.uninstall()
+            if self.limits.capped:  # the driver refused: tried again at the next cap here and at exit
+                self.limits.keep_trying()
+                boards = ", ".join(c.board.label for c in self.limits.capped)
+                notices.append(Notice("warn", f"{boards}: the power cap is still on; putting the limit back is tried "
+                                      "again at the next cap's start in this process and at its exit (or run "
+                                      "energy-report --restore-power-limits)."))  # fmt: skip
+            else:
+                self.limits.guard.uninstall()
         if self._own_meter is not None:
             self._own_meter.close()
             self._own_meter = None

@@ -49,6 +49,9 @@ from energy_core.power.recovery import recover_entry
 
 __all__ = ["BusyBoard", "CappedGpu", "PlannedCap", "PowerLimits", "plan_caps", "select_boards"]
 
+_LEFT: list[PowerLimits] = []  # this process's runs that ended with a limit they could not put back
+_LEFT_LOCK = threading.Lock()
+
 
 class PowerLimits:
     """Sets and restores GPU power limits, journalled, one owner per board.
@@ -152,6 +155,29 @@ class PowerLimits:
                     del entries[uuid]
         return self.take_messages() + messages
 
+    def keep_trying(self) -> None:
+        """After a `restore` that left boards capped (the driver refused): the exit guard stays in
+        place, and the next `apply` in this process tries again first. The boards stay this run's
+        (held, journalled) until then."""
+        with _LEFT_LOCK:
+            if self not in _LEFT:
+                _LEFT.append(self)
+
+    @staticmethod
+    def _retry_left() -> list[str]:
+        """Put back the limits that earlier runs of this process could not (`keep_trying`), before a
+        new cap: their boards are still theirs, and would read as another live run's."""
+        with _LEFT_LOCK:
+            left = list(_LEFT)
+        messages: list[str] = []
+        for earlier in left:
+            messages += earlier.restore()
+            if not earlier.capped:
+                earlier.guard.uninstall()
+                with _LEFT_LOCK:
+                    _LEFT.remove(earlier)
+        return messages
+
     def apply(
         self, boards: Sequence[GpuBoard], watts: float | None, fraction: float | None, strict: bool = False
     ) -> list[CappedGpu]:
@@ -169,6 +195,7 @@ class PowerLimits:
             PermissionError, DeviceError: setting a limit failed (every change undone).
         """
         planned = plan_caps(boards, watts, fraction)
+        self._messages += self._retry_left()
         with self._lock:
             claimed = self._claim(planned, strict)
             if claimed and not self.guard.install() and not self._unguarded_said:

@@ -144,6 +144,40 @@ def test_restored_after_an_exception_or_interrupt_in_training_step(tmp_path, sim
     assert journal_entries() == {}
 
 
+def test_a_restore_the_driver_refuses_is_tried_again_by_the_next_cap_and_at_exit(
+    tmp_path, sim_gpus, monkeypatch
+) -> None:
+    """One transient driver error at the end: the cap stays this run's (journalled, held, the exit
+    guard in place), and the next cap in the process puts the limit back before its own, rather
+    than taking the board for another live run's and training on at the stale cap."""
+    import pynvml
+
+    sim = sim_gpus(board())
+    admin_limit(sim)
+    real, refused = pynvml.nvmlDeviceSetPowerManagementLimit, []
+
+    def once_refused(handle, mw: int) -> None:
+        if mw == PREVIOUS_MW and not refused:
+            refused.append(mw)
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
+        real(handle, mw)
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceSetPowerManagementLimit", once_refused)
+    first = PowerCap(watts=250)
+    with pytest.warns(UserWarning, match="still on; putting the limit back is tried again"):
+        fit(tmp_path, [first])
+    assert refused and sim.limit_mw(sim.gpus[0]) == 250_000
+    guard = first.run.limits.guard
+    assert guard.installed  # atexit (and the signals) would put it back
+    assert journal_entries()["GPU-1"]["previous_mw"] == PREVIOUS_MW
+
+    see = SeeLimits(sim)
+    fit(tmp_path, [PowerCap(watts=300), see])
+    assert see.seen == [[300_000]]  # capped, not left at the stale 250 W as "another run's"
+    assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW
+    assert journal_entries() == {} and not guard.installed
+
+
 @both_vendors_end_to_end
 def test_no_permission_is_one_message_then_uncapped_training(tmp_path, sim_gpus) -> None:
     sim = sim_gpus(board(), root=False)

@@ -41,6 +41,7 @@ from energy_core.tracker import EnergyTracker
 from energy_core.units import MAX_DEVICE_W
 
 FOLLOW = ("carbon", "cost")
+GRID_ARGUMENTS = ("carbon_intensity_series", "electricity_maps_zone", "price_per_kwh")  # what a cap may follow
 DECIDE_EVERY = 25  # steps between the follower's decisions (one small collective in a multi-process job)
 SEARCH_AGAIN = -1  # the follower's code for "the workload changed: search again"
 NOTHING: tuple[dict[str, float], list[Notice]] = ({}, [])
@@ -165,12 +166,12 @@ class PowerCapRun:
         self.follow, self._grid = check_follow_arguments(
             self.watts, follow, carbon_intensity_series, electricity_maps_zone, price_per_kwh
         )
-        grid = {"carbon_intensity_series": carbon_intensity_series, "electricity_maps_zone": electricity_maps_zone,
-                "price_per_kwh": price_per_kwh}  # fmt: skip
-        self.args: dict[str, Any] = {  # JSON-safe, to re-create the cap (HF stores them)
-            "watts": watts, "fraction": fraction, "gpus": gpus if isinstance(gpus, str) else list(gpus),
-            "strict": strict, "max_slowdown": max_slowdown, "min_watts": min_watts, "follow": follow,
-            **{k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in grid.items() if v is not None},
+        grid = {name: getattr(self._grid, name) for name in GRID_ARGUMENTS} if self._grid is not None else {}
+        self.args: dict[str, Any] = {  # the checked values (plain floats, ints and strings): HF stores them as JSON
+            "watts": self.watts, "fraction": self.fraction,
+            "gpus": self.gpus if isinstance(self.gpus, str) else list(self.gpus), "strict": self.strict,
+            "max_slowdown": self.max_slowdown, "min_watts": self.min_watts, "follow": self.follow,
+            **{name: value for name, value in grid.items() if value is not None},
         }  # fmt: skip
         self.limits: PowerLimits | None = None
         self.finder: CapFinder | None = None
@@ -718,8 +719,7 @@ def check_follow_arguments(
         follow = checks.choice("follow", follow, FOLLOW)
         if watts != "auto":
             raise ValueError(f"follow={follow!r} needs watts='auto' (the search measures the curve it follows)")
-    given = {"carbon_intensity_series": carbon_intensity_series, "electricity_maps_zone": electricity_maps_zone,
-             "price_per_kwh": price_per_kwh}  # fmt: skip
+    given = dict(zip(GRID_ARGUMENTS, (carbon_intensity_series, electricity_maps_zone, price_per_kwh)))
     named = [name for name, value in given.items() if value is not None]
     if not named:
         return follow, None

@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from energy_core.power import PowerLimits, journal_path
@@ -532,3 +534,29 @@ def test_hf_resume_keeps_the_search_choice_in_trainer_state(tmp_path, sim_gpus, 
     assert resumed.run.finder.done and resumed.run.finder.steps_used == finder.steps_used  # no search
     assert len(seen) == 25 and set(seen) == {chosen_mw}  # the choice, from the first step
     assert sim.limit_mw(sim.gpus[0]) == 100_000
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ({"fraction": np.float32(0.75)}, {"fraction": 0.75}),
+        ({"watts": 250, "gpus": [np.int64(0)]}, {"watts": 250.0, "gpus": [0]}),
+        ({"watts": Fraction(250)}, {"watts": 250.0}),
+        ({"watts": "auto", "max_slowdown": np.float32(0.25)}, {"watts": "auto", "max_slowdown": 0.25}),
+    ],
+    ids=["float32", "int64-index", "Fraction", "auto"],
+)
+def test_hf_state_holds_the_checked_arguments_as_json(given, stored) -> None:
+    """numpy and Fraction numbers pass the checks; HF writes the cap's arguments into
+    trainer_state.json at every save, so they are stored as the plain numbers checked (a float32
+    there raised at the first checkpoint, inside train()), and re-create the same cap on resume."""
+    from hf_energy import PowerCapCallback
+
+    args = json.loads(json.dumps(PowerCapCallback(**given).state()))["args"]
+    for name, expected in stored.items():
+        assert args[name] == pytest.approx(expected) and type(args[name]) is type(expected)
+    again = PowerCapCallback(**args).run  # as HF re-creates it from trainer_state.json
+    gpus = tuple(args["gpus"]) if isinstance(args["gpus"], list) else args["gpus"]
+    assert (again.watts, again.fraction, again.gpus, again.max_slowdown) == (
+        args["watts"], args["fraction"], gpus, args["max_slowdown"]
+    )  # fmt: skip

@@ -400,6 +400,13 @@ class CapFinder:
             "phases": phases,
         }
 
+    @staticmethod
+    def _check_figures(search: CapSearch) -> None:
+        """Work out every figure a stored search gives (its verdicts), so that one that cannot be
+        worked out refuses the state here rather than at a step."""
+        for rung in search.estimates:
+            search.verdict(rung)
+
     def restore(self, state: Any) -> bool:
         """Take a checkpoint's search: a finished one's choice is put in force; one in progress
         goes on from its phases at the next step (after a warm-up), its steps so far counted
@@ -415,14 +422,13 @@ class CapFinder:
                 self.settle_steps, resolution_s=self.meter.sample_interval_s, partner=self.partner,
             )  # fmt: skip
             for phase in state["phases"]:
-                times = [float(t) for t in phase["times"]]
-                joules = None if phase["joules"] is None else [float(j) for j in phase["joules"]]
-                search.add(Phase(int(phase["rung"]), times, int(phase["window_steps"]), joules))
-            if (chosen is not None and not 0 <= chosen < len(self.fractions)) or not 0 <= steps:
+                search.add(_stored_phase(phase, len(self.fractions)))
+            if (chosen is not None and chosen not in search.estimates) or not 0 <= steps:
                 return False
             if chosen is None and not isinstance(self.state, Ready):
                 return False  # searching already
-        except (KeyError, TypeError, ValueError, IndexError):
+            self._check_figures(search)
+        except (KeyError, TypeError, ValueError, IndexError, ArithmeticError):
             return False
         if chosen is None:  # in progress: it goes on, measured or not, its steps so far used
             self.search = search if 0 in search.estimates else None
@@ -531,3 +537,20 @@ class CapFinder:
                 "cap W of all GPUs)"
             )
         return "\n".join(lines)
+
+
+def _stored_phase(phase: Any, rungs: int) -> Phase:
+    """A checkpoint's phase, as measured: a rung of the ladder, steps of finite positive seconds, and
+    (when known) the finite joules >= 0 of each of its sub-windows. ValueError for any other."""
+    times = [float(t) for t in phase["times"]]
+    joules = None if phase["joules"] is None else [float(j) for j in phase["joules"]]
+    made = Phase(int(phase["rung"]), times, int(phase["window_steps"]), joules)
+    if not 0 <= made.rung < rungs or made.window_steps < 1 or not times:
+        raise ValueError("a phase off the ladder, or of no steps")
+    if not all(math.isfinite(t) and t > 0 for t in times):
+        raise ValueError("a step of seconds that no step takes")
+    if joules is not None and (
+        len(joules) != len(made.windows) or not all(math.isfinite(j) and j >= 0 for j in joules)
+    ):
+        raise ValueError("joules that are not one figure >= 0 per sub-window")
+    return made

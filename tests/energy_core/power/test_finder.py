@@ -448,6 +448,30 @@ def test_the_choice_is_kept_across_a_checkpoint() -> None:
     assert not run_search(job(V100_TRAP), max_steps=0, restore={"fractions": "x"}, restored=False).finder.done
 
 
+DAMAGED = {  # a stored phase changed as a hand-edited trainer_state.json might be
+    "rung off the ladder": ("rung", 99),
+    "no joules for its windows": ("joules", []),
+    "steps of no time": ("times", [0.0, 0.0, 0.0]),
+    "steps of infinite time": ("times", [float("inf")] * 3),
+    "joules below zero": ("joules", -1.0),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED, ids=list(DAMAGED))
+def test_a_damaged_checkpoint_search_is_searched_again_not_raised(damage) -> None:
+    """A phase that cannot have been measured refuses the stored search when it is restored (it was
+    taken, and raised inside the training loop from a verdict or the table); the run searches again."""
+    saved = run_search(job(V100_TRAP), max_slowdown=0.05).finder.state_dict()
+    field, value = DAMAGED[damage]
+    phase = saved["phases"][-1]
+    if field == "joules" and not isinstance(value, list):
+        value = [value] * len(phase["joules"])
+    saved["phases"][-1] = {**phase, field: value}
+    again = run_search(job(V100_TRAP), max_slowdown=0.05, restore=saved, restored=False)
+    assert again.finder.done and "kept from the checkpoint" not in again.finder.choice()["why"]
+    assert again.finder.chosen is not None and again.finder.table()
+
+
 def test_training_that_ends_first_and_a_limit_that_fails() -> None:
     short = run_search(job(V100_TRAP), max_steps=40, max_slowdown=0.05)
     assert not short.finder.done and short.finder.chosen is None

@@ -34,7 +34,9 @@ class Forecast:
     def __init__(self, given: Intensity | None, factor: Factor, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.zone = factor.zone if given is None and isinstance(factor, ElectricityMaps) else None
-        self._curve = given if given is not None else Intensity.of(factor) if isinstance(factor, Series) else None
+        # the series the run is charged with, converted once (a long file takes a while to copy)
+        self.charged = Intensity.of(factor) if isinstance(factor, Series) else None
+        self._curve = given if given is not None else self.charged
         self.source = self._describe(given, factor)
         self._why = "" if self._curve is not None or self.zone else "the carbon intensity is one fixed figure"
         self._fetched_at = -float("inf")

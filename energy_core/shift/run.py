@@ -559,7 +559,7 @@ class TimeShiftRun(SharedRun):
         assert self.tracker is not None and self.forecast is not None
         factor = self.tracker.factors.carbon
         if isinstance(factor, Series):
-            return Intensity.of(factor)
+            return self.forecast.charged
         return self.forecast.curve() if isinstance(factor, ElectricityMaps) else None
 
     def figures(self, totals: RunTotals | None = None) -> dict[str, float]:

@@ -169,9 +169,17 @@ def test_between_decisions_a_step_reads_only_the_clock(sim_gpus, monkeypatch, tm
     monkeypatch.setattr(loop.tracker, "totals", counted("totals", totals))
     with loop:
         job.wait_first_reading()
+        converted, convert = [], shift_run.Intensity.of  # the charged series: converted once, as the run starts
+
+        def of(intensity, *args):
+            converted.append(type(intensity).__name__)
+            return convert(intensity, *args)
+
+        monkeypatch.setattr(shift_run.Intensity, "of", of)
         job.train(loop, STEPS)
     assert calls["plan"] <= 3  # at the pace's measure, after the pause, once more at most
     assert calls["totals"] <= STEPS / 10 + 10  # the reviews at logging steps (every 10) and the pause's bookkeeping
+    assert "Series" not in converted  # not again at each review: a 1e6-row file took 0.1 s a time
 
 
 @pytest.mark.parametrize(

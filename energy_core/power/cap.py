@@ -42,6 +42,7 @@ from energy_core.units import MAX_DEVICE_W
 
 FOLLOW = ("carbon", "cost")
 GRID_ARGUMENTS = ("carbon_intensity_series", "electricity_maps_zone", "price_per_kwh")  # what a cap may follow
+DEFAULT_MAX_SLOWDOWN = 0.1  # the search's limit unless given: at most 10% slower
 DECIDE_EVERY = 25  # steps between the follower's decisions (one small collective in a multi-process job)
 SEARCH_AGAIN = -1  # the follower's code for "the workload changed: search again"
 NOTHING: tuple[dict[str, float], list[Notice]] = ({}, [])
@@ -100,6 +101,9 @@ def check_cap_arguments(
     )
     if min_watts is not None and watts != "auto":
         raise ValueError(f"min_watts={min_watts:g} applies only to watts='auto' (the floor of the cap search)")
+    if max_slowdown != DEFAULT_MAX_SLOWDOWN and watts != "auto":
+        raise ValueError(f"max_slowdown={max_slowdown:g} applies only to watts='auto' (the search's limit); a fixed "
+                         "cap slows training by what it is")  # fmt: skip
     return watts, fraction, gpus, strict, max_slowdown, min_watts
 
 
@@ -153,7 +157,7 @@ class PowerCapRun:
         fraction: float | None = None,
         gpus: str | Sequence[int] = "all",
         strict: bool = False,
-        max_slowdown: float = 0.1,
+        max_slowdown: float = DEFAULT_MAX_SLOWDOWN,
         min_watts: float | None = None,
         follow: str | None = None,
         carbon_intensity_series: str | os.PathLike[str] | None = None,
@@ -368,6 +372,11 @@ class PowerCapRun:
                 for c in self.limits.capped
             )
             notices.append(Notice("info", "Power cap in force: " + in_force))
+            above = [c for c in self.limits.capped if c.applied_mw > c.previous_mw]
+            if above:  # fraction x the default, or watts, over an administrator's lower limit: more power, not less
+                boards = ", ".join(f"{c.board.label} ({c.previous_mw / 1000:g} W)" for c in above)
+                notices.append(Notice("warn", f"The cap is above the limit in force before it on {boards}: this run "
+                                      "may draw more power there, not less, until the limit is put back."))  # fmt: skip
         return notices
 
     def _uncapped(self, notices: list[Notice], reason: str, level: str) -> list[Notice]:

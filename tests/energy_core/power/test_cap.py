@@ -113,6 +113,17 @@ def test_fraction_is_of_the_default_limit(tmp_path, sim_gpus) -> None:
     assert [sim.limit_mw(g) for g in sim.gpus] == [PREVIOUS_MW, PREVIOUS_MW]
 
 
+def test_a_cap_above_the_administrators_limit_is_set_with_a_warning(tmp_path, sim_gpus) -> None:
+    """fraction is of the default limit (400 W), as the contract says: over a 200 W administrator's
+    limit it raises the board's power. Set as asked, and said, since a cap is expected to lower it."""
+    sim = sim_gpus(board())
+    admin_limit(sim, 200_000)
+    see = SeeLimits(sim)
+    with pytest.warns(UserWarning, match=r"above the limit in force before it on GPU 0 \(200 W\)"):
+        fit(tmp_path, [PowerCap(fraction=0.8), see])
+    assert see.seen == [[320_000]] and sim.limit_mw(sim.gpus[0]) == 200_000
+
+
 def test_only_the_selected_gpus_are_capped(tmp_path, sim_gpus) -> None:
     sim = sim_gpus(board(), board("GPU-2"))
     see = SeeLimits(sim)
@@ -230,6 +241,8 @@ def test_out_of_range_is_a_value_error_before_any_change(tmp_path, sim_gpus, kwa
         ({"watts": 200, "gpus": [-1]}, "gpus must be 'all' or a non-empty list"),
         ({"watts": 200, "gpus": "some"}, "gpus must be 'all'"),
         ({"watts": "auto", "max_slowdown": 0}, r"max_slowdown must be in \(0, 10\]"),
+        ({"watts": 250, "max_slowdown": 0.5}, r"max_slowdown=0.5 applies only to watts='auto'"),
+        ({"fraction": 0.8, "max_slowdown": 0.05}, r"max_slowdown=0.05 applies only to watts='auto'"),
     ],
 )
 def test_bad_arguments_at_construction(kwargs, message) -> None:

@@ -17,6 +17,7 @@ step and `PowerCapRun.finish` on every way out:
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -27,12 +28,12 @@ from energy_core.accounting.ranks import Ranks
 from energy_core.accounting.steps import StepGate
 from energy_core.carbon.factor import Factor, Fixed
 from energy_core.devices import DeviceError
-from energy_core.notices import Notice
+from energy_core.notices import Notice, warn_at_user_code
 from energy_core.options import MeasureOptions
 from energy_core.output import keys
 from energy_core.output.record import POWER_CAP
 from energy_core.power.errors import JournalError, PowerCapError
-from energy_core.power.finder.finder import CapFinder
+from energy_core.power.finder.finder import DEFAULT_MAX_SLOWDOWN, CapFinder
 from energy_core.power.follow.follower import GridFollower, booking
 from energy_core.power.limits import PowerLimits
 from energy_core.power.plan import busy_message, select_boards, unseen_boards
@@ -42,7 +43,6 @@ from energy_core.units import MAX_DEVICE_W
 
 FOLLOW = ("carbon", "cost")
 GRID_ARGUMENTS = ("carbon_intensity_series", "electricity_maps_zone", "price_per_kwh")  # what a cap may follow
-DEFAULT_MAX_SLOWDOWN = 0.1  # the search's limit unless given: at most 10% slower
 DECIDE_EVERY = 25  # steps between the follower's decisions (one small collective in a multi-process job)
 SEARCH_AGAIN = -1  # the follower's code for "the workload changed: search again"
 NOTHING: tuple[dict[str, float], list[Notice]] = ({}, [])
@@ -101,9 +101,11 @@ def check_cap_arguments(
     )
     if min_watts is not None and watts != "auto":
         raise ValueError(f"min_watts={min_watts:g} applies only to watts='auto' (the floor of the cap search)")
-    if max_slowdown != DEFAULT_MAX_SLOWDOWN and watts != "auto":
-        raise ValueError(f"max_slowdown={max_slowdown:g} applies only to watts='auto' (the search's limit); a fixed "
-                         "cap slows training by what it is")  # fmt: skip
+    if watts != "auto" and not math.isclose(max_slowdown, DEFAULT_MAX_SLOWDOWN, rel_tol=1e-6):
+        # said, not refused: HF re-creates a cap from the arguments a checkpoint stored, which earlier
+        # versions kept with a fixed cap
+        warn_at_user_code(f"max_slowdown={max_slowdown:g} applies only to watts='auto' (the search's limit): a "
+                          "fixed cap ignores it.")  # fmt: skip
     return watts, fraction, gpus, strict, max_slowdown, min_watts
 
 
@@ -138,7 +140,8 @@ class PowerCapRun:
             ``max_slowdown``, ``min_watts`` (or ``min_watts`` without ``watts="auto"``),
             ``follow`` other than ``"carbon"``/``"cost"`` (or without ``watts="auto"``), or a
             grid argument without ``follow`` (or for the other one). Device ranges and
-            unknown indices are checked in `begin`, before anything is changed.
+            unknown indices are checked in `begin`, before anything is changed. A
+            ``max_slowdown`` other than its default with a fixed cap is a warning (ignored).
     """
 
     @classmethod
@@ -374,8 +377,8 @@ class PowerCapRun:
             notices.append(Notice("info", "Power cap in force: " + in_force))
             above = [c for c in self.limits.capped if c.applied_mw > c.previous_mw]
             if above:  # fraction x the default, or watts, over an administrator's lower limit: more power, not less
-                boards = ", ".join(f"{c.board.label} ({c.previous_mw / 1000:g} W)" for c in above)
-                notices.append(Notice("warn", f"The cap is above the limit in force before it on {boards}: this run "
+                named = ", ".join(f"{c.board.label} ({c.previous_mw / 1000:g} W)" for c in above)
+                notices.append(Notice("warn", f"The cap is above the limit in force before it on {named}: this run "
                                       "may draw more power there, not less, until the limit is put back."))  # fmt: skip
         return notices
 
@@ -650,8 +653,8 @@ class PowerCapRun:
                 self.limits.keep_trying()
                 boards = ", ".join(c.board.label for c in self.limits.capped)
                 notices.append(Notice("warn", f"{boards}: the power cap is still on; putting the limit back is tried "
-                                      "again at the next cap's start in this process and at its exit (or run "
-                                      "energy-report --restore-power-limits)."))  # fmt: skip
+                                      "again at the next cap's start in this process and at its exit (or, once it "
+                                      "has ended, run energy-report --restore-power-limits)."))  # fmt: skip
             else:
                 self.limits.guard.uninstall()
         if self._own_meter is not None:

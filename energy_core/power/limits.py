@@ -175,7 +175,8 @@ class PowerLimits:
             if not earlier.capped:
                 earlier.guard.uninstall()
                 with _LEFT_LOCK:
-                    _LEFT.remove(earlier)
+                    if earlier in _LEFT:  # another thread's cap may have retried it meanwhile
+                        _LEFT.remove(earlier)
         return messages
 
     def apply(
@@ -194,8 +195,8 @@ class PowerLimits:
             JournalError: the journal cannot be used safely (nothing changed).
             PermissionError, DeviceError: setting a limit failed (every change undone).
         """
+        self._messages += self._retry_left()  # first: a plan takes each board's limit now for the limit at start
         planned = plan_caps(boards, watts, fraction)
-        self._messages += self._retry_left()
         with self._lock:
             claimed = self._claim(planned, strict)
             if claimed and not self.guard.install() and not self._unguarded_said:

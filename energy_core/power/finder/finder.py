@@ -45,6 +45,7 @@ from energy_core.sampling.meter import EnergyMeter, Mark
 
 WAIT_RESERVE = 2  # steps of the budget kept for the meter to fix the last phase's energy
 MAX_WAIT_STEPS = 50  # a meter with no reading past a phase's end after this many steps ends the search
+DEFAULT_MAX_SLOWDOWN = 0.1  # the search's limit unless given: at most 10% slower
 SWEEP_SHARE = 0.7  # of the steps after the warm-up, for the sweep; the rest for re-checks
 MIN_SWEEP_STEPS = 6
 ENERGY_PRECISION = 0.035  # relative spread of a sweep phase's energy that the counter's resolution allows
@@ -139,7 +140,7 @@ class CapFinder:
         self,
         limits: PowerLimits,
         meter: EnergyMeter,
-        max_slowdown: float = 0.1,
+        max_slowdown: float = DEFAULT_MAX_SLOWDOWN,
         min_watts: float | None = None,
         warmup_steps: int = 5,
         settle_steps: int = 2,

@@ -483,6 +483,7 @@ class EnergyTracker:
         figures = self._record_stages(settled)
         if alone:
             self._end_alone(run, step, status)
+            self._stages.drop(run)
         return figures
 
     def _end_alone(self, run: StageRun, step: int, status: str) -> None:

@@ -37,7 +37,8 @@ class Stages:
     """The stages of one process.
 
     Attributes:
-        live_j: Joules of each stage since the last fit ended (this process, runs settled).
+        live_j: Joules of each stage in the fit under way, or since the last one ended (this
+            process, runs settled; a run of its own outside a fit is dropped once it has its summary).
         live_err: Their bounds (runs add linearly).
         resumed_j: This process's share of a checkpoint's stage energy (``resumed_err``: its bounds).
     """
@@ -86,6 +87,13 @@ class Stages:
             self.live_err[run.stage] += float(run.per_source_err.sum())
             settled.append((run, joules))
         return settled
+
+    def drop(self, run: StageRun) -> None:
+        """Take a settled run out of the counts: a run of its own (outside a fit) has its own summary,
+        and is no part of the next fit's stages (whose totals never held it)."""
+        assert run.per_source is not None and run.per_source_err is not None  # settled
+        self.live_j[run.stage] = max(0.0, self.live_j[run.stage] - float(run.per_source.sum()))
+        self.live_err[run.stage] = max(0.0, self.live_err[run.stage] - float(run.per_source_err.sum()))
 
     def local_j(self) -> dict[str, float]:
         """This process's joules of each stage, checkpoint share included."""

@@ -321,3 +321,27 @@ def test_a_batch_with_nothing_to_count_is_said_once(sim_gpus) -> None:
         "A batch of type dict gave no samples to count (no tensor, array or list of texts in it, or an empty one): "
         "such batches add no samples to the throughput and per-sample figures."
     ]
+
+
+def test_an_evaluation_before_the_run_is_no_part_of_the_runs_stages(sim_gpus, tmp_path) -> None:
+    """A baseline evaluation before training is a run of its own, with its own summary. Its energy was
+    also left in the process's stage counts, so the run after it reported a validation energy
+    larger than its whole total (and a checkpoint kept it)."""
+    known_gpu(sim_gpus)
+    record = tmp_path / "energy.jsonl"
+    energy = loop(record_path=record, notify=lambda notice: None)
+    with energy.stage("val") as baseline:
+        time.sleep(0.3)  # about 90 J at 300 W
+    with energy:
+        for i in range(4):
+            time.sleep(0.02)
+            if i == 2:
+                with energy.stage("val") as inside:
+                    time.sleep(0.02)  # about 6 J
+            energy.step()
+    final = energy.last_metrics
+    summaries = [x for x in read_record(record) if x["type"] == "summary"]
+    assert [s["stage_kwh"]["val"] for s in summaries] == [baseline["energy/val_kwh"], final["energy/val_kwh"]]
+    assert final["energy/val_kwh"] == pytest.approx(inside["energy/val_kwh"], rel=1e-9)  # the run's own, once
+    assert final["energy/val_kwh"] < final["energy/total_kwh"]
+    assert energy.state_dict()["energy"]["stage_j"]["val"] == pytest.approx(final["energy/val_kwh"] * J_PER_KWH, rel=1e-9)

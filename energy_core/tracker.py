@@ -303,6 +303,7 @@ class EnergyTracker:
         self._cross_check()
         self.factors.stop()
         settled = self._stages.settle(self.meter)  # every mark is fixed now
+        self._stages.abandon()  # a stage the fit's end cut short (an exception, a close from another thread)
         if not collective:
             self.ranks = Ranks(self.ranks.rank, self.ranks.local_rank)  # from here on, nothing waits for others
         self._others = self._faults_elsewhere()  # the meter is closed: every rank's faults are final
@@ -453,7 +454,7 @@ class EnergyTracker:
         return notices
 
     def end_stage(
-        self, stage: str, step: int, started_as: str | None = None, status: str = "completed"
+        self, stage: str, step: int, started_as: str | None = None, status: str = "completed", collective: bool = True
     ) -> dict[str, float]:
         """End a stage; returns ``{"energy/<stage>_kwh": cumulative kWh of that stage}``.
 
@@ -469,10 +470,14 @@ class EnergyTracker:
                 stage an inference run was.
             status: How a run of its own (a stage outside a fit) ended, for its summary
                 (`energy_core.output.summary.end_status` where an exception ended it).
+            collective: False where the other ranks may not get here (an exception on this
+                rank): from here on, nothing waits for them.
         """
         run = self._stages.end(stage, step, self.meter.mark(), started_as)
         if run is None:
             return {}
+        if not collective:
+            self.ranks = Ranks(self.ranks.rank, self.ranks.local_rank)
         if self.fitting:
             self._window.exclude(run)
         alone = self._alone is not None and self._alone[0] == (started_as or stage)

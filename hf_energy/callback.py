@@ -188,7 +188,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         if self.tracker.fitting or not self.tracker.in_stage(INFERENCE):
             return  # during train(); or no forward yet, or ended already (on_evaluate): nothing open
         try:
-            self.run.stage_end(stage, step, started_as=INFERENCE, status=status)
+            self.run.stage_end(stage, step, started_as=INFERENCE, status=status, collective=False)  # one rank's error
         finally:
             self.run.close()
 

@@ -236,7 +236,9 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self.run.finish(trainer.global_step, end_status(exception), collective=False)  # other ranks may not be here
+        status = end_status(exception)  # other ranks may not be here: nothing waits for them
+        self.run.abort_stages(trainer.global_step, status)  # trainer.validate() and the like, outside a fit
+        self.run.finish(trainer.global_step, status, collective=False)
         self._detach_progress_bar()
         self.run.close()
 

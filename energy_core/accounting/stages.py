@@ -88,6 +88,11 @@ class Stages:
             settled.append((run, joules))
         return settled
 
+    def abandon(self) -> None:
+        """Forget the runs still open: the fit they ran in has ended (an exception, or a close from
+        another thread, cut them short), and their time is in its training. Ending one later gives nothing."""
+        self._started.clear()
+
     def drop(self, run: StageRun) -> None:
         """Take a settled run out of the counts: a run of its own (outside a fit) has its own summary,
         and is no part of the next fit's stages (whose totals never held it)."""

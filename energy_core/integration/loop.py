@@ -339,20 +339,26 @@ class EnergyLoop:
             return
         # Another stage inside one, during a run: its time is its own, not the outer's too. Outside a run
         # the outer block is a run of its own, left whole.
-        pause = outer if outer is not None and self._started else None
+        in_run = self._started
+        pause = outer if outer is not None and in_run else None
         with self._lock:
             if pause is not None:
                 pause[1].update(self._done(self.monitor.stage_end(pause[0], self.steps)))
             self.monitor.stage_start(name)
             self._stages.append((name, figures))
+        status = "completed"
         try:
             yield figures
+        except BaseException as err:
+            status = end_status(err)  # a run of its own outside a run: its summary says how it ended
+            raise
         finally:
             with self._lock:
                 self._stages.pop()
-                figures.update(self._done(self.monitor.stage_end(name, self.steps)))
-                if pause is not None:
-                    self.monitor.stage_start(pause[0])
+                if not in_run or self._started:  # else `close` (a watchdog's) ended the run, and the block with it
+                    figures.update(self._done(self.monitor.stage_end(name, self.steps, status=status)))
+                    if pause is not None:
+                        self.monitor.stage_start(pause[0])
 
     @_one_at_a_time
     def evaluated(self, value: Any) -> dict[str, float]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from energy_core.accounting.figures import STAGES
 from energy_core.accounting.ranks import Ranks
 from energy_core.integration import wandb_run
 from energy_core.notices import Notice
@@ -115,10 +116,21 @@ class MonitorRun:
         self.show(self.tracker.start_stage(stage))
 
     def stage_end(
-        self, stage: str, step: int, started_as: str | None = None, status: str = "completed"
+        self, stage: str, step: int, started_as: str | None = None, status: str = "completed", collective: bool = True
     ) -> dict[str, float]:
-        """``energy/<stage>_kwh`` once the stage's energy is known (``status``: `EnergyTracker.end_stage`)."""
-        return self._done(self.tracker.end_stage(stage, step, started_as, status))
+        """``energy/<stage>_kwh`` once the stage's energy is known (``status``, ``collective``:
+        `EnergyTracker.end_stage`)."""
+        return self._done(self.tracker.end_stage(stage, step, started_as, status, collective))
+
+    def abort_stages(self, step: int, status: str) -> None:
+        """An exception on this rank ends a stage run of its own (``trainer.validate()`` outside a fit): its
+        stage line and a summary with ``status``, nothing waiting for the other ranks. Inside a fit,
+        `finish` ends the fit, and its open stages with it."""
+        if self.tracker.fitting:
+            return
+        for stage in STAGES:
+            if self.tracker.in_stage(stage):
+                self.stage_end(stage, step, status=status, collective=False)
 
     def finish(
         self,

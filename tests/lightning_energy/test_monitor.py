@@ -277,6 +277,31 @@ def test_exception_in_training_ends_the_record_and_the_sampler(tmp_path, sim_gpu
     assert not any(t.name == "energy-sampler" for t in threading.enumerate())
 
 
+def test_a_stand_alone_validate_that_raises_ends_its_run_with_the_exception(tmp_path, sim_gpus) -> None:
+    """trainer.validate() raising outside a fit: on_exception ended only a fit, so the record held a
+    header alone (no stage line, no summary) and the energy measured was lost."""
+    pl = flavour("lightning.pytorch")
+    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.005))
+    module = make_module(pl, val_sleep_s=0.02)
+    original = module.validation_step
+
+    def failing_step(batch, batch_idx):
+        if batch_idx == 3:
+            raise RuntimeError("CUDA out of memory")
+        return original(batch, batch_idx)
+
+    module.validation_step = failing_step
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.005, record_path=tmp_path / "energy.jsonl")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer_for(pl, tmp_path, monitor, limit_val_batches=8).validate(module, regression_data(64))
+    header, stage, summary = read_record(tmp_path / "energy.jsonl")
+    assert (header["type"], stage["type"], summary["type"]) == ("header", "stage", "summary")
+    assert summary["status"] == "exception: RuntimeError" and stage["stage"] == "val"
+    bound = summary["metrics"]["energy/val_kwh_err"]  # three 20 ms steps at 300 W, within the figure's bound
+    assert stage["kwh"] * J_PER_KWH == pytest.approx(GPU_W * stage["seconds"], abs=bound * J_PER_KWH)
+    assert not any(t.name == "energy-sampler" for t in threading.enumerate())
+
+
 def test_nvml_failure_mid_run_does_not_stop_training(tmp_path, sim_gpus) -> None:
     pl = flavour("lightning.pytorch")
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02, fail_between=(0.3, 0.8)))

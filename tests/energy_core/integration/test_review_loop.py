@@ -344,4 +344,43 @@ def test_an_evaluation_before_the_run_is_no_part_of_the_runs_stages(sim_gpus, tm
     assert [s["stage_kwh"]["val"] for s in summaries] == [baseline["energy/val_kwh"], final["energy/val_kwh"]]
     assert final["energy/val_kwh"] == pytest.approx(inside["energy/val_kwh"], rel=1e-9)  # the run's own, once
     assert final["energy/val_kwh"] < final["energy/total_kwh"]
-    assert energy.state_dict()["energy"]["stage_j"]["val"] == pytest.approx(final["energy/val_kwh"] * J_PER_KWH, rel=1e-9)
+    assert energy.state_dict()["energy"]["stage_j"]["val"] == pytest.approx(
+        final["energy/val_kwh"] * J_PER_KWH, rel=1e-9
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "status"), [(RuntimeError, "exception: RuntimeError"), (KeyboardInterrupt, "interrupted")]
+)
+def test_a_stage_run_of_its_own_that_raises_says_how_it_ended(sim_gpus, tmp_path, error, status) -> None:
+    """Outside a run, a stage block is a run of its own: one that raised was summarised "completed"."""
+    known_gpu(sim_gpus)
+    record = tmp_path / "energy.jsonl"
+    energy = loop(record_path=record, notify=lambda notice: None)
+    with pytest.raises(error):
+        with energy.stage("test"):
+            time.sleep(0.03)
+            raise error("cut short")
+    kinds = [(x["type"], x.get("status")) for x in read_record(record)]
+    assert kinds == [("header", None), ("stage", None), ("summary", status)]
+
+
+def test_a_close_from_a_watchdog_during_a_stage_ends_the_run_and_the_block_with_it(sim_gpus, tmp_path) -> None:
+    """close() from another thread while a val block runs: the block's end measured on the closed meter
+    and wrote a stage line after the summary, its figure larger than the run's whole total."""
+    known_gpu(sim_gpus)
+    record = tmp_path / "energy.jsonl"
+    energy = loop(record_path=record, notify=lambda notice: None)
+    with energy:
+        for _ in range(3):
+            time.sleep(0.02)
+            energy.step()
+        with energy.stage("val") as val:
+            watchdog = threading.Thread(target=energy.close)
+            watchdog.start()
+            watchdog.join()
+            time.sleep(0.05)
+    lines = read_record(record)
+    assert [x["type"] for x in lines][-1] == "summary" and "stage" not in [x["type"] for x in lines]
+    assert val == {} and lines[-1]["stage_kwh"]["val"] == 0.0
+    assert energy.step() == {}  # closed: later calls give nothing

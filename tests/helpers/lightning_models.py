@@ -60,6 +60,18 @@ def make_module(pl: ModuleType, step_sleep_s: float = 0.0, val_sleep_s: float = 
     return Tiny()
 
 
+def raise_at(module, hook: str, batch_idx: int, error: BaseException) -> None:
+    """Make ``module``'s ``hook`` (``"training_step"``, ``"validation_step"``) raise ``error`` at ``batch_idx``."""
+    original = getattr(module, hook)
+
+    def failing(batch, index, *args):
+        if index == batch_idx:
+            raise error
+        return original(batch, index, *args)
+
+    setattr(module, hook, failing)
+
+
 def regression_data(n: int, batch_size: int = 8) -> DataLoader:
     g = torch.Generator().manual_seed(n)
     x = torch.randn(n, 8, generator=g)

@@ -13,7 +13,7 @@ from energy_core.output import units_text as show
 from lightning_energy import EnergyMonitor, PowerCap
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
-from tests.helpers.lightning_models import FLAVOURS, TokenData, flavour, make_module, regression_data
+from tests.helpers.lightning_models import FLAVOURS, TokenData, flavour, make_module, raise_at, regression_data
 from tests.helpers.readback import csv_series, tensorboard_series
 from tests.helpers.records import read_record
 
@@ -261,14 +261,7 @@ def test_exception_in_training_ends_the_record_and_the_sampler(tmp_path, sim_gpu
         pass
 
     module = make_module(pl)
-    original = module.training_step
-
-    def failing_step(batch, batch_idx):
-        if batch_idx == 5:
-            raise Boom("bad batch")
-        return original(batch, batch_idx)
-
-    module.training_step = failing_step
+    raise_at(module, "training_step", 5, Boom("bad batch"))
     monitor = EnergyMonitor(devices=["gpu"], record_path=tmp_path / "energy.jsonl")
     with pytest.raises(Boom):
         trainer_for(pl, tmp_path, monitor, max_epochs=1, limit_val_batches=0).fit(module, regression_data(240))
@@ -283,14 +276,7 @@ def test_a_stand_alone_validate_that_raises_ends_its_run_with_the_exception(tmp_
     pl = flavour("lightning.pytorch")
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.005))
     module = make_module(pl, val_sleep_s=0.02)
-    original = module.validation_step
-
-    def failing_step(batch, batch_idx):
-        if batch_idx == 3:
-            raise RuntimeError("CUDA out of memory")
-        return original(batch, batch_idx)
-
-    module.validation_step = failing_step
+    raise_at(module, "validation_step", 3, RuntimeError("CUDA out of memory"))
     monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.005, record_path=tmp_path / "energy.jsonl")
     with pytest.raises(RuntimeError, match="out of memory"):
         trainer_for(pl, tmp_path, monitor, limit_val_batches=8).validate(module, regression_data(64))

@@ -25,18 +25,11 @@ def lightning_run(fail: bool, workers: int = 0) -> None:
     from torch.utils.data import DataLoader
 
     from lightning_energy import PowerCap
-    from tests.helpers.lightning_models import make_module, regression_data
+    from tests.helpers.lightning_models import make_module, raise_at, regression_data
 
     module = make_module(pl, step_sleep_s=0.02)
     if fail:
-        original = module.training_step
-
-        def failing_step(batch, batch_idx):
-            if batch_idx == 5:
-                raise RuntimeError("boom")
-            return original(batch, batch_idx)
-
-        module.training_step = failing_step
+        raise_at(module, "training_step", 5, RuntimeError("boom"))
     trainer = pl.Trainer(
         max_epochs=1000,
         accelerator="cpu",

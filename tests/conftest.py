@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 
 import pytest
 
 from energy_core.devices import amd, rapl
+from energy_core.power import limits
 from tests.doubles import sim_amdsmi
 from tests.doubles.electricity_maps import Replay, serve_tls
 from tests.doubles.fake_rapl import FakeRapl
@@ -37,6 +39,19 @@ def no_real_hardware(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
     monkeypatch.setenv("ENERGY_CALLBACKS_POWER_JOURNAL", str(journal))  # never /var/tmp in tests
     locks = tmp_path_factory.mktemp("board-locks")  # never /dev/shm: tests running side by side share board names
     monkeypatch.setenv("ENERGY_CALLBACKS_BOARD_LOCKS", str(locks))
+
+
+@pytest.fixture(autouse=True)
+def no_refused_restore_left() -> Iterator[None]:
+    """A cap whose restore the simulated driver refused stays in this process's list to retry
+    (`energy_core.power.limits`), with its exit guard: the next test's cap would retry it on a
+    board that test never made. Each test starts with none."""
+    yield
+    with limits._LEFT_LOCK:
+        left = list(limits._LEFT)
+        limits._LEFT.clear()
+    for earlier in left:
+        earlier.guard.uninstall()
 
 
 @pytest.fixture(autouse=True)

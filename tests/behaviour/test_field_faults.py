@@ -196,6 +196,7 @@ def test_a_hung_driver_call_does_not_hang_training(tmp_path, sim_gpus, monkeypat
     assert summary["type"] == "summary" and summary["status"] == "completed"
 
 
+@pytest.mark.slow  # a read that hangs 3 s: driver calls that hang to their deadline are in the slow set
 def test_energy_after_a_read_that_hangs_to_the_end_is_reported_as_estimated(tmp_path, sim_gpus, monkeypatch) -> None:
     # The figures go on at the last measured power past a hung read; the record's summary said all was measured
     # (unmeasured_s 0, estimated_share 0, no fault) and the closing warning that the figures ended at the read.

@@ -343,7 +343,8 @@ def _state_with_admin_limit(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("vendor", "framework", "signum"),
     [
-        ("nvml", "lightning", signal.SIGTERM),
+        # in the default set: test_exit_guard.py's SIGTERM to the same Lightning child (its exit status too)
+        pytest.param("nvml", "lightning", signal.SIGTERM, marks=pytest.mark.slow),
         pytest.param("nvml", "lightning", signal.SIGHUP, marks=pytest.mark.slow),
         pytest.param("nvml", "hf", signal.SIGTERM, marks=pytest.mark.slow),
         pytest.param("nvml", "hf", signal.SIGHUP, marks=pytest.mark.slow),  # one signal, one framework by default

@@ -119,6 +119,7 @@ def layout(chromium: str, page: Path, width: int, tmp_path: Path) -> dict[str, A
     return probe(chromium, probed.as_uri(), width, budget_ms=5000)
 
 
+@pytest.mark.slow  # a page drawn and laid out in Chromium at one width: about 2 s
 def test_laptop_layout_two_plots_side_by_side(two_runs, tmp_path) -> None:
     chromium = find_chromium()
     out = tmp_path / "report"
@@ -134,6 +135,7 @@ def test_laptop_layout_two_plots_side_by_side(two_runs, tmp_path) -> None:
     assert (seen["number_cell"], seen["number_head"]) == ("right", "right")
 
 
+@pytest.mark.slow  # a page drawn and laid out in Chromium at one width: about 2 s
 def test_narrow_window_shows_one_plot_per_row(two_runs, tmp_path) -> None:
     chromium = find_chromium()
     out = tmp_path / "report"

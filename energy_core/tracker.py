@@ -305,7 +305,7 @@ class EnergyTracker:
         settled = self._stages.settle(self.meter)  # every mark is fixed now
         self._stages.abandon()  # a stage the fit's end cut short (an exception, a close from another thread)
         if not collective:
-            self.ranks = Ranks(self.ranks.rank, self.ranks.local_rank)  # from here on, nothing waits for others
+            self._wait_for_no_other_rank()
         self._others = self._faults_elsewhere()  # the meter is closed: every rank's faults are final
         job = self._sum(end, self._window.work(), self._read(end))
         metrics = {**self._cumulative(job.totals), **self._record_stages(settled)}
@@ -477,7 +477,7 @@ class EnergyTracker:
         if run is None:
             return {}
         if not collective:
-            self.ranks = Ranks(self.ranks.rank, self.ranks.local_rank)
+            self._wait_for_no_other_rank()
         if self.fitting:
             self._window.exclude(run)
         alone = self._alone is not None and self._alone[0] == (started_as or stage)
@@ -490,6 +490,10 @@ class EnergyTracker:
             self._end_alone(run, step, status)
             self._stages.drop(run)
         return figures
+
+    def _wait_for_no_other_rank(self) -> None:
+        """The other ranks may not get here (an exception on this one): from now on, nothing waits for them."""
+        self.ranks = Ranks(self.ranks.rank, self.ranks.local_rank)
 
     def _end_alone(self, run: StageRun, step: int, status: str) -> None:
         """The summary of a stage run outside a fit: its energy, CO2e and cost, its seconds."""

@@ -41,7 +41,6 @@ from energy_core.accounting.figures import RunTotals
 from energy_core.accounting.ranks import Ranks
 from energy_core.accounting.steps import StepGate
 from energy_core.carbon.electricity_maps import ElectricityMaps
-from energy_core.carbon.factor import Series
 from energy_core.notices import Notice
 from energy_core.options import MeasureArgs, MeasureOptions
 from energy_core.output import keys
@@ -557,10 +556,9 @@ class TimeShiftRun(SharedRun):
         zone, the forecast (the best picture of its hours); else None: a fixed figure, read with
         ``peek``, whatever forecast the plans use."""
         assert self.tracker is not None and self.forecast is not None
-        factor = self.tracker.factors.carbon
-        if isinstance(factor, Series):
+        if self.forecast.charged is not None:  # a series, converted once by the forecast
             return self.forecast.charged
-        return self.forecast.curve() if isinstance(factor, ElectricityMaps) else None
+        return self.forecast.curve() if isinstance(self.tracker.factors.carbon, ElectricityMaps) else None
 
     def figures(self, totals: RunTotals | None = None) -> dict[str, float]:
         """``carbon/paused_s`` and ``carbon/saved_kg``, with the job's totals (the tracker's now by default)."""

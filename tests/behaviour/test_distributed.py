@@ -25,6 +25,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def torchrun(*args: str) -> list[str]:
+    """``args`` (``-m module ...``) in two processes started together by torchrun, on a free port."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", *args]
+
+
 def run_ranks(command: list[str], out: Path, world: int = 2) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port())}  # fmt: skip
@@ -45,8 +50,7 @@ def test_lightning_ddp_budget_stops_every_rank_at_the_same_step(tmp_path) -> Non
 @pytest.mark.slow  # about 8 s: the decision's unit tests (Ranks.agree, BudgetGuard) stay in the default set
 @pytest.mark.timeout(300)
 def test_hf_torchrun_budget_stops_every_rank_at_the_same_step(tmp_path) -> None:
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
-    rank0, rank1 = run_ranks([*torchrun, *SCRIPT, "hf", str(tmp_path)], tmp_path)
+    rank0, rank1 = run_ranks(torchrun(*SCRIPT, "hf", str(tmp_path)), tmp_path)
     assert rank0["stopped"] and rank1["stopped"]
     assert rank0["step"] == rank1["step"] < 20 * 20
     assert rank0["kwh"] > 0
@@ -58,8 +62,7 @@ def test_hf_torchrun_budget_without_logging_steps_stops_within_the_epoch(tmp_pat
     """``logging_strategy="no"``: no step is logged, so the decisions are taken every
     `UNLOGGED_DECIDE_EVERY` steps. The limit (about 1.5 s) is crossed long before step 50 (at
     30 ms a step and more), so both ranks stop there, not at the epoch's end (80)."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
-    rank0, rank1 = run_ranks([*torchrun, *SCRIPT, "hf", str(tmp_path), "no"], tmp_path)
+    rank0, rank1 = run_ranks(torchrun(*SCRIPT, "hf", str(tmp_path), "no"), tmp_path)
     assert rank0["max_steps"] == 80
     assert rank0["stopped"] and rank1["stopped"]
     assert rank0["step"] == rank1["step"] == UNLOGGED_DECIDE_EVERY
@@ -127,8 +130,7 @@ def test_lightning_ddp_totals_are_summed_once_across_ranks(tmp_path, vendor) -> 
 @pytest.mark.slow  # about 7 s; HF's shape comes from torch_distributed, which test_launchers' loop cell runs by default
 @pytest.mark.timeout(300)
 def test_hf_torchrun_totals_are_summed_once_across_ranks(tmp_path) -> None:
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
-    ranks = run_ranks([*torchrun, *TOTALS, "hf", str(tmp_path)], tmp_path, 2)
+    ranks = run_ranks(torchrun(*TOTALS, "hf", str(tmp_path)), tmp_path, 2)
     check_job_totals(ranks, nodes=1, record=tmp_path / "energy.jsonl")
 
 
@@ -190,6 +192,5 @@ def test_lightning_ddp_target_stops_every_rank_where_any_rank_reached_it(tmp_pat
 @pytest.mark.slow  # the second framework of the same rule (about 10 s)
 @pytest.mark.timeout(300)
 def test_hf_torchrun_target_stops_every_rank_at_the_same_evaluation(tmp_path) -> None:
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
-    rank0, rank1 = run_ranks([*torchrun, *TARGET, "hf", str(tmp_path)], tmp_path)
+    rank0, rank1 = run_ranks(torchrun(*TARGET, "hf", str(tmp_path)), tmp_path)
     check_target(rank0, rank1, tmp_path / "energy.jsonl")

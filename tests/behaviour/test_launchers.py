@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from energy_core import J_PER_KWH, read_runs
-from tests.behaviour.test_distributed import free_port
+from tests.behaviour.test_distributed import free_port, torchrun
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.helpers import ROOT
@@ -70,10 +70,6 @@ def check_cell(ranks: list[dict], out: Path, world: int = 2, runs_after: int = 0
     windows = [line for line in runs[0] if line["type"] == "window"]
     assert windows and all(set(w["ranks"]) >= {"rank_gpu_j"} for w in windows)
     assert sum(w["ranks"]["rank_gpu_j"][1] for w in windows) == 0.0  # rank 1 measured no board
-
-
-def torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", *args]
 
 
 JOB = ["-m", "tests.scripts.launcher_job"]

@@ -15,13 +15,13 @@ import time
 
 import pytest
 
-from tests.behaviour.test_distributed import free_port
+from tests.behaviour.test_distributed import torchrun
 from tests.helpers import ROOT
 from tests.helpers.records import read_record
 from tests.scripts.time_shift_job import DIRTY_HOURS, STEPS, grid_start
 
 pytestmark = pytest.mark.slow
-SCRIPT = [sys.executable, "-m", "tests.scripts.time_shift_job"]
+MODULE = ["-m", "tests.scripts.time_shift_job"]
 
 
 def launch(mode: str, out) -> subprocess.CompletedProcess:
@@ -29,9 +29,8 @@ def launch(mode: str, out) -> subprocess.CompletedProcess:
     start rank 1 only once rank 0 is in ``fit``: its start-up, twice as long beside other work,
     would then eat the test's dirty hours)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
-    script = [*launcher, "-m", SCRIPT[-1]] if mode == "ddp" else SCRIPT
-    return subprocess.run([*script, mode, str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    command = torchrun(*MODULE, mode, str(out)) if mode == "ddp" else [sys.executable, *MODULE, mode, str(out)]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
 
 
 @pytest.mark.timeout(300)
@@ -66,9 +65,9 @@ def test_requeue_exits_75_and_the_restart_completes_the_plan(tmp_path) -> None:
 
 @pytest.mark.timeout(300)
 def test_the_ranks_of_a_ddp_job_pause_together(tmp_path) -> None:
-    # 4 dirty hours of 1.5 s: the job's start-up after rank 0 writes the grid (0.3-0.6 s, quiet or
-    # beside two CPU-bound processes) ends inside them, so a pause is always planned. Its length
-    # depends on that start-up, so it is checked against the job's own record, not the wall clock.
+    # 4 dirty hours of 1.5 s: the job's start-up after rank 0 writes the grid (its first step about 0.5 s
+    # later, quiet or beside two CPU-bound processes) ends inside them, so a pause is always planned.
+    # Its length depends on that start-up, so it is checked against the job's own record, not the clock.
     hour_s = 1.5
     (tmp_path / "hour_s").write_text(str(hour_s))
     done = launch("ddp", tmp_path)

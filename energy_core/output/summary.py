@@ -68,6 +68,17 @@ def not_counted(meter: EnergyMeter) -> dict[str, str]:
     return found
 
 
+def unresolved(metrics: dict[str, float], estimated_kinds: Collection[str]) -> bool:
+    """Whether the readings in a run's total are within their own bound of nothing: a run shorter than
+    its counters' update period reads 0 J, or one whole update, within a bound of a whole update at the
+    board's most. Its mean power and energy per unit of work are then no figures (0 W, or several times
+    the board's draw) and are left out; the total keeps its bound, which holds the truth. The kinds an
+    estimate measures are left out of the question: a model's bound is a share of the model's figure."""
+    read = [k for k in DEVICE_KINDS if k not in estimated_kinds]
+    err = sum(metrics.get(keys.err(keys.kind_kwh(k)), 0.0) for k in read)
+    return err > 0 and err >= sum(metrics.get(keys.kind_kwh(k), 0.0) for k in read)
+
+
 def summary_fields(
     metrics: dict[str, float],
     totals: RunTotals,
@@ -98,17 +109,18 @@ def summary_fields(
     joules = metrics.get(keys.TOTAL_KWH, 0.0) * J_PER_KWH
     joules_err = metrics.get(keys.err(keys.TOTAL_KWH), 0.0) * J_PER_KWH
     seconds = totals.fit_s
+    resolved = not unresolved(metrics, {s.info.kind for s in meter.sources if s.info.estimated})
     kwh_pue = joules / J_PER_KWH * carbon["pue"]
     mean_g = 1000 * metrics.get(keys.CO2E_KG, 0.0) / kwh_pue if kwh_pue > 0 else carbon["g_per_kwh"]
     return {
         "metrics": metrics,
         "energy_j_err": joules_err,
         "seconds": seconds,
-        "mean_power_w": joules / seconds if seconds > 0 else None,
+        "mean_power_w": joules / seconds if seconds > 0 and resolved else None,
         "samples": totals.samples,
         "tokens": totals.tokens,
-        "j_per_sample": joules / totals.samples if totals.samples else None,
-        "j_per_token": joules / totals.tokens if totals.tokens else None,
+        "j_per_sample": joules / totals.samples if totals.samples and resolved else None,
+        "j_per_token": joules / totals.tokens if totals.tokens and resolved else None,
         "stage_kwh": {s: stage_kwh[s] for s in STAGES},
         "failed_reads": failed_reads,
         "estimated": estimated,
@@ -155,7 +167,8 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
     carbon = fields["carbon"]
     kwh = metrics.get(keys.TOTAL_KWH, 0.0)
     kwh_err = metrics.get(keys.err(keys.TOTAL_KWH))
-    bound = show.share(kwh, kwh_err)  # how exact it is
+    vague = unresolved(metrics, estimated_kinds)
+    bound = f"± {show.energy_kwh(kwh_err or 0.0)}" if vague else show.share(kwh, kwh_err)  # how exact it is
     kinds = sorted(k for k in DEVICE_KINDS if keys.kind_kwh(k) in metrics)
     estimated = [k for k in kinds if k in estimated_kinds]
     total = show.energy_kwh(kwh) + estimate_mark(kinds, estimated_kinds) + (f" {bound}" if bound else "")
@@ -169,6 +182,7 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
             f"{k} {show.energy_kwh(metrics[keys.kind_kwh(k)])}" + (" (estimated)" if k in estimated else "")
             for k in kinds
         )
+    line += "; shorter than its devices' readings resolve: no mean power, no energy per sample" if vague else ""
     lines = [
         line,
         f"CO2e: {show.mass(metrics.get(keys.CO2E_KG, 0.0))} at {carbon['g_per_kwh']:.4g} g/kWh "
@@ -178,9 +192,11 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
         cost = fields["cost"]
         lines.append(f"Electricity cost: {show.money(cost['total'], cost['currency'])} (PUE applied)")
     if fields["samples"]:
-        work = f"Work: {fields['samples']:,} samples, {show.energy(fields['j_per_sample'])}/sample"
+        work = f"Work: {fields['samples']:,} samples"
+        work += f", {show.energy(fields['j_per_sample'])}/sample" if fields["j_per_sample"] is not None else ""
         if fields["tokens"]:
-            work += f"; {fields['tokens']:,} tokens, {show.energy(fields['j_per_token'])}/token"
+            work += f"; {fields['tokens']:,} tokens"
+            work += f", {show.energy(fields['j_per_token'])}/token" if fields["j_per_token"] is not None else ""
         lines.append(work)
     stages = ", ".join(f"{STAGE_NAMES[s]} {show.energy_kwh(v)}" for s, v in fields["stage_kwh"].items() if v > 0)
     if stages:

@@ -44,7 +44,10 @@ class MeterView:
 
     @property
     def sources(self) -> list[Any]:
-        return [SimpleNamespace(info=SimpleNamespace(kind=kind)) for kind in self.measured]
+        return [
+            SimpleNamespace(info=SimpleNamespace(kind=kind, estimated=any(n.startswith(kind) for n in self.estimated)))
+            for kind in self.measured
+        ]
 
     def failed_reads(self) -> dict[str, int]:
         return self.reads
@@ -259,6 +262,51 @@ def test_the_console_text_gives_the_totals_bound_as_a_share_and_the_record_in_jo
     assert fields["energy_j_err"] == pytest.approx(0.000003 * 3.6e6, rel=1e-12)
     lines = summary_text(fields, estimated_kinds=set()).splitlines()
     assert lines[0].startswith("Energy: 1 Wh ± 0.3 % over 3.6 s")  # the unit that fits, then how exact
+
+
+@pytest.mark.parametrize(
+    ("gpu_j", "gpu_err_j", "seconds", "shown"),
+    [
+        (0.0, 140.0, 0.0179, "Energy: 0 J ± 140 J over 0.0179 s"),  # no counter update yet: "mean 0 W" before
+        (29.3, 174.6, 0.0483, "Energy: 29.3 J ± 175 J over 0.0483 s"),  # one whole update: "mean 607 W" on 300 W
+        (50.0, 50.0, 0.2, "Energy: 50 J ± 50 J over 0.2 s"),  # a bound as wide as the figure: nothing left
+    ],
+)
+def test_a_run_shorter_than_its_readings_resolve_has_no_mean_power_or_energy_per_sample(
+    gpu_j: float, gpu_err_j: float, seconds: float, shown: str
+) -> None:
+    metrics = {
+        "energy/total_kwh": gpu_j / J_PER_KWH,
+        "energy/total_kwh_err": gpu_err_j / J_PER_KWH,
+        "energy/gpu_kwh": gpu_j / J_PER_KWH,
+        "energy/gpu_kwh_err": gpu_err_j / J_PER_KWH,
+    }
+    fields = fields_of(metrics, RunTotals(samples=8, tokens=96, fit_s=seconds), MeterView(measured=("gpu",)))
+    assert (fields["mean_power_w"], fields["j_per_sample"], fields["j_per_token"]) == (None, None, None)
+    assert fields["energy_j_err"] == pytest.approx(gpu_err_j)  # the total keeps its bound
+    lines = summary_text(fields, estimated_kinds=set()).splitlines()
+    assert lines[0] == shown + "; shorter than its devices' readings resolve: no mean power, no energy per sample"
+    assert lines[2] == "Work: 8 samples; 96 tokens"
+
+
+def test_a_bound_narrower_than_the_readings_keeps_the_ratios() -> None:
+    metrics = {"energy/total_kwh": 60.0 / J_PER_KWH, "energy/total_kwh_err": 59.0 / J_PER_KWH}
+    metrics |= {"energy/gpu_kwh": 60.0 / J_PER_KWH, "energy/gpu_kwh_err": 59.0 / J_PER_KWH}
+    fields = fields_of(metrics, RunTotals(samples=8, fit_s=0.2), MeterView(measured=("gpu",)))
+    assert fields["mean_power_w"] == pytest.approx(300.0) and fields["j_per_sample"] == pytest.approx(7.5)
+    assert summary_text(fields, estimated_kinds=set()).splitlines()[0] == "Energy: 60 J ± 98.3 % over 0.2 s, mean 300 W"
+
+
+def test_an_estimate_keeps_its_mean_power_whatever_its_share_bound() -> None:
+    # the CPU estimate's bound is 100% of it by design: a model's figure, not a reading too short to resolve
+    joules = {"energy/cpu_kwh": 78.9 / J_PER_KWH, "energy/dram_kwh": 10.0 / J_PER_KWH}
+    errors = {"energy/cpu_kwh_err": 78.9 / J_PER_KWH, "energy/dram_kwh_err": 40.0 / J_PER_KWH}
+    metrics = {"energy/total_kwh": 88.9 / J_PER_KWH, "energy/total_kwh_err": 118.9 / J_PER_KWH, **joules, **errors}
+    meter = MeterView(measured=("cpu", "dram"), estimated=["cpu0", "dram0"])
+    fields = fields_of(metrics, RunTotals(samples=10, fit_s=34.6), meter)
+    assert fields["mean_power_w"] == pytest.approx(88.9 / 34.6) and fields["j_per_sample"] == pytest.approx(8.89)
+    line = summary_text(fields, estimated_kinds={"cpu", "dram"}).splitlines()[0]
+    assert line.startswith("Energy: 88.9 J (estimated) ± 134 % over 34.6 s, mean 2.57 W: ")
 
 
 def test_the_console_text_writes_out_control_characters_of_names_from_elsewhere() -> None:

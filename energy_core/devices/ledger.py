@@ -14,7 +14,10 @@ power in watts); the ledger decides what it means, the same way for every vendor
 * a read that fails (any exception, a power outside [0, max]) is a **gap**; so is the
   interval before a counter reading that is not continuous (`Reading.continuous`: a
   narrow counter silent for longer than one wrap at full power), after which the counter
-  is taken up again from that reading.
+  is taken up again from that reading;
+* a counter that stands still for its source's `Accuracy.still_s` (a RAPL zone that does not
+  count) is a **gap** from its last move on: its power there is unknown (anything up to the
+  most), not 0 W, until it moves again, when its count covers the gap.
 
 Across a gap the total goes on at the last good power (so budgets and curves keep
 moving), and that energy is *estimated*. When a counter answers again, its true energy
@@ -73,6 +76,7 @@ class Ledger:
         self._confirmed_j = 0.0  # measured
         self._estimated_j = 0.0  # counted on estimates that no measurement replaced
         self._last_t: float | None = None  # time of the last good reading
+        self._moved_t: float | None = None  # time of the last good counter reading that moved (or the first)
         self._opened_t: float | None = None  # time of the first read tried: silent from there if none answers
         self._last_value = 0.0  # its counter (J) or power (W)
         self._power_w: float | None = None  # power to bridge a gap with (None: not measured yet)
@@ -132,6 +136,12 @@ class Ledger:
         (0 while readings come)."""
         since = self._last_t if self._last_t is not None else self._opened_t
         return self._now - since if self._in_gap and since is not None else 0.0
+
+    @property
+    def bridged_at_nothing(self) -> bool:
+        """Whether the open gap's power is unknown (no power measured before it, or a counter that stood
+        still): its energy is not counted, and the bound allows up to the most power over it."""
+        return self._in_gap and self._power_w is None
 
     @property
     def never_read(self) -> bool:
@@ -197,9 +207,11 @@ class Ledger:
     def _counter(self, now: float, joules: float, continuous: bool = True) -> None:
         if self._last_t is None:
             self._first_reading(now)
-            self._last_t, self._last_value = now, joules
+            self._last_t, self._last_value, self._moved_t = now, joules, now
             return
         delta, seconds = joules - self._last_value, now - self._last_t
+        if delta == 0 and continuous and self._stands_still(now):
+            return
         if delta < 0 and continuous:
             self._stepped_back(now, joules)
             return
@@ -221,6 +233,8 @@ class Ledger:
             self._pending = (now, joules)
             self._gap()
             return
+        if delta > 0:
+            self._moved_t = now
         self._confirmed_j += delta
         self._bound_j += self.source.accuracy.relative * delta
         self._smooth_power(delta, seconds)
@@ -228,6 +242,18 @@ class Ledger:
         self._last_t, self._last_value, self._in_gap, self._pending = now, joules, False, None
         if self.check is not None:
             self.check.update(now, self._confirmed_j)
+
+    def _stands_still(self, now: float) -> bool:
+        """Whether a counter that did not move is not counting (`Accuracy.still_s`): then its readings since
+        it last moved are taken back into a gap whose power is unknown, and True."""
+        still, moved = self.source.accuracy.still_s, self._moved_t
+        if still is None or moved is None or now - moved < still:
+            return False
+        self.last_error = f"its counter has not moved for {now - moved:.3g} s (the device never draws 0 W)"
+        if not self._in_gap:
+            self._last_t, self._power_w, self._before = moved, None, None  # the same count, back at its last move
+        self._gap()
+        return True
 
     def _stepped_back(self, now: float, joules: float) -> None:
         """A counter reading below the last good one (a wrap was already added back by the reader). One such
@@ -264,7 +290,7 @@ class Ledger:
         self._counter(now, joules)
 
     def _rebase(self, t: float, joules: float) -> None:
-        self._last_t, self._last_value, self._in_gap, self._pending = t, joules, False, None
+        self._last_t, self._last_value, self._in_gap, self._pending, self._moved_t = t, joules, False, None, t
         self._before = None
         if self.check is not None:
             self.check.restart()

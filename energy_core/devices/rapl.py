@@ -27,7 +27,9 @@ PERMISSION_HINT = (
 )
 
 
-RAPL_ACCURACY = Accuracy(lag_s=0.001, quantum_j=1e-6)  # RAPL updates about every ms; its files count µJ
+# RAPL updates about every ms; its files count µJ; a package or DRAM draws watts even idle: 2 s without a move is a
+# counter that does not count (a zone some VMs show), never 0 J
+RAPL_ACCURACY = Accuracy(lag_s=0.001, quantum_j=1e-6, still_s=2.0)
 
 
 def _read_int(path: Path) -> int:

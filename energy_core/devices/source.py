@@ -71,6 +71,9 @@ class Accuracy:
             may be anything from 0).
         resolution_w: A polled power's resolution (NVML: 1 mW; amdsmi: 1 W): every reading may
             be off by it, rounded or cut, so the integral by it times the time.
+        still_s: A counter that has not moved for this long is not counting (RAPL: its device
+            never draws 0 W, and it counts µJ every ms; some VMs show a zone that never moves):
+            from its last move on, its readings are a gap, not 0 J. None: no such rule.
     """
 
     lag_s: float = 0.0
@@ -79,6 +82,7 @@ class Accuracy:
     sampled: bool = False
     averaged: bool = False
     resolution_w: float = 0.0
+    still_s: float | None = None
 
 
 COUNTER_UPDATE_S = 0.1  # an NVML or amdsmi energy counter advances every 20-100 ms: its reading trails by at most this

@@ -294,6 +294,12 @@ class EnergyMeter:
                         f"ago{why}: its energy is not counted until it does (the bound allows up to its most power "
                         "over that time); the run's summary says how long."
                     )
+                elif ledger.bridged_at_nothing:
+                    text = (
+                        f"{source.info.name} has given no good reading for {ledger.silent_s:.0f} s{why}: its energy "
+                        "is not counted until it does (the bound allows up to its most power over that time); the "
+                        "run's summary says how long."
+                    )
                 else:
                     text = (
                         f"{source.info.name} has given no good reading for {ledger.silent_s:.0f} s{why}: its energy "

@@ -475,3 +475,41 @@ def test_a_gap_before_any_power_was_measured_is_bounded_by_the_boards_most() -> 
     source.read = original
     assert ledger.update(100.2) == pytest.approx(30.0)  # measured again from the re-based count
     assert ledger.bound_j == pytest.approx(source.max_power_w * 100.1)
+
+
+def test_a_rapl_zone_that_stands_still_is_a_gap_from_its_last_move_not_0_watts(fake_rapl) -> None:
+    # Some VMs show RAPL zones whose counter never moves: read as a counter, a package at 0 W for minutes.
+    tree = fake_rapl(dram=False)
+    (source,), _ = rapl.discover_rapl({"cpu"})
+    ledger = devices.Ledger(source)
+    for k in range(31):  # 3 s at 40 W, read every 0.1 s
+        tree.set_energy("cpu", 4.0 * k)
+        ledger.update(0.1 * k)
+    assert ledger.total_j == pytest.approx(120.0) and ledger.unmeasured_s == 0.0
+    for k in range(31, 91):  # then 6 s without a move: the last 4 s past the 2 s a package never stands still
+        ledger.update(0.1 * k)
+    assert ledger.total_j == pytest.approx(120.0)  # nothing counted at a power no reading showed
+    assert ledger.unmeasured_s == pytest.approx(6.0)  # from the last move on: its 2 s still were no 0 W either
+    assert ledger.bridged_at_nothing and "has not moved for 6 s" in ledger.last_error
+    assert ledger.open_j == pytest.approx(source.max_power_w * 6.0)  # anything up to the most, the 40 W included
+    tree.set_energy("cpu", 120.0 + 40.0 * 6.1)  # it counts again: its count covers the gap, exactly
+    assert ledger.update(9.1) == pytest.approx(364.0)
+    assert (ledger.unmeasured_s, ledger.estimated_j, ledger.open_j, ledger.bound_j) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_a_rapl_zone_that_never_moves_reports_no_energy_and_says_so(fake_rapl) -> None:
+    from tests.helpers.manual import manual_run
+
+    fake_rapl(dram=False)  # its counters stay at 0
+    clock = ManualClock()
+    run = manual_run(clock, devices=["cpu"])
+    run.advance(20.0)
+    metrics = run.tracker.window(step=10)
+    texts = [n.text for n in run.tracker.pop_notices()]
+    fields = run.tracker.summary_fields(run.tracker.end_fit(step=10))
+    run.tracker.close()
+    said = [t for t in texts if t.startswith("cpu0 has given no good reading for 20 s")]
+    assert said and "has not moved for 20 s" in said[0] and "not counted until it does" in said[0]
+    assert metrics["energy/cpu_kwh_err"] * J_PER_KWH >= 5000.0 * 20.0  # up to a socket's most: unknown, not 0 J
+    assert fields["faults"]["cpu0"]["unmeasured_s"] == pytest.approx(20.0)
+    assert fields["mean_power_w"] is None  # 0 J within a bound of 100 kJ is no power

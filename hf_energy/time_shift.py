@@ -110,13 +110,14 @@ class TimeShiftCallback(RunContributor[TimeShiftRun], TrainerCallback, Exportabl
         return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        # one clock read, but at the end of a planned run; none where training stops at this step
+        if control.should_log:  # a logging step, alike on every rank; first: a plan it asks for is made now
+            self._pending.update(self.run.review(state.global_step))
+        # one clock read, but at the end of a planned run (or a logging step that plans again); none where
+        # training stops at this step
         action = None if control.should_training_stop else self.run.check(state.global_step)
         if action is not None:
             act(action.budget, control, self._world_zero)  # a budget spent while paused: no step after the pause
         self._requeue_if_due(control)
-        if control.should_log:  # a logging step, alike on every rank
-            self._pending.update(self.run.review(state.global_step))
         emit(self.run.pop_notices(), self._world_zero)
         return control
 

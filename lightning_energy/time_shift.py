@@ -91,15 +91,16 @@ class TimeShift(SharedRunCallback[TimeShiftRun]):
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
-        # one clock read, but at the end of a planned run; none where training stops at this step
+        if self._every and step % self._every == 0 and step != self._last_review:
+            self._last_review = step
+            log(trainer, self.run.review(step))  # first: a plan it asks for is made at this logging step
+        # one clock read, but at the end of a planned run (or a logging step that plans again); none where
+        # training stops at this step
         action = None if stopping(trainer) else self.run.check(step)
         if action is not None and action.kind == "requeue":
             self._requeue(trainer)
         if action is not None:
             act(trainer, action.budget)  # a budget spent while paused: no step after the pause
-        if self._every and step % self._every == 0 and step != self._last_review:
-            self._last_review = step
-            log(trainer, self.run.review(step))
         emit(self.run.pop_notices())
 
     def _requeue(self, trainer: Any) -> None:

@@ -532,9 +532,10 @@ class TimeShiftRun(SharedRun):
         return self._state.resume_s if self._state.resume_s is not None else RESUME_S
 
     def review(self, step: int) -> dict[str, float]:
-        """At a logging step (every rank): ``carbon/paused_s`` and ``carbon/saved_kg``. The leader plans
-        again at the next step when the predicted work has moved (the pace is better known) or when
-        it has no plan yet (a forecast may have come)."""
+        """At a logging step (every rank), before that step's `check`: ``carbon/paused_s`` and
+        ``carbon/saved_kg``. The leader plans again at that `check` when the predicted work has moved
+        (the pace is better known) or when it has no plan yet (a forecast may have come): a plan is
+        made at a logging step or at the end of a planned run, never on a step that logs nothing."""
         if self.tracker is None:
             return {}
         if self.active and self._ranks.leads_job and self._moved(self._work_left(step)):

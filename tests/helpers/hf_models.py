@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
@@ -42,6 +43,21 @@ class Collator:
             ids[row, : len(b["input_ids"])] = torch.tensor(b["input_ids"])
             mask[row, : len(b["input_ids"])] = 1
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+
+class JobCollator(Collator):
+    """Each batch is a step of a manual-clock job (`tests.energy_core.shift.manual_job.Job`; HF collates
+    a batch ahead of its step)."""
+
+    def __init__(self, job: Any) -> None:
+        super().__init__()
+        self.job = job
+
+    def __call__(self, batch):
+        if not self.job.step_times:
+            self.job.wait_first_reading()
+        self.job.train_step()
+        return super().__call__(batch)
 
 
 def tiny_gpt2() -> GPT2LMHeadModel:

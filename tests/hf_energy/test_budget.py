@@ -17,7 +17,7 @@ from tests.doubles.sim_nvml import SimGpu
 from tests.doubles.vendors import both_vendors_end_to_end
 from tests.energy_core.shift.manual_job import BASE, BUSY_W, IDLE_W, STEP_S, STEPS, Job, deadline_in
 from tests.helpers.grid_series import write_csv
-from tests.helpers.hf_models import Collator, SeqData, make_trainer
+from tests.helpers.hf_models import JobCollator, SeqData, make_trainer
 from tests.helpers.records import read_record
 
 GPU_W = 300.0
@@ -169,20 +169,6 @@ def test_a_budget_keeps_working_after_a_resume_that_re_creates_the_callbacks(tmp
 def test_bad_arguments(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         EnergyBudgetCallback(**kwargs)
-
-
-class JobCollator(Collator):
-    """Each batch is a step of the manual-clock job (HF collates a batch ahead of its step)."""
-
-    def __init__(self, job: Job) -> None:
-        super().__init__()
-        self.job = job
-
-    def __call__(self, batch):
-        if not self.job.step_times:
-            self.job.wait_first_reading()
-        self.job.train_step()
-        return super().__call__(batch)
 
 
 @pytest.mark.parametrize("monitor", [True, False], ids=["monitor", "alone"])

@@ -130,3 +130,30 @@ def test_requeue_saves_exits_75_and_the_next_start_carries_the_plan_on(tmp_path,
     assert summary["type"] == "summary"
     assert ends_by(requeue["plan"], deadline_after(began, REQUEUE_DEADLINE_H))
     assert summary["time_shift"]["paused_s"] >= restart["away_s"]
+
+
+@pytest.mark.slow  # 32 real HF steps (10+ s on 2 busy cores); Lightning's twin runs by default
+def test_a_plan_is_made_at_a_logging_step_never_on_a_step_that_logs_nothing(sim_gpus, monkeypatch, tmp_path):
+    # A logging step's review asks for a plan; the check that made it ran first, so the plan (the planner,
+    # the record's line: 40-115 ms) fell on the next step, which logs nothing.
+    from tests.energy_core.shift import manual_job
+    from tests.helpers.hf_models import JobCollator
+
+    job = manual_job.Job(sim_gpus, monkeypatch, tmp_path, hours=[400.0, 380.0] * 3)  # nothing worth a pause
+    energy = EnergyCallback(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series),
+                            record_path=str(job.record), summary=False)  # fmt: skip
+    shift = TimeShiftCallback(deadline=manual_job.deadline_in(6), mode="pause", idle_w=manual_job.IDLE_W)
+    job.reads(energy.tracker, shift.run)
+    one_step = job.train_step
+
+    def slower_after_12() -> None:  # the pace halves: the work left moves, and the run plans again
+        one_step()
+        if len(job.step_times) > 12:
+            job.advance(manual_job.STEP_S)
+
+    job.train_step = slower_after_12  # type: ignore[method-assign]
+    trainer = make_trainer(tmp_path / "out", SeqData(8 * 32), max_steps=32, logging_steps=10)
+    trainer.data_collator = JobCollator(job)
+    attach(trainer, energy, shift)
+    trainer.train()
+    manual_job.assert_plans_at_logging_steps(read_record(job.record), every=10)

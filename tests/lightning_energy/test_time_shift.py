@@ -188,3 +188,26 @@ def test_a_stop_that_min_steps_overrides_does_not_end_the_time_shifts_decisions(
     trainer.fit(job.lightning_module(pl), regression_data(8 * manual_job.STEPS))
     assert trainer.global_step == manual_job.STEPS and trainer.should_stop
     assert monitor.tracker.link.paused_s > manual_job.HOUR  # through the dirty hours, as without the stop request
+
+
+def test_a_plan_is_made_at_a_logging_step_never_on_a_step_that_logs_nothing(sim_gpus, monkeypatch, tmp_path):
+    # A logging step's review asks for a plan; the check that made it ran first, so the plan (the planner,
+    # the record's line: 40-115 ms) fell on the next step, which logs nothing.
+    job = manual_job.Job(sim_gpus, monkeypatch, tmp_path, hours=[400.0, 380.0] * 3)  # nothing worth a pause
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=60, carbon_intensity_series=str(job.series),
+                            record_path=str(job.record))  # fmt: skip
+    shift = TimeShift(deadline=manual_job.deadline_in(6), mode="pause", idle_w=manual_job.IDLE_W)
+    job.reads(monitor.tracker, shift.run)
+    one_step = job.train_step
+
+    def slower_after_12() -> None:  # the pace halves: the work left moves, and the run plans again
+        one_step()
+        if len(job.step_times) > 12:
+            job.advance(manual_job.STEP_S)
+
+    job.train_step = slower_after_12  # type: ignore[method-assign]
+    trainer = pl.Trainer(max_steps=32, accelerator="cpu", logger=False, log_every_n_steps=10,
+                         callbacks=[monitor, shift], enable_checkpointing=False, enable_model_summary=False,
+                         enable_progress_bar=False, limit_val_batches=0)  # fmt: skip
+    trainer.fit(job.lightning_module(pl), regression_data(8 * 32))
+    manual_job.assert_plans_at_logging_steps(read_record(job.record), every=10)

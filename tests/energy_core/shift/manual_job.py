@@ -118,3 +118,13 @@ class Job:
 
 def deadline_in(hours: float) -> datetime:
     return BASE + timedelta(hours=hours)
+
+
+def assert_plans_at_logging_steps(record: list[dict], every: int) -> None:
+    """A time shift plans at a logging step, or where a planned run ends: its first steps (the pace
+    measured) and the step after a pause; never on another step (the plan costs tens of ms)."""
+    shift = [line for line in record if line["type"] == "shift"]
+    plans = [line["step"] for line in shift if line["event"] == "plan"]
+    ends = {plans[0]} | {line["step"] + 1 for line in shift if line["event"] == "resume"}
+    elsewhere = [step for step in plans if step % every and step not in ends]
+    assert len(plans) >= 3 and not elsewhere, plans  # planned again as the pace moved, at logging steps

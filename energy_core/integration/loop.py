@@ -279,12 +279,14 @@ class EnergyLoop:
     def step(self, batch: Any = None) -> dict[str, float]:
         """After an optimizer step: count ``batch`` (if given); every `log_every_n_steps`
         steps, the window's metrics (else ``{}``). Costs a few integer additions otherwise."""
-        if not self._started and not self._said_outside:
-            self._said_outside = True
-            self._show([Notice("warn", OUTSIDE_A_RUN)])
+        self.steps += 1
+        if not self._started:  # before start() or after close(): nothing measured, planned or capped
+            if not self._said_outside:
+                self._said_outside = True
+                self._show([Notice("warn", OUTSIDE_A_RUN)])
+            return {}
         if batch is not None:
             self.monitor.count(batch)
-        self.steps += 1
         metrics: dict[str, float] = {}
         if self.power_cap is not None:
             changed, notices = self.power_cap.step(self.steps)
@@ -391,8 +393,10 @@ class EnergyLoop:
     @property
     def summary(self) -> str:
         """A few lines: energy, CO2e, work, other stages, gaps."""
-        return self.monitor.summary(self.tracker.totals())
+        with self._lock:  # one at a time, as `_one_at_a_time`: a close() under way ends the fit under it
+            return self.monitor.summary(self.tracker.totals())
 
+    @_one_at_a_time
     def state_dict(self) -> dict[str, Any]:
         """The totals and the step count (and a budget's, a target's, a time shift's and a cap
         search's state), for your checkpoint."""
@@ -407,6 +411,7 @@ class EnergyLoop:
             state["time_shift"] = self.time_shift.state_dict()
         return state
 
+    @_one_at_a_time
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue a checkpointed loop (before `start`).
 

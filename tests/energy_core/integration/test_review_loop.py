@@ -256,6 +256,57 @@ def test_a_close_from_another_thread_waits_for_the_step_under_way(sim_gpus, monk
     assert loop.step() == {}  # after the close: nothing, and nothing raised
 
 
+@pytest.mark.parametrize("call", ["state_dict", "summary"])
+def test_a_close_from_another_thread_waits_for_a_checkpoint_or_summary_under_way(sim_gpus, monkeypatch, call) -> None:
+    # The same for the loop's state and its summary, read on the training thread: a close ended the fit
+    # between the tracker's "fitting?" and its read of the fit's start (AttributeError into the loop).
+    sim_gpus(SimGpu("GPU-1", Constant(300.0)))
+    loop = EnergyLoop(devices=["gpu"], sample_interval_s=60, log_every_n_steps=1, notify=lambda notice: None)
+    loop.start()
+    for _ in range(2):
+        time.sleep(0.01)
+        loop.tracker.meter.sampler.sample_once()
+        loop.step()
+    closer = threading.Thread(target=loop.close)
+    real = loop.tracker.meter.read
+
+    def read(*marks):  # the totals read the fit's start: the watchdog closes the loop right then
+        at_start = marks[0] is loop.tracker._accounts.fit_start
+        if threading.current_thread() is threading.main_thread() and at_start and closer.ident is None:
+            closer.start()
+            closer.join(0.5)  # long enough for an unguarded close to end the run under the call
+        return real(*marks)
+
+    monkeypatch.setattr(loop.tracker.meter, "read", read)
+    got = loop.state_dict() if call == "state_dict" else loop.summary
+    closer.join(30)
+    assert closer.ident is not None and not closer.is_alive()
+    if call == "state_dict":
+        assert got["steps"] == 2 and got["energy"]["energy_j"]["gpu"] > 0
+    else:
+        assert got.startswith("Energy: ")
+
+
+def test_a_loop_closed_by_a_watchdog_plans_and_writes_nothing_more(sim_gpus, monkeypatch, tmp_path) -> None:
+    # After a close from another thread the training thread steps on until it notices: the time shift went
+    # on deciding, and its plans reached the record after the run's summary.
+    job = Job(sim_gpus, monkeypatch, tmp_path)
+    shift = TimeShiftRun(deadline=deadline_in(6), mode="pause", idle_w=IDLE_W)
+    loop = job.start(shift)
+    with loop:
+        job.wait_first_reading()
+        job.train(loop, 12)
+        closer = threading.Thread(target=loop.close, args=("watchdog",))
+        closer.start()
+        closer.join(30)
+        for _ in range(25):
+            job.train_step()
+            assert loop.step() == {}
+    record = read_record(job.record)
+    summary = max(i for i, line in enumerate(record) if line["type"] == "summary")
+    assert record[summary]["status"] == "watchdog" and record[summary + 1 :] == []
+
+
 def test_a_close_from_another_thread_cuts_a_time_shifts_pause_short(sim_gpus, monkeypatch, tmp_path) -> None:
     # The pause sleeps inside step(), which holds the loop's lock: a watchdog's close() waited out the whole
     # two-hour pause (on the manual clock) before it could end the run and put a cap back.

@@ -91,7 +91,8 @@ class EnergyMeter:
                 self.kinds, self.explicit, self.cuda_indices, self.node_devices, self.rapl_root, self.cpu_tdp_w
             )
             self.sampler = Sampler(self.sources, self.sample_interval_s, clock=self.clock)
-        self._opened_at, self._hung_until = self.clock(), None  # a run of its own: an earlier one's stall is not its
+        if not self.sampler.running:  # a run of its own: an earlier one's stall is not its (a stage in a fit's is)
+            self._opened_at, self._hung_until = self.clock(), None
         if self.sampler.start() or "hung" in self._silent:
             return self.notices
         self._silent |= {"hung", "sampler"}  # said once, here, rather than again at the next window or the end

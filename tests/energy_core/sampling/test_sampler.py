@@ -138,3 +138,23 @@ def test_meter_marks_resolve_once_samples_arrive(sim_gpus) -> None:
     assert end.joules is not None  # fixed by the reading after it, for good
     counter_j = 2 * 0.02 * 250.0  # a counter period at each end
     assert (joules[1] - joules[0])[0] == pytest.approx(sim.exact_joules(sim.gpus[0], start.t, end.t), abs=counter_j)
+
+
+def test_a_stall_before_a_validation_in_the_fit_is_still_counted_from_its_start(sim_gpus) -> None:
+    # Every stage's start opened the meter again, which took its moment for the start of a run of its own:
+    # a read hung 700 s before a validation inside the fit was counted from the validation's start.
+    from tests.helpers.manual import manual_run
+
+    clock = ManualClock(1000.0)
+    sim_gpus(SimGpu("GPU-1", Constant(300.0)), clock=clock)
+    run = manual_run(clock, devices=["gpu"])
+    run.advance(1.0)
+    clock.advance(700.0)  # no reading for 700 s: a driver call that has not returned
+    before = run.tracker.meter.quality()["gpu0"]["unmeasured_s"]
+    run.tracker.start_stage("val")
+    clock.advance(1.0)
+    after = run.tracker.meter.quality()["gpu0"]
+    run.tracker.meter.sampler.hung = True  # no last reading to wait for at the close
+    run.tracker.close()
+    assert before == pytest.approx(700.0)
+    assert after["unmeasured_s"] == pytest.approx(701.0) and after["estimated_j"] == pytest.approx(300.0 * 701.0)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import threading
 from itertools import pairwise
+from typing import Any
 
 from energy_core.carbon.run_factors import RunFactors
 from energy_core.units import J_PER_KWH
@@ -58,6 +59,17 @@ class Charges:
         self.reach_s = 0.0
         self._doubt = (0.0, 0.0)  # (kg, cost) the charges so far may be off by where factors changed
         self._highest = (0.0, 0.0)  # (kg, cost) per kWh: the highest factors in force up to the last reading
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Without its lock: a callback is pickled whole where the framework starts its processes so
+        (Lightning's ``strategy="ddp_spawn"``), before any reading."""
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._lock = threading.Lock()
 
     def _rates(self, start: float, end: float, kept: bool = False) -> list[tuple[float, tuple[float, float]]]:

@@ -31,8 +31,8 @@ JOB_S = 240  # the most a cell may take, start to exit, beside two CPU-bound pro
 RAY_JOB_S = 500  # a Ray cell, with Ray's start and stop (about 40 s alone, 90 s on a busy machine)
 
 
-def launch(command: list[str], out: Path, limit_s: float = JOB_S) -> list[dict]:
-    """Run a launcher to its end (a hang fails at ``limit_s``); each rank's figures."""
+def launch(command: list[str], out: Path, limit_s: float = JOB_S, ranks: int = 2) -> list[dict]:
+    """Run a launcher to its end (a hang fails at ``limit_s``); each of ``ranks`` ranks' figures."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port())}  # fmt: skip
     try:
@@ -41,7 +41,7 @@ def launch(command: list[str], out: Path, limit_s: float = JOB_S) -> list[dict]:
         pytest.fail(f"the job did not exit within {limit_s} s: {str(hung.stderr)[-3000:]}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     (out / "output.txt").write_text(done.stdout + done.stderr)  # what the job said, for the cells to read
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(ranks)]
 
 
 def check_cell(ranks: list[dict], out: Path, world: int = 2, runs_after: int = 0) -> None:
@@ -97,6 +97,38 @@ def test_torchrun_counts_each_board_once(tmp_path, cell) -> None:
     said = (tmp_path / "output.txt").read_text()
     alone = "torch.distributed is initialised with 2 processes but the Trainer is not parallel"
     assert said.count(alone) == (cell == "hf")  # once, by rank 0, where HF trains each process alone
+
+
+def test_the_callbacks_pickle_whole_and_their_copies_charge_energy() -> None:
+    """What ``ddp_spawn`` (and any launcher that pickles a callback) needs, in one process: a copy that works."""
+    import pickle
+
+    from hf_energy import EnergyCallback
+    from lightning_energy import EnergyMonitor
+
+    for callback in (EnergyMonitor(country="FRA", pue=1.5), EnergyCallback(country="FRA", pue=1.5)):
+        charges = pickle.loads(pickle.dumps(callback)).run.tracker._accounts.charges
+        charges.restart(0.0)
+        charges.take(J_PER_KWH, when=3600.0)  # a kWh, read an hour in, at France's 56.039 g/kWh x PUE 1.5
+        assert charges.at(J_PER_KWH, when=3600.0)[0] == pytest.approx(56.039e-3 * 1.5)
+
+
+@SLOW
+@pytest.mark.timeout(300)
+def test_lightning_ddp_spawn_takes_the_monitor_to_its_processes(tmp_path) -> None:
+    """``strategy="ddp_spawn"`` pickles the Trainer, callbacks and all, to the processes it starts: the
+    monitor's lock made ``fit`` raise ``TypeError: cannot pickle '_thread.lock' object``. The spawned
+    ranks measure (this process's monitor is the copy they were started from): the record is theirs."""
+    launch([sys.executable, *JOB, "lightning-spawn", str(tmp_path)], tmp_path, ranks=0)
+    runs, notes = read_runs(tmp_path / "energy.jsonl")
+    assert len(runs) == 1 and not notes
+    header, summary = runs[0][0], runs[0][-1]
+    assert [len(r["sources"]) for r in header["ranks"]] == [2, 0]  # the node's local rank 0, each board once
+    assert header["trainer"]["world_size"] == 2 and summary["type"] == "summary"
+    bound_j = len(WATTS) * max(WATTS) * COUNTER_PERIOD_S
+    joules = summary["metrics"]["energy/gpu_kwh"] * J_PER_KWH
+    assert joules == pytest.approx(sum(WATTS) * summary["seconds"], abs=2 * bound_j)
+    assert (tmp_path / "output.txt").read_text().count("Energy: ") == 1  # one summary, by rank 0
 
 
 @SLOW

@@ -6,6 +6,7 @@ For tests/behaviour/test_launchers.py, one cell of the launcher matrix per frame
     accelerate launch --multi_gpu --num_processes 2 -m tests.scripts.launcher_job accelerate OUT
     fabric run --accelerator cpu --devices 2 --strategy ddp tests/scripts/launcher_job.py fabric OUT
     python -m tests.scripts.launcher_job ray-lightning|ray-hf|ray-loop OUT       # Ray Train, 2 CPU workers
+    python -m tests.scripts.launcher_job lightning-spawn OUT   # Lightning's strategy="ddp_spawn" starts them
 
 Every process sees the same node: two GPUs drawing 150 W and 250 W (simulated NVML), on which
 no rank trains (CPU workers), so the node's local rank 0 measures both, once. Each script is
@@ -56,14 +57,15 @@ def report(out: Path, tracker: Any, metrics: dict[str, float]) -> None:
 
 
 # ------------------------------------------------------------------ Lightning
-def lightning_job(out: Path, ray: bool = False) -> None:
+def lightning_job(out: Path, ray: bool = False, spawn: bool = False) -> None:
     import lightning.pytorch as pl
 
     from lightning_energy import EnergyMonitor
     from tests.helpers.lightning_models import make_module, regression_data
 
     monitor = EnergyMonitor(log_every_n_steps=5, record_path=out / "energy.jsonl", **MEASURE)
-    options: dict[str, Any] = {"strategy": "ddp", "devices": 2, "callbacks": [monitor]}
+    # ddp_spawn pickles the Trainer, callbacks and all, to the processes it starts
+    options: dict[str, Any] = {"strategy": "ddp_spawn" if spawn else "ddp", "devices": 2, "callbacks": [monitor]}
     if ray:  # as Ray's getting-started example has it, the report callback first
         from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback
 
@@ -86,7 +88,15 @@ def lightning_job(out: Path, ray: bool = False) -> None:
         from ray.train.lightning import prepare_trainer
 
         trainer = prepare_trainer(trainer)
-    trainer.fit(make_module(pl, step_sleep_s=STEP_S), regression_data(320))
+    if spawn:
+        from tests.scripts.spawn_model import Regressor
+
+        module = Regressor(STEP_S)
+    else:
+        module = make_module(pl, step_sleep_s=STEP_S)
+    trainer.fit(module, regression_data(320))
+    if spawn:  # the processes measured: this one's monitor is the copy they were started from
+        return
     report(out, monitor.tracker, monitor.last_metrics)
 
 
@@ -294,6 +304,7 @@ def ray_driver(cell: str, out: Path) -> None:
 
 JOBS = {
     "lightning": lightning_job,
+    "lightning-spawn": lambda out: lightning_job(out, spawn=True),
     "hf": lambda out: hf_job(out, use_cpu=False),
     "hf-cpu": lambda out: hf_job(out, use_cpu=True),
     "hf-evaluate-alone": lambda out: hf_job(out, use_cpu=False, evaluate_alone=True),
@@ -302,6 +313,9 @@ JOBS = {
     "fabric": fabric_job,
 }
 
+
+if __name__ == "__mp_main__":  # a process Lightning's ddp_spawn started: the same node
+    fake_node()
 
 if __name__ == "__main__":
     cell, out_dir = sys.argv[1], Path(sys.argv[2])

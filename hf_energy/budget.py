@@ -11,7 +11,7 @@ from typing_extensions import Unpack
 
 from energy_core.integration import BudgetAction, BudgetArgs, BudgetRun, HasBudgetRun
 from hf_energy.callback import EnergyCallback
-from hf_energy.framework import decision_every, emit, logger, ranks_of, stored_attributes
+from hf_energy.framework import decision_every, emit, logger, ranks_of, speaks, stored_attributes
 from hf_energy.registry import EnergyCallbacks, RunContributor
 
 
@@ -102,14 +102,15 @@ class EnergyBudgetCallback(HasBudgetRun, RunContributor[BudgetRun], TrainerCallb
 
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self._world_zero = state.is_world_process_zero
+        ranks = ranks_of(args)
+        self._world_zero = speaks(state, ranks)
         if self._restored is None:
             self.run.load_state_dict(stored_attributes(state, type(self).__name__).get("budget_state", {}))
         registry = self.begin(kwargs.get("model"), state)
         if self._monitor(registry) is None:  # a budget, target or time shift's, or alone from now (validation too)
             shared = registry.shared_tracker(EnergyCallback) if registry is not None else None
             resumed = state.global_step > 0
-            emit(self.run.bind(shared, ranks_of(args), state.global_step, resumed=resumed), self._world_zero)
+            emit(self.run.bind(shared, ranks, state.global_step, resumed=resumed), self._world_zero)
         return control
 
     @staticmethod

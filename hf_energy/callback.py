@@ -22,7 +22,7 @@ from energy_core.integration import (
     checks,
     scalar_losses,
 )
-from hf_energy.framework import emit, ranks_of, shape_notices, stored_attributes
+from hf_energy.framework import emit, ranks_of, shape_notices, speaks, stored_attributes
 from hf_energy.registry import LogContributor
 
 INFERENCE = "inference"  # provisional stage name: eval or predict is known only at the end
@@ -197,7 +197,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         self.begin(kwargs.get("model"), state)
         ranks = ranks_of(args)
         self._trains_alone = args.world_size <= 1
-        self._world_zero = state.is_world_process_zero and ranks.leads_job  # one process of the job speaks
+        self._world_zero = speaks(state, ranks)
         self._restore_from(state, own_share=ranks.leads_job)
         settings = {
             "max_steps": state.max_steps,

@@ -51,6 +51,12 @@ def rank_gpu(args: TrainingArguments) -> int | None:
     return (args.device.index or 0) if args.device.type == "cuda" else None
 
 
+def speaks(state: TrainerState, ranks: Ranks) -> bool:
+    """Whether this process says the job's messages: HF's world process zero and the job's leader (where
+    the Trainer is not parallel in a process group, every process is HF's world process zero)."""
+    return state.is_world_process_zero and ranks.leads_job
+
+
 def ranks_of(args: TrainingArguments) -> Ranks:
     """This process's part in the job.
 

@@ -11,7 +11,7 @@ from typing_extensions import Unpack
 
 from energy_core.integration import CapArgs, EnergyTracker, PowerCapRun
 from hf_energy.callback import EnergyCallback
-from hf_energy.framework import emit, ranks_of, stored_attributes
+from hf_energy.framework import emit, ranks_of, speaks, stored_attributes
 from hf_energy.registry import LogContributor
 
 
@@ -89,10 +89,11 @@ class PowerCapCallback(LogContributor, TrainerCallback, ExportableState):
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.begin(kwargs.get("model"), state)
-        self._world_zero = state.is_world_process_zero
+        ranks = ranks_of(args)
+        self._world_zero = speaks(state, ranks)
         if not self._restored:
             self.run.load_state_dict(stored_attributes(state, type(self).__name__).get("cap_state"))
-        emit(self.run.begin(ranks_of(args), self._tracker(), state.max_steps, step=state.global_step), self._world_zero)
+        emit(self.run.begin(ranks, self._tracker(), state.max_steps, step=state.global_step), self._world_zero)
         self._pending.update(self.run.figures())
         return control
 

@@ -11,7 +11,7 @@ from typing_extensions import Unpack
 
 from energy_core.integration import HasTargetRun, TargetArgs, TargetRun
 from hf_energy.callback import EnergyCallback
-from hf_energy.framework import emit, logger, ranks_of
+from hf_energy.framework import emit, logger, ranks_of, speaks
 from hf_energy.registry import LogContributor, RunContributor
 
 EVAL = "eval_"  # the prefix the HF Trainer gives every evaluation metric during training
@@ -176,7 +176,8 @@ class EnergyToTargetCallback(HasTargetRun, RunContributor[TargetRun], TrainerCal
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         registry = self.begin(kwargs.get("model"), state)
-        self._world_zero = state.is_world_process_zero
+        ranks = ranks_of(args)
+        self._world_zero = speaks(state, ranks)
         self._datasets = {}
         stored = self._stored_state(state)
         if stored is not None:  # this target's newest entry, even where HF restored a stale one
@@ -184,7 +185,7 @@ class EnergyToTargetCallback(HasTargetRun, RunContributor[TargetRun], TrainerCal
         elif self._restored is None:
             self.run.load_state_dict({})
         shared = registry.shared_tracker(EnergyCallback) if registry is not None else None
-        emit(self.run.bind(shared, ranks_of(args), state.global_step, resumed=state.global_step > 0), self._world_zero)
+        emit(self.run.bind(shared, ranks, state.global_step, resumed=state.global_step > 0), self._world_zero)
         return control
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):

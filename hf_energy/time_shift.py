@@ -12,7 +12,7 @@ from typing_extensions import Unpack
 from energy_core.integration import TimeShiftArgs, TimeShiftRun
 from hf_energy.budget import act
 from hf_energy.callback import EnergyCallback
-from hf_energy.framework import decision_every, emit, ranks_of, stored_attributes
+from hf_energy.framework import decision_every, emit, ranks_of, speaks, stored_attributes
 from hf_energy.registry import RunContributor
 
 
@@ -89,11 +89,12 @@ class TimeShiftCallback(RunContributor[TimeShiftRun], TrainerCallback, Exportabl
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         registry = self.begin(kwargs.get("model"), state)
-        self._world_zero = state.is_world_process_zero
+        ranks = ranks_of(args)
+        self._world_zero = speaks(state, ranks)
         if self._restored is None:
             self.run.load_state_dict(stored_attributes(state, type(self).__name__).get("shift_state", {}))
         shared = registry.shared_tracker(EnergyCallback) if registry is not None else None
-        notices = self.run.bind(shared, ranks_of(args), state.global_step, resumed=state.global_step > 0)
+        notices = self.run.bind(shared, ranks, state.global_step, resumed=state.global_step > 0)
         emit(notices, self._world_zero)
         self._begun = False
         return control

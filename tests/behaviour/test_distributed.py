@@ -35,6 +35,7 @@ def run_ranks(command: list[str], out: Path, world: int = 2) -> list[dict]:
            "MASTER_PORT": str(free_port())}  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    (out / "output.txt").write_text(done.stdout + done.stderr)  # what the job said
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 

@@ -99,6 +99,16 @@ def test_torchrun_counts_each_board_once(tmp_path, cell) -> None:
     assert said.count(alone) == (cell == "hf")  # once, by rank 0, where HF trains each process alone
 
 
+@SLOW
+@pytest.mark.timeout(300)
+def test_hf_budget_beside_the_monitor_is_said_once_by_the_job(tmp_path) -> None:
+    """Every process of a Trainer that is not parallel (HF's default arguments on CPU workers) is HF's
+    world process zero: each said the budget's stop, where the monitor beside it spoke once."""
+    ranks = launch(torchrun(*JOB, "hf-budget", str(tmp_path)), tmp_path)
+    assert ranks[1]["metrics"]["energy/total_kwh"] == pytest.approx(ranks[0]["metrics"]["energy/total_kwh"])
+    assert (tmp_path / "output.txt").read_text().count("Energy budget spent at step") == 1
+
+
 def test_the_callbacks_pickle_whole_and_their_copies_charge_energy() -> None:
     """What ``ddp_spawn`` (and any launcher that pickles a callback) needs, in one process: a copy that works."""
     import pickle

@@ -2,7 +2,7 @@
 
 For tests/behaviour/test_launchers.py, one cell of the launcher matrix per framework:
 
-    torchrun --nproc_per_node=2 -m tests.scripts.launcher_job lightning|hf|hf-cpu|loop|accelerate OUT
+    torchrun --nproc_per_node=2 -m tests.scripts.launcher_job lightning|hf|hf-cpu|hf-budget|loop|accelerate OUT
     accelerate launch --multi_gpu --num_processes 2 -m tests.scripts.launcher_job accelerate OUT
     fabric run --accelerator cpu --devices 2 --strategy ddp tests/scripts/launcher_job.py fabric OUT
     python -m tests.scripts.launcher_job ray-lightning|ray-hf|ray-loop OUT       # Ray Train, 2 CPU workers
@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from energy_core import J_PER_KWH
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
 from tests.doubles.vendors import simulate_for_process
@@ -101,12 +102,13 @@ def lightning_job(out: Path, ray: bool = False, spawn: bool = False) -> None:
 
 
 # ------------------------------------------------------------------ Hugging Face Trainer
-def hf_job(out: Path, use_cpu: bool, ray: bool = False, evaluate_alone: bool = False) -> None:
+def hf_job(out: Path, use_cpu: bool, ray: bool = False, evaluate_alone: bool = False, budget: bool = False) -> None:
     """HF's Trainer; a user's callback logs on world process zero alone once (``trainer.log`` is no collective
-    in HF); with ``evaluate_alone``, rank 0 alone evaluates after training, then every rank meets at a barrier."""
+    in HF); with ``evaluate_alone``, rank 0 alone evaluates after training, then every rank meets at a barrier;
+    with ``budget``, an energy budget beside the monitor stops the job half-way."""
     from transformers import TrainerCallback
 
-    from hf_energy import EnergyCallback, attach
+    from hf_energy import EnergyBudgetCallback, EnergyCallback, attach
     from tests.helpers.hf_models import SeqData, make_trainer
 
     class LogsOnRankZero(TrainerCallback):
@@ -125,7 +127,8 @@ def hf_job(out: Path, use_cpu: bool, ray: bool = False, evaluate_alone: bool = F
 
         trainer.add_callback(RayTrainReportCallback())
         trainer = prepare_trainer(trainer)
-    energy = attach(trainer, EnergyCallback(record_path=out / "energy.jsonl", summary=False, **MEASURE))
+    limit = [EnergyBudgetCallback(max_kwh=sum(BOARDS.values()) * 0.5 / J_PER_KWH)] if budget else []  # 0.5 s
+    energy = attach(trainer, EnergyCallback(record_path=out / "energy.jsonl", summary=False, **MEASURE), *limit)
     trainer.train()
     report(out, energy.tracker, energy.last_metrics)
     if evaluate_alone:
@@ -308,6 +311,7 @@ JOBS = {
     "hf": lambda out: hf_job(out, use_cpu=False),
     "hf-cpu": lambda out: hf_job(out, use_cpu=True),
     "hf-evaluate-alone": lambda out: hf_job(out, use_cpu=False, evaluate_alone=True),
+    "hf-budget": lambda out: hf_job(out, use_cpu=False, budget=True),
     "loop": loop_job,
     "accelerate": accelerate_job,
     "fabric": fabric_job,

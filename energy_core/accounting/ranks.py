@@ -35,6 +35,7 @@ from typing import Any
 from energy_core import checks
 from energy_core.accounting.figures import STAGES, RunTotals, WindowFigures
 from energy_core.devices import DEVICE_KINDS, visible_boards
+from energy_core.devices.cpu_estimate import Process, this_process
 
 UNLOGGED_DECIDE_EVERY = 50  # steps between a job's decisions (a collective each) where no step is logged
 
@@ -68,6 +69,7 @@ class Ranks:
     any: Callable[[bool], bool] | None = None
     gpu_shared: bool = False
     node_boards: tuple[str, ...] = ()
+    node_peers: tuple[Process, ...] = ()  # the other ranks of this rank's node (`this_process` of each)
 
     @property
     def distributed(self) -> bool:
@@ -146,7 +148,7 @@ class Ranks:
         """
         if not self.distributed or self.gather is None:
             return self
-        everyone = self.gather((socket.gethostname(), node_of(), board_of(self.gpu_index)))
+        everyone = self.gather((socket.gethostname(), node_of(), board_of(self.gpu_index), this_process()))
         return replace(self, **board_roles(everyone, self.rank))
 
     def gather_all(self, obj: Any) -> list[Any] | None:
@@ -236,12 +238,12 @@ def torch_distributed(
         return total([1.0 if flag else 0.0])[0] > 0
 
     rank = dist.get_rank()
-    everyone = gather((socket.gethostname(), node_of(), launched()[2], board_of(gpu_index)))
+    everyone = gather((socket.gethostname(), node_of(), launched()[2], board_of(gpu_index), this_process()))
     if local_rank is None:
-        places = [((host, node), local) for host, node, local, _ in everyone if local is not None]
+        places = [((host, node), local) for host, node, local, _, _ in everyone if local is not None]
         inherited = len(set(places)) < len(places)  # one LOCAL_RANK twice on one node: not the ranks' own
-        local_rank = local_rank_among([(host, None if inherited else local) for host, _, local, _ in everyone], rank)
-    boards = [(host, node, board) for host, node, _, board in everyone]
+        local_rank = local_rank_among([(host, None if inherited else local) for host, _, local, _, _ in everyone], rank)
+    boards = [(host, node, board, process) for host, node, _, board, process in everyone]
     return Ranks(rank, local_rank, dist.get_world_size(), gpu_index, total, gather, any_rank,
                  **board_roles(boards, rank))  # fmt: skip
 
@@ -291,12 +293,15 @@ def board_of(gpu_index: int | None) -> str | None:
     return next((f"{b.vendor}:{b.uuid}" for b in boards if b.index == gpu_index), None)
 
 
-def board_roles(everyone: Sequence[tuple[str, str, str | None]], rank: int) -> dict[str, Any]:
-    """`Ranks`' ``gpu_shared`` and ``node_boards`` for ``rank``, from every rank's (host, `node_of`,
-    `board_of`): the one gather a job makes at setup, read the same way wherever it is made."""
-    boards = [(host, board) for host, _, board in everyone]
-    nodes = [((host, node), board) for host, node, board in everyone]
-    return {"gpu_shared": shared_board(boards, rank), "node_boards": node_boards(nodes, rank)}
+def board_roles(everyone: Sequence[tuple[str, str, str | None, Process]], rank: int) -> dict[str, Any]:
+    """`Ranks`' ``gpu_shared``, ``node_boards`` and ``node_peers`` for ``rank``, from every rank's (host,
+    `node_of`, `board_of`, `this_process`): the one gather a job makes at setup, read the same way
+    wherever it is made."""
+    boards = [(host, board) for host, _, board, _ in everyone]
+    nodes = [((host, node), board) for host, node, board, _ in everyone]
+    node = nodes[rank][0]
+    peers = tuple(everyone[r][3] for r, (place, _) in enumerate(nodes) if place == node and r != rank)
+    return {"gpu_shared": shared_board(boards, rank), "node_boards": node_boards(nodes, rank), "node_peers": peers}
 
 
 def shared_board(everyone: Sequence[tuple[str, str | None]], rank: int) -> bool:

@@ -25,7 +25,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +115,37 @@ def visible_cpus() -> float:
     return count
 
 
+Process = tuple[int, float]  # a process as a job's ranks name it to each other: (pid, its start time)
+
+
+def this_process() -> Process:
+    """This process, as the other ranks of its node find it (`ProcessTree`'s ``peers``)."""
+    return os.getpid(), psutil.Process().create_time()
+
+
+def _opened(peers: Sequence[Process]) -> list[psutil.Process]:
+    """The processes ``peers`` name that are still the ones named (the same pid and start time: a pid of
+    another namespace, or reused, names another process)."""
+    found = []
+    for pid, started in peers:
+        try:
+            process = psutil.Process(pid)
+            if abs(process.create_time() - started) < 0.01:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
 class ProcessTree:
-    """CPU time and resident memory of a process and its descendants.
+    """CPU time and resident memory of a process and its descendants, and of its peers and theirs.
 
     Args:
         pid: The root process (default: this one).
         clock: Seconds, for the scans and the pace of the charge (default: monotonic).
+        peers: Other processes measured with it, with their descendants: the other ranks of a job's
+            node, which a launcher such as torchrun starts beside this one rather than under it (a
+            process found twice, one rank the child of another, counts once).
 
     Descendants are listed every `CHILD_SCAN_S` (a full scan reads every process's
     /proc entry); their times are read at every call. The total grows by what each
@@ -135,8 +160,11 @@ class ProcessTree:
     ended first, and it was handed to init).
     """
 
-    def __init__(self, pid: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, pid: int | None = None, clock: Callable[[], float] = time.monotonic, peers: Sequence[Process] = ()
+    ) -> None:
         self.root = psutil.Process(pid)
+        self.peers = _opened(peers)
         self.clock = clock
         self._children: list[psutil.Process] = []
         self._scanned = -math.inf
@@ -149,10 +177,14 @@ class ProcessTree:
     def _descendants(self, now: float) -> list[psutil.Process]:
         if now - self._scanned >= CHILD_SCAN_S:
             self._scanned = now
-            try:
-                self._children = self.root.children(recursive=True)
-            except psutil.Error:
-                self._children = []
+            found: dict[int, psutil.Process] = {}
+            for top, itself in ((self.root, False), *((peer, True) for peer in self.peers)):
+                try:
+                    family = [top, *top.children(recursive=True)] if itself else top.children(recursive=True)
+                except psutil.Error:  # ended: its time is in its parent's, where that is measured
+                    continue
+                found.update((process.pid, process) for process in family if process.pid != self.root.pid)
+            self._children = list(found.values())
         return self._children
 
     def _times(self, now: float) -> dict[tuple[int, float], tuple[float, float]]:
@@ -216,7 +248,7 @@ class EstimatedCpuSource(EnergySource):
 
     def __init__(self, w_per_thread: float, detail: str, tree: ProcessTree | None = None) -> None:
         self.w_per_thread = w_per_thread
-        self.tree = tree or ProcessTree()
+        self.tree = tree or ProcessTree()  # with the node's other ranks, where `estimate_cpu` was given them
         self.max_power_w = 2 * w_per_thread * max(1.0, visible_cpus())
         self._base_s = self.tree.cpu_seconds()
         self.info = SourceInfo(name="cpu0", kind="cpu", method="process-cpu-time-x-w-per-thread", estimated=True,
@@ -246,11 +278,14 @@ class EstimatedDramSource(EnergySource):
         return Reading(watts=DRAM_W_PER_GB * self.tree.rss_bytes() / 1e9)
 
 
-def estimate_cpu(cpu_tdp_w: float | None = None) -> tuple[EstimatedCpuSource, list[Notice]]:
+def estimate_cpu(
+    cpu_tdp_w: float | None = None, peers: Sequence[Process] = ()
+) -> tuple[EstimatedCpuSource, list[Notice]]:
     """An estimated CPU source and the one warning that says it is an estimate.
 
     Args:
         cpu_tdp_w: The socket's TDP in W, instead of codecarbon's table.
+        peers: The other ranks of this node, measured with this process (`ProcessTree`).
     """
     model, sockets = cpu_model()
     threads = threads_per_socket(model, sockets)
@@ -275,13 +310,14 @@ def estimate_cpu(cpu_tdp_w: float | None = None) -> tuple[EstimatedCpuSource, li
         advice = ""
     text = (
         f"CPU energy is ESTIMATED, not read from a hardware counter (no readable RAPL): {per_thread:.3g} W per busy "
-        f"thread x the CPU time of this process and its children ({model}: {why}).{advice}"
+        f"thread x the CPU time of this process{' and the node' + chr(39) + 's other ranks' if peers else ''} and "
+        f"their children ({model}: {why}).{advice}"
     )
-    return EstimatedCpuSource(per_thread, detail), [Notice("warn", text)]
+    return EstimatedCpuSource(per_thread, detail, ProcessTree(peers=peers)), [Notice("warn", text)]
 
 
-def estimate_dram() -> tuple[EstimatedDramSource, list[Notice]]:
-    """An estimated DRAM source and the one warning that says it is an estimate."""
-    source = EstimatedDramSource()
+def estimate_dram(peers: Sequence[Process] = ()) -> tuple[EstimatedDramSource, list[Notice]]:
+    """An estimated DRAM source and the one warning that says it is an estimate (``peers``: as `estimate_cpu`)."""
+    source = EstimatedDramSource(ProcessTree(peers=peers))
     text = f"DRAM energy is ESTIMATED (no readable RAPL DRAM domain): {source.info.detail}."
     return source, [Notice("warn", text)]

@@ -69,6 +69,19 @@ def test_hf_torchrun_budget_without_logging_steps_stops_within_the_epoch(tmp_pat
     assert rank0["step"] == rank1["step"] == UNLOGGED_DECIDE_EVERY
 
 
+@pytest.mark.slow  # about 10 s of two processes
+@pytest.mark.timeout(300)
+def test_torchrun_cpu_estimate_counts_every_rank_of_the_node(tmp_path) -> None:
+    """Without RAPL the CPU is estimated from process time. torchrun starts the ranks beside each other:
+    the node's local rank 0 counted its own tree alone, half the job's CPU energy."""
+    rank0, rank1 = run_ranks(torchrun("-m", "tests.scripts.cpu_estimate_job", str(tmp_path)), tmp_path)
+    per_thread = rank0["w_per_thread"]
+    assert per_thread and rank1["w_per_thread"] is None  # the node's CPU, measured by its local rank 0
+    assert rank1["cpu_j"] == pytest.approx(rank0["cpu_j"])  # the job's figure on every rank
+    both = per_thread * (rank0["cpu_s"] + rank1["cpu_s"])  # each busy over 1 s; the estimate's span a little wider
+    assert both <= rank0["cpu_j"] <= both * 1.15
+
+
 @pytest.mark.slow  # about 9 s of two processes
 @pytest.mark.timeout(300)
 def test_an_exception_on_one_rank_does_not_hang_the_job(tmp_path) -> None:

@@ -158,11 +158,12 @@ def test_lightning_ranks_tell_a_rank_that_shares_its_board(sim_gpus, monkeypatch
         world_size, global_rank, local_rank, strategy = 2, 1, 1, Strategy()
 
     def gather_both(gathered: list, obj: Any, group: Any = None) -> None:
-        gathered[:] = [(socket.gethostname(), "", "nvidia:GPU-only"), obj]
+        gathered[:] = [(socket.gethostname(), "", "nvidia:GPU-only", (4242, 1.0)), obj]  # rank 0: (pid, start)
 
     monkeypatch.setattr(dist, "all_gather_object", gather_both)
     ranks = ranks_of(Trainer())
     assert ranks.gpu_shared and ranks.gpu_indices == [] and ranks.node_boards == ("nvidia:GPU-only",)
+    assert ranks.node_peers == ((4242, 1.0),)  # the other rank of its node, for the CPU estimate
 
 
 def test_agree_without_any_still_agrees_through_the_sum() -> None:
@@ -203,12 +204,15 @@ def test_a_local_rank_every_rank_of_a_node_inherited_is_not_taken(monkeypatch) -
 
 def test_two_torchrun_nodes_on_one_host_keep_their_local_ranks(monkeypatch) -> None:
     host = socket.gethostname()
-    everyone = [(host, node, local, None) for node in ("0", "1") for local in (0, 1)]
-    locals_ = []
+    process = {("0", 0): (100, 5.0), ("0", 1): (101, 5.0), ("1", 0): (110, 5.0), ("1", 1): (111, 5.0)}  # (pid, start)
+    everyone = [(host, node, local, None, process[node, local]) for node in ("0", "1") for local in (0, 1)]
+    seen = []
     for rank in range(4):
         _fake_group(monkeypatch, rank, everyone)
-        locals_.append(torch_distributed(gpu_index=None).local_rank)
-    assert locals_ == [0, 1, 0, 1]
+        seen.append(torch_distributed(gpu_index=None))
+    assert [r.local_rank for r in seen] == [0, 1, 0, 1]
+    # each node's other rank, whose CPU time the node's leader estimates with its own; not the other node's
+    assert [r.node_peers for r in seen] == [((101, 5.0),), ((100, 5.0),), ((111, 5.0),), ((110, 5.0),)]
 
 
 @pytest.mark.parametrize(

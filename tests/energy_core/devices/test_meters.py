@@ -265,6 +265,40 @@ def test_the_process_tree_counts_children_and_never_goes_back() -> None:
     assert tree.cpu_seconds() >= with_child  # it ended: its time stays counted
 
 
+def test_the_process_tree_counts_its_peers_the_node_s_other_ranks_once() -> None:
+    # torchrun starts a node's ranks beside each other, not under local rank 0, which measures the node: its
+    # estimate counted its own tree alone, half the CPU energy of a 2-rank job (a third of 3 ranks...).
+    import subprocess
+    import sys
+
+    burn = "import time\nt=time.process_time()\nwhile time.process_time()-t<0.3: pass\ntime.sleep(30)"
+    rank0 = subprocess.Popen([sys.executable, "-c", "import time\ntime.sleep(30)"])  # measures, itself idle
+    rank1 = subprocess.Popen([sys.executable, "-c", burn])  # its sibling: busy for 0.3 s of CPU
+    try:
+        peer = psutil.Process(rank1.pid)
+        named = (rank1.pid, peer.create_time())
+        tree = cpu_estimate.ProcessTree(rank0.pid, peers=[named, named])  # named twice: counted once
+        other = cpu_estimate.ProcessTree(rank0.pid, peers=[(rank1.pid, peer.create_time() - 5.0)])  # a reused pid
+        ours = cpu_estimate.ProcessTree(peers=[named])  # the test's own tree: the peer is a child, counted once
+        before = tree.cpu_seconds(), other.cpu_seconds(), ours.cpu_seconds()
+        busy = sum(peer.cpu_times()[:2])
+        deadline = time.monotonic() + 60
+        while sum(peer.cpu_times()[:2]) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        used = sum(peer.cpu_times()[:2]) - busy
+        for each in (tree, other, ours):
+            each._scanned = -1e9
+        after = tree.cpu_seconds(), other.cpu_seconds(), ours.cpu_seconds()
+    finally:
+        for process in (rank0, rank1):
+            process.kill()
+            process.wait()
+    assert used >= 0.2
+    assert after[0] - before[0] == pytest.approx(used, abs=0.05)  # the sibling's time, and rank 0's idle
+    assert after[1] - before[1] < 0.05  # not the process a reused pid now names
+    assert used - 0.05 <= after[2] - before[2] <= used + 0.3  # once, with the test's own time since
+
+
 class FakeProcess:
     """A process as psutil shows it on a clock: its CPU seconds (``busy(t)``, user), its birth, the
     children alive, and the times of those it waited for (``children_user``)."""

@@ -82,7 +82,7 @@ def test_two_nodes_on_one_host_each_name_only_their_own_boards(sim_gpus, monkeyp
 
     sim_gpus(board("GPU-1"), board("GPU-2"), board("GPU-3"), board("GPU-4"))
     host = socket.gethostname()
-    everyone = [(host, node, local, f"nvidia:GPU-{i + 1}") for i, (node, local) in
+    everyone = [(host, node, local, f"nvidia:GPU-{i + 1}", (100 + i, 5.0)) for i, (node, local) in
                 enumerate([("0", 0), ("0", 1), ("1", 0), ("1", 1)])]  # fmt: skip
     seen = []
     for rank in range(4):

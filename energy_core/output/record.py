@@ -251,6 +251,9 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")  # NaN and Infinity: the writer never writes them
 
 
+# One decoder for every line: ``json.loads`` with an argument makes one per call, which was a fifth of
+# the time a file of damaged lines took.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -270,7 +273,7 @@ def _unicode(value: Any) -> Any:
 def parse_line(raw: str) -> tuple[dict[str, Any] | None, str]:
     """One record line: (the line, "") when it is one, else (None, why not)."""
     try:
-        line = json.loads(raw, parse_constant=_refuse_constant)
+        line = _DECODER.decode(raw)
         if _SURROGATE_ESCAPE.search(raw):  # maybe a lone surrogate (a pair is one character once read)
             line = _unicode(line)
     except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
@@ -287,14 +290,67 @@ def parse_line(raw: str) -> tuple[dict[str, Any] | None, str]:
     return line, ""
 
 
+# Of each reason a line is skipped, the lines named one by one: the rest are counted in one note, so a
+# file of a million damaged lines (another user's, or a disk's) gives a few notes, not a million.
+NAMED_PER_REASON = 3
+
+
+class Skipped:
+    """The lines a reader skipped, kept bounded: of each reason (not JSON, a field of the wrong type,
+    over `MAX_LINE_BYTES`, a run whose header is not in the file) the first `NAMED_PER_REASON` lines
+    are named, and the others counted in one more note. The reasons are the reader's own (a few dozen at
+    most), so the notes of a file stay a few KB whatever it holds.
+
+    Example:
+        >>> skipped = Skipped()
+        >>> for number in range(1, 7):
+        ...     skipped.add(number, "is not JSON")
+        >>> skipped.notes()[-2:]
+        ['line 3 is not JSON: skipped', '3 more lines skipped for the same reason as line 3, the last of them line 6']
+    """
+
+    def __init__(self) -> None:
+        self.count = 0  # every line skipped
+        self._named: dict[str, list[int]] = {}  # reason: the numbers of the lines named
+        self._more: dict[str, list[int]] = {}  # reason: [how many more, the number of the last]
+
+    def add(self, number: int, why: str) -> None:
+        """Line ``number`` was skipped because it ``why`` ("is not JSON ...")."""
+        self.count += 1
+        named = self._named.setdefault(why, [])
+        if len(named) < NAMED_PER_REASON:
+            named.append(number)
+            return
+        more = self._more.setdefault(why, [0, 0])
+        more[0] += 1
+        more[1] = number
+
+    def notes(self) -> list[str]:
+        """One note per line named, then, for a reason with more lines, one with their count."""
+        found = []
+        for why, numbers in self._named.items():
+            found += [f"line {number} {why}: skipped" for number in numbers]
+            if why in self._more:
+                count, last = self._more[why]
+                found.append(f"{count:,} more lines skipped for the same reason as line {numbers[-1]}, the last of "
+                             f"them line {last}")  # fmt: skip
+        return found
+
+
 def _raw_lines(path: Path) -> Iterator[tuple[int, str | None]]:
     """(number, text) of each line, read one at a time; text None for a line over `MAX_LINE_BYTES`.
 
     Raises:
-        OSError: ``path`` cannot be opened, or is not a regular file (a FIFO would block the read
-            for ever: the open never waits, and the kind is checked on the descriptor).
+        OSError: ``path`` cannot be opened, is a symbolic link (not followed: another user could have
+            planted it, pointing at a file of yours), or is not a regular file (a FIFO would block the
+            read for ever: the open never waits, and the kind is checked on the descriptor).
     """
-    fd = open_regular(path)
+    try:
+        fd = open_regular(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OSError(err.errno, "it is a symbolic link, which is not followed", str(path)) from None
+        raise
     if fd is None:
         raise OSError(errno.EINVAL, "not a regular file (a FIFO, a device or a socket)", str(path))
     with open(fd, "rb") as handle:
@@ -309,24 +365,27 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, str | None]]:
                 yield number, raw.decode("utf-8", errors="replace")
 
 
-def record_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]] | str]:
+def record_lines(path: Path, skipped: Skipped) -> Iterator[tuple[int, dict[str, Any]]]:
     """The lines of a record, one at a time: (the index of its run, the line) for each run-record
-    line, a note (str) for each line skipped.
+    line; each line skipped is added to ``skipped``.
 
     A header opens a run; a line joins the run of its id (runs appending to one file at once
     stay apart); a line without an id (older records) joins the run of the header before it.
+
+    Raises:
+        OSError: as `_raw_lines`.
     """
     run_of: dict[str, int] = {}
     runs = 0
     for number, raw in _raw_lines(path):
         if raw is None:
-            yield f"line {number} is over {MAX_LINE_BYTES // 1024} KiB: skipped"
+            skipped.add(number, f"is over {MAX_LINE_BYTES // 1024} KiB")
             continue
         if not raw.strip():
             continue
         line, why = parse_line(raw)
         if line is None:
-            yield f"line {number} {why}: skipped"
+            skipped.add(number, why)
             continue
         run_id = line.get("run")
         if line["type"] == HEADER:
@@ -337,22 +396,23 @@ def record_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]] | str]:
         elif run_id is not None and run_id in run_of:
             yield run_of[run_id], line
         elif run_id is not None:
-            yield f"line {number} belongs to a run whose header is not in this file: skipped"
+            skipped.add(number, "belongs to a run whose header is not in this file")
         elif runs:
             yield runs - 1, line
 
 
 def read_runs(path: Path) -> tuple[list[list[dict[str, Any]]], list[str]]:
     """The runs in a record (each a list of lines, header first) and notes on the lines skipped
-    (see `record_lines`: damaged lines are named, never a reason to fail)."""
+    (see `record_lines` and `Skipped`: damaged lines are named, the first few of each kind, and
+    counted, never a reason to fail).
+
+    Raises:
+        OSError: ``path`` cannot be opened, is a symbolic link (not followed) or not a regular file.
+    """
     runs: list[list[dict[str, Any]]] = []
-    notes: list[str] = []
-    for item in record_lines(Path(path)):
-        if isinstance(item, str):
-            notes.append(item)
-            continue
-        index, line = item
+    skipped = Skipped()
+    for index, line in record_lines(Path(path), skipped):
         if index == len(runs):
             runs.append([])
         runs[index].append(line)
-    return runs, notes
+    return runs, skipped.notes()

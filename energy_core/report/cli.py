@@ -21,13 +21,15 @@ Tables follow the terminal's width (or COLUMNS).
 A RECORD is a JSON-lines file written with record_path=...; a directory is
 not read: its *.jsonl files are listed, to pass them instead. A missing, empty
 or foreign file gives a one-line error; a truncated record (a crashed run) is
-reported as far as it goes, and a damaged line is skipped, each with a note
-naming the line. Files are read one line at a time. Text from the records is
-shown with its control characters written out (\\x1b), never sent to the
-terminal as is. The plots and the page go to RECORD.report/ beside the first
-record when that is a folder of yours alone (made if missing), else to a fresh
-folder, which a note names; no link is followed. The exit status is non-zero
-when nothing could be read or written.
+reported as far as it goes, and a damaged line is skipped with a note naming
+it (the first three of each kind; the others are counted in one more note).
+Files are read one line at a time. A RECORD that is a symbolic link is not
+read (one line says so). Text from the records is shown with its control
+characters written out (\\x1b), never sent to the terminal as is. The plots
+and the page go to RECORD.report/ beside the first record when that is a
+folder of yours alone (made if missing), else to a fresh folder, which a note
+names; no link is followed. The exit status is non-zero when nothing could be
+read or written.
 """
 
 from __future__ import annotations
@@ -50,9 +52,9 @@ from energy_core.output import units_text as show
 from energy_core.output.summary import ESTIMATES, GUIDE, STAGE_NAMES, estimate_mark
 from energy_core.report import targets
 from energy_core.report.folder import FolderError, ReportFolder
-from energy_core.report.runs import Run, amount, bound_of, utc
+from energy_core.report.runs import Run, amount, bound_of, pue, utc
 from energy_core.report.runs import read as read_record
-from energy_core.units import MAX_CO2E_KG, MAX_COST, MAX_G_PER_KWH, MAX_JOULES, MAX_KWH, MAX_PUE, MAX_RUN_W, MAX_SECONDS
+from energy_core.units import MAX_CO2E_KG, MAX_COST, MAX_G_PER_KWH, MAX_JOULES, MAX_KWH, MAX_RUN_W, MAX_SECONDS
 
 SUMMARY_HEAD = [
     "run",
@@ -100,7 +102,7 @@ def run_row(label: str, run: Run) -> list[str]:
     stage_kwh = summary.get("stage_kwh") if isinstance(summary.get("stage_kwh"), dict) else {}
     stages = [(name, amount(stage_kwh, stage, MAX_KWH) or amount(metrics, keys.stage_kwh(stage), MAX_KWH))
               for stage, name in STAGE_NAMES.items()]  # fmt: skip
-    g_per_kwh, pue = amount(carbon, "g_per_kwh", MAX_G_PER_KWH), amount(carbon, "pue", MAX_PUE)
+    g_per_kwh, run_pue = amount(carbon, "g_per_kwh", MAX_G_PER_KWH), pue(carbon)
     kinds_measured = [k for k in DEVICE_KINDS if amount(metrics, keys.kind_kwh(k), MAX_KWH) is not None]
     total_mark = estimate_mark(kinds_measured, estimated)
     return [
@@ -108,7 +110,7 @@ def run_row(label: str, run: Run) -> list[str]:
         status,
         show.energy_kwh(total) + total_mark if total is not None else "-",
         shown(metrics, keys.CO2E_KG, show.mass, MAX_CO2E_KG),
-        f"{'?' if g_per_kwh is None else f'{g_per_kwh:.4g}'} x {'?' if pue is None else pue}",
+        f"{'?' if g_per_kwh is None else f'{g_per_kwh:.4g}'} x {'?' if run_pue is None else run_pue}",
         shown(cost, "total", lambda total: show.money(total, printable(str(cost.get("currency") or ""))), MAX_COST),
         shown(summary, "mean_power_w", show.power, MAX_RUN_W),
         shown(summary, "seconds", show.duration, MAX_SECONDS),
@@ -216,13 +218,20 @@ def print_table(head: list[str], rows: list[list[str]], title: str, right: int =
 
 
 def directory_hint(path: Path, shown: int = 5) -> str:
-    """What to pass instead of a directory: the run records under it, if any."""
-    found = sorted(path.rglob("*.jsonl"))
+    """What to pass instead of a directory: the run records under it, if any (a link among them is
+    left out and counted: it would be refused)."""
+    found, links = [], 0
+    for record in sorted(path.rglob("*.jsonl")):  # (a link to a folder is not entered)
+        if record.is_symlink():
+            links += 1  # refused if passed: not listed
+        else:
+            found.append(record)
+    left = f"; {links} symbolic link{'s' if links > 1 else ''} left out (not followed)" if links else ""
     if not found:
-        return "no *.jsonl run record in it"
+        return "no *.jsonl run record in it" + left
     names = " ".join(shlex.quote(str(p)) for p in found[:shown])
     more = f" (and {len(found) - shown} more)" if len(found) > shown else ""
-    return f"pass its run records instead: {names}{more}"
+    return f"pass its run records instead: {names}{more}{left}"
 
 
 def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | None = None) -> int:
@@ -244,6 +253,11 @@ def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | Non
     read: list[Path] = []
     notes: list[str] = []
     for path in paths:
+        if path.is_symlink():  # another user's link to a record of yours would put its text in the report
+            say(
+                f"energy-report: {path}: it is a symbolic link, which is not followed; nothing read from it", error=True
+            )
+            continue
         if path.is_dir():
             say(f"energy-report: {path}: is a directory; {directory_hint(path)}", error=True)
             continue
@@ -301,8 +315,9 @@ def report(paths: list[Path], out_dir: Path | None, intensity_series: Path | Non
     except ImportError as err:  # matplotlib is a dependency; this is a damaged install
         say(f"energy-report: no plots: {err.name or 'matplotlib'} is missing (pip install matplotlib)", error=True)
         images = []
+    out = console()
     for note in notes:
-        console().print(printable(f"note: {note}"))
+        out.print(printable(f"note: {note}"))
     page = plots.write_html((SUMMARY_HEAD, rows), (CONTEXT_HEAD, context), elsewhere, images, notes, other_hours)
     written = 0
     try:

@@ -2,7 +2,9 @@
 
 Every axis shows its figures in the unit that fits the largest of them (`energy_core.output.units_text`:
 J, Wh, kWh; mg, g, kg; W, kW; s, min, h), with no offset or exponent above the axis. Every plot has a
-legend naming each run and its start; a curve that rests on an estimate says so in its legend entry.
+legend naming each run and its start (below the axes when it has more than `LEGEND_INSIDE` entries);
+each run has a colour and marker of its own (`run_style`); a curve that rests on an estimate says so
+in its legend entry.
 Epoch ends are marked on the step and time axes. Power is drawn per logging window, a window shorter
 than a quarter of the median window (the partial window an epoch's end closes: a few steps, whose mean
 power is mostly noise or one burst) folded into the window before it, so it is no spike. The energy
@@ -158,6 +160,37 @@ EPOCH_ENDS = {"power_step": "epoch_step", "step": "epoch_step", "power_seconds":
               "seconds": "epoch_seconds"}  # fmt: skip
 
 
+# A run's colour and marker in every plot: matplotlib's ten colours, then the ten again with the next
+# marker (runs 0 and 10 looked the same): 80 runs before one repeats.
+MARKERS = (".", "s", "^", "v", "D", "P", "X", "d")
+LEGEND_INSIDE = 8  # entries a legend holds inside the axes; more go below them, the figure made taller
+
+
+def run_style(index: int) -> dict[str, Any]:
+    """The colour, marker and marker size of the run (or curve) ``index`` (0 for the first)."""
+    marker = MARKERS[(index // 10) % len(MARKERS)]
+    return {"color": f"C{index % 10}", "marker": marker, "markersize": 6.0 if marker == "." else 3.5}
+
+
+def legend(axes: Any, handles: list[Any] | None = None, labels: list[str] | None = None) -> None:
+    """The legend of ``axes`` (its own entries unless given): inside the axes for a few entries; for more
+    (a legend of 15 runs ran past the figure's edge), below them, one entry a line, the figure made
+    taller by the lines it takes, so every entry is drawn whole."""
+    if handles is None or labels is None:
+        handles, labels = axes.get_legend_handles_labels()
+    if len(labels) <= LEGEND_INSIDE:
+        axes.legend(handles, labels, fontsize="small")
+        return
+    figure = axes.figure
+    width, height = figure.get_size_inches()  # (a figure of several panels: as tall as its longest legend needs)
+    figure.set_size_inches(width, max(height, PLOT_HEIGHT_IN + LEGEND_LINE_IN * len(labels)))
+    axes.legend(handles, labels, fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
+
+
+LEGEND_LINE_IN = 0.16  # the height of one x-small legend entry, in inches
+PLOT_HEIGHT_IN = 3.6  # a plot's height without a legend below it
+
+
 def legend_label(label: str, run: Run) -> str:
     """A run as every plot's legend names it: its label, its start, and what of it is estimated."""
     started = f", {utc(run.started)}" if run.started is not None else ""
@@ -204,7 +237,7 @@ def plot_runs(runs: list[tuple[str, Run]], notes: list[str] | None = None) -> li
         for name, x, y, x_axis, y_axis, title in VIEWS:
             draw(name, title, partial(_view, plt, data, x, y, x_axis, y_axis, title))
         draw(*DEVICES_PLOT, lambda: _devices_plot(plt, data))
-        draw(*targets.METRIC_PLOT, lambda: targets.metric_figure(plt, runs, legend_label))
+        draw(*targets.METRIC_PLOT, lambda: targets.metric_figure(plt, runs, legend_label, run_style, legend))
         draw(*INTENSITY_PLOT, lambda: _intensity_plot(plt, runs))
     return drawn
 
@@ -219,20 +252,20 @@ def _view(
     title: str,
 ) -> Any:
     """One of `VIEWS`: each run's ``y`` against its ``x``, with its bound as a band; None when no run has both."""
-    drawn = [(label, run, s) for label, run, s in data if s[x] and s[y]]
+    drawn = [(n, label, run, s) for n, (label, run, s) in enumerate(data) if s[x] and s[y]]
     if not drawn:
         return None
     figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
-    x_label, x_size = unit_of([v for _, _, s in drawn for v in s[x]], x_axis)
-    y_label, y_size = unit_of([v for _, _, s in drawn for v in s[y]], y_axis)
+    x_label, x_size = unit_of([v for *_, s in drawn for v in s[x]], x_axis)
+    y_label, y_size = unit_of([v for *_, s in drawn for v in s[y]], y_axis)
     if y == "loss":
-        y_label = _loss_label([run for _, run, _ in drawn])
+        y_label = _loss_label([run for _, _, run, _ in drawn])
     bands = []
-    for label, run, s in drawn:
+    for n, label, run, s in drawn:
         errors = s.get(BANDS.get(y, ""), [])
         at = [i for i, (a, b) in enumerate(zip(s[x], s[y])) if math.isfinite(a) and math.isfinite(b)]
         xs, ys = [s[x][i] / x_size for i in at], [s[y][i] / y_size for i in at]  # a point without x is not drawn
-        line = axes.plot(xs, ys, marker=".", label=legend_label(label, run))[0]
+        line = axes.plot(xs, ys, label=legend_label(label, run), **run_style(n))[0]
         bands.append((xs, ys, [errors[i] / y_size for i in at] if errors else [], line.get_color()))
         _epoch_ends(axes, s.get(EPOCH_ENDS.get(x, ""), []), x_size, line.get_color())
     limits = axes.get_ylim()  # the curves set the axis; a wide band runs past its edge rather than squash them
@@ -263,7 +296,7 @@ def _finish(axes: Any, title: str, x_label: str, y_label: str) -> None:
     axes.set_ylabel(y_label)
     axes.ticklabel_format(axis="both", style="plain", useOffset=False)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    legend(axes)
     axes.figure.tight_layout()
 
 
@@ -282,9 +315,9 @@ def _devices_plot(plt: Any, data: list[tuple[str, Run, dict[str, list[float]]]])
     figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
     x_label, x_size = unit_of([t for _, pairs, _ in curves for t, _ in pairs], TIME_AXIS)
     y_label, y_size = unit_of([j for _, pairs, _ in curves for _, j in pairs], ENERGY_AXIS)
-    for name, pairs, estimated in curves:
-        axes.plot([t / x_size for t, _ in pairs], [j / y_size for _, j in pairs], marker=".",
-                  linestyle="--" if estimated else "-", label=name)  # fmt: skip
+    for n, (name, pairs, estimated) in enumerate(curves):
+        axes.plot([t / x_size for t, _ in pairs], [j / y_size for _, j in pairs],
+                  linestyle="--" if estimated else "-", label=name, **run_style(n))  # fmt: skip
     _finish(axes, DEVICES_PLOT[1], x_label, y_label)
     return figure
 
@@ -334,24 +367,25 @@ def _intensity_plot(plt: Any, runs: list[tuple[str, Run]]) -> Any:
     the stretches it computed are shaded, and the intensity is drawn through its pauses too
     (from the record's ``factor`` lines)."""
     drawn: list[Any] = []
-    for label, run in runs:
+    for n, (label, run) in enumerate(runs):
         s, stretches = series(run), computing(run)
         curve = intensity_used(run) if stretches else logged_intensity(run)
         if len({g for _, g in curve if g == g}) > 1:  # NaN: not logged
-            drawn.append((label, run, s, stretches, curve))
+            drawn.append((n, label, run, s, stretches, curve))
     if not drawn:
         return None
     figure, power_axes = plt.subplots(figsize=(6.4, 3.6), dpi=150)
     intensity_axes = power_axes.twinx()
-    power_label, power_size = unit_of([w for _, _, s, _, _ in drawn for w in s["watts"]], POWER_AXIS)
-    for label, run, s, stretches, curve in drawn:
+    power_label, power_size = unit_of([w for _, _, _, s, _, _ in drawn for w in s["watts"]], POWER_AXIS)
+    for n, label, run, s, stretches, curve in drawn:
         hours = [seconds / 3600 for seconds in s["power_seconds"]]
-        named = legend_label(label, run)
-        line = power_axes.plot(hours, [w / power_size for w in s["watts"]], marker=".", label=f"{named}: power")[0]
+        named, style = legend_label(label, run), run_style(n)
+        line = power_axes.plot(hours, [w / power_size for w in s["watts"]], label=f"{named}: power", **style)[0]
         at, values = [t / 3600 for t, _ in curve], [g for _, g in curve]
         if stretches:  # the last value holds to the run's end
             at, values = [*at, max(at[-1], stretches[-1][1] / 3600)], [*values, values[-1]]
-        intensity_axes.step(at, values, where="post", linestyle="--", label=f"{printable(label)}: intensity")
+        intensity_axes.step(at, values, where="post", linestyle="--", color=style["color"],
+                            label=f"{printable(label)}: intensity")  # fmt: skip
         for i, (begin, end) in enumerate(stretches):  # a time shift: when the job computed
             power_axes.axvspan(begin / 3600, end / 3600, color=line.get_color(), alpha=0.12, linewidth=0,
                                label=f"{printable(label)}: computing" if i == 0 else None)  # fmt: skip
@@ -364,7 +398,7 @@ def _intensity_plot(plt: Any, runs: list[tuple[str, Run]]) -> Any:
     power_axes.grid(alpha=0.3)
     lines = power_axes.get_legend_handles_labels()
     more = intensity_axes.get_legend_handles_labels()
-    power_axes.legend(lines[0] + more[0], lines[1] + more[1], fontsize="small")
+    legend(power_axes, lines[0] + more[0], lines[1] + more[1])
     figure.tight_layout()
     return figure
 

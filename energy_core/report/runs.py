@@ -1,10 +1,11 @@
 """A run as `energy-report` reads it: what the tables and plots need, kept compact.
 
 A record file is read one line at a time (`energy_core.output.record.record_lines`: damaged
-lines are skipped and named). Of each run the report keeps the header, the last summary, the
-last power cap and the cumulative figures at each boundary (window, epoch and summary lines)
-as columns of floats, some 60 bytes a boundary: a report on a file of a few hundred MB holds
-a few tens of MB, not several times the file.
+lines are skipped, the first few of each kind named and the others counted). Of each run the
+report keeps the header, the last summary, the last power cap and the cumulative figures at
+each boundary (window, epoch and summary lines) as columns of floats, some 60 bytes a
+boundary: a report on a file of a few hundred MB holds a few tens of MB, not several times
+the file.
 
 Example:
     >>> run = Run.of([{"type": "header", "time": 0.0, "carbon": {"pue": 1.0}},
@@ -26,7 +27,18 @@ from typing import Any
 from energy_core.carbon.run_factors import CARBON
 from energy_core.devices import DEVICE_KINDS
 from energy_core.output import keys
-from energy_core.output.record import EPOCH, FACTOR, HEADER, POWER_CAP, SHIFT, SUMMARY, TARGET, WINDOW, record_lines
+from energy_core.output.record import (
+    EPOCH,
+    FACTOR,
+    HEADER,
+    POWER_CAP,
+    SHIFT,
+    SUMMARY,
+    TARGET,
+    WINDOW,
+    Skipped,
+    record_lines,
+)
 from energy_core.units import (
     J_PER_KWH,
     LATEST_TIME,
@@ -34,6 +46,7 @@ from energy_core.units import (
     MAX_G_PER_KWH,
     MAX_JOULES,
     MAX_KWH,
+    MAX_PUE,
     MAX_RUN_W,
     MAX_SECONDS,
 )
@@ -70,6 +83,13 @@ def amount(values: Any, key: str, most: float = math.inf) -> float | None:
     or when it cannot be one (negative, above ``most``: a damaged record), never shown as a figure."""
     value = figure(values, key)
     return value if value is not None and 0 <= value <= most else None
+
+
+def pue(values: Any) -> float | None:
+    """The PUE of a line's ``carbon``: None when absent, or when it cannot be one (a damaged record: below 1,
+    or above `MAX_PUE`, the range a run is given), never shown or used as a figure."""
+    value = figure(values, "pue")
+    return value if value is not None and 1 <= value <= MAX_PUE else None
 
 
 def metric_value(values: Any, key: str) -> float | None:
@@ -248,15 +268,16 @@ class Run:
 
 
 def read(path: Path) -> tuple[list[Run], list[str]]:
-    """The runs of a record file (the last `MAX_RUNS`) and notes on the lines skipped and the runs
-    left out, the file read one line at a time."""
+    """The runs of a record file (the last `MAX_RUNS`) and notes on the lines skipped (the first few
+    of each kind named, the rest counted: `Skipped`) and the runs left out, the file read one line at
+    a time.
+
+    Raises:
+        OSError: ``path`` cannot be opened, is a symbolic link (not followed) or not a regular file.
+    """
     runs: dict[int, Run] = {}
-    notes: list[str] = []
-    for item in record_lines(path):
-        if isinstance(item, str):
-            notes.append(item)
-            continue
-        index, line = item
+    skipped = Skipped()
+    for index, line in record_lines(path, skipped):
         if line["type"] == HEADER:  # a header opens each run
             runs[index] = Run(line, number=index)
             if len(runs) > MAX_RUNS:
@@ -264,6 +285,7 @@ def read(path: Path) -> tuple[list[Run], list[str]]:
         elif index in runs:
             runs[index].add(line)
     kept = list(runs.values())
+    notes = skipped.notes()
     if kept and kept[0].number:
         notes.append(f"the first {kept[0].number} runs are not reported: at most {MAX_RUNS} runs of a file are, "
                      "the last ones")  # fmt: skip

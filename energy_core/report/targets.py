@@ -66,27 +66,34 @@ def energy_to_target(run: Run) -> str:
     return f"not reached ({_goal(lines[-1])}; best {best:.4g})"
 
 
-def metric_figure(plt: Any, runs: list[tuple[str, Run]], name: Callable[[str, Run], str]) -> Any:
+def metric_figure(
+    plt: Any,
+    runs: list[tuple[str, Run]],
+    name: Callable[[str, Run], str],
+    style: Callable[[int], dict[str, Any]] = lambda n: {"marker": "."},
+    legend: Callable[[Any], None] = lambda axes: axes.legend(fontsize="small"),
+) -> Any:
     """One panel per metric (at most `MAX_METRICS`): each run's metric at each evaluation
     against the energy spent by then (in the unit that fits), its target as a dashed line, the
     evaluation that reached it starred; ``name`` gives a run's legend entry. None when no run
-    recorded a target."""
-    by_metric: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}
-    for label, run in runs:
+    recorded a target. ``style`` gives the n-th run's colour and marker, ``legend`` draws a panel's legend."""
+    by_metric: dict[str, list[tuple[int, str, list[dict[str, Any]]]]] = {}
+    for n, (label, run) in enumerate(runs):
         lines = [x for x in evaluations(run) if x["value"] is not None]
         for metric in dict.fromkeys(x["metric"] for x in lines):
-            by_metric.setdefault(metric, []).append((name(label, run), [x for x in lines if x["metric"] == metric]))
+            found = (n, name(label, run), [x for x in lines if x["metric"] == metric])
+            by_metric.setdefault(metric, []).append(found)
     metrics = list(by_metric)[:MAX_METRICS]
     if not metrics:
         return None
-    largest = max(x["kwh"] for metric in metrics for _, lines in by_metric[metric] for x in lines) * J_PER_KWH
+    largest = max(x["kwh"] for metric in metrics for *_, lines in by_metric[metric] for x in lines) * J_PER_KWH
     unit, size = show.unit_for(largest, show.ENERGY)
     size /= J_PER_KWH  # kWh per unit shown
     figure, panels = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 3.6), dpi=150, squeeze=False)
     for axes, metric in zip(panels[0], metrics):
         targets = set()
-        for label, lines in by_metric[metric]:
-            drawn = axes.plot([x["kwh"] / size for x in lines], [x["value"] for x in lines], marker=".", label=label)
+        for n, label, lines in by_metric[metric]:
+            drawn = axes.plot([x["kwh"] / size for x in lines], [x["value"] for x in lines], label=label, **style(n))
             reached = [x for x in lines if x.get("event") == REACHED]
             if reached:
                 axes.plot([reached[0]["kwh"] / size], [reached[0]["value"]], marker="*", markersize=12,
@@ -101,6 +108,6 @@ def metric_figure(plt: Any, runs: list[tuple[str, Run]], name: Callable[[str, Ru
         axes.set_ylabel(metric)
         axes.ticklabel_format(axis="x", style="plain", useOffset=False)
         axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
+        legend(axes)
     figure.tight_layout()
     return figure

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from energy_core.carbon.factor import Factor, Series
 from energy_core.output import units_text as show
-from energy_core.report.runs import BOUNDARIES, Run, figure, utc
+from energy_core.report.runs import BOUNDARIES, Run, figure, pue, utc
 from energy_core.units import J_PER_KWH
 
 HOURS = 24
@@ -72,9 +72,13 @@ def slices(run: Run) -> list[Slice]:
     return found
 
 
-def pue_of(run: Run) -> float:
-    """The PUE the run was charged with (1.0 when the record does not say)."""
-    return figure(run.header.get("carbon"), "pue") or 1.0
+def pue_of(run: Run) -> float | None:
+    """The PUE the run was charged with: 1.0 when the record does not say, None when it says a figure
+    that cannot be one (`energy_core.report.runs.pue`: below 1, above `MAX_PUE`, not a number)."""
+    carbon = run.header.get("carbon")
+    if not isinstance(carbon, dict) or "pue" not in carbon:
+        return 1.0
+    return pue(carbon)
 
 
 def co2e_g(run_slices: list[Slice], intensity: Factor, pue: float, shift_s: float) -> float:
@@ -90,17 +94,20 @@ def start_hours(series: Series) -> list[float]:
 
 def started_at_other_hours(run: Run, series: Series) -> list[list[str]]:
     """Rows of `WHAT_IF_HEAD`: the run as it ran (priced on ``series``), then started at each
-    of the first `HOURS` whole hours of the series. Empty when the run logged no energy."""
+    of the first `HOURS` whole hours of the series, each CO2e "-" where the header's PUE cannot be
+    one (`pue_of`). Empty when the run logged no energy."""
     run_slices = slices(run)
     if not run_slices:
         return []
-    pue, began = pue_of(run), run_slices[0].start
-    as_run = co2e_g(run_slices, series, pue, 0.0)
+    run_pue, began = pue_of(run), run_slices[0].start
     inside = series.covers(began, run_slices[-1].end)
     where = "" if inside else " (outside the series: its end values)"
+    if run_pue is None:  # a damaged header: no CO2e to show, at any hour
+        return [["as run, " + utc(began) + where, "-", "-"]] + [[utc(start), "-", "-"] for start in start_hours(series)]
+    as_run = co2e_g(run_slices, series, run_pue, 0.0)
     rows = [["as run, " + utc(began) + where, show.mass(as_run / 1000), "-"]]
     for start in start_hours(series):
-        grams = co2e_g(run_slices, series, pue, start - began)
+        grams = co2e_g(run_slices, series, run_pue, start - began)
         change = f"{(grams / as_run - 1) * 100:+.0f}%" if as_run > 0 else "-"
         rows.append([utc(start), show.mass(grams / 1000), change])
     series.take_notices()  # a shifted run past the series' ends uses its end values: said in the page's note

@@ -13,14 +13,16 @@ import stat
 import subprocess
 import sys
 import tracemalloc
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from energy_core.carbon.factor import Series
 from energy_core.output import units_text as show
-from energy_core.report import plots
-from energy_core.report.cli import main
+from energy_core.report import plots, when
+from energy_core.report.cli import main, run_row
 from energy_core.report.runs import MAX_RUNS, Run, read
 
 RUN = "abc123abc123"
@@ -242,3 +244,85 @@ def test_with_umask_0_the_report_folder_made_is_still_ones_own(tmp_path, capsys)
     folder = tmp_path / "energy.report"
     assert (folder / "report.html").is_file()
     assert not folder.stat().st_mode & (stat.S_IWOTH | stat.S_IWGRP)
+
+
+# --------------------------------------------------------------- damaged lines by the thousand
+def test_a_file_of_damaged_lines_gives_a_few_notes_on_the_terminal_and_the_page(tmp_path, capsys, monkeypatch) -> None:
+    # 100,000 lines "x" took 18 s and 140 MB: a note each, each printed, each in an 8 MB page.
+    monkeypatch.setattr(plots, "plot_runs", lambda runs, notes=None: [])  # the notes, not the plots (half a second)
+    stranger = json.dumps({**window(4, 0.004, 360.0), "run": "another0run0"})
+    code, out, _ = report(tmp_path, [*good(), *["x"] * 5_000, *[stranger] * 500], capsys)
+    assert code == 0 and cell(out, "energy") == "3 Wh"
+    assert [x for x in out.splitlines() if x.startswith("note: ")] == [
+        "note: energy.jsonl: line 6 is not JSON (a crash mid-write?): skipped",
+        "note: energy.jsonl: line 7 is not JSON (a crash mid-write?): skipped",
+        "note: energy.jsonl: line 8 is not JSON (a crash mid-write?): skipped",
+        "note: energy.jsonl: 4,997 more lines skipped for the same reason as line 8, the last of them line 5005",
+        "note: energy.jsonl: line 5006 belongs to a run whose header is not in this file: skipped",
+        "note: energy.jsonl: line 5007 belongs to a run whose header is not in this file: skipped",
+        "note: energy.jsonl: line 5008 belongs to a run whose header is not in this file: skipped",
+        "note: energy.jsonl: 497 more lines skipped for the same reason as line 5008, the last of them line 5505",
+    ]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("<li>") == 8 and "4,997 more lines skipped for the same reason as line 8" in page
+
+
+# --------------------------------------------------------------- the same run at another hour
+def hourly_series(path: Path, first: float, hours: int = 30) -> Series:
+    """An intensity of 100 g/kWh in the hour that holds ``first``, 10 more each hour after."""
+    start = first - first % 3600
+    rows = "".join(f"{datetime.fromtimestamp(start + 3600 * h, timezone.utc).isoformat()},{100 + 10 * h}\n"
+                   for h in range(hours))  # fmt: skip
+    path.write_text("time,g\n" + rows)
+    return Series(path, "--intensity-series", "g/kWh")
+
+
+@pytest.mark.parametrize("value", [-1000.0, 1e300, 0.0, 0.5, 10.5])
+def test_a_pue_that_cannot_be_one_gives_no_co2e_at_another_hour(tmp_path, value) -> None:
+    # PUE -1000 gave "-51.8 g", 1e300 a figure of 300 digits, 0 was taken as 1.0.
+    lines = good()
+    for line in (lines[0], lines[4]):
+        line["carbon"]["pue"] = value
+    (run,), notes = read(write(tmp_path / "energy.jsonl", lines))
+    assert notes == []  # a number: the reader keeps the line; the report checks the figure
+    rows = when.started_at_other_hours(run, hourly_series(tmp_path / "g.csv", run.started or 0.0))
+    assert len(rows) == 1 + when.HOURS and rows[0][0] == "as run, 2026-11-30 00:53 UTC"
+    assert [row[1:] for row in rows] == [["-", "-"]] * (1 + when.HOURS)
+    assert run_row("r", run)[4] == "56 x ?"  # the summary's column says the same
+
+
+@pytest.mark.parametrize("carbon", [{"g_per_kwh": 56.0, "pue": 1.5}, {"g_per_kwh": 56.0}])
+def test_a_pue_that_can_be_one_prices_every_hour(tmp_path, carbon) -> None:
+    lines = good()
+    lines[0]["carbon"] = carbon  # without a PUE: 1.0
+    (run,), _ = read(write(tmp_path / "energy.jsonl", lines))
+    rows = when.started_at_other_hours(run, hourly_series(tmp_path / "g.csv", run.started or 0.0))
+    kwh_pue = 0.003 * carbon.get("pue", 1.0)
+    assert rows[0][1] == show.mass(kwh_pue * 100 / 1000)  # 3 Wh in the first hour, at 100 g/kWh
+    assert rows[3][1:] == [show.mass(kwh_pue * 120 / 1000), "+20%"]  # started two hours later: 120 g/kWh
+
+
+# --------------------------------------------------------------- many runs in one plot
+@pytest.mark.parametrize("count", [12, 20])
+def test_every_run_of_many_has_its_own_look_and_a_whole_legend_entry(count) -> None:
+    # Runs 0 and 10 were drawn alike (ten colours, one marker), and past some 15 runs the legend ran
+    # past the figure's edge.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = [(f"runs/r{n:02d}", run, plots.series(run)) for n in range(count) for run in [Run.of(good())]]
+    figure = plots._view(plt, data, "step", "joules", plots.STEP_AXIS, plots.ENERGY_AXIS, "Energy")
+    try:
+        figure.canvas.draw()
+        curves = [line for line in figure.axes[0].get_lines() if line.get_label().startswith("runs/")]
+        assert len(curves) == count
+        assert len({(line.get_color(), line.get_marker()) for line in curves}) == count
+        legend = figure.axes[0].get_legend()
+        assert [t.get_text() for t in legend.get_texts()][-1] == f"runs/r{count - 1:02d}, 2026-11-30 00:53 UTC"
+        inside = figure.bbox.padded(1)  # (a pixel's rounding)
+        box = legend.get_window_extent()
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+    finally:
+        plt.close(figure)

@@ -311,3 +311,38 @@ def test_a_fifo_given_as_a_record_is_not_read(shared, capsys) -> None:
     os.mkfifo(fifo)
     assert main([str(fifo)]) == 1  # not opened: reading a FIFO would wait for a writer for ever
     assert "not a regular file" in capsys.readouterr().err
+
+
+@pytest.fixture
+def private_record(tmp_path: Path, written: str) -> Path:
+    """A record of one's own in a private folder, its command line holding a key."""
+    folder = tmp_path / "private"
+    folder.mkdir(mode=0o700)
+    record = folder / "energy.jsonl"
+    record.write_text(written.replace('"argv": [', '"argv": ["--api-key=SECRET123", ', 2))
+    assert record.read_text().count("SECRET123") == 2
+    return record
+
+
+def test_a_record_given_as_a_link_is_refused_and_nothing_read_from_it(shared, private_record, capsys) -> None:
+    # shared/energy.jsonl -> a private record: it was read, and its report (the key in it) written beside the link.
+    link = shared / "energy.jsonl"
+    link.symlink_to(private_record)
+    os.lchown(link, OTHER_UID, OTHER_UID)
+    assert main([str(link)]) == 1  # nothing read
+    out, err = capsys.readouterr()
+    assert err == f"energy-report: {link}: it is a symbolic link, which is not followed; nothing read from it\n"
+    assert "SECRET123" not in out and sorted(p.name for p in shared.iterdir()) == ["energy.jsonl"]
+
+
+def test_links_in_a_folder_given_are_not_offered_as_records(shared, written, private_record, capsys) -> None:
+    runs = shared / "runs"
+    runs.mkdir()
+    (runs / "a.jsonl").write_text(written)
+    (runs / "b.jsonl").symlink_to(private_record)  # a link to a record: left out, counted
+    (runs / "c").symlink_to(private_record.parent, target_is_directory=True)  # a link to a folder: not entered
+    assert main([str(runs)]) == 1
+    assert capsys.readouterr().err == (
+        f"energy-report: {runs}: is a directory; pass its run records instead: {runs}/a.jsonl; 1 symbolic link "
+        "left out (not followed)\n"
+    )

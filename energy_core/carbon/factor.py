@@ -22,10 +22,12 @@ import errno
 import math
 import os
 import stat
+import threading
 from array import array
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,13 +63,36 @@ class Factor:
         self.history: list[Value] = []
         self._notices: list[Notice] = []
         self._said: set[str] = set()  # the keys of the warnings given (`_once`)
+        self._newest = -math.inf  # the latest moment `at` was asked for
+        self._kept = threading.Lock()  # `at` is asked on the training thread and the sampler's
 
     def at(self, when: float) -> Value:
-        """The value in force at unix time ``when``."""
+        """The value in force at unix time ``when``, kept in `history` when it changed.
+
+        The training thread asks at "now" while the sampler charges readings that trail it: a
+        look back before the latest moment asked is not news (the history already goes past it),
+        and is not kept, so that the history, and the record's factor lines, stay in time order
+        (before, a row change read A, B, A, B)."""
         found = self._lookup(when)
-        if not self.history or (found.value, found.source) != (self.history[-1].value, self.history[-1].source):
-            self.history.append(found)
+        with self._kept:
+            if when < self._newest:
+                return found
+            self._newest = when
+            last = self.history[-1] if self.history else None
+            if last is None or (found.value, found.source) != (last.value, last.source):
+                self.history.append(found)
         return found
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Without its lock (and, live, its threads): a callback is pickled whole where a framework starts
+        its processes so (Lightning's ``strategy="ddp_spawn"``), before any reading."""
+        state = dict(self.__dict__)
+        del state["_kept"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._kept = threading.Lock()
 
     def peek(self, when: float) -> Value:
         """The value in force at ``when``, not kept in `history` (for previews)."""

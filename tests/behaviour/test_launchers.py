@@ -121,6 +121,8 @@ def test_the_callbacks_pickle_whole_and_their_copies_charge_energy() -> None:
         charges.restart(0.0)
         charges.take(J_PER_KWH, when=3600.0)  # a kWh, read an hour in, at France's 56.039 g/kWh x PUE 1.5
         assert charges.at(J_PER_KWH, when=3600.0)[0] == pytest.approx(56.039e-3 * 1.5)
+    live = pickle.loads(pickle.dumps(EnergyMonitor(electricity_maps_zone="DE"))).run.tracker.factors.carbon
+    assert live.zone == "DE" and live.at(0.0).value > 0  # its lock and refresh made again: not started yet
 
 
 @SLOW

@@ -107,6 +107,26 @@ def test_co2e_is_charged_at_the_intensity_in_force_when_the_energy_was_used(tmp_
     assert factors == [("carbon_g_per_kwh", 100.0), ("price_per_kwh", 0.25), ("carbon_g_per_kwh", 300.0)]
 
 
+def test_the_record_names_each_value_once_in_time_order_whichever_thread_asks(tmp_path, sim_gpus) -> None:
+    # The training thread asks for the intensity now; the sampler charges readings that trail it. Around a
+    # row change the history, and the record's factor lines, read 100, 500, 100, 500: the intensity seemed
+    # to go back.
+    series = write_series(tmp_path / "s.csv", [(at(-60), 100.0), (at(1.5 / 60), 500.0)])  # 1.5 s from now
+    clock = ManualClock()
+    sim_gpus(SimGpu("GPU-a", Constant(GPU_W), counter_period_s=0.02), clock=clock)
+    run = manual_run(clock, devices=["gpu"], carbon_intensity_series=series, record_path=tmp_path / "energy.jsonl")
+    run.advance(1.0)  # readings up to 1 s, before the change (the fit began within 0.5 s of the series)
+    clock.advance(1.0)  # then none for a second: the training thread's "now" is past the change
+    run.tracker.window(step=1)
+    run.advance(1.0)  # the readings across the change: their energy before it, then after
+    run.tracker.window(step=2)
+    run.tracker.end_fit(step=2)
+    run.tracker.close()
+    assert [v.value for v in run.tracker.factors.carbon.history] == [100.0, 500.0]
+    lines = read_record(tmp_path / "energy.jsonl")
+    assert [x["value"] for x in lines if x["type"] == "factor"] == [100.0, 500.0]
+
+
 def test_a_budget_stops_on_co2e_under_a_rising_intensity(tmp_path, sim_gpus) -> None:
     rows = [(at(-1), 100.0), (at(10), 200.0), (at(20), 400.0)]  # the grid gets dirtier every 10 minutes
     clock = ManualClock()

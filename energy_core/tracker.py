@@ -142,6 +142,7 @@ class EnergyTracker:
         )
         self.record = RunRecord(self.options.record_path) if self.options.record_path else None
         self.ranks = Ranks()
+        self.joined = False  # whether a job's part was taken (`join`): a fit's start, or a stage's of its own
         self._gpus: list[str] | None = None  # the job's GPU names, once a fit has started
         self._ended: RunTotals | None = None  # the job's totals at the last fit's end, in a multi-process job
         self._start_notices: list[Notice] | None = location_notices  # shown once, at the first start
@@ -169,7 +170,7 @@ class EnergyTracker:
     # ----------------------------------------------------------------- set-up
     def join(self, ranks: Ranks) -> None:
         """Take this process's part in a job (before `start_fit`): its devices, the record, sums."""
-        self.ranks = ranks
+        self.ranks, self.joined = ranks, True
         self.meter.assign(ranks.gpu_indices, ranks.node_devices, ranks.node_peers)
         if not ranks.leads_job:
             self.record = None

@@ -22,7 +22,7 @@ from energy_core.integration import (
     checks,
     scalar_losses,
 )
-from hf_energy.framework import emit, ranks_of, shape_notices, speaks, stored_attributes
+from hf_energy.framework import emit, ranks_of, shape_notices, speaks, stage_ranks, stored_attributes
 from hf_energy.registry import LogContributor
 
 INFERENCE = "inference"  # provisional stage name: eval or predict is known only at the end
@@ -112,9 +112,12 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         if module.training:
             self.run.count(kwargs if kwargs else args)
         elif not self.tracker.in_stage(INFERENCE) and self._trainer_running():
-            if not self.tracker.fitting and self._trains_alone:  # each process evaluates on its own, if at all
+            ranks = None
+            if not self.tracker.fitting and not self.tracker.joined and self.trainer is not None:
+                ranks = stage_ranks(self.trainer.args)  # before any train(): the job is found here
+            elif not self.tracker.fitting and self._trains_alone:  # each process evaluates on its own, if at all
                 self.tracker.ranks = self.tracker.ranks.alone()
-            self.run.stage_start(INFERENCE)
+            self.run.stage_start(INFERENCE, ranks)
 
     def _trainer_running(self) -> bool:
         """Whether a forward comes from the Trainer: attached, only inside its train/evaluate/predict

@@ -12,7 +12,14 @@ from transformers.trainer_callback import TrainerState
 from transformers.training_args import TrainingArguments
 from transformers.utils import logging
 
-from energy_core.integration import UNLOGGED_DECIDE_EVERY, Notice, Ranks, torch_distributed, warn_at_user_code
+from energy_core.integration import (
+    UNLOGGED_DECIDE_EVERY,
+    Notice,
+    Ranks,
+    launched,
+    torch_distributed,
+    warn_at_user_code,
+)
 
 logger = logging.get_logger("hf_energy")
 
@@ -72,6 +79,18 @@ def ranks_of(args: TrainingArguments) -> Ranks:
     if not ranks.distributed:
         return Ranks(rank=args.process_index, local_rank=args.local_process_index)
     return ranks
+
+
+def stage_ranks(args: TrainingArguments) -> Ranks:
+    """This process's part in an ``evaluate()`` or ``predict()`` before any ``train()``: where the Trainer
+    is parallel every process evaluates, and the job is found as `ranks_of` finds it (one gather);
+    else each process evaluates on its own, if at all (one may evaluate while the others wait at a
+    barrier: no collective), placed by its launcher's ``RANK`` and ``LOCAL_RANK``, so that global rank
+    0 alone writes the record."""
+    if args.world_size > 1:
+        return ranks_of(args)
+    rank, _, local = launched()
+    return Ranks(rank=rank, local_rank=local or 0)
 
 
 def shape_notices(args: TrainingArguments, ranks: Ranks) -> list[Notice]:

@@ -248,15 +248,17 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
         self.run.close()
 
     # ------------------------------------------------------------------ other stages
-    def _stage_start(self, stage: str) -> None:
-        self.run.stage_start(stage)
+    def _stage_start(self, trainer: Any, stage: str) -> None:
+        # outside a fit (trainer.validate() and the like) every rank runs the stage: the job is found here
+        fitting = trainer.state.fn == "fit"
+        self.run.stage_start(stage, None if fitting else ranks_of(trainer))
 
     def _stage_end(self, trainer: Any, stage: str) -> None:
         log(trainer, self.run.stage_end(stage, trainer.global_step))
 
     @override
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        self._stage_start("val")
+        self._stage_start(trainer, "val")
 
     @override
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
@@ -264,7 +266,7 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
-        self._stage_start("test")
+        self._stage_start(trainer, "test")
 
     @override
     def on_test_end(self, trainer: Any, pl_module: Any) -> None:
@@ -272,7 +274,7 @@ class EnergyMonitor(HasMonitorRun, *CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
-        self._stage_start("predict")
+        self._stage_start(trainer, "predict")
 
     @override
     def on_predict_end(self, trainer: Any, pl_module: Any) -> None:

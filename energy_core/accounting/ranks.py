@@ -389,6 +389,10 @@ def sum_over_ranks(
     values |= {f"stage_err.{s}": local.stage_err.get(s, 0.0) for s in STAGES}
     values |= {"co2e_err": local.co2e_err, "cost_err": local.cost_err, "epoch_err": epoch_err}
     values |= {"window.joules_err": win.joules_err}
+    # the job's seconds are global rank 0's (the record's): each rank's clock marks its own moments, so rates
+    # over them differed rank to rank by a few % where every rank holds the job's joules
+    leader = 1.0 if ranks.leads_job else 0.0
+    values |= {"leader.window_s": leader * win.seconds, "leader.fit_s": leader * local.fit_s}
     per_rank = {"rank_j": win.joules, "rank_gpu_j": sum(win.gpu_j.values())}
     sums, by_rank = ranks.sum_by_name(values, per_rank)
     energy = {k: sums[f"energy_j.{k}"] for k in DEVICE_KINDS if sums[f"measured.{k}"] > 0}
@@ -398,7 +402,7 @@ def sum_over_ranks(
         stages,
         int(sums["samples"]),
         int(sums["tokens"]),
-        local.fit_s,
+        sums["leader.fit_s"] if ranks.distributed else local.fit_s,
         sums["co2e_kg"],
         sums["cost"],
         {k: sums[f"energy_err.{k}"] for k in energy},
@@ -410,7 +414,7 @@ def sum_over_ranks(
         return JobSums(totals, window, sums["epoch_j"], epoch_err=sums["epoch_err"])
     job_window = WindowFigures(
         window.steps,
-        window.seconds,
+        sums["leader.window_s"],
         sums["window.joules"],
         {name: sums[f"gpu_j.{name}"] for name in gpus},
         int(sums["window.samples"]),

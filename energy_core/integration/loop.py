@@ -327,8 +327,9 @@ class EnergyLoop:
         Yields a dictionary that holds ``energy/<name>_kwh`` once the block ends. Blocks nest:
         during a run (after `start`) each second is counted once, as the innermost block's stage
         (a ``"test"`` block inside a ``"val"`` one is test's energy, not val's too); outside a run
-        the outer block is a run of its own in the record and keeps its whole time. A block inside
-        one of the same stage is part of the outer one (and yields its dictionary).
+        the outer block is a run of its own in the record and keeps its whole time (before any run,
+        the job is found as `start` finds it: in a multi-process job every rank enters the block). A
+        block inside one of the same stage is part of the outer one (and yields its dictionary).
 
         Raises:
             ValueError: ``name`` is not ``"val"``, ``"test"`` or ``"predict"`` (before the block runs).
@@ -346,7 +347,9 @@ class EnergyLoop:
         with self._lock:
             if pause is not None:
                 pause[1].update(self._done(self.monitor.stage_end(pause[0], self.steps)))
-            self.monitor.stage_start(name)
+            # a run of its own before any run: the job found here, as `start` finds it (every rank enters)
+            alone = outer is None and not in_run and not self.tracker.joined
+            self.monitor.stage_start(name, self._job() if alone else None)
             self._stages.append((name, figures))
         status = "completed"
         try:

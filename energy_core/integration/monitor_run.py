@@ -112,7 +112,12 @@ class MonitorRun:
         """The figures at an epoch's end (the partial window, ``energy/epoch_kwh``)."""
         return self._done(self.tracker.end_epoch(step, epoch, extra))
 
-    def stage_start(self, stage: str) -> None:
+    def stage_start(self, stage: str, ranks: Ranks | None = None) -> None:
+        """A validation/test/predict run begins. Outside a fit, ``ranks`` (this process's part in the
+        job, where every rank runs the stage) is taken first, as a fit's start takes it: the node's
+        devices are measured once, by its local rank 0, and global rank 0 alone writes the record."""
+        if ranks is not None and not self.tracker.fitting:
+            self.tracker.join(ranks)
         self.show(self.tracker.start_stage(stage))
 
     def stage_end(

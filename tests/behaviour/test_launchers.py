@@ -51,8 +51,9 @@ def check_cell(ranks: list[dict], out: Path, world: int = 2, runs_after: int = 0
     assert [len(r["sources"]) for r in ranks] == [2, 0]
     assert [s["detail"].split()[-1] for s in ranks[0]["sources"]] == list(BOARDS)
     first = ranks[0]["metrics"]
-    for key in ("energy/total_kwh", "energy/gpu_kwh"):
-        assert ranks[1]["metrics"][key] == pytest.approx(first[key], rel=1e-9)
+    # the job's figures, rates too: each rank's seconds gave its own power and throughput (5% apart)
+    for key in ("energy/total_kwh", "energy/gpu_kwh", "power/total_w", "power/gpu0_w", "throughput/samples_per_s"):
+        assert ranks[1]["metrics"][key] == pytest.approx(first[key], rel=1e-9), key
     # power x the measured interval: the boards draw constant power, read through counters that
     # advance every COUNTER_PERIOD_S, so each fit's energy is exact to one period per board
     seconds = ranks[0]["seconds"]
@@ -107,6 +108,25 @@ def test_hf_budget_beside_the_monitor_is_said_once_by_the_job(tmp_path) -> None:
     ranks = launch(torchrun(*JOB, "hf-budget", str(tmp_path)), tmp_path)
     assert ranks[1]["metrics"]["energy/total_kwh"] == pytest.approx(ranks[0]["metrics"]["energy/total_kwh"])
     assert (tmp_path / "output.txt").read_text().count("Energy budget spent at step") == 1
+
+
+@SLOW
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("cell", ["lightning-test-alone", "hf-evaluate-alone-job", "loop-stage-alone"])
+def test_a_stage_run_before_any_training_is_the_jobs_once(tmp_path, cell) -> None:
+    """``trainer.test()``, HF's ``evaluate()`` or an ``EnergyLoop.stage`` block in an evaluation script
+    under torchrun: the job's ranks were found only when a fit started, so each rank measured both
+    boards and wrote a run of its own, with figures that differed."""
+    ranks = launch(torchrun(*JOB, cell, str(tmp_path)), tmp_path)
+    runs, notes = read_runs(tmp_path / "energy.jsonl")
+    assert len(runs) == 1 and not notes
+    header = runs[0][0]
+    assert [len(r["sources"]) for r in header["ranks"]] == [2, 0]  # the node's local rank 0, each board once
+    [stage] = [line for line in runs[0] if line["type"] == "stage"]
+    bound_j = 2 * len(WATTS) * max(WATTS) * COUNTER_PERIOD_S + stage["kwh_err"] * J_PER_KWH
+    assert stage["kwh"] * J_PER_KWH == pytest.approx(sum(WATTS) * stage["seconds"], abs=bound_j)
+    key = "energy/val_kwh" if cell.startswith("hf") else "energy/test_kwh"
+    assert ranks[0]["metrics"][key] == ranks[1]["metrics"][key] == pytest.approx(stage["kwh"])  # the job's
 
 
 def test_the_callbacks_pickle_whole_and_their_copies_charge_energy() -> None:

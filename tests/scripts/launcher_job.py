@@ -3,6 +3,8 @@
 For tests/behaviour/test_launchers.py, one cell of the launcher matrix per framework:
 
     torchrun --nproc_per_node=2 -m tests.scripts.launcher_job lightning|hf|hf-cpu|hf-budget|loop|accelerate OUT
+    torchrun --nproc_per_node=2 -m tests.scripts.launcher_job lightning-test-alone|loop-stage-alone OUT
+    torchrun --nproc_per_node=2 -m tests.scripts.launcher_job hf-evaluate-alone-job OUT
     accelerate launch --multi_gpu --num_processes 2 -m tests.scripts.launcher_job accelerate OUT
     fabric run --accelerator cpu --devices 2 --strategy ddp tests/scripts/launcher_job.py fabric OUT
     python -m tests.scripts.launcher_job ray-lightning|ray-hf|ray-loop OUT       # Ray Train, 2 CPU workers
@@ -305,9 +307,51 @@ def ray_driver(cell: str, out: Path) -> None:
         shutil.rmtree(session, ignore_errors=True)
 
 
+# ------------------------------------------------------------------ a stage run before any training
+def stage_alone_job(out: Path, framework: str) -> None:
+    """An evaluation script: Lightning's ``trainer.test()``, HF's ``evaluate()`` (a parallel Trainer) or an
+    ``EnergyLoop.stage("test")`` block, with no training before it; each rank writes its figures."""
+    import time
+
+    import torch.distributed as dist
+
+    measure = {**MEASURE, "record_path": out / "energy.jsonl"}
+    if framework == "lightning":
+        import lightning.pytorch as pl
+
+        from lightning_energy import EnergyMonitor
+        from tests.helpers.lightning_models import make_module, regression_data
+
+        monitor = EnergyMonitor(**measure)
+        trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, logger=False, callbacks=[monitor],
+                             enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False)  # fmt: skip
+        trainer.test(make_module(pl, val_sleep_s=STEP_S), regression_data(160))
+        figures, rank = monitor.last_metrics, trainer.global_rank
+    elif framework == "hf":
+        from hf_energy import EnergyCallback, attach
+        from tests.helpers.hf_models import SeqData, make_trainer
+
+        trainer = make_trainer(out / "hf", SeqData(64), sleep_s=STEP_S, eval_data=SeqData(128), use_cpu=True)
+        energy = attach(trainer, EnergyCallback(**measure))
+        trainer.evaluate()
+        figures, rank = energy.last_metrics, trainer.args.process_index
+    else:
+        from energy_core import EnergyLoop
+
+        dist.init_process_group("gloo")
+        with EnergyLoop(**measure).stage("test") as figures:
+            time.sleep(0.5)
+        rank = dist.get_rank()
+    (out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "metrics": figures}))
+
+
 JOBS = {
     "lightning": lightning_job,
     "lightning-spawn": lambda out: lightning_job(out, spawn=True),
+    "lightning-test-alone": lambda out: stage_alone_job(out, "lightning"),
+    "hf-evaluate-alone-job": lambda out: stage_alone_job(out, "hf"),
+    "loop-stage-alone": lambda out: stage_alone_job(out, "loop"),
     "hf": lambda out: hf_job(out, use_cpu=False),
     "hf-cpu": lambda out: hf_job(out, use_cpu=True),
     "hf-evaluate-alone": lambda out: hf_job(out, use_cpu=False, evaluate_alone=True),

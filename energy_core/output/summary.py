@@ -8,6 +8,7 @@ that a figure is never read as more exact, or more complete, than it is.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -183,10 +184,14 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
             for k in kinds
         )
     line += "; shorter than its devices' readings resolve: no mean power, no energy per sample" if vague else ""
+    # the energy-weighted mean: where the intensity changed in the run (a series, a live zone, a resume under
+    # another figure), it is no value of the source named, and says so
+    now = metrics.get(keys.INTENSITY)
+    varied = now is not None and not math.isclose(now, carbon["g_per_kwh"], rel_tol=1e-3, abs_tol=1e-9)
     lines = [
         line,
-        f"CO2e: {show.mass(metrics.get(keys.CO2E_KG, 0.0))} at {carbon['g_per_kwh']:.4g} g/kWh "
-        f"x PUE {carbon['pue']:g} ({carbon['source']})",
+        f"CO2e: {show.mass(metrics.get(keys.CO2E_KG, 0.0))} at {carbon['g_per_kwh']:.4g} g/kWh"
+        f"{' on average' if varied else ''} x PUE {carbon['pue']:g} ({carbon['source']})",
     ]
     if fields.get("cost"):
         cost = fields["cost"]

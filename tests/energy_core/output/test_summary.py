@@ -309,6 +309,16 @@ def test_an_estimate_keeps_its_mean_power_whatever_its_share_bound() -> None:
     assert line.startswith("Energy: 88.9 J (estimated) ± 134 % over 34.6 s, mean 2.57 W: ")
 
 
+@pytest.mark.parametrize(("now", "said"), [(900.0, " on average"), (519.5, "")])
+def test_a_mean_intensity_is_said_to_be_one_where_it_changed(now: float, said: str) -> None:
+    # "at 519.5 g/kWh (grid.csv from ...)": the series named never held 519.5, the energy-weighted mean of its
+    # 100 and 900 g/kWh rows; the same after a resume under another fixed figure.
+    metrics = {"energy/total_kwh": 1e-3, "carbon/co2e_kg": 1e-3 * 1.2 * 519.5e-3, "carbon/intensity_g_per_kwh": now}
+    carbon = {"g_per_kwh": now, "source": "grid.csv from 2026-12-07T17:57:32+00:00", "pue": 1.2}
+    lines = summary_text(fields_of(metrics, RunTotals(fit_s=3.6), carbon=carbon), estimated_kinds=set()).splitlines()
+    assert lines[1] == f"CO2e: 623 mg at 519.5 g/kWh{said} x PUE 1.2 (grid.csv from 2026-12-07T17:57:32+00:00)"
+
+
 def test_the_console_text_writes_out_control_characters_of_names_from_elsewhere() -> None:
     # The carbon source names the user's series file, a fault's last error is the driver's text: an escape
     # sequence in either (here: set the terminal's title) reached the terminal as a command.

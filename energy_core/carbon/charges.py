@@ -15,7 +15,9 @@ each reading that spans a change, or comes within ``reach_s`` after one, may be 
 its energy times the change (part of the bound of ``carbon/co2e_kg``: `Charges.bound`).
 
 Examples:
-    >>> from energy_core.carbon.run_factors import RunFactors
+    >>> from energy_core.carbon.factor import MadeAgain
+from energy_core.carbon.factor import MadeAgain
+from energy_core.carbon.run_factors import RunFactors
     >>> from energy_core.carbon.factor import Fixed
     >>> charges = Charges(RunFactors(Fixed(400.0, "given"), None, pue=1.5, currency="EUR"))
     >>> charges.restart(0.0)
@@ -27,14 +29,16 @@ Examples:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from itertools import pairwise
-from typing import Any
+from typing import Any, ClassVar
 
+from energy_core.carbon.factor import MadeAgain
 from energy_core.carbon.run_factors import RunFactors
 from energy_core.units import J_PER_KWH
 
 
-class Charges:
+class Charges(MadeAgain):
     """The CO2e and cost of the energy used since a fit started (this process).
 
     Thread-safe: the sampler thread charges each reading, the training thread and budgets
@@ -50,6 +54,8 @@ class Charges:
         reach_s: How long before it a reading's energy may have been used (`restart`).
     """
 
+    MADE_AGAIN: ClassVar[dict[str, Callable[[], Any]]] = {"_lock": threading.Lock}
+
     def __init__(self, factors: RunFactors) -> None:
         self.factors = factors
         self.co2e_kg = 0.0
@@ -61,21 +67,11 @@ class Charges:
         self._highest = (0.0, 0.0)  # (kg, cost) per kWh: the highest factors in force up to the last reading
         self._lock = threading.Lock()
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Without its lock: a callback is pickled whole where the framework starts its processes so
-        (Lightning's ``strategy="ddp_spawn"``), before any reading."""
-        state = dict(self.__dict__)
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
     def _rates(self, start: float, end: float, kept: bool = False) -> list[tuple[float, tuple[float, float]]]:
-        """(seconds, (kg, cost) per kWh) of each stretch between unix times ``start`` and ``end``
-        (either order) over which the factors stay the same; one stretch of 0 s at ``end`` when the
-        span is empty. ``kept``: the values go into the factors' history (see `RunFactors.per_kwh`)."""
+        """(
+        seconds, (kg, cost) per kWh) of each stretch between unix times ``start`` and ``end``
+                (either order) over which the factors stay the same; one stretch of 0 s at ``end`` when the
+                span is empty. ``kept``: the values go into the factors' history (see `RunFactors.per_kwh`)."""
         low, high = min(start, end), max(start, end)
         if high <= low:
             return [(0.0, self.factors.per_kwh(high, kept))]

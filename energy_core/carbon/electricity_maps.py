@@ -149,6 +149,8 @@ class ElectricityMaps(Factor):
     """
 
     name = "electricity_maps_zone"
+    # a copy refreshes from its own `start`
+    MADE_AGAIN = {**Factor.MADE_AGAIN, "_stop": threading.Event, "_thread": lambda: None, "_lock": threading.Lock}
 
     def __init__(self, zone: str, fallback: Fixed, clock: object = time.time) -> None:
         super().__init__()
@@ -161,16 +163,6 @@ class ElectricityMaps(Factor):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        for name in ("_stop", "_thread", "_lock"):  # made again: a copy refreshes from its own `start`
-            del state[name]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self._stop, self._thread, self._lock = threading.Event(), None, threading.Lock()
 
     def _lookup(self, when: float) -> Value:
         with self._lock:

@@ -24,10 +24,11 @@ import os
 import stat
 import threading
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -50,7 +51,22 @@ class Value:
     since: float
 
 
-class Factor:
+class MadeAgain:
+    """Pickled without its locks and threads (`MADE_AGAIN`: each attribute's maker), which are made anew:
+    a callback is pickled whole where a framework starts its processes so (Lightning's
+    ``strategy="ddp_spawn"``), before any reading."""
+
+    MADE_AGAIN: ClassVar[dict[str, Callable[[], Any]]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: value for name, value in self.__dict__.items() if name not in self.MADE_AGAIN}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.update({name: make() for name, make in self.MADE_AGAIN.items()})
+
+
+class Factor(MadeAgain):
     """A value that may change over time (g CO2e/kWh, or a price per kWh).
 
     Attributes:
@@ -58,6 +74,7 @@ class Factor:
     """
 
     name = "factor"
+    MADE_AGAIN: ClassVar[dict[str, Callable[[], Any]]] = {"_kept": threading.Lock}
 
     def __init__(self) -> None:
         self.history: list[Value] = []
@@ -82,17 +99,6 @@ class Factor:
             if last is None or (found.value, found.source) != (last.value, last.source):
                 self.history.append(found)
         return found
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Without its lock (and, live, its threads): a callback is pickled whole where a framework starts
-        its processes so (Lightning's ``strategy="ddp_spawn"``), before any reading."""
-        state = dict(self.__dict__)
-        del state["_kept"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._kept = threading.Lock()
 
     def peek(self, when: float) -> Value:
         """The value in force at ``when``, not kept in `history` (for previews)."""

@@ -144,14 +144,7 @@ def test_a_plan_is_made_at_a_logging_step_never_on_a_step_that_logs_nothing(sim_
                             record_path=str(job.record), summary=False)  # fmt: skip
     shift = TimeShiftCallback(deadline=manual_job.deadline_in(6), mode="pause", idle_w=manual_job.IDLE_W)
     job.reads(energy.tracker, shift.run)
-    one_step = job.train_step
-
-    def slower_after_12() -> None:  # the pace halves: the work left moves, and the run plans again
-        one_step()
-        if len(job.step_times) > 12:
-            job.advance(manual_job.STEP_S)
-
-    job.train_step = slower_after_12  # type: ignore[method-assign]
+    job.slows_down_after(12)  # the work left moves, and the run plans again
     trainer = make_trainer(tmp_path / "out", SeqData(8 * 32), max_steps=32, logging_steps=10)
     trainer.data_collator = JobCollator(job)
     attach(trainer, energy, shift)

@@ -198,14 +198,7 @@ def test_a_plan_is_made_at_a_logging_step_never_on_a_step_that_logs_nothing(sim_
                             record_path=str(job.record))  # fmt: skip
     shift = TimeShift(deadline=manual_job.deadline_in(6), mode="pause", idle_w=manual_job.IDLE_W)
     job.reads(monitor.tracker, shift.run)
-    one_step = job.train_step
-
-    def slower_after_12() -> None:  # the pace halves: the work left moves, and the run plans again
-        one_step()
-        if len(job.step_times) > 12:
-            job.advance(manual_job.STEP_S)
-
-    job.train_step = slower_after_12  # type: ignore[method-assign]
+    job.slows_down_after(12)  # the work left moves, and the run plans again
     trainer = pl.Trainer(max_steps=32, accelerator="cpu", logger=False, log_every_n_steps=10,
                          callbacks=[monitor, shift], enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=False, limit_val_batches=0)  # fmt: skip

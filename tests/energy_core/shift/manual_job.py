@@ -73,6 +73,17 @@ class Job:
         self.advance(STEP_S)
         self.step_times.append(self.clock.now)
 
+    def slows_down_after(self, steps: int) -> None:
+        """Each step after the first ``steps`` takes twice `STEP_S`: the pace moves, and a plan with it."""
+        one_step = self.train_step
+
+        def slower() -> None:
+            one_step()
+            if len(self.step_times) > steps:
+                self.advance(STEP_S)
+
+        self.train_step = slower  # type: ignore[method-assign]
+
     def idle(self, seconds: float) -> None:
         self.trace.set(self.clock.now, IDLE_W)
         self.advance(seconds)

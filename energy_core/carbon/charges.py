@@ -15,9 +15,7 @@ each reading that spans a change, or comes within ``reach_s`` after one, may be 
 its energy times the change (part of the bound of ``carbon/co2e_kg``: `Charges.bound`).
 
 Examples:
-    >>> from energy_core.carbon.factor import MadeAgain
-from energy_core.carbon.factor import MadeAgain
-from energy_core.carbon.run_factors import RunFactors
+    >>> from energy_core.carbon.run_factors import RunFactors
     >>> from energy_core.carbon.factor import Fixed
     >>> charges = Charges(RunFactors(Fixed(400.0, "given"), None, pue=1.5, currency="EUR"))
     >>> charges.restart(0.0)

@@ -47,7 +47,7 @@ def total_j(tracker: EnergyTracker) -> float:
 
 
 # ----------------------------------------------------------------------------- 1. long epochs
-@both_vendors
+@both_vendors_end_to_end
 def test_an_epoch_far_longer_than_the_sample_buffer_is_exact(sim_gpus) -> None:
     clock = ManualClock()
     sim_gpus(gpu(), clock=clock)

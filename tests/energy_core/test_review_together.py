@@ -113,7 +113,7 @@ def _followed(pause_at: int, steps: int = 1200) -> tuple[float, float]:
     return run.follower.slowdown(), sum(caps[300:]) / len(caps[300:])
 
 
-@pytest.mark.parametrize("pause_at", [30, 600])  # during the search; while following
+@pytest.mark.parametrize("pause_at", [30, pytest.param(600, marks=pytest.mark.slow)])  # in the search; following
 def test_a_cap_that_follows_the_grid_does_not_book_a_pause_as_slowdown(pause_at: int) -> None:
     """Before the fix, a pause during the search booked 9x slowdown: the rest of the run kept the
     limit at start (250 W) instead of following (~199 W)."""

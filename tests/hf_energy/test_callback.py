@@ -132,7 +132,7 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path, sim_gpus) -> Non
     assert sum(w["tokens"] for w in windows) == 2 * data.tokens()
 
 
-@pytest.mark.parametrize("restore_flag", [False, True])
+@pytest.mark.parametrize("restore_flag", [False, pytest.param(True, marks=pytest.mark.slow)])  # True: 2 s more
 def test_resume_from_checkpoint_continues_the_totals(tmp_path, sim_gpus, restore_flag) -> None:
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
     record = tmp_path / "energy.jsonl"

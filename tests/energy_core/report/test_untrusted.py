@@ -106,9 +106,11 @@ CORRUPTIONS = {
 }
 
 
-# Each case writes a whole report (its plots take about half a second): half of them in the slow run.
+# Each case writes a whole report (its plots take about half a second): most of them in the slow run (the
+# reader's notes for every kind of damage are checked without plots in tests/energy_core/output/test_record.py).
 SLOW_CORRUPTIONS = {"a line of 2 MiB", "nested 100,000 deep", "a number of 400 digits", "a list as run id",
-                    "metrics as a list", "carbon as a string"}  # fmt: skip
+                    "metrics as a list", "carbon as a string", "a JSON list", "cap_w as a string",
+                    "mean_power_w as a string"}  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -602,7 +602,7 @@ class EnergyTracker:
         return self._local(end or self.meter.mark(), open_work or self._window.counted())
 
     def _cumulative(self, totals: RunTotals) -> dict[str, float]:
-        g_per_kwh = self.factors.carbon.at(self._accounts.wall_now()).value
+        g_per_kwh = self.factors.carbon.peek(self._accounts.wall_now()).value  # the sampler's charges keep it
         return metric_dicts.cumulative(totals, g_per_kwh, self.factors.price is not None, self._cap_w())
 
     def totals(self) -> dict[str, float]:
@@ -672,7 +672,7 @@ class EnergyTracker:
 
     def per_kwh_now(self) -> tuple[float, float]:
         """(kg CO2e, cost) of one more kWh at the factors in force now, PUE applied."""
-        return self.factors.per_kwh(self._accounts.wall_now())
+        return self.factors.per_kwh(self._accounts.wall_now(), kept=False)  # a forecast's price, not a charge
 
     def _cross_check(self) -> None:
         """A ``check`` line for every span over which a board's counter and its power disagreed
@@ -800,5 +800,5 @@ class EnergyTracker:
     def _continue(self, totals: RunTotals, own_share: bool) -> None:
         """Carry ``totals`` (the job's) on: this process's share of them, the stages' too."""
         self._ended = None
-        carried = self._accounts.load(totals, own_share, self.factors.per_kwh(time.time())[0])
+        carried = self._accounts.load(totals, own_share, self.factors.per_kwh(time.time(), kept=False)[0])
         self._stages.fold(carried.stage_j, carried.stage_err)

@@ -114,6 +114,7 @@ class EnergyCallback(HasMonitorRun, LogContributor, TrainerCallback, ExportableS
         elif not self.tracker.in_stage(INFERENCE) and self._trainer_running():
             ranks = None
             if not self.tracker.fitting and not self.tracker.joined and self.trainer is not None:
+                self._trains_alone = self.trainer.args.world_size <= 1
                 ranks = stage_ranks(self.trainer.args)  # before any train(): the job is found here
             elif not self.tracker.fitting and self._trains_alone:  # each process evaluates on its own, if at all
                 self.tracker.ranks = self.tracker.ranks.alone()

@@ -349,7 +349,7 @@ class JobSums:
     """One sum over the ranks.
 
     Args:
-        totals: The job's totals (seconds stay this rank's).
+        totals: The job's totals (its seconds global rank 0's, as the window's).
         window: The job's window (each GPU under its job-wide name, `job_gpus`), or None when
             no window was summed.
         epoch_j: The job's energy of the epoch just ended (0 when none ended).

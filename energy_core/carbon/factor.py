@@ -86,10 +86,11 @@ class Factor(MadeAgain):
     def at(self, when: float) -> Value:
         """The value in force at unix time ``when``, kept in `history` when it changed.
 
-        The training thread asks at "now" while the sampler charges readings that trail it: a
-        look back before the latest moment asked is not news (the history already goes past it),
-        and is not kept, so that the history, and the record's factor lines, stay in time order
-        (before, a row change read A, B, A, B)."""
+        The values kept are those the sampler charges energy at, in time order, and the run's at
+        its start and end (the training thread's other questions, "now", are `peek`s: a "now"
+        ahead of a stalled sampler kept a row's value that the readings then charged behind it, or
+        dropped the rows between). A look back before the latest moment kept is not kept, so that
+        the history, and the record's factor lines, stay in time order."""
         found = self._lookup(when)
         with self._kept:
             if when < self._newest:

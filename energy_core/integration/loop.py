@@ -327,9 +327,9 @@ class EnergyLoop:
         Yields a dictionary that holds ``energy/<name>_kwh`` once the block ends. Blocks nest:
         during a run (after `start`) each second is counted once, as the innermost block's stage
         (a ``"test"`` block inside a ``"val"`` one is test's energy, not val's too); outside a run
-        the outer block is a run of its own in the record and keeps its whole time (before any run,
-        the job is found as `start` finds it: in a multi-process job every rank enters the block). A
-        block inside one of the same stage is part of the outer one (and yields its dictionary).
+        the outer block is a run of its own in the record and keeps its whole time (before any run, in
+        a multi-process job: `_stage_ranks`). A block inside one of the same stage is part of the
+        outer one (and yields its dictionary).
 
         Raises:
             ValueError: ``name`` is not ``"val"``, ``"test"`` or ``"predict"`` (before the block runs).
@@ -347,9 +347,8 @@ class EnergyLoop:
         with self._lock:
             if pause is not None:
                 pause[1].update(self._done(self.monitor.stage_end(pause[0], self.steps)))
-            # a run of its own before any run: the job found here, as `start` finds it (every rank enters)
-            alone = outer is None and not in_run and not self.tracker.joined
-            self.monitor.stage_start(name, self._job() if alone else None)
+            alone = outer is None and not in_run and not self.tracker.joined  # a run of its own before any run
+            self.monitor.stage_start(name, self._stage_ranks() if alone else None)
             self._stages.append((name, figures))
         status = "completed"
         try:
@@ -442,6 +441,15 @@ class EnergyLoop:
     def _job(self) -> Ranks:
         """The ranks given, else this process's part in the job found now (every rank calls this alike)."""
         return self._given if self._given is not None else torch_distributed()
+
+    def _stage_ranks(self) -> Ranks:
+        """A stage block before any run: the ranks given (every rank enters it), else this process placed
+        by its launcher's ``RANK`` and ``LOCAL_RANK``, with no collective (an evaluation may run on one
+        rank alone): each process measures on its own, and global rank 0 alone writes the record."""
+        if self._given is not None:
+            return self._given
+        rank, _, local = launched()
+        return Ranks(rank=rank, local_rank=local or 0)
 
     def _alone_in_a_launch(self) -> list[Notice]:
         """A warning where a launcher started several processes but this loop measures alone."""

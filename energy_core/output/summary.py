@@ -72,7 +72,8 @@ def not_counted(meter: EnergyMeter) -> dict[str, str]:
 def unresolved(metrics: dict[str, float], estimated_kinds: Collection[str]) -> bool:
     """Whether the readings in a run's total are within their own bound of nothing: a run shorter than
     its counters' update period reads 0 J, or one whole update, within a bound of a whole update at the
-    board's most. Its mean power and energy per unit of work are then no figures (0 W, or several times
+    board's most (and a device unread for most of a run, e.g. a RAPL zone that stands still, is bounded
+    at its most over that time). Its mean power and energy per unit of work are then no figures (0 W, or several times
     the board's draw) and are left out; the total keeps its bound, which holds the truth. The kinds an
     estimate measures are left out of the question: a model's bound is a share of the model's figure."""
     read = [k for k in DEVICE_KINDS if k not in estimated_kinds]
@@ -183,7 +184,7 @@ def summary_text(fields: dict[str, Any], estimated_kinds: set[str]) -> str:
             f"{k} {show.energy_kwh(metrics[keys.kind_kwh(k)])}" + (" (estimated)" if k in estimated else "")
             for k in kinds
         )
-    line += "; shorter than its devices' readings resolve: no mean power, no energy per sample" if vague else ""
+    line += "; the readings' bound is as wide as their energy: no mean power, no energy per sample" if vague else ""
     # the energy-weighted mean: where the intensity changed in the run (a series, a live zone, a resume under
     # another figure), it is no value of the source named, and says so
     now = metrics.get(keys.INTENSITY)

@@ -110,21 +110,23 @@ def test_co2e_is_charged_at_the_intensity_in_force_when_the_energy_was_used(tmp_
 def test_the_record_names_each_value_once_in_time_order_whichever_thread_asks(tmp_path, sim_gpus) -> None:
     # The training thread asks for the intensity now; the sampler charges readings that trail it. Around a
     # row change the history, and the record's factor lines, read 100, 500, 100, 500: the intensity seemed
-    # to go back.
-    series = write_series(tmp_path / "s.csv", [(at(-60), 100.0), (at(1.5 / 60), 500.0)])  # 1.5 s from now
+    # to go back. And where the sampler had fallen behind, a row charged between was left out.
+    rows = [(at(-60), 100.0), (at(1.5 / 60), 500.0), (at(2.5 / 60), 300.0)]  # changes 1.5 s and 2.5 s from now
+    series = write_series(tmp_path / "s.csv", rows)
     clock = ManualClock()
     sim_gpus(SimGpu("GPU-a", Constant(GPU_W), counter_period_s=0.02), clock=clock)
     run = manual_run(clock, devices=["gpu"], carbon_intensity_series=series, record_path=tmp_path / "energy.jsonl")
-    run.advance(1.0)  # readings up to 1 s, before the change (the fit began within 0.5 s of the series)
-    clock.advance(1.0)  # then none for a second: the training thread's "now" is past the change
+    run.advance(1.0)  # readings up to 1 s, before the changes (the fit began within 0.5 s of the series)
+    clock.advance(2.0)  # then none for 2 s: the training thread's "now" is past both changes
     run.tracker.window(step=1)
-    run.advance(1.0)  # the readings across the change: their energy before it, then after
+    run.tracker.per_kwh_now()  # a budget's forecast asks too
+    run.advance(2.0)  # the readings across both changes: their energy before, between and after them
     run.tracker.window(step=2)
     run.tracker.end_fit(step=2)
     run.tracker.close()
-    assert [v.value for v in run.tracker.factors.carbon.history] == [100.0, 500.0]
+    assert [v.value for v in run.tracker.factors.carbon.history] == [100.0, 500.0, 300.0]
     lines = read_record(tmp_path / "energy.jsonl")
-    assert [x["value"] for x in lines if x["type"] == "factor"] == [100.0, 500.0]
+    assert [x["value"] for x in lines if x["type"] == "factor"] == [100.0, 500.0, 300.0]
 
 
 def test_a_budget_stops_on_co2e_under_a_rising_intensity(tmp_path, sim_gpus) -> None:

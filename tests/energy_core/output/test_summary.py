@@ -285,7 +285,7 @@ def test_a_run_shorter_than_its_readings_resolve_has_no_mean_power_or_energy_per
     assert (fields["mean_power_w"], fields["j_per_sample"], fields["j_per_token"]) == (None, None, None)
     assert fields["energy_j_err"] == pytest.approx(gpu_err_j)  # the total keeps its bound
     lines = summary_text(fields, estimated_kinds=set()).splitlines()
-    assert lines[0] == shown + "; shorter than its devices' readings resolve: no mean power, no energy per sample"
+    assert lines[0] == shown + "; the readings' bound is as wide as their energy: no mean power, no energy per sample"
     assert lines[2] == "Work: 8 samples; 96 tokens"
 
 

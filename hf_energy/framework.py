@@ -16,7 +16,7 @@ from energy_core.integration import (
     UNLOGGED_DECIDE_EVERY,
     Notice,
     Ranks,
-    launched,
+    as_launched,
     torch_distributed,
     warn_at_user_code,
 )
@@ -85,12 +85,8 @@ def stage_ranks(args: TrainingArguments) -> Ranks:
     """This process's part in an ``evaluate()`` or ``predict()`` before any ``train()``: where the Trainer
     is parallel every process evaluates, and the job is found as `ranks_of` finds it (one gather);
     else each process evaluates on its own, if at all (one may evaluate while the others wait at a
-    barrier: no collective), placed by its launcher's ``RANK`` and ``LOCAL_RANK``, so that global rank
-    0 alone writes the record."""
-    if args.world_size > 1:
-        return ranks_of(args)
-    rank, _, local = launched()
-    return Ranks(rank=rank, local_rank=local or 0)
+    barrier): `as_launched`, no collective."""
+    return ranks_of(args) if args.world_size > 1 else as_launched()
 
 
 def shape_notices(args: TrainingArguments, ranks: Ranks) -> list[Notice]:

@@ -178,6 +178,14 @@ def launched() -> tuple[int, int, int | None]:
     return (rank if rank < world else 0), world, count("LOCAL_RANK")
 
 
+def as_launched() -> Ranks:
+    """This process on its own, placed by its launcher's ``RANK`` and ``LOCAL_RANK``, with no collective:
+    where one process may run a stage while the others wait, each measures alone and global rank 0
+    alone writes the record."""
+    rank, _, local = launched()
+    return Ranks(rank=rank, local_rank=local or 0)
+
+
 def torch_distributed(
     local_rank: int | None = None, gpu_index: int | str | None = CURRENT, device: Any = None
 ) -> Ranks:

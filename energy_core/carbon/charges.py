@@ -66,10 +66,9 @@ class Charges(MadeAgain):
         self._lock = threading.Lock()
 
     def _rates(self, start: float, end: float, kept: bool = False) -> list[tuple[float, tuple[float, float]]]:
-        """(
-        seconds, (kg, cost) per kWh) of each stretch between unix times ``start`` and ``end``
-                (either order) over which the factors stay the same; one stretch of 0 s at ``end`` when the
-                span is empty. ``kept``: the values go into the factors' history (see `RunFactors.per_kwh`)."""
+        """(seconds, (kg, cost) per kWh) of each stretch between unix times ``start`` and ``end``
+        (either order) over which the factors stay the same; one stretch of 0 s at ``end`` when the
+        span is empty. ``kept``: the values go into the factors' history (see `RunFactors.per_kwh`)."""
         low, high = min(start, end), max(start, end)
         if high <= low:
             return [(0.0, self.factors.per_kwh(high, kept))]

@@ -308,10 +308,10 @@ def estimate_cpu(
         advice = " Pass cpu_tdp_w= with the socket's TDP for a better figure."
     else:
         advice = ""
+    whose = "this process and the node's other ranks" if peers else "this process"
     text = (
         f"CPU energy is ESTIMATED, not read from a hardware counter (no readable RAPL): {per_thread:.3g} W per busy "
-        f"thread x the CPU time of this process{' and the node' + chr(39) + 's other ranks' if peers else ''} and "
-        f"their children ({model}: {why}).{advice}"
+        f"thread x the CPU time of {whose} and their children ({model}: {why}).{advice}"
     )
     return EstimatedCpuSource(per_thread, detail, ProcessTree(peers=peers)), [Notice("warn", text)]
 

@@ -20,7 +20,7 @@ public names only (the import contract in pyproject.toml says so).
 """
 
 from energy_core import checks
-from energy_core.accounting.ranks import UNLOGGED_DECIDE_EVERY, Ranks, launched, let_go, torch_distributed
+from energy_core.accounting.ranks import UNLOGGED_DECIDE_EVERY, Ranks, as_launched, let_go, torch_distributed
 from energy_core.budget.guard import BudgetAction
 from energy_core.budget.rule import BudgetRule
 from energy_core.budget.run import BudgetArgs, BudgetRun, HasBudgetRun
@@ -40,6 +40,7 @@ from energy_core.tracker import EnergyTracker
 from energy_core.tracker_share import SharedRun
 
 __all__ = [
+    "as_launched",
     "BudgetAction",
     "BudgetArgs",
     "BudgetRule",
@@ -70,7 +71,6 @@ __all__ = [
     "UNREPORTED_END",
     "fabric_ranks",
     "keys",
-    "launched",
     "let_go",
     "scalar_losses",
     "torch_distributed",

@@ -40,7 +40,7 @@ from typing_extensions import Unpack
 
 from energy_core import checks
 from energy_core.accounting.figures import STAGES
-from energy_core.accounting.ranks import Ranks, launched, torch_distributed
+from energy_core.accounting.ranks import Ranks, as_launched, launched, torch_distributed
 from energy_core.budget.guard import BudgetAction, needs_price
 from energy_core.budget.rule import BudgetRule
 from energy_core.budget.run import BudgetRun
@@ -443,13 +443,9 @@ class EnergyLoop:
         return self._given if self._given is not None else torch_distributed()
 
     def _stage_ranks(self) -> Ranks:
-        """A stage block before any run: the ranks given (every rank enters it), else this process placed
-        by its launcher's ``RANK`` and ``LOCAL_RANK``, with no collective (an evaluation may run on one
-        rank alone): each process measures on its own, and global rank 0 alone writes the record."""
-        if self._given is not None:
-            return self._given
-        rank, _, local = launched()
-        return Ranks(rank=rank, local_rank=local or 0)
+        """A stage block before any run: the ranks given (every rank enters it), else `as_launched` (no
+        collective: an evaluation may run on one rank alone)."""
+        return self._given if self._given is not None else as_launched()
 
     def _alone_in_a_launch(self) -> list[Notice]:
         """A warning where a launcher started several processes but this loop measures alone."""

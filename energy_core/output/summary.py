@@ -73,8 +73,8 @@ def unresolved(metrics: dict[str, float], estimated_kinds: Collection[str]) -> b
     """Whether the readings in a run's total are within their own bound of nothing: a run shorter than
     its counters' update period reads 0 J, or one whole update, within a bound of a whole update at the
     board's most (and a device unread for most of a run, e.g. a RAPL zone that stands still, is bounded
-    at its most over that time). Its mean power and energy per unit of work are then no figures (0 W, or several times
-    the board's draw) and are left out; the total keeps its bound, which holds the truth. The kinds an
+    at its most over that time). Its mean power and energy per unit of work are then no figures (0 W, or
+    several times the board's draw) and are left out; the total keeps its bound, which holds the truth. The kinds an
     estimate measures are left out of the question: a model's bound is a share of the model's figure."""
     read = [k for k in DEVICE_KINDS if k not in estimated_kinds]
     err = sum(metrics.get(keys.err(keys.kind_kwh(k)), 0.0) for k in read)

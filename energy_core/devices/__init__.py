@@ -31,7 +31,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from energy_core.devices import amd, cpu_estimate, nvidia, rapl, visible
-from energy_core.devices.deadline import within_bound
+from energy_core.devices.deadline import BoundedBoard, library_name, within_bound
 from energy_core.devices.ledger import Ledger
 from energy_core.devices.source import (
     DEVICE_KINDS,
@@ -146,7 +146,7 @@ def visible_boards() -> list[GpuBoard]:
             continue
         for board in boards:
             board.index = _number(board.index, taken)
-        found += boards
+        found += [BoundedBoard(board) for board in boards]
     if not found and errors:
         raise DeviceError("; ".join(map(str, errors)))
     return found
@@ -160,7 +160,7 @@ def board_by_uuid(uuid: str) -> GpuBoard | None:
         except DeviceError:
             continue
         if board is not None:
-            return board
+            return BoundedBoard(board)
     return None
 
 
@@ -185,7 +185,7 @@ def _ask(vendor: ModuleType, call: Callable[[], T]) -> T:
             not return in time (`deadline.DriverHung`).
     """
     try:
-        return within_bound(f"{vendor.VENDOR.upper()} driver", call)
+        return within_bound(library_name(vendor.VENDOR), call)
     except DeviceError:
         raise
     except Exception as err:  # noqa: BLE001 - a binding may raise anything; the caller gets one kind of error

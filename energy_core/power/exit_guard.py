@@ -62,13 +62,13 @@ class ExitGuard:
         if not self.signals:
             return False
         for signum in SIGNALS:
-            previous = signal.getsignal(signum)
+            previous = _handler(signum)
             if previous == signal.SIG_IGN:
                 continue  # ignored (nohup): the process outlives it, and the cap must too
             if self._in_chain(signum, previous):
                 continue  # still in place (uninstalled off the main thread, or under another guard's)
             self._previous[signum] = previous
-            signal.signal(signum, self._on_signal)
+            _set_handler(signum, self._on_signal)
         return True
 
     def _in_chain(self, signum: int, handler: Any) -> bool:
@@ -88,7 +88,7 @@ class ExitGuard:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         previous = self._previous.get(signum)
-        with _others_held():
+        with signals_held():
             if self.here():
                 self.restore()
             if not callable(previous):  # the default action, as without the guard: the signal again, by default
@@ -109,8 +109,8 @@ class ExitGuard:
         this one stays in place the same way, passing every signal on."""
         if threading.current_thread() is threading.main_thread():
             for signum, previous in list(self._previous.items()):
-                if signal.getsignal(signum) == self._on_signal:
-                    signal.signal(signum, _unchained(signum, previous))
+                if _handler(signum) == self._on_signal:
+                    _set_handler(signum, _unchained(signum, previous))
                     del self._previous[signum]
         atexit.unregister(self._at_exit)
         self.installed = self.signals = False
@@ -124,14 +124,36 @@ def _unchained(signum: int, handler: Any) -> Any:
     return signal.SIG_DFL if handler is None else handler
 
 
+_holds: list[dict[int, Any]] = []  # the handlers `signals_held` blocks hold, outermost first (main thread)
+
+
+def _handler(signum: int) -> Any:
+    """The handler of ``signum`` as the program set it: a held one is the one its block puts back."""
+    for held in _holds:
+        if signum in held:
+            return held[signum]
+    return signal.getsignal(signum)
+
+
+def _set_handler(signum: int, handler: Any) -> None:
+    """Set the handler of ``signum``; inside a `signals_held` block, from the block's end."""
+    for held in _holds:
+        if signum in held:
+            held[signum] = handler
+            return
+    signal.signal(signum, handler)
+
+
 @contextmanager
-def _others_held() -> Iterator[None]:
+def signals_held() -> Iterator[None]:
     """Hold every Python signal handler until the block ends; then send the signals that came
-    meanwhile again, for their handlers to run as they would have.
+    meanwhile again, for their handlers to run as they would have. Off the main thread, where
+    Python sets no handler, it holds nothing.
 
     A handler runs between any two bytecodes of the one it interrupts: a DataLoader's SIGCHLD
     handler raises when its workers die of the same signal, which would cut a restore short
-    (an exception inside a driver call reads as a failed call).
+    (an exception inside a driver call reads as a failed call); and a guard's restore in the
+    middle of a change of limit would let the change go on after it (`PowerLimits.set`).
     """
     came: list[int] = []
     held: dict[int, Any] = {}
@@ -143,10 +165,14 @@ def _others_held() -> Iterator[None]:
                 held[signum] = handler
         except (OSError, ValueError, RuntimeError):
             continue  # a signal Python does not handle
+    if held:  # the main thread's: a guard installed meanwhile takes its place from the block's end
+        _holds.append(held)
     try:
         yield
     finally:
+        if held:
+            _holds.remove(held)
         for number, handler in held.items():
             signal.signal(number, handler)
         for number in dict.fromkeys(came):
-            os.kill(os.getpid(), number)
+            signal.raise_signal(number)  # to this thread: its handler runs before the block is left

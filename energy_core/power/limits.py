@@ -26,6 +26,11 @@ The journal entry written before a change also names the limit the board carried
 (``from_mw``), so that a kill between the journal and the driver is recovered as well; it is
 not written again after the change (a signal then could not clear it: its handler does not
 wait for a journal this thread holds).
+A driver that hangs holds no thread for long: every board call is waited for at most
+`DRIVER_WAIT_S` (`deadline.BoundedBoard`). A change that has not returned by then may
+still land: its board keeps its journal entry (which names the limit before it and its
+target), is changed no more, and is restored once the driver answers again, or by
+`recover` after the process is gone.
 Boards are `GpuBoard`s: nothing here knows the vendor.
 """
 
@@ -35,13 +40,14 @@ import os
 import secrets
 import threading
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
 from energy_core.devices import DeviceError, GpuBoard, deadline
 from energy_core.power import board_lock
 from energy_core.power.board_lock import BoardLock, Holder, UnusableLock
 from energy_core.power.errors import BoardBusyError, JournalError
-from energy_core.power.exit_guard import ExitGuard
+from energy_core.power.exit_guard import ExitGuard, signals_held
 from energy_core.power.journal import Journal
 from energy_core.power.journal_entry import JournalEntry
 from energy_core.power.plan import BusyBoard, CappedGpu, PlannedCap, busy_message, plan_caps, select_boards
@@ -193,11 +199,12 @@ class PowerLimits:
             ValueError: a target outside a board's range (nothing has been changed).
             BoardBusyError: with ``strict``, a board capped by another run (nothing changed).
             JournalError: the journal cannot be used safely (nothing changed).
-            PermissionError, DeviceError: setting a limit failed (every change undone).
+            PermissionError, DeviceError: setting a limit failed (every change undone, but one
+                still in a hung driver, `deadline.DriverHung`: kept for the restore).
         """
         self._messages += self._retry_left()  # first: a plan takes each board's limit now for the limit at start
         planned = plan_caps(boards, watts, fraction)
-        with self._lock:
+        with signals_held(), self._lock:  # a guard's restore comes after the change, not amid it
             claimed = self._claim(planned, strict)
             if claimed and not self.guard.install() and not self._unguarded_said:
                 self._unguarded_said = True
@@ -216,7 +223,7 @@ class PowerLimits:
                         break
                     done.append(capped)
             except (PermissionError, DeviceError):
-                self._release([c for c, _ in claimed if c not in done])
+                self._release([c for c, _ in claimed if c not in done and c.hung_mw is None])
                 self._messages += self.restore()
                 raise
         return self.capped
@@ -278,6 +285,10 @@ class PowerLimits:
         capped.pending_mw, capped.restore_to = target_mw, None
         try:
             capped.board.set_limit_mw(target_mw)
+        except deadline.DriverHung:  # still in the driver: it may land whenever the driver answers
+            capped.hung_mw, capped.pending_mw = target_mw, None
+            deadline.when_returned(deadline.limits_library(capped.board.vendor), partial(self._returned, capped))
+            raise
         except BaseException as err:
             if capped.restore_to is not None:
                 self._after_restore(capped)
@@ -289,11 +300,39 @@ class PowerLimits:
                 else:  # interrupted (KeyboardInterrupt): the change may have landed
                     self._read_back(capped, target_mw)
             raise
+        if capped.restore_to is None:  # read back while still pending: a restore meanwhile accepts it
+            self._read_back(capped, target_mw)
         if capped.restore_to is not None:
             return self._after_restore(capped)
         capped.pending_mw = None
-        self._read_back(capped, target_mw)
         return capped.applied_mw
+
+    def _returned(self, capped: CappedGpu) -> None:
+        """A change that outlived its wait (``hung_mw``) has returned, landed or not (on the
+        driver call's thread). Before any restore, the board carries what it reads back and
+        may be driven again; after one, the restore's limit goes back on, and the board and its
+        entry are let go."""
+        held = self._lock.acquire(timeout=deadline.DRIVER_WAIT_S)
+        try:
+            capped.hung_mw = None
+            if capped not in self.capped:
+                return
+            if capped.restore_to is None:
+                self._read_back(capped, capped.applied_mw)
+                return
+            to, capped.restore_to = capped.restore_to, None
+            try:
+                if capped.board.limit_mw() != to:
+                    capped.board.set_limit_mw(to)
+            except (DeviceError, PermissionError) as err:
+                capped.restore_to = to
+                self._messages.append(f"{capped.board.label}: restoring the power limit failed ({err}).")
+                return
+            self._messages.append(f"{capped.board.label}: power limit restored to {to / 1000:g} W.")
+            self._release([capped])
+        finally:
+            if held:
+                self._lock.release()
 
     @staticmethod
     def _read_back(capped: CappedGpu, target_mw: int) -> None:
@@ -343,14 +382,26 @@ class PowerLimits:
         limit could not be recovered).
 
         Raises:
-            PermissionError, DeviceError: the driver refused (the journal is put back).
+            PermissionError, DeviceError: the driver refused (the journal is put back), or did
+                not answer in time (`deadline.DriverHung`: the change may still land; the entry,
+                which names both limits, is kept, and the board is changed no more).
         """
-        uuid = capped.board.uuid
         if not self.guard.here():
             return capped.applied_mw  # a forked child: the boards are its parent's
+        with signals_held():  # a guard's restore comes after the change, not amid it (its driver calls wait)
+            applied = self._set(capped, target_mw)
+            kept = capped in self.capped
+        if kept and capped not in self.capped:  # a signal's guard restored it as the block ended
+            return capped.previous_mw
+        return applied
+
+    def _set(self, capped: CappedGpu, target_mw: int) -> int:
+        uuid = capped.board.uuid
         with self._lock:
             if capped not in self.capped:
                 return capped.previous_mw  # restored (or let go): no longer this run's to change
+            if capped.hung_mw is not None:
+                return capped.applied_mw  # a change is still in a hung driver: the board is driven no more
             try:
                 current = capped.board.limit_mw()
             except (DeviceError, PermissionError):
@@ -378,7 +429,8 @@ class PowerLimits:
             try:
                 applied = self._change(capped, target_mw)
             except (PermissionError, DeviceError):
-                self._undo_entry(capped)
+                if capped.hung_mw is None:  # refused; a hung change's entry names both limits: kept
+                    self._undo_entry(capped)
                 raise
             return applied
 
@@ -454,7 +506,7 @@ class PowerLimits:
             except (DeviceError, PermissionError):
                 current = capped.applied_mw  # cannot tell: put the limit back all the same
             to = capped.previous_mw
-            if current not in (capped.applied_mw, pending):
+            if current not in (capped.applied_mw, pending, capped.hung_mw):
                 messages.append(self._left_alone(capped, current))
                 to = current  # an administrator's: a change landing later gives way to it
             else:
@@ -462,6 +514,8 @@ class PowerLimits:
                     capped.board.set_limit_mw(capped.previous_mw)
                 except (DeviceError, PermissionError) as err:
                     messages.append(f"{label}: restoring the power limit failed ({err}).")
+                    if capped.hung_mw is not None:  # put back once the driver answers (`_returned`)
+                        capped.restore_to = capped.previous_mw
                     continue
                 messages.append(f"{label}: power limit restored to {capped.previous_mw / 1000:g} W.")
             if pending is not None:
@@ -471,4 +525,4 @@ class PowerLimits:
             self.capped.remove(capped)
             restored.append(capped.board.uuid)
         self._let_go(restored)
-        return messages + self._forget(restored)
+        return list(dict.fromkeys(messages + self._forget(restored)))  # a failure said before is not said again

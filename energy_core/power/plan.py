@@ -23,6 +23,10 @@ class CappedGpu:
             already: it is this run's own limit too).
         restore_to: Set by a restore that came while a change was in the driver: the limit
             to leave on the board once the change has returned (it may land after the restore).
+        hung_mw: The target of a change that did not return from the driver in time
+            (`energy_core.devices.deadline`): it may land whenever the driver answers, so the
+            board carries it or its limit before; the board is changed no more, and its journal
+            entry (which names both) is kept until a restore gets through.
     """
 
     board: GpuBoard
@@ -31,6 +35,7 @@ class CappedGpu:
     applied_mw: int
     pending_mw: int | None = field(default=None, compare=False)
     restore_to: int | None = field(default=None, compare=False)
+    hung_mw: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from tests.doubles.vendors import both_vendors, both_vendors_end_to_end
 from tests.helpers.lightning_models import flavour, make_module, regression_data
 from tests.helpers.manual import manual_run
 from tests.helpers.records import read_record
+from tests.helpers.shared_machine import journal_entries
 
 GPU_W = 300.0
 PERIOD_S = 0.02  # the simulated counter's update period
@@ -302,6 +303,55 @@ def test_a_driver_call_that_hangs_mid_fit_holds_no_later_stage(tmp_path, sim_gpu
     assert len([t for t in texts if f"did not return within {WAIT_S:g} s" in t]) == 1, texts  # said once, at fit end
     summary = next(x for x in read_record(tmp_path / "energy.jsonl") if x["type"] == "summary")
     assert summary["status"] == "completed"
+
+
+@pytest.mark.slow  # waits out the driver deadline
+def test_a_power_limit_call_that_hangs_holds_no_training_and_the_limit_goes_back_once_it_returns(
+    tmp_path, sim_gpus, monkeypatch
+) -> None:
+    """A wedged driver's set: `PowerCap(watts=250)` waits for it at most the deadline, says so, and
+    the fit trains uncapped; the end's restore is refused at once (the driver still does not answer)
+    and the cap's entry is kept; when the call returns at last, it lands, and the limit at start goes
+    back on by itself. Before the bounded limit calls, the fit waited for the driver for good."""
+    monkeypatch.setattr(deadline, "DRIVER_WAIT_S", WAIT_S)
+    board = gpu()
+    sim = sim_gpus(board)
+    before = sim.limit_mw(board)
+    entered, release = threading.Event(), threading.Event()
+    real = pynvml.nvmlDeviceSetPowerManagementLimit
+
+    def set_limit(handle, mw: int) -> None:
+        if mw == 250_000:
+            entered.set()
+            release.wait(60)
+        real(handle, mw)
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceSetPowerManagementLimit", set_limit)
+    monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, record_path=tmp_path / "energy.jsonl")
+    try:
+        with pytest.warns(UserWarning) as caught:
+            trainer = fit(tmp_path, [monitor, PowerCap(watts=250)])
+        assert trainer.state.finished and entered.is_set() and not release.is_set()
+        assert sim.limit_mw(board) == before and journal_entries()["GPU-a"]["set_mw"] == 250_000
+    finally:
+        release.set()
+    texts = " ".join(str(w.message) for w in caught)
+    assert (
+        texts.count(
+            f"Power cap not applied: the GPU driver failed (a call to the NVIDIA driver's power limits did not "
+            f"return within {WAIT_S:g} s (a hung driver?)). Training continues uncapped."
+        )
+        == 1
+    )
+    assert texts.count("restoring the power limit failed (an earlier call to the NVIDIA driver's power") == 1, texts
+    assert "the power cap is still on" in texts and "not measured" not in texts, texts  # the reads go on
+    summary = read_record(tmp_path / "energy.jsonl")[-1]
+    assert summary["metrics"]["energy/gpu_kwh"] > 0
+    for _ in range(200):  # the call returns, lands, and the limit at start goes back on
+        if sim.limit_mw(board) == before and not journal_entries():
+            break
+        time.sleep(0.05)
+    assert [mw for _, mw in board.limit_history][-2:] == [250_000, before] and journal_entries() == {}
 
 
 @pytest.mark.slow  # waits out the driver deadline

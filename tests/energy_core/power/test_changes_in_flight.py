@@ -113,19 +113,50 @@ def test_ctrl_c_while_a_search_change_is_in_the_driver_leaves_the_limit_at_start
     assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW
 
 
-def test_a_restore_from_another_thread_waits_a_bounded_time_then_the_late_change_is_undone(sim, monkeypatch) -> None:
-    monkeypatch.setattr(deadline, "DRIVER_WAIT_S", 0.1)
-    limits = PowerLimits()
-    limits.apply(devices.visible_boards(), None, None)
-    (capped,) = limits.capped
+def hang_the_next_set(sim, monkeypatch, target_mw: int) -> tuple[threading.Event, threading.Event]:
+    """The driver's call setting ``target_mw`` does not return until the test releases it; then it lands.
+    Returns (entered, release)."""
     entered, release = threading.Event(), threading.Event()
 
     def hung() -> None:
         entered.set()
         release.wait(30)
 
-    driver_set(sim, monkeypatch, once(hung, 300_000), landed_first=False)
-    trainer = threading.Thread(target=limits.set, args=(capped, 300_000))
+    driver_set(sim, monkeypatch, once(hung, target_mw), landed_first=False)
+    return entered, release
+
+
+REFUSED = (
+    "GPU 0: restoring the power limit failed (an earlier call to the NVIDIA driver's power limits still has "
+    "not returned (a hung driver?))."
+)
+
+
+def landed_and_undone(sim, limits: PowerLimits) -> None:
+    """Once the hung change has landed, the limit at start goes back on and the board is let go."""
+    for _ in range(200):
+        if not limits.capped and sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW:
+            break
+        threading.Event().wait(0.05)
+    assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW and limits_set(sim)[-2:] == [300_000, PREVIOUS_MW]
+    assert journal_entries() == {} and limits.capped == []
+
+
+def test_a_restore_from_another_thread_waits_a_bounded_time_then_the_late_change_is_undone(sim, monkeypatch) -> None:
+    monkeypatch.setattr(deadline, "DRIVER_WAIT_S", 0.1)
+    limits = PowerLimits()
+    limits.apply(devices.visible_boards(), None, None)
+    (capped,) = limits.capped
+    entered, release = hang_the_next_set(sim, monkeypatch, 300_000)
+    failed: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            limits.set(capped, 300_000)
+        except deadline.DriverHung as err:
+            failed.append(err)
+
+    trainer = threading.Thread(target=train)
     trainer.start()
     try:
         assert entered.wait(30)
@@ -133,15 +164,44 @@ def test_a_restore_from_another_thread_waits_a_bounded_time_then_the_late_change
         restorer = threading.Thread(target=lambda: said.append(limits.restore()))
         restorer.start()
         restorer.join(20)
+        trainer.join(20)
         assert not restorer.is_alive(), "restore waited for the driver without bound"
-        assert said == [["GPU 0: power limit restored to 350 W."]]
+        assert not trainer.is_alive() and len(failed) == 1, "the change held the training thread without bound"
+        # Restored before the change gave up waiting, or refused after (the driver no longer answers):
+        assert said in ([["GPU 0: power limit restored to 350 W."]], [[REFUSED]])
         assert journal_entries()["GPU-1"]["set_mw"] == 300_000  # kept while the change may still land
     finally:
         release.set()
-        trainer.join(30)
+        landed_and_undone(sim, limits)
         limits.guard.uninstall()
-    assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW and limits_set(sim)[-2:] == [300_000, PREVIOUS_MW]
-    assert journal_entries() == {} and limits.capped == []
+
+
+def test_a_change_hung_in_the_driver_holds_the_training_thread_a_bounded_time_and_is_undone_when_it_lands(
+    sim, monkeypatch
+) -> None:
+    """A wedged driver: the search's change does not return. The step gets `DriverHung` after
+    `DRIVER_WAIT_S`, the board is driven no more, the end's restore is refused at once (the driver
+    does not answer) and keeps the journal entry, which names both limits; when the call returns at
+    last, the change lands, and the limit at start goes back on by itself."""
+    monkeypatch.setattr(deadline, "DRIVER_WAIT_S", 0.2)
+    limits = PowerLimits()
+    limits.apply(devices.visible_boards(), None, None)
+    (capped,) = limits.capped
+    entered, release = hang_the_next_set(sim, monkeypatch, 300_000)
+    try:
+        with pytest.raises(deadline.DriverHung, match="NVIDIA driver's power limits did not return within 0.2 s"):
+            limits.set(capped, 300_000)
+        assert entered.is_set() and capped in limits.capped
+        assert limits.set(capped, 275_000) == PREVIOUS_MW  # not in force: the caller stops driving the board
+        assert limits.restore() == [REFUSED]
+        entry = journal_entries()["GPU-1"]
+        assert (entry["previous_mw"], entry["set_mw"], entry["from_mw"]) == (PREVIOUS_MW, 300_000, PREVIOUS_MW)
+        assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW and limits.capped == [capped]
+    finally:
+        release.set()
+        landed_and_undone(sim, limits)
+        limits.guard.uninstall()
+    assert limits.take_messages() == ["GPU 0: power limit restored to 350 W."]
 
 
 # ----------------------------------------------------------------------------- 2. a kill mid-change

@@ -116,3 +116,36 @@ def test_a_discovery_that_never_returns_is_left_behind_after_the_bound(sim_gpus,
         for thread in threading.enumerate():
             if thread.name == deadline.THREAD_NAME:
                 thread.join(10)
+
+
+def test_what_waits_for_a_hung_call_runs_once_it_returns_and_may_call_the_driver(monkeypatch) -> None:
+    """A call that outlives its wait: the library is not called again while it hangs; what waits for it
+    (`when_returned`, a restore's limit to put back) runs on its thread once it returns, and may call the
+    same library (it answers again); once nothing hangs, `when_returned` runs at once."""
+    monkeypatch.setattr(deadline, "DRIVER_WAIT_S", 0.1)
+    release, said = threading.Event(), []
+    with pytest.raises(deadline.DriverHung, match="call to the X driver did not return within 0.1 s"):
+        deadline.within_bound("X driver", lambda: release.wait(30))
+    with pytest.raises(deadline.DriverHung, match="still has not returned"):
+        deadline.within_bound("X driver", lambda: said.append("called while hung"))
+    assert deadline.within_bound("Y driver", lambda: 5) == 5  # another library is asked as before
+    answered = threading.Event()
+    deadline.when_returned(
+        "X driver", lambda: (said.append(deadline.within_bound("X driver", lambda: 3)), answered.set())
+    )
+    assert said == []
+    release.set()
+    assert answered.wait(10) and said == [3]
+    deadline.when_returned("X driver", lambda: said.append("at once"))
+    assert said == [3, "at once"]
+
+
+def test_a_call_made_where_no_thread_can_start_is_made_on_the_callers(monkeypatch) -> None:
+    """At interpreter shutdown (an atexit restore, Python 3.12+) no new thread starts: the call is made
+    on the caller's thread, unbounded, rather than not at all."""
+
+    def refuse(self) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    assert deadline.within_bound("X driver", lambda: threading.current_thread().name) == "MainThread"

@@ -171,7 +171,7 @@ class EnergyTracker:
     def join(self, ranks: Ranks) -> None:
         """Take this process's part in a job (before `start_fit`): its devices, the record, sums."""
         self.ranks, self.joined = ranks, True
-        self.meter.assign(ranks.gpu_indices, ranks.node_devices, ranks.node_peers)
+        self.meter.assign(ranks.gpu_indices, ranks.node_devices, ranks.host_peers)
         if not ranks.leads_job:
             self.record = None
 

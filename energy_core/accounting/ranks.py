@@ -58,6 +58,10 @@ class Ranks:
         node_boards: The boards the ranks of this host train on (`board_of`: vendor and UUID), from
             the same gather; a power cap's node leader caps them even where it does not see them
             (``CUDA_VISIBLE_DEVICES`` set per rank).
+        host_peers: The other ranks on this rank's host (`this_process` of each), from the same
+            gather: the CPU estimate counts their time with this rank's.
+        host_first: Whether this rank is the first of its host's ranks in global order, from the
+            same gather (None where none was made: the node's local rank 0 stands for it).
     """
 
     rank: int = 0
@@ -69,7 +73,8 @@ class Ranks:
     any: Callable[[bool], bool] | None = None
     gpu_shared: bool = False
     node_boards: tuple[str, ...] = ()
-    node_peers: tuple[Process, ...] = ()  # the other ranks of this rank's node (`this_process` of each)
+    host_peers: tuple[Process, ...] = ()  # the other ranks on this rank's host (`this_process` of each)
+    host_first: bool | None = None  # the first of its host's ranks in global order (None: not gathered)
 
     @property
     def distributed(self) -> bool:
@@ -87,8 +92,11 @@ class Ranks:
 
     @property
     def node_devices(self) -> bool:
-        """Whether this rank measures the node's CPU and DRAM."""
-        return not self.distributed or self.local_rank == 0
+        """Whether this rank measures its host's CPU and DRAM: the host's first rank (two launcher
+        "nodes" on one host share one CPU, counted once)."""
+        if not self.distributed:
+            return True
+        return self.local_rank == 0 if self.host_first is None else self.host_first
 
     @property
     def leads_node(self) -> bool:
@@ -302,14 +310,19 @@ def board_of(gpu_index: int | None) -> str | None:
 
 
 def board_roles(everyone: Sequence[tuple[str, str, str | None, Process]], rank: int) -> dict[str, Any]:
-    """`Ranks`' ``gpu_shared``, ``node_boards`` and ``node_peers`` for ``rank``, from every rank's (host,
-    `node_of`, `board_of`, `this_process`): the one gather a job makes at setup, read the same way
-    wherever it is made."""
+    """`Ranks`' ``gpu_shared``, ``node_boards``, ``host_peers`` and ``host_first`` for ``rank``, from every
+    rank's (host, `node_of`, `board_of`, `this_process`): the one gather a job makes at setup, read the
+    same way wherever it is made."""
     boards = [(host, board) for host, _, board, _ in everyone]
     nodes = [((host, node), board) for host, node, board, _ in everyone]
-    node = nodes[rank][0]
-    peers = tuple(everyone[r][3] for r, (place, _) in enumerate(nodes) if place == node and r != rank)
-    return {"gpu_shared": shared_board(boards, rank), "node_boards": node_boards(nodes, rank), "node_peers": peers}
+    hosts = [host for host, _, _, _ in everyone]
+    peers = tuple(everyone[r][3] for r, host in enumerate(hosts) if host == hosts[rank] and r != rank)
+    return {
+        "gpu_shared": shared_board(boards, rank),
+        "node_boards": node_boards(nodes, rank),
+        "host_peers": peers,
+        "host_first": hosts.index(hosts[rank]) == rank,
+    }
 
 
 def shared_board(everyone: Sequence[tuple[str, str | None]], rank: int) -> bool:

@@ -73,7 +73,7 @@ def discover(
     node_devices: bool = True,
     rapl_root: Path | None = None,
     cpu_tdp_w: float | None = None,
-    node_peers: Sequence[cpu_estimate.Process] = (),
+    host_peers: Sequence[cpu_estimate.Process] = (),
 ) -> tuple[list[EnergySource], list[Notice]]:
     """Open a source for every device of the requested kinds this process should measure.
 
@@ -84,7 +84,7 @@ def discover(
         node_devices: Open CPU and DRAM sources (False on all but one rank of a node).
         rapl_root: The powercap directory, for tests.
         cpu_tdp_w: The CPU socket's TDP for the CPU estimate, instead of codecarbon's table.
-        node_peers: The node's other ranks (`cpu_estimate.this_process` of each), whose CPU time and
+        host_peers: The host's other ranks (`cpu_estimate.this_process` of each), whose CPU time and
             memory the estimates count with this process's (RAPL reads the whole package anyway).
 
     Returns:
@@ -112,11 +112,11 @@ def discover(
         notices += found
         measured = {s.info.kind for s in readers}
         if "cpu" in node_kinds and "cpu" not in measured:
-            estimate, found = cpu_estimate.estimate_cpu(cpu_tdp_w, node_peers)
+            estimate, found = cpu_estimate.estimate_cpu(cpu_tdp_w, host_peers)
             sources.append(estimate)
             notices += found
         if "dram" in node_kinds and "dram" not in measured and explicit:
-            dram, found = cpu_estimate.estimate_dram(node_peers)
+            dram, found = cpu_estimate.estimate_dram(host_peers)
             sources.append(dram)
             notices += found
     if explicit and "gpu" in kinds and not any(s.info.kind == "gpu" for s in sources):

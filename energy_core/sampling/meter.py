@@ -62,7 +62,7 @@ class EnergyMeter:
         self.sample_interval_s = check_interval(sample_interval_s)
         self.cuda_indices = cuda_indices
         self.node_devices = node_devices
-        self.node_peers: tuple[Process, ...] = ()  # the node's other ranks (`assign`)
+        self.host_peers: tuple[Process, ...] = ()  # the host's other ranks (`assign`)
         self.rapl_root = rapl_root
         self.clock = clock
         self.cpu_tdp_w = cpu_tdp_w
@@ -73,15 +73,15 @@ class EnergyMeter:
         self._hung_until: float | None = None  # when a `close` that left a hung read behind was called
         self._opened_at = 0.0  # when the run now measured (or the last one) opened: a stall counts from here
 
-    def assign(self, gpu_indices: Sequence[int] | None, node_devices: bool, node_peers: Sequence[Process] = ()) -> None:
+    def assign(self, gpu_indices: Sequence[int] | None, node_devices: bool, host_peers: Sequence[Process] = ()) -> None:
         """Measure only these visible GPUs (None: all) and, or not, the node's CPU and DRAM (with
-        ``node_peers``, the node's other ranks, where they are estimated from process time).
+        ``host_peers``, the host's other ranks, where they are estimated from process time).
 
         Set before `open`: how a rank of a multi-process job takes its share of the devices.
         """
         self.cuda_indices = gpu_indices
         self.node_devices = node_devices
-        self.node_peers = tuple(node_peers)
+        self.host_peers = tuple(host_peers)
 
     def open(self) -> list[Notice]:
         """Discover devices (first call only) and start sampling. Returns the notices.
@@ -98,7 +98,7 @@ class EnergyMeter:
                 self.node_devices,
                 self.rapl_root,
                 self.cpu_tdp_w,
-                self.node_peers,
+                self.host_peers,
             )
             self.sampler = Sampler(self.sources, self.sample_interval_s, clock=self.clock)
         if not self.sampler.running:  # a run of its own: an earlier one's stall is not its (a stage in a fit's is)

@@ -163,7 +163,7 @@ def test_lightning_ranks_tell_a_rank_that_shares_its_board(sim_gpus, monkeypatch
     monkeypatch.setattr(dist, "all_gather_object", gather_both)
     ranks = ranks_of(Trainer())
     assert ranks.gpu_shared and ranks.gpu_indices == [] and ranks.node_boards == ("nvidia:GPU-only",)
-    assert ranks.node_peers == ((4242, 1.0),)  # the other rank of its node, for the CPU estimate
+    assert ranks.host_peers == ((4242, 1.0),)  # the other rank of its node, for the CPU estimate
 
 
 def test_agree_without_any_still_agrees_through_the_sum() -> None:
@@ -211,8 +211,11 @@ def test_two_torchrun_nodes_on_one_host_keep_their_local_ranks(monkeypatch) -> N
         _fake_group(monkeypatch, rank, everyone)
         seen.append(torch_distributed(gpu_index=None))
     assert [r.local_rank for r in seen] == [0, 1, 0, 1]
-    # each node's other rank, whose CPU time the node's leader estimates with its own; not the other node's
-    assert [r.node_peers for r in seen] == [((101, 5.0),), ((100, 5.0),), ((111, 5.0),), ((110, 5.0),)]
+    # one CPU package: measured by the host's first rank alone (before, by each node's local rank 0: twice), which
+    # estimates the other three ranks' CPU time with its own
+    assert [r.node_devices for r in seen] == [True, False, False, False]
+    assert seen[0].host_peers == ((101, 5.0), (110, 5.0), (111, 5.0))
+    assert [r.leads_node for r in seen] == [True, False, True, False]  # each node's leader still caps its boards
 
 
 @pytest.mark.parametrize(

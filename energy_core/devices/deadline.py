@@ -75,10 +75,11 @@ def library_name(vendor: str) -> str:
     return f"{vendor.upper()} driver"
 
 
-def limits_library(vendor: str) -> str:
-    """How one vendor's power-limit calls are named: apart from its reads, so that a set that hangs
-    stops no measurement (a read that hangs says so itself)."""
-    return f"{library_name(vendor)}'s power limits"
+def limits_library(board: GpuBoard) -> str:
+    """How the power-limit calls of one board are named: apart from the vendor's reads, so that a
+    set that hangs stops no measurement, and from its other boards', so that one board's hung call
+    leaves the others' limits to be put back."""
+    return f"{library_name(board.vendor)} for {board.uuid}'s power limit"
 
 
 def when_returned(library: str, then: Callable[[], None]) -> None:
@@ -151,7 +152,7 @@ class BoundedBoard(GpuBoard):
     def __init__(self, board: GpuBoard) -> None:
         self.board = board
         self.vendor, self.index, self.uuid = board.vendor, board.index, board.uuid
-        self._library = limits_library(board.vendor)
+        self._library = limits_library(board)
 
     def limits(self) -> LimitRange:
         return within_bound(self._library, self.board.limits)

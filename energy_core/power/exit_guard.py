@@ -172,7 +172,16 @@ def signals_held() -> Iterator[None]:
     finally:
         if held:
             _holds.remove(held)
+        first: BaseException | None = None  # a handler that raises (Ctrl-C's) stops no other from running
         for number, handler in held.items():
-            signal.signal(number, handler)
+            try:
+                signal.signal(number, handler)
+            except BaseException as err:  # noqa: BLE001 - raised once every handler is back and every signal sent
+                first = first or err
         for number in dict.fromkeys(came):
-            signal.raise_signal(number)  # to this thread: its handler runs before the block is left
+            try:
+                signal.raise_signal(number)  # to this thread: its handler runs before the block is left
+            except BaseException as err:  # noqa: BLE001 - as above
+                first = first or err
+        if first is not None:
+            raise first

@@ -287,7 +287,7 @@ class PowerLimits:
             capped.board.set_limit_mw(target_mw)
         except deadline.DriverHung:  # still in the driver: it may land whenever the driver answers
             capped.hung_mw, capped.pending_mw = target_mw, None
-            deadline.when_returned(deadline.limits_library(capped.board.vendor), partial(self._returned, capped))
+            self._when_returned(capped)
             raise
         except BaseException as err:
             if capped.restore_to is not None:
@@ -326,13 +326,21 @@ class PowerLimits:
                     capped.board.set_limit_mw(to)
             except (DeviceError, PermissionError) as err:
                 capped.restore_to = to
-                self._messages.append(f"{capped.board.label}: restoring the power limit failed ({err}).")
+                if isinstance(err, deadline.DriverHung):  # another call of the board hangs: once it returns
+                    self._when_returned(capped)
+                else:
+                    self._messages.append(f"{capped.board.label}: restoring the power limit failed ({err}).")
                 return
             self._messages.append(f"{capped.board.label}: power limit restored to {to / 1000:g} W.")
-            self._release([capped])
+            if capped in self.capped:
+                self._release([capped])
         finally:
             if held:
                 self._lock.release()
+
+    def _when_returned(self, capped: CappedGpu) -> None:
+        """Have `_returned` run once the board's call that did not return in time has returned."""
+        deadline.when_returned(deadline.limits_library(capped.board), partial(self._returned, capped))
 
     @staticmethod
     def _read_back(capped: CappedGpu, target_mw: int) -> None:
@@ -488,12 +496,13 @@ class PowerLimits:
         """
         if not self.guard.here():
             return []
-        held = self._lock.acquire(timeout=deadline.DRIVER_WAIT_S)
-        try:
-            return self._restore()
-        finally:
-            if held:
-                self._lock.release()
+        with signals_held():  # a guard's restore comes after this one, not amid it (its driver calls wait)
+            held = self._lock.acquire(timeout=deadline.DRIVER_WAIT_S)
+            try:
+                return self._restore()
+            finally:
+                if held:
+                    self._lock.release()
 
     def _restore(self) -> list[str]:
         messages = self.take_messages()
@@ -514,15 +523,18 @@ class PowerLimits:
                     capped.board.set_limit_mw(capped.previous_mw)
                 except (DeviceError, PermissionError) as err:
                     messages.append(f"{label}: restoring the power limit failed ({err}).")
-                    if capped.hung_mw is not None:  # put back once the driver answers (`_returned`)
-                        capped.restore_to = capped.previous_mw
+                    if capped.hung_mw is not None or pending is not None or isinstance(err, deadline.DriverHung):
+                        capped.restore_to = capped.previous_mw  # put back once the driver answers (`_returned`)
+                        if isinstance(err, deadline.DriverHung):
+                            self._when_returned(capped)
                     continue
                 messages.append(f"{label}: power limit restored to {capped.previous_mw / 1000:g} W.")
             if pending is not None:
                 capped.restore_to = to
                 if current != pending and pending != to:
                     continue  # the change may still land: let go of the board once it has returned
-            self.capped.remove(capped)
+            if capped in self.capped:  # a restore run meanwhile (another thread's) may have let it go
+                self.capped.remove(capped)
             restored.append(capped.board.uuid)
         self._let_go(restored)
         return list(dict.fromkeys(messages + self._forget(restored)))  # a failure said before is not said again

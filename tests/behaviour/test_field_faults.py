@@ -338,12 +338,12 @@ def test_a_power_limit_call_that_hangs_holds_no_training_and_the_limit_goes_back
     texts = " ".join(str(w.message) for w in caught)
     assert (
         texts.count(
-            f"Power cap not applied: the GPU driver failed (a call to the NVIDIA driver's power limits did not "
-            f"return within {WAIT_S:g} s (a hung driver?)). Training continues uncapped."
+            f"Power cap not applied: the GPU driver failed (a call to the NVIDIA driver for GPU-a's power limit did "
+            f"not return within {WAIT_S:g} s (a hung driver?)). Training continues uncapped."
         )
         == 1
     )
-    assert texts.count("restoring the power limit failed (an earlier call to the NVIDIA driver's power") == 1, texts
+    assert texts.count("restoring the power limit failed (an earlier call to the NVIDIA driver for GPU-a's") == 1, texts
     assert "the power cap is still on" in texts and "not measured" not in texts, texts  # the reads go on
     summary = read_record(tmp_path / "energy.jsonl")[-1]
     assert summary["metrics"]["energy/gpu_kwh"] > 0

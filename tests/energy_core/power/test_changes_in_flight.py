@@ -127,8 +127,8 @@ def hang_the_next_set(sim, monkeypatch, target_mw: int) -> tuple[threading.Event
 
 
 REFUSED = (
-    "GPU 0: restoring the power limit failed (an earlier call to the NVIDIA driver's power limits still has "
-    "not returned (a hung driver?))."
+    "GPU 0: restoring the power limit failed (an earlier call to the NVIDIA driver for GPU-1's power limit "
+    "still has not returned (a hung driver?))."
 )
 
 
@@ -189,7 +189,9 @@ def test_a_change_hung_in_the_driver_holds_the_training_thread_a_bounded_time_an
     (capped,) = limits.capped
     entered, release = hang_the_next_set(sim, monkeypatch, 300_000)
     try:
-        with pytest.raises(deadline.DriverHung, match="NVIDIA driver's power limits did not return within 0.2 s"):
+        with pytest.raises(
+            deadline.DriverHung, match="NVIDIA driver for GPU-1's power limit did not return within 0.2 s"
+        ):
             limits.set(capped, 300_000)
         assert entered.is_set() and capped in limits.capped
         assert limits.set(capped, 275_000) == PREVIOUS_MW  # not in force: the caller stops driving the board

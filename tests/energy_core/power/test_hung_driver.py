@@ -1,0 +1,203 @@
+"""A driver that does not answer in time: what the bounded power-limit calls leave undone is done
+once it answers, and signals during a change or a restore wait for it (a hostile review's findings,
+each failing on the first version of the bounded calls).
+
+The simulated driver's calls are slowed or held on an Event; every wait for an outcome polls the
+board (`eventually`), so that the tests hold on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pynvml
+import pytest
+
+from energy_core import devices
+from energy_core.accounting.ranks import Ranks
+from energy_core.devices import deadline
+from energy_core.power import PowerCapRun, PowerLimits
+from tests.energy_core.power.test_changes_in_flight import driver_set, once
+from tests.helpers.shared_machine import PREVIOUS_MW, admin_limit, board, journal_entries
+
+
+@pytest.fixture
+def sigterm_seen() -> Iterator[list[int]]:
+    """A Python SIGTERM handler below the guard, as Lightning's (note the signal, stop at the next step)."""
+    seen: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    yield seen
+    signal.signal(signal.SIGTERM, before)
+
+
+def eventually(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.mark.parametrize("during", ["set", "read"])
+def test_a_sigterm_during_the_end_s_restore_raises_nothing_and_restores(sim, monkeypatch, sigterm_seen, during) -> None:
+    """SLURM's SIGTERM while the end's restore waits for the driver: the guard's restore ran inside it and
+    let the board go, then the outer one removed it again (`ValueError` out of `finish`)."""
+    run = PowerCapRun(watts=250)
+    run.begin(Ranks())
+    assert sim.limit_mw(sim.gpus[0]) == 250_000
+    name = "nvmlDeviceSetPowerManagementLimit" if during == "set" else "nvmlDeviceGetPowerManagementLimit"
+    real, sent = getattr(sim, name), []
+
+    def slow(gpu, *mw):
+        if not sent and (during == "read" or mw == (PREVIOUS_MW,)):
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.3)
+        return real(gpu, *mw)
+
+    monkeypatch.setattr(pynvml, name, slow)
+    try:
+        notices = [n.text for n in run.finish()]
+    finally:
+        if run.limits is not None:
+            run.limits.guard.uninstall()
+    assert "GPU 0: power limit restored to 350 W." in notices and sigterm_seen == [signal.SIGTERM]
+    assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW and journal_entries() == {}
+
+
+def test_a_ctrl_c_and_a_sigterm_during_a_change_both_reach_their_handlers(sim, monkeypatch, sigterm_seen) -> None:
+    """Both held while the change is in the driver: the Ctrl-C's replay raised, and the SIGTERM was never sent."""
+    limits = PowerLimits()
+    limits.apply(devices.visible_boards(), None, None)
+    (capped,) = limits.capped
+
+    def both() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    driver_set(sim, monkeypatch, once(both, 300_000), landed_first=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            limits.set(capped, 300_000)
+    finally:
+        limits.guard.uninstall()
+    assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW and sigterm_seen == [signal.SIGTERM]
+
+
+def test_one_board_that_hangs_leaves_the_others_limits_to_be_put_back(sim_gpus, monkeypatch) -> None:
+    """A board fallen off the bus: its call does not return. The other board's calls are its own (they were
+    refused as the same library's), so the end's restore puts its limit back at once."""
+    sim = sim_gpus(board("GPU-1"), board("GPU-2"))
+    admin_limit(sim)
+    monkeypatch.setattr(deadline, "DRIVER_WAIT_S", 0.2)
+    limits = PowerLimits()
+    limits.apply(devices.visible_boards(), None, None)
+    lost, healthy = limits.capped
+    assert limits.set(healthy, 300_000) == 300_000  # a search rung on the healthy board
+    release = threading.Event()
+    real = sim.nvmlDeviceSetPowerManagementLimit
+
+    def set_limit(gpu, mw: int) -> None:
+        if gpu is sim.gpus[0]:
+            release.wait(30)
+        real(gpu, mw)
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceSetPowerManagementLimit", set_limit)
+    try:
+        with pytest.raises(deadline.DriverHung, match="GPU-1's power limit did not return"):
+            limits.set(lost, 300_000)
+        said = limits.restore()
+        assert "GPU 1: power limit restored to 350 W." in said and sim.limit_mw(sim.gpus[1]) == PREVIOUS_MW
+        assert list(journal_entries()) == ["GPU-1"] and limits.capped == [lost]
+    finally:
+        release.set()
+        assert eventually(lambda: not limits.capped)  # the late change lands and is undone
+        limits.guard.uninstall()
+    assert [sim.limit_mw(g) for g in sim.gpus] == [PREVIOUS_MW, PREVIOUS_MW] and journal_entries() == {}
+
+
+@pytest.mark.parametrize("slow", ["read", "set"])
+def test_a_restore_whose_own_call_outlives_its_wait_is_finished_when_it_returns(sim, monkeypatch, slow) -> None:
+    """The end's restore: its read, or its set, returns after the wait. Nothing followed it up: the cap stayed
+    on (a read), or the board stayed listed, journalled and locked against other runs (a set)."""
+    monkeypatch.setattr(deadline, "DRIVER_WAIT_S", 0.3)
+    run = PowerCapRun(watts=250)
+    run.begin(Ranks())
+    name = "nvmlDeviceSetPowerManagementLimit" if slow == "set" else "nvmlDeviceGetPowerManagementLimit"
+    real, done = getattr(sim, name), []
+
+    def late(gpu, *mw):
+        if not done and (slow == "read" or mw == (PREVIOUS_MW,)):
+            done.append(1)
+            time.sleep(1.0)
+        return real(gpu, *mw)
+
+    monkeypatch.setattr(pynvml, name, late)
+    try:
+        notices = [n.text for n in run.finish()]
+        assert any("the power cap is still on" in n for n in notices), notices
+        assert run.limits is not None
+        limits = run.limits
+        assert eventually(lambda: not limits.capped and journal_entries() == {})
+        assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW
+        assert limits.restore() == ["GPU 0: power limit restored to 350 W."]  # said late, by the next call
+    finally:
+        if run.limits is not None:
+            run.limits.guard.uninstall()
+
+
+def test_a_late_change_is_undone_when_a_restore_s_read_hung_after_it(sim, monkeypatch) -> None:
+    """A struggling driver: the search's change reads slowly, then its set hangs; a restore from another
+    thread reads, and hangs too. The set lands first: putting the limit back was refused (the read still
+    hung) and never tried again, so the late 300 W stayed on the board."""
+    monkeypatch.setattr(deadline, "DRIVER_WAIT_S", 0.5)
+    limits = PowerLimits()
+    limits.apply(devices.visible_boards(), None, None)
+    (capped,) = limits.capped
+    set_release, read_release = threading.Event(), threading.Event()
+    real_set, real_get = sim.nvmlDeviceSetPowerManagementLimit, sim.nvmlDeviceGetPowerManagementLimit
+    reads: list[int] = []
+
+    def get(gpu):
+        reads.append(1)
+        if len(reads) == 1:
+            time.sleep(0.3)  # slow, within the wait
+        elif len(reads) == 2:
+            read_release.wait(30)  # the restore's read: the driver is wedged
+        return real_get(gpu)
+
+    def set_limit(gpu, mw: int) -> None:
+        if mw == 300_000:
+            set_release.wait(30)
+        real_set(gpu, mw)
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetPowerManagementLimit", get)
+    monkeypatch.setattr(pynvml, "nvmlDeviceSetPowerManagementLimit", set_limit)
+
+    def train() -> None:
+        try:
+            limits.set(capped, 300_000)
+        except deadline.DriverHung:
+            pass
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    time.sleep(0.1)
+    restorer = threading.Thread(target=limits.restore)
+    restorer.start()
+    try:
+        restorer.join(20)
+        trainer.join(20)
+        assert not restorer.is_alive() and not trainer.is_alive()
+    finally:
+        set_release.set()  # the driver answers: the set lands first ...
+        time.sleep(0.2)
+        read_release.set()  # ... the read a moment later
+        assert eventually(lambda: not limits.capped and sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW)
+        limits.guard.uninstall()
+    assert journal_entries() == {}

@@ -88,15 +88,17 @@ class ExitGuard:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         previous = self._previous.get(signum)
-        with signals_held():
-            if self.here():
-                self.restore()
-            if not callable(previous):  # the default action, as without the guard: the signal again, by default
-                signal.signal(signum, signal.SIG_DFL)
-                os.kill(os.getpid(), signum)
-        if callable(previous):
-            previous(signum, frame)
-        else:
+        try:
+            with signals_held():
+                if self.here():
+                    self.restore()
+                if not callable(previous):  # the default action, as without the guard: the signal again
+                    signal.signal(signum, signal.SIG_DFL)
+                    os.kill(os.getpid(), signum)
+        finally:  # a Ctrl-C held during the restore raises as it ends: the signal's own handler runs all the same
+            if callable(previous):
+                previous(signum, frame)
+        if not callable(previous):
             raise SystemExit(128 + signum)  # only where the signal did not end the process (blocked)
 
     def uninstall(self) -> None:
@@ -157,31 +159,47 @@ def signals_held() -> Iterator[None]:
     """
     came: list[int] = []
     held: dict[int, Any] = {}
-    for signum in signal.valid_signals():
-        try:
-            handler = signal.getsignal(signum)
-            if callable(handler):
-                signal.signal(signum, lambda number, frame: came.append(number))
-                held[signum] = handler
-        except (OSError, ValueError, RuntimeError):
-            continue  # a signal Python does not handle
-    if held:  # the main thread's: a guard installed meanwhile takes its place from the block's end
-        _holds.append(held)
-    try:
+    pushed = False
+    try:  # a signal whose handler raises (Ctrl-C) may cut the setup short: what it held is put back
+        for signum in signal.valid_signals():
+            try:
+                handler = signal.getsignal(signum)
+                if callable(handler):
+                    held[signum] = handler  # first: put back even if the signal comes as it is replaced
+                    signal.signal(signum, lambda number, frame: came.append(number))
+            except (OSError, ValueError, RuntimeError):
+                held.pop(signum, None)  # a signal Python does not handle, or not from this thread
+        if held:  # the main thread's: a guard installed meanwhile takes its place from the block's end
+            _holds.append(held)
+            pushed = True
         yield
     finally:
-        if held:
+        if pushed:
             _holds.remove(held)
-        first: BaseException | None = None  # a handler that raises (Ctrl-C's) stops no other from running
-        for number, handler in held.items():
-            try:
-                signal.signal(number, handler)
-            except BaseException as err:  # noqa: BLE001 - raised once every handler is back and every signal sent
-                first = first or err
-        for number in dict.fromkeys(came):
-            try:
-                signal.raise_signal(number)  # to this thread: its handler runs before the block is left
-            except BaseException as err:  # noqa: BLE001 - as above
-                first = first or err
-        if first is not None:
-            raise first
+        # A handler that raises (Ctrl-C's), for a signal sent again or one that comes now, stops no other
+        # handler from being put back and no other signal from being sent: its error is raised after them.
+        # Ctrl-C's handler goes back last, so that a Ctrl-C coming meanwhile finds every other one in place.
+        back = sorted(held.items(), key=lambda item: item[0] == signal.SIGINT)
+        first = _all_done(back, lambda item: signal.signal(*item), again=True)
+        sent = _all_done(list(dict.fromkeys(came)), signal.raise_signal, again=False)  # to this thread: at once
+        if first or sent:
+            raise first or sent  # type: ignore[misc]
+
+
+def _all_done(items: list[Any], act: Callable[[Any], Any], again: bool) -> BaseException | None:
+    """``act`` on every item, whatever a signal's handler raises meanwhile; the first error (None if
+    none). ``again``: an item the error came after may be done again (putting a handler back), else
+    it counts as done (sending a signal, whose handler raised)."""
+    first: BaseException | None = None
+    left = list(items)
+    while left:
+        try:
+            while left:
+                if again:
+                    act(left[0])
+                    del left[0]
+                else:
+                    act(left.pop(0))
+        except BaseException as err:  # noqa: BLE001 - raised by the caller once every item is done
+            first = first or err
+    return first

@@ -18,10 +18,10 @@ cap (not the maximum, not the default, not another run's cap). A board that no l
 carries the limit this object set (an administrator changed it since) is left as it is,
 at the end and at the next change alike (`PowerLimits.set` lets it go).
 
-A change in the driver when a restore comes (a signal handler interrupting it, or another
-thread, waited for at most `DRIVER_WAIT_S`) is this run's too: its target is recorded
-before the call (``pending_mw``), the restore accepts it on the board, and the board and
-its journal entry are let go only once the board carries its limit before the cap again.
+A change in the driver when a restore comes (another thread's, waited for at most
+`LOCK_WAIT_CALLS` driver calls' wait) is this run's too: its target is recorded before the
+call (``pending_mw``), the restore accepts it on the board, and the board and its journal
+entry are let go only once the board carries its limit before the cap again.
 The journal entry written before a change also names the limit the board carried before it
 (``from_mw``), so that a kill between the journal and the driver is recovered as well; it is
 not written again after the change (a signal then could not clear it: its handler does not
@@ -55,6 +55,7 @@ from energy_core.power.recovery import recover_entry
 
 __all__ = ["BusyBoard", "CappedGpu", "PlannedCap", "PowerLimits", "plan_caps", "select_boards"]
 
+LOCK_WAIT_CALLS = 3  # a change holds the lock for at most this many bounded driver calls (read, set, read back)
 _LEFT: list[PowerLimits] = []  # this process's runs that ended with a limit they could not put back
 _LEFT_LOCK = threading.Lock()
 
@@ -311,9 +312,11 @@ class PowerLimits:
         """A change that outlived its wait (``hung_mw``) has returned, landed or not (on the
         driver call's thread). Before any restore, the board carries what it reads back and
         may be driven again; after one, the restore's limit goes back on, and the board and its
-        entry are let go."""
-        held = self._lock.acquire(timeout=deadline.DRIVER_WAIT_S)
-        try:
+        entry are let go. It waits for the lock without a bound: on the driver call's thread,
+        nobody waits for it, and whoever holds the lock lets it go within a few bounded calls
+        (going on without it, a restore meanwhile took this run's own late cap for an
+        administrator's)."""
+        with self._lock:
             capped.hung_mw = None
             if capped not in self.capped:
                 return
@@ -334,9 +337,6 @@ class PowerLimits:
             self._messages.append(f"{capped.board.label}: power limit restored to {to / 1000:g} W.")
             if capped in self.capped:
                 self._release([capped])
-        finally:
-            if held:
-                self._lock.release()
 
     def _when_returned(self, capped: CappedGpu) -> None:
         """Have `_returned` run once the board's call that did not return in time has returned."""
@@ -486,7 +486,7 @@ class PowerLimits:
         device or journal error.
 
         A change in the driver meanwhile is waited for (another thread's: at most
-        `DRIVER_WAIT_S`); its target counts as this run's limit. One that this thread's
+        `LOCK_WAIT_CALLS` driver calls' wait); its target counts as this run's limit. One that this thread's
         signal handler interrupted, or that has not returned in time, may land after the
         restore: its board and entry are kept until it has returned (`_change` then puts
         the limit back again).
@@ -497,7 +497,7 @@ class PowerLimits:
         if not self.guard.here():
             return []
         with signals_held():  # a guard's restore comes after this one, not amid it (its driver calls wait)
-            held = self._lock.acquire(timeout=deadline.DRIVER_WAIT_S)
+            held = self._lock.acquire(timeout=LOCK_WAIT_CALLS * deadline.DRIVER_WAIT_S)
             try:
                 return self._restore()
             finally:

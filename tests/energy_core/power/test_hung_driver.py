@@ -89,6 +89,46 @@ def test_a_ctrl_c_and_a_sigterm_during_a_change_both_reach_their_handlers(sim, m
     assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW and sigterm_seen == [signal.SIGTERM]
 
 
+def test_a_ctrl_c_during_the_guard_s_restore_lets_the_sigterm_reach_the_handler_below(
+    sim, monkeypatch, sigterm_seen
+) -> None:
+    """SLURM's SIGTERM reaches the guard; a Ctrl-C comes while its restore is in the driver. The Ctrl-C's
+    `KeyboardInterrupt`, raised as the restore ended, skipped the handler the guard passes SIGTERM on to
+    (Lightning's: its requeue was lost)."""
+    limits = PowerLimits()
+    limits.apply(devices.visible_boards(), 250, None)
+    driver_set(sim, monkeypatch, once(lambda: os.kill(os.getpid(), signal.SIGINT), PREVIOUS_MW), landed_first=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+    finally:
+        limits.guard.uninstall()
+    assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW and sigterm_seen == [signal.SIGTERM]
+
+
+def test_a_ctrl_c_while_signals_are_being_held_puts_every_handler_back(monkeypatch, sigterm_seen) -> None:
+    """The hold swaps every handler for a placeholder, SIGHUP before SIGINT before SIGTERM: a Ctrl-C between
+    two swaps raised out of the setup and left the ones swapped on the placeholder for good (a later SIGHUP
+    then neither restored nor ended the process)."""
+    from energy_core.power import exit_guard
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)}
+    real, swaps = signal.signal, []
+
+    def interrupted(signum, handler):
+        swaps.append(signum)
+        if len(swaps) == 2:  # the second swap of the setup: as a Ctrl-C arriving between two
+            raise KeyboardInterrupt
+        return real(signum, handler)
+
+    monkeypatch.setattr(signal, "signal", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with exit_guard.signals_held():
+            pass
+    monkeypatch.setattr(signal, "signal", real)
+    assert {signum: signal.getsignal(signum) for signum in before} == before and exit_guard._holds == []
+
+
 def test_one_board_that_hangs_leaves_the_others_limits_to_be_put_back(sim_gpus, monkeypatch) -> None:
     """A board fallen off the bus: its call does not return. The other board's calls are its own (they were
     refused as the same library's), so the end's restore puts its limit back at once."""
@@ -201,3 +241,53 @@ def test_a_late_change_is_undone_when_a_restore_s_read_hung_after_it(sim, monkey
         assert eventually(lambda: not limits.capped and sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW)
         limits.guard.uninstall()
     assert journal_entries() == {}
+
+
+def test_a_late_change_returning_during_a_slow_restore_is_not_taken_for_an_administrator_s(
+    sim_gpus, monkeypatch
+) -> None:
+    """Board 1's change hangs; the end's restore holds the lock longer than one call's wait (board 0 answers
+    slowly, within the wait); board 1's call returns meanwhile. Its follow-up went on without the lock, and
+    the restore read the run's own late 300 W as an administrator's change: left on the board, let go,
+    unjournalled. The follow-up now waits for the lock."""
+    sim = sim_gpus(board("GPU-1"), board("GPU-2"))
+    admin_limit(sim)
+    monkeypatch.setattr(deadline, "DRIVER_WAIT_S", 0.5)
+    limits = PowerLimits()
+    limits.apply(devices.visible_boards(), None, None)
+    _, late = limits.capped
+    g0, g1 = sim.gpus
+    real_set, real_get = sim.nvmlDeviceSetPowerManagementLimit, sim.nvmlDeviceGetPowerManagementLimit
+    release, slow = threading.Event(), threading.Event()
+    read_back_slowly: list[int] = []
+
+    def set_limit(gpu, mw: int) -> None:
+        if gpu is g1 and mw == 300_000:
+            release.wait(30)
+        if gpu is g0 and slow.is_set():
+            time.sleep(0.4)
+        real_set(gpu, mw)
+
+    def get(gpu):
+        if gpu is g0 and slow.is_set():
+            time.sleep(0.4)
+        if gpu is g1 and slow.is_set() and threading.current_thread().name == deadline.THREAD_NAME:
+            if not read_back_slowly:  # the follow-up's read, from the returned call's thread
+                read_back_slowly.append(1)
+                time.sleep(0.45)
+        return real_get(gpu)
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceSetPowerManagementLimit", set_limit)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetPowerManagementLimit", get)
+    with pytest.raises(deadline.DriverHung):
+        limits.set(late, 300_000)
+    slow.set()
+    threading.Timer(0.05, release.set).start()  # the driver answers just after the restore began
+    try:
+        said = limits.restore()
+        assert not any("someone changed it" in line for line in said), said
+        assert eventually(lambda: not limits.capped and sim.limit_mw(g1) == PREVIOUS_MW)
+    finally:
+        release.set()
+        limits.guard.uninstall()
+    assert [sim.limit_mw(g) for g in sim.gpus] == [PREVIOUS_MW, PREVIOUS_MW] and journal_entries() == {}

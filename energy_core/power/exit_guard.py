@@ -126,6 +126,7 @@ def _unchained(signum: int, handler: Any) -> Any:
     return signal.SIG_DFL if handler is None else handler
 
 
+AGAIN_TRIES = 3  # `_all_done`: an item that may be done again is tried at most this many times
 _holds: list[dict[int, Any]] = []  # the handlers `signals_held` blocks hold, outermost first (main thread)
 
 
@@ -191,15 +192,19 @@ def _all_done(items: list[Any], act: Callable[[Any], Any], again: bool) -> BaseE
     none). ``again``: an item the error came after may be done again (putting a handler back), else
     it counts as done (sending a signal, whose handler raised)."""
     first: BaseException | None = None
-    left = list(items)
+    left, tried = list(items), 0  # how often the first item left was tried
     while left:
         try:
             while left:
-                if again:
+                tried += 1
+                if again and tried < AGAIN_TRIES:  # an item that fails each time is not tried for ever
                     act(left[0])
                     del left[0]
                 else:
                     act(left.pop(0))
+                tried = 0
         except BaseException as err:  # noqa: BLE001 - raised by the caller once every item is done
             first = first or err
+            if not (again and tried < AGAIN_TRIES):
+                tried = 0  # that item was taken off: the next one starts afresh
     return first

@@ -206,3 +206,20 @@ def test_a_guard_installed_again_under_another_makes_no_loop(no_default_action) 
     finally:
         signal.signal(signal.SIGINT, before[0])
         signal.signal(signal.SIGTERM, before[1])
+
+
+@pytest.mark.parametrize("again", [True, False], ids=["putting-handlers-back", "sending-signals"])
+def test_every_item_is_done_once_whatever_one_raises_and_none_for_ever(again) -> None:
+    """`signals_held` puts handlers back and sends held signals whatever a handler raises meanwhile; an item
+    that raises each time is tried a bounded number of times (putting back may be done again), not for ever."""
+    from energy_core.power.exit_guard import AGAIN_TRIES, _all_done
+
+    done: list[str] = []
+
+    def act(item: str) -> None:
+        done.append(item)
+        if item == "b":
+            raise ValueError("fails each time")
+
+    error = _all_done(["a", "b", "c"], act, again=again)
+    assert isinstance(error, ValueError) and done == ["a", *["b"] * (AGAIN_TRIES if again else 1), "c"]

@@ -151,7 +151,8 @@ def _set_handler(signum: int, handler: Any) -> None:
 def signals_held() -> Iterator[None]:
     """Hold every Python signal handler until the block ends; then send the signals that came
     meanwhile again, for their handlers to run as they would have. Off the main thread, where
-    Python sets no handler, it holds nothing.
+    Python sets no handler, it holds nothing. The guard's signals are held even at their default
+    action (a first cap installs its guard inside the block): their default comes at the block's end.
 
     A handler runs between any two bytecodes of the one it interrupts: a DataLoader's SIGCHLD
     handler raises when its workers die of the same signal, which would cut a restore short
@@ -165,7 +166,7 @@ def signals_held() -> Iterator[None]:
         for signum in signal.valid_signals():
             try:
                 handler = signal.getsignal(signum)
-                if callable(handler):
+                if callable(handler) or (handler == signal.SIG_DFL and signum in SIGNALS):  # a guard's own too
                     held[signum] = handler  # first: put back even if the signal comes as it is replaced
                     signal.signal(signum, lambda number, frame: came.append(number))
             except (OSError, ValueError, RuntimeError):

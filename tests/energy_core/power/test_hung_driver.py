@@ -291,3 +291,28 @@ def test_a_late_change_returning_during_a_slow_restore_is_not_taken_for_an_admin
         release.set()
         limits.guard.uninstall()
     assert [sim.limit_mw(g) for g in sim.gpus] == [PREVIOUS_MW, PREVIOUS_MW] and journal_entries() == {}
+
+
+def test_a_sigterm_during_the_first_cap_s_change_is_taken_after_it(sim, monkeypatch) -> None:
+    """SIGTERM at its default action: the first cap's guard, installed inside the change's signal hold, took
+    effect at once, not at the hold's end (only handlers set in Python were held), so its restore ran in the
+    middle of the change (350 W put back before the 250 W landed, then again). Now it comes after the change,
+    restores once, and takes the default action (here recorded, not taken)."""
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    killed: list[int] = []
+    monkeypatch.setattr(os, "kill", lambda pid, signum: killed.append(signum))  # the default action, recorded
+
+    def to_the_main_thread() -> None:  # where it interrupts the wait for this call: its handler runs meanwhile
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+        time.sleep(0.3)
+
+    driver_set(sim, monkeypatch, once(to_the_main_thread, 250_000), landed_first=False)
+    limits, before = PowerLimits(), len(sim.gpus[0].limit_history)
+    try:
+        with pytest.raises(SystemExit):  # the guard's, where the default action did not end the process
+            limits.apply(devices.visible_boards(), 250, None)
+    finally:
+        limits.guard.uninstall()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert killed == [signal.SIGTERM] and [mw for _, mw in sim.gpus[0].limit_history[before:]] == [250_000, PREVIOUS_MW]
+    assert sim.limit_mw(sim.gpus[0]) == PREVIOUS_MW and journal_entries() == {} and limits.capped == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 
 import pytest
 
@@ -15,6 +16,23 @@ def sim(sim_gpus):
     sim = sim_gpus(board())
     admin_limit(sim)
     return sim
+
+
+@pytest.fixture
+def two_boards(sim_gpus):
+    """Two simulated GPUs of one vendor (GPU-1, GPU-2), each at the administrator's limit."""
+    sim = sim_gpus(board("GPU-1"), board("GPU-2"))
+    admin_limit(sim)
+    return sim
+
+
+@pytest.fixture
+def sigterm_seen() -> Iterator[list[int]]:
+    """A Python SIGTERM handler below the guard, as Lightning's (note the signal, stop at the next step)."""
+    seen: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    yield seen
+    signal.signal(signal.SIGTERM, before)
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pynvml
 import pytest
@@ -32,15 +32,6 @@ from tests.helpers.shared_machine import PREVIOUS_MW, journal_entries, limits_se
 
 GONE = 2**30 + 7  # a pid no process has
 ADMIN_MW = 200_000  # what an administrator sets mid-run
-
-
-@pytest.fixture
-def sigterm_seen() -> Iterator[list[int]]:
-    """A Python SIGTERM handler, as Lightning's (note the signal, stop at the next step)."""
-    seen: list[int] = []
-    before = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
-    yield seen
-    signal.signal(signal.SIGTERM, before)
 
 
 def driver_set(sim, monkeypatch, during: Callable[[int], None], landed_first: bool) -> None:

@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pynvml
 import pytest
@@ -22,16 +22,7 @@ from energy_core.accounting.ranks import Ranks
 from energy_core.devices import deadline
 from energy_core.power import PowerCapRun, PowerLimits
 from tests.energy_core.power.test_changes_in_flight import driver_set, once
-from tests.helpers.shared_machine import PREVIOUS_MW, admin_limit, board, journal_entries
-
-
-@pytest.fixture
-def sigterm_seen() -> Iterator[list[int]]:
-    """A Python SIGTERM handler below the guard, as Lightning's (note the signal, stop at the next step)."""
-    seen: list[int] = []
-    before = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
-    yield seen
-    signal.signal(signal.SIGTERM, before)
+from tests.helpers.shared_machine import PREVIOUS_MW, journal_entries
 
 
 def eventually(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
@@ -129,11 +120,10 @@ def test_a_ctrl_c_while_signals_are_being_held_puts_every_handler_back(monkeypat
     assert {signum: signal.getsignal(signum) for signum in before} == before and exit_guard._holds == []
 
 
-def test_one_board_that_hangs_leaves_the_others_limits_to_be_put_back(sim_gpus, monkeypatch) -> None:
+def test_one_board_that_hangs_leaves_the_others_limits_to_be_put_back(two_boards, monkeypatch) -> None:
     """A board fallen off the bus: its call does not return. The other board's calls are its own (they were
     refused as the same library's), so the end's restore puts its limit back at once."""
-    sim = sim_gpus(board("GPU-1"), board("GPU-2"))
-    admin_limit(sim)
+    sim = two_boards
     monkeypatch.setattr(deadline, "DRIVER_WAIT_S", 0.2)
     limits = PowerLimits()
     limits.apply(devices.visible_boards(), None, None)
@@ -244,14 +234,13 @@ def test_a_late_change_is_undone_when_a_restore_s_read_hung_after_it(sim, monkey
 
 
 def test_a_late_change_returning_during_a_slow_restore_is_not_taken_for_an_administrator_s(
-    sim_gpus, monkeypatch
+    two_boards, monkeypatch
 ) -> None:
     """Board 1's change hangs; the end's restore holds the lock longer than one call's wait (board 0 answers
     slowly, within the wait); board 1's call returns meanwhile. Its follow-up went on without the lock, and
     the restore read the run's own late 300 W as an administrator's change: left on the board, let go,
     unjournalled. The follow-up now waits for the lock."""
-    sim = sim_gpus(board("GPU-1"), board("GPU-2"))
-    admin_limit(sim)
+    sim = two_boards
     monkeypatch.setattr(deadline, "DRIVER_WAIT_S", 0.5)
     limits = PowerLimits()
     limits.apply(devices.visible_boards(), None, None)

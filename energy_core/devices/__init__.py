@@ -81,7 +81,7 @@ def discover(
         kinds: Drawn from `DEVICE_KINDS`.
         explicit: Whether the user named the kinds (a missing kind is then worth a warning).
         gpu_indices: Only these visible GPUs (one rank's); None means all visible.
-        node_devices: Open CPU and DRAM sources (False on all but one rank of a node).
+        node_devices: Open CPU and DRAM sources (False on all but one rank of a host).
         rapl_root: The powercap directory, for tests.
         cpu_tdp_w: The CPU socket's TDP for the CPU estimate, instead of codecarbon's table.
         host_peers: The host's other ranks (`cpu_estimate.this_process` of each), whose CPU time and

@@ -335,8 +335,7 @@ class PowerLimits:
                     self._messages.append(f"{capped.board.label}: restoring the power limit failed ({err}).")
                 return
             self._messages.append(f"{capped.board.label}: power limit restored to {to / 1000:g} W.")
-            if capped in self.capped:
-                self._release([capped])
+            self._release([capped])
 
     def _when_returned(self, capped: CappedGpu) -> None:
         """Have `_returned` run once the board's call that did not return in time has returned."""
@@ -486,10 +485,10 @@ class PowerLimits:
         device or journal error.
 
         A change in the driver meanwhile is waited for (another thread's: at most
-        `LOCK_WAIT_CALLS` driver calls' wait); its target counts as this run's limit. One that this thread's
-        signal handler interrupted, or that has not returned in time, may land after the
-        restore: its board and entry are kept until it has returned (`_change` then puts
-        the limit back again).
+        `LOCK_WAIT_CALLS` driver calls' wait); its target counts as this run's limit. One
+        that this thread's signal handler interrupted, or that has not returned in time, may
+        land after the restore: its board and entry are kept until it has returned (`_change`
+        or `_returned` then puts the limit back again).
 
         Only the process that capped the boards restores them: in a process forked from it
         (a user's ``os.fork``, a worker) this does nothing, as its exit guard does.

@@ -36,7 +36,7 @@ class EnergyMeter:
             from ``"gpu"``, ``"cpu"``, ``"dram"``.
         sample_interval_s: Seconds between reads of the hardware, in [0.001, 60].
         cuda_indices: Restrict GPUs to these visible-device indices (one DDP rank's GPU).
-        node_devices: Measure CPU and DRAM (False on all but one rank of a node).
+        node_devices: Measure CPU and DRAM (False on all but one rank of a host).
         rapl_root: Powercap directory, for tests; defaults to ``/sys/class/powercap``.
         clock: Seconds, for marks and readings; ``time.perf_counter`` (a test may drive time).
         cpu_tdp_w: The CPU socket's TDP for the CPU estimate, instead of codecarbon's table.

@@ -27,7 +27,7 @@ from lightning_energy import EnergyMonitor, PowerCap
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import ARCH_PASCAL, ManualClock, SimGpu
 from tests.doubles.vendors import both_vendors, both_vendors_end_to_end
-from tests.helpers.lightning_models import flavour, make_module, regression_data
+from tests.helpers.lightning_models import at_train_start, flavour, make_module, regression_data
 from tests.helpers.manual import manual_run
 from tests.helpers.records import read_record
 from tests.helpers.shared_machine import journal_entries
@@ -163,9 +163,13 @@ def test_a_sanity_check_shorter_than_a_reading_is_charged_to_validation(tmp_path
 
 
 def test_a_reader_raising_any_exception_is_a_gap_and_training_goes_on(tmp_path, sim_gpus) -> None:
-    sim_gpus(gpu(raise_between=(0.5, 1.0, TypeError)))
+    board = gpu()
+    sim = sim_gpus(board)
     monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.05, record_path=tmp_path / "energy.jsonl")
-    trainer = fit(tmp_path, [monitor])
+    broken = at_train_start(
+        pl, lambda: setattr(board, "raise_between", (sim.elapsed() + 0.2, sim.elapsed() + 0.7, TypeError))
+    )
+    trainer = fit(tmp_path, [monitor, broken])
     summary = read_record(tmp_path / "energy.jsonl")[-1]
     assert trainer.state.finished and summary["status"] == "completed"
     assert summary["failed_reads"]["gpu0"] >= 2  # about 10 in that half second; fewer on a loaded machine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -70,6 +71,17 @@ def raise_at(module, hook: str, batch_idx: int, error: BaseException) -> None:
         return original(batch, index, *args)
 
     setattr(module, hook, failing)
+
+
+def at_train_start(pl: ModuleType, act: Callable[[], None]):
+    """A callback that calls ``act`` when training starts: a simulated fault timed from there, not from the
+    board's making (the Trainer's and its loggers' set-up before it take as long as the machine is busy)."""
+
+    class AtTrainStart(pl.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            act()
+
+    return AtTrainStart()
 
 
 def regression_data(n: int, batch_size: int = 8) -> DataLoader:

@@ -13,7 +13,15 @@ from energy_core.output import units_text as show
 from lightning_energy import EnergyMonitor, PowerCap
 from tests.doubles.power_traces import Constant
 from tests.doubles.sim_nvml import SimGpu
-from tests.helpers.lightning_models import FLAVOURS, TokenData, flavour, make_module, raise_at, regression_data
+from tests.helpers.lightning_models import (
+    FLAVOURS,
+    TokenData,
+    at_train_start,
+    flavour,
+    make_module,
+    raise_at,
+    regression_data,
+)
 from tests.helpers.readback import csv_series, tensorboard_series
 from tests.helpers.records import read_record
 
@@ -290,14 +298,16 @@ def test_a_stand_alone_validate_that_raises_ends_its_run_with_the_exception(tmp_
 
 def test_nvml_failure_mid_run_does_not_stop_training(tmp_path, sim_gpus) -> None:
     pl = flavour("lightning.pytorch")
-    sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02, fail_between=(0.3, 0.8)))
+    board = SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02)
+    sim = sim_gpus(board)
     monitor = EnergyMonitor(devices=["gpu"], sample_interval_s=0.02, record_path=tmp_path / "energy.jsonl")
-    trainer = trainer_for(pl, tmp_path, monitor, max_epochs=2, limit_val_batches=0)
+    lost = at_train_start(pl, lambda: setattr(board, "fail_between", (sim.elapsed() + 0.2, sim.elapsed() + 0.7)))
+    trainer = trainer_for(pl, tmp_path, monitor, max_epochs=2, limit_val_batches=0, callbacks=[monitor, lost])
     trainer.fit(make_module(pl, step_sleep_s=0.02), regression_data(240))
     summary = read_record(tmp_path / "energy.jsonl")[-1]
     assert trainer.current_epoch == 2
     assert summary["failed_reads"]["gpu0"] >= 10  # the gap is reported
-    # the counter measures the gap once it answers again (0.8 s; the run lasts over 1.2 s): one update at each end
+    # the counter measures the gap once it answers again (0.7 s in; the run lasts over 1.2 s): one update at each end
     assert abs(summary["metrics"]["energy/gpu_kwh"] * J_PER_KWH - GPU_W * summary["seconds"]) <= 2 * 0.02 * GPU_W
 
 

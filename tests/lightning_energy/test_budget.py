@@ -106,11 +106,13 @@ def test_forecast_after_the_first_epoch_is_the_rate_so_far_times_the_steps_left(
 def test_forecast_stop_ends_a_hopeless_run_early(tmp_path, sim_gpus) -> None:
     sim_gpus(SimGpu("GPU-1", Constant(GPU_W), counter_period_s=0.02))
     projected_kwh = GPU_W * 90 * 0.03 / J_PER_KWH  # 90 steps of at least 30 ms
-    budget = EnergyBudget(max_kwh=0.6 * projected_kwh, forecast="stop", devices=["gpu"], sample_interval_s=0.02)
+    # At the first epoch's review the forecast is 3x the energy so far: over 0.9 x projected whatever the pace,
+    # while the limit itself is reached there only if a step takes over 81 ms.
+    budget = EnergyBudget(max_kwh=0.9 * projected_kwh, forecast="stop", devices=["gpu"], sample_interval_s=0.02)
     with pytest.warns(UserWarning, match="projected to use"):
         trainer = fit(tmp_path, [budget], log_every_n_steps=5)
-    assert trainer.global_step == 30  # at the first epoch's review, long before the limit itself
-    assert budget.tracker.totals()["energy/total_kwh"] < 0.6 * projected_kwh
+    assert trainer.global_step == 30  # at the first epoch's review, before the limit itself
+    assert budget.tracker.totals()["energy/total_kwh"] < 0.9 * projected_kwh
 
 
 def test_forecast_warn_warns_once_and_trains_on(tmp_path, sim_gpus) -> None:
@@ -122,7 +124,7 @@ def test_forecast_warn_warns_once_and_trains_on(tmp_path, sim_gpus) -> None:
     texts = [str(w.message) for w in caught]
     assert sum("projected to use" in t for t in texts) == 1
     assert any("Energy budget spent" in t for t in texts)  # and the limit itself still stops it
-    assert 60 < trainer.global_step < 90
+    assert 30 < trainer.global_step < 90  # past the review that warned (81 at 30 ms a step; fewer when slower)
 
 
 def test_min_epochs_wins_and_the_warning_says_so(tmp_path, sim_gpus) -> None:

@@ -28,6 +28,9 @@ class FakeRapl:
         self._make(root / "intel-rapl:1", "psys")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # `run`'s writer thread waits for the GIL: a read may show the energy of this long ago, at most
+        # (from the moment the value written was computed to the next write's end), the fake's counter period.
+        self.longest_gap_s = 0.0
 
     def _make(self, zone: Path, name: str) -> None:
         zone.mkdir(parents=True)
@@ -48,10 +51,13 @@ class FakeRapl:
         start = time.perf_counter()
 
         def loop() -> None:
+            shown = start  # the moment the values on disk are for
             while not self._stop.wait(period_s):
                 t = time.perf_counter() - start
                 for kind, trace in traces.items():
                     self.set_energy(kind, trace.energy(t))
+                self.longest_gap_s = max(self.longest_gap_s, time.perf_counter() - shown)
+                shown = start + t
 
         self._thread = threading.Thread(target=loop, daemon=True)
         self._thread.start()

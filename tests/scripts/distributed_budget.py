@@ -29,12 +29,13 @@ LIMIT_KWH = CPU_W * 1.5 / J_PER_KWH  # about 1.5 s of training
 SLEEP_S = 0.03
 
 
-def fake_hardware() -> None:
+def fake_hardware() -> FakeRapl:
     sim = SimNvml([], library=False)  # no GPU on this machine
     install_for_process(sim)
     tree = FakeRapl(Path(tempfile.mkdtemp()) / "powercap", dram=False)
     tree.run({"cpu": Constant(CPU_W)})
     rapl.POWERCAP_ROOT = tree.root
+    return tree
 
 
 def run_lightning(out: Path, fail: bool = False) -> None:

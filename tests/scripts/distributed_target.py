@@ -19,17 +19,26 @@ import sys
 import time
 from pathlib import Path
 
+from tests.doubles.fake_rapl import FakeRapl
 from tests.doubles.sim_nvml import end_process_group
 from tests.scripts.distributed_budget import fake_hardware
 
 TARGET = 0.9
 CURVES = {0: [0.3, 0.6, 0.95, 0.97, 0.99, 0.99], 1: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}
 SLEEP_S = 0.03
+TREE: list[FakeRapl] = []  # this process's fake RAPL tree
 
 
 def write(out: Path, rank: int, step: int, target) -> None:
     (out / f"rank{rank}.json").write_text(
-        json.dumps({"step": step, "reached": target.reached, "stopped": target.run.stopped})
+        json.dumps(
+            {
+                "step": step,
+                "reached": target.reached,
+                "stopped": target.run.stopped,
+                "rapl_gap_s": TREE[0].longest_gap_s,
+            }
+        )  # fmt: skip
     )
 
 
@@ -97,6 +106,6 @@ def run_hf(out: Path) -> None:
 if __name__ == "__main__":
     framework, out_dir = sys.argv[1], Path(sys.argv[2])
     out_dir.mkdir(parents=True, exist_ok=True)
-    fake_hardware()
+    TREE.append(fake_hardware())
     run_lightning(out_dir) if framework == "lightning" else run_hf(out_dir)
     end_process_group()

@@ -25,18 +25,20 @@ from tests.doubles.sim_nvml import SimGpu, end_process_group
 from tests.doubles.vendors import simulate_for_process
 
 CPU_W = 50.0
+TREE: list[FakeRapl] = []  # this process's fake RAPL tree
 
 
 def gpu_watts(rank: int) -> float:
     return 200.0 + 100.0 * rank
 
 
-def fake_hardware(rank: int, vendor: str) -> None:
+def fake_hardware(rank: int, vendor: str) -> FakeRapl:
     # a 5 ms counter period: these runs last about a second, and the test checks the sum to 1%
     simulate_for_process(vendor, [SimGpu(f"GPU-rank{rank}", Constant(gpu_watts(rank)), counter_period_s=0.005)])
     tree = FakeRapl(Path(tempfile.mkdtemp()) / "powercap", dram=False)
     tree.run({"cpu": Constant(CPU_W)})
     rapl.POWERCAP_ROOT = tree.root
+    return tree
 
 
 def report(out: Path, rank: int, tracker, metrics: dict) -> None:
@@ -46,6 +48,7 @@ def report(out: Path, rank: int, tracker, metrics: dict) -> None:
                 "metrics": metrics,
                 "seconds": tracker.fit_seconds(),
                 "sources": [s.info.name for s in tracker.meter.sources],
+                "rapl_gap_s": TREE[0].longest_gap_s,  # how stale this rank's RAPL reads could be
             }
         )
     )
@@ -92,6 +95,6 @@ if __name__ == "__main__":
     framework, out_dir = sys.argv[1], Path(sys.argv[2])
     out_dir.mkdir(parents=True, exist_ok=True)
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-    fake_hardware(rank, sys.argv[3] if len(sys.argv) > 3 else "nvml")
+    TREE.append(fake_hardware(rank, sys.argv[3] if len(sys.argv) > 3 else "nvml"))
     run_lightning(out_dir) if framework == "lightning" else run_hf(out_dir)
     end_process_group()

@@ -564,9 +564,11 @@ class EnergyTracker:
         [joules], [bound] = self.meter.read(end)
         return joules, bound
 
-    def _local(self, end: Mark, open_work: tuple[int, int]) -> RunTotals:
-        """This process's totals at ``end`` (nothing charged)."""
-        end_j, end_bound = self._read(end)
+    def _local(
+        self, end: Mark, open_work: tuple[int, int], reading: tuple[np.ndarray, MarkBound] | None = None
+    ) -> RunTotals:
+        """This process's totals at ``end`` (nothing charged; ``reading``: ``end``'s, if read already)."""
+        end_j, end_bound = reading or self._read(end)
         stages = self._stages
         return self._accounts.local(end, end_j, open_work, stages.live_j, end_bound, stages.live_err)
 
@@ -592,14 +594,19 @@ class EnergyTracker:
             self.write_record(lines.FACTOR, **line)
         return sums
 
-    def _totals_now(self, open_work: tuple[int, int] | None = None, end: Mark | None = None) -> RunTotals:
+    def _totals_now(
+        self,
+        open_work: tuple[int, int] | None = None,
+        end: Mark | None = None,
+        reading: tuple[np.ndarray, MarkBound] | None = None,
+    ) -> RunTotals:
         """The job's totals at the last sum in a multi-process job (no collective here), else this
-        process's at ``end`` (now)."""
+        process's at ``end`` (now; ``reading``: ``end``'s, if read already)."""
         if self.ranks.distributed and self._accounts.job is not None:
             return self._accounts.job
         if not self.fitting:
             return self._ended or self._accounts.resumed
-        return self._local(end or self.meter.mark(), open_work or self._window.counted())
+        return self._local(end or self.meter.mark(), open_work or self._window.counted(), reading)
 
     def _cumulative(self, totals: RunTotals) -> dict[str, float]:
         g_per_kwh = self.factors.carbon.peek(self._accounts.wall_now()).value  # the sampler's charges keep it
@@ -755,16 +762,21 @@ class EnergyTracker:
         (a checkpoint can be written by rank 0 alone, so no collective runs here).
         """
         at = at or self.meter.mark()
-        totals = self._kept(self._totals_now(self._window.work(), at), at)
+        # ``at`` is read once, for the totals and the epoch alike: a moment past the newest reading gets its figure
+        # at the next one, and a second read could make the epoch more than the totals it is part of.
+        reading = self._read(at)
+        totals = self._kept(self._totals_now(self._window.work(), at, reading), at)
         state = totals.to_state()
         if self.fitting:  # the epoch under way so far: a resume counts it in the epoch's energy
-            state["epoch"] = (self._epoch_so_far(totals, at) + (self._epoch_before or EpochPart())).to_state()
+            so_far = self._epoch_so_far(totals, at, reading)
+            state["epoch"] = (so_far + (self._epoch_before or EpochPart())).to_state()
         elif self._epoch_resumed is not None:  # loaded, the next fit not started: as it was loaded
             state["epoch"] = self._epoch_resumed.to_state()
         return state
 
-    def _epoch_so_far(self, totals: RunTotals, at: Mark) -> EpochPart:
-        """The epoch under way's part in this fit, up to ``at`` (the job's; ``totals`` the job's at ``at``).
+    def _epoch_so_far(self, totals: RunTotals, at: Mark, reading: tuple[np.ndarray, MarkBound]) -> EpochPart:
+        """The epoch under way's part in this fit, up to ``at`` (the job's; ``totals`` the job's at ``at``,
+        ``reading`` ``at``'s figure, which they were read with).
         In a job, where a checkpoint is written by one rank and nothing is summed here, the difference of
         the job's totals since it began, within both totals' bounds."""
         if self.ranks.distributed or self._epoch_start is None:
@@ -775,7 +787,8 @@ class EnergyTracker:
                 totals.fit_s - fit_s,
             )
         else:
-            (start_j, at_j), (start_bound, at_bound) = self.meter.read(self._epoch_start, at)
+            [start_j], [start_bound] = self.meter.read(self._epoch_start)
+            at_j, at_bound = reading
             joules, bound = float((at_j - start_j).sum()), float(between(start_bound, at_bound).sum())
             seconds = at.t - self._epoch_start.t
         return EpochPart(joules, bound, seconds, self._epoch_index)

@@ -106,10 +106,10 @@ def test_logged_energy_matches_the_known_power(name, tmp_path, sim_gpus) -> None
     spans = [1 + sum(w["step"] - w["steps"] <= s < w["step"] for s in stage_steps) for w in windows]
     bounds = sorted(n * counter_j / w["seconds"] for n, w in zip(spans, windows, strict=True))
     assert len(bounds) == len(powers) and abs(statistics.median(powers) - GPU_W) <= bounds[len(bounds) // 2]
-    step_j = [w["metrics"]["energy/step_j"] for w in windows if w["steps"] == 10]
-    # Validation runs are not charged to steps: one here (0.2 s at 300 W) would add about 65%
-    # to its window's J/step; the 20 ms counter period alone moves a 0.3 s window by up to 13%.
-    assert max(step_j) < 1.45 * statistics.median(step_j)
+    # Validation runs are not charged to steps: one here (0.2 s at 300 W) would add 60 J to its window's steps,
+    # against the window's own seconds (stages taken out) at 300 W, within a counter update at each end of each span.
+    for n, w in zip(spans, windows, strict=True):
+        assert abs(w["metrics"]["energy/step_j"] * w["steps"] - GPU_W * w["seconds"]) <= n * counter_j
     for w in windows:
         m = w["metrics"]
         assert w["samples"] == 8 * w["steps"]

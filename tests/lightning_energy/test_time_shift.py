@@ -86,13 +86,15 @@ def test_pauses_through_the_dirty_hours_and_emits_less(tmp_path, sim_gpus) -> No
     shifted_kg = csv_series(tmp_path / "shifted", "carbon/co2e_kg")[-1][1]
     assert shifted_kg < now_kg
     paused = csv_series(tmp_path / "shifted", "carbon/paused_s")
-    # every pause counts (a plan made on a busy machine's slower pace pauses again once the pace is better known)
-    assert paused[-1][1] == pytest.approx(sum(p["resume_at"] - p["at"] for p in pauses), abs=0.02 * len(pauses))
+    # every pause counts (a plan made on a busy machine's slower pace pauses again once the pace is better known),
+    # each for as long as it lasted: at least its plan (a busy machine wakes late, by as much as it is busy)
+    resumed = [x for x in lines if x["type"] == "shift" and x["event"] == "resume"]
+    assert len(resumed) == len(pauses)
+    assert paused[-1][1] == pytest.approx(sum(r["paused_s"] for r in resumed), rel=1e-6)
+    assert all(r["paused_s"] >= p["resume_at"] - p["at"] - 0.01 for p, r in zip(pauses, resumed, strict=True))
     assert paused[-1][1] > 0.5 * HOUR_S
     saved = csv_series(tmp_path / "shifted", "carbon/saved_kg")[-1][1]
     assert saved > 0
-    resumed = [x for x in lines if x["type"] == "shift" and x["event"] == "resume"]
-    assert len(resumed) == len(pauses)
     assert resumed[0]["idle_w"] == pytest.approx(IDLE_W, rel=0.05)  # measured while paused (the first: longest)
 
 

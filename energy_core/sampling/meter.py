@@ -162,11 +162,12 @@ class EnergyMeter:
         width = len(self.sources)
         if self.sampler is None or width == 0:
             return [np.zeros(width) for _ in marks]
-        open_marks = [m for m in marks if m.joules is None]
+        fixed = [m.joules for m in marks]  # before the snapshot: see `read`
+        open_marks = [m for m, j in zip(marks, fixed) if j is None]
         values = dict(
             zip(map(id, open_marks), (v for v, _ in self.sampler.buffer.energy_at([m.t for m in open_marks])))
         )
-        return [m.joules if m.joules is not None else values[id(m)] for m in marks]
+        return [j if j is not None else values[id(m)] for m, j in zip(marks, fixed)]
 
     def read(self, *marks: Mark) -> tuple[list[np.ndarray], list[MarkBound]]:
         """As `joules`, with each mark's bound (`energy_core.sampling.bounds`), from one snapshot
@@ -175,19 +176,22 @@ class EnergyMeter:
         width = len(self.sources)
         if self.sampler is None or width == 0:
             return [np.zeros(width) for _ in marks], [MarkBound.zero(width) for _ in marks]
-        wanted = [m for m in marks if m.joules is None or m.bound is None]
+        # Each mark's figure is taken before the snapshot: the sampler thread fixes marks as its readings
+        # come, and a mark fixed after the snapshot beside one read from it would mix two moments' readings.
+        fixed = [(m.joules, m.bound) for m in marks]
+        wanted = [m for m, (j, b) in zip(marks, fixed) if j is None or b is None]
         found = dict(zip(map(id, wanted), self.sampler.buffer.read_at([m.t for m in wanted], self.sampler.accuracy)))
         values: list[np.ndarray] = []
         bounds: list[MarkBound] = []
-        for mark in marks:
+        for mark, (kept_j, kept_bound) in zip(marks, fixed):
             if id(mark) not in found:  # fixed, its bound kept
-                assert mark.joules is not None and mark.bound is not None
-                values.append(mark.joules)
-                bounds.append(mark.bound)
+                assert kept_j is not None and kept_bound is not None
+                values.append(kept_j)
+                bounds.append(kept_bound)
                 continue
             joules, bound, settled = found[id(mark)]
-            if mark.joules is not None:
-                joules = mark.joules
+            if kept_j is not None:
+                joules = kept_j
                 if settled:
                     mark.bound = bound
             values.append(joules)

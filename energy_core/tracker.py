@@ -241,7 +241,8 @@ class EnergyTracker:
         carried = self._accounts.resumed
         self._epoch_before, self._epoch_resumed = self._epoch_resumed, None
         self._epoch_index = self._epoch_before.epoch if self._epoch_before is not None else None
-        self._epoch_begun = (carried.total_j, carried.total_err, carried.fit_s)
+        job = self._accounts.resumed_job  # the job's totals are what the epoch is taken out of, on every rank
+        self._epoch_begun = (job.total_j, job.total_err, job.fit_s)
         self._accounts.begin(start)
         self.link.fit_start_paused_kwh = self.link.paused_kwh
         self.link.stopped_by = None
@@ -366,12 +367,14 @@ class EnergyTracker:
                 )
                 self._notices.append(Notice("info", text))
             return metric_dicts.cap(self._cap_w()), None
-        end_j, end_bound = reading = self._read(end)
+        # The end and the epoch's start are read together: either may be past the newest reading, fixed by
+        # the next one, and two reads could give the epoch a figure below zero.
+        joules, bounds = self.meter.read(end, *([epoch_start] if epoch_start is not None else []))
+        end_j, end_bound = reading = joules[0], bounds[0]
         epoch_j = epoch_err = 0.0
         if epoch_start is not None:
-            [start_j], [start_bound] = self.meter.read(epoch_start)
-            epoch_j = float((end_j - start_j).sum())
-            epoch_err = float(between(start_bound, end_bound).sum())
+            epoch_j = float((end_j - joules[1]).sum())
+            epoch_err = float(between(bounds[1], end_bound).sum())
         settled = self._stages.settle(self.meter)  # runs too short to resolve at their end
         self._notices += self.meter.new_silences()
         self._cross_check()
@@ -762,36 +765,31 @@ class EnergyTracker:
         (a checkpoint can be written by rank 0 alone, so no collective runs here).
         """
         at = at or self.meter.mark()
-        # ``at`` is read once, for the totals and the epoch alike: a moment past the newest reading gets its figure
-        # at the next one, and a second read could make the epoch more than the totals it is part of.
-        reading = self._read(at)
-        totals = self._kept(self._totals_now(self._window.work(), at, reading), at)
+        if not self.fitting:  # as the fit ended, or as it was loaded (the job's totals, on every rank)
+            totals = self._kept(self._ended, at) if self._ended is not None else self._accounts.resumed_job
+            state = totals.to_state()
+            if self._epoch_resumed is not None:  # loaded, the next fit not started: as it was loaded
+                state["epoch"] = self._epoch_resumed.within(totals).to_state()
+            return state
+        # ``at`` and the epoch's start are read together, and once: a moment past the newest reading gets its
+        # figure at the next one, and a second read could give the totals and the epoch two figures for it.
+        start = None if self.ranks.distributed else self._epoch_start
+        joules, bounds = self.meter.read(*([at] if start is None else [at, start]))
+        totals = self._kept(self._totals_now(self._window.work(), at, (joules[0], bounds[0])), at)
         state = totals.to_state()
-        if self.fitting:  # the epoch under way so far: a resume counts it in the epoch's energy
-            so_far = self._epoch_so_far(totals, at, reading)
-            state["epoch"] = (so_far + (self._epoch_before or EpochPart())).to_state()
-        elif self._epoch_resumed is not None:  # loaded, the next fit not started: as it was loaded
-            state["epoch"] = self._epoch_resumed.to_state()
-        return state
-
-    def _epoch_so_far(self, totals: RunTotals, at: Mark, reading: tuple[np.ndarray, MarkBound]) -> EpochPart:
-        """The epoch under way's part in this fit, up to ``at`` (the job's; ``totals`` the job's at ``at``,
-        ``reading`` ``at``'s figure, which they were read with).
-        In a job, where a checkpoint is written by one rank and nothing is summed here, the difference of
-        the job's totals since it began, within both totals' bounds."""
-        if self.ranks.distributed or self._epoch_start is None:
-            total_j, total_err, fit_s = self._epoch_begun
-            joules, bound, seconds = (
-                max(totals.total_j - total_j, 0.0),
-                totals.total_err + total_err,
-                totals.fit_s - fit_s,
+        if start is not None:  # the epoch under way so far: a resume counts it in the epoch's energy
+            so_far = EpochPart(
+                float((joules[0] - joules[1]).sum()),
+                float(between(bounds[1], bounds[0]).sum()),
+                at.t - start.t,
+                self._epoch_index,
             )
-        else:
-            [start_j], [start_bound] = self.meter.read(self._epoch_start)
-            at_j, at_bound = reading
-            joules, bound = float((at_j - start_j).sum()), float(between(start_bound, at_bound).sum())
-            seconds = at.t - self._epoch_start.t
-        return EpochPart(joules, bound, seconds, self._epoch_index)
+        else:  # in a job, where a checkpoint is written by one rank and nothing is summed here: the job's totals
+            total_j, total_err, fit_s = self._epoch_begun  # since the epoch began, within both totals' bounds
+            so_far = EpochPart(totals.total_j - total_j, totals.total_err + total_err, totals.fit_s - fit_s,
+                               self._epoch_index)  # fmt: skip
+        state["epoch"] = (so_far + (self._epoch_before or EpochPart())).within(totals).to_state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any] | None, own_share: bool = True) -> None:
         """Continue the totals of a checkpointed run (replaces earlier ones).

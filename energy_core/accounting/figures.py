@@ -202,6 +202,18 @@ class EpochPart:
             self.epoch if self.epoch is not None else other.epoch,
         )
 
+    def within(self, totals: RunTotals) -> EpochPart:
+        """This part, stored with ``totals``, the whole it is part of (`from_state` checks it): the two are
+        figures of the same joules, summed in another order or read a moment apart, which may pass each
+        other by their last bits (or within their bounds). A part is never more than its whole, nor less
+        than nothing."""
+        return EpochPart(
+            min(max(self.energy_j, 0.0), totals.total_j),
+            self.energy_err,
+            min(max(self.seconds, 0.0), totals.fit_s),
+            self.epoch,
+        )
+
     def to_state(self) -> dict[str, Any]:
         return {"energy_j": self.energy_j, "energy_err": self.energy_err, "seconds": self.seconds, "epoch": self.epoch}
 

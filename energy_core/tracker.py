@@ -28,7 +28,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from typing_extensions import Unpack
@@ -105,6 +105,18 @@ class TrackerLink:
     def stop(self, step: int) -> Any:
         """The first budget's stop at ``step`` (a `BudgetAction`), or None."""
         return next((a for budget in self.stops.values() if (a := budget.stop_if_spent(step)) is not None), None)
+
+
+class Reading(NamedTuple):
+    """A boundary's cumulative joules and bound per source, read in one snapshot with the fit's start
+    (``start``: its joules and bound; None outside a fit) and another mark where asked (``other``). A
+    moment past the newest reading is fixed at the next one: figures read apart could mix two moments'
+    readings (a fit's energy, or an epoch's, below zero)."""
+
+    joules: np.ndarray
+    bound: MarkBound
+    start: tuple[np.ndarray, MarkBound] | None = None
+    other: tuple[np.ndarray, MarkBound] | None = None
 
 
 class EnergyTracker:
@@ -369,12 +381,12 @@ class EnergyTracker:
             return metric_dicts.cap(self._cap_w()), None
         # The end and the epoch's start are read together: either may be past the newest reading, fixed by
         # the next one, and two reads could give the epoch a figure below zero.
-        joules, bounds = self.meter.read(end, *([epoch_start] if epoch_start is not None else []))
-        end_j, end_bound = reading = joules[0], bounds[0]
+        reading = self._read(end, epoch_start)
+        end_j, end_bound = reading.joules, reading.bound
         epoch_j = epoch_err = 0.0
-        if epoch_start is not None:
-            epoch_j = float((end_j - joules[1]).sum())
-            epoch_err = float(between(bounds[1], end_bound).sum())
+        if reading.other is not None:
+            epoch_j = float((end_j - reading.other[0]).sum())
+            epoch_err = float(between(reading.other[1], end_bound).sum())
         settled = self._stages.settle(self.meter)  # runs too short to resolve at their end
         self._notices += self.meter.new_silences()
         self._cross_check()
@@ -562,32 +574,38 @@ class EnergyTracker:
         return self._stages.kwh(stage)
 
     # ----------------------------------------------------------------- totals
-    def _read(self, end: Mark) -> tuple[np.ndarray, MarkBound]:
-        """The cumulative joules per source at ``end`` and their bound (read once per boundary)."""
-        [joules], [bound] = self.meter.read(end)
-        return joules, bound
+    def _read(self, end: Mark, other: Mark | None = None) -> Reading:
+        """A boundary's figures, with the fit's start and ``other`` (an epoch's start), in one snapshot
+        (read once per boundary)."""
+        start = self._accounts.fit_start
+        marks = [end, *([start] if start is not None else []), *([other] if other is not None else [])]
+        joules, bounds = self.meter.read(*marks)
+        found = list(zip(joules, bounds, strict=True))
+        return Reading(joules[0], bounds[0], found[1] if start is not None else None,
+                       found[-1] if other is not None else None)  # fmt: skip
 
-    def _local(
-        self, end: Mark, open_work: tuple[int, int], reading: tuple[np.ndarray, MarkBound] | None = None
-    ) -> RunTotals:
+    def _local(self, end: Mark, open_work: tuple[int, int], reading: Reading | None = None) -> RunTotals:
         """This process's totals at ``end`` (nothing charged; ``reading``: ``end``'s, if read already)."""
-        end_j, end_bound = reading or self._read(end)
+        reading = reading or self._read(end)
         stages = self._stages
-        return self._accounts.local(end, end_j, open_work, stages.live_j, end_bound, stages.live_err)
+        return self._accounts.local(
+            end, reading.joules, open_work, stages.live_j, reading.bound, stages.live_err, reading.start
+        )
 
     def _sum(
         self,
         end: Mark,
         open_work: tuple[int, int],
-        reading: tuple[np.ndarray, MarkBound],
+        reading: Reading,
         figures: WindowFigures | None = None,
         epoch_j: float = 0.0,
         epoch_err: float = 0.0,
     ) -> JobSums:
-        """The job's figures at boundary ``end`` (joules and bound ``reading``): one sum over the ranks."""
-        end_j, end_bound = reading
+        """The job's figures at boundary ``end`` (read as ``reading``): one sum over the ranks."""
         stages = self._stages
-        local = self._accounts.local(end, end_j, open_work, stages.live_j, end_bound, stages.live_err)
+        local = self._accounts.local(
+            end, reading.joules, open_work, stages.live_j, reading.bound, stages.live_err, reading.start
+        )
         sums = self._accounts.sum(self.ranks, local, figures, epoch_j, self._gpus or (), epoch_err)
         distributed = self.ranks.distributed
         self._stages.set_job(
@@ -598,10 +616,7 @@ class EnergyTracker:
         return sums
 
     def _totals_now(
-        self,
-        open_work: tuple[int, int] | None = None,
-        end: Mark | None = None,
-        reading: tuple[np.ndarray, MarkBound] | None = None,
+        self, open_work: tuple[int, int] | None = None, end: Mark | None = None, reading: Reading | None = None
     ) -> RunTotals:
         """The job's totals at the last sum in a multi-process job (no collective here), else this
         process's at ``end`` (now; ``reading``: ``end``'s, if read already)."""
@@ -774,13 +789,13 @@ class EnergyTracker:
         # ``at`` and the epoch's start are read together, and once: a moment past the newest reading gets its
         # figure at the next one, and a second read could give the totals and the epoch two figures for it.
         start = None if self.ranks.distributed else self._epoch_start
-        joules, bounds = self.meter.read(*([at] if start is None else [at, start]))
-        totals = self._kept(self._totals_now(self._window.work(), at, (joules[0], bounds[0])), at)
+        reading = self._read(at, start)
+        totals = self._kept(self._totals_now(self._window.work(), at, reading), at)
         state = totals.to_state()
-        if start is not None:  # the epoch under way so far: a resume counts it in the epoch's energy
+        if start is not None and reading.other is not None:  # the epoch under way so far: a resume counts it
             so_far = EpochPart(
-                float((joules[0] - joules[1]).sum()),
-                float(between(bounds[1], bounds[0]).sum()),
+                float((reading.joules - reading.other[0]).sum()),
+                float(between(reading.other[1], reading.bound).sum()),
                 at.t - start.t,
                 self._epoch_index,
             )

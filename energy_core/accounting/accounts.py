@@ -84,6 +84,7 @@ class Accounts:
         stage_j: dict[str, float],
         end_bound: MarkBound | None = None,
         stage_err: dict[str, float] | None = None,
+        start: tuple[np.ndarray, MarkBound] | None = None,
     ) -> RunTotals:
         """This process's totals at ``end`` since the first fit start (its checkpoint share included).
 
@@ -94,10 +95,14 @@ class Accounts:
             stage_j: This fit's energy of each stage, in joules.
             end_bound: The bound of ``end_j``, read with it (None: read now).
             stage_err: The bounds of ``stage_j``.
+            start: The fit start's joules and bound, read with ``end_j`` in one snapshot (None: read now).
         """
         if self.fit_start is None:
             return self.resumed
-        [start_j], [start_bound] = self.meter.read(self.fit_start)
+        if start is None:
+            [start_j], [start_bound] = self.meter.read(self.fit_start)
+        else:
+            start_j, start_bound = start
         if end_bound is None:
             end_bound = self.meter.read(end)[1][0]
         by_kind = self.meter.by_kind(end_j - start_j)

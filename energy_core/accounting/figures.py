@@ -208,9 +208,9 @@ class EpochPart:
         other by their last bits (or within their bounds). A part is never more than its whole, nor less
         than nothing."""
         return EpochPart(
-            min(max(self.energy_j, 0.0), totals.total_j),
+            min(max(self.energy_j, 0.0), max(totals.total_j, 0.0)),
             self.energy_err,
-            min(max(self.seconds, 0.0), totals.fit_s),
+            min(max(self.seconds, 0.0), max(totals.fit_s, 0.0)),
             self.epoch,
         )
 

@@ -163,3 +163,60 @@ def test_a_loaded_state_is_given_back_as_it_was_on_every_rank() -> None:
     state = tracker.state_dict()
     assert state == CHECKPOINT
     EnergyTracker(devices=["gpu"]).load_state_dict(state, own_share=False)
+
+
+# ----------------------------------------------------------------- the fit's first reading interval
+def fit_started_after_the_first_reading(sim_gpus, state: dict | None = None) -> tuple[EnergyTracker, ManualClock]:
+    """As in real time: the sampler's first reading, then (10 ms later here) the fit's start, a moment the
+    sampler fixes only at its second reading."""
+    clock = ManualClock()
+    sim_gpus(SimGpu("GPU-a", Constant(100.0), counter_period_s=0.01), clock=clock)
+    tracker = EnergyTracker(sample_interval_s=60, devices=["gpu"], carbon_intensity_g_per_kwh=400.0)
+    tracker.meter.clock = clock
+    if state is not None:
+        tracker.load_state_dict(state)
+    tracker.meter.open()  # what start_fit's own opening does: a first reading, waited for
+    clock.advance(0.01)
+    tracker.start_fit(step=0, resumed=state is not None)
+    return tracker, clock
+
+
+def test_a_checkpoint_in_the_fit_s_first_reading_interval_is_taken_again(sim_gpus, monkeypatch) -> None:
+    """The totals read the fit's start apart from the checkpoint's moment: fixed in between, it came out
+    above it, a fit of -1.0 J, which the run's own load refused."""
+    tracker, clock = fit_started_after_the_first_reading(sim_gpus)
+    clock.advance(0.02)
+    reading_after_the_first_read(monkeypatch, ManualRun(tracker, clock), 0.07)
+    state = tracker.state_dict()
+    tracker.end_fit(1)
+    assert sum(state["energy_j"].values()) >= 0.0 and state["epoch"]["energy_j"] >= 0.0
+    EnergyTracker(devices=["gpu"]).load_state_dict(state)
+
+
+def test_a_resumed_tracker_s_totals_never_go_below_the_checkpoint_s(sim_gpus, monkeypatch) -> None:
+    """The same, resumed: 999 J of totals against the 1000 J resumed from."""
+    resumed = {**CHECKPOINT, "epoch": {"energy_j": 1000.0, "energy_err": 0.0, "seconds": 10.0, "epoch": None}}
+    tracker, clock = fit_started_after_the_first_reading(sim_gpus, resumed)
+    clock.advance(0.02)
+    reading_after_the_first_read(monkeypatch, ManualRun(tracker, clock), 0.07)
+    state = tracker.state_dict()
+    tracker.end_fit(1)
+    assert sum(state["energy_j"].values()) >= 1000.0
+    assert state["epoch"]["energy_j"] == pytest.approx(sum(state["energy_j"].values()))  # no fit of its own ran
+
+
+def test_a_second_fit_of_a_tracker_measuring_alone_goes_on_from_the_first(sim_gpus) -> None:
+    """A budget (target, time shift) measuring alone took its checkpoint again at every fit start: a second
+    fit in the same process went back to the checkpoint's totals, and lost the first fit's."""
+    sim_gpus(SimGpu("GPU-a", Constant(100.0), counter_period_s=0.01))
+    options = MeasureOptions.of("EnergyBudget", {"devices": ["gpu"], "sample_interval_s": 0.02})
+    budget = BudgetRun(BudgetRule(max_kwh=1.0), options)
+    budget.load_state_dict({"guard": {}, "tracker": CHECKPOINT})
+    budget.bind(None, Ranks(), step=0, resumed=True)
+    time.sleep(0.2)  # a short first fit: a few readings at 100 W
+    budget.finish(step=10)
+    after_first = budget.share.tracker.resumed_totals.total_j
+    budget.bind(None, Ranks(), step=10)
+    assert budget.share.tracker.resumed_totals.total_j == after_first > 1000.0
+    budget.finish(step=20)
+    budget.close()

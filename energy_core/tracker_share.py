@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from energy_core.accounting.figures import RunTotals
+from energy_core.accounting.figures import EpochPart, RunTotals
 from energy_core.accounting.ranks import Ranks
 from energy_core.notices import Notice
 from energy_core.options import MeasureOptions
@@ -55,7 +55,9 @@ class TrackerShare:
             self._own.measures_alone = True
         self.tracker = self._own
         self.tracker.join(ranks)
-        self.tracker.load_state_dict(self._saved, own_share=ranks.leads_job)
+        # Taken once: a later fit in this process goes on from this one's totals, not the checkpoint's again.
+        saved, self._saved = self._saved, None
+        self.tracker.load_state_dict(saved, own_share=ranks.leads_job)
         return self.tracker.start_fit(step, resumed=resumed)
 
     def finish(self, step: int, status: str, collective: bool = True) -> list[Notice]:
@@ -89,11 +91,12 @@ class TrackerShare:
         Raises:
             ValueError: naming the field of the stored totals that is missing or wrong.
         """
-        if state is not None:
-            RunTotals.from_state(state)  # checked now, when the checkpoint is loaded, not at fit start
+        if state is not None:  # checked now, when the checkpoint is loaded, not at fit start
+            EpochPart.from_state(state, RunTotals.from_state(state))
         self._saved = state
         if self.owns and self.tracker is not None and state:
             self.tracker.load_state_dict(state, own_share=own_share)
+            self._saved = None  # taken: the next fit goes on from this one's totals
 
 
 class SharedRun(ABC):

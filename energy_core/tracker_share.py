@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from energy_core.accounting.figures import EpochPart, RunTotals
+from energy_core.accounting.figures import RunTotals
 from energy_core.accounting.ranks import Ranks
 from energy_core.notices import Notice
 from energy_core.options import MeasureOptions
@@ -91,8 +91,11 @@ class TrackerShare:
         Raises:
             ValueError: naming the field of the stored totals that is missing or wrong.
         """
-        if state is not None:  # checked now, when the checkpoint is loaded, not at fit start
-            EpochPart.from_state(state, RunTotals.from_state(state))
+        if state is not None:
+            # The totals are checked now, when the checkpoint is loaded, not at fit start. The epoch part is
+            # checked where it is taken (a run measuring alone): a run beside a monitor never takes it, and an
+            # older version wrote parts a last bit over their totals.
+            RunTotals.from_state(state)
         self._saved = state
         if self.owns and self.tracker is not None and state:
             self.tracker.load_state_dict(state, own_share=own_share)

@@ -118,6 +118,13 @@ class Reading(NamedTuple):
     start: tuple[np.ndarray, MarkBound] | None = None
     other: tuple[np.ndarray, MarkBound] | None = None
 
+    def since_other(self) -> tuple[float, float] | None:
+        """(joules, bound) from ``other`` to the boundary, all sources (None: no other mark read)."""
+        if self.other is None:
+            return None
+        other_j, other_bound = self.other
+        return float((self.joules - other_j).sum()), float(between(other_bound, self.bound).sum())
+
 
 class EnergyTracker:
     """Framework-free energy bookkeeping for one training process.
@@ -383,10 +390,7 @@ class EnergyTracker:
         # the next one, and two reads could give the epoch a figure below zero.
         reading = self._read(end, epoch_start)
         end_j, end_bound = reading.joules, reading.bound
-        epoch_j = epoch_err = 0.0
-        if reading.other is not None:
-            epoch_j = float((end_j - reading.other[0]).sum())
-            epoch_err = float(between(reading.other[1], end_bound).sum())
+        epoch_j, epoch_err = reading.since_other() or (0.0, 0.0)
         settled = self._stages.settle(self.meter)  # runs too short to resolve at their end
         self._notices += self.meter.new_silences()
         self._cross_check()
@@ -580,9 +584,10 @@ class EnergyTracker:
         start = self._accounts.fit_start
         marks = [end, *([start] if start is not None else []), *([other] if other is not None else [])]
         joules, bounds = self.meter.read(*marks)
-        found = list(zip(joules, bounds, strict=True))
-        return Reading(joules[0], bounds[0], found[1] if start is not None else None,
-                       found[-1] if other is not None else None)  # fmt: skip
+        found = iter(zip(joules, bounds, strict=True))
+        end_j, end_bound = next(found)
+        return Reading(end_j, end_bound, next(found) if start is not None else None,
+                       next(found) if other is not None else None)  # fmt: skip
 
     def _local(self, end: Mark, open_work: tuple[int, int], reading: Reading | None = None) -> RunTotals:
         """This process's totals at ``end`` (nothing charged; ``reading``: ``end``'s, if read already)."""
@@ -602,10 +607,7 @@ class EnergyTracker:
         epoch_err: float = 0.0,
     ) -> JobSums:
         """The job's figures at boundary ``end`` (read as ``reading``): one sum over the ranks."""
-        stages = self._stages
-        local = self._accounts.local(
-            end, reading.joules, open_work, stages.live_j, reading.bound, stages.live_err, reading.start
-        )
+        local = self._local(end, open_work, reading)
         sums = self._accounts.sum(self.ranks, local, figures, epoch_j, self._gpus or (), epoch_err)
         distributed = self.ranks.distributed
         self._stages.set_job(
@@ -792,13 +794,9 @@ class EnergyTracker:
         reading = self._read(at, start)
         totals = self._kept(self._totals_now(self._window.work(), at, reading), at)
         state = totals.to_state()
-        if start is not None and reading.other is not None:  # the epoch under way so far: a resume counts it
-            so_far = EpochPart(
-                float((reading.joules - reading.other[0]).sum()),
-                float(between(reading.other[1], reading.bound).sum()),
-                at.t - start.t,
-                self._epoch_index,
-            )
+        span = reading.since_other()
+        if start is not None and span is not None:  # the epoch under way so far: a resume counts it
+            so_far = EpochPart(*span, at.t - start.t, self._epoch_index)
         else:  # in a job, where a checkpoint is written by one rank and nothing is summed here: the job's totals
             total_j, total_err, fit_s = self._epoch_begun  # since the epoch began, within both totals' bounds
             so_far = EpochPart(totals.total_j - total_j, totals.total_err + total_err, totals.fit_s - fit_s,
